@@ -1,0 +1,210 @@
+"""Every stage's configuration, in one place, as pydantic models.
+
+A config file is YAML with one section per stage (`data:`, `train:`, `generate:`, ...). A command
+reads its own section, applies flag overrides on top (flags win) and validates. Mistakes come back
+as one line naming the key path (`train.lr`), the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmkit.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class WorkspaceConfig(Section):
+    db_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the registry; empty means a SQLite file in the workspace "
+        "(e.g. postgresql+psycopg://user@host/llmkit for a team)",
+    )
+
+
+class SplitConfig(Section):
+    val: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of records in the val split")
+    test: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of records in the test split")
+    seed: int = Field(0, description="seed mixed into the content hash that assigns each record a split")
+
+
+class DataConfig(Section):
+    inputs: list[str] = Field(default_factory=list, description="files, folders or globs to ingest (.txt .jsonl .json .csv .tsv .parquet, optionally .gz)")
+    name: str | None = Field(None, description="dataset name in the registry; the same name with new content becomes its next version")
+    task: Literal["lm", "chat", "classify"] = Field("lm", description="lm: plain documents; chat: conversations; classify: text with a label")
+    text_field: str | None = Field(None, description="field or column holding the text (default: text, content, or the first string column)")
+    label_field: str | None = Field(None, description="field or column holding the label (classify; default: label)")
+    doc_split: Literal["file", "blank-line", "line"] = Field("file", description="how .txt files split into documents for lm")
+    encoding: str = Field("utf-8", description="text encoding of the input files")
+    tokenizer: str = Field("bpe:4096", description="char | bpe:VOCAB | path of a tokenizer.json or model folder to reuse")
+    pii: Literal["redact", "drop", "report", "keep"] = Field("redact", description="redact: typed placeholders; drop: remove the record; report: count only; keep: skip detection")
+    dedupe: Literal["near", "exact", "none"] = Field("near", description="near: MinHash LSH plus exact; exact: normalized-text hash; none")
+    near_threshold: float = Field(0.85, gt=0.0, le=1.0, description="Jaccard similarity above which two records count as near-duplicates")
+    min_chars: int = Field(1, ge=0, description="records shorter than this after cleaning are dropped")
+    max_chars: int = Field(1_000_000, ge=1, description="records longer than this after cleaning are dropped")
+    splits: SplitConfig = Field(default_factory=SplitConfig, description="train/val/test assignment")
+    skip_bad: bool = Field(False, description="skip and count malformed records instead of stopping at the first")
+
+
+class PretrainConfig(Section):
+    data: str | None = Field(None, description="registry name of an lm dataset (llmkit data prepare --task lm)")
+    preset: Literal["nano", "micro", "small", "base"] = Field("nano", description="model size: nano ~1M, micro ~11M, small ~50M, base ~125M parameters")
+    model: dict[str, Any] = Field(default_factory=dict, description="overrides of any LlamaConfig field, e.g. {num_hidden_layers: 2}")
+    name: str | None = Field(None, description="name of the model in the registry (default: <data>-<preset>)")
+    resume: str | None = Field(None, description="run id or run folder to continue from its last checkpoint")
+    max_steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, description="sequences per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    context: int = Field(128, ge=2, description="tokens per training sequence")
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="peak learning rate")
+    min_lr: float = Field(1e-4, ge=0.0, description="learning rate at the end of the cosine decay")
+    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.1, ge=0.0, description="AdamW weight decay (never on norms and biases)")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
+    beta2: float = Field(0.99, ge=0.0, lt=1.0, description="AdamW beta2")
+    grad_clip: float = Field(1.0, ge=0.0, description="clip the gradient norm to this (0 = off)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="attention dropout")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 autocast on GPUs and on CPUs with AMX/AVX512-BF16, else fp32")
+    compile: bool = Field(False, description="torch.compile the model")
+    seed: int = Field(1337, description="seed for weights, batches and dropout")
+    eval_every: int = Field(200, ge=1, description="evaluate on the whole val split every N steps")
+    eval_max_batches: int = Field(0, ge=0, description="cap on val batches per evaluation (0 = the whole split)")
+    early_stopping: int = Field(0, ge=0, description="stop after this many evaluations without improvement (0 = off)")
+    checkpoint_every: int = Field(200, ge=1, description="write a resumable checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    log: Literal["none", "tensorboard", "mlflow"] = Field("none", description="extra metrics sink, when installed")
+    fsdp: bool = Field(False, description="shard with FSDP2 under torchrun (GPU)")
+
+
+class GenerateConfig(Section):
+    max_new_tokens: int = Field(100, ge=1, description="tokens to generate")
+    temperature: float = Field(0.8, ge=0.0, le=10.0, description="0 = greedy")
+    top_k: int = Field(0, ge=0, description="sample from the k most likely tokens (0 = off)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (1 = off)")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="> 1 discourages repeating tokens (1 = off)")
+    stop: list[str] = Field(default_factory=list, description="strings that end the generation")
+    seed: int | None = Field(None, description="seed for sampling (empty = random)")
+
+
+class DemoConfig(Section):
+    data: str | None = Field(None, description="text file or folder to train on (default: the Python standard library's source)")
+    minutes: float = Field(3.0, gt=0.0, description="training time budget")
+    serve: bool = Field(False, description="start the server at the end")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "workspace": WorkspaceConfig,
+    "data": DataConfig,
+    "train": PretrainConfig,
+    "generate": GenerateConfig,
+    "demo": DemoConfig,
+}
+
+
+def read_config_file(path: str | Path | None) -> dict[str, Any]:
+    """Parse a YAML config file and check its top-level sections; {} when no file is given."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{where}: invalid YAML ({problem})") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text at byte {err.start}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a config file is a mapping of sections ({', '.join(SECTIONS)}), not {type(raw).__name__}")
+    for key in raw:
+        if key not in SECTIONS:
+            raise UserError(f"{path}: unknown section '{key}'{_did_you_mean(str(key), SECTIONS)}; sections are {', '.join(SECTIONS)}")
+        if raw[key] is not None and not isinstance(raw[key], dict):
+            raise UserError(f"{path}: section '{key}' must be a mapping of keys, not {type(raw[key]).__name__}")
+    # Validate every section, not just the caller's: a typo anywhere in the file is reported.
+    for key, body in raw.items():
+        validate_section(key, body or {}, source=str(path))
+    return {k: (v or {}) for k, v in raw.items()}
+
+
+def load_section(section: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
+    """The validated config of one stage: defaults < file section < flag overrides (None = not given)."""
+    body = dict(read_config_file(path).get(section, {}))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            body[key] = value
+    return validate_section(section, body, source=str(path) if path else None)
+
+
+def validate_section(section: str, body: dict[str, Any], source: str | None = None) -> Any:
+    model = SECTIONS[section]
+    try:
+        return model.model_validate(body)
+    except ValidationError as err:
+        raise UserError(_describe(err, section, model, source)) from None
+
+
+def _describe(err: ValidationError, section: str, model: type[BaseModel], source: str | None) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key_path = ".".join([section, *loc])
+    prefix = f"{source}: " if source else ""
+    if first["type"] == "extra_forbidden":
+        owner = _model_at(model, loc[:-1])
+        fields = list(owner.model_fields) if owner else []
+        hint = _did_you_mean(loc[-1], fields)
+        return f"{prefix}unknown key '{key_path}'{hint}; allowed keys: {', '.join(fields)}"
+    shown = repr(first.get("input"))
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{prefix}{key_path} = {shown}: {first['msg']}"
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def render_defaults(section: str) -> str:
+    """The section's defaults as YAML with each key's description as a comment above it."""
+    if section not in SECTIONS:
+        raise UserError(f"unknown stage '{section}'{_did_you_mean(section, SECTIONS)}; stages: {', '.join(SECTIONS)}")
+    lines = [f"{section}:"]
+    _render_model(SECTIONS[section](), lines, indent=1)
+    return "\n".join(lines) + "\n"
+
+
+def _render_model(obj: BaseModel, lines: list[str], indent: int) -> None:
+    pad = "  " * indent
+    for name, field in type(obj).model_fields.items():
+        value = getattr(obj, name)
+        kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        lines.append(f"{pad}# {field.description} ({kind})")
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:")
+            _render_model(value, lines, indent + 1)
+        else:
+            dumped = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip()
+            dumped = dumped.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"{pad}{name}: {dumped}")

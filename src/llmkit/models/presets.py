@@ -1,0 +1,65 @@
+"""Model sizes as Hugging Face LlamaConfig: RoPE, RMSNorm, SwiGLU, tied embeddings by default.
+
+Parameter counts are given at a 4,096-token vocabulary; the real vocabulary comes from the
+dataset's tokenizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import LlamaConfig
+
+from llmkit.errors import UserError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~1.4M: the test and laptop size.
+    "nano": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384),
+    # ~11M
+    "micro": dict(hidden_size=256, num_hidden_layers=12, num_attention_heads=8, intermediate_size=768),
+    # ~48M
+    "small": dict(hidden_size=512, num_hidden_layers=12, num_attention_heads=8, intermediate_size=1792),
+    # ~126M
+    "base": dict(hidden_size=768, num_hidden_layers=16, num_attention_heads=12, intermediate_size=2304),
+}
+
+
+def llama_config(preset: str, vocab_size: int, context: int, *, bos_token_id: int | None = None,
+                 eos_token_id: int | None = None, pad_token_id: int | None = None, dropout: float = 0.0,
+                 overrides: dict[str, Any] | None = None) -> LlamaConfig:
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset '{preset}'; presets: {', '.join(PRESETS)}")
+    fields: dict[str, Any] = dict(
+        PRESETS[preset],
+        vocab_size=vocab_size,
+        max_position_embeddings=context,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        attention_dropout=dropout,
+        attention_bias=False,
+        mlp_bias=False,
+        hidden_act="silu",
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        use_cache=True,
+    )
+    fields["num_key_value_heads"] = fields["num_attention_heads"]
+    unknown = set(overrides or {}) - set(LlamaConfig().to_dict()) - set(fields)
+    if unknown:
+        raise UserError(f"train.model: unknown LlamaConfig field(s) {', '.join(sorted(unknown))}")
+    fields.update(overrides or {})
+    if fields["hidden_size"] % fields["num_attention_heads"]:
+        raise UserError(f"train.model: hidden_size {fields['hidden_size']} is not divisible by num_attention_heads {fields['num_attention_heads']}")
+    return LlamaConfig(**fields)
+
+
+def count_parameters(model) -> int:
+    # Tied embeddings are one tensor; count unique storage once.
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total

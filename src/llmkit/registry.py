@@ -1,0 +1,330 @@
+"""The registry: datasets, runs, models, evaluations and feedback, with lineage between them.
+
+SQLAlchemy Core over SQLite (a file in the workspace, WAL mode) by default, or any SQLAlchemy URL
+(PostgreSQL for a team). Artifacts stay plain folders; a row points at one only after the folder
+was renamed into place. The schema carries its version in `llmkit_schema`, and `MIGRATIONS` brings
+a workspace made by an older llmkit up to date when it is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from llmkit.errors import UserError
+
+RECORD_TYPES = ("dataset", "run", "model", "eval")
+
+metadata = sa.MetaData()
+schema_table = sa.Table("llmkit_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
+records = sa.Table(
+    "records",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False, default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("path", sa.Text, nullable=True),
+    sa.Column("content_hash", sa.String(128), nullable=True),
+    sa.Column("params", sa.Text, nullable=False, default="{}"),
+    sa.Column("metrics", sa.Text, nullable=False, default="{}"),
+    sa.UniqueConstraint("type", "name", "version", name="uq_records_type_name_version"),
+)
+lineage = sa.Table(
+    "lineage",
+    metadata,
+    sa.Column("child_id", sa.String(32), nullable=False),
+    sa.Column("parent_id", sa.String(32), nullable=False),
+    sa.Column("relation", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("child_id", "parent_id", "relation"),
+)
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("response_id", sa.String(64), nullable=True),
+    sa.Column("rating", sa.Integer, nullable=True),
+    sa.Column("prompt", sa.Text, nullable=True),
+    sa.Column("response", sa.Text, nullable=True),
+    sa.Column("correction", sa.Text, nullable=True),
+    sa.Column("extra", sa.Text, nullable=False, default="{}"),
+)
+
+
+def _migrate_1(conn: sa.Connection) -> None:
+    records.create(conn, checkfirst=True)
+    lineage.create(conn, checkfirst=True)
+
+
+def _migrate_2(conn: sa.Connection) -> None:
+    # v2: served feedback, and a content-hash index so "does this dataset exist?" stays fast.
+    feedback.create(conn, checkfirst=True)
+    sa.Index("ix_records_hash", records.c.type, records.c.content_hash).create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_migrate_1, _migrate_2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass
+class Record:
+    id: str
+    type: str
+    name: str
+    version: int
+    kind: str
+    created_at: float
+    path: str | None
+    content_hash: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+    @property
+    def created(self) -> str:
+        return datetime.fromtimestamp(self.created_at, timezone.utc).isoformat(timespec="seconds")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ref": self.ref, "created": self.created}
+
+
+def _row_to_record(row: Any) -> Record:
+    m = row._mapping
+    return Record(
+        id=m["id"], type=m["type"], name=m["name"], version=m["version"], kind=m["kind"],
+        created_at=m["created_at"], path=m["path"], content_hash=m["content_hash"],
+        params=json.loads(m["params"] or "{}"), metrics=json.loads(m["metrics"] or "{}"),
+    )
+
+
+class Registry:
+    def __init__(self, url: str):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        try:
+            if self.is_sqlite:
+                # isolation_level=None hands transaction control to us, so writes can take the
+                # write lock up front (BEGIN IMMEDIATE) instead of failing on a read->write upgrade.
+                self.engine = sa.create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
+                sa.event.listen(self.engine, "connect", _sqlite_on_connect)
+                sa.event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            else:
+                self.engine = sa.create_engine(url, pool_pre_ping=True)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as err:
+            raise UserError(f"registry URL '{_safe_url(url)}' is not usable ({err}); use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB") from None
+        self._migrate()
+
+    @classmethod
+    def for_workspace(cls, root: Path, db_url: str | None = None) -> Registry:
+        url = db_url or os.environ.get("LLMKIT_DB_URL") or f"sqlite:///{root / 'registry.db'}"
+        return cls(url)
+
+    # -- schema -----------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        def step(conn: sa.Connection) -> None:
+            schema_table.create(conn, checkfirst=True)
+            current = conn.execute(sa.select(schema_table.c.version)).scalar()
+            if current is None:
+                conn.execute(schema_table.insert().values(version=0))
+                current = 0
+            if current > SCHEMA_VERSION:
+                raise UserError(f"the registry at {_safe_url(self.url)} has schema v{current}, newer than this llmkit (v{SCHEMA_VERSION}); upgrade llmkit")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[version - 1](conn)
+                conn.execute(schema_table.update().values(version=version))
+
+        try:
+            self._write(step)
+        except OperationalError as err:
+            raise UserError(f"cannot open the registry at {_safe_url(self.url)}: {err.orig}") from None
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(schema_table.c.version)).scalar_one()
+
+    # -- writes -----------------------------------------------------------------------------
+    def _write(self, fn: Callable[[sa.Connection], Any], attempts: int = 20) -> Any:
+        """Run fn in one transaction, retrying when another process holds the lock or won a race."""
+        for attempt in range(attempts):
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            except (OperationalError, IntegrityError) as err:
+                transient = isinstance(err, IntegrityError) or "locked" in str(err) or "busy" in str(err) or "could not serialize" in str(err)
+                if not transient or attempt == attempts - 1:
+                    raise
+                time.sleep(min(0.05 * (2**attempt), 1.0) * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")
+
+    def add(
+        self,
+        type: str,
+        name: str,
+        *,
+        kind: str = "",
+        path: str | Path | None = None,
+        content_hash: str | None = None,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        parents: list[tuple[str, str]] | None = None,
+    ) -> Record:
+        """Register an artifact as the next version of `name`; parents are (record id, relation)."""
+        if type not in RECORD_TYPES:
+            raise ValueError(f"record type {type!r} not in {RECORD_TYPES}")
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"refusing to register {path}: it does not exist")
+
+        def insert(conn: sa.Connection) -> Record:
+            latest = conn.execute(
+                sa.select(sa.func.max(records.c.version)).where(records.c.type == type, records.c.name == name)
+            ).scalar()
+            rec = Record(
+                id=uuid.uuid4().hex[:12], type=type, name=name, version=(latest or 0) + 1, kind=kind,
+                created_at=time.time(), path=str(path) if path is not None else None,
+                content_hash=content_hash, params=params or {}, metrics=metrics or {},
+            )
+            conn.execute(records.insert().values(**{**asdict(rec), "params": json.dumps(rec.params), "metrics": json.dumps(rec.metrics)}))
+            for parent_id, relation in parents or []:
+                conn.execute(lineage.insert().values(child_id=rec.id, parent_id=parent_id, relation=relation))
+            return rec
+
+        return self._write(insert)
+
+    def update_metrics(self, record_id: str, metrics: dict[str, Any]) -> None:
+        def update(conn: sa.Connection) -> None:
+            row = conn.execute(sa.select(records.c.metrics).where(records.c.id == record_id)).scalar_one()
+            merged = {**json.loads(row or "{}"), **metrics}
+            conn.execute(records.update().where(records.c.id == record_id).values(metrics=json.dumps(merged)))
+
+        self._write(update)
+
+    def remove(self, record_id: str) -> None:
+        def delete(conn: sa.Connection) -> None:
+            conn.execute(lineage.delete().where(sa.or_(lineage.c.child_id == record_id, lineage.c.parent_id == record_id)))
+            conn.execute(records.delete().where(records.c.id == record_id))
+
+        self._write(delete)
+
+    def add_feedback(self, model: str, *, response_id: str | None = None, rating: int | None = None,
+                     prompt: str | None = None, response: str | None = None, correction: str | None = None,
+                     extra: dict[str, Any] | None = None) -> str:
+        fid = uuid.uuid4().hex[:12]
+        values = dict(id=fid, created_at=time.time(), model=model, response_id=response_id, rating=rating,
+                      prompt=prompt, response=response, correction=correction, extra=json.dumps(extra or {}))
+        self._write(lambda conn: conn.execute(feedback.insert().values(**values)))
+        return fid
+
+    # -- reads ------------------------------------------------------------------------------
+    def list(self, type: str | None = None, name: str | None = None) -> list[Record]:
+        query = sa.select(records).order_by(records.c.created_at, records.c.version)
+        if type:
+            query = query.where(records.c.type == type)
+        if name:
+            query = query.where(records.c.name == name)
+        with self.engine.connect() as conn:
+            return [_row_to_record(r) for r in conn.execute(query)]
+
+    def find(self, ref: str, type: str | None = None) -> Record | None:
+        """A record by id, unique id prefix, `name` (latest version), `name:vN` or `name@N`."""
+        name, version = ref, None
+        for sep in (":v", "@"):
+            head, _, tail = ref.rpartition(sep)
+            if head and tail.isdigit():
+                name, version = head, int(tail)
+                break
+        with self.engine.connect() as conn:
+            query = sa.select(records).where(records.c.name == name)
+            if type:
+                query = query.where(records.c.type == type)
+            if version is not None:
+                query = query.where(records.c.version == version)
+            rows = conn.execute(query.order_by(records.c.version.desc())).fetchall()
+            if rows:
+                types = {r._mapping["type"] for r in rows}
+                if len(types) > 1 and type is None:
+                    # The same name as a dataset and a model: prefer the model, which people address most.
+                    for preferred in ("model", "dataset", "run", "eval"):
+                        if preferred in types:
+                            rows = [r for r in rows if r._mapping["type"] == preferred]
+                            break
+                return _row_to_record(rows[0])
+            if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref):
+                query = sa.select(records).where(records.c.id.like(ref + "%"))
+                if type:
+                    query = query.where(records.c.type == type)
+                rows = conn.execute(query).fetchall()
+                if len(rows) == 1:
+                    return _row_to_record(rows[0])
+        return None
+
+    def get(self, ref: str, type: str | None = None) -> Record:
+        rec = self.find(ref, type)
+        if rec is None:
+            what = type or "record"
+            known = [r.name for r in self.list(type)]
+            hint = f"; known: {', '.join(sorted(set(known))[:10])}" if known else f"; there are no {what}s yet"
+            raise UserError(f"no {what} named '{ref}' in the registry{hint}")
+        return rec
+
+    def find_by_hash(self, type: str, content_hash: str, name: str | None = None) -> Record | None:
+        query = sa.select(records).where(records.c.type == type, records.c.content_hash == content_hash)
+        if name:
+            query = query.where(records.c.name == name)
+        with self.engine.connect() as conn:
+            row = conn.execute(query.order_by(records.c.version.desc())).first()
+        return _row_to_record(row) if row else None
+
+    def parents(self, record_id: str) -> list[tuple[str, Record]]:
+        return self._linked(record_id, lineage.c.child_id, lineage.c.parent_id)
+
+    def children(self, record_id: str) -> list[tuple[str, Record]]:
+        return self._linked(record_id, lineage.c.parent_id, lineage.c.child_id)
+
+    def _linked(self, record_id: str, this_col, other_col) -> list[tuple[str, Record]]:
+        query = sa.select(lineage.c.relation, records).join(records, records.c.id == other_col).where(this_col == record_id)
+        with self.engine.connect() as conn:
+            return [(row._mapping["relation"], _row_to_record(row)) for row in conn.execute(query)]
+
+    def list_feedback(self, model: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(feedback).order_by(feedback.c.created_at)
+        if model:
+            query = query.where(feedback.c.model == model)
+        with self.engine.connect() as conn:
+            return [{**row._mapping, "extra": json.loads(row._mapping["extra"])} for row in conn.execute(query)]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_on_connect(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets a server read while a training run writes; busy_timeout makes writers wait, not fail.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable URL>"

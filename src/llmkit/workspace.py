@@ -1,0 +1,144 @@
+"""The workspace folder and atomic artifact writes.
+
+Layout: <workspace>/registry.db (SQLite default), datasets/, runs/, models/, evals/.
+Every artifact folder is written under a temporary name beside its target, fsynced, renamed into
+place, and only then registered: a crash leaves either the old state or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmkit.errors import UserError
+
+TMP_PREFIX = ".tmp-"
+KINDS = ("datasets", "runs", "models", "evals")
+
+
+def resolve_workspace(workspace: str | Path | None) -> Path:
+    """--workspace, else $LLMKIT_HOME, else ./llmkit-workspace."""
+    chosen = workspace or os.environ.get("LLMKIT_HOME") or "llmkit-workspace"
+    return Path(chosen).expanduser().resolve()
+
+
+@dataclass
+class Workspace:
+    root: Path
+
+    @classmethod
+    def open(cls, workspace: str | Path | None = None, create: bool = True) -> Workspace:
+        root = resolve_workspace(workspace)
+        if root.exists() and not root.is_dir():
+            raise UserError(f"workspace {root} is a file; pass --workspace with a folder")
+        if not root.exists() and not create:
+            raise UserError(f"no workspace at {root}; run 'llmkit init' or pass --workspace")
+        for kind in KINDS:
+            (root / kind).mkdir(parents=True, exist_ok=True)
+        ws = cls(root)
+        ws.clean_stale_tmp()
+        return ws
+
+    def folder(self, kind: str, name: str) -> Path:
+        return self.root / kind / name
+
+    def clean_stale_tmp(self, max_age_s: float = 0.0) -> list[Path]:
+        """Remove temporary folders left by writers that died (their pid is gone)."""
+        removed = []
+        for kind in KINDS:
+            for tmp in (self.root / kind).glob(TMP_PREFIX + "*"):
+                pid = _pid_of(tmp.name)
+                if pid is not None and _alive(pid):
+                    continue
+                if time.time() - tmp.stat().st_mtime < max_age_s:
+                    continue
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
+        return removed
+
+
+def _pid_of(tmp_name: str) -> int | None:
+    # .tmp-<pid>-<random>-<target name>
+    try:
+        return int(tmp_name[len(TMP_PREFIX):].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; on success fsync it and rename it to `target`.
+
+    On any exception the temporary folder is removed and `target` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f"{TMP_PREFIX}{os.getpid()}-{os.urandom(3).hex()}-{target.name}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if target.exists():
+            # Replace: move the old one aside first so the swap is two renames, never a half tree.
+            old = target.parent / f"{TMP_PREFIX}{os.getpid()}-old-{target.name}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a single file atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
