@@ -43,6 +43,7 @@ class DataConfig(Section):
     label_field: str | None = Field(None, description="field or column holding the label (classify; default: label)")
     doc_split: Literal["file", "blank-line", "line"] = Field("file", description="how .txt files split into documents for lm")
     encoding: str = Field("utf-8", description="text encoding of the input files")
+    chunk_chars: int = Field(8000, ge=0, description="lm documents longer than this are cut at line breaks into pieces of about this size, so one big file still splits and dedupes (0 = never)")
     tokenizer: str = Field("bpe:4096", description="char | bpe:VOCAB | path of a tokenizer.json or model folder to reuse")
     pii: Literal["redact", "drop", "report", "keep"] = Field("redact", description="redact: typed placeholders; drop: remove the record; report: count only; keep: skip detection")
     dedupe: Literal["near", "exact", "none"] = Field("near", description="near: MinHash LSH plus exact; exact: normalized-text hash; none")
@@ -199,7 +200,11 @@ def _render_model(obj: BaseModel, lines: list[str], indent: int) -> None:
     pad = "  " * indent
     for name, field in type(obj).model_fields.items():
         value = getattr(obj, name)
-        kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        choices = getattr(field.annotation, "__args__", ())
+        if getattr(field.annotation, "__origin__", None) is Literal:
+            kind = "one of: " + " | ".join(map(str, choices))
+        else:
+            kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
         lines.append(f"{pad}# {field.description} ({kind})")
         if isinstance(value, BaseModel):
             lines.append(f"{pad}{name}:")

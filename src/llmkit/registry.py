@@ -74,7 +74,9 @@ def _migrate_1(conn: sa.Connection) -> None:
 def _migrate_2(conn: sa.Connection) -> None:
     # v2: served feedback, and a content-hash index so "does this dataset exist?" stays fast.
     feedback.create(conn, checkfirst=True)
-    sa.Index("ix_records_hash", records.c.type, records.c.content_hash).create(conn, checkfirst=True)
+    # Plain DDL: an sa.Index(...) here would attach itself to `records` on every call, and the next
+    # fresh database's records.create() would then emit the same CREATE INDEX twice.
+    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_records_hash ON records (type, content_hash)"))
 
 
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [_migrate_1, _migrate_2]
@@ -125,7 +127,7 @@ class Registry:
                 # write lock up front (BEGIN IMMEDIATE) instead of failing on a read->write upgrade.
                 self.engine = sa.create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
                 sa.event.listen(self.engine, "connect", _sqlite_on_connect)
-                sa.event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+                sa.event.listen(self.engine, "begin", _sqlite_begin)
             else:
                 self.engine = sa.create_engine(url, pool_pre_ping=True)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as err:
@@ -140,6 +142,9 @@ class Registry:
     # -- schema -----------------------------------------------------------------------------
     def _migrate(self) -> None:
         def step(conn: sa.Connection) -> None:
+            if conn.dialect.name == "postgresql":
+                # Serialize first opens: two processes must not both CREATE TABLE (DuplicateTable).
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7236514)"))
             schema_table.create(conn, checkfirst=True)
             current = conn.execute(sa.select(schema_table.c.version)).scalar()
             if current is None:
@@ -165,7 +170,7 @@ class Registry:
         """Run fn in one transaction, retrying when another process holds the lock or won a race."""
         for attempt in range(attempts):
             try:
-                with self.engine.begin() as conn:
+                with self.engine.execution_options(llmkit_write=True).begin() as conn:
                     return fn(conn)
             except (OperationalError, IntegrityError) as err:
                 transient = isinstance(err, IntegrityError) or "locked" in str(err) or "busy" in str(err) or "could not serialize" in str(err)
@@ -321,6 +326,12 @@ def _sqlite_on_connect(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # Only writes (see _write) take the write lock up front; a read gets a plain deferred BEGIN, so
+    # under WAL it reads a snapshot instead of waiting behind (and timing out on) a writer.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("llmkit_write") else "BEGIN")
 
 
 def _safe_url(url: str) -> str:

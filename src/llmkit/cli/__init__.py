@@ -1,0 +1,65 @@
+"""The `llmkit` command: one typer app, a sub-command per stage. Thin: parse, call the stage, print.
+
+Exit codes: 0 ok, 1 runtime failure, 2 user error. With --json the result goes to stdout as JSON
+and everything else (logs, progress) to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from llmkit.cli.common import console, err_console
+from llmkit.errors import UserError
+
+app = typer.Typer(
+    name="llmkit",
+    help="Raw text to a trained, evaluated, served language model. Example: llmkit demo",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+)
+
+
+def _register() -> None:
+    # Imported here so `llmkit --help` lists everything while each module stays one job.
+    from llmkit.cli import core, data
+
+    core.register(app)
+    app.add_typer(data.app, name="data")
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as ex:
+        sys.exit(ex.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as err:  # click's usage errors and our own failures
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(2 if isinstance(err, click.UsageError) else err.exit_code)
+        if os.environ.get("LLMKIT_DEBUG"):
+            raise
+        err_console.print(f"[red]failed:[/red] {type(err).__name__}: {err} (set LLMKIT_DEBUG=1 for the traceback)",
+                          highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+__all__ = ["app", "main", "console"]

@@ -1,0 +1,66 @@
+"""What every command shares: the common options, the workspace and registry, and output."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from llmkit.config import load_section, read_config_file
+from llmkit.registry import Registry
+from llmkit.workspace import Workspace
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file; flags override it.", show_default=False)]
+WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", help="Workspace folder (default: $LLMKIT_HOME or ./llmkit-workspace).", show_default=False)]
+DbUrlOpt = Annotated[str | None, typer.Option("--db-url", help="Registry SQLAlchemy URL (default: $LLMKIT_DB_URL or SQLite in the workspace).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout; logs go to stderr.")]
+
+
+@dataclass
+class Ctx:
+    """The resolved common options of one command invocation."""
+
+    config: Path | None = None
+    workspace: Path | None = None
+    db_url: str | None = None
+    json: bool = False
+    _ws: Workspace | None = field(default=None, repr=False)
+    _registry: Registry | None = field(default=None, repr=False)
+
+    def section(self, name: str, **overrides: Any) -> Any:
+        return load_section(name, self.config, overrides)
+
+    @property
+    def ws(self) -> Workspace:
+        if self._ws is None:
+            self._ws = Workspace.open(self.workspace)
+        return self._ws
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            db_url = self.db_url
+            if db_url is None and self.config is not None:
+                db_url = read_config_file(self.config).get("workspace", {}).get("db_url")
+            self._registry = Registry.for_workspace(self.ws.root, db_url)
+        return self._registry
+
+    @property
+    def log(self) -> Console:
+        # With --json, stdout is reserved for the result.
+        return err_console if self.json else console
+
+    def emit(self, result: Any, human=None) -> None:
+        if self.json:
+            print(json.dumps(result, indent=2, default=str, ensure_ascii=False))
+        elif human is not None:
+            human()
+        else:
+            console.print_json(data=result, default=str)

@@ -1,0 +1,184 @@
+"""Workspace commands: version, doctor, init, ls, show, rm, config show."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from llmkit import __version__
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
+from llmkit.config import render_defaults
+from llmkit.errors import UserError
+from llmkit.registry import RECORD_TYPES
+
+OPTIONAL_BACKENDS = ("transformers", "peft", "llama_cpp", "onnxruntime", "captum", "playwright", "psycopg")
+LS_KINDS = {"datasets": "dataset", "runs": "run", "models": "model", "evals": "eval"}
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog="Example: llmkit version --json")(version)
+    app.command(epilog="Example: llmkit doctor")(doctor)
+    app.command(epilog="Example: llmkit init --workspace ./ws")(init)
+    app.command(name="ls", epilog="Example: llmkit ls models")(ls)
+    app.command(epilog="Example: llmkit show shakespeare")(show)
+    app.command(epilog="Example: llmkit rm shakespeare:v1 --yes")(rm)
+    config_app = typer.Typer(help="Stage configurations.", no_args_is_help=True)
+    config_app.command(name="show", epilog="Example: llmkit config show train > train.yaml")(config_show)
+    app.add_typer(config_app, name="config")
+
+
+def version(json_out: JsonOpt = False) -> None:
+    """Print the llmkit version."""
+    Ctx(json=json_out).emit({"llmkit": __version__}, lambda: console.print(f"llmkit {__version__}"))
+
+
+def doctor(json_out: JsonOpt = False) -> None:
+    """Check the machine: Python, torch, threads, device, and which optional backends import."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    backends = {}
+    for name in OPTIONAL_BACKENDS:
+        try:
+            mod = importlib.import_module(name)
+            backends[name] = getattr(mod, "__version__", "ok")
+        except Exception:
+            backends[name] = None
+    result = {
+        "llmkit": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "device": device,
+        "cuda_devices": torch.cuda.device_count(),
+        "bf16_cpu_fast": _cpu_has_fast_bf16(),
+        "backends": backends,
+    }
+
+    def human() -> None:
+        table = Table(title="llmkit doctor", show_header=False)
+        for key, value in result.items():
+            if key != "backends":
+                table.add_row(key, str(value))
+        for name, ver in backends.items():
+            table.add_row(f"  {name}", f"[green]{ver}[/green]" if ver else "[yellow]not installed[/yellow]")
+        console.print(table)
+
+    Ctx(json=json_out).emit(result, human)
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def init(config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False) -> None:
+    """Create a workspace (folders and registry). Safe to run again."""
+    ctx = Ctx(config, workspace, db_url, json_out)
+    ctx.section("workspace")  # validates the whole file: a typo anywhere is reported here
+    reg = ctx.registry
+    result = {"workspace": str(ctx.ws.root), "registry": reg.engine.url.render_as_string(hide_password=True),
+              "schema_version": reg.schema_version()}
+    ctx.emit(result, lambda: console.print(f"workspace ready at [bold]{ctx.ws.root}[/bold] (registry: {result['registry']})"))
+
+
+def ls(
+    kind: Annotated[str | None, typer.Argument(help="datasets | runs | models | evals (default: all)")] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """List what the registry holds."""
+    if kind is not None and kind not in LS_KINDS:
+        raise UserError(f"unknown kind '{kind}'; use one of: {', '.join(LS_KINDS)}")
+    ctx = Ctx(config, workspace, db_url, json_out)
+    recs = ctx.registry.list(LS_KINDS[kind] if kind else None)
+
+    def human() -> None:
+        if not recs:
+            console.print("nothing registered yet; try [bold]llmkit demo[/bold]")
+            return
+        table = Table()
+        for col in ("id", "type", "name", "version", "kind", "created", "path"):
+            table.add_column(col)
+        for r in recs:
+            table.add_row(r.id, r.type, r.name, str(r.version), r.kind, r.created, r.path or "")
+        console.print(table)
+
+    ctx.emit([r.to_json() for r in recs], human)
+
+
+def show(
+    ref: Annotated[str, typer.Argument(help="name, name:vN, or id")],
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Show one record with its lineage."""
+    ctx = Ctx(config, workspace, db_url, json_out)
+    rec = ctx.registry.get(ref)
+    parents = [{"relation": rel, "id": p.id, "type": p.type, "ref": p.ref} for rel, p in ctx.registry.parents(rec.id)]
+    children = [{"relation": rel, "id": c.id, "type": c.type, "ref": c.ref} for rel, c in ctx.registry.children(rec.id)]
+    result = {**rec.to_json(), "parents": parents, "children": children}
+
+    def human() -> None:
+        console.print(f"[bold]{rec.type} {rec.ref}[/bold]  id {rec.id}  kind {rec.kind}  created {rec.created}")
+        console.print(f"path: {rec.path}")
+        if rec.params:
+            console.print_json(data={"params": rec.params}, default=str)
+        if rec.metrics:
+            console.print_json(data={"metrics": rec.metrics}, default=str)
+        for p in parents:
+            console.print(f"  ← {p['relation']}: {p['type']} {p['ref']} ({p['id']})")
+        for c in children:
+            console.print(f"  → {c['relation']}: {c['type']} {c['ref']} ({c['id']})")
+
+    ctx.emit(result, human)
+
+
+def rm(
+    ref: Annotated[str, typer.Argument(help="name, name:vN, or id")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    keep_files: Annotated[bool, typer.Option("--keep-files", help="Remove the record but keep its folder.")] = False,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Remove a record (and its folder inside the workspace)."""
+    ctx = Ctx(config, workspace, db_url, json_out)
+    rec = ctx.registry.get(ref)
+    if not yes and not typer.confirm(f"remove {rec.type} {rec.ref} ({rec.id}) and its files?", err=True):
+        raise typer.Abort()
+    ctx.registry.remove(rec.id)
+    removed_files = False
+    if rec.path and not keep_files:
+        path = Path(rec.path)
+        # Only delete inside the workspace: a model registered from elsewhere is the user's folder.
+        if path.exists() and ctx.ws.root in path.resolve().parents:
+            shutil.rmtree(path, ignore_errors=True)
+            removed_files = True
+    ctx.emit({"removed": rec.id, "ref": rec.ref, "type": rec.type, "files_removed": removed_files},
+             lambda: console.print(f"removed {rec.type} {rec.ref}" + (" and its files" if removed_files else "")))
+
+
+def config_show(
+    stage: Annotated[str, typer.Argument(help="workspace | data | train | generate | demo")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Print a stage's defaults as YAML, with a comment on every key."""
+    text = render_defaults(stage)
+    if json_out:
+        import yaml
+
+        print(__import__("json").dumps(yaml.safe_load(text), indent=2))
+    else:
+        print(text, end="")
+
+
+assert set(LS_KINDS.values()) == set(RECORD_TYPES)

@@ -1,0 +1,140 @@
+"""`llmkit data prepare | report | show`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, err_console
+from llmkit.errors import UserError
+
+app = typer.Typer(help="Prepare, inspect and version datasets.", no_args_is_help=True)
+
+
+@app.command(epilog="Example: llmkit data prepare ../shared/data/tinyshakespeare/input.txt --name shakespeare --task lm --tokenizer char")
+def prepare(
+    inputs: Annotated[list[str] | None, typer.Argument(help="Files, folders or globs (.txt .jsonl .json .csv .tsv .parquet, .gz too).", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option(help="Dataset name; new content under the same name becomes its next version.")] = None,
+    task: Annotated[str | None, typer.Option(help="lm | chat | classify")] = None,
+    text_field: Annotated[str | None, typer.Option(help="Field/column with the text.")] = None,
+    label_field: Annotated[str | None, typer.Option(help="Field/column with the label (classify).")] = None,
+    doc_split: Annotated[str | None, typer.Option(help="file | blank-line | line: documents in .txt files (lm).")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="char | bpe:VOCAB | path of a tokenizer or model folder.")] = None,
+    pii: Annotated[str | None, typer.Option(help="redact | drop | report | keep")] = None,
+    dedupe: Annotated[str | None, typer.Option(help="near | exact | none")] = None,
+    encoding: Annotated[str | None, typer.Option(help="Text encoding of the inputs.")] = None,
+    skip_bad: Annotated[bool | None, typer.Option("--skip-bad", help="Skip and count malformed records.", show_default=False)] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Ingest, clean, dedupe, redact PII, split, tokenize, and register a dataset version."""
+    from llmkit.data.pipeline import prepare as run_prepare
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    cfg = ctx.section("data", inputs=inputs or None, name=name, task=task, text_field=text_field, label_field=label_field,
+                      doc_split=doc_split, tokenizer=tokenizer, pii=pii, dedupe=dedupe, encoding=encoding, skip_bad=skip_bad)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} records"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as progress:
+        ds = run_prepare(cfg, ctx.ws, ctx.registry, progress=progress)
+    m = ds.manifest
+    result = {"id": ds.id, "name": ds.name, "version": ds.version, "ref": ds.ref, "path": str(ds.path),
+              "existed": ds.existed, "counts": m["counts"], "splits": m["splits"], "pii": m["pii"],
+              "tokenizer": m["tokenizer"]}
+
+    def human() -> None:
+        if ds.existed:
+            console.print(f"dataset [bold]{ds.ref}[/bold] already exists with the same content and options: {ds.path}")
+            return
+        c = m["counts"]
+        console.print(f"dataset [bold]{ds.ref}[/bold] ({m['task']}) at {ds.path}")
+        console.print(f"  records: {c['ingested']} read, {c['kept']} kept; removed {c['duplicates_exact']} exact and "
+                      f"{c['duplicates_near']} near duplicates, {c['too_short']} too short, {c['too_long']} too long, "
+                      f"{c['pii_dropped']} for PII, {c['bad']} bad")
+        if m["pii"]:
+            console.print("  PII found: " + ", ".join(f"{k} {v}" for k, v in sorted(m["pii"].items())))
+        for split, s in m["splits"].items():
+            console.print(f"  {split:5s} {s['records']:8d} records {s['tokens']:10d} tokens")
+        console.print(f"  tokenizer: {m['tokenizer']['kind']} vocab {m['tokenizer']['vocab_size']}")
+        console.print(f"next: llmkit data report {ds.name}")
+
+    ctx.emit(result, human)
+
+
+@app.command(epilog="Example: llmkit data report shakespeare --json")
+def report(
+    dataset: Annotated[str, typer.Argument(help="Dataset name, name:vN or id.")],
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Statistics and plots of a dataset version."""
+    from llmkit.data.report import summary
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    path, manifest = _load(ctx, dataset)
+    result = summary(manifest, path)
+
+    def human() -> None:
+        table = Table(title=f"{manifest['name']} ({manifest['task']})")
+        for col in ("split", "records", "documents", "tokens", "chars"):
+            table.add_column(col, justify="right")
+        for split, s in manifest["splits"].items():
+            table.add_row(split, str(s["records"]), str(s["documents"]), str(s["tokens"]), str(s["chars"]))
+        console.print(table)
+        console.print("counts: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items()))
+        console.print("PII: " + (", ".join(f"{k} {v}" for k, v in sorted(manifest["pii"].items())) or "none found"))
+        if manifest.get("labels"):
+            for split, labels in manifest["labels"].items():
+                console.print(f"labels {split}: " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
+        console.print("top tokens: " + " ".join(f"{tok!r}:{n}" for tok, n in manifest["top_tokens"][:10]))
+        for plot in result["plots"]:
+            console.print(f"plot: {plot}")
+
+    ctx.emit(result, human)
+
+
+@app.command(epilog="Example: llmkit data show shakespeare --split val --n 3")
+def show(
+    dataset: Annotated[str, typer.Argument(help="Dataset name, name:vN or id.")],
+    split: Annotated[str, typer.Option(help="train | val | test")] = "train",
+    n: Annotated[int, typer.Option(help="How many records (with --json: all unless given).", min=1)] = 5,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Records of a split after cleaning."""
+    ctx = Ctx(config, workspace, db_url, json_out)
+    path, manifest = _load(ctx, dataset)
+    file = path / "records" / f"{split}.jsonl"
+    if not file.exists():
+        raise UserError(f"split '{split}' does not exist; splits: {', '.join(manifest['splits'])}")
+    limit = None if json_out and not _given("--n") else n
+    records = []
+    with open(file, encoding="utf-8") as fh:
+        for line in fh:
+            if limit is not None and len(records) >= limit:
+                break
+            records.append(json.loads(line))
+
+    def human() -> None:
+        for rec in records:
+            console.rule(rec.get("source") or "")
+            console.print(rec.get("messages") or rec["text"], markup=False, highlight=False)
+            if "label" in rec:
+                console.print(f"[bold]label:[/bold] {rec['label']}")
+
+    ctx.emit(records, human)
+
+
+def _given(flag: str) -> bool:
+    import sys
+
+    return any(a == flag or a.startswith(flag + "=") for a in sys.argv)
+
+
+def _load(ctx: Ctx, ref: str) -> tuple[Path, dict]:
+    rec = ctx.registry.get(ref, "dataset")
+    path = Path(rec.path)
+    if not (path / "manifest.json").exists():
+        raise UserError(f"dataset {rec.ref} points at {path}, which is missing; remove it with 'llmkit rm {rec.id}'")
+    return path, json.loads((path / "manifest.json").read_text())

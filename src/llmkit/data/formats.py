@@ -1,0 +1,273 @@
+"""Raw rows to task records: the part of ingest that knows about tasks, not files.
+
+Readers in `ingest.py` turn every file format into dict rows (a CSV row, a JSON object, a Parquet
+row); a `RowFormatter` turns one row into the records of the task: `lm` and `classify` need a text
+(and a label) field, `chat` recognizes the common conversation layouts so that users do not have to
+convert OpenAssistant, ShareGPT or Alpaca exports by hand. A row that cannot become a record raises
+`BadRecord`, which the caller either stops on or counts (--skip-bad).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from llmkit.errors import UserError
+
+TASKS = ("lm", "chat", "classify")
+TEXT_NAMES = ("text", "content")  # tried in order when --text-field is not given
+LABEL_NAME = "label"
+
+# Every role spelling seen in public chat exports, folded to the three roles a chat template knows.
+_ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "prompter": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+}
+_NUMERIC = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+class BadRecord(Exception):
+    """One row that cannot become a record; the message already says where and why."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def find_field(keys, name: str) -> str | None:
+    """`name` among `keys`, falling back to a case-insensitive match (CSV headers say `Text`)."""
+    if name in keys:
+        return name
+    low = name.lower()
+    return next((k for k in keys if isinstance(k, str) and k.lower() == low), None)
+
+
+def _fields(keys) -> str:
+    return ", ".join(str(k) for k in keys) or "none"
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+    )
+
+
+def _as_text(value: Any) -> str:
+    # Poems and stanzas come as lists of lines (chinese-poetry's `paragraphs`): one line each.
+    return "\n".join(value) if isinstance(value, list) else value
+
+
+class RowFormatter:
+    """Turns the rows of one file into records; resolves default field names once per file.
+
+    Resolving once keeps a file consistent: a JSON Lines file whose first row has `text` and a later
+    row only `content` gets that later row reported, not silently read from another field.
+    """
+
+    def __init__(self, path: str, task: str, text_field: str | None, label_field: str | None):
+        if task not in TASKS:
+            raise UserError(f"unknown task '{task}'; tasks: {', '.join(TASKS)}", param="data.task")
+        self.path = path
+        self.task = task
+        self.text_field = text_field
+        self.label_field = label_field if label_field is not None else (LABEL_NAME if task == "classify" else None)
+        self._explicit_label = label_field is not None
+
+    def set_defaults(self, text: str | None, label: str | None) -> None:
+        """Column guesses from a reader of header-less tables; given flags still win."""
+        if self.text_field is None:
+            self.text_field = text
+        if not self._explicit_label and self.task == "classify" and label is not None:
+            self.label_field = label
+
+    # -- schema-level checks (CSV header, Parquet schema): a wrong name is a mistake for the whole file
+
+    def check_columns(self, columns: list[str], note: str = "") -> None:
+        """Map index names ("0", "1") onto columns and fail at once on a missing column."""
+        if self.task == "chat":
+            return
+        if self.text_field is not None:
+            self.text_field = self._column(columns, self.text_field, "--text-field", note)
+        if self.task == "classify":
+            self.label_field = self._column(columns, self.label_field, "--label-field", note)
+
+    def _column(self, columns: list[str], name: str, flag: str, note: str) -> str:
+        found = find_field(columns, name)
+        if found is None and name.isdigit() and int(name) < len(columns):
+            found = columns[int(name)]
+        if found is None:
+            raise UserError(f"{self.path}: no column '{name}' ({note}columns: {_fields(columns)}); pass {flag}")
+        return found
+
+    # -- rows
+
+    def __call__(self, row: Any, line: int | str) -> list[dict]:
+        where = f"{self.path}:{line}"
+        if not isinstance(row, dict):
+            raise BadRecord(f"{where}: expected an object with fields, got {type(row).__name__}")
+        if self.task == "chat":
+            return [{"messages": m, "source": where} for m in chat_messages(row, where, self.text_field)]
+        text = self._text(row, where)
+        if self.task == "lm":
+            return [{"text": text, "source": where}]
+        return [{"text": text, "label": self._label(row, where), "source": where}]
+
+    def _text(self, row: dict, where: str) -> str:
+        if self.text_field is None:
+            self.text_field = self._default_text_field(row, where)
+        key = find_field(row, self.text_field)
+        if key is None:
+            raise BadRecord(f"{where}: no field '{self.text_field}' (fields: {_fields(row)}); pass --text-field")
+        value = row[key]
+        if value is None or value == "" or value == []:
+            raise BadRecord(f"{where}: empty text in field '{key}'")
+        if not _is_text(value):
+            raise BadRecord(f"{where}: field '{key}' is {type(value).__name__}, not text; pass --text-field")
+        text = _as_text(value)
+        if not text.strip():
+            raise BadRecord(f"{where}: empty text in field '{key}'")
+        return text
+
+    def _default_text_field(self, row: dict, where: str) -> str:
+        label = find_field(row, self.label_field) if self.label_field else None
+        for name in TEXT_NAMES:
+            key = find_field(row, name)
+            if key is not None and key != label:
+                return key
+        # The first string column that is not a number: CSV `id` columns are strings too.
+        for key, value in row.items():
+            if key != label and isinstance(value, str) and value.strip() and not _NUMERIC.match(value):
+                return key
+        raise BadRecord(f"{where}: no text field (fields: {_fields(row)}); pass --text-field")
+
+    def _label(self, row: dict, where: str) -> str:
+        key = find_field(row, self.label_field)
+        if key is None:
+            raise BadRecord(f"{where}: no field '{self.label_field}' (fields: {_fields(row)}); pass --label-field")
+        value = row[key]
+        if isinstance(value, str):
+            label = value.strip()
+        elif isinstance(value, bool):
+            label = str(value).lower()  # as JSON spells it
+        elif isinstance(value, float) and value.is_integer():
+            label = str(int(value))  # pandas turns int labels with gaps into floats
+        elif isinstance(value, int | float):
+            label = str(value)
+        else:
+            raise BadRecord(f"{where}: label field '{key}' is {type(value).__name__}, not a string or number")
+        if not label:
+            raise BadRecord(f"{where}: empty label in field '{key}'")
+        return label
+
+
+# -- chat ------------------------------------------------------------------------------------------
+
+
+def chat_messages(row: dict, where: str, field: str | None = None) -> list[list[dict]]:
+    """The conversations in one row (usually one; Self-Instruct tasks hold one per instance)."""
+    if field is not None:
+        key = find_field(row, field)
+        if key is None:
+            raise BadRecord(f"{where}: no field '{field}' (fields: {_fields(row)}); pass --text-field")
+        return [_validate(_message_list(row[key], where, key), where)]
+    for name in ("messages", "conversations", "conversation"):
+        key = find_field(row, name)
+        if key is not None:
+            return [_validate(_message_list(row[key], where, key), where)]
+    if isinstance(row.get("prompt"), dict):
+        return [_validate(oasst_messages(row["prompt"]), where)]
+    if isinstance(row.get("instances"), list) and "instruction" in row:
+        convs = [_alpaca(row, inst, where) for inst in row["instances"] if isinstance(inst, dict)]
+        if not convs:
+            raise BadRecord(f"{where}: 'instances' holds no {{input, output}} objects")
+        return convs
+    if "instruction" in row:
+        return [_alpaca(row, row, where)]
+    raise BadRecord(
+        f"{where}: not a conversation (fields: {_fields(row)}); expected messages, conversations, "
+        "instruction/input/output or an OpenAssistant prompt tree"
+    )
+
+
+def _message_list(value: Any, where: str, key: str) -> list[dict]:
+    if not isinstance(value, list):
+        raise BadRecord(f"{where}: field '{key}' is {type(value).__name__}, not a list of messages")
+    out = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict):
+            raise BadRecord(f"{where}: {key}[{i}] is {type(msg).__name__}, not a message object")
+        role = msg.get("role", msg.get("from"))
+        content = msg.get("content", msg.get("value", msg.get("text")))
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _alpaca(row: dict, inst: dict, where: str) -> list[dict]:
+    instruction = row.get("instruction")
+    extra = inst.get("input", inst.get("context"))  # Dolly calls the input `context`
+    output = inst.get("output", inst.get("response"))
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise BadRecord(f"{where}: empty or missing 'instruction'")
+    if not isinstance(output, str) or not output.strip():
+        raise BadRecord(f"{where}: empty or missing 'output' (fields: {_fields(inst)})")
+    prompt = instruction + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    if isinstance(row.get("system"), str) and row["system"].strip():
+        messages.insert(0, {"role": "system", "content": row["system"]})
+    return messages
+
+
+def oasst_messages(root: dict) -> list[dict]:
+    """One linear conversation from an OpenAssistant message tree.
+
+    At each level the best-ranked reply wins (rank 0 is best; unranked replies lose to ranked ones,
+    and among equals the first wins); deleted replies never do. A path that ends on an unanswered
+    user turn is cut back to the last assistant turn, since a prompt without an answer teaches nothing.
+    """
+    messages: list[dict] = []
+    node: dict | None = root
+    while node is not None:
+        messages.append({"role": node.get("role"), "content": node.get("text", node.get("content"))})
+        replies = [r for r in node.get("replies") or [] if isinstance(r, dict) and not r.get("deleted")]
+        node = _best_reply(replies)
+    while messages and _ROLES.get(str(messages[-1]["role"]).lower()) == "user":
+        messages.pop()
+    return messages
+
+
+def _best_reply(replies: list[dict]) -> dict | None:
+    ranked = [r for r in replies if isinstance(r.get("rank"), int | float) and not isinstance(r.get("rank"), bool)]
+    if ranked:
+        return min(ranked, key=lambda r: r["rank"])  # min keeps the first of equal ranks
+    return replies[0] if replies else None
+
+
+def _validate(messages: list[dict], where: str) -> list[dict]:
+    """Fold role names, then insist on [system] user, assistant, user, ..., assistant."""
+    out = []
+    for i, msg in enumerate(messages):
+        role = _ROLES.get(str(msg["role"]).lower()) if msg["role"] is not None else None
+        if role is None:
+            raise BadRecord(f"{where}: message {i + 1} has role {msg['role']!r}; roles: system, user, assistant")
+        content = msg["content"]
+        if not isinstance(content, str) or not content.strip():
+            raise BadRecord(f"{where}: message {i + 1} ({role}) has no text")
+        out.append({"role": role, "content": content})
+    turns = out[1:] if out and out[0]["role"] == "system" else out
+    if not turns:
+        raise BadRecord(f"{where}: conversation has no user or assistant turns")
+    for i, msg in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if msg["role"] != expected:
+            n = i + 1 + (len(out) - len(turns))
+            raise BadRecord(f"{where}: message {n} is {msg['role']} where {expected} was expected (turns must alternate)")
+    if turns[-1]["role"] != "assistant":
+        raise BadRecord(f"{where}: conversation ends with a user turn; it must end with an assistant reply")
+    return out
