@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ class Record:
 
     @property
     def created(self) -> str:
-        return datetime.fromtimestamp(self.created_at, timezone.utc).isoformat(timespec="seconds")
+        return datetime.fromtimestamp(self.created_at, UTC).isoformat(timespec="seconds")
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ref": self.ref, "created": self.created}

@@ -26,10 +26,11 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `llmkit --help` lists everything while each module stays one job.
-    from llmkit.cli import core, data
+    from llmkit.cli import core, data, train
 
     core.register(app)
     app.add_typer(data.app, name="data")
+    app.add_typer(train.app, name="train")
 
 
 _register()

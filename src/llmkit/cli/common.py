@@ -34,8 +34,8 @@ class Ctx:
     _ws: Workspace | None = field(default=None, repr=False)
     _registry: Registry | None = field(default=None, repr=False)
 
-    def section(self, name: str, **overrides: Any) -> Any:
-        return load_section(name, self.config, overrides)
+    def section(self, section_name: str, /, **overrides: Any) -> Any:
+        return load_section(section_name, self.config, overrides)
 
     @property
     def ws(self) -> Workspace:

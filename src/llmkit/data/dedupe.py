@@ -34,6 +34,7 @@ class NearDuplicateIndex:
         # Universal hashing a*x+b mod p, one (a, b) per permutation, as in datasketch's MinHash.
         self._a = rng.randint(1, int(_MERSENNE), size=num_perm, dtype=np.uint64)
         self._b = rng.randint(0, int(_MERSENNE), size=num_perm, dtype=np.uint64)
+        self._perms = np.array([self._a, self._b])  # datasketch's "legacy" scheme is this same a*x+b mod p
         self._count = 0
 
     def signature(self, text: str) -> MinHash | None:
@@ -53,7 +54,7 @@ class NearDuplicateIndex:
         # (P,1)*(1,S) -> (P,S) -> min over shingles -> (P,)
         hv = (self._a[:, None] * shingles[None, :] + self._b[:, None]) % _MERSENNE
         values = hv.min(axis=1) & np.uint64(0xFFFFFFFF)
-        return MinHash(num_perm=self.num_perm, hashvalues=values)
+        return MinHash(num_perm=self.num_perm, hashvalues=values, permutations=self._perms, scheme="legacy")
 
     def seen_or_add(self, text: str) -> bool:
         """True when a near-duplicate of text was added before; otherwise remember text."""

@@ -64,6 +64,29 @@ def _as_text(value: Any) -> str:
     return "\n".join(value) if isinstance(value, list) else value
 
 
+def guess_columns(rows: list[list[str]]) -> tuple[str, str | None]:
+    """Text and label column indexes of a header-less table, from a sample of its rows.
+
+    The text is the long column and the label the short one, as in SMS Spam's `ham<TAB>text...`.
+    """
+    width = max(len(row) for row in rows)
+    lengths = [sum(len(row[i]) for row in rows if i < len(row)) for i in range(width)]
+    text = max(range(width), key=lambda i: lengths[i])
+    others = [i for i in range(width) if i != text]
+    label = min(others, key=lambda i: lengths[i]) if others else None
+    return str(text), None if label is None else str(label)
+
+
+def default_text_column(columns: list[str], string_columns: list[str], label: str | None) -> str | None:
+    """The text column of a typed table (Parquet) when --text-field is not given."""
+    names = [c for c in columns if c != label]
+    for name in TEXT_NAMES:
+        found = find_field(names, name)
+        if found is not None:
+            return found
+    return next((c for c in string_columns if c in names), None)
+
+
 class RowFormatter:
     """Turns the rows of one file into records; resolves default field names once per file.
 
@@ -103,7 +126,8 @@ class RowFormatter:
         if found is None and name.isdigit() and int(name) < len(columns):
             found = columns[int(name)]
         if found is None:
-            raise UserError(f"{self.path}: no column '{name}' ({note}columns: {_fields(columns)}); pass {flag}")
+            how = " with a column index" if note else ""
+            raise UserError(f"{self.path}: no column '{name}' ({note}columns: {_fields(columns)}); pass {flag}{how}")
         return found
 
     # -- rows

@@ -1,0 +1,412 @@
+"""Reading raw input files into normalized records, streaming.
+
+`prepare` feeds whatever a user has lying around (a folder of .txt, a JSON Lines export, a CSV with
+or without a header, Parquet, any of them gzipped) into the same record stream, so the rest of the
+data stage never looks at file formats. Every reader is a generator over bounded chunks: memory
+depends on the largest record, not the size of the input. Mistakes in the input come back as a
+`UserError` naming the file and line; with `skip_bad` record-level problems are counted instead.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import glob
+import gzip
+import io
+import json
+import re
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import chain, islice
+from pathlib import Path
+from typing import Any
+
+from llmkit.data.formats import BadRecord, RowFormatter, default_text_column, guess_columns
+from llmkit.errors import UserError
+
+FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+           ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+SUPPORTED = ".txt .jsonl .json .csv .tsv .parquet (each optionally .gz)"
+DOC_SPLITS = ("file", "blank-line", "line")
+MAX_BAD_EXAMPLES = 5
+_CHUNK = 1 << 16
+_SNIFF_ROWS = 50  # header-less tables: rows looked at to tell the label column from the text column
+# First-row cells that mark a CSV header (besides the field names the user asked for).
+_HEADER_NAMES = {"text", "label", "labels", "message", "content", "sentence", "review", "document", "body",
+                 "class", "category", "instruction", "input", "output", "response", "prompt", "messages"}
+_GLOB = re.compile(r"[*?[]")
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+@dataclass
+class IngestStats:
+    """Counters filled while `iter_records` runs, for the prepare report."""
+
+    files: int = 0
+    bytes: int = 0  # on disk, so compressed size for .gz
+    rows: int = 0  # records yielded
+    bad: int = 0  # rows skipped because of skip_bad
+    bad_examples: list[str] = field(default_factory=list)  # the first few skip messages
+
+
+# -- finding files ---------------------------------------------------------------------------------
+
+
+def file_format(path: Path) -> str | None:
+    """The reader for a file name (`a.jsonl.gz` → jsonl), or None when unsupported."""
+    name = path.name.lower().removesuffix(".gz")
+    return FORMATS.get(Path(name).suffix)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (recursive) and globs to a sorted, de-duplicated list of supported files."""
+    if not inputs:
+        raise UserError("no inputs given; pass files, folders or globs", param="data.inputs")
+    found: dict[Path, Path] = {}
+    for item in inputs:
+        for path in _expand_one(str(item)):
+            found.setdefault(path.resolve(), path)  # the same file twice would double its records
+    return list(found.values())
+
+
+def _expand_one(item: str) -> list[Path]:
+    path = Path(item).expanduser()
+    if _GLOB.search(item):
+        matches = sorted(glob.glob(str(path), recursive=True))
+        files: list[Path] = []
+        for match in map(Path, matches):
+            if match.is_dir():
+                files.extend(_walk(match))
+            elif match.is_file() and file_format(match):
+                files.append(match)
+        if not files:
+            why = f"matches no {SUPPORTED} files" if matches else "matches nothing"
+            raise UserError(f"{item}: the pattern {why}; check the path", param="data.inputs")
+        return files
+    if path.is_dir():
+        files = _walk(path)
+        if not files:
+            raise UserError(f"{item}: the folder holds no {SUPPORTED} files", param="data.inputs")
+        return files
+    if path.is_file():
+        if file_format(path) is None:
+            raise UserError(f"{item}: unsupported file type; supported: {SUPPORTED}", param="data.inputs")
+        return [path]
+    raise UserError(f"{item}: no such file or folder", param="data.inputs")
+
+
+def _walk(folder: Path) -> list[Path]:
+    # Hidden entries (.git, .cache) are tool state, not data; unknown extensions (README.md) are skipped.
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and file_format(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+
+def iter_records(
+    inputs: list[str],
+    *,
+    task: str,
+    text_field: str | None = None,
+    label_field: str | None = None,
+    doc_split: str = "file",
+    encoding: str = "utf-8",
+    skip_bad: bool = False,
+    stats: IngestStats | None = None,
+) -> Iterator[dict]:
+    """Records of `task` from every input file, in file order; see `formats.py` for their shape."""
+    if doc_split not in DOC_SPLITS:
+        raise UserError(f"unknown doc split '{doc_split}'; choose from {', '.join(DOC_SPLITS)}", param="data.doc_split")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise UserError(f"unknown encoding '{encoding}'; e.g. utf-8, latin-1, gbk", param="data.encoding") from None
+    stats = stats if stats is not None else IngestStats()
+    for path in expand_inputs(inputs):
+        kind = file_format(path)
+        fmt = RowFormatter(str(path), task, text_field, label_field)
+        stats.files += 1
+        stats.bytes += path.stat().st_size
+        if kind == "txt":
+            if task != "lm":
+                raise UserError(f"{path}: .txt files hold plain text, which suits --task lm only; --task {task} "
+                                "needs .jsonl, .json, .csv, .tsv or .parquet", param="data.task")
+            fmt.text_field = "text"
+            rows: Iterator[tuple[Any, Any]] = _txt_rows(path, encoding, doc_split)
+        elif kind == "jsonl":
+            rows = _jsonl_rows(path, encoding)
+        elif kind == "json":
+            rows = _json_rows(path, encoding)
+        elif kind in ("csv", "tsv"):
+            rows = _csv_rows(path, encoding, fmt, delimiter="\t" if kind == "tsv" else ",")
+        else:
+            rows = _parquet_rows(path, fmt)
+        for line, row in rows:
+            try:
+                if isinstance(row, BadRecord):
+                    raise row
+                records = fmt(row, line)
+            except BadRecord as bad:
+                if not skip_bad:
+                    raise UserError(bad.message) from None
+                stats.bad += 1
+                if len(stats.bad_examples) < MAX_BAD_EXAMPLES:
+                    stats.bad_examples.append(bad.message)
+                continue
+            for record in records:
+                stats.rows += 1
+                yield record
+
+
+# -- opening and decoding --------------------------------------------------------------------------
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+@contextmanager
+def _open_text(path: Path, encoding: str, newline: str | None = None):
+    """A text stream that turns decoding trouble into a UserError with the byte offset."""
+    raw = _open_binary(path)
+    try:
+        name = codecs.lookup(encoding).name
+        if not name.startswith(("utf-16", "utf-32")):
+            head = raw.peek(8192)[:8192]
+            if b"\x00" in head:
+                raise UserError(f"{path}: looks like a binary file (NUL byte at offset {head.index(0)}), "
+                                f"not text; supported: {SUPPORTED}")
+        # utf-8-sig drops the BOM Windows tools write, which would otherwise glue onto the first field.
+        yield io.TextIOWrapper(raw, encoding="utf-8-sig" if name == "utf-8" else encoding, newline=newline)
+    except UnicodeDecodeError:
+        raise _decode_error(path, encoding) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise UserError(f"{path}: broken gzip data ({err}); re-create the file") from None
+    finally:
+        raw.close()
+
+
+def _decode_error(path: Path, encoding: str) -> UserError:
+    """Find the first undecodable byte by re-reading; only the error path pays for exact offsets."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    offset = 0
+    with _open_binary(path) as f:
+        while True:
+            chunk = f.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes of a split character from the last chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                where = offset - pending + err.start
+                byte = err.object[err.start]
+                gz = " of the uncompressed data" if path.name.lower().endswith(".gz") else ""
+                return UserError(f"{path}: cannot decode byte 0x{byte:02x} at offset {where}{gz} as {encoding}; "
+                                 "pass --encoding (e.g. latin-1)", param="data.encoding")
+            if not chunk:
+                break
+            offset += len(chunk)
+    return UserError(f"{path}: cannot decode as {encoding}; pass --encoding (e.g. latin-1)", param="data.encoding")
+
+
+# -- readers: each yields (line, row dict or BadRecord) --------------------------------------------
+
+
+def _txt_rows(path: Path, encoding: str, doc_split: str):
+    with _open_text(path, encoding) as f:
+        if doc_split == "file":
+            text = f.read()  # one document is one file; holding it whole is the point
+            yield 1, {"text": text} if text.strip() else BadRecord(f"{path}: empty file")
+        elif doc_split == "line":
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    yield n, {"text": line.rstrip("\n")}
+        else:
+            para: list[str] = []
+            start = 0
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    start = start if para else n
+                    para.append(line.rstrip("\n"))
+                elif para:
+                    yield start, {"text": "\n".join(para)}
+                    para = []
+            if para:
+                yield start, {"text": "\n".join(para)}
+
+
+def _jsonl_rows(path: Path, encoding: str):
+    with _open_text(path, encoding) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield n, BadRecord(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno})")
+
+
+def _json_rows(path: Path, encoding: str):
+    with _open_text(path, encoding) as f:
+        yield from _JsonArray(path, f).rows()
+
+
+class _JsonArray:
+    """The elements of a top-level JSON array one at a time, each with the line it starts on.
+
+    json.load would hold the whole file and all its objects; this holds one element plus a chunk.
+    A syntax error cannot be skipped (there is no way to find the next element), so it always raises.
+    """
+
+    def __init__(self, path: Path, stream):
+        self.path, self.stream = path, stream
+        self.buf, self.pos, self.eof = "", 0, False
+        self.line, self.counted = 1, 0  # line number of buf[counted]
+        self.decoder = json.JSONDecoder()
+
+    def _more(self, size: int = 0) -> None:
+        self._count()
+        data = self.stream.read(size or _CHUNK)
+        self.eof = not data
+        self.buf, self.pos, self.counted = self.buf[self.pos:] + data, 0, 0
+
+    def _count(self) -> int:
+        self.line += self.buf.count("\n", self.counted, self.pos)
+        self.counted = self.pos
+        return self.line
+
+    def _peek(self) -> str:
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if self.eof:
+                return ""
+            self._more()
+
+    def _error(self, pos: int, reason: str) -> UserError:
+        line = self._count() + self.buf.count("\n", self.pos, pos)
+        return UserError(f"{self.path}:{line}: invalid JSON ({reason})")
+
+    def _value(self) -> Any:
+        size = _CHUNK
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as err:
+                # Failing at the end of the buffer (or inside a long string) may just mean the value
+                # goes on in the next chunk; failing earlier is a real syntax error.
+                cut = err.pos >= len(self.buf) - 16 or err.msg.startswith("Unterminated string")
+                if self.eof or not cut:
+                    raise self._error(err.pos, err.msg) from None
+            else:
+                if end < len(self.buf) or self.eof:  # a number at the very end may have more digits
+                    self.pos = end
+                    return value
+            self._more(size)
+            size *= 2  # doubling keeps one huge element linear, not quadratic
+
+    def rows(self):
+        first = self._peek()
+        if not first:
+            yield 1, BadRecord(f"{self.path}: empty file")
+            return
+        if first != "[":  # a single object is one record
+            line = self._count()
+            yield line, self._value()
+        else:
+            self.pos += 1
+            if self._peek() == "]":
+                self.pos += 1
+            else:
+                while True:
+                    self._peek()
+                    line = self._count()
+                    yield line, self._value()
+                    c = self._peek()
+                    self.pos += 1
+                    if c == "]":
+                        break
+                    if c != ",":
+                        raise self._error(self.pos - 1, "Expecting ',' delimiter" if c else "missing ']' at the end")
+        if self._peek():
+            raise self._error(self.pos, "extra data after the top-level value")
+
+
+def _csv_rows(path: Path, encoding: str, fmt: RowFormatter, delimiter: str):
+    # TSV has no quoting by definition: SMS Spam's texts start with '"' and must stay one row per line.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # whole documents in one cell are fine
+    with _open_text(path, encoding, newline="") as f:
+        rows = _numbered(path, csv.reader(f, delimiter=delimiter, quoting=quoting))
+        first = next(rows, None)
+        if first is None:
+            yield 1, BadRecord(f"{path}: empty file")
+            return
+        wanted = {n.lower() for n in (fmt.text_field, fmt.label_field) if n and not n.isdigit()}
+        if any(cell.strip().lower() in wanted | _HEADER_NAMES for cell in first[1]):
+            columns = [cell.strip() or str(i) for i, cell in enumerate(first[1])]
+            fmt.check_columns(columns)
+            for n, row in rows:
+                yield n, dict(zip(columns, row, strict=False))
+            return
+        head = [first, *islice(rows, _SNIFF_ROWS - 1)]
+        width = max(len(row) for _, row in head)
+        fmt.set_defaults(*guess_columns([row for _, row in head]))
+        fmt.check_columns([str(i) for i in range(width)], note="no header row; ")
+        for n, row in chain(head, rows):
+            yield n, {str(i): cell for i, cell in enumerate(row)}
+
+
+def _numbered(path: Path, reader) -> Iterator[tuple[int, list[str]]]:
+    """CSV rows with the line each starts on (a quoted cell may span lines); blank rows dropped."""
+    prev = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise UserError(f"{path}:{reader.line_num}: invalid CSV ({err})") from None
+        start, prev = prev + 1, reader.line_num
+        if any(cell.strip() for cell in row):
+            yield start, row
+
+
+def _parquet_rows(path: Path, fmt: RowFormatter):
+    import pyarrow as pa  # heavy; only Parquet inputs pay for the import
+    import pyarrow.parquet as pq
+
+    source = _open_binary(path)
+    try:
+        try:
+            pf = pq.ParquetFile(source)
+        except (pa.ArrowException, OSError, EOFError, zlib.error) as err:
+            raise UserError(f"{path}: not a readable Parquet file ({err})") from None
+        schema = pf.schema_arrow
+        columns = None
+        if fmt.task != "chat":
+            if fmt.text_field is None:
+                strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+                fmt.set_defaults(default_text_column(schema.names, strings, fmt.label_field), None)
+                if fmt.text_field is None:
+                    raise UserError(f"{path}: no text column (columns: {', '.join(schema.names)}); pass --text-field")
+            fmt.check_columns(schema.names)
+            # Reading only the needed columns keeps wide tables (embeddings, metadata) out of memory.
+            columns = [c for c in (fmt.text_field, fmt.label_field) if c is not None and c in schema.names]
+        n = 0
+        try:
+            for batch in pf.iter_batches(batch_size=1024, columns=columns):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield n, row
+        except (pa.ArrowException, OSError) as err:
+            raise UserError(f"{path}: cannot read row {n + 1} ({err})") from None
+    finally:
+        source.close()
+

@@ -1,0 +1,450 @@
+"""Find and redact personal data and secrets before text reaches a training set.
+
+A model memorises rare strings, so an e-mail address or an API key that survives the data stage can be
+recited later. Every detector here is a compiled regex that proposes candidates plus a cheap check that
+throws out look-alikes: Luhn for cards, mod-97 for IBANs, ISO 7064 for Chinese ID numbers, octet ranges
+for IPs, forbidden ranges for SSNs, mixed character classes for keys. Precision matters as much as recall
+because every false positive damages training text (dates, prices, versions, hashes are all numbers).
+
+The stage runs over tens of megabytes, so cost is kept near a plain regex scan: detectors are skipped when
+their trigger character or prefix is absent, and every scanning pattern starts with a literal or a
+character class (lookbehinds come after the first character) so `re` can skip ahead in C instead of
+trying the whole pattern at every offset.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date
+
+PII_TYPES: tuple[str, ...] = ("EMAIL", "PHONE", "CREDIT_CARD", "IP_ADDRESS", "IBAN", "SSN", "CN_ID", "SECRET")
+
+# Overlap resolution: a more specific (checksummed or prefixed) type beats a structural guess, so
+# "+86 ..." inside a key never becomes a PHONE and an 18-digit CN ID never becomes a card.
+_PRIORITY = {"SECRET": 0, "EMAIL": 1, "CN_ID": 2, "IBAN": 3, "CREDIT_CARD": 4, "SSN": 5, "IP_ADDRESS": 6, "PHONE": 7}
+
+
+@dataclass(frozen=True)
+class PiiMatch:
+    type: str
+    start: int
+    end: int
+    text: str
+
+
+# ---------------------------------------------------------------- checksums and validators
+
+_LUHN_DOUBLE = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+
+
+def luhn_ok(digits: str) -> bool:
+    """Luhn mod-10 over a string of ASCII digits (separators already removed)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        total += _LUHN_DOUBLE[d] if i & 1 else d
+    return total % 10 == 0
+
+
+# SWIFT IBAN registry lengths; an unknown country or a wrong length is rejected before the checksum,
+# which leaves a 1-in-97 chance only for strings that already look exactly like an IBAN.
+_IBAN_LEN = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
+    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
+    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
+    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
+    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22,
+    "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25,
+    "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27,
+    "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}
+_IBAN_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})
+
+
+def iban_ok(iban: str) -> bool:
+    """Country length plus ISO 13616 mod-97 == 1; spaces are ignored."""
+    s = iban.replace(" ", "").upper()
+    if _IBAN_LEN.get(s[:2]) != len(s) or not s[2:4].isdigit() or not s.isalnum():
+        return False
+    return int((s[4:] + s[:4]).translate(_IBAN_DIGITS)) % 97 == 1
+
+
+_CN_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_CN_CHECK = "10X98765432"
+_CN_PROVINCES = frozenset(
+    "11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 50 51 52 53 54 61 62 63 64 65 "
+    "71 81 82 83 91".split()
+)
+_THIS_YEAR = date.today().year
+
+
+def _plausible_birth_date(yyyymmdd: str) -> bool:
+    try:
+        y, m, d = int(yyyymmdd[:4]), int(yyyymmdd[4:6]), int(yyyymmdd[6:8])
+        return 1900 <= y <= _THIS_YEAR and date(y, m, d) <= date.today()
+    except ValueError:
+        return False
+
+
+def cn_id_ok(number: str) -> bool:
+    """18-character resident ID: province code, real birth date, ISO 7064 MOD 11-2 check character."""
+    if len(number) != 18 or not number[:17].isdigit() or number[:2] not in _CN_PROVINCES:
+        return False
+    if not _plausible_birth_date(number[6:14]):
+        return False
+    total = sum((ord(c) - 48) * w for c, w in zip(number, _CN_WEIGHTS, strict=False))
+    return _CN_CHECK[total % 11] == number[17].upper()
+
+
+def ssn_ok(ssn: str) -> bool:
+    """AAA-GG-SSSS with the ranges the SSA never issues (000, 666, 9xx areas; 00 group; 0000 serial)."""
+    area, group, serial = ssn[:3], ssn[4:6], ssn[7:11]
+    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+
+
+def _card_brand_ok(digits: str) -> bool:
+    # Issuer prefixes and lengths: Luhn alone passes one random number in ten, the IIN table turns away
+    # most timestamps, barcodes and account numbers that would otherwise pass by chance.
+    n = len(digits)
+    p2 = int(digits[:2])
+    p4 = int(digits[:4])
+    if digits[0] == "4":
+        return n in (13, 16, 19)
+    if 51 <= p2 <= 55 or 2221 <= p4 <= 2720:
+        return n == 16
+    if p2 in (34, 37):
+        return n == 15
+    if p2 in (36, 38, 39) or 300 <= int(digits[:3]) <= 305:
+        return 14 <= n <= 19
+    if 3528 <= p4 <= 3589 or p2 in (62, 65) or p4 == 6011 or 644 <= int(digits[:3]) <= 649:
+        return 16 <= n <= 19
+    return (p2 == 50 or 56 <= p2 <= 69) and 13 <= n <= 19  # Maestro
+
+
+def card_ok(digits: str) -> bool:
+    if not 13 <= len(digits) <= 19 or not _card_brand_ok(digits) or not luhn_ok(digits):
+        return False
+    # An 18-digit string with a birth date where a CN ID has one is a mistyped ID, not a card.
+    return not (len(digits) == 18 and _plausible_birth_date(digits[6:14]))
+
+
+def ipv4_ok(addr: str) -> bool:
+    for octet in addr.split("."):
+        if int(octet) > 255 or (len(octet) > 1 and octet[0] == "0"):
+            return False
+    return True
+
+
+_VERSION_WORDS = ("version", "release", "build", "ver.", "firmware")
+
+
+def _mixed(token: str) -> bool:
+    # Real keys are random base62: a long body without a digit, an upper and a lower case letter is a slug
+    # such as "sk-learn-compatible-estimators", not a credential.
+    return (
+        any(c.isdigit() for c in token)
+        and any(c.isupper() for c in token)
+        and any(c.islower() for c in token)
+    )
+
+
+# ---------------------------------------------------------------- patterns
+
+_A = re.ASCII
+# Digits glued to a word, a sign, a path, a currency or another digit group belong to something else.
+_LB_DIGIT = r"(?<![\w+\-./#$%€£¥@]\d)(?<!\d[ .\-]\d)"
+_RB_DIGIT = r"(?![\w@]|[.\-/:]\d)"
+_RB_GROUPED = r"(?![\w@]|[.\-/:]?\d| \d)"  # also refuse to be the prefix of a longer spaced number
+
+_EMAIL = re.compile(
+    r"[\w%+\-](?<![\w.%+\-][\w%+\-])[\w%+\-]*(?:\.[\w%+\-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w\-]|\.[A-Za-z0-9])",
+    _A,
+)
+_CARD = re.compile(
+    r"\d" + _LB_DIGIT + r"(?:\d{3}(?P<s>[ \-])\d{4}(?P=s)\d{4}(?P=s)\d{1,4}(?:(?P=s)\d{1,3})?"
+    r"|\d{3}(?P<t>[ \-])\d{6}(?P=t)\d{4,5}|\d{12,18})" + _RB_DIGIT,
+    _A,
+)
+_SSN = re.compile(r"\d" + _LB_DIGIT + r"\d\d-\d\d-\d{4}" + _RB_DIGIT, _A)
+_CN_ID = re.compile(r"[1-9]" + _LB_DIGIT + r"\d{16}[\dXx]" + _RB_DIGIT, _A)
+_IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}(?:\.\d{1,3}){3}(?![\w]|\.\d)", _A)
+# IPv6 has "::" or "h:h:" somewhere; find that cheaply, widen it to the address, let ipaddress decide.
+_V6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:", _A)
+_V6_CHARS = frozenset("0123456789abcdefABCDEF:.")
+# Upper-case groups of four, spaced or not; the exact end is fixed from the country's length later.
+_IBAN = re.compile(r"[A-Z](?<![\w][A-Z])[A-Z]\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?", _A)
+
+_PHONE_INTL = re.compile(
+    r"\+(?<![\w+]\+)[1-9]\d{0,2}(?:[ .\-]?\(0\))?(?:[ .\-]?\(\d{1,5}\))?(?:[ .\-]?\d++){1,6}+"
+    r"(?![\w@]|[.\-/:]?\d)",
+    _A,
+)
+_PHONE_PAREN = re.compile(
+    r"\((?<![\w(]\()(?<!\d[ .\-]\()(?:0\d{1,4}|[1-9]\d{1,2})\)[ .\-]?\d++(?:[ .\-]\d++){0,3}+" + _RB_GROUPED, _A
+)
+# National formats, one scan: the first digit is matched by the charset, the alternative by a lookbehind.
+_PHONE_NATIONAL = re.compile(
+    r"\d" + _LB_DIGIT + r"(?:"
+    r"(?<=1)(?P<a>[ .\-])[2-9]\d\d(?P=a)[2-9]\d\d(?P=a)\d{4}"  # 1-415-555-0132
+    r"|(?<=[2-9])\d\d(?P<b>[ .\-])[2-9]\d\d(?P=b)\d{4}"  # 415-555-0132, 415.555.0132
+    r"|(?<=1)[3-9]\d(?:\d{8}|(?P<c>[ \-])\d{4}(?P=c)\d{4})"  # CN mobile 138 0013 8000
+    r"|(?<=0)[1-9]\d{0,3}[ \-]\d{3,4}[ \-]?\d{3,4}"  # trunk 0: 020 7946 0958, 030 12345678
+    r"|(?<=0)[1-9](?P<d>[ .\-])\d\d(?:(?P=d)\d\d){3}"  # 06 12 34 56 78
+    r"|(?<=0)0[1-9]\d{0,2}(?:[ .\-]\(0\))?(?:[ .\-]\d++){1,6}+"  # 0044 20 7946 0958
+    r")" + _RB_GROUPED,
+    _A,
+)
+
+# (trigger substrings, pattern); a group named "b" is a key body that must look random (see _mixed).
+_SECRET_PATTERNS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
+    (("AKIA", "ASIA"), re.compile(r"A(?<![\w]A)(?:KIA|SIA)[A-Z0-9]{16}(?![A-Za-z0-9])", _A)),
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), re.compile(r"gh(?<![\w\-]gh)(?:[pousr]_(?P<b>[A-Za-z0-9]{30,255})|ithub_pat_(?P<c>[A-Za-z0-9_]{22,255}))"
+                         r"(?![\w\-])", _A)),
+    (("xox",), re.compile(r"xox(?<![\w\-]xox)[abpr]-[0-9A-Za-z]+(?:-[0-9A-Za-z]+){1,5}(?![\w\-])", _A)),
+    (("sk-",), re.compile(r"sk-(?<![\w\-]sk-)(?:proj-)?(?P<b>[A-Za-z0-9_\-]{20,255})(?![\w\-])", _A)),
+    (("_live_",), re.compile(r"[spr]k_live_(?<![\w\-][spr]k_live_)(?P<b>[A-Za-z0-9]{16,255})(?![\w\-])", _A)),
+    (("AIza",), re.compile(r"AIza(?<![\w\-]AIza)[0-9A-Za-z_\-]{35}(?![\w\-])", _A)),
+    (("eyJ",), re.compile(r"eyJ(?<![\w\-.]eyJ)[\w\-]{8,}\.eyJ[\w\-]{8,}\.[\w\-]{16,}(?![\w\-.])", _A)),
+    (
+        ("PRIVATE KEY-----",),
+        # A block cut off before its END line (truncated paste) still leaks the key, so it is taken too:
+        # header plus the base64 and "Proc-Type:"-style lines that follow it.
+        re.compile(
+            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+            r"|(?:\r?\n(?:[A-Za-z0-9+/=]{16,}|[A-Za-z\-]+: [^\r\n]*)?)*)",
+            re.DOTALL | _A,
+        ),
+    ),
+)
+
+# One scan finds every place a digit-based type could start: a run of >= 4 digits joined by at most two
+# separators, or the check digits of an IBAN head ("GB82" before "WEST"). The specific patterns then run
+# only on those windows, so text with few numbers pays for a single pass instead of one per type.
+_REGION = re.compile(r"\d(?:(?:[ .\-()/]{0,2}\d){3,}|(?<=[A-Z]{2}\d)\d(?= ?[A-Z0-9]{4}))", _A)
+# Window slack: the longest lookbehind context before a match and lookahead after it. A window's end is
+# an end of string to `re`, so it must reach past every character a closing lookahead inspects.
+_BEFORE, _AFTER = 3, 3
+_IBAN_SPAN = 42  # 34 characters plus the spaces between groups of four
+
+# ---------------------------------------------------------------- detectors: (text, lo, hi) -> spans
+
+Span = tuple[int, int]
+
+
+def _emails(text: str) -> Iterator[Span]:
+    # Only a window around each '@' is searched: a full scan would start the pattern at every word.
+    n, pos = len(text), 0
+    while (at := text.find("@", pos)) != -1:
+        m = _EMAIL.search(text, max(pos, at - 64), min(n, at + 256))
+        if m is None:
+            pos = at + 1
+            continue
+        yield m.span()
+        pos = max(m.end(), at + 1)
+
+
+def _secrets(text: str) -> Iterator[Span]:
+    # Substring tests run at memory speed; '_' is rare in prose, so the five GitHub/Stripe prefixes are
+    # only looked for when there is one.
+    underscore = "_" in text
+    for triggers, pattern in _SECRET_PATTERNS:
+        for t in triggers:
+            if (underscore or "_" not in t) and t in text:
+                break
+        else:
+            continue
+        for m in pattern.finditer(text):
+            groups = m.groupdict()
+            body = groups.get("b") or groups.get("c")
+            if body is not None and not _mixed(body):
+                continue
+            if m.group().startswith("xox") and len(m.group()) < 20:
+                continue
+            yield m.start(), m.start() + len(m.group().rstrip())
+
+
+def _cards(text: str, lo: int, hi: int) -> Iterator[Span]:
+    for m in _CARD.finditer(text, lo, hi):
+        if card_ok(m.group().replace(" ", "").replace("-", "")):
+            yield m.span()
+
+
+def _ssns(text: str, lo: int, hi: int) -> Iterator[Span]:
+    for m in _SSN.finditer(text, lo, hi):
+        if ssn_ok(m.group()):
+            yield m.span()
+
+
+def _cn_ids(text: str, lo: int, hi: int) -> Iterator[Span]:
+    for m in _CN_ID.finditer(text, lo, hi):
+        if cn_id_ok(m.group()):
+            yield m.span()
+
+
+def _ibans(text: str, lo: int, hi: int) -> Iterator[Span]:
+    for m in _IBAN.finditer(text, lo, hi):
+        raw = m.group()
+        want = _IBAN_LEN.get(raw[:2])
+        if want is None:
+            continue
+        # Cut at the country's length: the pattern may have run on into a following upper-case word.
+        seen, end = 0, 0
+        for i, ch in enumerate(raw):
+            if ch != " ":
+                seen += 1
+                if seen == want:
+                    end = i + 1
+                    break
+        stop = m.start() + end
+        if not end or (stop < len(text) and _is_word_char(text[stop])):
+            continue
+        if iban_ok(raw[:end]):
+            yield m.start(), stop
+
+
+def _is_word_char(ch: str) -> bool:
+    return ch.isascii() and (ch.isalnum() or ch == "_")
+
+
+def _ipv6s(text: str) -> Iterator[Span]:
+    n = len(text)
+    pos = 0
+    while (m := _V6_HINT.search(text, pos)) is not None:
+        s, e = m.span()
+        while s > 0 and text[s - 1] in _V6_CHARS:
+            s -= 1
+        while e < n and text[e] in _V6_CHARS:
+            e += 1
+        pos = e
+        cand = text[s:e].rstrip(".")
+        if cand.endswith(":") and not cand.endswith("::"):  # "fe80::1: ..." colon belongs to the prose
+            cand = cand[:-1]
+        stop = s + len(cand)
+        if (s and _is_word_char(text[s - 1])) or (stop < n and _is_word_char(text[stop])):
+            continue  # std::vector, C++ scopes, hex inside identifiers
+        if cand.count(":") < 2 or not any(c.isdigit() for c in cand) or cand[0] == ".":
+            continue
+        try:
+            ipaddress.IPv6Address(cand)
+        except ValueError:
+            continue
+        yield s, stop
+
+
+def _ipv4s(text: str, lo: int, hi: int) -> Iterator[Span]:
+    for m in _IPV4.finditer(text, lo, hi):
+        s = m.start()
+        before = text[max(0, s - 10):s].lower().rstrip()
+        if ipv4_ok(m.group()) and not before.endswith(_VERSION_WORDS):
+            yield m.span()
+
+
+def _ndigits(s: str) -> int:
+    return sum(c.isdigit() for c in s)
+
+
+def _phones(text: str, lo: int, hi: int) -> Iterator[Span]:
+    if text.find("+", lo, hi) != -1:
+        for m in _PHONE_INTL.finditer(text, lo, hi):
+            if 8 <= _ndigits(m.group()) <= 15:
+                yield m.span()
+    if text.find("(", lo, hi) != -1:
+        for m in _PHONE_PAREN.finditer(text, lo, hi):
+            if 9 <= _ndigits(m.group()) <= 12:
+                yield m.span()
+    for m in _PHONE_NATIONAL.finditer(text, lo, hi):
+        g = m.group()
+        if g[0] == "0":  # trunk-prefix and 00-prefix forms have free grouping, so bound the length
+            n = _ndigits(g)
+            if not (9 <= n <= 12 if g[1] != "0" else 10 <= n <= 17):
+                continue
+        yield m.span()
+
+
+# (type, detector, shortest region that can hold one, a character the region must contain). Most
+# regions are years, amounts and counts; these two tests spare them five regex calls each.
+_DIGIT_DETECTORS: tuple[tuple[str, Callable[[str, int, int], Iterable[Span]], int, str], ...] = (
+    ("CN_ID", _cn_ids, 17, ""),
+    ("CREDIT_CARD", _cards, 13, ""),
+    ("SSN", _ssns, 11, "-"),
+    ("IP_ADDRESS", _ipv4s, 7, "."),
+    ("PHONE", _phones, 8, ""),
+)
+
+
+def _digit_spans(text: str) -> Iterator[tuple[int, int, str]]:
+    n = len(text)
+    for region in _REGION.finditer(text):
+        s, e = region.span()
+        if s >= 2 and "A" <= text[s - 2] <= "Z" and "A" <= text[s - 1] <= "Z":
+            for a, b in _ibans(text, s - 2, min(n, s - 2 + _IBAN_SPAN)):
+                yield a, b, "IBAN"
+        size = e - s
+        if size < 7:
+            continue
+        lo, hi = max(0, s - _BEFORE), min(n, e + _AFTER)
+        for name, detect, min_size, needs in _DIGIT_DETECTORS:
+            if size >= min_size and (not needs or text.find(needs, s, e) != -1):
+                for a, b in detect(text, lo, hi):
+                    yield a, b, name
+
+
+# ---------------------------------------------------------------- public API
+
+
+def find_pii(text: str) -> list[PiiMatch]:
+    """All PII spans in `text`, non-overlapping and sorted by start; specific types win overlaps."""
+    found: list[tuple[int, int, int, str]] = []
+    for s, e in _secrets(text):
+        found.append((0, s, e, "SECRET"))
+    if "@" in text:
+        for s, e in _emails(text):
+            found.append((1, s, e, "EMAIL"))
+    for s, e, name in _digit_spans(text):
+        found.append((_PRIORITY[name], s, e, name))
+    if ":" in text:
+        for s, e in _ipv6s(text):
+            found.append((_PRIORITY["IP_ADDRESS"], s, e, "IP_ADDRESS"))
+    if not found:
+        return []
+    found.sort(key=lambda f: (f[0], f[1], f[1] - f[2]))
+    starts: list[int] = []
+    kept: list[tuple[int, int, str]] = []
+    for _, s, e, name in found:
+        i = bisect_right(starts, s)
+        if (i and kept[i - 1][1] > s) or (i < len(kept) and kept[i][0] < e):
+            continue
+        starts.insert(i, s)
+        kept.insert(i, (s, e, name))
+    return [PiiMatch(name, s, e, text[s:e]) for s, e, name in kept]
+
+
+def redact(text: str, matches: list[PiiMatch] | None = None) -> str:
+    """`text` with every match replaced by its typed placeholder, e.g. `<EMAIL>`."""
+    if matches is None:
+        matches = find_pii(text)
+    if not matches:
+        return text
+    out: list[str] = []
+    pos = 0
+    for m in sorted(matches, key=lambda m: m.start):
+        if m.start < pos:  # overlapping input from a caller: the earlier span already covers it
+            continue
+        out.append(text[pos:m.start])
+        out.append(f"<{m.type}>")
+        pos = m.end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def count_by_type(matches: Iterable[PiiMatch]) -> dict[str, int]:
+    """Matches per type, only the types that occur (so it can feed a Counter without zero entries)."""
+    counts: dict[str, int] = {}
+    for m in matches:
+        counts[m.type] = counts.get(m.type, 0) + 1
+    return counts

@@ -1,0 +1,1 @@
+"""Models: presets, building from scratch, safe loading, saving with lineage."""

@@ -1,0 +1,91 @@
+"""Loading and saving models: Hugging Face folders, safetensors only, lineage in llmkit.json.
+
+A MODEL argument is a registry name (name, name:vN, id) or a local Hugging Face folder; Hub ids
+work for users with a network through the same loader. Pickle checkpoints are never loaded and
+remote code never runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UserError
+from llmkit.workspace import atomic_dir
+
+
+@dataclass
+class Model:
+    """A model folder and, when it is registered, its registry record."""
+
+    path: Path
+    name: str
+    id: str | None = None
+    version: int | None = None
+    lineage: dict[str, Any] | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:v{self.version}" if self.version else self.name
+
+
+def resolve_model(ref: str, registry=None) -> Model:
+    """A registry name/id, or a local folder, or a Hub id (network users only)."""
+    if registry is not None:
+        rec = registry.find(ref, "model")
+        if rec is not None:
+            if not rec.path or not Path(rec.path).exists():
+                raise UserError(f"model {rec.ref} points at {rec.path}, which is missing; remove it with 'llmkit rm {rec.id}'")
+            return Model(Path(rec.path), rec.name, rec.id, rec.version, _read_lineage(Path(rec.path)))
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UserError(f"{path} is not a Hugging Face model folder (no config.json)")
+        return Model(path.resolve(), path.name, lineage=_read_lineage(path))
+    if ref.count("/") == 1 and not path.exists() and not ref.startswith((".", "/")):
+        return Model(Path(ref), ref)  # a Hub id: transformers resolves it (and caches it)
+    known = ""
+    if registry is not None:
+        names = sorted({r.name for r in registry.list("model")})
+        known = f"; registered models: {', '.join(names[:10])}" if names else "; no models are registered yet"
+    raise UserError(f"no model '{ref}': not a registered name or id, nor a model folder{known}")
+
+
+def _read_lineage(path: Path) -> dict[str, Any] | None:
+    file = path / "llmkit.json"
+    return json.loads(file.read_text()) if file.exists() else None
+
+
+def load_causal_lm(model: Model, dtype=None):
+    """(model, tokenizer) from a folder, refusing pickle weights and remote code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(model.path)
+    if model.path.is_dir():
+        has_safetensors = any(model.path.glob("*.safetensors")) or (model.path / "model.safetensors.index.json").exists()
+        if not has_safetensors:
+            raise UserError(f"{path} has no .safetensors weights; llmkit does not load pickle (.bin/.pt) weights from outside. "
+                            "Convert them with safetensors first.")
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
+                                                  **({"dtype": dtype} if dtype is not None else {}))
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load a causal language model from {path}: {str(err).splitlines()[0]}") from None
+    lm.eval()
+    return lm, tok
+
+
+def save_model(lm, tokenizer, target: Path, lineage: dict[str, Any]) -> Path:
+    """Write a Hugging Face folder (safetensors, tokenizer, llmkit.json) atomically."""
+    with atomic_dir(target) as tmp:
+        lm.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "llmkit.json").write_text(json.dumps(lineage, indent=2, default=str))
+    return target
+
+
+def model_size_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))

@@ -1,0 +1,122 @@
+"""Pieces of our training loop shared by every trainer: evaluation, metrics, progress, signals."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=x).logits  # (B, T, V)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate_lm(model: torch.nn.Module, batches, device: str, amp) -> dict[str, float]:
+    """Mean next-token loss over every window given (the whole split unless capped)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with amp():
+            logits = model(input_ids=x).logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        total += float(loss)
+        count += y.numel()
+    model.train(was_training)
+    mean = total / max(count, 1)
+    return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0)), "val_tokens": count}
+
+
+class MetricsLog:
+    """metrics.jsonl in the run folder: one JSON object per line, appended (resume keeps history)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def write(self, **row: Any) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def progress_bar(console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tok_s]:,.0f} tok/s"),
+        TextColumn("val {task.fields[val]}"), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the end of the current step and stops."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signal is not None:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def plot_losses(metrics: list[dict[str, Any]], out: Path) -> Path | None:
+    train = {}
+    val = {}
+    for row in metrics:  # later rows win: a resumed run's redone steps replace the first try
+        if "loss" in row:
+            train[row["step"]] = row["loss"]
+        if "val_loss" in row:
+            val[row["step"]] = row["val_loss"]
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = sorted(train)
+    ax.plot(steps, [train[s] for s in steps], label="train", color="#4c72b0", linewidth=1)
+    if val:
+        vs = sorted(val)
+        ax.plot(vs, [val[s] for s in vs], label="val", color="#dd8452", marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

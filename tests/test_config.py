@@ -1,0 +1,143 @@
+"""Stage configs: defaults < file < flags, and mistakes reported as one line naming the key path."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmkit.config import SECTIONS, load_section, read_config_file, render_defaults
+from llmkit.errors import UserError
+
+WriteConfig = Callable[[str], Path]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> WriteConfig:
+    def write(text: str) -> Path:
+        path = tmp_path / "llmkit.yaml"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+def _error(section: str, path: Path | None = None, overrides: dict | None = None) -> str:
+    with pytest.raises(UserError) as err:
+        load_section(section, path, overrides)
+    return str(err.value)
+
+
+def test_without_file_or_flags_a_section_is_its_defaults() -> None:
+    assert load_section("train") == SECTIONS["train"]()
+
+
+def test_flags_win_over_the_file_and_the_file_over_defaults(write_config: WriteConfig) -> None:
+    path = write_config("train:\n  lr: 0.01\n  batch_size: 4\ngenerate:\n  top_k: 5\n")
+    cfg = load_section("train", path, overrides={"lr": 0.02, "batch_size": None, "max_steps": None})
+
+    assert cfg.lr == 0.02  # flag over file
+    assert cfg.batch_size == 4  # file over default; a None flag means "not given"
+    assert cfg.max_steps == SECTIONS["train"]().max_steps  # default
+    assert load_section("generate", path).top_k == 5
+
+
+def test_nested_keys_come_from_the_file(write_config: WriteConfig) -> None:
+    path = write_config("data:\n  splits:\n    val: 0.2\n")
+    cfg = load_section("data", path)
+    assert (cfg.splits.val, cfg.splits.test) == (0.2, SECTIONS["data"]().splits.test)
+
+
+def test_a_wrong_type_in_the_file_names_the_key_path_and_the_value(write_config: WriteConfig) -> None:
+    path = write_config("train:\n  lr: fast\n")
+    message = _error("train", path)
+    assert message.startswith(f"{path}: train.lr = 'fast'")
+
+
+def test_a_wrong_type_in_a_flag_names_the_key_path_and_the_value() -> None:
+    assert "train.batch_size = 'many'" in _error("train", overrides={"batch_size": "many"})
+
+
+def test_an_out_of_range_nested_value_names_the_full_key_path(write_config: WriteConfig) -> None:
+    path = write_config("data:\n  splits:\n    val: 2\n")
+    assert "data.splits.val = 2" in _error("data", path)
+
+
+def test_an_unknown_key_names_the_key_path_and_suggests_the_right_one(write_config: WriteConfig) -> None:
+    message = _error("train", write_config("train:\n  lrr: 0.1\n"))
+    assert "unknown key 'train.lrr'" in message and "did you mean 'lr'?" in message
+
+
+def test_an_unknown_nested_key_suggests_a_key_of_the_nested_section(write_config: WriteConfig) -> None:
+    message = _error("data", write_config("data:\n  splits:\n    vall: 0.1\n"))
+    assert "unknown key 'data.splits.vall'" in message and "did you mean 'val'?" in message
+
+
+def test_an_unknown_flag_is_reported_like_an_unknown_key() -> None:
+    message = _error("train", overrides={"max_step": 3})
+    assert "unknown key 'train.max_step'" in message and "did you mean 'max_steps'?" in message
+
+
+def test_a_mistake_in_another_section_of_the_file_is_still_reported(write_config: WriteConfig) -> None:
+    path = write_config("train:\n  lr: 0.01\ngenerate:\n  temprature: 0.5\n")
+    message = _error("train", path)
+    assert "unknown key 'generate.temprature'" in message and "did you mean 'temperature'?" in message
+
+
+def test_an_unknown_section_is_reported_with_a_suggestion(write_config: WriteConfig) -> None:
+    path = write_config("trian:\n  lr: 0.1\n")
+    assert f"{path}: unknown section 'trian' (did you mean 'train'?)" in _error("train", path)
+
+
+def test_invalid_yaml_is_reported_as_file_line_column(write_config: WriteConfig) -> None:
+    path = write_config("train:\n  lr: 0.1\n   max_steps: 10\n")
+    assert _error("train", path).startswith(f"{path}:3:13: invalid YAML (")
+
+
+def test_a_file_that_is_not_a_mapping_is_reported(write_config: WriteConfig) -> None:
+    path = write_config("- train\n- data\n")
+    message = _error("train", path)
+    assert message.startswith(f"{path}: a config file is a mapping of sections") and "not list" in message
+
+
+def test_a_section_that_is_not_a_mapping_is_reported(write_config: WriteConfig) -> None:
+    path = write_config("train: 5\n")
+    assert f"{path}: section 'train' must be a mapping of keys, not int" in _error("train", path)
+
+
+def test_a_missing_config_file_is_reported(tmp_path: Path) -> None:
+    assert "config file not found" in _error("train", tmp_path / "nope.yaml")
+
+
+def test_an_empty_file_or_an_empty_section_means_defaults(write_config: WriteConfig) -> None:
+    assert read_config_file(write_config("")) == {}
+    assert load_section("train", write_config("train:\n")) == SECTIONS["train"]()
+
+
+@pytest.mark.parametrize("section", list(SECTIONS))
+def test_rendered_defaults_are_valid_yaml_equal_to_the_defaults(section: str) -> None:
+    text = render_defaults(section)
+    assert yaml.safe_load(text) == {section: SECTIONS[section]().model_dump()}
+
+
+@pytest.mark.parametrize("section", list(SECTIONS))
+def test_every_rendered_key_has_a_comment_line_above_it(section: str) -> None:
+    lines = render_defaults(section).splitlines()
+    key_lines = [i for i, line in enumerate(lines) if re.match(r"\s+[A-Za-z_]\w*:", line)]
+    assert key_lines, "no keys rendered"
+    for i in key_lines:
+        above = lines[i - 1].strip()
+        assert above.startswith("# ") and not above.startswith("# None"), f"no comment above {lines[i]!r}"
+
+
+def test_a_rendered_config_file_loads_back_to_the_defaults(write_config: WriteConfig) -> None:
+    path = write_config(render_defaults("train"))
+    assert load_section("train", path) == SECTIONS["train"]()
+
+
+def test_rendering_an_unknown_stage_suggests_the_right_one() -> None:
+    with pytest.raises(UserError, match=r"unknown stage 'trian' \(did you mean 'train'\?\)"):
+        render_defaults("trian")

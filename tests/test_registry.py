@@ -1,0 +1,273 @@
+"""The registry on SQLite and PostgreSQL: lookups, versions, lineage, migrations, concurrent writers."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from llmkit.errors import UserError
+from llmkit.registry import SCHEMA_VERSION, Registry, lineage
+
+
+@pytest.fixture
+def registry(registry_url: str) -> Iterator[Registry]:
+    reg = Registry(registry_url)
+    yield reg
+    reg.close()
+
+
+def test_a_new_registry_is_at_the_latest_schema_version(registry: Registry) -> None:
+    assert registry.schema_version() == SCHEMA_VERSION
+
+
+def test_a_record_is_found_by_id_id_prefix_name_and_version(registry: Registry, tmp_path: Path) -> None:
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    first = registry.add("model", "tiny", kind="llama", path=folder, params={"preset": "nano"}, metrics={"loss": 3.5})
+    second = registry.add("model", "tiny", kind="llama", params={"preset": "micro"})
+
+    assert registry.get(first.id) == first
+    assert registry.get(first.id[:6]) == first
+    assert registry.get("tiny") == second  # a bare name means the latest version
+    assert registry.get("tiny:v1") == first
+    assert registry.get("tiny@1") == first
+    assert registry.get("tiny@2") == second
+    assert first.ref == "tiny:v1"
+    assert (first.path, first.kind, first.params, first.metrics) == (str(folder), "llama", {"preset": "nano"}, {"loss": 3.5})
+    assert registry.find("tiny:v3") is None
+    assert registry.find("tiny", type="dataset") is None
+
+
+def test_versions_count_up_per_name(registry: Registry) -> None:
+    versions = [registry.add("dataset", name).version for name in ("a", "b", "a", "a", "b")]
+    assert versions == [1, 1, 2, 3, 2]
+    assert [r.version for r in registry.list(name="a")] == [1, 2, 3]
+
+
+def test_a_name_shared_by_a_dataset_and_a_model_resolves_to_the_model(registry: Registry) -> None:
+    registry.add("dataset", "shakespeare")
+    model = registry.add("model", "shakespeare")
+    assert registry.get("shakespeare") == model
+    assert registry.get("shakespeare", type="dataset").type == "dataset"
+
+
+def test_content_hash_finds_the_latest_record_with_that_content(registry: Registry) -> None:
+    registry.add("dataset", "poems", content_hash="aaa")
+    middle = registry.add("dataset", "poems", content_hash="bbb")
+    latest = registry.add("dataset", "poems", content_hash="aaa")
+    copy = registry.add("dataset", "poems-copy", content_hash="ccc")
+
+    assert registry.find_by_hash("dataset", "aaa") == latest
+    assert registry.find_by_hash("dataset", "bbb") == middle
+    assert registry.find_by_hash("dataset", "ccc") == copy
+    assert registry.find_by_hash("dataset", "ccc", name="poems") is None
+    assert registry.find_by_hash("dataset", "ddd") is None
+    assert registry.find_by_hash("model", "aaa") is None
+
+
+def test_lineage_links_a_model_to_its_run_dataset_and_parent_model(registry: Registry) -> None:
+    data = registry.add("dataset", "corpus")
+    base = registry.add("model", "base")
+    run = registry.add("run", "finetune-1", parents=[(data.id, "data")])
+    model = registry.add("model", "tuned", parents=[(run.id, "run"), (base.id, "base")])
+
+    assert sorted((rel, r.id) for rel, r in registry.parents(model.id)) == sorted([("run", run.id), ("base", base.id)])
+    assert [(rel, r.id) for rel, r in registry.parents(run.id)] == [("data", data.id)]
+    assert [(rel, r.id) for rel, r in registry.children(data.id)] == [("data", run.id)]
+    assert [(rel, r.id) for rel, r in registry.children(run.id)] == [("run", model.id)]
+    assert [(rel, r.id) for rel, r in registry.children(base.id)] == [("base", model.id)]
+    assert registry.parents(data.id) == []
+
+
+def test_update_metrics_merges_into_the_existing_metrics(registry: Registry) -> None:
+    rec = registry.add("eval", "tiny-eval", metrics={"loss": 2.0, "ppl": 7.4})
+    registry.update_metrics(rec.id, {"ppl": 6.9, "accuracy": 0.5})
+    assert registry.get(rec.id).metrics == {"loss": 2.0, "ppl": 6.9, "accuracy": 0.5}
+
+
+def test_remove_deletes_the_record_and_its_lineage(registry: Registry) -> None:
+    data = registry.add("dataset", "corpus")
+    run = registry.add("run", "r", parents=[(data.id, "data")])
+    registry.remove(run.id)
+
+    assert registry.find(run.id) is None
+    assert registry.list(type="run") == []
+    assert registry.children(data.id) == []
+    assert registry.get("corpus") == data
+    with registry.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(lineage)).scalar() == 0
+
+
+def test_feedback_is_stored_and_listed_per_model(registry: Registry) -> None:
+    fid = registry.add_feedback("tiny", response_id="r1", rating=1, prompt="hi", response="hello", extra={"ua": "x"})
+    registry.add_feedback("other", rating=-1, correction="better answer")
+
+    [row] = registry.list_feedback("tiny")
+    assert (row["id"], row["rating"], row["prompt"], row["response"], row["extra"]) == (fid, 1, "hi", "hello", {"ua": "x"})
+    assert [f["model"] for f in registry.list_feedback()] == ["tiny", "other"]
+
+
+def test_getting_an_unknown_name_raises_a_user_error_listing_known_names(registry: Registry) -> None:
+    registry.add("dataset", "alpha")
+    registry.add("model", "beta")
+
+    with pytest.raises(UserError) as err:
+        registry.get("gamma")
+    assert "'gamma'" in str(err.value) and "alpha" in str(err.value) and "beta" in str(err.value)
+
+    with pytest.raises(UserError, match="no eval named 'beta'.*there are no evals yet"):
+        registry.get("beta", type="eval")
+
+
+def test_registering_a_path_that_does_not_exist_is_refused(registry: Registry, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        registry.add("model", "ghost", path=tmp_path / "missing")
+    assert registry.list() == []
+
+
+def test_opening_a_fresh_registry_many_times_in_one_process_works(registry_url: str, tmp_path: Path) -> None:
+    # Regression: migration 2 used to attach a new Index object to the shared Table on every run, so
+    # the third fresh database opened by one process failed with "index ix_records_hash already exists".
+    urls = [f"sqlite:///{tmp_path / f'r{i}.db'}" for i in range(3)] + [registry_url] * 2
+    for url in urls:
+        reg = Registry(url)
+        assert reg.schema_version() == SCHEMA_VERSION
+        reg.add("dataset", "d")
+        reg.close()
+
+
+def test_a_sqlite_read_does_not_wait_for_a_writer_holding_the_lock(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    reg = Registry(f"sqlite:///{db}")
+    data = reg.add("dataset", "corpus")
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE records SET kind = 'busy'")
+    try:
+        start = time.monotonic()
+        assert reg.get("corpus").kind == data.kind  # the committed snapshot, not the writer's change
+        assert time.monotonic() - start < 5
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        reg.close()
+
+
+# -- migrations --------------------------------------------------------------------------------------
+
+V1_SCHEMA = [
+    "CREATE TABLE llmkit_schema (version INTEGER NOT NULL)",
+    """CREATE TABLE records (
+        id VARCHAR(32) PRIMARY KEY, type VARCHAR(16) NOT NULL, name VARCHAR(200) NOT NULL,
+        version INTEGER NOT NULL, kind VARCHAR(64) NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        path TEXT, content_hash VARCHAR(128), params TEXT NOT NULL, metrics TEXT NOT NULL,
+        CONSTRAINT uq_records_type_name_version UNIQUE (type, name, version))""",
+    """CREATE TABLE lineage (
+        child_id VARCHAR(32) NOT NULL, parent_id VARCHAR(32) NOT NULL, relation VARCHAR(32) NOT NULL,
+        PRIMARY KEY (child_id, parent_id, relation))""",
+    "INSERT INTO llmkit_schema (version) VALUES (1)",
+    """INSERT INTO records VALUES
+        ('aaaaaaaa0001', 'dataset', 'corpus', 1, 'lm', 1700000000.0, NULL, 'h1', '{}', '{}'),
+        ('aaaaaaaa0002', 'model', 'old-model', 1, 'llama', 1700000001.0, NULL, NULL,
+         '{"preset": "nano"}', '{"val_loss": 2.5}')""",
+    "INSERT INTO lineage VALUES ('aaaaaaaa0002', 'aaaaaaaa0001', 'data')",
+]
+
+
+def _execute_by_hand(url: str, statements: list[str]) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.execute(sa.text(statement))
+    engine.dispose()
+
+
+def test_a_v1_registry_is_migrated_on_open_and_keeps_its_records(registry_url: str) -> None:
+    _execute_by_hand(registry_url, V1_SCHEMA)
+
+    reg = Registry(registry_url)
+    try:
+        assert reg.schema_version() == SCHEMA_VERSION
+        old = reg.get("old-model")
+        assert (old.id, old.version, old.kind, old.params, old.metrics) == (
+            "aaaaaaaa0002", 1, "llama", {"preset": "nano"}, {"val_loss": 2.5})
+        assert [(rel, r.name) for rel, r in reg.parents(old.id)] == [("data", "corpus")]
+        assert reg.find_by_hash("dataset", "h1").name == "corpus"
+        assert reg.add("model", "old-model").version == 2
+
+        reg.add_feedback("old-model", rating=1)
+        assert [f["rating"] for f in reg.list_feedback("old-model")] == [1]
+        assert "ix_records_hash" in {ix["name"] for ix in sa.inspect(reg.engine).get_indexes("records")}
+    finally:
+        reg.close()
+
+    again = Registry(registry_url)  # opening an up-to-date registry changes nothing
+    assert again.schema_version() == SCHEMA_VERSION and len(again.list()) == 3
+    again.close()
+
+
+def test_a_registry_from_a_newer_llmkit_is_refused(registry_url: str) -> None:
+    _execute_by_hand(registry_url, V1_SCHEMA[:3] + [f"INSERT INTO llmkit_schema (version) VALUES ({SCHEMA_VERSION + 1})"])
+    with pytest.raises(UserError, match=f"schema v{SCHEMA_VERSION + 1}, newer than this llmkit"):
+        Registry(registry_url)
+
+
+# -- several processes -------------------------------------------------------------------------------
+
+WRITER = r"""
+import pathlib, sys, time
+url, ready, go, writer, count = sys.argv[1:6]
+from llmkit.registry import Registry
+pathlib.Path(ready).touch()
+while not pathlib.Path(go).exists():
+    time.sleep(0.002)
+reg = Registry(url)  # both open the fresh registry at once, so both race to create the schema too
+for i in range(int(count)):
+    reg.add("model", "shared", params={"writer": int(writer), "i": i})
+reg.close()
+"""
+
+
+def test_two_processes_writing_concurrently_lose_nothing(registry_url: str, tmp_path: Path) -> None:
+    per_writer = 40
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, registry_url, str(ready[i]), str(go), str(i), str(per_writer)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(r.exists() for r in ready):
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            assert time.monotonic() < deadline, "writers did not start"
+            time.sleep(0.01)
+        go.touch()
+        for p in procs:
+            _out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+    reg = Registry(registry_url)
+    recs = reg.list(name="shared")
+    reg.close()
+    assert sorted(r.version for r in recs) == list(range(1, 2 * per_writer + 1))
+    assert len({r.id for r in recs}) == 2 * per_writer
+    assert Counter(r.params["writer"] for r in recs) == {0: per_writer, 1: per_writer}
+    if registry_url.startswith("sqlite"):
+        with sqlite3.connect(sa.engine.make_url(registry_url).database) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]

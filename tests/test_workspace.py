@@ -1,0 +1,197 @@
+"""Workspace resolution and atomic artifact folders, including a writer killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmkit.errors import UserError
+from llmkit.registry import Registry
+from llmkit.workspace import KINDS, TMP_PREFIX, Workspace, atomic_dir, resolve_workspace
+
+# -- resolution --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A current folder and an $LLMKIT_HOME, both set, and a third folder for --workspace."""
+    paths = {name: tmp_path / name for name in ("cwd", "env", "flag")}
+    paths["cwd"].mkdir()
+    monkeypatch.chdir(paths["cwd"])
+    monkeypatch.setenv("LLMKIT_HOME", str(paths["env"]))
+    return paths
+
+
+def test_the_workspace_flag_wins_over_llmkit_home_and_the_current_folder(places: dict[str, Path]) -> None:
+    assert resolve_workspace(places["flag"]) == places["flag"]
+    assert resolve_workspace(str(places["flag"])) == places["flag"]
+
+
+def test_llmkit_home_wins_over_the_current_folder(places: dict[str, Path]) -> None:
+    assert resolve_workspace(None) == places["env"]
+
+
+def test_without_flag_or_llmkit_home_the_workspace_is_in_the_current_folder(
+    places: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LLMKIT_HOME")
+    assert resolve_workspace(None) == places["cwd"] / "llmkit-workspace"
+    assert resolve_workspace("relative") == places["cwd"] / "relative"
+
+
+def test_opening_a_workspace_creates_its_folders(tmp_path: Path) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    assert ws.root == tmp_path / "ws"
+    assert all((ws.root / kind).is_dir() for kind in KINDS)
+    assert ws.folder("models", "tiny") == ws.root / "models" / "tiny"
+
+
+def test_a_missing_workspace_is_an_error_when_not_creating(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no workspace at"):
+        Workspace.open(tmp_path / "nowhere", create=False)
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_file_as_workspace_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        Workspace.open(tmp_path / "file")
+
+
+# -- atomic_dir --------------------------------------------------------------------------------------
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(TMP_PREFIX))
+
+
+def test_atomic_dir_creates_the_target_only_when_the_block_ends(tmp_path: Path) -> None:
+    target = tmp_path / "models" / "tiny"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights.bin").write_bytes(b"new")
+        assert tmp.parent == target.parent and tmp.name.startswith(f"{TMP_PREFIX}{os.getpid()}-")
+        assert not target.exists()
+    assert (target / "weights.bin").read_bytes() == b"new"
+    assert _leftovers(target.parent) == []
+
+
+def test_atomic_dir_replaces_an_existing_folder_whole(tmp_path: Path) -> None:
+    target = tmp_path / "tiny"
+    target.mkdir()
+    (target / "old.bin").write_bytes(b"old")
+    (target / "weights.bin").write_bytes(b"old")
+
+    with atomic_dir(target) as tmp:
+        (tmp / "weights.bin").write_bytes(b"new")
+        assert (target / "old.bin").exists()  # the old version stays readable until the swap
+
+    assert sorted(p.name for p in target.iterdir()) == ["weights.bin"]
+    assert (target / "weights.bin").read_bytes() == b"new"
+    assert _leftovers(tmp_path) == []
+
+
+def test_an_exception_inside_atomic_dir_leaves_the_target_untouched(tmp_path: Path) -> None:
+    target = tmp_path / "tiny"
+    target.mkdir()
+    (target / "weights.bin").write_bytes(b"old")
+
+    with pytest.raises(RuntimeError, match="disk on fire"), atomic_dir(target) as tmp:
+        (tmp / "weights.bin").write_bytes(b"half")
+        raise RuntimeError("disk on fire")
+
+    assert sorted(p.name for p in target.iterdir()) == ["weights.bin"]
+    assert (target / "weights.bin").read_bytes() == b"old"
+    assert _leftovers(tmp_path) == []
+
+
+def test_opening_a_workspace_keeps_the_temp_folder_of_a_live_writer(tmp_path: Path) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    with atomic_dir(ws.folder("models", "tiny")) as tmp:
+        (tmp / "weights.bin").write_bytes(b"in progress")
+        Workspace.open(ws.root)
+        assert tmp.is_dir()
+    assert (ws.folder("models", "tiny") / "weights.bin").exists()
+
+
+# -- a writer killed with SIGKILL --------------------------------------------------------------------
+
+KILLED_WRITER = r"""
+import pathlib, sys, time
+from llmkit.registry import Registry
+from llmkit.workspace import Workspace, atomic_dir
+root, url, marker, stop_at = sys.argv[1:5]
+ws = Workspace.open(root)
+reg = Registry(url)
+target = ws.folder("models", "tiny")
+with atomic_dir(target) as tmp:
+    (tmp / "weights.bin").write_bytes(b"w" * 4096)
+    if stop_at == "inside":
+        pathlib.Path(marker).touch()
+        time.sleep(120)
+if stop_at == "after-rename":
+    pathlib.Path(marker).touch()
+    time.sleep(120)
+reg.add("model", "tiny", path=target)
+"""
+
+
+def _start_and_kill_writer(root: Path, url: str, stop_at: str, tmp_path: Path) -> int:
+    """Run KILLED_WRITER until it signals it reached `stop_at`, then SIGKILL it; its pid."""
+    marker = tmp_path / f"reached-{stop_at}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(root), url, str(marker), stop_at],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the writer never reached its stop"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()  # reaps it: a zombie would still look alive to the stale-temp check
+    assert proc.returncode == -signal.SIGKILL
+    return proc.pid
+
+
+def test_a_writer_killed_inside_atomic_dir_leaves_no_artifact_and_no_row(registry_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    pid = _start_and_kill_writer(root, registry_url, "inside", tmp_path)
+
+    models = root / "models"
+    assert not (models / "tiny").exists()
+    [leftover] = _leftovers(models)
+    assert leftover.startswith(f"{TMP_PREFIX}{pid}-") and (models / leftover / "weights.bin").exists()
+    reg = Registry(registry_url)
+    assert reg.list() == []
+    reg.close()
+
+    Workspace.open(root)
+    assert _leftovers(models) == []
+    assert not (models / "tiny").exists()
+
+
+def test_a_writer_killed_after_the_rename_leaves_a_whole_artifact_and_no_dangling_row(
+    registry_url: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "ws"
+    _start_and_kill_writer(root, registry_url, "after-rename", tmp_path)
+
+    target = root / "models" / "tiny"
+    assert (target / "weights.bin").read_bytes() == b"w" * 4096
+    Workspace.open(root)
+    assert _leftovers(root / "models") == [] and target.is_dir()
+    reg = Registry(registry_url)
+    try:
+        assert all(rec.path is None or Path(rec.path).exists() for rec in reg.list())
+        assert reg.list() == []
+    finally:
+        reg.close()
