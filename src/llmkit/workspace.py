@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,19 +46,26 @@ class Workspace:
     def folder(self, kind: str, name: str) -> Path:
         return self.root / kind / name
 
-    def clean_stale_tmp(self, max_age_s: float = 0.0) -> list[Path]:
+    def clean_stale_tmp(self) -> list[Path]:
         """Remove temporary folders left by writers that died (their pid is gone)."""
-        removed = []
+        removed: list[Path] = []
         for kind in KINDS:
-            for tmp in (self.root / kind).glob(TMP_PREFIX + "*"):
-                pid = _pid_of(tmp.name)
-                if pid is not None and _alive(pid):
-                    continue
-                if time.time() - tmp.stat().st_mtime < max_age_s:
-                    continue
-                shutil.rmtree(tmp, ignore_errors=True)
-                removed.append(tmp)
+            removed += remove_stale_tmp(self.root / kind)
         return removed
+
+
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    removed = []
+    for tmp in Path(folder).glob(TMP_PREFIX + "*"):
+        pid = _pid_of(tmp.name)
+        if pid is not None and _alive(pid):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def _pid_of(tmp_name: str) -> int | None:

@@ -17,6 +17,7 @@ from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, c
 from llmkit.config import render_defaults
 from llmkit.errors import UserError
 from llmkit.registry import RECORD_TYPES
+from llmkit.train.optim import cpu_has_fast_bf16
 
 OPTIONAL_BACKENDS = ("transformers", "peft", "llama_cpp", "onnxruntime", "captum", "playwright", "psycopg")
 LS_KINDS = {"datasets": "dataset", "runs": "run", "models": "model", "evals": "eval"}
@@ -60,7 +61,7 @@ def doctor(json_out: JsonOpt = False) -> None:
         "cpus": os.cpu_count(),
         "device": device,
         "cuda_devices": torch.cuda.device_count(),
-        "bf16_cpu_fast": _cpu_has_fast_bf16(),
+        "bf16_cpu_fast": cpu_has_fast_bf16(),
         "backends": backends,
     }
 
@@ -74,14 +75,6 @@ def doctor(json_out: JsonOpt = False) -> None:
         console.print(table)
 
     Ctx(json=json_out).emit(result, human)
-
-
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def init(config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmkit.workspace import TMP_PREFIX, atomic_dir
+from llmkit.workspace import TMP_PREFIX, atomic_dir, remove_stale_tmp
 
 STEP_PREFIX = "step-"
 
@@ -39,6 +39,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = run_dir / "checkpoints"
     if not root.exists():
         return []
+    remove_stale_tmp(root)  # a checkpoint write that was killed: never half-used, now gone
     found = [p for p in root.iterdir() if p.name.startswith(STEP_PREFIX) and not p.name.startswith(TMP_PREFIX)
              and (p / "state.pt").exists() and (p / "model.safetensors").exists()]
     return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))

@@ -1,0 +1,107 @@
+"""Exact resume after kill -9, and a kill during a checkpoint write, with real killed processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmkit.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from tests.train.conftest import TINY_FLAGS, write_tiny_config
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    losses = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "loss" in row:
+            losses[row["step"]] = row["loss"]  # a redone step replaces the first try
+    return losses
+
+
+def _train_cmd(config: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "llmkit", "train", "pretrain", "--data", "tiny", "--config", str(config),
+            "--name", name, "--max-steps", "100", "--checkpoint-every", "10", "--eval-every", "50", *TINY_FLAGS, *extra]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(lm_workspace: Path, tmp_path: Path):
+    env = {**os.environ, "LLMKIT_HOME": str(lm_workspace), "OMP_NUM_THREADS": "1"}
+    config = write_tiny_config(tmp_path / "tiny.yaml")
+    full = subprocess.run(_train_cmd(config, "uninterrupted", "--json"), env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr
+    full_run = Path(json.loads(full.stdout)["path"]).name.split("-")[-1]
+    full_losses = _losses(next(p for p in (lm_workspace / "runs").iterdir() if p.name.startswith("uninterrupted-")))
+    assert len(full_losses) == 100 and full_run
+
+    proc = subprocess.Popen(_train_cmd(config, "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = None
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        runs = [p for p in (lm_workspace / "runs").iterdir() if p.name.startswith("killed-")]
+        if runs and (runs[0] / "metrics.jsonl").exists() and max(_losses(runs[0]), default=0) >= 60:
+            run_dir = runs[0]
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_dir is not None, "the run never reached step 60"
+    killed_at = max(_losses(run_dir))
+    assert killed_at < 100, "the run finished before it was killed"
+
+    resumed = subprocess.run([sys.executable, "-m", "llmkit", "train", "pretrain", "--resume", str(run_dir)],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    resumed_losses = _losses(run_dir)
+    assert sorted(resumed_losses) == list(range(1, 101))
+    for step in range(1, 101):
+        assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-6, abs=1e-7), f"step {step}"
+
+
+_WRITER = """
+import sys, time, torch
+from pathlib import Path
+from llmkit.train.checkpoint import save_checkpoint
+run = Path(sys.argv[1])
+model = torch.nn.Linear(4, 4)
+save_checkpoint(run, 10, model, {"step": 10, "note": torch.zeros(1)}, keep=3)
+(run / "ready").write_text("1")
+big = {"step": 20, "blob": torch.randn(60_000_000)}  # ~240 MB: slow enough to be killed mid-write
+save_checkpoint(run, 20, model, big, keep=3)
+(run / "finished").write_text("1")
+"""
+
+
+def test_kill_during_checkpoint_write_leaves_previous_checkpoint_usable(tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(run)])
+    deadline = time.time() + 120
+    while not (run / "ready").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    # Wait until the second checkpoint's temporary folder appears, then kill in the middle of it.
+    while time.time() < deadline and not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir()):
+        time.sleep(0.005)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "finished").exists(), "the write completed before the kill; the test proved nothing"
+    checkpoints = list_checkpoints(run)
+    assert [c.name for c in checkpoints] == ["step-000010"]
+    assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
+    state = load_checkpoint(checkpoints[0], torch.nn.Linear(4, 4))
+    assert state["step"] == 10
+
+
+def test_only_the_last_k_checkpoints_are_kept(tmp_path: Path):
+    model = torch.nn.Linear(2, 2)
+    for step in (10, 20, 30, 40):
+        save_checkpoint(tmp_path, step, model, {"step": step}, keep=2)
+    assert [c.name for c in list_checkpoints(tmp_path)] == ["step-000030", "step-000040"]
