@@ -212,14 +212,14 @@ class TextStream:
         if hits:
             self.text, self.stopped = text[:min(hits)], True
             return self.finish()
-        self.text = text
-        hold = 0
-        for s in self.stop:
-            hold = max(hold, next((k for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), 0))
-        stable = text[:len(text) - hold]
+        self.text = stable = text
         while stable.endswith("\ufffd"):
             stable = stable[:-1]
-        return self._emit(stable)
+        # Only after the U+FFFD cut: the incomplete character may be what completes a stop string.
+        hold = 0
+        for s in self.stop:
+            hold = max(hold, next((k for k in range(min(len(s) - 1, len(stable)), 0, -1) if stable.endswith(s[:k])), 0))
+        return self._emit(stable[:len(stable) - hold])
 
     def finish(self) -> str:
         """Release whatever was held back; after this, the pieces concatenate to `self.text`."""

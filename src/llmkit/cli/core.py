@@ -17,7 +17,6 @@ from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, c
 from llmkit.config import render_defaults
 from llmkit.errors import UserError
 from llmkit.registry import RECORD_TYPES
-from llmkit.train.optim import cpu_has_fast_bf16
 
 OPTIONAL_BACKENDS = ("transformers", "peft", "llama_cpp", "onnxruntime", "captum", "playwright", "psycopg")
 LS_KINDS = {"datasets": "dataset", "runs": "run", "models": "model", "evals": "eval"}
@@ -43,6 +42,8 @@ def version(json_out: JsonOpt = False) -> None:
 def doctor(json_out: JsonOpt = False) -> None:
     """Check the machine: Python, torch, threads, device, and which optional backends import."""
     import torch
+
+    from llmkit.train.optim import cpu_has_fast_bf16
 
     device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     backends = {}

@@ -1,0 +1,43 @@
+"""`llmkit demo`: data -> train -> samples on the built-in corpus (or --data PATH)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, err_console
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog="Example: llmkit demo --minutes 2")(demo)
+
+
+def demo(
+    data: Annotated[str | None, typer.Option(help="Your text file or folder (default: the Python standard library's source).")] = None,
+    minutes: Annotated[float | None, typer.Option(help="Training time budget in minutes.")] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Run the whole loop on a built-in corpus: prepare data, train a small model, sample from it."""
+    from llmkit.demo import demo as run_demo
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    cfg = ctx.section("demo", data=data, minutes=minutes)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as progress:
+        result = run_demo(cfg, ctx.ws, ctx.registry, console=ctx.log, progress=progress)
+
+    def human() -> None:
+        console.rule("done")
+        console.print(f"val loss {result.val_loss:.3f}, perplexity [bold]{result.val_ppl:.2f}[/bold] after {result.steps} steps")
+        console.print(f"dataset  {result.dataset}")
+        console.print(f"model    {result.model}  ({result.model_path})")
+        console.print(f"run      {result.run_path}  (metrics.jsonl, plots/loss.png, checkpoints/)")
+        console.print("next:")
+        console.print(f"  llmkit generate {result.model.split(':')[0]} --prompt 'def main():' --max-new-tokens 120")
+        console.print(f"  llmkit data report {result.dataset.split(':')[0]}")
+        console.print("  llmkit ls")
+
+    ctx.emit(asdict(result), human)

@@ -1,0 +1,110 @@
+"""`llmkit generate` and `llmkit chat`: text from a model, streamed as it comes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
+from llmkit.errors import UserError
+
+MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a Hugging Face model folder.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog="Example: llmkit generate shakespeare-nano --prompt 'ROMEO:' --max-new-tokens 200 --seed 1")(generate)
+    app.command(epilog="Example: llmkit chat my-sft-model")(chat)
+
+
+def _sampling(ctx: Ctx, **flags):
+    cfg = ctx.section("generate", **flags)
+    return dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                repetition_penalty=cfg.repetition_penalty, stop=cfg.stop or None, seed=cfg.seed)
+
+
+def generate(
+    model: MODEL_ARG,
+    prompt: Annotated[str | None, typer.Option(help="Text to continue.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens to generate.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Sample from the k most likely tokens (0 = off).")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass (1 = off).")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(help=">1 discourages repeats.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+    no_stream: Annotated[bool, typer.Option("--no-stream", help="Print only when done.")] = False,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Continue a prompt with a causal language model."""
+    from llmkit.generate import generate as run_generate
+    from llmkit.models.io import load_causal_lm, resolve_model
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    if prompt is None:
+        if sys.stdin.isatty():
+            raise UserError("no prompt: pass --prompt TEXT (or pipe text on stdin)")
+        prompt = sys.stdin.read()
+    params = _sampling(ctx, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       repetition_penalty=repetition_penalty, stop=stop, seed=seed)
+    lm, tok = load_causal_lm(resolve_model(model, ctx.registry))
+    stream = not (no_stream or json_out)
+    if stream:
+        console.print(prompt, end="", style="bold", markup=False, highlight=False)
+    out = run_generate(lm, tok, prompt, on_text=(lambda s: print(s, end="", flush=True)) if stream else None, **params)
+    if stream:
+        print()
+    result = {"model": model, "prompt": prompt, "text": out.text, "finish_reason": out.finish_reason,
+              "prompt_tokens": out.prompt_tokens, "completion_tokens": len(out.token_ids),
+              "seconds": round(out.seconds, 4), "tokens_per_s": round(len(out.token_ids) / max(out.seconds, 1e-9), 1)}
+    if json_out:
+        ctx.emit(result)
+    elif not stream:
+        console.print(prompt + out.text, markup=False, highlight=False)
+    else:
+        console.print(f"[dim]{len(out.token_ids)} tokens, {result['tokens_per_s']} tok/s, {out.finish_reason}[/dim]")
+
+
+def chat(
+    model: MODEL_ARG,
+    system: Annotated[str | None, typer.Option(help="System message.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per reply.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Talk with a model in the terminal; uses its chat template when it has one. Empty line or Ctrl-D ends."""
+    from llmkit.generate import generate as run_generate
+    from llmkit.models.io import load_causal_lm, resolve_model
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    params = _sampling(ctx, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    lm, tok = load_causal_lm(resolve_model(model, ctx.registry))
+    templated = bool(getattr(tok, "chat_template", None))
+    end_marks = [m for m in ("<|end|>", "<|user|>") if templated and m in tok.get_vocab()]
+    params["stop"] = (params["stop"] or []) + end_marks
+    messages = [{"role": "system", "content": system}] if system else []
+    transcript = ""
+    console.print(f"[dim]chatting with {model} ({'chat template' if templated else 'plain continuation'}); "
+                  "an empty line ends[/dim]")
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line})
+        if templated:
+            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            transcript += f"{line}\n"
+            prompt = transcript
+        print("model> ", end="", flush=True)
+        out = run_generate(lm, tok, prompt, on_text=lambda s: print(s, end="", flush=True), **params)
+        print()
+        messages.append({"role": "assistant", "content": out.text.strip()})
+        transcript += out.text.strip() + "\n"
+    if json_out:
+        ctx.emit({"messages": messages})
