@@ -122,10 +122,16 @@ def _card_brand_ok(digits: str) -> bool:
         return 14 <= n <= 19
     if 3528 <= p4 <= 3589 or p2 in (62, 65) or p4 == 6011 or 644 <= int(digits[:3]) <= 649:
         return 16 <= n <= 19
-    return (p2 == 50 or 56 <= p2 <= 69) and 13 <= n <= 19  # Maestro
+    return (p2 == 50 or 56 <= p2 <= 69) and 16 <= n <= 19  # Maestro; its rare 12-15 digit cards are left out
 
 
-def card_ok(digits: str) -> bool:
+def card_ok(number: str) -> bool:
+    """Luhn plus issuer prefix/length; `number` as written (spaces or dashes between groups allowed)."""
+    digits = number.replace(" ", "").replace("-", "")
+    # 13 bare digits are far more often an EAN-13 barcode or a millisecond timestamp than one of the
+    # retired 13-digit Visa cards, so that length is only taken when written in card groups.
+    if len(digits) == 13 and digits == number:
+        return False
     if not 13 <= len(digits) <= 19 or not _card_brand_ok(digits) or not luhn_ok(digits):
         return False
     # An 18-digit string with a birth date where a CN ID has one is a mistyped ID, not a card.
@@ -203,8 +209,11 @@ _PHONE_NATIONAL = re.compile(
 # (trigger substrings, pattern); a group named "b" is a key body that must look random (see _mixed).
 _SECRET_PATTERNS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
     (("AKIA", "ASIA"), re.compile(r"A(?<![\w]A)(?:KIA|SIA)[A-Z0-9]{16}(?![A-Za-z0-9])", _A)),
-    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), re.compile(r"gh(?<![\w\-]gh)(?:[pousr]_(?P<b>[A-Za-z0-9]{30,255})|ithub_pat_(?P<c>[A-Za-z0-9_]{22,255}))"
-                         r"(?![\w\-])", _A)),
+    (
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        re.compile(r"g(?<![\w\-]g)(?:h[pousr]_(?P<b>[A-Za-z0-9]{30,255})|ithub_pat_(?P<c>[A-Za-z0-9_]{22,255}))"
+                   r"(?![\w\-])", _A),
+    ),
     (("xox",), re.compile(r"xox(?<![\w\-]xox)[abpr]-[0-9A-Za-z]+(?:-[0-9A-Za-z]+){1,5}(?![\w\-])", _A)),
     (("sk-",), re.compile(r"sk-(?<![\w\-]sk-)(?:proj-)?(?P<b>[A-Za-z0-9_\-]{20,255})(?![\w\-])", _A)),
     (("_live_",), re.compile(r"[spr]k_live_(?<![\w\-][spr]k_live_)(?P<b>[A-Za-z0-9]{16,255})(?![\w\-])", _A)),
@@ -270,7 +279,7 @@ def _secrets(text: str) -> Iterator[Span]:
 
 def _cards(text: str, lo: int, hi: int) -> Iterator[Span]:
     for m in _CARD.finditer(text, lo, hi):
-        if card_ok(m.group().replace(" ", "").replace("-", "")):
+        if card_ok(m.group()):
             yield m.span()
 
 
@@ -339,7 +348,7 @@ def _ipv6s(text: str) -> Iterator[Span]:
 def _ipv4s(text: str, lo: int, hi: int) -> Iterator[Span]:
     for m in _IPV4.finditer(text, lo, hi):
         s = m.start()
-        before = text[max(0, s - 10):s].lower().rstrip()
+        before = text[max(0, s - 12):s].lower().rstrip(" :=#")
         if ipv4_ok(m.group()) and not before.endswith(_VERSION_WORDS):
             yield m.span()
 

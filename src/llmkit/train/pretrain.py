@@ -108,8 +108,9 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
                                parents=[(ds_rec.id, "trained_on")])
             run_id = rec.id
             (run_dir / "run.json").write_text(json.dumps({"id": run_id, "dataset": ds_rec.id}))
-        run_id = _broadcast_str(run_id, d)
-        run_dir = ws.folder("runs", run_dir.name)
+        # Every rank made its own random folder name; rank 0's is the one that exists.
+        run_id, run_name = _broadcast_str(f"{run_id}/{run_dir.name}", d).split("/")
+        run_dir = ws.folder("runs", run_name)
     else:
         checkpoints = list_checkpoints(run_dir)
         if checkpoints:
