@@ -52,16 +52,13 @@ def luhn_ok(digits: str) -> bool:
 
 # SWIFT IBAN registry lengths; an unknown country or a wrong length is rejected before the checksum,
 # which leaves a 1-in-97 chance only for strings that already look exactly like an IBAN.
-_IBAN_LEN = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
-    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
-    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
-    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
-    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22,
-    "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25,
-    "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27,
-    "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
-}
+_IBAN_LEN = {c[:2]: int(c[2:]) for c in (
+    "AD24 AE23 AL28 AT20 AZ28 BA20 BE16 BG22 BH22 BR29 BY28 CH21 CR22 CY28 CZ24 DE22 DK18 DO28 EE20 EG29 ES24 "
+    "FI18 FO18 FR27 GB22 GE22 GI23 GL18 GR27 GT28 HR21 HU28 IE22 IL23 IQ23 IS26 IT27 JO30 KW30 KZ20 LB28 LC32 "
+    "LI21 LT20 LU20 LV21 LY25 MC27 MD24 ME22 MK19 MR27 MT31 MU30 NL18 NO15 PK24 PL28 PS29 PT25 QA29 RO24 RS22 "
+    "SA24 SC31 SD18 SE24 SI19 SK24 SM27 ST25 SV28 TL23 TN24 TR26 UA29 VA22 VG24 XK20"
+).split()}
+_IBAN_CUT = {cc: re.compile(rf"[A-Z0-9](?: ?[A-Z0-9]){{{n - 1}}}") for cc, n in _IBAN_LEN.items()}
 _IBAN_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})
 
 
@@ -75,17 +72,15 @@ def iban_ok(iban: str) -> bool:
 
 _CN_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CN_CHECK = "10X98765432"
-_CN_PROVINCES = frozenset(
-    "11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 50 51 52 53 54 61 62 63 64 65 "
-    "71 81 82 83 91".split()
-)
-_THIS_YEAR = date.today().year
+_CN_PROVINCES = frozenset("11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 50 51 52 53 54 61 62 "
+                          "63 64 65 71 81 82 83 91".split())
+_TODAY = date.today()
 
 
 def _plausible_birth_date(yyyymmdd: str) -> bool:
     try:
         y, m, d = int(yyyymmdd[:4]), int(yyyymmdd[4:6]), int(yyyymmdd[6:8])
-        return 1900 <= y <= _THIS_YEAR and date(y, m, d) <= date.today()
+        return y >= 1900 and date(y, m, d) <= _TODAY
     except ValueError:
         return False
 
@@ -94,7 +89,7 @@ def cn_id_ok(number: str) -> bool:
     """18-character resident ID: province code, real birth date, ISO 7064 MOD 11-2 check character."""
     if len(number) != 18 or not number[:17].isdigit() or number[:2] not in _CN_PROVINCES:
         return False
-    if not _plausible_birth_date(number[6:14]):
+    if not _plausible_birth_date(number[6:14]):  # the checksum alone passes one random string in eleven
         return False
     total = sum((ord(c) - 48) * w for c, w in zip(number, _CN_WEIGHTS, strict=False))
     return _CN_CHECK[total % 11] == number[17].upper()
@@ -139,23 +134,25 @@ def card_ok(number: str) -> bool:
 
 
 def ipv4_ok(addr: str) -> bool:
-    for octet in addr.split("."):
-        if int(octet) > 255 or (len(octet) > 1 and octet[0] == "0"):
-            return False
-    return True
+    """Four octets 0-255 without leading zeros ("010" is octal to some parsers and a code to people)."""
+    return all(int(o) <= 255 and (len(o) == 1 or o[0] != "0") for o in addr.split("."))
 
 
 _VERSION_WORDS = ("version", "release", "build", "ver.", "firmware")
 
 
+def _is_word_char(ch: str) -> bool:
+    return ch.isascii() and (ch.isalnum() or ch == "_")
+
+
+def _count_digits(s: str) -> int:
+    return sum(c.isdigit() for c in s)
+
+
 def _mixed(token: str) -> bool:
     # Real keys are random base62: a long body without a digit, an upper and a lower case letter is a slug
     # such as "sk-learn-compatible-estimators", not a credential.
-    return (
-        any(c.isdigit() for c in token)
-        and any(c.isupper() for c in token)
-        and any(c.islower() for c in token)
-    )
+    return any(c.isdigit() for c in token) and any(c.isupper() for c in token) and any(c.islower() for c in token)
 
 
 # ---------------------------------------------------------------- patterns
@@ -168,7 +165,7 @@ _RB_GROUPED = r"(?![\w@]|[.\-/:]?\d| \d)"  # also refuse to be the prefix of a l
 
 _EMAIL = re.compile(
     r"[\w%+\-](?<![\w.%+\-][\w%+\-])[\w%+\-]*(?:\.[\w%+\-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w\-]|\.[A-Za-z0-9])",
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+(?:[a-z]{2,24}|[A-Z]{2,24})(?![\w\-]|\.[A-Za-z0-9])",
     _A,
 )
 _CARD = re.compile(
@@ -201,6 +198,7 @@ _PHONE_NATIONAL = re.compile(
     r"|(?<=1)[3-9]\d(?:\d{8}|(?P<c>[ \-])\d{4}(?P=c)\d{4})"  # CN mobile 138 0013 8000
     r"|(?<=0)[1-9]\d{0,3}[ \-]\d{3,4}[ \-]?\d{3,4}"  # trunk 0: 020 7946 0958, 030 12345678
     r"|(?<=0)[1-9](?P<d>[ .\-])\d\d(?:(?P=d)\d\d){3}"  # 06 12 34 56 78
+    r"|(?<=0)[1-9]\d{9}"  # 07700900123: bare 11 digits is the mobile length in GB, JP, KR, TR, NG
     r"|(?<=0)0[1-9]\d{0,2}(?:[ .\-]\(0\))?(?:[ .\-]\d++){1,6}+"  # 0044 20 7946 0958
     r")" + _RB_GROUPED,
     _A,
@@ -211,10 +209,10 @@ _SECRET_PATTERNS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
     (("AKIA", "ASIA"), re.compile(r"A(?<![\w]A)(?:KIA|SIA)[A-Z0-9]{16}(?![A-Za-z0-9])", _A)),
     (
         ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
-        re.compile(r"g(?<![\w\-]g)(?:h[pousr]_(?P<b>[A-Za-z0-9]{30,255})|ithub_pat_(?P<c>[A-Za-z0-9_]{22,255}))"
+        re.compile(r"g(?<![\w\-]g)(?:h[pousr]|ithub_pat)_(?P<b>[A-Za-z0-9_]{22,255})"
                    r"(?![\w\-])", _A),
     ),
-    (("xox",), re.compile(r"xox(?<![\w\-]xox)[abpr]-[0-9A-Za-z]+(?:-[0-9A-Za-z]+){1,5}(?![\w\-])", _A)),
+    (("xox",), re.compile(r"xox(?<![\w\-]xox)(?=[\w\-]{17})[abpr]-[0-9A-Za-z]+(?:-[0-9A-Za-z]+){1,5}(?![\w\-])", _A)),
     (("sk-",), re.compile(r"sk-(?<![\w\-]sk-)(?:proj-)?(?P<b>[A-Za-z0-9_\-]{20,255})(?![\w\-])", _A)),
     (("_live_",), re.compile(r"[spr]k_live_(?<![\w\-][spr]k_live_)(?P<b>[A-Za-z0-9]{16,255})(?![\w\-])", _A)),
     (("AIza",), re.compile(r"AIza(?<![\w\-]AIza)[0-9A-Za-z_\-]{35}(?![\w\-])", _A)),
@@ -268,56 +266,26 @@ def _secrets(text: str) -> Iterator[Span]:
         else:
             continue
         for m in pattern.finditer(text):
-            groups = m.groupdict()
-            body = groups.get("b") or groups.get("c")
-            if body is not None and not _mixed(body):
-                continue
-            if m.group().startswith("xox") and len(m.group()) < 20:
+            if "b" in pattern.groupindex and not _mixed(m.group("b")):
                 continue
             yield m.start(), m.start() + len(m.group().rstrip())
 
 
-def _cards(text: str, lo: int, hi: int) -> Iterator[Span]:
-    for m in _CARD.finditer(text, lo, hi):
-        if card_ok(m.group()):
-            yield m.span()
+def _checked(pattern: re.Pattern[str], ok: Callable[[str], bool]) -> Callable[[str, int, int], list[Span]]:
+    def detect(text: str, lo: int, hi: int) -> list[Span]:
+        return [m.span() for m in pattern.finditer(text, lo, hi) if ok(m.group())]
 
-
-def _ssns(text: str, lo: int, hi: int) -> Iterator[Span]:
-    for m in _SSN.finditer(text, lo, hi):
-        if ssn_ok(m.group()):
-            yield m.span()
-
-
-def _cn_ids(text: str, lo: int, hi: int) -> Iterator[Span]:
-    for m in _CN_ID.finditer(text, lo, hi):
-        if cn_id_ok(m.group()):
-            yield m.span()
+    return detect
 
 
 def _ibans(text: str, lo: int, hi: int) -> Iterator[Span]:
     for m in _IBAN.finditer(text, lo, hi):
-        raw = m.group()
-        want = _IBAN_LEN.get(raw[:2])
-        if want is None:
-            continue
         # Cut at the country's length: the pattern may have run on into a following upper-case word.
-        seen, end = 0, 0
-        for i, ch in enumerate(raw):
-            if ch != " ":
-                seen += 1
-                if seen == want:
-                    end = i + 1
-                    break
-        stop = m.start() + end
-        if not end or (stop < len(text) and _is_word_char(text[stop])):
-            continue
-        if iban_ok(raw[:end]):
+        cutter = _IBAN_CUT.get(m.group()[:2])
+        cut = cutter.match(m.group()) if cutter else None
+        stop = m.start() + cut.end() if cut else 0
+        if cut and not (stop < len(text) and _is_word_char(text[stop])) and iban_ok(cut.group()):
             yield m.start(), stop
-
-
-def _is_word_char(ch: str) -> bool:
-    return ch.isascii() and (ch.isalnum() or ch == "_")
 
 
 def _ipv6s(text: str) -> Iterator[Span]:
@@ -338,6 +306,9 @@ def _ipv6s(text: str) -> Iterator[Span]:
             continue  # std::vector, C++ scopes, hex inside identifiers
         if cand.count(":") < 2 or not any(c.isdigit() for c in cand) or cand[0] == ".":
             continue
+        # Real full-form addresses carry a 3-4 digit routing group (2001:, fe80:); "1:2:3:4:5:6:7:8" is a ratio.
+        if "::" not in cand and max(len(g) for g in cand.split(":")) < 3:
+            continue
         try:
             ipaddress.IPv6Address(cand)
         except ValueError:
@@ -353,36 +324,29 @@ def _ipv4s(text: str, lo: int, hi: int) -> Iterator[Span]:
             yield m.span()
 
 
-def _ndigits(s: str) -> int:
-    return sum(c.isdigit() for c in s)
+def _intl_phone_ok(g: str) -> bool:
+    return 8 <= _count_digits(g) <= 15  # E.164 allows at most 15 digits, country code included
 
 
-def _phones(text: str, lo: int, hi: int) -> Iterator[Span]:
-    if text.find("+", lo, hi) != -1:
-        for m in _PHONE_INTL.finditer(text, lo, hi):
-            if 8 <= _ndigits(m.group()) <= 15:
-                yield m.span()
-    if text.find("(", lo, hi) != -1:
-        for m in _PHONE_PAREN.finditer(text, lo, hi):
-            if 9 <= _ndigits(m.group()) <= 12:
-                yield m.span()
-    for m in _PHONE_NATIONAL.finditer(text, lo, hi):
-        g = m.group()
-        if g[0] == "0":  # trunk-prefix and 00-prefix forms have free grouping, so bound the length
-            n = _ndigits(g)
-            if not (9 <= n <= 12 if g[1] != "0" else 10 <= n <= 17):
-                continue
-        yield m.span()
+def _paren_phone_ok(g: str) -> bool:
+    return 9 <= _count_digits(g) <= 12
 
 
-# (type, detector, shortest region that can hold one, a character the region must contain). Most
-# regions are years, amounts and counts; these two tests spare them five regex calls each.
+def _national_phone_ok(g: str) -> bool:
+    # The trunk-0 and 00-prefix forms allow free grouping, so their length is bounded here.
+    return g[0] != "0" or (9 <= _count_digits(g) <= 12 if g[1] != "0" else 10 <= _count_digits(g) <= 17)
+
+
+# (type, detector, shortest region that can hold one, a character its window must contain). Most regions
+# are years, amounts and counts; these two tests spare them most regex calls.
 _DIGIT_DETECTORS: tuple[tuple[str, Callable[[str, int, int], Iterable[Span]], int, str], ...] = (
-    ("CN_ID", _cn_ids, 17, ""),
-    ("CREDIT_CARD", _cards, 13, ""),
-    ("SSN", _ssns, 11, "-"),
+    ("CN_ID", _checked(_CN_ID, cn_id_ok), 17, ""),
+    ("CREDIT_CARD", _checked(_CARD, card_ok), 13, ""),
+    ("SSN", _checked(_SSN, ssn_ok), 11, "-"),
     ("IP_ADDRESS", _ipv4s, 7, "."),
-    ("PHONE", _phones, 8, ""),
+    ("PHONE", _checked(_PHONE_INTL, _intl_phone_ok), 7, "+"),
+    ("PHONE", _checked(_PHONE_PAREN, _paren_phone_ok), 7, "("),
+    ("PHONE", _checked(_PHONE_NATIONAL, _national_phone_ok), 7, ""),
 )
 
 
@@ -398,7 +362,7 @@ def _digit_spans(text: str) -> Iterator[tuple[int, int, str]]:
             continue
         lo, hi = max(0, s - _BEFORE), min(n, e + _AFTER)
         for name, detect, min_size, needs in _DIGIT_DETECTORS:
-            if size >= min_size and (not needs or text.find(needs, s, e) != -1):
+            if size >= min_size and (not needs or text.find(needs, lo, hi) != -1):
                 for a, b in detect(text, lo, hi):
                     yield a, b, name
 

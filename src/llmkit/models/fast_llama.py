@@ -4,7 +4,8 @@ Why not just call the HF module: for the small models llmkit trains, HF's forwar
 in per-token Python (cache objects, mask building, output dataclasses, hooks) than in arithmetic,
 and nn.Linear's (out, in) weight layout takes a slow MKL gemv path on CPU for one-row inputs. Here
 the weights of a `LlamaForCausalLM` are read once into a decode layout (q/k/v and gate/up fused,
-transposed to (in, out)), and a token costs a flat run of ~25 torch ops per layer.
+transposed to (in, out), RMSNorm weights and the attention scale folded in), and a token costs a
+flat run of ~25 cheap torch ops per layer.
 
 The core is shaped for continuous batching: `prefill()` turns a prompt into a `LlamaState` (one
 sequence's KV cache), and `step()` advances any list of states by one token each, so a serving
@@ -48,7 +49,7 @@ def unsupported_reason(model) -> str | None:
 class LlamaState:
     """One sequence's KV cache: `length` positions of `k`/`v` are filled."""
 
-    k: torch.Tensor  # (n_layer, n_kv_head, capacity, head_dim)
+    k: torch.Tensor  # (n_layer, n_kv_head, capacity, head_dim); k in FastLlama's RoPE pair order
     v: torch.Tensor
     length: int = 0
 
@@ -72,48 +73,58 @@ class FastLlama:
         emb = model.get_input_embeddings().weight
         self.device, self.dtype = emb.device, emb.dtype
 
-        def t(w):
-            # (out, in) -> (in, out) contiguous: mm(x, w_t) for a one-row x streams memory far
-            # better than F.linear's gemv (measured ~1.4x on the micro preset).
-            return w.detach().t().contiguous()
+        nh, nkv, hd = self.n_head, self.n_kv, self.head_dim
+        # Within each q/k head, reorder features from HF's half-split RoPE layout (i pairs with
+        # i + hd/2) to interleaved pairs, so RoPE is one complex multiply. q.k is unchanged when q
+        # and k share the permutation, so only our own cache sees the new order.
+        half = torch.arange(hd // 2)
+        perm = torch.stack((half, half + hd // 2), -1).flatten()
 
-        def cat_bias(*linears):
-            if all(lin.bias is None for lin in linears):
-                return None
-            return torch.cat([lin.bias if lin.bias is not None else torch.zeros(lin.out_features, dtype=lin.weight.dtype,
-                              device=lin.weight.device) for lin in linears]).detach()
+        def rope_rows(w, heads):  # (heads * hd, ...) -> same, rows permuted per head
+            return w.reshape(heads, hd, *w.shape[1:])[:, perm].reshape(w.shape)
 
+        def prep(w, norm=None):
+            # (out, in) -> (in, out) contiguous: mm(x, w_t) for a one-row x streams memory much
+            # better than F.linear's gemv (~1.4x measured on the micro preset). The preceding
+            # RMSNorm's weight scales the input features, so it is folded into the rows here.
+            w = w.detach()
+            if norm is not None:
+                w = w * norm.detach()
+            return w.t().contiguous()
+
+        def bias(lin, rows=None):
+            if lin.bias is None:
+                return torch.zeros(lin.out_features, dtype=self.dtype, device=self.device)
+            return lin.bias.detach() if rows is None else rope_rows(lin.bias.detach(), rows)
+
+        scale = hd ** -0.5  # attention's 1/sqrt(hd), folded into q (RoPE is linear, so it commutes)
         self.layers = []
         for layer in model.model.layers:
             a, m = layer.self_attn, layer.mlp
+            qkv = torch.cat([rope_rows(a.q_proj.weight.detach(), nh) * scale, rope_rows(a.k_proj.weight.detach(), nkv),
+                             a.v_proj.weight.detach()])
+            has_qkv_bias = any(p.bias is not None for p in (a.q_proj, a.k_proj, a.v_proj))
+            has_mlp_bias = m.gate_proj.bias is not None or m.up_proj.bias is not None
             self.layers.append((
-                layer.input_layernorm.weight.detach(),
-                t(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
-                cat_bias(a.q_proj, a.k_proj, a.v_proj),
-                t(a.o_proj.weight),
+                prep(qkv, layer.input_layernorm.weight),  # (C, (nh + 2 * nkv) * hd)
+                torch.cat([bias(a.q_proj, nh) * scale, bias(a.k_proj, nkv), bias(a.v_proj)]) if has_qkv_bias else None,
+                prep(a.o_proj.weight),  # (nh * hd, C)
                 None if a.o_proj.bias is None else a.o_proj.bias.detach(),
-                layer.post_attention_layernorm.weight.detach(),
-                t(torch.cat([m.gate_proj.weight, m.up_proj.weight])),
-                cat_bias(m.gate_proj, m.up_proj),
-                t(m.down_proj.weight),
+                prep(torch.cat([m.gate_proj.weight, m.up_proj.weight]), layer.post_attention_layernorm.weight),  # (C, 2I)
+                torch.cat([bias(m.gate_proj), bias(m.up_proj)]) if has_mlp_bias else None,
+                prep(m.down_proj.weight),  # (I, C)
                 None if m.down_proj.bias is None else m.down_proj.bias.detach(),
             ))
         self.embed = emb.detach()
-        self.norm = model.model.norm.weight.detach()
-        self.lm_head_t = t(model.get_output_embeddings().weight)
+        self.lm_head_t = prep(model.get_output_embeddings().weight, model.model.norm.weight)  # (C, vocab)
         self.intermediate = cfg.intermediate_size
 
-        # RoPE tables computed exactly as HF does (fp32 positions * inv_freq, then cast), for every
-        # position up front. rotate_half(x) = [-x2, x1] becomes roll(x) * sin with sin's first half
-        # negated, one op instead of four.
+        # RoPE rotations for every position, from cos/sin computed exactly as HF does (fp32
+        # position * inv_freq). Complex tensors are fp32 even for bf16 models; _rope casts.
         theta = rope_parameters(cfg)["rope_theta"]
-        hd = self.head_dim
         inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
-        freqs = torch.arange(self.max_len).float()[:, None] * inv_freq[None, :]
-        emb_f = torch.cat((freqs, freqs), dim=-1)  # (max_len, hs)
-        sign = torch.cat((-torch.ones(hd // 2), torch.ones(hd // 2)))
-        self.cos = emb_f.cos().to(self.device, self.dtype)
-        self.sin = (emb_f.sin() * sign).to(self.device, self.dtype)
+        freqs = torch.arange(self.max_len).float()[:, None] * inv_freq[None, :]  # (max_len, hd / 2)
+        self.rot = torch.complex(freqs.cos(), freqs.sin()).to(self.device)
 
     # --- cache ---------------------------------------------------------------------------------
 
@@ -136,45 +147,43 @@ class FastLlama:
 
     # --- forward -------------------------------------------------------------------------------
 
-    def _rms(self, x, w):
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), w, self.eps)
-        # HF normalises in fp32 and casts back before the weight; match it for bf16/fp16.
+    def _norm(self, x):
+        # RMSNorm without its weight (folded into the next matmul). In fp32 like HF, for bf16 too.
         xf = x.float()
-        return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True).add_(self.eps))).to(x.dtype)
 
-    def _rope(self, x, cos, sin):
-        # x (N, H, hs), cos/sin (N, 1, hs)
-        return torch.addcmul(x * cos, x.roll(self.head_dim // 2, -1), sin)
+    def _rope(self, x, rot):
+        # x (N, H, hd) in interleaved pair order; rot (N, 1, hd / 2) complex
+        n, h, hd = x.shape
+        pairs = torch.view_as_complex(x.float().reshape(n, h, hd // 2, 2))  # (N, H, hd / 2)
+        return torch.view_as_real(pairs * rot).reshape(n, h, hd).to(x.dtype)
 
-    def _mlp_residual(self, x, lw):
-        _, _, _, _, _, w_post, w_gu, b_gu, w_down, b_down = lw
-        h = self._rms(x, w_post)
-        gu = torch.mm(h, w_gu)  # (N, 2 * I)
+    def _qkv(self, x, lw, rot):
+        w_qkv, b_qkv = lw[:2]
+        n = x.shape[0]
+        qkv = torch.mm(self._norm(x), w_qkv)  # (N, (nh + 2 * nkv) * hd)
+        if b_qkv is not None:
+            qkv += b_qkv
+        split = (self.n_head + self.n_kv) * self.head_dim
+        qk = self._rope(qkv[:, :split].view(n, self.n_head + self.n_kv, self.head_dim), rot)  # (N, nh + nkv, hd)
+        v = qkv[:, split:].view(n, self.n_kv, self.head_dim)  # (N, nkv, hd)
+        return qk, v
+
+    def _finish_layer(self, x, y, lw):
+        # Attention output projection and the MLP, each with its residual add fused into addmm.
+        w_o, b_o, w_gu, b_gu, w_down, b_down = lw[2:]
+        x = torch.addmm(x, y, w_o)  # (N, C)
+        if b_o is not None:
+            x = x + b_o
+        gu = torch.mm(self._norm(x), w_gu)  # (N, 2I)
         if b_gu is not None:
             gu += b_gu
         inter = self.intermediate
         x = torch.addmm(x, F.silu(gu[:, :inter]) * gu[:, inter:], w_down)  # (N, C)
         return x if b_down is None else x + b_down
 
-    def _qkv(self, x, lw, cos, sin):
-        w_in, w_qkv, b_qkv = lw[:3]
-        n = x.shape[0]
-        qkv = torch.mm(self._rms(x, w_in), w_qkv)  # (N, (nh + 2 * nkv) * hs)
-        if b_qkv is not None:
-            qkv += b_qkv
-        split = (self.n_head + self.n_kv) * self.head_dim
-        qk = self._rope(qkv[:, :split].view(n, self.n_head + self.n_kv, self.head_dim), cos, sin)  # (N, nh + nkv, hs)
-        v = qkv[:, split:].view(n, self.n_kv, self.head_dim)  # (N, nkv, hs)
-        return qk, v
-
-    def _attn_out(self, x, y, lw):
-        _, _, _, w_o, b_o = lw[:5]
-        x = torch.addmm(x, y, w_o)  # (N, C)
-        return x if b_o is None else x + b_o
-
     def _logits(self, x):
-        return torch.mm(self._rms(x, self.norm), self.lm_head_t)  # (N, vocab)
+        return torch.mm(self._norm(x), self.lm_head_t)  # (N, vocab)
 
     @torch.inference_mode()
     def prefill(self, ids: list[int], state: LlamaState | None = None, capacity: int | None = None):
@@ -191,22 +200,21 @@ class FastLlama:
         end = start + t
         nh, hd = self.n_head, self.head_dim
         x = self.embed[torch.tensor(ids, device=self.device)]  # (T, C)
-        cos, sin = self.cos[start:end, None], self.sin[start:end, None]  # (T, 1, hs)
+        rot = self.rot[start:end, None]  # (T, 1, hd / 2)
         mask = None
         if start:
             # Query i sits at position start + i and may see every cached position up to it.
             mask = torch.ones(t, end, dtype=torch.bool, device=self.device).tril(start)
         for i, lw in enumerate(self.layers):
-            qk, v = self._qkv(x, lw, cos, sin)
-            state.k[i, :, start:end] = qk[:, nh:].transpose(0, 1)  # (nkv, T, hs)
+            qk, v = self._qkv(x, lw, rot)
+            state.k[i, :, start:end] = qk[:, nh:].transpose(0, 1)  # (nkv, T, hd)
             state.v[i, :, start:end] = v.transpose(0, 1)
-            q = qk[:, :nh].transpose(0, 1)  # (nh, T, hs)
-            k, vv = state.k[i, :, :end], state.v[i, :, :end]  # (nkv, end, hs)
+            q = qk[:, :nh].transpose(0, 1)  # (nh, T, hd)
+            k, vv = state.k[i, :, :end], state.v[i, :, :end]  # (nkv, end, hd)
             if self.n_rep > 1:
-                k, vv = k.repeat_interleave(self.n_rep, 0), vv.repeat_interleave(self.n_rep, 0)  # (nh, end, hs)
-            y = F.scaled_dot_product_attention(q, k, vv, attn_mask=mask, is_causal=mask is None)  # (nh, T, hs)
-            x = self._attn_out(x, y.transpose(0, 1).reshape(t, nh * hd), lw)
-            x = self._mlp_residual(x, lw)
+                k, vv = k.repeat_interleave(self.n_rep, 0), vv.repeat_interleave(self.n_rep, 0)  # (nh, end, hd)
+            y = F.scaled_dot_product_attention(q, k, vv, attn_mask=mask, is_causal=mask is None, scale=1.0)  # (nh, T, hd)
+            x = self._finish_layer(x, y.transpose(0, 1).reshape(t, nh * hd), lw)
         state.length = end
         return state, self._logits(x[-1:])[0]
 
@@ -219,22 +227,23 @@ class FastLlama:
         nh, nkv, hd, n_rep = self.n_head, self.n_kv, self.head_dim, self.n_rep
         x = self.embed[torch.tensor(token_ids, device=self.device)]  # (B, C)
         pos = torch.tensor([s.length for s in states], device=self.device)
-        cos, sin = self.cos[pos, None], self.sin[pos, None]  # (B, 1, hs)
+        rot = self.rot[pos, None]  # (B, 1, hd / 2)
         for i, lw in enumerate(self.layers):
-            qk, v = self._qkv(x, lw, cos, sin)
+            qk, v = self._qkv(x, lw, rot)
             ys = []
             for j, s in enumerate(states):
                 n = s.length
-                kc, vc = s.k[i], s.v[i]  # (nkv, cap, hs)
+                kc, vc = s.k[i], s.v[i]  # (nkv, cap, hd)
                 kc[:, n] = qk[j, nh:]
                 vc[:, n] = v[j]
                 # A single query attends to every cached position, so no mask; grouping the query
-                # heads by the kv head they share avoids materialising repeated K/V for GQA.
-                q = qk[j, :nh].view(nkv, n_rep, hd)  # (nkv, n_rep, hs)
-                ys.append(F.scaled_dot_product_attention(q, kc[:, :n + 1], vc[:, :n + 1]))  # (nkv, n_rep, hs)
-            y = ys[0].view(1, nh * hd) if b == 1 else torch.stack(ys).view(b, nh * hd)  # (B, nh * hs)
-            x = self._attn_out(x, y, lw)
-            x = self._mlp_residual(x, lw)
+                # heads by the kv head they share avoids materialising repeated K/V for GQA. Plain
+                # bmm + softmax: SDPA takes its slow generic path for these shapes on CPU.
+                q = qk[j, :nh].view(nkv, n_rep, hd)  # (nkv, n_rep, hd), already scaled
+                att = torch.bmm(q, kc[:, :n + 1].transpose(1, 2))  # (nkv, n_rep, n + 1)
+                ys.append(torch.bmm(att.softmax(-1), vc[:, :n + 1]))  # (nkv, n_rep, hd)
+            y = ys[0].view(1, nh * hd) if b == 1 else torch.stack(ys).view(b, nh * hd)  # (B, nh * hd)
+            x = self._finish_layer(x, y, lw)
         for s in states:
             s.length += 1
         return self._logits(x)

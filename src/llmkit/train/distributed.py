@@ -66,7 +66,7 @@ def wrap(model: torch.nn.Module, d: Dist, fsdp: bool) -> torch.nn.Module:
             raise UserError("train.fsdp needs GPUs (FSDP2 shards parameters across CUDA devices); use plain DDP on CPU")
         from torch.distributed.fsdp import fully_shard
 
-        for layer in model.model.layers:  # shard each decoder block, then the root
+        for layer in model.layers:  # shard each decoder block, then the root
             fully_shard(layer)
         fully_shard(model)
         return model

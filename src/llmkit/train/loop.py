@@ -14,8 +14,13 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
+def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=x)  # our Llama returns logits; an HF model returns an output object
+    return out if torch.is_tensor(out) else out.logits  # (B, T, V)
+
+
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=x).logits  # (B, T, V)
+    logits = logits_of(model, x)  # (B, T, V)
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
 
 
@@ -28,7 +33,7 @@ def evaluate_lm(model: torch.nn.Module, batches, device: str, amp) -> dict[str, 
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         with amp():
-            logits = model(input_ids=x).logits
+            logits = logits_of(model, x)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
         total += float(loss)
         count += y.numel()

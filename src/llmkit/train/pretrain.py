@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from llmkit.config import PretrainConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, save_model
+from llmkit.models.llama import Llama
 from llmkit.models.presets import count_parameters, llama_config
 from llmkit.registry import Registry
 from llmkit.train import distributed
@@ -91,7 +92,7 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
     config = llama_config(cfg.preset, vocab, cfg.context, bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                           dropout=cfg.dropout, overrides=cfg.model)
-    model = LlamaForCausalLM(config).to(d.device)
+    model = Llama(config).to(d.device)
     n_params = count_parameters(model)
     device_type = "cuda" if d.device.startswith("cuda") else "cpu"
     precision = resolve_precision(cfg.precision, device_type)
@@ -212,8 +213,9 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
         lineage = {"format": "llmkit.model/1", "task": "causal-lm", "preset": cfg.preset, "parameters": n_params,
                    "dataset": {"id": ds_rec.id, "ref": ds_rec.ref}, "run": {"id": run_id, "path": str(run_dir)},
                    "parent_model": None, "metrics": summary, "config": cfg.model_dump()}
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        save_model(model, tokenizer, model_path, lineage)
+        hf_model = model.to_hf()
+        hf_model.generation_config.pad_token_id = tokenizer.pad_token_id
+        save_model(hf_model, tokenizer, model_path, lineage)
         rec = registry.add("model", name, kind="causal-lm", path=model_path, params={"preset": cfg.preset, "parameters": n_params},
                            metrics=summary, parents=[(run_id, "produced_by"), (ds_rec.id, "trained_on")])
         registry.update_metrics(run_id, summary)

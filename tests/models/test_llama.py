@@ -1,0 +1,46 @@
+"""Our training Llama computes exactly what transformers' LlamaForCausalLM computes with its weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmkit.models.llama import Llama
+from llmkit.models.presets import PRESETS, count_parameters, llama_config
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"num_key_value_heads": 2},
+    {"tie_word_embeddings": False},
+    {"attention_bias": True, "mlp_bias": True, "rope_theta": 500.0},
+])
+def test_logits_equal_hf_llama_with_the_same_weights(overrides):
+    torch.manual_seed(0)
+    cfg = llama_config("nano", 97, 48, overrides={"hidden_size": 64, "intermediate_size": 96, **overrides})
+    ours = Llama(cfg).eval()
+    for p in ours.parameters():  # biases start at zero; make them matter
+        torch.nn.init.normal_(p, std=0.05)
+    hf = ours.to_hf()
+    x = torch.randint(0, 97, (3, 48))
+    with torch.no_grad():
+        assert torch.allclose(ours(x), hf(input_ids=x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_tied_embeddings_stay_one_tensor_in_the_hf_model():
+    hf = Llama(llama_config("nano", 50, 16)).to_hf()
+    assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
+
+
+def test_presets_have_their_advertised_sizes():
+    sizes = {name: count_parameters(Llama(llama_config(name, 4096, 256))) / 1e6 for name in PRESETS}
+    assert 1.0 < sizes["nano"] < 2.0
+    assert 9 < sizes["micro"] < 13
+    assert 40 < sizes["small"] < 60
+    assert 110 < sizes["base"] < 140
+
+
+def test_a_sequence_longer_than_the_context_is_refused():
+    model = Llama(llama_config("nano", 50, 16))
+    with pytest.raises(ValueError, match="longer than the context"):
+        model(torch.zeros(1, 17, dtype=torch.long))
