@@ -6,10 +6,10 @@ throws out look-alikes: Luhn for cards, mod-97 for IBANs, ISO 7064 for Chinese I
 for IPs, forbidden ranges for SSNs, mixed character classes for keys. Precision matters as much as recall
 because every false positive damages training text (dates, prices, versions, hashes are all numbers).
 
-The stage runs over tens of megabytes, so cost is kept near a plain regex scan: detectors are skipped when
-their trigger character or prefix is absent, and every scanning pattern starts with a literal or a
-character class (lookbehinds come after the first character) so `re` can skip ahead in C instead of
-trying the whole pattern at every offset.
+The stage runs over tens of megabytes, so cost is kept near one regex scan per text: secrets and e-mails
+are only looked for when a substring test finds their prefix or '@', and the digit-based types run only
+in small windows around the runs of digits that a single scan (_REGION) finds. Every pattern starts with
+a literal or a character class, lookbehinds after it, so `re` skips ahead in C.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ _PRIORITY = {"SECRET": 0, "EMAIL": 1, "CN_ID": 2, "IBAN": 3, "CREDIT_CARD": 4, "
 
 @dataclass(frozen=True)
 class PiiMatch:
+    """One detected span: `text == source[start:end]`, `type` is one of PII_TYPES."""
+
     type: str
     start: int
     end: int
@@ -58,7 +60,7 @@ _IBAN_LEN = {c[:2]: int(c[2:]) for c in (
     "LI21 LT20 LU20 LV21 LY25 MC27 MD24 ME22 MK19 MR27 MT31 MU30 NL18 NO15 PK24 PL28 PS29 PT25 QA29 RO24 RS22 "
     "SA24 SC31 SD18 SE24 SI19 SK24 SM27 ST25 SV28 TL23 TN24 TR26 UA29 VA22 VG24 XK20"
 ).split()}
-_IBAN_CUT = {cc: re.compile(rf"[A-Z0-9](?: ?[A-Z0-9]){{{n - 1}}}") for cc, n in _IBAN_LEN.items()}
+_IBAN_CUT = {cc: re.compile(rf"[A-Z0-9](?: ?[A-Z0-9]){{{n - 1}}}", re.I) for cc, n in _IBAN_LEN.items()}
 _IBAN_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})
 
 
@@ -87,9 +89,9 @@ def _plausible_birth_date(yyyymmdd: str) -> bool:
 
 def cn_id_ok(number: str) -> bool:
     """18-character resident ID: province code, real birth date, ISO 7064 MOD 11-2 check character."""
-    if len(number) != 18 or not number[:17].isdigit() or number[:2] not in _CN_PROVINCES:
-        return False
-    if not _plausible_birth_date(number[6:14]):  # the checksum alone passes one random string in eleven
+    # The birth date matters: the check character alone passes one random string in eleven.
+    if len(number) != 18 or not number[:17].isdigit() or number[:2] not in _CN_PROVINCES \
+            or not _plausible_birth_date(number[6:14]):
         return False
     total = sum((ord(c) - 48) * w for c, w in zip(number, _CN_WEIGHTS, strict=False))
     return _CN_CHECK[total % 11] == number[17].upper()
@@ -104,18 +106,16 @@ def ssn_ok(ssn: str) -> bool:
 def _card_brand_ok(digits: str) -> bool:
     # Issuer prefixes and lengths: Luhn alone passes one random number in ten, the IIN table turns away
     # most timestamps, barcodes and account numbers that would otherwise pass by chance.
-    n = len(digits)
-    p2 = int(digits[:2])
-    p4 = int(digits[:4])
+    n, p2, p3, p4 = len(digits), int(digits[:2]), int(digits[:3]), int(digits[:4])
     if digits[0] == "4":
         return n in (13, 16, 19)
     if 51 <= p2 <= 55 or 2221 <= p4 <= 2720:
         return n == 16
     if p2 in (34, 37):
         return n == 15
-    if p2 in (36, 38, 39) or 300 <= int(digits[:3]) <= 305:
+    if p2 in (36, 38, 39) or 300 <= p3 <= 305:
         return 14 <= n <= 19
-    if 3528 <= p4 <= 3589 or p2 in (62, 65) or p4 == 6011 or 644 <= int(digits[:3]) <= 649:
+    if 3528 <= p4 <= 3589 or p2 in (62, 65) or p4 == 6011 or 644 <= p3 <= 649:
         return 16 <= n <= 19
     return (p2 == 50 or 56 <= p2 <= 69) and 16 <= n <= 19  # Maestro; its rare 12-15 digit cards are left out
 
@@ -123,9 +123,10 @@ def _card_brand_ok(digits: str) -> bool:
 def card_ok(number: str) -> bool:
     """Luhn plus issuer prefix/length; `number` as written (spaces or dashes between groups allowed)."""
     digits = number.replace(" ", "").replace("-", "")
-    # 13 bare digits are far more often an EAN-13 barcode or a millisecond timestamp than one of the
-    # retired 13-digit Visa cards, so that length is only taken when written in card groups.
-    if len(digits) == 13 and digits == number:
+    # Unspaced, 13 digits is far more often an EAN-13 barcode or a millisecond timestamp than a retired
+    # 13-digit Visa, and 17-19 digits a random seed or snowflake id than a card; only UnionPay (62) is
+    # commonly written that long without spaces.
+    if digits == number and (len(digits) == 13 or (len(digits) > 16 and digits[:2] != "62")):
         return False
     if not 13 <= len(digits) <= 19 or not _card_brand_ok(digits) or not luhn_ok(digits):
         return False
@@ -135,7 +136,13 @@ def card_ok(number: str) -> bool:
 
 def ipv4_ok(addr: str) -> bool:
     """Four octets 0-255 without leading zeros ("010" is octal to some parsers and a code to people)."""
-    return all(int(o) <= 255 and (len(o) == 1 or o[0] != "0") for o in addr.split("."))
+    octets = addr.split(".")
+    for o in octets:
+        if len(o) > 1 and (o[0] == "0" or int(o) > 255):
+            return False
+    # "1.0.0.0", "2.5.4.6", "3.4.1.1" are assembly versions, OIDs and section numbers far more often
+    # than hosts; the all-same public resolvers (1.1.1.1, 8.8.8.8) are kept.
+    return len(addr) > 7 or len(set(octets)) == 1
 
 
 _VERSION_WORDS = ("version", "release", "build", "ver.", "firmware")
@@ -161,7 +168,7 @@ _A = re.ASCII
 # Digits glued to a word, a sign, a path, a currency or another digit group belong to something else.
 _LB_DIGIT = r"(?<![\w+\-./#$%€£¥@]\d)(?<!\d[ .\-]\d)"
 _RB_DIGIT = r"(?![\w@]|[.\-/:]\d)"
-_RB_GROUPED = r"(?![\w@]|[.\-/:]?\d| \d)"  # also refuse to be the prefix of a longer spaced number
+_RB_GROUPED = r"(?![\w@*^]|[.\-/:]?\d| \d)"  # nor the prefix of a longer spaced number, nor a factor
 
 _EMAIL = re.compile(
     r"[\w%+\-](?<![\w.%+\-][\w%+\-])[\w%+\-]*(?:\.[\w%+\-]+)*"
@@ -176,14 +183,16 @@ _CARD = re.compile(
 _SSN = re.compile(r"\d" + _LB_DIGIT + r"\d\d-\d\d-\d{4}" + _RB_DIGIT, _A)
 _CN_ID = re.compile(r"[1-9]" + _LB_DIGIT + r"\d{16}[\dXx]" + _RB_DIGIT, _A)
 _IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}(?:\.\d{1,3}){3}(?![\w]|\.\d)", _A)
-# IPv6 has "::" or "h:h:" somewhere; find that cheaply, widen it to the address, let ipaddress decide.
-_V6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:", _A)
+# IPv6 has "::" or seven colons between hex groups; find that cheaply (a literal ':' first, so times like
+# 12:48:56 cost one failed step), widen it to the address, let ipaddress decide.
+_V6_HINT = re.compile(r":(?::|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){6})", _A)
 _V6_CHARS = frozenset("0123456789abcdefABCDEF:.")
-# Upper-case groups of four, spaced or not; the exact end is fixed from the country's length later.
-_IBAN = re.compile(r"[A-Z](?<![\w][A-Z])[A-Z]\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?", _A)
+_SLICE_LIKE = re.compile(r"\d*::\d*")  # a[100::2000]; addresses written by people have hex or more groups
+# Groups of four, spaced or not; the exact end is fixed from the country's length later.
+_IBAN = re.compile(r"[A-Z](?<![\w][A-Z])[A-Z]\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?", _A | re.I)
 
 _PHONE_INTL = re.compile(
-    r"\+(?<![\w+]\+)[1-9]\d{0,2}(?:[ .\-]?\(0\))?(?:[ .\-]?\(\d{1,5}\))?(?:[ .\-]?\d++){1,6}+"
+    r"(?:\((?<![\w(]\()\+[1-9]\d{0,2}\)|\+(?<![\w+(]\+)[1-9]\d{0,2})(?:[ .\-]?\(0\))?(?:[ .\-]?\(\d{1,5}\))?(?:[ .\-]?\d++){1,6}+"
     r"(?![\w@]|[.\-/:]?\d)",
     _A,
 )
@@ -196,7 +205,7 @@ _PHONE_NATIONAL = re.compile(
     r"(?<=1)(?P<a>[ .\-])[2-9]\d\d(?P=a)[2-9]\d\d(?P=a)\d{4}"  # 1-415-555-0132
     r"|(?<=[2-9])\d\d(?P<b>[ .\-])[2-9]\d\d(?P=b)\d{4}"  # 415-555-0132, 415.555.0132
     r"|(?<=1)[3-9]\d(?:\d{8}|(?P<c>[ \-])\d{4}(?P=c)\d{4})"  # CN mobile 138 0013 8000
-    r"|(?<=0)[1-9]\d{0,3}[ \-]\d{3,4}[ \-]?\d{3,4}"  # trunk 0: 020 7946 0958, 030 12345678
+    r"|(?<=0)[1-9]\d{0,3}[ \-/]\d{3,4}[ \-]?\d{3,4}"  # trunk 0: 020 7946 0958, 030/12345678
     r"|(?<=0)[1-9](?P<d>[ .\-])\d\d(?:(?P=d)\d\d){3}"  # 06 12 34 56 78
     r"|(?<=0)[1-9]\d{9}"  # 07700900123: bare 11 digits is the mobile length in GB, JP, KR, TR, NG
     r"|(?<=0)0[1-9]\d{0,2}(?:[ .\-]\(0\))?(?:[ .\-]\d++){1,6}+"  # 0044 20 7946 0958
@@ -207,36 +216,30 @@ _PHONE_NATIONAL = re.compile(
 # (trigger substrings, pattern); a group named "b" is a key body that must look random (see _mixed).
 _SECRET_PATTERNS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
     (("AKIA", "ASIA"), re.compile(r"A(?<![\w]A)(?:KIA|SIA)[A-Z0-9]{16}(?![A-Za-z0-9])", _A)),
-    (
-        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
-        re.compile(r"g(?<![\w\-]g)(?:h[pousr]|ithub_pat)_(?P<b>[A-Za-z0-9_]{22,255})"
-                   r"(?![\w\-])", _A),
-    ),
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+     re.compile(r"g(?<![\w\-]g)(?:h[pousr]|ithub_pat)_(?P<b>[A-Za-z0-9_]{22,255})(?![\w\-])", _A)),
     (("xox",), re.compile(r"xox(?<![\w\-]xox)(?=[\w\-]{17})[abpr]-[0-9A-Za-z]+(?:-[0-9A-Za-z]+){1,5}(?![\w\-])", _A)),
     (("sk-",), re.compile(r"sk-(?<![\w\-]sk-)(?:proj-)?(?P<b>[A-Za-z0-9_\-]{20,255})(?![\w\-])", _A)),
     (("_live_",), re.compile(r"[spr]k_live_(?<![\w\-][spr]k_live_)(?P<b>[A-Za-z0-9]{16,255})(?![\w\-])", _A)),
     (("AIza",), re.compile(r"AIza(?<![\w\-]AIza)[0-9A-Za-z_\-]{35}(?![\w\-])", _A)),
     (("eyJ",), re.compile(r"eyJ(?<![\w\-.]eyJ)[\w\-]{8,}\.eyJ[\w\-]{8,}\.[\w\-]{16,}(?![\w\-.])", _A)),
-    (
-        ("PRIVATE KEY-----",),
-        # A block cut off before its END line (truncated paste) still leaks the key, so it is taken too:
-        # header plus the base64 and "Proc-Type:"-style lines that follow it.
-        re.compile(
-            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
-            r"|(?:\r?\n(?:[A-Za-z0-9+/=]{16,}|[A-Za-z\-]+: [^\r\n]*)?)*)",
-            re.DOTALL | _A,
-        ),
-    ),
+    # A block cut off before its END line (truncated paste) still leaks the key, so it is taken too:
+    # header plus the base64 and "Proc-Type:"-style lines that follow it.
+    (("PRIVATE KEY-----",),
+     re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+                r"|(?:\r?\n(?:[A-Za-z0-9+/=]{16,}|[A-Za-z\-]+: [^\r\n]*)?)*)", re.DOTALL | _A)),
 )
+
+_KEY_MATERIAL = re.compile(r"[A-Za-z0-9+/=]{32}")
 
 # One scan finds every place a digit-based type could start: a run of >= 4 digits joined by at most two
 # separators, or the check digits of an IBAN head ("GB82" before "WEST"). The specific patterns then run
 # only on those windows, so text with few numbers pays for a single pass instead of one per type.
-_REGION = re.compile(r"\d(?:(?:[ .\-()/]{0,2}\d){3,}|(?<=[A-Z]{2}\d)\d(?= ?[A-Z0-9]{4}))", _A)
+_REGION = re.compile(r"\d(?:(?:[ .\-()/]{0,2}\d){3,}|(?<=[A-Za-z]{2}\d)\d(?= ?[A-Za-z0-9]{4}))", _A)
 # Window slack: the longest lookbehind context before a match and lookahead after it. A window's end is
-# an end of string to `re`, so it must reach past every character a closing lookahead inspects.
+# an end of string to `re`, so it must reach past every character a closing lookahead inspects. An IBAN
+# window is 42 characters from its country code: 34 characters plus the spaces between groups.
 _BEFORE, _AFTER = 3, 3
-_IBAN_SPAN = 42  # 34 characters plus the spaces between groups of four
 
 # ---------------------------------------------------------------- detectors: (text, lo, hi) -> spans
 
@@ -248,44 +251,52 @@ def _emails(text: str) -> Iterator[Span]:
     n, pos = len(text), 0
     while (at := text.find("@", pos)) != -1:
         m = _EMAIL.search(text, max(pos, at - 64), min(n, at + 256))
-        if m is None:
-            pos = at + 1
-            continue
-        yield m.span()
-        pos = max(m.end(), at + 1)
+        if m is not None:
+            yield m.span()
+        pos = max(m.end(), at + 1) if m else at + 1
 
 
 def _secrets(text: str) -> Iterator[Span]:
-    # Substring tests run at memory speed; '_' is rare in prose, so the five GitHub/Stripe prefixes are
-    # only looked for when there is one.
+    # Substring tests run at memory speed, faster than any regex gate measured here; '_' is rare in prose,
+    # so the GitHub/Stripe prefixes are only looked for when there is one.
     underscore = "_" in text
     for triggers, pattern in _SECRET_PATTERNS:
-        for t in triggers:
-            if (underscore or "_" not in t) and t in text:
-                break
-        else:
+        if not any((underscore or "_" not in t) and t in text for t in triggers):
             continue
         for m in pattern.finditer(text):
             if "b" in pattern.groupindex and not _mixed(m.group("b")):
                 continue
+            if m.group()[0] == "-" and not _KEY_MATERIAL.search(m.group()):
+                continue  # code or docs that only mention the BEGIN/END lines
             yield m.start(), m.start() + len(m.group().rstrip())
 
 
-def _checked(pattern: re.Pattern[str], ok: Callable[[str], bool]) -> Callable[[str, int, int], list[Span]]:
+def _checked(
+    pattern: re.Pattern[str], ok: Callable[[str], bool], context_ok: Callable[[str, int], bool] | None = None
+) -> Callable[[str, int, int], list[Span]]:
     def detect(text: str, lo: int, hi: int) -> list[Span]:
-        return [m.span() for m in pattern.finditer(text, lo, hi) if ok(m.group())]
+        # search() rather than finditer(): most windows hold no match, and one search is half the cost.
+        out = []
+        m = pattern.search(text, lo, hi)
+        while m is not None:
+            if ok(m.group()) and (context_ok is None or context_ok(text, m.start())):
+                out.append(m.span())
+            m = pattern.search(text, m.end(), hi)
+        return out
 
     return detect
 
 
 def _ibans(text: str, lo: int, hi: int) -> Iterator[Span]:
     for m in _IBAN.finditer(text, lo, hi):
-        # Cut at the country's length: the pattern may have run on into a following upper-case word.
-        cutter = _IBAN_CUT.get(m.group()[:2])
+        # Cut at the country's length: the pattern may have run on into the following word.
+        cutter = _IBAN_CUT.get(m.group()[:2].upper())
         cut = cutter.match(m.group()) if cutter else None
-        stop = m.start() + cut.end() if cut else 0
-        if cut and not (stop < len(text) and _is_word_char(text[stop])) and iban_ok(cut.group()):
-            yield m.start(), stop
+        iban = cut.group() if cut else ""
+        stop = m.start() + len(iban)
+        if (iban.isupper() or iban.islower()) and not (stop < len(text) and _is_word_char(text[stop])):
+            if iban_ok(iban):  # all upper or all lower case: "De89 ..." is not how anyone writes one
+                yield m.start(), stop
 
 
 def _ipv6s(text: str) -> Iterator[Span]:
@@ -306,8 +317,9 @@ def _ipv6s(text: str) -> Iterator[Span]:
             continue  # std::vector, C++ scopes, hex inside identifiers
         if cand.count(":") < 2 or not any(c.isdigit() for c in cand) or cand[0] == ".":
             continue
-        # Real full-form addresses carry a 3-4 digit routing group (2001:, fe80:); "1:2:3:4:5:6:7:8" is a ratio.
-        if "::" not in cand and max(len(g) for g in cand.split(":")) < 3:
+        # Real addresses carry a 3-4 digit routing group (2001:, fe80:); "1:2:3:4:5:6:7:8" is a ratio and
+        # "x[1::2]" a Python slice. Loopback "::1" is the one short form worth keeping.
+        if cand != "::1" and (max(len(g) for g in cand.split(":")) < 3 or _SLICE_LIKE.fullmatch(cand)):
             continue
         try:
             ipaddress.IPv6Address(cand)
@@ -316,16 +328,13 @@ def _ipv6s(text: str) -> Iterator[Span]:
         yield s, stop
 
 
-def _ipv4s(text: str, lo: int, hi: int) -> Iterator[Span]:
-    for m in _IPV4.finditer(text, lo, hi):
-        s = m.start()
-        before = text[max(0, s - 12):s].lower().rstrip(" :=#")
-        if ipv4_ok(m.group()) and not before.endswith(_VERSION_WORDS):
-            yield m.span()
+def _not_a_version(text: str, start: int) -> bool:
+    return not text[max(0, start - 12):start].lower().rstrip(" :=#").endswith(_VERSION_WORDS)
 
 
 def _intl_phone_ok(g: str) -> bool:
-    return 8 <= _count_digits(g) <= 15  # E.164 allows at most 15 digits, country code included
+    # E.164 allows at most 15 digits, country code included. One dot is a signed decimal (+35236450.6).
+    return 8 <= _count_digits(g) <= 15 and g.count(".") != 1
 
 
 def _paren_phone_ok(g: str) -> bool:
@@ -333,6 +342,8 @@ def _paren_phone_ok(g: str) -> bool:
 
 
 def _national_phone_ok(g: str) -> bool:
+    if g.isdigit() and g.endswith("00000"):  # bare 11 digits ending 00000: a round number, not a line
+        return False
     # The trunk-0 and 00-prefix forms allow free grouping, so their length is bounded here.
     return g[0] != "0" or (9 <= _count_digits(g) <= 12 if g[1] != "0" else 10 <= _count_digits(g) <= 17)
 
@@ -343,28 +354,26 @@ _DIGIT_DETECTORS: tuple[tuple[str, Callable[[str, int, int], Iterable[Span]], in
     ("CN_ID", _checked(_CN_ID, cn_id_ok), 17, ""),
     ("CREDIT_CARD", _checked(_CARD, card_ok), 13, ""),
     ("SSN", _checked(_SSN, ssn_ok), 11, "-"),
-    ("IP_ADDRESS", _ipv4s, 7, "."),
+    ("IP_ADDRESS", _checked(_IPV4, ipv4_ok, _not_a_version), 7, "."),
     ("PHONE", _checked(_PHONE_INTL, _intl_phone_ok), 7, "+"),
-    ("PHONE", _checked(_PHONE_PAREN, _paren_phone_ok), 7, "("),
-    ("PHONE", _checked(_PHONE_NATIONAL, _national_phone_ok), 7, ""),
+    ("PHONE", _checked(_PHONE_PAREN, _paren_phone_ok), 11, "("),
+    ("PHONE", _checked(_PHONE_NATIONAL, _national_phone_ok), 11, ""),
 )
 
 
-def _digit_spans(text: str) -> Iterator[tuple[int, int, str]]:
+def _digit_spans(text: str, found: list[tuple[int, int, int, str]]) -> None:
     n = len(text)
     for region in _REGION.finditer(text):
         s, e = region.span()
-        if s >= 2 and "A" <= text[s - 2] <= "Z" and "A" <= text[s - 1] <= "Z":
-            for a, b in _ibans(text, s - 2, min(n, s - 2 + _IBAN_SPAN)):
-                yield a, b, "IBAN"
+        if s >= 2 and text[s - 2:s].isalpha() and text[s - 2:s].isascii():
+            found.extend((_PRIORITY["IBAN"], a, b, "IBAN") for a, b in _ibans(text, s - 2, min(n, s + 40)))
         size = e - s
         if size < 7:
             continue
         lo, hi = max(0, s - _BEFORE), min(n, e + _AFTER)
         for name, detect, min_size, needs in _DIGIT_DETECTORS:
             if size >= min_size and (not needs or text.find(needs, lo, hi) != -1):
-                for a, b in detect(text, lo, hi):
-                    yield a, b, name
+                found.extend((_PRIORITY[name], a, b, name) for a, b in detect(text, lo, hi))
 
 
 # ---------------------------------------------------------------- public API
@@ -372,17 +381,12 @@ def _digit_spans(text: str) -> Iterator[tuple[int, int, str]]:
 
 def find_pii(text: str) -> list[PiiMatch]:
     """All PII spans in `text`, non-overlapping and sorted by start; specific types win overlaps."""
-    found: list[tuple[int, int, int, str]] = []
-    for s, e in _secrets(text):
-        found.append((0, s, e, "SECRET"))
+    found = [(_PRIORITY["SECRET"], s, e, "SECRET") for s, e in _secrets(text)]
     if "@" in text:
-        for s, e in _emails(text):
-            found.append((1, s, e, "EMAIL"))
-    for s, e, name in _digit_spans(text):
-        found.append((_PRIORITY[name], s, e, name))
+        found.extend((_PRIORITY["EMAIL"], s, e, "EMAIL") for s, e in _emails(text))
+    _digit_spans(text, found)
     if ":" in text:
-        for s, e in _ipv6s(text):
-            found.append((_PRIORITY["IP_ADDRESS"], s, e, "IP_ADDRESS"))
+        found.extend((_PRIORITY["IP_ADDRESS"], s, e, "IP_ADDRESS") for s, e in _ipv6s(text))
     if not found:
         return []
     found.sort(key=lambda f: (f[0], f[1], f[1] - f[2]))

@@ -1,16 +1,19 @@
 """A lean decode forward for Hugging Face Llama models, over a preallocated per-sequence KV cache.
 
-Why not just call the HF module: for the small models llmkit trains, HF's forward spends more time
-in per-token Python (cache objects, mask building, output dataclasses, hooks) than in arithmetic,
+Why not just call the HF module: for the small models llmkit trains, HF's forward spends about as
+long in per-token Python (cache objects, mask building, output dataclasses, hooks) as in arithmetic,
 and nn.Linear's (out, in) weight layout takes a slow MKL gemv path on CPU for one-row inputs. Here
 the weights of a `LlamaForCausalLM` are read once into a decode layout (q/k/v and gate/up fused,
 transposed to (in, out), RMSNorm weights and the attention scale folded in), and a token costs a
-flat run of ~25 cheap torch ops per layer.
+flat run of about twenty cheap torch ops per layer.
 
 The core is shaped for continuous batching: `prefill()` turns a prompt into a `LlamaState` (one
 sequence's KV cache), and `step()` advances any list of states by one token each, so a serving
 engine can add and drop sequences between steps. Projections and MLP run batched; attention runs
 per sequence, since every sequence has its own length and cache.
+
+Exactness: the arithmetic is HF's up to float rounding order (logits agree to ~1e-6 in fp32);
+the tests hold greedy output token-for-token equal to `model.generate()`.
 """
 
 from __future__ import annotations
@@ -47,15 +50,14 @@ def unsupported_reason(model) -> str | None:
 
 @dataclass
 class LlamaState:
-    """One sequence's KV cache: `length` positions of `k`/`v` are filled."""
+    """One sequence's KV cache: the first `length` positions of `kv` are filled."""
 
-    k: torch.Tensor  # (n_layer, n_kv_head, capacity, head_dim); k in FastLlama's RoPE pair order
-    v: torch.Tensor
+    kv: torch.Tensor  # (n_layer, 2, n_kv_head, capacity, head_dim); k in FastLlama's RoPE pair order
     length: int = 0
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[2]
+        return self.kv.shape[3]
 
 
 class FastLlama:
@@ -70,104 +72,100 @@ class FastLlama:
         self.eps = cfg.rms_norm_eps
         self.max_len = cfg.max_position_embeddings
         self.vocab_size = cfg.vocab_size
+        self.intermediate = cfg.intermediate_size
         emb = model.get_input_embeddings().weight
         self.device, self.dtype = emb.device, emb.dtype
+        self.embed = emb.detach()
 
         nh, nkv, hd = self.n_head, self.n_kv, self.head_dim
         # Within each q/k head, reorder features from HF's half-split RoPE layout (i pairs with
-        # i + hd/2) to interleaved pairs, so RoPE is one complex multiply. q.k is unchanged when q
-        # and k share the permutation, so only our own cache sees the new order.
+        # i + hd/2) to adjacent pairs, so RoPE is one in-place complex multiply. q.k is unchanged
+        # when q and k share the permutation, so only our own cache sees the new order.
         half = torch.arange(hd // 2)
         perm = torch.stack((half, half + hd // 2), -1).flatten()
 
-        def rope_rows(w, heads):  # (heads * hd, ...) -> same, rows permuted per head
-            return w.reshape(heads, hd, *w.shape[1:])[:, perm].reshape(w.shape)
+        def pairs(w, heads):  # (heads * hd, ...) -> same shape, rows permuted within each head
+            return w.detach().reshape(heads, hd, *w.shape[1:])[:, perm].reshape(w.shape)
 
         def prep(w, norm=None):
-            # (out, in) -> (in, out) contiguous: mm(x, w_t) for a one-row x streams memory much
-            # better than F.linear's gemv (~1.4x measured on the micro preset). The preceding
-            # RMSNorm's weight scales the input features, so it is folded into the rows here.
+            # (out, in) -> (in, out) contiguous: mm(x, w_t) with a one-row x streams memory much
+            # better than F.linear's gemv (~1.4x on the micro preset). The RMSNorm before this
+            # matmul scales its input features, so its weight folds into the rows here.
             w = w.detach()
             if norm is not None:
                 w = w * norm.detach()
             return w.t().contiguous()
 
-        def bias(lin, rows=None):
+        def bias(lin, heads=None):
             if lin.bias is None:
                 return torch.zeros(lin.out_features, dtype=self.dtype, device=self.device)
-            return lin.bias.detach() if rows is None else rope_rows(lin.bias.detach(), rows)
+            return lin.bias.detach() if heads is None else pairs(lin.bias, heads)
 
         scale = hd ** -0.5  # attention's 1/sqrt(hd), folded into q (RoPE is linear, so it commutes)
         self.layers = []
         for layer in model.model.layers:
             a, m = layer.self_attn, layer.mlp
-            qkv = torch.cat([rope_rows(a.q_proj.weight.detach(), nh) * scale, rope_rows(a.k_proj.weight.detach(), nkv),
-                             a.v_proj.weight.detach()])
-            has_qkv_bias = any(p.bias is not None for p in (a.q_proj, a.k_proj, a.v_proj))
-            has_mlp_bias = m.gate_proj.bias is not None or m.up_proj.bias is not None
+            qkv = torch.cat([pairs(a.q_proj.weight, nh) * scale, pairs(a.k_proj.weight, nkv), a.v_proj.weight.detach()])
+            qkv_bias = any(p.bias is not None for p in (a.q_proj, a.k_proj, a.v_proj))
+            mlp_bias = m.gate_proj.bias is not None or m.up_proj.bias is not None
             self.layers.append((
                 prep(qkv, layer.input_layernorm.weight),  # (C, (nh + 2 * nkv) * hd)
-                torch.cat([bias(a.q_proj, nh) * scale, bias(a.k_proj, nkv), bias(a.v_proj)]) if has_qkv_bias else None,
+                torch.cat([bias(a.q_proj, nh) * scale, bias(a.k_proj, nkv), bias(a.v_proj)]) if qkv_bias else None,
                 prep(a.o_proj.weight),  # (nh * hd, C)
                 None if a.o_proj.bias is None else a.o_proj.bias.detach(),
                 prep(torch.cat([m.gate_proj.weight, m.up_proj.weight]), layer.post_attention_layernorm.weight),  # (C, 2I)
-                torch.cat([bias(m.gate_proj), bias(m.up_proj)]) if has_mlp_bias else None,
+                torch.cat([bias(m.gate_proj), bias(m.up_proj)]) if mlp_bias else None,
                 prep(m.down_proj.weight),  # (I, C)
                 None if m.down_proj.bias is None else m.down_proj.bias.detach(),
             ))
-        self.embed = emb.detach()
         self.lm_head_t = prep(model.get_output_embeddings().weight, model.model.norm.weight)  # (C, vocab)
-        self.intermediate = cfg.intermediate_size
 
-        # RoPE rotations for every position, from cos/sin computed exactly as HF does (fp32
-        # position * inv_freq). Complex tensors are fp32 even for bf16 models; _rope casts.
+        # RoPE rotation e^(i * pos * freq) for every position, from cos/sin computed exactly as HF
+        # does (fp32 position * inv_freq). Complex math is fp32 even for bf16 models.
         theta = rope_parameters(cfg)["rope_theta"]
         inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
         freqs = torch.arange(self.max_len).float()[:, None] * inv_freq[None, :]  # (max_len, hd / 2)
         self.rot = torch.complex(freqs.cos(), freqs.sin()).to(self.device)
+        self.eps_t = torch.tensor(self.eps, dtype=torch.float32, device=self.device)
 
     # --- cache ---------------------------------------------------------------------------------
 
     def new_state(self, capacity: int) -> LlamaState:
         capacity = max(1, min(capacity, self.max_len))
-        shape = (len(self.layers), self.n_kv, capacity, self.head_dim)
-        return LlamaState(torch.empty(shape, dtype=self.dtype, device=self.device),
-                          torch.empty(shape, dtype=self.dtype, device=self.device))
+        shape = (len(self.layers), 2, self.n_kv, capacity, self.head_dim)
+        return LlamaState(torch.empty(shape, dtype=self.dtype, device=self.device))
 
     def _reserve(self, state: LlamaState, needed: int) -> None:
         if needed > self.max_len:
             raise ValueError(f"sequence of {needed} tokens exceeds the model's context of {self.max_len}")
-        if needed <= state.capacity:
-            return
-        # Doubling keeps regrowth rare when callers under-reserve.
-        bigger = self.new_state(max(needed, 2 * state.capacity))
-        bigger.k[:, :, :state.length] = state.k[:, :, :state.length]
-        bigger.v[:, :, :state.length] = state.v[:, :, :state.length]
-        state.k, state.v = bigger.k, bigger.v
+        if needed > state.capacity:
+            # Doubling keeps regrowth rare when callers under-reserve.
+            bigger = self.new_state(max(needed, 2 * state.capacity)).kv
+            bigger[..., :state.length, :] = state.kv[..., :state.length, :]
+            state.kv = bigger
 
     # --- forward -------------------------------------------------------------------------------
 
     def _norm(self, x):
-        # RMSNorm without its weight (folded into the next matmul). In fp32 like HF, for bf16 too.
+        # RMSNorm without its weight (folded into the next matmul), in fp32 like HF. vecdot and
+        # add(alpha=) give HF's rsqrt(mean(x^2) + eps) in fewer ops than pow/mean/add.
         xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True).add_(self.eps))).to(x.dtype)
-
-    def _rope(self, x, rot):
-        # x (N, H, hd) in interleaved pair order; rot (N, 1, hd / 2) complex
-        n, h, hd = x.shape
-        pairs = torch.view_as_complex(x.float().reshape(n, h, hd // 2, 2))  # (N, H, hd / 2)
-        return torch.view_as_real(pairs * rot).reshape(n, h, hd).to(x.dtype)
+        ms = torch.add(self.eps_t, torch.linalg.vecdot(xf, xf), alpha=1 / x.shape[-1])  # (N,)
+        return (xf * ms.rsqrt_().unsqueeze(-1)).to(x.dtype)
 
     def _qkv(self, x, lw, rot):
+        """Fused q/k/v projection with RoPE applied in place: (N, C) -> (N, (nh + 2 * nkv) * hd)."""
         w_qkv, b_qkv = lw[:2]
-        n = x.shape[0]
-        qkv = torch.mm(self._norm(x), w_qkv)  # (N, (nh + 2 * nkv) * hd)
+        qkv = torch.mm(self._norm(x), w_qkv)
         if b_qkv is not None:
             qkv += b_qkv
-        split = (self.n_head + self.n_kv) * self.head_dim
-        qk = self._rope(qkv[:, :split].view(n, self.n_head + self.n_kv, self.head_dim), rot)  # (N, nh + nkv, hd)
-        v = qkv[:, split:].view(n, self.n_kv, self.head_dim)  # (N, nkv, hd)
-        return qk, v
+        n, split = x.shape[0], (self.n_head + self.n_kv) * self.head_dim
+        qk = qkv[:, :split].view(n, self.n_head + self.n_kv, self.head_dim // 2, 2)
+        if qkv.dtype == torch.float32:
+            torch.view_as_complex(qk).mul_(rot)  # rot (N, 1, hd / 2) broadcasts over heads
+        else:
+            qk.copy_(torch.view_as_real(torch.view_as_complex(qk.float()) * rot))
+        return qkv
 
     def _finish_layer(self, x, y, lw):
         # Attention output projection and the MLP, each with its residual add fused into addmm.
@@ -190,15 +188,15 @@ class FastLlama:
         """Run `ids` through the model, appending to `state` (a new one if None).
 
         Returns (state, logits for the next token (vocab,)). Passing an existing state extends it,
-        which is how a caller can prefill a long prompt in chunks.
+        which is how a caller can prefill a long prompt in chunks. `capacity` sizes a new cache
+        (prompt + expected new tokens); it grows by doubling if that was too small.
         """
         t = len(ids)
         if state is None:
             state = self.new_state(capacity or t)
-        start = state.length
-        self._reserve(state, start + t)
-        end = start + t
-        nh, hd = self.n_head, self.head_dim
+        start, end = state.length, state.length + t
+        self._reserve(state, end)
+        nh, nkv, hd, nq = self.n_head, self.n_kv, self.head_dim, self.n_head * self.head_dim
         x = self.embed[torch.tensor(ids, device=self.device)]  # (T, C)
         rot = self.rot[start:end, None]  # (T, 1, hd / 2)
         mask = None
@@ -206,43 +204,40 @@ class FastLlama:
             # Query i sits at position start + i and may see every cached position up to it.
             mask = torch.ones(t, end, dtype=torch.bool, device=self.device).tril(start)
         for i, lw in enumerate(self.layers):
-            qk, v = self._qkv(x, lw, rot)
-            state.k[i, :, start:end] = qk[:, nh:].transpose(0, 1)  # (nkv, T, hd)
-            state.v[i, :, start:end] = v.transpose(0, 1)
-            q = qk[:, :nh].transpose(0, 1)  # (nh, T, hd)
-            k, vv = state.k[i, :, :end], state.v[i, :, :end]  # (nkv, end, hd)
+            qkv = self._qkv(x, lw, rot)
+            state.kv[i, :, :, start:end] = qkv[:, nq:].view(t, 2, nkv, hd).permute(1, 2, 0, 3)  # (2, nkv, T, hd)
+            q = qkv[:, :nq].view(t, nh, hd).transpose(0, 1)  # (nh, T, hd), already scaled
+            k, v = state.kv[i, 0, :, :end], state.kv[i, 1, :, :end]  # (nkv, end, hd)
             if self.n_rep > 1:
-                k, vv = k.repeat_interleave(self.n_rep, 0), vv.repeat_interleave(self.n_rep, 0)  # (nh, end, hd)
-            y = F.scaled_dot_product_attention(q, k, vv, attn_mask=mask, is_causal=mask is None, scale=1.0)  # (nh, T, hd)
-            x = self._finish_layer(x, y.transpose(0, 1).reshape(t, nh * hd), lw)
+                k, v = k.repeat_interleave(self.n_rep, 0), v.repeat_interleave(self.n_rep, 0)  # (nh, end, hd)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=1.0)  # (nh, T, hd)
+            x = self._finish_layer(x, y.transpose(0, 1).reshape(t, nq), lw)
         state.length = end
         return state, self._logits(x[-1:])[0]
 
     @torch.inference_mode()
     def step(self, states: list[LlamaState], token_ids: list[int]) -> torch.Tensor:
         """Append token_ids[b] to states[b] for every b; return next-token logits (B, vocab)."""
-        b = len(states)
         for s in states:
             self._reserve(s, s.length + 1)
-        nh, nkv, hd, n_rep = self.n_head, self.n_kv, self.head_dim, self.n_rep
+        b = len(states)
+        nkv, hd, n_rep, nq = self.n_kv, self.head_dim, self.n_rep, self.n_head * self.head_dim
         x = self.embed[torch.tensor(token_ids, device=self.device)]  # (B, C)
-        pos = torch.tensor([s.length for s in states], device=self.device)
-        rot = self.rot[pos, None]  # (B, 1, hd / 2)
+        rot = self.rot[torch.tensor([s.length for s in states], device=self.device), None]  # (B, 1, hd / 2)
         for i, lw in enumerate(self.layers):
-            qk, v = self._qkv(x, lw, rot)
+            qkv = self._qkv(x, lw, rot)  # (B, (nh + 2 * nkv) * hd)
             ys = []
             for j, s in enumerate(states):
                 n = s.length
-                kc, vc = s.k[i], s.v[i]  # (nkv, cap, hd)
-                kc[:, n] = qk[j, nh:]
-                vc[:, n] = v[j]
+                kv = s.kv[i]  # (2, nkv, cap, hd)
+                kv.select(2, n).copy_(qkv[j, nq:].view(2, nkv, hd))
                 # A single query attends to every cached position, so no mask; grouping the query
                 # heads by the kv head they share avoids materialising repeated K/V for GQA. Plain
-                # bmm + softmax: SDPA takes its slow generic path for these shapes on CPU.
-                q = qk[j, :nh].view(nkv, n_rep, hd)  # (nkv, n_rep, hd), already scaled
-                att = torch.bmm(q, kc[:, :n + 1].transpose(1, 2))  # (nkv, n_rep, n + 1)
-                ys.append(torch.bmm(att.softmax(-1), vc[:, :n + 1]))  # (nkv, n_rep, hd)
-            y = ys[0].view(1, nh * hd) if b == 1 else torch.stack(ys).view(b, nh * hd)  # (B, nh * hd)
+                # bmm + softmax: SDPA takes a slow generic path for these shapes on CPU.
+                q = qkv[j, :nq].view(nkv, n_rep, hd)  # (nkv, n_rep, hd), already scaled
+                att = torch.bmm(q, kv[0, :, :n + 1].transpose(1, 2))  # (nkv, n_rep, n + 1)
+                ys.append(torch.bmm(att.softmax(-1), kv[1, :, :n + 1]))  # (nkv, n_rep, hd)
+            y = ys[0].view(1, nq) if b == 1 else torch.stack(ys).view(b, nq)  # (B, nh * hd)
             x = self._finish_layer(x, y, lw)
         for s in states:
             s.length += 1

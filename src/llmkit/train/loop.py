@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from llmkit.errors import UserError
+
 
 def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = model(input_ids=x)  # our Llama returns logits; an HF model returns an output object
@@ -43,16 +45,47 @@ def evaluate_lm(model: torch.nn.Module, batches, device: str, amp) -> dict[str, 
 
 
 class MetricsLog:
-    """metrics.jsonl in the run folder: one JSON object per line, appended (resume keeps history)."""
+    """metrics.jsonl in the run folder (appended: a resumed run keeps its history), and optionally
+    TensorBoard or MLflow when installed."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, sink: str = "none"):
         self.path = path
+        self._tb = None
+        self._mlflow = None
+        if path is None or sink == "none":
+            return
+        if sink == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("train.log = 'tensorboard' needs the tensorboard package: pip install tensorboard") from None
+            self._tb = SummaryWriter(log_dir=str(path.parent / "tensorboard"))
+        elif sink == "mlflow":
+            try:
+                import mlflow
+            except ImportError:
+                raise UserError("train.log = 'mlflow' needs the mlflow package: pip install mlflow") from None
+            mlflow.set_tracking_uri(f"file://{path.parent / 'mlruns'}")
+            self._mlflow = mlflow
+            mlflow.start_run(run_name=path.parent.name)
 
     def write(self, **row: Any) -> None:
         if self.path is None:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
+        numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, int | float)}
+        if self._tb is not None:
+            for key, value in numbers.items():
+                self._tb.add_scalar(key, value, row["step"])
+        if self._mlflow is not None:
+            self._mlflow.log_metrics(numbers, step=row["step"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._mlflow is not None:
+            self._mlflow.end_run()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

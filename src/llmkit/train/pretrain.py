@@ -24,8 +24,22 @@ from llmkit.models.presets import count_parameters, llama_config
 from llmkit.registry import Registry
 from llmkit.train import distributed
 from llmkit.train.batches import TokenWindows
-from llmkit.train.checkpoint import list_checkpoints, load_checkpoint, load_weights, save_checkpoint, save_weights
-from llmkit.train.loop import MetricsLog, StopFlag, evaluate_lm, lm_loss, plot_losses, progress_bar, read_metrics
+from llmkit.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
+from llmkit.train.loop import (
+    MetricsLog,
+    StopFlag,
+    evaluate_lm,
+    lm_loss,
+    plot_losses,
+    progress_bar,
+    read_metrics,
+)
 from llmkit.train.optim import adamw, autocast, lr_at, resolve_precision
 from llmkit.workspace import Workspace
 
@@ -128,7 +142,7 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
         log.print(f"model [bold]{name}[/bold]: {cfg.preset} preset, {n_params / 1e6:.2f}M parameters, vocab {vocab}, "
                   f"context {cfg.context}; precision {precision}; device {d.device}" + (f" x{d.world}" if d.enabled else ""))
         log.print(f"run {run_id} at {run_dir}" + (f" (resuming at step {step})" if step else ""))
-    metrics = MetricsLog(run_dir / "metrics.jsonl" if d.is_main else None)
+    metrics = MetricsLog(run_dir / "metrics.jsonl" if d.is_main else None, cfg.log)
     train_model = distributed.wrap(model, d, cfg.fsdp)
     if cfg.compile:
         train_model = torch.compile(train_model)
@@ -199,6 +213,7 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
             if stopped_early or out_of_time:
                 break
 
+    metrics.close()
     seconds = time.time() - started
     if (run_dir / "best" / "model.safetensors").exists():
         load_weights(run_dir / "best", model)
