@@ -107,8 +107,8 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
     probe = PretrainConfig(data=ds.ref, **DEMO_MODEL)
     steps = max(20, int(budget / _seconds_per_step(probe, ds.manifest["tokenizer"]["vocab_size"]) * 0.85))
     train_cfg = PretrainConfig(data=ds.ref, name=f"{ds.name}-model", max_steps=steps, warmup_steps=max(1, steps // 20),
-                               eval_every=max(1, steps // 4), checkpoint_every=max(1, steps // 2),
-                               eval_max_batches=50, **DEMO_MODEL)
+                               eval_every=max(1, steps // 3), checkpoint_every=max(1, steps // 2),
+                               eval_max_batches=8, **DEMO_MODEL)
     say(f"[bold]2/3 train[/bold]: about {cfg.minutes:g} minutes ({steps} steps)")
     model = pretrain(train_cfg, ws, registry, console=console, time_limit_s=budget * 1.25)
     metrics = model.lineage["metrics"]

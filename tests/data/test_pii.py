@@ -101,7 +101,8 @@ def test_matches_are_sorted_non_overlapping_and_consistent():
 
 
 def test_luhn():
-    for number in ("4111111111111111", "5555555555554444", "378282246310005", "6011111111111117", "79927398713"):
+    for number in ("4111111111111111", "5555555555554444", "378282246310005", "6011111111111117",
+                   "79927398713"):
         assert luhn_ok(number), number
     for number in ("4111111111111112", "5555555555554440", "378282246310006", "79927398710"):
         assert not luhn_ok(number), number
@@ -125,6 +126,8 @@ def test_iban_mod97():
     assert not iban_ok("ZZ89 3704 0044 0532 0130 00")  # no such country
     assert types("IBAN GB82 WEST 1234 5698 7654 32.") == [("IBAN", "GB82 WEST 1234 5698 7654 32")]
     assert types("IBAN GB83 WEST 1234 5698 7654 32.") == []
+    assert types("iban: gb82 west 1234 5698 7654 32") == [("IBAN", "gb82 west 1234 5698 7654 32")]
+    assert types("IBAN DE89 3704 0044 0532 0130 00 WIRE") == [("IBAN", "DE89 3704 0044 0532 0130 00")]
 
 
 def test_cn_id_checksum_and_birth_date():
@@ -219,9 +222,22 @@ def test_chinese_text_around_pii():
 @pytest.mark.parametrize("phone", [
     "+1 415 555 0132", "(415) 555-0132", "415-555-0132", "+44 20 7946 0958", "+49 30 12345678",
     "+86 138 0013 8000", "0044 20 7946 0958", "+1 (415) 555-0132", "020 7946 0958", "+33 1 23 45 67 89",
+    "(+44) 20 7946 0958", "030/12345678", "07700900123", "13800138000", "+8613800138000",
 ])
 def test_phone_formats(phone):
     assert types(f"Call {phone} today.") == [("PHONE", phone)]
+
+
+def test_lists_separated_by_single_spaces():
+    assert types("415-555-0132 415-555-0133") == [("PHONE", "415-555-0132"), ("PHONE", "415-555-0133")]
+    assert types("(415) 555-0132 (415) 555-0133") == [("PHONE", "(415) 555-0132"), ("PHONE", "(415) 555-0133")]
+    assert types("13800138000 13900139000") == [("PHONE", "13800138000"), ("PHONE", "13900139000")]
+    assert types("4111111111111111 5555555555554444") == [
+        ("CREDIT_CARD", "4111111111111111"), ("CREDIT_CARD", "5555555555554444"),
+    ]
+    assert types("SSN 123-45-6789 234-56-7890") == [("SSN", "123-45-6789"), ("SSN", "234-56-7890")]
+    # ...but a space-grouped slice of a longer spaced number is not a phone
+    assert types("IBAN DE88 3704 0044 0532 0130 00") == []
 
 
 def test_more_specific_type_wins_overlap():
@@ -248,6 +264,11 @@ def test_ipv6_via_ipaddress():
     "ip 999.1.1.1", "room 101, pin 1234", "epoch 1705312800123", "ratio 16:9", "v1.2.3.4", "+12.5% growth",
     "sk-learn and risk-free", "@username", "user@localhost", "订单号20240115000123", "价格￥99.99",
     "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUb\n-----END CERTIFICATE-----",
+    # code and data that the first versions flagged when run over real corpora
+    "evens = sample[::2]; odds = sample[1::2]", '[assembly: AssemblyVersion("1.0.0.0")]',
+    'COUNTRY = ObjectIdentifier("2.5.4.6")', "Decimal('+35236450.6')", "x = 13747812500*q**6 - 18750000000",
+    "rng = np.random.default_rng(3562050283508273023)",
+    '_SK_START = b"-----BEGIN OPENSSH PRIVATE KEY-----"\n_SK_END = b"-----END OPENSSH PRIVATE KEY-----"',
 ])
 def test_hard_negatives(text):
     assert types(text) == []

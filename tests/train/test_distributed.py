@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.conftest import TINY_FLAGS, write_tiny_config
+from tests.conftest import TINY_FLAGS, write_tiny_config
 
 
 def _losses(workspace: Path, prefix: str) -> list[float]:

@@ -13,7 +13,7 @@ from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.train import pretrain
 from llmkit.workspace import Workspace
-from tests.train.conftest import run_cli, tiny_config
+from tests.conftest import run_cli, tiny_config
 
 
 def test_pretrain_registers_a_model_linked_to_its_run_and_dataset(lm_workspace: Path):

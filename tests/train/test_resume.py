@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from llmkit.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from tests.train.conftest import TINY_FLAGS, write_tiny_config
+from tests.conftest import TINY_FLAGS, write_tiny_config
 
 
 def _losses(run_dir: Path) -> dict[int, float]:

@@ -4,21 +4,33 @@ Exact: a hash of the normalized text (case and whitespace folded). Near: MinHash
 word 5-gram shingles in a datasketch LSH index, so a record is compared only with candidates that
 share a band. Both run over all records before the split assignment, so no val or test record has
 a twin in train.
+
+Signatures are computed with numpy over the whole text at once (code points -> words -> shingles ->
+hash permutations): per-word Python work would dominate the data stage on large inputs. They are
+pure functions of the text, so worker processes compute them and the parent only keeps the index.
+Chinese and Japanese have no spaces between words, so each ideograph or kana counts as a word there;
+a "5-gram" is then five characters, which is how near-duplicate detection is usually done for CJK.
+
+The LSH bands are chosen for recall (a near-duplicate almost always becomes a candidate) and every
+candidate is then checked against the threshold with the stored signatures, so LSH collisions do not
+become false duplicates. Memory: the index holds each kept record's band keys and its 256-byte
+signature, so it grows with the number of unique records (about 1 KB each), not with their size.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-import zlib
+import unicodedata
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
-_WORDS = re.compile(r"\w+")
-_MERSENNE = np.uint64((1 << 61) - 1)
 NUM_PERM = 64
 SHINGLE = 5
+_MAX_POS = 4096  # characters of one word that get their own hash weight; longer words share the last
+_SEED = 1
+_CJK = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF))
+_CJK_ASTRAL = (0x20000, 0x3FFFF)
+_table: np.ndarray | None = None
 
 
 def exact_key(text: str) -> bytes:
@@ -26,43 +38,120 @@ def exact_key(text: str) -> bytes:
     return hashlib.blake2b(folded.encode("utf-8"), digest_size=16).digest()
 
 
+def _char_table() -> np.ndarray:
+    """BMP code point -> 0 separator, 1 part of a word, 2 a word by itself (CJK); built once per process."""
+    global _table
+    if _table is None:
+        table = np.zeros(0x10000, dtype=np.uint8)
+        for cp in range(0x10000):
+            ch = chr(cp)
+            if ch == "_" or unicodedata.category(ch)[0] in "LNM":  # letters, digits, combining marks
+                table[cp] = 1
+        for lo, hi in _CJK:
+            table[lo:hi + 1] = 2
+        _table = table
+    return _table
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    # splitmix64's finalizer: spreads nearby inputs (similar words) over all 64 bits.
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+_rng = np.random.default_rng(_SEED)
+_POW = np.cumprod(np.full(_MAX_POS, 0x100000001B3, dtype=np.uint64), dtype=np.uint64)  # wraps mod 2**64
+# Multiply-shift hashing, one (a, b) per permutation: the high 32 bits of a*x + b (mod 2**64), a odd.
+_A = _rng.integers(1, 2**63, size=NUM_PERM, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_B = _rng.integers(0, 2**63, size=NUM_PERM, dtype=np.uint64)
+
+
+def word_hashes(text: str) -> np.ndarray:
+    """One 64-bit hash per word of the lower-cased text, in order."""
+    with np.errstate(over="ignore"):
+        cps = np.frombuffer(text.lower().encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        codes = _char_table()[np.minimum(cps, 0xFFFF)]
+        astral = cps > 0xFFFF
+        if astral.any():
+            codes = np.where(astral, np.where((cps >= _CJK_ASTRAL[0]) & (cps <= _CJK_ASTRAL[1]), 2, 0), codes)
+        word = codes == 1
+        starts = (codes == 2) | (word & ~np.concatenate(([False], word[:-1])))
+        inside = np.flatnonzero(codes != 0)
+        if inside.size == 0:
+            return np.zeros(0, dtype=np.uint64)
+        first = np.flatnonzero(starts[inside])  # where each word begins, as an index into `inside`
+        word_of = np.cumsum(starts[inside]) - 1
+        pos = np.minimum(np.arange(inside.size) - first[word_of], _MAX_POS - 1)
+        weighted = cps[inside].astype(np.uint64) * _POW[pos]
+        return _mix(np.add.reduceat(weighted, first))
+
+
+def shingle_hashes(text: str) -> np.ndarray:
+    """Hashes of the overlapping word 5-grams (the words themselves when there are fewer than 5)."""
+    words = word_hashes(text)
+    n = len(words) - SHINGLE + 1
+    if n <= 0:
+        return words
+    with np.errstate(over="ignore"):
+        sh = words[:n].copy()
+        for k in range(1, SHINGLE):
+            sh = sh * np.uint64(0x9E3779B97F4A7C15) ^ words[k:n + k]
+        return _mix(sh)
+
+
+def signature(text: str) -> np.ndarray | None:
+    """The MinHash signature (NUM_PERM uint32 values) of text; None when it has no words."""
+    shingles = shingle_hashes(text)
+    if shingles.size == 0:
+        return None
+    out = np.empty(NUM_PERM, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        # Blocks of 16 permutations keep the (perm x shingle) product small enough for the CPU cache.
+        for i in range(0, NUM_PERM, 16):
+            hv = (_A[i:i + 16, None] * shingles[None, :] + _B[i:i + 16, None]) >> np.uint64(32)
+            out[i:i + 16] = hv.min(axis=1)
+    return out
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Estimated Jaccard similarity of the shingle sets behind two signatures."""
+    return float(np.mean(a == b))
+
+
 class NearDuplicateIndex:
-    def __init__(self, threshold: float = 0.85, num_perm: int = NUM_PERM, seed: int = 1):
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    """The signatures of the records kept so far, in a datasketch MinHashLSH index."""
+
+    _BLOCK = 4096
+
+    def __init__(self, threshold: float = 0.85, num_perm: int = NUM_PERM):
+        from datasketch import MinHash, MinHashLSH  # imports scipy; only near dedupe pays for it
+
+        self.threshold = threshold
         self.num_perm = num_perm
-        rng = np.random.RandomState(seed)
-        # Universal hashing a*x+b mod p, one (a, b) per permutation, as in datasketch's MinHash.
-        self._a = rng.randint(1, int(_MERSENNE), size=num_perm, dtype=np.uint64)
-        self._b = rng.randint(0, int(_MERSENNE), size=num_perm, dtype=np.uint64)
-        self._perms = np.array([self._a, self._b])  # datasketch's "legacy" scheme is this same a*x+b mod p
+        # Weights favour recall: candidates are verified below, so extra candidates cost time, not precision.
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95))
+        self._minhash = MinHash
+        self._perms = np.ones((2, num_perm), dtype=np.uint64)  # unused by the index; saves MinHash making them
+        self._blocks: list[np.ndarray] = []
         self._count = 0
 
-    def signature(self, text: str) -> MinHash | None:
-        words = _WORDS.findall(text.lower())
-        if not words:
-            return None
-        # Hash words once, then combine 5 consecutive word hashes with numpy: per-shingle Python
-        # work would dominate the whole data stage on large inputs.
-        word_hashes = np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64, count=len(words))
-        if len(words) >= SHINGLE:
-            shingles = word_hashes[: len(words) - SHINGLE + 1].copy()
-            for k in range(1, SHINGLE):
-                shingles = shingles * np.uint64(1_000_003) ^ word_hashes[k: len(words) - SHINGLE + 1 + k]
-        else:
-            shingles = word_hashes
-        shingles = np.unique(shingles & np.uint64(0xFFFFFFFF))
-        # (P,1)*(1,S) -> (P,S) -> min over shingles -> (P,)
-        hv = (self._a[:, None] * shingles[None, :] + self._b[:, None]) % _MERSENNE
-        values = hv.min(axis=1) & np.uint64(0xFFFFFFFF)
-        return MinHash(num_perm=self.num_perm, hashvalues=values, permutations=self._perms, scheme="legacy")
+    def _stored(self, key: int) -> np.ndarray:
+        return self._blocks[key // self._BLOCK][key % self._BLOCK]
 
-    def seen_or_add(self, text: str) -> bool:
-        """True when a near-duplicate of text was added before; otherwise remember text."""
-        sig = self.signature(text)
+    def seen_or_add(self, sig: np.ndarray | None) -> bool:
+        """True when a near-duplicate of the record with this signature was added before; else add it."""
         if sig is None:
             return False
-        if self.lsh.query(sig):
-            return True
-        self.lsh.insert(str(self._count), sig)
+        mh = self._minhash(num_perm=self.num_perm, hashvalues=sig, permutations=self._perms, scheme="legacy")
+        candidates = self.lsh.query(mh)
+        if candidates:
+            stored = np.stack([self._stored(k) for k in candidates])
+            if (np.mean(stored == sig, axis=1) >= self.threshold).any():
+                return True
+        if self._count % self._BLOCK == 0:
+            self._blocks.append(np.empty((self._BLOCK, self.num_perm), dtype=np.uint32))
+        self._blocks[-1][self._count % self._BLOCK] = sig
+        self.lsh.insert(self._count, mh, check_duplication=False)
         self._count += 1
         return False

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -25,7 +26,8 @@ PII_TYPES: tuple[str, ...] = ("EMAIL", "PHONE", "CREDIT_CARD", "IP_ADDRESS", "IB
 
 # Overlap resolution: a more specific (checksummed or prefixed) type beats a structural guess, so
 # "+86 ..." inside a key never becomes a PHONE and an 18-digit CN ID never becomes a card.
-_PRIORITY = {"SECRET": 0, "EMAIL": 1, "CN_ID": 2, "IBAN": 3, "CREDIT_CARD": 4, "SSN": 5, "IP_ADDRESS": 6, "PHONE": 7}
+_PRIORITY = {t: i for i, t in enumerate(
+    ("SECRET", "EMAIL", "CN_ID", "IBAN", "CREDIT_CARD", "SSN", "IP_ADDRESS", "PHONE"))}
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ _LUHN_DOUBLE = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 
 def luhn_ok(digits: str) -> bool:
     """Luhn mod-10 over a string of ASCII digits (separators already removed)."""
+    if not (digits.isascii() and digits.isdigit()):
+        return False
     total = 0
     for i, ch in enumerate(reversed(digits)):
         d = ord(ch) - 48
@@ -55,12 +59,13 @@ def luhn_ok(digits: str) -> bool:
 # SWIFT IBAN registry lengths; an unknown country or a wrong length is rejected before the checksum,
 # which leaves a 1-in-97 chance only for strings that already look exactly like an IBAN.
 _IBAN_LEN = {c[:2]: int(c[2:]) for c in (
-    "AD24 AE23 AL28 AT20 AZ28 BA20 BE16 BG22 BH22 BR29 BY28 CH21 CR22 CY28 CZ24 DE22 DK18 DO28 EE20 EG29 ES24 "
-    "FI18 FO18 FR27 GB22 GE22 GI23 GL18 GR27 GT28 HR21 HU28 IE22 IL23 IQ23 IS26 IT27 JO30 KW30 KZ20 LB28 LC32 "
-    "LI21 LT20 LU20 LV21 LY25 MC27 MD24 ME22 MK19 MR27 MT31 MU30 NL18 NO15 PK24 PL28 PS29 PT25 QA29 RO24 RS22 "
-    "SA24 SC31 SD18 SE24 SI19 SK24 SM27 ST25 SV28 TL23 TN24 TR26 UA29 VA22 VG24 XK20"
+    "AD24 AE23 AL28 AT20 AZ28 BA20 BE16 BG22 BH22 BR29 BY28 CH21 CR22 CY28 CZ24 DE22 DK18 DO28 EE20 EG29 "
+    "ES24 FI18 FO18 FR27 GB22 GE22 GI23 GL18 GR27 GT28 HR21 HU28 IE22 IL23 IQ23 IS26 IT27 JO30 KW30 KZ20 "
+    "LB28 LC32 LI21 LT20 LU20 LV21 LY25 MC27 MD24 ME22 MK19 MR27 MT31 MU30 NL18 NO15 PK24 PL28 PS29 PT25 "
+    "QA29 RO24 RS22 SA24 SC31 SD18 SE24 SI19 SK24 SM27 ST25 SV28 TL23 TN24 TR26 UA29 VA22 VG24 XK20"
 ).split()}
-_IBAN_CUT = {cc: re.compile(rf"[A-Z0-9](?: ?[A-Z0-9]){{{n - 1}}}", re.I) for cc, n in _IBAN_LEN.items()}
+_CUT_BY_LEN = {n: re.compile(rf"[A-Z0-9](?: ?[A-Z0-9]){{{n - 1}}}", re.I) for n in set(_IBAN_LEN.values())}
+_IBAN_CUT = {cc: _CUT_BY_LEN[n] for cc, n in _IBAN_LEN.items()}
 _IBAN_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})
 
 
@@ -74,8 +79,8 @@ def iban_ok(iban: str) -> bool:
 
 _CN_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CN_CHECK = "10X98765432"
-_CN_PROVINCES = frozenset("11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 50 51 52 53 54 61 62 "
-                          "63 64 65 71 81 82 83 91".split())
+_CN_PROVINCES = frozenset("11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 50 51 52 53 54 "
+                          "61 62 63 64 65 71 81 82 83 91".split())
 _TODAY = date.today()
 
 
@@ -90,8 +95,8 @@ def _plausible_birth_date(yyyymmdd: str) -> bool:
 def cn_id_ok(number: str) -> bool:
     """18-character resident ID: province code, real birth date, ISO 7064 MOD 11-2 check character."""
     # The birth date matters: the check character alone passes one random string in eleven.
-    if len(number) != 18 or not number[:17].isdigit() or number[:2] not in _CN_PROVINCES \
-            or not _plausible_birth_date(number[6:14]):
+    if (len(number) != 18 or not number[:17].isdigit() or number[:2] not in _CN_PROVINCES
+            or not _plausible_birth_date(number[6:14])):
         return False
     total = sum((ord(c) - 48) * w for c, w in zip(number, _CN_WEIGHTS, strict=False))
     return _CN_CHECK[total % 11] == number[17].upper()
@@ -99,7 +104,9 @@ def cn_id_ok(number: str) -> bool:
 
 def ssn_ok(ssn: str) -> bool:
     """AAA-GG-SSSS with the ranges the SSA never issues (000, 666, 9xx areas; 00 group; 0000 serial)."""
-    area, group, serial = ssn[:3], ssn[4:6], ssn[7:11]
+    area, group, serial = ssn[:3], ssn[4:6], ssn[7:]
+    if len(ssn) != 11 or ssn[3] != "-" or ssn[6] != "-" or not (area + group + serial).isdigit():
+        return False
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
 
 
@@ -123,6 +130,8 @@ def _card_brand_ok(digits: str) -> bool:
 def card_ok(number: str) -> bool:
     """Luhn plus issuer prefix/length; `number` as written (spaces or dashes between groups allowed)."""
     digits = number.replace(" ", "").replace("-", "")
+    if not (digits.isascii() and digits.isdigit()):
+        return False
     # Unspaced, 13 digits is far more often an EAN-13 barcode or a millisecond timestamp than a retired
     # 13-digit Visa, and 17-19 digits a random seed or snowflake id than a card; only UnionPay (62) is
     # commonly written that long without spaces.
@@ -152,34 +161,27 @@ def _is_word_char(ch: str) -> bool:
     return ch.isascii() and (ch.isalnum() or ch == "_")
 
 
-def _count_digits(s: str) -> int:
-    return sum(c.isdigit() for c in s)
-
-
 def _mixed(token: str) -> bool:
     # Real keys are random base62: a long body without a digit, an upper and a lower case letter is a slug
     # such as "sk-learn-compatible-estimators", not a credential.
-    return any(c.isdigit() for c in token) and any(c.isupper() for c in token) and any(c.islower() for c in token)
+    return (any(c.isdigit() for c in token) and any(c.isupper() for c in token)
+            and any(c.islower() for c in token))
 
 
 # ---------------------------------------------------------------- patterns
 
 _A = re.ASCII
-# Digits glued to a word, a sign, a path, a currency or another digit group belong to something else.
-_LB_DIGIT = r"(?<![\w+\-./#$%€£¥@]\d)(?<!\d[ .\-]\d)"
+# Digits glued to a word, a sign, a path, a currency or another dotted/dashed number belong to something
+# else. (Space-separated neighbours are judged after matching: see _not_in_spaced_run.)
+_LB_DIGIT = r"(?<![\w+\-./#$%€£¥@]\d)(?<!\d[.\-]\d)"
 _RB_DIGIT = r"(?![\w@]|[.\-/:]\d)"
-_RB_GROUPED = r"(?![\w@*^]|[.\-/:]?\d| \d)"  # nor the prefix of a longer spaced number, nor a factor
+_RB_GROUPED = r"(?![\w@*^]|[.\-/:]?\d)"  # nor a factor in a formula
 
-_EMAIL = re.compile(
-    r"[\w%+\-](?<![\w.%+\-][\w%+\-])[\w%+\-]*(?:\.[\w%+\-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+(?:[a-z]{2,24}|[A-Z]{2,24})(?![\w\-]|\.[A-Za-z0-9])",
-    _A,
-)
-_CARD = re.compile(
-    r"\d" + _LB_DIGIT + r"(?:\d{3}(?P<s>[ \-])\d{4}(?P=s)\d{4}(?P=s)\d{1,4}(?:(?P=s)\d{1,3})?"
-    r"|\d{3}(?P<t>[ \-])\d{6}(?P=t)\d{4,5}|\d{12,18})" + _RB_DIGIT,
-    _A,
-)
+_EMAIL = re.compile(r"[\w%+\-](?<![\w.%+\-][\w%+\-])[\w%+\-]*(?:\.[\w%+\-]+)*@"
+                    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+(?:[a-z]{2,24}|[A-Z]{2,24})"
+                    r"(?![\w\-]|\.[A-Za-z0-9])", _A)
+_CARD = re.compile(r"\d" + _LB_DIGIT + r"(?:\d{3}(?P<s>[ \-])\d{4}(?P=s)\d{4}(?P=s)\d{1,4}(?:(?P=s)\d{1,3})?"
+                   r"|\d{3}(?P<t>[ \-])\d{6}(?P=t)\d{4,5}|\d{12,18})" + _RB_DIGIT, _A)
 _SSN = re.compile(r"\d" + _LB_DIGIT + r"\d\d-\d\d-\d{4}" + _RB_DIGIT, _A)
 _CN_ID = re.compile(r"[1-9]" + _LB_DIGIT + r"\d{16}[\dXx]" + _RB_DIGIT, _A)
 _IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}(?:\.\d{1,3}){3}(?![\w]|\.\d)", _A)
@@ -192,12 +194,13 @@ _SLICE_LIKE = re.compile(r"\d*::\d*")  # a[100::2000]; addresses written by peop
 _IBAN = re.compile(r"[A-Z](?<![\w][A-Z])[A-Z]\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?", _A | re.I)
 
 _PHONE_INTL = re.compile(
-    r"(?:\((?<![\w(]\()\+[1-9]\d{0,2}\)|\+(?<![\w+(]\+)[1-9]\d{0,2})(?:[ .\-]?\(0\))?(?:[ .\-]?\(\d{1,5}\))?(?:[ .\-]?\d++){1,6}+"
-    r"(?![\w@]|[.\-/:]?\d)",
+    r"(?:\((?<![\w(]\()\+[1-9]\d{0,2}\)|\+(?<![\w+(]\+)[1-9]\d{0,2})"  # +44 or (+44)
+    r"(?:[ .\-]?\(0\))?(?:[ .\-]?\(\d{1,5}\))?(?:[ .\-]?\d++){1,6}+(?![\w@]|[.\-/:]?\d)",
     _A,
 )
 _PHONE_PAREN = re.compile(
-    r"\((?<![\w(]\()(?<!\d[ .\-]\()(?:0\d{1,4}|[1-9]\d{1,2})\)[ .\-]?\d++(?:[ .\-]\d++){0,3}+" + _RB_GROUPED, _A
+    r"\((?<![\w(]\()(?:0\d{1,4}|[1-9]\d{1,2})\)[ .\-]?\d++(?:[ .\-]\d++){0,3}+" + _RB_GROUPED,
+    _A,
 )
 # National formats, one scan: the first digit is matched by the charset, the alternative by a lookbehind.
 _PHONE_NATIONAL = re.compile(
@@ -218,7 +221,8 @@ _SECRET_PATTERNS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
     (("AKIA", "ASIA"), re.compile(r"A(?<![\w]A)(?:KIA|SIA)[A-Z0-9]{16}(?![A-Za-z0-9])", _A)),
     (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
      re.compile(r"g(?<![\w\-]g)(?:h[pousr]|ithub_pat)_(?P<b>[A-Za-z0-9_]{22,255})(?![\w\-])", _A)),
-    (("xox",), re.compile(r"xox(?<![\w\-]xox)(?=[\w\-]{17})[abpr]-[0-9A-Za-z]+(?:-[0-9A-Za-z]+){1,5}(?![\w\-])", _A)),
+    (("xox",),
+     re.compile(r"xox(?<![\w\-]xox)(?=[\w\-]{17})[abpr]-[0-9A-Za-z]+(?:-[0-9A-Za-z]+){1,5}(?![\w\-])", _A)),
     (("sk-",), re.compile(r"sk-(?<![\w\-]sk-)(?:proj-)?(?P<b>[A-Za-z0-9_\-]{20,255})(?![\w\-])", _A)),
     (("_live_",), re.compile(r"[spr]k_live_(?<![\w\-][spr]k_live_)(?P<b>[A-Za-z0-9]{16,255})(?![\w\-])", _A)),
     (("AIza",), re.compile(r"AIza(?<![\w\-]AIza)[0-9A-Za-z_\-]{35}(?![\w\-])", _A)),
@@ -244,6 +248,8 @@ _BEFORE, _AFTER = 3, 3
 # ---------------------------------------------------------------- detectors: (text, lo, hi) -> spans
 
 Span = tuple[int, int]
+Detector = Callable[[str, int, int], list[Span]]  # (text, window start, window end) -> spans
+Context = Callable[[str, int, int], bool]  # (text, match start, match end) -> keep?
 
 
 def _emails(text: str) -> Iterator[Span]:
@@ -261,7 +267,10 @@ def _secrets(text: str) -> Iterator[Span]:
     # so the GitHub/Stripe prefixes are only looked for when there is one.
     underscore = "_" in text
     for triggers, pattern in _SECRET_PATTERNS:
-        if not any((underscore or "_" not in t) and t in text for t in triggers):
+        for t in triggers:  # a plain loop: any() over a generator costs more than the tests themselves
+            if (underscore or "_" not in t) and t in text:
+                break
+        else:
             continue
         for m in pattern.finditer(text):
             if "b" in pattern.groupindex and not _mixed(m.group("b")):
@@ -272,14 +281,14 @@ def _secrets(text: str) -> Iterator[Span]:
 
 
 def _checked(
-    pattern: re.Pattern[str], ok: Callable[[str], bool], context_ok: Callable[[str, int], bool] | None = None
-) -> Callable[[str, int, int], list[Span]]:
+    pattern: re.Pattern[str], ok: Callable[[str], bool], context_ok: Context | None = None
+) -> Detector:
     def detect(text: str, lo: int, hi: int) -> list[Span]:
         # search() rather than finditer(): most windows hold no match, and one search is half the cost.
         out = []
         m = pattern.search(text, lo, hi)
         while m is not None:
-            if ok(m.group()) and (context_ok is None or context_ok(text, m.start())):
+            if ok(m.group()) and (context_ok is None or context_ok(text, m.start(), m.end())):
                 out.append(m.span())
             m = pattern.search(text, m.end(), hi)
         return out
@@ -328,36 +337,41 @@ def _ipv6s(text: str) -> Iterator[Span]:
         yield s, stop
 
 
-def _not_a_version(text: str, start: int) -> bool:
+def _not_a_version(text: str, start: int, end: int) -> bool:
     return not text[max(0, start - 12):start].lower().rstrip(" :=#").endswith(_VERSION_WORDS)
 
 
-def _intl_phone_ok(g: str) -> bool:
-    # E.164 allows at most 15 digits, country code included. One dot is a signed decimal (+35236450.6).
-    return 8 <= _count_digits(g) <= 15 and g.count(".") != 1
+def _not_in_spaced_run(text: str, start: int, end: int) -> bool:
+    # A space-grouped match with another digit group one space before or after is a slice of a longer
+    # number ("0044 0532 0130 00" inside a bad IBAN); dashed or bare matches in a spaced list are fine.
+    if " " not in text[start:end]:
+        return True
+    before = start >= 2 and text[start - 1] == " " and text[start - 2].isdigit() and text[start] != "("
+    return not before and not (end + 1 < len(text) and text[end] == " " and text[end + 1].isdigit())
 
 
-def _paren_phone_ok(g: str) -> bool:
-    return 9 <= _count_digits(g) <= 12
-
-
-def _national_phone_ok(g: str) -> bool:
+def _phone_ok(g: str) -> bool:
+    n = sum(map(str.isdigit, g))
+    if "+" in g[:2]:  # +44 ... or (+44) ...: E.164 caps numbers at 15 digits; one dot is a decimal (+352.6)
+        return 8 <= n <= 15 and g.count(".") != 1
+    if g[0] == "(":
+        return 9 <= n <= 12
     if g.isdigit() and g.endswith("00000"):  # bare 11 digits ending 00000: a round number, not a line
         return False
     # The trunk-0 and 00-prefix forms allow free grouping, so their length is bounded here.
-    return g[0] != "0" or (9 <= _count_digits(g) <= 12 if g[1] != "0" else 10 <= _count_digits(g) <= 17)
+    return g[0] != "0" or (9 <= n <= 12 if g[1] != "0" else 10 <= n <= 17)
 
 
 # (type, detector, shortest region that can hold one, a character its window must contain). Most regions
 # are years, amounts and counts; these two tests spare them most regex calls.
-_DIGIT_DETECTORS: tuple[tuple[str, Callable[[str, int, int], Iterable[Span]], int, str], ...] = (
+_DIGIT_DETECTORS: tuple[tuple[str, Detector, int, str], ...] = (
     ("CN_ID", _checked(_CN_ID, cn_id_ok), 17, ""),
-    ("CREDIT_CARD", _checked(_CARD, card_ok), 13, ""),
+    ("CREDIT_CARD", _checked(_CARD, card_ok, _not_in_spaced_run), 13, ""),
     ("SSN", _checked(_SSN, ssn_ok), 11, "-"),
     ("IP_ADDRESS", _checked(_IPV4, ipv4_ok, _not_a_version), 7, "."),
-    ("PHONE", _checked(_PHONE_INTL, _intl_phone_ok), 7, "+"),
-    ("PHONE", _checked(_PHONE_PAREN, _paren_phone_ok), 11, "("),
-    ("PHONE", _checked(_PHONE_NATIONAL, _national_phone_ok), 11, ""),
+    ("PHONE", _checked(_PHONE_INTL, _phone_ok), 7, "+"),
+    ("PHONE", _checked(_PHONE_PAREN, _phone_ok, _not_in_spaced_run), 11, "("),
+    ("PHONE", _checked(_PHONE_NATIONAL, _phone_ok, _not_in_spaced_run), 11, ""),
 )
 
 
@@ -410,18 +424,13 @@ def redact(text: str, matches: list[PiiMatch] | None = None) -> str:
     out: list[str] = []
     pos = 0
     for m in sorted(matches, key=lambda m: m.start):
-        if m.start < pos:  # overlapping input from a caller: the earlier span already covers it
-            continue
-        out.append(text[pos:m.start])
-        out.append(f"<{m.type}>")
-        pos = m.end
+        if m.start >= pos:  # a caller's overlapping span is already covered by the earlier one
+            out += (text[pos:m.start], f"<{m.type}>")
+            pos = m.end
     out.append(text[pos:])
     return "".join(out)
 
 
 def count_by_type(matches: Iterable[PiiMatch]) -> dict[str, int]:
     """Matches per type, only the types that occur (so it can feed a Counter without zero entries)."""
-    counts: dict[str, int] = {}
-    for m in matches:
-        counts[m.type] = counts.get(m.type, 0) + 1
-    return counts
+    return dict(Counter(m.type for m in matches))

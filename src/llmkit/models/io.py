@@ -80,6 +80,9 @@ def load_causal_lm(model: Model, dtype=None):
 
 def save_model(lm, tokenizer, target: Path, lineage: dict[str, Any]) -> Path:
     """Write a Hugging Face folder (safetensors, tokenizer, llmkit.json) atomically."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress display owns the terminal
     with atomic_dir(target) as tmp:
         lm.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

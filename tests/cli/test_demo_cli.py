@@ -1,0 +1,34 @@
+"""`llmkit demo`, the README's first command, end to end on a small text and a short budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_prepares_trains_samples_and_registers_everything(tmp_path: Path, shared_data: Path):
+    text = tmp_path / "play.txt"
+    text.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[:150_000])
+    out = subprocess.run([sys.executable, "-m", "llmkit", "demo", "--data", str(text), "--minutes", "0.25", "--json"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "LLMKIT_HOME": str(tmp_path / "ws")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["steps"] >= 10 and result["val_ppl"] > 1
+    assert len(result["samples"]) == 3 and all(s["completion"] for s in result["samples"])
+    assert (Path(result["model_path"]) / "model.safetensors").exists()
+    assert (Path(result["run_path"]) / "plots" / "loss.png").exists()
+    listed = subprocess.run([sys.executable, "-m", "llmkit", "ls", "--json"], capture_output=True, text=True,
+                            env={**os.environ, "LLMKIT_HOME": str(tmp_path / "ws")}, timeout=120)
+    assert {r["type"] for r in json.loads(listed.stdout)} == {"dataset", "run", "model"}
+
+
+def test_demo_with_missing_data_is_a_user_error(tmp_path: Path):
+    out = subprocess.run([sys.executable, "-m", "llmkit", "demo", "--data", str(tmp_path / "nope.txt")],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "LLMKIT_HOME": str(tmp_path / "ws")})
+    assert out.returncode == 2 and "nope.txt" in out.stderr

@@ -1,0 +1,45 @@
+"""`llmkit generate` and `llmkit chat` on a real tiny model, through the console entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def llmkit(workspace: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmkit", *args], capture_output=True, text=True, input=stdin,
+                          env={**os.environ, "LLMKIT_HOME": str(workspace)}, timeout=180)
+
+
+def test_generate_by_registry_name_is_seeded_and_reports_json(lm_workspace: Path, tiny_model):
+    args = ["generate", "tiny-lm", "--prompt", "ROMEO:", "--max-new-tokens", "24", "--seed", "3", "--json"]
+    first, second = llmkit(lm_workspace, *args), llmkit(lm_workspace, *args)
+    assert first.returncode == 0, first.stderr
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert a["text"] == b["text"] and a["text"]
+    assert (a["completion_tokens"], a["finish_reason"]) == (24, "length") or a["finish_reason"] == "stop"
+
+
+def test_generate_streams_the_prompt_and_completion_from_a_model_folder(lm_workspace: Path, tiny_model):
+    out = llmkit(lm_workspace, "generate", str(tiny_model.path), "--prompt", "KING", "--max-new-tokens", "10",
+                 "--temperature", "0")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("KING") and len(out.stdout.splitlines()[0]) >= 4
+
+
+def test_generate_with_a_bad_temperature_or_unknown_model_is_a_user_error(lm_workspace: Path, tiny_model):
+    bad = llmkit(lm_workspace, "generate", "tiny-lm", "--prompt", "x", "--temperature", "-1")
+    assert bad.returncode == 2 and "generate.temperature" in bad.stderr
+    missing = llmkit(lm_workspace, "generate", "no-such-model", "--prompt", "x")
+    assert missing.returncode == 2 and "tiny-lm" in missing.stderr
+
+
+def test_chat_answers_each_line_until_an_empty_one(lm_workspace: Path, tiny_model):
+    out = llmkit(lm_workspace, "chat", "tiny-lm", "--max-new-tokens", "8", "--seed", "1", "--json",
+                 stdin="Hello there\nHow are you\n\n")
+    assert out.returncode == 0, out.stderr
+    messages = json.loads(out.stdout[out.stdout.index("{"):])["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
