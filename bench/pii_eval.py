@@ -6,10 +6,10 @@ checksum failures). A prediction is a true positive when its type matches a labe
 the labelled value (surrounding whitespace ignored).
 
 Speed: MB/s of find_pii on tinyshakespeare (1 MB), the number the data stage's >= 10 MB/s goal is checked
-against, measured both as one document and as 8,000-character chunks (the data.chunk_chars default the pipeline
-cuts long documents into); plus
-the SMS spam corpus, which is full of numbers and so exercises every digit detector. Best of five runs,
-because the machine may be shared (the load average is printed with the figures).
+against, measured both as one document and as 8,000-character chunks (the data.chunk_chars default the
+pipeline cuts long documents into); plus the SMS spam corpus per message, short texts full of numbers
+that exercise every digit detector and the per-call overhead. Best of five runs, because the machine may
+be shared (the load average is printed with the figures).
 
 Run: .venv/bin/python bench/pii_eval.py [--verbose]   (the last line of output is one JSON object)
 """

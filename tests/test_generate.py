@@ -104,13 +104,24 @@ def test_greedy_matches_hf_generate_trained(tokenizer, trained):
             hf_greedy(trained, ids, 30)
 
 
-@pytest.mark.parametrize("variant", ["tied", "gqa-untied-theta"])
-def test_lean_forward_logits_match_hf(tokenizer, variant):
+def fast_llama(model, threads):
+    # The weight layout is split per torch thread; build it with `threads` to cover both layouts.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return FastLlama(model)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("variant,threads", [("tied", 1), ("gqa-untied-theta", 1), ("tied", 4), ("gqa-untied-theta", 4)])
+def test_lean_forward_logits_match_hf(tokenizer, variant, threads):
     model = make_model(tokenizer, seed=2, **VARIANTS[variant])
     ids = [1] + tokenizer("the dog sat on the mat", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         ref = model(input_ids=torch.tensor([ids])).logits[0]  # (T, vocab)
-    fast = FastLlama(model)
+    fast = fast_llama(model, threads)
+    assert fast.splits == threads and (threads == 1 or ref.shape[-1] % threads)  # 4: vocab padding too
     _, last = fast.prefill(ids)
     torch.testing.assert_close(last, ref[-1], atol=1e-4, rtol=0)
     # Prefill a prefix, extend it in a chunk, then one token at a time: every position matches.
@@ -124,9 +135,10 @@ def test_lean_forward_logits_match_hf(tokenizer, variant):
     torch.testing.assert_close(torch.stack(got), want, atol=1e-4, rtol=0)
 
 
-def test_batched_step_matches_single_sequences(tokenizer):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_step_matches_single_sequences(tokenizer, threads):
     model = make_model(tokenizer, seed=3, num_key_value_heads=2)
-    fast = FastLlama(model)
+    fast = fast_llama(model, threads)
     a, b = [1, 5, 6, 7], [1, 8, 9, 10, 11, 12, 13]
     sa, _ = fast.prefill(a, capacity=1)  # too small on purpose: the cache must grow
     sb, _ = fast.prefill(b)

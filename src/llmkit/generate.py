@@ -73,11 +73,12 @@ class HFDecoder:
 
 # FastLlama copies weights into its own layout, so it is built once per model and rebuilt only when
 # a parameter changes (training step, load_state_dict, .to()): _version and data_ptr catch those.
+# The layout also depends on the torch thread count (weights are split per thread).
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _fingerprint(model) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    return torch.get_num_threads(), tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
 def get_decoder(model, *, fast: bool = True) -> FastLlama | HFDecoder:

@@ -39,7 +39,9 @@ def _load_cases() -> list[dict]:
 CASES = _load_cases()
 
 
-def _score() -> tuple[Counter, Counter, Counter]:
+@pytest.fixture(scope="module")
+def scores() -> tuple[Counter, Counter, Counter]:
+    """(tp, fp, fn) per type over the labelled set; a match counts when type and stripped text agree."""
     tp, fp, fn = Counter(), Counter(), Counter()
     for case in CASES:
         gold = Counter((p["type"], p["value"].strip()) for p in case["pii"])
@@ -50,9 +52,6 @@ def _score() -> tuple[Counter, Counter, Counter]:
             fp[key[0]] += pred[key] - hit
             fn[key[0]] += gold[key] - hit
     return tp, fp, fn
-
-
-SCORES = _score()
 
 
 def types(text: str) -> list[tuple[str, str]]:
@@ -75,8 +74,8 @@ def test_labelled_set_is_big_and_covers_every_type():
 
 
 @pytest.mark.parametrize("pii_type", PII_TYPES)
-def test_precision_and_recall_per_type(pii_type):
-    tp, fp, fn = SCORES
+def test_precision_and_recall_per_type(pii_type, scores):
+    tp, fp, fn = scores
     precision = tp[pii_type] / (tp[pii_type] + fp[pii_type]) if tp[pii_type] + fp[pii_type] else 0.0
     recall = tp[pii_type] / (tp[pii_type] + fn[pii_type])
     assert precision >= 0.95, f"{pii_type} precision {precision:.3f} (tp={tp[pii_type]}, fp={fp[pii_type]})"
@@ -230,7 +229,9 @@ def test_phone_formats(phone):
 
 def test_lists_separated_by_single_spaces():
     assert types("415-555-0132 415-555-0133") == [("PHONE", "415-555-0132"), ("PHONE", "415-555-0133")]
-    assert types("(415) 555-0132 (415) 555-0133") == [("PHONE", "(415) 555-0132"), ("PHONE", "(415) 555-0133")]
+    assert types("(415) 555-0132 (415) 555-0133") == [
+        ("PHONE", "(415) 555-0132"), ("PHONE", "(415) 555-0133"),
+    ]
     assert types("13800138000 13900139000") == [("PHONE", "13800138000"), ("PHONE", "13900139000")]
     assert types("4111111111111111 5555555555554444") == [
         ("CREDIT_CARD", "4111111111111111"), ("CREDIT_CARD", "5555555555554444"),
@@ -279,13 +280,15 @@ def test_hard_negatives(text):
 
 @pytest.mark.parametrize("evil", [
     "1 " * 20000, "+1 " * 20000, "1-" * 20000, "(1) " * 10000, "a" * 50000 + "@", "@" * 50000,
-    "a@" * 20000, "1." * 20000, ":" * 50000, "1:" * 20000, "DE89 " * 10000, "eyJ" * 20000,
-    "-----BEGIN PRIVATE KEY-----\n" * 2000,
+    "a@" * 60000, "1." * 20000, ":" * 50000, "1:" * 20000, "DE89 " * 10000, "eyJ" * 20000,
+    "-----BEGIN PRIVATE KEY-----\n" * 5000, "-----BEGIN RSA PRIVATE KEY-----\n" + "QUJD" * 16 + "\n" * 2000,
+    "@alice @bob thanks! " * 20000, "9" * 100000, "1.2." * 20000, "ghp_" * 20000, "sk-" * 30000,
 ])
 def test_no_pathological_backtracking(evil):
+    # Every case is linear now; a regression to per-match rescanning takes seconds on these inputs.
     t0 = time.perf_counter()
     find_pii(evil)
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 1.0
 
 
 @pytest.mark.skipif(not SHAKESPEARE.exists(), reason="shared data not present")

@@ -105,3 +105,26 @@ def test_only_the_last_k_checkpoints_are_kept(tmp_path: Path):
     for step in (10, 20, 30, 40):
         save_checkpoint(tmp_path, step, model, {"step": step}, keep=2)
     assert [c.name for c in list_checkpoints(tmp_path)] == ["step-000030", "step-000040"]
+
+
+def test_sigterm_writes_a_checkpoint_at_the_current_step_and_says_how_to_resume(lm_workspace: Path, tmp_path: Path):
+    env = {**os.environ, "LLMKIT_HOME": str(lm_workspace)}
+    config = write_tiny_config(tmp_path / "tiny.yaml")
+    cmd = _train_cmd(config, "terminated")
+    cmd[cmd.index("--max-steps") + 1] = "100000"
+    cmd[cmd.index("--checkpoint-every") + 1] = "100000"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    run_dir = None
+    while time.time() < deadline and run_dir is None:
+        runs = [p for p in (lm_workspace / "runs").iterdir() if p.name.startswith("terminated-")]
+        if runs and (runs[0] / "metrics.jsonl").exists() and max(_losses(runs[0]), default=0) >= 5:
+            run_dir = runs[0]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert run_dir is not None
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "--resume" in stdout + stderr
+    step = int(list_checkpoints(run_dir)[-1].name.split("-")[1])
+    assert step == max(_losses(run_dir)) >= 5

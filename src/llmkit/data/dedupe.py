@@ -67,10 +67,10 @@ _A = _rng.integers(1, 2**63, size=NUM_PERM, dtype=np.uint64) * np.uint64(2) + np
 _B = _rng.integers(0, 2**63, size=NUM_PERM, dtype=np.uint64)
 
 
-def word_hashes(text: str) -> np.ndarray:
-    """One 64-bit hash per word of the lower-cased text, in order."""
+def _word_hashes(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """(one 64-bit hash per word, index of each word's first character) of already lower-cased text."""
     with np.errstate(over="ignore"):
-        cps = np.frombuffer(text.lower().encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         codes = _char_table()[np.minimum(cps, 0xFFFF)]
         astral = cps > 0xFFFF
         if astral.any():
@@ -79,39 +79,60 @@ def word_hashes(text: str) -> np.ndarray:
         starts = (codes == 2) | (word & ~np.concatenate(([False], word[:-1])))
         inside = np.flatnonzero(codes != 0)
         if inside.size == 0:
-            return np.zeros(0, dtype=np.uint64)
+            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
         first = np.flatnonzero(starts[inside])  # where each word begins, as an index into `inside`
         word_of = np.cumsum(starts[inside]) - 1
         pos = np.minimum(np.arange(inside.size) - first[word_of], _MAX_POS - 1)
         weighted = cps[inside].astype(np.uint64) * _POW[pos]
-        return _mix(np.add.reduceat(weighted, first))
+        return _mix(np.add.reduceat(weighted, first)), inside[first]
 
 
-def shingle_hashes(text: str) -> np.ndarray:
-    """Hashes of the overlapping word 5-grams (the words themselves when there are fewer than 5)."""
-    words = word_hashes(text)
-    n = len(words) - SHINGLE + 1
-    if n <= 0:
-        return words
+def signatures(texts: list[str]) -> list[np.ndarray | None]:
+    """MinHash signatures (NUM_PERM uint32 values each) of many texts; None for a text without words.
+
+    All texts go through numpy together, joined by a separator, so short records (an SMS, a title)
+    do not each pay the fixed cost of a dozen numpy calls.
+    """
+    lowered = [t.lower() for t in texts]
+    words, at = _word_hashes("\x00".join(lowered))
+    bounds = np.cumsum([len(t) + 1 for t in lowered])  # text i ends before bounds[i]
+    owner = np.searchsorted(bounds, at, side="right")  # the text each word belongs to
+    n_words = np.bincount(owner, minlength=len(texts))
     with np.errstate(over="ignore"):
-        sh = words[:n].copy()
-        for k in range(1, SHINGLE):
-            sh = sh * np.uint64(0x9E3779B97F4A7C15) ^ words[k:n + k]
-        return _mix(sh)
+        if len(words) >= SHINGLE:
+            m = len(words) - SHINGLE + 1
+            sh = words[:m].copy()
+            for k in range(1, SHINGLE):
+                sh = sh * np.uint64(0x9E3779B97F4A7C15) ^ words[k:m + k]
+            sh = _mix(sh)
+            whole = owner[:m] == owner[SHINGLE - 1:]  # 5-grams inside one text
+        else:
+            sh, whole = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=bool)
+        # Texts with fewer than five words are represented by their words. Position i holds either the
+        # 5-gram starting at word i or word i itself, so shingles stay grouped by text, in order.
+        short = n_words[owner] < SHINGLE
+        value = words.copy()
+        value[:len(sh)][whole] = sh[whole]
+        keep = short.copy()
+        keep[:len(sh)] |= whole
+        shingles, shingle_owner = value[keep], owner[keep]
+        out: list[np.ndarray | None] = [None] * len(texts)
+        if shingles.size == 0:
+            return out
+        groups = np.flatnonzero(np.concatenate(([True], shingle_owner[1:] != shingle_owner[:-1])))
+        sigs = np.empty((len(groups), NUM_PERM), dtype=np.uint32)
+        # Blocks of 8 permutations keep the (permutation x shingle) product small enough for the cache.
+        for i in range(0, NUM_PERM, 8):
+            hv = (_A[i:i + 8, None] * shingles[None, :] + _B[i:i + 8, None]) >> np.uint64(32)
+            sigs[:, i:i + 8] = np.minimum.reduceat(hv, groups, axis=1).T
+    for row, text_index in enumerate(shingle_owner[groups]):
+        out[text_index] = sigs[row]
+    return out
 
 
 def signature(text: str) -> np.ndarray | None:
-    """The MinHash signature (NUM_PERM uint32 values) of text; None when it has no words."""
-    shingles = shingle_hashes(text)
-    if shingles.size == 0:
-        return None
-    out = np.empty(NUM_PERM, dtype=np.uint32)
-    with np.errstate(over="ignore"):
-        # Blocks of 16 permutations keep the (perm x shingle) product small enough for the CPU cache.
-        for i in range(0, NUM_PERM, 16):
-            hv = (_A[i:i + 16, None] * shingles[None, :] + _B[i:i + 16, None]) >> np.uint64(32)
-            out[i:i + 16] = hv.min(axis=1)
-    return out
+    """The MinHash signature of one text; see `signatures`."""
+    return signatures([text])[0]
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:

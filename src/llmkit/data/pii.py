@@ -49,10 +49,7 @@ def luhn_ok(digits: str) -> bool:
     """Luhn mod-10 over a string of ASCII digits (separators already removed)."""
     if not (digits.isascii() and digits.isdigit()):
         return False
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        total += _LUHN_DOUBLE[d] if i & 1 else d
+    total = sum(_LUHN_DOUBLE[ord(c) - 48] if i & 1 else ord(c) - 48 for i, c in enumerate(reversed(digits)))
     return total % 10 == 0
 
 
@@ -146,19 +143,15 @@ def card_ok(number: str) -> bool:
 def ipv4_ok(addr: str) -> bool:
     """Four octets 0-255 without leading zeros ("010" is octal to some parsers and a code to people)."""
     octets = addr.split(".")
-    for o in octets:
-        if len(o) > 1 and (o[0] == "0" or int(o) > 255):
-            return False
+    if any(len(o) > 1 and (o[0] == "0" or int(o) > 255) for o in octets):
+        return False
     # "1.0.0.0", "2.5.4.6", "3.4.1.1" are assembly versions, OIDs and section numbers far more often
     # than hosts; the all-same public resolvers (1.1.1.1, 8.8.8.8) are kept.
     return len(addr) > 7 or len(set(octets)) == 1
 
 
 _VERSION_WORDS = ("version", "release", "build", "ver.", "firmware")
-
-
-def _is_word_char(ch: str) -> bool:
-    return ch.isascii() and (ch.isalnum() or ch == "_")
+_WORD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")  # ASCII \w
 
 
 def _mixed(token: str) -> bool:
@@ -177,9 +170,10 @@ _LB_DIGIT = r"(?<![\w+\-./#$%€£¥@]\d)(?<!\d[.\-]\d)"
 _RB_DIGIT = r"(?![\w@]|[.\-/:]\d)"
 _RB_GROUPED = r"(?![\w@*^]|[.\-/:]?\d)"  # nor a factor in a formula
 
-_EMAIL = re.compile(r"[\w%+\-](?<![\w.%+\-][\w%+\-])[\w%+\-]*(?:\.[\w%+\-]+)*@"
-                    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+(?:[a-z]{2,24}|[A-Z]{2,24})"
-                    r"(?![\w\-]|\.[A-Za-z0-9])", _A)
+# E-mail: the domain is matched forward from each '@', the local part walked backwards over _LOCAL_CHARS.
+_EMAIL_DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+(?:[a-z]{2,24}|[A-Z]{2,24})"
+                           r"(?![\w\-]|\.[A-Za-z0-9])", _A)
+_LOCAL_CHARS = _WORD_CHARS | frozenset("%+-.")
 _CARD = re.compile(r"\d" + _LB_DIGIT + r"(?:\d{3}(?P<s>[ \-])\d{4}(?P=s)\d{4}(?P=s)\d{1,4}(?:(?P=s)\d{1,3})?"
                    r"|\d{3}(?P<t>[ \-])\d{6}(?P=t)\d{4,5}|\d{12,18})" + _RB_DIGIT, _A)
 _SSN = re.compile(r"\d" + _LB_DIGIT + r"\d\d-\d\d-\d{4}" + _RB_DIGIT, _A)
@@ -189,6 +183,7 @@ _IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}(?:\.\d{1,3}){3}(?![\w]|\.\d)", _A)
 # 12:48:56 cost one failed step), widen it to the address, let ipaddress decide.
 _V6_HINT = re.compile(r":(?::|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){6})", _A)
 _V6_CHARS = frozenset("0123456789abcdefABCDEF:.")
+_V6_TAIL = re.compile(r"[0-9A-Fa-f:.]*")
 _SLICE_LIKE = re.compile(r"\d*::\d*")  # a[100::2000]; addresses written by people have hex or more groups
 # Groups of four, spaced or not; the exact end is fixed from the country's length later.
 _IBAN = re.compile(r"[A-Z](?<![\w][A-Z])[A-Z]\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?", _A | re.I)
@@ -227,14 +222,18 @@ _SECRET_PATTERNS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
     (("_live_",), re.compile(r"[spr]k_live_(?<![\w\-][spr]k_live_)(?P<b>[A-Za-z0-9]{16,255})(?![\w\-])", _A)),
     (("AIza",), re.compile(r"AIza(?<![\w\-]AIza)[0-9A-Za-z_\-]{35}(?![\w\-])", _A)),
     (("eyJ",), re.compile(r"eyJ(?<![\w\-.]eyJ)[\w\-]{8,}\.eyJ[\w\-]{8,}\.[\w\-]{16,}(?![\w\-.])", _A)),
-    # A block cut off before its END line (truncated paste) still leaks the key, so it is taken too:
-    # header plus the base64 and "Proc-Type:"-style lines that follow it.
+    # The body may not contain "-----", so each BEGIN scans only to the next marker (a lazy .*? to END
+    # would rescan the text once per BEGIN). A block cut off before its END line (truncated paste) still
+    # leaks the key, so it is taken too: header plus the base64 and "Proc-Type:"-style lines after it.
     (("PRIVATE KEY-----",),
-     re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
-                r"|(?:\r?\n(?:[A-Za-z0-9+/=]{16,}|[A-Za-z\-]+: [^\r\n]*)?)*)", re.DOTALL | _A)),
+     re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?:(?:[^-]|-(?!----))*+"
+                r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+                r"|(?:\r?\n(?:[A-Za-z0-9+/=]{16,}|[A-Za-z\-]+: [^\r\n]*)?)*)", _A)),
 )
 
 _KEY_MATERIAL = re.compile(r"[A-Za-z0-9+/=]{32}")
+_PLAIN_TRIGGERS = tuple((t, p) for triggers, p in _SECRET_PATTERNS for t in triggers if "_" not in t)
+_UNDERSCORE_TRIGGERS = tuple((t, p) for triggers, p in _SECRET_PATTERNS for t in triggers if "_" in t)
 
 # One scan finds every place a digit-based type could start: a run of >= 4 digits joined by at most two
 # separators, or the check digits of an IBAN head ("GB82" before "WEST"). The specific patterns then run
@@ -253,31 +252,38 @@ Context = Callable[[str, int, int], bool]  # (text, match start, match end) -> k
 
 
 def _emails(text: str) -> Iterator[Span]:
-    # Only a window around each '@' is searched: a full scan would start the pattern at every word.
-    n, pos = len(text), 0
+    # Anchored at each '@' (a scanning pattern would start at every word, and mention-heavy text such as
+    # "@alice @bob" would make a window search per '@' crawl). RFC 5321 caps the local part at 64.
+    pos = 0
     while (at := text.find("@", pos)) != -1:
-        m = _EMAIL.search(text, max(pos, at - 64), min(n, at + 256))
-        if m is not None:
-            yield m.span()
-        pos = max(m.end(), at + 1) if m else at + 1
+        pos = at + 1
+        domain = _EMAIL_DOMAIN.match(text, at + 1)
+        if domain is None:
+            continue
+        start = at
+        while start > 0 and at - start <= 64 and text[start - 1] in _LOCAL_CHARS:
+            start -= 1
+        local = text[start:at]
+        if local and at - start <= 64 and local[0] != "." and local[-1] != "." and ".." not in local:
+            yield start, domain.end()
+            pos = domain.end()
 
 
-def _secrets(text: str) -> Iterator[Span]:
+def _secrets(text: str) -> list[Span]:
     # Substring tests run at memory speed, faster than any regex gate measured here; '_' is rare in prose,
     # so the GitHub/Stripe prefixes are only looked for when there is one.
-    underscore = "_" in text
-    for triggers, pattern in _SECRET_PATTERNS:
-        for t in triggers:  # a plain loop: any() over a generator costs more than the tests themselves
-            if (underscore or "_" not in t) and t in text:
-                break
-        else:
-            continue
+    todo = [p for t, p in _PLAIN_TRIGGERS if t in text]
+    if "_" in text:
+        todo += [p for t, p in _UNDERSCORE_TRIGGERS if t in text]
+    out = []
+    for pattern in dict.fromkeys(todo):  # AKIA and ASIA share a pattern
         for m in pattern.finditer(text):
             if "b" in pattern.groupindex and not _mixed(m.group("b")):
                 continue
             if m.group()[0] == "-" and not _KEY_MATERIAL.search(m.group()):
                 continue  # code or docs that only mention the BEGIN/END lines
-            yield m.start(), m.start() + len(m.group().rstrip())
+            out.append((m.start(), m.start() + len(m.group().rstrip())))
+    return out
 
 
 def _checked(
@@ -303,7 +309,7 @@ def _ibans(text: str, lo: int, hi: int) -> Iterator[Span]:
         cut = cutter.match(m.group()) if cutter else None
         iban = cut.group() if cut else ""
         stop = m.start() + len(iban)
-        if (iban.isupper() or iban.islower()) and not (stop < len(text) and _is_word_char(text[stop])):
+        if (iban.isupper() or iban.islower()) and not (stop < len(text) and text[stop] in _WORD_CHARS):
             if iban_ok(iban):  # all upper or all lower case: "De89 ..." is not how anyone writes one
                 yield m.start(), stop
 
@@ -312,17 +318,15 @@ def _ipv6s(text: str) -> Iterator[Span]:
     n = len(text)
     pos = 0
     while (m := _V6_HINT.search(text, pos)) is not None:
-        s, e = m.span()
+        s = m.start()
         while s > 0 and text[s - 1] in _V6_CHARS:
             s -= 1
-        while e < n and text[e] in _V6_CHARS:
-            e += 1
-        pos = e
-        cand = text[s:e].rstrip(".")
+        pos = _V6_TAIL.match(text, m.end()).end()
+        cand = text[s:pos].rstrip(".")
         if cand.endswith(":") and not cand.endswith("::"):  # "fe80::1: ..." colon belongs to the prose
             cand = cand[:-1]
         stop = s + len(cand)
-        if (s and _is_word_char(text[s - 1])) or (stop < n and _is_word_char(text[stop])):
+        if (s and text[s - 1] in _WORD_CHARS) or (stop < n and text[stop] in _WORD_CHARS):
             continue  # std::vector, C++ scopes, hex inside identifiers
         if cand.count(":") < 2 or not any(c.isdigit() for c in cand) or cand[0] == ".":
             continue
@@ -376,8 +380,11 @@ _DIGIT_DETECTORS: tuple[tuple[str, Detector, int, str], ...] = (
 
 
 def _digit_spans(text: str, found: list[tuple[int, int, int, str]]) -> None:
+    first = _REGION.search(text)  # most short texts have none; search() is cheaper than an empty finditer
+    if first is None:
+        return
     n = len(text)
-    for region in _REGION.finditer(text):
+    for region in _REGION.finditer(text, first.start()):
         s, e = region.span()
         if s >= 2 and text[s - 2:s].isalpha() and text[s - 2:s].isascii():
             found.extend((_PRIORITY["IBAN"], a, b, "IBAN") for a, b in _ibans(text, s - 2, min(n, s + 40)))

@@ -1,40 +1,103 @@
-"""Dataset report: the statistics a manifest holds, as a table and as plots (PNG)."""
+"""Dataset report: the statistics of a prepare run, as manifest.json, as a summary and as plots (PNG).
+
+Counting happens in `pipeline.py` while records stream by (`Counts`); this module only turns the
+counts into the manifest every later stage reads and into the figures a person looks at.
+"""
 
 from __future__ import annotations
 
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llmkit.data.splits import SPLITS
+
 # Log-spaced record-length bins in characters, 1 to 1M.
 LENGTH_BINS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536, 1_000_000_000]
 
 
-def write_plots(folder: Path, length_hist: np.ndarray, labels: dict[str, dict[str, int]], task: str) -> list[str]:
-    import matplotlib
+@dataclass
+class Counts:
+    ingested: int = 0
+    bad: int = 0
+    too_short: int = 0
+    too_long: int = 0
+    pii_dropped: int = 0
+    duplicates_exact: int = 0
+    duplicates_near: int = 0
+    kept: int = 0
+    pii: Counter = field(default_factory=Counter)
+    labels: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in SPLITS})
+    records: Counter = field(default_factory=Counter)
+    chars: Counter = field(default_factory=Counter)
+    length_hist: list[int] = field(default_factory=lambda: [0] * (len(LENGTH_BINS) - 1))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def add_length(self, n: int) -> None:
+        self.length_hist[min(bisect.bisect_right(LENGTH_BINS, n) - 1, len(self.length_hist) - 1)] += 1
+
+
+def build_manifest(*, cfg, name: str, files: list[Path], content_hash: str, counts: Counts, bad_examples: list[str],
+                   tokens: dict[str, dict[str, int]], tokenizer, top_tokens: list) -> dict[str, Any]:
+    c = counts
+    vocab_size = len(tokenizer)
+    classify = cfg.task == "classify"
+    return {
+        "format": "llmkit.dataset/1",
+        "name": name,
+        "task": cfg.task,
+        "content_hash": content_hash,
+        "sources": [{"path": str(p), "bytes": p.stat().st_size} for p in files],
+        "options": cfg.model_dump(exclude={"inputs", "name"}),
+        "counts": {
+            "ingested": c.ingested, "bad": c.bad, "too_short": c.too_short, "too_long": c.too_long,
+            "pii_dropped": c.pii_dropped, "duplicates_exact": c.duplicates_exact,
+            "duplicates_near": c.duplicates_near, "kept": c.kept,
+        },
+        "bad_examples": bad_examples,
+        "pii": dict(sorted(c.pii.items())),
+        "splits": {s: {"records": c.records[s], "chars": c.chars[s], **tokens[s]} for s in SPLITS},
+        "labels": {s: dict(sorted(c.labels[s].items())) for s in SPLITS} if classify else None,
+        "label_set": sorted(set().union(*[set(c.labels[s]) for s in SPLITS])) if classify else None,
+        "length_histogram": {"bins": LENGTH_BINS, "counts": list(c.length_hist)},
+        "tokenizer": {"spec": cfg.tokenizer, "kind": tokenizer.kind, "vocab_size": vocab_size,
+                      "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+                      "path": "tokenizer"},
+        "shards": {s: f"shards/{s}.bin" for s in SPLITS} if cfg.task == "lm" else None,
+        "shard_dtype": "uint16" if vocab_size < 2**16 else "uint32",
+        "top_tokens": top_tokens,
+    }
+
+
+def write_plots(folder: Path, length_hist, labels: dict[str, dict[str, int]], task: str) -> list[str]:
+    # The object API with the Agg canvas: no pyplot state and no GUI backend probing.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     (folder / "plots").mkdir(exist_ok=True)
     written = []
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     names = [f"<{b}" if b < 1e9 else "more" for b in LENGTH_BINS[1:]]
-    ax.bar(names, length_hist, color="#4c72b0")
+    ax.bar(names, list(length_hist), color="#4c72b0")
     ax.set_xlabel("record length (characters)")
     ax.set_ylabel("records")
     ax.set_title("Record lengths")
     ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     fig.savefig(folder / "plots" / "lengths.png", dpi=100)
-    plt.close(fig)
     written.append("plots/lengths.png")
     if task == "classify":
         all_labels = sorted({lab for split in labels.values() for lab in split})
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        fig = Figure(figsize=(7, 3.5))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
         bottom = np.zeros(len(all_labels))
-        for split, color in zip(("train", "val", "test"), ("#4c72b0", "#dd8452", "#55a868"), strict=True):
+        for split, color in zip(SPLITS, ("#4c72b0", "#dd8452", "#55a868"), strict=True):
             values = np.array([labels.get(split, {}).get(lab, 0) for lab in all_labels])
             ax.bar(all_labels, values, bottom=bottom, label=split, color=color)
             bottom += values
@@ -43,22 +106,25 @@ def write_plots(folder: Path, length_hist: np.ndarray, labels: dict[str, dict[st
         ax.legend()
         fig.tight_layout()
         fig.savefig(folder / "plots" / "labels.png", dpi=100)
-        plt.close(fig)
         written.append("plots/labels.png")
     return written
 
 
 def summary(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
     """The report as data: what `llmkit data report --json` prints."""
+    counts = manifest["counts"]
     return {
         "name": manifest["name"],
         "task": manifest["task"],
         "path": str(path),
-        "counts": manifest["counts"],
+        "records": counts["kept"],
+        "counts": counts,
+        "duplicates_removed": counts["duplicates_exact"] + counts["duplicates_near"],
         "splits": manifest["splits"],
         "tokens": sum(s["tokens"] for s in manifest["splits"].values()),
         "pii": manifest["pii"],
         "labels": manifest.get("labels"),
+        "length_histogram": manifest.get("length_histogram"),
         "tokenizer": manifest["tokenizer"],
         "top_tokens": manifest["top_tokens"],
         "plots": sorted(str(p) for p in (path / "plots").glob("*.png")),

@@ -1,12 +1,16 @@
 """Token shards: one flat numpy memmap per split, documents separated by <|endoftext|>.
 
 uint16 while the vocabulary fits below 65,536, else uint32. Training reads random windows by
-memmap without loading the file (nanoGPT's train.bin/val.bin, with a manifest beside it).
+memmap without loading the file (nanoGPT's train.bin/val.bin, with a manifest beside it). Every
+document is preceded by the separator, so the separator count equals the document count and a
+window that starts at a separator starts at a document.
+
+Ids arrive in batches (encoded by worker processes, see `pipeline.py`) and are appended as they come,
+so memory holds one batch, never the shard.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -16,38 +20,40 @@ def shard_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size < 2**16 else np.dtype(np.uint32)
 
 
-def write_shard(path: Path, tokenizer, texts: Iterable[str], vocab_size: int, batch: int = 512) -> tuple[int, int, np.ndarray]:
-    """Tokenize texts into path; return (tokens, documents, per-token-id counts)."""
-    dtype = shard_dtype(vocab_size)
-    eot = tokenizer.eos_token_id
-    backend = tokenizer.backend_tokenizer
-    counts = np.zeros(vocab_size, dtype=np.int64)
-    n_tokens = n_docs = 0
-    with open(path, "wb") as fh:
-        pending: list[str] = []
+class ShardWriter:
+    """Appends id batches to `path` (None: count only) and keeps token and per-id counts."""
 
-        def flush() -> None:
-            nonlocal n_tokens, n_docs
-            # encode_batch runs in parallel inside the tokenizers library (Rust threads).
-            encodings = backend.encode_batch(pending, add_special_tokens=False)
-            ids: list[int] = []
-            for enc in encodings:
-                ids.append(eot)
-                ids.extend(enc.ids)
-            arr = np.asarray(ids, dtype=dtype)
-            arr.tofile(fh)
-            counts[:] += np.bincount(arr, minlength=vocab_size)[:vocab_size]
-            n_tokens += len(arr)
-            n_docs += len(pending)
-            pending.clear()
+    def __init__(self, path: Path | None, vocab_size: int, sep_id: int):
+        self.path = path
+        self.vocab_size = vocab_size
+        self.sep_id = sep_id
+        self.dtype = shard_dtype(vocab_size)
+        self.counts = np.zeros(vocab_size, dtype=np.int64)
+        self.tokens = 0  # separators included
+        self.documents = 0
+        self._fh = open(path, "wb") if path is not None else None
 
-        for text in texts:
-            pending.append(text)
-            if len(pending) >= batch:
-                flush()
-        if pending:
-            flush()
-    return n_tokens, n_docs, counts
+    def add(self, ids: np.ndarray, documents: int, counts: np.ndarray | None = None) -> None:
+        if self._fh is not None:
+            ids.astype(self.dtype, copy=False).tofile(self._fh)
+        self.counts += counts if counts is not None else token_counts(ids, self.vocab_size)
+        self.tokens += len(ids)
+        self.documents += documents
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def token_counts(ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    return np.bincount(ids, minlength=vocab_size)[:vocab_size].astype(np.int64, copy=False)
 
 
 def read_shard(path: Path, vocab_size: int) -> np.memmap:

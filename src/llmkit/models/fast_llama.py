@@ -87,6 +87,12 @@ class FastLlama:
         def pairs(w, heads):  # (heads * hd, ...) -> same shape, rows permuted within each head
             return w.detach().reshape(heads, hd, *w.shape[1:])[:, perm].reshape(w.shape)
 
+        # One-row matmuls are memory-bound, and MKL runs them on one thread. Splitting each weight
+        # into `splits` column blocks, one bmm batch entry per thread, streams them in parallel.
+        threads = torch.get_num_threads()
+        widths = ((nh + 2 * nkv) * hd, cfg.hidden_size, 2 * cfg.intermediate_size)
+        self.splits = max(d for d in range(1, threads + 1) if all(w % d == 0 for w in widths))
+
         def prep(w, norm=None):
             # (out, in) -> (in, out) contiguous: mm(x, w_t) with a one-row x streams memory much
             # better than F.linear's gemv (~1.4x on the micro preset). The RMSNorm before this
@@ -94,7 +100,12 @@ class FastLlama:
             w = w.detach()
             if norm is not None:
                 w = w * norm.detach()
-            return w.t().contiguous()
+            w = w.t()  # (in, out)
+            if self.splits == 1:
+                return w.contiguous()
+            pad = -w.shape[1] % self.splits  # only the vocabulary may not divide
+            w = F.pad(w, (0, pad))
+            return w.reshape(w.shape[0], self.splits, -1).transpose(0, 1).contiguous()  # (splits, in, out / splits)
 
         def bias(lin, heads=None):
             if lin.bias is None:
@@ -146,6 +157,18 @@ class FastLlama:
 
     # --- forward -------------------------------------------------------------------------------
 
+    def _mm(self, x, w, residual=None):
+        """x @ w (+ residual) for w from prep(): (N, in) -> (N, out)."""
+        if w.dim() == 2:
+            return torch.mm(x, w) if residual is None else torch.addmm(residual, x, w)
+        p, n = w.shape[0], x.shape[0]
+        xs = x.expand(p, n, x.shape[1])  # (splits, N, in), no copy
+        if residual is None:
+            y = torch.bmm(xs, w)  # (splits, N, out / splits)
+        else:
+            y = torch.baddbmm(residual.view(n, p, -1).transpose(0, 1), xs, w)
+        return y.view(1, -1) if n == 1 else y.transpose(0, 1).reshape(n, -1)  # (N, out)
+
     def _norm(self, x):
         # RMSNorm without its weight (folded into the next matmul), in fp32 like HF. HF's
         # mean(x^2) + eps as eps + |x|^2 / C: two fused kernels instead of pow, mean and add.
@@ -156,7 +179,7 @@ class FastLlama:
     def _qkv(self, x, lw, rot):
         """Fused q/k/v projection with RoPE applied in place: (N, C) -> (N, (nh + 2 * nkv) * hd)."""
         w_qkv, b_qkv = lw[:2]
-        qkv = torch.mm(self._norm(x), w_qkv)
+        qkv = self._mm(self._norm(x), w_qkv)
         if b_qkv is not None:
             qkv += b_qkv
         n, split = x.shape[0], (self.n_head + self.n_kv) * self.head_dim
@@ -168,20 +191,20 @@ class FastLlama:
         return qkv
 
     def _finish_layer(self, x, y, lw):
-        # Attention output projection and the MLP, each with its residual add fused into addmm.
+        # Attention output projection and the MLP, each with its residual add fused into the matmul.
         w_o, b_o, w_gu, b_gu, w_down, b_down = lw[2:]
-        x = torch.addmm(x, y, w_o)  # (N, C)
+        x = self._mm(y, w_o, residual=x)  # (N, C)
         if b_o is not None:
             x = x + b_o
-        gu = torch.mm(self._norm(x), w_gu)  # (N, 2I)
+        gu = self._mm(self._norm(x), w_gu)  # (N, 2I)
         if b_gu is not None:
             gu += b_gu
         inter = self.intermediate
-        x = torch.addmm(x, F.silu(gu[:, :inter]) * gu[:, inter:], w_down)  # (N, C)
+        x = self._mm(F.silu(gu[:, :inter]) * gu[:, inter:], w_down, residual=x)  # (N, C)
         return x if b_down is None else x + b_down
 
     def _logits(self, x):
-        return torch.mm(self._norm(x), self.lm_head_t)  # (N, vocab)
+        return self._mm(self._norm(x), self.lm_head_t)[:, :self.vocab_size]  # (N, vocab)
 
     @torch.inference_mode()
     def prefill(self, ids: list[int], state: LlamaState | None = None, capacity: int | None = None):
@@ -210,8 +233,9 @@ class FastLlama:
             k, v = state.kv[i, 0, :, :end], state.kv[i, 1, :, :end]  # (nkv, end, hd)
             if self.n_rep > 1:
                 k, v = k.repeat_interleave(self.n_rep, 0), v.repeat_interleave(self.n_rep, 0)  # (nh, end, hd)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=1.0)  # (nh, T, hd)
-            x = self._finish_layer(x, y.transpose(0, 1).reshape(t, nq), lw)
+            y = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, is_causal=mask is None,
+                                               scale=1.0)  # (1, nh, T, hd)
+            x = self._finish_layer(x, y[0].transpose(0, 1).reshape(t, nq), lw)
         state.length = end
         return state, self._logits(x[-1:])[0]
 
@@ -224,20 +248,24 @@ class FastLlama:
         nkv, hd, n_rep, nq = self.n_kv, self.head_dim, self.n_rep, self.n_head * self.head_dim
         x = self.embed[torch.tensor(token_ids, device=self.device)]  # (B, C)
         rot = self.rot[torch.tensor([s.length for s in states], device=self.device), None]  # (B, 1, hd / 2)
+        # Views made once per step rather than per layer: the cache slot for the new token, and
+        # K/V up to and including it.
+        seqs = []
+        for s in states:
+            live = s.kv[:, :, None, :, :s.length + 1]  # (L, 2, 1, nkv, n + 1, hd)
+            seqs.append((s.kv.select(3, s.length), live[:, 0], live[:, 1]))  # (L, 2, nkv, hd), (L, 1, nkv, n + 1, hd) x2
         for i, lw in enumerate(self.layers):
             qkv = self._qkv(x, lw, rot)  # (B, (nh + 2 * nkv) * hd)
             ys = []
-            for j, s in enumerate(states):
-                n = s.length
-                kv = s.kv[i]  # (2, nkv, cap, hd)
-                kv.select(2, n).copy_(qkv[j, nq:].view(2, nkv, hd))
+            for j, (slot, k, v) in enumerate(seqs):
+                row = qkv[j]
+                slot[i].copy_(row[nq:].view(2, nkv, hd))
                 # A single query attends to every cached position, so no mask; grouping the query
-                # heads by the kv head they share avoids materialising repeated K/V for GQA. Plain
-                # bmm + softmax: SDPA takes a slow generic path for these shapes on CPU.
-                q = qkv[j, :nq].view(nkv, n_rep, hd)  # (nkv, n_rep, hd), already scaled
-                att = torch.bmm(q, kv[0, :, :n + 1].transpose(1, 2))  # (nkv, n_rep, n + 1)
-                ys.append(torch.bmm(att.softmax(-1), kv[1, :, :n + 1]))  # (nkv, n_rep, hd)
-            y = ys[0].view(1, nq) if b == 1 else torch.stack(ys).view(b, nq)  # (B, nh * hd)
+                # heads by the kv head they share avoids materialising repeated K/V for GQA. 4-D
+                # inputs: SDPA takes a much slower generic path for 3-D ones on CPU.
+                q = row[:nq].view(1, nkv, n_rep, hd)  # already scaled
+                ys.append(F.scaled_dot_product_attention(q, k[i], v[i], scale=1.0))  # (1, nkv, n_rep, hd)
+            y = ys[0].view(1, nq) if b == 1 else torch.cat(ys).view(b, nq)  # (B, nh * hd)
             x = self._finish_layer(x, y, lw)
         for s in states:
             s.length += 1
