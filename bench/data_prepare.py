@@ -8,7 +8,9 @@ or a phone number, so PII redaction has something to do. The run is the full sta
 and near dedupe, PII redaction, byte-level BPE (bpe:4096) trained on the train split, token shards.
 
 Each size runs in a fresh process (`--child`) so imports and caches of one run do not flatter the
-next; the parent samples the resident memory of that process and all its children every 20 ms.
+next; the parent samples the memory of that process and its worker processes every 20 ms: the sum
+of their RSS (an upper bound: forked workers share pages with the parent) and of their PSS (shared
+pages split between the processes that share them, i.e. what the run really occupies).
 Throughput is input megabytes (10^6 bytes) over the seconds `prepare()` takes, so interpreter
 start-up and imports (about a second) are excluded; the end-to-end wall time is reported beside it.
 
@@ -89,10 +91,13 @@ def child(inputs: Path, workspace: Path, workers: int | None) -> None:
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"seconds": seconds, "main_peak_rss": rss, "counts": ds.manifest["counts"],
-                      "pii": ds.manifest["pii"], "tokens": sum(s["tokens"] for s in ds.manifest["splits"].values())}))
+                      "pii": ds.manifest["pii"], "tokens": sum(s["tokens"] for s in ds.manifest["splits"].values()),
+                      "timings": ds.manifest["timings"]}))
 
 
 def run_size(megabytes: float, tmp: Path, workers: int | None) -> dict:
+    import resource
+
     import psutil
 
     inputs = tmp / f"in-{megabytes:g}"
@@ -100,23 +105,29 @@ def run_size(megabytes: float, tmp: Path, workers: int | None) -> dict:
     cmd = [sys.executable, __file__, "--child", str(inputs), "--workspace", str(tmp / f"ws-{megabytes:g}")]
     if workers is not None:
         cmd += ["--workers", str(workers)]
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    peak = 0
+    peak = peak_pss = 0
     parent = psutil.Process(proc.pid)
     while proc.poll() is None:
         try:
-            tree = [parent, *parent.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
+            mem = [p.memory_full_info() for p in [parent, *parent.children(recursive=True)]]
+            peak = max(peak, sum(m.rss for m in mem))
+            peak_pss = max(peak_pss, sum(m.pss for m in mem))
+        except psutil.Error:  # a worker exited between listing and reading
             pass
         time.sleep(0.02)
     out, _ = proc.communicate()
     wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run and its workers, all waited for
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed on {megabytes} MB (exit {proc.returncode})")
     res = json.loads(out.strip().splitlines()[-1])
-    res.update(input_bytes=size, wall_seconds=wall, peak_rss=peak, mb_s=size / 1e6 / res["seconds"])
+    res.update(input_bytes=size, wall_seconds=wall, peak_rss=peak, peak_pss=peak_pss, mb_s=size / 1e6 / res["seconds"], cpu_seconds=cpu,
+               load_before=load0)
     return res
 
 
@@ -140,18 +151,29 @@ def main() -> None:
             results[mb] = r
             c = r["counts"]
             print(f"{r['input_bytes'] / 1e6:7.1f} MB: prepare {r['seconds']:6.1f} s = {r['mb_s']:5.1f} MB/s "
-                  f"(wall {r['wall_seconds']:.1f} s), peak RSS {r['peak_rss'] / 2**20:6.0f} MiB "
-                  f"(main process {r['main_peak_rss'] / 2**20:.0f} MiB); records {c['ingested']} read, "
+                  f"(wall {r['wall_seconds']:.1f} s), peak RSS {r['peak_rss'] / 2**20:4.0f} MiB summed over processes, "
+                  f"PSS {r['peak_pss'] / 2**20:4.0f} MiB, main process {r['main_peak_rss'] / 2**20:.0f} MiB")
+            print(f"          records {c['ingested']} read, "
                   f"{c['duplicates_exact']} exact + {c['duplicates_near']} near duplicates, kept {c['kept']}; "
                   f"PII {sum(r['pii'].values())}; tokens {r['tokens']}")
+            print(f"          CPU {r['cpu_seconds']:.1f} s (all processes; {r['input_bytes'] / 1e6 / r['cpu_seconds']:.1f} MB per "
+                  f"CPU-second), load average before {r['load_before']:.2f}; phases {r['timings']}")
     small, large = results[args.mb / args.ratio], results[args.mb]
     print(json.dumps({
         "throughput_mb_s": round(large["mb_s"], 2),
         "input_mb": round(large["input_bytes"] / 1e6, 1),
         "seconds": round(large["seconds"], 2),
         "wall_seconds": round(large["wall_seconds"], 2),
+        "cpu_seconds": round(large["cpu_seconds"], 2),
+        "mb_per_cpu_second": round(large["input_bytes"] / 1e6 / large["cpu_seconds"], 2),
+        "phases_seconds": large["timings"],
+        "load_average_before": round(large["load_before"], 2),
         "peak_rss_mib_1x": round(small["peak_rss"] / 2**20),
         "peak_rss_mib_10x": round(large["peak_rss"] / 2**20),
+        "peak_pss_mib_1x": round(small["peak_pss"] / 2**20),
+        "peak_pss_mib_10x": round(large["peak_pss"] / 2**20),
+        "main_peak_rss_mib_1x": round(small["main_peak_rss"] / 2**20),
+        "main_peak_rss_mib_10x": round(large["main_peak_rss"] / 2**20),
         "input_mb_1x": round(small["input_bytes"] / 1e6, 1),
         "throughput_mb_s_1x": round(small["mb_s"], 2),
         "duplicates_exact": large["counts"]["duplicates_exact"],

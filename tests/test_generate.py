@@ -46,7 +46,8 @@ def make_model(tokenizer, seed=0, **overrides):
     # Smaller than nano: the tests are about exactness, and HF's generate() sets the pace.
     torch.manual_seed(seed)
     cfg = llama_config("nano", len(tokenizer), CONTEXT, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                       overrides=dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, **overrides))
+                       overrides=dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                      **overrides))
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -83,7 +84,8 @@ def hf_greedy(model, ids, n):
 
 
 def prompts(tokenizer):
-    return [[1] + tokenizer(p, add_special_tokens=False)["input_ids"] for p in ("the cat", "a", "dog sat on the log")]
+    texts = ("the cat", "a", "dog sat on the log")
+    return [[1] + tokenizer(p, add_special_tokens=False)["input_ids"] for p in texts]
 
 
 N_NEW = 16
@@ -114,7 +116,8 @@ def fast_llama(model, threads):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("variant,threads", [("tied", 1), ("gqa-untied-theta", 1), ("tied", 4), ("gqa-untied-theta", 4)])
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("variant", ["tied", "gqa-untied-theta"])
 def test_lean_forward_logits_match_hf(tokenizer, variant, threads):
     model = make_model(tokenizer, seed=2, **VARIANTS[variant])
     ids = [1] + tokenizer("the dog sat on the mat", add_special_tokens=False)["input_ids"]
@@ -151,11 +154,13 @@ def test_batched_step_matches_single_sequences(tokenizer, threads):
 
 def test_fallback_matches_hf_generate(tokenizer):
     # Linear RoPE scaling isn't in the lean forward, so this model must take the HF fallback.
-    model = make_model(tokenizer, seed=4, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    rope = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    model = make_model(tokenizer, seed=4, rope_parameters=rope)
     assert isinstance(get_decoder(model), HFDecoder)
     plain = make_model(tokenizer, seed=5, num_key_value_heads=2)
     for ids in prompts(tokenizer)[:2]:
-        assert list(generate_ids(model, ids, max_new_tokens=N_NEW, temperature=0)) == hf_greedy(model, ids, N_NEW)
+        ours = list(generate_ids(model, ids, max_new_tokens=N_NEW, temperature=0))
+        assert ours == hf_greedy(model, ids, N_NEW)
         forced = get_decoder(plain, fast=False)
         state, logits = forced.prefill(ids)
         ours = []
@@ -167,9 +172,11 @@ def test_fallback_matches_hf_generate(tokenizer):
 
 def test_seed_is_deterministic(tokenizer):
     model = make_model(tokenizer, seed=6)
-    run = lambda seed: generate(model, tokenizer, "the", max_new_tokens=30, temperature=1.0, seed=seed)  # noqa: E731
-    assert run(7).token_ids == run(7).token_ids
-    assert run(7).token_ids != run(8).token_ids
+    def run(seed):
+        return generate(model, tokenizer, "the", max_new_tokens=30, temperature=1.0, seed=seed).token_ids
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
 
 
 def test_top_k_one_is_greedy(tokenizer, trained):
@@ -191,7 +198,8 @@ def test_stop_strings_and_streaming(tokenizer, trained):
     assert "".join(pieces) == res.text and len(pieces) > 1
     assert 0 < res.first_token_seconds <= res.seconds
     pieces = []
-    res = generate(trained, tokenizer, "the cat", max_new_tokens=40, temperature=0.7, seed=1, on_text=pieces.append)
+    res = generate(trained, tokenizer, "the cat", max_new_tokens=40, temperature=0.7, seed=1,
+                   on_text=pieces.append)
     assert "".join(pieces) == res.text
 
 
@@ -206,7 +214,8 @@ def test_eos_stops(tokenizer, trained):
 
 
 def test_stream_holds_back_partial_characters_and_stop_prefixes():
-    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}, merges=[]))
+    byte_vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tk = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))  # one token per byte
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk)
@@ -255,3 +264,10 @@ def test_decoder_is_rebuilt_when_weights_change(tokenizer):
     assert get_decoder(model) is not first
     ids = prompts(tokenizer)[0]
     assert list(generate_ids(model, ids, max_new_tokens=10, temperature=0)) == hf_greedy(model, ids, 10)
+
+
+def test_stop_token_ids_end_the_text_like_eos(tokenizer, trained):
+    free = generate(trained, tokenizer, "ab", max_new_tokens=5, temperature=0)
+    first = free.token_ids[0]
+    stopped = generate(trained, tokenizer, "ab", max_new_tokens=5, temperature=0, stop_token_ids=[first])
+    assert stopped.token_ids == [first] and stopped.finish_reason == "stop"

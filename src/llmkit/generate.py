@@ -65,7 +65,8 @@ class HFDecoder:
         device = next(self.model.parameters()).device
         logits = []
         for s, tok in zip(states, token_ids, strict=True):
-            out = self.model(input_ids=torch.tensor([[tok]], device=device), past_key_values=s.cache, use_cache=True)
+            ids = torch.tensor([[tok]], device=device)
+            out = self.model(input_ids=ids, past_key_values=s.cache, use_cache=True)
             s.cache, s.length = out.past_key_values, s.length + 1
             logits.append(out.logits[0, -1])
         return torch.stack(logits)  # (B, vocab)
@@ -217,9 +218,8 @@ class TextStream:
         while stable.endswith("\ufffd"):
             stable = stable[:-1]
         # Only after the U+FFFD cut: the incomplete character may be what completes a stop string.
-        hold = 0
-        for s in self.stop:
-            hold = max(hold, next((k for k in range(min(len(s) - 1, len(stable)), 0, -1) if stable.endswith(s[:k])), 0))
+        hold = max((k for s in self.stop for k in range(1, min(len(s), len(stable) + 1))
+                    if stable.endswith(s[:k])), default=0)
         return self._emit(stable[:len(stable) - hold])
 
     def finish(self) -> str:
@@ -244,20 +244,26 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 
 
 def generate(model, tokenizer, prompt: str, *, max_new_tokens: int = 100, temperature: float = 0.8,
-             top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, stop: list[str] | None = None,
-             seed: int | None = None, on_text: Callable[[str], None] | None = None) -> GenerationResult:
-    """Generate a completion of `prompt`; `on_text` receives each new piece of text as it is ready."""
+             top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+             stop: list[str] | None = None, seed: int | None = None,
+             on_text: Callable[[str], None] | None = None,
+             stop_token_ids: list[int] | None = None) -> GenerationResult:
+    """Generate a completion of `prompt`; `on_text` receives each new piece of text as it is ready.
+
+    `stop_token_ids` end the text like EOS does (a chat template's end-of-turn token, say).
+    """
     start = time.perf_counter()
     ids = encode_prompt(tokenizer, prompt)
     if not ids:
         raise ValueError("empty prompt and the tokenizer has no BOS token")
     ids, max_new = fit_context(ids, max_new_tokens, get_decoder(model).max_len, tokenizer.bos_token_id)
-    eos = _eos_set(tokenizer.eos_token_id) | _eos_set(model.config.eos_token_id)
+    eos = _eos_set(tokenizer.eos_token_id) | _eos_set(model.config.eos_token_id) | set(stop_token_ids or [])
     stream = TextStream(tokenizer, stop)
     out: list[int] = []
     finish_reason, first = "length", None
-    for tok in generate_ids(model, ids, max_new_tokens=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
-                            repetition_penalty=repetition_penalty, seed=seed, eos_token_id=list(eos)):
+    for tok in generate_ids(model, ids, max_new_tokens=max_new, temperature=temperature, top_k=top_k,
+                            top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
+                            eos_token_id=list(eos)):
         first = first if first is not None else time.perf_counter() - start
         out.append(tok)
         piece = stream.push(out)
@@ -270,5 +276,6 @@ def generate(model, tokenizer, prompt: str, *, max_new_tokens: int = 100, temper
     if piece and on_text:
         on_text(piece)
     seconds = time.perf_counter() - start
-    return GenerationResult(text=stream.text, token_ids=out, prompt_tokens=len(ids), finish_reason=finish_reason,
-                            seconds=seconds, first_token_seconds=first if first is not None else seconds)
+    return GenerationResult(text=stream.text, token_ids=out, prompt_tokens=len(ids),
+                            finish_reason=finish_reason, seconds=seconds,
+                            first_token_seconds=first if first is not None else seconds)

@@ -83,6 +83,8 @@ def report(
         for split, s in manifest["splits"].items():
             table.add_row(split, str(s["records"]), str(s["documents"]), str(s["tokens"]), str(s["chars"]))
         console.print(table)
+        console.print(f"records: {result['records']} kept, tokens: {result['tokens']}, "
+                      f"duplicates removed: {result['duplicates_removed']}")
         console.print("counts: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items()))
         console.print("PII: " + (", ".join(f"{k} {v}" for k, v in sorted(manifest["pii"].items())) or "none found"))
         if manifest.get("labels"):
@@ -118,8 +120,13 @@ def show(
 
     def human() -> None:
         for rec in records:
-            console.rule(rec.get("source") or "")
-            console.print(rec.get("messages") or rec["text"], markup=False, highlight=False)
+            console.rule(rec.get("source") or "", characters="-")
+            if "messages" in rec:
+                for m in rec["messages"]:
+                    console.print(f"[bold]{m['role']}:[/bold]", end=" ")
+                    console.print(m["content"], markup=False, highlight=False)
+            else:
+                console.print(rec["text"], markup=False, highlight=False)
             if "label" in rec:
                 console.print(f"[bold]label:[/bold] {rec['label']}")
 

@@ -82,8 +82,9 @@ def chat(
     params = _sampling(ctx, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     lm, tok = load_causal_lm(resolve_model(model, ctx.registry))
     templated = bool(getattr(tok, "chat_template", None))
-    end_marks = [m for m in ("<|end|>", "<|user|>") if templated and m in tok.get_vocab()]
-    params["stop"] = (params["stop"] or []) + end_marks
+    vocab = tok.get_vocab()
+    # The end of an assistant turn, or the model starting the user's next one, ends the reply.
+    end_ids = [vocab[m] for m in ("<|end|>", "<|user|>", "<|im_end|>", "<|eot_id|>") if templated and m in vocab]
     messages = [{"role": "system", "content": system}] if system else []
     transcript = ""
     console.print(f"[dim]chatting with {model} ({'chat template' if templated else 'plain continuation'}); "
@@ -102,7 +103,8 @@ def chat(
             transcript += f"{line}\n"
             prompt = transcript
         print("model> ", end="", flush=True)
-        out = run_generate(lm, tok, prompt, on_text=lambda s: print(s, end="", flush=True), **params)
+        out = run_generate(lm, tok, prompt, on_text=lambda s: print(s, end="", flush=True), stop_token_ids=end_ids,
+                           **params)
         print()
         messages.append({"role": "assistant", "content": out.text.strip()})
         transcript += out.text.strip() + "\n"

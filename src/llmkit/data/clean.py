@@ -1,13 +1,25 @@
-"""Text cleaning: Unicode NFC, control characters out, whitespace normalized.
+"""Text cleaning: Unicode NFC, control characters out, whitespace normalized; and the per-record stage.
 
 For `lm` (and chat contents) newlines and leading indentation survive, because code and verse
 depend on them; for classification all whitespace folds to single spaces.
+
+`clean_chunk` is everything `prepare` does to one record that depends on that record alone: clean,
+length filters, PII, the dedupe keys and the split. Being a pure function of its input, it runs in
+worker processes; the decisions that need earlier records (is this a duplicate?) stay in the caller.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from llmkit.data.dedupe import exact_key, signatures
+from llmkit.data.pii import count_by_type, find_pii, redact
+from llmkit.data.splits import assign_split, stratified_split
 
 # C0/C1 controls except \t and \n, the zero-width space and word joiner, and the BOM. The zero-width
 # (non-)joiners U+200C/U+200D stay: Persian and Indic spelling and emoji sequences need them.
@@ -59,3 +71,75 @@ def chunk_document(text: str, chunk_chars: int) -> list[str]:
             pieces.append(piece)
         start = end
     return pieces
+
+
+# -- the per-record stage ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """What the per-record stage needs to know; small and picklable, it travels with every chunk."""
+
+    task: str
+    min_chars: int
+    max_chars: int
+    pii: str
+    near: bool
+    val: float
+    test: float
+    seed: int
+    want_chars: bool
+
+
+def record_text(rec: dict[str, Any], task: str) -> str:
+    if task == "chat":
+        return "\n".join(m["content"] for m in rec["messages"])
+    return rec["text"]
+
+
+def clean_chunk(job: tuple[RecordOptions, list[dict]]) -> list[tuple]:
+    """Per record: (status, PII counts, JSON line, length, exact key, signature, split, label, chars)."""
+    opts, records = job
+    results = [_clean_one(rec, opts) for rec in records]
+    if opts.near:  # signatures of the whole chunk in one numpy pass
+        kept = [i for i, r in enumerate(results) if r[0] == "kept"]
+        for i, sig in zip(kept, signatures([results[i][5] for i in kept]), strict=True):
+            results[i] = (*results[i][:5], sig, *results[i][6:])
+    return results
+
+
+def _clean_one(rec: dict[str, Any], o: RecordOptions) -> tuple:
+    if o.task == "chat":
+        out: dict[str, Any] = {"messages": [{"role": m["role"], "content": clean_text(m["content"], keep_newlines=True)}
+                                            for m in rec["messages"]]}
+    else:
+        out = {"text": clean_text(rec["text"], keep_newlines=o.task == "lm")}
+        if o.task == "classify":
+            out["label"] = str(rec["label"]).strip()
+    length = len(record_text(out, o.task))
+    if length < o.min_chars:
+        return ("too_short", None)
+    if length > o.max_chars:
+        return ("too_long", None)
+    pii: Counter | None = None
+    if o.pii != "keep":
+        key = "content" if o.task == "chat" else "text"
+        for holder in out["messages"] if o.task == "chat" else [out]:
+            matches = find_pii(holder[key])
+            if matches:
+                pii = (pii or Counter()) + Counter(count_by_type(matches))
+                if o.pii == "redact":
+                    holder[key] = redact(holder[key], matches)
+        if pii and o.pii == "drop":
+            return ("pii_dropped", pii)
+    text = record_text(out, o.task)
+    split_key = json.dumps(out, sort_keys=True, ensure_ascii=False)
+    if o.task == "classify":
+        split = stratified_split(split_key, out["label"], o.val, o.test, o.seed)
+    else:
+        split = assign_split(split_key, o.val, o.test, o.seed)
+    # The record line is the split key's JSON with the source appended: one serialization, not two.
+    line = f'{split_key[:-1]}, "source": {json.dumps(rec.get("source"), ensure_ascii=False)}}}\n'
+    chars = "".join(set(text)) if o.want_chars and split == "train" else None
+    # The text rides in the signature's place until clean_chunk replaces it.
+    return ("kept", pii, line, len(text), exact_key(text), text if o.near else None, split, out.get("label"), chars)

@@ -151,7 +151,10 @@ class NearDuplicateIndex:
         self.threshold = threshold
         self.num_perm = num_perm
         # Weights favour recall: candidates are verified below, so extra candidates cost time, not precision.
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95))
+        try:
+            self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95))
+        except ValueError:  # threshold 1.0: datasketch's optimum is one band, which it refuses
+            self.lsh = MinHashLSH(num_perm=num_perm, params=(2, num_perm // 2))
         self._minhash = MinHash
         self._perms = np.ones((2, num_perm), dtype=np.uint64)  # unused by the index; saves MinHash making them
         self._blocks: list[np.ndarray] = []

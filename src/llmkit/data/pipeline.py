@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -33,13 +33,12 @@ from typing import Any
 import numpy as np
 
 from llmkit.config import DataConfig
-from llmkit.data.clean import chunk_document, clean_text
-from llmkit.data.dedupe import NearDuplicateIndex, exact_key, signatures
+from llmkit.data.clean import RecordOptions, chunk_document, clean_chunk
+from llmkit.data.dedupe import NearDuplicateIndex
 from llmkit.data.ingest import IngestStats, expand_inputs, iter_records
-from llmkit.data.pii import count_by_type, find_pii, redact
 from llmkit.data.report import Counts, build_manifest, write_plots
 from llmkit.data.shards import ShardWriter, token_counts
-from llmkit.data.splits import SPLITS, assign_split, stratified_split
+from llmkit.data.splits import SPLITS
 from llmkit.data.tokenizer import FastEncoder, build_tokenizer, check_spec
 from llmkit.errors import UserError
 from llmkit.registry import Registry
@@ -85,19 +84,22 @@ def prepare(cfg: DataConfig, ws: Workspace | None = None, registry: Registry | N
         return _existing(existing)
 
     target = ws.folder("datasets", f"{name}-{source_hash[:12]}")
-    started = time.time()
-    with atomic_dir(target) as tmp, _Workers(_worker_count(files)) as workers:
-        counts, stats, chars = _first_pass(cfg, tmp, workers, progress)
-        tokenizer = build_tokenizer(cfg.tokenizer, [chars] if cfg.tokenizer == "char" else _sample(cfg, tmp, counts))
+    clock = _Clock()
+    n_workers = _worker_count(files)
+    with atomic_dir(target) as tmp, _Workers(n_workers) as workers:
+        counts, stats, chars = clock("records", _first_pass, cfg, tmp, workers, progress)
+        texts = [chars] if cfg.tokenizer == "char" else _sample(cfg, tmp, counts)
+        tokenizer = clock("tokenizer", build_tokenizer, cfg.tokenizer, texts)
         tokenizer.save_pretrained(tmp / "tokenizer")
-        tokens, top = _second_pass(cfg, tmp, tokenizer, workers, progress)
+        tokens, top = clock("tokens", _second_pass, cfg, tmp, tokenizer, workers, progress)
         _encoder_cache.clear()
+        clock("plots", write_plots, tmp, counts.length_hist, {s: dict(c) for s, c in counts.labels.items()}, cfg.task)
         top_tokens = [[tokenizer.token_text(i), n] for i, n in top]
         manifest = build_manifest(cfg=cfg, name=name, files=files, content_hash=source_hash, counts=counts,
                                   bad_examples=stats.bad_examples, tokens=tokens, tokenizer=tokenizer,
                                   top_tokens=top_tokens)
-        manifest["seconds"] = round(time.time() - started, 3)
-        write_plots(tmp, counts.length_hist, {s: dict(c) for s, c in counts.labels.items()}, cfg.task)
+        manifest["seconds"] = round(time.perf_counter() - clock.started, 3)
+        manifest["timings"] = {**clock.seconds, "workers": n_workers}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     try:
         # Another process may have registered the same content meanwhile (into the same folder).
@@ -113,6 +115,21 @@ def prepare(cfg: DataConfig, ws: Workspace | None = None, registry: Registry | N
         raise
     manifest["version"] = rec.version
     return DatasetVersion(rec.id, rec.name, rec.version, target, manifest)
+
+
+class _Clock:
+    """Seconds per phase, for the manifest: where a slow prepare spent its time."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, phase: str, fn: Callable, *args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[phase] = round(time.perf_counter() - t0, 3)
 
 
 def _existing(rec) -> DatasetVersion:
@@ -200,73 +217,6 @@ def _chunks(items: Iterable, size_of: Callable[[Any], int]) -> Iterator[list]:
 # -- pass 1: clean, PII, dedupe, split -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _CleanOpts:
-    task: str
-    min_chars: int
-    max_chars: int
-    pii: str
-    near: bool
-    val: float
-    test: float
-    seed: int
-    want_chars: bool
-
-
-def _record_text(rec: dict[str, Any], task: str) -> str:
-    if task == "chat":
-        return "\n".join(m["content"] for m in rec["messages"])
-    return rec["text"]
-
-
-def _clean_chunk(job: tuple[_CleanOpts, list[dict]]) -> list[tuple]:
-    """Per record: (status, PII counts, JSON line, length, exact key, signature, split, label, chars)."""
-    opts, records = job
-    results = [_clean_one(rec, opts) for rec in records]
-    if opts.near:  # signatures of the whole chunk in one numpy pass
-        kept = [i for i, r in enumerate(results) if r[0] == "kept"]
-        for i, sig in zip(kept, signatures([results[i][5] for i in kept]), strict=True):
-            results[i] = (*results[i][:5], sig, *results[i][6:])
-    return results
-
-
-def _clean_one(rec: dict[str, Any], o: _CleanOpts) -> tuple:
-    if o.task == "chat":
-        out: dict[str, Any] = {"messages": [{"role": m["role"], "content": clean_text(m["content"], keep_newlines=True)}
-                                            for m in rec["messages"]]}
-    else:
-        out = {"text": clean_text(rec["text"], keep_newlines=o.task == "lm")}
-        if o.task == "classify":
-            out["label"] = str(rec["label"]).strip()
-    length = len(_record_text(out, o.task))
-    if length < o.min_chars:
-        return ("too_short", None)
-    if length > o.max_chars:
-        return ("too_long", None)
-    pii: Counter | None = None
-    if o.pii != "keep":
-        key = "content" if o.task == "chat" else "text"
-        for holder in out["messages"] if o.task == "chat" else [out]:
-            matches = find_pii(holder[key])
-            if matches:
-                pii = (pii or Counter()) + Counter(count_by_type(matches))
-                if o.pii == "redact":
-                    holder[key] = redact(holder[key], matches)
-        if pii and o.pii == "drop":
-            return ("pii_dropped", pii)
-    text = _record_text(out, o.task)
-    split_key = json.dumps(out, sort_keys=True, ensure_ascii=False)
-    if o.task == "classify":
-        split = stratified_split(split_key, out["label"], o.val, o.test, o.seed)
-    else:
-        split = assign_split(split_key, o.val, o.test, o.seed)
-    # The record line is the split key's JSON with the source appended: one serialization, not two.
-    line = f'{split_key[:-1]}, "source": {json.dumps(rec.get("source"), ensure_ascii=False)}}}\n'
-    chars = "".join(set(text)) if o.want_chars and split == "train" else None
-    # The text rides in the signature's place until _clean_chunk replaces it.
-    return ("kept", pii, line, len(text), exact_key(text), text if o.near else None, split, out.get("label"), chars)
-
-
 def _units(cfg: DataConfig, raw: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for rec in raw:
         if cfg.task == "lm" and cfg.chunk_chars and len(rec["text"]) > cfg.chunk_chars:
@@ -284,7 +234,7 @@ def _first_pass(cfg: DataConfig, tmp: Path, workers: _Workers, progress) -> tupl
     counts, stats = Counts(), IngestStats()
     exact_seen: set[bytes] = set()  # 16 bytes per unique record: grows with the records kept, see dedupe.py
     near = NearDuplicateIndex(cfg.near_threshold) if cfg.dedupe == "near" else None
-    opts = _CleanOpts(cfg.task, cfg.min_chars, cfg.max_chars, cfg.pii, near is not None, cfg.splits.val,
+    opts = RecordOptions(cfg.task, cfg.min_chars, cfg.max_chars, cfg.pii, near is not None, cfg.splits.val,
                       cfg.splits.test, cfg.splits.seed, cfg.tokenizer == "char")
     chars: set[str] = set()
     (tmp / "records").mkdir()
@@ -294,7 +244,7 @@ def _first_pass(cfg: DataConfig, tmp: Path, workers: _Workers, progress) -> tupl
         raw = iter_records(cfg.inputs, task=cfg.task, text_field=cfg.text_field, label_field=cfg.label_field,
                            doc_split=cfg.doc_split, encoding=cfg.encoding, skip_bad=cfg.skip_bad, stats=stats)
         jobs = ((opts, chunk) for chunk in _chunks(_units(cfg, raw), _raw_size))
-        for results in workers.map(_clean_chunk, jobs):
+        for results in workers.map(clean_chunk, jobs):
             for status, pii, *kept in results:
                 counts.ingested += 1
                 if pii:

@@ -4,8 +4,8 @@ Why not just call the HF module: for the small models llmkit trains, HF's forwar
 long in per-token Python (cache objects, mask building, output dataclasses, hooks) as in arithmetic,
 and nn.Linear's (out, in) weight layout takes a slow MKL gemv path on CPU for one-row inputs. Here
 the weights of a `LlamaForCausalLM` are read once into a decode layout (q/k/v and gate/up fused,
-transposed to (in, out), RMSNorm weights and the attention scale folded in), and a token costs a
-flat run of about twenty cheap torch ops per layer.
+transposed to (in, out), split into a column block per torch thread, RMSNorm weights and the
+attention scale folded in), and a token costs a flat run of about twenty cheap torch ops per layer.
 
 The core is shaped for continuous batching: `prefill()` turns a prompt into a `LlamaState` (one
 sequence's KV cache), and `step()` advances any list of states by one token each, so a serving
@@ -13,7 +13,8 @@ engine can add and drop sequences between steps. Projections and MLP run batched
 per sequence, since every sequence has its own length and cache.
 
 Exactness: the arithmetic is HF's up to float rounding order (logits agree to ~1e-6 in fp32);
-the tests hold greedy output token-for-token equal to `model.generate()`.
+the tests hold greedy output token-for-token equal to `model.generate()`. Inference semantics
+only (no dropout). Costs one extra copy of the weights, in the decode layout, while it is alive.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class FastLlama:
                 return w.contiguous()
             pad = -w.shape[1] % self.splits  # only the vocabulary may not divide
             w = F.pad(w, (0, pad))
-            return w.reshape(w.shape[0], self.splits, -1).transpose(0, 1).contiguous()  # (splits, in, out / splits)
+            w = w.reshape(w.shape[0], self.splits, -1).transpose(0, 1)  # (splits, in, out / splits)
+            return w.contiguous()
 
         def bias(lin, heads=None):
             if lin.bias is None:
@@ -116,15 +118,19 @@ class FastLlama:
         self.layers = []
         for layer in model.model.layers:
             a, m = layer.self_attn, layer.mlp
-            qkv = torch.cat([pairs(a.q_proj.weight, nh) * scale, pairs(a.k_proj.weight, nkv), a.v_proj.weight.detach()])
-            qkv_bias = any(p.bias is not None for p in (a.q_proj, a.k_proj, a.v_proj))
+            qkv = torch.cat([pairs(a.q_proj.weight, nh) * scale, pairs(a.k_proj.weight, nkv),
+                             a.v_proj.weight.detach()])
+            qkv_bias = None
+            if any(p.bias is not None for p in (a.q_proj, a.k_proj, a.v_proj)):
+                qkv_bias = torch.cat([bias(a.q_proj, nh) * scale, bias(a.k_proj, nkv), bias(a.v_proj)])
             mlp_bias = m.gate_proj.bias is not None or m.up_proj.bias is not None
+            gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight])
             self.layers.append((
                 prep(qkv, layer.input_layernorm.weight),  # (C, (nh + 2 * nkv) * hd)
-                torch.cat([bias(a.q_proj, nh) * scale, bias(a.k_proj, nkv), bias(a.v_proj)]) if qkv_bias else None,
+                qkv_bias,
                 prep(a.o_proj.weight),  # (nh * hd, C)
                 None if a.o_proj.bias is None else a.o_proj.bias.detach(),
-                prep(torch.cat([m.gate_proj.weight, m.up_proj.weight]), layer.post_attention_layernorm.weight),  # (C, 2I)
+                prep(gate_up, layer.post_attention_layernorm.weight),  # (C, 2I)
                 torch.cat([bias(m.gate_proj), bias(m.up_proj)]) if mlp_bias else None,
                 prep(m.down_proj.weight),  # (I, C)
                 None if m.down_proj.bias is None else m.down_proj.bias.detach(),
@@ -165,6 +171,8 @@ class FastLlama:
         xs = x.expand(p, n, x.shape[1])  # (splits, N, in), no copy
         if residual is None:
             y = torch.bmm(xs, w)  # (splits, N, out / splits)
+        elif n == 1:
+            y = torch.baddbmm(residual.view(p, 1, -1), xs, w)
         else:
             y = torch.baddbmm(residual.view(n, p, -1).transpose(0, 1), xs, w)
         return y.view(1, -1) if n == 1 else y.transpose(0, 1).reshape(n, -1)  # (N, out)
@@ -172,9 +180,10 @@ class FastLlama:
     def _norm(self, x):
         # RMSNorm without its weight (folded into the next matmul), in fp32 like HF. HF's
         # mean(x^2) + eps as eps + |x|^2 / C: two fused kernels instead of pow, mean and add.
-        xf = x.float()
+        xf = x if x.dtype == torch.float32 else x.float()
         norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)  # (N, 1)
-        return (xf * torch.addcmul(self.eps_t, norm, norm, value=1 / x.shape[-1]).rsqrt_()).to(x.dtype)
+        y = xf * torch.addcmul(self.eps_t, norm, norm, value=1 / x.shape[-1]).rsqrt_()
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def _qkv(self, x, lw, rot):
         """Fused q/k/v projection with RoPE applied in place: (N, C) -> (N, (nh + 2 * nkv) * hd)."""
@@ -228,13 +237,14 @@ class FastLlama:
             mask = torch.ones(t, end, dtype=torch.bool, device=self.device).tril(start)
         for i, lw in enumerate(self.layers):
             qkv = self._qkv(x, lw, rot)
-            state.kv[i, :, :, start:end] = qkv[:, nq:].view(t, 2, nkv, hd).permute(1, 2, 0, 3)  # (2, nkv, T, hd)
+            new_kv = qkv[:, nq:].view(t, 2, nkv, hd).permute(1, 2, 0, 3)  # (2, nkv, T, hd)
+            state.kv[i, :, :, start:end] = new_kv
             q = qkv[:, :nq].view(t, nh, hd).transpose(0, 1)  # (nh, T, hd), already scaled
             k, v = state.kv[i, 0, :, :end], state.kv[i, 1, :, :end]  # (nkv, end, hd)
             if self.n_rep > 1:
                 k, v = k.repeat_interleave(self.n_rep, 0), v.repeat_interleave(self.n_rep, 0)  # (nh, end, hd)
-            y = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, is_causal=mask is None,
-                                               scale=1.0)  # (1, nh, T, hd)
+            y = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask,
+                                               is_causal=mask is None, scale=1.0)  # (1, nh, T, hd)
             x = self._finish_layer(x, y[0].transpose(0, 1).reshape(t, nq), lw)
         state.length = end
         return state, self._logits(x[-1:])[0]
@@ -253,7 +263,8 @@ class FastLlama:
         seqs = []
         for s in states:
             live = s.kv[:, :, None, :, :s.length + 1]  # (L, 2, 1, nkv, n + 1, hd)
-            seqs.append((s.kv.select(3, s.length), live[:, 0], live[:, 1]))  # (L, 2, nkv, hd), (L, 1, nkv, n + 1, hd) x2
+            slot = s.kv.select(3, s.length)  # (L, 2, nkv, hd)
+            seqs.append((slot, live[:, 0], live[:, 1]))  # K and V: (L, 1, nkv, n + 1, hd)
         for i, lw in enumerate(self.layers):
             qkv = self._qkv(x, lw, rot)  # (B, (nh + 2 * nkv) * hd)
             ys = []
