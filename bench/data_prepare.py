@@ -179,6 +179,7 @@ def main() -> None:
         "duplicates_exact": large["counts"]["duplicates_exact"],
         "duplicates_near": large["counts"]["duplicates_near"],
         "records": large["counts"]["ingested"],
+        "ratio": args.ratio,  # the "1x" run is --mb / --ratio, the "10x" run --mb
         "workers": args.workers,
         "cpus": os.cpu_count(),
     }))

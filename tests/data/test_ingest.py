@@ -408,3 +408,8 @@ def test_json_array_memory_is_bounded(tmp_path):
     finally:
         tracemalloc.stop()
     assert count == 12000 and peak < 1_000_000 < path.stat().st_size
+
+
+def test_without_text_field_the_longest_textual_field_is_the_text(shared_data):
+    rec = next(iter_records([str(shared_data / "chinese_poetry" / "poet.tang.0.json")], task="lm"))
+    assert "\n" in rec["text"] and len(rec["text"]) > 20  # the poem's lines, not its author or title

@@ -40,7 +40,9 @@ _register()
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # click returns (rather than raises) the exit code of typer.Exit in non-standalone mode.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except UserError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)

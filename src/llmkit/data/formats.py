@@ -165,10 +165,17 @@ class RowFormatter:
             key = find_field(row, name)
             if key is not None and key != label:
                 return key
-        # The first string column that is not a number: CSV `id` columns are strings too.
+        # The longest textual field (a string, or a list of strings such as poem lines) that is not a
+        # number: the text is what is long; ids, authors and titles are short.
+        best, best_len = None, 0
         for key, value in row.items():
-            if key != label and isinstance(value, str) and value.strip() and not _NUMERIC.match(value):
-                return key
+            if key == label or not _is_text(value) or (isinstance(value, str) and _NUMERIC.match(value)):
+                continue
+            length = len(_as_text(value).strip())
+            if length > best_len:
+                best, best_len = key, length
+        if best is not None:
+            return best
         raise BadRecord(f"{where}: no text field (fields: {_fields(row)}); pass --text-field")
 
     def _label(self, row: dict, where: str) -> str:

@@ -235,7 +235,7 @@ def _first_pass(cfg: DataConfig, tmp: Path, workers: _Workers, progress) -> tupl
     exact_seen: set[bytes] = set()  # 16 bytes per unique record: grows with the records kept, see dedupe.py
     near = NearDuplicateIndex(cfg.near_threshold) if cfg.dedupe == "near" else None
     opts = RecordOptions(cfg.task, cfg.min_chars, cfg.max_chars, cfg.pii, near is not None, cfg.splits.val,
-                      cfg.splits.test, cfg.splits.seed, cfg.tokenizer == "char")
+                         cfg.splits.test, cfg.splits.seed, cfg.tokenizer == "char")
     chars: set[str] = set()
     (tmp / "records").mkdir()
     writers = {s: open(tmp / "records" / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}
