@@ -60,10 +60,10 @@ def stdlib_corpus(target: Path, max_chars: int = CORPUS_CHARS) -> Path:
 def _seconds_per_step(cfg: PretrainConfig, vocab: int) -> float:
     """Time a few real training steps of the demo model, to fit max_steps into the time budget."""
     from llmkit.models.llama import Llama
-    from llmkit.models.presets import llama_config
+    from llmkit.models.presets import model_fields, plain_config
     from llmkit.train.loop import lm_loss
 
-    model = Llama(llama_config(cfg.preset, vocab, cfg.context))
+    model = Llama(plain_config(model_fields(cfg.preset, vocab, cfg.context)))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, vocab, (cfg.batch_size, cfg.context))
     times = []

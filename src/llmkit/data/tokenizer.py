@@ -67,6 +67,10 @@ class LlmkitTokenizer:
         return self.backend.token_to_id(self.eos_token)
 
     @property
+    def bos_token_id(self) -> int | None:
+        return self.backend.token_to_id(self.bos_token) if self.bos_token else None
+
+    @property
     def pad_token_id(self) -> int | None:
         return self.backend.token_to_id(self.pad_token) if self.pad_token else None
 

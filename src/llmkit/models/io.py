@@ -8,6 +8,7 @@ remote code never runs.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,13 +80,40 @@ def load_causal_lm(model: Model, dtype=None):
 
 
 def save_model(lm, tokenizer, target: Path, lineage: dict[str, Any]) -> Path:
-    """Write a Hugging Face folder (safetensors, tokenizer, llmkit.json) atomically."""
+    """Write a Hugging Face folder (safetensors, tokenizer, llmkit.json) atomically.
+
+    `tokenizer` is a tokenizer object, or the folder of a saved one whose files are copied.
+    """
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress display owns the terminal
     with atomic_dir(target) as tmp:
         lm.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        if isinstance(tokenizer, str | Path):
+            for file in Path(tokenizer).iterdir():
+                if file.is_file():
+                    shutil.copy2(file, tmp / file.name)
+        else:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "llmkit.json").write_text(json.dumps(lineage, indent=2, default=str))
+    return target
+
+
+def save_llama_folder(model, fields: dict[str, Any], tokenizer_dir: Path, target: Path, lineage: dict[str, Any]) -> Path:
+    """Our training Llama as a Hugging Face LlamaForCausalLM folder, written without building the
+    HF module (importing and initialising it costs seconds at the end of every run)."""
+    from safetensors.torch import save_file
+
+    from llmkit.models.presets import hf_config_json
+
+    with atomic_dir(target) as tmp:
+        save_file(model.hf_state_dict(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config_json(fields), indent=2))
+        generation = {k: fields.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2))
+        for file in Path(tokenizer_dir).iterdir():
+            if file.is_file():
+                shutil.copy2(file, tmp / file.name)
         (tmp / "llmkit.json").write_text(json.dumps(lineage, indent=2, default=str))
     return target
 

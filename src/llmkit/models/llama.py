@@ -9,10 +9,14 @@ a `LlamaForCausalLM` that gives the same logits and saves as a normal HF folder.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
+
+if TYPE_CHECKING:  # the HF modeling module takes seconds to import; only to_hf() needs it
+    from transformers import LlamaConfig, LlamaForCausalLM
 
 
 class Block(nn.Module):
@@ -114,7 +118,10 @@ class Llama(nn.Module):
         return {k: v.detach().clone().contiguous() for k, v in sd.items()}
 
     def to_hf(self) -> LlamaForCausalLM:
-        hf = LlamaForCausalLM(self.config)
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = self.config if isinstance(self.config, LlamaConfig) else LlamaConfig(**vars(self.config))
+        hf = LlamaForCausalLM(config)
         missing, unexpected = hf.load_state_dict(self.hf_state_dict(), strict=False)
         missing = [m for m in missing if not (self.config.tie_word_embeddings and m == "lm_head.weight")]
         if missing or unexpected:

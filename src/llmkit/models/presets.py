@@ -6,9 +6,11 @@ dataset's tokenizer.
 
 from __future__ import annotations
 
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
-from transformers import LlamaConfig
+if TYPE_CHECKING:
+    from transformers import LlamaConfig
 
 from llmkit.errors import UserError
 
@@ -24,9 +26,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def llama_config(preset: str, vocab_size: int, context: int, *, bos_token_id: int | None = None,
+def model_fields(preset: str, vocab_size: int, context: int, *, bos_token_id: int | None = None,
                  eos_token_id: int | None = None, pad_token_id: int | None = None, dropout: float = 0.0,
-                 overrides: dict[str, Any] | None = None) -> LlamaConfig:
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The LlamaConfig fields of a preset, as a plain dict (no transformers import: it takes seconds)."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset '{preset}'; presets: {', '.join(PRESETS)}")
     fields: dict[str, Any] = dict(
@@ -40,19 +43,43 @@ def llama_config(preset: str, vocab_size: int, context: int, *, bos_token_id: in
         attention_bias=False,
         mlp_bias=False,
         hidden_act="silu",
+        initializer_range=0.02,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
         use_cache=True,
     )
     fields["num_key_value_heads"] = fields["num_attention_heads"]
-    unknown = set(overrides or {}) - set(LlamaConfig().to_dict()) - set(fields)
-    if unknown:
-        raise UserError(f"train.model: unknown LlamaConfig field(s) {', '.join(sorted(unknown))}")
-    fields.update(overrides or {})
+    if overrides:
+        from transformers import LlamaConfig
+
+        unknown = set(overrides) - set(LlamaConfig().to_dict()) - set(fields)
+        if unknown:
+            raise UserError(f"train.model: unknown LlamaConfig field(s) {', '.join(sorted(unknown))}")
+        fields.update(overrides)
     if fields["hidden_size"] % fields["num_attention_heads"]:
         raise UserError(f"train.model: hidden_size {fields['hidden_size']} is not divisible by num_attention_heads {fields['num_attention_heads']}")
-    return LlamaConfig(**fields)
+    return fields
+
+
+def llama_config(preset: str, vocab_size: int, context: int, **kwargs: Any) -> LlamaConfig:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**model_fields(preset, vocab_size, context, **kwargs))
+
+
+def plain_config(fields: dict[str, Any]) -> SimpleNamespace:
+    """Attribute access to config fields for our own Llama, without building a LlamaConfig."""
+    return SimpleNamespace(**fields)
+
+
+def hf_config_json(fields: dict[str, Any]) -> dict[str, Any]:
+    """config.json of a LlamaForCausalLM with these fields: what from_pretrained reads back."""
+    import transformers
+
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "float32",
+            "transformers_version": transformers.__version__, "head_dim": fields["hidden_size"] // fields["num_attention_heads"],
+            **fields}
 
 
 def count_parameters(model) -> int:

@@ -137,12 +137,12 @@ def plot_losses(metrics: list[dict[str, Any]], out: Path) -> Path | None:
             val[row["step"]] = row["val_loss"]
     if not train:
         return None
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))  # no pyplot: it costs a second to import and keeps global state
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     steps = sorted(train)
     ax.plot(steps, [train[s] for s in steps], label="train", color="#4c72b0", linewidth=1)
     if val:
@@ -156,5 +156,4 @@ def plot_losses(metrics: list[dict[str, Any]], out: Path) -> Path | None:
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoTokenizer
 
 from llmkit.config import PretrainConfig
 from llmkit.errors import UserError
-from llmkit.models.io import Model, save_model
+from llmkit.models.io import Model, save_llama_folder
 from llmkit.models.llama import Llama
-from llmkit.models.presets import count_parameters, llama_config
+from llmkit.models.presets import count_parameters, model_fields, plain_config
 from llmkit.registry import Registry
 from llmkit.train import distributed
 from llmkit.train.batches import TokenWindows
@@ -99,14 +98,14 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
         if w.length < cfg.context + 2:
             raise UserError(f"train.context = {cfg.context} is longer than the whole {split} split of {ds_rec.ref} "
                             f"({w.length} tokens); lower --context or prepare more data")
-    tokenizer = AutoTokenizer.from_pretrained(ds_path / "tokenizer")
+    tok_info = manifest["tokenizer"]  # special ids from the manifest: loading a tokenizer costs seconds
     name = cfg.name or f"{ds_rec.name}-{cfg.preset}"
 
     torch.manual_seed(cfg.seed)
-    config = llama_config(cfg.preset, vocab, cfg.context, bos_token_id=tokenizer.bos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    fields = model_fields(cfg.preset, vocab, cfg.context, bos_token_id=tok_info.get("bos_token_id", tok_info["eos_token_id"]),
+                          eos_token_id=tok_info["eos_token_id"], pad_token_id=tok_info["pad_token_id"],
                           dropout=cfg.dropout, overrides=cfg.model)
-    model = Llama(config).to(d.device)
+    model = Llama(plain_config(fields)).to(d.device)
     n_params = count_parameters(model)
     device_type = "cuda" if d.device.startswith("cuda") else "cpu"
     precision = resolve_precision(cfg.precision, device_type)
@@ -161,6 +160,7 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
 
     started = time.time()
     last_val = "-"
+    best_result = None
     stopped_early = False
     train_model.train()
     with StopFlag() as stop, progress_bar(log if log is not None else _null_console()) as bar:
@@ -198,7 +198,7 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
                 last_val = f"{result['val_loss']:.4f}"
                 bar.update(task, val=last_val)
                 if result["val_loss"] < best_val:
-                    best_val, evals_without_gain = result["val_loss"], 0
+                    best_val, evals_without_gain, best_result = result["val_loss"], 0, result
                     if d.is_main:
                         save_weights(run_dir / "best", model)
                 else:
@@ -217,7 +217,8 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
     seconds = time.time() - started
     if (run_dir / "best" / "model.safetensors").exists():
         load_weights(run_dir / "best", model)
-    final = run_eval()
+    # The best evaluation of this process is the final one; after a resume, measure again.
+    final = best_result if best_result is not None else run_eval()
     model_path = ws.folder("models", f"{name}-{run_id}")
     if d.is_main:
         history = read_metrics(run_dir / "metrics.jsonl")
@@ -228,9 +229,7 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
         lineage = {"format": "llmkit.model/1", "task": "causal-lm", "preset": cfg.preset, "parameters": n_params,
                    "dataset": {"id": ds_rec.id, "ref": ds_rec.ref}, "run": {"id": run_id, "path": str(run_dir)},
                    "parent_model": None, "metrics": summary, "config": cfg.model_dump()}
-        hf_model = model.to_hf()
-        hf_model.generation_config.pad_token_id = tokenizer.pad_token_id
-        save_model(hf_model, tokenizer, model_path, lineage)
+        save_llama_folder(model, fields, ds_path / "tokenizer", model_path, lineage)
         rec = registry.add("model", name, kind="causal-lm", path=model_path, params={"preset": cfg.preset, "parameters": n_params},
                            metrics=summary, parents=[(run_id, "produced_by"), (ds_rec.id, "trained_on")])
         registry.update_metrics(run_id, summary)
