@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--wd", type=float, default=0.1)
+    ap.add_argument("--beta2", type=float, default=0.99)
     args = ap.parse_args()
 
     text = TEXT.read_text()
@@ -66,8 +68,8 @@ def main() -> None:
                         "--tokenizer", "char", "--pii", "keep", "--dedupe", "none", *ws], check=True, capture_output=True)
         prep_s = time.perf_counter() - started
         config = tmp / "bench.yaml"
-        config.write_text(json.dumps({"train": {"eval_max_batches": 4, "min_lr": args.lr / 10, "beta2": 0.99,
-                                                "weight_decay": 0.1, "grad_clip": 1.0}}))
+        config.write_text(json.dumps({"train": {"eval_max_batches": 4, "min_lr": args.lr / 10, "beta2": args.beta2,
+                                                "weight_decay": args.wd, "grad_clip": 1.0}}))
         out = subprocess.run([*llmkit, "train", "pretrain", "--data", "shakespeare", "--preset", "nano",
                               "--context", "64", "--batch-size", str(args.batch), "--max-steps", str(args.steps),
                               "--lr", str(args.lr), "--warmup-steps", str(args.warmup), "--eval-every", str(args.steps),
