@@ -84,6 +84,71 @@ class PretrainConfig(Section):
     fsdp: bool = Field(False, description="shard with FSDP2 under torchrun (GPU)")
 
 
+class LoraConfig(Section):
+    r: int = Field(8, ge=1, description="LoRA rank: size of the low-rank update")
+    alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    target_modules: list[str] = Field(default_factory=lambda: ["all-linear"], description="module names to adapt, e.g. [q_proj, v_proj]; all-linear = every linear layer but the output head")
+
+
+class FinetuneConfig(Section):
+    """What SFT, classification and distillation share: the base, the data, the loop."""
+
+    data: str | None = Field(None, description="registry name of the dataset to train on")
+    name: str | None = Field(None, description="name of the trained model in the registry (default: <base>-<data>-<stage>)")
+    resume: str | None = Field(None, description="run id or run folder to continue from its last checkpoint")
+    epochs: float = Field(1.0, gt=0.0, description="passes over the train split (ignored when max_steps is set)")
+    max_steps: int = Field(0, ge=0, description="optimizer steps (0 = as many as the epochs take)")
+    batch_size: int = Field(16, ge=1, description="examples per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_length: int = Field(256, ge=8, description="tokens per example; longer examples are truncated (counted)")
+    lr: float = Field(5e-5, gt=0.0, le=1.0, description="peak learning rate")
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0, description="fraction of the steps spent warming up linearly")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay (never on norms and biases)")
+    grad_clip: float = Field(1.0, ge=0.0, description="clip the gradient norm to this (0 = off)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 autocast on GPUs and on CPUs with AMX/AVX512-BF16, else fp32")
+    seed: int = Field(1337, description="seed for the head's weights, batch order and dropout")
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = at the end of each epoch)")
+    eval_max_examples: int = Field(0, ge=0, description="cap on val examples per evaluation (0 = the whole split)")
+    checkpoint_every: int = Field(200, ge=1, description="write a resumable checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    skip_bad: bool = Field(False, description="skip and count unusable examples instead of stopping at the first")
+    log: Literal["none", "tensorboard", "mlflow"] = Field("none", description="extra metrics sink, when installed")
+
+
+class SftConfig(FinetuneConfig):
+    base: str | None = Field(None, description="causal LM to fine-tune: registry name, model folder or Hub id")
+    method: Literal["full", "lora", "qlora"] = Field("lora", description="full: every weight; lora: adapters on a frozen base; qlora: adapters on a 4-bit base (CUDA)")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (method lora/qlora)")
+    lr: float = Field(2e-4, gt=0.0, le=1.0, description="peak learning rate")
+    packing: bool = Field(False, description="pack several conversations into each max_length row (faster; attention spans the row)")
+
+
+class ClassifyConfig(FinetuneConfig):
+    base: str | None = Field("minilm-l6", description="encoder or decoder to fine-tune: minilm-l6 (built in), registry name, model folder or Hub id")
+    method: Literal["full", "lora"] = Field("full", description="full: every weight; lora: adapters plus the classification head")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (method lora)")
+    class_weights: Literal["auto", "none"] = Field("auto", description="auto: weigh the loss by inverse class frequency")
+    max_length: int = Field(128, ge=8, description="tokens per text; longer texts are truncated (counted)")
+    epochs: float = Field(3.0, gt=0.0, description="passes over the train split (ignored when max_steps is set)")
+
+
+class DistillConfig(FinetuneConfig):
+    teacher: str | None = Field(None, description="the trained model to imitate: registry name or model folder")
+    student: str | None = Field(None, description="an existing smaller model sharing the teacher's tokenizer")
+    student_preset: Literal["nano", "micro", "small", "base"] | None = Field(None, description="build a new student of this size from the teacher's config instead")
+    student_layers: int = Field(0, ge=0, description="with student_preset, override the number of layers (0 = the preset's)")
+    temperature: float = Field(2.0, gt=0.0, description="softens both distributions before the KL term")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the KL term; 1 - alpha goes to the hard-label / next-token loss")
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="peak learning rate")
+    epochs: float = Field(3.0, gt=0.0, description="passes over the train split (ignored when max_steps is set)")
+
+
+class PredictConfig(Section):
+    batch_size: int = Field(32, ge=1, description="texts per forward pass")
+    max_length: int = Field(0, ge=0, description="tokens per text (0 = the length the classifier was trained with)")
+
+
 class GenerateConfig(Section):
     max_new_tokens: int = Field(100, ge=1, description="tokens to generate")
     temperature: float = Field(0.8, ge=0.0, le=10.0, description="0 = greedy")
@@ -104,6 +169,10 @@ SECTIONS: dict[str, type[Section]] = {
     "workspace": WorkspaceConfig,
     "data": DataConfig,
     "train": PretrainConfig,
+    "sft": SftConfig,
+    "classify": ClassifyConfig,
+    "distill": DistillConfig,
+    "predict": PredictConfig,
     "generate": GenerateConfig,
     "demo": DemoConfig,
 }

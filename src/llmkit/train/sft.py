@@ -1,0 +1,260 @@
+"""`llmkit train sft`: supervised fine-tuning of a causal LM on a chat dataset.
+
+Each conversation is rendered with the tokenizer's chat template (llmkit's own when the base has
+none) one turn at a time, so every token is known to belong to a system, user or assistant turn;
+the loss covers assistant tokens only. Methods: full, LoRA (adapters on a frozen base), QLoRA
+(adapters on a 4-bit base; needs CUDA and bitsandbytes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llmkit.config import SftConfig
+from llmkit.data.tokenizer import CHAT_TEMPLATE
+from llmkit.errors import UserError
+from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
+from llmkit.registry import Registry
+from llmkit.train.finetune import Job, fit, resume_config
+from llmkit.train.lora import apply_lora, save_adapter
+from llmkit.workspace import Workspace
+
+IGNORE = -100  # label of tokens the loss skips (prompt, system, padding)
+
+
+@dataclass
+class ChatExample:
+    ids: list[int]
+    labels: list[int]   # the token id where the loss applies (assistant tokens), IGNORE elsewhere
+
+
+def encode_chat(tokenizer, messages: list[dict[str, str]], max_length: int) -> tuple[ChatExample | None, bool]:
+    """Tokens and labels of one conversation, and whether it was truncated.
+
+    Turn i's tokens are the difference between the template rendered up to turn i and up to turn
+    i-1 (for an assistant turn: after the generation prompt), tokenized piece by piece, so the
+    prompt/reply boundary is exactly where generation starts at inference. None when no assistant
+    token survives truncation.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    bos = tokenizer.bos_token_id
+    if bos is not None:
+        ids.append(bos)
+        labels.append(IGNORE)
+    rendered = ""
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            _append(tokenizer, prompt, rendered, ids, labels, learn=False)
+            rendered = prompt
+        text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        _append(tokenizer, text, rendered, ids, labels, learn=message["role"] == "assistant")
+        rendered = text
+    truncated = len(ids) > max_length
+    ids, labels = ids[:max_length], labels[:max_length]
+    if all(label == IGNORE for label in labels):
+        return None, truncated
+    return ChatExample(ids, labels), truncated
+
+
+def _append(tokenizer, text: str, rendered: str, ids: list[int], labels: list[int], learn: bool) -> None:
+    if not text.startswith(rendered):
+        raise UserError("the tokenizer's chat template does not render conversations turn by turn (a longer "
+                        "conversation changes the text of earlier turns), so assistant tokens cannot be located")
+    piece = text[len(rendered):]
+    if bos_text := (tokenizer.bos_token if not rendered and tokenizer.bos_token_id is not None else None):
+        piece = piece.removeprefix(bos_text)  # templates that write bos themselves: it is already in ids
+    new = tokenizer(piece, add_special_tokens=False)["input_ids"]
+    ids.extend(new)
+    labels.extend(new if learn else [IGNORE] * len(new))
+
+
+def chat_dataset(registry: Registry, ref: str | None, key: str):
+    if not ref:
+        raise UserError(f"{key} is not set: pass --data NAME (a dataset from 'llmkit data prepare --task chat')")
+    rec = registry.get(ref, "dataset")
+    if rec.kind != "chat":
+        raise UserError(f"dataset {rec.ref} is a '{rec.kind}' dataset; SFT needs one prepared with --task chat")
+    return rec, Path(rec.path)
+
+
+def read_records(ds_path: Path, split: str) -> list[dict[str, Any]]:
+    file = ds_path / "records" / f"{split}.jsonl"
+    if not file.exists():
+        return []
+    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def encode_split(tokenizer, records: list[dict], max_length: int, skip_bad: bool, where: str) -> tuple[list[ChatExample], dict[str, int]]:
+    examples, counts = [], {"records": len(records), "no_assistant": 0, "truncated": 0, "empty_after_truncation": 0}
+    for n, rec in enumerate(records, 1):
+        messages = rec.get("messages") or []
+        if not any(m.get("role") == "assistant" for m in messages):
+            if not skip_bad:
+                raise UserError(f"{where}:{n}: conversation has no assistant turn, so there is nothing to learn; "
+                                "pass --skip-bad to skip such records")
+            counts["no_assistant"] += 1
+            continue
+        example, truncated = encode_chat(tokenizer, messages, max_length)
+        counts["truncated"] += truncated
+        if example is None:
+            counts["empty_after_truncation"] += 1
+            continue
+        examples.append(example)
+    return examples, counts
+
+
+def pack(examples: list[ChatExample], max_length: int) -> list[ChatExample]:
+    """Concatenate examples into rows of max_length (the last row shorter)."""
+    rows, ids, labels = [], [], []
+    for ex in examples:
+        ids.extend(ex.ids)
+        labels.extend(ex.labels)
+        while len(ids) >= max_length:
+            rows.append(ChatExample(ids[:max_length], labels[:max_length]))
+            ids, labels = ids[max_length:], labels[max_length:]
+    if any(label != IGNORE for label in labels):
+        rows.append(ChatExample(ids, labels))
+    return rows
+
+
+def collate(examples: list[ChatExample], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, ex in enumerate(examples):  # right padding: positions stay 0..n-1
+        ids[row, : len(ex.ids)] = torch.tensor(ex.ids)
+        labels[row, : len(ex.labels)] = torch.tensor(ex.labels)
+        mask[row, : len(ex.ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def shuffled_batches(items: list, batch_size: int, seed: int, epoch: int, collate_fn) -> list:
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    return [collate_fn([items[i] for i in order[k: k + batch_size]]) for k in range(0, len(order), batch_size)]
+
+
+def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed next-token loss over labelled tokens, and their count."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = out.logits[:, :-1]                     # (B, T-1, V): position t predicts t+1
+    target = batch["labels"][:, 1:]                 # (B, T-1)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    return loss, int((target != IGNORE).sum())
+
+
+def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
+        stop_at_step: int | None = None) -> Model:
+    ws = ws or Workspace.open()
+    registry = registry or Registry.for_workspace(ws.root)
+    cfg, run_dir, run_id = resume_config(cfg, "sft", registry)
+    if not cfg.base:
+        raise UserError("sft.base is not set: pass --base MODEL (a registry name, a model folder or a Hub id)")
+    ds_rec, ds_path = chat_dataset(registry, cfg.data, "sft.data")
+    base = resolve_model(cfg.base, registry)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lm, tokenizer = _load_base(base, cfg, device)
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHAT_TEMPLATE  # saved with the model, so chat and serve render the same way
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    where = str(ds_path / "records")
+    train, train_counts = encode_split(tokenizer, read_records(ds_path, "train"), cfg.max_length, cfg.skip_bad, f"{where}/train.jsonl")
+    val_records = read_records(ds_path, "val") or read_records(ds_path, "test")
+    val, _ = encode_split(tokenizer, val_records, cfg.max_length, True, f"{where}/val.jsonl")
+    if not train:
+        raise UserError(f"no usable training conversation in {ds_rec.ref} ({train_counts}); raise --max-length")
+    if not val:
+        raise UserError(f"dataset {ds_rec.ref} has no val or test conversations to evaluate on; prepare it with a val split")
+    if cfg.eval_max_examples:
+        val = val[: cfg.eval_max_examples]
+    rows = pack(train, cfg.max_length) if cfg.packing else train
+    if console is not None:
+        skipped = train_counts["no_assistant"] + train_counts["empty_after_truncation"]
+        console.print(f"data {ds_rec.ref}: {len(train)} conversations ({skipped} skipped, {train_counts['truncated']} truncated "
+                      f"to {cfg.max_length} tokens){f', packed into {len(rows)} rows' if cfg.packing else ''}; {len(val)} for eval")
+
+    if cfg.method in ("lora", "qlora"):
+        lm = apply_lora(lm, cfg.lora, "CAUSAL_LM", "sft.lora")
+    lm.train()
+
+    def loss_fn(model, batch):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        total, n = token_loss_sum(model, batch)
+        return total / max(n, 1), n
+
+    val_batches = [collate(val[k: k + cfg.batch_size], pad_id) for k in range(0, len(val), cfg.batch_size)]
+
+    @torch.no_grad()
+    def evaluate(model) -> dict[str, float]:
+        model.eval()
+        total, count = 0.0, 0
+        for batch in val_batches:
+            loss, n = token_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+            total, count = total + float(loss), count + n
+        mean = total / max(count, 1)
+        return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
+
+    name = cfg.name or f"{base.name.split('/')[-1]}-{ds_rec.name}-sft"
+    parents = [(ds_rec.id, "trained_on")] + ([(base.id, "base_model")] if base.id else [])
+    job = Job("sft", name, lm, lambda epoch: shuffled_batches(rows, cfg.batch_size, cfg.seed, epoch, lambda xs: collate(xs, pad_id)),
+              loss_fn, evaluate, score="val_loss", parents=parents,
+              info={"method": cfg.method, "train_examples": len(train), "skipped": train_counts["no_assistant"] + train_counts["empty_after_truncation"],
+                    "truncated": train_counts["truncated"]})
+    fitted = fit(job, cfg, "sft", ws, registry, run_dir, run_id, console, stop_at_step)
+
+    lineage = {"format": "llmkit.model/1", "task": "causal-lm", "method": cfg.method,
+               "base": {"path": str(base.path), "ref": base.ref, "id": base.id},
+               "parent_model": {"path": str(base.path), "ref": base.ref, "id": base.id},
+               "dataset": {"id": ds_rec.id, "ref": ds_rec.ref}, "run": {"id": fitted.run_id, "path": str(fitted.run_dir)},
+               "metrics": fitted.summary, "config": cfg.model_dump()}
+    target = ws.folder("models", f"{name}-{fitted.run_id}")
+    if cfg.method == "full":
+        save_model(fitted.model.to("cpu"), tokenizer, target, lineage)
+    else:
+        save_adapter(fitted.model, tokenizer, target, base, lineage)
+    rec = registry.add("model", name, kind="causal-lm", path=target, params={"method": cfg.method, "base": base.ref},
+                       metrics=fitted.summary, parents=[(fitted.run_id, "produced_by"), *parents])
+    if console is not None:
+        s = fitted.summary
+        console.print(f"val loss {s['val_loss']:.4f} (perplexity {s['val_ppl']:.2f}); {s['trainable_parameters']:,} trainable of "
+                      f"{s['total_parameters']:,} parameters; peak memory {s['peak_memory_mb']:.0f} MiB; {s['seconds']:.1f}s")
+        console.print(f"model [bold]{rec.ref}[/bold] at {target}" + ("" if cfg.method == "full" else " (LoRA adapter; llmkit merge makes it standalone)"))
+    return Model(target, name, rec.id, rec.version, lineage)
+
+
+def _load_base(base: Model, cfg: SftConfig, device: str):
+    if cfg.method == "qlora":
+        return _load_4bit(base, device)
+    lm, tokenizer = load_causal_lm(base)
+    return lm.to(device), tokenizer
+
+
+def _load_4bit(base: Model, device: str):
+    if device != "cuda":
+        raise UserError("sft.method = 'qlora' needs a CUDA GPU: its 4-bit base comes from bitsandbytes, which has no CPU "
+                        "backend here. Use --method lora on this machine (same adapters, 16/32-bit base)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("sft.method = 'qlora' needs bitsandbytes: pip install bitsandbytes") from None
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from llmkit.models.io import check_safetensors, load_tokenizer_for
+
+    check_safetensors(base)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    lm = AutoModelForCausalLM.from_pretrained(str(base.path), quantization_config=quant, use_safetensors=True,
+                                              trust_remote_code=False, device_map={"": 0})
+    return prepare_model_for_kbit_training(lm), load_tokenizer_for(base)
