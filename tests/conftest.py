@@ -124,3 +124,42 @@ def tiny_model(lm_workspace: Path):
     ws = Workspace.open(lm_workspace)
     return pretrain(tiny_config(name="tiny-lm", max_steps=60, eval_every=30, checkpoint_every=60), ws,
                     Registry.for_workspace(ws.root))
+
+
+# -- fine-tuning data -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chat_data(lm_workspace: Path, shared_data: Path) -> str:
+    """The instruct_small conversations as chat dataset 'chats' in the tiny-model workspace."""
+    ws = Workspace.open(lm_workspace)
+    registry = Registry.for_workspace(ws.root)
+    prepare(DataConfig(inputs=[str(shared_data / "instruct_small")], name="chats", task="chat", tokenizer="char",
+                       skip_bad=True, splits={"val": 0.1, "test": 0.0}), ws, registry)
+    registry.close()
+    return "chats"
+
+
+@pytest.fixture(scope="session")
+def sms_data(lm_workspace: Path, shared_data: Path) -> str:
+    """The first 700 SMS Spam messages as classify dataset 'sms' (stratified splits)."""
+    lines = (shared_data / "smsspam" / "SMSSpamCollection.tsv").read_text(encoding="utf-8").splitlines()[:700]
+    source = lm_workspace / "sms-sample.tsv"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ws = Workspace.open(lm_workspace)
+    registry = Registry.for_workspace(ws.root)
+    prepare(DataConfig(inputs=[str(source)], name="sms", task="classify", tokenizer="char",
+                       splits={"val": 0.15, "test": 0.15}), ws, registry)
+    registry.close()
+    return "sms"
+
+
+@pytest.fixture(scope="session")
+def sms_classifier(lm_workspace: Path, sms_data: str):
+    """minilm-l6 fine-tuned for 2 epochs on the SMS sample, registered as 'sms-clf'."""
+    from llmkit.config import ClassifyConfig
+    from llmkit.train.classify import classify
+
+    ws = Workspace.open(lm_workspace)
+    return classify(ClassifyConfig(base="minilm-l6", data=sms_data, name="sms-clf", epochs=2, batch_size=16, lr=1e-4,
+                                   max_length=48, seed=1), ws, Registry.for_workspace(ws.root))

@@ -20,7 +20,14 @@ import torch.nn.functional as F
 
 from llmkit.config import DistillConfig
 from llmkit.errors import UserError
-from llmkit.models.io import Model, load_causal_lm, load_classifier, quiet_transformers, resolve_model, save_model
+from llmkit.models.io import (
+    Model,
+    load_causal_lm,
+    load_classifier,
+    quiet_transformers,
+    resolve_model,
+    save_model,
+)
 from llmkit.models.presets import PRESETS
 from llmkit.registry import Registry
 from llmkit.train.classify import Encoded, check_labels, classify_dataset, predict_batches, scores
@@ -110,6 +117,10 @@ def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry 
         job, teacher_scores = _lm_job(cfg, registry, teacher, student, tokenizer, device)
     job.name = cfg.name or f"{teacher_ref.name.split('/')[-1]}-student"
     job.parents += [(teacher_ref.id, "teacher")] if teacher_ref.id else []
+    if run_dir is None:  # the student before any distillation: what the run improves on
+        before = job.evaluate(student)
+        student.train()
+        job.info[f"student_{job.score}_before"] = before[job.score]
     job.info.update({"teacher_parameters": t_params, "student_parameters": s_params,
                      "parameter_ratio": round(s_params / t_params, 4), **teacher_scores})
     if console is not None:

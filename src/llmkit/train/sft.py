@@ -184,6 +184,7 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
                       f"to {cfg.max_length} tokens){f', packed into {len(rows)} rows' if cfg.packing else ''}; {len(val)} for eval")
 
     if cfg.method in ("lora", "qlora"):
+        torch.manual_seed(cfg.seed)  # the adapters' initial weights
         lm = apply_lora(lm, cfg.lora, "CAUSAL_LM", "sft.lora")
     lm.train()
 

@@ -1,0 +1,75 @@
+"""Distillation: the KL term, a causal-LM student getting better, a classifier student, tokenizer checks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmkit.config import DistillConfig
+from llmkit.errors import UserError
+from llmkit.registry import Registry
+from llmkit.train import pretrain
+from llmkit.train.distill import distill, soft_loss
+from llmkit.workspace import Workspace
+from tests.conftest import TINY, tiny_config
+
+
+def test_soft_loss_is_zero_for_equal_logits_and_positive_otherwise():
+    logits = torch.randn(2, 5, 11)
+    assert float(soft_loss(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(soft_loss(torch.zeros_like(logits), logits, 2.0)) > 0.01
+
+
+@pytest.fixture(scope="module")
+def small_student(lm_workspace: Path, tiny_model):
+    """A one-layer model on the teacher's tokenizer, barely trained."""
+    ws = Workspace.open(lm_workspace)
+    return pretrain(tiny_config(name="tiny-student", max_steps=5, model={**TINY, "num_hidden_layers": 1}), ws,
+                    Registry.for_workspace(ws.root))
+
+
+def test_lm_distillation_lowers_the_students_loss(lm_workspace: Path, tiny_model, small_student):
+    ws = Workspace.open(lm_workspace)
+    reg = Registry.for_workspace(ws.root)
+    cfg = DistillConfig(teacher="tiny-lm", student="tiny-student", data="tiny", max_steps=40, batch_size=8, max_length=32,
+                        lr=5e-3, eval_max_examples=32, seed=4, name="distilled-lm")
+    model = distill(cfg, ws, reg)
+    m = model.lineage["metrics"]
+    assert m["val_loss"] < m["student_val_loss_before"] - 0.1
+    assert m["student_parameters"] < m["teacher_parameters"]
+    assert (model.path / "model.safetensors").exists()
+    assert dict(reg.parents(model.id))["teacher"].id == tiny_model.id
+
+
+def test_a_student_with_another_tokenizer_is_refused(lm_workspace: Path, tiny_model, small_student, chat_data, tmp_path: Path):
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(small_student.path, other)
+    reg = Registry.for_workspace(lm_workspace)
+    chats_tokenizer = Path(reg.get("chats").path) / "tokenizer"
+    for file in chats_tokenizer.iterdir():
+        shutil.copy2(file, other / file.name)
+    cfg = DistillConfig(teacher="tiny-lm", student=str(other), data="tiny", max_steps=2)
+    with pytest.raises(UserError, match="different tokenizer from the teacher"):
+        distill(cfg, Workspace.open(lm_workspace), reg)
+
+
+def test_classifier_distills_into_a_preset_student(lm_workspace: Path, sms_classifier, sms_data):
+    ws = Workspace.open(lm_workspace)
+    reg = Registry.for_workspace(ws.root)
+    cfg = DistillConfig(teacher="sms-clf", student_preset="nano", student_layers=1, data=sms_data, epochs=4, batch_size=8,
+                        max_length=48, lr=1e-3, seed=5, name="sms-student")
+    model = distill(cfg, ws, reg)
+    m = model.lineage["metrics"]
+    assert m["parameter_ratio"] <= 0.5
+    assert m["val_accuracy"] >= m["student_val_accuracy_before"] and m["val_accuracy"] >= 0.9
+    assert 0 < m["accuracy_kept"] <= 1.2
+    assert model.lineage["labels"] == ["ham", "spam"]
+
+
+def test_giving_both_or_neither_student_is_an_error(lm_workspace: Path, tiny_model):
+    reg = Registry.for_workspace(lm_workspace)
+    with pytest.raises(UserError, match="exactly one of --student"):
+        distill(DistillConfig(teacher="tiny-lm", data="tiny"), Workspace.open(lm_workspace), reg)
