@@ -87,7 +87,7 @@ class PretrainConfig(Section):
 class LoraConfig(Section):
     r: int = Field(8, ge=1, description="LoRA rank: size of the low-rank update")
     alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator (the update is scaled by alpha / r)")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input (above 0 it costs a copy of every adapted layer's input)")
     target_modules: list[str] = Field(default_factory=lambda: ["all-linear"], description="module names to adapt, e.g. [q_proj, v_proj]; all-linear = every linear layer but the output head")
 
 
@@ -113,6 +113,7 @@ class FinetuneConfig(Section):
     checkpoint_every: int = Field(200, ge=1, description="write a resumable checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
     skip_bad: bool = Field(False, description="skip and count unusable examples instead of stopping at the first")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, about a third more time")
     log: Literal["none", "tensorboard", "mlflow"] = Field("none", description="extra metrics sink, when installed")
 
 

@@ -69,6 +69,8 @@ PrecisionOpt = Annotated[str | None, typer.Option(help="auto | fp32 | bf16 | fp1
 LoraROpt = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank.")]
 LoraAlphaOpt = Annotated[float | None, typer.Option("--lora-alpha", help="LoRA alpha (scale = alpha / r).")]
 LoraDropoutOpt = Annotated[float | None, typer.Option("--lora-dropout", help="Dropout on the LoRA input.")]
+CheckpointingOpt = Annotated[bool | None, typer.Option("--gradient-checkpointing", help="Recompute activations: less memory, more time.", show_default=False)]
+EvalMaxOpt = Annotated[int | None, typer.Option(help="Cap on val examples per evaluation (0 = all).")]
 TargetsOpt = Annotated[str | None, typer.Option("--target-modules", help="Comma-separated module names, or all-linear.")]
 
 
@@ -107,6 +109,7 @@ def sft(
     max_length: MaxLengthOpt = None, lr: LrOpt = None, eval_every: EvalEveryOpt = None, checkpoint_every: CheckpointOpt = None,
     skip_bad: Annotated[bool | None, typer.Option("--skip-bad", help="Skip conversations without an assistant turn.", show_default=False)] = None,
     precision: PrecisionOpt = None, seed: SeedOpt = None, name: NameOpt = None, resume: ResumeOpt = None,
+    gradient_checkpointing: CheckpointingOpt = None, eval_max_examples: EvalMaxOpt = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Supervised fine-tuning of a causal LM on a chat dataset; the loss covers assistant tokens only."""
@@ -116,7 +119,8 @@ def sft(
     cfg = ctx.section("sft", base=base, data=data, method=method, lora=_lora(ctx, "sft", lora_r, lora_alpha, lora_dropout, target_modules),
                       packing=packing, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
                       max_length=max_length, lr=lr, eval_every=eval_every, checkpoint_every=checkpoint_every, skip_bad=skip_bad,
-                      precision=precision, seed=seed, name=name, resume=resume)
+                      precision=precision, seed=seed, name=name, resume=resume,
+                      gradient_checkpointing=gradient_checkpointing, eval_max_examples=eval_max_examples)
     _finish(ctx, lambda: run_sft(cfg, ctx.ws, ctx.registry, console=ctx.log), "next: llmkit chat {name}")
 
 
@@ -130,6 +134,7 @@ def classify(
     epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None, batch_size: BatchOpt = None, grad_accum: GradAccumOpt = None,
     max_length: MaxLengthOpt = None, lr: LrOpt = None, eval_every: EvalEveryOpt = None, checkpoint_every: CheckpointOpt = None,
     precision: PrecisionOpt = None, seed: SeedOpt = None, name: NameOpt = None, resume: ResumeOpt = None,
+    gradient_checkpointing: CheckpointingOpt = None, eval_max_examples: EvalMaxOpt = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune an encoder or decoder into a text classifier; best epoch kept, test split scored."""
@@ -139,7 +144,8 @@ def classify(
     cfg = ctx.section("classify", base=base, data=data, method=method, class_weights=class_weights,
                       lora=_lora(ctx, "classify", lora_r, lora_alpha, lora_dropout, target_modules), epochs=epochs,
                       max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, lr=lr,
-                      eval_every=eval_every, checkpoint_every=checkpoint_every, precision=precision, seed=seed, name=name, resume=resume)
+                      eval_every=eval_every, checkpoint_every=checkpoint_every, precision=precision, seed=seed, name=name, resume=resume,
+                      gradient_checkpointing=gradient_checkpointing, eval_max_examples=eval_max_examples)
     _finish(ctx, lambda: run_classify(cfg, ctx.ws, ctx.registry, console=ctx.log), "next: llmkit predict {name} 'some text'")
 
 
@@ -155,6 +161,7 @@ def distill(
     epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None, batch_size: BatchOpt = None, grad_accum: GradAccumOpt = None,
     max_length: MaxLengthOpt = None, lr: LrOpt = None, eval_every: EvalEveryOpt = None, checkpoint_every: CheckpointOpt = None,
     precision: PrecisionOpt = None, seed: SeedOpt = None, name: NameOpt = None, resume: ResumeOpt = None,
+    gradient_checkpointing: CheckpointingOpt = None, eval_max_examples: EvalMaxOpt = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Distil a teacher (classifier or causal LM) into a smaller student."""
@@ -164,5 +171,6 @@ def distill(
     cfg = ctx.section("distill", teacher=teacher, data=data, student=student, student_preset=student_preset,
                       student_layers=student_layers, temperature=temperature, alpha=alpha, epochs=epochs, max_steps=max_steps,
                       batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, lr=lr, eval_every=eval_every,
-                      checkpoint_every=checkpoint_every, precision=precision, seed=seed, name=name, resume=resume)
+                      checkpoint_every=checkpoint_every, precision=precision, seed=seed, name=name, resume=resume,
+                      gradient_checkpointing=gradient_checkpointing, eval_max_examples=eval_max_examples)
     _finish(ctx, lambda: run_distill(cfg, ctx.ws, ctx.registry, console=ctx.log), "next: llmkit show {name}")

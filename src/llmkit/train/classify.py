@@ -18,7 +18,7 @@ from llmkit.config import ClassifyConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_classifier, resolve_model, save_model
 from llmkit.registry import Registry
-from llmkit.train.finetune import Job, fit, resume_config
+from llmkit.train.finetune import Job, enable_checkpointing, fit, resume_config
 from llmkit.train.lora import apply_lora, save_adapter
 from llmkit.train.sft import read_records
 from llmkit.workspace import Workspace
@@ -175,6 +175,8 @@ def classify(cfg: ClassifyConfig, ws: Workspace | None = None, registry: Registr
         console.print(f"data {ds_rec.ref}: {len(train)} train ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
                       f"{len(val)} {eval_split}, {len(test)} test; {train.truncated} train texts truncated to {cfg.max_length} tokens"
                       + ("" if weights is None else f"; class weights {', '.join(f'{w:.2f}' for w in weights.tolist())}"))
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model, "classify.gradient_checkpointing")
     if cfg.method == "lora":
         model = apply_lora(model, cfg.lora, "SEQ_CLS", "classify.lora")
     weights = None if weights is None else weights.to(device)

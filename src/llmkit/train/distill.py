@@ -31,7 +31,7 @@ from llmkit.models.io import (
 from llmkit.models.presets import PRESETS
 from llmkit.registry import Registry
 from llmkit.train.classify import Encoded, check_labels, classify_dataset, predict_batches, scores
-from llmkit.train.finetune import Job, count_params, fit, resume_config
+from llmkit.train.finetune import Job, count_params, enable_checkpointing, fit, resume_config
 from llmkit.train.sft import read_records
 from llmkit.workspace import Workspace
 
@@ -105,6 +105,8 @@ def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry 
         _same_tokenizer(tokenizer, student_tok, student_ref)
     else:
         student = _student_from_preset(teacher, cfg, classifier)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(student, "distill.gradient_checkpointing")
     teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -104,6 +104,19 @@ def peak_memory_mb(device: str) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def enable_checkpointing(model: torch.nn.Module, key: str) -> None:
+    """Activation checkpointing on an HF model, before any LoRA wrapping.
+
+    With a frozen base nothing before the first adapter needs a gradient, so the checkpointed
+    blocks would see inputs that do not require grad and skip the adapters' backward; making the
+    embeddings' output require grad keeps the graph connected.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"{key}: this model's architecture does not support gradient checkpointing; turn it off")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 

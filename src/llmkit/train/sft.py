@@ -22,7 +22,7 @@ from llmkit.data.tokenizer import CHAT_TEMPLATE
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
 from llmkit.registry import Registry
-from llmkit.train.finetune import Job, fit, resume_config
+from llmkit.train.finetune import Job, enable_checkpointing, fit, resume_config
 from llmkit.train.lora import apply_lora, save_adapter
 from llmkit.workspace import Workspace
 
@@ -183,6 +183,8 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
         console.print(f"data {ds_rec.ref}: {len(train)} conversations ({skipped} skipped, {train_counts['truncated']} truncated "
                       f"to {cfg.max_length} tokens){f', packed into {len(rows)} rows' if cfg.packing else ''}; {len(val)} for eval")
 
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(lm, "sft.gradient_checkpointing")
     if cfg.method in ("lora", "qlora"):
         torch.manual_seed(cfg.seed)  # the adapters' initial weights
         lm = apply_lora(lm, cfg.lora, "CAUSAL_LM", "sft.lora")
