@@ -46,7 +46,7 @@ def val_loss(model_dir: Path, val_text: str, context: int = 64) -> tuple[float, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=520)
+    ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=30)
