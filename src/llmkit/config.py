@@ -150,6 +150,31 @@ class PredictConfig(Section):
     max_length: int = Field(0, ge=0, description="tokens per text (0 = the length the classifier was trained with)")
 
 
+class EvalConfig(Section):
+    data: str | None = Field(None, description="registry dataset to evaluate on, or a .jsonl file of {prompt, reference} for generation metrics")
+    split: str = Field("test", description="dataset split: train | val | test")
+    metrics: list[str] = Field(default_factory=list, description="metrics to compute (empty = every one that fits the model): perplexity, bits_per_byte, exact_match, rougeL, bleu, accuracy, precision, recall, f1, roc_auc, ece")
+    context: int = Field(0, ge=0, description="tokens per perplexity window (0 = the model's context)")
+    stride: int = Field(0, ge=0, description="tokens between window starts (0 = context: non-overlapping windows)")
+    source: Literal["text", "shards"] = Field("text", description="text: tokenize the split's records with the model's tokenizer; shards: the dataset's token shards (tokenizers must match)")
+    batch_size: int = Field(8, ge=1, description="windows or texts per forward pass")
+    max_examples: int = Field(0, ge=0, description="cap on evaluated records (0 = the whole split)")
+    max_new_tokens: int = Field(64, ge=1, description="generation metrics: greedy tokens per prompt")
+    chat: bool = Field(False, description="generation metrics on a .jsonl file: render each prompt as a user turn with the model's chat template")
+    harness: str | None = Field(None, description="lm-eval task names, comma-separated (needs the lm-eval package)")
+    harness_include: str | None = Field(None, description="folder of local lm-eval task YAML files")
+    harness_limit: int = Field(0, ge=0, description="lm-eval: examples per task (0 = all)")
+    out: str | None = Field(None, description="also write the HTML report to this path")
+
+
+class BenchModelConfig(Section):
+    backend: str = Field("torch", description="what runs the model: torch (more arrive with quantize/export)")
+    prompt_tokens: int = Field(128, ge=1, description="prompt length")
+    new_tokens: int = Field(64, ge=1, description="tokens generated per run")
+    runs: int = Field(5, ge=1, description="timed runs (p50/p95 over these)")
+    warmup: int = Field(1, ge=0, description="untimed runs first")
+
+
 class GenerateConfig(Section):
     max_new_tokens: int = Field(100, ge=1, description="tokens to generate")
     temperature: float = Field(0.8, ge=0.0, le=10.0, description="0 = greedy")
@@ -174,6 +199,8 @@ SECTIONS: dict[str, type[Section]] = {
     "classify": ClassifyConfig,
     "distill": DistillConfig,
     "predict": PredictConfig,
+    "eval": EvalConfig,
+    "bench": BenchModelConfig,
     "generate": GenerateConfig,
     "demo": DemoConfig,
 }

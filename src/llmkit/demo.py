@@ -35,6 +35,8 @@ class DemoResult:
     val_ppl: float
     steps: int
     samples: list[dict] = field(default_factory=list)
+    report: str | None = None            # the evaluation report (HTML) of the demo model
+    evaluation: dict = field(default_factory=dict)
 
 
 def stdlib_corpus(target: Path, max_chars: int = CORPUS_CHARS) -> Path:
@@ -96,7 +98,7 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
     else:
         corpus = stdlib_corpus(ws.root / "demo" / "stdlib.jsonl")
         data_cfg = DataConfig(inputs=[str(corpus)], name="demo-stdlib", task="lm", tokenizer="bpe:2048", text_field="text")
-    say(f"[bold]1/3 data[/bold]: preparing {data_cfg.inputs[0]}")
+    say(f"[bold]1/4 data[/bold]: preparing {data_cfg.inputs[0]}")
     ds = prepare(data_cfg, ws, registry, progress=progress)
     split = ds.manifest["splits"]
     say(f"  dataset {ds.ref}: {split['train']['tokens']:,} train / {split['val']['tokens']:,} val tokens, "
@@ -109,11 +111,11 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
     train_cfg = PretrainConfig(data=ds.ref, name=f"{ds.name}-model", max_steps=steps, warmup_steps=max(1, steps // 20),
                                eval_every=max(1, steps // 3), checkpoint_every=max(1, steps // 2),
                                eval_max_batches=8, **DEMO_MODEL)
-    say(f"[bold]2/3 train[/bold]: about {cfg.minutes:g} minutes ({steps} steps)")
+    say(f"[bold]2/4 train[/bold]: about {cfg.minutes:g} minutes ({steps} steps)")
     model = pretrain(train_cfg, ws, registry, console=console, time_limit_s=budget * 1.25)
     metrics = model.lineage["metrics"]
 
-    say("[bold]3/3 samples[/bold]")
+    say("[bold]3/4 samples[/bold]")
     lm, tok = load_causal_lm(model)
     samples = []
     for i, prompt in enumerate(PROMPTS):
@@ -122,6 +124,17 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
         if console is not None:
             console.rule(f"prompt {prompt!r}")
             console.print(prompt + out.text, markup=False, highlight=False)
+
+    from llmkit.config import BenchModelConfig, EvalConfig
+    from llmkit.eval import bench_model, evaluate
+
+    say("[bold]4/4 evaluate[/bold]: test-split perplexity and speed")
+    quality = evaluate(model.id, EvalConfig(data=ds.id, split="test"), ws, registry, progress)
+    speed = bench_model(model.id, BenchModelConfig(prompt_tokens=64, new_tokens=32, runs=3), ws, registry, progress)
+    figures = {k: quality.metrics[k] for k in ("perplexity", "bits_per_byte", "tokens")}
+    figures.update({k: speed.metrics[k] for k in ("decode_tokens_per_s", "ttft_ms_p50", "size_mb")})
+    say(f"  test perplexity {figures['perplexity']:.2f}, {figures['bits_per_byte']:.3f} bits per byte; "
+        f"decode {figures['decode_tokens_per_s']:.0f} tokens/s; report {quality.path}/report.html")
     return DemoResult(dataset=ds.ref, model=model.ref, model_path=str(model.path),
                       run_path=model.lineage["run"]["path"], val_loss=metrics["val_loss"], val_ppl=metrics["val_ppl"],
-                      steps=metrics["steps"], samples=samples)
+                      steps=metrics["steps"], samples=samples, report=f"{quality.path}/report.html", evaluation=figures)

@@ -25,7 +25,10 @@ def test_demo_prepares_trains_samples_and_registers_everything(tmp_path: Path, s
     assert (Path(result["run_path"]) / "plots" / "loss.png").exists()
     listed = subprocess.run([sys.executable, "-m", "llmkit", "ls", "--json"], capture_output=True, text=True,
                             env={**os.environ, "LLMKIT_HOME": str(tmp_path / "ws")}, timeout=120)
-    assert {r["type"] for r in json.loads(listed.stdout)} == {"dataset", "run", "model"}
+    assert {r["type"] for r in json.loads(listed.stdout)} == {"dataset", "run", "model", "eval"}
+    report = Path(result["report"])
+    assert report.exists() and "perplexity" in report.read_text()
+    assert result["evaluation"]["perplexity"] > 1 and result["evaluation"]["decode_tokens_per_s"] > 0
 
 
 def test_demo_with_missing_data_is_a_user_error(tmp_path: Path):

@@ -26,13 +26,14 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `llmkit --help` lists everything while each module stays one job.
-    from llmkit.cli import core, data, demo, generate, predict, train
+    from llmkit.cli import core, data, demo, eval, generate, predict, train
 
     core.register(app)
     app.add_typer(data.app, name="data")
     app.add_typer(train.app, name="train")
     generate.register(app)
     predict.register(app)
+    eval.register(app)
     demo.register(app)
 
 

@@ -35,9 +35,12 @@ def demo(
         console.print(f"dataset  {result.dataset}")
         console.print(f"model    {result.model}  ({result.model_path})")
         console.print(f"run      {result.run_path}  (metrics.jsonl, plots/loss.png, checkpoints/)")
+        console.print(f"report   {result.report}  (test perplexity {result.evaluation['perplexity']:.2f}, "
+                      f"{result.evaluation['decode_tokens_per_s']:.0f} tokens/s)")
         console.print("next:")
         console.print(f"  llmkit generate {result.model.split(':')[0]} --prompt 'def main():' --max-new-tokens 120")
         console.print(f"  llmkit data report {result.dataset.split(':')[0]}")
+        console.print(f"  llmkit compare {result.model.split(':')[0]}")
         console.print("  llmkit ls")
 
     ctx.emit(asdict(result), human)
