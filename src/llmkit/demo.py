@@ -128,12 +128,13 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
     from llmkit.config import BenchModelConfig, EvalConfig
     from llmkit.eval import bench_model, evaluate
 
-    say("[bold]4/4 evaluate[/bold]: test-split perplexity and speed")
-    quality = evaluate(model.id, EvalConfig(data=ds.id, split="test"), ws, registry, progress)
+    eval_split = "test" if split["test"]["records"] else "val"  # a small --data may leave the test split empty
+    say(f"[bold]4/4 evaluate[/bold]: {eval_split}-split perplexity and speed")
+    quality = evaluate(model.id, EvalConfig(data=ds.id, split=eval_split), ws, registry, progress)
     speed = bench_model(model.id, BenchModelConfig(prompt_tokens=64, new_tokens=32, runs=3), ws, registry, progress)
     figures = {k: quality.metrics[k] for k in ("perplexity", "bits_per_byte", "tokens")}
     figures.update({k: speed.metrics[k] for k in ("decode_tokens_per_s", "ttft_ms_p50", "size_mb")})
-    say(f"  test perplexity {figures['perplexity']:.2f}, {figures['bits_per_byte']:.3f} bits per byte; "
+    say(f"  {eval_split} perplexity {figures['perplexity']:.2f}, {figures['bits_per_byte']:.3f} bits per byte; "
         f"decode {figures['decode_tokens_per_s']:.0f} tokens/s; report {quality.path}/report.html")
     return DemoResult(dataset=ds.ref, model=model.ref, model_path=str(model.path),
                       run_path=model.lineage["run"]["path"], val_loss=metrics["val_loss"], val_ppl=metrics["val_ppl"],

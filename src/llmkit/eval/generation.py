@@ -7,8 +7,13 @@ from typing import Any
 
 def generation_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Exact match (after stripping whitespace), mean ROUGE-L F1 (rouge-score) and corpus BLEU (sacrebleu)."""
-    import sacrebleu
-    from rouge_score import rouge_scorer
+    try:
+        import sacrebleu
+        from rouge_score import rouge_scorer
+    except ImportError:
+        from llmkit.errors import UserError
+
+        raise UserError("generation metrics need rouge-score and sacrebleu: pip install 'llmkit[eval]'") from None
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     n = len(predictions)
