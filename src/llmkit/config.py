@@ -175,6 +175,14 @@ class BenchModelConfig(Section):
     warmup: int = Field(1, ge=0, description="untimed runs first")
 
 
+class ExportConfig(Section):
+    format: Literal["gguf", "onnx"] = Field("gguf", description="gguf: llama.cpp / Ollama; onnx: onnxruntime")
+    quant: Literal["f32", "f16", "q8_0", "q4_0"] = Field("q8_0", description="GGUF weight type (norms stay f32)")
+    name: str | None = Field(None, description="registry name of the export (default: <model>-<quant>)")
+    table: bool = Field(True, description="measure size, perplexity on the model's val split and decode speed before and after")
+    eval_max_examples: int = Field(200, ge=0, description="val records the before/after perplexity uses (0 = all)")
+
+
 class GenerateConfig(Section):
     max_new_tokens: int = Field(100, ge=1, description="tokens to generate")
     temperature: float = Field(0.8, ge=0.0, le=10.0, description="0 = greedy")
@@ -201,6 +209,7 @@ SECTIONS: dict[str, type[Section]] = {
     "predict": PredictConfig,
     "eval": EvalConfig,
     "bench": BenchModelConfig,
+    "export": ExportConfig,
     "generate": GenerateConfig,
     "demo": DemoConfig,
 }

@@ -26,7 +26,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `llmkit --help` lists everything while each module stays one job.
-    from llmkit.cli import core, data, demo, eval, generate, predict, train
+    from llmkit.cli import core, data, demo, eval, generate, optimize, predict, train
 
     core.register(app)
     app.add_typer(data.app, name="data")
@@ -34,6 +34,7 @@ def _register() -> None:
     generate.register(app)
     predict.register(app)
     eval.register(app)
+    optimize.register(app)
     demo.register(app)
 
 

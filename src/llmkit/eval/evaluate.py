@@ -24,7 +24,7 @@ import torch
 from llmkit.config import BenchModelConfig, EvalConfig
 from llmkit.errors import UserError
 from llmkit.eval.report import Report
-from llmkit.models.io import Model, resolve_model
+from llmkit.models.io import Model, load_tokenizer_for, resolve_model
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace, atomic_dir
 
@@ -156,7 +156,12 @@ def _causal_lm(model: Model, ds, records: list[dict], cfg: EvalConfig, metrics: 
     from llmkit.eval.lm import lm_metrics, stream_nll
     from llmkit.models.io import load_causal_lm
 
-    lm, tokenizer = load_causal_lm(model)
+    if (model.lineage or {}).get("format") == "gguf":
+        from llmkit.optimize.llama_cpp_backend import GgufLM
+
+        lm, tokenizer = GgufLM(model), load_tokenizer_for(model)
+    else:
+        lm, tokenizer = load_causal_lm(model)
     max_context = getattr(lm.config, "max_position_embeddings", None) or 1024
     context = cfg.context or max_context
     if context > max_context:
@@ -296,8 +301,12 @@ def bench_model(model_ref: str, cfg: BenchModelConfig, ws: Workspace | None = No
     if model_kind(model) == "classification":
         figures = measure_classifier(model, cfg.prompt_tokens, cfg.runs, cfg.warmup)
     else:
-        figures = measure_lm(load_backend(cfg.backend, model), cfg.prompt_tokens, cfg.new_tokens, cfg.runs, cfg.warmup,
+        backend = cfg.backend
+        if backend == "torch" and (model.lineage or {}).get("format") == "gguf":
+            backend = "llama.cpp"  # a GGUF export runs on llama.cpp
+        figures = measure_lm(load_backend(backend, model), cfg.prompt_tokens, cfg.new_tokens, cfg.runs, cfg.warmup,
                              progress=progress)
+        figures["backend"] = backend
     figures.update({"peak_rss_mb": round(peak_rss_mb(), 1), "size_mb": round(disk_size_bytes(model) / 2**20, 3),
                     "threads": torch.get_num_threads()})
     report = Report(model.ref, "speed", figures, None, None, {**cfg.model_dump(), "backend": cfg.backend})

@@ -52,7 +52,13 @@ class TorchBackend:
         return self.decoder.step([state], [token])[0]
 
 
-BACKENDS: dict[str, Callable[[Model], Backend]] = {"torch": TorchBackend}
+def _llama_cpp(model: Model) -> Backend:
+    from llmkit.optimize.llama_cpp_backend import LlamaCppBackend
+
+    return LlamaCppBackend(model)
+
+
+BACKENDS: dict[str, Callable[[Model], Backend]] = {"torch": TorchBackend, "llama.cpp": _llama_cpp}
 
 
 def register_backend(name: str, factory: Callable[[Model], Backend]) -> None:
@@ -71,7 +77,7 @@ def peak_rss_mb() -> float:
 
 
 def disk_size_bytes(model: Model) -> int:
-    size = model_size_bytes(model.path)
+    size = model_size_bytes(model.path) + sum(f.stat().st_size for f in model.path.glob("*.gguf"))
     if is_adapter(model.path):
         size += model_size_bytes(adapter_base(model).path)
     return size

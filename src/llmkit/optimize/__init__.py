@@ -1,0 +1,1 @@
+"""Compression and export: quantize, prune, export ONNX / GGUF."""

@@ -1,0 +1,42 @@
+"""The before/after table of every compression: size on disk, perplexity (accuracy for classifiers)
+on the source model's val split, decode tokens/s. Each figure is a registered evaluation."""
+
+from __future__ import annotations
+
+from llmkit.config import BenchModelConfig, EvalConfig
+from llmkit.models.io import Model
+from llmkit.registry import Registry
+from llmkit.workspace import Workspace
+
+
+def before_after(before: Model, after: Model, ws: Workspace, registry: Registry, max_examples: int = 200,
+                 console=None, progress=None) -> list[dict]:
+    from llmkit.eval.evaluate import bench_model, evaluate, model_kind
+    from llmkit.eval.speed import disk_size_bytes
+
+    dataset = ((before.lineage or {}).get("dataset") or {}).get("id")
+    rows = []
+    for label, model in (("before", before), ("after", after)):
+        row = {"model": model.ref, "stage": label, "size_mb": round(disk_size_bytes(model) / 2**20, 3)}
+        if dataset:
+            kind = model_kind(before)
+            report = evaluate(model.id or str(model.path), EvalConfig(data=dataset, split="val", max_examples=max_examples),
+                              ws, registry, progress)
+            key = "accuracy" if kind == "classification" else "perplexity"
+            row[key] = report.metrics.get(key)
+        if model_kind(before) != "classification":
+            speed = bench_model(model.id or str(model.path), BenchModelConfig(prompt_tokens=32, new_tokens=32, runs=3),
+                                ws, registry, progress)
+            row["decode_tokens_per_s"] = round(speed.metrics["decode_tokens_per_s"], 1)
+        rows.append(row)
+    if console is not None:
+        from rich.table import Table
+
+        table = Table(title=f"{before.ref} → {after.ref}")
+        keys = [k for k in rows[0] if k not in ("stage",)]
+        for k in keys:
+            table.add_column(k, justify="left" if k == "model" else "right")
+        for row in rows:
+            table.add_row(*(f"{row.get(k):,.4f}" if isinstance(row.get(k), float) else str(row.get(k, "-")) for k in keys))
+        console.print(table)
+    return rows
