@@ -183,6 +183,20 @@ class ExportConfig(Section):
     eval_max_examples: int = Field(200, ge=0, description="val records the before/after perplexity uses (0 = all)")
 
 
+class PruneConfig(Section):
+    method: Literal["magnitude", "wanda"] = Field("magnitude", description="magnitude: smallest |W|; wanda: smallest |W| x input-activation norm (needs calib_data)")
+    sparsity: float = Field(0.5, gt=0.0, lt=1.0, description="fraction of each linear layer's weights set to zero (2:4 is always 0.5)")
+    pattern: Literal["unstructured", "2:4"] = Field("unstructured", description="unstructured, or 2 zeros in every 4 consecutive input weights")
+    calib_data: str | None = Field(None, description="dataset whose train texts give Wanda's activations and the recovery steps")
+    calib_samples: int = Field(64, ge=1, description="calibration windows")
+    calib_context: int = Field(0, ge=0, description="tokens per calibration window (0 = the model's context)")
+    recover_steps: int = Field(0, ge=0, description="fine-tuning steps after pruning, zeros kept (needs calib_data)")
+    recover_lr: float = Field(1e-4, gt=0.0, description="learning rate of the recovery steps")
+    name: str | None = Field(None, description="registry name of the pruned model (default: <model>-<method>-<sparsity>)")
+    table: bool = Field(True, description="measure size, perplexity and decode speed before and after")
+    eval_max_examples: int = Field(200, ge=0, description="val records the before/after perplexity uses (0 = all)")
+
+
 class GenerateConfig(Section):
     max_new_tokens: int = Field(100, ge=1, description="tokens to generate")
     temperature: float = Field(0.8, ge=0.0, le=10.0, description="0 = greedy")
@@ -210,6 +224,7 @@ SECTIONS: dict[str, type[Section]] = {
     "eval": EvalConfig,
     "bench": BenchModelConfig,
     "export": ExportConfig,
+    "prune": PruneConfig,
     "generate": GenerateConfig,
     "demo": DemoConfig,
 }

@@ -1,4 +1,4 @@
-"""`llmkit export` (and later quantize / prune): parse, call llmkit.optimize, print the before/after table."""
+"""`llmkit export` and `llmkit prune`: parse, call llmkit.optimize, print the before/after table."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id
 def register(app: typer.Typer) -> None:
     app.command(epilog="Example: llmkit export shakespeare-nano --format gguf --quant q8_0\n\n"
                        "Then: llama.cpp's llama-cli -m <folder>/model-q8_0.gguf, or ollama create NAME -f <folder>/Modelfile")(export)
+    app.command(epilog="Example: llmkit prune shakespeare-nano --method wanda --sparsity 0.5 --calib-data shakespeare")(prune)
+
+
+def _progress(ctx: Ctx):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=ctx.log, transient=True)
 
 
 def export(
@@ -25,13 +32,36 @@ def export(
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Export a model for other runtimes: GGUF for llama.cpp and Ollama (with a Modelfile)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from llmkit.optimize.export import export as run_export
 
     ctx = Ctx(config, workspace, db_url, json_out)
     cfg = ctx.section("export", format=format, quant=quant, name=name, table=table)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=ctx.log, transient=True) as progress:
+    with _progress(ctx) as progress:
         exported, rows = run_export(model, cfg, ctx.ws, ctx.registry, console=ctx.log, progress=progress)
     ctx.emit({"id": exported.id, "name": exported.name, "version": exported.version, "path": str(exported.path), "table": rows},
              lambda: console.print(f"model [bold]{exported.ref}[/bold] at {exported.path}"))
+
+
+def prune(
+    model: MODEL_ARG,
+    method: Annotated[str | None, typer.Option(help="magnitude | wanda")] = None,
+    sparsity: Annotated[float | None, typer.Option(help="Fraction of weights set to zero, in (0, 1).")] = None,
+    pattern: Annotated[str | None, typer.Option(help="unstructured | 2:4")] = None,
+    calib_data: Annotated[str | None, typer.Option(help="Dataset for Wanda's activations and recovery.")] = None,
+    calib_samples: Annotated[int | None, typer.Option(help="Calibration windows.")] = None,
+    recover_steps: Annotated[int | None, typer.Option(help="Fine-tuning steps after pruning (zeros kept).")] = None,
+    name: Annotated[str | None, typer.Option(help="Registry name of the pruned model.")] = None,
+    table: Annotated[bool | None, typer.Option("--table/--no-table", help="Before/after size, perplexity, speed.", show_default=False)] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Prune a model's linear layers (magnitude or Wanda; unstructured or 2:4); saved as a normal model."""
+    from llmkit.optimize.prune import prune as run_prune
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    cfg = ctx.section("prune", method=method, sparsity=sparsity, pattern=pattern, calib_data=calib_data,
+                      calib_samples=calib_samples, recover_steps=recover_steps, name=name, table=table)
+    with _progress(ctx) as progress:
+        pruned, rows = run_prune(model, cfg, ctx.ws, ctx.registry, console=ctx.log, progress=progress)
+    ctx.emit({"id": pruned.id, "name": pruned.name, "version": pruned.version, "path": str(pruned.path), "table": rows,
+              "sparsity": pruned.lineage["pruning"]["sparsity"]},
+             lambda: console.print(f"model [bold]{pruned.ref}[/bold] at {pruned.path}"))

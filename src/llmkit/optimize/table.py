@@ -25,7 +25,7 @@ def before_after(before: Model, after: Model, ws: Workspace, registry: Registry,
             key = "accuracy" if kind == "classification" else "perplexity"
             row[key] = report.metrics.get(key)
         if model_kind(before) != "classification":
-            speed = bench_model(model.id or str(model.path), BenchModelConfig(prompt_tokens=32, new_tokens=32, runs=3),
+            speed = bench_model(model.id or str(model.path), BenchModelConfig(prompt_tokens=32, new_tokens=32, runs=5, warmup=2),
                                 ws, registry, progress)
             row["decode_tokens_per_s"] = round(speed.metrics["decode_tokens_per_s"], 1)
         rows.append(row)
