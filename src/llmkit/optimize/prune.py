@@ -44,15 +44,10 @@ def prune_mask(score: torch.Tensor, sparsity: float, pattern: str, per_row: bool
             mask.scatter_(1, score.topk(k, dim=1, largest=False).indices, False)
         return mask
     k = int(score.numel() * sparsity)
-    if k == 0:
-        return torch.ones_like(score, dtype=torch.bool)
-    threshold = score.flatten().kthvalue(k).values
-    mask = score > threshold
-    ties = (score == threshold).nonzero()  # exactly k zeros, even when values tie at the threshold
-    extra = int(mask.numel() - mask.sum()) - k
-    if extra < 0:
-        for r, c in ties[: -extra]:
-            mask[r, c] = True
+    mask = torch.ones(score.numel(), dtype=torch.bool)
+    if k:  # exactly k zeros, even when scores tie
+        mask[score.flatten().topk(k, largest=False).indices] = False
+    mask = mask.reshape(score.shape)
     return mask
 
 

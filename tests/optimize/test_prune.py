@@ -1,0 +1,78 @@
+"""Pruning: per-layer sparsity read back from the saved weights, 2:4 groups, Wanda, recovery, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmkit.config import PruneConfig
+from llmkit.errors import UserError
+from llmkit.models.io import load_causal_lm
+from llmkit.optimize.prune import layer_sparsity, prune, prune_mask
+from llmkit.registry import Registry
+from llmkit.workspace import Workspace
+from tests.conftest import run_cli
+
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def ws(lm_workspace: Path, tiny_model) -> Workspace:
+    return Workspace.open(lm_workspace)
+
+
+def _run(ws, **cfg):
+    return prune("tiny-lm", PruneConfig(table=False, **cfg), ws, Registry.for_workspace(ws.root))[0]
+
+
+def test_magnitude_pruning_zeroes_half_of_every_linear_layer_and_nothing_else(ws, tiny_model):
+    pruned = _run(ws, method="magnitude", sparsity=0.5, name="mag50")
+    sparsity = layer_sparsity(pruned.path)
+    linear = {k: v for k, v in sparsity.items() if k.split(".")[-2] in LINEAR}
+    assert len(linear) == 7 * 2  # 7 per layer, 2 layers
+    assert all(v == pytest.approx(0.5, abs=1e-3) for v in linear.values()), linear
+    assert sparsity["model.embed_tokens.weight"] < 0.01
+    assert pruned.lineage["pruning"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    lm, _ = load_causal_lm(pruned)  # an ordinary model folder
+    assert float((lm.model.layers[0].mlp.down_proj.weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
+    reg = Registry.for_workspace(ws.root)
+    assert dict(reg.parents(pruned.id))["pruned_from"].id == tiny_model.id
+
+
+def test_two_of_four_keeps_exactly_two_in_every_group(ws):
+    pruned = _run(ws, method="wanda", pattern="2:4", calib_data="tiny", calib_samples=8, name="w24")
+    lm, _ = load_causal_lm(pruned)
+    for name, module in lm.named_modules():
+        if name.split(".")[-1] in LINEAR:
+            groups = (module.weight != 0).reshape(module.weight.shape[0], -1, 4).sum(-1)
+            assert bool((groups <= 2).all()) and float((module.weight == 0).float().mean()) >= 0.5
+
+
+def test_wanda_uses_activations_and_recovery_keeps_the_zeros(ws):
+    wanda = _run(ws, method="wanda", sparsity=0.5, calib_data="tiny", calib_samples=8, name="w50")
+    mag = _run(ws, method="magnitude", sparsity=0.5, name="m50")
+    a, _ = load_causal_lm(wanda)
+    b, _ = load_causal_lm(mag)
+    wa, wb = a.model.layers[0].self_attn.q_proj.weight, b.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(wa == 0, wb == 0)  # different weights chosen
+    recovered = _run(ws, method="wanda", sparsity=0.5, calib_data="tiny", calib_samples=8, recover_steps=3, name="w50r")
+    r, _ = load_causal_lm(recovered)
+    wr = r.model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(wr == 0, wa == 0) and not torch.equal(wr, wa)  # same zeros, other values
+
+
+def test_prune_mask_exact_counts_with_ties():
+    score = torch.ones(4, 8)
+    assert int((~prune_mask(score, 0.5, "unstructured", per_row=False)).sum()) == 16
+    assert int((~prune_mask(score, 0.25, "unstructured", per_row=True)).sum()) == 8
+
+
+def test_bad_inputs(ws):
+    with pytest.raises(UserError, match="calib_data is not set: Wanda.*--calib-data tiny"):
+        _run(ws, method="wanda")
+    with pytest.raises(UserError, match="2:4 pattern is always 0.5"):
+        _run(ws, pattern="2:4", sparsity=0.7)
+    out = run_cli("prune", "tiny-lm", "--sparsity", "1.5", workspace=ws.root)
+    assert out.returncode == 2 and "prune.sparsity = 1.5" in out.stderr
