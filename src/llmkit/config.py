@@ -183,6 +183,14 @@ class ExportConfig(Section):
     eval_max_examples: int = Field(200, ge=0, description="val records the before/after perplexity uses (0 = all)")
 
 
+class QuantizeConfig(Section):
+    method: Literal["int8-dynamic", "int8-weight", "int4-weight"] = Field("int8-dynamic", description="int8-dynamic: int8 weights and activations; int8/int4-weight: weight-only, dequantized per forward")
+    group_size: int = Field(64, ge=8, description="input weights sharing one scale (weight-only methods): 32, 64 or 128")
+    name: str | None = Field(None, description="registry name of the quantized model (default: <model>-<method>)")
+    table: bool = Field(True, description="measure size, perplexity and decode speed before and after")
+    eval_max_examples: int = Field(200, ge=0, description="val records the before/after perplexity uses (0 = all)")
+
+
 class PruneConfig(Section):
     method: Literal["magnitude", "wanda"] = Field("magnitude", description="magnitude: smallest |W|; wanda: smallest |W| x input-activation norm (needs calib_data)")
     sparsity: float = Field(0.5, gt=0.0, lt=1.0, description="fraction of each linear layer's weights set to zero (2:4 is always 0.5)")
@@ -225,6 +233,7 @@ SECTIONS: dict[str, type[Section]] = {
     "bench": BenchModelConfig,
     "export": ExportConfig,
     "prune": PruneConfig,
+    "quantize": QuantizeConfig,
     "generate": GenerateConfig,
     "demo": DemoConfig,
 }

@@ -62,3 +62,62 @@ def test_modelfile_names_the_gguf_template_and_stops(ws):
 def test_unsupported_architecture_is_named(ws):
     with pytest.raises(UserError, match="GGUF export supports LlamaForCausalLM.*BertModel"):
         export("minilm-l6", ExportConfig(table=False), ws, Registry.for_workspace(ws.root))
+
+
+# -- with llama.cpp (llama-cpp-python, built portable by the Makefile) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def bpe_model(ws, shared_data: Path):
+    """A tiny byte-level-BPE model with a 160-token context, trained long enough to have preferences."""
+    from llmkit.config import DataConfig
+    from llmkit.data import prepare
+    from llmkit.train import pretrain
+    from tests.conftest import tiny_config
+
+    reg = Registry.for_workspace(ws.root)
+    source = ws.root / "gguf-text.txt"
+    source.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[:60_000])
+    prepare(DataConfig(inputs=[str(source)], name="gguf-bpe", task="lm", tokenizer="bpe:320", doc_split="blank-line"), ws, reg)
+    return pretrain(tiny_config(data="gguf-bpe", name="gguf-bpe-lm", context=160, max_steps=400, batch_size=8,
+                                eval_every=400, checkpoint_every=400), ws, reg)
+
+
+def _llama(model, quant: str, ws):
+    from llmkit.optimize.llama_cpp_backend import LlamaCppBackend
+
+    exported, _ = export(model.name, ExportConfig(quant=quant, table=False, name=f"{model.name}-{quant}"), ws,
+                         Registry.for_workspace(ws.root))
+    from llmkit.models.io import resolve_model
+
+    return LlamaCppBackend(resolve_model(exported.id, Registry.for_workspace(ws.root)))
+
+
+TEXT = "ROMEO:\nWhat say'st thou, my lord? 'Tis nine o'clock;  and  the night is young.\n\nJULIET: Ay!"
+
+
+@pytest.mark.parametrize("which", ["char", "bpe"])
+def test_llama_cpp_tokenizes_exactly_like_the_model(ws, tiny_model, bpe_model, which):
+    from llmkit.models.io import load_tokenizer_for
+
+    model = tiny_model if which == "char" else bpe_model
+    backend = _llama(model, "f32", ws)
+    ours = load_tokenizer_for(model)(TEXT, add_special_tokens=False)["input_ids"]
+    theirs = backend.llm.tokenize(TEXT.encode(), add_bos=False, special=False)
+    assert theirs == ours
+    assert backend.llm.detokenize(theirs).decode() == TEXT
+    assert backend.llm.tokenize("tab\there, é".encode(), add_bos=False, special=False)  # unseen characters do not crash
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", ["f32", "f16", "q8_0"])
+def test_llama_cpp_greedy_output_equals_pytorch_over_128_tokens(ws, bpe_model, quant):
+    from llmkit.generate import encode_prompt, generate_ids
+    from llmkit.models.io import load_causal_lm
+    from llmkit.optimize.llama_cpp_backend import greedy
+
+    lm, tok = load_causal_lm(bpe_model)
+    prompt = encode_prompt(tok, "KING RICHARD:\n")
+    ours = list(generate_ids(lm, prompt, max_new_tokens=128, temperature=0))
+    theirs = greedy(_llama(bpe_model, quant, ws), prompt, 128)
+    assert len(ours) == 128 and theirs == ours

@@ -1,4 +1,4 @@
-"""`llmkit export` and `llmkit prune`: parse, call llmkit.optimize, print the before/after table."""
+"""`llmkit quantize`, `llmkit prune`, `llmkit export`: parse, call llmkit.optimize, print the before/after table."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id
 def register(app: typer.Typer) -> None:
     app.command(epilog="Example: llmkit export shakespeare-nano --format gguf --quant q8_0\n\n"
                        "Then: llama.cpp's llama-cli -m <folder>/model-q8_0.gguf, or ollama create NAME -f <folder>/Modelfile")(export)
+    app.command(epilog="Example: llmkit quantize shakespeare-nano --method int4-weight --group-size 64")(quantize)
     app.command(epilog="Example: llmkit prune shakespeare-nano --method wanda --sparsity 0.5 --calib-data shakespeare")(prune)
 
 
@@ -65,3 +66,22 @@ def prune(
     ctx.emit({"id": pruned.id, "name": pruned.name, "version": pruned.version, "path": str(pruned.path), "table": rows,
               "sparsity": pruned.lineage["pruning"]["sparsity"]},
              lambda: console.print(f"model [bold]{pruned.ref}[/bold] at {pruned.path}"))
+
+
+def quantize(
+    model: MODEL_ARG,
+    method: Annotated[str | None, typer.Option(help="int8-dynamic | int8-weight | int4-weight")] = None,
+    group_size: Annotated[int | None, typer.Option(help="Weights per scale (weight-only): 32 | 64 | 128")] = None,
+    name: Annotated[str | None, typer.Option(help="Registry name of the quantized model.")] = None,
+    table: Annotated[bool | None, typer.Option("--table/--no-table", help="Before/after size, perplexity, speed.", show_default=False)] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Quantize a model's linear layers to int8 or int4 (group-wise scales); loads back through llmkit."""
+    from llmkit.optimize.quantize import quantize as run_quantize
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    cfg = ctx.section("quantize", method=method, group_size=group_size, name=name, table=table)
+    with _progress(ctx) as progress:
+        quantized, rows = run_quantize(model, cfg, ctx.ws, ctx.registry, console=ctx.log, progress=progress)
+    ctx.emit({"id": quantized.id, "name": quantized.name, "version": quantized.version, "path": str(quantized.path), "table": rows},
+             lambda: console.print(f"model [bold]{quantized.ref}[/bold] at {quantized.path}"))

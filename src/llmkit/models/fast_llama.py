@@ -46,6 +46,13 @@ def unsupported_reason(model) -> str | None:
         return f"hidden_act '{cfg.hidden_act}' is not implemented"
     if cfg.num_attention_heads % cfg.num_key_value_heads:
         return "num_attention_heads is not a multiple of num_key_value_heads"
+    import torch
+
+    for layer in model.model.layers:  # quantized layers (QuantLinear, dynamic int8) run their own forward
+        if any(type(m) is not torch.nn.Linear for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                                                       layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
+                                                       layer.mlp.down_proj)):
+            return "the linear layers are quantized"
     return None
 
 

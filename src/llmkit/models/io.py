@@ -144,6 +144,11 @@ def load_causal_lm(model: Model, dtype=None, merge: bool = True):
         lm.eval()
         return lm, load_tokenizer_for(model)
     check_safetensors(model)
+    quantization = (model.lineage or _read_lineage(model.path) or {}).get("quantization")
+    if quantization:
+        from llmkit.optimize.quantize import load_quantized
+
+        return load_quantized(model, quantization), load_tokenizer_for(model)
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(model.path), use_safetensors=True, trust_remote_code=False,
                                                   **({"dtype": dtype} if dtype is not None else {}))

@@ -2,8 +2,9 @@
 
 Written with the `gguf` package's writer: llama.cpp's Llama hyper-parameters, the weights under
 llama.cpp's tensor names (f32, f16, q8_0 or q4_0), and the tokenizer — byte-level BPE as llama.cpp's
-`gpt2` model with its merges, character-level vocabularies as its `llama` (SentencePiece-style)
-model, whose symbols are single characters. Beside it, an Ollama `Modelfile`.
+`gpt2` model with its merges, and character-level
+vocabularies as the same model with one token per character (their bytes joined by merges).
+Beside it, an Ollama `Modelfile`.
 
 RoPE layout: Hugging Face Llama rotates the two halves of each head (i, i + d/2), llama.cpp's
 Llama rotates adjacent pairs (2i, 2i + 1); permuting the rows of q_proj and k_proj per head turns
@@ -26,7 +27,6 @@ from llmkit.workspace import atomic_dir
 
 SUPPORTED_ARCHITECTURES = ["LlamaForCausalLM"]
 QUANTS = ["f32", "f16", "q8_0", "q4_0"]
-SPM_SPACE = "\u2581"  # SentencePiece's visible space
 
 
 def check_exportable(model: Model) -> dict[str, Any]:
@@ -75,6 +75,17 @@ def _tensors(config: dict, weights: dict[str, torch.Tensor]) -> list[tuple[str, 
     return out
 
 
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte (what byte-level BPE vocabularies are written in)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
 def _add_tokenizer(writer, model_dir: Path, config: dict) -> None:
     import gguf
 
@@ -102,17 +113,25 @@ def _add_tokenizer(writer, model_dir: Path, config: dict) -> None:
     elif kind == "WordLevel":
         if any(len(t) != 1 for t in vocab if t not in special):
             raise UserError("GGUF export handles character-level WordLevel vocabularies only (one character per token)")
-        tokens = [t.replace(" ", SPM_SPACE) if types[i] == gguf.TokenType.NORMAL else t for i, t in enumerate(tokens)]
+        # As byte-level BPE: each character is its UTF-8 bytes in GPT-2's byte alphabet, and merges join
+        # the bytes of multi-byte characters, so llama.cpp's gpt2 tokenizer yields one token per character.
+        table = _byte_alphabet()
+        merges = []
+        for i, text in enumerate(tokens):
+            if types[i] == gguf.TokenType.NORMAL:
+                pieces = [table[b] for b in text.encode("utf-8")]
+                tokens[i] = "".join(pieces)
+                for k in range(1, len(pieces)):
+                    merges.append(f"{''.join(pieces[:k])} {pieces[k]}")
+        if not merges:  # llama.cpp requires merges; bytes 0x00 0x01 side by side do not occur in text
+            merges.append(f"{table[0]} {table[1]}")
         if unk in vocab:
-            types[vocab[unk]] = gguf.TokenType.UNKNOWN
             writer.add_unk_token_id(vocab[unk])
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")
         writer.add_token_list(tokens)
-        writer.add_token_scores([0.0] * size)
         writer.add_token_types(types)
-        writer.add_add_space_prefix(False)
-        writer.add_remove_extra_whitespaces(False)
+        writer.add_token_merges(merges)
     else:
         raise UserError(f"GGUF export supports byte-level BPE and character-level tokenizers; this one is {kind}")
     for key, adder in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),

@@ -40,14 +40,18 @@ class LlamaCppBackend:
         self.vocab_size = config["vocab_size"]
         self.llm = open_llama(gguf_file(model), self.max_len)
 
+    def _last_logits(self) -> torch.Tensor:
+        # Without logits_all, llama-cpp-python keeps no scores; the context holds the last token's logits.
+        return torch.from_numpy(np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.vocab_size,)).copy())
+
     def prefill(self, ids: list[int], capacity: int):
         self.llm.reset()
         self.llm.eval(ids)
-        return None, torch.from_numpy(np.array(self.llm.scores[self.llm.n_tokens - 1]))
+        return None, self._last_logits()
 
     def step(self, state, token: int) -> torch.Tensor:
         self.llm.eval([token])
-        return torch.from_numpy(np.array(self.llm.scores[self.llm.n_tokens - 1]))
+        return self._last_logits()
 
 
 def greedy(backend: LlamaCppBackend, ids: list[int], new_tokens: int, eos: set[int] | None = None) -> list[int]:
