@@ -302,8 +302,9 @@ def bench_model(model_ref: str, cfg: BenchModelConfig, ws: Workspace | None = No
         figures = measure_classifier(model, cfg.prompt_tokens, cfg.runs, cfg.warmup)
     else:
         backend = cfg.backend
-        if backend == "torch" and (model.lineage or {}).get("format") == "gguf":
-            backend = "llama.cpp"  # a GGUF export runs on llama.cpp
+        fmt = (model.lineage or {}).get("format")
+        if backend == "torch" and fmt in ("gguf", "onnx"):
+            backend = "llama.cpp" if fmt == "gguf" else "onnx"  # an export runs on its own runtime
         figures = measure_lm(load_backend(backend, model), cfg.prompt_tokens, cfg.new_tokens, cfg.runs, cfg.warmup,
                              progress=progress)
         figures["backend"] = backend

@@ -58,7 +58,13 @@ def _llama_cpp(model: Model) -> Backend:
     return LlamaCppBackend(model)
 
 
-BACKENDS: dict[str, Callable[[Model], Backend]] = {"torch": TorchBackend, "llama.cpp": _llama_cpp}
+def _onnx(model: Model) -> Backend:
+    from llmkit.optimize.export_onnx import OnnxBackend
+
+    return OnnxBackend(model)
+
+
+BACKENDS: dict[str, Callable[[Model], Backend]] = {"torch": TorchBackend, "llama.cpp": _llama_cpp, "onnx": _onnx}
 
 
 def register_backend(name: str, factory: Callable[[Model], Backend]) -> None:

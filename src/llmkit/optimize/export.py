@@ -6,7 +6,6 @@ Prints the before/after table every compression command shares (see `table.py`).
 from __future__ import annotations
 
 from llmkit.config import ExportConfig
-from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
@@ -18,7 +17,7 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
     registry = registry or Registry.for_workspace(ws.root)
     source = resolve_model(model_ref, registry)
     if cfg.format == "onnx":
-        raise UserError("export --format onnx is not available yet in this version; --format gguf is")
+        return _export_onnx(source, cfg, ws, registry, console, progress)
     from llmkit.optimize.export_gguf import export_gguf_folder
 
     name = cfg.name or f"{source.name.split('/')[-1]}-{cfg.quant}"
@@ -39,3 +38,29 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
 
         rows = before_after(source, exported, ws, registry, cfg.eval_max_examples, console, progress)
     return exported, rows
+
+
+def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Registry, console, progress):
+    import json
+
+    from llmkit.eval.evaluate import model_kind
+    from llmkit.optimize.export_onnx import write_onnx
+    from llmkit.workspace import atomic_dir
+
+    kind = model_kind(source)
+    name = cfg.name or f"{source.name.split('/')[-1]}-onnx"
+    target = ws.folder("models", f"{name}-{source.id or 'local'}-onnx")
+    lineage = {**(source.lineage or {}), "task": kind, "method": "export-onnx", "format": "onnx",
+               "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)}, "config": cfg.model_dump()}
+    with atomic_dir(target) as tmp:
+        info = write_onnx(source, tmp, classifier=kind == "classification")
+        lineage.update(info)
+        (tmp / "llmkit.json").write_text(json.dumps(lineage, indent=2, default=str))
+    rec = registry.add("model", name, kind="onnx", path=target, params={"format": "onnx", "task": kind},
+                       metrics={"max_abs_logit_diff": info["max_abs_logit_diff"]},
+                       parents=[(source.id, "exported_from")] if source.id else [])
+    exported = Model(target, name, rec.id, rec.version, lineage)
+    if console is not None:
+        console.print(f"ONNX (opset {info['opset']}): {target / 'model.onnx'}; onnxruntime vs PyTorch at batch 1 and 2: "
+                      f"max |logit difference| {info['max_abs_logit_diff']:.2e}")
+    return exported, None
