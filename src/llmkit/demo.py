@@ -37,6 +37,8 @@ class DemoResult:
     samples: list[dict] = field(default_factory=list)
     report: str | None = None            # the evaluation report (HTML) of the demo model
     evaluation: dict = field(default_factory=dict)
+    compressed: list = field(default_factory=list)  # before/after rows of the int8 and GGUF q8_0 versions
+    gguf: str | None = None
 
 
 def stdlib_corpus(target: Path, max_chars: int = CORPUS_CHARS) -> Path:
@@ -98,7 +100,7 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
     else:
         corpus = stdlib_corpus(ws.root / "demo" / "stdlib.jsonl")
         data_cfg = DataConfig(inputs=[str(corpus)], name="demo-stdlib", task="lm", tokenizer="bpe:2048", text_field="text")
-    say(f"[bold]1/4 data[/bold]: preparing {data_cfg.inputs[0]}")
+    say(f"[bold]1/5 data[/bold]: preparing {data_cfg.inputs[0]}")
     ds = prepare(data_cfg, ws, registry, progress=progress)
     split = ds.manifest["splits"]
     say(f"  dataset {ds.ref}: {split['train']['tokens']:,} train / {split['val']['tokens']:,} val tokens, "
@@ -111,11 +113,11 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
     train_cfg = PretrainConfig(data=ds.ref, name=f"{ds.name}-model", max_steps=steps, warmup_steps=max(1, steps // 20),
                                eval_every=max(1, steps // 3), checkpoint_every=max(1, steps // 2),
                                eval_max_batches=8, **DEMO_MODEL)
-    say(f"[bold]2/4 train[/bold]: about {cfg.minutes:g} minutes ({steps} steps)")
+    say(f"[bold]2/5 train[/bold]: about {cfg.minutes:g} minutes ({steps} steps)")
     model = pretrain(train_cfg, ws, registry, console=console, time_limit_s=budget * 1.25)
     metrics = model.lineage["metrics"]
 
-    say("[bold]3/4 samples[/bold]")
+    say("[bold]3/5 samples[/bold]")
     lm, tok = load_causal_lm(model)
     samples = []
     for i, prompt in enumerate(PROMPTS):
@@ -129,13 +131,27 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
     from llmkit.eval import bench_model, evaluate
 
     eval_split = "test" if split["test"]["records"] else "val"  # a small --data may leave the test split empty
-    say(f"[bold]4/4 evaluate[/bold]: {eval_split}-split perplexity and speed")
+    say(f"[bold]4/5 evaluate[/bold]: {eval_split}-split perplexity and speed")
     quality = evaluate(model.id, EvalConfig(data=ds.id, split=eval_split), ws, registry, progress)
     speed = bench_model(model.id, BenchModelConfig(prompt_tokens=64, new_tokens=32, runs=3), ws, registry, progress)
     figures = {k: quality.metrics[k] for k in ("perplexity", "bits_per_byte", "tokens")}
     figures.update({k: speed.metrics[k] for k in ("decode_tokens_per_s", "ttft_ms_p50", "size_mb")})
     say(f"  {eval_split} perplexity {figures['perplexity']:.2f}, {figures['bits_per_byte']:.3f} bits per byte; "
         f"decode {figures['decode_tokens_per_s']:.0f} tokens/s; report {quality.path}/report.html")
+
+    import importlib.util
+
+    from llmkit.config import ExportConfig, QuantizeConfig
+    from llmkit.optimize.export import export
+    from llmkit.optimize.quantize import quantize
+
+    say("[bold]5/5 compress[/bold]: int8 quantization and a GGUF q8_0 export for llama.cpp / Ollama")
+    _, int8_rows = quantize(model.id, QuantizeConfig(method="int8-dynamic", eval_max_examples=100), ws, registry, console, progress)
+    has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None  # the table runs the GGUF on llama.cpp
+    gguf_model, gguf_rows = export(model.id, ExportConfig(quant="q8_0", eval_max_examples=100, table=has_llama_cpp), ws,
+                                   registry, console, progress)
+    gguf_file = str(gguf_model.path / "model-q8_0.gguf")
     return DemoResult(dataset=ds.ref, model=model.ref, model_path=str(model.path),
                       run_path=model.lineage["run"]["path"], val_loss=metrics["val_loss"], val_ppl=metrics["val_ppl"],
-                      steps=metrics["steps"], samples=samples, report=f"{quality.path}/report.html", evaluation=figures)
+                      steps=metrics["steps"], samples=samples, report=f"{quality.path}/report.html", evaluation=figures,
+                      compressed=(int8_rows or []) + (gguf_rows or [])[1:], gguf=gguf_file)

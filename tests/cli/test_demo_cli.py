@@ -29,6 +29,10 @@ def test_demo_prepares_trains_samples_and_registers_everything(tmp_path: Path, s
     report = Path(result["report"])
     assert report.exists() and "perplexity" in report.read_text()
     assert result["evaluation"]["perplexity"] > 1 and result["evaluation"]["decode_tokens_per_s"] > 0
+    assert Path(result["gguf"]).exists()
+    stages = [row["model"] for row in result["compressed"]]
+    assert len(stages) == 3 and "int8" in stages[1] and "q8_0" in stages[2]  # fp32, int8, GGUF q8_0
+    assert all(row["perplexity"] > 1 and row["size_mb"] > 0 for row in result["compressed"])
 
 
 def test_demo_with_missing_data_is_a_user_error(tmp_path: Path):

@@ -35,6 +35,7 @@ def demo(
         console.print(f"dataset  {result.dataset}")
         console.print(f"model    {result.model}  ({result.model_path})")
         console.print(f"run      {result.run_path}  (metrics.jsonl, plots/loss.png, checkpoints/)")
+        console.print(f"gguf     {result.gguf}  (llama.cpp; Ollama: the Modelfile beside it)")
         console.print(f"report   {result.report}  (test perplexity {result.evaluation['perplexity']:.2f}, "
                       f"{result.evaluation['decode_tokens_per_s']:.0f} tokens/s)")
         console.print("next:")
