@@ -54,7 +54,7 @@ def test_bench_model_measures_speed_and_size(lm_workspace: Path, tiny_model):
     assert m["peak_rss_mb"] > 50
     with pytest.raises(UserError, match="exceeds the model's context"):
         bench_model("tiny-lm", BenchModelConfig(prompt_tokens=30, new_tokens=30), ws, Registry.for_workspace(ws.root))
-    with pytest.raises(UserError, match="unknown backend 'gguf'; backends: torch"):
+    with pytest.raises(UserError, match="unknown backend 'gguf'; backends: llama.cpp, onnx, torch"):
         bench_model("tiny-lm", BenchModelConfig(backend="gguf", prompt_tokens=4, new_tokens=4), ws, Registry.for_workspace(ws.root))
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
 
