@@ -49,9 +49,32 @@ def hf_generate_speed(model_dir: Path, prompt_tokens: int = 64, new_tokens: int 
     return best
 
 
+def q4_agreement(ws: Path, base: dict, variants: list, new_tokens: int = 128) -> dict[str, float]:
+    """Share of 128 greedy tokens (after a few prompts) where each GGUF export agrees with PyTorch fp32."""
+    from llmkit.generate import encode_prompt, generate_ids
+    from llmkit.models.io import load_causal_lm, resolve_model
+    from llmkit.optimize.llama_cpp_backend import LlamaCppBackend, greedy
+    from llmkit.registry import Registry
+
+    reg = Registry.for_workspace(ws)
+    lm, tok = load_causal_lm(resolve_model(base["id"], reg))
+    prompts = [encode_prompt(tok, p) for p in ("ROMEO:\n", "KING HENRY:\n", "First Citizen:\n")]
+    ours = [list(generate_ids(lm, p, max_new_tokens=new_tokens, temperature=0)) for p in prompts]
+    out = {}
+    for label, model in variants:
+        if label.startswith("gguf"):
+            backend = LlamaCppBackend(resolve_model(model["id"], reg))
+            same = 0
+            for p, ref in zip(prompts, ours, strict=True):
+                got = greedy(backend, p, new_tokens)
+                same += next((i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a != b), min(len(got), len(ref)))
+            out[label] = round(same / (new_tokens * len(prompts)), 3)  # tokens identical before the first difference
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--eval-records", type=int, default=200)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,6 +100,7 @@ def main() -> None:
             rows.append({"variant": label, "size_mb": speed["metrics"]["size_mb"], "perplexity": quality["metrics"]["perplexity"],
                          "decode_tokens_per_s": speed["metrics"]["decode_tokens_per_s"], "backend": speed["metrics"].get("backend")})
         hf_speed = hf_generate_speed(Path(base["path"]))
+        agreement = q4_agreement(ws, base, variants)
     ref = rows[0]
     print(f"{'variant':16}{'size MB':>9}{'x smaller':>10}{'perplexity':>12}{'Δ %':>8}{'decode tok/s':>14}  backend")
     for r in rows:
@@ -84,7 +108,8 @@ def main() -> None:
         r["delta_ppl_pct"] = round(100 * (r["perplexity"] - ref["perplexity"]) / ref["perplexity"], 3)
         print(f"{r['variant']:16}{r['size_mb']:>9.2f}{r['smaller_x']:>10.2f}{r['perplexity']:>12.3f}{r['delta_ppl_pct']:>8.2f}"
               f"{r['decode_tokens_per_s']:>14.1f}  {r['backend']}")
-    print(f"PyTorch fp32 HF generate: {hf_speed:.1f} tokens/s")
+    print(f"PyTorch fp32 HF generate: {hf_speed:.1f} tokens/s; greedy agreement with PyTorch over 128 tokens "
+          f"(share before the first difference): {agreement}")
     by = {r["variant"]: r for r in rows}
     goals = {
         "int8_dynamic_delta_le_1pct_and_3.5x": abs(by["int8-dynamic"]["delta_ppl_pct"]) <= 1 and by["int8-dynamic"]["smaller_x"] >= 3.5,
@@ -96,7 +121,8 @@ def main() -> None:
     }
     for goal, met in goals.items():
         print(f"goal {goal}: {'met' if met else 'NOT met'}")
-    print(json.dumps({"rows": rows, "hf_generate_tokens_per_s": round(hf_speed, 1), "goals": goals, "steps": args.steps}))
+    print(json.dumps({"rows": rows, "hf_generate_tokens_per_s": round(hf_speed, 1), "greedy_agreement": agreement,
+                      "goals": goals, "steps": args.steps}))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Format (documented in the README): the model folder keeps config.json and the to
 model.safetensors holds every tensor that is not quantized as usual, and for each quantized linear
 layer `<name>.qweight` (int8 codes; int4 codes packed two per byte, low nibble first), `<name>.scales`
 (fp32, one per group of `group_size` input weights per output row) and `<name>.bias` if any;
-llmkit.json's `quantization` names the method, bits, group size and the quantized layers. Symmetric:
+the embeddings (and an untied output head) are stored as fp16 and loaded back as fp32; llmkit.json's
+`quantization` names the method, bits, group size and the quantized layers. Symmetric:
 w ≈ code * scale, scale = max|w in group| / (2^(bits-1) - 1).
 
 Methods: int8-weight and int4-weight dequantize on the fly in each forward (weight-only: the
@@ -165,6 +166,9 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
         state = {k: v.detach().contiguous().clone() for k, v in lm.state_dict().items()}
         if getattr(lm.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied: the embedding is the head
+        for key, value in state.items():  # the other matrices (embeddings, untied head) as fp16; norms stay fp32
+            if value.dim() == 2 and value.dtype == torch.float32:
+                state[key] = value.half()
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         lm.config.save_pretrained(str(tmp))
         if getattr(lm, "generation_config", None) is not None:
