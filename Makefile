@@ -13,9 +13,11 @@ $(BIN)/python:
 
 # Reinstall only when the dependency list changes, so `make test` is quick once installed.
 # llama.cpp for GGUF checks, built portable: a native build crashes on quantized models on CPUs with
-# AMX. pip caches the built wheel (~8 min to build on 2 cores), so later installs are quick.
+# AMX. Only the library is built (no llava, tests, examples, tools, server): ~4 min on 2 cores; pip
+# caches the wheel, so later installs are quick.
 LLAMA_CPP := llama-cpp-python==0.3.36
-LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
