@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from llmkit.config import ClassifyConfig
 from llmkit.errors import UserError
+from llmkit.eval.classification import plot_confusion
 from llmkit.models.io import Model, load_classifier, resolve_model, save_model
 from llmkit.registry import Registry
 from llmkit.train.finetune import Job, enable_checkpointing, fit, resume_config
@@ -118,32 +119,6 @@ def scores(golds: list[int], preds: list[int], labels: list[str]) -> dict[str, f
            "macro_f1": float(f1_score(golds, preds, labels=idx, average="macro", zero_division=0))}
     for i, label in enumerate(labels):
         out[f"precision_{label}"], out[f"recall_{label}"], out[f"f1_{label}"] = float(precision[i]), float(recall[i]), float(f1[i])
-    return out
-
-
-def plot_confusion(golds: list[int], preds: list[int], labels: list[str], out: Path, title: str) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from sklearn.metrics import confusion_matrix
-
-    matrix = confusion_matrix(golds, preds, labels=list(range(len(labels))))
-    size = max(4.0, 0.6 * len(labels) + 2)
-    fig = Figure(figsize=(size, size))
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    top = matrix.max() or 1
-    for r in range(len(labels)):
-        for c in range(len(labels)):
-            ax.text(c, r, str(matrix[r, c]), ha="center", va="center", color="white" if matrix[r, c] > top / 2 else "black")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
     return out
 
 
