@@ -54,6 +54,15 @@ class DataConfig(Section):
     skip_bad: bool = Field(False, description="skip and count malformed records instead of stopping at the first")
 
 
+class FeedbackDataConfig(Section):
+    name: str | None = Field(None, description="name of the chat dataset to register; new feedback under the same name becomes its next version")
+    model: str | None = Field(None, description="only feedback on this served model (its name as served); empty = every model")
+    min_rating: int = Field(1, ge=-1, le=1, description="a rating at or above this approves the response as it is (thumbs up = 1, thumbs down = -1)")
+    include_corrections: bool = Field(True, description="turn corrected answers into training replies; a correction wins over the rating, even a thumbs-down")
+    tokenizer: str | None = Field(None, description="char | bpe:VOCAB | tokenizer path; empty = the model's own when model is a registered model, else char")
+    since: str | None = Field(None, description="only feedback given at or after this ISO date or time (UTC unless it carries an offset)")
+    val: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of conversations held out for val (sft evaluates on it); 0 when a tiny set would leave train empty")
+
 class PretrainConfig(Section):
     data: str | None = Field(None, description="registry name of an lm dataset (llmkit data prepare --task lm)")
     preset: Literal["nano", "micro", "small", "base"] = Field("nano", description="model size: nano ~1M, micro ~11M, small ~50M, base ~125M parameters")
@@ -215,6 +224,26 @@ class GenerateConfig(Section):
     seed: int | None = Field(None, description="seed for sampling (empty = random)")
 
 
+class ServeConfig(Section):
+    models: list[str] = Field(default_factory=list, description="models to serve: registry names, folders or built-ins")
+    backend: Literal["auto", "torch", "llamacpp", "onnx"] = Field(
+        "auto", description="auto = llama.cpp for GGUF exports, onnxruntime for ONNX exports, else PyTorch")
+    host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 exposes the server to the network")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port)")
+    api_keys: list[str] = Field(default_factory=list, description="Bearer keys clients must send (none = open)")
+    api_keys_file: str | None = Field(None, description="file with one API key per line (# comments allowed)")
+    max_batch: int = Field(16, ge=1, le=512, description="sequences decoded together per step (torch backend)")
+    max_queue: int = Field(256, ge=1, description="requests waiting beyond the batch; more get 429")
+    workers: int = Field(1, ge=1, le=64, description="model instances for llama.cpp / ONNX (one sequence each)")
+    max_tokens: int = Field(2048, ge=1, description="the most tokens one request may ask for")
+    timeout: float = Field(300.0, gt=0.0, description="seconds a request may take, queueing included")
+    rate_limit: int = Field(0, ge=0, description="requests per minute per API key (or per client address when open); 0 = off")
+    max_body_kb: int = Field(1024, ge=1, description="largest request body accepted, in KiB")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API from a browser (none = CORS off)")
+    log_requests: bool = Field(False, description="store prompts and responses in the registry (for llmkit data from-feedback)")
+    ui: bool = Field(True, description="serve the web UI and dashboard at /")
+
+
 class DemoConfig(Section):
     data: str | None = Field(None, description="text file or folder to train on (default: the Python standard library's source)")
     minutes: float = Field(3.0, gt=0.0, description="training time budget")
@@ -224,6 +253,7 @@ class DemoConfig(Section):
 SECTIONS: dict[str, type[Section]] = {
     "workspace": WorkspaceConfig,
     "data": DataConfig,
+    "feedback": FeedbackDataConfig,
     "train": PretrainConfig,
     "sft": SftConfig,
     "classify": ClassifyConfig,
@@ -235,6 +265,7 @@ SECTIONS: dict[str, type[Section]] = {
     "prune": PruneConfig,
     "quantize": QuantizeConfig,
     "generate": GenerateConfig,
+    "serve": ServeConfig,
     "demo": DemoConfig,
 }
 

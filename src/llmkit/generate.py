@@ -243,6 +243,24 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
+# Tokens that end an assistant turn in the chat templates llmkit and common models use; the model
+# starting the user's next turn ends the reply too.
+END_OF_TURN = ("<|end|>", "<|user|>", "<|im_end|>", "<|eot_id|>")
+
+
+def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
+    """The prompt for the assistant's next turn, and the token ids that end that turn.
+
+    Without a chat template the conversation is plain text, one message per line, and the model
+    simply continues it.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        vocab = tokenizer.get_vocab()
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt, [vocab[m] for m in END_OF_TURN if m in vocab]
+    return "".join(f"{m['content']}\n" for m in messages), []
+
+
 def generate(model, tokenizer, prompt: str, *, max_new_tokens: int = 100, temperature: float = 0.8,
              top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
              stop: list[str] | None = None, seed: int | None = None,

@@ -21,14 +21,19 @@ def predict(model_ref: str, texts: list[str], cfg: PredictConfig | None = None, 
     clf, tokenizer, labels = load_classifier(model)
     max_length = cfg.max_length or lineage.get("max_length") or 512
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    clf.to(device)
-    out: list[dict[str, Any]] = []
+    return classify_texts(clf.to(device), tokenizer, labels, texts, max_length, cfg.batch_size)
+
+
+def classify_texts(clf, tokenizer, labels: list[str], texts: list[str], max_length: int,
+                   batch_size: int = 32) -> list[dict[str, Any]]:
+    """A loaded classifier's {text, label, score, probabilities} per text, in order."""
+    device = next(clf.parameters()).device
     # Longest first in batches of similar length: less padding; results go back in input order.
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     results: dict[int, dict[str, Any]] = {}
     with torch.no_grad():
-        for start in range(0, len(order), cfg.batch_size):
-            index = order[start: start + cfg.batch_size]
+        for start in range(0, len(order), batch_size):
+            index = order[start: start + batch_size]
             enc = tokenizer([texts[i] for i in index], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             logits = clf(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
             probs = logits.float().softmax(-1).cpu()
@@ -37,5 +42,4 @@ def predict(model_ref: str, texts: list[str], cfg: PredictConfig | None = None, 
                 best = max(range(len(labels)), key=p.__getitem__)
                 results[i] = {"text": texts[i], "label": labels[best], "score": p[best],
                               "probabilities": {label: p[k] for k, label in enumerate(labels)}}
-    out = [results[i] for i in range(len(texts))]
-    return out
+    return [results[i] for i in range(len(texts))]

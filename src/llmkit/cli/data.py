@@ -1,4 +1,4 @@
-"""`llmkit data prepare | report | show`."""
+"""`llmkit data prepare | from-feedback | report | show`."""
 
 from __future__ import annotations
 
@@ -60,6 +60,56 @@ def prepare(
             console.print(f"  {split:5s} {s['records']:8d} records {s['tokens']:10d} tokens")
         console.print(f"  tokenizer: {m['tokenizer']['kind']} vocab {m['tokenizer']['vocab_size']}")
         console.print(f"next: llmkit data report {ds.name}")
+
+    ctx.emit(result, human)
+
+
+@app.command("from-feedback", epilog="Example: llmkit data from-feedback --name tiny-feedback --model tiny-lm --since 2025-01-31, "
+             "then llmkit train sft --base tiny-lm --data tiny-feedback")
+def from_feedback(
+    name: Annotated[str | None, typer.Option(help="Dataset name; new feedback under the same name becomes its next version.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only feedback on this served model (default: every model).")] = None,
+    min_rating: Annotated[int | None, typer.Option(help="Ratings at or above this approve a response (1 = thumbs up, -1 = thumbs down).", show_default=False)] = None,
+    include_corrections: Annotated[bool | None, typer.Option("--include-corrections/--no-include-corrections", help="Use corrected answers (they win over the rating).", show_default=False)] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="char | bpe:VOCAB | path (default: the --model's own, else char).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only feedback given at or after this ISO date/time (UTC unless an offset is given).")] = None,
+    val: Annotated[float | None, typer.Option(help="Fraction of conversations held out for val (default 0.1).", show_default=False)] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Turn rated and corrected responses of the server into a chat dataset for 'llmkit train sft'.
+
+    Per response the latest feedback wins; a correction becomes the answer (even on a thumbs-down),
+    a rating >= --min-rating keeps the answer as it was; the rest is skipped and counted.
+    """
+    from llmkit.data.feedback import dataset_from_feedback, describe_skipped
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    cfg = ctx.section("feedback", name=name, model=model, min_rating=min_rating, include_corrections=include_corrections,
+                      tokenizer=tokenizer, since=since, val=val)
+    ds = dataset_from_feedback(cfg, ctx.ws, ctx.registry)
+    m, fb = ds.manifest, ds.manifest["feedback"]
+    result = {"id": ds.id, "name": ds.name, "version": ds.version, "ref": ds.ref, "path": str(ds.path),
+              "existed": ds.existed, "used": fb["used"], "skipped": fb["skipped"], "feedback_rows": fb["feedback_rows"],
+              "request_logs": fb["request_logs"], "models": fb["models"], "counts": m["counts"], "splits": m["splits"],
+              "tokenizer": m["tokenizer"]}
+
+    def human() -> None:
+        if ds.existed:
+            console.print(f"dataset [bold]{ds.ref}[/bold] already exists with the same feedback and options: {ds.path}")
+        else:
+            console.print(f"dataset [bold]{ds.ref}[/bold] (chat) at {ds.path}")
+        used = fb["used"]
+        console.print(f"  from {fb['feedback_rows']} feedback rows: {used['corrected']} corrected, {used['approved']} approved; "
+                      f"skipped: {describe_skipped(fb['skipped'])}", highlight=False)
+        dupes = m["counts"]["duplicates_exact"] + m["counts"]["duplicates_near"]
+        console.print(f"  conversations: {m['splits']['train']['records']} train, {m['splits']['val']['records']} val"
+                      f"{f' ({dupes} duplicates removed)' if dupes else ''}")
+        if fb["models"]:
+            console.print(f"  lineage: from model {', '.join(fb['models'])} (feedback)")
+        if not m["splits"]["val"]["records"] and not m["splits"]["test"]["records"]:
+            console.print("  note: no val conversations, which 'llmkit train sft' evaluates on; collect more feedback or raise --val")
+        base = fb["models"][0] if len(fb["models"]) == 1 else "MODEL"
+        console.print(f"next: llmkit train sft --base {base} --data {ds.name}")
 
     ctx.emit(result, human)
 

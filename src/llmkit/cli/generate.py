@@ -75,6 +75,7 @@ def chat(
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Talk with a model in the terminal; uses its chat template when it has one. Empty line or Ctrl-D ends."""
+    from llmkit.generate import chat_prompt
     from llmkit.generate import generate as run_generate
     from llmkit.models.io import load_causal_lm, resolve_model
 
@@ -82,11 +83,7 @@ def chat(
     params = _sampling(ctx, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     lm, tok = load_causal_lm(resolve_model(model, ctx.registry))
     templated = bool(getattr(tok, "chat_template", None))
-    vocab = tok.get_vocab()
-    # The end of an assistant turn, or the model starting the user's next one, ends the reply.
-    end_ids = [vocab[m] for m in ("<|end|>", "<|user|>", "<|im_end|>", "<|eot_id|>") if templated and m in vocab]
     messages = [{"role": "system", "content": system}] if system else []
-    transcript = ""
     console.print(f"[dim]chatting with {model} ({'chat template' if templated else 'plain continuation'}); "
                   "an empty line ends[/dim]")
     while True:
@@ -97,16 +94,11 @@ def chat(
         if not line.strip():
             break
         messages.append({"role": "user", "content": line})
-        if templated:
-            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            transcript += f"{line}\n"
-            prompt = transcript
+        prompt, end_ids = chat_prompt(tok, messages)
         print("model> ", end="", flush=True)
         out = run_generate(lm, tok, prompt, on_text=lambda s: print(s, end="", flush=True), stop_token_ids=end_ids,
                            **params)
         print()
         messages.append({"role": "assistant", "content": out.text.strip()})
-        transcript += out.text.strip() + "\n"
     if json_out:
         ctx.emit({"messages": messages})

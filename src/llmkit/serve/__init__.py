@@ -1,0 +1,107 @@
+"""`llmkit serve`: models behind an OpenAI-compatible HTTP API, with a web UI.
+
+Python: `serve(cfg)` runs a server until interrupted; `start(cfg)` runs one in a background thread
+and returns it (tests, notebooks, the demo).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from llmkit.config import ServeConfig
+from llmkit.errors import UserError
+
+log = logging.getLogger("llmkit.serve")
+
+
+@dataclass
+class RunningServer:
+    url: str
+    app: object
+    server: object
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        for served in self.app.state.llmkit.models.values():
+            if served.engine:
+                served.engine.close()
+
+
+def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
+    from llmkit.registry import Registry
+    from llmkit.serve.app import create_app
+    from llmkit.serve.served import load_served
+    from llmkit.workspace import Workspace
+
+    if not cfg.models:
+        raise UserError("name at least one model to serve, e.g. llmkit serve tiny-lm")
+    ws = ws or Workspace.open()
+    registry = registry or Registry.for_workspace(ws.root)
+    models = {}
+    for ref in cfg.models:
+        served = load_served(ref, cfg, registry)
+        if served.id in models:
+            raise UserError(f"two models named '{served.id}'; serve each name once")
+        models[served.id] = served
+        if console:
+            console.print(f"loaded [bold]{served.id}[/bold] ({served.kind}, {served.backend})")
+    return create_app(cfg, models, registry, ws)
+
+
+def _check_exposure(cfg: ServeConfig, app, console) -> None:
+    try:
+        loopback = ipaddress.ip_address(cfg.host).is_loopback
+    except ValueError:
+        loopback = cfg.host == "localhost"
+    if not loopback and app.state.llmkit.auth.open and console:
+        console.print(f"[yellow]warning:[/yellow] serving on {cfg.host} without an API key: anyone who can reach this "
+                      "address can use the models; pass --api-key or --api-keys-file")
+
+
+def _uvicorn(cfg: ServeConfig, app):
+    import uvicorn
+
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=5)
+    return uvicorn.Server(config)
+
+
+def start(cfg: ServeConfig, ws=None, registry=None, console=None, app=None) -> RunningServer:
+    """Start a server in a background thread; returns once it accepts connections."""
+    app = app or build_app(cfg, ws, registry, console)
+    _check_exposure(cfg, app, console)
+    server = _uvicorn(cfg, app)
+    server.install_signal_handlers = lambda: None  # only the main thread may; the caller owns signals
+    thread = threading.Thread(target=server.run, daemon=True, name="llmkit-uvicorn")
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise UserError(f"the server did not start on {cfg.host}:{cfg.port} (is the port in use? try --port 0)")
+        time.sleep(0.02)
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    return RunningServer(f"http://{_url_host(host)}:{port}", app, server, thread)
+
+
+def serve(cfg: ServeConfig, ws=None, registry=None, console=None, on_ready=None) -> None:
+    """Serve until Ctrl-C; `on_ready(url)` is called once the server accepts connections."""
+    running = start(cfg, ws, registry, console)
+    if on_ready:
+        on_ready(running.url)
+    try:
+        while running.thread.is_alive():
+            running.thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

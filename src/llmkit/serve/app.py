@@ -1,0 +1,372 @@
+"""The HTTP API: OpenAI-compatible /v1 routes, ours for classify and feedback, health, metrics, the UI.
+
+`create_app(cfg, models, registry, workspace)` builds the FastAPI app around loaded models; the
+`llmkit serve` command and the tests both run it under uvicorn. Every route answers a client's
+mistake with a 4xx in OpenAI's error shape (see errors.py), never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from sse_starlette.sse import EventSourceResponse
+
+from llmkit.config import ServeConfig
+from llmkit.generate import Sampler, TextStream, chat_prompt, encode_prompt
+from llmkit.serve import schemas as s
+from llmkit.serve.auth import Auth, BodyLimit
+from llmkit.serve.engine import Event, Job, QueueFull
+from llmkit.serve.errors import ApiError, install_handlers
+from llmkit.serve.metrics import ServerMetrics
+from llmkit.serve.served import ServedModel, embed
+
+log = logging.getLogger("llmkit.serve")
+STATIC = Path(__file__).parent / "static"
+ERRORS = {code: {"model": s.ErrorBody} for code in (400, 401, 404, 408, 413, 429)}
+STREAMING = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+RECENT = 10_000  # responses remembered for feedback without --log-requests
+
+
+class ServerState:
+    def __init__(self, cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace, auth: Auth):
+        self.cfg, self.models, self.registry, self.workspace, self.auth = cfg, models, registry, workspace, auth
+        self.metrics = ServerMetrics()
+        self.recent: OrderedDict[str, dict] = OrderedDict()
+
+    def model(self, name: str, kind: str | None = None) -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            served = next((m for m in self.models.values() if name in (m.model.ref, str(m.model.path))), None)
+        if served is None:
+            raise ApiError(404, f"model '{name}' is not served here; models: {', '.join(self.models)}",
+                           param="model", code="model_not_found")
+        if kind and served.kind != kind:
+            what = {"causal": "a causal language model", "classifier": "a classifier",
+                    "encoder": "an encoder or classifier"}[kind]
+            fits = [m.id for m in self.models.values() if m.kind == kind or (kind == "encoder" and m.kind == "classifier")]
+            if not (kind == "encoder" and served.kind == "classifier"):
+                raise ApiError(400, f"model '{name}' is a {served.kind}, and this route needs {what}"
+                               + (f"; try {', '.join(fits)}" if fits else ""), param="model", code="wrong_model_kind")
+        return served
+
+    def remember(self, rid: str, entry: dict) -> None:
+        self.recent[rid] = entry
+        while len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
+
+    def engines(self) -> dict:
+        return {m.id: m.engine for m in self.models.values() if m.engine}
+
+
+def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace) -> FastAPI:
+    from llmkit.serve.auth import read_keys
+
+    auth = Auth(read_keys(cfg.api_keys, cfg.api_keys_file), cfg.rate_limit)
+    state = ServerState(cfg, models, registry, workspace, auth)
+    app = FastAPI(title="llmkit", version="1", summary="OpenAI-compatible API of llmkit models",
+                  openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
+    app.state.llmkit = state
+    app.state.registry, app.state.workspace = registry, workspace
+    install_handlers(app)
+    for served in models.values():
+        if served.engine:
+            served.engine.on_step = state.metrics.batch.labels(served.id).observe
+
+    async def authorize(request: Request) -> str:
+        try:
+            return auth.check(request.headers.get("authorization"), request.client.host if request.client else "?")
+        except ApiError as err:
+            state.metrics.rejected.labels("auth" if err.status == 401 else "rate_limit").inc()
+            raise
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "other")
+        state.metrics.requests.labels(path, str(response.status_code)).inc()
+        state.metrics.latency.labels(path).observe(time.perf_counter() - start)
+        return response
+
+    @app.get("/health", response_model=s.Health, tags=["ops"])
+    async def health():
+        return s.Health(models=list(models), queue_depth=sum(e.depth() for e in state.engines().values()))
+
+    @app.get("/metrics", tags=["ops"], dependencies=[Depends(authorize)],
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **ERRORS})
+    async def metrics():
+        return Response(state.metrics.render(state.engines()), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models", response_model=s.ModelList, dependencies=[Depends(authorize)], responses=ERRORS)
+    async def list_models():
+        return s.ModelList(data=[s.ModelCard(id=m.id, created=m.created, kind=m.kind, backend=m.backend,
+                                             context_length=m.max_len) for m in models.values()])
+
+    @app.get("/v1/models/{model_id}", response_model=s.ModelCard, dependencies=[Depends(authorize)], responses=ERRORS)
+    async def get_model(model_id: str):
+        m = state.model(model_id)
+        return s.ModelCard(id=m.id, created=m.created, kind=m.kind, backend=m.backend, context_length=m.max_len)
+
+    @app.post("/v1/completions", response_model=s.Completion, dependencies=[Depends(authorize)],
+              responses={**ERRORS, **STREAMING})
+    async def completions(body: s.CompletionRequest, request: Request):
+        served = state.model(body.model, "causal")
+        ids = encode_prompt(served.tokenizer, body.prompt) if body.prompt else _bos(served)
+        job = _job(state, served, ids, body, body.max_tokens, [])
+        rid = f"cmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        entry = {"model": served.id, "endpoint": "completion", "prompt": body.prompt}
+        head = body.prompt if body.echo else ""
+        if body.stream:
+            def chunk(text, finish, usage=None):
+                return s.Completion(id=rid, created=created, model=served.id, usage=usage,
+                                    choices=[s.CompletionChoice(text=text, finish_reason=finish)] if usage is None or text else [])
+            return _sse(state, served, job, request, rid, entry, chunk, first=head, include_usage=_usage_wanted(body))
+        text, done = await _collect(state, served, job, request, rid, entry)
+        return s.Completion(id=rid, created=created, model=served.id, usage=_usage(done),
+                            choices=[s.CompletionChoice(text=head + text, finish_reason=done.finish_reason)])
+
+    @app.post("/v1/chat/completions", response_model=s.ChatCompletion, dependencies=[Depends(authorize)],
+              responses={**ERRORS, **STREAMING})
+    async def chat_completions(body: s.ChatRequest, request: Request):
+        served = state.model(body.model, "causal")
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in body.messages]
+        try:
+            prompt, end_ids = chat_prompt(served.tokenizer, messages)
+        except Exception as err:  # a template that rejects the roles or their order (jinja raises)
+            raise ApiError(400, f"the model's chat template rejected the messages: {err}", param="messages") from None
+        job = _job(state, served, encode_prompt(served.tokenizer, prompt), body,
+                   body.max_completion_tokens or body.max_tokens, end_ids)
+        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        entry = {"model": served.id, "endpoint": "chat", "prompt": json.dumps(messages, ensure_ascii=False)}
+        if body.stream:
+            def chunk(text, finish, usage=None, role=False):
+                choices = [] if usage is not None else [
+                    {"index": 0, "delta": ({"role": "assistant", "content": text} if role else {"content": text} if text else {}),
+                     "finish_reason": finish, "logprobs": None}]
+                out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.id, "choices": choices}
+                if usage is not None:
+                    out["usage"] = usage.model_dump()
+                return out
+            return _sse(state, served, job, request, rid, entry, chunk, first="", role=True,
+                        include_usage=_usage_wanted(body))
+        text, done = await _collect(state, served, job, request, rid, entry)
+        return s.ChatCompletion(id=rid, created=created, model=served.id, usage=_usage(done),
+                                choices=[s.ChatChoice(message=s.ChatMessageOut(content=text), finish_reason=done.finish_reason)])
+
+    @app.post("/v1/embeddings", response_model=s.EmbeddingList, dependencies=[Depends(authorize)], responses=ERRORS)
+    async def embeddings(body: s.EmbeddingRequest):
+        served = state.model(body.model, "encoder")
+        vectors, tokens = await run_in_threadpool(embed, served, body.input)
+        if body.encoding_format == "base64":
+            import base64
+
+            import numpy as np
+
+            vectors = [base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode() for v in vectors]
+        return s.EmbeddingList(model=served.id, data=[s.Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
+                               usage=s.Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens))
+
+    @app.post("/v1/classify", response_model=s.ClassificationList, dependencies=[Depends(authorize)], responses=ERRORS)
+    async def classify(body: s.ClassifyRequest):
+        from llmkit.predict import classify_texts
+
+        served = state.model(body.model, "classifier")
+
+        def run():
+            with served.lock:
+                return classify_texts(served.net, served.tokenizer, served.labels, body.input, served.max_length)
+
+        results = await run_in_threadpool(run)
+        tokens = sum(len(ids) for ids in served.tokenizer(body.input, truncation=True, max_length=served.max_length)["input_ids"])
+        return s.ClassificationList(model=served.id, usage=s.Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens),
+                                    data=[s.Classification(index=i, label=r["label"], probabilities=r["probabilities"])
+                                          for i, r in enumerate(results)])
+
+    @app.post("/v1/feedback", response_model=s.FeedbackAck, dependencies=[Depends(authorize)], responses=ERRORS)
+    async def feedback(body: s.FeedbackRequest):
+        if body.rating is None and body.correction is None and body.comment is None:
+            raise ApiError(400, "send a rating (1 or -1), a correction or a comment", param="rating")
+        entry = state.recent.get(body.response_id)
+        if entry is None:
+            entry = await run_in_threadpool(_logged, registry, body.response_id)
+        if entry is None:
+            raise ApiError(404, f"unknown response_id '{body.response_id}': not one of this server's recent responses",
+                           param="response_id", code="response_not_found")
+        fid = await run_in_threadpool(
+            registry.add_feedback, entry["model"], response_id=body.response_id, rating=body.rating,
+            prompt=entry.get("prompt"), response=entry.get("response"), correction=body.correction,
+            extra={"kind": "feedback", "endpoint": entry.get("endpoint"), "comment": body.comment})
+        return s.FeedbackAck(id=fid, response_id=body.response_id)
+
+    try:
+        from llmkit.serve.dashboard import router as dashboard
+
+        app.include_router(dashboard, dependencies=[Depends(authorize)])
+    except ImportError:  # the dashboard is optional while it is being built
+        pass
+    if cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    if cfg.ui and STATIC.is_dir():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_kb * 1024)
+    return app
+
+
+# --- generation plumbing ------------------------------------------------------------------------
+
+
+def _bos(served: ServedModel) -> list[int]:
+    bos = served.tokenizer.bos_token_id
+    if bos is None:
+        raise ApiError(400, "'prompt' is empty and the model has no BOS token to start from", param="prompt")
+    return [bos]
+
+
+def _job(state: ServerState, served: ServedModel, ids: list[int], body: s.Sampling, max_tokens: int | None,
+         stop_ids: list[int]) -> Job:
+    context = served.max_len or 10**9
+    limit = state.cfg.max_tokens
+    if max_tokens is not None and max_tokens > limit:
+        raise ApiError(400, f"max_tokens is {max_tokens}, over this server's limit of {limit}", param="max_tokens",
+                       code="invalid_value")
+    if len(ids) >= context:
+        raise ApiError(400, f"the prompt is {len(ids)} tokens and the model's context is {context}; shorten it",
+                       param="messages" if isinstance(body, s.ChatRequest) else "prompt", code="context_length_exceeded")
+    if max_tokens is None:
+        max_tokens = min(limit, context - len(ids))
+    elif len(ids) + max_tokens > context:
+        raise ApiError(400, f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the model's context "
+                       f"of {context}; ask for at most {context - len(ids)} tokens", param="max_tokens",
+                       code="context_length_exceeded")
+    sampler = Sampler(len(served.tokenizer), ids, temperature=body.temperature, top_p=body.top_p, seed=body.seed)
+    return Job(ids=ids, max_new=max_tokens, sampler=sampler, stream=TextStream(served.tokenizer, body.stops),
+               eos=served.eos | set(stop_ids), deadline=time.perf_counter() + state.cfg.timeout,
+               loop=asyncio.get_running_loop())
+
+
+def _usage(done: Event) -> s.Usage:
+    return s.Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
+                   total_tokens=done.prompt_tokens + done.completion_tokens)
+
+
+def _usage_wanted(body: s.Sampling) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def _submit(state: ServerState, served: ServedModel, job: Job) -> None:
+    try:
+        served.engine.submit(job)
+    except QueueFull:
+        state.metrics.rejected.labels("queue_full").inc()
+        raise ApiError(429, f"the server is busy: {served.engine.max_queue} requests are queued for '{served.id}'; retry shortly",
+                       code="queue_full", headers={"Retry-After": "1"}) from None
+
+
+def _finished(state: ServerState, served: ServedModel, rid: str, entry: dict, text: str, done: Event) -> None:
+    state.metrics.tokens.labels(served.id, "prompt").inc(done.prompt_tokens)
+    state.metrics.tokens.labels(served.id, "completion").inc(done.completion_tokens)
+    if done.first_token_seconds is not None:
+        state.metrics.ttft.labels(served.id).observe(done.first_token_seconds)
+    entry = {**entry, "response": text}
+    state.remember(rid, entry)
+    if state.cfg.log_requests:
+        usage = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
+        state.registry.add_feedback(served.id, response_id=rid, prompt=entry["prompt"], response=text,
+                                    extra={"kind": "request", "endpoint": entry["endpoint"], "usage": usage})
+
+
+def _failed(event: Event, timeout: float) -> ApiError:
+    if event.finish_reason == "timeout":
+        return ApiError(408, f"the request took longer than the server's timeout of {timeout:g} s; ask for fewer "
+                        "tokens or retry when the server is less busy", type="timeout_error", code="timeout")
+    return ApiError(503, event.text, type="server_error", code="engine_error")
+
+
+async def _collect(state: ServerState, served: ServedModel, job: Job, request: Request, rid: str,
+                   entry: dict) -> tuple[str, Event]:
+    _submit(state, served, job)
+    parts: list[str] = []
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(job.events.get(), timeout=0.5)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    job.cancelled = True
+                    raise ApiError(400, "client disconnected") from None
+                continue
+            if event.kind == "text":
+                parts.append(event.text)
+            elif event.kind == "done":
+                text = "".join(parts)
+                await run_in_threadpool(_finished, state, served, rid, entry, text, event)
+                return text, event
+            else:
+                raise _failed(event, state.cfg.timeout)
+    finally:
+        job.cancelled = True  # no-op once done; frees the slot if the handler was cancelled
+
+
+def _sse(state: ServerState, served: ServedModel, job: Job, request: Request, rid: str, entry: dict, chunk,
+         first: str, include_usage: bool, role: bool = False) -> EventSourceResponse:
+    _submit(state, served, job)
+
+    async def events() -> AsyncIterator[dict]:
+        parts: list[str] = []
+        try:
+            if role:
+                yield {"data": _dump(chunk("", None, role=True))}
+            elif first:
+                yield {"data": _dump(chunk(first, None))}
+            while True:
+                event = await job.events.get()
+                if event.kind == "text":
+                    parts.append(event.text)
+                    yield {"data": _dump(chunk(event.text, None))}
+                elif event.kind == "done":
+                    yield {"data": _dump(chunk("", event.finish_reason))}
+                    if include_usage:
+                        yield {"data": _dump(chunk("", None, usage=_usage(event)))}
+                    await run_in_threadpool(_finished, state, served, rid, entry, "".join(parts), event)
+                    break
+                else:
+                    err = _failed(event, state.cfg.timeout)
+                    yield {"data": json.dumps({"error": {"message": err.message, "type": err.type, "param": None,
+                                                         "code": err.code}})}
+                    break
+            yield {"data": "[DONE]"}
+        finally:
+            job.cancelled = True  # the client went away (or we are done): the scheduler drops the sequence
+
+    return EventSourceResponse(events(), sep="\n", ping=15)
+
+
+def _dump(obj) -> str:
+    return obj.model_dump_json() if hasattr(obj, "model_dump_json") else json.dumps(obj, ensure_ascii=False)
+
+
+def _logged(registry, response_id: str) -> dict | None:
+    for row in reversed(registry.list_feedback()):
+        if row["response_id"] == response_id and row["extra"].get("kind") == "request":
+            return {"model": row["model"], "endpoint": row["extra"].get("endpoint"), "prompt": row["prompt"],
+                    "response": row["response"]}
+    return None
+

@@ -1,0 +1,217 @@
+"""The serving engine: a scheduler thread per model that batches concurrent requests.
+
+Continuous batching (torch backend): between two decode steps the scheduler admits waiting requests
+(one prefill each, into a KV cache of their own) and drops finished, cancelled or timed-out ones, so
+the running batch changes every step and nobody waits for the slowest request of a fixed batch.
+Every step advances all running sequences by one token in one batched forward
+(`generate.get_decoder(model).step(states, tokens)`: projections and MLP batched, attention per
+sequence, so there is no padding to mask). Sampling and stop handling are per request.
+
+Backends that hold one sequence per instance (llama.cpp's context, ONNX without a KV cache) run with
+a batch of one per worker and as many workers as instances; requests queue in between.
+
+The scheduler runs in threads because the forward releases the GIL and must not block the event
+loop; results go back to each request's asyncio.Queue with call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llmkit.generate import Sampler, TextStream
+
+log = logging.getLogger("llmkit.serve")
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Event:
+    kind: str  # "text" | "done" | "error"
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_seconds: float | None = None
+
+
+@dataclass
+class Job:
+    """One request's generation, owned by the scheduler once submitted."""
+
+    ids: list[int]
+    max_new: int
+    sampler: Sampler
+    stream: TextStream
+    eos: set[int]
+    deadline: float
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: bool = False  # set by the request handler (client gone); read by the scheduler
+    out: list[int] = field(default_factory=list)
+    state: Any = None
+    last: int = -1
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    released: bool = False
+
+    def emit(self, event: Event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            self.cancelled = True
+
+
+class Decoder:
+    """What a worker drives: prefill one sequence, step a batch. Wraps both backend styles."""
+
+    def __init__(self, prefill: Callable, step: Callable, max_batch: int, max_len: int | None):
+        self.prefill, self.step, self.max_batch, self.max_len = prefill, step, max_batch, max_len
+
+
+def torch_decoder(lm, max_batch: int) -> Decoder:
+    from llmkit.generate import get_decoder
+
+    dec = get_decoder(lm)
+    return Decoder(lambda ids, cap: dec.prefill(ids, capacity=cap), dec.step, max_batch, dec.max_len)
+
+
+def single_decoder(backend) -> Decoder:
+    """A backend with prefill(ids, capacity) and step(state, token) for one sequence at a time."""
+    return Decoder(backend.prefill, lambda states, toks: backend.step(states[0], toks[0])[None], 1, backend.max_len)
+
+
+class Engine:
+    def __init__(self, name: str, decoders: list[Decoder], *, max_queue: int, on_step: Callable[[int], None] | None = None,
+                 on_done: Callable[[Job, str], None] | None = None):
+        self.name = name
+        self.decoders = decoders
+        self.max_queue = max_queue
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.running = 0
+        self.cv = threading.Condition()
+        self.on_step, self.on_done = on_step, on_done
+        self._stop = False
+        self.threads = [threading.Thread(target=self._worker, args=(d,), daemon=True, name=f"llmkit-engine-{name}-{i}")
+                        for i, d in enumerate(decoders)]
+        for t in self.threads:
+            t.start()
+
+    @property
+    def max_len(self) -> int | None:
+        return self.decoders[0].max_len
+
+    def depth(self) -> int:
+        return len(self.waiting)
+
+    def submit(self, job: Job) -> None:
+        with self.cv:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull
+            self.waiting.append(job)
+            self.cv.notify()
+
+    def close(self) -> None:
+        with self.cv:
+            self._stop = True
+            self.cv.notify_all()
+        for t in self.threads:
+            t.join(timeout=10)
+
+    # --- the scheduler loop --------------------------------------------------------------------
+
+    def _worker(self, dec: Decoder) -> None:
+        active: list[Job] = []
+        while True:
+            with self.cv:
+                while not self.waiting and not active and not self._stop:
+                    self.cv.wait()
+                if self._stop:
+                    for job in active + list(self.waiting):
+                        job.emit(Event("error", "the server is shutting down"))
+                    return
+                admit = []
+                while self.waiting and len(active) + len(admit) < dec.max_batch:
+                    admit.append(self.waiting.popleft())
+                self.running += len(admit)
+            try:
+                for job in admit:
+                    if self._alive(job) and self._prefill(dec, job):
+                        active.append(job)
+                    else:
+                        self._release(job)
+                active = [j for j in active if self._alive(j) or self._release(j)]
+                if active:
+                    self._step(dec, active)
+                    active = [j for j in active if j.last >= 0 or self._release(j)]
+            except Exception as err:  # a bug or OOM: fail the requests in flight, keep serving others
+                log.exception("engine %s failed a step", self.name)
+                for job in {id(j): j for j in active + admit}.values():
+                    job.emit(Event("error", f"generation failed: {type(err).__name__}: {err}"))
+                    self._release(job)
+                active = []
+
+    def _alive(self, job: Job) -> bool:
+        if job.cancelled:
+            return False
+        if time.perf_counter() > job.deadline:
+            job.emit(Event("error", "timeout", finish_reason="timeout"))
+            return False
+        return True
+
+    def _release(self, job: Job) -> bool:
+        job.state = None  # frees the KV cache now rather than when the handler lets go
+        if not job.released:
+            job.released = True
+            with self.cv:
+                self.running -= 1
+        return False
+
+    def _prefill(self, dec: Decoder, job: Job) -> bool:
+        job.state, logits = dec.prefill(job.ids, len(job.ids) + job.max_new)
+        return self._accept(job, logits)
+
+    def _step(self, dec: Decoder, active: list[Job]) -> None:
+        logits = dec.step([j.state for j in active], [j.last for j in active])  # (B, vocab)
+        if self.on_step:
+            self.on_step(len(active))
+        for job, row in zip(active, logits, strict=True):
+            if not self._accept(job, row):
+                job.last = -1
+
+    def _accept(self, job: Job, logits: torch.Tensor) -> bool:
+        """Sample the next token, send any new text; False when the job is finished."""
+        tok = job.sampler(logits)
+        if job.first_token is None:
+            job.first_token = time.perf_counter()
+        job.out.append(tok)
+        piece = job.stream.push(job.out)
+        finish = None
+        if tok in job.eos or job.stream.stopped:
+            finish = "stop"
+        elif len(job.out) >= job.max_new:
+            finish = "length"
+        if piece:
+            job.emit(Event("text", piece))
+        if finish is None:
+            job.last = tok
+            return True
+        rest = job.stream.finish()
+        if rest:
+            job.emit(Event("text", rest))
+        job.emit(Event("done", finish_reason=finish, prompt_tokens=len(job.ids), completion_tokens=len(job.out),
+                       first_token_seconds=job.first_token - job.submitted))
+        if self.on_done:
+            self.on_done(job, finish)
+        return False

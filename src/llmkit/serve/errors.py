@@ -1,0 +1,90 @@
+"""OpenAI-shaped errors: every 4xx/5xx body is {"error": {"message", "type", "param", "code"}}.
+
+Clients written against OpenAI (the `openai` package, LangChain, curl scripts) read `error.message`
+and branch on `type`/`code`, so the server answers in that shape whatever went wrong: a bad field,
+malformed JSON, an unknown route, a full queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
+         415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type or TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.headers = headers or {}
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(err.message, err.type, err.param, err.code), status_code=err.status,
+                        headers=err.headers)
+
+
+def _field(loc: tuple) -> str:
+    # ("body", "messages", 0, "content") -> "messages[0].content"
+    out = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header"):
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        ctx = first.get("ctx", {}).get("error", "")
+        return f"the request body is not valid JSON ({ctx}); send a JSON object", None
+    field = _field(loc)
+    msg = first.get("msg", "invalid request")
+    if first.get("type") == "missing":
+        return f"'{field}' is required", field or None
+    if field:
+        return f"'{field}': {msg}", field
+    return f"the request body is invalid: {msg}", None
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, err: ApiError):
+        return error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        status = exc.status_code
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if status == 404:
+            message = "no such route; the API is under /v1 (see /docs)"
+        return JSONResponse(error_body(message, TYPES.get(status, "invalid_request_error"), None, None),
+                            status_code=status, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception):
+        # Only our own bugs land here; say so without leaking a traceback to the client.
+        import logging
+
+        logging.getLogger("llmkit.serve").exception("internal error")
+        return JSONResponse(error_body(f"internal server error ({type(exc).__name__})", "server_error"), status_code=500)

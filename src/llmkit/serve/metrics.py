@@ -1,0 +1,34 @@
+"""Prometheus metrics of one server: requests, tokens, latency, time to first token, queue, batch size.
+
+Each app gets its own CollectorRegistry, so two servers in one process (tests) don't share counts.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServerMetrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("llmkit_requests", "HTTP requests by route and status code", ["route", "status"], registry=r)
+        self.latency = Histogram("llmkit_request_latency_seconds", "Time to the last byte of a response", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("llmkit_time_to_first_token_seconds", "Queueing plus prefill, per generation", ["model"],
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("llmkit_tokens", "Tokens processed, by model and type (prompt | completion)",
+                              ["model", "type"], registry=r)
+        self.queue = Gauge("llmkit_queue_depth", "Requests waiting for a place in the batch", ["model"], registry=r)
+        self.running = Gauge("llmkit_running_sequences", "Sequences in the running batch", ["model"], registry=r)
+        self.batch = Histogram("llmkit_batch_size", "Sequences per decode step", ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.rejected = Counter("llmkit_rejected", "Requests turned away, by reason (queue_full | rate_limit | auth)",
+                                ["reason"], registry=r)
+
+    def render(self, engines: dict) -> bytes:
+        for name, engine in engines.items():
+            self.queue.labels(name).set(engine.depth())
+            self.running.labels(name).set(engine.running)
+        return generate_latest(self.registry)

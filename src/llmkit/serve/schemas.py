@@ -1,0 +1,222 @@
+"""Typed requests and responses of the API: OpenAI's shapes for /v1/*, ours for classify and feedback.
+
+Unknown fields are ignored, as OpenAI's server does, so clients that send `frequency_penalty`,
+`user` or `logit_bias` still work; fields we do read are range-checked here, so a bad value is a 400
+naming the field before any work is queued.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Sampling(Request):
+    model: str = Field(..., min_length=1, description="a model id from GET /v1/models")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    n: int = Field(1, ge=1, le=1, description="choices per prompt (only 1)")
+    stop: str | list[str] | None = Field(None, description="up to 4 strings that end the generation")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="makes sampling reproducible")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return [s for s in stops if s]
+
+    @property
+    def stops(self) -> list[str]:
+        return list(self.stop or [])
+
+
+class StreamOptions(Request):
+    include_usage: bool = False
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str] = Field(..., description="the text to continue (a list of one string is accepted)")
+    max_tokens: int | None = Field(16, ge=1, description="tokens to generate; prompt + max_tokens must fit the context")
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v):
+        if isinstance(v, list):
+            if len(v) != 1 or not isinstance(v[0], str):
+                raise ValueError("send one prompt per request (a string, or a list of one string)")
+            return v[0]
+        return v
+
+
+class TextPart(Request):
+    type: Literal["text"]
+    text: str
+
+
+class Message(Request):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = ""
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, ge=1, description="tokens to generate (default: up to the context)")
+    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+
+
+class EmbeddingRequest(Request):
+    model: str = Field(..., min_length=1)
+    input: str | list[str] = Field(..., description="a text or a list of up to 256 texts")
+    encoding_format: Literal["float", "base64"] = "float"
+
+    @field_validator("input")
+    @classmethod
+    def _texts(cls, v):
+        texts = [v] if isinstance(v, str) else v
+        if not texts or len(texts) > 256:
+            raise ValueError("send between 1 and 256 texts")
+        return texts
+
+
+class ClassifyRequest(Request):
+    model: str = Field(..., min_length=1)
+    input: str | list[str] = Field(..., description="a text or a list of up to 256 texts")
+
+    _texts = field_validator("input")(EmbeddingRequest._texts.__func__)
+
+
+class FeedbackRequest(Request):
+    response_id: str = Field(..., min_length=1, max_length=64, description="the `id` of a completion or chat response")
+    rating: Literal[-1, 0, 1] | None = Field(None, description="1 = good, -1 = bad")
+    correction: str | None = Field(None, max_length=100_000, description="the answer it should have given")
+    comment: str | None = Field(None, max_length=10_000)
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "llmkit"
+    kind: Literal["causal", "classifier", "encoder"]
+    backend: str
+    context_length: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatMessageOut
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Embedding]
+    usage: Usage
+
+
+class Classification(BaseModel):
+    index: int
+    label: str
+    probabilities: dict[str, float]
+
+
+class ClassificationList(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Classification]
+    usage: Usage
+
+
+class FeedbackAck(BaseModel):
+    id: str
+    object: Literal["feedback"] = "feedback"
+    response_id: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    models: list[str]
+    queue_depth: int
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+Sampling.model_rebuild()
+CompletionRequest.model_rebuild()
+ChatRequest.model_rebuild()

@@ -1,0 +1,134 @@
+"""Loading the models a server serves: which kind each is, which backend runs it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmkit.config import ServeConfig
+from llmkit.errors import UserError
+from llmkit.models.io import Model, adapter_base, is_adapter, resolve_model
+from llmkit.serve.engine import Engine, single_decoder, torch_decoder
+
+
+@dataclass
+class ServedModel:
+    id: str  # what clients send as `model`
+    kind: str  # "causal" | "classifier" | "encoder"
+    backend: str
+    model: Model
+    tokenizer: Any
+    created: int = field(default_factory=lambda: int(time.time()))
+    engine: Engine | None = None  # causal models
+    eos: set[int] = field(default_factory=set)
+    net: Any = None  # classifier / encoder module
+    labels: list[str] | None = None
+    max_length: int = 512
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one forward at a time per module
+
+    @property
+    def max_len(self) -> int | None:
+        return self.engine.max_len if self.engine else self.max_length
+
+
+def _info(model: Model) -> dict[str, Any]:
+    file = model.path / "llmkit.json"
+    return json.loads(file.read_text()) if file.exists() else {}
+
+
+def model_kind(model: Model) -> str:
+    base = adapter_base(model) if is_adapter(model.path) else model
+    config_file = base.path / "config.json"
+    archs = json.loads(config_file.read_text()).get("architectures") or [] if config_file.exists() else []
+    task = (model.lineage or {}).get("task")
+    if task == "classification" or any(a.endswith("ForSequenceClassification") for a in archs):
+        return "classifier"
+    if any(a.endswith("ForCausalLM") for a in archs) or _info(model).get("gguf"):
+        return "causal"
+    return "encoder"
+
+
+def choose_backend(model: Model, requested: str) -> str:
+    if requested == "llamacpp":
+        return "llama.cpp"
+    if requested != "auto":
+        return requested
+    if _info(model).get("gguf"):
+        return "llama.cpp"
+    if (model.path / "model.onnx").exists() and not any(model.path.glob("*.safetensors")):
+        return "onnx"
+    return "torch"
+
+
+def load_served(ref: str, cfg: ServeConfig, registry, on_step=None, on_done=None) -> ServedModel:
+    from llmkit.models.io import load_causal_lm, load_classifier, load_tokenizer_for, quiet_transformers
+
+    quiet_transformers()
+    served_id, _, target = ref.rpartition("=")  # NAME=MODEL serves MODEL under another name
+    model = resolve_model(target, registry)
+    served_id = served_id or model.name
+    kind = model_kind(model)
+    backend = choose_backend(model, cfg.backend) if kind == "causal" else "torch"
+    if kind != "causal" and cfg.backend not in ("auto", "torch"):
+        raise UserError(f"{model.ref} is a {kind}; only the torch backend serves those (drop --backend {cfg.backend})")
+    if kind == "classifier":
+        clf, tok, labels = load_classifier(model)
+        return ServedModel(served_id, kind, backend, model, tok, net=clf, labels=labels,
+                           max_length=(model.lineage or {}).get("max_length") or _context(clf.config))
+    if kind == "encoder":
+        enc, tok = _load_encoder(model)
+        return ServedModel(served_id, kind, backend, model, tok, net=enc, max_length=_context(enc.config))
+    if backend == "torch":
+        lm, tok = load_causal_lm(model)
+        decoders = [torch_decoder(lm, cfg.max_batch)]
+        eos = {lm.config.eos_token_id} if isinstance(lm.config.eos_token_id, int) else set(lm.config.eos_token_id or [])
+    else:
+        from llmkit.eval.speed import load_backend
+
+        tok = load_tokenizer_for(model)
+        decoders = [single_decoder(load_backend(backend, model)) for _ in range(cfg.workers)]
+        config = json.loads((model.path / "config.json").read_text())
+        eos = {config["eos_token_id"]} if isinstance(config.get("eos_token_id"), int) else set(config.get("eos_token_id") or [])
+    if tok.eos_token_id is not None:
+        eos.add(tok.eos_token_id)
+    engine = Engine(served_id, decoders, max_queue=cfg.max_queue, on_step=on_step, on_done=on_done)
+    return ServedModel(served_id, kind, backend, model, tok, engine=engine, eos=eos)
+
+
+def _context(config) -> int:
+    n = getattr(config, "max_position_embeddings", None) or 512
+    return min(int(n), 8192)
+
+
+def _load_encoder(model: Model):
+    from transformers import AutoModel
+
+    from llmkit.models.io import check_safetensors, load_tokenizer_for
+
+    if not Path(model.path).is_dir():
+        raise UserError(f"{model.ref}: embeddings need a local model folder")
+    check_safetensors(model)
+    try:
+        net = AutoModel.from_pretrained(str(model.path), use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load {model.path} as an encoder: {str(err).splitlines()[0]}") from None
+    return net.eval(), load_tokenizer_for(model)
+
+
+@torch.inference_mode()
+def embed(served: ServedModel, texts: list[str]) -> tuple[list[list[float]], int]:
+    """Mean-pooled, L2-normalised last hidden states (sentence-transformers' recipe for MiniLM); (vectors, tokens)."""
+    net = served.net.base_model if served.kind == "classifier" else served.net
+    enc = served.tokenizer(texts, truncation=True, max_length=served.max_length, padding=True, return_tensors="pt")
+    with served.lock:
+        hidden = net(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state  # (B, T, C)
+    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, C)
+    pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+    return pooled.tolist(), int(enc["attention_mask"].sum())

@@ -1,0 +1,44 @@
+// Entry point: hash routing between the chat playground (#chat) and the dashboard (#dashboard),
+// and the API key field (kept in localStorage, sent as a Bearer token by every request).
+import { initChat } from "./chat.js";
+import { initDashboard } from "./dashboard.js";
+import { getApiKey, setApiKey } from "./lib.js";
+
+const VIEWS = ["chat", "dashboard"];
+const listeners = { chat: () => {}, dashboard: () => {} };
+
+function currentView() {
+  const name = location.hash.replace(/^#/, "");
+  return VIEWS.includes(name) ? name : "chat";
+}
+
+function show() {
+  const active = currentView();
+  for (const name of VIEWS) {
+    const on = name === active;
+    document.getElementById(`view-${name}`).hidden = !on;
+    const tab = document.getElementById(`tab-${name}`);
+    tab.setAttribute("aria-selected", String(on));
+    tab.classList.toggle("active", on);
+  }
+  listeners[active]();
+}
+
+function initApiKey(onChange) {
+  const input = document.getElementById("api-key");
+  input.value = getApiKey();
+  input.addEventListener("change", () => {
+    setApiKey(input.value.trim());
+    onChange();
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const chat = initChat();
+  const dashboard = initDashboard();
+  listeners.chat = chat.shown;
+  listeners.dashboard = dashboard.shown;
+  initApiKey(() => { chat.reload(); dashboard.reload(); });
+  window.addEventListener("hashchange", show);
+  show();
+});

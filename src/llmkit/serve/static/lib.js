@@ -1,0 +1,92 @@
+// Shared helpers: element building, the API client (with the stored API key), number formatting.
+
+const KEY_STORAGE = "llmkit.apiKey";
+
+export function getApiKey() {
+  return localStorage.getItem(KEY_STORAGE) || "";
+}
+
+export function setApiKey(key) {
+  if (key) localStorage.setItem(KEY_STORAGE, key);
+  else localStorage.removeItem(KEY_STORAGE);
+}
+
+export function authHeaders(extra = {}) {
+  const key = getApiKey().trim();
+  return key ? { ...extra, Authorization: `Bearer ${key}` } : { ...extra };
+}
+
+/** h("div", {class: "x", dataset: {testid: "y"}, onclick: fn}, "text", child) — never parses HTML. */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "dataset") Object.assign(el.dataset, value);
+    else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "class") el.className = value;
+    else el.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+/** The message of an OpenAI-shaped error body, or the HTTP status when the body is something else. */
+export async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error && body.error.message) return body.error.message;
+    if (body && typeof body.detail === "string") return body.detail;
+  } catch (_) {
+    // not JSON: fall through
+  }
+  return `${response.status} ${response.statusText || "request failed"}`;
+}
+
+export class ApiFailure extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** fetch a JSON API; throws ApiFailure with the server's error message on a non-2xx answer. */
+export async function api(path, { method = "GET", body, signal } = {}) {
+  const headers = authHeaders(body === undefined ? {} : { "Content-Type": "application/json" });
+  const response = await fetch(path, {
+    method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (!response.ok) throw new ApiFailure(await errorMessage(response), response.status);
+  return response.json();
+}
+
+export function fmtNumber(value, digits = 4) {
+  if (typeof value !== "number" || !Number.isFinite(value)) return "—";
+  if (Number.isInteger(value)) return value.toLocaleString("en-US");
+  if (Math.abs(value) >= 1000) return value.toLocaleString("en-US", { maximumFractionDigits: 1 });
+  return value.toFixed(digits);
+}
+
+export function fmtCount(value) {
+  if (typeof value !== "number" || !Number.isFinite(value)) return "—";
+  for (const [limit, unit] of [[1e9, "B"], [1e6, "M"], [1e3, "k"]]) {
+    if (Math.abs(value) >= limit) return `${(value / limit).toFixed(value >= 10 * limit ? 0 : 1)}${unit}`;
+  }
+  return String(value);
+}
+
+export function fmtBytes(bytes) {
+  if (typeof bytes !== "number" || !Number.isFinite(bytes)) return "—";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i += 1; }
+  return `${bytes.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+export function fmtDate(iso) {
+  if (!iso) return "—";
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}

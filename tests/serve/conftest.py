@@ -1,0 +1,54 @@
+"""A real uvicorn server on 127.0.0.1 for the serving tests, shared by the session.
+
+It serves `tiny-lm` (a tiny char-level causal LM with a 256-token context, trained for a few
+seconds; served under that name with NAME=MODEL) and `sms-clf` (the root conftest's classifier).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from llmkit.config import ServeConfig
+from llmkit.registry import Registry
+from llmkit.workspace import Workspace
+from tests.conftest import tiny_config
+
+
+@dataclass
+class Served:
+    base_url: str
+    registry: Registry
+    workspace: Path
+    running: object
+    api_key: str | None = None
+
+
+@pytest.fixture(scope="session")
+def serve_lm(lm_workspace: Path) -> str:
+    """A tiny LM with room for chat prompts (context 256), registered as 'serve-lm'."""
+    from llmkit.train import pretrain
+
+    ws = Workspace.open(lm_workspace)
+    pretrain(tiny_config(name="serve-lm", context=256, max_steps=150, eval_every=150, checkpoint_every=150), ws,
+             Registry.for_workspace(ws.root))
+    return "serve-lm"
+
+
+def start_server(workspace: Path, models: list[str], **options):
+    from llmkit.serve import start
+
+    ws = Workspace.open(workspace)
+    registry = Registry.for_workspace(ws.root)
+    cfg = ServeConfig(models=models, port=0, **options)
+    return start(cfg, ws, registry), registry
+
+
+@pytest.fixture(scope="session")
+def server(lm_workspace: Path, serve_lm: str, sms_classifier) -> Served:
+    running, registry = start_server(lm_workspace, [f"tiny-lm={serve_lm}", "sms-clf", "minilm-l6"], max_batch=8,
+                                     max_queue=64)
+    yield Served(running.url, registry, lm_workspace, running)
+    running.stop()
