@@ -213,6 +213,16 @@ class Registry:
 
         return self._write(insert)
 
+    def link(self, child_id: str, parent_id: str, relation: str) -> None:
+        """Add a lineage edge after registration (no-op when it exists)."""
+
+        def insert(conn: sa.Connection) -> None:
+            edge = (lineage.c.child_id == child_id) & (lineage.c.parent_id == parent_id) & (lineage.c.relation == relation)
+            if conn.execute(sa.select(lineage.c.child_id).where(edge)).first() is None:
+                conn.execute(lineage.insert().values(child_id=child_id, parent_id=parent_id, relation=relation))
+
+        self._write(insert)
+
     def update_metrics(self, record_id: str, metrics: dict[str, Any]) -> None:
         def update(conn: sa.Connection) -> None:
             row = conn.execute(sa.select(records.c.metrics).where(records.c.id == record_id)).scalar_one()

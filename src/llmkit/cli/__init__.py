@@ -26,7 +26,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `llmkit --help` lists everything while each module stays one job.
-    from llmkit.cli import core, data, demo, eval, generate, optimize, predict, train
+    from llmkit.cli import core, data, demo, eval, generate, optimize, predict, serve, train
 
     core.register(app)
     app.add_typer(data.app, name="data")
@@ -35,6 +35,7 @@ def _register() -> None:
     predict.register(app)
     eval.register(app)
     optimize.register(app)
+    serve.register(app)
     demo.register(app)
 
 

@@ -221,22 +221,9 @@ def _model_tokenizer(model: str | None, registry: Registry) -> str:
 
 def _link_models(registry: Registry, dataset_id: str, models: list[str]) -> list[str]:
     """Lineage dataset <- model ("feedback") for each registered model the feedback was about."""
-    import sqlalchemy as sa
-
-    from llmkit.registry import lineage
-
     parents = [(name, rec.id) for name in models if (rec := registry.find(name, "model")) is not None]
-
-    # Registry.add takes parents only at registration, which prepare does; this adds them after, in
-    # one retried transaction, skipping links that exist (the same feedback finds the same version).
-    def link(conn: sa.Connection) -> None:
-        for _, parent_id in parents:
-            row = (lineage.c.child_id == dataset_id) & (lineage.c.parent_id == parent_id) & (lineage.c.relation == "feedback")
-            if conn.execute(sa.select(lineage.c.child_id).where(row)).first() is None:
-                conn.execute(lineage.insert().values(child_id=dataset_id, parent_id=parent_id, relation="feedback"))
-
-    if parents:
-        registry._write(link)
+    for _, parent_id in parents:  # after registration: prepare registers the dataset without parents
+        registry.link(dataset_id, parent_id, "feedback")
     return [name for name, _ in parents]
 
 

@@ -81,6 +81,7 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
     for served in models.values():
         if served.engine:
             served.engine.on_step = state.metrics.batch.labels(served.id).observe
+            served.engine.on_cancel = state.metrics.cancelled.labels(served.id).inc
 
     async def authorize(request: Request) -> str:
         try:
@@ -223,9 +224,16 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     if cfg.ui and STATIC.is_dir():
+        from fastapi.responses import RedirectResponse
         from fastapi.staticfiles import StaticFiles
 
-        app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")
+        # Under /ui rather than /: a mount at / would answer every unmatched path (GET on a POST
+        # route included) with its own 404 instead of the API's 405.
+        app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
+
+        @app.get("/", include_in_schema=False)
+        async def root():
+            return RedirectResponse("/ui/")
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_kb * 1024)
     return app
 

@@ -102,6 +102,7 @@ class Engine:
         self.running = 0
         self.cv = threading.Condition()
         self.on_step, self.on_done = on_step, on_done
+        self.on_cancel: Callable[[], None] | None = None
         self._stop = False
         self.threads = [threading.Thread(target=self._worker, args=(d,), daemon=True, name=f"llmkit-engine-{name}-{i}")
                         for i, d in enumerate(decoders)]
@@ -164,6 +165,8 @@ class Engine:
 
     def _alive(self, job: Job) -> bool:
         if job.cancelled:
+            if self.on_cancel:
+                self.on_cancel()
             return False
         if time.perf_counter() > job.deadline:
             job.emit(Event("error", "timeout", finish_reason="timeout"))

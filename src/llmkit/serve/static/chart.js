@@ -1,7 +1,7 @@
 // A loss chart drawn by hand on a <canvas>: train and val lines, ticks, axis labels and a legend.
 
 const COLORS = { train: "#2563eb", val: "#ea580c", grid: "#e5e7eb", axis: "#6b7280", text: "#374151" };
-const PAD = { left: 58, right: 16, top: 28, bottom: 42 };
+const PAD = { left: 58, right: 22, top: 28, bottom: 42 };
 
 /** About `count` round tick values covering [min, max]. */
 function ticks(min, max, count) {
@@ -107,14 +107,15 @@ export function drawLossChart(canvas, series) {
   // legend, top right
   ctx.textAlign = "left";
   ctx.textBaseline = "middle";
-  let lx = PAD.left + plotW - 130;
-  for (const [name, color] of [["train", COLORS.train], ["val", COLORS.val]]) {
-    if (!series[name].length) continue;
+  const entries = [["train", COLORS.train], ["val", COLORS.val]].filter(([name]) => series[name].length);
+  const widths = entries.map(([name]) => 22 + ctx.measureText(`${name} loss`).width + 14);
+  let lx = PAD.left + plotW - widths.reduce((a, b) => a + b, 0);
+  entries.forEach(([name, color], i) => {
     ctx.fillStyle = color;
     ctx.fillRect(lx, 10, 16, 3);
     ctx.fillStyle = COLORS.text;
     ctx.fillText(`${name} loss`, lx + 22, 12);
-    lx += 72;
-  }
+    lx += widths[i];
+  });
   return true;
 }

@@ -1,6 +1,6 @@
 // The chat playground: model picker, parameters, a streamed conversation with stop, feedback under every
 // answer, and a classify box for classifier models.
-import { api, ApiFailure, authHeaders, errorMessage, h } from "./lib.js";
+import { api, ApiFailure, authHeaders, errorMessage, h, thumbIcon } from "./lib.js";
 
 const MODEL_STORAGE = "llmkit.model";
 const $ = (id) => document.getElementById(id);
@@ -225,9 +225,9 @@ export function initChat() {
       }
     };
     const up = h("button", { type: "button", class: "rate", "data-testid": "thumbs-up", title: "Good answer",
-      "aria-label": "Good answer", onclick: () => record({ rating: 1 }, up) }, "👍");
+      "aria-label": "Good answer", onclick: () => record({ rating: 1 }, up) }, thumbIcon());
     const down = h("button", { type: "button", class: "rate", "data-testid": "thumbs-down", title: "Bad answer",
-      "aria-label": "Bad answer", onclick: () => record({ rating: -1 }, down) }, "👎");
+      "aria-label": "Bad answer", onclick: () => record({ rating: -1 }, down) }, thumbIcon(true));
     const input = h("textarea", { rows: 3, "data-testid": "correction-input", "aria-label": "Corrected answer" });
     input.value = answer;
     const form = h("form", { class: "correction", hidden: true },

@@ -153,7 +153,7 @@ export function initDashboard() {
     }
     const m = detail.record;
     const latest = detail.evals[0];
-    panel.replaceChildren(
+    panel.replaceChildren(...[
       h("div", { class: "detail-head" },
         h("h2", {}, m.ref),
         h("button", { type: "button", class: "secondary small", onclick: () => { panel.hidden = true; } }, "Close")),
@@ -169,7 +169,7 @@ export function initDashboard() {
       detail.evals.length > 1 ? h("section", {}, h("h3", {}, "All evaluations"), h("ul", { class: "plain" },
         detail.evals.map((e) => h("li", {}, `${e.kind} · ${headline(e.metrics)} · ${fmtDate(e.created)} `, reportLink(e))))) : null,
       ...detail.compression.map(compressionTable),
-    );
+    ].filter(Boolean));
     panel.scrollIntoView({ block: "nearest", behavior: "smooth" });
   }
 

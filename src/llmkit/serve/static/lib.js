@@ -33,6 +33,22 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+const THUMB = "M7 10v11H3V10h4zm0 0 4-8a3 3 0 0 1 3 3v4h5.5a2 2 0 0 1 2 2.3l-1.4 8A2 2 0 0 1 18.1 21H7";
+
+/** A thumbs-up (or, turned over, thumbs-down) icon as inline SVG: no icon font, no emoji font needed. */
+export function thumbIcon(down = false) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("class", "icon");
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", THUMB);
+  if (down) path.setAttribute("transform", "rotate(180 12 12)");
+  svg.append(path);
+  return svg;
+}
+
 /** The message of an OpenAI-shaped error body, or the HTTP status when the body is something else. */
 export async function errorMessage(response) {
   try {

@@ -1,0 +1,159 @@
+"""Bad requests, auth, rate limits, a full queue, timeouts, cancellation and 64 concurrent streams."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+
+import openai
+import pytest
+import requests
+
+from tests.serve.conftest import start_server
+
+
+def _error(r: requests.Response, status: int, param: str | None = None, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if param is not None:
+        assert err["param"] == param, err
+    if code is not None:
+        assert err["code"] == code, err
+    return err
+
+
+@pytest.mark.parametrize("path, body, status, param, code", [
+    ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "model", "model_not_found"),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "temperature": 3}, 400, "temperature", None),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "top_p": 0}, 400, "top_p", None),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "max_tokens": 5000}, 400, "max_tokens", None),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "max_tokens": 0}, 400, "max_tokens", None),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x" * 300}, 400, "prompt", "context_length_exceeded"),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x" * 100, "max_tokens": 200}, 400, "max_tokens", "context_length_exceeded"),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
+    ("/v1/completions", {"model": "tiny-lm"}, 400, "prompt", None),
+    ("/v1/chat/completions", {"model": "tiny-lm"}, 400, "messages", None),
+    ("/v1/chat/completions", {"model": "tiny-lm", "messages": []}, 400, "messages", None),
+    ("/v1/chat/completions", {"model": "tiny-lm", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role", None),
+    ("/v1/chat/completions", {"model": "sms-clf", "messages": [{"role": "user", "content": "hi"}]}, 400, "model", "wrong_model_kind"),
+    ("/v1/classify", {"model": "tiny-lm", "input": "hi"}, 400, "model", "wrong_model_kind"),
+    ("/v1/embeddings", {"model": "tiny-lm", "input": "hi"}, 400, "model", "wrong_model_kind"),
+    ("/v1/embeddings", {"model": "minilm-l6", "input": []}, 400, "input", None),
+    ("/v1/feedback", {"response_id": "chatcmpl-unknown", "rating": 1}, 404, "response_id", None),
+    ("/v1/feedback", {"response_id": "x"}, 400, "rating", None),
+    ("/v1/feedback", {"response_id": "x", "rating": 5}, 400, "rating", None),
+])
+def test_bad_requests_get_openai_errors(server, path, body, status, param, code):
+    _error(requests.post(server.base_url + path, json=body, timeout=30), status, param, code)
+
+
+def test_malformed_json_unknown_route_wrong_method_big_body(server):
+    err = _error(requests.post(server.base_url + "/v1/completions", data=b'{"model": "tiny-lm", "prompt": ',
+                               headers={"Content-Type": "application/json"}, timeout=10), 400)
+    assert "JSON" in err["message"]
+    _error(requests.get(server.base_url + "/v1/nothing-here", timeout=10), 404)
+    _error(requests.get(server.base_url + "/v1/completions", timeout=10), 405)
+    big = {"model": "tiny-lm", "prompt": "x" * (2 * 1024 * 1024)}
+    _error(requests.post(server.base_url + "/v1/completions", json=big, timeout=30), 413, code="request_too_large")
+
+
+def test_openai_client_raises_typed_errors(server):
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.completions.create(model="tiny-lm", prompt="y" * 400)
+
+
+def test_api_keys_and_rate_limit(lm_workspace, serve_lm):
+    running, _ = start_server(lm_workspace, [f"tiny-lm={serve_lm}"], api_keys=["secret-key-1", "secret-key-2"],
+                              rate_limit=3, ui=False)
+    try:
+        url = running.url + "/v1/models"
+        _error(requests.get(url, timeout=10), 401, code="invalid_api_key")
+        _error(requests.get(url, headers={"Authorization": "Bearer wrong-key-123"}, timeout=10), 401)
+        assert requests.get(running.url + "/health", timeout=10).status_code == 200  # probes need no key
+        ok = {"Authorization": "Bearer secret-key-2"}
+        assert [requests.get(url, headers=ok, timeout=10).status_code for _ in range(3)] == [200] * 3
+        r = requests.get(url, headers=ok, timeout=10)
+        _error(r, 429, code="rate_limit_exceeded")
+        assert int(r.headers["Retry-After"]) >= 1
+        # The limit is per key: the other key still has its budget.
+        assert requests.get(url, headers={"Authorization": "Bearer secret-key-1"}, timeout=10).status_code == 200
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="secret-key-1", max_retries=0)
+        assert client.completions.create(model="tiny-lm", prompt="A", max_tokens=3).usage.completion_tokens == 3
+    finally:
+        running.stop()
+
+
+def test_full_queue_answers_429_not_a_hang(lm_workspace, serve_lm):
+    running, _ = start_server(lm_workspace, [f"tiny-lm={serve_lm}"], max_batch=1, max_queue=2, ui=False)
+    try:
+        def ask(_):
+            return requests.post(running.url + "/v1/completions", timeout=60,
+                                 json={"model": "tiny-lm", "prompt": "A", "max_tokens": 200, "temperature": 0})
+
+        start = time.monotonic()
+        with cf.ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(ask, range(12)))
+        codes = sorted(r.status_code for r in answers)
+        assert set(codes) == {200, 429} and codes.count(200) >= 3, codes
+        busy = next(r for r in answers if r.status_code == 429)
+        _error(busy, 429, code="queue_full")
+        assert busy.headers["Retry-After"] == "1"
+        assert time.monotonic() - start < 60
+    finally:
+        running.stop()
+
+
+def test_request_timeout(lm_workspace, serve_lm):
+    # 1 ms: the scheduler checks deadlines between decode steps, and 250 tokens take far longer.
+    running, _ = start_server(lm_workspace, [f"tiny-lm={serve_lm}"], timeout=0.001, ui=False)
+    try:
+        r = requests.post(running.url + "/v1/completions", timeout=30,
+                          json={"model": "tiny-lm", "prompt": "ROMEO:\nI will", "max_tokens": 240})
+        err = _error(r, 408, code="timeout")
+        assert "timeout" in err["message"]
+    finally:
+        running.stop()
+
+
+def _cancelled(server) -> float:
+    text = requests.get(server.base_url + "/metrics", timeout=10).text
+    line = next((ln for ln in text.splitlines() if ln.startswith('llmkit_cancelled_total{model="tiny-lm"}')), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_client_disconnect_cancels_generation(server):
+    before = _cancelled(server)
+    with requests.post(server.base_url + "/v1/completions", stream=True, timeout=30,
+                       json={"model": "tiny-lm", "prompt": "A", "max_tokens": 250, "stream": True}) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith(b"data: ")
+    deadline = time.monotonic() + 10
+    while _cancelled(server) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _cancelled(server) == before + 1
+
+
+@pytest.mark.slow
+def test_64_concurrent_streaming_clients(server):
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def stream(i: int) -> tuple[str, str]:
+        chunks = client.chat.completions.create(model="tiny-lm", messages=[{"role": "user", "content": f"Line {i}"}],
+                                                max_tokens=32, stream=True, seed=i)
+        text, finish = "", None
+        for c in chunks:
+            if c.choices:
+                text += c.choices[0].delta.content or ""
+                finish = c.choices[0].finish_reason or finish
+        return text, finish
+
+    start = time.monotonic()
+    with cf.ThreadPoolExecutor(64) as pool:
+        results = [f.result(timeout=180) for f in [pool.submit(stream, i) for i in range(64)]]
+    assert len(results) == 64
+    assert all(finish in ("stop", "length") for _, finish in results)
+    assert time.monotonic() - start < 180
