@@ -105,6 +105,14 @@ OBSERVE = """() => {
 }"""
 
 
+def throttle(page, bytes_per_s: int | None) -> None:
+    """Limit the page's download speed (Chromium's network emulation); None lifts the limit."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "uploadThroughput": -1,
+                                                  "downloadThroughput": bytes_per_s or -1})
+
+
 def ask(page, text: str, seed: int):
     """Send `text` in a fresh conversation; returns the finished assistant bubble, its text and the
     assistant text lengths the page showed while it streamed."""
@@ -125,6 +133,10 @@ def test_chat_streams_tokens_and_records_feedback_and_corrections(watched, serve
     page.get_by_test_id("model-select").select_option("tiny-lm")
     page.locator("#max-tokens").fill("150")
     page.evaluate(OBSERVE)
+    # The tiny model writes 150 tokens in ~50 ms, quicker than the page reads a loopback socket, so the
+    # whole answer may land in one read. A throttled connection (~25 KB/s: about a second for it) paces the
+    # chunks like a real model would; the page must then show each one as it comes.
+    throttle(page, 25_000)
     # A tiny model may end its turn after a character or two; a few seeds find an answer long enough to
     # watch it grow.
     for seed in range(1, 11):
@@ -133,6 +145,7 @@ def test_chat_streams_tokens_and_records_feedback_and_corrections(watched, serve
             break
     else:
         pytest.fail(f"no seed in 1-10 gave an answer of 30+ characters; the last was {answer!r}")
+    throttle(page, None)
     partial = [n for n in lengths if 0 < n < len(answer)]
     assert len(partial) >= 2, f"the answer did not grow in steps (text lengths seen: {lengths})"
     assert partial == sorted(partial), lengths
@@ -163,6 +176,7 @@ def test_stop_button_ends_an_answer_mid_stream(watched, server):
     page.goto(server.base_url + "/#chat")
     page.wait_for_function("() => document.querySelector('[data-testid=model-select]').value === 'tiny-lm'")
     page.evaluate(OBSERVE)
+    throttle(page, 10_000)  # an answer takes seconds to arrive, as from a real model
     # Click Stop at the first streamed text, in the page itself so the answer cannot finish in between;
     # an answer over before its first text reached the page needs another seed.
     for seed in range(1, 11):
@@ -172,7 +186,7 @@ def test_stop_button_ends_an_answer_mid_stream(watched, server):
         page.get_by_test_id("prompt-input").fill("Tell me a long story.")
         page.get_by_test_id("send-button").click()
         page.wait_for_function("""() => (window.__lengths.at(-1) || {n: 0}).n > 0
-                                        || !document.querySelector('[data-testid=stop-button]').disabled === false""")
+                                        || document.querySelector('[data-testid=stop-button]').disabled""")
         stopped = page.evaluate("""() => {
           const stop = document.querySelector('[data-testid=stop-button]');
           if (stop.disabled) return false;
@@ -208,7 +222,8 @@ def test_classifier_models_get_a_classify_box(watched, server):
 
 def test_dashboard_shows_models_runs_loss_chart_and_model_detail(watched, server, browser):
     registry = server.registry
-    model = registry.get("serve-lm", "model")  # served as tiny-lm
+    # The model served as tiny-lm: the server fixture registers it as serve-lm (context 256).
+    model = registry.find("serve-lm", "model") or registry.get("tiny-lm", "model")
     run = dict(registry.parents(model.id))["produced_by"]
     report = evaluate(model.id, EvalConfig(data="tiny", split="val", max_examples=10), Workspace.open(server.workspace),
                       registry)

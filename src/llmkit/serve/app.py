@@ -215,7 +215,7 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
     try:
         from llmkit.serve.dashboard import router as dashboard
 
-        app.include_router(dashboard, dependencies=[Depends(authorize)])
+        app.include_router(dashboard, dependencies=[Depends(authorize)], responses=ERRORS)
     except ImportError:  # the dashboard is optional while it is being built
         pass
     if cfg.cors_origins:

@@ -7,9 +7,13 @@ naming the field before any work is queued.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Limits as schema constraints (not only validators), so the OpenAPI schema says what is accepted.
+Stops = Annotated[list[str], Field(max_length=4)]
+Texts = Annotated[list[str], Field(min_length=1, max_length=256)]
 
 
 class Request(BaseModel):
@@ -21,7 +25,7 @@ class Sampling(Request):
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
     n: int = Field(1, ge=1, le=1, description="choices per prompt (only 1)")
-    stop: str | list[str] | None = Field(None, description="up to 4 strings that end the generation")
+    stop: str | Stops | None = Field(None, description="up to 4 strings that end the generation")
     seed: int | None = Field(None, ge=0, lt=2**63, description="makes sampling reproducible")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -29,10 +33,7 @@ class Sampling(Request):
     @field_validator("stop")
     @classmethod
     def _stops(cls, v):
-        stops = [v] if isinstance(v, str) else (v or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return [s for s in stops if s]
+        return [s for s in ([v] if isinstance(v, str) else (v or [])) if s]
 
     @property
     def stops(self) -> list[str]:
@@ -44,18 +45,15 @@ class StreamOptions(Request):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str] = Field(..., description="the text to continue (a list of one string is accepted)")
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        ..., description="the text to continue (a list of one string is accepted)")
     max_tokens: int | None = Field(16, ge=1, description="tokens to generate; prompt + max_tokens must fit the context")
     echo: bool = False
 
     @field_validator("prompt")
     @classmethod
     def _one_prompt(cls, v):
-        if isinstance(v, list):
-            if len(v) != 1 or not isinstance(v[0], str):
-                raise ValueError("send one prompt per request (a string, or a list of one string)")
-            return v[0]
-        return v
+        return v[0] if isinstance(v, list) else v
 
 
 class TextPart(Request):
@@ -82,30 +80,32 @@ class ChatRequest(Sampling):
 
 class EmbeddingRequest(Request):
     model: str = Field(..., min_length=1)
-    input: str | list[str] = Field(..., description="a text or a list of up to 256 texts")
+    input: str | Texts = Field(..., description="a text or a list of up to 256 texts")
     encoding_format: Literal["float", "base64"] = "float"
 
     @field_validator("input")
     @classmethod
     def _texts(cls, v):
-        texts = [v] if isinstance(v, str) else v
-        if not texts or len(texts) > 256:
-            raise ValueError("send between 1 and 256 texts")
-        return texts
+        return [v] if isinstance(v, str) else v
 
 
 class ClassifyRequest(Request):
     model: str = Field(..., min_length=1)
-    input: str | list[str] = Field(..., description="a text or a list of up to 256 texts")
+    input: str | Texts = Field(..., description="a text or a list of up to 256 texts")
 
     _texts = field_validator("input")(EmbeddingRequest._texts.__func__)
 
 
 class FeedbackRequest(Request):
+    # At least one of rating, correction, comment: said in the schema too (anyOf), not only checked.
+    model_config = ConfigDict(extra="ignore", json_schema_extra={
+        "anyOf": [{"required": ["rating"]}, {"required": ["correction"]}, {"required": ["comment"]}]})
+
     response_id: str = Field(..., min_length=1, max_length=64, description="the `id` of a completion or chat response")
-    rating: Literal[-1, 0, 1] | None = Field(None, description="1 = good, -1 = bad")
-    correction: str | None = Field(None, max_length=100_000, description="the answer it should have given")
-    comment: str | None = Field(None, max_length=10_000)
+    # Not nullable: an explicit null would satisfy "required" in the schema and still say nothing.
+    rating: Literal[-1, 0, 1] = Field(None, description="1 = good, -1 = bad")
+    correction: str = Field(None, max_length=100_000, description="the answer it should have given")
+    comment: str = Field(None, max_length=10_000)
 
 
 # --- responses --------------------------------------------------------------------------------

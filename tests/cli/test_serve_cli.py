@@ -1,0 +1,44 @@
+"""`llmkit serve` as a process: starts, answers, stops on Ctrl-C; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+from tests.conftest import run_cli
+
+
+def test_serve_runs_until_interrupted(lm_workspace, tiny_model):
+    env = {**os.environ, "LLMKIT_HOME": str(lm_workspace)}
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "tiny-lm", "--port", "0", "--no-ui"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url, deadline = None, time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, proc.stderr.read()
+            match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
+            url = match.group(1) if match else None
+        assert url, "the server never said where it listens"
+        assert requests.get(url + "/health", timeout=10).json()["models"] == ["tiny-lm"]
+        assert requests.get(url + "/", timeout=10).status_code == 404  # --no-ui
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_bad_input(lm_workspace, tiny_model):
+    for args, expected in [(["serve", "no-such-model"], "no model 'no-such-model'"),
+                           (["serve", "tiny-lm", "--backend", "tpu"], "serve.backend"),
+                           (["serve", "tiny-lm", "--api-keys-file", "/nonexistent/keys"], "no such file")]:
+        proc = run_cli(*args, workspace=lm_workspace, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert expected in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
