@@ -247,7 +247,8 @@ class ServeConfig(Section):
 class DemoConfig(Section):
     data: str | None = Field(None, description="text file or folder to train on (default: the Python standard library's source)")
     minutes: float = Field(3.0, gt=0.0, description="training time budget")
-    serve: bool = Field(False, description="start the server at the end")
+    serve: bool = Field(True, description="end by serving the demo model with the web UI (Ctrl-C stops)")
+    port: int = Field(8000, ge=0, le=65535, description="port of that server (another free one if taken)")
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -39,6 +39,7 @@ class DemoResult:
     evaluation: dict = field(default_factory=dict)
     compressed: list = field(default_factory=list)  # before/after rows of the int8 and GGUF q8_0 versions
     gguf: str | None = None
+    serve_model: str | None = None  # what `llmkit serve` should serve: the GGUF export when llama.cpp is here
 
 
 def stdlib_corpus(target: Path, max_chars: int = CORPUS_CHARS) -> Path:
@@ -154,4 +155,5 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
     return DemoResult(dataset=ds.ref, model=model.ref, model_path=str(model.path),
                       run_path=model.lineage["run"]["path"], val_loss=metrics["val_loss"], val_ppl=metrics["val_ppl"],
                       steps=metrics["steps"], samples=samples, report=f"{quality.path}/report.html", evaluation=figures,
-                      compressed=(int8_rows or []) + (gguf_rows or [])[1:], gguf=gguf_file)
+                      compressed=(int8_rows or []) + (gguf_rows or [])[1:], gguf=gguf_file,
+                      serve_model=f"{gguf_model.name}:v{gguf_model.version}" if has_llama_cpp else model.ref)

@@ -4,21 +4,45 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 
 @pytest.mark.slow
 def test_demo_prepares_trains_samples_and_registers_everything(tmp_path: Path, shared_data: Path):
     text = tmp_path / "play.txt"
     text.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[:150_000])
-    out = subprocess.run([sys.executable, "-m", "llmkit", "demo", "--data", str(text), "--minutes", "0.25", "--json"],
-                         capture_output=True, text=True, timeout=600, env={**os.environ, "LLMKIT_HOME": str(tmp_path / "ws")})
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout)
+    # It ends by serving the model (the GGUF, on llama.cpp) until Ctrl-C: find the URL, call it, stop it.
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "demo", "--data", str(text), "--minutes", "0.25", "--json",
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "LLMKIT_HOME": str(tmp_path / "ws")})
+    try:
+        log, url = [], None
+        while url is None:
+            line = proc.stderr.readline()
+            assert line, "".join(log[-40:])
+            log.append(line)
+            found = re.search(r"web UI (http://127\.0\.0\.1:\d+)/", line)
+            url = found.group(1) if found else None
+        served = requests.get(url + "/v1/models", timeout=10).json()["data"]
+        assert len(served) == 1 and served[0]["backend"] == "llama.cpp" and "q8_0" in served[0]["id"]
+        answer = requests.post(url + "/v1/completions", json={"model": served[0]["id"], "prompt": "ROMEO:", "max_tokens": 8},
+                               timeout=60).json()
+        assert answer["usage"]["completion_tokens"] > 0
+        assert "<html" in requests.get(url + "/", timeout=10).text.lower()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    result = json.loads(stdout)
     assert result["steps"] >= 10 and result["val_ppl"] > 1
     assert len(result["samples"]) == 3 and all(s["completion"] for s in result["samples"])
     assert (Path(result["model_path"]) / "model.safetensors").exists()

@@ -18,13 +18,16 @@ def register(app: typer.Typer) -> None:
 def demo(
     data: Annotated[str | None, typer.Option(help="Your text file or folder (default: the Python standard library's source).")] = None,
     minutes: Annotated[float | None, typer.Option(help="Training time budget in minutes.")] = None,
+    serve: Annotated[bool | None, typer.Option("--serve/--no-serve", help="End by serving the model with the web UI.",
+                                               show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="Port of that server (default 8000).")] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Run the whole loop on a built-in corpus: prepare data, train a small model, sample from it."""
     from llmkit.demo import demo as run_demo
 
     ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("demo", data=data, minutes=minutes)
+    cfg = ctx.section("demo", data=data, minutes=minutes, serve=serve, port=port)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"),
                   TimeElapsedColumn(), console=err_console, transient=True) as progress:
         result = run_demo(cfg, ctx.ws, ctx.registry, console=ctx.log, progress=progress)
@@ -45,3 +48,26 @@ def demo(
         console.print("  llmkit ls")
 
     ctx.emit(asdict(result), human)
+    if cfg.serve:
+        _serve(ctx, result.serve_model, cfg.port)
+
+
+def _serve(ctx: Ctx, model: str, port: int) -> None:
+    """Serve the demo model until Ctrl-C; another free port when the configured one is taken."""
+    import socket
+
+    from llmkit.config import ServeConfig
+    from llmkit.serve import serve
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            port = 0
+    ctx.log.rule("serving")
+
+    def ready(url: str) -> None:
+        ctx.log.print(f"the demo model is live: web UI [bold]{url}/[/bold], OpenAI-compatible API {url}/v1 "
+                      f"(model '{model.split(':')[0]}'); Ctrl-C stops it (--no-serve skips this step)")
+
+    serve(ServeConfig(models=[model], port=port), ctx.ws, ctx.registry, console=ctx.log, on_ready=ready)

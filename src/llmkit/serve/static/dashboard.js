@@ -181,7 +181,7 @@ export function initDashboard() {
     if (!links.length) return h("p", { class: "hint" }, empty);
     return h("ul", { class: "plain lineage" }, links.map(({ relation, record }) => {
       const target = record.type === "model" ? () => showModel(record.id)
-        : record.type === "run" ? () => { location.hash = "#dashboard"; showRun(record.id); chart.scrollIntoView({ block: "nearest" }); }
+        : record.type === "run" ? () => { showRun(record.id); chart.scrollIntoView({ block: "nearest" }); }
           : null;
       const name = target ? h("button", { type: "button", class: "link", onclick: target }, record.ref) : h("span", {}, record.ref);
       return h("li", {}, h("span", { class: "relation" }, relation.replaceAll("_", " ")), " ", name,
