@@ -25,8 +25,10 @@ def before_after(before: Model, after: Model, ws: Workspace, registry: Registry,
             key = "accuracy" if kind == "classification" else "perplexity"
             row[key] = report.metrics.get(key)
         if model_kind(before) != "classification":
-            speed = bench_model(model.id or str(model.path), BenchModelConfig(prompt_tokens=32, new_tokens=32, runs=5, warmup=2),
-                                ws, registry, progress)
+            # 32 + 32 tokens, or half the context each for models with less than 64.
+            half = min(32, max(1, _context(before) // 2))
+            speed = bench_model(model.id or str(model.path), BenchModelConfig(prompt_tokens=half, new_tokens=half, runs=5,
+                                                                              warmup=2), ws, registry, progress)
             row["decode_tokens_per_s"] = round(speed.metrics["decode_tokens_per_s"], 1)
         rows.append(row)
     if console is not None:
@@ -40,3 +42,10 @@ def before_after(before: Model, after: Model, ws: Workspace, registry: Registry,
             table.add_row(*(f"{row.get(k):,.4f}" if isinstance(row.get(k), float) else str(row.get(k, "-")) for k in keys))
         console.print(table)
     return rows
+
+
+def _context(model: Model) -> int:
+    import json
+
+    config = model.path / "config.json"
+    return int(json.loads(config.read_text()).get("max_position_embeddings") or 64) if config.exists() else 64

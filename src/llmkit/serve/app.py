@@ -127,7 +127,7 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
         job = _job(state, served, ids, body, body.max_tokens, [])
         rid = f"cmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-        entry = {"model": served.id, "endpoint": "completion", "prompt": body.prompt}
+        entry = {"model": served.id, "model_ref": served.model.ref, "endpoint": "completion", "prompt": body.prompt}
         head = body.prompt if body.echo else ""
         if body.stream:
             def chunk(text, finish, usage=None):
@@ -151,7 +151,8 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
                    body.max_completion_tokens or body.max_tokens, end_ids)
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-        entry = {"model": served.id, "endpoint": "chat", "prompt": json.dumps(messages, ensure_ascii=False)}
+        entry = {"model": served.id, "model_ref": served.model.ref, "endpoint": "chat",
+                 "prompt": json.dumps(messages, ensure_ascii=False)}
         if body.stream:
             def chunk(text, finish, usage=None, role=False):
                 choices = [] if usage is not None else [
@@ -209,7 +210,8 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
         fid = await run_in_threadpool(
             registry.add_feedback, entry["model"], response_id=body.response_id, rating=body.rating,
             prompt=entry.get("prompt"), response=entry.get("response"), correction=body.correction,
-            extra={"kind": "feedback", "endpoint": entry.get("endpoint"), "comment": body.comment})
+            extra={"kind": "feedback", "endpoint": entry.get("endpoint"), "comment": body.comment,
+                   "model_ref": entry.get("model_ref")})
         return s.FeedbackAck(id=fid, response_id=body.response_id)
 
     try:
@@ -298,7 +300,8 @@ def _finished(state: ServerState, served: ServedModel, rid: str, entry: dict, te
     if state.cfg.log_requests:
         usage = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
         state.registry.add_feedback(served.id, response_id=rid, prompt=entry["prompt"], response=text,
-                                    extra={"kind": "request", "endpoint": entry["endpoint"], "usage": usage})
+                                    extra={"kind": "request", "endpoint": entry["endpoint"], "usage": usage,
+                                           "model_ref": entry["model_ref"]})
 
 
 def _failed(event: Event, timeout: float) -> ApiError:
@@ -375,6 +378,6 @@ def _logged(registry, response_id: str) -> dict | None:
     for row in reversed(registry.list_feedback()):
         if row["response_id"] == response_id and row["extra"].get("kind") == "request":
             return {"model": row["model"], "endpoint": row["extra"].get("endpoint"), "prompt": row["prompt"],
-                    "response": row["response"]}
+                    "response": row["response"], "model_ref": row["extra"].get("model_ref")}
     return None
 

@@ -1,0 +1,66 @@
+"""Served answers → ratings and corrections in the registry → a chat dataset for the next SFT run."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import openai
+import requests
+from rich.console import Console
+
+from llmkit.config import FeedbackDataConfig, ServeConfig
+from llmkit.data.feedback import dataset_from_feedback
+from llmkit.registry import Registry
+from llmkit.train.sft import read_records
+from llmkit.workspace import Workspace
+from tests.serve.conftest import start_server
+
+
+def test_logged_requests_survive_a_restart_and_become_a_dataset(tmp_path, lm_workspace, serve_lm):
+    running, registry = start_server(lm_workspace, [f"tiny-lm={serve_lm}"], log_requests=True, ui=False)
+    try:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
+        asked = [{"role": "user", "content": "What is your name, good sir?"}]
+        # The tiny model often ends its turn at once; take the first seed that says something.
+        good = next(out for seed in range(20) if (out := client.chat.completions.create(
+            model="tiny-lm", messages=asked, max_tokens=12, seed=seed)).choices[0].message.content.strip())
+        bad = client.completions.create(model="tiny-lm", prompt="To be, or not", max_tokens=12, seed=2)
+    finally:
+        running.stop()
+    logged = {row["response_id"]: row for row in registry.list_feedback() if row["extra"].get("kind") == "request"}
+    assert logged[good.id]["response"] == good.choices[0].message.content
+    assert logged[good.id]["extra"]["model_ref"].startswith(serve_lm)
+    assert logged[bad.id]["prompt"] == "To be, or not"
+
+    # A new server process knows nothing in memory: feedback finds the answers in the request log.
+    running, registry = start_server(lm_workspace, [f"tiny-lm={serve_lm}"], ui=False)
+    try:
+        for body in ({"response_id": good.id, "rating": 1},
+                     {"response_id": bad.id, "rating": -1, "correction": " to be: that is the question."}):
+            assert requests.post(running.url + "/v1/feedback", json=body, timeout=30).status_code == 200
+    finally:
+        running.stop()
+
+    ws = Workspace.open(lm_workspace)
+    ds = dataset_from_feedback(FeedbackDataConfig(name="served-feedback", model="tiny-lm", val=0.0), ws,
+                               Registry.for_workspace(ws.root))
+    conversations = [r["messages"] for r in read_records(ds.path, "train")]
+    assert asked + [{"role": "assistant", "content": good.choices[0].message.content.strip()}] in [
+        [{**m, "content": m["content"].strip()} for m in c] for c in conversations]
+    corrected = [c for c in conversations if c[0]["content"] == "To be, or not"]
+    assert corrected and corrected[0][-1]["content"].strip() == "to be: that is the question."
+
+
+def test_open_server_on_all_interfaces_warns(lm_workspace, serve_lm):
+    from llmkit.serve import start
+
+    out = io.StringIO()
+    ws = Workspace.open(lm_workspace)
+    running = start(ServeConfig(models=[serve_lm], host="0.0.0.0", port=0, ui=False), ws, Registry.for_workspace(ws.root),
+                    console=Console(file=out, width=200))
+    try:
+        assert "without an API key" in out.getvalue()
+        assert json.loads(requests.get(running.url.replace("0.0.0.0", "127.0.0.1") + "/health", timeout=10).text)["status"] == "ok"
+    finally:
+        running.stop()
