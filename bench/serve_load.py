@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import http.client
 import json
 import os
 import re
@@ -29,8 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import requests
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -45,8 +45,10 @@ def llmkit(ws: Path, *args: str) -> dict:
 
 
 class Server:
-    def __init__(self, ws: Path, model: str, max_batch: int, workers: int):
+    def __init__(self, ws: Path, model: str, max_batch: int, workers: int, threads: int | None = None):
         env = {**os.environ, "LLMKIT_HOME": str(ws)}
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
         self.proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", model, "--port", "0", "--no-ui",
                                       "--max-batch", str(max_batch), "--max-queue", "512", "--workers", str(workers)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -65,21 +67,31 @@ class Server:
 
 
 def one_request(url: str, model: str, i: int, max_tokens: int) -> tuple[float, int]:
-    """(seconds to the first content chunk, completion tokens) of one streaming chat request."""
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": max_tokens,
-            "temperature": 1.0, "seed": i, "stream": True, "stream_options": {"include_usage": True}}
+    """(seconds to the first content chunk, completion tokens) of one streaming chat request.
+
+    A lean client (http.client, no JSON parsing of content chunks): the clients share the 2 cores
+    with the server, and a heavy client would measure itself rather than the server.
+    """
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                       "max_tokens": max_tokens, "temperature": 1.0, "seed": i, "stream": True,
+                       "stream_options": {"include_usage": True}})
+    host, port = urlsplit(url).hostname, urlsplit(url).port
     start = time.perf_counter()
     first, tokens = None, 0
-    with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+    conn = http.client.HTTPConnection(host, port, timeout=600)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"{resp.status}: {resp.read()[:300]!r}")
+        while line := resp.readline():
+            line = line.replace(b'": ', b'":')
+            if first is None and b'"content":"' in line and b'"content":""' not in line:
                 first = time.perf_counter() - start
+            elif line.startswith(b"data: {") and b'"usage":{' in line:
+                tokens = json.loads(line[6:])["usage"]["completion_tokens"]
+    finally:
+        conn.close()
     return (first if first is not None else time.perf_counter() - start), tokens
 
 
@@ -111,24 +123,25 @@ def main() -> None:
     ap.add_argument("--backends", default="torch,llama.cpp")
     ap.add_argument("--clients", default="1,8,32,64")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--sequential", type=int, default=8, help="requests in the one-at-a-time baseline")
+    ap.add_argument("--sequential", type=int, default=16, help="requests in the one-at-a-time baseline")
+    ap.add_argument("--threads", type=int, default=None, help="compute threads of the server (default: torch's)")
+    ap.add_argument("--keep", default=None, help="keep the workspace here and reuse it on the next run")
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     figures: dict = {"model": "micro (bpe 2048, context 256)", "max_tokens": args.max_tokens, "backends": {}}
     with tempfile.TemporaryDirectory(prefix="llmkit-serve-bench-") as tmp:
-        ws = Path(tmp)
+        ws = Path(args.keep or tmp)
         t0 = time.perf_counter()
-        llmkit(ws, "data", "prepare", str(TEXT), "--name", "shakespeare", "--task", "lm", "--tokenizer", "bpe:2048",
+        ready = (ws / "registry.db").exists()
+        models = {"torch": "micro", "llama.cpp": "micro-q8"}
+        ready or llmkit(ws, "data", "prepare", str(TEXT), "--name", "shakespeare", "--task", "lm", "--tokenizer", "bpe:2048",
                "--doc-split", "blank-line", "--pii", "keep", "--dedupe", "none")
-        llmkit(ws, "train", "pretrain", "--data", "shakespeare", "--preset", "micro", "--context", "256",
+        ready or llmkit(ws, "train", "pretrain", "--data", "shakespeare", "--preset", "micro", "--context", "256",
                "--max-steps", str(args.steps), "--name", "micro", "--batch-size", "8")
-        models = {"torch": "micro"}
-        if "llama.cpp" in args.backends:
-            llmkit(ws, "export", "micro", "--format", "gguf", "--quant", "q8_0", "--no-table", "--name", "micro-q8")
-            models["llama.cpp"] = "micro-q8"
+        ready or llmkit(ws, "export", "micro", "--format", "gguf", "--quant", "q8_0", "--no-table", "--name", "micro-q8")
         print(f"set-up (data, {args.steps} training steps, export): {time.perf_counter() - t0:.0f} s", flush=True)
         for backend in args.backends.split(","):
-            server = Server(ws, models[backend], max_batch=64, workers=1)
+            server = Server(ws, models[backend], max_batch=64, workers=1, threads=args.threads)
             try:
                 one_request(server.url, models[backend], 0, 8)  # warm-up
                 base = sequential(server.url, models[backend], args.sequential, args.max_tokens)

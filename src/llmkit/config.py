@@ -235,6 +235,7 @@ class ServeConfig(Section):
     max_batch: int = Field(16, ge=1, le=512, description="sequences decoded together per step (torch backend)")
     max_queue: int = Field(256, ge=1, description="requests waiting beyond the batch; more get 429")
     workers: int = Field(1, ge=1, le=64, description="model instances for llama.cpp / ONNX (one sequence each)")
+    threads: int = Field(0, ge=0, description="compute threads per model (0 = all cores but one, which the HTTP side gets)")
     max_tokens: int = Field(2048, ge=1, description="the most tokens one request may ask for")
     timeout: float = Field(300.0, gt=0.0, description="seconds a request may take, queueing included")
     rate_limit: int = Field(0, ge=0, description="requests per minute per API key (or per client address when open); 0 = off")

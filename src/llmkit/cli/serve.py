@@ -24,6 +24,7 @@ def serve(
     max_batch: Annotated[int | None, typer.Option(help="Sequences decoded together per step (torch).")] = None,
     max_queue: Annotated[int | None, typer.Option(help="Waiting requests before 429.")] = None,
     workers: Annotated[int | None, typer.Option(help="Model instances for llama.cpp / ONNX.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Compute threads per model (default: all cores but one).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Most tokens one request may ask for.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds a request may take.")] = None,
     rate_limit: Annotated[int | None, typer.Option(help="Requests per minute per key (0 = off).")] = None,
@@ -38,7 +39,7 @@ def serve(
 
     ctx = Ctx(config, workspace, db_url, False)
     cfg = ctx.section("serve", models=models, backend=backend, host=host, port=port, api_keys=api_key or None,
-                      api_keys_file=api_keys_file, max_batch=max_batch, max_queue=max_queue, workers=workers,
+                      api_keys_file=api_keys_file, max_batch=max_batch, max_queue=max_queue, workers=workers, threads=threads,
                       max_tokens=max_tokens, timeout=timeout, rate_limit=rate_limit, cors_origins=list(cors_origin) if cors_origin else None,
                       log_requests=log_requests, ui=False if no_ui else None)
 

@@ -62,6 +62,8 @@ class LlamaState:
 
     kv: torch.Tensor  # (n_layer, 2, n_kv_head, capacity, head_dim); k in FastLlama's RoPE pair order
     length: int = 0
+    pool: torch.Tensor | None = None  # set when kv is slot `slot` of a shared pool (see new_pool)
+    slot: int = -1
 
     @property
     def capacity(self) -> int:
@@ -159,9 +161,25 @@ class FastLlama:
         shape = (len(self.layers), 2, self.n_kv, capacity, self.head_dim)
         return LlamaState(torch.empty(shape, dtype=self.dtype, device=self.device))
 
+    def new_pool(self, slots: int, capacity: int | None = None) -> torch.Tensor:
+        """One KV tensor for `slots` sequences, so step() can attend for all of them in one call.
+
+        (n_layer, 2, slots, n_kv_head, capacity, head_dim); `pool_state(pool, slot)` is a state whose
+        kv is a view of one slot. A serving engine keeps its running batch in low slots.
+        """
+        capacity = min(capacity or self.max_len, self.max_len)
+        return torch.zeros((len(self.layers), 2, slots, self.n_kv, capacity, self.head_dim), dtype=self.dtype,
+                           device=self.device)
+
+    @staticmethod
+    def pool_state(pool: torch.Tensor, slot: int) -> LlamaState:
+        return LlamaState(pool[:, :, slot], 0, pool, slot)
+
     def _reserve(self, state: LlamaState, needed: int) -> None:
         if needed > self.max_len:
             raise ValueError(f"sequence of {needed} tokens exceeds the model's context of {self.max_len}")
+        if needed > state.capacity and state.pool is not None:
+            raise ValueError(f"sequence of {needed} tokens exceeds its pool slot of {state.capacity}")
         if needed > state.capacity:
             # Doubling keeps regrowth rare when callers under-reserve.
             bigger = self.new_state(max(needed, 2 * state.capacity)).kv
@@ -261,6 +279,9 @@ class FastLlama:
         """Append token_ids[b] to states[b] for every b; return next-token logits (B, vocab)."""
         for s in states:
             self._reserve(s, s.length + 1)
+        pool = states[0].pool
+        if pool is not None and all(s.pool is pool for s in states):
+            return self._step_pooled(states, token_ids, pool)
         b = len(states)
         nkv, hd, n_rep, nq = self.n_kv, self.head_dim, self.n_rep, self.n_head * self.head_dim
         x = self.embed[torch.tensor(token_ids, device=self.device)]  # (B, C)
@@ -285,6 +306,40 @@ class FastLlama:
                 ys.append(F.scaled_dot_product_attention(q, k[i], v[i], scale=1.0))  # (1, nkv, n_rep, hd)
             y = ys[0].view(1, nq) if b == 1 else torch.cat(ys).view(b, nq)  # (B, nh * hd)
             x = self._finish_layer(x, y, lw)
+        for s in states:
+            s.length += 1
+        return self._logits(x)
+
+    def _step_pooled(self, states: list[LlamaState], token_ids: list[int], pool: torch.Tensor) -> torch.Tensor:
+        """step() for states in one pool: attention for the whole batch in one SDPA call per layer.
+
+        Slots lo..hi-1 are attended together (a slot between them that no state uses attends to its
+        position 0 and its output is dropped), each row masked to its own length, so the batch needs
+        no copies of the caches and no per-sequence Python per layer.
+        """
+        b, nkv, hd, n_rep, nq = len(states), self.n_kv, self.head_dim, self.n_rep, self.n_head * self.head_dim
+        slots = [s.slot for s in states]
+        lo, hi = min(slots), max(slots) + 1
+        n = hi - lo
+        lengths = torch.tensor([s.length for s in states], device=self.device)
+        rows = torch.tensor(slots, device=self.device) - lo  # (B,) row of each state within lo..hi
+        span = int(lengths.max()) + 1
+        visible = torch.ones(n, dtype=torch.long, device=self.device)
+        visible[rows] = lengths + 1
+        mask = (torch.arange(span, device=self.device)[None, :] < visible[:, None]).view(n, 1, 1, span)
+        x = self.embed[torch.tensor(token_ids, device=self.device)]  # (B, C)
+        rot = self.rot[lengths, None]  # (B, 1, hd / 2)
+        slot_index = rows + lo
+        q_all = torch.zeros(n, nkv, n_rep, hd, dtype=x.dtype, device=self.device)
+        for i, lw in enumerate(self.layers):
+            qkv = self._qkv(x, lw, rot)  # (B, (nh + 2 * nkv) * hd)
+            new_kv = qkv[:, nq:].view(b, 2, nkv, hd)
+            pool[i, 0, slot_index, :, lengths] = new_kv[:, 0]
+            pool[i, 1, slot_index, :, lengths] = new_kv[:, 1]
+            q_all[rows] = qkv[:, :nq].view(b, nkv, n_rep, hd)  # already scaled
+            k, v = pool[i, 0, lo:hi, :, :span], pool[i, 1, lo:hi, :, :span]  # (n, nkv, span, hd), views
+            y = F.scaled_dot_product_attention(q_all, k, v, attn_mask=mask, scale=1.0)  # (n, nkv, n_rep, hd)
+            x = self._finish_layer(x, y[rows].reshape(b, nq), lw)
         for s in states:
             s.length += 1
         return self._logits(x)

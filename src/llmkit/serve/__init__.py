@@ -41,6 +41,7 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
 
     if not cfg.models:
         raise UserError("name at least one model to serve, e.g. llmkit serve tiny-lm")
+    _set_threads(cfg.threads)
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     models = {}
@@ -52,6 +53,17 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
         if console:
             console.print(f"loaded [bold]{served.id}[/bold] ({served.kind}, {served.backend})")
     return create_app(cfg, models, registry, ws)
+
+
+def _set_threads(threads: int) -> None:
+    # Compute threads that spin on every core starve the event loop that streams the tokens (and
+    # make every step wait for a descheduled thread); one core for HTTP serves more tokens overall.
+    import os
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(threads or max(1, cores - 1))
 
 
 def _check_exposure(cfg: ServeConfig, app, console) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import logging
 import threading
 import time
@@ -65,26 +66,81 @@ class Job:
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     released: bool = False
+    decoder: Decoder | None = None
 
     def emit(self, event: Event) -> None:
+        _outbox().setdefault(self.loop, []).append((self, event))
+
+
+# Events of one scheduler pass, delivered to each event loop with one wake-up rather than one per
+# token per request (each wake-up is a write to the loop's self-pipe and a turn of the loop).
+# Per scheduler thread: each flushes its own after every pass.
+_local = threading.local()
+
+
+def _outbox() -> dict[asyncio.AbstractEventLoop, list[tuple[Job, Event]]]:
+    if not hasattr(_local, "box"):
+        _local.box = {}
+    return _local.box
+
+
+def _deliver(batch: list[tuple[Job, Event]]) -> None:
+    for job, event in batch:
+        job.events.put_nowait(event)
+
+
+def _flush() -> None:
+    box = _outbox()
+    while box:
+        loop, batch = box.popitem()
         try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+            loop.call_soon_threadsafe(_deliver, batch)
         except RuntimeError:  # the event loop is closed: the server is shutting down
-            self.cancelled = True
+            for job, _ in batch:
+                job.cancelled = True
 
 
 class Decoder:
-    """What a worker drives: prefill one sequence, step a batch. Wraps both backend styles."""
+    """What a worker drives: prefill one sequence, step a batch, release a finished one's cache."""
 
-    def __init__(self, prefill: Callable, step: Callable, max_batch: int, max_len: int | None):
+    def __init__(self, prefill: Callable, step: Callable, max_batch: int, max_len: int | None,
+                 release: Callable[[Any], None] | None = None):
         self.prefill, self.step, self.max_batch, self.max_len = prefill, step, max_batch, max_len
+        self.release = release or (lambda state: None)
+
+
+POOL_BUDGET = 2 * 2**30  # bytes of KV cache worth preallocating for the whole batch
 
 
 def torch_decoder(lm, max_batch: int) -> Decoder:
+    """llmkit's decoder; for Llama models the running batch shares one KV pool (one attention call per layer)."""
     from llmkit.generate import get_decoder
+    from llmkit.models.fast_llama import FastLlama
 
     dec = get_decoder(lm)
-    return Decoder(lambda ids, cap: dec.prefill(ids, capacity=cap), dec.step, max_batch, dec.max_len)
+    pool_bytes = 0
+    if isinstance(dec, FastLlama):
+        pool_bytes = (len(dec.layers) * 2 * max_batch * dec.n_kv * dec.max_len * dec.head_dim
+                      * torch.finfo(dec.dtype).bits // 8)
+    if not pool_bytes or pool_bytes > POOL_BUDGET:
+        return Decoder(lambda ids, cap: dec.prefill(ids, capacity=cap), dec.step, max_batch, dec.max_len)
+    pool = dec.new_pool(max_batch)
+    free = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch's slots dense
+
+    def prefill(ids: list[int], capacity: int):
+        state = dec.pool_state(pool, heapq.heappop(free))
+        try:
+            return dec.prefill(ids, state=state)
+        except BaseException:
+            heapq.heappush(free, state.slot)
+            raise
+
+    def release(state) -> None:
+        if state is not None and state.pool is pool:
+            heapq.heappush(free, state.slot)
+            state.pool = None  # released once
+
+    return Decoder(prefill, dec.step, max_batch, dec.max_len, release)
 
 
 def single_decoder(backend) -> Decoder:
@@ -133,8 +189,15 @@ class Engine:
     # --- the scheduler loop --------------------------------------------------------------------
 
     def _worker(self, dec: Decoder) -> None:
+        try:
+            self._schedule(dec)
+        finally:
+            _flush()
+
+    def _schedule(self, dec: Decoder) -> None:
         active: list[Job] = []
         while True:
+            _flush()
             with self.cv:
                 while not self.waiting and not active and not self._stop:
                     self.cv.wait()
@@ -145,6 +208,7 @@ class Engine:
                 admit = []
                 while self.waiting and len(active) + len(admit) < dec.max_batch:
                     admit.append(self.waiting.popleft())
+                    admit[-1].decoder = dec
                 self.running += len(admit)
             try:
                 for job in admit:
@@ -174,6 +238,8 @@ class Engine:
         return True
 
     def _release(self, job: Job) -> bool:
+        if job.decoder is not None and job.state is not None:
+            job.decoder.release(job.state)
         job.state = None  # frees the KV cache now rather than when the handler lets go
         if not job.released:
             job.released = True
