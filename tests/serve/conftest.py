@@ -1,6 +1,6 @@
 """A real uvicorn server on 127.0.0.1 for the serving tests, shared by the session.
 
-It serves `tiny-lm` (a tiny char-level causal LM with a 256-token context, trained for a few
+It serves `tiny-lm` (a tiny char-level causal LM with a 1024-token context, trained for a few
 seconds; served under that name with NAME=MODEL) and `sms-clf` (the root conftest's classifier).
 """
 
@@ -28,11 +28,11 @@ class Served:
 
 @pytest.fixture(scope="session")
 def serve_lm(lm_workspace: Path) -> str:
-    """A tiny LM with room for chat prompts (context 256), registered as 'serve-lm'."""
+    """A tiny LM with room for chat prompts and long generations (context 1024), registered as 'serve-lm'."""
     from llmkit.train import pretrain
 
     ws = Workspace.open(lm_workspace)
-    pretrain(tiny_config(name="serve-lm", context=256, max_steps=150, eval_every=150, checkpoint_every=150), ws,
+    pretrain(tiny_config(name="serve-lm", context=1024, max_steps=150, eval_every=150, checkpoint_every=150), ws,
              Registry.for_workspace(ws.root))
     return "serve-lm"
 

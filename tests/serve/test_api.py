@@ -28,7 +28,7 @@ def test_models_list(client):
     models = {m.id: m for m in client.models.list().data}
     assert set(models) == {"tiny-lm", "sms-clf", "minilm-l6"}
     assert models["tiny-lm"].model_extra["kind"] == "causal"
-    assert models["tiny-lm"].model_extra["context_length"] == 256
+    assert models["tiny-lm"].model_extra["context_length"] == 1024
     assert models["sms-clf"].model_extra["kind"] == "classifier"
     assert models["minilm-l6"].model_extra["kind"] == "encoder"
     assert client.models.retrieve("tiny-lm").id == "tiny-lm"

@@ -29,8 +29,8 @@ def _error(r: requests.Response, status: int, param: str | None = None, code: st
     ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "top_p": 0}, 400, "top_p", None),
     ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "max_tokens": 5000}, 400, "max_tokens", None),
     ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "max_tokens": 0}, 400, "max_tokens", None),
-    ("/v1/completions", {"model": "tiny-lm", "prompt": "x" * 300}, 400, "prompt", "context_length_exceeded"),
-    ("/v1/completions", {"model": "tiny-lm", "prompt": "x" * 100, "max_tokens": 200}, 400, "max_tokens", "context_length_exceeded"),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x" * 1100}, 400, "prompt", "context_length_exceeded"),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x" * 100, "max_tokens": 1000}, 400, "max_tokens", "context_length_exceeded"),
     ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
     ("/v1/completions", {"model": "tiny-lm"}, 400, "prompt", None),
     ("/v1/chat/completions", {"model": "tiny-lm"}, 400, "messages", None),
@@ -63,7 +63,7 @@ def test_openai_client_raises_typed_errors(server):
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="context"):
-        client.completions.create(model="tiny-lm", prompt="y" * 400)
+        client.completions.create(model="tiny-lm", prompt="y" * 1100)
 
 
 def test_api_keys_and_rate_limit(lm_workspace, serve_lm):
@@ -108,11 +108,11 @@ def test_full_queue_answers_429_not_a_hang(lm_workspace, serve_lm):
 
 
 def test_request_timeout(lm_workspace, serve_lm):
-    # 1 ms: the scheduler checks deadlines between decode steps, and 250 tokens take far longer.
+    # 1 ms: the scheduler checks deadlines between decode steps, and 1000 tokens take far longer.
     running, _ = start_server(lm_workspace, [f"tiny-lm={serve_lm}"], timeout=0.001, ui=False)
     try:
         r = requests.post(running.url + "/v1/completions", timeout=30,
-                          json={"model": "tiny-lm", "prompt": "ROMEO:\nI will", "max_tokens": 240})
+                          json={"model": "tiny-lm", "prompt": "ROMEO:\nI will", "max_tokens": 1000})
         err = _error(r, 408, code="timeout")
         assert "timeout" in err["message"]
     finally:
@@ -127,8 +127,9 @@ def _cancelled(server) -> float:
 
 def test_client_disconnect_cancels_generation(server):
     before = _cancelled(server)
+    # 1000 tokens take the tiny model far longer than noticing the closed connection does.
     with requests.post(server.base_url + "/v1/completions", stream=True, timeout=30,
-                       json={"model": "tiny-lm", "prompt": "A", "max_tokens": 250, "stream": True}) as r:
+                       json={"model": "tiny-lm", "prompt": "ROMEO:", "max_tokens": 1000, "stream": True}) as r:
         lines = r.iter_lines()
         assert next(lines).startswith(b"data: ")
     deadline = time.monotonic() + 10

@@ -222,7 +222,7 @@ def test_classifier_models_get_a_classify_box(watched, server):
 
 def test_dashboard_shows_models_runs_loss_chart_and_model_detail(watched, server, browser):
     registry = server.registry
-    # The model served as tiny-lm: the server fixture registers it as serve-lm (context 256).
+    # The model served as tiny-lm: the server fixture registers it as serve-lm (context 1024).
     model = registry.find("serve-lm", "model") or registry.get("tiny-lm", "model")
     run = dict(registry.parents(model.id))["produced_by"]
     report = evaluate(model.id, EvalConfig(data="tiny", split="val", max_examples=10), Workspace.open(server.workspace),

@@ -7,6 +7,7 @@ malformed JSON, an unknown route, a full queue.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -37,18 +38,25 @@ def error_response(err: ApiError) -> JSONResponse:
                         headers=err.headers)
 
 
+# Parts of a pydantic error location that name a branch of a union type, not a field.
+_BRANCH = re.compile(r"^(str|int|float|bool|list|dict|none|literal\[.*|function-\w+\[.*|.*\[.*\])$")
+
+
 def _field(loc: tuple) -> str:
-    # ("body", "messages", 0, "content") -> "messages[0].content"
+    # ("body", "messages", 0, "content") -> "messages[0].content"; ("body", "stop", "list[str]") -> "stop"
     out = ""
     for part in loc:
-        if part in ("body", "query", "path", "header"):
+        if part in ("body", "query", "path", "header") or (isinstance(part, str) and _BRANCH.match(part)):
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0] if exc.errors() else {}
+    # For a union, pydantic reports every branch; a "wrong type" error of the branch the value is not
+    # meant for says less than the other branch's (e.g. "at most 4 items" over "not a string").
+    errors = sorted(exc.errors(), key=lambda e: str(e.get("type", "")).endswith("_type"))
+    first = errors[0] if errors else {}
     loc = tuple(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         ctx = first.get("ctx", {}).get("error", "")
