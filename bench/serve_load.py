@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8,32,64")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--sequential", type=int, default=16, help="requests in the one-at-a-time baseline")
+    ap.add_argument("--rounds", type=int, default=3, help="repetitions; figures are medians")
     ap.add_argument("--threads", type=int, default=None, help="compute threads of the server (default: torch's)")
     ap.add_argument("--keep", default=None, help="keep the workspace here and reuse it on the next run")
     args = ap.parse_args()
@@ -144,15 +145,27 @@ def main() -> None:
             server = Server(ws, models[backend], max_batch=64, workers=1, threads=args.threads)
             try:
                 one_request(server.url, models[backend], 0, 8)  # warm-up
-                base = sequential(server.url, models[backend], args.sequential, args.max_tokens)
+                # Rounds of (baseline, every level), so drift on a shared machine hits both alike;
+                # each figure is the median over the rounds, the ratio the median of per-round ratios.
+                bases, per_level = [], {n: [] for n in levels}
+                for r in range(args.rounds):
+                    base = sequential(server.url, models[backend], args.sequential, args.max_tokens)
+                    bases.append(base)
+                    for n in levels:
+                        row = run(server.url, models[backend], n, args.max_tokens, offset=n * 100 + r * 10_000)
+                        row["vs_sequential"] = row["tok_per_s"] / base["tok_per_s"]
+                        per_level[n].append(row)
+                base = {k: statistics.median(b[k] for b in bases) for k in ("tok_per_s", "ttft_p50_ms")}
                 rows = []
                 for n in levels:
-                    row = run(server.url, models[backend], n, args.max_tokens, offset=n * 100)
-                    row["vs_sequential"] = round(row["tok_per_s"] / base["tok_per_s"], 2)
+                    row = {k: round(statistics.median(r[k] for r in per_level[n]), 2)
+                           for k in ("tok_per_s", "ttft_p50_ms", "ttft_p99_ms", "vs_sequential")}
+                    row["clients"] = n
+                    row["vs_sequential_per_round"] = [round(r["vs_sequential"], 2) for r in per_level[n]]
                     rows.append(row)
                     print(f"{backend:10s} {n:3d} clients: {row['tok_per_s']:8.1f} tok/s ({row['vs_sequential']:.2f}x "
-                          f"sequential {base['tok_per_s']:.1f}), TTFT p50 {row['ttft_p50_ms']:.0f} ms p99 "
-                          f"{row['ttft_p99_ms']:.0f} ms", flush=True)
+                          f"sequential {base['tok_per_s']:.1f}; rounds {row['vs_sequential_per_round']}), "
+                          f"TTFT p50 {row['ttft_p50_ms']:.0f} ms p99 {row['ttft_p99_ms']:.0f} ms", flush=True)
                 figures["backends"][backend] = {"sequential": base, "concurrent": rows}
             finally:
                 server.stop()

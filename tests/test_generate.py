@@ -152,6 +152,29 @@ def test_batched_step_matches_single_sequences(tokenizer, threads):
     assert (sa.length, sb.length) == (5, 8)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pooled_batch_step_matches_single_sequences(tokenizer, threads):
+    # Sequences in slots of one KV pool (with an unused slot between them) attend in one call per
+    # layer; every step's logits equal each sequence run on its own cache, over several steps.
+    model = make_model(tokenizer, seed=6, num_key_value_heads=2)
+    fast = fast_llama(model, threads)
+    prompts = [[1, 5, 6, 7], [1, 8, 9, 10, 11, 12, 13], [1, 14]]
+    pool = fast.new_pool(slots=5, capacity=32)
+    pooled = [fast.pool_state(pool, slot) for slot in (0, 2, 3)]
+    first = fast.prefill_many(prompts, pooled)  # (3, vocab): the prompts through the matmuls together
+    alone, alone_first = zip(*(fast.prefill(ids) for ids in prompts), strict=True)
+    torch.testing.assert_close(first, torch.stack(alone_first), atol=1e-5, rtol=0)
+    tokens = [15, 16, 17]
+    for _ in range(6):
+        got = fast.step(pooled, tokens)  # (3, vocab)
+        want = torch.stack([fast.step([s], [t])[0] for s, t in zip(alone, tokens, strict=True)])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        tokens = got.argmax(-1).tolist()
+    assert [s.length for s in pooled] == [len(p) + 6 for p in prompts]
+    with pytest.raises(ValueError, match="pool slot"):
+        fast.prefill(list(range(1, 40)), state=fast.pool_state(pool, 4))
+
+
 def test_fallback_matches_hf_generate(tokenizer):
     # Linear RoPE scaling isn't in the lean forward, so this model must take the HF fallback.
     rope = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
@@ -271,3 +294,35 @@ def test_stop_token_ids_end_the_text_like_eos(tokenizer, trained):
     first = free.token_ids[0]
     stopped = generate(trained, tokenizer, "ab", max_new_tokens=5, temperature=0, stop_token_ids=[first])
     assert stopped.token_ids == [first] and stopped.finish_reason == "stop"
+
+
+def test_incremental_stream_equals_decoding_everything():
+    # A byte-level BPE whose merges make multi-byte and space-led pieces: what streams out, piece by
+    # piece, is exactly the decode of the whole sequence.
+    from tokenizers import trainers
+
+    text = "héllo wörld, the ✓ mark — naïve café 東京 " * 20
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    for order in (ids, list(reversed(ids))):  # reversed: byte pieces arrive in odd orders too
+        stream = TextStream(tok)
+        pieces = [stream.push(order[:i]) for i in range(1, len(order) + 1)] + [stream.finish()]
+        assert "".join(pieces) == tok.decode(order, clean_up_tokenization_spaces=False)
+
+
+def test_batch_sampling_draws_what_each_sampler_would():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 40) * 2
+    def samplers():
+        return [Sampler(40, [1], temperature=0.0), Sampler(40, [1], temperature=0.7, seed=1),
+                Sampler(40, [1], temperature=1.3, seed=2), Sampler(40, [1], temperature=1.0, top_p=0.9, seed=3),
+                Sampler(40, [1], temperature=0.9, repetition_penalty=1.2, seed=4), Sampler(40, [1], temperature=1.0, seed=5)]
+    one_by_one, batched = samplers(), samplers()
+    for _ in range(20):
+        want = [sm(row) for sm, row in zip(one_by_one, logits, strict=True)]
+        assert Sampler.sample_batch(batched, logits) == want
+    assert want[0] == int(logits[0].argmax())

@@ -134,11 +134,42 @@ class Sampler:
                 tail = sorted_logits.softmax(-1).cumsum(-1) <= 1 - self.top_p
                 tail[-1] = False
                 logits = logits.masked_fill(tail.scatter(0, order, tail), float("-inf"))
-            probs = logits.softmax(-1)
-            tok = int(torch.multinomial(probs, 1, generator=self.generator))
+            tok = _draw(logits.softmax(-1)[None], [self])[0]
         if self.seen is not None:
             self.seen[tok] = True
         return tok
+
+    @property
+    def plain(self) -> bool:
+        """Only temperature applies (no penalty, top-k or top-p): rows can be sampled together."""
+        return self.seen is None and self.top_k <= 0 and self.top_p >= 1.0
+
+    @staticmethod
+    def sample_batch(samplers: list[Sampler], logits: torch.Tensor) -> list[int]:
+        """One token per row of logits (B, vocab), each with its own sampler; the same draws as
+        calling each sampler, with greedy and plain-temperature rows done in one op each."""
+        out: list[int | None] = [None] * len(samplers)
+        greedy = [i for i, sm in enumerate(samplers) if sm.temperature <= 0 and sm.seen is None]
+        plain = [i for i, sm in enumerate(samplers) if sm.temperature > 0 and sm.plain]
+        if greedy:
+            for i, tok in zip(greedy, logits[greedy].float().argmax(-1).tolist(), strict=True):
+                out[i] = tok
+        if plain:
+            temps = torch.tensor([samplers[i].temperature for i in plain], device=logits.device)
+            probs = (logits[plain].float() / temps[:, None]).softmax(-1)  # (P, vocab)
+            for i, tok in zip(plain, _draw(probs, [samplers[i] for i in plain]), strict=True):
+                out[i] = tok
+        return [tok if tok is not None else samplers[i](logits[i]) for i, tok in enumerate(out)]
+
+
+def _draw(probs: torch.Tensor, samplers: list[Sampler]) -> list[int]:
+    """Inverse-CDF draws, one uniform per row from that row's generator: (P, vocab) -> P token ids."""
+    u = torch.stack([torch.rand((), generator=sm.generator, device=probs.device) for sm in samplers])  # (P,)
+    cdf = probs.cumsum(-1)
+    # A floor above 0: u = 0 must not pick a leading token of probability 0.
+    target = (u * cdf[:, -1]).clamp_(min=1e-12)[:, None]
+    idx = torch.searchsorted(cdf, target).clamp_(max=probs.shape[-1] - 1)  # (P, 1)
+    return idx[:, 0].tolist()
 
 
 # --- decode loop -------------------------------------------------------------------------------
@@ -195,9 +226,11 @@ def generate_ids(model, input_ids: list[int], *, max_new_tokens: int = 100, temp
 class TextStream:
     """Turns a growing list of generated ids into stable text pieces, watching for stop strings.
 
-    Decodes the whole generated sequence each time and emits the new suffix, so byte-level BPE
-    pieces that only form a character together come out once complete. Held back: a trailing
-    U+FFFD (an incomplete UTF-8 sequence) and any tail that could be the start of a stop string.
+    Decodes incrementally (as vLLM does): each push decodes a short window that starts a few tokens
+    back and keeps what it adds beyond the window's previous text, so byte-level BPE pieces that only
+    form a character together, and tokenizers whose pieces depend on their neighbours, come out
+    right at O(1) cost per token rather than re-decoding everything. Held back: a trailing U+FFFD
+    (an incomplete UTF-8 sequence) and any tail that could be the start of a stop string.
     """
 
     def __init__(self, tokenizer, stop: list[str] | None = None):
@@ -206,10 +239,22 @@ class TextStream:
         self.emitted = ""
         self.text = ""
         self.stopped = False
+        self.decoded = ""  # text of ids[:read], complete characters only
+        self.prefix = self.read = 0  # the window ids[prefix:read] decodes to the tail of `decoded`
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def push(self, ids: list[int]) -> str:
         """Update with all generated ids so far; return the newly stable text ('' if none)."""
-        text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        head = self._decode(ids[self.prefix:self.read])
+        tail = self._decode(ids[self.prefix:])
+        pending = tail[len(head):] if tail.startswith(head) else ""
+        if pending and not tail.endswith("\ufffd"):
+            self.decoded += pending
+            self.prefix, self.read = self.read, len(ids)
+            pending = ""
+        text = self.decoded + pending
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         if hits:
             self.text, self.stopped = text[:min(hits)], True

@@ -58,8 +58,10 @@ def test_seed_makes_sampling_reproducible(client):
 
 def test_stop_string_ends_the_text(client):
     full = client.completions.create(model="tiny-lm", prompt="KING:\n", max_tokens=40, temperature=0).choices[0].text
-    stop = full[10:12]
-    assert stop.strip(), f"greedy output too uniform to pick a stop string: {full!r}"
+    # Two visible characters after the first few (the model is retrained each session; any will do).
+    start = next((i for i in range(4, len(full) - 1) if not full[i].isspace() and not full[i + 1].isspace()), None)
+    assert start is not None, f"greedy output has no two adjacent visible characters: {full!r}"
+    stop = full[start:start + 2]
     out = client.completions.create(model="tiny-lm", prompt="KING:\n", max_tokens=40, temperature=0, stop=[stop])
     assert out.choices[0].text == full[:full.index(stop)]
     assert out.choices[0].finish_reason == "stop"
@@ -75,7 +77,8 @@ def test_chat_streaming_equals_non_streaming(client):
     assert {c.id for c in chunks} == {chunks[0].id}
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
-    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3, "tokens should arrive one by one"
+    # Text that queues up while a chunk is being sent is merged, so fewer chunks than tokens is fine.
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1, "the text should arrive in pieces"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 30 == whole.usage.completion_tokens
 

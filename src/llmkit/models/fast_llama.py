@@ -275,6 +275,39 @@ class FastLlama:
         return state, self._logits(x[-1:])[0]
 
     @torch.inference_mode()
+    def prefill_many(self, prompts: list[list[int]], states: list[LlamaState]) -> torch.Tensor:
+        """prefill() for several new sequences at once: their tokens go through each layer's matmuls
+        together (larger, more efficient products), attention stays per sequence. Returns (B, vocab)."""
+        lengths = [len(ids) for ids in prompts]
+        for state, n in zip(states, lengths, strict=True):
+            if state.length:
+                raise ValueError("prefill_many starts new sequences; extend one with prefill()")
+            self._reserve(state, n)
+        nh, nkv, hd, nq = self.n_head, self.n_kv, self.head_dim, self.n_head * self.head_dim
+        flat = [t for ids in prompts for t in ids]
+        x = self.embed[torch.tensor(flat, device=self.device)]  # (sum T, C)
+        rot = torch.cat([self.rot[:n] for n in lengths])[:, None]  # (sum T, 1, hd / 2)
+        bounds = [0]
+        for n in lengths:
+            bounds.append(bounds[-1] + n)
+        for i, lw in enumerate(self.layers):
+            qkv = self._qkv(x, lw, rot)  # (sum T, (nh + 2 * nkv) * hd)
+            ys = []
+            for state, a, b in zip(states, bounds, bounds[1:], strict=False):
+                t = b - a
+                state.kv[i, :, :, :t] = qkv[a:b, nq:].view(t, 2, nkv, hd).permute(1, 2, 0, 3)  # (2, nkv, T, hd)
+                q = qkv[a:b, :nq].view(t, nh, hd).transpose(0, 1)  # (nh, T, hd)
+                k, v = state.kv[i, 0, :, :t], state.kv[i, 1, :, :t]
+                if self.n_rep > 1:
+                    k, v = k.repeat_interleave(self.n_rep, 0), v.repeat_interleave(self.n_rep, 0)
+                y = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=1.0)
+                ys.append(y[0].transpose(0, 1).reshape(t, nq))
+            x = self._finish_layer(x, torch.cat(ys), lw)
+        for state, n in zip(states, lengths, strict=True):
+            state.length = n
+        return self._logits(x[torch.tensor(bounds[1:], device=self.device) - 1])  # (B, vocab)
+
+    @torch.inference_mode()
     def step(self, states: list[LlamaState], token_ids: list[int]) -> torch.Tensor:
         """Append token_ids[b] to states[b] for every b; return next-token logits (B, vocab)."""
         for s in states:

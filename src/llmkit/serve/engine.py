@@ -104,11 +104,18 @@ class Decoder:
     """What a worker drives: prefill one sequence, step a batch, release a finished one's cache."""
 
     def __init__(self, prefill: Callable, step: Callable, max_batch: int, max_len: int | None,
-                 release: Callable[[Any], None] | None = None):
+                 release: Callable[[Any], None] | None = None, prefill_many: Callable | None = None):
         self.prefill, self.step, self.max_batch, self.max_len = prefill, step, max_batch, max_len
         self.release = release or (lambda state: None)
+        # [ids] -> ([state], logits (B, vocab)); one prefill after another unless the backend batches them
+        self.prefill_many = prefill_many or self._one_by_one
+
+    def _one_by_one(self, prompts: list[list[int]], capacities: list[int]):
+        out = [self.prefill(ids, cap) for ids, cap in zip(prompts, capacities, strict=True)]
+        return [state for state, _ in out], torch.stack([logits for _, logits in out])
 
 
+PREFILL_GROUP = 8  # new requests prefilled in one forward
 POOL_BUDGET = 2 * 2**30  # bytes of KV cache worth preallocating for the whole batch
 
 
@@ -140,7 +147,16 @@ def torch_decoder(lm, max_batch: int) -> Decoder:
             heapq.heappush(free, state.slot)
             state.pool = None  # released once
 
-    return Decoder(prefill, dec.step, max_batch, dec.max_len, release)
+    def prefill_many(prompts: list[list[int]], capacities: list[int]):
+        states = [dec.pool_state(pool, heapq.heappop(free)) for _ in prompts]
+        try:
+            return states, dec.prefill_many(prompts, states)
+        except BaseException:
+            for state in states:
+                heapq.heappush(free, state.slot)
+            raise
+
+    return Decoder(prefill, dec.step, max_batch, dec.max_len, release, prefill_many)
 
 
 def single_decoder(backend) -> Decoder:
@@ -211,11 +227,18 @@ class Engine:
                     admit[-1].decoder = dec
                 self.running += len(admit)
             try:
-                for job in admit:
-                    if self._alive(job) and self._prefill(dec, job):
-                        active.append(job)
-                    else:
-                        self._release(job)
+                alive = [job for job in admit if self._alive(job) or self._release(job)]
+                # Prefill the newcomers together (bounded, so running sequences are not stalled long).
+                for start in range(0, len(alive), PREFILL_GROUP):
+                    group = alive[start:start + PREFILL_GROUP]
+                    states, logits = dec.prefill_many([j.ids for j in group], [len(j.ids) + j.max_new for j in group])
+                    for job, state in zip(group, states, strict=True):
+                        job.state = state
+                    for job, tok in zip(group, Sampler.sample_batch([j.sampler for j in group], logits), strict=True):
+                        if self._accept(job, tok):
+                            active.append(job)
+                        else:
+                            self._release(job)
                 active = [j for j in active if self._alive(j) or self._release(j)]
                 if active:
                     self._step(dec, active)
@@ -247,21 +270,17 @@ class Engine:
                 self.running -= 1
         return False
 
-    def _prefill(self, dec: Decoder, job: Job) -> bool:
-        job.state, logits = dec.prefill(job.ids, len(job.ids) + job.max_new)
-        return self._accept(job, logits)
-
     def _step(self, dec: Decoder, active: list[Job]) -> None:
         logits = dec.step([j.state for j in active], [j.last for j in active])  # (B, vocab)
         if self.on_step:
             self.on_step(len(active))
-        for job, row in zip(active, logits, strict=True):
-            if not self._accept(job, row):
+        tokens = Sampler.sample_batch([j.sampler for j in active], logits)
+        for job, tok in zip(active, tokens, strict=True):
+            if not self._accept(job, tok):
                 job.last = -1
 
-    def _accept(self, job: Job, logits: torch.Tensor) -> bool:
-        """Sample the next token, send any new text; False when the job is finished."""
-        tok = job.sampler(logits)
+    def _accept(self, job: Job, tok: int) -> bool:
+        """Take the sampled token, send any new text; False when the job is finished."""
         if job.first_token is None:
             job.first_token = time.perf_counter()
         job.out.append(tok)
