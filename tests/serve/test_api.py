@@ -58,10 +58,9 @@ def test_seed_makes_sampling_reproducible(client):
 
 def test_stop_string_ends_the_text(client):
     full = client.completions.create(model="tiny-lm", prompt="KING:\n", max_tokens=40, temperature=0).choices[0].text
-    # Two visible characters after the first few (the model is retrained each session; any will do).
-    start = next((i for i in range(4, len(full) - 1) if not full[i].isspace() and not full[i + 1].isspace()), None)
-    assert start is not None, f"greedy output has no two adjacent visible characters: {full!r}"
-    stop = full[start:start + 2]
+    # Any two characters after the first few (the model is retrained each session, its text varies).
+    assert len(full) >= 6, f"greedy output too short to pick a stop string from: {full!r}"
+    stop = full[4:6]
     out = client.completions.create(model="tiny-lm", prompt="KING:\n", max_tokens=40, temperature=0, stop=[stop])
     assert out.choices[0].text == full[:full.index(stop)]
     assert out.choices[0].finish_reason == "stop"
