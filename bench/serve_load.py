@@ -6,8 +6,9 @@ llama.cpp: one sequence per worker) starts `llmkit serve` as its own process and
 chat requests (prompt ~40 tokens, max_tokens 64, temperature 1, seeded) from client threads:
 
 - sequential: the same kind of requests, one at a time (the baseline);
-- N concurrent clients, one request each, all at once: aggregate generated tokens/s over the wall
-  time, and p50/p99 time to first token as the clients see it.
+- N concurrent clients, each sending --per-client requests back to back (one in flight at a time, so
+  requests join and leave the running batch as they would in service): aggregate generated tokens/s
+  over the wall time, and p50/p99 time to first token as the clients see it.
 
 Goal: torch at 32 clients >= 4x its sequential throughput.
 
@@ -95,10 +96,14 @@ def one_request(url: str, model: str, i: int, max_tokens: int) -> tuple[float, i
     return (first if first is not None else time.perf_counter() - start), tokens
 
 
-def run(url: str, model: str, clients: int, max_tokens: int, offset: int) -> dict:
+def run(url: str, model: str, clients: int, max_tokens: int, offset: int, per_client: int) -> dict:
+    """`clients` closed-loop clients, each sending `per_client` requests back to back (one in flight)."""
+    def client(c: int) -> list[tuple[float, int]]:
+        return [one_request(url, model, offset + c * per_client + k, max_tokens) for k in range(per_client)]
+
     start = time.perf_counter()
     with cf.ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda i: one_request(url, model, offset + i, max_tokens), range(clients)))
+        results = [r for rs in pool.map(client, range(clients)) for r in rs]
     wall = time.perf_counter() - start
     ttft = sorted(r[0] for r in results)
     tokens = sum(r[1] for r in results)
@@ -124,6 +129,7 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8,32,64")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--sequential", type=int, default=16, help="requests in the one-at-a-time baseline")
+    ap.add_argument("--per-client", type=int, default=3, help="requests each client sends, one after another")
     ap.add_argument("--rounds", type=int, default=3, help="repetitions; figures are medians")
     ap.add_argument("--threads", type=int, default=None, help="compute threads of the server (default: torch's)")
     ap.add_argument("--keep", default=None, help="keep the workspace here and reuse it on the next run")
@@ -152,7 +158,8 @@ def main() -> None:
                     base = sequential(server.url, models[backend], args.sequential, args.max_tokens)
                     bases.append(base)
                     for n in levels:
-                        row = run(server.url, models[backend], n, args.max_tokens, offset=n * 100 + r * 10_000)
+                        row = run(server.url, models[backend], n, args.max_tokens, offset=n * 1000 + r * 100_000,
+                                  per_client=args.per_client)
                         row["vs_sequential"] = row["tok_per_s"] / base["tok_per_s"]
                         per_level[n].append(row)
                 base = {k: statistics.median(b[k] for b in bases) for k in ("tok_per_s", "ttft_p50_ms")}

@@ -363,16 +363,18 @@ class FastLlama:
         x = self.embed[torch.tensor(token_ids, device=self.device)]  # (B, C)
         rot = self.rot[lengths, None]  # (B, 1, hd / 2)
         slot_index = rows + lo
-        q_all = torch.zeros(n, nkv, n_rep, hd, dtype=x.dtype, device=self.device)
+        # The usual case, states in slot order with no gaps: queries and outputs need no scatter/gather.
+        dense = n == b and slots == list(range(lo, hi))
+        q_all = None if dense else torch.zeros(n, nkv, n_rep, hd, dtype=x.dtype, device=self.device)
         for i, lw in enumerate(self.layers):
             qkv = self._qkv(x, lw, rot)  # (B, (nh + 2 * nkv) * hd)
-            new_kv = qkv[:, nq:].view(b, 2, nkv, hd)
-            pool[i, 0, slot_index, :, lengths] = new_kv[:, 0]
-            pool[i, 1, slot_index, :, lengths] = new_kv[:, 1]
-            q_all[rows] = qkv[:, :nq].view(b, nkv, n_rep, hd)  # already scaled
+            pool[i, :, slot_index, :, lengths] = qkv[:, nq:].view(b, 2, nkv, hd)  # k and v at once
+            q = qkv[:, :nq].view(b, nkv, n_rep, hd)  # already scaled
+            if not dense:
+                q_all[rows] = q
             k, v = pool[i, 0, lo:hi, :, :span], pool[i, 1, lo:hi, :, :span]  # (n, nkv, span, hd), views
-            y = F.scaled_dot_product_attention(q_all, k, v, attn_mask=mask, scale=1.0)  # (n, nkv, n_rep, hd)
-            x = self._finish_layer(x, y[rows].reshape(b, nq), lw)
+            y = F.scaled_dot_product_attention(q if dense else q_all, k, v, attn_mask=mask, scale=1.0)  # (n, nkv, n_rep, hd)
+            x = self._finish_layer(x, (y if dense else y[rows]).reshape(b, nq), lw)
         for s in states:
             s.length += 1
         return self._logits(x)
