@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--sequential", type=int, default=16, help="requests in the one-at-a-time baseline")
     ap.add_argument("--per-client", type=int, default=3, help="requests each client sends, one after another")
+    ap.add_argument("--workers", type=int, default=0, help="decode workers of the server (0 = its default)")
     ap.add_argument("--rounds", type=int, default=3, help="repetitions; figures are medians")
     ap.add_argument("--threads", type=int, default=None, help="compute threads of the server (default: torch's)")
     ap.add_argument("--keep", default=None, help="keep the workspace here and reuse it on the next run")
@@ -148,7 +149,7 @@ def main() -> None:
         ready or llmkit(ws, "export", "micro", "--format", "gguf", "--quant", "q8_0", "--no-table", "--name", "micro-q8")
         print(f"set-up (data, {args.steps} training steps, export): {time.perf_counter() - t0:.0f} s", flush=True)
         for backend in args.backends.split(","):
-            server = Server(ws, models[backend], max_batch=64, workers=1, threads=args.threads)
+            server = Server(ws, models[backend], max_batch=64, workers=args.workers, threads=args.threads)
             try:
                 one_request(server.url, models[backend], 0, 8)  # warm-up
                 # Rounds of (baseline, every level), so drift on a shared machine hits both alike;

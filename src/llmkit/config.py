@@ -234,8 +234,9 @@ class ServeConfig(Section):
     api_keys_file: str | None = Field(None, description="file with one API key per line (# comments allowed)")
     max_batch: int = Field(16, ge=1, le=512, description="sequences decoded together per step (torch backend)")
     max_queue: int = Field(256, ge=1, description="requests waiting beyond the batch; more get 429")
-    workers: int = Field(1, ge=1, le=64, description="model instances for llama.cpp / ONNX (one sequence each)")
-    threads: int = Field(0, ge=0, description="compute threads per model (0 = all cores but one, which the HTTP side gets)")
+    workers: int = Field(0, ge=0, le=64, description="decode workers per model: torch batches decoded in parallel (sharing "
+                         "the weights), llama.cpp / ONNX instances of one sequence each; 0 = 2 for torch on 2+ cores, else 1")
+    threads: int = Field(0, ge=0, description="compute threads per worker (0 = (cores - 1) / 2, at least 1: one core stays for HTTP)")
     max_tokens: int = Field(2048, ge=1, description="the most tokens one request may ask for")
     timeout: float = Field(300.0, gt=0.0, description="seconds a request may take, queueing included")
     rate_limit: int = Field(0, ge=0, description="requests per minute per API key (or per client address when open); 0 = off")

@@ -58,12 +58,16 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
 def _set_threads(threads: int) -> None:
     # Compute threads that spin on every core starve the event loop that streams the tokens (and
     # make every step wait for a descheduled thread); one core for HTTP serves more tokens overall.
-    import os
-
+    # Two torch workers split that between them (see served.load_served).
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(threads or max(1, cores - 1))
+    torch.set_num_threads(threads or max(1, (cpu_cores() - 1) // 2))
+
+
+def cpu_cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _check_exposure(cfg: ServeConfig, app, console) -> None:

@@ -222,7 +222,9 @@ class Engine:
                         job.emit(Event("error", "the server is shutting down"))
                     return
                 admit = []
-                while self.waiting and len(active) + len(admit) < dec.max_batch:
+                # With several workers, each takes its share of what is waiting and running.
+                share = -(-(self.running + len(self.waiting)) // len(self.decoders))
+                while self.waiting and len(active) + len(admit) < min(dec.max_batch, max(share, 1)):
                     admit.append(self.waiting.popleft())
                     admit[-1].decoder = dec
                 self.running += len(admit)

@@ -86,13 +86,18 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None, on_done=None
         return ServedModel(served_id, kind, backend, model, tok, net=enc, max_length=_context(enc.config))
     if backend == "torch":
         lm, tok = load_causal_lm(model)
-        decoders = [torch_decoder(lm, cfg.max_batch)]
+        # Workers share the weights (read-only) and each decodes its own batch from its own KV pool, in
+        # parallel: torch ops release the GIL. Two small batches on two cores beat one big one on one.
+        from llmkit.serve import cpu_cores
+
+        workers = cfg.workers or (2 if cpu_cores() >= 2 else 1)
+        decoders = [torch_decoder(lm, cfg.max_batch) for _ in range(workers)]
         eos = {lm.config.eos_token_id} if isinstance(lm.config.eos_token_id, int) else set(lm.config.eos_token_id or [])
     else:
         from llmkit.eval.speed import load_backend
 
         tok = load_tokenizer_for(model)
-        decoders = [single_decoder(load_backend(backend, model)) for _ in range(cfg.workers)]
+        decoders = [single_decoder(load_backend(backend, model)) for _ in range(cfg.workers or 1)]
         config = json.loads((model.path / "config.json").read_text())
         eos = {config["eos_token_id"]} if isinstance(config.get("eos_token_id"), int) else set(config.get("eos_token_id") or [])
     if tok.eos_token_id is not None:
