@@ -246,6 +246,19 @@ class ServeConfig(Section):
     ui: bool = Field(True, description="serve the web UI and dashboard at /")
 
 
+class ExplainConfig(Section):
+    method: Literal["ig", "occlusion", "attention"] = Field("ig", description="ig: Integrated Gradients on the embeddings; occlusion: replace tokens and measure the drop; attention: attention rollout")
+    target: str | None = Field(None, description="classifier: the label to explain (default: the predicted one); causal LM: the next token (default: the most likely one)")
+    completion: str | None = Field(None, description="causal LM: explain the log-probability of this text following the input instead of the next token")
+    steps: int = Field(50, ge=2, le=2000, description="Integrated Gradients interpolation steps")
+    internal_batch_size: int = Field(0, ge=0, description="Integrated Gradients steps per forward pass (0 = all steps in one batch)")
+    span: int = Field(1, ge=1, description="occlusion: tokens replaced together (a sliding window of this many)")
+    aopc_k: int = Field(10, ge=1, description="faithfulness: delete the top 1..k attributed tokens (k capped at the token count)")
+    aopc_seeds: int = Field(5, ge=1, description="faithfulness: random deletion orders averaged for the baseline")
+    max_length: int = Field(0, ge=0, description="classifier tokens (0 = the length it was trained with); longer text is truncated with a warning")
+    out: str | None = Field(None, description="also write a self-contained HTML report to this path")
+
+
 class DemoConfig(Section):
     data: str | None = Field(None, description="text file or folder to train on (default: the Python standard library's source)")
     minutes: float = Field(3.0, gt=0.0, description="training time budget")
@@ -269,6 +282,7 @@ SECTIONS: dict[str, type[Section]] = {
     "quantize": QuantizeConfig,
     "generate": GenerateConfig,
     "serve": ServeConfig,
+    "explain": ExplainConfig,
     "demo": DemoConfig,
 }
 

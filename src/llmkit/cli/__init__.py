@@ -26,7 +26,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `llmkit --help` lists everything while each module stays one job.
-    from llmkit.cli import core, data, demo, eval, generate, optimize, predict, serve, train
+    from llmkit.cli import core, data, demo, eval, explain, generate, optimize, predict, serve, train
 
     core.register(app)
     app.add_typer(data.app, name="data")
@@ -36,6 +36,7 @@ def _register() -> None:
     eval.register(app)
     optimize.register(app)
     serve.register(app)
+    explain.register(app)
     demo.register(app)
 
 

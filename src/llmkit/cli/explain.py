@@ -1,0 +1,56 @@
+"""`llmkit explain`: which tokens a classifier's label or a language model's next token depends on."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
+from llmkit.errors import UserError
+
+MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder: a classifier or a causal LM.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog="Example: llmkit explain spam-clf 'WINNER!! Claim your free prize now' --method ig --out explain.html\n\n"
+                       "llmkit explain shakespeare-nano 'ROMEO: I' --completion ' love' --method occlusion --json")(explain)
+
+
+def explain(
+    model: MODEL_ARG,
+    text: Annotated[str, typer.Argument(help="The text to explain.", show_default=False)],
+    target: Annotated[str | None, typer.Option(help="Classifier: the label to explain (default: the predicted one); causal LM: one next token.")] = None,
+    next_token: Annotated[bool, typer.Option("--next-token", help="Causal LM: explain the next token (the default).")] = False,
+    completion: Annotated[str | None, typer.Option(help="Causal LM: explain the log-probability of this text following TEXT.")] = None,
+    method: Annotated[str | None, typer.Option(help="ig | occlusion | attention.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Integrated Gradients steps.")] = None,
+    span: Annotated[int | None, typer.Option(help="Occlusion: tokens replaced together.")] = None,
+    out: Annotated[str | None, typer.Option(help="Write a self-contained HTML report here (e.g. explain.html).")] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Token attributions (Integrated Gradients, occlusion or attention rollout) with a faithfulness check."""
+    from llmkit.explain import explain as run_explain
+    from llmkit.explain.report import summary_lines, terminal_text, write_html
+
+    if next_token and completion is not None:
+        raise UserError("--next-token and --completion exclude each other: explain the next token or a completion")
+    ctx = Ctx(config, workspace, db_url, json_out)
+    cfg = ctx.section("explain", target=target, completion=completion, method=method, steps=steps, span=span, out=out)
+    if next_token and cfg.completion is not None:
+        cfg.completion = None
+    exp = run_explain(model, text, cfg, ctx.registry)
+    for warning in exp.warnings:
+        ctx.log.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    result = exp.to_dict()
+    if cfg.out:
+        result["html"] = str(write_html(exp, cfg.out))
+
+    def show() -> None:
+        console.print(terminal_text(exp))
+        for line in summary_lines(exp):
+            console.print(line, highlight=False, markup=False)
+        if cfg.out:
+            console.print(f"report: {result['html']}", highlight=False, markup=False)
+
+    ctx.emit(result, show)

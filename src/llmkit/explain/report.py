@@ -1,0 +1,121 @@
+"""An explanation shown three ways: coloured tokens in the terminal (rich), one self-contained HTML
+file (inline CSS, the attention heat map as an embedded PNG) and JSON (Explanation.to_dict)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from rich.text import Text
+
+from llmkit.explain import Explanation
+
+
+def _rgb(score: float) -> tuple[int, int, int]:
+    """White at 0, green for positive (supports the target), red for negative, by magnitude."""
+    m = min(1.0, abs(score))
+    if score >= 0:
+        return int(255 - 175 * m), int(255 - 55 * m), int(255 - 175 * m)
+    return int(255 - 35 * m), int(255 - 175 * m), int(255 - 175 * m)
+
+
+def _visible(token: str) -> str:
+    return token.replace("\n", "\\n").replace("\t", "\\t")
+
+
+def terminal_text(exp: Explanation) -> Text:
+    text = Text()
+    for token, score, special in zip(exp.tokens, exp.normalized, exp.special, strict=True):
+        if special:
+            text.append(_visible(token), style="dim italic")
+        else:
+            r, g, b = _rgb(score)
+            text.append(_visible(token), style=f"black on rgb({r},{g},{b})")
+        text.append(" " if exp.kind == "classifier" else "")
+    return text
+
+
+def summary_lines(exp: Explanation) -> list[str]:
+    what = {"probability": "p", "log_probability": "log p"}[exp.quantity]
+    lines = [f"{exp.model} ({exp.kind}), method {exp.method}: target '{exp.target}', {what} = {exp.value:.4f}"
+             + (f" (p = {exp.probability:.4g})" if exp.quantity == "log_probability" else "")]
+    if exp.convergence_delta is not None:
+        lines.append(f"IG convergence delta {exp.convergence_delta:.4g} (f(x) - f(baseline) = {exp.value - exp.baseline_value:.4g}, "
+                     f"{exp.steps} steps)")
+    lines.append(f"faithfulness: deletion AOPC {exp.aopc:.4f} vs random {exp.aopc_random:.4f} (top {exp.faithfulness['k']} tokens)")
+    lines.append(f"{exp.seconds:.2f} s attribution, {exp.seconds_total:.2f} s with faithfulness")
+    return lines
+
+
+def _attention_png(exp: Explanation) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(exp.tokens)
+    labels = [_visible(t).replace(" ", "␣") or "·" for t in exp.tokens]
+    last = exp.attentions[-1].mean(0)[:n, :n]
+    size = max(4.0, min(14.0, 0.28 * n + 2))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
+    for ax, matrix, title in ((axes[0], exp.rollout[:n, :n], "attention rollout"),
+                              (axes[1], last, f"last layer (mean of {exp.attentions.shape[1]} heads)")):
+        im = ax.imshow(matrix, cmap="viridis")
+        ax.set_title(title)
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), labels, fontsize=7)
+        ax.set_xlabel("attended token")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def html_report(exp: Explanation) -> str:
+    spans = []
+    for token, score, raw, special in zip(exp.tokens, exp.normalized, exp.scores, exp.special, strict=True):
+        shown = html.escape(_visible(token)) or "&middot;"
+        if special:
+            spans.append(f'<span class="tok special" title="special token, not scored">{shown}</span>')
+        else:
+            r, g, b = _rgb(score)
+            spans.append(f'<span class="tok" style="background:rgb({r},{g},{b})" title="{raw:.4g}">{shown}</span>')
+    sep = " " if exp.kind == "classifier" else ""
+    rows = "".join(f"<tr><td><code>{html.escape(_visible(t))}</code></td><td>{s:.4g}</td></tr>"
+                   for t, s, sp in zip(exp.tokens, exp.scores, exp.special, strict=True) if not sp)
+    image = ""
+    if exp.attentions is not None:
+        image = f'<h2>Attention</h2><img alt="attention heat map" src="data:image/png;base64,{_attention_png(exp)}">'
+    warnings = "".join(f"<p class=warn>warning: {html.escape(w)}</p>" for w in exp.warnings)
+    summary = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(exp))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>llmkit explain: {html.escape(exp.model)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; color: #222; }}
+.tokens {{ font-family: ui-monospace, monospace; font-size: 1.1em; line-height: 2.2; white-space: pre-wrap; }}
+.tok {{ padding: 2px 1px; border-radius: 3px; }}
+.special {{ color: #888; font-style: italic; }}
+.warn {{ color: #a60; }}
+table {{ border-collapse: collapse; }} td {{ padding: 2px 8px; border-bottom: 1px solid #eee; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>Why '{html.escape(exp.target)}'?</h1>
+<ul>{summary}</ul>{warnings}
+<p>Green: the token raises the target; red: it lowers it (scores normalised by the largest magnitude).</p>
+<div class="tokens">{sep.join(spans)}</div>
+<h2>Scores</h2><table><tr><th>token</th><th>{html.escape(exp.method)} score</th></tr>{rows}</table>
+{image}
+</body></html>
+"""
+
+
+def write_html(exp: Explanation, path: str | Path) -> Path:
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html_report(exp), encoding="utf-8")
+    return path

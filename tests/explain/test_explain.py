@@ -1,0 +1,135 @@
+"""`llmkit explain` on real tiny models: the tiny char LM ('tiny-lm') and the SMS classifier ('sms-clf')."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmkit.config import ExplainConfig
+from llmkit.errors import UserError
+from llmkit.explain import explain_loaded, load_for_explain
+from llmkit.explain.report import html_report, terminal_text, write_html
+from llmkit.registry import Registry
+from tests.conftest import run_cli
+
+SPAM = [
+    "WINNER!! Claim your free prize now, call 09061701461 to collect",
+    "URGENT! You have won a 1 week FREE membership in our £100,000 Prize Jackpot! Txt CLAIM to 81010",
+    "Congratulations! You have been selected to receive a £900 cash prize. Call 09050000327 now to claim",
+    "FREE entry to win a brand new mobile phone! Text WIN to 87121 now. T&Cs apply",
+]
+JSON_KEYS = {"model", "kind", "method", "text", "tokens", "scores", "normalized", "special", "target", "quantity", "value",
+             "probability", "aopc", "aopc_random", "faithfulness", "seconds", "seconds_total", "warnings"}
+
+
+@pytest.fixture(scope="module")
+def clf(lm_workspace: Path, sms_classifier):
+    return load_for_explain("sms-clf", Registry.for_workspace(lm_workspace))
+
+
+@pytest.fixture(scope="module")
+def lm(lm_workspace: Path, tiny_model):
+    return load_for_explain("tiny-lm", Registry.for_workspace(lm_workspace))
+
+
+def _run(loaded, text: str, **cfg):
+    model, tokenizer, kind, labels, max_length, ref = loaded
+    return explain_loaded(model, tokenizer, kind, text, ExplainConfig(**cfg), labels=labels, max_length=max_length, name=ref)
+
+
+@pytest.mark.parametrize("method", ["ig", "occlusion", "attention"])
+def test_every_method_scores_every_token_on_both_kinds(clf, lm, method: str):
+    for loaded, text in ((clf, SPAM[0]), (lm, "ROMEO: I will")):
+        exp = _run(loaded, text, method=method, steps=20)
+        n = len(exp.tokens)
+        assert n > 3 and len(exp.scores) == len(exp.normalized) == len(exp.special) == n
+        assert np.isfinite(exp.scores).all() and max(abs(s) for s in exp.normalized) == pytest.approx(1.0)
+        data = json.loads(json.dumps(exp.to_dict()))
+        assert JSON_KEYS <= set(data) and 0.0 <= data["probability"] <= 1.0
+        assert ("convergence_delta" in data) == (method == "ig")
+        if method == "attention":
+            assert data["attention"]["layers"] >= 2 and len(data["attention"]["rollout"]) == n
+    assert exp.special[0] and exp.tokens[0] == "<|endoftext|>"  # the LM's BOS is shown, flagged special
+
+
+def test_integrated_gradients_is_complete(clf, lm):
+    # Completeness: sum of attributions = f(x) - f(baseline), up to the integral's approximation error.
+    for loaded, text in ((clf, SPAM[0]), (lm, "ROMEO: I will")):
+        exp = _run(loaded, text, method="ig", steps=50)
+        gap = exp.value - exp.baseline_value
+        assert abs(sum(exp.scores) - gap) == pytest.approx(exp.convergence_delta, abs=1e-4)
+        # Measured at 50 steps: 0.2% of the gap on sms-clf, 0.3% on tiny-lm.
+        assert exp.convergence_delta < 0.02 * abs(gap), (exp.convergence_delta, gap)
+
+
+def test_completion_and_target_label(clf, lm):
+    comp = _run(lm, "ROMEO: I will", method="occlusion", completion=" not")
+    assert comp.quantity == "log_probability" and comp.value < 0 and comp.probability == pytest.approx(np.exp(comp.value))
+    assert "".join(comp.tokens[1:]) == "ROMEO: I will"  # the completion is the target, not an input
+    ham = _run(clf, SPAM[0], method="occlusion", target="ham")
+    spam = _run(clf, SPAM[0], method="occlusion", target="spam")
+    assert ham.target == "ham" and spam.target == "spam" and ham.probability + spam.probability == pytest.approx(1.0, abs=1e-5)
+    # Two labels: what raises spam lowers ham, token by token.
+    np.testing.assert_allclose(ham.scores, -np.array(spam.scores), atol=1e-5)
+
+
+def test_ig_and_occlusion_are_more_faithful_than_random_deletion(clf):
+    for method in ("ig", "occlusion"):
+        runs = [_run(clf, text, method=method, target="spam", steps=20) for text in SPAM[:3]]
+        aopc = float(np.mean([r.aopc for r in runs]))
+        random = float(np.mean([r.aopc_random for r in runs]))
+        assert aopc > random, (method, aopc, random)
+
+
+def test_bad_inputs(clf, lm, lm_workspace: Path):
+    with pytest.raises(UserError, match="unknown target label 'eggs'.*ham, spam"):
+        _run(clf, SPAM[0], target="eggs")
+    proc = run_cli("explain", "sms-clf", SPAM[0], "--target", "eggs", workspace=lm_workspace)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "ham, spam" in lines[0], proc.stderr
+    long_text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
+    exp = _run(lm, long_text, method="occlusion")
+    assert len(exp.tokens) == 32 and exp.warnings and "context of 32" in exp.warnings[0]
+    assert "".join(exp.tokens[1:]) == long_text[-31:]  # BOS kept, then the last tokens (they predict the next)
+    clipped = _run(clf, " ".join(SPAM), method="occlusion")
+    assert len(clipped.tokens) == 48 and "longer than the model's 48" in clipped.warnings[0]
+    # A model that cannot return attention weights: every transformers model we ship can (eager attention),
+    # so that case is not constructed here.
+
+
+def test_html_report_and_cli(clf, lm_workspace: Path, tmp_path: Path):
+    exp = _run(clf, SPAM[0], method="attention")
+    path = write_html(exp, tmp_path / "explain.html")
+    page = path.read_text(encoding="utf-8")
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.text, self.imgs = [], []
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.imgs.append(dict(attrs)["src"])
+
+    parser = Collect()
+    parser.feed(page)
+    body = "".join(parser.text)
+    assert all(token in body for token in exp.tokens)
+    assert len(parser.imgs) == 1 and parser.imgs[0].startswith("data:image/png;base64,")
+    assert "<img" not in html_report(_run(clf, SPAM[0], method="occlusion"))
+    assert len(terminal_text(exp).spans) == len(exp.tokens)
+    out = tmp_path / "cli.html"
+    proc = run_cli("explain", "sms-clf", SPAM[1], "--method", "ig", "--steps", "16", "--out", str(out), "--json",
+                   workspace=lm_workspace)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["target"] == "spam" and data["html"] == str(out) and out.exists()
+    assert len(data["tokens"]) == len(data["scores"]) and data["convergence_delta"] >= 0
