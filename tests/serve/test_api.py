@@ -162,3 +162,21 @@ def _metric(server, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_explain(server):
+    spam = "WINNER!! Claim your free prize now, call 09061701461"
+    r = requests.post(server.base_url + "/v1/explain", timeout=120, json={"model": "sms-clf", "input": spam, "method": "ig"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "explanation" and body["target"] in {"ham", "spam"}
+    assert len(body["tokens"]) == len(body["scores"]) == len(body["special"]) > 5
+    assert body["convergence_delta"] is not None and 0 <= body["probability"] <= 1
+    lm = requests.post(server.base_url + "/v1/explain", timeout=120,
+                       json={"model": "tiny-lm", "input": "ROMEO:\nI will", "method": "occlusion"}).json()
+    assert lm["method"] == "occlusion" and len(lm["tokens"]) == len(lm["scores"])
+    bad = requests.post(server.base_url + "/v1/explain", timeout=60,
+                        json={"model": "sms-clf", "input": spam, "target": "eggs"})
+    assert bad.status_code == 400 and "ham" in bad.json()["error"]["message"]
+    enc = requests.post(server.base_url + "/v1/explain", timeout=60, json={"model": "minilm-l6", "input": spam})
+    assert enc.status_code == 400 and enc.json()["error"]["code"] == "wrong_model_kind"

@@ -197,6 +197,30 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
                                     data=[s.Classification(index=i, label=r["label"], probabilities=r["probabilities"])
                                           for i, r in enumerate(results)])
 
+    @app.post("/v1/explain", response_model=s.ExplainResult, dependencies=[Depends(authorize)], responses=ERRORS)
+    async def explain(body: s.ExplainRequest):
+        from llmkit.config import ExplainConfig
+        from llmkit.errors import UserError
+        from llmkit.explain import explain_loaded
+
+        served = state.model(body.model)
+        if served.net is None or served.kind == "encoder":
+            raise ApiError(400, f"model '{served.id}' cannot be explained here: explanations need a classifier or a causal "
+                           f"LM on the torch backend (it is a {served.kind} on {served.backend})", param="model",
+                           code="wrong_model_kind")
+        cfg = ExplainConfig(method=body.method, target=body.target, completion=body.completion, steps=body.steps)
+
+        def run():
+            with served.lock:  # gradients through the shared module: one explanation at a time per model
+                return explain_loaded(served.net, served.tokenizer, served.kind, body.input, cfg, labels=served.labels,
+                                      max_length=served.max_length, name=served.id)
+
+        try:
+            result = await run_in_threadpool(run)
+        except UserError as err:
+            raise ApiError(400, str(err), param="target" if "label" in str(err) or "target" in str(err) else None) from None
+        return s.ExplainResult(**{**result.to_dict(), "model": served.id})
+
     @app.post("/v1/feedback", response_model=s.FeedbackAck, dependencies=[Depends(authorize)], responses=ERRORS)
     async def feedback(body: s.FeedbackRequest):
         if body.rating is None and body.correction is None and body.comment is None:

@@ -108,6 +108,15 @@ class FeedbackRequest(Request):
     comment: str = Field(None, max_length=10_000)
 
 
+class ExplainRequest(Request):
+    model: str = Field(..., min_length=1, description="a classifier or causal LM served with the torch backend")
+    input: str = Field(..., min_length=1, max_length=20_000, description="the text to explain")
+    method: Literal["ig", "occlusion", "attention"] = Field("ig", description="attribution method")
+    target: str | None = Field(None, max_length=200, description="a label (classifier) or one next token (LM); default: the predicted one")
+    completion: str | None = Field(None, max_length=20_000, description="LMs: explain the log-probability of this continuation")
+    steps: int = Field(50, ge=2, le=200, description="Integrated Gradients interpolation steps")
+
+
 # --- responses --------------------------------------------------------------------------------
 
 
@@ -192,6 +201,24 @@ class ClassificationList(BaseModel):
     model: str
     data: list[Classification]
     usage: Usage
+
+
+class ExplainResult(BaseModel):
+    model_config = ConfigDict(extra="allow")  # method-specific fields: convergence_delta, attention rollout, ...
+
+    object: Literal["explanation"] = "explanation"
+    model: str
+    method: str
+    tokens: list[str]
+    scores: list[float]
+    normalized: list[float]
+    special: list[bool]
+    target: str
+    probability: float
+    aopc: float
+    aopc_random: float
+    seconds: float
+    warnings: list[str]
 
 
 class FeedbackAck(BaseModel):

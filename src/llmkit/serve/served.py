@@ -103,7 +103,9 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None, on_done=None
     if tok.eos_token_id is not None:
         eos.add(tok.eos_token_id)
     engine = Engine(served_id, decoders, max_queue=cfg.max_queue, on_step=on_step, on_done=on_done)
-    return ServedModel(served_id, kind, backend, model, tok, engine=engine, eos=eos)
+    # The HF module stays reachable for /v1/explain (torch only; the engine decodes with its own copy).
+    return ServedModel(served_id, kind, backend, model, tok, engine=engine, eos=eos,
+                       net=lm if backend == "torch" else None)
 
 
 def _context(config) -> int:
