@@ -217,6 +217,15 @@ def test_classifier_models_get_a_classify_box(watched, server):
     labels = page.get_by_test_id("classify-label")
     labels.nth(1).wait_for()
     assert {labels.nth(i).inner_text() for i in range(2)} <= {"ham", "spam"}
+    # Explain the first classification: a coloured token per input token and the faithfulness line.
+    page.get_by_test_id("explain-button").first.click()
+    page.get_by_test_id("explain-aopc").first.wait_for(timeout=60_000)
+    tokens = page.get_by_test_id("explain-token")
+    assert tokens.count() > 5
+    assert "random tokens" in page.get_by_test_id("explain-aopc").first.inner_text()
+    coloured = page.evaluate("() => [...document.querySelectorAll('[data-testid=explain-token]')]"
+                             ".filter(t => t.style.background).length")
+    assert coloured >= tokens.count() - 2  # all but [CLS] and [SEP]
     watched.check_clean()
 
 

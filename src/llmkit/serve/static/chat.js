@@ -1,6 +1,7 @@
 // The chat playground: model picker, parameters, a streamed conversation with stop, feedback under every
 // answer, and a classify box for classifier models.
 import { api, ApiFailure, authHeaders, errorMessage, h, thumbIcon } from "./lib.js";
+import { explainButton } from "./explain.js";
 
 const MODEL_STORAGE = "llmkit.model";
 const $ = (id) => document.getElementById(id);
@@ -205,6 +206,11 @@ export function initChat() {
     if (responseId) {
       bubble.dataset.responseId = responseId;
       bubble.append(feedbackBar(responseId, answer));
+      const asked = history.length >= 2 ? history[history.length - 2].content : "";
+      if (asked && answer) {
+        const model = select.value;
+        bubble.append(explainButton(() => ({ model, input: asked, completion: answer })));
+      }
     }
     scrollDown();
   }
@@ -270,7 +276,8 @@ export function initChat() {
       ...probs.map(([name, p]) => h("div", { class: "prob" },
         h("span", { class: "prob-name" }, name),
         h("span", { class: "prob-bar" }, h("span", { style: `width:${(p * 100).toFixed(1)}%` })),
-        h("span", { class: "prob-value" }, p.toFixed(3)))));
+        h("span", { class: "prob-value" }, p.toFixed(3)))),
+      explainButton(() => ({ model: select.value, input: text, target: item.label })));
   }
 
   // -- wiring --------------------------------------------------------------------------------------
