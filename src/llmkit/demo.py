@@ -40,6 +40,7 @@ class DemoResult:
     compressed: list = field(default_factory=list)  # before/after rows of the int8 and GGUF q8_0 versions
     gguf: str | None = None
     serve_model: str | None = None  # what `llmkit serve` should serve: the GGUF export when llama.cpp is here
+    explanation: dict = field(default_factory=dict)  # which tokens one next-token prediction depends on
 
 
 def stdlib_corpus(target: Path, max_chars: int = CORPUS_CHARS) -> Path:
@@ -128,6 +129,8 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
             console.rule(f"prompt {prompt!r}")
             console.print(prompt + out.text, markup=False, highlight=False)
 
+    explanation = _explain_one(lm, tok, PROMPTS[1] + samples[1]["completion"][:60], console)
+
     from llmkit.config import BenchModelConfig, EvalConfig
     from llmkit.eval import bench_model, evaluate
 
@@ -156,4 +159,21 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
                       run_path=model.lineage["run"]["path"], val_loss=metrics["val_loss"], val_ppl=metrics["val_ppl"],
                       steps=metrics["steps"], samples=samples, report=f"{quality.path}/report.html", evaluation=figures,
                       compressed=(int8_rows or []) + (gguf_rows or [])[1:], gguf=gguf_file,
-                      serve_model=f"{gguf_model.name}:v{gguf_model.version}" if has_llama_cpp else model.ref)
+                      serve_model=f"{gguf_model.name}:v{gguf_model.version}" if has_llama_cpp else model.ref,
+                      explanation=explanation)
+
+
+def _explain_one(lm, tok, text: str, console) -> dict:
+    """Integrated Gradients for the model's next token after `text`, shown as coloured tokens."""
+    from llmkit.config import ExplainConfig
+    from llmkit.explain import explain_loaded
+    from llmkit.explain.report import summary_lines, terminal_text
+
+    exp = explain_loaded(lm, tok, "causal", text, ExplainConfig(method="ig", steps=20), name="demo")
+    if console is not None:
+        console.rule("explain: which tokens the next one depends on (green raises it, red lowers it)")
+        console.print(terminal_text(exp))
+        for line in summary_lines(exp):
+            console.print(line, markup=False, highlight=False)
+    keys = ("text", "target", "probability", "tokens", "scores", "aopc", "aopc_random", "convergence_delta")
+    return {k: v for k, v in exp.to_dict().items() if k in keys}

@@ -45,6 +45,8 @@ def test_demo_prepares_trains_samples_and_registers_everything(tmp_path: Path, s
     result = json.loads(stdout)
     assert result["steps"] >= 10 and result["val_ppl"] > 1
     assert len(result["samples"]) == 3 and all(s["completion"] for s in result["samples"])
+    explained = result["explanation"]
+    assert explained["target"] and len(explained["tokens"]) == len(explained["scores"]) > 3
     assert (Path(result["model_path"]) / "model.safetensors").exists()
     assert (Path(result["run_path"]) / "plots" / "loss.png").exists()
     listed = subprocess.run([sys.executable, "-m", "llmkit", "ls", "--json"], capture_output=True, text=True,
