@@ -259,6 +259,20 @@ class ExplainConfig(Section):
     out: str | None = Field(None, description="also write a self-contained HTML report to this path")
 
 
+class BiasAuditConfig(Section):
+    data: str | None = Field(None, description="classify dataset whose texts that mention a term are audited too (its test split, else val), with per-term accuracy/F1")
+    terms: str | None = Field(None, description="YAML or JSON file {group: [[term, ...], ...] or [term, ...]} adding to or overriding the built-in groups")
+    groups: list[str] = Field(default_factory=list, description="term groups to audit (empty = all): gender, names, nationality, religion and those of the terms file")
+    templates: bool = Field(True, description="also audit the built-in neutral and spam-like template sentences filled with each term")
+    flip_threshold: float = Field(0.05, ge=0.0, le=1.0, description="flag a group when more than this share of counterfactual copies change the predicted label")
+    delta_threshold: float = Field(0.05, ge=0.0, le=1.0, description="flag a group when the mean |change| in the probability of the original's label exceeds this")
+    max_examples: int = Field(0, ge=0, description="cap on dataset records audited (0 = every one mentioning a term)")
+    batch_size: int = Field(32, ge=1, description="texts per forward pass")
+    max_length: int = Field(0, ge=0, description="tokens per text (0 = the length the classifier was trained with)")
+    worst: int = Field(10, ge=0, description="how many of the largest probability changes the report lists")
+    out: str | None = Field(None, description="also write a self-contained HTML report to this path")
+
+
 class DemoConfig(Section):
     data: str | None = Field(None, description="text file or folder to train on (default: the Python standard library's source)")
     minutes: float = Field(3.0, gt=0.0, description="training time budget")
@@ -283,6 +297,7 @@ SECTIONS: dict[str, type[Section]] = {
     "generate": GenerateConfig,
     "serve": ServeConfig,
     "explain": ExplainConfig,
+    "audit": BiasAuditConfig,
     "demo": DemoConfig,
 }
 
