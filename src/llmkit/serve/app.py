@@ -7,26 +7,23 @@ mistake with a 4xx in OpenAI's error shape (see errors.py), never a 500.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from sse_starlette.sse import EventSourceResponse
 
 from llmkit.config import ServeConfig
-from llmkit.generate import Sampler, TextStream, chat_prompt, encode_prompt
+from llmkit.generate import chat_prompt, encode_prompt
 from llmkit.serve import schemas as s
 from llmkit.serve.auth import Auth, BodyLimit
-from llmkit.serve.engine import Event, Job, QueueFull
 from llmkit.serve.errors import ApiError, install_handlers
+from llmkit.serve.handling import bos_prompt, collect, make_job, stream, usage, usage_wanted
 from llmkit.serve.metrics import ServerMetrics
 from llmkit.serve.served import ServedModel, embed
 
@@ -123,8 +120,8 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
               responses={**ERRORS, **STREAMING})
     async def completions(body: s.CompletionRequest, request: Request):
         served = state.model(body.model, "causal")
-        ids = encode_prompt(served.tokenizer, body.prompt) if body.prompt else _bos(served)
-        job = _job(state, served, ids, body, body.max_tokens, [])
+        ids = encode_prompt(served.tokenizer, body.prompt) if body.prompt else bos_prompt(served)
+        job = make_job(state, served, ids, body, body.max_tokens, [])
         rid = f"cmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         entry = {"model": served.id, "model_ref": served.model.ref, "endpoint": "completion", "prompt": body.prompt}
@@ -133,9 +130,9 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
             def chunk(text, finish, usage=None):
                 return s.Completion(id=rid, created=created, model=served.id, usage=usage,
                                     choices=[s.CompletionChoice(text=text, finish_reason=finish)] if usage is None or text else [])
-            return _sse(state, served, job, request, rid, entry, chunk, first=head, include_usage=_usage_wanted(body))
-        text, done = await _collect(state, served, job, request, rid, entry)
-        return s.Completion(id=rid, created=created, model=served.id, usage=_usage(done),
+            return stream(state, served, job, request, rid, entry, chunk, first=head, include_usage=usage_wanted(body))
+        text, done = await collect(state, served, job, request, rid, entry)
+        return s.Completion(id=rid, created=created, model=served.id, usage=usage(done),
                             choices=[s.CompletionChoice(text=head + text, finish_reason=done.finish_reason)])
 
     @app.post("/v1/chat/completions", response_model=s.ChatCompletion, dependencies=[Depends(authorize)],
@@ -147,7 +144,7 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
             prompt, end_ids = chat_prompt(served.tokenizer, messages)
         except Exception as err:  # a template that rejects the roles or their order (jinja raises)
             raise ApiError(400, f"the model's chat template rejected the messages: {err}", param="messages") from None
-        job = _job(state, served, encode_prompt(served.tokenizer, prompt), body,
+        job = make_job(state, served, encode_prompt(served.tokenizer, prompt), body,
                    body.max_completion_tokens or body.max_tokens, end_ids)
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
@@ -162,10 +159,10 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
                 if usage is not None:
                     out["usage"] = usage.model_dump()
                 return out
-            return _sse(state, served, job, request, rid, entry, chunk, first="", role=True,
-                        include_usage=_usage_wanted(body))
-        text, done = await _collect(state, served, job, request, rid, entry)
-        return s.ChatCompletion(id=rid, created=created, model=served.id, usage=_usage(done),
+            return stream(state, served, job, request, rid, entry, chunk, first="", role=True,
+                        include_usage=usage_wanted(body))
+        text, done = await collect(state, served, job, request, rid, entry)
+        return s.ChatCompletion(id=rid, created=created, model=served.id, usage=usage(done),
                                 choices=[s.ChatChoice(message=s.ChatMessageOut(content=text), finish_reason=done.finish_reason)])
 
     @app.post("/v1/embeddings", response_model=s.EmbeddingList, dependencies=[Depends(authorize)], responses=ERRORS)
@@ -262,157 +259,6 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
             return RedirectResponse("/ui/")
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_kb * 1024)
     return app
-
-
-# --- generation plumbing ------------------------------------------------------------------------
-
-
-def _bos(served: ServedModel) -> list[int]:
-    bos = served.tokenizer.bos_token_id
-    if bos is None:
-        raise ApiError(400, "'prompt' is empty and the model has no BOS token to start from", param="prompt")
-    return [bos]
-
-
-def _job(state: ServerState, served: ServedModel, ids: list[int], body: s.Sampling, max_tokens: int | None,
-         stop_ids: list[int]) -> Job:
-    context = served.max_len or 10**9
-    limit = state.cfg.max_tokens
-    if max_tokens is not None and max_tokens > limit:
-        raise ApiError(400, f"max_tokens is {max_tokens}, over this server's limit of {limit}", param="max_tokens",
-                       code="invalid_value")
-    if len(ids) >= context:
-        raise ApiError(400, f"the prompt is {len(ids)} tokens and the model's context is {context}; shorten it",
-                       param="messages" if isinstance(body, s.ChatRequest) else "prompt", code="context_length_exceeded")
-    if max_tokens is None:
-        max_tokens = min(limit, context - len(ids))
-    elif len(ids) + max_tokens > context:
-        raise ApiError(400, f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the model's context "
-                       f"of {context}; ask for at most {context - len(ids)} tokens", param="max_tokens",
-                       code="context_length_exceeded")
-    sampler = Sampler(len(served.tokenizer), ids, temperature=body.temperature, top_p=body.top_p, seed=body.seed)
-    return Job(ids=ids, max_new=max_tokens, sampler=sampler, stream=TextStream(served.tokenizer, body.stops),
-               eos=served.eos | set(stop_ids), deadline=time.perf_counter() + state.cfg.timeout,
-               loop=asyncio.get_running_loop())
-
-
-def _usage(done: Event) -> s.Usage:
-    return s.Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
-                   total_tokens=done.prompt_tokens + done.completion_tokens)
-
-
-def _usage_wanted(body: s.Sampling) -> bool:
-    return bool(body.stream_options and body.stream_options.include_usage)
-
-
-def _submit(state: ServerState, served: ServedModel, job: Job) -> None:
-    try:
-        served.engine.submit(job)
-    except QueueFull:
-        state.metrics.rejected.labels("queue_full").inc()
-        raise ApiError(429, f"the server is busy: {served.engine.max_queue} requests are queued for '{served.id}'; retry shortly",
-                       code="queue_full", headers={"Retry-After": "1"}) from None
-
-
-def _finished(state: ServerState, served: ServedModel, rid: str, entry: dict, text: str, done: Event) -> None:
-    state.metrics.tokens.labels(served.id, "prompt").inc(done.prompt_tokens)
-    state.metrics.tokens.labels(served.id, "completion").inc(done.completion_tokens)
-    if done.first_token_seconds is not None:
-        state.metrics.ttft.labels(served.id).observe(done.first_token_seconds)
-    entry = {**entry, "response": text}
-    state.remember(rid, entry)
-    if state.cfg.log_requests:
-        usage = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
-        state.registry.add_feedback(served.id, response_id=rid, prompt=entry["prompt"], response=text,
-                                    extra={"kind": "request", "endpoint": entry["endpoint"], "usage": usage,
-                                           "model_ref": entry["model_ref"]})
-
-
-def _failed(event: Event, timeout: float) -> ApiError:
-    if event.finish_reason == "timeout":
-        return ApiError(408, f"the request took longer than the server's timeout of {timeout:g} s; ask for fewer "
-                        "tokens or retry when the server is less busy", type="timeout_error", code="timeout")
-    return ApiError(503, event.text, type="server_error", code="engine_error")
-
-
-async def _collect(state: ServerState, served: ServedModel, job: Job, request: Request, rid: str,
-                   entry: dict) -> tuple[str, Event]:
-    _submit(state, served, job)
-    parts: list[str] = []
-    try:
-        while True:
-            try:
-                event = await asyncio.wait_for(job.events.get(), timeout=0.5)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    job.cancelled = True
-                    raise ApiError(400, "client disconnected") from None
-                continue
-            if event.kind == "text":
-                parts.append(event.text)
-            elif event.kind == "done":
-                text = "".join(parts)
-                await run_in_threadpool(_finished, state, served, rid, entry, text, event)
-                return text, event
-            else:
-                raise _failed(event, state.cfg.timeout)
-    finally:
-        job.cancelled = True  # no-op once done; frees the slot if the handler was cancelled
-
-
-def _sse(state: ServerState, served: ServedModel, job: Job, request: Request, rid: str, entry: dict, chunk,
-         first: str, include_usage: bool, role: bool = False) -> EventSourceResponse:
-    _submit(state, served, job)
-
-    async def events() -> AsyncIterator[dict]:
-        parts: list[str] = []
-        try:
-            if role:
-                yield {"data": _dump(chunk("", None, role=True))}
-            elif first:
-                yield {"data": _dump(chunk(first, None))}
-            finished = False
-            while not finished:
-                for event in await _pending(job):
-                    if event.kind == "text":
-                        parts.append(event.text)
-                        yield {"data": _dump(chunk(event.text, None))}
-                        continue
-                    finished = True
-                    if event.kind == "done":
-                        yield {"data": _dump(chunk("", event.finish_reason))}
-                        if include_usage:
-                            yield {"data": _dump(chunk("", None, usage=_usage(event)))}
-                        await run_in_threadpool(_finished, state, served, rid, entry, "".join(parts), event)
-                    else:
-                        err = _failed(event, state.cfg.timeout)
-                        yield {"data": json.dumps({"error": {"message": err.message, "type": err.type, "param": None,
-                                                             "code": err.code}})}
-                    break
-            yield {"data": "[DONE]"}
-        finally:
-            job.cancelled = True  # the client went away (or we are done): the scheduler drops the sequence
-
-    return EventSourceResponse(events(), sep="\n", ping=15)
-
-
-async def _pending(job: Job) -> list[Event]:
-    """The next events, with text that queued up while the client was being served joined into one
-    chunk: under load, fewer and larger chunks instead of falling further behind."""
-    events = [await job.events.get()]
-    while not job.events.empty():
-        events.append(job.events.get_nowait())
-    merged: list[Event] = []
-    for event in events:
-        if merged and event.kind == "text" and merged[-1].kind == "text":
-            merged[-1] = Event("text", merged[-1].text + event.text)
-        else:
-            merged.append(event)
-    return merged
-
-
-def _dump(obj) -> str:
-    return obj.model_dump_json() if hasattr(obj, "model_dump_json") else json.dumps(obj, ensure_ascii=False)
 
 
 def _logged(registry, response_id: str) -> dict | None:

@@ -1,0 +1,175 @@
+"""From a validated request to its answer: the generation job, then the whole text or an SSE stream.
+
+The routes in app.py check what they can from the body; here the prompt is checked against the
+model's context and the server's limits, the job goes to the model's engine (429 when its queue is
+full), and the engine's events become a response, recorded for feedback and metrics when done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from sse_starlette.sse import EventSourceResponse
+
+from llmkit.generate import Sampler, TextStream
+from llmkit.serve import schemas as s
+from llmkit.serve.engine import Event, Job, QueueFull
+from llmkit.serve.errors import ApiError
+from llmkit.serve.served import ServedModel
+
+if TYPE_CHECKING:
+    from llmkit.serve.app import ServerState
+
+
+def bos_prompt(served: ServedModel) -> list[int]:
+    bos = served.tokenizer.bos_token_id
+    if bos is None:
+        raise ApiError(400, "'prompt' is empty and the model has no BOS token to start from", param="prompt")
+    return [bos]
+
+
+def make_job(state: ServerState, served: ServedModel, ids: list[int], body: s.Sampling, max_tokens: int | None,
+         stop_ids: list[int]) -> Job:
+    context = served.max_len or 10**9
+    limit = state.cfg.max_tokens
+    if max_tokens is not None and max_tokens > limit:
+        raise ApiError(400, f"max_tokens is {max_tokens}, over this server's limit of {limit}", param="max_tokens",
+                       code="invalid_value")
+    if len(ids) >= context:
+        raise ApiError(400, f"the prompt is {len(ids)} tokens and the model's context is {context}; shorten it",
+                       param="messages" if isinstance(body, s.ChatRequest) else "prompt", code="context_length_exceeded")
+    if max_tokens is None:
+        max_tokens = min(limit, context - len(ids))
+    elif len(ids) + max_tokens > context:
+        raise ApiError(400, f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the model's context "
+                       f"of {context}; ask for at most {context - len(ids)} tokens", param="max_tokens",
+                       code="context_length_exceeded")
+    sampler = Sampler(len(served.tokenizer), ids, temperature=body.temperature, top_p=body.top_p, seed=body.seed)
+    return Job(ids=ids, max_new=max_tokens, sampler=sampler, stream=TextStream(served.tokenizer, body.stops),
+               eos=served.eos | set(stop_ids), deadline=time.perf_counter() + state.cfg.timeout,
+               loop=asyncio.get_running_loop())
+
+
+def usage(done: Event) -> s.Usage:
+    return s.Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
+                   total_tokens=done.prompt_tokens + done.completion_tokens)
+
+
+def usage_wanted(body: s.Sampling) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def _submit(state: ServerState, served: ServedModel, job: Job) -> None:
+    try:
+        served.engine.submit(job)
+    except QueueFull:
+        state.metrics.rejected.labels("queue_full").inc()
+        raise ApiError(429, f"the server is busy: {served.engine.max_queue} requests are queued for '{served.id}'; retry shortly",
+                       code="queue_full", headers={"Retry-After": "1"}) from None
+
+
+def _finished(state: ServerState, served: ServedModel, rid: str, entry: dict, text: str, done: Event) -> None:
+    state.metrics.tokens.labels(served.id, "prompt").inc(done.prompt_tokens)
+    state.metrics.tokens.labels(served.id, "completion").inc(done.completion_tokens)
+    if done.first_token_seconds is not None:
+        state.metrics.ttft.labels(served.id).observe(done.first_token_seconds)
+    entry = {**entry, "response": text}
+    state.remember(rid, entry)
+    if state.cfg.log_requests:
+        counts = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
+        state.registry.add_feedback(served.id, response_id=rid, prompt=entry["prompt"], response=text,
+                                    extra={"kind": "request", "endpoint": entry["endpoint"], "usage": counts,
+                                           "model_ref": entry["model_ref"]})
+
+
+def _failed(event: Event, timeout: float) -> ApiError:
+    if event.finish_reason == "timeout":
+        return ApiError(408, f"the request took longer than the server's timeout of {timeout:g} s; ask for fewer "
+                        "tokens or retry when the server is less busy", type="timeout_error", code="timeout")
+    return ApiError(503, event.text, type="server_error", code="engine_error")
+
+
+async def collect(state: ServerState, served: ServedModel, job: Job, request: Request, rid: str,
+                   entry: dict) -> tuple[str, Event]:
+    _submit(state, served, job)
+    parts: list[str] = []
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(job.events.get(), timeout=0.5)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    job.cancelled = True
+                    raise ApiError(400, "client disconnected") from None
+                continue
+            if event.kind == "text":
+                parts.append(event.text)
+            elif event.kind == "done":
+                text = "".join(parts)
+                await run_in_threadpool(_finished, state, served, rid, entry, text, event)
+                return text, event
+            else:
+                raise _failed(event, state.cfg.timeout)
+    finally:
+        job.cancelled = True  # no-op once done; frees the slot if the handler was cancelled
+
+
+def stream(state: ServerState, served: ServedModel, job: Job, request: Request, rid: str, entry: dict, chunk,
+         first: str, include_usage: bool, role: bool = False) -> EventSourceResponse:
+    _submit(state, served, job)
+
+    async def events() -> AsyncIterator[dict]:
+        parts: list[str] = []
+        try:
+            if role:
+                yield {"data": _dump(chunk("", None, role=True))}
+            elif first:
+                yield {"data": _dump(chunk(first, None))}
+            finished = False
+            while not finished:
+                for event in await _pending(job):
+                    if event.kind == "text":
+                        parts.append(event.text)
+                        yield {"data": _dump(chunk(event.text, None))}
+                        continue
+                    finished = True
+                    if event.kind == "done":
+                        yield {"data": _dump(chunk("", event.finish_reason))}
+                        if include_usage:
+                            yield {"data": _dump(chunk("", None, usage=usage(event)))}
+                        await run_in_threadpool(_finished, state, served, rid, entry, "".join(parts), event)
+                    else:
+                        err = _failed(event, state.cfg.timeout)
+                        yield {"data": json.dumps({"error": {"message": err.message, "type": err.type, "param": None,
+                                                             "code": err.code}})}
+                    break
+            yield {"data": "[DONE]"}
+        finally:
+            job.cancelled = True  # the client went away (or we are done): the scheduler drops the sequence
+
+    return EventSourceResponse(events(), sep="\n", ping=15)
+
+
+async def _pending(job: Job) -> list[Event]:
+    """The next events, with text that queued up while the client was being served joined into one
+    chunk: under load, fewer and larger chunks instead of falling further behind."""
+    events = [await job.events.get()]
+    while not job.events.empty():
+        events.append(job.events.get_nowait())
+    merged: list[Event] = []
+    for event in events:
+        if merged and event.kind == "text" and merged[-1].kind == "text":
+            merged[-1] = Event("text", merged[-1].text + event.text)
+        else:
+            merged.append(event)
+    return merged
+
+
+def _dump(obj) -> str:
+    return obj.model_dump_json() if hasattr(obj, "model_dump_json") else json.dumps(obj, ensure_ascii=False)
