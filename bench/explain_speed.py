@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SMS = ROOT.parent / "shared" / "data" / "smsspam" / "SMSSpamCollection.tsv"
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-METHODS = ("ig", "occlusion", "attention")
+METHODS = ("ig", "occlusion", "shap", "attention")
 
 
 def text_of(tokenizer, source: str, n: int, special: int) -> str:

@@ -41,7 +41,7 @@ def _run(loaded, text: str, **cfg):
     return explain_loaded(model, tokenizer, kind, text, ExplainConfig(**cfg), labels=labels, max_length=max_length, name=ref)
 
 
-@pytest.mark.parametrize("method", ["ig", "occlusion", "attention"])
+@pytest.mark.parametrize("method", ["ig", "occlusion", "shap", "attention"])
 def test_every_method_scores_every_token_on_both_kinds(clf, lm, method: str):
     for loaded, text in ((clf, SPAM[0]), (lm, "ROMEO: I will")):
         exp = _run(loaded, text, method=method, steps=20)
@@ -51,6 +51,7 @@ def test_every_method_scores_every_token_on_both_kinds(clf, lm, method: str):
         data = json.loads(json.dumps(exp.to_dict()))
         assert JSON_KEYS <= set(data) and 0.0 <= data["probability"] <= 1.0
         assert ("convergence_delta" in data) == (method == "ig")
+        assert ("samples" in data) == (method == "shap")
         if method == "attention":
             assert data["attention"]["layers"] >= 2 and len(data["attention"]["rollout"]) == n
     assert exp.special[0] and exp.tokens[0] == "<|endoftext|>"  # the LM's BOS is shown, flagged special
@@ -77,8 +78,8 @@ def test_completion_and_target_label(clf, lm):
     np.testing.assert_allclose(ham.scores, -np.array(spam.scores), atol=1e-5)
 
 
-def test_ig_and_occlusion_are_more_faithful_than_random_deletion(clf):
-    for method in ("ig", "occlusion"):
+def test_ig_occlusion_and_shap_are_more_faithful_than_random_deletion(clf):
+    for method in ("ig", "occlusion", "shap"):
         runs = [_run(clf, text, method=method, target="spam", steps=20) for text in SPAM[:3]]
         aopc = float(np.mean([r.aopc for r in runs]))
         random = float(np.mean([r.aopc_random for r in runs]))

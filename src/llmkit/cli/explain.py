@@ -23,20 +23,21 @@ def explain(
     target: Annotated[str | None, typer.Option(help="Classifier: the label to explain (default: the predicted one); causal LM: one next token.")] = None,
     next_token: Annotated[bool, typer.Option("--next-token", help="Causal LM: explain the next token (the default).")] = False,
     completion: Annotated[str | None, typer.Option(help="Causal LM: explain the log-probability of this text following TEXT.")] = None,
-    method: Annotated[str | None, typer.Option(help="ig | occlusion | attention.")] = None,
+    method: Annotated[str | None, typer.Option(help="ig | occlusion | shap | attention.")] = None,
     steps: Annotated[int | None, typer.Option(help="Integrated Gradients steps.")] = None,
     span: Annotated[int | None, typer.Option(help="Occlusion: tokens replaced together.")] = None,
+    samples: Annotated[int | None, typer.Option(help="SHAP: coalitions sampled (default max(200, 8 x tokens)).")] = None,
     out: Annotated[str | None, typer.Option(help="Write a self-contained HTML report here (e.g. explain.html).")] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Token attributions (Integrated Gradients, occlusion or attention rollout) with a faithfulness check."""
+    """Token attributions (Integrated Gradients, occlusion, Kernel SHAP or attention rollout) with a faithfulness check."""
     from llmkit.explain import explain as run_explain
     from llmkit.explain.report import summary_lines, terminal_text, write_html
 
     if next_token and completion is not None:
         raise UserError("--next-token and --completion exclude each other: explain the next token or a completion")
     ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("explain", target=target, completion=completion, method=method, steps=steps, span=span, out=out)
+    cfg = ctx.section("explain", target=target, completion=completion, method=method, steps=steps, span=span, samples=samples, out=out)
     if next_token and cfg.completion is not None:
         cfg.completion = None
     exp = run_explain(model, text, cfg, ctx.registry)

@@ -52,6 +52,7 @@ class Explanation:
     baseline_value: float | None = None      # IG: f(baseline)
     steps: int | None = None
     span: int | None = None
+    samples: int | None = None                # SHAP: coalitions evaluated
     labels: list[str] | None = None
     attentions: np.ndarray | None = field(default=None, repr=False)  # [layers, heads, n, n]
     rollout: np.ndarray | None = field(default=None, repr=False)     # [n, n]
@@ -64,6 +65,8 @@ class Explanation:
             out.update(convergence_delta=self.convergence_delta, baseline_value=self.baseline_value, steps=self.steps)
         if self.method == "occlusion":
             out["span"] = self.span
+        if self.method == "shap":
+            out["samples"] = self.samples
         if self.labels:
             out["labels"] = self.labels
         if self.attentions is not None:
@@ -88,7 +91,7 @@ def explain_loaded(model, tokenizer, kind: str, text: str, cfg: ExplainConfig, *
     else:
         raise UserError(f"{name} is an encoder without a task head; explain works on classifiers and causal language models")
     started = time.perf_counter()
-    result, seconds = run_method(subject, cfg.method, cfg.steps, cfg.span, cfg.internal_batch_size)
+    result, seconds = run_method(subject, cfg.method, cfg.steps, cfg.span, cfg.internal_batch_size, cfg.samples)
     scores = np.asarray(result["scores"], dtype=np.float32)
     faith = deletion_aopc(subject, scores, cfg.aopc_k, cfg.aopc_seeds)
     value = result.get("f_input")
@@ -102,7 +105,7 @@ def explain_loaded(model, tokenizer, kind: str, text: str, cfg: ExplainConfig, *
         probability=probability, aopc=faith["aopc"], aopc_random=faith["aopc_random"], faithfulness=faith,
         seconds=round(seconds, 4), seconds_total=round(time.perf_counter() - started, 4), warnings=subject.warnings,
         convergence_delta=result.get("convergence_delta"), baseline_value=result.get("f_baseline"),
-        steps=result.get("steps"), span=result.get("span"), labels=subject.labels,
+        steps=result.get("steps"), span=result.get("span"), samples=result.get("samples"), labels=subject.labels,
         attentions=result.get("attentions"), rollout=result.get("rollout"))
 
 

@@ -1,4 +1,4 @@
-"""Token attributions: Integrated Gradients, occlusion and attention rollout.
+"""Token attributions: Integrated Gradients, occlusion, Kernel SHAP and attention rollout.
 
 A `Subject` is one loaded model plus one tokenized input and the target being explained: a class
 label (classifiers), the next token, or the log-probability of a completion (causal LMs). Every
@@ -20,7 +20,7 @@ import torch
 
 from llmkit.errors import UserError
 
-METHODS = ("ig", "occlusion", "attention")
+METHODS = ("ig", "occlusion", "shap", "attention")
 
 
 @dataclass
@@ -228,6 +228,34 @@ def occlusion(subject: Subject, span: int = 1) -> dict[str, Any]:
     return {"scores": scores, "span": span, "f_input": base}
 
 
+def kernel_shap(subject: Subject, samples: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Kernel SHAP (captum `KernelShap`) over a presence vector with one entry per free token: a
+    coalition keeps some tokens and fills the others, so a token's score is its Shapley value
+    estimate for the target. Samples default to max(200, 8 x free tokens); coalitions run batched."""
+    from captum.attr import KernelShap
+
+    free = subject.free
+    scores = np.zeros(subject.n_shown, dtype=np.float32)
+    base = float(subject.score(subject.ids[None])[0])
+    if not free:
+        return {"scores": scores, "samples": 0, "f_input": base}
+    samples = samples or max(200, 8 * len(free))
+    free_t = torch.tensor(free, device=subject.ids.device)
+
+    def forward(presence: torch.Tensor) -> torch.Tensor:  # [B, k] 1 = keep the token -> [B] target
+        batch = subject.ids[None].repeat(presence.shape[0], 1)
+        kept = presence.to(batch.device) > 0.5
+        batch[:, free_t] = torch.where(kept, batch[:, free_t], torch.full_like(batch[:, free_t], subject.fill_id))
+        return subject.score(batch)
+
+    torch.manual_seed(seed)  # the coalitions captum samples
+    with torch.no_grad():
+        attr = KernelShap(forward).attribute(torch.ones(1, len(free)), baselines=torch.zeros(1, len(free)),
+                                             n_samples=samples, perturbations_per_eval=64)
+    scores[free] = attr[0].float().cpu().numpy()
+    return {"scores": scores, "samples": samples, "f_input": base}
+
+
 def enable_attentions(model) -> None:
     """Switch to the eager attention kernel, the one that can return attention weights."""
     if getattr(model.config, "_attn_implementation", "eager") == "eager":
@@ -269,7 +297,8 @@ def attention(subject: Subject) -> dict[str, Any]:
     return {"scores": row[: subject.n_shown].astype(np.float32), "attentions": att, "rollout": rollout}
 
 
-def run_method(subject: Subject, method: str, steps: int = 50, span: int = 1, internal_batch_size: int = 0) -> tuple[dict[str, Any], float]:
+def run_method(subject: Subject, method: str, steps: int = 50, span: int = 1, internal_batch_size: int = 0,
+               samples: int = 0) -> tuple[dict[str, Any], float]:
     if method not in METHODS:
         raise UserError(f"unknown method '{method}'; methods: {', '.join(METHODS)}", param="explain.method")
     started = time.perf_counter()
@@ -277,6 +306,8 @@ def run_method(subject: Subject, method: str, steps: int = 50, span: int = 1, in
         result = integrated_gradients(subject, steps, internal_batch_size)
     elif method == "occlusion":
         result = occlusion(subject, span)
+    elif method == "shap":
+        result = kernel_shap(subject, samples)
     else:
         result = attention(subject)
     return result, time.perf_counter() - started

@@ -111,7 +111,7 @@ class FeedbackRequest(Request):
 class ExplainRequest(Request):
     model: str = Field(..., min_length=1, description="a classifier or causal LM served with the torch backend")
     input: str = Field(..., min_length=1, max_length=20_000, description="the text to explain")
-    method: Literal["ig", "occlusion", "attention"] = Field("ig", description="attribution method")
+    method: Literal["ig", "occlusion", "shap", "attention"] = Field("ig", description="attribution method")
     target: str | None = Field(None, max_length=200, description="a label (classifier) or one next token (LM); default: the predicted one")
     completion: str | None = Field(None, max_length=20_000, description="LMs: explain the log-probability of this continuation")
     steps: int = Field(50, ge=2, le=200, description="Integrated Gradients interpolation steps")
