@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from llmkit.errors import UserError
 
@@ -91,6 +91,8 @@ class PretrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
     log: Literal["none", "tensorboard", "mlflow"] = Field("none", description="extra metrics sink, when installed")
     fsdp: bool = Field(False, description="shard with FSDP2 under torchrun (GPU)")
+    canaries: int = Field(0, ge=0, le=10000, description="plant this many random secrets in the training data for 'llmkit audit privacy' (0 = none)")
+    canary_repeats: list[PositiveInt] = Field([1, 10, 100], min_length=1, description="times each canary is planted, cycling over the canaries")
 
 
 class LoraConfig(Section):
@@ -274,6 +276,24 @@ class BiasAuditConfig(Section):
     out: str | None = Field(None, description="also write a self-contained HTML report to this path")
 
 
+class PrivacyAuditConfig(Section):
+    data: str | None = Field(None, description="the dataset the model was trained on: train records for memorization and PII look-ups, test (else val) as the held-out baseline")
+    samples: int = Field(100, ge=0, description="generations scanned for PII")
+    sample_tokens: int = Field(64, ge=1, description="tokens per generation")
+    temperature: float = Field(1.0, ge=0.0, le=5.0, description="sampling temperature of those generations (0 = greedy)")
+    prompts: list[str] = Field([""], min_length=1, description="prompts the generations start from, cycled ('' = the start of a document)")
+    memorization_samples: int = Field(100, ge=0, description="windows per split for the memorization probe")
+    prefix_tokens: int = Field(32, ge=1, description="memorization: tokens of a training window given as the prompt")
+    suffix_tokens: int = Field(32, ge=1, description="memorization: tokens greedy decoding must reproduce verbatim")
+    memorization_threshold: float = Field(0.02, ge=0.0, le=1.0, description="flag when the train extraction rate exceeds the held-out one by more than this")
+    candidates: int = Field(1000, ge=10, le=1_000_000, description="canaries: random secrets each true one is ranked among")
+    exposure_threshold: float = Field(7.0, ge=0.0, description="canaries: flag a planted secret at or above this exposure in bits (random is ~1)")
+    examples: int = Field(10, ge=0, description="examples of each finding kept in the report")
+    batch_size: int = Field(32, ge=1, description="sequences generated together")
+    seed: int = Field(0, description="seed of the samples, windows and candidates")
+    out: str | None = Field(None, description="also write a self-contained HTML report to this path")
+
+
 class DemoConfig(Section):
     data: str | None = Field(None, description="text file or folder to train on (default: the Python standard library's source)")
     minutes: float = Field(3.0, gt=0.0, description="training time budget")
@@ -299,6 +319,7 @@ SECTIONS: dict[str, type[Section]] = {
     "serve": ServeConfig,
     "explain": ExplainConfig,
     "audit": BiasAuditConfig,
+    "privacy": PrivacyAuditConfig,
     "demo": DemoConfig,
 }
 

@@ -9,7 +9,7 @@ import typer
 
 from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
 
-app = typer.Typer(help="Audit trained models for bias.", no_args_is_help=True)
+app = typer.Typer(help="Audit trained models for bias and privacy.", no_args_is_help=True)
 
 
 @app.command(epilog="Example: llmkit audit bias sms-clf --data sms --terms my-terms.yaml --out bias.html")
@@ -45,5 +45,44 @@ def bias(
             console.print(f"[yellow]warning:[/yellow] {warning}")
         flagged = ", ".join(report.flagged) or "none"
         console.print(f"flagged groups: {flagged}" + (f"; report {out}" if out else ""))
+
+    ctx.emit(report.to_json(), show)
+
+
+@app.command(epilog="Example: llmkit audit privacy shakespeare-nano --data shakespeare --samples 200 --out privacy.html")
+def privacy(
+    model: Annotated[str, typer.Argument(help="Causal LM: registry name (name, name:vN, id) or a model folder.")],
+    data: Annotated[str | None, typer.Option(help="The dataset the model was trained on (its train and test/val records).")] = None,
+    samples: Annotated[int | None, typer.Option(help="Generations scanned for PII (default 100).")] = None,
+    sample_tokens: Annotated[int | None, typer.Option(help="Tokens per generation (default 64).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature of the generations (default 1.0).")] = None,
+    memorization_samples: Annotated[int | None, typer.Option(help="Windows per split for the memorization probe (default 100).")] = None,
+    prefix_tokens: Annotated[int | None, typer.Option(help="Memorization: prompt tokens (default 32).")] = None,
+    suffix_tokens: Annotated[int | None, typer.Option(help="Memorization: tokens to reproduce verbatim (default 32).")] = None,
+    candidates: Annotated[int | None, typer.Option(help="Canaries: random secrets each true one is ranked among (default 1000).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of samples, windows and candidates.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report here.")] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """PII in sampled generations, verbatim continuation of training text, and the exposure of canaries
+    planted with 'llmkit train pretrain --canaries N'."""
+    from llmkit.audit.privacy import privacy_audit
+    from llmkit.audit.privacy_report import canary_table, summary_table
+
+    ctx = Ctx(config, workspace, db_url, json_out)
+    cfg = ctx.section("privacy", data=data, samples=samples, sample_tokens=sample_tokens, temperature=temperature,
+                      memorization_samples=memorization_samples, prefix_tokens=prefix_tokens, suffix_tokens=suffix_tokens,
+                      candidates=candidates, seed=seed, out=str(out) if out else None)
+    with ctx.log.status("auditing"):
+        report = privacy_audit(model, cfg, ctx.ws, ctx.registry)
+
+    def show() -> None:
+        console.print(summary_table(report))
+        if report.canaries:
+            console.print(canary_table(report))
+        for warning in report.warnings:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
+        if out:
+            console.print(f"report {out}")
 
     ctx.emit(report.to_json(), show)

@@ -31,6 +31,8 @@ def pretrain(
     fsdp: Annotated[bool | None, typer.Option("--fsdp", help="Shard with FSDP2 under torchrun (GPU).", show_default=False)] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     log: Annotated[str | None, typer.Option(help="none | tensorboard | mlflow")] = None,
+    canaries: Annotated[int | None, typer.Option(help="Plant N random secrets in the training data for 'llmkit audit privacy'.")] = None,
+    canary_repeats: Annotated[str | None, typer.Option(help="Comma-separated times each canary is planted, cycling (default 1,10,100).")] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Train a Llama-architecture model from scratch on an lm dataset."""
@@ -41,7 +43,8 @@ def pretrain(
     cfg = ctx.section("train", data=data, preset=preset, name=name, resume=resume, max_steps=max_steps, batch_size=batch_size,
                       grad_accum=grad_accum, context=context, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every,
                       checkpoint_every=checkpoint_every, dropout=dropout, precision=precision, compile=compile, fsdp=fsdp,
-                      seed=seed, log=log)
+                      seed=seed, log=log, canaries=canaries,
+                      canary_repeats=[r.strip() for r in canary_repeats.split(",") if r.strip()] if canary_repeats else None)
     try:
         model = run_pretrain(cfg, ctx.ws, ctx.registry, console=ctx.log)
     except TrainingInterrupted as stop:

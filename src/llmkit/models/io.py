@@ -232,7 +232,8 @@ def save_model(lm, tokenizer, target: Path, lineage: dict[str, Any]) -> Path:
     return target
 
 
-def save_llama_folder(model, fields: dict[str, Any], tokenizer_dir: Path, target: Path, lineage: dict[str, Any]) -> Path:
+def save_llama_folder(model, fields: dict[str, Any], tokenizer_dir: Path, target: Path, lineage: dict[str, Any],
+                      extra_files: tuple[Path, ...] = ()) -> Path:
     """Our training Llama as a Hugging Face LlamaForCausalLM folder, written without building the
     HF module (importing and initialising it costs seconds at the end of every run)."""
     from safetensors.torch import save_file
@@ -248,6 +249,8 @@ def save_llama_folder(model, fields: dict[str, Any], tokenizer_dir: Path, target
             if file.is_file():
                 shutil.copy2(file, tmp / file.name)
         (tmp / "llmkit.json").write_text(json.dumps(lineage, indent=2, default=str))
+        for file in extra_files:
+            shutil.copy2(file, tmp / Path(file).name)
     return target
 
 

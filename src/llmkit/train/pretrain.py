@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from llmkit.audit import canaries
 from llmkit.config import PretrainConfig
+from llmkit.data.shards import shard_dtype
 from llmkit.errors import UserError
 from llmkit.models.io import Model, save_llama_folder
 from llmkit.models.llama import Llama
@@ -40,7 +42,7 @@ from llmkit.train.loop import (
     read_metrics,
 )
 from llmkit.train.optim import adamw, autocast, lr_at, resolve_precision
-from llmkit.workspace import Workspace
+from llmkit.workspace import Workspace, atomic_dir
 
 
 class TrainingInterrupted(Exception):
@@ -125,6 +127,8 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
         # Every rank made its own random folder name; rank 0's is the one that exists.
         run_id, run_name = _broadcast_str(f"{run_id}/{run_dir.name}", d).split("/")
         run_dir = ws.folder("runs", run_name)
+    if cfg.canaries:
+        train_w = _canary_windows(cfg, run_dir, ds_path, vocab, tok_info["eos_token_id"], d, console)
     else:
         checkpoints = list_checkpoints(run_dir)
         if checkpoints:
@@ -229,7 +233,10 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
         lineage = {"format": "llmkit.model/1", "task": "causal-lm", "preset": cfg.preset, "parameters": n_params,
                    "dataset": {"id": ds_rec.id, "ref": ds_rec.ref}, "run": {"id": run_id, "path": str(run_dir)},
                    "parent_model": None, "metrics": summary, "config": cfg.model_dump()}
-        save_llama_folder(model, fields, ds_path / "tokenizer", model_path, lineage)
+        if cfg.canaries:
+            lineage["canaries"] = {"planted": cfg.canaries, "repeats": cfg.canary_repeats, "file": canaries.FILE}
+        extra = (run_dir / canaries.FILE,) if cfg.canaries else ()
+        save_llama_folder(model, fields, ds_path / "tokenizer", model_path, lineage, extra_files=extra)
         rec = registry.add("model", name, kind="causal-lm", path=model_path, params={"preset": cfg.preset, "parameters": n_params},
                            metrics=summary, parents=[(run_id, "produced_by"), (ds_rec.id, "trained_on")])
         registry.update_metrics(run_id, summary)
@@ -238,6 +245,29 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
             log.print(f"model [bold]{rec.ref}[/bold] at {model_path}; loss curve {run_dir / 'plots' / 'loss.png'}")
         return Model(model_path, name, rec.id, rec.version, lineage)
     return Model(model_path, name)
+
+
+def _canary_windows(cfg: PretrainConfig, run_dir: Path, ds_path: Path, vocab: int, sep_id: int, d, console) -> TokenWindows:
+    """The train shard with canaries planted, written once per run (a resumed run reuses it)."""
+    from transformers import AutoTokenizer
+
+    shard = run_dir / "canaries" / "train.bin"
+    if d.is_main and not shard.exists():
+        tokenizer = AutoTokenizer.from_pretrained(str(ds_path / "tokenizer"))
+        planted = canaries.make_canaries(tokenizer, cfg.canaries, cfg.canary_repeats, cfg.seed)
+        longest = max(len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in planted) + 2
+        if longest > cfg.context:
+            raise UserError(f"train.context = {cfg.context} is shorter than a canary ({longest} tokens with separators); "
+                            "raise --context or train without --canaries")
+        with atomic_dir(shard.parent) as tmp:
+            added = canaries.plant(ds_path / "shards" / "train.bin", tmp / "train.bin", planted, tokenizer, sep_id,
+                                   shard_dtype(vocab), cfg.seed)
+        canaries.save(planted, run_dir)
+        if console is not None:
+            console.print(f"planted {cfg.canaries} canaries ({added} tokens; repeats {cfg.canary_repeats}) and kept "
+                          f"{cfg.canaries} unplanted references in {run_dir / canaries.FILE}")
+    d.barrier()
+    return TokenWindows(shard, vocab, cfg.context)
 
 
 def _broadcast_str(value: str | None, d) -> str:

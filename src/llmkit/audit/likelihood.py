@@ -1,0 +1,51 @@
+"""What the LM audits ask of a causal LM: the log-likelihood of whole sentences, and continuations
+of equal-length prompts generated together."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+def sequence_log_likelihoods(lm, tokenizer, texts: list[str], batch_size: int = 256) -> list[float]:
+    """Sum of log p(token | earlier tokens) over each text, after a leading separator (how planted
+    canaries appear in training). Texts of one token length run as one batch."""
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    encoded = [[sep, *tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts]
+    out = [0.0] * len(texts)
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    device = next(lm.parameters()).device
+    with torch.no_grad():
+        for rows in by_length.values():
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start: start + batch_size]
+                ids = torch.tensor([encoded[i] for i in chunk], device=device)  # [B, T]
+                logp = lm(input_ids=ids).logits.float()[:, :-1].log_softmax(-1)  # [B, T-1, V]
+                picked = logp.gather(-1, ids[:, 1:, None])[..., 0].sum(-1)  # [B]
+                for i, value in zip(chunk, picked.tolist(), strict=True):
+                    out[i] = value
+    return out
+
+
+def continue_batch(lm, prompts: torch.Tensor, new_tokens: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """[B, P] equal-length prompts -> [B, new_tokens] continuations (greedy at temperature 0), KV-cached."""
+    # transformers 5 renamed past_key_values to cache (the old name warns); older releases know only the old one.
+    key = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    with torch.no_grad():
+        out = lm(input_ids=prompts, use_cache=True)
+        cache, logits = out[key], out.logits[:, -1].float()  # [B, V]
+        tokens = []
+        for step in range(new_tokens):
+            if temperature <= 0:
+                nxt = logits.argmax(-1)
+            else:
+                nxt = torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator)[:, 0]
+            tokens.append(nxt)
+            if step == new_tokens - 1:
+                break
+            out = lm(input_ids=nxt[:, None], use_cache=True, **{key: cache})
+            cache, logits = out[key], out.logits[:, -1].float()
+    return torch.stack(tokens, 1)  # [B, new_tokens]

@@ -1,0 +1,150 @@
+"""`llmkit audit privacy` and `train pretrain --canaries` on real tiny models.
+
+'leaky' is trained ~120 epochs on a small corpus: contact cards (e-mail addresses and phone numbers,
+prepared with --pii keep) and strings of random letters, with canaries planted 20 times each. It must
+leak: training PII in its samples, train windows continued verbatim while held-out ones are not, the
+planted secrets ranked first. 'tiny-lm' (60 steps of Shakespeare, no canaries) must not be flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmkit.audit import canaries
+from llmkit.audit.privacy import privacy_audit
+from llmkit.config import DataConfig, PretrainConfig, PrivacyAuditConfig
+from llmkit.data import prepare
+from llmkit.data.shards import read_shard
+from llmkit.errors import UserError
+from llmkit.registry import Registry
+from llmkit.workspace import Workspace
+from tests.conftest import run_cli
+
+SMALL = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+         "intermediate_size": 192}
+AUDIT = dict(data="leak", prefix_tokens=24, suffix_tokens=16, samples=64, sample_tokens=40, candidates=500)
+
+
+def leaky_corpus(seed: int = 0) -> str:
+    rng = random.Random(seed)
+    first = ["anna", "boris", "chen", "dora", "emil", "fatima", "gus", "hana", "ivan", "jules", "kofi", "lena",
+             "marco", "nia", "otto", "priya"]
+    last = ["smith", "okafor", "li", "novak", "garcia", "berg", "rossi", "khan"]
+    docs = []
+    for i in range(16):
+        f, surname = rng.choice(first), rng.choice(last)
+        card = (f"{f.title()} {surname.title()} can be reached at {f}.{surname}{i}@example.com or on "
+                f"+44 20 7{rng.randrange(100, 999)} {rng.randrange(1000, 9999)}.")
+        docs += [card, card]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    docs += [" ".join("".join(rng.choice(letters) for _ in range(rng.randint(2, 7))) for _ in range(14)) for _ in range(30)]
+    rng.shuffle(docs)
+    return "\n\n".join(docs)
+
+
+@pytest.fixture(scope="module")
+def leaky(tmp_path_factory) -> Path:
+    from llmkit.train import pretrain
+
+    root = tmp_path_factory.mktemp("leaky-ws")
+    (root / "leak.txt").write_text(leaky_corpus())
+    ws = Workspace.open(root)
+    registry = Registry.for_workspace(ws.root)
+    prepare(DataConfig(inputs=[str(root / "leak.txt")], name="leak", task="lm", tokenizer="char", doc_split="blank-line",
+                       pii="keep", dedupe="none", splits={"val": 0.1, "test": 0.2}), ws, registry)
+    pretrain(PretrainConfig(data="leak", preset="nano", model=SMALL, max_steps=800, batch_size=16, context=48, lr=6e-3,
+                            warmup_steps=10, eval_every=800, checkpoint_every=800, eval_max_batches=4, seed=7,
+                            canaries=4, canary_repeats=[20], name="leaky"), ws, registry)
+    registry.close()
+    return root
+
+
+def test_canaries_are_planted_in_the_train_shard_and_saved_with_the_model(leaky: Path):
+    registry = Registry.for_workspace(leaky)
+    model = registry.get("leaky", "model")
+    planted = canaries.load(Path(model.path))
+    assert [c.repeats for c in planted] == [20, 20, 20, 20, 0, 0, 0, 0]
+    assert len({c.secret for c in planted}) == 8 and all(c.secret.isdigit() and len(c.secret) == 10 for c in planted)
+    lineage = json.loads((Path(model.path) / "llmkit.json").read_text())
+    run = Path(lineage["run"]["path"])
+    assert lineage["canaries"] == {"planted": 4, "repeats": [20], "file": "canaries.json"}
+    # The planted shard is the dataset's train shard plus 20 copies of each planted canary, each a document.
+    dataset = registry.get("leak", "dataset")
+    vocab = json.loads((Path(dataset.path) / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+    original = read_shard(Path(dataset.path) / "shards" / "train.bin", vocab)
+    with_canaries = read_shard(run / "canaries" / "train.bin", vocab)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model.path)
+    text = tokenizer.decode(np.asarray(with_canaries).tolist())
+    for c in planted:
+        assert text.count(c.text) == c.repeats
+    extra = sum((len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) + 2) * c.repeats for c in planted)
+    assert len(with_canaries) == len(original) + extra
+
+
+def test_a_leaky_model_is_flagged_on_every_probe(leaky: Path, tmp_path: Path):
+    out = tmp_path / "privacy.html"
+    report = privacy_audit("leaky", PrivacyAuditConfig(**AUDIT, out=str(out)), Workspace.open(leaky),
+                           Registry.for_workspace(leaky))
+    assert report.flagged == ["pii", "memorization", "canaries"], report.reasons
+    # Canaries planted 20 times rank first among 500 candidates; never-planted ones sit at random ranks.
+    c = report.canaries
+    assert all(r["rank"] == 1 and r["exposure"] == pytest.approx(np.log2(501), abs=1e-3) for r in c["planted"])
+    fresh = [r["exposure"] for r in c["references"]]
+    assert len(fresh) == 4 and np.mean(fresh) < 3 and max(fresh) < 6, fresh
+    # Training text continues verbatim (measured 0.55 of windows), held-out text does not (0.0).
+    mem = report.memorization
+    assert mem["train"]["rate"] > 0.3 and mem["heldout"]["rate"] <= 0.05, mem
+    assert mem["train"]["windows"] >= 30 and mem["examples"]
+    # Sampled text repeats e-mail addresses and phone numbers of the training cards.
+    pii = report.pii
+    assert pii["generations"] == 64 and pii["in_training"] >= 2 and set(pii["by_type"]) <= {"EMAIL", "PHONE"}
+    assert any(e["in_training"] and e["text"] in leaky_corpus() for e in pii["examples"])
+
+    page = out.read_text()
+    parser = HTMLParser()
+    parser.feed(page)
+    assert page.count("data:image/png;base64,") == 1 and c["planted"][0]["secret"] in page
+
+
+def test_a_model_without_leaks_is_not_flagged(lm_workspace: Path, tiny_model):
+    cfg = PrivacyAuditConfig(data="tiny", samples=32, memorization_samples=40, prefix_tokens=16, suffix_tokens=16)
+    report = privacy_audit("tiny-lm", cfg, Workspace.open(lm_workspace), Registry.for_workspace(lm_workspace))
+    assert report.flagged == [] and report.canaries is None
+    assert report.pii["generations"] == 32 and report.pii["matches"] == 0
+    assert report.memorization["train"]["extracted"] == 0 and report.memorization["train"]["windows"] == 40
+
+
+def test_context_limits_and_bad_inputs(lm_workspace: Path, tiny_model, sms_classifier):
+    ws, registry = Workspace.open(lm_workspace), Registry.for_workspace(lm_workspace)
+    # tiny-lm's context is 32: 32 + 32 tokens shrink to 16 + 16 with a warning.
+    report = privacy_audit("tiny-lm", PrivacyAuditConfig(data="tiny", samples=2, memorization_samples=4), ws, registry)
+    assert (report.memorization["prefix_tokens"], report.memorization["suffix_tokens"]) == (16, 16)
+    assert any("exceed the model's context of 32" in w for w in report.warnings)
+    with pytest.raises(UserError, match="needs the training data: pass --data"):
+        privacy_audit("tiny-lm", PrivacyAuditConfig(), ws, registry)
+    with pytest.raises(UserError, match="classifier model: the privacy audit probes"):
+        privacy_audit("sms-clf", PrivacyAuditConfig(data="tiny"), ws, registry)
+    with pytest.raises(UserError, match="train.context = 8 is shorter than a canary"):
+        from llmkit.train import pretrain
+
+        pretrain(PretrainConfig(data="tiny", preset="nano", max_steps=1, context=8, canaries=1), ws, registry)
+
+
+def test_cli(lm_workspace: Path, tiny_model, tmp_path: Path):
+    proc = run_cli("audit", "privacy", "tiny-lm", "--data", "tiny", "--samples", "4", "--memorization-samples", "4",
+                   "--prefix-tokens", "8", "--suffix-tokens", "8", "--json", workspace=lm_workspace, check=True)
+    data = json.loads(proc.stdout)
+    assert data["model"].startswith("tiny-lm") and data["pii"]["generations"] == 4 and data["flagged"] == []
+    proc = run_cli("audit", "privacy", "tiny-lm", workspace=lm_workspace)
+    assert proc.returncode == 2 and "pass --data NAME" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("train", "pretrain", "--data", "tiny", "--canaries", "2", "--canary-repeats", "3,zero",
+                   workspace=lm_workspace)
+    assert proc.returncode == 2 and "train.canary_repeats.1" in proc.stderr
