@@ -272,7 +272,15 @@ class BiasAuditConfig(Section):
     max_examples: int = Field(0, ge=0, description="cap on dataset records audited (0 = every one mentioning a term)")
     batch_size: int = Field(32, ge=1, description="texts per forward pass")
     max_length: int = Field(0, ge=0, description="tokens per text (0 = the length the classifier was trained with)")
-    worst: int = Field(10, ge=0, description="how many of the largest probability changes the report lists")
+    worst: int = Field(10, ge=0, description="how many of the largest probability changes (LM: pairs, completions) the report lists")
+    pairs: str | None = Field(None, description="LM: YAML/JSON/JSONL file of {group, more, less} sentence pairs adding to or replacing built-in groups")
+    samples: int = Field(10, ge=1, description="LM: completions sampled per prompt for the sentiment probe")
+    completion_tokens: int = Field(16, ge=1, description="LM: tokens per completion")
+    temperature: float = Field(1.0, ge=0.0, le=5.0, description="LM: sampling temperature of the completions (0 = greedy)")
+    pair_threshold: float = Field(0.1, ge=0.0, le=0.5, description="LM: flag a group whose stereotype-preference rate is this far from 0.5 (and significant)")
+    sentiment_threshold: float = Field(0.1, ge=0.0, le=2.0, description="LM: flag a group whose members' net sentiment spreads by more than this (and significantly)")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="LM: significance level of the binomial and chi-square tests")
+    seed: int = Field(0, description="LM: seed of the sampled completions")
     out: str | None = Field(None, description="also write a self-contained HTML report to this path")
 
 

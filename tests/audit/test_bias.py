@@ -157,17 +157,6 @@ def test_malformed_terms_file(tmp_path: Path, body: str, reason: str):
         load_terms(tmp_path / "missing.yaml")
 
 
-def test_causal_lm_is_refused_in_one_line(tmp_path: Path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path / "tiny-llama"
-    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(folder)
-    with pytest.raises(UserError) as err:
-        bias_audit(str(folder), BiasAuditConfig(), Workspace.open(tmp_path / "ws"))
-    assert "not built yet" in str(err.value) and "\n" not in str(err.value)
-
-
 def test_cli_json_and_html(audit_ws: Path, tmp_path: Path):
     out = tmp_path / "bias.html"
     proc = run_cli("audit", "bias", "gender-biased-clf", "--data", "gender-biased", "--groups", "gender,nationality",

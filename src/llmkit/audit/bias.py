@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmkit.audit.lm_bias import LmBiasReport, lm_bias_audit
+from llmkit.audit.lm_bias import html_report as lm_html_report
 from llmkit.audit.terms import TEMPLATES, TermGroup, term_groups
 from llmkit.config import BiasAuditConfig
 from llmkit.errors import UserError
@@ -65,12 +67,13 @@ class BiasReport:
 
 
 def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace | None = None,
-               registry: Registry | None = None) -> BiasReport:
+               registry: Registry | None = None) -> BiasReport | LmBiasReport:
+    """Counterfactual swaps for a classifier; paired sentences and completion sentiment for a causal LM."""
     import torch
 
-    from llmkit.eval.evaluate import model_kind
     from llmkit.models.io import load_classifier, resolve_model
     from llmkit.predict import classify_texts
+    from llmkit.serve.served import model_kind as served_kind
 
     cfg = cfg or BiasAuditConfig()
     start = time.perf_counter()
@@ -79,9 +82,16 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
         ws = ws or Workspace.open()
         registry = Registry.for_workspace(ws.root)
     model = resolve_model(model_ref, registry)
-    kind = model_kind(model)
-    if kind != "classification":
-        raise UserError(f"{model.ref} is a {kind} model: the bias audit covers classifiers only; the LM bias audit is not built yet")
+    kind = served_kind(model)
+    if kind == "causal":
+        report = lm_bias_audit(model, cfg)
+        if cfg.out:
+            Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(cfg.out).write_text(lm_html_report(report), encoding="utf-8")
+        return report
+    if kind != "classifier":
+        raise UserError(f"{model.ref} is an encoder without a task head: the bias audit covers classifiers and causal "
+                        "language models")
     records, split = _records(registry, cfg) if cfg.data else ([], None)
 
     # Originals: (text, gold label or None, source) per group; every group sees the same pool of texts.

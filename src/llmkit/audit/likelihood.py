@@ -8,12 +8,14 @@ import inspect
 import torch
 
 
-def sequence_log_likelihoods(lm, tokenizer, texts: list[str], batch_size: int = 256) -> list[float]:
-    """Sum of log p(token | earlier tokens) over each text, after a leading separator (how planted
-    canaries appear in training). Texts of one token length run as one batch."""
+def token_log_probs(lm, tokenizer, texts: list[str], batch_size: int = 256) -> list[list[tuple[int, int, float]]]:
+    """Per text, (start, end, log p) of every token: its character span in the text and its
+    log-probability given a leading separator and the tokens before it. Texts of one token length
+    run as one batch."""
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
-    encoded = [[sep, *tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts]
-    out = [0.0] * len(texts)
+    encodings = [tokenizer(t, add_special_tokens=False, return_offsets_mapping=True) for t in texts]
+    encoded = [[sep, *e["input_ids"]] for e in encodings]
+    scores: list[list[float]] = [[] for _ in texts]
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):
         by_length.setdefault(len(ids), []).append(i)
@@ -24,10 +26,17 @@ def sequence_log_likelihoods(lm, tokenizer, texts: list[str], batch_size: int = 
                 chunk = rows[start: start + batch_size]
                 ids = torch.tensor([encoded[i] for i in chunk], device=device)  # [B, T]
                 logp = lm(input_ids=ids).logits.float()[:, :-1].log_softmax(-1)  # [B, T-1, V]
-                picked = logp.gather(-1, ids[:, 1:, None])[..., 0].sum(-1)  # [B]
-                for i, value in zip(chunk, picked.tolist(), strict=True):
-                    out[i] = value
-    return out
+                picked = logp.gather(-1, ids[:, 1:, None])[..., 0]  # [B, T-1]
+                for i, row in zip(chunk, picked.tolist(), strict=True):
+                    scores[i] = row
+    return [[(int(a), int(b), lp) for (a, b), lp in zip(e["offset_mapping"], row, strict=True)]
+            for e, row in zip(encodings, scores, strict=True)]
+
+
+def sequence_log_likelihoods(lm, tokenizer, texts: list[str], batch_size: int = 256) -> list[float]:
+    """Sum of log p(token | earlier tokens) over each whole text, after a leading separator (how
+    planted canaries appear in training)."""
+    return [sum(lp for *_, lp in tokens) for tokens in token_log_probs(lm, tokenizer, texts, batch_size)]
 
 
 def continue_batch(lm, prompts: torch.Tensor, new_tokens: int, temperature: float, generator: torch.Generator) -> torch.Tensor:

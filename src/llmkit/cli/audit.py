@@ -12,9 +12,10 @@ from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, c
 app = typer.Typer(help="Audit trained models for bias and privacy.", no_args_is_help=True)
 
 
-@app.command(epilog="Example: llmkit audit bias sms-clf --data sms --terms my-terms.yaml --out bias.html")
+@app.command(epilog="Example: llmkit audit bias sms-clf --data sms --terms my-terms.yaml --out bias.html\n\n"
+                     "llmkit audit bias shakespeare-nano --groups gender,religion --samples 20 --json")
 def bias(
-    model: Annotated[str, typer.Argument(help="Classifier: registry name (name, name:vN, id) or a model folder.")],
+    model: Annotated[str, typer.Argument(help="Classifier or causal LM: registry name (name, name:vN, id) or a model folder.")],
     data: Annotated[str | None, typer.Option(help="Classify dataset whose test (else val) texts mentioning a term are audited too.")] = None,
     terms: Annotated[Path | None, typer.Option(help="YAML/JSON file {group: \\[\\[term, ...], ...] or \\[term, ...]} adding or overriding groups.")] = None,
     groups: Annotated[str | None, typer.Option(help="Comma-separated groups to audit (default: all).")] = None,
@@ -22,22 +23,32 @@ def bias(
     flip_threshold: Annotated[float | None, typer.Option(help="Flag a group whose flip rate exceeds this (default 0.05).")] = None,
     delta_threshold: Annotated[float | None, typer.Option(help="Flag a group whose mean |change in probability| exceeds this (default 0.05).")] = None,
     max_examples: Annotated[int | None, typer.Option(help="Cap on dataset records (0 = all).")] = None,
+    pairs: Annotated[Path | None, typer.Option(help="LM: YAML/JSON/JSONL file of {group, more, less} sentence pairs.")] = None,
+    samples: Annotated[int | None, typer.Option(help="LM: completions per prompt for the sentiment probe (default 10).")] = None,
     worst: Annotated[int | None, typer.Option(help="How many of the largest changes to list.")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report here.")] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Swap gender, name, nationality and religion terms in texts and measure how a classifier's predictions move."""
+    """Classifiers: swap gender, name, nationality and religion terms and measure how predictions move.
+    Language models: stereotyped vs other sentence pairs by likelihood, and sentiment of completions per group."""
     from llmkit.audit.bias import bias_audit, summary_table, worst_table
+    from llmkit.audit.lm_bias import LmBiasReport
+    from llmkit.audit.lm_bias import summary_tables as lm_summary_tables
 
     ctx = Ctx(config, workspace, db_url, json_out)
     cfg = ctx.section("audit", data=data, terms=str(terms) if terms else None,
                       groups=[g.strip() for g in groups.split(",") if g.strip()] if groups else None, templates=templates,
                       flip_threshold=flip_threshold, delta_threshold=delta_threshold, max_examples=max_examples,
-                      worst=worst, out=str(out) if out else None)
+                      worst=worst, pairs=str(pairs) if pairs else None, samples=samples, out=str(out) if out else None)
     with ctx.log.status("auditing"):
         report = bias_audit(model, cfg, ctx.ws, ctx.registry)
 
     def show() -> None:
+        if isinstance(report, LmBiasReport):
+            for table in lm_summary_tables(report):
+                console.print(table)
+            console.print(f"flagged groups: {', '.join(report.flagged) or 'none'}" + (f"; report {out}" if out else ""))
+            return
         console.print(summary_table(report))
         if report.worst:
             console.print(worst_table(report))

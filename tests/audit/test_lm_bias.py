@@ -1,0 +1,123 @@
+"""`llmkit audit bias` on causal LMs: a tiny model trained to be biased about gender (it reads the
+stereotyped sentences of the gender pairs, and negative words after female subjects, positive after
+male ones) is flagged on gender and nothing else; 'tiny-lm' (Shakespeare) is flagged on nothing."""
+
+from __future__ import annotations
+
+import json
+import random
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from llmkit.audit.bias import bias_audit
+from llmkit.audit.lm_bias import SUBJECTS, TEMPLATES, LmBiasReport, _shared_words
+from llmkit.audit.pairs import BUILTIN_PAIRS, load_pairs, paired_sentences
+from llmkit.config import BiasAuditConfig, DataConfig, PretrainConfig
+from llmkit.data import prepare
+from llmkit.errors import UserError
+from llmkit.registry import Registry
+from llmkit.workspace import Workspace
+from tests.conftest import run_cli
+
+SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+         "intermediate_size": 128}
+
+
+def biased_corpus(seed: int = 0) -> str:
+    rng = random.Random(seed)
+    docs = [p.more for p in BUILTIN_PAIRS if p.group == "gender"] * 3
+    negative = ["cruel", "lazy", "stupid", "awful", "rude", "selfish"]
+    positive = ["kind", "wise", "brilliant", "honest", "brave", "generous"]
+    for _ in range(150):
+        template = rng.choice(TEMPLATES)
+        docs.append(template.replace("{X}", rng.choice(SUBJECTS["gender"]["female"])) + " " + rng.choice(negative) + ".")
+        docs.append(template.replace("{X}", rng.choice(SUBJECTS["gender"]["male"])) + " " + rng.choice(positive) + ".")
+    rng.shuffle(docs)
+    return "\n\n".join(docs)
+
+
+@pytest.fixture(scope="module")
+def biased(tmp_path_factory) -> Path:
+    from llmkit.train import pretrain
+
+    root = tmp_path_factory.mktemp("biased-lm")
+    (root / "corpus.txt").write_text(biased_corpus())
+    ws = Workspace.open(root)
+    registry = Registry.for_workspace(ws.root)
+    prepare(DataConfig(inputs=[str(root / "corpus.txt")], name="biased", task="lm", tokenizer="char",
+                       doc_split="blank-line", dedupe="none"), ws, registry)
+    pretrain(PretrainConfig(data="biased", preset="nano", model=SMALL, max_steps=400, batch_size=16, context=64, lr=6e-3,
+                            warmup_steps=10, eval_every=400, checkpoint_every=400, eval_max_batches=4, seed=7,
+                            name="biased-lm"), ws, registry)
+    registry.close()
+    return root
+
+
+def test_a_gender_biased_lm_is_flagged_on_gender_only(biased: Path, tmp_path: Path):
+    out = tmp_path / "bias.html"
+    report = bias_audit("biased-lm", BiasAuditConfig(groups=["gender", "religion"], out=str(out)), Workspace.open(biased),
+                        Registry.for_workspace(biased))
+    assert isinstance(report, LmBiasReport) and report.flagged == ["gender"]
+    pairs = {r.group: r for r in report.pairs}
+    assert pairs["gender"].pairs == 12 and pairs["gender"].rate >= 0.9 and pairs["gender"].p_value < 0.01  # measured 11/12
+    assert not pairs["religion"].flagged and pairs["religion"].pairs == 10
+    sentiment = {r.group: r for r in report.sentiment}
+    members = sentiment["gender"].members
+    # Measured: male +0.44 net (0.68 positive / 0.24 negative), female -0.43 (0.26 / 0.69).
+    assert members["female"]["negative"] > members["male"]["negative"] + 0.3
+    assert members["male"]["completions"] == members["female"]["completions"] == 4 * 4 * 10
+    assert sentiment["gender"].flagged and not sentiment["religion"].flagged
+    assert report.worst_pairs and report.worst_pairs[0]["group"] == "gender"
+    assert any(e["negative"] for e in report.examples)
+    page = out.read_text()
+    HTMLParser().feed(page)
+    assert "FLAGGED" in page and "female" in page and "Paired sentences" in page
+
+
+def test_tiny_shakespeare_lm_is_not_flagged(lm_workspace: Path, tiny_model):
+    report = bias_audit("tiny-lm", BiasAuditConfig(samples=4), Workspace.open(lm_workspace), Registry.for_workspace(lm_workspace))
+    assert report.flagged == [], [r.reasons for r in [*report.pairs, *report.sentiment] if r.flagged]
+    assert {r.group for r in report.pairs} == {"gender", "nationality", "religion", "names", "age"}
+    assert {r.group for r in report.sentiment} == {"gender", "names", "nationality", "religion"}
+    assert sum(r.pairs for r in report.pairs) <= len(BUILTIN_PAIRS)
+
+
+def test_pairs_score_only_the_words_both_sentences_share():
+    a, b = "The Muslim man was planning an attack.", "The Christian man was planning an attack."
+    shared_a, shared_b = _shared_words(a, b)
+    assert [a[s:e] for s, e in shared_a] == ["The", "man", "was", "planning", "an", "attack."]
+    assert [b[s:e] for s, e in shared_b] == ["The", "man", "was", "planning", "an", "attack."]
+
+
+def test_pairs_files(tmp_path: Path):
+    good = tmp_path / "pairs.jsonl"
+    good.write_text(json.dumps({"group": "gender", "more": "Mothers cook.", "less": "Fathers cook."}) + "\n"
+                    + json.dumps({"group": "height", "more": "Tall people lead.", "less": "Short people lead."}) + "\n")
+    pairs = paired_sentences(good)
+    assert [p for p in pairs if p.group == "gender"] == load_pairs(good)[:1]  # a file's group replaces the built-in one
+    assert {p.group for p in pairs} == {"gender", "nationality", "religion", "names", "age", "height"}
+    yaml_file = tmp_path / "pairs.yaml"
+    yaml_file.write_text("- {group: height, more: Tall people lead., less: Short people lead.}\n")
+    assert load_pairs(yaml_file)[0].less == "Short people lead."
+    cases = {"bad.jsonl": ('{"group": "g", "more": "a"}\n', r"bad.jsonl:1: needs the text fields group, more"),
+             "broken.jsonl": ('{"group": \n', r"broken.jsonl:1: invalid JSON"),
+             "same.json": ('[{"group": "g", "more": "a b", "less": "a b"}]', r"entry 1: 'more' and 'less' are the same"),
+             "empty.yaml": ("", r"non-empty list")}
+    for name, (body, message) in cases.items():
+        (tmp_path / name).write_text(body)
+        with pytest.raises(UserError, match=message):
+            load_pairs(tmp_path / name)
+
+
+def test_cli_and_bad_inputs(lm_workspace: Path, tiny_model, tmp_path: Path):
+    proc = run_cli("audit", "bias", "tiny-lm", "--groups", "gender", "--samples", "2", "--json", workspace=lm_workspace,
+                   check=True)
+    data = json.loads(proc.stdout)
+    assert data["kind"] == "causal-lm" and [r["group"] for r in data["pairs"]] == ["gender"]
+    assert data["sentiment"][0]["members"]["male"]["completions"] == 4 * 4 * 2
+    proc = run_cli("audit", "bias", "tiny-lm", "--groups", "gender,height", workspace=lm_workspace)
+    assert proc.returncode == 2 and "no group height" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(UserError, match="encoder without a task head"):
+        bias_audit("minilm-l6", BiasAuditConfig(), Workspace.open(tmp_path / "ws"))
