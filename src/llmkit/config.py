@@ -255,7 +255,7 @@ class ExplainConfig(Section):
     steps: int = Field(50, ge=2, le=2000, description="Integrated Gradients interpolation steps")
     internal_batch_size: int = Field(0, ge=0, description="Integrated Gradients steps per forward pass (0 = all steps in one batch)")
     span: int = Field(1, ge=1, description="occlusion: tokens replaced together (a sliding window of this many)")
-    samples: int = Field(0, ge=0, le=100000, description="shap: coalitions sampled (0 = max(200, 8 x tokens))")
+    samples: int = Field(0, ge=0, le=100000, description="shap: coalitions sampled (0 = max(200, 8 x tokens), at most 2,048)")
     aopc_k: int = Field(10, ge=1, description="faithfulness: delete the top 1..k attributed tokens (k capped at the token count)")
     aopc_seeds: int = Field(5, ge=1, description="faithfulness: random deletion orders averaged for the baseline")
     max_length: int = Field(0, ge=0, description="classifier tokens (0 = the length it was trained with); longer text is truncated with a warning")

@@ -231,7 +231,7 @@ def occlusion(subject: Subject, span: int = 1) -> dict[str, Any]:
 def kernel_shap(subject: Subject, samples: int = 0, seed: int = 0) -> dict[str, Any]:
     """Kernel SHAP (captum `KernelShap`) over a presence vector with one entry per free token: a
     coalition keeps some tokens and fills the others, so a token's score is its Shapley value
-    estimate for the target. Samples default to max(200, 8 x free tokens); coalitions run batched."""
+    estimate for the target. Samples default to max(200, 8 x free tokens), at most 2,048; coalitions run batched."""
     from captum.attr import KernelShap
 
     free = subject.free
@@ -239,7 +239,7 @@ def kernel_shap(subject: Subject, samples: int = 0, seed: int = 0) -> dict[str, 
     base = float(subject.score(subject.ids[None])[0])
     if not free:
         return {"scores": scores, "samples": 0, "f_input": base}
-    samples = samples or max(200, 8 * len(free))
+    samples = samples or max(200, min(8 * len(free), 2048))
     free_t = torch.tensor(free, device=subject.ids.device)
 
     def forward(presence: torch.Tensor) -> torch.Tensor:  # [B, k] 1 = keep the token -> [B] target
