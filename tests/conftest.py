@@ -104,6 +104,25 @@ def run_cli(*args: str, workspace: Path, timeout: float = 300, check: bool = Fal
     return proc
 
 
+def train_char_lm(root: Path, name: str, text: str, model: dict, data: dict | None = None, **train) -> Path:
+    """Workspace `root` with a char-level lm dataset `name` made of `text` (documents split at blank
+    lines) and a model `name` pretrained on it: for tests that need a model which learnt something chosen."""
+    from llmkit.train import pretrain
+
+    (root / f"{name}.txt").write_text(text)
+    ws = Workspace.open(root)
+    registry = Registry.for_workspace(ws.root)
+    prepare(DataConfig(inputs=[str(root / f"{name}.txt")], name=name, task="lm", tokenizer="char", doc_split="blank-line",
+                       **(data or {})), ws, registry)
+    base = dict(data=name, preset="nano", model=model, batch_size=16, warmup_steps=10, eval_max_batches=4, seed=7, name=name)
+    base.update(train)
+    base.setdefault("eval_every", base["max_steps"])
+    base.setdefault("checkpoint_every", base["max_steps"])
+    pretrain(PretrainConfig(**base), ws, registry)
+    registry.close()
+    return root
+
+
 TINY_FLAGS = ["--preset", "nano", "--context", "32", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "5",
               "--seed", "7"]
 

@@ -1,4 +1,4 @@
-"""`llmkit audit bias` on causal LMs: a tiny model trained to be biased about gender (it reads the
+"""`llmkit audit bias` on causal LMs: a tiny model ('biased') trained to be biased about gender (it reads the
 stereotyped sentences of the gender pairs, and negative words after female subjects, positive after
 male ones) is flagged on gender and nothing else; 'tiny-lm' (Shakespeare) is flagged on nothing."""
 
@@ -14,12 +14,11 @@ import pytest
 from llmkit.audit.bias import bias_audit
 from llmkit.audit.lm_bias import SUBJECTS, TEMPLATES, LmBiasReport, _shared_words
 from llmkit.audit.pairs import BUILTIN_PAIRS, load_pairs, paired_sentences
-from llmkit.config import BiasAuditConfig, DataConfig, PretrainConfig
-from llmkit.data import prepare
+from llmkit.config import BiasAuditConfig
 from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_char_lm
 
 SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
          "intermediate_size": 128}
@@ -40,24 +39,13 @@ def biased_corpus(seed: int = 0) -> str:
 
 @pytest.fixture(scope="module")
 def biased(tmp_path_factory) -> Path:
-    from llmkit.train import pretrain
-
-    root = tmp_path_factory.mktemp("biased-lm")
-    (root / "corpus.txt").write_text(biased_corpus())
-    ws = Workspace.open(root)
-    registry = Registry.for_workspace(ws.root)
-    prepare(DataConfig(inputs=[str(root / "corpus.txt")], name="biased", task="lm", tokenizer="char",
-                       doc_split="blank-line", dedupe="none"), ws, registry)
-    pretrain(PretrainConfig(data="biased", preset="nano", model=SMALL, max_steps=400, batch_size=16, context=64, lr=6e-3,
-                            warmup_steps=10, eval_every=400, checkpoint_every=400, eval_max_batches=4, seed=7,
-                            name="biased-lm"), ws, registry)
-    registry.close()
-    return root
+    return train_char_lm(tmp_path_factory.mktemp("biased-lm"), "biased", biased_corpus(), SMALL,
+                         data=dict(dedupe="none"), max_steps=400, context=64, lr=6e-3)
 
 
 def test_a_gender_biased_lm_is_flagged_on_gender_only(biased: Path, tmp_path: Path):
     out = tmp_path / "bias.html"
-    report = bias_audit("biased-lm", BiasAuditConfig(groups=["gender", "religion"], out=str(out)), Workspace.open(biased),
+    report = bias_audit("biased", BiasAuditConfig(groups=["gender", "religion"], out=str(out)), Workspace.open(biased),
                         Registry.for_workspace(biased))
     assert isinstance(report, LmBiasReport) and report.flagged == ["gender"]
     pairs = {r.group: r for r in report.pairs}

@@ -1,6 +1,6 @@
 """`llmkit audit privacy` and `train pretrain --canaries` on real tiny models.
 
-'leaky' is trained ~120 epochs on a small corpus: contact cards (e-mail addresses and phone numbers,
+The 'leak' model is trained ~120 epochs on a small corpus: contact cards (e-mail addresses and phone numbers,
 prepared with --pii keep) and strings of random letters, with canaries planted 20 times each. It must
 leak: training PII in its samples, train windows continued verbatim while held-out ones are not, the
 planted secrets ranked first. 'tiny-lm' (60 steps of Shakespeare, no canaries) must not be flagged.
@@ -18,13 +18,12 @@ import pytest
 
 from llmkit.audit import canaries
 from llmkit.audit.privacy import privacy_audit
-from llmkit.config import DataConfig, PretrainConfig, PrivacyAuditConfig
-from llmkit.data import prepare
+from llmkit.config import PretrainConfig, PrivacyAuditConfig
 from llmkit.data.shards import read_shard
 from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_char_lm
 
 SMALL = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
          "intermediate_size": 192}
@@ -50,24 +49,14 @@ def leaky_corpus(seed: int = 0) -> str:
 
 @pytest.fixture(scope="module")
 def leaky(tmp_path_factory) -> Path:
-    from llmkit.train import pretrain
-
-    root = tmp_path_factory.mktemp("leaky-ws")
-    (root / "leak.txt").write_text(leaky_corpus())
-    ws = Workspace.open(root)
-    registry = Registry.for_workspace(ws.root)
-    prepare(DataConfig(inputs=[str(root / "leak.txt")], name="leak", task="lm", tokenizer="char", doc_split="blank-line",
-                       pii="keep", dedupe="none", splits={"val": 0.1, "test": 0.2}), ws, registry)
-    pretrain(PretrainConfig(data="leak", preset="nano", model=SMALL, max_steps=800, batch_size=16, context=48, lr=6e-3,
-                            warmup_steps=10, eval_every=800, checkpoint_every=800, eval_max_batches=4, seed=7,
-                            canaries=4, canary_repeats=[20], name="leaky"), ws, registry)
-    registry.close()
-    return root
+    return train_char_lm(tmp_path_factory.mktemp("leaky-ws"), "leak", leaky_corpus(), SMALL,
+                         data=dict(pii="keep", dedupe="none", splits={"val": 0.1, "test": 0.2}), max_steps=800,
+                         context=48, lr=6e-3, canaries=4, canary_repeats=[20])
 
 
 def test_canaries_are_planted_in_the_train_shard_and_saved_with_the_model(leaky: Path):
     registry = Registry.for_workspace(leaky)
-    model = registry.get("leaky", "model")
+    model = registry.get("leak", "model")
     planted = canaries.load(Path(model.path))
     assert [c.repeats for c in planted] == [20, 20, 20, 20, 0, 0, 0, 0]
     assert len({c.secret for c in planted}) == 8 and all(c.secret.isdigit() and len(c.secret) == 10 for c in planted)
@@ -91,7 +80,7 @@ def test_canaries_are_planted_in_the_train_shard_and_saved_with_the_model(leaky:
 
 def test_a_leaky_model_is_flagged_on_every_probe(leaky: Path, tmp_path: Path):
     out = tmp_path / "privacy.html"
-    report = privacy_audit("leaky", PrivacyAuditConfig(**AUDIT, out=str(out)), Workspace.open(leaky),
+    report = privacy_audit("leak", PrivacyAuditConfig(**AUDIT, out=str(out)), Workspace.open(leaky),
                            Registry.for_workspace(leaky))
     assert report.flagged == ["pii", "memorization", "canaries"], report.reasons
     # Canaries planted 20 times rank first among 500 candidates; never-planted ones sit at random ranks.
