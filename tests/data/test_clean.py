@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import random
 import unicodedata
 
-from llmkit.data.clean import chunk_document, clean_text
+from llmkit.data.clean import chunk_document, clean_text, json_text
 
 
 def test_unicode_is_nfc_so_equal_text_is_equal_bytes():
@@ -15,6 +17,17 @@ def test_unicode_is_nfc_so_equal_text_is_equal_bytes():
 
 def test_control_characters_zero_width_space_and_bom_are_removed():
     assert clean_text("\ufeffa\x00b\x07c\x1bd\u200be\x7f\x9ff") == "abcdef"
+    assert clean_text("a\x00b\x07c\x1bd\x0be\x0cf\x7fg\x1f") == "abcdefg"  # ASCII text has its own fast path
+
+
+def test_cleaned_text_is_quoted_exactly_as_json_does():
+    rng = random.Random(0)
+    alphabet = [chr(c) for c in range(0, 128)] + ["\u2028", "\x85", "\u00e9", "\U0001f600", "\ufeff", "\u3000"]
+    for _ in range(500):
+        raw = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        for keep in (True, False):
+            text = clean_text(raw, keep_newlines=keep)
+            assert json_text(text) == json.dumps(text, ensure_ascii=False)
 
 
 def test_joiners_survive_because_words_and_emoji_need_them():

@@ -212,6 +212,22 @@ def test_worker_processes_change_nothing_in_the_output(tmp_path, monkeypatch):
     assert outputs[0] == outputs[1]
 
 
+def test_byte_ranges_cover_a_records_file_in_whole_lines(tmp_path):
+    from llmkit.data.workers import byte_ranges
+
+    lines = [b'{"text": "' + b"x" * n + b'"}\n' for n in (0, 5, 40, 3, 200, 1, 64, 7)]
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b"".join(lines))
+    for size in (1, 16, 45, 1000):
+        ranges = list(byte_ranges(path, size))
+        assert ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # contiguous, no gaps
+        data = path.read_bytes()
+        assert all(data[end - 1:end] == b"\n" for _, end in ranges)
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert list(byte_ranges(tmp_path / "empty.jsonl")) == []
+
+
 # -- options ---------------------------------------------------------------------------------------
 
 

@@ -79,6 +79,38 @@ def test_fast_encoder_gives_exactly_the_tokenizers_ids(bpe, english, mixed):
         assert encoder.mode == "bpe"  # its own spot check never had to fall back
 
 
+def _random_ascii(rng: random.Random, n: int) -> list[str]:
+    """ASCII texts dense in what the pre-token rules turn on: contractions, space and whitespace runs,
+    digits, punctuation runs, control characters and pre-tokens longer than the encoder's 15-byte keys."""
+    atoms = [*"stmdrevlxST09.,-!'\"", "'s", "'re", "'ve", "'ll", "'d", " ", "  ", "\n", "\n\n", "\t", " \n", "\r",
+             "\x0b", "\x0c", "\x00", "\x1c", "\x7f", "'", "''", " '", "a" * 20, " " * 18, "-" * 17, "7" * 16, "the", " king"]
+    return ["".join(rng.choice(atoms) for _ in range(rng.randint(0, 40))) for _ in range(n)]
+
+
+def test_ascii_pre_tokens_follow_the_gpt2_pattern():
+    from llmkit.data.encoder import GPT2_ASCII, _ascii_pretokens
+
+    rng = random.Random(1)
+    for _ in range(400):
+        texts = _random_ascii(rng, rng.randint(1, 6))
+        starts, ends, first, _, data = _ascii_pretokens(texts)
+        got = [data[a:b].decode() for a, b in zip(starts, ends, strict=True)]
+        bounds = [*first.tolist(), len(got)]
+        assert [got[bounds[i]:bounds[i + 1]] for i in range(len(texts))] == [GPT2_ASCII.findall(t) for t in texts]
+
+
+def test_fast_encoder_agrees_on_random_ascii_and_across_cache_resets(bpe, mixed):
+    rng = random.Random(2)
+    texts = _random_ascii(rng, 600) + mixed[:40] + _random_ascii(rng, 100)  # ASCII and non-ASCII runs in one call
+    sep = bpe.eos_token_id
+    for max_cache in (FastEncoder.MAX_CACHE, 60):
+        encoder = FastEncoder(bpe.backend, sep)
+        encoder.MAX_CACHE = max_cache
+        got = np.concatenate([encoder.encode(texts[i:i + 50]) for i in range(0, len(texts), 50)])
+        assert got.tolist() == reference(bpe.backend, texts, sep)
+        assert encoder.mode == "bpe"
+
+
 def test_fast_char_encoding_maps_unseen_characters_to_unk(english):
     tok = build_tokenizer("char", english)
     encoder = FastEncoder(tok.backend, tok.eos_token_id)

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from llmkit.data.dedupe import exact_key, signatures
+from llmkit.data.dedupe import exact_keys, signatures
 from llmkit.data.pii import count_by_type, find_pii, redact
 from llmkit.data.splits import assign_split, stratified_split
 
@@ -29,16 +29,22 @@ _ODD_NEWLINE = re.compile(r"[\x85\u2028\u2029]")  # NEL and the Unicode line/par
 _TRAILING = re.compile(r"[ \t]+$", re.MULTILINE)
 _MANY_BLANK = re.compile(r"\n{3,}")
 _ANY_SPACE = re.compile(r"\s+")
+_PLAIN_ASCII = bytes(range(32, 127)) + b"\t\n"
+# What json.dumps(ensure_ascii=False) escapes in cleaned text, whose only control characters are \t and \n.
+_JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\t", "\\t"))
 
 
 def clean_text(text: str, keep_newlines: bool = True) -> str:
-    if not text.isascii():
+    ascii_text = text.isascii()
+    if not ascii_text:
         text = unicodedata.normalize("NFC", text)
         text = _ODD_SPACE.sub(" ", text)
         text = _ODD_NEWLINE.sub("\n", text)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _CONTROL.sub("", text)
+    # ASCII text rarely holds a control character; deleting the allowed bytes finds out ~7x faster than the regex.
+    if not ascii_text or text.encode("ascii").translate(None, _PLAIN_ASCII):
+        text = _CONTROL.sub("", text)
     if not keep_newlines:
         return _ANY_SPACE.sub(" ", text).strip()
     # Substring tests first: they run at memory speed, and most texts need neither substitution.
@@ -101,11 +107,22 @@ def clean_chunk(job: tuple[RecordOptions, list[dict]]) -> list[tuple]:
     """Per record: (status, PII counts, JSON line, length, exact key, signature, split, label, chars)."""
     opts, records = job
     results = [_clean_one(rec, opts) for rec in records]
-    if opts.near:  # signatures of the whole chunk in one numpy pass
-        kept = [i for i, r in enumerate(results) if r[0] == "kept"]
-        for i, sig in zip(kept, signatures([results[i][5] for i in kept]), strict=True):
-            results[i] = (*results[i][:5], sig, *results[i][6:])
+    kept = [i for i, r in enumerate(results) if r[0] == "kept"]
+    texts = [results[i][4] for i in kept]
+    # Exact keys and signatures of the whole chunk in a few numpy passes.
+    sigs = signatures(texts) if opts.near else [None] * len(texts)
+    for i, key, sig in zip(kept, exact_keys(texts), sigs, strict=True):
+        results[i] = (*results[i][:4], key, sig, *results[i][6:])
     return results
+
+
+def json_text(text: str) -> str:
+    """json.dumps(text, ensure_ascii=False) for text out of `clean_text`, whose only control characters are
+    tab and newline: four substring replacements instead of json's per-character escaping pass."""
+    for char, escaped in _JSON_ESCAPES:
+        if char in text:
+            text = text.replace(char, escaped)
+    return f'"{text}"'
 
 
 def _clean_one(rec: dict[str, Any], o: RecordOptions) -> tuple:
@@ -133,7 +150,10 @@ def _clean_one(rec: dict[str, Any], o: RecordOptions) -> tuple:
         if pii and o.pii == "drop":
             return ("pii_dropped", pii)
     text = record_text(out, o.task)
-    split_key = json.dumps(out, sort_keys=True, ensure_ascii=False)
+    if o.task == "lm":  # json.dumps(out, sort_keys=True, ensure_ascii=False), without its escaping pass
+        split_key = f'{{"text": {json_text(text)}}}'
+    else:
+        split_key = json.dumps(out, sort_keys=True, ensure_ascii=False)
     if o.task == "classify":
         split = stratified_split(split_key, out["label"], o.val, o.test, o.seed)
     else:
@@ -141,5 +161,5 @@ def _clean_one(rec: dict[str, Any], o: RecordOptions) -> tuple:
     # The record line is the split key's JSON with the source appended: one serialization, not two.
     line = f'{split_key[:-1]}, "source": {json.dumps(rec.get("source"), ensure_ascii=False)}}}\n'
     chars = "".join(set(text)) if o.want_chars and split == "train" else None
-    # The text rides in the signature's place until clean_chunk replaces it.
-    return ("kept", pii, line, len(text), exact_key(text), text if o.near else None, split, out.get("label"), chars)
+    # The text rides in the exact key's place until clean_chunk replaces it.
+    return ("kept", pii, line, len(text), text, None, split, out.get("label"), chars)

@@ -1,9 +1,9 @@
 """Exact and near-duplicate detection.
 
 Exact: a hash of the normalized text (case and whitespace folded). Near: MinHash signatures of
-word 5-gram shingles in a datasketch LSH index, so a record is compared only with candidates that
-share a band. Both run over all records before the split assignment, so no val or test record has
-a twin in train.
+word 5-gram shingles in an LSH index (the banding of datasketch's MinHashLSH), so a record is compared
+only with candidates that share a band. Both run over all records before the split assignment, so no
+val or test record has a twin in train.
 
 Signatures are computed with numpy over the whole text at once (code points -> words -> shingles ->
 hash permutations): per-word Python work would dominate the data stage on large inputs. They are
@@ -39,6 +39,46 @@ def exact_key(text: str) -> bytes:
     return hashlib.blake2b(folded.encode("utf-8"), digest_size=16).digest()
 
 
+_ASCII_SPACE = np.zeros(128, dtype=bool)
+_ASCII_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True  # what str.split() splits ASCII text at
+
+
+def exact_keys(texts: list[str]) -> list[bytes]:
+    """`exact_key` of each text. ASCII texts are folded together in numpy: splitting every text into
+    word objects and joining them again was a sixth of the per-record work."""
+    keys: list[bytes] = []
+    ascii_texts = [t for t in texts if t.isascii()]
+    folded = iter(_fold_ascii(ascii_texts) if ascii_texts else [])
+    for text in texts:
+        if text.isascii():
+            keys.append(hashlib.blake2b(next(folded), digest_size=16).digest())
+        else:
+            keys.append(exact_key(text))
+    return keys
+
+
+def _fold_ascii(texts: list[str]) -> list[bytes]:
+    """" ".join(text.lower().split()) of each ASCII text, encoded; texts joined with one gap after each."""
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    data = np.frombuffer(("\x00".join(texts) + "\x00").lower().encode("ascii"), dtype=np.uint8)
+    gaps = np.cumsum(lengths + 1) - 1
+    space = _ASCII_SPACE[data]
+    word = ~space
+    word[gaps] = False
+    before = np.concatenate(([False], space[:-1]))
+    runs = np.flatnonzero(space & ~before)  # whitespace runs: [runs[i], ends[i])
+    ends = np.flatnonzero(~space & before)  # the gap after the last text ends every run
+    inner = runs[(runs > 0) & word[runs - 1] & word[ends]]  # between two words of one text: one space
+    out = data.copy()
+    out[inner] = 32
+    keep = word
+    keep[inner] = True
+    blob = out[keep].tobytes()
+    sizes = np.add.reduceat(keep, np.concatenate(([0], gaps[:-1] + 1)), dtype=np.int64)
+    stops = np.cumsum(sizes).tolist()
+    return [blob[stop - size:stop] for stop, size in zip(stops, sizes.tolist(), strict=True)]
+
+
 def _char_table() -> np.ndarray:
     """BMP code point -> 0 separator, 1 part of a word, 2 a word by itself (CJK); built once per process."""
     global _table
@@ -52,6 +92,17 @@ def _char_table() -> np.ndarray:
             table[lo:hi + 1] = 2
         _table = table
     return _table
+
+
+def _ascii_word_values() -> np.ndarray:
+    """ASCII byte -> its code point as uint64 when it is part of a word, else 0."""
+    global _ascii_values
+    if _ascii_values is None:
+        _ascii_values = np.where(_char_table()[:128] != 0, np.arange(128), 0).astype(np.uint64)
+    return _ascii_values
+
+
+_ascii_values: np.ndarray | None = None
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -68,24 +119,69 @@ _A = _rng.integers(1, 2**63, size=NUM_PERM, dtype=np.uint64) * np.uint64(2) + np
 _B = _rng.integers(0, 2**63, size=NUM_PERM, dtype=np.uint64)
 
 
+_P = 0x100000001B3
+_POW_CACHE = 1 << 16  # global powers kept for texts (batches) up to this many characters
+
+
+def _powers(base: int, n: int, first: int) -> np.ndarray:
+    """base**first, base**(first + 1), ... (n of them) mod 2**64."""
+    out = np.full(n, base, dtype=np.uint64)
+    out[0] = pow(base, first, 2**64)
+    return np.cumprod(out, dtype=np.uint64)
+
+
+_GLOBAL_POW = _powers(_P, _POW_CACHE, 1)  # P**(k+1): the weight of character k counted from the text start
+_GLOBAL_INV = _powers(pow(_P, -1, 2**64), _POW_CACHE, 0)  # P**-k, which moves a sum back to its word's start
+
+
 def _word_hashes(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """(one 64-bit hash per word, index of each word's first character) of already lower-cased text."""
+    """(one 64-bit hash per word, index of each word's first character) of already lower-cased text.
+
+    A word's hash is _mix(sum of code point * P**(j+1) over its characters j), with j capped at
+    _MAX_POS - 1. The sums come from one prefix sum over the text with global powers, moved to each
+    word's start by P's inverse (P is odd): no per-character index arrays.
+    """
     with np.errstate(over="ignore"):
-        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        codes = _char_table()[np.minimum(cps, 0xFFFF)]
-        astral = cps > 0xFFFF
-        if astral.any():
-            codes = np.where(astral, np.where((cps >= _CJK_ASTRAL[0]) & (cps <= _CJK_ASTRAL[1]), 2, 0), codes)
+        ascii_text = text.isascii()
+        if ascii_text:
+            cps = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+            codes = _char_table()[:128][cps]
+        else:
+            cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            codes = _char_table()[np.minimum(cps, 0xFFFF)]
+            astral = cps > 0xFFFF
+            if astral.any():
+                codes = np.where(astral, np.where((cps >= _CJK_ASTRAL[0]) & (cps <= _CJK_ASTRAL[1]), 2, 0), codes)
         word = codes == 1
         starts = (codes == 2) | (word & ~np.concatenate(([False], word[:-1])))
-        inside = np.flatnonzero(codes != 0)
-        if inside.size == 0:
+        at = np.flatnonzero(starts)
+        if at.size == 0:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-        first = np.flatnonzero(starts[inside])  # where each word begins, as an index into `inside`
-        word_of = np.cumsum(starts[inside]) - 1
-        pos = np.minimum(np.arange(inside.size) - first[word_of], _MAX_POS - 1)
-        weighted = cps[inside].astype(np.uint64) * _POW[pos]
-        return _mix(np.add.reduceat(weighted, first)), inside[first]
+        n = len(cps)
+        nxt = np.append(at[1:], n)  # a word ends at or before the next one starts
+        if (nxt - at).max() > _MAX_POS:  # maybe a word longer than _MAX_POS: the capped weights apply
+            return _word_hashes_capped(cps, codes, starts)
+        small = n <= _POW_CACHE
+        powers = _GLOBAL_POW[:n] if small else _powers(_P, n, 1)
+        inverse = _GLOBAL_INV if small else _powers(pow(_P, -1, 2**64), n, 0)
+        if ascii_text:  # code points of word characters, 0 for the rest, straight from a table
+            weighted = _ascii_word_values()[cps]
+        else:
+            weighted = np.where(codes != 0, cps, 0).astype(np.uint64)
+        weighted *= powers
+        prefix = np.cumsum(weighted, out=weighted)  # prefix[i]: the sum over characters 0..i
+        before = prefix[at - 1]
+        before[0] = 0 if at[0] == 0 else before[0]  # (at[0] - 1 is -1 when the text starts with a word)
+        return _mix((prefix[nxt - 1] - before) * inverse[at]), at
+
+
+def _word_hashes_capped(cps: np.ndarray, codes: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    inside = np.flatnonzero(codes != 0)
+    first = np.flatnonzero(starts[inside])  # where each word begins, as an index into `inside`
+    word_of = np.cumsum(starts[inside]) - 1
+    pos = np.minimum(np.arange(inside.size) - first[word_of], _MAX_POS - 1)
+    weighted = cps[inside].astype(np.uint64) * _POW[pos]
+    return _mix(np.add.reduceat(weighted, first)), inside[first]
 
 
 def signatures(texts: list[str]) -> list[np.ndarray | None]:
@@ -115,28 +211,35 @@ def signatures(texts: list[str]) -> list[np.ndarray | None]:
             m = len(words) - SHINGLE + 1
             sh = words[:m].copy()
             for k in range(1, SHINGLE):
-                sh = sh * np.uint64(0x9E3779B97F4A7C15) ^ words[k:m + k]
+                sh *= np.uint64(0x9E3779B97F4A7C15)
+                sh ^= words[k:m + k]
             sh = _mix(sh)
             whole = owner[:m] == owner[SHINGLE - 1:]  # 5-grams inside one text
         else:
             sh, whole = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=bool)
-        # Texts with fewer than five words are represented by their words. Position i holds either the
-        # 5-gram starting at word i or word i itself, so shingles stay grouped by text, in order.
-        short = n_words[owner] < SHINGLE
-        value = words.copy()
-        value[:len(sh)][whole] = sh[whole]
-        keep = short.copy()
-        keep[:len(sh)] |= whole
-        shingles, shingle_owner = value[keep], owner[keep]
+        if len(texts) and n_words.min() >= SHINGLE:  # the usual case: every text has its 5-grams
+            shingles, shingle_owner = sh[whole], owner[:len(sh)][whole]
+        else:
+            # Texts with fewer than five words are represented by their words. Position i holds either the
+            # 5-gram starting at word i or word i itself, so shingles stay grouped by text, in order.
+            short = n_words[owner] < SHINGLE
+            value = words.copy()
+            value[:len(sh)][whole] = sh[whole]
+            keep = short.copy()
+            keep[:len(sh)] |= whole
+            shingles, shingle_owner = value[keep], owner[keep]
         out: list[np.ndarray | None] = [None] * len(texts)
         if shingles.size == 0:
             return out
         groups = np.flatnonzero(np.concatenate(([True], shingle_owner[1:] != shingle_owner[:-1])))
         sigs = np.empty((len(groups), NUM_PERM), dtype=np.uint32)
         # Blocks of 8 permutations keep the (permutation x shingle) product small enough for the cache.
+        # The high 32 bits of the minimum are the minimum of the high 32 bits: one shift per text, not
+        # one per shingle.
         for i in range(0, NUM_PERM, 8):
-            hv = (_A[i:i + 8, None] * shingles[None, :] + _B[i:i + 8, None]) >> np.uint64(32)
-            sigs[:, i:i + 8] = np.minimum.reduceat(hv, groups, axis=1).T
+            hv = _A[i:i + 8, None] * shingles[None, :]
+            hv += _B[i:i + 8, None]
+            sigs[:, i:i + 8] = (np.minimum.reduceat(hv, groups, axis=1) >> np.uint64(32)).T
     for row, text_index in enumerate(shingle_owner[groups]):
         out[text_index] = sigs[row]
     return out
@@ -152,23 +255,49 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b))
 
 
+def lsh_bands(threshold: float, num_perm: int, weights: tuple[float, float] = (0.05, 0.95)) -> tuple[int, int]:
+    """(bands, rows per band) minimising the weighted chance of false positives and false negatives.
+
+    The choice datasketch's MinHashLSH makes (same candidates, same order, first minimum wins), with the
+    integrals of the banding curve done by 64-point Gauss-Legendre quadrature, exact for these
+    polynomials, instead of scipy: importing scipy took 0.4 s of every prepare. The tests check that
+    both agree on every threshold.
+    """
+    x, w = np.polynomial.legendre.leggauss(64)  # exact up to degree 127; the curve's is at most num_perm
+    pairs = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], dtype=np.float64)
+    b, r = pairs[:, :1], pairs[:, 1:]
+
+    def integral(lo: float, hi: float, f) -> np.ndarray:
+        s = (hi - lo) / 2 * x + (hi + lo) / 2
+        return (hi - lo) / 2 * (f(s) @ w)
+
+    def candidate(s):  # chance that two records of Jaccard similarity s share at least one band
+        return 1 - (1 - s ** r) ** b
+
+    false_positive = integral(0.0, threshold, candidate)
+    false_negative = integral(threshold, 1.0, lambda s: 1 - candidate(s))
+    best = int(np.argmin(false_positive * weights[0] + false_negative * weights[1]))
+    return int(pairs[best, 0]), int(pairs[best, 1])
+
+
 class NearDuplicateIndex:
-    """The signatures of the records kept so far, in a datasketch MinHashLSH index."""
+    """The signatures of the records kept so far, indexed by LSH bands.
+
+    A record is a candidate when one of its bands (a run of `rows` signature values) equals the same
+    band of a kept record, as in datasketch's MinHashLSH with the same bands; every candidate is then
+    checked against the threshold.
+    """
 
     _BLOCK = 4096
 
     def __init__(self, threshold: float = 0.85, num_perm: int = NUM_PERM):
-        from datasketch import MinHash, MinHashLSH  # imports scipy; only near dedupe pays for it
-
         self.threshold = threshold
         self.num_perm = num_perm
         # Weights favour recall: candidates are verified below, so extra candidates cost time, not precision.
-        try:
-            self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95))
-        except ValueError:  # threshold 1.0: datasketch's optimum is one band, which it refuses
-            self.lsh = MinHashLSH(num_perm=num_perm, params=(2, num_perm // 2))
-        self._minhash = MinHash
-        self._perms = np.ones((2, num_perm), dtype=np.uint64)  # unused by the index; saves MinHash making them
+        self.bands, self.rows = lsh_bands(threshold, num_perm)
+        if self.bands < 2:  # threshold 1.0: the optimum is one band, which would make every record a candidate
+            self.bands, self.rows = 2, num_perm // 2
+        self._tables: list[dict[bytes, list[int]]] = [{} for _ in range(self.bands)]
         self._blocks: list[np.ndarray] = []
         self._count = 0
 
@@ -179,8 +308,13 @@ class NearDuplicateIndex:
         """True when a near-duplicate of the record with this signature was added before; else add it."""
         if sig is None:
             return False
-        mh = self._minhash(num_perm=self.num_perm, hashvalues=sig, permutations=self._perms, scheme="legacy")
-        candidates = self.lsh.query(mh)
+        raw, width = sig.tobytes(), 4 * self.rows
+        keys = [raw[i * width:(i + 1) * width] for i in range(self.bands)]
+        candidates: set[int] = set()
+        for table, key in zip(self._tables, keys, strict=True):
+            found = table.get(key)
+            if found is not None:
+                candidates.update(found)
         if candidates:
             stored = np.stack([self._stored(k) for k in candidates])
             if (np.mean(stored == sig, axis=1) >= self.threshold).any():
@@ -188,6 +322,7 @@ class NearDuplicateIndex:
         if self._count % self._BLOCK == 0:
             self._blocks.append(np.empty((self._BLOCK, self.num_perm), dtype=np.uint32))
         self._blocks[-1][self._count % self._BLOCK] = sig
-        self.lsh.insert(self._count, mh, check_duplication=False)
+        for table, key in zip(self._tables, keys, strict=True):
+            table.setdefault(key, []).append(self._count)
         self._count += 1
         return False

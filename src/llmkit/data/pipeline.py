@@ -18,14 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing
-import os
 import re
 import shutil
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +32,13 @@ import numpy as np
 from llmkit.config import DataConfig
 from llmkit.data.clean import RecordOptions, chunk_document, clean_chunk
 from llmkit.data.dedupe import NearDuplicateIndex
+from llmkit.data.encoder import FastEncoder
 from llmkit.data.ingest import IngestStats, expand_inputs, iter_records
 from llmkit.data.report import Counts, build_manifest, write_plots
 from llmkit.data.shards import ShardWriter, token_counts
 from llmkit.data.splits import SPLITS
-from llmkit.data.tokenizer import FastEncoder, build_tokenizer, check_spec
+from llmkit.data.tokenizer import build_tokenizer, check_spec
+from llmkit.data.workers import Workers, byte_ranges, chunks, worker_count
 from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace, atomic_dir
@@ -48,8 +47,6 @@ from llmkit.workspace import Workspace, atomic_dir
 # characters improved held-out compression by about 1 % at 4k and 16k entries, for 5x the time).
 TOKENIZER_CHARS_PER_ENTRY = 500
 TOKENIZER_TRAIN_CHARS = (4_000_000, 20_000_000)  # bounds of the sample
-PARALLEL_MIN_BYTES = 4_000_000  # below this, starting workers costs more than it saves
-CHUNK_CHARS = 256_000  # text per task sent to a worker
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -85,15 +82,22 @@ def prepare(cfg: DataConfig, ws: Workspace | None = None, registry: Registry | N
 
     target = ws.folder("datasets", f"{name}-{source_hash[:12]}")
     clock = _Clock()
-    n_workers = _worker_count(files)
-    with atomic_dir(target) as tmp, _Workers(n_workers) as workers:
+    n_workers = worker_count(files)
+    with atomic_dir(target) as tmp, Workers(n_workers) as workers:
         counts, stats, chars = clock("records", _first_pass, cfg, tmp, workers, progress)
-        texts = [chars] if cfg.tokenizer == "char" else _sample(cfg, tmp, counts)
-        tokenizer = clock("tokenizer", build_tokenizer, cfg.tokenizer, texts)
+        # The training sample (at most TOKENIZER_TRAIN_CHARS) is read first: a generator feeding the trainer
+        # would need the GIL that the plots hold. Training runs in Rust without the GIL, the plots meanwhile.
+        texts = [chars] if cfg.tokenizer == "char" else []
+        if cfg.tokenizer.startswith("bpe"):
+            texts = clock("sample", lambda: list(_sample(cfg, tmp, counts)))
+        with ThreadPoolExecutor(1) as thread:
+            training = thread.submit(clock, "tokenizer", build_tokenizer, cfg.tokenizer, texts)
+            labels = {s: dict(c) for s, c in counts.labels.items()}
+            clock("plots", write_plots, tmp, counts.length_hist, labels, cfg.task)
+            tokenizer = training.result()
         tokenizer.save_pretrained(tmp / "tokenizer")
         tokens, top = clock("tokens", _second_pass, cfg, tmp, tokenizer, workers, progress)
         _encoder_cache.clear()
-        clock("plots", write_plots, tmp, counts.length_hist, {s: dict(c) for s, c in counts.labels.items()}, cfg.task)
         top_tokens = [[tokenizer.token_text(i), n] for i, n in top]
         manifest = build_manifest(cfg=cfg, name=name, files=files, content_hash=source_hash, counts=counts,
                                   bad_examples=stats.bad_examples, tokens=tokens, tokenizer=tokenizer,
@@ -155,65 +159,6 @@ def _source_hash(files: list[Path], cfg: DataConfig) -> str:
     return h.hexdigest()
 
 
-# -- workers ---------------------------------------------------------------------------------------
-
-
-def _worker_count(files: list[Path]) -> int:
-    env = os.environ.get("LLMKIT_DATA_WORKERS")
-    if env is not None and env.strip():
-        if not env.strip().isdigit():
-            raise UserError(f"LLMKIT_DATA_WORKERS = '{env}': use a whole number of processes (0 = none)")
-        return int(env)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cpus < 2 or sum(p.stat().st_size for p in files) < PARALLEL_MIN_BYTES:
-        return 0
-    return min(cpus, 4)
-
-
-class _Workers:
-    """An order-preserving map over worker processes with a bounded number of chunks in flight."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.pool = None
-        if n > 0:
-            # fork starts in milliseconds and does not re-import the caller's __main__ (spawn would,
-            # which breaks scripts without a main guard); the workers only compute.
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            self.pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(method))
-
-    def map(self, fn: Callable, jobs: Iterable) -> Iterator:
-        if self.pool is None:
-            yield from map(fn, jobs)
-            return
-        pending: deque = deque()
-        for job in jobs:
-            pending.append(self.pool.submit(fn, job))
-            if len(pending) > 2 * self.n:  # bounded: the input is never read far ahead of the output
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-    def __enter__(self) -> _Workers:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _chunks(items: Iterable, size_of: Callable[[Any], int]) -> Iterator[list]:
-    chunk, size = [], 0
-    for item in items:
-        chunk.append(item)
-        size += size_of(item)
-        if size >= CHUNK_CHARS or len(chunk) >= 4096:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
-
-
 # -- pass 1: clean, PII, dedupe, split -------------------------------------------------------------
 
 
@@ -230,7 +175,7 @@ def _raw_size(rec: dict[str, Any]) -> int:
     return len(rec["text"]) if "text" in rec else sum(len(m["content"] or "") for m in rec["messages"])
 
 
-def _first_pass(cfg: DataConfig, tmp: Path, workers: _Workers, progress) -> tuple[Counts, IngestStats, str]:
+def _first_pass(cfg: DataConfig, tmp: Path, workers: Workers, progress) -> tuple[Counts, IngestStats, str]:
     counts, stats = Counts(), IngestStats()
     exact_seen: set[bytes] = set()  # 16 bytes per unique record: grows with the records kept, see dedupe.py
     near = NearDuplicateIndex(cfg.near_threshold) if cfg.dedupe == "near" else None
@@ -243,7 +188,7 @@ def _first_pass(cfg: DataConfig, tmp: Path, workers: _Workers, progress) -> tupl
     try:
         raw = iter_records(cfg.inputs, task=cfg.task, text_field=cfg.text_field, label_field=cfg.label_field,
                            doc_split=cfg.doc_split, encoding=cfg.encoding, skip_bad=cfg.skip_bad, stats=stats)
-        jobs = ((opts, chunk) for chunk in _chunks(_units(cfg, raw), _raw_size))
+        jobs = ((opts, chunk) for chunk in chunks(_units(cfg, raw), _raw_size))
         for results in workers.map(clean_chunk, jobs):
             for status, pii, *kept in results:
                 counts.ingested += 1
@@ -312,22 +257,29 @@ def _sample(cfg: DataConfig, tmp: Path, counts: Counts) -> Iterator[str]:
 _encoder_cache: dict[str, FastEncoder] = {}
 
 
-def _encode_chunk(job: tuple[str, int, int, list[str]]) -> tuple[np.ndarray, int, int, np.ndarray]:
-    """JSON lines -> (ids with a separator before each text, records, texts, per-id counts)."""
-    tokenizer_json, sep_id, vocab_size, lines = job
+def _encode_chunk(job: tuple[str, int, int, str, int, int]) -> tuple[np.ndarray, int, int, np.ndarray]:
+    """Bytes start:end of a records file -> (ids with a separator before each text, records, texts, id counts).
+
+    The worker reads its lines itself: the parent only finds where chunks end, so it neither decodes
+    nor pickles the text.
+    """
+    tokenizer_json, sep_id, vocab_size, path, start, end = job
     encoder = _encoder_cache.get(tokenizer_json)
     if encoder is None:
         from tokenizers import Tokenizer
 
         _encoder_cache.clear()  # one tokenizer at a time: a long-lived process prepares many datasets
         encoder = _encoder_cache[tokenizer_json] = FastEncoder(Tokenizer.from_file(tokenizer_json), sep_id)
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        lines = fh.read(end - start).split(b"\n")[:-1]  # every line ends with "\n", never inside (JSON)
     texts = [t for line in lines for t in _texts(json.loads(line))]
     ids = encoder.encode(texts)
     dtype = np.uint16 if vocab_size < 2**16 else np.uint32
     return ids.astype(dtype), len(lines), len(texts), token_counts(ids, vocab_size)
 
 
-def _second_pass(cfg: DataConfig, tmp: Path, tokenizer, workers: _Workers, progress) -> tuple[dict, list]:
+def _second_pass(cfg: DataConfig, tmp: Path, tokenizer, workers: Workers, progress) -> tuple[dict, list]:
     vocab_size, sep = len(tokenizer), tokenizer.eos_token_id
     tokenizer_json = str(tmp / "tokenizer" / "tokenizer.json")
     tokens: dict[str, dict[str, int]] = {}
@@ -339,8 +291,9 @@ def _second_pass(cfg: DataConfig, tmp: Path, tokenizer, workers: _Workers, progr
     for split in SPLITS:
         path = tmp / "shards" / f"{split}.bin" if cfg.task == "lm" else None
         texts = 0
-        with ShardWriter(path, vocab_size, sep) as shard, open(tmp / "records" / f"{split}.jsonl", encoding="utf-8") as fh:
-            jobs = ((tokenizer_json, sep, vocab_size, chunk) for chunk in _chunks(fh, len))
+        records = str(tmp / "records" / f"{split}.jsonl")
+        with ShardWriter(path, vocab_size, sep) as shard:
+            jobs = ((tokenizer_json, sep, vocab_size, records, a, b) for a, b in byte_ranges(Path(records)))
             for ids, n_records, n_texts, counts in workers.map(_encode_chunk, jobs):
                 shard.add(ids, n_records, counts)
                 texts += n_texts

@@ -7,23 +7,19 @@ every `llmkit data prepare`; only reusing a model's tokenizer imports it.
 `<|endoftext|>` separates documents in token shards and doubles as bos: a document in training
 always follows one, so generation starts from the same state.
 
-`FastEncoder` gives the ids `Tokenizer.encode` would give for the tokenizers trained here, several
-times faster: it splits text into pre-tokens with Python's regex engines (the same pattern as the
-ByteLevel pre-tokenizer) and encodes each distinct pre-token once. Text is always treated as text:
-a literal "<|endoftext|>" inside a document is not turned into the separator token.
+`FastEncoder` (in `encoder.py`, importable from here too) gives the ids `Tokenizer.encode` would give
+for the tokenizers trained here, several times faster.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator
-from itertools import chain
 from pathlib import Path
 
-import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from llmkit.data.encoder import FastEncoder  # noqa: F401  (re-exported: it encodes with these tokenizers)
 from llmkit.errors import UserError
 
 EOT = "<|endoftext|>"
@@ -40,10 +36,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
-# GPT-2's pre-tokenizer pattern, as the ByteLevel pre-tokenizer uses it; the ASCII twin is for `re`,
-# which is about twice as fast as `regex` and agrees with it on ASCII text.
-_GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-_GPT2_ASCII = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""", re.ASCII)
 
 
 class LlmkitTokenizer:
@@ -198,121 +190,3 @@ def _batched(texts: Iterable[str], size: int = 256) -> Iterator[list[str]]:
             batch = []
     if batch:
         yield batch
-
-
-# -- fast encoding ---------------------------------------------------------------------------------
-
-
-class FastEncoder:
-    """Encodes documents to one flat id array, each document preceded by the separator id."""
-
-    MAX_CACHE = 500_000  # distinct pre-tokens remembered; the cache starts over beyond it
-
-    def __init__(self, backend: Tokenizer, sep_id: int):
-        self.backend = Tokenizer.from_str(backend.to_str())
-        self.backend.encode_special_tokens = True  # data text never becomes a control token
-        self.sep_id = sep_id
-        self.mode = _fast_mode(self.backend)
-        self._unicode = None
-        if self.mode == "bpe":
-            try:
-                import regex  # installed with transformers; without it non-ASCII text takes the slow path
-
-                self._unicode = regex.compile(_GPT2)
-            except ImportError:
-                pass
-        if self.mode == "char":
-            vocab = self.backend.get_vocab()
-            singles = {ord(t): i for t, i in vocab.items() if len(t) == 1}
-            self._table = np.full(max(singles, default=0) + 1, self.backend.token_to_id(UNK), dtype=np.int64)
-            self._table[list(singles)] = list(singles.values())
-            self._unk = self.backend.token_to_id(UNK)
-        self._reset()
-        self.verified = False
-
-    def _reset(self) -> None:
-        self._index: dict[str | None, int] = {None: 0}  # None stands for the document separator
-        self._flat: list[int] = [self.sep_id]
-        self._starts: list[int] = [0]
-        self._lens: list[int] = [1]
-        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        if not self.verified and texts:
-            self._verify(texts[:16])
-        if self.mode == "char":
-            return self._encode_chars(texts)
-        if self.mode is None:
-            return self._slow(texts)
-        return self._encode_pieces(texts)
-
-    def _slow(self, texts: list[str]) -> np.ndarray:
-        parts = []
-        for enc in self.backend.encode_batch(texts, add_special_tokens=False):
-            parts.append([self.sep_id])
-            parts.append(enc.ids)
-        return np.fromiter(chain.from_iterable(parts), dtype=np.int64)
-
-    def _verify(self, texts: list[str]) -> None:
-        # The fast path must agree with the tokenizer itself; if it ever does not, it is not used.
-        self.verified = True
-        if self.mode is not None and not np.array_equal(self.encode(texts), self._slow(texts)):
-            self.mode = None
-
-    def _encode_chars(self, texts: list[str]) -> np.ndarray:
-        parts = []
-        for text in texts:
-            cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
-            ids = np.full(len(cps) + 1, self._unk, dtype=np.int64)
-            known = cps < len(self._table)
-            ids[1:][known] = self._table[cps[known]]
-            ids[0] = self.sep_id
-            parts.append(ids)
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def _split(self, text: str) -> list[str] | None:
-        if text.isascii():
-            return _GPT2_ASCII.findall(text)
-        return self._unicode.findall(text) if self._unicode is not None else None
-
-    def _encode_pieces(self, texts: list[str]) -> np.ndarray:
-        pieces = [self._split(t) for t in texts]
-        if any(p is None for p in pieces):
-            return self._slow(texts)
-        missing = set().union(*pieces).difference(self._index)
-        if len(self._index) + len(missing) > self.MAX_CACHE:
-            self._reset()
-            missing = set().union(*pieces)
-        if missing or self._arrays is None:
-            self._learn(list(missing))
-        flat, starts, lens = self._arrays
-        keys = chain.from_iterable(chain((None,), p) for p in pieces)
-        idx = np.fromiter(map(self._index.__getitem__, keys), dtype=np.int64)
-        n = lens[idx]
-        ends = np.cumsum(n)
-        return flat[np.repeat(starts[idx] - (ends - n), n) + np.arange(ends[-1] if len(ends) else 0)]
-
-    def _learn(self, pieces: list[str]) -> None:
-        for piece, enc in zip(pieces, self.backend.encode_batch(pieces, add_special_tokens=False), strict=True):
-            self._index[piece] = len(self._starts)
-            self._starts.append(len(self._flat))
-            self._lens.append(len(enc.ids))
-            self._flat.extend(enc.ids)
-        self._arrays = (np.asarray(self._flat, dtype=np.int64), np.asarray(self._starts, dtype=np.int64),
-                        np.asarray(self._lens, dtype=np.int64))
-
-
-def _fast_mode(backend: Tokenizer) -> str | None:
-    """'bpe' or 'char' when the tokenizer is one this module trains (so FastEncoder knows its rules)."""
-    spec = json.loads(backend.to_str())
-    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
-    if spec.get("normalizer") is not None:
-        return None
-    if (model.get("type") == "BPE" and not model.get("dropout") and not model.get("continuing_subword_prefix")
-            and not model.get("end_of_word_suffix") and pre.get("type") == "ByteLevel"
-            and pre.get("use_regex", True) and not pre.get("add_prefix_space")):
-        return "bpe"
-    if (model.get("type") == "WordLevel" and pre.get("type") == "Split"
-            and pre.get("pattern") == {"Regex": r"[\s\S]"} and pre.get("behavior") == "Isolated"):
-        return "char"
-    return None
