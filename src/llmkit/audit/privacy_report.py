@@ -97,7 +97,9 @@ def html_report(report: PrivacyReport) -> str:
             f"<td>{r['repeats'] or 'never'}</td><td>{r['rank']}</td><td>{r['exposure']:.2f}</td></tr>"
             for r in c["planted"] + c["references"])
         canary_html = (f"<p>Each true secret ranked among {c['candidates']} random ones by the model's likelihood; exposure = "
-                       f"log2(candidates + 1) - log2(rank). A secret the model never saw scores about 1 bit.</p>"
+                       f"log2(candidates + 1) - log2(rank). A secret the model never saw scores about 1 bit on average; the "
+                       f"never-planted references show the spread (letter secrets that happen to read like words score "
+                       f"higher in a model of text).</p>"
                        f'<img alt="exposure against times planted" src="data:image/png;base64,{exposure_png(report)}">'
                        f"<table><tr><th>secret</th><th>planted</th><th>rank</th><th>exposure (bits)</th></tr>{rows}</table>")
     else:
@@ -115,12 +117,12 @@ p.ok{{color:#070}}.warn{{color:#a60}}mark{{background:#fe9}}</style></head><body
 <p>{pii['with_pii']} generations ({pii['rate']:.3f}) hold PII; {pii['in_training']} of {pii['matches']} matches occur in the
 train records. {pii['tokens_each']} tokens each at temperature {pii['temperature']}.</p>
 <table><tr><th>type</th><th>matches</th><th>in training data</th></tr>{pii_rows}</table>
-<table><tr><th>type</th><th>match</th><th>in training</th><th>context</th></tr>{pii_examples}</table>
+{f"<table><tr><th>type</th><th>match</th><th>in training</th><th>context</th></tr>{pii_examples}</table>" if pii_examples else ""}
 <h2>Memorization</h2>
 <p>{mem['prefix_tokens']} tokens of a record as the prompt; extracted = greedy decoding reproduces the next
 {mem['suffix_tokens']} verbatim. Held out ({esc(mem['heldout_split'])}) is the baseline.</p>
 <table><tr><th>split</th><th>windows</th><th>extracted</th><th>rate</th><th>mean share matched</th></tr>{mem_rows}</table>
-<table><tr><th>prompt (training text)</th><th>continuation reproduced</th></tr>{mem_examples}</table>
+{f"<table><tr><th>prompt (training text)</th><th>continuation reproduced</th></tr>{mem_examples}</table>" if mem_examples else ""}
 <h2>Canaries</h2>{canary_html}
 </body></html>
 """
