@@ -41,8 +41,16 @@ class GenerationResult:
 
 @dataclass
 class HFState:
-    cache: object  # the model's own past_key_values
+    cache: object  # the model's own KV cache object
     length: int
+
+
+def cache_key(model) -> str:
+    """The forward argument (and output field) of the KV cache: transformers 5 renamed past_key_values
+    to cache (the old name warns and goes in 5.40); older releases know only the old one."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class HFDecoder:
@@ -51,14 +59,15 @@ class HFDecoder:
     def __init__(self, model):
         self.model = model
         self.max_len = getattr(model.config, "max_position_embeddings", None)
+        self.key = cache_key(model)
 
     @torch.inference_mode()
     def prefill(self, ids: list[int], state: HFState | None = None, capacity: int | None = None):
         device = next(self.model.parameters()).device
         past = state.cache if state else None
-        out = self.model(input_ids=torch.tensor([ids], device=device), past_key_values=past, use_cache=True)
+        out = self.model(input_ids=torch.tensor([ids], device=device), use_cache=True, **{self.key: past})
         length = (state.length if state else 0) + len(ids)
-        return HFState(out.past_key_values, length), out.logits[0, -1]
+        return HFState(out[self.key], length), out.logits[0, -1]
 
     @torch.inference_mode()
     def step(self, states: list[HFState], token_ids: list[int]) -> torch.Tensor:
@@ -66,8 +75,8 @@ class HFDecoder:
         logits = []
         for s, tok in zip(states, token_ids, strict=True):
             ids = torch.tensor([[tok]], device=device)
-            out = self.model(input_ids=ids, past_key_values=s.cache, use_cache=True)
-            s.cache, s.length = out.past_key_values, s.length + 1
+            out = self.model(input_ids=ids, use_cache=True, **{self.key: s.cache})
+            s.cache, s.length = out[self.key], s.length + 1
             logits.append(out.logits[0, -1])
         return torch.stack(logits)  # (B, vocab)
 

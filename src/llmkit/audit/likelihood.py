@@ -3,9 +3,9 @@ of equal-length prompts generated together."""
 
 from __future__ import annotations
 
-import inspect
-
 import torch
+
+from llmkit.generate import cache_key
 
 
 def token_log_probs(lm, tokenizer, texts: list[str], batch_size: int = 256) -> list[list[tuple[int, int, float]]]:
@@ -41,8 +41,7 @@ def sequence_log_likelihoods(lm, tokenizer, texts: list[str], batch_size: int = 
 
 def continue_batch(lm, prompts: torch.Tensor, new_tokens: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
     """[B, P] equal-length prompts -> [B, new_tokens] continuations (greedy at temperature 0), KV-cached."""
-    # transformers 5 renamed past_key_values to cache (the old name warns); older releases know only the old one.
-    key = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    key = cache_key(lm)
     with torch.no_grad():
         out = lm(input_ids=prompts, use_cache=True)
         cache, logits = out[key], out.logits[:, -1].float()  # [B, V]
