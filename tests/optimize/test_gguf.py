@@ -121,3 +121,35 @@ def test_llama_cpp_greedy_output_equals_pytorch_over_128_tokens(ws, bpe_model, q
     ours = list(generate_ids(lm, prompt, max_new_tokens=128, temperature=0))
     theirs = greedy(_llama(bpe_model, quant, ws), prompt, 128)
     assert len(ours) == 128 and theirs == ours
+
+
+def test_llama_cpp_batch_decodes_many_sequences_like_one_at_a_time(ws, bpe_model):
+    """LlamaCppBatch (serving): 24 prompts of different lengths share one context; their prefill spans
+    several decodes (over 512 tokens in all), slots are reused after release, and every sequence's greedy
+    continuation equals the one-sequence backend's."""
+    from llmkit.generate import encode_prompt
+    from llmkit.models.io import load_tokenizer_for, resolve_model
+    from llmkit.optimize.llama_cpp_backend import LlamaCppBatch, greedy
+
+    single = _llama(bpe_model, "f32", ws)
+    model = resolve_model(f"{bpe_model.name}-f32", Registry.for_workspace(ws.root))
+    tok = load_tokenizer_for(bpe_model)
+    words = TEXT.split()
+    prompts = [encode_prompt(tok, " ".join(words[: 3 + i % 12]) + "\n" * (i % 3)) for i in range(24)]
+    assert sum(map(len, prompts)) > 512
+    expected = [greedy(single, p, 12) for p in prompts]
+    batch = LlamaCppBatch(model, max_batch=16)
+    try:
+        for first, half in ((0, prompts[:16]), (16, prompts[16:])):  # the second round reuses released ids
+            states, logits = batch.prefill_many(half, [len(p) + 12 for p in half])
+            out = [[int(t)] for t in logits.argmax(-1)]
+            for _ in range(11):
+                logits = batch.step(states, [o[-1] for o in out])
+                for o, row in zip(out, logits, strict=True):
+                    o.append(int(row.argmax()))
+            assert out == expected[first: first + len(half)]
+            for state in states:
+                batch.release(state)
+        assert sorted(batch.free) == list(range(16))
+    finally:
+        batch.close()

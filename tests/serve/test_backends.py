@@ -1,4 +1,5 @@
-"""The llama.cpp and ONNX backends behind the same API: a batch of one per worker, requests queued."""
+"""The llama.cpp and ONNX backends behind the same API: llama.cpp batches the running requests in one
+context (sequence ids), ONNX runs a batch of one per worker with requests queued."""
 
 from __future__ import annotations
 
@@ -28,19 +29,32 @@ def _greedy(url: str, model: str, prompt: str) -> str:
     return client.completions.create(model=model, prompt=prompt, max_tokens=20, temperature=0).choices[0].text
 
 
+def _metric(url: str, series: str) -> float:
+    for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt, backend", [("gguf", "llama.cpp"), ("onnx", "onnx")])
-def test_exported_model_serves_like_torch(lm_workspace, serve_lm, server, fmt, backend):
+@pytest.mark.parametrize("fmt, backend, workers", [("gguf", "llama.cpp", 1), ("onnx", "onnx", 2)])
+def test_exported_model_serves_like_torch(lm_workspace, serve_lm, server, fmt, backend, workers):
     name = _export(lm_workspace, serve_lm, fmt)
-    running, _ = start_server(lm_workspace, [name], ui=False, workers=2)
+    running, _ = start_server(lm_workspace, [name], ui=False, workers=workers)
     try:
         card = requests.get(running.url + "/v1/models", timeout=10).json()["data"][0]
         assert (card["id"], card["backend"], card["kind"]) == (name, backend, "causal")
-        prompts = ["ROMEO:\n", "KING:\n", "First Citizen:\n", "JULIET:\n"]
+        prompts = ["ROMEO:\n", "KING:\n", "First Citizen:\n", "JULIET:\n", "QUEEN:\n", "BRUTUS:\n", "ALL:\n", "MENENIUS:\n"]
         expected = [_greedy(server.base_url, "tiny-lm", p) for p in prompts]
-        with cf.ThreadPoolExecutor(4) as pool:  # more requests than workers: they queue
+        with cf.ThreadPoolExecutor(len(prompts)) as pool:  # more requests than workers
             got = list(pool.map(lambda p: _greedy(running.url, name, p), prompts))
         assert got == expected
+        steps = _metric(running.url, f'llmkit_batch_size_count{{model="{name}"}}')
+        seqs = _metric(running.url, f'llmkit_batch_size_sum{{model="{name}"}}')
+        if backend == "llama.cpp":  # one context, many sequences: concurrent requests share decode steps
+            assert seqs / steps > 1.5, f"llama.cpp did not batch: {seqs} sequence-steps in {steps} steps"
+        else:
+            assert seqs == steps  # a batch of one
     finally:
         running.stop()
 

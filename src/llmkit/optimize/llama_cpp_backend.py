@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,103 @@ class LlamaCppBackend:
     def step(self, state, token: int) -> torch.Tensor:
         self.llm.eval([token])
         return self._last_logits()
+
+
+@dataclass
+class SeqState:
+    seq: int     # llama.cpp sequence id: the sequence's slot in the shared KV cache
+    length: int  # tokens in its cache, the position of the next one
+
+
+class LlamaCppBatch:
+    """Many sequences in one llama.cpp context, for serving: a KV cache of `max_batch` sequences of up
+    to the model's context each, one `llama_decode` per step for the whole running batch (each token
+    tagged with its sequence id and position), and new prompts packed into shared decodes. Greedy
+    decoding here gives the same tokens as one sequence at a time (tested)."""
+
+    name = "llama.cpp"
+
+    def __init__(self, model: Model, max_batch: int, threads: int = 0):
+        import llama_cpp
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        config = json.loads((model.path / "config.json").read_text())
+        self.max_len, self.vocab_size, self.max_batch = config["max_position_embeddings"], config["vocab_size"], max_batch
+        self._lib = llama_cpp
+        self.llm = open_llama(gguf_file(model), 16)  # the weights; its own small context stays unused
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = self.max_len * max_batch
+        params.n_seq_max = max_batch
+        params.n_batch = max(512, self.max_len)  # a whole prompt fits one decode
+        params.n_ubatch = min(512, params.n_batch)
+        params.n_threads = params.n_threads_batch = threads or torch.get_num_threads()
+        params.no_perf = True
+        with suppress_stdout_stderr(disable=False):
+            self.ctx = llama_cpp.llama_init_from_model(self.llm.model, params)
+        if not self.ctx:
+            raise UserError(f"llama.cpp could not make a context for {max_batch} sequences of {self.max_len} tokens; "
+                            "lower --max-batch")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_batch = params.n_batch
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.free = list(range(max_batch))  # a heap of free sequence ids
+
+    def close(self) -> None:
+        if getattr(self, "ctx", None):
+            self._lib.llama_batch_free(self.batch)
+            self._lib.llama_free(self.ctx)
+            self.ctx = None
+
+    __del__ = close
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> list[torch.Tensor]:
+        """One llama_decode of (token, position, sequence, wants logits) entries; the logits asked for."""
+        b = self.batch
+        b.n_tokens = len(entries)
+        for i, (token, pos, seq, wants) in enumerate(entries):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, wants
+            b.seq_id[i][0] = seq
+        if self._lib.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama_decode failed (KV cache full?)")
+        return [torch.from_numpy(np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self.ctx, i), shape=(self.vocab_size,)).copy())
+                for i, (*_, wants) in enumerate(entries) if wants]
+
+    def prefill_many(self, prompts: list[list[int]], capacities: list[int]) -> tuple[list[SeqState], torch.Tensor]:
+        states = [SeqState(heapq.heappop(self.free), 0) for _ in prompts]
+        try:
+            logits: list[torch.Tensor] = []
+            entries: list[tuple[int, int, int, bool]] = []
+            for state, ids in zip(states, prompts, strict=True):
+                self._lib.llama_memory_seq_rm(self.memory, state.seq, -1, -1)
+                for pos, token in enumerate(ids):
+                    entries.append((token, pos, state.seq, pos == len(ids) - 1))
+                    if len(entries) == self.n_batch:
+                        logits += self._decode(entries)
+                        entries = []
+                state.length = len(ids)
+            if entries:
+                logits += self._decode(entries)
+        except BaseException:
+            for state in states:
+                self.release(state)
+            raise
+        return states, torch.stack(logits)  # (B, vocab)
+
+    def prefill(self, ids: list[int], capacity: int) -> tuple[SeqState, torch.Tensor]:
+        states, logits = self.prefill_many([ids], [capacity])
+        return states[0], logits[0]
+
+    def step(self, states: list[SeqState], tokens: list[int]) -> torch.Tensor:
+        logits = self._decode([(tok, s.length, s.seq, True) for s, tok in zip(states, tokens, strict=True)])
+        for s in states:
+            s.length += 1
+        return torch.stack(logits)  # (B, vocab)
+
+    def release(self, state: SeqState | None) -> None:
+        if state is not None and state.seq >= 0:
+            self._lib.llama_memory_seq_rm(self.memory, state.seq, -1, -1)
+            heapq.heappush(self.free, state.seq)
+            state.seq = -1  # released once
 
 
 def greedy(backend: LlamaCppBackend, ids: list[int], new_tokens: int, eos: set[int] | None = None) -> list[int]:

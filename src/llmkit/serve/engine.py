@@ -7,8 +7,9 @@ Every step advances all running sequences by one token in one batched forward
 (`generate.get_decoder(model).step(states, tokens)`: projections and MLP batched, attention per
 sequence, so there is no padding to mask). Sampling and stop handling are per request.
 
-Backends that hold one sequence per instance (llama.cpp's context, ONNX without a KV cache) run with
-a batch of one per worker and as many workers as instances; requests queue in between.
+llama.cpp batches the same way: one context holds every running sequence under its own sequence id
+(`optimize.llama_cpp_backend.LlamaCppBatch`), one decode per step. ONNX (no KV cache) holds one
+sequence per instance: a batch of one per worker, as many workers as instances; requests queue.
 
 The scheduler runs in threads because the forward releases the GIL and must not block the event
 loop; results go back to each request's asyncio.Queue with call_soon_threadsafe.
@@ -157,6 +158,14 @@ def torch_decoder(lm, max_batch: int) -> Decoder:
             raise
 
     return Decoder(prefill, dec.step, max_batch, dec.max_len, release, prefill_many)
+
+
+def llama_cpp_decoder(model, max_batch: int) -> Decoder:
+    """A GGUF export on llama.cpp, the running batch in one context (`LlamaCppBatch`)."""
+    from llmkit.optimize.llama_cpp_backend import LlamaCppBatch
+
+    batch = LlamaCppBatch(model, max_batch)
+    return Decoder(batch.prefill, batch.step, max_batch, batch.max_len, batch.release, batch.prefill_many)
 
 
 def single_decoder(backend) -> Decoder:

@@ -14,7 +14,7 @@ import torch
 from llmkit.config import ServeConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, adapter_base, is_adapter, resolve_model
-from llmkit.serve.engine import Engine, single_decoder, torch_decoder
+from llmkit.serve.engine import Engine, llama_cpp_decoder, single_decoder, torch_decoder
 
 
 @dataclass
@@ -93,6 +93,12 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None, on_done=None
         workers = cfg.workers or (2 if cpu_cores() >= 2 else 1)
         decoders = [torch_decoder(lm, cfg.max_batch) for _ in range(workers)]
         eos = {lm.config.eos_token_id} if isinstance(lm.config.eos_token_id, int) else set(lm.config.eos_token_id or [])
+    elif backend == "llama.cpp":
+        # One context holds the whole running batch (a sequence id per request): one decode per step.
+        tok = load_tokenizer_for(model)
+        decoders = [llama_cpp_decoder(model, cfg.max_batch) for _ in range(cfg.workers or 1)]
+        config = json.loads((model.path / "config.json").read_text())
+        eos = {config["eos_token_id"]} if isinstance(config.get("eos_token_id"), int) else set(config.get("eos_token_id") or [])
     else:
         from llmkit.eval.speed import load_backend
 
