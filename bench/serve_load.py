@@ -2,7 +2,7 @@
 
 Trains the micro preset (~11 M parameters, byte-level BPE 2,048, context 256) on tiny shakespeare
 for a few steps and exports it to GGUF q8_0, then for each backend (torch: continuous batching;
-llama.cpp: one sequence per worker) starts `llmkit serve` as its own process and sends streaming
+llama.cpp: continuous batching in one context) starts `llmkit serve` as its own process and sends streaming
 chat requests (prompt ~40 tokens, max_tokens 64, temperature 1, seeded) from client threads:
 
 - sequential: the same kind of requests, one at a time (the baseline);

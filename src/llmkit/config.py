@@ -234,10 +234,11 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port)")
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys clients must send (none = open)")
     api_keys_file: str | None = Field(None, description="file with one API key per line (# comments allowed)")
-    max_batch: int = Field(16, ge=1, le=512, description="sequences decoded together per step (torch backend)")
+    max_batch: int = Field(16, ge=1, le=512, description="sequences decoded together per step (torch and llama.cpp backends)")
     max_queue: int = Field(256, ge=1, description="requests waiting beyond the batch; more get 429")
     workers: int = Field(0, ge=0, le=64, description="decode workers per model: torch batches decoded in parallel (sharing "
-                         "the weights), llama.cpp / ONNX instances of one sequence each; 0 = 2 for torch on 2+ cores, else 1")
+                         "the weights), llama.cpp contexts of --max-batch sequences each, ONNX instances of one sequence each; "
+                         "0 = 2 for torch on 2+ cores, else 1")
     threads: int = Field(0, ge=0, description="compute threads per worker (0 = (cores - 1) / 2, at least 1: one core stays for HTTP)")
     max_tokens: int = Field(2048, ge=1, description="the most tokens one request may ask for")
     timeout: float = Field(300.0, gt=0.0, description="seconds a request may take, queueing included")
