@@ -7,6 +7,7 @@ one) and skip, saying so, when it is unset. Each test gets a database of its own
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -109,6 +110,7 @@ def train_char_lm(root: Path, name: str, text: str, model: dict, data: dict | No
     lines) and a model `name` pretrained on it: for tests that need a model which learnt something chosen."""
     from llmkit.train import pretrain
 
+    root.mkdir(parents=True, exist_ok=True)
     (root / f"{name}.txt").write_text(text)
     ws = Workspace.open(root)
     registry = Registry.for_workspace(ws.root)
@@ -182,3 +184,34 @@ def sms_classifier(lm_workspace: Path, sms_data: str):
     ws = Workspace.open(lm_workspace)
     return classify(ClassifyConfig(base="minilm-l6", data=sms_data, name="sms-clf", epochs=2, batch_size=16, lr=1e-4,
                                    max_length=48, seed=1), ws, Registry.for_workspace(ws.root))
+
+
+# -- a real browser (the web UI tests, the HTML reports) -------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium, apt-installed (as root, or with passwordless sudo) when it is missing."""
+    if not CHROMIUM.exists():
+        install = "apt-get update && apt-get install -y --no-install-recommends chromium"
+        if os.geteuid() == 0:
+            command = ["sh", "-c", install]
+        elif shutil.which("sudo"):
+            command = ["sudo", "-n", "sh", "-c", install]
+        else:
+            pytest.skip(f"{CHROMIUM} is missing and we are neither root nor able to sudo to apt-get install chromium")
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0 or not CHROMIUM.exists():
+            pytest.skip(f"{CHROMIUM} is missing and 'apt-get install chromium' failed: {proc.stderr.strip()[-300:]}")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def browser(chromium: Path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium),
+                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield browser
+        browser.close()

@@ -7,9 +7,6 @@ with its bundled driver, so nothing is downloaded. Screenshots go to tests/artif
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,36 +16,8 @@ from llmkit.config import EvalConfig
 from llmkit.eval import evaluate
 from llmkit.workspace import Workspace
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TIMEOUT_MS = 30_000
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Path:
-    """Debian's Chromium, apt-installed (as root, or with passwordless sudo) when it is missing."""
-    if not CHROMIUM.exists():
-        install = "apt-get update && apt-get install -y --no-install-recommends chromium"
-        if os.geteuid() == 0:
-            command = ["sh", "-c", install]
-        elif shutil.which("sudo"):
-            command = ["sudo", "-n", "sh", "-c", install]
-        else:
-            pytest.skip(f"{CHROMIUM} is missing and we are neither root nor able to sudo to apt-get install chromium")
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0 or not CHROMIUM.exists():
-            pytest.skip(f"{CHROMIUM} is missing and 'apt-get install chromium' failed: {proc.stderr.strip()[-300:]}")
-    return CHROMIUM
-
-
-@pytest.fixture(scope="session")
-def browser(chromium: Path):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium),
-                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield browser
-        browser.close()
 
 
 class Watched:

@@ -303,7 +303,7 @@ sentiment: spread &gt; {t['sentiment']}) and p &lt; {t['alpha']}.</p>
 <th>verdict</th></tr>{pair_rows}</table>
 <h3>Pairs the model leans to most</h3><table><tr><th>group</th><th>stereotyped</th><th>other</th><th>log-likelihood gap</th></tr>{worst}</table>
 <h2>Sentiment of completions</h2>{''.join(sections)}
-<h3>Completions with sentiment words</h3><table><tr><th>group</th><th>prompt</th><th>completion</th><th>positive</th>
-<th>negative</th></tr>{examples}</table>
+<h3>Completions with sentiment words</h3>{f"<table><tr><th>group</th><th>prompt</th><th>completion</th><th>positive</th>"
+f"<th>negative</th></tr>{examples}</table>" if examples else "<p>No completion held a word of either lexicon.</p>"}
 </body></html>
 """
