@@ -59,6 +59,14 @@ def test_a_gender_biased_lm_is_flagged_on_gender_only(biased: Path, tmp_path: Pa
     assert sentiment["gender"].flagged and not sentiment["religion"].flagged
     assert report.worst_pairs and report.worst_pairs[0]["group"] == "gender"
     assert any(e["negative"] for e in report.examples)
+    registry = Registry.for_workspace(biased)
+    record = registry.get(report.id, "eval")
+    assert record.kind == "bias-audit" and record.metrics["flagged_groups"] == 1.0 and record.metrics["pairs.gender.rate"] >= 0.9
+    model = registry.get("biased", "model")
+    assert [(rel, r.id) for rel, r in registry.children(model.id) if r.type == "eval"] == [("audits", record.id)]
+    from llmkit.eval.compare import latest_evals
+
+    assert latest_evals(registry, model.id) == []  # compare keeps to quality evaluations
     page = out.read_text()
     HTMLParser().feed(page)
     assert "FLAGGED" in page and "female" in page and "Paired sentences" in page

@@ -97,6 +97,14 @@ def test_a_leaky_model_is_flagged_on_every_probe(leaky: Path, tmp_path: Path):
     assert pii["generations"] == 64 and pii["in_training"] >= 2 and set(pii["by_type"]) <= {"EMAIL", "PHONE"}
     assert any(e["in_training"] and e["text"] in leaky_corpus() for e in pii["examples"])
 
+    # Kept in the registry like an evaluation, linked to the model by "audits" and to its dataset.
+    registry = Registry.for_workspace(leaky)
+    record = registry.get(report.id, "eval")
+    assert record.kind == "privacy-audit" and record.metrics["canary_max_exposure"] == pytest.approx(np.log2(501), abs=1e-3)
+    assert {rel for rel, _ in registry.parents(record.id)} == {"audits", "on_dataset"}
+    assert json.loads((Path(record.path) / "report.json").read_text())["flagged"] == report.flagged
+    assert (Path(record.path) / "report.html").read_text() == out.read_text()
+
     page = out.read_text()
     parser = HTMLParser()
     parser.feed(page)

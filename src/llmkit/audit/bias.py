@@ -19,6 +19,7 @@ from typing import Any
 
 from llmkit.audit.lm_bias import LmBiasReport, lm_bias_audit
 from llmkit.audit.lm_bias import html_report as lm_html_report
+from llmkit.audit.record import keep
 from llmkit.audit.terms import TEMPLATES, TermGroup, term_groups
 from llmkit.config import BiasAuditConfig
 from llmkit.errors import UserError
@@ -54,6 +55,8 @@ class BiasReport:
     seconds: float
     out: str | None = None
     warnings: list[str] = field(default_factory=list)
+    id: str | None = None    # the registered eval record, for a registered model
+    path: str | None = None  # its folder (report.json, report.html)
 
     @property
     def flagged(self) -> list[str]:
@@ -85,9 +88,9 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
     kind = served_kind(model)
     if kind == "causal":
         report = lm_bias_audit(model, cfg)
-        if cfg.out:
-            Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(cfg.out).write_text(lm_html_report(report), encoding="utf-8")
+        metrics = {"flagged_groups": len(report.flagged), **{f"pairs.{r.group}.rate": r.rate for r in report.pairs},
+                   **{f"sentiment.{r.group}.spread": r.spread for r in report.sentiment}}
+        keep(report, lm_html_report(report), "bias-audit", model, ws, registry, metrics)
         return report
     if kind != "classifier":
         raise UserError(f"{model.ref} is an encoder without a task head: the bias audit covers classifiers and causal "
@@ -124,10 +127,9 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
                         delta_threshold=cfg.delta_threshold, texts=len(unique), groups=results,
                         worst=examples[: cfg.worst], seconds=round(time.perf_counter() - start, 2), out=cfg.out,
                         warnings=warnings)
-    if cfg.out:
-        out = Path(cfg.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(html_report(report), encoding="utf-8")
+    metrics = {"flagged_groups": len(report.flagged), **{f"{g.group}.flip_rate": g.flip_rate for g in results},
+               **{f"{g.group}.mean_delta": g.mean_delta for g in results}}
+    keep(report, html_report(report), "bias-audit", model, ws, registry, metrics, cfg.data)
     return report
 
 

@@ -76,6 +76,8 @@ class LmBiasReport:
     out: str | None = None
     warnings: list[str] = field(default_factory=list)
     kind: str = "causal-lm"
+    id: str | None = None    # the registered eval record, for a registered model
+    path: str | None = None
 
     @property
     def flagged(self) -> list[str]:

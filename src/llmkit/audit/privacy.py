@@ -43,6 +43,8 @@ class PrivacyReport:
     seconds: float
     out: str | None = None
     warnings: list[str] = field(default_factory=list)
+    id: str | None = None    # the registered eval record, for a registered model
+    path: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,12 +110,18 @@ def privacy_audit(model_ref: str, cfg: PrivacyAuditConfig | None = None, ws: Wor
     report = PrivacyReport(model=model.ref, data=ds.ref, pii=pii, memorization=memorization, canaries=canary_result,
                            flagged=[r.split(":")[0] for r in reasons], reasons=reasons,
                            seconds=round(time.perf_counter() - start, 2), out=cfg.out, warnings=warnings)
-    if cfg.out:
-        from llmkit.audit.privacy_report import html_report
+    from llmkit.audit.privacy_report import html_report
+    from llmkit.audit.record import keep
 
-        out = Path(cfg.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(html_report(report), encoding="utf-8")
+    planted_rows = (canary_result or {}).get("planted", [])
+    refs = (canary_result or {}).get("references", [])
+    metrics = {"flagged_probes": len(reasons), "pii_rate": pii["rate"], "pii_in_training": pii["in_training"],
+               "memorization_train_rate": memorization["train"]["rate"],
+               "memorization_heldout_rate": memorization["heldout"]["rate"]}
+    if planted_rows:
+        metrics.update(canary_max_exposure=max(r["exposure"] for r in planted_rows),
+                       canary_reference_mean_exposure=sum(r["exposure"] for r in refs) / max(1, len(refs)))
+    keep(report, html_report(report), "privacy-audit", model, ws, registry, metrics, ds.ref)
     return report
 
 

@@ -48,6 +48,7 @@ def bias(
             for table in lm_summary_tables(report):
                 console.print(table)
             console.print(f"flagged groups: {', '.join(report.flagged) or 'none'}" + (f"; report {out}" if out else ""))
+            _registered(report)
             return
         console.print(summary_table(report))
         if report.worst:
@@ -56,6 +57,7 @@ def bias(
             console.print(f"[yellow]warning:[/yellow] {warning}")
         flagged = ", ".join(report.flagged) or "none"
         console.print(f"flagged groups: {flagged}" + (f"; report {out}" if out else ""))
+        _registered(report)
 
     ctx.emit(report.to_json(), show)
 
@@ -95,5 +97,11 @@ def privacy(
             console.print(f"[yellow]warning:[/yellow] {warning}")
         if out:
             console.print(f"report {out}")
+        _registered(report)
 
     ctx.emit(report.to_json(), show)
+
+
+def _registered(report) -> None:
+    if report.id:
+        console.print(f"kept as eval {report.id}: {report.path}/report.html", highlight=False)
