@@ -3,11 +3,10 @@ canary exposure plot (exposure against times planted) embedded as a PNG."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 
 from llmkit.audit.privacy import PrivacyReport
+from llmkit.eval.report import figure_base64
 
 
 def summary_table(report: PrivacyReport):
@@ -71,10 +70,7 @@ def exposure_png(report: PrivacyReport) -> str:
     ax.set_ylim(0, top + 0.8)
     ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return figure_base64(fig)
 
 
 def html_report(report: PrivacyReport) -> str:

@@ -43,6 +43,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def figure_base64(fig, dpi: int = 90) -> str:
+    """A matplotlib figure as base64 PNG, for embedding in a self-contained page; closes the figure."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def render_html(report: Report) -> str:
     esc = html.escape
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in report.metrics.items())

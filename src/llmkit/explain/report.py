@@ -3,13 +3,12 @@ file (inline CSS, the attention heat map as an embedded PNG) and JSON (Explanati
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
 from rich.text import Text
 
+from llmkit.eval.report import figure_base64
 from llmkit.explain import Explanation
 
 
@@ -69,10 +68,7 @@ def _attention_png(exp: Explanation) -> str:
         ax.set_xlabel("attended token")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return figure_base64(fig)
 
 
 def html_report(exp: Explanation) -> str:
