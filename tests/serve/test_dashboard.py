@@ -95,7 +95,20 @@ def test_model_detail_has_lineage_and_evaluations(client, tiny_model, evaluated)
     assert mine["kind"] == "causal-lm" and mine["metrics"]["perplexity"] > 1
     created = [e["created_at"] for e in body["evals"]]
     assert created == sorted(created, reverse=True)
-    assert all(link["relation"] != "evaluates" for link in body["children"])
+    assert all(link["relation"] not in ("evaluates", "audits") for link in body["children"])
+
+
+def test_model_detail_lists_audits_with_their_reports(client, lm_workspace, registry, tiny_model):
+    from llmkit.audit.bias import bias_audit
+    from llmkit.config import BiasAuditConfig
+
+    report = bias_audit(tiny_model.id, BiasAuditConfig(groups=["gender"], samples=2), Workspace.open(lm_workspace), registry)
+    body = client.get(f"/api/models/{tiny_model.id}").json()
+    audit = next(a for a in body["audits"] if a["id"] == report.id)
+    assert audit["kind"] == "bias-audit" and audit["metrics"]["flagged_groups"] == 0
+    assert all(e["kind"] not in ("bias-audit", "privacy-audit") for e in body["evals"])
+    page = client.get(f"/api/evals/{report.id}/report")
+    assert page.status_code == 200 and "Bias audit" in page.text
 
 
 def test_eval_report_is_served_as_html(client, evaluated):

@@ -205,6 +205,10 @@ def test_dashboard_shows_models_runs_loss_chart_and_model_detail(watched, server
     run = dict(registry.parents(model.id))["produced_by"]
     report = evaluate(model.id, EvalConfig(data="tiny", split="val", max_examples=10), Workspace.open(server.workspace),
                       registry)
+    from llmkit.audit.bias import bias_audit
+    from llmkit.config import BiasAuditConfig
+
+    audit = bias_audit(model.id, BiasAuditConfig(groups=["gender"], samples=1), Workspace.open(server.workspace), registry)
 
     page = watched.page
     page.goto(server.base_url + "/")
@@ -243,6 +247,9 @@ def test_dashboard_shows_models_runs_loss_chart_and_model_detail(watched, server
     assert href == f"/api/evals/{report.id}/report"
     served = page.request.get(server.base_url + href)
     assert served.ok and served.headers["content-type"].startswith("text/html") and "perplexity" in served.text()
+    audits = detail.get_by_test_id("audits")
+    assert "bias-audit" in audits.inner_text() and "nothing flagged" in audits.inner_text()
+    assert audits.get_by_test_id("eval-report-link").get_attribute("href") == f"/api/evals/{audit.id}/report"
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     watched.check_clean()
 

@@ -83,6 +83,7 @@ class ModelDetail(BaseModel):
     parents: list[Link]
     children: list[Link]
     evals: list[RecordOut]  # newest first
+    audits: list[RecordOut] = []  # bias and privacy audits, newest first
     compression: list[CompressionTable]
 
 
@@ -127,13 +128,15 @@ def model_detail(ref: str, request: Request) -> ModelDetail:
     parents = registry.parents(model.id)
     children = registry.children(model.id)
     evals = sorted((r for rel, r in children if rel == "evaluates" and r.type == "eval"), key=lambda r: -r.created_at)
+    audits = sorted((r for rel, r in children if rel == "audits" and r.type == "eval"), key=lambda r: -r.created_at)
     tables = [_compression(registry, parent, model, rel) for rel, parent in parents if rel in COMPRESSION_RELATIONS]
     tables += [_compression(registry, model, child, rel) for rel, child in children if rel in COMPRESSION_RELATIONS]
     return ModelDetail(
         record=_out(model),
         parents=[Link(relation=rel, record=_out(r)) for rel, r in parents],
-        children=[Link(relation=rel, record=_out(r)) for rel, r in children if rel != "evaluates"],
+        children=[Link(relation=rel, record=_out(r)) for rel, r in children if rel not in ("evaluates", "audits")],
         evals=[_out(r) for r in evals],
+        audits=[_out(r) for r in audits],
         compression=[t for t in tables if t is not None],
     )
 

@@ -43,6 +43,14 @@ function headline(metrics) {
   return key ? `${key} ${fmtNumber(metrics[key])}` : "—";
 }
 
+// An audit's headline: how many groups (bias) or probes (privacy) it flagged.
+function auditVerdict(metrics) {
+  const flagged = metrics.flagged_groups ?? metrics.flagged_probes;
+  if (flagged === undefined) return "—";
+  const what = metrics.flagged_groups !== undefined ? "group" : "probe";
+  return flagged ? `${flagged} ${what}${flagged === 1 ? "" : "s"} flagged` : "nothing flagged";
+}
+
 function reportLink(evalRecord) {
   const href = `/api/evals/${enc(evalRecord.id)}/report`;
   return h("a", { href, target: "_blank", rel: "noopener", "data-testid": "eval-report-link", onclick: (event) => {
@@ -168,6 +176,8 @@ export function initDashboard() {
         "Not evaluated yet: llmkit eval " + m.name)),
       detail.evals.length > 1 ? h("section", {}, h("h3", {}, "All evaluations"), h("ul", { class: "plain" },
         detail.evals.map((e) => h("li", {}, `${e.kind} · ${headline(e.metrics)} · ${fmtDate(e.created)} `, reportLink(e))))) : null,
+      detail.audits.length ? h("section", { "data-testid": "audits" }, h("h3", {}, "Audits"), h("ul", { class: "plain" },
+        detail.audits.map((a) => h("li", {}, `${a.kind} · ${auditVerdict(a.metrics)} · ${fmtDate(a.created)} `, reportLink(a))))) : null,
       ...detail.compression.map(compressionTable),
     ].filter(Boolean));
     panel.scrollIntoView({ block: "nearest", behavior: "smooth" });
