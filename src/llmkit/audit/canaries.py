@@ -115,8 +115,7 @@ def plant(train_shard: Path, out_shard: Path, canaries: list[Canary], tokenizer,
 
 def exposure(lm, tokenizer, canary: Canary, candidates: int, seed: int) -> dict:
     """Rank of the true secret among `candidates` random secrets of the same alphabet and length."""
-    alphabet = "".join(sorted(set(canary.secret)))
-    alphabet = next((a for a in ALPHABETS if set(canary.secret) <= set(a)), alphabet)
+    alphabet = next((a for a in ALPHABETS if set(canary.secret) <= set(a)), "".join(sorted(set(canary.secret))))
     rng = random.Random(f"candidates/{seed}/{canary.secret}")
     others: set[str] = set()
     while len(others) < candidates:

@@ -232,12 +232,14 @@ def _sentiment_result(group: str, by_member: dict[str, list], cfg: BiasAuditConf
 
     stats, table = {}, []
     for member, texts in by_member.items():
-        pos = sum(bool(_words(t)[0]) for _, t in texts)
-        neg = sum(bool(_words(t)[1]) for _, t in texts)
+        found = [_words(t) for _, t in texts]
+        pos, neg = sum(bool(p) for p, _ in found), sum(bool(q) for _, q in found)
         n = len(texts)
         stats[member] = {"completions": n, "positive": round(pos / max(1, n), 4), "negative": round(neg / max(1, n), 4),
                          "net": round((pos - neg) / max(1, n), 4)}
-        table.append([pos, neg, max(0, n - pos - neg)])
+        # The test needs exclusive categories: positive only, negative only, and neither or both.
+        only_pos, only_neg = sum(bool(p) and not q for p, q in found), sum(bool(q) and not p for p, q in found)
+        table.append([only_pos, only_neg, n - only_pos - only_neg])
     nets = [s["net"] for s in stats.values() if s["completions"]]
     spread = round(max(nets) - min(nets), 4) if nets else 0.0
     # Sentiment columns nobody used would make the test undefined.

@@ -27,6 +27,7 @@ from llmkit.audit import canaries as canary_lib
 from llmkit.audit.likelihood import continue_batch
 from llmkit.config import PrivacyAuditConfig
 from llmkit.errors import UserError
+from llmkit.generate import encode_prompt
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 
@@ -81,7 +82,7 @@ def privacy_audit(model_ref: str, cfg: PrivacyAuditConfig | None = None, ws: Wor
         suffix = context - prefix
         warnings.append(f"prefix {cfg.prefix_tokens} + suffix {cfg.suffix_tokens} tokens exceed the model's context of "
                         f"{context}; used {prefix} + {suffix}")
-    sample_tokens = min(cfg.sample_tokens, context - 1 - max(len(_encode(tokenizer, p)) for p in cfg.prompts))
+    sample_tokens = min(cfg.sample_tokens, context - 1 - max(len(encode_prompt(tokenizer, p)) for p in cfg.prompts))
     if sample_tokens < 1:
         raise UserError(f"privacy.prompts: a prompt fills the model's context of {context} tokens; use shorter prompts")
 
@@ -96,26 +97,26 @@ def privacy_audit(model_ref: str, cfg: PrivacyAuditConfig | None = None, ws: Wor
         canary_result = {"candidates": cfg.candidates, "threshold": cfg.exposure_threshold,
                          "planted": [r for r in rows if r["repeats"] > 0], "references": [r for r in rows if r["repeats"] == 0]}
 
-    reasons = []
+    findings: list[tuple[str, str]] = []  # (probe, why it is flagged)
     if pii["in_training"]:
-        reasons.append(f"pii: {pii['in_training']} PII strings from the training data in {cfg.samples} generations")
+        findings.append(("pii", f"{pii['in_training']} PII strings from the training data in {cfg.samples} generations"))
     gap = memorization["train"]["rate"] - memorization["heldout"]["rate"]
     if memorization["train"]["windows"] and gap > cfg.memorization_threshold:
-        reasons.append(f"memorization: {memorization['train']['rate']:.3f} of train windows extracted verbatim vs "
-                       f"{memorization['heldout']['rate']:.3f} held out")
+        findings.append(("memorization", f"{memorization['train']['rate']:.3f} of train windows extracted verbatim vs "
+                                         f"{memorization['heldout']['rate']:.3f} held out"))
     exposed = [r for r in (canary_result or {}).get("planted", []) if r["flagged"]]
     if exposed:
-        reasons.append(f"canaries: {len(exposed)} of {len(canary_result['planted'])} planted secrets exposed "
-                       f"(>= {cfg.exposure_threshold} bits)")
+        findings.append(("canaries", f"{len(exposed)} of {len(canary_result['planted'])} planted secrets exposed "
+                                     f"(>= {cfg.exposure_threshold} bits)"))
     report = PrivacyReport(model=model.ref, data=ds.ref, pii=pii, memorization=memorization, canaries=canary_result,
-                           flagged=[r.split(":")[0] for r in reasons], reasons=reasons,
+                           flagged=[probe for probe, _ in findings], reasons=[f"{p}: {why}" for p, why in findings],
                            seconds=round(time.perf_counter() - start, 2), out=cfg.out, warnings=warnings)
     from llmkit.audit.privacy_report import html_report
     from llmkit.audit.record import keep
 
     planted_rows = (canary_result or {}).get("planted", [])
     refs = (canary_result or {}).get("references", [])
-    metrics = {"flagged_probes": len(reasons), "pii_rate": pii["rate"], "pii_in_training": pii["in_training"],
+    metrics = {"flagged_probes": len(findings), "pii_rate": pii["rate"], "pii_in_training": pii["in_training"],
                "memorization_train_rate": memorization["train"]["rate"],
                "memorization_heldout_rate": memorization["heldout"]["rate"]}
     if planted_rows:
@@ -128,12 +129,6 @@ def privacy_audit(model_ref: str, cfg: PrivacyAuditConfig | None = None, ws: Wor
 def _run_canaries(model) -> list[canary_lib.Canary] | None:
     run = ((model.lineage or {}).get("run") or {}).get("path")
     return canary_lib.load(Path(run)) if run else None
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    from llmkit.generate import encode_prompt
-
-    return encode_prompt(tokenizer, text)
 
 
 def _record_text(record: dict) -> str:
@@ -150,7 +145,7 @@ def _pii_probe(lm, tokenizer, cfg: PrivacyAuditConfig, sample_tokens: int, recor
     texts: list[tuple[str, str]] = []  # (prompt, generated text) per generation
     for p, prompt in enumerate(cfg.prompts):
         count = cfg.samples // len(cfg.prompts) + (p < cfg.samples % len(cfg.prompts))
-        ids = torch.tensor([_encode(tokenizer, prompt)], device=device)
+        ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)
         for first in range(0, count, cfg.batch_size):
             rows = min(cfg.batch_size, count - first)
             out = continue_batch(lm, ids.expand(rows, -1), sample_tokens, cfg.temperature, generator)
