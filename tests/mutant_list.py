@@ -1,0 +1,74 @@
+"""The deliberate breakages `tests/mutants.py` applies, one exact string replacement each, with the
+tests that must catch them. Grouped by stage; add one whenever a test is written to catch a bug a
+rewrite could bring back. `old` must occur exactly once in `file` (the runner says when it no longer does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    stage: str
+    file: str  # relative to the repo root
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files; at least one must fail
+    why: str = ""
+
+
+PII = "tests/data/test_pii.py"
+DEDUPE = "tests/data/test_dedupe.py"
+LM_EVAL = "tests/eval/test_lm_eval.py"
+GENERATE = "tests/test_generate.py"
+
+MUTANTS: list[Mutant] = [
+    # -- data -------------------------------------------------------------------------------------
+    Mutant("luhn-always-passes", "data", "src/llmkit/data/pii_checks.py",
+           "    return total % 10 == 0", "    return True",
+           (f"{PII}::test_luhn", f"{PII}::test_card_needs_luhn_brand_and_length"),
+           "the card checksum is what keeps order numbers from being redacted"),
+    Mutant("near-duplicates-ignore-the-threshold", "data", "src/llmkit/data/dedupe.py",
+           ">= self.threshold).any()", ">= 0.0).any()",
+           (f"{DEDUPE}::test_index_checks_candidates_against_the_threshold",),
+           "LSH candidates are only candidates: each must be checked against the threshold"),
+    Mutant("exact-key-is-case-sensitive", "data", "src/llmkit/data/dedupe.py",
+           'folded = " ".join(text.lower().split())', 'folded = " ".join(text.split())',
+           (f"{DEDUPE}::test_exact_key_ignores_case_and_whitespace_only",
+            f"{DEDUPE}::test_exact_keys_of_a_batch_equal_those_of_each_text")),
+    # -- eval -------------------------------------------------------------------------------------
+    Mutant("perplexity-window-off-by-one", "eval", "src/llmkit/eval/lm.py",
+           "        scored_until = start + length\n", "        scored_until = start + length + 1\n",
+           (f"{LM_EVAL}::test_perplexity_equals_an_independent_computation",
+            f"{LM_EVAL}::test_overlapping_windows_score_every_token_exactly_once"),
+           "a token scored twice or never changes the perplexity a little: only an exact check sees it"),
+    # -- generate ---------------------------------------------------------------------------------
+    Mutant("stop-strings-ignored", "generate", "src/llmkit/generate.py",
+           "hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]", "hits = []",
+           (f"{GENERATE}::test_stop_strings_and_streaming",)),
+    Mutant("eos-does-not-stop", "generate", "src/llmkit/generate.py",
+           "if tok in eos or stream.stopped:", "if stream.stopped:",
+           (f"{GENERATE}::test_eos_stops",)),
+    # -- train ------------------------------------------------------------------------------------
+    Mutant("pretrain-resume-forgets-the-sampler", "train", "src/llmkit/train/pretrain.py",
+           '            sampler.set_state(state["sampler"])\n', "",
+           ("tests/train/test_resume.py::test_resume_after_kill_matches_uninterrupted_run",),
+           "resumed batches must be the ones the uninterrupted run would have drawn"),
+    # -- explain ----------------------------------------------------------------------------------
+    Mutant("deletion-removes-the-least-attributed-first", "explain", "src/llmkit/explain/faithfulness.py",
+           "order = sorted(free, key=lambda i: -float(scores[i]))", "order = sorted(free, key=lambda i: float(scores[i]))",
+           ("tests/explain/test_explain.py::test_ig_occlusion_and_shap_are_more_faithful_than_random_deletion",)),
+    # -- audit ------------------------------------------------------------------------------------
+    Mutant("canary-rank-inverted", "audit", "src/llmkit/audit/canaries.py",
+           "rank = 1 + sum(score > true for score in rest)", "rank = 1 + sum(score < true for score in rest)",
+           ("tests/audit/test_privacy.py::test_a_leaky_model_is_flagged_on_every_probe",)),
+    Mutant("bias-flip-compares-with-itself", "audit", "src/llmkit/audit/bias.py",
+           'flips.append(new["label"] != orig["label"])', 'flips.append(False)',
+           ("tests/audit/test_bias.py::test_biased_classifier_is_flagged_for_gender",)),
+    # -- registry ---------------------------------------------------------------------------------
+    Mutant("versions-do-not-count-up", "registry", "src/llmkit/registry.py",
+           "version=(latest or 0) + 1,", "version=1,",
+           ("tests/test_registry.py::test_versions_count_up_per_name",)),
+]
