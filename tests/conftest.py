@@ -1,7 +1,8 @@
 """Shared fixtures: where the repo and the shared data are, and registry URLs for SQLite and PostgreSQL.
 
 PostgreSQL tests run against the server named by $LLMKIT_TEST_PG_URL (`.ci/run` starts a throw-away
-one) and skip, saying so, when it is unset. Each test gets a database of its own.
+one) or, when it is unset, a throw-away cluster this session starts from the installed binaries; they
+skip, saying why, when neither is possible. Each test gets a database of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from llmkit.config import DataConfig, PretrainConfig
 from llmkit.data import prepare
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
+from tests import pg_server
 
 PG_ENV = "LLMKIT_TEST_PG_URL"
 
@@ -35,13 +37,47 @@ def shared_data(repo_root: Path) -> Path:
     return repo_root.parent / "shared" / "data"
 
 
+PG_SKIPPED = pytest.StashKey[str]()
+
+
 @pytest.fixture(scope="session")
-def pg_url() -> str:
-    """SQLAlchemy URL of a PostgreSQL server whose user may create databases."""
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """SQLAlchemy URL of a PostgreSQL server whose user may create databases: $LLMKIT_TEST_PG_URL, else a
+    throw-away cluster started here on first use (tests/pg_server.py) and deleted when the session ends.
+    When neither is possible, every PostgreSQL test skips with the reason, repeated at the end of the run."""
     url = os.environ.get(PG_ENV)
-    if not url:
-        pytest.skip(f"{PG_ENV} is unset, so there is no PostgreSQL to test against (.ci/run starts one)")
-    return url
+    if url:
+        yield url
+        return
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        reason = "psycopg is not installed (pip install -e '.[postgres]', or set LLMKIT_TEST_PG_URL)"
+    else:
+        try:
+            cluster = pg_server.start()
+        except pg_server.Unavailable as err:
+            reason = str(err)
+        else:
+            try:
+                yield cluster.url
+            finally:
+                cluster.stop()
+            return
+    request.config.stash[PG_SKIPPED] = reason
+    pytest.skip(f"PostgreSQL tests skipped: {reason}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> Iterator[None]:
+    # A skip is easy to miss in -ra's list; say once, after that list, that a whole backend went untested
+    # and why. The outermost wrapper (tryfirst) writes after pytest's own short test summary.
+    yield
+    reason = config.stash.get(PG_SKIPPED, None)
+    if reason:
+        count = sum(1 for rep in terminalreporter.stats.get("skipped", [])
+                    if isinstance(rep.longrepr, tuple) and reason in rep.longrepr[2])
+        terminalreporter.write_line(f"PostgreSQL tests skipped: {reason} ({count} tests)", yellow=True, bold=True)
 
 
 @pytest.fixture

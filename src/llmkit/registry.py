@@ -159,7 +159,8 @@ class Registry:
         try:
             self._write(step)
         except OperationalError as err:
-            raise UserError(f"cannot open the registry at {_safe_url(self.url)}: {err.orig}") from None
+            # psycopg's message spans lines ("Is the server running...?"): the user gets one line.
+            raise UserError(f"cannot open the registry at {_safe_url(self.url)}: {' '.join(str(err.orig).split())}") from None
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
