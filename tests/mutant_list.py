@@ -23,6 +23,7 @@ PII = "tests/data/test_pii.py"
 DEDUPE = "tests/data/test_dedupe.py"
 LM_EVAL = "tests/eval/test_lm_eval.py"
 GENERATE = "tests/test_generate.py"
+REGISTRY_CLI = "tests/cli/test_registry_url_cli.py"
 
 MUTANTS: list[Mutant] = [
     # -- data -------------------------------------------------------------------------------------
@@ -71,4 +72,20 @@ MUTANTS: list[Mutant] = [
     Mutant("versions-do-not-count-up", "registry", "src/llmkit/registry.py",
            "version=(latest or 0) + 1,", "version=1,",
            ("tests/test_registry.py::test_versions_count_up_per_name",)),
+    Mutant("llmkit-db-url-ignored", "registry", "src/llmkit/registry.py",
+           'url = db_url or os.environ.get("LLMKIT_DB_URL") or f"sqlite', 'url = db_url or f"sqlite',
+           (f"{REGISTRY_CLI}::test_llmkit_db_url_in_the_environment_puts_the_registry_in_postgresql",
+            f"{REGISTRY_CLI}::test_the_environment_wins_over_the_workspace_default")),
+    Mutant("environment-beats-the-db-url-flag", "registry", "src/llmkit/registry.py",
+           'url = db_url or os.environ.get("LLMKIT_DB_URL") or', 'url = os.environ.get("LLMKIT_DB_URL") or db_url or',
+           (f"{REGISTRY_CLI}::test_the_db_url_flag_wins_over_the_config_file_and_the_environment",
+            f"{REGISTRY_CLI}::test_the_config_file_wins_over_the_environment")),
+    Mutant("config-file-db-url-ignored", "registry", "src/llmkit/cli/common.py",
+           '.get("workspace", {}).get("db_url")', '.get("workspace", {}).get("dburl")',
+           (f"{REGISTRY_CLI}::test_workspace_db_url_in_the_config_file_puts_the_registry_in_postgresql",
+            f"{REGISTRY_CLI}::test_the_config_file_wins_over_the_environment")),
+    Mutant("last-migration-skipped", "registry", "src/llmkit/registry.py",
+           "for version in range(current + 1, SCHEMA_VERSION + 1):", "for version in range(current + 1, SCHEMA_VERSION):",
+           ("tests/test_registry.py::test_a_new_registry_is_at_the_latest_schema_version",
+            "tests/test_registry.py::test_a_v1_registry_is_migrated_on_open_and_keeps_its_records")),
 ]
