@@ -1,4 +1,4 @@
-"""ONNX export: onnxruntime matches PyTorch at batch 1 and 2 for a causal LM and a classifier."""
+"""ONNX export: onnxruntime matches PyTorch at batch 1 and 2 for a causal LM and a classifier; a mismatch writes nothing."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import torch
 
 from llmkit.config import BenchModelConfig, ExportConfig
 from llmkit.eval import bench_model
-from llmkit.models.io import load_causal_lm, load_classifier
+from llmkit.models.io import load_causal_lm, load_classifier, save_model
 from llmkit.optimize.export import export
 from llmkit.registry import Registry
-from llmkit.workspace import Workspace
+from llmkit.workspace import TMP_PREFIX, Workspace
+from tests.conftest import run_cli
 
 
 def _check(onnx_path: Path, net, vocab: int):
@@ -46,3 +47,25 @@ def test_classifier_exports_too(lm_workspace: Path, sms_classifier):
     model, _ = export("sms-clf", ExportConfig(format="onnx", name="sms-onnx"), ws, Registry.for_workspace(ws.root))
     clf, _, _ = load_classifier(sms_classifier)
     _check(model.path / "model.onnx", clf, clf.config.vocab_size)
+
+
+@pytest.mark.slow  # the CLI in a subprocess and a real export: tens of seconds
+def test_a_parity_failure_writes_nothing_registers_nothing_and_says_so_in_one_line(tmp_path: Path, tiny_model):
+    # A real model that onnxruntime cannot match: the final norm scaled by 1e6 makes logits of ~1e6, where
+    # the two runtimes' float32 rounding (~1e-7 relative, different kernels) is far above the 1e-4 tolerance.
+    lm, tokenizer = load_causal_lm(tiny_model)
+    with torch.no_grad():
+        lm.model.norm.weight.mul_(1e6)
+    loud = save_model(lm, tokenizer, tmp_path / "loud", {"task": "causal-lm"})
+    root = tmp_path / "ws"
+    out = run_cli("export", str(loud), "--format", "onnx", "--no-table", "--name", "loud-onnx", workspace=root)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()  # one line, no traceback, no exporter noise
+    assert len(lines) == 1 and lines[0].startswith("error: ONNX export of loud disagrees with PyTorch by"), out.stderr
+    assert lines[0].endswith("not written"), out.stderr
+    models = root / "models"
+    left = sorted(p.name for p in models.iterdir()) if models.exists() else []
+    assert left == [], left  # neither the export folder nor a TMP_PREFIX temp folder
+    assert not list(root.rglob(f"{TMP_PREFIX}*")) and not list(root.rglob("model.onnx"))
+    ws = Workspace.open(root)
+    assert Registry.for_workspace(ws.root).list() == []

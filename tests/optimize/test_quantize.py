@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from llmkit.config import EvalConfig, QuantizeConfig
 from llmkit.eval import evaluate
@@ -25,15 +27,48 @@ def test_int4_packing_round_trips_and_group_scales_bound_the_error():
     assert float(error.abs().max()) <= float(scales.max()) / 2 + 1e-6
 
 
+def _float_linears(lm) -> dict[str, torch.nn.Linear]:
+    """The layers quantize must replace: every nn.Linear but the output head."""
+    head = lm.get_output_embeddings()
+    return {n: m for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+
+
 @pytest.mark.parametrize("method", ["int8-dynamic", "int8-weight", "int4-weight"])
-def test_each_method_loads_back_close_to_the_original(lm_workspace: Path, tiny_model, method):
+def test_each_method_quantizes_every_linear_layer_but_the_head_and_loads_back_close_to_the_original(lm_workspace: Path, tiny_model, method):
     ws = Workspace.open(lm_workspace)
     reg = Registry.for_workspace(ws.root)
     q, _ = quantize("tiny-lm", QuantizeConfig(method=method, group_size=32, table=False, name=f"tiny-{method}"), ws, reg)
     assert (q.path / "model.safetensors").stat().st_size < (tiny_model.path / "model.safetensors").stat().st_size
+    original, _ = load_causal_lm(tiny_model)
+    expected = _float_linears(original)
+    assert len(expected) == 7 * 2  # q, k, v, o, gate, up, down in each of the 2 blocks
+    bits = {"int8-dynamic": 8, "int8-weight": 8, "int4-weight": 4}[method]
+    info = q.lineage["quantization"]
+    assert (info["method"], info["bits"], info["group_size"], sorted(info["modules"])) == (method, bits, 32, sorted(expected))
+    saved = load_file(str(q.path / "model.safetensors"))
+    assert all(f"{n}.qweight" in saved and f"{n}.weight" not in saved for n in expected)
+    assert all(saved[f"{n}.scales"].dtype == torch.float32 for n in expected)  # the README's format: fp32 scales
+
     lm, tok = load_causal_lm(resolve_model(q.id, reg))
-    kinds = {type(m).__name__ for m in lm.modules()}
-    assert ("DynamicQuantizedLinear" in str(kinds) or "Linear" in kinds) if method == "int8-dynamic" else QuantLinear.__name__ in kinds
+    modules = dict(lm.named_modules())
+    # exact types: a float nn.Linear left where a quantized layer belongs must fail, so no isinstance/name matching
+    assert {n for n, m in modules.items() if type(m) is torch.nn.Linear} == {"lm_head"}
+    if method == "int8-dynamic":  # int8 weights in PyTorch's dynamically quantized Linear (int8 matmuls)
+        assert {n for n, m in modules.items() if type(m) is DynamicLinear} == set(expected)
+        for n, lin in expected.items():
+            w, w0 = modules[n].weight(), lin.weight.detach()
+            assert w.dtype == torch.qint8
+            # codes per row, then requantized per tensor: off by at most one per-tensor step
+            assert float((w.dequantize() - w0).abs().max()) <= float(w0.abs().max()) / 127 + 1e-6
+    else:  # codes and group scales as configured, equal to quantizing the original weights
+        assert {n for n, m in modules.items() if type(m) is QuantLinear} == set(expected)
+        for n, lin in expected.items():
+            m = modules[n]
+            assert (m.bits, m.group) == (bits, 32)
+            assert m.qweight.dtype == (torch.uint8 if bits == 4 else torch.int8)
+            codes, scales = quantize_tensor(lin.weight.data, bits, 32)
+            assert torch.equal(unpack_int4(m.qweight) if bits == 4 else m.qweight, codes)
+            assert m.scales.shape == (lin.out_features, lin.in_features // 32) and torch.equal(m.scales, scales)
     base = evaluate("tiny-lm", EvalConfig(data="tiny", split="val", context=32), ws, reg).metrics["perplexity"]
     quant = evaluate(q.id, EvalConfig(data="tiny", split="val", context=32), ws, reg).metrics["perplexity"]
     assert abs(quant - base) / base < (0.01 if method.startswith("int8") else 0.05)

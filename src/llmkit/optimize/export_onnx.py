@@ -10,7 +10,11 @@ must stay within 1e-4.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +74,15 @@ def write_onnx(model: Model, tmp: Path, classifier: bool) -> dict[str, Any]:
     max_len = getattr(net.config, "max_position_embeddings", 512)
     ids, mask = _example(vocab, 2, min(16, max_len), seed=0)
     batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=max_len)
-    try:
-        program = torch.onnx.export(wrapper, (ids, mask), dynamo=True, input_names=["input_ids", "attention_mask"],
-                                    output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: seq},
-                                                                             "attention_mask": {0: batch, 1: seq}},
-                                    verbose=False)
-    except Exception as err:  # the exporter's errors are long; the first line says what failed
-        raise UserError(f"ONNX export of {model.ref} failed: {str(err).splitlines()[0][:300]}") from None
-    program.save(str(tmp / "model.onnx"), external_data=False)
+    with _quiet_exporter():
+        try:
+            program = torch.onnx.export(wrapper, (ids, mask), dynamo=True, input_names=["input_ids", "attention_mask"],
+                                        output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: seq},
+                                                                                 "attention_mask": {0: batch, 1: seq}},
+                                        verbose=False)
+        except Exception as err:  # the exporter's errors are long; the first line says what failed
+            raise UserError(f"ONNX export of {model.ref} failed: {str(err).splitlines()[0][:300]}") from None
+        program.save(str(tmp / "model.onnx"), external_data=False)
     session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
     diff = parity(session, wrapper, vocab, max_len)
     if diff > TOLERANCE:
@@ -87,6 +92,20 @@ def write_onnx(model: Model, tmp: Path, classifier: bool) -> dict[str, Any]:
         if file.name not in ("llmkit.json",) and not (tmp / file.name).exists():
             shutil.copy2(file, tmp / file.name)
     return {"max_abs_logit_diff": diff, "onnx": "model.onnx", "opset": _opset(tmp / "model.onnx")}
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter's notices (torchvision ops skipped, deprecations, axis renames) are not the user's to act on."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def _opset(path: Path) -> int | None:

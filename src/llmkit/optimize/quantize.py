@@ -166,8 +166,8 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
         state = {k: v.detach().contiguous().clone() for k, v in lm.state_dict().items()}
         if getattr(lm.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied: the embedding is the head
-        for key, value in state.items():  # the other matrices (embeddings, untied head) as fp16; norms stay fp32
-            if value.dim() == 2 and value.dtype == torch.float32:
+        for key, value in state.items():  # the other matrices (embeddings, untied head) as fp16; norms and scales stay fp32
+            if value.dim() == 2 and value.dtype == torch.float32 and not key.endswith(".scales"):
                 state[key] = value.half()
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         lm.config.save_pretrained(str(tmp))
