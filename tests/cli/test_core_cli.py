@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmkit.registry import Registry
+from tests.conftest import run_cli
 
 
 def llmkit(*args: str, cwd: Path | None = None, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -25,13 +26,51 @@ def test_help_lists_the_command_groups():
         assert command in out.stdout
 
 
-def test_every_command_has_help_with_an_example():
-    for command in (["init"], ["ls"], ["show"], ["rm"], ["doctor"], ["version"], ["config", "show"],
-                    ["data", "prepare"], ["data", "report"], ["data", "show"], ["train", "pretrain"],
-                    ["generate"], ["chat"], ["demo"]):
-        out = llmkit(*command, "--help")
-        assert out.returncode == 0, command
-        assert "Example: llmkit" in out.stdout, command
+def _commands() -> list[tuple[list[str], object]]:
+    """Every command and command group of the typer app, as (path, click command): a new one is covered."""
+    import typer
+
+    from llmkit.cli import app
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_every_command_has_help_with_an_example(capsys, monkeypatch):
+    commands = _commands()
+    assert len(commands) > 30 and ["audit", "privacy"] in [path for path, _ in commands]
+    monkeypatch.setenv("COLUMNS", "200")  # no wrapping inside an example line
+    root = commands[0][1]
+    for path, _ in commands:
+        # In-process, on the click command the console script runs: 35 help pages in well under a second.
+        assert root.main([*path, "--help"], prog_name="llmkit", standalone_mode=False) == 0, path
+        page = capsys.readouterr().out
+        # The example is of this command (or, for a group, of one of its sub-commands).
+        assert f"Example: llmkit {' '.join(path)}".rstrip() in page, (path, page[-300:])
+
+
+def test_every_help_example_uses_only_options_its_command_has():
+    import re
+    import shlex
+
+    root = _commands()[0][1]
+    checked = 0
+    for path, command in _commands():
+        # Each 'llmkit ...' in the epilog, up to a comma-space or parenthesis (prose follows those).
+        for example in re.findall(r"llmkit ((?:[^\n(,]|,(?! ))+)", command.epilog or ""):
+            words, target = shlex.split(example), root
+            while words and words[0] in getattr(target, "commands", {}):
+                target = target.commands[words.pop(0)]
+            assert not hasattr(target, "commands"), (path, example)  # it names a command, not just a group
+            options = {o for p in target.params for o in (*p.opts, *p.secondary_opts)}
+            flags = [w.split("=")[0] for w in words if w.startswith("--")]
+            assert set(flags) <= options, (path, example, set(flags) - options)
+            checked += 1
+    assert checked >= len(_commands())
 
 
 def test_version_and_doctor_answer_in_json():
@@ -75,13 +114,21 @@ def test_bad_config_files_are_one_line_errors(tmp_path: Path, body: str, expecte
     assert out.returncode == 2 and expected in out.stderr
 
 
-def test_flags_override_the_config_file(tmp_path: Path):
-    cfg = tmp_path / "gen.yaml"
-    cfg.write_text("generate:\n  temperature: 0.5\n  max_new_tokens: 7\n")
-    from llmkit.config import load_section
+def test_flags_override_the_config_file(lm_workspace: Path, tiny_model, tmp_path: Path):
+    from llmkit.generate import generate
+    from llmkit.models.io import load_causal_lm, resolve_model
 
-    assert load_section("generate", cfg, {"max_new_tokens": 3}).model_dump() | {} == {
-        **load_section("generate", None, {}).model_dump(), "temperature": 0.5, "max_new_tokens": 3}
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text("generate:\n  temperature: 3.0\n  seed: 11\n  max_new_tokens: 40\n")
+    out = run_cli("generate", "tiny-lm", "--prompt", "ROMEO:", "--config", str(cfg), "--max-new-tokens", "12", "--json",
+                  workspace=lm_workspace)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["completion_tokens"] == 12  # the flag, not the file's 40
+    # The file's temperature and seed were used: the same draw as the Python API with them, and not the default's.
+    lm, tok = load_causal_lm(resolve_model("tiny-lm", Registry.for_workspace(lm_workspace)))
+    assert result["text"] == generate(lm, tok, "ROMEO:", max_new_tokens=12, temperature=3.0, seed=11).text
+    assert result["text"] != generate(lm, tok, "ROMEO:", max_new_tokens=12, seed=11).text
 
 
 def test_ls_show_rm_round_trip(tmp_path: Path):

@@ -18,7 +18,7 @@ def _one_line_error(proc) -> str:
 def test_sft_lora_then_merge_then_generate(lm_workspace: Path, tiny_model, chat_data):
     sft = run_cli("train", "sft", "--base", "tiny-lm", "--data", chat_data, "--method", "lora", "--lora-r", "4",
                   "--target-modules", "q_proj,v_proj", "--max-steps", "4", "--batch-size", "4", "--max-length", "128",
-                  "--skip-bad", "--name", "cli-sft", "--json", workspace=lm_workspace)
+                  "--lr", "1e-2", "--skip-bad", "--name", "cli-sft", "--json", workspace=lm_workspace)
     assert sft.returncode == 0, sft.stderr
     result = json.loads(sft.stdout)
     adapter = json.loads((Path(result["path"]) / "adapter_config.json").read_text())
@@ -27,8 +27,22 @@ def test_sft_lora_then_merge_then_generate(lm_workspace: Path, tiny_model, chat_
     merged = run_cli("merge", "cli-sft", "--json", workspace=lm_workspace)
     assert merged.returncode == 0, merged.stderr
     assert (Path(json.loads(merged.stdout)["path"]) / "model.safetensors").exists()
-    text = run_cli("generate", "cli-sft", "--prompt", "Hi", "--max-new-tokens", "5", "--json", workspace=lm_workspace)
-    assert text.returncode == 0, text.stderr  # an adapter generates directly, its base loaded underneath
+    # An adapter generates directly, its base loaded underneath. The tiny model's greedy text is all spaces, so a
+    # seeded sample is compared: the same as the merged model's, not the base's (the adapter applied, lr 1e-2 so
+    # that 4 steps move it enough).
+    text = run_cli("generate", "cli-sft", "--prompt", "<|user|>\nHi", "--max-new-tokens", "24", "--temperature", "1",
+                   "--seed", "1", "--json", workspace=lm_workspace)
+    assert text.returncode == 0, text.stderr
+    from llmkit.generate import generate
+    from llmkit.models.io import load_causal_lm, resolve_model
+
+    def sample(model: str) -> str:
+        lm, tok = load_causal_lm(resolve_model(model))
+        return generate(lm, tok, "<|user|>\nHi", max_new_tokens=24, temperature=1.0, seed=1).text
+
+    adapter_text = json.loads(text.stdout)["text"]
+    assert len(adapter_text) == 24 and adapter_text == sample(json.loads(merged.stdout)["path"])
+    assert adapter_text != sample(str(tiny_model.path))
 
 
 def test_fine_tuning_mistakes_are_one_line_user_errors(lm_workspace: Path, tiny_model, chat_data, sms_data):

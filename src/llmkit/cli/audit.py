@@ -9,7 +9,8 @@ import typer
 
 from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
 
-app = typer.Typer(help="Audit trained models for bias and privacy.", no_args_is_help=True)
+app = typer.Typer(help="Audit trained models for bias and privacy.", no_args_is_help=True,
+                  epilog="Example: llmkit audit bias sms-clf --data sms --out bias.html")
 
 
 @app.command(epilog="Example: llmkit audit bias sms-clf --data sms --terms my-terms.yaml --out bias.html\n\n"

@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
     app.command(name="ls", epilog="Example: llmkit ls models")(ls)
     app.command(epilog="Example: llmkit show shakespeare")(show)
     app.command(epilog="Example: llmkit rm shakespeare:v1 --yes")(rm)
-    config_app = typer.Typer(help="Stage configurations.", no_args_is_help=True)
+    config_app = typer.Typer(help="Stage configurations.", no_args_is_help=True,
+                             epilog="Example: llmkit config show train > train.yaml")
     config_app.command(name="show", epilog="Example: llmkit config show train > train.yaml")(config_show)
     app.add_typer(config_app, name="config")
 

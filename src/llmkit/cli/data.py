@@ -13,7 +13,8 @@ from rich.table import Table
 from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, err_console
 from llmkit.errors import UserError
 
-app = typer.Typer(help="Prepare, inspect and version datasets.", no_args_is_help=True)
+app = typer.Typer(help="Prepare, inspect and version datasets.", no_args_is_help=True,
+                  epilog="Example: llmkit data prepare input.txt --name shakespeare --task lm")
 
 
 @app.command(epilog="Example: llmkit data prepare ../shared/data/tinyshakespeare/input.txt --name shakespeare --task lm --tokenizer char")

@@ -8,7 +8,8 @@ import typer
 
 from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
 
-app = typer.Typer(help="Train models: pretrain from scratch, SFT / LoRA, classification, distillation.", no_args_is_help=True)
+app = typer.Typer(help="Train models: pretrain from scratch, SFT / LoRA, classification, distillation.", no_args_is_help=True,
+                  epilog="Example: llmkit train pretrain --data shakespeare --preset nano --max-steps 500")
 
 
 @app.command(epilog="Example: llmkit train pretrain --data shakespeare --preset nano --max-steps 500")
