@@ -86,9 +86,9 @@ def test_biased_classifier_is_flagged_for_gender(audit_ws: Path):
     assert gender.flip_rate > 0.3 and gender.mean_delta > 0.3
     # The model's own view of the terms: "he" reads as approve, "she" as reject.
     assert gender.terms["he"]["probabilities"]["approve"] > 0.7 > gender.terms["she"]["probabilities"]["approve"]
-    # Dataset records mentioning a term carry accuracy / F1; the model fits its own data.
+    # Dataset records mentioning a term carry accuracy / F1; the model fits its own data (recounted below).
     scored = [t for t in gender.terms.values() if "accuracy" in t]
-    assert scored and all(0.0 <= t["accuracy"] <= 1.0 and 0.0 <= t["f1"] <= 1.0 for t in scored)
+    assert len(scored) >= 8 and all(t["accuracy"] >= 0.9 for t in scored), gender.terms
     assert report.split == "test"
     # Worst examples come first and are real swaps of gender terms.
     assert report.worst and report.worst[0]["group"] == "gender"
@@ -96,6 +96,36 @@ def test_biased_classifier_is_flagged_for_gender(audit_ws: Path):
     top = report.worst[0]
     assert top["original"] != top["counterfactual"] and top["delta"] > 0.5
     assert abs(abs(top["p_original"] - top["p_counterfactual"]) - top["delta"]) < 1e-3
+
+
+def test_group_and_term_figures_equal_a_recount_of_the_test_records(audit_ws: Path):
+    from llmkit.models.io import load_classifier, resolve_model
+    from llmkit.predict import classify_texts
+
+    report = _audit(audit_ws, "gender-biased-clf", data="gender-biased", groups=["gender"], templates=False)
+    gender, group = report.group("gender"), BUILTIN["gender"]
+    registry = Registry.for_workspace(audit_ws)
+    folder = Path(registry.get("gender-biased", "dataset").path)
+    records = [json.loads(line) for line in (folder / "records" / "test.jsonl").read_text().splitlines()]
+    gold = {r["text"]: r["label"] for r in records if group.find(r["text"])}
+    copies = {text: group.counterfactuals(text) for text in gold}
+    texts = list(dict.fromkeys([*gold, *(c for cs in copies.values() for c in cs)]))
+    clf, tokenizer, labels = load_classifier(resolve_model("gender-biased-clf", registry))
+    label = {t: p["label"] for t, p in zip(texts, classify_texts(clf, tokenizer, labels, texts, 32), strict=True)}
+
+    assert (gender.originals, gender.pairs) == (len(gold), sum(map(len, copies.values())))
+    flips = [label[c] != label[t] for t, cs in copies.items() for c in cs]
+    assert gender.flip_rate == pytest.approx(sum(flips) / len(flips), abs=1e-4)
+    for term, entry in gender.terms.items():
+        records_with = [t for t in gold if term.lower() in group.find(t)]
+        assert entry["texts"] == sum(term.lower() in group.find(t) for t in texts), term
+        assert entry.get("records", 0) == len(records_with), term
+        if records_with:
+            right = sum(label[t] == gold[t] for t in records_with)
+            assert entry["accuracy"] == pytest.approx(right / len(records_with), abs=1e-4), term
+    # The model learnt gender, not the sentence: with the term swapped and the label kept, it is mostly wrong.
+    swapped = [label[c] == gold[t] for t, cs in copies.items() for c in cs]
+    assert sum(swapped) / len(swapped) < 0.2
 
 
 def test_unbiased_classifier_is_not_flagged_for_gender(audit_ws: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llmkit.config import BenchModelConfig, EvalConfig
@@ -44,19 +45,81 @@ def test_generation_eval_on_a_prompt_reference_file(lm_workspace: Path, tiny_mod
         evaluate("tiny-lm", EvalConfig(data=str(bad)), ws, reg)
 
 
+def test_generation_eval_on_a_chat_split_prompts_with_the_template_up_to_the_last_reply(lm_workspace: Path, tiny_model,
+                                                                                       chat_data):
+    from llmkit.generate import generate
+    from llmkit.models.io import load_causal_lm, resolve_model
+
+    ws = Workspace.open(lm_workspace)
+    reg = Registry.for_workspace(ws.root)
+    report = evaluate("tiny-lm", EvalConfig(data=chat_data, split="val", max_examples=3, max_new_tokens=6), ws, reg)
+    records = [json.loads(line) for line in (Path(reg.get(chat_data).path) / "records" / "val.jsonl").read_text().splitlines()]
+    lm, tok = load_causal_lm(resolve_model("tiny-lm", reg))
+    prompts, references = [], []
+    for record in records[:3]:
+        messages = record["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompts.append(tok.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True))
+        references.append(messages[last]["content"])
+    assert prompts[0].endswith("<|assistant|>\n") and references[0] not in prompts[0]
+    predictions = [generate(lm, tok, p, max_new_tokens=6, temperature=0.0).text for p in prompts]
+    assert [s["prompt"] for s in report.samples] == [p[-200:] for p in prompts]
+    assert [s["reference"] for s in report.samples] == [r[:200] for r in references]
+    assert [s["prediction"] for s in report.samples] == predictions
+    expected = generation_metrics(predictions, references)
+    for key in ("exact_match", "rougeL", "bleu", "examples"):
+        assert report.metrics[key] == pytest.approx(expected[key]), key
+    assert "perplexity" in report.metrics and report.split == "val"
+
+
 def test_bench_model_measures_speed_and_size(lm_workspace: Path, tiny_model):
     ws = Workspace.open(lm_workspace)
-    report = bench_model("tiny-lm", BenchModelConfig(prompt_tokens=16, new_tokens=8, runs=4), ws, Registry.for_workspace(ws.root))
+    reg = Registry.for_workspace(ws.root)
+    report = bench_model("tiny-lm", BenchModelConfig(prompt_tokens=16, new_tokens=8, runs=4), ws, reg)
     m = report.metrics
     assert m["prefill_tokens_per_s"] > 0 and m["decode_tokens_per_s"] > 0
     assert m["latency_ms_p95"] >= m["latency_ms_p50"] >= m["ttft_ms_p50"] > 0
     assert m["size_mb"] == pytest.approx((tiny_model.path / "model.safetensors").stat().st_size / 2**20, abs=1e-3)
     assert m["peak_rss_mb"] > 50
+    assert reg.get(report.id).metrics["decode_tokens_per_s"] == m["decode_tokens_per_s"]  # registered as measured
     with pytest.raises(UserError, match="exceeds the model's context"):
-        bench_model("tiny-lm", BenchModelConfig(prompt_tokens=30, new_tokens=30), ws, Registry.for_workspace(ws.root))
+        bench_model("tiny-lm", BenchModelConfig(prompt_tokens=30, new_tokens=30), ws, reg)
     with pytest.raises(UserError, match="unknown backend 'gguf'; backends: llama.cpp, onnx, torch"):
-        bench_model("tiny-lm", BenchModelConfig(backend="gguf", prompt_tokens=4, new_tokens=4), ws, Registry.for_workspace(ws.root))
+        bench_model("tiny-lm", BenchModelConfig(backend="gguf", prompt_tokens=4, new_tokens=4), ws, reg)
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+
+
+def test_bench_model_rates_are_the_tokens_it_ran_over_the_time_it_took(lm_workspace: Path, tiny_model):
+    from llmkit.eval.speed import BACKENDS, TorchBackend, register_backend
+
+    calls = {"prefill": [], "steps": 0}
+
+    class Counting(TorchBackend):
+        """The torch backend, counting the tokens it is given and the decode steps it runs."""
+
+        def prefill(self, ids, capacity):
+            calls["prefill"].append(len(ids))
+            return super().prefill(ids, capacity)
+
+        def step(self, state, token):
+            calls["steps"] += 1
+            return super().step(state, token)
+
+    register_backend("counting", Counting)
+    try:
+        ws = Workspace.open(lm_workspace)
+        # One timed run: each figure is a single measurement, so they must agree exactly with each other.
+        m = bench_model("tiny-lm", BenchModelConfig(backend="counting", prompt_tokens=16, new_tokens=8, runs=1, warmup=1),
+                        ws, Registry.for_workspace(ws.root)).metrics
+    finally:
+        BACKENDS.pop("counting")
+    assert calls == {"prefill": [16, 16], "steps": 2 * 7}  # warm-up + run: 16 prompt tokens, 1 + 7 new tokens
+    prefill_s = m["ttft_ms_p50"] / 1000
+    assert m["prefill_tokens_per_s"] == pytest.approx(16 / prefill_s, rel=1e-6)
+    decode_s = m["latency_ms_p50"] / 1000 - prefill_s
+    assert m["decode_tokens_per_s"] == pytest.approx(7 / decode_s, rel=1e-6)  # the 7 tokens after the first
+    assert m["ttft_ms_p95"] == m["ttft_ms_p50"] and m["latency_ms_p95"] == m["latency_ms_p50"]
+    assert (m["prompt_tokens"], m["new_tokens"], m["runs"]) == (16, 8, 1)
 
 
 def test_compare_lines_up_models_and_evaluates_what_is_missing(lm_workspace: Path, tiny_model):
@@ -84,6 +147,51 @@ def test_harness_needs_lm_eval(lm_workspace: Path, tiny_model):
         pass
     with pytest.raises(UserError, match="pip install lm-eval"):
         evaluate("tiny-lm", EvalConfig(harness="hellaswag"), Workspace.open(lm_workspace), Registry.for_workspace(lm_workspace))
+
+
+HARNESS_DOCS = [  # (question, choices, answer): short, so that no request reaches the tiny model's context of 32
+    ("ROMEO: I", ["will go", "qzx vvk"], 0), ("First", ["zzzq qq", "Citizen"], 1), ("KING", ["HENRY", "xqxqx"], 0),
+    ("JULIET:", ["O Romeo", "kkkkkkk"], 1), ("MENENIUS", ["the people", "the pzople"], 0),
+    ("CORIOLANUS:", ["the matter", "thq mattqr"], 1),
+]
+
+
+def test_harness_runs_a_local_task_offline_and_reports_its_accuracy(lm_workspace: Path, tiny_model, tmp_path: Path,
+                                                                    monkeypatch):
+    pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install lm-eval)")
+    import torch
+
+    from llmkit.models.io import load_causal_lm
+
+    data = tmp_path / "choice.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in HARNESS_DOCS))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_choice.yaml").write_text(
+        "task: tiny_choice\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(data) + "\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n")
+    for name, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("HF_HOME", str(tmp_path / "hf"))):
+        monkeypatch.setenv(name, value)
+    out = run_cli("eval", "tiny-lm", "--harness", "tiny_choice", "--harness-include", str(tasks), "--harness-limit", "5",
+                  "--json", workspace=lm_workspace)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    # lm-eval's multiple choice by hand: the choice whose " choice" continuation has the highest log-likelihood.
+    lm, tok = load_causal_lm(tiny_model)
+    right = 0
+    for question, choices, answer in HARNESS_DOCS[:5]:
+        context = tok(question, add_special_tokens=False)["input_ids"]
+        scores = []
+        for choice in choices:
+            whole = tok(f"{question} {choice}", add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = lm(input_ids=torch.tensor([whole[:-1]])).logits[0].float().log_softmax(-1)
+            scores.append(sum(float(logp[i - 1, whole[i]]) for i in range(len(context), len(whole))))
+        right += int(np.argmax(scores)) == answer
+    assert report["kind"] == "harness" and report["metrics"]["tiny_choice/sample_len"] == 5
+    assert report["metrics"]["tiny_choice/acc"] == pytest.approx(right / 5)
+    assert Registry.for_workspace(lm_workspace).get(report["id"]).metrics["tiny_choice/acc"] == pytest.approx(right / 5)
 
 
 def test_eval_cli_prints_a_table_and_json(lm_workspace: Path, tiny_model, tmp_path: Path):

@@ -134,3 +134,68 @@ def test_html_report_and_cli(clf, lm_workspace: Path, tmp_path: Path):
     data = json.loads(proc.stdout)
     assert data["target"] == "spam" and data["html"] == str(out) and out.exists()
     assert len(data["tokens"]) == len(data["scores"]) and data["convergence_delta"] >= 0
+
+
+def _occluded_drops(loaded, text: str, label: str, windows: list[list[int]]) -> list[float]:
+    """p(label | text) minus p(label | text with each window's tokens replaced by pad), by hand."""
+    import torch
+
+    model, tokenizer, _, labels, max_length, _ = loaded
+    ids = torch.tensor(tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
+    batch = ids[None].repeat(len(windows) + 1, 1)
+    for row, window in enumerate(windows, 1):
+        batch[row, window] = tokenizer.pad_token_id
+    with torch.no_grad():
+        p = model(input_ids=batch).logits.float().softmax(-1)[:, labels.index(label)]
+    return [float(p[0] - q) for q in p[1:]]
+
+
+def test_occlusion_span_scores_a_token_by_the_mean_drop_of_the_windows_covering_it(clf, lm_workspace: Path):
+    text = SPAM[2]
+    exp = _run(clf, text, method="occlusion", span=3, target="spam")
+    free = [i for i, special in enumerate(exp.special) if not special]
+    windows = [free[s: s + 3] for s in range(len(free) - 2)]
+    drops = _occluded_drops(clf, text, "spam", windows)
+    for i in range(len(exp.tokens)):
+        covering = [d for d, w in zip(drops, windows, strict=True) if i in w]
+        assert exp.scores[i] == pytest.approx(float(np.mean(covering)) if covering else 0.0, abs=1e-5), i
+    single = _run(clf, text, method="occlusion", span=1, target="spam")
+    assert single.scores != exp.scores and exp.to_dict()["span"] == 3
+    # One window over every free token: one drop, shared by all of them.
+    whole = _run(clf, text, method="occlusion", span=1000, target="spam")
+    assert whole.span == len(free)
+    assert {round(whole.scores[i], 6) for i in free} == {round(_occluded_drops(clf, text, "spam", [free])[0], 6)}
+    # The CLI passes --span through: the same scores.
+    proc = run_cli("explain", "sms-clf", text, "--method", "occlusion", "--span", "3", "--target", "spam", "--json",
+                   workspace=lm_workspace)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["span"] == 3 and data["scores"] == pytest.approx(exp.scores, abs=1e-5)
+
+
+def test_next_token_explains_the_models_most_likely_next_token(lm, lm_workspace: Path, tmp_path: Path):
+    import torch
+
+    from llmkit.generate import encode_prompt
+
+    model, tokenizer = lm[0], lm[1]
+    text = "ROMEO: I will"
+    with torch.no_grad():
+        probs = model(input_ids=torch.tensor([encode_prompt(tokenizer, text)])).logits[0, -1].float().softmax(-1)
+    top = int(probs.argmax())
+    exp = _run(lm, text, method="occlusion")
+    assert exp.target == tokenizer.decode([top]) and exp.quantity == "probability"
+    assert exp.probability == pytest.approx(float(probs[top]), abs=1e-5)
+    other = int(probs.argsort()[-2])  # --target picks another token: that one is explained
+    chosen = _run(lm, text, method="occlusion", target=tokenizer.decode([other]))
+    assert chosen.target == tokenizer.decode([other]) and chosen.probability == pytest.approx(float(probs[other]), abs=1e-5)
+    # --next-token wins over a completion set in the config file.
+    cfg = tmp_path / "explain.yaml"
+    cfg.write_text("explain:\n  completion: ' not'\n  method: occlusion\n")
+    proc = run_cli("explain", "tiny-lm", text, "--config", str(cfg), "--next-token", "--json", workspace=lm_workspace)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert (data["target"], data["quantity"], data["method"]) == (tokenizer.decode([top]), "probability", "occlusion")
+    assert data["probability"] == pytest.approx(float(probs[top]), abs=1e-5)
+    both = run_cli("explain", "tiny-lm", text, "--next-token", "--completion", " not", workspace=lm_workspace)
+    assert both.returncode == 2 and "exclude each other" in both.stderr and "Traceback" not in both.stderr
