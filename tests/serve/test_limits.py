@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import time
 
 import openai
@@ -119,10 +120,13 @@ def test_request_timeout(lm_workspace, serve_lm):
         running.stop()
 
 
-def _cancelled(server) -> float:
+def _metrics(server) -> dict[str, float]:
     text = requests.get(server.base_url + "/metrics", timeout=10).text
-    line = next((ln for ln in text.splitlines() if ln.startswith('llmkit_cancelled_total{model="tiny-lm"}')), None)
-    return float(line.split()[-1]) if line else 0.0
+    return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln and not ln.startswith("#")}
+
+
+def _cancelled(server) -> float:
+    return _metrics(server).get('llmkit_cancelled_total{model="tiny-lm"}', 0.0)
 
 
 def test_client_disconnect_cancels_generation(server):
@@ -138,23 +142,80 @@ def test_client_disconnect_cancels_generation(server):
     assert _cancelled(server) == before + 1
 
 
+PROMPTS = ["Who is there?", "Speak, man.", "My lord,", "ROMEO:", "What news?", "Good morrow.", "Away!", "O"]
+
+
+def _solo(lm, tok, i: int) -> tuple[dict, str, str, int]:
+    """Stream i of 64 (8 prompts x greedy or seeded sampling x with or without a stop string) and what
+    llmkit.generate gives for it alone: (request, text, finish_reason, completion tokens).
+
+    The stop string is two characters of the unstopped text from a varying offset, so streams end at
+    different steps while their neighbours in the batch go on. It is cut here rather than by generate,
+    so a server that misplaces the cut cannot agree by sharing the bug.
+    """
+    from llmkit.generate import chat_prompt, generate
+
+    req = {"messages": [{"role": "user", "content": PROMPTS[i % 8]}], "max_tokens": 48}
+    req.update({"temperature": 0} if i % 2 == 0 else {"temperature": 1.0, "seed": 1000 + i})
+    prompt, end_ids = chat_prompt(tok, req["messages"])
+    alone = generate(lm, tok, prompt, max_new_tokens=req["max_tokens"], temperature=req["temperature"],
+                     seed=req.get("seed"), stop_token_ids=end_ids)
+    at = 1 + i % 9
+    if (i // 2) % 2 and len(alone.text) >= at + 2:
+        req["stop"] = alone.text[at:at + 2]
+        # The tokens up to the one that completes the stop string.
+        used = next(n for n in range(1, len(alone.token_ids) + 1) if req["stop"] in tok.decode(alone.token_ids[:n]))
+        return req, alone.text[:alone.text.index(req["stop"])], "stop", used
+    return req, alone.text, alone.finish_reason, len(alone.token_ids)
+
+
+def _idle_batch_totals(server) -> tuple[float, float]:
+    """(sequence-steps, steps) decoded so far, once nothing is running or waiting."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        m = _metrics(server)
+        if not m.get('llmkit_running_sequences{model="tiny-lm"}') and not m.get('llmkit_queue_depth{model="tiny-lm"}'):
+            return m.get('llmkit_batch_size_sum{model="tiny-lm"}', 0.0), m.get('llmkit_batch_size_count{model="tiny-lm"}', 0.0)
+        time.sleep(0.05)
+    raise AssertionError("the engine never went idle")
+
+
 @pytest.mark.slow
-def test_64_concurrent_streaming_clients(server):
+def test_64_concurrent_streams_each_equal_their_solo_answer_and_are_batched(server):
+    from llmkit.models.io import load_causal_lm, resolve_model
+
+    lm, tok = load_causal_lm(resolve_model("serve-lm", server.registry))
+    solo = [_solo(lm, tok, i) for i in range(64)]
+    asks = [req for req, *_ in solo]
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
-    def stream(i: int) -> tuple[str, str]:
-        chunks = client.chat.completions.create(model="tiny-lm", messages=[{"role": "user", "content": f"Line {i}"}],
-                                                max_tokens=32, stream=True, seed=i)
-        text, finish = "", None
-        for c in chunks:
-            if c.choices:
-                text += c.choices[0].delta.content or ""
-                finish = c.choices[0].finish_reason or finish
-        return text, finish
+    def stream(req: dict) -> list[str]:
+        """The raw `data:` payloads of one SSE stream, [DONE] included."""
+        with client.chat.completions.with_streaming_response.create(
+                model="tiny-lm", stream=True, stream_options={"include_usage": True}, **req) as response:
+            return [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
 
-    start = time.monotonic()
+    sum_before, steps_before = _idle_batch_totals(server)
     with cf.ThreadPoolExecutor(64) as pool:
-        results = [f.result(timeout=180) for f in [pool.submit(stream, i) for i in range(64)]]
-    assert len(results) == 64
-    assert all(finish in ("stop", "length") for _, finish in results)
-    assert time.monotonic() - start < 180
+        streams = list(pool.map(stream, asks, timeout=180))
+    sum_after, steps_after = _idle_batch_totals(server)
+
+    completion_tokens = []
+    for i, (events, (req, text, finish, tokens)) in enumerate(zip(streams, solo, strict=True)):
+        assert events[-1] == "[DONE]", f"stream {i} did not end with [DONE]: {events[-3:]}"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert {c["id"] for c in chunks} == {chunks[0]["id"]}
+        choices = [c["choices"][0] for c in chunks if c["choices"]]
+        assert choices[0]["delta"].get("role") == "assistant"
+        # One finish_reason, on the last choice chunk; then the usage chunk.
+        assert [c["finish_reason"] for c in choices] == [None] * (len(choices) - 1) + [finish], f"stream {i}"
+        assert "".join(c["delta"].get("content") or "" for c in choices) == text, f"stream {i}: {req}"
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == tokens, f"stream {i}"
+        completion_tokens.append(chunks[-1]["usage"]["completion_tokens"])
+    ends = [(finish, "stop" in req) for req, _, finish, _ in solo]
+    assert {("stop", True), ("stop", False), ("length", False)} <= set(ends), f"streams should end all three ways: {ends}"
+    # A sequence's first token comes from its prefill and each other one from one decode step, so the
+    # steps carried exactly sum(tokens - 1) sequences: no finished row stepped again, none skipped.
+    seq_steps, steps = sum_after - sum_before, steps_after - steps_before
+    assert seq_steps == sum(n - 1 for n in completion_tokens)
+    assert seq_steps / steps > 1, f"the streams were not batched: {seq_steps} sequence-steps in {steps} steps"
