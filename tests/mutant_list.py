@@ -24,6 +24,8 @@ DEDUPE = "tests/data/test_dedupe.py"
 LM_EVAL = "tests/eval/test_lm_eval.py"
 GENERATE = "tests/test_generate.py"
 REGISTRY_CLI = "tests/cli/test_registry_url_cli.py"
+STREAMS64 = "tests/serve/test_limits.py::test_64_concurrent_streams_each_equal_their_solo_answer_and_are_batched"
+OPTIONS = "tests/serve/test_options.py"
 
 MUTANTS: list[Mutant] = [
     # -- data -------------------------------------------------------------------------------------
@@ -52,6 +54,33 @@ MUTANTS: list[Mutant] = [
     Mutant("eos-does-not-stop", "generate", "src/llmkit/generate.py",
            "if tok in eos or stream.stopped:", "if stream.stopped:",
            (f"{GENERATE}::test_eos_stops",)),
+    # -- serve ------------------------------------------------------------------------------------
+    Mutant("auth-check-skipped", "serve", "src/llmkit/serve/auth.py",
+           "        if self.keys:\n", "        if False:\n",
+           (f"{OPTIONS}::test_keys_from_the_file_and_the_environment_are_accepted_and_no_other",)),
+    Mutant("api-keys-file-ignored", "serve", "src/llmkit/serve/auth.py",
+           "                out.append(line)", "                pass",
+           (f"{OPTIONS}::test_keys_from_the_file_and_the_environment_are_accepted_and_no_other",)),
+    Mutant("llmkit-api-key-env-ignored", "serve", "src/llmkit/serve/auth.py",
+           'if os.environ.get("LLMKIT_API_KEY"):', 'if os.environ.get("LLMKIT_API_KEYS"):',
+           (f"{OPTIONS}::test_keys_from_the_file_and_the_environment_are_accepted_and_no_other",)),
+    Mutant("cors-origin-ignored", "serve", "src/llmkit/serve/app.py",
+           "allow_origins=cfg.cors_origins", 'allow_origins=["*"]',
+           (f"{OPTIONS}::test_cors_headers_go_to_the_allowed_origin_only",)),
+    Mutant("one-decode-worker-whatever-asked", "serve", "src/llmkit/serve/served.py",
+           "for _ in range(workers)]", "for _ in range(1)]",
+           (f"{OPTIONS}::test_two_workers_decode_four_sequences_at_once_with_the_text_of_one",)),
+    Mutant("finished-row-dropped-a-step-late", "serve", "src/llmkit/serve/engine.py",
+           "                job.last = -1", "                job.last = tok if len(job.out) == job.max_new else -1",
+           (STREAMS64,), "invisible to clients: only the engine's step count shows the wasted row"),
+    Mutant("engine-ignores-eos", "serve", "src/llmkit/serve/engine.py",
+           "if tok in job.eos or job.stream.stopped:", "if job.stream.stopped:", (STREAMS64,)),
+    Mutant("request-stop-ignored", "serve", "src/llmkit/serve/handling.py",
+           "stream=TextStream(served.tokenizer, body.stops)", "stream=TextStream(served.tokenizer, [])", (STREAMS64,)),
+    Mutant("request-seed-ignored", "serve", "src/llmkit/serve/handling.py",
+           "top_p=body.top_p, seed=body.seed)", "top_p=body.top_p, seed=None)", (STREAMS64,)),
+    Mutant("scheduler-never-batches", "serve", "src/llmkit/serve/engine.py",
+           "len(active) + len(admit) < min(dec.max_batch, max(share, 1))", "len(active) + len(admit) < 1", (STREAMS64,)),
     # -- train ------------------------------------------------------------------------------------
     Mutant("pretrain-resume-forgets-the-sampler", "train", "src/llmkit/train/pretrain.py",
            '            sampler.set_state(state["sampler"])\n', "",
