@@ -26,6 +26,13 @@ GENERATE = "tests/test_generate.py"
 REGISTRY_CLI = "tests/cli/test_registry_url_cli.py"
 STREAMS64 = "tests/serve/test_limits.py::test_64_concurrent_streams_each_equal_their_solo_answer_and_are_batched"
 OPTIONS = "tests/serve/test_options.py"
+T_Q = "tests/optimize/test_quantize.py::test_each_method_quantizes_every_linear_layer_but_the_head_and_loads_back_close_to_the_original"
+T_W = "tests/optimize/test_prune.py::test_wanda_zeros_the_smallest_weight_times_input_norm_of_each_row_and_recovery_keeps_the_zeros"
+T_M = "tests/optimize/test_prune.py::test_magnitude_pruning_zeroes_the_smallest_half_of_every_linear_layer_and_nothing_else"
+T_O = "tests/optimize/test_onnx.py::test_a_parity_failure_writes_nothing_registers_nothing_and_says_so_in_one_line"
+QUANT = "src/llmkit/optimize/quantize.py"
+PRUNE = "src/llmkit/optimize/prune.py"
+ONNX = "src/llmkit/optimize/export_onnx.py"
 
 MUTANTS: list[Mutant] = [
     # -- data -------------------------------------------------------------------------------------
@@ -54,6 +61,30 @@ MUTANTS: list[Mutant] = [
     Mutant("eos-does-not-stop", "generate", "src/llmkit/generate.py",
            "if tok in eos or stream.stopped:", "if stream.stopped:",
            (f"{GENERATE}::test_eos_stops",)),
+    # -- optimize ---------------------------------------------------------------------------------
+    Mutant("int8-conversion-skipped", "optimize", QUANT,
+           '        lm = _to_dynamic(lm, info["modules"])', "        lm = lm", (f"{T_Q}[int8-dynamic]",),
+           "a float model has Linear layers too: only exact types catch this"),
+    Mutant("int8-dynamic-quantizes-to-fp16", "optimize", QUANT,
+           "dtype=torch.qint8, inplace=True", "dtype=torch.float16, inplace=True", (f"{T_Q}[int8-dynamic]",)),
+    Mutant("int8-dynamic-quantizes-the-head", "optimize", QUANT,
+           "qconfig_spec=set(names)", "qconfig_spec={torch.nn.Linear}", (f"{T_Q}[int8-dynamic]",)),
+    Mutant("group-scales-saved-in-fp16", "optimize", QUANT,
+           ' and not key.endswith(".scales")', "", (f"{T_Q}[int8-weight]", f"{T_Q}[int4-weight]")),
+    Mutant("wanda-ignores-activations", "optimize", PRUNE,
+           'score = w.abs().float() * norms[name][None, :] if cfg.method == "wanda" else w.abs().float()',
+           "score = w.abs().float()", (T_W,), "Wanda per row and magnitude per layer differ even without the norms"),
+    Mutant("wanda-l1-norm", "optimize", PRUNE, ".pow(2).sum(0))", ".abs().sum(0))", (T_W,)),
+    Mutant("magnitude-prunes-per-row", "optimize", PRUNE,
+           'per_row=cfg.method == "wanda")', "per_row=True)", (T_M,)),
+    Mutant("recovery-refills-the-zeros", "optimize", PRUNE,
+           "layer.weight.mul_(masks[name].to(layer.weight.dtype))", "layer.weight.mul_(1.0)", (T_W,)),
+    Mutant("onnx-parity-never-fails", "optimize", ONNX, "if diff > TOLERANCE:", "if diff > 1e30:", (T_O,)),
+    Mutant("onnx-parity-failure-is-a-crash", "optimize", ONNX,
+           'raise UserError(f"ONNX export of {model.ref} disagrees', 'raise RuntimeError(f"ONNX export of {model.ref} disagrees',
+           (T_O,)),
+    Mutant("failed-write-leaves-its-temp-folder", "optimize", "src/llmkit/workspace.py",
+           "        shutil.rmtree(tmp, ignore_errors=True)\n        raise", "        raise", (T_O,)),
     # -- serve ------------------------------------------------------------------------------------
     Mutant("auth-check-skipped", "serve", "src/llmkit/serve/auth.py",
            "        if self.keys:\n", "        if False:\n",
