@@ -164,24 +164,35 @@ def test_full_sft_with_packing_lowers_the_val_loss(ws, tiny_model):
     assert after == pytest.approx(m["val_loss"], rel=1e-4)
 
 
-def test_bad_inputs_are_clear_errors(ws, tiny_model, tmp_path: Path):
-    reg = Registry.for_workspace(ws.root)
+# Each bad input is its own test: one skipped or failed check never hides the others.
+def test_lora_target_modules_that_match_nothing_are_an_error_listing_the_real_ones(ws):
     with pytest.raises(UserError, match=r"sft.lora.target_modules: nope matches no module.*q_proj"):
-        sft(_cfg(lora=LoraConfig(target_modules=["nope"])), ws, reg)
-    with pytest.raises(UserError, match="needs a CUDA GPU"):
-        if torch.cuda.is_available():
-            pytest.skip("this machine has a GPU")
-        sft(_cfg(method="qlora"), ws, reg)
+        sft(_cfg(lora=LoraConfig(target_modules=["nope"])), ws, Registry.for_workspace(ws.root))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU, where QLoRA runs")
+def test_qlora_without_a_cuda_gpu_says_so_and_points_to_lora(ws):
+    with pytest.raises(UserError, match=r"needs a CUDA GPU.*--method lora"):
+        sft(_cfg(method="qlora"), ws, Registry.for_workspace(ws.root))
+
+
+def test_an_unknown_base_model_is_an_error_naming_it(ws):
     with pytest.raises(UserError, match="no model 'missing-base'"):
-        sft(_cfg(base="missing-base"), ws, reg)
+        sft(_cfg(base="missing-base"), ws, Registry.for_workspace(ws.root))
+
+
+def test_a_non_chat_dataset_is_an_error_naming_the_task_it_needs(ws):
     with pytest.raises(UserError, match="'lm' dataset; SFT needs one prepared with --task chat"):
-        sft(_cfg(data="tiny"), ws, reg)
+        sft(_cfg(data="tiny"), ws, Registry.for_workspace(ws.root))
+
+
+def test_a_base_with_pickled_weights_only_is_refused(ws, tiny_model, tmp_path: Path):
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "config.json").write_text((tiny_model.path / "config.json").read_text())
     torch.save({"x": torch.zeros(1)}, pickled / "pytorch_model.bin")
     with pytest.raises(UserError, match="no .safetensors weights"):
-        sft(_cfg(base=str(pickled)), ws, reg)
+        sft(_cfg(base=str(pickled)), ws, Registry.for_workspace(ws.root))
 
 
 def test_gradient_checkpointing_gives_the_same_adapter(ws):

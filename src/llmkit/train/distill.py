@@ -119,10 +119,11 @@ def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry 
         job, teacher_scores = _lm_job(cfg, registry, teacher, student, tokenizer, device)
     job.name = cfg.name or f"{teacher_ref.name.split('/')[-1]}-student"
     job.parents += [(teacher_ref.id, "teacher")] if teacher_ref.id else []
-    if run_dir is None:  # the student before any distillation: what the run improves on
-        before = job.evaluate(student)
-        student.train()
-        job.info[f"student_{job.score}_before"] = before[job.score]
+    # The student before any distillation: what the run improves on. Measured on --resume too (the
+    # student is rebuilt or reloaded as it started; the checkpoint is loaded later), so the summary keeps it.
+    before = job.evaluate(student)
+    student.train()
+    job.info[f"student_{job.score}_before"] = before[job.score]
     job.info.update({"teacher_parameters": t_params, "student_parameters": s_params,
                      "parameter_ratio": round(s_params / t_params, 4), **teacher_scores})
     if console is not None:
@@ -196,7 +197,9 @@ def _classifier_job(cfg, registry, teacher, student, tokenizer, labels, device):
         out = {}
         for who, m in (("", model), ("teacher_", teacher)):
             g, p, _ = predict_batches(m, batches, device)
-            out.update({f"{who}test_{k}": v for k, v in scores(g, p, labels).items() if k in ("accuracy", "macro_f1")})
+            # Recall per class too: on a skewed split, accuracy alone cannot tell a student from "always the majority".
+            out.update({f"{who}test_{k}": v for k, v in scores(g, p, labels).items()
+                        if k in ("accuracy", "macro_f1") or k.startswith("recall_")})
         return out
 
     job = Job("distill", "", student, lambda epoch: train.epoch_batches(cfg.batch_size, cfg.seed, epoch, pad), loss_fn,
