@@ -179,10 +179,13 @@ def test_next_token_explains_the_models_most_likely_next_token(lm, lm_workspace:
     from llmkit.generate import encode_prompt
 
     model, tokenizer = lm[0], lm[1]
-    text = "ROMEO: I will"
+    text = "ROMEO:\n"
     with torch.no_grad():
-        probs = model(input_ids=torch.tensor([encode_prompt(tokenizer, text)])).logits[0, -1].float().softmax(-1)
+        logits = model(input_ids=torch.tensor([encode_prompt(tokenizer, text)])).logits[0].float()
+    probs = logits[-1].softmax(-1)
     top = int(probs.argmax())
+    # The text is chosen so that the token after "ROMEO:" is another one: the last position is the one explained.
+    assert int(logits[-2].argmax()) != top
     exp = _run(lm, text, method="occlusion")
     assert exp.target == tokenizer.decode([top]) and exp.quantity == "probability"
     assert exp.probability == pytest.approx(float(probs[top]), abs=1e-5)
