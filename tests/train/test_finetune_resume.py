@@ -102,7 +102,7 @@ def _assert_same_run(straight: dict, resumed: dict, stopped_at: int, total_steps
         torch.testing.assert_close(b_w[key], a_w[key], atol=1e-6, rtol=1e-5)
     a_m = {k: v for k, v in straight["metrics"].items() if k not in TIMING}
     b_m = {k: v for k, v in resumed["metrics"].items() if k not in TIMING}
-    assert sorted(b_m) == sorted(a_m)
+    assert set(b_m) == set(a_m), f"summary lost {sorted(set(a_m) - set(b_m))}, gained {sorted(set(b_m) - set(a_m))}"
     for key, value in a_m.items():
         if isinstance(value, float):
             assert b_m[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
