@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import run_cli
 
 from llmkit.registry import Registry
-from tests.conftest import run_cli
 
 
 def llmkit(*args: str, cwd: Path | None = None, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
