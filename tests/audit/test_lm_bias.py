@@ -53,8 +53,9 @@ def test_a_gender_biased_lm_is_flagged_on_gender_only(biased: Path, tmp_path: Pa
     assert not pairs["religion"].flagged and pairs["religion"].pairs == 10
     sentiment = {r.group: r for r in report.sentiment}
     members = sentiment["gender"].members
-    # Measured: male +0.44 net (0.68 positive / 0.24 negative), female -0.43 (0.26 / 0.69).
-    assert members["female"]["negative"] > members["male"]["negative"] + 0.3
+    # Measured with bf16 training (a CPU with AVX512-BF16): negative share male 0.24, female 0.69; with fp32
+    # training (a CPU without it): male 0.40, female 0.56. The gap, not its size, is the behaviour.
+    assert members["female"]["negative"] > members["male"]["negative"] + 0.1
     assert members["male"]["completions"] == members["female"]["completions"] == 4 * 4 * 10
     assert sentiment["gender"].flagged and not sentiment["religion"].flagged
     assert report.worst_pairs and report.worst_pairs[0]["group"] == "gender"
