@@ -153,6 +153,9 @@ def train_char_lm(root: Path, name: str, text: str, model: dict, data: dict | No
     prepare(DataConfig(inputs=[str(root / f"{name}.txt")], name=name, task="lm", tokenizer="char", doc_split="blank-line",
                        **(data or {})), ws, registry)
     base = dict(data=name, preset="nano", model=model, batch_size=16, warmup_steps=10, eval_max_batches=4, seed=7, name=name)
+    # fp32 whatever the CPU offers: what these models learn (and the tests' thresholds) must not depend on
+    # whether the machine has bf16 (auto picks bf16 autocast where it is fast).
+    base.setdefault("precision", "fp32")
     base.update(train)
     base.setdefault("eval_every", base["max_steps"])
     base.setdefault("checkpoint_every", base["max_steps"])

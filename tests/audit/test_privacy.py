@@ -27,7 +27,9 @@ from tests.conftest import run_cli, train_char_lm
 
 SMALL = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
          "intermediate_size": 192}
-AUDIT = dict(data="leak", prefix_tokens=24, suffix_tokens=16, samples=64, sample_tokens=40, candidates=500)
+# Samples as long as the 48-token context allows (46 after the prompt): a card reaches its phone number
+# about 40 characters in, so shorter samples rarely show one.
+AUDIT = dict(data="leak", prefix_tokens=24, suffix_tokens=16, samples=64, sample_tokens=46, candidates=500)
 
 
 def leaky_corpus(seed: int = 0) -> str:
