@@ -91,9 +91,10 @@ def speed_rows(ws: Path, variants: list[dict], threads: int, rounds: int, prompt
     """measure_lm on every variant's runtime and on HF generate, interleaved round by round; medians over rounds."""
     import statistics
 
-    from llmkit.eval.speed import disk_size_bytes, load_backend, measure_lm
+    from llmkit.eval.speed import disk_size_bytes, measure_lm
     from llmkit.models.io import resolve_model
     from llmkit.registry import Registry
+    from llmkit.runtime.backends import load_backend
 
     torch.set_num_threads(threads)  # before loading: llama.cpp takes torch's thread count when it opens a model
     reg = Registry.for_workspace(ws)
@@ -124,10 +125,11 @@ def speed_rows(ws: Path, variants: list[dict], threads: int, rounds: int, prompt
 
 def q4_agreement(ws: Path, variants: list[dict], new_tokens: int = 128) -> dict[str, float]:
     """Share of 128 greedy tokens (after a few prompts) where each GGUF export agrees with PyTorch fp32."""
-    from llmkit.generate import encode_prompt, generate_ids
+    from llmkit.generate import encode_prompt
     from llmkit.models.io import load_causal_lm, resolve_model
-    from llmkit.optimize.llama_cpp_backend import LlamaCppBackend, greedy
     from llmkit.registry import Registry
+    from llmkit.runtime.decoder import generate_ids
+    from llmkit.runtime.llama_cpp import LlamaCppBackend, greedy
 
     reg = Registry.for_workspace(ws)
     lm, tok = load_causal_lm(resolve_model(variants[0]["id"], reg))

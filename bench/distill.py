@@ -46,7 +46,7 @@ def main() -> None:
         llmkit(ws, "data", "prepare", str(DATA / "tinyshakespeare" / "input.txt"), "--name", "shakespeare", "--task", "lm",
                "--tokenizer", "char", "--doc-split", "blank-line", "--pii", "keep", "--dedupe", "none")
         config = Path(tmp) / "teacher.yaml"
-        config.write_text(json.dumps({"train": {"model": {"num_hidden_layers": 8}, "eval_max_batches": 8}}))
+        config.write_text(json.dumps({"pretrain": {"model": {"num_hidden_layers": 8}, "eval_max_batches": 8}}))
         llmkit(ws, "train", "pretrain", "--data", "shakespeare", "--preset", "nano", "--context", "128", "--max-steps",
                str(args.lm_steps), "--lr", "2e-3", "--config", str(config), "--name", "lm-teacher")
         lm = llmkit(ws, "train", "distill", "--teacher", "lm-teacher", "--data", "shakespeare", "--student-preset", "nano",

@@ -37,7 +37,7 @@ def train_classifier(root: Path, messages: int, epochs: float):
     from llmkit.data import prepare
     from llmkit.explain import load_for_explain
     from llmkit.registry import Registry
-    from llmkit.train.classify import classify
+    from llmkit.train.classification import classify
     from llmkit.workspace import Workspace
 
     source = root / "sms-sample.tsv"

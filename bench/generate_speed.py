@@ -23,8 +23,8 @@ import time
 import torch
 from transformers import LlamaForCausalLM
 
-from llmkit.generate import generate_ids
 from llmkit.models.presets import count_parameters, llama_config
+from llmkit.runtime.decoder import generate_ids
 
 
 def timed(fn) -> tuple[float, list[int]]:

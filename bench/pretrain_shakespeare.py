@@ -68,7 +68,7 @@ def main() -> None:
                         "--tokenizer", "char", "--pii", "keep", "--dedupe", "none", *ws], check=True, capture_output=True)
         prep_s = time.perf_counter() - started
         config = tmp / "bench.yaml"
-        config.write_text(json.dumps({"train": {"eval_max_batches": 4, "min_lr": args.lr / 10, "beta2": args.beta2,
+        config.write_text(json.dumps({"pretrain": {"eval_max_batches": 4, "min_lr": args.lr / 10, "beta2": args.beta2,
                                                 "weight_decay": args.wd, "grad_clip": 1.0}}))
         out = subprocess.run([*llmkit, "train", "pretrain", "--data", "shakespeare", "--preset", "nano",
                               "--context", "64", "--batch-size", str(args.batch), "--max-steps", str(args.steps),

@@ -103,7 +103,7 @@ def reference_loop(cfg, init_state, shard, vocab, steps, lr, seed, precision: st
 
 def llmkit_loop(ws, reg, steps, lr, seed, compile: bool) -> dict:
     from llmkit.config import PretrainConfig
-    from llmkit.train.pretrain import pretrain
+    from llmkit.train.pretraining import pretrain
 
     cfg = PretrainConfig(data="shakespeare", preset="micro", context=CONTEXT, batch_size=BATCH, max_steps=steps, lr=lr,
                          min_lr=lr / 10, warmup_steps=5, eval_every=10**6, checkpoint_every=10**6, eval_max_batches=1,

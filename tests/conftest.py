@@ -171,7 +171,7 @@ TINY_FLAGS = ["--preset", "nano", "--context", "32", "--batch-size", "4", "--lr"
 def write_tiny_config(path: Path, **train) -> Path:
     import yaml
 
-    body = {"train": {"model": TINY, "eval_max_batches": 4, **train}}
+    body = {"pretrain": {"model": TINY, "eval_max_batches": 4, **train}}
     path.write_text(yaml.safe_dump(body))
     return path
 
@@ -218,7 +218,7 @@ def sms_data(lm_workspace: Path, shared_data: Path) -> str:
 def sms_classifier(lm_workspace: Path, sms_data: str):
     """minilm-l6 fine-tuned for 2 epochs on the SMS sample, registered as 'sms-clf'."""
     from llmkit.config import ClassifyConfig
-    from llmkit.train.classify import classify
+    from llmkit.train.classification import classify
 
     ws = Workspace.open(lm_workspace)
     return classify(ClassifyConfig(base="minilm-l6", data=sms_data, name="sms-clf", epochs=2, batch_size=16, lr=1e-4,

@@ -31,6 +31,7 @@ T_W = "tests/optimize/test_prune.py::test_wanda_zeros_the_smallest_weight_times_
 T_M = "tests/optimize/test_prune.py::test_magnitude_pruning_zeroes_the_smallest_half_of_every_linear_layer_and_nothing_else"
 T_O = "tests/optimize/test_onnx.py::test_a_parity_failure_writes_nothing_registers_nothing_and_says_so_in_one_line"
 QUANT = "src/llmkit/optimize/quantize.py"
+QFORMAT = "src/llmkit/models/quantized.py"
 PRUNE = "src/llmkit/optimize/prune.py"
 ONNX = "src/llmkit/optimize/export_onnx.py"
 
@@ -55,19 +56,19 @@ MUTANTS: list[Mutant] = [
             f"{LM_EVAL}::test_overlapping_windows_score_every_token_exactly_once"),
            "a token scored twice or never changes the perplexity a little: only an exact check sees it"),
     # -- generate ---------------------------------------------------------------------------------
-    Mutant("stop-strings-ignored", "generate", "src/llmkit/generate.py",
+    Mutant("stop-strings-ignored", "generate", "src/llmkit/runtime/detokenize.py",
            "hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]", "hits = []",
            (f"{GENERATE}::test_stop_strings_and_streaming",)),
     Mutant("eos-does-not-stop", "generate", "src/llmkit/generate.py",
            "if tok in eos or stream.stopped:", "if stream.stopped:",
            (f"{GENERATE}::test_eos_stops",)),
     # -- optimize ---------------------------------------------------------------------------------
-    Mutant("int8-conversion-skipped", "optimize", QUANT,
+    Mutant("int8-conversion-skipped", "optimize", QFORMAT,
            '        lm = _to_dynamic(lm, info["modules"])', "        lm = lm", (f"{T_Q}[int8-dynamic]",),
            "a float model has Linear layers too: only exact types catch this"),
-    Mutant("int8-dynamic-quantizes-to-fp16", "optimize", QUANT,
+    Mutant("int8-dynamic-quantizes-to-fp16", "optimize", QFORMAT,
            "dtype=torch.qint8, inplace=True", "dtype=torch.float16, inplace=True", (f"{T_Q}[int8-dynamic]",)),
-    Mutant("int8-dynamic-quantizes-the-head", "optimize", QUANT,
+    Mutant("int8-dynamic-quantizes-the-head", "optimize", QFORMAT,
            "qconfig_spec=set(names)", "qconfig_spec={torch.nn.Linear}", (f"{T_Q}[int8-dynamic]",)),
     Mutant("group-scales-saved-in-fp16", "optimize", QUANT,
            ' and not key.endswith(".scales")', "", (f"{T_Q}[int8-weight]", f"{T_Q}[int4-weight]")),
@@ -113,8 +114,8 @@ MUTANTS: list[Mutant] = [
     Mutant("scheduler-never-batches", "serve", "src/llmkit/serve/engine.py",
            "len(active) + len(admit) < min(dec.max_batch, max(share, 1))", "len(active) + len(admit) < 1", (STREAMS64,)),
     # -- train ------------------------------------------------------------------------------------
-    Mutant("pretrain-resume-forgets-the-sampler", "train", "src/llmkit/train/pretrain.py",
-           '            sampler.set_state(state["sampler"])\n', "",
+    Mutant("pretrain-resume-forgets-the-sampler", "train", "src/llmkit/train/pretraining.py",
+           'load_state=lambda state: sampler.set_state(state["sampler"])', "load_state=lambda state: None",
            ("tests/train/test_resume.py::test_resume_after_kill_matches_uninterrupted_run",),
            "resumed batches must be the ones the uninterrupted run would have drawn"),
     Mutant("bf16-precision-ignored", "train", "src/llmkit/train/optim.py",
@@ -123,22 +124,22 @@ MUTANTS: list[Mutant] = [
     Mutant("fp16-on-cpu-not-refused", "train", "src/llmkit/train/optim.py",
            'if precision == "fp16" and device != "cuda":', "if False:",
            ("tests/train/test_loop_options.py::test_precision_fp16_on_a_cpu_is_a_one_line_error",)),
-    Mutant("compile-flag-ignored", "train", "src/llmkit/train/pretrain.py",
-           "train_model = torch.compile(train_model)", "train_model = train_model",
+    Mutant("compile-flag-ignored", "train", "src/llmkit/train/pretraining.py",
+           "return torch.compile(m) if cfg.compile else m", "return m",
            ("tests/train/test_loop_options.py::test_compile_gives_eager_losses_and_weights_and_really_compiles",)),
-    Mutant("accumulation-not-averaged", "train", "src/llmkit/train/pretrain.py",
-           "loss = lm_loss(train_model, x, y) / cfg.grad_accum", "loss = lm_loss(train_model, x, y)",
+    Mutant("accumulation-not-averaged", "train", "src/llmkit/train/loop.py",
+           "loss = loss / job.grad_accum", "loss = loss",
            ("tests/train/test_loop_options.py::test_gradient_accumulation_of_two_half_batches_equals_one_full_batch",)),
-    Mutant("finetune-resume-forgets-the-rng", "train", "src/llmkit/train/finetune.py",
+    Mutant("finetune-resume-forgets-the-rng", "train", "src/llmkit/train/loop.py",
            'torch.set_rng_state(state["torch_rng"])', "torch.get_rng_state()",
            ("tests/train/test_finetune_resume.py::test_classify_stopped_by_ctrl_c_resumes_to_the_uninterrupted_result",),
            "with dropout on, the resumed steps must draw the masks the uninterrupted run drew"),
-    Mutant("finetune-resume-forgets-the-optimizer", "train", "src/llmkit/train/finetune.py",
-           'optimizer.load_state_dict(state["optimizer"])', "optimizer.state_dict()",
+    Mutant("finetune-resume-forgets-the-optimizer", "train", "src/llmkit/train/loop.py",
+           'job.optimizer.load_state_dict(state["optimizer"])', "job.optimizer.state_dict()",
            ("tests/train/test_finetune_resume.py::test_distill_stopped_by_sigterm_resumes_to_the_uninterrupted_result",)),
-    Mutant("qlora-on-cpu-not-refused", "train", "src/llmkit/train/sft.py",
+    Mutant("qlora-on-cpu-not-refused", "train", "src/llmkit/train/supervised.py",
            '    if device != "cuda":\n        raise UserError("sft.method', '    if False:\n        raise UserError("sft.method',
-           ("tests/train/test_sft.py::test_qlora_without_a_cuda_gpu_says_so_and_points_to_lora",)),
+           ("tests/train/test_supervised.py::test_qlora_without_a_cuda_gpu_says_so_and_points_to_lora",)),
     # -- explain ----------------------------------------------------------------------------------
     Mutant("deletion-removes-the-least-attributed-first", "explain", "src/llmkit/explain/faithfulness.py",
            "order = sorted(free, key=lambda i: -float(scores[i]))", "order = sorted(free, key=lambda i: float(scores[i]))",
@@ -150,7 +151,7 @@ MUTANTS: list[Mutant] = [
            ".logits.float()[0, -1].softmax(-1)", ".logits.float()[0, -2].softmax(-1)",
            ("tests/explain/test_explain.py::test_next_token_explains_the_models_most_likely_next_token",)),
     # -- cli ----------------------------------------------------------------------------------------
-    Mutant("config-file-beats-flags", "cli", "src/llmkit/config.py",
+    Mutant("config-file-beats-flags", "cli", "src/llmkit/config/files.py",
            "if value is not None:\n            body[key] = value", "if value is not None and key not in body:\n            body[key] = value",
            ("tests/cli/test_core_cli.py::test_flags_override_the_config_file",)),
     Mutant("adapter-not-applied-on-merge", "cli", "src/llmkit/models/io.py",

@@ -32,16 +32,16 @@ def _error(section: str, path: Path | None = None, overrides: dict | None = None
 
 
 def test_without_file_or_flags_a_section_is_its_defaults() -> None:
-    assert load_section("train") == SECTIONS["train"]()
+    assert load_section("pretrain") == SECTIONS["pretrain"]()
 
 
 def test_flags_win_over_the_file_and_the_file_over_defaults(write_config: WriteConfig) -> None:
-    path = write_config("train:\n  lr: 0.01\n  batch_size: 4\ngenerate:\n  top_k: 5\n")
-    cfg = load_section("train", path, overrides={"lr": 0.02, "batch_size": None, "max_steps": None})
+    path = write_config("pretrain:\n  lr: 0.01\n  batch_size: 4\ngenerate:\n  top_k: 5\n")
+    cfg = load_section("pretrain", path, overrides={"lr": 0.02, "batch_size": None, "max_steps": None})
 
     assert cfg.lr == 0.02  # flag over file
     assert cfg.batch_size == 4  # file over default; a None flag means "not given"
-    assert cfg.max_steps == SECTIONS["train"]().max_steps  # default
+    assert cfg.max_steps == SECTIONS["pretrain"]().max_steps  # default
     assert load_section("generate", path).top_k == 5
 
 
@@ -52,13 +52,13 @@ def test_nested_keys_come_from_the_file(write_config: WriteConfig) -> None:
 
 
 def test_a_wrong_type_in_the_file_names_the_key_path_and_the_value(write_config: WriteConfig) -> None:
-    path = write_config("train:\n  lr: fast\n")
-    message = _error("train", path)
-    assert message.startswith(f"{path}: train.lr = 'fast'")
+    path = write_config("pretrain:\n  lr: fast\n")
+    message = _error("pretrain", path)
+    assert message.startswith(f"{path}: pretrain.lr = 'fast'")
 
 
 def test_a_wrong_type_in_a_flag_names_the_key_path_and_the_value() -> None:
-    assert "train.batch_size = 'many'" in _error("train", overrides={"batch_size": "many"})
+    assert "pretrain.batch_size = 'many'" in _error("pretrain", overrides={"batch_size": "many"})
 
 
 def test_an_out_of_range_nested_value_names_the_full_key_path(write_config: WriteConfig) -> None:
@@ -67,8 +67,8 @@ def test_an_out_of_range_nested_value_names_the_full_key_path(write_config: Writ
 
 
 def test_an_unknown_key_names_the_key_path_and_suggests_the_right_one(write_config: WriteConfig) -> None:
-    message = _error("train", write_config("train:\n  lrr: 0.1\n"))
-    assert "unknown key 'train.lrr'" in message and "did you mean 'lr'?" in message
+    message = _error("pretrain", write_config("pretrain:\n  lrr: 0.1\n"))
+    assert "unknown key 'pretrain.lrr'" in message and "did you mean 'lr'?" in message
 
 
 def test_an_unknown_nested_key_suggests_a_key_of_the_nested_section(write_config: WriteConfig) -> None:
@@ -77,44 +77,44 @@ def test_an_unknown_nested_key_suggests_a_key_of_the_nested_section(write_config
 
 
 def test_an_unknown_flag_is_reported_like_an_unknown_key() -> None:
-    message = _error("train", overrides={"max_step": 3})
-    assert "unknown key 'train.max_step'" in message and "did you mean 'max_steps'?" in message
+    message = _error("pretrain", overrides={"max_step": 3})
+    assert "unknown key 'pretrain.max_step'" in message and "did you mean 'max_steps'?" in message
 
 
 def test_a_mistake_in_another_section_of_the_file_is_still_reported(write_config: WriteConfig) -> None:
-    path = write_config("train:\n  lr: 0.01\ngenerate:\n  temprature: 0.5\n")
-    message = _error("train", path)
+    path = write_config("pretrain:\n  lr: 0.01\ngenerate:\n  temprature: 0.5\n")
+    message = _error("pretrain", path)
     assert "unknown key 'generate.temprature'" in message and "did you mean 'temperature'?" in message
 
 
 def test_an_unknown_section_is_reported_with_a_suggestion(write_config: WriteConfig) -> None:
-    path = write_config("trian:\n  lr: 0.1\n")
-    assert f"{path}: unknown section 'trian' (did you mean 'train'?)" in _error("train", path)
+    path = write_config("pretrian:\n  lr: 0.1\n")
+    assert f"{path}: unknown section 'pretrian' (did you mean 'pretrain'?)" in _error("pretrain", path)
 
 
 def test_invalid_yaml_is_reported_as_file_line_column(write_config: WriteConfig) -> None:
-    path = write_config("train:\n  lr: 0.1\n   max_steps: 10\n")
-    assert _error("train", path).startswith(f"{path}:3:13: invalid YAML (")
+    path = write_config("pretrain:\n  lr: 0.1\n   max_steps: 10\n")
+    assert _error("pretrain", path).startswith(f"{path}:3:13: invalid YAML (")
 
 
 def test_a_file_that_is_not_a_mapping_is_reported(write_config: WriteConfig) -> None:
-    path = write_config("- train\n- data\n")
-    message = _error("train", path)
+    path = write_config("- pretrain\n- data\n")
+    message = _error("pretrain", path)
     assert message.startswith(f"{path}: a config file is a mapping of sections") and "not list" in message
 
 
 def test_a_section_that_is_not_a_mapping_is_reported(write_config: WriteConfig) -> None:
-    path = write_config("train: 5\n")
-    assert f"{path}: section 'train' must be a mapping of keys, not int" in _error("train", path)
+    path = write_config("pretrain: 5\n")
+    assert f"{path}: section 'pretrain' must be a mapping of keys, not int" in _error("pretrain", path)
 
 
 def test_a_missing_config_file_is_reported(tmp_path: Path) -> None:
-    assert "config file not found" in _error("train", tmp_path / "nope.yaml")
+    assert "config file not found" in _error("pretrain", tmp_path / "nope.yaml")
 
 
 def test_an_empty_file_or_an_empty_section_means_defaults(write_config: WriteConfig) -> None:
     assert read_config_file(write_config("")) == {}
-    assert load_section("train", write_config("train:\n")) == SECTIONS["train"]()
+    assert load_section("pretrain", write_config("pretrain:\n")) == SECTIONS["pretrain"]()
 
 
 @pytest.mark.parametrize("section", list(SECTIONS))
@@ -134,10 +134,20 @@ def test_every_rendered_key_has_a_comment_line_above_it(section: str) -> None:
 
 
 def test_a_rendered_config_file_loads_back_to_the_defaults(write_config: WriteConfig) -> None:
-    path = write_config(render_defaults("train"))
-    assert load_section("train", path) == SECTIONS["train"]()
+    path = write_config(render_defaults("pretrain"))
+    assert load_section("pretrain", path) == SECTIONS["pretrain"]()
 
 
 def test_rendering_an_unknown_stage_suggests_the_right_one() -> None:
-    with pytest.raises(UserError, match=r"unknown stage 'trian' \(did you mean 'train'\?\)"):
-        render_defaults("trian")
+    with pytest.raises(UserError, match=r"unknown stage 'pretrian' \(did you mean 'pretrain'\?\)"):
+        render_defaults("pretrian")
+
+
+def test_an_old_section_name_still_works_with_one_warning_naming_the_new_one(write_config: WriteConfig, capsys) -> None:
+    path = write_config("train:\n  lr: 0.02\nbench:\n  runs: 2\n")
+    assert load_section("pretrain", path).lr == 0.02 and load_section("bench-model", path).runs == 2
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {path}: section 'train' is now 'pretrain' (sections are named after their commands); rename it",
+                        f"warning: {path}: section 'bench' is now 'bench-model' (sections are named after their commands); rename it"]
+    both = write_config("train:\n  lr: 0.02\npretrain:\n  lr: 0.03\n")
+    assert f"{both}: sections 'train' and 'pretrain' are the same section" in _error("pretrain", both)

@@ -87,7 +87,7 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
     from llmkit.data.pipeline import prepare
     from llmkit.generate import generate
     from llmkit.models.io import load_causal_lm
-    from llmkit.train.pretrain import pretrain
+    from llmkit.train.pretraining import pretrain
 
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)

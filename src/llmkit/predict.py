@@ -9,6 +9,7 @@ import torch
 from llmkit.config import PredictConfig
 from llmkit.errors import UserError
 from llmkit.models.io import load_classifier, resolve_model
+from llmkit.models.kind import model_kind
 
 
 def predict(model_ref: str, texts: list[str], cfg: PredictConfig | None = None, registry=None) -> list[dict[str, Any]]:
@@ -16,8 +17,8 @@ def predict(model_ref: str, texts: list[str], cfg: PredictConfig | None = None, 
     cfg = cfg or PredictConfig()
     model = resolve_model(model_ref, registry)
     lineage = model.lineage or {}
-    if lineage.get("task") not in (None, "classification"):
-        raise UserError(f"{model.ref} is a {lineage['task']} model, not a classifier; use llmkit generate for language models")
+    if model_kind(model) == "causal":
+        raise UserError(f"{model.ref} is a causal language model, not a classifier; use llmkit generate for language models")
     clf, tokenizer, labels = load_classifier(model)
     max_length = cfg.max_length or lineage.get("max_length") or 512
     device = "cuda" if torch.cuda.is_available() else "cpu"

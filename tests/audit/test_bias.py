@@ -56,7 +56,7 @@ def _unbiased(rng: random.Random) -> list[dict]:
 @pytest.fixture(scope="module")
 def audit_ws(tmp_path_factory) -> Path:
     """A workspace with classify datasets 'gender-biased' and 'gender-fair' and a classifier trained on each."""
-    from llmkit.train.classify import classify
+    from llmkit.train.classification import classify
 
     root = tmp_path_factory.mktemp("audit-ws")
     ws = Workspace.open(root)

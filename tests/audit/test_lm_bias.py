@@ -65,7 +65,7 @@ def test_a_gender_biased_lm_is_flagged_on_gender_only(biased: Path, tmp_path: Pa
     assert record.kind == "bias-audit" and record.metrics["flagged_groups"] == 1.0 and record.metrics["pairs.gender.rate"] >= 0.9
     model = registry.get("biased", "model")
     assert [(rel, r.id) for rel, r in registry.children(model.id) if r.type == "eval"] == [("audits", record.id)]
-    from llmkit.eval.compare import latest_evals
+    from llmkit.eval.comparison import latest_evals
 
     assert latest_evals(registry, model.id) == []  # compare keeps to quality evaluations
     page = out.read_text()

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmkit.audit import canaries
 from llmkit.audit.privacy import privacy_audit
 from llmkit.config import PretrainConfig, PrivacyAuditConfig
+from llmkit.data import canaries
 from llmkit.data.shards import read_shard
 from llmkit.errors import UserError
 from llmkit.registry import Registry
@@ -131,7 +131,7 @@ def test_context_limits_and_bad_inputs(lm_workspace: Path, tiny_model, sms_class
         privacy_audit("tiny-lm", PrivacyAuditConfig(), ws, registry)
     with pytest.raises(UserError, match="classifier model: the privacy audit probes"):
         privacy_audit("sms-clf", PrivacyAuditConfig(data="tiny"), ws, registry)
-    with pytest.raises(UserError, match="train.context = 8 is shorter than a canary"):
+    with pytest.raises(UserError, match="pretrain.context = 8 is shorter than a canary"):
         from llmkit.train import pretrain
 
         pretrain(PretrainConfig(data="tiny", preset="nano", max_steps=1, context=8, canaries=1), ws, registry)

@@ -102,9 +102,9 @@ def test_init_with_an_unknown_config_key_names_it_and_exits_2(tmp_path: Path):
 
 
 @pytest.mark.parametrize("body, expected", [
-    ("train:\n  lr: fast\n", "train.lr"),
-    ("train:\n  lr: [1\n", "invalid YAML"),
-    ("trian:\n  lr: 1\n", "did you mean 'train'"),
+    ("pretrain:\n  lr: fast\n", "pretrain.lr"),
+    ("pretrain:\n  lr: [1\n", "invalid YAML"),
+    ("pretrian:\n  lr: 1\n", "did you mean 'pretrain'"),
     ("- 1\n- 2\n", "mapping"),
 ])
 def test_bad_config_files_are_one_line_errors(tmp_path: Path, body: str, expected: str):
@@ -161,9 +161,11 @@ def test_ls_show_rm_round_trip(tmp_path: Path):
 def test_config_show_prints_commented_defaults_for_each_stage():
     import yaml
 
-    for stage in ("workspace", "data", "train", "generate", "demo"):
+    for stage in ("workspace", "data", "pretrain", "bench-model", "generate", "demo"):
         out = llmkit("config", "show", stage)
         assert out.returncode == 0
         assert stage in yaml.safe_load(out.stdout)
         assert out.stdout.count("#") >= len(yaml.safe_load(out.stdout)[stage])
     assert llmkit("config", "show", "trian").returncode == 2
+    # A section's old name shows it under its new one (named after the command).
+    assert list(yaml.safe_load(llmkit("config", "show", "train").stdout)) == ["pretrain"]

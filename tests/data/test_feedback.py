@@ -18,7 +18,7 @@ from llmkit.config import FeedbackDataConfig, LoraConfig, SftConfig
 from llmkit.data.feedback import dataset_from_feedback, select
 from llmkit.errors import UserError
 from llmkit.registry import Registry
-from llmkit.train.sft import read_records, sft
+from llmkit.train.supervised import sft
 from llmkit.workspace import Workspace
 
 SYSTEM = {"role": "system", "content": "You answer in one short line."}
@@ -52,7 +52,7 @@ class Env:
 
 
 def conversations(ds) -> list[list[dict]]:
-    return [r["messages"] for split in ("train", "val", "test") for r in read_records(ds.path, split)]
+    return [r["messages"] for split in ("train", "val", "test") for r in ds.records(split)]
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_since_keeps_later_feedback_only(env: Env):
     assert env.build(since="2000-01-01").manifest["feedback"]["used"]["approved"] == 2
     with pytest.raises(UserError, match=r"^no usable feedback: 2 feedback rows seen.*2 given before --since"):
         env.build(since="2999-01-01T00:00:00+00:00")
-    with pytest.raises(UserError, match=r"feedback.since = 'yesterday': not an ISO date"):
+    with pytest.raises(UserError, match=r"from-feedback.since = 'yesterday': not an ISO date"):
         env.build(since="yesterday")
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from llmkit.data.encoder import FastEncoder
 from llmkit.data.tokenizer import (
     CHAT_TOKENS,
     EOT,
     PAD,
-    FastEncoder,
     build_tokenizer,
     check_spec,
     load_tokenizer,

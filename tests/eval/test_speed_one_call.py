@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from llmkit.eval.speed import TorchBackend, measure_lm
+from llmkit.eval.speed import measure_lm
+from llmkit.runtime.backends import TorchBackend
 
 
 class OneCallTorch(TorchBackend):

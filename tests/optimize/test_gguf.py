@@ -84,7 +84,7 @@ def bpe_model(ws, shared_data: Path):
 
 
 def _llama(model, quant: str, ws):
-    from llmkit.optimize.llama_cpp_backend import LlamaCppBackend
+    from llmkit.runtime.llama_cpp import LlamaCppBackend
 
     exported, _ = export(model.name, ExportConfig(quant=quant, table=False, name=f"{model.name}-{quant}"), ws,
                          Registry.for_workspace(ws.root))
@@ -112,9 +112,10 @@ def test_llama_cpp_tokenizes_exactly_like_the_model(ws, tiny_model, bpe_model, w
 @pytest.mark.slow
 @pytest.mark.parametrize("quant", ["f32", "f16", "q8_0"])
 def test_llama_cpp_greedy_output_equals_pytorch_over_128_tokens(ws, bpe_model, quant):
-    from llmkit.generate import encode_prompt, generate_ids
+    from llmkit.generate import encode_prompt
     from llmkit.models.io import load_causal_lm
-    from llmkit.optimize.llama_cpp_backend import greedy
+    from llmkit.runtime.decoder import generate_ids
+    from llmkit.runtime.llama_cpp import greedy
 
     lm, tok = load_causal_lm(bpe_model)
     prompt = encode_prompt(tok, "KING RICHARD:\n")
@@ -129,7 +130,7 @@ def test_llama_cpp_batch_decodes_many_sequences_like_one_at_a_time(ws, bpe_model
     continuation equals the one-sequence backend's."""
     from llmkit.generate import encode_prompt
     from llmkit.models.io import load_tokenizer_for, resolve_model
-    from llmkit.optimize.llama_cpp_backend import LlamaCppBatch, greedy
+    from llmkit.runtime.llama_cpp import LlamaCppBatch, greedy
 
     single = _llama(bpe_model, "f32", ws)
     model = resolve_model(f"{bpe_model.name}-f32", Registry.for_workspace(ws.root))

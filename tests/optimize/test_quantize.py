@@ -13,7 +13,8 @@ from llmkit.config import EvalConfig, QuantizeConfig
 from llmkit.eval import evaluate
 from llmkit.generate import generate
 from llmkit.models.io import load_causal_lm, resolve_model
-from llmkit.optimize.quantize import QuantLinear, pack_int4, quantize, quantize_tensor, unpack_int4
+from llmkit.models.quantized import QuantLinear, pack_int4, quantize_tensor, unpack_int4
+from llmkit.optimize.quantize import quantize
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 

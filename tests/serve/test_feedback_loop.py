@@ -12,7 +12,6 @@ from rich.console import Console
 from llmkit.config import FeedbackDataConfig, ServeConfig
 from llmkit.data.feedback import dataset_from_feedback
 from llmkit.registry import Registry
-from llmkit.train.sft import read_records
 from llmkit.workspace import Workspace
 from tests.serve.conftest import start_server
 
@@ -45,7 +44,7 @@ def test_logged_requests_survive_a_restart_and_become_a_dataset(tmp_path, lm_wor
     ws = Workspace.open(lm_workspace)
     ds = dataset_from_feedback(FeedbackDataConfig(name="served-feedback", model="tiny-lm", val=0.0), ws,
                                Registry.for_workspace(ws.root))
-    conversations = [r["messages"] for r in read_records(ds.path, "train")]
+    conversations = [r["messages"] for r in ds.records("train")]
     assert asked + [{"role": "assistant", "content": good.choices[0].message.content.strip()}] in [
         [{**m, "content": m["content"].strip()} for m in c] for c in conversations]
     corrected = [c for c in conversations if c[0]["content"] == "To be, or not"]

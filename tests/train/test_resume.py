@@ -128,3 +128,21 @@ def test_sigterm_writes_a_checkpoint_at_the_current_step_and_says_how_to_resume(
     assert "--resume" in stdout + stderr
     step = int(list_checkpoints(run_dir)[-1].name.split("-")[1])
     assert step == max(_losses(run_dir)) >= 5
+
+
+def test_a_run_saved_under_the_old_section_name_resumes_and_a_run_of_another_stage_is_refused(tmp_path: Path):
+    import yaml
+
+    from llmkit.config import PretrainConfig, SftConfig
+    from llmkit.errors import UserError
+    from llmkit.train.checkpoint import resume_run
+
+    old = tmp_path / "old-run"
+    old.mkdir()
+    (old / "config.yaml").write_text(yaml.safe_dump({"train": PretrainConfig(data="tiny", lr=0.004).model_dump()}))
+    (old / "run.json").write_text(json.dumps({"id": "run-old"}))
+    saved, path, run_id = resume_run(PretrainConfig(resume=str(old)), "pretrain", registry=None)
+    assert (saved.data, saved.lr, path, run_id) == ("tiny", 0.004, old, "run-old")
+    with pytest.raises(UserError, match=r"sft.resume = '.*old-run': that run is a 'pretrain' run, not sft"):
+        resume_run(SftConfig(resume=str(old)), "sft", registry=None)
+    assert resume_run(PretrainConfig(), "pretrain", registry=None) == (PretrainConfig(), None, None)

@@ -8,6 +8,7 @@
 
 from llmkit.audit.bias import BiasReport, bias_audit
 from llmkit.audit.lm_bias import LmBiasReport
-from llmkit.audit.privacy import PrivacyReport, privacy_audit
+from llmkit.audit.privacy import privacy_audit
+from llmkit.audit.privacy_report import PrivacyReport
 
 __all__ = ["BiasReport", "LmBiasReport", "PrivacyReport", "bias_audit", "privacy_audit"]

@@ -11,7 +11,6 @@ records, each term's accuracy and F1. A group is flagged past either threshold.
 from __future__ import annotations
 
 import html
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,8 +74,8 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
     import torch
 
     from llmkit.models.io import load_classifier, resolve_model
+    from llmkit.models.kind import model_kind as model_kind
     from llmkit.predict import classify_texts
-    from llmkit.serve.served import model_kind as served_kind
 
     cfg = cfg or BiasAuditConfig()
     start = time.perf_counter()
@@ -85,7 +84,7 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
         ws = ws or Workspace.open()
         registry = Registry.for_workspace(ws.root)
     model = resolve_model(model_ref, registry)
-    kind = served_kind(model)
+    kind = model_kind(model)
     if kind == "causal":
         report = lm_bias_audit(model, cfg)
         metrics = {"flagged_groups": len(report.flagged), **{f"pairs.{r.group}.rate": r.rate for r in report.pairs},
@@ -134,16 +133,16 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
 
 
 def _records(registry: Registry, cfg: BiasAuditConfig) -> tuple[list[dict], str]:
-    ds = registry.get(cfg.data, "dataset")
+    from llmkit.data.dataset import open_dataset
+
+    ds = open_dataset(registry, cfg.data)
     if ds.kind != "classify":
-        raise UserError(f"audit.data: dataset {ds.ref} is a '{ds.kind}' dataset; a classifier is audited on a classify dataset")
+        raise UserError(f"bias.data: dataset {ds.ref} is a '{ds.kind}' dataset; a classifier is audited on a classify dataset")
     for split in ("test", "val"):
-        file = Path(ds.path) / "records" / f"{split}.jsonl"
-        if file.exists():
-            records = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if records:
-                return records[: cfg.max_examples or None], split
-    raise UserError(f"audit.data: dataset {ds.ref} has no records in its test or val split")
+        records = ds.records(split)
+        if records:
+            return records[: cfg.max_examples or None], split
+    raise UserError(f"bias.data: dataset {ds.ref} has no records in its test or val split")
 
 
 def _group_result(group: TermGroup, rows, preds: dict[str, dict], labels: list[str], cfg: BiasAuditConfig,

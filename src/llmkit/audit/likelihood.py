@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from llmkit.generate import cache_key
+from llmkit.runtime.decoder import cache_key
 
 
 def token_log_probs(lm, tokenizer, texts: list[str], batch_size: int = 256) -> list[list[tuple[int, int, float]]]:

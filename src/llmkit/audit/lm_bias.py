@@ -97,14 +97,14 @@ def lm_bias_audit(model, cfg: BiasAuditConfig) -> LmBiasReport:
     unknown = [g for g in cfg.groups if g not in known and g not in {p.group for p in all_pairs}]
     if unknown:
         names = dict.fromkeys([*known, *(p.group for p in all_pairs)])
-        raise UserError(f"audit.groups: no group {', '.join(unknown)}; groups are {', '.join(names)}")
+        raise UserError(f"bias.groups: no group {', '.join(unknown)}; groups are {', '.join(names)}")
     groups = {g: known[g] for g in (cfg.groups or known) if g in known}
     pairs = [p for p in all_pairs if not cfg.groups or p.group in cfg.groups]
     lm, tokenizer = load_causal_lm(model)
     lm.eval()
     warnings = []
     if cfg.data:
-        warnings.append("audit.data is for classifiers; a language model is audited on paired sentences and completions")
+        warnings.append("bias.data is for classifiers; a language model is audited on paired sentences and completions")
 
     more, less = _pair_scores(lm, tokenizer, pairs)
     pair_results = []

@@ -17,44 +17,27 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmkit.audit import canaries as canary_lib
+from llmkit.audit.canaries import exposure as canary_exposure
 from llmkit.audit.likelihood import continue_batch
+from llmkit.audit.privacy_report import PrivacyReport, html_report
 from llmkit.config import PrivacyAuditConfig
+from llmkit.data import canaries as canary_lib
+from llmkit.data.dataset import DatasetVersion, open_dataset
 from llmkit.errors import UserError
 from llmkit.generate import encode_prompt
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 
 
-@dataclass
-class PrivacyReport:
-    model: str
-    data: str
-    pii: dict[str, Any]            # generations, with_pii, rate, by_type, in_training, examples
-    memorization: dict[str, Any]   # prefix/suffix tokens, per split: windows, extracted, rate, mean match; examples
-    canaries: dict[str, Any] | None  # candidates, threshold, planted, references
-    flagged: list[str]
-    reasons: list[str]
-    seconds: float
-    out: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    id: str | None = None    # the registered eval record, for a registered model
-    path: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def privacy_audit(model_ref: str, cfg: PrivacyAuditConfig | None = None, ws: Workspace | None = None,
                   registry: Registry | None = None) -> PrivacyReport:
     from llmkit.models.io import load_causal_lm, resolve_model
-    from llmkit.serve.served import model_kind
+    from llmkit.models.kind import model_kind
 
     cfg = cfg or PrivacyAuditConfig()
     start = time.perf_counter()
@@ -69,8 +52,7 @@ def privacy_audit(model_ref: str, cfg: PrivacyAuditConfig | None = None, ws: Wor
     if kind != "causal":
         raise UserError(f"{model.ref} is a{'n' if kind == 'encoder' else ''} {kind} model: the privacy audit probes what a "
                         "causal language model generates; audit a model from 'llmkit train pretrain' or 'train sft'")
-    ds = registry.get(cfg.data, "dataset")
-    records = Path(ds.path) / "records"
+    ds = open_dataset(registry, cfg.data)
     lm, tokenizer = load_causal_lm(model)
     lm.eval()
     context = int(getattr(lm.config, "max_position_embeddings", 0) or 0) or 2048
@@ -86,12 +68,12 @@ def privacy_audit(model_ref: str, cfg: PrivacyAuditConfig | None = None, ws: Wor
     if sample_tokens < 1:
         raise UserError(f"privacy.prompts: a prompt fills the model's context of {context} tokens; use shorter prompts")
 
-    pii = _pii_probe(lm, tokenizer, cfg, sample_tokens, records)
-    memorization = _memorization_probe(lm, tokenizer, cfg, records, prefix, suffix, warnings)
+    pii = _pii_probe(lm, tokenizer, cfg, sample_tokens, ds)
+    memorization = _memorization_probe(lm, tokenizer, cfg, ds, prefix, suffix, warnings)
     planted = canary_lib.load(model.path) or _run_canaries(model)
     canary_result = None
     if planted:
-        rows = [canary_lib.exposure(lm, tokenizer, c, cfg.candidates, cfg.seed) for c in planted]
+        rows = [canary_exposure(lm, tokenizer, c, cfg.candidates, cfg.seed) for c in planted]
         for row in rows:
             row["flagged"] = row["repeats"] > 0 and row["exposure"] >= cfg.exposure_threshold
         canary_result = {"candidates": cfg.candidates, "threshold": cfg.exposure_threshold,
@@ -111,7 +93,6 @@ def privacy_audit(model_ref: str, cfg: PrivacyAuditConfig | None = None, ws: Wor
     report = PrivacyReport(model=model.ref, data=ds.ref, pii=pii, memorization=memorization, canaries=canary_result,
                            flagged=[probe for probe, _ in findings], reasons=[f"{p}: {why}" for p, why in findings],
                            seconds=round(time.perf_counter() - start, 2), out=cfg.out, warnings=warnings)
-    from llmkit.audit.privacy_report import html_report
     from llmkit.audit.record import keep
 
     planted_rows = (canary_result or {}).get("planted", [])
@@ -137,7 +118,7 @@ def _record_text(record: dict) -> str:
     return "\n".join(str(m.get("content", "")) for m in record.get("messages", []) if isinstance(m, dict))
 
 
-def _pii_probe(lm, tokenizer, cfg: PrivacyAuditConfig, sample_tokens: int, records: Path) -> dict[str, Any]:
+def _pii_probe(lm, tokenizer, cfg: PrivacyAuditConfig, sample_tokens: int, ds: DatasetVersion) -> dict[str, Any]:
     from llmkit.data.pii import find_pii
 
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -151,7 +132,7 @@ def _pii_probe(lm, tokenizer, cfg: PrivacyAuditConfig, sample_tokens: int, recor
             out = continue_batch(lm, ids.expand(rows, -1), sample_tokens, cfg.temperature, generator)
             texts += [(prompt, tokenizer.decode(row, skip_special_tokens=True)) for row in out.tolist()]
     found = [(i, prompt, text, m) for i, (prompt, text) in enumerate(texts) for m in find_pii(text)]
-    seen = _in_training({m.text for *_, m in found}, records / "train.jsonl")
+    seen = _in_training({m.text for *_, m in found}, ds.records_file("train"))
     by_type: dict[str, dict[str, int]] = {}
     for *_, m in found:
         entry = by_type.setdefault(m.type, {"matches": 0, "in_training": 0})
@@ -212,14 +193,14 @@ def _windows(tokenizer, file: Path, n: int, length: int, seed: int) -> list[list
     return windows
 
 
-def _memorization_probe(lm, tokenizer, cfg: PrivacyAuditConfig, records: Path, prefix: int, suffix: int,
+def _memorization_probe(lm, tokenizer, cfg: PrivacyAuditConfig, ds: DatasetVersion, prefix: int, suffix: int,
                         warnings: list[str]) -> dict[str, Any]:
-    heldout = next((s for s in ("test", "val") if (records / f"{s}.jsonl").exists()
-                    and (records / f"{s}.jsonl").stat().st_size), "test")
+    heldout = next((s for s in ("test", "val") if ds.records_file(s).exists()
+                    and ds.records_file(s).stat().st_size), "test")
     result: dict[str, Any] = {"prefix_tokens": prefix, "suffix_tokens": suffix, "heldout_split": heldout, "examples": []}
     device = next(lm.parameters()).device
     for name, split in (("train", "train"), ("heldout", heldout)):
-        windows = _windows(tokenizer, records / f"{split}.jsonl", cfg.memorization_samples, prefix + suffix, cfg.seed)
+        windows = _windows(tokenizer, ds.records_file(split), cfg.memorization_samples, prefix + suffix, cfg.seed)
         extracted, matched = 0, []
         for first in range(0, len(windows), cfg.batch_size):
             batch = torch.tensor(windows[first: first + cfg.batch_size], device=device)  # [B, prefix + suffix]

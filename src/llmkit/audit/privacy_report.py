@@ -1,12 +1,32 @@
-"""How a privacy audit is shown: rich tables for the terminal, one self-contained HTML page with the
+"""A privacy audit's report and how it is shown: rich tables for the terminal, one self-contained HTML page with the
 canary exposure plot (exposure against times planted) embedded as a PNG."""
 
 from __future__ import annotations
 
 import html
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from llmkit.audit.privacy import PrivacyReport
 from llmkit.eval.report import figure_base64
+
+
+@dataclass
+class PrivacyReport:
+    model: str
+    data: str
+    pii: dict[str, Any]            # generations, with_pii, rate, by_type, in_training, examples
+    memorization: dict[str, Any]   # prefix/suffix tokens, per split: windows, extracted, rate, mean match; examples
+    canaries: dict[str, Any] | None  # candidates, threshold, planted, references
+    flagged: list[str]
+    reasons: list[str]
+    seconds: float
+    out: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    id: str | None = None    # the registered eval record, for a registered model
+    path: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def summary_table(report: PrivacyReport):

@@ -161,6 +161,6 @@ def term_groups(terms_file: str | Path | None = None, only: list[str] | None = N
     if only:
         unknown = [g for g in only if g not in groups]
         if unknown:
-            raise UserError(f"audit.groups: no group {', '.join(unknown)}; groups are {', '.join(groups)}")
+            raise UserError(f"bias.groups: no group {', '.join(unknown)}; groups are {', '.join(groups)}")
         groups = {g: groups[g] for g in only}
     return groups

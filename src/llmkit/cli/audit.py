@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, field_help
 
 app = typer.Typer(help="Audit trained models for bias and privacy.", no_args_is_help=True,
                   epilog="Example: llmkit audit bias sms-clf --data sms --out bias.html")
@@ -17,16 +17,16 @@ app = typer.Typer(help="Audit trained models for bias and privacy.", no_args_is_
                      "llmkit audit bias shakespeare-nano --groups gender,religion --samples 20 --json")
 def bias(
     model: Annotated[str, typer.Argument(help="Classifier or causal LM: registry name (name, name:vN, id) or a model folder.")],
-    data: Annotated[str | None, typer.Option(help="Classify dataset whose test (else val) texts mentioning a term are audited too.")] = None,
+    data: Annotated[str | None, typer.Option(help=field_help("bias", "data"))] = None,
     terms: Annotated[Path | None, typer.Option(help="YAML/JSON file {group: \\[\\[term, ...], ...] or \\[term, ...]} adding or overriding groups.")] = None,
     groups: Annotated[str | None, typer.Option(help="Comma-separated groups to audit (default: all).")] = None,
-    templates: Annotated[bool | None, typer.Option("--templates/--no-templates", help="Also audit the built-in template sentences.", show_default=False)] = None,
-    flip_threshold: Annotated[float | None, typer.Option(help="Flag a group whose flip rate exceeds this (default 0.05).")] = None,
-    delta_threshold: Annotated[float | None, typer.Option(help="Flag a group whose mean |change in probability| exceeds this (default 0.05).")] = None,
-    max_examples: Annotated[int | None, typer.Option(help="Cap on dataset records (0 = all).")] = None,
+    templates: Annotated[bool | None, typer.Option("--templates/--no-templates", help=field_help("bias", "templates"), show_default=False)] = None,
+    flip_threshold: Annotated[float | None, typer.Option(help=field_help("bias", "flip_threshold"))] = None,
+    delta_threshold: Annotated[float | None, typer.Option(help=field_help("bias", "delta_threshold"))] = None,
+    max_examples: Annotated[int | None, typer.Option(help=field_help("bias", "max_examples"))] = None,
     pairs: Annotated[Path | None, typer.Option(help="LM: YAML/JSON/JSONL file of {group, more, less} sentence pairs.")] = None,
-    samples: Annotated[int | None, typer.Option(help="LM: completions per prompt for the sentiment probe (default 10).")] = None,
-    worst: Annotated[int | None, typer.Option(help="How many of the largest changes to list.")] = None,
+    samples: Annotated[int | None, typer.Option(help=field_help("bias", "samples"))] = None,
+    worst: Annotated[int | None, typer.Option(help=field_help("bias", "worst"))] = None,
     out: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report here.")] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
@@ -37,7 +37,7 @@ def bias(
     from llmkit.audit.lm_bias import summary_tables as lm_summary_tables
 
     ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("audit", data=data, terms=str(terms) if terms else None,
+    cfg = ctx.section("bias", data=data, terms=str(terms) if terms else None,
                       groups=[g.strip() for g in groups.split(",") if g.strip()] if groups else None, templates=templates,
                       flip_threshold=flip_threshold, delta_threshold=delta_threshold, max_examples=max_examples,
                       worst=worst, pairs=str(pairs) if pairs else None, samples=samples, out=str(out) if out else None)
@@ -66,15 +66,15 @@ def bias(
 @app.command(epilog="Example: llmkit audit privacy shakespeare-nano --data shakespeare --samples 200 --out privacy.html")
 def privacy(
     model: Annotated[str, typer.Argument(help="Causal LM: registry name (name, name:vN, id) or a model folder.")],
-    data: Annotated[str | None, typer.Option(help="The dataset the model was trained on (its train and test/val records).")] = None,
-    samples: Annotated[int | None, typer.Option(help="Generations scanned for PII (default 100).")] = None,
-    sample_tokens: Annotated[int | None, typer.Option(help="Tokens per generation (default 64).")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature of the generations (default 1.0).")] = None,
-    memorization_samples: Annotated[int | None, typer.Option(help="Windows per split for the memorization probe (default 100).")] = None,
-    prefix_tokens: Annotated[int | None, typer.Option(help="Memorization: prompt tokens (default 32).")] = None,
-    suffix_tokens: Annotated[int | None, typer.Option(help="Memorization: tokens to reproduce verbatim (default 32).")] = None,
-    candidates: Annotated[int | None, typer.Option(help="Canaries: random secrets each true one is ranked among (default 1000).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of samples, windows and candidates.")] = None,
+    data: Annotated[str | None, typer.Option(help=field_help("privacy", "data"))] = None,
+    samples: Annotated[int | None, typer.Option(help=field_help("privacy", "samples"))] = None,
+    sample_tokens: Annotated[int | None, typer.Option(help=field_help("privacy", "sample_tokens"))] = None,
+    temperature: Annotated[float | None, typer.Option(help=field_help("privacy", "temperature"))] = None,
+    memorization_samples: Annotated[int | None, typer.Option(help=field_help("privacy", "memorization_samples"))] = None,
+    prefix_tokens: Annotated[int | None, typer.Option(help=field_help("privacy", "prefix_tokens"))] = None,
+    suffix_tokens: Annotated[int | None, typer.Option(help=field_help("privacy", "suffix_tokens"))] = None,
+    candidates: Annotated[int | None, typer.Option(help=field_help("privacy", "candidates"))] = None,
+    seed: Annotated[int | None, typer.Option(help=field_help("privacy", "seed"))] = None,
     out: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report here.")] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:

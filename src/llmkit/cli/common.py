@@ -64,3 +64,11 @@ class Ctx:
             human()
         else:
             console.print_json(data=result, default=str)
+
+
+def field_help(section: str, key: str) -> str:
+    """A flag's help: the description of the config key it sets, so each is written once (in llmkit.config)."""
+    from llmkit.config import SECTIONS
+
+    text = SECTIONS[section].model_fields[key].description or ""
+    return text + ("" if text.endswith((".", ")")) else ".")

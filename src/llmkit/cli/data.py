@@ -10,7 +10,16 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, err_console
+from llmkit.cli.common import (
+    ConfigOpt,
+    Ctx,
+    DbUrlOpt,
+    JsonOpt,
+    WorkspaceOpt,
+    console,
+    err_console,
+    field_help,
+)
 from llmkit.errors import UserError
 
 app = typer.Typer(help="Prepare, inspect and version datasets.", no_args_is_help=True,
@@ -20,16 +29,16 @@ app = typer.Typer(help="Prepare, inspect and version datasets.", no_args_is_help
 @app.command(epilog="Example: llmkit data prepare ../shared/data/tinyshakespeare/input.txt --name shakespeare --task lm --tokenizer char")
 def prepare(
     inputs: Annotated[list[str] | None, typer.Argument(help="Files, folders or globs (.txt .jsonl .json .csv .tsv .parquet, .gz too).", show_default=False)] = None,
-    name: Annotated[str | None, typer.Option(help="Dataset name; new content under the same name becomes its next version.")] = None,
-    task: Annotated[str | None, typer.Option(help="lm | chat | classify")] = None,
-    text_field: Annotated[str | None, typer.Option(help="Field/column with the text.")] = None,
-    label_field: Annotated[str | None, typer.Option(help="Field/column with the label (classify).")] = None,
-    doc_split: Annotated[str | None, typer.Option(help="file | blank-line | line: documents in .txt files (lm).")] = None,
-    tokenizer: Annotated[str | None, typer.Option(help="char | bpe:VOCAB | path of a tokenizer or model folder.")] = None,
-    pii: Annotated[str | None, typer.Option(help="redact | drop | report | keep")] = None,
-    dedupe: Annotated[str | None, typer.Option(help="near | exact | none")] = None,
-    encoding: Annotated[str | None, typer.Option(help="Text encoding of the inputs.")] = None,
-    skip_bad: Annotated[bool | None, typer.Option("--skip-bad", help="Skip and count malformed records.", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option(help=field_help("data", "name"))] = None,
+    task: Annotated[str | None, typer.Option(help=field_help("data", "task"))] = None,
+    text_field: Annotated[str | None, typer.Option(help=field_help("data", "text_field"))] = None,
+    label_field: Annotated[str | None, typer.Option(help=field_help("data", "label_field"))] = None,
+    doc_split: Annotated[str | None, typer.Option(help=field_help("data", "doc_split"))] = None,
+    tokenizer: Annotated[str | None, typer.Option(help=field_help("data", "tokenizer"))] = None,
+    pii: Annotated[str | None, typer.Option(help=field_help("data", "pii"))] = None,
+    dedupe: Annotated[str | None, typer.Option(help=field_help("data", "dedupe"))] = None,
+    encoding: Annotated[str | None, typer.Option(help=field_help("data", "encoding"))] = None,
+    skip_bad: Annotated[bool | None, typer.Option("--skip-bad", help=field_help("data", "skip_bad"), show_default=False)] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Ingest, clean, dedupe, redact PII, split, tokenize, and register a dataset version."""
@@ -68,13 +77,13 @@ def prepare(
 @app.command("from-feedback", epilog="Example: llmkit data from-feedback --name tiny-feedback --model tiny-lm --since 2025-01-31, "
              "then llmkit train sft --base tiny-lm --data tiny-feedback")
 def from_feedback(
-    name: Annotated[str | None, typer.Option(help="Dataset name; new feedback under the same name becomes its next version.")] = None,
-    model: Annotated[str | None, typer.Option(help="Only feedback on this served model (default: every model).")] = None,
-    min_rating: Annotated[int | None, typer.Option(help="Ratings at or above this approve a response (1 = thumbs up, -1 = thumbs down).", show_default=False)] = None,
-    include_corrections: Annotated[bool | None, typer.Option("--include-corrections/--no-include-corrections", help="Use corrected answers (they win over the rating).", show_default=False)] = None,
-    tokenizer: Annotated[str | None, typer.Option(help="char | bpe:VOCAB | path (default: the --model's own, else char).")] = None,
-    since: Annotated[str | None, typer.Option(help="Only feedback given at or after this ISO date/time (UTC unless an offset is given).")] = None,
-    val: Annotated[float | None, typer.Option(help="Fraction of conversations held out for val (default 0.1).", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option(help=field_help("from-feedback", "name"))] = None,
+    model: Annotated[str | None, typer.Option(help=field_help("from-feedback", "model"))] = None,
+    min_rating: Annotated[int | None, typer.Option(help=field_help("from-feedback", "min_rating"), show_default=False)] = None,
+    include_corrections: Annotated[bool | None, typer.Option("--include-corrections/--no-include-corrections", help=field_help("from-feedback", "include_corrections"), show_default=False)] = None,
+    tokenizer: Annotated[str | None, typer.Option(help=field_help("from-feedback", "tokenizer"))] = None,
+    since: Annotated[str | None, typer.Option(help=field_help("from-feedback", "since"))] = None,
+    val: Annotated[float | None, typer.Option(help=field_help("from-feedback", "val"), show_default=False)] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Turn rated and corrected responses of the server into a chat dataset for 'llmkit train sft'.
@@ -85,7 +94,7 @@ def from_feedback(
     from llmkit.data.feedback import dataset_from_feedback, describe_skipped
 
     ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("feedback", name=name, model=model, min_rating=min_rating, include_corrections=include_corrections,
+    cfg = ctx.section("from-feedback", name=name, model=model, min_rating=min_rating, include_corrections=include_corrections,
                       tokenizer=tokenizer, since=since, val=val)
     ds = dataset_from_feedback(cfg, ctx.ws, ctx.registry)
     m, fb = ds.manifest, ds.manifest["feedback"]
@@ -158,7 +167,7 @@ def show(
     """Records of a split after cleaning."""
     ctx = Ctx(config, workspace, db_url, json_out)
     path, manifest = _load(ctx, dataset)
-    file = path / "records" / f"{split}.jsonl"
+    file = path / "records" / f"{split}.jsonl"  # streamed: a split can be large and --n small
     if not file.exists():
         raise UserError(f"split '{split}' does not exist; splits: {', '.join(manifest['splits'])}")
     limit = None if json_out and not _given("--n") else n
@@ -191,8 +200,9 @@ def _given(flag: str) -> bool:
 
 
 def _load(ctx: Ctx, ref: str) -> tuple[Path, dict]:
-    rec = ctx.registry.get(ref, "dataset")
-    path = Path(rec.path)
-    if not (path / "manifest.json").exists():
-        raise UserError(f"dataset {rec.ref} points at {path}, which is missing; remove it with 'llmkit rm {rec.id}'")
-    return path, json.loads((path / "manifest.json").read_text())
+    from llmkit.data.dataset import open_dataset
+
+    ds = open_dataset(ctx.registry, ref)
+    if not (ds.path / "manifest.json").exists():
+        raise UserError(f"dataset {ds.ref} points at {ds.path}, which is missing; remove it with 'llmkit rm {ds.id}'")
+    return ds.path, ds.manifest

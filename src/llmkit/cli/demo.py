@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, err_console
+from llmkit.cli.common import (
+    ConfigOpt,
+    Ctx,
+    DbUrlOpt,
+    JsonOpt,
+    WorkspaceOpt,
+    console,
+    err_console,
+    field_help,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,11 +25,11 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    data: Annotated[str | None, typer.Option(help="Your text file or folder (default: the Python standard library's source).")] = None,
-    minutes: Annotated[float | None, typer.Option(help="Training time budget in minutes.")] = None,
-    serve: Annotated[bool | None, typer.Option("--serve/--no-serve", help="End by serving the model with the web UI.",
+    data: Annotated[str | None, typer.Option(help=field_help("demo", "data"))] = None,
+    minutes: Annotated[float | None, typer.Option(help=field_help("demo", "minutes"))] = None,
+    serve: Annotated[bool | None, typer.Option("--serve/--no-serve", help=field_help("demo", "serve"),
                                                show_default=False)] = None,
-    port: Annotated[int | None, typer.Option(help="Port of that server (default 8000).")] = None,
+    port: Annotated[int | None, typer.Option(help=field_help("demo", "port"))] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Run the whole loop on a built-in corpus: prepare data, train a small model, sample from it."""

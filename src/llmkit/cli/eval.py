@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, field_help
 
 MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder.")]
 
@@ -28,19 +28,19 @@ def _progress(ctx: Ctx):
 
 def eval_(
     model: MODEL_ARG,
-    data: Annotated[str | None, typer.Option(help="Dataset name, or a .jsonl file of {prompt, reference}.")] = None,
-    split: Annotated[str | None, typer.Option(help="train | val | test")] = None,
+    data: Annotated[str | None, typer.Option(help=field_help("eval", "data"))] = None,
+    split: Annotated[str | None, typer.Option(help=field_help("eval", "split"))] = None,
     metrics: Annotated[str | None, typer.Option(help="Comma-separated metrics (default: all that fit).")] = None,
-    context: Annotated[int | None, typer.Option(help="Tokens per perplexity window (default: the model's).")] = None,
-    stride: Annotated[int | None, typer.Option(help="Tokens between windows (default: context).")] = None,
-    source: Annotated[str | None, typer.Option(help="text | shards")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Windows or texts per forward pass.")] = None,
-    max_examples: Annotated[int | None, typer.Option(help="Cap on records (0 = all).")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Generation metrics: tokens per prompt.")] = None,
-    chat: Annotated[bool | None, typer.Option("--chat", help="Render .jsonl prompts with the chat template.", show_default=False)] = None,
-    harness: Annotated[str | None, typer.Option(help="lm-eval task names, comma-separated (needs lm-eval).")] = None,
-    harness_include: Annotated[str | None, typer.Option(help="Folder of local lm-eval task YAML files.")] = None,
-    harness_limit: Annotated[int | None, typer.Option(help="lm-eval examples per task.")] = None,
+    context: Annotated[int | None, typer.Option(help=field_help("eval", "context"))] = None,
+    stride: Annotated[int | None, typer.Option(help=field_help("eval", "stride"))] = None,
+    source: Annotated[str | None, typer.Option(help=field_help("eval", "source"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=field_help("eval", "batch_size"))] = None,
+    max_examples: Annotated[int | None, typer.Option(help=field_help("eval", "max_examples"))] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help=field_help("eval", "max_new_tokens"))] = None,
+    chat: Annotated[bool | None, typer.Option("--chat", help=field_help("eval", "chat"), show_default=False)] = None,
+    harness: Annotated[str | None, typer.Option(help=field_help("eval", "harness"))] = None,
+    harness_include: Annotated[str | None, typer.Option(help=field_help("eval", "harness_include"))] = None,
+    harness_limit: Annotated[int | None, typer.Option(help=field_help("eval", "harness_limit"))] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the HTML report here.")] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
@@ -71,7 +71,7 @@ def compare(
 ) -> None:
     """Line up models' registered evaluations and speed measurements side by side."""
     from llmkit.eval import compare as run_compare
-    from llmkit.eval.compare import compare_table
+    from llmkit.eval.comparison import compare_table
 
     ctx = Ctx(config, workspace, db_url, json_out)
     with _progress(ctx) as progress:
@@ -81,11 +81,11 @@ def compare(
 
 def bench_model(
     model: MODEL_ARG,
-    backend: Annotated[str | None, typer.Option(help="What runs the model (torch).")] = None,
-    prompt_tokens: Annotated[int | None, typer.Option(help="Prompt length.")] = None,
-    new_tokens: Annotated[int | None, typer.Option(help="Tokens generated per run.")] = None,
-    runs: Annotated[int | None, typer.Option(help="Timed runs.")] = None,
-    warmup: Annotated[int | None, typer.Option(help="Untimed runs first.")] = None,
+    backend: Annotated[str | None, typer.Option(help=field_help("bench-model", "backend"))] = None,
+    prompt_tokens: Annotated[int | None, typer.Option(help=field_help("bench-model", "prompt_tokens"))] = None,
+    new_tokens: Annotated[int | None, typer.Option(help=field_help("bench-model", "new_tokens"))] = None,
+    runs: Annotated[int | None, typer.Option(help=field_help("bench-model", "runs"))] = None,
+    warmup: Annotated[int | None, typer.Option(help=field_help("bench-model", "warmup"))] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Measure speed and memory: prefill/decode tokens/s, time to first token, latency p50/p95, peak RSS, size."""
@@ -93,7 +93,7 @@ def bench_model(
     from llmkit.eval.report import metrics_table
 
     ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("bench", backend=backend, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup)
+    cfg = ctx.section("bench-model", backend=backend, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup)
     with _progress(ctx) as progress:
         report = run_bench(model, cfg, ctx.ws, ctx.registry, progress)
     ctx.emit(report.to_json(), lambda: console.print(metrics_table(report)))

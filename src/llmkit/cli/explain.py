@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, field_help
 from llmkit.errors import UserError
 
 MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder: a classifier or a causal LM.")]
@@ -20,14 +20,14 @@ def register(app: typer.Typer) -> None:
 def explain(
     model: MODEL_ARG,
     text: Annotated[str, typer.Argument(help="The text to explain.", show_default=False)],
-    target: Annotated[str | None, typer.Option(help="Classifier: the label to explain (default: the predicted one); causal LM: one next token.")] = None,
+    target: Annotated[str | None, typer.Option(help=field_help("explain", "target"))] = None,
     next_token: Annotated[bool, typer.Option("--next-token", help="Causal LM: explain the next token (the default).")] = False,
-    completion: Annotated[str | None, typer.Option(help="Causal LM: explain the log-probability of this text following TEXT.")] = None,
-    method: Annotated[str | None, typer.Option(help="ig | occlusion | shap | attention.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Integrated Gradients steps.")] = None,
-    span: Annotated[int | None, typer.Option(help="Occlusion: tokens replaced together.")] = None,
-    samples: Annotated[int | None, typer.Option(help="SHAP: coalitions sampled (default max(200, 8 x tokens)).")] = None,
-    out: Annotated[str | None, typer.Option(help="Write a self-contained HTML report here (e.g. explain.html).")] = None,
+    completion: Annotated[str | None, typer.Option(help=field_help("explain", "completion"))] = None,
+    method: Annotated[str | None, typer.Option(help=field_help("explain", "method"))] = None,
+    steps: Annotated[int | None, typer.Option(help=field_help("explain", "steps"))] = None,
+    span: Annotated[int | None, typer.Option(help=field_help("explain", "span"))] = None,
+    samples: Annotated[int | None, typer.Option(help=field_help("explain", "samples"))] = None,
+    out: Annotated[str | None, typer.Option(help=field_help("explain", "out"))] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Token attributions (Integrated Gradients, occlusion, Kernel SHAP or attention rollout) with a faithfulness check."""

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, field_help
 from llmkit.errors import UserError
 
 MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a Hugging Face model folder.")]
@@ -27,13 +27,13 @@ def _sampling(ctx: Ctx, **flags):
 def generate(
     model: MODEL_ARG,
     prompt: Annotated[str | None, typer.Option(help="Text to continue.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens to generate.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Sample from the k most likely tokens (0 = off).")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass (1 = off).")] = None,
-    repetition_penalty: Annotated[float | None, typer.Option(help=">1 discourages repeats.")] = None,
-    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help=field_help("generate", "max_new_tokens"))] = None,
+    temperature: Annotated[float | None, typer.Option(help=field_help("generate", "temperature"))] = None,
+    top_k: Annotated[int | None, typer.Option(help=field_help("generate", "top_k"))] = None,
+    top_p: Annotated[float | None, typer.Option(help=field_help("generate", "top_p"))] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(help=field_help("generate", "repetition_penalty"))] = None,
+    stop: Annotated[list[str] | None, typer.Option(help=field_help("generate", "stop"))] = None,
+    seed: Annotated[int | None, typer.Option(help=field_help("generate", "seed"))] = None,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Print only when done.")] = False,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
@@ -69,9 +69,9 @@ def generate(
 def chat(
     model: MODEL_ARG,
     system: Annotated[str | None, typer.Option(help="System message.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per reply.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help=field_help("generate", "max_new_tokens"))] = None,
+    temperature: Annotated[float | None, typer.Option(help=field_help("generate", "temperature"))] = None,
+    seed: Annotated[int | None, typer.Option(help=field_help("generate", "seed"))] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Talk with a model in the terminal; uses its chat template when it has one. Empty line or Ctrl-D ends."""

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, field_help
 
 MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder.")]
 
@@ -26,10 +26,10 @@ def _progress(ctx: Ctx):
 
 def export(
     model: MODEL_ARG,
-    format: Annotated[str | None, typer.Option("--format", help="gguf | onnx")] = None,
-    quant: Annotated[str | None, typer.Option(help="GGUF weights: f32 | f16 | q8_0 | q4_0")] = None,
-    name: Annotated[str | None, typer.Option(help="Registry name of the export.")] = None,
-    table: Annotated[bool | None, typer.Option("--table/--no-table", help="Before/after size, perplexity, speed.", show_default=False)] = None,
+    format: Annotated[str | None, typer.Option("--format", help=field_help("export", "format"))] = None,
+    quant: Annotated[str | None, typer.Option(help=field_help("export", "quant"))] = None,
+    name: Annotated[str | None, typer.Option(help=field_help("export", "name"))] = None,
+    table: Annotated[bool | None, typer.Option("--table/--no-table", help=field_help("export", "table"), show_default=False)] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Export a model for other runtimes: GGUF for llama.cpp and Ollama (with a Modelfile)."""
@@ -45,14 +45,14 @@ def export(
 
 def prune(
     model: MODEL_ARG,
-    method: Annotated[str | None, typer.Option(help="magnitude | wanda")] = None,
-    sparsity: Annotated[float | None, typer.Option(help="Fraction of weights set to zero, in (0, 1).")] = None,
-    pattern: Annotated[str | None, typer.Option(help="unstructured | 2:4")] = None,
-    calib_data: Annotated[str | None, typer.Option(help="Dataset for Wanda's activations and recovery.")] = None,
-    calib_samples: Annotated[int | None, typer.Option(help="Calibration windows.")] = None,
-    recover_steps: Annotated[int | None, typer.Option(help="Fine-tuning steps after pruning (zeros kept).")] = None,
-    name: Annotated[str | None, typer.Option(help="Registry name of the pruned model.")] = None,
-    table: Annotated[bool | None, typer.Option("--table/--no-table", help="Before/after size, perplexity, speed.", show_default=False)] = None,
+    method: Annotated[str | None, typer.Option(help=field_help("prune", "method"))] = None,
+    sparsity: Annotated[float | None, typer.Option(help=field_help("prune", "sparsity"))] = None,
+    pattern: Annotated[str | None, typer.Option(help=field_help("prune", "pattern"))] = None,
+    calib_data: Annotated[str | None, typer.Option(help=field_help("prune", "calib_data"))] = None,
+    calib_samples: Annotated[int | None, typer.Option(help=field_help("prune", "calib_samples"))] = None,
+    recover_steps: Annotated[int | None, typer.Option(help=field_help("prune", "recover_steps"))] = None,
+    name: Annotated[str | None, typer.Option(help=field_help("prune", "name"))] = None,
+    table: Annotated[bool | None, typer.Option("--table/--no-table", help=field_help("prune", "table"), show_default=False)] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Prune a model's linear layers (magnitude or Wanda; unstructured or 2:4); saved as a normal model."""
@@ -70,10 +70,10 @@ def prune(
 
 def quantize(
     model: MODEL_ARG,
-    method: Annotated[str | None, typer.Option(help="int8-dynamic | int8-weight | int4-weight")] = None,
-    group_size: Annotated[int | None, typer.Option(help="Weights per scale (weight-only): 32 | 64 | 128")] = None,
-    name: Annotated[str | None, typer.Option(help="Registry name of the quantized model.")] = None,
-    table: Annotated[bool | None, typer.Option("--table/--no-table", help="Before/after size, perplexity, speed.", show_default=False)] = None,
+    method: Annotated[str | None, typer.Option(help=field_help("quantize", "method"))] = None,
+    group_size: Annotated[int | None, typer.Option(help=field_help("quantize", "group_size"))] = None,
+    name: Annotated[str | None, typer.Option(help=field_help("quantize", "name"))] = None,
+    table: Annotated[bool | None, typer.Option("--table/--no-table", help=field_help("quantize", "table"), show_default=False)] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Quantize a model's linear layers to int8 or int4 (group-wise scales); loads back through llmkit."""

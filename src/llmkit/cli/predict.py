@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, field_help
 from llmkit.errors import UserError
 
 MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder.")]
@@ -22,7 +22,6 @@ def register(app: typer.Typer) -> None:
 
 def _read_texts(file: Path) -> list[str]:
     """One text per line of a .txt file, or the text field of each .jsonl line."""
-    import json
 
     if not file.is_file():
         raise UserError(f"{file}: no such file")
@@ -32,25 +31,16 @@ def _read_texts(file: Path) -> list[str]:
         raise UserError(f"{file}: not UTF-8 text at byte {err.start}") from None
     if file.suffix != ".jsonl":
         return [line for line in lines if line.strip()]
-    texts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{file}:{n}: invalid JSON ({err.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise UserError(f"{file}:{n}: expected an object with a 'text' string")
-        texts.append(row["text"])
-    return texts
+    from llmkit.data.formats import jsonl_objects
+
+    return [row["text"] for row in jsonl_objects(file, ("text",))]
 
 
 def predict(
     model: MODEL_ARG,
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.", show_default=False)] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="A .txt file (one text per line) or .jsonl with a text field.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Texts per forward pass.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help=field_help("predict", "batch_size"))] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Label texts with a trained classifier, with each label's probability."""

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, WorkspaceOpt, console
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, WorkspaceOpt, console, field_help
 
 
 def register(app: typer.Typer) -> None:
@@ -15,21 +15,21 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    models: Annotated[list[str], typer.Argument(help="Models to serve: registry names, folders, built-ins; NAME=MODEL serves under NAME.")],
-    backend: Annotated[str | None, typer.Option(help="auto | torch | llamacpp | onnx (auto: llama.cpp for GGUF exports).")] = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1; 0.0.0.0 = every interface).")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port (default 8000; 0 = any free port).")] = None,
+    models: Annotated[list[str], typer.Argument(help=field_help("serve", "models"))],
+    backend: Annotated[str | None, typer.Option(help=field_help("serve", "backend"))] = None,
+    host: Annotated[str | None, typer.Option(help=field_help("serve", "host"))] = None,
+    port: Annotated[int | None, typer.Option(help=field_help("serve", "port"))] = None,
     api_key: Annotated[list[str] | None, typer.Option(help="A Bearer key clients must send; repeat for several.")] = None,
-    api_keys_file: Annotated[str | None, typer.Option(help="File with one API key per line.")] = None,
-    max_batch: Annotated[int | None, typer.Option(help="Sequences decoded together per step (torch).")] = None,
-    max_queue: Annotated[int | None, typer.Option(help="Waiting requests before 429.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Decode workers: torch batches in parallel, llama.cpp / ONNX instances (default: 2 for torch on 2+ cores, else 1).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Compute threads per worker (default: (cores - 1) / 2, at least 1).")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Most tokens one request may ask for.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds a request may take.")] = None,
-    rate_limit: Annotated[int | None, typer.Option(help="Requests per minute per key (0 = off).")] = None,
+    api_keys_file: Annotated[str | None, typer.Option(help=field_help("serve", "api_keys_file"))] = None,
+    max_batch: Annotated[int | None, typer.Option(help=field_help("serve", "max_batch"))] = None,
+    max_queue: Annotated[int | None, typer.Option(help=field_help("serve", "max_queue"))] = None,
+    workers: Annotated[int | None, typer.Option(help=field_help("serve", "workers"))] = None,
+    threads: Annotated[int | None, typer.Option(help=field_help("serve", "threads"))] = None,
+    max_tokens: Annotated[int | None, typer.Option(help=field_help("serve", "max_tokens"))] = None,
+    timeout: Annotated[float | None, typer.Option(help=field_help("serve", "timeout"))] = None,
+    rate_limit: Annotated[int | None, typer.Option(help=field_help("serve", "rate_limit"))] = None,
     cors_origin: Annotated[list[str] | None, typer.Option(help="Allow browser calls from this origin; repeat for several.")] = None,
-    log_requests: Annotated[bool | None, typer.Option("--log-requests", help="Store prompts and responses in the registry.",
+    log_requests: Annotated[bool | None, typer.Option("--log-requests", help=field_help("serve", "log_requests"),
                                                       show_default=False)] = None,
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Serve the API only.")] = False,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
+from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, field_help
 
 app = typer.Typer(help="Train models: pretrain from scratch, SFT / LoRA, classification, distillation.", no_args_is_help=True,
                   epilog="Example: llmkit train pretrain --data shakespeare --preset nano --max-steps 500")
@@ -14,34 +14,34 @@ app = typer.Typer(help="Train models: pretrain from scratch, SFT / LoRA, classif
 
 @app.command(epilog="Example: llmkit train pretrain --data shakespeare --preset nano --max-steps 500")
 def pretrain(
-    data: Annotated[str | None, typer.Option(help="Dataset name (prepared with --task lm).")] = None,
-    preset: Annotated[str | None, typer.Option(help="nano | micro | small | base")] = None,
-    name: Annotated[str | None, typer.Option(help="Model name in the registry.")] = None,
-    resume: Annotated[str | None, typer.Option(help="Run id or folder to continue.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Sequences per micro-batch.")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per step.")] = None,
-    context: Annotated[int | None, typer.Option(help="Tokens per sequence.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    warmup_steps: Annotated[int | None, typer.Option(help="Warm-up steps.")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps.")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
-    dropout: Annotated[float | None, typer.Option(help="Attention dropout.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16 | fp16")] = None,
-    compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile the model.", show_default=False)] = None,
-    fsdp: Annotated[bool | None, typer.Option("--fsdp", help="Shard with FSDP2 under torchrun (GPU).", show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    log: Annotated[str | None, typer.Option(help="none | tensorboard | mlflow")] = None,
-    canaries: Annotated[int | None, typer.Option(help="Plant N random secrets in the training data for 'llmkit audit privacy'.")] = None,
+    data: Annotated[str | None, typer.Option(help=field_help("pretrain", "data"))] = None,
+    preset: Annotated[str | None, typer.Option(help=field_help("pretrain", "preset"))] = None,
+    name: Annotated[str | None, typer.Option(help=field_help("pretrain", "name"))] = None,
+    resume: Annotated[str | None, typer.Option(help=field_help("pretrain", "resume"))] = None,
+    max_steps: Annotated[int | None, typer.Option(help=field_help("pretrain", "max_steps"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=field_help("pretrain", "batch_size"))] = None,
+    grad_accum: Annotated[int | None, typer.Option(help=field_help("pretrain", "grad_accum"))] = None,
+    context: Annotated[int | None, typer.Option(help=field_help("pretrain", "context"))] = None,
+    lr: Annotated[float | None, typer.Option(help=field_help("pretrain", "lr"))] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help=field_help("pretrain", "warmup_steps"))] = None,
+    eval_every: Annotated[int | None, typer.Option(help=field_help("pretrain", "eval_every"))] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help=field_help("pretrain", "checkpoint_every"))] = None,
+    dropout: Annotated[float | None, typer.Option(help=field_help("pretrain", "dropout"))] = None,
+    precision: Annotated[str | None, typer.Option(help=field_help("pretrain", "precision"))] = None,
+    compile: Annotated[bool | None, typer.Option("--compile", help=field_help("pretrain", "compile"), show_default=False)] = None,
+    fsdp: Annotated[bool | None, typer.Option("--fsdp", help=field_help("pretrain", "fsdp"), show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help=field_help("pretrain", "seed"))] = None,
+    log: Annotated[str | None, typer.Option(help=field_help("pretrain", "log"))] = None,
+    canaries: Annotated[int | None, typer.Option(help=field_help("pretrain", "canaries"))] = None,
     canary_repeats: Annotated[str | None, typer.Option(help="Comma-separated times each canary is planted, cycling (default 1,10,100).")] = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Train a Llama-architecture model from scratch on an lm dataset."""
-    from llmkit.train.pretrain import TrainingInterrupted
-    from llmkit.train.pretrain import pretrain as run_pretrain
+    from llmkit.train.checkpoint import TrainingInterrupted
+    from llmkit.train.pretraining import pretrain as run_pretrain
 
     ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("train", data=data, preset=preset, name=name, resume=resume, max_steps=max_steps, batch_size=batch_size,
+    cfg = ctx.section("pretrain", data=data, preset=preset, name=name, resume=resume, max_steps=max_steps, batch_size=batch_size,
                       grad_accum=grad_accum, context=context, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every,
                       checkpoint_every=checkpoint_every, dropout=dropout, precision=precision, compile=compile, fsdp=fsdp,
                       seed=seed, log=log, canaries=canaries,
@@ -58,23 +58,23 @@ def pretrain(
 
 # -- fine-tuning ------------------------------------------------------------------------------------
 # Options every fine-tuning command shares; None means "not given" so the config file's value stands.
-EpochsOpt = Annotated[float | None, typer.Option(help="Passes over the train split.")]
-MaxStepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")]
-BatchOpt = Annotated[int | None, typer.Option(help="Examples per micro-batch.")]
-GradAccumOpt = Annotated[int | None, typer.Option(help="Micro-batches per step.")]
-MaxLengthOpt = Annotated[int | None, typer.Option(help="Tokens per example; longer ones are truncated.")]
-LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]
-EvalEveryOpt = Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).")]
-CheckpointOpt = Annotated[int | None, typer.Option(help="Checkpoint every N steps.")]
-SeedOpt = Annotated[int | None, typer.Option(help="Random seed.")]
-ResumeOpt = Annotated[str | None, typer.Option(help="Run id or folder to continue.")]
-NameOpt = Annotated[str | None, typer.Option(help="Model name in the registry.")]
-PrecisionOpt = Annotated[str | None, typer.Option(help="auto | fp32 | bf16 | fp16")]
+EpochsOpt = Annotated[float | None, typer.Option(help=field_help("classify", "epochs"))]
+MaxStepsOpt = Annotated[int | None, typer.Option(help=field_help("classify", "max_steps"))]
+BatchOpt = Annotated[int | None, typer.Option(help=field_help("classify", "batch_size"))]
+GradAccumOpt = Annotated[int | None, typer.Option(help=field_help("classify", "grad_accum"))]
+MaxLengthOpt = Annotated[int | None, typer.Option(help=field_help("classify", "max_length"))]
+LrOpt = Annotated[float | None, typer.Option(help=field_help("classify", "lr"))]
+EvalEveryOpt = Annotated[int | None, typer.Option(help=field_help("classify", "eval_every"))]
+CheckpointOpt = Annotated[int | None, typer.Option(help=field_help("classify", "checkpoint_every"))]
+SeedOpt = Annotated[int | None, typer.Option(help=field_help("classify", "seed"))]
+ResumeOpt = Annotated[str | None, typer.Option(help=field_help("classify", "resume"))]
+NameOpt = Annotated[str | None, typer.Option(help=field_help("classify", "name"))]
+PrecisionOpt = Annotated[str | None, typer.Option(help=field_help("classify", "precision"))]
 LoraROpt = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank.")]
 LoraAlphaOpt = Annotated[float | None, typer.Option("--lora-alpha", help="LoRA alpha (scale = alpha / r).")]
 LoraDropoutOpt = Annotated[float | None, typer.Option("--lora-dropout", help="Dropout on the LoRA input.")]
-CheckpointingOpt = Annotated[bool | None, typer.Option("--gradient-checkpointing", help="Recompute activations: less memory, more time.", show_default=False)]
-EvalMaxOpt = Annotated[int | None, typer.Option(help="Cap on val examples per evaluation (0 = all).")]
+CheckpointingOpt = Annotated[bool | None, typer.Option("--gradient-checkpointing", help=field_help("classify", "gradient_checkpointing"), show_default=False)]
+EvalMaxOpt = Annotated[int | None, typer.Option(help=field_help("classify", "eval_max_examples"))]
 TargetsOpt = Annotated[str | None, typer.Option("--target-modules", help="Comma-separated module names, or all-linear.")]
 
 
@@ -90,7 +90,7 @@ def _lora(ctx: Ctx, section: str, r, alpha, dropout, targets) -> dict | None:
 
 
 def _finish(ctx: Ctx, run, next_hint: str) -> None:
-    from llmkit.train.finetune import TrainingInterrupted
+    from llmkit.train.checkpoint import TrainingInterrupted
 
     try:
         model = run()
@@ -104,20 +104,20 @@ def _finish(ctx: Ctx, run, next_hint: str) -> None:
 
 @app.command(epilog="Example: llmkit train sft --base my-model --data my-chats --method lora --lora-r 8 --epochs 2")
 def sft(
-    base: Annotated[str | None, typer.Option(help="Causal LM: registry name, model folder or Hub id.")] = None,
-    data: Annotated[str | None, typer.Option(help="Dataset name (prepared with --task chat).")] = None,
-    method: Annotated[str | None, typer.Option(help="full | lora | qlora (qlora needs CUDA)")] = None,
+    base: Annotated[str | None, typer.Option(help=field_help("sft", "base"))] = None,
+    data: Annotated[str | None, typer.Option(help=field_help("sft", "data"))] = None,
+    method: Annotated[str | None, typer.Option(help=field_help("sft", "method"))] = None,
     lora_r: LoraROpt = None, lora_alpha: LoraAlphaOpt = None, lora_dropout: LoraDropoutOpt = None, target_modules: TargetsOpt = None,
-    packing: Annotated[bool | None, typer.Option("--packing/--no-packing", help="Pack conversations into full rows.", show_default=False)] = None,
+    packing: Annotated[bool | None, typer.Option("--packing/--no-packing", help=field_help("sft", "packing"), show_default=False)] = None,
     epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None, batch_size: BatchOpt = None, grad_accum: GradAccumOpt = None,
     max_length: MaxLengthOpt = None, lr: LrOpt = None, eval_every: EvalEveryOpt = None, checkpoint_every: CheckpointOpt = None,
-    skip_bad: Annotated[bool | None, typer.Option("--skip-bad", help="Skip conversations without an assistant turn.", show_default=False)] = None,
+    skip_bad: Annotated[bool | None, typer.Option("--skip-bad", help=field_help("sft", "skip_bad"), show_default=False)] = None,
     precision: PrecisionOpt = None, seed: SeedOpt = None, name: NameOpt = None, resume: ResumeOpt = None,
     gradient_checkpointing: CheckpointingOpt = None, eval_max_examples: EvalMaxOpt = None,
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Supervised fine-tuning of a causal LM on a chat dataset; the loss covers assistant tokens only."""
-    from llmkit.train.sft import sft as run_sft
+    from llmkit.train.supervised import sft as run_sft
 
     ctx = Ctx(config, workspace, db_url, json_out)
     cfg = ctx.section("sft", base=base, data=data, method=method, lora=_lora(ctx, "sft", lora_r, lora_alpha, lora_dropout, target_modules),
@@ -130,10 +130,10 @@ def sft(
 
 @app.command(epilog="Example: llmkit train classify --base minilm-l6 --data smsspam --epochs 2")
 def classify(
-    base: Annotated[str | None, typer.Option(help="minilm-l6 (built in), registry name, model folder or Hub id.")] = None,
-    data: Annotated[str | None, typer.Option(help="Dataset name (prepared with --task classify).")] = None,
-    method: Annotated[str | None, typer.Option(help="full | lora")] = None,
-    class_weights: Annotated[str | None, typer.Option(help="auto | none")] = None,
+    base: Annotated[str | None, typer.Option(help=field_help("classify", "base"))] = None,
+    data: Annotated[str | None, typer.Option(help=field_help("classify", "data"))] = None,
+    method: Annotated[str | None, typer.Option(help=field_help("classify", "method"))] = None,
+    class_weights: Annotated[str | None, typer.Option(help=field_help("classify", "class_weights"))] = None,
     lora_r: LoraROpt = None, lora_alpha: LoraAlphaOpt = None, lora_dropout: LoraDropoutOpt = None, target_modules: TargetsOpt = None,
     epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None, batch_size: BatchOpt = None, grad_accum: GradAccumOpt = None,
     max_length: MaxLengthOpt = None, lr: LrOpt = None, eval_every: EvalEveryOpt = None, checkpoint_every: CheckpointOpt = None,
@@ -142,7 +142,7 @@ def classify(
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune an encoder or decoder into a text classifier; best epoch kept, test split scored."""
-    from llmkit.train.classify import classify as run_classify
+    from llmkit.train.classification import classify as run_classify
 
     ctx = Ctx(config, workspace, db_url, json_out)
     cfg = ctx.section("classify", base=base, data=data, method=method, class_weights=class_weights,
@@ -155,13 +155,13 @@ def classify(
 
 @app.command(epilog="Example: llmkit train distill --teacher spam-clf --data smsspam --student-preset nano --epochs 3")
 def distill(
-    teacher: Annotated[str | None, typer.Option(help="The model to imitate (registry name or folder).")] = None,
-    data: Annotated[str | None, typer.Option(help="Dataset name (classify for classifiers; lm or chat for LMs).")] = None,
-    student: Annotated[str | None, typer.Option(help="An existing smaller model with the teacher's tokenizer.")] = None,
-    student_preset: Annotated[str | None, typer.Option(help="Build a new student: nano | micro | small | base")] = None,
-    student_layers: Annotated[int | None, typer.Option(help="Layers of the new student (default: the preset's).")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Softening temperature.")] = None,
-    alpha: Annotated[float | None, typer.Option(help="Weight of the KL term (1 - alpha: hard loss).")] = None,
+    teacher: Annotated[str | None, typer.Option(help=field_help("distill", "teacher"))] = None,
+    data: Annotated[str | None, typer.Option(help=field_help("distill", "data"))] = None,
+    student: Annotated[str | None, typer.Option(help=field_help("distill", "student"))] = None,
+    student_preset: Annotated[str | None, typer.Option(help=field_help("distill", "student_preset"))] = None,
+    student_layers: Annotated[int | None, typer.Option(help=field_help("distill", "student_layers"))] = None,
+    temperature: Annotated[float | None, typer.Option(help=field_help("distill", "temperature"))] = None,
+    alpha: Annotated[float | None, typer.Option(help=field_help("distill", "alpha"))] = None,
     epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None, batch_size: BatchOpt = None, grad_accum: GradAccumOpt = None,
     max_length: MaxLengthOpt = None, lr: LrOpt = None, eval_every: EvalEveryOpt = None, checkpoint_every: CheckpointOpt = None,
     precision: PrecisionOpt = None, seed: SeedOpt = None, name: NameOpt = None, resume: ResumeOpt = None,
@@ -169,7 +169,7 @@ def distill(
     config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Distil a teacher (classifier or causal LM) into a smaller student."""
-    from llmkit.train.distill import distill as run_distill
+    from llmkit.train.distillation import distill as run_distill
 
     ctx = Ctx(config, workspace, db_url, json_out)
     cfg = ctx.section("distill", teacher=teacher, data=data, student=student, student_preset=student_preset,

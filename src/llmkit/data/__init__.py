@@ -3,8 +3,12 @@
 
 def __getattr__(name):
     # Lazy so that importing one data module (e.g. pii) does not pull in the whole pipeline.
-    if name in ("prepare", "DatasetVersion"):
-        from llmkit.data import pipeline as _pipeline
+    if name == "prepare":
+        from llmkit.data.pipeline import prepare
 
-        return getattr(_pipeline, name)
+        return prepare
+    if name == "DatasetVersion":
+        from llmkit.data.dataset import DatasetVersion
+
+        return DatasetVersion
     raise AttributeError(name)

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config import DataConfig, FeedbackDataConfig, SplitConfig
+from llmkit.data.dataset import DatasetVersion
 from llmkit.data.formats import BadRecord, chat_messages
-from llmkit.data.pipeline import DatasetVersion, prepare
+from llmkit.data.pipeline import prepare
 from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
@@ -44,7 +45,7 @@ def dataset_from_feedback(cfg: FeedbackDataConfig, ws: Workspace | None = None,
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     if not cfg.name:
-        raise UserError("feedback.name is not set: pass --name NAME for the dataset, e.g. --name feedback")
+        raise UserError("from-feedback.name is not set: pass --name NAME for the dataset, e.g. --name feedback")
     since = _since(cfg.since)
     rows = registry.list_feedback(cfg.model)
     conversations, summary = select(rows, cfg.min_rating, cfg.include_corrections, since)
@@ -199,7 +200,7 @@ def _since(value: str | None) -> float | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise UserError(f"feedback.since = '{value}': not an ISO date or time; use e.g. 2025-01-31 or "
+        raise UserError(f"from-feedback.since = '{value}': not an ISO date or time; use e.g. 2025-01-31 or "
                         "2025-01-31T14:00:00+01:00") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)  # registry times are shown in UTC

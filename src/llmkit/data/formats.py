@@ -9,7 +9,9 @@ convert OpenAssistant, ShareGPT or Alpaca exports by hand. A row that cannot bec
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UserError
@@ -302,3 +304,22 @@ def _validate(messages: list[dict], where: str) -> list[dict]:
     if turns[-1]["role"] != "assistant":
         raise BadRecord(f"{where}: conversation ends with a user turn; it must end with an assistant reply")
     return out
+
+
+def jsonl_objects(file: Path, fields: tuple[str, ...]) -> list[dict]:
+    """The objects of a small JSONL file (blank lines skipped), each with a string in every one of `fields`;
+    a bad line is a UserError naming file:line."""
+    rows = []
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{file}:{n}: invalid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(f), str) for f in fields):
+            names = " and ".join(f"'{f}'" for f in fields)
+            what = f"{names} strings" if len(fields) > 1 else f"a {names} string"
+            raise UserError(f"{file}:{n}: expected an object with {what}")
+        rows.append(row)
+    return rows

@@ -23,7 +23,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from llmkit.config import DataConfig
 from llmkit.data.clean import RecordOptions, chunk_document, clean_chunk
+from llmkit.data.dataset import DatasetVersion
 from llmkit.data.dedupe import NearDuplicateIndex
 from llmkit.data.encoder import FastEncoder
 from llmkit.data.ingest import IngestStats, expand_inputs, iter_records
@@ -48,20 +48,6 @@ from llmkit.workspace import Workspace, atomic_dir
 TOKENIZER_CHARS_PER_ENTRY = 500
 TOKENIZER_TRAIN_CHARS = (4_000_000, 20_000_000)  # bounds of the sample
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-@dataclass
-class DatasetVersion:
-    id: str
-    name: str
-    version: int
-    path: Path
-    manifest: dict[str, Any]
-    existed: bool = False
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:v{self.version}"
 
 
 def prepare(cfg: DataConfig, ws: Workspace | None = None, registry: Registry | None = None, progress=None) -> DatasetVersion:
@@ -118,7 +104,7 @@ def prepare(cfg: DataConfig, ws: Workspace | None = None, registry: Registry | N
         shutil.rmtree(target, ignore_errors=True)  # an unregistered folder would be an orphan
         raise
     manifest["version"] = rec.version
-    return DatasetVersion(rec.id, rec.name, rec.version, target, manifest)
+    return DatasetVersion(rec.id, rec.name, rec.version, target, cfg.task, manifest)
 
 
 class _Clock:
@@ -139,7 +125,7 @@ class _Clock:
 def _existing(rec) -> DatasetVersion:
     manifest = json.loads((Path(rec.path) / "manifest.json").read_text())
     manifest["version"] = rec.version
-    return DatasetVersion(rec.id, rec.name, rec.version, Path(rec.path), manifest, existed=True)
+    return DatasetVersion(rec.id, rec.name, rec.version, Path(rec.path), rec.kind, manifest, existed=True)
 
 
 def _default_name(first: Path) -> str:

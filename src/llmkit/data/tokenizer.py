@@ -7,7 +7,7 @@ every `llmkit data prepare`; only reusing a model's tokenizer imports it.
 `<|endoftext|>` separates documents in token shards and doubles as bos: a document in training
 always follows one, so generation starts from the same state.
 
-`FastEncoder` (in `encoder.py`, importable from here too) gives the ids `Tokenizer.encode` would give
+`FastEncoder` (in `encoder.py`) gives the ids `Tokenizer.encode` would give
 for the tokenizers trained here, several times faster.
 """
 
@@ -19,7 +19,6 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from llmkit.data.encoder import FastEncoder  # noqa: F401  (re-exported: it encodes with these tokenizers)
 from llmkit.errors import UserError
 
 EOT = "<|endoftext|>"

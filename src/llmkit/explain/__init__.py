@@ -112,7 +112,7 @@ def explain_loaded(model, tokenizer, kind: str, text: str, cfg: ExplainConfig, *
 def load_for_explain(model_ref: str, registry=None):
     """(model, tokenizer, kind, labels, max_length, ref) of a registered model or folder."""
     from llmkit.models.io import load_causal_lm, load_classifier, resolve_model
-    from llmkit.serve.served import model_kind
+    from llmkit.models.kind import model_kind
 
     model = resolve_model(model_ref, registry)
     kind = model_kind(model)

@@ -146,9 +146,9 @@ def load_causal_lm(model: Model, dtype=None, merge: bool = True):
     check_safetensors(model)
     quantization = (model.lineage or _read_lineage(model.path) or {}).get("quantization")
     if quantization:
-        from llmkit.optimize.quantize import load_quantized
+        from llmkit.models.quantized import load_quantized
 
-        return load_quantized(model, quantization), load_tokenizer_for(model)
+        return load_quantized(model.path, quantization), load_tokenizer_for(model)
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(model.path), use_safetensors=True, trust_remote_code=False,
                                                   **({"dtype": dtype} if dtype is not None else {}))

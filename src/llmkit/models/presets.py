@@ -55,10 +55,10 @@ def model_fields(preset: str, vocab_size: int, context: int, *, bos_token_id: in
 
         unknown = set(overrides) - set(LlamaConfig().to_dict()) - set(fields)
         if unknown:
-            raise UserError(f"train.model: unknown LlamaConfig field(s) {', '.join(sorted(unknown))}")
+            raise UserError(f"pretrain.model: unknown LlamaConfig field(s) {', '.join(sorted(unknown))}")
         fields.update(overrides)
     if fields["hidden_size"] % fields["num_attention_heads"]:
-        raise UserError(f"train.model: hidden_size {fields['hidden_size']} is not divisible by num_attention_heads {fields['num_attention_heads']}")
+        raise UserError(f"pretrain.model: hidden_size {fields['hidden_size']} is not divisible by num_attention_heads {fields['num_attention_heads']}")
     return fields
 
 

@@ -43,11 +43,11 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
 def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Registry, console, progress):
     import json
 
-    from llmkit.eval.evaluate import model_kind
+    from llmkit.eval.evaluation import model_task
     from llmkit.optimize.export_onnx import write_onnx
     from llmkit.workspace import atomic_dir
 
-    kind = model_kind(source)
+    kind = model_task(source)
     name = cfg.name or f"{source.name.split('/')[-1]}-onnx"
     target = ws.folder("models", f"{name}-{source.id or 'local'}-onnx")
     lineage = {**(source.lineage or {}), "task": kind, "method": "export-onnx", "format": "onnx",

@@ -9,7 +9,6 @@ must stay within 1e-4.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import warnings
@@ -113,31 +112,3 @@ def _opset(path: Path) -> int | None:
 
     proto = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-
-
-class OnnxBackend:
-    """Whole-sequence decoding on onnxruntime (no KV cache): the eval/bench interface for ONNX exports."""
-
-    name = "onnx"
-
-    def __init__(self, model: Model):
-        import onnxruntime as ort
-
-        config = json.loads((model.path / "config.json").read_text())
-        self.vocab_size, self.max_len = config["vocab_size"], config.get("max_position_embeddings")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        self.session = ort.InferenceSession(str(model.path / "model.onnx"), options, providers=["CPUExecutionProvider"])
-
-    def _run(self, ids: list[int]) -> torch.Tensor:
-        x = np.asarray([ids], dtype=np.int64)
-        logits = self.session.run(["logits"], {"input_ids": x, "attention_mask": np.ones_like(x)})[0]
-        return torch.from_numpy(logits[0, -1].copy())
-
-    def prefill(self, ids: list[int], capacity: int):
-        state = list(ids)
-        return state, self._run(state)
-
-    def step(self, state: list[int], token: int) -> torch.Tensor:
-        state.append(token)
-        return self._run(state)

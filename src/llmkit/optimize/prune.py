@@ -52,11 +52,11 @@ def prune_mask(score: torch.Tensor, sparsity: float, pattern: str, per_row: bool
 
 
 def calibration_windows(tokenizer, registry: Registry, ref: str, context: int, samples: int, seed: int = 0) -> torch.Tensor:
+    from llmkit.data.dataset import open_dataset
     from llmkit.eval.lm import token_stream
-    from llmkit.train.sft import read_records
 
-    ds = registry.get(ref, "dataset")
-    records = read_records(Path(ds.path), "train")
+    ds = open_dataset(registry, ref)
+    records = ds.records("train")
     if not records:
         raise UserError(f"calibration dataset {ds.ref} has no train records")
     texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) if "messages" in r else r["text"] for r in records]

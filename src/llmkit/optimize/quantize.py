@@ -1,93 +1,24 @@
-"""`llmkit quantize`: int8 / int4 weights with group-wise scales, saved as safetensors.
-
-Format (documented in the README): the model folder keeps config.json and the tokenizer;
-model.safetensors holds every tensor that is not quantized as usual, and for each quantized linear
-layer `<name>.qweight` (int8 codes; int4 codes packed two per byte, low nibble first), `<name>.scales`
-(fp32, one per group of `group_size` input weights per output row) and `<name>.bias` if any;
-the embeddings (and an untied output head) are stored as fp16 and loaded back as fp32; llmkit.json's
-`quantization` names the method, bits, group size and the quantized layers. Symmetric:
-w ≈ code * scale, scale = max|w in group| / (2^(bits-1) - 1).
-
-Methods: int8-weight and int4-weight dequantize on the fly in each forward (weight-only: the
-memory and the disk shrink, the matmul stays float); int8-dynamic loads the int8 weights into
-PyTorch's dynamically quantized Linear (int8 activations and int8 matmuls, per-row weight scales).
-torchao's and optimum-quanto's CPU paths were not used: their int4 kernels target CUDA, and this
-format loads with plain PyTorch anywhere.
-"""
+"""`llmkit quantize`: int8 / int4 weights with group-wise scales, saved as safetensors in llmkit's
+quantized format (described, and read back, in `llmkit.models.quantized`)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from llmkit.errors import UserError
-from llmkit.models.io import Model, check_safetensors, resolve_model
+from llmkit.models.io import Model, resolve_model
+from llmkit.models.quantized import METHODS, QuantLinear, linears, pack_int4, quantize_tensor, set_module
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace, atomic_dir
-
-METHODS = {"int8-dynamic": 8, "int8-weight": 8, "int4-weight": 4}
-
-
-def quantize_tensor(w: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes int8 (out, in), scales fp32 (out, in // group))."""
-    out_f, in_f = w.shape
-    qmax = 2 ** (bits - 1) - 1
-    groups = w.float().reshape(out_f, in_f // group, group)
-    scales = groups.abs().amax(-1).clamp(min=1e-12) / qmax                       # (out, G)
-    codes = torch.round(groups / scales[..., None]).clamp(-qmax - 1, qmax).to(torch.int8)
-    return codes.reshape(out_f, in_f), scales
-
-
-def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    low, high = codes[:, 0::2] & 0x0F, codes[:, 1::2] & 0x0F
-    return (low | (high << 4)).to(torch.uint8)                                 # (out, in / 2)
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    low = (packed & 0x0F).to(torch.int8)
-    high = ((packed >> 4) & 0x0F).to(torch.int8)
-    codes = torch.stack([low, high], -1).reshape(packed.shape[0], -1)           # (out, in)
-    return torch.where(codes > 7, codes - 16, codes)
-
-
-class QuantLinear(torch.nn.Module):
-    """A Linear whose weight is stored as int8/int4 codes and fp32 group scales."""
-
-    def __init__(self, in_features: int, out_features: int, bits: int, group: int, bias: bool):
-        super().__init__()
-        self.in_features, self.out_features, self.bits, self.group = in_features, out_features, bits, group
-        width = in_features // 2 if bits == 4 else in_features
-        self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8 if bits == 4 else torch.int8))
-        self.register_buffer("scales", torch.zeros(out_features, in_features // group))
-        self.bias = torch.nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-
-    def weight_float(self) -> torch.Tensor:
-        codes = unpack_int4(self.qweight) if self.bits == 4 else self.qweight
-        g = codes.reshape(self.out_features, -1, self.group).float() * self.scales[..., None]
-        return g.reshape(self.out_features, self.in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight_float().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-
-
-def _linears(lm) -> dict[str, torch.nn.Linear]:
-    head = lm.get_output_embeddings()
-    return {n: m for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
-
-
-def _set(root: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
 def quantize_model(lm, method: str, group: int) -> list[str]:
     """Replace the linear layers (not the output head) in place; returns their names."""
     bits = METHODS[method]
     done = []
-    for name, lin in _linears(lm).items():
+    for name, lin in linears(lm).items():
         g = lin.in_features if method == "int8-dynamic" else group
         if lin.in_features % g:
             raise UserError(f"quantize.group_size = {group} does not divide {name}'s {lin.in_features} inputs; "
@@ -98,48 +29,9 @@ def quantize_model(lm, method: str, group: int) -> list[str]:
         q.scales.copy_(scales)
         if lin.bias is not None:
             q.bias.data.copy_(lin.bias.data)
-        _set(lm, name, q)
+        set_module(lm, name, q)
         done.append(name)
     return done
-
-
-def load_quantized(model: Model, info: dict[str, Any]):
-    """Build the architecture from config.json, put QuantLinear layers in, load the weights."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    check_safetensors(model)
-    config = AutoConfig.from_pretrained(str(model.path), trust_remote_code=False)
-    lm = AutoModelForCausalLM.from_config(config)  # buffers such as RoPE's inv_freq are computed, not stored
-    for name in info["modules"]:
-        lin = lm.get_submodule(name)
-        group = lin.in_features if info["method"] == "int8-dynamic" else info["group_size"]
-        _set(lm, name, QuantLinear(lin.in_features, lin.out_features, info["bits"], group, lin.bias is not None))
-    state = load_file(str(model.path / "model.safetensors"))
-    lm.load_state_dict(state, strict=False)
-    if getattr(config, "tie_word_embeddings", False):
-        lm.tie_weights()
-    expected = set(lm.state_dict()) - ({"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set())
-    missing = sorted(expected - set(state))
-    if missing:
-        raise UserError(f"{model.path}: quantized weights are missing {missing[:3]}; the folder is damaged")
-    if info["method"] == "int8-dynamic":
-        lm = _to_dynamic(lm, info["modules"])
-    lm.eval()
-    return lm
-
-
-def _to_dynamic(lm, names: list[str]):
-    from torch.ao.quantization import quantize_dynamic
-
-    for name in names:
-        q = lm.get_submodule(name)
-        lin = torch.nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
-        lin.weight.data = q.weight_float()
-        if q.bias is not None:
-            lin.bias.data = q.bias.data.clone()
-        _set(lm, name, lin)
-    return quantize_dynamic(lm, qconfig_spec=set(names), dtype=torch.qint8, inplace=True)
 
 
 def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registry | None = None, console=None,
@@ -189,4 +81,4 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
     return quantized, rows
 
 
-__all__ = ["quantize", "load_quantized", "quantize_tensor", "pack_int4", "unpack_int4"]
+__all__ = ["quantize", "quantize_model"]

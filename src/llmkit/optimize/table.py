@@ -11,7 +11,7 @@ from llmkit.workspace import Workspace
 
 def before_after(before: Model, after: Model, ws: Workspace, registry: Registry, max_examples: int = 200,
                  console=None, progress=None) -> list[dict]:
-    from llmkit.eval.evaluate import bench_model, evaluate, model_kind
+    from llmkit.eval.evaluation import bench_model, evaluate, model_task
     from llmkit.eval.speed import disk_size_bytes
 
     dataset = ((before.lineage or {}).get("dataset") or {}).get("id")
@@ -19,12 +19,12 @@ def before_after(before: Model, after: Model, ws: Workspace, registry: Registry,
     for label, model in (("before", before), ("after", after)):
         row = {"model": model.ref, "stage": label, "size_mb": round(disk_size_bytes(model) / 2**20, 3)}
         if dataset:
-            kind = model_kind(before)
+            kind = model_task(before)
             report = evaluate(model.id or str(model.path), EvalConfig(data=dataset, split="val", max_examples=max_examples),
                               ws, registry, progress)
             key = "accuracy" if kind == "classification" else "perplexity"
             row[key] = report.metrics.get(key)
-        if model_kind(before) != "classification":
+        if model_task(before) != "classification":
             # 32 + 32 tokens, or half the context each for models with less than 64.
             half = min(32, max(1, _context(before) // 2))
             speed = bench_model(model.id or str(model.path), BenchModelConfig(prompt_tokens=half, new_tokens=half, runs=5,

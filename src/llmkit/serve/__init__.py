@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from llmkit.config import ServeConfig
 from llmkit.errors import UserError
+from llmkit.runtime.threads import cpu_cores
 
 log = logging.getLogger("llmkit.serve")
 
@@ -62,12 +63,6 @@ def _set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads or max(1, (cpu_cores() - 1) // 2))
-
-
-def cpu_cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _check_exposure(cfg: ServeConfig, app, console) -> None:

@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+from fastapi import Request
+
 from llmkit.errors import UserError
 from llmkit.serve.errors import ApiError, error_body
 
@@ -73,6 +75,16 @@ class Auth:
                 raise ApiError(429, f"rate limit of {self.rate} requests per minute reached; retry in {wait} s",
                                code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
             self.buckets[who] = (tokens - 1.0, now)
+
+
+async def authorize(request: Request) -> str:
+    """The route dependency: the caller's key (or address) when allowed; a 401 or 429 counted as rejected."""
+    state = request.app.state.llmkit
+    try:
+        return state.auth.check(request.headers.get("authorization"), request.client.host if request.client else "?")
+    except ApiError as err:
+        state.metrics.rejected.labels("auth" if err.status == 401 else "rate_limit").inc()
+        raise
 
 
 class BodyLimit:

@@ -4,11 +4,11 @@ Continuous batching (torch backend): between two decode steps the scheduler admi
 (one prefill each, into a KV cache of their own) and drops finished, cancelled or timed-out ones, so
 the running batch changes every step and nobody waits for the slowest request of a fixed batch.
 Every step advances all running sequences by one token in one batched forward
-(`generate.get_decoder(model).step(states, tokens)`: projections and MLP batched, attention per
+(`runtime.decoder.get_decoder(model).step(states, tokens)`: projections and MLP batched, attention per
 sequence, so there is no padding to mask). Sampling and stop handling are per request.
 
 llama.cpp batches the same way: one context holds every running sequence under its own sequence id
-(`optimize.llama_cpp_backend.LlamaCppBatch`), one decode per step. ONNX (no KV cache) holds one
+(`runtime.llama_cpp.LlamaCppBatch`), one decode per step. ONNX (no KV cache) holds one
 sequence per instance: a batch of one per worker, as many workers as instances; requests queue.
 
 The scheduler runs in threads because the forward releases the GIL and must not block the event
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import heapq
 import logging
 import threading
 import time
@@ -27,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from llmkit.generate import Sampler, TextStream
+from llmkit.runtime.batch import Decoder
+from llmkit.runtime.detokenize import TextStream
+from llmkit.runtime.sampling import Sampler
 
 log = logging.getLogger("llmkit.serve")
 
@@ -101,76 +100,7 @@ def _flush() -> None:
                 job.cancelled = True
 
 
-class Decoder:
-    """What a worker drives: prefill one sequence, step a batch, release a finished one's cache."""
-
-    def __init__(self, prefill: Callable, step: Callable, max_batch: int, max_len: int | None,
-                 release: Callable[[Any], None] | None = None, prefill_many: Callable | None = None):
-        self.prefill, self.step, self.max_batch, self.max_len = prefill, step, max_batch, max_len
-        self.release = release or (lambda state: None)
-        # [ids] -> ([state], logits (B, vocab)); one prefill after another unless the backend batches them
-        self.prefill_many = prefill_many or self._one_by_one
-
-    def _one_by_one(self, prompts: list[list[int]], capacities: list[int]):
-        out = [self.prefill(ids, cap) for ids, cap in zip(prompts, capacities, strict=True)]
-        return [state for state, _ in out], torch.stack([logits for _, logits in out])
-
-
 PREFILL_GROUP = 8  # new requests prefilled in one forward
-POOL_BUDGET = 2 * 2**30  # bytes of KV cache worth preallocating for the whole batch
-
-
-def torch_decoder(lm, max_batch: int) -> Decoder:
-    """llmkit's decoder; for Llama models the running batch shares one KV pool (one attention call per layer)."""
-    from llmkit.generate import get_decoder
-    from llmkit.models.fast_llama import FastLlama
-
-    dec = get_decoder(lm)
-    pool_bytes = 0
-    if isinstance(dec, FastLlama):
-        pool_bytes = (len(dec.layers) * 2 * max_batch * dec.n_kv * dec.max_len * dec.head_dim
-                      * torch.finfo(dec.dtype).bits // 8)
-    if not pool_bytes or pool_bytes > POOL_BUDGET:
-        return Decoder(lambda ids, cap: dec.prefill(ids, capacity=cap), dec.step, max_batch, dec.max_len)
-    pool = dec.new_pool(max_batch)
-    free = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch's slots dense
-
-    def prefill(ids: list[int], capacity: int):
-        state = dec.pool_state(pool, heapq.heappop(free))
-        try:
-            return dec.prefill(ids, state=state)
-        except BaseException:
-            heapq.heappush(free, state.slot)
-            raise
-
-    def release(state) -> None:
-        if state is not None and state.pool is pool:
-            heapq.heappush(free, state.slot)
-            state.pool = None  # released once
-
-    def prefill_many(prompts: list[list[int]], capacities: list[int]):
-        states = [dec.pool_state(pool, heapq.heappop(free)) for _ in prompts]
-        try:
-            return states, dec.prefill_many(prompts, states)
-        except BaseException:
-            for state in states:
-                heapq.heappush(free, state.slot)
-            raise
-
-    return Decoder(prefill, dec.step, max_batch, dec.max_len, release, prefill_many)
-
-
-def llama_cpp_decoder(model, max_batch: int) -> Decoder:
-    """A GGUF export on llama.cpp, the running batch in one context (`LlamaCppBatch`)."""
-    from llmkit.optimize.llama_cpp_backend import LlamaCppBatch
-
-    batch = LlamaCppBatch(model, max_batch)
-    return Decoder(batch.prefill, batch.step, max_batch, batch.max_len, batch.release, batch.prefill_many)
-
-
-def single_decoder(backend) -> Decoder:
-    """A backend with prefill(ids, capacity) and step(state, token) for one sequence at a time."""
-    return Decoder(backend.prefill, lambda states, toks: backend.step(states[0], toks[0])[None], 1, backend.max_len)
 
 
 class Engine:

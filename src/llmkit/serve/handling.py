@@ -17,14 +17,15 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette.sse import EventSourceResponse
 
-from llmkit.generate import Sampler, TextStream
-from llmkit.serve import schemas as s
+import llmkit.serve.schemas as s
+from llmkit.runtime.detokenize import TextStream
+from llmkit.runtime.sampling import Sampler
 from llmkit.serve.engine import Event, Job, QueueFull
 from llmkit.serve.errors import ApiError
 from llmkit.serve.served import ServedModel
 
 if TYPE_CHECKING:
-    from llmkit.serve.app import ServerState
+    from llmkit.serve.state import ServerState
 
 
 def bos_prompt(served: ServedModel) -> list[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 # Limits as schema constraints (not only validators), so the OpenAPI schema says what is accepted.
 Stops = Annotated[list[str], Field(max_length=4)]
@@ -177,6 +177,33 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+
+class ChatDelta(BaseModel):
+    """What a stream chunk adds to the reply; fields not sent are left out (OpenAI's `{}` last delta)."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
@@ -247,3 +274,8 @@ class ErrorBody(BaseModel):
 Sampling.model_rebuild()
 CompletionRequest.model_rebuild()
 ChatRequest.model_rebuild()
+
+
+# OpenAPI documentation of the error and streaming responses, shared by the routers.
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 408, 413, 429)}
+STREAMING = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}

@@ -13,8 +13,12 @@ import torch
 
 from llmkit.config import ServeConfig
 from llmkit.errors import UserError
-from llmkit.models.io import Model, adapter_base, is_adapter, resolve_model
-from llmkit.serve.engine import Engine, llama_cpp_decoder, single_decoder, torch_decoder
+from llmkit.models.io import Model, resolve_model
+from llmkit.models.kind import model_kind
+from llmkit.runtime.backends import choose_backend, load_backend
+from llmkit.runtime.batch import llama_cpp_decoder, single_decoder, torch_decoder
+from llmkit.runtime.threads import cpu_cores
+from llmkit.serve.engine import Engine
 
 
 @dataclass
@@ -35,35 +39,6 @@ class ServedModel:
     @property
     def max_len(self) -> int | None:
         return self.engine.max_len if self.engine else self.max_length
-
-
-def _info(model: Model) -> dict[str, Any]:
-    file = model.path / "llmkit.json"
-    return json.loads(file.read_text()) if file.exists() else {}
-
-
-def model_kind(model: Model) -> str:
-    base = adapter_base(model) if is_adapter(model.path) else model
-    config_file = base.path / "config.json"
-    archs = json.loads(config_file.read_text()).get("architectures") or [] if config_file.exists() else []
-    task = (model.lineage or {}).get("task")
-    if task == "classification" or any(a.endswith("ForSequenceClassification") for a in archs):
-        return "classifier"
-    if any(a.endswith("ForCausalLM") for a in archs) or _info(model).get("gguf"):
-        return "causal"
-    return "encoder"
-
-
-def choose_backend(model: Model, requested: str) -> str:
-    if requested == "llamacpp":
-        return "llama.cpp"
-    if requested != "auto":
-        return requested
-    if _info(model).get("gguf"):
-        return "llama.cpp"
-    if (model.path / "model.onnx").exists() and not any(model.path.glob("*.safetensors")):
-        return "onnx"
-    return "torch"
 
 
 def load_served(ref: str, cfg: ServeConfig, registry, on_step=None, on_done=None) -> ServedModel:
@@ -88,8 +63,6 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None, on_done=None
         lm, tok = load_causal_lm(model)
         # Workers share the weights (read-only) and each decodes its own batch from its own KV pool, in
         # parallel: torch ops release the GIL. Two small batches on two cores beat one big one on one.
-        from llmkit.serve import cpu_cores
-
         workers = cfg.workers or (2 if cpu_cores() >= 2 else 1)
         decoders = [torch_decoder(lm, cfg.max_batch) for _ in range(workers)]
         eos = {lm.config.eos_token_id} if isinstance(lm.config.eos_token_id, int) else set(lm.config.eos_token_id or [])
@@ -100,8 +73,6 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None, on_done=None
         config = json.loads((model.path / "config.json").read_text())
         eos = {config["eos_token_id"]} if isinstance(config.get("eos_token_id"), int) else set(config.get("eos_token_id") or [])
     else:
-        from llmkit.eval.speed import load_backend
-
         tok = load_tokenizer_for(model)
         decoders = [single_decoder(load_backend(backend, model)) for _ in range(cfg.workers or 1)]
         config = json.loads((model.path / "config.json").read_text())

@@ -2,12 +2,14 @@
 
     llmkit.train.pretrain(PretrainConfig(...))   llmkit.train.sft(SftConfig(...))
     llmkit.train.classify(ClassifyConfig(...))   llmkit.train.distill(DistillConfig(...))
+
+Each lives in its own module (`pretraining`, `supervised`, `classification`, `distillation`) on the
+shared loop of `loop.py`; the modules are named for what they do so the functions never hide them.
 """
 
-# Each binds the function over its submodule's name (the modules stay importable by full path).
-from llmkit.train.classify import classify  # noqa: E402
-from llmkit.train.distill import distill  # noqa: E402
-from llmkit.train.pretrain import pretrain  # noqa: E402
-from llmkit.train.sft import sft  # noqa: E402, I001
+from llmkit.train.classification import classify
+from llmkit.train.distillation import distill
+from llmkit.train.pretraining import pretrain
+from llmkit.train.supervised import sft
 
 __all__ = ["pretrain", "sft", "classify", "distill"]

@@ -1,4 +1,8 @@
-"""Resumable checkpoints: weights, optimizer, step, RNG and sampler state, written atomically.
+"""Runs and their resumable checkpoints, for every trainer: the run resolver (`resume_run`), the
+checkpoint writer and reader, and `TrainingInterrupted`.
+
+A run is a folder with `config.yaml` (the resolved config under its section's name: the run is defined
+by it), `run.json`, `metrics.jsonl`, `checkpoints/` and `best/`.
 
 A checkpoint is a folder `checkpoints/step-000060/` with `model.safetensors` and `state.pt`
 (optimizer moments, generator states; loaded with weights_only=True, so no pickle code runs).
@@ -8,16 +12,69 @@ checkpoint as the latest usable one. Only the last K are kept.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
+from llmkit.config import RENAMED_SECTIONS
+from llmkit.errors import UserError
 from llmkit.workspace import TMP_PREFIX, atomic_dir, remove_stale_tmp
 
 STEP_PREFIX = "step-"
+
+
+class TrainingInterrupted(Exception):
+    """Raised after the checkpoint on SIGINT/SIGTERM (or a stop at a given step) is written; says how to resume."""
+
+    def __init__(self, step: int, run_id: str, stage: str):
+        super().__init__(f"stopped at step {step}; continue with: llmkit train {stage} --resume {run_id}")
+        self.step, self.run_id, self.stage = step, run_id, stage
+
+
+def write_run_config(run_dir: Path, section: str, cfg) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({section: cfg.model_dump()}, sort_keys=False, allow_unicode=True))
+
+
+def start_run(ws, registry, name: str, section: str, cfg, parents: list[tuple[str, str]],
+              info: dict[str, Any] | None = None, create: bool = True) -> tuple[Path, str | None]:
+    """A new run: its folder (`runs/NAME-xxxxxx`) with config.yaml and run.json, registered with its parents.
+    With `create` False (a torchrun rank other than 0) only the folder name is made."""
+    import uuid
+
+    run_dir = ws.folder("runs", f"{name}-{uuid.uuid4().hex[:6]}")
+    if not create:
+        return run_dir, None
+    run_dir.mkdir(parents=True)
+    write_run_config(run_dir, section, cfg)
+    rec = registry.add("run", name, kind=section, path=run_dir, params=cfg.model_dump(), parents=parents)
+    (run_dir / "run.json").write_text(json.dumps({"id": rec.id, **(info or {})}))
+    return run_dir, rec.id
+
+
+def resume_run(cfg, section: str, registry) -> tuple[Any, Path | None, str | None]:
+    """For `resume`: the run's saved config (the run is defined by it), its folder and its id;
+    (cfg, None, None) when not resuming."""
+    if not cfg.resume:
+        return cfg, None, None
+    path = Path(cfg.resume)
+    rec = None if path.is_dir() else registry.find(cfg.resume, "run")
+    if rec is not None:
+        path = Path(rec.path)
+    if not (path / "config.yaml").exists():
+        raise UserError(f"{section}.resume = '{cfg.resume}': no run with that id, name or folder (llmkit ls runs lists them)")
+    saved_body = yaml.safe_load((path / "config.yaml").read_text())
+    # Runs written before sections were named after their commands keep the old name.
+    body = {RENAMED_SECTIONS.get(k, k): v for k, v in saved_body.items()}
+    if section not in body:
+        raise UserError(f"{section}.resume = '{cfg.resume}': that run is a '{next(iter(body))}' run, not {section}")
+    saved = type(cfg).model_validate(body[section])
+    run_id = rec.id if rec else json.loads((path / "run.json").read_text())["id"]
+    return saved, path, run_id
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -25,10 +82,13 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `checkpoints/step-N/` atomically: `weights` (default: the whole model; fine-tuning passes only
+    what it trains) and `state`; keep the last `keep`."""
     folder = run_dir / "checkpoints" / f"{STEP_PREFIX}{step:06d}"
     with atomic_dir(folder) as tmp:
-        save_file(model_state(model), str(tmp / "model.safetensors"))
+        save_file(model_state(model) if weights is None else weights, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -43,6 +103,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     found = [p for p in root.iterdir() if p.name.startswith(STEP_PREFIX) and not p.name.startswith(TMP_PREFIX)
              and (p / "state.pt").exists() and (p / "model.safetensors").exists()]
     return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+
+def latest_step(run_dir: Path | None) -> int:
+    """The step of the run's last usable checkpoint (0 when none): where a resumed run starts."""
+    checkpoints = list_checkpoints(run_dir) if run_dir is not None else []
+    return int(checkpoints[-1].name[len(STEP_PREFIX):]) if checkpoints else 0
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module) -> dict[str, Any]:

@@ -1,4 +1,18 @@
-"""Pieces of our training loop shared by every trainer: evaluation, metrics, progress, signals."""
+"""The training loop every trainer runs (`fit`), and its parts: evaluation, metrics, progress, signals.
+
+A trainer builds a `Job`: the module whose `requires_grad` parameters are optimised (a LoRA job trains
+adapters only), its micro-batches by index, its loss and its evaluation, the metric that picks the best
+weights, and whatever else its checkpoint must hold (pretraining's data sampler). `fit` runs it: AdamW
+(built by the trainer), linear warm-up then cosine, gradient accumulation and clipping, autocast,
+evaluation every N steps or each epoch, the best weights kept, early stopping and a time limit, the stop
+flag (SIGINT/SIGTERM: checkpoint, then `TrainingInterrupted`), resumable checkpoints, metrics and
+progress, and under torchrun the per-rank parts (no_sync on accumulation steps, the mean loss, rank 0
+writes).
+
+Exact resume: a checkpoint holds the trained weights, the optimizer, the step, torch's RNG state and
+the job's own state; batches are a function of their index (or of the restored sampler), so a resumed
+run sees the batches the uninterrupted one would have, and its weights come out the same.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +20,9 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +31,10 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from llmkit.errors import UserError
+from llmkit.train.checkpoint import TrainingInterrupted, list_checkpoints, model_state, save_checkpoint
+from llmkit.train.distributed import Dist
+from llmkit.train.optim import autocast, lr_at
+from llmkit.workspace import atomic_dir
 
 
 def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -157,3 +178,198 @@ def plot_losses(metrics: list[dict[str, Any]], out: Path) -> Path | None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     return out
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    stage: str                                       # pretrain | sft | classify | distill: how to resume
+    model: torch.nn.Module                           # owns the parameters; requires_grad marks what is trained
+    optimizer: torch.optim.Optimizer
+    batch: Callable[[int], Any]                      # micro-batch by its index (step * grad_accum + micro)
+    loss: Callable[[torch.nn.Module, Any], tuple[torch.Tensor, int]]  # -> (mean loss, tokens in the batch)
+    evaluate: Callable[[torch.nn.Module], dict[str, float]]
+    score: str                                       # the evaluation metric that picks the best weights
+    total_steps: int
+    lr: float
+    warmup_steps: int
+    min_lr: float = 0.0
+    higher_is_better: bool = False
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    eval_every: int = 0                              # 0: at the end of each epoch
+    steps_per_epoch: int | None = None               # for eval_every 0 and the epoch column
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    early_stopping: int = 0                          # evaluations without improvement before stopping (0 = off)
+    precision: str = "fp32"
+    device: str = "cpu"
+    trainable_only: bool = True                      # checkpoint the trained parameters only (fine-tuning)
+    # What runs the forward, made after a resume has loaded the weights (DDP / FSDP wrapping, torch.compile).
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model
+    state: Callable[[], dict[str, Any]] = dict       # what else the checkpoint holds (a sampler's state)
+    load_state: Callable[[dict[str, Any]], None] = lambda state: None
+    dist: Dist = field(default_factory=Dist)
+    tokens_per_step: int | None = None               # the same every step (pretraining); else counted
+
+
+@dataclass
+class LoopResult:
+    step: int
+    seconds: float
+    tokens_seen: int
+    best: dict[str, Any] | None      # the best evaluation (with its step), None before any
+    last_eval: dict[str, float]
+    stopped_early: bool
+
+
+def trained_weights(model: torch.nn.Module, trainable_only: bool) -> dict[str, torch.Tensor]:
+    if not trainable_only:
+        return model_state(model)
+    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trained_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], trainable_only: bool) -> None:
+    if not trainable_only:
+        model.load_state_dict(weights, strict=True)
+        return
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != names:
+        missing, extra = sorted(names - set(weights))[:3], sorted(set(weights) - names)[:3]
+        raise UserError(f"checkpoint does not match the model (missing {missing}, unexpected {extra}); "
+                        "was the run's base model or LoRA setting changed?")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, value in weights.items():
+            params[n].copy_(value)
+
+
+def _restore(job: Job, run_dir: Path) -> tuple[int, float | None, int, int]:
+    """Resume from the last checkpoint: (step, best score, evaluations, evaluations without gain)."""
+    from safetensors.torch import load_file
+
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        return 0, None, 0, 0
+    last = checkpoints[-1]
+    load_trained_weights(job.model, load_file(str(last / "model.safetensors")), job.trainable_only)
+    state = torch.load(last / "state.pt", weights_only=True, map_location="cpu")
+    job.optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if torch.cuda.is_available() and "cuda_rng" in state:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    job.load_state(state.get("job", state))  # before the loop moved here, the sampler sat at the top level
+    best = state.get("best", state.get("best_val"))
+    best = None if best is None or math.isinf(best) else float(best)
+    return int(state["step"]), best, int(state.get("evals", 0)), int(state.get("evals_without_gain", 0))
+
+
+def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None, time_limit_s: float | None = None,
+        stop_at_step: int | None = None) -> LoopResult:
+    """Train `job` to its total steps (or an early stop, the time limit, a signal) in `run_dir`.
+
+    Longer than our usual function on purpose: one step of training is read top to bottom here, as in
+    nanoGPT; what stands alone (restoring, checkpoint files, weight selection) is outside it."""
+    from safetensors.torch import load_file, save_file
+
+    d, model = job.dist, job.model
+    amp = lambda: autocast(job.precision, job.device)  # noqa: E731
+    step, best, evals, without_gain = _restore(job, run_dir)
+    forward = job.wrap(model)
+
+    def better(value: float) -> bool:
+        return best is None or (value > best if job.higher_is_better else value < best)
+
+    def checkpoint_state() -> dict[str, Any]:
+        state = {"step": step, "optimizer": job.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "best": best, "evals": evals, "evals_without_gain": without_gain, "job": job.state()}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    trained = [p for p in model.parameters() if p.requires_grad]
+    started = time.time()
+    last_eval: dict[str, float] = {}
+    tokens_seen, stopped_early = 0, False
+    forward.train()
+    with StopFlag() as stop, progress_bar(console if console is not None else _quiet()) as bar:
+        task = bar.add_task(job.stage, total=job.total_steps, completed=step, loss=float("nan"), tok_s=0.0, val="-")
+        t_last = time.time()
+        while step < job.total_steps:
+            lr = lr_at(step, job.lr, job.min_lr, job.warmup_steps, job.total_steps)
+            for group in job.optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum, tokens = 0.0, 0
+            for micro in range(job.grad_accum):
+                batch = job.batch(step * job.grad_accum + micro)
+                last = micro == job.grad_accum - 1
+                # Under DDP only the last micro-batch of a step all-reduces its gradients.
+                sync = forward.no_sync() if (d.enabled and not last and hasattr(forward, "no_sync")) else nullcontext()
+                with sync, amp():
+                    loss, n = job.loss(forward, batch)
+                    loss = loss / job.grad_accum
+                loss.backward()
+                loss_sum += float(loss.detach())
+                tokens += n
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, job.grad_clip)) if job.grad_clip > 0 else None
+            job.optimizer.step()
+            job.optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_value = d.mean(loss_sum)
+            tokens = job.tokens_per_step or tokens * d.world
+            tokens_seen += tokens
+            now = time.time()
+            tok_s = tokens / max(now - t_last, 1e-9)
+            t_last = now
+            metrics.write(step=step, loss=loss_value, lr=lr, grad_norm=grad_norm, tokens_per_s=round(tok_s, 1))
+            bar.update(task, completed=step, loss=loss_value, tok_s=tok_s)
+
+            out_of_time = time_limit_s is not None and now - started > time_limit_s
+            per_epoch = job.steps_per_epoch or job.total_steps
+            at_eval = step % job.eval_every == 0 if job.eval_every else step % per_epoch == 0
+            if at_eval or step == job.total_steps or out_of_time:
+                with amp():
+                    last_eval = job.evaluate(model)
+                forward.train()
+                epoch = {"epoch": round(step / job.steps_per_epoch, 3)} if job.steps_per_epoch else {}
+                metrics.write(step=step, **epoch, **last_eval)
+                bar.update(task, val=f"{job.score} {last_eval[job.score]:.4f}")
+                evals += 1
+                if better(last_eval[job.score]):
+                    best, without_gain = float(last_eval[job.score]), 0
+                    if d.is_main:
+                        with atomic_dir(run_dir / "best") as tmp:
+                            save_file(trained_weights(model, job.trainable_only), str(tmp / "model.safetensors"))
+                            (tmp / "metrics.json").write_text(json.dumps({"step": step, **last_eval}))
+                else:
+                    without_gain += 1
+                stopped_early = bool(job.early_stopping and without_gain >= job.early_stopping)
+            interrupted = stop.signal is not None or (stop_at_step is not None and step >= stop_at_step)
+            if d.is_main and (step % job.checkpoint_every == 0 or interrupted):
+                save_checkpoint(run_dir, step, model, checkpoint_state(), job.keep_checkpoints,
+                                weights=trained_weights(model, job.trainable_only))
+            d.barrier()
+            if interrupted and step < job.total_steps:
+                metrics.close()
+                raise TrainingInterrupted(step, run_id, job.stage)
+            if stopped_early or out_of_time:
+                break
+
+    metrics.close()
+    seconds = time.time() - started
+    best_dir = run_dir / "best"
+    best_metrics = None
+    if (best_dir / "model.safetensors").exists():
+        load_trained_weights(model, load_file(str(best_dir / "model.safetensors")), job.trainable_only)
+        if (best_dir / "metrics.json").exists():
+            best_metrics = json.loads((best_dir / "metrics.json").read_text())
+    model.eval()
+    return LoopResult(step, seconds, tokens_seen, best_metrics, last_eval, stopped_early)
+
+
+def _quiet():
+    from rich.console import Console
+
+    return Console(quiet=True)

@@ -34,7 +34,7 @@ def compare(model_refs: list[str], data: str | None = None, split: str = "test",
     For each model: its latest evaluation on `data` (when given) and its latest speed measurement.
     A model without an evaluation on `data` is evaluated now.
     """
-    from llmkit.eval.evaluate import evaluate
+    from llmkit.eval.evaluation import evaluate
 
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)

@@ -1,20 +1,11 @@
-"""Every stage's configuration, in one place, as pydantic models.
-
-A config file is YAML with one section per stage (`data:`, `train:`, `generate:`, ...). A command
-reads its own section, applies flag overrides on top (flags win) and validates. Mistakes come back
-as one line naming the key path (`train.lr`), the bad value and what is allowed.
-"""
+"""Every command's configuration section, in one place, as pydantic models: the keys, their defaults,
+their ranges and their descriptions (which are also the CLI flags' help)."""
 
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
-
-from llmkit.errors import UserError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt
 
 
 class Section(BaseModel):
@@ -178,8 +169,17 @@ class EvalConfig(Section):
     out: str | None = Field(None, description="also write the HTML report to this path")
 
 
+# One spelling per backend; older spellings are read as these (config files, --backend).
+BACKEND_ALIASES = {"llamacpp": "llama.cpp", "llama_cpp": "llama.cpp"}
+_one_spelling = BeforeValidator(lambda v: BACKEND_ALIASES.get(v, v) if isinstance(v, str) else v)
+Backend = Annotated[Literal["auto", "torch", "llama.cpp", "onnx"], _one_spelling]
+# Benchmarks take any registered backend (`llmkit.runtime.backends.register_backend`), checked when loaded.
+AnyBackend = Annotated[str, _one_spelling]
+
+
 class BenchModelConfig(Section):
-    backend: str = Field("torch", description="what runs the model: torch (more arrive with quantize/export)")
+    backend: AnyBackend = Field("auto", description="what runs the model: auto = llama.cpp for GGUF exports, onnxruntime "
+                                                 "for ONNX exports, else PyTorch; or torch | llama.cpp | onnx")
     prompt_tokens: int = Field(128, ge=1, description="prompt length")
     new_tokens: int = Field(64, ge=1, description="tokens generated per run")
     runs: int = Field(5, ge=1, description="timed runs (p50/p95 over these)")
@@ -228,8 +228,8 @@ class GenerateConfig(Section):
 
 class ServeConfig(Section):
     models: list[str] = Field(default_factory=list, description="models to serve: registry names, folders or built-ins")
-    backend: Literal["auto", "torch", "llamacpp", "onnx"] = Field(
-        "auto", description="auto = llama.cpp for GGUF exports, onnxruntime for ONNX exports, else PyTorch")
+    backend: Backend = Field("auto", description="auto = llama.cpp for GGUF exports, onnxruntime for ONNX exports, "
+                                                 "else PyTorch; or torch | llama.cpp | onnx")
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 exposes the server to the network")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port)")
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys clients must send (none = open)")
@@ -313,127 +313,21 @@ class DemoConfig(Section):
 SECTIONS: dict[str, type[Section]] = {
     "workspace": WorkspaceConfig,
     "data": DataConfig,
-    "feedback": FeedbackDataConfig,
-    "train": PretrainConfig,
+    "from-feedback": FeedbackDataConfig,
+    "pretrain": PretrainConfig,
     "sft": SftConfig,
     "classify": ClassifyConfig,
     "distill": DistillConfig,
     "predict": PredictConfig,
     "eval": EvalConfig,
-    "bench": BenchModelConfig,
+    "bench-model": BenchModelConfig,
     "export": ExportConfig,
     "prune": PruneConfig,
     "quantize": QuantizeConfig,
     "generate": GenerateConfig,
     "serve": ServeConfig,
     "explain": ExplainConfig,
-    "audit": BiasAuditConfig,
+    "bias": BiasAuditConfig,
     "privacy": PrivacyAuditConfig,
     "demo": DemoConfig,
 }
-
-
-def read_config_file(path: str | Path | None) -> dict[str, Any]:
-    """Parse a YAML config file and check its top-level sections; {} when no file is given."""
-    if path is None:
-        return {}
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{where}: invalid YAML ({problem})") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text at byte {err.start}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: a config file is a mapping of sections ({', '.join(SECTIONS)}), not {type(raw).__name__}")
-    for key in raw:
-        if key not in SECTIONS:
-            raise UserError(f"{path}: unknown section '{key}'{_did_you_mean(str(key), SECTIONS)}; sections are {', '.join(SECTIONS)}")
-        if raw[key] is not None and not isinstance(raw[key], dict):
-            raise UserError(f"{path}: section '{key}' must be a mapping of keys, not {type(raw[key]).__name__}")
-    # Validate every section, not just the caller's: a typo anywhere in the file is reported.
-    for key, body in raw.items():
-        validate_section(key, body or {}, source=str(path))
-    return {k: (v or {}) for k, v in raw.items()}
-
-
-def load_section(section: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
-    """The validated config of one stage: defaults < file section < flag overrides (None = not given)."""
-    body = dict(read_config_file(path).get(section, {}))
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            body[key] = value
-    return validate_section(section, body, source=str(path) if path else None)
-
-
-def validate_section(section: str, body: dict[str, Any], source: str | None = None) -> Any:
-    model = SECTIONS[section]
-    try:
-        return model.model_validate(body)
-    except ValidationError as err:
-        raise UserError(_describe(err, section, model, source)) from None
-
-
-def _describe(err: ValidationError, section: str, model: type[BaseModel], source: str | None) -> str:
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
-    key_path = ".".join([section, *loc])
-    prefix = f"{source}: " if source else ""
-    if first["type"] == "extra_forbidden":
-        owner = _model_at(model, loc[:-1])
-        fields = list(owner.model_fields) if owner else []
-        hint = _did_you_mean(loc[-1], fields)
-        return f"{prefix}unknown key '{key_path}'{hint}; allowed keys: {', '.join(fields)}"
-    shown = repr(first.get("input"))
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return f"{prefix}{key_path} = {shown}: {first['msg']}"
-
-
-def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
-    for part in loc:
-        field = model.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        model = field.annotation
-    return model
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def render_defaults(section: str) -> str:
-    """The section's defaults as YAML with each key's description as a comment above it."""
-    if section not in SECTIONS:
-        raise UserError(f"unknown stage '{section}'{_did_you_mean(section, SECTIONS)}; stages: {', '.join(SECTIONS)}")
-    lines = [f"{section}:"]
-    _render_model(SECTIONS[section](), lines, indent=1)
-    return "\n".join(lines) + "\n"
-
-
-def _render_model(obj: BaseModel, lines: list[str], indent: int) -> None:
-    pad = "  " * indent
-    for name, field in type(obj).model_fields.items():
-        value = getattr(obj, name)
-        choices = getattr(field.annotation, "__args__", ())
-        if getattr(field.annotation, "__origin__", None) is Literal:
-            kind = "one of: " + " | ".join(map(str, choices))
-        else:
-            kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-        lines.append(f"{pad}# {field.description} ({kind})")
-        if isinstance(value, BaseModel):
-            lines.append(f"{pad}{name}:")
-            _render_model(value, lines, indent + 1)
-        else:
-            dumped = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip()
-            dumped = dumped.removesuffix("\n...").removesuffix("...").strip()
-            lines.append(f"{pad}{name}: {dumped}")

@@ -9,19 +9,19 @@ best epoch's weights are kept; the test split is scored at the end with a confus
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from llmkit.config import ClassifyConfig
+from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.eval.classification import plot_confusion
 from llmkit.models.io import Model, load_classifier, resolve_model, save_model
 from llmkit.registry import Registry
-from llmkit.train.finetune import Job, enable_checkpointing, fit, resume_config
+from llmkit.train.checkpoint import resume_run
+from llmkit.train.finetune import FinetuneJob, enable_checkpointing, fit
 from llmkit.train.lora import apply_lora, save_adapter
-from llmkit.train.sft import read_records
 from llmkit.workspace import Workspace
 
 BUCKET = 64  # batches drawn from a window of this many batches are length-sorted: less padding, still random
@@ -30,12 +30,10 @@ BUCKET = 64  # batches drawn from a window of this many batches are length-sorte
 def classify_dataset(registry: Registry, ref: str | None, key: str):
     if not ref:
         raise UserError(f"{key} is not set: pass --data NAME (a dataset from 'llmkit data prepare --task classify')")
-    rec = registry.get(ref, "dataset")
-    if rec.kind != "classify":
-        raise UserError(f"dataset {rec.ref} is a '{rec.kind}' dataset; classification needs one prepared with --task classify")
-    path = Path(rec.path)
-    splits = {s: read_records(path, s) for s in ("train", "val", "test")}
-    return rec, splits
+    ds = open_dataset(registry, ref)
+    if ds.kind != "classify":
+        raise UserError(f"dataset {ds.ref} is a '{ds.kind}' dataset; classification needs one prepared with --task classify")
+    return ds, {s: ds.records(s) for s in ("train", "val", "test")}
 
 
 def check_labels(splits: dict[str, list[dict]], ds_ref: str) -> list[str]:
@@ -126,7 +124,7 @@ def classify(cfg: ClassifyConfig, ws: Workspace | None = None, registry: Registr
              stop_at_step: int | None = None) -> Model:
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
-    cfg, run_dir, run_id = resume_config(cfg, "classify", registry)
+    cfg, run_dir, run_id = resume_run(cfg, "classify", registry)
     if not cfg.base:
         raise UserError("classify.base is not set: pass --base MODEL (minilm-l6, a registry name or a model folder)")
     ds_rec, splits = classify_dataset(registry, cfg.data, "classify.data")
@@ -168,7 +166,7 @@ def classify(cfg: ClassifyConfig, ws: Workspace | None = None, registry: Registr
 
     name = cfg.name or f"{base.name.split('/')[-1]}-{ds_rec.name}-classifier"
     parents = [(ds_rec.id, "trained_on")] + ([(base.id, "base_model")] if base.id else [])
-    job = Job("classify", name, model, lambda epoch: train.epoch_batches(cfg.batch_size, cfg.seed, epoch, pad_id),
+    job = FinetuneJob("classify", name, model, lambda epoch: train.epoch_batches(cfg.batch_size, cfg.seed, epoch, pad_id),
               loss_fn, evaluate, score="val_macro_f1", higher_is_better=True, parents=parents,
               info={"method": cfg.method, "labels": labels, "train_examples": len(train), "truncated": train.truncated})
     fitted = fit(job, cfg, "classify", ws, registry, run_dir, run_id, console, stop_at_step)

@@ -1,4 +1,5 @@
-"""A llama.cpp backend (llama-cpp-python) for GGUF exports, behind the eval/bench interface."""
+"""llama.cpp (llama-cpp-python) for GGUF exports: one sequence (`LlamaCppBackend`, the backend interface),
+a running batch in one context (`LlamaCppBatch`, for serving) and whole-window logits (`GgufLM`, for eval)."""
 
 from __future__ import annotations
 
@@ -163,12 +164,6 @@ def greedy(backend: LlamaCppBackend, ids: list[int], new_tokens: int, eos: set[i
             break
         logits = backend.step(None, tok)
     return out
-
-
-def register() -> None:
-    from llmkit.eval.speed import register_backend
-
-    register_backend("llama.cpp", LlamaCppBackend)
 
 
 class GgufLM:

@@ -8,21 +8,20 @@ the loss covers assistant tokens only. Methods: full, LoRA (adapters on a frozen
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from llmkit.config import SftConfig
+from llmkit.data.dataset import open_dataset
 from llmkit.data.tokenizer import CHAT_TEMPLATE
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
 from llmkit.registry import Registry
-from llmkit.train.finetune import Job, enable_checkpointing, fit, resume_config
+from llmkit.train.checkpoint import resume_run
+from llmkit.train.finetune import FinetuneJob, enable_checkpointing, fit
 from llmkit.train.lora import apply_lora, save_adapter
 from llmkit.workspace import Workspace
 
@@ -80,17 +79,10 @@ def _append(tokenizer, text: str, rendered: str, ids: list[int], labels: list[in
 def chat_dataset(registry: Registry, ref: str | None, key: str):
     if not ref:
         raise UserError(f"{key} is not set: pass --data NAME (a dataset from 'llmkit data prepare --task chat')")
-    rec = registry.get(ref, "dataset")
-    if rec.kind != "chat":
-        raise UserError(f"dataset {rec.ref} is a '{rec.kind}' dataset; SFT needs one prepared with --task chat")
-    return rec, Path(rec.path)
-
-
-def read_records(ds_path: Path, split: str) -> list[dict[str, Any]]:
-    file = ds_path / "records" / f"{split}.jsonl"
-    if not file.exists():
-        return []
-    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ds = open_dataset(registry, ref)
+    if ds.kind != "chat":
+        raise UserError(f"dataset {ds.ref} is a '{ds.kind}' dataset; SFT needs one prepared with --task chat")
+    return ds
 
 
 def encode_split(tokenizer, records: list[dict], max_length: int, skip_bad: bool, where: str) -> tuple[list[ChatExample], dict[str, int]]:
@@ -156,10 +148,10 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
         stop_at_step: int | None = None) -> Model:
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
-    cfg, run_dir, run_id = resume_config(cfg, "sft", registry)
+    cfg, run_dir, run_id = resume_run(cfg, "sft", registry)
     if not cfg.base:
         raise UserError("sft.base is not set: pass --base MODEL (a registry name, a model folder or a Hub id)")
-    ds_rec, ds_path = chat_dataset(registry, cfg.data, "sft.data")
+    ds_rec = chat_dataset(registry, cfg.data, "sft.data")
     base = resolve_model(cfg.base, registry)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     lm, tokenizer = _load_base(base, cfg, device)
@@ -167,10 +159,10 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
         tokenizer.chat_template = CHAT_TEMPLATE  # saved with the model, so chat and serve render the same way
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    where = str(ds_path / "records")
-    train, train_counts = encode_split(tokenizer, read_records(ds_path, "train"), cfg.max_length, cfg.skip_bad, f"{where}/train.jsonl")
-    val_records = read_records(ds_path, "val") or read_records(ds_path, "test")
-    val, _ = encode_split(tokenizer, val_records, cfg.max_length, True, f"{where}/val.jsonl")
+    train, train_counts = encode_split(tokenizer, ds_rec.records("train"), cfg.max_length, cfg.skip_bad,
+                                       str(ds_rec.records_file("train")))
+    val_records = ds_rec.records("val") or ds_rec.records("test")
+    val, _ = encode_split(tokenizer, val_records, cfg.max_length, True, str(ds_rec.records_file("val")))
     if not train:
         raise UserError(f"no usable training conversation in {ds_rec.ref} ({train_counts}); raise --max-length")
     if not val:
@@ -209,7 +201,7 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
 
     name = cfg.name or f"{base.name.split('/')[-1]}-{ds_rec.name}-sft"
     parents = [(ds_rec.id, "trained_on")] + ([(base.id, "base_model")] if base.id else [])
-    job = Job("sft", name, lm, lambda epoch: shuffled_batches(rows, cfg.batch_size, cfg.seed, epoch, lambda xs: collate(xs, pad_id)),
+    job = FinetuneJob("sft", name, lm, lambda epoch: shuffled_batches(rows, cfg.batch_size, cfg.seed, epoch, lambda xs: collate(xs, pad_id)),
               loss_fn, evaluate, score="val_loss", parents=parents,
               info={"method": cfg.method, "train_examples": len(train), "skipped": train_counts["no_assistant"] + train_counts["empty_after_truncation"],
                     "truncated": train_counts["truncated"]})

@@ -10,7 +10,6 @@ what `compare` lines up.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import tempfile
@@ -22,9 +21,12 @@ import numpy as np
 import torch
 
 from llmkit.config import BenchModelConfig, EvalConfig
+from llmkit.data.dataset import open_dataset
+from llmkit.data.formats import jsonl_objects
 from llmkit.errors import UserError
 from llmkit.eval.report import Report
 from llmkit.models.io import Model, load_tokenizer_for, resolve_model
+from llmkit.models.kind import TASK_OF_KIND, model_kind
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace, atomic_dir
 
@@ -33,16 +35,13 @@ GENERATION_METRICS = ["exact_match", "rougeL", "bleu"]
 CLASSIFIER_METRICS = ["accuracy", "precision", "recall", "f1", "roc_auc", "ece"]
 
 
-def model_kind(model: Model) -> str:
-    task = (model.lineage or {}).get("task")
-    if task:
-        return task
-    config_file = model.path / "config.json"
-    if config_file.exists():
-        archs = json.loads(config_file.read_text()).get("architectures") or []
-        if any(a.endswith("ForSequenceClassification") for a in archs):
-            return "classification"
-    return "causal-lm"
+def model_task(model: Model) -> str:
+    """What an evaluation measures the model as: 'causal-lm' or 'classification' (the lineage's `task`)."""
+    kind = model_kind(model)
+    if kind not in TASK_OF_KIND:
+        raise UserError(f"{model.ref} is an {kind} (no language-model or classifier head): there is nothing to "
+                        "evaluate; evaluate a causal LM or a classifier")
+    return TASK_OF_KIND[kind]
 
 
 def _check_metrics(requested: list[str], allowed: list[str], kind: str) -> list[str]:
@@ -54,14 +53,10 @@ def _check_metrics(requested: list[str], allowed: list[str], kind: str) -> list[
 
 
 def _split_records(registry: Registry, ref: str, split: str, max_examples: int):
-    ds = registry.get(ref, "dataset")
-    manifest = json.loads((Path(ds.path) / "manifest.json").read_text())
-    counts = manifest.get("splits") or {}
-    file = Path(ds.path) / "records" / f"{split}.jsonl"
-    records = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()] if file.exists() else []
+    ds = open_dataset(registry, ref)
+    records = ds.records(split)
     if not records:
-        have = {s: (n.get("records", 0) if isinstance(n, dict) else n) for s, n in counts.items()}
-        have = {s: n for s, n in have.items() if n}
+        have = {s: n for s, n in ds.split_counts().items() if n}
         raise UserError(f"eval.split = '{split}': dataset {ds.ref} has no records in that split; splits with records: "
                         f"{', '.join(f'{s} ({n})' for s, n in have.items()) or 'none'}")
     return ds, records[: max_examples or None]
@@ -76,7 +71,7 @@ def evaluate(model_ref: str, cfg: EvalConfig, ws: Workspace | None = None, regis
         from llmkit.eval.harness import run_harness
 
         return _finish(run_harness(model, cfg), model, None, cfg, ws, registry)
-    kind = model_kind(model)
+    kind = model_task(model)
     if not cfg.data:
         raise UserError("eval.data is not set: pass --data NAME (a dataset) or --data FILE.jsonl ({prompt, reference} lines)")
     data_file = Path(cfg.data)
@@ -157,7 +152,7 @@ def _causal_lm(model: Model, ds, records: list[dict], cfg: EvalConfig, metrics: 
     from llmkit.models.io import load_causal_lm
 
     if (model.lineage or {}).get("format") == "gguf":
-        from llmkit.optimize.llama_cpp_backend import GgufLM
+        from llmkit.runtime.llama_cpp import GgufLM
 
         lm, tokenizer = GgufLM(model), load_tokenizer_for(model)
     else:
@@ -197,17 +192,13 @@ def _causal_lm(model: Model, ds, records: list[dict], cfg: EvalConfig, metrics: 
 def _shard_ids(ds, split: str, tokenizer) -> np.ndarray:
     from tokenizers import Tokenizer
 
-    path = Path(ds.path)
-    shard = path / "shards" / f"{split}.bin"
-    if not shard.exists():
+    if not ds.shard_file(split).exists():
         raise UserError(f"eval.source = 'shards': dataset {ds.ref} has no token shards (only lm datasets do); use --source text")
-    dataset_vocab = Tokenizer.from_file(str(path / "tokenizer" / "tokenizer.json")).get_vocab(with_added_tokens=True)
+    dataset_vocab = Tokenizer.from_file(str(ds.tokenizer_dir / "tokenizer.json")).get_vocab(with_added_tokens=True)
     if dataset_vocab != tokenizer.get_vocab():
         raise UserError(f"eval.source = 'shards': dataset {ds.ref} was tokenized with a different tokenizer "
                         f"({len(dataset_vocab)} tokens) than the model's ({len(tokenizer)}); use --source text")
-    manifest = json.loads((path / "manifest.json").read_text())
-    dtype = np.uint16 if manifest["tokenizer"]["vocab_size"] < 2**16 else np.uint32
-    return np.fromfile(shard, dtype=dtype).astype(np.int64)
+    return np.asarray(ds.shard(split), dtype=np.int64)
 
 
 def _chat_item(tokenizer, messages: list[dict]) -> dict[str, str]:
@@ -231,17 +222,7 @@ def _generation(lm, tokenizer, items: list[dict], cfg: EvalConfig, chat: bool, p
 def _generation_file(model: Model, file: Path, cfg: EvalConfig, progress) -> Report:
     from llmkit.models.io import load_causal_lm
 
-    items = []
-    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{file}:{n}: invalid JSON ({err.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("reference"), str):
-            raise UserError(f"{file}:{n}: expected an object with 'prompt' and 'reference' strings")
-        items.append(row)
+    items = jsonl_objects(file, ("prompt", "reference"))
     if not items:
         raise UserError(f"{file}: no {{prompt, reference}} lines")
     items = items[: cfg.max_examples or None]
@@ -293,18 +274,16 @@ def _classifier(model: Model, ds, records: list[dict], cfg: EvalConfig, metrics:
 
 def bench_model(model_ref: str, cfg: BenchModelConfig, ws: Workspace | None = None, registry: Registry | None = None,
                 progress=None) -> Report:
-    from llmkit.eval.speed import disk_size_bytes, load_backend, measure_classifier, measure_lm, peak_rss_mb
+    from llmkit.eval.speed import disk_size_bytes, measure_classifier, measure_lm, peak_rss_mb
+    from llmkit.runtime.backends import choose_backend, load_backend
 
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     model = resolve_model(model_ref, registry)
-    if model_kind(model) == "classification":
+    if model_kind(model) == "classifier":
         figures = measure_classifier(model, cfg.prompt_tokens, cfg.runs, cfg.warmup)
     else:
-        backend = cfg.backend
-        fmt = (model.lineage or {}).get("format")
-        if backend == "torch" and fmt in ("gguf", "onnx"):
-            backend = "llama.cpp" if fmt == "gguf" else "onnx"  # an export runs on its own runtime
+        backend = choose_backend(model, cfg.backend)
         figures = measure_lm(load_backend(backend, model), cfg.prompt_tokens, cfg.new_tokens, cfg.runs, cfg.warmup,
                              progress=progress)
         figures["backend"] = backend

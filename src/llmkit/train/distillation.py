@@ -12,13 +12,13 @@ teacher's own config (same architecture and vocabulary, fewer and narrower layer
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from llmkit.config import DistillConfig
+from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.models.io import (
     Model,
@@ -28,11 +28,12 @@ from llmkit.models.io import (
     resolve_model,
     save_model,
 )
+from llmkit.models.kind import model_kind
 from llmkit.models.presets import PRESETS
 from llmkit.registry import Registry
-from llmkit.train.classify import Encoded, check_labels, classify_dataset, predict_batches, scores
-from llmkit.train.finetune import Job, count_params, enable_checkpointing, fit, resume_config
-from llmkit.train.sft import read_records
+from llmkit.train.checkpoint import resume_run
+from llmkit.train.classification import Encoded, check_labels, classify_dataset, predict_batches, scores
+from llmkit.train.finetune import FinetuneJob, count_params, enable_checkpointing, fit
 from llmkit.workspace import Workspace
 
 
@@ -41,15 +42,6 @@ def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     s = F.log_softmax(student_logits.float() / temperature, dim=-1).reshape(-1, student_logits.size(-1))
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1).reshape(-1, teacher_logits.size(-1))
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
-
-
-def _is_classifier(model: Model) -> bool:
-    if (model.lineage or {}).get("task"):
-        return model.lineage["task"] == "classification"
-    import json
-
-    config = json.loads((model.path / "config.json").read_text()) if (model.path / "config.json").exists() else {}
-    return any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
 
 
 def _same_tokenizer(teacher_tok, student_tok, student: Model) -> None:
@@ -82,14 +74,14 @@ def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry 
             stop_at_step: int | None = None) -> Model:
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
-    cfg, run_dir, run_id = resume_config(cfg, "distill", registry)
+    cfg, run_dir, run_id = resume_run(cfg, "distill", registry)
     if not cfg.teacher:
         raise UserError("distill.teacher is not set: pass --teacher MODEL")
     if bool(cfg.student) == bool(cfg.student_preset):
         raise UserError("distill: give exactly one of --student MODEL or --student-preset P")
     quiet_transformers()
     teacher_ref = resolve_model(cfg.teacher, registry)
-    classifier = _is_classifier(teacher_ref)
+    classifier = model_kind(teacher_ref) == "classifier"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if classifier:
         teacher, tokenizer, labels = load_classifier(teacher_ref)
@@ -202,7 +194,7 @@ def _classifier_job(cfg, registry, teacher, student, tokenizer, labels, device):
                         if k in ("accuracy", "macro_f1") or k.startswith("recall_")})
         return out
 
-    job = Job("distill", "", student, lambda epoch: train.epoch_batches(cfg.batch_size, cfg.seed, epoch, pad), loss_fn,
+    job = FinetuneJob("distill", "", student, lambda epoch: train.epoch_batches(cfg.batch_size, cfg.seed, epoch, pad), loss_fn,
               evaluate, score="val_accuracy", higher_is_better=True, parents=[(ds_rec.id, "trained_on")],
               info={"dataset": ds_rec.ref, "dataset_id": ds_rec.id, "score_test": score_test})
     return job, teacher_scores
@@ -224,12 +216,11 @@ def _token_windows(tokenizer, records: list[dict], length: int) -> torch.Tensor:
 def _lm_job(cfg, registry, teacher, student, tokenizer, device):
     if not cfg.data:
         raise UserError("distill.data is not set: pass --data NAME (an lm or chat dataset)")
-    ds_rec = registry.get(cfg.data, "dataset")
+    ds_rec = open_dataset(registry, cfg.data)
     if ds_rec.kind not in ("lm", "chat"):
         raise UserError(f"dataset {ds_rec.ref} is a '{ds_rec.kind}' dataset; distilling a language model needs an lm or chat dataset")
-    path = Path(ds_rec.path)
-    train = _token_windows(tokenizer, read_records(path, "train"), cfg.max_length)
-    val = _token_windows(tokenizer, read_records(path, "val") or read_records(path, "test"), cfg.max_length)
+    train = _token_windows(tokenizer, ds_rec.records("train"), cfg.max_length)
+    val = _token_windows(tokenizer, ds_rec.records("val") or ds_rec.records("test"), cfg.max_length)
     if cfg.eval_max_examples:
         val = val[: cfg.eval_max_examples]
     if len(train) == 0 or len(val) == 0:
@@ -264,6 +255,6 @@ def _lm_job(cfg, registry, teacher, student, tokenizer, device):
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         return [train[order[k: k + cfg.batch_size]] for k in range(0, len(order), cfg.batch_size)]
 
-    job = Job("distill", "", student, epoch_batches, loss_fn, lm_eval, score="val_loss", parents=[(ds_rec.id, "trained_on")],
+    job = FinetuneJob("distill", "", student, epoch_batches, loss_fn, lm_eval, score="val_loss", parents=[(ds_rec.id, "trained_on")],
               info={"dataset": ds_rec.ref, "dataset_id": ds_rec.id})
     return job, teacher_scores

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from llmkit.config import DistillConfig
+from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.train import pretrain
-from llmkit.train.classify import scores
-from llmkit.train.distill import distill, soft_loss
-from llmkit.train.sft import read_records
+from llmkit.train.classification import scores
+from llmkit.train.distillation import distill, soft_loss
 from llmkit.workspace import Workspace
 from tests.conftest import TINY, tiny_config
 
@@ -61,7 +61,7 @@ def test_a_student_with_another_tokenizer_is_refused(lm_workspace: Path, tiny_mo
 
 def _majority_rate(registry: Registry, data: str, split: str) -> float:
     """The accuracy of always answering the split's most common label."""
-    labels = [r["label"] for r in read_records(Path(registry.get(data, "dataset").path), split)]
+    labels = [r["label"] for r in open_dataset(registry, data).records(split)]
     return max(Counter(labels).values()) / len(labels)
 
 
@@ -75,7 +75,7 @@ def assert_beats_a_constant_predictor(m: dict, split: str, majority: float, who:
 
 def test_the_distillation_bar_rejects_a_student_that_always_says_ham(lm_workspace: Path, sms_data):
     reg = Registry.for_workspace(lm_workspace)
-    test = read_records(Path(reg.get(sms_data, "dataset").path), "test")
+    test = open_dataset(reg, sms_data).records("test")
     golds = [int(r["label"] == "spam") for r in test]
     constant = {f"test_{k}": v for k, v in scores(golds, [0] * len(golds), ["ham", "spam"]).items()}
     majority = _majority_rate(reg, sms_data, "test")

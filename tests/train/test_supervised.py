@@ -13,9 +13,9 @@ from llmkit.config import LoraConfig, SftConfig
 from llmkit.errors import UserError
 from llmkit.models.io import load_causal_lm, load_tokenizer_for, resolve_model
 from llmkit.registry import Registry
-from llmkit.train.finetune import TrainingInterrupted
+from llmkit.train.checkpoint import TrainingInterrupted
 from llmkit.train.lora import merge
-from llmkit.train.sft import IGNORE, ChatExample, encode_chat, encode_split, pack, sft
+from llmkit.train.supervised import IGNORE, ChatExample, encode_chat, encode_split, pack, sft
 from llmkit.workspace import Workspace
 
 CONVERSATION = [
@@ -142,7 +142,8 @@ def test_interrupted_lora_run_resumes_to_the_same_adapter(ws):
 
 
 def test_full_sft_with_packing_lowers_the_val_loss(ws, tiny_model):
-    from llmkit.train.sft import collate, read_records, token_loss_sum
+    from llmkit.data.dataset import open_dataset
+    from llmkit.train.supervised import collate, token_loss_sum
 
     reg = Registry.for_workspace(ws.root)
     cfg = _cfg(name="sft-full", method="full", packing=True, max_steps=30, batch_size=8, lr=3e-3, eval_every=10)
@@ -153,7 +154,7 @@ def test_full_sft_with_packing_lowers_the_val_loss(ws, tiny_model):
 
     def val_loss(folder) -> float:
         lm, tok = load_causal_lm(resolve_model(str(folder)))
-        val, _ = encode_split(tok, read_records(Path(reg.get("chats").path), "val"), cfg.max_length, True, "val")
+        val, _ = encode_split(tok, open_dataset(reg, "chats").records("val"), cfg.max_length, True, "val")
         batch = collate(val[: cfg.eval_max_examples], tok.pad_token_id)
         with torch.no_grad():
             total, n = token_loss_sum(lm, batch)

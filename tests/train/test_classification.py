@@ -12,7 +12,7 @@ from llmkit.config import ClassifyConfig, LoraConfig
 from llmkit.errors import UserError
 from llmkit.predict import predict
 from llmkit.registry import Registry
-from llmkit.train.classify import check_labels, class_weights, classify
+from llmkit.train.classification import check_labels, class_weights, classify
 from llmkit.train.lora import merge
 from llmkit.workspace import Workspace
 

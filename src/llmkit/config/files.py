@@ -1,0 +1,151 @@
+"""Config files: YAML with one section per command (`data:`, `pretrain:`, `generate:`, ...).
+
+A command reads its own section, applies flag overrides on top (flags win) and validates. Mistakes come
+back as one line naming the key path (`pretrain.lr`), the bad value and what is allowed; every section
+of a file is validated, so a typo anywhere is reported. `render_defaults` writes a section's defaults
+with each key's description as a comment (`llmkit config show STAGE`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from llmkit.config.sections import SECTIONS
+from llmkit.errors import UserError
+
+# Sections are named after their commands (`llmkit train pretrain` reads `pretrain:`). The names they
+# had before still work in config files, with one warning naming the new key.
+RENAMED_SECTIONS = {"train": "pretrain", "bench": "bench-model", "feedback": "from-feedback", "audit": "bias"}
+_warned: set[tuple[str, str]] = set()
+
+
+def _rename_old_sections(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, body in raw.items():
+        new = RENAMED_SECTIONS.get(key) if isinstance(key, str) else None
+        if new is None:
+            out.setdefault(key, body)
+            continue
+        if new in raw:
+            raise UserError(f"{path}: sections '{key}' and '{new}' are the same section ('{key}' is its old name); keep '{new}'")
+        if (str(path), key) not in _warned:
+            _warned.add((str(path), key))
+            print(f"warning: {path}: section '{key}' is now '{new}' (sections are named after their commands); "
+                  f"rename it", file=sys.stderr)
+        out[new] = body
+    return out
+
+
+def read_config_file(path: str | Path | None) -> dict[str, Any]:
+    """Parse a YAML config file and check its top-level sections; {} when no file is given."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{where}: invalid YAML ({problem})") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text at byte {err.start}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a config file is a mapping of sections ({', '.join(SECTIONS)}), not {type(raw).__name__}")
+    raw = _rename_old_sections(raw, path)
+    for key in raw:
+        if key not in SECTIONS:
+            raise UserError(f"{path}: unknown section '{key}'{_did_you_mean(str(key), SECTIONS)}; sections are {', '.join(SECTIONS)}")
+        if raw[key] is not None and not isinstance(raw[key], dict):
+            raise UserError(f"{path}: section '{key}' must be a mapping of keys, not {type(raw[key]).__name__}")
+    # Validate every section, not just the caller's: a typo anywhere in the file is reported.
+    for key, body in raw.items():
+        validate_section(key, body or {}, source=str(path))
+    return {k: (v or {}) for k, v in raw.items()}
+
+
+def load_section(section: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
+    """The validated config of one stage: defaults < file section < flag overrides (None = not given)."""
+    section = RENAMED_SECTIONS.get(section, section)
+    body = dict(read_config_file(path).get(section, {}))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            body[key] = value
+    return validate_section(section, body, source=str(path) if path else None)
+
+
+def validate_section(section: str, body: dict[str, Any], source: str | None = None) -> Any:
+    model = SECTIONS[section]
+    try:
+        return model.model_validate(body)
+    except ValidationError as err:
+        raise UserError(_describe(err, section, model, source)) from None
+
+
+def _describe(err: ValidationError, section: str, model: type[BaseModel], source: str | None) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key_path = ".".join([section, *loc])
+    prefix = f"{source}: " if source else ""
+    if first["type"] == "extra_forbidden":
+        owner = _model_at(model, loc[:-1])
+        fields = list(owner.model_fields) if owner else []
+        hint = _did_you_mean(loc[-1], fields)
+        return f"{prefix}unknown key '{key_path}'{hint}; allowed keys: {', '.join(fields)}"
+    shown = repr(first.get("input"))
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{prefix}{key_path} = {shown}: {first['msg']}"
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def render_defaults(section: str) -> str:
+    """The section's defaults as YAML with each key's description as a comment above it."""
+    section = RENAMED_SECTIONS.get(section, section)
+    if section not in SECTIONS:
+        raise UserError(f"unknown stage '{section}'{_did_you_mean(section, SECTIONS)}; stages: {', '.join(SECTIONS)}")
+    lines = [f"{section}:"]
+    _render_model(SECTIONS[section](), lines, indent=1)
+    return "\n".join(lines) + "\n"
+
+
+def _render_model(obj: BaseModel, lines: list[str], indent: int) -> None:
+    pad = "  " * indent
+    for name, field in type(obj).model_fields.items():
+        value = getattr(obj, name)
+        choices = getattr(field.annotation, "__args__", ())
+        if getattr(field.annotation, "__origin__", None) is Literal:
+            kind = "one of: " + " | ".join(map(str, choices))
+        else:
+            kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        lines.append(f"{pad}# {field.description} ({kind})")
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:")
+            _render_model(value, lines, indent + 1)
+        else:
+            dumped = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip()
+            dumped = dumped.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"{pad}{name}: {dumped}")

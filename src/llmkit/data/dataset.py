@@ -1,0 +1,90 @@
+"""One way to open a prepared dataset: `open_dataset(registry, ref)`.
+
+A prepared dataset is a folder (`llmkit data prepare` writes it): `manifest.json` (task, splits with
+their counts, tokenizer facts), `records/{split}.jsonl` (the cleaned records), `shards/{split}.bin`
+(token ids, lm datasets only) and `tokenizer/`. Every stage reads it through `DatasetVersion`, so the
+layout is known here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmkit.data.shards import read_shard, shard_dtype
+from llmkit.errors import UserError
+
+
+@dataclass
+class DatasetVersion:
+    id: str
+    name: str
+    version: int
+    path: Path
+    kind: str                                # the task it was prepared for: lm | chat | classify
+    manifest_data: dict[str, Any] | None = None  # read from manifest.json when first needed
+    existed: bool = False                    # prepare() found the same content already registered
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        if self.manifest_data is None:
+            file = self.path / "manifest.json"
+            if not file.exists():
+                raise UserError(f"dataset {self.ref}: {file} is missing; the folder is damaged (prepare it again)")
+            self.manifest_data = json.loads(file.read_text())
+        return self.manifest_data
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / "tokenizer"
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["tokenizer"]["vocab_size"])
+
+    def records_file(self, split: str) -> Path:
+        return self.path / "records" / f"{split}.jsonl"
+
+    def records(self, split: str) -> list[dict[str, Any]]:
+        """The split's records ([] when the split is empty or absent)."""
+        file = self.records_file(split)
+        if not file.exists():
+            return []
+        return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def split_counts(self) -> dict[str, int]:
+        """Records per split, from the manifest."""
+        counts = self.manifest.get("splits") or {}
+        return {s: (n.get("records", 0) if isinstance(n, dict) else int(n)) for s, n in counts.items()}
+
+    def shard_file(self, split: str) -> Path:
+        return self.path / "shards" / f"{split}.bin"
+
+    def shard(self, split: str) -> np.memmap:
+        """The split's token ids (lm datasets), memory-mapped."""
+        file = self.shard_file(split)
+        if not file.exists():
+            raise UserError(f"dataset {self.ref} has no token shard for '{split}' (only lm datasets have shards)")
+        return read_shard(file, self.vocab_size)
+
+    @property
+    def shard_dtype(self) -> np.dtype:
+        return shard_dtype(self.vocab_size)
+
+
+def open_dataset(registry, ref: str) -> DatasetVersion:
+    """The dataset version `ref` names (NAME, NAME:vN or an id), from the registry."""
+    return from_record(registry.get(ref, "dataset"))
+
+
+def from_record(rec) -> DatasetVersion:
+    """The dataset version of a registry record."""
+    return DatasetVersion(rec.id, rec.name, rec.version, Path(rec.path), rec.kind)

@@ -1,0 +1,44 @@
+"""What kind of model a folder holds, in one vocabulary used by every stage.
+
+- "causal": a language model that generates text (llmkit's own, a Hugging Face *ForCausalLM, a GGUF export);
+- "classifier": a sequence classifier (llmkit's `train classify`, a *ForSequenceClassification);
+- "encoder": anything else with hidden states to pool (a sentence encoder such as MiniLM).
+
+Read from the model's lineage first (what llmkit trained it as), then from its config's architectures
+(for an adapter, its base's), then from an export's own file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from llmkit.models.io import Model, adapter_base, is_adapter
+
+ModelKind = Literal["causal", "classifier", "encoder"]
+
+# The `task` llmkit writes into a model's lineage, by kind (and back).
+TASK_OF_KIND = {"causal": "causal-lm", "classifier": "classification"}
+KIND_OF_TASK = {task: kind for kind, task in TASK_OF_KIND.items()}
+
+
+def _architectures(model: Model) -> list[str]:
+    base = adapter_base(model) if is_adapter(model.path) else model
+    config_file = base.path / "config.json"
+    if not config_file.exists():
+        return []
+    return json.loads(config_file.read_text()).get("architectures") or []
+
+
+def model_kind(model: Model) -> ModelKind:
+    task = (model.lineage or {}).get("task")
+    if task in KIND_OF_TASK:
+        return KIND_OF_TASK[task]
+    archs = _architectures(model)
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "classifier"
+    info_file = model.path / "llmkit.json"
+    gguf = info_file.exists() and json.loads(info_file.read_text()).get("gguf")
+    if any(a.endswith("ForCausalLM") for a in archs) or gguf:
+        return "causal"
+    return "encoder"

@@ -1,0 +1,87 @@
+"""Decoders that step a running batch of sequences: what a serving worker drives.
+
+`Decoder` wraps a backend's batched prefill/step with the release of a finished sequence's cache.
+For Llama models on torch the running batch shares one preallocated KV pool (one attention call per
+layer), its slots handed out lowest first so the batch stays dense; llama.cpp holds the whole batch
+in one context (`runtime.llama_cpp.LlamaCppBatch`); a backend without batching (ONNX) runs a batch
+of one. Token ids in, logits out: no text, no scheduling.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class Decoder:
+    """What a worker drives: prefill one sequence, step a batch, release a finished one's cache."""
+
+    def __init__(self, prefill: Callable, step: Callable, max_batch: int, max_len: int | None,
+                 release: Callable[[Any], None] | None = None, prefill_many: Callable | None = None):
+        self.prefill, self.step, self.max_batch, self.max_len = prefill, step, max_batch, max_len
+        self.release = release or (lambda state: None)
+        # [ids] -> ([state], logits (B, vocab)); one prefill after another unless the backend batches them
+        self.prefill_many = prefill_many or self._one_by_one
+
+    def _one_by_one(self, prompts: list[list[int]], capacities: list[int]):
+        out = [self.prefill(ids, cap) for ids, cap in zip(prompts, capacities, strict=True)]
+        return [state for state, _ in out], torch.stack([logits for _, logits in out])
+
+
+POOL_BUDGET = 2 * 2**30  # bytes of KV cache worth preallocating for the whole batch
+
+
+def torch_decoder(lm, max_batch: int) -> Decoder:
+    """llmkit's decoder; for Llama models the running batch shares one KV pool (one attention call per layer)."""
+    from llmkit.runtime.decoder import get_decoder
+    from llmkit.runtime.fast_llama import FastLlama
+
+    dec = get_decoder(lm)
+    pool_bytes = 0
+    if isinstance(dec, FastLlama):
+        pool_bytes = (len(dec.layers) * 2 * max_batch * dec.n_kv * dec.max_len * dec.head_dim
+                      * torch.finfo(dec.dtype).bits // 8)
+    if not pool_bytes or pool_bytes > POOL_BUDGET:
+        return Decoder(lambda ids, cap: dec.prefill(ids, capacity=cap), dec.step, max_batch, dec.max_len)
+    pool = dec.new_pool(max_batch)
+    free = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch's slots dense
+
+    def prefill(ids: list[int], capacity: int):
+        state = dec.pool_state(pool, heapq.heappop(free))
+        try:
+            return dec.prefill(ids, state=state)
+        except BaseException:
+            heapq.heappush(free, state.slot)
+            raise
+
+    def release(state) -> None:
+        if state is not None and state.pool is pool:
+            heapq.heappush(free, state.slot)
+            state.pool = None  # released once
+
+    def prefill_many(prompts: list[list[int]], capacities: list[int]):
+        states = [dec.pool_state(pool, heapq.heappop(free)) for _ in prompts]
+        try:
+            return states, dec.prefill_many(prompts, states)
+        except BaseException:
+            for state in states:
+                heapq.heappush(free, state.slot)
+            raise
+
+    return Decoder(prefill, dec.step, max_batch, dec.max_len, release, prefill_many)
+
+
+def llama_cpp_decoder(model, max_batch: int) -> Decoder:
+    """A GGUF export on llama.cpp, the running batch in one context (`LlamaCppBatch`)."""
+    from llmkit.runtime.llama_cpp import LlamaCppBatch
+
+    batch = LlamaCppBatch(model, max_batch)
+    return Decoder(batch.prefill, batch.step, max_batch, batch.max_len, batch.release, batch.prefill_many)
+
+
+def single_decoder(backend) -> Decoder:
+    """A backend with prefill(ids, capacity) and step(state, token) for one sequence at a time."""
+    return Decoder(backend.prefill, lambda states, toks: backend.step(states[0], toks[0])[None], 1, backend.max_len)

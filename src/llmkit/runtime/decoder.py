@@ -1,0 +1,137 @@
+"""The torch decoders: `prefill(ids) -> (state, logits)` and `step(states, token_ids) -> logits (B, vocab)`.
+
+Why not `model.generate()`: at llmkit's model sizes HF's generation loop costs more in per-token
+framework overhead than in arithmetic, and a serving engine needs a lower-level core anyway, so
+requests can join and leave a running batch between decode steps. Llama models run on
+`llmkit.runtime.fast_llama.FastLlama`; anything it doesn't implement (other architectures, RoPE
+scaling) runs the HF module with its own cache, which is slower but still exact. Everything here
+is token ids: text comes in and goes out in `llmkit.generate`.
+
+Context limit: when prompt + max_new_tokens would exceed config.max_position_embeddings, the prompt
+is truncated from the left, keeping its most recent tokens (and a leading BOS, if it had one);
+if max_new_tokens alone fills the context, at least one prompt token is kept and fewer tokens are
+generated.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from llmkit.runtime.fast_llama import FastLlama, unsupported_reason
+from llmkit.runtime.sampling import Sampler
+
+
+@dataclass
+class HFState:
+    cache: object  # the model's own KV cache object
+    length: int
+
+
+def cache_key(model) -> str:
+    """The forward argument (and output field) of the KV cache: transformers 5 renamed past_key_values
+    to cache (the old name warns and goes in 5.40); older releases know only the old one."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class HFDecoder:
+    """The same prefill/step interface over the HF module itself, for models FastLlama can't run."""
+
+    def __init__(self, model):
+        self.model = model
+        self.max_len = getattr(model.config, "max_position_embeddings", None)
+        self.key = cache_key(model)
+
+    @torch.inference_mode()
+    def prefill(self, ids: list[int], state: HFState | None = None, capacity: int | None = None):
+        device = next(self.model.parameters()).device
+        past = state.cache if state else None
+        out = self.model(input_ids=torch.tensor([ids], device=device), use_cache=True, **{self.key: past})
+        length = (state.length if state else 0) + len(ids)
+        return HFState(out[self.key], length), out.logits[0, -1]
+
+    @torch.inference_mode()
+    def step(self, states: list[HFState], token_ids: list[int]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        logits = []
+        for s, tok in zip(states, token_ids, strict=True):
+            ids = torch.tensor([[tok]], device=device)
+            out = self.model(input_ids=ids, use_cache=True, **{self.key: s.cache})
+            s.cache, s.length = out[self.key], s.length + 1
+            logits.append(out.logits[0, -1])
+        return torch.stack(logits)  # (B, vocab)
+
+
+# FastLlama copies weights into its own layout, so it is built once per model and rebuilt only when
+# a parameter changes (training step, load_state_dict, .to()): _version and data_ptr catch those.
+# The layout also depends on the torch thread count (weights are split per thread).
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model) -> tuple:
+    return torch.get_num_threads(), tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def get_decoder(model, *, fast: bool = True) -> FastLlama | HFDecoder:
+    """The decoder for `model`: FastLlama when it supports the model (and `fast`), else HFDecoder."""
+    if not fast or unsupported_reason(model):
+        return HFDecoder(model)
+    key = _fingerprint(model)
+    cached = _DECODERS.get(model)
+    if cached is None or cached[0] != key:
+        cached = (key, FastLlama(model))
+        _DECODERS[model] = cached
+    return cached[1]
+
+
+def fit_context(input_ids: list[int], max_new_tokens: int, max_len: int | None,
+                bos_token_id: int | None = None) -> tuple[list[int], int]:
+    """Left-truncate the prompt so prompt + new tokens fit in max_len; returns (ids, max_new_tokens)."""
+    ids = list(input_ids)
+    if not max_len or len(ids) + max_new_tokens <= max_len:
+        return ids, max_new_tokens
+    keep = max(1, max_len - max_new_tokens)
+    if len(ids) > keep:
+        if bos_token_id is not None and ids[0] == bos_token_id and keep > 1:
+            ids = [ids[0]] + ids[len(ids) - (keep - 1):]
+        else:
+            ids = ids[len(ids) - keep:]
+    return ids, min(max_new_tokens, max_len - len(ids))
+
+
+def eos_set(eos_token_id: int | list[int] | None) -> set[int]:
+    if eos_token_id is None:
+        return set()
+    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+
+
+def generate_ids(model, input_ids: list[int], *, max_new_tokens: int = 100, temperature: float = 0.8,
+                 top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
+                 eos_token_id: int | list[int] | None = None) -> Iterator[int]:
+    """Yield new token ids one at a time; stops after max_new_tokens or after yielding an EOS id.
+
+    eos_token_id: id or ids that end generation; None means only max_new_tokens does. The prompt is
+    left-truncated to fit the context (see the module docstring).
+    """
+    if not input_ids:
+        raise ValueError("generate_ids needs at least one prompt token")
+    decoder = get_decoder(model)
+    ids, max_new = fit_context(input_ids, max_new_tokens, decoder.max_len, model.config.bos_token_id)
+    if max_new <= 0:
+        return
+    eos = eos_set(eos_token_id)
+    device = next(model.parameters()).device
+    sampler = Sampler(model.config.vocab_size, ids, temperature=temperature, top_k=top_k, top_p=top_p,
+                      repetition_penalty=repetition_penalty, seed=seed, device=device)
+    state, logits = decoder.prefill(ids, capacity=len(ids) + max_new)
+    for i in range(max_new):
+        tok = sampler(logits)
+        yield tok
+        if tok in eos or i == max_new - 1:
+            return
+        logits = decoder.step([state], [tok])[0]

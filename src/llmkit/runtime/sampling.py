@@ -1,0 +1,80 @@
+"""Choosing the next token from logits: one `Sampler` per sequence, batched where rows allow."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Sampler:
+    """Picks the next token from logits for one sequence, in HF's processor order.
+
+    Repetition penalty (over prompt + generated tokens), then temperature, top-k, top-p. Temperature
+    0 is greedy. With a seed, a private torch.Generator makes the draws reproducible.
+    """
+
+    def __init__(self, vocab_size: int, prompt_ids: list[int], *, temperature: float = 0.8, top_k: int = 0,
+                 top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None, device=None):
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.penalty = repetition_penalty
+        self.generator = None
+        if seed is not None:
+            self.generator = torch.Generator(device=device or "cpu").manual_seed(seed)
+        self.seen = None
+        if repetition_penalty != 1.0:
+            self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            self.seen[torch.tensor(prompt_ids, dtype=torch.long, device=device)] = True
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        logits = logits.float()  # (vocab,)
+        if self.seen is not None:
+            penalised = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
+            logits = torch.where(self.seen, penalised, logits)
+        if self.temperature <= 0:
+            tok = int(logits.argmax())
+        else:
+            logits = logits / self.temperature
+            if self.top_k > 0:
+                kth = torch.topk(logits, min(self.top_k, logits.numel())).values[-1]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            if self.top_p < 1.0:
+                # Drop the low tail whose total mass is <= 1 - top_p, always keeping the top token.
+                sorted_logits, order = torch.sort(logits)
+                tail = sorted_logits.softmax(-1).cumsum(-1) <= 1 - self.top_p
+                tail[-1] = False
+                logits = logits.masked_fill(tail.scatter(0, order, tail), float("-inf"))
+            tok = _draw(logits.softmax(-1)[None], [self])[0]
+        if self.seen is not None:
+            self.seen[tok] = True
+        return tok
+
+    @property
+    def plain(self) -> bool:
+        """Only temperature applies (no penalty, top-k or top-p): rows can be sampled together."""
+        return self.seen is None and self.top_k <= 0 and self.top_p >= 1.0
+
+    @staticmethod
+    def sample_batch(samplers: list[Sampler], logits: torch.Tensor) -> list[int]:
+        """One token per row of logits (B, vocab), each with its own sampler; the same draws as
+        calling each sampler, with greedy and plain-temperature rows done in one op each."""
+        out: list[int | None] = [None] * len(samplers)
+        greedy = [i for i, sm in enumerate(samplers) if sm.temperature <= 0 and sm.seen is None]
+        plain = [i for i, sm in enumerate(samplers) if sm.temperature > 0 and sm.plain]
+        if greedy:
+            for i, tok in zip(greedy, logits[greedy].float().argmax(-1).tolist(), strict=True):
+                out[i] = tok
+        if plain:
+            temps = torch.tensor([samplers[i].temperature for i in plain], device=logits.device)
+            probs = (logits[plain].float() / temps[:, None]).softmax(-1)  # (P, vocab)
+            for i, tok in zip(plain, _draw(probs, [samplers[i] for i in plain]), strict=True):
+                out[i] = tok
+        return [tok if tok is not None else samplers[i](logits[i]) for i, tok in enumerate(out)]
+
+
+def _draw(probs: torch.Tensor, samplers: list[Sampler]) -> list[int]:
+    """Inverse-CDF draws, one uniform per row from that row's generator: (P, vocab) -> P token ids."""
+    u = torch.stack([torch.rand((), generator=sm.generator, device=probs.device) for sm in samplers])  # (P,)
+    cdf = probs.cumsum(-1)
+    # A floor above 0: u = 0 must not pick a leading token of probability 0.
+    target = (u * cdf[:, -1]).clamp_(min=1e-12)[:, None]
+    idx = torch.searchsorted(cdf, target).clamp_(max=probs.shape[-1] - 1)  # (P, 1)
+    return idx[:, 0].tolist()

@@ -1,0 +1,50 @@
+"""What a running server holds: its config, the served models, registry, workspace, auth, metrics and
+the recent responses feedback can refer to. One instance per app, at `app.state.llmkit`."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from llmkit.config import ServeConfig
+from llmkit.serve.auth import Auth
+from llmkit.serve.errors import ApiError
+from llmkit.serve.metrics import ServerMetrics
+from llmkit.serve.served import ServedModel
+
+RECENT = 10_000  # responses remembered for feedback without --log-requests
+
+
+class ServerState:
+    def __init__(self, cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace, auth: Auth):
+        self.cfg, self.models, self.registry, self.workspace, self.auth = cfg, models, registry, workspace, auth
+        self.metrics = ServerMetrics()
+        self.recent: OrderedDict[str, dict] = OrderedDict()
+
+    def model(self, name: str, kind: str | None = None) -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            served = next((m for m in self.models.values() if name in (m.model.ref, str(m.model.path))), None)
+        if served is None:
+            raise ApiError(404, f"model '{name}' is not served here; models: {', '.join(self.models)}",
+                           param="model", code="model_not_found")
+        if kind and served.kind != kind:
+            what = {"causal": "a causal language model", "classifier": "a classifier",
+                    "encoder": "an encoder or classifier"}[kind]
+            fits = [m.id for m in self.models.values() if m.kind == kind or (kind == "encoder" and m.kind == "classifier")]
+            if not (kind == "encoder" and served.kind == "classifier"):
+                raise ApiError(400, f"model '{name}' is a {served.kind}, and this route needs {what}"
+                               + (f"; try {', '.join(fits)}" if fits else ""), param="model", code="wrong_model_kind")
+        return served
+
+    def remember(self, rid: str, entry: dict) -> None:
+        self.recent[rid] = entry
+        while len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
+
+    def engines(self) -> dict:
+        return {m.id: m.engine for m in self.models.values() if m.engine}
+
+
+def server_state(request) -> ServerState:
+    """The state of the app a request came to (routers are module-level; each app carries its own)."""
+    return request.app.state.llmkit

@@ -1,0 +1,42 @@
+"""llmkit.runtime.detokenize: incremental text equals decoding everything; partial characters and stop prefixes held back."""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    PreTrainedTokenizerFast,
+)
+
+from llmkit.runtime.detokenize import TextStream
+
+
+def test_stream_holds_back_partial_characters_and_stop_prefixes():
+    byte_vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tk = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))  # one token per byte
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk)
+    ids = tok("héllo wörld ✓ end", add_special_tokens=False)["input_ids"]
+    stream = TextStream(tok, stop=["d ✓"])
+    pieces = [stream.push(ids[:i]) for i in range(1, len(ids) + 1)]
+    pieces.append(stream.finish())
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == stream.text == "héllo wörl" and stream.stopped
+
+
+def test_incremental_stream_equals_decoding_everything():
+    # A byte-level BPE whose merges make multi-byte and space-led pieces: what streams out, piece by
+    # piece, is exactly the decode of the whole sequence.
+    from tokenizers import trainers
+
+    text = "héllo wörld, the ✓ mark — naïve café 東京 " * 20
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    for order in (ids, list(reversed(ids))):  # reversed: byte pieces arrive in odd orders too
+        stream = TextStream(tok)
+        pieces = [stream.push(order[:i]) for i in range(1, len(order) + 1)] + [stream.finish()]
+        assert "".join(pieces) == tok.decode(order, clean_up_tokenization_spaces=False)

@@ -1,0 +1,43 @@
+"""llmkit.runtime.sampling: the same distributions as Hugging Face's processors, and batched draws equal to one by one."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    RepetitionPenaltyLogitsProcessor,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from llmkit.runtime.sampling import Sampler
+
+
+def test_sampling_processors_match_hf():
+    torch.manual_seed(0)
+    logits = torch.randn(50) * 3
+    prompt = [3, 7, 7, 20]
+    ref = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([prompt]), logits[None].clone())
+    ref = TopPLogitsWarper(0.8)(None, TopKLogitsWarper(10)(None, ref / 0.7))[0]
+    want = ref.softmax(-1)
+    draws = Sampler(50, prompt, temperature=0.7, top_k=10, top_p=0.8, repetition_penalty=1.3, seed=0)
+    counts = torch.zeros(50)
+    for _ in range(3000):
+        draws.seen[:] = False  # keep the penalty set to the prompt so every draw sees the same distribution
+        draws.seen[torch.tensor(prompt)] = True
+        counts[draws(logits)] += 1
+    assert set(counts.nonzero().flatten().tolist()) <= set(want.nonzero().flatten().tolist())
+    torch.testing.assert_close(counts / counts.sum(), want, atol=0.03, rtol=0)
+
+
+def test_batch_sampling_draws_what_each_sampler_would():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 40) * 2
+    def samplers():
+        return [Sampler(40, [1], temperature=0.0), Sampler(40, [1], temperature=0.7, seed=1),
+                Sampler(40, [1], temperature=1.3, seed=2), Sampler(40, [1], temperature=1.0, top_p=0.9, seed=3),
+                Sampler(40, [1], temperature=0.9, repetition_penalty=1.2, seed=4), Sampler(40, [1], temperature=1.0, seed=5)]
+    one_by_one, batched = samplers(), samplers()
+    for _ in range(20):
+        want = [sm(row) for sm, row in zip(one_by_one, logits, strict=True)]
+        assert Sampler.sample_batch(batched, logits) == want
+    assert want[0] == int(logits[0].argmax())
