@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from llmkit.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from llmkit.train.loop import MetricsLog, read_metrics
 from tests.conftest import TINY_FLAGS, write_tiny_config
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
     losses = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in read_metrics(run_dir / "metrics.jsonl"):  # complete rows: the run may be writing one now
         if "loss" in row:
             losses[row["step"]] = row["loss"]  # a redone step replaces the first try
     return losses
@@ -146,3 +146,13 @@ def test_a_run_saved_under_the_old_section_name_resumes_and_a_run_of_another_sta
     with pytest.raises(UserError, match=r"sft.resume = '.*old-run': that run is a 'pretrain' run, not sft"):
         resume_run(SftConfig(resume=str(old)), "sft", registry=None)
     assert resume_run(PretrainConfig(), "pretrain", registry=None) == (PretrainConfig(), None, None)
+
+
+def test_a_row_cut_by_a_kill_is_dropped_and_the_resumed_run_appends_clean_rows(tmp_path: Path):
+    file = tmp_path / "metrics.jsonl"
+    file.write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "lo')  # killed mid-write
+    assert read_metrics(file) == [{"step": 1, "loss": 2.5}]
+    log = MetricsLog(file)
+    log.write(step=2, loss=2.25)
+    assert [(r["step"], r["loss"]) for r in read_metrics(file)] == [(1, 2.5), (2, 2.25)]
+    assert file.read_text().count("\n") == 2

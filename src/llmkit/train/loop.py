@@ -73,6 +73,8 @@ class MetricsLog:
         self.path = path
         self._tb = None
         self._mlflow = None
+        if path is not None and path.exists():
+            _drop_partial_line(path)
         if path is None or sink == "none":
             return
         if sink == "tensorboard":
@@ -109,10 +111,21 @@ class MetricsLog:
             self._mlflow.end_run()
 
 
+def _drop_partial_line(path: Path) -> None:
+    """A process killed mid-write leaves a last line without its newline: cut it, so the resumed run's
+    rows do not glue onto it."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The complete rows of metrics.jsonl (a row still being written, or cut by a kill, is left out)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")[:-1]  # after the last newline: nothing, or a partial row
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def progress_bar(console) -> Progress:
