@@ -28,7 +28,7 @@ def test_serve_runs_until_interrupted(lm_workspace, tiny_model):
         assert requests.get(url + "/health", timeout=10).json()["models"] == ["tiny-lm"]
         assert requests.get(url + "/", timeout=10).status_code == 404  # --no-ui
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=120) == 0  # generous: a loaded machine shuts down slowly; a hang still fails
     finally:
         if proc.poll() is None:
             proc.kill()
