@@ -31,6 +31,7 @@ class Ctx:
     workspace: Path | None = None
     db_url: str | None = None
     json: bool = False
+    given: dict[str, Any] = field(default_factory=dict)  # the section keys set by flags, as nested dicts
     _ws: Workspace | None = field(default=None, repr=False)
     _registry: Registry | None = field(default=None, repr=False)
 
@@ -65,10 +66,3 @@ class Ctx:
         else:
             console.print_json(data=result, default=str)
 
-
-def field_help(section: str, key: str) -> str:
-    """A flag's help: the description of the config key it sets, so each is written once (in llmkit.config)."""
-    from llmkit.config import SECTIONS
-
-    text = SECTIONS[section].model_fields[key].description or ""
-    return text + ("" if text.endswith((".", ")")) else ".")

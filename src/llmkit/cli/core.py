@@ -13,7 +13,8 @@ import typer
 from rich.table import Table
 
 from llmkit import __version__
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console
+from llmkit.cli.common import Ctx, JsonOpt, console
+from llmkit.cli.options import configured
 from llmkit.config import render_defaults
 from llmkit.errors import UserError
 from llmkit.registry import RECORD_TYPES
@@ -79,9 +80,9 @@ def doctor(json_out: JsonOpt = False) -> None:
     Ctx(json=json_out).emit(result, human)
 
 
-def init(config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False) -> None:
+@configured(None)
+def init(ctx: Ctx) -> None:
     """Create a workspace (folders and registry). Safe to run again."""
-    ctx = Ctx(config, workspace, db_url, json_out)
     ctx.section("workspace")  # validates the whole file: a typo anywhere is reported here
     reg = ctx.registry
     result = {"workspace": str(ctx.ws.root), "registry": reg.engine.url.render_as_string(hide_password=True),
@@ -89,14 +90,14 @@ def init(config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrl
     ctx.emit(result, lambda: console.print(f"workspace ready at [bold]{ctx.ws.root}[/bold] (registry: {result['registry']})"))
 
 
+@configured(None)
 def ls(
+    ctx: Ctx,
     kind: Annotated[str | None, typer.Argument(help="datasets | runs | models | evals (default: all)")] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """List what the registry holds."""
     if kind is not None and kind not in LS_KINDS:
         raise UserError(f"unknown kind '{kind}'; use one of: {', '.join(LS_KINDS)}")
-    ctx = Ctx(config, workspace, db_url, json_out)
     recs = ctx.registry.list(LS_KINDS[kind] if kind else None)
 
     def human() -> None:
@@ -113,12 +114,12 @@ def ls(
     ctx.emit([r.to_json() for r in recs], human)
 
 
+@configured(None)
 def show(
+    ctx: Ctx,
     ref: Annotated[str, typer.Argument(help="name, name:vN, or id")],
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Show one record with its lineage."""
-    ctx = Ctx(config, workspace, db_url, json_out)
     rec = ctx.registry.get(ref)
     parents = [{"relation": rel, "id": p.id, "type": p.type, "ref": p.ref} for rel, p in ctx.registry.parents(rec.id)]
     children = [{"relation": rel, "id": c.id, "type": c.type, "ref": c.ref} for rel, c in ctx.registry.children(rec.id)]
@@ -139,14 +140,14 @@ def show(
     ctx.emit(result, human)
 
 
+@configured(None)
 def rm(
+    ctx: Ctx,
     ref: Annotated[str, typer.Argument(help="name, name:vN, or id")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     keep_files: Annotated[bool, typer.Option("--keep-files", help="Remove the record but keep its folder.")] = False,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Remove a record (and its folder inside the workspace)."""
-    ctx = Ctx(config, workspace, db_url, json_out)
     rec = ctx.registry.get(ref)
     if not yes and not typer.confirm(f"remove {rec.type} {rec.ref} ({rec.id}) and its files?", err=True):
         raise typer.Abort()

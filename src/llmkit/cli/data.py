@@ -10,16 +10,8 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmkit.cli.common import (
-    ConfigOpt,
-    Ctx,
-    DbUrlOpt,
-    JsonOpt,
-    WorkspaceOpt,
-    console,
-    err_console,
-    field_help,
-)
+from llmkit.cli.common import Ctx, console, err_console
+from llmkit.cli.options import configured
 from llmkit.errors import UserError
 
 app = typer.Typer(help="Prepare, inspect and version datasets.", no_args_is_help=True,
@@ -27,26 +19,11 @@ app = typer.Typer(help="Prepare, inspect and version datasets.", no_args_is_help
 
 
 @app.command(epilog="Example: llmkit data prepare ../shared/data/tinyshakespeare/input.txt --name shakespeare --task lm --tokenizer char")
-def prepare(
-    inputs: Annotated[list[str] | None, typer.Argument(help="Files, folders or globs (.txt .jsonl .json .csv .tsv .parquet, .gz too).", show_default=False)] = None,
-    name: Annotated[str | None, typer.Option(help=field_help("data", "name"))] = None,
-    task: Annotated[str | None, typer.Option(help=field_help("data", "task"))] = None,
-    text_field: Annotated[str | None, typer.Option(help=field_help("data", "text_field"))] = None,
-    label_field: Annotated[str | None, typer.Option(help=field_help("data", "label_field"))] = None,
-    doc_split: Annotated[str | None, typer.Option(help=field_help("data", "doc_split"))] = None,
-    tokenizer: Annotated[str | None, typer.Option(help=field_help("data", "tokenizer"))] = None,
-    pii: Annotated[str | None, typer.Option(help=field_help("data", "pii"))] = None,
-    dedupe: Annotated[str | None, typer.Option(help=field_help("data", "dedupe"))] = None,
-    encoding: Annotated[str | None, typer.Option(help=field_help("data", "encoding"))] = None,
-    skip_bad: Annotated[bool | None, typer.Option("--skip-bad", help=field_help("data", "skip_bad"), show_default=False)] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
-) -> None:
+@configured("data", arguments=("inputs",))
+def prepare(ctx: Ctx, cfg) -> None:
     """Ingest, clean, dedupe, redact PII, split, tokenize, and register a dataset version."""
     from llmkit.data.pipeline import prepare as run_prepare
 
-    ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("data", inputs=inputs or None, name=name, task=task, text_field=text_field, label_field=label_field,
-                      doc_split=doc_split, tokenizer=tokenizer, pii=pii, dedupe=dedupe, encoding=encoding, skip_bad=skip_bad)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} records"),
                   TimeElapsedColumn(), console=err_console, transient=True) as progress:
         ds = run_prepare(cfg, ctx.ws, ctx.registry, progress=progress)
@@ -76,16 +53,8 @@ def prepare(
 
 @app.command("from-feedback", epilog="Example: llmkit data from-feedback --name tiny-feedback --model tiny-lm --since 2025-01-31, "
              "then llmkit train sft --base tiny-lm --data tiny-feedback")
-def from_feedback(
-    name: Annotated[str | None, typer.Option(help=field_help("from-feedback", "name"))] = None,
-    model: Annotated[str | None, typer.Option(help=field_help("from-feedback", "model"))] = None,
-    min_rating: Annotated[int | None, typer.Option(help=field_help("from-feedback", "min_rating"), show_default=False)] = None,
-    include_corrections: Annotated[bool | None, typer.Option("--include-corrections/--no-include-corrections", help=field_help("from-feedback", "include_corrections"), show_default=False)] = None,
-    tokenizer: Annotated[str | None, typer.Option(help=field_help("from-feedback", "tokenizer"))] = None,
-    since: Annotated[str | None, typer.Option(help=field_help("from-feedback", "since"))] = None,
-    val: Annotated[float | None, typer.Option(help=field_help("from-feedback", "val"), show_default=False)] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
-) -> None:
+@configured("from-feedback")
+def from_feedback(ctx: Ctx, cfg) -> None:
     """Turn rated and corrected responses of the server into a chat dataset for 'llmkit train sft'.
 
     Per response the latest feedback wins; a correction becomes the answer (even on a thumbs-down),
@@ -93,9 +62,6 @@ def from_feedback(
     """
     from llmkit.data.feedback import dataset_from_feedback, describe_skipped
 
-    ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("from-feedback", name=name, model=model, min_rating=min_rating, include_corrections=include_corrections,
-                      tokenizer=tokenizer, since=since, val=val)
     ds = dataset_from_feedback(cfg, ctx.ws, ctx.registry)
     m, fb = ds.manifest, ds.manifest["feedback"]
     result = {"id": ds.id, "name": ds.name, "version": ds.version, "ref": ds.ref, "path": str(ds.path),
@@ -125,14 +91,14 @@ def from_feedback(
 
 
 @app.command(epilog="Example: llmkit data report shakespeare --json")
+@configured(None)
 def report(
+    ctx: Ctx,
     dataset: Annotated[str, typer.Argument(help="Dataset name, name:vN or id.")],
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Statistics and plots of a dataset version."""
     from llmkit.data.report import summary
 
-    ctx = Ctx(config, workspace, db_url, json_out)
     path, manifest = _load(ctx, dataset)
     result = summary(manifest, path)
 
@@ -158,19 +124,19 @@ def report(
 
 
 @app.command(epilog="Example: llmkit data show shakespeare --split val --n 3")
+@configured(None)
 def show(
+    ctx: Ctx,
     dataset: Annotated[str, typer.Argument(help="Dataset name, name:vN or id.")],
     split: Annotated[str, typer.Option(help="train | val | test")] = "train",
     n: Annotated[int, typer.Option(help="How many records (with --json: all unless given).", min=1)] = 5,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Records of a split after cleaning."""
-    ctx = Ctx(config, workspace, db_url, json_out)
     path, manifest = _load(ctx, dataset)
     file = path / "records" / f"{split}.jsonl"  # streamed: a split can be large and --n small
     if not file.exists():
         raise UserError(f"split '{split}' does not exist; splits: {', '.join(manifest['splits'])}")
-    limit = None if json_out and not _given("--n") else n
+    limit = None if ctx.json and not _given("--n") else n
     records = []
     with open(file, encoding="utf-8") as fh:
         for line in fh:

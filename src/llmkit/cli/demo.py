@@ -3,40 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from llmkit.cli.common import (
-    ConfigOpt,
-    Ctx,
-    DbUrlOpt,
-    JsonOpt,
-    WorkspaceOpt,
-    console,
-    err_console,
-    field_help,
-)
+from llmkit.cli.common import Ctx, console, err_console
+from llmkit.cli.options import configured
 
 
 def register(app: typer.Typer) -> None:
     app.command(epilog="Example: llmkit demo --minutes 2")(demo)
 
 
-def demo(
-    data: Annotated[str | None, typer.Option(help=field_help("demo", "data"))] = None,
-    minutes: Annotated[float | None, typer.Option(help=field_help("demo", "minutes"))] = None,
-    serve: Annotated[bool | None, typer.Option("--serve/--no-serve", help=field_help("demo", "serve"),
-                                               show_default=False)] = None,
-    port: Annotated[int | None, typer.Option(help=field_help("demo", "port"))] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
-) -> None:
+@configured("demo")
+def demo(ctx: Ctx, cfg) -> None:
     """Run the whole loop on a built-in corpus: prepare data, train a small model, sample from it."""
     from llmkit.demo import demo as run_demo
 
-    ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("demo", data=data, minutes=minutes, serve=serve, port=port)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"),
                   TimeElapsedColumn(), console=err_console, transient=True) as progress:
         result = run_demo(cfg, ctx.ws, ctx.registry, console=ctx.log, progress=progress)

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, field_help
+from llmkit.cli.common import Ctx, console
+from llmkit.cli.options import configured
 from llmkit.errors import UserError
 
 MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder: a classifier or a causal LM.")]
@@ -17,29 +18,21 @@ def register(app: typer.Typer) -> None:
                        "llmkit explain shakespeare-nano 'ROMEO: I' --completion ' love' --method occlusion --json")(explain)
 
 
+@configured("explain")
 def explain(
+    ctx: Ctx, cfg,
     model: MODEL_ARG,
     text: Annotated[str, typer.Argument(help="The text to explain.", show_default=False)],
-    target: Annotated[str | None, typer.Option(help=field_help("explain", "target"))] = None,
     next_token: Annotated[bool, typer.Option("--next-token", help="Causal LM: explain the next token (the default).")] = False,
-    completion: Annotated[str | None, typer.Option(help=field_help("explain", "completion"))] = None,
-    method: Annotated[str | None, typer.Option(help=field_help("explain", "method"))] = None,
-    steps: Annotated[int | None, typer.Option(help=field_help("explain", "steps"))] = None,
-    span: Annotated[int | None, typer.Option(help=field_help("explain", "span"))] = None,
-    samples: Annotated[int | None, typer.Option(help=field_help("explain", "samples"))] = None,
-    out: Annotated[str | None, typer.Option(help=field_help("explain", "out"))] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Token attributions (Integrated Gradients, occlusion, Kernel SHAP or attention rollout) with a faithfulness check."""
     from llmkit.explain import explain as run_explain
     from llmkit.explain.report import summary_lines, terminal_text, write_html
 
-    if next_token and completion is not None:
+    if next_token and "completion" in ctx.given:
         raise UserError("--next-token and --completion exclude each other: explain the next token or a completion")
-    ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("explain", target=target, completion=completion, method=method, steps=steps, span=span, samples=samples, out=out)
-    if next_token and cfg.completion is not None:
-        cfg.completion = None
+    if next_token:
+        cfg.completion = None  # wins over a completion from the config file
     exp = run_explain(model, text, cfg, ctx.registry)
     for warning in exp.warnings:
         ctx.log.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, field_help
+from llmkit.cli.common import Ctx, console
+from llmkit.cli.options import configured
 from llmkit.errors import UserError
 
 MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a Hugging Face model folder.")]
@@ -18,38 +19,29 @@ def register(app: typer.Typer) -> None:
     app.command(epilog="Example: llmkit chat my-sft-model")(chat)
 
 
-def _sampling(ctx: Ctx, **flags):
-    cfg = ctx.section("generate", **flags)
+def _sampling(cfg) -> dict:
     return dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                 repetition_penalty=cfg.repetition_penalty, stop=cfg.stop or None, seed=cfg.seed)
 
 
+@configured("generate", repeat=("stop",))
 def generate(
+    ctx: Ctx, cfg,
     model: MODEL_ARG,
     prompt: Annotated[str | None, typer.Option(help="Text to continue.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help=field_help("generate", "max_new_tokens"))] = None,
-    temperature: Annotated[float | None, typer.Option(help=field_help("generate", "temperature"))] = None,
-    top_k: Annotated[int | None, typer.Option(help=field_help("generate", "top_k"))] = None,
-    top_p: Annotated[float | None, typer.Option(help=field_help("generate", "top_p"))] = None,
-    repetition_penalty: Annotated[float | None, typer.Option(help=field_help("generate", "repetition_penalty"))] = None,
-    stop: Annotated[list[str] | None, typer.Option(help=field_help("generate", "stop"))] = None,
-    seed: Annotated[int | None, typer.Option(help=field_help("generate", "seed"))] = None,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Print only when done.")] = False,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Continue a prompt with a causal language model."""
     from llmkit.generate import generate as run_generate
     from llmkit.models.io import load_causal_lm, resolve_model
 
-    ctx = Ctx(config, workspace, db_url, json_out)
     if prompt is None:
         if sys.stdin.isatty():
             raise UserError("no prompt: pass --prompt TEXT (or pipe text on stdin)")
         prompt = sys.stdin.read()
-    params = _sampling(ctx, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       repetition_penalty=repetition_penalty, stop=stop, seed=seed)
+    params = _sampling(cfg)
     lm, tok = load_causal_lm(resolve_model(model, ctx.registry))
-    stream = not (no_stream or json_out)
+    stream = not (no_stream or ctx.json)
     if stream:
         console.print(prompt, end="", style="bold", markup=False, highlight=False)
     out = run_generate(lm, tok, prompt, on_text=(lambda s: print(s, end="", flush=True)) if stream else None, **params)
@@ -58,7 +50,7 @@ def generate(
     result = {"model": model, "prompt": prompt, "text": out.text, "finish_reason": out.finish_reason,
               "prompt_tokens": out.prompt_tokens, "completion_tokens": len(out.token_ids),
               "seconds": round(out.seconds, 4), "tokens_per_s": round(len(out.token_ids) / max(out.seconds, 1e-9), 1)}
-    if json_out:
+    if ctx.json:
         ctx.emit(result)
     elif not stream:
         console.print(prompt + out.text, markup=False, highlight=False)
@@ -66,21 +58,18 @@ def generate(
         console.print(f"[dim]{len(out.token_ids)} tokens, {result['tokens_per_s']} tok/s, {out.finish_reason}[/dim]")
 
 
+@configured("generate", repeat=("stop",))
 def chat(
+    ctx: Ctx, cfg,
     model: MODEL_ARG,
     system: Annotated[str | None, typer.Option(help="System message.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help=field_help("generate", "max_new_tokens"))] = None,
-    temperature: Annotated[float | None, typer.Option(help=field_help("generate", "temperature"))] = None,
-    seed: Annotated[int | None, typer.Option(help=field_help("generate", "seed"))] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Talk with a model in the terminal; uses its chat template when it has one. Empty line or Ctrl-D ends."""
     from llmkit.generate import chat_prompt
     from llmkit.generate import generate as run_generate
     from llmkit.models.io import load_causal_lm, resolve_model
 
-    ctx = Ctx(config, workspace, db_url, json_out)
-    params = _sampling(ctx, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    params = _sampling(cfg)
     lm, tok = load_causal_lm(resolve_model(model, ctx.registry))
     templated = bool(getattr(tok, "chat_template", None))
     messages = [{"role": "system", "content": system}] if system else []
@@ -100,5 +89,5 @@ def chat(
                            **params)
         print()
         messages.append({"role": "assistant", "content": out.text.strip()})
-    if json_out:
+    if ctx.json:
         ctx.emit({"messages": messages})

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, field_help
+from llmkit.cli.common import Ctx, console
+from llmkit.cli.options import configured
 
 MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder.")]
 
@@ -24,64 +25,36 @@ def _progress(ctx: Ctx):
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=ctx.log, transient=True)
 
 
-def export(
-    model: MODEL_ARG,
-    format: Annotated[str | None, typer.Option("--format", help=field_help("export", "format"))] = None,
-    quant: Annotated[str | None, typer.Option(help=field_help("export", "quant"))] = None,
-    name: Annotated[str | None, typer.Option(help=field_help("export", "name"))] = None,
-    table: Annotated[bool | None, typer.Option("--table/--no-table", help=field_help("export", "table"), show_default=False)] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
-) -> None:
+def _emit(ctx: Ctx, model, rows, **extra) -> None:
+    ctx.emit({"id": model.id, "name": model.name, "version": model.version, "path": str(model.path), "table": rows, **extra},
+             lambda: console.print(f"model [bold]{model.ref}[/bold] at {model.path}"))
+
+
+@configured("export")
+def export(ctx: Ctx, cfg, model: MODEL_ARG) -> None:
     """Export a model for other runtimes: GGUF for llama.cpp and Ollama (with a Modelfile)."""
     from llmkit.optimize.export import export as run_export
 
-    ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("export", format=format, quant=quant, name=name, table=table)
     with _progress(ctx) as progress:
         exported, rows = run_export(model, cfg, ctx.ws, ctx.registry, console=ctx.log, progress=progress)
-    ctx.emit({"id": exported.id, "name": exported.name, "version": exported.version, "path": str(exported.path), "table": rows},
-             lambda: console.print(f"model [bold]{exported.ref}[/bold] at {exported.path}"))
+    _emit(ctx, exported, rows)
 
 
-def prune(
-    model: MODEL_ARG,
-    method: Annotated[str | None, typer.Option(help=field_help("prune", "method"))] = None,
-    sparsity: Annotated[float | None, typer.Option(help=field_help("prune", "sparsity"))] = None,
-    pattern: Annotated[str | None, typer.Option(help=field_help("prune", "pattern"))] = None,
-    calib_data: Annotated[str | None, typer.Option(help=field_help("prune", "calib_data"))] = None,
-    calib_samples: Annotated[int | None, typer.Option(help=field_help("prune", "calib_samples"))] = None,
-    recover_steps: Annotated[int | None, typer.Option(help=field_help("prune", "recover_steps"))] = None,
-    name: Annotated[str | None, typer.Option(help=field_help("prune", "name"))] = None,
-    table: Annotated[bool | None, typer.Option("--table/--no-table", help=field_help("prune", "table"), show_default=False)] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
-) -> None:
+@configured("prune")
+def prune(ctx: Ctx, cfg, model: MODEL_ARG) -> None:
     """Prune a model's linear layers (magnitude or Wanda; unstructured or 2:4); saved as a normal model."""
     from llmkit.optimize.prune import prune as run_prune
 
-    ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("prune", method=method, sparsity=sparsity, pattern=pattern, calib_data=calib_data,
-                      calib_samples=calib_samples, recover_steps=recover_steps, name=name, table=table)
     with _progress(ctx) as progress:
         pruned, rows = run_prune(model, cfg, ctx.ws, ctx.registry, console=ctx.log, progress=progress)
-    ctx.emit({"id": pruned.id, "name": pruned.name, "version": pruned.version, "path": str(pruned.path), "table": rows,
-              "sparsity": pruned.lineage["pruning"]["sparsity"]},
-             lambda: console.print(f"model [bold]{pruned.ref}[/bold] at {pruned.path}"))
+    _emit(ctx, pruned, rows, sparsity=pruned.lineage["pruning"]["sparsity"])
 
 
-def quantize(
-    model: MODEL_ARG,
-    method: Annotated[str | None, typer.Option(help=field_help("quantize", "method"))] = None,
-    group_size: Annotated[int | None, typer.Option(help=field_help("quantize", "group_size"))] = None,
-    name: Annotated[str | None, typer.Option(help=field_help("quantize", "name"))] = None,
-    table: Annotated[bool | None, typer.Option("--table/--no-table", help=field_help("quantize", "table"), show_default=False)] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
-) -> None:
+@configured("quantize")
+def quantize(ctx: Ctx, cfg, model: MODEL_ARG) -> None:
     """Quantize a model's linear layers to int8 or int4 (group-wise scales); loads back through llmkit."""
     from llmkit.optimize.quantize import quantize as run_quantize
 
-    ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("quantize", method=method, group_size=group_size, name=name, table=table)
     with _progress(ctx) as progress:
         quantized, rows = run_quantize(model, cfg, ctx.ws, ctx.registry, console=ctx.log, progress=progress)
-    ctx.emit({"id": quantized.id, "name": quantized.name, "version": quantized.version, "path": str(quantized.path), "table": rows},
-             lambda: console.print(f"model [bold]{quantized.ref}[/bold] at {quantized.path}"))
+    _emit(ctx, quantized, rows)

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, console, field_help
+from llmkit.cli.common import Ctx, console
+from llmkit.cli.options import configured
 from llmkit.errors import UserError
 
 MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder.")]
@@ -36,18 +37,16 @@ def _read_texts(file: Path) -> list[str]:
     return [row["text"] for row in jsonl_objects(file, ("text",))]
 
 
+@configured("predict")
 def predict(
+    ctx: Ctx, cfg,
     model: MODEL_ARG,
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.", show_default=False)] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="A .txt file (one text per line) or .jsonl with a text field.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help=field_help("predict", "batch_size"))] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Label texts with a trained classifier, with each label's probability."""
     from llmkit.predict import predict as run_predict
 
-    ctx = Ctx(config, workspace, db_url, json_out)
-    cfg = ctx.section("predict", batch_size=batch_size)
     items = list(texts or []) + (_read_texts(file) if file else [])
     if not items:
         raise UserError("nothing to classify: give TEXT arguments or --file FILE")
@@ -64,15 +63,15 @@ def predict(
     ctx.emit(results, show)
 
 
+@configured(None)
 def merge(
+    ctx: Ctx,
     model: MODEL_ARG,
     name: Annotated[str | None, typer.Option(help="Name of the merged model (default: <adapter>-merged).")] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Fold a LoRA adapter into its base: a standalone Hugging Face model with the same outputs."""
     from llmkit.train.lora import merge as run_merge
 
-    ctx = Ctx(config, workspace, db_url, json_out)
     merged = run_merge(model, ctx.ws, ctx.registry, name=name, console=ctx.log)
     ctx.emit({"id": merged.id, "name": merged.name, "version": merged.version, "path": str(merged.path)},
              lambda: console.print(f"next: llmkit generate {merged.name} --prompt '...'"))

@@ -77,11 +77,19 @@ def read_config_file(path: str | Path | None) -> dict[str, Any]:
 def load_section(section: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
     """The validated config of one stage: defaults < file section < flag overrides (None = not given)."""
     section = RENAMED_SECTIONS.get(section, section)
-    body = dict(read_config_file(path).get(section, {}))
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            body[key] = value
+    body = _merged(read_config_file(path).get(section, {}), overrides or {})
     return validate_section(section, body, source=str(path) if path else None)
+
+
+def _merged(body: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`body` with `overrides` laid over it; a nested section (lora) is merged key by key."""
+    out = dict(body)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        elif value is not None:
+            out[key] = value
+    return out
 
 
 def validate_section(section: str, body: dict[str, Any], source: str | None = None) -> Any:
