@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.data.formats import BadRecord, RowFormatter, default_text_column, guess_columns
+from llmkit.data.json_array import JsonArray
 from llmkit.errors import UserError
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
@@ -32,13 +33,11 @@ FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"
 SUPPORTED = ".txt .jsonl .json .csv .tsv .parquet (each optionally .gz)"
 DOC_SPLITS = ("file", "blank-line", "line")
 MAX_BAD_EXAMPLES = 5
-_CHUNK = 1 << 16
 _SNIFF_ROWS = 50  # header-less tables: rows looked at to tell the label column from the text column
 # First-row cells that mark a CSV header (besides the field names the user asked for).
 _HEADER_NAMES = {"text", "label", "labels", "message", "content", "sentence", "review", "document", "body",
                  "class", "category", "instruction", "input", "output", "response", "prompt", "messages"}
 _GLOB = re.compile(r"[*?[]")
-_WS = re.compile(r"[ \t\n\r]*")
 
 
 @dataclass
@@ -253,89 +252,7 @@ def _jsonl_rows(path: Path, encoding: str):
 
 def _json_rows(path: Path, encoding: str):
     with _open_text(path, encoding) as f:
-        yield from _JsonArray(path, f).rows()
-
-
-class _JsonArray:
-    """The elements of a top-level JSON array one at a time, each with the line it starts on.
-
-    json.load would hold the whole file and all its objects; this holds one element plus a chunk.
-    A syntax error cannot be skipped (there is no way to find the next element), so it always raises.
-    """
-
-    def __init__(self, path: Path, stream):
-        self.path, self.stream = path, stream
-        self.buf, self.pos, self.eof = "", 0, False
-        self.line, self.counted = 1, 0  # line number of buf[counted]
-        self.decoder = json.JSONDecoder()
-
-    def _more(self, size: int = 0) -> None:
-        self._count()
-        data = self.stream.read(size or _CHUNK)
-        self.eof = not data
-        self.buf, self.pos, self.counted = self.buf[self.pos:] + data, 0, 0
-
-    def _count(self) -> int:
-        self.line += self.buf.count("\n", self.counted, self.pos)
-        self.counted = self.pos
-        return self.line
-
-    def _peek(self) -> str:
-        while True:
-            self.pos = _WS.match(self.buf, self.pos).end()
-            if self.pos < len(self.buf):
-                return self.buf[self.pos]
-            if self.eof:
-                return ""
-            self._more()
-
-    def _error(self, pos: int, reason: str) -> UserError:
-        line = self._count() + self.buf.count("\n", self.pos, pos)
-        return UserError(f"{self.path}:{line}: invalid JSON ({reason})")
-
-    def _value(self) -> Any:
-        size = _CHUNK
-        while True:
-            try:
-                value, end = self.decoder.raw_decode(self.buf, self.pos)
-            except json.JSONDecodeError as err:
-                # Failing at the end of the buffer (or inside a long string) may just mean the value
-                # goes on in the next chunk; failing earlier is a real syntax error.
-                cut = err.pos >= len(self.buf) - 16 or err.msg.startswith("Unterminated string")
-                if self.eof or not cut:
-                    raise self._error(err.pos, err.msg) from None
-            else:
-                if end < len(self.buf) or self.eof:  # a number at the very end may have more digits
-                    self.pos = end
-                    return value
-            self._more(size)
-            size *= 2  # doubling keeps one huge element linear, not quadratic
-
-    def rows(self):
-        first = self._peek()
-        if not first:
-            yield 1, BadRecord(f"{self.path}: empty file")
-            return
-        if first != "[":  # a single object is one record
-            line = self._count()
-            yield line, self._value()
-        else:
-            self.pos += 1
-            if self._peek() == "]":
-                self.pos += 1
-            else:
-                while True:
-                    self._peek()
-                    line = self._count()
-                    yield line, self._value()
-                    c = self._peek()
-                    self.pos += 1
-                    if c == "]":
-                        break
-                    if c != ",":
-                        raise self._error(self.pos - 1, "Expecting ',' delimiter" if c else "missing ']' at the end")
-        if self._peek():
-            raise self._error(self.pos, "extra data after the top-level value")
+        yield from JsonArray(path, f).rows()
 
 
 def _csv_rows(path: Path, encoding: str, fmt: RowFormatter, delimiter: str):

@@ -70,6 +70,14 @@ class LlamaState:
         return self.kv.shape[3]
 
 
+def _rope_rotations(theta: float, hd: int, max_len: int) -> torch.Tensor:
+    """RoPE rotation e^(i * pos * freq) for every position, from cos/sin computed exactly as HF does
+    (fp32 position * inv_freq). Complex math is fp32 even for bf16 models."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    freqs = torch.arange(max_len).float()[:, None] * inv_freq[None, :]  # (max_len, hd / 2)
+    return torch.complex(freqs.cos(), freqs.sin())
+
+
 class FastLlama:
     def __init__(self, model):
         reason = unsupported_reason(model)
@@ -146,12 +154,7 @@ class FastLlama:
             ))
         self.lm_head_t = prep(model.get_output_embeddings().weight, model.model.norm.weight)  # (C, vocab)
 
-        # RoPE rotation e^(i * pos * freq) for every position, from cos/sin computed exactly as HF
-        # does (fp32 position * inv_freq). Complex math is fp32 even for bf16 models.
-        theta = rope_parameters(cfg)["rope_theta"]
-        inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
-        freqs = torch.arange(self.max_len).float()[:, None] * inv_freq[None, :]  # (max_len, hd / 2)
-        self.rot = torch.complex(freqs.cos(), freqs.sin()).to(self.device)
+        self.rot = _rope_rotations(rope_parameters(cfg)["rope_theta"], hd, self.max_len).to(self.device)
         self.eps_t = torch.tensor(self.eps, dtype=torch.float32, device=self.device)
 
     # --- cache ---------------------------------------------------------------------------------

@@ -11,6 +11,10 @@ llama.cpp batches the same way: one context holds every running sequence under i
 (`runtime.llama_cpp.LlamaCppBatch`), one decode per step. ONNX (no KV cache) holds one
 sequence per instance: a batch of one per worker, as many workers as instances; requests queue.
 
+The engine knows token ids, not text: it sends each request the ids it samples; the request's side
+(`serve.handling.Answer`) turns them into text and, when a stop string appears, marks the job finished
+so the scheduler drops the sequence at its next step.
+
 The scheduler runs in threads because the forward releases the GIL and must not block the event
 loop; results go back to each request's asyncio.Queue with call_soon_threadsafe.
 """
@@ -27,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.runtime.batch import Decoder
-from llmkit.runtime.detokenize import TextStream
 from llmkit.runtime.sampling import Sampler
 
 log = logging.getLogger("llmkit.serve")
@@ -39,8 +42,9 @@ class QueueFull(Exception):
 
 @dataclass
 class Event:
-    kind: str  # "text" | "done" | "error"
-    text: str = ""
+    kind: str  # "tokens" | "done" | "error"
+    ids: list[int] = field(default_factory=list)  # "tokens": the ids sampled since the last event
+    message: str = ""  # "error": what went wrong
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -54,12 +58,12 @@ class Job:
     ids: list[int]
     max_new: int
     sampler: Sampler
-    stream: TextStream
     eos: set[int]
     deadline: float
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False  # set by the request handler (client gone); read by the scheduler
+    finished: bool = False  # set by the request handler (a stop string ended the answer); read by the scheduler
     out: list[int] = field(default_factory=list)
     state: Any = None
     last: int = -1
@@ -104,15 +108,14 @@ PREFILL_GROUP = 8  # new requests prefilled in one forward
 
 
 class Engine:
-    def __init__(self, name: str, decoders: list[Decoder], *, max_queue: int, on_step: Callable[[int], None] | None = None,
-                 on_done: Callable[[Job, str], None] | None = None):
+    def __init__(self, name: str, decoders: list[Decoder], *, max_queue: int, on_step: Callable[[int], None] | None = None):
         self.name = name
         self.decoders = decoders
         self.max_queue = max_queue
         self.waiting: collections.deque[Job] = collections.deque()
         self.running = 0
         self.cv = threading.Condition()
-        self.on_step, self.on_done = on_step, on_done
+        self.on_step = on_step
         self.on_cancel: Callable[[], None] | None = None
         self._stop = False
         self.threads = [threading.Thread(target=self._worker, args=(d,), daemon=True, name=f"llmkit-engine-{name}-{i}")
@@ -158,7 +161,7 @@ class Engine:
                     self.cv.wait()
                 if self._stop:
                     for job in active + list(self.waiting):
-                        job.emit(Event("error", "the server is shutting down"))
+                        job.emit(Event("error", message="the server is shutting down"))
                     return
                 admit = []
                 # With several workers, each takes its share of what is waiting and running.
@@ -187,17 +190,19 @@ class Engine:
             except Exception as err:  # a bug or OOM: fail the requests in flight, keep serving others
                 log.exception("engine %s failed a step", self.name)
                 for job in {id(j): j for j in active + admit}.values():
-                    job.emit(Event("error", f"generation failed: {type(err).__name__}: {err}"))
+                    job.emit(Event("error", message=f"generation failed: {type(err).__name__}: {err}"))
                     self._release(job)
                 active = []
 
     def _alive(self, job: Job) -> bool:
+        if job.finished:
+            return False
         if job.cancelled:
             if self.on_cancel:
                 self.on_cancel()
             return False
         if time.perf_counter() > job.deadline:
-            job.emit(Event("error", "timeout", finish_reason="timeout"))
+            job.emit(Event("error", message="timeout", finish_reason="timeout"))
             return False
         return True
 
@@ -221,26 +226,15 @@ class Engine:
                 job.last = -1
 
     def _accept(self, job: Job, tok: int) -> bool:
-        """Take the sampled token, send any new text; False when the job is finished."""
+        """Take the sampled token and send it on; False when the job is finished."""
         if job.first_token is None:
             job.first_token = time.perf_counter()
         job.out.append(tok)
-        piece = job.stream.push(job.out)
-        finish = None
-        if tok in job.eos or job.stream.stopped:
-            finish = "stop"
-        elif len(job.out) >= job.max_new:
-            finish = "length"
-        if piece:
-            job.emit(Event("text", piece))
+        job.emit(Event("tokens", ids=[tok]))
+        finish = "stop" if tok in job.eos else "length" if len(job.out) >= job.max_new else None
         if finish is None:
             job.last = tok
             return True
-        rest = job.stream.finish()
-        if rest:
-            job.emit(Event("text", rest))
         job.emit(Event("done", finish_reason=finish, prompt_tokens=len(job.ids), completion_tokens=len(job.out),
                        first_token_seconds=job.first_token - job.submitted))
-        if self.on_done:
-            self.on_done(job, finish)
         return False

@@ -3,6 +3,7 @@
 The routes in app.py check what they can from the body; here the prompt is checked against the
 model's context and the server's limits, the job goes to the model's engine (429 when its queue is
 full), and the engine's events become a response, recorded for feedback and metrics when done.
+The engine sends token ids; they become text here (`Answer`), where the request's stop strings are.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -35,8 +37,32 @@ def bos_prompt(served: ServedModel) -> list[int]:
     return [bos]
 
 
-def make_job(state: ServerState, served: ServedModel, ids: list[int], body: s.Sampling, max_tokens: int | None,
-         stop_ids: list[int]) -> Job:
+@dataclass
+class Answer:
+    """A request's side of its job: the ids the engine sends become text here, and a stop string ends it."""
+
+    job: Job
+    text: TextStream
+    ids: list[int] = field(default_factory=list)
+
+    def take(self, event: Event) -> tuple[str, Event | None]:
+        """The text an engine event adds, and the final event once the answer is complete."""
+        if event.kind == "done":
+            return self.text.finish(), event
+        piece = ""
+        for tok in event.ids:
+            self.ids.append(tok)
+            piece += self.text.push(self.ids)
+            if self.text.stopped:
+                job = self.job
+                job.finished = True  # the scheduler drops the sequence at its next step
+                return piece, Event("done", finish_reason="stop", prompt_tokens=len(job.ids), completion_tokens=len(self.ids),
+                                    first_token_seconds=job.first_token - job.submitted)
+        return piece, None
+
+
+def make_answer(state: ServerState, served: ServedModel, ids: list[int], body: s.Sampling, max_tokens: int | None,
+         stop_ids: list[int]) -> Answer:
     context = served.max_len or 10**9
     limit = state.cfg.max_tokens
     if max_tokens is not None and max_tokens > limit:
@@ -52,9 +78,9 @@ def make_job(state: ServerState, served: ServedModel, ids: list[int], body: s.Sa
                        f"of {context}; ask for at most {context - len(ids)} tokens", param="max_tokens",
                        code="context_length_exceeded")
     sampler = Sampler(len(served.tokenizer), ids, temperature=body.temperature, top_p=body.top_p, seed=body.seed)
-    return Job(ids=ids, max_new=max_tokens, sampler=sampler, stream=TextStream(served.tokenizer, body.stops),
-               eos=served.eos | set(stop_ids), deadline=time.perf_counter() + state.cfg.timeout,
-               loop=asyncio.get_running_loop())
+    job = Job(ids=ids, max_new=max_tokens, sampler=sampler, eos=served.eos | set(stop_ids),
+              deadline=time.perf_counter() + state.cfg.timeout, loop=asyncio.get_running_loop())
+    return Answer(job, TextStream(served.tokenizer, body.stops))
 
 
 def usage(done: Event) -> s.Usage:
@@ -93,11 +119,12 @@ def _failed(event: Event, timeout: float) -> ApiError:
     if event.finish_reason == "timeout":
         return ApiError(408, f"the request took longer than the server's timeout of {timeout:g} s; ask for fewer "
                         "tokens or retry when the server is less busy", type="timeout_error", code="timeout")
-    return ApiError(503, event.text, type="server_error", code="engine_error")
+    return ApiError(503, event.message, type="server_error", code="engine_error")
 
 
-async def collect(state: ServerState, served: ServedModel, job: Job, request: Request, rid: str,
-                   entry: dict) -> tuple[str, Event]:
+async def collect(state: ServerState, served: ServedModel, answer: Answer, request: Request, rid: str,
+                  entry: dict) -> tuple[str, Event]:
+    job = answer.job
     _submit(state, served, job)
     parts: list[str] = []
     try:
@@ -109,20 +136,21 @@ async def collect(state: ServerState, served: ServedModel, job: Job, request: Re
                     job.cancelled = True
                     raise ApiError(400, "client disconnected") from None
                 continue
-            if event.kind == "text":
-                parts.append(event.text)
-            elif event.kind == "done":
-                text = "".join(parts)
-                await run_in_threadpool(_finished, state, served, rid, entry, text, event)
-                return text, event
-            else:
+            if event.kind == "error":
                 raise _failed(event, state.cfg.timeout)
+            piece, done = answer.take(event)
+            parts.append(piece)
+            if done is not None:
+                text = "".join(parts)
+                await run_in_threadpool(_finished, state, served, rid, entry, text, done)
+                return text, done
     finally:
         job.cancelled = True  # no-op once done; frees the slot if the handler was cancelled
 
 
-def stream(state: ServerState, served: ServedModel, job: Job, request: Request, rid: str, entry: dict, chunk,
-         first: str, include_usage: bool, role: bool = False) -> EventSourceResponse:
+def stream(state: ServerState, served: ServedModel, answer: Answer, request: Request, rid: str, entry: dict, chunk,
+           first: str, include_usage: bool, role: bool = False) -> EventSourceResponse:
+    job = answer.job
     _submit(state, served, job)
 
     async def events() -> AsyncIterator[dict]:
@@ -132,24 +160,26 @@ def stream(state: ServerState, served: ServedModel, job: Job, request: Request, 
                 yield {"data": _dump(chunk("", None, role=True))}
             elif first:
                 yield {"data": _dump(chunk(first, None))}
-            finished = False
-            while not finished:
+            done = failed = None
+            while done is None and failed is None:
                 for event in await _pending(job):
-                    if event.kind == "text":
-                        parts.append(event.text)
-                        yield {"data": _dump(chunk(event.text, None))}
-                        continue
-                    finished = True
-                    if event.kind == "done":
-                        yield {"data": _dump(chunk("", event.finish_reason))}
-                        if include_usage:
-                            yield {"data": _dump(chunk("", None, usage=usage(event)))}
-                        await run_in_threadpool(_finished, state, served, rid, entry, "".join(parts), event)
-                    else:
-                        err = _failed(event, state.cfg.timeout)
-                        yield {"data": json.dumps({"error": {"message": err.message, "type": err.type, "param": None,
-                                                             "code": err.code}})}
-                    break
+                    if event.kind == "error":
+                        failed = _failed(event, state.cfg.timeout)
+                        break
+                    piece, done = answer.take(event)
+                    if piece:
+                        parts.append(piece)
+                        yield {"data": _dump(chunk(piece, None))}
+                    if done is not None:
+                        break
+            if failed is not None:
+                yield {"data": json.dumps({"error": {"message": failed.message, "type": failed.type, "param": None,
+                                                     "code": failed.code}})}
+            if done is not None:
+                yield {"data": _dump(chunk("", done.finish_reason))}
+                if include_usage:
+                    yield {"data": _dump(chunk("", None, usage=usage(done)))}
+                await run_in_threadpool(_finished, state, served, rid, entry, "".join(parts), done)
             yield {"data": "[DONE]"}
         finally:
             job.cancelled = True  # the client went away (or we are done): the scheduler drops the sequence
@@ -158,15 +188,15 @@ def stream(state: ServerState, served: ServedModel, job: Job, request: Request, 
 
 
 async def _pending(job: Job) -> list[Event]:
-    """The next events, with text that queued up while the client was being served joined into one
-    chunk: under load, fewer and larger chunks instead of falling further behind."""
+    """The next events, with ids that queued up while the client was being served joined into one
+    event: under load, fewer and larger chunks instead of falling further behind."""
     events = [await job.events.get()]
     while not job.events.empty():
         events.append(job.events.get_nowait())
     merged: list[Event] = []
     for event in events:
-        if merged and event.kind == "text" and merged[-1].kind == "text":
-            merged[-1] = Event("text", merged[-1].text + event.text)
+        if merged and event.kind == "tokens" and merged[-1].kind == "tokens":
+            merged[-1] = Event("tokens", ids=merged[-1].ids + event.ids)
         else:
             merged.append(event)
     return merged

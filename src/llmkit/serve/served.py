@@ -41,7 +41,7 @@ class ServedModel:
         return self.engine.max_len if self.engine else self.max_length
 
 
-def load_served(ref: str, cfg: ServeConfig, registry, on_step=None, on_done=None) -> ServedModel:
+def load_served(ref: str, cfg: ServeConfig, registry, on_step=None) -> ServedModel:
     from llmkit.models.io import load_causal_lm, load_classifier, load_tokenizer_for, quiet_transformers
 
     quiet_transformers()
@@ -79,7 +79,7 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None, on_done=None
         eos = {config["eos_token_id"]} if isinstance(config.get("eos_token_id"), int) else set(config.get("eos_token_id") or [])
     if tok.eos_token_id is not None:
         eos.add(tok.eos_token_id)
-    engine = Engine(served_id, decoders, max_queue=cfg.max_queue, on_step=on_step, on_done=on_done)
+    engine = Engine(served_id, decoders, max_queue=cfg.max_queue, on_step=on_step)
     # The HF module stays reachable for /v1/explain (torch only; the engine decodes with its own copy).
     return ServedModel(served_id, kind, backend, model, tok, engine=engine, eos=eos,
                        net=lm if backend == "torch" else None)

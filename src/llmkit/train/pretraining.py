@@ -136,10 +136,16 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
               load_state=lambda state: sampler.set_state(state["sampler"]), dist=d,
               tokens_per_step=cfg.batch_size * cfg.grad_accum * cfg.context * d.world)
     result = fit(job, run_dir, run_id, metrics, log if d.is_main else None, time_limit_s=time_limit_s)
-    step, seconds, stopped_early = result.step, result.seconds, result.stopped_early
-    tokens_per_step = job.tokens_per_step
     # The best evaluation's figures; a best kept by an older llmkit has none beside it: measure again.
     final = result.best if result.best is not None else run_eval(model)
+    return _save(cfg, ws, registry, model, fields, name, ds_rec, run_dir, run_id, result, final, n_params, precision,
+                 job.tokens_per_step, d, log)
+
+
+def _save(cfg, ws, registry, model, fields, name, ds_rec, run_dir, run_id, result, final, n_params, precision,
+          tokens_per_step, d, log) -> Model:
+    """The trained model's folder, plots and registry records (on the main rank)."""
+    step, seconds, stopped_early = result.step, result.seconds, result.stopped_early
     model_path = ws.folder("models", f"{name}-{run_id}")
     if d.is_main:
         history = read_metrics(run_dir / "metrics.jsonl")

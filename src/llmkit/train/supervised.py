@@ -159,21 +159,7 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
         tokenizer.chat_template = CHAT_TEMPLATE  # saved with the model, so chat and serve render the same way
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    train, train_counts = encode_split(tokenizer, ds_rec.records("train"), cfg.max_length, cfg.skip_bad,
-                                       str(ds_rec.records_file("train")))
-    val_records = ds_rec.records("val") or ds_rec.records("test")
-    val, _ = encode_split(tokenizer, val_records, cfg.max_length, True, str(ds_rec.records_file("val")))
-    if not train:
-        raise UserError(f"no usable training conversation in {ds_rec.ref} ({train_counts}); raise --max-length")
-    if not val:
-        raise UserError(f"dataset {ds_rec.ref} has no val or test conversations to evaluate on; prepare it with a val split")
-    if cfg.eval_max_examples:
-        val = val[: cfg.eval_max_examples]
-    rows = pack(train, cfg.max_length) if cfg.packing else train
-    if console is not None:
-        skipped = train_counts["no_assistant"] + train_counts["empty_after_truncation"]
-        console.print(f"data {ds_rec.ref}: {len(train)} conversations ({skipped} skipped, {train_counts['truncated']} truncated "
-                      f"to {cfg.max_length} tokens){f', packed into {len(rows)} rows' if cfg.packing else ''}; {len(val)} for eval")
+    train, rows, val, train_counts = _examples(cfg, ds_rec, tokenizer, console)
 
     if cfg.gradient_checkpointing:
         enable_checkpointing(lm, "sft.gradient_checkpointing")
@@ -225,6 +211,26 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
                       f"{s['total_parameters']:,} parameters; peak memory {s['peak_memory_mb']:.0f} MiB; {s['seconds']:.1f}s")
         console.print(f"model [bold]{rec.ref}[/bold] at {target}" + ("" if cfg.method == "full" else " (LoRA adapter; llmkit merge makes it standalone)"))
     return Model(target, name, rec.id, rec.version, lineage)
+
+
+def _examples(cfg: SftConfig, ds_rec, tokenizer, console):
+    """The encoded train conversations (and the rows they pack into) and the val ones, with counts."""
+    train, train_counts = encode_split(tokenizer, ds_rec.records("train"), cfg.max_length, cfg.skip_bad,
+                                       str(ds_rec.records_file("train")))
+    val_records = ds_rec.records("val") or ds_rec.records("test")
+    val, _ = encode_split(tokenizer, val_records, cfg.max_length, True, str(ds_rec.records_file("val")))
+    if not train:
+        raise UserError(f"no usable training conversation in {ds_rec.ref} ({train_counts}); raise --max-length")
+    if not val:
+        raise UserError(f"dataset {ds_rec.ref} has no val or test conversations to evaluate on; prepare it with a val split")
+    if cfg.eval_max_examples:
+        val = val[: cfg.eval_max_examples]
+    rows = pack(train, cfg.max_length) if cfg.packing else train
+    if console is not None:
+        skipped = train_counts["no_assistant"] + train_counts["empty_after_truncation"]
+        console.print(f"data {ds_rec.ref}: {len(train)} conversations ({skipped} skipped, {train_counts['truncated']} truncated "
+                      f"to {cfg.max_length} tokens){f', packed into {len(rows)} rows' if cfg.packing else ''}; {len(val)} for eval")
+    return train, rows, val, train_counts
 
 
 def _load_base(base: Model, cfg: SftConfig, device: str):

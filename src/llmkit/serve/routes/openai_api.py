@@ -13,7 +13,7 @@ import llmkit.serve.schemas as s
 from llmkit.generate import chat_prompt, encode_prompt
 from llmkit.serve.auth import authorize
 from llmkit.serve.errors import ApiError
-from llmkit.serve.handling import bos_prompt, collect, make_job, stream, usage, usage_wanted
+from llmkit.serve.handling import bos_prompt, collect, make_answer, stream, usage, usage_wanted
 from llmkit.serve.served import embed
 from llmkit.serve.state import server_state
 
@@ -39,7 +39,7 @@ async def completions(body: s.CompletionRequest, request: Request):
     state = server_state(request)
     served = state.model(body.model, "causal")
     ids = encode_prompt(served.tokenizer, body.prompt) if body.prompt else bos_prompt(served)
-    job = make_job(state, served, ids, body, body.max_tokens, [])
+    answer = make_answer(state, served, ids, body, body.max_tokens, [])
     rid = f"cmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     entry = {"model": served.id, "model_ref": served.model.ref, "endpoint": "completion", "prompt": body.prompt}
@@ -48,8 +48,8 @@ async def completions(body: s.CompletionRequest, request: Request):
         def chunk(text, finish, usage=None):
             return s.Completion(id=rid, created=created, model=served.id, usage=usage,
                                 choices=[s.CompletionChoice(text=text, finish_reason=finish)] if usage is None or text else [])
-        return stream(state, served, job, request, rid, entry, chunk, first=head, include_usage=usage_wanted(body))
-    text, done = await collect(state, served, job, request, rid, entry)
+        return stream(state, served, answer, request, rid, entry, chunk, first=head, include_usage=usage_wanted(body))
+    text, done = await collect(state, served, answer, request, rid, entry)
     return s.Completion(id=rid, created=created, model=served.id, usage=usage(done),
                         choices=[s.CompletionChoice(text=head + text, finish_reason=done.finish_reason)])
 
@@ -63,7 +63,7 @@ async def chat_completions(body: s.ChatRequest, request: Request):
         prompt, end_ids = chat_prompt(served.tokenizer, messages)
     except Exception as err:  # a template that rejects the roles or their order (jinja raises)
         raise ApiError(400, f"the model's chat template rejected the messages: {err}", param="messages") from None
-    job = make_job(state, served, encode_prompt(served.tokenizer, prompt), body,
+    answer = make_answer(state, served, encode_prompt(served.tokenizer, prompt), body,
                    body.max_completion_tokens or body.max_tokens, end_ids)
     rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
@@ -74,9 +74,9 @@ async def chat_completions(body: s.ChatRequest, request: Request):
             delta = s.ChatDelta(role="assistant", content=text) if role else s.ChatDelta(content=text or None)
             choices = [] if usage is not None else [s.ChatChunkChoice(delta=delta, finish_reason=finish)]
             return s.ChatCompletionChunk(id=rid, created=created, model=served.id, choices=choices, usage=usage)
-        return stream(state, served, job, request, rid, entry, chunk, first="", role=True,
+        return stream(state, served, answer, request, rid, entry, chunk, first="", role=True,
                       include_usage=usage_wanted(body))
-    text, done = await collect(state, served, job, request, rid, entry)
+    text, done = await collect(state, served, answer, request, rid, entry)
     return s.ChatCompletion(id=rid, created=created, model=served.id, usage=usage(done),
                             choices=[s.ChatChoice(message=s.ChatMessageOut(content=text), finish_reason=done.finish_reason)])
 

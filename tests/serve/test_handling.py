@@ -1,0 +1,90 @@
+"""The engine sends token ids; the request's side (serve.handling.Answer) makes the text and ends the answer
+at a stop string, after which the scheduler drops the sequence (not counted as a cancellation)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from llmkit.runtime.batch import torch_decoder
+from llmkit.runtime.detokenize import TextStream
+from llmkit.runtime.sampling import Sampler
+from llmkit.serve.engine import Engine, Event, Job
+from llmkit.serve.handling import Answer
+from tests import tiny_lm
+
+tokenizer = pytest.fixture(scope="module")(tiny_lm.char_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def engine(tokenizer):
+    eng = Engine("tiny", [torch_decoder(tiny_lm.train_tiny(tokenizer), max_batch=4)], max_queue=8)
+    eng.cancels = 0
+    eng.on_cancel = lambda: setattr(eng, "cancels", eng.cancels + 1)
+    yield eng
+    eng.close()
+
+
+def _job(tokenizer, prompt: str, max_new: int, loop) -> Job:
+    ids = tokenizer(prompt)["input_ids"]
+    return Job(ids=ids, max_new=max_new, sampler=Sampler(len(tokenizer), ids, temperature=0.0), eos=set(),
+               deadline=time.perf_counter() + 60, loop=loop)
+
+
+async def _events(job: Job, until) -> list[Event]:
+    events = []
+    while not until(events):
+        events.append(await asyncio.wait_for(job.events.get(), timeout=30))
+    return events
+
+
+def test_the_engine_sends_ids_and_the_answer_makes_the_text(engine, tokenizer):
+    async def run():
+        job = _job(tokenizer, "the cat", 12, asyncio.get_running_loop())
+        engine.submit(job)
+        return job, await _events(job, lambda ev: ev and ev[-1].kind != "tokens")
+
+    job, events = asyncio.run(run())
+    assert [e.kind for e in events] == ["tokens"] * 12 + ["done"]
+    assert all(len(e.ids) == 1 and isinstance(e.ids[0], int) for e in events[:-1])
+    assert events[-1].finish_reason == "length" and events[-1].completion_tokens == 12
+    ids = [e.ids[0] for e in events[:-1]]
+    answer = Answer(job, TextStream(tokenizer))
+    text = "".join(answer.take(e)[0] for e in events)
+    assert text == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_a_stop_string_ends_the_answer_and_frees_the_row(engine, tokenizer):
+    # Greedy text of the tiny model, then the same request with a stop string taken from inside it.
+    async def greedy():
+        job = _job(tokenizer, "the cat", 40, asyncio.get_running_loop())
+        engine.submit(job)
+        events = await _events(job, lambda ev: ev and ev[-1].kind != "tokens")
+        return tokenizer.decode([e.ids[0] for e in events[:-1]], skip_special_tokens=True)
+
+    full = asyncio.run(greedy())
+    stop = full[10:13]
+    assert full.find(stop) == 10, full
+
+    async def stopped():
+        job = _job(tokenizer, "the cat", 40, asyncio.get_running_loop())
+        answer = Answer(job, TextStream(tokenizer, [stop]))
+        engine.submit(job)
+        parts, done = [], None
+        while done is None:
+            piece, done = answer.take(await asyncio.wait_for(job.events.get(), timeout=30))
+            parts.append(piece)
+        for _ in range(100):  # the scheduler drops the finished row at its next step
+            if engine.running == 0:
+                break
+            await asyncio.sleep(0.05)
+        return job, "".join(parts), done
+
+    cancels = engine.cancels
+    job, text, done = asyncio.run(stopped())
+    assert text == full[:10]
+    assert done.finish_reason == "stop" and done.completion_tokens == 13 and job.finished
+    assert engine.running == 0 and len(job.out) < 40  # dropped, not decoded to max_new
+    assert engine.cancels == cancels  # a stop is not a cancellation
