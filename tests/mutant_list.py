@@ -109,6 +109,8 @@ MUTANTS: list[Mutant] = [
            "finish = \"stop\" if tok in job.eos else", "finish = \"stop\" if False else", (STREAMS64,)),
     Mutant("request-stop-ignored", "serve", "src/llmkit/serve/handling.py",
            "Answer(job, TextStream(served.tokenizer, body.stops))", "Answer(job, TextStream(served.tokenizer, []))", (STREAMS64,)),
+    Mutant("engine-ignores-stop-strings", "serve", "src/llmkit/serve/handling.py",
+           "stop_check=stop_check(served.tokenizer, body.stops)", "stop_check=None", (STREAMS64,)),
     Mutant("request-seed-ignored", "serve", "src/llmkit/serve/handling.py",
            "top_p=body.top_p, seed=body.seed)", "top_p=body.top_p, seed=None)", (STREAMS64,)),
     Mutant("scheduler-never-batches", "serve", "src/llmkit/serve/engine.py",

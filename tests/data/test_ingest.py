@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from llmkit.data import ingest
+from llmkit.data import json_array
 from llmkit.data.formats import oasst_messages
 from llmkit.data.ingest import IngestStats, expand_inputs, iter_records
 from llmkit.errors import UserError
@@ -131,7 +131,7 @@ def test_jsonl(tmp_path, name):
 
 @pytest.mark.parametrize("chunk", [7, 1 << 16])
 def test_json_array_streams_with_start_lines(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(ingest, "_CHUNK", chunk)  # tiny chunks: every value straddles a boundary
+    monkeypatch.setattr(json_array, "_CHUNK", chunk)  # tiny chunks: every value straddles a boundary
     items = [{"text": f"doc {i} " + "字" * i, "n": 12345678901234567890 + i} for i in range(30)]
     path = write(tmp_path / "a.json", "[\n" + ",\n".join(json.dumps(x, ensure_ascii=False, indent=1) for x in items) + "\n]\n")
     got = records(path)

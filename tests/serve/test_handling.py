@@ -1,5 +1,5 @@
-"""The engine sends token ids; the request's side (serve.handling.Answer) makes the text and ends the answer
-at a stop string, after which the scheduler drops the sequence (not counted as a cancellation)."""
+"""The engine sends token ids; the request's side (serve.handling.Answer) makes the text. Stop strings reach
+the engine as a condition on ids (serve.handling.stop_check): the row ends on the token that completes one."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from llmkit.runtime.batch import torch_decoder
 from llmkit.runtime.detokenize import TextStream
 from llmkit.runtime.sampling import Sampler
 from llmkit.serve.engine import Engine, Event, Job
-from llmkit.serve.handling import Answer
+from llmkit.serve.handling import Answer, stop_check
 from tests import tiny_lm
 
 tokenizer = pytest.fixture(scope="module")(tiny_lm.char_tokenizer)
@@ -27,10 +27,10 @@ def engine(tokenizer):
     eng.close()
 
 
-def _job(tokenizer, prompt: str, max_new: int, loop) -> Job:
+def _job(tokenizer, prompt: str, max_new: int, loop, stops=()) -> Job:
     ids = tokenizer(prompt)["input_ids"]
     return Job(ids=ids, max_new=max_new, sampler=Sampler(len(tokenizer), ids, temperature=0.0), eos=set(),
-               deadline=time.perf_counter() + 60, loop=loop)
+               stop_check=stop_check(tokenizer, list(stops)), deadline=time.perf_counter() + 60, loop=loop)
 
 
 async def _events(job: Job, until) -> list[Event]:
@@ -56,35 +56,21 @@ def test_the_engine_sends_ids_and_the_answer_makes_the_text(engine, tokenizer):
     assert text == tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def test_a_stop_string_ends_the_answer_and_frees_the_row(engine, tokenizer):
+def test_a_stop_string_ends_the_row_on_the_token_that_completes_it(engine, tokenizer):
     # Greedy text of the tiny model, then the same request with a stop string taken from inside it.
-    async def greedy():
-        job = _job(tokenizer, "the cat", 40, asyncio.get_running_loop())
+    async def run(stops, max_new):
+        job = _job(tokenizer, "the cat", max_new, asyncio.get_running_loop(), stops)
+        answer = Answer(job, TextStream(tokenizer, list(stops)))
         engine.submit(job)
         events = await _events(job, lambda ev: ev and ev[-1].kind != "tokens")
-        return tokenizer.decode([e.ids[0] for e in events[:-1]], skip_special_tokens=True)
+        return job, events, "".join(answer.take(e)[0] for e in events)
 
-    full = asyncio.run(greedy())
+    _, events, full = asyncio.run(run((), 40))
     stop = full[10:13]
-    assert full.find(stop) == 10, full
-
-    async def stopped():
-        job = _job(tokenizer, "the cat", 40, asyncio.get_running_loop())
-        answer = Answer(job, TextStream(tokenizer, [stop]))
-        engine.submit(job)
-        parts, done = [], None
-        while done is None:
-            piece, done = answer.take(await asyncio.wait_for(job.events.get(), timeout=30))
-            parts.append(piece)
-        for _ in range(100):  # the scheduler drops the finished row at its next step
-            if engine.running == 0:
-                break
-            await asyncio.sleep(0.05)
-        return job, "".join(parts), done
-
+    assert full.find(stop) == 10 and len(full) == 40, full
     cancels = engine.cancels
-    job, text, done = asyncio.run(stopped())
+    job, events, text = asyncio.run(run((stop,), 40))
     assert text == full[:10]
-    assert done.finish_reason == "stop" and done.completion_tokens == 13 and job.finished
-    assert engine.running == 0 and len(job.out) < 40  # dropped, not decoded to max_new
-    assert engine.cancels == cancels  # a stop is not a cancellation
+    assert events[-1].finish_reason == "stop" and events[-1].completion_tokens == 13
+    assert len(job.out) == 13 and sum(len(e.ids) for e in events) == 13  # not one token past the stop
+    assert engine.cancels == cancels and engine.running == 0

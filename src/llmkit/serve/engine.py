@@ -11,9 +11,10 @@ llama.cpp batches the same way: one context holds every running sequence under i
 (`runtime.llama_cpp.LlamaCppBatch`), one decode per step. ONNX (no KV cache) holds one
 sequence per instance: a batch of one per worker, as many workers as instances; requests queue.
 
-The engine knows token ids, not text: it sends each request the ids it samples; the request's side
-(`serve.handling.Answer`) turns them into text and, when a stop string appears, marks the job finished
-so the scheduler drops the sequence at its next step.
+The engine knows token ids, not text: it sends each request the ids it samples, and the request's side
+(`serve.handling.Answer`) turns them into text. A request's stop strings reach the engine as an opaque
+condition on the ids so far (`Job.stop_check`), checked right after each token, so a row ends on the
+step its stop string completes rather than when the client side notices.
 
 The scheduler runs in threads because the forward releases the GIL and must not block the event
 loop; results go back to each request's asyncio.Queue with call_soon_threadsafe.
@@ -62,8 +63,8 @@ class Job:
     deadline: float
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    stop_check: Callable[[list[int]], bool] | None = None  # True when the ids so far end the answer
     cancelled: bool = False  # set by the request handler (client gone); read by the scheduler
-    finished: bool = False  # set by the request handler (a stop string ended the answer); read by the scheduler
     out: list[int] = field(default_factory=list)
     state: Any = None
     last: int = -1
@@ -195,8 +196,6 @@ class Engine:
                 active = []
 
     def _alive(self, job: Job) -> bool:
-        if job.finished:
-            return False
         if job.cancelled:
             if self.on_cancel:
                 self.on_cancel()
@@ -231,7 +230,8 @@ class Engine:
             job.first_token = time.perf_counter()
         job.out.append(tok)
         job.emit(Event("tokens", ids=[tok]))
-        finish = "stop" if tok in job.eos else "length" if len(job.out) >= job.max_new else None
+        stopped = tok in job.eos or (job.stop_check is not None and job.stop_check(job.out))
+        finish = "stop" if stopped else "length" if len(job.out) >= job.max_new else None
         if finish is None:
             job.last = tok
             return True

@@ -3,7 +3,8 @@
 The routes in app.py check what they can from the body; here the prompt is checked against the
 model's context and the server's limits, the job goes to the model's engine (429 when its queue is
 full), and the engine's events become a response, recorded for feedback and metrics when done.
-The engine sends token ids; they become text here (`Answer`), where the request's stop strings are.
+The engine sends token ids; they become text here (`Answer`). Stop strings go to the engine as a
+condition on ids (a second `TextStream` in the scheduler's thread), so both sides stop on the same token.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def bos_prompt(served: ServedModel) -> list[int]:
 
 @dataclass
 class Answer:
-    """A request's side of its job: the ids the engine sends become text here, and a stop string ends it."""
+    """A request's side of its job: the ids the engine sends become text here."""
 
     job: Job
     text: TextStream
@@ -51,14 +52,24 @@ class Answer:
             return self.text.finish(), event
         piece = ""
         for tok in event.ids:
+            if self.text.stopped:  # the engine's stop check ended the row on this same token
+                break
             self.ids.append(tok)
             piece += self.text.push(self.ids)
-            if self.text.stopped:
-                job = self.job
-                job.finished = True  # the scheduler drops the sequence at its next step
-                return piece, Event("done", finish_reason="stop", prompt_tokens=len(job.ids), completion_tokens=len(self.ids),
-                                    first_token_seconds=job.first_token - job.submitted)
         return piece, None
+
+
+def stop_check(tokenizer, stops: list[str]):
+    """The engine's view of stop strings: a condition on the generated ids, run in the scheduler's thread."""
+    if not any(stops):
+        return None
+    watcher = TextStream(tokenizer, stops)
+
+    def stopped(ids: list[int]) -> bool:
+        watcher.push(ids)
+        return watcher.stopped
+
+    return stopped
 
 
 def make_answer(state: ServerState, served: ServedModel, ids: list[int], body: s.Sampling, max_tokens: int | None,
@@ -79,7 +90,8 @@ def make_answer(state: ServerState, served: ServedModel, ids: list[int], body: s
                        code="context_length_exceeded")
     sampler = Sampler(len(served.tokenizer), ids, temperature=body.temperature, top_p=body.top_p, seed=body.seed)
     job = Job(ids=ids, max_new=max_tokens, sampler=sampler, eos=served.eos | set(stop_ids),
-              deadline=time.perf_counter() + state.cfg.timeout, loop=asyncio.get_running_loop())
+              stop_check=stop_check(served.tokenizer, body.stops), deadline=time.perf_counter() + state.cfg.timeout,
+              loop=asyncio.get_running_loop())
     return Answer(job, TextStream(served.tokenizer, body.stops))
 
 
