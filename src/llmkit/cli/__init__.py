@@ -60,17 +60,38 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-    except Exception as err:  # click's usage errors and our own failures
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(2 if isinstance(err, click.UsageError) else err.exit_code)
+    except typer.TyperException as err:  # click's (typer's vendored click's) usage errors
+        sys.exit(_usage_error(err))
+    except Exception as err:  # our own failures
         if os.environ.get("LLMKIT_DEBUG"):
             raise
         err_console.print(f"[red]failed:[/red] {type(err).__name__}: {err} (set LLMKIT_DEBUG=1 for the traceback)",
                           highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+def usage_message(err: Exception) -> str | None:
+    """One line for a click usage error: what is wrong and which --help lists the right usage.
+
+    None when there is nothing to add (a command group called without a sub-command already showed its help).
+    """
+    message = " ".join(err.format_message().split()) if hasattr(err, "format_message") else str(err)
+    if not message:
+        return None
+    message = message[0].lower() + message[1:].rstrip(".")
+    ctx = getattr(err, "ctx", None)
+    if ctx is not None:
+        lists = "the commands" if getattr(ctx.command, "commands", None) else "the options and arguments"
+        message += f" ({ctx.command_path} --help lists {lists})"
+    return message
+
+
+def _usage_error(err: Exception) -> int:
+    message = usage_message(err)
+    if message is not None:
+        # Plain text, not rich markup: the message quotes what the user typed, which may hold '[...]'.
+        print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 __all__ = ["app", "main", "console"]

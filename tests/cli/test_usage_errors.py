@@ -1,0 +1,34 @@
+"""Usage errors through the real console entry point: exit 2, one line "error: ...", no traceback, no box."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.conftest import run_cli
+
+USAGE_ERRORS = [
+    (["ls", "--bogus"], "no such option: --bogus", "ls --help"),
+    (["bogus"], "no such command 'bogus'", "--help lists the commands"),
+    (["generate"], "missing argument", "generate --help"),
+    (["train", "pretrain", "--max-steps", "abc"], "'--max-steps'", "train pretrain --help"),
+    (["doctor", "--workspace", "ws"], "no such option: --workspace", "doctor --help"),
+]
+
+
+@pytest.mark.parametrize(("args", "says", "points_to"), USAGE_ERRORS, ids=[" ".join(a) for a, _, _ in USAGE_ERRORS])
+def test_a_usage_error_is_one_line_and_exit_2(args: list[str], says: str, points_to: str, tmp_path: Path):
+    proc = run_cli(*args, workspace=tmp_path / "ws", timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and says in lines[0] and points_to in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr and "failed:" not in proc.stderr
+    assert not any(box in proc.stderr for box in "╭╰│─"), proc.stderr
+    assert not (tmp_path / "ws").exists()  # nothing ran
+
+
+def test_a_group_without_a_command_shows_its_help_and_exits_2(tmp_path: Path):
+    proc = run_cli("data", workspace=tmp_path / "ws", timeout=120)
+    assert proc.returncode == 2
+    assert "prepare" in proc.stdout + proc.stderr and "failed:" not in proc.stderr
