@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -44,7 +48,12 @@ class Workers:
             # fork starts in milliseconds and does not re-import the caller's __main__ (spawn would,
             # which breaks scripts without a main guard); the workers only compute.
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            self.pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(method), initializer=_worker_init)
+            # Linux's parent-death signal fires when the *thread* that forked a worker ends; the pool forks
+            # from the thread that submits, so it is only used when that is the main thread (which ends
+            # with the process). The watcher thread covers the rest.
+            on_main_thread = threading.current_thread() is threading.main_thread()
+            self.pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(method), initializer=_worker_init,
+                                            initargs=(os.getpid(), on_main_thread))
 
     def map(self, fn: Callable, jobs: Iterable) -> Iterator:
         if self.pool is None:
@@ -66,7 +75,42 @@ class Workers:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _worker_init() -> None:
+def _worker_init(parent_pid: int, parent_death_signal: bool) -> None:
+    """Die with the parent, and keep malloc's freed blocks (see _keep_freed_memory).
+
+    A worker whose parent is SIGKILLed would otherwise wait on the task pipe forever, re-parented and
+    holding its memory (its siblings keep the pipe's write end open, so it never sees end-of-file).
+    """
+    if parent_death_signal and sys.platform.startswith("linux"):
+        _set_parent_death_signal()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="llmkit-parent-watch", daemon=True).start()
+    _keep_freed_memory()
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _set_parent_death_signal() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        # SIGKILL: the worker holds nothing that needs cleaning up; its results go to a dead parent.
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the watcher thread still ends the worker
+
+
+def _exit_when_orphaned(parent_pid: int, every: float = 0.5) -> None:
+    # Portable fallback (and for pools forked off the main thread): re-parenting changes getppid().
+    while os.getppid() == parent_pid:
+        time.sleep(every)
+    os._exit(1)
+
+
+def _keep_freed_memory() -> None:
     """Let a worker's malloc keep the few MB it frees after every chunk instead of handing them back.
 
     A chunk allocates and frees numpy arrays and pickles of 0.1-4 MB. Under glibc's defaults each is a
