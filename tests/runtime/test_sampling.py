@@ -41,3 +41,14 @@ def test_batch_sampling_draws_what_each_sampler_would():
         want = [sm(row) for sm, row in zip(one_by_one, logits, strict=True)]
         assert Sampler.sample_batch(batched, logits) == want
     assert want[0] == int(logits[0].argmax())
+
+
+def test_temperatures_below_the_floor_are_greedy():
+    # 1e-45 used to divide the logits into inf, the softmax into NaN, and draw a garbage token.
+    torch.manual_seed(1)
+    logits = torch.randn(8, 300) * 4
+    for temperature in (1e-45, 1e-30, 1e-6):
+        one = [Sampler(300, [1], temperature=temperature, seed=i)(row) for i, row in enumerate(logits)]
+        batched = Sampler.sample_batch([Sampler(300, [1], temperature=temperature, seed=i) for i in range(8)], logits)
+        penalised = [Sampler(300, [1], temperature=temperature, repetition_penalty=1.0001, top_p=0.9)(row) for row in logits]
+        assert one == batched == penalised == logits.argmax(-1).tolist(), temperature

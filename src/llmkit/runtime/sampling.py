@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import torch
 
+# Below this a temperature is greedy: dividing logits by 1e-45 overflows them to inf and the softmax
+# to NaN (a garbage draw), and anything this cold already puts all the mass on the top token.
+GREEDY_BELOW = 1e-5
+
 
 class Sampler:
     """Picks the next token from logits for one sequence, in HF's processor order.
 
     Repetition penalty (over prompt + generated tokens), then temperature, top-k, top-p. Temperature
-    0 is greedy. With a seed, a private torch.Generator makes the draws reproducible.
+    0 (or anything below GREEDY_BELOW) is greedy. With a seed, a private torch.Generator makes the draws reproducible.
     """
 
     def __init__(self, vocab_size: int, prompt_ids: list[int], *, temperature: float = 0.8, top_k: int = 0,
@@ -29,7 +33,7 @@ class Sampler:
         if self.seen is not None:
             penalised = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
             logits = torch.where(self.seen, penalised, logits)
-        if self.temperature <= 0:
+        if self.greedy:
             tok = int(logits.argmax())
         else:
             logits = logits / self.temperature
@@ -48,6 +52,10 @@ class Sampler:
         return tok
 
     @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
+
+    @property
     def plain(self) -> bool:
         """Only temperature applies (no penalty, top-k or top-p): rows can be sampled together."""
         return self.seen is None and self.top_k <= 0 and self.top_p >= 1.0
@@ -57,8 +65,8 @@ class Sampler:
         """One token per row of logits (B, vocab), each with its own sampler; the same draws as
         calling each sampler, with greedy and plain-temperature rows done in one op each."""
         out: list[int | None] = [None] * len(samplers)
-        greedy = [i for i, sm in enumerate(samplers) if sm.temperature <= 0 and sm.seen is None]
-        plain = [i for i, sm in enumerate(samplers) if sm.temperature > 0 and sm.plain]
+        greedy = [i for i, sm in enumerate(samplers) if sm.greedy and sm.seen is None]
+        plain = [i for i, sm in enumerate(samplers) if not sm.greedy and sm.plain]
         if greedy:
             for i, tok in zip(greedy, logits[greedy].float().argmax(-1).tolist(), strict=True):
                 out[i] = tok
