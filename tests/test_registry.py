@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from llmkit.errors import UserError
-from llmkit.registry import SCHEMA_VERSION, Registry, lineage
+from llmkit.registry import SCHEMA_VERSION, Registry, check_name, default_name, lineage
 
 
 @pytest.fixture
@@ -131,6 +131,39 @@ def test_registering_a_path_that_does_not_exist_is_refused(registry: Registry, t
     with pytest.raises(FileNotFoundError):
         registry.add("model", "ghost", path=tmp_path / "missing")
     assert registry.list() == []
+
+
+BAD_NAMES = ["../../../outside", "../x", "/abs", "a/b", ".hidden", "", "x" * 101, "sp ace", "a\\b", "name:v2", "é"]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_one_name_rule_refuses_what_could_leave_a_folder_or_need_quoting(bad: str) -> None:
+    with pytest.raises(UserError, match="use letters, digits"):
+        check_name(bad, "model")
+
+
+def test_a_registered_name_follows_the_rule_and_defaults_are_made_to(registry: Registry) -> None:
+    for ok in ("tiny", "tiny-lm.v2", "A_1", "x" * 100):
+        assert check_name(ok, "model") == ok
+    for type in ("dataset", "run", "model"):
+        with pytest.raises(UserError, match=f"{type} name '../x'"):
+            registry.add(type, "../x")
+    assert registry.list() == []
+    registry.add("eval", "HuggingFaceTB/SmolLM-135M")  # an eval is named after the model it measured
+    assert default_name("HuggingFaceTB/SmolLM 135M (copy)") == "HuggingFaceTB-SmolLM-135M-copy"
+    assert default_name("../..") == "model" and check_name(default_name("诗经 tang"), "model") == "tang"
+
+
+def test_records_sharing_a_folder_are_found_by_either(registry: Registry, tmp_path: Path) -> None:
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    (shared / "inner").mkdir(parents=True)
+    own.mkdir()
+    v1, v2 = registry.add("model", "m", path=shared), registry.add("model", "m", path=shared)
+    inner = registry.add("model", "n", path=shared / "inner")
+    alone = registry.add("model", "o", path=own)
+    assert {r.id for r in registry.sharing_files(v1)} == {v2.id, inner.id}
+    assert {r.id for r in registry.sharing_files(inner)} == {v1.id, v2.id}
+    assert registry.sharing_files(alone) == []
 
 
 def test_opening_a_fresh_registry_many_times_in_one_process_works(registry_url: str, tmp_path: Path) -> None:

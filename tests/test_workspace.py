@@ -52,6 +52,27 @@ def test_opening_a_workspace_creates_its_folders(tmp_path: Path) -> None:
     assert ws.folder("models", "tiny") == ws.root / "models" / "tiny"
 
 
+@pytest.mark.parametrize("name", ["../../../outside", "../models2/x", "/tmp/abs", "a/../../b", "a/b", ".", ""])
+def test_a_folder_outside_its_kind_folder_is_refused(tmp_path: Path, name: str) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    with pytest.raises(UserError, match="outside the workspace"):
+        ws.folder("models", name)
+
+
+def test_a_symlink_out_of_the_workspace_is_refused(tmp_path: Path) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    (tmp_path / "elsewhere").mkdir()
+    (ws.root / "models" / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="outside the workspace"):
+        ws.folder("models", "link")
+
+
+def test_new_folders_are_distinct_and_inside(tmp_path: Path) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    folders = {ws.new_folder("models", "tiny-int8") for _ in range(50)}
+    assert len(folders) == 50 and all(f.parent == ws.root / "models" and f.name.startswith("tiny-int8-") for f in folders)
+
+
 def test_a_missing_workspace_is_an_error_when_not_creating(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no workspace at"):
         Workspace.open(tmp_path / "nowhere", create=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +26,31 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from llmkit.errors import UserError
 
 RECORD_TYPES = ("dataset", "run", "model", "eval")
+
+# The one rule for the name of anything registered: it becomes part of a folder name under the workspace,
+# so no separators, no leading dot, nothing a shell or a URL would have to quote.
+NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NAME_RULE_TEXT = "use letters, digits, '.', '_' and '-' (starting with a letter or digit, at most 100)"
+# Evaluations are named after the model they measured, which may be a Hub id ('org/model').
+NAMED_BY_USER = ("dataset", "run", "model")
+
+
+def check_name(name: str, what: str, flag: str = "--name") -> str:
+    """`name` when it follows NAME_RULE; else a UserError saying what is wrong and how to fix it."""
+    if not isinstance(name, str) or not NAME_RULE.fullmatch(name):
+        raise UserError(f"{what} name {name!r}: {NAME_RULE_TEXT}, e.g. {flag} shakespeare", param=flag.lstrip("-"))
+    return name
+
+
+def default_name(text: str, fallback: str = "model") -> str:
+    """A registrable name made from `text` (a file, folder, Hub id or parent name): other characters become '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("._-")[:100].rstrip("._-")
+    return name or fallback
+
+
+def given_or_default(given: str | None, derived: str, what: str = "model") -> str:
+    """The --name a user gave (which must follow the rule) or a name derived from the parent's."""
+    return check_name(given, what) if given else default_name(derived, fallback=what)
 
 metadata = sa.MetaData()
 schema_table = sa.Table("llmkit_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
@@ -195,6 +221,8 @@ class Registry:
         """Register an artifact as the next version of `name`; parents are (record id, relation)."""
         if type not in RECORD_TYPES:
             raise ValueError(f"record type {type!r} not in {RECORD_TYPES}")
+        if type in NAMED_BY_USER:
+            check_name(name, type)  # callers check earlier, before writing; this is the last line of defence
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"refusing to register {path}: it does not exist")
 
@@ -299,6 +327,21 @@ class Registry:
             hint = f"; known: {', '.join(sorted(set(known))[:10])}" if known else f"; there are no {what}s yet"
             raise UserError(f"no {what} named '{ref}' in the registry{hint}")
         return rec
+
+    def sharing_files(self, record: Record) -> list[Record]:
+        """Other records whose folder is the record's folder, inside it, or holds it: removing one of
+        these folders would take the others' files (workspaces made before each version had its own)."""
+        if not record.path:
+            return []
+        mine = Path(record.path).resolve()
+        others = []
+        for other in self.list():
+            if other.id == record.id or not other.path:
+                continue
+            theirs = Path(other.path).resolve()
+            if theirs == mine or mine in theirs.parents or theirs in mine.parents:
+                others.append(other)
+        return others
 
     def find_by_hash(self, type: str, content_hash: str, name: str | None = None) -> Record | None:
         query = sa.select(records).where(records.c.type == type, records.c.content_hash == content_hash)

@@ -44,7 +44,24 @@ class Workspace:
         return ws
 
     def folder(self, kind: str, name: str) -> Path:
-        return self.root / kind / name
+        """`<root>/<kind>/<name>`, proven to stay inside `<root>/<kind>` once resolved (no '..', no
+        absolute name, no symlink out): every folder llmkit writes comes from here."""
+        if kind not in KINDS:
+            raise ValueError(f"workspace kind {kind!r} not in {KINDS}")
+        base = (self.root / kind).resolve()
+        path = (base / name).resolve()
+        if path.parent != base:
+            raise UserError(f"'{name}' would write to {path}, outside the workspace's {kind}/ folder {base}; "
+                            "names use letters, digits, '.', '_' and '-'")
+        return path
+
+    def new_folder(self, kind: str, stem: str) -> Path:
+        """A folder name no record uses yet: `<stem>-<random>`, so each registered version has its own files
+        (a second `quantize` of the same model must never replace, or later delete, the first one's)."""
+        while True:
+            path = self.folder(kind, f"{stem}-{os.urandom(4).hex()}")
+            if not path.exists():
+                return path
 
     def clean_stale_tmp(self) -> list[Path]:
         """Remove temporary folders left by writers that died (their pid is gone)."""

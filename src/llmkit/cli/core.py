@@ -151,16 +151,21 @@ def rm(
     rec = ctx.registry.get(ref)
     if not yes and not typer.confirm(f"remove {rec.type} {rec.ref} ({rec.id}) and its files?", err=True):
         raise typer.Abort()
+    # Asked before the record goes: a folder another record still points at is kept (workspaces made
+    # before every version had its own folder hold versions that share one).
+    sharing = ctx.registry.sharing_files(rec) if rec.path and not keep_files else []
     ctx.registry.remove(rec.id)
     removed_files = False
-    if rec.path and not keep_files:
+    if rec.path and not keep_files and not sharing:
         path = Path(rec.path)
         # Only delete inside the workspace: a model registered from elsewhere is the user's folder.
         if path.exists() and ctx.ws.root in path.resolve().parents:
             shutil.rmtree(path, ignore_errors=True)
             removed_files = True
-    ctx.emit({"removed": rec.id, "ref": rec.ref, "type": rec.type, "files_removed": removed_files},
-             lambda: console.print(f"removed {rec.type} {rec.ref}" + (" and its files" if removed_files else "")))
+    kept = f"; kept its folder, which {', '.join(r.ref for r in sharing)} also use" if sharing else ""
+    ctx.emit({"removed": rec.id, "ref": rec.ref, "type": rec.type, "files_removed": removed_files,
+              "files_shared_with": [r.ref for r in sharing]},
+             lambda: console.print(f"removed {rec.type} {rec.ref}" + (" and its files" if removed_files else "") + kept))
 
 
 def config_show(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -40,14 +39,13 @@ from llmkit.data.splits import SPLITS
 from llmkit.data.tokenizer import build_tokenizer, check_spec
 from llmkit.data.workers import Workers, byte_ranges, chunks, worker_count
 from llmkit.errors import UserError
-from llmkit.registry import Registry
+from llmkit.registry import Registry, check_name, default_name
 from llmkit.workspace import Workspace, atomic_dir
 
 # A BPE vocabulary learns little from more text beyond ~500 characters per entry (bench: 4M -> 20M
 # characters improved held-out compression by about 1 % at 4k and 16k entries, for 5x the time).
 TOKENIZER_CHARS_PER_ENTRY = 500
 TOKENIZER_TRAIN_CHARS = (4_000_000, 20_000_000)  # bounds of the sample
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def prepare(cfg: DataConfig, ws: Workspace | None = None, registry: Registry | None = None, progress=None) -> DatasetVersion:
@@ -58,9 +56,7 @@ def prepare(cfg: DataConfig, ws: Workspace | None = None, registry: Registry | N
     check_spec(cfg.tokenizer)
     files = expand_inputs(cfg.inputs)
     name = cfg.name or _default_name(files[0])
-    if not _NAME.fullmatch(name):
-        raise UserError(f"dataset name '{name}': use letters, digits, '.', '_' and '-' (starting with a letter "
-                        "or digit, at most 100), e.g. --name shakespeare")
+    check_name(name, "dataset")
     source_hash = _source_hash(files, cfg)
     existing = registry.find_by_hash("dataset", source_hash, name)
     if existing is not None and existing.path and (Path(existing.path) / "manifest.json").exists():
@@ -130,7 +126,7 @@ def _existing(rec) -> DatasetVersion:
 
 def _default_name(first: Path) -> str:
     stem = first.name.split(".")[0] if first.is_file() else first.name
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in stem).strip("-_") or "dataset"
+    return default_name(stem, fallback="dataset")
 
 
 def _source_hash(files: list[Path], cfg: DataConfig) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from llmkit.config import ExportConfig
 from llmkit.models.io import Model, resolve_model
-from llmkit.registry import Registry
+from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace
 
 
@@ -20,8 +20,8 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
         return _export_onnx(source, cfg, ws, registry, console, progress)
     from llmkit.optimize.export_gguf import export_gguf_folder
 
-    name = cfg.name or f"{source.name.split('/')[-1]}-{cfg.quant}"
-    target = ws.folder("models", f"{name}-{(source.id or 'local')}-gguf")
+    name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-{cfg.quant}")
+    target = ws.new_folder("models", f"{name}-gguf")
     lineage = {"task": "causal-lm", "method": f"export-gguf-{cfg.quant}",
                "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)},
                "dataset": (source.lineage or {}).get("dataset"), "config": cfg.model_dump()}
@@ -47,9 +47,9 @@ def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Regi
     from llmkit.optimize.export_onnx import write_onnx
     from llmkit.workspace import atomic_dir
 
+    name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-onnx")
     kind = model_task(source)
-    name = cfg.name or f"{source.name.split('/')[-1]}-onnx"
-    target = ws.folder("models", f"{name}-{source.id or 'local'}-onnx")
+    target = ws.new_folder("models", f"{name}-onnx")
     lineage = {**(source.lineage or {}), "task": kind, "method": "export-onnx", "format": "onnx",
                "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)}, "config": cfg.model_dump()}
     with atomic_dir(target) as tmp:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from llmkit.config import PruneConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
-from llmkit.registry import Registry
+from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace
 
 
@@ -93,6 +93,8 @@ def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registr
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     source = resolve_model(model_ref, registry)
+    pattern = "2of4" if cfg.pattern == "2:4" else int(cfg.sparsity * 100)
+    model_name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-{cfg.method}-{pattern}")
     trained_on = ((source.lineage or {}).get("dataset") or {}).get("ref")
     if (cfg.method == "wanda" or cfg.recover_steps) and not cfg.calib_data:
         hint = f" (the data it was trained on: --calib-data {trained_on.split(':')[0]})" if trained_on else ""
@@ -116,16 +118,15 @@ def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registr
         _recover(lm, layers, masks, windows, cfg)
     per_layer = {name: round(float((layer.weight == 0).float().mean()), 4) for name, layer in layers.items()}
     total = sum(int((layer.weight == 0).sum()) for layer in layers.values()) / sum(layer.weight.numel() for layer in layers.values())
-    name = cfg.name or f"{source.name.split('/')[-1]}-{cfg.method}-{'2of4' if cfg.pattern == '2:4' else int(cfg.sparsity * 100)}"
     lineage = {**(source.lineage or {}), "format": "llmkit.model/1", "task": "causal-lm", "method": f"prune-{cfg.method}",
                "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)},
                "pruning": {"method": cfg.method, "pattern": cfg.pattern, "sparsity": round(total, 4), "per_layer": per_layer},
                "config": cfg.model_dump()}
-    target = ws.folder("models", f"{name}-{source.id or 'local'}-{cfg.method}")
+    target = ws.new_folder("models", f"{model_name}-{cfg.method}")
     save_model(lm, tokenizer, target, lineage)
-    rec = registry.add("model", name, kind="causal-lm", path=target, params={"method": f"prune-{cfg.method}", "pattern": cfg.pattern},
+    rec = registry.add("model", model_name, kind="causal-lm", path=target, params={"method": f"prune-{cfg.method}", "pattern": cfg.pattern},
                        metrics={"sparsity": round(total, 4)}, parents=[(source.id, "pruned_from")] if source.id else [])
-    pruned = Model(target, name, rec.id, rec.version, lineage)
+    pruned = Model(target, model_name, rec.id, rec.version, lineage)
     if console is not None:
         console.print(f"pruned {len(layers)} linear layers with {cfg.method} ({cfg.pattern}): {total:.1%} zeros "
                       f"(per layer {min(per_layer.values()):.1%}-{max(per_layer.values()):.1%})")

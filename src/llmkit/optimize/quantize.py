@@ -10,7 +10,7 @@ import torch
 from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
 from llmkit.models.quantized import METHODS, QuantLinear, linears, pack_int4, quantize_tensor, set_module
-from llmkit.registry import Registry
+from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace, atomic_dir
 
 
@@ -41,13 +41,13 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     source = resolve_model(model_ref, registry)
+    name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-{cfg.method}")
     if (source.lineage or {}).get("quantization"):
         raise UserError(f"{source.ref} is already quantized ({source.lineage['quantization']['method']}); quantize the original")
     lm, tokenizer = load_causal_lm(source)
     modules = quantize_model(lm, cfg.method, cfg.group_size)
     info = {"method": cfg.method, "bits": METHODS[cfg.method], "group_size": cfg.group_size, "modules": modules}
-    name = cfg.name or f"{source.name.split('/')[-1]}-{cfg.method}"
-    target = ws.folder("models", f"{name}-{source.id or 'local'}-{cfg.method}")
+    target = ws.new_folder("models", f"{name}-{cfg.method}")
     lineage = {**(source.lineage or {}), "format": "llmkit.model/1", "task": "causal-lm", "method": f"quantize-{cfg.method}",
                "quantization": info, "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)},
                "config": cfg.model_dump()}

@@ -46,6 +46,9 @@ def start_run(ws, registry, name: str, section: str, cfg, parents: list[tuple[st
     With `create` False (a torchrun rank other than 0) only the folder name is made."""
     import uuid
 
+    from llmkit.registry import check_name
+
+    check_name(name, "run")  # before the folder: a name like '../x' must not write anything anywhere
     run_dir = ws.folder("runs", f"{name}-{uuid.uuid4().hex[:6]}")
     if not create:
         return run_dir, None

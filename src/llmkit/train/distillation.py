@@ -30,7 +30,7 @@ from llmkit.models.io import (
 )
 from llmkit.models.kind import model_kind
 from llmkit.models.presets import PRESETS
-from llmkit.registry import Registry
+from llmkit.registry import Registry, given_or_default
 from llmkit.train.checkpoint import resume_run
 from llmkit.train.classification import Encoded, check_labels, classify_dataset, predict_batches, scores
 from llmkit.train.finetune import FinetuneJob, count_params, enable_checkpointing, fit
@@ -109,7 +109,7 @@ def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry 
         job, teacher_scores = _classifier_job(cfg, registry, teacher, student, tokenizer, labels, device)
     else:
         job, teacher_scores = _lm_job(cfg, registry, teacher, student, tokenizer, device)
-    job.name = cfg.name or f"{teacher_ref.name.split('/')[-1]}-student"
+    job.name = given_or_default(cfg.name, f"{teacher_ref.name.split('/')[-1]}-student")
     job.parents += [(teacher_ref.id, "teacher")] if teacher_ref.id else []
     # The student before any distillation: what the run improves on. Measured on --resume too (the
     # student is rebuilt or reloaded as it started; the checkpoint is loaded later), so the summary keeps it.

@@ -76,11 +76,12 @@ def save_adapter(peft_model, tokenizer, target: Path, base: Model, lineage: dict
 
 def merge(ref: str, ws: Workspace | None = None, registry=None, name: str | None = None, console=None) -> Model:
     """`llmkit merge`: fold a LoRA adapter into its base and register the standalone model."""
-    from llmkit.registry import Registry
+    from llmkit.registry import Registry, given_or_default
 
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     adapter = resolve_model(ref, registry)
+    name = given_or_default(name, f"{adapter.name}-merged")
     if not is_adapter(adapter.path):
         raise UserError(f"{adapter.ref} is not a LoRA adapter (no adapter_config.json in {adapter.path}); "
                         "only adapters trained with --method lora need merging")
@@ -95,8 +96,7 @@ def merge(ref: str, ws: Workspace | None = None, registry=None, name: str | None
         from llmkit.models.io import load_causal_lm
 
         merged, tokenizer = load_causal_lm(adapter)
-    name = name or f"{adapter.name}-merged"
-    target = ws.folder("models", f"{name}-{adapter.id or 'local'}")
+    target = ws.new_folder("models", f"{name}-merged")
     new_lineage = {**lineage, "method": "lora-merged", "parent_model": {"id": adapter.id, "ref": adapter.ref, "path": str(adapter.path)},
                    "base": {"path": str(base.path), "ref": base.ref, "id": base.id}}
     save_model(merged, tokenizer, target, new_lineage)

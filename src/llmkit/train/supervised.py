@@ -19,7 +19,7 @@ from llmkit.data.dataset import open_dataset
 from llmkit.data.tokenizer import CHAT_TEMPLATE
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
-from llmkit.registry import Registry
+from llmkit.registry import Registry, given_or_default
 from llmkit.train.checkpoint import resume_run
 from llmkit.train.finetune import FinetuneJob, enable_checkpointing, fit
 from llmkit.train.lora import apply_lora, save_adapter
@@ -185,7 +185,7 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
         mean = total / max(count, 1)
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
 
-    name = cfg.name or f"{base.name.split('/')[-1]}-{ds_rec.name}-sft"
+    name = given_or_default(cfg.name, f"{base.name.split('/')[-1]}-{ds_rec.name}-sft")
     parents = [(ds_rec.id, "trained_on")] + ([(base.id, "base_model")] if base.id else [])
     job = FinetuneJob("sft", name, lm, lambda epoch: shuffled_batches(rows, cfg.batch_size, cfg.seed, epoch, lambda xs: collate(xs, pad_id)),
               loss_fn, evaluate, score="val_loss", parents=parents,

@@ -1,0 +1,80 @@
+"""Every registered version of a derived model has its own folder; `rm` of one never touches another's;
+a --name that would leave the workspace is refused before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmkit.config import ExportConfig, PruneConfig, QuantizeConfig
+from llmkit.models.io import resolve_model
+from llmkit.optimize.export import export
+from llmkit.optimize.prune import prune
+from llmkit.optimize.quantize import quantize
+from llmkit.registry import Registry
+from llmkit.workspace import Workspace
+from tests.conftest import run_cli
+
+DERIVE = {
+    "quantize": lambda ws, reg, name: quantize("tiny-lm", QuantizeConfig(method="int8-weight", group_size=32, table=False, name=name), ws, reg),
+    "prune": lambda ws, reg, name: prune("tiny-lm", PruneConfig(method="magnitude", sparsity=0.5, table=False, name=name), ws, reg),
+    "gguf": lambda ws, reg, name: export("tiny-lm", ExportConfig(quant="f16", table=False, name=name), ws, reg),
+    "onnx": lambda ws, reg, name: export("tiny-lm", ExportConfig(format="onnx", table=False, name=name), ws, reg),
+}
+
+
+@pytest.mark.parametrize("command", list(DERIVE))
+def test_a_rerun_is_a_new_version_in_its_own_folder_and_removing_v1_keeps_v2(lm_workspace: Path, tiny_model, command: str):
+    ws = Workspace.open(lm_workspace)
+    reg = Registry.for_workspace(ws.root)
+    name = f"again-{command}"
+    v1, _ = DERIVE[command](ws, reg, name)
+    v2, _ = DERIVE[command](ws, reg, name)
+    assert (v1.version, v2.version) == (1, 2)
+    assert v1.path != v2.path and v1.path.parent == v2.path.parent == ws.root / "models"
+    v2_files = {p.name: p.stat().st_size for p in v2.path.iterdir()}
+
+    proc = run_cli("rm", f"{name}:v1", "--yes", workspace=lm_workspace)
+    assert proc.returncode == 0, proc.stderr
+    assert not v1.path.exists()
+    assert {p.name: p.stat().st_size for p in v2.path.iterdir()} == v2_files
+    assert resolve_model(name, reg).path == v2.path  # v2 is still whole and addressable
+
+
+def test_rm_keeps_a_folder_that_another_version_still_points_at(lm_workspace: Path, tiny_model):
+    # Workspaces written before each version had its own folder hold versions sharing one.
+    reg = Registry.for_workspace(lm_workspace)
+    shared = lm_workspace / "models" / "legacy-shared"
+    shared.mkdir()
+    (shared / "weights.safetensors").write_bytes(b"x")
+    reg.add("model", "legacy", path=shared)
+    reg.add("model", "legacy", path=shared)
+    proc = run_cli("rm", "legacy:v1", "--yes", workspace=lm_workspace)
+    assert proc.returncode == 0, proc.stderr
+    assert (shared / "weights.safetensors").exists() and "legacy:v2 also use" in proc.stdout
+    assert [r.version for r in reg.list("model", "legacy")] == [2]
+    proc = run_cli("rm", "legacy:v2", "--yes", workspace=lm_workspace)  # the last one takes the folder
+    assert proc.returncode == 0 and not shared.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["quantize", "tiny-lm", "--method", "int8-weight", "--name", "../../../outside"],
+    ["export", "tiny-lm", "--quant", "f16", "--name", "../../outside"],
+    ["prune", "tiny-lm", "--method", "magnitude", "--name", "/tmp/outside"],
+], ids=["quantize", "export", "prune"])
+def test_a_name_that_would_leave_the_workspace_is_refused_before_anything_is_written(lm_workspace: Path, tiny_model, args):
+    above = [lm_workspace.parent, lm_workspace.parent.parent, Path("/tmp")]  # where each name would have written
+
+    def outside() -> set[Path]:  # other processes write in /tmp meanwhile: only our names count
+        return {p for folder in above for p in folder.iterdir() if "outside" in p.name}
+
+    before = outside()
+    models_before = set((lm_workspace / "models").iterdir())
+    proc = run_cli(*args, workspace=lm_workspace)
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: model name") and "use letters, digits" in line
+    assert outside() == before
+    assert set((lm_workspace / "models").iterdir()) == models_before
+    assert not any("outside" in r.name for r in Registry.for_workspace(lm_workspace).list())
