@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ import typer
 from rich.console import Console
 
 from llmkit.config import load_section, read_config_file
+from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 
@@ -66,3 +68,21 @@ class Ctx:
         else:
             console.print_json(data=result, default=str)
 
+
+def valid_text(text: str, where: str) -> str:
+    """`text` when it is valid Unicode; else a UserError naming `where` (a flag, an argument, a file line).
+
+    A shell's $'\\ud800' reaches Python as bytes that are not UTF-8 (kept as lone surrogates by the
+    surrogateescape decoding of argv and stdin), and a JSON file may hold an escaped lone surrogate:
+    either would fail later inside the tokenizer with a TypeError, so the CLI refuses it at the edge."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise UserError(f"{where} contains an unpaired surrogate or bytes that are not UTF-8 "
+                        f"(\\u{ord(text[err.start]):04x} at character {err.start}); pass valid UTF-8 text") from None
+    return text
+
+
+def read_stdin_text(where: str) -> str:
+    """All of stdin as text, checked like an argument (undecodable bytes become a UserError, not a crash)."""
+    return valid_text(sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape"), where)

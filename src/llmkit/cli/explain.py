@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import Ctx, console
+from llmkit.cli.common import Ctx, console, valid_text
 from llmkit.cli.options import configured
 from llmkit.errors import UserError
 
@@ -33,6 +33,10 @@ def explain(
         raise UserError("--next-token and --completion exclude each other: explain the next token or a completion")
     if next_token:
         cfg.completion = None  # wins over a completion from the config file
+    valid_text(text, "TEXT")
+    for key in ("target", "completion"):
+        if getattr(cfg, key):
+            valid_text(getattr(cfg, key), f"--{key}")
     exp = run_explain(model, text, cfg, ctx.registry)
     for warning in exp.warnings:
         ctx.log.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)

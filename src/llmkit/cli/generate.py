@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import Ctx, console
+from llmkit.cli.common import Ctx, console, read_stdin_text, valid_text
 from llmkit.cli.options import configured
 from llmkit.errors import UserError
 
@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _sampling(cfg) -> dict:
+    for n, stop in enumerate(cfg.stop or []):
+        valid_text(stop, f"--stop #{n + 1}")
     return dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                 repetition_penalty=cfg.repetition_penalty, stop=cfg.stop or None, seed=cfg.seed)
 
@@ -38,7 +40,8 @@ def generate(
     if prompt is None:
         if sys.stdin.isatty():
             raise UserError("no prompt: pass --prompt TEXT (or pipe text on stdin)")
-        prompt = sys.stdin.read()
+        prompt = read_stdin_text("the prompt on stdin")
+    valid_text(prompt, "--prompt")
     params = _sampling(cfg)
     lm, tok = load_causal_lm(resolve_model(model, ctx.registry))
     stream = not (no_stream or ctx.json)
@@ -70,6 +73,10 @@ def chat(
     from llmkit.models.io import load_causal_lm, resolve_model
 
     params = _sampling(cfg)
+    if system:
+        valid_text(system, "--system")
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # a line that is not UTF-8 is refused below, not a crash
     lm, tok = load_causal_lm(resolve_model(model, ctx.registry))
     templated = bool(getattr(tok, "chat_template", None))
     messages = [{"role": "system", "content": system}] if system else []
@@ -82,6 +89,7 @@ def chat(
             break
         if not line.strip():
             break
+        valid_text(line, f"line {sum(m['role'] == 'user' for m in messages) + 1} of the input")
         messages.append({"role": "user", "content": line})
         prompt, end_ids = chat_prompt(tok, messages)
         print("model> ", end="", flush=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from llmkit.cli.common import Ctx, console
+from llmkit.cli.common import Ctx, console, valid_text
 from llmkit.cli.options import configured
 from llmkit.errors import UserError
 
@@ -47,7 +47,8 @@ def predict(
     """Label texts with a trained classifier, with each label's probability."""
     from llmkit.predict import predict as run_predict
 
-    items = list(texts or []) + (_read_texts(file) if file else [])
+    given = [valid_text(t, f"TEXT argument {n}") for n, t in enumerate(texts or [], 1)]
+    items = given + [valid_text(t, f"{file}: text {n}") for n, t in enumerate(_read_texts(file) if file else [], 1)]
     if not items:
         raise UserError("nothing to classify: give TEXT arguments or --file FILE")
     results = run_predict(model, items, cfg, ctx.registry)

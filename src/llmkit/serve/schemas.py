@@ -9,11 +9,32 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_serializer
+from pydantic_core import PydanticCustomError
+
+
+def _valid_unicode(value):
+    # JSON may carry a lone UTF-16 surrogate ("\\ud800"), which no tokenizer or UTF-8 encoder accepts:
+    # refuse it here, naming the field, rather than fail deep inside the model code. Before the str
+    # validator, whose own refusal of it (with a length limit) says only "unable to parse".
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise PydanticCustomError(
+            "unpaired_surrogate", "contains an unpaired surrogate ({code}) at character {at}; send valid Unicode text "
+            "(a surrogate is only valid as half of an escaped pair such as \\ud83d\\ude00)",
+            {"code": f"\\u{ord(value[err.start]):04x}", "at": err.start}) from None
+    return value
+
+
+# Every string a client sends is Text: valid Unicode, checked before anything reads it.
+Text = Annotated[str, BeforeValidator(_valid_unicode)]
 
 # Limits as schema constraints (not only validators), so the OpenAPI schema says what is accepted.
-Stops = Annotated[list[str], Field(max_length=4)]
-Texts = Annotated[list[str], Field(min_length=1, max_length=256)]
+Stops = Annotated[list[Text], Field(max_length=4)]
+Texts = Annotated[list[Text], Field(min_length=1, max_length=256)]
 
 
 class Request(BaseModel):
@@ -21,11 +42,11 @@ class Request(BaseModel):
 
 
 class Sampling(Request):
-    model: str = Field(..., min_length=1, description="a model id from GET /v1/models")
+    model: Text = Field(..., min_length=1, description="a model id from GET /v1/models")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
     n: int = Field(1, ge=1, le=1, description="choices per prompt (only 1)")
-    stop: str | Stops | None = Field(None, description="up to 4 strings that end the generation")
+    stop: Text | Stops | None = Field(None, description="up to 4 strings that end the generation")
     seed: int | None = Field(None, ge=0, lt=2**63, description="makes sampling reproducible")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -45,7 +66,7 @@ class StreamOptions(Request):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)] = Field(
         ..., description="the text to continue (a list of one string is accepted)")
     max_tokens: int | None = Field(16, ge=1, description="tokens to generate; prompt + max_tokens must fit the context")
     echo: bool = False
@@ -58,12 +79,12 @@ class CompletionRequest(Sampling):
 
 class TextPart(Request):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class Message(Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = ""
+    content: Text | list[TextPart] | None = ""
 
     @property
     def text(self) -> str:
@@ -79,8 +100,8 @@ class ChatRequest(Sampling):
 
 
 class EmbeddingRequest(Request):
-    model: str = Field(..., min_length=1)
-    input: str | Texts = Field(..., description="a text or a list of up to 256 texts")
+    model: Text = Field(..., min_length=1)
+    input: Text | Texts = Field(..., description="a text or a list of up to 256 texts")
     encoding_format: Literal["float", "base64"] = "float"
 
     @field_validator("input")
@@ -90,8 +111,8 @@ class EmbeddingRequest(Request):
 
 
 class ClassifyRequest(Request):
-    model: str = Field(..., min_length=1)
-    input: str | Texts = Field(..., description="a text or a list of up to 256 texts")
+    model: Text = Field(..., min_length=1)
+    input: Text | Texts = Field(..., description="a text or a list of up to 256 texts")
 
     _texts = field_validator("input")(EmbeddingRequest._texts.__func__)
 
@@ -101,19 +122,19 @@ class FeedbackRequest(Request):
     model_config = ConfigDict(extra="ignore", json_schema_extra={
         "anyOf": [{"required": ["rating"]}, {"required": ["correction"]}, {"required": ["comment"]}]})
 
-    response_id: str = Field(..., min_length=1, max_length=64, description="the `id` of a completion or chat response")
+    response_id: Text = Field(..., min_length=1, max_length=64, description="the `id` of a completion or chat response")
     # Not nullable: an explicit null would satisfy "required" in the schema and still say nothing.
     rating: Literal[-1, 0, 1] = Field(None, description="1 = good, -1 = bad")
-    correction: str = Field(None, max_length=100_000, description="the answer it should have given")
-    comment: str = Field(None, max_length=10_000)
+    correction: Text = Field(None, max_length=100_000, description="the answer it should have given")
+    comment: Text = Field(None, max_length=10_000)
 
 
 class ExplainRequest(Request):
-    model: str = Field(..., min_length=1, description="a classifier or causal LM served with the torch backend")
-    input: str = Field(..., min_length=1, max_length=20_000, description="the text to explain")
+    model: Text = Field(..., min_length=1, description="a classifier or causal LM served with the torch backend")
+    input: Text = Field(..., min_length=1, max_length=20_000, description="the text to explain")
     method: Literal["ig", "occlusion", "shap", "attention"] = Field("ig", description="attribution method")
-    target: str | None = Field(None, max_length=200, description="a label (classifier) or one next token (LM); default: the predicted one")
-    completion: str | None = Field(None, max_length=20_000, description="LMs: explain the log-probability of this continuation")
+    target: Text | None = Field(None, max_length=200, description="a label (classifier) or one next token (LM); default: the predicted one")
+    completion: Text | None = Field(None, max_length=20_000, description="LMs: explain the log-probability of this continuation")
     steps: int = Field(50, ge=2, le=200, description="Integrated Gradients interpolation steps")
 
 
