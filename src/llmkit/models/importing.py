@@ -1,0 +1,58 @@
+"""`llmkit import SOURCE`: a pretrained model registered in the workspace, with where it came from.
+
+The files are read and checked by `models.pretrained` (refusals come before anything is written), then
+copied or dequantized into the workspace's own folder, so the registered model does not change when the
+source does. Importing the same weights under the same name again returns the version already there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmkit.models.io import Model
+from llmkit.models.pretrained import check_folder, describe, find_source, materialize, sha256_of, weight_files
+from llmkit.registry import Registry, check_name
+from llmkit.workspace import Workspace
+
+
+def default_name(path: Path) -> str:
+    stem = path.name if path.is_dir() else path.stem
+    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem.lower()).strip(".-") or "imported"
+    return name[:100]
+
+
+def import_model(source: str, name: str | None = None, ws: Workspace | None = None, registry: Registry | None = None,
+                 console=None) -> tuple[Model, bool]:
+    """(the registered model, True when the same weights were already registered under this name)."""
+    ws = ws or Workspace.open()
+    registry = registry or Registry.for_workspace(ws.root)
+    src = find_source(source)
+    name = name or default_name(src.path)
+    check_name(name, "model")
+    if src.path.is_dir():
+        check_folder(src.path)
+    if console is not None:
+        console.print(f"reading {src.path} ({src.kind})")
+    sha = sha256_of(weight_files(src))
+    latest = registry.find(name, "model")
+    if latest is not None and latest.content_hash == sha and latest.path:
+        path = Path(latest.path)
+        lineage = json.loads((path / "llmkit.json").read_text()) if (path / "llmkit.json").exists() else None
+        return Model(path, latest.name, latest.id, latest.version, lineage), True
+    target = ws.new_folder("models", name)
+    if console is not None and src.path.is_file():
+        console.print("dequantizing the GGUF into safetensors (about half a minute for a 135M model)")
+    config = materialize(src, target)
+    facts = describe(config, target)
+    lineage = {"format": "llmkit.model/1", "task": "causal-lm", "parent_model": None,
+               "imported": {"source": str(src.label), "path": str(src.path), "kind": src.kind, "sha256": sha},
+               "architecture": facts["architecture"], "parameters": facts["parameters"],
+               "context_length": facts["context_length"]}
+    (target / "llmkit.json").write_text(json.dumps(lineage, indent=2))
+    params = {"source": str(src.label), "kind": src.kind, "sha256": sha, "architecture": facts["architecture"],
+              "parameters": facts["parameters"], "context_length": facts["context_length"],
+              "chat_template": facts["chat_template"]}
+    rec = registry.add("model", name, kind="causal-lm", path=target, content_hash=sha, params=params)
+    return Model(target, name, rec.id, rec.version, lineage), False
+

