@@ -71,13 +71,13 @@ def check_folder(folder: Path) -> dict[str, Any]:
     if "auto_map" in config:
         raise UserError(f"{config_file}: 'auto_map' asks to run the model's own Python code, which llmkit never does; "
                         "import a model whose architecture transformers ships")
+    causal_lm_architecture(config, config_file)
     if not list(folder.glob("*.safetensors")):
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
             raise UserError(f"{folder}: weights only as pickle ({', '.join(pickles[:3])}), which llmkit never loads; "
                             "convert them to .safetensors (safetensors.torch.save_file) and import again")
     check_weights(folder, "import")
-    causal_lm_architecture(config, config_file)
     return config
 
 
