@@ -8,13 +8,13 @@ import json
 
 import pytest
 import torch
+from tests import tiny_lm
 
 from llmkit.errors import UserError
 from llmkit.models.importing import import_model
 from llmkit.models.pretrained import builtin_from_package
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
-from tests import tiny_lm
 
 
 @pytest.fixture()
