@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UserError
+from llmkit.models.files import check_adapter, check_json_file, check_weights
 from llmkit.workspace import atomic_dir
 
 
@@ -98,12 +99,12 @@ def adapter_base(model: Model) -> Model:
     return Model(path, path.name, lineage=_read_lineage(path))
 
 
-def check_safetensors(model: Model) -> None:
-    if model.path.is_dir():
-        has = any(model.path.glob("*.safetensors")) or (model.path / "model.safetensors.index.json").exists()
-        if not has:
-            raise UserError(f"{model.path} has no .safetensors weights; llmkit does not load pickle (.bin/.pt) weights "
-                            "from outside. Convert them with safetensors first.")
+def check_safetensors(model: Model, needs: str = "this command") -> None:
+    """Whole .safetensors weights and readable JSON files, or one line naming the file (see models.files)."""
+    if is_adapter(model.path):
+        check_adapter(model.path)
+    else:
+        check_weights(model.path, needs)
 
 
 def quiet_transformers() -> None:
@@ -120,10 +121,19 @@ def quiet_transformers() -> None:
 def load_tokenizer_for(model: Model):
     from transformers import AutoTokenizer
 
+    if model.path.is_dir():
+        for name in ("tokenizer_config.json", "tokenizer.json"):
+            if (model.path / name).exists():
+                check_json_file(model.path / name, name)
     try:
         return AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a tokenizer from {model.path}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # valid JSON of the wrong shape fails deep inside tokenizers/transformers (KeyError, ...)
+        raise UserError(f"cannot load a tokenizer from {model.path} (tokenizer.json / tokenizer_config.json): "
+                        f"{_first_line(err)}; a Hugging Face tokenizer folder is needed") from None
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
 
 
 def load_causal_lm(model: Model, dtype=None, merge: bool = True):
@@ -136,6 +146,7 @@ def load_causal_lm(model: Model, dtype=None, merge: bool = True):
 
     quiet_transformers()
     if is_adapter(model.path):
+        check_adapter(model.path)  # before the base loads: PEFT would hand a pickled adapter to torch.load
         base_lm, _ = load_causal_lm(adapter_base(model), dtype)
         from peft import PeftModel
 
@@ -143,7 +154,7 @@ def load_causal_lm(model: Model, dtype=None, merge: bool = True):
         lm = lm.merge_and_unload() if merge else lm
         lm.eval()
         return lm, load_tokenizer_for(model)
-    check_safetensors(model)
+    check_safetensors(model, "a causal language model")
     quantization = (model.lineage or _read_lineage(model.path) or {}).get("quantization")
     if quantization:
         from llmkit.models.quantized import load_quantized
@@ -152,8 +163,9 @@ def load_causal_lm(model: Model, dtype=None, merge: bool = True):
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(model.path), use_safetensors=True, trust_remote_code=False,
                                                   **({"dtype": dtype} if dtype is not None else {}))
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a causal language model from {model.path}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # a config.json of the wrong shape fails inside transformers (TypeError, KeyError, ...)
+        raise UserError(f"cannot load a causal language model from {model.path} (config.json and weights): "
+                        f"{_first_line(err)}") from None
     lm.eval()
     return lm, load_tokenizer_for(model)
 
@@ -172,6 +184,7 @@ def load_classifier(model: Model, labels: list[str] | None = None, merge: bool =
         saved = lineage.get("labels")
         if not saved:
             raise UserError(f"{model.path}: adapter is not a classifier (no labels in llmkit.json)")
+        check_adapter(model.path)
         base, tok, _ = load_classifier(adapter_base(model), saved)
         from peft import PeftModel
 
@@ -179,12 +192,12 @@ def load_classifier(model: Model, labels: list[str] | None = None, merge: bool =
         clf = clf.merge_and_unload() if merge else clf
         clf.eval()
         return clf, tok, saved
-    check_safetensors(model)
+    check_safetensors(model, "a classifier")
     tok = load_tokenizer_for(model)
     try:
         config = AutoConfig.from_pretrained(str(model.path), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read the model config in {model.path}: {str(err).splitlines()[0]}") from None
+    except Exception as err:
+        raise UserError(f"cannot read the model config in {model.path}/config.json: {_first_line(err)}") from None
     trained = [config.id2label[i] for i in range(len(config.id2label))] if _has_real_labels(config) else None
     if labels is None:
         if trained is None:
@@ -200,8 +213,8 @@ def load_classifier(model: Model, labels: list[str] | None = None, merge: bool =
     try:
         clf = AutoModelForSequenceClassification.from_pretrained(str(model.path), use_safetensors=True,
                                                                  trust_remote_code=False, **kwargs)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load {model.path} for sequence classification: {str(err).splitlines()[0]}") from None
+    except Exception as err:
+        raise UserError(f"cannot load {model.path} for sequence classification: {_first_line(err)}") from None
     if clf.config.pad_token_id is None:
         clf.config.pad_token_id = tok.pad_token_id
     clf.eval()

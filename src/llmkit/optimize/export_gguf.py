@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from llmkit.errors import UserError
+from llmkit.models.files import check_weights
 from llmkit.models.io import Model, is_adapter
 from llmkit.workspace import atomic_dir
 
@@ -32,6 +33,7 @@ QUANTS = ["f32", "f16", "q8_0", "q4_0"]
 def check_exportable(model: Model) -> dict[str, Any]:
     if is_adapter(model.path):
         raise UserError(f"{model.ref} is a LoRA adapter; merge it first (llmkit merge {model.name}) and export the merged model")
+    check_weights(model.path, "GGUF export")  # a pickle-only or GGUF folder, a cut file: named, not a KeyError
     config = json.loads((model.path / "config.json").read_text())
     archs = config.get("architectures") or []
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):

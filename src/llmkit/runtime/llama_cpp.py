@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from llmkit.errors import UserError
+from llmkit.models.files import check_gguf_file
 from llmkit.models.io import Model
 
 
@@ -21,6 +22,7 @@ def gguf_file(model: Model) -> Path:
     if not name or not (model.path / name).exists():
         raise UserError(f"{model.ref} is not a GGUF export (no .gguf named in its llmkit.json); make one with: "
                         f"llmkit export {model.name} --format gguf")
+    check_gguf_file(model.path / name)  # a cut file: named here, not llama.cpp's "failed to load model"
     return model.path / name
 
 
