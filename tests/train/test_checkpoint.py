@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from llmkit.config import PretrainConfig
 from llmkit.errors import UserError
@@ -38,3 +40,42 @@ def test_start_run_refuses_a_bad_name_before_making_a_folder(tmp_path: Path):
         start_run(ws, registry, "../x", "pretrain", PretrainConfig(data="d"), [])
     assert list((ws.root / "runs").iterdir()) == [] and list(tmp_path.iterdir()) == [ws.root]
     assert registry.list() == []
+
+
+class NeverUnpickled:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/llmkit-test-state-was-unpickled"),))
+
+
+def test_the_training_state_round_trips_without_pickle(tmp_path: Path):
+    from llmkit.train.checkpoint import load_state, save_state
+
+    net = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    net(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    state = {"step": 7, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "best": float("inf"),
+             "evals": 2, "job": {"sampler": torch.Generator().manual_seed(3).get_state()}, "note": None}
+    save_state(tmp_path, state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.safetensors"]
+    back = load_state(tmp_path)
+    assert back["step"] == 7 and back["best"] == float("inf") and back["note"] is None
+    assert torch.equal(back["torch_rng"], state["torch_rng"]) and torch.equal(back["job"]["sampler"], state["job"]["sampler"])
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+    again = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    again.load_state_dict(back["optimizer"])  # int-keyed per-parameter state comes back as the optimizer wants it
+    for key, value in opt.state_dict()["state"][0].items():
+        assert torch.equal(again.state_dict()["state"][0][key], value)
+
+
+def test_a_pickled_state_pt_is_refused_unread(tmp_path: Path):
+    from llmkit.train.checkpoint import list_checkpoints, load_state
+
+    step = tmp_path / "checkpoints" / "step-000010"
+    step.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(step / "model.safetensors"))
+    torch.save({"step": NeverUnpickled()}, step / "state.pt")
+    assert list_checkpoints(tmp_path) == [step]  # found, so a resume says why it cannot use it
+    with pytest.raises(UserError, match=r"state.pt: a pickle, which llmkit never unpickles"):
+        load_state(step)
+    assert not Path("/tmp/llmkit-test-state-was-unpickled").exists()

@@ -4,8 +4,10 @@ checkpoint writer and reader, and `TrainingInterrupted`.
 A run is a folder with `config.yaml` (the resolved config under its section's name: the run is defined
 by it), `run.json`, `metrics.jsonl`, `checkpoints/` and `best/`.
 
-A checkpoint is a folder `checkpoints/step-000060/` with `model.safetensors` and `state.pt`
-(optimizer moments, generator states; loaded with weights_only=True, so no pickle code runs).
+A checkpoint is a folder `checkpoints/step-000060/` with `model.safetensors` and the training state
+(optimizer moments, generator states, counters) as `state.safetensors` (its tensors) + `state.json` (the
+rest, pointing at them): nothing in a checkpoint is ever unpickled. A `state.pt` (pickle, older llmkit) is
+refused with a message.
 It is written under a temporary name and renamed, so a kill mid-write leaves the previous
 checkpoint as the latest usable one. Only the last K are kept.
 """
@@ -92,7 +94,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
     folder = run_dir / "checkpoints" / f"{STEP_PREFIX}{step:06d}"
     with atomic_dir(folder) as tmp:
         save_file(model_state(model) if weights is None else weights, str(tmp / "model.safetensors"))
-        torch.save(state, tmp / "state.pt")
+        save_state(tmp, state)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
@@ -104,7 +106,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         return []
     remove_stale_tmp(root)  # a checkpoint write that was killed: never half-used, now gone
     found = [p for p in root.iterdir() if p.name.startswith(STEP_PREFIX) and not p.name.startswith(TMP_PREFIX)
-             and (p / "state.pt").exists() and (p / "model.safetensors").exists()]
+             and ((p / STATE_JSON).exists() or (p / LEGACY_STATE).exists()) and (p / "model.safetensors").exists()]
     return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
 
 
@@ -117,7 +119,58 @@ def latest_step(run_dir: Path | None) -> int:
 def load_checkpoint(folder: Path, model: torch.nn.Module) -> dict[str, Any]:
     weights = load_file(str(folder / "model.safetensors"))
     model.load_state_dict(weights, strict=True)
-    return torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
+    return load_state(folder)
+
+
+STATE_JSON, STATE_TENSORS, LEGACY_STATE = "state.json", "state.safetensors", "state.pt"
+
+
+def save_state(folder: Path, state: dict[str, Any]) -> None:
+    """`state` (dicts, lists, tuples, numbers, strings, tensors) as state.json + state.safetensors."""
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _pack(state, tensors)
+    save_file(tensors, str(folder / STATE_TENSORS))
+    (folder / STATE_JSON).write_text(json.dumps(tree))
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    """The training state save_state wrote; a pickled state.pt (older llmkit, or planted) is refused unread."""
+    folder = Path(folder)
+    if not (folder / STATE_JSON).exists():
+        raise UserError(f"{folder / LEGACY_STATE}: a pickle, which llmkit never unpickles (checkpoints keep their state "
+                        f"in {STATE_JSON} + {STATE_TENSORS}); start the run again, or resume from a newer checkpoint")
+    from llmkit.models.files import check_json_file, check_safetensors_file
+
+    check_safetensors_file(folder / STATE_TENSORS)
+    return _unpack(check_json_file(folder / STATE_JSON, "checkpoint state"), load_file(str(folder / STATE_TENSORS)))
+
+
+def _pack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"tensor": key}
+    if isinstance(obj, dict):  # as pairs: the optimizer's state is keyed by parameter index (int)
+        return {"dict": [[_pack(k, tensors), _pack(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"tuple": [_pack(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_pack(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"checkpoint state holds a {type(obj).__name__}; only tensors, numbers, strings and containers are saved")
+
+
+def _unpack(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(tree, list):
+        return [_unpack(v, tensors) for v in tree]
+    if isinstance(tree, dict):
+        if "tensor" in tree:
+            return tensors[tree["tensor"]]
+        if "tuple" in tree:
+            return tuple(_unpack(v, tensors) for v in tree["tuple"])
+        return {_unpack(k, tensors): _unpack(v, tensors) for k, v in tree["dict"]}
+    return tree
 
 
 def save_weights(folder: Path, model: torch.nn.Module) -> None:

@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from llmkit.errors import UserError
-from llmkit.train.checkpoint import TrainingInterrupted, list_checkpoints, model_state, save_checkpoint
+from llmkit.train.checkpoint import (
+    TrainingInterrupted,
+    list_checkpoints,
+    load_state,
+    model_state,
+    save_checkpoint,
+)
 from llmkit.train.distributed import Dist
 from llmkit.train.optim import autocast, lr_at
 from llmkit.workspace import atomic_dir
@@ -268,7 +274,7 @@ def _restore(job: Job, run_dir: Path) -> tuple[int, float | None, int, int]:
         return 0, None, 0, 0
     last = checkpoints[-1]
     load_trained_weights(job.model, load_file(str(last / "model.safetensors")), job.trainable_only)
-    state = torch.load(last / "state.pt", weights_only=True, map_location="cpu")
+    state = load_state(last)
     job.optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and "cuda_rng" in state:
