@@ -37,7 +37,11 @@ def test_serve_runs_until_interrupted(lm_workspace, tiny_model):
 def test_serve_bad_input(lm_workspace, tiny_model):
     for args, expected in [(["serve", "no-such-model"], "no model 'no-such-model'"),
                            (["serve", "tiny-lm", "--backend", "tpu"], "serve.backend"),
-                           (["serve", "tiny-lm", "--api-keys-file", "/nonexistent/keys"], "no such file")]:
+                           (["serve", "tiny-lm", "--api-keys-file", "/nonexistent/keys"], "no such file"),
+                           # One key rule for every source: the flag's key as short as a file's is refused.
+                           (["serve", "tiny-lm", "--api-key", "a", "--host", "0.0.0.0"],
+                            "--api-key: an API key is one word of at least 8 characters"),
+                           (["serve", "tiny-lm", "--allowed-host", "llm.example:8000"], "--allowed-host 'llm.example:8000'")]:
         proc = run_cli(*args, workspace=lm_workspace, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert expected in proc.stderr and "Traceback" not in proc.stderr

@@ -156,3 +156,44 @@ def test_compressed_model_detail_has_its_before_after_table(client, tiny_model, 
     assert got["after"]["size_mb"] < got["before"]["size_mb"]
     source = client.get(f"/api/models/{tiny_model.id}").json()
     assert any(t["relation"] == "quantized_from" and t["rows"][1]["model"] == q.ref for t in source["compression"])
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_answers_carry_no_absolute_paths(client, lm_workspace, registry, tiny_model, evaluated, tmp_path):
+    outside = tmp_path / "corpus.txt"
+    inside = Path(lm_workspace) / "datasets" / "paths-probe"
+    inside.mkdir(parents=True, exist_ok=True)
+    probe = registry.add("dataset", "paths-probe", kind="lm", path=inside,
+                         params={"inputs": [str(outside)], "nested": {"cache": str(inside / "cache")}})
+    try:
+        run = dict((rel, r) for rel, r in registry.parents(tiny_model.id))["produced_by"]
+        overview = client.get("/api/overview").json()
+        answers = [overview, client.get(f"/api/models/{tiny_model.id}").json(), client.get(f"/api/runs/{run.id}/metrics").json()]
+        for answer in answers:
+            absolute = [s for s in _strings(answer) if s.startswith("/") or str(lm_workspace) in s or str(tmp_path) in s]
+            assert not absolute, absolute
+        shown = next(d for d in overview["datasets"] if d["id"] == probe.id)
+        # Inside the workspace: relative to it; outside: only the last part.
+        assert shown["path"] == "datasets/paths-probe"
+        assert shown["params"] == {"inputs": ["…/corpus.txt"], "nested": {"cache": "datasets/paths-probe/cache"}}
+        model = next(m for m in overview["models"] if m["id"] == tiny_model.id)
+        assert model["path"] == Path(tiny_model.path).resolve().relative_to(Path(lm_workspace).resolve()).as_posix()
+    finally:
+        registry.remove(probe.id)
+
+
+def test_eval_report_is_sandboxed_by_its_response_header(client, evaluated):
+    # Opened from the dashboard, the report must not run in the UI's origin (where the API key is stored).
+    response = client.get(f"/api/evals/{evaluated.id}/report")
+    assert response.headers["content-security-policy"] == "sandbox"
+    assert response.headers["x-content-type-options"] == "nosniff"

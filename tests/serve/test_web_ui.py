@@ -270,3 +270,45 @@ def test_views_fit_a_375px_phone(browser, server, view):
         page.check_clean()
     finally:
         context.close()
+
+
+# A report whose script reports what it can read of the UI's storage (llmkit reports have no scripts;
+# this one stands for any HTML a report might carry).
+KEY_PROBE = ("<!doctype html><html><body><p id='probe'>report</p><script>"
+             "document.getElementById('probe').dataset.key = String(localStorage.getItem('llmkit.apiKey'));"
+             "</script></body></html>")
+READ_KEY = "() => { try { return 'read:' + localStorage.getItem('llmkit.apiKey'); } catch (e) { return 'blocked:' + e.name; } }"
+
+
+def test_a_report_opened_from_the_dashboard_cannot_read_the_stored_key(browser, server):
+    folder = Path(server.workspace) / "evals" / "key-probe"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.html").write_text(KEY_PROBE)
+    record = server.registry.add("eval", "key-probe", kind="causal-lm", path=folder)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server.base_url + "/")
+        page.evaluate("localStorage.setItem('llmkit.apiKey', 'ui-stored-key-42')")
+        page.goto(server.base_url + "/#dashboard")
+        link = page.get_by_test_id("evals-table").locator(f"tr[data-id='{record.id}']").get_by_test_id("eval-report-link")
+        # With a key set, the UI fetches the report with it and opens it in a sandboxed frame.
+        with context.expect_page() as opened:
+            link.click()
+        tab = opened.value
+        holder = tab.get_by_test_id("report-frame")
+        holder.wait_for(state="attached")
+        frame = holder.element_handle().content_frame()
+        frame.locator("#probe").wait_for(state="attached")
+        assert frame.locator("#probe").get_attribute("data-key") is None  # its script never ran
+        assert frame.evaluate(READ_KEY).startswith("blocked:")  # and its origin is not the UI's
+        # Opened directly (what the link does without a key), the server's CSP sandboxes it the same way.
+        direct = context.new_page()
+        direct.goto(server.base_url + f"/api/evals/{record.id}/report")
+        assert direct.locator("#probe").get_attribute("data-key") is None
+        assert direct.evaluate(READ_KEY).startswith("blocked:")
+        assert page.evaluate(READ_KEY) == "read:ui-stored-key-42"  # the UI itself still has its key
+    finally:
+        context.close()
+        server.registry.remove(record.id)

@@ -73,6 +73,11 @@ def _check_exposure(cfg: ServeConfig, app, console) -> None:
     if not loopback and app.state.llmkit.auth.open and console:
         console.print(f"[yellow]warning:[/yellow] serving on {cfg.host} without an API key: anyone who can reach this "
                       "address can use the models; pass --api-key or --api-keys-file")
+    from llmkit.serve.hosts import is_wildcard
+
+    if is_wildcard(cfg.host) and not cfg.allowed_hosts and console:
+        console.print(f"[yellow]warning:[/yellow] bound to {cfg.host} without --allowed-host: any Host name is answered, "
+                      "so DNS rebinding is not blocked; name the hosts clients use with --allowed-host NAME")
 
 
 def _uvicorn(cfg: ServeConfig, app):

@@ -15,6 +15,7 @@ import llmkit.serve.schemas as s
 from llmkit.config import ServeConfig
 from llmkit.serve.auth import Auth, BodyLimit, authorize, read_keys
 from llmkit.serve.errors import install_handlers
+from llmkit.serve.hosts import HostCheck, allowed_hosts
 from llmkit.serve.routes import llmkit_api, openai_api, ops
 from llmkit.serve.served import ServedModel
 from llmkit.serve.state import ServerState
@@ -67,4 +68,6 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
         async def root():
             return RedirectResponse("/ui/")
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_kb * 1024)
+    # Outermost: a request for a name the server does not answer is refused before anything else runs.
+    app.add_middleware(HostCheck, allowed=allowed_hosts(cfg.host, cfg.allowed_hosts))
     return app

@@ -1,4 +1,5 @@
-"""API keys, per-key rate limits and the request body limit."""
+"""API keys (one length rule for every source), per-key rate limits, failed-auth throttling per client
+address and the request body limit."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from fastapi import Request
@@ -14,30 +16,49 @@ from fastapi import Request
 from llmkit.errors import UserError
 from llmkit.serve.errors import ApiError, error_body
 
+MIN_KEY_LENGTH = 8
+
+
+def _checked_key(key: str, where: str) -> str:
+    """The one rule for every key, wherever it comes from: one word of at least MIN_KEY_LENGTH characters."""
+    if len(key) < MIN_KEY_LENGTH or any(c.isspace() for c in key):
+        raise UserError(f"{where}: an API key is one word of at least {MIN_KEY_LENGTH} characters "
+                        f"(this one has {len(key)}); use a longer random key, e.g. from `openssl rand -hex 16`")
+    return key
+
 
 def read_keys(keys: list[str], keys_file: str | None) -> list[str]:
     """Keys from the flags, the file (one per line, # comments) and $LLMKIT_API_KEY (for containers)."""
-    out = [k.strip() for k in keys if k.strip()]
+    out = [_checked_key(k.strip(), "--api-key") for k in keys if k.strip()]
     if keys_file:
         path = Path(keys_file).expanduser()
         if not path.is_file():
             raise UserError(f"--api-keys-file {keys_file}: no such file")
         for n, line in enumerate(path.read_text().splitlines(), 1):
             line = line.split("#", 1)[0].strip()
-            if line and (len(line) < 8 or any(c.isspace() for c in line)):
-                raise UserError(f"{keys_file}:{n}: an API key is one word of at least 8 characters")
             if line:
-                out.append(line)
-    if os.environ.get("LLMKIT_API_KEY"):
-        out.append(os.environ["LLMKIT_API_KEY"].strip())
+                out.append(_checked_key(line, f"{keys_file}:{n}"))
+    if os.environ.get("LLMKIT_API_KEY", "").strip():
+        out.append(_checked_key(os.environ["LLMKIT_API_KEY"].strip(), "$LLMKIT_API_KEY"))
     return out
 
 
+# Failed-auth throttling: this many wrong keys from one client address within the window, and that
+# address gets 429 (its keys are not even compared) until the oldest failure leaves the window. Ten a
+# minute is plenty for a person who mistyped and makes guessing a key hopeless.
+FAILED_AUTH_LIMIT = 10
+FAILED_AUTH_WINDOW = 60.0
+_TRACKED_ADDRESSES = 65_536  # memory bound for the failure records (oldest addresses dropped first)
+
+
 class Auth:
-    def __init__(self, keys: list[str], rate_per_minute: int = 0):
+    def __init__(self, keys: list[str], rate_per_minute: int = 0, failure_limit: int = FAILED_AUTH_LIMIT,
+                 failure_window: float = FAILED_AUTH_WINDOW):
         self.keys = [k.encode() for k in keys]
         self.rate = rate_per_minute
         self.buckets: dict[str, tuple[float, float]] = {}  # who -> (tokens, last refill)
+        self.failure_limit, self.failure_window = failure_limit, failure_window
+        self.failures: dict[str, deque[float]] = {}  # client address -> times of its recent wrong keys
         self.lock = threading.Lock()
 
     @property
@@ -52,14 +73,39 @@ class Auth:
             if scheme.lower() != "bearer" or not token:
                 raise ApiError(401, "missing API key; send 'Authorization: Bearer YOUR_KEY'", code="invalid_api_key",
                                headers={"WWW-Authenticate": "Bearer"})
+            self._throttle(client)
             given = token.strip().encode()
             # Compare with every key, whatever matches, so timing says nothing about which or how much.
             matches = [hmac.compare_digest(given, k) for k in self.keys]
             if not any(matches):
+                self._failed(client)
                 raise ApiError(401, "invalid API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             who = f"key:{matches.index(True)}"
         self._limit(who)
         return who
+
+    def _throttle(self, client: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            recent = self.failures.get(client)
+            while recent and recent[0] <= now - self.failure_window:
+                recent.popleft()
+            if recent is None or len(recent) < self.failure_limit:
+                return
+            wait = max(1, math.ceil(recent[0] + self.failure_window - now))
+        raise ApiError(429, f"too many wrong API keys from this address ({self.failure_limit} in "
+                       f"{self.failure_window:g} s); retry in {wait} s with the right key", code="auth_throttled",
+                       headers={"Retry-After": str(wait)})
+
+    def _failed(self, client: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.failures.setdefault(client, deque()).append(now)
+            if len(self.failures) > _TRACKED_ADDRESSES:
+                for address in [a for a, times in self.failures.items() if times[-1] <= now - self.failure_window]:
+                    del self.failures[address]
+                while len(self.failures) > _TRACKED_ADDRESSES:
+                    del self.failures[next(iter(self.failures))]
 
     def _limit(self, who: str) -> None:
         if not self.rate:
@@ -83,12 +129,17 @@ async def authorize(request: Request) -> str:
     try:
         return state.auth.check(request.headers.get("authorization"), request.client.host if request.client else "?")
     except ApiError as err:
-        state.metrics.rejected.labels("auth" if err.status == 401 else "rate_limit").inc()
+        state.metrics.rejected.labels("auth" if err.status == 401 or err.code == "auth_throttled" else "rate_limit").inc()
         raise
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for bodies over the limit, by Content-Length or by counting a chunked body."""
+    """ASGI middleware: 413 for bodies over the limit.
+
+    A declared Content-Length is checked before anything is read (the HTTP server holds the client to
+    it). A chunked body, which declares no length, is read here up to the limit and handed to the app
+    whole: failing inside the app's own read would come back as FastAPI's 400 "error parsing the body".
+    Whatever a refused client still sends is discarded by the server, so it gets to read the 413."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -97,30 +148,29 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._reject(send)
-        seen = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal seen
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                return await self._reject(send)
+            return await self.app(scope, receive, send)
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":  # the client left before the body ended: the app sees that
+                pending = [message]
+                break
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.max_bytes:
+                return await self._reject(send)
+            if not message.get("more_body", False):
+                pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+                break
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay():
+            # The buffered body once, then the server's own messages (a disconnect, for cancellation).
+            return pending.pop() if pending else await receive()
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
+        await self.app(scope, replay, send)
 
     async def _reject(self, send):
         import json
@@ -131,6 +181,3 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-
-class _TooLarge(Exception):
-    pass

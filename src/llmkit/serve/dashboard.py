@@ -2,12 +2,16 @@
 evaluations and compression table, and an evaluation's HTML report.
 
 The registry is `app.state.registry` and the workspace `app.state.workspace` (a Workspace or its root
-folder). Handlers are plain `def`s: registry reads block, so FastAPI runs them in its thread pool.
+folder). No answer carries an absolute path of the server's disk: paths inside the workspace are given
+relative to it, others by their last part ("…/name"). Reports are served sandboxed (their own origin,
+no scripts), so one cannot read what the UI keeps in its origin's storage (the API key). Handlers are plain `def`s: registry reads block, so FastAPI runs them in its thread pool.
 """
 
 from __future__ import annotations
 
 import json
+import ntpath
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ router = APIRouter(prefix="/api", tags=["dashboard"])
 # The relation a compressed or exported model has to its source (see llmkit.optimize).
 COMPRESSION_RELATIONS = ("quantized_from", "pruned_from", "exported_from")
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".onnx", ".bin")
+REPORT_HEADERS = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
 
 
 class RecordOut(BaseModel):
@@ -94,7 +99,7 @@ class ModelDetail(BaseModel):
 def overview(request: Request) -> Overview:
     registry = _registry(request)
     records = list(reversed(registry.list()))  # newest first
-    grouped = {kind: [_out(r) for r in records if r.type == kind] for kind in ("dataset", "run", "model", "eval")}
+    grouped = {kind: [_out(request, r) for r in records if r.type == kind] for kind in ("dataset", "run", "model", "eval")}
     return Overview(datasets=grouped["dataset"], runs=grouped["run"], models=grouped["model"], evals=grouped["eval"])
 
 
@@ -117,7 +122,7 @@ def run_metrics(ref: str, request: Request) -> RunMetrics:
                 train[row["step"]] = float(row["loss"])
             if _number(row.get("val_loss")):
                 val[row["step"]] = float(row["val_loss"])
-    return RunMetrics(run=_out(run), train=[Point(step=s, value=train[s]) for s in sorted(train)],
+    return RunMetrics(run=_out(request, run), train=[Point(step=s, value=train[s]) for s in sorted(train)],
                       val=[Point(step=s, value=val[s]) for s in sorted(val)])
 
 
@@ -132,11 +137,11 @@ def model_detail(ref: str, request: Request) -> ModelDetail:
     tables = [_compression(registry, parent, model, rel) for rel, parent in parents if rel in COMPRESSION_RELATIONS]
     tables += [_compression(registry, model, child, rel) for rel, child in children if rel in COMPRESSION_RELATIONS]
     return ModelDetail(
-        record=_out(model),
-        parents=[Link(relation=rel, record=_out(r)) for rel, r in parents],
-        children=[Link(relation=rel, record=_out(r)) for rel, r in children if rel not in ("evaluates", "audits")],
-        evals=[_out(r) for r in evals],
-        audits=[_out(r) for r in audits],
+        record=_out(request, model),
+        parents=[Link(relation=rel, record=_out(request, r)) for rel, r in parents],
+        children=[Link(relation=rel, record=_out(request, r)) for rel, r in children if rel not in ("evaluates", "audits")],
+        evals=[_out(request, r) for r in evals],
+        audits=[_out(request, r) for r in audits],
         compression=[t for t in tables if t is not None],
     )
 
@@ -148,7 +153,9 @@ def eval_report(ref: str, request: Request) -> FileResponse:
     if report is None or not report.is_file():
         raise ApiError(404, f"evaluation {record.ref} has no report.html inside the workspace", type="not_found_error",
                        param="ref", code="not_found")
-    return FileResponse(report, media_type="text/html")
+    # sandbox (no allow-same-origin, no allow-scripts): the page gets an opaque origin of its own, so
+    # nothing in it can read the UI's localStorage, where the API key is kept.
+    return FileResponse(report, media_type="text/html", headers=REPORT_HEADERS)
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -166,17 +173,38 @@ def _find(request: Request, ref: str, type: str) -> Record:
     return record
 
 
+def _root(request: Request) -> Path:
+    workspace = request.app.state.workspace
+    return Path(getattr(workspace, "root", workspace))
+
+
 def _inside_workspace(request: Request, path: Path) -> Path | None:
     """`path` resolved, or None when it (or a symlink on the way) leads outside the workspace."""
-    workspace = request.app.state.workspace
-    root = Path(getattr(workspace, "root", workspace)).resolve()
+    root = _root(request).resolve()
     resolved = path.resolve()
     return resolved if resolved.is_relative_to(root) else None
 
 
-def _out(record: Record) -> RecordOut:
+def _out(request: Request, record: Record) -> RecordOut:
     size = _weights_size(Path(record.path)) if record.type == "model" and record.path else None
-    return RecordOut(**record.to_json(), size_bytes=size)
+    roots = {_root(request).absolute(), _root(request).resolve()}
+    return RecordOut(**_shown(record.to_json(), roots), size_bytes=size)
+
+
+def _shown(value: Any, roots: set[Path]) -> Any:
+    """`value` (a record's fields, params and metrics, nested) with every absolute path made relative to
+    the workspace, or cut to "…/name" when outside it: the dashboard has no business with the disk's layout."""
+    if isinstance(value, dict):
+        return {k: _shown(v, roots) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shown(v, roots) for v in value]
+    if not isinstance(value, str) or not (posixpath.isabs(value) or ntpath.isabs(value)) or "\n" in value:
+        return value
+    path = Path(value)
+    for root in roots:
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix() or "."
+    return "…/" + (ntpath.basename(value.rstrip("/\\")) or "")
 
 
 def _weights_size(folder: Path) -> int | None:

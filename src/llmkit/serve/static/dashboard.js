@@ -51,10 +51,20 @@ function auditVerdict(metrics) {
   return flagged ? `${flagged} ${what}${flagged === 1 ? "" : "s"} flagged` : "nothing flagged";
 }
 
+// A report is someone's HTML: it must not run in the UI's origin, where the API key is stored. Opened
+// directly, the server sends it with `Content-Security-Policy: sandbox`; fetched with the key, it is
+// shown in a sandboxed iframe (an opaque origin of its own, no scripts) inside a page of its own.
+function sandboxedPage(html) {
+  const attr = html.replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  return "<!doctype html><meta charset=\"utf-8\"><title>llmkit report</title>"
+    + "<style>html,body{margin:0;height:100%}iframe{display:block;border:0;width:100%;height:100%}</style>"
+    + `<iframe sandbox="" data-testid="report-frame" srcdoc="${attr}"></iframe>`;
+}
+
 function reportLink(evalRecord) {
   const href = `/api/evals/${enc(evalRecord.id)}/report`;
   return h("a", { href, target: "_blank", rel: "noopener", "data-testid": "eval-report-link", onclick: (event) => {
-    // A new tab cannot send the Bearer key: with a key set, fetch the report and open it as a blob.
+    // A new tab cannot send the Bearer key: with a key set, fetch the report and open it sandboxed.
     const headers = authHeaders();
     if (!headers.Authorization) return;
     event.preventDefault();
@@ -62,7 +72,8 @@ function reportLink(evalRecord) {
     fetch(href, { headers })
       .then(async (response) => {
         if (!response.ok) throw new Error(await errorMessage(response));
-        const url = URL.createObjectURL(await response.blob());
+        const page = new Blob([sandboxedPage(await response.text())], { type: "text/html" });
+        const url = URL.createObjectURL(page);
         if (tab) tab.location = url; else location.assign(url);
       })
       .catch((err) => { if (tab) tab.close(); alert(`Could not open the report: ${err.message}`); });

@@ -1,0 +1,91 @@
+"""The edge of the server (serve.auth): the body limit on chunked bodies, one rule for key length,
+failed-auth throttling per client address; on real servers, with `requests` and raw HTTP connections."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from typing import NamedTuple
+
+import pytest
+import requests
+
+from llmkit.errors import UserError
+from llmkit.serve.auth import FAILED_AUTH_LIMIT, read_keys
+from tests.serve.conftest import start_server
+
+KEY = "right-key-0001"
+
+
+def _error(status: int, body: bytes | str, code: str) -> dict:
+    err = json.loads(body)["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == code, (status, err)
+    return err
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_a_parse_error(server):
+    def ten_megabytes():
+        yield b'{"model": "tiny-lm", "prompt": "'
+        for _ in range(160):
+            yield b"x" * 65536
+        yield b'"}'
+
+    # A generator body: requests sends it chunked, with no Content-Length to refuse it by.
+    r = requests.post(server.base_url + "/v1/completions", data=ten_megabytes(), timeout=60,
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert "larger than 1024 KiB" in _error(413, r.content, "request_too_large")["message"]
+    # A chunked body within the limit reaches the route whole.
+    small = iter([b'{"model": "tiny-lm", ', b'"prompt": "ROMEO:", "max_tokens": 3}'])
+    ok = requests.post(server.base_url + "/v1/completions", data=small, timeout=60,
+                       headers={"Content-Type": "application/json"})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize("keys, env, where", [(["a"], None, "--api-key"), (["seven77"], None, "--api-key"),
+                                              (["two words"], None, "--api-key"), ([], "short", "$LLMKIT_API_KEY")])
+def test_every_key_source_has_the_file_keys_minimum_length(monkeypatch, keys, env, where):
+    if env:
+        monkeypatch.setenv("LLMKIT_API_KEY", env)
+    else:
+        monkeypatch.delenv("LLMKIT_API_KEY", raising=False)
+    with pytest.raises(UserError, match=f"^{where.replace('$', '[$]')}: an API key is one word of at least 8 characters"):
+        read_keys(keys, None)
+
+
+class Answer(NamedTuple):
+    status: int
+    retry_after: str | None
+    body: bytes
+
+
+def _get(url: str, key: str, source: str) -> Answer:
+    """GET /v1/models from a chosen local address (127.0.0.2 is loopback too, but another client)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30, source_address=(source, 0))
+    try:
+        conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {key}"})
+        response = conn.getresponse()
+        return Answer(response.status, response.getheader("Retry-After"), response.read())
+    finally:
+        conn.close()
+
+
+def test_wrong_keys_are_throttled_per_client_address(lm_workspace, tiny_model):
+    running, _ = start_server(lm_workspace, ["tiny-lm"], api_keys=[KEY], ui=False)
+    try:
+        url = running.url
+        guesses = [_get(url, f"guess-{i:08d}", "127.0.0.1").status for i in range(FAILED_AUTH_LIMIT)]
+        assert guesses == [401] * FAILED_AUTH_LIMIT
+        throttled = _get(url, "guess-again-1", "127.0.0.1")
+        assert throttled.status == 429
+        assert "too many wrong API keys" in _error(429, throttled.body, "auth_throttled")["message"]
+        assert 1 <= int(throttled.retry_after) <= 60
+        # The guessing address is stopped whatever it sends; nobody else is.
+        assert _get(url, KEY, "127.0.0.1").status == 429
+        assert _get(url, KEY, "127.0.0.2").status == 200
+        assert _get(url, "guess-from-two", "127.0.0.2").status == 401
+        assert requests.get(url + "/health", timeout=10).status_code == 200  # no key, no throttle
+    finally:
+        running.stop()
