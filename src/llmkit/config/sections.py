@@ -242,6 +242,13 @@ class ServeConfig(Section):
     threads: int = Field(0, ge=0, description="compute threads per worker (0 = (cores - 1) / 2, at least 1: one core stays for HTTP)")
     max_tokens: int = Field(2048, ge=1, description="the most tokens one request may ask for")
     timeout: float = Field(300.0, gt=0.0, description="seconds a request may take, queueing included")
+    explain_max_tokens: int = Field(256, ge=1, description="/v1/explain: the most tokens one explanation may feed the "
+                                    "model (input plus completion); more get 400")
+    explain_max_work: int = Field(20_000, ge=1, description="/v1/explain: the most token positions one attribution may run "
+                                  "through the model (IG steps x tokens, occlusion windows x tokens, SHAP coalitions x tokens); more get 400")
+    explain_batch_tokens: int = Field(2048, ge=1, description="/v1/explain: token positions per forward pass (IG steps, "
+                                      "occlusion windows and SHAP coalitions are chunked to fit); bounds peak memory")
+    explain_queue: int = Field(4, ge=1, description="/v1/explain: explanations running or waiting at once; more get 429")
     rate_limit: int = Field(0, ge=0, description="requests per minute per API key (or per client address when open); 0 = off")
     max_body_kb: int = Field(1024, ge=1, description="largest request body accepted, in KiB")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API from a browser (none = CORS off)")

@@ -19,6 +19,7 @@ from llmkit.config import ExplainConfig
 from llmkit.errors import UserError
 from llmkit.explain.attribution import (
     METHODS,
+    OutOfTime,
     Subject,
     causal_subject,
     classifier_subject,
@@ -78,8 +79,13 @@ class Explanation:
 
 
 def explain_loaded(model, tokenizer, kind: str, text: str, cfg: ExplainConfig, *, labels: list[str] | None = None,
-                   max_length: int = 512, name: str = "model") -> Explanation:
-    """Explain with a model already in memory (what `explain` and the benchmark call)."""
+                   max_length: int = 512, name: str = "model", deadline: float | None = None,
+                   batch_tokens: int = 0) -> Explanation:
+    """Explain with a model already in memory (what `explain`, the server and the benchmark call).
+
+    `deadline` (a time.perf_counter() value): the work stops between two forward passes once it is
+    past, raising OutOfTime. `batch_tokens`: token positions per forward pass (IG steps, occlusion
+    windows, SHAP coalitions and faithfulness rows are chunked to fit), which bounds peak memory."""
     if not text:
         raise UserError("nothing to explain: TEXT is empty")
     if kind == "classifier":
@@ -90,6 +96,7 @@ def explain_loaded(model, tokenizer, kind: str, text: str, cfg: ExplainConfig, *
         subject = causal_subject(model, tokenizer, text, cfg.target, cfg.completion)
     else:
         raise UserError(f"{name} is an encoder without a task head; explain works on classifiers and causal language models")
+    subject.deadline, subject.batch_tokens = deadline, batch_tokens
     started = time.perf_counter()
     result, seconds = run_method(subject, cfg.method, cfg.steps, cfg.span, cfg.internal_batch_size, cfg.samples)
     scores = np.asarray(result["scores"], dtype=np.float32)
@@ -137,4 +144,4 @@ def explain(model_ref: str, text: str, cfg: ExplainConfig | None = None, registr
                           max_length=cfg.max_length or max_length, name=ref)
 
 
-__all__ = ["METHODS", "ExplainConfig", "Explanation", "explain", "explain_loaded", "load_for_explain"]
+__all__ = ["METHODS", "ExplainConfig", "Explanation", "OutOfTime", "explain", "explain_loaded", "load_for_explain"]

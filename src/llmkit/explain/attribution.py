@@ -23,6 +23,10 @@ from llmkit.errors import UserError
 METHODS = ("ig", "occlusion", "shap", "attention")
 
 
+class OutOfTime(Exception):
+    """The explanation passed its deadline; raised between forward passes, so the work stops there."""
+
+
 @dataclass
 class Subject:
     """A model, one input and its target, with a batched scoring function."""
@@ -41,17 +45,30 @@ class Subject:
     score_fn: Callable[[torch.Tensor], torch.Tensor]  # [B, n] ids -> [B] target quantity (differentiable)
     labels: list[str] | None = None
     warnings: list[str] = field(default_factory=list)
+    deadline: float | None = None  # time.perf_counter() past which every method stops (OutOfTime)
+    batch_tokens: int = 0          # token positions per forward pass (bounds peak memory); 0 = 64 rows
+
+    @property
+    def rows_per_forward(self) -> int:
+        return max(1, self.batch_tokens // len(self.ids)) if self.batch_tokens else 64
+
+    def check_time(self) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise OutOfTime
 
     @property
     def free(self) -> list[int]:
         """Shown positions that may be perturbed (everything but special tokens)."""
         return [i for i in range(self.n_shown) if not self.special[i]]
 
-    def score(self, batch: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-        """The target quantity for a batch of id sequences, without gradients, in chunks."""
+    def score(self, batch: torch.Tensor) -> torch.Tensor:
+        """The target quantity for a batch of id sequences, without gradients, in chunks (the deadline
+        is checked before each)."""
         out = []
+        chunk = self.rows_per_forward
         with torch.no_grad():
             for start in range(0, batch.shape[0], chunk):
+                self.check_time()
                 out.append(self.score_fn(batch[start: start + chunk]).float().cpu())
         return torch.cat(out)
 
@@ -188,17 +205,25 @@ def causal_subject(lm, tokenizer, text: str, target: str | None, completion: str
 
 def integrated_gradients(subject: Subject, steps: int = 50, internal_batch_size: int = 0) -> dict[str, Any]:
     """Layer Integrated Gradients on the input embeddings; baseline = the fill (pad) token at every
-    free position. Per-token score = the attribution summed over the embedding dimension."""
+    free position. Per-token score = the attribution summed over the embedding dimension.
+    Steps run `internal_batch_size` at a time (0: as many as fit the subject's batch_tokens, else all),
+    so peak memory is one chunk's activations and gradients; the deadline is checked before each chunk."""
     from captum.attr import LayerIntegratedGradients
 
     model = subject.model
     ids = subject.ids[None]
     baseline = ids.clone()
     baseline[0, subject.free] = subject.fill_id
-    lig = LayerIntegratedGradients(lambda batch: subject.score_fn(batch), model.get_input_embeddings())
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        subject.check_time()
+        return subject.score_fn(batch)
+
+    chunk = internal_batch_size or (subject.rows_per_forward if subject.batch_tokens else steps)
+    lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
     with pywarnings.catch_warnings(), _frozen(model):
         pywarnings.simplefilter("ignore", UserWarning)  # captum: "Input Tensor 0 did not already require gradients"
-        attr, delta = lig.attribute(ids, baselines=baseline, n_steps=steps, internal_batch_size=internal_batch_size or steps,
+        attr, delta = lig.attribute(ids, baselines=baseline, n_steps=steps, internal_batch_size=min(chunk, steps),
                                     return_convergence_delta=True)
     scores = attr.sum(-1)[0, : subject.n_shown].detach().float().cpu().numpy()
     f_x, f_b = subject.score(torch.cat([ids, baseline])).tolist()
@@ -228,10 +253,21 @@ def occlusion(subject: Subject, span: int = 1) -> dict[str, Any]:
     return {"scores": scores, "span": span, "f_input": base}
 
 
+def shap_samples(free_tokens: int, samples: int = 0) -> int:
+    """Coalitions Kernel SHAP evaluates: `samples`, else max(200, 8 x free tokens), at most 2,048;
+    none when one token or none is free (the exact value takes one forward)."""
+    if free_tokens <= 1:
+        return 0
+    return samples or max(200, min(8 * free_tokens, 2048))
+
+
 def kernel_shap(subject: Subject, samples: int = 0, seed: int = 0) -> dict[str, Any]:
     """Kernel SHAP (captum `KernelShap`) over a presence vector with one entry per free token: a
     coalition keeps some tokens and fills the others, so a token's score is its Shapley value
-    estimate for the target. Samples default to max(200, 8 x free tokens), at most 2,048; coalitions run batched."""
+    estimate for the target. Samples: see `shap_samples`; coalitions run batched.
+
+    With one free token there is nothing to estimate (and captum's coalition-size distribution is 0/0,
+    NaN): its Shapley value is exactly f(input) - f(token filled)."""
     from captum.attr import KernelShap
 
     free = subject.free
@@ -239,7 +275,12 @@ def kernel_shap(subject: Subject, samples: int = 0, seed: int = 0) -> dict[str, 
     base = float(subject.score(subject.ids[None])[0])
     if not free:
         return {"scores": scores, "samples": 0, "f_input": base}
-    samples = samples or max(200, min(8 * len(free), 2048))
+    if len(free) == 1:
+        filled = subject.ids[None].clone()
+        filled[0, free[0]] = subject.fill_id
+        scores[free[0]] = base - float(subject.score(filled)[0])
+        return {"scores": scores, "samples": 0, "f_input": base}
+    samples = shap_samples(len(free), samples)
     free_t = torch.tensor(free, device=subject.ids.device)
 
     def forward(presence: torch.Tensor) -> torch.Tensor:  # [B, k] 1 = keep the token -> [B] target
@@ -251,8 +292,11 @@ def kernel_shap(subject: Subject, samples: int = 0, seed: int = 0) -> dict[str, 
     torch.manual_seed(seed)  # the coalitions captum samples
     with torch.no_grad():
         attr = KernelShap(forward).attribute(torch.ones(1, len(free)), baselines=torch.zeros(1, len(free)),
-                                             n_samples=samples, perturbations_per_eval=64)
+                                             n_samples=samples, perturbations_per_eval=subject.rows_per_forward)
     scores[free] = attr[0].float().cpu().numpy()
+    if not np.isfinite(scores).all():
+        raise UserError("Kernel SHAP gave non-finite attributions for this input (the model's probabilities are "
+                        "degenerate); use method ig or occlusion", param="explain.method")
     return {"scores": scores, "samples": samples, "f_input": base}
 
 
@@ -302,6 +346,7 @@ def run_method(subject: Subject, method: str, steps: int = 50, span: int = 1, in
     if method not in METHODS:
         raise UserError(f"unknown method '{method}'; methods: {', '.join(METHODS)}", param="explain.method")
     started = time.perf_counter()
+    subject.check_time()
     if method == "ig":
         result = integrated_gradients(subject, steps, internal_batch_size)
     elif method == "occlusion":

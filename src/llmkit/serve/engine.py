@@ -43,7 +43,7 @@ class QueueFull(Exception):
 
 @dataclass
 class Event:
-    kind: str  # "tokens" | "done" | "error"
+    kind: str  # "tokens" | "done" | "error" (from the scheduler) | "disconnected" (from the request's side)
     ids: list[int] = field(default_factory=list)  # "tokens": the ids sampled since the last event
     message: str = ""  # "error": what went wrong
     finish_reason: str | None = None

@@ -127,10 +127,14 @@ def _finished(state: ServerState, served: ServedModel, rid: str, entry: dict, te
                                            "model_ref": entry["model_ref"]})
 
 
+def timeout_error(timeout: float, fewer: str = "tokens") -> ApiError:
+    return ApiError(408, f"the request took longer than the server's timeout of {timeout:g} s; ask for fewer "
+                    f"{fewer} or retry when the server is less busy", type="timeout_error", code="timeout")
+
+
 def _failed(event: Event, timeout: float) -> ApiError:
     if event.finish_reason == "timeout":
-        return ApiError(408, f"the request took longer than the server's timeout of {timeout:g} s; ask for fewer "
-                        "tokens or retry when the server is less busy", type="timeout_error", code="timeout")
+        return timeout_error(timeout)
     return ApiError(503, event.message, type="server_error", code="engine_error")
 
 
@@ -139,15 +143,12 @@ async def collect(state: ServerState, served: ServedModel, answer: Answer, reque
     job = answer.job
     _submit(state, served, job)
     parts: list[str] = []
+    watcher = asyncio.create_task(_watch_disconnect(request, job))
     try:
         while True:
-            try:
-                event = await asyncio.wait_for(job.events.get(), timeout=0.5)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    job.cancelled = True
-                    raise ApiError(400, "client disconnected") from None
-                continue
+            event = await job.events.get()
+            if event.kind == "disconnected":
+                raise ApiError(400, "client disconnected")
             if event.kind == "error":
                 raise _failed(event, state.cfg.timeout)
             piece, done = answer.take(event)
@@ -157,7 +158,21 @@ async def collect(state: ServerState, served: ServedModel, answer: Answer, reque
                 await run_in_threadpool(_finished, state, served, rid, entry, text, done)
                 return text, done
     finally:
+        watcher.cancel()
         job.cancelled = True  # no-op once done; frees the slot if the handler was cancelled
+
+
+async def _watch_disconnect(request: Request, job: Job) -> None:
+    """Beside a whole-answer request, whatever the events do: once its client has gone, cancel the job (the
+    scheduler drops it at its next step and counts it) and wake the handler waiting for events.
+
+    The body has been read, so the next ASGI message is the disconnect; this waits for it rather than
+    polling `request.is_disconnected()`, whose instantly cancelled receive never sees the message through
+    an http middleware's task group (and so never reported a disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancelled = True
+    job.events.put_nowait(Event("disconnected"))
 
 
 def stream(state: ServerState, served: ServedModel, answer: Answer, request: Request, rid: str, entry: dict, chunk,

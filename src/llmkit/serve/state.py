@@ -4,6 +4,8 @@ the recent responses feedback can refer to. One instance per app, at `app.state.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from llmkit.config import ServeConfig
 from llmkit.serve.auth import Auth
@@ -19,6 +21,7 @@ class ServerState:
         self.cfg, self.models, self.registry, self.workspace, self.auth = cfg, models, registry, workspace, auth
         self.metrics = ServerMetrics()
         self.recent: OrderedDict[str, dict] = OrderedDict()
+        self.explaining = 0  # explanations running or waiting for their model (touched on the event loop only)
 
     def model(self, name: str, kind: str | None = None) -> ServedModel:
         served = self.models.get(name)
@@ -40,6 +43,19 @@ class ServerState:
         self.recent[rid] = entry
         while len(self.recent) > RECENT:
             self.recent.popitem(last=False)
+
+    @contextmanager
+    def explain_slot(self) -> Iterator[None]:
+        """A place among the explanations this server runs or holds at once (cfg.explain_queue); 429 when none is free."""
+        if self.explaining >= self.cfg.explain_queue:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise ApiError(429, f"the server is busy: {self.cfg.explain_queue} explanations are running or queued; "
+                           "retry shortly", code="queue_full", headers={"Retry-After": "1"})
+        self.explaining += 1
+        try:
+            yield
+        finally:
+            self.explaining -= 1
 
     def engines(self) -> dict:
         return {m.id: m.engine for m in self.models.values() if m.engine}

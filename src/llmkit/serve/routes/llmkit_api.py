@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 import llmkit.serve.schemas as s
+from llmkit.config import ServeConfig
 from llmkit.serve.auth import authorize
 from llmkit.serve.errors import ApiError
+from llmkit.serve.handling import timeout_error
+from llmkit.serve.served import ServedModel
 from llmkit.serve.state import server_state
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=s.ERRORS)
@@ -19,12 +24,12 @@ async def classify(body: s.ClassifyRequest, request: Request):
 
     served = server_state(request).model(body.model, "classifier")
 
-    def run():
+    def run():  # tokenizing is CPU work too: all of it off the event loop
+        tokens = sum(len(ids) for ids in served.tokenizer(body.input, truncation=True, max_length=served.max_length)["input_ids"])
         with served.lock:
-            return classify_texts(served.net, served.tokenizer, served.labels, body.input, served.max_length)
+            return classify_texts(served.net, served.tokenizer, served.labels, body.input, served.max_length), tokens
 
-    results = await run_in_threadpool(run)
-    tokens = sum(len(ids) for ids in served.tokenizer(body.input, truncation=True, max_length=served.max_length)["input_ids"])
+    results, tokens = await run_in_threadpool(run)
     return s.ClassificationList(model=served.id, usage=s.Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens),
                                 data=[s.Classification(index=i, label=r["label"], probabilities=r["probabilities"])
                                       for i, r in enumerate(results)])
@@ -32,27 +37,57 @@ async def classify(body: s.ClassifyRequest, request: Request):
 
 @router.post("/explain", response_model=s.ExplainResult)
 async def explain(body: s.ExplainRequest, request: Request):
-    from llmkit.config import ExplainConfig
+    """Bounded like generation: a place in the explain queue (429), the server's limits on tokens and
+    work (400), and --timeout, checked between forward passes so the work stops there (408)."""
     from llmkit.errors import UserError
-    from llmkit.explain import explain_loaded
+    from llmkit.explain import OutOfTime
 
-    served = server_state(request).model(body.model)
+    state = server_state(request)
+    served = state.model(body.model)
     if served.net is None or served.kind == "encoder":
         raise ApiError(400, f"model '{served.id}' cannot be explained here: explanations need a classifier or a causal "
                        f"LM on the torch backend (it is a {served.kind} on {served.backend})", param="model",
                        code="wrong_model_kind")
-    cfg = ExplainConfig(method=body.method, target=body.target, completion=body.completion, steps=body.steps)
-
-    def run():
-        with served.lock:  # gradients through the shared module: one explanation at a time per model
-            return explain_loaded(served.net, served.tokenizer, served.kind, body.input, cfg, labels=served.labels,
-                                  max_length=served.max_length, name=served.id)
-
-    try:
-        result = await run_in_threadpool(run)
-    except UserError as err:
-        raise ApiError(400, str(err), param="target" if "label" in str(err) or "target" in str(err) else None) from None
+    deadline = time.perf_counter() + state.cfg.timeout
+    with state.explain_slot():
+        try:
+            result = await run_in_threadpool(_explain, state.cfg, served, body, deadline)
+        except OutOfTime:
+            raise timeout_error(state.cfg.timeout, "steps, a shorter input") from None
+        except UserError as err:
+            raise ApiError(400, str(err), param="target" if "label" in str(err) or "target" in str(err) else None) from None
     return s.ExplainResult(**{**result.to_dict(), "model": served.id})
+
+
+def _explain(cfg: ServeConfig, served: ServedModel, body: s.ExplainRequest, deadline: float):
+    """In a worker thread: count the tokens, check the limits, wait for the model, explain."""
+    from llmkit.config import ExplainConfig
+    from llmkit.explain import OutOfTime, explain_loaded
+    from llmkit.explain.budget import explain_work, explained_tokens
+
+    n_input, n_completion = explained_tokens(served.tokenizer, served.kind, body.input, body.completion, served.max_length)
+    if n_input + n_completion > cfg.explain_max_tokens:
+        param = "input" if n_input > cfg.explain_max_tokens else "completion"
+        raise ApiError(400, f"'{param}' makes this explanation {n_input + n_completion} tokens; the server explains at most "
+                       f"{cfg.explain_max_tokens} (explain_max_tokens, --explain-max-tokens); shorten it", param=param,
+                       code="limit_exceeded")
+    work = explain_work(body.method, n_input, n_completion, steps=body.steps)
+    if work > cfg.explain_max_work:
+        param = "steps" if body.method == "ig" else "input"
+        how = f"{body.steps} steps x {n_input + n_completion} tokens" if body.method == "ig" else f"{n_input + n_completion} tokens"
+        raise ApiError(400, f"method '{body.method}' over {how} runs {work} token positions through the model; the server "
+                       f"allows {cfg.explain_max_work} (explain_max_work, --explain-max-work); use fewer steps, a shorter "
+                       "input or method ig", param=param, code="limit_exceeded")
+    explain_cfg = ExplainConfig(method=body.method, target=body.target, completion=body.completion, steps=body.steps)
+    # Gradients through the shared module: one explanation at a time per model, waiting no longer than the deadline.
+    if not served.lock.acquire(timeout=max(0.0, deadline - time.perf_counter())):
+        raise OutOfTime
+    try:
+        return explain_loaded(served.net, served.tokenizer, served.kind, body.input, explain_cfg, labels=served.labels,
+                              max_length=served.max_length, name=served.id, deadline=deadline,
+                              batch_tokens=cfg.explain_batch_tokens)
+    finally:
+        served.lock.release()
 
 
 @router.post("/feedback", response_model=s.FeedbackAck)

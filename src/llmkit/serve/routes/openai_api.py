@@ -1,4 +1,9 @@
-"""The OpenAI-compatible routes: models, completions, chat completions (streamed or not), embeddings."""
+"""The OpenAI-compatible routes: models, completions, chat completions (streamed or not), embeddings.
+
+Tokenizing, rendering chat templates and encoding vectors are CPU work that grows with the request:
+they run in the thread pool, so a megabyte prompt does not hold up every other request (or /health)
+while it is read.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ async def get_model(model_id: str, request: Request):
 async def completions(body: s.CompletionRequest, request: Request):
     state = server_state(request)
     served = state.model(body.model, "causal")
-    ids = encode_prompt(served.tokenizer, body.prompt) if body.prompt else bos_prompt(served)
+    ids = await run_in_threadpool(encode_prompt, served.tokenizer, body.prompt) if body.prompt else bos_prompt(served)
     answer = make_answer(state, served, ids, body, body.max_tokens, [])
     rid = f"cmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
@@ -58,17 +63,11 @@ async def completions(body: s.CompletionRequest, request: Request):
 async def chat_completions(body: s.ChatRequest, request: Request):
     state = server_state(request)
     served = state.model(body.model, "causal")
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in body.messages]
-    try:
-        prompt, end_ids = chat_prompt(served.tokenizer, messages)
-    except Exception as err:  # a template that rejects the roles or their order (jinja raises)
-        raise ApiError(400, f"the model's chat template rejected the messages: {err}", param="messages") from None
-    answer = make_answer(state, served, encode_prompt(served.tokenizer, prompt), body,
-                   body.max_completion_tokens or body.max_tokens, end_ids)
+    ids, end_ids, logged = await run_in_threadpool(_chat_ids, served, body)
+    answer = make_answer(state, served, ids, body, body.max_completion_tokens or body.max_tokens, end_ids)
     rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
-    entry = {"model": served.id, "model_ref": served.model.ref, "endpoint": "chat",
-             "prompt": json.dumps(messages, ensure_ascii=False)}
+    entry = {"model": served.id, "model_ref": served.model.ref, "endpoint": "chat", "prompt": logged}
     if body.stream:
         def chunk(text, finish, usage=None, role=False):
             delta = s.ChatDelta(role="assistant", content=text) if role else s.ChatDelta(content=text or None)
@@ -81,15 +80,29 @@ async def chat_completions(body: s.ChatRequest, request: Request):
                             choices=[s.ChatChoice(message=s.ChatMessageOut(content=text), finish_reason=done.finish_reason)])
 
 
+def _chat_ids(served, body: s.ChatRequest) -> tuple[list[int], list[int], str]:
+    """(prompt ids, ids that end the turn, the messages as logged): the chat template rendered and tokenized."""
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in body.messages]
+    try:
+        prompt, end_ids = chat_prompt(served.tokenizer, messages)
+    except Exception as err:  # a template that rejects the roles or their order (jinja raises)
+        raise ApiError(400, f"the model's chat template rejected the messages: {err}", param="messages") from None
+    return encode_prompt(served.tokenizer, prompt), end_ids, json.dumps(messages, ensure_ascii=False)
+
+
 @router.post("/embeddings", response_model=s.EmbeddingList)
 async def embeddings(body: s.EmbeddingRequest, request: Request):
     served = server_state(request).model(body.model, "encoder")
     vectors, tokens = await run_in_threadpool(embed, served, body.input)
     if body.encoding_format == "base64":
-        import base64
-
-        import numpy as np
-
-        vectors = [base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode() for v in vectors]
+        vectors = await run_in_threadpool(_base64, vectors)
     return s.EmbeddingList(model=served.id, data=[s.Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
                            usage=s.Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens))
+
+
+def _base64(vectors: list[list[float]]) -> list[str]:
+    import base64
+
+    import numpy as np
+
+    return [base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode() for v in vectors]
