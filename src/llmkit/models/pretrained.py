@@ -144,18 +144,34 @@ def _dequantize_gguf(file: Path, out: Path) -> None:
     except (ValueError, KeyError, RuntimeError) as err:  # an architecture or quant type transformers cannot read
         raise UserError(f"{file}: transformers cannot read this GGUF ({err}); llmkit imports GGUF files of the "
                         "architectures transformers' GGUF loader supports (llama, mistral, qwen2, qwen3, gemma, phi3, ...)") from None
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
-    # save_pretrained refuses a model loaded from GGUF; the weights are plain fp32 tensors by now.
+    # save_pretrained refuses a model loaded from GGUF; the weights are plain fp32 tensors by now. Saved under
+    # transformers' own names, a tied output head once (as the embedding), as save_pretrained would.
     model.config.architectures = [type(model).__name__]
     for key in ("quantization_config", "gguf_file"):
         if hasattr(model.config, key):
             delattr(model.config, key)
-    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})  # tied weights stored once
+    state = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
     model.config.save_pretrained(out)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def chat_template_of(folder: Path) -> str | None:
+    """The chat template a model folder carries, from either file."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text(encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    template = json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config.exists() else None
+    if isinstance(template, list):  # several named templates: the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    return template if isinstance(template, str) else None
 
 
 def describe(config: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -171,11 +187,7 @@ def describe(config: dict[str, Any], folder: Path) -> dict[str, Any]:
                 for d in shape:
                     n *= d
                 parameters += n
-    template = None
-    if (folder / "chat_template.jinja").exists():
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    elif (folder / "tokenizer_config.json").exists():
-        template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
+    template = chat_template_of(folder)
     return {"architecture": causal_lm_architecture(config, folder / "config.json"), "parameters": parameters,
             "context_length": config.get("max_position_embeddings") or config.get("n_positions"),
             "chat_template": template}

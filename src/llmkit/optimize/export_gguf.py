@@ -4,7 +4,9 @@ Written with the `gguf` package's writer: llama.cpp's Llama hyper-parameters, th
 llama.cpp's tensor names (f32, f16, q8_0 or q4_0), and the tokenizer — byte-level BPE as llama.cpp's
 `gpt2` model with its merges, and character-level
 vocabularies as the same model with one token per character (their bytes joined by merges).
-Beside it, an Ollama `Modelfile`.
+Beside it, an Ollama `Modelfile`. The chat template travels in the GGUF (`tokenizer.chat_template`), with the
+token that ends an assistant turn as `tokenizer.ggml.eot_token_id`, and in the Modelfile translated to Go
+(`optimize.chat_format`).
 
 RoPE layout: Hugging Face Llama rotates the two halves of each head (i, i + d/2), llama.cpp's
 Llama rotates adjacent pairs (2i, 2i + 1); permuting the rows of q_proj and k_proj per head turns
@@ -24,6 +26,8 @@ import torch
 from llmkit.errors import UserError
 from llmkit.models.files import check_weights
 from llmkit.models.io import Model, is_adapter
+from llmkit.models.pretrained import chat_template_of
+from llmkit.optimize.chat_format import end_of_turn, modelfile, ollama_chat
 from llmkit.workspace import atomic_dir
 
 SUPPORTED_ARCHITECTURES = ["LlamaForCausalLM"]
@@ -39,10 +43,17 @@ def check_exportable(model: Model) -> dict[str, Any]:
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
         raise UserError(f"GGUF export supports {', '.join(SUPPORTED_ARCHITECTURES)} (llmkit's own models); {model.ref} is "
                         f"{', '.join(archs) or config.get('model_type')}. Use --format onnx, or llama.cpp's own converter")
-    if config.get("rope_scaling") or config.get("attention_bias") or config.get("mlp_bias"):
-        raise UserError(f"GGUF export supports plain Llama (no rope_scaling, no biases); {model.ref} has "
-                        + ", ".join(k for k in ("rope_scaling", "attention_bias", "mlp_bias") if config.get(k)))
+    rope_type = (config.get("rope_parameters") or {}).get("rope_type", "default")
+    scaled = config.get("rope_scaling") or rope_type != "default"
+    if scaled or config.get("attention_bias") or config.get("mlp_bias"):
+        found = [k for k in ("attention_bias", "mlp_bias") if config.get(k)] + ([f"rope scaling ({rope_type})"] if scaled else [])
+        raise UserError(f"GGUF export supports plain Llama (no rope scaling, no biases); {model.ref} has {', '.join(found)}")
     return config
+
+
+def _rope_theta(config: dict) -> float:
+    # transformers 5 keeps it in rope_parameters; older configs at the top level.
+    return float((config.get("rope_parameters") or {}).get("rope_theta") or config.get("rope_theta") or 10000.0)
 
 
 def _permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -142,10 +153,20 @@ def _add_tokenizer(writer, model_dir: Path, config: dict) -> None:
             adder(config[key])
     writer.add_add_bos_token(False)  # llmkit puts bos in the prompt itself
     writer.add_add_eos_token(False)
-    tok_config = model_dir / "tokenizer_config.json"
-    template = json.loads(tok_config.read_text()).get("chat_template") if tok_config.exists() else None
-    if isinstance(template, str):
+    template = chat_template_of(model_dir)
+    if template:
         writer.add_chat_template(template)
+        # The token that ends an assistant turn: llama.cpp stops there (end of generation) even when the
+        # config's EOS is another token (llmkit's template ends turns with <|end|>, EOS is <|endoftext|>).
+        eot = end_of_turn(_tokenizer(model_dir))
+        if eot in vocab:
+            writer.add_eot_token_id(vocab[eot])
+
+
+def _tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
 
 
 def write_gguf(model_dir: Path, target: Path, quant: str, name: str) -> dict[str, Any]:
@@ -175,7 +196,7 @@ def write_gguf(model_dir: Path, target: Path, quant: str, name: str) -> dict[str
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
-    writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
+    writer.add_rope_freq_base(_rope_theta(config))
     writer.add_vocab_size(config["vocab_size"])
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -199,32 +220,17 @@ def write_gguf(model_dir: Path, target: Path, quant: str, name: str) -> dict[str
     return {"tensor_types": kinds, "tensors": sum(kinds.values())}
 
 
-def modelfile(gguf_name: str, config: dict, model_dir: Path) -> str:
-    """An Ollama Modelfile: FROM the GGUF, llmkit's chat template in Go template syntax, stop tokens."""
-    lines = [f"FROM ./{gguf_name}"]
-    tok_config = model_dir / "tokenizer_config.json"
-    has_chat = tok_config.exists() and "<|assistant|>" in json.loads(tok_config.read_text()).get("chat_template", "") or ""
-    if has_chat:
-        template = ('{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n')
-        lines.append(f'TEMPLATE """{template}"""')
-        lines += ['PARAMETER stop "<|end|>"', 'PARAMETER stop "<|endoftext|>"']
-    else:
-        lines.append('TEMPLATE """{{ .Prompt }}"""')
-        lines.append('PARAMETER stop "<|endoftext|>"')
-    lines += ["PARAMETER temperature 0.8", f"PARAMETER num_ctx {config['max_position_embeddings']}"]
-    return "\n".join(lines) + "\n"
-
-
 def export_gguf_folder(model: Model, target: Path, quant: str, lineage: dict[str, Any]) -> dict[str, Any]:
     """A folder holding model-<quant>.gguf, the Modelfile, and the source's config and tokenizer files."""
     config = check_exportable(model)
     gguf_name = f"model-{quant}.gguf"
     with atomic_dir(target) as tmp:
         info = write_gguf(model.path, tmp / gguf_name, quant, model.name)
-        (tmp / "Modelfile").write_text(modelfile(gguf_name, config, model.path))
+        chat = ollama_chat(chat_template_of(model.path), _tokenizer(model.path))
+        (tmp / "Modelfile").write_text(modelfile(gguf_name, config["max_position_embeddings"], chat))
         for file in model.path.iterdir():  # config and tokenizer: what loaders and evaluators read
             if file.is_file() and file.suffix in (".json", ".jinja", ".txt") and file.name != "llmkit.json":
                 shutil.copy2(file, tmp / file.name)
         (tmp / "llmkit.json").write_text(json.dumps({**lineage, "format": "gguf", "gguf": gguf_name, "quant": quant, **info},
                                                     indent=2, default=str))
-    return {"gguf": str(target / gguf_name), **info}
+    return {"gguf": str(target / gguf_name), "chat_format": chat.family, **info}

@@ -1,0 +1,94 @@
+"""A model's chat template as other runtimes need it: the template text (transformers 5 keeps it in
+`chat_template.jinja`, older folders in `tokenizer_config.json`), the token that ends an assistant turn,
+and the same template in Ollama's Go syntax for the families that can be translated.
+
+A model that chats well in training and talks nonsense in Ollama is the most reported failure of
+fine-tuning tools; it comes from exactly these three things going missing on export.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+PROBE_USER, PROBE_REPLY = "Hi there", "ZQXJ reply"  # strings no template contains
+
+
+def end_of_turn(tokenizer) -> str | None:
+    """The special token the template writes right after an assistant's reply (None: none found)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    text = tokenizer.apply_chat_template([{"role": "user", "content": PROBE_USER},
+                                          {"role": "assistant", "content": PROBE_REPLY}], tokenize=False)
+    after = text[text.rfind(PROBE_REPLY) + len(PROBE_REPLY):] if PROBE_REPLY in text else ""
+    specials = sorted(set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {})), key=len,
+                      reverse=True)
+    after = after.lstrip(" ")
+    return next((s for s in specials if s and after.startswith(s)), None)
+
+
+@dataclass
+class OllamaChat:
+    """What an Ollama Modelfile needs: TEMPLATE in Go syntax, stop strings, a default SYSTEM message."""
+
+    family: str | None
+    template: str = "{{ .Prompt }}"
+    stops: list[str] = field(default_factory=list)
+    system: str | None = None
+    note: str | None = None  # why the template could not be translated
+
+
+CHATML = ("{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+          "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n")
+LLMKIT = ("{{- if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}"
+          "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n")
+LLAMA3 = ("{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
+          "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
+          "<|start_header_id|>assistant<|end_header_id|>\n\n")
+GEMMA = ("{{- range $i, $m := .Messages }}<start_of_turn>{{ if eq $m.Role \"assistant\" }}model{{ else }}{{ $m.Role }}{{ end }}\n"
+         "{{ if and (eq $i 0) $.System }}{{ $.System }}\n\n{{ end }}{{ $m.Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n")
+MISTRAL = ("{{- range $i, $m := .Messages }}{{ if eq $m.Role \"user\" }}[INST] {{ if and (eq $i 0) $.System }}{{ $.System }}\n\n"
+           "{{ end }}{{ $m.Content }} [/INST]{{ else }}{{ $m.Content }}</s>{{ end }}{{ end }}")
+
+# (marker in the Jinja template, family, Go template, stop strings)
+FAMILIES = [
+    ("<|im_start|>", "chatml", CHATML, ["<|im_end|>", "<|im_start|>"]),
+    ("<|start_header_id|>", "llama3", LLAMA3, ["<|eot_id|>", "<|start_header_id|>"]),
+    ("<start_of_turn>", "gemma", GEMMA, ["<end_of_turn>", "<start_of_turn>"]),
+    ("<|assistant|>", "llmkit", LLMKIT, ["<|end|>", "<|user|>"]),
+    ("[INST]", "mistral", MISTRAL, ["[INST]", "</s>"]),
+]
+
+
+def ollama_chat(template: str | None, tokenizer=None) -> OllamaChat:
+    """The Modelfile's view of a chat template, or a plain-prompt one with a note saying why."""
+    if not template:
+        return OllamaChat(None, note="the model has no chat template: Ollama sends the prompt as it is")
+    for marker, family, go, stops in FAMILIES:
+        if marker in template:
+            return OllamaChat(family, go, stops, _default_system(family, tokenizer))
+    return OllamaChat(None, note="llmkit cannot translate this chat template to Ollama's Go syntax (known: "
+                                 + ", ".join(f for _, f, _, _ in FAMILIES) + "); the GGUF carries the original for "
+                                 "llama.cpp, write TEMPLATE by hand for Ollama")
+
+
+def _default_system(family: str, tokenizer) -> str | None:
+    """A system message the template adds when the conversation has none (SmolLM2's does)."""
+    if tokenizer is None or family != "chatml":
+        return None
+    text = tokenizer.apply_chat_template([{"role": "user", "content": PROBE_USER}], tokenize=False)
+    found = re.match(r"\s*<\|im_start\|>system\n(.*?)<\|im_end\|>", text, re.S)
+    return found.group(1) if found else None
+
+
+def modelfile(gguf_name: str, context: int, chat: OllamaChat) -> str:
+    """An Ollama Modelfile: FROM the GGUF, its chat template in Go syntax, the stops, a default system."""
+    lines = [f"FROM ./{gguf_name}"]
+    if chat.note:
+        lines.append(f"# {chat.note}")
+    lines.append(f'TEMPLATE """{chat.template}"""')
+    if chat.system:
+        lines.append(f'SYSTEM """{chat.system}"""')
+    lines += [f'PARAMETER stop "{s}"' for s in chat.stops or ["<|endoftext|>"]]
+    lines += ["PARAMETER temperature 0.8", f"PARAMETER num_ctx {context}"]
+    return "\n".join(lines) + "\n"
