@@ -39,12 +39,15 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
     @app.middleware("http")
     async def count(request: Request, call_next):
         start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "other")
-        state.metrics.requests.labels(path, str(response.status_code)).inc()
-        state.metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
+        status = 500  # an unhandled exception becomes the 500 of the outermost handler: counted here too
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            path = getattr(request.scope.get("route"), "path", "other")
+            state.metrics.requests.labels(path, str(status)).inc()
+            state.metrics.latency.labels(path).observe(time.perf_counter() - start)
 
     for router in (ops.router, openai_api.router, llmkit_api.router):
         app.include_router(router)
