@@ -4,6 +4,7 @@ the engine as a condition on ids (serve.handling.stop_check): the row ends on th
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import time
 
 import pytest
@@ -33,6 +34,12 @@ def _job(tokenizer, prompt: str, max_new: int, loop, stops=()) -> Job:
                stop_check=stop_check(tokenizer, list(stops)), deadline=time.perf_counter() + 60, loop=loop)
 
 
+def _run(coro):
+    # In a thread of its own: Playwright's session fixture keeps an event loop running in the main one.
+    with cf.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 async def _events(job: Job, until) -> list[Event]:
     events = []
     while not until(events):
@@ -46,7 +53,7 @@ def test_the_engine_sends_ids_and_the_answer_makes_the_text(engine, tokenizer):
         engine.submit(job)
         return job, await _events(job, lambda ev: ev and ev[-1].kind != "tokens")
 
-    job, events = asyncio.run(run())
+    job, events = _run(run())
     assert [e.kind for e in events] == ["tokens"] * 12 + ["done"]
     assert all(len(e.ids) == 1 and isinstance(e.ids[0], int) for e in events[:-1])
     assert events[-1].finish_reason == "length" and events[-1].completion_tokens == 12
@@ -65,11 +72,11 @@ def test_a_stop_string_ends_the_row_on_the_token_that_completes_it(engine, token
         events = await _events(job, lambda ev: ev and ev[-1].kind != "tokens")
         return job, events, "".join(answer.take(e)[0] for e in events)
 
-    _, events, full = asyncio.run(run((), 40))
+    _, events, full = _run(run((), 40))
     stop = full[10:13]
     assert full.find(stop) == 10 and len(full) == 40, full
     cancels = engine.cancels
-    job, events, text = asyncio.run(run((stop,), 40))
+    job, events, text = _run(run((stop,), 40))
     assert text == full[:10]
     assert events[-1].finish_reason == "stop" and events[-1].completion_tokens == 13
     assert len(job.out) == 13 and sum(len(e.ids) for e in events) == 13  # not one token past the stop

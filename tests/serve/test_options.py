@@ -64,7 +64,8 @@ def test_keys_from_the_file_and_the_environment_are_accepted_and_no_other(url):
     for key in [*FILE_KEYS, ENV_KEY]:
         with _client(url, key) as client:
             assert [m.id for m in client.models.list().data] == ["tiny-lm"], key
-            assert client.completions.create(model="tiny-lm", prompt="A", max_tokens=2).usage.completion_tokens == 2
+            done = client.completions.create(model="tiny-lm", prompt="A", max_tokens=2, temperature=0)
+            assert done.usage.completion_tokens == 2 or done.choices[0].finish_reason == "stop", key
     for key in [RETIRED_KEY, "not-a-listed-key", FILE_KEYS[0] + "x"]:
         with _client(url, key) as client, pytest.raises(openai.AuthenticationError):
             client.models.list()
