@@ -9,14 +9,21 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 from tests.conftest import run_cli
 
 
-def test_serve_runs_until_interrupted(lm_workspace, tiny_model):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job of a non-interactive shell starts
+
+
+@pytest.mark.parametrize("stop, inherited", [(signal.SIGINT, "ignored"), (signal.SIGTERM, "default")])
+def test_serve_runs_until_interrupted(lm_workspace, tiny_model, stop, inherited):
     env = {**os.environ, "LLMKIT_HOME": str(lm_workspace)}
     proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "tiny-lm", "--port", "0", "--no-ui"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_ignore_sigint if inherited == "ignored" else None)
     try:
         url, deadline = None, time.monotonic() + 120
         while url is None and time.monotonic() < deadline:
@@ -27,7 +34,7 @@ def test_serve_runs_until_interrupted(lm_workspace, tiny_model):
         assert url, "the server never said where it listens"
         assert requests.get(url + "/health", timeout=10).json()["models"] == ["tiny-lm"]
         assert requests.get(url + "/", timeout=10).status_code == 404  # --no-ui
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=120) == 0  # generous: a loaded machine shuts down slowly; a hang still fails
     finally:
         if proc.poll() is None:

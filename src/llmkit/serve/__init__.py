@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ def start(cfg: ServeConfig, ws=None, registry=None, console=None, app=None) -> R
 def serve(cfg: ServeConfig, ws=None, registry=None, console=None, on_ready=None) -> None:
     """Serve until Ctrl-C; `on_ready(url)` is called once the server accepts connections."""
     running = start(cfg, ws, registry, console)
+    _stop_on_signals()
     if on_ready:
         on_ready(running.url)
     try:
@@ -117,6 +119,18 @@ def serve(cfg: ServeConfig, ws=None, registry=None, console=None, on_ready=None)
         pass
     finally:
         running.stop()
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the server cleanly. Set explicitly: a process started with SIGINT ignored
+    (a background job, some supervisors) would otherwise never see Ctrl-C, and SIGTERM would kill it
+    without closing the engines."""
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, stop)
 
 
 def _url_host(host: str) -> str:
