@@ -4,7 +4,7 @@ Trains a nano LM on tiny shakespeare and a minilm-l6 spam classifier (a few step
 both plus the built-in minilm-l6 encoder with an API key, `--max-queue 8 --max-batch 8`, and runs 32
 client threads for --minutes. Each client loops over a weighted mix: streaming and whole completions
 and chat completions, embeddings, classify, explain (classifier and LM), bad requests (broken JSON,
-unknown model, a wrong key, max_tokens over the limit, a negative temperature, a lone surrogate, a body
+unknown model, a wrong key (from 127.0.0.2: failed keys throttle their address), max_tokens over the limit, a negative temperature, a lone surrogate, a body
 over the limit) and disconnects (a stream closed after its first chunks; a whole completion abandoned
 after half a second). A 429 (queue full) is an answer; the client waits its Retry-After and goes on.
 
@@ -99,8 +99,11 @@ class Server:
 # --- the actions: each sends one request and returns what came back ---------------------------------
 
 
-def send(srv: Server, path: str, body, *, key: str = KEY, timeout: float = 120, raw: bytes | None = None):
-    conn = http.client.HTTPConnection(srv.host, srv.port, timeout=timeout)
+def send(srv: Server, path: str, body, *, key: str = KEY, timeout: float = 120, raw: bytes | None = None,
+         source: str | None = None):
+    # source: the client address; a key guesser gets its own (127.0.0.2), as an attacker would: failed
+    # keys throttle the address they come from, and on one shared address they would lock out everyone.
+    conn = http.client.HTTPConnection(srv.host, srv.port, timeout=timeout, source_address=(source, 0) if source else None)
     try:
         data = raw if raw is not None else json.dumps(body).encode()
         conn.request("POST", path, body=data, headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
@@ -128,7 +131,7 @@ def bad(rng: random.Random, srv: Server):
     if kind == "model":
         return send(srv, "/v1/chat/completions", {**chat(rng, False), "model": "no-such-model"})
     if kind == "key":
-        return send(srv, "/v1/completions", completion(rng, False), key="wrong-" + "x" * 26)
+        return send(srv, "/v1/completions", completion(rng, False), key="wrong-" + "x" * 26, source="127.0.0.2")
     if kind == "max_tokens":
         return send(srv, "/v1/completions", {**completion(rng, False), "max_tokens": 100_000})
     if kind == "temperature":

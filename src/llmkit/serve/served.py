@@ -109,8 +109,8 @@ def _load_encoder(model: Model):
 def embed(served: ServedModel, texts: list[str]) -> tuple[list[list[float]], int]:
     """Mean-pooled, L2-normalised last hidden states (sentence-transformers' recipe for MiniLM); (vectors, tokens)."""
     net = served.net.base_model if served.kind == "classifier" else served.net
-    enc = served.tokenizer(texts, truncation=True, max_length=served.max_length, padding=True, return_tensors="pt")
-    with served.lock:
+    with served.lock:  # the tokenizer too: its padding settings are shared state (see routes.llmkit_api.classify)
+        enc = served.tokenizer(texts, truncation=True, max_length=served.max_length, padding=True, return_tensors="pt")
         hidden = net(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state  # (B, T, C)
     mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, C)

@@ -25,8 +25,10 @@ async def classify(body: s.ClassifyRequest, request: Request):
     served = server_state(request).model(body.model, "classifier")
 
     def run():  # tokenizing is CPU work too: all of it off the event loop
-        tokens = sum(len(ids) for ids in served.tokenizer(body.input, truncation=True, max_length=served.max_length)["input_ids"])
+        # Under the model's lock, the count too: a fast tokenizer's padding and truncation are settings of
+        # the one shared Rust object, so an unpadded call racing a padded one broke its batch (a 500 in the soak).
         with served.lock:
+            tokens = sum(len(ids) for ids in served.tokenizer(body.input, truncation=True, max_length=served.max_length)["input_ids"])
             return classify_texts(served.net, served.tokenizer, served.labels, body.input, served.max_length), tokens
 
     results, tokens = await run_in_threadpool(run)
