@@ -67,7 +67,13 @@ def _explain(cfg: ServeConfig, served: ServedModel, body: s.ExplainRequest, dead
     from llmkit.explain import OutOfTime, explain_loaded
     from llmkit.explain.budget import explain_work, explained_tokens
 
-    n_input, n_completion = explained_tokens(served.tokenizer, served.kind, body.input, body.completion, served.max_length)
+    # Counted under the model's lock: the tokenizer's padding settings are shared with classify and embeddings.
+    if not served.lock.acquire(timeout=max(0.0, deadline - time.perf_counter())):
+        raise OutOfTime
+    try:
+        n_input, n_completion = explained_tokens(served.tokenizer, served.kind, body.input, body.completion, served.max_length)
+    finally:
+        served.lock.release()
     if n_input + n_completion > cfg.explain_max_tokens:
         param = "input" if n_input > cfg.explain_max_tokens else "completion"
         raise ApiError(400, f"'{param}' makes this explanation {n_input + n_completion} tokens; the server explains at most "
