@@ -57,18 +57,9 @@ def test_kill_9_of_prepare_takes_its_workers_with_it(tmp_path: Path):
             time.sleep(0.05)
         assert len(workers) >= 2, f"prepare ended before its workers were seen: {proc.returncode} {proc.stderr.read()[-500:]}"
         time.sleep(0.5)  # the workers are busy on chunks (or waiting for the next one)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        end = time.monotonic() + DEADLINE
-        while any(_alive(w) for w in workers) and time.monotonic() < end:
-            time.sleep(0.1)
-        survivors = [w for w in workers if _alive(w)]
-        assert not survivors, f"workers {survivors} outlived their killed parent"
+        _kill_parent_and_check(proc, workers)
     finally:
-        proc.kill()
-        for w in workers:
-            if _alive(w):
-                os.kill(w, signal.SIGKILL)
+        _clean_up(proc, workers)
 
 
 POOL_OFF_THE_MAIN_THREAD = """
@@ -96,14 +87,23 @@ def test_workers_of_a_pool_made_off_the_main_thread_also_die_with_the_parent():
             workers = _children(proc.pid)
             time.sleep(0.05)
         assert len(workers) >= 2
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        end = time.monotonic() + DEADLINE
-        while any(_alive(w) for w in workers) and time.monotonic() < end:
-            time.sleep(0.1)
-        assert not [w for w in workers if _alive(w)]
+        _kill_parent_and_check(proc, workers)
     finally:
-        proc.kill()
-        for w in workers:
-            if _alive(w):
-                os.kill(w, signal.SIGKILL)
+        _clean_up(proc, workers)
+
+
+def _kill_parent_and_check(proc: subprocess.Popen, workers: set[int]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    end = time.monotonic() + DEADLINE
+    while any(_alive(w) for w in workers) and time.monotonic() < end:
+        time.sleep(0.1)
+    survivors = [w for w in workers if _alive(w)]
+    assert not survivors, f"workers {survivors} outlived their killed parent"
+
+
+def _clean_up(proc: subprocess.Popen, workers: set[int]) -> None:
+    proc.kill()
+    for w in workers:
+        if _alive(w):
+            os.kill(w, signal.SIGKILL)
