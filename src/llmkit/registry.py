@@ -91,6 +91,20 @@ feedback = sa.Table(
     sa.Column("extra", sa.Text, nullable=False, default="{}"),
 )
 
+# Every move of a model alias (`llmkit promote`), oldest first: an alias points where its last move put it.
+alias_moves = sa.Table(
+    "alias_moves", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("alias", sa.String(100), nullable=False, index=True),
+    sa.Column("model_id", sa.String(32), nullable=False),
+    sa.Column("model_ref", sa.String(220), nullable=False),
+    sa.Column("previous_id", sa.String(32), nullable=True),
+    sa.Column("previous_ref", sa.String(220), nullable=True),
+    sa.Column("moved_at", sa.Float, nullable=False),
+    sa.Column("moved_by", sa.String(200), nullable=False),
+    sa.Column("note", sa.Text, nullable=False, default=""),
+)
+
 
 def _migrate_1(conn: sa.Connection) -> None:
     records.create(conn, checkfirst=True)
@@ -105,7 +119,11 @@ def _migrate_2(conn: sa.Connection) -> None:
     conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_records_hash ON records (type, content_hash)"))
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_migrate_1, _migrate_2]
+def _migrate_3(conn: sa.Connection) -> None:
+    alias_moves.create(conn, checkfirst=True)  # v3: model aliases and their history
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -205,6 +223,10 @@ class Registry:
                     raise
                 time.sleep(min(0.05 * (2**attempt), 1.0) * random.uniform(0.5, 1.5))
         raise AssertionError("unreachable")
+
+    def write(self, fn: Callable[[sa.Connection], Any]) -> Any:
+        """fn(conn) in one write transaction, retried like the registry's own writes (models.aliases uses it)."""
+        return self._write(fn)
 
     def add(
         self,

@@ -37,6 +37,7 @@ def _register() -> None:
         importing,
         optimize,
         predict,
+        promote,
         serve,
         train,
     )
@@ -49,6 +50,7 @@ def _register() -> None:
     generate.register(app)
     predict.register(app)
     eval.register(app)
+    promote.register(app)
     optimize.register(app)
     serve.register(app)
     explain.register(app)

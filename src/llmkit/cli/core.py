@@ -93,11 +93,15 @@ def init(ctx: Ctx) -> None:
 @configured(None)
 def ls(
     ctx: Ctx,
-    kind: Annotated[str | None, typer.Argument(help="datasets | runs | models | evals (default: all)")] = None,
+    kind: Annotated[str | None, typer.Argument(help="datasets | runs | models | evals | aliases (default: all records)")] = None,
 ) -> None:
     """List what the registry holds."""
+    if kind == "aliases":
+        from llmkit.cli.promote import list_aliases
+
+        return list_aliases(ctx)
     if kind is not None and kind not in LS_KINDS:
-        raise UserError(f"unknown kind '{kind}'; use one of: {', '.join(LS_KINDS)}")
+        raise UserError(f"unknown kind '{kind}'; use one of: {', '.join(LS_KINDS)}, aliases")
     recs = ctx.registry.list(LS_KINDS[kind] if kind else None)
 
     def human() -> None:
@@ -117,9 +121,13 @@ def ls(
 @configured(None)
 def show(
     ctx: Ctx,
-    ref: Annotated[str, typer.Argument(help="name, name:vN, or id")],
+    ref: Annotated[str, typer.Argument(help="name, name:vN, id, or a model alias")],
 ) -> None:
-    """Show one record with its lineage."""
+    """Show one record with its lineage, or an alias with its history."""
+    from llmkit.cli.promote import show_alias
+
+    if show_alias(ctx, ref):
+        return
     rec = ctx.registry.get(ref)
     parents = [{"relation": rel, "id": p.id, "type": p.type, "ref": p.ref} for rel, p in ctx.registry.parents(rec.id)]
     children = [{"relation": rel, "id": c.id, "type": c.type, "ref": c.ref} for rel, c in ctx.registry.children(rec.id)]

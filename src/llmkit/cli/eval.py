@@ -42,20 +42,65 @@ def eval_(ctx: Ctx, cfg, model: MODEL_ARG) -> None:
     ctx.emit(report.to_json(), show)
 
 
-@configured(None)
+@configured("compare")
 def compare(
-    ctx: Ctx,
-    models: Annotated[list[str], typer.Argument(help="Two or more models (registry names or ids).")],
-    data: Annotated[str | None, typer.Option(help="Dataset to compare on; models without an evaluation on it are evaluated.")] = None,
-    split: Annotated[str, typer.Option(help="Split of --data.")] = "test",
+    ctx: Ctx, cfg,
+    models: Annotated[list[str], typer.Argument(help="BASE TUNED (the gate, with --data), or any models side by side.")],
 ) -> None:
-    """Line up models' registered evaluations and speed measurements side by side."""
+    """Compare models. BASE TUNED --data NAME is the promotion gate: both scored item by item on the held-out
+    split and on llmkit's general-ability check, the items whose outcome flipped, and a verdict against the
+    `compare` thresholds (llmkit config show compare); exit 0 when it passes, 1 when it fails. Otherwise
+    (or with --no-gate) the models' registered evaluations side by side."""
+    if len(models) == 2 and cfg.data and cfg.gate:
+        from llmkit.eval.gate import gate
+
+        with _progress(ctx) as progress:
+            result = gate(models[0], models[1], cfg, ctx.ws, ctx.registry, progress)
+        ctx.emit(result, lambda: _print_gate(result))
+        if not result["passed"]:
+            raise typer.Exit(1)
+        return
     from llmkit.eval import compare as run_compare
     from llmkit.eval.comparison import compare_table
 
     with _progress(ctx) as progress:
-        result = run_compare(models, data, split, ctx.ws, ctx.registry, progress)
+        result = run_compare(models, cfg.data, cfg.split or "test", ctx.ws, ctx.registry, progress)
     ctx.emit(result, lambda: console.print(compare_table(result)))
+
+
+def _print_gate(result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['tuned']} against {result['base']} on {result['dataset']} ({result['split']}, "
+                        f"{result['items']} items)")
+    for column in ("", result["base"], result["tuned"], "change"):
+        table.add_column(column, justify="right" if column else "left")
+    task = result["task"]
+    table.add_row(f"task {task['metric']}", f"{task['base']:.4f}", f"{task['tuned']:.4f}", f"{task['improvement']:+.4f}")
+    general = result["general"]
+    if general:
+        base, tuned = general["base"], general["tuned"]
+        table.add_row("general perplexity", f"{base['perplexity']:.3f}", f"{tuned['perplexity']:.3f}",
+                      f"{general['perplexity_increase']:+.1%}")
+        table.add_row("general answered", f"{base['answered']:.1%}", f"{tuned['answered']:.1%}",
+                      f"{-general['answer_drop']:+.1%}")
+    console.print(table)
+    flipped = result["flipped"]
+    console.print(f"flipped: {flipped['regressed']} better -> worse, {flipped['improved']} worse -> better")
+    for label, key in (("better -> worse", "regressed_examples"), ("worse -> better", "improved_examples")):
+        for example in flipped[key]:
+            fields = "  ".join(f"{k}: {v!r}" for k, v in example.items() if k != "item")
+            console.print(f"  {label} {example['item']}  {fields}", markup=False, highlight=False)
+    if general:
+        for item in general["regressed"]:
+            console.print(f"  general, lost: {item['instruction']!r} -> {item['prediction']!r} (was {item['base']!r})",
+                          markup=False, highlight=False)
+    if result["passed"]:
+        console.print(f"[bold green]verdict: pass[/bold green] (compare {result['id']})")
+    else:
+        console.print(f"[bold red]verdict: fail[/bold red] (compare {result['id']})")
+        for reason in result["reasons"]:
+            console.print(f"  {reason}", markup=False, highlight=False)
 
 
 @configured("bench-model")

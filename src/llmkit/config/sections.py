@@ -169,6 +169,22 @@ class EvalConfig(Section):
     out: str | None = Field(None, description="also write the HTML report to this path")
 
 
+class CompareConfig(Section):
+    data: str | None = Field(None, description="dataset to compare on; with two models (BASE TUNED) the gate scores both on its held-out split")
+    split: str | None = Field(None, description="split to score (empty = test when it has records, else val)")
+    gate: bool = Field(True, description="with two models and data: score both item by item, run the general check, list the items whose outcome flipped and give a verdict (exit 1 when it fails)")
+    general: bool = Field(True, description="gate: also run the general-ability check shipped with llmkit (perplexity on English prose, instructions with reference answers; causal LMs)")
+    max_items: int = Field(200, ge=0, description="gate: items of the split scored, the first ones (0 = all)")
+    max_new_tokens: int = Field(64, ge=1, description="gate, chat data: greedy tokens per reply")
+    item_pass_score: float = Field(0.3, ge=0.0, le=1.0, description="gate, chat data: a reply passes when its ROUGE-L F1 against the reference reaches this")
+    item_loss_margin: float = Field(0.05, ge=0.0, description="gate, lm data: an item flips when its loss per token moves by more than this (nats)")
+    min_task_improvement: float = Field(0.0, ge=-1.0, le=1.0, description="gate: how much better TUNED must score than BASE: accuracy (classify) or mean ROUGE-L (chat) points, relative perplexity decrease (lm); negative tolerates a small loss")
+    max_regressed_share: float = Field(0.1, ge=0.0, le=1.0, description="gate: largest share of the items that may go from pass to fail")
+    max_regressed_items: int | None = Field(None, ge=0, description="gate: most items that may go from pass to fail (empty = no count limit)")
+    max_general_perplexity_increase: float = Field(0.05, ge=0.0, description="gate: largest relative rise of the general English perplexity (0.05 = 5 %)")
+    max_general_answer_drop: float = Field(0.1, ge=0.0, le=1.0, description="gate: largest fall in the share of general instructions answered correctly")
+    examples: int = Field(5, ge=0, description="gate: flipped items shown for each direction")
+
 # One spelling per backend; older spellings are read as these (config files, --backend).
 BACKEND_ALIASES = {"llamacpp": "llama.cpp", "llama_cpp": "llama.cpp"}
 _one_spelling = BeforeValidator(lambda v: BACKEND_ALIASES.get(v, v) if isinstance(v, str) else v)
@@ -328,6 +344,7 @@ SECTIONS: dict[str, type[Section]] = {
     "distill": DistillConfig,
     "predict": PredictConfig,
     "eval": EvalConfig,
+    "compare": CompareConfig,
     "bench-model": BenchModelConfig,
     "export": ExportConfig,
     "prune": PruneConfig,

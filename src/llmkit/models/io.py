@@ -7,6 +7,7 @@ remote code never runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ class Model:
     id: str | None = None
     version: int | None = None
     lineage: dict[str, Any] | None = None
+    alias: str | None = None  # the alias it was resolved through (`llmkit promote`), e.g. 'prod'
 
     @property
     def ref(self) -> str:
@@ -53,10 +55,15 @@ BUILTIN_MODELS = {"minilm-l6": _minilm_l6, "smollm2-135m": _smollm2_135m}
 
 
 def resolve_model(ref: str, registry=None) -> Model:
-    """A registry name/id, a built-in name, a local folder, or a Hub id (network users only)."""
+    """A built-in name, a registry alias, name or id, a local folder, or a Hub id (network users only)."""
     if ref in BUILTIN_MODELS:
         return Model(BUILTIN_MODELS[ref](), ref)
     if registry is not None:
+        from llmkit.models.aliases import alias_target
+
+        target = alias_target(registry, ref)
+        if target is not None:
+            return dataclasses.replace(resolve_model(target.id, registry), alias=ref)
         rec = registry.find(ref, "model")
         if rec is not None:
             if not rec.path or not Path(rec.path).exists():

@@ -47,7 +47,7 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None) -> ServedMod
     quiet_transformers()
     served_id, _, target = ref.rpartition("=")  # NAME=MODEL serves MODEL under another name
     model = resolve_model(target, registry)
-    served_id = served_id or model.name
+    served_id = served_id or model.alias or model.name  # `serve prod` answers as prod, wherever it points
     kind = model_kind(model)
     backend = choose_backend(model, cfg.backend) if kind == "causal" else "torch"
     if kind != "causal" and cfg.backend not in ("auto", "torch"):

@@ -1,0 +1,195 @@
+"""The promotion gate of `llmkit compare BASE TUNED --data NAME`: did TUNED get better at the task
+without losing what BASE could do?
+
+Both models are scored item by item on the dataset's held-out split (eval.items) and, for causal LMs,
+on the general-ability check shipped with llmkit (eval.general). The items whose outcome flipped are
+listed both ways, and each threshold of the `compare` config section is a check with a one-line
+message; the verdict passes when every check does. The result is registered as an `eval` record of
+kind `compare` under TUNED (relation `gated`), which `llmkit promote --require-pass` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from typing import Any
+
+from llmkit.config import CompareConfig
+from llmkit.data.dataset import open_dataset
+from llmkit.errors import UserError
+from llmkit.eval.evaluation import model_task
+from llmkit.eval.items import chat_items, classifier_items, item_id, lm_items, load_lm
+from llmkit.models.io import Model, resolve_model
+from llmkit.registry import Record, Registry
+from llmkit.workspace import Workspace, atomic_dir
+
+TASK_METRIC = {"classify": "accuracy", "chat": "rougeL", "lm": "perplexity"}
+
+
+def held_out_split(ds, split: str | None) -> tuple[str, list[dict]]:
+    """The split to score: the one asked for, else test when it has records, else val."""
+    counts = ds.split_counts()
+    if split is None:
+        split = "test" if counts.get("test") else "val"
+    records = ds.records(split)
+    if not records:
+        have = ", ".join(f"{s} ({n})" for s, n in counts.items() if n) or "none"
+        raise UserError(f"compare.split = '{split}': dataset {ds.ref} has no records there; splits with records: {have}")
+    return split, records
+
+
+def score(model: Model, kind: str, records: list[dict], cfg: CompareConfig, progress=None) -> dict[str, Any]:
+    """One model's items, task figure and (causal LMs, compare.general) general check."""
+    from llmkit.eval.general import general_check
+
+    if kind == "classify":
+        return {"items": classifier_items(model, records), "general": None}
+    lm, tokenizer = load_lm(model)
+    if kind == "chat":
+        items = chat_items(lm, tokenizer, records, cfg.max_new_tokens, progress)
+    else:
+        items = lm_items(lm, tokenizer, records, progress)
+    return {"items": items, "general": general_check(lm, tokenizer, progress) if cfg.general else None}
+
+
+def task_figure(kind: str, items: list[dict]) -> float:
+    """Accuracy (classify), mean ROUGE-L (chat) or perplexity over every scored token (lm)."""
+    if kind == "lm":
+        tokens = sum(i["tokens"] for i in items)
+        return math.exp(min(sum(i["nll"] for i in items) / max(tokens, 1), 50.0))
+    return sum(i["score"] for i in items) / len(items)
+
+
+def flips(kind: str, base: list[dict], tuned: list[dict], cfg: CompareConfig) -> tuple[list[int], list[int]]:
+    """(indices that went better -> worse, indices that went worse -> better)."""
+    if kind == "lm":  # no pass/fail for a document: a flip is a loss that moved by more than the margin
+        deltas = [t["loss"] - b["loss"] for b, t in zip(base, tuned, strict=True)]
+        return ([i for i, d in enumerate(deltas) if d > cfg.item_loss_margin],
+                [i for i, d in enumerate(deltas) if d < -cfg.item_loss_margin])
+    threshold = 0.5 if kind == "classify" else cfg.item_pass_score
+    passed = [(b["score"] >= threshold, t["score"] >= threshold) for b, t in zip(base, tuned, strict=True)]
+    return [i for i, (b, t) in enumerate(passed) if b and not t], [i for i, (b, t) in enumerate(passed) if t and not b]
+
+
+def _check(name: str, ok: bool, message: str) -> dict[str, Any]:
+    return {"check": name, "passed": ok, "message": message}
+
+
+def checks(kind: str, task: dict[str, float], regressed: int, items: int, general: dict | None,
+           cfg: CompareConfig) -> list[dict[str, Any]]:
+    """Each threshold of the `compare` section as a check with its message."""
+    metric = TASK_METRIC[kind]
+    change = "relative decrease" if kind == "lm" else "change"
+    out = [_check("task", task["improvement"] >= cfg.min_task_improvement,
+                  f"{metric} {task['base']:.4f} -> {task['tuned']:.4f} ({change} {task['improvement']:+.4f}; "
+                  f"compare.min_task_improvement = {cfg.min_task_improvement:+.4f})")]
+    share = regressed / max(items, 1)
+    out.append(_check("regressed share", share <= cfg.max_regressed_share,
+                      f"{regressed} of {items} items went from better to worse ({share:.1%}; "
+                      f"compare.max_regressed_share = {cfg.max_regressed_share:.1%})"))
+    if cfg.max_regressed_items is not None:
+        out.append(_check("regressed items", regressed <= cfg.max_regressed_items,
+                          f"{regressed} items regressed (compare.max_regressed_items = {cfg.max_regressed_items})"))
+    if general is not None:
+        rise, drop = general["perplexity_increase"], general["answer_drop"]
+        out.append(_check("general perplexity", rise <= cfg.max_general_perplexity_increase,
+                          f"general English perplexity {general['base']['perplexity']:.3f} -> "
+                          f"{general['tuned']['perplexity']:.3f} ({rise:+.1%}; "
+                          f"compare.max_general_perplexity_increase = {cfg.max_general_perplexity_increase:.1%})"))
+        out.append(_check("general answers", drop <= cfg.max_general_answer_drop,
+                          f"general instructions answered {general['base']['answered']:.1%} -> "
+                          f"{general['tuned']['answered']:.1%} (compare.max_general_answer_drop = "
+                          f"{cfg.max_general_answer_drop:.1%})"))
+    return out
+
+
+def _example(kind: str, record: dict, index: int, split: str, base: dict, tuned: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {"item": item_id(record, index, split)}
+    if kind == "classify":
+        out.update(text=record["text"][:160], label=record["label"], base=base["predicted"], tuned=tuned["predicted"])
+    elif kind == "chat":
+        out.update(prompt=tuned["prompt"][:160], reference=tuned["reference"][:160], base=base["prediction"][:160],
+                   tuned=tuned["prediction"][:160], base_score=round(base["score"], 4), tuned_score=round(tuned["score"], 4))
+    else:
+        out.update(text=record["text"][:160], base_loss=round(base["loss"], 4), tuned_loss=round(tuned["loss"], 4))
+    return out
+
+
+def _general(base: dict | None, tuned: dict | None) -> dict[str, Any] | None:
+    if base is None or tuned is None:
+        return None
+    pairs = list(zip(base["items"], tuned["items"], strict=True))
+    return {"base": {k: base[k] for k in ("perplexity", "bits_per_byte", "answered")},
+            "tuned": {k: tuned[k] for k in ("perplexity", "bits_per_byte", "answered")},
+            "perplexity_increase": tuned["perplexity"] / base["perplexity"] - 1.0,
+            "answer_drop": base["answered"] - tuned["answered"],
+            "regressed": [t | {"base": b["prediction"]} for b, t in pairs if b["correct"] and not t["correct"]],
+            "improved": [t | {"base": b["prediction"]} for b, t in pairs if t["correct"] and not b["correct"]]}
+
+
+def gate(base_ref: str, tuned_ref: str, cfg: CompareConfig, ws: Workspace | None = None,
+         registry: Registry | None = None, progress=None) -> dict[str, Any]:
+    """Score BASE and TUNED on cfg.data's held-out split (and the general check) and give the verdict."""
+    ws = ws or Workspace.open()
+    registry = registry or Registry.for_workspace(ws.root)
+    if not cfg.data:
+        raise UserError("compare.data is not set: the gate needs --data NAME (the dataset TUNED was tuned for)")
+    base, tuned = resolve_model(base_ref, registry), resolve_model(tuned_ref, registry)
+    if base.path == tuned.path:
+        raise UserError(f"BASE and TUNED are the same model ({tuned.ref}); compare the tuned model with its base")
+    ds = open_dataset(registry, cfg.data)
+    expected = "classification" if ds.kind == "classify" else "causal-lm"
+    for model in (base, tuned):
+        if model_task(model) != expected:
+            raise UserError(f"{model.ref} is a {model_task(model)} model and {ds.ref} is a {ds.kind} dataset; "
+                            f"the gate needs two {expected} models for it")
+    split, records = held_out_split(ds, cfg.split)
+    records = records[: cfg.max_items or None]
+    sides = [score(model, ds.kind, records, cfg, progress) for model in (base, tuned)]
+    figures = [task_figure(ds.kind, side["items"]) for side in sides]
+    improvement = (figures[0] - figures[1]) / figures[0] if ds.kind == "lm" else figures[1] - figures[0]
+    task = {"metric": TASK_METRIC[ds.kind], "base": figures[0], "tuned": figures[1], "improvement": improvement}
+    worse, better = flips(ds.kind, sides[0]["items"], sides[1]["items"], cfg)
+    general = _general(sides[0]["general"], sides[1]["general"])
+    found = checks(ds.kind, task, len(worse), len(records), general, cfg)
+
+    def examples(indices: list[int]) -> list[dict]:
+        return [_example(ds.kind, records[i], i, split, sides[0]["items"][i], sides[1]["items"][i]) for i in indices[: cfg.examples]]
+
+    result = {"base": base.ref, "tuned": tuned.ref, "dataset": ds.ref, "split": split, "kind": ds.kind,
+              "items": len(records), "task": task, "general": general,
+              "flipped": {"regressed": len(worse), "improved": len(better),
+                          "regressed_items": [item_id(records[i], i, split) for i in worse],
+                          "improved_items": [item_id(records[i], i, split) for i in better],
+                          "regressed_examples": examples(worse), "improved_examples": examples(better)},
+              "checks": found, "passed": all(c["passed"] for c in found),
+              "reasons": [c["message"] for c in found if not c["passed"]], "config": cfg.model_dump()}
+    result["verdict"] = "pass" if result["passed"] else "fail"
+    result["id"] = _register(result, base, tuned, ds, ws, registry)
+    return result
+
+
+def _register(result: dict[str, Any], base: Model, tuned: Model, ds, ws: Workspace, registry: Registry) -> str:
+    """compare.json in a folder of its own, then an eval record (kind compare) under TUNED."""
+    folder = ws.folder("evals", f"{tuned.name.replace('/', '_')}-compare-{uuid.uuid4().hex[:6]}")
+    with atomic_dir(folder) as tmp:
+        (tmp / "compare.json").write_text(json.dumps(result, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+    general = result["general"] or {}
+    metrics = {"passed": int(result["passed"]), "task_base": result["task"]["base"], "task_tuned": result["task"]["tuned"],
+               "task_improvement": result["task"]["improvement"], "items": result["items"],
+               "regressed": result["flipped"]["regressed"], "improved": result["flipped"]["improved"]}
+    if general:
+        metrics.update(general_perplexity_base=general["base"]["perplexity"], general_perplexity_tuned=general["tuned"]["perplexity"],
+                       general_answered_base=general["base"]["answered"], general_answered_tuned=general["tuned"]["answered"])
+    parents = [(ds.id, "on_dataset")] + ([(tuned.id, "gated")] if tuned.id else []) + ([(base.id, "gate_base")] if base.id else [])
+    params = {"base": base.ref, "base_id": base.id, "tuned": tuned.ref, "tuned_id": tuned.id, "dataset": ds.ref,
+              "dataset_id": ds.id, "split": result["split"], "verdict": result["verdict"], "reasons": result["reasons"],
+              "config": result["config"]}
+    return registry.add("eval", tuned.name, kind="compare", path=folder, params=params, metrics=metrics, parents=parents).id
+
+
+def last_gate(registry: Registry, model_id: str) -> Record | None:
+    """The latest gate `llmkit compare` ran with this model as TUNED."""
+    gates = [rec for relation, rec in registry.children(model_id) if relation == "gated" and rec.kind == "compare"]
+    return max(gates, key=lambda r: r.created_at) if gates else None

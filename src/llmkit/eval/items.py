@@ -1,0 +1,95 @@
+"""One model's outcome on each item of a split, for the gate of `llmkit compare BASE TUNED`.
+
+An item is a record of the split. What its outcome is depends on the data:
+- classify: whether the predicted label is the true one (score 1 or 0);
+- chat: the greedy reply to the conversation up to its last assistant turn, scored by ROUGE-L F1
+  against that turn (the item passes when the score reaches compare.item_pass_score);
+- lm: the record's loss per token (nats), compared between the two models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmkit.errors import UserError
+from llmkit.models.io import Model
+
+LM_CONTEXT = 1024  # per-record perplexity windows: at most this, at most the model's context
+
+
+def item_id(record: dict[str, Any], index: int, split: str) -> str:
+    """Where the item comes from: its source file:line when the dataset kept it, else split#index."""
+    return str(record.get("source") or f"{split}#{index}")
+
+
+def load_lm(model: Model):
+    from llmkit.models.io import load_causal_lm
+
+    if (model.lineage or {}).get("format") in ("gguf", "onnx"):
+        raise UserError(f"{model.ref} is a {(model.lineage or {})['format']} export; the gate compares the models "
+                        "exports are made from (compare before exporting)")
+    return load_causal_lm(model)
+
+
+def classifier_items(model: Model, records: list[dict], batch_size: int = 32) -> list[dict[str, Any]]:
+    """[{"score": 1.0 | 0.0, "predicted": label}] per record."""
+    from llmkit.models.io import load_classifier
+
+    clf, tokenizer, labels = load_classifier(model)
+    unknown = sorted({r["label"] for r in records} - set(labels))
+    if unknown:
+        raise UserError(f"the split has labels {unknown} that {model.ref} does not know; its labels: {labels}")
+    max_length = (model.lineage or {}).get("max_length") or 512
+    predicted: list[str] = []
+    with torch.no_grad():
+        for start in range(0, len(records), batch_size):
+            texts = [r["text"] for r in records[start: start + batch_size]]
+            enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            logits = clf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+            predicted += [labels[int(i)] for i in logits.argmax(-1)]
+    return [{"score": float(p == r["label"]), "predicted": p} for p, r in zip(predicted, records, strict=True)]
+
+
+def chat_items(lm, tokenizer, records: list[dict], max_new_tokens: int, progress=None) -> list[dict[str, Any]]:
+    """[{"score": ROUGE-L F1, "prompt": last user turn, "reference", "prediction"}] per conversation."""
+    from rouge_score import rouge_scorer
+
+    from llmkit.generate import chat_prompt, generate
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    task = progress.add_task("replies", total=len(records)) if progress is not None else None
+    out = []
+    for record in records:
+        messages = record["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompt, end_ids = chat_prompt(tokenizer, messages[:last])
+        reply = generate(lm, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=end_ids)
+        reference = messages[last]["content"]
+        asked = next((m["content"] for m in reversed(messages[:last]) if m["role"] == "user"), "")
+        out.append({"score": scorer.score(reference, reply.text)["rougeL"].fmeasure, "prompt": asked,
+                    "reference": reference, "prediction": reply.text.strip()})
+        if task is not None:
+            progress.advance(task)
+    return out
+
+
+def lm_items(lm, tokenizer, records: list[dict], progress=None) -> list[dict[str, Any]]:
+    """[{"loss": nats per token, "nll": summed nats, "tokens": scored tokens}] per document."""
+    from llmkit.eval.lm import stream_nll, token_stream
+
+    context = min(getattr(lm.config, "max_position_embeddings", None) or LM_CONTEXT, LM_CONTEXT)
+    task = progress.add_task("documents", total=len(records)) if progress is not None else None
+    out = []
+    for record in records:
+        ids = token_stream(tokenizer, [record["text"]])  # the separator first, as in lm eval
+        if len(ids) < 2:
+            nll, count = 0.0, 0
+        else:
+            nll, count = stream_nll(lm, np.asarray(ids), context, context)
+        out.append({"loss": nll / count if count else 0.0, "nll": nll, "tokens": count})
+        if task is not None:
+            progress.advance(task)
+    return out
