@@ -1,0 +1,121 @@
+"""`llmkit promote`, `show ALIAS`, `ls aliases` and a command that takes MODEL given an alias, as real CLI runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tests.conftest import run_cli, tiny_config
+
+from llmkit.config import CompareConfig
+from llmkit.eval.gate import gate
+from llmkit.registry import Registry
+from llmkit.workspace import Workspace
+
+
+@pytest.fixture(scope="module")
+def other(lm_workspace: Path, tiny_model):
+    """A second registered model for the alias to move to."""
+    from llmkit.train import pretrain
+
+    ws = Workspace.open(lm_workspace)
+    return pretrain(tiny_config(name="promote-other", max_steps=8), ws, Registry.for_workspace(ws.root))
+
+
+def _cli_greedy(model: str, root: Path) -> str:
+    out = run_cli("generate", model, "--prompt", "ROMEO:", "--max-new-tokens", "12", "--temperature", "0", "--json",
+                  workspace=root, check=True)
+    return json.loads(out.stdout)["text"]
+
+
+def _greedy(name: str, root: Path) -> str:
+    """The registered model's greedy text, computed here (the CLI's must be the same)."""
+    from llmkit.generate import generate
+    from llmkit.models.io import load_causal_lm, resolve_model
+
+    lm, tok = load_causal_lm(resolve_model(name, Registry.for_workspace(root)))
+    return generate(lm, tok, "ROMEO:", max_new_tokens=12, temperature=0).text
+
+
+def test_promote_moves_the_alias_records_the_history_and_generate_follows_it(lm_workspace: Path, tiny_model, other):
+    root = lm_workspace
+    first = run_cli("promote", "tiny-lm", "--alias", "cli-prod", "--note", "first", "--json", workspace=root, check=True)
+    assert json.loads(first.stdout)["model_ref"] == tiny_model.ref
+    assert _cli_greedy("cli-prod", root) == _greedy("tiny-lm", root)
+    moved = run_cli("promote", "promote-other", "--alias", "cli-prod", workspace=root, check=True)
+    assert f"cli-prod -> {other.ref} (was {tiny_model.ref})" in moved.stdout
+    assert _cli_greedy("cli-prod", root) == _greedy("promote-other", root) != _greedy("tiny-lm", root)
+
+    shown = json.loads(run_cli("show", "cli-prod", "--json", workspace=root, check=True).stdout)
+    assert (shown["alias"], shown["model_id"]) == ("cli-prod", other.id)
+    assert [(m["previous_ref"], m["model_ref"], m["note"]) for m in shown["history"]] == [
+        (None, tiny_model.ref, "first"), (tiny_model.ref, other.ref, "")]
+    assert all(m["moved_by"] and m["moved"].endswith("+00:00") for m in shown["history"])
+    listed = json.loads(run_cli("ls", "aliases", "--json", workspace=root, check=True).stdout)
+    assert {m["alias"]: m["model_ref"] for m in listed}["cli-prod"] == other.ref
+
+
+def test_promote_require_pass_reads_the_last_gate(lm_workspace: Path, tiny_model, other):
+    root = lm_workspace
+    refused = run_cli("promote", "promote-other", "--alias", "cli-gated", "--require-pass", workspace=root)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: --require-pass: {other.ref} has not been through the gate; run llmkit compare BASE promote-other "
+        "--data NAME first"]
+    ws = Workspace.open(root)
+    registry = Registry.for_workspace(ws.root)
+    cfg = CompareConfig(data="tiny", max_items=8, general=False)
+    assert gate("tiny-lm", "promote-other", cfg, ws, registry)["verdict"] == "fail"  # 8 steps lose to 60
+    failed = run_cli("promote", "promote-other", "--alias", "cli-gated", "--require-pass", workspace=root)
+    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
+    assert f"{other.ref}'s last gate against {tiny_model.ref} on tiny:v1 failed (perplexity" in failed.stderr
+    assert gate("promote-other", "tiny-lm", cfg, ws, registry)["verdict"] == "pass"
+    run_cli("promote", "tiny-lm", "--alias", "cli-gated", "--require-pass", workspace=root, check=True)
+    assert run_cli("show", "cli-gated", "--json", workspace=root, check=True).stdout.count('"model_ref"') == 2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("promote", "nope", "--alias", "cli-x"), "error: no model 'nope' in the registry; an alias points at a registered model"),
+    (("promote", "promote-other", "--alias", "tiny-lm"),
+     "error: alias 'tiny-lm' would shadow the model tiny-lm:v1; an alias needs a name no model has"),
+    (("promote", "promote-other", "--alias", "bad/name"), "error: alias name 'bad/name': use letters"),
+    (("generate", "no-such-alias", "--prompt", "x"), "error: no model 'no-such-alias'"),
+])
+def test_bad_promote_input_is_one_line_and_exit_2(lm_workspace: Path, other, args, message):
+    proc = run_cli(*args, workspace=lm_workspace)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(message)
+
+
+def test_serve_alias_answers_as_the_alias_with_the_model_it_points_at(lm_workspace: Path, tiny_model, other):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import requests
+
+    from llmkit.generate import generate
+    from llmkit.models.io import load_causal_lm, resolve_model
+
+    run_cli("promote", "tiny-lm", "--alias", "serve-prod", workspace=lm_workspace, check=True)
+    run_cli("promote", "promote-other", "--alias", "serve-prod", workspace=lm_workspace, check=True)
+    lm, tok = load_causal_lm(resolve_model("promote-other", Registry.for_workspace(lm_workspace)))
+    expected = generate(lm, tok, "ROMEO:", max_new_tokens=8, temperature=0).text
+    env = {**os.environ, "LLMKIT_HOME": str(lm_workspace)}
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "serve-prod", "--port", "0", "--no-ui"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = None
+        while url is None:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
+            url = match.group(1) if match else None
+        assert requests.get(url + "/health", timeout=10).json()["models"] == ["serve-prod"]
+        body = {"model": "serve-prod", "prompt": "ROMEO:", "max_tokens": 8, "temperature": 0}
+        out = requests.post(url + "/v1/completions", json=body, timeout=60).json()
+        assert out["model"] == "serve-prod" and out["choices"][0]["text"] == expected
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)

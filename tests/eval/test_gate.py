@@ -1,0 +1,148 @@
+"""The promotion gate of `llmkit compare BASE TUNED --data NAME`: flips, checks and the verdict, on tiny real models
+(one tuned to get better, one fine-tuned to get worse) and through the CLI's exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmkit.config import CompareConfig, SftConfig
+from llmkit.errors import UserError
+from llmkit.eval.gate import checks, flips, gate, last_gate
+from llmkit.registry import Registry
+from llmkit.workspace import Workspace
+from tests.conftest import run_cli, tiny_config
+
+FAST = dict(max_items=12, max_new_tokens=8)
+
+
+def test_flips_are_outcome_changes_both_ways_and_each_threshold_is_a_check():
+    cfg = CompareConfig(item_pass_score=0.5, item_loss_margin=0.1, max_regressed_share=0.25, max_regressed_items=0)
+    base = [{"score": s} for s in (1.0, 1.0, 0.0, 0.0, 0.6)]
+    tuned = [{"score": s} for s in (1.0, 0.0, 1.0, 0.0, 0.4)]
+    assert flips("classify", base, tuned, cfg) == ([1, 4], [2])  # 0.6 -> 0.4: correct -> wrong at 0.5
+    assert flips("chat", base, tuned, CompareConfig(item_pass_score=0.3)) == ([1], [2])  # 0.6 and 0.4 both pass 0.3
+    losses = [{"loss": a} for a in (2.0, 2.0, 2.0)], [{"loss": b} for b in (2.05, 2.2, 1.8)]
+    assert flips("lm", *losses, cfg) == ([1], [2])  # a move of 0.05 is inside the margin
+    task = {"base": 0.6, "tuned": 0.55, "improvement": -0.05}
+    found = {c["check"]: c for c in checks("classify", task, regressed=2, items=5, general=None, cfg=cfg)}
+    assert [name for name, c in found.items() if not c["passed"]] == ["task", "regressed share", "regressed items"]
+    assert found["task"]["message"] == "accuracy 0.6000 -> 0.5500 (change -0.0500; compare.min_task_improvement = +0.0000)"
+    assert found["regressed share"]["message"] == "2 of 5 items went from better to worse (40.0%; compare.max_regressed_share = 25.0%)"
+    general = {"base": {"perplexity": 10.0, "answered": 0.8}, "tuned": {"perplexity": 10.4, "answered": 0.75},
+               "perplexity_increase": 0.04, "answer_drop": 0.05}
+    ok = checks("lm", {"base": 20.0, "tuned": 18.0, "improvement": 0.1}, 0, 5, general, CompareConfig())
+    assert all(c["passed"] for c in ok) and len(ok) == 4
+    strict = checks("lm", {"base": 20.0, "tuned": 18.0, "improvement": 0.1}, 0, 5, general,
+                    CompareConfig(max_general_perplexity_increase=0.03, max_general_answer_drop=0.01))
+    assert [c["check"] for c in strict if not c["passed"]] == ["general perplexity", "general answers"]
+
+
+@pytest.fixture(scope="module")
+def ws(lm_workspace: Path, tiny_model, chat_data) -> Workspace:
+    return Workspace.open(lm_workspace)
+
+
+@pytest.fixture(scope="module")
+def early(ws):
+    """tiny-lm's recipe stopped after 10 steps: the base a longer run improves on."""
+    from llmkit.train import pretrain
+
+    return pretrain(tiny_config(name="gate-early", max_steps=10), ws, Registry.for_workspace(ws.root))
+
+
+@pytest.fixture(scope="module")
+def wide(ws):
+    """tiny-lm's recipe with room for chat prompts (context 256)."""
+    from llmkit.train import pretrain
+
+    return pretrain(tiny_config(name="gate-wide", context=256, max_steps=40, eval_every=40, checkpoint_every=40), ws,
+                    Registry.for_workspace(ws.root))
+
+
+@pytest.fixture(scope="module")
+def wrecked(ws, wide):
+    """gate-wide fully fine-tuned on the chat data at a learning rate far too high: worse at everything."""
+    from llmkit.train.supervised import sft
+
+    return sft(SftConfig(base="gate-wide", data="chats", method="full", max_steps=6, batch_size=4, max_length=160, lr=0.05,
+                         warmup_ratio=0.0, eval_every=6, checkpoint_every=6, eval_max_examples=2, seed=5, skip_bad=True,
+                         name="gate-wrecked"), ws, Registry.for_workspace(ws.root))
+
+
+def test_a_better_model_passes_the_gate_and_the_verdict_is_registered(ws, early, tiny_model):
+    registry = Registry.for_workspace(ws.root)
+    result = gate("gate-early", "tiny-lm", CompareConfig(data="tiny", **FAST), ws, registry)
+    assert result["split"] == "test" and result["kind"] == "lm" and result["items"] == 12
+    assert result["task"]["tuned"] < result["task"]["base"] and result["task"]["improvement"] > 0
+    assert result["general"]["tuned"]["perplexity"] < result["general"]["base"]["perplexity"]
+    assert result["verdict"] == "pass" and result["reasons"] == [] and all(c["passed"] for c in result["checks"])
+    flipped = result["flipped"]
+    assert flipped["improved"] > flipped["regressed"] and len(flipped["improved_items"]) == flipped["improved"]
+    for example in flipped["improved_examples"]:  # listed because the loss fell by more than the margin
+        assert example["base_loss"] - example["tuned_loss"] > CompareConfig().item_loss_margin
+    rec = last_gate(registry, tiny_model.id)
+    assert rec.id == result["id"] and rec.params["verdict"] == "pass" and rec.params["base"] == early.ref
+    assert json.loads((Path(rec.path) / "compare.json").read_text())["task"] == result["task"]
+
+
+def test_a_model_fine_tuned_to_get_worse_fails_the_gate_with_its_reasons(ws, wrecked):
+    registry = Registry.for_workspace(ws.root)
+    result = gate("gate-wide", "gate-wrecked", CompareConfig(data="tiny", split="val", **FAST), ws, registry)
+    assert result["verdict"] == "fail" and not result["passed"]
+    failed = {c["check"] for c in result["checks"] if not c["passed"]}
+    assert {"task", "regressed share"} <= failed
+    assert result["general"]["tuned"]["perplexity"] > result["general"]["base"]["perplexity"]  # it lost some English too
+    assert any(r.startswith("perplexity ") and "compare.min_task_improvement" in r for r in result["reasons"])
+    assert result["flipped"]["regressed"] > result["flipped"]["improved"]
+    for example in result["flipped"]["regressed_examples"]:
+        assert example["tuned_loss"] - example["base_loss"] > CompareConfig().item_loss_margin
+    assert last_gate(registry, wrecked.id).params["verdict"] == "fail"
+
+
+def test_on_chat_data_replies_are_scored_and_flips_follow_the_pass_score(ws, wrecked):
+    cfg = CompareConfig(data="chats", max_items=6, max_new_tokens=12, item_pass_score=0.05, general=False)
+    result = gate("gate-wide", "gate-wrecked", cfg, ws, Registry.for_workspace(ws.root))
+    assert result["split"] == "val" and result["task"]["metric"] == "rougeL" and result["general"] is None
+    assert 0 <= result["task"]["base"] <= 1 and result["items"] == 6
+    for example in result["flipped"]["regressed_examples"]:
+        assert example["base_score"] >= 0.05 > example["tuned_score"]
+    for example in result["flipped"]["improved_examples"]:
+        assert example["tuned_score"] >= 0.05 > example["base_score"]
+
+
+def test_the_gate_refuses_what_it_cannot_compare(ws, sms_data):
+    registry = Registry.for_workspace(ws.root)
+    with pytest.raises(UserError, match=r"^compare.data is not set"):
+        gate("tiny-lm", "gate-early", CompareConfig(), ws, registry)
+    with pytest.raises(UserError, match=r"BASE and TUNED are the same model \(tiny-lm:v1\)"):
+        gate("tiny-lm", "tiny-lm:v1", CompareConfig(data="tiny"), ws, registry)
+    with pytest.raises(UserError, match=r"is a causal-lm model and sms:v1 is a classify dataset"):
+        gate("tiny-lm", "gate-early", CompareConfig(data="sms"), ws, registry)
+    with pytest.raises(UserError, match=r"compare.split = 'train2': dataset tiny:v1 has no records there"):
+        gate("tiny-lm", "gate-early", CompareConfig(data="tiny", split="train2"), ws, registry)
+
+
+def test_compare_cli_exits_0_on_pass_1_on_fail_and_2_on_a_bad_threshold_key(ws, early, wrecked, tmp_path: Path):
+    root = ws.root
+    passed = run_cli("compare", "gate-early", "tiny-lm", "--data", "tiny", "--max-items", "12", "--json", workspace=root)
+    assert passed.returncode == 0, passed.stderr
+    assert json.loads(passed.stdout)["verdict"] == "pass"
+    failed = run_cli("compare", "gate-wide", "gate-wrecked", "--data", "tiny", "--max-items", "12", workspace=root)
+    assert failed.returncode == 1, failed.stderr
+    assert "verdict: fail" in failed.stdout and "compare.min_task_improvement" in failed.stdout
+    assert "better -> worse" in failed.stdout
+    config = tmp_path / "gate.yaml"
+    config.write_text("compare:\n  max_general_perplexity_incrase: 0.1\n")
+    bad = run_cli("compare", "tiny-lm", "gate-wrecked", "--data", "tiny", "--config", str(config), workspace=root)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == [
+        f"error: {config}: unknown key 'compare.max_general_perplexity_incrase' (did you mean "
+        "'max_general_perplexity_increase'?); allowed keys: " + ", ".join(CompareConfig.model_fields)]
+    unknown = run_cli("compare", "tiny-lm", "no-such-model", "--data", "tiny", workspace=root)
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
+    assert unknown.stderr.startswith("error: no model 'no-such-model'")
+    shown = run_cli("config", "show", "compare", workspace=root)
+    assert "max_general_perplexity_increase: 0.05" in shown.stdout and "min_task_improvement: 0.0" in shown.stdout
