@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from llmkit.cli.common import Ctx, console
@@ -39,8 +41,15 @@ def _finish(ctx: Ctx, run, next_hint: str) -> None:
 
 @app.command(epilog="Example: llmkit train sft --base my-model --data my-chats --method lora --lora-r 8 --epochs 2")
 @configured("sft", flags=_LORA_FLAGS)
-def sft(ctx: Ctx, cfg) -> None:
+def sft(ctx: Ctx, cfg, *, estimate: Annotated[bool, typer.Option(
+        "--estimate", help="Print parameters, trainable parameters, expected peak memory and seconds per epoch from a "
+                           "two-step probe, then exit without training or registering anything.")] = False) -> None:
     """Supervised fine-tuning of a causal LM on a chat dataset; the loss covers assistant tokens only."""
+    if estimate:
+        from llmkit.train.estimate import estimate_sft
+
+        ctx.emit(estimate_sft(cfg, ctx.ws, ctx.registry, console=ctx.log), lambda: None)
+        return
     from llmkit.train.supervised import sft as run_sft
 
     _finish(ctx, lambda: run_sft(cfg, ctx.ws, ctx.registry, console=ctx.log), "next: llmkit chat {name}")

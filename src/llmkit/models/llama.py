@@ -9,11 +9,14 @@ a `LlamaForCausalLM` that gives the same logits and saves as a normal HF folder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 if TYPE_CHECKING:  # the HF modeling module takes seconds to import; only to_hf() needs it
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -58,20 +61,25 @@ class Llama(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.config = cfg
+        self.checkpointing = False  # activation checkpointing, block by block
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
-        head_dim = self.layers[0].head_dim
+        cos, sin = self._rope_tables()
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.apply(self._init)
+
+    def _rope_tables(self, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, head_dim = self.config, self.layers[0].head_dim
         theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        freqs = torch.outer(torch.arange(cfg.max_position_embeddings).float(), inv_freq)  # (T_max, hs/2)
+        freqs = torch.outer(torch.arange(length or cfg.max_position_embeddings).float(), inv_freq)  # (T_max, hs/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (T_max, hs)
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
-        self.apply(self._init)
+        return emb.cos(), emb.sin()
 
     def _init(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -83,15 +91,26 @@ class Llama(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         if T > self.cos.shape[0]:
             raise ValueError(f"sequence of {T} tokens is longer than the context {self.cos.shape[0]}")
-        x = self.embed(input_ids)  # (B, T, C)
-        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+        return self.lm_head(self.hidden_states(input_ids))  # (B, T, V)
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The final normed states (B, T, C) that the head turns into logits."""
+        T = input_ids.shape[1]
+        if T > self.cos.shape[0]:  # past max_position_embeddings: RoPE goes on, as HF's computes it per call
+            self.cos, self.sin = (t.to(self.cos.device) for t in self._rope_tables(T))
+        # The residual stream stays fp32 when the frozen weights are bf16 (as HF's does under autocast
+        # with fp32 weights): a bf16 stream would round every layer's sum.
+        x = self.embed(input_ids).float()  # (B, T, C)
+        cos, sin = self.cos[:T], self.sin[:T]
         for block in self.layers:
-            x = block(x, cos, sin)
-        x = F.rms_norm(x, (x.shape[-1],), self.norm, self.config.rms_norm_eps)
-        return self.lm_head(x)  # (B, T, V)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)  # recomputed in backward: memory for time
+            else:
+                x = block(x, cos, sin)
+        return F.rms_norm(x, (x.shape[-1],), self.norm, self.config.rms_norm_eps)
 
     # -- Hugging Face weights ---------------------------------------------------------------------
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
@@ -117,6 +136,43 @@ class Llama(nn.Module):
             sd["lm_head.weight"] = self.lm_head.weight
         return {k: v.detach().clone().contiguous() for k, v in sd.items()}
 
+    @classmethod
+    def from_hf(cls, config, tensor: Callable[[str], torch.Tensor], dtype: torch.dtype = torch.float32) -> Llama:
+        """The inverse of `hf_state_dict`: a Llama whose weights are read one HF tensor at a time (`tensor(name)`, e.g. a
+        dict's __getitem__ or a safetensors handle's get_tensor) and fused as this module keeps them.
+
+        Linear and embedding weights take `dtype` (bf16 halves a frozen base); norm weights stay fp32, as HF keeps them
+        under autocast. Built on the meta device: no random initialisation is paid for weights about to be replaced."""
+        with torch.device("meta"):
+            model = cls(config)
+
+        def get(name: str, as_dtype: torch.dtype = dtype) -> torch.Tensor:
+            return tensor(name).to(as_dtype)
+
+        weights = {"embed.weight": get("model.embed_tokens.weight"), "norm": get("model.norm.weight", torch.float32)}
+        weights["lm_head.weight"] = weights["embed.weight"] if config.tie_word_embeddings else get("lm_head.weight")
+        for i, b in enumerate(model.layers):
+            hf, ours = f"model.layers.{i}.", f"layers.{i}."
+            attn, mlp = hf + "self_attn.", hf + "mlp."
+            weights |= {ours + "attn_norm": get(hf + "input_layernorm.weight", torch.float32),
+                        ours + "mlp_norm": get(hf + "post_attention_layernorm.weight", torch.float32),
+                        ours + "qkv.weight": torch.cat([get(attn + p + "_proj.weight") for p in "qkv"]),
+                        ours + "o.weight": get(attn + "o_proj.weight"),
+                        ours + "gate_up.weight": torch.cat([get(mlp + "gate_proj.weight"), get(mlp + "up_proj.weight")]),
+                        ours + "down.weight": get(mlp + "down_proj.weight")}
+            if b.qkv.bias is not None:
+                weights[ours + "qkv.bias"] = torch.cat([get(attn + p + "_proj.bias") for p in "qkv"])
+            if b.o.bias is not None:
+                weights[ours + "o.bias"] = get(attn + "o_proj.bias")
+            if b.gate_up.bias is not None:
+                weights[ours + "gate_up.bias"] = torch.cat([get(mlp + "gate_proj.bias"), get(mlp + "up_proj.bias")])
+                weights[ours + "down.bias"] = get(mlp + "down_proj.bias")
+        model.load_state_dict(weights, strict=True, assign=True)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.embed.weight
+        model.cos, model.sin = model._rope_tables()
+        return model
+
     def to_hf(self) -> LlamaForCausalLM:
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -129,3 +185,26 @@ class Llama(nn.Module):
         if self.config.tie_word_embeddings:
             hf.tie_weights()
         return hf.eval()
+
+
+def from_hf_folder(path: Path, dtype: torch.dtype = torch.float32) -> Llama:
+    """A Hugging Face Llama folder (safetensors, one file or sharded) as our Llama, read tensor by tensor."""
+    import json
+    from contextlib import ExitStack
+
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    index = path / "model.safetensors.index.json"
+    weight_map = json.loads(index.read_text())["weight_map"] if index.exists() else None
+    with ExitStack() as stack:
+        handles: dict[str, object] = {}
+
+        def tensor(name: str) -> torch.Tensor:
+            file = weight_map[name] if weight_map else "model.safetensors"
+            if file not in handles:
+                handles[file] = stack.enter_context(safe_open(str(path / file), framework="pt"))
+            return handles[file].get_tensor(name)
+
+        return Llama.from_hf(config, tensor, dtype)

@@ -65,13 +65,33 @@ def save_adapter(peft_model, tokenizer, target: Path, base: Model, lineage: dict
     quiet_transformers()
     with atomic_dir(target) as tmp:
         peft_model.save_pretrained(str(tmp), safe_serialization=True)
-        config_file = tmp / "adapter_config.json"
-        adapter_cfg = json.loads(config_file.read_text())
-        adapter_cfg["base_model_name_or_path"] = str(base.path)  # where this machine finds the base
-        config_file.write_text(json.dumps(adapter_cfg, indent=2))
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / "llmkit.json").write_text(json.dumps(lineage, indent=2, default=str))
+        _finish_adapter(tmp, tokenizer, base, lineage)
     return target
+
+
+def save_adapter_state(weights: dict[str, torch.Tensor], lora: LoraConfig, targets: list[str], tokenizer, target: Path,
+                       base: Model, lineage: dict[str, Any]) -> Path:
+    """Adapter weights already named as a PeftModel saves them (train.fast_lora) written as `save_adapter` writes a
+    PeftModel's: the same files, keys and adapter_config.json."""
+    from peft import LoraConfig as PeftLoraConfig
+    from safetensors.torch import save_file
+
+    config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=set(targets),
+                            task_type="CAUSAL_LM", bias="none", inference_mode=True)
+    with atomic_dir(target) as tmp:
+        save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(str(tmp))
+        _finish_adapter(tmp, tokenizer, base, lineage)
+    return target
+
+
+def _finish_adapter(folder: Path, tokenizer, base: Model, lineage: dict[str, Any]) -> None:
+    config_file = folder / "adapter_config.json"
+    adapter_cfg = json.loads(config_file.read_text())
+    adapter_cfg["base_model_name_or_path"] = str(base.path)  # where this machine finds the base
+    config_file.write_text(json.dumps(adapter_cfg, indent=2))
+    tokenizer.save_pretrained(str(folder))
+    (folder / "llmkit.json").write_text(json.dumps(lineage, indent=2, default=str))
 
 
 def merge(ref: str, ws: Workspace | None = None, registry=None, name: str | None = None, console=None) -> Model:

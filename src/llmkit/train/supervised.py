@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +19,13 @@ from llmkit.config import SftConfig
 from llmkit.data.dataset import open_dataset
 from llmkit.data.tokenizer import CHAT_TEMPLATE
 from llmkit.errors import UserError
-from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
+from llmkit.models.io import Model, load_causal_lm, load_tokenizer_for, resolve_model, save_model
 from llmkit.registry import Registry, given_or_default
+from llmkit.train import fast_lora
 from llmkit.train.checkpoint import resume_run
 from llmkit.train.finetune import FinetuneJob, enable_checkpointing, fit
-from llmkit.train.lora import apply_lora, save_adapter
+from llmkit.train.lora import apply_lora, check_targets, save_adapter, save_adapter_state
+from llmkit.train.optim import resolve_precision
 from llmkit.workspace import Workspace
 
 IGNORE = -100  # label of tokens the loss skips (prompt, system, padding)
@@ -144,8 +147,23 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     return loss, int((target != IGNORE).sum())
 
 
-def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
-        stop_at_step: int | None = None) -> Model:
+@dataclass
+class SftSetup:
+    """Everything an SFT run needs before its first step: what `sft` trains and `estimate` probes."""
+
+    cfg: SftConfig
+    ws: Workspace
+    registry: Registry
+    run_dir: Any
+    run_id: str | None
+    base: Model
+    dataset: Any
+    tokenizer: Any
+    job: FinetuneJob
+    path: str          # which training path: "fast" (train.fast_lora) or "peft" (transformers + peft)
+
+
+def prepare_sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None) -> SftSetup:
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     cfg, run_dir, run_id = resume_run(cfg, "sft", registry)
@@ -154,23 +172,18 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
     ds_rec = chat_dataset(registry, cfg.data, "sft.data")
     base = resolve_model(cfg.base, registry)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm, tokenizer = _load_base(base, cfg, device)
+    lm, tokenizer, path = _load_model(base, cfg, device, console)
     if tokenizer.chat_template is None:
         tokenizer.chat_template = CHAT_TEMPLATE  # saved with the model, so chat and serve render the same way
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     train, rows, val, train_counts = _examples(cfg, ds_rec, tokenizer, console)
-
-    if cfg.gradient_checkpointing:
-        enable_checkpointing(lm, "sft.gradient_checkpointing")
-    if cfg.method in ("lora", "qlora"):
-        torch.manual_seed(cfg.seed)  # the adapters' initial weights
-        lm = apply_lora(lm, cfg.lora, "CAUSAL_LM", "sft.lora")
+    loss_sum = fast_lora.token_loss_sum if path == "fast" else token_loss_sum
     lm.train()
 
     def loss_fn(model, batch):
         batch = {k: v.to(device) for k, v in batch.items()}
-        total, n = token_loss_sum(model, batch)
+        total, n = loss_sum(model, batch)
         return total / max(n, 1), n
 
     val_batches = [collate(val[k: k + cfg.batch_size], pad_id) for k in range(0, len(val), cfg.batch_size)]
@@ -180,7 +193,7 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
         model.eval()
         total, count = 0.0, 0
         for batch in val_batches:
-            loss, n = token_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+            loss, n = loss_sum(model, {k: v.to(device) for k, v in batch.items()})
             total, count = total + float(loss), count + n
         mean = total / max(count, 1)
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
@@ -190,27 +203,62 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
     job = FinetuneJob("sft", name, lm, lambda epoch: shuffled_batches(rows, cfg.batch_size, cfg.seed, epoch, lambda xs: collate(xs, pad_id)),
               loss_fn, evaluate, score="val_loss", parents=parents,
               info={"method": cfg.method, "train_examples": len(train), "skipped": train_counts["no_assistant"] + train_counts["empty_after_truncation"],
-                    "truncated": train_counts["truncated"]})
-    fitted = fit(job, cfg, "sft", ws, registry, run_dir, run_id, console, stop_at_step)
+                    "truncated": train_counts["truncated"], "path": path})
+    return SftSetup(cfg, ws, registry, run_dir, run_id, base, ds_rec, tokenizer, job, path)
+
+
+def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
+        stop_at_step: int | None = None) -> Model:
+    setup = prepare_sft(cfg, ws, registry, console)
+    cfg, ws, registry, base, ds_rec, tokenizer = setup.cfg, setup.ws, setup.registry, setup.base, setup.dataset, setup.tokenizer
+    fitted = fit(setup.job, cfg, "sft", ws, registry, setup.run_dir, setup.run_id, console, stop_at_step)
 
     lineage = {"format": "llmkit.model/1", "task": "causal-lm", "method": cfg.method,
                "base": {"path": str(base.path), "ref": base.ref, "id": base.id},
                "parent_model": {"path": str(base.path), "ref": base.ref, "id": base.id},
                "dataset": {"id": ds_rec.id, "ref": ds_rec.ref}, "run": {"id": fitted.run_id, "path": str(fitted.run_dir)},
                "metrics": fitted.summary, "config": cfg.model_dump()}
+    name = setup.job.name
     target = ws.folder("models", f"{name}-{fitted.run_id}")
+    model = fitted.model.to("cpu")
     if cfg.method == "full":
-        save_model(fitted.model.to("cpu"), tokenizer, target, lineage)
+        save_model(model.to_hf() if setup.path == "fast" else model, tokenizer, target, lineage)
+    elif setup.path == "fast":
+        save_adapter_state(model.adapter_state(), cfg.lora, fast_lora.peft_target_modules(model, cfg.lora.target_modules),
+                           tokenizer, target, base, lineage)
     else:
-        save_adapter(fitted.model, tokenizer, target, base, lineage)
+        save_adapter(model, tokenizer, target, base, lineage)
     rec = registry.add("model", name, kind="causal-lm", path=target, params={"method": cfg.method, "base": base.ref},
-                       metrics=fitted.summary, parents=[(fitted.run_id, "produced_by"), *parents])
+                       metrics=fitted.summary, parents=[(fitted.run_id, "produced_by"), *setup.job.parents])
     if console is not None:
         s = fitted.summary
         console.print(f"val loss {s['val_loss']:.4f} (perplexity {s['val_ppl']:.2f}); {s['trainable_parameters']:,} trainable of "
                       f"{s['total_parameters']:,} parameters; peak memory {s['peak_memory_mb']:.0f} MiB; {s['seconds']:.1f}s")
         console.print(f"model [bold]{rec.ref}[/bold] at {target}" + ("" if cfg.method == "full" else " (LoRA adapter; llmkit merge makes it standalone)"))
     return Model(target, name, rec.id, rec.version, lineage)
+
+
+def _load_model(base: Model, cfg: SftConfig, device: str, console) -> tuple[torch.nn.Module, Any, str]:
+    """The module to train, its tokenizer, and which path trains it: our fast Llama where the base allows,
+    else transformers + peft (a speed difference, never an error)."""
+    reason = fast_lora.fast_path_reason(base, cfg)
+    if reason is None:
+        if cfg.method == "lora":  # the same check, and the same message, as the peft path's
+            check_targets(fast_lora.meta_model(base.path), cfg.lora.target_modules, "sft.lora.target_modules")
+        lm = fast_lora.load_fast(base, cfg, resolve_precision(cfg.precision, device), device)
+        if console is not None:
+            console.print("training path: fast Llama (fused projections, frozen base in the training precision, "
+                          "chunked loss over labelled tokens)")
+        return lm, load_tokenizer_for(base), "fast"
+    lm, tokenizer = _load_base(base, cfg, device)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(lm, "sft.gradient_checkpointing")
+    if cfg.method in ("lora", "qlora"):
+        torch.manual_seed(cfg.seed)  # the adapters' initial weights
+        lm = apply_lora(lm, cfg.lora, "CAUSAL_LM", "sft.lora")
+    if console is not None:
+        console.print(f"training path: transformers + peft ({reason})")
+    return lm, tokenizer, "peft"
 
 
 def _examples(cfg: SftConfig, ds_rec, tokenizer, console):

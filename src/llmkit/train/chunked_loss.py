@@ -1,0 +1,87 @@
+"""Cross-entropy of a linear head without the whole logits tensor: chunk by chunk over positions.
+
+A causal LM's loss usually goes `logits = head(h)` for every position, then an fp32 copy, then the
+softmax gradient of that copy: for a 49k-token vocabulary and a 4 x 256 batch that is ~200 MB per
+tensor, more than everything else a LoRA step keeps alive. Here only the labelled positions are
+scored, a chunk of them at a time, and each chunk's gradient (softmax - one-hot, pushed through the
+head) is computed in the same pass as its loss: nothing of size V outlives its chunk, and the head's
+matmul runs once forward and once per needed gradient, with no recomputation in backward.
+
+The maths is `F.cross_entropy(h @ W.T, targets, reduction="sum")`: logits in the head's compute
+dtype (bf16 under autocast, as an HF model computes them), then fp32 for log-sum-exp and softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE = -100
+CHUNK_LOGITS = 1 << 23  # logits per chunk: 8M (32 MB in fp32); ~170 positions of a 49k vocabulary
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else t.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                want_hidden: bool, want_weight: bool) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+        for start in range(0, hidden.shape[0], chunk):
+            h, t = hidden[start: start + chunk], targets[start: start + chunk]
+            logits = (h @ weight.T).float()                     # (n, V): the only vocabulary-sized tensors
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if grad_hidden is None and grad_weight is None:
+                continue
+            probs = logits.sub_(lse[:, None]).exp_()            # softmax, in place
+            probs[torch.arange(len(t), device=t.device), t] -= 1.0  # d loss / d logits
+            g = probs.to(hidden.dtype)
+            del logits, probs
+            if grad_hidden is not None:
+                grad_hidden[start: start + chunk] = g @ weight
+            if grad_weight is not None:
+                grad_weight += (g.T @ h).float()
+        ctx.save_for_backward(*(x for x in (grad_hidden, grad_weight) if x is not None))
+        ctx.wants = (want_hidden, want_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        saved = list(ctx.saved_tensors)
+        want_hidden, want_weight = ctx.wants
+        grad_hidden = grad_weight = None
+        if want_hidden:
+            grad_hidden = saved.pop(0)
+            grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
+        if want_weight:
+            grad_weight = (saved.pop(0) * grad_total).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    """Summed cross-entropy of `hidden @ weight.T` (hidden (N, C), weight (V, C)) against `targets` (N,),
+    rows whose target is IGNORE left out. `chunk`: positions per chunk (0: CHUNK_LOGITS logits per chunk)."""
+    keep = targets != IGNORE
+    if not bool(keep.all()):
+        hidden, targets = hidden[keep], targets[keep]
+    dtype = _compute_dtype(hidden)
+    hidden, weight_c = hidden.to(dtype), weight.to(dtype)  # no-ops for a bf16 head under bf16 autocast
+    chunk = chunk or max(1, CHUNK_LOGITS // weight.shape[0])
+    grad = torch.is_grad_enabled()
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight_c, targets, chunk, grad and hidden.requires_grad,
+                                         grad and weight_c.requires_grad)
+
+
+def shifted_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = 0) -> tuple[torch.Tensor, int]:
+    """Next-token loss summed over labelled positions of a batch, and their count: hidden (B, T, C) are the
+    final states, position t predicts labels[t + 1]."""
+    target = labels[:, 1:].reshape(-1)
+    states = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    return linear_cross_entropy(states, weight, target, chunk), int((target != IGNORE).sum())

@@ -1,0 +1,185 @@
+"""The fast SFT path: HF weights into our Llama and back, LoRA exactly as peft computes and saves it, the
+fallback to transformers + peft for other bases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from llmkit.config import LoraConfig, SftConfig
+from llmkit.models.io import resolve_model
+from llmkit.models.llama import from_hf_folder
+from llmkit.registry import Registry
+from llmkit.train import fast_lora
+from llmkit.train.fast_lora import LoraLlama, fast_path_reason
+from llmkit.train.lora import apply_lora, save_adapter, save_adapter_state
+from llmkit.train.supervised import IGNORE, sft, token_loss_sum
+from llmkit.workspace import Workspace
+from tests import tiny_lm
+
+tokenizer = pytest.fixture(scope="module")(tiny_lm.char_tokenizer)
+
+
+def _save(model, tok, folder: Path) -> Path:
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tokenizer, tmp_path_factory) -> Path:
+    """A tiny Llama with GQA, untied head and biases on attention and MLP, every weight random (norms too)."""
+    model = tiny_lm.make_model(tokenizer, seed=1, num_key_value_heads=2, tie_word_embeddings=False,
+                               attention_bias=True, mlp_bias=True)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.rand_like(p) + 0.5 if "norm" in name else torch.randn_like(p) * 0.1)
+    return _save(model, tokenizer, tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def tied_folder(tokenizer, tmp_path_factory) -> Path:
+    return _save(tiny_lm.train_tiny(tokenizer), tokenizer, tmp_path_factory.mktemp("tied"))
+
+
+def _hf(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True).eval()
+
+
+def _batch(vocab: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, vocab, (3, 20), generator=g)
+    labels, mask = ids.clone(), torch.ones_like(ids)
+    labels[:, :6] = IGNORE            # a prompt
+    ids[2, 15:], labels[2, 15:], mask[2, 15:] = 0, IGNORE, 0  # right padding
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("folder", ["llama_folder", "tied_folder"])
+def test_hf_weights_load_into_our_llama_with_hf_logits_and_save_back_unchanged(folder, request):
+    path = request.getfixturevalue(folder)
+    hf, ours = _hf(path), from_hf_folder(path).eval()
+    x = _batch(hf.config.vocab_size)["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(input_ids=x).logits, atol=1e-5, rtol=1e-5)
+    want = {k: v for k, v in hf.state_dict().items() if not (hf.config.tie_word_embeddings and k == "lm_head.weight")}
+    got = ours.hf_state_dict()
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert torch.equal(got[name], value), name
+
+
+def test_a_bf16_base_keeps_its_weights_bf16_and_its_norms_and_residual_fp32(llama_folder):
+    ours = from_hf_folder(llama_folder, torch.bfloat16)
+    assert ours.layers[0].qkv.weight.dtype == torch.bfloat16 and ours.embed.weight.dtype == torch.bfloat16
+    assert ours.layers[0].attn_norm.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = ours.hidden_states(_batch(ours.config.vocab_size)["input_ids"])
+    assert hidden.dtype == torch.float32
+
+
+def _peft_and_ours(folder: Path, lora: LoraConfig, targets: list[str], seed: int = 5):
+    hf, llama = _hf(folder), from_hf_folder(folder)
+    torch.manual_seed(seed)
+    paired = apply_lora(hf, lora, "CAUSAL_LM", "sft.lora")
+    torch.manual_seed(seed)
+    ours = LoraLlama(llama, targets, lora)
+    return paired, ours
+
+
+def _peft_state(paired, grads: bool = False) -> dict[str, torch.Tensor]:
+    return {n.replace(".default", ""): (p.grad if grads else p.detach()) for n, p in paired.named_parameters() if "lora_" in n}
+
+
+def _our_grads(ours: LoraLlama) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, parent, name, module in ours.adapters():
+        prefix = f"base_model.model.model.layers.{i}.{parent}.{name}."
+        out[prefix + "lora_A.weight"], out[prefix + "lora_B.weight"] = module.lora_A[name].grad, module.lora_B[name].grad
+    return out
+
+
+def test_a_seed_gives_peft_initial_adapters_and_a_training_step_matches_peft(llama_folder):
+    lora = LoraConfig(r=4, alpha=8, dropout=0.0)
+    paired, ours = _peft_and_ours(llama_folder, lora, list(fast_lora.PROJECTIONS))
+    start = _peft_state(paired)
+    assert ours.adapter_state().keys() == start.keys() and len(start) == 2 * 7 * 2
+    for name, value in start.items():
+        assert torch.equal(ours.adapter_state()[name], value), name
+    with torch.no_grad():  # B = 0 would make the first step's loss the base's: give B values
+        for n, p in paired.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    ours.load_adapter_state(_peft_state(paired))
+    batch = _batch(paired.config.vocab_size)
+    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2) for m in (paired, ours)]
+    for _ in range(2):
+        want, n_want = token_loss_sum(paired, batch)
+        got, n_got = fast_lora.token_loss_sum(ours, batch)
+        assert n_got == n_want
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+        (want / n_want).backward()
+        (got / n_got).backward()
+        peft_grads, our_grads = _peft_state(paired, grads=True), _our_grads(ours)
+        for name, grad in peft_grads.items():
+            torch.testing.assert_close(our_grads[name], grad, atol=1e-5, rtol=1e-4)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad()
+
+
+@pytest.mark.parametrize("targets", [["all-linear"], ["q_proj", "v_proj", "down_proj"]])
+def test_the_saved_adapter_loaded_by_peft_gives_our_logits_and_peft_config(llama_folder, tmp_path, tokenizer, targets):
+    from peft import PeftModel
+
+    lora = LoraConfig(r=4, alpha=16, dropout=0.1, target_modules=targets)
+    paired, ours = _peft_and_ours(llama_folder, lora, fast_lora.lora_targets(targets))
+    with torch.no_grad():
+        for _, _, name, module in ours.adapters():
+            module.lora_B[name].normal_(0, 0.1)
+    base = resolve_model(str(llama_folder))
+    save_adapter_state(ours.adapter_state(), lora, fast_lora.peft_target_modules(ours, targets), tokenizer, tmp_path / "fast", base, {})
+    save_adapter(paired, tokenizer, tmp_path / "peft", base, {})
+    for file in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "llmkit.json"):
+        assert (tmp_path / "fast" / file).exists()
+    mine, peft_cfg = (json.loads((tmp_path / d / "adapter_config.json").read_text()) for d in ("fast", "peft"))
+    assert sorted(mine.pop("target_modules")) == sorted(peft_cfg.pop("target_modules"))
+    assert mine == peft_cfg
+    loaded = PeftModel.from_pretrained(_hf(llama_folder), str(tmp_path / "fast")).eval()
+    x = _batch(paired.config.vocab_size)["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), loaded(input_ids=x).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_other_bases_are_named_with_the_reason_and_train_through_peft(lm_workspace, chat_data, tokenizer, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=1, n_head=2))
+    folder = _save(gpt2, tokenizer, tmp_path / "gpt2")
+    cfg = SftConfig(base=str(folder), data=chat_data, max_steps=2, batch_size=2, max_length=96, skip_bad=True,
+                    eval_max_examples=2, name="gpt2-sft")
+    assert fast_path_reason(resolve_model(str(folder)), cfg) == "GPT2LMHeadModel is not a LlamaForCausalLM"
+    assert "beyond the attention" in fast_path_reason(resolve_model(str(folder)), cfg.model_copy(
+        update={"lora": LoraConfig(target_modules=["lm_head"])}))
+    console = Console(record=True, width=200)
+    ws = Workspace.open(lm_workspace)
+    model = sft(cfg, ws, Registry.for_workspace(ws.root), console=console)
+    assert "training path: transformers + peft (GPT2LMHeadModel is not a LlamaForCausalLM)" in console.export_text()
+    assert model.lineage["metrics"]["path"] == "peft" and (model.path / "adapter_config.json").exists()
+
+
+def test_sft_on_a_llama_base_takes_the_fast_path_and_says_so(lm_workspace, tiny_model, chat_data):
+    console = Console(record=True, width=200)
+    ws = Workspace.open(lm_workspace)
+    cfg = SftConfig(base="tiny-lm", data=chat_data, max_steps=2, batch_size=2, max_length=96, skip_bad=True,
+                    eval_max_examples=2, name="fast-sft", lora=LoraConfig(r=4, alpha=8))
+    model = sft(cfg, ws, Registry.for_workspace(ws.root), console=console)
+    assert "training path: fast Llama" in console.export_text()
+    assert model.lineage["metrics"]["path"] == "fast"
