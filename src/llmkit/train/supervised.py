@@ -15,13 +15,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import llmkit.train.fast_lora as fast_lora
 from llmkit.config import SftConfig
 from llmkit.data.dataset import open_dataset
 from llmkit.data.tokenizer import CHAT_TEMPLATE
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, load_tokenizer_for, resolve_model, save_model
 from llmkit.registry import Registry, given_or_default
-from llmkit.train import fast_lora
 from llmkit.train.checkpoint import resume_run
 from llmkit.train.finetune import FinetuneJob, enable_checkpointing, fit
 from llmkit.train.lora import apply_lora, check_targets, save_adapter, save_adapter_state
