@@ -149,14 +149,8 @@ def _texts(tokenizer, records: list[dict]) -> list[str]:
 
 def _causal_lm(model: Model, ds, records: list[dict], cfg: EvalConfig, metrics: list[str], progress) -> Report:
     from llmkit.eval.lm import lm_metrics, stream_nll
-    from llmkit.models.io import load_causal_lm
 
-    if (model.lineage or {}).get("format") == "gguf":
-        from llmkit.runtime.llama_cpp import GgufLM
-
-        lm, tokenizer = GgufLM(model), load_tokenizer_for(model)
-    else:
-        lm, tokenizer = load_causal_lm(model)
+    lm, tokenizer = _load_lm(model)
     max_context = getattr(lm.config, "max_position_embeddings", None) or 1024
     context = cfg.context or max_context
     if context > max_context:
@@ -184,9 +178,37 @@ def _causal_lm(model: Model, ds, records: list[dict], cfg: EvalConfig, metrics: 
     samples: list[dict] = []
     if any(m in metrics for m in GENERATION_METRICS):
         items = [_chat_item(tokenizer, r["messages"]) for r in records]
-        gen, samples = _generation(lm, tokenizer, items, cfg, chat=False, progress=progress)
+        gen, samples = _generation(_generator(model, lm), tokenizer, items, cfg, chat=False, progress=progress)
         out.update({k: v for k, v in gen.items() if k in metrics or k == "examples"})
     return Report(model.ref, "causal-lm", out, ds.ref, cfg.split, cfg.model_dump(), samples=samples[:10])
+
+
+def _is_gguf(model: Model) -> bool:
+    from llmkit.runtime.backends import choose_backend
+
+    return choose_backend(model) == "llama.cpp"
+
+
+def _load_lm(model: Model):
+    """(lm, tokenizer): a GGUF export's whole-window logits come from llama.cpp (`GgufLM`), any other
+    causal LM is the torch module."""
+    from llmkit.models.io import load_causal_lm
+
+    if _is_gguf(model):
+        from llmkit.runtime.llama_cpp import GgufLM
+
+        return GgufLM(model), load_tokenizer_for(model)
+    return load_causal_lm(model)
+
+
+def _generator(model: Model, lm):
+    """What generates for `model`: the torch module, or for a GGUF export its llama.cpp backend (a GGUF has
+    no torch forward; `GgufLM` keeps every position's logits, which decoding does not need)."""
+    if not _is_gguf(model):
+        return lm
+    from llmkit.runtime.backends import load_backend
+
+    return load_backend("llama.cpp", model)
 
 
 def _shard_ids(ds, split: str, tokenizer) -> np.ndarray:
@@ -220,13 +242,16 @@ def _generation(lm, tokenizer, items: list[dict], cfg: EvalConfig, chat: bool, p
 
 
 def _generation_file(model: Model, file: Path, cfg: EvalConfig, progress) -> Report:
-    from llmkit.models.io import load_causal_lm
-
     items = jsonl_objects(file, ("prompt", "reference"))
     if not items:
         raise UserError(f"{file}: no {{prompt, reference}} lines")
     items = items[: cfg.max_examples or None]
-    lm, tokenizer = load_causal_lm(model)
+    if _is_gguf(model):  # generation only: its llama.cpp backend
+        from llmkit.runtime.backends import load_backend
+
+        lm, tokenizer = load_backend("llama.cpp", model), load_tokenizer_for(model)
+    else:
+        lm, tokenizer = _load_lm(model)
     metrics, samples = _generation(lm, tokenizer, items, cfg, cfg.chat, progress)
     chosen = cfg.metrics or GENERATION_METRICS
     metrics = {k: v for k, v in metrics.items() if k in chosen or k == "examples"}

@@ -24,21 +24,54 @@ def generation_metrics(predictions: list[str], references: list[str]) -> dict[st
 
 
 def generate_all(model, tokenizer, prompts: list[str], max_new_tokens: int, chat: bool, progress=None) -> list[dict[str, Any]]:
-    """Greedy completions; with chat=True each prompt is a user turn rendered with the chat template."""
+    """Greedy completions; with chat=True each prompt is a user turn rendered with the chat template.
+
+    `model` is a torch causal LM, or a runtime backend (`prefill`/`step` on token ids: a GGUF on llama.cpp),
+    which has no torch forward to call; both decode the same prompt ids and stop at the same tokens.
+    """
     from llmkit.generate import generate
 
     stop_ids = []
     if chat:
         end = tokenizer.convert_tokens_to_ids("<|end|>")
         stop_ids = [end] if isinstance(end, int) and end != tokenizer.unk_token_id else []
+    on_backend = hasattr(model, "prefill") and hasattr(model, "step")
     task = progress.add_task("generate", total=len(prompts)) if progress is not None else None
     out = []
     for prompt in prompts:
         text = prompt
         if chat:
             text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        result = generate(model, tokenizer, text, max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=stop_ids)
-        out.append({"prompt": prompt, "prediction": result.text, "tokens": len(result.token_ids)})
+        if on_backend:
+            prediction, token_ids = greedy_on_backend(model, tokenizer, text, max_new_tokens, stop_ids)
+        else:
+            result = generate(model, tokenizer, text, max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=stop_ids)
+            prediction, token_ids = result.text, result.token_ids
+        out.append({"prompt": prompt, "prediction": prediction, "tokens": len(token_ids)})
         if task is not None:
             progress.advance(task)
     return out
+
+
+def greedy_on_backend(backend, tokenizer, prompt: str, max_new_tokens: int, stop_token_ids: list[int]) -> tuple[str, list[int]]:
+    """`llmkit.generate.generate` at temperature 0, on a backend: the same prompt ids (BOS, left truncation to
+    the context), the same end tokens (the tokenizer's EOS, the config's, the given ones), the same text."""
+    from llmkit.generate import encode_prompt
+    from llmkit.runtime.decoder import eos_set, fit_context
+    from llmkit.runtime.detokenize import TextStream
+
+    ids, max_new = fit_context(encode_prompt(tokenizer, prompt), max_new_tokens, backend.max_len, tokenizer.bos_token_id)
+    eos = eos_set(tokenizer.eos_token_id) | set(getattr(backend, "eos_token_ids", ())) | set(stop_token_ids)
+    stream, out = TextStream(tokenizer), []
+    if max_new <= 0:
+        return "", out
+    state, logits = backend.prefill(ids, len(ids) + max_new)
+    for i in range(max_new):
+        token = int(logits.argmax())
+        out.append(token)
+        stream.push(out)
+        if token in eos or i == max_new - 1:
+            break
+        logits = backend.step(state, token)
+    stream.finish()
+    return stream.text, out

@@ -41,8 +41,9 @@ def check_exportable(model: Model) -> dict[str, Any]:
     config = json.loads((model.path / "config.json").read_text())
     archs = config.get("architectures") or []
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise UserError(f"GGUF export supports {', '.join(SUPPORTED_ARCHITECTURES)} (llmkit's own models); {model.ref} is "
-                        f"{', '.join(archs) or config.get('model_type')}. Use --format onnx, or llama.cpp's own converter")
+        raise UserError(f"GGUF export supports {', '.join(SUPPORTED_ARCHITECTURES)} (Llama-architecture models: llmkit's own, "
+                        f"SmolLM2, Llama); {model.ref} is {', '.join(archs) or config.get('model_type')}: use --format onnx, "
+                        "or llama.cpp's convert_hf_to_gguf.py")
     rope_type = (config.get("rope_parameters") or {}).get("rope_type", "default")
     scaled = config.get("rope_scaling") or rope_type != "default"
     if scaled or config.get("attention_bias") or config.get("mlp_bias"):

@@ -1,5 +1,11 @@
 """The before/after table of every compression: size on disk, perplexity (accuracy for classifiers)
-on the source model's val split, decode tokens/s. Each figure is a registered evaluation."""
+on the source model's val split, decode tokens/s. Each figure is a registered evaluation.
+
+Each model runs where it will be used: a GGUF export on llama.cpp (its perplexity from llama.cpp's
+logits, its speed from llama.cpp's decoding), anything else on torch. Perplexity windows are at most
+`TABLE_CONTEXT` tokens, a few at a time: a 49k-token vocabulary's logits over a full 8k context are
+1.6 GB per window, and the comparison only needs the same windows on both sides.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from llmkit.models.io import Model
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 
+TABLE_CONTEXT = 1024
+
 
 def before_after(before: Model, after: Model, ws: Workspace, registry: Registry, max_examples: int = 200,
                  console=None, progress=None) -> list[dict]:
@@ -15,16 +23,19 @@ def before_after(before: Model, after: Model, ws: Workspace, registry: Registry,
     from llmkit.eval.speed import disk_size_bytes
 
     dataset = ((before.lineage or {}).get("dataset") or {}).get("id")
+    kind = model_task(before)
+    key = "accuracy" if kind == "classification" else "perplexity"
+    # Only the figure the table shows: on a chat split an unrestricted evaluation would also generate
+    # an answer to every conversation, twice, for metrics the table does not print.
+    windows = {} if kind == "classification" else {"context": min(_context(before), TABLE_CONTEXT), "batch_size": 2}
+    quality = EvalConfig(data=dataset, split="val", max_examples=max_examples, metrics=[key], **windows)
     rows = []
     for label, model in (("before", before), ("after", after)):
         row = {"model": model.ref, "stage": label, "size_mb": round(disk_size_bytes(model) / 2**20, 3)}
         if dataset:
-            kind = model_task(before)
-            report = evaluate(model.id or str(model.path), EvalConfig(data=dataset, split="val", max_examples=max_examples),
-                              ws, registry, progress)
-            key = "accuracy" if kind == "classification" else "perplexity"
-            row[key] = report.metrics.get(key)
-        if model_task(before) != "classification":
+            report = evaluate(model.id or str(model.path), quality, ws, registry, progress)
+            row[key] = report.metrics[key]
+        if kind != "classification":
             # 32 + 32 tokens, or half the context each for models with less than 64.
             half = min(32, max(1, _context(before) // 2))
             speed = bench_model(model.id or str(model.path), BenchModelConfig(prompt_tokens=half, new_tokens=half, runs=5,

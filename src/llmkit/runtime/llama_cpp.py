@@ -43,6 +43,8 @@ class LlamaCppBackend:
         config = json.loads((model.path / "config.json").read_text())
         self.max_len = config["max_position_embeddings"]
         self.vocab_size = config["vocab_size"]
+        eos = config.get("eos_token_id")
+        self.eos_token_ids = {eos} if isinstance(eos, int) else set(eos or [])  # what a torch model's config says
         self.llm = open_llama(gguf_file(model), self.max_len)
 
     def _last_logits(self) -> torch.Tensor:
@@ -172,27 +174,38 @@ class GgufLM:
     """Just enough of a causal LM for llmkit.eval.lm: `config` and `model(input_ids=...).logits`, on llama.cpp.
 
     Each row is evaluated from an empty cache, so a window's logits see only that window, as in PyTorch.
+    The context is as wide as the widest window asked for, not the model's: with every position's
+    logits kept, a context of 8192 tokens of a 49k vocabulary would hold 1.6 GB of scores.
     """
 
     def __init__(self, model: Model):
         from types import SimpleNamespace
 
         self.config = SimpleNamespace(**json.loads((model.path / "config.json").read_text()))
-        self.llm = open_llama(gguf_file(model), self.config.max_position_embeddings, logits_all=True)
+        self.file = gguf_file(model)
+        self.llm, self.n_ctx = None, 0
         self._device = torch.zeros(0)
 
     def parameters(self):
         yield self._device  # llmkit.eval.lm asks for the device
 
+    def _llama(self, width: int):
+        if self.llm is None or width > self.n_ctx:
+            self.llm = None  # the old context's memory goes before the new one is made
+            self.n_ctx = width
+            self.llm = open_llama(self.file, self.n_ctx, logits_all=True)
+        return self.llm
+
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         from types import SimpleNamespace
 
+        llm = self._llama(input_ids.shape[1])
         rows = []
         for r, ids in enumerate(input_ids.tolist()):
             n = int(attention_mask[r].sum()) if attention_mask is not None else len(ids)
-            self.llm.reset()
-            self.llm.eval(ids[:n])
+            llm.reset()
+            llm.eval(ids[:n])
             logits = np.zeros((len(ids), self.config.vocab_size), dtype=np.float32)
-            logits[:n] = np.array(self.llm.scores[:n])
+            logits[:n] = llm.scores[:n]
             rows.append(torch.from_numpy(logits))
         return SimpleNamespace(logits=torch.stack(rows))
