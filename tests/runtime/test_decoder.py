@@ -100,9 +100,8 @@ def test_pooled_batch_step_matches_single_sequences(tokenizer, threads):
 
 
 def test_fallback_matches_hf_generate(tokenizer):
-    # Linear RoPE scaling isn't in the lean forward, so this model must take the HF fallback.
-    rope = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
-    model = make_model(tokenizer, seed=4, rope_parameters=rope)
+    # A GELU MLP isn't in the lean forward, so this model must take the HF fallback.
+    model = make_model(tokenizer, seed=4, hidden_act="gelu")
     assert isinstance(get_decoder(model), HFDecoder)
     plain = make_model(tokenizer, seed=5, num_key_value_heads=2)
     for ids in prompts(tokenizer)[:2]:

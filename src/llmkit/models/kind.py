@@ -39,6 +39,7 @@ def model_kind(model: Model) -> ModelKind:
         return "classifier"
     info_file = model.path / "llmkit.json"
     gguf = info_file.exists() and json.loads(info_file.read_text()).get("gguf")
-    if any(a.endswith("ForCausalLM") for a in archs) or gguf:
+    # Most causal LM classes end in ForCausalLM; the older ones (GPT-2, OpenAI GPT, CTRL) in LMHeadModel.
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or gguf:
         return "causal"
     return "encoder"

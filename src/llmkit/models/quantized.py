@@ -10,11 +10,13 @@ w ≈ code * scale, scale = max|w in group| / (2^(bits-1) - 1).
 
 Written by `llmkit quantize` (`llmkit.optimize.quantize`), read here by `load_quantized`.
 
-Methods: int8-weight and int4-weight dequantize on the fly in each forward (weight-only: the
-memory and the disk shrink, the matmul stays float); int8-dynamic loads the int8 weights into
-PyTorch's dynamically quantized Linear (int8 activations and int8 matmuls, per-row weight scales).
-torchao's and optimum-quanto's CPU paths were not used: their int4 kernels target CUDA, and this
-format loads with plain PyTorch anywhere.
+Methods: int8-weight and int4-weight run PyTorch's weight-only CPU kernels on the codes
+(`llmkit.models.quantized_matmul`: bf16 activations, int8 re-quantized per row when stored in
+groups; FastLlama uses the same kernels), and dequantize in the forward only where those can't
+run (gradients, other devices, shapes the int4 kernel does not take); int8-dynamic loads the int8
+weights into PyTorch's dynamically quantized Linear (int8 activations and int8 matmuls, per-row
+weight scales). The kernels are called directly rather than through torchao: they are in PyTorch
+itself, and this format loads with plain PyTorch anywhere.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.errors import UserError
+from llmkit.models.quantized_matmul import PackedWeight, pack_weight
 
 METHODS = {"int8-dynamic": 8, "int8-weight": 8, "int4-weight": 4}
 
@@ -63,12 +66,34 @@ class QuantLinear(torch.nn.Module):
         self.register_buffer("scales", torch.zeros(out_features, in_features // group))
         self.bias = torch.nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
+    def codes(self) -> torch.Tensor:
+        """The integer codes (out, in) as int8 (int4 values unpacked)."""
+        return unpack_int4(self.qweight) if self.bits == 4 else self.qweight
+
     def weight_float(self) -> torch.Tensor:
-        codes = unpack_int4(self.qweight) if self.bits == 4 else self.qweight
-        g = codes.reshape(self.out_features, -1, self.group).float() * self.scales[..., None]
+        g = self.codes().reshape(self.out_features, -1, self.group).float() * self.scales[..., None]
         return g.reshape(self.out_features, self.in_features)
 
+    def packed(self) -> PackedWeight | None:
+        """The weight in a CPU kernel's layout (built once, rebuilt if the codes or scales change), or None."""
+        key = (self.qweight.data_ptr(), self.qweight._version, self.scales.data_ptr(), self.scales._version)
+        if getattr(self, "_packed_key", None) != key:
+            self._packed = pack_weight(self.codes(), self.scales, self.bits, self.group)
+            self._packed_key = key
+        return self._packed
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Inference on CPU runs the weight-only kernels; a forward that needs gradients for x (or
+        # runs elsewhere) dequantizes, as the kernels have no backward.
+        packed = None
+        if x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+            packed = self.packed()
+        if packed is None:
+            return self.forward_dequantized(x)
+        y = packed(x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def forward_dequantized(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight_float().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 

@@ -2,9 +2,10 @@
 
 Why not `model.generate()`: at llmkit's model sizes HF's generation loop costs more in per-token
 framework overhead than in arithmetic, and a serving engine needs a lower-level core anyway, so
-requests can join and leave a running batch between decode steps. Llama models run on
-`llmkit.runtime.fast_llama.FastLlama`; anything it doesn't implement (other architectures, RoPE
-scaling) runs the HF module with its own cache, which is slower but still exact. Everything here
+requests can join and leave a running batch between decode steps. Llama-family models (Llama,
+Mistral, Qwen2, Qwen3; float or llmkit-quantized) run on `llmkit.runtime.fast_llama.FastLlama`;
+anything it doesn't implement (other architectures, sliding windows, longrope) runs the HF module
+with its own cache, which is slower but still exact: a speed difference, never an error. Everything here
 is token ids: text comes in and goes out in `llmkit.generate`.
 
 Context limit: when prompt + max_new_tokens would exceed config.max_position_embeddings, the prompt
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llmkit.runtime.fast_llama import FastLlama, unsupported_reason
+from llmkit.runtime.fast_llama import FastLlama, decode_unsupported_reason
 from llmkit.runtime.sampling import Sampler
 
 
@@ -68,18 +69,20 @@ class HFDecoder:
 
 
 # FastLlama copies weights into its own layout, so it is built once per model and rebuilt only when
-# a parameter changes (training step, load_state_dict, .to()): _version and data_ptr catch those.
+# a parameter or buffer changes (training step, load_state_dict, .to()): _version and data_ptr catch those.
 # The layout also depends on the torch thread count (weights are split per thread).
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _fingerprint(model) -> tuple:
-    return torch.get_num_threads(), tuple((p.data_ptr(), p._version) for p in model.parameters())
+    # Buffers too: a quantized layer's codes and scales are buffers.
+    tensors = [*model.parameters(), *model.buffers()]
+    return torch.get_num_threads(), tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def get_decoder(model, *, fast: bool = True) -> FastLlama | HFDecoder:
     """The decoder for `model`: FastLlama when it supports the model (and `fast`), else HFDecoder."""
-    if not fast or unsupported_reason(model):
+    if not fast or decode_unsupported_reason(model):
         return HFDecoder(model)
     key = _fingerprint(model)
     cached = _DECODERS.get(model)

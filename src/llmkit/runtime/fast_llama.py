@@ -1,11 +1,13 @@
-"""A lean decode forward for Hugging Face Llama models, over a preallocated per-sequence KV cache.
+"""A lean decode forward for Llama-family Hugging Face models, over a preallocated per-sequence KV cache.
 
 Why not just call the HF module: for the small models llmkit trains, HF's forward spends about as
 long in per-token Python (cache objects, mask building, output dataclasses, hooks) as in arithmetic,
 and nn.Linear's (out, in) weight layout takes a slow MKL gemv path on CPU for one-row inputs. Here
-the weights of a `LlamaForCausalLM` are read once into a decode layout (q/k/v and gate/up fused,
-transposed to (in, out), split into a column block per torch thread, RMSNorm weights and the
-attention scale folded in), and a token costs a flat run of about twenty cheap torch ops per layer.
+the weights of a Llama, Mistral, Qwen2 or Qwen3 model are read once into a decode layout
+(`runtime.llama_layout`: q/k/v and gate/up fused, transposed, split per thread, RMSNorm weights and
+the attention scale folded in; quantized layers on PyTorch's weight-only int8/int4 kernels), RoPE
+with its scaling comes from transformers' own functions (`runtime.rope`), and a token costs a flat
+run of about twenty cheap torch ops per layer.
 
 The core is shaped for continuous batching: `prefill()` turns a prompt into a `LlamaState` (one
 sequence's KV cache), and `step()` advances any list of states by one token each, so a serving
@@ -13,7 +15,8 @@ engine can add and drop sequences between steps. Projections and MLP run batched
 per sequence, since every sequence has its own length and cache.
 
 Exactness: the arithmetic is HF's up to float rounding order (logits agree to ~1e-6 in fp32);
-the tests hold greedy output token-for-token equal to `model.generate()`. Inference semantics
+the tests hold greedy output token-for-token equal to `model.generate()`. Quantized layers compute
+what `QuantLinear`'s own forward computes (the same kernels; bf16 activations inside them). Inference semantics
 only (no dropout). Costs one extra copy of the weights, in the decode layout, while it is alive.
 """
 
@@ -24,36 +27,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from llmkit.runtime.llama_layout import (
+    LayoutBuilder,
+    QuantMatmul,
+    decode_unsupported_reason,
+    unsupported_reason,
+)
+from llmkit.runtime.rope import rope_parameters, rope_rotations
 
-def rope_parameters(config) -> dict:
-    # transformers v5 keeps RoPE settings in rope_parameters; v4 in rope_theta + rope_scaling.
-    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
-    params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
-    params.setdefault("rope_type", params.get("type", "default"))
-    return params
-
-
-def unsupported_reason(model) -> str | None:
-    """Why `FastLlama` can't run `model` exactly, or None if it can."""
-    from transformers import LlamaForCausalLM
-
-    if not isinstance(model, LlamaForCausalLM):
-        return f"{type(model).__name__} is not a LlamaForCausalLM"
-    cfg = model.config
-    if rope_parameters(cfg)["rope_type"] != "default":
-        return f"rope_type '{rope_parameters(cfg)['rope_type']}' is not implemented"
-    if cfg.hidden_act != "silu":
-        return f"hidden_act '{cfg.hidden_act}' is not implemented"
-    if cfg.num_attention_heads % cfg.num_key_value_heads:
-        return "num_attention_heads is not a multiple of num_key_value_heads"
-    import torch
-
-    for layer in model.model.layers:  # quantized layers (QuantLinear, dynamic int8) run their own forward
-        if any(type(m) is not torch.nn.Linear for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                                                       layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
-                                                       layer.mlp.down_proj)):
-            return "the linear layers are quantized"
-    return None
+__all__ = ["FastLlama", "LlamaState", "decode_unsupported_reason", "rope_parameters", "unsupported_reason"]
 
 
 @dataclass
@@ -70,17 +52,9 @@ class LlamaState:
         return self.kv.shape[3]
 
 
-def _rope_rotations(theta: float, hd: int, max_len: int) -> torch.Tensor:
-    """RoPE rotation e^(i * pos * freq) for every position, from cos/sin computed exactly as HF does
-    (fp32 position * inv_freq). Complex math is fp32 even for bf16 models."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
-    freqs = torch.arange(max_len).float()[:, None] * inv_freq[None, :]  # (max_len, hd / 2)
-    return torch.complex(freqs.cos(), freqs.sin())
-
-
 class FastLlama:
     def __init__(self, model):
-        reason = unsupported_reason(model)
+        reason = decode_unsupported_reason(model)
         if reason:
             raise ValueError(f"FastLlama can't run this model: {reason}")
         cfg = model.config
@@ -94,67 +68,14 @@ class FastLlama:
         emb = model.get_input_embeddings().weight
         self.device, self.dtype = emb.device, emb.dtype
         self.embed = emb.detach()
-
-        nh, nkv, hd = self.n_head, self.n_kv, self.head_dim
-        # Within each q/k head, reorder features from HF's half-split RoPE layout (i pairs with
-        # i + hd/2) to adjacent pairs, so RoPE is one in-place complex multiply. q.k is unchanged
-        # when q and k share the permutation, so only our own cache sees the new order.
-        half = torch.arange(hd // 2)
-        perm = torch.stack((half, half + hd // 2), -1).flatten()
-
-        def pairs(w, heads):  # (heads * hd, ...) -> same shape, rows permuted within each head
-            return w.detach().reshape(heads, hd, *w.shape[1:])[:, perm].reshape(w.shape)
-
-        # One-row matmuls are memory-bound, and MKL runs them on one thread. Splitting each weight
-        # into `splits` column blocks, one bmm batch entry per thread, streams them in parallel.
+        # Float weights are split into column blocks, one per torch thread (see LayoutBuilder.float_matmul).
         threads = torch.get_num_threads()
-        widths = ((nh + 2 * nkv) * hd, cfg.hidden_size, 2 * cfg.intermediate_size)
+        widths = ((self.n_head + 2 * self.n_kv) * self.head_dim, cfg.hidden_size, 2 * cfg.intermediate_size)
         self.splits = max(d for d in range(1, threads + 1) if all(w % d == 0 for w in widths))
-
-        def prep(w, norm=None):
-            # (out, in) -> (in, out) contiguous: mm(x, w_t) with a one-row x streams memory much
-            # better than F.linear's gemv (~1.4x on the micro preset). The RMSNorm before this
-            # matmul scales its input features, so its weight folds into the rows here.
-            w = w.detach()
-            if norm is not None:
-                w = w * norm.detach()
-            w = w.t()  # (in, out)
-            if self.splits == 1:
-                return w.contiguous()
-            pad = -w.shape[1] % self.splits  # only the vocabulary may not divide
-            w = F.pad(w, (0, pad))
-            w = w.reshape(w.shape[0], self.splits, -1).transpose(0, 1)  # (splits, in, out / splits)
-            return w.contiguous()
-
-        def bias(lin, heads=None):
-            if lin.bias is None:
-                return torch.zeros(lin.out_features, dtype=self.dtype, device=self.device)
-            return lin.bias.detach() if heads is None else pairs(lin.bias, heads)
-
-        scale = hd ** -0.5  # attention's 1/sqrt(hd), folded into q (RoPE is linear, so it commutes)
-        self.layers = []
-        for layer in model.model.layers:
-            a, m = layer.self_attn, layer.mlp
-            qkv = torch.cat([pairs(a.q_proj.weight, nh) * scale, pairs(a.k_proj.weight, nkv),
-                             a.v_proj.weight.detach()])
-            qkv_bias = None
-            if any(p.bias is not None for p in (a.q_proj, a.k_proj, a.v_proj)):
-                qkv_bias = torch.cat([bias(a.q_proj, nh) * scale, bias(a.k_proj, nkv), bias(a.v_proj)])
-            mlp_bias = m.gate_proj.bias is not None or m.up_proj.bias is not None
-            gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight])
-            self.layers.append((
-                prep(qkv, layer.input_layernorm.weight),  # (C, (nh + 2 * nkv) * hd)
-                qkv_bias,
-                prep(a.o_proj.weight),  # (nh * hd, C)
-                None if a.o_proj.bias is None else a.o_proj.bias.detach(),
-                prep(gate_up, layer.post_attention_layernorm.weight),  # (C, 2I)
-                torch.cat([bias(m.gate_proj), bias(m.up_proj)]) if mlp_bias else None,
-                prep(m.down_proj.weight),  # (I, C)
-                None if m.down_proj.bias is None else m.down_proj.bias.detach(),
-            ))
-        self.lm_head_t = prep(model.get_output_embeddings().weight, model.model.norm.weight)  # (C, vocab)
-
-        self.rot = _rope_rotations(rope_parameters(cfg)["rope_theta"], hd, self.max_len).to(self.device)
+        layout = LayoutBuilder(model, self.splits)
+        self.layers = [layout.layer(layer) for layer in model.model.layers]
+        self.lm_head_t = layout.float_matmul(model.get_output_embeddings().weight, model.model.norm.weight)  # (C, vocab)
+        self.rot = rope_rotations(cfg, self.head_dim, self.max_len).to(self.device)
         self.eps_t = torch.tensor(self.eps, dtype=torch.float32, device=self.device)
 
     # --- cache ---------------------------------------------------------------------------------
@@ -192,7 +113,9 @@ class FastLlama:
     # --- forward -------------------------------------------------------------------------------
 
     def _mm(self, x, w, residual=None):
-        """x @ w (+ residual) for w from prep(): (N, in) -> (N, out)."""
+        """x @ w (+ residual) for w from the layout: (N, in) -> (N, out)."""
+        if isinstance(w, QuantMatmul):
+            return w(x) if residual is None else w(x).add_(residual)
         if w.dim() == 2:
             return torch.mm(x, w) if residual is None else torch.addmm(residual, x, w)
         p, n = w.shape[0], x.shape[0]
@@ -220,6 +143,9 @@ class FastLlama:
         if b_qkv is not None:
             qkv += b_qkv
         n, split = x.shape[0], (self.n_head + self.n_kv) * self.head_dim
+        if lw[8] is not None:  # Qwen3's per-head RMSNorm on q and k, its weight times q's attention scale
+            heads = qkv[:, :split].view(n, self.n_head + self.n_kv, self.head_dim)
+            heads.copy_(self._norm(heads) * lw[8])
         qk = qkv[:, :split].view(n, self.n_head + self.n_kv, self.head_dim // 2, 2)
         if qkv.dtype == torch.float32:
             torch.view_as_complex(qk).mul_(rot)  # rot (N, 1, hd / 2) broadcasts over heads
@@ -229,7 +155,7 @@ class FastLlama:
 
     def _finish_layer(self, x, y, lw):
         # Attention output projection and the MLP, each with its residual add fused into the matmul.
-        w_o, b_o, w_gu, b_gu, w_down, b_down = lw[2:]
+        w_o, b_o, w_gu, b_gu, w_down, b_down = lw[2:8]
         x = self._mm(y, w_o, residual=x)  # (N, C)
         if b_o is not None:
             x = x + b_o

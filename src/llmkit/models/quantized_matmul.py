@@ -1,0 +1,94 @@
+"""Weight-only int8 / int4 matmuls on PyTorch's own CPU kernels, for llmkit's quantized format.
+
+Why: dequantizing a layer's codes to fp32 on every forward made the quantized models slower than
+fp32 (int8 ~4x, int4 ~15x at batch 1). `aten._weight_int8pack_mm` and `aten._weight_int4pack_mm_for_cpu`
+(the kernels behind torchao's CPU layouts) read the codes directly, so a decode step streams a
+quarter (int8) or an eighth (int4) of the fp32 weight bytes.
+
+What they compute, and how that differs from the dequantized matmul:
+- Both kernels are fast only for bf16 activations on CPU (fp32 inputs take a scalar path, ~40x
+  slower), so the input is rounded to bf16, the scales are bf16 and the output comes back from bf16:
+  relative rounding of ~2^-9 on each, the usual price of bf16 inference, far below the int4 error.
+- int4: codes c in [-8, 7] with a scale per group of `group` inputs map to the kernel's
+  (q - 8) * scale + zero with q = c + 8 and zero = 0: the same weights. Groups of 32/64/128/256
+  only, and output widths that are multiples of 16 (the kernel's tiles).
+- int8: the kernel takes one scale per output row. A file quantized per row (group = in_features)
+  runs as stored; with smaller groups the weights c * s_group are re-quantized per row at load,
+  round(c * s_group / s_row) with s_row = max|w| / 127: one more rounding of at most half a row
+  step (s_row / 2) per weight, on top of the group step of the file.
+`QuantLinear.weight_float()` is still the exact dequantization; the tests bound the difference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+KERNEL_DTYPE = torch.bfloat16
+INT4_GROUPS = (32, 64, 128, 256)
+
+
+def kernels_available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm") and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+def kernel_reason(bits: int, out_features: int, group: int) -> str | None:
+    """Why a (bits, out_features, group) layer has no kernel here, or None."""
+    if not kernels_available():
+        return f"torch {torch.__version__} has no weight-only int8/int4 CPU kernels"
+    if bits == 4 and group not in INT4_GROUPS:
+        return f"int4 groups of {group} (the kernel takes {', '.join(map(str, INT4_GROUPS))})"
+    if bits == 4 and out_features % 16:
+        return f"int4 layer of {out_features} outputs (the kernel needs a multiple of 16)"
+    if bits not in (4, 8):
+        return f"{bits}-bit weights"
+    return None
+
+
+class PackedWeight:
+    """A weight in a kernel's layout: `self(x)` is x @ W.T for x (M, in) of any float dtype, in x's dtype."""
+
+    out_features: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Int8Packed(PackedWeight):
+    def __init__(self, codes: torch.Tensor, row_scales: torch.Tensor):
+        self.codes = codes.contiguous()  # (out, in) int8
+        self.scales = row_scales.to(KERNEL_DTYPE).contiguous()  # (out,)
+        self.out_features = codes.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x.to(KERNEL_DTYPE), self.codes, self.scales).to(x.dtype)
+
+
+class Int4Packed(PackedWeight):
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, group: int):
+        # codes (out, in) in [-8, 7]; scales (out, in / group). Kernel: (q - 8) * scale + zero per group.
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu((codes.to(torch.int32) + 8).contiguous(), 1)
+        self.scales_zeros = torch.stack([scales.t(), torch.zeros_like(scales.t())], -1).to(KERNEL_DTYPE).contiguous()
+        self.group, self.out_features = group, codes.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(KERNEL_DTYPE), self.packed, self.group, self.scales_zeros)
+        return y.to(x.dtype)
+
+
+def per_row_int8(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group-wise int8 (codes (out, in), scales (out, G)) as per-row int8 (codes, scales (out,))."""
+    if scales.shape[1] == 1:
+        return codes, scales[:, 0]
+    out_f, in_f = codes.shape
+    w = (codes.float().reshape(out_f, scales.shape[1], -1) * scales[..., None]).reshape(out_f, in_f)
+    row = w.abs().amax(-1).clamp(min=1e-12) / 127
+    return torch.round(w / row[:, None]).clamp(-128, 127).to(torch.int8), row
+
+
+def pack_weight(codes: torch.Tensor, scales: torch.Tensor, bits: int, group: int) -> PackedWeight | None:
+    """codes (out, in) int8 (int4 values unpacked), scales (out, in / group) fp32 -> a kernel layout, or None."""
+    if kernel_reason(bits, codes.shape[0], group):
+        return None
+    if bits == 8:
+        return Int8Packed(*per_row_int8(codes, scales.float()))
+    return Int4Packed(codes, scales.float(), group)
