@@ -17,8 +17,8 @@ from llmkit.errors import UserError
 
 
 def register(app: typer.Typer) -> None:
-    app.command(epilog="Example: llmkit compare smollm2-135m my-sft --data my-chats && "
-                       "llmkit promote my-sft --alias prod --require-pass   (then: llmkit serve prod)")(promote)
+    app.command(epilog="Example: llmkit promote my-sft --alias prod --require-pass   (after: llmkit compare smol my-sft "
+                       "--data my-chats; then: llmkit serve prod)")(promote)
 
 
 @configured(None)

@@ -57,23 +57,21 @@ def chat_items(lm, tokenizer, records: list[dict], max_new_tokens: int, progress
     """[{"score": ROUGE-L F1, "prompt": last user turn, "reference", "prediction"}] per conversation."""
     from rouge_score import rouge_scorer
 
-    from llmkit.generate import chat_prompt, generate
+    from llmkit.eval.batched import greedy_replies
+    from llmkit.generate import chat_prompt
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    task = progress.add_task("replies", total=len(records)) if progress is not None else None
-    out = []
+    prompts, references, asked, end_ids = [], [], [], []
     for record in records:
         messages = record["messages"]
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         prompt, end_ids = chat_prompt(tokenizer, messages[:last])
-        reply = generate(lm, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=end_ids)
-        reference = messages[last]["content"]
-        asked = next((m["content"] for m in reversed(messages[:last]) if m["role"] == "user"), "")
-        out.append({"score": scorer.score(reference, reply.text)["rougeL"].fmeasure, "prompt": asked,
-                    "reference": reference, "prediction": reply.text.strip()})
-        if task is not None:
-            progress.advance(task)
-    return out
+        prompts.append(prompt)
+        references.append(messages[last]["content"])
+        asked.append(next((m["content"] for m in reversed(messages[:last]) if m["role"] == "user"), ""))
+    replies = greedy_replies(lm, tokenizer, prompts, max_new_tokens, end_ids, progress=progress)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return [{"score": scorer.score(reference, reply)["rougeL"].fmeasure, "prompt": question, "reference": reference,
+             "prediction": reply.strip()} for question, reference, reply in zip(asked, references, replies, strict=True)]
 
 
 def lm_items(lm, tokenizer, records: list[dict], progress=None) -> list[dict[str, Any]]:
