@@ -146,3 +146,33 @@ def test_compare_cli_exits_0_on_pass_1_on_fail_and_2_on_a_bad_threshold_key(ws, 
     assert unknown.stderr.startswith("error: no model 'no-such-model'")
     shown = run_cli("config", "show", "compare", workspace=root)
     assert "max_general_perplexity_increase: 0.05" in shown.stdout and "min_task_improvement: 0.0" in shown.stdout
+
+
+@pytest.fixture(scope="module")
+def worse_classifier(ws, sms_classifier):
+    """sms-clf fine-tuned further at a learning rate far too high: it forgets what spam looks like."""
+    from llmkit.config import ClassifyConfig
+    from llmkit.train.classification import classify
+
+    return classify(ClassifyConfig(base="sms-clf", data="sms", name="sms-clf-worse", max_steps=4, batch_size=16, lr=0.02,
+                                   warmup_ratio=0.0, max_length=48, seed=1), ws, Registry.for_workspace(ws.root))
+
+
+def test_on_a_classifier_the_items_that_flipped_are_the_labels_it_lost(ws, sms_classifier, worse_classifier):
+    from llmkit.data.dataset import open_dataset
+    from llmkit.predict import predict
+
+    registry = Registry.for_workspace(ws.root)
+    result = gate("sms-clf", "sms-clf-worse", CompareConfig(data="sms", examples=1000), ws, registry)
+    assert result["split"] == "test" and result["task"]["metric"] == "accuracy" and result["general"] is None
+    assert result["verdict"] == "fail" and result["task"]["tuned"] < result["task"]["base"]
+    records = open_dataset(registry, "sms").records("test")
+    texts, golds = [r["text"] for r in records], [r["label"] for r in records]
+    base = [p["label"] for p in predict("sms-clf", texts, registry=registry)]
+    tuned = [p["label"] for p in predict("sms-clf-worse", texts, registry=registry)]
+    lost = [r["source"] for r, g, b, t in zip(records, golds, base, tuned, strict=True) if b == g != t]
+    won = [r["source"] for r, g, b, t in zip(records, golds, base, tuned, strict=True) if t == g != b]
+    assert lost and result["flipped"]["regressed_items"] == lost and result["flipped"]["improved_items"] == won
+    assert result["task"]["base"] == pytest.approx(sum(b == g for b, g in zip(base, golds, strict=True)) / len(golds))
+    example = result["flipped"]["regressed_examples"][0]
+    assert example["base"] == example["label"] != example["tuned"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from llmkit.errors import UserError
 from llmkit.models.io import Model
@@ -37,19 +36,14 @@ def load_lm(model: Model):
 def classifier_items(model: Model, records: list[dict], batch_size: int = 32) -> list[dict[str, Any]]:
     """[{"score": 1.0 | 0.0, "predicted": label}] per record."""
     from llmkit.models.io import load_classifier
+    from llmkit.predict import classify_texts
 
     clf, tokenizer, labels = load_classifier(model)
     unknown = sorted({r["label"] for r in records} - set(labels))
     if unknown:
         raise UserError(f"the split has labels {unknown} that {model.ref} does not know; its labels: {labels}")
     max_length = (model.lineage or {}).get("max_length") or 512
-    predicted: list[str] = []
-    with torch.no_grad():
-        for start in range(0, len(records), batch_size):
-            texts = [r["text"] for r in records[start: start + batch_size]]
-            enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-            logits = clf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-            predicted += [labels[int(i)] for i in logits.argmax(-1)]
+    predicted = [p["label"] for p in classify_texts(clf, tokenizer, labels, [r["text"] for r in records], max_length, batch_size)]
     return [{"score": float(p == r["label"]), "predicted": p} for p, r in zip(predicted, records, strict=True)]
 
 
