@@ -86,6 +86,7 @@ def test_a_better_model_passes_the_gate_and_the_verdict_is_registered(ws, early,
     rec = last_gate(registry, tiny_model.id)
     assert rec.id == result["id"] and rec.params["verdict"] == "pass" and rec.params["base"] == early.ref
     assert json.loads((Path(rec.path) / "compare.json").read_text())["task"] == result["task"]
+    assert "verdict" in (Path(rec.path) / "report.html").read_text()  # a report like every eval's (the dashboard links it)
 
 
 def test_a_model_fine_tuned_to_get_worse_fails_the_gate_with_its_reasons(ws, wrecked):

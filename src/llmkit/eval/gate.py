@@ -20,6 +20,7 @@ from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.eval.evaluation import model_task
 from llmkit.eval.items import chat_items, classifier_items, item_id, lm_items, load_lm
+from llmkit.eval.report import Report
 from llmkit.models.io import Model, resolve_model
 from llmkit.registry import Record, Registry
 from llmkit.workspace import Workspace, atomic_dir
@@ -171,10 +172,8 @@ def gate(base_ref: str, tuned_ref: str, cfg: CompareConfig, ws: Workspace | None
 
 
 def _register(result: dict[str, Any], base: Model, tuned: Model, ds, ws: Workspace, registry: Registry) -> str:
-    """compare.json in a folder of its own, then an eval record (kind compare) under TUNED."""
-    folder = ws.folder("evals", f"{tuned.name.replace('/', '_')}-compare-{uuid.uuid4().hex[:6]}")
-    with atomic_dir(folder) as tmp:
-        (tmp / "compare.json").write_text(json.dumps(result, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+    """compare.json and a report (report.json, report.html, like every eval's) in a folder of its own, then an eval
+    record (kind compare) under TUNED."""
     general = result["general"] or {}
     metrics = {"passed": int(result["passed"]), "task_base": result["task"]["base"], "task_tuned": result["task"]["tuned"],
                "task_improvement": result["task"]["improvement"], "items": result["items"],
@@ -182,6 +181,16 @@ def _register(result: dict[str, Any], base: Model, tuned: Model, ds, ws: Workspa
     if general:
         metrics.update(general_perplexity_base=general["base"]["perplexity"], general_perplexity_tuned=general["tuned"]["perplexity"],
                        general_answered_base=general["base"]["answered"], general_answered_tuned=general["tuned"]["answered"])
+    flipped = result["flipped"]
+    samples = ([{"flip": "better -> worse", **e} for e in flipped["regressed_examples"]]
+               + [{"flip": "worse -> better", **e} for e in flipped["improved_examples"]])
+    report = Report(f"{tuned.ref} against {base.ref}", "compare",
+                    {"verdict": result["verdict"], **metrics, "reasons": "; ".join(result["reasons"]) or "-"},
+                    ds.ref, result["split"], result["config"], samples=samples)
+    folder = ws.folder("evals", f"{tuned.name.replace('/', '_')}-compare-{uuid.uuid4().hex[:6]}")
+    with atomic_dir(folder) as tmp:
+        (tmp / "compare.json").write_text(json.dumps(result, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+        report.write(tmp)
     parents = [(ds.id, "on_dataset")] + ([(tuned.id, "gated")] if tuned.id else []) + ([(base.id, "gate_base")] if base.id else [])
     params = {"base": base.ref, "base_id": base.id, "tuned": tuned.ref, "tuned_id": tuned.id, "dataset": ds.ref,
               "dataset_id": ds.id, "split": result["split"], "verdict": result["verdict"], "reasons": result["reasons"],
