@@ -1,4 +1,4 @@
-"""Compression on a trained micro model (~11 M parameters): one table of size, perplexity and speed.
+"""Compression on a trained micro model (~11 M parameters) and on smollm2-135m: size, perplexity and speed.
 
 Trains the micro preset on tiny shakespeare (byte-level BPE 2,048, context 256) for --steps steps,
 then: fp32, int8-dynamic, int8-weight, int4-weight, magnitude 50 %, Wanda 50 %, Wanda 2:4, and GGUF
@@ -17,7 +17,14 @@ Goals: int8 Δppl ≤ 1 % at ≥ 3.5× smaller; int4 and q4_0 Δppl ≤ 5 %; Wan
 GGUF q8_0 decode ≥ 5× Hugging Face fp32 generate (decode-only rates; the end-to-end ratio is reported
 beside it).
 
-    .venv/bin/python bench/compress.py [--steps N] [--keep DIR] [--runs 5] [--threads N]
+Then the real model (issue 18 item 8): the built-in smollm2-135m in fp32, int8-weight and int4-weight
+(groups of 64, `llmkit quantize`), perplexity by `llmkit eval --source text` on the same val records with
+its own tokenizer, and batch-1 decode on the torch backend (llmkit's decode loop; the quantized layers
+on PyTorch's weight-only kernels), interleaved as above. Goals: int8-weight decode ≥ 1.5× and
+int4-weight ≥ 1.3× the fp32 model's, Δppl ≤ 1 % (int8) and ≤ 5 % (int4). `--model micro|smollm2|both`
+(default both; the smollm2 part adds about 10 minutes).
+
+    .venv/bin/python bench/compress.py [--model both] [--steps N] [--keep DIR] [--runs 5] [--threads N]
     .venv/bin/python bench/compress.py --keep DIR --speed-only   # speed again on DIR's models
 
 The last line of output is one JSON object with the figures.
@@ -87,8 +94,9 @@ class HFGenerate:
         return clock.first
 
 
-def speed_rows(ws: Path, variants: list[dict], threads: int, rounds: int, prompt_tokens: int, new_tokens: int) -> list[dict]:
-    """measure_lm on every variant's runtime and on HF generate, interleaved round by round; medians over rounds."""
+def speed_rows(ws: Path, variants: list[dict], threads: int, rounds: int, prompt_tokens: int, new_tokens: int,
+               hf_row: bool = True) -> list[dict]:
+    """measure_lm on every variant's runtime (and on HF generate), interleaved round by round; medians over rounds."""
     import statistics
 
     from llmkit.eval.speed import disk_size_bytes, measure_lm
@@ -104,7 +112,8 @@ def speed_rows(ws: Path, variants: list[dict], threads: int, rounds: int, prompt
         runtime = "llama.cpp" if (model.lineage or {}).get("format") == "gguf" else "torch"  # as bench-model picks
         backends.append((v["variant"], runtime, load_backend(runtime, model), disk_size_bytes(model) / 2**20))
     base = resolve_model(variants[0]["id"], reg)
-    backends.append(("hf generate fp32", "transformers", HFGenerate(base.path), disk_size_bytes(base) / 2**20))
+    if hf_row:
+        backends.append(("hf generate fp32", "transformers", HFGenerate(base.path), disk_size_bytes(base) / 2**20))
     for _, _, backend, _ in backends:  # one untimed generation each: allocator, kernel selection, weight layouts
         measure_lm(backend, prompt_tokens, new_tokens, runs=1, warmup=0, seed=0)
     runs: dict[str, list[dict]] = {label: [] for label, *_ in backends}
@@ -170,32 +179,68 @@ def make_variants(ws: Path, steps: int, eval_records: int) -> list[dict]:
     return variants
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--eval-records", type=int, default=200)
-    ap.add_argument("--keep", type=Path, help="workspace folder to keep (and reuse with --speed-only)")
-    ap.add_argument("--speed-only", action="store_true", help="only the speed part, on the models kept in --keep")
-    ap.add_argument("--runs", type=int, default=5, help="interleaved rounds; figures are medians over them")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ap.add_argument("--threads", type=int, default=cores)
-    ap.add_argument("--prompt-tokens", type=int, default=64)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    args = ap.parse_args()
-    if args.speed_only and not (args.keep and (args.keep / "compress-variants.json").exists()):
-        sys.exit("--speed-only needs --keep DIR of an earlier full run (DIR/compress-variants.json)")
-    load = {"start": os.getloadavg()}
-    with tempfile.TemporaryDirectory() as tmp:
-        ws = args.keep or Path(tmp) / "ws"
-        if args.speed_only:
-            variants = json.loads((ws / "compress-variants.json").read_text())
-        else:
-            variants = make_variants(ws, args.steps, args.eval_records)
-            (ws / "compress-variants.json").write_text(json.dumps(variants, indent=1))
-        load["before_speed"] = os.getloadavg()
-        speed = speed_rows(ws, variants, args.threads, args.runs, args.prompt_tokens, args.new_tokens)
-        agreement = q4_agreement(ws, variants)
-    load["end"] = os.getloadavg()
+SMOLLM2_METHODS = ("int8-weight", "int4-weight")
+
+
+def make_smollm2_variants(ws: Path, eval_records: int) -> list[dict]:
+    """The built-in smollm2-135m, quantized int8-weight and int4-weight (groups of 64) by `llmkit quantize`,
+    perplexity by `llmkit eval` on the same val records (each model's own tokenizer, context 256)."""
+    if not (ws / "compress-variants.json").exists():  # the micro part made the dataset; alone, make it here
+        llmkit(ws, "data", "prepare", str(TEXT), "--name", "shakespeare", "--task", "lm", "--tokenizer", "bpe:2048",
+               "--doc-split", "blank-line", "--pii", "keep", "--dedupe", "none")
+    made = [("fp32", {"id": "smollm2-135m"})]
+    for method in SMOLLM2_METHODS:
+        made.append((method, llmkit(ws, "quantize", "smollm2-135m", "--method", method, "--group-size", "64", "--no-table",
+                                    "--name", f"smollm2-{method}")))
+    variants = []
+    for label, model in made:
+        quality = llmkit(ws, "eval", model["id"], "--data", "shakespeare", "--split", "val", "--source", "text",
+                         "--context", "256", "--max-examples", str(eval_records))
+        variants.append({"variant": label, "id": model["id"], "perplexity": quality["metrics"]["perplexity"]})
+    return variants
+
+
+def smollm2_part(args, ws: Path) -> dict:
+    """smollm2-135m on the torch backend: fp32 against int8-weight and int4-weight, batch-1 decode and Δ perplexity."""
+    saved = ws / "smollm2-variants.json"
+    if args.speed_only and saved.exists():
+        variants = json.loads(saved.read_text())
+    else:
+        variants = make_smollm2_variants(ws, args.smollm2_eval_records)
+        saved.write_text(json.dumps(variants, indent=1))
+    loadavg = os.getloadavg()
+    speed = speed_rows(ws, variants, args.threads, args.runs, args.prompt_tokens, args.new_tokens, hf_row=False)
+    rows = [{**v, **s} for v, s in zip(variants, speed, strict=True)]
+    ref = rows[0]
+    print(f"\nsmollm2-135m, torch backend (llmkit decode loop), batch 1, {args.threads} threads, median of {args.runs} rounds; "
+          f"load average {loadavg[0]:.2f} before")
+    print(f"{'variant':18}{'size MB':>9}{'perplexity':>12}{'Δ %':>8}{'decode tok/s':>14}{'× fp32':>8}{'end-to-end':>12}")
+    for r in rows:
+        r["delta_ppl_pct"] = round(100 * (r["perplexity"] - ref["perplexity"]) / ref["perplexity"], 3)
+        r["decode_vs_fp32"] = round(r["decode_tokens_per_s"] / ref["decode_tokens_per_s"], 2)
+        r["end_to_end_vs_fp32"] = round(r["end_to_end_tokens_per_s"] / ref["end_to_end_tokens_per_s"], 2)
+        print(f"{r['variant']:18}{r['size_mb']:>9.2f}{r['perplexity']:>12.3f}{r['delta_ppl_pct']:>8.2f}"
+              f"{r['decode_tokens_per_s']:>14.1f}{r['decode_vs_fp32']:>8.2f}{r['end_to_end_tokens_per_s']:>12.1f}")
+    by = {r["variant"]: r for r in rows}
+    goals = {"int8_weight_decode_ge_1.5x_fp32": by["int8-weight"]["decode_vs_fp32"] >= 1.5,
+             "int4_weight_decode_ge_1.3x_fp32": by["int4-weight"]["decode_vs_fp32"] >= 1.3,
+             "int8_weight_delta_le_1pct": abs(by["int8-weight"]["delta_ppl_pct"]) <= 1,
+             "int4_weight_delta_le_5pct": abs(by["int4-weight"]["delta_ppl_pct"]) <= 5}
+    for goal, met in goals.items():
+        print(f"goal smollm2 {goal}: {'met' if met else 'NOT met'}")
+    return {"rows": rows, "goals": goals, "eval_records": args.smollm2_eval_records,
+            "loadavg_before_speed": [round(x, 2) for x in loadavg]}
+
+
+def micro_part(args, ws: Path, load: dict) -> dict:
+    if args.speed_only:
+        variants = json.loads((ws / "compress-variants.json").read_text())
+    else:
+        variants = make_variants(ws, args.steps, args.eval_records)
+        (ws / "compress-variants.json").write_text(json.dumps(variants, indent=1))
+    load["before_speed"] = os.getloadavg()
+    speed = speed_rows(ws, variants, args.threads, args.runs, args.prompt_tokens, args.new_tokens)
+    agreement = q4_agreement(ws, variants)
     rows = [{**v, **s} for v, s in zip(variants, speed, strict=False)]  # the variants, then HF generate alone
     ref, hf = rows[0], speed[-1]
     print(f"{'variant':18}{'size MB':>9}{'x smaller':>10}{'perplexity':>12}{'Δ %':>8}{'decode tok/s':>14}{'end-to-end':>12}  runs on")
@@ -227,10 +272,41 @@ def main() -> None:
     }
     for goal, met in goals.items():
         print(f"goal {goal}: {'met' if met else 'NOT met'}")
-    print(json.dumps({"rows": rows, "hf_generate": hf, "ratios": ratios, "greedy_agreement": agreement, "goals": goals,
-                      "steps": args.steps, "threads": args.threads, "prompt_tokens": args.prompt_tokens,
-                      "new_tokens": args.new_tokens, "rounds": args.runs, "speed_only": args.speed_only,
-                      "loadavg": {k: [round(x, 2) for x in v] for k, v in load.items()}}))
+    return {"rows": rows, "hf_generate": hf, "ratios": ratios, "greedy_agreement": agreement, "goals": goals,
+            "steps": args.steps}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=("micro", "smollm2", "both"), default="both",
+                    help="the micro model's full table, smollm2-135m's torch quantization rows, or both")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--eval-records", type=int, default=200)
+    ap.add_argument("--smollm2-eval-records", type=int, default=100)
+    ap.add_argument("--keep", type=Path, help="workspace folder to keep (and reuse with --speed-only)")
+    ap.add_argument("--speed-only", action="store_true", help="only the speed part, on the models kept in --keep")
+    ap.add_argument("--runs", type=int, default=5, help="interleaved rounds; figures are medians over them")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ap.add_argument("--threads", type=int, default=cores)
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    args = ap.parse_args()
+    if args.speed_only and not (args.keep and any((args.keep / f).exists() for f in ("compress-variants.json",
+                                                                                     "smollm2-variants.json"))):
+        sys.exit("--speed-only needs --keep DIR of an earlier full run (DIR/compress-variants.json)")
+    load = {"start": os.getloadavg()}
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = args.keep or Path(tmp) / "ws"
+        if args.model in ("micro", "both"):
+            out = micro_part(args, ws, load)
+        if args.model in ("smollm2", "both"):
+            out["smollm2"] = smollm2_part(args, ws)
+    load["end"] = os.getloadavg()
+    out.update({"model": args.model, "threads": args.threads, "prompt_tokens": args.prompt_tokens,
+                "new_tokens": args.new_tokens, "rounds": args.runs, "speed_only": args.speed_only,
+                "loadavg": {k: [round(x, 2) for x in v] for k, v in load.items()}})
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

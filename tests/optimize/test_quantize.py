@@ -13,7 +13,13 @@ from llmkit.config import EvalConfig, QuantizeConfig
 from llmkit.eval import evaluate
 from llmkit.generate import generate
 from llmkit.models.io import load_causal_lm, resolve_model
-from llmkit.models.quantized import QuantLinear, pack_int4, quantize_tensor, unpack_int4
+from llmkit.models.quantized import (
+    QuantLinear,
+    pack_int4,
+    quantize_tensor,
+    quantize_tensor_zero_point,
+    unpack_int4,
+)
 from llmkit.optimize.quantize import quantize
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
@@ -26,6 +32,16 @@ def test_int4_packing_round_trips_and_group_scales_bound_the_error():
     assert torch.equal(unpack_int4(pack_int4(codes)), codes)
     error = (codes.reshape(8, 2, 32).float() * scales[..., None]).reshape(8, 64) - w
     assert float(error.abs().max()) <= float(scales.max()) / 2 + 1e-6
+
+
+def test_int4_zero_point_codes_span_each_groups_range():
+    w = torch.randn(8, 64) + torch.linspace(0, 3, 64)  # groups far from centred on 0
+    codes, scales, zeros = quantize_tensor_zero_point(w, 4, 32)
+    assert codes.min() >= -8 and codes.max() <= 7 and scales.shape == zeros.shape == (8, 2)
+    error = (codes.reshape(8, 2, 32).float() * scales[..., None] + zeros[..., None]).reshape(8, 64) - w
+    assert float(error.abs().max()) <= float(scales.max()) / 2 + 1e-6
+    sym_codes, sym_scales = quantize_tensor(w, 4, 32)  # symmetric wastes the levels below each group's minimum
+    assert float(scales.max()) < float(sym_scales.max())
 
 
 def _float_linears(lm) -> dict[str, torch.nn.Linear]:
@@ -49,6 +65,7 @@ def test_each_method_quantizes_every_linear_layer_but_the_head_and_loads_back_cl
     saved = load_file(str(q.path / "model.safetensors"))
     assert all(f"{n}.qweight" in saved and f"{n}.weight" not in saved for n in expected)
     assert all(saved[f"{n}.scales"].dtype == torch.float32 for n in expected)  # the README's format: fp32 scales
+    assert all((f"{n}.zeros" in saved) == (method == "int4-weight") for n in expected)
 
     lm, tok = load_causal_lm(resolve_model(q.id, reg))
     modules = dict(lm.named_modules())
@@ -67,7 +84,12 @@ def test_each_method_quantizes_every_linear_layer_but_the_head_and_loads_back_cl
             m = modules[n]
             assert (m.bits, m.group) == (bits, 32)
             assert m.qweight.dtype == (torch.uint8 if bits == 4 else torch.int8)
-            codes, scales = quantize_tensor(lin.weight.data, bits, 32)
+            if bits == 4:  # int4 with a zero point per group (llmkit.json says so); int8 symmetric
+                codes, scales, zeros = quantize_tensor_zero_point(lin.weight.data, bits, 32)
+                assert info["zero_point"] and torch.equal(m.zeros, zeros)
+            else:
+                codes, scales = quantize_tensor(lin.weight.data, bits, 32)
+                assert not info["zero_point"] and m.zeros is None
             assert torch.equal(unpack_int4(m.qweight) if bits == 4 else m.qweight, codes)
             assert m.scales.shape == (lin.out_features, lin.in_features // 32) and torch.equal(m.scales, scales)
     base = evaluate("tiny-lm", EvalConfig(data="tiny", split="val", context=32), ws, reg).metrics["perplexity"]

@@ -17,7 +17,7 @@ import copy
 import pytest
 import torch
 
-from llmkit.models.quantized import QuantLinear
+from llmkit.models.quantized import QuantLinear, pack_int4, quantize_tensor
 from llmkit.models.quantized_matmul import per_row_int8
 from llmkit.optimize.quantize import quantize_model
 from llmkit.runtime.decoder import generate_ids, get_decoder
@@ -40,9 +40,20 @@ def quant_layer(bits: int, group: int, out_features: int = 48, in_features: int 
     return model[0]
 
 
-@pytest.mark.parametrize("bits, group", [(8, 128), (8, 32), (4, 32), (4, 64)])
+def symmetric_int4_layer(group: int) -> QuantLinear:
+    """An int4 layer as files written before zero points hold it: symmetric codes, no zeros."""
+    torch.manual_seed(1)
+    w = torch.randn(48, 128)
+    layer = QuantLinear(128, 48, 4, group, bias=False)
+    codes, scales = quantize_tensor(w, 4, group)
+    layer.qweight.copy_(pack_int4(codes))
+    layer.scales.copy_(scales)
+    return layer
+
+
+@pytest.mark.parametrize("bits, group", [(8, 128), (8, 32), (4, 32), (4, 64), ("4-symmetric", 64)])
 def test_kernel_forward_matches_the_dequantized_matmul(bits, group):
-    layer = quant_layer(bits, group)
+    layer = symmetric_int4_layer(group) if bits == "4-symmetric" else quant_layer(bits, group)
     assert layer.packed() is not None
     x = torch.randn(5, 128)
     with torch.no_grad():

@@ -3,10 +3,13 @@
 Format (documented in the README): the model folder keeps config.json and the tokenizer;
 model.safetensors holds every tensor that is not quantized as usual, and for each quantized linear
 layer `<name>.qweight` (int8 codes; int4 codes packed two per byte, low nibble first), `<name>.scales`
-(fp32, one per group of `group_size` input weights per output row) and `<name>.bias` if any;
-the embeddings (and an untied output head) are stored as fp16 and loaded back as fp32; llmkit.json's
-`quantization` names the method, bits, group size and the quantized layers. Symmetric:
-w ≈ code * scale, scale = max|w in group| / (2^(bits-1) - 1).
+(fp32, one per group of `group_size` input weights per output row), `<name>.zeros` (fp32, same shape;
+int4-weight only) and `<name>.bias` if any; the embeddings (and an untied output head) are stored as
+fp16 and loaded back as fp32; llmkit.json's `quantization` names the method, bits, group size,
+`zero_point` and the quantized layers. int8: symmetric, w ≈ code * scale, scale = max|w in group| / 127.
+int4 (`zero_point`: true): w ≈ code * scale + zero, the group's min..max over all 16 levels (symmetric
+int4 lost +60 % perplexity on SmolLM2-135M, whose weights come from an asymmetric Q4_1 GGUF; with
+zero points it is exact there). Files written before zero points (no `zero_point`) load as symmetric.
 
 Written by `llmkit quantize` (`llmkit.optimize.quantize`), read here by `load_quantized`.
 
@@ -43,6 +46,18 @@ def quantize_tensor(w: torch.Tensor, bits: int, group: int) -> tuple[torch.Tenso
     return codes.reshape(out_f, in_f), scales
 
 
+def quantize_tensor_zero_point(w: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric: (codes int8 (out, in) in [-2^(bits-1), 2^(bits-1) - 1], scales, zeros fp32 (out, in // group)),
+    w ≈ code * scale + zero, the group's min..max spread over all 2^bits levels."""
+    out_f, in_f = w.shape
+    levels, half = 2 ** bits - 1, 2 ** (bits - 1)
+    groups = w.float().reshape(out_f, in_f // group, group)
+    lo, hi = groups.amin(-1), groups.amax(-1)                                     # (out, G)
+    scales = ((hi - lo) / levels).clamp(min=1e-12)
+    q = torch.round((groups - lo[..., None]) / scales[..., None]).clamp(0, levels)
+    return (q - half).to(torch.int8).reshape(out_f, in_f), scales, lo + half * scales
+
+
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     low, high = codes[:, 0::2] & 0x0F, codes[:, 1::2] & 0x0F
     return (low | (high << 4)).to(torch.uint8)                                 # (out, in / 2)
@@ -58,12 +73,14 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 class QuantLinear(torch.nn.Module):
     """A Linear whose weight is stored as int8/int4 codes and fp32 group scales."""
 
-    def __init__(self, in_features: int, out_features: int, bits: int, group: int, bias: bool):
+    def __init__(self, in_features: int, out_features: int, bits: int, group: int, bias: bool, zero_point: bool = False):
         super().__init__()
         self.in_features, self.out_features, self.bits, self.group = in_features, out_features, bits, group
         width = in_features // 2 if bits == 4 else in_features
         self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8 if bits == 4 else torch.int8))
         self.register_buffer("scales", torch.zeros(out_features, in_features // group))
+        # w = code * scale + zero per group when zero_point (int4 since issue 18); symmetric files have none
+        self.register_buffer("zeros", torch.zeros(out_features, in_features // group) if zero_point else None)
         self.bias = torch.nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
     def codes(self) -> torch.Tensor:
@@ -72,13 +89,15 @@ class QuantLinear(torch.nn.Module):
 
     def weight_float(self) -> torch.Tensor:
         g = self.codes().reshape(self.out_features, -1, self.group).float() * self.scales[..., None]
+        if self.zeros is not None:
+            g = g + self.zeros[..., None]
         return g.reshape(self.out_features, self.in_features)
 
     def packed(self) -> PackedWeight | None:
         """The weight in a CPU kernel's layout (built once, rebuilt if the codes or scales change), or None."""
-        key = (self.qweight.data_ptr(), self.qweight._version, self.scales.data_ptr(), self.scales._version)
+        key = tuple((t.data_ptr(), t._version) for t in (self.qweight, self.scales, self.zeros) if t is not None)
         if getattr(self, "_packed_key", None) != key:
-            self._packed = pack_weight(self.codes(), self.scales, self.bits, self.group)
+            self._packed = pack_weight(self.codes(), self.scales, self.bits, self.group, self.zeros)
             self._packed_key = key
         return self._packed
 
@@ -114,10 +133,12 @@ def load_quantized(path: Path, info: dict[str, Any]):
 
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     lm = AutoModelForCausalLM.from_config(config)  # buffers such as RoPE's inv_freq are computed, not stored
+    zero_point = bool(info.get("zero_point"))  # absent in files written before zero points: symmetric
     for name in info["modules"]:
         lin = lm.get_submodule(name)
         group = lin.in_features if info["method"] == "int8-dynamic" else info["group_size"]
-        set_module(lm, name, QuantLinear(lin.in_features, lin.out_features, info["bits"], group, lin.bias is not None))
+        set_module(lm, name, QuantLinear(lin.in_features, lin.out_features, info["bits"], group, lin.bias is not None,
+                                         zero_point))
     state = load_file(str(path / "model.safetensors"))
     lm.load_state_dict(state, strict=False)
     if getattr(config, "tie_word_embeddings", False):

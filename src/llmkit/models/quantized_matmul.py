@@ -9,8 +9,8 @@ What they compute, and how that differs from the dequantized matmul:
 - Both kernels are fast only for bf16 activations on CPU (fp32 inputs take a scalar path, ~40x
   slower), so the input is rounded to bf16, the scales are bf16 and the output comes back from bf16:
   relative rounding of ~2^-9 on each, the usual price of bf16 inference, far below the int4 error.
-- int4: codes c in [-8, 7] with a scale per group of `group` inputs map to the kernel's
-  (q - 8) * scale + zero with q = c + 8 and zero = 0: the same weights. Groups of 32/64/128/256
+- int4: codes c in [-8, 7] with a scale and a zero (0 in symmetric files) per group of `group`
+  inputs map to the kernel's (q - 8) * scale + zero with q = c + 8: the same weights. Groups of 32/64/128/256
   only, and output widths that are multiples of 16 (the kernel's tiles).
 - int8: the kernel takes one scale per output row. A file quantized per row (group = in_features)
   runs as stored; with smaller groups the weights c * s_group are re-quantized per row at load,
@@ -64,10 +64,10 @@ class Int8Packed(PackedWeight):
 
 
 class Int4Packed(PackedWeight):
-    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, group: int):
-        # codes (out, in) in [-8, 7]; scales (out, in / group). Kernel: (q - 8) * scale + zero per group.
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int):
+        # codes (out, in) in [-8, 7]; scales, zeros (out, in / group). Kernel: (q - 8) * scale + zero per group.
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu((codes.to(torch.int32) + 8).contiguous(), 1)
-        self.scales_zeros = torch.stack([scales.t(), torch.zeros_like(scales.t())], -1).to(KERNEL_DTYPE).contiguous()
+        self.scales_zeros = torch.stack([scales.t(), zeros.t()], -1).to(KERNEL_DTYPE).contiguous()  # (G, out, 2)
         self.group, self.out_features = group, codes.shape[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,20 +75,24 @@ class Int4Packed(PackedWeight):
         return y.to(x.dtype)
 
 
-def per_row_int8(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group-wise int8 (codes (out, in), scales (out, G)) as per-row int8 (codes, scales (out,))."""
-    if scales.shape[1] == 1:
+def per_row_int8(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None = None):
+    """Group-wise int8 (codes (out, in), scales and zeros (out, G)) as per-row symmetric int8 (codes, scales (out,))."""
+    if scales.shape[1] == 1 and zeros is None:
         return codes, scales[:, 0]
     out_f, in_f = codes.shape
-    w = (codes.float().reshape(out_f, scales.shape[1], -1) * scales[..., None]).reshape(out_f, in_f)
+    w = codes.float().reshape(out_f, scales.shape[1], -1) * scales[..., None]
+    w = (w if zeros is None else w + zeros[..., None]).reshape(out_f, in_f)
     row = w.abs().amax(-1).clamp(min=1e-12) / 127
     return torch.round(w / row[:, None]).clamp(-128, 127).to(torch.int8), row
 
 
-def pack_weight(codes: torch.Tensor, scales: torch.Tensor, bits: int, group: int) -> PackedWeight | None:
-    """codes (out, in) int8 (int4 values unpacked), scales (out, in / group) fp32 -> a kernel layout, or None."""
+def pack_weight(codes: torch.Tensor, scales: torch.Tensor, bits: int, group: int,
+                zeros: torch.Tensor | None = None) -> PackedWeight | None:
+    """codes (out, in) int8 (int4 values unpacked), scales and zeros (None: symmetric) (out, in / group) -> a kernel
+    layout, or None."""
     if kernel_reason(bits, codes.shape[0], group):
         return None
+    zeros = None if zeros is None else zeros.detach().float()
     if bits == 8:
-        return Int8Packed(*per_row_int8(codes, scales.float()))
-    return Int4Packed(codes, scales.float(), group)
+        return Int8Packed(*per_row_int8(codes, scales.float(), zeros))
+    return Int4Packed(codes, scales.float(), torch.zeros_like(scales.float()) if zeros is None else zeros, group)

@@ -9,7 +9,15 @@ import torch
 
 from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
-from llmkit.models.quantized import METHODS, QuantLinear, linears, pack_int4, quantize_tensor, set_module
+from llmkit.models.quantized import (
+    METHODS,
+    QuantLinear,
+    linears,
+    pack_int4,
+    quantize_tensor,
+    quantize_tensor_zero_point,
+    set_module,
+)
 from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace, atomic_dir
 
@@ -23,8 +31,12 @@ def quantize_model(lm, method: str, group: int) -> list[str]:
         if lin.in_features % g:
             raise UserError(f"quantize.group_size = {group} does not divide {name}'s {lin.in_features} inputs; "
                             "choose 32, 64 or 128 to match the model's widths")
-        q = QuantLinear(lin.in_features, lin.out_features, bits, g, lin.bias is not None)
-        codes, scales = quantize_tensor(lin.weight.data, bits, g)
+        q = QuantLinear(lin.in_features, lin.out_features, bits, g, lin.bias is not None, zero_point=bits == 4)
+        if bits == 4:  # int4's 16 levels spread over each group's min..max (see llmkit.models.quantized)
+            codes, scales, zeros = quantize_tensor_zero_point(lin.weight.data, bits, g)
+            q.zeros.copy_(zeros)
+        else:
+            codes, scales = quantize_tensor(lin.weight.data, bits, g)
         q.qweight.copy_(pack_int4(codes) if bits == 4 else codes)
         q.scales.copy_(scales)
         if lin.bias is not None:
@@ -46,7 +58,8 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
         raise UserError(f"{source.ref} is already quantized ({source.lineage['quantization']['method']}); quantize the original")
     lm, tokenizer = load_causal_lm(source)
     modules = quantize_model(lm, cfg.method, cfg.group_size)
-    info = {"method": cfg.method, "bits": METHODS[cfg.method], "group_size": cfg.group_size, "modules": modules}
+    info = {"method": cfg.method, "bits": METHODS[cfg.method], "group_size": cfg.group_size,
+            "zero_point": METHODS[cfg.method] == 4, "modules": modules}
     target = ws.new_folder("models", f"{name}-{cfg.method}")
     lineage = {**(source.lineage or {}), "format": "llmkit.model/1", "task": "causal-lm", "method": f"quantize-{cfg.method}",
                "quantization": info, "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)},
@@ -59,7 +72,7 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
         if getattr(lm.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied: the embedding is the head
         for key, value in state.items():  # the other matrices (embeddings, untied head) as fp16; norms and scales stay fp32
-            if value.dim() == 2 and value.dtype == torch.float32 and not key.endswith(".scales"):
+            if value.dim() == 2 and value.dtype == torch.float32 and not key.endswith((".scales", ".zeros")):
                 state[key] = value.half()
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         lm.config.save_pretrained(str(tmp))

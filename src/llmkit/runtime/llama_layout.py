@@ -132,15 +132,20 @@ class LayoutBuilder:
         return w.reshape(w.shape[0], self.splits, -1).transpose(0, 1).contiguous()  # (splits, in, out / splits)
 
     def quant_matmul(self, parts, norm=None, row_fix=None):
-        """QuantLinear parts fused along their outputs; row_fix(i, codes, scales) permutes/scales part i's rows."""
-        codes, scales = [], []
+        """QuantLinear parts fused along their outputs; row_fix(i, codes, scales, zeros) permutes/scales part i's rows."""
+        codes, scales, zeros = [], [], []
         for i, q in enumerate(parts):
-            c, s = q.codes(), q.scales.detach().float()
+            s = q.scales.detach().float()
+            z = torch.zeros_like(s) if q.zeros is None else q.zeros.detach().float()
+            c = q.codes()
             if row_fix is not None:
-                c, s = row_fix(i, c, s)
+                c, s, z = row_fix(i, c, s, z)
             codes.append(c)
             scales.append(s)
-        packed = pack_weight(torch.cat(codes), torch.cat(scales), parts[0].bits, parts[0].group)
+            zeros.append(z)
+        zero_point = any(q.zeros is not None for q in parts)
+        packed = pack_weight(torch.cat(codes), torch.cat(scales), parts[0].bits, parts[0].group,
+                             torch.cat(zeros) if zero_point else None)
         return QuantMatmul(packed, None if norm is None else norm.detach().float())
 
     def bias(self, lin, heads=None):
@@ -158,11 +163,11 @@ class LayoutBuilder:
             qk_norm = torch.cat([q_w.expand(nh, self.hd), k_w.expand(nkv, self.hd)])  # (nh + nkv, hd)
             q_scale = 1.0
         if isinstance(a.q_proj, QuantLinear):
-            def fix(i, c, s):  # q and k rows into pair order, q's scales times the attention scale
+            def fix(i, c, s, z):  # q and k rows into pair order, q's scales and zeros times the attention scale
                 if i == 2:
-                    return c, s
-                heads = nh if i == 0 else nkv
-                return self.pairs(c, heads), self.pairs(s, heads) * (q_scale if i == 0 else 1.0)
+                    return c, s, z
+                heads, times = (nh, q_scale) if i == 0 else (nkv, 1.0)
+                return self.pairs(c, heads), self.pairs(s, heads) * times, self.pairs(z, heads) * times
             w_qkv = self.quant_matmul([a.q_proj, a.k_proj, a.v_proj], layer.input_layernorm.weight, fix)
             w_o = self.quant_matmul([a.o_proj])
             w_gu = self.quant_matmul([m.gate_proj, m.up_proj], layer.post_attention_layernorm.weight)
