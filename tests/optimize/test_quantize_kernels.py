@@ -118,3 +118,24 @@ def test_fast_llama_runs_quantized_models_like_the_dequantized_path(tokenizer, t
     for prompt in tiny_lm.prompts(tokenizer):
         ours = list(generate_ids(model, prompt, max_new_tokens=24, temperature=0))
         assert ours == tiny_lm.hf_greedy(reference, prompt, 24)
+
+
+def test_symmetric_int4_files_from_before_zero_points_still_load(tmp_path, tokenizer):
+    from safetensors.torch import save_file
+
+    from llmkit.models.quantized import linears, load_quantized
+
+    model = tiny_lm.make_model(tokenizer, seed=3)
+    names = list(linears(model))
+    state = {k: v for k, v in model.state_dict().items() if k not in {f"{n}.weight" for n in names} | {"lm_head.weight"}}
+    for n in names:  # the old writer: symmetric codes and scales, no zeros, no "zero_point" in the info
+        codes, scales = quantize_tensor(model.get_submodule(n).weight.data, 4, 32)
+        state[f"{n}.qweight"], state[f"{n}.scales"] = pack_int4(codes), scales
+    save_file(state, str(tmp_path / "model.safetensors"))
+    model.config.save_pretrained(tmp_path)
+    lm = load_quantized(tmp_path, {"method": "int4-weight", "bits": 4, "group_size": 32, "modules": names})
+    assert all(lm.get_submodule(n).zeros is None for n in names)
+    assert isinstance(get_decoder(lm), FastLlama)
+    prompt = tiny_lm.prompts(tokenizer)[0]
+    assert list(generate_ids(lm, prompt, max_new_tokens=8, temperature=0)) == \
+        tiny_lm.hf_greedy(dequantized_copy(lm), prompt, 8)
