@@ -157,6 +157,22 @@ def test_the_saved_adapter_loaded_by_peft_gives_our_logits_and_peft_config(llama
         torch.testing.assert_close(ours.eval()(x), loaded(input_ids=x).logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("config", [{}, {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
+                                    {"hidden_act": "gelu"}])
+def test_the_fast_path_takes_exactly_the_llamas_the_fast_decoder_takes(tokenizer, tmp_path, config):
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.runtime.fast_llama import unsupported_reason
+
+    model = tiny_lm.make_model(tokenizer)
+    for key, value in config.items():
+        setattr(model.config, key, value)
+    folder = _save(model, tokenizer, tmp_path / "m")
+    reloaded = AutoModelForCausalLM.from_pretrained(str(folder))
+    assert fast_path_reason(resolve_model(str(folder)), SftConfig()) == unsupported_reason(reloaded)
+    assert (unsupported_reason(reloaded) is None) == (config == {})
+
+
 def test_other_bases_are_named_with_the_reason_and_train_through_peft(lm_workspace, chat_data, tokenizer, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 

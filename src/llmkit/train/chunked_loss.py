@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from llmkit.train.bf16_matmul import emulated
+
 IGNORE = -100
 CHUNK_LOGITS = 1 << 23  # logits per chunk: 8M (32 MB in fp32); ~170 positions of a 49k vocabulary
 
@@ -27,13 +29,20 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
-                want_hidden: bool, want_weight: bool) -> torch.Tensor:
+                want_hidden: bool, want_weight: bool, emulate_bf16: bool) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+        # bf16 operands on a CPU without bf16 instructions: fp32 GEMMs of their values (see bf16_matmul),
+        # the head upcast once for every chunk.
+        head = weight.float() if emulate_bf16 else weight
+
+        def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # a @ b in the compute dtype's arithmetic
+            return (a.float() @ b).to(hidden.dtype) if emulate_bf16 else a @ b
+
         for start in range(0, hidden.shape[0], chunk):
             h, t = hidden[start: start + chunk], targets[start: start + chunk]
-            logits = (h @ weight.T).float()                     # (n, V): the only vocabulary-sized tensors
+            logits = mm(h, head.T).float()                      # (n, V): the only vocabulary-sized tensors
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
             if grad_hidden is None and grad_weight is None:
@@ -43,9 +52,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             g = probs.to(hidden.dtype)
             del logits, probs
             if grad_hidden is not None:
-                grad_hidden[start: start + chunk] = g @ weight
+                grad_hidden[start: start + chunk] = mm(g, head)
             if grad_weight is not None:
-                grad_weight += (g.T @ h).float()
+                grad_weight += (g.T.float() @ h.float()) if emulate_bf16 else (g.T @ h).float()
         ctx.save_for_backward(*(x for x in (grad_hidden, grad_weight) if x is not None))
         ctx.wants = (want_hidden, want_weight)
         ctx.weight_dtype = weight.dtype
@@ -61,7 +70,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
         if want_weight:
             grad_weight = (saved.pop(0) * grad_total).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 0) -> torch.Tensor:
@@ -73,10 +82,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     dtype = _compute_dtype(hidden)
     hidden, weight_c = hidden.to(dtype), weight.to(dtype)  # no-ops for a bf16 head under bf16 autocast
     chunk = chunk or max(1, CHUNK_LOGITS // weight.shape[0])
-    grad = torch.is_grad_enabled()
+    grad, emulate = torch.is_grad_enabled(), dtype == torch.bfloat16 and emulated(hidden, weight_c)
     with torch.autocast(hidden.device.type, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight_c, targets, chunk, grad and hidden.requires_grad,
-                                         grad and weight_c.requires_grad)
+                                         grad and weight_c.requires_grad, emulate)
 
 
 def shifted_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = 0) -> tuple[torch.Tensor, int]:

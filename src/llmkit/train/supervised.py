@@ -24,7 +24,7 @@ from llmkit.models.io import Model, load_causal_lm, load_tokenizer_for, resolve_
 from llmkit.registry import Registry, given_or_default
 from llmkit.train.checkpoint import resume_run
 from llmkit.train.finetune import FinetuneJob, enable_checkpointing, fit
-from llmkit.train.lora import apply_lora, check_targets, save_adapter, save_adapter_state
+from llmkit.train.lora import apply_lora, save_adapter, save_adapter_state
 from llmkit.train.optim import resolve_precision
 from llmkit.workspace import Workspace
 
@@ -242,9 +242,7 @@ def _load_model(base: Model, cfg: SftConfig, device: str, console) -> tuple[torc
     """The module to train, its tokenizer, and which path trains it: our fast Llama where the base allows,
     else transformers + peft (a speed difference, never an error)."""
     reason = fast_lora.fast_path_reason(base, cfg)
-    if reason is None:
-        if cfg.method == "lora":  # the same check, and the same message, as the peft path's
-            check_targets(fast_lora.meta_model(base.path), cfg.lora.target_modules, "sft.lora.target_modules")
+    if reason is None:  # (its LoRA targets are Llama projections, so they exist: nothing for check_targets to say)
         lm = fast_lora.load_fast(base, cfg, resolve_precision(cfg.precision, device), device)
         if console is not None:
             console.print("training path: fast Llama (fused projections, frozen base in the training precision, "
