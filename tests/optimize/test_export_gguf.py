@@ -36,3 +36,29 @@ def test_unknown_architecture_is_one_line_naming_the_known_ones(gpt2_folder: Pat
     assert "GPT2LMHeadModel" in lines[0] and "--format onnx" in lines[0]
     models = workspace / "models"
     assert not models.exists() or not any(models.iterdir())
+
+
+def test_sentencepiece_style_tokenizer_is_refused_before_anything_is_written(tmp_path: Path):
+    """A Llama whose tokenizer is SentencePiece-style BPE (Llama 2, Mistral: `▁` for spaces, byte fallback): written as
+    llama.cpp's gpt2 tokenizer, it would load and mis-tokenize every prompt, so the export says so instead."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests import tiny_lm
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}, "▁": 259, "▁a": 260, "a": 261}
+    spm = Tokenizer(models.BPE(vocab, [("▁", "a")], unk_token="<unk>", byte_fallback=True))
+    spm.pre_tokenizer = pre_tokenizers.Metaspace()
+    spm.decoder = decoders.Metaspace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    folder = tmp_path / "spm-llama"
+    tiny_lm.make_model(tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    workspace = tmp_path / "ws"
+    out = run_cli("export", str(folder), "--format", "gguf", "--quant", "f16", workspace=workspace)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: GGUF export writes byte-level BPE"), out.stderr
+    assert "SentencePiece-style" in lines[0] and "convert_hf_to_gguf.py" in lines[0]
+    models_dir = workspace / "models"
+    assert not models_dir.exists() or not any(models_dir.iterdir())

@@ -49,7 +49,31 @@ def check_exportable(model: Model) -> dict[str, Any]:
     if scaled or config.get("attention_bias") or config.get("mlp_bias"):
         found = [k for k in ("attention_bias", "mlp_bias") if config.get(k)] + ([f"rope scaling ({rope_type})"] if scaled else [])
         raise UserError(f"GGUF export supports plain Llama (no rope scaling, no biases); {model.ref} has {', '.join(found)}")
+    _check_tokenizer(model)
     return config
+
+
+def _byte_level(part: dict | None) -> bool:
+    if not part:
+        return False
+    return part.get("type") == "ByteLevel" or any(_byte_level(p) for p in part.get("pretokenizers", []))
+
+
+def _check_tokenizer(model: Model) -> None:
+    """Before anything is written: a tokenizer the writer can express as llama.cpp's `gpt2` model. A
+    SentencePiece-style BPE (Llama 2, Mistral: `▁` for spaces, byte fallback) written that way would load and
+    tokenize every prompt wrongly."""
+    file = model.path / "tokenizer.json"
+    if not file.exists():
+        raise UserError(f"GGUF export needs the model's tokenizer.json; {model.path} has none")
+    spec = json.loads(file.read_text(encoding="utf-8"))
+    kind = spec.get("model", {}).get("type")
+    if kind == "BPE" and (spec["model"].get("byte_fallback") or not _byte_level(spec.get("pre_tokenizer"))):
+        raise UserError(f"GGUF export writes byte-level BPE (GPT-2 style: llmkit's, SmolLM2's) and character-level tokenizers; "
+                        f"{model.ref}'s is SentencePiece-style BPE (byte fallback or no ByteLevel pre-tokenizer): use "
+                        "llama.cpp's convert_hf_to_gguf.py")
+    if kind not in ("BPE", "WordLevel"):
+        raise UserError(f"GGUF export supports byte-level BPE and character-level tokenizers; {model.ref}'s is {kind}")
 
 
 def _rope_theta(config: dict) -> float:
