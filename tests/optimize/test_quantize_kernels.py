@@ -139,3 +139,18 @@ def test_symmetric_int4_files_from_before_zero_points_still_load(tmp_path, token
     prompt = tiny_lm.prompts(tokenizer)[0]
     assert list(generate_ids(lm, prompt, max_new_tokens=8, temperature=0)) == \
         tiny_lm.hf_greedy(dequantized_copy(lm), prompt, 8)
+
+
+def test_an_fp16_head_runs_on_fbgemm_with_the_fp32_heads_logits(tokenizer, trained):
+    # A quantized file stores the head fp16; its values then fit fp16 exactly, and the head runs on fbgemm's
+    # fp16 matmul (fp32 activations and sums): the same logits as the fp32 head to float rounding.
+    model = copy.deepcopy(trained)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(model.lm_head.weight.half().float())  # tied: the embedding too
+    fast = FastLlama(model)
+    assert type(fast.lm_head_t).__name__ == "QuantMatmul"
+    ids = tiny_lm.prompts(tokenizer)[2]
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    torch.testing.assert_close(fast.prefill(ids)[1], ref, atol=1e-4, rtol=0)
+    assert isinstance(FastLlama(trained).lm_head_t, torch.Tensor)  # fp32 values that fp16 can't hold: fp32 head

@@ -17,6 +17,11 @@ What they compute, and how that differs from the dequantized matmul:
   round(c * s_group / s_row) with s_row = max|w| / 127: one more rounding of at most half a row
   step (s_row / 2) per weight, on top of the group step of the file.
 `QuantLinear.weight_float()` is still the exact dequantization; the tests bound the difference.
+
+The output head of a quantized file is stored fp16 (the format's own precision), so the fast decoder
+runs it on fbgemm's fp16 matmul (`Fp16Packed`: fp16 weights, fp32 activations and accumulation): the
+same values as the fp32 copy at half the bytes, and it is only used when the weights are exactly
+fp16 values.
 """
 
 from __future__ import annotations
@@ -73,6 +78,26 @@ class Int4Packed(PackedWeight):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(KERNEL_DTYPE), self.packed, self.group, self.scales_zeros)
         return y.to(x.dtype)
+
+
+class Fp16Packed(PackedWeight):
+    def __init__(self, weight: torch.Tensor):
+        self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), None)
+        self.out_features = weight.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic_fp16(x.float().contiguous(), self.packed).to(x.dtype)
+
+
+def pack_fp16_exact(weight: torch.Tensor) -> Fp16Packed | None:
+    """An fp32 (out, in) weight whose every value is an fp16 value, on fbgemm's fp16 matmul; else None."""
+    if (weight.dtype != torch.float32 or weight.device.type != "cpu"
+            or "fbgemm" not in torch.backends.quantized.supported_engines):
+        return None
+    w = weight.detach()
+    if not torch.equal(w.half().float(), w):
+        return None
+    return Fp16Packed(w)
 
 
 def per_row_int8(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None = None):

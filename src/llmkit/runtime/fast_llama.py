@@ -74,7 +74,7 @@ class FastLlama:
         self.splits = max(d for d in range(1, threads + 1) if all(w % d == 0 for w in widths))
         layout = LayoutBuilder(model, self.splits)
         self.layers = [layout.layer(layer) for layer in model.model.layers]
-        self.lm_head_t = layout.float_matmul(model.get_output_embeddings().weight, model.model.norm.weight)  # (C, vocab)
+        self.lm_head_t = layout.head(model)
         self.rot = rope_rotations(cfg, self.head_dim, self.max_len).to(self.device)
         self.eps_t = torch.tensor(self.eps, dtype=torch.float32, device=self.device)
 

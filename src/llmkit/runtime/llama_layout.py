@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.models.quantized import QuantLinear
-from llmkit.models.quantized_matmul import kernel_reason, pack_weight
+from llmkit.models.quantized_matmul import kernel_reason, pack_fp16_exact, pack_weight
 from llmkit.runtime.rope import rope_reason
 
 FAMILY = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -147,6 +147,15 @@ class LayoutBuilder:
         packed = pack_weight(torch.cat(codes), torch.cat(scales), parts[0].bits, parts[0].group,
                              torch.cat(zeros) if zero_point else None)
         return QuantMatmul(packed, None if norm is None else norm.detach().float())
+
+    def head(self, model):
+        """The output head with the final RMSNorm's weight: fp16 on fbgemm when its weights are fp16 values
+        (a quantized file's are: half the bytes, the same numbers), else like any float weight."""
+        weight, norm = model.get_output_embeddings().weight, model.model.norm.weight
+        packed = pack_fp16_exact(weight)
+        if packed is not None:
+            return QuantMatmul(packed, norm.detach().float())
+        return self.float_matmul(weight, norm)  # (C, vocab)
 
     def bias(self, lin, heads=None):
         if lin.bias is None:
