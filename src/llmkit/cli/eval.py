@@ -83,7 +83,7 @@ def _print_gate(result: dict) -> None:
         table.add_row("general perplexity", f"{base['perplexity']:.3f}", f"{tuned['perplexity']:.3f}",
                       f"{general['perplexity_increase']:+.1%}")
         table.add_row("general answered", f"{base['answered']:.1%}", f"{tuned['answered']:.1%}",
-                      f"{-general['answer_drop']:+.1%}")
+                      f"{tuned['answered'] - base['answered']:+.1%}")
     console.print(table)
     flipped = result["flipped"]
     console.print(f"flipped: {flipped['regressed']} better -> worse, {flipped['improved']} worse -> better")
@@ -91,9 +91,9 @@ def _print_gate(result: dict) -> None:
         for example in flipped[key]:
             fields = "  ".join(f"{k}: {v!r}" for k, v in example.items() if k != "item")
             console.print(f"  {label} {example['item']}  {fields}", markup=False, highlight=False)
-    if general:
-        for item in general["regressed"]:
-            console.print(f"  general, lost: {item['instruction']!r} -> {item['prediction']!r} (was {item['base']!r})",
+    for label, key in (("lost", "regressed"), ("gained", "improved")) if general else ():
+        for item in general[key]:
+            console.print(f"  general, {label}: {item['instruction']!r} -> {item['prediction']!r} (was {item['base']!r})",
                           markup=False, highlight=False)
     if result["passed"]:
         console.print(f"[bold green]verdict: pass[/bold green] (compare {result['id']})")
