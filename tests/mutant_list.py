@@ -71,7 +71,7 @@ MUTANTS: list[Mutant] = [
     Mutant("int8-dynamic-quantizes-the-head", "optimize", QFORMAT,
            "qconfig_spec=set(names)", "qconfig_spec={torch.nn.Linear}", (f"{T_Q}[int8-dynamic]",)),
     Mutant("group-scales-saved-in-fp16", "optimize", QUANT,
-           ' and not key.endswith(".scales")', "", (f"{T_Q}[int8-weight]", f"{T_Q}[int4-weight]")),
+           ' and not key.endswith((".scales", ".zeros"))', "", (f"{T_Q}[int8-weight]", f"{T_Q}[int4-weight]")),
     Mutant("wanda-ignores-activations", "optimize", PRUNE,
            'score = w.abs().float() * norms[name][None, :] if cfg.method == "wanda" else w.abs().float()',
            "score = w.abs().float()", (T_W,), "Wanda per row and magnitude per layer differ even without the norms"),
