@@ -177,3 +177,11 @@ def test_on_a_classifier_the_items_that_flipped_are_the_labels_it_lost(ws, sms_c
     assert result["task"]["base"] == pytest.approx(sum(b == g for b, g in zip(base, golds, strict=True)) / len(golds))
     example = result["flipped"]["regressed_examples"][0]
     assert example["base"] == example["label"] != example["tuned"]
+
+
+def test_an_export_is_refused_in_one_line(tmp_path: Path):
+    from llmkit.eval.items import load_lm
+    from llmkit.models.io import Model
+
+    with pytest.raises(UserError, match=r"^m-q8_0:v1 is a gguf export; the gate compares the models exports are made from"):
+        load_lm(Model(tmp_path, "m-q8_0", "abc", 1, {"format": "gguf"}))
