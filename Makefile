@@ -32,8 +32,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/llmkit demo
 
+# Two workers on two cores (pytest-xdist); a file's tests stay on one worker so its module fixtures are made once.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

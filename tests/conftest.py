@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import torch
 
 from llmkit.config import DataConfig, PretrainConfig
 from llmkit.data import prepare
@@ -25,6 +26,12 @@ from llmkit.workspace import Workspace
 from tests import pg_server
 
 PG_ENV = "LLMKIT_TEST_PG_URL"
+
+# `make test` runs two pytest-xdist workers on two cores: each worker, and every CLI process it starts,
+# computes on one thread (two workers of two threads each would fight over the cores).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""`llmkit demo`: data -> train -> samples on the built-in corpus (or --data PATH)."""
+"""`llmkit demo`: the scratch act (data -> train -> samples -> compress) and the real-model act (tune -> compare -> ship)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from llmkit.cli.options import configured
 
 
 def register(app: typer.Typer) -> None:
-    app.command(epilog="Example: llmkit demo --minutes 2")(demo)
+    app.command(epilog="Example: llmkit demo --act scratch --minutes 2")(demo)
 
 
 @configured("demo")
 def demo(ctx: Ctx, cfg) -> None:
-    """Run the whole loop on a built-in corpus: prepare data, train a small model, sample from it."""
+    """Both halves of the product: a small model from scratch, then a real pretrained chat model tuned with LoRA,
+    compared with its base and exported (--act scratch|real|both)."""
     from llmkit.demo import demo as run_demo
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"),
@@ -26,26 +27,38 @@ def demo(ctx: Ctx, cfg) -> None:
 
     def human() -> None:
         console.rule("done")
-        console.print(f"val loss {result.val_loss:.3f}, perplexity [bold]{result.val_ppl:.2f}[/bold] after {result.steps} steps")
-        console.print(f"dataset  {result.dataset}")
-        console.print(f"model    {result.model}  ({result.model_path})")
-        console.print(f"run      {result.run_path}  (metrics.jsonl, plots/loss.png, checkpoints/)")
-        console.print(f"gguf     {result.gguf}  (llama.cpp; Ollama: the Modelfile beside it)")
-        console.print(f"report   {result.report}  (test perplexity {result.evaluation['perplexity']:.2f}, "
-                      f"{result.evaluation['decode_tokens_per_s']:.0f} tokens/s)")
+        if (s := result.scratch) is not None:
+            console.print("[bold]from scratch[/bold]")
+            console.print(f"val loss {s.val_loss:.3f}, perplexity [bold]{s.val_ppl:.2f}[/bold] after {s.steps} steps")
+            console.print(f"dataset  {s.dataset}")
+            console.print(f"model    {s.model}  ({s.model_path})")
+            console.print(f"run      {s.run_path}  (metrics.jsonl, plots/loss.png, checkpoints/)")
+            console.print(f"gguf     {s.gguf}  (llama.cpp; Ollama: the Modelfile beside it)")
+            console.print(f"report   {s.report}  (test perplexity {s.evaluation['perplexity']:.2f}, "
+                          f"{s.evaluation['decode_tokens_per_s']:.0f} tokens/s)")
+        if (r := result.real) is not None:
+            console.print("[bold]a real chat model[/bold]")
+            console.print(f"base     {r.base}, tuned with LoRA for {r.steps} steps on {r.dataset} → {r.model}")
+            console.print(f"gate     {r.gate['verdict']}  (llmkit show {r.gate['id']})")
+            console.print(f"gguf     {r.gguf}  (with its chat template; Ollama: the Modelfile beside it)")
+        if result.skipped:
+            console.print(result.skipped)
         console.print("next:")
-        console.print(f"  llmkit generate {result.model.split(':')[0]} --prompt 'def main():' --max-new-tokens 120")
-        console.print(f"  llmkit data report {result.dataset.split(':')[0]}")
-        console.print(f"  llmkit compare {result.model.split(':')[0]}")
+        if (s := result.scratch) is not None:
+            console.print(f"  llmkit generate {s.model.split(':')[0]} --prompt 'def main():' --max-new-tokens 120")
+            console.print(f"  llmkit data report {s.dataset.split(':')[0]}")
+        if (r := result.real) is not None:
+            console.print(f"  llmkit chat {r.model.split(':')[0]}")
+            console.print(f"  llmkit promote {r.model.split(':')[0]} --alias prod && llmkit serve prod")
         console.print("  llmkit ls")
 
     ctx.emit(asdict(result), human)
-    if cfg.serve:
-        _serve(ctx, result.serve_model, cfg.port)
+    if cfg.serve and result.serve_models:
+        _serve(ctx, result.serve_models, cfg.port)
 
 
-def _serve(ctx: Ctx, model: str, port: int) -> None:
-    """Serve the demo model until Ctrl-C; another free port when the configured one is taken."""
+def _serve(ctx: Ctx, models: list[str], port: int) -> None:
+    """Serve the demo models until Ctrl-C; another free port when the configured one is taken."""
     import socket
 
     from llmkit.config import ServeConfig
@@ -59,7 +72,8 @@ def _serve(ctx: Ctx, model: str, port: int) -> None:
     ctx.log.rule("serving")
 
     def ready(url: str) -> None:
-        ctx.log.print(f"the demo model is live: web UI [bold]{url}/[/bold], OpenAI-compatible API {url}/v1 "
-                      f"(model '{model.split(':')[0]}'); Ctrl-C stops it (--no-serve skips this step)")
+        names = ", ".join(f"'{m.split(':')[0]}'" for m in models)
+        ctx.log.print(f"the demo {'models are' if len(models) > 1 else 'model is'} live: web UI [bold]{url}/[/bold], "
+                      f"OpenAI-compatible API {url}/v1 (models {names}); Ctrl-C stops it (--no-serve skips this step)")
 
-    serve(ServeConfig(models=[model], port=port), ctx.ws, ctx.registry, console=ctx.log, on_ready=ready)
+    serve(ServeConfig(models=models, port=port), ctx.ws, ctx.registry, console=ctx.log, on_ready=ready)

@@ -1,4 +1,4 @@
-"""`llmkit demo`: the main job end to end on a corpus every machine has offline.
+"""`llmkit demo`'s first act: a model from scratch, end to end, on a corpus every machine has offline.
 
 With no data it trains on the Python standard library's own source (found at run time through
 sysconfig), so a fresh machine needs nothing but llmkit: prepare the data, pretrain a small model
@@ -26,7 +26,7 @@ DEMO_MODEL = dict(preset="nano", context=128, batch_size=16, lr=2e-3, min_lr=2e-
 
 
 @dataclass
-class DemoResult:
+class ScratchResult:
     dataset: str
     model: str
     model_path: str
@@ -82,15 +82,12 @@ def _seconds_per_step(cfg: PretrainConfig, vocab: int) -> float:
     return min(times[1:])
 
 
-def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
-         progress=None) -> DemoResult:
+def scratch_act(cfg: DemoConfig, ws: Workspace, registry: Registry, console=None, progress=None) -> ScratchResult:
     from llmkit.data.pipeline import prepare
     from llmkit.generate import generate
     from llmkit.models.io import load_causal_lm
     from llmkit.train.pretraining import pretrain
 
-    ws = ws or Workspace.open()
-    registry = registry or Registry.for_workspace(ws.root)
     say = console.print if console is not None else (lambda *a, **k: None)
 
     if cfg.data:
@@ -155,7 +152,7 @@ def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None
     gguf_model, gguf_rows = export(model.id, ExportConfig(quant="q8_0", eval_max_examples=100, table=has_llama_cpp), ws,
                                    registry, console, progress)
     gguf_file = str(gguf_model.path / "model-q8_0.gguf")
-    return DemoResult(dataset=ds.ref, model=model.ref, model_path=str(model.path),
+    return ScratchResult(dataset=ds.ref, model=model.ref, model_path=str(model.path),
                       run_path=model.lineage["run"]["path"], val_loss=metrics["val_loss"], val_ppl=metrics["val_ppl"],
                       steps=metrics["steps"], samples=samples, report=f"{quality.path}/report.html", evaluation=figures,
                       compressed=(int8_rows or []) + (gguf_rows or [])[1:], gguf=gguf_file,
