@@ -5,6 +5,8 @@ matmuls, keeps its weights in fp32 and casts each to bf16 on every forward under
 returns logits for every position (a 49k vocabulary makes them the largest tensors of a step).
 Here the frozen base is loaded straight into the fused layout, in bf16 when training in bf16 (half
 the memory, no per-step casts), and the loss runs through `chunked_loss` on labelled positions only.
+Every matmul goes through `bf16_matmul.linear`: autocast's bf16 arithmetic, as an fp32 GEMM on CPUs
+whose bf16 GEMM is slow.
 
 LoRA is peft's, projection by projection: each adapted projection (q/k/v/o/gate/up/down) has its own
 A (r x in) and B (out x r), the update is B A x * alpha / r, dropout on the adapter's input as

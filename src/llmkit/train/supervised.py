@@ -3,7 +3,8 @@
 Each conversation is rendered with the tokenizer's chat template (llmkit's own when the base has
 none) one turn at a time, so every token is known to belong to a system, user or assistant turn;
 the loss covers assistant tokens only. Methods: full, LoRA (adapters on a frozen base), QLoRA
-(adapters on a 4-bit base; needs CUDA and bitsandbytes).
+(adapters on a 4-bit base; needs CUDA and bitsandbytes). Llama-family bases train on the fast path
+(train.fast_lora: our fused Llama, bf16 frozen base, chunked loss); others through transformers + peft.
 """
 
 from __future__ import annotations
