@@ -34,7 +34,9 @@ def test_generate_with_a_bad_temperature_or_unknown_model_is_a_user_error(lm_wor
     bad = llmkit(lm_workspace, "generate", "tiny-lm", "--prompt", "x", "--temperature", "-1")
     assert bad.returncode == 2 and "generate.temperature" in bad.stderr
     missing = llmkit(lm_workspace, "generate", "no-such-model", "--prompt", "x")
-    assert missing.returncode == 2 and "tiny-lm" in missing.stderr
+    assert missing.returncode == 2 and "no-such-model" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    typo = llmkit(lm_workspace, "generate", "tiny-lmm", "--prompt", "x")
+    assert typo.returncode == 2 and "did you mean 'tiny-lm'?" in typo.stderr
 
 
 def test_chat_answers_each_line_until_an_empty_one(lm_workspace: Path, tiny_model):

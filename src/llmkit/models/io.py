@@ -7,6 +7,8 @@ remote code never runs.
 
 from __future__ import annotations
 
+import difflib
+
 import dataclasses
 import json
 import shutil
@@ -79,7 +81,12 @@ def resolve_model(ref: str, registry=None) -> Model:
     known = ""
     if registry is not None:
         names = sorted({r.name for r in registry.list("model")})
-        known = f"; registered models: {', '.join(names[:10])}" if names else "; no models are registered yet"
+        # The names nearest to what was typed first: in a busy workspace the first ten alphabetically say little.
+        close = difflib.get_close_matches(ref, names, n=3, cutoff=0.5)
+        shown = close + [n for n in names if n not in close][: 10 - len(close)]
+        more = f" (and {len(names) - len(shown)} more: llmkit ls models)" if len(names) > len(shown) else ""
+        known = f"; registered models: {', '.join(shown)}{more}" if names else "; no models are registered yet"
+        known = (f"; did you mean '{close[0]}'?" if close else "") + known
     raise UserError(f"no model '{ref}': not a registered name or id, a built-in ({', '.join(BUILTIN_MODELS)}), "
                     f"nor a model folder{known}")
 
