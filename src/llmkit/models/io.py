@@ -7,9 +7,8 @@ remote code never runs.
 
 from __future__ import annotations
 
-import difflib
-
 import dataclasses
+import difflib
 import json
 import shutil
 from dataclasses import dataclass
