@@ -26,6 +26,8 @@ fp16 values.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 
 KERNEL_DTYPE = torch.bfloat16
@@ -49,13 +51,14 @@ def kernel_reason(bits: int, out_features: int, group: int) -> str | None:
     return None
 
 
-class PackedWeight:
+class PackedWeight(abc.ABC):
     """A weight in a kernel's layout: `self(x)` is x @ W.T for x (M, in) of any float dtype, in x's dtype."""
 
     out_features: int
 
+    @abc.abstractmethod
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """x @ W.T through the layout's kernel."""
 
 
 class Int8Packed(PackedWeight):
