@@ -140,6 +140,20 @@ def tiny_config(**overrides) -> PretrainConfig:
     return PretrainConfig(**base)
 
 
+def serving_url(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """The URL a `llmkit serve` subprocess (stdout piped, text) says it listens on; fails if it dies or never says."""
+    import re
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, proc.stderr.read()
+        if match := re.search(r"serving on (http://127\.0\.0\.1:\d+)", line):
+            return match.group(1)
+    raise AssertionError("the server never said where it listens")
+
+
 def run_cli(*args: str, workspace: Path, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "LLMKIT_HOME": str(workspace)}
     proc = subprocess.run([sys.executable, "-m", "llmkit", *args], capture_output=True, text=True, timeout=timeout, env=env)

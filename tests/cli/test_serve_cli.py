@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
-from tests.conftest import run_cli
+from tests.conftest import run_cli, serving_url
 
 
 def _ignore_sigint() -> None:
@@ -25,13 +23,7 @@ def test_serve_runs_until_interrupted(lm_workspace, tiny_model, stop, inherited)
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=_ignore_sigint if inherited == "ignored" else None)
     try:
-        url, deadline = None, time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, proc.stderr.read()
-            match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
-            url = match.group(1) if match else None
-        assert url, "the server never said where it listens"
+        url = serving_url(proc)
         assert requests.get(url + "/health", timeout=10).json()["models"] == ["tiny-lm"]
         assert requests.get(url + "/", timeout=10).status_code == 404  # --no-ui
         proc.send_signal(stop)

@@ -6,10 +6,8 @@ sliding window, another architecture) goes through the HF module, in `llmkit gen
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ import transformers as hf
 from llmkit.runtime.decoder import HFDecoder, generate_ids, get_decoder
 from llmkit.runtime.fast_llama import FastLlama
 from tests import tiny_lm
-from tests.conftest import run_cli
+from tests.conftest import run_cli, serving_url
 from tests.tiny_lm import hf_greedy
 
 one_thread = pytest.fixture(scope="module", autouse=True)(tiny_lm.single_thread)
@@ -140,13 +138,7 @@ def test_other_architecture_generates_and_serves_through_hf(gpt2_folder: Path, t
     proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", f"tiny-gpt2={gpt2_folder}", "--port", "0",
                              "--no-ui"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        url, deadline = None, time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, proc.stderr.read()
-            match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
-            url = match.group(1) if match else None
-        assert url, "the server never said where it listens"
+        url = serving_url(proc)
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
         answer = client.completions.create(model="tiny-gpt2", prompt="the cat", max_tokens=8, temperature=0)
         assert answer.choices[0].text == generated  # greedy through the HF decoder, served as generated
