@@ -1,20 +1,19 @@
 """LoRA SFT of the real smollm2-135m: llmkit's fast path against a plain transformers + peft loop.
 
 Both sides train the same job: SmolLM2-135M-Instruct, LoRA r 8 (alpha 16, no dropout) on every linear
-projection, bf16 autocast, batch 4 x 256 tokens of instruct_small conversations (rendered with the
+projection, bf16 autocast (or fp32 with --precision fp32, both sides), batch 4 x 256 tokens of instruct_small conversations (rendered with the
 base's chat template, loss on assistant tokens, packed into full rows: every step has the same shape),
 the same rows in the same order, AdamW (llmkit's `adamw`: same groups, decay and betas) at a constant
 lr, gradient clipping at 1.0, the same torch threads. The adapters start equal (same seed; llmkit
 creates them as peft does). Each side runs in its own process, so each peak RSS (getrusage maxrss of
-that process: loading included) is its own; both processes run with the allocator setting llmkit's
-training makes (glibc's mmap threshold fixed at 256 KiB). The first --warmup steps are excluded from the timing on
+that process: loading included) is its own; both run with glibc's default allocator settings. The first --warmup steps are excluded from the timing on
 both sides; tokens/s = tokens / seconds over the timed steps.
 
-    ours: train.fast_lora.load_fast (our Llama, fused projections, frozen base in bf16, LoRA on top)
+    ours: train.fast_lora.load_fast (our Llama, fused projections, frozen base in the precision, LoRA on top)
           + train.fast_lora.token_loss_sum (chunked cross-entropy over labelled positions)
     peer: AutoModelForCausalLM (fp32 weights, as loaded) + peft.get_peft_model, loss from `labels=`
 
-    flock /tmp/llmkit-bench.lock .venv/bin/python bench/lora_real.py [--steps 12] [--warmup 2] [--threads 2]
+    flock /tmp/llmkit-bench.lock .venv/bin/python bench/lora_real.py [--precision bf16|fp32] [--steps 12] [--warmup 2]
 
 Goals (issue 18): tokens/s >= 2x the peer's, peak RSS <= 0.7x the peer's, losses within 2 % step by step.
 The last line is one JSON object with the figures and, per goal, whether it was met.
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -64,7 +62,7 @@ def make_rows(ws: Path, rows_file: Path, count: int) -> dict:
     return {"rows": len(rows), "labelled_fraction": round(float((labels[:, 1:] != -100).float().mean()), 3)}
 
 
-def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, compile_model: bool) -> None:
+def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, compile_model: bool, precision: str) -> None:
     """One side's training, in this process; prints one JSON line."""
     import torch
     from safetensors.torch import load_file
@@ -76,7 +74,7 @@ def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, comp
     data = load_file(str(rows_file))
     base = resolve_model("smollm2-135m")
     started = time.perf_counter()
-    model, loss_of = (ours if name == "ours" else peer)(base)
+    model, loss_of = ours(base, precision) if name == "ours" else peer(base)
     load_s = time.perf_counter() - started
     if compile_model:
         model = torch.compile(model)
@@ -87,7 +85,7 @@ def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, comp
     for step in range(steps):
         ids, labels = data["ids"][step * BATCH:(step + 1) * BATCH], data["labels"][step * BATCH:(step + 1) * BATCH]
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = loss_of(model, ids, labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -102,7 +100,7 @@ def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, comp
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def ours(base):
+def ours(base, precision: str):
     from llmkit.config import LoraConfig, SftConfig
     from llmkit.train import fast_lora
 
@@ -110,7 +108,7 @@ def ours(base):
     reason = fast_lora.fast_path_reason(base, cfg)
     if reason:
         raise SystemExit(f"the fast path refused smollm2-135m: {reason}")
-    model = fast_lora.load_fast(base, cfg, "bf16", "cpu")
+    model = fast_lora.load_fast(base, cfg, precision, "cpu")
 
     def loss_of(model, ids, labels):
         total, n = fast_lora.token_loss_sum(model, {"input_ids": ids, "labels": labels})
@@ -137,11 +135,8 @@ def peer(base):
 
 def run_side(name: str, rows_file: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--side", name, "--rows", str(rows_file), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--threads", str(args.threads)] + (["--compile"] if args.compile and name == "ours" else [])
-    # llmkit's training fixes glibc's mmap threshold (train.fast_lora.return_large_frees_to_the_os); the peer gets the
-    # same allocator through the environment, so the memory comparison is of the training code, not of malloc.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(256 * 1024)}
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+           "--warmup", str(args.warmup), "--threads", str(args.threads), "--precision", args.precision] + (["--compile"] if args.compile and name == "ours" else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -150,12 +145,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="bf16 autocast (the issue's setting) or fp32")
     ap.add_argument("--compile", action="store_true", help="torch.compile our side")
     ap.add_argument("--side", choices=["ours", "peer"], help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
-        side(args.side, args.rows, args.steps, args.warmup, args.threads, args.compile)
+        side(args.side, args.rows, args.steps, args.warmup, args.threads, args.compile, args.precision)
         return
     with tempfile.TemporaryDirectory() as tmp:
         rows_file = Path(tmp) / "rows.safetensors"
@@ -170,7 +166,7 @@ def main() -> None:
         print(f"{r['side']:6}{r['tokens_per_s']:>10.0f}{sum(timed) / len(timed):>9.3f}{r['peak_rss_mb']:>14.0f}{r['load_s']:>8.1f}  "
               + " ".join(f"{x:.3f}" for x in r["losses"]))
     print(f"ours / peer: tokens/s {speed:.2f}x (goal >= 2), peak RSS {rss:.2f}x (goal <= 0.7), largest loss gap {loss_gap:.2%} (goal <= 2 %)")
-    print(json.dumps({"model": "smollm2-135m", "batch": BATCH, "length": LENGTH, "lora_r": 8, "precision": "bf16-autocast",
+    print(json.dumps({"model": "smollm2-135m", "batch": BATCH, "length": LENGTH, "lora_r": 8, "precision": "bf16-autocast" if args.precision == "bf16" else "fp32",
                       "threads": args.threads, "steps": args.steps, "warmup_steps": args.warmup, "compile": args.compile,
                       "labelled_fraction": data["labelled_fraction"], "trainable": a["trainable"],
                       "ours_tokens_per_s": round(a["tokens_per_s"], 1), "peer_tokens_per_s": round(b["tokens_per_s"], 1),

@@ -35,7 +35,8 @@ class Block(nn.Module):
         self.gate_up = nn.Linear(c, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down = nn.Linear(cfg.intermediate_size, c, bias=cfg.mlp_bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask: None for plain causal attention, else (B, 1, T, T) booleans (True: may attend)."""
         B, T, C = x.shape
         h = F.rms_norm(x, (C,), self.attn_norm, self.eps)
         q, k, v = self.qkv(h).split([self.n_head * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1)
@@ -43,12 +44,21 @@ class Block(nn.Module):
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
-                                           enable_gqa=self.n_kv != self.n_head)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv != self.n_head,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         x = x + self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         h = F.rms_norm(x, (C,), self.mlp_norm, self.eps)
         gate, up = self.gate_up(h).chunk(2, dim=-1)
         return x + self.down(F.silu(gate) * up)
+
+
+def document_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) causal attention within documents of packed rows, from their position ids (B, T)."""
+    starts = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1
+    doc = starts.cumsum(-1)                                               # (B, T): document index per token
+    T = position_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
+    return ((doc[:, :, None] == doc[:, None, :]) & causal).unsqueeze(1)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -96,20 +106,29 @@ class Llama(nn.Module):
             raise ValueError(f"sequence of {T} tokens is longer than the context {self.cos.shape[0]}")
         return self.lm_head(self.hidden_states(input_ids))  # (B, T, V)
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The final normed states (B, T, C) that the head turns into logits."""
+    def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The final normed states (B, T, C) that the head turns into logits.
+
+        position_ids (B, T), for rows packed with several documents: each document's positions count from
+        its own start, and a token attends only to earlier tokens of its document (a new document starts
+        wherever the position does not follow the previous one by 1: transformers' rule for packed rows)."""
         T = input_ids.shape[1]
-        if T > self.cos.shape[0]:  # past max_position_embeddings: RoPE goes on, as HF's computes it per call
-            self.cos, self.sin = (t.to(self.cos.device) for t in self._rope_tables(T))
+        longest = T if position_ids is None else int(position_ids.max()) + 1
+        if longest > self.cos.shape[0]:  # past max_position_embeddings: RoPE goes on, as HF's computes it per call
+            self.cos, self.sin = (t.to(self.cos.device) for t in self._rope_tables(longest))
         # The residual stream stays fp32 when the frozen weights are bf16 (as HF's does under autocast
         # with fp32 weights): a bf16 stream would round every layer's sum.
         x = self.embed(input_ids).float()  # (B, T, C)
-        cos, sin = self.cos[:T], self.sin[:T]
+        if position_ids is None:
+            cos, sin, mask = self.cos[:T], self.sin[:T], None
+        else:
+            cos, sin = self.cos[position_ids].unsqueeze(1), self.sin[position_ids].unsqueeze(1)  # (B, 1, T, hs)
+            mask = document_mask(position_ids)
         for block in self.layers:
             if self.checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, cos, sin, use_reentrant=False)  # recomputed in backward: memory for time
+                x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)  # recomputed in backward: memory for time
             else:
-                x = block(x, cos, sin)
+                x = block(x, cos, sin, mask)
         return F.rms_norm(x, (x.shape[-1],), self.norm, self.config.rms_norm_eps)
 
     # -- Hugging Face weights ---------------------------------------------------------------------

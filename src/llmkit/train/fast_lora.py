@@ -15,6 +15,10 @@ starting weights. On a fused projection the A's of its parts run as one matmul a
 block-diagonal matmul. `adapter_state` names the weights as a PeftModel saves them, so the adapter
 folder is an ordinary PEFT adapter (merge, serve, export and peft's loader take it unchanged).
 
+The allocator is left at glibc's defaults. Fixing its mmap threshold at 256 KiB (every large tensor its own
+mapping, unmapped when freed) lowered peak RSS by about a third (3.5 -> 2.3 GB in fp32) but cost 30-40 % of
+step time in page faults on a 2-core VM; docs/benchmarks.md has the figures.
+
 Which bases: what `runtime.fast_llama.unsupported_reason` accepts (a LlamaForCausalLM with default
 RoPE and SiLU); for anything else `fast_path_reason` says why, and SFT takes the peft + HF path.
 """
@@ -120,7 +124,13 @@ class LoraLinear(nn.Module):
             h = linear(x, a)                                                 # (..., parts * r)
         else:  # each projection draws its own dropout mask, as peft's separate modules do
             h = torch.cat([linear(self.dropout(x), self.lora_A[n]) for n in names], dim=-1)
-        return y + linear(h, self._stacked_b())
+        b = self._stacked_b()
+        if y.dtype == h.dtype == b.dtype and not torch.is_autocast_enabled(y.device.type):
+            # y += h B^T inside the GEMM (beta 1): no separate add pass over y, no second tensor of its size.
+            # In place is safe for autograd: the base matmul's backward needs its input and weight, not y.
+            y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), b.T)
+            return y
+        return y + linear(h, b)
 
     def _stacked_b(self) -> torch.Tensor:
         """The B's as one (out, parts * r) block-diagonal matrix, scaled; zero rows for unadapted parts."""
@@ -153,8 +163,8 @@ class LoraLlama(nn.Module):
     def lm_head(self) -> nn.Linear:
         return self.model.lm_head
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.hidden_states(input_ids)
+    def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.hidden_states(input_ids, position_ids)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
@@ -193,25 +203,9 @@ def peft_target_modules(model: LoraLlama, target_modules: list[str]) -> list[str
     return list(target_modules)
 
 
-def return_large_frees_to_the_os() -> None:
-    """Fix glibc's mmap threshold at 256 KiB, so every large tensor is its own mapping, unmapped when freed.
-
-    By default the threshold adapts: once a big block has been freed, blocks up to that size come from the heap,
-    and a training step's transients (upcasts, logits chunks, attention scratch) leave it fragmented and resident.
-    On smollm2-135m LoRA this lowers peak RSS from ~2.1 to ~1.6 GB (docs/benchmarks.md). No-op off glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, 256 * 1024)  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def load_fast(base: Model, cfg: SftConfig, precision: str, device: str) -> nn.Module:
     """The model SFT trains on the fast path: LoraLlama over a frozen base (bf16 when training in bf16),
     or for full fine-tuning our Llama in fp32 with every weight trainable."""
-    return_large_frees_to_the_os()
     frozen_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     llama = from_hf_folder(base.path, frozen_dtype if cfg.method == "lora" else torch.float32).to(device)
     llama.checkpointing = cfg.gradient_checkpointing
@@ -223,5 +217,6 @@ def load_fast(base: Model, cfg: SftConfig, precision: str, device: str) -> nn.Mo
 
 def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token loss over labelled tokens, and their count (right padding needs no mask: causal
-    attention never lets a real token see the padding after it)."""
-    return shifted_loss_sum(model.hidden_states(batch["input_ids"]), model.lm_head.weight, batch["labels"])
+    attention never lets a real token see the padding after it). Packed rows carry position_ids."""
+    hidden = model.hidden_states(batch["input_ids"], batch.get("position_ids"))
+    return shifted_loss_sum(hidden, model.lm_head.weight, batch["labels"])

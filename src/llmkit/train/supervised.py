@@ -36,6 +36,7 @@ IGNORE = -100  # label of tokens the loss skips (prompt, system, padding)
 class ChatExample:
     ids: list[int]
     labels: list[int]   # the token id where the loss applies (assistant tokens), IGNORE elsewhere
+    positions: list[int] | None = None  # packed rows: each conversation's positions count from its own start
 
 
 def encode_chat(tokenizer, messages: list[dict[str, str]], max_length: int) -> tuple[ChatExample | None, bool]:
@@ -109,16 +110,20 @@ def encode_split(tokenizer, records: list[dict], max_length: int, skip_bad: bool
 
 
 def pack(examples: list[ChatExample], max_length: int) -> list[ChatExample]:
-    """Concatenate examples into rows of max_length (the last row shorter)."""
-    rows, ids, labels = [], [], []
+    """Concatenate examples into rows of max_length (the last row shorter). Each row carries positions that
+    restart at every conversation, so attention stays inside a conversation (`Llama.document_mask`;
+    transformers reads the same position_ids the same way); a conversation cut at a row's end goes on in
+    the next row with its positions counting on."""
+    rows, ids, labels, positions = [], [], [], []
     for ex in examples:
         ids.extend(ex.ids)
         labels.extend(ex.labels)
+        positions.extend(range(len(ex.ids)))
         while len(ids) >= max_length:
-            rows.append(ChatExample(ids[:max_length], labels[:max_length]))
-            ids, labels = ids[max_length:], labels[max_length:]
+            rows.append(ChatExample(ids[:max_length], labels[:max_length], positions[:max_length]))
+            ids, labels, positions = ids[max_length:], labels[max_length:], positions[max_length:]
     if any(label != IGNORE for label in labels):
-        rows.append(ChatExample(ids, labels))
+        rows.append(ChatExample(ids, labels, positions))
     return rows
 
 
@@ -131,7 +136,16 @@ def collate(examples: list[ChatExample], pad_id: int) -> dict[str, torch.Tensor]
         ids[row, : len(ex.ids)] = torch.tensor(ex.ids)
         labels[row, : len(ex.labels)] = torch.tensor(ex.labels)
         mask[row, : len(ex.ids)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if examples[0].positions is None:
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    # Packed rows: position_ids instead of an attention mask (a mask would hide the documents from transformers);
+    # padding counts on from the row's last position, as part of its last document, after every real token.
+    positions = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, ex in enumerate(examples):
+        n = len(ex.positions)
+        positions[row, :n] = torch.tensor(ex.positions)
+        positions[row, n:] = torch.arange(width - n) + (ex.positions[-1] + 1 if n else 0)
+    return {"input_ids": ids, "position_ids": positions, "labels": labels}
 
 
 def shuffled_batches(items: list, batch_size: int, seed: int, epoch: int, collate_fn) -> list:
@@ -141,7 +155,10 @@ def shuffled_batches(items: list, batch_size: int, seed: int, epoch: int, collat
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token loss over labelled tokens, and their count."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    if "position_ids" in batch:  # packed rows: transformers keeps attention within each document (with no cache)
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    else:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     logits = out.logits[:, :-1]                     # (B, T-1, V): position t predicts t+1
     target = batch["labels"][:, 1:]                 # (B, T-1)
     loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE, reduction="sum")
