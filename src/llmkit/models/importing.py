@@ -35,7 +35,7 @@ def import_model(source: str, name: str | None = None, ws: Workspace | None = No
         return Model(path, latest.name, latest.id, latest.version, lineage), True
     target = ws.new_folder("models", name)
     if console is not None and src.path.is_file():
-        console.print("dequantizing the GGUF into safetensors (about half a minute for a 135M model)")
+        console.print("dequantizing the GGUF into safetensors (about 20 seconds for a 135M model)")
     config = materialize(src, target)
     facts = describe(config, target)
     lineage = {"format": "llmkit.model/1", "task": "causal-lm", "parent_model": None,

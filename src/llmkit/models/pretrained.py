@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import io
@@ -129,22 +130,54 @@ def _dequantize_gguf(file: Path, out: Path) -> None:
         import gguf  # noqa: F401  (transformers reads GGUF through it)
     except ImportError:
         raise UserError("importing a GGUF needs the gguf package: pip install gguf (or pip install 'llmkit[edge]')") from None
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "de-quantizing GGUF tensors" bars: our caller shows progress
     folder, name = str(file.parent), file.name
     try:
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
-        causal_lm_architecture(config.to_dict(), file)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        with contextlib.redirect_stderr(io.StringIO()):  # the loader's own tqdm bar; our caller says what happens
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
+        with _gguf_parsed_once():
+            config, tokenizer, model = _read_gguf(folder, name, file)
     except UserError:
         raise
     except (ValueError, KeyError, RuntimeError) as err:  # an architecture or quant type transformers cannot read
         raise UserError(f"{file}: transformers cannot read this GGUF ({err}); llmkit imports GGUF files of the "
                         "architectures transformers' GGUF loader supports (llama, mistral, qwen2, qwen3, gemma, phi3, ...)") from None
+    _save_dequantized(model, tokenizer, out)
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """Within this block, transformers parses a GGUF file once, not three times, and builds gguf's tensor name
+    map once per architecture, not once per module.
+
+    transformers reads the file anew for the config, the tokenizer and the weights (a GGUFReader each: ~5 s for
+    SmolLM2-135M's 49k-token vocabulary on 2 cores), and asks gguf for a fresh TensorNameMap for every module
+    it walks (397 times for SmolLM2-135M, 10 s). Both are pure functions of their arguments, looked up on the
+    gguf module at call time (`from gguf import ...` inside transformers' functions), so memoising them here
+    takes a GGUF import from ~40 s to ~15 s. The module's own functions are put back on the way out."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader = functools.lru_cache(maxsize=1)(reader)
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=8)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
+def _read_gguf(folder: str, name: str, file: Path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    causal_lm_architecture(config.to_dict(), file)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    with contextlib.redirect_stderr(io.StringIO()):  # the loader's own tqdm bar; our caller says what happens
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
+    return config, tokenizer, model
+
+
+def _save_dequantized(model, tokenizer, out: Path) -> None:
     from safetensors.torch import save_file
 
     # save_pretrained refuses a model loaded from GGUF; the weights are plain fp32 tensors by now. Saved under
