@@ -1,0 +1,213 @@
+"""Constrained decoding: JSON objects, JSON schemas, regexes and fixed choices as per-token masks.
+
+llguidance does the work (bench/grammar_engines.py measured it against xgrammar and outlines-core:
+the only one whose every random walk over the 57 test schemas validated, and it refuses keywords
+it cannot enforce instead of ignoring them). One `TokenConstraint` per sequence: before each pick
+the sampler asks for `mask(width)`, after it calls `accept(token)`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import llguidance
+import llguidance.hf
+import numpy as np
+import torch
+
+KINDS = ("json_object", "json_schema", "regex", "choice")
+# Compiling is ~1 ms but a server sees the same few schemas again and again; 64 covers an app's set.
+COMPILED_PER_VOCABULARY = 64
+# JSON layout as models write it ({"a": 1, "b": 2}), with no free whitespace: a small model given
+# free whitespace can spend its whole budget on newlines, and the tokens are never worth it.
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+class GrammarError(ValueError):
+    """A constraint the engine cannot compile; the message names the part that failed."""
+
+
+@dataclass(eq=False)
+class Vocabulary:
+    """The engine's view of one tokenizer (building it reads the whole vocabulary: ~0.5 s, so cached)."""
+
+    tokenizer: llguidance.LLTokenizer
+    size: int  # ids the tokenizer knows; a model's logits may be wider (padding ids)
+    stop_id: int  # the engine's own end token; callers map it onto theirs (see TokenConstraint.mask)
+    compiled: OrderedDict = field(default_factory=OrderedDict)  # (kind, canonical spec) -> Grammar, LRU
+
+
+_VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def vocabulary(tokenizer) -> Vocabulary:
+    """The engine's tokenizer info for a Hugging Face fast tokenizer, built once per tokenizer object."""
+    found = _VOCABULARIES.get(tokenizer)
+    if found is None:
+        size = len(tokenizer)
+        engine_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=size)
+        found = Vocabulary(engine_tokenizer, size, engine_tokenizer.eos_token)
+        _VOCABULARIES[tokenizer] = found
+    return found
+
+
+@dataclass(eq=False)
+class Grammar:
+    """A compiled constraint: a matcher in its start state, copied for each sequence."""
+
+    kind: str
+    vocab: Vocabulary
+    start: llguidance.LLMatcher
+
+
+def compile_constraint(kind: str, spec, vocab: Vocabulary) -> Grammar:
+    """Compile json_object (spec ignored), json_schema (a dict), regex (a str) or choice (a list of str)."""
+    key = (kind, json.dumps(spec, sort_keys=True, separators=(",", ":")) if kind != "json_object" else None)
+    cached = vocab.compiled.get(key)
+    if cached is not None:
+        vocab.compiled.move_to_end(key)
+        return cached
+    matcher = llguidance.LLMatcher(vocab.tokenizer, _engine_grammar(kind, spec), log_level=0)
+    if matcher.is_error():
+        raise GrammarError(_explain(kind, spec, matcher.get_error()))
+    grammar = Grammar(kind, vocab, matcher)
+    if not TokenConstraint(grammar).mask(vocab.size).any():
+        # Valid to the engine but nothing can be written (e.g. minimum above maximum): fail now, not
+        # with a sequence that can only stop.
+        raise GrammarError(f"{_what(kind)} admits no output at all; check its bounds and enums")
+    vocab.compiled[key] = grammar
+    if len(vocab.compiled) > COMPILED_PER_VOCABULARY:
+        vocab.compiled.popitem(last=False)
+    return grammar
+
+
+def _engine_grammar(kind: str, spec) -> str:
+    if kind == "json_object":
+        return llguidance.LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=JSON_LAYOUT)
+    if kind == "json_schema":
+        if not isinstance(spec, dict):
+            raise GrammarError(f"a JSON schema must be an object, not {type(spec).__name__}")
+        _check_bounds(spec)
+        try:
+            return llguidance.LLMatcher.grammar_from_json_schema(spec, defaults=JSON_LAYOUT)
+        except ValueError as err:  # not serialisable as JSON
+            raise GrammarError(f"the JSON schema is not valid JSON: {err}") from None
+    if kind == "regex":
+        if not isinstance(spec, str) or not spec:
+            raise GrammarError("a regex constraint must be a non-empty string")
+        return llguidance.LLMatcher.grammar_from_regex(spec)
+    if kind == "choice":
+        if not isinstance(spec, list) or not spec or not all(isinstance(c, str) and c for c in spec):
+            raise GrammarError("a choice constraint must be a non-empty list of non-empty strings")
+        # A Lark rule of string literals: JSON string escaping is Lark's, so any text is matched literally.
+        return llguidance.LLMatcher.grammar_from_lark(
+            "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in spec))
+    raise GrammarError(f"unknown constraint kind {kind!r}; use one of {', '.join(KINDS)}")
+
+
+BOUNDS = (("minimum", "maximum"), ("minLength", "maxLength"), ("minItems", "maxItems"),
+          ("minProperties", "maxProperties"))
+
+
+def _check_bounds(schema) -> None:
+    """Crossed bounds compile (the engine sees an empty range) but leave a sequence stuck halfway, e.g.
+    `{"x": ` with no digit allowed: name them up front instead."""
+    for low, high in BOUNDS:
+        where = _find(schema, lambda k, v, low=low, high=high: isinstance(v, dict) and _crossed(v, low, high))
+        if where is None and _crossed(schema, low, high):
+            where = ""
+        if where is not None:
+            raise GrammarError(f"the JSON schema admits no value at {where or '/'}: {low} is above {high}")
+
+
+def _crossed(node: dict, low: str, high: str) -> bool:
+    lo, hi = node.get(low), node.get(high)
+    return isinstance(lo, int | float) and isinstance(hi, int | float) and lo > hi
+
+
+def _what(kind: str) -> str:
+    return {"json_object": "the JSON object grammar", "json_schema": "the JSON schema", "regex": "the regex",
+            "choice": "the choice list"}.get(kind, kind)
+
+
+def _explain(kind: str, spec, error: str) -> str:
+    """One line: what the engine rejected and, for a schema, where in it (a JSON pointer)."""
+    error = " ".join(error.split())
+    if kind == "regex":
+        detail = error.split("error:")[-1].strip() if "error:" in error else error
+        detail = re.split(r" \d+ \| ", detail)[0]  # drop the engine's echo of its own grammar text
+        return f"the regex {spec!r} cannot be compiled: {detail}"
+    if kind != "json_schema":
+        return f"{_what(kind)} cannot be compiled: {error}"
+    where = None
+    keys = re.search(r"Unimplemented keys: \[(.*?)\]", error)
+    if keys:
+        names = [name.strip().strip('"') for name in keys.group(1).split(",")]
+        where = next((p for name in names if (p := _find(spec, lambda k, v, n=name: k == n)) is not None), None)
+        error = f"keyword {', '.join(names)} is not supported for constrained output"
+    elif bad_type := re.search(r"Invalid type: (\S+)", error):
+        where = _find(spec, lambda k, v: k == "type" and bad_type.group(1) in (v if isinstance(v, list) else [v]))
+    return f"the JSON schema cannot be enforced{f' at {where}' if where is not None else ''}: {error}"
+
+
+def _find(node, match, path: str = "") -> str | None:
+    """JSON pointer of the first key/value pair for which match(key, value) holds."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        here = f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}"
+        if match(key, value):
+            return here
+        found = _find(value, match, here)
+        if found is not None:
+            return found
+    return None
+
+
+class TokenConstraint:
+    """The grammar state of one sequence: which tokens may come next, advanced token by token."""
+
+    def __init__(self, grammar: Grammar):
+        self.vocab = grammar.vocab
+        self.matcher = grammar.start.deep_copy()
+        # One bit per token, filled in place by the engine each step (no allocation on the decode path).
+        self._bits = np.zeros((self.vocab.size + 31) // 32, dtype=np.uint32)
+
+    def mask(self, width: int, stop_ids=()) -> torch.Tensor:
+        """(width,) bool, True where a token may come next. `width` is the logits' width: ids past the
+        tokenizer's (padding rows of the embedding) are never allowed. The engine's own end token is
+        replaced by `stop_ids` (the caller's end-of-sequence ids) when those are given."""
+        allowed = np.zeros(width, dtype=np.bool_)
+        if self.finished:
+            may_stop = True
+        else:
+            self.matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
+            # Bit i of the little-endian words is token i, which unpackbits reads as bytes in order.
+            bits = np.unpackbits(self._bits.view(np.uint8), bitorder="little", count=self.vocab.size)
+            n = min(width, self.vocab.size)
+            allowed[:n] = bits[:n]
+            may_stop = bool(bits[self.vocab.stop_id]) or not allowed.any()  # nothing allowed: end, not NaN
+        if stop_ids:
+            allowed[self.vocab.stop_id] = False
+            allowed[[i for i in stop_ids if i < width]] = may_stop
+        else:
+            allowed[self.vocab.stop_id] = may_stop
+        return torch.from_numpy(allowed)
+
+    def accept(self, token_id: int) -> None:
+        """Advance past a token the mask allowed (an end-of-sequence id is the caller's to not pass)."""
+        if not self.matcher.consume_token(token_id):
+            raise GrammarError(f"token {token_id} is not allowed here: {self.matcher.get_error()}")
+
+    @property
+    def finished(self) -> bool:
+        """The grammar is complete and nothing may follow but the end of the sequence."""
+        return self.matcher.is_stopped()
+
+    @property
+    def accepting(self) -> bool:
+        """The output so far is complete (it may still go on, e.g. a regex `a+`)."""
+        return self.matcher.is_accepting()
