@@ -124,7 +124,8 @@ class SftConfig(FinetuneConfig):
     method: Literal["full", "lora", "qlora"] = Field("lora", description="full: every weight; lora: adapters on a frozen base; qlora: adapters on a 4-bit base (CUDA)")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (method lora/qlora)")
     lr: float = Field(2e-4, gt=0.0, le=1.0, description="peak learning rate")
-    packing: bool = Field(False, description="pack several conversations into each max_length row (faster; attention spans the row)")
+    packing: bool = Field(False, description="pack several conversations into each max_length row (no padding; attention stays inside each conversation)")
+    compile: bool = Field(False, description="torch.compile each transformer block (fast Llama path only; costs a compile at start)")
 
 
 class ClassifyConfig(FinetuneConfig):
@@ -257,6 +258,8 @@ class ServeConfig(Section):
                          "0 = 2 for torch on 2+ cores, else 1")
     threads: int = Field(0, ge=0, description="compute threads per worker (0 = (cores - 1) / 2, at least 1: one core stays for HTTP)")
     max_tokens: int = Field(2048, ge=1, description="the most tokens one request may ask for")
+    max_n: int = Field(8, ge=1, le=256, description="the most choices (`n`) one completion request may ask for; they share "
+                       "one prefill and one worker's batch, so at most --max-batch")
     timeout: float = Field(300.0, gt=0.0, description="seconds a request may take, queueing included")
     explain_max_tokens: int = Field(256, ge=1, description="/v1/explain: the most tokens one explanation may feed the "
                                     "model (input plus completion); more get 400")

@@ -210,9 +210,19 @@ def load_fast(base: Model, cfg: SftConfig, precision: str, device: str) -> nn.Mo
     llama = from_hf_folder(base.path, frozen_dtype if cfg.method == "lora" else torch.float32).to(device)
     llama.checkpointing = cfg.gradient_checkpointing
     if cfg.method != "lora":
-        return llama
+        return compile_blocks(llama) if cfg.compile else llama
     torch.manual_seed(cfg.seed)  # the adapters' initial weights
-    return LoraLlama(llama, lora_targets(cfg.lora.target_modules) or [], cfg.lora)
+    model = LoraLlama(llama, lora_targets(cfg.lora.target_modules) or [], cfg.lora)
+    return compile_blocks(model) if cfg.compile else model
+
+
+def compile_blocks(model: nn.Module) -> nn.Module:
+    """Each transformer block compiled in place (`nn.Module.compile`: same parameters, same state dict names).
+    Blocks rather than the whole model: the loss calls `hidden_states`, not `forward`, and every block has
+    the same shapes, so one compiled graph serves all of them."""
+    for block in model.model.layers if isinstance(model, LoraLlama) else model.layers:
+        block.compile(dynamic=False)
+    return model
 
 
 def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:

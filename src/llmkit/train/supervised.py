@@ -273,7 +273,8 @@ def _load_model(base: Model, cfg: SftConfig, device: str, console) -> tuple[torc
         torch.manual_seed(cfg.seed)  # the adapters' initial weights
         lm = apply_lora(lm, cfg.lora, "CAUSAL_LM", "sft.lora")
     if console is not None:
-        console.print(f"training path: transformers + peft ({reason})")
+        console.print(f"training path: transformers + peft ({reason})" + ("; --compile applies to the fast path only, "
+                      "not used" if cfg.compile else ""))
     return lm, tokenizer, "peft"
 
 
