@@ -11,6 +11,8 @@ walk ends at the stop token, or after `--max-tokens` when the engine then allows
 JSON layout is fixed alike where the engine lets us: ", " and ": " separators, no free whitespace
 (outlines-core only takes a whitespace regex: " ?").
 
+    .venv/bin/pip install xgrammar outlines-core   # bench only (llguidance is a dependency); xgrammar
+                                                   # with --no-deps + apache-tvm-ffi: it pulls triton in
     flock /tmp/llmkit-bench.lock nice -n 19 .venv/bin/python bench/grammar_engines.py [--walks 3]
 
 The last line of output is one JSON object with the figures.
@@ -30,6 +32,7 @@ import jsonschema
 import llguidance
 import llguidance.hf
 import llguidance.torch
+import numpy as np
 import outlines_core
 import outlines_core.json_schema
 import outlines_core.kernels.torch
@@ -136,13 +139,11 @@ def _byte_level_chars() -> dict[int, str]:
     return table
 
 
-BIT = torch.arange(8, dtype=torch.uint8)
-
-
 def allowed_mask(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
-    """(vocab,) bool: the tokens whose bit is set in a little-endian int32 bitmask row."""
-    bits = (bitmask.view(torch.uint8).reshape(-1, 1) >> BIT) & 1
-    return bits.reshape(-1)[:vocab].bool()
+    """(vocab,) bool: the tokens whose bit is set in a little-endian int32 bitmask row (as
+    llmkit.runtime.grammar unpacks it)."""
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little", count=vocab)
+    return torch.from_numpy(bits.view(np.bool_))
 
 
 def walk(engine, compiled, vocab: int, rng: random.Random, max_tokens: int, fills: list[float],
@@ -158,7 +159,7 @@ def walk(engine, compiled, vocab: int, rng: random.Random, max_tokens: int, fill
         t1 = time.perf_counter()
         # The rest of a constrained step, the same for every engine: bits -> bool mask -> -inf logits.
         mask = allowed_mask(bitmask, vocab)
-        logits.masked_fill(~mask, float("-inf"))
+        torch.where(mask, logits, float("-inf"))
         applies.append(time.perf_counter() - t1)
         fills.append(t1 - t0)
         allowed = mask.nonzero().reshape(-1)

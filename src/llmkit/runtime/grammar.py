@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ class Vocabulary:
     size: int  # ids the tokenizer knows; a model's logits may be wider (padding ids)
     stop_id: int  # the engine's own end token; callers map it onto theirs (see TokenConstraint.mask)
     compiled: OrderedDict = field(default_factory=OrderedDict)  # (kind, canonical spec) -> Grammar, LRU
+    # Request handlers may compile at the same time; an OrderedDict's LRU moves are not thread-safe.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -66,22 +69,29 @@ class Grammar:
 
 def compile_constraint(kind: str, spec, vocab: Vocabulary) -> Grammar:
     """Compile json_object (spec ignored), json_schema (a dict), regex (a str) or choice (a list of str)."""
-    key = (kind, json.dumps(spec, sort_keys=True, separators=(",", ":")) if kind != "json_object" else None)
-    cached = vocab.compiled.get(key)
-    if cached is not None:
-        vocab.compiled.move_to_end(key)
-        return cached
+    try:
+        key = (kind, None if kind == "json_object" else json.dumps(spec, sort_keys=True, separators=(",", ":")))
+    except (TypeError, ValueError) as err:  # a set, bytes, NaN...: not something JSON can say
+        raise GrammarError(f"{_what(kind)} is not valid JSON: {err}") from None
+    with vocab.lock:
+        cached = vocab.compiled.get(key)
+        if cached is not None:
+            vocab.compiled.move_to_end(key)
+            return cached
     matcher = llguidance.LLMatcher(vocab.tokenizer, _engine_grammar(kind, spec), log_level=0)
     if matcher.is_error():
         raise GrammarError(_explain(kind, spec, matcher.get_error()))
     grammar = Grammar(kind, vocab, matcher)
-    if not TokenConstraint(grammar).mask(vocab.size).any():
-        # Valid to the engine but nothing can be written (e.g. minimum above maximum): fail now, not
-        # with a sequence that can only stop.
-        raise GrammarError(f"{_what(kind)} admits no output at all; check its bounds and enums")
-    vocab.compiled[key] = grammar
-    if len(vocab.compiled) > COMPILED_PER_VOCABULARY:
-        vocab.compiled.popitem(last=False)
+    first = TokenConstraint(grammar)
+    allowed = first.mask(vocab.size)
+    allowed[vocab.stop_id] = False
+    if not allowed.any() and not first.accepting:
+        # Valid to the engine but nothing can be written: fail now, not with a sequence that can only stop.
+        raise GrammarError(f"{_what(kind)} admits no output at all")
+    with vocab.lock:
+        vocab.compiled[key] = grammar
+        if len(vocab.compiled) > COMPILED_PER_VOCABULARY:
+            vocab.compiled.popitem(last=False)
     return grammar
 
 
