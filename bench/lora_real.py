@@ -6,7 +6,8 @@ base's chat template, loss on assistant tokens, packed into full rows: every ste
 the same rows in the same order, AdamW (llmkit's `adamw`: same groups, decay and betas) at a constant
 lr, gradient clipping at 1.0, the same torch threads. The adapters start equal (same seed; llmkit
 creates them as peft does). Each side runs in its own process, so each peak RSS (getrusage maxrss of
-that process: loading included) is its own; both run with glibc's default allocator settings. The first --warmup steps are excluded from the timing on
+that process: loading included) is its own; both run with glibc's default allocator settings, or both with
+`train sft --lean-memory`'s (mmap threshold fixed at 256 KiB: train/memory.py) under --lean-memory. The first --warmup steps are excluded from the timing on
 both sides; tokens/s = tokens / seconds over the timed steps.
 
     ours: train.fast_lora.load_fast (our Llama, fused projections, frozen base in the precision, LoRA on top)
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -138,7 +140,12 @@ def peer(base):
 def run_side(name: str, rows_file: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--side", name, "--rows", str(rows_file), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--threads", str(args.threads), "--precision", args.precision] + (["--compile"] if args.compile and name == "ours" else [])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    env = dict(os.environ)
+    if args.lean_memory:  # both sides: ours through glibc's environment variable too, set before Python starts
+        from llmkit.train.memory import LEAN_THRESHOLD
+
+        env["MALLOC_MMAP_THRESHOLD_"] = str(LEAN_THRESHOLD)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -148,6 +155,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="bf16 autocast (the issue's setting) or fp32")
+    ap.add_argument("--lean-memory", action="store_true", help="both sides with train sft --lean-memory's allocator setting")
     ap.add_argument("--compile", action="store_true", help="torch.compile our side's blocks (train sft --compile)")
     ap.add_argument("--side", choices=["ours", "peer"], help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=Path, help=argparse.SUPPRESS)
@@ -169,7 +177,7 @@ def main() -> None:
               + " ".join(f"{x:.3f}" for x in r["losses"]))
     print(f"ours / peer: tokens/s {speed:.2f}x (goal >= 2), peak RSS {rss:.2f}x (goal <= 0.7), largest loss gap {loss_gap:.2%} (goal <= 2 %)")
     print(json.dumps({"model": "smollm2-135m", "batch": BATCH, "length": LENGTH, "lora_r": 8, "precision": "bf16-autocast" if args.precision == "bf16" else "fp32",
-                      "threads": args.threads, "steps": args.steps, "warmup_steps": args.warmup, "compile": args.compile,
+                      "threads": args.threads, "lean_memory": args.lean_memory, "steps": args.steps, "warmup_steps": args.warmup, "compile": args.compile,
                       "labelled_fraction": data["labelled_fraction"], "trainable": a["trainable"],
                       "ours_tokens_per_s": round(a["tokens_per_s"], 1), "peer_tokens_per_s": round(b["tokens_per_s"], 1),
                       "speedup": round(speed, 3), "speedup_goal_met": speed >= 2.0,

@@ -126,6 +126,7 @@ class SftConfig(FinetuneConfig):
     lr: float = Field(2e-4, gt=0.0, le=1.0, description="peak learning rate")
     packing: bool = Field(False, description="pack several conversations into each max_length row (no padding; attention stays inside each conversation)")
     compile: bool = Field(False, description="torch.compile each transformer block (fast Llama path only; costs a compile at start)")
+    lean_memory: bool = Field(False, description="return freed large tensors to the OS at once: lower peak RSS, slower steps on CPU (glibc)")
 
 
 class ClassifyConfig(FinetuneConfig):

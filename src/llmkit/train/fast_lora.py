@@ -15,10 +15,6 @@ starting weights. On a fused projection the A's of its parts run as one matmul a
 block-diagonal matmul. `adapter_state` names the weights as a PeftModel saves them, so the adapter
 folder is an ordinary PEFT adapter (merge, serve, export and peft's loader take it unchanged).
 
-The allocator is left at glibc's defaults. Fixing its mmap threshold at 256 KiB (every large tensor its own
-mapping, unmapped when freed) lowered peak RSS by about a third (3.5 -> 2.3 GB in fp32) but cost 30-40 % of
-step time in page faults on a 2-core VM; docs/benchmarks.md has the figures.
-
 Which bases: what `runtime.fast_llama.unsupported_reason` accepts (a LlamaForCausalLM with default
 RoPE and SiLU); for anything else `fast_path_reason` says why, and SFT takes the peft + HF path.
 """

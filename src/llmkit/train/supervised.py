@@ -26,6 +26,7 @@ from llmkit.registry import Registry, given_or_default
 from llmkit.train.checkpoint import resume_run
 from llmkit.train.finetune import FinetuneJob, enable_checkpointing, fit
 from llmkit.train.lora import apply_lora, save_adapter, save_adapter_state
+from llmkit.train.memory import lean_allocator
 from llmkit.train.optim import resolve_precision
 from llmkit.workspace import Workspace
 
@@ -190,6 +191,8 @@ def prepare_sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry 
     ds_rec = chat_dataset(registry, cfg.data, "sft.data")
     base = resolve_model(cfg.base, registry)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.lean_memory and not lean_allocator() and console is not None:
+        console.print("--lean-memory needs glibc's malloc; not applied")
     lm, tokenizer, path = _load_model(base, cfg, device, console)
     if tokenizer.chat_template is None:
         tokenizer.chat_template = CHAT_TEMPLATE  # saved with the model, so chat and serve render the same way
