@@ -1,16 +1,13 @@
-"""`llmkit export --format gguf`: llmkit's Llama models as GGUF files that llama.cpp and Ollama run.
+"""`llmkit export --format gguf`: Llama-family models (llmkit's own, SmolLM, Llama, Mistral, Qwen2/2.5, Qwen3) as
+GGUF files that llama.cpp and Ollama run.
 
-Written with the `gguf` package's writer: llama.cpp's Llama hyper-parameters, the weights under
-llama.cpp's tensor names (f32, f16, q8_0 or q4_0), and the tokenizer — byte-level BPE as llama.cpp's
-`gpt2` model with its merges, and character-level
-vocabularies as the same model with one token per character (their bytes joined by merges).
-Beside it, an Ollama `Modelfile`. The chat template travels in the GGUF (`tokenizer.chat_template`), with the
-token that ends an assistant turn as `tokenizer.ggml.eot_token_id`, and in the Modelfile translated to Go
-(`optimize.chat_format`).
-
-RoPE layout: Hugging Face Llama rotates the two halves of each head (i, i + d/2), llama.cpp's
-Llama rotates adjacent pairs (2i, 2i + 1); permuting the rows of q_proj and k_proj per head turns
-one into the other, so the attention scores are the same.
+Written with the `gguf` package's writer: llama.cpp's hyper-parameters, the weights under llama.cpp's tensor
+names (f32, f16, q8_0 or q4_0; per architecture in `gguf_arch`), and the tokenizer — byte-level BPE as
+llama.cpp's `gpt2` model with its merges and the pre-tokenizer its split regex names (GPT-2's, Qwen2's,
+Llama 3's), and character-level vocabularies as the same model with one token per character (their bytes
+joined by merges). Beside it, an Ollama `Modelfile`. The chat template travels in the GGUF
+(`tokenizer.chat_template`), with the token that ends an assistant turn as `tokenizer.ggml.eot_token_id`, and
+in the Modelfile translated to Go (`optimize.chat_format`).
 """
 
 from __future__ import annotations
@@ -28,9 +25,20 @@ from llmkit.models.files import check_weights
 from llmkit.models.io import Model, is_adapter
 from llmkit.models.pretrained import chat_template_of
 from llmkit.optimize.chat_format import end_of_turn, modelfile, ollama_chat
+from llmkit.optimize.gguf_arch import (
+    ARCHITECTURES,
+    FAMILIES,
+    add_hyper_parameters,
+    arch_of,
+    context_length,
+    pre_tokenizer,
+    tensors,
+    unsupported,
+)
+from llmkit.optimize.gguf_arch import permute_rope as _permute_rope  # noqa: F401 (tests import it from here)
 from llmkit.workspace import atomic_dir
 
-SUPPORTED_ARCHITECTURES = ["LlamaForCausalLM"]
+SUPPORTED_ARCHITECTURES = list(ARCHITECTURES)
 QUANTS = ["f32", "f16", "q8_0", "q4_0"]
 
 
@@ -40,15 +48,14 @@ def check_exportable(model: Model) -> dict[str, Any]:
     check_weights(model.path, "GGUF export")  # a pickle-only or GGUF folder, a cut file: named, not a KeyError
     config = json.loads((model.path / "config.json").read_text())
     archs = config.get("architectures") or []
-    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise UserError(f"GGUF export supports {', '.join(SUPPORTED_ARCHITECTURES)} (Llama-architecture models: llmkit's own, "
-                        f"SmolLM2, Llama); {model.ref} is {', '.join(archs) or config.get('model_type')}: use --format onnx, "
-                        "or llama.cpp's convert_hf_to_gguf.py")
-    rope_type = (config.get("rope_parameters") or {}).get("rope_type", "default")
-    scaled = config.get("rope_scaling") or rope_type != "default"
-    if scaled or config.get("attention_bias") or config.get("mlp_bias"):
-        found = [k for k in ("attention_bias", "mlp_bias") if config.get(k)] + ([f"rope scaling ({rope_type})"] if scaled else [])
-        raise UserError(f"GGUF export supports plain Llama (no rope scaling, no biases); {model.ref} has {', '.join(found)}")
+    arch = arch_of(config)
+    if arch is None:
+        raise UserError(f"GGUF export supports {', '.join(SUPPORTED_ARCHITECTURES)} ({FAMILIES}); {model.ref} is "
+                        f"{', '.join(archs) or config.get('model_type')}: use --format onnx, or llama.cpp's convert_hf_to_gguf.py")
+    found = unsupported(config, arch)
+    if found:
+        raise UserError(f"GGUF export of {arch.name}-architecture models cannot write {'; '.join(found)} ({model.ref}'s "
+                        "config.json): use llama.cpp's convert_hf_to_gguf.py")
     _check_tokenizer(model)
     return config
 
@@ -74,43 +81,9 @@ def _check_tokenizer(model: Model) -> None:
                         "llama.cpp's convert_hf_to_gguf.py")
     if kind not in ("BPE", "WordLevel"):
         raise UserError(f"GGUF export supports byte-level BPE and character-level tokenizers; {model.ref}'s is {kind}")
-
-
-def _rope_theta(config: dict) -> float:
-    # transformers 5 keeps it in rope_parameters; older configs at the top level.
-    return float((config.get("rope_parameters") or {}).get("rope_theta") or config.get("rope_theta") or 10000.0)
-
-
-def _permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Rows of each head from (half, pair) order to interleaved pairs."""
-    rows = w.shape[0]
-    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _tensors(config: dict, weights: dict[str, torch.Tensor]) -> list[tuple[str, np.ndarray]]:
-    n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-
-    def get(name: str) -> np.ndarray:
-        return weights[name].float().numpy()
-
-    out = [("token_embd.weight", get("model.embed_tokens.weight"))]
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        out += [
-            (f"blk.{i}.attn_norm.weight", get(p + "input_layernorm.weight")),
-            (f"blk.{i}.attn_q.weight", _permute_rope(get(p + "self_attn.q_proj.weight"), n_head)),
-            (f"blk.{i}.attn_k.weight", _permute_rope(get(p + "self_attn.k_proj.weight"), n_kv)),
-            (f"blk.{i}.attn_v.weight", get(p + "self_attn.v_proj.weight")),
-            (f"blk.{i}.attn_output.weight", get(p + "self_attn.o_proj.weight")),
-            (f"blk.{i}.ffn_norm.weight", get(p + "post_attention_layernorm.weight")),
-            (f"blk.{i}.ffn_gate.weight", get(p + "mlp.gate_proj.weight")),
-            (f"blk.{i}.ffn_up.weight", get(p + "mlp.up_proj.weight")),
-            (f"blk.{i}.ffn_down.weight", get(p + "mlp.down_proj.weight")),
-        ]
-    out.append(("output_norm.weight", get("model.norm.weight")))
-    if not config.get("tie_word_embeddings", False) and "lm_head.weight" in weights:
-        out.append(("output.weight", get("lm_head.weight")))  # tied models reuse token_embd in llama.cpp
-    return out
+    if kind == "BPE" and pre_tokenizer(spec) is None:
+        raise UserError(f"GGUF export knows llama.cpp's pre-tokenizers for GPT-2's, Qwen2's and Llama 3's splitting; "
+                        f"{model.path / 'tokenizer.json'}'s pre_tokenizer is another: use llama.cpp's convert_hf_to_gguf.py")
 
 
 def _byte_alphabet() -> dict[int, str]:
@@ -144,7 +117,7 @@ def _add_tokenizer(writer, model_dir: Path, config: dict) -> None:
     if kind == "BPE":
         merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("gpt-2")
+        writer.add_tokenizer_pre(pre_tokenizer(spec) or "gpt-2")
         writer.add_token_list(tokens)
         writer.add_token_types(types)
         writer.add_token_merges(merges)
@@ -204,30 +177,19 @@ def write_gguf(model_dir: Path, target: Path, quant: str, name: str) -> dict[str
     weights: dict[str, torch.Tensor] = {}
     for file in sorted(model_dir.glob("*.safetensors")):
         weights.update(load_file(str(file)))
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[quant]
     qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}.get(quant)
 
-    writer = gguf.GGUFWriter(str(target), "llama")
+    arch = arch_of(config)
+    writer = gguf.GGUFWriter(str(target), arch.name)
     writer.add_name(name)
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(config["num_attention_heads"])
-    writer.add_head_count_kv(config.get("num_key_value_heads") or config["num_attention_heads"])
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
-    writer.add_rope_freq_base(_rope_theta(config))
-    writer.add_vocab_size(config["vocab_size"])
+    add_hyper_parameters(writer, config, arch)
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_tokenizer(writer, model_dir, config)
     kinds: dict[str, int] = {}
-    for tensor_name, data in _tensors(config, weights):
+    for tensor_name, data in tensors(config, weights, arch):
         if data.ndim == 1 or quant == "f32":
             writer.add_tensor(tensor_name, data.astype(np.float32))
             kind = "f32"
@@ -252,7 +214,7 @@ def export_gguf_folder(model: Model, target: Path, quant: str, lineage: dict[str
     with atomic_dir(target) as tmp:
         info = write_gguf(model.path, tmp / gguf_name, quant, model.name)
         chat = ollama_chat(chat_template_of(model.path), _tokenizer(model.path))
-        (tmp / "Modelfile").write_text(modelfile(gguf_name, config["max_position_embeddings"], chat))
+        (tmp / "Modelfile").write_text(modelfile(gguf_name, context_length(config), chat))
         for file in model.path.iterdir():  # config and tokenizer: what loaders and evaluators read
             if file.is_file() and file.suffix in (".json", ".jinja", ".txt") and file.name != "llmkit.json":
                 shutil.copy2(file, tmp / file.name)
