@@ -112,9 +112,9 @@ MUTANTS: list[Mutant] = [
     Mutant("engine-ignores-stop-strings", "serve", "src/llmkit/serve/handling.py",
            "stop_check=stop_check(served.tokenizer, body.stops)", "stop_check=None", (STREAMS64,)),
     Mutant("request-seed-ignored", "serve", "src/llmkit/serve/handling.py",
-           "top_p=body.top_p, seed=body.seed)", "top_p=body.top_p, seed=None)", (STREAMS64,)),
+           "seed=None if body.seed is None else body.seed + i)", "seed=None)", (STREAMS64,)),
     Mutant("scheduler-never-batches", "serve", "src/llmkit/serve/engine.py",
-           "len(active) + len(admit) < min(dec.max_batch, max(share, 1))", "len(active) + len(admit) < 1", (STREAMS64,)),
+           "room, used = min(dec.max_batch, max(share, 1)), len(active)", "room, used = 1, len(active)", (STREAMS64,)),
     # -- train ------------------------------------------------------------------------------------
     Mutant("pretrain-resume-forgets-the-sampler", "train", "src/llmkit/train/pretraining.py",
            'load_state=lambda state: sampler.set_state(state["sampler"])', "load_state=lambda state: None",

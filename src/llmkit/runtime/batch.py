@@ -5,10 +5,15 @@ For Llama models on torch the running batch shares one preallocated KV pool (one
 layer), its slots handed out lowest first so the batch stays dense; llama.cpp holds the whole batch
 in one context (`runtime.llama_cpp.LlamaCppBatch`); a backend without batching (ONNX) runs a batch
 of one. Token ids in, logits out: no text, no scheduling.
+
+`fork(state, capacity)` starts a new sequence as a copy of a prefilled one (several answers to one
+prompt, prefilled once): a copy of the KV slot in the torch pool, a clone of a lone cache, llama.cpp's
+own sequence copy. ONNX (no cache to copy) has none: each choice is prefilled on its own.
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 from collections.abc import Callable
 from typing import Any
@@ -20,8 +25,10 @@ class Decoder:
     """What a worker drives: prefill one sequence, step a batch, release a finished one's cache."""
 
     def __init__(self, prefill: Callable, step: Callable, max_batch: int, max_len: int | None,
-                 release: Callable[[Any], None] | None = None, prefill_many: Callable | None = None):
+                 release: Callable[[Any], None] | None = None, prefill_many: Callable | None = None,
+                 fork: Callable[[Any, int], Any] | None = None):
         self.prefill, self.step, self.max_batch, self.max_len = prefill, step, max_batch, max_len
+        self.fork = fork  # (state, capacity) -> a new state holding a copy of its cache; None: not supported
         self.release = release or (lambda state: None)
         # [ids] -> ([state], logits (B, vocab)); one prefill after another unless the backend batches them
         self.prefill_many = prefill_many or self._one_by_one
@@ -45,7 +52,8 @@ def torch_decoder(lm, max_batch: int) -> Decoder:
         pool_bytes = (len(dec.layers) * 2 * max_batch * dec.n_kv * dec.max_len * dec.head_dim
                       * torch.finfo(dec.dtype).bits // 8)
     if not pool_bytes or pool_bytes > POOL_BUDGET:
-        return Decoder(lambda ids, cap: dec.prefill(ids, capacity=cap), dec.step, max_batch, dec.max_len)
+        return Decoder(lambda ids, cap: dec.prefill(ids, capacity=cap), dec.step, max_batch, dec.max_len,
+                       fork=_clone_state)
     pool = dec.new_pool(max_batch)
     free = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch's slots dense
 
@@ -71,15 +79,40 @@ def torch_decoder(lm, max_batch: int) -> Decoder:
                 heapq.heappush(free, state.slot)
             raise
 
-    return Decoder(prefill, dec.step, max_batch, dec.max_len, release, prefill_many)
+    def fork(state, capacity: int):
+        copied = dec.pool_state(pool, heapq.heappop(free))
+        pool[:, :, copied.slot, :, :state.length] = pool[:, :, state.slot, :, :state.length]
+        copied.length = state.length
+        return copied
+
+    return Decoder(prefill, dec.step, max_batch, dec.max_len, release, prefill_many, fork)
+
+
+def _clone_state(state, capacity: int):
+    """A copy of one sequence's own cache: FastLlama's KV tensor, or the HF module's cache object."""
+    from llmkit.runtime.decoder import HFState
+    from llmkit.runtime.fast_llama import LlamaState
+
+    if isinstance(state, LlamaState):
+        return LlamaState(state.kv.clone(), state.length)
+    if isinstance(state, HFState):
+        return HFState(copy.deepcopy(state.cache), state.length)
+    raise TypeError(f"cannot fork a {type(state).__name__}")
 
 
 def llama_cpp_decoder(model, max_batch: int) -> Decoder:
     """A GGUF export on llama.cpp, the running batch in one context (`LlamaCppBatch`)."""
-    from llmkit.runtime.llama_cpp import LlamaCppBatch
+    from llmkit.runtime.llama_cpp import LlamaCppBatch, SeqState
 
     batch = LlamaCppBatch(model, max_batch)
-    return Decoder(batch.prefill, batch.step, max_batch, batch.max_len, batch.release, batch.prefill_many)
+    fork = None
+    if hasattr(batch._lib, "llama_memory_seq_cp"):  # a binding without it: each choice is prefilled on its own
+        def fork(state: SeqState, capacity: int) -> SeqState:
+            seq = heapq.heappop(batch.free)
+            batch._lib.llama_memory_seq_rm(batch.memory, seq, -1, -1)
+            batch._lib.llama_memory_seq_cp(batch.memory, state.seq, seq, -1, -1)
+            return SeqState(seq, state.length)
+    return Decoder(batch.prefill, batch.step, max_batch, batch.max_len, batch.release, batch.prefill_many, fork)
 
 
 def single_decoder(backend) -> Decoder:

@@ -35,6 +35,7 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
         if served.engine:
             served.engine.on_step = state.metrics.batch.labels(served.id).observe
             served.engine.on_cancel = state.metrics.cancelled.labels(served.id).inc
+            served.engine.on_prefill = state.metrics.prefill.labels(served.id).inc
 
     @app.middleware("http")
     async def count(request: Request, call_next):

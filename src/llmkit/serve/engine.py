@@ -16,6 +16,12 @@ The engine knows token ids, not text: it sends each request the ids it samples, 
 condition on the ids so far (`Job.stop_check`), checked right after each token, so a row ends on the
 step its stop string completes rather than when the client side notices.
 
+Log-probabilities (`Job.logprobs`, for OpenAI's `logprobs`/`top_logprobs`) are the log_softmax of the
+model's raw logits of the step, before any sampling transform (as vLLM's default), computed only for the
+rows that asked. Several choices of one prompt (`n` > 1) are one job and its `forks`: the prompt is
+prefilled once, each fork gets a copy of its cache (`Decoder.fork`) and decodes on its own from there,
+admitted together into one worker's batch. A backend without `fork` runs each choice as a job of its own.
+
 The scheduler runs in threads because the forward releases the GIL and must not block the event
 loop; results go back to each request's asyncio.Queue with call_soon_threadsafe.
 """
@@ -29,7 +35,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+import torch
 
 from llmkit.runtime.batch import Decoder
 from llmkit.runtime.sampling import Sampler
@@ -41,10 +49,19 @@ class QueueFull(Exception):
     pass
 
 
+class Logprob(NamedTuple):
+    """A sampled token's log-probability and the most likely tokens of its step, [(id, log-probability)], best first."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
 @dataclass
 class Event:
     kind: str  # "tokens" | "done" | "error" (from the scheduler) | "disconnected" (from the request's side)
     ids: list[int] = field(default_factory=list)  # "tokens": the ids sampled since the last event
+    logprobs: list[Logprob] | None = None  # "tokens", when the job asked: one per id
+    index: int = 0  # the choice (of `n`) this event is about
     message: str = ""  # "error": what went wrong
     finish_reason: str | None = None
     prompt_tokens: int = 0
@@ -72,8 +89,17 @@ class Job:
     first_token: float | None = None
     released: bool = False
     decoder: Decoder | None = None
+    index: int = 0  # which of the request's choices this is
+    logprobs: int | None = None  # None: not asked; k: the sampled token's log-probability and the top k
+    forks: list[Job] = field(default_factory=list)  # the other choices, started from this job's prefill
+
+    @property
+    def size(self) -> int:
+        """Rows of a batch this job takes once admitted: itself and its forks."""
+        return 1 + len(self.forks)
 
     def emit(self, event: Event) -> None:
+        event.index = self.index
         _outbox().setdefault(self.loop, []).append((self, event))
 
 
@@ -118,6 +144,7 @@ class Engine:
         self.cv = threading.Condition()
         self.on_step = on_step
         self.on_cancel: Callable[[], None] | None = None
+        self.on_prefill: Callable[[int], None] | None = None  # called with the prompt tokens of each prefill
         self._stop = False
         self.threads = [threading.Thread(target=self._worker, args=(d,), daemon=True, name=f"llmkit-engine-{name}-{i}")
                         for i, d in enumerate(decoders)]
@@ -128,14 +155,28 @@ class Engine:
     def max_len(self) -> int | None:
         return self.decoders[0].max_len
 
+    @property
+    def shares_prefill(self) -> bool:
+        """Whether a job's forks start from its prefill (else each choice is prefilled on its own)."""
+        return all(d.fork is not None for d in self.decoders)
+
+    @property
+    def max_choices(self) -> int:
+        """The most choices one request can have: forks share one worker's batch with their job."""
+        return min(d.max_batch for d in self.decoders) if self.shares_prefill else 2**31
+
     def depth(self) -> int:
         return len(self.waiting)
 
     def submit(self, job: Job) -> None:
+        """Queue a job (its forks ride with it); each choice queued on its own where prefills are not shared."""
+        jobs = [job]
+        if job.forks and not self.shares_prefill:
+            jobs, job.forks = [job, *job.forks], []
         with self.cv:
-            if len(self.waiting) >= self.max_queue:
+            if len(self.waiting) + len(jobs) > self.max_queue:
                 raise QueueFull
-            self.waiting.append(job)
+            self.waiting.extend(jobs)
             self.cv.notify()
 
     def close(self) -> None:
@@ -153,6 +194,25 @@ class Engine:
         finally:
             _flush()
 
+    def _admit(self, dec: Decoder, active: list[Job]) -> list[Job]:
+        """Waiting jobs for this worker's batch, in order (called holding the lock)."""
+        admit: list[Job] = []
+        # With several workers, each takes its share of what is waiting and running.
+        share = -(-(self.running + len(self.waiting)) // len(self.decoders))
+        room, used = min(dec.max_batch, max(share, 1)), len(active)
+        while self.waiting:
+            size = self.waiting[0].size
+            # A job with forks may exceed the share; an idle worker takes it whole (max_choices <= max_batch).
+            if used + size > room and (used or size > dec.max_batch):
+                break
+            job = self.waiting.popleft()
+            for row in (job, *job.forks):
+                row.decoder = dec
+            admit.append(job)
+            used += size
+        self.running += sum(job.size for job in admit)
+        return admit
+
     def _schedule(self, dec: Decoder) -> None:
         active: list[Job] = []
         while True:
@@ -164,40 +224,48 @@ class Engine:
                     for job in active + list(self.waiting):
                         job.emit(Event("error", message="the server is shutting down"))
                     return
-                admit = []
-                # With several workers, each takes its share of what is waiting and running.
-                share = -(-(self.running + len(self.waiting)) // len(self.decoders))
-                while self.waiting and len(active) + len(admit) < min(dec.max_batch, max(share, 1)):
-                    admit.append(self.waiting.popleft())
-                    admit[-1].decoder = dec
-                self.running += len(admit)
+                admit = self._admit(dec, active)
             try:
-                alive = [job for job in admit if self._alive(job) or self._release(job)]
+                alive = [job for job in admit if self._alive(job) or self._drop(job)]
                 # Prefill the newcomers together (bounded, so running sequences are not stalled long).
                 for start in range(0, len(alive), PREFILL_GROUP):
-                    group = alive[start:start + PREFILL_GROUP]
-                    states, logits = dec.prefill_many([j.ids for j in group], [len(j.ids) + j.max_new for j in group])
-                    for job, state in zip(group, states, strict=True):
-                        job.state = state
-                    for job, tok in zip(group, Sampler.sample_batch([j.sampler for j in group], logits), strict=True):
-                        if self._accept(job, tok):
-                            active.append(job)
-                        else:
-                            self._release(job)
+                    active += self._prefill(dec, alive[start:start + PREFILL_GROUP])
                 active = [j for j in active if self._alive(j) or self._release(j)]
                 if active:
                     self._step(dec, active)
                     active = [j for j in active if j.last >= 0 or self._release(j)]
             except Exception as err:  # a bug or OOM: fail the requests in flight, keep serving others
                 log.exception("engine %s failed a step", self.name)
-                for job in {id(j): j for j in active + admit}.values():
+                for job in {id(j): j for j in active + [r for j in admit for r in (j, *j.forks)]}.values():
                     job.emit(Event("error", message=f"generation failed: {type(err).__name__}: {err}"))
                     self._release(job)
                 active = []
 
+    def _prefill(self, dec: Decoder, group: list[Job]) -> list[Job]:
+        """Prefill the group's prompts in one forward and sample each row's first token; the rows that go on."""
+        states, logits = dec.prefill_many([j.ids for j in group], [len(j.ids) + j.max_new for j in group])
+        if self.on_prefill:
+            self.on_prefill(sum(len(j.ids) for j in group))
+        rows, of = [], []  # every choice, and the prompt (row of logits) it continues
+        for r, (job, state) in enumerate(zip(group, states, strict=True)):
+            job.state = state
+            for fork in job.forks:  # before the job's first token, which may end (and release) it
+                fork.state = dec.fork(state, len(job.ids) + fork.max_new)
+            rows += [job, *job.forks]
+            of += [r] * job.size
+        if len(rows) > len(group):
+            logits = logits[of]
+        going = []
+        for job, tok, lp in self._sample(rows, logits):
+            if self._accept(job, tok, lp):
+                going.append(job)
+            else:
+                self._release(job)
+        return going
+
     def _alive(self, job: Job) -> bool:
         if job.cancelled:
-            if self.on_cancel:
+            if self.on_cancel and job.index == 0:  # one count per request, however many choices
                 self.on_cancel()
             return False
         if time.perf_counter() > job.deadline:
@@ -215,21 +283,31 @@ class Engine:
                 self.running -= 1
         return False
 
+    def _drop(self, job: Job) -> bool:
+        """Release a job that was admitted but will not start, and its forks, which won't either."""
+        for row in (job, *job.forks):
+            self._release(row)
+        return False
+
     def _step(self, dec: Decoder, active: list[Job]) -> None:
         logits = dec.step([j.state for j in active], [j.last for j in active])  # (B, vocab)
         if self.on_step:
             self.on_step(len(active))
-        tokens = Sampler.sample_batch([j.sampler for j in active], logits)
-        for job, tok in zip(active, tokens, strict=True):
-            if not self._accept(job, tok):
+        for job, tok, lp in self._sample(active, logits):
+            if not self._accept(job, tok, lp):
                 job.last = -1
 
-    def _accept(self, job: Job, tok: int) -> bool:
+    @staticmethod
+    def _sample(jobs: list[Job], logits: torch.Tensor) -> list[tuple[Job, int, Logprob | None]]:
+        tokens = Sampler.sample_batch([j.sampler for j in jobs], logits)
+        return list(zip(jobs, tokens, token_logprobs(jobs, logits, tokens), strict=True))
+
+    def _accept(self, job: Job, tok: int, logprob: Logprob | None = None) -> bool:
         """Take the sampled token and send it on; False when the job is finished."""
         if job.first_token is None:
             job.first_token = time.perf_counter()
         job.out.append(tok)
-        job.emit(Event("tokens", ids=[tok]))
+        job.emit(Event("tokens", ids=[tok], logprobs=None if logprob is None else [logprob]))
         stopped = tok in job.eos or (job.stop_check is not None and job.stop_check(job.out))
         finish = "stop" if stopped else "length" if len(job.out) >= job.max_new else None
         if finish is None:
@@ -238,3 +316,21 @@ class Engine:
         job.emit(Event("done", finish_reason=finish, prompt_tokens=len(job.ids), completion_tokens=len(job.out),
                        first_token_seconds=job.first_token - job.submitted))
         return False
+
+
+def token_logprobs(jobs: list[Job], logits: torch.Tensor, tokens: list[int]) -> list[Logprob | None]:
+    """Each asking row's log_softmax of its raw logits (B, vocab): the sampled token's value and the top k.
+    Rows that did not ask cost nothing."""
+    out: list[Logprob | None] = [None] * len(jobs)
+    asked = [i for i, job in enumerate(jobs) if job.logprobs is not None]
+    if not asked:
+        return out
+    logprobs = torch.log_softmax(logits[asked].float(), dim=-1)  # (A, vocab)
+    picked = torch.tensor([tokens[i] for i in asked], device=logprobs.device)
+    chosen = logprobs.gather(1, picked[:, None])[:, 0].tolist()
+    k = max(jobs[i].logprobs for i in asked)
+    values, ids = logprobs.topk(k, dim=-1) if k else (logprobs[:, :0], logprobs[:, :0].long())
+    for row, (i, values_i, ids_i) in enumerate(zip(asked, values.tolist(), ids.tolist(), strict=True)):
+        n = jobs[i].logprobs
+        out[i] = Logprob(chosen[row], list(zip(ids_i[:n], values_i[:n], strict=True)))
+    return out

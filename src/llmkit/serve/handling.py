@@ -10,7 +10,9 @@ condition on ids (a second `TextStream` in the scheduler's thread), so both side
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from sse_starlette.sse import EventSourceResponse
 import llmkit.serve.schemas as s
 from llmkit.runtime.detokenize import TextStream
 from llmkit.runtime.sampling import Sampler
-from llmkit.serve.engine import Event, Job, QueueFull
+from llmkit.serve.engine import Event, Job, Logprob, QueueFull
 from llmkit.serve.errors import ApiError
 from llmkit.serve.served import ServedModel
 
@@ -40,23 +42,60 @@ def bos_prompt(served: ServedModel) -> list[int]:
 
 @dataclass
 class Answer:
-    """A request's side of its job: the ids the engine sends become text here."""
+    """A request's side of one choice's job: the ids the engine sends become text here."""
 
     job: Job
     text: TextStream
     ids: list[int] = field(default_factory=list)
+    logprobs: list[tuple[int, Logprob]] = field(default_factory=list)  # (id, log-probability) per token of the text
+    done: Event | None = None
 
-    def take(self, event: Event) -> tuple[str, Event | None]:
-        """The text an engine event adds, and the final event once the answer is complete."""
+    def take(self, event: Event) -> tuple[str, list[tuple[int, Logprob]], Event | None]:
+        """The text and token log-probabilities an engine event adds, and the final event once the answer is complete."""
         if event.kind == "done":
-            return self.text.finish(), event
-        piece = ""
-        for tok in event.ids:
+            self.done = event
+            return self.text.finish(), [], event
+        piece, added = "", []
+        for k, tok in enumerate(event.ids):
             if self.text.stopped:  # the engine's stop check ended the row on this same token
                 break
             self.ids.append(tok)
             piece += self.text.push(self.ids)
-        return piece, None
+            if event.logprobs is not None and tok not in self.job.eos:  # an end token is not part of the text
+                added.append((tok, event.logprobs[k]))
+        self.logprobs += added
+        return piece, added, None
+
+    @property
+    def whole(self) -> str:
+        """All the text sent so far (the whole answer once `done`)."""
+        return self.text.emitted
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def token_text(tokenizer, tok: int) -> tuple[str, bytes]:
+    """One token as logprobs show it: its text and its own bytes. A byte-level BPE token may hold part of a
+    character (its text then shows U+FFFD), so its bytes come from the token's pieces, not from the text."""
+    text = tokenizer.decode([tok], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    if "\ufffd" not in text:
+        return text, text.encode()
+    piece = tokenizer.convert_ids_to_tokens(tok) or ""
+    if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):  # SentencePiece's byte fallback
+        return text, bytes([int(piece[3:5], 16)])
+    table = _byte_level_table()
+    if piece and all(c in table for c in piece):  # GPT-2-style byte-level BPE
+        return text, bytes(table[c] for c in piece)
+    return text, text.encode()
+
+
+@functools.cache
+def _byte_level_table() -> dict[str, int]:
+    """GPT-2's byte-to-unicode map, reversed: printable bytes stand for themselves, the others for 256 + n."""
+    shown = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), ord("\xff") + 1)]
+    table = {chr(b): b for b in shown}
+    for n, b in enumerate(b for b in range(256) if b not in shown):
+        table[chr(256 + n)] = b
+    return table
 
 
 def stop_check(tokenizer, stops: list[str]):
@@ -72,13 +111,16 @@ def stop_check(tokenizer, stops: list[str]):
     return stopped
 
 
-def make_answer(state: ServerState, served: ServedModel, ids: list[int], body: s.Sampling, max_tokens: int | None,
-         stop_ids: list[int]) -> Answer:
+def make_answers(state: ServerState, served: ServedModel, ids: list[int], body: s.Sampling, max_tokens: int | None,
+                 stop_ids: list[int], logprobs: int | None = None) -> list[Answer]:
+    """The request's `n` choices: one job whose forks are the other choices, each with its own sampler
+    (seeded seed, seed + 1, ...), all reporting to one queue."""
     context = served.max_len or 10**9
     limit = state.cfg.max_tokens
     if max_tokens is not None and max_tokens > limit:
         raise ApiError(400, f"max_tokens is {max_tokens}, over this server's limit of {limit}", param="max_tokens",
                        code="invalid_value")
+    _check_n(state, served, body.n)
     if len(ids) >= context:
         raise ApiError(400, f"the prompt is {len(ids)} tokens and the model's context is {context}; shorten it",
                        param="messages" if isinstance(body, s.ChatRequest) else "prompt", code="context_length_exceeded")
@@ -88,43 +130,70 @@ def make_answer(state: ServerState, served: ServedModel, ids: list[int], body: s
         raise ApiError(400, f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the model's context "
                        f"of {context}; ask for at most {context - len(ids)} tokens", param="max_tokens",
                        code="context_length_exceeded")
-    sampler = Sampler(len(served.tokenizer), ids, temperature=body.temperature, top_p=body.top_p, seed=body.seed)
-    job = Job(ids=ids, max_new=max_tokens, sampler=sampler, eos=served.eos | set(stop_ids),
-              stop_check=stop_check(served.tokenizer, body.stops), deadline=time.perf_counter() + state.cfg.timeout,
-              loop=asyncio.get_running_loop())
-    return Answer(job, TextStream(served.tokenizer, body.stops))
+    events: asyncio.Queue = asyncio.Queue()
+    deadline, loop = time.perf_counter() + state.cfg.timeout, asyncio.get_running_loop()
+    answers = []
+    for i in range(body.n):
+        sampler = Sampler(len(served.tokenizer), ids, temperature=body.temperature, top_p=body.top_p,
+                          seed=None if body.seed is None else body.seed + i)
+        job = Job(ids=ids, max_new=max_tokens, sampler=sampler, eos=served.eos | set(stop_ids),
+                  stop_check=stop_check(served.tokenizer, body.stops), deadline=deadline, loop=loop, events=events,
+                  index=i, logprobs=logprobs)
+        answers.append(Answer(job, TextStream(served.tokenizer, body.stops)))
+    answers[0].job.forks = [a.job for a in answers[1:]]
+    return answers
 
 
-def usage(done: Event) -> s.Usage:
-    return s.Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
-                   total_tokens=done.prompt_tokens + done.completion_tokens)
+def _check_n(state: ServerState, served: ServedModel, n: int) -> None:
+    limit = min(state.cfg.max_n, served.engine.max_choices)
+    if n > limit:
+        why = "--max-n" if limit == state.cfg.max_n else "the choices of one request share one worker's batch, --max-batch"
+        raise ApiError(400, f"n is {n}, over this server's limit of {limit} choices per request ({why}); ask for "
+                       f"at most {limit}", param="n", code="invalid_value")
+
+
+def usage(answers: list[Answer]) -> s.Usage:
+    """The prompt once (the choices share it), and every choice's completion tokens."""
+    prompt = answers[0].done.prompt_tokens
+    completion = sum(a.done.completion_tokens for a in answers)
+    return s.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def usage_wanted(body: s.Sampling) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
 
-def _submit(state: ServerState, served: ServedModel, job: Job) -> None:
+def _submit(state: ServerState, served: ServedModel, answers: list[Answer]) -> None:
     try:
-        served.engine.submit(job)
+        served.engine.submit(answers[0].job)
     except QueueFull:
         state.metrics.rejected.labels("queue_full").inc()
         raise ApiError(429, f"the server is busy: {served.engine.max_queue} requests are queued for '{served.id}'; retry shortly",
                        code="queue_full", headers={"Retry-After": "1"}) from None
 
 
-def _finished(state: ServerState, served: ServedModel, rid: str, entry: dict, text: str, done: Event) -> None:
-    state.metrics.tokens.labels(served.id, "prompt").inc(done.prompt_tokens)
-    state.metrics.tokens.labels(served.id, "completion").inc(done.completion_tokens)
-    if done.first_token_seconds is not None:
-        state.metrics.ttft.labels(served.id).observe(done.first_token_seconds)
+def _cancel(answers: list[Answer]) -> None:
+    for answer in answers:
+        answer.job.cancelled = True  # no-op once done; frees the slot if the handler was cancelled
+
+
+def _finished(state: ServerState, served: ServedModel, rid: str, entry: dict, answers: list[Answer]) -> None:
+    """Metrics count every choice's tokens (the prompt once); the log and feedback record the first choice."""
+    counts = usage(answers)
+    state.metrics.tokens.labels(served.id, "prompt").inc(counts.prompt_tokens)
+    state.metrics.tokens.labels(served.id, "completion").inc(counts.completion_tokens)
+    first = answers[0].done
+    if first.first_token_seconds is not None:
+        state.metrics.ttft.labels(served.id).observe(first.first_token_seconds)
+    text = answers[0].whole
     entry = {**entry, "response": text}
     state.remember(rid, entry)
     if state.cfg.log_requests:
-        counts = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
-        state.registry.add_feedback(served.id, response_id=rid, prompt=entry["prompt"], response=text,
-                                    extra={"kind": "request", "endpoint": entry["endpoint"], "usage": counts,
-                                           "model_ref": entry["model_ref"]})
+        tokens = {"prompt_tokens": counts.prompt_tokens, "completion_tokens": counts.completion_tokens}
+        extra = {"kind": "request", "endpoint": entry["endpoint"], "usage": tokens, "model_ref": entry["model_ref"]}
+        if len(answers) > 1:
+            extra["choices"] = len(answers)  # the response recorded is choice 0's
+        state.registry.add_feedback(served.id, response_id=rid, prompt=entry["prompt"], response=text, extra=extra)
 
 
 def timeout_error(timeout: float, fewer: str = "tokens") -> ApiError:
@@ -138,92 +207,90 @@ def _failed(event: Event, timeout: float) -> ApiError:
     return ApiError(503, event.message, type="server_error", code="engine_error")
 
 
-async def collect(state: ServerState, served: ServedModel, answer: Answer, request: Request, rid: str,
-                  entry: dict) -> tuple[str, Event]:
-    job = answer.job
-    _submit(state, served, job)
-    parts: list[str] = []
-    watcher = asyncio.create_task(_watch_disconnect(request, job))
+async def collect(state: ServerState, served: ServedModel, answers: list[Answer], request: Request, rid: str,
+                  entry: dict) -> list[Answer]:
+    """Every choice's whole answer (each `done`), once the last one is complete."""
+    _submit(state, served, answers)
+    events = answers[0].job.events
+    watcher = asyncio.create_task(_watch_disconnect(request, answers))
     try:
-        while True:
-            event = await job.events.get()
+        while any(a.done is None for a in answers):
+            event = await events.get()
             if event.kind == "disconnected":
                 raise ApiError(400, "client disconnected")
             if event.kind == "error":
                 raise _failed(event, state.cfg.timeout)
-            piece, done = answer.take(event)
-            parts.append(piece)
-            if done is not None:
-                text = "".join(parts)
-                await run_in_threadpool(_finished, state, served, rid, entry, text, done)
-                return text, done
+            answers[event.index].take(event)
+        await run_in_threadpool(_finished, state, served, rid, entry, answers)
+        return answers
     finally:
         watcher.cancel()
-        job.cancelled = True  # no-op once done; frees the slot if the handler was cancelled
+        _cancel(answers)
 
 
-async def _watch_disconnect(request: Request, job: Job) -> None:
-    """Beside a whole-answer request, whatever the events do: once its client has gone, cancel the job (the
-    scheduler drops it at its next step and counts it) and wake the handler waiting for events.
+async def _watch_disconnect(request: Request, answers: list[Answer]) -> None:
+    """Beside a whole-answer request, whatever the events do: once its client has gone, cancel the jobs (the
+    scheduler drops them at its next step and counts it) and wake the handler waiting for events.
 
     The body has been read, so the next ASGI message is the disconnect; this waits for it rather than
     polling `request.is_disconnected()`, whose instantly cancelled receive never sees the message through
     an http middleware's task group (and so never reported a disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-    job.cancelled = True
-    job.events.put_nowait(Event("disconnected"))
+    _cancel(answers)
+    answers[0].job.events.put_nowait(Event("disconnected"))
 
 
-def stream(state: ServerState, served: ServedModel, answer: Answer, request: Request, rid: str, entry: dict, chunk,
-           first: str, include_usage: bool, role: bool = False) -> EventSourceResponse:
-    job = answer.job
-    _submit(state, served, job)
+def stream(state: ServerState, served: ServedModel, answers: list[Answer], request: Request, rid: str, entry: dict,
+           chunk, first: str, include_usage: bool, role: bool = False) -> EventSourceResponse:
+    """SSE chunks from `chunk(text, finish, index=, logprobs=, usage=, role=)`: each choice's own, tagged with its index."""
+    _submit(state, served, answers)
+    queue = answers[0].job.events
 
     async def events() -> AsyncIterator[dict]:
-        parts: list[str] = []
         try:
-            if role:
-                yield {"data": _dump(chunk("", None, role=True))}
-            elif first:
-                yield {"data": _dump(chunk(first, None))}
-            done = failed = None
-            while done is None and failed is None:
-                for event in await _pending(job):
+            for answer in answers:
+                if role:
+                    yield {"data": _dump(chunk("", None, index=answer.job.index, role=True))}
+                elif first:
+                    yield {"data": _dump(chunk(first, None, index=answer.job.index))}
+            failed = None
+            while failed is None and any(a.done is None for a in answers):
+                for event in await _pending(queue):
                     if event.kind == "error":
                         failed = _failed(event, state.cfg.timeout)
                         break
-                    piece, done = answer.take(event)
-                    if piece:
-                        parts.append(piece)
-                        yield {"data": _dump(chunk(piece, None))}
+                    piece, logprobs, done = answers[event.index].take(event)
+                    if piece or logprobs:
+                        yield {"data": _dump(chunk(piece, None, index=event.index, logprobs=logprobs))}
                     if done is not None:
-                        break
+                        yield {"data": _dump(chunk("", done.finish_reason, index=event.index))}
             if failed is not None:
                 yield {"data": json.dumps({"error": {"message": failed.message, "type": failed.type, "param": None,
                                                      "code": failed.code}})}
-            if done is not None:
-                yield {"data": _dump(chunk("", done.finish_reason))}
+            else:
                 if include_usage:
-                    yield {"data": _dump(chunk("", None, usage=usage(done)))}
-                await run_in_threadpool(_finished, state, served, rid, entry, "".join(parts), done)
+                    yield {"data": _dump(chunk("", None, usage=usage(answers)))}
+                await run_in_threadpool(_finished, state, served, rid, entry, answers)
             yield {"data": "[DONE]"}
         finally:
-            job.cancelled = True  # the client went away (or we are done): the scheduler drops the sequence
+            _cancel(answers)  # the client went away (or we are done): the scheduler drops the sequences
 
     return EventSourceResponse(events(), sep="\n", ping=15)
 
 
-async def _pending(job: Job) -> list[Event]:
-    """The next events, with ids that queued up while the client was being served joined into one
-    event: under load, fewer and larger chunks instead of falling further behind."""
-    events = [await job.events.get()]
-    while not job.events.empty():
-        events.append(job.events.get_nowait())
+async def _pending(queue: asyncio.Queue) -> list[Event]:
+    """The next events, with ids of one choice that queued up while the client was being served joined into
+    one event: under load, fewer and larger chunks instead of falling further behind."""
+    events = [await queue.get()]
+    while not queue.empty():
+        events.append(queue.get_nowait())
     merged: list[Event] = []
     for event in events:
-        if merged and event.kind == "tokens" and merged[-1].kind == "tokens":
-            merged[-1] = Event("tokens", ids=merged[-1].ids + event.ids)
+        last = merged[-1] if merged else None
+        if last is not None and event.kind == last.kind == "tokens" and event.index == last.index:
+            logprobs = None if last.logprobs is None or event.logprobs is None else last.logprobs + event.logprobs
+            merged[-1] = Event("tokens", ids=last.ids + event.ids, logprobs=logprobs, index=event.index)
         else:
             merged.append(event)
     return merged

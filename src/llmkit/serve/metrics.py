@@ -23,6 +23,8 @@ class ServerMetrics:
                               ["model", "type"], registry=r)
         self.queue = Gauge("llmkit_queue_depth", "Requests waiting for a place in the batch", ["model"], registry=r)
         self.running = Gauge("llmkit_running_sequences", "Sequences in the running batch", ["model"], registry=r)
+        self.prefill = Counter("llmkit_prefill_tokens", "Prompt tokens run through the model (n choices of one prompt: once)",
+                               ["model"], registry=r)
         self.batch = Histogram("llmkit_batch_size", "Sequences per decode step", ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.cancelled = Counter("llmkit_cancelled", "Generations stopped because the client went away", ["model"], registry=r)
         self.rejected = Counter("llmkit_rejected", "Requests turned away, by reason (queue_full | rate_limit | auth)",

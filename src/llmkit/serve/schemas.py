@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
 
@@ -45,7 +53,7 @@ class Sampling(Request):
     model: Text = Field(..., min_length=1, description="a model id from GET /v1/models")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
-    n: int = Field(1, ge=1, le=1, description="choices per prompt (only 1)")
+    n: int = Field(1, ge=1, description="choices per prompt, decoded from one prefill (up to the server's --max-n)")
     stop: Text | Stops | None = Field(None, description="up to 4 strings that end the generation")
     seed: int | None = Field(None, ge=0, lt=2**63, description="makes sampling reproducible")
     stream: bool = False
@@ -70,6 +78,8 @@ class CompletionRequest(Sampling):
         ..., description="the text to continue (a list of one string is accepted)")
     max_tokens: int | None = Field(16, ge=1, description="tokens to generate; prompt + max_tokens must fit the context")
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5, description="return the log-probability of each generated "
+                                 "token and of this many most likely tokens at its position")
 
     @field_validator("prompt")
     @classmethod
@@ -97,6 +107,16 @@ class ChatRequest(Sampling):
     messages: list[Message] = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="tokens to generate (default: up to the context)")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+    logprobs: bool = Field(False, description="return the log-probability of each generated token")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="with logprobs: also this many most likely "
+                                     "tokens at each position")
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _with_logprobs(cls, v, info: ValidationInfo):
+        if v and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true; send both, or drop top_logprobs")
+        return v
 
 
 class EmbeddingRequest(Request):
@@ -162,10 +182,19 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy completions shape: parallel lists, one entry per generated token."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float]] | None = None
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
@@ -183,10 +212,25 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None  # the token's UTF-8 bytes, which may be part of a character
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessageOut
     finish_reason: Literal["stop", "length"]
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -214,7 +258,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -17,8 +17,9 @@ from fastapi.concurrency import run_in_threadpool
 import llmkit.serve.schemas as s
 from llmkit.generate import chat_prompt, encode_prompt
 from llmkit.serve.auth import authorize
+from llmkit.serve.engine import Logprob
 from llmkit.serve.errors import ApiError
-from llmkit.serve.handling import bos_prompt, collect, make_answer, stream, usage, usage_wanted
+from llmkit.serve.handling import bos_prompt, collect, make_answers, stream, token_text, usage, usage_wanted
 from llmkit.serve.served import embed
 from llmkit.serve.state import server_state
 
@@ -43,20 +44,33 @@ async def get_model(model_id: str, request: Request):
 async def completions(body: s.CompletionRequest, request: Request):
     state = server_state(request)
     served = state.model(body.model, "causal")
+    if body.echo and body.logprobs is not None:
+        raise ApiError(400, "echo with logprobs would need the prompt's log-probabilities, which this server does not "
+                       "compute; drop echo or logprobs", param="echo", code="invalid_value")
     ids = await run_in_threadpool(encode_prompt, served.tokenizer, body.prompt) if body.prompt else bos_prompt(served)
-    answer = make_answer(state, served, ids, body, body.max_tokens, [])
+    answers = make_answers(state, served, ids, body, body.max_tokens, [], body.logprobs)
     rid = f"cmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     entry = {"model": served.id, "model_ref": served.model.ref, "endpoint": "completion", "prompt": body.prompt}
     head = body.prompt if body.echo else ""
+    wants = body.logprobs is not None
     if body.stream:
-        def chunk(text, finish, usage=None):
+        offsets = [0] * body.n  # each choice's text so far, where its next token's text_offset starts
+
+        def chunk(text, finish, *, index=0, logprobs=(), usage=None):
+            lp = None
+            if wants and logprobs:
+                lp = _completion_logprobs(served.tokenizer, logprobs, offsets[index])
+                offsets[index] += sum(len(t) for t in lp.tokens)
+            choices = [s.CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=lp)]
             return s.Completion(id=rid, created=created, model=served.id, usage=usage,
-                                choices=[s.CompletionChoice(text=text, finish_reason=finish)] if usage is None or text else [])
-        return stream(state, served, answer, request, rid, entry, chunk, first=head, include_usage=usage_wanted(body))
-    text, done = await collect(state, served, answer, request, rid, entry)
-    return s.Completion(id=rid, created=created, model=served.id, usage=usage(done),
-                        choices=[s.CompletionChoice(text=head + text, finish_reason=done.finish_reason)])
+                                choices=choices if usage is None or text else [])
+        return stream(state, served, answers, request, rid, entry, chunk, first=head, include_usage=usage_wanted(body))
+    answers = await collect(state, served, answers, request, rid, entry)
+    return s.Completion(id=rid, created=created, model=served.id, usage=usage(answers), choices=[
+        s.CompletionChoice(index=i, text=head + a.whole, finish_reason=a.done.finish_reason,
+                           logprobs=_completion_logprobs(served.tokenizer, a.logprobs, 0) if wants else None)
+        for i, a in enumerate(answers)])
 
 
 @router.post("/chat/completions", response_model=s.ChatCompletion, responses=s.STREAMING)
@@ -64,20 +78,49 @@ async def chat_completions(body: s.ChatRequest, request: Request):
     state = server_state(request)
     served = state.model(body.model, "causal")
     ids, end_ids, logged = await run_in_threadpool(_chat_ids, served, body)
-    answer = make_answer(state, served, ids, body, body.max_completion_tokens or body.max_tokens, end_ids)
+    answers = make_answers(state, served, ids, body, body.max_completion_tokens or body.max_tokens, end_ids,
+                           (body.top_logprobs or 0) if body.logprobs else None)
     rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     entry = {"model": served.id, "model_ref": served.model.ref, "endpoint": "chat", "prompt": logged}
     if body.stream:
-        def chunk(text, finish, usage=None, role=False):
+        def chunk(text, finish, *, index=0, logprobs=(), usage=None, role=False):
             delta = s.ChatDelta(role="assistant", content=text) if role else s.ChatDelta(content=text or None)
-            choices = [] if usage is not None else [s.ChatChunkChoice(delta=delta, finish_reason=finish)]
+            lp = _chat_logprobs(served.tokenizer, logprobs) if body.logprobs and logprobs else None
+            choices = [] if usage is not None else [s.ChatChunkChoice(index=index, delta=delta, finish_reason=finish,
+                                                                      logprobs=lp)]
             return s.ChatCompletionChunk(id=rid, created=created, model=served.id, choices=choices, usage=usage)
-        return stream(state, served, answer, request, rid, entry, chunk, first="", role=True,
+        return stream(state, served, answers, request, rid, entry, chunk, first="", role=True,
                       include_usage=usage_wanted(body))
-    text, done = await collect(state, served, answer, request, rid, entry)
-    return s.ChatCompletion(id=rid, created=created, model=served.id, usage=usage(done),
-                            choices=[s.ChatChoice(message=s.ChatMessageOut(content=text), finish_reason=done.finish_reason)])
+    answers = await collect(state, served, answers, request, rid, entry)
+    return s.ChatCompletion(id=rid, created=created, model=served.id, usage=usage(answers), choices=[
+        s.ChatChoice(index=i, message=s.ChatMessageOut(content=a.whole), finish_reason=a.done.finish_reason,
+                     logprobs=_chat_logprobs(served.tokenizer, a.logprobs) if body.logprobs else None)
+        for i, a in enumerate(answers)])
+
+
+def _chat_logprobs(tokenizer, entries: list[tuple[int, Logprob]]) -> s.ChatLogprobs:
+    def one(tok: int, logprob: float) -> dict:
+        text, raw = token_text(tokenizer, tok)
+        return {"token": text, "logprob": logprob, "bytes": list(raw)}
+
+    return s.ChatLogprobs(content=[s.TokenLogprob(**one(tok, lp.logprob), top_logprobs=[one(t, v) for t, v in lp.top])
+                                   for tok, lp in entries])
+
+
+def _completion_logprobs(tokenizer, entries: list[tuple[int, Logprob]], offset: int) -> s.CompletionLogprobs:
+    """The legacy shape; each position's top_logprobs also holds the sampled token (up to logprobs + 1, as OpenAI)."""
+    tokens, offsets, tops = [], [], []
+    for tok, lp in entries:
+        text = token_text(tokenizer, tok)[0]
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+        top = {token_text(tokenizer, t)[0]: v for t, v in lp.top}
+        top.setdefault(text, lp.logprob)
+        tops.append(top)
+    return s.CompletionLogprobs(tokens=tokens, token_logprobs=[lp.logprob for _, lp in entries], top_logprobs=tops,
+                                text_offset=offsets)
 
 
 def _chat_ids(served, body: s.ChatRequest) -> tuple[list[int], list[int], str]:
