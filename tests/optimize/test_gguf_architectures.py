@@ -274,3 +274,18 @@ def test_an_unknown_split_regex_is_refused(qwen_tokenizer, tmp_path):
     (folder / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(UserError, match="pre_tokenizer is another: use llama.cpp's convert_hf_to_gguf.py"):
         _export(folder, "f16", tmp_path / "out")
+
+
+def test_rope_settings_read_alike_from_old_and_new_configs():
+    """Checkpoints saved before transformers 5 keep `rope_scaling` ("type" or "rope_type") and `rope_theta` at the top
+    level (Llama 3.1's config.json); transformers 5 writes `rope_parameters`. The writer reads both the same way."""
+    llama31 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    old = {"rope_scaling": {**llama31, "rope_type": "llama3"}, "rope_theta": 500000.0, "hidden_size": 2048,
+           "num_attention_heads": 32}
+    new = {"rope_parameters": {**llama31, "rope_type": "llama3", "rope_theta": 500000.0}, "hidden_size": 2048,
+           "num_attention_heads": 32}
+    assert gguf_arch.rope_parameters(old) == gguf_arch.rope_parameters(new)
+    factors = gguf_arch.llama3_rope_factors(old)
+    assert factors.shape == (32,) and factors[0] == 1.0 and factors[-1] == 8.0  # high frequencies kept, low ones / 8
+    assert gguf_arch.rope_parameters({"rope_scaling": {"type": "linear", "factor": 2.0}})["rope_type"] == "linear"
+    assert gguf_arch.rope_parameters({})["rope_type"] == "default"
