@@ -36,7 +36,7 @@ def _idle(url: str, model: str) -> float:
     raise AssertionError("the server never went idle")
 
 
-def _choices_equal_lone_requests(url: str, model: str) -> None:
+def _choices_equal_lone_requests(url: str, model: str, prefills: int = 1) -> None:
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
     kwargs = dict(model=model, prompt=PROMPT, max_tokens=24, temperature=1.0)
     before = _idle(url, model)
@@ -49,7 +49,7 @@ def _choices_equal_lone_requests(url: str, model: str) -> None:
     assert len({c.text for c in out.choices}) > 1, "three seeds should give different samples"
     assert out.usage.prompt_tokens == alone[0].usage.prompt_tokens  # the prompt counted once
     assert out.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
-    assert prefilled == out.usage.prompt_tokens, "the prompt should be prefilled once for all three choices"
+    assert prefilled == prefills * out.usage.prompt_tokens, f"the prompt should be prefilled {prefills} time(s)"
 
 
 def test_three_choices_are_three_seeded_answers_from_one_prefill(server):
@@ -96,16 +96,18 @@ def test_n_out_of_range_is_a_400_naming_n(server, path, n):
         assert "limit of 8" in error["message"], error  # the default --max-n
 
 
-def test_llama_cpp_choices_copy_the_prefilled_sequence(lm_workspace, serve_lm):
+@pytest.mark.parametrize("fmt, prefills", [("gguf", 1), ("onnx", 3)])
+def test_exported_backends_give_the_same_choices(lm_workspace, serve_lm, fmt, prefills):
+    """llama.cpp copies the prefilled sequence (its seq_cp); ONNX has no cache to copy and prefills each choice."""
     from llmkit.config import ExportConfig
     from llmkit.optimize.export import export
     from llmkit.registry import Registry
     from llmkit.workspace import Workspace
 
-    ws, name = Workspace.open(lm_workspace), f"{serve_lm}-gguf-choices"
-    export(serve_lm, ExportConfig(format="gguf", quant="f32", table=False, name=name), ws, Registry.for_workspace(ws.root))
+    ws, name = Workspace.open(lm_workspace), f"{serve_lm}-{fmt}-choices"
+    export(serve_lm, ExportConfig(format=fmt, quant="f32", table=False, name=name), ws, Registry.for_workspace(ws.root))
     running, _ = start_server(lm_workspace, [name], ui=False, workers=1, max_batch=4)
     try:
-        _choices_equal_lone_requests(running.url, name)
+        _choices_equal_lone_requests(running.url, name, prefills)
     finally:
         running.stop()

@@ -74,6 +74,10 @@ class StreamOptions(Request):
 
 
 class CompletionRequest(Sampling):
+    # Not echo with logprobs (the prompt's log-probabilities are not computed); said in the schema too.
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": [
+        {"properties": {"echo": {"const": False}}}, {"properties": {"logprobs": {"type": "null"}}}]})
+
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)] = Field(
         ..., description="the text to continue (a list of one string is accepted)")
     max_tokens: int | None = Field(16, ge=1, description="tokens to generate; prompt + max_tokens must fit the context")
@@ -104,6 +108,11 @@ class Message(Request):
 
 
 class ChatRequest(Sampling):
+    # top_logprobs > 0 only with logprobs: true; said in the schema too (anyOf), not only checked.
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": [
+        {"properties": {"top_logprobs": {"maximum": 0}}},
+        {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]}]})
+
     messages: list[Message] = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="tokens to generate (default: up to the context)")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
