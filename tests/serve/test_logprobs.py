@@ -112,3 +112,17 @@ def test_bad_logprobs_values_are_400s_naming_the_field(server, path, extra, para
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"], error
+
+
+def test_a_byte_level_token_holding_part_of_a_character_has_its_own_bytes(smollm2):
+    """SmolLM2's byte-level BPE splits some characters over tokens: each token's `bytes` are its own (not the
+    U+FFFD its text shows), so a client joining them gets the text back."""
+    from llmkit.models.io import load_tokenizer_for
+    from llmkit.serve.handling import token_text
+
+    tok = load_tokenizer_for(smollm2)
+    text = "naïve 😀 测试"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = [token_text(tok, i) for i in ids]
+    assert any("\ufffd" in t for t, _ in pieces), "expected a token holding part of a character"
+    assert b"".join(raw for _, raw in pieces).decode() == text
