@@ -24,6 +24,7 @@ from sse_starlette.sse import EventSourceResponse
 
 import llmkit.serve.schemas as s
 from llmkit.runtime.detokenize import TextStream
+from llmkit.runtime.grammar import Grammar, TokenConstraint
 from llmkit.runtime.sampling import Sampler
 from llmkit.serve.engine import Event, Job, Logprob, QueueFull
 from llmkit.serve.errors import ApiError
@@ -112,7 +113,7 @@ def stop_check(tokenizer, stops: list[str]):
 
 
 def make_answers(state: ServerState, served: ServedModel, ids: list[int], body: s.Sampling, max_tokens: int | None,
-                 stop_ids: list[int], logprobs: int | None = None) -> list[Answer]:
+                 stop_ids: list[int], logprobs: int | None = None, grammar: Grammar | None = None) -> list[Answer]:
     """The request's `n` choices: one job whose forks are the other choices, each with its own sampler
     (seeded seed, seed + 1, ...), all reporting to one queue."""
     context = served.max_len or 10**9
@@ -134,9 +135,12 @@ def make_answers(state: ServerState, served: ServedModel, ids: list[int], body: 
     deadline, loop = time.perf_counter() + state.cfg.timeout, asyncio.get_running_loop()
     answers = []
     for i in range(body.n):
+        eos = served.eos | set(stop_ids)
+        # Structured output: each choice walks the grammar on its own; it may end only where the grammar is complete.
         sampler = Sampler(len(served.tokenizer), ids, temperature=body.temperature, top_p=body.top_p,
-                          seed=None if body.seed is None else body.seed + i)
-        job = Job(ids=ids, max_new=max_tokens, sampler=sampler, eos=served.eos | set(stop_ids),
+                          seed=None if body.seed is None else body.seed + i,
+                          constraint=None if grammar is None else TokenConstraint(grammar), eos_ids=sorted(eos))
+        job = Job(ids=ids, max_new=max_tokens, sampler=sampler, eos=eos,
                   stop_check=stop_check(served.tokenizer, body.stops), deadline=deadline, loop=loop, events=events,
                   index=i, logprobs=logprobs)
         answers.append(Answer(job, TextStream(served.tokenizer, body.stops)))

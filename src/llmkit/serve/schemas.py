@@ -17,6 +17,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
     model_serializer,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -58,6 +59,22 @@ class Sampling(Request):
     seed: int | None = Field(None, ge=0, lt=2**63, description="makes sampling reproducible")
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = Field(None, description="json_object or json_schema: the answer is "
+                                                   "decoded under that grammar, so it parses (and validates)")
+    guided_json: dict | None = Field(None, description="vLLM's extension: a JSON schema the answer follows")
+    guided_regex: Text | None = Field(None, min_length=1, max_length=4096,
+                                      description="vLLM's extension: a regular expression the answer matches")
+    guided_choice: Annotated[list[Text], Field(min_length=1, max_length=256)] | None = Field(
+        None, description="vLLM's extension: the answer is exactly one of these strings")
+
+    @model_validator(mode="after")
+    def _one_constraint(self):
+        given = [name for name in ("guided_json", "guided_regex", "guided_choice") if getattr(self, name) is not None]
+        if self.response_format is not None and self.response_format.type != "text":
+            given.insert(0, "response_format")
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} both constrain the answer; send one of them")
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -67,6 +84,26 @@ class Sampling(Request):
     @property
     def stops(self) -> list[str]:
         return list(self.stop or [])
+
+
+class JsonSchemaFormat(Request):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: Text = Field(..., min_length=1, max_length=64, description="the schema's name")
+    description: Text | None = None
+    schema_: dict = Field(default_factory=dict, alias="schema", description="the JSON schema the answer follows")
+    strict: bool | None = Field(None, description="accepted; the answer always follows the schema here")
+
+
+class ResponseFormat(Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs json_schema: {\"name\": ..., \"schema\": {...}}")
+        return self
 
 
 class StreamOptions(Request):

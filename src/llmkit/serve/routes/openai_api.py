@@ -22,6 +22,7 @@ from llmkit.serve.errors import ApiError
 from llmkit.serve.handling import bos_prompt, collect, make_answers, stream, token_text, usage, usage_wanted
 from llmkit.serve.served import embed
 from llmkit.serve.state import server_state
+from llmkit.serve.structured import grammar_for
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=s.ERRORS)
 
@@ -48,7 +49,8 @@ async def completions(body: s.CompletionRequest, request: Request):
         raise ApiError(400, "echo with logprobs would need the prompt's log-probabilities, which this server does not "
                        "compute; drop echo or logprobs", param="echo", code="invalid_value")
     ids = await run_in_threadpool(encode_prompt, served.tokenizer, body.prompt) if body.prompt else bos_prompt(served)
-    answers = make_answers(state, served, ids, body, body.max_tokens, [], body.logprobs)
+    grammar = await run_in_threadpool(grammar_for, served, body)
+    answers = make_answers(state, served, ids, body, body.max_tokens, [], body.logprobs, grammar)
     rid = f"cmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     entry = {"model": served.id, "model_ref": served.model.ref, "endpoint": "completion", "prompt": body.prompt}
@@ -78,8 +80,9 @@ async def chat_completions(body: s.ChatRequest, request: Request):
     state = server_state(request)
     served = state.model(body.model, "causal")
     ids, end_ids, logged = await run_in_threadpool(_chat_ids, served, body)
+    grammar = await run_in_threadpool(grammar_for, served, body)
     answers = make_answers(state, served, ids, body, body.max_completion_tokens or body.max_tokens, end_ids,
-                           (body.top_logprobs or 0) if body.logprobs else None)
+                           (body.top_logprobs or 0) if body.logprobs else None, grammar)
     rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     entry = {"model": served.id, "model_ref": served.model.ref, "endpoint": "chat", "prompt": logged}
