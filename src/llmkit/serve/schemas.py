@@ -110,10 +110,22 @@ class StreamOptions(Request):
     include_usage: bool = False
 
 
+def _free(field: str) -> dict:
+    """JSON schema: the field is absent, null, or (response_format) of type text: it constrains nothing."""
+    if field == "response_format":
+        return {"properties": {field: {"anyOf": [{"type": "null"}, {"properties": {"type": {"const": "text"}}}]}}}
+    return {"properties": {field: {"type": "null"}}}
+
+
+# At most one constraint on the answer (Sampling._one_constraint), said in the schema too: no two of them at once.
+_CONSTRAINTS = ("response_format", "guided_json", "guided_regex", "guided_choice")
+ONE_CONSTRAINT = [{"anyOf": [_free(a), _free(b)]} for i, a in enumerate(_CONSTRAINTS) for b in _CONSTRAINTS[i + 1:]]
+
+
 class CompletionRequest(Sampling):
     # Not echo with logprobs (the prompt's log-probabilities are not computed); said in the schema too.
     model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": [
-        {"properties": {"echo": {"const": False}}}, {"properties": {"logprobs": {"type": "null"}}}]})
+        {"properties": {"echo": {"const": False}}}, {"properties": {"logprobs": {"type": "null"}}}], "allOf": ONE_CONSTRAINT})
 
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)] = Field(
         ..., description="the text to continue (a list of one string is accepted)")
@@ -148,7 +160,7 @@ class ChatRequest(Sampling):
     # top_logprobs > 0 only with logprobs: true; said in the schema too (anyOf), not only checked.
     model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": [
         {"properties": {"top_logprobs": {"maximum": 0}}},
-        {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]}]})
+        {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]}], "allOf": ONE_CONSTRAINT})
 
     messages: list[Message] = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="tokens to generate (default: up to the context)")
