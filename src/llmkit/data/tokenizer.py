@@ -13,6 +13,7 @@ for the tokenizers trained here, several times faster.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -189,3 +190,16 @@ def _batched(texts: Iterable[str], size: int = 256) -> Iterator[list[str]]:
             batch = []
     if batch:
         yield batch
+
+
+@functools.cache
+def byte_alphabet() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte, the alphabet byte-level BPE vocabularies are written in:
+    printable bytes stand for themselves, the others for chr(256 + n) in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), ord("\xff") + 1)]
+    table, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from llmkit.data.tokenizer import byte_alphabet
 from llmkit.errors import UserError
 from llmkit.models.files import check_weights
 from llmkit.models.io import Model, is_adapter
@@ -86,17 +87,6 @@ def _check_tokenizer(model: Model) -> None:
                         f"{model.path / 'tokenizer.json'}'s pre_tokenizer is another: use llama.cpp's convert_hf_to_gguf.py")
 
 
-def _byte_alphabet() -> dict[int, str]:
-    """GPT-2's printable stand-in for each byte (what byte-level BPE vocabularies are written in)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {b: chr(b) for b in printable}, 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 def _add_tokenizer(writer, model_dir: Path, config: dict) -> None:
     import gguf
 
@@ -126,7 +116,7 @@ def _add_tokenizer(writer, model_dir: Path, config: dict) -> None:
             raise UserError("GGUF export handles character-level WordLevel vocabularies only (one character per token)")
         # As byte-level BPE: each character is its UTF-8 bytes in GPT-2's byte alphabet, and merges join
         # the bytes of multi-byte characters, so llama.cpp's gpt2 tokenizer yields one token per character.
-        table = _byte_alphabet()
+        table = byte_alphabet()
         merges = []
         for i, text in enumerate(tokens):
             if types[i] == gguf.TokenType.NORMAL:

@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from sse_starlette.sse import EventSourceResponse
 
 import llmkit.serve.schemas as s
+from llmkit.data.tokenizer import byte_alphabet
 from llmkit.runtime.detokenize import TextStream
 from llmkit.runtime.grammar import Grammar, TokenConstraint
 from llmkit.runtime.sampling import Sampler
@@ -83,20 +84,10 @@ def token_text(tokenizer, tok: int) -> tuple[str, bytes]:
     piece = tokenizer.convert_ids_to_tokens(tok) or ""
     if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):  # SentencePiece's byte fallback
         return text, bytes([int(piece[3:5], 16)])
-    table = _byte_level_table()
+    table = {c: b for b, c in byte_alphabet().items()}
     if piece and all(c in table for c in piece):  # GPT-2-style byte-level BPE
         return text, bytes(table[c] for c in piece)
     return text, text.encode()
-
-
-@functools.cache
-def _byte_level_table() -> dict[str, int]:
-    """GPT-2's byte-to-unicode map, reversed: printable bytes stand for themselves, the others for 256 + n."""
-    shown = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), ord("\xff") + 1)]
-    table = {chr(b): b for b in shown}
-    for n, b in enumerate(b for b in range(256) if b not in shown):
-        table[chr(256 + n)] = b
-    return table
 
 
 def stop_check(tokenizer, stops: list[str]):
