@@ -20,9 +20,27 @@ app = typer.Typer(help="Prepare, inspect and version datasets.", no_args_is_help
 
 @app.command(epilog="Example: llmkit data prepare ../shared/data/tinyshakespeare/input.txt --name shakespeare --task lm --tokenizer char")
 @configured("data", arguments=("inputs",))
-def prepare(ctx: Ctx, cfg) -> None:
+def prepare(
+    ctx: Ctx,
+    cfg,
+    *,
+    include: Annotated[list[str] | None, typer.Option(
+        "--include", help="Read only the files of folders and globs whose name or path matches GLOB (repeatable); "
+                          "also reads licence and readme files, which are skipped by default.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", help="Skip the files whose name or path matches GLOB (repeatable; wins over --include).")] = None,
+) -> None:
     """Ingest, clean, dedupe, redact PII, split, tokenize, and register a dataset version."""
+    from llmkit.data.discover import describe_skipped, expand_inputs
     from llmkit.data.pipeline import prepare as run_prepare
+
+    skipped: list[tuple[str, str]] = []
+    if cfg.inputs:  # (without inputs the pipeline says what is missing)
+        files = expand_inputs(cfg.inputs, include or (), exclude or (), skipped)
+        if include or exclude:
+            # The choice travels as the list of chosen files (a file named as an input is always read); the
+            # default dataset name, taken from the first file, stays the same.
+            cfg.inputs = [str(p) for p in files]
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} records"),
                   TimeElapsedColumn(), console=err_console, transient=True) as progress:
@@ -30,7 +48,7 @@ def prepare(ctx: Ctx, cfg) -> None:
     m = ds.manifest
     result = {"id": ds.id, "name": ds.name, "version": ds.version, "ref": ds.ref, "path": str(ds.path),
               "existed": ds.existed, "counts": m["counts"], "splits": m["splits"], "pii": m["pii"],
-              "tokenizer": m["tokenizer"]}
+              "tokenizer": m["tokenizer"], "skipped_files": [{"file": f, "reason": why} for f, why in skipped]}
 
     def human() -> None:
         if ds.existed:
@@ -38,6 +56,9 @@ def prepare(ctx: Ctx, cfg) -> None:
             return
         c = m["counts"]
         console.print(f"dataset [bold]{ds.ref}[/bold] ({m['task']}) at {ds.path}")
+        if skipped:
+            console.print(f"  files skipped: {describe_skipped(skipped)}; choose with --include/--exclude GLOB",
+                          markup=False, highlight=False)
         console.print(f"  records: {c['ingested']} read, {c['kept']} kept; removed {c['duplicates_exact']} exact and "
                       f"{c['duplicates_near']} near duplicates, {c['too_short']} too short, {c['too_long']} too long, "
                       f"{c['pii_dropped']} for PII, {c['bad']} bad")

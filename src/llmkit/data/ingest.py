@@ -11,33 +11,28 @@ from __future__ import annotations
 
 import codecs
 import csv
-import glob
 import gzip
 import io
 import json
-import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
+from llmkit.data.discover import SUPPORTED, expand_inputs, file_format
 from llmkit.data.formats import BadRecord, RowFormatter, default_text_column, guess_columns
 from llmkit.data.json_array import JsonArray
 from llmkit.errors import UserError
 
-FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-           ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
-SUPPORTED = ".txt .jsonl .json .csv .tsv .parquet (each optionally .gz)"
 DOC_SPLITS = ("file", "blank-line", "line")
 MAX_BAD_EXAMPLES = 5
 _SNIFF_ROWS = 50  # header-less tables: rows looked at to tell the label column from the text column
 # First-row cells that mark a CSV header (besides the field names the user asked for).
 _HEADER_NAMES = {"text", "label", "labels", "message", "content", "sentence", "review", "document", "body",
                  "class", "category", "instruction", "input", "output", "response", "prompt", "messages"}
-_GLOB = re.compile(r"[*?[]")
 
 
 @dataclass
@@ -49,60 +44,7 @@ class IngestStats:
     rows: int = 0  # records yielded
     bad: int = 0  # rows skipped because of skip_bad
     bad_examples: list[str] = field(default_factory=list)  # the first few skip messages
-
-
-# -- finding files ---------------------------------------------------------------------------------
-
-
-def file_format(path: Path) -> str | None:
-    """The reader for a file name (`a.jsonl.gz` → jsonl), or None when unsupported."""
-    name = path.name.lower().removesuffix(".gz")
-    return FORMATS.get(Path(name).suffix)
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (recursive) and globs to a sorted, de-duplicated list of supported files."""
-    if not inputs:
-        raise UserError("no inputs given; pass files, folders or globs", param="data.inputs")
-    found: dict[Path, Path] = {}
-    for item in inputs:
-        for path in _expand_one(str(item)):
-            found.setdefault(path.resolve(), path)  # the same file twice would double its records
-    return list(found.values())
-
-
-def _expand_one(item: str) -> list[Path]:
-    path = Path(item).expanduser()
-    if _GLOB.search(item):
-        matches = sorted(glob.glob(str(path), recursive=True))
-        files: list[Path] = []
-        for match in map(Path, matches):
-            if match.is_dir():
-                files.extend(_walk(match))
-            elif match.is_file() and file_format(match):
-                files.append(match)
-        if not files:
-            why = f"matches no {SUPPORTED} files" if matches else "matches nothing"
-            raise UserError(f"{item}: the pattern {why}; check the path", param="data.inputs")
-        return files
-    if path.is_dir():
-        files = _walk(path)
-        if not files:
-            raise UserError(f"{item}: the folder holds no {SUPPORTED} files", param="data.inputs")
-        return files
-    if path.is_file():
-        if file_format(path) is None:
-            raise UserError(f"{item}: unsupported file type; supported: {SUPPORTED}", param="data.inputs")
-        return [path]
-    raise UserError(f"{item}: no such file or folder", param="data.inputs")
-
-
-def _walk(folder: Path) -> list[Path]:
-    # Hidden entries (.git, .cache) are tool state, not data; unknown extensions (README.md) are skipped.
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and file_format(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) for files not read
 
 
 # -- records ---------------------------------------------------------------------------------------
@@ -118,6 +60,8 @@ def iter_records(
     encoding: str = "utf-8",
     skip_bad: bool = False,
     stats: IngestStats | None = None,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
 ) -> Iterator[dict]:
     """Records of `task` from every input file, in file order; see `formats.py` for their shape."""
     if doc_split not in DOC_SPLITS:
@@ -127,7 +71,7 @@ def iter_records(
     except LookupError:
         raise UserError(f"unknown encoding '{encoding}'; e.g. utf-8, latin-1, gbk", param="data.encoding") from None
     stats = stats if stats is not None else IngestStats()
-    for path in expand_inputs(inputs):
+    for path in expand_inputs(inputs, include, exclude, stats.skipped):
         kind = file_format(path)
         fmt = RowFormatter(str(path), task, text_field, label_field)
         stats.files += 1
