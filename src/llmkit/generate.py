@@ -41,15 +41,16 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 END_OF_TURN = ("<|end|>", "<|user|>", "<|im_end|>", "<|eot_id|>")
 
 
-def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
+def chat_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[int]]:
     """The prompt for the assistant's next turn, and the token ids that end that turn.
 
-    Without a chat template the conversation is plain text, one message per line, and the model
-    simply continues it.
+    `tools` (OpenAI function definitions) go to a template that reads them. Without a chat template the
+    conversation is plain text, one message per line, and the model simply continues it.
     """
     if getattr(tokenizer, "chat_template", None):
         vocab = tokenizer.get_vocab()
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        extra = {"tools": tools} if tools else {}
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         return prompt, [vocab[m] for m in END_OF_TURN if m in vocab]
     return "".join(f"{m['content']}\n" for m in messages), []
 

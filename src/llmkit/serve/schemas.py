@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from llmkit.serve.tool_schemas import Tool, ToolCall, ToolCallDelta, ToolChoice
+
 
 def _valid_unicode(value):
     # JSON may carry a lone UTF-16 surrogate ("\\ud800"), which no tokenizer or UTF-8 encoder accepts:
@@ -146,8 +148,11 @@ class TextPart(Request):
 
 
 class Message(Request):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = ""
+    tool_calls: Annotated[list[ToolCall], Field(max_length=64)] | None = Field(
+        None, description="assistant: the calls it made (sent back with their results as tool messages)")
+    tool_call_id: Text | None = Field(None, max_length=128, description="tool: the call this message answers")
 
     @property
     def text(self) -> str:
@@ -168,6 +173,12 @@ class ChatRequest(Sampling):
     logprobs: bool = Field(False, description="return the log-probability of each generated token")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="with logprobs: also this many most likely "
                                      "tokens at each position")
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = Field(
+        None, description="functions the model may call; its calls come back as message.tool_calls")
+    tool_choice: ToolChoice | None = Field(None, description="none, auto (default with tools), required, or "
+                                           "{type: function, function: {name}}; a required call's arguments follow "
+                                           "the function's schema")
+    parallel_tool_calls: bool = Field(True, description="accepted; a required call is one call here")
 
     @field_validator("top_logprobs")
     @classmethod
@@ -267,7 +278,8 @@ class Completion(BaseModel):
 
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class TopLogprob(BaseModel):
@@ -287,7 +299,7 @@ class ChatLogprobs(BaseModel):
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessageOut
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: ChatLogprobs | None = None
 
 
@@ -306,6 +318,7 @@ class ChatDelta(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler):
@@ -315,7 +328,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
     logprobs: ChatLogprobs | None = None
 
 

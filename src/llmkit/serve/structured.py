@@ -36,10 +36,10 @@ def requested(body: s.Sampling) -> tuple[str, object, str] | None:
     return None
 
 
-def grammar_for(served: ServedModel, body: s.Sampling) -> Grammar | None:
-    """The compiled grammar a request asks for (None: free text). Blocking (the first call per tokenizer reads
-    its whole vocabulary, ~0.5 s): the routes call it off the event loop."""
-    want = requested(body)
+def grammar_for(served: ServedModel, body: s.Sampling, call_schema: dict | None = None) -> Grammar | None:
+    """The compiled grammar a request asks for (None: free text); `call_schema`, a required tool call's. Blocking
+    (the first call per tokenizer reads its whole vocabulary, ~0.5 s): the routes call it off the event loop."""
+    want = requested(body) if call_schema is None else ("json_schema", call_schema, "tools")
     if want is None:
         return None
     kind, spec, field = want

@@ -23,6 +23,8 @@ from llmkit.serve.handling import bos_prompt, collect, make_answers, stream, tok
 from llmkit.serve.served import embed
 from llmkit.serve.state import server_state
 from llmkit.serve.structured import grammar_for
+from llmkit.serve.tool_schemas import ToolCallDelta
+from llmkit.serve.tools import CallStream, ToolUse, chat_messages, tool_use
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=s.ERRORS)
 
@@ -79,16 +81,22 @@ async def completions(body: s.CompletionRequest, request: Request):
 async def chat_completions(body: s.ChatRequest, request: Request):
     state = server_state(request)
     served = state.model(body.model, "causal")
-    ids, end_ids, logged = await run_in_threadpool(_chat_ids, served, body)
-    grammar = await run_in_threadpool(grammar_for, served, body)
+    use = tool_use(served.tokenizer, body)
+    ids, end_ids, logged = await run_in_threadpool(_chat_ids, served, body, use)
+    grammar = await run_in_threadpool(grammar_for, served, body, use.call_schema() if use and use.required else None)
     answers = make_answers(state, served, ids, body, body.max_completion_tokens or body.max_tokens, end_ids,
                            (body.top_logprobs or 0) if body.logprobs else None, grammar)
     rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     entry = {"model": served.id, "model_ref": served.model.ref, "endpoint": "chat", "prompt": logged}
+    calling = use is not None and use.offered
     if body.stream:
+        calls = [CallStream(use) for _ in answers] if calling else []
+
         def chunk(text, finish, *, index=0, logprobs=(), usage=None, role=False):
             delta = s.ChatDelta(role="assistant", content=text) if role else s.ChatDelta(content=text or None)
+            if calls and not role and usage is None:
+                delta, finish = _call_delta(calls[index], text, finish)
             lp = _chat_logprobs(served.tokenizer, logprobs) if body.logprobs and logprobs else None
             choices = [] if usage is not None else [s.ChatChunkChoice(index=index, delta=delta, finish_reason=finish,
                                                                       logprobs=lp)]
@@ -96,10 +104,24 @@ async def chat_completions(body: s.ChatRequest, request: Request):
         return stream(state, served, answers, request, rid, entry, chunk, first="", role=True,
                       include_usage=usage_wanted(body))
     answers = await collect(state, served, answers, request, rid, entry)
-    return s.ChatCompletion(id=rid, created=created, model=served.id, usage=usage(answers), choices=[
-        s.ChatChoice(index=i, message=s.ChatMessageOut(content=a.whole), finish_reason=a.done.finish_reason,
-                     logprobs=_chat_logprobs(served.tokenizer, a.logprobs) if body.logprobs else None)
-        for i, a in enumerate(answers)])
+    choices = []
+    for i, a in enumerate(answers):
+        content, tool_calls = use.parse(a.whole) if calling else (a.whole, [])
+        choices.append(s.ChatChoice(
+            index=i, message=s.ChatMessageOut(content=content, tool_calls=tool_calls or None),
+            finish_reason="tool_calls" if tool_calls else a.done.finish_reason,
+            logprobs=_chat_logprobs(served.tokenizer, a.logprobs) if body.logprobs else None))
+    return s.ChatCompletion(id=rid, created=created, model=served.id, usage=usage(answers), choices=choices)
+
+
+def _call_delta(calls: CallStream, text: str, finish: str | None) -> tuple[s.ChatDelta, str | None]:
+    """A streamed choice's delta under tool use: text that cannot be a call at once, the calls at the end."""
+    if finish is None:
+        return s.ChatDelta(content=calls.push(text) or None), None
+    rest, found = calls.finish()
+    deltas = [ToolCallDelta(index=k, id=c.id, type="function", function=c.function.model_dump())
+              for k, c in enumerate(found)]
+    return s.ChatDelta(content=rest, tool_calls=deltas or None), "tool_calls" if found else finish
 
 
 def _chat_logprobs(tokenizer, entries: list[tuple[int, Logprob]]) -> s.ChatLogprobs:
@@ -126,11 +148,11 @@ def _completion_logprobs(tokenizer, entries: list[tuple[int, Logprob]], offset: 
                                 text_offset=offsets)
 
 
-def _chat_ids(served, body: s.ChatRequest) -> tuple[list[int], list[int], str]:
+def _chat_ids(served, body: s.ChatRequest, use: ToolUse | None) -> tuple[list[int], list[int], str]:
     """(prompt ids, ids that end the turn, the messages as logged): the chat template rendered and tokenized."""
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in body.messages]
+    messages, tools = chat_messages(body, use)
     try:
-        prompt, end_ids = chat_prompt(served.tokenizer, messages)
+        prompt, end_ids = chat_prompt(served.tokenizer, messages, tools)
     except Exception as err:  # a template that rejects the roles or their order (jinja raises)
         raise ApiError(400, f"the model's chat template rejected the messages: {err}", param="messages") from None
     return encode_prompt(served.tokenizer, prompt), end_ids, json.dumps(messages, ensure_ascii=False)
