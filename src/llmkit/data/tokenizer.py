@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -167,9 +168,48 @@ def _train_char(texts: Iterable[str]) -> Tokenizer:
     return tok
 
 
+# Pre-tokens for text with Chinese or Japanese: GPT-2's pattern, except that a run of CJK characters is a
+# pre-token of its own (never glued to Latin letters), so BPE can merge the common two- and three-character
+# words inside it, and a run of CJK punctuation takes the line break after it: a poem spends one token
+# on "。\n" instead of two. Punctuation never merges with characters. On text without CJK characters and
+# without the punctuation in _CJK_PUNCT the pre-tokens are GPT-2's.
+_CJK_CHARS = r"\p{Han}\p{Hiragana}\p{Katakana}々〆ー"  # (々〆ー are script Common, but part of words)
+_CJK_PUNCT = "、-〄〈-〠〰〽！-／：-＠［-｀｛-･“”‘’…—·"  # CJK and full-width punctuation, quotes, ellipsis, dash
+CJK_PATTERN = (rf"'s|'t|'re|'ve|'m|'ll|'d| ?[{_CJK_CHARS}]+| ?[^\P{{L}}{_CJK_CHARS}]+| ?\p{{N}}+"
+               rf"|[{_CJK_PUNCT}]+\n*| ?[^\s\p{{L}}\p{{N}}]+|\s+(?!\S)|\s+")
+CJK_SHARE = 0.1  # share of CJK characters in the training sample above which the CJK pattern is used
+_CJK_SAMPLE = 1_000_000  # characters of the training sample looked at to decide
+_CJK_RUN = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def cjk_share(texts: list[str]) -> float:
+    """Share of CJK characters (kana and ideographs) in the first ~million characters of `texts`."""
+    head, size = [], 0
+    for text in texts:
+        head.append(text[:_CJK_SAMPLE - size])
+        size += len(head[-1])
+        if size >= _CJK_SAMPLE:
+            break
+    joined = "".join(head)
+    return len(_CJK_RUN.findall(joined)) / max(1, len(joined) - joined.count(" ") - joined.count("\n"))
+
+
+def bpe_pre_tokenizer(cjk: bool):
+    """GPT-2's byte-level pre-tokenizer, or for mostly-CJK text the same bytes cut by CJK_PATTERN.
+
+    Only the CJK-heavy case uses the Split: `FastEncoder` knows GPT-2's pattern, so English and code keep
+    its fast path and exactly the tokenization they had.
+    """
+    if not cjk:
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(CJK_PATTERN), behavior="isolated"),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
 def _train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    texts = texts if isinstance(texts, list) else list(texts)
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = bpe_pre_tokenizer(cjk_share(texts) >= CJK_SHARE)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
