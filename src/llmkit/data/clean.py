@@ -1,4 +1,10 @@
-"""Text cleaning: Unicode NFC, control characters out, whitespace normalized; and the per-record stage.
+"""Text cleaning: Unicode NFC and width, control characters out, whitespace normalized; and the per-record stage.
+
+Width: full-width Latin letters and digits (ＡＢＣ１２３, common in Chinese and Japanese text) become the
+ASCII ones, so "ＧＰＴ４" and "GPT4" are one word to the tokenizer, dedupe and PII; half-width katakana
+and half-width CJK punctuation (ｶﾞ ｡) become their full-width forms. Full-width punctuation (，。！？：；
+「」『』（）＠．) stays as written: in Chinese it is the normal form, not a variant. That is NFKC for the
+width forms only: NFKC as a whole would also turn "，" into "," and "²" into "2".
 
 For `lm` (and chat contents) newlines and leading indentation survive, because code and verse
 depend on them; for classification all whitespace folds to single spaces.
@@ -29,6 +35,11 @@ _ODD_NEWLINE = re.compile(r"[\x85\u2028\u2029]")  # NEL and the Unicode line/par
 _TRAILING = re.compile(r"[ \t]+$", re.MULTILINE)
 _MANY_BLANK = re.compile(r"\n{3,}")
 _ANY_SPACE = re.compile(r"\s+")
+# Width forms (U+FF10-FF19, FF21-FF3A, FF41-FF5A are full-width digits and letters, FF61-FF9F half-width
+# CJK punctuation and katakana with their sound marks).
+_WIDTH_FORMS = re.compile("[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a\uff61-\uff9f]")
+_HALF_WIDTH_RUN = re.compile("[\uff61-\uff9f]+")
+_ASCII_WIDTH = {c: c - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A)) for c in range(r[0], r[1] + 1)}
 _PLAIN_ASCII = bytes(range(32, 127)) + b"\t\n"
 # What json.dumps(ensure_ascii=False) escapes in cleaned text, whose only control characters are \t and \n.
 _JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\t", "\\t"))
@@ -38,6 +49,8 @@ def clean_text(text: str, keep_newlines: bool = True) -> str:
     ascii_text = text.isascii()
     if not ascii_text:
         text = unicodedata.normalize("NFC", text)
+        if _WIDTH_FORMS.search(text):
+            text = _normalize_width(text)
         text = _ODD_SPACE.sub(" ", text)
         text = _ODD_NEWLINE.sub("\n", text)
     if "\r" in text:
@@ -53,6 +66,12 @@ def clean_text(text: str, keep_newlines: bool = True) -> str:
     if "\n\n\n" in text:
         text = _MANY_BLANK.sub("\n\n", text)
     return text.strip("\n")
+
+
+def _normalize_width(text: str) -> str:
+    text = text.translate(_ASCII_WIDTH)
+    # NFKC composes a half-width kana with the sound mark after it (ｶﾞ -> ガ), which a table could not.
+    return _HALF_WIDTH_RUN.sub(lambda m: unicodedata.normalize("NFKC", m.group()), text)
 
 
 def chunk_document(text: str, chunk_chars: int) -> list[str]:
