@@ -65,7 +65,10 @@ def _plausible_birth_date(yyyymmdd: str) -> bool:
 
 
 def cn_id_ok(number: str) -> bool:
-    """18-character resident ID: province code, real birth date, ISO 7064 MOD 11-2 check character."""
+    """18-character resident ID: province code, real birth date, ISO 7064 MOD 11-2 check character.
+
+    Spaces or dashes between groups (as copied from a card) are ignored."""
+    number = number.replace(" ", "").replace("-", "")
     # The birth date matters: the check character alone passes one random string in eleven.
     if (len(number) != 18 or not number[:17].isdigit() or number[:2] not in _CN_PROVINCES
             or not _plausible_birth_date(number[6:14])):
