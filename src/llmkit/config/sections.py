@@ -261,6 +261,8 @@ class ServeConfig(Section):
     max_tokens: int = Field(2048, ge=1, description="the most tokens one request may ask for")
     max_n: int = Field(8, ge=1, le=256, description="the most choices (`n`) one completion request may ask for; they share "
                        "one prefill and one worker's batch, so at most --max-batch")
+    prefix_cache_mb: int = Field(256, ge=0, description="MiB per model for K/V of prompt prefixes already computed "
+                                 "(a shared system prompt is prefilled once; torch backend, Llama family); 0 = off")
     timeout: float = Field(300.0, gt=0.0, description="seconds a request may take, queueing included")
     explain_max_tokens: int = Field(256, ge=1, description="/v1/explain: the most tokens one explanation may feed the "
                                     "model (input plus completion); more get 400")

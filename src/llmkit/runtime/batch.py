@@ -20,14 +20,17 @@ from typing import Any
 
 import torch
 
+from llmkit.runtime.prefix_cache import PrefixCache
+
 
 class Decoder:
     """What a worker drives: prefill one sequence, step a batch, release a finished one's cache."""
 
     def __init__(self, prefill: Callable, step: Callable, max_batch: int, max_len: int | None,
                  release: Callable[[Any], None] | None = None, prefill_many: Callable | None = None,
-                 fork: Callable[[Any, int], Any] | None = None):
+                 fork: Callable[[Any, int], Any] | None = None, prefix_cache: PrefixCache | None = None):
         self.prefill, self.step, self.max_batch, self.max_len = prefill, step, max_batch, max_len
+        self.prefix_cache = prefix_cache  # where prompt prefixes are restored from, when the backend can
         self.fork = fork  # (state, capacity) -> a new state holding a copy of its cache; None: not supported
         self.release = release or (lambda state: None)
         # [ids] -> ([state], logits (B, vocab)); one prefill after another unless the backend batches them
@@ -41,29 +44,36 @@ class Decoder:
 POOL_BUDGET = 2 * 2**30  # bytes of KV cache worth preallocating for the whole batch
 
 
-def torch_decoder(lm, max_batch: int) -> Decoder:
-    """llmkit's decoder; for Llama models the running batch shares one KV pool (one attention call per layer)."""
+def torch_decoder(lm, max_batch: int, prefix_cache: PrefixCache | None = None) -> Decoder:
+    """llmkit's decoder; for Llama models the running batch shares one KV pool (one attention call per layer)
+    and, given a `prefix_cache`, a prompt's cached prefix is copied in rather than computed."""
     from llmkit.runtime.decoder import get_decoder
     from llmkit.runtime.fast_llama import FastLlama
 
     dec = get_decoder(lm)
+    if not isinstance(dec, FastLlama):
+        prefix_cache = None  # the HF module's own cache objects: no block copies
     pool_bytes = 0
     if isinstance(dec, FastLlama):
         pool_bytes = (len(dec.layers) * 2 * max_batch * dec.n_kv * dec.max_len * dec.head_dim
                       * torch.finfo(dec.dtype).bits // 8)
     if not pool_bytes or pool_bytes > POOL_BUDGET:
-        return Decoder(lambda ids, cap: dec.prefill(ids, capacity=cap), dec.step, max_batch, dec.max_len,
-                       fork=_clone_state)
+        def lone(ids: list[int], cap: int):
+            if prefix_cache is None:
+                return dec.prefill(ids, capacity=cap)
+            state = dec.new_state(cap)
+            start = prefix_cache.restore(ids, state)
+            state, logits = dec.prefill(ids[start:], state=state)
+            state.restored = start
+            prefix_cache.save(ids, state)
+            return state, logits
+        return Decoder(lone, dec.step, max_batch, dec.max_len, fork=_clone_state, prefix_cache=prefix_cache)
     pool = dec.new_pool(max_batch)
     free = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch's slots dense
 
     def prefill(ids: list[int], capacity: int):
-        state = dec.pool_state(pool, heapq.heappop(free))
-        try:
-            return dec.prefill(ids, state=state)
-        except BaseException:
-            heapq.heappush(free, state.slot)
-            raise
+        states, logits = prefill_many([ids], [capacity])
+        return states[0], logits[0]
 
     def release(state) -> None:
         if state is not None and state.pool is pool:
@@ -73,11 +83,17 @@ def torch_decoder(lm, max_batch: int) -> Decoder:
     def prefill_many(prompts: list[list[int]], capacities: list[int]):
         states = [dec.pool_state(pool, heapq.heappop(free)) for _ in prompts]
         try:
-            return states, dec.prefill_many(prompts, states)
+            starts = [prefix_cache.restore(ids, s) if prefix_cache else 0 for ids, s in zip(prompts, states, strict=True)]
+            logits = dec.prefill_many([ids[start:] for ids, start in zip(prompts, starts, strict=True)], states)
         except BaseException:
             for state in states:
                 heapq.heappush(free, state.slot)
             raise
+        for ids, state, start in zip(prompts, states, starts, strict=True):
+            state.restored = start
+            if prefix_cache:
+                prefix_cache.save(ids, state)
+        return states, logits
 
     def fork(state, capacity: int):
         copied = dec.pool_state(pool, heapq.heappop(free))
@@ -85,7 +101,7 @@ def torch_decoder(lm, max_batch: int) -> Decoder:
         copied.length = state.length
         return copied
 
-    return Decoder(prefill, dec.step, max_batch, dec.max_len, release, prefill_many, fork)
+    return Decoder(prefill, dec.step, max_batch, dec.max_len, release, prefill_many, fork, prefix_cache)
 
 
 def _clone_state(state, capacity: int):

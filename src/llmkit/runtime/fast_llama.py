@@ -46,6 +46,7 @@ class LlamaState:
     length: int = 0
     pool: torch.Tensor | None = None  # set when kv is slot `slot` of a shared pool (see new_pool)
     slot: int = -1
+    restored: int = 0  # prompt tokens copied from the prefix cache rather than computed
 
     @property
     def capacity(self) -> int:
@@ -205,35 +206,39 @@ class FastLlama:
 
     @torch.inference_mode()
     def prefill_many(self, prompts: list[list[int]], states: list[LlamaState]) -> torch.Tensor:
-        """prefill() for several new sequences at once: their tokens go through each layer's matmuls
-        together (larger, more efficient products), attention stays per sequence. Returns (B, vocab)."""
+        """prefill() for several sequences at once: their tokens go through each layer's matmuls together
+        (larger, more efficient products), attention stays per sequence. A state may already hold a prefix
+        (a prompt's start restored from the prefix cache): its tokens follow it. Returns (B, vocab)."""
         lengths = [len(ids) for ids in prompts]
-        for state, n in zip(states, lengths, strict=True):
-            if state.length:
-                raise ValueError("prefill_many starts new sequences; extend one with prefill()")
-            self._reserve(state, n)
+        starts = [state.length for state in states]
+        for state, start, n in zip(states, starts, lengths, strict=True):
+            self._reserve(state, start + n)
         nh, nkv, hd, nq = self.n_head, self.n_kv, self.head_dim, self.n_head * self.head_dim
         flat = [t for ids in prompts for t in ids]
         x = self.embed[torch.tensor(flat, device=self.device)]  # (sum T, C)
-        rot = torch.cat([self.rot[:n] for n in lengths])[:, None]  # (sum T, 1, hd / 2)
+        rot = torch.cat([self.rot[s:s + n] for s, n in zip(starts, lengths, strict=True)])[:, None]  # (sum T, 1, hd / 2)
         bounds = [0]
         for n in lengths:
             bounds.append(bounds[-1] + n)
+        # Query i of a sequence with a prefix sits at position start + i and sees every position up to it.
+        masks = [torch.ones(n, s + n, dtype=torch.bool, device=self.device).tril(s) if s else None
+                 for s, n in zip(starts, lengths, strict=True)]
         for i, lw in enumerate(self.layers):
             qkv = self._qkv(x, lw, rot)  # (sum T, (nh + 2 * nkv) * hd)
             ys = []
-            for state, a, b in zip(states, bounds, bounds[1:], strict=False):
+            for state, s, mask, a, b in zip(states, starts, masks, bounds, bounds[1:], strict=False):
                 t = b - a
-                state.kv[i, :, :, :t] = qkv[a:b, nq:].view(t, 2, nkv, hd).permute(1, 2, 0, 3)  # (2, nkv, T, hd)
+                state.kv[i, :, :, s:s + t] = qkv[a:b, nq:].view(t, 2, nkv, hd).permute(1, 2, 0, 3)  # (2, nkv, T, hd)
                 q = qkv[a:b, :nq].view(t, nh, hd).transpose(0, 1)  # (nh, T, hd)
-                k, v = state.kv[i, 0, :, :t], state.kv[i, 1, :, :t]
+                k, v = state.kv[i, 0, :, :s + t], state.kv[i, 1, :, :s + t]
                 if self.n_rep > 1:
                     k, v = k.repeat_interleave(self.n_rep, 0), v.repeat_interleave(self.n_rep, 0)
-                y = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=1.0)
+                y = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, is_causal=mask is None,
+                                                   scale=1.0)
                 ys.append(y[0].transpose(0, 1).reshape(t, nq))
             x = self._finish_layer(x, torch.cat(ys), lw)
-        for state, n in zip(states, lengths, strict=True):
-            state.length = n
+        for state, s, n in zip(states, starts, lengths, strict=True):
+            state.length = s + n
         return self._logits(x[torch.tensor(bounds[1:], device=self.device) - 1])  # (B, vocab)
 
     @torch.inference_mode()

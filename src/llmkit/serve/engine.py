@@ -145,6 +145,7 @@ class Engine:
         self.on_step = on_step
         self.on_cancel: Callable[[], None] | None = None
         self.on_prefill: Callable[[int], None] | None = None  # called with the prompt tokens of each prefill
+        self.prefix_cache = decoders[0].prefix_cache  # the model's PrefixCache (torch, Llama family), for /metrics
         self._stop = False
         self.threads = [threading.Thread(target=self._worker, args=(d,), daemon=True, name=f"llmkit-engine-{name}-{i}")
                         for i, d in enumerate(decoders)]
@@ -244,8 +245,8 @@ class Engine:
     def _prefill(self, dec: Decoder, group: list[Job]) -> list[Job]:
         """Prefill the group's prompts in one forward and sample each row's first token; the rows that go on."""
         states, logits = dec.prefill_many([j.ids for j in group], [len(j.ids) + j.max_new for j in group])
-        if self.on_prefill:
-            self.on_prefill(sum(len(j.ids) for j in group))
+        if self.on_prefill:  # the tokens computed: a prefix restored from the prefix cache was not
+            self.on_prefill(sum(len(j.ids) - getattr(s, "restored", 0) for j, s in zip(group, states, strict=True)))
         rows, of = [], []  # every choice, and the prompt (row of logits) it continues
         for r, (job, state) in enumerate(zip(group, states, strict=True)):
             job.state = state

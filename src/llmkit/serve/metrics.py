@@ -27,6 +27,13 @@ class ServerMetrics:
                                ["model"], registry=r)
         self.batch = Histogram("llmkit_batch_size", "Sequences per decode step", ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.cancelled = Counter("llmkit_cancelled", "Generations stopped because the client went away", ["model"], registry=r)
+        self.prefix_lookup = Gauge("llmkit_prefix_cache_lookup_tokens", "Prompt tokens looked up in the prefix cache",
+                                   ["model"], registry=r)
+        self.prefix_hits = Gauge("llmkit_prefix_cache_hit_tokens", "Prompt tokens restored from the prefix cache, "
+                                 "not computed", ["model"], registry=r)
+        self.prefix_rate = Gauge("llmkit_prefix_cache_hit_rate", "hit tokens / lookup tokens", ["model"], registry=r)
+        self.prefix_bytes = Gauge("llmkit_prefix_cache_bytes", "Bytes of K/V held by the prefix cache", ["model"],
+                                  registry=r)
         self.rejected = Counter("llmkit_rejected", "Requests turned away, by reason (queue_full | rate_limit | auth)",
                                 ["reason"], registry=r)
 
@@ -34,4 +41,10 @@ class ServerMetrics:
         for name, engine in engines.items():
             self.queue.labels(name).set(engine.depth())
             self.running.labels(name).set(engine.running)
+            cache = engine.prefix_cache
+            if cache is not None:
+                self.prefix_lookup.labels(name).set(cache.queried)
+                self.prefix_hits.labels(name).set(cache.hits)
+                self.prefix_rate.labels(name).set(cache.hit_rate)
+                self.prefix_bytes.labels(name).set(cache.bytes)
         return generate_latest(self.registry)

@@ -17,6 +17,7 @@ from llmkit.models.io import Model, resolve_model
 from llmkit.models.kind import model_kind
 from llmkit.runtime.backends import choose_backend, load_backend
 from llmkit.runtime.batch import llama_cpp_decoder, single_decoder, torch_decoder
+from llmkit.runtime.prefix_cache import PrefixCache
 from llmkit.runtime.threads import cpu_cores
 from llmkit.serve.engine import Engine
 
@@ -64,7 +65,9 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None) -> ServedMod
         # Workers share the weights (read-only) and each decodes its own batch from its own KV pool, in
         # parallel: torch ops release the GIL. Two small batches on two cores beat one big one on one.
         workers = cfg.workers or (2 if cpu_cores() >= 2 else 1)
-        decoders = [torch_decoder(lm, cfg.max_batch) for _ in range(workers)]
+        # One prefix cache per model, shared by its workers: a prefix one computed, the other reuses.
+        cache = PrefixCache(cfg.prefix_cache_mb * 2**20) if cfg.prefix_cache_mb else None
+        decoders = [torch_decoder(lm, cfg.max_batch, cache) for _ in range(workers)]
         eos = {lm.config.eos_token_id} if isinstance(lm.config.eos_token_id, int) else set(lm.config.eos_token_id or [])
     elif backend == "llama.cpp":
         # One context holds the whole running batch (a sequence id per request): one decode per step.
