@@ -99,7 +99,7 @@ def test_an_input_left_empty_by_the_skip_says_what_was_skipped_and_how_to_choose
         expand_inputs([str(only_meta)])
     with pytest.raises(UserError, match=r"the pattern matches no .*skipped 1 file: LICENSE\.txt"):
         expand_inputs([str(only_meta / "*.txt")])
-    with pytest.raises(UserError, match="not matched by --include"):
+    with pytest.raises(UserError, match=r"not matched by --include.*; check the --include/--exclude globs\)"):
         expand_inputs([str(folder)], include=["*.csv"])
 
 

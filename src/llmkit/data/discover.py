@@ -150,7 +150,9 @@ def _chosen(paths: list[Path], root: Path, rule: FileFilter, log: list[tuple[str
 def _skipped_note(log: list[tuple[str, str]]) -> str:
     """What an input that yields no file left out on purpose, for its error message."""
     named = [(p, why) for p, why in log if why != UNSUPPORTED]
-    return f" (skipped {describe_skipped(named, 3)}; choose files with --include GLOB)" if named else ""
+    chosen = any(why.startswith(("excluded", "not matched")) for _, why in named)
+    hint = "check the --include/--exclude globs" if chosen else "choose files with --include GLOB"
+    return f" (skipped {describe_skipped(named, 3)}; {hint})" if named else ""
 
 
 def describe_skipped(skipped: list[tuple[str, str]], limit: int = 5) -> str:
