@@ -6,7 +6,8 @@ characters over the tokens its texts encode to (no document separators). Beside 
 GPT-2's pre-tokens (what `prepare` trained before CJK pre-tokens) trained on the same train split. Two
 columns: every val record, and the val records that are poems (hold a Chinese character): prepare reads the
 id field instead of the poem for some Tang poems (formats picks the longest field of the first row), and
-those 36-character UUIDs are in the split too until that is fixed. The curve is written as a PNG.
+those 36-character UUIDs are in the split too until that is fixed. So the same is measured once more with
+the poems read right (from `paragraphs` / `content`, written as JSON Lines first). The curve is a PNG.
 
 Near duplicates: 200 distinct Tang poems (poet.tang.0.json; a poem within edit ratio 0.8 of one already drawn
 is not drawn) and 50 copies with one Chinese character replaced, through `NearDuplicateIndex` at the default
@@ -70,7 +71,20 @@ def _chars_per_token(tok, texts: list[str]) -> float:
     return sum(map(len, texts)) / tokens
 
 
-def tokenizer_curve(vocabs: list[int]) -> list[dict]:
+def poems_as_jsonl(folder: Path) -> Path:
+    """The poems of chinese_poetry as {"text": lines joined by newlines} JSON Lines, read from `paragraphs`
+    or `content` (what prepare should read; today it reads `id` for two of the Tang files)."""
+    for path in sorted(POETRY.glob("*.json")):
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        with open(folder / f"{path.stem}.jsonl", "w", encoding="utf-8") as out:
+            for row in rows:
+                lines = row.get("paragraphs") or row.get("content")
+                if lines:
+                    out.write(json.dumps({"text": "\n".join(lines)}, ensure_ascii=False) + "\n")
+    return folder
+
+
+def tokenizer_curve(vocabs: list[int], source: Path) -> list[dict]:
     from tokenizers import Tokenizer
 
     from llmkit.data import prepare
@@ -83,7 +97,7 @@ def tokenizer_curve(vocabs: list[int]) -> list[dict]:
         registry = Registry.for_workspace(ws.root)
         for vocab in vocabs:
             t0 = time.perf_counter()
-            ds = prepare(DataConfig(inputs=[str(POETRY)], task="lm", tokenizer=f"bpe:{vocab}", name=f"poetry{vocab}"),
+            ds = prepare(DataConfig(inputs=[str(source)], task="lm", tokenizer=f"bpe:{vocab}", name=f"poetry{vocab}"),
                          ws, registry)
             split = {s: [json.loads(line)["text"] for line in open(ds.path / "records" / f"{s}.jsonl", encoding="utf-8")]
                      for s in ("train", "val")}
@@ -106,10 +120,10 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     vocabs = [r["vocab"] for r in rows]
-    for key, label, style in (("cpt_val_poems", "val poems, CJK pre-tokens", "o-"),
-                              ("cpt_val_poems_gpt2", "val poems, GPT-2 pre-tokens (before)", "o--"),
-                              ("cpt_val", "all val records, CJK pre-tokens", "s-"),
-                              ("cpt_val_gpt2", "all val records, GPT-2 pre-tokens (before)", "s--")):
+    for key, label, style in (("cpt_val_read_right", "poems read right, CJK pre-tokens", "o-"),
+                              ("cpt_val_read_right_gpt2", "poems read right, GPT-2 pre-tokens (before)", "o--"),
+                              ("cpt_val", "folder as read today (with ids), CJK pre-tokens", "s-"),
+                              ("cpt_val_gpt2", "folder as read today (with ids), GPT-2 (before)", "s--")):
         ax.plot(vocabs, [r[key] for r in rows], style, label=label)
     ax.axhline(1.3, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
@@ -220,14 +234,20 @@ def main() -> None:
         sys.exit(f"bench/chinese.py: {POETRY} is missing; it holds the chinese_poetry data this bench measures")
     vocabs = [int(v) for v in args.vocab.split(",")]
 
-    rows = tokenizer_curve(vocabs)
+    rows = tokenizer_curve(vocabs, POETRY)
+    with tempfile.TemporaryDirectory() as tmp:
+        read_right = tokenizer_curve(vocabs, poems_as_jsonl(Path(tmp)))
+    for row, right in zip(rows, read_right, strict=True):
+        row["cpt_val_read_right"], row["cpt_val_read_right_gpt2"] = right["cpt_val"], right["cpt_val_gpt2"]
     plot_curve(rows, args.plot)
     print("characters per token on the val split (no separators); before = GPT-2 pre-tokens, same train split")
-    print(f"{'vocab':>6} {'val all':>8} {'before':>7} {'val poems':>10} {'before':>7} {'s':>5}")
+    print("  folder as prepare reads it today (some records are ids) | poems read from paragraphs/content")
+    print(f"{'vocab':>6} {'val all':>8} {'before':>7} {'val poems':>10} {'before':>7} | {'val':>6} {'before':>7}")
     for r in rows:
         print(f"{r['vocab']:>6} {r['cpt_val']:>8.3f} {r['cpt_val_gpt2']:>7.3f} {r['cpt_val_poems']:>10.3f} "
-              f"{r['cpt_val_poems_gpt2']:>7.3f} {r['seconds']:>5.1f}")
-    print(f"  val: {rows[0]['val_records']} records, {rows[0]['val_poems']} of them poems; curve: {args.plot}")
+              f"{r['cpt_val_poems_gpt2']:>7.3f} | {r['cpt_val_read_right']:>6.3f} {r['cpt_val_read_right_gpt2']:>7.3f}")
+    print(f"  val: {rows[0]['val_records']} records, {rows[0]['val_poems']} of them poems "
+          f"({read_right[0]['val_records']} when read right); curve: {args.plot}")
 
     threshold = DataConfig().near_threshold
     near = near_duplicates(0, threshold)
@@ -251,6 +271,9 @@ def main() -> None:
         "chars_per_token_val_poems": {str(r["vocab"]): round(r["cpt_val_poems"], 4) for r in rows},
         "chars_per_token_val_gpt2_pretokens": {str(r["vocab"]): round(r["cpt_val_gpt2"], 4) for r in rows},
         "chars_per_token_val_poems_gpt2_pretokens": {str(r["vocab"]): round(r["cpt_val_poems_gpt2"], 4) for r in rows},
+        "chars_per_token_val_read_right": {str(r["vocab"]): round(r["cpt_val_read_right"], 4) for r in rows},
+        "chars_per_token_val_read_right_gpt2_pretokens": {
+            str(r["vocab"]): round(r["cpt_val_read_right_gpt2"], 4) for r in rows},
         "near_dup_recall": round(near["recall"], 4), "near_dup_false_matches": near["false_matches"],
         "near_dup_recall_seeds_1_4": [round(s["recall"], 4) for s in spread],
         "near_dup_recall_before": round(before["recall"], 4),
