@@ -58,16 +58,25 @@ def torch_decoder(lm, max_batch: int, prefix_cache: PrefixCache | None = None) -
         pool_bytes = (len(dec.layers) * 2 * max_batch * dec.n_kv * dec.max_len * dec.head_dim
                       * torch.finfo(dec.dtype).bits // 8)
     if not pool_bytes or pool_bytes > POOL_BUDGET:
-        def lone(ids: list[int], cap: int):
-            if prefix_cache is None:
-                return dec.prefill(ids, capacity=cap)
+        if not isinstance(dec, FastLlama):  # the HF module's own cache objects
+            return Decoder(lambda ids, cap: dec.prefill(ids, capacity=cap), dec.step, max_batch, dec.max_len,
+                           fork=_clone_state)
+
+        def lone(ids: list[int], cap: int, adapter: int = 0):
             state = dec.new_state(cap)
+            state.adapter = adapter
+            if prefix_cache is None:
+                return dec.prefill(ids, state=state)
             start = prefix_cache.restore(ids, state)
             state, logits = dec.prefill(ids[start:], state=state)
             state.restored = start
             prefix_cache.save(ids, state)
             return state, logits
-        return Decoder(lone, dec.step, max_batch, dec.max_len, fork=_clone_state, prefix_cache=prefix_cache)
+        def lone_many(prompts: list[list[int]], capacities: list[int], adapters: list[int] | None = None):
+            out = [lone(ids, cap, a) for ids, cap, a in zip(prompts, capacities, adapters or [0] * len(prompts), strict=True)]
+            return [state for state, _ in out], torch.stack([logits for _, logits in out])
+        return Decoder(lone, dec.step, max_batch, dec.max_len, prefill_many=lone_many, fork=_clone_state,
+                       prefix_cache=prefix_cache)
     pool = dec.new_pool(max_batch)
     free = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch's slots dense
 
@@ -80,8 +89,10 @@ def torch_decoder(lm, max_batch: int, prefix_cache: PrefixCache | None = None) -
             heapq.heappush(free, state.slot)
             state.pool = None  # released once
 
-    def prefill_many(prompts: list[list[int]], capacities: list[int]):
+    def prefill_many(prompts: list[list[int]], capacities: list[int], adapters: list[int] | None = None):
         states = [dec.pool_state(pool, heapq.heappop(free)) for _ in prompts]
+        for state, adapter in zip(states, adapters or [], strict=False):
+            state.adapter = adapter  # before the prefix cache looks: an adapter's K/V are its own
         try:
             starts = [prefix_cache.restore(ids, s) if prefix_cache else 0 for ids, s in zip(prompts, states, strict=True)]
             logits = dec.prefill_many([ids[start:] for ids, start in zip(prompts, starts, strict=True)], states)
@@ -98,7 +109,7 @@ def torch_decoder(lm, max_batch: int, prefix_cache: PrefixCache | None = None) -
     def fork(state, capacity: int):
         copied = dec.pool_state(pool, heapq.heappop(free))
         pool[:, :, copied.slot, :, :state.length] = pool[:, :, state.slot, :, :state.length]
-        copied.length = state.length
+        copied.length, copied.adapter = state.length, state.adapter
         return copied
 
     return Decoder(prefill, dec.step, max_batch, dec.max_len, release, prefill_many, fork, prefix_cache)
@@ -110,7 +121,7 @@ def _clone_state(state, capacity: int):
     from llmkit.runtime.fast_llama import LlamaState
 
     if isinstance(state, LlamaState):
-        return LlamaState(state.kv.clone(), state.length)
+        return LlamaState(state.kv.clone(), state.length, adapter=state.adapter)
     if isinstance(state, HFState):
         return HFState(copy.deepcopy(state.cache), state.length)
     raise TypeError(f"cannot fork a {type(state).__name__}")

@@ -33,6 +33,7 @@ from llmkit.runtime.llama_layout import (
     decode_unsupported_reason,
     unsupported_reason,
 )
+from llmkit.runtime.lora_rows import AdapterSet, add_delta
 from llmkit.runtime.rope import rope_parameters, rope_rotations
 
 __all__ = ["FastLlama", "LlamaState", "decode_unsupported_reason", "rope_parameters", "unsupported_reason"]
@@ -47,6 +48,7 @@ class LlamaState:
     pool: torch.Tensor | None = None  # set when kv is slot `slot` of a shared pool (see new_pool)
     slot: int = -1
     restored: int = 0  # prompt tokens copied from the prefix cache rather than computed
+    adapter: int = 0  # the LoRA adapter (an id in FastLlama.adapters) this sequence decodes with; 0 = the base
 
     @property
     def capacity(self) -> int:
@@ -78,6 +80,9 @@ class FastLlama:
         self.lm_head_t = layout.head(model)
         self.rot = rope_rotations(cfg, self.head_dim, self.max_len).to(self.device)
         self.eps_t = torch.tensor(self.eps, dtype=torch.float32, device=self.device)
+        # LoRA adapters served on this base, each row adding its own (runtime.lora_rows); swapped whole, so a
+        # step that has read it keeps a consistent set while adapters are loaded or unloaded.
+        self.adapters = AdapterSet()
 
     # --- cache ---------------------------------------------------------------------------------
 
@@ -137,10 +142,20 @@ class FastLlama:
         y = xf * torch.addcmul(self.eps_t, norm, norm, value=1 / x.shape[-1]).rsqrt_()
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
-    def _qkv(self, x, lw, rot):
-        """Fused q/k/v projection with RoPE applied in place: (N, C) -> (N, (nh + 2 * nkv) * hd)."""
+    def _lora(self, rows: list[int]):
+        """(the adapter weights per layer, the rows' masks) when a row uses an adapter, else None."""
+        adapters = self.adapters
+        masks = adapters.masks(rows, self.dtype, self.device) if adapters.adapters else None
+        return None if masks is None else (adapters.weights, masks)
+
+    def _qkv(self, x, lw, rot, lora=None):
+        """Fused q/k/v projection with RoPE applied in place: (N, C) -> (N, (nh + 2 * nkv) * hd).
+        `lora`: (this layer's adapter weights, masks), each row adding its own adapter's delta."""
         w_qkv, b_qkv = lw[:2]
-        qkv = self._mm(self._norm(x), w_qkv)
+        h = self._norm(x)
+        qkv = self._mm(h, w_qkv)
+        if lora is not None:
+            add_delta(qkv, h, lora[0]["qkv"], lora[1]["qkv"])
         if b_qkv is not None:
             qkv += b_qkv
         n, split = x.shape[0], (self.n_head + self.n_kv) * self.head_dim
@@ -154,17 +169,25 @@ class FastLlama:
             qk.copy_(torch.view_as_real(torch.view_as_complex(qk.float()) * rot))
         return qkv
 
-    def _finish_layer(self, x, y, lw):
+    def _finish_layer(self, x, y, lw, lora=None):
         # Attention output projection and the MLP, each with its residual add fused into the matmul.
         w_o, b_o, w_gu, b_gu, w_down, b_down = lw[2:8]
         x = self._mm(y, w_o, residual=x)  # (N, C)
+        if lora is not None:
+            add_delta(x, y, lora[0]["o"], lora[1]["o"])
         if b_o is not None:
             x = x + b_o
-        gu = self._mm(self._norm(x), w_gu)  # (N, 2I)
+        h = self._norm(x)
+        gu = self._mm(h, w_gu)  # (N, 2I)
+        if lora is not None:
+            add_delta(gu, h, lora[0]["gu"], lora[1]["gu"])
         if b_gu is not None:
             gu += b_gu
         inter = self.intermediate
-        x = self._mm(F.silu(gu[:, :inter]) * gu[:, inter:], w_down, residual=x)  # (N, C)
+        act = F.silu(gu[:, :inter]) * gu[:, inter:]
+        x = self._mm(act, w_down, residual=x)  # (N, C)
+        if lora is not None:
+            add_delta(x, act, lora[0]["down"], lora[1]["down"])
         return x if b_down is None else x + b_down
 
     def _logits(self, x):
@@ -186,12 +209,14 @@ class FastLlama:
         nh, nkv, hd, nq = self.n_head, self.n_kv, self.head_dim, self.n_head * self.head_dim
         x = self.embed[torch.tensor(ids, device=self.device)]  # (T, C)
         rot = self.rot[start:end, None]  # (T, 1, hd / 2)
+        lora = self._lora([state.adapter] * t)
         mask = None
         if start:
             # Query i sits at position start + i and may see every cached position up to it.
             mask = torch.ones(t, end, dtype=torch.bool, device=self.device).tril(start)
         for i, lw in enumerate(self.layers):
-            qkv = self._qkv(x, lw, rot)
+            li = None if lora is None else (lora[0][i], lora[1])  # this layer's adapter weights, the rows' masks
+            qkv = self._qkv(x, lw, rot, li)
             new_kv = qkv[:, nq:].view(t, 2, nkv, hd).permute(1, 2, 0, 3)  # (2, nkv, T, hd)
             state.kv[i, :, :, start:end] = new_kv
             q = qkv[:, :nq].view(t, nh, hd).transpose(0, 1)  # (nh, T, hd), already scaled
@@ -200,7 +225,7 @@ class FastLlama:
                 k, v = k.repeat_interleave(self.n_rep, 0), v.repeat_interleave(self.n_rep, 0)  # (nh, end, hd)
             y = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask,
                                                is_causal=mask is None, scale=1.0)  # (1, nh, T, hd)
-            x = self._finish_layer(x, y[0].transpose(0, 1).reshape(t, nq), lw)
+            x = self._finish_layer(x, y[0].transpose(0, 1).reshape(t, nq), lw, li)
         state.length = end
         return state, self._logits(x[-1:])[0]
 
@@ -220,11 +245,13 @@ class FastLlama:
         bounds = [0]
         for n in lengths:
             bounds.append(bounds[-1] + n)
+        lora = self._lora([state.adapter for state, n in zip(states, lengths, strict=True) for _ in range(n)])
         # Query i of a sequence with a prefix sits at position start + i and sees every position up to it.
         masks = [torch.ones(n, s + n, dtype=torch.bool, device=self.device).tril(s) if s else None
                  for s, n in zip(starts, lengths, strict=True)]
         for i, lw in enumerate(self.layers):
-            qkv = self._qkv(x, lw, rot)  # (sum T, (nh + 2 * nkv) * hd)
+            li = None if lora is None else (lora[0][i], lora[1])  # this layer's adapter weights, the rows' masks
+            qkv = self._qkv(x, lw, rot, li)  # (sum T, (nh + 2 * nkv) * hd)
             ys = []
             for state, s, mask, a, b in zip(states, starts, masks, bounds, bounds[1:], strict=False):
                 t = b - a
@@ -236,7 +263,7 @@ class FastLlama:
                 y = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, is_causal=mask is None,
                                                    scale=1.0)
                 ys.append(y[0].transpose(0, 1).reshape(t, nq))
-            x = self._finish_layer(x, torch.cat(ys), lw)
+            x = self._finish_layer(x, torch.cat(ys), lw, li)
         for state, s, n in zip(states, starts, lengths, strict=True):
             state.length = s + n
         return self._logits(x[torch.tensor(bounds[1:], device=self.device) - 1])  # (B, vocab)
@@ -253,6 +280,7 @@ class FastLlama:
         nkv, hd, n_rep, nq = self.n_kv, self.head_dim, self.n_rep, self.n_head * self.head_dim
         x = self.embed[torch.tensor(token_ids, device=self.device)]  # (B, C)
         rot = self.rot[torch.tensor([s.length for s in states], device=self.device), None]  # (B, 1, hd / 2)
+        lora = self._lora([s.adapter for s in states])
         # Views made once per step rather than per layer: the cache slot for the new token, and
         # K/V up to and including it.
         seqs = []
@@ -261,7 +289,8 @@ class FastLlama:
             slot = s.kv.select(3, s.length)  # (L, 2, nkv, hd)
             seqs.append((slot, live[:, 0], live[:, 1]))  # K and V: (L, 1, nkv, n + 1, hd)
         for i, lw in enumerate(self.layers):
-            qkv = self._qkv(x, lw, rot)  # (B, (nh + 2 * nkv) * hd)
+            li = None if lora is None else (lora[0][i], lora[1])  # this layer's adapter weights, the rows' masks
+            qkv = self._qkv(x, lw, rot, li)  # (B, (nh + 2 * nkv) * hd)
             ys = []
             for j, (slot, k, v) in enumerate(seqs):
                 row = qkv[j]
@@ -272,7 +301,7 @@ class FastLlama:
                 q = row[:nq].view(1, nkv, n_rep, hd)  # already scaled
                 ys.append(F.scaled_dot_product_attention(q, k[i], v[i], scale=1.0))  # (1, nkv, n_rep, hd)
             y = ys[0].view(1, nq) if b == 1 else torch.cat(ys).view(b, nq)  # (B, nh * hd)
-            x = self._finish_layer(x, y, lw)
+            x = self._finish_layer(x, y, lw, li)
         for s in states:
             s.length += 1
         return self._logits(x)
@@ -300,15 +329,17 @@ class FastLlama:
         # The usual case, states in slot order with no gaps: queries and outputs need no scatter/gather.
         dense = n == b and slots == list(range(lo, hi))
         q_all = None if dense else torch.zeros(n, nkv, n_rep, hd, dtype=x.dtype, device=self.device)
+        lora = self._lora([s.adapter for s in states])
         for i, lw in enumerate(self.layers):
-            qkv = self._qkv(x, lw, rot)  # (B, (nh + 2 * nkv) * hd)
+            li = None if lora is None else (lora[0][i], lora[1])  # this layer's adapter weights, the rows' masks
+            qkv = self._qkv(x, lw, rot, li)  # (B, (nh + 2 * nkv) * hd)
             pool[i, :, slot_index, :, lengths] = qkv[:, nq:].view(b, 2, nkv, hd)  # k and v at once
             q = qkv[:, :nq].view(b, nkv, n_rep, hd)  # already scaled
             if not dense:
                 q_all[rows] = q
             k, v = pool[i, 0, lo:hi, :, :span], pool[i, 1, lo:hi, :, :span]  # (n, nkv, span, hd), views
             y = F.scaled_dot_product_attention(q if dense else q_all, k, v, attn_mask=mask, scale=1.0)  # (n, nkv, n_rep, hd)
-            x = self._finish_layer(x, (y if dense else y[rows]).reshape(b, nq), lw)
+            x = self._finish_layer(x, (y if dense else y[rows]).reshape(b, nq), lw, li)
         for s in states:
             s.length += 1
         return self._logits(x)

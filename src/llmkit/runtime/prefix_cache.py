@@ -40,9 +40,10 @@ class PrefixCache:
         self.hits = 0  # of those, restored from the cache
         self._lock = threading.Lock()  # the workers of one model share its cache
 
-    def _keys(self, ids: list[int], blocks: int) -> list[tuple[int, int | None, tuple[int, ...]]]:
-        """(key, parent key, tokens) of the first `blocks` full blocks of `ids`."""
-        out, parent = [], None
+    def _keys(self, ids: list[int], blocks: int, adapter: int = 0) -> list[tuple[int, int | None, tuple[int, ...]]]:
+        """(key, parent key, tokens) of the first `blocks` full blocks of `ids`. The chain starts from the LoRA
+        adapter the sequence decodes with: its K/V differ from the base's for the same tokens."""
+        out, parent = [], (None if not adapter else hash(("adapter", adapter)))
         for k in range(blocks):
             tokens = tuple(ids[k * self.block:(k + 1) * self.block])
             key = hash((parent, tokens))
@@ -57,7 +58,7 @@ class PrefixCache:
         found: list[tuple[int, _Block]] = []
         with self._lock:
             self.queried += len(ids)
-            for key, parent, tokens in self._keys(ids, usable):
+            for key, parent, tokens in self._keys(ids, usable, getattr(state, "adapter", 0)):
                 entry = self.blocks.get(key)
                 if entry is None or entry.parent != parent or entry.tokens != tokens:
                     break
@@ -75,7 +76,7 @@ class PrefixCache:
         """Cache the full blocks of the prompt `ids` (whose K/V `state` now holds) that are not cached yet."""
         if self.budget <= 0:
             return
-        keys = self._keys(ids, len(ids) // self.block)
+        keys = self._keys(ids, len(ids) // self.block, getattr(state, "adapter", 0))
         with self._lock:
             for k, (key, parent, tokens) in enumerate(keys):
                 if key in self.blocks:

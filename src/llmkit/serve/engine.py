@@ -92,6 +92,7 @@ class Job:
     index: int = 0  # which of the request's choices this is
     logprobs: int | None = None  # None: not asked; k: the sampled token's log-probability and the top k
     forks: list[Job] = field(default_factory=list)  # the other choices, started from this job's prefill
+    adapter: int = 0  # the LoRA adapter (id on the base's decoder) to decode with; 0 = the base itself
 
     @property
     def size(self) -> int:
@@ -244,7 +245,9 @@ class Engine:
 
     def _prefill(self, dec: Decoder, group: list[Job]) -> list[Job]:
         """Prefill the group's prompts in one forward and sample each row's first token; the rows that go on."""
-        states, logits = dec.prefill_many([j.ids for j in group], [len(j.ids) + j.max_new for j in group])
+        adapters = [j.adapter for j in group]  # LoRA adapters on the base, each row its own (torch backend only)
+        states, logits = dec.prefill_many([j.ids for j in group], [len(j.ids) + j.max_new for j in group],
+                                          *([adapters] if any(adapters) else []))
         if self.on_prefill:  # the tokens computed: a prefix restored from the prefix cache was not
             self.on_prefill(sum(len(j.ids) - getattr(s, "restored", 0) for j, s in zip(group, states, strict=True)))
         rows, of = [], []  # every choice, and the prompt (row of logits) it continues
