@@ -33,6 +33,11 @@ _ROLES = {
     "chatgpt": "assistant",
 }
 _NUMERIC = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+# An identifier: one ASCII word of letters, digits, '-' and '_' holding a digit (a UUID, a hash, "q_0017").
+# Such a field can be longer than the text of a short record (a UUID has 36 characters, a quatrain 24),
+# so it is never guessed as the text.
+_ID_LIKE = re.compile(r"\s*(?=[A-Za-z_-]*\d)[0-9A-Za-z_-]+\s*$")
+SAMPLE_ROWS = 32  # rows looked at to guess the text field when --text-field is not given
 
 
 class BadRecord(Exception):
@@ -64,6 +69,33 @@ def _is_text(value: Any) -> bool:
 def _as_text(value: Any) -> str:
     # Poems and stanzas come as lists of lines (chinese-poetry's `paragraphs`): one line each.
     return "\n".join(value) if isinstance(value, list) else value
+
+
+def _candidate(value: Any) -> bool:
+    if isinstance(value, str):
+        return not _NUMERIC.match(value) and not _ID_LIKE.match(value)
+    return _is_text(value)
+
+
+def _longest_text_field(rows: list[dict], label_field: str | None) -> str | None:
+    """`text`/`content` when the rows have one, else the field with the most text over `rows`.
+
+    Lists of strings (poem lines, paragraphs) count their joined length; numbers and identifiers are
+    never the text. Keys are taken in the first row's order, so ties go to the earlier field.
+    """
+    first = rows[0]
+    label = find_field(first, label_field) if label_field else None
+    for name in TEXT_NAMES:
+        key = find_field(first, name)
+        if key is not None and key != label:
+            return key
+    totals: dict[str, int] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key != label and _candidate(value):
+                totals[key] = totals.get(key, 0) + len(_as_text(value).strip())
+    best = max(totals, key=lambda k: totals[k], default=None)
+    return best if best is not None and totals[best] > 0 else None
 
 
 def guess_columns(rows: list[list[str]]) -> tuple[str, str | None]:
@@ -161,23 +193,22 @@ class RowFormatter:
             raise BadRecord(f"{where}: empty text in field '{key}'")
         return text
 
+    def guess_text_field(self, rows: list[Any]) -> None:
+        """Choose the default text field from the first rows of a file, not from its first row alone.
+
+        One short record decides badly (its id may be longer than its poem); summed over a sample the
+        text is what is long. Called before the rows are read; a given --text-field is kept.
+        """
+        if self.text_field is not None or self.task == "chat":
+            return
+        sample = [r for r in rows if isinstance(r, dict)]
+        if sample:
+            self.text_field = _longest_text_field(sample, self.label_field)
+
     def _default_text_field(self, row: dict, where: str) -> str:
-        label = find_field(row, self.label_field) if self.label_field else None
-        for name in TEXT_NAMES:
-            key = find_field(row, name)
-            if key is not None and key != label:
-                return key
-        # The longest textual field (a string, or a list of strings such as poem lines) that is not a
-        # number: the text is what is long; ids, authors and titles are short.
-        best, best_len = None, 0
-        for key, value in row.items():
-            if key == label or not _is_text(value) or (isinstance(value, str) and _NUMERIC.match(value)):
-                continue
-            length = len(_as_text(value).strip())
-            if length > best_len:
-                best, best_len = key, length
-        if best is not None:
-            return best
+        found = _longest_text_field([row], self.label_field)
+        if found is not None:
+            return found
         raise BadRecord(f"{where}: no text field (fields: {_fields(row)}); pass --text-field")
 
     def _label(self, row: dict, where: str) -> str:

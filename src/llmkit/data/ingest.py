@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.data.discover import SUPPORTED, expand_inputs, file_format
-from llmkit.data.formats import BadRecord, RowFormatter, default_text_column, guess_columns
+from llmkit.data.formats import SAMPLE_ROWS, BadRecord, RowFormatter, default_text_column, guess_columns
 from llmkit.data.json_array import JsonArray
 from llmkit.errors import UserError
 
@@ -90,6 +90,8 @@ def iter_records(
             rows = _csv_rows(path, encoding, fmt, delimiter="\t" if kind == "tsv" else ",")
         else:
             rows = _parquet_rows(path, fmt)
+        if kind in ("jsonl", "json"):
+            rows = _with_text_field_guess(rows, fmt)
         for line, row in rows:
             try:
                 if isinstance(row, BadRecord):
@@ -105,6 +107,13 @@ def iter_records(
             for record in records:
                 stats.rows += 1
                 yield record
+
+
+def _with_text_field_guess(rows: Iterator[tuple[Any, Any]], fmt: RowFormatter) -> Iterator[tuple[Any, Any]]:
+    """`rows` unchanged, after letting `fmt` guess the text field from the first few of them."""
+    head = list(islice(rows, SAMPLE_ROWS))
+    fmt.guess_text_field([row for _, row in head])
+    return chain(head, rows)
 
 
 # -- opening and decoding --------------------------------------------------------------------------
