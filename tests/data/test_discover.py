@@ -133,3 +133,21 @@ def test_prepare_cli_reports_skipped_files_and_takes_include(folder, tmp_path_fa
     reasons = {Path(s["file"]).name: s["reason"] for s in result["skipped_files"]}
     assert reasons["README.md"] == "not matched by --include" and reasons["cover.png"] == "excluded by --exclude *.png"
     assert "LICENSE.upstream.txt" not in reasons
+    # the skipped files are kept in the manifest, so the report shows them too
+    report = subprocess.run([sys.executable, "-m", "llmkit", "data", "report", "poems", "--workspace", str(ws), "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert {Path(s["file"]).name: s["reason"] for s in json.loads(report.stdout)["skipped_files"]} == reasons
+
+
+def test_include_and_exclude_come_from_the_config_file_too(folder, tmp_path):
+    from llmkit.config.sections import DataConfig
+    from llmkit.data.pipeline import prepare
+    from llmkit.workspace import Workspace
+
+    cfg = DataConfig(inputs=[str(folder)], tokenizer="char", name="chosen", include=["*.jsonl"], exclude=["sub/*"])
+    ds = prepare(cfg, Workspace.open(tmp_path / "ws"))
+    assert ds.manifest["counts"]["ingested"] == 2
+    assert [Path(s["path"]).name for s in ds.manifest["sources"]] == ["poems.jsonl"]
+    reasons = {Path(s["file"]).name: s["reason"] for s in ds.manifest["skipped_files"]}
+    assert reasons["CHANGELOG.txt"] == "excluded by --exclude sub/*"

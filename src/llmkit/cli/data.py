@@ -19,28 +19,11 @@ app = typer.Typer(help="Prepare, inspect and version datasets.", no_args_is_help
 
 
 @app.command(epilog="Example: llmkit data prepare ../shared/data/tinyshakespeare/input.txt --name shakespeare --task lm --tokenizer char")
-@configured("data", arguments=("inputs",))
-def prepare(
-    ctx: Ctx,
-    cfg,
-    *,
-    include: Annotated[list[str] | None, typer.Option(
-        "--include", help="Read only the files of folders and globs whose name or path matches GLOB (repeatable); "
-                          "also reads licence and readme files, which are skipped by default.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(
-        "--exclude", help="Skip the files whose name or path matches GLOB (repeatable; wins over --include).")] = None,
-) -> None:
+@configured("data", arguments=("inputs",), repeat=("include", "exclude"))
+def prepare(ctx: Ctx, cfg) -> None:
     """Ingest, clean, dedupe, redact PII, split, tokenize, and register a dataset version."""
-    from llmkit.data.discover import describe_skipped, expand_inputs
+    from llmkit.data.discover import describe_skipped
     from llmkit.data.pipeline import prepare as run_prepare
-
-    skipped: list[tuple[str, str]] = []
-    if cfg.inputs:  # (without inputs the pipeline says what is missing)
-        files = expand_inputs(cfg.inputs, include or (), exclude or (), skipped)
-        if include or exclude:
-            # The choice travels as the list of chosen files (a file named as an input is always read); the
-            # default dataset name, taken from the first file, stays the same.
-            cfg.inputs = [str(p) for p in files]
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} records"),
                   TimeElapsedColumn(), console=err_console, transient=True) as progress:
@@ -48,7 +31,8 @@ def prepare(
     m = ds.manifest
     result = {"id": ds.id, "name": ds.name, "version": ds.version, "ref": ds.ref, "path": str(ds.path),
               "existed": ds.existed, "counts": m["counts"], "splits": m["splits"], "pii": m["pii"],
-              "tokenizer": m["tokenizer"], "skipped_files": [{"file": f, "reason": why} for f, why in skipped]}
+              "tokenizer": m["tokenizer"], "skipped_files": m.get("skipped_files", [])}
+    skipped = [(s["file"], s["reason"]) for s in result["skipped_files"]]
 
     def human() -> None:
         if ds.existed:
@@ -118,6 +102,7 @@ def report(
     dataset: Annotated[str, typer.Argument(help="Dataset name, name:vN or id.")],
 ) -> None:
     """Statistics and plots of a dataset version."""
+    from llmkit.data.discover import describe_skipped
     from llmkit.data.report import summary
 
     path, manifest = _load(ctx, dataset)
@@ -138,6 +123,9 @@ def report(
             for split, labels in manifest["labels"].items():
                 console.print(f"labels {split}: " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
         console.print("top tokens: " + " ".join(f"{tok!r}:{n}" for tok, n in manifest["top_tokens"][:10]))
+        if result["skipped_files"]:
+            skipped = [(s["file"], s["reason"]) for s in result["skipped_files"]]
+            console.print(f"files skipped: {describe_skipped(skipped)}", markup=False, highlight=False)
         for plot in result["plots"]:
             console.print(f"plot: {plot}")
 

@@ -28,6 +28,8 @@ class SplitConfig(Section):
 
 class DataConfig(Section):
     inputs: list[str] = Field(default_factory=list, description="files, folders or globs to ingest (.txt .jsonl .json .csv .tsv .parquet, optionally .gz)")
+    include: list[str] = Field(default_factory=list, description="read only the files of folders and globs whose name or path matches one of these globs; also reads licence and readme files, which are skipped by default")
+    exclude: list[str] = Field(default_factory=list, description="skip the files whose name or path matches one of these globs (wins over include)")
     name: str | None = Field(None, description="dataset name in the registry; the same name with new content becomes its next version")
     task: Literal["lm", "chat", "classify"] = Field("lm", description="lm: plain documents; chat: conversations; classify: text with a label")
     text_field: str | None = Field(None, description="field or column holding the text (default: text, content, or the first string column)")
@@ -252,6 +254,10 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port)")
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys clients must send (none = open)")
     api_keys_file: str | None = Field(None, description="file with one API key per line (# comments allowed)")
+    admin_keys: list[str] = Field(default_factory=list, description="Bearer keys for the admin routes (POST/DELETE "
+                                  "/v1/adapters); none = adapters are fixed at start")
+    adapters: list[str] = Field(default_factory=list, description="LoRA adapters served on their base (NAME=ADAPTER or "
+                                "ADAPTER): one batch for the base and all its adapters, each row its own delta")
     max_batch: int = Field(16, ge=1, le=512, description="sequences decoded together per step (torch and llama.cpp backends)")
     max_queue: int = Field(256, ge=1, description="requests waiting beyond the batch; more get 429")
     workers: int = Field(0, ge=0, le=64, description="decode workers per model: torch batches decoded in parallel (sharing "

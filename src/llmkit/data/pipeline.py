@@ -54,7 +54,7 @@ def prepare(cfg: DataConfig, ws: Workspace | None = None, registry: Registry | N
     if not cfg.inputs:
         raise UserError("data.inputs is empty: give at least one file, folder or glob")
     check_spec(cfg.tokenizer)
-    files = expand_inputs(cfg.inputs)
+    files = expand_inputs(cfg.inputs, cfg.include, cfg.exclude)
     name = cfg.name or _default_name(files[0])
     check_name(name, "dataset")
     source_hash = _source_hash(files, cfg)
@@ -83,7 +83,7 @@ def prepare(cfg: DataConfig, ws: Workspace | None = None, registry: Registry | N
         top_tokens = [[tokenizer.token_text(i), n] for i, n in top]
         manifest = build_manifest(cfg=cfg, name=name, files=files, content_hash=source_hash, counts=counts,
                                   bad_examples=stats.bad_examples, tokens=tokens, tokenizer=tokenizer,
-                                  top_tokens=top_tokens)
+                                  top_tokens=top_tokens, skipped=stats.skipped)
         manifest["seconds"] = round(time.perf_counter() - clock.started, 3)
         manifest["timings"] = {**clock.seconds, "workers": n_workers}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
@@ -131,7 +131,9 @@ def _default_name(first: Path) -> str:
 
 def _source_hash(files: list[Path], cfg: DataConfig) -> str:
     h = hashlib.sha256()
-    options = cfg.model_dump(exclude={"inputs", "name"})
+    # The globs count through the files they choose (their names and bytes below), so the same files
+    # chosen another way are the same dataset.
+    options = cfg.model_dump(exclude={"inputs", "name", "include", "exclude"})
     h.update(json.dumps(options, sort_keys=True).encode())
     for path in files:
         h.update(path.name.encode() + b"\x00")
@@ -169,7 +171,8 @@ def _first_pass(cfg: DataConfig, tmp: Path, workers: Workers, progress) -> tuple
     task = progress.add_task("clean, dedupe, split", total=None) if progress else None
     try:
         raw = iter_records(cfg.inputs, task=cfg.task, text_field=cfg.text_field, label_field=cfg.label_field,
-                           doc_split=cfg.doc_split, encoding=cfg.encoding, skip_bad=cfg.skip_bad, stats=stats)
+                           doc_split=cfg.doc_split, encoding=cfg.encoding, skip_bad=cfg.skip_bad, stats=stats,
+                           include=cfg.include, exclude=cfg.exclude)
         jobs = ((opts, chunk) for chunk in chunks(_units(cfg, raw), _raw_size))
         for results in workers.map(clean_chunk, jobs):
             for status, pii, *kept in results:

@@ -41,7 +41,8 @@ class Counts:
 
 
 def build_manifest(*, cfg, name: str, files: list[Path], content_hash: str, counts: Counts, bad_examples: list[str],
-                   tokens: dict[str, dict[str, int]], tokenizer, top_tokens: list) -> dict[str, Any]:
+                   tokens: dict[str, dict[str, int]], tokenizer, top_tokens: list,
+                   skipped: list[tuple[str, str]] = ()) -> dict[str, Any]:
     c = counts
     vocab_size = len(tokenizer)
     classify = cfg.task == "classify"
@@ -51,6 +52,7 @@ def build_manifest(*, cfg, name: str, files: list[Path], content_hash: str, coun
         "task": cfg.task,
         "content_hash": content_hash,
         "sources": [{"path": str(p), "bytes": p.stat().st_size} for p in files],
+        "skipped_files": [{"file": f, "reason": why} for f, why in skipped],
         "options": cfg.model_dump(exclude={"inputs", "name"}),
         "counts": {
             "ingested": c.ingested, "bad": c.bad, "too_short": c.too_short, "too_long": c.too_long,
@@ -128,5 +130,6 @@ def summary(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
         "length_histogram": manifest.get("length_histogram"),
         "tokenizer": manifest["tokenizer"],
         "top_tokens": manifest["top_tokens"],
+        "skipped_files": manifest.get("skipped_files", []),  # absent from manifests written before it was kept
         "plots": sorted(str(p) for p in (path / "plots").glob("*.png")),
     }
