@@ -4,6 +4,7 @@ break after it, held-out poems take fewer tokens; English and code keep GPT-2's 
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -81,10 +82,16 @@ def test_mixed_text_round_trips_and_latin_words_stay_apart_from_han(chinese):
 
 
 def test_the_encoder_gives_the_tokenizers_ids_for_the_cjk_tokenizer(poems, chinese):
-    texts = poems[1][:40] + ["mixed 中文 and English", "，。\n\n"]
-    got = FastEncoder(chinese.backend, chinese.eos_token_id).encode(texts)
+    rng = random.Random(7)
+    odd = ["".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x3000, 0x3100), rng.randrange(0x4e00, 0x4f00),
+                                   rng.randrange(0xff00, 0xff60), 0x2026, 0x2014, 10, 32])) for _ in range(60)) for _ in range(30)]
+    texts = poems[1][:40] + ["mixed 中文 and English", "，。\n\n", "plain ASCII, it's 12 o'clock.\n\n  x"] + odd
+    encoder = FastEncoder(chinese.backend, chinese.eos_token_id)
+    assert encoder.mode == "bpe"  # the fast path knows the CJK pre-tokens, not only GPT-2's
+    got = encoder.encode(texts)
     want = [i for e in chinese.backend.encode_batch(texts, add_special_tokens=False) for i in [chinese.eos_token_id, *e.ids]]
     assert np.array_equal(got, want)
+    assert encoder.mode == "bpe"  # its own spot check never had to fall back to the library
 
 
 @pytest.mark.skipif(not SHAKESPEARE.exists(), reason="shared data not present")

@@ -177,13 +177,13 @@ class FastEncoder:
         self.backend = Tokenizer.from_str(backend.to_str())
         self.backend.encode_special_tokens = True  # data text never becomes a control token
         self.sep_id = sep_id
-        self.mode = _fast_mode(self.backend)
+        self.mode, pattern = _fast_mode(self.backend)
         self._unicode = None
         if self.mode == "bpe":
             try:
                 import regex  # installed with transformers; without it non-ASCII text takes the slow path
 
-                self._unicode = regex.compile(GPT2_PATTERN)
+                self._unicode = regex.compile(pattern)
             except ImportError:
                 pass
         if self.mode == "char":
@@ -297,17 +297,32 @@ class FastEncoder:
         self._index.first = len(self._lens)
 
 
-def _fast_mode(backend: Tokenizer) -> str | None:
-    """'bpe' or 'char' when the tokenizer is one this module knows the rules of (the ones trained here)."""
+def _fast_mode(backend: Tokenizer) -> tuple[str | None, str]:
+    """('bpe' or 'char', the pre-token pattern) when the tokenizer is one this module knows the rules of
+    (the ones trained here), else (None, "")."""
+    from llmkit.data.tokenizer import CJK_PATTERN
+
     spec = json.loads(backend.to_str())
     model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
     if spec.get("normalizer") is not None:
-        return None
-    if (model.get("type") == "BPE" and not model.get("dropout") and not model.get("continuing_subword_prefix")
-            and not model.get("end_of_word_suffix") and pre.get("type") == "ByteLevel"
-            and pre.get("use_regex", True) and not pre.get("add_prefix_space")):
-        return "bpe"
+        return None, ""
+    plain_bpe = (model.get("type") == "BPE" and not model.get("dropout") and not model.get("continuing_subword_prefix")
+                 and not model.get("end_of_word_suffix"))
+    if plain_bpe and _byte_level(pre, regex=True):
+        return "bpe", GPT2_PATTERN
+    # The CJK pre-tokenizer (tokenizer.bpe_pre_tokenizer): CJK_PATTERN's pieces, then bytes. The pattern
+    # matches every character and agrees with GPT-2's on ASCII text, so both paths of `encode` apply.
+    steps = pre.get("pretokenizers") or []
+    if (plain_bpe and pre.get("type") == "Sequence" and len(steps) == 2 and steps[0].get("type") == "Split"
+            and steps[0].get("pattern") == {"Regex": CJK_PATTERN} and steps[0].get("behavior") == "Isolated"
+            and not steps[0].get("invert") and _byte_level(steps[1], regex=False)):
+        return "bpe", CJK_PATTERN
     if (model.get("type") == "WordLevel" and pre.get("type") == "Split"
             and pre.get("pattern") == {"Regex": r"[\s\S]"} and pre.get("behavior") == "Isolated"):
-        return "char"
-    return None
+        return "char", ""
+    return None, ""
+
+
+def _byte_level(pre: dict, regex: bool) -> bool:
+    return (pre.get("type") == "ByteLevel" and pre.get("use_regex", True) == regex
+            and not pre.get("add_prefix_space"))
