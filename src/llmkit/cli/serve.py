@@ -13,8 +13,10 @@ def register(app: typer.Typer) -> None:
                        "(then: curl localhost:8000/v1/models -H 'Authorization: Bearer $KEY', or open http://127.0.0.1:8000/)")(serve)
 
 
-@configured("serve", arguments=("models",), required=("models",), repeat=("api_keys", "cors_origins", "allowed_hosts"),
-            flags={"api_keys": ("--api-key",), "cors_origins": ("--cors-origin",), "allowed_hosts": ("--allowed-host",)},
+@configured("serve", arguments=("models",), required=("models",),
+            repeat=("api_keys", "admin_keys", "adapters", "cors_origins", "allowed_hosts"),
+            flags={"api_keys": ("--api-key",), "admin_keys": ("--admin-key",), "adapters": ("--adapter",),
+                   "cors_origins": ("--cors-origin",), "allowed_hosts": ("--allowed-host",)},
             json=False)
 def serve(ctx: Ctx, cfg) -> None:
     """Serve models with an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/embeddings), /v1/classify, feedback, metrics and a web UI."""

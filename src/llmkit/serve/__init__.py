@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmkit.config import ServeConfig
 from llmkit.errors import UserError
@@ -37,6 +38,7 @@ class RunningServer:
 
 def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
     from llmkit.registry import Registry
+    from llmkit.serve.adapters import NoFastBase, attach, split_spec
     from llmkit.serve.app import create_app
     from llmkit.serve.served import load_served
     from llmkit.workspace import Workspace
@@ -47,14 +49,41 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     models = {}
+    adapters = [*cfg.adapters]
     for ref in cfg.models:
+        if _adapter_on_served_base(ref, cfg.models, registry):
+            adapters.append(ref)  # served on its base's batches rather than merged into a copy of it
+            continue
         served = load_served(ref, cfg, registry)
         if served.id in models:
             raise UserError(f"two models named '{served.id}'; serve each name once")
         models[served.id] = served
         if console:
             console.print(f"loaded [bold]{served.id}[/bold] ({served.kind}, {served.backend})")
+    for spec in adapters:
+        name, ref = split_spec(spec)
+        try:
+            served = attach(name, ref, models, registry)
+        except NoFastBase:
+            if spec in cfg.adapters:
+                raise
+            served = load_served(spec, cfg, registry)  # a base off the fast path: the adapter merged, on its own
+        models[served.id] = served
+        if console:
+            console.print(f"loaded adapter [bold]{served.id}[/bold] on {served.parent or 'a merged copy of its base'}")
     return create_app(cfg, models, registry, ws)
+
+
+def _adapter_on_served_base(spec: str, specs: list[str], registry) -> bool:
+    """Whether a served model is a LoRA adapter of another model served beside it."""
+    from llmkit.models.io import adapter_base, is_adapter, resolve_model
+    from llmkit.serve.adapters import split_spec
+
+    model = resolve_model(split_spec(spec)[1], registry)
+    if not is_adapter(model.path):
+        return False
+    base = Path(adapter_base(model).path).resolve()
+    return any(Path(resolve_model(split_spec(other)[1], registry).path).resolve() == base for other in specs if other != spec)
 
 
 def _set_threads(threads: int) -> None:

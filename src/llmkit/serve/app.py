@@ -16,7 +16,7 @@ from llmkit.config import ServeConfig
 from llmkit.serve.auth import Auth, BodyLimit, authorize, read_keys
 from llmkit.serve.errors import install_handlers
 from llmkit.serve.hosts import HostCheck, allowed_hosts
-from llmkit.serve.routes import llmkit_api, openai_api, ops
+from llmkit.serve.routes import adapters_api, llmkit_api, openai_api, ops
 from llmkit.serve.served import ServedModel
 from llmkit.serve.state import ServerState
 
@@ -26,13 +26,14 @@ STATIC = Path(__file__).parent / "static"
 def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace) -> FastAPI:
     auth = Auth(read_keys(cfg.api_keys, cfg.api_keys_file), cfg.rate_limit)
     state = ServerState(cfg, models, registry, workspace, auth)
+    state.admin = Auth(read_keys(cfg.admin_keys, None))  # a second key set, for the routes that change the server
     app = FastAPI(title="llmkit", version="1", summary="OpenAI-compatible API of llmkit models",
                   openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
     app.state.llmkit = state
     app.state.registry, app.state.workspace = registry, workspace
     install_handlers(app)
     for served in models.values():
-        if served.engine:
+        if served.engine and not served.parent:  # an adapter shares its base's engine, counted as the base
             served.engine.on_step = state.metrics.batch.labels(served.id).observe
             served.engine.on_cancel = state.metrics.cancelled.labels(served.id).inc
             served.engine.on_prefill = state.metrics.prefill.labels(served.id).inc
@@ -50,7 +51,7 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
             state.metrics.requests.labels(path, str(status)).inc()
             state.metrics.latency.labels(path).observe(time.perf_counter() - start)
 
-    for router in (ops.router, openai_api.router, llmkit_api.router):
+    for router in (ops.router, openai_api.router, llmkit_api.router, adapters_api.router):
         app.include_router(router)
     from llmkit.serve.dashboard import router as dashboard
 

@@ -146,6 +146,7 @@ class Engine:
         self.on_step = on_step
         self.on_cancel: Callable[[], None] | None = None
         self.on_prefill: Callable[[int], None] | None = None  # called with the prompt tokens of each prefill
+        self.adapter_rows: collections.Counter[int] = collections.Counter()  # adapter id -> rows queued or running
         self.prefix_cache = decoders[0].prefix_cache  # the model's PrefixCache (torch, Llama family), for /metrics
         self._stop = False
         self.threads = [threading.Thread(target=self._worker, args=(d,), daemon=True, name=f"llmkit-engine-{name}-{i}")
@@ -173,12 +174,16 @@ class Engine:
     def submit(self, job: Job) -> None:
         """Queue a job (its forks ride with it); each choice queued on its own where prefills are not shared."""
         jobs = [job]
+        rows = [job, *job.forks]
         if job.forks and not self.shares_prefill:
             jobs, job.forks = [job, *job.forks], []
         with self.cv:
             if len(self.waiting) + len(jobs) > self.max_queue:
                 raise QueueFull
             self.waiting.extend(jobs)
+            for row in rows:
+                if row.adapter:
+                    self.adapter_rows[row.adapter] += 1
             self.cv.notify()
 
     def close(self) -> None:
@@ -285,6 +290,8 @@ class Engine:
             job.released = True
             with self.cv:
                 self.running -= 1
+                if job.adapter:
+                    self.adapter_rows[job.adapter] -= 1
         return False
 
     def _drop(self, job: Job) -> bool:

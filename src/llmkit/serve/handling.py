@@ -133,7 +133,7 @@ def make_answers(state: ServerState, served: ServedModel, ids: list[int], body: 
                           constraint=None if grammar is None else TokenConstraint(grammar), eos_ids=sorted(eos))
         job = Job(ids=ids, max_new=max_tokens, sampler=sampler, eos=eos,
                   stop_check=stop_check(served.tokenizer, body.stops), deadline=deadline, loop=loop, events=events,
-                  index=i, logprobs=logprobs)
+                  index=i, logprobs=logprobs, adapter=served.adapter_id)
         answers.append(Answer(job, TextStream(served.tokenizer, body.stops)))
     answers[0].job.forks = [a.job for a in answers[1:]]
     return answers

@@ -244,6 +244,7 @@ class ModelCard(BaseModel):
     kind: Literal["causal", "classifier", "encoder"]
     backend: str
     context_length: int | None = None
+    parent: str | None = Field(None, description="a LoRA adapter served on a base: the base's id")
 
 
 class ModelList(BaseModel):

@@ -36,6 +36,9 @@ class ServedModel:
     labels: list[str] | None = None
     max_length: int = 512
     lock: threading.Lock = field(default_factory=threading.Lock)  # one forward at a time per module
+    parent: str | None = None  # an adapter served on a base: the base's id (it shares the base's engine)
+    adapter_id: int = 0  # that adapter's id on the base's decoder (0: not an adapter)
+    adapters: dict = field(default_factory=dict)  # a base: its adapters' layouts by id (serve.adapters)
 
     @property
     def max_len(self) -> int | None:

@@ -20,6 +20,7 @@ class ServerState:
     def __init__(self, cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace, auth: Auth):
         self.cfg, self.models, self.registry, self.workspace, self.auth = cfg, models, registry, workspace, auth
         self.metrics = ServerMetrics()
+        self.admin: Auth = Auth([])  # the keys of the routes that change what is served (create_app sets them)
         self.recent: OrderedDict[str, dict] = OrderedDict()
         self.explaining = 0  # explanations running or waiting for their model (touched on the event loop only)
 
@@ -58,7 +59,7 @@ class ServerState:
             self.explaining -= 1
 
     def engines(self) -> dict:
-        return {m.id: m.engine for m in self.models.values() if m.engine}
+        return {m.id: m.engine for m in self.models.values() if m.engine and not m.parent}
 
 
 def server_state(request) -> ServerState:

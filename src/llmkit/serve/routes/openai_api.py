@@ -30,7 +30,8 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=s.
 
 
 def _card(m) -> s.ModelCard:
-    return s.ModelCard(id=m.id, created=m.created, kind=m.kind, backend=m.backend, context_length=m.max_len)
+    return s.ModelCard(id=m.id, created=m.created, kind=m.kind, backend=m.backend, context_length=m.max_len,
+                       parent=m.parent)
 
 
 @router.get("/models", response_model=s.ModelList)

@@ -1,0 +1,96 @@
+"""LoRA adapters served on a base the server already runs: each adapter is a model id of its own (as vLLM
+lists its LoRA modules), decoded by the base's engine, its rows in the same batches as the base's and every other
+adapter's (`runtime.lora_rows`). `llmkit serve BASE --adapter NAME=ADAPTER` attaches them at start;
+`POST /v1/adapters` (admin key) at run time, and `DELETE /v1/adapters/NAME` takes one away once no request uses it.
+
+A base off the fast path (another architecture, llama.cpp, ONNX) cannot add deltas per row: an adapter of it is
+served merged instead, as a model of its own (a speed and memory difference, not an error) at start, and refused
+at run time with one line saying so.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from llmkit.errors import UserError
+from llmkit.models.io import Model, adapter_base, is_adapter, resolve_model
+from llmkit.runtime.decoder import get_decoder
+from llmkit.runtime.fast_llama import FastLlama
+from llmkit.runtime.lora_rows import AdapterSet, read_adapter
+from llmkit.serve.served import ServedModel
+
+_ids = itertools.count(1)  # adapter ids are never reused: a prefix cache entry or a row names one adapter only
+_lock = threading.Lock()  # attach/detach rebuild a base's adapter set one at a time
+
+
+class NoFastBase(UserError):
+    """The base decodes without FastLlama: adapters cannot share its batches."""
+
+
+def split_spec(spec: str) -> tuple[str | None, str]:
+    """`NAME=ADAPTER` or `ADAPTER` -> (name or None, adapter ref)."""
+    name, _, ref = spec.rpartition("=")
+    return (name or None), ref
+
+
+def base_for(adapter: Model, models: dict[str, ServedModel]) -> ServedModel | None:
+    """The served base the adapter was trained on (same folder), if the server runs it."""
+    base = adapter_base(adapter)
+    want = Path(base.path).resolve() if Path(base.path).exists() else None
+    for served in models.values():
+        if served.kind == "causal" and served.parent is None and want is not None \
+                and Path(served.model.path).resolve() == want:
+            return served
+    return None
+
+
+def fast_base(served: ServedModel) -> FastLlama | None:
+    """The base's FastLlama, when it decodes on it (adapters can then share its batches)."""
+    if served.backend != "torch" or served.net is None:
+        return None
+    dec = get_decoder(served.net)
+    return dec if isinstance(dec, FastLlama) else None
+
+
+def attach(name: str | None, ref: str, models: dict[str, ServedModel], registry) -> ServedModel:
+    """Serve adapter `ref` as model `name` on its base among `models`; the new ServedModel (not yet in `models`)."""
+    from llmkit.models.io import load_tokenizer_for
+
+    adapter = resolve_model(ref, registry)
+    if not is_adapter(adapter.path):
+        raise UserError(f"{adapter.ref} is not a LoRA adapter (no adapter_config.json in {adapter.path}); name an "
+                        "adapter trained with --method lora, or serve the model itself")
+    name = name or adapter.alias or adapter.name
+    if name in models:
+        raise UserError(f"a model named '{name}' is already served; give the adapter another name (NAME=ADAPTER)")
+    base = base_for(adapter, models)
+    if base is None:
+        raise UserError(f"{adapter.ref} was trained on {adapter_base(adapter).ref}, which this server does not serve; "
+                        f"serve that base too (llmkit serve {adapter_base(adapter).ref} --adapter {name}={ref})")
+    fast = fast_base(base)
+    if fast is None:
+        raise NoFastBase(f"'{base.id}' runs on {base.backend} without llmkit's fast decoder, so adapters cannot share its "
+                        f"batches; serve {adapter.ref} merged as a model of its own (llmkit serve {ref})")
+    layout = read_adapter(Path(adapter.path), name, base.net, fast.dtype)
+    with _lock:
+        adapter_id = next(_ids)
+        base.adapters[adapter_id] = layout
+        fast.adapters = AdapterSet.of({k: v for k, v in base.adapters.items()})
+    # net=None: explanations run the base's module, which would explain the base, not the adapter
+    return replace(base, id=name, model=adapter, tokenizer=load_tokenizer_for(adapter), parent=base.id,
+                   adapter_id=adapter_id, adapters={}, net=None, lock=threading.Lock())
+
+
+def detach(served: ServedModel, models: dict[str, ServedModel]) -> None:
+    """Stop serving an adapter: its base stops adding its delta. Refused while requests use it."""
+    base = models[served.parent]
+    busy = served.engine.adapter_rows.get(served.adapter_id, 0)
+    if busy:
+        raise UserError(f"adapter '{served.id}' has {busy} request(s) running or queued; retry once they finish")
+    fast = fast_base(base)
+    with _lock:
+        base.adapters.pop(served.adapter_id, None)
+        fast.adapters = AdapterSet.of({k: v for k, v in base.adapters.items()})
