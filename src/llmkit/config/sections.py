@@ -265,6 +265,8 @@ class ServeConfig(Section):
                          "0 = 2 for torch on 2+ cores, else 1")
     threads: int = Field(0, ge=0, description="compute threads per worker (0 = (cores - 1) / 2, at least 1: one core stays for HTTP)")
     max_tokens: int = Field(2048, ge=1, description="the most tokens one request may ask for")
+    max_context: int = Field(0, ge=0, description="the longest sequence (prompt + answer) served per model: caps the "
+                             "models' own context, and the KV cache memory with it (0 = each model's own)")
     max_n: int = Field(8, ge=1, le=256, description="the most choices (`n`) one completion request may ask for; they share "
                        "one prefill and one worker's batch, so at most --max-batch")
     prefix_cache_mb: int = Field(256, ge=0, description="MiB per model for K/V of prompt prefixes already computed "

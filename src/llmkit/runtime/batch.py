@@ -44,22 +44,25 @@ class Decoder:
 POOL_BUDGET = 2 * 2**30  # bytes of KV cache worth preallocating for the whole batch
 
 
-def torch_decoder(lm, max_batch: int, prefix_cache: PrefixCache | None = None) -> Decoder:
+def torch_decoder(lm, max_batch: int, prefix_cache: PrefixCache | None = None, max_len: int = 0) -> Decoder:
     """llmkit's decoder; for Llama models the running batch shares one KV pool (one attention call per layer)
-    and, given a `prefix_cache`, a prompt's cached prefix is copied in rather than computed."""
+    and, given a `prefix_cache`, a prompt's cached prefix is copied in rather than computed. `max_len` caps
+    the context served (0: the model's)."""
     from llmkit.runtime.decoder import get_decoder
     from llmkit.runtime.fast_llama import FastLlama
 
     dec = get_decoder(lm)
+    context = min(dec.max_len or 10**9, max_len or 10**9)
+    context = None if context == 10**9 else context
     if not isinstance(dec, FastLlama):
         prefix_cache = None  # the HF module's own cache objects: no block copies
     pool_bytes = 0
     if isinstance(dec, FastLlama):
-        pool_bytes = (len(dec.layers) * 2 * max_batch * dec.n_kv * dec.max_len * dec.head_dim
+        pool_bytes = (len(dec.layers) * 2 * max_batch * dec.n_kv * context * dec.head_dim
                       * torch.finfo(dec.dtype).bits // 8)
     if not pool_bytes or pool_bytes > POOL_BUDGET:
         if not isinstance(dec, FastLlama):  # the HF module's own cache objects
-            return Decoder(lambda ids, cap: dec.prefill(ids, capacity=cap), dec.step, max_batch, dec.max_len,
+            return Decoder(lambda ids, cap: dec.prefill(ids, capacity=cap), dec.step, max_batch, context,
                            fork=_clone_state)
 
         def lone(ids: list[int], cap: int, adapter: int = 0):
@@ -75,9 +78,9 @@ def torch_decoder(lm, max_batch: int, prefix_cache: PrefixCache | None = None) -
         def lone_many(prompts: list[list[int]], capacities: list[int], adapters: list[int] | None = None):
             out = [lone(ids, cap, a) for ids, cap, a in zip(prompts, capacities, adapters or [0] * len(prompts), strict=True)]
             return [state for state, _ in out], torch.stack([logits for _, logits in out])
-        return Decoder(lone, dec.step, max_batch, dec.max_len, prefill_many=lone_many, fork=_clone_state,
+        return Decoder(lone, dec.step, max_batch, context, prefill_many=lone_many, fork=_clone_state,
                        prefix_cache=prefix_cache)
-    pool = dec.new_pool(max_batch)
+    pool = dec.new_pool(max_batch, context)
     free = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch's slots dense
 
     def prefill(ids: list[int], capacity: int):
@@ -112,7 +115,7 @@ def torch_decoder(lm, max_batch: int, prefix_cache: PrefixCache | None = None) -
         copied.length, copied.adapter = state.length, state.adapter
         return copied
 
-    return Decoder(prefill, dec.step, max_batch, dec.max_len, release, prefill_many, fork, prefix_cache)
+    return Decoder(prefill, dec.step, max_batch, context, release, prefill_many, fork, prefix_cache)
 
 
 def _clone_state(state, capacity: int):
@@ -127,11 +130,11 @@ def _clone_state(state, capacity: int):
     raise TypeError(f"cannot fork a {type(state).__name__}")
 
 
-def llama_cpp_decoder(model, max_batch: int) -> Decoder:
+def llama_cpp_decoder(model, max_batch: int, max_len: int = 0) -> Decoder:
     """A GGUF export on llama.cpp, the running batch in one context (`LlamaCppBatch`)."""
     from llmkit.runtime.llama_cpp import LlamaCppBatch, SeqState
 
-    batch = LlamaCppBatch(model, max_batch)
+    batch = LlamaCppBatch(model, max_batch, max_len=max_len)
     fork = None
     if hasattr(batch._lib, "llama_memory_seq_cp"):  # a binding without it: each choice is prefilled on its own
         def fork(state: SeqState, capacity: int) -> SeqState:

@@ -75,12 +75,13 @@ class LlamaCppBatch:
 
     name = "llama.cpp"
 
-    def __init__(self, model: Model, max_batch: int, threads: int = 0):
+    def __init__(self, model: Model, max_batch: int, threads: int = 0, max_len: int = 0):
         import llama_cpp
         from llama_cpp._utils import suppress_stdout_stderr
 
         config = json.loads((model.path / "config.json").read_text())
-        self.max_len, self.vocab_size, self.max_batch = config["max_position_embeddings"], config["vocab_size"], max_batch
+        self.vocab_size, self.max_batch = config["vocab_size"], max_batch
+        self.max_len = min(config["max_position_embeddings"], max_len or config["max_position_embeddings"])
         self._lib = llama_cpp
         self.llm = open_llama(gguf_file(model), 16)  # the weights; its own small context stays unused
         params = llama_cpp.llama_context_default_params()

@@ -48,6 +48,13 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
     _set_threads(cfg.threads)
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
+    from llmkit.serve.memory_fit import check, needs_of
+
+    fits = check(needs_of(cfg, registry), cfg)  # before anything loads: a configuration that cannot fit is refused
+    if console:
+        console.print(fits)
+    else:
+        log.info(fits)
     models = {}
     adapters = [*cfg.adapters]
     for ref in cfg.models:

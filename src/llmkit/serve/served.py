@@ -70,12 +70,12 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None) -> ServedMod
         workers = cfg.workers or (2 if cpu_cores() >= 2 else 1)
         # One prefix cache per model, shared by its workers: a prefix one computed, the other reuses.
         cache = PrefixCache(cfg.prefix_cache_mb * 2**20) if cfg.prefix_cache_mb else None
-        decoders = [torch_decoder(lm, cfg.max_batch, cache) for _ in range(workers)]
+        decoders = [torch_decoder(lm, cfg.max_batch, cache, cfg.max_context) for _ in range(workers)]
         eos = {lm.config.eos_token_id} if isinstance(lm.config.eos_token_id, int) else set(lm.config.eos_token_id or [])
     elif backend == "llama.cpp":
         # One context holds the whole running batch (a sequence id per request): one decode per step.
         tok = load_tokenizer_for(model)
-        decoders = [llama_cpp_decoder(model, cfg.max_batch) for _ in range(cfg.workers or 1)]
+        decoders = [llama_cpp_decoder(model, cfg.max_batch, cfg.max_context) for _ in range(cfg.workers or 1)]
         config = json.loads((model.path / "config.json").read_text())
         eos = {config["eos_token_id"]} if isinstance(config.get("eos_token_id"), int) else set(config.get("eos_token_id") or [])
     else:

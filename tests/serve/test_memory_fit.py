@@ -1,0 +1,52 @@
+"""Memory fit at start: what each model takes (weights, KV cache of a full batch at full context, prefix cache) is
+stated; a configuration that cannot fit is refused before anything loads, with one line naming a --max-batch or
+--max-context that does fit (checked: the advice, applied, fits)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from llmkit.config import ServeConfig
+from llmkit.errors import UserError
+from llmkit.models.io import resolve_model
+from llmkit.serve.memory_fit import check, need, needs_of
+from tests.conftest import run_cli
+
+
+def test_smollm2_needs_add_up(smollm2):
+    cfg = ServeConfig(models=["smollm2-135m"], max_batch=4, prefix_cache_mb=64)
+    n = need(resolve_model("smollm2-135m"), "torch", "causal", cfg, workers=2)
+    # 30 layers x K and V x 3 KV heads x 64 dims x 4 bytes (fp32) per token, 8,192 tokens, 2 workers x 4 rows
+    assert n.context == 8192 and n.rows == 8
+    assert n.kv == 30 * 2 * 3 * 64 * n.kv_per_sequence // (30 * 2 * 3 * 64) * 8
+    assert n.kv_per_sequence in (30 * 2 * 3 * 64 * 4 * 8192, 30 * 2 * 3 * 64 * 2 * 8192)
+    assert n.prefix == 64 * 2**20 and n.weights > 100 * 2**20
+    capped = need(resolve_model("smollm2-135m"), "torch", "causal", cfg.model_copy(update={"max_context": 1024}), 2)
+    assert capped.kv * 8 == n.kv, "--max-context caps the KV cache"
+
+
+def test_a_configuration_that_cannot_fit_is_refused_with_what_would(smollm2):
+    cfg = ServeConfig(models=["smollm2-135m"], max_batch=64)
+    needs = needs_of(cfg, None)
+    free = sum(n.weights + n.prefix for n in needs) + needs[0].kv // 10  # room for a tenth of the batch's KV
+    with pytest.raises(UserError) as err:
+        check(needs, cfg, free=free)
+    message = str(err.value)
+    assert "\n" not in message and "GiB is available" in message
+    batch = int(re.search(r"--max-batch (\d+)", message).group(1))
+    context = int(re.search(r"--max-context (\d+)", message).group(1))
+    assert 1 <= batch < 64
+    for fix in ({"max_batch": batch}, {"max_context": context}):
+        fixed = cfg.model_copy(update=fix)
+        assert "in all up to" in check(needs_of(fixed, None), fixed, free=free), fix
+
+
+def test_serve_refuses_before_loading(tmp_path, smollm2):
+    proc = run_cli("serve", "smollm2-135m", "--max-batch", "512", "--workers", "2", "--port", "0",
+                   workspace=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr.strip() or proc.stdout.strip()
+    assert "--max-batch" in err and "GiB is available" in err and "Traceback" not in proc.stderr
+    assert "loaded" not in proc.stdout
