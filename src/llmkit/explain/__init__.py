@@ -27,6 +27,7 @@ from llmkit.explain.attribution import (
     run_method,
 )
 from llmkit.explain.faithfulness import deletion_aopc
+from llmkit.explain.pieces import display_groups, merge_attention, merge_matrix, piece_bytes
 
 
 @dataclass
@@ -57,11 +58,12 @@ class Explanation:
     labels: list[str] | None = None
     attentions: np.ndarray | None = field(default=None, repr=False)  # [layers, heads, n, n]
     rollout: np.ndarray | None = field(default=None, repr=False)     # [n, n]
+    pieces: list[int] | None = None  # model tokens behind each shown token (byte pieces of one character join)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in (
             "model", "kind", "method", "text", "tokens", "scores", "normalized", "special", "target", "quantity", "value",
-            "probability", "aopc", "aopc_random", "faithfulness", "seconds", "seconds_total", "warnings")}
+            "probability", "aopc", "aopc_random", "faithfulness", "seconds", "seconds_total", "warnings", "pieces")}
         if self.method == "ig":
             out.update(convergence_delta=self.convergence_delta, baseline_value=self.baseline_value, steps=self.steps)
         if self.method == "occlusion":
@@ -105,15 +107,35 @@ def explain_loaded(model, tokenizer, kind: str, text: str, cfg: ExplainConfig, *
     if value is None:
         value = float(subject.score(subject.ids[None])[0])
     probability = float(np.exp(value)) if subject.quantity == "log_probability" else float(value)
+    shown = _shown_tokens(subject, scores, result.get("attentions"), result.get("rollout"))
+    tokens, scores, special, pieces, attentions, rollout = shown
     return Explanation(
-        model=name, kind=kind, method=cfg.method, text=text, tokens=subject.tokens(),
-        scores=[float(s) for s in scores], normalized=[float(s) for s in normalize(scores, subject.special)],
-        special=subject.special, target=subject.target, quantity=subject.quantity, value=float(value),
+        model=name, kind=kind, method=cfg.method, text=text, tokens=tokens,
+        scores=[float(s) for s in scores], normalized=[float(s) for s in normalize(scores, special)],
+        special=special, pieces=pieces, target=subject.target, quantity=subject.quantity, value=float(value),
         probability=probability, aopc=faith["aopc"], aopc_random=faith["aopc_random"], faithfulness=faith,
         seconds=round(seconds, 4), seconds_total=round(time.perf_counter() - started, 4), warnings=subject.warnings,
         convergence_delta=result.get("convergence_delta"), baseline_value=result.get("f_baseline"),
         steps=result.get("steps"), span=result.get("span"), samples=result.get("samples"), labels=subject.labels,
-        attentions=result.get("attentions"), rollout=result.get("rollout"))
+        attentions=attentions, rollout=rollout)
+
+
+def _shown_tokens(subject: Subject, scores: np.ndarray, attentions, rollout):
+    """The model's tokens as shown: byte pieces of one character joined (see pieces.py), scores summed."""
+    ids = [int(t) for t in subject.ids[: subject.n_shown]]
+    groups = display_groups(piece_bytes(subject.tokenizer, ids), subject.special)
+    names = subject.tokens()
+    tokens = [names[start] if text is None else text for start, _, text in groups]
+    pieces = [end - start for start, end, _ in groups]
+    special = [subject.special[start] for start, _, _ in groups]
+    if len(groups) == len(ids):  # nothing joined
+        return tokens, scores, special, pieces, attentions, rollout
+    merged = np.array([scores[start:end].sum() for start, end, _ in groups], dtype=np.float32)
+    if attentions is not None:
+        membership = merge_matrix(groups, attentions.shape[-1])
+        attentions = merge_attention(attentions, membership).astype(np.float32)
+        rollout = merge_attention(rollout, membership)
+    return tokens, merged, special, pieces, attentions, rollout
 
 
 def load_for_explain(model_ref: str, registry=None):
