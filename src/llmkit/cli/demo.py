@@ -35,6 +35,7 @@ def demo(ctx: Ctx, cfg) -> None:
             console.print(f"run      {s.run_path}  (metrics.jsonl, plots/loss.png, checkpoints/)")
             console.print(f"gguf     {s.gguf}  (llama.cpp; Ollama: the Modelfile beside it)")
             console.print(f"report   {s.report}  (test perplexity {s.evaluation['perplexity']:.2f}, "
+                          f"{s.evaluation['bits_per_byte']:.3f} bits per byte, "
                           f"{s.evaluation['decode_tokens_per_s']:.0f} tokens/s)")
         if (r := result.real) is not None:
             console.print("[bold]a real chat model[/bold]")
@@ -45,7 +46,9 @@ def demo(ctx: Ctx, cfg) -> None:
             console.print(result.skipped)
         console.print("next:")
         if (s := result.scratch) is not None:
-            console.print(f"  llmkit generate {s.model.split(':')[0]} --prompt 'def main():' --max-new-tokens 120")
+            prompt = s.samples[0]["prompt"] if not s.samples[0]["prompt"].isascii() else "def main():"  # a poem's opening
+            console.print(f"  llmkit generate {s.model.split(':')[0]} --prompt '{prompt}' --max-new-tokens 120",
+                          markup=False, highlight=False)
             console.print(f"  llmkit data report {s.dataset.split(':')[0]}")
         if (r := result.real) is not None:
             console.print(f"  llmkit chat {r.model.split(':')[0]}")

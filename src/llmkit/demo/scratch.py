@@ -22,6 +22,9 @@ from llmkit.workspace import Workspace, atomic_write_bytes
 
 CORPUS_CHARS = 4_000_000  # enough for a model to learn Python's shape in minutes, quick to prepare
 PROMPTS = ["def ", "import os\n", "class "]
+# For Chinese or Japanese text: the openings of poem lines, the same in simplified and traditional script.
+CJK_PROMPTS = ["明月", "白日依山", "青山"]
+CJK_SAMPLE_RECORDS = 300  # records of --data read to decide whether it is mostly CJK text
 DEMO_MODEL = dict(preset="nano", context=128, batch_size=16, lr=2e-3, min_lr=2e-4, weight_decay=0.1)
 
 
@@ -63,6 +66,17 @@ def stdlib_corpus(target: Path, max_chars: int = CORPUS_CHARS) -> Path:
     return target
 
 
+def is_mostly_cjk(source: Path) -> bool:
+    """Whether the first records of `source` are mostly Chinese or Japanese text (as the BPE trainer decides)."""
+    from itertools import islice
+
+    from llmkit.data.ingest import iter_records
+    from llmkit.data.tokenizer import CJK_SHARE, cjk_share
+
+    records = islice(iter_records([str(source)], task="lm", skip_bad=True), CJK_SAMPLE_RECORDS)
+    return cjk_share([r["text"] for r in records]) >= CJK_SHARE
+
+
 def _seconds_per_step(cfg: PretrainConfig, vocab: int) -> float:
     """Time a few real training steps of the demo model, to fit max_steps into the time budget."""
     from llmkit.models.llama import Llama
@@ -90,12 +104,18 @@ def scratch_act(cfg: DemoConfig, ws: Workspace, registry: Registry, console=None
 
     say = console.print if console is not None else (lambda *a, **k: None)
 
+    prompts = PROMPTS
     if cfg.data:
         source = Path(cfg.data).expanduser()
         if not source.exists():
             raise UserError(f"demo.data = '{cfg.data}': no such file or folder")
+        cjk = is_mostly_cjk(source)
+        # Characters as tokens for Chinese: a 2k byte-level BPE would cut most of the ~5,000 characters of a
+        # poetry corpus into bytes (samples with broken characters), and one token per character keeps every
+        # sample valid text whatever the model draws. English and code keep the BPE.
         data_cfg = DataConfig(inputs=[str(source)], name="demo-" + source.stem.replace(".", "-"), task="lm",
-                              tokenizer="bpe:2048", doc_split="file")
+                              tokenizer="char" if cjk else "bpe:2048", doc_split="file")
+        prompts = CJK_PROMPTS if cjk else PROMPTS
     else:
         corpus = stdlib_corpus(ws.root / "demo" / "stdlib.jsonl")
         data_cfg = DataConfig(inputs=[str(corpus)], name="demo-stdlib", task="lm", tokenizer="bpe:2048", text_field="text")
@@ -119,14 +139,14 @@ def scratch_act(cfg: DemoConfig, ws: Workspace, registry: Registry, console=None
     say("[bold]3/5 samples[/bold]")
     lm, tok = load_causal_lm(model)
     samples = []
-    for i, prompt in enumerate(PROMPTS):
+    for i, prompt in enumerate(prompts):
         out = generate(lm, tok, prompt, max_new_tokens=80, temperature=0.7, top_k=50, seed=i)
         samples.append({"prompt": prompt, "completion": out.text})
         if console is not None:
             console.rule(f"prompt {prompt!r}")
             console.print(prompt + out.text, markup=False, highlight=False)
 
-    explanation = _explain_one(lm, tok, PROMPTS[1] + samples[1]["completion"][:60], console)
+    explanation = _explain_one(lm, tok, prompts[1] + samples[1]["completion"][:60], console)
 
     from llmkit.config import BenchModelConfig, EvalConfig
     from llmkit.eval import bench_model, evaluate
