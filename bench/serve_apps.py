@@ -227,7 +227,7 @@ def prepare(ws: Path) -> dict:
 
 def peer_ready() -> None:
     try:
-        import llama_cpp.server  # noqa: F401
+        import llama_cpp.server.app  # noqa: F401  (the server module imports; its app needs the extras)
     except ImportError:
         print("installing the peer's server packages into this environment (pydantic-settings, starlette-context)")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "pydantic-settings", "starlette-context"],
