@@ -40,12 +40,14 @@ def _register() -> None:
         promote,
         serve,
         train,
+        tune,
     )
 
     core.register(app)
     importing.register(app)
     app.add_typer(data.app, name="data")
     app.add_typer(train.app, name="train")
+    tune.register(app)
     app.add_typer(audit.app, name="audit")
     generate.register(app)
     predict.register(app)

@@ -129,6 +129,10 @@ def show(
     if show_alias(ctx, ref):
         return
     rec = ctx.registry.get(ref)
+    from llmkit.cli.tune import show_study
+
+    if show_study(ctx, rec):  # a study: its best trials as a table
+        return
     parents = [{"relation": rel, "id": p.id, "type": p.type, "ref": p.ref} for rel, p in ctx.registry.parents(rec.id)]
     children = [{"relation": rel, "id": c.id, "type": c.type, "ref": c.ref} for rel, c in ctx.registry.children(rec.id)]
     result = {**rec.to_json(), "parents": parents, "children": children}

@@ -373,3 +373,64 @@ SECTIONS: dict[str, type[Section]] = {
     "privacy": PrivacyAuditConfig,
     "demo": DemoConfig,
 }
+
+# Search spaces `llmkit tune` uses when no --space file is given: config key -> {float|log-float|int|categorical: ...}.
+# Ranges that suit small data on a CPU; a key absent here keeps the stage's own default.
+DEFAULT_TUNE_SPACES: dict[str, dict[str, dict[str, list]]] = {
+    "pretrain": {"lr": {"log-float": [3e-4, 3e-3]}, "warmup_steps": {"int": [0, 100]},
+                 "weight_decay": {"float": [0.0, 0.2]}, "batch_size": {"categorical": [8, 16, 32]}},
+    "sft": {"lr": {"log-float": [5e-5, 1e-3]}, "lora.r": {"categorical": [4, 8, 16]},
+            "lora.alpha": {"categorical": [8.0, 16.0, 32.0]}, "warmup_ratio": {"float": [0.0, 0.1]},
+            "epochs": {"int": [1, 3]}},
+    "classify": {"lr": {"log-float": [1e-5, 3e-4]}, "batch_size": {"categorical": [8, 16, 32]},
+                 "weight_decay": {"float": [0.0, 0.1]}, "warmup_ratio": {"float": [0.0, 0.2]},
+                 "epochs": {"int": [1, 4]}},
+}
+
+
+class TuneSpacesConfig(Section):
+    pretrain: dict[str, Any] = Field(default_factory=lambda: DEFAULT_TUNE_SPACES["pretrain"], description="search space of `llmkit tune pretrain` without --space")
+    sft: dict[str, Any] = Field(default_factory=lambda: DEFAULT_TUNE_SPACES["sft"], description="search space of `llmkit tune sft` without --space")
+    classify: dict[str, Any] = Field(default_factory=lambda: DEFAULT_TUNE_SPACES["classify"], description="search space of `llmkit tune classify` without --space")
+
+
+def duration_s(text: str) -> float:
+    """'90s', '30m', '1.5h' or a plain number of seconds, in seconds."""
+    text = text.strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:])
+    try:
+        seconds = float(text[:-1]) * scale if scale else float(text)
+    except ValueError:
+        raise ValueError("a duration is a number of seconds or one like 90s, 30m, 2h") from None
+    if not seconds > 0:
+        raise ValueError("a duration must be more than 0 seconds")
+    return seconds
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        duration_s(value)  # kept as written (the flag reads '30m'); checked here
+    return value
+
+
+class TuneConfig(Section):
+    stage: Literal["pretrain", "sft", "classify"] = Field("classify", description="the stage whose config is searched")
+    data: str | None = Field(None, description="registry name of the dataset every trial trains on")
+    base: str | None = Field(None, description="the model sft and classify start from (default: the stage's own default)")
+    space: str | None = Field(None, description="YAML search space: each config key of the stage mapped to a float, log-float or int range (low, high) or to categorical choices; empty = the stage's default space (llmkit config show tune)")
+    trials: int = Field(20, ge=1, description="trials in the study, counted over every process working on it")
+    timeout: Annotated[str | None, BeforeValidator(_duration)] = Field(None, description="time budget (90s, 30m, 2h): no trial starts after it, a running one is stopped at its next step and counted as pruned")
+    metric: str | None = Field(None, description="evaluation metric to optimise (default: the stage's: val_loss for pretrain and sft, val_macro_f1 for classify)")
+    direction: Literal["max", "min"] | None = Field(None, description="max or min (default: min for losses and perplexities, else max)")
+    study: str | None = Field(None, description="study name: the same name and storage continue one study, from any number of processes or machines (default: tune-<stage>-<data>)")
+    storage: str | None = Field(None, description="SQLAlchemy URL of the Optuna storage (default: the registry's database; PostgreSQL for several machines)")
+    workers: int = Field(1, ge=1, le=64, description="trial processes on this machine, the cores split between them")
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="stop poor trials early from their evaluations: median (below the median of earlier trials at the same evaluation), hyperband, or none")
+    startup_trials: int = Field(2, ge=0, description="trials completed before the median pruner prunes anything")
+    keep_trials: bool = Field(False, description="keep every trial's weights (default: only the best trial's model is kept)")
+    heartbeat: int = Field(10, ge=1, description="seconds between a running trial's heartbeats; a trial silent for two is marked failed (its worker died)")
+    seed: int = Field(0, description="seed of the TPE sampler (each local worker adds its index)")
+    spaces: TuneSpacesConfig = Field(default_factory=TuneSpacesConfig, description="default search spaces per stage")
+
+
+SECTIONS["tune"] = TuneConfig

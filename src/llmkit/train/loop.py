@@ -20,8 +20,9 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,20 @@ def plot_losses(metrics: list[dict[str, Any]], out: Path) -> Path | None:
 
 # -- the loop --------------------------------------------------------------------------------------
 
+# Called after every step of any run in this context as watcher(run_id, step, evaluation or None);
+# `llmkit tune` reports evaluations to Optuna here and ends a pruned trial by raising from it, so no
+# trainer has to pass a callback through its own signature.
+_watchers: ContextVar[tuple[Callable[[str, int, dict[str, float] | None], None], ...]] = ContextVar("watchers", default=())
+
+
+@contextmanager
+def watching(watcher: Callable[[str, int, dict[str, float] | None], None]) -> Iterator[None]:
+    token = _watchers.set((*_watchers.get(), watcher))
+    try:
+        yield
+    finally:
+        _watchers.reset(token)
+
 
 @dataclass
 class Job:
@@ -373,6 +388,12 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
             if interrupted and step < job.total_steps:
                 metrics.close()
                 raise TrainingInterrupted(step, run_id, job.stage)
+            try:
+                for watcher in _watchers.get():
+                    watcher(run_id, step, last_eval if at_eval or step == job.total_steps or out_of_time else None)
+            except BaseException:  # a watcher ending the run (a pruned trial) leaves the log closed
+                metrics.close()
+                raise
             if stopped_early or out_of_time:
                 break
 

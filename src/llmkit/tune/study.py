@@ -1,0 +1,291 @@
+"""`llmkit tune STAGE`: a hyper-parameter study on Optuna, its trials registered runs of the stage.
+
+`tune(cfg)` checks everything first (stage, dataset, space, metric, storage: a mistake is one line and
+nothing is registered), then opens the Optuna study in the registry's own database (or `storage`), so
+processes on several machines given the same study name and URL work on one study. It registers the
+study (a `run` record of kind `study`), runs trials (here, or in `workers` processes each given its share
+of the cores), and at the end registers which trial won: the best trial's model stays, linked to the
+study (`best_model`); the other trials' weights are gone unless `keep_trials`.
+
+A worker killed mid-trial stops its heartbeat: any process of the study then marks that trial FAIL
+(Optuna's stale-trial check), so no trial stays RUNNING and none is run twice (retries are off).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from llmkit.config import TuneConfig, duration_s, validate_section
+from llmkit.errors import UserError
+from llmkit.registry import Registry, check_name, default_name
+from llmkit.runtime.threads import cpu_cores
+from llmkit.tune.space import Param, read_space
+from llmkit.tune.trials import (
+    DATASET_KIND,
+    DEFAULT_METRIC,
+    PER_LABEL_METRICS,
+    STAGE_METRICS,
+    TrialSetup,
+    drop_beaten_models,
+    drop_run_weights,
+    mark_run,
+)
+from llmkit.workspace import Workspace
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+@dataclass
+class StudyResult:
+    name: str
+    record_id: str
+    folder: Path
+    metric: str
+    direction: str
+    states: dict[str, int]                      # complete / pruned / fail -> count
+    best: dict[str, Any] | None                 # number, value, params, run_id, model (ref)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Plan:
+    """A checked study: everything a trial process needs, written as JSON for worker processes."""
+
+    stage: str
+    body: dict[str, Any]
+    space: dict[str, Any]                       # as written, re-read (and re-checked) by every worker
+    metric: str
+    direction: str
+    study: str
+    storage: str
+    registry_url: str
+    workspace: str
+    trials: int
+    deadline: float | None
+    pruner: str
+    startup_trials: int
+    heartbeat: int
+    seed: int
+    keep_trials: bool
+    record_id: str = ""
+
+
+def tune(cfg: TuneConfig, stage_cfg=None, ws: Workspace | None = None, registry: Registry | None = None,
+         console=None) -> StudyResult:
+    """Run (or join) the study `cfg` describes; `stage_cfg` is the stage's section every trial starts from."""
+    ws = ws or Workspace.open()
+    registry = registry or Registry.for_workspace(ws.root)
+    started = time.time()
+    plan, params = check(cfg, stage_cfg, ws, registry)
+    study = open_study(plan)
+    plan.record_id = study_record(plan, study, ws, registry)
+    say = console.print if console is not None else (lambda *_: None)
+    say(f"study [bold]{plan.study}[/bold]: {plan.stage} on {plan.body.get('data')}, {plan.trials} trials, "
+        f"{plan.metric} ({plan.direction}), {len(params)} parameters: " + "; ".join(p.describe() for p in params))
+    if cfg.workers == 1:
+        run_trials(plan, params, ws, registry, worker=0, say=say)
+    else:
+        run_workers(plan, cfg.workers, ws, say)
+    return finish(plan, study, ws, registry, started, say)
+
+
+def check(cfg: TuneConfig, stage_cfg, ws: Workspace, registry: Registry) -> tuple[Plan, list[Param]]:
+    """Every mistake a user can make, found before anything is registered."""
+    stage = cfg.stage
+    body = dict(stage_cfg.model_dump()) if stage_cfg is not None else {}
+    if cfg.data:
+        body["data"] = cfg.data
+    if cfg.base:
+        if stage == "pretrain":
+            raise UserError("tune pretrain: --base is for sft and classify; pretraining starts from scratch")
+        body["base"] = cfg.base
+    body = validate_section(stage, body).model_dump()
+    if not body.get("data"):
+        raise UserError(f"tune {stage}: --data is not set; pass the dataset every trial trains on (llmkit ls datasets)")
+    from llmkit.data.dataset import open_dataset
+
+    ds = open_dataset(registry, body["data"])
+    if ds.kind != DATASET_KIND[stage]:
+        raise UserError(f"tune {stage}: dataset {ds.ref} is a '{ds.kind}' dataset; {stage} needs one prepared with --task {DATASET_KIND[stage]}")
+    if body.get("base"):
+        from llmkit.models.io import resolve_model
+
+        resolve_model(body["base"], registry)
+    space_source = cfg.space or cfg.spaces.model_dump()[stage]
+    params = read_space(cfg.space, stage, cfg.spaces.model_dump())
+    if any(p.key in ("name", "resume", "data") for p in params):
+        raise UserError(f"{cfg.space or 'the space'}: name, resume and data are set by tune, not searched; remove them")
+    metric = cfg.metric or DEFAULT_METRIC[stage]
+    reported = list(STAGE_METRICS[stage])
+    if stage == "classify":
+        labels = sorted({r["label"] for r in ds.records("train")})
+        reported += [f"{prefix}{label}" for prefix in PER_LABEL_METRICS for label in labels]
+    if metric not in reported:
+        raise UserError(f"tune {stage}: --metric {metric} is not reported by {stage}'s evaluation; it reports {', '.join(reported)}")
+    direction = cfg.direction or ("min" if metric.endswith(("loss", "ppl")) else "max")
+    study = check_name(cfg.study, "study", "--study") if cfg.study else default_name(f"tune-{stage}-{ds.name}")
+    storage = cfg.storage or registry.url
+    plan = Plan(stage, body, _as_written(space_source), metric, direction, study, storage, registry.url, str(ws.root),
+                cfg.trials, time.time() + duration_s(cfg.timeout) if cfg.timeout else None, cfg.pruner,
+                cfg.startup_trials, cfg.heartbeat, cfg.seed, cfg.keep_trials)
+    return plan, params
+
+
+def _as_written(source: Any) -> Any:
+    if isinstance(source, str):
+        import yaml
+
+        return yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+    return source
+
+
+def storage_for(plan: Plan) -> optuna.storages.RDBStorage:
+    import warnings
+
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if plan.storage.startswith("sqlite") else {"pool_pre_ping": True}
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words; we rely on them
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return optuna.storages.RDBStorage(plan.storage, engine_kwargs=kwargs, heartbeat_interval=plan.heartbeat,
+                                              grace_period=2 * plan.heartbeat)
+        except Exception as err:  # a bad URL, an unreachable server, a missing driver
+            raise UserError(f"--storage: cannot open '{plan.storage.split('@')[-1]}' as an Optuna storage "
+                            f"({' '.join(str(err).split())[:200]}); use the registry's sqlite:/// or postgresql+psycopg:// URL") from None
+
+
+def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = storage_for(plan)
+    # TPE with a constant liar: parallel workers do not all draw around the same running trial. Each
+    # local worker has its own seed, so two never start from the same random draws.
+    sampler = optuna.samplers.TPESampler(seed=plan.seed + worker, constant_liar=True,
+                                         n_startup_trials=max(2, min(10, plan.trials // 3)))
+    pruner: optuna.pruners.BasePruner = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=plan.startup_trials, n_warmup_steps=0),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
+        "none": optuna.pruners.NopPruner}[plan.pruner]()
+    study = optuna.create_study(study_name=plan.study, storage=storage, sampler=sampler, pruner=pruner,
+                                direction="maximize" if plan.direction == "max" else "minimize", load_if_exists=True)
+    attrs = study.user_attrs
+    mine = {"stage": plan.stage, "metric": plan.metric, "data": plan.body.get("data")}
+    if not attrs:
+        for key, value in mine.items():
+            study.set_user_attr(key, value)
+    elif any(attrs.get(k) != v for k, v in mine.items()) or study.direction.name.lower()[:3] != plan.direction:
+        raise UserError(f"study '{plan.study}' already exists for {attrs.get('stage')} on {attrs.get('data')} "
+                        f"optimising {attrs.get('metric')} ({study.direction.name.lower()}); give another --study name")
+    return study
+
+
+def study_record(plan: Plan, study: optuna.Study, ws: Workspace, registry: Registry) -> str:
+    """The study's registry record (a run of kind 'study', found again by every process that joins)."""
+    record_id = study.user_attrs.get("record_id")
+    if record_id and registry.find(record_id, "run") is not None:
+        return record_id
+    folder = ws.folder("runs", f"{plan.study}-study")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "space.yaml").write_text(__import__("yaml").safe_dump(plan.space, sort_keys=False))
+    rec = registry.add("run", plan.study, kind="study", path=folder,
+                       params={"stage": plan.stage, "data": plan.body.get("data"), "metric": plan.metric,
+                               "direction": plan.direction, "trials": plan.trials, "space": plan.space,
+                               "storage": plan.storage.split("@")[-1]},
+                       parents=[(ds.id, "tuned_on")] if (ds := registry.find(plan.body["data"], "dataset")) else [])
+    study.set_user_attr("record_id", rec.id)
+    return rec.id
+
+
+def trial_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False))
+
+
+def run_trials(plan: Plan, params: list[Param], ws: Workspace, registry: Registry, worker: int, say) -> None:
+    """This process's trials, until the study holds `trials` (counted over all processes) or time is up."""
+    study = open_study(plan, worker)
+    setup = TrialSetup(plan.stage, plan.body, params, plan.metric, plan.study, plan.record_id, ws, registry,
+                       plan.keep_trials, plan.deadline, on_end=say)
+    while trial_count(study) < plan.trials and (plan.deadline is None or time.time() < plan.deadline):
+        # One trial per call: the count above is read again before each, so processes sharing the study
+        # stop together at its total; Optuna fails stale trials at the start of each.
+        study.optimize(setup.objective, n_trials=1, catch=(Exception,),
+                       callbacks=[] if plan.keep_trials else [lambda s, _t: drop_beaten_models(s, registry)])
+
+
+def run_workers(plan: Plan, workers: int, ws: Workspace, say) -> None:
+    """`workers` processes on this machine, each with cores // workers threads."""
+    folder = ws.folder("runs", f"{plan.study}-study")
+    spec = folder / "plan.json"
+    spec.write_text(json.dumps(plan.__dict__))
+    threads = max(1, cpu_cores() // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "LLMKIT_TUNE_THREADS": str(threads)}
+    procs = []
+    for i in range(workers):
+        log = open(folder / f"worker-{i}.log", "a")
+        procs.append(subprocess.Popen([sys.executable, "-m", "llmkit.tune.worker", str(spec), str(i)], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+    say(f"{workers} worker processes ({threads} threads each): {', '.join(str(p.pid) for p in procs)}; logs in {folder}")
+    for p in procs:
+        p.wait()
+
+
+def finish(plan: Plan, study: optuna.Study, ws: Workspace, registry: Registry, started: float, say) -> StudyResult:
+    """Wait until no trial is RUNNING (a dead worker's goes stale, then FAIL), then register the outcome."""
+    import warnings
+
+    from optuna.storages import fail_stale_trials
+
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if not running:
+            break
+        time.sleep(min(plan.heartbeat, 2))
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:  # a trial whose process died never wrote its state on its run
+        run_id = t.user_attrs.get("run_id")
+        if t.state == optuna.trial.TrialState.FAIL and run_id:
+            rec = registry.find(run_id, "run")
+            if rec is not None and rec.metrics.get("tune_state") in (None, "running"):
+                mark_run(registry, run_id, plan.study, t.number, "failed", t.params, None, "its worker stopped (heartbeat lost)")
+                if not plan.keep_trials:
+                    drop_run_weights(registry, run_id)
+    if not plan.keep_trials:
+        drop_beaten_models(study, registry)
+    states = {s.name.lower(): sum(t.state == s for t in trials) for s in FINISHED}
+    best = None
+    try:
+        b = study.best_trial
+        model_id = b.user_attrs.get("model_id")
+        model = registry.find(model_id, "model") if model_id else None
+        if model is not None:
+            registry.link(model.id, plan.record_id, "best_of")
+        best = {"number": b.number, "value": b.value, "params": b.params, "run_id": b.user_attrs.get("run_id"),
+                "model": model.ref if model else None, "model_id": model_id}
+    except ValueError:
+        say("[yellow]no trial completed[/yellow]: nothing to keep; raise --timeout or --trials, or narrow the space")
+    from llmkit.tune.reports import best_rows, write_reports
+
+    folder = ws.folder("runs", f"{plan.study}-study")
+    reports = [str(p) for p in write_reports(study, folder, plan.metric)]
+    rows = best_rows(study, plan.metric, 10)
+    registry.update_metrics(plan.record_id, {"states": states, "best": best, "best_trials": rows, "reports": reports,
+                                             "metric": plan.metric, "direction": plan.direction})
+    result = StudyResult(plan.study, plan.record_id, folder, plan.metric, plan.direction, states, best, rows, reports,
+                         round(time.time() - started, 1))
+    if best is not None:
+        say(f"best: trial {best['number']} {plan.metric} {best['value']:.4f} with {best['params']}; model {best['model']}")
+    say(f"{len(trials)} trials ({', '.join(f'{v} {k}' for k, v in states.items())}); reports in {folder}")
+    return result

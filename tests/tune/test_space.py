@@ -1,0 +1,65 @@
+"""Search spaces: the YAML forms read into Optuna distributions, and every mistake one line before any trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from llmkit.config import DEFAULT_TUNE_SPACES, render_defaults
+from llmkit.errors import UserError
+from llmkit.tune.space import read_space, with_values
+
+
+def test_each_kind_becomes_its_optuna_distribution(tmp_path: Path):
+    path = tmp_path / "space.yaml"
+    path.write_text("lr: {log-float: [1.0e-5, 1.0e-3]}\nwarmup_ratio: {float: [0.0, 0.2], step: 0.05}\n"
+                    "epochs: {int: [1, 4]}\nbatch_size: {categorical: [8, 16]}\nlora.r: {categorical: [4, 8]}\n")
+    params = read_space(path, "classify")
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    values = {p.key: p.suggest(trial) for p in params}
+    d = trial.distributions
+    assert d["lr"] == optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
+    assert d["warmup_ratio"] == optuna.distributions.FloatDistribution(0.0, 0.2, step=0.05)
+    assert d["epochs"] == optuna.distributions.IntDistribution(1, 4)
+    assert d["batch_size"] == optuna.distributions.CategoricalDistribution([8, 16])
+    assert with_values({"lora": {"alpha": 16.0}}, {"lora.r": values["lora.r"]}) == {"lora": {"alpha": 16.0, "r": values["lora.r"]}}
+
+
+@pytest.mark.parametrize(("space", "says"), [
+    ({"lrr": {"float": [0.1, 0.2]}}, "unknown classify key 'lrr' (did you mean 'lr'?)"),
+    ({"lora.rr": {"int": [1, 8]}}, "unknown classify key 'lora.rr' (did you mean 'lora.r'?)"),
+    ({"lr": {"float": [0.01, 0.001]}}, "the range [0.01, 0.001] is empty"),
+    ({"lr": {"float": [0.01, 0.01]}}, "is empty"),
+    ({"epochs": {"int": [3, 2]}}, "the range [3, 2] is empty"),
+    ({"batch_size": {"categorical": []}}, "non-empty list of choices"),
+    ({"lr": {"log-float": [0.0, 0.1]}}, "log-float needs low > 0"),
+    ({"lr": {"float": [0.1, 2.0]}}, "lr = 2.0 is not a valid classify value"),
+    ({"lr": {"uniform": [0.1, 0.2]}}, "give one of float, log-float, int, categorical"),
+    ({"lora": {"int": [1, 8]}}, "'lora' is a group of keys"),
+    ({"name": {"categorical": ["a", "b"]}}, None),  # refused by tune (set per trial), not by the space reader
+], ids=lambda v: str(v)[:40])
+def test_a_bad_space_is_one_line_naming_the_key(space: dict, says: str | None):
+    if says is None:
+        assert read_space(space, "classify")
+        return
+    with pytest.raises(UserError) as err:
+        read_space(space, "classify")
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_space_file_that_is_not_yaml_or_absent_is_named(tmp_path: Path):
+    with pytest.raises(UserError, match="file not found"):
+        read_space(tmp_path / "nope.yaml", "pretrain")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: {float: [0.1, 0.2\n")
+    with pytest.raises(UserError, match=r"bad.yaml:\d+: invalid YAML"):
+        read_space(bad, "pretrain")
+
+
+def test_default_spaces_are_valid_and_shown_by_config_show():
+    for stage, space in DEFAULT_TUNE_SPACES.items():
+        assert [p.key for p in read_space(None, stage, DEFAULT_TUNE_SPACES)] == list(space)
+    shown = render_defaults("tune")
+    assert "spaces:" in shown and "classify: {" in shown and "log-float" in shown

@@ -1,0 +1,105 @@
+"""`llmkit tune` on real tiny pretraining runs: trials are registered runs with their state, the study a
+record, the best model kept and linked, the rest of the weights gone; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from llmkit.config import DataConfig, TuneConfig
+from llmkit.data.pipeline import prepare
+from llmkit.registry import Registry
+from llmkit.tune import tune
+from llmkit.tune.space import read_space
+from llmkit.tune.trials import TrialSetup
+from llmkit.workspace import Workspace
+from tests.conftest import tiny_config
+
+SPACE = "lr: {log-float: [1.0e-3, 1.0e-2]}\nwarmup_steps: {int: [0, 4]}\n"
+
+
+@pytest.fixture(scope="module")
+def ws_root(tmp_path_factory, shared_data: Path) -> Path:
+    root = tmp_path_factory.mktemp("tune-ws")
+    (root / "s.txt").write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[:40_000])
+    ws = Workspace.open(root)
+    prepare(DataConfig(inputs=[str(root / "s.txt")], name="tiny", task="lm", tokenizer="char", doc_split="blank-line",
+                       splits={"val": 0.1, "test": 0.05}), ws, Registry.for_workspace(ws.root))
+    (root / "space.yaml").write_text(SPACE)
+    return root
+
+
+def _cli(monkeypatch, capsys, root: Path, *args: str) -> tuple[int, str, str]:
+    from llmkit.cli import main
+
+    monkeypatch.setenv("LLMKIT_HOME", str(root))
+    monkeypatch.setattr(sys, "argv", ["llmkit", *args])
+    with pytest.raises(SystemExit) as ex:
+        main()
+    out = capsys.readouterr()
+    return ex.value.code, out.out, out.err
+
+
+def test_a_study_registers_every_trial_and_keeps_only_the_best_model(ws_root: Path, monkeypatch, capsys):
+    ws = Workspace.open(ws_root)
+    registry = Registry.for_workspace(ws.root)
+    cfg = TuneConfig(stage="pretrain", data="tiny", space=str(ws_root / "space.yaml"), trials=3, study="pt", startup_trials=1)
+    result = tune(cfg, tiny_config(max_steps=8, eval_every=4, checkpoint_every=4), ws, registry)
+
+    assert sum(result.states.values()) == 3 and result.states["complete"] >= 1
+    trials = [r for rel, r in registry.children(result.record_id) if rel == "trial_of"]
+    assert len(trials) == 3 and {r.type for r in trials} == {"run"}
+    for run in trials:
+        assert run.metrics["tune_state"] in ("complete", "pruned") and run.metrics["tune_study"] == "pt"
+        assert set(run.metrics["tune_params"]) == {"lr", "warmup_steps"}
+        assert not (Path(run.path) / "checkpoints").exists() and not (Path(run.path) / "best").exists()
+    best_models = [r for rel, r in registry.children(result.record_id) if rel == "best_of"]
+    assert [m.id for m in best_models] == [result.best["model_id"]] and Path(best_models[0].path).is_dir()
+    assert [m.id for m in registry.list("model")] == [result.best["model_id"]]  # the beaten trials' models are gone
+    assert len(list((ws_root / "models").iterdir())) == 1
+    assert (result.folder / "history.png").stat().st_size > 1000
+    best_run = registry.get(result.best["run_id"], "run")
+    assert best_run.metrics["tune_value"] == pytest.approx(result.best["value"])
+
+    code, out, _ = _cli(monkeypatch, capsys, ws_root, "show", "pt")
+    assert code == 0 and "best trials by val_loss" in out and f"best model {best_models[0].ref}" in out
+
+
+def test_a_pruned_trial_stops_at_its_evaluation_and_is_recorded_pruned(ws_root: Path):
+    ws = Workspace.open(ws_root)
+    registry = Registry.for_workspace(ws.root)
+    study_rec = registry.add("run", "pruning-study", kind="study")
+    # Optuna's threshold pruner: any val_loss above 0 stops the trial at its first report.
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    setup = TrialSetup("pretrain", tiny_config(max_steps=12, eval_every=3, checkpoint_every=3).model_dump(),
+                       read_space(ws_root / "space.yaml", "pretrain"), "val_loss", "pruning", study_rec.id, ws, registry)
+    study.optimize(setup.objective, n_trials=1)
+
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED and list(trial.intermediate_values) == [1]
+    run = registry.get(trial.user_attrs["run_id"], "run")
+    assert run.metrics["tune_state"] == "pruned" and "evaluation 1 (step 3)" in run.metrics["tune_note"]
+    steps = [row["step"] for row in map(__import__("json").loads, (Path(run.path) / "metrics.jsonl").read_text().splitlines())]
+    assert max(steps) == 3  # the run ended at the evaluation that pruned it
+    assert registry.find("pruning-t0", "model") is None
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--space", "bad-key.yaml"], "unknown pretrain key 'lrr' (did you mean 'lr'?)"),
+    (["--space", "empty-range.yaml"], "the range [0.01, 0.001] is empty"),
+    (["--metric", "val_accuracy"], "--metric val_accuracy is not reported by pretrain's evaluation; it reports val_loss, val_ppl"),
+    (["--data", "nope"], "nope"),
+], ids=["unknown-key", "empty-range", "unreported-metric", "unknown-dataset"])
+def test_bad_input_is_one_line_exit_2_and_registers_nothing(ws_root: Path, monkeypatch, capsys, args, says):
+    (ws_root / "bad-key.yaml").write_text("lrr: {float: [0.1, 0.2]}\n")
+    (ws_root / "empty-range.yaml").write_text("lr: {float: [0.01, 0.001]}\n")
+    monkeypatch.chdir(ws_root)
+    before = len(Registry.for_workspace(ws_root).list())
+    base = ["tune", "pretrain", "--data", "tiny", "--trials", "2", "--study", "never"]
+    code, _, err = _cli(monkeypatch, capsys, ws_root, *base, *args)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and says in err and "Traceback" not in err
+    assert len(Registry.for_workspace(ws_root).list()) == before
