@@ -154,14 +154,19 @@ def storage_for(plan: Plan) -> optuna.storages.RDBStorage:
     import warnings
 
     kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if plan.storage.startswith("sqlite") else {"pool_pre_ping": True}
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words; we rely on them
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(plan.storage, engine_kwargs=kwargs, heartbeat_interval=plan.heartbeat,
-                                              grace_period=2 * plan.heartbeat)
-        except Exception as err:  # a bad URL, an unreachable server, a missing driver
-            raise UserError(f"--storage: cannot open '{plan.storage.split('@')[-1]}' as an Optuna storage "
-                            f"({' '.join(str(err).split())[:200]}); use the registry's sqlite:/// or postgresql+psycopg:// URL") from None
+    for attempt in range(5):
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words; we rely on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(plan.storage, engine_kwargs=kwargs, heartbeat_interval=plan.heartbeat,
+                                                  grace_period=2 * plan.heartbeat)
+            except Exception as err:  # a bad URL, an unreachable server, a missing driver
+                if "already exists" in str(err) and attempt < 4:  # another process made Optuna's tables meanwhile
+                    time.sleep(0.5)
+                    continue
+                raise UserError(f"--storage: cannot open '{plan.storage.split('@')[-1]}' as an Optuna storage "
+                                f"({' '.join(str(err).split())[:200]}); use the registry's sqlite:/// or postgresql+psycopg:// URL") from None
+    raise AssertionError("unreachable")
 
 
 def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
