@@ -79,7 +79,7 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
 
     cfg = cfg or BiasAuditConfig()
     start = time.perf_counter()
-    groups = term_groups(cfg.terms, cfg.groups)  # a bad terms file fails before any model loads
+    term_groups(cfg.terms)  # a bad terms file fails before any model loads
     if registry is None and (cfg.data or not Path(model_ref).is_dir()):
         ws = ws or Workspace.open()
         registry = Registry.for_workspace(ws.root)
@@ -94,6 +94,9 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
     if kind != "classifier":
         raise UserError(f"{model.ref} is an encoder without a task head: the bias audit covers classifiers and causal "
                         "language models")
+    # The groups are checked here, not before: a language model's groups include those of its pairs (age,
+    # and region in Chinese), which are not term groups.
+    groups = term_groups(cfg.terms, cfg.groups)
     records, split = _records(registry, cfg) if cfg.data else ([], None)
 
     # Originals: (text, gold label or None, source) per group; every group sees the same pool of texts.

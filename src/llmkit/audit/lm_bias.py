@@ -22,9 +22,11 @@ from typing import Any
 
 import torch
 
+from llmkit.audit.language import model_language
 from llmkit.audit.likelihood import continue_batch, token_log_probs
 from llmkit.audit.pairs import paired_sentences
-from llmkit.audit.terms import TermGroup, term_groups
+from llmkit.audit.pairs_zh import NEGATIVE_ZH, PAIRS_ZH, POSITIVE_ZH, SUBJECTS_ZH, TEMPLATES_ZH
+from llmkit.audit.terms import TermGroup, load_terms, term_groups
 from llmkit.config import BiasAuditConfig
 from llmkit.errors import UserError
 
@@ -76,6 +78,8 @@ class LmBiasReport:
     out: str | None = None
     warnings: list[str] = field(default_factory=list)
     kind: str = "causal-lm"
+    language: str = "en"     # of the pairs, prompts and lexicons: en or zh
+    language_reason: str = ""
     id: str | None = None    # the registered eval record, for a registered model
     path: str | None = None
 
@@ -92,16 +96,23 @@ def lm_bias_audit(model, cfg: BiasAuditConfig) -> LmBiasReport:
     from llmkit.models.io import load_causal_lm
 
     start = time.perf_counter()
-    known = term_groups(cfg.terms)
-    all_pairs = paired_sentences(cfg.pairs)
+    lm, tokenizer = load_causal_lm(model)
+    lm.eval()
+    lang, why = (cfg.lang, f"{cfg.lang} as asked (bias.lang)") if cfg.lang != "auto" else model_language(tokenizer)
+    if lang == "zh":
+        known = dict(SUBJECTS_ZH)
+        if cfg.terms:  # a terms file's groups are audited in the Chinese templates as they are
+            known.update({name: _members(group) for name, group in load_terms(cfg.terms).items()})
+        all_pairs = paired_sentences(cfg.pairs, builtin=PAIRS_ZH)
+    else:
+        known = {name: _members(group) for name, group in term_groups(cfg.terms).items()}
+        all_pairs = paired_sentences(cfg.pairs)
     unknown = [g for g in cfg.groups if g not in known and g not in {p.group for p in all_pairs}]
     if unknown:
         names = dict.fromkeys([*known, *(p.group for p in all_pairs)])
-        raise UserError(f"bias.groups: no group {', '.join(unknown)}; groups are {', '.join(names)}")
-    groups = {g: known[g] for g in (cfg.groups or known) if g in known}
+        raise UserError(f"bias.groups: no group {', '.join(unknown)} in the {lang} audit; groups are {', '.join(names)}")
+    members = {g: known[g] for g in (cfg.groups or known) if g in known}
     pairs = [p for p in all_pairs if not cfg.groups or p.group in cfg.groups]
-    lm, tokenizer = load_causal_lm(model)
-    lm.eval()
     warnings = []
     if cfg.data:
         warnings.append("bias.data is for classifiers; a language model is audited on paired sentences and completions")
@@ -116,14 +127,13 @@ def lm_bias_audit(model, cfg: BiasAuditConfig) -> LmBiasReport:
     worst = [{"group": p.group, "stereotyped": p.more, "other": p.less, "log_likelihood_gap": round(g, 3)}
              for g, p in gaps[: cfg.worst] if g > 0]
 
-    members = {name: _members(group) for name, group in groups.items()}
-    completions = _complete(lm, tokenizer, members, cfg)
+    completions = _complete(lm, tokenizer, members, cfg, TEMPLATES_ZH if lang == "zh" else TEMPLATES)
     sentiment, examples = [], []
     for name, by_member in completions.items():
-        sentiment.append(_sentiment_result(name, by_member, cfg))
+        sentiment.append(_sentiment_result(name, by_member, cfg, lang))
         for member, texts in by_member.items():
             for prompt, text in texts:
-                pos, neg = _words(text)
+                pos, neg = _words(text, lang)
                 if pos or neg:
                     examples.append({"group": name, "member": member, "prompt": prompt, "completion": text,
                                      "positive": sorted(pos), "negative": sorted(neg)})
@@ -131,7 +141,7 @@ def lm_bias_audit(model, cfg: BiasAuditConfig) -> LmBiasReport:
     report = LmBiasReport(
         model=model.ref, pairs=pair_results, sentiment=sentiment, worst_pairs=worst, examples=examples[: cfg.worst],
         thresholds={"pair": cfg.pair_threshold, "sentiment": cfg.sentiment_threshold, "alpha": cfg.alpha},
-        seconds=round(time.perf_counter() - start, 2), out=cfg.out, warnings=warnings)
+        seconds=round(time.perf_counter() - start, 2), out=cfg.out, warnings=warnings, language=lang, language_reason=why)
     return report
 
 
@@ -149,12 +159,18 @@ def _pair_scores(lm, tokenizer, pairs) -> tuple[list[float], list[float]]:
     return more, less
 
 
+# A word: one CJK character (Chinese is written without spaces, and a character is the unit a pair's
+# sentences differ by), or a run of other non-space characters.
+_CJK_CHAR = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(f"[{_CJK_CHAR}]|[^\\s{_CJK_CHAR}]+")
+
+
 def _shared_words(a: str, b: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Character spans of the words two sentences share (a word-level diff), in each sentence."""
     from difflib import SequenceMatcher
 
-    wa = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", a)]
-    wb = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", b)]
+    wa = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(a)]
+    wb = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(b)]
     spans_a, spans_b = [], []
     matcher = SequenceMatcher(None, [w for *_, w in wa], [w for *_, w in wb], autojunk=False)
     for i, j, n in matcher.get_matching_blocks():
@@ -191,14 +207,15 @@ def _members(group: TermGroup) -> dict[str, list[str]]:
     return {column: [row[c] for row in group.rows] for c, column in enumerate(group.columns)}
 
 
-def _complete(lm, tokenizer, members: dict[str, dict[str, list[str]]], cfg: BiasAuditConfig) -> dict[str, dict[str, list]]:
+def _complete(lm, tokenizer, members: dict[str, dict[str, list[str]]], cfg: BiasAuditConfig,
+              templates: list[str]) -> dict[str, dict[str, list]]:
     """`samples` completions of every template x subject; prompts of one token length run together."""
     from llmkit.generate import encode_prompt
 
     rows = []  # (group, member, prompt, ids)
     for name, by_member in members.items():
         for member, subjects in by_member.items():
-            for template in TEMPLATES:
+            for template in templates:
                 for subject in subjects:
                     prompt = template.replace("{X}", subject)
                     rows += [(name, member, prompt, encode_prompt(tokenizer, prompt))] * cfg.samples
@@ -222,17 +239,19 @@ def _complete(lm, tokenizer, members: dict[str, dict[str, list[str]]], cfg: Bias
     return out
 
 
-def _words(text: str) -> tuple[set[str], set[str]]:
+def _words(text: str, lang: str = "en") -> tuple[set[str], set[str]]:
+    if lang == "zh":  # no spaces to split at: the lexicon's words found anywhere in the text
+        return {w for w in POSITIVE_ZH if w in text}, {w for w in NEGATIVE_ZH if w in text}
     words = set(re.findall(r"[a-z]+", text.lower()))
     return words & POSITIVE, words & NEGATIVE
 
 
-def _sentiment_result(group: str, by_member: dict[str, list], cfg: BiasAuditConfig) -> SentimentResult:
+def _sentiment_result(group: str, by_member: dict[str, list], cfg: BiasAuditConfig, lang: str = "en") -> SentimentResult:
     from scipy.stats import chi2_contingency
 
     stats, table = {}, []
     for member, texts in by_member.items():
-        found = [_words(t) for _, t in texts]
+        found = [_words(t, lang) for _, t in texts]
         pos, neg = sum(bool(p) for p, _ in found), sum(bool(q) for _, q in found)
         n = len(texts)
         stats[member] = {"completions": n, "positive": round(pos / max(1, n), 4), "negative": round(neg / max(1, n), 4),
@@ -297,10 +316,11 @@ def html_report(report: LmBiasReport) -> str:
                        for e in report.examples)
     t = report.thresholds
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>llmkit bias audit: {esc(report.model)}</title>
+<html lang="{report.language}"><head><meta charset="utf-8"><title>llmkit bias audit: {esc(report.model)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}tr.flag td,h3.flag{{background:#fdd}}</style></head><body>
 <h1>Bias audit: {esc(report.model)} (language model)</h1>
+<p>Language of the pairs, prompts and lexicons: {esc(report.language_reason or report.language)}.</p>
 <p>{report.seconds}s. A group is flagged when the effect passes its threshold (pairs: |rate - 0.5| &gt; {t['pair']};
 sentiment: spread &gt; {t['sentiment']}) and p &lt; {t['alpha']}.</p>
 <h2>Paired sentences</h2><table><tr><th>group</th><th>pairs</th><th>stereotyped preferred</th><th>rate</th><th>p</th>

@@ -130,9 +130,11 @@ def load_pairs(path: str | Path) -> list[Pair]:
     return pairs
 
 
-def paired_sentences(path: str | Path | None = None, only: list[str] | None = None) -> list[Pair]:
-    """The built-in pairs, with the groups of a pairs file replacing or adding to them, narrowed to `only`."""
-    pairs = list(BUILTIN_PAIRS)
+def paired_sentences(path: str | Path | None = None, only: list[str] | None = None,
+                     builtin: list[Pair] | None = None) -> list[Pair]:
+    """The built-in pairs (`builtin`, default the English ones), with the groups of a pairs file replacing
+    or adding to them, narrowed to `only`."""
+    pairs = list(BUILTIN_PAIRS if builtin is None else builtin)
     if path:
         extra = load_pairs(path)
         replaced = {p.group for p in extra}

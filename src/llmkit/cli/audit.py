@@ -21,7 +21,8 @@ def bias(
     model: Annotated[str, typer.Argument(help="Classifier or causal LM: registry name (name, name:vN, id) or a model folder.")],
 ) -> None:
     """Classifiers: swap gender, name, nationality and religion terms and measure how predictions move.
-    Language models: stereotyped vs other sentence pairs by likelihood, and sentiment of completions per group."""
+    Language models: stereotyped vs other sentence pairs by likelihood, and sentiment of completions per group,
+    in English or, for a model whose tokenizer is mostly Chinese (or --lang zh), in Chinese (gender, region, age)."""
     from llmkit.audit.bias import bias_audit, summary_table, worst_table
     from llmkit.audit.lm_bias import LmBiasReport
     from llmkit.audit.lm_bias import summary_tables as lm_summary_tables
@@ -31,6 +32,7 @@ def bias(
 
     def show() -> None:
         if isinstance(report, LmBiasReport):
+            console.print(f"language: {report.language_reason}", markup=False, highlight=False)
             for table in lm_summary_tables(report):
                 console.print(table)
             console.print(f"flagged groups: {', '.join(report.flagged) or 'none'}" + (f"; report {cfg.out}" if cfg.out else ""))

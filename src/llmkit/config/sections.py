@@ -320,6 +320,7 @@ class BiasAuditConfig(Section):
     sentiment_threshold: float = Field(0.1, ge=0.0, le=2.0, description="LM: flag a group whose members' net sentiment spreads by more than this (and significantly)")
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="LM: significance level of the binomial and chi-square tests")
     seed: int = Field(0, description="LM: seed of the sampled completions")
+    lang: Literal["auto", "en", "zh"] = Field("auto", description="LM: language of the built-in pairs, prompts and sentiment words; auto = the language of the model's tokenizer (its vocabulary mostly Chinese: zh)")
     out: str | None = Field(None, description="also write a self-contained HTML report to this path")
 
 
@@ -373,6 +374,7 @@ SECTIONS: dict[str, type[Section]] = {
     "privacy": PrivacyAuditConfig,
     "demo": DemoConfig,
 }
+
 
 # Search spaces `llmkit tune` uses when no --space file is given: config key -> {float|log-float|int|categorical: ...}.
 # Ranges that suit small data on a CPU; a key absent here keeps the stage's own default.
