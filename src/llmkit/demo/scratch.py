@@ -66,6 +66,19 @@ def stdlib_corpus(target: Path, max_chars: int = CORPUS_CHARS) -> Path:
     return target
 
 
+def data_config(source: Path, given: str) -> tuple[DataConfig, list[str]]:
+    """How the demo prepares --data, and the prompts it samples from."""
+    if not source.exists():
+        raise UserError(f"demo.data = '{given}': no such file or folder")
+    cjk = is_mostly_cjk(source)
+    # Characters as tokens for Chinese: a 2k byte-level BPE would cut most of the ~5,000 characters of a
+    # poetry corpus into bytes (samples with broken characters), and one token per character keeps every
+    # sample valid text whatever the model draws. English and code keep the BPE.
+    data_cfg = DataConfig(inputs=[str(source)], name="demo-" + source.stem.replace(".", "-"), task="lm",
+                          tokenizer="char" if cjk else "bpe:2048", doc_split="file")
+    return data_cfg, CJK_PROMPTS if cjk else PROMPTS
+
+
 def is_mostly_cjk(source: Path) -> bool:
     """Whether the first records of `source` are mostly Chinese or Japanese text (as the BPE trainer decides)."""
     from itertools import islice
@@ -104,21 +117,12 @@ def scratch_act(cfg: DemoConfig, ws: Workspace, registry: Registry, console=None
 
     say = console.print if console is not None else (lambda *a, **k: None)
 
-    prompts = PROMPTS
     if cfg.data:
-        source = Path(cfg.data).expanduser()
-        if not source.exists():
-            raise UserError(f"demo.data = '{cfg.data}': no such file or folder")
-        cjk = is_mostly_cjk(source)
-        # Characters as tokens for Chinese: a 2k byte-level BPE would cut most of the ~5,000 characters of a
-        # poetry corpus into bytes (samples with broken characters), and one token per character keeps every
-        # sample valid text whatever the model draws. English and code keep the BPE.
-        data_cfg = DataConfig(inputs=[str(source)], name="demo-" + source.stem.replace(".", "-"), task="lm",
-                              tokenizer="char" if cjk else "bpe:2048", doc_split="file")
-        prompts = CJK_PROMPTS if cjk else PROMPTS
+        data_cfg, prompts = data_config(Path(cfg.data).expanduser(), cfg.data)
     else:
         corpus = stdlib_corpus(ws.root / "demo" / "stdlib.jsonl")
         data_cfg = DataConfig(inputs=[str(corpus)], name="demo-stdlib", task="lm", tokenizer="bpe:2048", text_field="text")
+        prompts = PROMPTS
     say(f"[bold]1/5 data[/bold]: preparing {data_cfg.inputs[0]}")
     ds = prepare(data_cfg, ws, registry, progress=progress)
     split = ds.manifest["splits"]
