@@ -12,7 +12,6 @@ from llmkit.config import ServeConfig
 from llmkit.errors import UserError
 from llmkit.models.io import resolve_model
 from llmkit.serve.memory_fit import check, need, needs_of
-from tests.conftest import run_cli
 
 
 def test_smollm2_needs_add_up(smollm2):
@@ -43,10 +42,13 @@ def test_a_configuration_that_cannot_fit_is_refused_with_what_would(smollm2):
         assert "in all up to" in check(needs_of(fixed, None), fixed, free=free), fix
 
 
-def test_serve_refuses_before_loading(tmp_path, smollm2):
-    proc = run_cli("serve", "smollm2-135m", "--max-batch", "512", "--workers", "2", "--port", "0",
-                   workspace=tmp_path, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    err = proc.stderr.strip() or proc.stdout.strip()
-    assert "--max-batch" in err and "GiB is available" in err and "Traceback" not in proc.stderr
-    assert "loaded" not in proc.stdout
+def test_serve_refuses_before_loading(lm_workspace, smollm2):
+    from llmkit.registry import Registry
+    from llmkit.serve import build_app
+    from llmkit.workspace import Workspace
+
+    ws = Workspace.open(lm_workspace)
+    cfg = ServeConfig(models=["smollm2-135m"], max_batch=512, workers=2)
+    with pytest.raises(UserError, match=r"GiB is available; try --max-batch \d+") as err:
+        build_app(cfg, ws, Registry.for_workspace(ws.root))
+    assert "\n" not in str(err.value)
