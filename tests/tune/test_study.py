@@ -49,7 +49,7 @@ def test_a_study_registers_every_trial_and_keeps_only_the_best_model(ws_root: Pa
     cfg = TuneConfig(stage="pretrain", data="tiny", space=str(ws_root / "space.yaml"), trials=3, study="pt", startup_trials=1)
     result = tune(cfg, tiny_config(max_steps=8, eval_every=4, checkpoint_every=4), ws, registry)
 
-    assert sum(result.states.values()) == 3 and result.states["complete"] >= 1
+    assert sum(result.states[s] for s in ("complete", "pruned", "fail")) == 3 and result.states["complete"] >= 1
     trials = [r for rel, r in registry.children(result.record_id) if rel == "trial_of"]
     assert len(trials) == 3 and {r.type for r in trials} == {"run"}
     for run in trials:
@@ -103,3 +103,22 @@ def test_bad_input_is_one_line_exit_2_and_registers_nothing(ws_root: Path, monke
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and says in err and "Traceback" not in err
     assert len(Registry.for_workspace(ws_root).list()) == before
+
+
+def test_the_time_budget_stops_the_running_trial_and_starts_no_other(ws_root: Path, monkeypatch, capsys):
+    import json
+
+    from tests.conftest import write_tiny_config
+
+    config = write_tiny_config(ws_root / "long.yaml", max_steps=100_000, eval_every=50, checkpoint_every=100_000,
+                               batch_size=4, context=32)
+    started = __import__("time").time()
+    code, out, err = _cli(monkeypatch, capsys, ws_root, "tune", "pretrain", "--data", "tiny", "--space",
+                          str(ws_root / "space.yaml"), "--trials", "50", "--timeout", "5s", "--study", "budget",
+                          "--config", str(config), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["states"] == {"complete": 0, "pruned": 1, "fail": 0, "stopped_by_budget": 1} and result["best"] is None
+    assert __import__("time").time() - started < 120  # the 100,000-step trial did not run on
+    run = [r for rel, r in Registry.for_workspace(ws_root).children(result["id"]) if rel == "trial_of"][0]
+    assert run.metrics["tune_state"] == "pruned" and "time budget" in run.metrics["tune_note"]

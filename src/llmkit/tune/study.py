@@ -270,6 +270,7 @@ def finish(plan: Plan, study: optuna.Study, ws: Workspace, registry: Registry, s
     if not plan.keep_trials:
         drop_beaten_models(study, registry)
     states = {s.name.lower(): sum(t.state == s for t in trials) for s in FINISHED}
+    states["stopped_by_budget"] = sum(bool(t.user_attrs.get("stopped_by_budget")) for t in trials)  # among the pruned
     best = None
     try:
         b = study.best_trial

@@ -81,6 +81,7 @@ class TrialSetup:
                     raise optuna.TrialPruned(f"pruned at evaluation {seen['evals']} (step {step}): "
                                              f"{self.metric} {seen['value']:.4f}")
             if self.deadline is not None and time.time() > self.deadline:
+                trial.set_user_attr("stopped_by_budget", True)  # pruned in Optuna's eyes, but not for being poor
                 raise optuna.TrialPruned(f"stopped by the time budget at step {step}")
 
         started = time.time()
