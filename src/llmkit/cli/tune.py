@@ -20,8 +20,8 @@ def register(app: typer.Typer) -> None:
 @configured("tune", skip=("stage",))
 def tune(ctx: Ctx, cfg, *, stage: Annotated[str, typer.Argument(help="pretrain | sft | classify", show_default=False)]) -> None:
     """Search a stage's hyper-parameters on Optuna: TPE, pruning from the evaluations, a time budget; every
-    trial a registered run, the best trial's model kept. The same --study and --storage on several machines
-    work on one study."""
+    trial a registered run, the best trial's model kept. Trials start from the stage's section of --config
+    (e.g. classify: {max_length: 64}). The same --study and --storage on several machines work on one study."""
     from llmkit.tune import tune as run_tune
 
     cfg = ctx.section("tune", **ctx.given, stage=stage)
