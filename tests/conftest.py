@@ -24,6 +24,7 @@ from llmkit.data import prepare
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 from tests import pg_server
+from tests.shared_build import made_once
 
 PG_ENV = "LLMKIT_TEST_PG_URL"
 
@@ -169,17 +170,38 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "nu
 
 
 @pytest.fixture(scope="session")
-def lm_workspace(tmp_path_factory, shared_data: Path) -> Path:
+def shared_dir(tmp_path_factory) -> Path | None:
+    """The directory all xdist workers of this session share (tests/shared_build.py), or None: no workers, or a
+    registry that is not the workspace's SQLite file."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("LLMKIT_DB_URL"):
+        return None
+    return tmp_path_factory.getbasetemp().parent
+
+
+@pytest.fixture(scope="session")
+def lm_workspace(tmp_path_factory, shared_data: Path, shared_dir: Path | None) -> Path:
     root = tmp_path_factory.mktemp("lm-ws")
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()[:120_000]
-    source = root / "shakespeare.txt"
-    source.write_text(text)
-    ws = Workspace.open(root)
-    registry = Registry.for_workspace(ws.root)
-    prepare(DataConfig(inputs=[str(source)], name="tiny", task="lm", tokenizer="char", doc_split="blank-line",
-                       splits={"val": 0.1, "test": 0.05}), ws, registry)
-    registry.close()
+    Registry.for_workspace(Workspace.open(root).root).close()
+
+    def build() -> None:
+        text = (shared_data / "tinyshakespeare" / "input.txt").read_text()[:120_000]
+        source = root / "shakespeare.txt"
+        source.write_text(text)
+        ws = Workspace.open(root)
+        registry = Registry.for_workspace(ws.root)
+        prepare(DataConfig(inputs=[str(source)], name="tiny", task="lm", tokenizer="char", doc_split="blank-line",
+                           splits={"val": 0.1, "test": 0.05}), ws, registry)
+        registry.close()
+
+    made_once(shared_dir, root, "tiny-data", build, lambda: None)
     return root
+
+
+def registered_model(root: Path, name: str):
+    """The registered model `name` of workspace `root`, as training returned it."""
+    from llmkit.models.io import resolve_model
+
+    return resolve_model(name, Registry.for_workspace(root))
 
 
 def tiny_config(**overrides) -> PretrainConfig:
@@ -247,52 +269,64 @@ def write_tiny_config(path: Path, **train) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(lm_workspace: Path):
+def tiny_model(lm_workspace: Path, shared_dir: Path | None):
     """A tiny char-level model trained for 60 steps on the tiny dataset, registered as 'tiny-lm'."""
     from llmkit.train import pretrain
 
-    ws = Workspace.open(lm_workspace)
-    return pretrain(tiny_config(name="tiny-lm", max_steps=60, eval_every=30, checkpoint_every=60), ws,
-                    Registry.for_workspace(ws.root))
+    def build():
+        ws = Workspace.open(lm_workspace)
+        return pretrain(tiny_config(name="tiny-lm", max_steps=60, eval_every=30, checkpoint_every=60), ws,
+                        Registry.for_workspace(ws.root))
+
+    return made_once(shared_dir, lm_workspace, "tiny-lm", build, lambda: registered_model(lm_workspace, "tiny-lm"))
 
 
 # -- fine-tuning data -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def chat_data(lm_workspace: Path, shared_data: Path) -> str:
+def chat_data(lm_workspace: Path, shared_data: Path, shared_dir: Path | None) -> str:
     """The instruct_small conversations as chat dataset 'chats' in the tiny-model workspace."""
-    ws = Workspace.open(lm_workspace)
-    registry = Registry.for_workspace(ws.root)
-    prepare(DataConfig(inputs=[str(shared_data / "instruct_small")], name="chats", task="chat", tokenizer="char",
-                       skip_bad=True, splits={"val": 0.1, "test": 0.0}), ws, registry)
-    registry.close()
+    def build() -> None:
+        ws = Workspace.open(lm_workspace)
+        registry = Registry.for_workspace(ws.root)
+        prepare(DataConfig(inputs=[str(shared_data / "instruct_small")], name="chats", task="chat", tokenizer="char",
+                           skip_bad=True, splits={"val": 0.1, "test": 0.0}), ws, registry)
+        registry.close()
+
+    made_once(shared_dir, lm_workspace, "chats", build, lambda: None)
     return "chats"
 
 
 @pytest.fixture(scope="session")
-def sms_data(lm_workspace: Path, shared_data: Path) -> str:
+def sms_data(lm_workspace: Path, shared_data: Path, shared_dir: Path | None) -> str:
     """The first 700 SMS Spam messages as classify dataset 'sms' (stratified splits)."""
-    lines = (shared_data / "smsspam" / "SMSSpamCollection.tsv").read_text(encoding="utf-8").splitlines()[:700]
-    source = lm_workspace / "sms-sample.tsv"
-    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    ws = Workspace.open(lm_workspace)
-    registry = Registry.for_workspace(ws.root)
-    prepare(DataConfig(inputs=[str(source)], name="sms", task="classify", tokenizer="char",
-                       splits={"val": 0.15, "test": 0.15}), ws, registry)
-    registry.close()
+    def build() -> None:
+        lines = (shared_data / "smsspam" / "SMSSpamCollection.tsv").read_text(encoding="utf-8").splitlines()[:700]
+        source = lm_workspace / "sms-sample.tsv"
+        source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        ws = Workspace.open(lm_workspace)
+        registry = Registry.for_workspace(ws.root)
+        prepare(DataConfig(inputs=[str(source)], name="sms", task="classify", tokenizer="char",
+                           splits={"val": 0.15, "test": 0.15}), ws, registry)
+        registry.close()
+
+    made_once(shared_dir, lm_workspace, "sms", build, lambda: None)
     return "sms"
 
 
 @pytest.fixture(scope="session")
-def sms_classifier(lm_workspace: Path, sms_data: str):
+def sms_classifier(lm_workspace: Path, sms_data: str, shared_dir: Path | None):
     """minilm-l6 fine-tuned for 2 epochs on the SMS sample, registered as 'sms-clf'."""
     from llmkit.config import ClassifyConfig
     from llmkit.train.classification import classify
 
-    ws = Workspace.open(lm_workspace)
-    return classify(ClassifyConfig(base="minilm-l6", data=sms_data, name="sms-clf", epochs=2, batch_size=16, lr=1e-4,
-                                   max_length=48, seed=1), ws, Registry.for_workspace(ws.root))
+    def build():
+        ws = Workspace.open(lm_workspace)
+        return classify(ClassifyConfig(base="minilm-l6", data=sms_data, name="sms-clf", epochs=2, batch_size=16, lr=1e-4,
+                                       max_length=48, seed=1), ws, Registry.for_workspace(ws.root))
+
+    return made_once(shared_dir, lm_workspace, "sms-clf", build, lambda: registered_model(lm_workspace, "sms-clf"))
 
 
 # -- a real browser (the web UI tests, the HTML reports) -------------------------------------------

@@ -15,6 +15,7 @@ from llmkit.config import ServeConfig
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 from tests.conftest import tiny_config
+from tests.shared_build import made_once
 
 
 @dataclass
@@ -27,13 +28,16 @@ class Served:
 
 
 @pytest.fixture(scope="session")
-def serve_lm(lm_workspace: Path) -> str:
+def serve_lm(lm_workspace: Path, shared_dir: Path | None) -> str:
     """A tiny LM with room for chat prompts and long generations (context 1024), registered as 'serve-lm'."""
     from llmkit.train import pretrain
 
-    ws = Workspace.open(lm_workspace)
-    pretrain(tiny_config(name="serve-lm", context=1024, max_steps=150, eval_every=150, checkpoint_every=150), ws,
-             Registry.for_workspace(ws.root))
+    def build() -> None:
+        ws = Workspace.open(lm_workspace)
+        pretrain(tiny_config(name="serve-lm", context=1024, max_steps=150, eval_every=150, checkpoint_every=150), ws,
+                 Registry.for_workspace(ws.root))
+
+    made_once(shared_dir, lm_workspace, "serve-lm", build, lambda: None)
     return "serve-lm"
 
 
