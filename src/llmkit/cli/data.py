@@ -46,6 +46,8 @@ def prepare(ctx: Ctx, cfg) -> None:
         console.print(f"  records: {c['ingested']} read, {c['kept']} kept; removed {c['duplicates_exact']} exact and "
                       f"{c['duplicates_near']} near duplicates, {c['too_short']} too short, {c['too_long']} too long, "
                       f"{c['pii_dropped']} for PII, {c['bad']} bad")
+        if m.get("preference"):
+            console.print(f"  {_preference_line(m['preference'])}", highlight=False)
         if m["pii"]:
             console.print("  PII found: " + ", ".join(f"{k} {v}" for k, v in sorted(m["pii"].items())))
         for split, s in m["splits"].items():
@@ -119,6 +121,8 @@ def report(
                       f"duplicates removed: {result['duplicates_removed']}")
         console.print("counts: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items()))
         console.print("PII: " + (", ".join(f"{k} {v}" for k, v in sorted(manifest["pii"].items())) or "none found"))
+        if manifest.get("preference"):
+            console.print(_preference_line(manifest["preference"]), highlight=False)
         if manifest.get("labels"):
             for split, labels in manifest["labels"].items():
                 console.print(f"labels {split}: " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
@@ -156,16 +160,26 @@ def show(
     def human() -> None:
         for rec in records:
             console.rule(rec.get("source") or "", characters="-")
-            if "messages" in rec:
-                for m in rec["messages"]:
+            if "messages" in rec or "prompt" in rec:
+                for m in rec.get("messages") or rec["prompt"]:
                     console.print(f"[bold]{m['role']}:[/bold]", end=" ")
                     console.print(m["content"], markup=False, highlight=False)
+                for key in ("chosen", "rejected", "completion"):  # preference answers
+                    if key in rec:
+                        console.print(f"[bold]{key}:[/bold]", end=" ")
+                        console.print(rec[key], markup=False, highlight=False)
             else:
                 console.print(rec["text"], markup=False, highlight=False)
             if "label" in rec:
                 console.print(f"[bold]label:[/bold] {rec['label']}")
 
     ctx.emit(records, human)
+
+
+def _preference_line(p: dict) -> str:
+    skipped = ", ".join(f"{reason} {n}" for reason, n in p["skipped"].items()) or "none"
+    return (f"preference: {p['pairs']} pairs, {p['unpaired_true']} unpaired true, {p['unpaired_false']} unpaired false; "
+            f"skipped: {skipped}")
 
 
 def _given(flag: str) -> bool:

@@ -31,7 +31,7 @@ class DataConfig(Section):
     include: list[str] = Field(default_factory=list, description="read only the files of folders and globs whose name or path matches one of these globs; also reads licence and readme files, which are skipped by default")
     exclude: list[str] = Field(default_factory=list, description="skip the files whose name or path matches one of these globs (wins over include)")
     name: str | None = Field(None, description="dataset name in the registry; the same name with new content becomes its next version")
-    task: Literal["lm", "chat", "classify"] = Field("lm", description="lm: plain documents; chat: conversations; classify: text with a label")
+    task: Literal["lm", "chat", "classify", "preference"] = Field("lm", description="lm: plain documents; chat: conversations; classify: text with a label; preference: prompt with chosen and rejected answers, or with a completion labelled true|false (KTO)")
     text_field: str | None = Field(None, description="field or column holding the text (default: text, content, or the first string column)")
     label_field: str | None = Field(None, description="field or column holding the label (classify; default: label)")
     doc_split: Literal["file", "blank-line", "line"] = Field("file", description="how .txt files split into documents for lm")

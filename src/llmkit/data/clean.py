@@ -119,7 +119,21 @@ class RecordOptions:
 def record_text(rec: dict[str, Any], task: str) -> str:
     if task == "chat":
         return "\n".join(m["content"] for m in rec["messages"])
+    if task == "preference":
+        return "\n".join(preference_texts(rec))
     return rec["text"]
+
+
+def preference_texts(rec: dict[str, Any]) -> list[str]:
+    """The texts of a preference record (see preference.py) in a fixed order: prompt messages, then chosen
+    and rejected, or the completion."""
+    answers = [rec["chosen"], rec["rejected"]] if "chosen" in rec else [rec["completion"]]
+    return [m["content"] for m in rec["prompt"]] + answers
+
+
+def preference_kind(rec: dict[str, Any]) -> str:
+    """What the manifest counts a preference record as: a pair, or an unpaired desirable/undesirable completion."""
+    return "pair" if "chosen" in rec else ("desirable" if rec["label"] else "undesirable")
 
 
 def clean_chunk(job: tuple[RecordOptions, list[dict]]) -> list[tuple]:
@@ -148,6 +162,9 @@ def _clean_one(rec: dict[str, Any], o: RecordOptions) -> tuple:
     if o.task == "chat":
         out: dict[str, Any] = {"messages": [{"role": m["role"], "content": clean_text(m["content"], keep_newlines=True)}
                                             for m in rec["messages"]]}
+    elif o.task == "preference":
+        out = {key: clean_text(value) if isinstance(value, str) else value for key, value in rec.items() if key != "source"}
+        out["prompt"] = [{"role": m["role"], "content": clean_text(m["content"])} for m in rec["prompt"]]
     else:
         out = {"text": clean_text(rec["text"], keep_newlines=o.task == "lm")}
         if o.task == "classify":
@@ -159,8 +176,7 @@ def _clean_one(rec: dict[str, Any], o: RecordOptions) -> tuple:
         return ("too_long", None)
     pii: Counter | None = None
     if o.pii != "keep":
-        key = "content" if o.task == "chat" else "text"
-        for holder in out["messages"] if o.task == "chat" else [out]:
+        for holder, key in _text_slots(out, o.task):
             matches = find_pii(holder[key])
             if matches:
                 pii = (pii or Counter()) + Counter(count_by_type(matches))
@@ -175,10 +191,26 @@ def _clean_one(rec: dict[str, Any], o: RecordOptions) -> tuple:
         split_key = json.dumps(out, sort_keys=True, ensure_ascii=False)
     if o.task == "classify":
         split = stratified_split(split_key, out["label"], o.val, o.test, o.seed)
+    elif o.task == "preference":
+        # By prompt: every pair and rating of one prompt lands in one split, so held-out reward accuracy
+        # is measured on prompts training never saw.
+        split = assign_split(json.dumps(out["prompt"], sort_keys=True, ensure_ascii=False), o.val, o.test, o.seed)
     else:
         split = assign_split(split_key, o.val, o.test, o.seed)
     # The record line is the split key's JSON with the source appended: one serialization, not two.
     line = f'{split_key[:-1]}, "source": {json.dumps(rec.get("source"), ensure_ascii=False)}}}\n'
     chars = "".join(set(text)) if o.want_chars and split == "train" else None
+    # Preference records are counted per split as pair / desirable / undesirable.
+    label = preference_kind(out) if o.task == "preference" else out.get("label")
     # The text rides in the exact key's place until clean_chunk replaces it.
-    return ("kept", pii, line, len(text), text, None, split, out.get("label"), chars)
+    return ("kept", pii, line, len(text), text, None, split, label, chars)
+
+
+def _text_slots(out: dict[str, Any], task: str) -> list[tuple[dict, str]]:
+    """(holder, key) of every text of a cleaned record, for PII detection and redaction."""
+    if task == "chat":
+        return [(m, "content") for m in out["messages"]]
+    if task == "preference":
+        answers = [k for k in ("chosen", "rejected", "completion") if k in out]
+        return [(m, "content") for m in out["prompt"]] + [(out, k) for k in answers]
+    return [(out, "text")]

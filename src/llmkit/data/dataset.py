@@ -25,7 +25,7 @@ class DatasetVersion:
     name: str
     version: int
     path: Path
-    kind: str                                # the task it was prepared for: lm | chat | classify
+    kind: str                                # the task it was prepared for: lm | chat | classify | preference
     manifest_data: dict[str, Any] | None = None  # read from manifest.json when first needed
     existed: bool = False                    # prepare() found the same content already registered
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from llmkit.errors import UserError
 
-TASKS = ("lm", "chat", "classify")
+TASKS = ("lm", "chat", "classify", "preference")
 TEXT_NAMES = ("text", "content")  # tried in order when --text-field is not given
 LABEL_NAME = "label"
 
@@ -43,9 +43,10 @@ SAMPLE_ROWS = 32  # rows looked at to guess the text field when --text-field is 
 class BadRecord(Exception):
     """One row that cannot become a record; the message already says where and why."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, reason: str = "invalid"):
         super().__init__(message)
         self.message = message
+        self.reason = reason  # counted by reason under --skip-bad (preference rows say which rule they broke)
 
 
 def find_field(keys, name: str) -> str | None:
@@ -136,6 +137,10 @@ class RowFormatter:
         self.text_field = text_field
         self.label_field = label_field if label_field is not None else (LABEL_NAME if task == "classify" else None)
         self._explicit_label = label_field is not None
+        if task == "preference":  # imported here: preference.py reads this module's role names
+            from llmkit.data.preference import PreferenceError, preference_record
+
+            self._preference, self._preference_error = preference_record, PreferenceError
 
     def set_defaults(self, text: str | None, label: str | None) -> None:
         """Column guesses from a reader of header-less tables; given flags still win."""
@@ -148,7 +153,7 @@ class RowFormatter:
 
     def check_columns(self, columns: list[str], note: str = "") -> None:
         """Map index names ("0", "1") onto columns and fail at once on a missing column."""
-        if self.task == "chat":
+        if self.task in ("chat", "preference"):
             return
         if self.text_field is not None:
             self.text_field = self._column(columns, self.text_field, "--text-field", note)
@@ -172,6 +177,11 @@ class RowFormatter:
             raise BadRecord(f"{where}: expected an object with fields, got {type(row).__name__}")
         if self.task == "chat":
             return [{"messages": m, "source": where} for m in chat_messages(row, where, self.text_field)]
+        if self.task == "preference":
+            try:
+                return [{**self._preference(row), "source": where}]
+            except self._preference_error as err:
+                raise BadRecord(f"{where}: {err.message}", err.reason) from None
         text = self._text(row, where)
         if self.task == "lm":
             return [{"text": text, "source": where}]
@@ -199,7 +209,7 @@ class RowFormatter:
         One short record decides badly (its id may be longer than its poem); summed over a sample the
         text is what is long. Called before the rows are read; a given --text-field is kept.
         """
-        if self.text_field is not None or self.task == "chat":
+        if self.text_field is not None or self.task in ("chat", "preference"):
             return
         sample = [r for r in rows if isinstance(r, dict)]
         if sample:

@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class IngestStats:
     rows: int = 0  # records yielded
     bad: int = 0  # rows skipped because of skip_bad
     bad_examples: list[str] = field(default_factory=list)  # the first few skip messages
+    bad_reasons: Counter = field(default_factory=Counter)  # rows skipped, by BadRecord.reason
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) for files not read
 
 
@@ -101,6 +103,7 @@ def iter_records(
                 if not skip_bad:
                     raise UserError(bad.message) from None
                 stats.bad += 1
+                stats.bad_reasons[bad.reason] += 1
                 if len(stats.bad_examples) < MAX_BAD_EXAMPLES:
                     stats.bad_examples.append(bad.message)
                 continue
@@ -260,7 +263,7 @@ def _parquet_rows(path: Path, fmt: RowFormatter):
             raise UserError(f"{path}: not a readable Parquet file ({err})") from None
         schema = pf.schema_arrow
         columns = None
-        if fmt.task != "chat":
+        if fmt.task not in ("chat", "preference"):  # those read whole rows, not a text column
             if fmt.text_field is None:
                 strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
                 fmt.set_defaults(default_text_column(schema.names, strings, fmt.label_field), None)

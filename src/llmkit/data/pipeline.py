@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from llmkit.config import DataConfig
-from llmkit.data.clean import RecordOptions, chunk_document, clean_chunk
+from llmkit.data.clean import RecordOptions, chunk_document, clean_chunk, preference_texts
 from llmkit.data.dataset import DatasetVersion
 from llmkit.data.dedupe import NearDuplicateIndex
 from llmkit.data.encoder import FastEncoder
@@ -83,7 +83,7 @@ def prepare(cfg: DataConfig, ws: Workspace | None = None, registry: Registry | N
         top_tokens = [[tokenizer.token_text(i), n] for i, n in top]
         manifest = build_manifest(cfg=cfg, name=name, files=files, content_hash=source_hash, counts=counts,
                                   bad_examples=stats.bad_examples, tokens=tokens, tokenizer=tokenizer,
-                                  top_tokens=top_tokens, skipped=stats.skipped)
+                                  top_tokens=top_tokens, skipped=stats.skipped, bad_reasons=stats.bad_reasons)
         manifest["seconds"] = round(time.perf_counter() - clock.started, 3)
         manifest["timings"] = {**clock.seconds, "workers": n_workers}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
@@ -156,6 +156,8 @@ def _units(cfg: DataConfig, raw: Iterator[dict[str, Any]]) -> Iterator[dict[str,
 
 
 def _raw_size(rec: dict[str, Any]) -> int:
+    if "prompt" in rec:  # preference
+        return sum(len(t) for t in preference_texts(rec))
     return len(rec["text"]) if "text" in rec else sum(len(m["content"] or "") for m in rec["messages"])
 
 
@@ -222,6 +224,8 @@ def _nothing_left(cfg: DataConfig, c: Counts) -> str:
 
 
 def _texts(rec: dict[str, Any]) -> list[str]:
+    if "prompt" in rec:  # preference
+        return preference_texts(rec)
     return [m["content"] for m in rec["messages"]] if "messages" in rec else [rec["text"]]
 
 

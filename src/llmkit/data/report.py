@@ -42,7 +42,7 @@ class Counts:
 
 def build_manifest(*, cfg, name: str, files: list[Path], content_hash: str, counts: Counts, bad_examples: list[str],
                    tokens: dict[str, dict[str, int]], tokenizer, top_tokens: list,
-                   skipped: list[tuple[str, str]] = ()) -> dict[str, Any]:
+                   skipped: list[tuple[str, str]] = (), bad_reasons: dict[str, int] | None = None) -> dict[str, Any]:
     c = counts
     vocab_size = len(tokenizer)
     classify = cfg.task == "classify"
@@ -72,7 +72,20 @@ def build_manifest(*, cfg, name: str, files: list[Path], content_hash: str, coun
         "shards": {s: f"shards/{s}.bin" for s in SPLITS} if cfg.task == "lm" else None,
         "shard_dtype": "uint16" if vocab_size < 2**16 else "uint32",
         "top_tokens": top_tokens,
+        "preference": preference_counts(c, bad_reasons or {}) if cfg.task == "preference" else None,
     }
+
+
+def preference_counts(c: Counts, bad_reasons: dict[str, int]) -> dict[str, Any]:
+    """Pairs and unpaired (KTO) completions per split, and the rows left out by reason."""
+    def kinds(counter) -> dict[str, int]:
+        return {"pairs": counter["pair"], "unpaired_true": counter["desirable"], "unpaired_false": counter["undesirable"]}
+
+    total = sum((c.labels[s] for s in SPLITS), Counter())
+    skipped = {**dict(sorted(bad_reasons.items())), "too_short": c.too_short, "too_long": c.too_long,
+               "pii_dropped": c.pii_dropped, "duplicates": c.duplicates_exact + c.duplicates_near}
+    return {**kinds(total), "splits": {s: kinds(c.labels[s]) for s in SPLITS},
+            "skipped": {reason: n for reason, n in skipped.items() if n}}
 
 
 def write_plots(folder: Path, length_hist, labels: dict[str, dict[str, int]], task: str) -> list[str]:
@@ -132,4 +145,5 @@ def summary(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
         "top_tokens": manifest["top_tokens"],
         "skipped_files": manifest.get("skipped_files", []),  # absent from manifests written before it was kept
         "plots": sorted(str(p) for p in (path / "plots").glob("*.png")),
+        "preference": manifest.get("preference"),
     }
