@@ -170,10 +170,10 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "nu
 
 
 @pytest.fixture(scope="session")
-def shared_dir(tmp_path_factory) -> Path | None:
-    """The directory all xdist workers of this session share (tests/shared_build.py), or None: no workers, or a
-    registry that is not the workspace's SQLite file."""
-    if not os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("LLMKIT_DB_URL"):
+def shared_dir(request: pytest.FixtureRequest, tmp_path_factory) -> Path | None:
+    """The directory all xdist workers of this session share (tests/shared_build.py): the controller's basetemp,
+    each worker's is a folder in it. None without workers, or with a registry that is not the workspace's file."""
+    if not hasattr(request.config, "workerinput") or os.environ.get("LLMKIT_DB_URL"):
         return None
     return tmp_path_factory.getbasetemp().parent
 
