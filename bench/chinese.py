@@ -3,11 +3,8 @@
 Tokenizer: `prepare` runs on ../shared/data/chinese_poetry as a user would run it (`data prepare FOLDER
 --task lm --tokenizer bpe:V`) for V = 2k, 4k, 8k, 16k, 32k; characters per token is the val split's
 characters over the tokens its texts encode to (no document separators). Beside it, the byte-level BPE with
-GPT-2's pre-tokens (what `prepare` trained before CJK pre-tokens) trained on the same train split. Two
-columns: every val record, and the val records that are poems (hold a Chinese character): prepare reads the
-id field instead of the poem for some Tang poems (formats picks the longest field of the first row), and
-those 36-character UUIDs are in the split too until that is fixed. So the same is measured once more with
-the poems read right (from `paragraphs` / `content`, written as JSON Lines first). The curve is a PNG.
+GPT-2's pre-tokens (what `prepare` trained before CJK pre-tokens) trained on the same train split. The curve
+is a PNG. (Until e0732e9 prepare read two Tang files' `id` fields as the text; the folder is read right now.)
 
 Near duplicates: 200 distinct Tang poems (poet.tang.0.json; a poem within edit ratio 0.8 of one already drawn
 is not drawn) and 50 copies with one Chinese character replaced, through `NearDuplicateIndex` at the default
@@ -18,7 +15,12 @@ a poem it was not made from, at or above the threshold). Seed 0 is the figure; s
 PII: precision and recall per type and per kind on tests/data/pii_cases_zh.jsonl (mainland mobile and
 landline numbers, resident IDs, e-mail addresses, some written in full width; 200+ hard negatives).
 
-    nice -n 19 .venv/bin/python bench/chinese.py [--vocab 2000,4000,8000,16000,32000] [--plot PATH]
+Demo: `llmkit demo --act scratch --data ../shared/data/chinese_poetry --minutes M --no-serve --json` in a fresh
+workspace (M = 3, the issue's command; --demo-minutes changes it, 0 skips it): the test split's bits per
+byte, the steps trained in the budget, the samples, and the share of the samples' clauses (text between
+，。！？；) of five or seven characters, counted over the complete lines only.
+
+    nice -n 19 .venv/bin/python bench/chinese.py [--vocab 2000,4000,8000,16000,32000] [--plot PATH] [--demo-minutes 3]
 
 The last line of output is one JSON object.
 """
@@ -28,7 +30,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import random
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,19 +76,6 @@ def _chars_per_token(tok, texts: list[str]) -> float:
     return sum(map(len, texts)) / tokens
 
 
-def poems_as_jsonl(folder: Path) -> Path:
-    """The poems of chinese_poetry as {"text": lines joined by newlines} JSON Lines, read from `paragraphs`
-    or `content` (what prepare should read; today it reads `id` for two of the Tang files)."""
-    for path in sorted(POETRY.glob("*.json")):
-        rows = json.loads(path.read_text(encoding="utf-8"))
-        with open(folder / f"{path.stem}.jsonl", "w", encoding="utf-8") as out:
-            for row in rows:
-                lines = row.get("paragraphs") or row.get("content")
-                if lines:
-                    out.write(json.dumps({"text": "\n".join(lines)}, ensure_ascii=False) + "\n")
-    return folder
-
-
 def tokenizer_curve(vocabs: list[int], source: Path) -> list[dict]:
     from tokenizers import Tokenizer
 
@@ -120,10 +112,7 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     vocabs = [r["vocab"] for r in rows]
-    for key, label, style in (("cpt_val_read_right", "poems read right, CJK pre-tokens", "o-"),
-                              ("cpt_val_read_right_gpt2", "poems read right, GPT-2 pre-tokens (before)", "o--"),
-                              ("cpt_val", "folder as read today (with ids), CJK pre-tokens", "s-"),
-                              ("cpt_val_gpt2", "folder as read today (with ids), GPT-2 (before)", "s--")):
+    for key, label, style in (("cpt_val", "CJK pre-tokens", "o-"), ("cpt_val_gpt2", "GPT-2 pre-tokens (before)", "o--")):
         ax.plot(vocabs, [r[key] for r in rows], style, label=label)
     ax.axhline(1.3, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
@@ -221,6 +210,38 @@ def pii_scores() -> dict[str, dict]:
     return out
 
 
+# -- demo -----------------------------------------------------------------------------------------
+
+_CLAUSE_END = re.compile("[，。！？；]")
+
+
+def five_seven_share(samples: list[str]) -> tuple[float, int]:
+    """Share of the clauses of complete sample lines that are five or seven characters long, and how many."""
+    clauses = []
+    for text in samples:
+        for line in text.split("\n")[:-1]:  # the last line was cut by the token budget
+            clauses += [c for c in _CLAUSE_END.split(line.strip()) if c]
+    return (sum(len(c) in (5, 7) for c in clauses) / len(clauses) if clauses else 0.0), len(clauses)
+
+
+def demo_run(minutes: float) -> dict:
+    """The issue's demo command in a fresh workspace (no serving); its test-split figures and samples."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "llmkit", "demo", "--act", "scratch", "--data", str(POETRY), "--minutes",
+               f"{minutes:g}", "--no-serve", "--json"]
+        env = {**os.environ, "LLMKIT_HOME": tmp, "PYTHONPATH": str(ROOT / "src")}
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            sys.exit(f"bench/chinese.py: the demo failed ({out.returncode}):\n{out.stderr[-3000:]}")
+        scratch = json.loads(out.stdout)["scratch"]
+    samples = [s["prompt"] + s["completion"] for s in scratch["samples"]]
+    share, clauses = five_seven_share(samples)
+    return {"minutes": minutes, "seconds": round(time.perf_counter() - t0, 1), "steps": scratch["steps"],
+            "bits_per_byte": scratch["evaluation"]["bits_per_byte"], "perplexity": scratch["evaluation"]["perplexity"],
+            "samples": samples, "five_seven_share": share, "clauses": clauses}
+
+
 # -- main -------------------------------------------------------------------------------------------
 
 
@@ -229,25 +250,20 @@ def main() -> None:
     parser.add_argument("--vocab", default=",".join(map(str, VOCABS)), help="comma-separated BPE vocabulary sizes")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "chinese_chars_per_token.png",
                         help="where the characters-per-token curve is written")
+    parser.add_argument("--demo-minutes", type=float, default=3.0,
+                        help="training budget of the demo run (the issue's command uses 3; 0 skips the demo)")
     args = parser.parse_args()
     if not POETRY.exists():
         sys.exit(f"bench/chinese.py: {POETRY} is missing; it holds the chinese_poetry data this bench measures")
     vocabs = [int(v) for v in args.vocab.split(",")]
 
     rows = tokenizer_curve(vocabs, POETRY)
-    with tempfile.TemporaryDirectory() as tmp:
-        read_right = tokenizer_curve(vocabs, poems_as_jsonl(Path(tmp)))
-    for row, right in zip(rows, read_right, strict=True):
-        row["cpt_val_read_right"], row["cpt_val_read_right_gpt2"] = right["cpt_val"], right["cpt_val_gpt2"]
     plot_curve(rows, args.plot)
     print("characters per token on the val split (no separators); before = GPT-2 pre-tokens, same train split")
-    print("  folder as prepare reads it today (some records are ids) | poems read from paragraphs/content")
-    print(f"{'vocab':>6} {'val all':>8} {'before':>7} {'val poems':>10} {'before':>7} | {'val':>6} {'before':>7}")
+    print(f"{'vocab':>6} {'val':>6} {'before':>7}")
     for r in rows:
-        print(f"{r['vocab']:>6} {r['cpt_val']:>8.3f} {r['cpt_val_gpt2']:>7.3f} {r['cpt_val_poems']:>10.3f} "
-              f"{r['cpt_val_poems_gpt2']:>7.3f} | {r['cpt_val_read_right']:>6.3f} {r['cpt_val_read_right_gpt2']:>7.3f}")
-    print(f"  val: {rows[0]['val_records']} records, {rows[0]['val_poems']} of them poems "
-          f"({read_right[0]['val_records']} when read right); curve: {args.plot}")
+        print(f"{r['vocab']:>6} {r['cpt_val']:>6.3f} {r['cpt_val_gpt2']:>7.3f}")
+    print(f"  val: {rows[0]['val_records']} records, {rows[0]['val_poems']} of them hold Chinese; curve: {args.plot}")
 
     threshold = DataConfig().near_threshold
     near = near_duplicates(0, threshold)
@@ -266,20 +282,26 @@ def main() -> None:
         if not label.startswith("_"):
             print(f"{label:<10} {s['support']:>7} {s['fp']:>3} {s['fn']:>3} {s['precision']:>9.3f} {s['recall']:>7.3f}")
 
+    demo = demo_run(args.demo_minutes) if args.demo_minutes > 0 else None
+    if demo is not None:
+        print(f"\ndemo --data {POETRY} --minutes {demo['minutes']:g}: {demo['steps']} steps, {demo['seconds']:.0f} s in all")
+        print(f"  test split: {demo['bits_per_byte']:.3f} bits per byte, perplexity {demo['perplexity']:.1f} (characters as tokens)")
+        print(f"  clauses of five or seven characters: {demo['five_seven_share']:.2f} of {demo['clauses']}")
+        for sample in demo["samples"]:
+            print("  | " + sample.replace("\n", " / "))
+
     print(json.dumps({
         "chars_per_token_val": {str(r["vocab"]): round(r["cpt_val"], 4) for r in rows},
-        "chars_per_token_val_poems": {str(r["vocab"]): round(r["cpt_val_poems"], 4) for r in rows},
         "chars_per_token_val_gpt2_pretokens": {str(r["vocab"]): round(r["cpt_val_gpt2"], 4) for r in rows},
-        "chars_per_token_val_poems_gpt2_pretokens": {str(r["vocab"]): round(r["cpt_val_poems_gpt2"], 4) for r in rows},
-        "chars_per_token_val_read_right": {str(r["vocab"]): round(r["cpt_val_read_right"], 4) for r in rows},
-        "chars_per_token_val_read_right_gpt2_pretokens": {
-            str(r["vocab"]): round(r["cpt_val_read_right_gpt2"], 4) for r in rows},
         "near_dup_recall": round(near["recall"], 4), "near_dup_false_matches": near["false_matches"],
         "near_dup_recall_seeds_1_4": [round(s["recall"], 4) for s in spread],
         "near_dup_recall_before": round(before["recall"], 4),
         "pii_precision": {k: round(v["precision"], 4) for k, v in pii.items() if not k.startswith("_")},
         "pii_recall": {k: round(v["recall"], 4) for k, v in pii.items() if not k.startswith("_")},
         "curve_png": str(args.plot),
+        "demo_bpb": round(demo["bits_per_byte"], 4) if demo else None,
+        "demo_minutes": args.demo_minutes, "demo_steps": demo["steps"] if demo else None,
+        "demo_five_seven_share": round(demo["five_seven_share"], 4) if demo else None,
     }, ensure_ascii=False))
 
 
