@@ -14,24 +14,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from llmkit.data.preference import PreferenceError, preference_record
+from llmkit.data.roles import ROLES as _ROLES
 from llmkit.errors import UserError
 
 TASKS = ("lm", "chat", "classify", "preference")
 TEXT_NAMES = ("text", "content")  # tried in order when --text-field is not given
 LABEL_NAME = "label"
 
-# Every role spelling seen in public chat exports, folded to the three roles a chat template knows.
-_ROLES = {
-    "system": "system",
-    "user": "user",
-    "human": "user",
-    "prompter": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "bot": "assistant",
-    "model": "assistant",
-    "chatgpt": "assistant",
-}
 _NUMERIC = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 # An identifier: one ASCII word of letters, digits, '-' and '_' holding a digit (a UUID, a hash, "q_0017").
 # Such a field can be longer than the text of a short record (a UUID has 36 characters, a quatrain 24),
@@ -137,10 +127,6 @@ class RowFormatter:
         self.text_field = text_field
         self.label_field = label_field if label_field is not None else (LABEL_NAME if task == "classify" else None)
         self._explicit_label = label_field is not None
-        if task == "preference":  # imported here: preference.py reads this module's role names
-            from llmkit.data.preference import PreferenceError, preference_record
-
-            self._preference, self._preference_error = preference_record, PreferenceError
 
     def set_defaults(self, text: str | None, label: str | None) -> None:
         """Column guesses from a reader of header-less tables; given flags still win."""
@@ -179,8 +165,8 @@ class RowFormatter:
             return [{"messages": m, "source": where} for m in chat_messages(row, where, self.text_field)]
         if self.task == "preference":
             try:
-                return [{**self._preference(row), "source": where}]
-            except self._preference_error as err:
+                return [{**preference_record(row), "source": where}]
+            except PreferenceError as err:
                 raise BadRecord(f"{where}: {err.message}", err.reason) from None
         text = self._text(row, where)
         if self.task == "lm":

@@ -23,7 +23,7 @@ import re
 from typing import Any
 
 from llmkit.data.clean import clean_text
-from llmkit.data.formats import _ROLES  # role spellings folded as for chat
+from llmkit.data.roles import ROLES as _ROLES
 
 # Reasons a row is rejected, as counted in the manifest under --skip-bad.
 SAME = "chosen_equals_rejected"
