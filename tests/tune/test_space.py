@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from llmkit.config import DEFAULT_TUNE_SPACES, render_defaults
+from llmkit.config import TuneConfig, render_defaults
 from llmkit.errors import UserError
 from llmkit.tune.space import read_space, with_values
 
@@ -59,7 +59,14 @@ def test_a_space_file_that_is_not_yaml_or_absent_is_named(tmp_path: Path):
 
 
 def test_default_spaces_are_valid_and_shown_by_config_show():
-    for stage, space in DEFAULT_TUNE_SPACES.items():
-        assert [p.key for p in read_space(None, stage, DEFAULT_TUNE_SPACES)] == list(space)
+    spaces = TuneConfig().spaces.model_dump()
+    assert [p.key for p in read_space(None, "sft", spaces)] == ["lr", "lora.r", "lora.alpha", "warmup_ratio", "epochs"]
+    for stage in ("pretrain", "classify"):
+        assert [p.key for p in read_space(None, stage, spaces)] == list(spaces[stage])
     shown = render_defaults("tune")
-    assert "spaces:" in shown and "classify: {" in shown and "log-float" in shown
+    assert "  classify:\n" in shown and "      lr: {log-float: [1.0e-05, 0.0003]}" in shown
+
+
+def test_nested_groups_read_as_dotted_keys():
+    params = read_space({"lora": {"r": {"int": [4, 16]}, "alpha": {"float": [8.0, 32.0]}}}, "sft")
+    assert [(p.key, p.kind) for p in params] == [("lora.r", "int"), ("lora.alpha", "float")]

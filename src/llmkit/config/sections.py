@@ -376,24 +376,49 @@ SECTIONS: dict[str, type[Section]] = {
 }
 
 
-# Search spaces `llmkit tune` uses when no --space file is given: config key -> {float|log-float|int|categorical: ...}.
-# Ranges that suit small data on a CPU; a key absent here keeps the stage's own default.
-DEFAULT_TUNE_SPACES: dict[str, dict[str, dict[str, list]]] = {
-    "pretrain": {"lr": {"log-float": [3e-4, 3e-3]}, "warmup_steps": {"int": [0, 100]},
-                 "weight_decay": {"float": [0.0, 0.2]}, "batch_size": {"categorical": [8, 16, 32]}},
-    "sft": {"lr": {"log-float": [5e-5, 1e-3]}, "lora.r": {"categorical": [4, 8, 16]},
-            "lora.alpha": {"categorical": [8.0, 16.0, 32.0]}, "warmup_ratio": {"float": [0.0, 0.1]},
-            "epochs": {"int": [1, 3]}},
-    "classify": {"lr": {"log-float": [1e-5, 3e-4]}, "batch_size": {"categorical": [8, 16, 32]},
-                 "weight_decay": {"float": [0.0, 0.1]}, "warmup_ratio": {"float": [0.0, 0.2]},
-                 "epochs": {"int": [1, 4]}},
-}
+# Search spaces `llmkit tune` uses when no --space file is given: one field per config key of the stage
+# (a nested section nests), each {float|log-float|int: [low, high]} or {categorical: [choices]}. Ranges that
+# suit small data on a CPU; a key absent here keeps the stage's own default. Extra keys are allowed: a
+# config file's `tune: {spaces: {classify: {...}}}` may search any key of the stage.
+def _space(kind: str, bounds: list, description: str):
+    return Field(default_factory=lambda: {kind: list(bounds)}, description=description)
+
+
+class SearchSpace(BaseModel):
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+class PretrainSpace(SearchSpace):
+    lr: dict[str, list] = _space("log-float", [3e-4, 3e-3], "peak learning rate")
+    warmup_steps: dict[str, list] = _space("int", [0, 100], "linear warm-up steps")
+    weight_decay: dict[str, list] = _space("float", [0.0, 0.2], "AdamW weight decay")
+    batch_size: dict[str, list] = _space("categorical", [8, 16, 32], "sequences per micro-batch")
+
+
+class LoraSpace(SearchSpace):
+    r: dict[str, list] = _space("categorical", [4, 8, 16], "LoRA rank")
+    alpha: dict[str, list] = _space("categorical", [8.0, 16.0, 32.0], "LoRA scaling numerator")
+
+
+class SftSpace(SearchSpace):
+    lr: dict[str, list] = _space("log-float", [5e-5, 1e-3], "peak learning rate")
+    lora: LoraSpace = Field(default_factory=LoraSpace, description="LoRA settings")
+    warmup_ratio: dict[str, list] = _space("float", [0.0, 0.1], "fraction of the steps spent warming up")
+    epochs: dict[str, list] = _space("int", [1, 3], "passes over the train split")
+
+
+class ClassifySpace(SearchSpace):
+    lr: dict[str, list] = _space("log-float", [1e-5, 3e-4], "peak learning rate")
+    batch_size: dict[str, list] = _space("categorical", [8, 16, 32], "examples per micro-batch")
+    weight_decay: dict[str, list] = _space("float", [0.0, 0.1], "AdamW weight decay")
+    warmup_ratio: dict[str, list] = _space("float", [0.0, 0.2], "fraction of the steps spent warming up")
+    epochs: dict[str, list] = _space("int", [1, 4], "passes over the train split")
 
 
 class TuneSpacesConfig(Section):
-    pretrain: dict[str, Any] = Field(default_factory=lambda: DEFAULT_TUNE_SPACES["pretrain"], description="search space of `llmkit tune pretrain` without --space")
-    sft: dict[str, Any] = Field(default_factory=lambda: DEFAULT_TUNE_SPACES["sft"], description="search space of `llmkit tune sft` without --space")
-    classify: dict[str, Any] = Field(default_factory=lambda: DEFAULT_TUNE_SPACES["classify"], description="search space of `llmkit tune classify` without --space")
+    pretrain: PretrainSpace = Field(default_factory=PretrainSpace, description="search space of `llmkit tune pretrain` without --space")
+    sft: SftSpace = Field(default_factory=SftSpace, description="search space of `llmkit tune sft` without --space")
+    classify: ClassifySpace = Field(default_factory=ClassifySpace, description="search space of `llmkit tune classify` without --space")
 
 
 def duration_s(text: str) -> float:

@@ -3,6 +3,7 @@
 Written in YAML, one entry per key path of the stage's section (nested keys dotted, as `lora.r`):
 
     lr: {log-float: [1.0e-5, 3.0e-4]}      # sampled on a log scale
+    lora.r: {int: [4, 16]}                 # or nested: lora: {r: {int: [4, 16]}}
     warmup_ratio: {float: [0.0, 0.2]}      # optional `step: 0.05`
     epochs: {int: [1, 4]}                  # bounds included; optional `step: 1`
     batch_size: {categorical: [8, 16, 32]}
@@ -72,10 +73,22 @@ def read_space(source: str | Path | dict | None, stage: str, defaults: dict[str,
             raise UserError(f"{path}{at}: invalid YAML ({getattr(err, 'problem', None) or err}); {EXAMPLE}") from None
     if not isinstance(body, dict) or not body:
         raise UserError(f"{where}: a search space is a mapping of config keys to ranges ({EXAMPLE})")
-    params = [_param(str(key), spec, stage, where) for key, spec in body.items()]
+    params = [_param(key, spec, stage, where) for key, spec in _flat(body).items()]
     for p in params:
         _check_values(p, stage, where)
     return params
+
+
+def _flat(body: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested groups (`lora: {r: {int: [4, 16]}}`) as dotted keys (`lora.r`); both spellings work."""
+    out: dict[str, Any] = {}
+    for key, spec in body.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(spec, dict) and spec and all(isinstance(v, dict) for v in spec.values()):
+            out.update(_flat(spec, dotted + "."))
+        else:
+            out[dotted] = spec
+    return out
 
 
 def _param(key: str, spec: Any, stage: str, where: str) -> Param:
