@@ -11,28 +11,31 @@ shift, padding) and the formula together. Each test also shows a wrong beta or w
 from __future__ import annotations
 
 import functools
+import json
 from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate import Accelerator  # TRL's own dependency
+from transformers import AutoTokenizer, LlamaForCausalLM
+from trl.experimental.orpo import ORPOTrainer  # TRL is a test dependency only (pyproject's dev extra)
+from trl.trainer import DPOTrainer, KTOTrainer, add_fused_lm_head
 
-trl = pytest.importorskip("trl")  # a test dependency (pyproject's dev extra); llmkit never imports it
-
-from accelerate import Accelerator  # noqa: E402  (TRL's own dependency)
-from transformers import LlamaForCausalLM  # noqa: E402
-from trl.experimental.orpo import ORPOTrainer  # noqa: E402
-from trl.trainer import DPOTrainer, KTOTrainer, add_fused_lm_head  # noqa: E402
-
-from llmkit.models.presets import llama_config  # noqa: E402
-from llmkit.train.preference_loss import (  # noqa: E402
+from llmkit.config import DataConfig
+from llmkit.data import prepare
+from llmkit.models.presets import llama_config
+from llmkit.registry import Registry
+from llmkit.train.preference_loss import (
     completion_logps,
     dpo_loss,
+    encode_completion,
     kto_loss,
     kto_mismatched,
     orpo_loss,
     pack_sequences,
 )
+from llmkit.workspace import Workspace
 
 VOCAB, PAD = 48, 0
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -207,3 +210,25 @@ def test_completion_logps_sum_only_completion_tokens_whatever_the_padding(models
         logits = policy(input_ids=ids).logits[0].log_softmax(-1)
     by_hand = sum(float(logits[len(prompts[0]) + k - 1, t]) for k, t in enumerate(chosen[0]))
     assert float(together.summed[0]) == pytest.approx(by_hand, abs=1e-4)
+
+
+def test_a_prepared_preference_dataset_encodes_to_pairs_that_share_their_prompt_ids(tmp_path):
+    rows = [{"prompt": "Name a colour.", "chosen": "Red.", "rejected": "A purple one."},
+            {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye\n\nAssistant: Goodbye.",
+             "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye\n\nAssistant: No."}]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ws = Workspace.open(tmp_path / "ws")
+    ds = prepare(DataConfig(inputs=[str(tmp_path / "p.jsonl")], task="preference", tokenizer="char",
+                            splits={"val": 0, "test": 0}), ws, Registry.for_workspace(ws.root))
+    tok = AutoTokenizer.from_pretrained(str(ds.tokenizer_dir))
+    for rec in ds.records("train"):
+        prompt_c, chosen = encode_completion(tok, rec["prompt"], rec["chosen"], 512)
+        prompt_r, rejected = encode_completion(tok, rec["prompt"], rec["rejected"], 512)
+        assert prompt_c == prompt_r
+        assert tok.decode(prompt_c + chosen) == tok.bos_token + tok.apply_chat_template(  # bos first, as in SFT
+            [*rec["prompt"], {"role": "assistant", "content": rec["chosen"]}], tokenize=False)
+        assert tok.decode(chosen).startswith(rec["chosen"])  # the answer, then the template's end of turn
+        assert tok.decode(prompt_c).endswith(tok.apply_chat_template(rec["prompt"], tokenize=False,
+                                                                      add_generation_prompt=True)[-12:])
+    assert encode_completion(tok, rec["prompt"], rec["chosen"], len(prompt_c)) is None  # nothing of the answer left
+    assert encode_completion(tok, rec["prompt"], rec["chosen"], len(prompt_c) + 2) == (prompt_c, chosen[:2])

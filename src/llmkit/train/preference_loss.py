@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from llmkit.train.supervised import IGNORE, encode_chat
+
 
 @dataclass
 class SequenceBatch:
@@ -31,6 +33,25 @@ class SequenceBatch:
     input_ids: torch.Tensor        # (B, T)
     attention_mask: torch.Tensor   # (B, T) 1 on prompt and completion tokens
     completion_mask: torch.Tensor  # (B, T) 1 on completion tokens only
+
+
+def encode_completion(tokenizer, prompt: list[dict[str, str]], completion: str,
+                      max_length: int) -> tuple[list[int], list[int]] | None:
+    """Prompt ids and completion ids of one answer of a preference record (data/preference.py).
+
+    Rendered with the tokenizer's chat template exactly as SFT renders a conversation (encode_chat):
+    the prompt ids end with the generation prompt, the completion ids hold the answer and the
+    template's end-of-turn tokens, so the boundary is where generation starts at inference. Cut to
+    `max_length` tokens in all; None when no completion token is left.
+    """
+    example, _ = encode_chat(tokenizer, [*prompt, {"role": "assistant", "content": completion}], 1 << 62)
+    if example is None:
+        return None
+    # The answer is the labelled run at the end: earlier assistant turns of the prompt are labelled too.
+    start = max(i for i, label in enumerate(example.labels) if label == IGNORE) + 1
+    if start >= max_length or start == len(example.ids):
+        return None
+    return example.ids[:start], example.ids[start:max_length]
 
 
 def pack_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: int,
