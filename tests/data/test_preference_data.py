@@ -113,6 +113,20 @@ def test_every_layout_becomes_a_prompt_with_chosen_and_rejected_or_a_rated_compl
     assert ds.manifest["splits"]["train"]["tokens"] > 0
 
 
+def test_ultrafeedback_parquet_is_read_whole_rows_with_message_lists(env):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    second = {**ULTRAFEEDBACK, "prompt": "Say hi.", "prompt_id": "c3",
+              "chosen": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}],
+              "rejected": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "No."}]}
+    path = env.root / "train_prefs-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist([ULTRAFEEDBACK, second]), path)
+    recs = env.records(env.prepare(path))
+    assert sorted((r["prompt"][0]["content"], r["chosen"], r["rejected"]) for r in recs) == [
+        ("Say hi.", "Hi!", "No."), ("Write a haiku about rain.", ULTRAFEEDBACK["chosen"][1]["content"], "Rain is wet.")]
+
+
 def test_records_of_one_prompt_land_in_one_split(env):
     rows = [{"prompt": f"Question {i}?", "chosen": f"Good answer {i}.{j}", "rejected": f"Bad answer {i}.{j} " + "x" * j}
             for i in range(30) for j in range(3)]
