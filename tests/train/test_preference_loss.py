@@ -24,6 +24,7 @@ from trl.trainer import DPOTrainer, KTOTrainer, add_fused_lm_head
 
 from llmkit.config import DataConfig
 from llmkit.data import prepare
+from llmkit.models.llama import from_hf_folder
 from llmkit.models.presets import llama_config
 from llmkit.registry import Registry
 from llmkit.train.preference_loss import (
@@ -232,3 +233,16 @@ def test_a_prepared_preference_dataset_encodes_to_pairs_that_share_their_prompt_
                                                                       add_generation_prompt=True)[-12:])
     assert encode_completion(tok, rec["prompt"], rec["chosen"], len(prompt_c)) is None  # nothing of the answer left
     assert encode_completion(tok, rec["prompt"], rec["chosen"], len(prompt_c) + 2) == (prompt_c, chosen[:2])
+
+
+def test_completion_logps_of_our_own_llama_equal_the_hugging_face_ones(models, tmp_path):
+    # The fast LoRA path trains llmkit's Llama (hidden_states + lm_head), not the HF model.
+    hf = models[0]
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    ours = from_hf_folder(tmp_path).eval()
+    prompts, chosen, _ = pairs(3, seed=4)
+    batch = pack_sequences(prompts, chosen, PAD)
+    with torch.no_grad():
+        theirs_logps, ours_logps = completion_logps(hf, batch), completion_logps(ours, batch)
+    torch.testing.assert_close(ours_logps.summed, theirs_logps.summed, **TOL)
+    torch.testing.assert_close(ours_logps.sequence_summed, theirs_logps.sequence_summed, **TOL)

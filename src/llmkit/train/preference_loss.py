@@ -102,12 +102,17 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def completion_logps(model, batch: SequenceBatch) -> SequenceLogps:
-    """One forward of a causal LM (HF-style: `model(input_ids, attention_mask).logits`) over the batch.
+    """One forward of a causal LM over the batch: a Hugging Face model (`.logits` of its output), or
+    llmkit's own Llama / fast-LoRA Llama (`hidden_states` then `lm_head`; right padding needs no mask
+    there, since causal attention never lets a real token see the padding after it).
 
     The whole (B, T, V) logits tensor is built: fine for short pairs on small models; a trainer on a
     large vocabulary would score the completion positions in chunks (see chunked_loss.py).
     """
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
+        logits = model.lm_head(model.hidden_states(batch.input_ids))
+    else:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     per_token = token_logps(logits, batch.input_ids)          # (B, T-1)
     completion = batch.completion_mask[:, 1:].to(per_token.dtype)
     real = batch.attention_mask[:, 1:].to(per_token.dtype)
