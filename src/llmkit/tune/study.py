@@ -240,8 +240,9 @@ def run_workers(plan: Plan, workers: int, ws: Workspace, say) -> None:
                                       stdout=log, stderr=subprocess.STDOUT))
         log.close()
     say(f"{workers} worker processes ({threads} threads each): {', '.join(str(p.pid) for p in procs)}; logs in {folder}")
-    for p in procs:
-        p.wait()
+    for i, p in enumerate(procs):
+        if p.wait() != 0:  # its running trial, if any, goes FAIL through the heartbeat check in finish()
+            say(f"[yellow]worker {i} (pid {p.pid}) exited with {p.returncode}[/yellow]; its log: {folder / f'worker-{i}.log'}")
 
 
 def finish(plan: Plan, study: optuna.Study, ws: Workspace, registry: Registry, started: float, say) -> StudyResult:
