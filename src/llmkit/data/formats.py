@@ -3,7 +3,8 @@
 Readers in `ingest.py` turn every file format into dict rows (a CSV row, a JSON object, a Parquet
 row); a `RowFormatter` turns one row into the records of the task: `lm` and `classify` need a text
 (and a label) field, `chat` recognizes the common conversation layouts so that users do not have to
-convert OpenAssistant, ShareGPT or Alpaca exports by hand. A row that cannot become a record raises
+convert OpenAssistant, ShareGPT or Alpaca exports by hand, and `preference` reads pairs and rated
+completions in the layouts `preference.py` lists. A row that cannot become a record raises
 `BadRecord`, which the caller either stops on or counts (--skip-bad).
 """
 
