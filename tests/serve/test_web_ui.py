@@ -41,7 +41,7 @@ class Watched:
 
 @pytest.fixture
 def watched(browser, server):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")  # English strings asserted
     page = Watched(context.new_page(), server.base_url)
     yield page
     context.close()
@@ -256,7 +256,7 @@ def test_dashboard_shows_models_runs_loss_chart_and_model_detail(watched, server
 
 @pytest.mark.parametrize("view", ["chat", "dashboard"])
 def test_views_fit_a_375px_phone(browser, server, view):
-    context = browser.new_context(viewport={"width": 375, "height": 812}, device_scale_factor=2)
+    context = browser.new_context(viewport={"width": 375, "height": 812}, device_scale_factor=2, locale="en-US")
     page = Watched(context.new_page(), server.base_url)
     try:
         page.page.goto(f"{server.base_url}/#{view}")

@@ -1,7 +1,8 @@
-// Entry point: hash routing between the chat playground (#chat) and the dashboard (#dashboard),
-// and the API key field (kept in localStorage, sent as a Bearer token by every request).
+// Entry point: hash routing between the chat playground (#chat) and the dashboard (#dashboard), the
+// language switch (i18n.js) and the API key field (kept in localStorage, sent as a Bearer token by every request).
 import { initChat } from "./chat.js";
 import { initDashboard } from "./dashboard.js";
+import { getLocale, setLocale, translatePage } from "./i18n.js";
 import { getApiKey, setApiKey } from "./lib.js";
 
 const VIEWS = ["chat", "dashboard"];
@@ -33,7 +34,15 @@ function initApiKey(onChange) {
   });
 }
 
+function initLanguage() {
+  const picker = document.getElementById("lang-select");
+  translatePage();
+  picker.value = getLocale();
+  picker.addEventListener("change", () => setLocale(picker.value));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  initLanguage();
   const chat = initChat();
   const dashboard = initDashboard();
   listeners.chat = chat.shown;

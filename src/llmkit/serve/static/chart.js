@@ -1,4 +1,5 @@
 // A loss chart drawn by hand on a <canvas>: train and val lines, ticks, axis labels and a legend.
+import { getLocale, t } from "./i18n.js";
 
 const COLORS = { train: "#2563eb", val: "#ea580c", grid: "#e5e7eb", axis: "#6b7280", text: "#374151" };
 const PAD = { left: 58, right: 22, top: 28, bottom: 42 };
@@ -15,8 +16,8 @@ function ticks(min, max, count) {
 }
 
 function label(v) {
-  if (Math.abs(v) >= 1000) return v.toLocaleString("en-US", { maximumFractionDigits: 0 });
-  return +v.toPrecision(4) + "";
+  if (Math.abs(v) >= 1000) return v.toLocaleString(getLocale(), { maximumFractionDigits: 0 });
+  return (+v.toPrecision(4)).toLocaleString(getLocale(), { maximumFractionDigits: 4 });
 }
 
 /** Draw series {train: [{step, value}], val: [...]} to fill the canvas's CSS box. */
@@ -76,12 +77,12 @@ export function drawLossChart(canvas, series) {
   ctx.lineTo(PAD.left, PAD.top + plotH);
   ctx.lineTo(PAD.left + plotW, PAD.top + plotH);
   ctx.stroke();
-  ctx.fillText("step", PAD.left + plotW / 2, height - 16);
+  ctx.fillText(t("chart.step"), PAD.left + plotW / 2, height - 16);
   ctx.save();
   ctx.translate(14, PAD.top + plotH / 2);
   ctx.rotate(-Math.PI / 2);
   ctx.textBaseline = "middle";
-  ctx.fillText("loss", 0, 0);
+  ctx.fillText(t("chart.loss"), 0, 0);
   ctx.restore();
 
   // the lines: train thin, val thicker with a dot per evaluation
@@ -108,13 +109,13 @@ export function drawLossChart(canvas, series) {
   ctx.textAlign = "left";
   ctx.textBaseline = "middle";
   const entries = [["train", COLORS.train], ["val", COLORS.val]].filter(([name]) => series[name].length);
-  const widths = entries.map(([name]) => 22 + ctx.measureText(`${name} loss`).width + 14);
+  const widths = entries.map(([name]) => 22 + ctx.measureText(t(`chart.${name}`)).width + 14);
   let lx = PAD.left + plotW - widths.reduce((a, b) => a + b, 0);
   entries.forEach(([name, color], i) => {
     ctx.fillStyle = color;
     ctx.fillRect(lx, 10, 16, 3);
     ctx.fillStyle = COLORS.text;
-    ctx.fillText(`${name} loss`, lx + 22, 12);
+    ctx.fillText(t(`chart.${name}`), lx + 22, 12);
     lx += widths[i];
   });
   return true;

@@ -1,7 +1,11 @@
-// The chat playground: model picker, parameters, a streamed conversation with stop, feedback under every
-// answer, and a classify box for classifier models.
+// The chat playground: model picker (adapters under their base), parameters, an optional JSON schema the
+// answer must follow, a streamed conversation with stop, token probabilities on hover, feedback under
+// every answer, and a classify box for classifier models.
 import { api, ApiFailure, authHeaders, errorMessage, h, thumbIcon } from "./lib.js";
 import { explainButton } from "./explain.js";
+import { fmtNumber, t } from "./i18n.js";
+import { groupByParent } from "./models.js";
+import { renderTokens } from "./tokens.js";
 
 const MODEL_STORAGE = "llmkit.model";
 const $ = (id) => document.getElementById(id);
@@ -55,6 +59,37 @@ export function initChat() {
   bindOutput($("top-p"), $("top-p-value"), 2);
   if (window.matchMedia("(max-width: 760px)").matches) $("settings").open = false;
 
+  // -- JSON schema ---------------------------------------------------------------------------------
+  const schemaInput = $("schema-input");
+  let schemaProblem = null; // [message key, vars] while the box holds something that is not a schema
+
+  function schemaError(problem) {
+    schemaProblem = problem;
+    $("schema-error").hidden = !problem;
+    $("schema-error").textContent = problem ? t(...problem) : "";
+    schemaInput.setAttribute("aria-invalid", String(Boolean(problem)));
+  }
+
+  /** The schema to send: undefined when the box is empty, null (and the error shown) when it is not JSON. */
+  function schema() {
+    const text = schemaInput.value.trim();
+    if (!text) { schemaError(null); return undefined; }
+    let parsed;
+    try {
+      parsed = JSON.parse(text);
+    } catch (err) {
+      schemaError(["schema.invalid", { error: err.message }]);
+      return null;
+    }
+    if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) { schemaError(["schema.notObject", {}]); return null; }
+    schemaError(null);
+    return parsed;
+  }
+  schemaInput.addEventListener("input", () => {
+    $("schema-on").hidden = !schemaInput.value.trim();
+    if (schemaProblem) schema(); // clear the error as soon as the text is fixed
+  });
+
   function params() {
     const out = { temperature: Number($("temperature").value), top_p: Number($("top-p").value) };
     // Empty max tokens: the server generates up to what the context leaves after the prompt.
@@ -81,15 +116,25 @@ export function initChat() {
       banner("");
     } catch (err) {
       models = [];
-      const hint = err instanceof ApiFailure && err.status === 401 ? " Set your API key in the header." : "";
-      banner(`Could not list the models: ${err.message}.${hint}`);
+      const hint = err instanceof ApiFailure && err.status === 401 ? ` ${t("chat.setKey")}` : "";
+      banner(`${t("chat.modelsFailed", { error: err.message })}${hint}`);
     }
     const previous = select.value || localStorage.getItem(MODEL_STORAGE);
-    select.replaceChildren(...models.map((m) => h("option", { value: m.id }, `${m.id} (${m.kind || "model"})`)));
-    if (!models.length) select.append(h("option", { value: "" }, "no models"));
+    fillOptions();
     const preferred = models.find((m) => m.id === previous) || models.find((m) => m.kind === "causal") || models[0];
     if (preferred) select.value = preferred.id;
     modelChanged();
+  }
+
+  // Adapters (cards with a parent) are listed right under their base, indented.
+  function fillOptions() {
+    const value = select.value;
+    select.replaceChildren(...groupByParent(models).map(({ item: m, depth, parent }) => h("option", { value: m.id,
+      "data-parent": parent || undefined },
+    parent ? "\u00a0".repeat(3 * depth) + t("chat.optionAdapter", { id: m.id })
+      : t("chat.option", { id: m.id, kind: t(`kind.${m.kind || "model"}`) }))));
+    if (!models.length) select.append(h("option", { value: "" }, t("chat.noModels")));
+    if (value) select.value = value;
   }
 
   function modelChanged() {
@@ -105,11 +150,14 @@ export function initChat() {
     const context = model && (model.context_length || model.max_model_len);
     $("max-tokens").max = context || "";
     if (context && Number($("max-tokens").value) > context) $("max-tokens").value = context;
-    $("max-tokens").placeholder = context ? `up to ${context}` : "fill context";
-    $("model-hint").textContent = !model ? ""
-      : kind === "causal" ? `${model.backend || "torch"} backend${context ? `, context ${context} tokens` : ""}`
-        : kind === "classifier" ? "A classifier: it labels text instead of chatting."
-          : `A ${kind || "non-causal"} model: nothing to chat with here.`;
+    $("max-tokens").placeholder = context ? t("chat.upTo", { n: fmtNumber(context) }) : t("chat.fillContext");
+    const backend = model ? model.backend || "torch" : "";
+    const hint = !model ? ""
+      : kind === "causal" ? (context ? t("chat.hintCausalContext", { backend, n: fmtNumber(context) }) : t("chat.hintCausal", { backend }))
+        : kind === "classifier" ? t("chat.hintClassifier")
+          : t("chat.hintOther", { kind: t(`kind.${kind || "model"}`) });
+    $("model-hint").replaceChildren(h("span", {}, hint),
+      ...(model && model.parent ? [" · ", h("span", {}, t("chat.hintAdapter", { base: model.parent }))] : []));
   }
   select.addEventListener("change", modelChanged);
 
@@ -117,7 +165,8 @@ export function initChat() {
   function addBubble(role, text, attrs = {}) {
     $("messages-empty").hidden = true;
     const content = h("div", { class: "content" }, text);
-    const bubble = h("div", { class: `message ${role}`, ...attrs }, h("div", { class: "role" }, role), content);
+    const label = h("div", { class: "role", "data-i18n": `role.${role}` }, t(`role.${role}`));
+    const bubble = h("div", { class: `message ${role}`, ...attrs }, label, content);
     messagesEl.append(bubble);
     scrollDown();
     return { bubble, content };
@@ -141,6 +190,14 @@ export function initChat() {
     const text = prompt.value.trim();
     const model = select.value;
     if (!text || controller || !model) return;
+    const wanted = schema();
+    if (wanted === null) {
+      $("schema-box").open = true;
+      schemaInput.focus();
+      return; // the inline error says what is wrong; nothing is sent
+    }
+    const format = wanted === undefined ? {}
+      : { response_format: { type: "json_schema", json_schema: { name: "ui_schema", schema: wanted, strict: true } } };
     prompt.value = "";
     addBubble("user", text);
     history.push({ role: "user", content: text });
@@ -152,6 +209,7 @@ export function initChat() {
     controller = new AbortController();
     setBusy(true);
     let answer = "";
+    const tokens = []; // logprobs.content entries, one per generated token
     let responseId = null;
     let failed = null;
     let stopped = false;
@@ -159,7 +217,7 @@ export function initChat() {
       const response = await fetch("/v1/chat/completions", {
         method: "POST",
         headers: authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
-        body: JSON.stringify({ model, messages, stream: true, ...params() }),
+        body: JSON.stringify({ model, messages, stream: true, logprobs: true, top_logprobs: 5, ...params(), ...format }),
         signal: controller.signal,
       });
       if (!response.ok) throw new ApiFailure(await errorMessage(response), response.status);
@@ -169,9 +227,12 @@ export function initChat() {
       const parser = sseParser((data) => {
         if (data === "[DONE]") { done = true; return; }
         const chunk = JSON.parse(data);
-        if (chunk.error) throw new ApiFailure(chunk.error.message || "the stream failed", 500);
+        if (chunk.error) throw new ApiFailure(chunk.error.message || t("chat.streamFailed"), 500);
         responseId = chunk.id || responseId;
-        const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+        const choice = chunk.choices && chunk.choices[0];
+        const delta = choice && choice.delta;
+        const logprobs = choice && choice.logprobs && choice.logprobs.content;
+        if (Array.isArray(logprobs)) tokens.push(...logprobs);
         if (delta && typeof delta.content === "string" && delta.content) {
           answer += delta.content;
           content.textContent = answer;
@@ -199,9 +260,10 @@ export function initChat() {
       showError(failed);
       return;
     }
-    if (stopped) bubble.append(h("div", { class: "note" }, "stopped"));
+    if (stopped) bubble.append(h("div", { class: "note", "data-i18n": "chat.stopped" }, t("chat.stopped")));
     if (failed) bubble.append(h("div", { class: "note error-text" }, failed));
-    if (!answer) content.textContent = "(empty answer)";
+    if (!answer) content.append(h("span", { "data-i18n": "chat.emptyAnswer" }, t("chat.emptyAnswer")));
+    else renderTokens(content, tokens, answer); // plain text stays when no logprobs came
     history.push({ role: "assistant", content: answer });
     if (responseId) {
       bubble.dataset.responseId = responseId;
@@ -219,35 +281,37 @@ export function initChat() {
   function feedbackBar(responseId, answer) {
     const status = h("span", { class: "feedback-status", "data-testid": "feedback-status", "aria-live": "polite" });
     const record = async (body, button) => {
-      status.textContent = "sending…";
+      status.textContent = t("fb.sending");
       try {
         await api("/v1/feedback", { method: "POST", body: { response_id: responseId, ...body } });
-        status.textContent = "thanks — recorded";
+        status.textContent = t("fb.recorded");
         bar.querySelectorAll(".rate").forEach((b) => b.classList.toggle("chosen", b === button));
         return true;
       } catch (err) {
-        status.textContent = `not recorded: ${err.message}`;
+        status.textContent = t("fb.failed", { error: err.message });
         return false;
       }
     };
-    const up = h("button", { type: "button", class: "rate", "data-testid": "thumbs-up", title: "Good answer",
-      "aria-label": "Good answer", onclick: () => record({ rating: 1 }, up) }, thumbIcon());
-    const down = h("button", { type: "button", class: "rate", "data-testid": "thumbs-down", title: "Bad answer",
-      "aria-label": "Bad answer", onclick: () => record({ rating: -1 }, down) }, thumbIcon(true));
-    const input = h("textarea", { rows: 3, "data-testid": "correction-input", "aria-label": "Corrected answer" });
+    const up = h("button", { type: "button", class: "rate", "data-testid": "thumbs-up", title: t("fb.good"),
+      "aria-label": t("fb.good"), "data-i18n-title": "fb.good", "data-i18n-aria-label": "fb.good", onclick: () => record({ rating: 1 }, up) }, thumbIcon());
+    const down = h("button", { type: "button", class: "rate", "data-testid": "thumbs-down", title: t("fb.bad"),
+      "aria-label": t("fb.bad"), "data-i18n-title": "fb.bad", "data-i18n-aria-label": "fb.bad", onclick: () => record({ rating: -1 }, down) }, thumbIcon(true));
+    const input = h("textarea", { rows: 3, "data-testid": "correction-input", "aria-label": t("fb.corrected"),
+      "data-i18n-aria-label": "fb.corrected" });
     input.value = answer;
     const form = h("form", { class: "correction", hidden: true },
       input,
-      h("button", { type: "submit", "data-testid": "correction-submit" }, "Submit correction"));
+      h("button", { type: "submit", "data-testid": "correction-submit", "data-i18n": "fb.submit" }, t("fb.submit")));
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const correction = input.value.trim();
-      if (!correction) { status.textContent = "write the corrected answer first"; return; }
+      if (!correction) { status.textContent = t("fb.writeFirst"); return; }
       // A correction says the answer was not right as given: it carries a thumbs-down.
       if (await record({ rating: -1, correction }, down)) form.hidden = true;
     });
     const correct = h("button", { type: "button", class: "secondary small", "data-testid": "correct-button",
-      onclick: () => { form.hidden = !form.hidden; if (!form.hidden) input.focus(); } }, "Correct");
+      "data-i18n": "fb.correct", onclick: () => { form.hidden = !form.hidden; if (!form.hidden) input.focus(); } },
+    t("fb.correct"));
     const bar = h("div", { class: "feedback" }, h("div", { class: "feedback-buttons" }, up, down, correct, status), form);
     return bar;
   }
@@ -258,7 +322,7 @@ export function initChat() {
     const lines = $("classify-input").value.split("\n").map((s) => s.trim()).filter(Boolean);
     const out = $("classify-result");
     if (!lines.length) return;
-    out.replaceChildren(h("p", { class: "hint" }, "classifying…"));
+    out.replaceChildren(h("p", { class: "hint" }, t("cls.working")));
     try {
       const body = await api("/v1/classify", { method: "POST",
         body: { model: select.value, input: lines.length === 1 ? lines[0] : lines } });
@@ -272,11 +336,11 @@ export function initChat() {
     const probs = Object.entries(item.probabilities || {}).sort((a, b) => b[1] - a[1]);
     return h("div", { class: "card classification" },
       h("p", { class: "classified-text" }, text),
-      h("p", {}, "label: ", h("strong", { "data-testid": "classify-label" }, item.label)),
+      h("p", {}, h("span", { "data-i18n": "cls.label" }, t("cls.label")), " ", h("strong", { "data-testid": "classify-label" }, item.label)),
       ...probs.map(([name, p]) => h("div", { class: "prob" },
         h("span", { class: "prob-name" }, name),
         h("span", { class: "prob-bar" }, h("span", { style: `width:${(p * 100).toFixed(1)}%` })),
-        h("span", { class: "prob-value" }, p.toFixed(3)))),
+        h("span", { class: "prob-value" }, fmtNumber(p, 3)))),
       explainButton(() => ({ model: select.value, input: text, target: item.label })));
   }
 
@@ -294,6 +358,13 @@ export function initChat() {
     history = [];
     messagesEl.replaceChildren($("messages-empty"));
     $("messages-empty").hidden = false;
+  });
+
+  // A new language: the option labels and the hint are built here; other strings carry data-i18n.
+  document.addEventListener("llmkit:locale", () => {
+    fillOptions();
+    modelChanged();
+    if (schemaProblem) schemaError(schemaProblem);
   });
 
   return {

@@ -1,7 +1,10 @@
-// The dashboard: registry tables (models, runs, datasets, evaluations), a run's loss curve, and a
-// model's detail panel (lineage, latest evaluation, report link, compression table).
+// The dashboard: registry tables (models with LoRA adapters under their base, runs, datasets, evaluations),
+// the models being served (adapters under their base), a run's loss curve, and a model's detail panel
+// (lineage, latest evaluation, report link, compression table).
 import { drawLossChart } from "./chart.js";
-import { api, authHeaders, errorMessage, fmtBytes, fmtCount, fmtDate, fmtNumber, h } from "./lib.js";
+import { fmtBytes, fmtCount, fmtDate, fmtNumber, t, term } from "./i18n.js";
+import { api, authHeaders, errorMessage, h } from "./lib.js";
+import { adapterBase, groupByParent } from "./models.js";
 
 const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
@@ -11,12 +14,15 @@ function num(value) {
   return typeof value === "number" && Number.isFinite(value) ? value : undefined;
 }
 
-/** Fill a <table> from column specs [{title, value(record) -> string|Node, numeric?}]. */
-function fillTable(table, columns, records, { onPick, empty } = {}) {
+/** Fill a <table> from column specs [{title, value(record) -> string|Node, numeric?}]; `tree` lists records
+ * as groupByParent does (an adapter's row indented under its base's, with the base named in its title). */
+function fillTable(table, columns, records, { onPick, empty, tree } = {}) {
   const head = h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: c.numeric ? "num" : "" }, c.title))));
-  const rows = records.map((record) => {
-    const tr = h("tr", { "data-id": record.id, "data-ref": record.ref },
-      columns.map((c) => h("td", { class: c.numeric ? "num" : "" }, c.value(record))));
+  const listed = tree ? tree(records) : records.map((item) => ({ item, depth: 0, parent: null }));
+  const rows = listed.map(({ item: record, depth, parent }) => {
+    const tr = h("tr", { "data-id": record.id, "data-ref": record.ref, "data-parent": parent || undefined,
+      class: depth ? "child" : undefined, title: parent ? t("dash.adapterOf", { base: parent }) : undefined },
+    columns.map((c) => h("td", { class: c.numeric ? "num" : "" }, c.value(record))));
     if (onPick) {
       tr.classList.add("pickable");
       tr.tabIndex = 0;
@@ -25,7 +31,7 @@ function fillTable(table, columns, records, { onPick, empty } = {}) {
     }
     return tr;
   });
-  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: columns.length, class: "empty" }, empty || "nothing yet")));
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: columns.length, class: "empty" }, empty || t("dash.nothing"))));
   table.replaceChildren(head, h("tbody", {}, rows));
 }
 
@@ -40,7 +46,7 @@ function parameterCount(model) {
 
 function headline(metrics) {
   const key = HEADLINE.find((k) => num(metrics[k]) !== undefined);
-  return key ? `${key} ${fmtNumber(metrics[key])}` : "—";
+  return key ? t("dash.headline", { metric: term(key), value: fmtNumber(metrics[key]) }) : "—";
 }
 
 // An audit's headline: how many groups (bias) or probes (privacy) it flagged.
@@ -48,7 +54,8 @@ function auditVerdict(metrics) {
   const flagged = metrics.flagged_groups ?? metrics.flagged_probes;
   if (flagged === undefined) return "—";
   const what = metrics.flagged_groups !== undefined ? "group" : "probe";
-  return flagged ? `${flagged} ${what}${flagged === 1 ? "" : "s"} flagged` : "nothing flagged";
+  if (!flagged) return t("audit.nothing");
+  return flagged === 1 ? t(`audit.${what}`) : t(`audit.${what}s`, { n: fmtNumber(flagged) });
 }
 
 // A report is someone's HTML: it must not run in the UI's origin, where the API key is stored. Opened
@@ -76,13 +83,14 @@ function reportLink(evalRecord) {
         const url = URL.createObjectURL(page);
         if (tab) tab.location = url; else location.assign(url);
       })
-      .catch((err) => { if (tab) tab.close(); alert(`Could not open the report: ${err.message}`); });
-  } }, "report");
+      .catch((err) => { if (tab) tab.close(); alert(t("dash.reportFailed", { error: err.message })); });
+  } }, t("dash.report"));
 }
 
 export function initDashboard() {
   let loaded = false;
   let chartData = null;
+  let chartRun = null; // the ref of the run whose curve is drawn
   const chart = $("loss-chart");
 
   function banner(message) {
@@ -96,54 +104,76 @@ export function initDashboard() {
       overview = await api("/api/overview");
       banner("");
     } catch (err) {
-      banner(`Could not read the registry: ${err.message}`);
+      banner(t("dash.registryFailed", { error: err.message }));
       return;
     }
+    loadServed(); // its own banner line: the registry tables do not wait for it
     fillTable($("models-table"), [
-      { title: "Model", value: (m) => m.ref },
-      { title: "Kind", value: (m) => m.kind || "—" },
-      { title: "Parameters", value: (m) => fmtCount(parameterCount(m)), numeric: true },
-      { title: "Size", value: (m) => fmtBytes(m.size_bytes ?? undefined), numeric: true },
-      { title: "Created", value: (m) => fmtDate(m.created) },
-    ], overview.models, { onPick: (m, tr) => { select($("models-table"), tr); showModel(m.id); }, empty: "no models yet" });
+      { title: t("col.model"), value: (m) => m.ref },
+      { title: t("col.kind"), value: (m) => m.kind || "—" },
+      { title: t("col.parameters"), value: (m) => fmtCount(parameterCount(m)), numeric: true },
+      { title: t("col.size"), value: (m) => fmtBytes(m.size_bytes ?? undefined), numeric: true },
+      { title: t("col.created"), value: (m) => fmtDate(m.created) },
+    ], overview.models, { onPick: (m, tr) => { select($("models-table"), tr); showModel(m.id); }, empty: t("dash.noModels"),
+      tree: (models) => groupByParent(models, (m) => m.ref, adapterBase) });
 
     fillTable($("runs-table"), [
-      { title: "Run", value: (r) => r.ref },
-      { title: "Kind", value: (r) => r.kind || "—" },
-      { title: "Status", value: (r) => (num(r.metrics.steps) !== undefined ? "finished" : "running or stopped") },
-      { title: "Steps", value: (r) => fmtNumber(num(r.metrics.steps)), numeric: true },
-      { title: "Val loss", value: (r) => fmtNumber(num(r.metrics.val_loss)), numeric: true },
-      { title: "Created", value: (r) => fmtDate(r.created) },
-    ], overview.runs, { onPick: (r, tr) => { select($("runs-table"), tr); showRun(r.id); }, empty: "no runs yet" });
+      { title: t("col.run"), value: (r) => r.ref },
+      { title: t("col.kind"), value: (r) => r.kind || "—" },
+      { title: t("col.status"), value: (r) => t(num(r.metrics.steps) !== undefined ? "status.finished" : "status.running") },
+      { title: t("col.steps"), value: (r) => fmtNumber(num(r.metrics.steps)), numeric: true },
+      { title: t("col.valLoss"), value: (r) => fmtNumber(num(r.metrics.val_loss)), numeric: true },
+      { title: t("col.created"), value: (r) => fmtDate(r.created) },
+    ], overview.runs, { onPick: (r, tr) => { select($("runs-table"), tr); showRun(r.id); }, empty: t("dash.noRuns") });
 
     fillTable($("datasets-table"), [
-      { title: "Dataset", value: (d) => d.ref },
-      { title: "Task", value: (d) => d.kind || "—" },
-      { title: "Records", value: (d) => fmtNumber(num(d.metrics.records)), numeric: true },
-      { title: "Tokens", value: (d) => fmtCount(num(d.metrics.tokens)), numeric: true },
-      { title: "Created", value: (d) => fmtDate(d.created) },
-    ], overview.datasets, { empty: "no datasets yet" });
+      { title: t("col.dataset"), value: (d) => d.ref },
+      { title: t("col.task"), value: (d) => d.kind || "—" },
+      { title: t("col.records"), value: (d) => fmtNumber(num(d.metrics.records)), numeric: true },
+      { title: t("col.tokens"), value: (d) => fmtCount(num(d.metrics.tokens)), numeric: true },
+      { title: t("col.created"), value: (d) => fmtDate(d.created) },
+    ], overview.datasets, { empty: t("dash.noDatasets") });
 
     fillTable($("evals-table"), [
-      { title: "Evaluation", value: (e) => e.ref },
-      { title: "Kind", value: (e) => e.kind || "—" },
-      { title: "Model", value: (e) => e.params.model || "—" },
-      { title: "Result", value: (e) => headline(e.metrics) },
+      { title: t("col.eval"), value: (e) => e.ref },
+      { title: t("col.kind"), value: (e) => e.kind || "—" },
+      { title: t("col.model"), value: (e) => e.params.model || "—" },
+      { title: t("col.result"), value: (e) => headline(e.metrics) },
       { title: "", value: (e) => reportLink(e) },
-    ], overview.evals, { empty: "no evaluations yet" });
+    ], overview.evals, { empty: t("dash.noEvals") });
+  }
+
+  // What the server answers for now (GET /v1/models): an adapter served on a base carries "parent".
+  async function loadServed() {
+    let cards;
+    try {
+      cards = (await api("/v1/models")).data || [];
+    } catch (err) {
+      $("served-table").replaceChildren(h("tbody", {}, h("tr", {}, h("td", { class: "empty error-text" },
+        t("dash.servedFailed", { error: err.message })))));
+      return;
+    }
+    fillTable($("served-table"), [
+      { title: t("col.model"), value: (c) => c.id },
+      { title: t("col.kind"), value: (c) => t(`kind.${c.kind || "model"}`) },
+      { title: t("col.backend"), value: (c) => c.backend || "—" },
+      { title: t("col.context"), value: (c) => fmtNumber(num(c.context_length)), numeric: true },
+    ], cards, { empty: t("dash.noModels"), tree: (list) => groupByParent(list) });
   }
 
   // -- loss curve ----------------------------------------------------------------------------------
   async function showRun(ref) {
-    $("chart-title").textContent = "Loss curve — loading…";
+    $("chart-title").textContent = t("dash.lossLoading");
     try {
       const body = await api(`/api/runs/${enc(ref)}/metrics`);
       chartData = { train: body.train, val: body.val };
-      $("chart-title").textContent = `Loss curve — ${body.run.ref}`;
+      chartRun = body.run.ref;
+      $("chart-title").textContent = t("dash.lossOf", { run: chartRun });
       redraw();
     } catch (err) {
       chartData = null;
-      $("chart-title").textContent = "Loss curve";
+      chartRun = null;
+      $("chart-title").textContent = t("dash.lossCurve");
       $("chart-empty").hidden = false;
       $("chart-empty").textContent = err.message;
     }
@@ -154,15 +184,16 @@ export function initDashboard() {
     const drawn = drawLossChart(chart, chartData);
     chart.dataset.points = String(chartData.train.length + chartData.val.length);
     $("chart-empty").hidden = drawn;
-    $("chart-empty").textContent = drawn ? "" : "This run has no loss points yet.";
+    $("chart-empty").textContent = drawn ? "" : t("dash.noPoints");
   }
   window.addEventListener("resize", () => requestAnimationFrame(redraw));
 
   // -- model detail --------------------------------------------------------------------------------
   async function showModel(ref) {
+    shownModel = ref;
     const panel = $("model-detail");
     panel.hidden = false;
-    panel.replaceChildren(h("p", { class: "hint" }, "loading…"));
+    panel.replaceChildren(h("p", { class: "hint" }, t("dash.loading")));
     let detail;
     try {
       detail = await api(`/api/models/${enc(ref)}`);
@@ -175,27 +206,35 @@ export function initDashboard() {
     panel.replaceChildren(...[
       h("div", { class: "detail-head" },
         h("h2", {}, m.ref),
-        h("button", { type: "button", class: "secondary small", onclick: () => { panel.hidden = true; } }, "Close")),
+        h("button", { type: "button", class: "secondary small", onclick: () => { panel.hidden = true; } }, t("dash.close"))),
       h("dl", { class: "facts" },
         fact("kind", m.kind || "—"), fact("parameters", fmtCount(parameterCount(m))),
         fact("size", fmtBytes(m.size_bytes ?? undefined)), fact("created", fmtDate(m.created)),
         fact("id", m.id), fact("path", m.path || "—")),
+      adapterBase(m) ? h("p", { class: "hint", "data-testid": "adapter-of" }, t("dash.adapterOf", { base: adapterBase(m) })) : null,
       h("div", { class: "detail-grid" },
-        h("section", {}, h("h3", {}, "Parents"), lineageList(detail.parents, "no parents")),
-        h("section", {}, h("h3", {}, "Children"), lineageList(detail.children, "no children"))),
-      h("section", {}, h("h3", {}, "Latest evaluation"), latest ? evalSummary(latest) : h("p", { class: "hint" },
-        "Not evaluated yet: llmkit eval " + m.name)),
-      detail.evals.length > 1 ? h("section", {}, h("h3", {}, "All evaluations"), h("ul", { class: "plain" },
-        detail.evals.map((e) => h("li", {}, `${e.kind} · ${headline(e.metrics)} · ${fmtDate(e.created)} `, reportLink(e))))) : null,
-      detail.audits.length ? h("section", { "data-testid": "audits" }, h("h3", {}, "Audits"), h("ul", { class: "plain" },
-        detail.audits.map((a) => h("li", {}, `${a.kind} · ${auditVerdict(a.metrics)} · ${fmtDate(a.created)} `, reportLink(a))))) : null,
+        h("section", {}, h("h3", {}, t("dash.parents")), lineageList(detail.parents, t("dash.noParents"))),
+        h("section", {}, h("h3", {}, t("dash.children")), lineageList(detail.children, t("dash.noChildren")))),
+      h("section", {}, h("h3", {}, t("dash.latestEval")), latest ? evalSummary(latest) : h("p", { class: "hint" },
+        t("dash.notEvaluated", { command: `llmkit eval ${m.name}` }))),
+      detail.evals.length > 1 ? h("section", {}, h("h3", {}, t("dash.allEvals")), h("ul", { class: "plain" },
+        detail.evals.map((e) => listed([e.kind, headline(e.metrics), fmtDate(e.created)], reportLink(e))))) : null,
+      detail.audits.length ? h("section", { "data-testid": "audits" }, h("h3", {}, t("dash.audits")), h("ul", { class: "plain" },
+        detail.audits.map((a) => listed([a.kind, auditVerdict(a.metrics), fmtDate(a.created)], reportLink(a))))) : null,
       ...detail.compression.map(compressionTable),
     ].filter(Boolean));
     panel.scrollIntoView({ block: "nearest", behavior: "smooth" });
   }
 
   function fact(name, value) {
-    return h("div", {}, h("dt", {}, name), h("dd", {}, value));
+    return h("div", {}, h("dt", {}, t(`fact.${name}`)), h("dd", {}, value));
+  }
+
+  // "a · b · c report": each part its own element, so each reads as one string of the UI or of the data.
+  function listed(parts, link) {
+    const out = [];
+    parts.forEach((part, i) => { if (i) out.push(" · "); out.push(h("span", {}, part)); });
+    return h("li", {}, ...out, " ", link);
   }
 
   function lineageList(links, empty) {
@@ -205,16 +244,17 @@ export function initDashboard() {
         : record.type === "run" ? () => { showRun(record.id); chart.scrollIntoView({ block: "nearest" }); }
           : null;
       const name = target ? h("button", { type: "button", class: "link", onclick: target }, record.ref) : h("span", {}, record.ref);
-      return h("li", {}, h("span", { class: "relation" }, relation.replaceAll("_", " ")), " ", name,
-        h("span", { class: "type" }, record.type));
+      return h("li", {}, h("span", { class: "relation" }, term(relation)), " ", name,
+        h("span", { class: "type" }, term(record.type)));
     }));
   }
 
   function evalSummary(e) {
     const metrics = Object.entries(e.metrics).filter(([, v]) => num(v) !== undefined);
     return h("div", { "data-testid": "latest-eval" },
-      h("p", {}, `${e.kind}${e.params.dataset ? ` on ${e.params.dataset}` : ""}${e.params.split ? ` (${e.params.split})` : ""}, ${fmtDate(e.created)} — `,
-        reportLink(e)),
+      h("p", {}, h("span", {}, !e.params.dataset ? e.kind : t(e.params.split ? "dash.evalOnSplit" : "dash.evalOn",
+        { kind: e.kind, dataset: e.params.dataset, split: e.params.split })), " · ", h("span", {}, fmtDate(e.created)), " · ",
+      reportLink(e)),
       h("div", { class: "table-wrap" }, h("table", { class: "metrics" }, h("tbody", {},
         metrics.slice(0, 14).map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { class: "num" }, fmtNumber(v))))))));
   }
@@ -222,14 +262,24 @@ export function initDashboard() {
   function compressionTable(table) {
     const keys = ["size_mb", "perplexity", "accuracy", "decode_tokens_per_s"].filter((k) => table.rows.some((r) => num(r[k]) !== undefined));
     return h("section", { "data-testid": "compression-table" },
-      h("h3", {}, `Before / after (${table.relation.replaceAll("_", " ")})`),
+      h("h3", {}, t("dash.beforeAfter", { relation: term(table.relation) })),
       h("div", { class: "table-wrap" }, h("table", {},
-        h("thead", {}, h("tr", {}, h("th", {}, "stage"), h("th", {}, "model"), keys.map((k) => h("th", { class: "num" }, k.replaceAll("_", " "))))),
-        h("tbody", {}, table.rows.map((r) => h("tr", {}, h("td", {}, r.stage), h("td", {}, r.model),
+        h("thead", {}, h("tr", {}, h("th", {}, t("dash.stage")), h("th", {}, t("col.model")),
+          keys.map((k) => h("th", { class: "num" }, term(k))))),
+        h("tbody", {}, table.rows.map((r) => h("tr", {}, h("td", {}, term(r.stage)), h("td", {}, r.model),
           keys.map((k) => h("td", { class: "num" }, fmtNumber(num(r[k] ?? undefined))))))))));
   }
 
   $("dash-refresh").addEventListener("click", load);
+  // A new language: redraw what this view built (tables, chart labels, the open model's panel).
+  let shownModel = null;
+  document.addEventListener("llmkit:locale", () => {
+    if (!loaded) return;
+    load();
+    $("chart-title").textContent = chartRun ? t("dash.lossOf", { run: chartRun }) : t("dash.lossCurve");
+    if (chartData) redraw();
+    if (shownModel && !$("model-detail").hidden) showModel(shownModel);
+  });
   return {
     shown: () => {
       if (!loaded) { loaded = true; load(); }

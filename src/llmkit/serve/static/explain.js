@@ -1,5 +1,6 @@
 // The "Explain" view: token attributions from POST /v1/explain, drawn as a heat map with the
 // faithfulness check beside it (deletion AOPC against random deletion).
+import { fmtNumber, t } from "./i18n.js";
 import { api, h } from "./lib.js";
 
 function tint(score) {
@@ -11,10 +12,10 @@ function tint(score) {
 export function explainButton(getRequest) {
   const out = h("div", { class: "explain-view", "data-testid": "explain-view" });
   const button = h("button", { type: "button", class: "secondary small", "data-testid": "explain-button",
-    title: "Which input tokens this depends on (Integrated Gradients)" }, "Explain");
+    title: t("ex.title"), "data-i18n-title": "ex.title", "data-i18n": "ex.button" }, t("ex.button"));
   button.addEventListener("click", async () => {
     button.disabled = true;
-    out.replaceChildren(h("p", { class: "hint" }, "explaining…"));
+    out.replaceChildren(h("p", { class: "hint" }, t("ex.working")));
     try {
       const body = await api("/v1/explain", { method: "POST", body: { method: "ig", ...getRequest() } });
       out.replaceChildren(render(body));
@@ -31,14 +32,14 @@ function render(body) {
   const tokens = body.tokens.map((tok, i) => h("span", {
     class: body.special[i] ? "tok special" : "tok", "data-testid": "explain-token",
     style: body.special[i] ? "" : `background:${tint(body.normalized[i])}`,
-    title: `${body.scores[i].toFixed(4)}`,
+    title: fmtNumber(body.scores[i], 4),
   }, tok));
   const beats = body.aopc > body.aopc_random;
   return h("div", {},
-    h("p", { class: "hint" }, `target ${body.target} (p = ${body.probability.toFixed(3)}), ${body.method}, `
-      + `${body.seconds.toFixed(2)} s`),
+    h("p", { class: "hint" }, t("ex.summary", { target: body.target, p: fmtNumber(body.probability, 3), method: body.method,
+      seconds: fmtNumber(body.seconds, 2) })),
     h("div", { class: "tokens" }, ...tokens),
     h("p", { class: "hint", "data-testid": "explain-aopc" },
-      `faithfulness: deleting the top tokens drops it by ${body.aopc.toFixed(3)} on average, random tokens by `
-      + `${body.aopc_random.toFixed(3)} ${beats ? "✓" : "(no better than random)"}`));
+      h("span", {}, t("ex.faithful", { aopc: fmtNumber(body.aopc, 3), random: fmtNumber(body.aopc_random, 3) })), " ",
+      h("span", {}, t(beats ? "ex.beats" : "ex.noBetter"))));
 }

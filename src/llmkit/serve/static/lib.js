@@ -1,4 +1,6 @@
-// Shared helpers: element building, the API client (with the stored API key), number formatting.
+// Shared helpers: element building, the API client (with the stored API key); number formatting lives in
+// i18n.js (it follows the UI's locale) and is re-exported here.
+import { t } from "./i18n.js";
 
 const KEY_STORAGE = "llmkit.apiKey";
 
@@ -58,7 +60,7 @@ export async function errorMessage(response) {
   } catch (_) {
     // not JSON: fall through
   }
-  return `${response.status} ${response.statusText || "request failed"}`;
+  return `${response.status} ${response.statusText || t("error.requestFailed")}`;
 }
 
 export class ApiFailure extends Error {
@@ -78,31 +80,4 @@ export async function api(path, { method = "GET", body, signal } = {}) {
   return response.json();
 }
 
-export function fmtNumber(value, digits = 4) {
-  if (typeof value !== "number" || !Number.isFinite(value)) return "—";
-  if (Number.isInteger(value)) return value.toLocaleString("en-US");
-  if (Math.abs(value) >= 1000) return value.toLocaleString("en-US", { maximumFractionDigits: 1 });
-  return value.toFixed(digits);
-}
-
-export function fmtCount(value) {
-  if (typeof value !== "number" || !Number.isFinite(value)) return "—";
-  for (const [limit, unit] of [[1e9, "B"], [1e6, "M"], [1e3, "k"]]) {
-    if (Math.abs(value) >= limit) return `${(value / limit).toFixed(value >= 10 * limit ? 0 : 1)}${unit}`;
-  }
-  return String(value);
-}
-
-export function fmtBytes(bytes) {
-  if (typeof bytes !== "number" || !Number.isFinite(bytes)) return "—";
-  const units = ["B", "KB", "MB", "GB", "TB"];
-  let i = 0;
-  while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i += 1; }
-  return `${bytes.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
-}
-
-export function fmtDate(iso) {
-  if (!iso) return "—";
-  const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
-}
+export { fmtBytes, fmtCount, fmtDate, fmtNumber } from "./i18n.js";
