@@ -215,3 +215,32 @@ def test_the_registrys_lora_models_sit_under_their_base(ui, served, tmp_path):
         assert base.ref in page.get_by_test_id("adapter-of").inner_text()
     finally:
         registry.remove(adapter.id)
+
+
+def test_a_tap_shows_a_tokens_tooltip_on_a_touch_phone(browser, url):
+    # A phone has no hover: a tap shows the tooltip (inside the 375 px screen), a second tap hides it.
+    context = browser.new_context(viewport={"width": 375, "height": 700}, has_touch=True, is_mobile=True, locale="en-US")
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url + "/")
+        page.wait_for_function("() => document.querySelector('[data-testid=model-select]').value !== ''")
+        page.locator("#settings > summary").tap()
+        page.get_by_test_id("model-select").select_option("smol")
+        page.locator("#max-tokens").fill("16")
+        page.get_by_test_id("prompt-input").fill("Say something about rivers.")
+        page.get_by_test_id("send-button").tap()
+        bubble = page.get_by_test_id("assistant-message").last
+        bubble.get_by_test_id("thumbs-up").wait_for()
+        token = bubble.get_by_test_id("lp-token").last
+        token.scroll_into_view_if_needed()
+        token.tap()
+        tip = page.get_by_test_id("lp-tooltip")
+        tip.wait_for()
+        box = tip.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 375, box
+        assert "%" in tip.get_by_test_id("lp-probability").inner_text()
+        token.tap()
+        tip.wait_for(state="hidden")
+    finally:
+        context.close()

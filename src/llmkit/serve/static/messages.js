@@ -58,7 +58,6 @@ export const MESSAGES = {
 
     "lp.probability": "probability {p}",
     "lp.alternatives": "top alternatives",
-    "lp.hint": "Hover or tap a token to see its probability.",
 
     "fb.sending": "sending…",
     "fb.recorded": "thanks — recorded",
@@ -216,7 +215,6 @@ export const MESSAGES = {
 
     "lp.probability": "概率 {p}",
     "lp.alternatives": "候选 token",
-    "lp.hint": "鼠标悬停或点按 token 可查看其概率。",
 
     "fb.sending": "提交中…",
     "fb.recorded": "已记录，谢谢",
