@@ -104,7 +104,10 @@ class Server:
     def peer(cls, gguf: Path) -> Server:
         port = _free_port()
         return cls("llama_cpp.server", [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host",
-                                        "127.0.0.1", "--port", str(port), "--n_threads", str(CORES), "--n_ctx", "4096"],
+                                        "127.0.0.1", "--port", str(port), "--n_threads", str(CORES), "--n_ctx", "4096",
+                                        # Its default lets each new request interrupt the one streaming (answers cut
+                                        # to a token under load): off, so every request is answered whole, queued.
+                                        "--interrupt_requests", "False"],
                    {}, port)
 
     def stop(self) -> None:
