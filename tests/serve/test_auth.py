@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from llmkit.errors import UserError
-from llmkit.serve.auth import FAILED_AUTH_LIMIT, read_keys
+from llmkit.serve.auth import FAILED_AUTH_LIMIT, read_admin_keys, read_keys
 from tests.serve.conftest import start_server
 
 KEY = "right-key-0001"
@@ -89,3 +89,13 @@ def test_wrong_keys_are_throttled_per_client_address(lm_workspace, tiny_model):
         assert requests.get(url + "/health", timeout=10).status_code == 200  # no key, no throttle
     finally:
         running.stop()
+
+
+def test_admin_keys_are_their_own(monkeypatch):
+    monkeypatch.setenv("LLMKIT_API_KEY", "environment-key-1234")
+    assert read_admin_keys([], ["environment-key-1234"]) == []  # the API key's variable never makes an admin
+    assert read_admin_keys(["admin-key-5678"], ["environment-key-1234"]) == ["admin-key-5678"]
+    with pytest.raises(UserError, match="--admin-key: an admin key must differ"):
+        read_admin_keys(["environment-key-1234"], ["environment-key-1234"])
+    with pytest.raises(UserError, match="--admin-key: an API key is one word of at least"):
+        read_admin_keys(["short"], [])

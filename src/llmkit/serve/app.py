@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Request
 
 import llmkit.serve.schemas as s
 from llmkit.config import ServeConfig
-from llmkit.serve.auth import Auth, BodyLimit, authorize, read_keys
+from llmkit.serve.auth import Auth, BodyLimit, authorize, read_admin_keys, read_keys
 from llmkit.serve.errors import install_handlers
 from llmkit.serve.hosts import HostCheck, allowed_hosts
 from llmkit.serve.routes import adapters_api, llmkit_api, openai_api, ops
@@ -24,9 +24,10 @@ STATIC = Path(__file__).parent / "static"
 
 
 def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace) -> FastAPI:
-    auth = Auth(read_keys(cfg.api_keys, cfg.api_keys_file), cfg.rate_limit)
+    api_keys = read_keys(cfg.api_keys, cfg.api_keys_file)
+    auth = Auth(api_keys, cfg.rate_limit)
     state = ServerState(cfg, models, registry, workspace, auth)
-    state.admin = Auth(read_keys(cfg.admin_keys, None))  # a second key set, for the routes that change the server
+    state.admin = Auth(read_admin_keys(cfg.admin_keys, api_keys))  # a second key set, for the routes that change the server
     app = FastAPI(title="llmkit", version="1", summary="OpenAI-compatible API of llmkit models",
                   openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
     app.state.llmkit = state

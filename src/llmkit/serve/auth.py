@@ -27,6 +27,16 @@ def _checked_key(key: str, where: str) -> str:
     return key
 
 
+def read_admin_keys(keys: list[str], api_keys: list[str]) -> list[str]:
+    """The admin routes' keys: from --admin-key only (never $LLMKIT_API_KEY), none equal to an API key, or every
+    client holding that API key could change what the server runs."""
+    out = [_checked_key(k.strip(), "--admin-key") for k in keys if k.strip()]
+    if any(hmac.compare_digest(a.encode(), k.encode()) for a in out for k in api_keys):
+        raise UserError("--admin-key: an admin key must differ from every API key (--api-key, --api-keys-file, "
+                        "$LLMKIT_API_KEY); give it its own random key")
+    return out
+
+
 def read_keys(keys: list[str], keys_file: str | None) -> list[str]:
     """Keys from the flags, the file (one per line, # comments) and $LLMKIT_API_KEY (for containers)."""
     out = [_checked_key(k.strip(), "--api-key") for k in keys if k.strip()]
