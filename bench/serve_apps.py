@@ -110,6 +110,12 @@ class Server:
                                         "--interrupt_requests", "False"],
                    {}, port)
 
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -263,8 +269,7 @@ def main() -> None:
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(n)]
 
     if "structured" not in skip:
-        s = Server.llmkit("torch", ws, ["smol=smollm2-135m"])
-        try:
+        with Server.llmkit("torch", ws, ["smol=smollm2-135m"]) as s:
             ask(s.url, chat("smol", "warm up", 8, response_format={"type": "json_object"}))
             free = decode_rate(s.url, [chat("smol", f"Describe item {i} of a list as JSON.", 48) for i in range(8)], count,
                                generated=True)
@@ -272,26 +277,18 @@ def main() -> None:
                                                             "strict": True}} for i in range(8)]
             constrained = decode_rate(s.url, [chat("smol", f"Describe item {i} of a list as JSON.", 48, response_format=f)
                                               for i, f in enumerate(fmt)], count, generated=True)
-        finally:
-            s.stop()
         out["structured"] = {"free": free, "constrained": constrained,
                              "ratio": round(constrained["s_per_token"] / free["s_per_token"], 3), "goal": "<= 1.3"}
         print("structured:", json.dumps(out["structured"]))
 
     if "adapters" not in skip:
         specs = [f"--adapter=a{k}={a}" for k, a in enumerate(setup["adapters"])]
-        s = Server.llmkit("torch + 4 adapters", ws, ["smol=smollm2-135m"], *specs)
-        try:
+        with Server.llmkit("torch + 4 adapters", ws, ["smol=smollm2-135m"], *specs) as s:
             ask(s.url, chat("a0", "warm up", 4))
             many = load(s.url, [chat(f"a{i % 4}", q) for i, q in enumerate(questions)], args.clients, count)
-        finally:
-            s.stop()
-        s = Server.llmkit("torch merged", ws, [f"merged={setup['merged']}"])
-        try:
+        with Server.llmkit("torch merged", ws, [f"merged={setup['merged']}"]) as s:
             ask(s.url, chat("merged", "warm up", 4))
             one = load(s.url, [chat("merged", q) for q in questions], args.clients, count)
-        finally:
-            s.stop()
         out["adapters"] = {"four_adapters": many, "merged": one,
                            "ratio": round(many["tok_per_s"] / one["tok_per_s"], 3), "goal": ">= 0.8"}
         print("adapters:", json.dumps(out["adapters"]))
@@ -302,12 +299,9 @@ def main() -> None:
                                                      {"role": "user", "content": q}]} for q in QUESTIONS]
         figures = {}
         for label, extra in (("with", []), ("without", ["--prefix-cache-mb", "0"])):
-            s = Server.llmkit(f"torch prefix cache {label}", ws, ["smol=smollm2-135m"], *extra)
-            try:
+            with Server.llmkit(f"torch prefix cache {label}", ws, ["smol=smollm2-135m"], *extra) as s:
                 ask(s.url, bodies[0])  # the first request computes the system prompt either way
                 times = [(r := ask(s.url, b))["first"] - r["start"] for b in bodies]
-            finally:
-                s.stop()
             figures[label] = round(1000 * statistics.median(times), 1)
         out["prefix"] = {"system_tokens": count(system), "ttft_ms_with": figures["with"],
                          "ttft_ms_without": figures["without"],
@@ -320,14 +314,11 @@ def main() -> None:
         for label, start in (("peer", lambda: Server.peer(setup["gguf"])),
                              ("llama.cpp", lambda: Server.llmkit("llama.cpp", ws, [f"smol={setup['gguf_model']}"])),
                              ("torch", lambda: Server.llmkit("torch", ws, ["smol=smollm2-135m"]))):
-            s = start()
             model = "smol" if label != "peer" else str(setup["gguf"])
-            try:
+            with start() as s:
                 ask(s.url, chat(model, "warm up", 4))
                 single = decode_rate(s.url, [chat(model, q) for q in QUESTIONS[:6]], count)
                 busy = load(s.url, [chat(model, q) for q in questions], args.clients, count)
-            finally:
-                s.stop()
             rows[label] = {"one_client": single, "load": busy}
             print(f"{label}:", json.dumps(rows[label]))
         peer = rows["peer"]["load"]
