@@ -138,7 +138,7 @@ def needs_of(cfg: ServeConfig, registry) -> list[Need]:
     from llmkit.models.io import is_adapter, resolve_model
     from llmkit.models.kind import model_kind
     from llmkit.runtime.backends import choose_backend
-    from llmkit.runtime.threads import cpu_cores
+    from llmkit.serve.served import decode_workers
 
     out = []
     for spec in [*cfg.models, *cfg.adapters]:
@@ -148,6 +148,5 @@ def needs_of(cfg: ServeConfig, registry) -> list[Need]:
             continue
         kind = model_kind(model)
         backend = choose_backend(model, cfg.backend) if kind == "causal" else "torch"
-        workers = cfg.workers or (2 if backend == "torch" and kind == "causal" and cpu_cores() >= 2 else 1)
-        out.append(need(model, backend, kind, cfg, workers))
+        out.append(need(model, backend, kind, cfg, decode_workers(cfg, backend) if kind == "causal" else 1))
     return out

@@ -45,6 +45,11 @@ class ServedModel:
         return self.engine.max_len if self.engine else self.max_length
 
 
+def decode_workers(cfg: ServeConfig, backend: str) -> int:
+    """Decode workers of a causal model: --workers, else 2 for torch on 2+ cores, else 1."""
+    return cfg.workers or (2 if backend == "torch" and cpu_cores() >= 2 else 1)
+
+
 def load_served(ref: str, cfg: ServeConfig, registry, on_step=None) -> ServedModel:
     from llmkit.models.io import load_causal_lm, load_classifier, load_tokenizer_for, quiet_transformers
 
@@ -67,7 +72,7 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None) -> ServedMod
         lm, tok = load_causal_lm(model)
         # Workers share the weights (read-only) and each decodes its own batch from its own KV pool, in
         # parallel: torch ops release the GIL. Two small batches on two cores beat one big one on one.
-        workers = cfg.workers or (2 if cpu_cores() >= 2 else 1)
+        workers = decode_workers(cfg, backend)
         # One prefix cache per model, shared by its workers: a prefix one computed, the other reuses.
         cache = PrefixCache(cfg.prefix_cache_mb * 2**20) if cfg.prefix_cache_mb else None
         decoders = [torch_decoder(lm, cfg.max_batch, cache, cfg.max_context) for _ in range(workers)]
@@ -75,12 +80,12 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None) -> ServedMod
     elif backend == "llama.cpp":
         # One context holds the whole running batch (a sequence id per request): one decode per step.
         tok = load_tokenizer_for(model)
-        decoders = [llama_cpp_decoder(model, cfg.max_batch, cfg.max_context) for _ in range(cfg.workers or 1)]
+        decoders = [llama_cpp_decoder(model, cfg.max_batch, cfg.max_context) for _ in range(decode_workers(cfg, backend))]
         config = json.loads((model.path / "config.json").read_text())
         eos = {config["eos_token_id"]} if isinstance(config.get("eos_token_id"), int) else set(config.get("eos_token_id") or [])
     else:
         tok = load_tokenizer_for(model)
-        decoders = [single_decoder(load_backend(backend, model)) for _ in range(cfg.workers or 1)]
+        decoders = [single_decoder(load_backend(backend, model)) for _ in range(decode_workers(cfg, backend))]
         config = json.loads((model.path / "config.json").read_text())
         eos = {config["eos_token_id"]} if isinstance(config.get("eos_token_id"), int) else set(config.get("eos_token_id") or [])
     if tok.eos_token_id is not None:
