@@ -1,4 +1,4 @@
-"""`llmkit train pretrain | sft | classify | distill`: parse flags, call the stage, print the result."""
+"""`llmkit train pretrain | sft | classify | distill | dpo | orpo | kto | grpo`: parse flags, call the stage, print the result."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from llmkit.cli.common import Ctx, console
 from llmkit.cli.options import configured
 
-app = typer.Typer(help="Train models: pretrain from scratch, SFT / LoRA, classification, distillation.", no_args_is_help=True,
+app = typer.Typer(help="Train models: pretrain from scratch, SFT / LoRA, classification, distillation, preference (DPO, ORPO, KTO) and reward (GRPO) tuning.", no_args_is_help=True,
                   epilog="Example: llmkit train pretrain --data shakespeare --preset nano --max-steps 500")
 
 
@@ -71,3 +71,32 @@ def distill(ctx: Ctx, cfg) -> None:
     from llmkit.train.distillation import distill as run_distill
 
     _finish(ctx, lambda: run_distill(cfg, ctx.ws, ctx.registry, console=ctx.log), "next: llmkit show {name}")
+
+
+def _preference(ctx: Ctx, cfg, loss: str) -> None:
+    from llmkit.train.preference import preference_tune
+
+    _finish(ctx, lambda: preference_tune(cfg, loss, ctx.ws, ctx.registry, console=ctx.log),
+            "next: llmkit compare " + (cfg.base or "BASE") + " {name} --data " + (cfg.data or "DATA"))
+
+
+@app.command(epilog="Example: llmkit train dpo --base smollm2-135m --data my-prefs --method lora --beta 0.1")
+@configured("dpo", flags=_LORA_FLAGS)
+def dpo(ctx: Ctx, cfg) -> None:
+    """Direct preference optimisation: prefer each pair's chosen answer over its rejected one, measured against the
+    base (the reference); a preference dataset from 'data prepare --task preference' or 'data from-feedback'."""
+    _preference(ctx, cfg, "dpo")
+
+
+@app.command(epilog="Example: llmkit train orpo --base smollm2-135m --data my-prefs --beta 0.1")
+@configured("orpo", flags=_LORA_FLAGS)
+def orpo(ctx: Ctx, cfg) -> None:
+    """ORPO: learn the chosen answers (as SFT does) while raising their odds over the rejected ones; no reference."""
+    _preference(ctx, cfg, "orpo")
+
+
+@app.command(epilog="Example: llmkit train kto --base smollm2-135m --data my-ratings --beta 0.1")
+@configured("kto", flags=_LORA_FLAGS)
+def kto(ctx: Ctx, cfg) -> None:
+    """KTO: learn from answers rated desirable or undesirable one by one (thumbs up / down), no pairs needed."""
+    _preference(ctx, cfg, "kto")

@@ -8,7 +8,8 @@ from llmkit.config.files import (
     render_defaults,
     validate_section,
 )
+from llmkit.config.preference import DpoConfig, GrpoConfig, KtoConfig, OrpoConfig, PreferenceConfig
 from llmkit.config.sections import *  # noqa: F403  (every section model and the backend spellings)
 from llmkit.config.sections import SECTIONS
 
-__all__ = ["RENAMED_SECTIONS", "SECTIONS", "load_section", "read_config_file", "render_defaults", "validate_section"]
+__all__ = ["RENAMED_SECTIONS", "SECTIONS", "DpoConfig", "GrpoConfig", "KtoConfig", "OrpoConfig", "PreferenceConfig", "load_section", "read_config_file", "render_defaults", "validate_section"]

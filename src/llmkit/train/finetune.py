@@ -38,7 +38,7 @@ class FinetuneJob:
     name: str                                    # the model's name in the registry
     model: torch.nn.Module                       # trained in place; requires_grad marks what is optimised
     epoch_batches: Callable[[int], list[Any]]    # epoch -> its micro-batches, the same on every call
-    loss: Callable[[torch.nn.Module, Any], tuple[torch.Tensor, int]]  # -> (mean loss, tokens in the batch)
+    loss: Callable[[torch.nn.Module, Any], tuple]  # -> (mean loss, tokens in the batch[, logged figures])
     evaluate: Callable[[torch.nn.Module], dict[str, float]]
     score: str                                   # the metric that picks the best weights
     higher_is_better: bool = False

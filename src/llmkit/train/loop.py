@@ -223,7 +223,8 @@ class Job:
     model: torch.nn.Module                           # owns the parameters; requires_grad marks what is trained
     optimizer: torch.optim.Optimizer
     batch: Callable[[int], Any]                      # micro-batch by its index (step * grad_accum + micro)
-    loss: Callable[[torch.nn.Module, Any], tuple[torch.Tensor, int]]  # -> (mean loss, tokens in the batch)
+    # -> (mean loss, tokens in the batch[, figures logged beside the loss, e.g. rewards])
+    loss: Callable[[torch.nn.Module, Any], tuple]
     evaluate: Callable[[torch.nn.Module], dict[str, float]]
     score: str                                       # the evaluation metric that picks the best weights
     total_steps: int
@@ -335,15 +336,17 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
             lr = lr_at(step, job.lr, job.min_lr, job.warmup_steps, job.total_steps)
             for group in job.optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum, tokens = 0.0, 0
+            loss_sum, tokens, extra = 0.0, 0, {}
             for micro in range(job.grad_accum):
                 batch = job.batch(step * job.grad_accum + micro)
                 last = micro == job.grad_accum - 1
                 # Under DDP only the last micro-batch of a step all-reduces its gradients.
                 sync = forward.no_sync() if (d.enabled and not last and hasattr(forward, "no_sync")) else nullcontext()
                 with sync, amp():
-                    loss, n = job.loss(forward, batch)
+                    loss, n, *more = job.loss(forward, batch)
                     loss = loss / job.grad_accum
+                for key, value in (more[0] if more else {}).items():  # a trainer's own figures, averaged over the step
+                    extra[key] = extra.get(key, 0.0) + float(value) / job.grad_accum
                 loss.backward()
                 loss_sum += float(loss.detach())
                 tokens += n
@@ -357,7 +360,8 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
             now = time.time()
             tok_s = tokens / max(now - t_last, 1e-9)
             t_last = now
-            metrics.write(step=step, loss=loss_value, lr=lr, grad_norm=grad_norm, tokens_per_s=round(tok_s, 1))
+            metrics.write(step=step, loss=loss_value, lr=lr, grad_norm=grad_norm, tokens_per_s=round(tok_s, 1),
+                          **{k: round(v, 6) for k, v in extra.items()})
             bar.update(task, completed=step, loss=loss_value, tok_s=tok_s)
 
             out_of_time = time_limit_s is not None and now - started > time_limit_s

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from llmkit.train.chunked_loss import linear_cross_entropy
 from llmkit.train.supervised import IGNORE, encode_chat
 
 
@@ -101,18 +102,19 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def completion_logps(model, batch: SequenceBatch) -> SequenceLogps:
+def completion_logps(model, batch: SequenceBatch, whole: bool = True) -> SequenceLogps:
     """One forward of a causal LM over the batch: a Hugging Face model (`.logits` of its output), or
     llmkit's own Llama / fast-LoRA Llama (`hidden_states` then `lm_head`; right padding needs no mask
     there, since causal attention never lets a real token see the padding after it).
 
-    The whole (B, T, V) logits tensor is built: fine for short pairs on small models; a trainer on a
-    large vocabulary would score the completion positions in chunks (see chunked_loss.py).
+    On our own Llama the head is scored through `chunked_loss` at the needed positions only, row by
+    row, so no (B, T, V) logits tensor is ever built (a 49k vocabulary makes it the step's largest);
+    the HF fallback builds it. `whole` False skips the all-positions sums on that path (only ORPO reads
+    them; they are NaN then, so a reader that should not have is loud).
     """
     if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
-        logits = model.lm_head(model.hidden_states(batch.input_ids))
-    else:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        return _chunked_logps(model.hidden_states(batch.input_ids), model.lm_head.weight, batch, whole)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     per_token = token_logps(logits, batch.input_ids)          # (B, T-1)
     completion = batch.completion_mask[:, 1:].to(per_token.dtype)
     real = batch.attention_mask[:, 1:].to(per_token.dtype)
@@ -123,6 +125,20 @@ def completion_logps(model, batch: SequenceBatch) -> SequenceLogps:
     )
 
 
+def _chunked_logps(hidden: torch.Tensor, head: torch.Tensor, batch: SequenceBatch, whole: bool) -> SequenceLogps:
+    """SequenceLogps from final states (B, T, C): minus the summed cross-entropy at each row's completion
+    positions and at all its real positions (position t predicts token t + 1)."""
+    target = batch.input_ids[:, 1:]                            # (B, T-1)
+    completion, real = batch.completion_mask[:, 1:].bool(), batch.attention_mask[:, 1:].bool()
+    summed, sequence = [], []
+    for row in range(hidden.shape[0]):
+        states = hidden[row, :-1]                              # (T-1, C)
+        summed.append(-linear_cross_entropy(states, head, torch.where(completion[row], target[row], IGNORE)))
+        sequence.append(-linear_cross_entropy(states, head, torch.where(real[row], target[row], IGNORE)) if whole
+                        else hidden.new_full((), float("nan"), dtype=torch.float32))
+    return SequenceLogps(torch.stack(summed), completion.sum(-1).float(), torch.stack(sequence), real.sum(-1).float())
+
+
 @dataclass
 class PreferenceLoss:
     """A loss and what a trainer logs beside it; rewards are per row, detached."""
@@ -131,6 +147,7 @@ class PreferenceLoss:
     chosen_rewards: torch.Tensor    # (n_chosen,)
     rejected_rewards: torch.Tensor  # (n_rejected,)
     extra: dict[str, torch.Tensor] | None = None  # loss-specific terms (ORPO's nll and log-odds, KTO's kl)
+    paired: bool = True             # rewards come in (chosen, rejected) pairs row by row (DPO, ORPO; not KTO)
 
     @property
     def margin(self) -> torch.Tensor:
@@ -143,9 +160,14 @@ class PreferenceLoss:
         return (self.chosen_rewards > self.rejected_rewards).float().mean()
 
     def metrics(self) -> dict[str, float]:
-        out = {"loss": float(self.loss.detach()), "rewards/chosen": float(_mean(self.chosen_rewards)),
-               "rewards/rejected": float(_mean(self.rejected_rewards)), "rewards/margin": float(self.margin)}
-        if self.chosen_rewards.shape == self.rejected_rewards.shape:
+        out = {"loss": float(self.loss.detach())}
+        if self.chosen_rewards.numel():  # a KTO batch may hold answers of one label only
+            out["rewards/chosen"] = float(_mean(self.chosen_rewards))
+        if self.rejected_rewards.numel():
+            out["rewards/rejected"] = float(_mean(self.rejected_rewards))
+        if self.chosen_rewards.numel() and self.rejected_rewards.numel():
+            out["rewards/margin"] = float(self.margin)
+        if self.paired:
             out["rewards/accuracy"] = float(self.accuracy)
         return out | {k: float(v.detach()) for k, v in (self.extra or {}).items()}
 
@@ -207,4 +229,4 @@ def kto_loss(policy: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor, poli
     chosen, rejected = ratio[labels], ratio[~labels]
     losses = torch.cat((desirable_weight * (1 - torch.sigmoid(beta * (chosen - kl))),
                         undesirable_weight * (1 - torch.sigmoid(beta * (kl - rejected)))))
-    return PreferenceLoss(losses.nanmean(), beta * chosen.detach(), beta * rejected.detach(), {"kl": kl})
+    return PreferenceLoss(losses.nanmean(), beta * chosen.detach(), beta * rejected.detach(), {"kl": kl}, paired=False)

@@ -193,7 +193,7 @@ def prepare_sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.lean_memory and not lean_allocator() and console is not None:
         console.print("--lean-memory needs glibc's malloc; not applied")
-    lm, tokenizer, path = _load_model(base, cfg, device, console)
+    lm, tokenizer, path = load_for_training(base, cfg, device, console)
     if tokenizer.chat_template is None:
         tokenizer.chat_template = CHAT_TEMPLATE  # saved with the model, so chat and serve render the same way
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -241,14 +241,7 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
                "metrics": fitted.summary, "config": cfg.model_dump()}
     name = setup.job.name
     target = ws.folder("models", f"{name}-{fitted.run_id}")
-    model = fitted.model.to("cpu")
-    if cfg.method == "full":
-        save_model(model.to_hf() if setup.path == "fast" else model, tokenizer, target, lineage)
-    elif setup.path == "fast":
-        save_adapter_state(model.adapter_state(), cfg.lora, fast_lora.peft_target_modules(model, cfg.lora.target_modules),
-                           tokenizer, target, base, lineage)
-    else:
-        save_adapter(model, tokenizer, target, base, lineage)
+    save_trained(fitted.model, cfg, setup.path, tokenizer, target, base, lineage)
     rec = registry.add("model", name, kind="causal-lm", path=target, params={"method": cfg.method, "base": base.ref},
                        metrics=fitted.summary, parents=[(fitted.run_id, "produced_by"), *setup.job.parents])
     if console is not None:
@@ -259,7 +252,20 @@ def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None =
     return Model(target, name, rec.id, rec.version, lineage)
 
 
-def _load_model(base: Model, cfg: SftConfig, device: str, console) -> tuple[torch.nn.Module, Any, str]:
+def save_trained(model: torch.nn.Module, cfg, path: str, tokenizer, target, base: Model, lineage: dict[str, Any]) -> None:
+    """A tuned causal LM into `target`: a whole model (full tuning) or a PEFT adapter beside its base, whichever
+    path (`load_for_training`) trained it."""
+    model = model.to("cpu")
+    if cfg.method == "full":
+        save_model(model.to_hf() if path == "fast" else model, tokenizer, target, lineage)
+    elif path == "fast":
+        save_adapter_state(model.adapter_state(), cfg.lora, fast_lora.peft_target_modules(model, cfg.lora.target_modules),
+                           tokenizer, target, base, lineage)
+    else:
+        save_adapter(model, tokenizer, target, base, lineage)
+
+
+def load_for_training(base: Model, cfg: SftConfig, device: str, console) -> tuple[torch.nn.Module, Any, str]:
     """The module to train, its tokenizer, and which path trains it: our fast Llama where the base allows,
     else transformers + peft (a speed difference, never an error)."""
     reason = fast_lora.fast_path_reason(base, cfg)

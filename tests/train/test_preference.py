@@ -1,0 +1,129 @@
+"""`train dpo | orpo | kto` on the tiny char model: the reference is the base, the losses learn a preference the
+base does not have, figures are logged per step, the tuned model is registered; bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmkit.config import DataConfig, DpoConfig, KtoConfig, LoraConfig, OrpoConfig
+from llmkit.data import prepare
+from llmkit.errors import UserError
+from llmkit.models.io import load_causal_lm, load_tokenizer_for, resolve_model
+from llmkit.registry import Registry
+from llmkit.train.preference import encode_records, preference_tune
+from llmkit.train.preference_loss import completion_logps, pack_sequences
+from llmkit.workspace import Workspace
+from tests.conftest import run_cli
+
+WORDS = ["king", "queen", "lord", "night", "sword", "crown", "heart", "blood", "grace", "honour", "death", "love"]
+
+
+def _pairs() -> list[dict]:
+    """Chosen answers start with 'aye, ' and rejected ones do not: a rule the tiny model knows nothing about."""
+    rows = []
+    for i, a in enumerate(WORDS):
+        for b in WORDS[i + 1:]:
+            prompt = f"speak of {a} and {b}"
+            rows.append({"prompt": prompt, "chosen": f"aye, the {a} and the {b}.", "rejected": f"the {b} and the {a}."})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def ws(lm_workspace: Path, tiny_model, chat_data, tmp_path_factory):
+    ws = Workspace.open(lm_workspace)
+    registry = Registry.for_workspace(ws.root)
+    folder = tmp_path_factory.mktemp("prefs")
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _pairs()))
+    prepare(DataConfig(inputs=[str(folder / "pairs.jsonl")], name="prefs", task="preference", tokenizer="char",
+                       splits={"val": 0.2, "test": 0.0}), ws, registry)
+    (folder / "rated.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["rejected"], "label": False}) + "\n"
+                                                for r in _pairs()[:10]))
+    prepare(DataConfig(inputs=[str(folder / "rated.jsonl")], name="rated-only", task="preference", tokenizer="char",
+                       splits={"val": 0.2, "test": 0.0}), ws, registry)
+    registry.close()
+    return ws
+
+
+def _cfg(kind=DpoConfig, **overrides):
+    base = dict(base="tiny-lm", data="prefs", max_steps=24, batch_size=8, lr=1e-2, beta=0.5, eval_every=12,
+                checkpoint_every=24, seed=5, lora=LoraConfig(r=8, alpha=16))
+    return kind(**(base | overrides))
+
+
+def _metrics(model) -> list[dict]:
+    run = Path(model.lineage["run"]["path"])
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dpo_model(ws):
+    return preference_tune(_cfg(name="tiny-dpo"), "dpo", ws, Registry.for_workspace(ws.root))
+
+
+def test_dpo_starts_at_log_two_and_learns_the_preference(dpo_model):
+    rows = _metrics(dpo_model)
+    steps = [r for r in rows if "rewards/margin" in r]
+    # Step 1 runs on the model the reference was computed from: every log-ratio is 0, the loss is log 2.
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert steps[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-4)
+    assert {"rewards/rejected", "rewards/accuracy"} <= set(steps[-1])
+    evals = [r for r in rows if "val_reward_accuracy" in r]
+    assert evals[-1]["val_reward_accuracy"] >= 0.9
+    assert evals[-1]["val_reward_margin"] > 0 and evals[-1]["val_loss"] < math.log(2)
+    assert dpo_model.lineage["tuning"] == "dpo" and dpo_model.lineage["method"] == "lora"
+
+
+def test_the_reference_is_the_base_model(ws, tiny_model):
+    """The precomputed reference log-probs are the base's own, scored by a separately loaded copy of it."""
+    registry = Registry.for_workspace(ws.root)
+    from llmkit.data.dataset import open_dataset
+    from llmkit.train.preference import score_reference
+
+    base = resolve_model("tiny-lm", registry)
+    tok = load_tokenizer_for(base)
+    examples, _ = encode_records(tok, open_dataset(registry, "prefs").records("val")[:4], "dpo", 384, False, "val")
+    lm, _ = load_causal_lm(base)
+    score_reference(lm, examples, 2, 0, "cpu", "fp32")
+    answers = [e.chosen for e in examples]
+    with torch.no_grad():
+        fresh = completion_logps(load_causal_lm(base)[0].eval(), pack_sequences([a.prompt for a in answers],
+                                                                               [a.answer for a in answers], 0))
+    torch.testing.assert_close(torch.tensor([a.ref for a in answers]), fresh.summed, rtol=0, atol=1e-4)
+
+
+def test_orpo_and_kto_learn_it_too(ws):
+    registry = Registry.for_workspace(ws.root)
+    orpo = preference_tune(_cfg(OrpoConfig, name="tiny-orpo", beta=1.0), "orpo", ws, registry)
+    evals = [r for r in _metrics(orpo) if "val_reward_accuracy" in r]
+    assert evals[-1]["val_reward_accuracy"] >= 0.9
+    assert "nll" in [r for r in _metrics(orpo) if "rewards/margin" in r][0]
+    kto = preference_tune(_cfg(KtoConfig, name="tiny-kto", lr=3e-3), "kto", ws, registry)
+    steps = [r for r in _metrics(kto) if "kl" in r]
+    assert steps and steps[0]["loss"] == pytest.approx(0.5, abs=1e-4)  # 1 - sigmoid(0): policy = reference at step 1
+    assert [r for r in _metrics(kto) if "val_reward_margin" in r][-1]["val_reward_margin"] > 0
+
+
+def test_full_tuning_and_the_cli(ws):
+    proc = run_cli("train", "dpo", "--base", "tiny-lm", "--data", "prefs", "--method", "full", "--max-steps", "2",
+                   "--batch-size", "4", "--name", "tiny-dpo-full", "--json", workspace=ws.root)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["name"] == "tiny-dpo-full" and out["metrics"]["method"] == "full" and "val_reward_accuracy" in out["metrics"]
+
+
+def test_bad_input_is_one_line_and_registers_nothing(ws):
+    registry = Registry.for_workspace(ws.root)
+    before = len(registry.list("run"))
+    with pytest.raises(UserError, match="rated answers and no pair.*train kto"):
+        preference_tune(_cfg(data="rated-only"), "dpo", ws, registry)
+    with pytest.raises(UserError, match=r"records/train.jsonl:\d+: the prompt takes all of the 12 tokens.*--skip-bad"):
+        preference_tune(_cfg(max_length=12), "dpo", ws, registry)
+    proc = run_cli("train", "orpo", "--base", "tiny-lm", "--data", "chats", workspace=ws.root)
+    assert proc.returncode == 2 and "needs one prepared with --task preference" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(registry.list("run")) == before
