@@ -62,37 +62,53 @@ def prepare(ctx: Ctx, cfg) -> None:
              "then llmkit train sft --base tiny-lm --data tiny-feedback")
 @configured("from-feedback")
 def from_feedback(ctx: Ctx, cfg) -> None:
-    """Turn rated and corrected responses of the server into a chat dataset for 'llmkit train sft'.
+    """Turn rated and corrected responses of the server into a chat dataset for 'llmkit train sft' (or a preference one).
 
     Per response the latest feedback wins; a correction becomes the answer (even on a thumbs-down),
     a rating >= --min-rating keeps the answer as it was; the rest is skipped and counted.
+    With --task preference: a correction is chosen over the answer it corrects, a thumbs-up over a
+    thumbs-down answer to the same prompt, and lone ratings become KTO records, for 'llmkit train dpo'.
     """
-    from llmkit.data.feedback import dataset_from_feedback, describe_skipped
+    from llmkit.data.feedback import dataset_from_feedback
+    from llmkit.data.feedback_rows import describe_skipped
 
     ds = dataset_from_feedback(cfg, ctx.ws, ctx.registry)
     m, fb = ds.manifest, ds.manifest["feedback"]
+    preference = m["task"] == "preference"
     result = {"id": ds.id, "name": ds.name, "version": ds.version, "ref": ds.ref, "path": str(ds.path),
-              "existed": ds.existed, "used": fb["used"], "skipped": fb["skipped"], "feedback_rows": fb["feedback_rows"],
-              "request_logs": fb["request_logs"], "models": fb["models"], "counts": m["counts"], "splits": m["splits"],
-              "tokenizer": m["tokenizer"]}
+              "existed": ds.existed, "task": m["task"], "used": fb["used"], "skipped": fb["skipped"],
+              "feedback_rows": fb["feedback_rows"], "request_logs": fb["request_logs"], "models": fb["models"],
+              "counts": m["counts"], "splits": m["splits"], "tokenizer": m["tokenizer"]}
+    if preference:
+        result["preference"] = m["preference"]  # what prepare kept: pairs and KTO records per split
 
     def human() -> None:
         if ds.existed:
             console.print(f"dataset [bold]{ds.ref}[/bold] already exists with the same feedback and options: {ds.path}")
         else:
-            console.print(f"dataset [bold]{ds.ref}[/bold] (chat) at {ds.path}")
+            console.print(f"dataset [bold]{ds.ref}[/bold] ({m['task']}) at {ds.path}")
         used = fb["used"]
-        console.print(f"  from {fb['feedback_rows']} feedback rows: {used['corrected']} corrected, {used['approved']} approved; "
-                      f"skipped: {describe_skipped(fb['skipped'])}", highlight=False)
+        if preference:
+            made = (f"pairs from corrections {used['pairs_from_corrections']}, from ratings {used['pairs_from_ratings']}; "
+                    f"lone ratings as KTO records {used['unpaired_true']} up, {used['unpaired_false']} down")
+        else:
+            made = f"{used['corrected']} corrected, {used['approved']} approved"
+        console.print(f"  from {fb['feedback_rows']} feedback rows: {made}; skipped: {describe_skipped(fb['skipped'])}",
+                      highlight=False)
         dupes = m["counts"]["duplicates_exact"] + m["counts"]["duplicates_near"]
-        console.print(f"  conversations: {m['splits']['train']['records']} train, {m['splits']['val']['records']} val"
+        what = "records" if preference else "conversations"
+        console.print(f"  {what}: {m['splits']['train']['records']} train, {m['splits']['val']['records']} val"
                       f"{f' ({dupes} duplicates removed)' if dupes else ''}")
+        if preference:
+            console.print(f"  {_preference_line(m['preference'])}", highlight=False)
         if fb["models"]:
             console.print(f"  lineage: from model {', '.join(fb['models'])} (feedback)")
+        trainer = ("kto" if not m["preference"]["pairs"] else "dpo") if preference else "sft"
         if not m["splits"]["val"]["records"] and not m["splits"]["test"]["records"]:
-            console.print("  note: no val conversations, which 'llmkit train sft' evaluates on; collect more feedback or raise --val")
+            held_out = "to measure held-out reward accuracy on" if preference else "which 'llmkit train sft' evaluates on"
+            console.print(f"  note: no val {what} {held_out}; collect more feedback or raise --val")
         base = fb["models"][0] if len(fb["models"]) == 1 else "MODEL"
-        console.print(f"next: llmkit train sft --base {base} --data {ds.name}")
+        console.print(f"next: llmkit train {trainer} --base {base} --data {ds.name}")
 
     ctx.emit(result, human)
 

@@ -49,6 +49,7 @@ class DataConfig(Section):
 
 class FeedbackDataConfig(Section):
     name: str | None = Field(None, description="name of the chat dataset to register; new feedback under the same name becomes its next version")
+    task: Literal["chat", "preference"] = Field("chat", description="chat: conversations for 'train sft'; preference: a correction chosen over the answer it corrects, a thumbs-up over a thumbs-down to the same prompt, lone ratings as KTO records (desirable: rating >= min_rating), for 'train dpo|orpo|kto'")
     model: str | None = Field(None, description="only feedback on this served model (its name as served); empty = every model")
     min_rating: int = Field(1, ge=-1, le=1, description="a rating at or above this approves the response as it is (thumbs up = 1, thumbs down = -1)")
     include_corrections: bool = Field(True, description="turn corrected answers into training replies; a correction wins over the rating, even a thumbs-down")

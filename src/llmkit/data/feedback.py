@@ -6,6 +6,8 @@ feedback wins; a correction becomes the assistant reply (whatever the rating: co
 answer is the point), an approved response (rating >= min_rating) is kept as it was, and everything
 else is skipped and counted by reason. The conversations then go through the ordinary `prepare`
 (cleaning, PII, dedupe, splits, tokenizer), so a feedback dataset is like any other chat dataset.
+With task "preference" the same rows become preference pairs and KTO records instead
+(`feedback_preference.py`), through the same `prepare`. Reading the rows: `feedback_rows.py`.
 """
 
 from __future__ import annotations
@@ -19,37 +21,37 @@ from typing import Any
 
 from llmkit.config import DataConfig, FeedbackDataConfig, SplitConfig
 from llmkit.data.dataset import DatasetVersion
+from llmkit.data.feedback_preference import select_preference
+from llmkit.data.feedback_rows import counted, describe_skipped, prompt_messages, read_feedback
 from llmkit.data.formats import BadRecord, chat_messages
 from llmkit.data.pipeline import prepare
 from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 
-# Why a response was left out, in the order the summary lists them.
-SKIP_REASONS = {
-    "superseded": "older feedback on a response rated again (the latest wins)",
-    "before_since": "given before --since",
-    "below_min_rating": "rated below --min-rating without a correction",
-    "unrated": "neither rated nor corrected",
-    "corrections_excluded": "corrections left out by --no-include-corrections",
-    "not_stored": "prompt or response not stored (no request log with that response id)",
-    "malformed": "prompt is not a valid conversation",
-}
 HOW_TO_GET_SOME = ("rate or correct answers in the web UI of 'llmkit serve', or POST /v1/feedback with "
                    "{response_id, rating: 1 | -1, correction}")
 
 
 def dataset_from_feedback(cfg: FeedbackDataConfig, ws: Workspace | None = None,
                           registry: Registry | None = None, progress=None) -> DatasetVersion:
-    """Register a chat dataset version built from feedback; the manifest's "feedback" key has the counts."""
+    """Register a chat (or preference) dataset version built from feedback; the manifest's "feedback" key
+    has the counts."""
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     if not cfg.name:
         raise UserError("from-feedback.name is not set: pass --name NAME for the dataset, e.g. --name feedback")
     since = _since(cfg.since)
     rows = registry.list_feedback(cfg.model)
-    conversations, summary = select(rows, cfg.min_rating, cfg.include_corrections, since)
-    if not conversations:
+    if cfg.task == "preference":
+        picks, summary = select_preference(rows, cfg.min_rating, cfg.include_corrections, since)
+        records = [p["record"] for p in picks]
+        models = {model for p in picks for model in p["models"]}
+    else:
+        conversations, summary = select(rows, cfg.min_rating, cfg.include_corrections, since)
+        records = [{"messages": c["messages"]} for c in conversations]
+        models = {c["model"] for c in conversations}
+    if not records:
         raise UserError(_nothing_usable(registry, cfg, summary))
 
     tokenizer = cfg.tokenizer or _model_tokenizer(cfg.model, registry)
@@ -57,22 +59,25 @@ def dataset_from_feedback(cfg: FeedbackDataConfig, ws: Workspace | None = None,
         # A fixed file name: prepare hashes names and bytes, so the same feedback finds its version again.
         file = Path(tmp) / "feedback.jsonl"
         with open(file, "w", encoding="utf-8") as fh:
-            for conv in conversations:
-                fh.write(json.dumps({"messages": conv["messages"]}, ensure_ascii=False) + "\n")
-        data = DataConfig(inputs=[str(file)], name=cfg.name, task="chat", tokenizer=tokenizer,
-                          splits=SplitConfig(val=cfg.val, test=0.0))
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        # Preference records of one prompt differ only in their short answers, and near-duplicate
+        # detection (over prompt and answers together) would keep one answer per long prompt: exact only.
+        data = DataConfig(inputs=[str(file)], name=cfg.name, task=cfg.task, tokenizer=tokenizer,
+                          splits=SplitConfig(val=cfg.val, test=0.0),
+                          dedupe="exact" if cfg.task == "preference" else "near")
         try:
             ds = prepare(data, ws, registry, progress)
         except UserError:
-            # Splits hash each record's content, so a handful of conversations can all land in val
-            # (prepare then refuses: train is empty). Keep them all in train instead; if the error
-            # was something else, the second attempt raises it again.
+            # Splits hash each record's content (a preference record's prompt), so a handful of records
+            # can all land in val (prepare then refuses: train is empty). Keep them all in train instead;
+            # if the error was something else, the second attempt raises it again.
             if cfg.val == 0:
                 raise
             data.splits = SplitConfig(val=0.0, test=0.0)
             ds = prepare(data, ws, registry, progress)
 
-    parents = _link_models(registry, ds.id, sorted({c["model"] for c in conversations}))
+    parents = _link_models(registry, ds.id, sorted(models))
     summary["models"] = parents
     registry.update_metrics(ds.id, {"feedback": {"used": summary["used"], "skipped": summary["skipped"]}})
     ds.manifest["feedback"] = summary
@@ -82,31 +87,12 @@ def dataset_from_feedback(cfg: FeedbackDataConfig, ws: Workspace | None = None,
 def select(rows: list[dict[str, Any]], min_rating: int = 1, include_corrections: bool = True,
            since: float | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Registry feedback rows -> conversations ({messages, model, response_id, how}) and the counts."""
-    logs: dict[str, dict] = {}
-    feedback: list[dict] = []
-    for row in rows:  # list_feedback returns them oldest first
-        if (row.get("extra") or {}).get("kind") == "request":
-            if row.get("response_id"):
-                logs[row["response_id"]] = row
-        else:
-            feedback.append(row)
-    skipped: Counter[str] = Counter()
-    latest: dict[str, dict] = {}
-    history: dict[str, list[dict]] = {}
-    for n, row in enumerate(feedback):
-        key = row.get("response_id") or f"#{n}"  # without an id a row cannot be matched to another
-        history.setdefault(key, []).append(row)
-        if since is not None and row["created_at"] < since:
-            skipped["before_since"] += 1
-            continue
-        if key in latest:
-            skipped["superseded"] += 1
-        latest[key] = row
-
+    seen = read_feedback(rows, since)
+    skipped = seen.skipped
     used: Counter[str] = Counter()
     conversations: list[dict[str, Any]] = []
     bad_examples: list[str] = []
-    for key, row in latest.items():
+    for key, row in seen.latest.items():
         correction = row.get("correction") if include_corrections else None
         correction = correction if correction and correction.strip() else None
         rating = row.get("rating")
@@ -119,17 +105,14 @@ def select(rows: list[dict[str, Any]], min_rating: int = 1, include_corrections:
                       else "unrated" if rating is None else "below_min_rating")
             skipped[reason] += 1
             continue
-        # The server may not have remembered the response id: fill the text in from its request
-        # log, or from earlier feedback on the same response.
-        fallbacks = [logs.get(key, {}), *reversed(history[key])]
-        prompt = _first(row, fallbacks, "prompt")
-        answer = answer if answer is not None else _first(row, fallbacks, "response")
+        prompt = seen.stored(key, "prompt")
+        answer = answer if answer is not None else seen.stored(key, "response")
         if prompt is None or answer is None:
             skipped["not_stored"] += 1
             continue
         where = f"feedback {row['id']} ({row.get('response_id') or 'no response id'})"
         try:
-            messages = _prompt_messages(prompt, _endpoint(row, logs.get(key)), where)
+            messages = prompt_messages(prompt, seen.endpoint(key), where)
             messages = chat_messages({"messages": [*messages, {"role": "assistant", "content": answer}]}, where)[0]
         except BadRecord as err:
             skipped["malformed"] += 1
@@ -139,59 +122,9 @@ def select(rows: list[dict[str, Any]], min_rating: int = 1, include_corrections:
         used[how] += 1
         conversations.append({"messages": messages, "model": row["model"], "response_id": row.get("response_id"),
                               "how": how})
-    summary = {
-        "feedback_rows": len(feedback), "request_logs": len(rows) - len(feedback),
-        "used": {"corrected": used["corrected"], "approved": used["approved"]},
-        "skipped": {reason: skipped[reason] for reason in SKIP_REASONS if skipped[reason]},
-        "bad_examples": bad_examples,
-    }
+    summary = {**seen.counts(), "used": {"corrected": used["corrected"], "approved": used["approved"]},
+               "skipped": counted(skipped), "bad_examples": bad_examples}
     return conversations, summary
-
-
-def describe_skipped(skipped: dict[str, int]) -> str:
-    return "; ".join(f"{n} {SKIP_REASONS[reason]}" for reason, n in skipped.items()) or "none"
-
-
-def _first(row: dict, fallbacks: list[dict], field: str) -> str | None:
-    for candidate in (row, *fallbacks):
-        if candidate.get(field) is not None:
-            return candidate[field]
-    return None
-
-
-def _endpoint(row: dict, log: dict | None) -> str | None:
-    for candidate in (row, log or {}):
-        endpoint = (candidate.get("extra") or {}).get("endpoint")
-        if endpoint in ("chat", "completion"):
-            return endpoint
-    rid = row.get("response_id") or ""
-    return "chat" if rid.startswith("chatcmpl-") else "completion" if rid.startswith("cmpl-") else None
-
-
-def _prompt_messages(prompt: str, endpoint: str | None, where: str) -> list[dict[str, Any]]:
-    """The conversation before the answer: a chat prompt is the JSON messages list the client sent."""
-    if endpoint == "completion":
-        return [{"role": "user", "content": prompt}]
-    try:
-        value = json.loads(prompt)
-    except json.JSONDecodeError:
-        if endpoint == "chat":
-            raise BadRecord(f"{where}: chat prompt is not JSON") from None
-        return [{"role": "user", "content": prompt}]  # unknown endpoint, plain text: a completion
-    if isinstance(value, dict) and isinstance(value.get("messages"), list):
-        value = value["messages"]
-    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
-        if endpoint == "chat":
-            raise BadRecord(f"{where}: chat prompt is not a list of messages")
-        return [{"role": "user", "content": prompt}]
-    out = []
-    for m in value:
-        content = m.get("content")
-        if isinstance(content, list):  # OpenAI content parts: only text parts are served
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        role = "system" if m.get("role") == "developer" else m.get("role")  # OpenAI's newer name for system
-        out.append({"role": role, "content": content})
-    return out
 
 
 def _since(value: str | None) -> float | None:
@@ -238,5 +171,7 @@ def _nothing_usable(registry: Registry, cfg: FeedbackDataConfig, summary: dict[s
         return f"no feedback{scope} in the registry{known}; {HOW_TO_GET_SOME}, then run this again"
     detail = describe_skipped(summary["skipped"])
     example = f" (first: {summary['bad_examples'][0]})" if summary["bad_examples"] else ""
-    return (f"no usable feedback{scope}: {summary['feedback_rows']} feedback rows seen, none approved "
-            f"(rating >= {cfg.min_rating}) or corrected; skipped: {detail}{example}; {HOW_TO_GET_SOME}")
+    wanted = ("none rated or corrected into a pair or a rated answer" if cfg.task == "preference"
+              else f"none approved (rating >= {cfg.min_rating}) or corrected")
+    return (f"no usable feedback{scope}: {summary['feedback_rows']} feedback rows seen, {wanted}; "
+            f"skipped: {detail}{example}; {HOW_TO_GET_SOME}")
