@@ -100,3 +100,13 @@ def orpo(ctx: Ctx, cfg) -> None:
 def kto(ctx: Ctx, cfg) -> None:
     """KTO: learn from answers rated desirable or undesirable one by one (thumbs up / down), no pairs needed."""
     _preference(ctx, cfg, "kto")
+
+
+@app.command(epilog="Example: llmkit train grpo --base smollm2-135m --data arithmetic --reward number --group-size 8")
+@configured("grpo", flags=_LORA_FLAGS)
+def grpo(ctx: Ctx, cfg) -> None:
+    """GRPO: sample groups of answers to each prompt, score them with a reward computed by code (number, json,
+    regex, length or your module:function) and move the model toward the better ones in each group."""
+    from llmkit.train.grpo import grpo as run_grpo
+
+    _finish(ctx, lambda: run_grpo(cfg, ctx.ws, ctx.registry, console=ctx.log), "next: llmkit chat {name}")

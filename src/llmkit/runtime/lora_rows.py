@@ -60,11 +60,20 @@ def read_adapter(folder: Path, name: str, model, dtype: torch.dtype) -> AdapterL
         raise UserError(f"adapter '{name}' ({folder}) is DoRA, whose delta is not low-rank; serve it merged (llmkit merge)")
     r, alpha = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
     scale = alpha / r ** 0.5 if cfg.get("use_rslora") else alpha / r
+    return adapter_layout(load_file(str(folder / "adapter_model.safetensors")), scale, model, dtype, name,
+                          f"adapter '{name}' ({folder})")
+
+
+def adapter_layout(weights: dict[str, torch.Tensor], scale: float, model, dtype: torch.dtype, name: str,
+                   where: str) -> AdapterLayout:
+    """PEFT-named LoRA weights (lora_A / lora_B per projection; `scale` = alpha / r) in `model`'s FastLlama layout:
+    what `read_adapter` reads from a folder, and what a trainer passes from its live adapters (GRPO's sampler).
+    `where` names them in errors."""
     parts: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(str(folder / "adapter_model.safetensors")).items():
+    for key, tensor in weights.items():
         m = _KEY.search(key)
         if m is None:
-            raise UserError(f"adapter '{name}' ({folder}) has weights this server cannot add per row ({key}); serve it "
+            raise UserError(f"{where} has weights this server cannot add per row ({key}); serve it "
                             "merged (llmkit merge)")
         parts.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = tensor.to(torch.float32)
     from llmkit.runtime.llama_layout import LayoutBuilder
@@ -74,7 +83,7 @@ def read_adapter(folder: Path, name: str, model, dtype: torch.dtype) -> AdapterL
     for i, layer in enumerate(model.model.layers):
         layers.append({g: _group(layout, layer, i, g, parts, scale, dtype) for g in GROUPS})
     if not any(ab for layer in layers for ab in layer.values()):
-        raise UserError(f"adapter '{name}' ({folder}) has no LoRA weights for this base's layers")
+        raise UserError(f"{where} has no LoRA weights for this base's layers")
     first = model.model.layers[0]
     c, q, inter = model.config.hidden_size, layout.nh * layout.hd, first.mlp.up_proj.out_features
     dims = {"qkv": (c, (layout.nh + 2 * layout.nkv) * layout.hd), "o": (q, c), "gu": (c, 2 * inter), "down": (inter, c)}

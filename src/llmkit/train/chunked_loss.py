@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from llmkit.train.bf16_matmul import emulated
+from llmkit.train.bf16_matmul import emulated, linear
 
 IGNORE = -100
 CHUNK_LOGITS = 1 << 23  # logits per chunk: 8M (32 MB in fp32); ~170 positions of a 49k vocabulary
@@ -94,3 +94,23 @@ def shifted_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
     target = labels[:, 1:].reshape(-1)
     states = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     return linear_cross_entropy(states, weight, target, chunk), int((target != IGNORE).sum())
+
+
+def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    """(N,) log p(targets[n]) under `hidden @ weight.T` (hidden (N, C), weight (V, C)), differentiable, per position.
+
+    What a policy-gradient loss needs (each token weighed by its own advantage and KL term). Each chunk's
+    logits are recomputed in backward (activation checkpointing) instead of kept: only (chunk, V) lives at once.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    chunk = chunk or max(1, CHUNK_LOGITS // weight.shape[0])
+
+    def logps(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = linear(h, weight).float()                     # (n, V), in autocast's arithmetic when on
+        return logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+    parts = [checkpoint(logps, hidden[s: s + chunk], targets[s: s + chunk], use_reentrant=False)
+             if torch.is_grad_enabled() else logps(hidden[s: s + chunk], targets[s: s + chunk])
+             for s in range(0, hidden.shape[0], chunk)]
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)

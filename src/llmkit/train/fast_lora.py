@@ -22,6 +22,8 @@ RoPE and SiLU); for anything else `fast_path_reason` says why, and SFT takes the
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -100,6 +102,7 @@ class LoraLinear(nn.Module):
         self.base, self.parts, self.r, self.scaling = base, parts, lora.r, lora.alpha / lora.r
         self.lora_A, self.lora_B = nn.ParameterDict(), nn.ParameterDict()
         self.dropout = nn.Dropout(lora.dropout) if lora.dropout > 0 else None
+        self.enabled = True  # off: the base alone (LoraLlama.adapters_off, the reference model of GRPO)
         for name, width in parts:
             if name not in targets:
                 continue
@@ -113,7 +116,7 @@ class LoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = linear(x, self.base.weight, self.base.bias)
         names = list(self.lora_A)
-        if not names:
+        if not names or not self.enabled:
             return y
         if self.dropout is None:  # one input for every part: their A's as one matmul
             a = self.lora_A[names[0]] if len(names) == 1 else torch.cat([self.lora_A[n] for n in names])
@@ -172,6 +175,18 @@ class LoraLlama(nn.Module):
                 module = getattr(block, attr)
                 for name in module.lora_A:
                     yield i, PROJECTIONS[name][1], name, module
+
+    @contextmanager
+    def adapters_off(self) -> Iterator[None]:
+        """The frozen base alone inside the block: the reference model, with no second copy of it."""
+        modules = {id(m): m for _, _, _, m in self.adapters()}.values()
+        for m in modules:
+            m.enabled = False
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.enabled = True
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The adapter weights under the names a PeftModel saves them with (adapter name dropped)."""
