@@ -52,6 +52,7 @@ class GrpoConfig(PreferenceConfig):
     epochs: float = Field(1.0, gt=0.0, description="passes over the train prompts (ignored when max_steps is set)")
     eval_max_examples: int = Field(32, ge=0, description="val prompts answered greedily at each evaluation (0 = all)")
     samples_logged: int = Field(4, ge=0, description="sampled answers written to the run's samples.jsonl per step")
+    max_minutes: float = Field(0.0, ge=0.0, description="time budget: after this many minutes of training the run evaluates and ends, keeping the best weights (0 = none)")
 
 
 SECTIONS.update({"dpo": DpoConfig, "orpo": OrpoConfig, "kto": KtoConfig, "grpo": GrpoConfig})

@@ -87,7 +87,7 @@ def enable_checkpointing(model: torch.nn.Module, key: str) -> None:
 
 
 def fit(job: FinetuneJob, cfg: FinetuneConfig, section: str, ws: Workspace, registry: Registry, run_dir: Path | None,
-        run_id: str | None, console=None, stop_at_step: int | None = None) -> Fitted:
+        run_id: str | None, console=None, stop_at_step: int | None = None, time_limit_s: float | None = None) -> Fitted:
     device = next(job.model.parameters()).device.type
     precision = resolve_precision(cfg.precision, device)
     model = job.model
@@ -129,7 +129,7 @@ def fit(job: FinetuneJob, cfg: FinetuneConfig, section: str, ws: Workspace, regi
                    steps_per_epoch=steps_per_epoch, checkpoint_every=cfg.checkpoint_every,
                    keep_checkpoints=cfg.keep_checkpoints, precision=precision, device=device, trainable_only=True)
     result = loop_fit(loop_job, run_dir, run_id, MetricsLog(run_dir / "metrics.jsonl", cfg.log), console,
-                      stop_at_step=stop_at_step)
+                      stop_at_step=stop_at_step, time_limit_s=time_limit_s)
     best = result.best or {"step": result.step, **result.last_eval}
     plot_losses(read_metrics(run_dir / "metrics.jsonl"), run_dir / "plots" / "loss.png")
     summary = {**{k: v for k, v in best.items() if k != "step"}, "best_step": best.get("step"),

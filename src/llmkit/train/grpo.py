@@ -155,7 +155,8 @@ def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None
     job = FinetuneJob("grpo", name, model, epoch_batches, loss_fn, evaluate, score="val_reward", higher_is_better=True,
                       parents=parents, info={"method": cfg.method, "reward": cfg.reward, "val_reward_before": before["val_reward"],
                                              "train_prompts": len(train), "group_size": cfg.group_size, "path": path})
-    fitted = fit(job, cfg, "grpo", ws, registry, run_dir, run_id, console, stop_at_step)
+    fitted = fit(job, cfg, "grpo", ws, registry, run_dir, run_id, console, stop_at_step,
+                 time_limit_s=cfg.max_minutes * 60 or None)
     plot_rewards(fitted.run_dir / "metrics.jsonl", fitted.run_dir / "plots" / "rewards.png")
 
     lineage = {"format": "llmkit.model/1", "task": "causal-lm", "method": cfg.method, "tuning": "grpo",
