@@ -61,22 +61,21 @@ def exact_match(model_ref: str, held_out: list[dict], ws, registry, max_new_toke
     import torch
 
     from llmkit.models.io import load_causal_lm, resolve_model
-    from llmkit.runtime.decoder import eos_set, generate_ids
+    from llmkit.runtime.decoder import eos_set, get_decoder
     from llmkit.train.rewards import number_reward
+    from llmkit.train.rollouts import decode_groups
 
-    lm, tok = load_causal_lm(resolve_model(model_ref, registry))
+    lm, tok = load_causal_lm(resolve_model(model_ref, registry))  # an adapter loads merged
     lm.eval()
-    eos = list(eos_set(tok.eos_token_id) | {tok.convert_tokens_to_ids("<|im_end|>")})
-    hits, answers = 0, []
-    with torch.inference_mode():
-        for rec in held_out:
-            ids = tok.apply_chat_template(rec["messages"][:1], tokenize=True, add_generation_prompt=True)
-            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-            new = [t for t in generate_ids(lm, ids, max_new_tokens=max_new_tokens, temperature=0.0, eos_token_id=eos)
-                   if t not in eos]
-            text = tok.decode(new, skip_special_tokens=True)
-            hits += number_reward("", text, rec) == 1.0
-            answers.append(text)
+    eos = eos_set(tok.eos_token_id) | {tok.convert_tokens_to_ids("<|im_end|>")}
+    prompts = []
+    for rec in held_out:
+        ids = tok.apply_chat_template(rec["messages"][:1], tokenize=True, add_generation_prompt=True)
+        prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    with torch.inference_mode():  # greedy, every problem stepped together on the fast decoder (as GRPO samples)
+        outs = decode_groups(get_decoder(lm), prompts, 1, max_new_tokens, 0.0, eos)
+    answers = tok.batch_decode([[t for t in out if t not in eos] for out in outs], skip_special_tokens=True)
+    hits = sum(number_reward("", text, rec) == 1.0 for text, rec in zip(answers, held_out, strict=True))
     return hits / len(held_out), answers
 
 

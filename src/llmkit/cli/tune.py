@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 @configured("tune", skip=("stage",))
-def tune(ctx: Ctx, cfg, *, stage: Annotated[str, typer.Argument(help="pretrain | sft | classify", show_default=False)]) -> None:
+def tune(ctx: Ctx, cfg, *, stage: Annotated[str, typer.Argument(help="pretrain | sft | classify | dpo | orpo | kto | grpo", show_default=False)]) -> None:
     """Search a stage's hyper-parameters on Optuna: TPE, pruning from the evaluations, a time budget; every
     trial a registered run, the best trial's model kept. Trials start from the stage's section of --config
     (e.g. classify: {max_length: 64}). The same --study and --storage on several machines work on one study."""

@@ -11,5 +11,6 @@ from llmkit.config.files import (
 from llmkit.config.preference import DpoConfig, GrpoConfig, KtoConfig, OrpoConfig, PreferenceConfig
 from llmkit.config.sections import *  # noqa: F403  (every section model and the backend spellings)
 from llmkit.config.sections import SECTIONS
+from llmkit.config.tuning import TuneConfig, TuneSpacesConfig, duration_s
 
-__all__ = ["RENAMED_SECTIONS", "SECTIONS", "DpoConfig", "GrpoConfig", "KtoConfig", "OrpoConfig", "PreferenceConfig", "load_section", "read_config_file", "render_defaults", "validate_section"]
+__all__ = ["RENAMED_SECTIONS", "SECTIONS", "DpoConfig", "GrpoConfig", "KtoConfig", "OrpoConfig", "PreferenceConfig", "TuneConfig", "TuneSpacesConfig", "duration_s", "load_section", "read_config_file", "render_defaults", "validate_section"]

@@ -56,35 +56,42 @@ class Sampler:
 
     def _sample(self, prompts, n, max_new_tokens, temperature, eos) -> list[list[int]]:
         decoder, adapter = self._decoder()
-        states, last = [], []
-        for ids in prompts:
-            if isinstance(decoder, FastLlama):
-                state = decoder.new_state(len(ids) + max_new_tokens)
-                state.adapter = adapter
-                state, logits = decoder.prefill(ids, state)
-                for _ in range(n):  # the group shares the prompt's cache: copied, not recomputed
-                    states.append(LlamaState(state.kv.clone(), state.length, adapter=adapter))
-                    last.append(logits)
-            else:
-                for _ in range(n):
-                    state, logits = decoder.prefill(ids, capacity=len(ids) + max_new_tokens)
-                    states.append(state)
-                    last.append(logits)
-        logits = torch.stack(last)                               # (rows, V)
-        out: list[list[int]] = [[] for _ in states]
-        live = list(range(len(states)))
-        for t in range(max_new_tokens):
-            picks = _pick(logits, temperature)
-            still = []
-            for row, token in zip(live, picks, strict=True):
-                out[row].append(token)
-                if token not in eos:
-                    still.append(row)
-            if not still or t == max_new_tokens - 1:
-                break
-            logits = decoder.step([states[r] for r in still], [out[r][-1] for r in still])
-            live = still
-        return out
+        return decode_groups(decoder, prompts, n, max_new_tokens, temperature, eos, adapter)
+
+
+@torch.no_grad()
+def decode_groups(decoder: FastLlama | HFDecoder, prompts: list[list[int]], n: int, max_new_tokens: int,
+                  temperature: float, eos: set[int], adapter: int = 0) -> list[list[int]]:
+    """n answers per prompt from `decoder`, all rows stepped together (see Sampler.sample)."""
+    states, last = [], []
+    for ids in prompts:
+        if isinstance(decoder, FastLlama):
+            state = decoder.new_state(len(ids) + max_new_tokens)
+            state.adapter = adapter
+            state, logits = decoder.prefill(ids, state)
+            for _ in range(n):  # the group shares the prompt's cache: copied, not recomputed
+                states.append(LlamaState(state.kv.clone(), state.length, adapter=adapter))
+                last.append(logits)
+        else:
+            for _ in range(n):
+                state, logits = decoder.prefill(ids, capacity=len(ids) + max_new_tokens)
+                states.append(state)
+                last.append(logits)
+    logits = torch.stack(last)                               # (rows, V)
+    out: list[list[int]] = [[] for _ in states]
+    live = list(range(len(states)))
+    for t in range(max_new_tokens):
+        picks = _pick(logits, temperature)
+        still = []
+        for row, token in zip(live, picks, strict=True):
+            out[row].append(token)
+            if token not in eos:
+                still.append(row)
+        if not still or t == max_new_tokens - 1:
+            break
+        logits = decoder.step([states[r] for r in still], [out[r][-1] for r in still])
+        live = still
+    return out
 
 
 def _pick(logits: torch.Tensor, temperature: float) -> list[int]:

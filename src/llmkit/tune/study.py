@@ -108,7 +108,7 @@ def check(cfg: TuneConfig, stage_cfg, ws: Workspace, registry: Registry) -> tupl
         body["data"] = cfg.data
     if cfg.base:
         if stage == "pretrain":
-            raise UserError("tune pretrain: --base is for sft and classify; pretraining starts from scratch")
+            raise UserError("tune pretrain: --base is for the stages that tune a model; pretraining starts from scratch")
         body["base"] = cfg.base
     body = validate_section(stage, body).model_dump()
     if not body.get("data"):

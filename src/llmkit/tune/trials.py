@@ -28,16 +28,28 @@ from llmkit.tune.space import Param, with_values
 from llmkit.workspace import Workspace
 
 # What each stage's evaluation reports, and the metric its own best-weights choice uses.
+_PAIRS = ("val_loss", "val_reward_margin", "val_reward_accuracy")
 STAGE_METRICS = {"pretrain": ("val_loss", "val_ppl"), "sft": ("val_loss", "val_ppl"),
-                 "classify": ("val_accuracy", "val_macro_f1")}
+                 "classify": ("val_accuracy", "val_macro_f1"), "dpo": _PAIRS, "orpo": (*_PAIRS, "val_nll"),
+                 "kto": ("val_loss", "val_reward_margin"), "grpo": ("val_reward", "val_answer_tokens")}
 PER_LABEL_METRICS = ("val_precision_", "val_recall_", "val_f1_")  # classify, one per label
-DEFAULT_METRIC = {"pretrain": "val_loss", "sft": "val_loss", "classify": "val_macro_f1"}
-DATASET_KIND = {"pretrain": "lm", "sft": "chat", "classify": "classify"}
+DEFAULT_METRIC = {"pretrain": "val_loss", "sft": "val_loss", "classify": "val_macro_f1", "dpo": "val_loss",
+                  "orpo": "val_loss", "kto": "val_loss", "grpo": "val_reward"}
+DATASET_KIND = {"pretrain": "lm", "sft": "chat", "classify": "classify", "dpo": "preference", "orpo": "preference",
+                "kto": "preference", "grpo": "chat"}
 
 
 def run_stage(stage: str, cfg, ws: Workspace, registry: Registry, console=None):
     from llmkit.train import classify, pretrain, sft
 
+    if stage in ("dpo", "orpo", "kto"):
+        from llmkit.train.preference import preference_tune
+
+        return preference_tune(cfg, stage, ws, registry, console=console)
+    if stage == "grpo":
+        from llmkit.train.grpo import grpo
+
+        return grpo(cfg, ws, registry, console=console)
     run = {"pretrain": pretrain, "sft": sft, "classify": classify}[stage]
     return run(cfg, ws, registry, console=console)
 
