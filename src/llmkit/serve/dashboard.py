@@ -1,5 +1,6 @@
-"""Read-only JSON for the web dashboard: what the registry holds, a run's loss curve, a model's lineage,
-evaluations and compression table, and an evaluation's HTML report.
+"""Read-only JSON for the web dashboard: what the registry holds, a run's loss curve (and, for a reward-tuned
+run, its reward curves and before/after answers), a model's lineage, evaluations and compression table, and an
+evaluation's HTML report.
 
 The registry is `app.state.registry` and the workspace `app.state.workspace` (a Workspace or its root
 folder). No answer carries an absolute path of the server's disk: paths inside the workspace are given
@@ -10,8 +11,10 @@ no scripts), so one cannot read what the UI keeps in its origin's storage (the A
 from __future__ import annotations
 
 import json
+import math
 import ntpath
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,13 @@ router = APIRouter(prefix="/api", tags=["dashboard"])
 COMPRESSION_RELATIONS = ("quantized_from", "pruned_from", "exported_from")
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".onnx", ".bin")
 REPORT_HEADERS = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
+# The per-step and per-evaluation figures a reward-tuned run logs (llmkit.train.grpo, llmkit.train.preference):
+# curve -> metrics.jsonl key.
+GRPO_CURVES = {"train": "reward", "val": "val_reward"}
+PREFERENCE_CURVES = {"train": "rewards/margin", "val": "val_reward_margin", "accuracy_train": "rewards/accuracy",
+                     "accuracy_val": "val_reward_accuracy"}
+SAMPLES_SHOWN = 10       # before/after rows: enough to read, few enough for a phone
+SAMPLE_CHARS = 400       # a longer answer is cut: the table is for reading, not for the whole text
 
 
 class RecordOut(BaseModel):
@@ -58,10 +68,36 @@ class Point(BaseModel):
     value: float
 
 
+class RewardCurves(BaseModel):
+    """What a reward-tuned run logged. GRPO (metric "reward"): `train` the mean reward of each step's sampled
+    answers, `val` the mean reward of greedy answers to the val prompts at each evaluation, step 0 being the one
+    before training. DPO/ORPO/KTO (metric "margin"): the implicit reward of chosen minus rejected answers, per
+    step and at evaluations; `accuracy_*` the share of pairs whose chosen answer out-rewards the rejected one
+    (logged for pairs only: a KTO run has none)."""
+    metric: str
+    train: list[Point] = []
+    val: list[Point] = []
+    accuracy_train: list[Point] = []
+    accuracy_val: list[Point] = []
+
+
+class SamplePair(BaseModel):
+    """One val prompt of a GRPO run: its greedy answer before training and at the latest evaluation (None when
+    the run has not evaluated since)."""
+    prompt: str
+    before: str
+    before_reward: float | None = None
+    after: str | None = None
+    after_reward: float | None = None
+
+
 class RunMetrics(BaseModel):
     run: RecordOut
     train: list[Point]  # training loss by step
     val: list[Point]    # validation loss by step
+    rewards: RewardCurves | None = None  # reward-tuned runs only
+    samples: list[SamplePair] = []       # GRPO runs: before/after answers, at most SAMPLES_SHOWN
+    samples_after_step: int | None = None  # the step of the evaluation the `after` answers come from, when known
 
 
 class Link(BaseModel):
@@ -106,24 +142,21 @@ def overview(request: Request) -> Overview:
 @router.get("/runs/{ref:path}/metrics", response_model=RunMetrics)
 def run_metrics(ref: str, request: Request) -> RunMetrics:
     run = _find(request, ref, "run")
-    train: dict[int, float] = {}
-    val: dict[int, float] = {}
-    metrics = _inside_workspace(request, Path(run.path) / "metrics.jsonl") if run.path else None
-    if metrics is not None and metrics.is_file():
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a run still writing its last line
-                continue
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                continue
-            # Later rows win: a resumed run's redone steps replace the first try.
-            if _number(row.get("loss")):
-                train[row["step"]] = float(row["loss"])
-            if _number(row.get("val_loss")):
-                val[row["step"]] = float(row["val_loss"])
-    return RunMetrics(run=_out(request, run), train=[Point(step=s, value=train[s]) for s in sorted(train)],
-                      val=[Point(step=s, value=val[s]) for s in sorted(val)])
+    # Later rows win: a resumed run's redone steps replace the first try.
+    series: dict[str, dict[int, float]] = {}
+    folder = Path(run.path) if run.path else None
+    metrics = _inside_workspace(request, folder / "metrics.jsonl") if folder else None
+    for row in _jsonl(metrics):
+        if isinstance(row.get("step"), int):
+            for key, value in row.items():
+                if _number(value):
+                    series.setdefault(key, {})[row["step"]] = float(value)
+    rewards = _reward_curves(run, series)
+    samples = _inside_workspace(request, folder / "samples.jsonl") if folder and rewards and rewards.metric == "reward" else None
+    pairs, evaluations = _before_after(samples)
+    after_step = rewards.val[-1].step if rewards and rewards.val and evaluations == len(rewards.val) else None
+    return RunMetrics(run=_out(request, run), train=_points(series.get("loss")), val=_points(series.get("val_loss")),
+                      rewards=rewards, samples=pairs, samples_after_step=after_step if evaluations > 1 else None)
 
 
 @router.get("/models/{ref:path}", response_model=ModelDetail)
@@ -214,7 +247,74 @@ def _weights_size(folder: Path) -> int | None:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _jsonl(path: Path | None) -> Iterator[dict[str, Any]]:
+    """The objects of a JSONL file, line by line (a run's logs grow long); nothing when it is missing."""
+    if path is None or not path.is_file():
+        return
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a run still writing its last line
+                continue
+            if isinstance(row, dict):
+                yield row
+
+
+def _points(by_step: dict[int, float] | None) -> list[Point]:
+    return [Point(step=s, value=by_step[s]) for s in sorted(by_step or {})]
+
+
+def _reward_curves(run: Record, series: dict[str, dict[int, float]]) -> RewardCurves | None:
+    if GRPO_CURVES["train"] in series or GRPO_CURVES["val"] in series:
+        val = dict(series.get(GRPO_CURVES["val"], {}))
+        if _number(run.metrics.get("val_reward_before")):  # the evaluation before the first step, kept in the summary
+            val.setdefault(0, float(run.metrics["val_reward_before"]))
+        return RewardCurves(metric="reward", train=_points(series.get(GRPO_CURVES["train"])), val=_points(val))
+    if PREFERENCE_CURVES["train"] in series or PREFERENCE_CURVES["val"] in series:
+        return RewardCurves(metric="margin", **{curve: _points(series.get(key)) for curve, key in PREFERENCE_CURVES.items()})
+    return None
+
+
+def _before_after(samples: Path | None) -> tuple[list[SamplePair], int]:
+    """The greedy val answers of a GRPO run's first evaluation (before training) beside those of its latest, and
+    how many evaluations samples.jsonl holds. Each evaluation writes one block of val rows, the same prompts in
+    the same order, and steps write train rows between them: a block ends at a train row, when it reaches the
+    first block's length, or when a prompt comes again (two evaluations in a row)."""
+    first: list[dict[str, Any]] | None = None
+    last: list[dict[str, Any]] = []
+    block: list[dict[str, Any]] = []
+    evaluations = 0
+    for row in _jsonl(samples):
+        if row.get("kind") == "val" and isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str):
+            full = first is not None and len(block) == len(first)
+            if block and (full or any(r["prompt"] == row["prompt"] for r in block)):
+                first, last, evaluations, block = first or block, block, evaluations + 1, []
+            block.append(row)
+        elif block:
+            first, last, evaluations, block = first or block, block, evaluations + 1, []
+    if block:
+        first, last, evaluations = first or block, block, evaluations + 1
+    if first is None:
+        return [], 0
+    latest = {r["prompt"]: r for r in reversed(last)} if evaluations > 1 else {}
+    pairs = []
+    for row in first[:SAMPLES_SHOWN]:
+        after = latest.get(row["prompt"])
+        pairs.append(SamplePair(prompt=_cut(row["prompt"]), before=_cut(row["answer"]), before_reward=_reward(row),
+                                after=_cut(after["answer"]) if after else None, after_reward=_reward(after) if after else None))
+    return pairs, evaluations
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS] + "…"
+
+
+def _reward(row: dict[str, Any]) -> float | None:
+    return float(row["reward"]) if _number(row.get("reward")) else None
 
 
 def _compression(registry: Registry, before: Record, after: Record, relation: str) -> CompressionTable | None:

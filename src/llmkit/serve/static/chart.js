@@ -1,4 +1,6 @@
-// A loss chart drawn by hand on a <canvas>: train and val lines, ticks, axis labels and a legend.
+// A line chart drawn by hand on a <canvas>: train and val lines, ticks, axis labels and a legend. The loss
+// curve by default; a run's reward curves pass their own labels (message keys, read at each draw so a new
+// language redraws them).
 import { getLocale, t } from "./i18n.js";
 
 const COLORS = { train: "#2563eb", val: "#ea580c", grid: "#e5e7eb", axis: "#6b7280", text: "#374151" };
@@ -20,8 +22,11 @@ function label(v) {
   return (+v.toPrecision(4)).toLocaleString(getLocale(), { maximumFractionDigits: 4 });
 }
 
-/** Draw series {train: [{step, value}], val: [...]} to fill the canvas's CSS box. */
-export function drawLossChart(canvas, series) {
+const LOSS_LABELS = { y: "chart.loss", train: "chart.train", val: "chart.val" };
+
+/** Draw series {train: [{step, value}], val: [...]} to fill the canvas's CSS box; `labels` holds the message
+ * keys of the y axis and of each series' legend entry. */
+export function drawLossChart(canvas, series, labels = LOSS_LABELS) {
   const dpr = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || 600;
   const height = canvas.clientHeight || 300;
@@ -82,7 +87,7 @@ export function drawLossChart(canvas, series) {
   ctx.translate(14, PAD.top + plotH / 2);
   ctx.rotate(-Math.PI / 2);
   ctx.textBaseline = "middle";
-  ctx.fillText(t("chart.loss"), 0, 0);
+  ctx.fillText(t(labels.y), 0, 0);
   ctx.restore();
 
   // the lines: train thin, val thicker with a dot per evaluation
@@ -109,13 +114,13 @@ export function drawLossChart(canvas, series) {
   ctx.textAlign = "left";
   ctx.textBaseline = "middle";
   const entries = [["train", COLORS.train], ["val", COLORS.val]].filter(([name]) => series[name].length);
-  const widths = entries.map(([name]) => 22 + ctx.measureText(t(`chart.${name}`)).width + 14);
-  let lx = PAD.left + plotW - widths.reduce((a, b) => a + b, 0);
+  const widths = entries.map(([name]) => 22 + ctx.measureText(t(labels[name])).width + 14);
+  let lx = Math.max(4, PAD.left + plotW - widths.reduce((a, b) => a + b, 0)); // on a phone: from the left edge
   entries.forEach(([name, color], i) => {
     ctx.fillStyle = color;
     ctx.fillRect(lx, 10, 16, 3);
     ctx.fillStyle = COLORS.text;
-    ctx.fillText(t(`chart.${name}`), lx + 22, 12);
+    ctx.fillText(t(labels[name]), lx + 22, 12);
     lx += widths[i];
   });
   return true;

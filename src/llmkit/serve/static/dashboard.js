@@ -1,14 +1,19 @@
 // The dashboard: registry tables (models with LoRA adapters under their base, runs, datasets, evaluations),
-// the models being served (adapters under their base), a run's loss curve, and a model's detail panel
-// (lineage, latest evaluation, report link, compression table).
+// the models being served (adapters under their base), a run's loss curve (and a reward-tuned run's reward
+// curves and before/after answers, rewards.js), and a model's detail panel (lineage, latest evaluation,
+// report link, compression table).
 import { drawLossChart } from "./chart.js";
 import { fmtBytes, fmtCount, fmtDate, fmtNumber, t, term } from "./i18n.js";
 import { api, authHeaders, errorMessage, h } from "./lib.js";
 import { adapterBase, groupByParent } from "./models.js";
+import { initRewards } from "./rewards.js";
 
 const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
 const HEADLINE = ["perplexity", "accuracy", "macro_f1", "bits_per_byte", "decode_tokens_per_s", "exact_match", "rougeL"];
+// A run's figure at validation: what its tuning aimed at first (DPO/ORPO: pairs ranked right; GRPO: reward;
+// KTO: the margin), the loss otherwise (a DPO loss says less than how often the chosen answer wins).
+const RUN_HEADLINE = ["val_reward_accuracy", "val_reward", "val_reward_margin", "val_loss"];
 
 function num(value) {
   return typeof value === "number" && Number.isFinite(value) ? value : undefined;
@@ -44,8 +49,8 @@ function parameterCount(model) {
   return num(model.params.parameters) ?? num(model.metrics.parameters) ?? num(model.metrics.total_parameters);
 }
 
-function headline(metrics) {
-  const key = HEADLINE.find((k) => num(metrics[k]) !== undefined);
+function headline(metrics, keys = HEADLINE) {
+  const key = keys.find((k) => num(metrics[k]) !== undefined);
   return key ? t("dash.headline", { metric: term(key), value: fmtNumber(metrics[key]) }) : "—";
 }
 
@@ -92,6 +97,7 @@ export function initDashboard() {
   let chartData = null;
   let chartRun = null; // the ref of the run whose curve is drawn
   const chart = $("loss-chart");
+  const rewards = initRewards($("run-rewards"));
 
   function banner(message) {
     $("dash-banner").hidden = !message;
@@ -122,7 +128,7 @@ export function initDashboard() {
       { title: t("col.kind"), value: (r) => r.kind || "—" },
       { title: t("col.status"), value: (r) => t(num(r.metrics.steps) !== undefined ? "status.finished" : "status.running") },
       { title: t("col.steps"), value: (r) => fmtNumber(num(r.metrics.steps)), numeric: true },
-      { title: t("col.valLoss"), value: (r) => fmtNumber(num(r.metrics.val_loss)), numeric: true },
+      { title: t("col.val"), value: (r) => headline(r.metrics, RUN_HEADLINE), numeric: true },
       { title: t("col.created"), value: (r) => fmtDate(r.created) },
     ], overview.runs, { onPick: (r, tr) => { select($("runs-table"), tr); showRun(r.id); }, empty: t("dash.noRuns") });
 
@@ -170,9 +176,11 @@ export function initDashboard() {
       chartRun = body.run.ref;
       $("chart-title").textContent = t("dash.lossOf", { run: chartRun });
       redraw();
+      rewards.show(body);
     } catch (err) {
       chartData = null;
       chartRun = null;
+      rewards.show(null);
       $("chart-title").textContent = t("dash.lossCurve");
       $("chart-empty").hidden = false;
       $("chart-empty").textContent = err.message;
@@ -186,7 +194,7 @@ export function initDashboard() {
     $("chart-empty").hidden = drawn;
     $("chart-empty").textContent = drawn ? "" : t("dash.noPoints");
   }
-  window.addEventListener("resize", () => requestAnimationFrame(redraw));
+  window.addEventListener("resize", () => requestAnimationFrame(() => { redraw(); rewards.redraw(); }));
 
   // -- model detail --------------------------------------------------------------------------------
   async function showModel(ref) {
@@ -278,12 +286,13 @@ export function initDashboard() {
     load();
     $("chart-title").textContent = chartRun ? t("dash.lossOf", { run: chartRun }) : t("dash.lossCurve");
     if (chartData) redraw();
+    rewards.relabel();
     if (shownModel && !$("model-detail").hidden) showModel(shownModel);
   });
   return {
     shown: () => {
       if (!loaded) { loaded = true; load(); }
-      requestAnimationFrame(redraw); // the canvas had no size while its view was hidden
+      requestAnimationFrame(() => { redraw(); rewards.redraw(); }); // the canvases had no size while the view was hidden
     },
     reload: () => { if (loaded) load(); },
   };
