@@ -1,8 +1,8 @@
 """GRPO half of bench/preference.py: LoRA GRPO on smollm2-135m for two-digit arithmetic word problems.
 
-Problems are generated here (seeded): addition and subtraction of two-digit numbers in short stories
-("Mia has 34 shells. She finds 27 more. How many shells does Mia have now?"), the exact result as the
-reference answer. The reward is llmkit's built-in `number` (the answer's last number equals the result).
+Problems are generated here (seeded): addition and subtraction of two-digit numbers in one-sentence stories
+("Mia has 34 shells and gets 27 more. How many shells does Mia have? Give only the number."), the exact
+result as the reference answer. The reward is llmkit's built-in `number` (the answer's last number equals the result).
 HELD_OUT problems are never trained on; exact match of greedy answers on them, base against tuned, is
 the figure (goal: +15 points within the time budget, 30 minutes on 2 cores). The run's reward and KL
 curves are saved in its folder (plots/rewards.png), and their path is in the JSON.
@@ -28,12 +28,12 @@ HELD_OUT = 100
 NAMES = ["Mia", "Tom", "Ana", "Leo", "Sara", "Ben", "Nora", "Omar", "Lily", "Sam"]
 ITEMS = ["apples", "shells", "stickers", "marbles", "books", "coins", "cards", "pencils"]
 STORIES = [
-    ("{n} has {a} {i}. {p} gets {b} more. How many {i} does {n} have now?", lambda a, b: a + b),
-    ("A box holds {a} {i} and another box holds {b} {i}. How many {i} are there in all?", lambda a, b: a + b),
-    ("{n} had {a} {i} and gave {b} of them away. How many {i} does {n} have left?", lambda a, b: a - b),
+    ("{n} has {a} {i} and gets {b} more. How many {i} does {n} have?", lambda a, b: a + b),
+    ("A box holds {a} {i} and another holds {b}. How many {i} are there in all?", lambda a, b: a + b),
+    ("{n} had {a} {i} and gave {b} away. How many {i} are left?", lambda a, b: a - b),
     ("There were {a} {i} on a shelf. {n} took {b}. How many {i} are on the shelf now?", lambda a, b: a - b),
 ]
-INSTRUCTION = " Answer with the number."
+INSTRUCTION = " Give only the number."
 
 
 def say(text: str) -> None:
@@ -49,8 +49,7 @@ def problems(count: int, seed: int) -> list[dict]:
         if op(5, 3) == 2 and a < b:  # subtraction: never below zero
             a, b = b, a
         name = rng.choice(NAMES)
-        text = story.format(n=name, p="She" if name in ("Mia", "Ana", "Sara", "Nora", "Lily") else "He", a=a, b=b,
-                            i=rng.choice(ITEMS))
+        text = story.format(n=name, a=a, b=b, i=rng.choice(ITEMS))
         out.append({"messages": [{"role": "user", "content": text + INSTRUCTION},
                                  {"role": "assistant", "content": str(op(a, b))}]})
     return out
@@ -80,7 +79,7 @@ def exact_match(model_ref: str, held_out: list[dict], ws, registry, max_new_toke
 
 
 def run(workdir: Path, minutes: float, steps: int, lr: float, group: int, batch: int, max_new_tokens: int,
-        beta: float) -> dict:
+        beta: float, temperature: float) -> dict:
     from rich.console import Console
 
     from llmkit.config import DataConfig, GrpoConfig, LoraConfig
@@ -101,7 +100,7 @@ def run(workdir: Path, minutes: float, steps: int, lr: float, group: int, batch:
     say(f"base exact match {before:.3f}; e.g. {base_answers[:3]}")
     started = time.time()
     cfg = GrpoConfig(base=BASE, data="arithmetic", reward="number", max_steps=steps, batch_size=batch, group_size=group,
-                     max_new_tokens=max_new_tokens, max_length=160, lr=lr, beta=beta, eval_every=max(steps // 4, 1),
+                     max_new_tokens=max_new_tokens, max_length=160, lr=lr, beta=beta, temperature=temperature, eval_every=max(steps // 4, 1),
                      eval_max_examples=24, checkpoint_every=10_000, warmup_ratio=0.05, name="smollm2-arith-grpo",
                      lora=LoraConfig(r=16, alpha=32), max_minutes=minutes)
     model = grpo(cfg, ws, registry, console=Console(stderr=True))
@@ -115,7 +114,7 @@ def run(workdir: Path, minutes: float, steps: int, lr: float, group: int, batch:
             "points_gained": round(100 * (after - before), 1), "steps": summary["steps"],
             "training_minutes": round(seconds / 60, 1), "budget_minutes": minutes,
             "val_reward_before": summary["val_reward_before"], "val_reward_after": summary["val_reward"],
-            "group_size": group, "prompts_per_step": batch, "lr": lr, "beta": beta,
+            "group_size": group, "prompts_per_step": batch, "lr": lr, "beta": beta, "temperature": temperature,
             "curves": str(run_dir / "plots" / "rewards.png"),
             "goals_met": {"plus_15_points_within_budget": after - before >= 0.15 and seconds / 60 <= minutes + 2}}
 
@@ -128,11 +127,13 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="llmkit-bench-grpo-"))
-    figures = run(workdir, args.minutes, args.steps, args.lr, args.group, args.batch, args.max_new_tokens, args.beta)
+    figures = run(workdir, args.minutes, args.steps, args.lr, args.group, args.batch, args.max_new_tokens, args.beta,
+                  args.temperature)
     print(json.dumps({"grpo": figures}))
 
 

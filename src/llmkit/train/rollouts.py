@@ -16,7 +16,7 @@ import torch
 
 from llmkit.models.io import Model, load_causal_lm
 from llmkit.runtime.decoder import HFDecoder
-from llmkit.runtime.fast_llama import FastLlama, LlamaState, decode_unsupported_reason
+from llmkit.runtime.fast_llama import FastLlama, decode_unsupported_reason
 from llmkit.runtime.lora_rows import AdapterSet, adapter_layout
 
 POLICY = 1  # the adapter id the policy's rows decode with
@@ -63,16 +63,24 @@ class Sampler:
 def decode_groups(decoder: FastLlama | HFDecoder, prompts: list[list[int]], n: int, max_new_tokens: int,
                   temperature: float, eos: set[int], adapter: int = 0) -> list[list[int]]:
     """n answers per prompt from `decoder`, all rows stepped together (see Sampler.sample)."""
-    states, last = [], []
-    for ids in prompts:
-        if isinstance(decoder, FastLlama):
-            state = decoder.new_state(len(ids) + max_new_tokens)
+    if isinstance(decoder, FastLlama):
+        # One KV pool for every row, so each step attends for the whole batch in one call per layer; the prompts
+        # are prefilled together, each into its group's first slot, and that slot copied to the rest of the group.
+        capacity = max(len(ids) for ids in prompts) + max_new_tokens
+        pool = decoder.new_pool(len(prompts) * n, capacity)
+        states = [decoder.pool_state(pool, slot) for slot in range(len(prompts) * n)]
+        for state in states:
             state.adapter = adapter
-            state, logits = decoder.prefill(ids, state)
-            for _ in range(n):  # the group shares the prompt's cache: copied, not recomputed
-                states.append(LlamaState(state.kv.clone(), state.length, adapter=adapter))
-                last.append(logits)
-        else:
+        firsts = states[::n]
+        prompt_logits = decoder.prefill_many(prompts, firsts)           # (P, V)
+        for k, first in enumerate(firsts):
+            for j in range(1, n):
+                pool[:, :, k * n + j] = pool[:, :, k * n]
+                states[k * n + j].length = first.length
+        last = [prompt_logits[k // n] for k in range(len(states))]
+    else:
+        states, last = [], []
+        for ids in prompts:
             for _ in range(n):
                 state, logits = decoder.prefill(ids, capacity=len(ids) + max_new_tokens)
                 states.append(state)
