@@ -127,3 +127,18 @@ def test_bad_input_is_one_line_and_registers_nothing(ws):
     assert proc.returncode == 2 and "needs one prepared with --task preference" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(registry.list("run")) == before
+
+
+def test_compare_gates_a_preference_tuned_model_on_held_out_pairs(ws, dpo_model):
+    """`llmkit compare BASE TUNED --data PREFS`: the share of held-out pairs ranked right (mean log-prob per answer
+    token, chosen above rejected) rises from the base's to the tuned model's; flipped pairs carry both margins."""
+    from llmkit.config import CompareConfig
+    from llmkit.eval.gate import gate
+
+    result = gate("tiny-lm", dpo_model.ref, CompareConfig(data="prefs", general=False), ws, Registry.for_workspace(ws.root))
+    task = result["task"]
+    assert task["metric"] == "preference_accuracy" and 0 < result["items"] < len(_pairs())  # the val split
+    assert task["tuned"] >= 0.9 and task["tuned"] - task["base"] >= 0.3, task
+    assert result["verdict"] == "pass" and result["flipped"]["improved"] > 0
+    example = result["flipped"]["improved_examples"][0]
+    assert example["base_margin"] <= 0 < example["tuned_margin"] and example["chosen"].startswith("aye, ")

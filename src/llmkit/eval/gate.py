@@ -19,13 +19,13 @@ from llmkit.config import CompareConfig
 from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.eval.evaluation import model_task
-from llmkit.eval.items import chat_items, classifier_items, item_id, lm_items, load_lm
+from llmkit.eval.items import chat_items, classifier_items, item_id, lm_items, load_lm, preference_items
 from llmkit.eval.report import Report
 from llmkit.models.io import Model, resolve_model
 from llmkit.registry import Record, Registry
 from llmkit.workspace import Workspace, atomic_dir
 
-TASK_METRIC = {"classify": "accuracy", "chat": "rougeL", "lm": "perplexity"}
+TASK_METRIC = {"classify": "accuracy", "chat": "rougeL", "lm": "perplexity", "preference": "preference_accuracy"}
 
 
 def held_out_split(ds, split: str | None) -> tuple[str, list[dict]]:
@@ -49,13 +49,16 @@ def score(model: Model, kind: str, records: list[dict], cfg: CompareConfig, prog
     lm, tokenizer = load_lm(model)
     if kind == "chat":
         items = chat_items(lm, tokenizer, records, cfg.max_new_tokens, progress)
+    elif kind == "preference":
+        items = preference_items(lm, tokenizer, records, progress)
     else:
         items = lm_items(lm, tokenizer, records, progress)
     return {"items": items, "general": general_check(lm, tokenizer, progress) if cfg.general else None}
 
 
 def task_figure(kind: str, items: list[dict]) -> float:
-    """Accuracy (classify), mean ROUGE-L (chat) or perplexity over every scored token (lm)."""
+    """Accuracy (classify), mean ROUGE-L (chat), share of pairs ranked right (preference) or perplexity over every
+    scored token (lm)."""
     if kind == "lm":
         tokens = sum(i["tokens"] for i in items)
         return math.exp(min(sum(i["nll"] for i in items) / max(tokens, 1), 50.0))
@@ -68,7 +71,7 @@ def flips(kind: str, base: list[dict], tuned: list[dict], cfg: CompareConfig) ->
         deltas = [t["loss"] - b["loss"] for b, t in zip(base, tuned, strict=True)]
         return ([i for i, d in enumerate(deltas) if d > cfg.item_loss_margin],
                 [i for i, d in enumerate(deltas) if d < -cfg.item_loss_margin])
-    threshold = 0.5 if kind == "classify" else cfg.item_pass_score
+    threshold = 0.5 if kind in ("classify", "preference") else cfg.item_pass_score
     passed = [(b["score"] >= threshold, t["score"] >= threshold) for b, t in zip(base, tuned, strict=True)]
     return [i for i, (b, t) in enumerate(passed) if b and not t], [i for i, (b, t) in enumerate(passed) if t and not b]
 
@@ -109,6 +112,9 @@ def _example(kind: str, record: dict, index: int, split: str, base: dict, tuned:
     out: dict[str, Any] = {"item": item_id(record, index, split)}
     if kind == "classify":
         out.update(text=record["text"][:160], label=record["label"], base=base["predicted"], tuned=tuned["predicted"])
+    elif kind == "preference":
+        out.update(prompt=tuned["prompt"][:160], chosen=tuned["chosen"][:160], rejected=tuned["rejected"][:160],
+                   base_margin=round(base["margin"], 4), tuned_margin=round(tuned["margin"], 4))
     elif kind == "chat":
         out.update(prompt=tuned["prompt"][:160], reference=tuned["reference"][:160], base=base["prediction"][:160],
                    tuned=tuned["prediction"][:160], base_score=round(base["score"], 4), tuned_score=round(tuned["score"], 4))
@@ -146,6 +152,8 @@ def gate(base_ref: str, tuned_ref: str, cfg: CompareConfig, ws: Workspace | None
             raise UserError(f"{model.ref} is a {model_task(model)} model and {ds.ref} is a {ds.kind} dataset; "
                             f"the gate needs two {expected} models for it")
     split, records = held_out_split(ds, cfg.split)
+    if ds.kind == "preference":  # rated answers alone (KTO records) are not items: pairs are
+        records = [r for r in records if "chosen" in r]
     records = records[: cfg.max_items or None]
     sides = [score(model, ds.kind, records, cfg, progress) for model in (base, tuned)]
     figures = [task_figure(ds.kind, side["items"]) for side in sides]

@@ -4,7 +4,10 @@ An item is a record of the split. What its outcome is depends on the data:
 - classify: whether the predicted label is the true one (score 1 or 0);
 - chat: the greedy reply to the conversation up to its last assistant turn, scored by ROUGE-L F1
   against that turn (the item passes when the score reaches compare.item_pass_score);
-- lm: the record's loss per token (nats), compared between the two models.
+- lm: the record's loss per token (nats), compared between the two models;
+- preference: whether the model ranks the pair's chosen answer above its rejected one by mean log-prob per
+  answer token (length-normalised, so a longer chosen answer is not penalised for its length; score 1 or 0).
+  Rated answers without a partner (KTO records) are not items.
 """
 
 from __future__ import annotations
@@ -85,3 +88,54 @@ def lm_items(lm, tokenizer, records: list[dict], progress=None) -> list[dict[str
         if task is not None:
             progress.advance(task)
     return out
+
+
+def preference_items(lm, tokenizer, records: list[dict], progress=None) -> list[dict[str, Any]]:
+    """[{"score": 1.0 | 0.0, "margin": mean log-prob of chosen minus rejected, "prompt", "chosen", "rejected"}] per pair.
+
+    Prompt and answer are rendered with the model's chat template (llmkit's when it has none), as the
+    preference trainers render them: the answer's tokens are what the full rendering adds after the prompt
+    with its generation prompt.
+    """
+    import torch
+
+    from llmkit.data.tokenizer import CHAT_TEMPLATE
+
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    pairs = [r for r in records if "chosen" in r]
+    if not pairs:
+        raise UserError("the split holds rated answers only (KTO records) and no pair to compare; the preference gate "
+                        "scores pairs (chosen over rejected)")
+    task = progress.add_task("pairs", total=len(pairs)) if progress is not None else None
+    device = next(lm.parameters()).device
+    out = []
+    for record in pairs:
+        prompt = list(_ids(tokenizer.apply_chat_template(record["prompt"], tokenize=True, add_generation_prompt=True)))
+        means = []
+        for answer in (record["chosen"], record["rejected"]):
+            full = list(_ids(tokenizer.apply_chat_template([*record["prompt"], {"role": "assistant", "content": answer}],
+                                                           tokenize=True)))
+            start = len(prompt) if full[: len(prompt)] == prompt else _common_prefix(prompt, full)
+            with torch.inference_mode():
+                logits = lm(input_ids=torch.tensor([full], device=device)).logits[0, start - 1: -1].float()
+            targets = torch.tensor(full[start:], device=device)
+            logps = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+            means.append(float(logps.mean()) if len(targets) else float("-inf"))
+        question = next((m["content"] for m in reversed(record["prompt"]) if m["role"] == "user"), "")
+        out.append({"score": float(means[0] > means[1]), "margin": means[0] - means[1], "prompt": question,
+                    "chosen": record["chosen"], "rejected": record["rejected"]})
+        if task is not None:
+            progress.advance(task)
+    return out
+
+
+def _ids(rendered) -> list[int]:
+    return rendered["input_ids"] if hasattr(rendered, "keys") else rendered
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return max(n, 1)
