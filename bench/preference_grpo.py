@@ -1,7 +1,7 @@
 """GRPO half of bench/preference.py: LoRA GRPO on smollm2-135m for two-digit arithmetic word problems.
 
 Problems are generated here (seeded): addition and subtraction of two-digit numbers in one-sentence stories
-("Mia has 34 shells and gets 27 more. How many shells does Mia have? Give only the number."), the exact
+("Mia has 34 shells and gets 27 more. How many shells does Mia have?"), the exact
 result as the reference answer. The reward is llmkit's built-in `number` (the answer's last number equals the result).
 HELD_OUT problems are never trained on; exact match of greedy answers on them, base against tuned, is
 the figure (goal: +15 points within the time budget, 30 minutes on 2 cores). The run's reward and KL
@@ -33,7 +33,7 @@ STORIES = [
     ("{n} had {a} {i} and gave {b} away. How many {i} are left?", lambda a, b: a - b),
     ("There were {a} {i} on a shelf. {n} took {b}. How many {i} are on the shelf now?", lambda a, b: a - b),
 ]
-INSTRUCTION = " Give only the number."
+INSTRUCTION = ""  # asking for "only the number" lowers the base's hit rate (0 of 100 here): none
 
 
 def say(text: str) -> None:
@@ -122,11 +122,11 @@ def run(workdir: Path, minutes: float, steps: int, lr: float, group: int, batch:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0, help="training time budget (the issue's: 30)")
-    ap.add_argument("--steps", type=int, default=120, help="steps of the lr schedule (the budget may end it sooner)")
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--steps", type=int, default=80, help="steps of the lr schedule (the budget may end it sooner)")
+    ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--workdir", type=Path, default=None)
