@@ -142,3 +142,13 @@ def test_compare_gates_a_preference_tuned_model_on_held_out_pairs(ws, dpo_model)
     assert result["verdict"] == "pass" and result["flipped"]["improved"] > 0
     example = result["flipped"]["improved_examples"][0]
     assert example["base_margin"] <= 0 < example["tuned_margin"] and example["chosen"].startswith("aye, ")
+
+
+def test_dpo_sft_weight_adds_the_chosen_answers_mean_token_loss(ws):
+    """--sft-weight w: step 1's loss is log 2 + w x (mean next-token loss over the chosen answers' tokens), the
+    logged nll that term."""
+    registry = Registry.for_workspace(ws.root)
+    model = preference_tune(_cfg(name="tiny-rpo", sft_weight=0.5, max_steps=1, eval_every=1), "dpo", ws, registry)
+    first = [r for r in _metrics(model) if "rewards/margin" in r][0]
+    assert first["nll"] > 0
+    assert first["loss"] == pytest.approx(math.log(2) + 0.5 * first["nll"], abs=1e-4)

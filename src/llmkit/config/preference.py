@@ -25,7 +25,7 @@ class PreferenceConfig(FinetuneConfig):
 
 
 class DpoConfig(PreferenceConfig):
-    pass
+    sft_weight: float = Field(0.0, ge=0.0, description="weight of a next-token loss on the chosen answers added to DPO's (RPO; TRL's loss_type [sigmoid, sft]): keeps answers fluent when chosen and rejected share most of their text; 0 = plain DPO")
 
 
 class OrpoConfig(PreferenceConfig):

@@ -258,6 +258,10 @@ def _loss_fn(loss: str, cfg: PreferenceConfig, pad_id: int, device: str):
         n = len(batch)
         if loss == "dpo":
             out = dpo_loss(logps.summed[:n], logps.summed[n:], refs(answers[:n]), refs(answers[n:]), cfg.beta)
+            if cfg.sft_weight:  # mean next-token loss over the chosen answers' tokens, as TRL's "sft" loss type
+                nll = -logps.summed[:n].sum() / logps.tokens[:n].sum().clamp(min=1)
+                out.loss = out.loss + cfg.sft_weight * nll
+                out.extra = {"nll": nll.detach()}
         else:
             chosen, rejected = logps.select(slice(0, n)), logps.select(slice(n, None))
             out = orpo_loss(chosen.mean, rejected.mean, chosen.nll(), lam=cfg.beta)
