@@ -193,7 +193,7 @@ def dpo_part(ws_root: Path, args) -> dict:
     del base_lm
 
     cfg = DpoConfig(base=BASE, data=ds.ref, name="smollm2-summary-dpo", method="lora", lora=LoraConfig(r=args.lora_r, alpha=2 * args.lora_r),
-                    lr=args.lr, beta=args.beta, max_steps=args.steps, batch_size=4, max_length=MAX_LENGTH,
+                    lr=args.lr, beta=args.beta, sft_weight=args.sft_weight, max_steps=args.steps, batch_size=4, max_length=MAX_LENGTH,
                     eval_every=args.steps, checkpoint_every=args.steps, seed=1337)
     started = time.perf_counter()
     tuned = preference_tune(cfg, "dpo", ws, registry, Console(stderr=True))
@@ -218,7 +218,8 @@ def dpo_part(ws_root: Path, args) -> dict:
     for prompt, b, t in list(zip(prompts, base_answers, tuned_answers, strict=True))[:3]:
         say(f"prompt: {prompt[:80]!r}\n  base:  {b[:160]!r}\n  tuned: {t[:160]!r}")
     return {
-        "model": BASE, "method": "lora", "lora_r": args.lora_r, "lr": args.lr, "beta": args.beta, "batch_size": 4,
+        "model": BASE, "method": "lora", "lora_r": args.lora_r, "lr": args.lr, "beta": args.beta,
+        "sft_weight": args.sft_weight, "batch_size": 4,
         "max_length": MAX_LENGTH, "train_pairs": summary.get("train_examples"), "held_out_prompts": len(held),
         "max_new_tokens": args.max_new_tokens,
         "reward_accuracy_before": round(before, 4), "reward_accuracy_after": round(after, 4),
@@ -240,9 +241,17 @@ def dpo_part(ws_root: Path, args) -> dict:
     }
 
 
-# Each part: (workspace root, parsed arguments) -> its figures. The GRPO half of the must-show registers here
-# as "grpo" (its own function beside dpo_part; the shared helpers above are for it too).
-PARTS = {"dpo": dpo_part}
+def grpo_part(ws_root: Path, args) -> dict:
+    """LoRA GRPO on two-digit arithmetic word problems (bench/preference_grpo.py, which also runs alone)."""
+    sys.path.insert(0, str(ROOT))
+    from bench.preference_grpo import run
+
+    return run(ws_root, args.grpo_minutes, args.grpo_steps, args.grpo_lr, 8, 4, 32, 0.04, 0.7,
+               "bench.preference_grpo:shaped_reward")
+
+
+# Each part: (workspace root, parsed arguments) -> its figures.
+PARTS = {"dpo": dpo_part, "grpo": grpo_part}
 
 
 def main() -> None:
@@ -252,6 +261,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60, help="DPO optimizer steps (4 pairs each)")
     ap.add_argument("--lr", type=float, default=5e-4, help="DPO peak learning rate")
     ap.add_argument("--beta", type=float, default=0.1, help="DPO beta")
+    ap.add_argument("--sft-weight", type=float, default=0.0, help="DPO: weight of the next-token loss on chosen answers (RPO)")
+    ap.add_argument("--grpo-minutes", type=float, default=30.0, help="GRPO training time budget (the issue's: 30)")
+    ap.add_argument("--grpo-steps", type=int, default=80, help="GRPO steps of the lr schedule (the budget may end it sooner)")
+    ap.add_argument("--grpo-lr", type=float, default=3e-4, help="GRPO peak learning rate")
     ap.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha is twice it)")
     ap.add_argument("--held-out", type=int, default=HELD_OUT, help="prompts never trained on, answered and scored")
     ap.add_argument("--max-new-tokens", type=int, default=48, help="most new tokens of a greedy held-out answer")
