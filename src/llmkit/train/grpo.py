@@ -157,7 +157,7 @@ def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None
                                              "train_prompts": len(train), "group_size": cfg.group_size, "path": path})
     fitted = fit(job, cfg, "grpo", ws, registry, run_dir, run_id, console, stop_at_step,
                  time_limit_s=cfg.max_minutes * 60 or None)
-    plot_rewards(fitted.run_dir / "metrics.jsonl", fitted.run_dir / "plots" / "rewards.png")
+    plot_rewards(fitted.run_dir / "metrics.jsonl", fitted.run_dir / "plots" / "rewards.png", before["val_reward"])
 
     lineage = {"format": "llmkit.model/1", "task": "causal-lm", "method": cfg.method, "tuning": "grpo",
                "base": {"path": str(base.path), "ref": base.ref, "id": base.id},

@@ -7,7 +7,8 @@ from pathlib import Path
 from llmkit.train.loop import read_metrics
 
 
-def plot_rewards(metrics_file: Path, out: Path) -> Path | None:
+def plot_rewards(metrics_file: Path, out: Path, val_before: float | None = None) -> Path | None:
+    """`val_before`: the val reward of the evaluation before the first step, drawn at step 0."""
     rows = read_metrics(metrics_file)
     reward, val, kl = {}, {}, {}
     for row in rows:  # later rows win: a resumed run's redone steps replace the first try
@@ -17,6 +18,8 @@ def plot_rewards(metrics_file: Path, out: Path) -> Path | None:
             val[row["step"]] = row["val_reward"]
     if not reward:
         return None
+    if val_before is not None:
+        val.setdefault(0, val_before)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
