@@ -18,7 +18,7 @@ from llmkit.registry import Registry
 from llmkit.train.grpo import grpo
 from llmkit.train.preference_loss import completion_logps, pack_sequences
 from llmkit.train.rollouts import Sampler
-from llmkit.train.supervised import load_for_training
+from llmkit.train.tuned_model import load_for_training
 from llmkit.workspace import Workspace
 from tests.conftest import run_cli
 

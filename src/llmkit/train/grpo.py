@@ -32,10 +32,9 @@ import torch
 
 from llmkit.config import GrpoConfig
 from llmkit.data.dataset import open_dataset
-from llmkit.data.tokenizer import CHAT_TEMPLATE
 from llmkit.errors import UserError
 from llmkit.generate import END_OF_TURN
-from llmkit.models.io import Model, resolve_model
+from llmkit.models.io import Model
 from llmkit.registry import Registry, given_or_default
 from llmkit.runtime.decoder import eos_set
 from llmkit.train.checkpoint import resume_run, start_run
@@ -45,7 +44,7 @@ from llmkit.train.preference_loss import pack_sequences, token_logps
 from llmkit.train.reward_plots import plot_rewards
 from llmkit.train.rewards import reference_answer, resolve_reward, score
 from llmkit.train.rollouts import Sampler
-from llmkit.train.supervised import load_for_training, save_trained
+from llmkit.train.tuned_model import open_base, register_tuned
 from llmkit.workspace import Workspace
 
 
@@ -61,8 +60,6 @@ def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     cfg, run_dir, run_id = resume_run(cfg, "grpo", registry)
-    if not cfg.base:
-        raise UserError("grpo.base is not set: pass --base MODEL (a registry name, a model folder or a Hub id)")
     reward = resolve_reward(cfg)
     if not cfg.data:
         raise UserError("grpo.data is not set: pass --data NAME (a chat dataset: each conversation up to its last "
@@ -70,12 +67,9 @@ def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None
     ds = open_dataset(registry, cfg.data)
     if ds.kind != "chat":
         raise UserError(f"dataset {ds.ref} is a '{ds.kind}' dataset; GRPO reads prompts from one prepared with --task chat")
-    base = resolve_model(cfg.base, registry)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer, path = load_for_training(base, cfg, device, console)
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    opened = open_base(cfg, "grpo", registry, console)
+    base, model, tokenizer, path, pad_id, device = (opened.base, opened.model, opened.tokenizer, opened.path,
+                                                    opened.pad_id, opened.device)
     config = getattr(model, "config", None) or model.model.config  # HF / peft module, or our Llama under LoRA
     longest = min(cfg.max_length, getattr(config, "max_position_embeddings", None) or cfg.max_length)
     room = longest - cfg.max_new_tokens
@@ -159,21 +153,11 @@ def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None
                  time_limit_s=cfg.max_minutes * 60 or None)
     plot_rewards(fitted.run_dir / "metrics.jsonl", fitted.run_dir / "plots" / "rewards.png", before["val_reward"])
 
-    lineage = {"format": "llmkit.model/1", "task": "causal-lm", "method": cfg.method, "tuning": "grpo",
-               "base": {"path": str(base.path), "ref": base.ref, "id": base.id},
-               "parent_model": {"path": str(base.path), "ref": base.ref, "id": base.id},
-               "dataset": {"id": ds.id, "ref": ds.ref}, "run": {"id": fitted.run_id, "path": str(fitted.run_dir)},
-               "metrics": fitted.summary, "config": cfg.model_dump()}
-    target = ws.folder("models", f"{name}-{fitted.run_id}")
-    save_trained(fitted.model, cfg, path, tokenizer, target, base, lineage)
-    rec = registry.add("model", name, kind="causal-lm", path=target, params={"method": cfg.method, "base": base.ref, "tuning": "grpo"},
-                       metrics=fitted.summary, parents=[(fitted.run_id, "produced_by"), *parents])
     if console is not None:
         s = fitted.summary
         console.print(f"val reward {s['val_reward_before']:.3f} -> {s['val_reward']:.3f} (greedy answers to {len(val)} val "
                       f"prompts); {s['seconds']:.1f}s; curves in {fitted.run_dir / 'plots' / 'rewards.png'}")
-        console.print(f"model [bold]{rec.ref}[/bold] at {target}" + ("" if cfg.method == "full" else " (LoRA adapter; llmkit merge makes it standalone)"))
-    return Model(target, name, rec.id, rec.version, lineage)
+    return register_tuned(fitted, cfg, opened, ds, name, parents, ws, registry, console, tuning="grpo")
 
 
 def encode_prompts(tokenizer, records: list[dict[str, Any]], room: int) -> tuple[list[Prompt], int]:

@@ -26,9 +26,8 @@ import torch
 
 from llmkit.config import PreferenceConfig
 from llmkit.data.dataset import open_dataset
-from llmkit.data.tokenizer import CHAT_TEMPLATE
 from llmkit.errors import UserError
-from llmkit.models.io import Model, resolve_model
+from llmkit.models.io import Model
 from llmkit.registry import Registry, given_or_default
 from llmkit.train.checkpoint import resume_run
 from llmkit.train.finetune import FinetuneJob, fit
@@ -41,7 +40,7 @@ from llmkit.train.preference_loss import (
     orpo_loss,
     pack_sequences,
 )
-from llmkit.train.supervised import load_for_training, save_trained
+from llmkit.train.tuned_model import open_base, register_tuned
 from llmkit.workspace import Workspace
 
 LOSSES = ("dpo", "orpo", "kto")
@@ -77,15 +76,10 @@ def preference_tune(cfg: PreferenceConfig, loss: str, ws: Workspace | None = Non
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     cfg, run_dir, run_id = resume_run(cfg, loss, registry)
-    if not cfg.base:
-        raise UserError(f"{loss}.base is not set: pass --base MODEL (a registry name, a model folder or a Hub id)")
     ds = _preference_dataset(registry, cfg.data, loss)
-    base = resolve_model(cfg.base, registry)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer, path = load_for_training(base, cfg, device, console)
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    opened = open_base(cfg, loss, registry, console)
+    base, model, tokenizer, path, pad_id, device = (opened.base, opened.model, opened.tokenizer, opened.path,
+                                                    opened.pad_id, opened.device)
 
     where = str(ds.records_file("train"))
     train, counts = encode_records(tokenizer, ds.records("train"), loss, cfg.max_length, cfg.skip_bad, where)
@@ -134,22 +128,12 @@ def preference_tune(cfg: PreferenceConfig, loss: str, ws: Workspace | None = Non
                             "skipped": counts["skipped"], "truncated": counts["truncated"], "path": path})
     fitted = fit(job, cfg, loss, ws, registry, run_dir, run_id, console, stop_at_step)
 
-    lineage = {"format": "llmkit.model/1", "task": "causal-lm", "method": cfg.method, "tuning": loss,
-               "base": {"path": str(base.path), "ref": base.ref, "id": base.id},
-               "parent_model": {"path": str(base.path), "ref": base.ref, "id": base.id},
-               "dataset": {"id": ds.id, "ref": ds.ref}, "run": {"id": fitted.run_id, "path": str(fitted.run_dir)},
-               "metrics": fitted.summary, "config": cfg.model_dump()}
-    target = ws.folder("models", f"{name}-{fitted.run_id}")
-    save_trained(fitted.model, cfg, path, tokenizer, target, base, lineage)
-    rec = registry.add("model", name, kind="causal-lm", path=target, params={"method": cfg.method, "base": base.ref, "tuning": loss},
-                       metrics=fitted.summary, parents=[(fitted.run_id, "produced_by"), *parents])
     if console is not None:
         s = fitted.summary
         accuracy = f", reward accuracy {s['val_reward_accuracy']:.3f}" if "val_reward_accuracy" in s else ""
         console.print(f"val loss {s['val_loss']:.4f}, reward margin {s.get('val_reward_margin', float('nan')):.3f}{accuracy}; "
                       f"{s['seconds']:.1f}s")
-        console.print(f"model [bold]{rec.ref}[/bold] at {target}" + ("" if cfg.method == "full" else " (LoRA adapter; llmkit merge makes it standalone)"))
-    return Model(target, name, rec.id, rec.version, lineage)
+    return register_tuned(fitted, cfg, opened, ds, name, parents, ws, registry, console, tuning=loss)
 
 
 def _preference_dataset(registry: Registry, ref: str | None, loss: str):

@@ -19,15 +19,13 @@ import torch.nn.functional as F
 import llmkit.train.fast_lora as fast_lora
 from llmkit.config import SftConfig
 from llmkit.data.dataset import open_dataset
-from llmkit.data.tokenizer import CHAT_TEMPLATE
 from llmkit.errors import UserError
-from llmkit.models.io import Model, load_causal_lm, load_tokenizer_for, resolve_model, save_model
+from llmkit.models.io import Model
 from llmkit.registry import Registry, given_or_default
 from llmkit.train.checkpoint import resume_run
-from llmkit.train.finetune import FinetuneJob, enable_checkpointing, fit
-from llmkit.train.lora import apply_lora, save_adapter, save_adapter_state
+from llmkit.train.finetune import FinetuneJob, fit
 from llmkit.train.memory import lean_allocator
-from llmkit.train.optim import resolve_precision
+from llmkit.train.tuned_model import TuningBase, open_base, register_tuned
 from llmkit.workspace import Workspace
 
 IGNORE = -100  # label of tokens the loss skips (prompt, system, padding)
@@ -175,31 +173,27 @@ class SftSetup:
     registry: Registry
     run_dir: Any
     run_id: str | None
-    base: Model
+    opened: TuningBase   # the base, the module to train, its tokenizer and path ("fast" or "peft")
     dataset: Any
-    tokenizer: Any
     job: FinetuneJob
-    path: str          # which training path: "fast" (train.fast_lora) or "peft" (transformers + peft)
+
+    @property
+    def path(self) -> str:
+        return self.opened.path
 
 
 def prepare_sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None) -> SftSetup:
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     cfg, run_dir, run_id = resume_run(cfg, "sft", registry)
-    if not cfg.base:
-        raise UserError("sft.base is not set: pass --base MODEL (a registry name, a model folder or a Hub id)")
     ds_rec = chat_dataset(registry, cfg.data, "sft.data")
-    base = resolve_model(cfg.base, registry)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.lean_memory and not lean_allocator() and console is not None:
         console.print("--lean-memory needs glibc's malloc; not applied")
-    lm, tokenizer, path = load_for_training(base, cfg, device, console)
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = CHAT_TEMPLATE  # saved with the model, so chat and serve render the same way
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    opened = open_base(cfg, "sft", registry, console)
+    lm, tokenizer, pad_id, device = opened.model, opened.tokenizer, opened.pad_id, opened.device
 
     train, rows, val, train_counts = _examples(cfg, ds_rec, tokenizer, console)
-    loss_sum = fast_lora.token_loss_sum if path == "fast" else token_loss_sum
+    loss_sum = fast_lora.token_loss_sum if opened.path == "fast" else token_loss_sum
     lm.train()
 
     def loss_fn(model, batch):
@@ -219,72 +213,26 @@ def prepare_sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry 
         mean = total / max(count, 1)
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
 
+    base = opened.base
     name = given_or_default(cfg.name, f"{base.name.split('/')[-1]}-{ds_rec.name}-sft")
     parents = [(ds_rec.id, "trained_on")] + ([(base.id, "base_model")] if base.id else [])
     job = FinetuneJob("sft", name, lm, lambda epoch: shuffled_batches(rows, cfg.batch_size, cfg.seed, epoch, lambda xs: collate(xs, pad_id)),
               loss_fn, evaluate, score="val_loss", parents=parents,
               info={"method": cfg.method, "train_examples": len(train), "skipped": train_counts["no_assistant"] + train_counts["empty_after_truncation"],
-                    "truncated": train_counts["truncated"], "path": path})
-    return SftSetup(cfg, ws, registry, run_dir, run_id, base, ds_rec, tokenizer, job, path)
+                    "truncated": train_counts["truncated"], "path": opened.path})
+    return SftSetup(cfg, ws, registry, run_dir, run_id, opened, ds_rec, job)
 
 
 def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
         stop_at_step: int | None = None) -> Model:
     setup = prepare_sft(cfg, ws, registry, console)
-    cfg, ws, registry, base, ds_rec, tokenizer = setup.cfg, setup.ws, setup.registry, setup.base, setup.dataset, setup.tokenizer
-    fitted = fit(setup.job, cfg, "sft", ws, registry, setup.run_dir, setup.run_id, console, stop_at_step)
-
-    lineage = {"format": "llmkit.model/1", "task": "causal-lm", "method": cfg.method,
-               "base": {"path": str(base.path), "ref": base.ref, "id": base.id},
-               "parent_model": {"path": str(base.path), "ref": base.ref, "id": base.id},
-               "dataset": {"id": ds_rec.id, "ref": ds_rec.ref}, "run": {"id": fitted.run_id, "path": str(fitted.run_dir)},
-               "metrics": fitted.summary, "config": cfg.model_dump()}
-    name = setup.job.name
-    target = ws.folder("models", f"{name}-{fitted.run_id}")
-    save_trained(fitted.model, cfg, setup.path, tokenizer, target, base, lineage)
-    rec = registry.add("model", name, kind="causal-lm", path=target, params={"method": cfg.method, "base": base.ref},
-                       metrics=fitted.summary, parents=[(fitted.run_id, "produced_by"), *setup.job.parents])
+    fitted = fit(setup.job, setup.cfg, "sft", setup.ws, setup.registry, setup.run_dir, setup.run_id, console, stop_at_step)
     if console is not None:
         s = fitted.summary
         console.print(f"val loss {s['val_loss']:.4f} (perplexity {s['val_ppl']:.2f}); {s['trainable_parameters']:,} trainable of "
                       f"{s['total_parameters']:,} parameters; peak memory {s['peak_memory_mb']:.0f} MiB; {s['seconds']:.1f}s")
-        console.print(f"model [bold]{rec.ref}[/bold] at {target}" + ("" if cfg.method == "full" else " (LoRA adapter; llmkit merge makes it standalone)"))
-    return Model(target, name, rec.id, rec.version, lineage)
-
-
-def save_trained(model: torch.nn.Module, cfg, path: str, tokenizer, target, base: Model, lineage: dict[str, Any]) -> None:
-    """A tuned causal LM into `target`: a whole model (full tuning) or a PEFT adapter beside its base, whichever
-    path (`load_for_training`) trained it."""
-    model = model.to("cpu")
-    if cfg.method == "full":
-        save_model(model.to_hf() if path == "fast" else model, tokenizer, target, lineage)
-    elif path == "fast":
-        save_adapter_state(model.adapter_state(), cfg.lora, fast_lora.peft_target_modules(model, cfg.lora.target_modules),
-                           tokenizer, target, base, lineage)
-    else:
-        save_adapter(model, tokenizer, target, base, lineage)
-
-
-def load_for_training(base: Model, cfg: SftConfig, device: str, console) -> tuple[torch.nn.Module, Any, str]:
-    """The module to train, its tokenizer, and which path trains it: our fast Llama where the base allows,
-    else transformers + peft (a speed difference, never an error)."""
-    reason = fast_lora.fast_path_reason(base, cfg)
-    if reason is None:  # (its LoRA targets are Llama projections, so they exist: nothing for check_targets to say)
-        lm = fast_lora.load_fast(base, cfg, resolve_precision(cfg.precision, device), device)
-        if console is not None:
-            console.print("training path: fast Llama (fused projections, frozen base in the training precision, "
-                          "chunked loss over labelled tokens)")
-        return lm, load_tokenizer_for(base), "fast"
-    lm, tokenizer = _load_base(base, cfg, device)
-    if cfg.gradient_checkpointing:
-        enable_checkpointing(lm, "sft.gradient_checkpointing")
-    if cfg.method in ("lora", "qlora"):
-        torch.manual_seed(cfg.seed)  # the adapters' initial weights
-        lm = apply_lora(lm, cfg.lora, "CAUSAL_LM", "sft.lora")
-    if console is not None:
-        console.print(f"training path: transformers + peft ({reason})" + ("; --compile applies to the fast path only, "
-                      "not used" if cfg.compile else ""))
-    return lm, tokenizer, "peft"
+    return register_tuned(fitted, setup.cfg, setup.opened, setup.dataset, setup.job.name, setup.job.parents, setup.ws,
+                          setup.registry, console)
 
 
 def _examples(cfg: SftConfig, ds_rec, tokenizer, console):
@@ -305,31 +253,3 @@ def _examples(cfg: SftConfig, ds_rec, tokenizer, console):
         console.print(f"data {ds_rec.ref}: {len(train)} conversations ({skipped} skipped, {train_counts['truncated']} truncated "
                       f"to {cfg.max_length} tokens){f', packed into {len(rows)} rows' if cfg.packing else ''}; {len(val)} for eval")
     return train, rows, val, train_counts
-
-
-def _load_base(base: Model, cfg: SftConfig, device: str):
-    if cfg.method == "qlora":
-        return _load_4bit(base, device)
-    lm, tokenizer = load_causal_lm(base)
-    return lm.to(device), tokenizer
-
-
-def _load_4bit(base: Model, device: str):
-    if device != "cuda":
-        raise UserError("sft.method = 'qlora' needs a CUDA GPU: its 4-bit base comes from bitsandbytes, which has no CPU "
-                        "backend here. Use --method lora on this machine (same adapters, 16/32-bit base)")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise UserError("sft.method = 'qlora' needs bitsandbytes: pip install bitsandbytes") from None
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from llmkit.models.io import check_safetensors, load_tokenizer_for
-
-    check_safetensors(base)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    lm = AutoModelForCausalLM.from_pretrained(str(base.path), quantization_config=quant, use_safetensors=True,
-                                              trust_remote_code=False, device_map={"": 0})
-    return prepare_model_for_kbit_training(lm), load_tokenizer_for(base)
