@@ -6,9 +6,11 @@ OpenAssistant trees, each with its rank-0 reply; prompts of more than 128 tokens
 left out, so that a 256-token window keeps the summary and some of the answer; answers are cut to 400
 characters at a sentence end). The chosen answer follows a rule the base does not: it opens with a one-line
 summary ("In short: " and the answer's first sentence, cut at a word to at most 80 characters), then a blank
-line, then the answer; the rejected answer is the answer as it was.
-The prompts are shuffled (seed 0): HELD_OUT of them are never trained on nor evaluated on during training;
-the rest go through `data prepare --task preference` with a val split for training's evaluations.
+line, then the rest of the answer (the sentence is moved up, not repeated); the rejected answer is the answer
+as it was. Answers of a single sentence have nothing to summarise and make no pair.
+The prompts are shuffled (seed 0): HELD_OUT of them are never trained on nor evaluated on during training
+(the rule is checked on all of them; reward accuracy on those that make a pair); the rest that make a pair
+go through `data prepare --task preference` with a val split for training's evaluations.
 Measured on the held-out prompts, base against tuned:
 
 - reward accuracy. After: DPO's implicit reward, beta * (log p_tuned - log p_base) of the answer summed
@@ -112,15 +114,22 @@ def opening(answer: str) -> str:
     return head[: ends[-1]].strip() if ends and ends[-1] >= ANSWER_CHARS // 2 else head.rsplit(" ", 1)[0].strip()
 
 
-def summary_first(answer: str) -> str:
-    """The answer under the rule: a one-line summary (its first sentence, at most SUMMARY_CHARS), a blank
-    line, then the answer as it was."""
-    first = answer.strip().split("\n", 1)[0].strip()
+def summary_first(answer: str) -> str | None:
+    """The answer under the rule: its first sentence moved up as a one-line summary after the marker (cut at a
+    word to at most SUMMARY_CHARS), a blank line, then the rest of the answer; None for an answer of one
+    sentence, which has nothing to summarise. The sentence is moved, not copied: a chosen answer that says its
+    first sentence twice teaches the model to repeat lines (the first runs' greedy answers looped on it)."""
+    answer = answer.strip()
+    first = answer.split("\n", 1)[0].strip()
     end = re.compile(r"(?<=[.!?])\s").search(first, 20)  # a sentence end past a "1. " or "I. " heading
     first = first[: end.start()] if end else first
+    rest = answer[len(first):].strip()
+    if not rest:
+        return None
     if len(first) > SUMMARY_CHARS:
-        first = first[: SUMMARY_CHARS].rsplit(" ", 1)[0].rstrip(",;:") + "..."
-    return f"{MARKER} {first}\n\n{answer.strip()}"
+        head = first[: SUMMARY_CHARS].rsplit(" ", 1)[0].rstrip(",;:")
+        first, rest = head + "...", "..." + first[len(head):].lstrip(",;: ") + ("\n\n" if rest[:1] == "\n" else " ") + rest
+    return f"{MARKER} {first}\n\n{rest}"
 
 
 def prompt_tokens(tokenizer, prompt: str) -> int:
@@ -174,21 +183,24 @@ def dpo_part(ws_root: Path, args) -> dict:
     # A prompt longer than half the window leaves little of the answer after the summary: not used.
     rows = [r for r in instruct_prompts() if prompt_tokens(tokenizer, r["prompt"]) <= PROMPT_TOKENS]
     random.Random(0).shuffle(rows)
+    # Held-out prompts are any prompts (the rule is checked on greedy answers); training pairs only come from
+    # answers of more than one sentence, where a summary line says something the rest does not repeat.
     pairs = [{"prompt": r["prompt"], "chosen": summary_first(opening(r["answer"])), "rejected": opening(r["answer"])}
              for r in rows]
-    held, trained = pairs[: args.held_out], pairs[args.held_out:]
+    held, trained = pairs[: args.held_out], [p for p in pairs[args.held_out:] if p["chosen"] is not None]
+    held_pairs = [p for p in held if p["chosen"] is not None]  # reward accuracy: pairs built as training's are
     source = ws_root / "summary_first_pairs.jsonl"
     source.write_text("".join(json.dumps(p) + "\n" for p in trained), encoding="utf-8")
     ds = prepare(DataConfig(inputs=[str(source)], name="summary-first", task="preference", tokenizer="char",
                             splits={"val": 0.1, "test": 0.0}), ws, registry)
-    say(f"{len(trained)} pairs to {ds.ref} (train and val), {len(held)} held-out prompts")
+    say(f"{len(trained)} pairs to {ds.ref} (train and val), {len(held)} held-out prompts, {len(held_pairs)} held-out pairs")
 
     base_lm, tokenizer = load_causal_lm(base)
     prompts = [p["prompt"] for p in held]
-    base_logps = pair_logps(base_lm, tokenizer, held)
+    base_logps = pair_logps(base_lm, tokenizer, held_pairs)
     base_answers = greedy_answers(base_lm, tokenizer, prompts, args.max_new_tokens)
     base_general = general_figures(base_lm, tokenizer)
-    say(f"base: prefers chosen in {sum(c > r for c, r in base_logps)}/{len(held)}, rule in "
+    say(f"base: prefers chosen in {sum(c > r for c, r in base_logps)}/{len(held_pairs)}, rule in "
         f"{sum(map(follows_rule, base_answers))}/{len(held)}, general perplexity {base_general['perplexity']:.3f}")
     del base_lm
 
@@ -201,7 +213,7 @@ def dpo_part(ws_root: Path, args) -> dict:
     summary = tuned.lineage["metrics"]
 
     tuned_lm, tokenizer = load_causal_lm(tuned)  # the adapter merged into the base's weights
-    tuned_logps = pair_logps(tuned_lm, tokenizer, held)
+    tuned_logps = pair_logps(tuned_lm, tokenizer, held_pairs)
     # DPO's implicit reward of an answer: beta * (log p_tuned - log p_base); the pair counts when chosen's is higher.
     wins = [(tc - bc) > (tr - br) for (tc, tr), (bc, br) in zip(tuned_logps, base_logps, strict=True)]
     tuned_answers = greedy_answers(tuned_lm, tokenizer, prompts, args.max_new_tokens)
@@ -210,7 +222,7 @@ def dpo_part(ws_root: Path, args) -> dict:
     (ws_root / "held_out_answers.jsonl").write_text("".join(  # every greedy answer, to read beside the figures
         json.dumps({"prompt": p, "base": b, "tuned": t, "rule_base": follows_rule(b), "rule_tuned": follows_rule(t)}) + "\n"
         for p, b, t in zip(prompts, base_answers, tuned_answers, strict=True)), encoding="utf-8")
-    before, after = sum(c > r for c, r in base_logps) / len(held), sum(wins) / len(held)
+    before, after = sum(c > r for c, r in base_logps) / len(held_pairs), sum(wins) / len(held_pairs)
     rule_before, rule_after = (sum(map(follows_rule, a)) / len(held) for a in (base_answers, tuned_answers))
     change = tuned_general["perplexity"] / base_general["perplexity"] - 1
     say(f"tuned: reward accuracy {after:.3f}, rule in {rule_after:.0%}, general perplexity "
@@ -220,7 +232,7 @@ def dpo_part(ws_root: Path, args) -> dict:
     return {
         "model": BASE, "method": "lora", "lora_r": args.lora_r, "lr": args.lr, "beta": args.beta,
         "sft_weight": args.sft_weight, "batch_size": 4,
-        "max_length": MAX_LENGTH, "train_pairs": summary.get("train_examples"), "held_out_prompts": len(held),
+        "max_length": MAX_LENGTH, "train_pairs": summary.get("train_examples"), "held_out_prompts": len(held), "held_out_pairs": len(held_pairs),
         "max_new_tokens": args.max_new_tokens,
         "reward_accuracy_before": round(before, 4), "reward_accuracy_after": round(after, 4),
         "reward_accuracy_definition": "after: held-out pairs whose chosen answer gets the higher DPO implicit reward "
