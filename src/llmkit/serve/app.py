@@ -55,8 +55,10 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
     for router in (ops.router, openai_api.router, llmkit_api.router, adapters_api.router):
         app.include_router(router)
     from llmkit.serve.dashboard import router as dashboard
+    from llmkit.serve.dashboard_studies import router as studies
 
-    app.include_router(dashboard, dependencies=[Depends(authorize)], responses=s.ERRORS)
+    for router in (dashboard, studies):
+        app.include_router(router, dependencies=[Depends(authorize)], responses=s.ERRORS)
     if cfg.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -36,6 +36,7 @@ REPORT_HEADERS = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options"
 GRPO_CURVES = {"train": "reward", "val": "val_reward"}
 PREFERENCE_CURVES = {"train": "rewards/margin", "val": "val_reward_margin", "accuracy_train": "rewards/accuracy",
                      "accuracy_val": "val_reward_accuracy"}
+SQLITE_URL = "sqlite:///"  # then the database file's path: absolute when it has a fourth slash
 SAMPLES_SHOWN = 10       # before/after rows: enough to read, few enough for a phone
 SAMPLE_CHARS = 400       # a longer answer is cut: the table is for reading, not for the whole text
 
@@ -231,6 +232,8 @@ def _shown(value: Any, roots: set[Path]) -> Any:
         return {k: _shown(v, roots) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_shown(v, roots) for v in value]
+    if isinstance(value, str) and value.startswith(SQLITE_URL):  # a study's storage: the registry's own file
+        return SQLITE_URL + _shown(value.removeprefix(SQLITE_URL), roots)
     if not isinstance(value, str) or not (posixpath.isabs(value) or ntpath.isabs(value)) or "\n" in value:
         return value
     path = Path(value)

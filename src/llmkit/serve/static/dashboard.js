@@ -1,12 +1,13 @@
 // The dashboard: registry tables (models with LoRA adapters under their base, runs, datasets, evaluations),
 // the models being served (adapters under their base), a run's loss curve (and a reward-tuned run's reward
-// curves and before/after answers, rewards.js), and a model's detail panel (lineage, latest evaluation,
-// report link, compression table).
+// curves and before/after answers, rewards.js), a model's detail panel (lineage, latest evaluation,
+// report link, compression table), and the hyper-parameter studies with the chosen one's panel (studies.js).
 import { drawLossChart } from "./chart.js";
 import { fmtBytes, fmtCount, fmtDate, fmtNumber, t, term } from "./i18n.js";
 import { api, authHeaders, errorMessage, h } from "./lib.js";
 import { adapterBase, groupByParent } from "./models.js";
 import { initRewards } from "./rewards.js";
+import { initStudies, trialsDone } from "./studies.js";
 
 const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
@@ -98,6 +99,7 @@ export function initDashboard() {
   let chartRun = null; // the ref of the run whose curve is drawn
   const chart = $("loss-chart");
   const rewards = initRewards($("run-rewards"));
+  const studies = initStudies($("study-detail"), { onRun: (ref) => { showRun(ref); chart.scrollIntoView({ block: "nearest" }); } });
 
   function banner(message) {
     $("dash-banner").hidden = !message;
@@ -114,6 +116,7 @@ export function initDashboard() {
       return;
     }
     loadServed(); // its own banner line: the registry tables do not wait for it
+    loadStudies();
     fillTable($("models-table"), [
       { title: t("col.model"), value: (m) => m.ref },
       { title: t("col.kind"), value: (m) => m.kind || "—" },
@@ -126,11 +129,12 @@ export function initDashboard() {
     fillTable($("runs-table"), [
       { title: t("col.run"), value: (r) => r.ref },
       { title: t("col.kind"), value: (r) => r.kind || "—" },
-      { title: t("col.status"), value: (r) => t(num(r.metrics.steps) !== undefined ? "status.finished" : "status.running") },
+      { title: t("col.status"), value: (r) => t(num(r.metrics.steps) !== undefined || r.metrics.states ? "status.finished" : "status.running") },
       { title: t("col.steps"), value: (r) => fmtNumber(num(r.metrics.steps)), numeric: true },
       { title: t("col.val"), value: (r) => headline(r.metrics, RUN_HEADLINE), numeric: true },
       { title: t("col.created"), value: (r) => fmtDate(r.created) },
-    ], overview.runs, { onPick: (r, tr) => { select($("runs-table"), tr); showRun(r.id); }, empty: t("dash.noRuns") });
+    ], overview.runs, { onPick: (r, tr) => { select($("runs-table"), tr); if (r.kind === "study") studies.show(r.id); else showRun(r.id); },
+      empty: t("dash.noRuns") });
 
     fillTable($("datasets-table"), [
       { title: t("col.dataset"), value: (d) => d.ref },
@@ -165,6 +169,27 @@ export function initDashboard() {
       { title: t("col.backend"), value: (c) => c.backend || "—" },
       { title: t("col.context"), value: (c) => fmtNumber(num(c.context_length)), numeric: true },
     ], cards, { empty: t("dash.noModels"), tree: (list) => groupByParent(list) });
+  }
+
+  // Studies made by `llmkit tune` (GET /api/studies: their trial counts follow a study still running).
+  async function loadStudies() {
+    let list;
+    try {
+      list = (await api("/api/studies")).studies;
+    } catch (err) {
+      $("studies-table").replaceChildren(h("tbody", {}, h("tr", {}, h("td", { class: "empty error-text" },
+        t("dash.studiesFailed", { error: err.message })))));
+      return;
+    }
+    fillTable($("studies-table"), [
+      { title: t("col.study"), value: (s) => s.ref },
+      { title: t("st.stage"), value: (s) => s.stage || "—" },
+      { title: t("st.metric"), value: (s) => s.metric || "—" },
+      { title: t("st.trials"), value: (s) => trialsDone(s), numeric: true },
+      { title: t("col.best"), value: (s) => fmtNumber(s.best ? s.best.value ?? undefined : undefined), numeric: true },
+      { title: t("col.status"), value: (s) => t(s.finished ? "status.finished" : "status.running") },
+      { title: t("col.created"), value: (s) => fmtDate(s.created) },
+    ], list, { onPick: (s, tr) => { select($("studies-table"), tr); studies.show(s.id); }, empty: t("dash.noStudies") });
   }
 
   // -- loss curve ----------------------------------------------------------------------------------
@@ -287,6 +312,7 @@ export function initDashboard() {
     $("chart-title").textContent = chartRun ? t("dash.lossOf", { run: chartRun }) : t("dash.lossCurve");
     if (chartData) redraw();
     rewards.relabel();
+    studies.relabel();
     if (shownModel && !$("model-detail").hidden) showModel(shownModel);
   });
   return {
