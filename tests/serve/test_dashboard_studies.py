@@ -20,6 +20,7 @@ from llmkit.registry import Registry
 from llmkit.tune import tune
 from llmkit.workspace import Workspace
 from tests.conftest import tiny_config
+from tests.serve.conftest import start_server
 from tests.serve.test_web_ui_i18n import OVERFLOW, TIMEOUT_MS, UNTRANSLATED, _data, _strings
 
 SPACE = "lr: {log-float: [1.0e-3, 1.0e-2]}\nwarmup_steps: {int: [0, 4]}\n"
@@ -231,3 +232,25 @@ def test_the_study_panel_fits_a_375px_phone(page, server, study, lang):
         assert all(0 < w <= 375 for w in widths), widths  # scaled down to the card, not cropped away
     finally:
         page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_with_an_api_key_the_plots_are_fetched_with_it(browser, server, study):
+    """An <img src> cannot send the Bearer key: the panel fetches each plot with the stored key instead."""
+    key = "studies-key-0123456789"
+    running, _ = start_server(server.workspace, ["serve-lm"], api_keys=[key])
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
+    try:
+        plot = f"{running.url}/api/studies/{study.record_id}/plots/history.png"
+        assert requests.get(plot, timeout=30).status_code == 401
+        assert requests.get(plot, headers={"Authorization": f"Bearer {key}"}, timeout=30).headers["content-type"] == "image/png"
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(running.url + "/")
+        page.evaluate(f"localStorage.setItem('llmkit.apiKey', {json.dumps(key)})")
+        page.goto(running.url + "/#dashboard")
+        page.get_by_test_id("studies-table").locator(f"tr[data-id='{study.record_id}']").click()
+        page.wait_for_function(PLOTS_LOADED)
+        assert page.get_by_test_id("study-plot").count() == len(PLOTS)
+    finally:
+        context.close()
+        running.stop()
