@@ -11,6 +11,9 @@ as it was. Answers of a single sentence have nothing to summarise and make no pa
 The prompts are shuffled (seed 0): HELD_OUT of them are never trained on nor evaluated on during training
 (the rule is checked on all of them; reward accuracy on those that make a pair); the rest that make a pair
 go through `data prepare --task preference` with a val split for training's evaluations.
+With `--answers base` the answers are the base's own greedy answers to the same prompts (at most
+--answer-tokens tokens, cut after their last whole sentence) instead of the dataset's: on-policy pairs, where the
+words after the marker are words the base itself would write.
 Measured on the held-out prompts, base against tuned:
 
 - reward accuracy. After: DPO's implicit reward, beta * (log p_tuned - log p_base) of the answer summed
@@ -23,7 +26,7 @@ Measured on the held-out prompts, base against tuned:
   against tuned (the adapter merged); goal: within 5 %.
 
     flock /tmp/llmkit-bench.lock nice -n 19 .venv/bin/python bench/preference.py [--part dpo] [--steps 60]
-        [--lr 5e-4] [--beta 0.1] [--workdir DIR]
+        [--lr 5e-4] [--beta 0.1] [--sft-weight 0] [--answers data|base] [--workdir DIR]
 
 Progress goes to stderr; the last line of stdout is one JSON object of figures, one key per part.
 """
@@ -132,6 +135,42 @@ def summary_first(answer: str) -> str | None:
     return f"{MARKER} {first}\n\n{rest}"
 
 
+def pair(answer: str, rejected: str) -> dict:
+    """{"chosen", "rejected"} from one answer; chosen None when the answer makes no pair. The rejected answer is
+    the answer as it was (`whole`), or the chosen one without its summary line (`rest`): then the two differ by
+    the summary line alone, and the words that open the summary are not also the words DPO pushes down where
+    the rejected answer opens."""
+    whole = opening(answer)
+    chosen = summary_first(whole)
+    if rejected == "rest" and chosen is not None:
+        return {"chosen": chosen, "rejected": chosen.split("\n\n", 1)[1]}
+    return {"chosen": chosen, "rejected": whole}
+
+
+def base_answered(lm, tokenizer, rows: list[dict], tokens: int, cache: Path) -> list[dict]:
+    """The rows with the base's own greedy answer (whole sentences) as their answer; kept in `cache` (the prompts
+    and token limit it was made for), so a second run on the same workdir does not generate them again."""
+    prompts = [r["prompt"] for r in rows]
+    kept = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()] if cache.exists() else []
+    if [k["prompt"] for k in kept] == prompts:
+        generated = [k["answer"] for k in kept]
+        say(f"the base's answers to {len(rows)} prompts from {cache}")
+    else:
+        started = time.perf_counter()
+        generated = greedy_answers(lm, tokenizer, prompts, tokens)
+        cache.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, generated, strict=True)),
+                         encoding="utf-8")
+        say(f"the base answered {len(rows)} prompts in {time.perf_counter() - started:.0f} s")
+    return [r | {"answer": whole_sentences(a)} for r, a in zip(rows, generated, strict=True) if a.strip()]
+
+
+def whole_sentences(text: str) -> str:
+    """A generated answer cut after its last sentence end: the token limit may stop it mid-sentence."""
+    text = text.strip()
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)|\n", text)]
+    return text[: ends[-1]].strip() if ends else text
+
+
 def prompt_tokens(tokenizer, prompt: str) -> int:
     """Tokens of the prompt as one user turn in the chat template, generation prompt included."""
     from llmkit.generate import chat_prompt, encode_prompt
@@ -183,10 +222,12 @@ def dpo_part(ws_root: Path, args) -> dict:
     # A prompt longer than half the window leaves little of the answer after the summary: not used.
     rows = [r for r in instruct_prompts() if prompt_tokens(tokenizer, r["prompt"]) <= PROMPT_TOKENS]
     random.Random(0).shuffle(rows)
+    base_lm, tokenizer = load_causal_lm(base)
+    if args.answers == "base":  # on-policy: the base's own greedy answers, whole sentences, stand for the dataset's
+        rows = base_answered(base_lm, tokenizer, rows, args.answer_tokens, ws_root / f"base_answers_{args.answer_tokens}.jsonl")
     # Held-out prompts are any prompts (the rule is checked on greedy answers); training pairs only come from
     # answers of more than one sentence, where a summary line says something the rest does not repeat.
-    pairs = [{"prompt": r["prompt"], "chosen": summary_first(opening(r["answer"])), "rejected": opening(r["answer"])}
-             for r in rows]
+    pairs = [{"prompt": r["prompt"], **pair(r["answer"], args.rejected)} for r in rows]
     held, trained = pairs[: args.held_out], [p for p in pairs[args.held_out:] if p["chosen"] is not None]
     held_pairs = [p for p in held if p["chosen"] is not None]  # reward accuracy: pairs built as training's are
     source = ws_root / "summary_first_pairs.jsonl"
@@ -195,7 +236,6 @@ def dpo_part(ws_root: Path, args) -> dict:
                             splits={"val": 0.1, "test": 0.0}), ws, registry)
     say(f"{len(trained)} pairs to {ds.ref} (train and val), {len(held)} held-out prompts, {len(held_pairs)} held-out pairs")
 
-    base_lm, tokenizer = load_causal_lm(base)
     prompts = [p["prompt"] for p in held]
     base_logps = pair_logps(base_lm, tokenizer, held_pairs)
     base_answers = greedy_answers(base_lm, tokenizer, prompts, args.max_new_tokens)
@@ -230,7 +270,7 @@ def dpo_part(ws_root: Path, args) -> dict:
     for prompt, b, t in list(zip(prompts, base_answers, tuned_answers, strict=True))[:3]:
         say(f"prompt: {prompt[:80]!r}\n  base:  {b[:160]!r}\n  tuned: {t[:160]!r}")
     return {
-        "model": BASE, "method": "lora", "lora_r": args.lora_r, "lr": args.lr, "beta": args.beta,
+        "model": BASE, "method": "lora", "answers": args.answers, "rejected": args.rejected, "lora_r": args.lora_r, "lr": args.lr, "beta": args.beta,
         "sft_weight": args.sft_weight, "batch_size": 4,
         "max_length": MAX_LENGTH, "train_pairs": summary.get("train_examples"), "held_out_prompts": len(held), "held_out_pairs": len(held_pairs),
         "max_new_tokens": args.max_new_tokens,
@@ -277,6 +317,11 @@ def main() -> None:
     ap.add_argument("--grpo-minutes", type=float, default=30.0, help="GRPO training time budget (the issue's: 30)")
     ap.add_argument("--grpo-steps", type=int, default=80, help="GRPO steps of the lr schedule (the budget may end it sooner)")
     ap.add_argument("--grpo-lr", type=float, default=3e-4, help="GRPO peak learning rate")
+    ap.add_argument("--answers", choices=["data", "base"], default="data",
+                    help="DPO answers: the dataset's (data) or the base's own greedy ones (base: on-policy pairs)")
+    ap.add_argument("--rejected", choices=["whole", "rest"], default="whole",
+                    help="DPO rejected answer: the answer as it was, or the chosen one without its summary line")
+    ap.add_argument("--answer-tokens", type=int, default=96, help="DPO --answers base: most new tokens of a base answer")
     ap.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha is twice it)")
     ap.add_argument("--held-out", type=int, default=HELD_OUT, help="prompts never trained on, answered and scored")
     ap.add_argument("--max-new-tokens", type=int, default=48, help="most new tokens of a greedy held-out answer")
