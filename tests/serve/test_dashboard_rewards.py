@@ -17,7 +17,8 @@ from llmkit.config import DataConfig, GrpoConfig, LoraConfig
 from llmkit.data import prepare
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
-from tests.serve.test_web_ui_i18n import OVERFLOW, TIMEOUT_MS, UNTRANSLATED, _data, _strings
+from tests.browser_pages import watched_page
+from tests.serve.test_web_ui_i18n import OVERFLOW, UNTRANSLATED, _data, _strings
 
 WORDS = ["king", "queen", "lord", "night", "sword", "crown"]
 VAL_SHOWN = 6  # val answers each GRPO evaluation writes (samples_logged; the val split has more)
@@ -195,15 +196,8 @@ def test_samples_outside_the_workspace_are_not_read(server, runs, tmp_path):
 
 @pytest.fixture(scope="module")
 def page(browser, server, runs):
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
-    yield page
-    context.close()
-    assert not errors, f"console errors: {errors}"
+    with watched_page(browser) as page:
+        yield page
 
 
 def _open_run(page, server, lang: str, run_id: str) -> None:

@@ -19,9 +19,10 @@ from llmkit.config import TuneConfig
 from llmkit.registry import Registry
 from llmkit.tune import tune
 from llmkit.workspace import Workspace
+from tests.browser_pages import TIMEOUT_MS, watched_page
 from tests.conftest import tiny_config
 from tests.serve.conftest import start_server
-from tests.serve.test_web_ui_i18n import OVERFLOW, TIMEOUT_MS, UNTRANSLATED, _data, _strings
+from tests.serve.test_web_ui_i18n import OVERFLOW, UNTRANSLATED, _data, _strings
 
 SPACE = "lr: {log-float: [1.0e-3, 1.0e-2]}\nwarmup_steps: {int: [0, 4]}\n"
 PLOTS = ["history", "parallel", "importances"]
@@ -159,15 +160,8 @@ def test_a_running_study_counts_its_trials_from_their_runs(server):
 
 @pytest.fixture(scope="module")
 def page(browser, server, study):
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
-    yield page
-    context.close()
-    assert not errors, f"console errors: {errors}"
+    with watched_page(browser) as page:
+        yield page
 
 
 def _open_study(page, server, lang: str, study_id: str) -> None:

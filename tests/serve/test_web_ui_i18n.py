@@ -11,7 +11,7 @@ import json
 import pytest
 import requests
 
-TIMEOUT_MS = 30_000
+from tests.browser_pages import watched_page
 
 # In the page: every text node, placeholder, title and aria-label of the body that is not user or model text
 # (a message's content, a classified text, the tokens of an explanation or a tooltip), each checked against
@@ -100,16 +100,9 @@ def _strings(value, out: set[str], keys: bool = False) -> set[str]:
 @pytest.fixture(scope="module")
 def page(browser, server):
     # A browser whose first language is Chinese: the UI must start in Chinese without being told.
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
-    page.goto(server.base_url + "/")
-    yield page
-    context.close()
-    assert not errors, f"console errors: {errors}"
+    with watched_page(browser, locale="zh-CN") as page:
+        page.goto(server.base_url + "/")
+        yield page
 
 
 def _data(server) -> list[str]:

@@ -1,0 +1,28 @@
+"""A Chromium page for UI tests that fails the test on any console error or uncaught exception.
+
+`watched_page(browser, ...)` is a context manager: the page it yields records errors; leaving the block closes
+the context and asserts there were none (so a module-scoped fixture checks the whole module's walk).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+TIMEOUT_MS = 30_000
+
+
+@contextmanager
+def watched_page(browser, locale: str = "en-US", width: int = 1280, height: int = 900,
+                 timeout_ms: int = TIMEOUT_MS) -> Iterator:
+    context = browser.new_context(viewport={"width": width, "height": height}, locale=locale)
+    page = context.new_page()
+    page.set_default_timeout(timeout_ms)
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not errors, f"console errors: {errors}"
