@@ -6,6 +6,7 @@ the context and asserts there were none (so a module-scoped fixture checks the w
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,3 +27,11 @@ def watched_page(browser, locale: str = "en-US", width: int = 1280, height: int 
     finally:
         context.close()
     assert not errors, f"console errors: {errors}"
+
+
+def open_dashboard(page, base_url: str, lang: str, table: str, row_id: str) -> None:
+    """The dashboard in `lang` (as the header's switch stores it), with the row `row_id` of `table` picked."""
+    page.goto(base_url + "/")
+    page.evaluate(f"localStorage.setItem('llmkit.lang', {json.dumps(lang)})")
+    page.goto(base_url + "/#dashboard")
+    page.get_by_test_id(table).locator(f"tr[data-id='{row_id}']").click()

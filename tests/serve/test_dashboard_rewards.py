@@ -17,7 +17,7 @@ from llmkit.config import DataConfig, GrpoConfig, LoraConfig
 from llmkit.data import prepare
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
-from tests.browser_pages import watched_page
+from tests.browser_pages import open_dashboard, watched_page
 from tests.serve.test_web_ui_i18n import OVERFLOW, UNTRANSLATED, _data, _strings
 
 WORDS = ["king", "queen", "lord", "night", "sword", "crown"]
@@ -201,10 +201,7 @@ def page(browser, server, runs):
 
 
 def _open_run(page, server, lang: str, run_id: str) -> None:
-    page.goto(server.base_url + "/")
-    page.evaluate(f"localStorage.setItem('llmkit.lang', {json.dumps(lang)})")
-    page.goto(server.base_url + "/#dashboard")
-    page.get_by_test_id("runs-table").locator(f"tr[data-id='{run_id}']").click()
+    open_dashboard(page, server.base_url, lang, "runs-table", run_id)
     page.wait_for_function("() => [...document.querySelectorAll('[data-testid=reward-chart]')].length > 0 && "
                            "[...document.querySelectorAll('[data-testid=reward-chart]')].every((c) => Number(c.dataset.points) > 0)")
 

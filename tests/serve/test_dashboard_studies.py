@@ -19,7 +19,7 @@ from llmkit.config import TuneConfig
 from llmkit.registry import Registry
 from llmkit.tune import tune
 from llmkit.workspace import Workspace
-from tests.browser_pages import TIMEOUT_MS, watched_page
+from tests.browser_pages import TIMEOUT_MS, open_dashboard, watched_page
 from tests.conftest import tiny_config
 from tests.serve.conftest import start_server
 from tests.serve.test_web_ui_i18n import OVERFLOW, UNTRANSLATED, _data, _strings
@@ -165,10 +165,7 @@ def page(browser, server, study):
 
 
 def _open_study(page, server, lang: str, study_id: str) -> None:
-    page.goto(server.base_url + "/")
-    page.evaluate(f"localStorage.setItem('llmkit.lang', {json.dumps(lang)})")
-    page.goto(server.base_url + "/#dashboard")
-    page.get_by_test_id("studies-table").locator(f"tr[data-id='{study_id}']").click()
+    open_dashboard(page, server.base_url, lang, "studies-table", study_id)
     page.get_by_test_id("study-trial").first.wait_for()
     page.wait_for_function(PLOTS_LOADED)
 

@@ -153,14 +153,18 @@ export function initDashboard() {
     ], overview.evals, { empty: t("dash.noEvals") });
   }
 
+  // A table whose data could not be read: one row saying why.
+  function tableError(table, text) {
+    table.replaceChildren(h("tbody", {}, h("tr", {}, h("td", { class: "empty error-text" }, text))));
+  }
+
   // What the server answers for now (GET /v1/models): an adapter served on a base carries "parent".
   async function loadServed() {
     let cards;
     try {
       cards = (await api("/v1/models")).data || [];
     } catch (err) {
-      $("served-table").replaceChildren(h("tbody", {}, h("tr", {}, h("td", { class: "empty error-text" },
-        t("dash.servedFailed", { error: err.message })))));
+      tableError($("served-table"), t("dash.servedFailed", { error: err.message }));
       return;
     }
     fillTable($("served-table"), [
@@ -177,8 +181,7 @@ export function initDashboard() {
     try {
       list = (await api("/api/studies")).studies;
     } catch (err) {
-      $("studies-table").replaceChildren(h("tbody", {}, h("tr", {}, h("td", { class: "empty error-text" },
-        t("dash.studiesFailed", { error: err.message })))));
+      tableError($("studies-table"), t("dash.studiesFailed", { error: err.message }));
       return;
     }
     fillTable($("studies-table"), [
