@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
-from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from llmkit.config import EvalConfig, QuantizeConfig
 from llmkit.eval import evaluate
@@ -20,6 +20,7 @@ from llmkit.models.quantized import (
     quantize_tensor_zero_point,
     unpack_int4,
 )
+from llmkit.models.quantized_matmul import Int8DynamicPacked
 from llmkit.optimize.quantize import quantize
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
@@ -71,27 +72,27 @@ def test_each_method_quantizes_every_linear_layer_but_the_head_and_loads_back_cl
     modules = dict(lm.named_modules())
     # exact types: a float nn.Linear left where a quantized layer belongs must fail, so no isinstance/name matching
     assert {n for n, m in modules.items() if type(m) is torch.nn.Linear} == {"lm_head"}
-    if method == "int8-dynamic":  # int8 weights in PyTorch's dynamically quantized Linear (int8 matmuls)
-        assert {n for n, m in modules.items() if type(m) is DynamicLinear} == set(expected)
-        for n, lin in expected.items():
-            w, w0 = modules[n].weight(), lin.weight.detach()
-            assert w.dtype == torch.qint8
-            # codes per row, then requantized per tensor: off by at most one per-tensor step
-            assert float((w.dequantize() - w0).abs().max()) <= float(w0.abs().max()) / 127 + 1e-6
-    else:  # codes and group scales as configured, equal to quantizing the original weights
-        assert {n for n, m in modules.items() if type(m) is QuantLinear} == set(expected)
-        for n, lin in expected.items():
-            m = modules[n]
-            assert (m.bits, m.group) == (bits, 32)
-            assert m.qweight.dtype == (torch.uint8 if bits == 4 else torch.int8)
-            if bits == 4:  # int4 with a zero point per group (llmkit.json says so); int8 symmetric
-                codes, scales, zeros = quantize_tensor_zero_point(lin.weight.data, bits, 32)
-                assert info["zero_point"] and torch.equal(m.zeros, zeros)
-            else:
-                codes, scales = quantize_tensor(lin.weight.data, bits, 32)
-                assert not info["zero_point"] and m.zeros is None
-            assert torch.equal(unpack_int4(m.qweight) if bits == 4 else m.qweight, codes)
-            assert m.scales.shape == (lin.out_features, lin.in_features // 32) and torch.equal(m.scales, scales)
+    # codes and scales as configured (int8-dynamic: one scale per row), equal to quantizing the original weights
+    assert {n for n, m in modules.items() if type(m) is QuantLinear} == set(expected)
+    for n, lin in expected.items():
+        m = modules[n]
+        group = lin.in_features if method == "int8-dynamic" else 32
+        assert (m.bits, m.group, m.dynamic) == (bits, group, method == "int8-dynamic")
+        assert m.qweight.dtype == (torch.uint8 if bits == 4 else torch.int8)
+        if bits == 4:  # int4 with a zero point per group (llmkit.json says so); int8 symmetric
+            codes, scales, zeros = quantize_tensor_zero_point(lin.weight.data, bits, group)
+            assert info["zero_point"] and torch.equal(m.zeros, zeros)
+        else:
+            codes, scales = quantize_tensor(lin.weight.data, bits, group)
+            assert not info["zero_point"] and m.zeros is None
+        assert torch.equal(unpack_int4(m.qweight) if bits == 4 else m.qweight, codes)
+        assert m.scales.shape == (lin.out_features, lin.in_features // group) and torch.equal(m.scales, scales)
+    if method == "int8-dynamic":  # the forward quantizes its input to int8 as well: not the weight-only result
+        m = modules[next(iter(expected))]
+        x = torch.randn(3, m.in_features)
+        y, exact = m(x), F.linear(x, m.weight_float())
+        assert type(m.packed()) is Int8DynamicPacked
+        assert 0 < float((y - exact).abs().max()) <= 0.05 * float(exact.abs().max())
     base = evaluate("tiny-lm", EvalConfig(data="tiny", split="val", context=32), ws, reg).metrics["perplexity"]
     quant = evaluate(q.id, EvalConfig(data="tiny", split="val", context=32), ws, reg).metrics["perplexity"]
     assert abs(quant - base) / base < (0.01 if method.startswith("int8") else 0.05)

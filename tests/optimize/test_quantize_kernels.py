@@ -16,6 +16,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llmkit.models.quantized import QuantLinear, pack_int4, quantize_tensor
 from llmkit.models.quantized_matmul import per_row_int8
@@ -83,6 +84,23 @@ def test_gradients_still_flow_through_the_dequantized_path():
     torch.testing.assert_close(x.grad, layer.weight_float().sum(0).expand(3, -1))
 
 
+def test_int8_dynamic_quantizes_each_row_on_its_own_range_whatever_shares_its_batch():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 48)
+    model = torch.nn.Sequential(lin)
+    model.get_output_embeddings = lambda: None
+    quantize_model(model, "int8-dynamic", 128)
+    layer = model[0]
+    x = torch.randn(1, 128)
+    outlier = torch.randn(3, 128)
+    outlier[:, 5] = 400.0  # one huge feature, as pretrained LMs have: a per-tensor scale would flatten x
+    with torch.no_grad():
+        alone, batched = layer(x), layer(torch.cat([outlier[:2], x, outlier[2:]]))[2:3]
+        exact = F.linear(x, layer.weight_float(), layer.bias)
+    assert torch.equal(alone, batched)  # greedy answers must not depend on other requests in the batch
+    assert float((alone - exact).abs().max()) <= 0.02 * float(exact.abs().max())
+
+
 def dequantized_copy(model):
     """The same model with every QuantLinear back as an nn.Linear of its dequantized weight: the old path."""
     plain = copy.deepcopy(model)
@@ -97,7 +115,7 @@ def dequantized_copy(model):
     return plain
 
 
-@pytest.mark.parametrize("method", ["int8-weight", "int4-weight"])
+@pytest.mark.parametrize("method", ["int8-dynamic", "int8-weight", "int4-weight"])
 def test_fast_llama_runs_quantized_models_like_the_dequantized_path(tokenizer, trained, method):
     model = copy.deepcopy(trained)
     quantize_model(model, method, 32)

@@ -16,9 +16,11 @@ Written by `llmkit quantize` (`llmkit.optimize.quantize`), read here by `load_qu
 Methods: int8-weight and int4-weight run PyTorch's weight-only CPU kernels on the codes
 (`llmkit.models.quantized_matmul`: bf16 activations, int8 re-quantized per row when stored in
 groups; FastLlama uses the same kernels), and dequantize in the forward only where those can't
-run (gradients, other devices, shapes the int4 kernel does not take); int8-dynamic loads the int8
-weights into PyTorch's dynamically quantized Linear (int8 activations and int8 matmuls, per-row
-weight scales). The kernels are called directly rather than through torchao: they are in PyTorch
+run (gradients, other devices, shapes the int4 kernel does not take); int8-dynamic runs the file's
+per-row int8 codes on fbgemm's dynamic int8 matmul (activations quantized per call, int8 x int8:
+`Int8DynamicPacked`), in the module and in FastLlama alike. (Until issue 18 it went through
+`torch.ao.quantization.quantize_dynamic`, which re-quantized the weights per tensor and kept the model
+off the fast decoder.) The kernels are called directly rather than through torchao: they are in PyTorch
 itself, and this format loads with plain PyTorch anywhere.
 """
 
@@ -73,9 +75,11 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 class QuantLinear(torch.nn.Module):
     """A Linear whose weight is stored as int8/int4 codes and fp32 group scales."""
 
-    def __init__(self, in_features: int, out_features: int, bits: int, group: int, bias: bool, zero_point: bool = False):
+    def __init__(self, in_features: int, out_features: int, bits: int, group: int, bias: bool, zero_point: bool = False,
+                 dynamic: bool = False):
         super().__init__()
         self.in_features, self.out_features, self.bits, self.group = in_features, out_features, bits, group
+        self.dynamic = dynamic  # int8-dynamic: activations quantized to int8 as well (not part of the saved state)
         width = in_features // 2 if bits == 4 else in_features
         self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8 if bits == 4 else torch.int8))
         self.register_buffer("scales", torch.zeros(out_features, in_features // group))
@@ -97,12 +101,12 @@ class QuantLinear(torch.nn.Module):
         """The weight in a CPU kernel's layout (built once, rebuilt if the codes or scales change), or None."""
         key = tuple((t.data_ptr(), t._version) for t in (self.qweight, self.scales, self.zeros) if t is not None)
         if getattr(self, "_packed_key", None) != key:
-            self._packed = pack_weight(self.codes(), self.scales, self.bits, self.group, self.zeros)
+            self._packed = pack_weight(self.codes(), self.scales, self.bits, self.group, self.zeros, self.dynamic)
             self._packed_key = key
         return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Inference on CPU runs the weight-only kernels; a forward that needs gradients for x (or
+        # Inference on CPU runs the kernels; a forward that needs gradients for x (or
         # runs elsewhere) dequantizes, as the kernels have no backward.
         packed = None
         if x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
@@ -138,7 +142,7 @@ def load_quantized(path: Path, info: dict[str, Any]):
         lin = lm.get_submodule(name)
         group = lin.in_features if info["method"] == "int8-dynamic" else info["group_size"]
         set_module(lm, name, QuantLinear(lin.in_features, lin.out_features, info["bits"], group, lin.bias is not None,
-                                         zero_point))
+                                         zero_point, dynamic=info["method"] == "int8-dynamic"))
     state = load_file(str(path / "model.safetensors"))
     lm.load_state_dict(state, strict=False)
     if getattr(config, "tie_word_embeddings", False):
@@ -147,20 +151,5 @@ def load_quantized(path: Path, info: dict[str, Any]):
     missing = sorted(expected - set(state))
     if missing:
         raise UserError(f"{path}: quantized weights are missing {missing[:3]}; the folder is damaged")
-    if info["method"] == "int8-dynamic":
-        lm = _to_dynamic(lm, info["modules"])
     lm.eval()
     return lm
-
-
-def _to_dynamic(lm, names: list[str]):
-    from torch.ao.quantization import quantize_dynamic
-
-    for name in names:
-        q = lm.get_submodule(name)
-        lin = torch.nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
-        lin.weight.data = q.weight_float()
-        if q.bias is not None:
-            lin.bias.data = q.bias.data.clone()
-        set_module(lm, name, lin)
-    return quantize_dynamic(lm, qconfig_spec=set(names), dtype=torch.qint8, inplace=True)

@@ -31,7 +31,8 @@ def quantize_model(lm, method: str, group: int) -> list[str]:
         if lin.in_features % g:
             raise UserError(f"quantize.group_size = {group} does not divide {name}'s {lin.in_features} inputs; "
                             "choose 32, 64 or 128 to match the model's widths")
-        q = QuantLinear(lin.in_features, lin.out_features, bits, g, lin.bias is not None, zero_point=bits == 4)
+        q = QuantLinear(lin.in_features, lin.out_features, bits, g, lin.bias is not None, zero_point=bits == 4,
+                        dynamic=method == "int8-dynamic")
         if bits == 4:  # int4's 16 levels spread over each group's min..max (see llmkit.models.quantized)
             codes, scales, zeros = quantize_tensor_zero_point(lin.weight.data, bits, g)
             q.zeros.copy_(zeros)

@@ -5,7 +5,7 @@ long in per-token Python (cache objects, mask building, output dataclasses, hook
 and nn.Linear's (out, in) weight layout takes a slow MKL gemv path on CPU for one-row inputs. Here
 the weights of a Llama, Mistral, Qwen2 or Qwen3 model are read once into a decode layout
 (`runtime.llama_layout`: q/k/v and gate/up fused, transposed, split per thread, RMSNorm weights and
-the attention scale folded in; quantized layers on PyTorch's weight-only int8/int4 kernels), RoPE
+the attention scale folded in; quantized layers on PyTorch's int8/int4 CPU kernels), RoPE
 with its scaling comes from transformers' own functions (`runtime.rope`), and a token costs a flat
 run of about twenty cheap torch ops per layer.
 

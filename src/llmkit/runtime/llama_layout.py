@@ -7,7 +7,8 @@ a sliding window shorter than the context (it would need a banded mask and a rin
 
 Layout, per layer: q/k/v and gate/up fused; float weights transposed to (in, out), the RMSNorm weight
 before each matmul folded into its rows and split into a column block per torch thread (see
-`float_matmul`); quantized layers (`QuantLinear`) packed once for PyTorch's weight-only kernels, their
+`float_matmul`); quantized layers (`QuantLinear`) packed once for their kernels (weight-only, or fbgemm's
+dynamic int8 for int8-dynamic), their
 RMSNorm weight applied to the input instead (`QuantMatmul`). Within each q/k head, features are
 reordered from HF's half-split RoPE layout to adjacent pairs, so RoPE is one complex multiply; q.k
 is unchanged when q and k share the permutation. The attention scale 1/sqrt(head_dim) is folded into
@@ -38,14 +39,15 @@ def _linear_reason(model) -> str | None:
             if type(lin) is torch.nn.Linear:
                 kinds.add("float")
             elif isinstance(lin, QuantLinear):
-                kinds.add(("quantized", lin.bits, lin.group))
+                # int8-dynamic's one group per row differs between layers of different widths: not a mix
+                kinds.add(("quantized", lin.bits, "row" if lin.dynamic else lin.group, lin.dynamic))
                 widths = (lin.out_features,) if lin.bits == 8 else (
                     sum(p.out_features for p in _projections(layer)[:3]), layer.self_attn.o_proj.out_features,
                     2 * layer.mlp.up_proj.out_features, layer.mlp.down_proj.out_features)
-                reason = next(filter(None, (kernel_reason(lin.bits, w, lin.group) for w in widths)), None)
+                reason = next(filter(None, (kernel_reason(lin.bits, w, lin.group, lin.dynamic) for w in widths)), None)
                 if reason:
-                    return f"no weight-only kernel for {reason}"
-            else:  # int8-dynamic's quantized Linear and anything else run their own forward
+                    return f"no int8/int4 kernel for {reason}"
+            else:  # anything else runs its own forward
                 return f"the linear layers are {type(lin).__name__}"
     if len(kinds) > 1:
         return "the layers mix float and quantized (or differently quantized) projections"
@@ -92,7 +94,7 @@ def unsupported_reason(model) -> str | None:
 
 
 class QuantMatmul:
-    """A quantized projection for FastLlama: (x * pre) @ W.T through a weight-only kernel."""
+    """A quantized projection for FastLlama: (x * pre) @ W.T through an int8/int4 kernel."""
 
     def __init__(self, packed, pre: torch.Tensor | None):
         self.packed, self.pre = packed, pre
@@ -145,7 +147,7 @@ class LayoutBuilder:
             zeros.append(z)
         zero_point = any(q.zeros is not None for q in parts)
         packed = pack_weight(torch.cat(codes), torch.cat(scales), parts[0].bits, parts[0].group,
-                             torch.cat(zeros) if zero_point else None)
+                             torch.cat(zeros) if zero_point else None, parts[0].dynamic)
         return QuantMatmul(packed, None if norm is None else norm.detach().float())
 
     def head(self, model):
