@@ -13,7 +13,9 @@ The prompts are shuffled (seed 0): HELD_OUT of them are never trained on nor eva
 go through `data prepare --task preference` with a val split for training's evaluations.
 With `--answers base` the answers are the base's own greedy answers to the same prompts (at most
 --answer-tokens tokens, cut after their last whole sentence) instead of the dataset's: on-policy pairs, where the
-words after the marker are words the base itself would write.
+words after the marker are words the base itself would write. With `--rejected mixed` each answer makes four
+pairs, one chosen against each near miss of the rule (no summary line; the summary running on; the marker twice;
+the summary alone): the ways earlier runs' tuned answers missed it.
 Measured on the held-out prompts, base against tuned:
 
 - reward accuracy. After: DPO's implicit reward, beta * (log p_tuned - log p_base) of the answer summed
@@ -26,7 +28,7 @@ Measured on the held-out prompts, base against tuned:
   against tuned (the adapter merged); goal: within 5 %.
 
     flock /tmp/llmkit-bench.lock nice -n 19 .venv/bin/python bench/preference.py [--part dpo] [--steps 60]
-        [--lr 5e-4] [--beta 0.1] [--sft-weight 0] [--answers data|base] [--workdir DIR]
+        [--lr 5e-4] [--beta 0.1] [--sft-weight 0] [--answers data|base] [--rejected whole|rest|mixed] [--workdir DIR]
 
 Progress goes to stderr; the last line of stdout is one JSON object of figures, one key per part.
 """
@@ -139,12 +141,32 @@ def pair(answer: str, rejected: str) -> dict:
     """{"chosen", "rejected"} from one answer; chosen None when the answer makes no pair. The rejected answer is
     the answer as it was (`whole`), or the chosen one without its summary line (`rest`): then the two differ by
     the summary line alone, and the words that open the summary are not also the words DPO pushes down where
-    the rejected answer opens."""
+    the rejected answer opens. (`mixed` makes several pairs per answer: see `pairs`.)"""
     whole = opening(answer)
     chosen = summary_first(whole)
     if rejected == "rest" and chosen is not None:
         return {"chosen": chosen, "rejected": chosen.split("\n\n", 1)[1]}
     return {"chosen": chosen, "rejected": whole}
+
+
+def near_misses(chosen: str) -> list[str]:
+    """Rejected answers one step from the chosen one, each the way tuned models missed the rule in earlier runs:
+    no summary line (`rest`), the summary running on into the answer on one line, the marker written twice, and
+    the summary alone with nothing after it. Each pair differs from its chosen answer only where the rule is broken,
+    so DPO's push lands on those tokens and not on the whole answer."""
+    summary, rest = chosen.split("\n\n", 1)
+    return [rest, f"{summary} {rest}", f"{MARKER} {chosen}", summary]
+
+
+def pairs_for(prompt: str, answer: str, rejected: str) -> list[dict]:
+    """The training pairs of one prompt (none when its answer makes no pair); one record with chosen None for
+    an answer that makes none, so held-out prompts keep their place."""
+    if rejected != "mixed":
+        return [{"prompt": prompt, **pair(answer, rejected)}]
+    chosen = summary_first(opening(answer))
+    if chosen is None:
+        return [{"prompt": prompt, "chosen": None, "rejected": None}]
+    return [{"prompt": prompt, "chosen": chosen, "rejected": r} for r in near_misses(chosen)]
 
 
 def base_answered(lm, tokenizer, rows: list[dict], tokens: int, cache: Path) -> list[dict]:
@@ -227,9 +249,10 @@ def dpo_part(ws_root: Path, args) -> dict:
         rows = base_answered(base_lm, tokenizer, rows, args.answer_tokens, ws_root / f"base_answers_{args.answer_tokens}.jsonl")
     # Held-out prompts are any prompts (the rule is checked on greedy answers); training pairs only come from
     # answers of more than one sentence, where a summary line says something the rest does not repeat.
-    pairs = [{"prompt": r["prompt"], **pair(r["answer"], args.rejected)} for r in rows]
-    held, trained = pairs[: args.held_out], [p for p in pairs[args.held_out:] if p["chosen"] is not None]
-    held_pairs = [p for p in held if p["chosen"] is not None]  # reward accuracy: pairs built as training's are
+    per_prompt = [pairs_for(r["prompt"], r["answer"], args.rejected) for r in rows]
+    held = [ps[0] for ps in per_prompt[: args.held_out]]  # one record per held-out prompt
+    trained = [p for ps in per_prompt[args.held_out:] for p in ps if p["chosen"] is not None]
+    held_pairs = [p for ps in per_prompt[: args.held_out] for p in ps if p["chosen"] is not None]  # built as training's are
     source = ws_root / "summary_first_pairs.jsonl"
     source.write_text("".join(json.dumps(p) + "\n" for p in trained), encoding="utf-8")
     ds = prepare(DataConfig(inputs=[str(source)], name="summary-first", task="preference", tokenizer="char",
@@ -319,8 +342,9 @@ def main() -> None:
     ap.add_argument("--grpo-lr", type=float, default=3e-4, help="GRPO peak learning rate")
     ap.add_argument("--answers", choices=["data", "base"], default="data",
                     help="DPO answers: the dataset's (data) or the base's own greedy ones (base: on-policy pairs)")
-    ap.add_argument("--rejected", choices=["whole", "rest"], default="whole",
-                    help="DPO rejected answer: the answer as it was, or the chosen one without its summary line")
+    ap.add_argument("--rejected", choices=["whole", "rest", "mixed"], default="whole",
+                    help="DPO rejected answer: the answer as it was, the chosen one without its summary line, or "
+                         "mixed: four pairs per answer, one per way of missing the rule (see near_misses)")
     ap.add_argument("--answer-tokens", type=int, default=96, help="DPO --answers base: most new tokens of a base answer")
     ap.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha is twice it)")
     ap.add_argument("--held-out", type=int, default=HELD_OUT, help="prompts never trained on, answered and scored")
