@@ -7,9 +7,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from llmkit.config import TuneConfig, render_defaults
+from llmkit.config import ClassifyConfig, TuneConfig, render_defaults
 from llmkit.errors import UserError
-from llmkit.tune.space import read_space, with_values
+from llmkit.tune.space import read_space, start_values, with_values
 
 
 def test_each_kind_becomes_its_optuna_distribution(tmp_path: Path):
@@ -70,3 +70,13 @@ def test_default_spaces_are_valid_and_shown_by_config_show():
 def test_nested_groups_read_as_dotted_keys():
     params = read_space({"lora": {"r": {"int": [4, 16]}, "alpha": {"float": [8.0, 32.0]}}}, "sft")
     assert [(p.key, p.kind) for p in params] == [("lora.r", "int"), ("lora.alpha", "float")]
+
+
+def test_start_values_are_the_given_config_values_the_space_can_draw():
+    params = read_space({"lr": {"log-float": [1e-5, 3e-4]}, "epochs": {"int": [1, 3]}, "batch_size": {"categorical": [8, 32]},
+                         "warmup_ratio": {"float": [0.0, 0.2], "step": 0.05}}, "classify")
+    body = ClassifyConfig().model_dump()  # lr 5e-5, epochs 3.0 (a float field), batch_size 16, warmup_ratio 0.06
+    assert start_values(params, body) == {"lr": 5e-5, "epochs": 3}  # 16 is no choice, 0.06 is off the 0.05 grid
+    assert type(start_values(params, body)["epochs"]) is int
+    nested = read_space({"lora": {"r": {"int": [4, 16]}}}, "classify")
+    assert start_values(nested, body) == {"lora.r": body["lora"]["r"]}

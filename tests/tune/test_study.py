@@ -68,6 +68,28 @@ def test_a_study_registers_every_trial_and_keeps_only_the_best_model(ws_root: Pa
     assert code == 0 and "best trials by val_loss" in out and f"best model {best_models[0].ref}" in out
 
 
+def test_a_new_study_first_runs_the_config_as_given_and_a_joined_study_does_not_again(ws_root: Path):
+    ws = Workspace.open(ws_root)
+    registry = Registry.for_workspace(ws.root)
+    stage = tiny_config(max_steps=4, eval_every=2, checkpoint_every=2, lr=2e-3, warmup_steps=3)
+    cfg = TuneConfig(stage="pretrain", data="tiny", space=str(ws_root / "space.yaml"), trials=2, study="from-defaults",
+                     startup_trials=1)
+    tune(cfg, stage, ws, registry)
+    tune(cfg.model_copy(update={"trials": 3}), stage, ws, registry)  # joins the study: one more trial, drawn
+    trials = optuna.load_study(study_name="from-defaults", storage=registry.url).get_trials()
+    assert trials[0].params == {"lr": 2e-3, "warmup_steps": 3} and trials[0].user_attrs["defaults"] is True
+    assert len(trials) == 3 and not any(t.user_attrs.get("defaults") for t in trials[1:])
+    assert all(t.params != trials[0].params for t in trials[1:])
+
+    # a value outside the space is drawn as usual (lr 0.5 is not in [1e-3, 1e-2]); defaults_first off: all drawn
+    tune(cfg.model_copy(update={"trials": 1, "study": "half-defaults"}), stage.model_copy(update={"lr": 0.5}), ws, registry)
+    first = optuna.load_study(study_name="half-defaults", storage=registry.url).get_trials()[0]
+    assert first.params["warmup_steps"] == 3 and 1e-3 <= first.params["lr"] <= 1e-2
+    tune(cfg.model_copy(update={"trials": 1, "study": "drawn", "defaults_first": False}), stage, ws, registry)
+    drawn = optuna.load_study(study_name="drawn", storage=registry.url).get_trials()[0]
+    assert "defaults" not in drawn.user_attrs and drawn.params["lr"] != 2e-3
+
+
 def test_a_pruned_trial_stops_at_its_evaluation_and_is_recorded_pruned(ws_root: Path):
     ws = Workspace.open(ws_root)
     registry = Registry.for_workspace(ws.root)

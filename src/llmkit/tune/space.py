@@ -47,6 +47,16 @@ class Param:
         return trial.suggest_float(self.key, float(self.low), float(self.high), log=self.kind == "log-float",
                                    step=None if self.step is None else float(self.step))
 
+    def holds(self, value: Any) -> bool:
+        """Whether `value` is one this parameter can draw (in the range, on the step's grid, or a choice)."""
+        if self.kind == "categorical":
+            return value in self.choices
+        if not _is_number(value) or not self.low <= value <= self.high:
+            return False
+        if self.kind == "int":
+            return float(value).is_integer() and (int(value) - int(self.low)) % int(self.step or 1) == 0
+        return self.step is None or abs((value - self.low) / self.step - round((value - self.low) / self.step)) < 1e-9
+
     def describe(self) -> str:
         if self.kind == "categorical":
             return f"{self.key} in {list(self.choices)}"
@@ -151,6 +161,18 @@ def _check_values(p: Param, stage: str, where: str) -> None:
             validate_section(stage, with_values({}, {p.key: value}))
         except UserError as err:
             raise UserError(f"{where}: {p.key} = {value!r} is not a valid {stage} value ({err}); narrow the range") from None
+
+
+def start_values(params: list[Param], body: dict[str, Any]) -> dict[str, Any]:
+    """The values `body` (the section every trial starts from) gives the searched keys, where the space holds them."""
+    out = {}
+    for p in params:
+        node: Any = body
+        for part in p.key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if p.holds(node):
+            out[p.key] = int(node) if p.kind == "int" else node  # epochs: 3.0 in a float field, drawn as an int
+    return out
 
 
 def with_values(body: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:

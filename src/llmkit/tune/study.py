@@ -7,6 +7,11 @@ study (a `run` record of kind `study`), runs trials (here, or in `workers` proce
 of the cores), and at the end registers which trial won: the best trial's model stays, linked to the
 study (`best_model`); the other trials' weights are gone unless `keep_trials`.
 
+A new study's first trial runs the stage's config as given (its defaults, or the config file's section)
+wherever the space holds those values (`defaults_first`): the best trial is then never worse than not
+tuning at all, and the median pruner has a real baseline from the start. FLAML starts from its low-cost
+default config for the same reason; Optuna's `enqueue_trial` is the documented way to seed a study.
+
 A worker killed mid-trial stops its heartbeat: any process of the study then marks that trial FAIL
 (Optuna's stale-trial check), so no trial stays RUNNING and none is run twice (retries are off).
 """
@@ -28,7 +33,7 @@ from llmkit.config import TuneConfig, duration_s, validate_section
 from llmkit.errors import UserError
 from llmkit.registry import Registry, check_name, default_name
 from llmkit.runtime.threads import cpu_cores
-from llmkit.tune.space import Param, read_space
+from llmkit.tune.space import Param, read_space, start_values
 from llmkit.tune.trials import (
     DATASET_KIND,
     DEFAULT_METRIC,
@@ -78,6 +83,7 @@ class Plan:
     heartbeat: int
     seed: int
     keep_trials: bool
+    defaults_first: bool = True
     record_id: str = ""
 
 
@@ -91,6 +97,12 @@ def tune(cfg: TuneConfig, stage_cfg=None, ws: Workspace | None = None, registry:
     study = open_study(plan)
     plan.record_id = study_record(plan, study, ws, registry)
     say = console.print if console is not None else (lambda *_: None)
+    if plan.defaults_first and not study.get_trials(deepcopy=False):  # a new study; joining one adds nothing
+        start = start_values(params, plan.body)
+        if start:
+            # skip_if_exists: two processes starting one study at once enqueue it once
+            study.enqueue_trial(start, user_attrs={"defaults": True}, skip_if_exists=True)
+            say("first trial: the config as given, " + ", ".join(f"{k} = {v}" for k, v in start.items()))
     say(f"study [bold]{plan.study}[/bold]: {plan.stage} on {plan.body.get('data')}, {plan.trials} trials, "
         f"{plan.metric} ({plan.direction}), {len(params)} parameters: " + "; ".join(p.describe() for p in params))
     if cfg.workers == 1:
@@ -138,7 +150,7 @@ def check(cfg: TuneConfig, stage_cfg, ws: Workspace, registry: Registry) -> tupl
     storage = cfg.storage or registry.url
     plan = Plan(stage, body, _as_written(space_source), metric, direction, study, storage, registry.url, str(ws.root),
                 cfg.trials, time.time() + duration_s(cfg.timeout) if cfg.timeout else None, cfg.pruner,
-                cfg.startup_trials, cfg.heartbeat, cfg.seed, cfg.keep_trials)
+                cfg.startup_trials, cfg.heartbeat, cfg.seed, cfg.keep_trials, cfg.defaults_first)
     return plan, params
 
 
@@ -211,7 +223,8 @@ def study_record(plan: Plan, study: optuna.Study, ws: Workspace, registry: Regis
 
 
 def trial_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False))
+    """Trials started (running or ended); an enqueued one still waiting is the next to run, not one more."""
+    return sum(t.state != optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
 def run_trials(plan: Plan, params: list[Param], ws: Workspace, registry: Registry, worker: int, say) -> None:
