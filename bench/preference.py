@@ -267,8 +267,9 @@ def dpo_part(ws_root: Path, args) -> dict:
         f"{sum(map(follows_rule, base_answers))}/{len(held)}, general perplexity {base_general['perplexity']:.3f}")
     del base_lm
 
-    cfg = DpoConfig(base=BASE, data=ds.ref, name="smollm2-summary-dpo", method="lora", lora=LoraConfig(r=args.lora_r, alpha=2 * args.lora_r),
-                    lr=args.lr, beta=args.beta, sft_weight=args.sft_weight, max_steps=args.steps, batch_size=4, max_length=MAX_LENGTH,
+    lora = LoraConfig(r=args.lora_r, alpha=2 * args.lora_r, target_modules=args.lora_targets.split(","))
+    cfg = DpoConfig(base=BASE, data=ds.ref, name="smollm2-summary-dpo", method="lora", lora=lora, lr=args.lr, beta=args.beta,
+                    sft_weight=args.sft_weight, max_steps=args.steps, batch_size=4, max_length=MAX_LENGTH,
                     eval_every=args.steps, checkpoint_every=args.steps, seed=1337)
     started = time.perf_counter()
     tuned = preference_tune(cfg, "dpo", ws, registry, Console(stderr=True))
@@ -293,7 +294,7 @@ def dpo_part(ws_root: Path, args) -> dict:
     for prompt, b, t in list(zip(prompts, base_answers, tuned_answers, strict=True))[:3]:
         say(f"prompt: {prompt[:80]!r}\n  base:  {b[:160]!r}\n  tuned: {t[:160]!r}")
     return {
-        "model": BASE, "method": "lora", "answers": args.answers, "rejected": args.rejected, "lora_r": args.lora_r, "lr": args.lr, "beta": args.beta,
+        "model": BASE, "method": "lora", "answers": args.answers, "rejected": args.rejected, "lora_r": args.lora_r, "lora_targets": args.lora_targets, "lr": args.lr, "beta": args.beta,
         "sft_weight": args.sft_weight, "batch_size": 4,
         "max_length": MAX_LENGTH, "train_pairs": summary.get("train_examples"), "held_out_prompts": len(held), "held_out_pairs": len(held_pairs),
         "max_new_tokens": args.max_new_tokens,
@@ -347,6 +348,7 @@ def main() -> None:
                          "mixed: four pairs per answer, one per way of missing the rule (see near_misses)")
     ap.add_argument("--answer-tokens", type=int, default=96, help="DPO --answers base: most new tokens of a base answer")
     ap.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha is twice it)")
+    ap.add_argument("--lora-targets", default="all-linear", help="DPO: modules to adapt, comma-separated (e.g. q_proj,v_proj)")
     ap.add_argument("--held-out", type=int, default=HELD_OUT, help="prompts never trained on, answered and scored")
     ap.add_argument("--max-new-tokens", type=int, default=48, help="most new tokens of a greedy held-out answer")
     args = ap.parse_args()
