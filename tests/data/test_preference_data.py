@@ -140,6 +140,26 @@ def test_records_of_one_prompt_land_in_one_split(env):
     assert len({s for splits in split_of.values() for s in splits}) == 3  # and the prompts do spread over the splits
 
 
+LONG_CHOSEN = ("Photosynthesis is how green plants turn light into food: in their leaves, chlorophyll takes up "
+               "sunlight, and with it the plant makes sugar from water and carbon dioxide, giving off oxygen as it goes. "
+               "The sugar is the plant's food: it burns some of it for energy and builds the rest into new leaves, stems "
+               "and roots. The oxygen goes out into the air through tiny holes under the leaves, and that is the air "
+               "that you and every animal breathe, so each time you see a tree you can thank it for your next breath.")
+
+
+def test_pairs_rejecting_different_answers_are_kept_and_a_near_copy_of_a_pair_is_not(env):
+    prompt = "Explain photosynthesis in one or two sentences for a ten year old who likes plants."
+    rejected = ["Plants eat dirt.", "It is a kind of music.", "I don't know, ask a teacher."]
+    rows = [{"prompt": prompt, "chosen": LONG_CHOSEN, "rejected": r} for r in rejected]
+    rows.append({"prompt": prompt, "chosen": LONG_CHOSEN.replace("green plants", "plants"), "rejected": rejected[0]})
+    ds = env.prepare(env.write("pairs.jsonl", rows))  # dedupe near, threshold 0.85: the defaults
+    kept = sorted(r["rejected"] for r in env.records(ds))
+    # One signature over prompt + chosen + rejected made the first three near-duplicates of each other (the
+    # shared prompt and chosen answer outweigh the rejected one); the fourth is the first with one word less.
+    assert kept == sorted(rejected)
+    assert ds.manifest["counts"]["duplicates_near"] == 1
+
+
 BAD_ROWS = [
     ({"prompt": "Hi?", "chosen": "Hello.", "rejected": "Hello."}, "'chosen' equals 'rejected'"),
     ({"prompt": "Hi?", "chosen": "Hello.", "rejected": "Hello.  "}, "'chosen' equals 'rejected'"),  # equal once cleaned

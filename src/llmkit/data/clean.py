@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from llmkit.data.dedupe import exact_keys, signatures
 from llmkit.data.pii import count_by_type, find_pii, redact
 from llmkit.data.splits import assign_split, stratified_split
@@ -144,6 +146,12 @@ def clean_chunk(job: tuple[RecordOptions, list[dict]]) -> list[tuple]:
     texts = [results[i][4] for i in kept]
     # Exact keys and signatures of the whole chunk in a few numpy passes.
     sigs = signatures(texts) if opts.near else [None] * len(texts)
+    if opts.near and opts.task == "preference":  # a pair's signature is its two sides' (see NearDuplicateIndex)
+        sides = {j: results[i][5] for j, i in enumerate(kept) if results[i][5] is not None}
+        side_sigs = signatures([t for j in sides for t in sides[j]])
+        for n, j in enumerate(sides):
+            chosen, rejected = side_sigs[2 * n], side_sigs[2 * n + 1]
+            sigs[j] = None if chosen is None or rejected is None else np.concatenate([chosen, rejected])
     for i, key, sig in zip(kept, exact_keys(texts), sigs, strict=True):
         results[i] = (*results[i][:4], key, sig, *results[i][6:])
     return results
@@ -202,8 +210,13 @@ def _clean_one(rec: dict[str, Any], o: RecordOptions) -> tuple:
     chars = "".join(set(text)) if o.want_chars and split == "train" else None
     # Preference records are counted per split as pair / desirable / undesirable.
     label = preference_kind(out) if o.task == "preference" else out.get("label")
-    # The text rides in the exact key's place until clean_chunk replaces it.
-    return ("kept", pii, line, len(text), text, None, split, label, chars)
+    # The text rides in the exact key's place, and a pair's two sides in the signature's, until clean_chunk
+    # replaces them.
+    sides = None
+    if o.task == "preference" and "chosen" in out:
+        prompt = "\n".join(m["content"] for m in out["prompt"])
+        sides = (f"{prompt}\n{out['chosen']}", f"{prompt}\n{out['rejected']}")
+    return ("kept", pii, line, len(text), text, sides, split, label, chars)
 
 
 def _text_slots(out: dict[str, Any], task: str) -> list[tuple[dict, str]]:

@@ -316,13 +316,19 @@ class NearDuplicateIndex:
     A record is a candidate when one of its bands (a run of `rows` signature values) equals the same
     band of a kept record, as in datasketch's MinHashLSH with the same bands; every candidate is then
     checked against the threshold.
+
+    With `parts` > 1 a signature is that many signatures side by side, and a record is a near-duplicate
+    only when every part is: a preference pair is (prompt + chosen, prompt + rejected), and two pairs
+    that share a prompt and a chosen answer but reject different answers teach different things (one
+    signature over all of it made them near-duplicates whenever the shared text outweighed the rest).
+    Candidates come from the first part's bands, which any near-duplicate must share anyway.
     """
 
     _BLOCK = 4096
 
-    def __init__(self, threshold: float = 0.85, num_perm: int = NUM_PERM):
+    def __init__(self, threshold: float = 0.85, num_perm: int = NUM_PERM, parts: int = 1):
         self.threshold = threshold
-        self.num_perm = num_perm
+        self.num_perm, self.parts = num_perm, parts
         # Weights favour recall: candidates are verified below, so extra candidates cost time, not precision.
         self.bands, self.rows = lsh_bands(threshold, num_perm)
         if self.bands < 2:  # threshold 1.0: the optimum is one band, which would make every record a candidate
@@ -347,10 +353,11 @@ class NearDuplicateIndex:
                 candidates.update(found)
         if candidates:
             stored = np.stack([self._stored(k) for k in candidates])
-            if (np.mean(stored == sig, axis=1) >= self.threshold).any():
+            similar = np.mean((stored == sig).reshape(len(stored), self.parts, self.num_perm), axis=2).min(axis=1)
+            if (similar >= self.threshold).any():
                 return True
         if self._count % self._BLOCK == 0:
-            self._blocks.append(np.empty((self._BLOCK, self.num_perm), dtype=np.uint32))
+            self._blocks.append(np.empty((self._BLOCK, self.parts * self.num_perm), dtype=np.uint32))
         self._blocks[-1][self._count % self._BLOCK] = sig
         for table, key in zip(self._tables, keys, strict=True):
             table.setdefault(key, []).append(self._count)

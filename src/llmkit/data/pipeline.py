@@ -165,6 +165,7 @@ def _first_pass(cfg: DataConfig, tmp: Path, workers: Workers, progress) -> tuple
     counts, stats = Counts(), IngestStats()
     exact_seen: set[bytes] = set()  # 16 bytes per unique record: grows with the records kept, see dedupe.py
     near = NearDuplicateIndex(cfg.near_threshold) if cfg.dedupe == "near" else None
+    near_pairs = NearDuplicateIndex(cfg.near_threshold, parts=2) if cfg.dedupe == "near" and cfg.task == "preference" else None
     opts = RecordOptions(cfg.task, cfg.min_chars, cfg.max_chars, cfg.pii, near is not None, cfg.splits.val,
                          cfg.splits.test, cfg.splits.seed, cfg.tokenizer == "char")
     chars: set[str] = set()
@@ -190,7 +191,8 @@ def _first_pass(cfg: DataConfig, tmp: Path, workers: Workers, progress) -> tuple
                         counts.duplicates_exact += 1
                         continue
                     exact_seen.add(key)
-                    if near is not None and near.seen_or_add(sig):
+                    index = near_pairs if sig is not None and near_pairs is not None and len(sig) > near.num_perm else near
+                    if index is not None and index.seen_or_add(sig):
                         counts.duplicates_near += 1
                         continue
                 if label is not None:
