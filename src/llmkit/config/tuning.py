@@ -103,7 +103,7 @@ class TuneConfig(Section):
     storage: str | None = Field(None, description="SQLAlchemy URL of the Optuna storage (default: the registry's database; PostgreSQL for several machines)")
     workers: int = Field(1, ge=1, le=64, description="trial processes on this machine, the cores split between them")
     pruner: Literal["median", "hyperband", "none"] = Field("median", description="stop poor trials early from their evaluations: median (below the median of earlier trials at the same evaluation), hyperband, or none")
-    startup_trials: int = Field(2, ge=0, description="trials completed before the median pruner prunes anything")
+    startup_trials: int = Field(1, ge=0, description="trials completed before the median pruner prunes anything (1: the first, the config as given under defaults_first, is the bar every later trial must keep up with at each evaluation)")
     defaults_first: bool = Field(True, description="a new study's first trial runs the stage's config as given (where the space holds its values): the best trial is never worse than not tuning")
     keep_trials: bool = Field(False, description="keep every trial's weights (default: only the best trial's model is kept)")
     heartbeat: int = Field(10, ge=1, description="seconds between a running trial's heartbeats; a trial silent for two is marked failed (its worker died)")
