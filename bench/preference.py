@@ -13,9 +13,9 @@ The prompts are shuffled (seed 0): HELD_OUT of them are never trained on nor eva
 go through `data prepare --task preference` with a val split for training's evaluations.
 With `--answers base` the answers are the base's own greedy answers to the same prompts (at most
 --answer-tokens tokens, cut after their last whole sentence) instead of the dataset's: on-policy pairs, where the
-words after the marker are words the base itself would write. With `--rejected mixed` each answer makes four
+words after the marker are words the base itself would write. With `--rejected mixed` each answer makes five
 pairs, one chosen against each near miss of the rule (no summary line; the summary running on; the marker twice;
-the summary alone): the ways earlier runs' tuned answers missed it.
+the summary alone; an empty summary): the ways earlier runs' tuned answers missed it.
 Measured on the held-out prompts, base against tuned:
 
 - reward accuracy. After: DPO's implicit reward, beta * (log p_tuned - log p_base) of the answer summed
@@ -151,11 +151,12 @@ def pair(answer: str, rejected: str) -> dict:
 
 def near_misses(chosen: str) -> list[str]:
     """Rejected answers one step from the chosen one, each the way tuned models missed the rule in earlier runs:
-    no summary line (`rest`), the summary running on into the answer on one line, the marker written twice, and
-    the summary alone with nothing after it. Each pair differs from its chosen answer only where the rule is broken,
-    so DPO's push lands on those tokens and not on the whole answer."""
+    no summary line (`rest`), the summary running on into the answer on one line, the marker written twice, the
+    summary alone with nothing after it, and the blank line straight after the marker (an empty summary). Each
+    pair differs from its chosen answer only where the rule is broken, so DPO's push lands on those tokens and
+    not on the whole answer."""
     summary, rest = chosen.split("\n\n", 1)
-    return [rest, f"{summary} {rest}", f"{MARKER} {chosen}", summary]
+    return [rest, f"{summary} {rest}", f"{MARKER} {chosen}", summary, f"{MARKER}\n\n{summary[len(MARKER):].strip()} {rest}"]
 
 
 def pairs_for(prompt: str, answer: str, rejected: str) -> list[dict]:
@@ -345,7 +346,7 @@ def main() -> None:
                     help="DPO answers: the dataset's (data) or the base's own greedy ones (base: on-policy pairs)")
     ap.add_argument("--rejected", choices=["whole", "rest", "mixed"], default="whole",
                     help="DPO rejected answer: the answer as it was, the chosen one without its summary line, or "
-                         "mixed: four pairs per answer, one per way of missing the rule (see near_misses)")
+                         "mixed: five pairs per answer, one per way of missing the rule (see near_misses)")
     ap.add_argument("--answer-tokens", type=int, default=96, help="DPO --answers base: most new tokens of a base answer")
     ap.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha is twice it)")
     ap.add_argument("--lora-targets", default="all-linear", help="DPO: modules to adapt, comma-separated (e.g. q_proj,v_proj)")
