@@ -28,7 +28,8 @@ Measured on the held-out prompts, base against tuned:
   against tuned (the adapter merged); goal: within 5 %.
 
     flock /tmp/llmkit-bench.lock nice -n 19 .venv/bin/python bench/preference.py [--part dpo] [--steps 60]
-        [--lr 5e-4] [--beta 0.1] [--sft-weight 0] [--answers data|base] [--rejected whole|rest|mixed] [--workdir DIR]
+        [--lr 5e-4] [--beta 0.1] [--sft-weight 0] [--answers data|base] [--rejected whole|rest|mixed] [--sft-steps 0]
+        [--workdir DIR]
 
 Progress goes to stderr; the last line of stdout is one JSON object of figures, one key per part.
 """
@@ -228,6 +229,32 @@ def pair_logps(lm, tokenizer, pairs: list[dict]) -> list[tuple[float, float]]:
     return out
 
 
+def sft_stage(ws, registry, trained: list[dict], args) -> str:
+    """The usual SFT -> DPO recipe's first stage: LoRA SFT of the base on the chosen answers of the training
+    pairs (one per prompt), merged into a standalone model; DPO then starts from it and takes it as its
+    reference. Returns the merged model's registry ref."""
+    from rich.console import Console
+
+    from llmkit.config import DataConfig, LoraConfig, SftConfig
+    from llmkit.data import prepare
+    from llmkit.train.lora import merge
+    from llmkit.train.supervised import sft
+
+    chosen = {p["prompt"]: p["chosen"] for p in trained}  # mixed pairs share one chosen answer per prompt
+    source = ws.root / "summary_first_chat.jsonl"
+    source.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+                              for q, a in chosen.items()), encoding="utf-8")
+    ds = prepare(DataConfig(inputs=[str(source)], name="summary-first-chat", task="chat", tokenizer="char",
+                            splits={"val": 0.1, "test": 0.0}), ws, registry)
+    lora = LoraConfig(r=args.lora_r, alpha=2 * args.lora_r, target_modules=args.lora_targets.split(","))
+    cfg = SftConfig(base=BASE, data=ds.ref, name="smollm2-summary-sft", method="lora", lora=lora, lr=args.sft_lr,
+                    max_steps=args.sft_steps, batch_size=4, max_length=MAX_LENGTH, eval_every=args.sft_steps,
+                    checkpoint_every=args.sft_steps, seed=1337)
+    adapter = sft(cfg, ws, registry, Console(stderr=True))
+    say(f"SFT stage: {len(chosen)} chosen answers, {args.sft_steps} steps at lr {args.sft_lr}")
+    return merge(adapter.ref, ws, registry).ref
+
+
 def dpo_part(ws_root: Path, args) -> dict:
     from rich.console import Console
 
@@ -268,8 +295,25 @@ def dpo_part(ws_root: Path, args) -> dict:
         f"{sum(map(follows_rule, base_answers))}/{len(held)}, general perplexity {base_general['perplexity']:.3f}")
     del base_lm
 
+    dpo_base, sft_figures, ref_logps = BASE, {}, base_logps
+    if args.sft_steps:  # SFT -> DPO: DPO starts from (and is referenced to) the SFT model
+        dpo_base = sft_stage(ws, registry, trained, args)
+        sft_lm, _ = load_causal_lm(resolve_model(dpo_base, registry))
+        ref_logps = pair_logps(sft_lm, tokenizer, held_pairs)
+        sft_answers = greedy_answers(sft_lm, tokenizer, prompts, args.max_new_tokens)
+        sft_general = general_figures(sft_lm, tokenizer)
+        del sft_lm
+        sft_figures = {"sft_steps": args.sft_steps, "sft_lr": args.sft_lr,
+                       "rule_followed_sft": round(sum(map(follows_rule, sft_answers)) / len(held), 4),
+                       "sft_prefers_chosen": round(sum(c > r for c, r in ref_logps) / len(held_pairs), 4),
+                       "general_ppl_sft": round(sft_general["perplexity"], 4),
+                       "general_ppl_change_sft": round(sft_general["perplexity"] / base_general["perplexity"] - 1, 4)}
+        say(f"SFT model: prefers chosen in {sum(c > r for c, r in ref_logps)}/{len(held_pairs)}, rule in "
+            f"{sft_figures['rule_followed_sft']:.0%}, general perplexity {sft_general['perplexity']:.3f} "
+            f"({sft_figures['general_ppl_change_sft']:+.2%})")
+
     lora = LoraConfig(r=args.lora_r, alpha=2 * args.lora_r, target_modules=args.lora_targets.split(","))
-    cfg = DpoConfig(base=BASE, data=ds.ref, name="smollm2-summary-dpo", method="lora", lora=lora, lr=args.lr, beta=args.beta,
+    cfg = DpoConfig(base=dpo_base, data=ds.ref, name="smollm2-summary-dpo", method="lora", lora=lora, lr=args.lr, beta=args.beta,
                     sft_weight=args.sft_weight, max_steps=args.steps, batch_size=4, max_length=MAX_LENGTH,
                     eval_every=args.steps, checkpoint_every=args.steps, seed=1337)
     started = time.perf_counter()
@@ -279,8 +323,9 @@ def dpo_part(ws_root: Path, args) -> dict:
 
     tuned_lm, tokenizer = load_causal_lm(tuned)  # the adapter merged into the base's weights
     tuned_logps = pair_logps(tuned_lm, tokenizer, held_pairs)
-    # DPO's implicit reward of an answer: beta * (log p_tuned - log p_base); the pair counts when chosen's is higher.
-    wins = [(tc - bc) > (tr - br) for (tc, tr), (bc, br) in zip(tuned_logps, base_logps, strict=True)]
+    # DPO's implicit reward of an answer: beta * (log p_tuned - log p_ref); the pair counts when chosen's is higher.
+    # The reference is DPO's own: the base, or the SFT model under --sft-steps.
+    wins = [(tc - rc) > (tr - rr) for (tc, tr), (rc, rr) in zip(tuned_logps, ref_logps, strict=True)]
     tuned_answers = greedy_answers(tuned_lm, tokenizer, prompts, args.max_new_tokens)
     tuned_general = general_figures(tuned_lm, tokenizer)
 
@@ -296,7 +341,7 @@ def dpo_part(ws_root: Path, args) -> dict:
         say(f"prompt: {prompt[:80]!r}\n  base:  {b[:160]!r}\n  tuned: {t[:160]!r}")
     return {
         "model": BASE, "method": "lora", "answers": args.answers, "rejected": args.rejected, "lora_r": args.lora_r, "lora_targets": args.lora_targets, "lr": args.lr, "beta": args.beta,
-        "sft_weight": args.sft_weight, "batch_size": 4,
+        "sft_weight": args.sft_weight, "batch_size": 4, **sft_figures,
         "max_length": MAX_LENGTH, "train_pairs": summary.get("train_examples"), "held_out_prompts": len(held), "held_out_pairs": len(held_pairs),
         "max_new_tokens": args.max_new_tokens,
         "reward_accuracy_before": round(before, 4), "reward_accuracy_after": round(after, 4),
@@ -339,6 +384,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4, help="DPO peak learning rate")
     ap.add_argument("--beta", type=float, default=0.1, help="DPO beta")
     ap.add_argument("--sft-weight", type=float, default=0.0, help="DPO: weight of the next-token loss on chosen answers (RPO)")
+    ap.add_argument("--sft-steps", type=int, default=0,
+                    help="DPO: LoRA SFT steps on the chosen answers first, merged; DPO starts from that model (0: from the base)")
+    ap.add_argument("--sft-lr", type=float, default=2e-4, help="DPO --sft-steps: the SFT stage's peak learning rate")
     ap.add_argument("--grpo-minutes", type=float, default=30.0, help="GRPO training time budget (the issue's: 30)")
     ap.add_argument("--grpo-steps", type=int, default=80, help="GRPO steps of the lr schedule (the budget may end it sooner)")
     ap.add_argument("--grpo-lr", type=float, default=3e-4, help="GRPO peak learning rate")
