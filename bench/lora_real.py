@@ -7,14 +7,18 @@ the same rows in the same order, AdamW (llmkit's `adamw`: same groups, decay and
 lr, gradient clipping at 1.0, the same torch threads. The adapters start equal (same seed; llmkit
 creates them as peft does). Each side runs in its own process, so each peak RSS (getrusage maxrss of
 that process: loading included) is its own; both run with glibc's default allocator settings, or both with
-`train sft --lean-memory`'s (mmap threshold fixed at 256 KiB: train/memory.py) under --lean-memory. The first --warmup steps are excluded from the timing on
-both sides; tokens/s = tokens / seconds over the timed steps.
+`train sft --lean-memory`'s (mmap threshold fixed at 256 KiB: train/memory.py) under --lean-memory. Our side ends
+each step as llmkit's training loop does: a step longer than RELEASE_AFTER_STEP_S hands the heap's free pages back
+(train.memory.release_freed, glibc's malloc_trim); a plain loop does not, so the peer does not, unless
+--release-both (the peer's loop given the same call: what the trim alone is worth). The first --warmup steps are
+excluded from the timing on both sides; tokens/s = tokens / seconds over the timed steps.
 
     ours: train.fast_lora.load_fast (our Llama, fused projections, frozen base in the precision, LoRA on top)
           + train.fast_lora.token_loss_sum (chunked cross-entropy over labelled positions)
     peer: AutoModelForCausalLM (fp32 weights, as loaded) + peft.get_peft_model, loss from `labels=`
 
     flock /tmp/llmkit-bench.lock .venv/bin/python bench/lora_real.py [--precision bf16|fp32] [--steps 12] [--warmup 2]
+        [--lean-memory] [--release-both]
 
 Goals (issue 18): tokens/s >= 2x the peer's, peak RSS <= 0.7x the peer's, losses within 2 % step by step.
 The last line is one JSON object with the figures and, per goal, whether it was met.
@@ -64,12 +68,14 @@ def make_rows(ws: Path, rows_file: Path, count: int) -> dict:
     return {"rows": len(rows), "labelled_fraction": round(float((labels[:, 1:] != -100).float().mean()), 3)}
 
 
-def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, compile_model: bool, precision: str) -> None:
+def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, compile_model: bool, precision: str,
+         release: bool) -> None:
     """One side's training, in this process; prints one JSON line."""
     import torch
     from safetensors.torch import load_file
 
     from llmkit.models.io import resolve_model
+    from llmkit.train.memory import RELEASE_AFTER_STEP_S, release_freed
     from llmkit.train.optim import adamw
 
     torch.set_num_threads(threads)
@@ -95,6 +101,8 @@ def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, comp
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if release and time.perf_counter() - t0 >= RELEASE_AFTER_STEP_S:  # as train/loop.py's fit does (timed too)
+            release_freed()
         seconds.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
     timed = seconds[warmup:]
@@ -139,7 +147,8 @@ def peer(base):
 
 def run_side(name: str, rows_file: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--side", name, "--rows", str(rows_file), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--threads", str(args.threads), "--precision", args.precision] + (["--compile"] if args.compile and name == "ours" else [])
+           "--warmup", str(args.warmup), "--threads", str(args.threads), "--precision", args.precision] + (["--compile"] if args.compile and name == "ours" else []) \
+        + (["--release"] if name == "ours" or args.release_both else [])
     env = dict(os.environ)
     if args.lean_memory:  # both sides: ours through glibc's environment variable too, set before Python starts
         from llmkit.train.memory import LEAN_THRESHOLD
@@ -157,11 +166,13 @@ def main() -> None:
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="bf16 autocast (the issue's setting) or fp32")
     ap.add_argument("--lean-memory", action="store_true", help="both sides with train sft --lean-memory's allocator setting")
     ap.add_argument("--compile", action="store_true", help="torch.compile our side's blocks (train sft --compile)")
+    ap.add_argument("--release-both", action="store_true", help="the peer's loop also hands freed heap pages back after each step, as ours does")
     ap.add_argument("--side", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    ap.add_argument("--release", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
-        side(args.side, args.rows, args.steps, args.warmup, args.threads, args.compile, args.precision)
+        side(args.side, args.rows, args.steps, args.warmup, args.threads, args.compile, args.precision, args.release)
         return
     with tempfile.TemporaryDirectory() as tmp:
         rows_file = Path(tmp) / "rows.safetensors"
@@ -177,7 +188,7 @@ def main() -> None:
               + " ".join(f"{x:.3f}" for x in r["losses"]))
     print(f"ours / peer: tokens/s {speed:.2f}x (goal >= 2), peak RSS {rss:.2f}x (goal <= 0.7), largest loss gap {loss_gap:.2%} (goal <= 2 %)")
     print(json.dumps({"model": "smollm2-135m", "batch": BATCH, "length": LENGTH, "lora_r": 8, "precision": "bf16-autocast" if args.precision == "bf16" else "fp32",
-                      "threads": args.threads, "lean_memory": args.lean_memory, "steps": args.steps, "warmup_steps": args.warmup, "compile": args.compile,
+                      "threads": args.threads, "lean_memory": args.lean_memory, "peer_releases_freed": args.release_both, "steps": args.steps, "warmup_steps": args.warmup, "compile": args.compile,
                       "labelled_fraction": data["labelled_fraction"], "trainable": a["trainable"],
                       "ours_tokens_per_s": round(a["tokens_per_s"], 1), "peer_tokens_per_s": round(b["tokens_per_s"], 1),
                       "speedup": round(speed, 3), "speedup_goal_met": speed >= 2.0,

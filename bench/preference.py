@@ -16,6 +16,9 @@ With `--answers base` the answers are the base's own greedy answers to the same 
 words after the marker are words the base itself would write. With `--rejected mixed` each answer makes five
 pairs, one chosen against each near miss of the rule (no summary line; the summary running on; the marker twice;
 the summary alone; an empty summary): the ways earlier runs' tuned answers missed it.
+With `--sft-steps N` the usual SFT -> DPO recipe runs: LoRA SFT of the base on the chosen answers (N steps at
+--sft-lr), merged; DPO starts from that model and takes it as its reference. `--answers sft` then builds the DPO
+pairs from the SFT model's own greedy answers (the SFT stage learns from the dataset's answers).
 Measured on the held-out prompts, base against tuned:
 
 - reward accuracy. After: DPO's implicit reward, beta * (log p_tuned - log p_base) of the answer summed
@@ -255,6 +258,17 @@ def sft_stage(ws, registry, trained: list[dict], args) -> str:
     return merge(adapter.ref, ws, registry).ref
 
 
+def split_pairs(rows: list[dict], args) -> tuple[list[dict], list[dict], list[dict]]:
+    """(one record per held-out prompt, training pairs, held-out pairs built as training's are). Held-out prompts
+    are any prompts (the rule is checked on greedy answers); pairs only come from answers of more than one
+    sentence, where a summary line says something the rest does not repeat."""
+    per_prompt = [pairs_for(r["prompt"], r["answer"], args.rejected) for r in rows]
+    held = [ps[0] for ps in per_prompt[: args.held_out]]
+    trained = [p for ps in per_prompt[args.held_out:] for p in ps if p["chosen"] is not None]
+    held_pairs = [p for ps in per_prompt[: args.held_out] for p in ps if p["chosen"] is not None]
+    return held, trained, held_pairs
+
+
 def dpo_part(ws_root: Path, args) -> dict:
     from rich.console import Console
 
@@ -275,30 +289,33 @@ def dpo_part(ws_root: Path, args) -> dict:
     base_lm, tokenizer = load_causal_lm(base)
     if args.answers == "base":  # on-policy: the base's own greedy answers, whole sentences, stand for the dataset's
         rows = base_answered(base_lm, tokenizer, rows, args.answer_tokens, ws_root / f"base_answers_{args.answer_tokens}.jsonl")
-    # Held-out prompts are any prompts (the rule is checked on greedy answers); training pairs only come from
-    # answers of more than one sentence, where a summary line says something the rest does not repeat.
-    per_prompt = [pairs_for(r["prompt"], r["answer"], args.rejected) for r in rows]
-    held = [ps[0] for ps in per_prompt[: args.held_out]]  # one record per held-out prompt
-    trained = [p for ps in per_prompt[args.held_out:] for p in ps if p["chosen"] is not None]
-    held_pairs = [p for ps in per_prompt[: args.held_out] for p in ps if p["chosen"] is not None]  # built as training's are
+    held, trained, held_pairs = split_pairs(rows, args)
+    prompts = [p["prompt"] for p in held]
+    base_answers = greedy_answers(base_lm, tokenizer, prompts, args.max_new_tokens)
+    base_general = general_figures(base_lm, tokenizer)
+
+    dpo_base, sft_figures, sft_lm = BASE, {}, None
+    if args.sft_steps:  # SFT -> DPO: DPO starts from (and is referenced to) the SFT model
+        dpo_base = sft_stage(ws, registry, trained, args)
+        sft_lm, _ = load_causal_lm(resolve_model(dpo_base, registry))
+        if args.answers == "sft":  # on-policy for DPO's start: the SFT model's own greedy answers make the pairs
+            rows = base_answered(sft_lm, tokenizer, rows, args.answer_tokens,
+                                 ws_root / f"sft_answers_{args.answer_tokens}_{args.sft_steps}_{args.sft_lr:g}.jsonl")
+            held, trained, held_pairs = split_pairs(rows, args)
+            if [p["prompt"] for p in held] != prompts:
+                sys.exit("bench/preference.py: the SFT model left a held-out prompt unanswered; the held-out set moved")
     source = ws_root / "summary_first_pairs.jsonl"
     source.write_text("".join(json.dumps(p) + "\n" for p in trained), encoding="utf-8")
     ds = prepare(DataConfig(inputs=[str(source)], name="summary-first", task="preference", tokenizer="char",
                             splits={"val": 0.1, "test": 0.0}), ws, registry)
     say(f"{len(trained)} pairs to {ds.ref} (train and val), {len(held)} held-out prompts, {len(held_pairs)} held-out pairs")
-
-    prompts = [p["prompt"] for p in held]
     base_logps = pair_logps(base_lm, tokenizer, held_pairs)
-    base_answers = greedy_answers(base_lm, tokenizer, prompts, args.max_new_tokens)
-    base_general = general_figures(base_lm, tokenizer)
     say(f"base: prefers chosen in {sum(c > r for c, r in base_logps)}/{len(held_pairs)}, rule in "
         f"{sum(map(follows_rule, base_answers))}/{len(held)}, general perplexity {base_general['perplexity']:.3f}")
     del base_lm
 
-    dpo_base, sft_figures, ref_logps = BASE, {}, base_logps
-    if args.sft_steps:  # SFT -> DPO: DPO starts from (and is referenced to) the SFT model
-        dpo_base = sft_stage(ws, registry, trained, args)
-        sft_lm, _ = load_causal_lm(resolve_model(dpo_base, registry))
+    ref_logps = base_logps
+    if sft_lm is not None:
         ref_logps = pair_logps(sft_lm, tokenizer, held_pairs)
         sft_answers = greedy_answers(sft_lm, tokenizer, prompts, args.max_new_tokens)
         sft_general = general_figures(sft_lm, tokenizer)
@@ -390,8 +407,9 @@ def main() -> None:
     ap.add_argument("--grpo-minutes", type=float, default=30.0, help="GRPO training time budget (the issue's: 30)")
     ap.add_argument("--grpo-steps", type=int, default=80, help="GRPO steps of the lr schedule (the budget may end it sooner)")
     ap.add_argument("--grpo-lr", type=float, default=3e-4, help="GRPO peak learning rate")
-    ap.add_argument("--answers", choices=["data", "base"], default="data",
-                    help="DPO answers: the dataset's (data) or the base's own greedy ones (base: on-policy pairs)")
+    ap.add_argument("--answers", choices=["data", "base", "sft"], default="data",
+                    help="DPO answers: the dataset's (data), the base's own greedy ones (base: on-policy pairs), or with "
+                         "--sft-steps the SFT model's (sft: SFT on the dataset's, DPO on pairs of the SFT model's own answers)")
     ap.add_argument("--rejected", choices=["whole", "rest", "mixed"], default="whole",
                     help="DPO rejected answer: the answer as it was, the chosen one without its summary line, or "
                          "mixed: five pairs per answer, one per way of missing the rule (see near_misses)")
@@ -403,6 +421,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.steps < 1 or args.held_out < 1:
         sys.exit("bench/preference.py: --steps and --held-out must be at least 1")
+    if args.answers == "sft" and args.sft_steps < 1:
+        sys.exit("bench/preference.py: --answers sft needs an SFT stage: add --sft-steps N")
     parts = list(PARTS) if args.part == "all" else [args.part]
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,5 @@
-"""`--lean-memory`: with glibc's mmap threshold fixed, freed large blocks leave the process at once."""
+"""`--lean-memory`: with glibc's mmap threshold fixed, freed large blocks leave the process at once; and
+`release_freed`, what every long training step ends with: the heap's holes handed back without it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 PROBE = r"""
 import ctypes, ctypes.util, os, sys
-from llmkit.train.memory import lean_allocator
+from llmkit.train.memory import lean_allocator, release_freed
 if sys.argv[1] == "lean":
     assert lean_allocator()
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
@@ -24,6 +25,8 @@ for b in blocks:
 before = rss()
 for b in blocks[::2]:  # every other block: holes in the heap, nothing to trim at its top
     libc.free(b)
+if sys.argv[1] == "trim":
+    assert release_freed()
 print(before - rss())
 """
 
@@ -37,3 +40,9 @@ def test_lean_memory_returns_freed_blocks_that_the_default_allocator_keeps():
     freed = 32 * (2 << 20)
     assert released("lean") >= 0.9 * freed     # each block was its own mapping, unmapped when freed
     assert released("default") < 0.1 * freed  # the heap keeps them resident
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_release_freed_hands_back_the_holes_the_default_allocator_keeps():
+    out = subprocess.run([sys.executable, "-c", PROBE, "trim"], capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) >= 0.9 * 32 * (2 << 20)  # every freed block's pages, though none was at the top

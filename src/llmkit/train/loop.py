@@ -40,6 +40,7 @@ from llmkit.train.checkpoint import (
     save_checkpoint,
 )
 from llmkit.train.distributed import Dist
+from llmkit.train.memory import RELEASE_AFTER_STEP_S, release_freed
 from llmkit.train.optim import autocast, lr_at
 from llmkit.workspace import atomic_dir
 
@@ -359,6 +360,8 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
             tokens_seen += tokens
             now = time.time()
             tok_s = tokens / max(now - t_last, 1e-9)
+            if now - t_last >= RELEASE_AFTER_STEP_S:  # the step's freed transients back to the OS (train/memory.py)
+                release_freed()
             t_last = now
             metrics.write(step=step, loss=loss_value, lr=lr, grad_norm=grad_norm, tokens_per_s=round(tok_s, 1),
                           **{k: round(v, 6) for k, v in extra.items()})
