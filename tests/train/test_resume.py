@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from llmkit.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from llmkit.train.loop import MetricsLog, read_metrics
+from llmkit.train.metrics import MetricsLog, read_metrics
 from tests.conftest import TINY_FLAGS, write_tiny_config
 
 

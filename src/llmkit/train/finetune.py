@@ -26,8 +26,9 @@ from llmkit.config import FinetuneConfig
 from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.train.checkpoint import latest_step, start_run
-from llmkit.train.loop import Job, MetricsLog, plot_losses, read_metrics
+from llmkit.train.loop import Job
 from llmkit.train.loop import fit as loop_fit
+from llmkit.train.metrics import MetricsLog, plot_losses, read_metrics
 from llmkit.train.optim import adamw, resolve_precision
 from llmkit.workspace import Workspace
 

@@ -27,15 +27,8 @@ from llmkit.train.checkpoint import (
     resume_run,
     start_run,
 )
-from llmkit.train.loop import (
-    Job,
-    MetricsLog,
-    evaluate_lm,
-    fit,
-    lm_loss,
-    plot_losses,
-    read_metrics,
-)
+from llmkit.train.loop import Job, evaluate_lm, fit, lm_loss
+from llmkit.train.metrics import MetricsLog, plot_losses, read_metrics
 from llmkit.train.optim import adamw, autocast, resolve_precision
 from llmkit.workspace import Workspace, atomic_dir
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmkit.train.loop import read_metrics
+from llmkit.train.metrics import read_metrics
 
 
 def plot_rewards(metrics_file: Path, out: Path, val_before: float | None = None) -> Path | None:
