@@ -13,7 +13,8 @@ The prompts are shuffled (seed 0): HELD_OUT of them are never trained on nor eva
 go through `data prepare --task preference` with a val split for training's evaluations.
 With `--answers base` the answers are the base's own greedy answers to the same prompts (at most
 --answer-tokens tokens, cut after their last whole sentence) instead of the dataset's: on-policy pairs, where the
-words after the marker are words the base itself would write. With `--rejected mixed` each answer makes five
+words after the marker are words the base itself would write; `--answers sampled` draws them at temperature 1
+instead (the base's distribution, not its mode: training on greedy text sharpens the model). With `--rejected mixed` each answer makes five
 pairs, one chosen against each near miss of the rule (no summary line; the summary running on; the marker twice;
 the summary alone; an empty summary): the ways earlier runs' tuned answers missed it.
 With `--sft-steps N` the usual SFT -> DPO recipe runs: LoRA SFT of the base on the chosen answers (N steps at
@@ -59,8 +60,9 @@ HELD_OUT = 50
 MAX_LENGTH = 256
 PROMPT_TOKENS = MAX_LENGTH // 2
 ANSWER_CHARS = 400
-# The rule, checked on a greedy answer: the marker, a summary on the same line, then a blank line.
-RULE = re.compile(rf"^{re.escape(MARKER)}[^\n]*\S[^\n]*\n[ \t]*\n")
+# The rule, checked on a greedy answer: the marker, a summary on the same line (not the marker again: "In short:
+# In short: ..." is no summary; runs before 2026-12-05 05:10 counted it), then a blank line.
+RULE = re.compile(rf"^{re.escape(MARKER)}(?![ \t]*{re.escape(MARKER)})[^\n]*\S[^\n]*\n[ \t]*\n")
 
 
 def say(text: str) -> None:
@@ -99,6 +101,33 @@ def greedy_answers(lm, tokenizer, prompts: list[str], max_new_tokens: int) -> li
         text, end_ids = chat_prompt(tokenizer, [{"role": "user", "content": p}])
         rendered.append(text)
     return greedy_replies(lm, tokenizer, rendered, max_new_tokens, end_ids, batch_size=10)
+
+
+def sampled_answers(lm, tokenizer, prompts: list[str], max_new_tokens: int, seed: int = 0) -> list[str]:
+    """Each prompt answered by sampling at temperature 1 (no top-k or top-p): text drawn from the model's own
+    distribution, so an SFT step on it moves that distribution nowhere on average, while greedy text, its
+    mode, sharpens it (and raises perplexity on anything else)."""
+    import torch
+
+    from llmkit.generate import chat_prompt, encode_prompt
+
+    torch.manual_seed(seed)
+    out = []
+    for start in range(0, len(prompts), 10):
+        chunk = [encode_prompt(tokenizer, chat_prompt(tokenizer, [{"role": "user", "content": p}])[0]) for p in prompts[start: start + 10]]
+        end_ids = chat_prompt(tokenizer, [{"role": "user", "content": "x"}])[1]
+        eos = sorted({tokenizer.eos_token_id, *end_ids} - {None})
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk])
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk])
+        with torch.no_grad():
+            generated = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
+                                    temperature=1.0, top_k=0, top_p=1.0, eos_token_id=eos, pad_token_id=pad)
+        for row in generated[:, width:].tolist():
+            ended = next((i for i, t in enumerate(row) if t in eos), len(row))
+            out.append(tokenizer.decode(row[:ended], skip_special_tokens=True))
+    return out
 
 
 def general_figures(lm, tokenizer) -> dict:
@@ -174,7 +203,7 @@ def pairs_for(prompt: str, answer: str, rejected: str) -> list[dict]:
     return [{"prompt": prompt, "chosen": chosen, "rejected": r} for r in near_misses(chosen)]
 
 
-def base_answered(lm, tokenizer, rows: list[dict], tokens: int, cache: Path) -> list[dict]:
+def base_answered(lm, tokenizer, rows: list[dict], tokens: int, cache: Path, sample: bool = False) -> list[dict]:
     """The rows with the base's own greedy answer (whole sentences) as their answer; kept in `cache` (the prompts
     and token limit it was made for), so a second run on the same workdir does not generate them again."""
     prompts = [r["prompt"] for r in rows]
@@ -184,7 +213,7 @@ def base_answered(lm, tokenizer, rows: list[dict], tokens: int, cache: Path) -> 
         say(f"the base's answers to {len(rows)} prompts from {cache}")
     else:
         started = time.perf_counter()
-        generated = greedy_answers(lm, tokenizer, prompts, tokens)
+        generated = (sampled_answers if sample else greedy_answers)(lm, tokenizer, prompts, tokens)
         cache.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, generated, strict=True)),
                          encoding="utf-8")
         say(f"the base answered {len(rows)} prompts in {time.perf_counter() - started:.0f} s")
@@ -289,6 +318,9 @@ def dpo_part(ws_root: Path, args) -> dict:
     base_lm, tokenizer = load_causal_lm(base)
     if args.answers == "base":  # on-policy: the base's own greedy answers, whole sentences, stand for the dataset's
         rows = base_answered(base_lm, tokenizer, rows, args.answer_tokens, ws_root / f"base_answers_{args.answer_tokens}.jsonl")
+    elif args.answers == "sampled":  # on-policy and from the base's distribution, not its mode
+        rows = base_answered(base_lm, tokenizer, rows, args.answer_tokens, ws_root / f"sampled_answers_{args.answer_tokens}.jsonl",
+                             sample=True)
     held, trained, held_pairs = split_pairs(rows, args)
     prompts = [p["prompt"] for p in held]
     base_answers = greedy_answers(base_lm, tokenizer, prompts, args.max_new_tokens)
@@ -314,7 +346,7 @@ def dpo_part(ws_root: Path, args) -> dict:
         f"{sum(map(follows_rule, base_answers))}/{len(held)}, general perplexity {base_general['perplexity']:.3f}")
     del base_lm
 
-    ref_logps = base_logps
+    ref_logps, sft_answers = base_logps, [None] * len(prompts)
     if sft_lm is not None:
         ref_logps = pair_logps(sft_lm, tokenizer, held_pairs)
         sft_answers = greedy_answers(sft_lm, tokenizer, prompts, args.max_new_tokens)
@@ -347,8 +379,9 @@ def dpo_part(ws_root: Path, args) -> dict:
     tuned_general = general_figures(tuned_lm, tokenizer)
 
     (ws_root / "held_out_answers.jsonl").write_text("".join(  # every greedy answer, to read beside the figures
-        json.dumps({"prompt": p, "base": b, "tuned": t, "rule_base": follows_rule(b), "rule_tuned": follows_rule(t)}) + "\n"
-        for p, b, t in zip(prompts, base_answers, tuned_answers, strict=True)), encoding="utf-8")
+        json.dumps({"prompt": p, "base": b, "tuned": t, "rule_base": follows_rule(b), "rule_tuned": follows_rule(t),
+                    **({"sft": f, "rule_sft": follows_rule(f)} if f is not None else {})}) + "\n"
+        for p, b, t, f in zip(prompts, base_answers, tuned_answers, sft_answers, strict=True)), encoding="utf-8")
     before, after = sum(c > r for c, r in base_logps) / len(held_pairs), sum(wins) / len(held_pairs)
     rule_before, rule_after = (sum(map(follows_rule, a)) / len(held) for a in (base_answers, tuned_answers))
     change = tuned_general["perplexity"] / base_general["perplexity"] - 1
@@ -407,9 +440,10 @@ def main() -> None:
     ap.add_argument("--grpo-minutes", type=float, default=30.0, help="GRPO training time budget (the issue's: 30)")
     ap.add_argument("--grpo-steps", type=int, default=80, help="GRPO steps of the lr schedule (the budget may end it sooner)")
     ap.add_argument("--grpo-lr", type=float, default=3e-4, help="GRPO peak learning rate")
-    ap.add_argument("--answers", choices=["data", "base", "sft"], default="data",
+    ap.add_argument("--answers", choices=["data", "base", "sampled", "sft"], default="data",
                     help="DPO answers: the dataset's (data), the base's own greedy ones (base: on-policy pairs), or with "
-                         "--sft-steps the SFT model's (sft: SFT on the dataset's, DPO on pairs of the SFT model's own answers)")
+                         "--sft-steps the SFT model's (sft: SFT on the dataset's, DPO on pairs of the SFT model's own answers), "
+                         "or the base's sampled at temperature 1 (sampled)")
     ap.add_argument("--rejected", choices=["whole", "rest", "mixed"], default="whole",
                     help="DPO rejected answer: the answer as it was, the chosen one without its summary line, or "
                          "mixed: five pairs per answer, one per way of missing the rule (see near_misses)")
