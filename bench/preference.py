@@ -112,12 +112,12 @@ def sampled_answers(lm, tokenizer, prompts: list[str], max_new_tokens: int, seed
     from llmkit.generate import chat_prompt, encode_prompt
 
     torch.manual_seed(seed)
+    end_ids = chat_prompt(tokenizer, [{"role": "user", "content": "x"}])[1]  # the template's end-of-turn ids
+    eos = sorted({tokenizer.eos_token_id, *end_ids} - {None})
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     out = []
     for start in range(0, len(prompts), 10):
         chunk = [encode_prompt(tokenizer, chat_prompt(tokenizer, [{"role": "user", "content": p}])[0]) for p in prompts[start: start + 10]]
-        end_ids = chat_prompt(tokenizer, [{"role": "user", "content": "x"}])[1]
-        eos = sorted({tokenizer.eos_token_id, *end_ids} - {None})
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         width = max(map(len, chunk))
         ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk])
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk])
