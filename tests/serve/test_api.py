@@ -180,3 +180,26 @@ def test_explain(server):
     assert bad.status_code == 400 and "ham" in bad.json()["error"]["message"]
     enc = requests.post(server.base_url + "/v1/explain", timeout=60, json={"model": "minilm-l6", "input": spam})
     assert enc.status_code == 400 and enc.json()["error"]["code"] == "wrong_model_kind"
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_expiry(server):
+    """httpx (so the `openai` client) reuses an idle connection for up to 5 s; a server that closed it at the same
+    5 s would race the client's next request into a connection reset. Reused here after 6 s idle, it still answers."""
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    where = urlsplit(server.base_url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    try:
+        conn.request("GET", "/health")
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200 and first.getheader("connection", "").lower() != "close"
+        time.sleep(6)
+        conn.request("GET", "/health")  # on the same socket: http.client does not reconnect on its own here
+        again = conn.getresponse()
+        again.read()
+        assert again.status == 200
+    finally:
+        conn.close()

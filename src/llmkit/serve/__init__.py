@@ -117,11 +117,17 @@ def _check_exposure(cfg: ServeConfig, app, console) -> None:
                       "so DNS rebinding is not blocked; name the hosts clients use with --allowed-host NAME")
 
 
+KEEP_ALIVE_S = 75  # as nginx's default; longer than any common client's idle expiry
+
+
 def _uvicorn(cfg: ServeConfig, app):
     import uvicorn
 
+    # An idle keep-alive connection is kept well past the clients' own expiry (httpx, so the `openai`
+    # client, drops its idle connections after 5 s, uvicorn's default here): with both at 5 s a client
+    # reuses a connection at the moment the server closes it and the request dies with a connection reset.
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S)
     return uvicorn.Server(config)
 
 
