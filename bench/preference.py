@@ -203,7 +203,7 @@ def pairs_for(prompt: str, answer: str, rejected: str) -> list[dict]:
     return [{"prompt": prompt, "chosen": chosen, "rejected": r} for r in near_misses(chosen)]
 
 
-def base_answered(lm, tokenizer, rows: list[dict], tokens: int, cache: Path, sample: bool = False) -> list[dict]:
+def base_answered(lm, tokenizer, rows: list[dict], tokens: int, cache: Path, sample: bool = False, seed: int = 0) -> list[dict]:
     """The rows with the base's own greedy answer (whole sentences) as their answer; kept in `cache` (the prompts
     and token limit it was made for), so a second run on the same workdir does not generate them again."""
     prompts = [r["prompt"] for r in rows]
@@ -213,7 +213,8 @@ def base_answered(lm, tokenizer, rows: list[dict], tokens: int, cache: Path, sam
         say(f"the base's answers to {len(rows)} prompts from {cache}")
     else:
         started = time.perf_counter()
-        generated = (sampled_answers if sample else greedy_answers)(lm, tokenizer, prompts, tokens)
+        generated = (sampled_answers(lm, tokenizer, prompts, tokens, seed) if sample
+                     else greedy_answers(lm, tokenizer, prompts, tokens))
         cache.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, generated, strict=True)),
                          encoding="utf-8")
         say(f"the base answered {len(rows)} prompts in {time.perf_counter() - started:.0f} s")
@@ -272,10 +273,10 @@ def sft_stage(ws, registry, trained: list[dict], args) -> str:
     from llmkit.train.lora import merge
     from llmkit.train.supervised import sft
 
-    chosen = {p["prompt"]: p["chosen"] for p in trained}  # mixed pairs share one chosen answer per prompt
+    chosen = list(dict.fromkeys((p["prompt"], p["chosen"]) for p in trained))  # mixed pairs share their chosen answer
     source = ws.root / "summary_first_chat.jsonl"
     source.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
-                              for q, a in chosen.items()), encoding="utf-8")
+                              for q, a in chosen), encoding="utf-8")
     ds = prepare(DataConfig(inputs=[str(source)], name="summary-first-chat", task="chat", tokenizer="char",
                             splits={"val": 0.1, "test": 0.0}), ws, registry)
     lora = LoraConfig(r=args.lora_r, alpha=2 * args.lora_r, target_modules=args.lora_targets.split(","))
@@ -322,6 +323,10 @@ def dpo_part(ws_root: Path, args) -> dict:
         rows = base_answered(base_lm, tokenizer, rows, args.answer_tokens, ws_root / f"sampled_answers_{args.answer_tokens}.jsonl",
                              sample=True)
     held, trained, held_pairs = split_pairs(rows, args)
+    for seed in range(1, args.samples):  # more sampled answers to each training prompt: more text, fewer epochs
+        more = base_answered(base_lm, tokenizer, rows[args.held_out:], args.answer_tokens,
+                             ws_root / f"sampled_answers_{args.answer_tokens}_seed{seed}.jsonl", sample=True, seed=seed)
+        trained += [p for r in more for p in pairs_for(r["prompt"], r["answer"], args.rejected) if p["chosen"] is not None]
     prompts = [p["prompt"] for p in held]
     base_answers = greedy_answers(base_lm, tokenizer, prompts, args.max_new_tokens)
     base_general = general_figures(base_lm, tokenizer)
@@ -391,7 +396,7 @@ def dpo_part(ws_root: Path, args) -> dict:
         say(f"prompt: {prompt[:80]!r}\n  base:  {b[:160]!r}\n  tuned: {t[:160]!r}")
     return {
         "model": BASE, "method": "lora", "answers": args.answers, "rejected": args.rejected, "lora_r": args.lora_r, "lora_targets": args.lora_targets, "lr": args.lr, "beta": args.beta,
-        "sft_weight": args.sft_weight, "batch_size": 4, **sft_figures,
+        "sft_weight": args.sft_weight, "batch_size": 4, "answers_per_prompt": args.samples, **sft_figures,
         "max_length": MAX_LENGTH, "train_pairs": summary.get("train_examples"), "held_out_prompts": len(held), "held_out_pairs": len(held_pairs),
         "max_new_tokens": args.max_new_tokens,
         "reward_accuracy_before": round(before, 4), "reward_accuracy_after": round(after, 4),
@@ -447,6 +452,8 @@ def main() -> None:
     ap.add_argument("--rejected", choices=["whole", "rest", "mixed"], default="whole",
                     help="DPO rejected answer: the answer as it was, the chosen one without its summary line, or "
                          "mixed: five pairs per answer, one per way of missing the rule (see near_misses)")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="DPO --answers sampled: answers sampled per training prompt (seeds 0..N-1; held-out prompts use seed 0's)")
     ap.add_argument("--answer-tokens", type=int, default=96, help="DPO --answers base: most new tokens of a base answer")
     ap.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha is twice it)")
     ap.add_argument("--lora-targets", default="all-linear", help="DPO: modules to adapt, comma-separated (e.g. q_proj,v_proj)")
@@ -455,6 +462,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.steps < 1 or args.held_out < 1:
         sys.exit("bench/preference.py: --steps and --held-out must be at least 1")
+    if args.samples < 1 or (args.samples > 1 and args.answers != "sampled"):
+        sys.exit("bench/preference.py: --samples N (at least 1) goes with --answers sampled")
     if args.answers == "sft" and args.sft_steps < 1:
         sys.exit("bench/preference.py: --answers sft needs an SFT stage: add --sft-steps N")
     parts = list(PARTS) if args.part == "all" else [args.part]

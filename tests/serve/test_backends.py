@@ -4,6 +4,7 @@ context (sequence ids), ONNX runs a batch of one per worker with requests queued
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 
 import openai
 import pytest
@@ -24,9 +25,11 @@ def _export(lm_workspace, serve_lm, fmt: str) -> str:
     return name
 
 
-def _greedy(url: str, model: str, prompt: str) -> str:
+def _greedy(url: str, model: str, prompt: str, tokens: int = 20, start: threading.Barrier | None = None) -> str:
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-    return client.completions.create(model=model, prompt=prompt, max_tokens=20, temperature=0).choices[0].text
+    if start is not None:
+        start.wait(timeout=60)  # every client made before any request leaves: they arrive together
+    return client.completions.create(model=model, prompt=prompt, max_tokens=tokens, temperature=0).choices[0].text
 
 
 def _metric(url: str, series: str) -> float:
@@ -52,6 +55,13 @@ def test_exported_model_serves_like_torch(lm_workspace, serve_lm, server, fmt, b
         steps = _metric(running.url, f'llmkit_batch_size_count{{model="{name}"}}')
         seqs = _metric(running.url, f'llmkit_batch_size_sum{{model="{name}"}}')
         if backend == "llama.cpp":  # one context, many sequences: concurrent requests share decode steps
+            # Answers long enough to overlap however loaded the machine: 20 tokens of the tiny model take
+            # milliseconds, less than a busy machine takes to send the next request.
+            start = threading.Barrier(len(prompts))
+            with cf.ThreadPoolExecutor(len(prompts)) as pool:
+                list(pool.map(lambda p: _greedy(running.url, name, p, 160, start), prompts))
+            steps = _metric(running.url, f'llmkit_batch_size_count{{model="{name}"}}') - steps
+            seqs = _metric(running.url, f'llmkit_batch_size_sum{{model="{name}"}}') - seqs
             assert seqs / steps > 1.5, f"llama.cpp did not batch: {seqs} sequence-steps in {steps} steps"
         else:
             assert seqs == steps  # a batch of one
