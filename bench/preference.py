@@ -170,16 +170,22 @@ def summary_first(answer: str) -> str | None:
     return f"{MARKER} {first}\n\n{rest}"
 
 
-def pair(answer: str, rejected: str) -> dict:
+def pair(answer: str, rejected: str, seed: int = 0) -> dict:
     """{"chosen", "rejected"} from one answer; chosen None when the answer makes no pair. The rejected answer is
     the answer as it was (`whole`), or the chosen one without its summary line (`rest`): then the two differ by
     the summary line alone, and the words that open the summary are not also the words DPO pushes down where
-    the rejected answer opens. (`mixed` makes several pairs per answer: see `pairs`.)"""
+    the rejected answer opens. Two more kinds are the ways DPO stages missed the rule in earlier runs: the chosen
+    answer with its marker written twice (`doubled`) or its summary line alone (`alone`). Kinds joined with "+"
+    take turns by the seed the answer was sampled with (`whole+doubled`: odd seeds' answers are rejected doubled).
+    (`mixed` makes several pairs per answer: see `pairs`.)"""
     whole = opening(answer)
     chosen = summary_first(whole)
-    if rejected == "rest" and chosen is not None:
-        return {"chosen": chosen, "rejected": chosen.split("\n\n", 1)[1]}
-    return {"chosen": chosen, "rejected": whole}
+    kinds = rejected.split("+")
+    kind = kinds[seed % len(kinds)]
+    if chosen is None or kind == "whole":
+        return {"chosen": chosen, "rejected": whole}
+    summary, rest = chosen.split("\n\n", 1)
+    return {"chosen": chosen, "rejected": {"rest": rest, "doubled": f"{MARKER} {chosen}", "alone": summary}[kind]}
 
 
 def near_misses(chosen: str) -> list[str]:
@@ -192,11 +198,11 @@ def near_misses(chosen: str) -> list[str]:
     return [rest, f"{summary} {rest}", f"{MARKER} {chosen}", summary, f"{MARKER}\n\n{summary[len(MARKER):].strip()} {rest}"]
 
 
-def pairs_for(prompt: str, answer: str, rejected: str) -> list[dict]:
+def pairs_for(prompt: str, answer: str, rejected: str, seed: int = 0) -> list[dict]:
     """The training pairs of one prompt (none when its answer makes no pair); one record with chosen None for
     an answer that makes none, so held-out prompts keep their place."""
     if rejected != "mixed":
-        return [{"prompt": prompt, **pair(answer, rejected)}]
+        return [{"prompt": prompt, **pair(answer, rejected, seed)}]
     chosen = summary_first(opening(answer))
     if chosen is None:
         return [{"prompt": prompt, "chosen": None, "rejected": None}]
@@ -326,14 +332,14 @@ def dpo_part(ws_root: Path, args) -> dict:
     for seed in range(1, args.samples):  # more sampled answers to each training prompt: more text, fewer epochs
         more = base_answered(base_lm, tokenizer, rows[args.held_out:], args.answer_tokens,
                              ws_root / f"sampled_answers_{args.answer_tokens}_seed{seed}.jsonl", sample=True, seed=seed)
-        trained += [p for r in more for p in pairs_for(r["prompt"], r["answer"], args.rejected) if p["chosen"] is not None]
+        trained += [p for r in more for p in pairs_for(r["prompt"], r["answer"], args.rejected, seed) if p["chosen"] is not None]
     prompts = [p["prompt"] for p in held]
     base_answers = greedy_answers(base_lm, tokenizer, prompts, args.max_new_tokens)
     base_general = general_figures(base_lm, tokenizer)
 
     dpo_base, sft_figures, sft_lm = BASE, {}, None
-    if args.sft_steps:  # SFT -> DPO: DPO starts from (and is referenced to) the SFT model
-        dpo_base = sft_stage(ws, registry, trained, args)
+    if args.sft_steps or args.sft_from:  # SFT -> DPO: DPO starts from (and is referenced to) the SFT model
+        dpo_base = args.sft_from or sft_stage(ws, registry, trained, args)
         sft_lm, _ = load_causal_lm(resolve_model(dpo_base, registry))
         if args.answers == "sft":  # on-policy for DPO's start: the SFT model's own greedy answers make the pairs
             rows = base_answered(sft_lm, tokenizer, rows, args.answer_tokens,
@@ -357,7 +363,7 @@ def dpo_part(ws_root: Path, args) -> dict:
         sft_answers = greedy_answers(sft_lm, tokenizer, prompts, args.max_new_tokens)
         sft_general = general_figures(sft_lm, tokenizer)
         del sft_lm
-        sft_figures = {"sft_steps": args.sft_steps, "sft_lr": args.sft_lr,
+        sft_figures = {"sft_steps": args.sft_steps, "sft_lr": args.sft_lr, "sft_from": args.sft_from,
                        "rule_followed_sft": round(sum(map(follows_rule, sft_answers)) / len(held), 4),
                        "sft_prefers_chosen": round(sum(c > r for c, r in ref_logps) / len(held_pairs), 4),
                        "general_ppl_sft": round(sft_general["perplexity"], 4),
@@ -441,6 +447,8 @@ def main() -> None:
     ap.add_argument("--sft-weight", type=float, default=0.0, help="DPO: weight of the next-token loss on chosen answers (RPO)")
     ap.add_argument("--sft-steps", type=int, default=0,
                     help="DPO: LoRA SFT steps on the chosen answers first, merged; DPO starts from that model (0: from the base)")
+    ap.add_argument("--sft-from", help="DPO: start from this model of the workdir's registry (an earlier run's SFT stage "
+                                       "on the same answers) instead of training one; measured again all the same")
     ap.add_argument("--sft-lr", type=float, default=2e-4, help="DPO --sft-steps: the SFT stage's peak learning rate")
     ap.add_argument("--grpo-minutes", type=float, default=30.0, help="GRPO training time budget (the issue's: 30)")
     ap.add_argument("--grpo-steps", type=int, default=80, help="GRPO steps of the lr schedule (the budget may end it sooner)")
@@ -449,9 +457,10 @@ def main() -> None:
                     help="DPO answers: the dataset's (data), the base's own greedy ones (base: on-policy pairs), or with "
                          "--sft-steps the SFT model's (sft: SFT on the dataset's, DPO on pairs of the SFT model's own answers), "
                          "or the base's sampled at temperature 1 (sampled)")
-    ap.add_argument("--rejected", choices=["whole", "rest", "mixed"], default="whole",
+    ap.add_argument("--rejected", default="whole",
                     help="DPO rejected answer: the answer as it was, the chosen one without its summary line, or "
-                         "mixed: five pairs per answer, one per way of missing the rule (see near_misses)")
+                         "mixed: five pairs per answer, one per way of missing the rule (see near_misses); also doubled (the "
+                         "marker twice) and alone (the summary line alone); kinds joined by + take turns by sample seed")
     ap.add_argument("--samples", type=int, default=1,
                     help="DPO --answers sampled: answers sampled per training prompt (seeds 0..N-1; held-out prompts use seed 0's)")
     ap.add_argument("--answer-tokens", type=int, default=96, help="DPO --answers base: most new tokens of a base answer")
@@ -464,6 +473,11 @@ def main() -> None:
         sys.exit("bench/preference.py: --steps and --held-out must be at least 1")
     if args.samples < 1 or (args.samples > 1 and args.answers != "sampled"):
         sys.exit("bench/preference.py: --samples N (at least 1) goes with --answers sampled")
+    kinds = args.rejected.split("+")
+    if args.rejected != "mixed" and not set(kinds) <= {"whole", "rest", "doubled", "alone"}:
+        sys.exit(f"bench/preference.py: --rejected {args.rejected}: use mixed, or whole, rest, doubled, alone joined by +")
+    if len(kinds) > args.samples:
+        sys.exit(f"bench/preference.py: --rejected {args.rejected} takes turns over --samples: needs --samples {len(kinds)} or more")
     if args.answers == "sft" and args.sft_steps < 1:
         sys.exit("bench/preference.py: --answers sft needs an SFT stage: add --sft-steps N")
     parts = list(PARTS) if args.part == "all" else [args.part]
