@@ -184,18 +184,18 @@ def pair(answer: str, rejected: str, seed: int = 0) -> dict:
     kind = kinds[seed % len(kinds)]
     if chosen is None or kind == "whole":
         return {"chosen": chosen, "rejected": whole}
-    summary, rest = chosen.split("\n\n", 1)
-    return {"chosen": chosen, "rejected": {"rest": rest, "doubled": f"{MARKER} {chosen}", "alone": summary}[kind]}
+    return {"chosen": chosen, "rejected": near_misses(chosen)[kind]}
 
 
-def near_misses(chosen: str) -> list[str]:
+def near_misses(chosen: str) -> dict[str, str]:
     """Rejected answers one step from the chosen one, each the way tuned models missed the rule in earlier runs:
     no summary line (`rest`), the summary running on into the answer on one line, the marker written twice, the
     summary alone with nothing after it, and the blank line straight after the marker (an empty summary). Each
     pair differs from its chosen answer only where the rule is broken, so DPO's push lands on those tokens and
     not on the whole answer."""
     summary, rest = chosen.split("\n\n", 1)
-    return [rest, f"{summary} {rest}", f"{MARKER} {chosen}", summary, f"{MARKER}\n\n{summary[len(MARKER):].strip()} {rest}"]
+    return {"rest": rest, "run-on": f"{summary} {rest}", "doubled": f"{MARKER} {chosen}", "alone": summary,
+            "empty": f"{MARKER}\n\n{summary[len(MARKER):].strip()} {rest}"}
 
 
 def pairs_for(prompt: str, answer: str, rejected: str, seed: int = 0) -> list[dict]:
@@ -206,11 +206,11 @@ def pairs_for(prompt: str, answer: str, rejected: str, seed: int = 0) -> list[di
     chosen = summary_first(opening(answer))
     if chosen is None:
         return [{"prompt": prompt, "chosen": None, "rejected": None}]
-    return [{"prompt": prompt, "chosen": chosen, "rejected": r} for r in near_misses(chosen)]
+    return [{"prompt": prompt, "chosen": chosen, "rejected": r} for r in near_misses(chosen).values()]
 
 
 def base_answered(lm, tokenizer, rows: list[dict], tokens: int, cache: Path, sample: bool = False, seed: int = 0) -> list[dict]:
-    """The rows with the base's own greedy answer (whole sentences) as their answer; kept in `cache` (the prompts
+    """The rows with the base's own answer (greedy, or sampled with `seed`; whole sentences) as their answer; kept in `cache` (the prompts
     and token limit it was made for), so a second run on the same workdir does not generate them again."""
     prompts = [r["prompt"] for r in rows]
     kept = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()] if cache.exists() else []
