@@ -340,9 +340,20 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 @pytest.fixture(scope="session")
 def chromium() -> Path:
-    """Debian's Chromium, apt-installed (as root, or with passwordless sudo) when it is missing."""
-    if not CHROMIUM.exists():
-        install = "apt-get update && apt-get install -y --no-install-recommends chromium"
+    """Debian's Chromium, apt-installed (as root, or with passwordless sudo) when it is missing.
+
+    The test workers (pytest-xdist) reach this at about the same time on a fresh machine: the install runs under a
+    file lock, so one worker installs and the other waits for it (two apt-gets at once: one fails on dpkg's lock).
+    A failed install fails the browser tests: skipping them would let the CI pass without a browser ever opening."""
+    import fcntl
+
+    with open(Path(os.environ.get("TMPDIR", "/tmp")) / "llmkit-test-chromium.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if CHROMIUM.exists():
+            return CHROMIUM
+        # DPkg::Lock::Timeout: wait for another apt (unattended upgrades) rather than fail at once
+        install = ("apt-get -o DPkg::Lock::Timeout=600 update && "
+                   "apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends chromium")
         if os.geteuid() == 0:
             command = ["sh", "-c", install]
         elif shutil.which("sudo"):
@@ -351,7 +362,7 @@ def chromium() -> Path:
             pytest.skip(f"{CHROMIUM} is missing and we are neither root nor able to sudo to apt-get install chromium")
         proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0 or not CHROMIUM.exists():
-            pytest.skip(f"{CHROMIUM} is missing and 'apt-get install chromium' failed: {proc.stderr.strip()[-300:]}")
+            pytest.fail(f"{CHROMIUM} is missing and 'apt-get install chromium' failed: {proc.stderr.strip()[-300:]}")
     return CHROMIUM
 
 

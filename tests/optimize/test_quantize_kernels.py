@@ -135,7 +135,22 @@ def test_fast_llama_runs_quantized_models_like_the_dequantized_path(tokenizer, t
     assert float((got - hf_kernels[9:]).abs().max()) <= 0.01 * spread
     for prompt in tiny_lm.prompts(tokenizer):
         ours = list(generate_ids(model, prompt, max_new_tokens=24, temperature=0))
-        assert ours == tiny_lm.hf_greedy(reference, prompt, 24)
+        assert_same_greedy_until_a_near_tie(reference, prompt, ours, tiny_lm.hf_greedy(reference, prompt, 24),
+                                            0.01 * spread)
+
+
+def assert_same_greedy_until_a_near_tie(reference, prompt: list[int], ours: list[int], theirs: list[int], error: float):
+    """Greedy tokens equal the reference's up to the first step whose top two reference logits are closer than
+    twice the error the kernels are allowed (there either choice is right); that step must exist if they differ."""
+    diverged = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), None)
+    if diverged is None:
+        return
+    with torch.no_grad():
+        logits = reference(input_ids=torch.tensor([prompt + theirs[:diverged]])).logits[0, -1]
+    top = logits.topk(2).values
+    assert float(top[0] - top[1]) <= 2 * error, f"greedy tokens differ at {diverged} where the reference's margin is " \
+                                                f"{float(top[0] - top[1]):.4f}, above the kernels' error {error:.4f}"
+    assert int(logits.argmax()) == theirs[diverged]
 
 
 def test_symmetric_int4_files_from_before_zero_points_still_load(tmp_path, tokenizer):

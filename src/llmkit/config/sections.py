@@ -216,7 +216,7 @@ class ExportConfig(Section):
 
 
 class QuantizeConfig(Section):
-    method: Literal["int8-dynamic", "int8-weight", "int4-weight"] = Field("int8-weight", description="int8-weight / int4-weight: weight-only (activations stay float; int8 keeps a pretrained LM within 0.1 % perplexity); int8-dynamic: int8 activations too (fbgemm int8 matmuls, fastest at batch 1, but coarse where a pretrained LM has outlier features: +9.7 % perplexity on SmolLM2-135M)")
+    method: Literal["int8-dynamic", "int8-weight", "int4-weight"] = Field("int8-weight", description="int8-weight / int4-weight: weights in int8/int4 codes per group (int8 keeps a pretrained LM within 0.1 % perplexity; on AVX2 CPUs int8 in groups of 32/64/128 runs on llmkit's block kernel, activations rounded to int8 per block of 32 as llama.cpp's q8_0 does); int8-dynamic: int8 activations too (fbgemm int8 matmuls, fastest at batch 1, but coarse where a pretrained LM has outlier features: +9.7 % perplexity on SmolLM2-135M)")
     group_size: int = Field(64, ge=8, description="input weights sharing one scale (weight-only methods): 32, 64 or 128")
     name: str | None = Field(None, description="registry name of the quantized model (default: <model>-<method>)")
     table: bool = Field(True, description="measure size, perplexity and decode speed before and after")

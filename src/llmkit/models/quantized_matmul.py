@@ -18,6 +18,12 @@ What they compute, and how that differs from the dequantized matmul:
   step (s_row / 2) per weight, on top of the group step of the file.
 `QuantLinear.weight_float()` is still the exact dequantization; the tests bound the difference.
 
+int8 in groups of a multiple of 32 runs on llmkit's own kernel where it is available (`Int8BlockPacked`,
+`models.native_kernel`: AVX2, a C compiler): the file's group scales as they are (no re-quantization per
+row), activations quantized to int8 per block of 32 inputs (as llama.cpp's q8_0 does), integer dot
+products. On AVX2 it is 2-2.5x faster than `_weight_int8pack_mm` at batch 1 and no slower batched, and
+its error is smaller (a block scale follows an outlier feature only within its 32 inputs).
+
 int8-dynamic (`Int8DynamicPacked`) quantizes the activations too, per row and per call, and multiplies
 int8 by int8 on fbgemm's `quantized::linear_dynamic` with the file's per-row codes and scales as they are
 (W8A8). It is the fastest at batch 1 on AVX2 (SmolLM2-135M's 30 layers, 2 threads: 6.0 ms per token
@@ -81,6 +87,34 @@ class Int8Packed(PackedWeight):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(x.to(KERNEL_DTYPE), self.codes, self.scales).to(x.dtype)
+
+
+class Int8BlockPacked(PackedWeight):
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor):
+        from llmkit.models.native_kernel import BLOCK
+
+        self.codes = codes.contiguous()  # (out, in) int8 in -127..127
+        # one scale per block of 32 inputs: a group of 64 or 128 repeats its scale over its blocks
+        self.scales = scales.float().repeat_interleave(codes.shape[1] // scales.shape[1] // BLOCK, dim=1).contiguous()
+        self.out_features = codes.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(x)
+
+    def fused(self, x: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 0.0,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
+        """RMSNorm(x) with weight `norm` (when given) @ W.T (+ residual), in one kernel call."""
+        from llmkit.models.native_kernel import q8_matmul
+
+        return q8_matmul(x, self.codes, self.scales, norm, eps, residual).to(x.dtype)
+
+
+def block_kernel(bits: int, in_features: int, group: int, zeros: torch.Tensor | None, dynamic: bool) -> bool:
+    """Whether a layer runs on llmkit's block int8 kernel: symmetric int8 in groups of a multiple of 32."""
+    from llmkit.models import native_kernel
+
+    return (bits == 8 and not dynamic and zeros is None and group % native_kernel.BLOCK == 0
+            and in_features % group == 0 and native_kernel.available())
 
 
 class Int8DynamicPacked(PackedWeight):
@@ -157,6 +191,8 @@ def pack_weight(codes: torch.Tensor, scales: torch.Tensor, bits: int, group: int
     if kernel_reason(bits, codes.shape[0], group, dynamic):
         return None
     zeros = None if zeros is None else zeros.detach().float()
+    if block_kernel(bits, codes.shape[1], group, zeros, dynamic):
+        return Int8BlockPacked(codes, scales)
     if dynamic:
         return Int8DynamicPacked(*per_row_int8(codes, scales.float(), zeros))
     if bits == 8:

@@ -121,7 +121,7 @@ class FastLlama:
     def _mm(self, x, w, residual=None):
         """x @ w (+ residual) for w from the layout: (N, in) -> (N, out)."""
         if isinstance(w, QuantMatmul):
-            return w(x) if residual is None else w(x).add_(residual)
+            return w(x) if residual is None else w.with_residual(x, residual)
         if w.dim() == 2:
             return torch.mm(x, w) if residual is None else torch.addmm(residual, x, w)
         p, n = w.shape[0], x.shape[0]
@@ -152,8 +152,11 @@ class FastLlama:
         """Fused q/k/v projection with RoPE applied in place: (N, C) -> (N, (nh + 2 * nkv) * hd).
         `lora`: (this layer's adapter weights, masks), each row adding its own adapter's delta."""
         w_qkv, b_qkv = lw[:2]
-        h = self._norm(x)
-        qkv = self._mm(h, w_qkv)
+        if lora is None and isinstance(w_qkv, QuantMatmul):
+            qkv = w_qkv.normed(x, self.eps, self._norm)
+        else:
+            h = self._norm(x)
+            qkv = self._mm(h, w_qkv)
         if lora is not None:
             add_delta(qkv, h, lora[0]["qkv"], lora[1]["qkv"])
         if b_qkv is not None:
@@ -177,8 +180,11 @@ class FastLlama:
             add_delta(x, y, lora[0]["o"], lora[1]["o"])
         if b_o is not None:
             x = x + b_o
-        h = self._norm(x)
-        gu = self._mm(h, w_gu)  # (N, 2I)
+        if lora is None and isinstance(w_gu, QuantMatmul):
+            gu = w_gu.normed(x, self.eps, self._norm)  # (N, 2I)
+        else:
+            h = self._norm(x)
+            gu = self._mm(h, w_gu)  # (N, 2I)
         if lora is not None:
             add_delta(gu, h, lora[0]["gu"], lora[1]["gu"])
         if b_gu is not None:

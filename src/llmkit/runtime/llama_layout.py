@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.models.quantized import QuantLinear
-from llmkit.models.quantized_matmul import kernel_reason, pack_fp16_exact, pack_weight
+from llmkit.models.quantized_matmul import Int8BlockPacked, kernel_reason, pack_fp16_exact, pack_weight
 from llmkit.runtime.rope import rope_reason
 
 FAMILY = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -101,6 +101,19 @@ class QuantMatmul:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.packed(x if self.pre is None else x * self.pre)
+
+    def normed(self, x: torch.Tensor, eps: float, norm) -> torch.Tensor:
+        """norm(x) @ W.T, where `norm` is RMSNorm without its weight (the weight is `pre`): one call on the block
+        int8 kernel, which normalises as it quantizes the input."""
+        if isinstance(self.packed, Int8BlockPacked):
+            pre = self.pre if self.pre is not None else torch.ones(x.shape[-1])
+            return self.packed.fused(x, pre, eps)
+        return self(norm(x))
+
+    def with_residual(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.packed, Int8BlockPacked) and self.pre is None:
+            return self.packed.fused(x, residual=residual)
+        return self(x).add_(residual)
 
 
 class LayoutBuilder:

@@ -149,6 +149,12 @@ class Engine:
         self.adapter_rows: collections.Counter[int] = collections.Counter()  # adapter id -> rows queued or running
         self.prefix_cache = decoders[0].prefix_cache  # the model's PrefixCache (torch, Llama family), for /metrics
         self._stop = False
+        # The workers run on their share of the compute threads each while more than one has work, and one
+        # worker on all of them while it alone has: one client decodes on every core rather than one. torch's
+        # thread count is one setting for the process; every worker decides it from the same shared counts
+        # before each step, so they agree but for the one step in which work arrives or leaves.
+        self.shared_threads = torch.get_num_threads()
+        self.solo_threads = self.shared_threads * len(decoders)
         self.threads = [threading.Thread(target=self._worker, args=(d,), daemon=True, name=f"llmkit-engine-{name}-{i}")
                         for i, d in enumerate(decoders)]
         for t in self.threads:
@@ -239,6 +245,8 @@ class Engine:
                     active += self._prefill(dec, alive[start:start + PREFILL_GROUP])
                 active = [j for j in active if self._alive(j) or self._release(j)]
                 if active:
+                    self._use_threads(self.solo_threads if self.running <= len(active) and not self.waiting
+                                      else self.shared_threads)
                     self._step(dec, active)
                     active = [j for j in active if j.last >= 0 or self._release(j)]
             except Exception as err:  # a bug or OOM: fail the requests in flight, keep serving others
@@ -299,6 +307,11 @@ class Engine:
         for row in (job, *job.forks):
             self._release(row)
         return False
+
+    @staticmethod
+    def _use_threads(n: int) -> None:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
     def _step(self, dec: Decoder, active: list[Job]) -> None:
         logits = dec.step([j.state for j in active], [j.last for j in active])  # (B, vocab)

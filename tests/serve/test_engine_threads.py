@@ -1,0 +1,77 @@
+"""The engine's compute threads (serve.engine): two workers decode on one thread each while both have work, and a
+worker that alone has work decodes on both, so one client is not held to one core."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import threading
+import time
+
+import pytest
+import torch
+
+from llmkit.runtime.batch import torch_decoder
+from llmkit.runtime.sampling import Sampler
+from llmkit.serve.engine import Engine, Job
+from tests import tiny_lm
+
+tokenizer = pytest.fixture(scope="module")(tiny_lm.char_tokenizer)
+
+
+@pytest.fixture
+def two_workers(tokenizer):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = tiny_lm.train_tiny(tokenizer)
+    seen: list[tuple[str, int, int]] = []  # (worker thread, rows in its step, torch threads during the step)
+    eng = Engine("tiny", [torch_decoder(model, max_batch=4) for _ in range(2)], max_queue=8,
+                 on_step=lambda rows: seen.append((threading.current_thread().name, rows, torch.get_num_threads())))
+    eng.seen = seen
+    yield eng
+    eng.close()
+    torch.set_num_threads(before)
+
+
+def _job(tokenizer, prompt: str, max_new: int, loop) -> Job:
+    ids = tokenizer(prompt)["input_ids"]
+    return Job(ids=ids, max_new=max_new, sampler=Sampler(len(tokenizer), ids, temperature=0.0), eos=set(),
+               deadline=time.perf_counter() + 60, loop=loop)
+
+
+async def _finish(job: Job) -> None:
+    while (await asyncio.wait_for(job.events.get(), timeout=60)).kind == "tokens":
+        pass
+
+
+def _run(coro):
+    with cf.ThreadPoolExecutor(1) as pool:  # a loop of its own (Playwright's fixture may hold the main one's)
+        return pool.submit(asyncio.run, coro).result()
+
+
+def test_a_lone_request_decodes_on_every_thread_and_two_workers_share_them(two_workers, tokenizer):
+    eng = two_workers
+    assert (eng.shared_threads, eng.solo_threads) == (1, 2)
+
+    async def alone():
+        job = _job(tokenizer, "the cat", 16, asyncio.get_running_loop())
+        eng.submit(job)
+        await _finish(job)
+
+    _run(alone())
+    assert eng.seen and all(threads == 2 for _, _, threads in eng.seen[1:])  # the first step may still run at 1
+    eng.seen.clear()
+
+    async def together():
+        loop = asyncio.get_running_loop()
+        jobs = [_job(tokenizer, p, 200, loop) for p in ("the cat", "a dog")]
+        for job in jobs:
+            eng.submit(job)
+        await asyncio.gather(*(_finish(job) for job in jobs))
+
+    _run(together())
+    workers = {name for name, _, _ in eng.seen}
+    assert len(workers) == 2  # each request went to a worker of its own
+    # while both decoded, both ran on one thread (the first steps, before the second had its job, may not)
+    both = [threads for name, rows, threads in eng.seen[len(eng.seen) // 4: len(eng.seen) // 2]]
+    assert both and all(threads == 1 for threads in both)
