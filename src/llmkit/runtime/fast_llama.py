@@ -280,7 +280,9 @@ class FastLlama:
         for s in states:
             self._reserve(s, s.length + 1)
         pool = states[0].pool
-        if pool is not None and all(s.pool is pool for s in states):
+        # One sequence attends over its own slot's view without the batch's mask and scatter: a fifth faster
+        # per token (one client of a server), the same arithmetic.
+        if len(states) > 1 and pool is not None and all(s.pool is pool for s in states):
             return self._step_pooled(states, token_ids, pool)
         b = len(states)
         nkv, hd, n_rep, nq = self.n_kv, self.head_dim, self.n_rep, self.n_head * self.head_dim
