@@ -80,3 +80,15 @@ def test_turned_off_it_falls_back_to_pytorchs_kernel():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "LLMKIT_NATIVE": "0"}).stdout.strip()
     assert out == Int8Packed.__name__
+
+
+@pytest.mark.parametrize("length", [1, 7, 300])
+def test_attention_of_one_sequence_equals_sdpa_on_a_cache_slots_view(length):
+    torch.manual_seed(length)
+    nkv, n_rep, hd, capacity = 3, 3, 64, 512
+    cache = torch.randn(2, 4, nkv, capacity, hd)  # (k/v, slots, heads, capacity, hd): a pool as FastLlama keeps it
+    k, v = cache[0, 2, :, :length], cache[1, 2, :, :length]  # slot 2's first `length` positions: strided views
+    q = torch.randn(nkv, n_rep, hd) * 0.2
+    got = native_kernel.attend_one(q, k, v)
+    want = torch.nn.functional.scaled_dot_product_attention(q[None], k[None], v[None], scale=1.0)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

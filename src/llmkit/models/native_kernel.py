@@ -79,6 +79,10 @@ def _library():
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_float,
                                                                   ctypes.c_void_p]
     fn.restype = ctypes.c_int
+    attend = lib.llmkit_attend_one
+    attend.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_void_p]
+    attend.restype = None
+    fn.attend = attend
     return fn
 
 
@@ -106,3 +110,19 @@ def q8_matmul(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, norm: 
           None if norm is None else norm.data_ptr(), eps, None if residual is None else residual.data_ptr()):
         raise MemoryError("q8_matmul could not allocate its activation buffer")
     return y
+
+
+def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of one (already scaled) query per head over one sequence: q (nkv, n_rep, hd); k, v
+    (nkv, L, hd) fp32 views whose rows are contiguous (a KV-cache slot's). Returns (nkv, n_rep, hd), on the calling
+    thread. Needs `available()`."""
+    nkv, n_rep, hd = q.shape
+    length = k.shape[1]
+    if k.stride() != v.stride() or k.stride()[1:] != (hd, 1) or q.dtype != torch.float32 or k.dtype != torch.float32:
+        raise ValueError("attend_one takes fp32 K/V views with contiguous rows and the same strides")
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    scratch = torch.empty(length, dtype=torch.float32)
+    _library().attend(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), nkv, n_rep, hd, length, k.stride(0),
+                      scratch.data_ptr())
+    return out

@@ -118,3 +118,37 @@ int llmkit_q8_matmul(const float *x, const int8_t *w, const float *ws, float *y,
     free(row);
     return 0;
 }
+
+/* Attention of one query per head over one sequence's cache, on the calling thread (for one sequence the work is
+ * a few microseconds: splitting it over threads costs more than it saves, which is where SDPA loses at batch 1).
+ * q (nkv * n_rep, hd), already scaled; k and v: head g's rows at k + g * head_stride, L rows of hd; out like q.
+ * scratch: L floats. hd % 8 == 0. */
+void llmkit_attend_one(const float *q, const float *k, const float *v, float *out, int64_t nkv, int64_t n_rep,
+                       int64_t hd, int64_t L, int64_t head_stride, float *scratch) {
+    for (int64_t g = 0; g < nkv; g++) {
+        const float *kh = k + g * head_stride, *vh = v + g * head_stride;
+        for (int64_t r = 0; r < n_rep; r++) {
+            const float *qh = q + (g * n_rep + r) * hd;
+            float *o = out + (g * n_rep + r) * hd;
+            float top = -INFINITY;
+            for (int64_t t = 0; t < L; t++) {
+                __m256 acc = _mm256_setzero_ps();
+                for (int64_t i = 0; i < hd; i += 8)
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i), _mm256_loadu_ps(kh + t * hd + i), acc);
+                scratch[t] = hsum(acc);
+                top = scratch[t] > top ? scratch[t] : top;
+            }
+            float sum = 0.0f;
+            for (int64_t t = 0; t < L; t++) {
+                scratch[t] = expf(scratch[t] - top);
+                sum += scratch[t];
+            }
+            for (int64_t i = 0; i < hd; i += 8) {
+                __m256 acc = _mm256_setzero_ps();
+                for (int64_t t = 0; t < L; t++)
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(scratch[t]), _mm256_loadu_ps(vh + t * hd + i), acc);
+                _mm256_storeu_ps(o + i, _mm256_mul_ps(acc, _mm256_set1_ps(1.0f / sum)));
+            }
+        }
+    }
+}
