@@ -92,3 +92,9 @@ def test_attention_of_one_sequence_equals_sdpa_on_a_cache_slots_view(length):
     got = native_kernel.attend_one(q, k, v)
     want = torch.nn.functional.scaled_dot_product_attention(q[None], k[None], v[None], scale=1.0)[0]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_empty_batch_gives_an_empty_result():
+    layer = int8_layer(16, 64, 32)
+    with torch.no_grad():
+        assert layer(torch.empty(0, 64)).shape == (0, 16)

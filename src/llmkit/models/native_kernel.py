@@ -101,6 +101,8 @@ def q8_matmul(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, norm: 
     x = x.float().contiguous()
     m, k = x.shape
     y = torch.empty(m, codes.shape[0], dtype=torch.float32)
+    if m == 0:  # nothing to multiply (and malloc(0) may return NULL, which the kernel reports as out of memory)
+        return y
     if norm is not None:
         norm = norm.float().contiguous()
     if residual is not None:
