@@ -13,6 +13,7 @@ import torch
 
 from llmkit.runtime.batch import torch_decoder
 from llmkit.runtime.sampling import Sampler
+from llmkit.serve import engine as engine_module
 from llmkit.serve.engine import Engine, Job
 from tests import tiny_lm
 
@@ -24,9 +25,11 @@ def two_workers(tokenizer):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     model = tiny_lm.train_tiny(tokenizer)
-    seen: list[tuple[str, int, int]] = []  # (worker thread, rows in its step, torch threads during the step)
+    # (worker thread, torch threads during its step, workers with work in the process after the step)
+    seen: list[tuple[str, int, int]] = []
     eng = Engine("tiny", [torch_decoder(model, max_batch=4) for _ in range(2)], max_queue=8,
-                 on_step=lambda rows: seen.append((threading.current_thread().name, rows, torch.get_num_threads())))
+                 on_step=lambda rows: seen.append((threading.current_thread().name, torch.get_num_threads(),
+                                                   len(engine_module._busy))))
     eng.seen = seen
     yield eng
     eng.close()
@@ -37,6 +40,16 @@ def _job(tokenizer, prompt: str, max_new: int, loop) -> Job:
     ids = tokenizer(prompt)["input_ids"]
     return Job(ids=ids, max_new=max_new, sampler=Sampler(len(tokenizer), ids, temperature=0.0), eos=set(),
                deadline=time.perf_counter() + 60, loop=loop)
+
+
+def shared_while_others_worked(seen) -> list[int]:
+    """The thread counts of the steps a worker took while another worker had work since its previous step: a worker
+    decides before each step, so the step in which another worker's work arrived may still run on every thread."""
+    by_worker: dict[str, list[tuple[int, int]]] = {}
+    for name, threads, busy in seen:
+        by_worker.setdefault(name, []).append((threads, busy))
+    return [threads for steps in by_worker.values() for (_, before), (threads, busy) in zip(steps, steps[1:])
+            if before > 1 and busy > 1]
 
 
 async def _finish(job: Job) -> None:
@@ -59,7 +72,7 @@ def test_a_lone_request_decodes_on_every_thread_and_two_workers_share_them(two_w
         await _finish(job)
 
     _run(alone())
-    assert eng.seen and all(threads == 2 for _, _, threads in eng.seen[1:])  # the first step may still run at 1
+    assert eng.seen and all(threads == 2 for _, threads, _ in eng.seen[1:])  # the first step may still run at 1
     eng.seen.clear()
 
     async def together():
@@ -72,6 +85,24 @@ def test_a_lone_request_decodes_on_every_thread_and_two_workers_share_them(two_w
     _run(together())
     workers = {name for name, _, _ in eng.seen}
     assert len(workers) == 2  # each request went to a worker of its own
-    # while both decoded, both ran on one thread (the first steps, before the second had its job, may not)
-    both = [threads for name, rows, threads in eng.seen[len(eng.seen) // 4: len(eng.seen) // 2]]
-    assert both and all(threads == 1 for threads in both)
+    both = shared_while_others_worked(eng.seen)
+    assert len(both) > 20 and all(threads == 1 for threads in both)
+
+
+def test_a_lone_worker_of_one_model_shares_the_threads_while_another_models_decodes(two_workers, tokenizer):
+    """torch's thread count is one setting for the process: two served models each with one request are two busy
+    workers, and neither may take every core."""
+    other = Engine("other", [torch_decoder(tiny_lm.train_tiny(tokenizer), max_batch=4) for _ in range(2)], max_queue=8)
+    try:
+        async def both():
+            loop = asyncio.get_running_loop()
+            jobs = [_job(tokenizer, "the cat", 200, loop), _job(tokenizer, "a dog", 200, loop)]
+            two_workers.submit(jobs[0])
+            other.submit(jobs[1])
+            await asyncio.gather(*(_finish(job) for job in jobs))
+
+        _run(both())
+    finally:
+        other.close()
+    both = shared_while_others_worked(two_workers.seen)
+    assert len(both) > 20 and all(threads == 1 for threads in both)

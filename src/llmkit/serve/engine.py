@@ -106,6 +106,23 @@ class Job:
 
 # Events of one scheduler pass, delivered to each event loop with one wake-up rather than one per
 # token per request (each wake-up is a write to the loop's self-pipe and a turn of the loop).
+# The decode workers that have rows to decode, across every engine of the process (several models served at once):
+# torch's thread count is one setting for the process, so whether a worker is alone is asked of all of them.
+_busy_lock = threading.Lock()
+_busy: set[int] = set()
+
+
+def _mark_busy(busy: bool) -> int:
+    """Mark the calling worker as having rows to decode or not; returns how many workers have."""
+    me = threading.get_ident()
+    with _busy_lock:
+        if busy:
+            _busy.add(me)
+        else:
+            _busy.discard(me)
+        return len(_busy)
+
+
 # Per scheduler thread: each flushes its own after every pass.
 _local = threading.local()
 
@@ -151,8 +168,8 @@ class Engine:
         self._stop = False
         # The workers run on their share of the compute threads each while more than one has work, and one
         # worker on all of them while it alone has: one client decodes on every core rather than one. torch's
-        # thread count is one setting for the process; every worker decides it from the same shared counts
-        # before each step, so they agree but for the one step in which work arrives or leaves.
+        # thread count is one setting for the process; every worker (of every engine) decides it from the same
+        # count of busy workers before each step, so they agree but for the step in which work arrives or leaves.
         self.shared_threads = torch.get_num_threads()
         self.solo_threads = self.shared_threads * len(decoders)
         self.threads = [threading.Thread(target=self._worker, args=(d,), daemon=True, name=f"llmkit-engine-{name}-{i}")
@@ -205,6 +222,7 @@ class Engine:
         try:
             self._schedule(dec)
         finally:
+            _mark_busy(False)
             _flush()
 
     def _admit(self, dec: Decoder, active: list[Job]) -> list[Job]:
@@ -230,6 +248,8 @@ class Engine:
         active: list[Job] = []
         while True:
             _flush()
+            if not active:
+                _mark_busy(False)
             with self.cv:
                 while not self.waiting and not active and not self._stop:
                     self.cv.wait()
@@ -238,6 +258,7 @@ class Engine:
                         job.emit(Event("error", message="the server is shutting down"))
                     return
                 admit = self._admit(dec, active)
+            busy = _mark_busy(bool(admit or active))
             try:
                 alive = [job for job in admit if self._alive(job) or self._drop(job)]
                 # Prefill the newcomers together (bounded, so running sequences are not stalled long).
@@ -245,8 +266,8 @@ class Engine:
                     active += self._prefill(dec, alive[start:start + PREFILL_GROUP])
                 active = [j for j in active if self._alive(j) or self._release(j)]
                 if active:
-                    self._use_threads(self.solo_threads if self.running <= len(active) and not self.waiting
-                                      else self.shared_threads)
+                    alone = busy == 1 and self.running <= len(active) and not self.waiting
+                    self._use_threads(self.solo_threads if alone else self.shared_threads)
                     self._step(dec, active)
                     active = [j for j in active if j.last >= 0 or self._release(j)]
             except Exception as err:  # a bug or OOM: fail the requests in flight, keep serving others
