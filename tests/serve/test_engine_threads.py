@@ -48,8 +48,8 @@ def shared_while_others_worked(seen) -> list[int]:
     by_worker: dict[str, list[tuple[int, int]]] = {}
     for name, threads, busy in seen:
         by_worker.setdefault(name, []).append((threads, busy))
-    return [threads for steps in by_worker.values() for (_, before), (threads, busy) in zip(steps, steps[1:])
-            if before > 1 and busy > 1]
+    return [threads for steps in by_worker.values()
+            for (_, before), (threads, busy) in zip(steps, steps[1:], strict=False) if before > 1 and busy > 1]
 
 
 async def _finish(job: Job) -> None:
