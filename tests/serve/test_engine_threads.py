@@ -53,8 +53,9 @@ def shared_while_others_worked(seen) -> list[int]:
 
 
 async def _finish(job: Job) -> None:
-    while (await asyncio.wait_for(job.events.get(), timeout=60)).kind == "tokens":
+    while (event := await asyncio.wait_for(job.events.get(), timeout=60)).kind == "tokens":
         pass
+    assert event.kind == "done", event.message
 
 
 def _run(coro):
@@ -76,17 +77,20 @@ def test_a_lone_request_decodes_on_every_thread_and_two_workers_share_them(two_w
     eng.seen.clear()
 
     async def together():
+        # The tiny model's context is 64 tokens: a long first job, and a short second one started once the first
+        # decodes, so the second runs entirely while the first does.
         loop = asyncio.get_running_loop()
-        jobs = [_job(tokenizer, p, 200, loop) for p in ("the cat", "a dog")]
-        for job in jobs:
-            eng.submit(job)
-        await asyncio.gather(*(_finish(job) for job in jobs))
+        first, second = _job(tokenizer, "the cat", 54, loop), _job(tokenizer, "a dog", 20, loop)
+        eng.submit(first)
+        assert (await asyncio.wait_for(first.events.get(), timeout=60)).kind == "tokens"
+        eng.submit(second)
+        await asyncio.gather(_finish(first), _finish(second))
 
     _run(together())
     workers = {name for name, _, _ in eng.seen}
     assert len(workers) == 2  # each request went to a worker of its own
     both = shared_while_others_worked(eng.seen)
-    assert len(both) > 20 and all(threads == 1 for threads in both)
+    assert len(both) >= 10 and all(threads == 1 for threads in both)
 
 
 def test_a_lone_worker_of_one_model_shares_the_threads_while_another_models_decodes(two_workers, tokenizer):
@@ -96,13 +100,14 @@ def test_a_lone_worker_of_one_model_shares_the_threads_while_another_models_deco
     try:
         async def both():
             loop = asyncio.get_running_loop()
-            jobs = [_job(tokenizer, "the cat", 200, loop), _job(tokenizer, "a dog", 200, loop)]
-            two_workers.submit(jobs[0])
-            other.submit(jobs[1])
-            await asyncio.gather(*(_finish(job) for job in jobs))
+            first, second = _job(tokenizer, "a dog", 54, loop), _job(tokenizer, "the cat", 20, loop)
+            other.submit(first)
+            assert (await asyncio.wait_for(first.events.get(), timeout=60)).kind == "tokens"
+            two_workers.submit(second)  # decodes entirely while the other model's request does
+            await asyncio.gather(_finish(first), _finish(second))
 
         _run(both())
     finally:
         other.close()
     both = shared_while_others_worked(two_workers.seen)
-    assert len(both) > 20 and all(threads == 1 for threads in both)
+    assert len(both) >= 10 and all(threads == 1 for threads in both)
