@@ -105,9 +105,8 @@ class QuantMatmul:
     def normed(self, x: torch.Tensor, eps: float, norm) -> torch.Tensor:
         """norm(x) @ W.T, where `norm` is RMSNorm without its weight (the weight is `pre`): one call on the block
         int8 kernel, which normalises as it quantizes the input."""
-        if isinstance(self.packed, Int8BlockPacked):
-            pre = self.pre if self.pre is not None else torch.ones(x.shape[-1])
-            return self.packed.fused(x, pre, eps)
+        if isinstance(self.packed, Int8BlockPacked) and self.pre is not None:
+            return self.packed.fused(x, self.pre, eps)
         return self(norm(x))
 
     def with_residual(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

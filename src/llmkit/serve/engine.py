@@ -104,8 +104,6 @@ class Job:
         _outbox().setdefault(self.loop, []).append((self, event))
 
 
-# Events of one scheduler pass, delivered to each event loop with one wake-up rather than one per
-# token per request (each wake-up is a write to the loop's self-pipe and a turn of the loop).
 # The decode workers that have rows to decode, across every engine of the process (several models served at once):
 # torch's thread count is one setting for the process, so whether a worker is alone is asked of all of them.
 _busy_lock = threading.Lock()
@@ -123,6 +121,8 @@ def _mark_busy(busy: bool) -> int:
         return len(_busy)
 
 
+# Events of one scheduler pass, delivered to each event loop with one wake-up rather than one per
+# token per request (each wake-up is a write to the loop's self-pipe and a turn of the loop).
 # Per scheduler thread: each flushes its own after every pass.
 _local = threading.local()
 
