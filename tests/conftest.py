@@ -322,13 +322,14 @@ def sms_data(lm_workspace: Path, shared_data: Path, shared_dir: Path | None) -> 
 
 @pytest.fixture(scope="session")
 def sms_classifier(lm_workspace: Path, sms_data: str, shared_dir: Path | None):
-    """minilm-l6 fine-tuned for 2 epochs on the SMS sample, registered as 'sms-clf'."""
+    """minilm-l6 fine-tuned for one epoch on the SMS sample, registered as 'sms-clf' (a second epoch gave the same
+    val and test scores, 1.00 and 0.97 macro-F1, for 30 s more of the suite)."""
     from llmkit.config import ClassifyConfig
     from llmkit.train.classification import classify
 
     def build():
         ws = Workspace.open(lm_workspace)
-        return classify(ClassifyConfig(base="minilm-l6", data=sms_data, name="sms-clf", epochs=2, batch_size=16, lr=1e-4,
+        return classify(ClassifyConfig(base="minilm-l6", data=sms_data, name="sms-clf", epochs=1, batch_size=16, lr=1e-4,
                                        max_length=48, seed=1), ws, Registry.for_workspace(ws.root))
 
     return made_once(shared_dir, lm_workspace, "sms-clf", build, lambda: registered_model(lm_workspace, "sms-clf"))

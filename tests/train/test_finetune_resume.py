@@ -119,7 +119,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(file if file.exists() else folder / "model.safetensors"))
 
 
-CLASSIFY_STEPS = 160
+CLASSIFY_STEPS = 80
 
 
 @pytest.mark.slow
@@ -128,20 +128,20 @@ def test_classify_stopped_by_ctrl_c_resumes_to_the_uninterrupted_result(lm_works
     # LoRA dropout makes the result depend on the saved RNG state, not only on the weights and the optimizer.
     args = ["--base", "tiny-lm", "--data", sms_data, "--method", "lora", "--lora-r", "4", "--lora-alpha", "8",
             "--lora-dropout", "0.1", "--max-steps", str(CLASSIFY_STEPS), "--batch-size", "8", "--max-length", "48",
-            "--lr", "5e-3", "--checkpoint-every", "5", "--eval-every", "40", "--seed", "2"]
+            "--lr", "5e-3", "--checkpoint-every", "5", "--eval-every", "20", "--seed", "2"]
     straight, resumed, stopped_at = _interrupt_and_resume(lm_workspace, tmp_path, "classify", args, "clf-resume",
                                                           signal.SIGINT)
     _assert_same_run(straight, resumed, stopped_at, CLASSIFY_STEPS)
 
 
-DISTILL_STEPS = 120
+DISTILL_STEPS = 60
 
 
 @pytest.mark.slow
 def test_distill_stopped_by_sigterm_resumes_to_the_uninterrupted_result(lm_workspace: Path, tiny_model, tmp_path: Path):
     args = ["--teacher", "tiny-lm", "--data", "tiny", "--student-preset", "nano", "--student-layers", "1",
             "--max-steps", str(DISTILL_STEPS), "--batch-size", "8", "--max-length", "32", "--lr", "3e-3",
-            "--checkpoint-every", "5", "--eval-every", "40", "--eval-max-examples", "16", "--seed", "4"]
+            "--checkpoint-every", "5", "--eval-every", "20", "--eval-max-examples", "16", "--seed", "4"]
     straight, resumed, stopped_at = _interrupt_and_resume(lm_workspace, tmp_path, "distill", args, "distill-resume",
                                                           signal.SIGTERM)
     _assert_same_run(straight, resumed, stopped_at, DISTILL_STEPS)

@@ -38,19 +38,23 @@ class RunningServer:
 
 def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
     from llmkit.registry import Registry
-    from llmkit.serve.adapters import NoFastBase, attach, split_spec
-    from llmkit.serve.app import create_app
-    from llmkit.serve.served import load_served
+    from llmkit.serve.auth import read_access
+    from llmkit.serve.memory_fit import check, needs_of
     from llmkit.workspace import Workspace
 
     if not cfg.models:
         raise UserError("name at least one model to serve, e.g. llmkit serve tiny-lm")
-    _set_threads(cfg.threads)
+    # What can be checked without torch, the serving stack or a model loaded is checked first: a mistyped key
+    # file, host or model name is answered in a second, not after the models have loaded.
+    access = read_access(cfg)
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
-    from llmkit.serve.memory_fit import check, needs_of
-
     fits = check(needs_of(cfg, registry), cfg)  # before anything loads: a configuration that cannot fit is refused
+    from llmkit.serve.adapters import NoFastBase, attach, split_spec
+    from llmkit.serve.app import create_app
+    from llmkit.serve.served import load_served
+
+    _set_threads(cfg.threads)
     if console:
         console.print(fits)
     else:
@@ -78,7 +82,7 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
         models[served.id] = served
         if console:
             console.print(f"loaded adapter [bold]{served.id}[/bold] on {served.parent or 'a merged copy of its base'}")
-    return create_app(cfg, models, registry, ws)
+    return create_app(cfg, models, registry, ws, access)
 
 
 def _adapter_on_served_base(spec: str, specs: list[str], registry) -> bool:

@@ -13,9 +13,9 @@ from fastapi import Depends, FastAPI, Request
 
 import llmkit.serve.schemas as s
 from llmkit.config import ServeConfig
-from llmkit.serve.auth import Auth, BodyLimit, authorize, read_admin_keys, read_keys
+from llmkit.serve.auth import Access, Auth, BodyLimit, authorize, read_access
 from llmkit.serve.errors import install_handlers
-from llmkit.serve.hosts import HostCheck, allowed_hosts
+from llmkit.serve.hosts import HostCheck
 from llmkit.serve.routes import adapters_api, llmkit_api, openai_api, ops
 from llmkit.serve.served import ServedModel
 from llmkit.serve.state import ServerState
@@ -23,11 +23,11 @@ from llmkit.serve.state import ServerState
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace) -> FastAPI:
-    api_keys = read_keys(cfg.api_keys, cfg.api_keys_file)
-    auth = Auth(api_keys, cfg.rate_limit)
-    state = ServerState(cfg, models, registry, workspace, auth)
-    state.admin = Auth(read_admin_keys(cfg.admin_keys, api_keys))  # a second key set, for the routes that change the server
+def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace, access: Access | None = None
+               ) -> FastAPI:
+    access = access or read_access(cfg)
+    state = ServerState(cfg, models, registry, workspace, Auth(access.api_keys, cfg.rate_limit))
+    state.admin = Auth(access.admin_keys)  # a second key set, for the routes that change the server
     app = FastAPI(title="llmkit", version="1", summary="OpenAI-compatible API of llmkit models",
                   openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
     app.state.llmkit = state
@@ -77,5 +77,5 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
             return RedirectResponse("/ui/")
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_kb * 1024)
     # Outermost: a request for a name the server does not answer is refused before anything else runs.
-    app.add_middleware(HostCheck, allowed=allowed_hosts(cfg.host, cfg.allowed_hosts))
+    app.add_middleware(HostCheck, allowed=access.hosts)
     return app

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Request
@@ -51,6 +52,23 @@ def read_keys(keys: list[str], keys_file: str | None) -> list[str]:
     if os.environ.get("LLMKIT_API_KEY", "").strip():
         out.append(_checked_key(os.environ["LLMKIT_API_KEY"].strip(), "$LLMKIT_API_KEY"))
     return out
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use a server: its API keys, admin keys and the Host names it answers (None: any)."""
+
+    api_keys: list[str]
+    admin_keys: list[str]
+    hosts: frozenset[str] | None
+
+
+def read_access(cfg) -> Access:
+    """The keys (flags, file, environment) and host names of a serve config, each checked; one-line UserErrors."""
+    from llmkit.serve.hosts import allowed_hosts
+
+    api_keys = read_keys(cfg.api_keys, cfg.api_keys_file)
+    return Access(api_keys, read_admin_keys(cfg.admin_keys, api_keys), allowed_hosts(cfg.host, cfg.allowed_hosts))
 
 
 # Failed-auth throttling: this many wrong keys from one client address within the window, and that

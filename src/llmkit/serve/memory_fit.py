@@ -136,13 +136,15 @@ def check(needs: list[Need], cfg: ServeConfig, free: int | None = None) -> str:
 def needs_of(cfg: ServeConfig, registry) -> list[Need]:
     """The needs of every model and adapter `cfg` serves, from their files and configs (nothing loaded)."""
     from llmkit.models.io import is_adapter, resolve_model
+
+    # Every name resolved before torch is imported (by the backends below): a mistyped one is answered at once.
+    models = [resolve_model(spec.rpartition("=")[2], registry) for spec in [*cfg.models, *cfg.adapters]]
     from llmkit.models.kind import model_kind
     from llmkit.runtime.backends import choose_backend
     from llmkit.serve.served import decode_workers
 
     out = []
-    for spec in [*cfg.models, *cfg.adapters]:
-        model = resolve_model(spec.rpartition("=")[2], registry)
+    for model in models:
         if is_adapter(model.path):
             out.append(Need(model.ref, weights=_files(Path(model.path), (".safetensors",))))
             continue
