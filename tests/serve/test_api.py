@@ -66,6 +66,19 @@ def test_stop_string_ends_the_text(client):
     assert out.choices[0].finish_reason == "stop"
 
 
+def test_ignore_eos_goes_on_past_the_end_token_to_max_tokens(client):
+    kwargs = dict(model="tiny-lm", prompt="ROMEO:", max_tokens=400, temperature=1.0)
+    # The tiny model samples its end token within 5-200 tokens for most seeds (measured): find a seed where it did.
+    ended = next((seed, out) for seed in range(40)
+                 if (out := client.completions.create(seed=seed, **kwargs).choices[0]).finish_reason == "stop")
+    seed, stopped = ended
+    on = client.completions.create(seed=seed, extra_body={"ignore_eos": True}, **kwargs)
+    assert on.choices[0].finish_reason == "length" and on.usage.completion_tokens == 400
+    assert on.choices[0].text.startswith(stopped.text) and len(on.choices[0].text) > len(stopped.text)
+    with pytest.raises(openai.BadRequestError, match="ignore_eos with guided_regex"):
+        client.completions.create(extra_body={"ignore_eos": True, "guided_regex": "[a-z]+"}, **kwargs)
+
+
 def test_chat_streaming_equals_non_streaming(client):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who is there?"}]
     whole = client.chat.completions.create(model="tiny-lm", messages=messages, max_tokens=30, temperature=0)

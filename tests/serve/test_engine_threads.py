@@ -63,6 +63,20 @@ def _run(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
+def overlapping_steps(eng: Engine, scenario, wanted: int = 10, rounds: int = 20) -> list[int]:
+    """shared_while_others_worked over runs of `scenario` (a coroutine function) until `wanted` steps overlapped:
+    on a loaded machine one run's two jobs may overlap for a step or two only (the tiny model's 64-token context
+    bounds how long a job decodes), and a check of a step or two could pass by luck."""
+    both: list[int] = []
+    for _ in range(rounds):
+        eng.seen.clear()
+        _run(scenario())
+        both += shared_while_others_worked(eng.seen)
+        if len(both) >= wanted:
+            break
+    return both
+
+
 def test_a_lone_request_decodes_on_every_thread_and_two_workers_share_them(two_workers, tokenizer):
     eng = two_workers
     assert (eng.shared_threads, eng.solo_threads) == (1, 2)
@@ -86,10 +100,9 @@ def test_a_lone_request_decodes_on_every_thread_and_two_workers_share_them(two_w
         eng.submit(second)
         await asyncio.gather(_finish(first), _finish(second))
 
-    _run(together())
+    both = overlapping_steps(eng, together)
     workers = {name for name, _, _ in eng.seen}
     assert len(workers) == 2  # each request went to a worker of its own
-    both = shared_while_others_worked(eng.seen)
     assert len(both) >= 10 and all(threads == 1 for threads in both)
 
 
@@ -106,8 +119,7 @@ def test_a_lone_worker_of_one_model_shares_the_threads_while_another_models_deco
             two_workers.submit(second)  # decodes entirely while the other model's request does
             await asyncio.gather(_finish(first), _finish(second))
 
-        _run(both())
+        steps = overlapping_steps(two_workers, both)
     finally:
         other.close()
-    both = shared_while_others_worked(two_workers.seen)
-    assert len(both) >= 10 and all(threads == 1 for threads in both)
+    assert len(steps) >= 10 and all(threads == 1 for threads in steps)

@@ -65,19 +65,16 @@ def torch_decoder(lm, max_batch: int, prefix_cache: PrefixCache | None = None, m
             return Decoder(lambda ids, cap: dec.prefill(ids, capacity=cap), dec.step, max_batch, context,
                            fork=_clone_state)
 
-        def lone(ids: list[int], cap: int, adapter: int = 0):
-            state = dec.new_state(cap)
-            state.adapter = adapter
-            if prefix_cache is None:
-                return dec.prefill(ids, state=state)
-            start = prefix_cache.restore(ids, state)
-            state, logits = dec.prefill(ids[start:], state=state)
-            state.restored = start
-            prefix_cache.save(ids, state)
-            return state, logits
         def lone_many(prompts: list[list[int]], capacities: list[int], adapters: list[int] | None = None):
-            out = [lone(ids, cap, a) for ids, cap, a in zip(prompts, capacities, adapters or [0] * len(prompts), strict=True)]
-            return [state for state, _ in out], torch.stack([logits for _, logits in out])
+            # Caches of their own, prefilled together all the same (one pass of the matmuls for the group)
+            states = [dec.new_state(cap) for cap in capacities]
+            for state, adapter in zip(states, adapters or [], strict=False):
+                state.adapter = adapter
+            return states, _prefill_with_prefixes(dec, prefix_cache, prompts, states)
+
+        def lone(ids: list[int], cap: int):
+            states, logits = lone_many([ids], [cap])
+            return states[0], logits[0]
         return Decoder(lone, dec.step, max_batch, context, prefill_many=lone_many, fork=_clone_state,
                        prefix_cache=prefix_cache)
     pool = dec.new_pool(max_batch, context)
@@ -97,17 +94,11 @@ def torch_decoder(lm, max_batch: int, prefix_cache: PrefixCache | None = None, m
         for state, adapter in zip(states, adapters or [], strict=False):
             state.adapter = adapter  # before the prefix cache looks: an adapter's K/V are its own
         try:
-            starts = [prefix_cache.restore(ids, s) if prefix_cache else 0 for ids, s in zip(prompts, states, strict=True)]
-            logits = dec.prefill_many([ids[start:] for ids, start in zip(prompts, starts, strict=True)], states)
+            return states, _prefill_with_prefixes(dec, prefix_cache, prompts, states)
         except BaseException:
             for state in states:
                 heapq.heappush(free, state.slot)
             raise
-        for ids, state, start in zip(prompts, states, starts, strict=True):
-            state.restored = start
-            if prefix_cache:
-                prefix_cache.save(ids, state)
-        return states, logits
 
     def fork(state, capacity: int):
         copied = dec.pool_state(pool, heapq.heappop(free))
@@ -116,6 +107,18 @@ def torch_decoder(lm, max_batch: int, prefix_cache: PrefixCache | None = None, m
         return copied
 
     return Decoder(prefill, dec.step, max_batch, context, release, prefill_many, fork, prefix_cache)
+
+
+def _prefill_with_prefixes(dec, prefix_cache: PrefixCache | None, prompts: list[list[int]], states: list) -> torch.Tensor:
+    """FastLlama's prefill_many into `states`, each prompt's cached prefix copied in first and its blocks cached
+    after; the logits (B, vocab)."""
+    starts = [prefix_cache.restore(ids, s) if prefix_cache else 0 for ids, s in zip(prompts, states, strict=True)]
+    logits = dec.prefill_many([ids[start:] for ids, start in zip(prompts, starts, strict=True)], states)
+    for ids, state, start in zip(prompts, states, starts, strict=True):
+        state.restored = start
+        if prefix_cache:
+            prefix_cache.save(ids, state)
+    return logits
 
 
 def _clone_state(state, capacity: int):

@@ -126,7 +126,7 @@ def make_answers(state: ServerState, served: ServedModel, ids: list[int], body: 
     deadline, loop = time.perf_counter() + state.cfg.timeout, asyncio.get_running_loop()
     answers = []
     for i in range(body.n):
-        eos = served.eos | set(stop_ids)
+        eos = (set() if body.ignore_eos else served.eos) | set(stop_ids)
         # Structured output: each choice walks the grammar on its own; it may end only where the grammar is complete.
         sampler = Sampler(len(served.tokenizer), ids, temperature=body.temperature, top_p=body.top_p,
                           seed=None if body.seed is None else body.seed + i,

@@ -59,6 +59,8 @@ class Sampling(Request):
     n: int = Field(1, ge=1, description="choices per prompt, decoded from one prefill (up to the server's --max-n)")
     stop: Text | Stops | None = Field(None, description="up to 4 strings that end the generation")
     seed: int | None = Field(None, ge=0, lt=2**63, description="makes sampling reproducible")
+    ignore_eos: bool = Field(False, description="vLLM's and llama.cpp's extension: go on past the end-of-sequence token "
+                             "to max_tokens or a stop string (benchmarks, fixed-length answers)")
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = Field(None, description="json_object or json_schema: the answer is "
@@ -76,6 +78,9 @@ class Sampling(Request):
             given.insert(0, "response_format")
         if len(given) > 1:
             raise ValueError(f"{' and '.join(given)} both constrain the answer; send one of them")
+        if given and self.ignore_eos:
+            raise ValueError(f"ignore_eos with {given[0]}: a constrained answer ends where its grammar does; "
+                             "send one of them")
         return self
 
     @field_validator("stop")
