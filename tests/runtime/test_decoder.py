@@ -125,3 +125,24 @@ def test_decoder_is_rebuilt_when_weights_change(tokenizer):
     assert get_decoder(model) is not first
     ids = prompts(tokenizer)[0]
     assert list(generate_ids(model, ids, max_new_tokens=10, temperature=0)) == hf_greedy(model, ids, 10)
+
+
+def _resident_bytes() -> int:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_pool_takes_memory_only_where_its_sequences_write(tokenizer):
+    # A server's pool is sized for every slot at full context; what it costs is what its sequences hold.
+    fast = FastLlama(make_model(tokenizer, seed=2))
+    before = _resident_bytes()
+    pool = fast.new_pool(slots=20_000, capacity=64)
+    size = pool.numel() * pool.element_size()
+    assert size > 1 << 30  # a gigabyte of address space
+    state = fast.pool_state(pool, 7)
+    fast.prefill([1, 5, 6, 7], state=state)
+    assert _resident_bytes() - before < size // 20
+    assert float(pool[:, :, 6].abs().sum()) == 0 and float(pool[:, :, 8:40].abs().sum()) == 0  # zeros elsewhere
+    assert float(pool[:, :, 7, :, :4].abs().sum()) > 0

@@ -1,8 +1,8 @@
 """Decoders that step a running batch of sequences: what a serving worker drives.
 
 `Decoder` wraps a backend's batched prefill/step with the release of a finished sequence's cache.
-For Llama models on torch the running batch shares one preallocated KV pool (one attention call per
-layer), its slots handed out lowest first so the batch stays dense; llama.cpp holds the whole batch
+For Llama models on torch the running batch shares one KV pool (one attention call per layer; its
+memory taken as sequences fill it), its slots handed out lowest first so the batch stays dense; llama.cpp holds the whole batch
 in one context (`runtime.llama_cpp.LlamaCppBatch`); a backend without batching (ONNX) runs a batch
 of one. Token ids in, logits out: no text, no scheduling.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import heapq
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,17 @@ class Decoder:
         return [state for state, _ in out], torch.stack([logits for _, logits in out])
 
 
-POOL_BUDGET = 2 * 2**30  # bytes of KV cache worth preallocating for the whole batch
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a modest machine
+        return 8 * 2**30
+
+
+# The largest KV pool for a whole batch at full context, in bytes. A pool takes memory only as its sequences fill it
+# (FastLlama.new_pool), so this bounds address space rather than what is used; a serving configuration is checked
+# against the machine's memory before it loads (serve.memory_fit). Past it, each sequence has a cache of its own.
+POOL_BUDGET = _physical_memory() // 2
 
 
 def torch_decoder(lm, max_batch: int, prefix_cache: PrefixCache | None = None, max_len: int = 0) -> Decoder:

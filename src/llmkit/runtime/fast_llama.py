@@ -22,6 +22,8 @@ only (no dropout). Costs one extra copy of the weights, in the decode layout, wh
 
 from __future__ import annotations
 
+import math
+import mmap
 from dataclasses import dataclass
 
 import torch
@@ -103,8 +105,16 @@ class FastLlama:
         kv is a view of one slot. A serving engine keeps its running batch in low slots.
         """
         capacity = min(capacity or self.max_len, self.max_len)
-        return torch.zeros((len(self.layers), 2, slots, self.n_kv, capacity, self.head_dim), dtype=self.dtype,
-                           device=self.device)
+        shape = (len(self.layers), 2, slots, self.n_kv, capacity, self.head_dim)
+        if self.device.type != "cpu":
+            return torch.zeros(shape, dtype=self.dtype, device=self.device)
+        # Zeros that take memory only where written: anonymous pages are zero until first touched, and a
+        # sequence writes the first `length` positions of each (layer, k/v, slot, head) run, so a pool sized for
+        # every slot at full context costs what its sequences hold (torch.zeros would touch it all at once).
+        # Zeros, not torch.empty: a batch's attention reads masked positions too, and stale NaN bits would
+        # survive an additive mask.
+        pages = mmap.mmap(-1, math.prod(shape) * self.dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        return torch.frombuffer(pages, dtype=self.dtype).view(shape)  # the tensor keeps `pages` alive
 
     @staticmethod
     def pool_state(pool: torch.Tensor, slot: int) -> LlamaState:
