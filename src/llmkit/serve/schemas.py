@@ -127,6 +127,8 @@ def _free(field: str) -> dict:
 # At most one constraint on the answer (Sampling._one_constraint), said in the schema too: no two of them at once.
 _CONSTRAINTS = ("response_format", "guided_json", "guided_regex", "guided_choice")
 ONE_CONSTRAINT = [{"anyOf": [_free(a), _free(b)]} for i, a in enumerate(_CONSTRAINTS) for b in _CONSTRAINTS[i + 1:]]
+# ...and none with ignore_eos (a constrained answer ends where its grammar does).
+ONE_CONSTRAINT += [{"anyOf": [{"properties": {"ignore_eos": {"const": False}}}, _free(c)]} for c in _CONSTRAINTS]
 
 
 class CompletionRequest(Sampling):
