@@ -32,8 +32,14 @@ def open_llama(path: Path, n_ctx: int, logits_all: bool = False):
     except ImportError:
         raise UserError("the llama.cpp backend needs llama-cpp-python, built portable: CMAKE_ARGS=\"-DGGML_NATIVE=OFF "
                         "-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON\" pip install llama-cpp-python") from None
-    return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False, n_threads=torch.get_num_threads(),
-                 seed=0)
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    # verbose=False still lets through llama.cpp's warnings (llama-cpp-python maps ggml's WARN level to ERROR), such
+    # as "n_ctx_seq (256) > n_ctx_train (128)" for every model with a context under llama.cpp's 256-token padding:
+    # noise in a user's terminal and in `llmkit demo`.
+    with suppress_stdout_stderr(disable=False):
+        return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
+                     n_threads=torch.get_num_threads(), seed=0)
 
 
 class LlamaCppBackend:
