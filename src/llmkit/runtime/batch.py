@@ -2,9 +2,9 @@
 
 `Decoder` wraps a backend's batched prefill/step with the release of a finished sequence's cache.
 For Llama models on torch the running batch shares one KV pool (one attention call per layer; its
-memory taken as sequences fill it), its slots handed out lowest first so the batch stays dense; llama.cpp holds the whole batch
-in one context (`runtime.llama_cpp.LlamaCppBatch`); a backend without batching (ONNX) runs a batch
-of one. Token ids in, logits out: no text, no scheduling.
+memory taken as sequences fill it), its slots handed out lowest first so the batch stays dense;
+llama.cpp holds the whole batch in one context (`runtime.llama_cpp.LlamaCppBatch`); a backend without
+batching (ONNX) runs a batch of one. Token ids in, logits out: no text, no scheduling.
 
 `fork(state, capacity)` starts a new sequence as a copy of a prefilled one (several answers to one
 prompt, prefilled once): a copy of the KV slot in the torch pool, a clone of a lone cache, llama.cpp's

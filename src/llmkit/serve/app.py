@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Request
 
 import llmkit.serve.schemas as s
 from llmkit.config import ServeConfig
-from llmkit.serve.auth import Access, Auth, BodyLimit, authorize, read_access
+from llmkit.serve.auth import Access, Auth, BodyLimit, authorize
 from llmkit.serve.errors import install_handlers
 from llmkit.serve.hosts import HostCheck
 from llmkit.serve.routes import adapters_api, llmkit_api, openai_api, ops
@@ -23,9 +23,8 @@ from llmkit.serve.state import ServerState
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace, access: Access | None = None
-               ) -> FastAPI:
-    access = access or read_access(cfg)
+def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace, access: Access) -> FastAPI:
+    """`access`: the config's keys and hosts, read before the models loaded (serve.build_app)."""
     state = ServerState(cfg, models, registry, workspace, Auth(access.api_keys, cfg.rate_limit))
     state.admin = Auth(access.admin_keys)  # a second key set, for the routes that change the server
     app = FastAPI(title="llmkit", version="1", summary="OpenAI-compatible API of llmkit models",
