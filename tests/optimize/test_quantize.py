@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from llmkit.config import EvalConfig, QuantizeConfig
 from llmkit.eval import evaluate
 from llmkit.generate import generate
+from llmkit.models import native_kernel
 from llmkit.models.io import load_causal_lm, resolve_model
 from llmkit.models.quantized import (
     QuantLinear,
@@ -20,7 +21,7 @@ from llmkit.models.quantized import (
     quantize_tensor_zero_point,
     unpack_int4,
 )
-from llmkit.models.quantized_matmul import Int8DynamicPacked
+from llmkit.models.quantized_matmul import Int8BlockPacked, Int8DynamicPacked
 from llmkit.optimize.quantize import quantize
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
@@ -70,10 +71,18 @@ def test_each_method_quantizes_every_linear_layer_but_the_head_and_loads_back_cl
 
     lm, tok = load_causal_lm(resolve_model(q.id, reg))
     modules = dict(lm.named_modules())
+    head, int8_head = modules["lm_head"], method == "int8-weight" and native_kernel.available()
     # exact types: a float nn.Linear left where a quantized layer belongs must fail, so no isinstance/name matching
-    assert {n for n, m in modules.items() if type(m) is torch.nn.Linear} == {"lm_head"}
+    assert {n for n, m in modules.items() if type(m) is torch.nn.Linear} == (set() if int8_head else {"lm_head"})
+    if int8_head:
+        # int8-weight runs the head in blocks of int8 too, as q8_0 does: the file's fp16 head, quantized at load
+        stored = saved.get("lm_head.weight", saved["model.embed_tokens.weight"]).float()
+        assert type(head) is QuantLinear and (head.bits, head.group, head.dynamic) == (8, 32, False)
+        assert "lm_head.qweight" not in saved and torch.equal(head.qweight, quantize_tensor(stored, 8, 32)[0])
+        assert torch.equal(lm.get_input_embeddings().weight, stored)  # the embeddings stay as stored
+        assert type(head.packed()) is Int8BlockPacked
     # codes and scales as configured (int8-dynamic: one scale per row), equal to quantizing the original weights
-    assert {n for n, m in modules.items() if type(m) is QuantLinear} == set(expected)
+    assert {n for n, m in modules.items() if type(m) is QuantLinear} - {"lm_head"} == set(expected)
     for n, lin in expected.items():
         m = modules[n]
         group = lin.in_features if method == "int8-dynamic" else 32

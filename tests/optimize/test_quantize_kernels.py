@@ -18,8 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmkit.models.quantized import QuantLinear, pack_int4, quantize_tensor
-from llmkit.models.quantized_matmul import per_row_int8
+from llmkit.models import native_kernel
+from llmkit.models.quantized import QuantLinear, int8_head, pack_int4, quantize_tensor
+from llmkit.models.quantized_matmul import Int8BlockPacked, per_row_int8
 from llmkit.optimize.quantize import quantize_model
 from llmkit.runtime.decoder import generate_ids, get_decoder
 from llmkit.runtime.fast_llama import FastLlama
@@ -119,9 +120,13 @@ def dequantized_copy(model):
 def test_fast_llama_runs_quantized_models_like_the_dequantized_path(tokenizer, trained, method):
     model = copy.deepcopy(trained)
     quantize_model(model, method, 32)
+    if method == "int8-weight":
+        int8_head(model, 32)  # as load_quantized does: the head on the block kernel too, where it runs
     reference = dequantized_copy(model)
     decoder = get_decoder(model)
     assert isinstance(decoder, FastLlama)  # before: "the linear layers are quantized" sent it to the HF module
+    if method == "int8-weight" and native_kernel.available():
+        assert isinstance(model.lm_head, QuantLinear) and isinstance(decoder.lm_head_t.packed, Int8BlockPacked)
     ids = [1] + tokenizer("the dog sat on the mat. the cat", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         exact = reference(input_ids=torch.tensor([ids])).logits[0]  # (T, vocab)

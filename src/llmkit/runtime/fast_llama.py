@@ -212,6 +212,8 @@ class FastLlama:
         return x if b_down is None else x + b_down
 
     def _logits(self, x):
+        if isinstance(self.lm_head_t, QuantMatmul):  # int8: normalised as the kernel quantizes x
+            return self.lm_head_t.normed(x, self.eps, self._norm)[:, :self.vocab_size]
         return self._mm(self._norm(x), self.lm_head_t)[:, :self.vocab_size]  # (N, vocab)
 
     @torch.inference_mode()

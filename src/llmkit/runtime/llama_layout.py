@@ -163,9 +163,12 @@ class LayoutBuilder:
         return QuantMatmul(packed, None if norm is None else norm.detach().float())
 
     def head(self, model):
-        """The output head with the final RMSNorm's weight: fp16 on fbgemm when its weights are fp16 values
-        (a quantized file's are: half the bytes, the same numbers), else like any float weight."""
-        weight, norm = model.get_output_embeddings().weight, model.model.norm.weight
+        """The output head with the final RMSNorm's weight: int8 where the loader made it so, fp16 on fbgemm when its
+        weights are fp16 values (a quantized file's are: half the bytes, the same numbers), else like any float weight."""
+        head, norm = model.get_output_embeddings(), model.model.norm.weight
+        if isinstance(head, QuantLinear):  # an int8-weight file's head (`models.quantized.int8_head`)
+            return self.quant_matmul([head], norm)
+        weight = head.weight
         packed = pack_fp16_exact(weight)
         if packed is not None:
             return QuantMatmul(packed, norm.detach().float())
