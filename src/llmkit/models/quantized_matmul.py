@@ -33,10 +33,11 @@ of activations is coarse where a language model has outlier features: SmolLM2-13
 loses 0.06 %. Encoders and classifiers keep their accuracy with it. `reduce_range` (7-bit activations) as
 PyTorch's own dynamic Linear uses on x86: AVX2's u8 x s8 pair sums saturate at 16 bits otherwise.
 
-The output head of a quantized file is stored fp16 (the format's own precision), so the fast decoder
-runs it on fbgemm's fp16 matmul (`Fp16Packed`: fp16 weights, fp32 activations and accumulation): the
-same values as the fp32 copy at half the bytes, and it is only used when the weights are exactly
-fp16 values.
+The output head of a quantized file is stored fp16 (the format's own precision). int8-weight runs it on
+the block int8 kernel as well where that runs (quantized at load, `models.quantized.int8_head`: llama.cpp's
+q8_0 quantizes its output too); otherwise the fast decoder runs it on fbgemm's fp16 matmul (`Fp16Packed`:
+fp16 weights, fp32 activations and accumulation): the same values as the fp32 copy at half the bytes,
+only used when the weights are exactly fp16 values.
 """
 
 from __future__ import annotations
