@@ -9,7 +9,8 @@ fp16 and loaded back as fp32 (int8-weight then puts the head on the block int8 k
 llmkit.json's `quantization` names the method, bits, group size, `zero_point` and the quantized layers.
 int8: symmetric, w ≈ code * scale, scale = max|w in group| / 127. int4 (`zero_point`: true):
 w ≈ code * scale + zero, the group's min..max over all 16 levels (symmetric int4 lost +60 % perplexity on
-SmolLM2-135M, whose weights come from an asymmetric Q4_1 GGUF; with zero points it is exact there). Files written before zero points (no `zero_point`) load as symmetric.
+SmolLM2-135M, whose weights come from an asymmetric Q4_1 GGUF; with zero points it is exact there).
+Files written before zero points (no `zero_point`) load as symmetric.
 
 Written by `llmkit quantize` (`llmkit.optimize.quantize`), read here by `load_quantized`.
 
