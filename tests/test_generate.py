@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmkit.generate import generate
-from llmkit.runtime.decoder import fit_context
+from llmkit.runtime.decoder import fit_context, generate_ids, get_decoder
 from tests import tiny_lm
 from tests.tiny_lm import CONTEXT, TEXT, hf_greedy, make_model
 
@@ -66,6 +66,24 @@ def test_context_limit_truncates_prompt_from_the_left(tokenizer, trained):
     assert res.prompt_tokens == CONTEXT - 10 and len(res.token_ids) == 10
     kept = [1] + tokenizer(prompt, add_special_tokens=False)["input_ids"][-(CONTEXT - 11):]
     assert res.token_ids == hf_greedy(trained, kept, 10)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_generation_goes_past_the_context_by_shifting_it(tokenizer, trained, fast, monkeypatch):
+    # A model with a 64-token context asked for 150 tokens (the quick tour asks a 64-token model for 200): all
+    # 150 come, the cache refilled with the last half of the context (BOS first) each time it is full; the prompt
+    # is kept whole. Before, the prompt was cut to one token and 63 were generated.
+    if not fast:
+        monkeypatch.setattr("llmkit.runtime.decoder.get_decoder", lambda model: get_decoder(model, fast=False))
+    prompt = [1] + tokenizer("the cat sat on", add_special_tokens=False)["input_ids"]
+    out = list(generate_ids(trained, prompt, max_new_tokens=150, temperature=0))
+    assert len(out) == 150
+    full = CONTEXT + 1 - len(prompt)  # sampled until the cache is full (the last from the full cache's logits)
+    assert out[:full] == hf_greedy(trained, prompt, full)
+    window = [1] + (prompt + out[:full])[-(CONTEXT // 2 - 1):]
+    assert out[full:full + CONTEXT // 2 + 1] == hf_greedy(trained, window, CONTEXT // 2 + 1)
+    res = generate(trained, tokenizer, "the cat sat on", max_new_tokens=150, temperature=0)
+    assert res.prompt_tokens == len(prompt) and len(res.token_ids) <= 150  # (EOS may end it)
 
 
 def test_stop_token_ids_end_the_text_like_eos(tokenizer, trained):

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmkit.runtime.decoder import eos_set, fit_context, generate_ids, get_decoder
+from llmkit.runtime.decoder import eos_set, generate_ids, get_decoder, prompt_in_context
 from llmkit.runtime.detokenize import TextStream
 
 
@@ -19,7 +19,7 @@ from llmkit.runtime.detokenize import TextStream
 class GenerationResult:
     text: str  # generated text only; excludes the prompt, special tokens and any stop string
     token_ids: list[int]  # every sampled token, including a final EOS or the tokens of a stop string
-    prompt_tokens: int  # after context truncation
+    prompt_tokens: int  # the prompt's tokens the model saw (a prompt longer than the context keeps its end)
     finish_reason: str  # "stop" (EOS or stop string) | "length"
     seconds: float
     first_token_seconds: float
@@ -68,12 +68,12 @@ def generate(model, tokenizer, prompt: str, *, max_new_tokens: int = 100, temper
     ids = encode_prompt(tokenizer, prompt)
     if not ids:
         raise ValueError("empty prompt and the tokenizer has no BOS token")
-    ids, max_new = fit_context(ids, max_new_tokens, get_decoder(model).max_len, tokenizer.bos_token_id)
+    ids = prompt_in_context(ids, max_new_tokens, get_decoder(model).max_len, tokenizer.bos_token_id)
     eos = eos_set(tokenizer.eos_token_id) | eos_set(model.config.eos_token_id) | set(stop_token_ids or [])
     stream = TextStream(tokenizer, stop)
     out: list[int] = []
     finish_reason, first = "length", None
-    for tok in generate_ids(model, ids, max_new_tokens=max_new, temperature=temperature, top_k=top_k,
+    for tok in generate_ids(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
                             eos_token_id=list(eos)):
         first = first if first is not None else time.perf_counter() - start

@@ -8,10 +8,12 @@ anything it doesn't implement (other architectures, sliding windows, longrope) r
 with its own cache, which is slower but still exact: a speed difference, never an error. Everything here
 is token ids: text comes in and goes out in `llmkit.generate`.
 
-Context limit: when prompt + max_new_tokens would exceed config.max_position_embeddings, the prompt
-is truncated from the left, keeping its most recent tokens (and a leading BOS, if it had one);
-if max_new_tokens alone fills the context, at least one prompt token is kept and fewer tokens are
-generated.
+Context limit (config.max_position_embeddings): `generate_ids` generates all of max_new_tokens whatever the
+context, as llama.cpp's context shift and nanoGPT's cropped window do. A prompt keeps its most recent tokens (and a
+leading BOS) up to the context less the room for the new tokens, but never less than half the context; when the
+cache is full, the last half of the context (BOS kept) is prefilled again and decoding goes on from there. Batch
+evaluation (`fit_context`) instead truncates the prompt so that prompt + new tokens fit, and the server refuses a
+request that does not fit (400).
 """
 
 from __future__ import annotations
@@ -98,12 +100,7 @@ def fit_context(input_ids: list[int], max_new_tokens: int, max_len: int | None,
     ids = list(input_ids)
     if not max_len or len(ids) + max_new_tokens <= max_len:
         return ids, max_new_tokens
-    keep = max(1, max_len - max_new_tokens)
-    if len(ids) > keep:
-        if bos_token_id is not None and ids[0] == bos_token_id and keep > 1:
-            ids = [ids[0]] + ids[len(ids) - (keep - 1):]
-        else:
-            ids = ids[len(ids) - keep:]
+    ids = _keep_recent(ids, max(1, max_len - max_new_tokens), bos_token_id)
     return ids, min(max_new_tokens, max_len - len(ids))
 
 
@@ -118,23 +115,48 @@ def generate_ids(model, input_ids: list[int], *, max_new_tokens: int = 100, temp
                  eos_token_id: int | list[int] | None = None) -> Iterator[int]:
     """Yield new token ids one at a time; stops after max_new_tokens or after yielding an EOS id.
 
-    eos_token_id: id or ids that end generation; None means only max_new_tokens does. The prompt is
-    left-truncated to fit the context (see the module docstring).
+    eos_token_id: id or ids that end generation; None means only max_new_tokens does. Past the context the
+    window shifts (see the module docstring).
     """
     if not input_ids:
         raise ValueError("generate_ids needs at least one prompt token")
-    decoder = get_decoder(model)
-    ids, max_new = fit_context(input_ids, max_new_tokens, decoder.max_len, model.config.bos_token_id)
-    if max_new <= 0:
+    if max_new_tokens <= 0:
         return
+    decoder = get_decoder(model)
+    max_len, bos = decoder.max_len, model.config.bos_token_id
+    ids = prompt_in_context(input_ids, max_new_tokens, max_len, bos)
     eos = eos_set(eos_token_id)
     device = next(model.parameters()).device
     sampler = Sampler(model.config.vocab_size, ids, temperature=temperature, top_k=top_k, top_p=top_p,
                       repetition_penalty=repetition_penalty, seed=seed, device=device)
-    state, logits = decoder.prefill(ids, capacity=len(ids) + max_new)
-    for i in range(max_new):
+    capacity = len(ids) + max_new_tokens if not max_len else min(len(ids) + max_new_tokens, max_len)
+    state, logits = decoder.prefill(ids, capacity=capacity)
+    window = list(ids)  # the tokens the cache holds, then the one sampled
+    for i in range(max_new_tokens):
         tok = sampler(logits)
         yield tok
-        if tok in eos or i == max_new - 1:
+        if tok in eos or i == max_new_tokens - 1:
             return
-        logits = decoder.step([state], [tok])[0]
+        window.append(tok)
+        if max_len and state.length >= max_len:  # the cache is full: shift to the last half of the context
+            window = _keep_recent(window, max_len // 2, bos)
+            state, logits = decoder.prefill(window, capacity=max_len)
+        else:
+            logits = decoder.step([state], [tok])[0]
+
+
+def prompt_in_context(input_ids: list[int], max_new_tokens: int, max_len: int | None, bos_token_id: int | None) -> list[int]:
+    """The prompt `generate_ids` starts from: its most recent tokens (and a leading BOS) up to the context less the
+    new tokens, but at least half the context (the rest of the new tokens come after context shifts)."""
+    if not max_len or len(input_ids) + max_new_tokens <= max_len:
+        return list(input_ids)
+    return _keep_recent(list(input_ids), max(max_len - max_new_tokens, max_len // 2, 1), bos_token_id)
+
+
+def _keep_recent(ids: list[int], keep: int, bos_token_id: int | None) -> list[int]:
+    """The last `keep` tokens of ids, a leading BOS kept in first place."""
+    if len(ids) <= keep:
+        return ids
+    if bos_token_id is not None and ids[0] == bos_token_id and keep > 1:
+        return [ids[0]] + ids[len(ids) - (keep - 1):]
+    return ids[len(ids) - keep:]
