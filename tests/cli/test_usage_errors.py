@@ -32,3 +32,21 @@ def test_a_group_without_a_command_shows_its_help_and_exits_2(tmp_path: Path):
     proc = run_cli("data", workspace=tmp_path / "ws", timeout=120)
     assert proc.returncode == 2
     assert "prepare" in proc.stdout + proc.stderr and "failed:" not in proc.stderr
+
+
+def test_what_the_user_typed_is_printed_as_typed_never_as_markup(tmp_path: Path):
+    # rich read '[/x]' in an error message as a closing tag: a MarkupError traceback; '[data]' vanished from paths
+    proc = run_cli("show", "notes[/draft][data]", workspace=tmp_path / "ws", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "notes[/draft][data]" in lines[0], proc.stderr
+
+
+def test_table_cells_holding_user_text_are_not_markup():
+    from rich.console import Console
+
+    from llmkit.cli.tune import trials_table
+
+    console = Console(record=True, width=200)
+    console.print(trials_table("s", "f1", [{"trial": 0, "optimizer": "[/b] adam [red]w", "f1": 0.5}]))
+    assert "[/b] adam [red]w" in console.export_text()

@@ -90,6 +90,13 @@ def test_globs_skip_too_but_a_file_named_as_an_input_is_read(folder):
     assert "readme.txt" not in names(p for p, _ in skipped) and "README.md" in names(p for p, _ in skipped)
 
 
+def test_a_file_whose_name_looks_like_a_glob_is_read_as_named(tmp_path):
+    (tmp_path / "my[data].txt").write_text("text\n")
+    (tmp_path / "myd.txt").write_text("the glob's match\n")
+    assert names(expand_inputs([str(tmp_path / "my[data].txt")])) == ["my[data].txt"]
+    assert names(expand_inputs([str(tmp_path / "my[dx].txt")])) == ["myd.txt"]  # no such file: a pattern
+
+
 def test_an_input_left_empty_by_the_skip_says_what_was_skipped_and_how_to_choose(folder):
     only_meta = folder / "meta"
     only_meta.mkdir()

@@ -210,12 +210,13 @@ def summary_table(report: BiasReport):
 
 def worst_table(report: BiasReport):
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="Largest probability changes")
     for col in ("group", "original", "counterfactual", "label", "p orig", "p cf"):
         table.add_column(col, overflow="fold")
     for e in report.worst:
-        table.add_row(e["group"], e["original"], e["counterfactual"], e["label"], f"{e['p_original']:.3f}",
+        table.add_row(e["group"], Text(e["original"]), Text(e["counterfactual"]), Text(str(e["label"])), f"{e['p_original']:.3f}",
                       f"{e['p_counterfactual']:.3f}")
     return table
 

@@ -59,12 +59,13 @@ def summary_table(report: PrivacyReport):
 
 def canary_table(report: PrivacyReport):
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"Canaries: rank of the true secret among {report.canaries['candidates']} random ones")
     for col in ("secret", "planted", "rank", "exposure", "flagged"):
         table.add_column(col, justify="left" if col == "secret" else "right")
     for r in report.canaries["planted"] + report.canaries["references"]:
-        table.add_row(r["secret"], str(r["repeats"]) if r["repeats"] else "never", str(r["rank"]), f"{r['exposure']:.2f}",
+        table.add_row(Text(r["secret"]), str(r["repeats"]) if r["repeats"] else "never", str(r["rank"]), f"{r['exposure']:.2f}",
                       "[red]yes[/red]" if r.get("flagged") else "")
     return table
 

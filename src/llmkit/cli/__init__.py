@@ -10,6 +10,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from llmkit.cli.common import console, err_console
 from llmkit.errors import UserError
@@ -68,7 +69,8 @@ def main() -> None:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except UserError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        # escaped: the message quotes what the user typed (a path, a name, a YAML value), which may hold '[...]'
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as ex:
         sys.exit(ex.exit_code)
@@ -83,7 +85,7 @@ def main() -> None:
     except Exception as err:  # our own failures
         if os.environ.get("LLMKIT_DEBUG"):
             raise
-        err_console.print(f"[red]failed:[/red] {type(err).__name__}: {err} (set LLMKIT_DEBUG=1 for the traceback)",
+        err_console.print(f"[red]failed:[/red] {type(err).__name__}: {escape(str(err))} (set LLMKIT_DEBUG=1 for the traceback)",
                           highlight=False, soft_wrap=True)
         sys.exit(1)
 

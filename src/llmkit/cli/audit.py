@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from llmkit.cli.common import Ctx, console
 from llmkit.cli.options import configured
@@ -42,7 +43,7 @@ def bias(
         if report.worst:
             console.print(worst_table(report))
         for warning in report.warnings:
-            console.print(f"[yellow]warning:[/yellow] {warning}")
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         flagged = ", ".join(report.flagged) or "none"
         console.print(f"flagged groups: {flagged}" + (f"; report {cfg.out}" if cfg.out else ""))
         _registered(report)
@@ -69,7 +70,7 @@ def privacy(
         if report.canaries:
             console.print(canary_table(report))
         for warning in report.warnings:
-            console.print(f"[yellow]warning:[/yellow] {warning}")
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         if cfg.out:
             console.print(f"report {cfg.out}")
         _registered(report)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from llmkit import __version__
 from llmkit.cli.common import Ctx, JsonOpt, console
@@ -112,7 +113,7 @@ def ls(
         for col in ("id", "type", "name", "version", "kind", "created", "path"):
             table.add_column(col)
         for r in recs:
-            table.add_row(r.id, r.type, r.name, str(r.version), r.kind, r.created, r.path or "")
+            table.add_row(r.id, r.type, Text(r.name), str(r.version), r.kind, r.created, Text(r.path or ""))
         console.print(table)
 
     ctx.emit([r.to_json() for r in recs], human)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from llmkit.cli.common import Ctx, console, valid_text
 from llmkit.cli.options import configured
@@ -39,7 +40,7 @@ def explain(
             valid_text(getattr(cfg, key), f"--{key}")
     exp = run_explain(model, text, cfg, ctx.registry)
     for warning in exp.warnings:
-        ctx.log.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+        ctx.log.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     result = exp.to_dict()
     if cfg.out:
         result["html"] = str(write_html(exp, cfg.out))

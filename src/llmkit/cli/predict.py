@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from llmkit.cli.common import Ctx, console, valid_text
 from llmkit.cli.options import configured
@@ -58,7 +59,7 @@ def predict(
         table = Table("text", "label", *labels)
         for r in results:
             shown = r["text"] if len(r["text"]) <= 60 else r["text"][:57] + "..."
-            table.add_row(shown, f"[bold]{r['label']}[/bold]", *(f"{r['probabilities'][label]:.3f}" for label in labels))
+            table.add_row(Text(shown), Text(str(r["label"]), style="bold"), *(f"{r['probabilities'][label]:.3f}" for label in labels))
         console.print(table)
 
     ctx.emit(results, show)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from llmkit.cli.common import Ctx, console, valid_text
 from llmkit.cli.options import configured
@@ -82,7 +83,7 @@ def show_alias(ctx: Ctx, name: str) -> bool:
         for column in ("moved", "by", "from", "to", "note"):
             table.add_column(column)
         for m in moves:
-            table.add_row(m.moved, m.moved_by, m.previous_ref or "-", m.model_ref, m.note)
+            table.add_row(m.moved, Text(m.moved_by), m.previous_ref or "-", m.model_ref, Text(m.note or ""))
         console.print(table)
 
     ctx.emit(result, human)

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from llmkit.cli.common import Ctx, console
 from llmkit.cli.options import configured
@@ -43,10 +44,10 @@ def trials_table(study: str, metric: str, rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _cell(v: Any) -> str:
+def _cell(v: Any) -> Text:
     if v is None:
-        return ""
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+        return Text("")
+    return Text(f"{v:.4g}" if isinstance(v, float) else str(v))  # a categorical choice is the user's text
 
 
 def show_study(ctx: Ctx, rec) -> bool:

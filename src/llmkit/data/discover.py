@@ -101,7 +101,7 @@ def expand_inputs(inputs: list[str], include: Iterable[str] = (), exclude: Itera
 
 def _expand_one(item: str, rule: FileFilter, log: list[tuple[str, str]]) -> list[Path]:
     path = Path(item).expanduser()
-    if _GLOB.search(item):
+    if _GLOB.search(item) and not path.exists():  # a file or folder named 'my[data].txt' is itself, not a pattern
         matches = sorted(glob.glob(str(path), recursive=True))
         files: list[Path] = []
         before = len(log)
