@@ -70,6 +70,10 @@ def test_a_symlink_out_of_the_workspace_is_refused(tmp_path: Path) -> None:
 def test_new_folders_are_distinct_and_inside(tmp_path: Path) -> None:
     ws = Workspace.open(tmp_path / "ws")
     folders = {ws.new_folder("models", "tiny-int8") for _ in range(50)}
+    # what made a folder is said once: a default name such as tiny-int8-weight already says it
+    assert ws.new_folder("models", "tiny-int8-weight", "int8-weight").name.startswith("tiny-int8-weight-")
+    assert ws.new_folder("models", "tiny-int8-weight", "int8-weight").name.count("int8-weight") == 1
+    assert ws.new_folder("models", "prod", "merged").name.startswith("prod-merged-")
     assert len(folders) == 50 and all(f.parent == ws.root / "models" and f.name.startswith("tiny-int8-") for f in folders)
 
 

@@ -21,7 +21,7 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
     from llmkit.optimize.export_gguf import export_gguf_folder
 
     name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-{cfg.quant}")
-    target = ws.new_folder("models", f"{name}-gguf")
+    target = ws.new_folder("models", name, "gguf")
     lineage = {"task": "causal-lm", "method": f"export-gguf-{cfg.quant}",
                "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)},
                "dataset": (source.lineage or {}).get("dataset"), "config": cfg.model_dump()}
@@ -49,7 +49,7 @@ def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Regi
 
     name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-onnx")
     kind = model_task(source)
-    target = ws.new_folder("models", f"{name}-onnx")
+    target = ws.new_folder("models", name, "onnx")
     lineage = {**(source.lineage or {}), "task": kind, "method": "export-onnx", "format": "onnx",
                "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)}, "config": cfg.model_dump()}
     with atomic_dir(target) as tmp:

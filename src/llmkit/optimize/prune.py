@@ -122,7 +122,7 @@ def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registr
                "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)},
                "pruning": {"method": cfg.method, "pattern": cfg.pattern, "sparsity": round(total, 4), "per_layer": per_layer},
                "config": cfg.model_dump()}
-    target = ws.new_folder("models", f"{model_name}-{cfg.method}")
+    target = ws.new_folder("models", model_name, cfg.method)
     save_model(lm, tokenizer, target, lineage)
     rec = registry.add("model", model_name, kind="causal-lm", path=target, params={"method": f"prune-{cfg.method}", "pattern": cfg.pattern},
                        metrics={"sparsity": round(total, 4)}, parents=[(source.id, "pruned_from")] if source.id else [])

@@ -61,7 +61,7 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
     modules = quantize_model(lm, cfg.method, cfg.group_size)
     info = {"method": cfg.method, "bits": METHODS[cfg.method], "group_size": cfg.group_size,
             "zero_point": METHODS[cfg.method] == 4, "modules": modules}
-    target = ws.new_folder("models", f"{name}-{cfg.method}")
+    target = ws.new_folder("models", name, cfg.method)
     lineage = {**(source.lineage or {}), "format": "llmkit.model/1", "task": "causal-lm", "method": f"quantize-{cfg.method}",
                "quantization": info, "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)},
                "config": cfg.model_dump()}

@@ -116,7 +116,7 @@ def merge(ref: str, ws: Workspace | None = None, registry=None, name: str | None
         from llmkit.models.io import load_causal_lm
 
         merged, tokenizer = load_causal_lm(adapter)
-    target = ws.new_folder("models", f"{name}-merged")
+    target = ws.new_folder("models", name, "merged")
     new_lineage = {**lineage, "method": "lora-merged", "parent_model": {"id": adapter.id, "ref": adapter.ref, "path": str(adapter.path)},
                    "base": {"path": str(base.path), "ref": base.ref, "id": base.id}}
     save_model(merged, tokenizer, target, new_lineage)
