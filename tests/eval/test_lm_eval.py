@@ -107,3 +107,5 @@ def test_bad_inputs(ws, chat_data):
         evaluate("tiny-lm", EvalConfig(data="tiny", context=32, stride=64), ws, reg)
     with pytest.raises(UserError, match="eval.data is not set"):
         evaluate("tiny-lm", EvalConfig(), ws, reg)
+    with pytest.raises(UserError, match=r"eval.data = 'nope.jsonl': no such file; give a \{prompt, reference\} .jsonl file"):
+        evaluate("tiny-lm", EvalConfig(data="nope.jsonl"), ws, reg)  # it said "no dataset named 'nope.jsonl'"

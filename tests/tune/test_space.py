@@ -49,6 +49,15 @@ def test_a_bad_space_is_one_line_naming_the_key(space: dict, says: str | None):
     assert says in str(err.value) and "\n" not in str(err.value)
 
 
+def test_exponents_without_a_dot_are_numbers(tmp_path: Path):
+    path = tmp_path / "space.yaml"
+    path.write_text("lr: {log-float: [1e-5, 3E-4]}\n")  # YAML 1.1 reads these as text
+    (param,) = read_space(path, "classify")
+    assert (param.low, param.high) == (1e-5, 3e-4)
+    with pytest.raises(UserError, match=r"needs \[low, high\] as two numbers, got \['a', 5\]"):
+        read_space({"lr": {"float": ["a", 5]}}, "classify")
+
+
 def test_a_space_file_that_is_not_yaml_or_absent_is_named(tmp_path: Path):
     with pytest.raises(UserError, match="file not found"):
         read_space(tmp_path / "nope.yaml", "pretrain")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,18 @@ from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    # Lines are never broken by rich (a path cut across two lines is no longer a path; a terminal wraps them on
+    # screen). Piped into a file or another program there is no terminal width to fit: tables get 200 columns
+    # (at rich's default of 80, `ls` cut every name to 'shakespe…') unless $COLUMNS says otherwise.
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty()) and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, soft_wrap=True, width=200 if piped else None)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file; flags override it.", show_default=False)]
 WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", help="Workspace folder (default: $LLMKIT_HOME or ./llmkit-workspace).", show_default=False)]

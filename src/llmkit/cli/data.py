@@ -26,7 +26,7 @@ def prepare(ctx: Ctx, cfg) -> None:
     from llmkit.data.pipeline import prepare as run_prepare
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} records"),
-                  TimeElapsedColumn(), console=err_console, transient=True) as progress:
+                  TimeElapsedColumn(), console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
         ds = run_prepare(cfg, ctx.ws, ctx.registry, progress=progress)
     m = ds.manifest
     result = {"id": ds.id, "name": ds.name, "version": ds.version, "ref": ds.ref, "path": str(ds.path),

@@ -22,7 +22,7 @@ def demo(ctx: Ctx, cfg) -> None:
     from llmkit.demo import demo as run_demo
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"),
-                  TimeElapsedColumn(), console=err_console, transient=True) as progress:
+                  TimeElapsedColumn(), console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
         result = run_demo(cfg, ctx.ws, ctx.registry, console=ctx.log, progress=progress)
 
     def human() -> None:

@@ -23,7 +23,7 @@ def _progress(ctx: Ctx):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=ctx.log, transient=True)
+                    console=ctx.log, transient=True, disable=not ctx.log.is_terminal)
 
 
 @configured("eval")

@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
 def _progress(ctx: Ctx):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=ctx.log, transient=True)
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=ctx.log, transient=True,
+                    disable=not ctx.log.is_terminal)
 
 
 def _emit(ctx: Ctx, model, rows, **extra) -> None:

@@ -75,7 +75,10 @@ def evaluate(model_ref: str, cfg: EvalConfig, ws: Workspace | None = None, regis
     if not cfg.data:
         raise UserError("eval.data is not set: pass --data NAME (a dataset) or --data FILE.jsonl ({prompt, reference} lines)")
     data_file = Path(cfg.data)
-    if data_file.suffix == ".jsonl" and data_file.is_file():
+    if data_file.suffix == ".jsonl" and not data_file.is_file() and registry.find(cfg.data, "dataset") is None:
+        raise UserError(f"eval.data = '{cfg.data}': no such file; give a {{prompt, reference}} .jsonl file that exists, "
+                        "or a dataset's name (llmkit ls datasets)", param="eval.data")
+    if data_file.suffix == ".jsonl":
         if kind != "causal-lm":
             raise UserError(f"{cfg.data}: a {{prompt, reference}} file evaluates generation; {model.ref} is a {kind} model")
         _check_metrics(cfg.metrics, GENERATION_METRICS, kind)

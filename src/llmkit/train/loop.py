@@ -75,12 +75,57 @@ def evaluate_lm(model: torch.nn.Module, batches, device: str, amp) -> dict[str, 
     return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0)), "val_tokens": count}
 
 
-def progress_bar(console) -> Progress:
+def progress_bar(console) -> Progress | ProgressLines:
+    """A live bar on a terminal; piped into a log, a line every PROGRESS_LINE_S seconds and one at the end."""
+    if not console.is_terminal and not console.quiet:
+        return ProgressLines(console)
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tok_s]:,.0f} tok/s"),
-        TextColumn("val {task.fields[val]}"), TimeRemainingColumn(), console=console, transient=False,
+        TextColumn("{task.fields[val]}"), TimeRemainingColumn(), console=console, transient=False,
     )
+
+
+PROGRESS_LINE_S = 30.0
+
+
+class ProgressLines:
+    """The training bar's fields as plain lines, for output that is not a terminal (a log file, CI): rich draws
+    nothing there until the end, so a 15-minute run said nothing for 15 minutes, then one bar cut to 80 columns."""
+
+    def __init__(self, console, every_s: float = PROGRESS_LINE_S):
+        self.console, self.every_s = console, every_s
+        self.fields: dict[str, Any] = {}
+
+    def __enter__(self) -> ProgressLines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fields and self._text() != self.printed:  # the last state, with the last evaluation
+            self._print()
+
+    def add_task(self, description: str, total: int, completed: int = 0, **fields) -> int:
+        self.fields = {"description": description, "total": total, "completed": completed, **fields}
+        self.started, self.start_step, self.printed, self.last = time.time(), completed, "", time.time()
+        return 0
+
+    def update(self, task: int, **fields) -> None:
+        self.fields.update(fields)
+        if time.time() - self.last >= self.every_s:
+            self._print()
+
+    def _print(self) -> None:
+        self.printed, self.last = self._text(), time.time()
+        self.console.print(self.printed, markup=False, highlight=False, soft_wrap=True)  # a log line is never cut
+
+    def _text(self) -> str:
+        f, now = self.fields, time.time()
+        step, total = f["completed"], f["total"]
+        rate = (step - self.start_step) / max(now - self.started, 1e-9)  # steps per second over this run
+        eta = f", eta {(total - step) / rate:,.0f} s" if 0 < rate and step < total else ""
+        val = f", {f['val']}" if f.get("val") else ""
+        return (f"{f['description']} step {step}/{total} ({100 * step / max(total, 1):.0f} %), loss {f['loss']:.4f}, "
+                f"{f['tok_s']:,.0f} tok/s{val}{eta}")
 
 
 class StopFlag:
@@ -238,7 +283,7 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
     tokens_seen, stopped_early = 0, False
     forward.train()
     with StopFlag() as stop, progress_bar(console if console is not None else _quiet()) as bar:
-        task = bar.add_task(job.stage, total=job.total_steps, completed=step, loss=float("nan"), tok_s=0.0, val="-")
+        task = bar.add_task(job.stage, total=job.total_steps, completed=step, loss=float("nan"), tok_s=0.0, val="")
         t_last = time.time()
         while step < job.total_steps:
             lr = lr_at(step, job.lr, job.min_lr, job.warmup_steps, job.total_steps)

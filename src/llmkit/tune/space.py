@@ -15,6 +15,7 @@ the range is not empty, and both ends (every choice) are values the section acce
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,8 @@ def _param(key: str, spec: Any, stage: str, where: str) -> Param:
         if step is not None:
             raise UserError(f"{where}: {key}: categorical takes no step")
         return Param(key, kind, choices=tuple(value))
+    if isinstance(value, list):  # YAML reads 1e-3 (no dot) as text; a config file's float fields accept it
+        value = [_yaml_exponent(v) for v in value]
     if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
         raise UserError(f"{where}: {key}: {kind} needs [low, high] as two numbers, got {value!r}")
     low, high = value
@@ -128,6 +131,13 @@ def _param(key: str, spec: Any, stage: str, where: str) -> Param:
     if step is not None and (not _is_number(step) or step <= 0 or kind == "log-float"):
         raise UserError(f"{where}: {key}: step must be a number above 0 (and log-float takes none), got {step!r}")
     return Param(key, kind, low, high, step)
+
+
+def _yaml_exponent(v: Any) -> Any:
+    """'1e-3' as 0.001: YAML 1.1 wants 1.0e-3 for a number, and the text form is what people write."""
+    if isinstance(v, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", v.strip()):
+        return float(v)
+    return v
 
 
 def _is_number(v: Any) -> bool:
