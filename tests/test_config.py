@@ -45,6 +45,15 @@ def test_flags_win_over_the_file_and_the_file_over_defaults(write_config: WriteC
     assert load_section("generate", path).top_k == 5
 
 
+def test_a_bad_value_is_blamed_on_the_file_only_when_it_came_from_the_file(write_config: WriteConfig) -> None:
+    bad = write_config("pretrain:\n  lr: -1\n")
+    assert _error("pretrain", bad).startswith(f"{bad}: pretrain.lr = -1")
+    path = write_config("pretrain:\n  lr: 0.1\n  batch_size: 4\nsft:\n  lora: {r: 8}\n")
+    flag = _error("pretrain", path, {"lr": 0.01, "max_steps": -5})
+    assert flag.startswith("pretrain.max_steps = -5") and str(path) not in flag  # it said "llmkit.yaml: pretrain.max_steps"
+    assert not _error("sft", path, {"lora": {"r": -1}}).startswith(str(path))
+
+
 def test_nested_keys_come_from_the_file(write_config: WriteConfig) -> None:
     path = write_config("data:\n  splits:\n    val: 0.2\n")
     cfg = load_section("data", path)

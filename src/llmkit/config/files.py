@@ -78,7 +78,7 @@ def load_section(section: str, path: str | Path | None = None, overrides: dict[s
     """The validated config of one stage: defaults < file section < flag overrides (None = not given)."""
     section = RENAMED_SECTIONS.get(section, section)
     body = _merged(read_config_file(path).get(section, {}), overrides or {})
-    return validate_section(section, body, source=str(path) if path else None)
+    return validate_section(section, body, source=str(path) if path else None, flags=overrides)
 
 
 def _merged(body: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -92,19 +92,31 @@ def _merged(body: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_section(section: str, body: dict[str, Any], source: str | None = None) -> Any:
+def validate_section(section: str, body: dict[str, Any], source: str | None = None,
+                     flags: dict[str, Any] | None = None) -> Any:
+    """`body` as the section's model; an error names `source` (the config file) unless the value was one of `flags`."""
     model = SECTIONS[section]
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        raise UserError(_describe(err, section, model, source)) from None
+        raise UserError(_describe(err, section, model, source, flags or {})) from None
 
 
-def _describe(err: ValidationError, section: str, model: type[BaseModel], source: str | None) -> str:
+def _given(flags: dict[str, Any], loc: list[str]) -> bool:
+    value: Any = flags
+    for part in loc:
+        if not isinstance(value, dict) or value.get(part) is None:
+            return False
+        value = value[part]
+    return True
+
+
+def _describe(err: ValidationError, section: str, model: type[BaseModel], source: str | None,
+              flags: dict[str, Any]) -> str:
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
     key_path = ".".join([section, *loc])
-    prefix = f"{source}: " if source else ""
+    prefix = f"{source}: " if source and not _given(flags, loc) else ""
     if first["type"] == "extra_forbidden":
         owner = _model_at(model, loc[:-1])
         fields = list(owner.model_fields) if owner else []
