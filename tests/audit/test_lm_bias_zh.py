@@ -93,4 +93,5 @@ def test_english_tokenizers_are_english(zh_biased: Path, tmp_path: Path):
                        for day in range(10))
     en = train_char_lm(tmp_path / "en", "en", text, TINY, max_steps=2, context=16)
     _, en_tok = load_causal_lm(resolve_model("en", Registry.for_workspace(en)))
-    assert model_language(en_tok)[0] == "en"
+    lang, why = model_language(en_tok)  # a character vocabulary: it said "0 of its 31 entries ..., 0 Latin words"
+    assert lang == "en" and "single Latin letters (a character vocabulary)" in why and " 0 single" not in why

@@ -150,12 +150,16 @@ def test_ls_show_rm_round_trip(tmp_path: Path):
     assert shown["id"] == model.id and shown["parents"][0]["id"] == ds.id
     assert llmkit("ls", "things", "--workspace", str(ws)).returncode == 2
 
+    used = llmkit("rm", "toy", "--yes", "--workspace", str(ws))  # toy-model was trained on it
+    assert used.returncode == 2 and "dataset toy:v1 is what 1 record(s) were made from: model toy-model:v1 (trained_on)" \
+        in used.stderr and "--force" in used.stderr and folder.exists()
     refused = llmkit("rm", "toy-model", "--workspace", str(ws), stdin="n\n")
     assert refused.returncode != 0 and model_dir.exists()
     removed = json.loads(llmkit("rm", "toy-model", "--yes", "--workspace", str(ws), "--json").stdout)
     assert removed["files_removed"] and not model_dir.exists()
     missing = llmkit("show", "toy-model", "--workspace", str(ws))
     assert missing.returncode == 2 and "toy-model" in missing.stderr
+    assert llmkit("rm", "toy", "--yes", "--workspace", str(ws)).returncode == 0  # nothing made from it now
 
 
 def test_config_show_prints_commented_defaults_for_each_stage():

@@ -7,6 +7,7 @@ import re
 
 _CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN_WORD = re.compile("[A-Za-z]{2}")
+_LATIN_LETTER = re.compile("[A-Za-z]")
 
 
 def model_language(tokenizer) -> tuple[str, str]:
@@ -19,6 +20,9 @@ def model_language(tokenizer) -> tuple[str, str]:
     texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=True)
     cjk = sum(bool(_CJK.search(t)) for t in texts)
     latin = sum(bool(_LATIN_WORD.search(t)) for t in texts)
+    what = "Latin words"
+    if not cjk and not latin:  # a character vocabulary: its single letters are all the evidence there is
+        latin, what = sum(bool(_LATIN_LETTER.fullmatch(t)) for t in texts), "single Latin letters (a character vocabulary)"
     lang = "zh" if cjk > latin else "en"
     return lang, (f"{lang} from the tokenizer: {cjk:,} of its {size:,} entries are Chinese or Japanese text, "
-                  f"{latin:,} Latin words")
+                  f"{latin:,} {what}")

@@ -159,9 +159,16 @@ def rm(
     ref: Annotated[str, typer.Argument(help="name, name:vN, or id")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     keep_files: Annotated[bool, typer.Option("--keep-files", help="Remove the record but keep its folder.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Remove it even if models, datasets or runs were made from it.")] = False,
 ) -> None:
     """Remove a record (and its folder inside the workspace)."""
     rec = ctx.registry.get(ref)
+    # What was made from it would lose its lineage (and a run its --resume): refused unless --force.
+    users = [(relation, r) for relation, r in ctx.registry.children(rec.id) if r.type in ("model", "dataset", "run")]
+    if users and not force:
+        shown = ", ".join(f"{r.type} {r.ref} ({relation})" for relation, r in users[:5]) + (" ..." if len(users) > 5 else "")
+        raise UserError(f"{rec.type} {rec.ref} is what {len(users)} record(s) were made from: {shown}; remove those "
+                        "first, or pass --force to remove it anyway (their lineage will no longer name it)")
     if not yes and not typer.confirm(f"remove {rec.type} {rec.ref} ({rec.id}) and its files?", err=True):
         raise typer.Abort()
     # Asked before the record goes: a folder another record still points at is kept (workspaces made

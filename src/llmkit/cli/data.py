@@ -52,7 +52,9 @@ def prepare(ctx: Ctx, cfg) -> None:
             console.print("  PII found: " + ", ".join(f"{k} {v}" for k, v in sorted(m["pii"].items())))
         for split, s in m["splits"].items():
             console.print(f"  {split:5s} {s['records']:8d} records {s['tokens']:10d} tokens")
-        console.print(f"  tokenizer: {m['tokenizer']['kind']} vocab {m['tokenizer']['vocab_size']}")
+        tokenizer = m["tokenizer"]  # its spec as asked (char, bpe:8000, a path); a char one is a wordlevel model inside
+        console.print(f"  tokenizer: {tokenizer.get('spec') or tokenizer['kind']}, vocabulary {tokenizer['vocab_size']:,}",
+                      markup=False, highlight=False)
         console.print(f"next: llmkit data report {ds.name}")
 
     ctx.emit(result, human)

@@ -6,6 +6,7 @@ from typing import Any
 
 from llmkit.config import EvalConfig
 from llmkit.errors import UserError
+from llmkit.eval.report import format_number
 from llmkit.models.io import resolve_model
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
@@ -81,6 +82,5 @@ def compare_table(result: dict[str, Any]):
     for name in result["models"]:
         table.add_column(name, justify="right")
     for key, values in result["rows"].items():
-        table.add_row(key, *("-" if v is None else f"{v:,.4f}" if isinstance(v, float) and abs(v) < 1000 else f"{v:,.1f}"
-                             if isinstance(v, float) else f"{v:,}" for v in values))
+        table.add_row(key, *(format_number(v) for v in values))
     return table

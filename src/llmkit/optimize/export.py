@@ -31,7 +31,9 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
     exported = Model(target, name, rec.id, rec.version, {**lineage, "format": "gguf", "gguf": target.name})
     exported.lineage = resolve_model(rec.id, registry).lineage
     if console is not None:
-        console.print(f"GGUF {cfg.quant}: {info['gguf']} ({info['tensor_types']}); Ollama: cd {target} && ollama create {name} -f Modelfile")
+        kinds = ", ".join(f"{n} {kind}" for kind, n in info["tensor_types"].items())  # e.g. 29 q8_0, 9 f32 (the norms)
+        console.print(f"GGUF {cfg.quant}: {info['gguf']} ({kinds} tensors); Ollama: cd {target} && ollama create {name} -f Modelfile",
+                      markup=False, highlight=False)
     rows = None
     if cfg.table:
         from llmkit.optimize.table import before_after

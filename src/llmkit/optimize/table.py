@@ -10,6 +10,7 @@ logits, its speed from llama.cpp's decoding), anything else on torch. Perplexity
 from __future__ import annotations
 
 from llmkit.config import BenchModelConfig, EvalConfig
+from llmkit.eval.report import format_number
 from llmkit.models.io import Model
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
@@ -44,13 +45,16 @@ def before_after(before: Model, after: Model, ws: Workspace, registry: Registry,
         rows.append(row)
     if console is not None:
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=f"{before.ref} → {after.ref}")
+        # which records the quality figure comes from: `llmkit eval` defaults to another split, so its figure differs
+        on = f" ({key} on the val split, at most {max_examples} records)" if dataset else ""
+        table = Table(title=Text(f"{before.ref} → {after.ref}{on}"))
         keys = [k for k in rows[0] if k not in ("stage",)]
         for k in keys:
             table.add_column(k, justify="left" if k == "model" else "right")
         for row in rows:
-            table.add_row(*(f"{row.get(k):,.4f}" if isinstance(row.get(k), float) else str(row.get(k, "-")) for k in keys))
+            table.add_row(*(format_number(row.get(k)) for k in keys))
         console.print(table)
     return rows
 

@@ -249,7 +249,12 @@ def _examples(cfg: SftConfig, ds_rec, tokenizer, console):
         val = val[: cfg.eval_max_examples]
     rows = pack(train, cfg.max_length) if cfg.packing else train
     if console is not None:
-        skipped = train_counts["no_assistant"] + train_counts["empty_after_truncation"]
-        console.print(f"data {ds_rec.ref}: {len(train)} conversations ({skipped} skipped, {train_counts['truncated']} truncated "
-                      f"to {cfg.max_length} tokens){f', packed into {len(rows)} rows' if cfg.packing else ''}; {len(val)} for eval")
+        why = [f"{train_counts['no_assistant']} with no assistant turn"] if train_counts["no_assistant"] else []
+        if train_counts["empty_after_truncation"]:  # the prompt alone filled max_length: nothing left to learn from
+            why.append(f"{train_counts['empty_after_truncation']} whose answers start after {cfg.max_length} tokens "
+                       "(raise --max-length to keep them)")
+        skipped = f"skipped {'; '.join(why)}; " if why else ""
+        console.print(f"data {ds_rec.ref}: {len(train)} conversations ({skipped}{train_counts['truncated']} truncated "
+                      f"to {cfg.max_length} tokens){f', packed into {len(rows)} rows' if cfg.packing else ''}; {len(val)} for eval",
+                      markup=False, highlight=False)
     return train, rows, val, train_counts
