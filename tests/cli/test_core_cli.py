@@ -155,6 +155,8 @@ def test_ls_show_rm_round_trip(tmp_path: Path):
         in used.stderr and "--force" in used.stderr and folder.exists()
     refused = llmkit("rm", "toy-model", "--workspace", str(ws), stdin="n\n")
     assert refused.returncode != 0 and model_dir.exists()
+    unanswered = llmkit("rm", "toy-model", "--workspace", str(ws), stdin="")  # a script: it printed "aborted", exit 1
+    assert unanswered.returncode == 2 and "got no answer on stdin: pass --yes" in unanswered.stderr and model_dir.exists()
     removed = json.loads(llmkit("rm", "toy-model", "--yes", "--workspace", str(ws), "--json").stdout)
     assert removed["files_removed"] and not model_dir.exists()
     missing = llmkit("show", "toy-model", "--workspace", str(ws))

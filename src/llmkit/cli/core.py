@@ -6,6 +6,7 @@ import importlib
 import os
 import platform
 import shutil
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -169,8 +170,15 @@ def rm(
         shown = ", ".join(f"{r.type} {r.ref} ({relation})" for relation, r in users[:5]) + (" ..." if len(users) > 5 else "")
         raise UserError(f"{rec.type} {rec.ref} is what {len(users)} record(s) were made from: {shown}; remove those "
                         "first, or pass --force to remove it anyway (their lineage will no longer name it)")
-    if not yes and not typer.confirm(f"remove {rec.type} {rec.ref} ({rec.id}) and its files?", err=True):
-        raise typer.Abort()
+    if not yes:
+        try:
+            confirmed = typer.confirm(f"remove {rec.type} {rec.ref} ({rec.id}) and its files?", err=True)
+        except typer.Abort:  # end of input: run from a script or CI, with nobody to answer
+            if sys.stdin.isatty():
+                raise
+            raise UserError(f"rm asks before removing {rec.type} {rec.ref} and got no answer on stdin: pass --yes") from None
+        if not confirmed:
+            raise typer.Abort()
     # Asked before the record goes: a folder another record still points at is kept (workspaces made
     # before every version had its own folder hold versions that share one).
     sharing = ctx.registry.sharing_files(rec) if rec.path and not keep_files else []

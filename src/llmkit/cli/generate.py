@@ -52,13 +52,19 @@ def generate(
         print()
     result = {"model": model, "prompt": prompt, "text": out.text, "finish_reason": out.finish_reason,
               "prompt_tokens": out.prompt_tokens, "completion_tokens": len(out.token_ids),
-              "seconds": round(out.seconds, 4), "tokens_per_s": round(len(out.token_ids) / max(out.seconds, 1e-9), 1)}
+              "seconds": round(out.seconds, 4), "tokens_per_s": round(len(out.token_ids) / max(out.seconds, 1e-9), 1),
+              # the first token's wait (prompt, the decoder's set-up) apart from the rate of the rest
+              "first_token_seconds": round(out.first_token_seconds, 4),
+              "decode_tokens_per_s": round((len(out.token_ids) - 1) / max(out.seconds - out.first_token_seconds, 1e-9), 1)
+              if len(out.token_ids) > 1 else None}
     if ctx.json:
         ctx.emit(result)
     elif not stream:
         console.print(prompt + out.text, markup=False, highlight=False)
     else:
-        console.print(f"[dim]{len(out.token_ids)} tokens, {result['tokens_per_s']} tok/s, {out.finish_reason}[/dim]")
+        rate = f", then {result['decode_tokens_per_s']:,.1f} tok/s" if result["decode_tokens_per_s"] else ""
+        console.print(f"[dim]{len(out.token_ids)} tokens in {out.seconds:.2f} s (first after {out.first_token_seconds:.2f} s"
+                      f"{rate}), {out.finish_reason}[/dim]")
 
 
 @configured("generate", repeat=("stop",))
