@@ -78,3 +78,11 @@ def test_a_model_registered_under_an_alias_name_or_a_removed_target_is_one_clear
     registry.remove(base.id)
     with pytest.raises(UserError, match=rf"alias 'prod' points at base:v1 \({base.id}\), which was removed; move it"):
         resolve_model("prod", registry)
+
+
+def test_a_version_that_does_not_exist_lists_the_ones_that_do(registry: Registry, tmp_path: Path) -> None:
+    _model(registry, tmp_path, "nano")
+    _model(registry, tmp_path, "nano")
+    assert resolve_model("nano:v2", registry).version == 2
+    with pytest.raises(UserError, match=r"^no model 'nano:v7': nano has versions v1, v2$"):  # it said "did you mean 'nano'"
+        resolve_model("nano:v7", registry)

@@ -78,6 +78,9 @@ def resolve_model(ref: str, registry=None) -> Model:
     if ref.count("/") == 1 and not path.exists() and not ref.startswith((".", "/")):
         return Model(Path(ref), ref)  # a Hub id: transformers resolves it (and caches it)
     known = ""
+    name, sep, version = ref.rpartition(":v")
+    if registry is not None and sep and version.isdigit() and (versions := registry.list("model", name)):
+        raise UserError(f"no model '{ref}': {name} has versions {', '.join(f'v{r.version}' for r in versions)}")
     if registry is not None:
         names = sorted({r.name for r in registry.list("model")})
         # The names nearest to what was typed first: in a busy workspace the first ten alphabetically say little.
