@@ -44,6 +44,16 @@ def test_preparing_the_same_input_again_says_it_exists(prepared):
     assert sorted(p.name for p in (ws / "datasets").iterdir()) == [Path(first["path"]).name]
 
 
+def test_the_human_summary_says_where_the_name_came_from_and_the_tokenizer_as_asked(tmp_path):
+    source = tmp_path / "notes.txt"
+    source.write_text("\n\n".join(f"note {i}: the quick brown fox jumps over the lazy dog" for i in range(40)))
+    out = llmkit("data", "prepare", str(source), "--task", "lm", "--tokenizer", "char", workspace=tmp_path / "ws")
+    assert out.returncode == 0, out.stderr
+    assert "dataset notes:v1" in out.stdout and "named 'notes' after its input; --name NAME chooses" in out.stdout
+    assert "tokenizer: char, vocabulary " in out.stdout  # it said "wordlevel vocab 31"
+    assert not out.stderr.strip()  # no progress residue off a terminal
+
+
 def test_report_json_has_the_statistics_and_the_plots_exist(prepared):
     ws, first = prepared
     out = llmkit("data", "report", "shakespeare", "--json", workspace=ws)

@@ -40,6 +40,8 @@ def prepare(ctx: Ctx, cfg) -> None:
             return
         c = m["counts"]
         console.print(f"dataset [bold]{ds.ref}[/bold] ({m['task']}) at {ds.path}")
+        if not cfg.name:
+            console.print(f"  named '{ds.name}' after its input; --name NAME chooses", markup=False, highlight=False)
         if skipped:
             console.print(f"  files skipped: {describe_skipped(skipped)}; choose with --include/--exclude GLOB",
                           markup=False, highlight=False)
@@ -89,6 +91,8 @@ def from_feedback(ctx: Ctx, cfg) -> None:
             console.print(f"dataset [bold]{ds.ref}[/bold] already exists with the same feedback and options: {ds.path}")
         else:
             console.print(f"dataset [bold]{ds.ref}[/bold] ({m['task']}) at {ds.path}")
+        if not cfg.name:
+            console.print(f"  named '{ds.name}' after its input; --name NAME chooses", markup=False, highlight=False)
         used = fb["used"]
         if preference:
             made = (f"pairs from corrections {used['pairs_from_corrections']}, from ratings {used['pairs_from_ratings']}; "
