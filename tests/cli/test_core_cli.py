@@ -149,6 +149,8 @@ def test_ls_show_rm_round_trip(tmp_path: Path):
     shown = json.loads(llmkit("show", "toy-model", "--workspace", str(ws), "--json").stdout)
     assert shown["id"] == model.id and shown["parents"][0]["id"] == ds.id
     assert llmkit("ls", "things", "--workspace", str(ws)).returncode == 2
+    narrow = llmkit("ls", "--workspace", str(ws), env={"COLUMNS": "80"}).stdout
+    assert model.id in narrow and ds.id in narrow  # an 80-column terminal cut ids (which commands take) to '35650a…'
 
     used = llmkit("rm", "toy", "--yes", "--workspace", str(ws))  # toy-model was trained on it
     assert used.returncode == 2 and "dataset toy:v1 is what 1 record(s) were made from: model toy-model:v1 (trained_on)" \

@@ -112,7 +112,10 @@ def ls(
             return
         table = Table()
         for col in ("id", "type", "name", "version", "kind", "created", "path"):
-            table.add_column(col)
+            # a narrow terminal folds names and paths rather than cutting them to 'shakespe…' (three models looked alike)
+            # and an id, which commands take, is never cut
+            table.add_column(col, overflow="fold" if col in ("name", "path") else "ellipsis", no_wrap=col == "id",
+                             min_width=12 if col == "id" else None)
         for r in recs:
             table.add_row(r.id, r.type, Text(r.name), str(r.version), r.kind, r.created, Text(r.path or ""))
         console.print(table)
