@@ -10,12 +10,15 @@ from llmkit.config import PredictConfig
 from llmkit.errors import UserError
 from llmkit.models.io import load_classifier, resolve_model
 from llmkit.models.kind import model_kind
+from llmkit.registry import Registry
+from llmkit.workspace import Workspace
 
 
 def predict(model_ref: str, texts: list[str], cfg: PredictConfig | None = None, registry=None) -> list[dict[str, Any]]:
     """One {text, label, score, probabilities} per text, in order."""
     cfg = cfg or PredictConfig()
-    model = resolve_model(model_ref, registry)
+    # the workspace's registry by default, as every stage opens it: a registered name resolves from Python too
+    model = resolve_model(model_ref, registry or Registry.for_workspace(Workspace.open().root))
     lineage = model.lineage or {}
     if model_kind(model) == "causal":
         raise UserError(f"{model.ref} is a causal language model, not a classifier; use llmkit generate for language models")

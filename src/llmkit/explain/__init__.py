@@ -28,6 +28,8 @@ from llmkit.explain.attribution import (
 )
 from llmkit.explain.faithfulness import deletion_aopc
 from llmkit.explain.pieces import display_groups, merge_attention, merge_matrix, piece_bytes
+from llmkit.registry import Registry
+from llmkit.workspace import Workspace
 
 
 @dataclass
@@ -161,6 +163,7 @@ def load_for_explain(model_ref: str, registry=None):
 def explain(model_ref: str, text: str, cfg: ExplainConfig | None = None, registry=None) -> Explanation:
     """Explain one text: token attributions by cfg.method, plus deletion AOPC against random deletion."""
     cfg = cfg or ExplainConfig()
+    registry = registry or Registry.for_workspace(Workspace.open().root)  # as every stage opens it
     model, tokenizer, kind, labels, max_length, ref = load_for_explain(model_ref, registry)
     return explain_loaded(model, tokenizer, kind, text, cfg, labels=labels,
                           max_length=cfg.max_length or max_length, name=ref)

@@ -55,8 +55,11 @@ def _smollm2_135m() -> Path:
 BUILTIN_MODELS = {"minilm-l6": _minilm_l6, "smollm2-135m": _smollm2_135m}
 
 
-def resolve_model(ref: str, registry=None) -> Model:
-    """A built-in name, a registry alias, name or id, a local folder, or a Hub id (network users only)."""
+def resolve_model(ref: str | Model, registry=None) -> Model:
+    """A built-in name, a registry alias, name or id, a local folder, or a Hub id (network users only); a Model (what
+    every stage returns) is itself, so that Python callers can pass one stage's result to the next."""
+    if isinstance(ref, Model):
+        return ref
     if ref in BUILTIN_MODELS:
         return Model(BUILTIN_MODELS[ref](), ref)
     if registry is not None:
