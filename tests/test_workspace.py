@@ -74,6 +74,7 @@ def test_new_folders_are_distinct_and_inside(tmp_path: Path) -> None:
     assert ws.new_folder("models", "tiny-int8-weight", "int8-weight").name.startswith("tiny-int8-weight-")
     assert ws.new_folder("models", "tiny-int8-weight", "int8-weight").name.count("int8-weight") == 1
     assert ws.new_folder("models", "prod", "merged").name.startswith("prod-merged-")
+    assert ws.new_folder("models", "nano-magnitude-50", "magnitude").name.count("magnitude") == 1
     assert len(folders) == 50 and all(f.parent == ws.root / "models" and f.name.startswith("tiny-int8-") for f in folders)
 
 

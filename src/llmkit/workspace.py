@@ -58,8 +58,8 @@ class Workspace:
     def new_folder(self, kind: str, stem: str, suffix: str = "") -> Path:
         """A folder name no record uses yet: `<stem>[-<suffix>]-<random>`, so each registered version has its own
         files (a second `quantize` of the same model must never replace, or later delete, the first one's). The
-        suffix says what made it, once: a default name such as `nano-int8-weight` has it already."""
-        if suffix and not stem.endswith(f"-{suffix}"):
+        suffix says what made it, once: a default name such as `nano-int8-weight` or `nano-magnitude-50` has it."""
+        if suffix and f"-{suffix}-" not in f"{stem}-":
             stem = f"{stem}-{suffix}"
         while True:
             path = self.folder(kind, f"{stem}-{os.urandom(4).hex()}")

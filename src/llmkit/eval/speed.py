@@ -26,7 +26,9 @@ def peak_rss_mb() -> float:
 
 
 def disk_size_bytes(model: Model) -> int:
-    size = model_size_bytes(model.path) + sum(f.stat().st_size for f in model.path.glob("*.gguf"))
+    # the weights wherever a format keeps them: safetensors, a GGUF, an ONNX graph (and its external data file)
+    size = model_size_bytes(model.path) + sum(f.stat().st_size for pattern in ("*.gguf", "*.onnx", "*.onnx.data")
+                                              for f in model.path.glob(pattern))
     if is_adapter(model.path):
         size += model_size_bytes(adapter_base(model).path)
     return size

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import torch
 
+from llmkit.errors import UserError
 from llmkit.models.io import Model
 
 
@@ -18,6 +19,9 @@ class OnnxBackend:
     def __init__(self, model: Model):
         import onnxruntime as ort
 
+        if not (model.path / "model.onnx").exists():
+            raise UserError(f"{model.ref} is not an ONNX export (no model.onnx in {model.path}); make one with: "
+                            f"llmkit export {model.ref} --format onnx, or leave --backend to auto")
         config = json.loads((model.path / "config.json").read_text())
         self.vocab_size, self.max_len = config["vocab_size"], config.get("max_position_embeddings")
         options = ort.SessionOptions()
