@@ -105,3 +105,10 @@ def test_giving_both_or_neither_student_is_an_error(lm_workspace: Path, tiny_mod
     reg = Registry.for_workspace(lm_workspace)
     with pytest.raises(UserError, match="exactly one of --student"):
         distill(DistillConfig(teacher="tiny-lm", data="tiny"), Workspace.open(lm_workspace), reg)
+
+
+def test_a_student_of_another_kind_than_the_teacher_is_refused(lm_workspace: Path, tiny_model, sms_classifier):
+    # a classifier's backbone was trained as an LM, its head dropped, and saved as a causal LM, without a word
+    reg = Registry.for_workspace(lm_workspace)
+    with pytest.raises(UserError, match=r"distill.student = 'sms-clf' is a classifier and the teacher tiny-lm:v\d+ is a causal LM"):
+        distill(DistillConfig(teacher="tiny-lm", student="sms-clf", data="tiny"), Workspace.open(lm_workspace), reg)

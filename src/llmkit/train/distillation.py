@@ -89,6 +89,11 @@ def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry 
         teacher, tokenizer = load_causal_lm(teacher_ref)
         labels = None
     student_ref = resolve_model(cfg.student, registry) if cfg.student else None
+    if student_ref is not None and (model_kind(student_ref) == "classifier") != classifier:
+        # a classifier's backbone trained as an LM (its head dropped), or an LM given a classifier's head: neither is asked
+        teacher_is, student_is = ("a classifier", "a causal LM") if classifier else ("a causal LM", "a classifier")
+        raise UserError(f"distill.student = '{cfg.student}' is {student_is} and the teacher {teacher_ref.ref} is {teacher_is}; "
+                        f"give a student of the teacher's kind, or --student-preset P to build one")
     if student_ref is not None:
         if classifier:
             student, student_tok, _ = load_classifier(student_ref, labels)
