@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmkit.config import DataConfig, DpoConfig, GrpoConfig, LoraConfig, TuneConfig
+from llmkit.config import DataConfig, DpoConfig, GrpoConfig, LoraConfig, TuneConfig, TuneSpacesConfig
 from llmkit.data import prepare
 from llmkit.errors import UserError
 from llmkit.registry import Registry
@@ -31,13 +31,14 @@ def ws(lm_workspace: Path, tiny_model, chat_data, tmp_path_factory):
 def test_tune_dpo_searches_beta_and_keeps_the_best(ws):
     registry = Registry.for_workspace(ws.root)
     cfg = TuneConfig(stage="dpo", data="tune-prefs", base="tiny-lm", trials=2, pruner="none", study="dpo-study",
-                     metric="val_reward_accuracy", space=None)
+                     space=None)  # the default metric: the share of pairs ranked right (val_loss moves with beta)
     stage = DpoConfig(max_steps=4, batch_size=8, lr=1e-2, eval_every=2, checkpoint_every=4, lora=LoraConfig(r=4, alpha=8))
     result = tune(cfg, stage, ws, registry)
     assert result.states["complete"] == 2
     trials = [r for rel, r in registry.children(result.record_id) if rel == "trial_of"]
     assert {tuple(sorted(r.metrics["tune_params"])) for r in trials} == {("beta", "lora.alpha", "lora.r", "lr")}
-    assert 0.0 <= result.best["value"] <= 1.0
+    assert (result.metric, result.direction) == ("val_reward_accuracy", "max") and 0.0 <= result.best["value"] <= 1.0
+    assert "beta" in TuneSpacesConfig().dpo.model_dump() and "beta" not in TuneSpacesConfig().kto.model_dump()
     assert [m.id for rel, m in registry.children(result.record_id) if rel == "best_of"] == [result.best["model_id"]]
 
 

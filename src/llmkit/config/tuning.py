@@ -55,6 +55,12 @@ class PreferenceSpace(SearchSpace):
     lora: LoraSpace = Field(default_factory=LoraSpace, description="LoRA settings")
 
 
+class KtoSpace(SearchSpace):
+    # no beta: KTO's loss and reward margin scale with it, and they are all it reports (see tune.trials.DEFAULT_METRIC)
+    lr: dict[str, list] = _space("log-float", [1e-5, 5e-4], "peak learning rate")
+    lora: LoraSpace = Field(default_factory=LoraSpace, description="LoRA settings")
+
+
 class GrpoSpace(SearchSpace):
     lr: dict[str, list] = _space("log-float", [1e-5, 5e-4], "peak learning rate")
     beta: dict[str, list] = _space("float", [0.0, 0.1], "weight of the KL penalty to the reference")
@@ -67,7 +73,7 @@ class TuneSpacesConfig(Section):
     classify: ClassifySpace = Field(default_factory=ClassifySpace, description="search space of `llmkit tune classify` without --space")
     dpo: PreferenceSpace = Field(default_factory=PreferenceSpace, description="search space of `llmkit tune dpo` without --space")
     orpo: PreferenceSpace = Field(default_factory=PreferenceSpace, description="search space of `llmkit tune orpo` without --space")
-    kto: PreferenceSpace = Field(default_factory=PreferenceSpace, description="search space of `llmkit tune kto` without --space")
+    kto: KtoSpace = Field(default_factory=KtoSpace, description="search space of `llmkit tune kto` without --space")
     grpo: GrpoSpace = Field(default_factory=GrpoSpace, description="search space of `llmkit tune grpo` without --space")
 
 
@@ -97,7 +103,7 @@ class TuneConfig(Section):
     space: str | None = Field(None, description="YAML search space: each config key of the stage mapped to a float, log-float or int range (low, high) or to categorical choices; empty = the stage's default space (llmkit config show tune)")
     trials: int = Field(20, ge=1, description="trials in the study, counted over every process working on it")
     timeout: Annotated[str | None, BeforeValidator(_duration)] = Field(None, description="time budget (90s, 30m, 2h): no trial starts after it, a running one is stopped at its next step and counted as pruned")
-    metric: str | None = Field(None, description="evaluation metric to optimise (default: the stage's: val_loss for pretrain, sft, dpo, orpo and kto, val_macro_f1 for classify, val_reward for grpo)")
+    metric: str | None = Field(None, description="evaluation metric to optimise (default: the stage's: val_loss for pretrain, sft and kto, val_reward_accuracy for dpo and orpo (their loss moves with beta), val_macro_f1 for classify, val_reward for grpo)")
     direction: Literal["max", "min"] | None = Field(None, description="max or min (default: min for losses and perplexities, else max)")
     study: str | None = Field(None, description="study name: the same name and storage continue one study, from any number of processes or machines (default: tune-<stage>-<data>)")
     storage: str | None = Field(None, description="SQLAlchemy URL of the Optuna storage (default: the registry's database; PostgreSQL for several machines)")

@@ -33,8 +33,11 @@ STAGE_METRICS = {"pretrain": ("val_loss", "val_ppl"), "sft": ("val_loss", "val_p
                  "classify": ("val_accuracy", "val_macro_f1"), "dpo": _PAIRS, "orpo": (*_PAIRS, "val_nll"),
                  "kto": ("val_loss", "val_reward_margin"), "grpo": ("val_reward", "val_answer_tokens")}
 PER_LABEL_METRICS = ("val_precision_", "val_recall_", "val_f1_")  # classify, one per label
-DEFAULT_METRIC = {"pretrain": "val_loss", "sft": "val_loss", "classify": "val_macro_f1", "dpo": "val_loss",
-                  "orpo": "val_loss", "kto": "val_loss", "grpo": "val_reward"}
+# The default space searches beta, and DPO's and ORPO's loss (and reward margin) move with beta itself: ranked by
+# val_loss, a search favoured large beta whatever it did to the model. The share of pairs ranked right does not
+# scale with beta. KTO reports nothing that does not, so its default space leaves beta alone (`KtoSpace`).
+DEFAULT_METRIC = {"pretrain": "val_loss", "sft": "val_loss", "classify": "val_macro_f1", "dpo": "val_reward_accuracy",
+                  "orpo": "val_reward_accuracy", "kto": "val_loss", "grpo": "val_reward"}
 DATASET_KIND = {"pretrain": "lm", "sft": "chat", "classify": "classify", "dpo": "preference", "orpo": "preference",
                 "kto": "preference", "grpo": "chat"}
 
