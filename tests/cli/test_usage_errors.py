@@ -50,3 +50,12 @@ def test_table_cells_holding_user_text_are_not_markup():
     console = Console(record=True, width=200)
     console.print(trials_table("s", "f1", [{"trial": 0, "optimizer": "[/b] adam [red]w", "f1": 0.5}]))
     assert "[/b] adam [red]w" in console.export_text()
+
+
+def test_help_shows_the_brackets_a_description_holds():
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    out = CliRunner().invoke(app, ["train", "sft", "--help"], env={"COLUMNS": "240"}).output
+    assert "e.g. [q_proj, v_proj]; all-linear" in out  # rich read '[q_proj, v_proj]' as a tag: "e.g. ; all-linear"

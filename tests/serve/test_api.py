@@ -193,6 +193,8 @@ def test_explain(server):
     assert bad.status_code == 400 and "ham" in bad.json()["error"]["message"]
     enc = requests.post(server.base_url + "/v1/explain", timeout=60, json={"model": "minilm-l6", "input": spam})
     assert enc.status_code == 400 and enc.json()["error"]["code"] == "wrong_model_kind"
+    lm_route = requests.post(server.base_url + "/v1/classify", timeout=60, json={"model": "tiny-lm", "input": "hi"})
+    assert "model 'tiny-lm' is a causal language model, and this route needs a classifier" in lm_route.json()["error"]["message"]
 
 
 def test_an_idle_keep_alive_connection_outlives_the_clients_expiry(server):

@@ -43,14 +43,18 @@ def test_a_chunked_body_over_the_limit_is_413_not_a_parse_error(server):
     assert ok.json()["usage"]["completion_tokens"] == 3
 
 
-@pytest.mark.parametrize("keys, env, where", [(["a"], None, "--api-key"), (["seven77"], None, "--api-key"),
-                                              (["two words"], None, "--api-key"), ([], "short", "$LLMKIT_API_KEY")])
-def test_every_key_source_has_the_file_keys_minimum_length(monkeypatch, keys, env, where):
+@pytest.mark.parametrize("keys, env, where, says", [
+    (["a"], None, "--api-key", "one word of at least 8 characters"),
+    (["seven77"], None, "--api-key", "one word of at least 8 characters"),
+    (["two words"], None, "--api-key", "one word, and this one has spaces in it"),
+    ([], "two words here", "$LLMKIT_API_KEY", "one word, and this one has spaces in it"),  # it said "has 14" characters
+    ([], "short", "$LLMKIT_API_KEY", "one word of at least 8 characters")])
+def test_every_key_source_has_the_file_keys_minimum_length(monkeypatch, keys, env, where, says):
     if env:
         monkeypatch.setenv("LLMKIT_API_KEY", env)
     else:
         monkeypatch.delenv("LLMKIT_API_KEY", raising=False)
-    with pytest.raises(UserError, match=f"^{where.replace('$', '[$]')}: an API key is one word of at least 8 characters"):
+    with pytest.raises(UserError, match=f"^{where.replace('$', '[$]')}: an API key is {says}"):
         read_keys(keys, None)
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import BaseModel
+from rich.markup import escape
 
 from llmkit.cli.common import ConfigOpt, Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt
 
@@ -123,7 +124,8 @@ def _plain(annotation: Any) -> Any:
 
 
 def _help(description: str | None) -> str:
-    text = description or ""
+    # escaped: help is rich markup, and a description's '[q_proj, v_proj]' read as a tag vanished from --help
+    text = escape(description or "")
     return text + ("" if text.endswith(".") else ".")
 
 

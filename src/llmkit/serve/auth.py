@@ -22,7 +22,10 @@ MIN_KEY_LENGTH = 8
 
 def _checked_key(key: str, where: str) -> str:
     """The one rule for every key, wherever it comes from: one word of at least MIN_KEY_LENGTH characters."""
-    if len(key) < MIN_KEY_LENGTH or any(c.isspace() for c in key):
+    if any(c.isspace() for c in key):  # (a key is sent in a header, where it would be cut at the space)
+        raise UserError(f"{where}: an API key is one word, and this one has spaces in it; use a random key without "
+                        "spaces, e.g. from `openssl rand -hex 16`")
+    if len(key) < MIN_KEY_LENGTH:
         raise UserError(f"{where}: an API key is one word of at least {MIN_KEY_LENGTH} characters "
                         f"(this one has {len(key)}); use a longer random key, e.g. from `openssl rand -hex 16`")
     return key

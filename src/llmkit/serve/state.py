@@ -32,11 +32,11 @@ class ServerState:
             raise ApiError(404, f"model '{name}' is not served here; models: {', '.join(self.models)}",
                            param="model", code="model_not_found")
         if kind and served.kind != kind:
-            what = {"causal": "a causal language model", "classifier": "a classifier",
-                    "encoder": "an encoder or classifier"}[kind]
+            names = {"causal": "a causal language model", "classifier": "a classifier", "encoder": "an encoder or classifier"}
+            what = names[kind]
             fits = [m.id for m in self.models.values() if m.kind == kind or (kind == "encoder" and m.kind == "classifier")]
             if not (kind == "encoder" and served.kind == "classifier"):
-                raise ApiError(400, f"model '{name}' is a {served.kind}, and this route needs {what}"
+                raise ApiError(400, f"model '{name}' is {names.get(served.kind, served.kind)}, and this route needs {what}"
                                + (f"; try {', '.join(fits)}" if fits else ""), param="model", code="wrong_model_kind")
         return served
 
