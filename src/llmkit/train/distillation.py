@@ -149,8 +149,12 @@ def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry 
     if console is not None:
         s = fitted.summary
         split = "test" if "test_accuracy" in s else "val"
+        # macro-F1 beside accuracy: on imbalanced labels a student that always says the majority label keeps ~100 %
+        # of the teacher's accuracy (89 % against 85 % on SMS spam) with a macro-F1 of 0.47
+        f1 = (f", macro-F1 {s[f'{split}_macro_f1']:.4f} vs {s[f'teacher_{split}_macro_f1']:.4f}"
+              if f"{split}_macro_f1" in s and f"teacher_{split}_macro_f1" in s else "")
         figures = (f"student {split} accuracy {s.get(f'{split}_accuracy', 0):.4f} vs teacher {s.get(f'teacher_{split}_accuracy', 0):.4f} "
-                   f"({s.get('accuracy_kept', 0):.1%} kept)") if classifier else \
+                   f"({s.get('accuracy_kept', 0):.1%} kept){f1}") if classifier else \
                   (f"student val perplexity {s['val_ppl']:.2f} vs teacher {teacher_scores['teacher_val_ppl']:.2f}")
         console.print(f"{figures}; {s_params / t_params:.1%} of the teacher's parameters; {s['seconds']:.1f}s")
         console.print(f"model [bold]{rec.ref}[/bold] at {target}")
