@@ -15,7 +15,7 @@ class PreferenceConfig(FinetuneConfig):
     """What DPO, ORPO, KTO and GRPO share: a causal LM base, LoRA or full, the fast path's options."""
 
     base: str | None = Field(None, description="causal LM to tune: registry name, model folder or Hub id")
-    method: Literal["full", "lora"] = Field("lora", description="full: every weight (the reference is a frozen copy); lora: adapters on a frozen base (the reference is the base, adapters off)")
+    method: Literal["full", "lora"] = Field("lora", description="full: every weight (the reference is the base before the first step: DPO and KTO score it once, GRPO keeps a frozen copy); lora: adapters on a frozen base (the reference is the base, adapters off)")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (method lora)")
     lr: float = Field(5e-5, gt=0.0, le=1.0, description="peak learning rate")
     batch_size: int = Field(4, ge=1, description="pairs (DPO, ORPO), rated answers (KTO) or prompts (GRPO) per micro-batch")
