@@ -131,8 +131,10 @@ def preference_tune(cfg: PreferenceConfig, loss: str, ws: Workspace | None = Non
     if console is not None:
         s = fitted.summary
         accuracy = f", reward accuracy {s['val_reward_accuracy']:.3f}" if "val_reward_accuracy" in s else ""
-        console.print(f"val loss {s['val_loss']:.4f}, reward margin {s.get('val_reward_margin', float('nan')):.3f}{accuracy}; "
-                      f"{s['seconds']:.1f}s")
+        # KTO's margin needs desirable and undesirable answers in val: with one kind only there is none (it printed nan)
+        margin = (f"reward margin {s['val_reward_margin']:.3f}" if "val_reward_margin" in s
+                  else "no reward margin (val holds answers of one rating only)")
+        console.print(f"val loss {s['val_loss']:.4f}, {margin}{accuracy}; {s['seconds']:.1f}s")
     return register_tuned(fitted, cfg, opened, ds, name, parents, ws, registry, console, tuning=loss)
 
 
