@@ -9,6 +9,7 @@ import pytest
 import typer
 import yaml
 from pydantic import BaseModel
+from rich.markup import escape
 from typer.testing import CliRunner
 
 from llmkit.cli.common import Ctx
@@ -87,7 +88,8 @@ def test_every_key_of_a_section_is_an_option_with_its_description(section):
     options = {p.name: p for p in command.params}
     for path, field in _leaf_keys(SECTIONS[section]):
         param = options["_".join(path)]
-        assert param.help.startswith(field.description), (section, path)
+        # help is rich markup: the description escaped, so that it renders as written ('[q_proj, v_proj]' and all)
+        assert param.help.startswith(escape(field.description)), (section, path)
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
         for choice in choices:
             assert choice in (param.metavar or ""), (section, path, choice)
