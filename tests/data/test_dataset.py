@@ -48,3 +48,18 @@ def test_a_damaged_or_unknown_dataset_is_a_clear_error(lm_workspace: Path, tmp_p
         shutil.rmtree(broken / "shards")
         ds.manifest_data = {"tokenizer": {"vocab_size": 70}}
         ds.shard("train")
+
+
+def test_a_trainer_evaluates_on_val_or_says_it_took_test(tmp_path):
+    from llmkit.data.dataset import DatasetVersion
+    from llmkit.train.finetune import eval_source
+
+    folder = tmp_path / "ds"
+    (folder / "records").mkdir(parents=True)
+    (folder / "records" / "test.jsonl").write_text('{"text": "t"}\n')
+    (folder / "records" / "val.jsonl").write_text("")
+    ds = DatasetVersion("id", "d", 1, folder, "chat")
+    assert ds.eval_records() == ("test", [{"text": "t"}])
+    assert eval_source("test") == " (the test split: val is empty)"  # grpo called test figures "val reward" unsaid
+    (folder / "records" / "val.jsonl").write_text('{"text": "v"}\n')
+    assert ds.eval_records() == ("val", [{"text": "v"}]) and eval_source("val") == ""

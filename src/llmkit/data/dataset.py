@@ -60,6 +60,11 @@ class DatasetVersion:
             return []
         return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
 
+    def eval_records(self) -> tuple[str, list[dict[str, Any]]]:
+        """(split, records) a trainer evaluates on: val, or test when val is empty (a trainer says which)."""
+        val = self.records("val")
+        return ("val", val) if val else ("test", self.records("test"))
+
     def split_counts(self) -> dict[str, int]:
         """Records per split, from the manifest."""
         counts = self.manifest.get("splits") or {}

@@ -55,6 +55,11 @@ class Fitted:
     summary: dict[str, Any]
 
 
+def eval_source(split: str) -> str:
+    """What a trainer's 'N for eval' adds when it evaluates on another split than val (its figures keep val_ names)."""
+    return "" if split == "val" else f" (the {split} split: val is empty)"
+
+
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters, each shared tensor counted once."""
     seen, trainable, total = set(), 0, 0

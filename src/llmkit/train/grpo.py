@@ -39,7 +39,7 @@ from llmkit.registry import Registry, given_or_default
 from llmkit.runtime.decoder import eos_set
 from llmkit.train.checkpoint import resume_run, start_run
 from llmkit.train.chunked_loss import linear_token_logps
-from llmkit.train.finetune import FinetuneJob, fit
+from llmkit.train.finetune import FinetuneJob, eval_source, fit
 from llmkit.train.preference_loss import pack_sequences, token_logps
 from llmkit.train.reward_plots import plot_rewards
 from llmkit.train.rewards import reference_answer, resolve_reward, score
@@ -77,7 +77,8 @@ def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None
         raise UserError(f"grpo.max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in {longest} tokens (the "
                         "smaller of --max-length and the base's context); lower --max-new-tokens")
     train, skipped = encode_prompts(tokenizer, ds.records("train"), room)
-    val, _ = encode_prompts(tokenizer, ds.records("val") or ds.records("test"), room)
+    eval_split, eval_records = ds.eval_records()
+    val, _ = encode_prompts(tokenizer, eval_records, room)
     if not train:
         raise UserError(f"no usable prompt in {ds.ref} ({skipped} longer than {room} tokens or without a user turn); "
                         "raise --max-length (up to the base's context) or lower --max-new-tokens")
@@ -139,7 +140,7 @@ def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None
 
     before = evaluate(model)
     if console is not None:
-        console.print(f"data {ds.ref}: {len(train)} prompts ({skipped} skipped), {len(val)} for eval; reward {cfg.reward}; "
+        console.print(f"data {ds.ref}: {len(train)} prompts ({skipped} skipped), {len(val)} for eval{eval_source(eval_split)}; reward {cfg.reward}; "
                       f"val reward before training {before['val_reward']:.3f}")
 
     def epoch_batches(epoch: int) -> list[list[Prompt]]:

@@ -30,7 +30,7 @@ from llmkit.errors import UserError
 from llmkit.models.io import Model
 from llmkit.registry import Registry, given_or_default
 from llmkit.train.checkpoint import resume_run
-from llmkit.train.finetune import FinetuneJob, fit
+from llmkit.train.finetune import FinetuneJob, eval_source, fit
 from llmkit.train.optim import autocast, resolve_precision
 from llmkit.train.preference_loss import (
     completion_logps,
@@ -83,7 +83,8 @@ def preference_tune(cfg: PreferenceConfig, loss: str, ws: Workspace | None = Non
 
     where = str(ds.records_file("train"))
     train, counts = encode_records(tokenizer, ds.records("train"), loss, cfg.max_length, cfg.skip_bad, where)
-    val, _ = encode_records(tokenizer, ds.records("val") or ds.records("test"), loss, cfg.max_length, True, where)
+    eval_split, eval_records = ds.eval_records()
+    val, _ = encode_records(tokenizer, eval_records, loss, cfg.max_length, True, where)
     if not train:
         raise UserError(f"no usable training example in {ds.ref} ({counts}); raise --max-length")
     if cfg.eval_max_examples:
@@ -98,7 +99,7 @@ def preference_tune(cfg: PreferenceConfig, loss: str, ws: Workspace | None = Non
     if console is not None:
         console.print(f"data {ds.ref}: {len(train)} {'pairs' if loss != 'kto' else 'rated answers'} "
                       f"({counts['skipped']} skipped, {counts['truncated']} truncated to {cfg.max_length} tokens); "
-                      f"{len(val)} for eval")
+                      f"{len(val)} for eval{eval_source(eval_split)}")
 
     step_loss = _loss_fn(loss, cfg, pad_id, device)
 

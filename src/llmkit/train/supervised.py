@@ -23,7 +23,7 @@ from llmkit.errors import UserError
 from llmkit.models.io import Model
 from llmkit.registry import Registry, given_or_default
 from llmkit.train.checkpoint import resume_run
-from llmkit.train.finetune import FinetuneJob, fit
+from llmkit.train.finetune import FinetuneJob, eval_source, fit
 from llmkit.train.memory import lean_allocator
 from llmkit.train.tuned_model import TuningBase, open_base, register_tuned
 from llmkit.workspace import Workspace
@@ -239,7 +239,7 @@ def _examples(cfg: SftConfig, ds_rec, tokenizer, console):
     """The encoded train conversations (and the rows they pack into) and the val ones, with counts."""
     train, train_counts = encode_split(tokenizer, ds_rec.records("train"), cfg.max_length, cfg.skip_bad,
                                        str(ds_rec.records_file("train")))
-    val_records = ds_rec.records("val") or ds_rec.records("test")
+    eval_split, val_records = ds_rec.eval_records()
     val, _ = encode_split(tokenizer, val_records, cfg.max_length, True, str(ds_rec.records_file("val")))
     if not train:
         raise UserError(f"no usable training conversation in {ds_rec.ref} ({train_counts}); raise --max-length")
@@ -255,6 +255,6 @@ def _examples(cfg: SftConfig, ds_rec, tokenizer, console):
                        "(raise --max-length to keep them)")
         skipped = f"skipped {'; '.join(why)}; " if why else ""
         console.print(f"data {ds_rec.ref}: {len(train)} conversations ({skipped}{train_counts['truncated']} truncated "
-                      f"to {cfg.max_length} tokens){f', packed into {len(rows)} rows' if cfg.packing else ''}; {len(val)} for eval",
+                      f"to {cfg.max_length} tokens){f', packed into {len(rows)} rows' if cfg.packing else ''}; {len(val)} for eval{eval_source(eval_split)}",
                       markup=False, highlight=False)
     return train, rows, val, train_counts
