@@ -36,17 +36,20 @@ def test_causal_lm_exports_with_dynamic_batch_and_sequence(lm_workspace: Path, t
     reg = Registry.for_workspace(ws.root)
     model, rows = export("tiny-lm", ExportConfig(format="onnx", name="tiny-onnx"), ws, reg)
     assert model.lineage["max_abs_logit_diff"] <= 1e-4
-    # the before/after table every compression prints (ONNX printed none): size and speed; quality is the logits'
+    # the before/after table every compression prints (ONNX printed none), its perplexity from onnxruntime's logits
     assert [r["stage"] for r in rows] == ["before", "after"] and all(r["decode_tokens_per_s"] > 0 for r in rows)
-    assert rows[1]["size_mb"] > 0 and "perplexity" not in rows[1]
+    assert rows[1]["size_mb"] > 0 and rows[1]["perplexity"] == pytest.approx(rows[0]["perplexity"], rel=1e-4)
     lm, _ = load_causal_lm(tiny_model)
     _check(model.path / "model.onnx", lm, lm.config.vocab_size)
     speed = bench_model(model.id, BenchModelConfig(prompt_tokens=8, new_tokens=4, runs=2), ws, reg)
     assert speed.metrics["backend"] == "onnx" and speed.metrics["decode_tokens_per_s"] > 0
     onnx_bytes = sum(f.stat().st_size for f in model.path.glob("model.onnx*"))
     assert abs(speed.metrics["size_mb"] - onnx_bytes / 2**20) <= 0.01 * onnx_bytes / 2**20  # it said 0.0
-    with pytest.raises(UserError, match=r"is an ONNX export; a causal language model needs a Hugging Face folder .* use the model it was exported from"):
-        evaluate(model.id, EvalConfig(data="tiny", split="val", context=16), ws, reg)
+    quality = EvalConfig(data="tiny", split="val", context=16, max_examples=8)  # eval on onnxruntime: 'no weights' before
+    assert evaluate(model.id, quality, ws, reg).metrics["perplexity"] == pytest.approx(
+        evaluate("tiny-lm", quality, ws, reg).metrics["perplexity"], rel=1e-4)
+    with pytest.raises(UserError, match=r"is an ONNX export; a causal language model needs a Hugging Face folder .* exported from"):
+        load_causal_lm(model)  # generate and the rest
     with pytest.raises(UserError, match=r"tiny-lm:v\d+ is not an ONNX export .* llmkit export tiny-lm:v\d+ --format onnx"):
         bench_model("tiny-lm", BenchModelConfig(backend="onnx", prompt_tokens=8, new_tokens=4, runs=1), ws, reg)
 

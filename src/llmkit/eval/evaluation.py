@@ -186,32 +186,40 @@ def _causal_lm(model: Model, ds, records: list[dict], cfg: EvalConfig, metrics: 
     return Report(model.ref, "causal-lm", out, ds.ref, cfg.split, cfg.model_dump(), samples=samples[:10])
 
 
-def _is_gguf(model: Model) -> bool:
+def _export_runtime(model: Model) -> str | None:
+    """'llama.cpp' for a GGUF export, 'onnx' for an ONNX one, None for a model torch runs."""
     from llmkit.runtime.backends import choose_backend
 
-    return choose_backend(model) == "llama.cpp"
+    runtime = choose_backend(model)
+    return None if runtime == "torch" else runtime
 
 
 def _load_lm(model: Model):
-    """(lm, tokenizer): a GGUF export's whole-window logits come from llama.cpp (`GgufLM`), any other
-    causal LM is the torch module."""
+    """(lm, tokenizer): an export's whole-window logits come from its runtime (`GgufLM` on llama.cpp, `OnnxLM` on
+    onnxruntime), any other causal LM is the torch module."""
     from llmkit.models.io import load_causal_lm
 
-    if _is_gguf(model):
+    runtime = _export_runtime(model)
+    if runtime == "llama.cpp":
         from llmkit.runtime.llama_cpp import GgufLM
 
         return GgufLM(model), load_tokenizer_for(model)
+    if runtime == "onnx":
+        from llmkit.runtime.onnx import OnnxLM
+
+        return OnnxLM(model), load_tokenizer_for(model)
     return load_causal_lm(model)
 
 
 def _generator(model: Model, lm):
-    """What generates for `model`: the torch module, or for a GGUF export its llama.cpp backend (a GGUF has
-    no torch forward; `GgufLM` keeps every position's logits, which decoding does not need)."""
-    if not _is_gguf(model):
+    """What generates for `model`: the torch module, or for an export its runtime's backend (an export has no
+    torch forward; `GgufLM`/`OnnxLM` give every position's logits, which decoding does not need)."""
+    runtime = _export_runtime(model)
+    if runtime is None:
         return lm
     from llmkit.runtime.backends import load_backend
 
-    return load_backend("llama.cpp", model)
+    return load_backend(runtime, model)
 
 
 def _shard_ids(ds, split: str, tokenizer) -> np.ndarray:
@@ -249,10 +257,10 @@ def _generation_file(model: Model, file: Path, cfg: EvalConfig, progress) -> Rep
     if not items:
         raise UserError(f"{file}: no {{prompt, reference}} lines")
     items = items[: cfg.max_examples or None]
-    if _is_gguf(model):  # generation only: its llama.cpp backend
+    if (runtime := _export_runtime(model)) is not None:  # generation only: its runtime's backend
         from llmkit.runtime.backends import load_backend
 
-        lm, tokenizer = load_backend("llama.cpp", model), load_tokenizer_for(model)
+        lm, tokenizer = load_backend(runtime, model), load_tokenizer_for(model)
     else:
         lm, tokenizer = _load_lm(model)
     metrics, samples = _generation(lm, tokenizer, items, cfg, cfg.chat, progress)

@@ -66,8 +66,9 @@ def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Regi
         console.print(f"ONNX (opset {info['opset']}): {target / 'model.onnx'}; onnxruntime vs PyTorch at batch 1 and 2: "
                       f"max |logit difference| {info['max_abs_logit_diff']:.2e}", markup=False, highlight=False)
     rows = None
-    if cfg.table:  # size and speed; its quality is the source's (the logits above)
+    if cfg.table:  # a causal LM's perplexity on onnxruntime (`runtime.onnx.OnnxLM`); a classifier's size and logits
         from llmkit.optimize.table import before_after
 
-        rows = before_after(source, exported, ws, registry, cfg.eval_max_examples, console, progress, quality=False)
+        rows = before_after(source, exported, ws, registry, cfg.eval_max_examples, console, progress,
+                            quality=kind != "classification")
     return exported, rows

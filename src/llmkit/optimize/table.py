@@ -20,8 +20,8 @@ TABLE_CONTEXT = 1024
 
 def before_after(before: Model, after: Model, ws: Workspace, registry: Registry, max_examples: int = 200,
                  console=None, progress=None, quality: bool = True) -> list[dict]:
-    """The rows (and the table on `console`); quality=False leaves out perplexity/accuracy (an ONNX export, whose
-    logits are checked against the source's at export and which llmkit evaluates on torch only)."""
+    """The rows (and the table on `console`); quality=False leaves out perplexity/accuracy (an ONNX export of a
+    classifier, whose logits are checked against the source's at export and which llmkit scores on torch only)."""
     from llmkit.eval.evaluation import bench_model, evaluate, model_task
     from llmkit.eval.speed import disk_size_bytes
 

@@ -40,3 +40,30 @@ class OnnxBackend:
     def step(self, state: list[int], token: int) -> torch.Tensor:
         state.append(token)
         return self._run(state)
+
+
+class OnnxLM:
+    """Just enough of a causal LM for llmkit.eval.lm on onnxruntime: `config`, `parameters()` and
+    `model(input_ids=..., attention_mask=...).logits`, so that `llmkit eval` and `compare` score an ONNX export's
+    perplexity from its own logits, as they score a GGUF's from llama.cpp's (`GgufLM`)."""
+
+    def __init__(self, model: Model):
+        from types import SimpleNamespace
+
+        self.backend = OnnxBackend(model)  # the same session and checks
+        self.config = SimpleNamespace(**json.loads((model.path / "config.json").read_text()))
+        self._device = torch.zeros(0)
+
+    def parameters(self):
+        yield self._device  # llmkit.eval.lm asks for the device
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_):
+        from types import SimpleNamespace
+
+        x = input_ids.cpu().numpy().astype(np.int64)
+        mask = np.ones_like(x) if attention_mask is None else attention_mask.cpu().numpy().astype(np.int64)
+        logits = self.backend.session.run(["logits"], {"input_ids": x, "attention_mask": mask})[0]  # (B, T, vocab)
+        return SimpleNamespace(logits=torch.from_numpy(logits))
