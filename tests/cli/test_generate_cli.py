@@ -22,7 +22,7 @@ def test_generate_by_registry_name_is_seeded_and_reports_json(lm_workspace: Path
     assert a["text"] == b["text"] and a["completion_tokens"] > 0
     assert (a["completion_tokens"], a["finish_reason"]) == (24, "length") or a["finish_reason"] == "stop"
     # the rate after the first token, apart from the first token's wait (which held the decoder's set-up)
-    assert 0 < a["first_token_seconds"] < a["seconds"]
+    assert 0 < a["first_token_seconds"] <= a["seconds"]  # equal when the first token is the end
     if a["completion_tokens"] > 1:
         expected = (a["completion_tokens"] - 1) / (a["seconds"] - a["first_token_seconds"])
         assert abs(a["decode_tokens_per_s"] - expected) <= 0.01 * expected + 0.1
