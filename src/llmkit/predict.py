@@ -8,7 +8,7 @@ import torch
 
 from llmkit.config import PredictConfig
 from llmkit.errors import UserError
-from llmkit.models.io import load_classifier, resolve_model
+from llmkit.models.io import resolve_model
 from llmkit.models.kind import model_kind
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
@@ -22,7 +22,9 @@ def predict(model_ref: str, texts: list[str], cfg: PredictConfig | None = None, 
     lineage = model.lineage or {}
     if model_kind(model) == "causal":
         raise UserError(f"{model.ref} is a causal language model, not a classifier; use llmkit generate for language models")
-    clf, tokenizer, labels = load_classifier(model)
+    from llmkit.runtime.backends import load_classifier_on_runtime
+
+    clf, tokenizer, labels = load_classifier_on_runtime(model)  # an ONNX export on onnxruntime
     max_length = cfg.max_length or lineage.get("max_length") or 512
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return classify_texts(clf.to(device), tokenizer, labels, texts, max_length, cfg.batch_size)

@@ -55,11 +55,27 @@ def test_causal_lm_exports_with_dynamic_batch_and_sequence(lm_workspace: Path, t
 
 
 @pytest.mark.slow
-def test_classifier_exports_too(lm_workspace: Path, sms_classifier):
+def test_classifier_exports_too_and_eval_predict_and_bench_run_it_on_onnxruntime(lm_workspace: Path, sms_classifier):
     ws = Workspace.open(lm_workspace)
-    model, _ = export("sms-clf", ExportConfig(format="onnx", name="sms-onnx"), ws, Registry.for_workspace(ws.root))
-    clf, _, _ = load_classifier(sms_classifier)
+    reg = Registry.for_workspace(ws.root)
+    model, rows = export("sms-clf", ExportConfig(format="onnx", name="sms-onnx", eval_max_examples=60), ws, reg)
+    clf, _, labels = load_classifier(sms_classifier)
     _check(model.path / "model.onnx", clf, clf.config.vocab_size)
+    # the before/after table scores the export from onnxruntime's logits (it printed sizes only): same accuracy
+    assert [r["stage"] for r in rows] == ["before", "after"] and rows[1]["accuracy"] == rows[0]["accuracy"] > 0.5
+    dataset = sms_classifier.lineage["dataset"]["id"]
+    quality = EvalConfig(data=dataset, split="val", max_examples=60)
+    on_onnx, on_torch = evaluate(model.id, quality, ws, reg).metrics, evaluate("sms-clf", quality, ws, reg).metrics
+    assert on_onnx["macro_f1"] == on_torch["macro_f1"] and on_onnx["ece"] == pytest.approx(on_torch["ece"], abs=1e-4)
+    texts = ["WINNER!! Claim your free prize now, call 09061701461", "see you at lunch tomorrow?"]
+    from llmkit.predict import predict
+
+    got, want = predict(model.id, texts, registry=reg), predict("sms-clf", texts, registry=reg)
+    assert [g["label"] for g in got] == [w["label"] for w in want] and list(got[0]["probabilities"]) == labels
+    for g, w in zip(got, want, strict=True):
+        assert g["score"] == pytest.approx(w["score"], abs=1e-4)
+    speed = bench_model(model.id, BenchModelConfig(prompt_tokens=16, runs=2), ws, reg).metrics
+    assert speed["texts_per_s"] > 0 and speed["size_mb"] > 1  # the graph's size, not the source's
 
 
 @pytest.mark.slow  # the CLI in a subprocess and a real export: tens of seconds

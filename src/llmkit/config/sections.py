@@ -112,7 +112,7 @@ class FinetuneConfig(Section):
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay (never on norms and biases)")
     grad_clip: float = Field(1.0, ge=0.0, description="clip the gradient norm to this (0 = off)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 autocast on GPUs and on CPUs with AMX/AVX512-BF16, else fp32")
-    seed: int = Field(1337, description="seed for the head's weights, batch order and dropout")
+    seed: int = Field(1337, description="seed for new weights (a classification head, LoRA adapters), batch order and dropout")
     eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = at the end of each epoch)")
     eval_max_examples: int = Field(0, ge=0, description="cap on val examples per evaluation (0 = the whole split)")
     checkpoint_every: int = Field(200, ge=1, description="write a resumable checkpoint every N steps")

@@ -274,9 +274,9 @@ def _generation_file(model: Model, file: Path, cfg: EvalConfig, progress) -> Rep
 
 def _classifier(model: Model, ds, records: list[dict], cfg: EvalConfig, metrics: list[str], ws: Workspace) -> Report:
     from llmkit.eval.classification import classification_metrics, plot_confusion, plot_reliability
-    from llmkit.models.io import load_classifier
+    from llmkit.runtime.backends import load_classifier_on_runtime
 
-    clf, tokenizer, labels = load_classifier(model)
+    clf, tokenizer, labels = load_classifier_on_runtime(model)  # an ONNX export on onnxruntime
     unknown = sorted({r["label"] for r in records} - set(labels))
     if unknown:
         raise UserError(f"dataset {ds.ref} ({cfg.split}) has labels {unknown} that {model.ref} does not know; its labels: {labels}")

@@ -38,10 +38,10 @@ def load_lm(model: Model):
 
 def classifier_items(model: Model, records: list[dict], batch_size: int = 32) -> list[dict[str, Any]]:
     """[{"score": 1.0 | 0.0, "predicted": label}] per record."""
-    from llmkit.models.io import load_classifier
     from llmkit.predict import classify_texts
+    from llmkit.runtime.backends import load_classifier_on_runtime
 
-    clf, tokenizer, labels = load_classifier(model)
+    clf, tokenizer, labels = load_classifier_on_runtime(model)
     unknown = sorted({r["label"] for r in records} - set(labels))
     if unknown:
         raise UserError(f"the split has labels {unknown} that {model.ref} does not know; its labels: {labels}")

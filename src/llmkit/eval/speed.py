@@ -80,9 +80,9 @@ def _timed_generation(backend: Backend, ids: list[int], new_tokens: int) -> tupl
 @torch.no_grad()
 def measure_classifier(model: Model, prompt_tokens: int, runs: int, warmup: int = 1, batch_size: int = 1) -> dict[str, float]:
     """Forward latency of a classifier on inputs of prompt_tokens tokens."""
-    from llmkit.models.io import load_classifier
+    from llmkit.runtime.backends import load_classifier_on_runtime
 
-    clf, _, _ = load_classifier(model)
+    clf, _, _ = load_classifier_on_runtime(model)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, clf.config.vocab_size, (batch_size, prompt_tokens), generator=g)
     latency = []

@@ -170,7 +170,7 @@ def check_weights(folder: Path, needs: str = "this command") -> None:
                         "weights: use the model it was exported from, or serve the GGUF (llmkit serve NAME runs it on llama.cpp)")
     if (folder / "model.onnx").exists():
         raise UserError(f"{folder} is an ONNX export; {needs} needs a Hugging Face folder with .safetensors weights: use "
-                        "the model it was exported from (llmkit eval and bench-model run the export on onnxruntime)")
+                        "the model it was exported from (llmkit eval, bench-model and predict run the export on onnxruntime)")
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise UserError(f"{folder} has pickle weights only ({', '.join(pickles[:3])}), which llmkit never unpickles; "

@@ -66,9 +66,8 @@ def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Regi
         console.print(f"ONNX (opset {info['opset']}): {target / 'model.onnx'}; onnxruntime vs PyTorch at batch 1 and 2: "
                       f"max |logit difference| {info['max_abs_logit_diff']:.2e}", markup=False, highlight=False)
     rows = None
-    if cfg.table:  # a causal LM's perplexity on onnxruntime (`runtime.onnx.OnnxLM`); a classifier's size and logits
+    if cfg.table:  # perplexity or accuracy from onnxruntime's logits (`runtime.onnx.OnnxLM`, `OnnxClassifier`)
         from llmkit.optimize.table import before_after
 
-        rows = before_after(source, exported, ws, registry, cfg.eval_max_examples, console, progress,
-                            quality=kind != "classification")
+        rows = before_after(source, exported, ws, registry, cfg.eval_max_examples, console, progress)
     return exported, rows

@@ -19,13 +19,12 @@ TABLE_CONTEXT = 1024
 
 
 def before_after(before: Model, after: Model, ws: Workspace, registry: Registry, max_examples: int = 200,
-                 console=None, progress=None, quality: bool = True) -> list[dict]:
-    """The rows (and the table on `console`); quality=False leaves out perplexity/accuracy (an ONNX export of a
-    classifier, whose logits are checked against the source's at export and which llmkit scores on torch only)."""
+                 console=None, progress=None) -> list[dict]:
+    """The rows, and the table on `console`."""
     from llmkit.eval.evaluation import bench_model, evaluate, model_task
     from llmkit.eval.speed import disk_size_bytes
 
-    dataset = ((before.lineage or {}).get("dataset") or {}).get("id") if quality else None
+    dataset = ((before.lineage or {}).get("dataset") or {}).get("id")
     kind = model_task(before)
     key = "accuracy" if kind == "classification" else "perplexity"
     # Only the figure the table shows: on a chat split an unrestricted evaluation would also generate

@@ -104,3 +104,16 @@ def choose_backend(model: Model, requested: str = "auto") -> str:
 def load_backend(name: str, model: Model) -> Backend:
     name = choose_backend(model, name)
     return BACKENDS[name](model)
+
+
+def load_classifier_on_runtime(model: Model):
+    """(classifier, tokenizer, labels) on the runtime of the model's own files: onnxruntime for an ONNX export
+    (`OnnxClassifier`, called as the torch classifier is), torch for anything else."""
+    from llmkit.models.io import load_classifier, load_tokenizer_for
+
+    if choose_backend(model) == "onnx":
+        from llmkit.runtime.onnx import OnnxClassifier
+
+        clf = OnnxClassifier(model)
+        return clf, load_tokenizer_for(model), clf.labels
+    return load_classifier(model)
