@@ -127,6 +127,7 @@ def test_embeddings(client):
     assert math.isclose(sum(x * x for x in vecs[0]), 1.0, rel_tol=1e-4)
     cos = [sum(a * b for a, b in zip(vecs[0], v, strict=True)) for v in vecs[1:]]
     assert cos[0] > cos[1] + 0.2
+    assert len(client.embeddings.create(model="minilm-l6", input="hi", dimensions=384).data[0].embedding) == 384
     b64 = client.embeddings.create(model="minilm-l6", input="hello", encoding_format="base64")
     import base64
 

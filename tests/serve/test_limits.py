@@ -41,6 +41,10 @@ def _error(r: requests.Response, status: int, param: str | None = None, code: st
     ("/v1/classify", {"model": "tiny-lm", "input": "hi"}, 400, "model", "wrong_model_kind"),
     ("/v1/embeddings", {"model": "tiny-lm", "input": "hi"}, 400, "model", "wrong_model_kind"),
     ("/v1/embeddings", {"model": "minilm-l6", "input": []}, 400, "input", None),
+    ("/v1/embeddings", {"model": "minilm-l6", "input": ""}, 400, "input", None),  # OpenAI refuses it too
+    # past the context: it embedded the first 512 tokens and said 200
+    ("/v1/embeddings", {"model": "minilm-l6", "input": ["short", "word " * 600]}, 400, "input[1]", "context_length_exceeded"),
+    ("/v1/embeddings", {"model": "minilm-l6", "input": "hi", "dimensions": 8}, 400, "dimensions", "invalid_value"),  # was 384
     ("/v1/feedback", {"response_id": "chatcmpl-unknown", "rating": 1}, 404, "response_id", None),
     ("/v1/feedback", {"response_id": "x"}, 400, "rating", None),
     ("/v1/feedback", {"response_id": "x", "rating": 5}, 400, "rating", None),

@@ -73,10 +73,11 @@ def test_keys_from_the_file_and_the_environment_are_accepted_and_no_other(url):
 
 
 def test_cors_headers_go_to_the_allowed_origin_only(url):
-    def preflight(origin: str) -> requests.Response:
-        return requests.options(url + "/v1/chat/completions", timeout=10, headers={
-            "Origin": origin, "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type"})
+    def preflight(origin: str, method: str = "POST", path: str = "/v1/chat/completions") -> requests.Response:
+        # the headers the openai JS SDK sends from a browser: its x-stainless-* ones failed the preflight
+        return requests.options(url + path, timeout=10, headers={
+            "Origin": origin, "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os, x-stainless-lang"})
 
     # The browser's preflight carries no key: it must pass without one.
     ok = preflight(ORIGIN)
@@ -85,6 +86,8 @@ def test_cors_headers_go_to_the_allowed_origin_only(url):
     assert "POST" in ok.headers["access-control-allow-methods"]
     assert "authorization" in ok.headers["access-control-allow-headers"].lower()
     assert "access-control-allow-origin" not in preflight("http://elsewhere.example").headers
+    unload = preflight(ORIGIN, "DELETE", "/v1/adapters/chat")  # the admin route that unloads an adapter
+    assert unload.status_code == 200 and "DELETE" in unload.headers["access-control-allow-methods"], unload.text
 
     auth = {"Authorization": f"Bearer {FILE_KEYS[0]}"}
     allowed = requests.get(url + "/v1/models", timeout=10, headers={**auth, "Origin": ORIGIN})

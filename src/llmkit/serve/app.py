@@ -61,8 +61,10 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
     if cfg.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+        # Any request header: the openai JS SDK sends its own (x-stainless-*), and a browser refuses the whole request
+        # when one is not allowed. DELETE for the admin route that unloads an adapter.
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["*"])
     if cfg.ui and STATIC.is_dir():
         from fastapi.responses import RedirectResponse
         from fastapi.staticfiles import StaticFiles

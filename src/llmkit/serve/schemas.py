@@ -197,13 +197,19 @@ class ChatRequest(Sampling):
 
 class EmbeddingRequest(Request):
     model: Text = Field(..., min_length=1)
-    input: Text | Texts = Field(..., description="a text or a list of up to 256 texts")
+    input: Text | Texts = Field(..., description="a text or a list of up to 256 texts, none empty, each within the model's context")
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="accepted when it is the model's own size: MiniLM-style encoders "
+                                                           "were not trained to be cut shorter (Matryoshka)")
 
     @field_validator("input")
     @classmethod
     def _texts(cls, v):
-        return [v] if isinstance(v, str) else v
+        texts = [v] if isinstance(v, str) else v
+        empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
+        if empty is not None:  # OpenAI refuses it too: an empty text's vector is the [CLS][SEP] pair's, not a meaning
+            raise ValueError(f"input[{empty}] is empty; send text to embed" if len(texts) > 1 else "input is empty; send text to embed")
+        return texts
 
 
 class ClassifyRequest(Request):

@@ -20,6 +20,7 @@ from llmkit.runtime.batch import llama_cpp_decoder, single_decoder, torch_decode
 from llmkit.runtime.prefix_cache import PrefixCache
 from llmkit.runtime.threads import cpu_cores
 from llmkit.serve.engine import Engine
+from llmkit.serve.errors import ApiError
 
 
 @dataclass
@@ -121,7 +122,14 @@ def embed(served: ServedModel, texts: list[str]) -> tuple[list[list[float]], int
     """Mean-pooled, L2-normalised last hidden states (sentence-transformers' recipe for MiniLM); (vectors, tokens)."""
     net = served.net.base_model if served.kind == "classifier" else served.net
     with served.lock:  # the tokenizer too: its padding settings are shared state (see routes.llmkit_api.classify)
-        enc = served.tokenizer(texts, truncation=True, max_length=served.max_length, padding=True, return_tensors="pt")
+        # Not truncated: a search index fed vectors of only the first 512 tokens of its chunks would not know it.
+        enc = served.tokenizer(texts, padding=True, return_tensors="pt")
+        lengths = enc["attention_mask"].sum(1).tolist()
+        over = next((i for i, n in enumerate(lengths) if n > served.max_length), None)
+        if over is not None:
+            where = f"input[{over}]" if len(texts) > 1 else "input"
+            raise ApiError(400, f"{where} is {lengths[over]:,} tokens and {served.id}'s context is {served.max_length}; "
+                                "split it into shorter pieces", param=where, code="context_length_exceeded")
         hidden = net(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state  # (B, T, C)
     mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, C)

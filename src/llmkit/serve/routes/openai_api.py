@@ -162,6 +162,11 @@ def _chat_ids(served, body: s.ChatRequest, use: ToolUse | None) -> tuple[list[in
 @router.post("/embeddings", response_model=s.EmbeddingList)
 async def embeddings(body: s.EmbeddingRequest, request: Request):
     served = server_state(request).model(body.model, "encoder")
+    size = served.net.config.hidden_size
+    if body.dimensions is not None and body.dimensions != size:
+        raise ApiError(400, f"'dimensions' = {body.dimensions}: {served.id} gives {size}-dimension vectors and was not "
+                            f"trained to be cut shorter; leave out 'dimensions' or send {size}", param="dimensions",
+                       code="invalid_value")
     vectors, tokens = await run_in_threadpool(embed, served, body.input)
     if body.encoding_format == "base64":
         vectors = await run_in_threadpool(_base64, vectors)
