@@ -202,3 +202,19 @@ def test_next_token_explains_the_models_most_likely_next_token(lm, lm_workspace:
     assert data["probability"] == pytest.approx(float(probs[top]), abs=1e-5)
     both = run_cli("explain", "tiny-lm", text, "--next-token", "--completion", " not", workspace=lm_workspace)
     assert both.returncode == 2 and "exclude each other" in both.stderr and "Traceback" not in both.stderr
+
+
+def test_a_removed_token_is_never_a_token_that_ends_a_turn_or_a_text(smollm2, clf):
+    """SmolLM2 pads with its end of turn (<|im_end|>) and its unk is <|endoftext|>: used as the stand-in for a removed
+    token (occlusion, SHAP, the IG baseline, deletion) it cut the prompt there, so nearly every removal scored the whole
+    probability and deletion was no better than random. A dedicated pad (BERT's [PAD]) stays the stand-in."""
+    from llmkit.explain.attribution import _fill_id
+
+    loaded = load_for_explain(str(smollm2.path))
+    tokenizer = loaded[1]
+    fill, shown = _fill_id(tokenizer)
+    assert fill not in {tokenizer.eos_token_id, tokenizer.bos_token_id} and fill not in tokenizer.all_special_ids, shown
+    assert _fill_id(clf[1]) == (clf[1].pad_token_id, "[PAD]")
+    exp = _run(loaded, "To bake bread you need flour, water, salt and", method="occlusion")
+    assert exp.target == " yeast"
+    assert exp.aopc - exp.aopc_random > 0.03, (exp.aopc, exp.aopc_random)  # 0.010 with <|im_end|>, 0.053 with " "

@@ -85,6 +85,15 @@ def display_token(tokenizer, token_id: int) -> str:
 
 
 def _fill_id(tokenizer) -> tuple[int, str]:
+    """What stands in for a removed token: a pad token of its own (BERT's [PAD], llmkit's <|pad|>: Captum's usual
+    baseline), else a single space. Never a token that ends a text or a turn: SmolLM2 pads with <|im_end|> and its
+    unk is <|endoftext|>; either one in a prompt cuts the context before it, and every token scored the same."""
+    ends = {tokenizer.bos_token_id, tokenizer.eos_token_id}
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in ends:
+        return int(tokenizer.pad_token_id), str(tokenizer.pad_token)
+    space = tokenizer.encode(" ", add_special_tokens=False)
+    if len(space) == 1:
+        return int(space[0]), display_token(tokenizer, int(space[0]))
     for name in ("pad_token", "unk_token", "eos_token"):
         tok = getattr(tokenizer, name, None)
         tid = getattr(tokenizer, f"{name}_id", None)
