@@ -45,3 +45,20 @@ def test_serve_bad_input(lm_workspace, tiny_model):
         assert proc.returncode == 2, proc.stderr
         assert expected in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_what_is_wrong_with_the_address_or_the_names_is_said_before_any_model_loads(lm_workspace, tiny_model):
+    import socket
+
+    with socket.socket() as taken:  # a port another program listens on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # each said after the model had loaded, beside uvicorn's own "ERROR:" line; a bad host was blamed on the port
+        for args, expected in [(["--port", str(port)], f"serve.port = {port}: 127.0.0.1:{port} is in use by another program"),
+                               (["--host", "0.0.0.0.0", "--api-key", "long-enough-key"], "serve.host = '0.0.0.0.0' is not an address"),
+                               (["--host", "192.0.2.1", "--api-key", "long-enough-key"], "serve.host = '192.0.2.1' is not an address of this machine"),
+                               (["tiny-lm"], "two models named 'tiny-lm'")]:
+            proc = run_cli("serve", "tiny-lm", *args, workspace=lm_workspace, timeout=120)
+            assert proc.returncode == 2 and proc.stderr.startswith(f"error: {expected}"), proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1 and "loaded" not in proc.stdout, (proc.stdout, proc.stderr)

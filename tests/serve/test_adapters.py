@@ -71,6 +71,10 @@ def test_adapters_in_one_batch_equal_their_merged_models(url):
     assert any(got[("a2", p)] != got[("base", p)] for p in PROMPTS), "the adapter should change the answers"
     cards = {c["id"]: c for c in requests.get(url + "/v1/models", timeout=10).json()["data"]}
     assert cards["a1"]["parent"] == cards["a2"]["parent"] == "base" and cards["m1"]["parent"] is None
+    # no module of its own to explain: said so (it said "it is a causal on torch"), and the web UI hides Explain
+    assert not cards["a1"]["explainable"] and cards["m1"]["explainable"]
+    r = requests.post(url + "/v1/explain", json={"model": "a1", "input": "ROMEO:"}, timeout=60)
+    assert r.status_code == 400 and "is a LoRA adapter" in r.json()["error"]["message"] and "llmkit merge" in r.text
     metrics = requests.get(url + "/metrics", timeout=10).text
     sizes = [line for line in metrics.splitlines() if line.startswith('llmkit_batch_size_bucket{le="1.0",model="base"}')]
     total = [line for line in metrics.splitlines() if line.startswith('llmkit_batch_size_count{model="base"}')]

@@ -77,6 +77,13 @@ def test_ignore_eos_goes_on_past_the_end_token_to_max_tokens(client):
     assert on.choices[0].text.startswith(stopped.text) and len(on.choices[0].text) > len(stopped.text)
     with pytest.raises(openai.BadRequestError, match="ignore_eos with guided_regex"):
         client.completions.create(extra_body={"ignore_eos": True, "guided_regex": "[a-z]+"}, **kwargs)
+    # chat too: the template's end of turn is passed as well (it still ended the answer there)
+    chat = dict(model="tiny-lm", messages=[{"role": "user", "content": "ROMEO:"}], max_tokens=300, temperature=1.0)
+    seed, stopped = next((seed, out) for seed in range(40)
+                         if (out := client.chat.completions.create(seed=seed, **chat).choices[0]).finish_reason == "stop")
+    on = client.chat.completions.create(seed=seed, extra_body={"ignore_eos": True}, **chat)
+    assert on.choices[0].finish_reason == "length" and on.usage.completion_tokens == 300
+    assert on.choices[0].message.content.startswith(stopped.message.content)
 
 
 def test_chat_streaming_equals_non_streaming(client):
@@ -192,8 +199,17 @@ def test_explain(server):
     bad = requests.post(server.base_url + "/v1/explain", timeout=60,
                         json={"model": "sms-clf", "input": spam, "target": "eggs"})
     assert bad.status_code == 400 and "ham" in bad.json()["error"]["message"]
+    for target, says in (("😀", "target '😀' is not in this model's vocabulary"),  # it explained <|unk|>, 200
+                         ("ab", "target 'ab' is 2 tokens for this model's tokenizer; a causal LM's target is one next "
+                                "token (use completion for longer continuations)")):  # it named the CLI's --target
+        r = requests.post(server.base_url + "/v1/explain", timeout=60, json={"model": "tiny-lm", "input": "ROMEO:", "target": target})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "target", r.text
+        assert r.json()["error"]["message"].startswith(says) and r.json()["error"]["code"] == "invalid_value", r.text
     enc = requests.post(server.base_url + "/v1/explain", timeout=60, json={"model": "minilm-l6", "input": spam})
     assert enc.status_code == 400 and enc.json()["error"]["code"] == "wrong_model_kind"
+    assert "it is an encoder (embeddings only)" in enc.json()["error"]["message"]  # it said "it is a encoder on torch"
+    cards = {m["id"]: m["explainable"] for m in requests.get(server.base_url + "/v1/models", timeout=30).json()["data"]}
+    assert cards["sms-clf"] and cards["tiny-lm"] and not cards["minilm-l6"]  # the web UI shows Explain by it
     lm_route = requests.post(server.base_url + "/v1/classify", timeout=60, json={"model": "tiny-lm", "input": "hi"})
     assert "model 'tiny-lm' is a causal language model, and this route needs a classifier" in lm_route.json()["error"]["message"]
 

@@ -32,6 +32,13 @@ def test_explanations_over_the_limits_are_400s_naming_limit_and_field(server):
     _error(_explain(server.base_url, input="dragon " * 30, method="occlusion"), 400, "input", "limit_exceeded")
     _error(_explain(server.base_url, input="dragon " * 10, method="shap"), 400, "input", "limit_exceeded")
     _error(_explain(server.base_url, input="ROMEO:", completion="x" * 300), 400, "completion", "limit_exceeded")
+    # the web UI's Explain on a long answer asks for its beginning instead of a refusal the user can do nothing about
+    cut = _explain(server.base_url, input="ROMEO:", completion="x" * 300, truncate_completion=True, steps=20)
+    assert cut.status_code == 200, cut.text
+    body = cut.json()
+    assert body["text"] == "ROMEO:" and body["target"] == "x" * (256 - 7)  # 7 tokens: BOS and "ROMEO:"
+    assert body["warnings"] == ["the completion is 300 tokens; explained its first 249 (the server explains at most 256 "
+                                "tokens with the input)"]
     ok = _explain(server.base_url, input="dragon " * 20, steps=100)  # 100 x 141 = 14,100 positions
     assert ok.status_code == 200, ok.text
 

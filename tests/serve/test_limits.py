@@ -34,6 +34,7 @@ def _error(r: requests.Response, status: int, param: str | None = None, code: st
     ("/v1/completions", {"model": "tiny-lm", "prompt": "x" * 100, "max_tokens": 1000}, 400, "max_tokens", "context_length_exceeded"),
     ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
     ("/v1/completions", {"model": "tiny-lm"}, 400, "prompt", None),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": [1, 2, 3]}, 400, "prompt", None),  # "token-id prompts are not ..."
     ("/v1/chat/completions", {"model": "tiny-lm"}, 400, "messages", None),
     ("/v1/chat/completions", {"model": "tiny-lm", "messages": []}, 400, "messages", None),
     ("/v1/chat/completions", {"model": "tiny-lm", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role", None),
@@ -48,6 +49,13 @@ def _error(r: requests.Response, status: int, param: str | None = None, code: st
     ("/v1/feedback", {"response_id": "chatcmpl-unknown", "rating": 1}, 404, "response_id", None),
     ("/v1/feedback", {"response_id": "x"}, 400, "rating", None),
     ("/v1/feedback", {"response_id": "x", "rating": 5}, 400, "rating", None),
+    # wrong JSON types are refused, as OpenAI refuses them (they were coerced: "yes" streamed, "5" was 5 tokens)
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "stream": "yes"}, 400, "stream", None),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "max_tokens": "5"}, 400, "max_tokens", None),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "max_tokens": 2.0}, 400, "max_tokens", None),
+    ("/v1/chat/completions", {"model": "tiny-lm", "messages": [{"role": "user", "content": "hi"}], "n": True}, 400, "n", None),
+    ("/v1/chat/completions", {"model": "tiny-lm", "messages": [{"role": "user", "content": "hi"}], "temperature": "0.5"},
+     400, "temperature", None),
 ])
 def test_bad_requests_get_openai_errors(server, path, body, status, param, code):
     _error(requests.post(server.base_url + path, json=body, timeout=30), status, param, code)
@@ -57,6 +65,15 @@ def test_malformed_json_unknown_route_wrong_method_big_body(server):
     err = _error(requests.post(server.base_url + "/v1/completions", data=b'{"model": "tiny-lm", "prompt": ',
                                headers={"Content-Type": "application/json"}, timeout=10), 400)
     assert "JSON" in err["message"]
+    for body, says in ((b'{"model": "tiny-lm", "prompt": "\xff\xfe"}', "must be UTF-8"),  # FastAPI's "error parsing the body"
+                       (b"[" * 50_000 + b"]" * 50_000, "nested at most"),
+                       (b"", "the request body is empty")):  # it said "'' is required"
+        err = _error(requests.post(server.base_url + "/v1/completions", data=body,
+                                   headers={"Content-Type": "application/json"}, timeout=10), 400, code="invalid_value")
+        assert says in err["message"], err
+    err = _error(requests.post(server.base_url + "/v1/completions", json={"model": "tiny-lm", "prompt": [1, 2, 3]},
+                               timeout=10), 400, "prompt")
+    assert err["message"] == "'prompt': token-id prompts are not supported here; send the prompt as text", err
     _error(requests.get(server.base_url + "/v1/nothing-here", timeout=10), 404)
     _error(requests.get(server.base_url + "/v1/completions", timeout=10), 405)
     big = {"model": "tiny-lm", "prompt": "x" * (2 * 1024 * 1024)}

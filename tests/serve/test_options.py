@@ -46,6 +46,7 @@ def url(lm_workspace: Path, serve_lm: str, tmp_path_factory) -> str:
             assert time.monotonic() < deadline, f"the server never said where it listens: {out.read_text()}"
             found = re.search(r"serving on (http://127\.0\.0\.1:\d+)", out.read_text())
             time.sleep(0.1)
+        assert "web UI" not in out.read_text(), out.read_text()  # --no-ui: it still named one, and / was a 404
         yield found.group(1)
     finally:
         proc.send_signal(signal.SIGINT)

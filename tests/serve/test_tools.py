@@ -84,16 +84,19 @@ def test_named_function_arguments_follow_its_schema(client):
 def test_streamed_call_equals_the_whole_one(client):
     kwargs = dict(model="smol", messages=ASK, tools=[WEATHER], tool_choice="required", temperature=0, max_tokens=80)
     whole = client.chat.completions.create(**kwargs).choices[0].message.tool_calls[0]
-    calls, finish = {}, None
+    calls, finish, empty = {}, None, 0
     for chunk in client.chat.completions.create(stream=True, **kwargs):
         for choice in chunk.choices:
             finish = choice.finish_reason or finish
+            d = choice.delta
+            empty += not (d.role or d.content or d.tool_calls or choice.finish_reason)
             for part in choice.delta.tool_calls or []:
                 entry = calls.setdefault(part.index, {"name": "", "arguments": ""})
                 entry["name"] += part.function.name or ""
                 entry["arguments"] += part.function.arguments or ""
     assert finish == "tool_calls"
     assert calls == {0: {"name": whole.function.name, "arguments": whole.function.arguments}}
+    assert empty == 0  # one empty {"delta": {}} per token while the call was held back
 
 
 def test_template_without_tools_gets_them_as_text(client):

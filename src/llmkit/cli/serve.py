@@ -23,7 +23,8 @@ def serve(ctx: Ctx, cfg) -> None:
     from llmkit.serve import serve as run
 
     def ready(url: str) -> None:
-        console.print(f"serving on [bold]{url}[/bold]  (API: {url}/v1, web UI: {url}/, docs: {url}/docs); Ctrl-C stops")
+        ui = f", web UI: {url}/" if cfg.ui else ""  # --no-ui: / is a 404
+        console.print(f"serving on [bold]{url}[/bold]  (API: {url}/v1{ui}, docs: {url}/docs); Ctrl-C stops")
 
     run(cfg, ctx.ws, ctx.registry, console=console, on_ready=ready)
 

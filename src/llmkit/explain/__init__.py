@@ -94,7 +94,8 @@ def explain_loaded(model, tokenizer, kind: str, text: str, cfg: ExplainConfig, *
         raise UserError("nothing to explain: TEXT is empty")
     if kind == "classifier":
         if cfg.completion is not None:
-            raise UserError("--completion is for causal language models; a classifier explains a --target label")
+            raise UserError("--completion is for causal language models; a classifier explains a --target label",
+                            param="explain.completion")
         subject: Subject = classifier_subject(model, tokenizer, labels or [], text, cfg.target, max_length)
     elif kind == "causal":
         subject = causal_subject(model, tokenizer, text, cfg.target, cfg.completion)

@@ -199,6 +199,9 @@ def causal_subject(lm, tokenizer, text: str, target: str | None, completion: str
         if len(tok) != 1:
             raise UserError(f"--target '{target}' is {len(tok)} tokens for this model's tokenizer; a causal LM's target is "
                             "one next token (use --completion TEXT for longer continuations)", param="explain.target")
+        if tok[0] == tokenizer.unk_token_id and target != tokenizer.unk_token:  # it explained the unknown token
+            raise UserError(f"--target '{target}' is not in this model's vocabulary (it reads as {tokenizer.unk_token}); "
+                            "give a token the model knows", param="explain.target")
         index = int(tok[0])
 
     def score_fn(batch: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,10 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
     # What can be checked without torch, the serving stack or a model loaded is checked first: a mistyped key
     # file, host or model name is answered in a second, not after the models have loaded.
     access = read_access(cfg)
+    check_listen(cfg)
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
+    _check_names(cfg, registry)
     fits = check(needs_of(cfg, registry), cfg)  # before anything loads: a configuration that cannot fit is refused
     from llmkit.serve.adapters import NoFastBase, attach, split_spec
     from llmkit.serve.app import create_app
@@ -83,6 +85,49 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
         if console:
             console.print(f"loaded adapter [bold]{served.id}[/bold] on {served.parent or 'a merged copy of its base'}")
     return create_app(cfg, models, registry, ws, access)
+
+
+def check_listen(cfg: ServeConfig) -> None:
+    """Bind the address once before any model loads: a port in use or a host that is not this machine's is one line at
+    once (uvicorn said it after the models had loaded, and the hint blamed the port for a bad host too)."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise UserError(f"serve.host = '{cfg.host}' is not an address or a name this machine resolves "
+                        f"({getattr(err, 'strerror', None) or err}); use 127.0.0.1 (the default), 0.0.0.0 for every "
+                        "interface, or one of this machine's addresses", param="serve.host") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no conflict
+        try:
+            sock.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise UserError(f"serve.port = {cfg.port}: {cfg.host}:{cfg.port} is in use by another program; pick "
+                                "another with --port N (0 = any free port)", param="serve.port") from None
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"serve.host = '{cfg.host}' is not an address of this machine; use 127.0.0.1 (the "
+                                "default), 0.0.0.0 for every interface, or one of its addresses", param="serve.host") from None
+            if err.errno == errno.EACCES:
+                raise UserError(f"serve.port = {cfg.port}: ports below 1024 need root; use a port from 1024 up (8000 "
+                                "is the default)", param="serve.port") from None
+            raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {err.strerror}") from None
+
+
+def _check_names(cfg: ServeConfig, registry) -> None:
+    """Two served models under one name, said before either loads."""
+    from llmkit.serve.served import served_name
+
+    seen: set[str] = set()
+    for ref in cfg.models:
+        name = served_name(ref, registry)
+        if name in seen:
+            raise UserError(f"two models named '{name}'; serve each name once (NAME=MODEL serves a model under "
+                            "another name)")
+        seen.add(name)
 
 
 def _adapter_on_served_base(spec: str, specs: list[str], registry) -> bool:

@@ -62,9 +62,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         ctx = first.get("ctx", {}).get("error", "")
         return f"the request body is not valid JSON ({ctx}); send a JSON object", None
     field = _field(loc)
-    msg = first.get("msg", "invalid request")
+    msg = first.get("msg", "invalid request").removeprefix("Value error, ")  # our validators' own words
     if first.get("type") == "missing":
-        return f"'{field}' is required", field or None
+        return (f"'{field}' is required", field) if field else ("the request body is empty; send a JSON object", None)
     if field:
         return f"'{field}': {msg}", field
     return f"the request body is invalid: {msg}", None
@@ -84,9 +84,13 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException):
         status = exc.status_code
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        code = None
         if status == 404:
             message = "no such route; the API is under /v1 (see /docs)"
-        return JSONResponse(error_body(message, TYPES.get(status, "invalid_request_error"), None, None),
+        elif status == 400 and message == "There was an error parsing the body":  # FastAPI's words for any such failure
+            message, code = ("the request body could not be read as JSON: it must be UTF-8 and nested at most a few "
+                             "hundred levels deep; send a JSON object"), "invalid_value"
+        return JSONResponse(error_body(message, TYPES.get(status, "invalid_request_error"), None, code),
                             status_code=status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

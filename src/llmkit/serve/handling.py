@@ -238,7 +238,8 @@ async def _watch_disconnect(request: Request, answers: list[Answer]) -> None:
 
 def stream(state: ServerState, served: ServedModel, answers: list[Answer], request: Request, rid: str, entry: dict,
            chunk, first: str, include_usage: bool, role: bool = False) -> EventSourceResponse:
-    """SSE chunks from `chunk(text, finish, index=, logprobs=, usage=, role=)`: each choice's own, tagged with its index."""
+    """SSE chunks from `chunk(text, finish, index=, logprobs=, usage=, role=)`: each choice's own, tagged with its index;
+    a chunk of None is not sent."""
     _submit(state, served, answers)
     queue = answers[0].job.events
 
@@ -256,8 +257,8 @@ def stream(state: ServerState, served: ServedModel, answers: list[Answer], reque
                         failed = _failed(event, state.cfg.timeout)
                         break
                     piece, logprobs, done = answers[event.index].take(event)
-                    if piece or logprobs:
-                        yield {"data": _dump(chunk(piece, None, index=event.index, logprobs=logprobs))}
+                    if (piece or logprobs) and (out := chunk(piece, None, index=event.index, logprobs=logprobs)) is not None:
+                        yield {"data": _dump(out)}
                     if done is not None:
                         yield {"data": _dump(chunk("", done.finish_reason, index=event.index))}
             if failed is not None:

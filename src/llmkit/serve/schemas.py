@@ -49,7 +49,9 @@ Texts = Annotated[list[Text], Field(min_length=1, max_length=256)]
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: "stream": "yes", "max_tokens": "5" or 2.0 and "n": true are 400s naming the field, as OpenAI answers
+    # them, rather than guesses (an int is still a float)
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class Sampling(Request):
@@ -142,6 +144,15 @@ class CompletionRequest(Sampling):
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5, description="return the log-probability of each generated "
                                  "token and of this many most likely tokens at its position")
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompt(cls, v):  # said plainly, not as "List should have at most 1 item after validation, not 3"
+        if isinstance(v, list) and v and all(isinstance(t, int) or isinstance(t, list) for t in v):
+            raise ValueError("token-id prompts are not supported here; send the prompt as text")
+        if isinstance(v, list) and len(v) > 1:
+            raise ValueError(f"one prompt per request ({len(v)} were sent); send them as separate requests")
+        return v
 
     @field_validator("prompt")
     @classmethod
@@ -238,6 +249,8 @@ class ExplainRequest(Request):
     target: Text | None = Field(None, max_length=200, description="a label (classifier) or one next token (LM); default: the predicted one")
     completion: Text | None = Field(None, max_length=20_000, description="LMs: explain the log-probability of this continuation")
     steps: int = Field(50, ge=2, le=200, description="Integrated Gradients interpolation steps")
+    truncate_completion: bool = Field(False, description="explain the first tokens of a completion past the server's "
+                                                         "limit (with a warning) instead of refusing it")
 
 
 # --- responses --------------------------------------------------------------------------------
@@ -258,6 +271,7 @@ class ModelCard(BaseModel):
     backend: str
     context_length: int | None = None
     parent: str | None = Field(None, description="a LoRA adapter served on a base: the base's id")
+    explainable: bool = Field(False, description="POST /v1/explain takes it (a classifier or causal LM with a torch module of its own)")
 
 
 class ModelList(BaseModel):

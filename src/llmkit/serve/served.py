@@ -51,13 +51,23 @@ def decode_workers(cfg: ServeConfig, backend: str) -> int:
     return cfg.workers or (2 if backend == "torch" and cpu_cores() >= 2 else 1)
 
 
+def served_name(ref: str, registry, model: Model | None = None) -> str:
+    """The id a `serve` argument answers as: NAME of NAME=MODEL, else the alias it was asked by (`serve prod` answers as
+    prod, wherever it points), else the model's name."""
+    name, _, target = ref.rpartition("=")
+    if name:
+        return name
+    model = model or resolve_model(target, registry)
+    return model.alias or model.name
+
+
 def load_served(ref: str, cfg: ServeConfig, registry, on_step=None) -> ServedModel:
     from llmkit.models.io import load_causal_lm, load_classifier, load_tokenizer_for, quiet_transformers
 
     quiet_transformers()
     served_id, _, target = ref.rpartition("=")  # NAME=MODEL serves MODEL under another name
     model = resolve_model(target, registry)
-    served_id = served_id or model.alias or model.name  # `serve prod` answers as prod, wherever it points
+    served_id = served_id or served_name(ref, registry, model)
     kind = model_kind(model)
     backend = choose_backend(model, cfg.backend) if kind == "causal" else "torch"
     if kind != "causal" and cfg.backend not in ("auto", "torch"):
@@ -135,3 +145,20 @@ def embed(served: ServedModel, texts: list[str]) -> tuple[list[list[float]], int
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, C)
     pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
     return pooled.tolist(), int(enc["attention_mask"].sum())
+
+
+def explainable(served: ServedModel) -> bool:
+    return not why_not_explainable(served)
+
+
+def why_not_explainable(served: ServedModel) -> str:
+    """'' when /v1/explain takes the model, else why not and what to do instead."""
+    if served.parent is not None:
+        return (f"it is a LoRA adapter decoded in the batches of '{served.parent}', with no module of its own to take "
+                f"gradients through; merge it (llmkit merge {served.model.name}) and explain or serve the merged model")
+    if served.kind == "encoder":
+        return "it is an encoder (embeddings only), with no label or next token to explain; explain a classifier or a causal LM"
+    if served.net is None:
+        return (f"it runs on {served.backend}, which gives no gradients here; explain the model it was exported from "
+                "(served with --backend torch)")
+    return ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from fastapi import APIRouter, Depends, Request
@@ -12,7 +13,7 @@ from llmkit.config import ServeConfig
 from llmkit.serve.auth import authorize
 from llmkit.serve.errors import ApiError
 from llmkit.serve.handling import timeout_error
-from llmkit.serve.served import ServedModel
+from llmkit.serve.served import ServedModel, explainable, why_not_explainable
 from llmkit.serve.state import server_state
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=s.ERRORS)
@@ -46,9 +47,8 @@ async def explain(body: s.ExplainRequest, request: Request):
 
     state = server_state(request)
     served = state.model(body.model)
-    if served.net is None or served.kind == "encoder":
-        raise ApiError(400, f"model '{served.id}' cannot be explained here: explanations need a classifier or a causal "
-                       f"LM on the torch backend (it is a {served.kind} on {served.backend})", param="model",
+    if not explainable(served):
+        raise ApiError(400, f"model '{served.id}' cannot be explained here: {why_not_explainable(served)}", param="model",
                        code="wrong_model_kind")
     deadline = time.perf_counter() + state.cfg.timeout
     with state.explain_slot():
@@ -56,8 +56,10 @@ async def explain(body: s.ExplainRequest, request: Request):
             result = await run_in_threadpool(_explain, state.cfg, served, body, deadline)
         except OutOfTime:
             raise timeout_error(state.cfg.timeout, "steps, a shorter input") from None
-        except UserError as err:
-            raise ApiError(400, str(err), param="target" if "label" in str(err) or "target" in str(err) else None) from None
+        except UserError as err:  # the explain stage names its flags (--target); here they are request fields
+            field = (err.param or "").removeprefix("explain.") or ("target" if "label" in str(err) else None)
+            message = re.sub(r"--(target|completion|method|steps)\b", r"\1", str(err).replace(" TEXT", ""))
+            raise ApiError(400, message, param=field, code="invalid_value") from None
     return s.ExplainResult(**{**result.to_dict(), "model": served.id})
 
 
@@ -70,8 +72,15 @@ def _explain(cfg: ServeConfig, served: ServedModel, body: s.ExplainRequest, dead
     # Counted under the model's lock: the tokenizer's padding settings are shared with classify and embeddings.
     if not served.lock.acquire(timeout=max(0.0, deadline - time.perf_counter())):
         raise OutOfTime
+    completion, cut = body.completion, None
     try:
-        n_input, n_completion = explained_tokens(served.tokenizer, served.kind, body.input, body.completion, served.max_length)
+        n_input, n_completion = explained_tokens(served.tokenizer, served.kind, body.input, completion, served.max_length)
+        if body.truncate_completion and n_completion and n_input < cfg.explain_max_tokens < n_input + n_completion:
+            keep = cfg.explain_max_tokens - n_input  # the web UI explains a long answer's beginning
+            completion = served.tokenizer.decode(served.tokenizer(completion, add_special_tokens=False)["input_ids"][:keep])
+            cut = (f"the completion is {n_completion} tokens; explained its first {keep} (the server explains at most "
+                   f"{cfg.explain_max_tokens} tokens with the input)")
+            n_completion = keep
     finally:
         served.lock.release()
     if n_input + n_completion > cfg.explain_max_tokens:
@@ -86,16 +95,20 @@ def _explain(cfg: ServeConfig, served: ServedModel, body: s.ExplainRequest, dead
         raise ApiError(400, f"method '{body.method}' over {how} runs {work} token positions through the model; the server "
                        f"allows {cfg.explain_max_work} (explain_max_work, --explain-max-work); use fewer steps, a shorter "
                        "input or method ig", param=param, code="limit_exceeded")
-    explain_cfg = ExplainConfig(method=body.method, target=body.target, completion=body.completion, steps=body.steps)
+    explain_cfg = ExplainConfig(method=body.method, target=body.target, completion=completion, steps=body.steps)
     # Gradients through the shared module: one explanation at a time per model, waiting no longer than the deadline.
     if not served.lock.acquire(timeout=max(0.0, deadline - time.perf_counter())):
         raise OutOfTime
     try:
-        return explain_loaded(served.net, served.tokenizer, served.kind, body.input, explain_cfg, labels=served.labels,
-                              max_length=served.max_length, name=served.id, deadline=deadline,
-                              batch_tokens=cfg.explain_batch_tokens)
+        result = explain_loaded(served.net, served.tokenizer, served.kind, body.input, explain_cfg, labels=served.labels,
+                                max_length=served.max_length, name=served.id, deadline=deadline,
+                                batch_tokens=cfg.explain_batch_tokens)
     finally:
         served.lock.release()
+    if cut:
+        result.warnings.append(cut)
+    return result
+
 
 
 @router.post("/feedback", response_model=s.FeedbackAck)

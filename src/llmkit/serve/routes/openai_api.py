@@ -20,7 +20,7 @@ from llmkit.serve.auth import authorize
 from llmkit.serve.engine import Logprob
 from llmkit.serve.errors import ApiError
 from llmkit.serve.handling import bos_prompt, collect, make_answers, stream, token_text, usage, usage_wanted
-from llmkit.serve.served import embed
+from llmkit.serve.served import embed, explainable
 from llmkit.serve.state import server_state
 from llmkit.serve.structured import grammar_for
 from llmkit.serve.tool_schemas import ToolCallDelta
@@ -31,7 +31,7 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=s.
 
 def _card(m) -> s.ModelCard:
     return s.ModelCard(id=m.id, created=m.created, kind=m.kind, backend=m.backend, context_length=m.max_len,
-                       parent=m.parent)
+                       parent=m.parent, explainable=explainable(m))
 
 
 @router.get("/models", response_model=s.ModelList)
@@ -85,8 +85,9 @@ async def chat_completions(body: s.ChatRequest, request: Request):
     use = tool_use(served.tokenizer, body)
     ids, end_ids, logged = await run_in_threadpool(_chat_ids, served, body, use)
     grammar = await run_in_threadpool(grammar_for, served, body, use.call_schema() if use and use.required else None)
-    answers = make_answers(state, served, ids, body, body.max_completion_tokens or body.max_tokens, end_ids,
-                           (body.top_logprobs or 0) if body.logprobs else None, grammar)
+    # ignore_eos passes the end of turn too, as vLLM passes the generation config's EOS ids: SmolLM2's is its EOS
+    answers = make_answers(state, served, ids, body, body.max_completion_tokens or body.max_tokens,
+                           [] if body.ignore_eos else end_ids, (body.top_logprobs or 0) if body.logprobs else None, grammar)
     rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     entry = {"model": served.id, "model_ref": served.model.ref, "endpoint": "chat", "prompt": logged}
@@ -99,6 +100,8 @@ async def chat_completions(body: s.ChatRequest, request: Request):
             if calls and not role and usage is None:
                 delta, finish = _call_delta(calls[index], text, finish)
             lp = _chat_logprobs(served.tokenizer, logprobs) if body.logprobs and logprobs else None
+            if usage is None and not role and finish is None and lp is None and delta.content is None and not delta.tool_calls:
+                return None  # text held back while it may be a tool call: no empty chunk per token
             choices = [] if usage is not None else [s.ChatChunkChoice(index=index, delta=delta, finish_reason=finish,
                                                                       logprobs=lp)]
             return s.ChatCompletionChunk(id=rid, created=created, model=served.id, choices=choices, usage=usage)

@@ -269,9 +269,11 @@ export function initChat() {
       bubble.dataset.responseId = responseId;
       bubble.append(feedbackBar(responseId, answer));
       const asked = history.length >= 2 ? history[history.length - 2].content : "";
-      if (asked && answer) {
-        const model = select.value;
-        bubble.append(explainButton(() => ({ model, input: asked, completion: answer })));
+      const card = models.find((m) => m.id === select.value);
+      if (asked && answer && card && card.explainable) { // not an adapter (no module of its own), not llama.cpp
+        const model = card.id;
+        // A long answer: its first tokens are explained (with a warning) rather than the request refused.
+        bubble.append(explainButton(() => ({ model, input: asked, completion: answer, truncate_completion: true })));
       }
     }
     scrollDown();
@@ -341,7 +343,8 @@ export function initChat() {
         h("span", { class: "prob-name" }, name),
         h("span", { class: "prob-bar" }, h("span", { style: `width:${(p * 100).toFixed(1)}%` })),
         h("span", { class: "prob-value" }, fmtNumber(p, 3)))),
-      explainButton(() => ({ model: select.value, input: text, target: item.label })));
+      ...(models.find((m) => m.id === select.value)?.explainable
+        ? [explainButton(() => ({ model: select.value, input: text, target: item.label }))] : []));
   }
 
   // -- wiring --------------------------------------------------------------------------------------

@@ -41,5 +41,8 @@ function render(body) {
     h("div", { class: "tokens" }, ...tokens),
     h("p", { class: "hint", "data-testid": "explain-aopc" },
       h("span", {}, t("ex.faithful", { aopc: fmtNumber(body.aopc, 3), random: fmtNumber(body.aopc_random, 3) })), " ",
-      h("span", {}, t(beats ? "ex.beats" : "ex.noBetter"))));
+      h("span", {}, t(beats ? "ex.beats" : "ex.noBetter"))),
+    // the server's own words (what was cut, and where) in the tooltip; the line itself in the UI's language
+    ...((body.warnings || []).length ? [h("p", { class: "hint", "data-testid": "explain-partial", title: body.warnings.join("\n"),
+      "data-i18n": "ex.partial" }, t("ex.partial"))] : []));
 }

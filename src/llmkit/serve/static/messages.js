@@ -82,6 +82,7 @@ export const MESSAGES = {
     "ex.faithful": "faithfulness: deleting the top tokens drops it by {aopc} on average, random tokens by {random}",
     "ex.beats": "✓",
     "ex.noBetter": "(no better than random)",
+    "ex.partial": "Explained in part: the text is longer than the server explains at once (hover for details).",
 
     "dash.workspace": "Workspace",
     "dash.refresh": "Refresh",
@@ -293,6 +294,7 @@ export const MESSAGES = {
     "ex.faithful": "忠实度：删去最重要的 token 后平均下降 {aopc}，随机删去则下降 {random}",
     "ex.beats": "✓",
     "ex.noBetter": "（不比随机好）",
+    "ex.partial": "只解释了一部分：文本超出了服务器一次能解释的长度（鼠标悬停查看详情）。",
 
     "dash.workspace": "工作区",
     "dash.refresh": "刷新",
