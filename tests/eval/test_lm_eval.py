@@ -90,6 +90,10 @@ def test_shards_need_the_same_tokenizer_and_match_text_when_they_have_it(ws, tmp
     via_shards = evaluate("tiny-lm", EvalConfig(data="tiny", split="test", context=32, source="shards"), ws, reg)
     via_text = evaluate("tiny-lm", EvalConfig(data="tiny", split="test", context=32), ws, reg)
     assert via_shards.metrics["perplexity"] == pytest.approx(via_text.metrics["perplexity"], rel=0.05)
+    assert via_shards.metrics["bits_per_byte"] == pytest.approx(via_text.metrics["bits_per_byte"], rel=0.05)
+    # a record limit does not apply to the shards: it divided the whole split's loss by the first records' bytes
+    with pytest.raises(UserError, match=r"eval.max_examples = 2 limits records.*drop --max-examples or use --source text"):
+        evaluate("tiny-lm", EvalConfig(data="tiny", split="test", context=32, source="shards", max_examples=2), ws, reg)
     source = tmp_path_factory.mktemp("bpe") / "poems.txt"
     source.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[:20_000])
     prepare(DataConfig(inputs=[str(source)], name="bpe-text", task="lm", tokenizer="bpe:300", doc_split="blank-line"), ws, reg)

@@ -97,6 +97,10 @@ def test_bad_inputs(clf, lm, lm_workspace: Path):
     exp = _run(lm, long_text, method="occlusion")
     assert len(exp.tokens) == 32 and exp.warnings and "context of 32" in exp.warnings[0]
     assert "".join(exp.tokens[1:]) == long_text[-31:]  # BOS kept, then the last tokens (they predict the next)
+    for args, says in ((["--target", "x", "--completion", " love"], "--target and --completion exclude each other"),
+                       (["--out", str(lm_workspace)], f"--out {lm_workspace} is a folder; give a file path")):
+        proc = run_cli("explain", "tiny-lm", "ROMEO:", *args, workspace=lm_workspace)  # the target was dropped; exit 1 after the work
+        assert proc.returncode == 2 and proc.stderr.startswith(f"error: {says}"), proc.stderr
     clipped = _run(clf, " ".join(SPAM), method="occlusion")
     assert len(clipped.tokens) == 48 and "longer than the model's 48" in clipped.warnings[0]
     # A model that cannot return attention weights: every transformers model we ship can (eager attention),
@@ -125,7 +129,9 @@ def test_html_report_and_cli(clf, lm_workspace: Path, tmp_path: Path):
     body = "".join(parser.text)
     assert all(token in body for token in exp.tokens)
     assert len(parser.imgs) == 1 and parser.imgs[0].startswith("data:image/png;base64,")
-    assert "<img" not in html_report(_run(clf, SPAM[0], method="occlusion"))
+    assert "no direction" in body and "raises the target" not in body  # attention weights are never negative
+    signed = html_report(_run(clf, SPAM[0], method="occlusion"))
+    assert "<img" not in signed and "green: the token raises the target" in signed
     assert len(terminal_text(exp).spans) == len(exp.tokens)
     out = tmp_path / "cli.html"
     proc = run_cli("explain", "sms-clf", SPAM[1], "--method", "ig", "--steps", "16", "--out", str(out), "--json",

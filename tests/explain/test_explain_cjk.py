@@ -89,3 +89,19 @@ def test_grouping_rules():
     assert [(s, e, t) for s, e, t in groups] == [(0, 2, "夜"), (2, 3, "x"), (3, 4, "\ufffd"), (4, 5, None),
                                                  (5, 6, "\ufffd"), (6, 7, "\ufffdx"), (7, 9, "夜ñ")]
     assert display_groups([a[:1], a[1:]], [False, True])[0][2] == "\ufffd"  # never joined across a special token
+
+
+def test_a_target_holding_part_of_a_character_shows_its_bytes(zh_model):
+    """The next token of a byte-level BPE may be the first bytes of a character: decoded alone it is '�' (the terminal,
+    the HTML title and the JSON all said target '�'); its bytes say what it is."""
+    from llmkit.explain.pieces import token_text
+
+    tokenizer = zh_model[1]
+    ids = tokenizer("龘", add_special_tokens=False)["input_ids"]  # a character the poems never use
+    assert len(ids) > 1 and tokenizer.decode(ids[:1]) == "\ufffd"  # the small vocabulary cuts it
+    first, rest = token_text(tokenizer, ids[0]), [token_text(tokenizer, i) for i in ids[1:]]
+    assert re.fullmatch(r"(<0x[0-9A-F]{2}>)+", first) and "".join([first, *rest]).count("<0x") == len("龘".encode())
+    assert token_text(tokenizer, tokenizer("a", add_special_tokens=False)["input_ids"][0]) == "a"
+    for text in (POEM, "龘"):  # the explained target is shown so, whatever the next token is
+        subject = causal_subject(zh_model[0], tokenizer, text, None, None)
+        assert "\ufffd" not in subject.target and subject.target == token_text(tokenizer, subject.target_index)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from llmkit.cli.common import Ctx, console
+from llmkit.cli.common import Ctx, check_writable_file, console
 from llmkit.cli.options import configured
 
 app = typer.Typer(help="Audit trained models for bias and privacy.", no_args_is_help=True,
@@ -28,6 +28,8 @@ def bias(
     from llmkit.audit.lm_bias import LmBiasReport
     from llmkit.audit.lm_bias import summary_tables as lm_summary_tables
 
+    if cfg.out:
+        check_writable_file(cfg.out, "--out", "bias.html")
     with ctx.log.status("auditing"):
         report = bias_audit(model, cfg, ctx.ws, ctx.registry)
 
@@ -36,6 +38,8 @@ def bias(
             console.print(f"language: {report.language_reason}", markup=False, highlight=False)
             for table in lm_summary_tables(report):
                 console.print(table)
+            for warning in report.warnings:  # e.g. --data, which a language model's audit does not read
+                console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
             console.print(f"flagged groups: {', '.join(report.flagged) or 'none'}" + (f"; report {cfg.out}" if cfg.out else ""))
             _registered(report)
             return
@@ -62,6 +66,8 @@ def privacy(
     from llmkit.audit.privacy import privacy_audit
     from llmkit.audit.privacy_report import canary_table, summary_table
 
+    if cfg.out:
+        check_writable_file(cfg.out, "--out", "privacy.html")
     with ctx.log.status("auditing"):
         report = privacy_audit(model, cfg, ctx.ws, ctx.registry)
 

@@ -94,6 +94,21 @@ def valid_text(text: str, where: str) -> str:
     return text
 
 
+def check_writable_file(path: str, flag: str, example: str) -> None:
+    """A file the command writes at its end, checked at its start: a folder or a place that cannot be written is the
+    user's mistake, said in one line before the work (it was an IsADirectoryError after it)."""
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file path, such as {target / example}")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:  # folders that do not exist yet are made
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder; give a path in a folder")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {path}: {parent} cannot be written by this user; give a path in a folder you can write")
+
+
 def read_stdin_text(where: str) -> str:
     """All of stdin as text, checked like an argument (undecodable bytes become a UserError, not a crash)."""
     return valid_text(sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape"), where)

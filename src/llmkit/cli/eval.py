@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import Ctx, console
+from llmkit.cli.common import Ctx, check_writable_file, console
 from llmkit.cli.options import configured
 
 MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder.")]
@@ -32,6 +32,8 @@ def eval_(ctx: Ctx, cfg, model: MODEL_ARG) -> None:
     from llmkit.eval import evaluate
     from llmkit.eval.report import metrics_table
 
+    if cfg.out:
+        check_writable_file(cfg.out, "--out", "report.html")
     with _progress(ctx) as progress:
         report = evaluate(model, cfg, ctx.ws, ctx.registry, progress)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from llmkit.cli.common import Ctx, console, valid_text
+from llmkit.cli.common import Ctx, check_writable_file, console, valid_text
 from llmkit.cli.options import configured
 from llmkit.errors import UserError
 
@@ -34,6 +34,11 @@ def explain(
         raise UserError("--next-token and --completion exclude each other: explain the next token or a completion")
     if next_token:
         cfg.completion = None  # wins over a completion from the config file
+    if cfg.target is not None and cfg.completion is not None:  # the target was silently dropped
+        raise UserError("--target and --completion exclude each other: explain one next token (--target) or the "
+                        "log-probability of a continuation (--completion)", param="explain.target")
+    if cfg.out:  # said now, not after the model has loaded and the attribution has run
+        check_writable_file(cfg.out, "--out", "explain.html")
     valid_text(text, "TEXT")
     for key in ("target", "completion"):
         if getattr(cfg, key):

@@ -74,6 +74,9 @@ def evaluate(model_ref: str, cfg: EvalConfig, ws: Workspace | None = None, regis
     kind = model_task(model)
     if not cfg.data:
         raise UserError("eval.data is not set: pass --data NAME (a dataset) or --data FILE.jsonl ({prompt, reference} lines)")
+    if cfg.source == "shards" and cfg.max_examples:  # the whole split's loss was divided by those records' bytes
+        raise UserError(f"eval.max_examples = {cfg.max_examples} limits records, and --source shards scores the "
+                        "dataset's token shards whole; drop --max-examples or use --source text", param="eval.max_examples")
     data_file = Path(cfg.data)
     if data_file.suffix == ".jsonl" and not data_file.is_file() and registry.find(cfg.data, "dataset") is None:
         raise UserError(f"eval.data = '{cfg.data}': no such file; give a {{prompt, reference}} .jsonl file that exists, "

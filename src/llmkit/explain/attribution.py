@@ -208,7 +208,9 @@ def causal_subject(lm, tokenizer, text: str, target: str | None, completion: str
         return lm(input_ids=batch, **_keep(lm, 1)).logits.float()[:, -1].softmax(-1)[:, index]
 
     fill_id, fill_token = _fill_id(tokenizer)
-    return Subject(lm, tokenizer, "causal", ids, n, special, fill_id, fill_token, tokenizer.decode([index]), index,
+    from llmkit.explain.pieces import token_text
+
+    return Subject(lm, tokenizer, "causal", ids, n, special, fill_id, fill_token, token_text(tokenizer, index), index,
                    "probability", score_fn, warnings=warns)
 
 

@@ -54,6 +54,21 @@ def piece_bytes(tokenizer, ids: list[int]) -> list[bytes | None]:
     return out
 
 
+def token_text(tokenizer, token_id: int) -> str:
+    """One token as text; a piece holding only some bytes of a character (a byte-level BPE's first byte of 好) shows
+    those bytes as <0xE5> rather than the replacement character '�' its decoding gives."""
+    text = tokenizer.decode([token_id])
+    raw = piece_bytes(tokenizer, [token_id])[0] if "\ufffd" in text else None
+    if raw is None:
+        return text
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        whole = decoder.decode(raw)  # the whole characters; a character's first bytes wait in the decoder
+    except UnicodeDecodeError:  # it starts inside a character
+        return "".join(f"<0x{b:02X}>" for b in raw)
+    return whole + "".join(f"<0x{b:02X}>" for b in decoder.getstate()[0])
+
+
 def display_groups(pieces: list[bytes | None], special: list[bool]) -> list[tuple[int, int, str | None]]:
     """(start, end, text) per shown token: consecutive pieces joined until their bytes are whole UTF-8.
 

@@ -12,9 +12,12 @@ from llmkit.eval.report import figure_base64
 from llmkit.explain import Explanation
 
 
-def _rgb(score: float) -> tuple[int, int, int]:
-    """White at 0, green for positive (supports the target), red for negative, by magnitude."""
+def _rgb(score: float, signed: bool = True) -> tuple[int, int, int]:
+    """White at 0, green for positive (supports the target), red for negative, by magnitude; blue by magnitude for a
+    score without direction (attention)."""
     m = min(1.0, abs(score))
+    if not signed:
+        return int(255 - 175 * m), int(255 - 115 * m), 255
     if score >= 0:
         return int(255 - 175 * m), int(255 - 55 * m), int(255 - 175 * m)
     return int(255 - 35 * m), int(255 - 175 * m), int(255 - 175 * m)
@@ -24,13 +27,25 @@ def _visible(token: str) -> str:
     return token.replace("\n", "\\n").replace("\t", "\\t")
 
 
+def _signed(exp: Explanation) -> bool:
+    """Attention weights are never negative: they say where the model looks, not which way a token pushes."""
+    return exp.method != "attention"
+
+
+def legend(exp: Explanation) -> str:
+    if not _signed(exp):
+        return ("blue: the share of attention rollout each token gets, the darker the more; it has no direction "
+                "(it does not say whether a token raises or lowers the target)")
+    return "green: the token raises the target; red: it lowers it (the darker, the more; normalised by the largest)"
+
+
 def terminal_text(exp: Explanation) -> Text:
     text = Text()
     for token, score, special in zip(exp.tokens, exp.normalized, exp.special, strict=True):
         if special:
             text.append(_visible(token), style="dim italic")
         else:
-            r, g, b = _rgb(score)
+            r, g, b = _rgb(score, _signed(exp))
             text.append(_visible(token), style=f"black on rgb({r},{g},{b})")
         text.append(" " if exp.kind == "classifier" else "")
     return text
@@ -38,12 +53,18 @@ def terminal_text(exp: Explanation) -> Text:
 
 def summary_lines(exp: Explanation) -> list[str]:
     what = {"probability": "p", "log_probability": "log p"}[exp.quantity]
-    lines = [f"{exp.model} ({exp.kind}), method {exp.method}: target '{exp.target}', {what} = {exp.value:.4f}"
-             + (f" (p = {exp.probability:.4g})" if exp.quantity == "log_probability" else "")]
+    lines = [f"{exp.model} ({exp.kind}), method {exp.method}: target '{_visible(exp.target)}', {what} = {exp.value:.4f}"
+             + (f" (p = {exp.probability:.4g})" if exp.quantity == "log_probability" else ""), legend(exp)]
     if exp.convergence_delta is not None:
         lines.append(f"IG convergence delta {exp.convergence_delta:.4g} (f(x) - f(baseline) = {exp.value - exp.baseline_value:.4g}, "
                      f"{exp.steps} steps)")
-    lines.append(f"faithfulness: deletion AOPC {exp.aopc:.4f} vs random {exp.aopc_random:.4f} (top {exp.faithfulness['k']} tokens)")
+    k = exp.faithfulness["k"]
+    # what the two numbers mean, in the target's own unit: higher than random = the ranking found what matters
+    lines.append(f"faithfulness: deleting the top 1-{k} tokens lowers the {what} by {exp.aopc:.4f} on average (deletion "
+                 f"AOPC), random tokens by {exp.aopc_random:.4f}: " + ("more, so the ranking is faithful"
+                 if exp.aopc > exp.aopc_random else "no more than random, so do not trust this ranking")
+                 if k > 1 else f"faithfulness: deleting the top token lowers the {what} by {exp.aopc:.4f}, a random "
+                 f"one by {exp.aopc_random:.4f}")
     lines.append(f"{exp.seconds:.2f} s attribution, {exp.seconds_total:.2f} s with faithfulness")
     return lines
 
@@ -78,7 +99,7 @@ def html_report(exp: Explanation) -> str:
         if special:
             spans.append(f'<span class="tok special" title="special token, not scored">{shown}</span>')
         else:
-            r, g, b = _rgb(score)
+            r, g, b = _rgb(score, _signed(exp))
             spans.append(f'<span class="tok" style="background:rgb({r},{g},{b})" title="{raw:.4g}">{shown}</span>')
     sep = " " if exp.kind == "classifier" else ""
     rows = "".join(f"<tr><td><code>{html.escape(_visible(t))}</code></td><td>{s:.4g}</td></tr>"
@@ -99,9 +120,8 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; color:
 table {{ border-collapse: collapse; }} td {{ padding: 2px 8px; border-bottom: 1px solid #eee; }}
 img {{ max-width: 100%; }}
 </style></head><body>
-<h1>Why '{html.escape(exp.target)}'?</h1>
+<h1>Why '{html.escape(_visible(exp.target))}'?</h1>
 <ul>{summary}</ul>{warnings}
-<p>Green: the token raises the target; red: it lowers it (scores normalised by the largest magnitude).</p>
 <div class="tokens">{sep.join(spans)}</div>
 <h2>Scores</h2><table><tr><th>token</th><th>{html.escape(exp.method)} score</th></tr>{rows}</table>
 {image}
