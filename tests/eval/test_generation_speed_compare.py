@@ -135,6 +135,15 @@ def test_compare_lines_up_models_and_evaluates_what_is_missing(lm_workspace: Pat
     assert len(reg.list("eval")) == before + 2
     again = compare(["tiny-lm", "compare-other"], data="tiny", split="val", ws=ws, registry=reg)
     assert len(reg.list("eval")) == before + 2 and again["rows"]["perplexity"] == ppl  # reused, not re-run
+    assert again["sources"][0].endswith("(val)") and not again["warnings"]
+    # Without --data each model's latest evaluation with the default settings, and what it was measured on is said:
+    # an evaluation of one model on other records stood beside the other's, unlabelled.
+    evaluate("compare-other", EvalConfig(data="tiny", split="test", max_examples=3), ws, reg)  # not the defaults
+    evaluate("compare-other", EvalConfig(data="tiny", split="test"), ws, reg)
+    evaluate("compare-other", EvalConfig(data="tiny", split="test", max_examples=3), ws, reg)
+    loose = compare(["tiny-lm", "compare-other"], ws=ws, registry=reg)
+    assert loose["sources"][1].endswith("(test)") and "default settings" not in loose["sources"][1]
+    assert loose["sources"][0] != loose["sources"][1] and "different data" in loose["warnings"][0]
 
 
 def test_harness_needs_lm_eval(lm_workspace: Path, tiny_model):

@@ -52,7 +52,7 @@ def _error(r: requests.Response, status: int, param: str | None = None, code: st
     # wrong JSON types are refused, as OpenAI refuses them (they were coerced: "yes" streamed, "5" was 5 tokens)
     ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "stream": "yes"}, 400, "stream", None),
     ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "max_tokens": "5"}, 400, "max_tokens", None),
-    ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "max_tokens": 2.0}, 400, "max_tokens", None),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "x", "max_tokens": 2.5}, 400, "max_tokens", None),
     ("/v1/chat/completions", {"model": "tiny-lm", "messages": [{"role": "user", "content": "hi"}], "n": True}, 400, "n", None),
     ("/v1/chat/completions", {"model": "tiny-lm", "messages": [{"role": "user", "content": "hi"}], "temperature": "0.5"},
      400, "temperature", None),

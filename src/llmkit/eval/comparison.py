@@ -30,10 +30,11 @@ def latest_evals(registry: Registry, model_id: str) -> list:
 
 def compare(model_refs: list[str], data: str | None = None, split: str = "test", ws: Workspace | None = None,
             registry: Registry | None = None, progress=None) -> dict[str, Any]:
-    """{"models": [...], "rows": {metric: [value per model]}, "evals": [[eval ids per model]]}.
+    """{"models": [...], "rows": {metric: [value per model]}, "evals": [[eval ids per model]], "sources": [what each
+    model's quality figures were measured on], "warnings": [...]}.
 
-    For each model: its latest evaluation on `data` (when given) and its latest speed measurement.
-    A model without an evaluation on `data` is evaluated now.
+    For each model: its latest evaluation on `data` (when given; else its latest with the default settings, or its
+    latest at all, said so) and its latest speed measurement. A model without an evaluation on `data` is evaluated now.
     """
     from llmkit.eval.evaluation import evaluate
 
@@ -42,7 +43,7 @@ def compare(model_refs: list[str], data: str | None = None, split: str = "test",
     if len(model_refs) < 1:
         raise UserError("compare needs at least one MODEL")
     ds = registry.get(data, "dataset") if data else None
-    columns, used = [], []
+    columns, used, sources = [], [], []
     for ref in model_refs:
         model = resolve_model(ref, registry)
         if model.id is None:
@@ -57,8 +58,9 @@ def compare(model_refs: list[str], data: str | None = None, split: str = "test",
             chosen.append(on_data[-1])
         else:
             quality = [e for e in evals if e.kind != "speed"]
+            default = [e for e in quality if _default(e)]
             if quality:
-                chosen.append(quality[-1])
+                chosen.append((default or quality)[-1])
         speed = [e for e in evals if e.kind == "speed"]
         if speed:
             chosen.append(speed[-1])
@@ -69,9 +71,21 @@ def compare(model_refs: list[str], data: str | None = None, split: str = "test",
             merged.update(rec.metrics)
         columns.append((model.ref, merged))
         used.append([rec.id for rec in chosen])
+        sources.append(next((_source(rec) for rec in chosen if rec.kind != "speed"), None))
     keys = [k for k in HEADLINE if any(k in m for _, m in columns)]
+    warnings = []
+    if len({s for s in sources if s}) > 1:  # a perplexity on Python code beside one on poems: said, not lined up
+        warnings.append("the models' figures come from different data or settings (row 'evaluated on'); pass --data "
+                        "NAME to score them all on one dataset")
     return {"models": [name for name, _ in columns], "rows": {k: [m.get(k) for _, m in columns] for k in keys},
-            "evals": used, "dataset": ds.ref if ds else None}
+            "evals": used, "dataset": ds.ref if ds else None, "sources": sources, "warnings": warnings}
+
+
+def _source(rec) -> str:
+    """What an evaluation's figures were measured on, for the table: 'shakespeare:v1 (test)', a file, or settings."""
+    params = rec.params or {}
+    where = str(params.get("dataset") or "?") + (f" ({params['split']})" if params.get("split") else "")
+    return where if _default(rec) else f"{where}, not the default settings"
 
 
 def compare_table(result: dict[str, Any]):
@@ -81,6 +95,12 @@ def compare_table(result: dict[str, Any]):
     table.add_column("metric")
     for name in result["models"]:
         table.add_column(name, justify="right")
+    if any(result.get("sources") or []):
+        from rich.text import Text
+
+        table.add_row("evaluated on", *(Text(s or "-") for s in result["sources"]))
     for key, values in result["rows"].items():
         table.add_row(key, *(format_number(v) for v in values))
+    if result.get("warnings"):
+        table.caption = "warning: " + "; ".join(result["warnings"])
     return table

@@ -48,10 +48,37 @@ Stops = Annotated[list[Text], Field(max_length=4)]
 Texts = Annotated[list[Text], Field(min_length=1, max_length=256)]
 
 
+def _integer_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields (and aliases) of `model` typed int or int | None."""
+    import typing
+
+    cached = _INTEGER_FIELDS.get(model)
+    if cached is None:
+        names = set()
+        for name, info in model.model_fields.items():
+            kinds = typing.get_args(info.annotation) or (info.annotation,)
+            if int in kinds:
+                names.update({name, info.alias} - {None})
+        cached = _INTEGER_FIELDS[model] = frozenset(names)
+    return cached
+
+
+_INTEGER_FIELDS: dict[type, frozenset[str]] = {}
+
+
 class Request(BaseModel):
-    # strict: "stream": "yes", "max_tokens": "5" or 2.0 and "n": true are 400s naming the field, as OpenAI answers
-    # them, rather than guesses (an int is still a float)
+    # strict: "stream": "yes", "max_tokens": "5" and "n": true are 400s naming the field, as OpenAI answers them,
+    # rather than guesses (an int is still a float)
     model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_numbers(cls, data):
+        """2.0 where an integer goes is the integer: JSON Schema's `integer` (what the OpenAPI schema says) takes it."""
+        if not isinstance(data, dict):
+            return data
+        ints = _integer_fields(cls)
+        return {k: int(v) if k in ints and isinstance(v, float) and v.is_integer() else v for k, v in data.items()}
 
 
 class Sampling(Request):
