@@ -119,6 +119,7 @@ def test_a_model_without_leaks_is_not_flagged(lm_workspace: Path, tiny_model):
     assert report.flagged == [] and report.canaries is None
     assert report.pii["generations"] == 32 and report.pii["matches"] == 0
     assert report.memorization["train"]["extracted"] == 0 and report.memorization["train"]["windows"] == 40
+    assert not any("is not the dataset" in w for w in report.warnings)
 
 
 def test_context_limits_and_bad_inputs(lm_workspace: Path, tiny_model, sms_classifier):
@@ -127,6 +128,10 @@ def test_context_limits_and_bad_inputs(lm_workspace: Path, tiny_model, sms_class
     report = privacy_audit("tiny-lm", PrivacyAuditConfig(data="tiny", samples=2, memorization_samples=4), ws, registry)
     assert (report.memorization["prefix_tokens"], report.memorization["suffix_tokens"]) == (16, 16)
     assert any("exceed the model's context of 32" in w for w in report.warnings)
+    # data the model was not trained on: said (a clean "nothing flagged" on it was registered without a word)
+    other = privacy_audit("tiny-lm", PrivacyAuditConfig(data=sms_classifier.lineage["dataset"]["id"], samples=2,
+                                                        memorization_samples=4), ws, registry)
+    assert any("is not the dataset tiny-lm" in w and "pass --data with its training data" in w for w in other.warnings)
     with pytest.raises(UserError, match="needs the training data: pass --data"):
         privacy_audit("tiny-lm", PrivacyAuditConfig(), ws, registry)
     with pytest.raises(UserError, match="classifier model: the privacy audit probes"):

@@ -57,6 +57,12 @@ def privacy_audit(model_ref: str, cfg: PrivacyAuditConfig | None = None, ws: Wor
     lm.eval()
     context = int(getattr(lm.config, "max_position_embeddings", 0) or 0) or 2048
     warnings: list[str] = []
+    trained_on = (model.lineage or {}).get("dataset") or {}
+    if trained_on.get("id") and trained_on["id"] != ds.id and trained_on.get("ref", "").split(":")[0] != ds.name:
+        # a clean verdict on data the model never saw says nothing about what it memorised
+        warnings.append(f"privacy.data = '{cfg.data}' is not the dataset {model.ref} was trained on "
+                        f"({trained_on.get('ref') or trained_on['id']}): the memorization probe measures recall of text "
+                        "it may never have seen; pass --data with its training data")
 
     prefix, suffix = cfg.prefix_tokens, cfg.suffix_tokens
     if prefix + suffix > context:
