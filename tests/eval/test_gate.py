@@ -86,7 +86,13 @@ def test_a_better_model_passes_the_gate_and_the_verdict_is_registered(ws, early,
     rec = last_gate(registry, tiny_model.id)
     assert rec.id == result["id"] and rec.params["verdict"] == "pass" and rec.params["base"] == early.ref
     assert json.loads((Path(rec.path) / "compare.json").read_text())["task"] == result["task"]
-    assert "verdict" in (Path(rec.path) / "report.html").read_text()  # a report like every eval's (the dashboard links it)
+    page = (Path(rec.path) / "report.html").read_text()  # a report like every eval's (the dashboard links it)
+    # with its id and what decided the verdict: the checks and their thresholds, the items that flipped ("eval -", and
+    # the bare figures, before)
+    assert f"eval {rec.id}" in page and json.loads((Path(rec.path) / "report.json").read_text())["id"] == rec.id
+    assert "Checks (thresholds from the compare config)" in page and "compare.min_task_improvement" in page
+    assert f"Items that went worse -&gt; better ({flipped['improved']})" in page and "task metric" in page
+    assert flipped["improved_examples"][0]["item"] in page
 
 
 def test_a_model_fine_tuned_to_get_worse_fails_the_gate_with_its_reasons(ws, wrecked):

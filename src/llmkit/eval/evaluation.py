@@ -123,11 +123,12 @@ def _finish(report: Report, model: Model, ds, cfg, ws: Workspace, registry: Regi
     rec = registry.add("eval", model.name, kind=report.kind, path=folder, params=params, metrics=numeric, parents=parents)
     report.id = rec.id
     out = getattr(cfg, "out", None)
-    _rewrite(report, folder, Path(out) if out else None)  # now with its eval id
+    rewrite_report(report, folder, Path(out) if out else None)  # now with its eval id
     return report
 
 
-def _rewrite(report: Report, folder: Path, html_out: Path | None) -> None:
+def rewrite_report(report: Report, folder: Path, html_out: Path | None = None) -> None:
+    """The report files again, in place (each replaced whole), once the report knows its eval id."""
     staging = folder / f".staging-{uuid.uuid4().hex[:6]}"
     report.write(staging)
     for name in ("report.json", "report.html"):

@@ -18,7 +18,7 @@ from typing import Any
 from llmkit.config import CompareConfig
 from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
-from llmkit.eval.evaluation import model_task
+from llmkit.eval.evaluation import model_task, rewrite_report
 from llmkit.eval.items import chat_items, classifier_items, item_id, lm_items, load_lm, preference_items
 from llmkit.eval.report import Report
 from llmkit.models.io import Model, resolve_model
@@ -190,11 +190,19 @@ def _register(result: dict[str, Any], base: Model, tuned: Model, ds, ws: Workspa
         metrics.update(general_perplexity_base=general["base"]["perplexity"], general_perplexity_tuned=general["tuned"]["perplexity"],
                        general_answered_base=general["base"]["answered"], general_answered_tuned=general["tuned"]["answered"])
     flipped = result["flipped"]
-    samples = ([{"flip": "better -> worse", **e} for e in flipped["regressed_examples"]]
-               + [{"flip": "worse -> better", **e} for e in flipped["improved_examples"]])
+    # What decided the verdict, as the terminal shows it: each check against its threshold, the items that flipped
+    # and the general instructions lost or gained (the page had the bare figures, the task metric unnamed).
+    tables = {"Checks (thresholds from the compare config)": [
+        {"check": c["check"], "passed": "yes" if c["passed"] else "NO", "what": c["message"]} for c in result["checks"]],
+        f"Items that went better -> worse ({flipped['regressed']})": flipped["regressed_examples"],
+        f"Items that went worse -> better ({flipped['improved']})": flipped["improved_examples"]}
+    if general:
+        tables["General instructions lost"] = general["regressed"]
+        tables["General instructions gained"] = general["improved"]
     report = Report(f"{tuned.ref} against {base.ref}", "compare",
-                    {"verdict": result["verdict"], **metrics, "reasons": "; ".join(result["reasons"]) or "-"},
-                    ds.ref, result["split"], result["config"], samples=samples)
+                    {"verdict": result["verdict"], "task metric": result["task"]["metric"], **metrics,
+                     "reasons": "; ".join(result["reasons"]) or "-"},
+                    ds.ref, result["split"], result["config"], tables=tables)
     folder = ws.folder("evals", f"{tuned.name.replace('/', '_')}-compare-{uuid.uuid4().hex[:6]}")
     with atomic_dir(folder) as tmp:
         (tmp / "compare.json").write_text(json.dumps(result, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
@@ -203,7 +211,10 @@ def _register(result: dict[str, Any], base: Model, tuned: Model, ds, ws: Workspa
     params = {"base": base.ref, "base_id": base.id, "tuned": tuned.ref, "tuned_id": tuned.id, "dataset": ds.ref,
               "dataset_id": ds.id, "split": result["split"], "verdict": result["verdict"], "reasons": result["reasons"],
               "config": result["config"]}
-    return registry.add("eval", tuned.name, kind="compare", path=folder, params=params, metrics=metrics, parents=parents).id
+    report.id = registry.add("eval", tuned.name, kind="compare", path=folder, params=params, metrics=metrics,
+                             parents=parents).id
+    rewrite_report(report, folder)  # with its eval id (the page said "eval -")
+    return report.id
 
 
 def last_gate(registry: Registry, model_id: str) -> Record | None:

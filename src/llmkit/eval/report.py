@@ -21,6 +21,7 @@ class Report:
     config: dict[str, Any] = field(default_factory=dict)
     plots: dict[str, str] = field(default_factory=dict)      # title -> PNG path
     samples: list[dict[str, Any]] = field(default_factory=list)  # a few predictions to look at
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # more rows to read, by title (the gate's checks)
     id: str | None = None               # the eval record in the registry
     path: str | None = None             # the report folder
     created_at: float = field(default_factory=time.time)
@@ -65,12 +66,15 @@ def render_html(report: Report) -> str:
     for title, path in report.plots.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         plots.append(f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{data}"><figcaption>{esc(title)}</figcaption></figure>')
-    samples = ""
-    if report.samples:
-        keys = list(report.samples[0])
+    def table(title: str, rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return ""
+        keys = list(dict.fromkeys(k for row in rows for k in row))
         head = "".join(f"<th>{esc(k)}</th>" for k in keys)
-        body = "".join("<tr>" + "".join(f"<td>{esc(format_number(s.get(k, '')))}</td>" for k in keys) + "</tr>" for s in report.samples)
-        samples = f"<h2>Samples</h2><table><tr>{head}</tr>{body}</table>"
+        body = "".join("<tr>" + "".join(f"<td>{esc(format_number(row.get(k, '')))}</td>" for k in keys) + "</tr>" for row in rows)
+        return f"<h2>{esc(title)}</h2><table><tr>{head}</tr>{body}</table>"
+
+    samples = "".join(table(title, rows) for title, rows in report.tables.items()) + table("Samples", report.samples)
     config = esc(json.dumps(report.config, indent=2, default=str))
     title = f"{report.kind} evaluation of {report.model}"
     where = f" on {report.dataset}" + (f" ({report.split} split)" if report.split else "") if report.dataset else ""
