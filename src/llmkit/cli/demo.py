@@ -21,6 +21,9 @@ def demo(ctx: Ctx, cfg) -> None:
     compared with its base and exported (--act scratch|real|both)."""
     from llmkit.demo import demo as run_demo
 
+    if "data" in ctx.given and "act" not in ctx.given:
+        # --data is the scratch act's text: the real act (SmolLM2 tuned, ~7 more minutes) was not what was asked for
+        cfg.act = "scratch"
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"),
                   TimeElapsedColumn(), console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
         result = run_demo(cfg, ctx.ws, ctx.registry, console=ctx.log, progress=progress)

@@ -345,7 +345,7 @@ class PrivacyAuditConfig(Section):
 
 class DemoConfig(Section):
     act: Literal["scratch", "real", "both"] = Field("both", description="scratch: a small model from nothing; real: the built-in smollm2-135m tuned with LoRA, compared and exported; both: one then the other")
-    data: str | None = Field(None, description="scratch act: text file or folder to train on (default: the Python standard library's source)")
+    data: str | None = Field(None, description="scratch act: text file or folder to train on (default: the Python standard library's source); given as a flag without --act, only the scratch act runs")
     minutes: float = Field(3.0, gt=0.0, description="scratch act: training time budget")
     chat_data: str | None = Field(None, description="real act: instruction set to tune on (default: $LLMKIT_DEMO_CHAT_DATA or ../shared/data/instruct_small)")
     real_minutes: float = Field(2.0, gt=0.0, description="real act: LoRA tuning time budget")

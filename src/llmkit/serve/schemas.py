@@ -45,7 +45,6 @@ Text = Annotated[str, BeforeValidator(_valid_unicode)]
 
 # Limits as schema constraints (not only validators), so the OpenAPI schema says what is accepted.
 Stops = Annotated[list[Text], Field(max_length=4)]
-Texts = Annotated[list[Text], Field(min_length=1, max_length=256)]
 
 
 def _integer_fields(model: type[BaseModel]) -> frozenset[str]:
@@ -233,9 +232,14 @@ class ChatRequest(Sampling):
         return v
 
 
+# Said in the schema (a non-blank text); checked, with its own message, by EmbeddingRequest._texts.
+NonBlank = Annotated[Text, Field(json_schema_extra={"pattern": r"\S"})]
+
+
 class EmbeddingRequest(Request):
     model: Text = Field(..., min_length=1)
-    input: Text | Texts = Field(..., description="a text or a list of up to 256 texts, none empty, each within the model's context")
+    input: NonBlank | Annotated[list[NonBlank], Field(min_length=1, max_length=256)] = Field(
+        ..., description="a text or a list of up to 256 texts, none blank, each within the model's context")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, description="accepted when it is the model's own size: MiniLM-style encoders "
                                                            "were not trained to be cut shorter (Matryoshka)")
@@ -246,13 +250,14 @@ class EmbeddingRequest(Request):
         texts = [v] if isinstance(v, str) else v
         empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
         if empty is not None:  # OpenAI refuses it too: an empty text's vector is the [CLS][SEP] pair's, not a meaning
-            raise ValueError(f"input[{empty}] is empty; send text to embed" if len(texts) > 1 else "input is empty; send text to embed")
+            raise ValueError(f"input[{empty}] is blank; send text" if len(texts) > 1 else "input is blank; send text")
         return texts
 
 
 class ClassifyRequest(Request):
     model: Text = Field(..., min_length=1)
-    input: Text | Texts = Field(..., description="a text or a list of up to 256 texts")
+    input: NonBlank | Annotated[list[NonBlank], Field(min_length=1, max_length=256)] = Field(
+        ..., description="a text or a list of up to 256 texts, none blank")
 
     _texts = field_validator("input")(EmbeddingRequest._texts.__func__)
 
