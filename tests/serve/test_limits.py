@@ -76,6 +76,7 @@ def test_malformed_json_unknown_route_wrong_method_big_body(server):
     assert err["message"] == "'prompt': token-id prompts are not supported here; send the prompt as text", err
     _error(requests.get(server.base_url + "/v1/nothing-here", timeout=10), 404)
     _error(requests.get(server.base_url + "/v1/completions", timeout=10), 405)
+    assert requests.head(server.base_url + "/health", timeout=10).status_code == 200  # load balancers' probe (was 405)
     big = {"model": "tiny-lm", "prompt": "x" * (2 * 1024 * 1024)}
     _error(requests.post(server.base_url + "/v1/completions", json=big, timeout=30), 413, code="request_too_large")
 

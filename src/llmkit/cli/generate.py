@@ -11,6 +11,8 @@ from llmkit.cli.common import Ctx, console, read_stdin_text, valid_text
 from llmkit.cli.options import configured
 from llmkit.errors import UserError
 
+# how a streamed answer ended, in words (the stats line said a bare "length" or "stop")
+_ENDED = {"length": "stopped at --max-new-tokens", "stop": "ended by the model or a stop string"}
 MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a Hugging Face model folder.")]
 
 
@@ -64,7 +66,7 @@ def generate(
     else:
         rate = f", then {result['decode_tokens_per_s']:,.1f} tok/s" if result["decode_tokens_per_s"] else ""
         console.print(f"[dim]{len(out.token_ids)} tokens in {out.seconds:.2f} s (first after {out.first_token_seconds:.2f} s"
-                      f"{rate}), {out.finish_reason}[/dim]")
+                      f"{rate}), {_ENDED.get(out.finish_reason, out.finish_reason)}[/dim]")
 
 
 @configured("generate", repeat=("stop",))

@@ -74,7 +74,7 @@ def real_act(cfg: DemoConfig, chat_data: Path, ws: Workspace, registry: Registry
     probe = estimate_sft(tune, ws, registry)
     budget = cfg.real_minutes * 60
     steps = max(3, int(budget / max(probe["seconds_per_step"], 1e-3) * 0.8))
-    say(f"[bold]3/5 tune[/bold]: LoRA on the {probe['path']} path, about {cfg.real_minutes:g} minutes ({steps} steps of "
+    say(f"[bold]3/5 tune[/bold]: LoRA on the {probe['path']} path, about {cfg.real_minutes:g} minute{'' if cfg.real_minutes == 1 else 's'} ({steps} steps of "
         f"{probe['seconds_per_step']:.2f} s; {probe['trainable_parameters']:,} of {probe['parameters']:,} parameters train)")
     adapter = sft(tune.model_copy(update={"max_steps": steps}), ws, registry, console=console)
     tuned = merge(adapter.ref, ws, registry, name="demo-smollm2-chat", console=console)

@@ -140,7 +140,7 @@ def scratch_act(cfg: DemoConfig, ws: Workspace, registry: Registry, console=None
     train_cfg = PretrainConfig(data=ds.ref, name=f"{ds.name}-model", max_steps=steps, warmup_steps=max(1, steps // 20),
                                eval_every=max(1, steps // 3), checkpoint_every=max(1, steps // 2),
                                eval_max_batches=8, **settings)
-    say(f"[bold]2/5 train[/bold]: about {cfg.minutes:g} minutes ({steps} steps)")
+    say(f"[bold]2/5 train[/bold]: about {cfg.minutes:g} minute{'' if cfg.minutes == 1 else 's'} ({steps} steps)")
     model = pretrain(train_cfg, ws, registry, console=console, time_limit_s=budget * 1.25)
     metrics = model.lineage["metrics"]
 
@@ -154,7 +154,7 @@ def scratch_act(cfg: DemoConfig, ws: Workspace, registry: Registry, console=None
             console.rule(f"prompt {prompt!r}")
             console.print(prompt + out.text, markup=False, highlight=False)
 
-    explanation = _explain_one(lm, tok, prompts[1] + samples[1]["completion"][:60], console)
+    explanation = _explain_one(lm, tok, prompts[1] + samples[1]["completion"][:60], model.ref, console)
 
     from llmkit.config import BenchModelConfig, EvalConfig
     from llmkit.eval import bench_model, evaluate
@@ -175,7 +175,7 @@ def scratch_act(cfg: DemoConfig, ws: Workspace, registry: Registry, console=None
     from llmkit.optimize.quantize import quantize
 
     say("[bold]5/5 compress[/bold]: int8 quantization and a GGUF q8_0 export for llama.cpp / Ollama")
-    _, int8_rows = quantize(model.id, QuantizeConfig(method="int8-dynamic", eval_max_examples=100), ws, registry, console, progress)
+    _, int8_rows = quantize(model.id, QuantizeConfig(method="int8-weight", eval_max_examples=100), ws, registry, console, progress)
     has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None  # the table runs the GGUF on llama.cpp
     gguf_model, gguf_rows = export(model.id, ExportConfig(quant="q8_0", eval_max_examples=100, table=has_llama_cpp), ws,
                                    registry, console, progress)
@@ -188,15 +188,15 @@ def scratch_act(cfg: DemoConfig, ws: Workspace, registry: Registry, console=None
                       explanation=explanation)
 
 
-def _explain_one(lm, tok, text: str, console) -> dict:
+def _explain_one(lm, tok, text: str, name: str, console) -> dict:
     """Integrated Gradients for the model's next token after `text`, shown as coloured tokens."""
     from llmkit.config import ExplainConfig
     from llmkit.explain import explain_loaded
     from llmkit.explain.report import summary_lines, terminal_text
 
-    exp = explain_loaded(lm, tok, "causal", text, ExplainConfig(method="ig", steps=20), name="demo")
+    exp = explain_loaded(lm, tok, "causal", text, ExplainConfig(method="ig", steps=20), name=name)
     if console is not None:
-        console.rule("explain: which tokens the next one depends on (green raises it, red lowers it)")
+        console.rule("explain: which tokens the next one depends on")
         console.print(terminal_text(exp))
         for line in summary_lines(exp):
             console.print(line, markup=False, highlight=False)

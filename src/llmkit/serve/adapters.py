@@ -61,7 +61,7 @@ def attach(name: str | None, ref: str, models: dict[str, ServedModel], registry)
 
     adapter = resolve_model(ref, registry)
     if not is_adapter(adapter.path):
-        raise UserError(f"{adapter.ref} is not a LoRA adapter (no adapter_config.json in {adapter.path}); name an "
+        raise UserError(f"{adapter.ref} is not a LoRA adapter (its folder has no adapter_config.json); name an "
                         "adapter trained with --method lora, or serve the model itself")
     name = name or adapter.alias or adapter.name
     if name in models:

@@ -32,8 +32,8 @@ class ServerState:
             raise ApiError(404, f"model '{name}' is not served here; models: {', '.join(self.models)}",
                            param="model", code="model_not_found")
         if kind and served.kind != kind:
-            names = {"causal": "a causal language model", "classifier": "a classifier", "encoder": "an encoder or classifier"}
-            what = names[kind]
+            names = {"causal": "a causal language model", "classifier": "a classifier", "encoder": "an encoder"}
+            what = "an encoder or a classifier" if kind == "encoder" else names[kind]
             fits = [m.id for m in self.models.values() if m.kind == kind or (kind == "encoder" and m.kind == "classifier")]
             if not (kind == "encoder" and served.kind == "classifier"):
                 raise ApiError(400, f"model '{name}' is {names.get(served.kind, served.kind)}, and this route needs {what}"

@@ -12,7 +12,7 @@ from llmkit.serve.state import server_state
 router = APIRouter(tags=["ops"])
 
 
-@router.get("/health", response_model=s.Health)
+@router.api_route("/health", methods=["GET", "HEAD"], response_model=s.Health)  # load balancers probe with HEAD too
 async def health(request: Request):
     state = server_state(request)
     return s.Health(models=list(state.models), queue_depth=sum(e.depth() for e in state.engines().values()))
