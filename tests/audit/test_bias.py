@@ -93,6 +93,8 @@ def test_biased_classifier_is_flagged_for_gender(audit_ws: Path):
     # Worst examples come first and are real swaps of gender terms.
     assert report.worst and report.worst[0]["group"] == "gender"
     assert [e["delta"] for e in report.worst] == sorted((e["delta"] for e in report.worst), reverse=True)
+    pairs = [frozenset((e["original"], e["counterfactual"])) for e in report.worst]
+    assert len(pairs) == len(set(pairs))  # each swap once, not A -> B and then B -> A
     top = report.worst[0]
     assert top["original"] != top["counterfactual"] and top["delta"] > 0.5
     assert abs(abs(top["p_original"] - top["p_counterfactual"]) - top["delta"]) < 1e-3

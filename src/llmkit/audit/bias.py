@@ -125,6 +125,8 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
     if records and not any(src == "data" for rows in plan.values() for _, _, src, _ in rows):
         warnings.append(f"no record of {cfg.data} ({split}) mentions a term; only templates were audited")
     examples.sort(key=lambda e: -e["delta"])
+    seen: set[frozenset] = set()  # "He ..." -> "She ..." and "She ..." -> "He ...": one pair, listed once
+    examples = [e for e in examples if not ((pair := frozenset((e["original"], e["counterfactual"]))) in seen or seen.add(pair))]
     report = BiasReport(model=model.ref, labels=labels, data=cfg.data, split=split, flip_threshold=cfg.flip_threshold,
                         delta_threshold=cfg.delta_threshold, texts=len(unique), groups=results,
                         worst=examples[: cfg.worst], seconds=round(time.perf_counter() - start, 2), out=cfg.out,
