@@ -78,6 +78,10 @@ def evaluate(model_ref: str, cfg: EvalConfig, ws: Workspace | None = None, regis
         raise UserError(f"eval.max_examples = {cfg.max_examples} limits records, and --source shards scores the "
                         "dataset's token shards whole; drop --max-examples or use --source text", param="eval.max_examples")
     data_file = Path(cfg.data)
+    if data_file.suffix not in ("", ".jsonl") and data_file.is_file() and registry.find(cfg.data, "dataset") is None:
+        raise UserError(f"eval.data = '{cfg.data}': eval reads a registered dataset or a .jsonl file of {{prompt, reference}} "
+                        f"lines; register this file first (llmkit data prepare {cfg.data} --name NAME) and pass --data NAME",
+                        param="eval.data")
     if data_file.suffix == ".jsonl" and not data_file.is_file() and registry.find(cfg.data, "dataset") is None:
         raise UserError(f"eval.data = '{cfg.data}': no such file; give a {{prompt, reference}} .jsonl file that exists, "
                         "or a dataset's name (llmkit ls datasets)", param="eval.data")
