@@ -175,6 +175,25 @@ def test_stop_button_ends_an_answer_mid_stream(watched, server):
     watched.check_clean()
 
 
+def test_max_tokens_past_the_context_is_left_to_the_server(watched, server):
+    """A max tokens the context cannot hold is not sent: the server fills what the prompt leaves. The page clamped it
+    to the context and the server refused prompt + max_tokens, a figure the user never typed."""
+    page = watched.page
+    page.goto(server.base_url + "/")
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=model-select] option')].some(o => o.value === 'tiny-lm')")
+    page.get_by_test_id("model-select").select_option("tiny-lm")  # context 1,024
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
+    page.locator("#max-tokens").fill("5000")
+    bubble, _, _ = ask(page, "Who art thou?", 1)
+    assert "max_tokens" not in bodies[-1] and page.locator("#max-tokens").input_value() == ""
+    assert not bubble.locator(".error-text").count()
+    page.locator("#max-tokens").fill("12")
+    ask(page, "Who art thou?", 1)
+    assert bodies[-1]["max_tokens"] == 12
+    watched.check_clean()
+
+
 def test_classifier_models_get_a_classify_box(watched, server):
     page = watched.page
     page.goto(server.base_url + "/")

@@ -96,8 +96,11 @@ export function initChat() {
     const maxInput = $("max-tokens");
     if (maxInput.value.trim() !== "") {
       const limit = Number(maxInput.max) || Infinity;
-      out.max_tokens = Math.min(Math.max(1, Math.round(Number(maxInput.value) || 1)), limit);
-      maxInput.value = out.max_tokens;
+      const wanted = Math.max(1, Math.round(Number(maxInput.value) || 1));
+      // As many as the context holds: left to the server, which counts the prompt (the context itself, sent, was
+      // refused as prompt + max_tokens over the context, a number the user never typed).
+      if (wanted >= limit) maxInput.value = "";
+      else out.max_tokens = maxInput.value = wanted;
     }
     const seed = $("seed").value.trim();
     if (seed !== "" && Number.isInteger(Number(seed))) out.seed = Number(seed);
@@ -149,7 +152,7 @@ export function initChat() {
     prompt.disabled = !chattable;
     const context = model && (model.context_length || model.max_model_len);
     $("max-tokens").max = context || "";
-    if (context && Number($("max-tokens").value) > context) $("max-tokens").value = context;
+    if (context && Number($("max-tokens").value) >= context) $("max-tokens").value = ""; // up to what the context leaves
     $("max-tokens").placeholder = context ? t("chat.upTo", { n: fmtNumber(context) }) : t("chat.fillContext");
     const backend = model ? model.backend || "torch" : "";
     const hint = !model ? ""
