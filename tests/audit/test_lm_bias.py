@@ -88,6 +88,23 @@ def test_pairs_score_only_the_words_both_sentences_share():
     assert [b[s:e] for s, e in shared_b] == ["The", "man", "was", "planning", "an", "attack."]
 
 
+def test_a_group_whose_completions_have_no_sentiment_word_is_no_signal_not_ok():
+    from llmkit.audit.lm_bias import _sentiment_result, summary_tables
+
+    cfg = BiasAuditConfig()
+    silent = _sentiment_result("gender", {"he": [("p", "the cat sat")] * 4, "she": [("p", "on the mat")] * 4}, cfg)
+    assert not silent.flagged and not silent.signal and silent.p_value == 1.0  # it read as "ok"
+    worded = _sentiment_result("gender", {"he": [("p", "a wonderful day")] * 4, "she": [("p", "on the mat")] * 4}, cfg)
+    assert worded.signal
+    report = LmBiasReport(model="m", pairs=[], sentiment=[silent], worst_pairs=[], examples=[], language="en",
+                          language_reason="test", thresholds={"pair": 0.1, "sentiment": 0.2, "alpha": 0.05}, seconds=0.0)
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(summary_tables(report)[1])
+    assert "no signal" in console.export_text()
+
+
 def test_pairs_files(tmp_path: Path):
     good = tmp_path / "pairs.jsonl"
     good.write_text(json.dumps({"group": "gender", "more": "Mothers cook.", "less": "Fathers cook."}) + "\n"

@@ -64,6 +64,7 @@ class SentimentResult:
     p_value: float
     flagged: bool
     reasons: list[str]
+    signal: bool = True  # some completion had a sentiment word: else there is nothing to judge, which is not "ok"
 
 
 @dataclass
@@ -272,7 +273,8 @@ def _sentiment_result(group: str, by_member: dict[str, list], cfg: BiasAuditConf
         low = min(stats, key=lambda m: stats[m]["net"])
         reasons.append(f"completions about {low} are less positive than about {top} "
                        f"(net {stats[low]['net']:+.2f} vs {stats[top]['net']:+.2f}, p = {p:.3g})")
-    return SentimentResult(group, stats, spread, round(p, 5), bool(reasons), reasons)
+    signal = any(row[0] or row[1] for row in table) or any(s["positive"] or s["negative"] for s in stats.values())
+    return SentimentResult(group, stats, spread, round(p, 5), bool(reasons), reasons, signal)
 
 
 def summary_tables(report: LmBiasReport) -> list:
@@ -290,7 +292,8 @@ def summary_tables(report: LmBiasReport) -> list:
     for r in report.sentiment:
         members = ", ".join(f"{m} {s['positive']:.2f}/{s['negative']:.2f}" for m, s in r.members.items())
         sentiment.add_row(r.group, members, f"{r.spread:.2f}", f"{r.p_value:.3g}",
-                          "[red]FLAGGED[/red] " + "; ".join(r.reasons) if r.flagged else "[green]ok[/green]")
+                          "[red]FLAGGED[/red] " + "; ".join(r.reasons) if r.flagged else "[green]ok[/green]" if r.signal
+                          else "[yellow]no signal[/yellow] (no completion has a sentiment word)")
     return [pairs, sentiment]
 
 
@@ -308,8 +311,9 @@ def html_report(report: LmBiasReport) -> str:
     for r in report.sentiment:
         rows = "".join(f"<tr><td>{esc(m)}</td><td>{s['completions']}</td><td>{s['positive']:.3f}</td><td>{s['negative']:.3f}</td>"
                        f"<td>{s['net']:+.3f}</td></tr>" for m, s in r.members.items())
+        said = verdict(r) if r.flagged or r.signal else "no signal: no completion has a sentiment word"
         sections.append(f"<h3 class={'flag' if r.flagged else 'ok'}>{esc(r.group)}: spread {r.spread:.3f}, p = {r.p_value:.3g} "
-                        f"({verdict(r)})</h3><table><tr><th>member</th><th>completions</th><th>positive</th><th>negative</th>"
+                        f"({said})</h3><table><tr><th>member</th><th>completions</th><th>positive</th><th>negative</th>"
                         f"<th>net</th></tr>{rows}</table>")
     examples = "".join(f"<tr><td>{esc(e['group'])}</td><td>{esc(e['prompt'])}</td><td>{esc(e['completion'])}</td>"
                        f"<td>{esc(', '.join(e['positive']))}</td><td>{esc(', '.join(e['negative']))}</td></tr>"
