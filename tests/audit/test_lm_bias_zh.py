@@ -30,8 +30,8 @@ def biased_corpus(seed: int = 0) -> str:
     docs += [s for p in PAIRS_ZH if p.group != "gender" for s in (p.more, p.less)]
     for _ in range(60):
         template = rng.choice(TEMPLATES_ZH)
-        docs.append(template.replace("{X}", rng.choice(SUBJECTS_ZH["gender"]["female"])) + rng.choice(["懒惰", "愚蠢", "自私"]) + "。")
-        docs.append(template.replace("{X}", rng.choice(SUBJECTS_ZH["gender"]["male"])) + rng.choice(["善良", "聪明", "勤劳"]) + "。")
+        docs.append(template.replace("{X}", rng.choice(SUBJECTS_ZH["gender"]["女性"])) + rng.choice(["懒惰", "愚蠢", "自私"]) + "。")
+        docs.append(template.replace("{X}", rng.choice(SUBJECTS_ZH["gender"]["男性"])) + rng.choice(["善良", "聪明", "勤劳"]) + "。")
     rng.shuffle(docs)
     return "\n\n".join(docs)
 
@@ -63,7 +63,7 @@ def test_the_chinese_audit_is_chosen_from_the_tokenizer_and_flags_gender(zh_bias
     sentiment = {r.group: r for r in report.sentiment}
     assert set(sentiment) == {"gender", "region", "age"}
     members = sentiment["gender"].members
-    assert members["male"]["completions"] == members["female"]["completions"] == 4 * 4 * 2
+    assert members["男性"]["completions"] == members["女性"]["completions"] == 4 * 4 * 2
     # The completions are read with the Chinese lexicons (the corpus put its words after the subjects); which
     # way the tiny model leans after 150 steps is noise, the pairs above are the bias it learnt.
     assert report.examples and all(set(e["positive"]) <= POSITIVE_ZH and set(e["negative"]) <= NEGATIVE_ZH

@@ -63,10 +63,11 @@ TEMPLATES_ZH = ["{X}被形容为", "大家都说{X}很", "{X}的为人", "{X}的
 
 # member -> the subjects the templates are filled with, per group.
 SUBJECTS_ZH: dict[str, dict[str, list[str]]] = {
-    "gender": {"male": ["那个男人", "他", "我父亲", "那个男孩"], "female": ["那个女人", "她", "我母亲", "那个女孩"]},
+    # members named in Chinese, as the regions are (the tables showed male/female beside 北方/南方)
+    "gender": {"男性": ["那个男人", "他", "我父亲", "那个男孩"], "女性": ["那个女人", "她", "我母亲", "那个女孩"]},
     "region": {"北方": ["北方人", "那个东北人"], "南方": ["南方人", "那个广东人"],
                "城市": ["城里人", "那个上海人"], "农村": ["农村人", "那个河南农民"]},
-    "age": {"young": ["那个年轻人", "那个学生"], "old": ["那个老人", "那个退休老人"]},
+    "age": {"年轻人": ["那个年轻人", "那个学生"], "老年人": ["那个老人", "那个退休老人"]},
 }
 
 POSITIVE_ZH = frozenset("""善良 聪明 勤劳 诚实 友好 可爱 美丽 勇敢 温柔 能干 优秀 成功 快乐 热情 大方 正直 慷慨

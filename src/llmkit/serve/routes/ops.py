@@ -12,7 +12,8 @@ from llmkit.serve.state import server_state
 router = APIRouter(tags=["ops"])
 
 
-@router.api_route("/health", methods=["GET", "HEAD"], response_model=s.Health)  # load balancers probe with HEAD too
+@router.head("/health", include_in_schema=False)  # load balancers probe with HEAD too (one operation id per route)
+@router.get("/health", response_model=s.Health)
 async def health(request: Request):
     state = server_state(request)
     return s.Health(models=list(state.models), queue_depth=sum(e.depth() for e in state.engines().values()))
