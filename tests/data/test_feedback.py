@@ -104,6 +104,8 @@ def test_corrections_and_approvals_become_the_dataset_and_the_rest_is_counted(mi
     got = sorted(json.dumps(c, sort_keys=True) for c in conversations(ds))
     assert got == sorted(json.dumps(c, sort_keys=True) for c in EXPECTED)
     assert ds.manifest["task"] == "chat" and ds.manifest["tokenizer"]["spec"] == "char"  # tiny-lm is not registered here
+    sources = {r["source"].rsplit(":", 1)[0] for split in ("train", "val") for r in ds.records(split)}
+    assert sources and all(Path(s).is_file() for s in sources), sources  # the export is kept (it was a deleted temp file)
     rec = mixed.registry.get("fb", "dataset")
     assert rec.kind == "chat" and rec.metrics["feedback"]["used"] == {"corrected": 1, "approved": 4}
 

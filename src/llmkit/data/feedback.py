@@ -12,8 +12,8 @@ With task "preference" the same rows become preference pairs and KTO records ins
 
 from __future__ import annotations
 
+import hashlib
 import json
-import tempfile
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,27 +55,32 @@ def dataset_from_feedback(cfg: FeedbackDataConfig, ws: Workspace | None = None,
         raise UserError(_nothing_usable(registry, cfg, summary))
 
     tokenizer = cfg.tokenizer or _model_tokenizer(cfg.model, registry)
-    with tempfile.TemporaryDirectory(prefix="llmkit-feedback-") as tmp:
-        # A fixed file name: prepare hashes names and bytes, so the same feedback finds its version again.
-        file = Path(tmp) / "feedback.jsonl"
-        with open(file, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        # Preference records of one prompt differ only in their short answers, and near-duplicate
-        # detection (over prompt and answers together) would keep one answer per long prompt: exact only.
-        data = DataConfig(inputs=[str(file)], name=cfg.name, task=cfg.task, tokenizer=tokenizer,
-                          splits=SplitConfig(val=cfg.val, test=0.0),
-                          dedupe="exact" if cfg.task == "preference" else "near")
-        try:
-            ds = prepare(data, ws, registry, progress)
-        except UserError:
-            # Splits hash each record's content (a preference record's prompt), so a handful of records
-            # can all land in val (prepare then refuses: train is empty). Keep them all in train instead;
-            # if the error was something else, the second attempt raises it again.
-            if cfg.val == 0:
-                raise
-            data.splits = SplitConfig(val=0.0, test=0.0)
-            ds = prepare(data, ws, registry, progress)
+    # Kept in the workspace, named by its content: the dataset's records name their source file and line (a temporary
+    # file was gone by the time `data show` pointed at it), and the same feedback gives the same name, which prepare
+    # hashes with the bytes, so it finds its version again.
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    exports = ws.folder("datasets", "feedback-exports")
+    exports.mkdir(parents=True, exist_ok=True)
+    file = exports / f"{cfg.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
+    if not file.exists():
+        partial = file.with_name(f".{file.name}.tmp")
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(file)  # never a half-written export under its final name
+    # Preference records of one prompt differ only in their short answers, and near-duplicate
+    # detection (over prompt and answers together) would keep one answer per long prompt: exact only.
+    data = DataConfig(inputs=[str(file)], name=cfg.name, task=cfg.task, tokenizer=tokenizer,
+                      splits=SplitConfig(val=cfg.val, test=0.0),
+                      dedupe="exact" if cfg.task == "preference" else "near")
+    try:
+        ds = prepare(data, ws, registry, progress)
+    except UserError:
+        # Splits hash each record's content (a preference record's prompt), so a handful of records
+        # can all land in val (prepare then refuses: train is empty). Keep them all in train instead;
+        # if the error was something else, the second attempt raises it again.
+        if cfg.val == 0:
+            raise
+        data.splits = SplitConfig(val=0.0, test=0.0)
+        ds = prepare(data, ws, registry, progress)
 
     parents = _link_models(registry, ds.id, sorted(models))
     summary["models"] = parents
