@@ -152,3 +152,21 @@ def test_cli(lm_workspace: Path, tiny_model, tmp_path: Path):
     proc = run_cli("train", "pretrain", "--data", "tiny", "--canaries", "2", "--canary-repeats", "3,zero",
                    workspace=lm_workspace)
     assert proc.returncode == 2 and "train.canary_repeats.1" in proc.stderr
+
+
+def test_a_model_of_chinese_text_gets_canaries_in_chinese(tmp_path: Path, shared_data: Path):
+    """A character vocabulary learnt from Chinese spells neither digits nor Latin letters: --canaries was refused.
+    It spells 口令是 and the numerals 一 to 十, so the canaries are written in those and audited the same way."""
+    from tests.conftest import TINY
+
+    poems = json.loads((shared_data / "chinese_poetry" / "tangshi300.json").read_text(encoding="utf-8"))
+    text = "\n\n".join("".join(p.get("paragraphs") or []) for p in poems[:120]) + "\n\n口令是一二三四五六七八九十。"
+    root = train_char_lm(tmp_path / "zh", "zh", text, TINY, max_steps=4, context=32, canaries=1, canary_repeats=[3],
+                         batch_size=4)
+    registry = Registry.for_workspace(root)
+    planted = canaries.load(Path(registry.get("zh", "model").path))
+    assert [c.prefix for c in planted] == ["口令是", "口令是"] and [c.repeats for c in planted] == [3, 0]
+    assert all(len(c.secret) == 10 and set(c.secret) <= set(canaries.CJK_DIGITS) for c in planted)
+    report = privacy_audit("zh", PrivacyAuditConfig(data="zh", samples=2, memorization_samples=2, candidates=20),
+                           Workspace.open(root), registry)
+    assert [row["secret"] for row in report.canaries["planted"]] == [planted[0].secret]

@@ -27,7 +27,11 @@ from llmkit.errors import UserError
 
 PREFIX = "the secret code is "
 FILE = "canaries.json"
-ALPHABETS = ("0123456789", "abcdefghijklmnopqrstuvwxyz")
+CJK_DIGITS = "一二三四五六七八九十"
+ALPHABETS = ("0123456789", "abcdefghijklmnopqrstuvwxyz", CJK_DIGITS)
+# (prefix, alphabet) in order of preference: a character vocabulary learnt from Chinese text spells neither digits
+# nor Latin letters, but it does spell 口令是 ("the password is") and the numerals 一 to 十.
+SPELLINGS = ((PREFIX, ALPHABETS[0]), (PREFIX, ALPHABETS[1]), ("口令是", CJK_DIGITS))
 
 
 @dataclass
@@ -47,14 +51,15 @@ def _round_trips(tokenizer, text: str) -> bool:
     return (unk is None or unk not in ids) and tokenizer.decode(ids) == text
 
 
-def choose_alphabet(tokenizer) -> str:
-    """Digits when the tokenizer spells them exactly (byte-level BPE always does), else lowercase
-    letters (a character vocabulary learnt from text without digits)."""
-    for alphabet in ALPHABETS:
-        if _round_trips(tokenizer, PREFIX + alphabet):
-            return alphabet
-    raise UserError("pretrain.canaries: the dataset's tokenizer cannot spell digits or lowercase letters, so no canary "
-                    "can be written in it; train without --canaries")
+def choose_spelling(tokenizer) -> tuple[str, str]:
+    """(prefix, alphabet): digits when the tokenizer spells them exactly (byte-level BPE always does), else lowercase
+    letters (a character vocabulary learnt from text without digits), else Chinese numerals after 口令是 (one learnt
+    from Chinese text)."""
+    for prefix, alphabet in SPELLINGS:
+        if _round_trips(tokenizer, prefix + alphabet):
+            return prefix, alphabet
+    raise UserError("pretrain.canaries: the dataset's tokenizer cannot spell digits, lowercase letters or the Chinese "
+                    "numerals 一 to 十, so no canary can be written in it; train without --canaries")
 
 
 def secret_length(alphabet: str) -> int:
@@ -64,7 +69,7 @@ def secret_length(alphabet: str) -> int:
 
 def make_canaries(tokenizer, n: int, repeats: list[int], seed: int) -> list[Canary]:
     """n planted canaries (repeat counts cycling through `repeats`), then n never-planted references."""
-    alphabet = choose_alphabet(tokenizer)
+    prefix, alphabet = choose_spelling(tokenizer)
     rng = random.Random(f"canaries/{seed}")
     length = secret_length(alphabet)
     secrets: list[str] = []
@@ -72,8 +77,8 @@ def make_canaries(tokenizer, n: int, repeats: list[int], seed: int) -> list[Cana
         secret = "".join(rng.choice(alphabet) for _ in range(length))
         if secret not in secrets:
             secrets.append(secret)
-    planted = [Canary(PREFIX, s, repeats[i % len(repeats)]) for i, s in enumerate(secrets[:n])]
-    return planted + [Canary(PREFIX, s, 0) for s in secrets[n:]]
+    planted = [Canary(prefix, s, repeats[i % len(repeats)]) for i, s in enumerate(secrets[:n])]
+    return planted + [Canary(prefix, s, 0) for s in secrets[n:]]
 
 
 def save(canaries: list[Canary], folder: Path) -> Path:
