@@ -138,7 +138,7 @@ MUTANTS: list[Mutant] = [
     Mutant("finetune-resume-forgets-the-optimizer", "train", "src/llmkit/train/loop.py",
            'job.optimizer.load_state_dict(state["optimizer"])', "job.optimizer.state_dict()",
            ("tests/train/test_finetune_resume.py::test_distill_stopped_by_sigterm_resumes_to_the_uninterrupted_result",)),
-    Mutant("qlora-on-cpu-not-refused", "train", "src/llmkit/train/supervised.py",
+    Mutant("qlora-on-cpu-not-refused", "train", "src/llmkit/train/tuned_model.py",
            '    if device != "cuda":\n        raise UserError("sft.method', '    if False:\n        raise UserError("sft.method',
            ("tests/train/test_supervised.py::test_qlora_without_a_cuda_gpu_says_so_and_points_to_lora",)),
     # -- explain ----------------------------------------------------------------------------------
