@@ -24,6 +24,9 @@ def test_smollm2_needs_add_up(smollm2):
     assert n.prefix == 64 * 2**20 and n.weights > 100 * 2**20
     capped = need(resolve_model("smollm2-135m"), "torch", "causal", cfg.model_copy(update={"max_context": 1024}), 2)
     assert capped.kv * 8 == n.kv, "--max-context caps the KV cache"
+    ref = resolve_model("smollm2-135m").ref  # each line named as served (`a=M b=M` were both M)
+    named = needs_of(ServeConfig(models=["a=smollm2-135m", "b=smollm2-135m", "smollm2-135m"]), None)
+    assert [x.model for x in named] == [f"a ({ref})", f"b ({ref})", ref]
 
 
 def test_a_configuration_that_cannot_fit_is_refused_with_what_would(smollm2):

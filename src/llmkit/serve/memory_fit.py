@@ -138,17 +138,21 @@ def needs_of(cfg: ServeConfig, registry) -> list[Need]:
     from llmkit.models.io import is_adapter, resolve_model
 
     # Every name resolved before torch is imported (by the backends below): a mistyped one is answered at once.
-    models = [resolve_model(spec.rpartition("=")[2], registry) for spec in [*cfg.models, *cfg.adapters]]
+    specs = [*cfg.models, *cfg.adapters]
+    models = [resolve_model(spec.rpartition("=")[2], registry) for spec in specs]
     from llmkit.models.kind import model_kind
     from llmkit.runtime.backends import choose_backend
     from llmkit.serve.served import decode_workers
 
     out = []
-    for model in models:
+    for spec, model in zip(specs, models, strict=True):
         if is_adapter(model.path):
             out.append(Need(model.ref, weights=_files(Path(model.path), (".safetensors",))))
-            continue
-        kind = model_kind(model)
-        backend = choose_backend(model, cfg.backend) if kind == "causal" else "torch"
-        out.append(need(model, backend, kind, cfg, decode_workers(cfg, backend) if kind == "causal" else 1))
+        else:
+            kind = model_kind(model)
+            backend = choose_backend(model, cfg.backend) if kind == "causal" else "torch"
+            out.append(need(model, backend, kind, cfg, decode_workers(cfg, backend) if kind == "causal" else 1))
+        served_as = spec.rpartition("=")[0]
+        if served_as:  # `serve a=shk-nano b=shk-nano`: each line named as it is served (both said shk-nano:v1)
+            out[-1].model = f"{served_as} ({model.ref})"
     return out
