@@ -94,7 +94,6 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
-
 class ChatDelta(BaseModel):
     """What a stream chunk adds to the reply; fields not sent are left out (OpenAI's `{}` last delta)."""
 
@@ -121,6 +120,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+
 
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
