@@ -156,3 +156,41 @@ def test_a_row_cut_by_a_kill_is_dropped_and_the_resumed_run_appends_clean_rows(t
     log.write(step=2, loss=2.25)
     assert [(r["step"], r["loss"]) for r in read_metrics(file)] == [(1, 2.5), (2, 2.25)]
     assert file.read_text().count("\n") == 2
+
+
+def test_continuing_a_finished_run_keeps_the_version_it_made_and_a_finished_one_says_there_is_nothing_to_do(
+        lm_workspace: Path, tmp_path: Path):
+    """A resumed run wrote its model into the folder of the version it had registered (v1's record then described
+    8-step weights as its 4-step ones), and resuming a finished run registered the same weights again."""
+    import hashlib
+
+    from llmkit.config import SftConfig
+    from llmkit.errors import UserError
+    from llmkit.registry import Registry
+    from llmkit.train import pretrain
+    from llmkit.train.checkpoint import resume_run
+    from llmkit.workspace import Workspace
+    from tests.conftest import tiny_config
+
+    ws = Workspace.open(lm_workspace)
+    registry = Registry.for_workspace(ws.root)
+    first = pretrain(tiny_config(name="continued", max_steps=4, eval_every=2, checkpoint_every=2), ws, registry)
+    weights = first.path / "model.safetensors"
+    before = hashlib.sha256(weights.read_bytes()).hexdigest()
+    run = first.lineage["run"]["id"]
+    more = pretrain(tiny_config(resume=run, max_steps=6), ws, registry)
+    assert more.path != first.path and more.version == first.version + 1 and more.lineage["metrics"]["steps"] == 6
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == before  # v1 is what v1's record says
+    versions = len(registry.list("model"))
+    with pytest.raises(UserError, match=rf"run {run} already reached step 6 of 6: nothing to train; pass a --max-steps above 6"):
+        pretrain(tiny_config(resume=run, max_steps=6), ws, registry)
+    assert len(registry.list("model")) == versions
+    # every stage's resume takes a larger --max-steps (sft ignored it and registered the same adapter again)
+    import yaml
+
+    folder = tmp_path / "sft-run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump({"sft": SftConfig(data="chats", max_steps=2).model_dump()}))
+    (folder / "run.json").write_text(json.dumps({"id": "run-sft"}))
+    assert resume_run(SftConfig(resume=str(folder), max_steps=4), "sft", None)[0].max_steps == 4
+    assert resume_run(SftConfig(resume=str(folder)), "sft", None)[0].max_steps == 2

@@ -78,8 +78,19 @@ def resume_run(cfg, section: str, registry) -> tuple[Any, Path | None, str | Non
     if section not in body:
         raise UserError(f"{section}.resume = '{cfg.resume}': that run is a '{next(iter(body))}' run, not {section}")
     saved = type(cfg).model_validate(body[section])
+    # The saved config is the run; only the step budget may grow (as pretrain's did: sft ignored --max-steps).
+    given = getattr(cfg, "max_steps", None)
+    if given and given != type(cfg).model_fields["max_steps"].default and given > (saved.max_steps or 0):
+        saved.max_steps = given
     run_id = rec.id if rec else json.loads((path / "run.json").read_text())["id"]
     return saved, path, run_id
+
+
+def run_model_folder(ws, name: str, run_id: str, step: int) -> Path:
+    """The folder of the model a run makes: `<name>-<run id>`, or when a resumed run made one already, a folder of its
+    own for this step (a continued run wrote over the weights of the version registered before it)."""
+    first = ws.folder("models", f"{name}-{run_id}")
+    return first if not first.exists() else ws.folder("models", f"{name}-{run_id}-step{step}")
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from llmkit.errors import UserError
 from llmkit.eval.classification import plot_confusion
 from llmkit.models.io import Model, load_classifier, resolve_model, save_model
 from llmkit.registry import Registry, given_or_default
-from llmkit.train.checkpoint import resume_run
+from llmkit.train.checkpoint import resume_run, run_model_folder
 from llmkit.train.finetune import FinetuneJob, enable_checkpointing, fit
 from llmkit.train.lora import apply_lora, save_adapter
 from llmkit.workspace import Workspace
@@ -182,7 +182,7 @@ def classify(cfg: ClassifyConfig, ws: Workspace | None = None, registry: Registr
                "parent_model": {"path": str(base.path), "ref": base.ref, "id": base.id},
                "dataset": {"id": ds_rec.id, "ref": ds_rec.ref}, "run": {"id": fitted.run_id, "path": str(fitted.run_dir)},
                "metrics": summary, "config": cfg.model_dump()}
-    target = ws.folder("models", f"{name}-{fitted.run_id}")
+    target = run_model_folder(ws, name, fitted.run_id, fitted.summary.get("steps", 0))
     if cfg.method == "full":
         save_model(fitted.model.to("cpu"), tokenizer, target, lineage)
     else:

@@ -31,7 +31,7 @@ from llmkit.models.io import (
 from llmkit.models.kind import model_kind
 from llmkit.models.presets import PRESETS
 from llmkit.registry import Registry, given_or_default
-from llmkit.train.checkpoint import resume_run
+from llmkit.train.checkpoint import resume_run, run_model_folder
 from llmkit.train.classification import Encoded, check_labels, classify_dataset, predict_batches, scores
 from llmkit.train.finetune import FinetuneJob, count_params, enable_checkpointing, fit
 from llmkit.workspace import Workspace
@@ -142,7 +142,7 @@ def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry 
                "parent_model": {"path": str(teacher_ref.path), "ref": teacher_ref.ref, "id": teacher_ref.id, "relation": "teacher"},
                "dataset": {"id": job.info["dataset_id"], "ref": job.info["dataset"]},
                "run": {"id": fitted.run_id, "path": str(fitted.run_dir)}, "metrics": fitted.summary, "config": cfg.model_dump()}
-    target = ws.folder("models", f"{job.name}-{fitted.run_id}")
+    target = run_model_folder(ws, job.name, fitted.run_id, fitted.summary.get("steps", 0))
     save_model(fitted.model.to("cpu"), tokenizer, target, lineage)
     rec = registry.add("model", job.name, kind=lineage["task"], path=target, params={"method": "distill", "teacher": teacher_ref.ref},
                        metrics=fitted.summary, parents=[(fitted.run_id, "produced_by"), *job.parents])

@@ -265,6 +265,9 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
     d, model = job.dist, job.model
     amp = lambda: autocast(job.precision, job.device)  # noqa: E731
     step, best, evals, without_gain = _restore(job, run_dir)
+    if step and step >= job.total_steps:  # it registered another version of the same weights
+        raise UserError(f"run {run_id} already reached step {step} of {job.total_steps}: nothing to train; pass a "
+                        f"--max-steps above {step} to continue it")
     forward = job.wrap(model)
 
     def better(value: float) -> bool:

@@ -25,6 +25,7 @@ from llmkit.train.batches import TokenWindows
 from llmkit.train.checkpoint import (
     latest_step,
     resume_run,
+    run_model_folder,
     start_run,
 )
 from llmkit.train.loop import Job, evaluate_lm, fit, lm_loss
@@ -139,7 +140,7 @@ def _save(cfg, ws, registry, model, fields, name, ds_rec, run_dir, run_id, resul
           tokens_per_step, d, log) -> Model:
     """The trained model's folder, plots and registry records (on the main rank)."""
     step, seconds, stopped_early = result.step, result.seconds, result.stopped_early
-    model_path = ws.folder("models", f"{name}-{run_id}")
+    model_path = run_model_folder(ws, name, run_id, step)
     if d.is_main:
         history = read_metrics(run_dir / "metrics.jsonl")
         plot_losses(history, run_dir / "plots" / "loss.png")

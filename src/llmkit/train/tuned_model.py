@@ -19,6 +19,7 @@ from llmkit.data.tokenizer import CHAT_TEMPLATE
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, load_tokenizer_for, resolve_model, save_model
 from llmkit.registry import Registry
+from llmkit.train.checkpoint import run_model_folder
 from llmkit.train.finetune import Fitted, enable_checkpointing
 from llmkit.train.lora import apply_lora, save_adapter, save_adapter_state
 from llmkit.train.optim import resolve_precision
@@ -61,7 +62,7 @@ def register_tuned(fitted: Fitted, cfg, opened: TuningBase, dataset, name: str, 
                "parent_model": {"path": str(base.path), "ref": base.ref, "id": base.id},
                "dataset": {"id": dataset.id, "ref": dataset.ref}, "run": {"id": fitted.run_id, "path": str(fitted.run_dir)},
                "metrics": fitted.summary, "config": cfg.model_dump()}
-    target = ws.folder("models", f"{name}-{fitted.run_id}")
+    target = run_model_folder(ws, name, fitted.run_id, fitted.summary.get("steps", 0))
     save_trained(fitted.model, cfg, opened.path, opened.tokenizer, target, base, lineage)
     params = {"method": cfg.method, "base": base.ref, **({"tuning": tuning} if tuning else {})}
     rec = registry.add("model", name, kind="causal-lm", path=target, params=params, metrics=fitted.summary,
