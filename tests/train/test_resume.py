@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,3 +195,23 @@ def test_continuing_a_finished_run_keeps_the_version_it_made_and_a_finished_one_
     (folder / "run.json").write_text(json.dumps({"id": "run-sft"}))
     assert resume_run(SftConfig(resume=str(folder), max_steps=4), "sft", None)[0].max_steps == 4
     assert resume_run(SftConfig(resume=str(folder)), "sft", None)[0].max_steps == 2
+
+
+@pytest.mark.parametrize("override, says", [
+    ({"num_hidden_layers": 0}, "pretrain.model.num_hidden_layers = 0: it must be a whole number of at least 1"),
+    ({"num_attention_heads": 0}, "pretrain.model.num_attention_heads = 0"),  # was a ZeroDivisionError, exit 1
+    ({"vocab_size": 10}, "pretrain.model.vocab_size = 10: the dataset's tokenizer has"),  # an IndexError after step 0
+])
+def test_a_model_that_cannot_be_built_is_refused_before_a_run_is_registered(lm_workspace: Path, override, says):
+    from llmkit.errors import UserError
+    from llmkit.registry import Registry
+    from llmkit.train import pretrain
+    from llmkit.workspace import Workspace
+    from tests.conftest import TINY, tiny_config
+
+    ws = Workspace.open(lm_workspace)
+    registry = Registry.for_workspace(ws.root)
+    runs = len(registry.list("run"))
+    with pytest.raises(UserError, match=re.escape(says)):
+        pretrain(tiny_config(name="unbuildable", model={**TINY, **override}, max_steps=2), ws, registry)
+    assert len(registry.list("run")) == runs  # no half-made run left registered

@@ -56,7 +56,19 @@ def model_fields(preset: str, vocab_size: int, context: int, *, bos_token_id: in
         unknown = set(overrides) - set(LlamaConfig().to_dict()) - set(fields)
         if unknown:
             raise UserError(f"pretrain.model: unknown LlamaConfig field(s) {', '.join(sorted(unknown))}")
+        # Sizes the model cannot be built with, said here (they were an IndexError or a ZeroDivisionError, exit 1)
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size"):
+            if key in overrides and (not isinstance(overrides[key], int) or isinstance(overrides[key], bool) or overrides[key] < 1):
+                raise UserError(f"pretrain.model.{key} = {overrides[key]!r}: it must be a whole number of at least 1",
+                                param=f"pretrain.model.{key}")
+        wanted = overrides.get("vocab_size", vocab_size)
+        if not isinstance(wanted, int) or wanted < vocab_size:  # a larger one (padded for speed) is fine
+            raise UserError(f"pretrain.model.vocab_size = {wanted!r}: the dataset's tokenizer has {vocab_size} tokens, so "
+                            f"it must be at least {vocab_size}; leave it out to use that", param="pretrain.model.vocab_size")
         fields.update(overrides)
+        if fields["num_attention_heads"] % fields["num_key_value_heads"]:
+            raise UserError(f"pretrain.model: num_attention_heads {fields['num_attention_heads']} is not divisible by "
+                            f"num_key_value_heads {fields['num_key_value_heads']}", param="pretrain.model")
     if fields["hidden_size"] % fields["num_attention_heads"]:
         raise UserError(f"pretrain.model: hidden_size {fields['hidden_size']} is not divisible by num_attention_heads {fields['num_attention_heads']}")
     return fields
