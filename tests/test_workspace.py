@@ -88,6 +88,9 @@ def test_a_file_as_workspace_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):
         Workspace.open(tmp_path / "file")
+    # below a file: a NotADirectoryError, exit 1
+    with pytest.raises(UserError, match=r"cannot make the workspace .*file/sub: Not a directory .*pass --workspace with a folder"):
+        Workspace.open(tmp_path / "file" / "sub")
 
 
 # -- atomic_dir --------------------------------------------------------------------------------------

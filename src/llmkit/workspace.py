@@ -38,7 +38,11 @@ class Workspace:
         if not root.exists() and not create:
             raise UserError(f"no workspace at {root}; run 'llmkit init' or pass --workspace")
         for kind in KINDS:
-            (root / kind).mkdir(parents=True, exist_ok=True)
+            try:
+                (root / kind).mkdir(parents=True, exist_ok=True)
+            except OSError as err:  # a file where a parent folder should be, no permission, a read-only disk
+                raise UserError(f"cannot make the workspace {root}: {err.strerror} ({err.filename}); pass --workspace "
+                                "with a folder you can write") from None
         ws = cls(root)
         ws.clean_stale_tmp()
         return ws
