@@ -144,3 +144,26 @@ def test_the_time_budget_stops_the_running_trial_and_starts_no_other(ws_root: Pa
     assert __import__("time").time() - started < 120  # the 100,000-step trial did not run on
     run = [r for rel, r in Registry.for_workspace(ws_root).children(result["id"]) if rel == "trial_of"][0]
     assert run.metrics["tune_state"] == "pruned" and "time budget" in run.metrics["tune_note"]
+
+
+def test_a_study_continues_only_on_its_own_space_and_config_and_rm_takes_its_optuna_study_too(ws_root: Path, monkeypatch,
+                                                                                                 capsys):
+    """A study joined with another space or base config mixed trials that do not compare (a 3-step trial was pruned
+    against 10-step ones), and `rm STUDY` left its Optuna study, whose trials came back under the same name."""
+    from llmkit.errors import UserError
+
+    ws = Workspace.open(ws_root)
+    registry = Registry.for_workspace(ws.root)
+    stage = tiny_config(max_steps=2, eval_every=2, checkpoint_every=2)
+    cfg = TuneConfig(stage="pretrain", data="tiny", space=str(ws_root / "space.yaml"), trials=1, study="kept-alike")
+    tune(cfg, stage, ws, registry)
+    other = ws_root / "other-space.yaml"
+    other.write_text("weight_decay: {float: [0.0, 0.1]}\n")
+    with pytest.raises(UserError, match="study 'kept-alike' was made with another search space"):
+        tune(cfg.model_copy(update={"space": str(other), "trials": 2}), stage, ws, registry)
+    with pytest.raises(UserError, match="another base config, so its trials would not compare"):
+        tune(cfg.model_copy(update={"trials": 2}), stage.model_copy(update={"max_steps": 4}), ws, registry)
+    code, out, err = _cli(monkeypatch, capsys, ws_root, "rm", "kept-alike", "--yes", "--force")
+    assert code in (0, None) and "its Optuna study too" in out, (out, err)
+    with pytest.raises(KeyError):
+        optuna.load_study(study_name="kept-alike", storage=registry.url)

@@ -185,6 +185,11 @@ def rm(
     # Asked before the record goes: a folder another record still points at is kept (workspaces made
     # before every version had its own folder hold versions that share one).
     sharing = ctx.registry.sharing_files(rec) if rec.path and not keep_files else []
+    study_note = ""
+    if rec.type == "run" and rec.kind == "study":
+        from llmkit.tune.study import forget_study
+
+        study_note = forget_study(rec, ctx.registry)
     ctx.registry.remove(rec.id)
     removed_files = False
     if rec.path and not keep_files and not sharing:
@@ -196,7 +201,8 @@ def rm(
     kept = f"; kept its folder, which {', '.join(r.ref for r in sharing)} also use" if sharing else ""
     ctx.emit({"removed": rec.id, "ref": rec.ref, "type": rec.type, "files_removed": removed_files,
               "files_shared_with": [r.ref for r in sharing]},
-             lambda: console.print(f"removed {rec.type} {rec.ref}" + (" and its files" if removed_files else "") + kept))
+             lambda: console.print(f"removed {rec.type} {rec.ref}" + (" and its files" if removed_files else "") + kept
+                                   + study_note))
 
 
 def config_show(

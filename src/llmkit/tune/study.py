@@ -196,13 +196,34 @@ def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
                                 direction="maximize" if plan.direction == "max" else "minimize", load_if_exists=True)
     attrs = study.user_attrs
     mine = {"stage": plan.stage, "metric": plan.metric, "data": plan.body.get("data")}
+    # What makes trials comparable: the space searched and the config they start from (a 3-step trial was pruned
+    # against 10-step ones of the same study). Studies made before these were kept are not checked on them.
+    alike = {"space": json.dumps(plan.space, sort_keys=True, default=str), "base": json.dumps(plan.body, sort_keys=True, default=str)}
     if not attrs:
-        for key, value in mine.items():
+        for key, value in {**mine, **alike}.items():
             study.set_user_attr(key, value)
     elif any(attrs.get(k) != v for k, v in mine.items()) or study.direction.name.lower()[:3] != plan.direction:
         raise UserError(f"study '{plan.study}' already exists for {attrs.get('stage')} on {attrs.get('data')} "
                         f"optimising {attrs.get('metric')} ({study.direction.name.lower()}); give another --study name")
+    elif any(k in attrs and attrs[k] != v for k, v in alike.items()):
+        changed = " and ".join(w for k, w in (("space", "search space"), ("base", "base config")) if k in attrs and attrs[k] != alike[k])
+        raise UserError(f"study '{plan.study}' was made with another {changed}, so its trials would not compare with "
+                        "these; give another --study name, or the same --space and --config to continue it")
     return study
+
+
+def forget_study(record, registry: Registry) -> str:
+    """Delete the Optuna study behind a study record when it lives in the registry's database (`rm STUDY` left it
+    there, and a new study of the same name brought the removed trials back); else say where it stays."""
+    storage = (record.params or {}).get("storage")
+    if storage != registry.url.split("@")[-1]:
+        return f"; its Optuna study stays in {storage} (optuna.delete_study removes it)" if storage else ""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        optuna.delete_study(study_name=record.name, storage=registry.url)
+    except KeyError:  # already gone
+        pass
+    return "; its Optuna study too"
 
 
 def study_record(plan: Plan, study: optuna.Study, ws: Workspace, registry: Registry) -> str:
