@@ -45,6 +45,7 @@ def test_lm_distillation_lowers_the_students_loss(lm_workspace: Path, tiny_model
     assert m["student_parameters"] < m["teacher_parameters"]
     assert (model.path / "model.safetensors").exists()
     assert dict(reg.parents(model.id))["teacher"].id == tiny_model.id
+    assert dict(reg.parents(model.id))["student"].id == small_student.id  # its weights start from it: in the lineage
 
 
 def test_a_student_with_another_tokenizer_is_refused(lm_workspace: Path, tiny_model, small_student, chat_data, tmp_path: Path):

@@ -116,6 +116,9 @@ def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry 
         job, teacher_scores = _lm_job(cfg, registry, teacher, student, tokenizer, device)
     job.name = given_or_default(cfg.name, f"{teacher_ref.name.split('/')[-1]}-student")
     job.parents += [(teacher_ref.id, "teacher")] if teacher_ref.id else []
+    # an existing student is what the new model's weights start from: in its lineage (and protected from rm) as the
+    # teacher is
+    job.parents += [(student_ref.id, "student")] if student_ref is not None and student_ref.id else []
     # The student before any distillation: what the run improves on. Measured on --resume too (the
     # student is rebuilt or reloaded as it started; the checkpoint is loaded later), so the summary keeps it.
     before = job.evaluate(student)

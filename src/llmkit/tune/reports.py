@@ -33,8 +33,12 @@ def write_reports(study: optuna.Study, folder: Path, metric: str) -> list[Path]:
     complete = [t for t in trials if t.state == COMPLETE and t.value is not None]
     if len(complete) >= 2 and complete[0].params:
         out.append(_parallel(study, complete, folder / "parallel.png", metric))
+        import warnings
+
         try:
-            importances = optuna.importance.get_param_importances(study)
+            with warnings.catch_warnings():  # tied trials: Optuna warns and weighs them equally; the plot says so
+                warnings.simplefilter("ignore", UserWarning)
+                importances = optuna.importance.get_param_importances(study)
         except (RuntimeError, ValueError):  # every completed trial drew the same values: nothing to weigh
             importances = {}
         if importances:
