@@ -65,9 +65,8 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None) -> ServedMod
     from llmkit.models.io import load_causal_lm, load_classifier, load_tokenizer_for, quiet_transformers
 
     quiet_transformers()
-    served_id, _, target = ref.rpartition("=")  # NAME=MODEL serves MODEL under another name
-    model = resolve_model(target, registry)
-    served_id = served_id or served_name(ref, registry, model)
+    model = resolve_model(ref.rpartition("=")[2], registry)  # NAME=MODEL serves MODEL under another name
+    served_id = served_name(ref, registry, model)
     kind = model_kind(model)
     backend = choose_backend(model, cfg.backend) if kind == "causal" else "torch"
     if kind != "causal" and cfg.backend not in ("auto", "torch"):
