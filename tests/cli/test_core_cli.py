@@ -143,8 +143,13 @@ def test_ls_show_rm_round_trip(tmp_path: Path):
     model = reg.add("model", "toy-model", kind="causal-lm", path=model_dir, parents=[(ds.id, "trained_on")])
     reg.close()
 
+    reg = Registry.for_workspace(ws)
+    (ws / "runs" / "study").mkdir()
+    study = reg.add("run", "tune-classify-toy", kind="study", path=ws / "runs" / "study")
+    reg.close()
     listed = json.loads(llmkit("ls", "--workspace", str(ws), "--json").stdout)
-    assert {r["name"] for r in listed} == {"toy", "toy-model"}
+    assert {r["name"] for r in listed} == {"toy", "toy-model", "tune-classify-toy"}
+    assert [r["id"] for r in json.loads(llmkit("ls", "studies", "--workspace", str(ws), "--json").stdout)] == [study.id]
     assert [r["name"] for r in json.loads(llmkit("ls", "models", "--workspace", str(ws), "--json").stdout)] == ["toy-model"]
     shown = json.loads(llmkit("show", "toy-model", "--workspace", str(ws), "--json").stdout)
     assert shown["id"] == model.id and shown["parents"][0]["id"] == ds.id
@@ -177,3 +182,17 @@ def test_config_show_prints_commented_defaults_for_each_stage():
     assert llmkit("config", "show", "trian").returncode == 2
     # A section's old name shows it under its new one (named after the command).
     assert list(yaml.safe_load(llmkit("config", "show", "train").stdout)) == ["pretrain"]
+
+
+def test_reading_commands_never_make_a_workspace_at_a_mistyped_path(tmp_path: Path) -> None:
+    """ls, show and rm at a folder that does not exist say so and leave nothing behind (they made an empty
+    workspace there, and ls said "nothing registered yet", which sent the user to the demo)."""
+    missing = tmp_path / "wrokspace"
+    listed = llmkit("ls", "--workspace", str(missing))
+    assert listed.returncode == 0 and f"no workspace at {missing}" in listed.stdout, listed
+    assert json.loads(llmkit("ls", "models", "--workspace", str(missing), "--json").stdout) == []
+    for command in (["show", "toy"], ["rm", "toy", "--yes"]):
+        out = llmkit(*command, "--workspace", str(missing))
+        assert out.returncode == 2 and out.stderr.strip() == \
+            f"error: no workspace at {missing}: check --workspace (or $LLMKIT_HOME), or make one with llmkit init", out
+    assert not missing.exists()

@@ -15,7 +15,7 @@ from rich.console import Console
 from llmkit.config import load_section, read_config_file
 from llmkit.errors import UserError
 from llmkit.registry import Registry
-from llmkit.workspace import Workspace
+from llmkit.workspace import Workspace, resolve_workspace
 
 
 def _console(stderr: bool = False) -> Console:
@@ -57,13 +57,30 @@ class Ctx:
             self._ws = Workspace.open(self.workspace)
         return self._ws
 
+    def _db_url(self) -> str | None:
+        if self.db_url is None and self.config is not None:
+            return read_config_file(self.config).get("workspace", {}).get("db_url")
+        return self.db_url
+
+    def missing_workspace(self) -> Path | None:
+        """The workspace folder when it does not exist and no --db-url names a registry elsewhere, else None.
+
+        Commands that only read (ls, show, rm) ask this first: opening the workspace would create it, so a
+        mistyped --workspace left an empty workspace behind and listed "nothing registered yet"."""
+        root = resolve_workspace(self.workspace)
+        return root if not root.exists() and self._db_url() is None else None
+
+    def require_workspace(self) -> None:
+        """A UserError naming the folder when `missing_workspace` says there is none (show, rm)."""
+        root = self.missing_workspace()
+        if root is not None:
+            raise UserError(f"no workspace at {root}: check --workspace (or $LLMKIT_HOME), or make one with "
+                            "llmkit init")
+
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            db_url = self.db_url
-            if db_url is None and self.config is not None:
-                db_url = read_config_file(self.config).get("workspace", {}).get("db_url")
-            self._registry = Registry.for_workspace(self.ws.root, db_url)
+            self._registry = Registry.for_workspace(self.ws.root, self._db_url())
         return self._registry
 
     @property

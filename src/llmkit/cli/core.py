@@ -95,16 +95,23 @@ def init(ctx: Ctx) -> None:
 @configured(None)
 def ls(
     ctx: Ctx,
-    kind: Annotated[str | None, typer.Argument(help="datasets | runs | models | evals | aliases (default: all records)")] = None,
+    kind: Annotated[str | None, typer.Argument(help="datasets | runs | models | evals | studies | aliases (default: all records)")] = None,
 ) -> None:
     """List what the registry holds."""
+    if kind is not None and kind not in LS_KINDS and kind not in ("studies", "aliases"):
+        raise UserError(f"unknown kind '{kind}'; use one of: {', '.join(LS_KINDS)}, studies, aliases")
+    missing = ctx.missing_workspace()
+    if missing is not None:  # listed as empty, and not made: a mistyped path must not become a workspace
+        return ctx.emit([], lambda: console.print(f"no workspace at {missing}, so nothing registered there; check "
+                                                   "--workspace (or $LLMKIT_HOME), or try [bold]llmkit demo[/bold]"))
     if kind == "aliases":
         from llmkit.cli.promote import list_aliases
 
         return list_aliases(ctx)
-    if kind is not None and kind not in LS_KINDS:
-        raise UserError(f"unknown kind '{kind}'; use one of: {', '.join(LS_KINDS)}, aliases")
-    recs = ctx.registry.list(LS_KINDS[kind] if kind else None)
+    if kind == "studies":  # a tune study is a run record of kind "study"; its trials are runs too
+        recs = [r for r in ctx.registry.list("run") if r.kind == "study"]
+    else:
+        recs = ctx.registry.list(LS_KINDS[kind] if kind else None)
 
     def human() -> None:
         if not recs:
@@ -131,6 +138,7 @@ def show(
     """Show one record with its lineage, or an alias with its history."""
     from llmkit.cli.promote import show_alias
 
+    ctx.require_workspace()
     if show_alias(ctx, ref):
         return
     rec = ctx.registry.get(ref)
@@ -166,6 +174,7 @@ def rm(
     force: Annotated[bool, typer.Option("--force", help="Remove it even if models, datasets or runs were made from it.")] = False,
 ) -> None:
     """Remove a record (and its folder inside the workspace)."""
+    ctx.require_workspace()
     rec = ctx.registry.get(ref)
     # What was made from it would lose its lineage (and a run its --resume): refused unless --force.
     users = [(relation, r) for relation, r in ctx.registry.children(rec.id) if r.type in ("model", "dataset", "run")]
