@@ -179,12 +179,18 @@ def test_continuing_a_finished_run_keeps_the_version_it_made_and_a_finished_one_
     weights = first.path / "model.safetensors"
     before = hashlib.sha256(weights.read_bytes()).hexdigest()
     run = first.lineage["run"]["id"]
-    more = pretrain(tiny_config(resume=run, max_steps=6), ws, registry)
+    # a value that differs from the run's own would be ignored: refused, naming it (a new --lr went unheeded)
+    with pytest.raises(UserError, match=r"pretrain.resume = '.*': a resumed run keeps the config it started with, and "
+                                        r"checkpoint_every 10 \(the run's: 2\), eval_every 10 \(the run's: 2\), lr 0.01 "
+                                        r"\(the run's: 0.003\) differ; drop them \(only max_steps may grow\)"):
+        pretrain(tiny_config(resume=run, max_steps=6, lr=0.01), ws, registry)
+    same = {"eval_every": 2, "checkpoint_every": 2}  # the command it started with, plus --resume and more steps
+    more = pretrain(tiny_config(resume=run, max_steps=6, **same), ws, registry)
     assert more.path != first.path and more.version == first.version + 1 and more.lineage["metrics"]["steps"] == 6
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == before  # v1 is what v1's record says
     versions = len(registry.list("model"))
     with pytest.raises(UserError, match=rf"run {run} already reached step 6 of 6: nothing to train; pass a --max-steps above 6"):
-        pretrain(tiny_config(resume=run, max_steps=6), ws, registry)
+        pretrain(tiny_config(resume=run, max_steps=6, **same), ws, registry)
     assert len(registry.list("model")) == versions
     # every stage's resume takes a larger --max-steps (sft ignored it and registered the same adapter again)
     import yaml

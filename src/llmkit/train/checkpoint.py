@@ -78,7 +78,15 @@ def resume_run(cfg, section: str, registry) -> tuple[Any, Path | None, str | Non
     if section not in body:
         raise UserError(f"{section}.resume = '{cfg.resume}': that run is a '{next(iter(body))}' run, not {section}")
     saved = type(cfg).model_validate(body[section])
-    # The saved config is the run; only the step budget may grow (as pretrain's did: sft ignored --max-steps).
+    # The saved config is the run: a value given now that differs from it would be ignored, so it is refused
+    # (a resumed run with --lr 1e-3 went on at the old rate without a word). Only the step budget may grow.
+    changed = [key for key in sorted(cfg.model_fields_set - {"resume", "max_steps"})
+               if getattr(cfg, key) != getattr(saved, key)]
+    if changed:
+        shown = ", ".join(f"{key} {getattr(cfg, key)!r} (the run's: {getattr(saved, key)!r})" for key in changed[:4])
+        raise UserError(f"{section}.resume = '{cfg.resume}': a resumed run keeps the config it started with, and "
+                        f"{shown} differ{'s' if len(changed) == 1 else ''}; drop {'it' if len(changed) == 1 else 'them'} "
+                        "(only max_steps may grow), or start a new run")
     given = getattr(cfg, "max_steps", None)
     if given and given != type(cfg).model_fields["max_steps"].default and given > (saved.max_steps or 0):
         saved.max_steps = given
