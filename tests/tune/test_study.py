@@ -80,6 +80,15 @@ def test_a_new_study_first_runs_the_config_as_given_and_a_joined_study_does_not_
     assert trials[0].params == {"lr": 2e-3, "warmup_steps": 3} and trials[0].user_attrs["defaults"] is True
     assert len(trials) == 3 and not any(t.user_attrs.get("defaults") for t in trials[1:])
     assert all(t.params != trials[0].params for t in trials[1:])
+    # --trials counts the study's trials: at or below what it holds, nothing runs, and it says so (it was silent)
+    import io
+
+    from rich.console import Console
+
+    said = io.StringIO()
+    tune(cfg, stage, ws, registry, console=Console(file=said, width=300))
+    assert "study from-defaults already holds 3 trials" in said.getvalue() and "pass --trials above 3" in said.getvalue()
+    assert len(optuna.load_study(study_name="from-defaults", storage=registry.url).get_trials()) == 3
 
     # a value outside the space is drawn as usual (lr 0.5 is not in [1e-3, 1e-2]); defaults_first off: all drawn
     tune(cfg.model_copy(update={"trials": 1, "study": "half-defaults"}), stage.model_copy(update={"lr": 0.5}), ws, registry)

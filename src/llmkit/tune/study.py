@@ -105,6 +105,12 @@ def tune(cfg: TuneConfig, stage_cfg=None, ws: Workspace | None = None, registry:
             say("first trial: the config as given, " + ", ".join(f"{k} = {v}" for k, v in start.items()))
     say(f"study [bold]{plan.study}[/bold]: {plan.stage} on {plan.body.get('data')}, {plan.trials} trials, "
         f"{plan.metric} ({plan.direction}), {len(params)} parameters: " + "; ".join(p.describe() for p in params))
+    held = trial_count(study)
+    if held >= plan.trials:  # a study joined late, or run again: --trials counts the study's trials, not this run's
+        say(f"[yellow]study {plan.study} already holds {held} trials, and --trials {plan.trials} counts the study's "
+            f"trials over every process: no new trial runs; pass --trials above {held} to add some[/yellow]")
+    elif held:
+        say(f"joining study {plan.study}: {held} of its {plan.trials} trials exist already")
     if cfg.workers == 1:
         run_trials(plan, params, ws, registry, worker=0, say=say)
     else:
