@@ -110,6 +110,22 @@ def test_atomic_dir_creates_the_target_only_when_the_block_ends(tmp_path: Path) 
     assert _leftovers(target.parent) == []
 
 
+def test_weights_saved_by_safetensors_are_as_readable_as_the_rest_of_the_folder(tmp_path: Path) -> None:
+    """safetensors' save_file writes 0600 (through a temporary file): a model folder had a config others could
+    read beside weights they could not (a team's shared workspace, a server run as another user)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from llmkit.workspace import UMASK
+
+    target = tmp_path / "models" / "tiny"
+    with atomic_dir(target) as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text("{}")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in target.iterdir()}
+    assert modes == {"model.safetensors": 0o666 & ~UMASK, "config.json": 0o666 & ~UMASK}, modes
+
+
 def test_atomic_dir_replaces_an_existing_folder_whole(tmp_path: Path) -> None:
     target = tmp_path / "tiny"
     target.mkdir()

@@ -124,6 +124,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        share_like_umask(tmp)
         fsync_tree(tmp)
         if target.exists():
             # Replace: move the old one aside first so the swap is two renames, never a half tree.
@@ -149,6 +150,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once, at import: os.umask can only be read by setting it, which is not thread-safe
+
+
+def share_like_umask(root: Path) -> None:
+    """Give files written private (safetensors' save_file writes 0600 through a temporary file) the mode any
+    other file of the folder gets from the umask, so a model folder's weights are as readable as its config."""
+    wanted = 0o666 & ~UMASK
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if os.stat(path).st_mode & 0o777 == 0o600 and wanted != 0o600:
+                os.chmod(path, wanted)
 
 
 def fsync_tree(root: Path) -> None:
