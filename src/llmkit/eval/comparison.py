@@ -100,7 +100,7 @@ def compare_table(result: dict[str, Any]):
 
         table.add_row("evaluated on", *(Text(s or "-") for s in result["sources"]))
     for key, values in result["rows"].items():
-        table.add_row(key, *(format_number(v) for v in values))
+        table.add_row(key, *(format_number(v, key) for v in values))
     if result.get("warnings"):
         table.caption = "warning: " + "; ".join(result["warnings"])
     return table

@@ -36,11 +36,12 @@ class Report:
         return folder / "report.html"
 
 
-def format_number(value: Any) -> str:
+def format_number(value: Any, key: str | None = None) -> str:
     """A number for a table: four significant-ish places below 10 (losses, F1, bits per byte), fewer above (1,242.0
-    tokens/s, 439.3 MB, 74.34 perplexity), thousands separated; anything else as text."""
+    tokens/s, 439.3 MB, 74.34 perplexity), thousands separated; anything else as text. A rate (`key` ending in
+    per_s) has one decimal whatever its size: a slow decode printed "7.4000" tokens/s beside "429.3"."""
     if isinstance(value, float):
-        digits = 4 if abs(value) < 10 else 2 if abs(value) < 100 else 1
+        digits = 1 if (key or "").endswith("per_s") else 4 if abs(value) < 10 else 2 if abs(value) < 100 else 1
         return f"{value:,.{digits}f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
@@ -61,7 +62,7 @@ def figure_base64(fig, dpi: int = 90) -> str:
 
 def render_html(report: Report) -> str:
     esc = html.escape
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(format_number(v))}</td></tr>" for k, v in report.metrics.items())
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(format_number(v, k))}</td></tr>" for k, v in report.metrics.items())
     plots = []
     for title, path in report.plots.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
@@ -71,7 +72,7 @@ def render_html(report: Report) -> str:
             return ""
         keys = list(dict.fromkeys(k for row in rows for k in row))
         head = "".join(f"<th>{esc(k)}</th>" for k in keys)
-        body = "".join("<tr>" + "".join(f"<td>{esc(format_number(row.get(k, '')))}</td>" for k in keys) + "</tr>" for row in rows)
+        body = "".join("<tr>" + "".join(f"<td>{esc(format_number(row.get(k, ''), k))}</td>" for k in keys) + "</tr>" for row in rows)
         return f"<h2>{esc(title)}</h2><table><tr>{head}</tr>{body}</table>"
 
     samples = "".join(table(title, rows) for title, rows in report.tables.items()) + table("Samples", report.samples)
@@ -104,5 +105,5 @@ def metrics_table(report: Report, keys: list[str] | None = None):
     table.add_column("value", justify="right")
     for k, v in report.metrics.items():
         if keys is None or k in keys:
-            table.add_row(k, format_number(v))
+            table.add_row(k, format_number(v, k))
     return table

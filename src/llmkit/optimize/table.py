@@ -55,7 +55,7 @@ def before_after(before: Model, after: Model, ws: Workspace, registry: Registry,
         for k in keys:
             table.add_column(k, justify="left" if k == "model" else "right")
         for row in rows:
-            table.add_row(*(format_number(row.get(k)) for k in keys))
+            table.add_row(*(format_number(row.get(k), k) for k in keys))
         console.print(table)
     return rows
 
