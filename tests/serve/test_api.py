@@ -34,6 +34,17 @@ def test_models_list(client):
     assert client.models.retrieve("tiny-lm").id == "tiny-lm"
 
 
+def test_a_causal_card_lists_the_special_tokens_a_typed_message_would_turn_into(client, reference):
+    """Text in a message is tokenized with special tokens parsed (as vLLM does): the card says which, so an
+    application can strip them from untrusted text."""
+    _lm, tok = reference
+    listed = client.models.retrieve("tiny-lm").model_extra["special_tokens"]
+    assert "<|endoftext|>" in listed
+    for token in listed:  # each is read as one id wherever it is written
+        assert len(tok.encode("x" + token + "x", add_special_tokens=False)) == 3, token
+    assert client.models.retrieve("sms-clf").model_extra["special_tokens"] is None
+
+
 def test_greedy_completion_matches_generate(client, reference):
     lm, tok = reference
     expected = generate(lm, tok, "ROMEO:\n", max_new_tokens=24, temperature=0)

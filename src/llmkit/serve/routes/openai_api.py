@@ -31,7 +31,17 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=s.
 
 def _card(m) -> s.ModelCard:
     return s.ModelCard(id=m.id, created=m.created, kind=m.kind, backend=m.backend, context_length=m.max_len,
-                       parent=m.parent, explainable=explainable(m))
+                       parent=m.parent, explainable=explainable(m), special_tokens=_special_tokens(m))
+
+
+def _special_tokens(m) -> list[str] | None:
+    """The tokens the prompt's tokenization matches whole wherever they appear (added special tokens, SmolLM2's
+    `<|im_end|>` and its code-corpus markers): what an application must strip from text it did not write."""
+    if m.kind != "causal":
+        return None
+    added = getattr(m.tokenizer, "added_tokens_decoder", None) or {}
+    names = {t.content for t in added.values() if getattr(t, "special", False)}
+    return sorted(names | set(getattr(m.tokenizer, "all_special_tokens", None) or [])) or None
 
 
 @router.get("/models", response_model=s.ModelList)
