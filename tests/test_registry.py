@@ -304,3 +304,16 @@ def test_two_processes_writing_concurrently_lose_nothing(registry_url: str, tmp_
     if registry_url.startswith("sqlite"):
         with sqlite3.connect(sa.engine.make_url(registry_url).database) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_a_missing_name_suggests_the_close_one_or_lists_ten_and_says_there_are_more(tmp_path) -> None:
+    from llmkit.errors import UserError
+
+    reg = Registry.for_workspace(tmp_path)
+    for i in range(12):
+        (tmp_path / f"m{i}").mkdir()
+        reg.add("model", f"model-{i:02d}", kind="causal-lm", path=tmp_path / f"m{i}")
+    with pytest.raises(UserError, match=r"^no model named 'modle-03' in the registry; did you mean 'model-03'\?$"):
+        reg.get("modle-03", "model")
+    with pytest.raises(UserError, match=r"known: model-00, .*, model-09, \.\.\. \(12 in all: llmkit ls models\)$"):
+        reg.get("zzz", "model")

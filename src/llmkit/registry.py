@@ -8,6 +8,7 @@ a workspace made by an older llmkit up to date when it is opened.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import random
@@ -345,8 +346,11 @@ class Registry:
         rec = self.find(ref, type)
         if rec is None:
             what = type or "record"
-            known = [r.name for r in self.list(type)]
-            hint = f"; known: {', '.join(sorted(set(known))[:10])}" if known else f"; there are no {what}s yet"
+            names = sorted({r.name for r in self.list(type)})
+            close = difflib.get_close_matches(ref.split(":")[0], names, n=1)
+            more = f", ... ({len(names)} in all: llmkit ls{f' {what}s' if type else ''})" if len(names) > 10 else ""
+            hint = (f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(names[:10])}{more}") if names \
+                else f"; there are no {what}s yet"
             raise UserError(f"no {what} named '{ref}' in the registry{hint}")
         return rec
 

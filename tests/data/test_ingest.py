@@ -186,6 +186,23 @@ def test_headerless_tsv_guesses_short_label_and_long_text(tmp_path):
     assert "no header row; columns: 0, 1); pass --text-field with a column index" in error(path, text_field="sms")
 
 
+def test_a_row_of_another_width_is_a_bad_record_saying_so(tmp_path):
+    """An unquoted comma cut "hello, world" to "hello" and made " world" the label; a short row was blamed on
+    --label-field."""
+    path = write(tmp_path / "a.csv", "text,label\nhello world,ham\nhello, world,spam\nshort\ntrailing,ham,\n")
+    assert error(path, task="classify") == (f'{path}:3: 3 cells where the header has 2 (text, label); put a cell '
+                                            'holding commas in double quotes ("hello, world")')
+    stats = IngestStats()
+    got = list(iter_records([str(path)], task="classify", skip_bad=True, stats=stats))
+    assert [(r["text"], r["label"]) for r in got] == [("hello world", "ham"), ("trailing", "ham")]  # empty extras are fine
+    assert stats.bad_reasons == {"columns": 2} and stats.bad_examples[1] == (
+        f"{path}:4: 1 cells where the header has 2 (text, label); each row needs every column (an empty one as "
+        "nothing between two commas)")
+    headerless = write(tmp_path / "b.tsv", "ham\tfine\nspam\tone\ttab too many\nham\tok\n")
+    assert error(headerless, task="classify") == (f"{headerless}:2: 3 cells where the file's rows have 2 (no header "
+                                                  "row); a tab inside a cell splits it (TSV has no quoting)")
+
+
 def test_headerless_csv_for_lm_uses_the_long_column(tmp_path):
     path = write(tmp_path / "a.csv", "1,some long text\n2,more long text\n")
     assert [r["text"] for r in records(path)] == ["some long text", "more long text"]

@@ -299,6 +299,16 @@ def _nothing_left(tmp: Path) -> tuple[list[Path], dict]:
     return [write_jsonl(tmp / "s.jsonl", [{"text": "short"}, {"text": "tiny"}])], {"min_chars": 100}
 
 
+def _no_records(tmp: Path) -> tuple[list[Path], dict]:
+    (tmp / "e.csv").write_text("text\n\n", encoding="utf-8")
+    return [tmp / "e.csv"], {}
+
+
+def _all_bad(tmp: Path) -> tuple[list[Path], dict]:
+    (tmp / "w.csv").write_text("text,label\na,b,c\n", encoding="utf-8")
+    return [tmp / "w.csv"], {"task": "classify", "skip_bad": True}
+
+
 def _undecodable(tmp: Path) -> tuple[list[Path], dict]:
     with gzip.open(tmp / "l.txt.gz", "wb") as fh:
         fh.write(b"caf\xe9 au lait\n")
@@ -316,6 +326,8 @@ def _broken_tokenizer(tmp: Path) -> tuple[list[Path], dict]:
     (_missing_field, r"m\.jsonl:1: no field 'text' \(fields: body, title\)"),
     (_missing_column, r"c\.csv: no column 'label' \(columns: message, category\)"),
     (_nothing_left, r"nothing left after filtering: 2 records read; removed 2 by data\.min_chars=100"),
+    (_no_records, r"no records in .*e\.csv: the files hold no text"),
+    (_all_bad, r"every record was bad \(1 skipped under --skip-bad\), the first: .*w\.csv:2: 3 cells where the header has 2"),
     (_undecodable, r"l\.txt\.gz: cannot decode byte 0xe9 at offset 3 .*--encoding"),
     (_broken_tokenizer, r"data\.tokenizer = '.*tok\.json': not a tokenizers tokenizer\.json"),
 ])

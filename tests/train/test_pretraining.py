@@ -83,6 +83,20 @@ def test_context_longer_than_the_data_is_a_clear_error(lm_workspace: Path):
         pretrain(tiny_config(context=1_000_000), ws, Registry.for_workspace(ws.root))
 
 
+def test_an_empty_val_split_asks_for_a_larger_val_share_not_a_shorter_context(tmp_path: Path):
+    from llmkit.config import DataConfig
+    from llmkit.data.pipeline import prepare
+
+    ws = Workspace.open(tmp_path / "ws")
+    reg = Registry.for_workspace(ws.root)
+    (tmp_path / "t.txt").write_text("\n\n".join(f"line {i} of a small text" for i in range(50)))
+    prepare(DataConfig(inputs=[str(tmp_path / "t.txt")], name="tiny", tokenizer="char", doc_split="blank-line",
+                       splits={"val": 0, "test": 0}), ws, reg)
+    with pytest.raises(UserError, match=r"longer than the whole val split of tiny:v1 \(0 tokens\); give val a larger "
+                                        r"share \(llmkit data prepare \.\.\. --splits-val 0\.1\) or more data$"):
+        pretrain(tiny_config(), ws, reg)
+
+
 def test_missing_dataset_names_the_known_ones(lm_workspace: Path):
     proc = run_cli("train", "pretrain", "--data", "nope", workspace=lm_workspace)
     assert proc.returncode == 2

@@ -48,6 +48,8 @@ def prepare(ctx: Ctx, cfg) -> None:
         console.print(f"  records: {c['ingested']} read, {c['kept']} kept; removed {c['duplicates_exact']} exact and "
                       f"{c['duplicates_near']} near duplicates, {c['too_short']} too short, {c['too_long']} too long, "
                       f"{c['pii_dropped']} for PII, {c['bad']} bad")
+        if m.get("bad_examples"):  # what --skip-bad skipped: the count alone sent people to read every row
+            console.print(f"  first bad record: {m['bad_examples'][0]}", markup=False, highlight=False)
         if m.get("preference"):
             console.print(f"  {_preference_line(m['preference'])}", highlight=False)
         if m["pii"]:

@@ -172,7 +172,7 @@ def _nothing_usable(registry: Registry, cfg: FeedbackDataConfig, summary: dict[s
         known = ""
         if cfg.model:
             names = sorted({r["model"] for r in registry.list_feedback() if (r.get("extra") or {}).get("kind") != "request"})
-            known = f" (models with feedback: {', '.join(names[:10])})" if names else ""
+            known = f" (models with feedback: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})" if names else ""
         return f"no feedback{scope} in the registry{known}; {HOW_TO_GET_SOME}, then run this again"
     detail = describe_skipped(summary["skipped"])
     example = f" (first: {summary['bad_examples'][0]})" if summary["bad_examples"] else ""

@@ -226,14 +226,33 @@ def _csv_rows(path: Path, encoding: str, fmt: RowFormatter, delimiter: str):
             columns = [cell.strip() or str(i) for i, cell in enumerate(first[1])]
             fmt.check_columns(columns)
             for n, row in rows:
+                # A row of another width would shift or lose cells (an unquoted comma cut "hello, world" to
+                # "hello" and made " world" the label; a short row was blamed on --label-field): said as such.
+                extra = row[len(columns):]
+                if len(row) < len(columns) or any(cell.strip() for cell in extra):
+                    yield n, BadRecord(f"{path}:{n}: {len(row)} cells where the header has {len(columns)} "
+                                       f"({', '.join(columns)}); {_width_hint(delimiter, len(row) > len(columns))}",
+                                       reason="columns")
+                    continue
                 yield n, dict(zip(columns, row, strict=False))
             return
         head = [first, *islice(rows, _SNIFF_ROWS - 1)]
-        width = max(len(row) for _, row in head)
-        fmt.set_defaults(*guess_columns([row for _, row in head]))
-        fmt.check_columns([str(i) for i in range(width)], note="no header row; ")
+        usual = Counter(len(row) for _, row in head).most_common(1)[0][0]  # the width most rows have
+        fmt.set_defaults(*guess_columns([row for _, row in head if len(row) == usual]))
+        fmt.check_columns([str(i) for i in range(usual)], note="no header row; ")
         for n, row in chain(head, rows):
+            if len(row) < usual or any(cell.strip() for cell in row[usual:]):
+                yield n, BadRecord(f"{path}:{n}: {len(row)} cells where the file's rows have {usual} (no header "
+                                   f"row); {_width_hint(delimiter, len(row) > usual)}", reason="columns")
+                continue
             yield n, {str(i): cell for i, cell in enumerate(row)}
+
+
+def _width_hint(delimiter: str, wide: bool) -> str:
+    if delimiter == "\t":
+        return "a tab inside a cell splits it (TSV has no quoting)" if wide else "each row needs every column"
+    return ('put a cell holding commas in double quotes ("hello, world")' if wide
+            else "each row needs every column (an empty one as nothing between two commas)")
 
 
 def _numbered(path: Path, reader) -> Iterator[tuple[int, list[str]]]:

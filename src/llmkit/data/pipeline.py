@@ -211,11 +211,18 @@ def _first_pass(cfg: DataConfig, tmp: Path, workers: Workers, progress) -> tuple
             fh.close()
     counts.bad = stats.bad
     if counts.records["train"] == 0:
-        raise UserError(_nothing_left(cfg, counts))
+        raise UserError(_nothing_left(cfg, counts, stats.bad_examples))
     return counts, stats, "".join(sorted(chars))
 
 
-def _nothing_left(cfg: DataConfig, c: Counts) -> str:
+def _nothing_left(cfg: DataConfig, c: Counts, bad_examples: list[str]) -> str:
+    filtered = c.too_short + c.too_long + c.pii_dropped + c.duplicates_exact + c.duplicates_near
+    if c.ingested == 0 and c.bad == 0:  # "loosen the filter" sent people looking for a filter that removed nothing
+        return (f"no records in {', '.join(cfg.inputs)}: the files hold no text (blank lines and empty rows are "
+                "skipped); check the paths, or --text-field for a table")
+    if c.kept == 0 and c.bad and not filtered:
+        return (f"every record was bad ({c.bad} skipped under --skip-bad), the first: {bad_examples[0]}"
+                if bad_examples else f"every record was bad ({c.bad} skipped under --skip-bad)")
     if c.kept == 0:
         return (f"nothing left after filtering: {c.ingested} records read; removed {c.too_short} by data.min_chars={cfg.min_chars}, "
                 f"{c.too_long} by data.max_chars={cfg.max_chars}, {c.pii_dropped} by data.pii=drop, "

@@ -67,8 +67,11 @@ def _windows(cfg: PretrainConfig, ds: DatasetVersion) -> tuple[TokenWindows, Tok
     val_w = TokenWindows(ds.shard_file("val"), ds.vocab_size, cfg.context)
     for split, w in (("train", train_w), ("val", val_w)):
         if w.length < cfg.context + 2:
+            # an empty val split is no matter of context: it wants more records held out (or more of them)
+            more = ("give val a larger share (llmkit data prepare ... --splits-val 0.1) or more data" if split == "val"
+                    else "prepare more data")
             raise UserError(f"pretrain.context = {cfg.context} is longer than the whole {split} split of {ds.ref} "
-                            f"({w.length} tokens); lower --context or prepare more data")
+                            f"({w.length} tokens); " + (f"{more}, or lower --context" if w.length > 2 else more))
     return train_w, val_w
 
 
