@@ -19,7 +19,9 @@ def _ignore_sigint() -> None:
 @pytest.mark.parametrize("stop, inherited", [(signal.SIGINT, "ignored"), (signal.SIGTERM, "default")])
 def test_serve_runs_until_interrupted(lm_workspace, tiny_model, stop, inherited):
     env = {**os.environ, "LLMKIT_HOME": str(lm_workspace)}
-    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "tiny-lm", "--port", "0", "--no-ui"],
+    logged = inherited == "ignored"  # one of the two runs keeps an access log
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "tiny-lm", "--port", "0", "--no-ui",
+                             *(["--access-log"] if logged else [])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=_ignore_sigint if inherited == "ignored" else None)
     try:
@@ -28,6 +30,8 @@ def test_serve_runs_until_interrupted(lm_workspace, tiny_model, stop, inherited)
         assert requests.get(url + "/", timeout=10).status_code == 404  # --no-ui
         proc.send_signal(stop)
         assert proc.wait(timeout=120) == 0  # generous: a loaded machine shuts down slowly; a hang still fails
+        said = proc.stdout.read()  # uvicorn's access lines go to stdout, as its own do
+        assert ('"GET /health HTTP/1.1" 200' in said and '"GET / HTTP/1.1" 404' in said) is logged, said
     finally:
         if proc.poll() is None:
             proc.kill()

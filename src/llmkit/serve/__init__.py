@@ -175,8 +175,12 @@ def _uvicorn(cfg: ServeConfig, app):
     # An idle keep-alive connection is kept well past the clients' own expiry (httpx, so the `openai`
     # client, drops its idle connections after 5 s, uvicorn's default here): with both at 5 s a client
     # reuses a connection at the moment the server closes it and the request dies with a connection reset.
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=cfg.access_log,
                             timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S)
+    if cfg.access_log:  # uvicorn's lines are INFO: the rest of its logging stays at warnings
+        import logging
+
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     return uvicorn.Server(config)
 
 
