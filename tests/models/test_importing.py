@@ -48,6 +48,15 @@ def test_a_folder_is_copied_and_registered_with_its_facts(ws, hf_folder):
     # the same weights again: the version already there; other weights: a new version
     again, existed = import_model(str(hf_folder), None, ws, reg)
     assert existed and again.id == model.id
+    # the same weights with a mended file: a new version (the copy with the old file came back)
+    mended = hf_folder.parent / "tiny-chat-mended"
+    mended.mkdir()
+    for f in hf_folder.iterdir():
+        (mended / f.name).write_bytes(f.read_bytes())
+    (mended / "generation_config.json").write_text('{"max_new_tokens": 7}')
+    fixed, existed = import_model(str(mended), "tiny-chat", ws, reg)
+    assert not existed and fixed.version == 2 and (fixed.path / "generation_config.json").read_text() == '{"max_new_tokens": 7}'
+    assert import_model(str(mended), "tiny-chat", ws, reg) == (fixed, True)
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(hf_folder)
@@ -59,7 +68,7 @@ def test_a_folder_is_copied_and_registered_with_its_facts(ws, hf_folder):
         (other / f.name).write_bytes(f.read_bytes())
     (other / "chat_template.jinja").write_text("x") if (hf_folder / "chat_template.jinja").exists() else None
     second, existed = import_model(str(other), "tiny-chat", ws, reg)
-    assert not existed and second.version == 2 and second.path != model.path
+    assert not existed and second.version == 3 and second.path != model.path
 
 
 def _refused(ws, source, *, name=None) -> str:
@@ -88,6 +97,26 @@ def test_refusals_come_before_anything_is_written(ws, hf_folder, tmp_path):
     (vision / "config.json").write_text(json.dumps({"model_type": "resnet", "architectures": ["ResNetModel"]}))
     message = _refused(ws, vision)
     assert "'resnet'" in message and "llama" in message
+
+    # weights that are not what config.json describes: transformers filled the missing ones with random values
+    def altered(name: str, **change) -> object:
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in hf_folder.iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+        (folder / "config.json").write_text(json.dumps({**config, **change}))
+        return folder
+
+    layers = config["num_hidden_layers"]
+    assert f"tensors config.json needs are not in the weights (first: model.layers.{layers}." in \
+        _refused(ws, altered("deeper", num_hidden_layers=layers + 2))
+    assert "have another shape (first: model.layers.0.mlp.down_proj.weight is" in \
+        _refused(ws, altered("wider", intermediate_size=config["intermediate_size"] + 8))
+    assert "tensors in the weights have no place in that model" in _refused(ws, altered("shallower", num_hidden_layers=1))
+    untokenized = altered("untokenized")
+    for f in untokenized.glob("tokenizer*"):
+        f.unlink()
+    assert "no tokenizer (none of tokenizer.json" in _refused(ws, untokenized)
 
     assert "not a .gguf" in _refused(ws, hf_folder / "config.json")
     assert "not a file, a folder, or an installed package" in _refused(ws, "no-such-package-xyz")

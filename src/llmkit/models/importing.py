@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llmkit.models.files import PICKLE_SUFFIXES
 from llmkit.models.io import Model
 from llmkit.models.pretrained import check_folder, describe, find_source, materialize, sha256_of, weight_files
 from llmkit.registry import Registry, given_or_default
@@ -29,7 +30,7 @@ def import_model(source: str, name: str | None = None, ws: Workspace | None = No
         console.print(f"reading {src.path} ({src.kind})")
     sha = sha256_of(weight_files(src))
     latest = registry.find(name, "model")
-    if latest is not None and latest.content_hash == sha and latest.path:
+    if latest is not None and latest.content_hash == sha and latest.path and _same_files(src, Path(latest.path)):
         path = Path(latest.path)
         lineage = json.loads((path / "llmkit.json").read_text()) if (path / "llmkit.json").exists() else None
         return Model(path, latest.name, latest.id, latest.version, lineage), True
@@ -49,3 +50,17 @@ def import_model(source: str, name: str | None = None, ws: Workspace | None = No
     rec = registry.add("model", name, kind="causal-lm", path=target, content_hash=sha, params=params)
     return Model(target, name, rec.id, rec.version, lineage), False
 
+
+
+def _same_files(src, copy: Path) -> bool:
+    """Whether the registered copy holds the source folder's other files (config, tokenizer, template) too: the
+    same weights beside a tokenizer added since, or a mended config, make a new version (the broken copy came back)."""
+    if src.path.is_file():  # a GGUF: its weights are all there is
+        return True
+    for item in src.path.iterdir():
+        if item.is_file() and item.suffix not in PICKLE_SUFFIXES and not item.name.startswith(".") \
+                and item.suffix != ".safetensors" and item.name != "llmkit.json":  # import writes its own
+            theirs = copy / item.name
+            if not theirs.is_file() or theirs.read_bytes() != item.read_bytes():
+                return False
+    return True

@@ -17,13 +17,20 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UserError
-from llmkit.models.files import PICKLE_SUFFIXES, check_gguf_file, check_json_file, check_weights
+from llmkit.models.files import (
+    PICKLE_SUFFIXES,
+    check_gguf_file,
+    check_json_file,
+    check_safetensors_file,
+    check_weights,
+)
 from llmkit.workspace import atomic_dir
 
 ACCEPTED = ("a Hugging Face model folder with .safetensors weights, a .gguf file, or an installed Python package "
@@ -80,7 +87,69 @@ def check_folder(folder: Path) -> dict[str, Any]:
             raise UserError(f"{folder}: weights only as pickle ({', '.join(pickles[:3])}), which llmkit never loads; "
                             "convert them to .safetensors (safetensors.torch.save_file) and import again")
     check_weights(folder, "import")
+    if not any((folder / name).exists() for name in TOKENIZER_FILES):
+        raise UserError(f"{folder}: no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the tokenizer files of "
+                        "the model beside its weights (tokenizer.save_pretrained(FOLDER)) and import again")
+    check_weights_fit_config(folder, config)
     return config
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def check_weights_fit_config(folder: Path, config: dict[str, Any]) -> None:
+    """One line when the weights are not the ones config.json describes: transformers fills a missing tensor with
+    random values and drops an unexpected one with a log line nobody sees (a config saying 6 layers over 4
+    layers' weights imported, and answered, with two random layers).
+
+    The model is built on the meta device (no memory) and its parameters' names and shapes compared with the
+    safetensors headers. Architectures whose checkpoints transformers renames or fuses on load (MoE experts) are
+    left to its loader: their file names are not the module's."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    if get_checkpoint_conversion_mapping(config.get("model_type")) is not None:
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its advice on building this class stands alone is not the user's to act on
+    try:
+        hf_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=False)
+    except Exception as err:  # a config transformers cannot build a model from (a negative size, a missing field)
+        raise UserError(f"{folder / 'config.json'}: transformers cannot build the model it describes "
+                        f"({type(err).__name__}: {' '.join(str(err).split())[:160]})") from None
+    state = model.state_dict()
+    # tied weights appear once among the parameters (the embedding): the file need not hold the head
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    expected |= {name: tuple(b.shape) for name, b in model.named_buffers() if name in state}
+    found = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        found |= {k: tuple(v["shape"]) for k, v in check_safetensors_file(file).items() if k != "__metadata__"}
+    prefix = f"{model.base_model_prefix}."
+    named = {k: k for k in found}  # the module's name -> the file's, for the message
+    if not any(k.startswith(prefix) for k in found) and any(k.startswith(prefix) for k in expected):
+        # a base model's checkpoint (no "model." prefix) loads into the causal LM: as transformers maps it
+        named = {(k if k.startswith("lm_head.") else prefix + k): k for k in found}
+        found = {module: found[file] for module, file in named.items()}
+    ignored = [*(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []), r"rotary_emb\.inv_freq$"]
+    missing = sorted(k for k in expected if k not in found)
+    wrong = sorted(k for k in expected if k in found and found[k] != expected[k])
+    extra = sorted(k for k in found if k not in state and not any(re.search(p, k) for p in ignored))
+    if missing or wrong or extra:
+        said = []
+        if missing:
+            said.append(f"{len(missing)} tensors config.json needs are not in the weights (first: {missing[0]})")
+        if wrong:
+            said.append(f"{len(wrong)} have another shape (first: {wrong[0]} is {list(found[wrong[0]])} in the weights, "
+                        f"{list(expected[wrong[0]])} by config.json)")
+        if extra:
+            said.append(f"{len(extra)} tensors in the weights have no place in that model (first: {named[extra[0]]})")
+        raise UserError(f"{folder}: the weights are not the model config.json describes ({config.get('model_type')}, "
+                        f"{config.get('num_hidden_layers', '?')} layers): {'; '.join(said)}; import the folder as it was "
+                        "saved, with its own config.json")
 
 
 def causal_lm_architecture(config: dict[str, Any], where: Path | str) -> str:
