@@ -371,7 +371,7 @@ def test_undecodable_bytes_report_offset(tmp_path):
     path = tmp_path / "latin.txt"
     path.write_bytes("ok 诗\n".encode() + b"caf\xe9\n")
     msg = error(path, doc_split="line")
-    assert msg == f"{path}: cannot decode byte 0xe9 at offset 10 as utf-8; pass --encoding (e.g. latin-1)"
+    assert msg == f"{path}: cannot decode byte 0xe9 at offset 10 as utf-8; it reads as Western European: pass --encoding cp1252"
     assert records(path, doc_split="line", encoding="latin-1")[1]["text"] == "café"
     # Past the first 1 MiB block of the offset search, with that block ending mid-character.
     big = tmp_path / "late.jsonl"
@@ -430,3 +430,17 @@ def test_json_array_memory_is_bounded(tmp_path):
 def test_without_text_field_the_longest_textual_field_is_the_text(shared_data):
     rec = next(iter_records([str(shared_data / "chinese_poetry" / "poet.tang.0.json")], task="lm"))
     assert "\n" in rec["text"] and len(rec["text"]) > 20  # the poem's lines, not its author or title
+
+
+def test_a_table_with_chinese_column_names_has_its_header_and_fields_found(tmp_path):
+    """A header of 文本,类别 was read as a record, its 类别 a class of one example."""
+    path = write(tmp_path / "诗.csv", "文本,类别\n床前明月光，疑是地上霜。,唐诗\n明月几时有，把酒问青天。,宋词\n")
+    assert [(r["text"], r["label"]) for r in records(path, task="classify")] == [
+        ("床前明月光，疑是地上霜。", "唐诗"), ("明月几时有，把酒问青天。", "宋词")]
+    assert [r["text"] for r in records(path)] == ["床前明月光，疑是地上霜。", "明月几时有，把酒问青天。"]
+    lines = write(tmp_path / "诗.jsonl", '{"内容": "关关雎鸠，在河之洲。", "标签": "诗经"}\n')
+    assert [(r["text"], r["label"]) for r in records(lines, task="classify")] == [("关关雎鸠，在河之洲。", "诗经")]
+    # a given flag still wins, and an English label column is still the default's first choice
+    both = write(tmp_path / "both.csv", "text,label,标签\nhello there,en,英\n")
+    assert records(both, task="classify")[0]["label"] == "en"
+    assert records(both, task="classify", label_field="标签")[0]["label"] == "英"

@@ -20,8 +20,9 @@ from llmkit.data.roles import ROLES as _ROLES
 from llmkit.errors import UserError
 
 TASKS = ("lm", "chat", "classify", "preference")
-TEXT_NAMES = ("text", "content")  # tried in order when --text-field is not given
-LABEL_NAME = "label"
+# Tried in order when --text-field / --label-field is not given; Chinese tables name their columns in Chinese.
+TEXT_NAMES = ("text", "content", "文本", "内容", "正文", "句子", "文字")
+LABEL_NAMES = ("label", "标签", "类别", "分类", "类型")
 
 _NUMERIC = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 # An identifier: one ASCII word of letters, digits, '-' and '_' holding a digit (a UUID, a hash, "q_0017").
@@ -126,8 +127,16 @@ class RowFormatter:
         self.path = path
         self.task = task
         self.text_field = text_field
-        self.label_field = label_field if label_field is not None else (LABEL_NAME if task == "classify" else None)
+        self.label_field = label_field if label_field is not None else (LABEL_NAMES[0] if task == "classify" else None)
         self._explicit_label = label_field is not None
+        self._label_chosen = self._explicit_label  # the default is chosen once per file, from its columns
+
+    def choose_label(self, keys) -> None:
+        """Without --label-field: the first of LABEL_NAMES among the file's columns (or first row's fields)."""
+        if self._label_chosen or self.task != "classify":
+            return
+        self._label_chosen = True
+        self.label_field = next((name for name in LABEL_NAMES if find_field(keys, name) is not None), LABEL_NAMES[0])
 
     def set_defaults(self, text: str | None, label: str | None) -> None:
         """Column guesses from a reader of header-less tables; given flags still win."""
@@ -135,6 +144,7 @@ class RowFormatter:
             self.text_field = text
         if not self._explicit_label and self.task == "classify" and label is not None:
             self.label_field = label
+            self._label_chosen = True
 
     # -- schema-level checks (CSV header, Parquet schema): a wrong name is a mistake for the whole file
 
@@ -145,6 +155,7 @@ class RowFormatter:
         if self.text_field is not None:
             self.text_field = self._column(columns, self.text_field, "--text-field", note)
         if self.task == "classify":
+            self.choose_label(columns)
             self.label_field = self._column(columns, self.label_field, "--label-field", note)
 
     def _column(self, columns: list[str], name: str, flag: str, note: str) -> str:
@@ -200,6 +211,7 @@ class RowFormatter:
             return
         sample = [r for r in rows if isinstance(r, dict)]
         if sample:
+            self.choose_label(sample[0])
             self.text_field = _longest_text_field(sample, self.label_field)
 
     def _default_text_field(self, row: dict, where: str) -> str:
@@ -209,6 +221,7 @@ class RowFormatter:
         raise BadRecord(f"{where}: no text field (fields: {_fields(row)}); pass --text-field")
 
     def _label(self, row: dict, where: str) -> str:
+        self.choose_label(row)
         key = find_field(row, self.label_field)
         if key is None:
             raise BadRecord(f"{where}: no field '{self.label_field}' (fields: {_fields(row)}); pass --label-field")

@@ -33,7 +33,10 @@ MAX_BAD_EXAMPLES = 5
 _SNIFF_ROWS = 50  # header-less tables: rows looked at to tell the label column from the text column
 # First-row cells that mark a CSV header (besides the field names the user asked for).
 _HEADER_NAMES = {"text", "label", "labels", "message", "content", "sentence", "review", "document", "body",
-                 "class", "category", "instruction", "input", "output", "response", "prompt", "messages"}
+                 "class", "category", "instruction", "input", "output", "response", "prompt", "messages",
+                 # the same in Chinese: a header of 文本,类别 was read as a record and its label as a class
+                 "文本", "内容", "正文", "句子", "文字", "标签", "类别", "分类", "类型", "消息", "评论", "问题", "回答",
+                 "指令", "输入", "输出"}
 
 
 @dataclass
@@ -162,11 +165,25 @@ def _decode_error(path: Path, encoding: str) -> UserError:
                 byte = err.object[err.start]
                 gz = " of the uncompressed data" if path.name.lower().endswith(".gz") else ""
                 return UserError(f"{path}: cannot decode byte 0x{byte:02x} at offset {where}{gz} as {encoding}; "
-                                 "pass --encoding (e.g. latin-1)", param="data.encoding")
+                                 + _encoding_hint(path), param="data.encoding")
             if not chunk:
                 break
             offset += len(chunk)
-    return UserError(f"{path}: cannot decode as {encoding}; pass --encoding (e.g. latin-1)", param="data.encoding")
+    return UserError(f"{path}: cannot decode as {encoding}; " + _encoding_hint(path), param="data.encoding")
+
+
+def _encoding_hint(path: Path) -> str:
+    """--encoding with the ones the file's first megabyte decodes as plausibly (GBK files are common in Chinese)."""
+    from llmkit.data.encodings import likely_encodings
+
+    with _open_binary(path) as f:
+        found = likely_encodings(f.read(1 << 20))
+    if not found:
+        return "pass --encoding with the one it was saved in"
+    if len(found) == 1:
+        return f"it reads as {found[0][1]}: pass --encoding {found[0][0]}"
+    return ("it reads as " + " or ".join(f"{what} ({enc})" for enc, what in found)
+            + f": pass --encoding {found[0][0]}, or the other if the text comes out wrong")
 
 
 # -- readers: each yields (line, row dict or BadRecord) --------------------------------------------
@@ -283,6 +300,7 @@ def _parquet_rows(path: Path, fmt: RowFormatter):
         schema = pf.schema_arrow
         columns = None
         if fmt.task not in ("chat", "preference"):  # those read whole rows, not a text column
+            fmt.choose_label(schema.names)
             if fmt.text_field is None:
                 strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
                 fmt.set_defaults(default_text_column(schema.names, strings, fmt.label_field), None)
