@@ -105,3 +105,21 @@ def test_a_target_holding_part_of_a_character_shows_its_bytes(zh_model):
     for text in (POEM, "龘"):  # the explained target is shown so, whatever the next token is
         subject = causal_subject(zh_model[0], tokenizer, text, None, None)
         assert "\ufffd" not in subject.target and subject.target == token_text(tokenizer, subject.target_index)
+
+
+def test_a_text_past_the_context_is_cut_at_a_whole_character(zh_model):
+    """Cut from the left by tokens, the kept text began with the last bytes of a character: '�' where 床 was."""
+    from llmkit.generate import encode_prompt
+
+    model, tokenizer = zh_model[0], zh_model[1]
+    context = model.config.max_position_embeddings
+    cut_inside = 0
+    for start in range(6):
+        text = (POEM * 8)[start:]
+        prompt = encode_prompt(tokenizer, text)
+        assert len(prompt) > context
+        cut_inside += tokenizer.decode(prompt[-(context - 1):][:4]).startswith("\ufffd")  # where a plain cut falls
+        subject = causal_subject(model, tokenizer, text, None, None)
+        assert "\ufffd" not in tokenizer.decode(subject.ids.tolist()) and len(subject.ids) <= context
+        assert "longer than the model's context" in subject.warnings[0]
+    assert cut_inside  # some of these texts do cut a character

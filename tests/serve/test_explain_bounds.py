@@ -58,7 +58,7 @@ def test_shap_on_a_one_token_input_is_its_exact_value(server):
 def test_explain_queue_is_bounded_and_the_timeout_stops_the_work(lm_workspace, serve_lm):
     # Kernel SHAP over 1,000 tokens: 2,049 rows of 1,001 tokens, far more than the 2 s allowed.
     running, _ = start_server(lm_workspace, [f"tiny-lm={serve_lm}"], timeout=2, explain_queue=1,
-                              explain_max_tokens=1024, explain_max_work=10**9, ui=False)
+                              explain_max_tokens=1024, explain_max_work=10**9, ui=False, max_context=64)
     try:
         with cf.ThreadPoolExecutor(3) as pool:
             answers = list(pool.map(lambda _: _explain(running.url, input="x" * 1000, method="shap"), range(3)))
@@ -73,5 +73,11 @@ def test_explain_queue_is_bounded_and_the_timeout_stops_the_work(lm_workspace, s
         # The 408 came from the work itself stopping: the model and the queue place are free again.
         small = _explain(running.url, input="ROMEO:", method="attention")
         assert small.status_code == 200, small.text
+        # a long answer is cut to the served context too (past it the question was cut instead, from the left)
+        cut = _explain(running.url, input="ROMEO:", completion="x" * 100, truncate_completion=True, method="attention")
+        assert cut.status_code == 200, cut.text
+        assert cut.json()["text"] == "ROMEO:" and cut.json()["target"] == "x" * (64 - 7)
+        assert cut.json()["warnings"] == ["the completion is 100 tokens; explained its first 57 (the model's context is "
+                                          "64 tokens)"]
     finally:
         running.stop()

@@ -171,6 +171,9 @@ def causal_subject(lm, tokenizer, text: str, target: str | None, completion: str
     if len(prompt) > room:
         bos = tokenizer.bos_token_id
         keep = prompt[-(room - 1):] if bos is not None and prompt[0] == bos else prompt[-room:]
+        # A byte-level cut may fall inside a character (床 is two tokens): start at the next whole one, not at '�'
+        while len(keep) > 1 and "\ufffd" not in text and tokenizer.decode(keep[:4]).startswith("\ufffd"):
+            keep = keep[1:]
         prompt = ([bos] if bos is not None and prompt[0] == bos else []) + keep
         warns.append(f"text is longer than the model's context of {context} tokens; explaining its last {len(prompt)} tokens")
     device = _device(lm)

@@ -75,11 +75,17 @@ def _explain(cfg: ServeConfig, served: ServedModel, body: s.ExplainRequest, dead
     completion, cut = body.completion, None
     try:
         n_input, n_completion = explained_tokens(served.tokenizer, served.kind, body.input, completion, served.max_length)
-        if body.truncate_completion and n_completion and n_input < cfg.explain_max_tokens < n_input + n_completion:
-            keep = cfg.explain_max_tokens - n_input  # the web UI explains a long answer's beginning
+        # The web UI explains a long answer's beginning: cut to what the server explains, and to the model's context
+        # (past it the question was cut instead, from the left)
+        context = served.max_len or cfg.explain_max_tokens
+        limit = min(cfg.explain_max_tokens, context)
+        if body.truncate_completion and n_completion and n_input < limit < n_input + n_completion:
+            keep = limit - n_input
             completion = served.tokenizer.decode(served.tokenizer(completion, add_special_tokens=False)["input_ids"][:keep])
-            cut = (f"the completion is {n_completion} tokens; explained its first {keep} (the server explains at most "
-                   f"{cfg.explain_max_tokens} tokens with the input)")
+            completion = completion.rstrip("\ufffd") or completion  # not half a character at the cut
+            why = (f"the server explains at most {cfg.explain_max_tokens} tokens with the input" if limit < context
+                   else f"the model's context is {context} tokens")
+            cut = f"the completion is {n_completion} tokens; explained its first {keep} ({why})"
             n_completion = keep
     finally:
         served.lock.release()
