@@ -78,6 +78,11 @@ def test_version_and_doctor_answer_in_json():
     doctor = json.loads(llmkit("doctor", "--json").stdout)
     assert doctor["device"] in ("cpu", "cuda", "mps")
     assert doctor["threads"] >= 1
+    from llmkit.data.figures import cjk_font
+
+    assert doctor["cjk_plot_font"] == cjk_font()  # the font Chinese labels in plots are drawn in, or None
+    if doctor["cjk_plot_font"] is None:
+        assert "Chinese labels in plots show as boxes" in llmkit("doctor", env={"COLUMNS": "300"}).stdout
     assert set(doctor["backends"]) >= {"peft", "llama_cpp", "onnxruntime", "captum", "playwright"}
 
 

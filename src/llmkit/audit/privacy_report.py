@@ -77,6 +77,10 @@ def exposure_png(report: PrivacyReport) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from llmkit.data.figures import use_cjk_font
+
+    use_cjk_font()  # CJK labels in a CJK font, not boxes
+
     c = report.canaries
     rows = c["planted"] + c["references"]
     fig, ax = plt.subplots(figsize=(6, 3.6))

@@ -47,6 +47,7 @@ def doctor(json_out: JsonOpt = False) -> None:
     """Check the machine: Python, torch, threads, device, and which optional backends import."""
     import torch
 
+    from llmkit.data.figures import cjk_font
     from llmkit.train.optim import cpu_has_fast_bf16
 
     device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
@@ -67,13 +68,17 @@ def doctor(json_out: JsonOpt = False) -> None:
         "device": device,
         "cuda_devices": torch.cuda.device_count(),
         "bf16_cpu_fast": cpu_has_fast_bf16(),
+        "cjk_plot_font": cjk_font(),
         "backends": backends,
     }
 
     def human() -> None:
         table = Table(title="llmkit doctor", show_header=False)
         for key, value in result.items():
-            if key != "backends":
+            if key == "cjk_plot_font" and value is None:  # Chinese labels in plots would be boxes
+                table.add_row(key, "[yellow]none: Chinese labels in plots show as boxes; install a CJK font "
+                                   "(Debian: apt install fonts-noto-cjk)[/yellow]")
+            elif key != "backends":
                 table.add_row(key, str(value))
         for name, ver in backends.items():
             table.add_row(f"  {name}", f"[green]{ver}[/green]" if ver else "[yellow]not installed[/yellow]")

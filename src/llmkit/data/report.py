@@ -93,6 +93,10 @@ def write_plots(folder: Path, length_hist, labels: dict[str, dict[str, int]], ta
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from llmkit.data.figures import use_cjk_font
+
+    use_cjk_font()  # CJK labels in a CJK font, not boxes
+
     (folder / "plots").mkdir(exist_ok=True)
     written = []
     fig = Figure(figsize=(7, 3.5))

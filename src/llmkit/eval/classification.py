@@ -55,6 +55,10 @@ def _figure(size):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from llmkit.data.figures import use_cjk_font
+
+    use_cjk_font()  # CJK labels in a CJK font, not boxes
+
     fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
     return fig

@@ -75,6 +75,10 @@ def _attention_png(exp: Explanation) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from llmkit.data.figures import use_cjk_font
+
+    use_cjk_font()  # CJK labels in a CJK font, not boxes
+
     n = len(exp.tokens)
     labels = [_visible(t).replace(" ", "␣") or "·" for t in exp.tokens]
     last = exp.attentions[-1].mean(0)[:n, :n]

@@ -87,6 +87,10 @@ def plot_losses(metrics: list[dict[str, Any]], out: Path) -> Path | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from llmkit.data.figures import use_cjk_font
+
+    use_cjk_font()  # CJK labels in a CJK font, not boxes
+
     fig = Figure(figsize=(7, 4))  # no pyplot: it costs a second to import and keeps global state
     FigureCanvasAgg(fig)
     ax = fig.subplots()

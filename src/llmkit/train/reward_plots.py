@@ -23,6 +23,10 @@ def plot_rewards(metrics_file: Path, out: Path, val_before: float | None = None)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from llmkit.data.figures import use_cjk_font
+
+    use_cjk_font()  # CJK labels in a CJK font, not boxes
+
     fig = Figure(figsize=(8, 6))
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True)

@@ -50,6 +50,10 @@ def _figure(size=(7, 4)):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from llmkit.data.figures import use_cjk_font
+
+    use_cjk_font()  # CJK labels in a CJK font, not boxes
+
     fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
     return fig
