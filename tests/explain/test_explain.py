@@ -224,3 +224,14 @@ def test_a_removed_token_is_never_a_token_that_ends_a_turn_or_a_text(smollm2, cl
     exp = _run(loaded, "To bake bread you need flour, water, salt and", method="occlusion")
     assert exp.target == " yeast"
     assert exp.aopc - exp.aopc_random > 0.03, (exp.aopc, exp.aopc_random)  # 0.010 with <|im_end|>, 0.053 with " "
+
+
+def test_a_token_the_classifier_reads_as_unknown_shows_the_text_it_stands_for(clf):
+    """minilm-l6's WordPiece reads most Chinese characters as [UNK]: the explanation showed [UNK] where the user
+    wrote 关关雎鸠."""
+    tokenizer = clf[1]
+    text = "free prize 关关雎鸠 now"
+    assert tokenizer.unk_token_id in tokenizer(text)["input_ids"]  # the base does lose these characters
+    exp = _run(clf, text, method="occlusion")
+    assert "[UNK]" not in exp.tokens and exp.tokens.count("关") == 2 and "鸠" in exp.tokens
+    assert exp.tokens[0] == "[CLS]" and exp.tokens[-1] == "[SEP]"  # other special tokens as they are

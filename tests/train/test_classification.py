@@ -81,3 +81,15 @@ def test_auto_class_weights_are_inverse_frequency():
 def test_predict_refuses_a_language_model(tiny_model, lm_workspace: Path):
     with pytest.raises(UserError, match="not a classifier"):
         predict("tiny-lm", ["hello"], registry=Registry.for_workspace(lm_workspace))
+
+
+def test_text_the_base_tokenizer_cannot_read_is_measured_with_the_spans_it_loses():
+    """minilm-l6 reads about three Chinese characters in four as [UNK]: a Chinese classifier trained on it without a
+    word (its explanations then showed [UNK] where the text was)."""
+    from llmkit.models.io import load_tokenizer_for, resolve_model
+    from llmkit.train.classification import unknown_share
+
+    tok = load_tokenizer_for(resolve_model("minilm-l6"))
+    share, spans = unknown_share(tok, ["关关雎鸠，在河之洲。窈窕淑女，君子好逑。"] * 3)
+    assert share > 0.3 and "在" in spans and all(len(s) == 1 for s in spans)
+    assert unknown_share(tok, ["free entry in a weekly competition, text WIN now"]) == (0.0, [])

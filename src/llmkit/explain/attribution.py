@@ -47,6 +47,7 @@ class Subject:
     warnings: list[str] = field(default_factory=list)
     deadline: float | None = None  # time.perf_counter() past which every method stops (OutOfTime)
     batch_tokens: int = 0          # token positions per forward pass (bounds peak memory); 0 = 64 rows
+    unknown_text: dict[int, str] = field(default_factory=dict)  # position -> the text read as the unknown token
 
     @property
     def rows_per_forward(self) -> int:
@@ -73,7 +74,7 @@ class Subject:
         return torch.cat(out)
 
     def tokens(self) -> list[str]:
-        return [display_token(self.tokenizer, int(t)) for t in self.ids[: self.n_shown]]
+        return [self.unknown_text.get(i) or display_token(self.tokenizer, int(t)) for i, t in enumerate(self.ids[: self.n_shown])]
 
 
 def display_token(tokenizer, token_id: int) -> str:
@@ -150,7 +151,18 @@ def classifier_subject(clf, tokenizer, labels: list[str], text: str, target: str
         raise UserError(f"unknown target label '{target}'; the model's labels are: {', '.join(labels)}", param="explain.target")
     fill_id, fill_token = _fill_id(tokenizer)
     return Subject(clf, tokenizer, "classifier", ids, len(enc), special, fill_id, fill_token, labels[index], index,
-                   "probability", score_fn, labels=labels, warnings=warns)
+                   "probability", score_fn, labels=labels, warnings=warns, unknown_text=_unknown_text(tokenizer, text, enc))
+
+
+def _unknown_text(tokenizer, text: str, ids: list[int]) -> dict[int, str]:
+    """The text each unknown token stands for (minilm-l6 reads most Chinese characters as [UNK]: the explanation
+    showed [UNK] where the user wrote 关关雎鸠), from a fast tokenizer's offsets."""
+    unk = tokenizer.unk_token_id
+    if unk is None or unk not in ids or not getattr(tokenizer, "is_fast", False):
+        return {}
+    offsets = tokenizer(text, truncation=True, max_length=len(ids), return_offsets_mapping=True)["offset_mapping"]
+    return {i: text[start:end] for i, (t, (start, end)) in enumerate(zip(ids, offsets, strict=False))
+            if t == unk and end > start}
 
 
 def causal_subject(lm, tokenizer, text: str, target: str | None, completion: str | None) -> Subject:

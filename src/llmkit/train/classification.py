@@ -49,6 +49,22 @@ def check_labels(splits: dict[str, list[dict]], ds_ref: str) -> list[str]:
     return labels
 
 
+def unknown_share(tokenizer, texts: list[str]) -> tuple[float, list[str]]:
+    """(share of the texts' tokens that are the unknown token, the commonest text spans read as it)."""
+    unk = tokenizer.unk_token_id
+    if unk is None or not texts:
+        return 0.0, []
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=getattr(tokenizer, "is_fast", False))
+    total = sum(len(ids) for ids in enc["input_ids"])
+    unknown = Counter()
+    for i, ids in enumerate(enc["input_ids"]):
+        for j, token in enumerate(ids):
+            if token == unk:
+                start, end = enc["offset_mapping"][i][j] if "offset_mapping" in enc else (0, 0)
+                unknown[texts[i][start:end] or tokenizer.unk_token] += 1
+    return (sum(unknown.values()) / total if total else 0.0), [span for span, _ in unknown.most_common(6)]
+
+
 class Encoded:
     """Token ids of a split's texts and their label indexes."""
 
@@ -148,6 +164,11 @@ def classify(cfg: ClassifyConfig, ws: Workspace | None = None, registry: Registr
         console.print(f"data {ds_rec.ref}: {len(train)} train ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
                       f"{len(val)} {eval_split}, {len(test)} test; {train.truncated} train texts truncated to {cfg.max_length} tokens"
                       + ("" if weights is None else f"; class weights {', '.join(f'{w:.2f}' for w in weights.tolist())}"))
+        unknown, spans = unknown_share(tokenizer, [r["text"] for r in splits["train"][:2000]])
+        if unknown >= 0.02:  # minilm-l6 reads most Chinese characters as [UNK] and trained on without a word
+            console.print(f"[yellow]warning:[/yellow] {unknown:.0%} of the training text's tokens are "
+                          f"{tokenizer.unk_token} for {base.ref}'s tokenizer (such as {' '.join(spans)}): the model cannot "
+                          "see them; a base whose vocabulary covers this text learns more", highlight=False)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model, "classify.gradient_checkpointing")
     if cfg.method == "lora":
