@@ -31,7 +31,7 @@ RECORD_TYPES = ("dataset", "run", "model", "eval")
 # The one rule for the name of anything registered: it becomes part of a folder name under the workspace,
 # so no separators, no leading dot, nothing a shell or a URL would have to quote.
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-NAME_RULE_TEXT = "use letters, digits, '.', '_' and '-' (starting with a letter or digit, at most 100)"
+NAME_RULE_TEXT = "use ASCII letters (a-z, A-Z), digits, '.', '_' and '-' (starting with a letter or digit, at most 100)"
 # Evaluations are named after the model they measured, which may be a Hub id ('org/model').
 NAMED_BY_USER = ("dataset", "run", "model")
 

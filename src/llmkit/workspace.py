@@ -56,7 +56,7 @@ class Workspace:
         path = (base / name).resolve()
         if path.parent != base:
             raise UserError(f"'{name}' would write to {path}, outside the workspace's {kind}/ folder {base}; "
-                            "names use letters, digits, '.', '_' and '-'")
+                            "names use ASCII letters, digits, '.', '_' and '-'")
         return path
 
     def new_folder(self, kind: str, stem: str, suffix: str = "") -> Path:

@@ -74,7 +74,7 @@ def test_a_name_that_would_leave_the_workspace_is_refused_before_anything_is_wri
     proc = run_cli(*args, workspace=lm_workspace)
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith("error: model name") and "use letters, digits" in line
+    assert line.startswith("error: model name") and "use ASCII letters (a-z, A-Z), digits" in line
     assert outside() == before
     assert set((lm_workspace / "models").iterdir()) == models_before
     assert not any("outside" in r.name for r in Registry.for_workspace(lm_workspace).list())

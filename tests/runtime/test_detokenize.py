@@ -40,3 +40,22 @@ def test_incremental_stream_equals_decoding_everything():
         stream = TextStream(tok)
         pieces = [stream.push(order[:i]) for i in range(1, len(order) + 1)] + [stream.finish()]
         assert "".join(pieces) == tok.decode(order, clean_up_tokenization_spaces=False)
+
+
+def test_a_character_cut_by_the_end_is_left_out_and_earlier_invalid_bytes_stay():
+    """max_tokens reached after the first byte of a character: the answer ended in '�'."""
+    byte_vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tk = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))  # one token per byte
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk)
+    ids = tok("明月", add_special_tokens=False)["input_ids"]
+    stream = TextStream(tok)
+    cut = ids[:4]  # 明 and the first byte of 月
+    pieces = [stream.push(cut[:i]) for i in range(1, len(cut) + 1)] + [stream.finish()]
+    assert "".join(pieces) == stream.text == "明"
+    # a stray continuation byte the model made earlier is part of its answer: kept
+    stray = ids[4:5] + tok("ok", add_special_tokens=False)["input_ids"]
+    stream = TextStream(tok)
+    pieces = [stream.push(stray[:i]) for i in range(1, len(stray) + 1)] + [stream.finish()]
+    assert "".join(pieces) == stream.text == "\ufffdok"

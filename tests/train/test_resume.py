@@ -60,6 +60,13 @@ def test_resume_after_kill_matches_uninterrupted_run(lm_workspace: Path, tmp_pat
     resumed = subprocess.run([sys.executable, "-m", "llmkit", "train", "pretrain", "--resume", str(run_dir)],
                              env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
+    # the prompt suggested is the start of a val record of its data (it was 'Once upon a time' whatever the data)
+    from llmkit.data.dataset import open_dataset
+    from llmkit.registry import Registry
+
+    first = open_dataset(Registry.for_workspace(lm_workspace), "tiny").records("val")[0]["text"]
+    hint = resumed.stdout.strip().splitlines()[-1]
+    assert hint.startswith("next: llmkit generate ") and " ".join(first.split()[:3]) in hint, hint
     resumed_losses = _losses(run_dir)
     assert sorted(resumed_losses) == list(range(1, 101))
     for step in range(1, 101):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from typing import Annotated
 
 import typer
 
 from llmkit.cli.common import Ctx, console
 from llmkit.cli.options import configured
+from llmkit.errors import UserError
 
 app = typer.Typer(help="Train models: pretrain from scratch, SFT / LoRA, classification, distillation, preference (DPO, ORPO, KTO) and reward (GRPO) tuning.", no_args_is_help=True,
                   epilog="Example: llmkit train pretrain --data shakespeare --preset nano --max-steps 500")
@@ -23,10 +26,33 @@ def pretrain(ctx: Ctx, cfg) -> None:
     """Train a Llama-architecture model from scratch on an lm dataset."""
     from llmkit.train.pretraining import pretrain as run_pretrain
 
-    _finish(ctx, lambda: run_pretrain(cfg, ctx.ws, ctx.registry, console=ctx.log), "next: llmkit generate {name} --prompt 'Once upon a time'")
+    _finish(ctx, lambda: run_pretrain(cfg, ctx.ws, ctx.registry, console=ctx.log),
+            lambda model: f"next: llmkit generate {model.name} --prompt {shlex.quote(_opening(ctx, model))}")
 
 
-def _finish(ctx: Ctx, run, next_hint: str) -> None:
+def _opening(ctx: Ctx, model) -> str:
+    """The first words of a val record of the model's data, to prompt it with (an English prompt was suggested for a
+    model of Chinese poems, most of whose letters it had never seen)."""
+    from llmkit.data.dataset import open_dataset
+
+    first = ""
+    try:
+        dataset = open_dataset(ctx.registry, (model.lineage or {})["dataset"]["id"])
+        for split in ("val", "train"):
+            if dataset.records_file(split).exists():
+                with open(dataset.records_file(split), encoding="utf-8") as fh:
+                    first = json.loads(fh.readline() or "{}").get("text", "")
+            if first.strip():
+                break
+    except (KeyError, OSError, UserError, ValueError, AttributeError):
+        first = ""
+    words = first.strip().split()
+    if len(words) > 1:
+        return " ".join(words[:3])
+    return first.strip()[:4] or "Once upon a time"  # text without spaces (Chinese): its first characters
+
+
+def _finish(ctx: Ctx, run, next_hint) -> None:
     from llmkit.train.checkpoint import TrainingInterrupted
 
     try:
@@ -36,7 +62,8 @@ def _finish(ctx: Ctx, run, next_hint: str) -> None:
         raise typer.Exit(130) from None
     result = {"id": model.id, "name": model.name, "version": model.version, "path": str(model.path),
               "metrics": (model.lineage or {}).get("metrics")}
-    ctx.emit(result, lambda: console.print(next_hint.format(name=model.name)))
+    hint = next_hint(model) if callable(next_hint) else next_hint.format(name=model.name)
+    ctx.emit(result, lambda: console.print(hint, markup=False, highlight=False))
 
 
 @app.command(epilog="Example: llmkit train sft --base my-model --data my-chats --method lora --lora-r 8 --epochs 2")

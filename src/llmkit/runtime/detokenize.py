@@ -48,7 +48,13 @@ class TextStream:
         return self._emit(stable[:len(stable) - hold])
 
     def finish(self) -> str:
-        """Release whatever was held back; after this, the pieces concatenate to `self.text`."""
+        """Release whatever was held back; after this, the pieces concatenate to `self.text`.
+
+        But a character cut by the end (max_tokens reached after the first of its bytes) is left out: decoded it is
+        U+FFFD, and answers in Chinese ended in '�'. Only the undecided tail is cut: `decoded` holds whole characters,
+        so a U+FFFD the model made from invalid bytes earlier stays."""
+        while len(self.text) > len(self.decoded) and self.text.endswith("\ufffd"):
+            self.text = self.text[:-1]
         return self._emit(self.text)
 
     def _emit(self, stable: str) -> str:
