@@ -136,3 +136,18 @@ def test_the_built_in_smollm2_answers_from_its_package(tmp_path, monkeypatch):
     prompt, end_ids = chat_prompt(tok, [{"role": "user", "content": "What is the capital of France?"}])
     out = generate(lm, tok, prompt, max_new_tokens=16, temperature=0, stop_token_ids=end_ids)
     assert "Paris" in out.text
+
+
+def test_a_gguf_beside_other_files_is_read_alone(ws, hf_folder):
+    """A GGUF in llmkit's own export folder (or a Hub repo) sits beside a tokenizer.json: transformers built the
+    tokenizer from that file and dropped the GGUF's special tokens and chat template."""
+    from llmkit.config import ExportConfig
+    from llmkit.optimize.export import export
+
+    ws, reg = ws
+    model, _ = import_model(str(hf_folder), "chatty", ws, reg)
+    gguf, _ = export(model.id, ExportConfig(quant="f16", table=False), ws, reg)
+    [file] = gguf.path.glob("*.gguf")
+    assert (gguf.path / "tokenizer.json").exists() or any(gguf.path.glob("tokenizer*"))  # the case: not alone
+    back, _ = import_model(str(file), "back", ws, reg)
+    assert "<{{ m['role'] }}>" in reg.get(back.id).params["chat_template"]

@@ -76,6 +76,13 @@ def test_classifier_exports_too_and_eval_predict_and_bench_run_it_on_onnxruntime
         assert g["score"] == pytest.approx(w["score"], abs=1e-4)
     speed = bench_model(model.id, BenchModelConfig(prompt_tokens=16, runs=2), ws, reg).metrics
     assert speed["texts_per_s"] > 0 and speed["size_mb"] > 1  # the graph's size, not the source's
+    # --quant q8_0 was ignored (fp32 written without a word): onnxruntime's dynamic int8, a quarter of the size
+    small, rows8 = export("sms-clf", ExportConfig(format="onnx", quant="q8_0", eval_max_examples=60), ws, reg)
+    assert small.name == "sms-clf-onnx-int8" and small.lineage["quant"] == "int8-dynamic"
+    assert (small.path / "model.onnx").stat().st_size < 0.35 * (model.path / "model.onnx").stat().st_size
+    assert abs(rows8[1]["accuracy"] - rows[1]["accuracy"]) <= 0.05 and small.lineage["int8_max_abs_logit_diff"] < 0.5
+    with pytest.raises(UserError, match=r"export.quant = 'q4_0': an ONNX export is f32 or q8_0"):
+        export("sms-clf", ExportConfig(format="onnx", quant="q4_0"), ws, reg)
 
 
 @pytest.mark.slow  # the CLI in a subprocess and a real export: tens of seconds

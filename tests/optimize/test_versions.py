@@ -78,3 +78,27 @@ def test_a_name_that_would_leave_the_workspace_is_refused_before_anything_is_wri
     assert outside() == before
     assert set((lm_workspace / "models").iterdir()) == models_before
     assert not any("outside" in r.name for r in Registry.for_workspace(lm_workspace).list())
+
+
+def test_what_cannot_be_compressed_or_exported_is_one_line_before_anything_is_written(lm_workspace: Path, tiny_model,
+                                                                                          sms_classifier):
+    """A classifier was loaded as a causal LM (its trained head lost), registered, then refused; a quantized model
+    failed with ZeroDivisionError or KeyError (exit 1); an export under its source's name became the source's v2."""
+    from llmkit.errors import UserError
+
+    ws = Workspace.open(lm_workspace)
+    reg = Registry.for_workspace(ws.root)
+    before = {r.id for r in reg.list("model")}
+    with pytest.raises(UserError, match=r"sms-clf:v\d+ is a classifier; quantize takes causal language models .*--format onnx"):
+        quantize("sms-clf", QuantizeConfig(table=False), ws, reg)
+    with pytest.raises(UserError, match=r"is a classifier; prune takes causal language models"):
+        prune("sms-clf", PruneConfig(method="magnitude", table=False), ws, reg)
+    small = quantize("tiny-lm", QuantizeConfig(method="int8-weight", group_size=32, table=False), ws, reg)[0]
+    with pytest.raises(UserError, match=rf"{small.ref} is quantized \(int8-weight\); prune the model it came from \(tiny-lm"):
+        prune(small.id, PruneConfig(method="magnitude", table=False), ws, reg)
+    for fmt in ("gguf", "onnx"):
+        with pytest.raises(UserError, match=rf"{small.ref} is quantized \(int8-weight\); export the model it came from"):
+            export(small.id, ExportConfig(format=fmt, table=False), ws, reg)
+    with pytest.raises(UserError, match=r"export.name = 'tiny-lm' is the name of tiny-lm:v\d+ \(a causal-lm model\)"):
+        export("tiny-lm", ExportConfig(quant="f16", table=False, name="tiny-lm"), ws, reg)
+    assert {r.id for r in reg.list("model")} - before == {small.id}

@@ -209,7 +209,7 @@ class BenchModelConfig(Section):
 
 class ExportConfig(Section):
     format: Literal["gguf", "onnx"] = Field("gguf", description="gguf: llama.cpp / Ollama; onnx: onnxruntime")
-    quant: Literal["f32", "f16", "q8_0", "q4_0"] = Field("q8_0", description="GGUF weight type (norms stay f32)")
+    quant: Literal["f32", "f16", "q8_0", "q4_0"] = Field("q8_0", description="GGUF weight type (norms stay f32); ONNX: f32 unless given, or q8_0 (onnxruntime's dynamic int8: int8 weights, activations rounded per batch)")
     name: str | None = Field(None, description="registry name of the export (default: <model>-<quant>)")
     table: bool = Field(True, description="measure size, perplexity on the model's val split and decode speed before and after")
     eval_max_examples: int = Field(200, ge=0, description="val records the before/after perplexity uses (0 = all)")

@@ -202,10 +202,14 @@ def _dequantize_gguf(file: Path, out: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "de-quantizing GGUF tensors" bars: our caller shows progress
-    folder, name = str(file.parent), file.name
+    import tempfile
+
     try:
-        with _gguf_parsed_once():
-            config, tokenizer, model = _read_gguf(folder, name, file)
+        # Read from a folder holding the GGUF alone: beside a tokenizer.json (llmkit's own export folder, many Hub
+        # repos) transformers built the tokenizer from that file and dropped the GGUF's special tokens and template.
+        with tempfile.TemporaryDirectory(prefix="llmkit-gguf-") as alone, _gguf_parsed_once():
+            os.symlink(file, Path(alone) / file.name)
+            config, tokenizer, model = _read_gguf(alone, file.name, file)
     except UserError:
         raise
     except (ValueError, KeyError, RuntimeError) as err:  # an architecture or quant type transformers cannot read
@@ -240,10 +244,26 @@ def _read_gguf(folder: str, name: str, file: Path):
 
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     causal_lm_architecture(config.to_dict(), file)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except Exception as err:  # a vocabulary transformers cannot rebuild from GGUF metadata (a character-level one)
+        if not any((file.parent / n).exists() for n in TOKENIZER_FILES):
+            raise UserError(f"{file}: transformers cannot rebuild its tokenizer ({type(err).__name__}: "
+                            f"{' '.join(str(err).split())[:120]}); put the model's tokenizer files beside it") from None
+        tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=name)  # the one saved beside it
+        template = _gguf_string(file, "tokenizer.chat_template")  # which then drops the GGUF's template: kept
+        if template:
+            tokenizer.chat_template = template
     with contextlib.redirect_stderr(io.StringIO()):  # the loader's own tqdm bar; our caller says what happens
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
     return config, tokenizer, model
+
+
+def _gguf_string(file: Path, key: str) -> str | None:
+    import gguf
+
+    field = gguf.GGUFReader(str(file)).fields.get(key)
+    return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None and field.data else None
 
 
 def _save_dequantized(model, tokenizer, out: Path) -> None:

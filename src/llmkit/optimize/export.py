@@ -6,6 +6,7 @@ Prints the before/after table every compression command shares (see `table.py`).
 from __future__ import annotations
 
 from llmkit.config import ExportConfig
+from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
 from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace
@@ -16,6 +17,18 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     source = resolve_model(model_ref, registry)
+    quantized = (source.lineage or {}).get("quantization")
+    if quantized:  # its layers are llmkit's quantized modules: neither writer knows them (KeyError, exit 1)
+        origin = ((source.lineage or {}).get("parent_model") or {}).get("ref") or "the model it was made from"
+        how = f" with --quant {cfg.quant}" if cfg.format == "gguf" else ""
+        raise UserError(f"{source.ref} is quantized ({quantized['method']}); export the model it came from ({origin})"
+                        f"{how}: the export quantizes itself")
+    fmt_kind = "onnx" if cfg.format == "onnx" else "gguf"
+    existing = registry.find(cfg.name, "model") if cfg.name else None
+    if existing is not None and existing.kind != fmt_kind:  # X:v2 a GGUF under X:v1's name: `generate X` then failed
+        raise UserError(f"export.name = '{cfg.name}' is the name of {existing.ref} (a {existing.kind} model): the export "
+                        f"would become its next version and the name would mean the {cfg.format.upper()} file; choose "
+                        "another --name")
     if cfg.format == "onnx":
         return _export_onnx(source, cfg, ws, registry, console, progress)
     from llmkit.optimize.export_gguf import export_gguf_folder
@@ -49,13 +62,18 @@ def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Regi
     from llmkit.optimize.export_onnx import write_onnx
     from llmkit.workspace import atomic_dir
 
-    name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-onnx")
+    # the GGUF default (q8_0) is not ONNX's: an ONNX export is fp32 unless --quant is given
+    quant = cfg.quant if "quant" in cfg.model_fields_set else "f32"
+    if quant not in ("f32", "q8_0"):  # it was ignored: --quant q4_0 wrote fp32 without a word
+        raise UserError(f"export.quant = '{quant}': an ONNX export is f32 or q8_0 (onnxruntime's dynamic int8); "
+                        f"{quant} is a GGUF type (--format gguf)")
+    name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-onnx" + ("-int8" if quant == "q8_0" else ""))
     kind = model_task(source)
     target = ws.new_folder("models", name, "onnx")
     lineage = {**(source.lineage or {}), "task": kind, "method": "export-onnx", "format": "onnx",
                "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)}, "config": cfg.model_dump()}
     with atomic_dir(target) as tmp:
-        info = write_onnx(source, tmp, classifier=kind == "classification")
+        info = write_onnx(source, tmp, classifier=kind == "classification", int8=quant == "q8_0")
         lineage.update(info)
         (tmp / "llmkit.json").write_text(json.dumps(lineage, indent=2, default=str))
     rec = registry.add("model", name, kind="onnx", path=target, params={"format": "onnx", "task": kind},
@@ -64,7 +82,10 @@ def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Regi
     exported = Model(target, name, rec.id, rec.version, lineage)
     if console is not None:
         console.print(f"ONNX (opset {info['opset']}): {target / 'model.onnx'}; onnxruntime vs PyTorch at batch 1 and 2: "
-                      f"max |logit difference| {info['max_abs_logit_diff']:.2e}", markup=False, highlight=False)
+                      f"max |logit difference| {info['max_abs_logit_diff']:.2e}"
+                      + (f" before int8, {info['int8_max_abs_logit_diff']:.2e} after (weights int8, activations rounded "
+                         "per batch: onnxruntime's dynamic quantization)" if quant == "q8_0" else ""),
+                      markup=False, highlight=False)
     rows = None
     if cfg.table:  # perplexity or accuracy from onnxruntime's logits (`runtime.onnx.OnnxLM`, `OnnxClassifier`)
         from llmkit.optimize.table import before_after

@@ -10,6 +10,7 @@ must stay within 1e-4.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -54,7 +55,7 @@ def parity(session, wrapper, vocab: int, max_len: int) -> float:
     return worst
 
 
-def write_onnx(model: Model, tmp: Path, classifier: bool) -> dict[str, Any]:
+def write_onnx(model: Model, tmp: Path, classifier: bool, int8: bool = False) -> dict[str, Any]:
     import onnxruntime as ort
 
     from llmkit.models.io import load_causal_lm, load_classifier
@@ -86,11 +87,21 @@ def write_onnx(model: Model, tmp: Path, classifier: bool) -> dict[str, Any]:
     diff = parity(session, wrapper, vocab, max_len)
     if diff > TOLERANCE:
         raise UserError(f"ONNX export of {model.ref} disagrees with PyTorch by {diff:.2e} (> {TOLERANCE:g}); not written")
+    extra = {}
+    if int8:  # onnxruntime's own dynamic quantization: a quarter of the size, faster matmuls on CPUs
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        del session
+        with _quiet_exporter():
+            quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
+        os.replace(tmp / "model.int8.onnx", tmp / "model.onnx")
+        session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+        extra = {"quant": "int8-dynamic", "int8_max_abs_logit_diff": parity(session, wrapper, vocab, max_len)}
     tokenizer.save_pretrained(str(tmp))
     for file in model.path.glob("*.json"):
         if file.name not in ("llmkit.json",) and not (tmp / file.name).exists():
             shutil.copy2(file, tmp / file.name)
-    return {"max_abs_logit_diff": diff, "onnx": "model.onnx", "opset": _opset(tmp / "model.onnx")}
+    return {"max_abs_logit_diff": diff, "onnx": "model.onnx", "opset": _opset(tmp / "model.onnx"), **extra}
 
 
 @contextmanager

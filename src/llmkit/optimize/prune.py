@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from llmkit.config import PruneConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
+from llmkit.optimize.quantize import require_causal
 from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace
 
@@ -93,6 +94,11 @@ def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registr
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     source = resolve_model(model_ref, registry)
+    require_causal(source, "prune")
+    if (source.lineage or {}).get("quantization"):  # no linear layers left to prune: it divided by zero
+        origin = ((source.lineage or {}).get("parent_model") or {}).get("ref") or "the model it was made from"
+        raise UserError(f"{source.ref} is quantized ({source.lineage['quantization']['method']}); prune the model it came "
+                        f"from ({origin}), then quantize the pruned one")
     pattern = "2of4" if cfg.pattern == "2:4" else int(cfg.sparsity * 100)
     model_name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-{cfg.method}-{pattern}")
     trained_on = ((source.lineage or {}).get("dataset") or {}).get("ref")

@@ -57,6 +57,7 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
     name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-{cfg.method}")
     if (source.lineage or {}).get("quantization"):
         raise UserError(f"{source.ref} is already quantized ({source.lineage['quantization']['method']}); quantize the original")
+    require_causal(source, "quantize")
     lm, tokenizer = load_causal_lm(source)
     modules = quantize_model(lm, cfg.method, cfg.group_size)
     info = {"method": cfg.method, "bits": METHODS[cfg.method], "group_size": cfg.group_size,
@@ -95,4 +96,16 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
     return quantized, rows
 
 
-__all__ = ["quantize", "quantize_model"]
+def require_causal(source: Model, verb: str) -> None:
+    """One line before anything is loaded when `source` is not a causal LM: loaded as one, a classifier lost its
+    trained head for a random language-model head, was registered as a causal LM, and only then refused."""
+    from llmkit.models.kind import model_kind
+
+    kind = model_kind(source)
+    if kind != "causal":
+        raise UserError(f"{source.ref} is {'a classifier' if kind == 'classifier' else 'an encoder'}; {verb} takes causal "
+                        f"language models (a {kind} gets smaller and faster as an ONNX export, which onnxruntime runs: "
+                        f"llmkit export {source.ref} --format onnx)")
+
+
+__all__ = ["quantize", "quantize_model", "require_causal"]
