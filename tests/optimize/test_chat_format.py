@@ -43,3 +43,64 @@ def test_families_translate_and_the_rest_say_so():
     text = modelfile("m.gguf", 256, odd)
     assert text.startswith("FROM ./m.gguf\n# llmkit cannot translate") and 'TEMPLATE """{{ .Prompt }}"""' in text
     assert "no chat template" in ollama_chat(None).note
+
+
+# Each family's own Jinja template (as its models ship it, bos left to the tokenizer) and what it is checked on.
+JINJA = {
+    "llmkit": CHAT_TEMPLATE,
+    "llama3": ("{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim"
+               " + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant"
+               "<|end_header_id|>\\n\\n' }}{% endif %}"),
+    # Gemma 2/3: a system message is the first user turn's prefix
+    "gemma": ("{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\\n\\n' %}"
+              "{% set loop_messages = messages[1:] %}{% else %}{% set prefix = '' %}{% set loop_messages = messages %}"
+              "{% endif %}{% for m in loop_messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+              "{{ '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') + m['content'] | trim + "
+              "'<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"),
+    # Mistral: a system message goes in the first [INST]
+    "mistral": ("{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\\n\\n' %}"
+                "{% set loop_messages = messages[1:] %}{% else %}{% set prefix = '' %}{% set loop_messages = messages %}"
+                "{% endif %}{% for m in loop_messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + (prefix if loop.first "
+                "else '') + m['content'] + ' [/INST]' }}{% else %}{{ m['content'] + '</s>' }}{% endif %}{% endfor %}"),
+}
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Name a colour."}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}],
+]
+
+
+def _jinja(template: str, messages: list[dict]) -> str:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(conversations=[messages], chat_template=template, add_generation_prompt=True)
+    return rendered[0]
+
+
+def test_the_modelfile_template_renders_in_ollama_what_the_model_was_trained_on():
+    """Ollama passes system messages in .Messages and in .System: a template printing both (ChatML, Llama 3, llmkit's)
+    sent the system prompt twice, and Mistral's made it an assistant turn. Rendered here with Ollama's rules."""
+    from tests.optimize.go_template import ollama_render
+
+    for family, jinja in JINJA.items():
+        chat = ollama_chat(jinja)
+        assert chat.family == family
+        for messages in CONVERSATIONS:
+            assert ollama_render(chat.template, messages) == _jinja(jinja, messages), (family, messages)
+
+
+def test_smollm2s_default_system_prompt_comes_from_the_modelfile_once(smollm2):
+    from llmkit.models.io import load_tokenizer_for
+    from tests.optimize.go_template import ollama_render
+
+    tok = load_tokenizer_for(smollm2)
+    chat = ollama_chat(tok.chat_template, tok)
+    assert chat.family == "chatml" and chat.system.startswith("You are a helpful AI assistant named SmolLM")
+    for messages in CONVERSATIONS:
+        want = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert ollama_render(chat.template, messages, system=chat.system) == want, messages
+    text = modelfile("m.gguf", 8192, chat, {"temperature": 0.2, "top_p": 0.9})
+    assert "PARAMETER temperature 0.2\nPARAMETER top_p 0.9\nPARAMETER num_ctx 8192" in text
+    assert "temperature" not in modelfile("m.gguf", 8192, chat, None)  # Ollama's defaults, not a figure of ours

@@ -38,17 +38,22 @@ class OllamaChat:
     note: str | None = None  # why the template could not be translated
 
 
-CHATML = ("{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-          "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n")
-LLMKIT = ("{{- if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}"
-          "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n")
-LLAMA3 = ("{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
-          "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
+# Ollama hands a template that reads `.Messages` every message, system ones included, and also joins the system
+# messages into `.System` (template/template.go: Execute, collate); the Modelfile's SYSTEM arrives as a system
+# message. So these loop over `.Messages` alone (printing `.System` as well rendered the system prompt twice,
+# which Ollama's own ChatML and Llama 3 templates were changed to stop doing), and a family that folds the system
+# prompt into the first user turn (Gemma, Mistral) keeps it in a variable until that turn.
+CHATML = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n")
+LLMKIT = ("{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n")
+LLAMA3 = ("{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
           "<|start_header_id|>assistant<|end_header_id|>\n\n")
-GEMMA = ("{{- range $i, $m := .Messages }}<start_of_turn>{{ if eq $m.Role \"assistant\" }}model{{ else }}{{ $m.Role }}{{ end }}\n"
-         "{{ if and (eq $i 0) $.System }}{{ $.System }}\n\n{{ end }}{{ $m.Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n")
-MISTRAL = ("{{- range $i, $m := .Messages }}{{ if eq $m.Role \"user\" }}[INST] {{ if and (eq $i 0) $.System }}{{ $.System }}\n\n"
-           "{{ end }}{{ $m.Content }} [/INST]{{ else }}{{ $m.Content }}</s>{{ end }}{{ end }}")
+GEMMA = ("{{- $system := \"\" }}{{- range .Messages }}{{ if eq .Role \"system\" }}{{ $system = .Content }}{{ else }}"
+         "<start_of_turn>{{ if eq .Role \"assistant\" }}model{{ else }}{{ .Role }}{{ end }}\n"
+         "{{ if $system }}{{ $system }}\n\n{{ $system = \"\" }}{{ end }}{{ .Content }}<end_of_turn>\n{{ end }}{{ end }}"
+         "<start_of_turn>model\n")
+MISTRAL = ("{{- $system := \"\" }}{{- range .Messages }}{{ if eq .Role \"system\" }}{{ $system = .Content }}"
+           "{{ else if eq .Role \"user\" }}[INST] {{ if $system }}{{ $system }}\n\n{{ $system = \"\" }}{{ end }}"
+           "{{ .Content }} [/INST]{{ else }}{{ .Content }}</s>{{ end }}{{ end }}")
 
 # (marker in the Jinja template, family, Go template, stop strings)
 FAMILIES = [
@@ -81,8 +86,9 @@ def _default_system(family: str, tokenizer) -> str | None:
     return found.group(1) if found else None
 
 
-def modelfile(gguf_name: str, context: int, chat: OllamaChat) -> str:
-    """An Ollama Modelfile: FROM the GGUF, its chat template in Go syntax, the stops, a default system."""
+def modelfile(gguf_name: str, context: int, chat: OllamaChat, sampling: dict | None = None) -> str:
+    """An Ollama Modelfile: FROM the GGUF, its chat template in Go syntax, the stops, a default system, and the
+    sampling the model's generation_config.json asks for (`sampling`; it said temperature 0.8 whatever the model)."""
     lines = [f"FROM ./{gguf_name}"]
     if chat.note:
         lines.append(f"# {chat.note}")
@@ -90,5 +96,7 @@ def modelfile(gguf_name: str, context: int, chat: OllamaChat) -> str:
     if chat.system:
         lines.append(f'SYSTEM """{chat.system}"""')
     lines += [f'PARAMETER stop "{s}"' for s in chat.stops or ["<|endoftext|>"]]
-    lines += ["PARAMETER temperature 0.8", f"PARAMETER num_ctx {context}"]
+    if (sampling or {}).get("do_sample", True):  # greedy models leave Ollama's own defaults alone
+        lines += [f"PARAMETER {key} {sampling[key]}" for key in ("temperature", "top_p", "top_k") if (sampling or {}).get(key)]
+    lines.append(f"PARAMETER num_ctx {context}")
     return "\n".join(lines) + "\n"

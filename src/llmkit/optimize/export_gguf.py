@@ -204,7 +204,9 @@ def export_gguf_folder(model: Model, target: Path, quant: str, lineage: dict[str
     with atomic_dir(target) as tmp:
         info = write_gguf(model.path, tmp / gguf_name, quant, model.name)
         chat = ollama_chat(chat_template_of(model.path), _tokenizer(model.path))
-        (tmp / "Modelfile").write_text(modelfile(gguf_name, context_length(config), chat))
+        generation = model.path / "generation_config.json"
+        sampling = json.loads(generation.read_text()) if generation.exists() else None
+        (tmp / "Modelfile").write_text(modelfile(gguf_name, context_length(config), chat, sampling))
         for file in model.path.iterdir():  # config and tokenizer: what loaders and evaluators read
             if file.is_file() and file.suffix in (".json", ".jinja", ".txt") and file.name != "llmkit.json":
                 shutil.copy2(file, tmp / file.name)
