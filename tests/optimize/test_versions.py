@@ -102,3 +102,31 @@ def test_what_cannot_be_compressed_or_exported_is_one_line_before_anything_is_wr
     with pytest.raises(UserError, match=r"export.name = 'tiny-lm' is the name of tiny-lm:v\d+ \(a causal-lm model\)"):
         export("tiny-lm", ExportConfig(quant="f16", table=False, name="tiny-lm"), ws, reg)
     assert {r.id for r in reg.list("model")} - before == {small.id}
+
+
+def test_a_model_with_no_dataset_of_its_own_is_measured_on_eval_data_or_the_table_says_why_not(lm_workspace: Path,
+                                                                                              tiny_model, tmp_path):
+    """Built-in and imported models (the usual thing to ship) have no dataset in their lineage: the perplexity column
+    went missing without a word, and nothing could bring it back."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from llmkit.errors import UserError
+
+    ws = Workspace.open(lm_workspace)
+    reg = Registry.for_workspace(ws.root)
+    bare = tmp_path / "bare-lm"
+    shutil.copytree(tiny_model.path, bare)
+    (bare / "llmkit.json").unlink()  # as a folder from elsewhere
+    said = io.StringIO()
+    cfg = QuantizeConfig(method="int8-weight", group_size=32, eval_max_examples=4)
+    _, rows = quantize(str(bare), cfg, ws, reg, console=Console(file=said, width=300))
+    assert "perplexity" not in rows[0] and "no perplexity column: " in said.getvalue() and "--eval-data NAME" in said.getvalue()
+    _, rows = quantize(str(bare), cfg.model_copy(update={"eval_data": "tiny"}), ws, reg)
+    assert rows[0]["perplexity"] > 1 and rows[1]["perplexity"] == pytest.approx(rows[0]["perplexity"], rel=0.05)
+    models = len(reg.list("model"))
+    with pytest.raises(UserError, match=r"no dataset named 'nope'"):
+        quantize(str(bare), cfg.model_copy(update={"eval_data": "nope"}), ws, reg)
+    assert len(reg.list("model")) == models  # refused before anything was written

@@ -213,6 +213,7 @@ class ExportConfig(Section):
     name: str | None = Field(None, description="registry name of the export (default: <model>-<quant>)")
     table: bool = Field(True, description="measure size, perplexity on the model's val split and decode speed before and after")
     eval_max_examples: int = Field(200, ge=0, description="val records the before/after perplexity uses (0 = all)")
+    eval_data: str | None = Field(None, description="dataset the before/after table measures quality on, its val split (default: the one the model was trained on; a built-in or imported model has none)")
 
 
 class QuantizeConfig(Section):
@@ -221,6 +222,7 @@ class QuantizeConfig(Section):
     name: str | None = Field(None, description="registry name of the quantized model (default: <model>-<method>)")
     table: bool = Field(True, description="measure size, perplexity and decode speed before and after")
     eval_max_examples: int = Field(200, ge=0, description="val records the before/after perplexity uses (0 = all)")
+    eval_data: str | None = Field(None, description="dataset the before/after table measures quality on, its val split (default: the one the model was trained on; a built-in or imported model has none)")
 
 
 class PruneConfig(Section):
@@ -235,6 +237,7 @@ class PruneConfig(Section):
     name: str | None = Field(None, description="registry name of the pruned model (default: <model>-<method>-<sparsity>)")
     table: bool = Field(True, description="measure size, perplexity and decode speed before and after")
     eval_max_examples: int = Field(200, ge=0, description="val records the before/after perplexity uses (0 = all)")
+    eval_data: str | None = Field(None, description="dataset the before/after table measures quality on, its val split (default: the one the model was trained on; a built-in or imported model has none)")
 
 
 class GenerateConfig(Section):

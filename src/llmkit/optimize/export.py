@@ -8,6 +8,7 @@ from __future__ import annotations
 from llmkit.config import ExportConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
+from llmkit.optimize.table import check_eval_data
 from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace
 
@@ -23,6 +24,7 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
         how = f" with --quant {cfg.quant}" if cfg.format == "gguf" else ""
         raise UserError(f"{source.ref} is quantized ({quantized['method']}); export the model it came from ({origin})"
                         f"{how}: the export quantizes itself")
+    check_eval_data(source, cfg.eval_data if cfg.table else None, registry)
     fmt_kind = "onnx" if cfg.format == "onnx" else "gguf"
     existing = registry.find(cfg.name, "model") if cfg.name else None
     if existing is not None and existing.kind != fmt_kind:  # X:v2 a GGUF under X:v1's name: `generate X` then failed
@@ -51,7 +53,8 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
     if cfg.table:
         from llmkit.optimize.table import before_after
 
-        rows = before_after(source, exported, ws, registry, cfg.eval_max_examples, console, progress)
+        rows = before_after(source, exported, ws, registry, cfg.eval_max_examples, console, progress,
+                            eval_data=cfg.eval_data)
     return exported, rows
 
 
@@ -90,5 +93,6 @@ def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Regi
     if cfg.table:  # perplexity or accuracy from onnxruntime's logits (`runtime.onnx.OnnxLM`, `OnnxClassifier`)
         from llmkit.optimize.table import before_after
 
-        rows = before_after(source, exported, ws, registry, cfg.eval_max_examples, console, progress)
+        rows = before_after(source, exported, ws, registry, cfg.eval_max_examples, console, progress,
+                            eval_data=cfg.eval_data)
     return exported, rows

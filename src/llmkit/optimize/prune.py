@@ -20,6 +20,7 @@ from llmkit.config import PruneConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
 from llmkit.optimize.quantize import require_causal
+from llmkit.optimize.table import check_eval_data
 from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace
 
@@ -95,6 +96,7 @@ def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registr
     registry = registry or Registry.for_workspace(ws.root)
     source = resolve_model(model_ref, registry)
     require_causal(source, "prune")
+    check_eval_data(source, cfg.eval_data if cfg.table else None, registry)
     if (source.lineage or {}).get("quantization"):  # no linear layers left to prune: it divided by zero
         origin = ((source.lineage or {}).get("parent_model") or {}).get("ref") or "the model it was made from"
         raise UserError(f"{source.ref} is quantized ({source.lineage['quantization']['method']}); prune the model it came "
@@ -140,7 +142,8 @@ def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registr
     if cfg.table:
         from llmkit.optimize.table import before_after
 
-        rows = before_after(source, pruned, ws, registry, cfg.eval_max_examples, console, progress)
+        rows = before_after(source, pruned, ws, registry, cfg.eval_max_examples, console, progress,
+                            eval_data=cfg.eval_data)
     return pruned, rows
 
 

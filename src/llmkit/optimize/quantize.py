@@ -18,6 +18,7 @@ from llmkit.models.quantized import (
     quantize_tensor_zero_point,
     set_module,
 )
+from llmkit.optimize.table import check_eval_data
 from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace, atomic_dir
 
@@ -58,6 +59,7 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
     if (source.lineage or {}).get("quantization"):
         raise UserError(f"{source.ref} is already quantized ({source.lineage['quantization']['method']}); quantize the original")
     require_causal(source, "quantize")
+    check_eval_data(source, cfg.eval_data if cfg.table else None, registry)
     lm, tokenizer = load_causal_lm(source)
     modules = quantize_model(lm, cfg.method, cfg.group_size)
     info = {"method": cfg.method, "bits": METHODS[cfg.method], "group_size": cfg.group_size,
@@ -92,7 +94,8 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
     if cfg.table:
         from llmkit.optimize.table import before_after
 
-        rows = before_after(source, quantized, ws, registry, cfg.eval_max_examples, console, progress)
+        rows = before_after(source, quantized, ws, registry, cfg.eval_max_examples, console, progress,
+                            eval_data=cfg.eval_data)
     return quantized, rows
 
 
