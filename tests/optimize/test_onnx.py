@@ -76,6 +76,12 @@ def test_classifier_exports_too_and_eval_predict_and_bench_run_it_on_onnxruntime
         assert g["score"] == pytest.approx(w["score"], abs=1e-4)
     speed = bench_model(model.id, BenchModelConfig(prompt_tokens=16, runs=2), ws, reg).metrics
     assert speed["texts_per_s"] > 0 and speed["size_mb"] > 1  # the graph's size, not the source's
+    assert speed["backend"] == "onnx"
+    # another --backend was ignored for a classifier (torch measured, no backend said)
+    with pytest.raises(UserError, match=r"sms-clf:v\d+ is a classifier that runs on torch, not onnx; make an ONNX one"):
+        bench_model("sms-clf", BenchModelConfig(backend="onnx", prompt_tokens=16, runs=1), ws, reg)
+    with pytest.raises(UserError, match=r"is a classifier that runs on onnx, not llama.cpp"):
+        bench_model(model.id, BenchModelConfig(backend="llama.cpp", prompt_tokens=16, runs=1), ws, reg)
     # --quant q8_0 was ignored (fp32 written without a word): onnxruntime's dynamic int8, a quarter of the size
     small, rows8 = export("sms-clf", ExportConfig(format="onnx", quant="q8_0", eval_max_examples=60), ws, reg)
     assert small.name == "sms-clf-onnx-int8" and small.lineage["quant"] == "int8-dynamic"

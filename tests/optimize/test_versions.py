@@ -130,3 +130,24 @@ def test_a_model_with_no_dataset_of_its_own_is_measured_on_eval_data_or_the_tabl
     with pytest.raises(UserError, match=r"no dataset named 'nope'"):
         quantize(str(bare), cfg.model_copy(update={"eval_data": "nope"}), ws, reg)
     assert len(reg.list("model")) == models  # refused before anything was written
+
+
+def test_bench_model_defaults_fit_a_small_context(lm_workspace: Path, tiny_model, tmp_path):
+    """128 + 64 tokens by default: a 64-token model was refused while the export table measured it (with 32 + 32)."""
+    import json
+    import shutil
+
+    from llmkit.config import BenchModelConfig
+    from llmkit.errors import UserError
+    from llmkit.eval import bench_model
+
+    ws = Workspace.open(lm_workspace)
+    reg = Registry.for_workspace(ws.root)
+    small = tmp_path / "small-context"
+    shutil.copytree(tiny_model.path, small)
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 64}))
+    figures = bench_model(str(small), BenchModelConfig(runs=1, warmup=0), ws, reg).metrics
+    assert (figures["prompt_tokens"], figures["new_tokens"]) == (32, 32) and figures["decode_tokens_per_s"] > 0
+    with pytest.raises(UserError, match=r"prompt_tokens \+ new_tokens = 164 exceeds the model's context of 64"):
+        bench_model(str(small), BenchModelConfig(prompt_tokens=100, runs=1), ws, reg)  # given values are kept

@@ -319,17 +319,30 @@ def _classifier(model: Model, ds, records: list[dict], cfg: EvalConfig, metrics:
 def bench_model(model_ref: str, cfg: BenchModelConfig, ws: Workspace | None = None, registry: Registry | None = None,
                 progress=None) -> Report:
     from llmkit.eval.speed import disk_size_bytes, measure_classifier, measure_lm, peak_rss_mb
-    from llmkit.runtime.backends import choose_backend, load_backend
+    from llmkit.runtime.backends import backend_name, choose_backend, load_backend
 
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     model = resolve_model(model_ref, registry)
     if model_kind(model) == "classifier":
+        # a classifier runs where its files run (torch, or onnxruntime for an ONNX export): another --backend was
+        # ignored and torch measured
+        runs_on = choose_backend(model)
+        if backend_name(cfg.backend) not in ("auto", runs_on):
+            how = (f"; make an ONNX one with: llmkit export {model.ref} --format onnx" if runs_on == "torch"
+                   and backend_name(cfg.backend) == "onnx" else "")
+            raise UserError(f"{model.ref} is a classifier that runs on {runs_on}, not {cfg.backend}{how}",
+                            param="bench_model.backend")
         figures = measure_classifier(model, cfg.prompt_tokens, cfg.runs, cfg.warmup)
+        figures["backend"] = runs_on
     else:
         backend = choose_backend(model, cfg.backend)
-        figures = measure_lm(load_backend(backend, model), cfg.prompt_tokens, cfg.new_tokens, cfg.runs, cfg.warmup,
-                             progress=progress)
+        runner = load_backend(backend, model)
+        prompt_tokens, new_tokens = cfg.prompt_tokens, cfg.new_tokens
+        if runner.max_len and prompt_tokens + new_tokens > runner.max_len and not (
+                {"prompt_tokens", "new_tokens"} & cfg.model_fields_set):  # the defaults (128 + 64) past a small context
+            prompt_tokens = new_tokens = max(1, runner.max_len // 2)
+        figures = measure_lm(runner, prompt_tokens, new_tokens, cfg.runs, cfg.warmup, progress=progress)
         figures["backend"] = backend
     figures.update({"peak_rss_mb": round(peak_rss_mb(), 1), "size_mb": round(disk_size_bytes(model) / 2**20, 3),
                     "threads": torch.get_num_threads()})
