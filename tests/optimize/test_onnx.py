@@ -52,6 +52,10 @@ def test_causal_lm_exports_with_dynamic_batch_and_sequence(lm_workspace: Path, t
         load_causal_lm(model)  # generate and the rest
     with pytest.raises(UserError, match=r"tiny-lm:v\d+ is not an ONNX export .* llmkit export tiny-lm:v\d+ --format onnx"):
         bench_model("tiny-lm", BenchModelConfig(backend="onnx", prompt_tokens=8, new_tokens=4, runs=1), ws, reg)
+    # the advice names the model the export came from: exporting the ONNX file to GGUF fails in turn
+    with pytest.raises(UserError, match=r"tiny-onnx:v\d+ is not a GGUF export .*make one with: llmkit export tiny-lm:v\d+ "
+                                        r"--format gguf"):
+        bench_model(model.id, BenchModelConfig(backend="llama.cpp", prompt_tokens=8, new_tokens=4, runs=1), ws, reg)
 
 
 @pytest.mark.slow

@@ -58,10 +58,10 @@ def check_gguf_file(path: Path) -> None:
     except ImportError:
         return  # the quant sizes ship with llmkit's export extra; llama.cpp checks the file itself
     except (struct.error, ValueError, KeyError, IndexError, OverflowError) as err:
-        raise UserError(f"{path}: truncated or damaged GGUF (its header does not parse: {err}); export it again") from None
+        raise UserError(f"{path}: truncated or damaged GGUF (its header does not parse: {err}); download, copy or export it again") from None
     size = path.stat().st_size
     if needed > size:
-        raise UserError(f"{path}: truncated or damaged GGUF ({size:,} bytes, its tensors need {needed:,}); export it again")
+        raise UserError(f"{path}: truncated or damaged GGUF ({size:,} bytes, its tensors need {needed:,}); download, copy or export it again")
 
 
 # GGUF metadata value types -> struct format (8 string and 9 array are read by hand).
@@ -167,7 +167,8 @@ def check_weights(folder: Path, needs: str = "this command") -> None:
     ggufs = sorted(folder.glob("*.gguf"))
     if ggufs:
         raise UserError(f"{folder} is a GGUF export ({ggufs[0].name}); {needs} needs a Hugging Face folder with .safetensors "
-                        "weights: use the model it was exported from, or serve the GGUF (llmkit serve NAME runs it on llama.cpp)")
+                        "weights: use the model it was exported from; serve, eval and bench-model run the GGUF itself on "
+                        "llama.cpp (with --backend auto, their default)")
     if (folder / "model.onnx").exists():
         raise UserError(f"{folder} is an ONNX export; {needs} needs a Hugging Face folder with .safetensors weights: use "
                         "the model it was exported from (llmkit eval, bench-model and predict run the export on onnxruntime)")

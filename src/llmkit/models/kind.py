@@ -43,3 +43,11 @@ def model_kind(model: Model) -> ModelKind:
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or gguf:
         return "causal"
     return "encoder"
+
+
+def exported_from(model: Model) -> str:
+    """What to export again when `model` is itself an export: the model it came from (an ONNX or GGUF file cannot be
+    exported to the other format, so advice naming the export sent the user to a second error); else the model."""
+    lineage = model.lineage or {}
+    parent = (lineage.get("parent_model") or {}).get("ref")
+    return parent if parent and lineage.get("format") in ("gguf", "onnx") else model.ref

@@ -14,6 +14,7 @@ import torch
 from llmkit.errors import UserError
 from llmkit.models.files import check_gguf_file
 from llmkit.models.io import Model
+from llmkit.models.kind import exported_from
 
 
 def gguf_file(model: Model) -> Path:
@@ -21,7 +22,7 @@ def gguf_file(model: Model) -> Path:
     name = info.get("gguf")
     if not name or not (model.path / name).exists():
         raise UserError(f"{model.ref} is not a GGUF export (no .gguf named in its llmkit.json); make one with: "
-                        f"llmkit export {model.name} --format gguf")
+                        f"llmkit export {exported_from(model)} --format gguf, or leave --backend to auto")
     check_gguf_file(model.path / name)  # a cut file: named here, not llama.cpp's "failed to load model"
     return model.path / name
 

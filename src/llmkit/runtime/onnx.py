@@ -10,6 +10,7 @@ import torch
 
 from llmkit.errors import UserError
 from llmkit.models.io import Model
+from llmkit.models.kind import exported_from
 
 
 class OnnxBackend:
@@ -21,8 +22,9 @@ class OnnxBackend:
         import onnxruntime as ort
 
         if not (model.path / "model.onnx").exists():
+            source = exported_from(model)
             raise UserError(f"{model.ref} is not an ONNX export (no model.onnx in {model.path}); make one with: "
-                            f"llmkit export {model.ref} --format onnx, or leave --backend to auto")
+                            f"llmkit export {source} --format onnx, or leave --backend to auto")
         config = json.loads((model.path / "config.json").read_text())
         self.vocab_size, self.max_len = config["vocab_size"], config.get("max_position_embeddings")
         options = ort.SessionOptions()
