@@ -167,6 +167,8 @@ def test_a_model_of_chinese_text_gets_canaries_in_chinese(tmp_path: Path, shared
     planted = canaries.load(Path(registry.get("zh", "model").path))
     assert [c.prefix for c in planted] == ["口令是", "口令是"] and [c.repeats for c in planted] == [3, 0]
     assert all(len(c.secret) == 10 and set(c.secret) <= set(canaries.CJK_DIGITS) for c in planted)
+    saved = (Path(registry.get("zh", "model").path) / canaries.FILE).read_text(encoding="utf-8")
+    assert planted[0].secret in saved and "\\u" not in saved  # readable by whoever opens the file
     report = privacy_audit("zh", PrivacyAuditConfig(data="zh", samples=2, memorization_samples=2, candidates=20),
                            Workspace.open(root), registry)
     assert [row["secret"] for row in report.canaries["planted"]] == [planted[0].secret]

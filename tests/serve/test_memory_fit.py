@@ -55,3 +55,13 @@ def test_serve_refuses_before_loading(lm_workspace, smollm2):
     with pytest.raises(UserError, match=r"GiB is available; try --max-batch \d+") as err:
         build_app(cfg, ws, Registry.for_workspace(ws.root))
     assert "\n" not in str(err.value)
+
+
+def test_a_small_total_is_said_in_mib():
+    """4 MiB in all read "up to 0.0 GiB"."""
+    from llmkit.serve.memory_fit import Need, describe
+
+    tiny = Need("tiny", weights=2 * 2**20, kv=2 * 2**20, rows=2, context=64)
+    assert describe([tiny], 20 * 2**30).endswith("in all up to 4 MiB of 20.0 GiB available")
+    big = Need("big", weights=3 * 2**30, rows=2, context=64)
+    assert describe([big], 20 * 2**30).endswith("in all up to 3.0 GiB of 20.0 GiB available")

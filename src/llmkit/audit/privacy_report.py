@@ -42,8 +42,8 @@ def summary_table(report: PrivacyReport):
     for name in ("train", "heldout"):
         m = mem[name]
         table.add_row(f"verbatim continuation, {m['split']}",
-                      f"{m['extracted']} of {m['windows']} windows ({m['rate']:.3f}); mean matched {m['mean_match']:.3f} of "
-                      f"{mem['suffix_tokens']} tokens after {mem['prefix_tokens']}")
+                      f"{m['extracted']} of {m['windows']} windows ({m['rate']:.3f}); on average {m['mean_match']:.1%} of the "
+                      f"{mem['suffix_tokens']} tokens after {mem['prefix_tokens']} reproduced")  # a share: 0.006 read as tokens
     if report.canaries:
         c = report.canaries
         planted = ", ".join(f"x{r['repeats']}: {r['exposure']:.1f}" for r in c["planted"])
@@ -108,7 +108,7 @@ def html_report(report: PrivacyReport) -> str:
         f"<td>{esc(e['context'])}</td></tr>" for e in pii["examples"])
     mem_rows = "".join(
         f"<tr><td>{esc(mem[n]['split'])}</td><td>{mem[n]['windows']}</td><td>{mem[n]['extracted']}</td>"
-        f"<td>{mem[n]['rate']:.3f}</td><td>{mem[n]['mean_match']:.3f}</td></tr>" for n in ("train", "heldout"))
+        f"<td>{mem[n]['rate']:.3f}</td><td>{mem[n]['mean_match']:.1%}</td></tr>" for n in ("train", "heldout"))
     mem_examples = "".join(f"<tr><td>{esc(e['prefix'])}</td><td><mark>{esc(e['continuation'])}</mark></td></tr>"
                            for e in mem["examples"])
     if report.canaries:

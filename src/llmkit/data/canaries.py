@@ -83,7 +83,8 @@ def make_canaries(tokenizer, n: int, repeats: list[int], seed: int) -> list[Cana
 
 def save(canaries: list[Canary], folder: Path) -> Path:
     path = Path(folder) / FILE
-    path.write_text(json.dumps({"format": "llmkit.canaries/1", "canaries": [asdict(c) for c in canaries]}, indent=1))
+    path.write_text(json.dumps({"format": "llmkit.canaries/1", "canaries": [asdict(c) for c in canaries]}, indent=1,
+                               ensure_ascii=False), encoding="utf-8")  # 口令是 readable, not \u53e3...
     return path
 
 
@@ -91,7 +92,7 @@ def load(folder: Path) -> list[Canary] | None:
     path = Path(folder) / FILE
     if not path.is_file():
         return None
-    return [Canary(**c) for c in json.loads(path.read_text())["canaries"]]
+    return [Canary(**c) for c in json.loads(path.read_text(encoding="utf-8"))["canaries"]]
 
 
 def plant(train_shard: Path, out_shard: Path, canaries: list[Canary], tokenizer, sep_id: int, dtype: np.dtype,

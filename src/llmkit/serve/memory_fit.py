@@ -100,7 +100,9 @@ def describe(needs: list[Need], free: int) -> str:
     parts = [f"{n.model}: weights {n.weights / MiB:,.0f} MiB, KV cache up to {n.kv / MiB:,.0f} MiB "
              f"({n.rows} rows x {n.context} tokens)" + (f", prefix cache {n.prefix / MiB:,.0f} MiB" if n.prefix else "")
              for n in needs]
-    return f"memory: {'; '.join(parts)}; in all up to {total / GiB:.1f} GiB of {free / GiB:.1f} GiB available"
+    # a small model's total in MiB: "up to 0.0 GiB" for 4 MiB
+    whole = f"{total / GiB:.1f} GiB" if total >= GiB / 10 else f"{total / MiB:,.0f} MiB"
+    return f"memory: {'; '.join(parts)}; in all up to {whole} of {free / GiB:.1f} GiB available"
 
 
 def check(needs: list[Need], cfg: ServeConfig, free: int | None = None) -> str:
