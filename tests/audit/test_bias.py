@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmkit.audit import bias_audit
-from llmkit.audit.terms import BUILTIN, load_terms, match_case, term_groups
+from llmkit.audit.terms import BUILTIN, TermGroup, load_terms, match_case, term_groups
 from llmkit.config import BiasAuditConfig, ClassifyConfig, DataConfig
 from llmkit.data import prepare
 from llmkit.errors import UserError
@@ -150,6 +150,18 @@ def test_counterfactual_swaps():
     assert names.counterfactuals("Ask emily")[:2] == ["Ask maria", "Ask lakisha"]
     assert len(names.counterfactuals("Ask Emily")) == len(names.columns) - 1
     assert match_case("Mr", "mrs") == "Mrs" and match_case("mr", "Mrs") == "mrs"
+    # Chinese has no spaces between words: its terms are found inside the text (they never were), Latin ones keep edges
+    chinese = TermGroup("gender", [["他", "她"], ["男人", "女人"], ["he", "she"]])
+    assert chinese.counterfactuals("他说那个男人是he的朋友") == ["她说那个女人是she的朋友"]
+    assert chinese.counterfactuals("theme") == []
+
+
+def test_a_classifier_audit_in_chinese_needs_chinese_terms(audit_ws: Path):
+    """--lang zh was ignored for a classifier: a Chinese poetry classifier was audited on English spam templates and
+    every group came back flagged."""
+    with pytest.raises(UserError, match=r"bias.lang = 'zh': the built-in term groups and templates of a classifier "
+                                        r"audit are English; give Chinese ones with --terms FILE"):
+        _audit(audit_ws, "gender-fair-clf", lang="zh")
 
 
 def test_terms_file_extends_and_overrides(tmp_path: Path, audit_ws: Path):

@@ -94,6 +94,10 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
     if kind != "classifier":
         raise UserError(f"{model.ref} is an encoder without a task head: the bias audit covers classifiers and causal "
                         "language models")
+    if cfg.lang == "zh" and not cfg.terms:  # it was ignored: a Chinese classifier audited on English spam templates
+        raise UserError("bias.lang = 'zh': the built-in term groups and templates of a classifier audit are English; "
+                        "give Chinese ones with --terms FILE (YAML or JSON {group: [[他, 她], ...]}) and name them with "
+                        "--groups, or drop --lang (it chooses the pairs of a language model's audit)", param="bias.lang")
     # The groups are checked here, not before: a language model's groups include those of its pairs (age,
     # and region in Chinese), which are not term groups.
     groups = term_groups(cfg.terms, cfg.groups)

@@ -32,7 +32,7 @@ class TermGroup:
             for c, term in enumerate(row):
                 self.index.setdefault(term.lower(), (r, c))
         terms = sorted(self.index, key=len, reverse=True)  # longest first: "Mrs" before "Mr"
-        self.pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(t) for t in terms) + r")(?!\w)", re.IGNORECASE)
+        self.pattern = re.compile("(" + "|".join(_bounded(t) for t in terms) + ")", re.IGNORECASE)
 
     @property
     def terms(self) -> list[str]:
@@ -62,6 +62,17 @@ class TermGroup:
             return match_case(m.group(1), self.rows[r][to_column(c)])
 
         return self.pattern.sub(sub, text)
+
+
+def _bounded(term: str) -> str:
+    """The term as a whole word where words have edges: a side written in a script without spaces (Chinese,
+    Japanese) takes none, or 他 in 他是医生 would never be found."""
+    def spaced(char: str) -> bool:
+        return not ("\u2e80" <= char <= "\u9fff" or "\uf900" <= char <= "\ufaff" or "\u3040" <= char <= "\u30ff")
+
+    # an edge is a letter or digit of a spaced script: 他是he的 has `he` as a word, `theme` has none
+    letter = r"[^\W\u2e80-\u9fff\uf900-\ufaff\u3040-\u30ff]"
+    return ((f"(?<!{letter})" if spaced(term[0]) else "") + re.escape(term) + (f"(?!{letter})" if spaced(term[-1]) else ""))
 
 
 def match_case(original: str, new: str) -> str:
