@@ -78,7 +78,7 @@ def test_promote_require_pass_reads_the_last_gate(lm_workspace: Path, tiny_model
     (("promote", "nope", "--alias", "cli-x"), "error: no model 'nope' in the registry; an alias points at a registered model"),
     (("promote", "promote-other", "--alias", "tiny-lm"),
      "error: alias 'tiny-lm' would shadow the model tiny-lm:v1; an alias needs a name no model has"),
-    (("promote", "promote-other", "--alias", "bad/name"), "error: alias name 'bad/name': use letters"),
+    (("promote", "promote-other", "--alias", "bad/name"), "error: alias name 'bad/name': use ASCII letters"),
     (("generate", "no-such-alias", "--prompt", "x"), "error: no model 'no-such-alias'"),
 ])
 def test_bad_promote_input_is_one_line_and_exit_2(lm_workspace: Path, other, args, message):

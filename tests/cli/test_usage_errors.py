@@ -36,6 +36,7 @@ def test_a_group_without_a_command_shows_its_help_and_exits_2(tmp_path: Path):
 
 def test_what_the_user_typed_is_printed_as_typed_never_as_markup(tmp_path: Path):
     # rich read '[/x]' in an error message as a closing tag: a MarkupError traceback; '[data]' vanished from paths
+    run_cli("init", workspace=tmp_path / "ws", timeout=120, check=True)  # show reads a workspace; it never makes one
     proc = run_cli("show", "notes[/draft][data]", workspace=tmp_path / "ws", timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

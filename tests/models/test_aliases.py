@@ -59,7 +59,7 @@ def test_an_alias_never_shadows_a_model_or_takes_a_bad_name(registry: Registry, 
         move_alias(registry, "base", "base")
     with pytest.raises(UserError, match="would shadow the built-in model smollm2-135m"):
         move_alias(registry, "smollm2-135m", "base", builtins=BUILTIN_MODELS)
-    with pytest.raises(UserError, match=r"alias name 'prod/x': use letters"):
+    with pytest.raises(UserError, match=r"alias name 'prod/x': use ASCII letters"):
         move_alias(registry, "prod/x", "base")
     with pytest.raises(UserError, match=r"^no model 'nope' in the registry; an alias points at a registered model"):
         move_alias(registry, "prod", "nope")

@@ -168,6 +168,12 @@ def test_a_chinese_browser_gets_every_view_in_chinese(page, server):
     # Dates and numbers are written the Chinese way.
     created = page.get_by_test_id("models-table").locator("tbody tr").first.locator("td").nth(4).inner_text()
     assert "年" in created and "月" in created, created
+    # registry words are data to the check above, but a Chinese reader gets them in Chinese too (causal-lm, pretrain
+    # and lm stood in one table beside 生成 in the next)
+    kinds = page.get_by_test_id("models-table").locator("tbody tr td:nth-child(2)").all_inner_texts()
+    assert "生成模型" in kinds and "causal-lm" not in kinds, kinds
+    tasks = page.get_by_test_id("datasets-table").locator("tbody").inner_text()
+    assert "语言模型" in tasks and "\tlm\t" not in tasks, tasks
 
 
 @pytest.mark.parametrize("lang", ["zh-CN", "en"])

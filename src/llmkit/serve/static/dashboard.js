@@ -119,7 +119,7 @@ export function initDashboard() {
     loadStudies();
     fillTable($("models-table"), [
       { title: t("col.model"), value: (m) => m.ref },
-      { title: t("col.kind"), value: (m) => m.kind || "—" },
+      { title: t("col.kind"), value: (m) => (m.kind ? term(m.kind) : "—") },
       { title: t("col.parameters"), value: (m) => fmtCount(parameterCount(m)), numeric: true },
       { title: t("col.size"), value: (m) => fmtBytes(m.size_bytes ?? undefined), numeric: true },
       { title: t("col.created"), value: (m) => fmtDate(m.created) },
@@ -128,7 +128,7 @@ export function initDashboard() {
 
     fillTable($("runs-table"), [
       { title: t("col.run"), value: (r) => r.ref },
-      { title: t("col.kind"), value: (r) => r.kind || "—" },
+      { title: t("col.kind"), value: (r) => (r.kind ? term(r.kind) : "—") },
       { title: t("col.status"), value: (r) => t(num(r.metrics.steps) !== undefined || r.metrics.states ? "status.finished" : "status.running") },
       { title: t("col.steps"), value: (r) => fmtNumber(num(r.metrics.steps)), numeric: true },
       { title: t("col.val"), value: (r) => headline(r.metrics, RUN_HEADLINE), numeric: true },
@@ -138,7 +138,7 @@ export function initDashboard() {
 
     fillTable($("datasets-table"), [
       { title: t("col.dataset"), value: (d) => d.ref },
-      { title: t("col.task"), value: (d) => d.kind || "—" },
+      { title: t("col.task"), value: (d) => (d.kind ? term(d.kind) : "—") },
       { title: t("col.records"), value: (d) => fmtNumber(num(d.metrics.records)), numeric: true },
       { title: t("col.tokens"), value: (d) => fmtCount(num(d.metrics.tokens)), numeric: true },
       { title: t("col.created"), value: (d) => fmtDate(d.created) },
@@ -146,7 +146,7 @@ export function initDashboard() {
 
     fillTable($("evals-table"), [
       { title: t("col.eval"), value: (e) => e.ref },
-      { title: t("col.kind"), value: (e) => e.kind || "—" },
+      { title: t("col.kind"), value: (e) => (e.kind ? term(e.kind) : "—") },
       { title: t("col.model"), value: (e) => e.params.model || "—" },
       { title: t("col.result"), value: (e) => headline(e.metrics) },
       { title: "", value: (e) => reportLink(e) },
@@ -244,7 +244,7 @@ export function initDashboard() {
         h("h2", {}, m.ref),
         h("button", { type: "button", class: "secondary small", onclick: () => { panel.hidden = true; } }, t("dash.close"))),
       h("dl", { class: "facts" },
-        fact("kind", m.kind || "—"), fact("parameters", fmtCount(parameterCount(m))),
+        fact("kind", m.kind ? term(m.kind) : "—"), fact("parameters", fmtCount(parameterCount(m))),
         fact("size", fmtBytes(m.size_bytes ?? undefined)), fact("created", fmtDate(m.created)),
         fact("id", m.id), fact("path", m.path || "—")),
       adapterBase(m) ? h("p", { class: "hint", "data-testid": "adapter-of" }, t("dash.adapterOf", { base: adapterBase(m) })) : null,
@@ -254,7 +254,7 @@ export function initDashboard() {
       h("section", {}, h("h3", {}, t("dash.latestEval")), latest ? evalSummary(latest) : h("p", { class: "hint" },
         t("dash.notEvaluated", { command: `llmkit eval ${m.name}` }))),
       detail.evals.length > 1 ? h("section", {}, h("h3", {}, t("dash.allEvals")), h("ul", { class: "plain" },
-        detail.evals.map((e) => listed([e.kind, headline(e.metrics), fmtDate(e.created)], reportLink(e))))) : null,
+        detail.evals.map((e) => listed([term(e.kind), headline(e.metrics), fmtDate(e.created)], reportLink(e))))) : null,
       detail.audits.length ? h("section", { "data-testid": "audits" }, h("h3", {}, t("dash.audits")), h("ul", { class: "plain" },
         detail.audits.map((a) => listed([a.kind, auditVerdict(a.metrics), fmtDate(a.created)], reportLink(a))))) : null,
       ...detail.compression.map(compressionTable),
@@ -288,11 +288,11 @@ export function initDashboard() {
   function evalSummary(e) {
     const metrics = Object.entries(e.metrics).filter(([, v]) => num(v) !== undefined);
     return h("div", { "data-testid": "latest-eval" },
-      h("p", {}, h("span", {}, !e.params.dataset ? e.kind : t(e.params.split ? "dash.evalOnSplit" : "dash.evalOn",
-        { kind: e.kind, dataset: e.params.dataset, split: e.params.split })), " · ", h("span", {}, fmtDate(e.created)), " · ",
+      h("p", {}, h("span", {}, !e.params.dataset ? term(e.kind) : t(e.params.split ? "dash.evalOnSplit" : "dash.evalOn",
+        { kind: term(e.kind), dataset: e.params.dataset, split: e.params.split })), " · ", h("span", {}, fmtDate(e.created)), " · ",
       reportLink(e)),
       h("div", { class: "table-wrap" }, h("table", { class: "metrics" }, h("tbody", {},
-        metrics.slice(0, 14).map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { class: "num" }, fmtNumber(v))))))));
+        metrics.slice(0, 14).map(([k, v]) => h("tr", {}, h("th", {}, term(k)), h("td", { class: "num" }, fmtNumber(v))))))));
   }
 
   function compressionTable(table) {

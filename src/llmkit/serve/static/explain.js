@@ -1,6 +1,6 @@
 // The "Explain" view: token attributions from POST /v1/explain, drawn as a heat map with the
 // faithfulness check beside it (deletion AOPC against random deletion).
-import { fmtNumber, t } from "./i18n.js";
+import { fmtNumber, t, term } from "./i18n.js";
 import { api, h } from "./lib.js";
 
 function tint(score) {
@@ -36,7 +36,7 @@ function render(body) {
   }, tok));
   const beats = body.aopc > body.aopc_random;
   return h("div", {},
-    h("p", { class: "hint" }, t("ex.summary", { target: body.target, p: fmtNumber(body.probability, 3), method: body.method,
+    h("p", { class: "hint" }, t("ex.summary", { target: body.target, p: fmtNumber(body.probability, 3), method: term(body.method),
       seconds: fmtNumber(body.seconds, 2) })),
     h("div", { class: "tokens" }, ...tokens),
     h("p", { class: "hint", "data-testid": "explain-aopc" },

@@ -441,5 +441,13 @@ export const TERMS = {
     bits_per_byte: "每字节比特数", decode_tokens_per_s: "解码速度（token/秒）", exact_match: "完全匹配",
     rougeL: "ROUGE-L",
     val_loss: "验证损失", val_reward: "验证奖励", val_reward_accuracy: "验证奖励准确率", val_reward_margin: "验证奖励差值",
+    // record kinds: models, runs (the trainers), datasets (tasks), evaluations
+    "causal-lm": "生成模型", classification: "分类", gguf: "GGUF", onnx: "ONNX", adapter: "适配器",
+    pretrain: "预训练", sft: "监督微调", classify: "分类", distill: "蒸馏", dpo: "DPO", orpo: "ORPO", kto: "KTO",
+    grpo: "GRPO", study: "超参数调优", lm: "语言模型", chat: "对话", preference: "偏好",
+    speed: "速度", generation: "生成", harness: "基准题集", compare: "对比评审", "bias-audit": "偏见审计",
+    "privacy-audit": "隐私审计", prefill_tokens_per_s: "预填充速度（token/秒）", peak_rss_mb: "峰值内存（MB）",
+    ttft_ms_p50: "首 token 延迟中位数（毫秒）", texts_per_s: "每秒文本数", latency_ms_p50: "延迟中位数（毫秒）",
+    ig: "积分梯度", occlusion: "遮挡", shap: "SHAP", attention: "注意力",
   },
 };
