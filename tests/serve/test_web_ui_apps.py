@@ -161,8 +161,18 @@ def test_a_tokens_probability_and_alternatives_show_on_hover(ui):
     box, view = tip.bounding_box(), ui.page.viewport_size
     assert box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= view["width"]
     assert box["y"] + box["height"] <= view["height"]
+    assert len([a for a in alternatives.all() if "chosen" in (a.get_attribute("class") or "")]) <= 1
     ui.page.mouse.move(5, 5)
     tip.wait_for(state="hidden")
+    # Part of a character (a piece of 你 in a Chinese answer) reads as its bytes, not "\ufffd"; the chosen one is
+    # found by bytes (two different pieces both read "\ufffd" and both were marked chosen)
+    shown = ui.page.evaluate("""async () => {
+      const { altText, sameToken } = await import('/ui/tokens.js');
+      const a = { token: '\\ufffd', bytes: [228, 189] }, b = { token: '\\ufffd', bytes: [240, 159] };
+      return [altText(a), altText({ token: '你', bytes: [228, 189, 160] }), altText({ token: ' sea' }),
+              sameToken(a, b), sameToken(a, { ...a })];
+    }""")
+    assert shown == ["<0xE4><0xBD>", "你", "␣sea", False, True], shown
 
 
 def test_served_adapters_are_listed_under_their_base(ui):

@@ -28,6 +28,28 @@ export function tokenPieces(entries) {
 }
 
 /** Whitespace made visible, so a tooltip can show a space or a newline token. */
+/** An alternative as it reads: its text, or when it is part of a character (a byte-level piece of 你 decodes to
+ * "\uFFFD", and a Chinese answer's tooltip was a column of them) its bytes, <0xE4><0xBD>, as explain shows them. */
+export function altText(alt) {
+  const bytes = Array.isArray(alt.bytes) ? alt.bytes : null;
+  if (bytes && bytes.length) {
+    try {
+      return visible(new TextDecoder("utf-8", { fatal: true }).decode(new Uint8Array(bytes)));
+    } catch (_) {
+      return bytes.map((b) => `<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`).join("");
+    }
+  }
+  return visible(alt.token);
+}
+
+/** Whether an alternative is the token chosen: by bytes (two different pieces both read "\uFFFD"). */
+export function sameToken(alt, chosen) {
+  if (Array.isArray(alt.bytes) && Array.isArray(chosen.bytes)) {
+    return alt.bytes.length === chosen.bytes.length && alt.bytes.every((b, i) => b === chosen.bytes[i]);
+  }
+  return alt.token === chosen.token;
+}
+
 function visible(text) {
   return text.replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅";
 }
@@ -80,8 +102,8 @@ function showTip(span) {
       h("span", { class: "lp-prob", "data-testid": "lp-probability" }, t("lp.probability", { p: fmtPercent(p) }))),
     tops.length ? h("div", { class: "lp-alt-title" }, t("lp.alternatives")) : null,
     tops.length ? h("ul", { class: "lp-alts" }, tops.map((alt) => h("li", {
-      class: alt.token === first.token ? "chosen" : "", "data-testid": "lp-alternative" },
-    h("code", {}, visible(alt.token)), h("span", {}, fmtPercent(Math.exp(alt.logprob)))))) : null);
+      class: sameToken(alt, first) ? "chosen" : "", "data-testid": "lp-alternative" },
+    h("code", {}, altText(alt)), h("span", {}, fmtPercent(Math.exp(alt.logprob)))))) : null);
   box.hidden = false;
   tipFor = span;
   // Below the token, or above it when there is no room below; never past the viewport's sides.
