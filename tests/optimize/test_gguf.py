@@ -44,6 +44,9 @@ def test_gguf_file_holds_the_model_and_tokenizer(ws, tiny_model, quant):
     expected = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}[quant]
     assert names["blk.0.ffn_up.weight"].tensor_type.name == expected
     assert names["blk.0.attn_norm.weight"].tensor_type.name == "F32"
+    # the tied head stays at 8 bits under q4_0, as llama.cpp keeps its head above 4 bits (q6_K)
+    head = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q8_0"}[quant]
+    assert names["token_embd.weight"].tensor_type.name == head
     assert dict(Registry.for_workspace(ws.root).parents(model.id))["exported_from"].id == tiny_model.id
 
 
