@@ -317,3 +317,17 @@ def test_a_missing_name_suggests_the_close_one_or_lists_ten_and_says_there_are_m
         reg.get("modle-03", "model")
     with pytest.raises(UserError, match=r"known: model-00, .*, model-09, \.\.\. \(12 in all: llmkit ls models\)$"):
         reg.get("zzz", "model")
+
+
+def test_python_callers_reach_the_workspace_registry_as_the_commands_do(tmp_path, monkeypatch) -> None:
+    """From Python, Registry.for_workspace('/path') (a str) raised TypeError, and resolve_model(NAME) without a
+    registry did not find a registered model whatever $LLMKIT_HOME said (the README's own example)."""
+    from llmkit.models.io import resolve_model
+
+    reg = Registry.for_workspace(str(tmp_path))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    rec = reg.add("model", "mine", kind="causal-lm", path=folder)
+    monkeypatch.setenv("LLMKIT_HOME", str(tmp_path))
+    assert resolve_model("mine").id == rec.id

@@ -180,8 +180,8 @@ class Registry:
         self._migrate()
 
     @classmethod
-    def for_workspace(cls, root: Path, db_url: str | None = None) -> Registry:
-        url = db_url or os.environ.get("LLMKIT_DB_URL") or f"sqlite:///{root / 'registry.db'}"
+    def for_workspace(cls, root: Path | str, db_url: str | None = None) -> Registry:
+        url = db_url or os.environ.get("LLMKIT_DB_URL") or f"sqlite:///{Path(root) / 'registry.db'}"
         return cls(url)
 
     # -- schema -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,13 @@ def resolve_model(ref: str | Model, registry=None) -> Model:
         return ref
     if ref in BUILTIN_MODELS:
         return Model(BUILTIN_MODELS[ref](), ref)
+    if registry is None:  # from Python without one: the workspace every command uses ($LLMKIT_HOME), when there is one
+        from llmkit.registry import Registry
+        from llmkit.workspace import resolve_workspace
+
+        root = resolve_workspace(None)
+        if (root / "registry.db").exists() or os.environ.get("LLMKIT_DB_URL"):
+            registry = Registry.for_workspace(root)
     if registry is not None:
         from llmkit.models.aliases import alias_target
 
