@@ -55,6 +55,23 @@ def chat_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None
     return "".join(f"{m['content']}\n" for m in messages), []
 
 
+def _backend_ids(backend, ids: list[int], max_new_tokens: int, eos: set[int], sampling: dict):
+    """Token ids sampled on a runtime backend (prefill/step on ids), as `generate_ids` samples on a torch module;
+    the answer ends at the context (no window shift: a backend's cache is its own)."""
+    from llmkit.runtime.sampling import Sampler
+
+    if backend.max_len:
+        max_new_tokens = min(max_new_tokens, backend.max_len - len(ids))
+    sampler = Sampler(backend.vocab_size, ids, **sampling)
+    state, logits = backend.prefill(ids, len(ids) + max_new_tokens)
+    for i in range(max_new_tokens):
+        token = sampler(logits.float())
+        yield token
+        if token in eos or i == max_new_tokens - 1:
+            return
+        logits = backend.step(state, token)
+
+
 def generate(model, tokenizer, prompt: str, *, max_new_tokens: int = 100, temperature: float = 0.8,
              top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
              stop: list[str] | None = None, seed: int | None = None,
@@ -68,14 +85,18 @@ def generate(model, tokenizer, prompt: str, *, max_new_tokens: int = 100, temper
     ids = encode_prompt(tokenizer, prompt)
     if not ids:
         raise ValueError("empty prompt and the tokenizer has no BOS token")
-    ids = prompt_in_context(ids, max_new_tokens, get_decoder(model).max_len, tokenizer.bos_token_id)
-    eos = eos_set(tokenizer.eos_token_id) | eos_set(model.config.eos_token_id) | set(stop_token_ids or [])
+    on_backend = hasattr(model, "prefill") and hasattr(model, "step")  # an export's runtime (a GGUF on llama.cpp)
+    max_len = model.max_len if on_backend else get_decoder(model).max_len
+    ids = prompt_in_context(ids, max_new_tokens, max_len, tokenizer.bos_token_id)
+    model_eos = set(getattr(model, "eos_token_ids", ())) if on_backend else eos_set(model.config.eos_token_id)
+    eos = eos_set(tokenizer.eos_token_id) | model_eos | set(stop_token_ids or [])
     stream = TextStream(tokenizer, stop)
     out: list[int] = []
     finish_reason, first = "length", None
-    for tok in generate_ids(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-                            eos_token_id=list(eos)):
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+    tokens = (_backend_ids(model, ids, max_new_tokens, eos, sampling) if on_backend else
+              generate_ids(model, ids, max_new_tokens=max_new_tokens, eos_token_id=list(eos), **sampling))
+    for tok in tokens:
         first = first if first is not None else time.perf_counter() - start
         out.append(tok)
         piece = stream.push(out)

@@ -157,3 +157,25 @@ def test_llama_cpp_batch_decodes_many_sequences_like_one_at_a_time(ws, bpe_model
         assert sorted(batch.free) == list(range(16))
     finally:
         batch.close()
+
+
+def test_generate_and_chat_run_a_gguf_on_llama_cpp(ws, tiny_model):
+    """generate and chat refused a GGUF export ("use the model it was exported from") while serve, eval and
+    bench-model ran it: at f32 the GGUF's greedy answer is the torch model's."""
+    pytest.importorskip("llama_cpp")
+    from tests.conftest import run_cli
+
+    export("tiny-lm", ExportConfig(quant="f32", table=False, name="tiny-gen-f32"), ws, Registry.for_workspace(ws.root))
+    args = ["--prompt", "ROMEO:", "--max-new-tokens", "12", "--temperature", "0", "--json"]
+    on_gguf = run_cli("generate", "tiny-gen-f32", *args, workspace=ws.root)
+    on_torch = run_cli("generate", "tiny-lm", *args, workspace=ws.root)
+    assert on_gguf.returncode == 0 and on_torch.returncode == 0, on_gguf.stderr + on_torch.stderr
+    assert json.loads(on_gguf.stdout)["text"] == json.loads(on_torch.stdout)["text"]
+    import os
+    import subprocess
+    import sys
+
+    chatted = subprocess.run([sys.executable, "-m", "llmkit", "chat", "tiny-gen-f32", "--max-new-tokens", "6",
+                              "--temperature", "0"], input="hello\n", capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "LLMKIT_HOME": str(ws.root)})
+    assert chatted.returncode == 0 and "model> " in chatted.stdout, chatted.stderr

@@ -170,6 +170,11 @@ def test_a_chinese_browser_gets_every_view_in_chinese(page, server):
     assert "年" in created and "月" in created, created
     # registry words are data to the check above, but a Chinese reader gets them in Chinese too (causal-lm, pretrain
     # and lm stood in one table beside 生成 in the next)
+    counts = page.evaluate("""async () => {
+      const { fmtCount } = await import('/ui/i18n.js');
+      return [fmtCount(1765), fmtCount(3753), fmtCount(273000)];
+    }""")
+    assert counts == ["1,765", "3,753", "27.3万"], counts  # one style in one table: "3,753" stood beside "1765"
     kinds = page.get_by_test_id("models-table").locator("tbody tr td:nth-child(2)").all_inner_texts()
     assert "生成模型" in kinds and "causal-lm" not in kinds, kinds
     tasks = page.get_by_test_id("datasets-table").locator("tbody").inner_text()

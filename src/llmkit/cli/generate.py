@@ -37,7 +37,6 @@ def generate(
 ) -> None:
     """Continue a prompt with a causal language model."""
     from llmkit.generate import generate as run_generate
-    from llmkit.models.io import load_causal_lm, resolve_model
 
     if prompt is None:
         if sys.stdin.isatty():
@@ -45,7 +44,7 @@ def generate(
         prompt = read_stdin_text("the prompt on stdin")
     valid_text(prompt, "--prompt")
     params = _sampling(cfg)
-    lm, tok = load_causal_lm(resolve_model(model, ctx.registry))
+    lm, tok = _load(model, ctx)
     stream = not (no_stream or ctx.json)
     if stream:
         console.print(prompt, end="", style="bold", markup=False, highlight=False)
@@ -69,6 +68,19 @@ def generate(
                       f"{rate}), {_ENDED.get(out.finish_reason, out.finish_reason)}[/dim]")
 
 
+def _load(ref: str, ctx: Ctx):
+    """(what generates, tokenizer): a GGUF or ONNX export on its own runtime (llama.cpp, onnxruntime), as serve,
+    eval and bench-model run it (generate and chat refused one); anything else as the torch module."""
+    from llmkit.models.io import load_causal_lm, load_tokenizer_for, resolve_model
+    from llmkit.runtime.backends import choose_backend, load_backend
+
+    model = resolve_model(ref, ctx.registry)
+    runtime = choose_backend(model)
+    if runtime != "torch":
+        return load_backend(runtime, model), load_tokenizer_for(model)
+    return load_causal_lm(model)
+
+
 @configured("generate", repeat=("stop",))
 def chat(
     ctx: Ctx, cfg,
@@ -78,14 +90,13 @@ def chat(
     """Talk with a model in the terminal; uses its chat template when it has one. Empty line or Ctrl-D ends."""
     from llmkit.generate import chat_prompt
     from llmkit.generate import generate as run_generate
-    from llmkit.models.io import load_causal_lm, resolve_model
 
     params = _sampling(cfg)
     if system:
         valid_text(system, "--system")
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # a line that is not UTF-8 is refused below, not a crash
-    lm, tok = load_causal_lm(resolve_model(model, ctx.registry))
+    lm, tok = _load(model, ctx)
     templated = bool(getattr(tok, "chat_template", None))
     messages = [{"role": "system", "content": system}] if system else []
     console.print(f"[dim]chatting with {model} ({'chat template' if templated else 'plain continuation'}); "

@@ -292,7 +292,7 @@ export function initDashboard() {
         { kind: term(e.kind), dataset: e.params.dataset, split: e.params.split })), " · ", h("span", {}, fmtDate(e.created)), " · ",
       reportLink(e)),
       h("div", { class: "table-wrap" }, h("table", { class: "metrics" }, h("tbody", {},
-        metrics.slice(0, 14).map(([k, v]) => h("tr", {}, h("th", {}, term(k)), h("td", { class: "num" }, fmtNumber(v))))))));
+        metrics.slice(0, 14).map(([k, v]) => h("tr", {}, h("th", {}, term(k)), h("td", { class: "num" }, fmtNumber(v, k.endsWith("per_s") ? 1 : 4))))))));
   }
 
   function compressionTable(table) {

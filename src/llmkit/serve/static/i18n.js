@@ -71,6 +71,9 @@ export function fmtNumber(value, digits = 4) {
 /** 1.2k / 3.4M in English, 1.2万 / 3.4亿 in Chinese (each language's own compact steps). */
 export function fmtCount(value) {
   if (!finite(value)) return "—";
+  // below ten thousand the figure is written whole and grouped, as fmtNumber writes counts: Chinese compact steps
+  // start at 万, so one table read "3,753" beside "1765"
+  if (Math.abs(value) < 10000) return Math.round(value).toLocaleString(locale);
   return new Intl.NumberFormat(locale, { notation: "compact", maximumFractionDigits: 1 }).format(value);
 }
 
