@@ -136,7 +136,10 @@ def test_bad_rewards_stop_before_anything_is_registered(ws, tmp_path, monkeypatc
     runs = len(registry.list("run"))
     (tmp_path / "my_rewards.py").write_text(
         "def broken(prompt, completion, record):\n    raise KeyError('score')\n"
-        "def nan(prompt, completion, record):\n    return float('nan')\n")
+        "def nan(prompt, completion, record):\n    return float('nan')\n"
+        # fine on the reference answers (digits), raises on the model's first samples: past the check, after the
+        # run was registered (it was left behind, with no metrics, no state and no model)
+        "def late(prompt, completion, record):\n    assert completion.strip().isdigit(), completion\n    return 1.0\n")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=r"reward 'my_rewards:broken' raised KeyError: 'score' \(prompt '\w+ \w+'\)"):
         grpo(_cfg(reward="my_rewards:broken"), ws, registry)
@@ -144,7 +147,10 @@ def test_bad_rewards_stop_before_anything_is_registered(ws, tmp_path, monkeypatc
         grpo(_cfg(reward="my_rewards:nan"), ws, registry)
     with pytest.raises(UserError, match="has no function 'missing'"):
         grpo(_cfg(reward="my_rewards:missing"), ws, registry)
-    assert len(registry.list("run")) == runs
+    folders = set((ws.root / "runs").iterdir())
+    with pytest.raises(UserError, match=r"reward 'my_rewards:late' raised AssertionError"):
+        grpo(_cfg(reward="my_rewards:late", name="late-grpo"), ws, registry)
+    assert len(registry.list("run")) == runs and set((ws.root / "runs").iterdir()) == folders
     proc = run_cli("train", "grpo", "--base", "tiny-lm", "--data", "sums", "--reward", "regex", workspace=ws.root)
     assert proc.returncode == 2 and "--reward regex needs --pattern" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("train", "grpo", "--base", "tiny-lm", "--data", "sums", "--reward", "number", "--max-new-tokens", "40",

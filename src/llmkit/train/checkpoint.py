@@ -14,6 +14,8 @@ checkpoint as the latest usable one. Only the last K are kept.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -42,6 +44,30 @@ def write_run_config(run_dir: Path, section: str, cfg) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump({section: cfg.model_dump()}, sort_keys=False, allow_unicode=True))
 
 
+# The runs a trainer call has registered (see `discards_unstarted_runs`); None outside such a call.
+_STARTED: contextvars.ContextVar[list | None] = contextvars.ContextVar("llmkit_started_runs", default=None)
+
+
+def discards_unstarted_runs(trainer):
+    """A trainer whose run fails with a user's mistake before its first checkpoint leaves no run behind: a GRPO
+    reward that raised on the first sampled answers left a registered run with no metrics, no state and no model,
+    listed like a finished one. A run with a checkpoint stays (it resumes); so does any run on other errors."""
+    @functools.wraps(trainer)
+    def wrapper(*args, **kwargs):
+        token = _STARTED.set([])
+        try:
+            return trainer(*args, **kwargs)
+        except UserError:
+            for registry, run_dir, run_id in _STARTED.get():
+                if latest_step(run_dir) == 0:
+                    registry.remove(run_id)
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        finally:
+            _STARTED.reset(token)
+    return wrapper
+
+
 def start_run(ws, registry, name: str, section: str, cfg, parents: list[tuple[str, str]],
               info: dict[str, Any] | None = None, create: bool = True) -> tuple[Path, str | None]:
     """A new run: its folder (`runs/NAME-xxxxxx`) with config.yaml and run.json, registered with its parents.
@@ -58,6 +84,9 @@ def start_run(ws, registry, name: str, section: str, cfg, parents: list[tuple[st
     write_run_config(run_dir, section, cfg)
     rec = registry.add("run", name, kind=section, path=run_dir, params=cfg.model_dump(), parents=parents)
     (run_dir / "run.json").write_text(json.dumps({"id": rec.id, **(info or {})}))
+    started = _STARTED.get()
+    if started is not None:
+        started.append((registry, run_dir, rec.id))
     return run_dir, rec.id
 
 
