@@ -113,3 +113,14 @@ def test_a_student_of_another_kind_than_the_teacher_is_refused(lm_workspace: Pat
     reg = Registry.for_workspace(lm_workspace)
     with pytest.raises(UserError, match=r"distill.student = 'sms-clf' is a classifier and the teacher tiny-lm:v\d+ is a causal LM"):
         distill(DistillConfig(teacher="tiny-lm", student="sms-clf", data="tiny"), Workspace.open(lm_workspace), reg)
+
+
+def test_a_classifier_distills_into_an_encoder_given_a_new_head(lm_workspace: Path, sms_classifier, sms_data):
+    """minilm-l6 as the student of a classifier was refused and called "a causal LM"; it gets a head, as in classify."""
+    ws, reg = Workspace.open(lm_workspace), Registry.for_workspace(lm_workspace)
+    model = distill(DistillConfig(teacher="sms-clf", student="minilm-l6", data=sms_data, max_steps=2, batch_size=8,
+                                  max_length=32, name="sms-from-encoder"), ws, reg)
+    assert model.lineage["labels"] == ["ham", "spam"] and model.lineage["metrics"]["steps"] == 2
+    with pytest.raises(UserError, match=r"distill.student = 'minilm-l6' is an encoder and the teacher tiny-lm:v\d+ is "
+                                        r"a causal LM"):
+        distill(DistillConfig(teacher="tiny-lm", student="minilm-l6", data="tiny"), ws, reg)

@@ -89,11 +89,15 @@ def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry 
         teacher, tokenizer = load_causal_lm(teacher_ref)
         labels = None
     student_ref = resolve_model(cfg.student, registry) if cfg.student else None
-    if student_ref is not None and (model_kind(student_ref) == "classifier") != classifier:
-        # a classifier's backbone trained as an LM (its head dropped), or an LM given a classifier's head: neither is asked
-        teacher_is, student_is = ("a classifier", "a causal LM") if classifier else ("a causal LM", "a classifier")
-        raise UserError(f"distill.student = '{cfg.student}' is {student_is} and the teacher {teacher_ref.ref} is {teacher_is}; "
-                        f"give a student of the teacher's kind, or --student-preset P to build one")
+    student_kind = model_kind(student_ref) if student_ref is not None else None
+    # a classifier teacher takes a classifier or an encoder (given a new head, as train classify gives minilm-l6
+    # one: it was refused and called "a causal LM"); a causal teacher takes a causal LM
+    fits = {"classifier", "encoder"} if classifier else {"causal"}
+    if student_kind is not None and student_kind not in fits:
+        names = {"classifier": "a classifier", "encoder": "an encoder", "causal": "a causal LM"}
+        raise UserError(f"distill.student = '{cfg.student}' is {names[student_kind]} and the teacher {teacher_ref.ref} is "
+                        f"{'a classifier' if classifier else 'a causal LM'}; give a student of the teacher's kind"
+                        + (" (or an encoder)" if classifier else "") + ", or --student-preset P to build one")
     if student_ref is not None:
         if classifier:
             student, student_tok, _ = load_classifier(student_ref, labels)
