@@ -42,6 +42,10 @@ def test_generate_with_a_bad_temperature_or_unknown_model_is_a_user_error(lm_wor
     assert missing.returncode == 2 and "no-such-model" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     typo = llmkit(lm_workspace, "generate", "tiny-lmm", "--prompt", "x")
     assert typo.returncode == 2 and "did you mean 'tiny-lm'?" in typo.stderr
+    encoder = llmkit(lm_workspace, "generate", "minilm-l6", "--prompt", "x")  # it crashed: KeyError: 'cache', exit 1
+    assert encoder.returncode == 2 and encoder.stderr.strip() == (
+        "error: minilm-l6 is an encoder without a language-model head; generate takes causal language models "
+        "(smollm2-135m is one built in)"), encoder.stderr
 
 
 def test_chat_answers_each_line_until_an_empty_one(lm_workspace: Path, tiny_model):

@@ -182,6 +182,15 @@ def test_an_unknown_base_model_is_an_error_naming_it(ws):
         sft(_cfg(base="missing-base"), ws, Registry.for_workspace(ws.root))
 
 
+def test_a_base_that_is_not_a_causal_lm_is_refused_before_it_loads(ws):
+    """minilm-l6 loaded as a causal LM gets a language-model head of random weights: DPO trained and registered one."""
+    registry = Registry.for_workspace(ws.root)
+    runs = len(registry.list("run"))
+    with pytest.raises(UserError, match=r"^minilm-l6 is an encoder without a language-model head; train sft takes causal"):
+        sft(_cfg(base="minilm-l6"), ws, registry)
+    assert len(registry.list("run")) == runs
+
+
 def test_a_non_chat_dataset_is_an_error_naming_the_task_it_needs(ws):
     with pytest.raises(UserError, match="'lm' dataset; SFT needs one prepared with --task chat"):
         sft(_cfg(data="tiny"), ws, Registry.for_workspace(ws.root))

@@ -44,7 +44,7 @@ def generate(
         prompt = read_stdin_text("the prompt on stdin")
     valid_text(prompt, "--prompt")
     params = _sampling(cfg)
-    lm, tok = _load(model, ctx)
+    lm, tok = _load(model, ctx, "generate")
     stream = not (no_stream or ctx.json)
     if stream:
         console.print(prompt, end="", style="bold", markup=False, highlight=False)
@@ -68,13 +68,15 @@ def generate(
                       f"{rate}), {_ENDED.get(out.finish_reason, out.finish_reason)}[/dim]")
 
 
-def _load(ref: str, ctx: Ctx):
+def _load(ref: str, ctx: Ctx, verb: str):
     """(what generates, tokenizer): a GGUF or ONNX export on its own runtime (llama.cpp, onnxruntime), as serve,
     eval and bench-model run it (generate and chat refused one); anything else as the torch module."""
     from llmkit.models.io import load_causal_lm, load_tokenizer_for, resolve_model
+    from llmkit.models.kind import require_causal
     from llmkit.runtime.backends import choose_backend, load_backend
 
     model = resolve_model(ref, ctx.registry)
+    require_causal(model, verb)  # an encoder crashed with KeyError: 'cache'
     runtime = choose_backend(model)
     if runtime != "torch":
         return load_backend(runtime, model), load_tokenizer_for(model)
@@ -96,7 +98,7 @@ def chat(
         valid_text(system, "--system")
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # a line that is not UTF-8 is refused below, not a crash
-    lm, tok = _load(model, ctx)
+    lm, tok = _load(model, ctx, "chat")
     templated = bool(getattr(tok, "chat_template", None))
     messages = [{"role": "system", "content": system}] if system else []
     console.print(f"[dim]chatting with {model} ({'chat template' if templated else 'plain continuation'}); "

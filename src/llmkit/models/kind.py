@@ -51,3 +51,18 @@ def exported_from(model: Model) -> str:
     lineage = model.lineage or {}
     parent = (lineage.get("parent_model") or {}).get("ref")
     return parent if parent and lineage.get("format") in ("gguf", "onnx") else model.ref
+
+
+def require_causal(model: Model, verb: str) -> None:
+    """One line before anything is loaded when `model` is not a causal LM. Loaded as one anyway, an encoder or a
+    classifier gets a language-model head of random weights (transformers' BertLMHeadModel for minilm-l6): DPO
+    trained and registered one, quantize swapped a classifier's trained head for one, generate crashed on it."""
+    kind = model_kind(model)
+    if kind == "causal":
+        return
+    from llmkit.errors import UserError
+
+    what = "a classifier" if kind == "classifier" else "an encoder without a language-model head"
+    onnx = (f" (a {kind} gets smaller and faster as an ONNX export, which onnxruntime runs: llmkit export {model.ref} "
+            "--format onnx)") if verb in ("quantize", "prune") else " (smollm2-135m is one built in)"
+    raise UserError(f"{model.ref} is {what}; {verb} takes causal language models{onnx}")

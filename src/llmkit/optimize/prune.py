@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from llmkit.config import PruneConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
-from llmkit.optimize.quantize import require_causal
+from llmkit.models.kind import require_causal
 from llmkit.optimize.table import check_eval_data
 from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace

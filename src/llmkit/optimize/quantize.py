@@ -9,6 +9,7 @@ import torch
 
 from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
+from llmkit.models.kind import require_causal
 from llmkit.models.quantized import (
     METHODS,
     QuantLinear,
@@ -99,16 +100,4 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
     return quantized, rows
 
 
-def require_causal(source: Model, verb: str) -> None:
-    """One line before anything is loaded when `source` is not a causal LM: loaded as one, a classifier lost its
-    trained head for a random language-model head, was registered as a causal LM, and only then refused."""
-    from llmkit.models.kind import model_kind
-
-    kind = model_kind(source)
-    if kind != "causal":
-        raise UserError(f"{source.ref} is {'a classifier' if kind == 'classifier' else 'an encoder'}; {verb} takes causal "
-                        f"language models (a {kind} gets smaller and faster as an ONNX export, which onnxruntime runs: "
-                        f"llmkit export {source.ref} --format onnx)")
-
-
-__all__ = ["quantize", "quantize_model", "require_causal"]
+__all__ = ["quantize", "quantize_model"]

@@ -18,6 +18,7 @@ from llmkit.config import FinetuneConfig
 from llmkit.data.tokenizer import CHAT_TEMPLATE
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, load_tokenizer_for, resolve_model, save_model
+from llmkit.models.kind import require_causal
 from llmkit.registry import Registry
 from llmkit.train.checkpoint import run_model_folder
 from llmkit.train.finetune import Fitted, enable_checkpointing
@@ -44,6 +45,7 @@ def open_base(cfg, stage: str, registry: Registry, console) -> TuningBase:
     if not cfg.base:
         raise UserError(f"{stage}.base is not set: pass --base MODEL (a registry name, a model folder or a Hub id)")
     base = resolve_model(cfg.base, registry)
+    require_causal(base, f"train {stage}")  # minilm-l6 trained and registered a random LM head
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer, path = load_for_training(base, cfg, device, console)
     if tokenizer.chat_template is None:
