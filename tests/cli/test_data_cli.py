@@ -57,6 +57,10 @@ def test_the_human_summary_says_where_the_name_came_from_and_the_tokenizer_as_as
     lines = llmkit("data", "prepare", str(source), "--task", "lm", "--tokenizer", "char", "--doc-split", "blank-line",
                    "--name", "lines", workspace=tmp_path / "ws")
     assert lines.returncode == 0 and "empty" not in lines.stdout, lines.stdout
+    rows = tmp_path / "rows.csv"  # a bad row is read too: "3 read, 3 kept, ..., 1 bad" did not add up
+    rows.write_text("text,label\nhello there,ham\nwin now,spam\ncall me,ham\nbad, row,spam\n")
+    skipped = llmkit("data", "prepare", str(rows), "--task", "classify", "--skip-bad", workspace=tmp_path / "ws")
+    assert "records: 4 read, 3 kept;" in skipped.stdout and ", 1 bad" in skipped.stdout, skipped.stdout
 
 
 def test_report_json_has_the_statistics_and_the_plots_exist(prepared):

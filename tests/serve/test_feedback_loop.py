@@ -6,6 +6,7 @@ import io
 import json
 
 import openai
+import pytest
 import requests
 from rich.console import Console
 
@@ -63,3 +64,16 @@ def test_open_server_on_all_interfaces_warns(lm_workspace, serve_lm):
         assert json.loads(requests.get(running.url.replace("0.0.0.0", "127.0.0.1") + "/health", timeout=10).text)["status"] == "ok"
     finally:
         running.stop()
+
+
+def test_a_boolean_rating_or_a_blank_correction_is_refused_not_guessed():
+    """true == 1 to Python: a client's boolean was stored as a thumbs-up (training data, later); a blank correction
+    was stored and then counted as none."""
+    import pydantic
+
+    from llmkit.serve.schemas import FeedbackRequest
+
+    for body, field in (({"response_id": "r", "rating": True}, "rating"), ({"response_id": "r", "correction": "  "}, "correction")):
+        with pytest.raises(pydantic.ValidationError, match=field):
+            FeedbackRequest.model_validate(body)
+    assert FeedbackRequest.model_validate({"response_id": "r", "rating": 1.0}).rating == 1  # 1.0 is the integer 1

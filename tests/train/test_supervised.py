@@ -191,6 +191,15 @@ def test_a_base_that_is_not_a_causal_lm_is_refused_before_it_loads(ws):
     assert len(registry.list("run")) == runs
 
 
+def test_a_lora_target_the_model_lacks_names_the_section_of_the_command_run(ws):
+    """train dpo --target-modules foo said 'sft.lora.target_modules': a user fixing a config file was sent elsewhere."""
+    from llmkit.train.tuned_model import load_for_training
+
+    cfg = _cfg(method="lora", lora=LoraConfig(r=4, alpha=8, target_modules=["foo"]))
+    with pytest.raises(UserError, match=r"^dpo\.lora\.target_modules"):
+        load_for_training(resolve_model("tiny-lm", Registry.for_workspace(ws.root)), cfg, "cpu", None, "dpo")
+
+
 def test_a_non_chat_dataset_is_an_error_naming_the_task_it_needs(ws):
     with pytest.raises(UserError, match="'lm' dataset; SFT needs one prepared with --task chat"):
         sft(_cfg(data="tiny"), ws, Registry.for_workspace(ws.root))

@@ -45,7 +45,8 @@ def prepare(ctx: Ctx, cfg) -> None:
         if skipped:
             console.print(f"  files skipped: {describe_skipped(skipped)}; choose with --include/--exclude GLOB",
                           markup=False, highlight=False)
-        console.print(f"  records: {c['ingested']} read, {c['kept']} kept; removed {c['duplicates_exact']} exact and "
+        # read counts the bad rows too: "3 read, 3 kept, ..., 1 bad" did not add up
+        console.print(f"  records: {c['ingested'] + c['bad']} read, {c['kept']} kept; removed {c['duplicates_exact']} exact and "
                       f"{c['duplicates_near']} near duplicates, {c['too_short']} too short, {c['too_long']} too long, "
                       f"{c['pii_dropped']} for PII, {c['bad']} bad")
         if m.get("bad_examples"):  # what --skip-bad skipped: the count alone sent people to read every row

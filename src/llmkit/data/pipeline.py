@@ -224,7 +224,7 @@ def _nothing_left(cfg: DataConfig, c: Counts, bad_examples: list[str]) -> str:
         return (f"every record was bad ({c.bad} skipped under --skip-bad), the first: {bad_examples[0]}"
                 if bad_examples else f"every record was bad ({c.bad} skipped under --skip-bad)")
     if c.kept == 0:
-        return (f"nothing left after filtering: {c.ingested} records read; removed {c.too_short} by data.min_chars={cfg.min_chars}, "
+        return (f"nothing left after filtering: {c.ingested + c.bad} records read; removed {c.too_short} by data.min_chars={cfg.min_chars}, "
                 f"{c.too_long} by data.max_chars={cfg.max_chars}, {c.pii_dropped} by data.pii=drop, "
                 f"{c.duplicates_exact} exact and {c.duplicates_near} near duplicates (data.dedupe={cfg.dedupe}); "
                 f"{c.bad} bad records skipped; loosen the filter that removed them")

@@ -301,6 +301,21 @@ class FeedbackRequest(Request):
     correction: Text = Field(None, max_length=100_000, description="the answer it should have given")
     comment: Text = Field(None, max_length=10_000)
 
+    @field_validator("rating", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value):
+        # true == 1 to Python: a client's boolean was stored as a thumbs-up, which becomes training data
+        if isinstance(value, bool):
+            raise ValueError("Input should be -1, 0 or 1, not a boolean")
+        return value
+
+    @field_validator("correction")
+    @classmethod
+    def _a_correction_says_something(cls, value):
+        if value is not None and not value.strip():  # stored, then counted by from-feedback as no correction
+            raise ValueError("a correction is the answer the model should have given; it is blank")
+        return value
+
 
 class ExplainRequest(Request):
     model: Text = Field(..., min_length=1, description="a classifier or causal LM served with the torch backend")

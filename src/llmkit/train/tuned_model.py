@@ -47,7 +47,7 @@ def open_base(cfg, stage: str, registry: Registry, console) -> TuningBase:
     base = resolve_model(cfg.base, registry)
     require_causal(base, f"train {stage}")  # minilm-l6 trained and registered a random LM head
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer, path = load_for_training(base, cfg, device, console)
+    model, tokenizer, path = load_for_training(base, cfg, device, console, stage)
     if tokenizer.chat_template is None:
         tokenizer.chat_template = CHAT_TEMPLATE
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -87,7 +87,7 @@ def save_trained(model: torch.nn.Module, cfg, path: str, tokenizer, target, base
         save_adapter(model, tokenizer, target, base, lineage)
 
 
-def load_for_training(base: Model, cfg: FinetuneConfig, device: str, console) -> tuple[torch.nn.Module, Any, str]:
+def load_for_training(base: Model, cfg: FinetuneConfig, device: str, console, stage: str = "sft") -> tuple[torch.nn.Module, Any, str]:
     """The module to train, its tokenizer, and which path trains it: our fast Llama where the base allows,
     else transformers + peft (a speed difference, never an error)."""
     reason = fast_lora.fast_path_reason(base, cfg)
@@ -99,10 +99,10 @@ def load_for_training(base: Model, cfg: FinetuneConfig, device: str, console) ->
         return lm, load_tokenizer_for(base), "fast"
     lm, tokenizer = _load_base(base, cfg, device)
     if cfg.gradient_checkpointing:
-        enable_checkpointing(lm, "sft.gradient_checkpointing")
+        enable_checkpointing(lm, f"{stage}.gradient_checkpointing")  # the section of the command run
     if cfg.method in ("lora", "qlora"):
         torch.manual_seed(cfg.seed)  # the adapters' initial weights
-        lm = apply_lora(lm, cfg.lora, "CAUSAL_LM", "sft.lora")
+        lm = apply_lora(lm, cfg.lora, "CAUSAL_LM", f"{stage}.lora")
     if console is not None:
         console.print(f"training path: transformers + peft ({reason})" + ("; --compile applies to the fast path only, "
                       "not used" if cfg.compile else ""))
