@@ -236,3 +236,16 @@ def test_cli_prints_the_dataset(mixed: Env):
     assert human.returncode == 0, human.stderr
     assert "dataset fb:v2 (chat)" in human.stdout and "0 corrected, 4 approved" in human.stdout
     assert "next: llmkit train sft" in human.stdout
+
+
+def test_a_failed_export_leaves_no_file_of_users_text_behind(mixed: Env):
+    """A bad --tokenizer was found after the export (users' prompts and answers) was written, and named data.tokenizer."""
+    exports = mixed.ws.root / "datasets" / "feedback-exports"
+    before = set(exports.iterdir()) if exports.exists() else set()
+    with pytest.raises(UserError, match=r"^from-feedback.tokenizer = '/nonexistent': no tokenizer.json"):
+        mixed.build(tokenizer="/nonexistent")
+    broken = mixed.ws.root / "broken.json"  # passes the early check, fails inside prepare: removed all the same
+    broken.write_text("{not json")
+    with pytest.raises(UserError, match=r"not a tokenizers tokenizer.json"):
+        mixed.build(tokenizer=str(broken))
+    assert (set(exports.iterdir()) if exports.exists() else set()) == before

@@ -103,8 +103,12 @@ def distill(ctx: Ctx, cfg) -> None:
 def _preference(ctx: Ctx, cfg, loss: str) -> None:
     from llmkit.train.preference import preference_tune
 
-    _finish(ctx, lambda: preference_tune(cfg, loss, ctx.ws, ctx.registry, console=ctx.log),
-            "next: llmkit compare " + (cfg.base or "BASE") + " {name} --data " + (cfg.data or "DATA"))
+    def hint(model) -> str:  # a resumed run's base and data are in its config, not on the command line
+        config = (model.lineage or {}).get("config") or {}
+        base, data = cfg.base or config.get("base") or "BASE", cfg.data or config.get("data") or "DATA"
+        return f"next: llmkit compare {base} {model.name} --data {data}"
+
+    _finish(ctx, lambda: preference_tune(cfg, loss, ctx.ws, ctx.registry, console=ctx.log), hint)
 
 
 @app.command(epilog="Example: llmkit train dpo --base smollm2-135m --data my-prefs --method lora --beta 0.1")

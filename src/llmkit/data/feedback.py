@@ -33,6 +33,19 @@ HOW_TO_GET_SOME = ("rate or correct answers in the web UI of 'llmkit serve', or 
                    "{response_id, rating: 1 | -1, correction}")
 
 
+def _prepared(data: DataConfig, val: float, ws, registry, progress):
+    try:
+        return prepare(data, ws, registry, progress)
+    except UserError:
+        # Splits hash each record's content (a preference record's prompt), so a handful of records
+        # can all land in val (prepare then refuses: train is empty). Keep them all in train instead;
+        # if the error was something else, the second attempt raises it again.
+        if val == 0:
+            raise
+        data.splits = SplitConfig(val=0.0, test=0.0)
+        return prepare(data, ws, registry, progress)
+
+
 def dataset_from_feedback(cfg: FeedbackDataConfig, ws: Workspace | None = None,
                           registry: Registry | None = None, progress=None) -> DatasetVersion:
     """Register a chat (or preference) dataset version built from feedback; the manifest's "feedback" key
@@ -55,6 +68,13 @@ def dataset_from_feedback(cfg: FeedbackDataConfig, ws: Workspace | None = None,
         raise UserError(_nothing_usable(registry, cfg, summary))
 
     tokenizer = cfg.tokenizer or _model_tokenizer(cfg.model, registry)
+    if cfg.tokenizer:  # before the export is written, and under this command's own key (it said data.tokenizer)
+        from llmkit.data.tokenizer import check_spec
+
+        try:
+            check_spec(cfg.tokenizer)
+        except UserError as err:
+            raise UserError(str(err).replace("data.tokenizer", "from-feedback.tokenizer", 1)) from None
     # Kept in the workspace, named by its content: the dataset's records name their source file and line (a temporary
     # file was gone by the time `data show` pointed at it), and the same feedback gives the same name, which prepare
     # hashes with the bytes, so it finds its version again.
@@ -62,7 +82,8 @@ def dataset_from_feedback(cfg: FeedbackDataConfig, ws: Workspace | None = None,
     exports = ws.folder("datasets", "feedback-exports")
     exports.mkdir(parents=True, exist_ok=True)
     file = exports / f"{cfg.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
-    if not file.exists():
+    made = not file.exists()  # a failure below removes an export this call made (users' prompts and answers)
+    if made:
         partial = file.with_name(f".{file.name}.tmp")
         partial.write_text(text, encoding="utf-8")
         partial.replace(file)  # never a half-written export under its final name
@@ -72,15 +93,11 @@ def dataset_from_feedback(cfg: FeedbackDataConfig, ws: Workspace | None = None,
                       splits=SplitConfig(val=cfg.val, test=0.0),
                       dedupe="exact" if cfg.task == "preference" else "near")
     try:
-        ds = prepare(data, ws, registry, progress)
-    except UserError:
-        # Splits hash each record's content (a preference record's prompt), so a handful of records
-        # can all land in val (prepare then refuses: train is empty). Keep them all in train instead;
-        # if the error was something else, the second attempt raises it again.
-        if cfg.val == 0:
-            raise
-        data.splits = SplitConfig(val=0.0, test=0.0)
-        ds = prepare(data, ws, registry, progress)
+        ds = _prepared(data, cfg.val, ws, registry, progress)
+    except BaseException:
+        if made:
+            file.unlink(missing_ok=True)
+        raise
 
     parents = _link_models(registry, ds.id, sorted(models))
     summary["models"] = parents

@@ -157,7 +157,7 @@ def classify(cfg: ClassifyConfig, ws: Workspace | None = None, registry: Registr
     val = Encoded(tokenizer, splits[eval_split][: cfg.eval_max_examples or None], index, cfg.max_length)
     test = Encoded(tokenizer, splits["test"], index, cfg.max_length)
     if len(val) == 0:
-        raise UserError(f"dataset {ds_rec.ref} has no val or test records to evaluate on; prepare it with a val split")
+        raise UserError(f"dataset {ds_rec.ref} has no val or test records to evaluate on; prepare it again with a val split (llmkit data prepare ... --splits-val 0.2)")
     weights = class_weights(train.labels, len(labels), cfg.class_weights)
     if console is not None:
         counts = Counter(r["label"] for r in splits["train"])

@@ -84,7 +84,7 @@ def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None
         raise UserError(f"no usable prompt in {ds.ref} ({skipped} longer than {room} tokens or without a user turn); "
                         "raise --max-length (up to the base's context) or lower --max-new-tokens")
     if not val:
-        raise UserError(f"dataset {ds.ref} has no val or test conversations to evaluate on; prepare it with a val split")
+        raise UserError(f"dataset {ds.ref} has no val or test conversations to evaluate on; prepare it again with a val split (llmkit data prepare ... --splits-val 0.2)")
     val = val[: cfg.eval_max_examples or None]
     for p in train[:8]:  # the reward runs on the reference answers now: a broken one stops before anything is registered
         score(reward, p.text, reference_answer(p.record), p.record, cfg.reward)

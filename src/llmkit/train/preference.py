@@ -90,7 +90,7 @@ def preference_tune(cfg: PreferenceConfig, loss: str, ws: Workspace | None = Non
     if cfg.eval_max_examples:
         val = val[: cfg.eval_max_examples]
     if not val:
-        raise UserError(f"dataset {ds.ref} has no val or test examples to evaluate on; prepare it with a val split")
+        raise UserError(f"dataset {ds.ref} has no val or test examples to evaluate on; prepare it again with a val split (llmkit data prepare ... --splits-val 0.2)")
     precision = resolve_precision(cfg.precision, device)
     if loss != "orpo":  # ORPO has no reference
         if console is not None:

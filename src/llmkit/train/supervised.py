@@ -244,7 +244,7 @@ def _examples(cfg: SftConfig, ds_rec, tokenizer, console):
     if not train:
         raise UserError(f"no usable training conversation in {ds_rec.ref} ({train_counts}); raise --max-length")
     if not val:
-        raise UserError(f"dataset {ds_rec.ref} has no val or test conversations to evaluate on; prepare it with a val split")
+        raise UserError(f"dataset {ds_rec.ref} has no val or test conversations to evaluate on; prepare it again with a val split (llmkit data prepare ... --splits-val 0.2)")
     if cfg.eval_max_examples:
         val = val[: cfg.eval_max_examples]
     rows = pack(train, cfg.max_length) if cfg.packing else train

@@ -17,7 +17,7 @@ import llmkit.train.fast_lora as fast_lora
 from llmkit.config import FinetuneConfig
 from llmkit.data.tokenizer import CHAT_TEMPLATE
 from llmkit.errors import UserError
-from llmkit.models.io import Model, load_causal_lm, load_tokenizer_for, resolve_model, save_model
+from llmkit.models.io import Model, is_adapter, load_causal_lm, load_tokenizer_for, resolve_model, save_model
 from llmkit.models.kind import require_causal
 from llmkit.registry import Registry
 from llmkit.train.checkpoint import run_model_folder
@@ -46,6 +46,9 @@ def open_base(cfg, stage: str, registry: Registry, console) -> TuningBase:
         raise UserError(f"{stage}.base is not set: pass --base MODEL (a registry name, a model folder or a Hub id)")
     base = resolve_model(cfg.base, registry)
     require_causal(base, f"train {stage}")  # minilm-l6 trained and registered a random LM head
+    if cfg.method == "full" and is_adapter(base.path):  # its base loads frozen: "nothing to train", after the loading
+        raise UserError(f"{stage}.method = 'full': {base.ref} is a LoRA adapter; merge it first (llmkit merge "
+                        f"{base.ref}) and tune the merged model, or use --method lora")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer, path = load_for_training(base, cfg, device, console, stage)
     if tokenizer.chat_template is None:
