@@ -200,6 +200,12 @@ def test_a_lora_target_the_model_lacks_names_the_section_of_the_command_run(ws):
         load_for_training(resolve_model("tiny-lm", Registry.for_workspace(ws.root)), cfg, "cpu", None, "dpo")
 
 
+def test_full_tuning_of_a_lora_adapter_is_refused_up_front(ws, lora_model):
+    """Its base loads frozen: the whole model was loaded before "nothing to train (no parameter requires a gradient)"."""
+    with pytest.raises(UserError, match=r"sft.method = 'full': sft-lora:v\d+ is a LoRA adapter; merge it first"):
+        sft(_cfg(base=lora_model.ref, method="full"), ws, Registry.for_workspace(ws.root))
+
+
 def test_a_non_chat_dataset_is_an_error_naming_the_task_it_needs(ws):
     with pytest.raises(UserError, match="'lm' dataset; SFT needs one prepared with --task chat"):
         sft(_cfg(data="tiny"), ws, Registry.for_workspace(ws.root))
