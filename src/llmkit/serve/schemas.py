@@ -298,7 +298,9 @@ class FeedbackRequest(Request):
     response_id: Text = Field(..., min_length=1, max_length=64, description="the `id` of a completion or chat response")
     # Not nullable: an explicit null would satisfy "required" in the schema and still say nothing.
     rating: Literal[-1, 0, 1] = Field(None, description="1 = good, 0 = neutral (below data from-feedback's default --min-rating 1), -1 = bad")
-    correction: Text = Field(None, max_length=100_000, description="the answer it should have given")
+    # the schema says what the validator below checks (a blank correction is refused), with its own message
+    correction: Text = Field(None, max_length=100_000, description="the answer it should have given",
+                             json_schema_extra={"pattern": r"\S"})
     comment: Text = Field(None, max_length=10_000)
 
     @field_validator("rating", mode="before")
