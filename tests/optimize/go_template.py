@@ -26,8 +26,9 @@ def ollama_render(template: str, messages: list[dict], system: str | None = None
             collated.append(dict(m))
     root = {"System": "\n\n".join(m["content"] for m in messages if m["role"] == "system"),
             "Messages": [{"Role": m["role"], "Content": m["content"]} for m in collated]}
-    nodes, rest = _parse(_lex(template), 0)
-    assert rest == len(_lex(template)), "unbalanced {{ end }}"
+    tokens = _lex(template)
+    nodes, rest = _parse(tokens, 0)
+    assert rest == len(tokens), "unbalanced {{ end }}"
     out: list[str] = []
     _run(nodes, root, {"$": root}, out)
     return "".join(out)
@@ -98,7 +99,7 @@ def _run(nodes, dot, scope, out) -> None:
                 out.append(str(_eval(body, dot, scope)))
         elif kind == "if":
             for cond, block in body:
-                if cond is None or _truth(_eval(cond, dot, scope)):
+                if cond is None or _eval(cond, dot, scope):
                     _run(block, dot, scope, out)
                     break
         elif kind == "range":
@@ -116,17 +117,13 @@ def _run(nodes, dot, scope, out) -> None:
             raise AssertionError(kind)
 
 
-def _truth(value) -> bool:
-    return bool(value)
-
-
 def _eval(expr: str, dot, scope):
     words = re.findall(r'"(?:[^"\\]|\\.)*"|\S+', expr.strip())
     if words[0] in ("eq", "and"):
         args = [_value(w, dot, scope) for w in words[1:]]
         if words[0] == "eq":
             return args[0] == args[1]
-        return all(_truth(a) for a in args) and args[-1]
+        return all(args) and args[-1]
     assert len(words) == 1, f"not in the subset: {expr}"
     return _value(words[0], dot, scope)
 

@@ -10,12 +10,17 @@ from transformers import (
 from llmkit.runtime.detokenize import TextStream
 
 
-def test_stream_holds_back_partial_characters_and_stop_prefixes():
+def _byte_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per byte: every multi-byte character arrives in pieces."""
     byte_vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tk = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))  # one token per byte
+    tk = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk)
+    return PreTrainedTokenizerFast(tokenizer_object=tk)
+
+
+def test_stream_holds_back_partial_characters_and_stop_prefixes():
+    tok = _byte_tokenizer()
     ids = tok("héllo wörld ✓ end", add_special_tokens=False)["input_ids"]
     stream = TextStream(tok, stop=["d ✓"])
     pieces = [stream.push(ids[:i]) for i in range(1, len(ids) + 1)]
@@ -44,11 +49,7 @@ def test_incremental_stream_equals_decoding_everything():
 
 def test_a_character_cut_by_the_end_is_left_out_and_earlier_invalid_bytes_stay():
     """max_tokens reached after the first byte of a character: the answer ended in '�'."""
-    byte_vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tk = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))  # one token per byte
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk)
+    tok = _byte_tokenizer()
     ids = tok("明月", add_special_tokens=False)["input_ids"]
     stream = TextStream(tok)
     cut = ids[:4]  # 明 and the first byte of 月
