@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from llmkit.config import PredictConfig
+from llmkit.data.clean import clean_classifier_input
 from llmkit.errors import UserError
 from llmkit.models.io import resolve_model
 from llmkit.models.kind import model_kind
@@ -34,13 +35,14 @@ def classify_texts(clf, tokenizer, labels: list[str], texts: list[str], max_leng
                    batch_size: int = 32) -> list[dict[str, Any]]:
     """A loaded classifier's {text, label, score, probabilities} per text, in order."""
     device = next(clf.parameters()).device
+    cleaned = [clean_classifier_input(t) for t in texts]
     # Longest first in batches of similar length: less padding; results go back in input order.
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    order = sorted(range(len(texts)), key=lambda i: -len(cleaned[i]))
     results: dict[int, dict[str, Any]] = {}
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             index = order[start: start + batch_size]
-            enc = tokenizer([texts[i] for i in index], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            enc = tokenizer([cleaned[i] for i in index], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             logits = clf(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
             probs = logits.float().softmax(-1).cpu()
             for row, i in enumerate(index):

@@ -235,3 +235,10 @@ def test_a_token_the_classifier_reads_as_unknown_shows_the_text_it_stands_for(cl
     exp = _run(clf, text, method="occlusion")
     assert "[UNK]" not in exp.tokens and exp.tokens.count("关") == 2 and "鸠" in exp.tokens
     assert exp.tokens[0] == "[CLS]" and exp.tokens[-1] == "[SEP]"  # other special tokens as they are
+
+
+def test_a_classifier_explains_the_text_predict_reads(clf):
+    """Full-width letters from an IME are explained as the letters predict scores (cleaned as at prepare)."""
+    typed, plain = _run(clf, "ＦＲＥＥ prize\n\nｎｏｗ", method="occlusion"), _run(clf, "FREE prize now", method="occlusion")
+    assert typed.tokens == plain.tokens and "[UNK]" not in typed.tokens
+    assert typed.probability == pytest.approx(plain.probability, abs=1e-6)

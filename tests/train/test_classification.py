@@ -43,6 +43,19 @@ def test_predict_labels_texts_with_probabilities(sms_classifier, lm_workspace: P
         assert r["score"] == max(r["probabilities"].values())
 
 
+def test_predict_cleans_texts_as_prepare_cleaned_the_training_texts(sms_classifier, lm_workspace: Path):
+    """Full-width letters from an IME and line breaks reach the classifier as prepare made its training texts
+    (full-width ＦＲＥＥ read as unknown tokens scored differently from FREE)."""
+    reg = Registry.for_workspace(lm_workspace)
+    typed = ["ＦＲＥＥ entry to WIN ｃａｓｈ　ｎｏｗ! Txt\n\n  CLAIM to 81010", "Ｏｋ lar... see you\r\nat home"]
+    plain = ["FREE entry to WIN cash now! Txt CLAIM to 81010", "Ok lar... see you at home"]
+    out, expected = predict("sms-clf", typed, registry=reg), predict("sms-clf", plain, registry=reg)
+    assert [r["text"] for r in out] == typed  # the user's own text comes back
+    for got, want in zip(out, expected, strict=True):
+        assert got["label"] == want["label"]
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
+
+
 def test_lora_decoder_classifier_trains_the_head_and_adapters_and_merges(lm_workspace: Path, tiny_model, sms_data):
     ws = Workspace.open(lm_workspace)
     reg = Registry.for_workspace(ws.root)

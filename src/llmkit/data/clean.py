@@ -70,6 +70,13 @@ def clean_text(text: str, keep_newlines: bool = True) -> str:
     return text.strip("\n")
 
 
+def clean_classifier_input(text: str) -> str:
+    """A text given to a classifier at predict, serve or explain time, cleaned as `prepare` cleaned its training
+    texts: full-width ＶＩＰ typed through a Chinese IME reads as the VIP the model learned, and line breaks fold.
+    Language models' prompts stay as typed: they are the user's words, which the answer may quote."""
+    return clean_text(text, keep_newlines=False)
+
+
 def _normalize_width(text: str) -> str:
     text = text.translate(_ASCII_WIDTH)
     # NFKC composes a half-width kana with the sound mark after it (ｶﾞ -> ガ), which a table could not.

@@ -128,7 +128,10 @@ def _device(model) -> torch.device:
 
 
 def classifier_subject(clf, tokenizer, labels: list[str], text: str, target: str | None, max_length: int) -> Subject:
-    """Explain the probability of `target` (default: the predicted label) for `text`."""
+    """Explain the probability of `target` (default: the predicted label) for `text`, cleaned as predict cleans it."""
+    from llmkit.data.clean import clean_classifier_input
+
+    text = clean_classifier_input(text)
     warns: list[str] = []
     full = tokenizer(text)["input_ids"]
     enc = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]

@@ -21,6 +21,7 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=s.
 
 @router.post("/classify", response_model=s.ClassificationList)
 async def classify(body: s.ClassifyRequest, request: Request):
+    from llmkit.data.clean import clean_classifier_input
     from llmkit.predict import classify_texts
 
     served = server_state(request).model(body.model, "classifier")
@@ -29,7 +30,8 @@ async def classify(body: s.ClassifyRequest, request: Request):
         # Under the model's lock, the count too: a fast tokenizer's padding and truncation are settings of
         # the one shared Rust object, so an unpadded call racing a padded one broke its batch (a 500 in the soak).
         with served.lock:
-            tokens = sum(len(ids) for ids in served.tokenizer(body.input, truncation=True, max_length=served.max_length)["input_ids"])
+            cleaned = [clean_classifier_input(text) for text in body.input]  # what classify_texts reads
+            tokens = sum(len(ids) for ids in served.tokenizer(cleaned, truncation=True, max_length=served.max_length)["input_ids"])
             return classify_texts(served.net, served.tokenizer, served.labels, body.input, served.max_length), tokens
 
     results, tokens = await run_in_threadpool(run)
