@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from llmkit.config import CompareConfig, SftConfig
 from llmkit.errors import UserError
-from llmkit.eval.gate import checks, flips, gate, last_gate
+from llmkit.eval.gate import checks, flips, gate, improvement_interval, last_gate, sample_warnings
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 from tests.conftest import run_cli, tiny_config
@@ -26,18 +27,41 @@ def test_flips_are_outcome_changes_both_ways_and_each_threshold_is_a_check():
     assert flips("chat", base, tuned, CompareConfig(item_pass_score=0.3)) == ([1], [2])  # 0.6 and 0.4 both pass 0.3
     losses = [{"loss": a} for a in (2.0, 2.0, 2.0)], [{"loss": b} for b in (2.05, 2.2, 1.8)]
     assert flips("lm", *losses, cfg) == ([1], [2])  # a move of 0.05 is inside the margin
-    task = {"base": 0.6, "tuned": 0.55, "improvement": -0.05}
+    task = {"base": 0.6, "tuned": 0.55, "improvement": -0.05, "interval": [-0.2, 0.1]}
     found = {c["check"]: c for c in checks("classify", task, regressed=2, items=5, general=None, cfg=cfg)}
     assert [name for name, c in found.items() if not c["passed"]] == ["task", "regressed share", "regressed items"]
-    assert found["task"]["message"] == "accuracy 0.6000 -> 0.5500 (change -0.0500; compare.min_task_improvement = +0.0000)"
+    assert found["task"]["message"] == ("accuracy 0.6000 -> 0.5500 (change -0.0500, 95 % interval [-0.2000, +0.1000]; "
+                                         "compare.min_task_improvement = +0.0000)")
     assert found["regressed share"]["message"] == "2 of 5 items went from better to worse (40.0%; compare.max_regressed_share = 25.0%)"
     general = {"base": {"perplexity": 10.0, "answered": 0.8}, "tuned": {"perplexity": 10.4, "answered": 0.75},
                "perplexity_increase": 0.04, "answer_drop": 0.05}
-    ok = checks("lm", {"base": 20.0, "tuned": 18.0, "improvement": 0.1}, 0, 5, general, CompareConfig())
+    ok = checks("lm", {"base": 20.0, "tuned": 18.0, "improvement": 0.1, "interval": [0.05, 0.15]}, 0, 5, general, CompareConfig())
     assert all(c["passed"] for c in ok) and len(ok) == 4
-    strict = checks("lm", {"base": 20.0, "tuned": 18.0, "improvement": 0.1}, 0, 5, general,
+    strict = checks("lm", {"base": 20.0, "tuned": 18.0, "improvement": 0.1, "interval": [0.05, 0.15]}, 0, 5, general,
                     CompareConfig(max_general_perplexity_increase=0.03, max_general_answer_drop=0.01))
     assert [c["check"] for c in strict if not c["passed"]] == ["general perplexity", "general answers"]
+
+
+def test_the_improvement_has_a_paired_bootstrap_interval_and_few_items_are_warned_of():
+    """The interval resamples the same items for both models: one item of 40 flipping leaves 0 inside it, 20 of
+    40 do not; under 30 items the verdict says it rests on few."""
+    base = [{"score": 0.0} for _ in range(40)]
+    one = [{"score": 1.0}] + base[1:]
+    low, high = improvement_interval("classify", base, one)
+    assert low == 0.0 and 0.025 <= high <= 0.1
+    many = [{"score": float(i % 2)} for i in range(40)]
+    low, high = improvement_interval("classify", base, many)
+    assert 0.3 < low < 0.5 < high < 0.7
+    assert sample_warnings({"metric": "accuracy", "improvement": 0.5, "interval": [low, high]}, 40) == []
+    assert sample_warnings({"metric": "accuracy", "improvement": 0.025, "interval": [0.0, 0.075]}, 40) == [
+        "the accuracy change +0.0250 is within its 95 % interval [+0.0000, +0.0750] of no change over these 40 items"]
+    assert sample_warnings({"metric": "accuracy", "improvement": 1.0, "interval": [1.0, 1.0]}, 1) == [
+        "1 held-out item: a verdict on so few says little (score a larger split, or prepare more held-out data)"]
+    # perplexity: the documents' tokens weigh their losses, as in the figure itself
+    docs = [{"nll": 2.0 * n, "tokens": n} for n in (10, 20, 30)]
+    better = [{"nll": 1.0 * d["tokens"], "tokens": d["tokens"]} for d in docs]
+    low, high = improvement_interval("lm", docs, better)
+    assert low == pytest.approx(1 - math.exp(-1.0)) == pytest.approx(high)
 
 
 @pytest.fixture(scope="module")

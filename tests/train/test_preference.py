@@ -45,6 +45,12 @@ def ws(lm_workspace: Path, tiny_model, chat_data, tmp_path_factory):
                                                 for r in _pairs()[:10]))
     prepare(DataConfig(inputs=[str(folder / "rated.jsonl")], name="rated-only", task="preference", tokenizer="char",
                        splits={"val": 0.2, "test": 0.0}), ws, registry)
+    # KTO data with both ratings and no pairs: each prompt has one answer, desirable ones start with "aye, "
+    (folder / "kto.jsonl").write_text("".join(
+        json.dumps({"prompt": r["prompt"], "completion": r["chosen"] if i % 2 else r["rejected"], "label": bool(i % 2)}) + "\n"
+        for i, r in enumerate(_pairs())))
+    prepare(DataConfig(inputs=[str(folder / "kto.jsonl")], name="kto-rated", task="preference", tokenizer="char",
+                       splits={"val": 0.3, "test": 0.0}), ws, registry)
     registry.close()
     return ws
 
@@ -142,6 +148,32 @@ def test_compare_gates_a_preference_tuned_model_on_held_out_pairs(ws, dpo_model)
     assert result["verdict"] == "pass" and result["flipped"]["improved"] > 0
     example = result["flipped"]["improved_examples"][0]
     assert example["base_margin"] <= 0 < example["tuned_margin"] and example["chosen"].startswith("aye, ")
+    low, high = task["interval"]  # paired bootstrap over the same held-out pairs
+    assert low <= task["improvement"] <= high and low > 0
+    assert result["warnings"] == [f"{result['items']} held-out items: a verdict on so few says little "
+                                  "(score a larger split, or prepare more held-out data)"]
+
+
+def test_compare_gates_a_kto_tuned_model_on_held_out_rated_answers(ws):
+    """KTO data has no pairs: the gate ranks the split's desirable answers against its undesirable ones by mean
+    log-prob per answer token (an AUC), which KTO raises; a split of one rating alone is refused in one line."""
+    from llmkit.config import CompareConfig
+    from llmkit.eval.gate import gate
+
+    registry = Registry.for_workspace(ws.root)
+    # unpaired, KTO learns the rule more slowly than from pairs: its own val reward margin is still negative at 48 steps
+    kto = preference_tune(_cfg(KtoConfig, data="kto-rated", name="tiny-kto-rated", max_steps=96, eval_every=96,
+                               checkpoint_every=96), "kto", ws, registry)
+    result = gate("tiny-lm", kto.ref, CompareConfig(data="kto-rated", general=False), ws, registry)
+    task = result["task"]
+    assert result["kind"] == "rated" and task["metric"] == "rated_answer_auc", task
+    margin = [r for r in _metrics(kto) if "val_reward_margin" in r][-1]["val_reward_margin"]
+    assert margin > 0 and task["tuned"] >= 0.8 and task["improvement"] >= 0.1 and task["interval"][0] > 0, (margin, task)
+    assert result["verdict"] == "pass" and result["flipped"]["improved"] > 0
+    example = result["flipped"]["improved_examples"][0]
+    assert example["rating"] in ("desirable", "undesirable") and example["base_logp"] != example["tuned_logp"]
+    with pytest.raises(UserError, match=r"rated-only:v\d+ val: its \d+ rated answers are all undesirable and it has no pairs"):
+        gate("tiny-lm", kto.ref, CompareConfig(data="rated-only", general=False), ws, registry)
 
 
 def test_dpo_sft_weight_adds_the_chosen_answers_mean_token_loss(ws):

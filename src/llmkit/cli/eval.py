@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from llmkit.cli.common import Ctx, check_writable_file, console
 from llmkit.cli.options import configured
@@ -97,6 +98,8 @@ def _print_gate(result: dict) -> None:
         for item in general[key]:
             console.print(f"  general, {label}: {item['instruction']!r} -> {item['prediction']!r} (was {item['base']!r})",
                           markup=False, highlight=False)
+    for warning in result["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     if result["passed"]:
         console.print(f"[bold green]verdict: pass[/bold green] (compare {result['id']})")
     else:

@@ -15,17 +15,28 @@ import math
 import uuid
 from typing import Any
 
+import numpy as np
+
 from llmkit.config import CompareConfig
 from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.eval.evaluation import model_task, rewrite_report
-from llmkit.eval.items import chat_items, classifier_items, item_id, lm_items, load_lm, preference_items
+from llmkit.eval.items import (
+    chat_items,
+    classifier_items,
+    item_id,
+    lm_items,
+    load_lm,
+    preference_items,
+    rated_items,
+)
 from llmkit.eval.report import Report
 from llmkit.models.io import Model, resolve_model
 from llmkit.registry import Record, Registry
 from llmkit.workspace import Workspace, atomic_dir
 
-TASK_METRIC = {"classify": "accuracy", "chat": "rougeL", "lm": "perplexity", "preference": "preference_accuracy"}
+TASK_METRIC = {"classify": "accuracy", "chat": "rougeL", "lm": "perplexity", "preference": "preference_accuracy",
+               "rated": "rated_answer_auc"}
 
 
 def held_out_split(ds, split: str | None) -> tuple[str, list[dict]]:
@@ -51,18 +62,50 @@ def score(model: Model, kind: str, records: list[dict], cfg: CompareConfig, prog
         items = chat_items(lm, tokenizer, records, cfg.max_new_tokens, progress)
     elif kind == "preference":
         items = preference_items(lm, tokenizer, records, progress)
+    elif kind == "rated":
+        items = rated_items(lm, tokenizer, records, progress)
     else:
         items = lm_items(lm, tokenizer, records, progress)
     return {"items": items, "general": general_check(lm, tokenizer, progress) if cfg.general else None}
 
 
 def task_figure(kind: str, items: list[dict]) -> float:
-    """Accuracy (classify), mean ROUGE-L (chat), share of pairs ranked right (preference) or perplexity over every
-    scored token (lm)."""
+    """Accuracy (classify), mean ROUGE-L (chat), share of pairs ranked right (preference), AUC of rated answers
+    (rated) or perplexity over every scored token (lm)."""
     if kind == "lm":
         tokens = sum(i["tokens"] for i in items)
         return math.exp(min(sum(i["nll"] for i in items) / max(tokens, 1), 50.0))
     return sum(i["score"] for i in items) / len(items)
+
+
+def improvement_interval(kind: str, base: list[dict], tuned: list[dict], resamples: int = 1000) -> list[float]:
+    """A 95 % paired bootstrap interval of the task improvement: the same items resampled for both models, so
+    what the gate reads as better can be told from what one more or one fewer item would have changed."""
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(base), size=(resamples, len(base)))
+    if kind == "lm":  # perplexity over the picked documents' tokens; improvement is its relative decrease
+        tokens = np.array([b["tokens"] for b in base], dtype=float)[picks].sum(1).clip(min=1)
+        nll_b = np.array([b["nll"] for b in base])[picks].sum(1) / tokens
+        nll_t = np.array([t["nll"] for t in tuned])[picks].sum(1) / tokens
+        draws = 1.0 - np.exp(np.minimum(nll_t, 50.0) - np.minimum(nll_b, 50.0))
+    else:
+        diff = np.array([t["score"] - b["score"] for b, t in zip(base, tuned, strict=True)])
+        draws = diff[picks].mean(1)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def sample_warnings(task: dict[str, Any], items: int) -> list[str]:
+    """What the verdict cannot tell on this split: too few items, or a change within the interval's noise."""
+    out = []
+    low, high = task["interval"]
+    if items < 30:
+        out.append(f"{items} held-out item{'s' if items != 1 else ''}: a verdict on so few says little "
+                   "(score a larger split, or prepare more held-out data)")
+    if low <= 0.0 <= high:
+        out.append(f"the {task['metric']} change {task['improvement']:+.4f} is within its 95 % interval "
+                   f"[{low:+.4f}, {high:+.4f}] of no change over these {items} items")
+    return out
 
 
 def flips(kind: str, base: list[dict], tuned: list[dict], cfg: CompareConfig) -> tuple[list[int], list[int]]:
@@ -71,7 +114,7 @@ def flips(kind: str, base: list[dict], tuned: list[dict], cfg: CompareConfig) ->
         deltas = [t["loss"] - b["loss"] for b, t in zip(base, tuned, strict=True)]
         return ([i for i, d in enumerate(deltas) if d > cfg.item_loss_margin],
                 [i for i, d in enumerate(deltas) if d < -cfg.item_loss_margin])
-    threshold = 0.5 if kind in ("classify", "preference") else cfg.item_pass_score
+    threshold = 0.5 if kind in ("classify", "preference", "rated") else cfg.item_pass_score
     passed = [(b["score"] >= threshold, t["score"] >= threshold) for b, t in zip(base, tuned, strict=True)]
     return [i for i, (b, t) in enumerate(passed) if b and not t], [i for i, (b, t) in enumerate(passed) if t and not b]
 
@@ -86,7 +129,8 @@ def checks(kind: str, task: dict[str, float], regressed: int, items: int, genera
     metric = TASK_METRIC[kind]
     change = "relative decrease" if kind == "lm" else "change"
     out = [_check("task", task["improvement"] >= cfg.min_task_improvement,
-                  f"{metric} {task['base']:.4f} -> {task['tuned']:.4f} ({change} {task['improvement']:+.4f}; "
+                  f"{metric} {task['base']:.4f} -> {task['tuned']:.4f} ({change} {task['improvement']:+.4f}, 95 % "
+                  f"interval [{task['interval'][0]:+.4f}, {task['interval'][1]:+.4f}]; "
                   f"compare.min_task_improvement = {cfg.min_task_improvement:+.4f})")]
     share = regressed / max(items, 1)
     out.append(_check("regressed share", share <= cfg.max_regressed_share,
@@ -115,6 +159,10 @@ def _example(kind: str, record: dict, index: int, split: str, base: dict, tuned:
     elif kind == "preference":
         out.update(prompt=tuned["prompt"][:160], chosen=tuned["chosen"][:160], rejected=tuned["rejected"][:160],
                    base_margin=round(base["margin"], 4), tuned_margin=round(tuned["margin"], 4))
+    elif kind == "rated":
+        out.update(prompt=tuned["prompt"][:160], completion=tuned["completion"][:160],
+                   rating="desirable" if tuned["label"] else "undesirable",
+                   base_logp=round(base["logp"], 4), tuned_logp=round(tuned["logp"], 4))
     elif kind == "chat":
         out.update(prompt=tuned["prompt"][:160], reference=tuned["reference"][:160], base=base["prediction"][:160],
                    tuned=tuned["prediction"][:160], base_score=round(base["score"], 4), tuned_score=round(tuned["score"], 4))
@@ -152,21 +200,27 @@ def gate(base_ref: str, tuned_ref: str, cfg: CompareConfig, ws: Workspace | None
             raise UserError(f"{model.ref} is a {model_task(model)} model and {ds.ref} is a {ds.kind} dataset; "
                             f"the gate needs two {expected} models for it")
     split, records = held_out_split(ds, cfg.split)
-    if ds.kind == "preference":  # rated answers alone (KTO records) are not items: pairs are
-        records = [r for r in records if "chosen" in r]
+    kind = ds.kind
+    if kind == "preference":
+        records, kind = _preference_records(records, ds.ref, split)
     records = records[: cfg.max_items or None]
-    sides = [score(model, ds.kind, records, cfg, progress) for model in (base, tuned)]
-    figures = [task_figure(ds.kind, side["items"]) for side in sides]
-    improvement = (figures[0] - figures[1]) / figures[0] if ds.kind == "lm" else figures[1] - figures[0]
-    task = {"metric": TASK_METRIC[ds.kind], "base": figures[0], "tuned": figures[1], "improvement": improvement}
-    worse, better = flips(ds.kind, sides[0]["items"], sides[1]["items"], cfg)
+    if kind == "rated" and len({bool(r["label"]) for r in records}) < 2:
+        raise UserError(f"{ds.ref} {split}: the rated answers to score are all "
+                        f"{'desirable' if records[0]['label'] else 'undesirable'}; the gate ranks desirable answers "
+                        "against undesirable ones: raise compare.max_items or pass --split with both ratings")
+    sides = [score(model, kind, records, cfg, progress) for model in (base, tuned)]
+    figures = [task_figure(kind, side["items"]) for side in sides]
+    improvement = (figures[0] - figures[1]) / figures[0] if kind == "lm" else figures[1] - figures[0]
+    task = {"metric": TASK_METRIC[kind], "base": figures[0], "tuned": figures[1], "improvement": improvement,
+            "interval": improvement_interval(kind, sides[0]["items"], sides[1]["items"])}
+    worse, better = flips(kind, sides[0]["items"], sides[1]["items"], cfg)
     general = _general(sides[0]["general"], sides[1]["general"])
-    found = checks(ds.kind, task, len(worse), len(records), general, cfg)
+    found = checks(kind, task, len(worse), len(records), general, cfg)
 
     def examples(indices: list[int]) -> list[dict]:
-        return [_example(ds.kind, records[i], i, split, sides[0]["items"][i], sides[1]["items"][i]) for i in indices[: cfg.examples]]
+        return [_example(kind, records[i], i, split, sides[0]["items"][i], sides[1]["items"][i]) for i in indices[: cfg.examples]]
 
-    result = {"base": base.ref, "tuned": tuned.ref, "dataset": ds.ref, "split": split, "kind": ds.kind,
+    result = {"base": base.ref, "tuned": tuned.ref, "dataset": ds.ref, "split": split, "kind": kind,
               "items": len(records), "task": task, "general": general,
               "flipped": {"regressed": len(worse), "improved": len(better),
                           "regressed_items": [item_id(records[i], i, split) for i in worse],
@@ -175,8 +229,23 @@ def gate(base_ref: str, tuned_ref: str, cfg: CompareConfig, ws: Workspace | None
               "checks": found, "passed": all(c["passed"] for c in found),
               "reasons": [c["message"] for c in found if not c["passed"]], "config": cfg.model_dump()}
     result["verdict"] = "pass" if result["passed"] else "fail"
+    result["warnings"] = sample_warnings(task, len(records))
     result["id"] = _register(result, base, tuned, ds, ws, registry)
     return result
+
+
+def _preference_records(records: list[dict], ref: str, split: str) -> tuple[list[dict], str]:
+    """Pairs when the split has any (its rated answers are not items then), else its rated answers (KTO data)."""
+    pairs = [r for r in records if "chosen" in r]
+    if pairs:
+        return pairs, "preference"
+    rated = [r for r in records if "completion" in r]
+    if len({bool(r["label"]) for r in rated}) < 2:
+        rating = "desirable" if rated and rated[0]["label"] else "undesirable"
+        raise UserError(f"{ref} {split}: its {len(rated)} rated answers are all {rating} and it has no pairs; the gate "
+                        "ranks chosen over rejected answers, or desirable over undesirable ones: pass --split with both "
+                        "or a dataset with pairs")
+    return rated, "rated"
 
 
 def _register(result: dict[str, Any], base: Model, tuned: Model, ds, ws: Workspace, registry: Registry) -> str:
@@ -201,7 +270,7 @@ def _register(result: dict[str, Any], base: Model, tuned: Model, ds, ws: Workspa
         tables["General instructions gained"] = general["improved"]
     report = Report(f"{tuned.ref} against {base.ref}", "compare",
                     {"verdict": result["verdict"], "task metric": result["task"]["metric"], **metrics,
-                     "reasons": "; ".join(result["reasons"]) or "-"},
+                     "reasons": "; ".join(result["reasons"]) or "-", "warnings": "; ".join(result["warnings"]) or "-"},
                     ds.ref, result["split"], result["config"], tables=tables)
     folder = ws.folder("evals", f"{tuned.name.replace('/', '_')}-compare-{uuid.uuid4().hex[:6]}")
     with atomic_dir(folder) as tmp:

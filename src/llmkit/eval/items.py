@@ -7,7 +7,10 @@ An item is a record of the split. What its outcome is depends on the data:
 - lm: the record's loss per token (nats), compared between the two models;
 - preference: whether the model ranks the pair's chosen answer above its rejected one by mean log-prob per
   answer token (length-normalised, so a longer chosen answer is not penalised for its length; score 1 or 0).
-  Rated answers without a partner (KTO records) are not items.
+  Rated answers without a partner (KTO records) are not items when the split has pairs;
+- rated (a preference split of KTO records only): each rated answer's mean log-prob per token, scored by the
+  share of answers of the other rating it ranks right against (a desirable answer above, an undesirable one
+  below), so the split's figure is the AUC of the model's likelihood separating desirable from undesirable.
 """
 
 from __future__ import annotations
@@ -97,37 +100,71 @@ def preference_items(lm, tokenizer, records: list[dict], progress=None) -> list[
     preference trainers render them: the answer's tokens are what the full rendering adds after the prompt
     with its generation prompt.
     """
+    pairs = [r for r in records if "chosen" in r]
+    if not pairs:
+        raise UserError("the split holds rated answers only (KTO records) and no pair to compare; the preference gate "
+                        "scores pairs (chosen over rejected)")
+    answer_logp = _answer_scorer(lm, tokenizer)
+    task = progress.add_task("pairs", total=len(pairs)) if progress is not None else None
+    out = []
+    for record in pairs:
+        chosen, rejected = (answer_logp(record["prompt"], record[key]) for key in ("chosen", "rejected"))
+        out.append({"score": float(chosen > rejected), "margin": chosen - rejected, "prompt": _question(record),
+                    "chosen": record["chosen"], "rejected": record["rejected"]})
+        if task is not None:
+            progress.advance(task)
+    return out
+
+
+def rated_items(lm, tokenizer, records: list[dict], progress=None) -> list[dict[str, Any]]:
+    """[{"score": share of the other rating's answers ranked right against, "logp", "prompt", "completion", "label"}]
+    per rated answer (KTO records): what a KTO-tuned model should improve, desirable answers more likely than
+    undesirable ones, scored without a partner for each answer."""
+    answer_logp = _answer_scorer(lm, tokenizer)
+    task = progress.add_task("rated answers", total=len(records)) if progress is not None else None
+    logps = []
+    for record in records:
+        logps.append(answer_logp(record["prompt"], record["completion"]))
+        if task is not None:
+            progress.advance(task)
+    good = np.array([lp for lp, r in zip(logps, records, strict=True) if r["label"]])
+    bad = np.array([lp for lp, r in zip(logps, records, strict=True) if not r["label"]])
+    out = []
+    for lp, record in zip(logps, records, strict=True):
+        # ties count half, as in the AUC; the mean of these scores over the split is the AUC
+        others, sign = (bad, 1.0) if record["label"] else (good, -1.0)
+        score = float(np.mean((sign * (lp - others) > 0) + 0.5 * (lp == others)))
+        out.append({"score": score, "logp": lp, "prompt": _question(record), "completion": record["completion"],
+                    "label": bool(record["label"])})
+    return out
+
+
+def _question(record: dict) -> str:
+    return next((m["content"] for m in reversed(record["prompt"]) if m["role"] == "user"), "")
+
+
+def _answer_scorer(lm, tokenizer):
+    """answer_logp(prompt messages, answer) -> the answer's mean log-prob per token under lm."""
     import torch
 
     from llmkit.data.tokenizer import CHAT_TEMPLATE
 
     if tokenizer.chat_template is None:
         tokenizer.chat_template = CHAT_TEMPLATE
-    pairs = [r for r in records if "chosen" in r]
-    if not pairs:
-        raise UserError("the split holds rated answers only (KTO records) and no pair to compare; the preference gate "
-                        "scores pairs (chosen over rejected)")
-    task = progress.add_task("pairs", total=len(pairs)) if progress is not None else None
     device = next(lm.parameters()).device
-    out = []
-    for record in pairs:
-        prompt = list(_ids(tokenizer.apply_chat_template(record["prompt"], tokenize=True, add_generation_prompt=True)))
-        means = []
-        for answer in (record["chosen"], record["rejected"]):
-            full = list(_ids(tokenizer.apply_chat_template([*record["prompt"], {"role": "assistant", "content": answer}],
-                                                           tokenize=True)))
-            start = len(prompt) if full[: len(prompt)] == prompt else _common_prefix(prompt, full)
-            with torch.inference_mode():
-                logits = lm(input_ids=torch.tensor([full], device=device)).logits[0, start - 1: -1].float()
-            targets = torch.tensor(full[start:], device=device)
-            logps = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
-            means.append(float(logps.mean()) if len(targets) else float("-inf"))
-        question = next((m["content"] for m in reversed(record["prompt"]) if m["role"] == "user"), "")
-        out.append({"score": float(means[0] > means[1]), "margin": means[0] - means[1], "prompt": question,
-                    "chosen": record["chosen"], "rejected": record["rejected"]})
-        if task is not None:
-            progress.advance(task)
-    return out
+
+    def answer_logp(prompt_messages: list[dict], answer: str) -> float:
+        prompt = list(_ids(tokenizer.apply_chat_template(prompt_messages, tokenize=True, add_generation_prompt=True)))
+        full = list(_ids(tokenizer.apply_chat_template([*prompt_messages, {"role": "assistant", "content": answer}],
+                                                       tokenize=True)))
+        start = len(prompt) if full[: len(prompt)] == prompt else _common_prefix(prompt, full)
+        with torch.inference_mode():
+            logits = lm(input_ids=torch.tensor([full], device=device)).logits[0, start - 1: -1].float()
+        targets = torch.tensor(full[start:], device=device)
+        logps = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        return float(logps.mean()) if len(targets) else float("-inf")
+
+    return answer_logp
 
 
 def _ids(rendered) -> list[int]:
