@@ -139,7 +139,7 @@ MUTANTS: list[Mutant] = [
            'job.optimizer.load_state_dict(state["optimizer"])', "job.optimizer.state_dict()",
            ("tests/train/test_finetune_resume.py::test_distill_stopped_by_sigterm_resumes_to_the_uninterrupted_result",)),
     Mutant("qlora-on-cpu-not-refused", "train", "src/llmkit/train/tuned_model.py",
-           '    if device != "cuda":\n        raise UserError("sft.method', '    if False:\n        raise UserError("sft.method',
+           '    if device != "cuda":\n        raise UserError(f"{stage}.method', '    if False:\n        raise UserError(f"{stage}.method',
            ("tests/train/test_supervised.py::test_qlora_without_a_cuda_gpu_says_so_and_points_to_lora",)),
     # -- explain ----------------------------------------------------------------------------------
     Mutant("deletion-removes-the-least-attributed-first", "explain", "src/llmkit/explain/faithfulness.py",

@@ -173,7 +173,7 @@ def test_lora_target_modules_that_match_nothing_are_an_error_listing_the_real_on
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU, where QLoRA runs")
 def test_qlora_without_a_cuda_gpu_says_so_and_points_to_lora(ws):
-    with pytest.raises(UserError, match=r"needs a CUDA GPU.*--method lora"):
+    with pytest.raises(UserError, match=r"^sft.method = 'qlora' needs a CUDA GPU.*--method lora"):
         sft(_cfg(method="qlora"), ws, Registry.for_workspace(ws.root))
 
 

@@ -100,7 +100,7 @@ def load_for_training(base: Model, cfg: FinetuneConfig, device: str, console, st
             console.print("training path: fast Llama (fused projections, frozen base in the training precision, "
                           "chunked loss over labelled tokens)")
         return lm, load_tokenizer_for(base), "fast"
-    lm, tokenizer = _load_base(base, cfg, device)
+    lm, tokenizer = _load_base(base, cfg, device, stage)
     if cfg.gradient_checkpointing:
         enable_checkpointing(lm, f"{stage}.gradient_checkpointing")  # the section of the command run
     if cfg.method in ("lora", "qlora"):
@@ -112,21 +112,21 @@ def load_for_training(base: Model, cfg: FinetuneConfig, device: str, console, st
     return lm, tokenizer, "peft"
 
 
-def _load_base(base: Model, cfg: FinetuneConfig, device: str):
+def _load_base(base: Model, cfg: FinetuneConfig, device: str, stage: str):
     if cfg.method == "qlora":
-        return _load_4bit(base, device)
+        return _load_4bit(base, device, stage)
     lm, tokenizer = load_causal_lm(base)
     return lm.to(device), tokenizer
 
 
-def _load_4bit(base: Model, device: str):
+def _load_4bit(base: Model, device: str, stage: str):
     if device != "cuda":
-        raise UserError("sft.method = 'qlora' needs a CUDA GPU: its 4-bit base comes from bitsandbytes, which has no CPU "
+        raise UserError(f"{stage}.method = 'qlora' needs a CUDA GPU: its 4-bit base comes from bitsandbytes, which has no CPU "
                         "backend here. Use --method lora on this machine (same adapters, 16/32-bit base)")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise UserError("sft.method = 'qlora' needs bitsandbytes: pip install bitsandbytes") from None
+        raise UserError(f"{stage}.method = 'qlora' needs bitsandbytes: pip install bitsandbytes") from None
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
