@@ -38,7 +38,7 @@ class Report:
 
 def format_number(value: Any, key: str | None = None) -> str:
     """A number for a table: four significant-ish places below 10 (losses, F1, bits per byte), fewer above (1,242.0
-    tokens/s, 439.3 MB, 74.34 perplexity), thousands separated; anything else as text. A rate (`key` ending in
+    tokens/s, 439.3 MiB, 74.34 perplexity), thousands separated; anything else as text. A rate (`key` ending in
     per_s) has one decimal whatever its size: a slow decode printed "7.4000" tokens/s beside "429.3"."""
     if isinstance(value, float):
         digits = 1 if (key or "").endswith("per_s") else 4 if abs(value) < 10 else 2 if abs(value) < 100 else 1
