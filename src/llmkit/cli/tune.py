@@ -31,7 +31,11 @@ def tune(ctx: Ctx, cfg, *, stage: Annotated[str, typer.Argument(help="pretrain |
     out = {"study": result.name, "id": result.record_id, "folder": str(result.folder), "metric": result.metric,
            "direction": result.direction, "states": result.states, "best": result.best, "best_trials": result.trials,
            "reports": result.reports, "seconds": result.seconds}
+    if result.stopped_by:
+        out["stopped_by"] = result.stopped_by
     ctx.emit(out, lambda: console.print(trials_table(result.name, result.metric, result.trials)))
+    if result.exit_code:  # 130 / 143, as a process a signal ended, after the summary
+        raise typer.Exit(result.exit_code)
 
 
 def trials_table(study: str, metric: str, rows: list[dict[str, Any]]) -> Table:

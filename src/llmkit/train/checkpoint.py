@@ -35,9 +35,9 @@ STEP_PREFIX = "step-"
 class TrainingInterrupted(Exception):
     """Raised after the checkpoint on SIGINT/SIGTERM (or a stop at a given step) is written; says how to resume."""
 
-    def __init__(self, step: int, run_id: str, stage: str):
+    def __init__(self, step: int, run_id: str, stage: str, signum: int | None = None):
         super().__init__(f"stopped at step {step}; continue with: llmkit train {stage} --resume {run_id}")
-        self.step, self.run_id, self.stage = step, run_id, stage
+        self.step, self.run_id, self.stage, self.signal = step, run_id, stage, signum  # signal None: a stop step
 
 
 def write_run_config(run_dir: Path, section: str, cfg) -> None:

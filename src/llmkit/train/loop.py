@@ -349,7 +349,7 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
             d.barrier()
             if interrupted and step < job.total_steps:
                 metrics.close()
-                raise TrainingInterrupted(step, run_id, job.stage)
+                raise TrainingInterrupted(step, run_id, job.stage, stop.signal)
             try:
                 for watcher in _watchers.get():
                     watcher(run_id, step, last_eval if at_eval or step == job.total_steps or out_of_time else None)

@@ -34,6 +34,7 @@ from llmkit.errors import UserError
 from llmkit.registry import Registry, check_name, default_name
 from llmkit.runtime.threads import cpu_cores
 from llmkit.tune.space import Param, read_space, start_values
+from llmkit.tune.stopping import StopSignals, asks_in_turn
 from llmkit.tune.trials import (
     DATASET_KIND,
     DEFAULT_METRIC,
@@ -61,6 +62,8 @@ class StudyResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stopped_by: str = ""                        # SIGINT / SIGTERM when a signal ended the study
+    exit_code: int = 0                          # 128 + that signal
 
 
 @dataclass
@@ -112,10 +115,14 @@ def tune(cfg: TuneConfig, stage_cfg=None, ws: Workspace | None = None, registry:
     elif held:
         say(f"joining study {plan.study}: {held} of its {plan.trials} trials exist already")
     if cfg.workers == 1:
-        run_trials(plan, params, ws, registry, worker=0, say=say)
+        stop = run_trials(plan, params, ws, registry, worker=0, say=say)
     else:
-        run_workers(plan, cfg.workers, ws, say)
-    return finish(plan, study, ws, registry, started, say)
+        stop = run_workers(plan, cfg.workers, ws, say)
+    result = finish(plan, study, ws, registry, started, say)
+    if stop.signal:
+        result.stopped_by, result.exit_code = stop.name, stop.exit_code
+        say(f"[yellow]stopped by {stop.name}[/yellow]: no new trial started; the same command continues study {plan.study}")
+    return result
 
 
 def check(cfg: TuneConfig, stage_cfg, ws: Workspace, registry: Registry) -> tuple[Plan, list[Param]]:
@@ -254,35 +261,46 @@ def trial_count(study: optuna.Study) -> int:
     return sum(t.state != optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
-def run_trials(plan: Plan, params: list[Param], ws: Workspace, registry: Registry, worker: int, say) -> None:
-    """This process's trials, until the study holds `trials` (counted over all processes) or time is up."""
-    study = open_study(plan, worker)
-    setup = TrialSetup(plan.stage, plan.body, params, plan.metric, plan.study, plan.record_id, ws, registry,
-                       plan.keep_trials, plan.deadline, on_end=say)
-    while trial_count(study) < plan.trials and (plan.deadline is None or time.time() < plan.deadline):
-        # One trial per call: the count above is read again before each, so processes sharing the study
-        # stop together at its total; Optuna fails stale trials at the start of each.
-        study.optimize(setup.objective, n_trials=1, catch=(Exception,),
-                       callbacks=[] if plan.keep_trials else [lambda s, _t: drop_beaten_models(s, registry)])
+def run_trials(plan: Plan, params: list[Param], ws: Workspace, registry: Registry, worker: int, say) -> StopSignals:
+    """This process's trials, until the study holds `trials` (counted over all processes), time is up or a signal
+    ends the study (returned: which one, if any)."""
+    study = asks_in_turn(open_study(plan, worker), ws.folder("runs", f"{plan.study}-study") / "ask.lock")
+    with StopSignals() as stop:
+        setup = TrialSetup(plan.stage, plan.body, params, plan.metric, plan.study, plan.record_id, ws, registry,
+                           plan.keep_trials, plan.deadline, on_end=say, stop=stop)
+        verbosity = optuna.logging.get_verbosity()
+        try:
+            while (stop.signal is None and trial_count(study) < plan.trials
+                   and (plan.deadline is None or time.time() < plan.deadline)):
+                # One trial per call: the count above is read again before each, so processes sharing the study
+                # stop together at its total; Optuna fails stale trials at the start of each.
+                study.optimize(setup.objective, n_trials=1, catch=(Exception,),
+                               callbacks=[] if plan.keep_trials else [lambda s, _t: drop_beaten_models(s, registry)])
+        finally:
+            optuna.logging.set_verbosity(verbosity)  # a stopped trial quietened it
+    return stop
 
 
-def run_workers(plan: Plan, workers: int, ws: Workspace, say) -> None:
+def run_workers(plan: Plan, workers: int, ws: Workspace, say) -> StopSignals:
     """`workers` processes on this machine, each with cores // workers threads."""
     folder = ws.folder("runs", f"{plan.study}-study")
     spec = folder / "plan.json"
     spec.write_text(json.dumps(plan.__dict__))
     threads = max(1, cpu_cores() // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "LLMKIT_TUNE_THREADS": str(threads)}
-    procs = []
-    for i in range(workers):
-        log = open(folder / f"worker-{i}.log", "a")
-        procs.append(subprocess.Popen([sys.executable, "-m", "llmkit.tune.worker", str(spec), str(i)], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT))
-        log.close()
-    say(f"{workers} worker processes ({threads} threads each): {', '.join(str(p.pid) for p in procs)}; logs in {folder}")
-    for i, p in enumerate(procs):
-        if p.wait() != 0:  # its running trial, if any, goes FAIL through the heartbeat check in finish()
-            say(f"[yellow]worker {i} (pid {p.pid}) exited with {p.returncode}[/yellow]; its log: {folder / f'worker-{i}.log'}")
+    env["LLMKIT_TUNE_PARENT"] = str(os.getpid())  # a worker dies with this process (stopping)
+    with StopSignals() as stop:  # a signal here reaches every worker: each ends its trial and the study
+        for i in range(workers):
+            log = open(folder / f"worker-{i}.log", "a")
+            stop.children.append(subprocess.Popen([sys.executable, "-m", "llmkit.tune.worker", str(spec), str(i)],
+                                                  env=env, stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        procs = stop.children
+        say(f"{workers} worker processes ({threads} threads each): {', '.join(str(p.pid) for p in procs)}; logs in {folder}")
+        for i, p in enumerate(procs):
+            if p.wait() != 0:  # its running trial, if any, goes FAIL through the heartbeat check in finish()
+                say(f"[yellow]worker {i} (pid {p.pid}) exited with {p.returncode}[/yellow]; its log: {folder / f'worker-{i}.log'}")
+    return stop
 
 
 def finish(plan: Plan, study: optuna.Study, ws: Workspace, registry: Registry, started: float, say) -> StudyResult:

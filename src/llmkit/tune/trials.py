@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -23,8 +24,10 @@ import optuna
 from llmkit.config import validate_section
 from llmkit.errors import UserError
 from llmkit.registry import Registry
+from llmkit.train.checkpoint import TrainingInterrupted
 from llmkit.train.loop import watching
 from llmkit.tune.space import Param, with_values
+from llmkit.tune.stopping import StopSignals, StudyStopped
 from llmkit.workspace import Workspace
 
 # What each stage's evaluation reports, and the metric its own best-weights choice uses.
@@ -73,6 +76,7 @@ class TrialSetup:
     deadline: float | None = None   # time.time() after which a running trial stops (pruned)
     console: Any = None
     on_end: Callable[[str], None] = field(default=lambda line: None)  # one line per finished trial
+    stop: StopSignals = field(default_factory=StopSignals)  # a signal ends the study, not just its trial
 
     def objective(self, trial: optuna.Trial) -> float:
         values = {p.key: p.suggest(trial) for p in self.params}
@@ -95,6 +99,8 @@ class TrialSetup:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at evaluation {seen['evals']} (step {step}): "
                                              f"{self.metric} {seen['value']:.4f}")
+            if self.stop.signal is not None:  # it came before the training loop took the signals over
+                raise StudyStopped(f"stopped by {self.stop.name}")
             if self.deadline is not None and time.time() > self.deadline:
                 trial.set_user_attr("stopped_by_budget", True)  # pruned in Optuna's eyes, but not for being poor
                 raise optuna.TrialPruned(f"stopped by the time budget at step {step}")
@@ -106,7 +112,12 @@ class TrialSetup:
         except optuna.TrialPruned as pruned:
             self._ended(seen["run_id"], trial.number, "pruned", values, seen["value"], str(pruned))
             raise
-        except BaseException as err:  # KeyboardInterrupt too: the run is failed, Optuna records it
+        except (TrainingInterrupted, StudyStopped, KeyboardInterrupt) as err:  # the study ends: no new trial
+            self.stop.signal = self.stop.signal or getattr(err, "signal", None) or signal.SIGINT
+            self._ended(seen["run_id"], trial.number, "failed", values, seen["value"], f"stopped by {self.stop.name}")
+            optuna.logging.set_verbosity(optuna.logging.ERROR)  # Optuna's traceback of the failed trial says nothing more
+            raise
+        except BaseException as err:  # any other failure: the run is failed, Optuna records it, the study goes on
             self._ended(seen["run_id"], trial.number, "failed", values, seen["value"], f"{type(err).__name__}: {err}")
             raise
         metrics = (model.lineage or {}).get("metrics", {})

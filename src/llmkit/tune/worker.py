@@ -20,6 +20,10 @@ def main(plan_file: str, index: str) -> int:
     from llmkit.tune.study import Plan, run_trials
     from llmkit.workspace import Workspace
 
+    if os.environ.get("LLMKIT_TUNE_PARENT"):
+        from llmkit.tune.stopping import die_with_parent
+
+        die_with_parent(int(os.environ["LLMKIT_TUNE_PARENT"]))
     threads = int(os.environ.get("LLMKIT_TUNE_THREADS", "0"))
     if threads:
         torch.set_num_threads(threads)
@@ -27,8 +31,10 @@ def main(plan_file: str, index: str) -> int:
     ws = Workspace.open(Path(plan.workspace))
     registry = Registry(plan.registry_url)
     params = read_space(plan.space, plan.stage)
-    run_trials(plan, params, ws, registry, worker=int(index), say=lambda line: print(line, flush=True))
-    return 0
+    stop = run_trials(plan, params, ws, registry, worker=int(index), say=lambda line: print(line, flush=True))
+    if stop.signal:
+        print(f"stopped by {stop.name}", flush=True)
+    return 0  # stopped by a signal too: the parent forwarded it, or died
 
 
 if __name__ == "__main__":
