@@ -120,7 +120,7 @@ def test_local_workers_pop_an_enqueued_trial_once(tmp_path: Path):
         studies[0].enqueue_trial({"x": float(round_)})
         barrier, got = threading.Barrier(len(studies)), []
 
-        def ask(study):
+        def ask(study, barrier=barrier, got=got):
             barrier.wait()
             trial = study.ask()
             got.append((trial.number, trial.suggest_float("x", -1.0, 100.0)))
