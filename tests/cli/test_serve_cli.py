@@ -66,3 +66,66 @@ def test_what_is_wrong_with_the_address_or_the_names_is_said_before_any_model_lo
             proc = run_cli("serve", "tiny-lm", *args, workspace=lm_workspace, timeout=120)
             assert proc.returncode == 2 and proc.stderr.startswith(f"error: {expected}"), proc.stderr
             assert len(proc.stderr.strip().splitlines()) == 1 and "loaded" not in proc.stdout, (proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigterm_lets_the_answers_in_flight_finish_and_turns_new_requests_away(lm_workspace, smollm2, signals):
+    """A rolling deploy's SIGTERM: /health says draining (503) and a new request gets 503 server_shutting_down,
+    while a streamed answer already decoding runs to its last token; a second signal stops at once."""
+    import threading
+    import time
+
+    from openai import OpenAI
+
+    env = {**os.environ, "LLMKIT_HOME": str(lm_workspace)}
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "smollm2-135m", "--port", "0", "--no-ui",
+                             "--shutdown-timeout", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = serving_url(proc, timeout=240)
+        client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        got: dict = {"chunks": 0, "finish": None, "error": None}
+
+        def stream() -> None:
+            try:
+                for chunk in client.chat.completions.create(
+                        model="smollm2-135m", messages=[{"role": "user", "content": "Tell me a long story."}],
+                        max_tokens=160, stream=True, extra_body={"ignore_eos": True}):
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        got["chunks"] += 1
+                    if chunk.choices and chunk.choices[0].finish_reason:
+                        got["finish"] = chunk.choices[0].finish_reason
+            except Exception as err:  # the stream cut: what the second signal does
+                got["error"] = repr(err)
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        deadline = time.time() + 120
+        while got["chunks"] < 3 and time.time() < deadline:
+            time.sleep(0.05)
+        assert got["chunks"] >= 3, got
+        proc.send_signal(signal.SIGTERM)
+        if signals == 2:
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+            reader.join(timeout=60)
+            assert got["finish"] != "length" and got["chunks"] < 150, got  # it did not wait for the answer
+            return
+        health = None
+        while time.time() < deadline:
+            health = requests.get(url + "/health", timeout=10)
+            if health.status_code == 503:
+                break
+            time.sleep(0.05)
+        assert health is not None and health.status_code == 503 and health.json()["status"] == "draining"
+        refused = requests.post(url + "/v1/completions", json={"model": "smollm2-135m", "prompt": "Hi", "max_tokens": 4},
+                                timeout=10)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "server_shutting_down"
+        assert refused.headers["Retry-After"] == "1"
+        reader.join(timeout=180)
+        assert got["error"] is None and got["finish"] == "length" and got["chunks"] >= 150, got  # the whole answer
+        assert proc.wait(timeout=60) == 0
+        assert "requests in flight get up to 120 s" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

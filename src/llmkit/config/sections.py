@@ -276,6 +276,9 @@ class ServeConfig(Section):
     prefix_cache_mb: int = Field(256, ge=0, description="MiB per model for K/V of prompt prefixes already computed "
                                  "(a shared system prompt is prefilled once; torch backend, Llama family); 0 = off")
     timeout: float = Field(300.0, gt=0.0, description="seconds a request may take, queueing included")
+    shutdown_timeout: float = Field(30.0, ge=0.0, description="on SIGTERM or Ctrl-C: seconds the requests in flight get to "
+                                    "finish (new ones get 503 and /health says draining) before the rest are stopped; a "
+                                    "second signal stops at once")
     explain_max_tokens: int = Field(256, ge=1, description="/v1/explain: the most tokens one explanation may feed the "
                                     "model (input plus completion); more get 400")
     explain_max_work: int = Field(20_000, ge=1, description="/v1/explain: the most token positions one attribution may run "

@@ -211,9 +211,26 @@ def serve(cfg: ServeConfig, ws=None, registry=None, console=None, on_ready=None)
         while running.thread.is_alive():
             running.thread.join(0.5)
     except KeyboardInterrupt:
-        pass
+        drain(running, cfg.shutdown_timeout, console)
     finally:
         running.stop()
+
+
+def drain(running: RunningServer, timeout: float, console=None) -> None:
+    """Let the requests in flight finish (up to `timeout` s; a second signal ends the wait) while new ones get 503
+    and /health says draining: SIGTERM is how Kubernetes, systemd and every rolling deploy stop a server, and
+    stopping the engines at once failed every answer being written."""
+    state = running.app.state.llmkit
+    state.draining = True
+    deadline = time.monotonic() + timeout
+    if state.busy() and timeout and console:
+        console.print(f"stopping: {state.busy()} requests in flight get up to {timeout:g} s to finish "
+                      "(new ones get 503; Ctrl-C again stops now)")
+    try:
+        while state.busy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
 
 
 def _stop_on_signals() -> None:

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Request
 import llmkit.serve.schemas as s
 from llmkit.config import ServeConfig
 from llmkit.serve.auth import Access, Auth, BodyLimit, authorize
-from llmkit.serve.errors import install_handlers
+from llmkit.serve.errors import ApiError, error_response, install_handlers
 from llmkit.serve.hosts import HostCheck
 from llmkit.serve.routes import adapters_api, llmkit_api, openai_api, ops
 from llmkit.serve.served import ServedModel
@@ -40,13 +40,19 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
 
     @app.middleware("http")
     async def count(request: Request, call_next):
+        if state.draining and request.url.path != "/health":  # stopping: a load balancer retries elsewhere
+            state.metrics.rejected.labels("shutting_down").inc()
+            return error_response(ApiError(503, "the server is shutting down; send the request to another replica",
+                                           code="server_shutting_down", headers={"Retry-After": "1"}))
         start = time.perf_counter()
         status = 500  # an unhandled exception becomes the 500 of the outermost handler: counted here too
+        state.in_flight += 1
         try:
             response = await call_next(request)
             status = response.status_code
             return response
         finally:
+            state.in_flight -= 1
             path = getattr(request.scope.get("route"), "path", "other")
             state.metrics.requests.labels(path, str(status)).inc()
             state.metrics.latency.labels(path).observe(time.perf_counter() - start)

@@ -34,7 +34,7 @@ class ServerMetrics:
         self.prefix_rate = Gauge("llmkit_prefix_cache_hit_rate", "hit tokens / lookup tokens", ["model"], registry=r)
         self.prefix_bytes = Gauge("llmkit_prefix_cache_bytes", "Bytes of K/V held by the prefix cache", ["model"],
                                   registry=r)
-        self.rejected = Counter("llmkit_rejected", "Requests turned away, by reason (queue_full | rate_limit | auth)",
+        self.rejected = Counter("llmkit_rejected", "Requests turned away, by reason (queue_full | rate_limit | auth | shutting_down)",
                                 ["reason"], registry=r)
 
     def render(self, engines: dict) -> bytes:

@@ -174,7 +174,7 @@ class FeedbackAck(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "draining"] = "ok"  # draining: the server is stopping (503), send new requests elsewhere
     models: list[str]
     queue_depth: int
 

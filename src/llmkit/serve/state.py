@@ -23,6 +23,8 @@ class ServerState:
         self.admin: Auth = Auth([])  # the keys of the routes that change what is served (create_app sets them)
         self.recent: OrderedDict[str, dict] = OrderedDict()
         self.explaining = 0  # explanations running or waiting for their model (touched on the event loop only)
+        self.draining = False  # stopping: new requests get 503, those in flight finish (serve._drain)
+        self.in_flight = 0  # HTTP requests inside their handler (a stream's tokens are its engine's, see busy())
 
     def model(self, name: str, kind: str | None = None) -> ServedModel:
         served = self.models.get(name)
@@ -39,6 +41,11 @@ class ServerState:
                 raise ApiError(400, f"model '{name}' is {names.get(served.kind, served.kind)}, and this route needs {what}"
                                + (f"; try {', '.join(fits)}" if fits else ""), param="model", code="wrong_model_kind")
         return served
+
+    def busy(self) -> int:
+        """Requests not yet answered: in a handler, or queued or decoding in an engine (a streamed answer's
+        handler returns at its first byte; its engine holds it until the last token)."""
+        return self.in_flight + sum(e.running + e.depth() for e in self.engines().values())
 
     def remember(self, rid: str, entry: dict) -> None:
         self.recent[rid] = entry

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 import llmkit.serve.schemas as s
 from llmkit.serve.auth import authorize
@@ -13,10 +13,13 @@ router = APIRouter(tags=["ops"])
 
 
 @router.head("/health", include_in_schema=False)  # load balancers probe with HEAD too (one operation id per route)
-@router.get("/health", response_model=s.Health)
+@router.get("/health", response_model=s.Health, responses={503: {"model": s.Health, "description": "draining: stopping"}})
 async def health(request: Request):
     state = server_state(request)
-    return s.Health(models=list(state.models), queue_depth=sum(e.depth() for e in state.engines().values()))
+    health = s.Health(models=list(state.models), queue_depth=sum(e.depth() for e in state.engines().values()))
+    if state.draining:  # a load balancer stops sending here while the requests in flight finish
+        return JSONResponse(s.Health(**{**health.model_dump(), "status": "draining"}).model_dump(), status_code=503)
+    return health
 
 
 @router.get("/metrics", dependencies=[Depends(authorize)],
