@@ -240,3 +240,60 @@ def test_a_writer_killed_after_the_rename_leaves_a_whole_artifact_and_no_danglin
         assert reg.list() == []
     finally:
         reg.close()
+
+
+# -- a workspace moved, copied, or shared through its registry -------------------------------------------
+
+
+def test_a_moved_or_copied_workspace_reads_its_own_folders(tmp_path: Path, shared_data: Path):
+    """The registry holds absolute paths: a workspace restored elsewhere pointed at the old place (missing, with advice
+    to delete the records), and a copy read, and its adapters loaded the base of, the original. Records, lineage
+    and an adapter's base are read against the workspace they are in now; another workspace's folders stay theirs."""
+    import shutil
+
+    from llmkit.config import DataConfig, SftConfig
+    from llmkit.data.dataset import open_dataset
+    from llmkit.data.pipeline import prepare
+    from llmkit.models.io import adapter_base, load_causal_lm, resolve_model
+    from llmkit.train import pretrain, sft
+    from tests.conftest import run_cli, tiny_config
+
+    first = tmp_path / "first"
+    ws = Workspace.open(first)
+    registry = Registry.for_workspace(first)
+    (tmp_path / "s.txt").write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[:20_000])
+    prepare(DataConfig(inputs=[str(tmp_path / "s.txt")], name="tiny", task="lm", tokenizer="char",
+                       doc_split="blank-line"), ws, registry)
+    prepare(DataConfig(inputs=[str(shared_data / "instruct_small")], name="chats", task="chat", tokenizer="char",
+                       skip_bad=True), ws, registry)
+    pretrain(tiny_config(name="mv-base", max_steps=2, eval_every=2, checkpoint_every=2), ws, registry)
+    sft(SftConfig(base="mv-base", data="chats", method="lora", max_steps=1, batch_size=2, max_length=64, skip_bad=True,
+                  eval_max_examples=2, name="mv-lora"), ws, registry)
+    registry.close()
+
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    first.rename(tmp_path / "away")  # the old place is gone, as after a restore on another disk
+    here = Registry.for_workspace(moved)
+    lora = resolve_model("mv-lora", here)
+    assert moved in lora.path.parents and moved in adapter_base(lora).path.parents
+    assert moved in Path(lora.lineage["run"]["path"]).parents
+    assert moved in open_dataset(here, "tiny").path.parents
+    load_causal_lm(lora)  # the adapter on its base, both from here
+
+    (tmp_path / "away").rename(first)  # both exist: the copy still reads its own, and rm removes its own
+    assert moved in resolve_model("mv-lora", here).path.parents
+    proc = run_cli("rm", "mv-lora", "--yes", workspace=moved)
+    assert proc.returncode == 0, proc.stderr
+    assert not lora.path.exists() and len(list((first / "models").glob("mv-lora-*"))) == 1
+
+    # A third workspace sharing the first one's registry (as machines share a PostgreSQL one) reads the first's
+    # folders where they are, and says whose they are when they are not reachable.
+    shared = Registry.for_workspace(tmp_path / "third", db_url=f"sqlite:///{first / 'registry.db'}")
+    assert first in resolve_model("mv-base", shared).path.parents
+    first.rename(tmp_path / "away")
+    with pytest.raises(UserError, match=r"^model mv-base:v1's files are at .*/first/models/mv-base-\w+, outside this "
+                                        r"workspace \(.*/third\): another machine's"):
+        resolve_model("mv-base", shared)
+    with pytest.raises(UserError, match=r"^dataset tiny:v1's files are at .*, outside this workspace"):
+        open_dataset(shared, "tiny")

@@ -153,18 +153,32 @@ class Record:
         return {**asdict(self), "ref": self.ref, "created": self.created}
 
 
-def _row_to_record(row: Any) -> Record:
+def _row_to_record(row: Any, root: Path | None = None) -> Record:
     m = row._mapping
     return Record(
         id=m["id"], type=m["type"], name=m["name"], version=m["version"], kind=m["kind"],
-        created_at=m["created_at"], path=m["path"], content_hash=m["content_hash"],
+        created_at=m["created_at"], path=located(m["path"], root), content_hash=m["content_hash"],
         params=json.loads(m["params"] or "{}"), metrics=json.loads(m["metrics"] or "{}"),
     )
 
 
+def located(path: str | None, root: Path | None) -> str | None:
+    """Where a record's folder is for the workspace at `root`: a workspace moved or copied since (a backup restored,
+    a new disk) holds it at <root>/<kind>/<name>, and that copy is the one to read, not the registered path, which
+    is gone or, for a copy, the original's. A folder of another workspace sharing the registry stays where it is."""
+    if path is None or root is None:
+        return path
+    registered = Path(path)
+    if registered.parent.parent == root:
+        return path
+    here = root / registered.parent.name / registered.name
+    return str(here) if here.exists() else path
+
+
 class Registry:
-    def __init__(self, url: str):
+    def __init__(self, url: str, root: Path | None = None):
         self.url = url
+        self.root = root  # the workspace whose folders the records' paths are read against (`located`)
         self.is_sqlite = url.startswith("sqlite")
         try:
             if self.is_sqlite:
@@ -182,7 +196,16 @@ class Registry:
     @classmethod
     def for_workspace(cls, root: Path | str, db_url: str | None = None) -> Registry:
         url = db_url or os.environ.get("LLMKIT_DB_URL") or f"sqlite:///{Path(root) / 'registry.db'}"
-        return cls(url)
+        return cls(url, Path(root).resolve())
+
+    def missing(self, rec: Record) -> str:
+        """What to say when a record's folder is not here: another workspace's (machines sharing this registry
+        each keep their own folders), or gone."""
+        if self.root is not None and rec.path and self.root not in Path(rec.path).parents:
+            return (f"{rec.type} {rec.ref}'s files are at {rec.path}, outside this workspace ({self.root}): another "
+                    "machine's or workspace's sharing this registry; run this there, or copy that folder into "
+                    f"{self.root / Path(rec.path).parent.name}")
+        return f"{rec.type} {rec.ref} points at {rec.path}, which is missing; remove it with 'llmkit rm {rec.id}'"
 
     # -- schema -----------------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -307,7 +330,7 @@ class Registry:
         if name:
             query = query.where(records.c.name == name)
         with self.engine.connect() as conn:
-            return [_row_to_record(r) for r in conn.execute(query)]
+            return [_row_to_record(r, self.root) for r in conn.execute(query)]
 
     def find(self, ref: str, type: str | None = None) -> Record | None:
         """A record by id, unique id prefix, `name` (latest version), `name:vN` or `name@N`."""
@@ -332,14 +355,14 @@ class Registry:
                         if preferred in types:
                             rows = [r for r in rows if r._mapping["type"] == preferred]
                             break
-                return _row_to_record(rows[0])
+                return _row_to_record(rows[0], self.root)
             if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref):
                 query = sa.select(records).where(records.c.id.like(ref + "%"))
                 if type:
                     query = query.where(records.c.type == type)
                 rows = conn.execute(query).fetchall()
                 if len(rows) == 1:
-                    return _row_to_record(rows[0])
+                    return _row_to_record(rows[0], self.root)
         return None
 
     def get(self, ref: str, type: str | None = None) -> Record:
@@ -375,7 +398,7 @@ class Registry:
             query = query.where(records.c.name == name)
         with self.engine.connect() as conn:
             row = conn.execute(query.order_by(records.c.version.desc())).first()
-        return _row_to_record(row) if row else None
+        return _row_to_record(row, self.root) if row else None
 
     def parents(self, record_id: str) -> list[tuple[str, Record]]:
         return self._linked(record_id, lineage.c.child_id, lineage.c.parent_id)
@@ -386,7 +409,7 @@ class Registry:
     def _linked(self, record_id: str, this_col, other_col) -> list[tuple[str, Record]]:
         query = sa.select(lineage.c.relation, records).join(records, records.c.id == other_col).where(this_col == record_id)
         with self.engine.connect() as conn:
-            return [(row._mapping["relation"], _row_to_record(row)) for row in conn.execute(query)]
+            return [(row._mapping["relation"], _row_to_record(row, self.root)) for row in conn.execute(query)]
 
     def list_feedback(self, model: str | None = None) -> list[dict[str, Any]]:
         query = sa.select(feedback).order_by(feedback.c.created_at)

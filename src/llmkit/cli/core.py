@@ -179,7 +179,20 @@ def rm(
     force: Annotated[bool, typer.Option("--force", help="Remove it even if models, datasets or runs were made from it.")] = False,
 ) -> None:
     """Remove a record (and its folder inside the workspace)."""
+    from llmkit.models.aliases import aliases_on, latest_move, remove_alias
+
     ctx.require_workspace()
+    move = latest_move(ctx.registry, ref)
+    if move is not None and move.model_id and not ctx.registry.list("model", name=ref):  # an alias, not a record
+        _confirm(yes, f"remove alias {ref} (-> {move.model_ref})?")
+        removed = remove_alias(ctx.registry, ref)
+        ctx.emit({"removed_alias": ref, "was": removed.previous_ref},
+                 lambda: console.print(f"removed alias {ref} (it pointed at {removed.previous_ref}; llmkit show {ref} "
+                                       "keeps its history)"))
+        return
+    if move is not None and not move.model_id and not ctx.registry.list("model", name=ref):
+        raise UserError(f"alias '{ref}' was removed already (it pointed at {move.previous_ref}); llmkit show {ref} has "
+                        "its history")
     rec = ctx.registry.get(ref)
     # What was made from it would lose its lineage (and a run its --resume): refused unless --force.
     users = [(relation, r) for relation, r in ctx.registry.children(rec.id) if r.type in ("model", "dataset", "run")]
@@ -187,15 +200,13 @@ def rm(
         shown = ", ".join(f"{r.type} {r.ref} ({relation})" for relation, r in users[:5]) + (" ..." if len(users) > 5 else "")
         raise UserError(f"{rec.type} {rec.ref} is what {len(users)} record(s) were made from: {shown}; remove those "
                         "first, or pass --force to remove it anyway (their lineage will no longer name it)")
-    if not yes:
-        try:
-            confirmed = typer.confirm(f"remove {rec.type} {rec.ref} ({rec.id}) and its files?", err=True)
-        except typer.Abort:  # end of input: run from a script or CI, with nobody to answer
-            if sys.stdin.isatty():
-                raise
-            raise UserError(f"rm asks before removing {rec.type} {rec.ref} and got no answer on stdin: pass --yes") from None
-        if not confirmed:
-            raise typer.Abort()
+    # An alias (prod) serving it would point at nothing: `serve prod` fails at its next start.
+    aliases = aliases_on(ctx.registry, rec.id) if rec.type == "model" else []
+    if aliases and not force:
+        named = ", ".join(aliases)
+        raise UserError(f"model {rec.ref} is what alias {named} points at; move it first (llmkit promote MODEL --alias "
+                        f"{aliases[0]}), remove it (llmkit rm {aliases[0]}), or pass --force to remove both")
+    _confirm(yes, f"remove {rec.type} {rec.ref} ({rec.id}) and its files?")
     # Asked before the record goes: a folder another record still points at is kept (workspaces made
     # before every version had its own folder hold versions that share one).
     sharing = ctx.registry.sharing_files(rec) if rec.path and not keep_files else []
@@ -204,6 +215,8 @@ def rm(
         from llmkit.tune.study import forget_study
 
         study_note = forget_study(rec, ctx.registry)
+    for alias in aliases:  # --force: the aliases go with their model, each move kept in its history
+        remove_alias(ctx.registry, alias, note=f"its model {rec.ref} was removed")
     ctx.registry.remove(rec.id)
     removed_files = False
     if rec.path and not keep_files and not sharing:
@@ -213,10 +226,27 @@ def rm(
             shutil.rmtree(path, ignore_errors=True)
             removed_files = True
     kept = f"; kept its folder, which {', '.join(r.ref for r in sharing)} also use" if sharing else ""
+    if rec.path and not removed_files and not sharing and not keep_files and ctx.ws.root not in Path(rec.path).parents:
+        # another workspace's folder (a registry shared by several machines) or one registered from elsewhere
+        kept += f"; its folder {rec.path} is outside this workspace and was not deleted (delete it where it is)"
+    kept += f"; removed alias {', '.join(aliases)}" if aliases else ""
     ctx.emit({"removed": rec.id, "ref": rec.ref, "type": rec.type, "files_removed": removed_files,
-              "files_shared_with": [r.ref for r in sharing]},
+              "files_shared_with": [r.ref for r in sharing], "aliases_removed": aliases},
              lambda: console.print(f"removed {rec.type} {rec.ref}" + (" and its files" if removed_files else "") + kept
                                    + study_note))
+
+
+def _confirm(yes: bool, question: str) -> None:
+    if yes:
+        return
+    try:
+        confirmed = typer.confirm(question, err=True)
+    except typer.Abort:  # end of input: run from a script or CI, with nobody to answer
+        if sys.stdin.isatty():
+            raise
+        raise UserError(f"rm asks before it acts ({question}) and got no answer on stdin: pass --yes") from None
+    if not confirmed:
+        raise typer.Abort()
 
 
 def config_show(

@@ -223,6 +223,4 @@ def _load(ctx: Ctx, ref: str) -> tuple[Path, dict]:
     from llmkit.data.dataset import open_dataset
 
     ds = open_dataset(ctx.registry, ref)
-    if not (ds.path / "manifest.json").exists():
-        raise UserError(f"dataset {ds.ref} points at {ds.path}, which is missing; remove it with 'llmkit rm {ds.id}'")
     return ds.path, ds.manifest

@@ -78,12 +78,14 @@ def show_alias(ctx: Ctx, name: str) -> bool:
               "history": [m.to_json() for m in moves]}
 
     def human() -> None:
-        console.print(f"[bold]alias {name}[/bold] -> {moves[-1].model_ref} ({moves[-1].model_id})")
+        last = moves[-1]
+        console.print(f"[bold]alias {name}[/bold] -> {last.model_ref} ({last.model_id})" if last.model_id else
+                      f"[bold]alias {name}[/bold] was removed (it pointed at {last.previous_ref})")
         table = Table(title="history")
         for column in ("moved", "by", "from", "to", "note"):
             table.add_column(column)
         for m in moves:
-            table.add_row(m.moved, Text(m.moved_by), m.previous_ref or "-", m.model_ref, Text(m.note or ""))
+            table.add_row(m.moved, Text(m.moved_by), m.previous_ref or "-", m.model_ref or "(removed)", Text(m.note or ""))
         console.print(table)
 
     ctx.emit(result, human)
@@ -95,6 +97,8 @@ def list_aliases(ctx: Ctx) -> None:
     from llmkit.models.aliases import current
 
     moves = current(ctx.registry)
+    # an alias whose model was removed (before rm refused that) still resolves to nothing: say so in the list
+    gone = {name for name, m in moves.items() if ctx.registry.find(m.model_id, "model") is None}
 
     def human() -> None:
         if not moves:
@@ -104,7 +108,10 @@ def list_aliases(ctx: Ctx) -> None:
         for column in ("alias", "model", "id", "moved", "by"):
             table.add_column(column)
         for name, m in sorted(moves.items()):
-            table.add_row(name, m.model_ref, m.model_id, m.moved, m.moved_by)
+            table.add_row(name, m.model_ref + (" (removed)" if name in gone else ""), m.model_id, m.moved, m.moved_by)
         console.print(table)
+        if gone:
+            console.print(f"alias {', '.join(sorted(gone))} point(s) at a removed model: move it (llmkit promote MODEL "
+                          "--alias NAME) or remove it (llmkit rm NAME)")
 
-    ctx.emit([m.to_json() for _, m in sorted(moves.items())], human)
+    ctx.emit([{**m.to_json(), "model_removed": name in gone} for name, m in sorted(moves.items())], human)

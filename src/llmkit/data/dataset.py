@@ -87,7 +87,10 @@ class DatasetVersion:
 
 def open_dataset(registry, ref: str) -> DatasetVersion:
     """The dataset version `ref` names (NAME, NAME:vN or an id), from the registry."""
-    return from_record(registry.get(ref, "dataset"))
+    rec = registry.get(ref, "dataset")
+    if not rec.path or not (Path(rec.path) / "manifest.json").exists():
+        raise UserError(registry.missing(rec))
+    return from_record(rec)
 
 
 def from_record(rec) -> DatasetVersion:

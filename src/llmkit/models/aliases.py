@@ -3,7 +3,8 @@
 `llmkit promote MODEL --alias NAME` moves an alias; every command that takes MODEL resolves one
 (`models.io.resolve_model`), so `llmkit serve prod` serves what `prod` points at. Each move is a row
 of the registry's `alias_moves` table (who, when, from, to, why) and an alias points where its latest
-move put it, so the history is the table itself and nothing is ever overwritten.
+move put it, so the history is the table itself and nothing is ever overwritten. Removing an alias is a
+move to nothing (`model_id` empty): `llmkit rm ALIAS`, or `llmkit rm MODEL --force` for the aliases on MODEL.
 """
 
 from __future__ import annotations
@@ -77,14 +78,34 @@ def latest_move(registry: Registry, alias: str) -> AliasMove | None:
 
 
 def current(registry: Registry) -> dict[str, AliasMove]:
-    """Each alias and the move that put it where it points now."""
-    return {move.alias: move for move in history(registry)}  # oldest first: the last one wins
+    """Each alias and the move that put it where it points now (removed aliases left out)."""
+    latest = {move.alias: move for move in history(registry)}  # oldest first: the last one wins
+    return {alias: move for alias, move in latest.items() if move.model_id}
+
+
+def aliases_on(registry: Registry, model_id: str) -> list[str]:
+    """The aliases pointing at a model now."""
+    return sorted(alias for alias, move in current(registry).items() if move.model_id == model_id)
+
+
+def remove_alias(registry: Registry, alias: str, note: str = "", who: str | None = None) -> AliasMove:
+    """Remove `alias` (a move to nothing, kept in its history); one line when there is no such alias."""
+    def write(conn: sa.Connection) -> AliasMove:
+        before = _latest(conn, alias)
+        if before is None or not before.model_id:
+            raise UserError(f"no alias '{alias}'" + (" (it was removed)" if before is not None else ""))
+        move = AliasMove(alias, "", "", before.model_id, before.model_ref, time.time(), who or mover(), note)
+        values = {k: v for k, v in asdict(move).items() if k != "seq"}
+        move.seq = conn.execute(alias_moves.insert().values(**values)).inserted_primary_key[0]
+        return move
+
+    return registry.write(write)
 
 
 def alias_target(registry: Registry, name: str) -> Record | None:
     """The model record the alias `name` points at; None when `name` is no alias."""
     move = latest_move(registry, name)
-    if move is None:
+    if move is None or not move.model_id:  # never an alias, or removed
         return None
     same_name = registry.list("model", name=name)
     if same_name:  # registered after the alias was made: neither may silently win
@@ -120,8 +141,9 @@ def move_alias(registry: Registry, alias: str, model_ref: str, note: str = "", w
         before = _latest(conn, alias)
         if before is not None and before.model_id == target.id:
             return before, False
-        move = AliasMove(alias, target.id, target.ref, before.model_id if before else None,
-                         before.model_ref if before else None, time.time(), who or mover(), note)
+        pointed = before is not None and before.model_id  # a removed alias points nowhere before this move
+        move = AliasMove(alias, target.id, target.ref, before.model_id if pointed else None,
+                         before.model_ref if pointed else None, time.time(), who or mover(), note)
         values = {k: v for k, v in asdict(move).items() if k != "seq"}
         move.seq = conn.execute(alias_moves.insert().values(**values)).inserted_primary_key[0]
         return move, True

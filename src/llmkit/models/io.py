@@ -18,6 +18,7 @@ from typing import Any
 
 from llmkit.errors import UserError
 from llmkit.models.files import check_adapter, check_json_file, check_weights
+from llmkit.registry import located
 from llmkit.workspace import atomic_dir
 
 
@@ -79,7 +80,7 @@ def resolve_model(ref: str | Model, registry=None) -> Model:
         rec = registry.find(ref, "model")
         if rec is not None:
             if not rec.path or not Path(rec.path).exists():
-                raise UserError(f"model {rec.ref} points at {rec.path}, which is missing; remove it with 'llmkit rm {rec.id}'")
+                raise UserError(registry.missing(rec))
             return Model(Path(rec.path), rec.name, rec.id, rec.version, _read_lineage(Path(rec.path)))
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -105,8 +106,17 @@ def resolve_model(ref: str | Model, registry=None) -> Model:
 
 
 def _read_lineage(path: Path) -> dict[str, Any] | None:
+    """A model folder's llmkit.json; the folders it names (base, parent model, run) read against the workspace the
+    folder is in now, so a workspace moved or copied finds its own (see registry.located)."""
     file = path / "llmkit.json"
-    return json.loads(file.read_text()) if file.exists() else None
+    if not file.exists():
+        return None
+    lineage = json.loads(file.read_text())
+    root = Path(path).resolve().parent.parent
+    for entry in lineage.values():
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            entry["path"] = located(entry["path"], root)
+    return lineage
 
 
 def is_adapter(path: Path) -> bool:
@@ -120,6 +130,8 @@ def adapter_base(model: Model) -> Model:
     base = (lineage.get("base") or {}).get("path")
     if base is None:
         base = json.loads((model.path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if base and base.startswith("/"):
+            base = located(base, Path(model.path).resolve().parent.parent)
     if not base:
         raise UserError(f"{model.path}: adapter without a base model path in llmkit.json or adapter_config.json")
     if base in BUILTIN_MODELS:
