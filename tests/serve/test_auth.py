@@ -58,6 +58,35 @@ def test_every_key_source_has_the_file_keys_minimum_length(monkeypatch, keys, en
         read_keys(keys, None)
 
 
+def test_a_key_source_given_empty_is_refused_never_an_open_server(monkeypatch, tmp_path):
+    """A secret mounted empty, `--api-key "$KEY"` with KEY unset, a variable set to nothing: each served the API
+    with no key at all (and warned 'pass --api-key' when it had been passed)."""
+    for name in ("LLMKIT_API_KEY", "LLMKIT_ADMIN_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    empty, comments = tmp_path / "empty.txt", tmp_path / "comments.txt"
+    empty.write_text("")
+    comments.write_text("# the key goes here\n\n")
+    for source in (empty, comments):
+        with pytest.raises(UserError, match=rf"^--api-keys-file {source} holds no key \(empty, or comments only\)"):
+            read_keys([], str(source))
+        with pytest.raises(UserError, match=rf"^--admin-keys-file {source} holds no key"):
+            read_admin_keys([], [], str(source))
+    with pytest.raises(UserError, match=r"^--api-key is empty \(an unset variable\?\)"):
+        read_keys([""], None)
+    monkeypatch.setenv("LLMKIT_API_KEY", " ")
+    with pytest.raises(UserError, match=r"^\$LLMKIT_API_KEY is set but empty"):
+        read_keys([], None)
+    monkeypatch.delenv("LLMKIT_API_KEY")
+    assert read_keys([], None) == []  # no source at all: an open server (with a warning off loopback)
+    # the admin key off the command line: a file or its own variable, never the API key's
+    monkeypatch.setenv("LLMKIT_ADMIN_KEY", "admin-key-123456")
+    keys = tmp_path / "admin.txt"
+    keys.write_text("admin-key-abcdef  # rotated 2026-12\n")
+    assert read_admin_keys([], ["api-key-1234567"], str(keys)) == ["admin-key-abcdef", "admin-key-123456"]
+    with pytest.raises(UserError, match="an admin key must differ from every API key"):
+        read_admin_keys([], ["admin-key-123456"], None)
+
+
 class Answer(NamedTuple):
     status: int
     retry_after: str | None

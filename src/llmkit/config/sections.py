@@ -260,6 +260,8 @@ class ServeConfig(Section):
     api_keys_file: str | None = Field(None, description="file with one API key per line (# comments allowed)")
     admin_keys: list[str] = Field(default_factory=list, description="Bearer keys for the admin routes (POST/DELETE "
                                   "/v1/adapters); none = adapters are fixed at start")
+    admin_keys_file: str | None = Field(None, description="file with one admin key per line (# comments allowed); "
+                                        "$LLMKIT_ADMIN_KEY works too: keys off the command line, out of ps")
     adapters: list[str] = Field(default_factory=list, description="LoRA adapters served on their base (NAME=ADAPTER or "
                                 "ADAPTER): one batch for the base and all its adapters, each row its own delta")
     max_batch: int = Field(16, ge=1, le=512, description="sequences decoded together per step (torch and llama.cpp backends)")

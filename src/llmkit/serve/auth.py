@@ -31,10 +31,10 @@ def _checked_key(key: str, where: str) -> str:
     return key
 
 
-def read_admin_keys(keys: list[str], api_keys: list[str]) -> list[str]:
-    """The admin routes' keys: from --admin-key only (never $LLMKIT_API_KEY), none equal to an API key, or every
-    client holding that API key could change what the server runs."""
-    out = [_checked_key(k.strip(), "--admin-key") for k in keys if k.strip()]
+def read_admin_keys(keys: list[str], api_keys: list[str], keys_file: str | None = None) -> list[str]:
+    """The admin routes' keys: --admin-key, --admin-keys-file and $LLMKIT_ADMIN_KEY (never $LLMKIT_API_KEY), none
+    equal to an API key, or every client holding that API key could change what the server runs."""
+    out = _keys(keys, "--admin-key", keys_file, "--admin-keys-file", "LLMKIT_ADMIN_KEY")
     if any(hmac.compare_digest(a.encode(), k.encode()) for a in out for k in api_keys):
         raise UserError("--admin-key: an admin key must differ from every API key (--api-key, --api-keys-file, "
                         "$LLMKIT_API_KEY); give it its own random key")
@@ -43,17 +43,34 @@ def read_admin_keys(keys: list[str], api_keys: list[str]) -> list[str]:
 
 def read_keys(keys: list[str], keys_file: str | None) -> list[str]:
     """Keys from the flags, the file (one per line, # comments) and $LLMKIT_API_KEY (for containers)."""
-    out = [_checked_key(k.strip(), "--api-key") for k in keys if k.strip()]
+    return _keys(keys, "--api-key", keys_file, "--api-keys-file", "LLMKIT_API_KEY")
+
+
+def _keys(keys: list[str], flag: str, keys_file: str | None, file_flag: str, env: str) -> list[str]:
+    """Every source given must hold a key: an empty value is a mistake (a secret mounted empty, `--api-key "$KEY"`
+    with KEY unset, a variable set to nothing) and served the API with no key at all, while a source left out
+    means no key from it."""
+    out = []
+    for k in keys:
+        if not k.strip():
+            raise UserError(f"{flag} is empty (an unset variable?); give the key, or leave {flag} out")
+        out.append(_checked_key(k.strip(), flag))
     if keys_file:
         path = Path(keys_file).expanduser()
         if not path.is_file():
-            raise UserError(f"--api-keys-file {keys_file}: no such file")
+            raise UserError(f"{file_flag} {keys_file}: no such file")
+        found = 0
         for n, line in enumerate(path.read_text().splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if line:
                 out.append(_checked_key(line, f"{keys_file}:{n}"))
-    if os.environ.get("LLMKIT_API_KEY", "").strip():
-        out.append(_checked_key(os.environ["LLMKIT_API_KEY"].strip(), "$LLMKIT_API_KEY"))
+                found += 1
+        if not found:
+            raise UserError(f"{file_flag} {keys_file} holds no key (empty, or comments only); put one key per line")
+    if env in os.environ:
+        if not os.environ[env].strip():
+            raise UserError(f"${env} is set but empty; set it to the key, or unset it")
+        out.append(_checked_key(os.environ[env].strip(), f"${env}"))
     return out
 
 
@@ -71,7 +88,8 @@ def read_access(cfg) -> Access:
     from llmkit.serve.hosts import allowed_hosts
 
     api_keys = read_keys(cfg.api_keys, cfg.api_keys_file)
-    return Access(api_keys, read_admin_keys(cfg.admin_keys, api_keys), allowed_hosts(cfg.host, cfg.allowed_hosts))
+    return Access(api_keys, read_admin_keys(cfg.admin_keys, api_keys, cfg.admin_keys_file),
+                  allowed_hosts(cfg.host, cfg.allowed_hosts))
 
 
 # Failed-auth throttling: this many wrong keys from one client address within the window, and that
