@@ -188,7 +188,9 @@ class Registry:
                 sa.event.listen(self.engine, "connect", _sqlite_on_connect)
                 sa.event.listen(self.engine, "begin", _sqlite_begin)
             else:
-                self.engine = sa.create_engine(url, pool_pre_ping=True)
+                # a server that is down or unreachable is said within seconds, not after the OS's TCP timeout
+                self.engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+                                               if url.startswith("postgresql") else {})
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as err:
             raise UserError(f"registry URL '{_safe_url(url)}' is not usable ({err}); use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB") from None
         self._migrate()

@@ -52,6 +52,40 @@ def test_logged_requests_survive_a_restart_and_become_a_dataset(tmp_path, lm_wor
     assert corrected and corrected[0][-1]["content"].strip() == "to be: that is the question."
 
 
+def test_a_registry_outage_loses_request_logs_never_answers(lm_workspace, serve_lm):
+    """With --log-requests, a registry database that goes away (a failover, a network blip) turned every completion
+    into a 500 after its answer was generated: the answer goes out, the lost row is counted, feedback and the
+    dashboard say 503 registry_unavailable, and logging resumes when the database is back."""
+    import sqlalchemy as sa
+
+    running, registry = start_server(lm_workspace, [f"tiny-lm={serve_lm}"], log_requests=True, ui=False)
+    state = running.app.state.llmkit
+    healthy = state.registry.engine
+    try:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
+        # a real database that refuses connections: nothing listens on port 1
+        state.registry.engine = sa.create_engine("postgresql+psycopg://llmkit@127.0.0.1:1/llmkit",
+                                                 connect_args={"connect_timeout": 5})
+        answered = client.completions.create(model="tiny-lm", prompt="ROMEO:", max_tokens=4, seed=1)
+        assert answered.usage.completion_tokens == 4
+        streamed = list(client.completions.create(model="tiny-lm", prompt="JULIET:", max_tokens=4, seed=1, stream=True))
+        assert streamed[-1].choices[0].finish_reason is not None
+        metrics = requests.get(running.url + "/metrics", timeout=30).text
+        assert "llmkit_request_log_errors_total 2.0" in metrics
+        for method, path, body in (("post", "/v1/feedback", {"response_id": answered.id, "rating": 1}),
+                                   ("get", "/api/overview", None)):
+            r = requests.request(method, running.url + path, json=body, timeout=30)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "registry_unavailable", r.text
+            assert r.headers["Retry-After"] == "5"
+        state.registry.engine = healthy  # back
+        again = client.completions.create(model="tiny-lm", prompt="ROMEO:", max_tokens=4, seed=1)
+    finally:
+        state.registry.engine = healthy
+        running.stop()
+    logged = {row["response_id"] for row in registry.list_feedback()}
+    assert again.id in logged and answered.id not in logged
+
+
 def test_open_server_on_all_interfaces_warns(lm_workspace, serve_lm):
     from llmkit.serve import start
 

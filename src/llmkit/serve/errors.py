@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 409: "invalid_request_error",
@@ -92,6 +93,18 @@ def install_handlers(app: FastAPI) -> None:
                              "hundred levels deep; send a JSON object"), "invalid_value"
         return JSONResponse(error_body(message, TYPES.get(status, "invalid_request_error"), None, code),
                             status_code=status, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _registry_down(_: Request, exc: SQLAlchemyError):
+        # The registry's database (feedback, the dashboard) down or refusing: the server's fault or its
+        # operator's, not the client's, and not a crash with a traceback in the log.
+        import logging
+
+        reason = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
+        logging.getLogger("llmkit.serve").warning("the registry refused a request: %s", reason)
+        return JSONResponse(error_body("the registry (the server's database) is unavailable; retry shortly",
+                                       "server_error", None, "registry_unavailable"), status_code=503,
+                            headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception):

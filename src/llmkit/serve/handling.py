@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette.sse import EventSourceResponse
 
 import llmkit.serve.schemas as s
@@ -188,7 +190,19 @@ def _finished(state: ServerState, served: ServedModel, rid: str, entry: dict, an
         extra = {"kind": "request", "endpoint": entry["endpoint"], "usage": tokens, "model_ref": entry["model_ref"]}
         if len(answers) > 1:
             extra["choices"] = len(answers)  # the response recorded is choice 0's
-        state.registry.add_feedback(served.id, response_id=rid, prompt=entry["prompt"], response=text, extra=extra)
+        try:
+            state.registry.add_feedback(served.id, response_id=rid, prompt=entry["prompt"], response=text, extra=extra)
+        except SQLAlchemyError as err:
+            # Best effort: the answer is the client's whatever becomes of its log row (a registry outage failed every
+            # completion with a 500 after it was generated); counted in /metrics, said once per outage.
+            state.metrics.log_errors.inc()
+            if not state.log_failing:
+                logging.getLogger("llmkit.serve").warning("--log-requests: the registry refused a request's row (%s); "
+                                                          "answers go on, unlogged, until it is back",
+                                                          " ".join(str(getattr(err, "orig", err)).split())[:200])
+            state.log_failing = True
+        else:
+            state.log_failing = False
 
 
 def timeout_error(timeout: float, fewer: str = "tokens") -> ApiError:

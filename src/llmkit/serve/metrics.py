@@ -36,6 +36,8 @@ class ServerMetrics:
                                   registry=r)
         self.rejected = Counter("llmkit_rejected", "Requests turned away, by reason (queue_full | rate_limit | auth | shutting_down)",
                                 ["reason"], registry=r)
+        self.log_errors = Counter("llmkit_request_log_errors", "Requests answered whose --log-requests row the registry "
+                                  "refused (its database down or unwritable)", registry=r)
 
     def render(self, engines: dict) -> bytes:
         for name, engine in engines.items():

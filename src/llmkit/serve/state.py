@@ -25,6 +25,7 @@ class ServerState:
         self.explaining = 0  # explanations running or waiting for their model (touched on the event loop only)
         self.draining = False  # stopping: new requests get 503, those in flight finish (serve._drain)
         self.in_flight = 0  # HTTP requests inside their handler (a stream's tokens are its engine's, see busy())
+        self.log_failing = False  # the last --log-requests write failed (its warning is said once per outage)
 
     def model(self, name: str, kind: str | None = None) -> ServedModel:
         served = self.models.get(name)
