@@ -223,10 +223,16 @@ def _execute_by_hand(url: str, statements: list[str]) -> None:
     engine.dispose()
 
 
-def test_a_v1_registry_is_migrated_on_open_and_keeps_its_records(registry_url: str) -> None:
+def test_a_v1_registry_is_migrated_on_open_and_keeps_its_records(registry_url: str, capsys) -> None:
     _execute_by_hand(registry_url, V1_SCHEMA)
 
     reg = Registry(registry_url)
+    # a team's database is migrated in place for everyone: that is said (a workspace's own SQLite file quietly)
+    said = capsys.readouterr().err
+    if registry_url.startswith("postgresql"):
+        assert f"from schema v1 to v{SCHEMA_VERSION}: llmkit older than this one cannot open it any more" in said
+    else:
+        assert said == ""
     try:
         assert reg.schema_version() == SCHEMA_VERSION
         old = reg.get("old-model")
@@ -245,6 +251,37 @@ def test_a_v1_registry_is_migrated_on_open_and_keeps_its_records(registry_url: s
     again = Registry(registry_url)  # opening an up-to-date registry changes nothing
     assert again.schema_version() == SCHEMA_VERSION and len(again.list()) == 3
     again.close()
+
+
+def test_a_role_that_may_only_read_lists_and_is_told_in_one_line_when_it_writes(pg_database: str) -> None:
+    """A read-only reporting role on a team registry: reads work (opening writes nothing when the schema is current),
+    a write is one line naming the permission (it was a dump of the SQL and its parameters, exit 1)."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from llmkit.registry import RegistryUnavailable
+
+    owner = Registry(pg_database)
+    owner.add("model", "team-model")
+    owner.close()
+    role = f"llmkit_ro_{uuid.uuid4().hex[:8]}"
+    admin = sa.engine.make_url(pg_database).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(role)))
+    try:
+        reader = Registry(sa.engine.make_url(pg_database).set(username=role).render_as_string(hide_password=False))
+        assert [r.name for r in reader.list("model")] == ["team-model"]
+        with pytest.raises(RegistryUnavailable, match=r"^the registry at postgresql\+psycopg://llmkit_ro_\w+@.* refused "
+                                                      r"this role \(permission denied for table records\).*write access$"):
+            reader.add("model", "not-allowed")
+        reader.close()
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_a_registry_from_a_newer_llmkit_is_refused(registry_url: str) -> None:

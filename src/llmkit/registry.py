@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from llmkit.errors import UserError
 
@@ -175,6 +176,10 @@ def located(path: str | None, root: Path | None) -> str | None:
     return str(here) if here.exists() else path
 
 
+class RegistryUnavailable(UserError):
+    """The registry's database refused: down, read-only, or this role may not write. A server answers 503."""
+
+
 class Registry:
     def __init__(self, url: str, root: Path | None = None):
         self.url = url
@@ -227,10 +232,46 @@ class Registry:
                 conn.execute(schema_table.update().values(version=version))
 
         try:
+            if self._current_schema() == SCHEMA_VERSION:  # the usual case: read, nothing to write (read-only works)
+                return
+            before = self._current_schema()
             self._write(step)
+        except RegistryUnavailable:
+            raise
         except OperationalError as err:
             # psycopg's message spans lines ("Is the server running...?"): the user gets one line.
             raise UserError(f"cannot open the registry at {_safe_url(self.url)}: {' '.join(str(err.orig).split())}") from None
+        if before and not self.is_sqlite:  # a team's database: everyone's older llmkit stops working on it now
+            print(f"migrated the registry at {_safe_url(self.url)} from schema v{before} to v{SCHEMA_VERSION}: llmkit "
+                  "older than this one cannot open it any more", file=sys.stderr)
+
+    def _current_schema(self) -> int | None:
+        """The schema version, read without writing; None when the registry has no schema table yet."""
+        try:
+            with self.engine.connect() as conn:
+                if not sa.inspect(conn).has_table(schema_table.name):
+                    return None
+                return conn.execute(sa.select(schema_table.c.version)).scalar()
+        except DBAPIError as err:
+            refused = self._refused(err)
+            if refused is not None:
+                raise refused from None
+            raise
+
+    def _refused(self, err: DBAPIError) -> RegistryUnavailable | None:
+        """One line for a database that refuses this process (permissions, a read-only disk); None for other errors."""
+        text = " ".join(str(getattr(err, "orig", err)).split())
+        where = _safe_url(self.url)
+        if self.is_sqlite and ("unable to open database file" in text or "readonly database" in text):
+            folder = Path(sa.engine.make_url(self.url).database or ".").resolve().parent
+            return RegistryUnavailable(f"cannot write the registry {where}: its folder {folder} is read-only or not "
+                                       f"writable by this user (uid {os.getuid()}); make it writable, or pass --db-url "
+                                       "a registry you can write")
+        if "permission denied" in text or "read-only" in text:
+            return RegistryUnavailable(f"the registry at {where} refused this role ({text[:160]}): llmkit records what "
+                                       "it does and needs SELECT, INSERT, UPDATE and DELETE on its tables (and CREATE "
+                                       "once, to migrate); use a role with write access")
+        return None
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
@@ -246,8 +287,14 @@ class Registry:
             except (OperationalError, IntegrityError) as err:
                 transient = isinstance(err, IntegrityError) or "locked" in str(err) or "busy" in str(err) or "could not serialize" in str(err)
                 if not transient or attempt == attempts - 1:
+                    if (refused := self._refused(err)) is not None:
+                        raise refused from None
                     raise
                 time.sleep(min(0.05 * (2**attempt), 1.0) * random.uniform(0.5, 1.5))
+            except DBAPIError as err:  # psycopg's InsufficientPrivilege is a ProgrammingError
+                if (refused := self._refused(err)) is not None:
+                    raise refused from None
+                raise
         raise AssertionError("unreachable")
 
     def write(self, fn: Callable[[sa.Connection], Any]) -> Any:

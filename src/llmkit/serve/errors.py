@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmkit.registry import RegistryUnavailable
+
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 409: "invalid_request_error",
          404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
          415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
@@ -95,7 +97,8 @@ def install_handlers(app: FastAPI) -> None:
                             status_code=status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(SQLAlchemyError)
-    async def _registry_down(_: Request, exc: SQLAlchemyError):
+    @app.exception_handler(RegistryUnavailable)
+    async def _registry_down(_: Request, exc: Exception):
         # The registry's database (feedback, the dashboard) down or refusing: the server's fault or its
         # operator's, not the client's, and not a crash with a traceback in the log.
         import logging

@@ -26,6 +26,7 @@ from sse_starlette.sse import EventSourceResponse
 
 import llmkit.serve.schemas as s
 from llmkit.data.tokenizer import byte_alphabet
+from llmkit.registry import RegistryUnavailable
 from llmkit.runtime.detokenize import TextStream
 from llmkit.runtime.grammar import Grammar, TokenConstraint
 from llmkit.runtime.sampling import Sampler
@@ -192,7 +193,7 @@ def _finished(state: ServerState, served: ServedModel, rid: str, entry: dict, an
             extra["choices"] = len(answers)  # the response recorded is choice 0's
         try:
             state.registry.add_feedback(served.id, response_id=rid, prompt=entry["prompt"], response=text, extra=extra)
-        except SQLAlchemyError as err:
+        except (SQLAlchemyError, RegistryUnavailable) as err:
             # Best effort: the answer is the client's whatever becomes of its log row (a registry outage failed every
             # completion with a 500 after it was generated); counted in /metrics, said once per outage.
             state.metrics.log_errors.inc()
