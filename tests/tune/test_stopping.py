@@ -75,6 +75,9 @@ def test_sigterm_ends_the_study_writes_its_summary_and_exits_143(ws_root: Path, 
     proc = _tune(ws_root, study, "--workers", str(workers))
     running = _running(ws_root, study, workers, proc)
     pids = {t.user_attrs["pid"] for t in running}
+    plan = ws_root / "runs" / f"{study}-study" / "plan.json"
+    if workers > 1:  # the database URLs (passwords) reach the workers by their environment, not the workspace
+        assert {k: json.loads(plan.read_text())[k] for k in ("storage", "registry_url")} == {"storage": "", "registry_url": ""}
     started = time.time()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -92,6 +95,7 @@ def test_sigterm_ends_the_study_writes_its_summary_and_exits_143(ws_root: Path, 
     while any(_alive(pid) for pid in pids) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(_alive(pid) for pid in pids)  # no worker outlived the parent
+    assert not plan.exists()
 
 
 def test_a_worker_dies_with_its_parent(ws_root: Path):

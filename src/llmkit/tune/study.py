@@ -285,10 +285,13 @@ def run_workers(plan: Plan, workers: int, ws: Workspace, say) -> StopSignals:
     """`workers` processes on this machine, each with cores // workers threads."""
     folder = ws.folder("runs", f"{plan.study}-study")
     spec = folder / "plan.json"
-    spec.write_text(json.dumps(plan.__dict__))
+    # The database URLs may hold passwords: they go to the workers in their environment, never into the workspace
+    # (a world-readable file that outlived the study and went with every copy of the workspace).
+    spec.write_text(json.dumps({**plan.__dict__, "storage": "", "registry_url": ""}))
     threads = max(1, cpu_cores() // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "LLMKIT_TUNE_THREADS": str(threads)}
     env["LLMKIT_TUNE_PARENT"] = str(os.getpid())  # a worker dies with this process (stopping)
+    env["LLMKIT_TUNE_STORAGE"], env["LLMKIT_TUNE_REGISTRY_URL"] = plan.storage, plan.registry_url
     with StopSignals() as stop:  # a signal here reaches every worker: each ends its trial and the study
         for i in range(workers):
             log = open(folder / f"worker-{i}.log", "a")
@@ -300,6 +303,7 @@ def run_workers(plan: Plan, workers: int, ws: Workspace, say) -> StopSignals:
         for i, p in enumerate(procs):
             if p.wait() != 0:  # its running trial, if any, goes FAIL through the heartbeat check in finish()
                 say(f"[yellow]worker {i} (pid {p.pid}) exited with {p.returncode}[/yellow]; its log: {folder / f'worker-{i}.log'}")
+    spec.unlink(missing_ok=True)
     return stop
 
 

@@ -28,6 +28,7 @@ def main(plan_file: str, index: str) -> int:
     if threads:
         torch.set_num_threads(threads)
     plan = Plan(**json.loads(Path(plan_file).read_text()))
+    plan.storage, plan.registry_url = os.environ["LLMKIT_TUNE_STORAGE"], os.environ["LLMKIT_TUNE_REGISTRY_URL"]
     ws = Workspace.open(Path(plan.workspace))
     registry = Registry(plan.registry_url)
     params = read_space(plan.space, plan.stage)
