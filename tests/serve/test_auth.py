@@ -93,12 +93,13 @@ class Answer(NamedTuple):
     body: bytes
 
 
-def _get(url: str, key: str, source: str) -> Answer:
+def _get(url: str, key: str, source: str, forwarded_for: str | None = None) -> Answer:
     """GET /v1/models from a chosen local address (127.0.0.2 is loopback too, but another client)."""
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30, source_address=(source, 0))
+    headers = {"Authorization": f"Bearer {key}"} | ({"X-Forwarded-For": forwarded_for} if forwarded_for else {})
     try:
-        conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {key}"})
+        conn.request("GET", "/v1/models", headers=headers)
         response = conn.getresponse()
         return Answer(response.status, response.getheader("Retry-After"), response.read())
     finally:
@@ -122,6 +123,29 @@ def test_wrong_keys_are_throttled_per_client_address(lm_workspace, tiny_model):
         assert requests.get(url + "/health", timeout=10).status_code == 200  # no key, no throttle
     finally:
         running.stop()
+
+
+def test_behind_a_trusted_proxy_each_client_is_throttled_alone_and_otherwise_forwarded_for_is_ignored(lm_workspace,
+                                                                                                     tiny_model):
+    """Behind a reverse proxy every client came from the proxy's address: one stale key locked everyone out. Named
+    with --trusted-proxy, the proxy's X-Forwarded-For is the client; from anyone else it is ignored (a local client
+    naming a new address per guess was never throttled)."""
+    running, _ = start_server(lm_workspace, ["tiny-lm"], api_keys=[KEY], ui=False, trusted_proxies=["127.0.0.1"])
+    try:
+        stale = [_get(running.url, "old-key-12345678", "127.0.0.1", "203.0.113.9").status for _ in range(FAILED_AUTH_LIMIT + 1)]
+        assert stale == [401] * FAILED_AUTH_LIMIT + [429]
+        assert _get(running.url, KEY, "127.0.0.1", "198.51.100.4").status == 200  # another client through the proxy
+        assert _get(running.url, KEY, "127.0.0.1", "203.0.113.9").status == 429
+    finally:
+        running.stop()
+    running, _ = start_server(lm_workspace, ["tiny-lm"], api_keys=[KEY], ui=False)  # no proxy trusted
+    try:
+        dodging = [_get(running.url, f"guess-{i:08d}", "127.0.0.1", f"7.7.7.{i}").status for i in range(FAILED_AUTH_LIMIT + 1)]
+        assert dodging == [401] * FAILED_AUTH_LIMIT + [429]
+    finally:
+        running.stop()
+    with pytest.raises(UserError, match=r"^--trusted-proxy 'proxy.local': give the proxy's IP address or network"):
+        start_server(lm_workspace, ["tiny-lm"], ui=False, trusted_proxies=["proxy.local"])
 
 
 def test_admin_keys_are_their_own(monkeypatch):

@@ -42,6 +42,12 @@ def test_allowed_host_adds_names(lm_workspace, tiny_model):
         for host in (f"llm.example:{port}", f"LLM.example.:{port}", "10.0.0.7", f"localhost:{port}"):
             assert requests.get(running.url + "/v1/models", headers={"Host": host}, timeout=10).status_code == 200, host
         _refused(requests.get(running.url + "/v1/models", headers={"Host": "other.example"}, timeout=10), "other.example")
+        # a probe by the pod's address (unknown at start): /health and /metrics answer any IP, nothing else does
+        for path in ("/health", "/metrics"):
+            for host in (f"10.244.3.17:{port}", f"[fd00::5]:{port}"):
+                assert requests.get(running.url + path, headers={"Host": host}, timeout=10).status_code == 200, (path, host)
+            _refused(requests.get(running.url + path, headers={"Host": "other.example"}, timeout=10), "other.example")
+        _refused(requests.get(running.url + "/v1/models", headers={"Host": f"10.244.3.17:{port}"}, timeout=10), "10.244.3.17")
     finally:
         running.stop()
 

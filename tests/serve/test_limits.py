@@ -102,6 +102,9 @@ def test_api_keys_and_rate_limit(lm_workspace, serve_lm):
         r = requests.get(url, headers=ok, timeout=10)
         _error(r, 429, code="rate_limit_exceeded")
         assert int(r.headers["Retry-After"]) >= 1
+        # a metrics scrape with the spent key still answers (and spends nothing), the key still checked
+        assert [requests.get(running.url + "/metrics", headers=ok, timeout=10).status_code for _ in range(5)] == [200] * 5
+        _error(requests.get(running.url + "/metrics", timeout=10), 401, code="invalid_api_key")
         # The limit is per key: the other key still has its budget.
         assert requests.get(url, headers={"Authorization": "Bearer secret-key-1"}, timeout=10).status_code == 200
         client = openai.OpenAI(base_url=running.url + "/v1", api_key="secret-key-1", max_retries=0)

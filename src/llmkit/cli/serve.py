@@ -14,9 +14,10 @@ def register(app: typer.Typer) -> None:
 
 
 @configured("serve", arguments=("models",), required=("models",),
-            repeat=("api_keys", "admin_keys", "adapters", "cors_origins", "allowed_hosts"),
+            repeat=("api_keys", "admin_keys", "adapters", "cors_origins", "allowed_hosts", "trusted_proxies"),
             flags={"api_keys": ("--api-key",), "admin_keys": ("--admin-key",), "adapters": ("--adapter",),
-                   "cors_origins": ("--cors-origin",), "allowed_hosts": ("--allowed-host",)},
+                   "cors_origins": ("--cors-origin",), "allowed_hosts": ("--allowed-host",),
+                   "trusted_proxies": ("--trusted-proxy",)},
             json=False)
 def serve(ctx: Ctx, cfg) -> None:
     """Serve models with an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/embeddings), /v1/classify, feedback, metrics and a web UI."""

@@ -291,6 +291,9 @@ class ServeConfig(Section):
     rate_limit: int = Field(0, ge=0, description="requests per minute per API key (or per client address when open); 0 = off")
     max_body_kb: int = Field(1024, ge=1, description="largest request body accepted, in KiB")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API from a browser (none = CORS off)")
+    trusted_proxies: list[str] = Field(default_factory=list, description="addresses or networks (10.0.0.0/8) of reverse "
+                                       "proxies whose X-Forwarded-For names the client: its address then counts for the "
+                                       "wrong-key throttle, --rate-limit without keys and the access log; none = trust no proxy")
     allowed_hosts: list[str] = Field(default_factory=list, description="Host names the server answers besides localhost, 127.0.0.1, [::1] and the bound address (against DNS rebinding); * = any; bound to 0.0.0.0 or :: with none given, any is accepted")
     log_requests: bool = Field(False, description="store prompts and responses in the registry (for llmkit data from-feedback)")
     access_log: bool = Field(False, description="print one line per HTTP request on stdout: client, method, path, status (uvicorn's access log; never a body or a key)")

@@ -48,6 +48,12 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
     # file, host or model name is answered in a second, not after the models have loaded.
     access = read_access(cfg)
     check_listen(cfg)
+    for proxy in cfg.trusted_proxies:
+        try:
+            proxy == "*" or ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise UserError(f"--trusted-proxy {proxy!r}: give the proxy's IP address or network (e.g. 10.0.0.5 or "
+                            "10.0.0.0/8), or * for any", param="serve.trusted_proxies") from None
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     _check_names(cfg, registry)
@@ -175,8 +181,11 @@ def _uvicorn(cfg: ServeConfig, app):
     # An idle keep-alive connection is kept well past the clients' own expiry (httpx, so the `openai`
     # client, drops its idle connections after 5 s, uvicorn's default here): with both at 5 s a client
     # reuses a connection at the moment the server closes it and the request dies with a connection reset.
+    # X-Forwarded-For only from the proxies named: uvicorn's default trusts 127.0.0.1, so a local client could name
+    # any address (and dodge the wrong-key throttle), while a proxy elsewhere made every client one address.
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=cfg.access_log,
-                            timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S)
+                            timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S,
+                            proxy_headers=bool(cfg.trusted_proxies), forwarded_allow_ips=",".join(cfg.trusted_proxies))
     if cfg.access_log:  # uvicorn's lines are INFO: the rest of its logging stays at warnings
         import logging
 

@@ -114,8 +114,9 @@ class Auth:
     def open(self) -> bool:
         return not self.keys
 
-    def check(self, authorization: str | None, client: str) -> str:
-        """The caller's identity (key index, or client address when open); ApiError 401/429 otherwise."""
+    def check(self, authorization: str | None, client: str, limited: bool = True) -> str:
+        """The caller's identity (key index, or client address when open); ApiError 401/429 otherwise. `limited`
+        False: the key is checked but spends nothing of its --rate-limit (a metrics scrape)."""
         who = f"client:{client}"
         if self.keys:
             scheme, _, token = (authorization or "").partition(" ")
@@ -130,7 +131,8 @@ class Auth:
                 self._failed(client)
                 raise ApiError(401, "invalid API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             who = f"key:{matches.index(True)}"
-        self._limit(who)
+        if limited:
+            self._limit(who)
         return who
 
     def _throttle(self, client: str) -> None:
@@ -176,7 +178,9 @@ async def authorize(request: Request) -> str:
     """The route dependency: the caller's key (or address) when allowed; a 401 or 429 counted as rejected."""
     state = request.app.state.llmkit
     try:
-        return state.auth.check(request.headers.get("authorization"), request.client.host if request.client else "?")
+        # /metrics spends no rate limit: Prometheus shares the applications' key and got 429 when the server was busy
+        return state.auth.check(request.headers.get("authorization"), request.client.host if request.client else "?",
+                                limited=request.url.path != "/metrics")
     except ApiError as err:
         state.metrics.rejected.labels("auth" if err.status == 401 or err.code == "auth_throttled" else "rate_limit").inc()
         raise

@@ -1,7 +1,7 @@
 """The Host allow-list, against DNS rebinding: a page on another site can point its own name at
 127.0.0.1 and have the visitor's browser call the server, but the browser then sends that name as
 `Host`. So the server answers only the names it expects: the loopback names, the address it is bound
-to, and those given with `--allowed-host`. Bound to every interface (0.0.0.0 or ::) with none given,
+to, and those given with `--allowed-host` (and, for /health and /metrics, any IP address). Bound to every interface (0.0.0.0 or ::) with none given,
 it cannot know the names clients will use and accepts any (`llmkit serve` warns); `*` says so explicitly.
 """
 
@@ -14,6 +14,9 @@ from llmkit.errors import UserError
 from llmkit.serve.errors import error_body
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# Kubernetes' probes and Prometheus' pod discovery call the pod's IP address, which is not known when the
+# server starts: these two answer any address. A rebinding page makes the browser send its own *name*.
+PROBES = ("/health", "/metrics")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
 
@@ -72,6 +75,8 @@ class HostCheck:
             return await self.app(scope, receive, send)
         header = dict(scope.get("headers") or []).get(b"host")
         if header is not None and host_name(header) in self.allowed:
+            return await self.app(scope, receive, send)
+        if header is not None and scope.get("path") in PROBES and _is_ip(host_name(header)):
             return await self.app(scope, receive, send)
         await self._reject(send, header)
 
