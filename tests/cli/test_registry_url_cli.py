@@ -128,8 +128,11 @@ def test_an_unreachable_db_url_is_one_line_and_exit_2(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nothing listens on: bound here, never listened on
         s.bind(("127.0.0.1", 0))
         url = f"postgresql+psycopg://llmkit:s3cret@127.0.0.1:{s.getsockname()[1]}/llmkit"
-        out = llmkit("ls", "--workspace", str(tmp_path / "ws"), "--db-url", url)
-    assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert "cannot open the registry at" in out.stderr and "127.0.0.1" in out.stderr
-    assert "s3cret" not in out.stderr  # the password is never printed
+        flag = llmkit("ls", "--workspace", str(tmp_path / "ws"), "--db-url", url)
+        # the variable, on a machine with no workspace folder, as a cron job's `ls --json` (it said "nothing registered")
+        env = llmkit("ls", "models", "--json", env={"LLMKIT_DB_URL": url, "LLMKIT_HOME": str(tmp_path / "none")})
+    for out in (flag, env):
+        assert out.returncode == 2, out.stderr
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "cannot open the registry at" in out.stderr and "127.0.0.1" in out.stderr
+        assert "s3cret" not in out.stderr  # the password is never printed

@@ -68,7 +68,10 @@ class Ctx:
         Commands that only read (ls, show, rm) ask this first: opening the workspace would create it, so a
         mistyped --workspace left an empty workspace behind and listed "nothing registered yet"."""
         root = resolve_workspace(self.workspace)
-        return root if not root.exists() and self._db_url() is None else None
+        # $LLMKIT_DB_URL names a registry elsewhere too: with it, ls read "nothing registered" (exit 0) from a team
+        # database that was down, where --db-url said so
+        elsewhere = self._db_url() is not None or bool(os.environ.get("LLMKIT_DB_URL"))
+        return root if not root.exists() and not elsewhere else None
 
     def require_workspace(self) -> None:
         """A UserError naming the folder when `missing_workspace` says there is none (show, rm)."""
