@@ -486,6 +486,32 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("llmkit_write") else "BEGIN")
 
 
+def registry_state(url: str) -> str:
+    """What `llmkit doctor` says of a registry, read without writing or migrating: its schema, or why it cannot be read."""
+    if url.startswith("sqlite") and not Path(sa.engine.make_url(url).database or "").exists():
+        return "none yet (llmkit init, or the first command that registers something, makes it)"
+    try:
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 10} if url.startswith("postgresql") else {})
+        with engine.connect() as conn:
+            version = (conn.execute(sa.select(schema_table.c.version)).scalar()
+                       if sa.inspect(conn).has_table(schema_table.name) else None)
+        engine.dispose()
+    except Exception as err:  # a driver missing, a server down, a role refused: said, never raised
+        return f"cannot be read: {' '.join(str(getattr(err, 'orig', err)).split())[:200]}"
+    if version is None:
+        return "empty (llmkit makes its tables when it first opens it)"
+    if version < SCHEMA_VERSION:
+        return f"schema v{version}: this llmkit migrates it to v{SCHEMA_VERSION} when it opens it"
+    if version > SCHEMA_VERSION:
+        return f"schema v{version}, newer than this llmkit (v{SCHEMA_VERSION}): upgrade llmkit"
+    return f"schema v{version} (current)"
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password hidden."""
+    return _safe_url(url)
+
+
 def _safe_url(url: str) -> str:
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)

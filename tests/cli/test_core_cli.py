@@ -78,6 +78,7 @@ def test_version_and_doctor_answer_in_json():
     doctor = json.loads(llmkit("doctor", "--json").stdout)
     assert doctor["device"] in ("cpu", "cuda", "mps")
     assert doctor["threads"] >= 1
+    assert {"workspace", "registry", "registry_state"} <= set(doctor)  # what ops look at first
     from llmkit.data.figures import cjk_font
 
     assert doctor["cjk_plot_font"] == cjk_font()  # the font Chinese labels in plots are drawn in, or None

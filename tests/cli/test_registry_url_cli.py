@@ -131,6 +131,9 @@ def test_an_unreachable_db_url_is_one_line_and_exit_2(tmp_path: Path) -> None:
         flag = llmkit("ls", "--workspace", str(tmp_path / "ws"), "--db-url", url)
         # the variable, on a machine with no workspace folder, as a cron job's `ls --json` (it said "nothing registered")
         env = llmkit("ls", "models", "--json", env={"LLMKIT_DB_URL": url, "LLMKIT_HOME": str(tmp_path / "none")})
+        doctor = ok(llmkit("doctor", "--json", env={"LLMKIT_DB_URL": url, "LLMKIT_HOME": str(tmp_path / "none")}))
+    assert doctor["registry_state"].startswith("cannot be read: ") and "s3cret" not in json.dumps(doctor)
+    assert doctor["workspace"].endswith("none (not made yet)") and not (tmp_path / "none").exists()
     for out in (flag, env):
         assert out.returncode == 2, out.stderr
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

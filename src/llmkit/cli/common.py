@@ -83,7 +83,10 @@ class Ctx:
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = Registry.for_workspace(self.ws.root, self._db_url())
+            # a registry elsewhere needs only the workspace's path: reading it (ls, show) makes no folder
+            elsewhere = self._db_url() or os.environ.get("LLMKIT_DB_URL")
+            root = resolve_workspace(self.workspace) if elsewhere and self._ws is None else self.ws.root
+            self._registry = Registry.for_workspace(root, self._db_url())
         return self._registry
 
     @property

@@ -69,6 +69,7 @@ def doctor(json_out: JsonOpt = False) -> None:
         "cuda_devices": torch.cuda.device_count(),
         "bf16_cpu_fast": cpu_has_fast_bf16(),
         "cjk_plot_font": cjk_font(),
+        **_workspace_state(),
         "backends": backends,
     }
 
@@ -85,6 +86,17 @@ def doctor(json_out: JsonOpt = False) -> None:
         console.print(table)
 
     Ctx(json=json_out).emit(result, human)
+
+
+def _workspace_state() -> dict[str, str]:
+    """The workspace $LLMKIT_HOME names and its registry, looked at without creating or migrating either."""
+    from llmkit.registry import registry_state, safe_url
+    from llmkit.workspace import resolve_workspace
+
+    root = resolve_workspace(None)
+    url = os.environ.get("LLMKIT_DB_URL") or f"sqlite:///{root / 'registry.db'}"
+    return {"workspace": f"{root}" + ("" if root.exists() else " (not made yet)"), "registry": safe_url(url),
+            "registry_state": registry_state(url)}
 
 
 @configured(None)
