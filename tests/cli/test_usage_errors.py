@@ -60,3 +60,19 @@ def test_help_shows_the_brackets_a_description_holds():
 
     out = CliRunner().invoke(app, ["train", "sft", "--help"], env={"COLUMNS": "240"}).output
     assert "e.g. [q_proj, v_proj]; all-linear" in out  # rich read '[q_proj, v_proj]' as a tag: "e.g. ; all-linear"
+
+
+def test_a_full_disk_is_one_line_naming_where_and_what_is_free(tmp_path):
+    """Disk full while writing a dataset or a model said `OSError: [Errno 28] No space left on device` (or
+    safetensors' own words for it) with no path and no way forward."""
+    import errno
+
+    from llmkit.cli import _machine_failure
+
+    target = tmp_path / "ws" / "models" / "m-1234" / "model.safetensors"  # not made: the write failed
+    said = _machine_failure(OSError(errno.ENOSPC, "No space left on device", str(target)))
+    assert said.startswith(f"the disk is full writing under {tmp_path} (") and " MiB free): free space" in said
+    library = _machine_failure(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert library is not None and "the disk is full writing under" in library
+    assert _machine_failure(OSError(errno.EACCES, "Permission denied")) is None
+    assert _machine_failure(ValueError("something else")) is None

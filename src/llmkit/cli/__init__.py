@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import typer
 from rich.markup import escape
@@ -82,12 +83,35 @@ def main() -> None:
         sys.exit(130)
     except typer.TyperException as err:  # click's (typer's vendored click's) usage errors
         sys.exit(_usage_error(err))
-    except Exception as err:  # our own failures
+    except Exception as err:  # our own failures, or the machine's
         if os.environ.get("LLMKIT_DEBUG"):
             raise
+        machine = _machine_failure(err)
+        if machine is not None:
+            err_console.print(f"[red]failed:[/red] {escape(machine)}", highlight=False, soft_wrap=True)
+            sys.exit(1)
         err_console.print(f"[red]failed:[/red] {type(err).__name__}: {escape(str(err))} (set LLMKIT_DEBUG=1 for the traceback)",
                           highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+def _machine_failure(err: Exception) -> str | None:
+    """One line for a full disk (an OSError, or a library's error text saying so, as safetensors' does), naming
+    where and how much is free; None for anything else."""
+    import errno
+    import shutil
+
+    from llmkit.workspace import resolve_workspace
+
+    full = (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
+    if not full:
+        return None
+    where = Path(getattr(err, "filename", None) or resolve_workspace(None))
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free / 2**20
+    return (f"the disk is full writing under {where} ({free:,.1f} MiB free): free space, or move the workspace to a "
+            "larger disk (--workspace or $LLMKIT_HOME); what was being written was not kept")
 
 
 def usage_message(err: Exception) -> str | None:
