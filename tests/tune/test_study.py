@@ -172,7 +172,19 @@ def test_a_study_continues_only_on_its_own_space_and_config_and_rm_takes_its_opt
         tune(cfg.model_copy(update={"space": str(other), "trials": 2}), stage, ws, registry)
     with pytest.raises(UserError, match="another base config, so its trials would not compare"):
         tune(cfg.model_copy(update={"trials": 2}), stage.model_copy(update={"max_steps": 4}), ws, registry)
-    code, out, err = _cli(monkeypatch, capsys, ws_root, "rm", "kept-alike", "--yes", "--force")
+    tune(cfg.model_copy(update={"trials": 3}), stage, ws, registry)  # two more trials: three runs, one best model
+    runs = [r for rel, r in registry.children(registry.get("kept-alike", "run").id) if rel == "trial_of"]
+    best = registry.get("kept-alike-t0", "model") if registry.find("kept-alike-t0", "model") else None
+    assert len(runs) == 3
+    # rm STUDY takes its trial runs (it was refused: "made from" by each, 20 rm calls for 20 trials); the best
+    # trial's model stays, and so does the run it was made from
+    code, out, err = _cli(monkeypatch, capsys, ws_root, "rm", "kept-alike", "--yes")
     assert code in (0, None) and "its Optuna study too" in out, (out, err)
+    kept_models = [m for m in registry.list("model") if m.name.startswith("kept-alike-t")]
+    assert len(kept_models) == 1 and (best is None or kept_models[0].id == best.id)
+    left = [r for r in runs if registry.find(r.id, "run") is not None]
+    assert [r.id for r in left] == [p.id for _, p in registry.parents(kept_models[0].id) if p.type == "run"]
+    assert all(not Path(r.path).exists() for r in runs if r not in left)
+    assert f"with its {len(runs) - 1} trial runs" in " ".join(out.split())
     with pytest.raises(KeyError):
         optuna.load_study(study_name="kept-alike", storage=registry.url)

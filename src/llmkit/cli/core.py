@@ -207,7 +207,14 @@ def rm(
                         "its history")
     rec = ctx.registry.get(ref)
     # What was made from it would lose its lineage (and a run its --resume): refused unless --force.
-    users = [(relation, r) for relation, r in ctx.registry.children(rec.id) if r.type in ("model", "dataset", "run")]
+    trials: list = []  # a study's trial runs go with it
+    if rec.type == "run" and rec.kind == "study":
+        from llmkit.tune.study import study_dependents
+
+        trials, users = study_dependents(rec, ctx.registry)
+        users = [(rel, r) for rel, r in users if rel != "trial_of"]  # a kept trial (a model's run) stays, unlinked
+    else:
+        users = [(relation, r) for relation, r in ctx.registry.children(rec.id) if r.type in ("model", "dataset", "run")]
     if users and not force:
         shown = ", ".join(f"{r.type} {r.ref} ({relation})" for relation, r in users[:5]) + (" ..." if len(users) > 5 else "")
         raise UserError(f"{rec.type} {rec.ref} is what {len(users)} record(s) were made from: {shown}; remove those "
@@ -230,6 +237,10 @@ def rm(
     for alias in aliases:  # --force: the aliases go with their model, each move kept in its history
         remove_alias(ctx.registry, alias, note=f"its model {rec.ref} was removed")
     ctx.registry.remove(rec.id)
+    for trial in trials:
+        ctx.registry.remove(trial.id)
+        if trial.path and ctx.ws.root in Path(trial.path).resolve().parents:
+            shutil.rmtree(trial.path, ignore_errors=True)
     removed_files = False
     if rec.path and not keep_files and not sharing:
         path = Path(rec.path)
@@ -242,8 +253,10 @@ def rm(
         # another workspace's folder (a registry shared by several machines) or one registered from elsewhere
         kept += f"; its folder {rec.path} is outside this workspace and was not deleted (delete it where it is)"
     kept += f"; removed alias {', '.join(aliases)}" if aliases else ""
+    kept += f"; with its {len(trials)} trial runs" if trials else ""
     ctx.emit({"removed": rec.id, "ref": rec.ref, "type": rec.type, "files_removed": removed_files,
-              "files_shared_with": [r.ref for r in sharing], "aliases_removed": aliases},
+              "files_shared_with": [r.ref for r in sharing], "aliases_removed": aliases,
+              "trials_removed": [t.ref for t in trials]},
              lambda: console.print(f"removed {rec.type} {rec.ref}" + (" and its files" if removed_files else "") + kept
                                    + study_note))
 

@@ -239,6 +239,20 @@ def forget_study(record, registry: Registry) -> str:
     return "; its Optuna study too"
 
 
+def study_dependents(record, registry: Registry) -> tuple[list, list]:
+    """What `rm STUDY` takes with it and what would stop it: (its trial runs no model was made from, the other
+    records made from the study). A study's trials are its own; the best trial's model stays, and so does the run
+    it was made from. A 20-trial study took 20 `rm` calls in the right order."""
+    trials, others = [], []
+    for relation, child in registry.children(record.id):
+        if relation == "trial_of" and child.type == "run":
+            made = [r for rel, r in registry.children(child.id) if r.type in ("model", "dataset", "run")]
+            (others if made else trials).append((relation, child) if made else child)
+        elif relation != "best_of" and child.type in ("model", "dataset", "run"):
+            others.append((relation, child))
+    return trials, others
+
+
 def study_record(plan: Plan, study: optuna.Study, ws: Workspace, registry: Registry) -> str:
     """The study's registry record (a run of kind 'study', found again by every process that joins)."""
     record_id = study.user_attrs.get("record_id")
