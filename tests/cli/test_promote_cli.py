@@ -106,19 +106,25 @@ def test_serve_alias_answers_as_the_alias_with_the_model_it_points_at(lm_workspa
     proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "serve-prod", "--port", "0", "--no-ui"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        url = None
+        url, said = None, []
         while url is None:
             line = proc.stdout.readline()
             assert line, proc.stderr.read()
+            said.append(line)
             match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
             url = match.group(1) if match else None
         assert requests.get(url + "/health", timeout=10).json()["models"] == ["serve-prod"]
         body = {"model": "serve-prod", "prompt": "ROMEO:", "max_tokens": 8, "temperature": 0}
         out = requests.post(url + "/v1/completions", json=body, timeout=60).json()
         assert out["model"] == "serve-prod" and out["choices"][0]["text"] == expected
+        # which model the alias was when the server started: ops compare it with the registry's
+        card = requests.get(url + "/v1/models/serve-prod", timeout=10).json()
+        target = Registry.for_workspace(lm_workspace).get("promote-other", "model")
+        assert (card["model_ref"], card["model_id"]) == (target.ref, target.id)
     finally:
         proc.terminate()
         proc.wait(timeout=120)
+    assert f"loaded serve-prod -> {target.ref} (causal" in "".join(said)
 
 
 def test_rm_keeps_an_alias_from_pointing_at_nothing_and_removes_an_alias(lm_workspace: Path):

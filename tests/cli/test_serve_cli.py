@@ -44,7 +44,13 @@ def test_serve_bad_input(lm_workspace, tiny_model):
                            # One key rule for every source: the flag's key as short as a file's is refused.
                            (["serve", "tiny-lm", "--api-key", "a", "--host", "0.0.0.0"],
                             "--api-key: an API key is one word of at least 8 characters"),
-                           (["serve", "tiny-lm", "--allowed-host", "llm.example:8000"], "--allowed-host 'llm.example:8000'")]:
+                           (["serve", "tiny-lm", "--allowed-host", "llm.example:8000"], "--allowed-host 'llm.example:8000'"),
+                           # browsers send scheme://host[:port]: these never matched, silently
+                           (["serve", "tiny-lm", "--cors-origin", "https://app.example/"],
+                            "--cors-origin 'https://app.example/': an origin is scheme://host[:port] with nothing after "
+                            "it, as browsers send it; did you mean 'https://app.example'?"),
+                           (["serve", "tiny-lm", "--cors-origin", "app.example"], "did you mean 'https://app.example'?"),
+                           (["serve", "tiny-lm", "--trusted-proxy", "proxy.local"], "--trusted-proxy 'proxy.local'")]:
         proc = run_cli(*args, workspace=lm_workspace, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert expected in proc.stderr and "Traceback" not in proc.stderr

@@ -48,6 +48,8 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
     # file, host or model name is answered in a second, not after the models have loaded.
     access = read_access(cfg)
     check_listen(cfg)
+    for origin in cfg.cors_origins:
+        _check_origin(origin)
     for proxy in cfg.trusted_proxies:
         try:
             proxy == "*" or ipaddress.ip_network(proxy, strict=False)
@@ -78,7 +80,8 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
             raise UserError(f"two models named '{served.id}'; serve each name once")
         models[served.id] = served
         if console:
-            console.print(f"loaded [bold]{served.id}[/bold] ({served.kind}, {served.backend})")
+            what = f" -> {served.model.ref}" if served.model.id and served.model.ref != served.id else ""
+            console.print(f"loaded [bold]{served.id}[/bold]{what} ({served.kind}, {served.backend})")
     for spec in adapters:
         name, ref = split_spec(spec)
         try:
@@ -146,6 +149,21 @@ def _adapter_on_served_base(spec: str, specs: list[str], registry) -> bool:
         return False
     base = Path(adapter_base(model).path).resolve()
     return any(Path(resolve_model(split_spec(other)[1], registry).path).resolve() == base for other in specs if other != spec)
+
+
+def _check_origin(origin: str) -> None:
+    """A browser sends Origin as scheme://host[:port], nothing after: a path or a missing scheme never matched, and
+    the browser app failed with a CORS error in its user's console."""
+    from urllib.parse import urlsplit
+
+    if origin == "*":
+        return
+    parts = urlsplit(origin)
+    if parts.scheme in ("http", "https") and parts.hostname and not parts.path and not parts.query and not parts.fragment:
+        return
+    guess = f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else f"https://{origin.strip('/').split('/')[0]}"
+    raise UserError(f"--cors-origin {origin!r}: an origin is scheme://host[:port] with nothing after it, as browsers send "
+                    f"it; did you mean '{guess}'?", param="serve.cors_origins")
 
 
 def _set_threads(threads: int) -> None:

@@ -25,6 +25,9 @@ class ModelCard(BaseModel):
     backend: str
     context_length: int | None = None
     parent: str | None = Field(None, description="a LoRA adapter served on a base: the base's id")
+    model_ref: str | None = Field(None, description="the registered model served (name:vN), as resolved when the server "
+                                  "started: an alias moved since (llmkit promote) takes effect at the next start")
+    model_id: str | None = Field(None, description="its registry id")
     explainable: bool = Field(False, description="POST /v1/explain takes it (a classifier or causal LM with a torch module of its own)")
     special_tokens: list[str] | None = Field(None, description="a causal LM's special tokens: written in a message, each is read as itself (a turn marker ends the turn), so an application passing untrusted text on removes them")
 

@@ -31,7 +31,8 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=s.
 
 def _card(m) -> s.ModelCard:
     return s.ModelCard(id=m.id, created=m.created, kind=m.kind, backend=m.backend, context_length=m.max_len,
-                       parent=m.parent, explainable=explainable(m), special_tokens=_special_tokens(m))
+                       parent=m.parent, explainable=explainable(m), special_tokens=_special_tokens(m),
+                       model_ref=m.model.ref if m.model.id else None, model_id=m.model.id)
 
 
 def _special_tokens(m) -> list[str] | None:
