@@ -58,7 +58,7 @@ def test_a_registry_outage_loses_request_logs_never_answers(lm_workspace, serve_
     dashboard say 503 registry_unavailable, and logging resumes when the database is back."""
     import sqlalchemy as sa
 
-    running, registry = start_server(lm_workspace, [f"tiny-lm={serve_lm}"], log_requests=True, ui=False)
+    running, registry = start_server(lm_workspace, [f"tiny-lm={serve_lm}"], log_requests=True)
     state = running.app.state.llmkit
     healthy = state.registry.engine
     try:

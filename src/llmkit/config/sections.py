@@ -296,7 +296,7 @@ class ServeConfig(Section):
                                        "wrong-key throttle, --rate-limit without keys and the access log; none = trust no proxy")
     allowed_hosts: list[str] = Field(default_factory=list, description="Host names the server answers besides localhost, 127.0.0.1, [::1] and the bound address (against DNS rebinding); * = any; bound to 0.0.0.0 or :: with none given, any is accepted")
     log_requests: bool = Field(False, description="store prompts and responses in the registry (for llmkit data from-feedback)")
-    access_log: bool = Field(False, description="print one line per HTTP request on stdout: client, method, path, status (uvicorn's access log; never a body or a key)")
+    access_log: bool = Field(False, description="print one line per HTTP request on stdout: UTC time, client, method, path, status, milliseconds to the response (never a query string, a body or a key)")
     ui: bool = Field(True, description="serve the web UI and dashboard at /")
 
 

@@ -201,13 +201,10 @@ def _uvicorn(cfg: ServeConfig, app):
     # reuses a connection at the moment the server closes it and the request dies with a connection reset.
     # X-Forwarded-For only from the proxies named: uvicorn's default trusts 127.0.0.1, so a local client could name
     # any address (and dodge the wrong-key throttle), while a proxy elsewhere made every client one address.
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=cfg.access_log,
+    # The access log is the app's own (serve.app): uvicorn's had no time or duration and logged query strings.
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S,
                             proxy_headers=bool(cfg.trusted_proxies), forwarded_allow_ips=",".join(cfg.trusted_proxies))
-    if cfg.access_log:  # uvicorn's lines are INFO: the rest of its logging stays at warnings
-        import logging
-
-        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     return uvicorn.Server(config)
 
 

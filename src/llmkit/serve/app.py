@@ -7,6 +7,7 @@ in OpenAI's error shape (see errors.py), never a 500.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -21,6 +22,14 @@ from llmkit.serve.served import ServedModel
 from llmkit.serve.state import ServerState
 
 STATIC = Path(__file__).parent / "static"
+
+
+def access_line(request: Request, status: int, seconds: float) -> None:
+    """One line per request on stdout: UTC time, client, method, path (never the query string, where a client may
+    put a key), status and the time to the response's start (a stream's first byte). Never a body or a header."""
+    client = request.client.host if request.client else "-"
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    print(f"{stamp} {client} {request.method} {request.url.path} {status} {seconds * 1000:.0f} ms", flush=True)
 
 
 def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace, access: Access) -> FastAPI:
@@ -54,16 +63,20 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
         finally:
             state.in_flight -= 1
             path = getattr(request.scope.get("route"), "path", "other")
+            elapsed = time.perf_counter() - start
             state.metrics.requests.labels(path, str(status)).inc()
-            state.metrics.latency.labels(path).observe(time.perf_counter() - start)
+            state.metrics.latency.labels(path).observe(elapsed)
+            if cfg.access_log:
+                access_line(request, status, elapsed)
 
     for router in (ops.router, openai_api.router, llmkit_api.router, adapters_api.router):
         app.include_router(router)
-    from llmkit.serve.dashboard import router as dashboard
-    from llmkit.serve.dashboard_studies import router as studies
+    if cfg.ui:  # the dashboard's data (the whole registry) is the UI's: an API-only server does not show it
+        from llmkit.serve.dashboard import router as dashboard
+        from llmkit.serve.dashboard_studies import router as studies
 
-    for router in (dashboard, studies):
-        app.include_router(router, dependencies=[Depends(authorize)], responses=s.ERRORS)
+        for router in (dashboard, studies):
+            app.include_router(router, dependencies=[Depends(authorize)], responses=s.ERRORS)
     if cfg.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
