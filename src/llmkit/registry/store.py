@@ -2,8 +2,7 @@
 
 SQLAlchemy Core over SQLite (a file in the workspace, WAL mode) by default, or any SQLAlchemy URL
 (PostgreSQL for a team). Artifacts stay plain folders; a row points at one only after the folder
-was renamed into place. The schema carries its version in `llmkit_schema`, and `MIGRATIONS` brings
-a workspace made by an older llmkit up to date when it is opened.
+was renamed into place. Opening a database brings its schema up to date (registry.schema).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import difflib
 import json
 import os
 import random
-import re
 import sys
 import time
 import uuid
@@ -26,107 +24,15 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from llmkit.errors import UserError
-
-RECORD_TYPES = ("dataset", "run", "model", "eval")
-
-# The one rule for the name of anything registered: it becomes part of a folder name under the workspace,
-# so no separators, no leading dot, nothing a shell or a URL would have to quote.
-NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-NAME_RULE_TEXT = "use ASCII letters (a-z, A-Z), digits, '.', '_' and '-' (starting with a letter or digit, at most 100)"
-# Evaluations are named after the model they measured, which may be a Hub id ('org/model').
-NAMED_BY_USER = ("dataset", "run", "model")
-
-
-def check_name(name: str, what: str, flag: str = "--name") -> str:
-    """`name` when it follows NAME_RULE; else a UserError saying what is wrong and how to fix it."""
-    if not isinstance(name, str) or not NAME_RULE.fullmatch(name):
-        raise UserError(f"{what} name {name!r}: {NAME_RULE_TEXT}, e.g. {flag} shakespeare", param=flag.lstrip("-"))
-    return name
-
-
-def default_name(text: str, fallback: str = "model") -> str:
-    """A registrable name made from `text` (a file, folder, Hub id or parent name): other characters become '-'."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("._-")[:100].rstrip("._-")
-    return name or fallback
-
-
-def given_or_default(given: str | None, derived: str, what: str = "model") -> str:
-    """The --name a user gave (which must follow the rule) or a name derived from the parent's."""
-    return check_name(given, what) if given else default_name(derived, fallback=what)
-
-metadata = sa.MetaData()
-schema_table = sa.Table("llmkit_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
-records = sa.Table(
-    "records",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("type", sa.String(16), nullable=False),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("kind", sa.String(64), nullable=False, default=""),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("path", sa.Text, nullable=True),
-    sa.Column("content_hash", sa.String(128), nullable=True),
-    sa.Column("params", sa.Text, nullable=False, default="{}"),
-    sa.Column("metrics", sa.Text, nullable=False, default="{}"),
-    sa.UniqueConstraint("type", "name", "version", name="uq_records_type_name_version"),
+from llmkit.registry.names import NAMED_BY_USER, RECORD_TYPES, check_name
+from llmkit.registry.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    feedback,
+    lineage,
+    records,
+    schema_table,
 )
-lineage = sa.Table(
-    "lineage",
-    metadata,
-    sa.Column("child_id", sa.String(32), nullable=False),
-    sa.Column("parent_id", sa.String(32), nullable=False),
-    sa.Column("relation", sa.String(32), nullable=False),
-    sa.PrimaryKeyConstraint("child_id", "parent_id", "relation"),
-)
-feedback = sa.Table(
-    "feedback",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("model", sa.String(200), nullable=False),
-    sa.Column("response_id", sa.String(64), nullable=True),
-    sa.Column("rating", sa.Integer, nullable=True),
-    sa.Column("prompt", sa.Text, nullable=True),
-    sa.Column("response", sa.Text, nullable=True),
-    sa.Column("correction", sa.Text, nullable=True),
-    sa.Column("extra", sa.Text, nullable=False, default="{}"),
-)
-
-# Every move of a model alias (`llmkit promote`), oldest first: an alias points where its last move put it.
-alias_moves = sa.Table(
-    "alias_moves", metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("alias", sa.String(100), nullable=False, index=True),
-    sa.Column("model_id", sa.String(32), nullable=False),
-    sa.Column("model_ref", sa.String(220), nullable=False),
-    sa.Column("previous_id", sa.String(32), nullable=True),
-    sa.Column("previous_ref", sa.String(220), nullable=True),
-    sa.Column("moved_at", sa.Float, nullable=False),
-    sa.Column("moved_by", sa.String(200), nullable=False),
-    sa.Column("note", sa.Text, nullable=False, default=""),
-)
-
-
-def _migrate_1(conn: sa.Connection) -> None:
-    records.create(conn, checkfirst=True)
-    lineage.create(conn, checkfirst=True)
-
-
-def _migrate_2(conn: sa.Connection) -> None:
-    # v2: served feedback, and a content-hash index so "does this dataset exist?" stays fast.
-    feedback.create(conn, checkfirst=True)
-    # Plain DDL: an sa.Index(...) here would attach itself to `records` on every call, and the next
-    # fresh database's records.create() would then emit the same CREATE INDEX twice.
-    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_records_hash ON records (type, content_hash)"))
-
-
-def _migrate_3(conn: sa.Connection) -> None:
-    alias_moves.create(conn, checkfirst=True)  # v3: model aliases and their history
-
-
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass
