@@ -40,7 +40,11 @@ def register(app: typer.Typer) -> None:
 
 def version(json_out: JsonOpt = False) -> None:
     """Print the llmkit version."""
-    Ctx(json=json_out).emit({"llmkit": __version__}, lambda: console.print(f"llmkit {__version__}"))
+    from llmkit.registry import SCHEMA_VERSION
+
+    # the registry schema this llmkit writes: which llmkit may share a team's database with which
+    Ctx(json=json_out).emit({"llmkit": __version__, "registry_schema": SCHEMA_VERSION},
+                            lambda: console.print(f"llmkit {__version__} (registry schema v{SCHEMA_VERSION})"))
 
 
 def doctor(json_out: JsonOpt = False) -> None:
