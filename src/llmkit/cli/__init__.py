@@ -35,6 +35,7 @@ def _register() -> None:
         demo,
         eval,
         explain,
+        feedback,
         generate,
         importing,
         optimize,
@@ -59,6 +60,7 @@ def _register() -> None:
     serve.register(app)
     explain.register(app)
     demo.register(app)
+    feedback.register(app)
 
 
 _register()

@@ -135,3 +135,17 @@ def check_writable_file(path: str, flag: str, example: str) -> None:
 def read_stdin_text(where: str) -> str:
     """All of stdin as text, checked like an argument (undecodable bytes become a UserError, not a crash)."""
     return valid_text(sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape"), where)
+
+
+def confirm(yes: bool, question: str, command: str = "rm") -> None:
+    """Ask before removing something, unless --yes; with nobody to answer (a script, CI), one line saying --yes."""
+    if yes:
+        return
+    try:
+        confirmed = typer.confirm(question, err=True)
+    except typer.Abort:  # end of input
+        if sys.stdin.isatty():
+            raise
+        raise UserError(f"{command} asks before it acts ({question}) and got no answer on stdin: pass --yes") from None
+    if not confirmed:
+        raise typer.Abort()

@@ -6,7 +6,6 @@ import importlib
 import os
 import platform
 import shutil
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llmkit import __version__
-from llmkit.cli.common import Ctx, JsonOpt, console
+from llmkit.cli.common import Ctx, JsonOpt, confirm, console
 from llmkit.cli.options import configured
 from llmkit.config import render_defaults
 from llmkit.errors import UserError
@@ -116,11 +115,11 @@ def init(ctx: Ctx) -> None:
 @configured(None)
 def ls(
     ctx: Ctx,
-    kind: Annotated[str | None, typer.Argument(help="datasets | runs | models | evals | studies | aliases (default: all records)")] = None,
+    kind: Annotated[str | None, typer.Argument(help="datasets | runs | models | evals | studies | aliases | feedback (default: all records)")] = None,
 ) -> None:
     """List what the registry holds."""
-    if kind is not None and kind not in LS_KINDS and kind not in ("studies", "aliases"):
-        raise UserError(f"unknown kind '{kind}'; use one of: {', '.join(LS_KINDS)}, studies, aliases")
+    if kind is not None and kind not in LS_KINDS and kind not in ("studies", "aliases", "feedback"):
+        raise UserError(f"unknown kind '{kind}'; use one of: {', '.join(LS_KINDS)}, studies, aliases, feedback")
     missing = ctx.missing_workspace()
     if missing is not None:  # listed as empty, and not made: a mistyped path must not become a workspace
         return ctx.emit([], lambda: console.print(f"no workspace at {missing}, so nothing registered there; check "
@@ -129,6 +128,10 @@ def ls(
         from llmkit.cli.promote import list_aliases
 
         return list_aliases(ctx)
+    if kind == "feedback":
+        from llmkit.cli.feedback import list_feedback
+
+        return list_feedback(ctx)
     if kind == "studies":  # a tune study is a run record of kind "study"; its trials are runs too
         recs = [r for r in ctx.registry.list("run") if r.kind == "study"]
     else:
@@ -200,7 +203,7 @@ def rm(
     ctx.require_workspace()
     move = latest_move(ctx.registry, ref)
     if move is not None and move.model_id and not ctx.registry.list("model", name=ref):  # an alias, not a record
-        _confirm(yes, f"remove alias {ref} (-> {move.model_ref})?")
+        confirm(yes, f"remove alias {ref} (-> {move.model_ref})?")
         removed = remove_alias(ctx.registry, ref)
         ctx.emit({"removed_alias": ref, "was": removed.previous_ref},
                  lambda: console.print(f"removed alias {ref} (it pointed at {removed.previous_ref}; llmkit show {ref} "
@@ -229,7 +232,7 @@ def rm(
         named = ", ".join(aliases)
         raise UserError(f"model {rec.ref} is what alias {named} points at; move it first (llmkit promote MODEL --alias "
                         f"{aliases[0]}), remove it (llmkit rm {aliases[0]}), or pass --force to remove both")
-    _confirm(yes, f"remove {rec.type} {rec.ref} ({rec.id}) and its files?")
+    confirm(yes, f"remove {rec.type} {rec.ref} ({rec.id}) and its files?")
     # Asked before the record goes: a folder another record still points at is kept (workspaces made
     # before every version had its own folder hold versions that share one).
     sharing = ctx.registry.sharing_files(rec) if rec.path and not keep_files else []
@@ -265,17 +268,7 @@ def rm(
                                    + study_note))
 
 
-def _confirm(yes: bool, question: str) -> None:
-    if yes:
-        return
-    try:
-        confirmed = typer.confirm(question, err=True)
-    except typer.Abort:  # end of input: run from a script or CI, with nobody to answer
-        if sys.stdin.isatty():
-            raise
-        raise UserError(f"rm asks before it acts ({question}) and got no answer on stdin: pass --yes") from None
-    if not confirmed:
-        raise typer.Abort()
+
 
 
 def config_show(

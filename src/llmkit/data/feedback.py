@@ -149,17 +149,28 @@ def select(rows: list[dict[str, Any]], min_rating: int = 1, include_corrections:
     return conversations, summary
 
 
-def _since(value: str | None) -> float | None:
+def _since(value: str | None, key: str = "from-feedback.since") -> float | None:
     if not value:
         return None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise UserError(f"from-feedback.since = '{value}': not an ISO date or time; use e.g. 2025-01-31 or "
+        raise UserError(f"{key} = '{value}': not an ISO date or time; use e.g. 2025-01-31 or "
                         "2025-01-31T14:00:00+01:00") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)  # registry times are shown in UTC
     return moment.timestamp()
+
+
+def forget_feedback(registry: Registry, *, before: str | None = None, model: str | None = None,
+                    response_ids: list[str] | None = None, count_only: bool = False) -> int:
+    """Remove the stored feedback and request logs (prompts, answers, corrections) matching every filter given:
+    older than `before` (an ISO date or time, UTC unless it says), of served model `model`, of these responses.
+    A deletion request or a retention rule was hand-written SQL. Returns how many rows went (or would)."""
+    if not (before or model or response_ids):
+        raise UserError("say what to forget: --before DATE, --model NAME or --response-id ID (they combine)")
+    return registry.remove_feedback(model=model, before=_since(before, "--before"), response_ids=response_ids,
+                                    count_only=count_only)
 
 
 def _model_tokenizer(model: str | None, registry: Registry) -> str:

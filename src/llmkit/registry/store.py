@@ -373,6 +373,19 @@ class Registry:
         with self.engine.connect() as conn:
             return [{**row._mapping, "extra": json.loads(row._mapping["extra"])} for row in conn.execute(query)]
 
+    def remove_feedback(self, *, model: str | None = None, before: float | None = None,
+                        response_ids: list[str] | None = None, count_only: bool = False) -> int:
+        """Delete (or count) the feedback and request-log rows matching every filter given; at least one is."""
+        where = [c for c in (feedback.c.model == model if model else None,
+                             feedback.c.created_at < before if before is not None else None,
+                             feedback.c.response_id.in_(response_ids) if response_ids else None) if c is not None]
+        if not where:
+            raise ValueError("remove_feedback needs a filter")
+        if count_only:
+            with self.engine.connect() as conn:
+                return conn.execute(sa.select(sa.func.count()).select_from(feedback).where(*where)).scalar_one()
+        return self._write(lambda conn: conn.execute(feedback.delete().where(*where)).rowcount)
+
     def close(self) -> None:
         self.engine.dispose()
 
