@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.conftest import run_cli
+
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
-from tests.conftest import run_cli
 
 
 def test_forget_removes_what_every_filter_given_matches_and_asks_first(tmp_path: Path):
