@@ -246,8 +246,10 @@ def study_dependents(record, registry: Registry) -> tuple[list, list]:
     trials, others = [], []
     for relation, child in registry.children(record.id):
         if relation == "trial_of" and child.type == "run":
-            made = [r for rel, r in registry.children(child.id) if r.type in ("model", "dataset", "run")]
-            (others if made else trials).append((relation, child) if made else child)
+            if any(r.type in ("model", "dataset", "run") for _, r in registry.children(child.id)):
+                others.append((relation, child))  # the best model's run: it stays, no longer linked to the study
+            else:
+                trials.append(child)
         elif relation != "best_of" and child.type in ("model", "dataset", "run"):
             others.append((relation, child))
     return trials, others
