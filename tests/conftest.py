@@ -238,6 +238,29 @@ def run_cli(*args: str, workspace: Path, timeout: float = 300, check: bool = Fal
     return proc
 
 
+@pytest.fixture
+def cli_here(monkeypatch, capsys):
+    """`llmkit ARGS` run in this process: what a test of many quick commands needs (an interpreter start and the
+    imports cost ~3 s a call in a subprocess). Returns a CompletedProcess like run_cli's."""
+    def run(*args: str, workspace: Path, check: bool = False) -> subprocess.CompletedProcess:
+        from llmkit.cli import main
+
+        monkeypatch.setenv("LLMKIT_HOME", str(workspace))
+        monkeypatch.setattr(sys, "argv", ["llmkit", *args])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as ex:
+            code = ex.code if isinstance(ex.code, int) else 0
+        out = capsys.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"llmkit {' '.join(args)} failed ({code}):\n{out.out}\n{out.err}")
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+    return run
+
+
 def train_char_lm(root: Path, name: str, text: str, model: dict, data: dict | None = None, **train) -> Path:
     """Workspace `root` with a char-level lm dataset `name` made of `text` (documents split at blank
     lines) and a model `name` pretrained on it: for tests that need a model which learnt something chosen."""

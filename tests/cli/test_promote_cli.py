@@ -127,7 +127,7 @@ def test_serve_alias_answers_as_the_alias_with_the_model_it_points_at(lm_workspa
     assert f"loaded serve-prod -> {target.ref} (causal" in "".join(said)
 
 
-def test_rm_keeps_an_alias_from_pointing_at_nothing_and_removes_an_alias(lm_workspace: Path):
+def test_rm_keeps_an_alias_from_pointing_at_nothing_and_removes_an_alias(lm_workspace: Path, cli_here):
     """`rm MODEL` with an alias on it is refused (one rm took `serve prod` down at its next start) unless --force,
     which removes both; `rm ALIAS` removes an alias, kept in its history; an alias left on a removed model (before
     this) is flagged in `ls aliases`."""
@@ -137,30 +137,30 @@ def test_rm_keeps_an_alias_from_pointing_at_nothing_and_removes_an_alias(lm_work
     registry = Registry.for_workspace(ws.root)
     for name in ("rm-a", "rm-b", "rm-c"):
         pretrain(tiny_config(name=name, max_steps=2, eval_every=2, checkpoint_every=2), ws, registry)
-    run_cli("promote", "rm-a", "--alias", "rm-stage", workspace=lm_workspace, check=True)
-    refused = run_cli("rm", "rm-a", "--yes", workspace=lm_workspace)
+    cli_here("promote", "rm-a", "--alias", "rm-stage", workspace=lm_workspace, check=True)
+    refused = cli_here("rm", "rm-a", "--yes", workspace=lm_workspace)
     assert refused.returncode == 2 and "model rm-a:v1 is what alias rm-stage points at" in refused.stderr
     assert registry.find("rm-a", "model") is not None
 
-    removed = run_cli("rm", "rm-stage", "--yes", workspace=lm_workspace)
+    removed = cli_here("rm", "rm-stage", "--yes", workspace=lm_workspace)
     assert removed.returncode == 0 and "removed alias rm-stage (it pointed at rm-a:v1" in removed.stdout
-    shown = json.loads(run_cli("show", "rm-stage", "--json", workspace=lm_workspace, check=True).stdout)
+    shown = json.loads(cli_here("show", "rm-stage", "--json", workspace=lm_workspace, check=True).stdout)
     assert [m["model_ref"] for m in shown["history"]] == ["rm-a:v1", ""]
-    listed = json.loads(run_cli("ls", "aliases", "--json", workspace=lm_workspace, check=True).stdout)
+    listed = json.loads(cli_here("ls", "aliases", "--json", workspace=lm_workspace, check=True).stdout)
     assert "rm-stage" not in [m["alias"] for m in listed]
-    gone = run_cli("generate", "rm-stage", "--prompt", "A", workspace=lm_workspace)
+    gone = cli_here("generate", "rm-stage", "--prompt", "A", workspace=lm_workspace)
     assert gone.returncode == 2 and "no model 'rm-stage'" in gone.stderr
-    again = run_cli("rm", "rm-stage", "--yes", workspace=lm_workspace)
+    again = cli_here("rm", "rm-stage", "--yes", workspace=lm_workspace)
     assert again.returncode == 2 and "alias 'rm-stage' was removed already (it pointed at rm-a:v1)" in again.stderr
-    run_cli("promote", "rm-a", "--alias", "rm-stage", workspace=lm_workspace, check=True)  # back, from nothing
+    cli_here("promote", "rm-a", "--alias", "rm-stage", workspace=lm_workspace, check=True)  # back, from nothing
 
-    forced = run_cli("rm", "rm-a", "--yes", "--force", workspace=lm_workspace)
+    forced = cli_here("rm", "rm-a", "--yes", "--force", workspace=lm_workspace)
     assert forced.returncode == 0 and "removed alias rm-stage" in forced.stdout
-    assert "rm-stage" not in [m["alias"] for m in json.loads(run_cli("ls", "aliases", "--json", workspace=lm_workspace,
+    assert "rm-stage" not in [m["alias"] for m in json.loads(cli_here("ls", "aliases", "--json", workspace=lm_workspace,
                                                                       check=True).stdout)]
-    run_cli("promote", "rm-b", "--alias", "rm-dangling", workspace=lm_workspace, check=True)
+    cli_here("promote", "rm-b", "--alias", "rm-dangling", workspace=lm_workspace, check=True)
     registry.remove(registry.get("rm-b", "model").id)  # as rm did before it looked at aliases
-    listed = {m["alias"]: m for m in json.loads(run_cli("ls", "aliases", "--json", workspace=lm_workspace, check=True).stdout)}
+    listed = {m["alias"]: m for m in json.loads(cli_here("ls", "aliases", "--json", workspace=lm_workspace, check=True).stdout)}
     assert listed["rm-dangling"]["model_removed"] is True
-    said = run_cli("ls", "aliases", workspace=lm_workspace).stdout
+    said = cli_here("ls", "aliases", workspace=lm_workspace).stdout
     assert "(removed)" in said and "rm-dangling point(s) at a removed model" in " ".join(said.split())
