@@ -368,3 +368,11 @@ def test_python_callers_reach_the_workspace_registry_as_the_commands_do(tmp_path
     rec = reg.add("model", "mine", kind="causal-lm", path=folder)
     monkeypatch.setenv("LLMKIT_HOME", str(tmp_path))
     assert resolve_model("mine").id == rec.id
+
+
+def test_a_sqlite_registry_in_a_folder_that_is_not_there_says_so(tmp_path: Path) -> None:
+    from llmkit.registry import RegistryUnavailable
+
+    with pytest.raises(RegistryUnavailable, match=rf"^cannot open the registry sqlite:///{tmp_path}/gone/registry.db: its "
+                                                  rf"folder {tmp_path}/gone does not exist"):
+        Registry(f"sqlite:///{tmp_path / 'gone' / 'registry.db'}")

@@ -138,9 +138,9 @@ class Registry:
                 conn.execute(schema_table.update().values(version=version))
 
         try:
-            if self._current_schema() == SCHEMA_VERSION:  # the usual case: read, nothing to write (read-only works)
-                return
             before = self._current_schema()
+            if before == SCHEMA_VERSION:  # the usual case: read, nothing to write (a read-only role works)
+                return
             self._write(step)
         except RegistryUnavailable:
             raise
@@ -170,6 +170,9 @@ class Registry:
         where = _safe_url(self.url)
         if self.is_sqlite and ("unable to open database file" in text or "readonly database" in text):
             folder = Path(sa.engine.make_url(self.url).database or ".").resolve().parent
+            if not folder.is_dir():
+                return RegistryUnavailable(f"cannot open the registry {where}: its folder {folder} does not exist; "
+                                           "check the path, or pass --db-url")
             return RegistryUnavailable(f"cannot write the registry {where}: its folder {folder} is read-only or not "
                                        f"writable by this user (uid {os.getuid()}); make it writable, or pass --db-url "
                                        "a registry you can write")
