@@ -76,8 +76,8 @@ def test_every_help_example_uses_only_options_its_command_has():
 def test_version_and_doctor_answer_in_json():
     from llmkit.registry import SCHEMA_VERSION
 
-    assert json.loads(llmkit("version", "--json").stdout)["llmkit"]
-    assert json.loads(llmkit("version", "--json").stdout)["registry_schema"] == SCHEMA_VERSION
+    version = json.loads(llmkit("version", "--json").stdout)
+    assert version["llmkit"] and version["registry_schema"] == SCHEMA_VERSION
     doctor = json.loads(llmkit("doctor", "--json").stdout)
     assert doctor["device"] in ("cpu", "cuda", "mps")
     assert doctor["threads"] >= 1

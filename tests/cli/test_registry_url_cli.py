@@ -121,17 +121,18 @@ def test_the_environment_wins_over_the_workspace_default(urls: dict, tmp_path: P
     assert (reported, made) == (f"sqlite:///{tmp_path / 'ws' / 'registry.db'}", ["env.db", "registry.db"])
 
 
-def test_an_unreachable_db_url_is_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_an_unreachable_db_url_is_one_line_and_exit_2(tmp_path: Path, monkeypatch, cli_here) -> None:
     pytest.importorskip("psycopg")
     import socket
 
     with socket.socket() as s:  # a port nothing listens on: bound here, never listened on
         s.bind(("127.0.0.1", 0))
         url = f"postgresql+psycopg://llmkit:s3cret@127.0.0.1:{s.getsockname()[1]}/llmkit"
-        flag = llmkit("ls", "--workspace", str(tmp_path / "ws"), "--db-url", url)
+        flag = llmkit("ls", "--workspace", str(tmp_path / "ws"), "--db-url", url)  # a real process: its stderr whole
         # the variable, on a machine with no workspace folder, as a cron job's `ls --json` (it said "nothing registered")
-        env = llmkit("ls", "models", "--json", env={"LLMKIT_DB_URL": url, "LLMKIT_HOME": str(tmp_path / "none")})
-        doctor = ok(llmkit("doctor", "--json", env={"LLMKIT_DB_URL": url, "LLMKIT_HOME": str(tmp_path / "none")}))
+        monkeypatch.setenv("LLMKIT_DB_URL", url)
+        env = cli_here("ls", "models", "--json", workspace=tmp_path / "none")
+        doctor = json.loads(cli_here("doctor", "--json", workspace=tmp_path / "none", check=True).stdout)
     assert doctor["registry_state"].startswith("cannot be read: ") and "s3cret" not in json.dumps(doctor)
     assert doctor["workspace"].endswith("none (not made yet)") and not (tmp_path / "none").exists()
     for out in (flag, env):

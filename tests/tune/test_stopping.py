@@ -98,19 +98,23 @@ def test_sigterm_ends_the_study_writes_its_summary_and_exits_143(ws_root: Path, 
     assert not plan.exists()
 
 
-def test_a_worker_dies_with_its_parent(ws_root: Path):
-    """SIGKILL to `llmkit tune --workers 2` (nothing can be forwarded): the kernel stops the workers, whose trials
-    end failed (heartbeats lost never go stale in a process that is still running)."""
-    proc = _tune(ws_root, "orphans", "--workers", "2")
-    pids = {t.user_attrs["pid"] for t in _running(ws_root, "orphans", 2, proc)}
-    proc.kill()
-    proc.communicate(timeout=30)
-    deadline = time.time() + 60
-    while any(_alive(pid) for pid in pids) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(pid) for pid in pids)
-    trials = optuna.load_study(study_name="orphans", storage=Registry.for_workspace(ws_root).url).get_trials()
-    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
+def test_a_worker_dies_with_its_parent(tmp_path: Path):
+    """SIGKILL to `llmkit tune --workers 2` forwards nothing: the kernel sends each worker SIGTERM when its parent dies
+    (die_with_parent), which ends its trial as a signal does. Here a parent that dies at once, and its child."""
+    child = (f"import os, signal, sys, time; from llmkit.tune.stopping import die_with_parent; "
+             f"signal.signal(signal.SIGTERM, lambda *a: (open({str(tmp_path / 'got')!r}, 'w').write('SIGTERM'), "
+             f"sys.exit(0))); die_with_parent(int(sys.argv[1])); open({str(tmp_path / 'ready')!r}, 'w').close(); "
+             f"time.sleep(60)")
+    parent = (f"import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())], "
+              f"stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+              f"print(p.pid, flush=True); "
+              f"[time.sleep(0.05) for _ in range(400) if not os.path.exists({str(tmp_path / 'ready')!r})]; os._exit(0)")
+    proc = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60)
+    orphan = int(proc.stdout.split()[0])
+    deadline = time.time() + 20
+    while _alive(orphan) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(orphan) and (tmp_path / "got").read_text() == "SIGTERM", proc.stderr
 
 
 def test_local_workers_pop_an_enqueued_trial_once(tmp_path: Path):
