@@ -17,7 +17,6 @@ from llmkit.data import prepare
 from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
-from tests.conftest import run_cli
 
 MALE = ["he", "the man", "my husband", "his father", "the boy", "mr smith", "my son", "her husband"]
 FEMALE = ["she", "the woman", "my wife", "her mother", "the girl", "mrs smith", "my daughter", "his wife"]
@@ -201,9 +200,9 @@ def test_malformed_terms_file(tmp_path: Path, body: str, reason: str):
         load_terms(tmp_path / "missing.yaml")
 
 
-def test_cli_json_and_html(audit_ws: Path, tmp_path: Path):
+def test_cli_json_and_html(audit_ws: Path, tmp_path: Path, cli_here):
     out = tmp_path / "bias.html"
-    proc = run_cli("audit", "bias", "gender-biased-clf", "--data", "gender-biased", "--groups", "gender,nationality",
+    proc = cli_here("audit", "bias", "gender-biased-clf", "--data", "gender-biased", "--groups", "gender,nationality",
                    "--out", str(out), "--json", workspace=audit_ws)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -228,5 +227,5 @@ def test_cli_json_and_html(audit_ws: Path, tmp_path: Path):
     text = " ".join(page.text)
     assert not page.external  # self-contained
     assert "FLAGGED" in text and result["worst"][0]["counterfactual"] in text
-    bad = run_cli("audit", "bias", "gender-biased-clf", "--terms", str(tmp_path / "nope.yaml"), workspace=audit_ws)
+    bad = cli_here("audit", "bias", "gender-biased-clf", "--terms", str(tmp_path / "nope.yaml"), workspace=audit_ws)
     assert bad.returncode == 2 and "terms file not found" in bad.stderr

@@ -18,7 +18,7 @@ from llmkit.config import BiasAuditConfig
 from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
-from tests.conftest import run_cli, train_char_lm
+from tests.conftest import train_char_lm
 
 SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
          "intermediate_size": 128}
@@ -125,13 +125,13 @@ def test_pairs_files(tmp_path: Path):
             load_pairs(tmp_path / name)
 
 
-def test_cli_and_bad_inputs(lm_workspace: Path, tiny_model, tmp_path: Path):
-    proc = run_cli("audit", "bias", "tiny-lm", "--groups", "gender", "--samples", "2", "--json", workspace=lm_workspace,
+def test_cli_and_bad_inputs(lm_workspace: Path, tiny_model, tmp_path: Path, cli_here):
+    proc = cli_here("audit", "bias", "tiny-lm", "--groups", "gender", "--samples", "2", "--json", workspace=lm_workspace,
                    check=True)
     data = json.loads(proc.stdout)
     assert data["kind"] == "causal-lm" and [r["group"] for r in data["pairs"]] == ["gender"]
     assert data["sentiment"][0]["members"]["male"]["completions"] == 4 * 4 * 2
-    proc = run_cli("audit", "bias", "tiny-lm", "--groups", "gender,height", workspace=lm_workspace)
+    proc = cli_here("audit", "bias", "tiny-lm", "--groups", "gender,height", workspace=lm_workspace)
     assert proc.returncode == 2 and "no group height" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(UserError, match="encoder without a task head"):
         bias_audit("minilm-l6", BiasAuditConfig(), Workspace.open(tmp_path / "ws"))

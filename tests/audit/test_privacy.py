@@ -23,7 +23,7 @@ from llmkit.data.shards import read_shard
 from llmkit.errors import UserError
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
-from tests.conftest import run_cli, train_char_lm
+from tests.conftest import train_char_lm
 
 SMALL = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
          "intermediate_size": 192}
@@ -142,14 +142,14 @@ def test_context_limits_and_bad_inputs(lm_workspace: Path, tiny_model, sms_class
         pretrain(PretrainConfig(data="tiny", preset="nano", max_steps=1, context=8, canaries=1), ws, registry)
 
 
-def test_cli(lm_workspace: Path, tiny_model, tmp_path: Path):
-    proc = run_cli("audit", "privacy", "tiny-lm", "--data", "tiny", "--samples", "4", "--memorization-samples", "4",
+def test_cli(lm_workspace: Path, tiny_model, tmp_path: Path, cli_here):
+    proc = cli_here("audit", "privacy", "tiny-lm", "--data", "tiny", "--samples", "4", "--memorization-samples", "4",
                    "--prefix-tokens", "8", "--suffix-tokens", "8", "--json", workspace=lm_workspace, check=True)
     data = json.loads(proc.stdout)
     assert data["model"].startswith("tiny-lm") and data["pii"]["generations"] == 4 and data["flagged"] == []
-    proc = run_cli("audit", "privacy", "tiny-lm", workspace=lm_workspace)
+    proc = cli_here("audit", "privacy", "tiny-lm", workspace=lm_workspace)
     assert proc.returncode == 2 and "pass --data NAME" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("train", "pretrain", "--data", "tiny", "--canaries", "2", "--canary-repeats", "3,zero",
+    proc = cli_here("train", "pretrain", "--data", "tiny", "--canaries", "2", "--canary-repeats", "3,zero",
                    workspace=lm_workspace)
     assert proc.returncode == 2 and "train.canary_repeats.1" in proc.stderr
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli  # the end-to-end run as users run it; the checks below use cli_here
 
 
 def _one_line_error(proc) -> str:
@@ -45,41 +45,43 @@ def test_sft_lora_then_merge_then_generate(lm_workspace: Path, tiny_model, chat_
     assert adapter_text != sample(str(tiny_model.path))
 
 
-def test_fine_tuning_mistakes_are_one_line_user_errors(lm_workspace: Path, tiny_model, chat_data, sms_data):
-    qlora = _one_line_error(run_cli("train", "sft", "--base", "tiny-lm", "--data", chat_data, "--method", "qlora",
+def test_fine_tuning_mistakes_are_one_line_user_errors(lm_workspace: Path, tiny_model, chat_data, sms_data, cli_here):
+    # In this process (cli_here): each mistake is said before anything heavy runs; an interpreter start for each
+    # cost more than the check
+    qlora = _one_line_error(cli_here("train", "sft", "--base", "tiny-lm", "--data", chat_data, "--method", "qlora",
                                     workspace=lm_workspace))
     assert "needs a CUDA GPU" in qlora and "--method lora" in qlora
-    targets = _one_line_error(run_cli("train", "sft", "--base", "tiny-lm", "--data", chat_data, "--target-modules", "attn",
+    targets = _one_line_error(cli_here("train", "sft", "--base", "tiny-lm", "--data", chat_data, "--target-modules", "attn",
                                       workspace=lm_workspace))
     assert "attn matches no module" in targets and "q_proj" in targets and "down_proj" in targets
-    kind = _one_line_error(run_cli("train", "classify", "--base", "tiny-lm", "--data", chat_data, workspace=lm_workspace))
+    kind = _one_line_error(cli_here("train", "classify", "--base", "tiny-lm", "--data", chat_data, workspace=lm_workspace))
     assert "'chat' dataset" in kind and "--task classify" in kind
-    both = _one_line_error(run_cli("train", "distill", "--teacher", "tiny-lm", "--data", "tiny", workspace=lm_workspace))
+    both = _one_line_error(cli_here("train", "distill", "--teacher", "tiny-lm", "--data", "tiny", workspace=lm_workspace))
     assert "exactly one of --student" in both
-    resume = _one_line_error(run_cli("train", "classify", "--resume", "no-such-run", workspace=lm_workspace))
+    resume = _one_line_error(cli_here("train", "classify", "--resume", "no-such-run", workspace=lm_workspace))
     assert "classify.resume" in resume
-    method = _one_line_error(run_cli("train", "classify", "--data", sms_data, "--method", "qlora", workspace=lm_workspace))
+    method = _one_line_error(cli_here("train", "classify", "--data", sms_data, "--method", "qlora", workspace=lm_workspace))
     assert "classify.method" in method
 
 
-def test_predict_texts_and_files(lm_workspace: Path, sms_classifier, tmp_path: Path):
+def test_predict_texts_and_files(lm_workspace: Path, sms_classifier, tmp_path: Path, cli_here):
     texts = tmp_path / "texts.txt"
     texts.write_text("URGENT! You have won a 1 week FREE membership in our £100,000 Prize Jackpot! Txt CLAIM to 81010\n\nare we still on for lunch?\n", encoding="utf-8")
-    out = run_cli("predict", "sms-clf", "--file", str(texts), "hello there", "--json", workspace=lm_workspace)
+    out = cli_here("predict", "sms-clf", "--file", str(texts), "hello there", "--json", workspace=lm_workspace)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert [r["text"] for r in rows][1:] == ["URGENT! You have won a 1 week FREE membership in our £100,000 Prize Jackpot! Txt CLAIM to 81010", "are we still on for lunch?"]
     assert rows[1]["label"] == "spam" and rows[2]["label"] == "ham"
-    table = run_cli("predict", "sms-clf", "see you at 6", workspace=lm_workspace)
+    table = cli_here("predict", "sms-clf", "see you at 6", workspace=lm_workspace)
     assert table.returncode == 0 and "ham" in table.stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"txt": "oops"}\n')
-    assert f"{bad}:2" in _one_line_error(run_cli("predict", "sms-clf", "--file", str(bad), workspace=lm_workspace))
-    lm = _one_line_error(run_cli("predict", "tiny-lm", "hello", workspace=lm_workspace))
+    assert f"{bad}:2" in _one_line_error(cli_here("predict", "sms-clf", "--file", str(bad), workspace=lm_workspace))
+    lm = _one_line_error(cli_here("predict", "tiny-lm", "hello", workspace=lm_workspace))
     assert "not a classifier" in lm
 
 
-def test_config_show_lists_the_fine_tuning_sections(lm_workspace: Path):
+def test_config_show_lists_the_fine_tuning_sections(lm_workspace: Path, cli_here):
     for section, key in (("sft", "target_modules"), ("classify", "class_weights"), ("distill", "temperature")):
-        out = run_cli("config", "show", section, workspace=lm_workspace)
+        out = cli_here("config", "show", section, workspace=lm_workspace)
         assert out.returncode == 0 and f"{key}:" in out.stdout

@@ -38,27 +38,27 @@ def _greedy(name: str, root: Path) -> str:
     return generate(lm, tok, "ROMEO:", max_new_tokens=12, temperature=0).text
 
 
-def test_promote_moves_the_alias_records_the_history_and_generate_follows_it(lm_workspace: Path, tiny_model, other):
+def test_promote_moves_the_alias_records_the_history_and_generate_follows_it(lm_workspace: Path, tiny_model, other, cli_here):
     root = lm_workspace
-    first = run_cli("promote", "tiny-lm", "--alias", "cli-prod", "--note", "first", "--json", workspace=root, check=True)
+    first = cli_here("promote", "tiny-lm", "--alias", "cli-prod", "--note", "first", "--json", workspace=root, check=True)
     assert json.loads(first.stdout)["model_ref"] == tiny_model.ref
     assert _cli_greedy("cli-prod", root) == _greedy("tiny-lm", root)
-    moved = run_cli("promote", "promote-other", "--alias", "cli-prod", workspace=root, check=True)
+    moved = cli_here("promote", "promote-other", "--alias", "cli-prod", workspace=root, check=True)
     assert f"cli-prod -> {other.ref} (was {tiny_model.ref})" in moved.stdout
     assert _cli_greedy("cli-prod", root) == _greedy("promote-other", root) != _greedy("tiny-lm", root)
 
-    shown = json.loads(run_cli("show", "cli-prod", "--json", workspace=root, check=True).stdout)
+    shown = json.loads(cli_here("show", "cli-prod", "--json", workspace=root, check=True).stdout)
     assert (shown["alias"], shown["model_id"]) == ("cli-prod", other.id)
     assert [(m["previous_ref"], m["model_ref"], m["note"]) for m in shown["history"]] == [
         (None, tiny_model.ref, "first"), (tiny_model.ref, other.ref, "")]
     assert all(m["moved_by"] and m["moved"].endswith("+00:00") for m in shown["history"])
-    listed = json.loads(run_cli("ls", "aliases", "--json", workspace=root, check=True).stdout)
+    listed = json.loads(cli_here("ls", "aliases", "--json", workspace=root, check=True).stdout)
     assert {m["alias"]: m["model_ref"] for m in listed}["cli-prod"] == other.ref
 
 
-def test_promote_require_pass_reads_the_last_gate(lm_workspace: Path, tiny_model, other):
+def test_promote_require_pass_reads_the_last_gate(lm_workspace: Path, tiny_model, other, cli_here):
     root = lm_workspace
-    refused = run_cli("promote", "promote-other", "--alias", "cli-gated", "--require-pass", workspace=root)
+    refused = cli_here("promote", "promote-other", "--alias", "cli-gated", "--require-pass", workspace=root)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"error: --require-pass: {other.ref} has not been through the gate; run llmkit compare BASE promote-other "
         "--data NAME first"]
@@ -66,12 +66,12 @@ def test_promote_require_pass_reads_the_last_gate(lm_workspace: Path, tiny_model
     registry = Registry.for_workspace(ws.root)
     cfg = CompareConfig(data="tiny", max_items=8, general=False)
     assert gate("tiny-lm", "promote-other", cfg, ws, registry)["verdict"] == "fail"  # 8 steps lose to 60
-    failed = run_cli("promote", "promote-other", "--alias", "cli-gated", "--require-pass", workspace=root)
+    failed = cli_here("promote", "promote-other", "--alias", "cli-gated", "--require-pass", workspace=root)
     assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
     assert f"{other.ref}'s last gate against {tiny_model.ref} on tiny:v1 failed (perplexity" in failed.stderr
     assert gate("promote-other", "tiny-lm", cfg, ws, registry)["verdict"] == "pass"
-    run_cli("promote", "tiny-lm", "--alias", "cli-gated", "--require-pass", workspace=root, check=True)
-    assert run_cli("show", "cli-gated", "--json", workspace=root, check=True).stdout.count('"model_ref"') == 2
+    cli_here("promote", "tiny-lm", "--alias", "cli-gated", "--require-pass", workspace=root, check=True)
+    assert cli_here("show", "cli-gated", "--json", workspace=root, check=True).stdout.count('"model_ref"') == 2
 
 
 @pytest.mark.parametrize(("args", "message"), [

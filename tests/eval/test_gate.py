@@ -14,7 +14,7 @@ from llmkit.errors import UserError
 from llmkit.eval.gate import checks, flips, gate, improvement_interval, last_gate, sample_warnings
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
-from tests.conftest import run_cli, tiny_config
+from tests.conftest import tiny_config
 
 FAST = dict(max_items=12, max_new_tokens=8)
 
@@ -156,26 +156,26 @@ def test_the_gate_refuses_what_it_cannot_compare(ws, sms_data):
         gate("tiny-lm", "gate-early", CompareConfig(data="tiny", split="train2"), ws, registry)
 
 
-def test_compare_cli_exits_0_on_pass_1_on_fail_and_2_on_a_bad_threshold_key(ws, early, wrecked, tmp_path: Path):
+def test_compare_cli_exits_0_on_pass_1_on_fail_and_2_on_a_bad_threshold_key(ws, early, wrecked, tmp_path: Path, cli_here):
     root = ws.root
-    passed = run_cli("compare", "gate-early", "tiny-lm", "--data", "tiny", "--max-items", "12", "--json", workspace=root)
+    passed = cli_here("compare", "gate-early", "tiny-lm", "--data", "tiny", "--max-items", "12", "--json", workspace=root)
     assert passed.returncode == 0, passed.stderr
     assert json.loads(passed.stdout)["verdict"] == "pass"
-    failed = run_cli("compare", "gate-wide", "gate-wrecked", "--data", "tiny", "--max-items", "12", workspace=root)
+    failed = cli_here("compare", "gate-wide", "gate-wrecked", "--data", "tiny", "--max-items", "12", workspace=root)
     assert failed.returncode == 1, failed.stderr
     assert "verdict: fail" in failed.stdout and "compare.min_task_improvement" in failed.stdout
     assert "better -> worse" in failed.stdout
     config = tmp_path / "gate.yaml"
     config.write_text("compare:\n  max_general_perplexity_incrase: 0.1\n")
-    bad = run_cli("compare", "tiny-lm", "gate-wrecked", "--data", "tiny", "--config", str(config), workspace=root)
+    bad = cli_here("compare", "tiny-lm", "gate-wrecked", "--data", "tiny", "--config", str(config), workspace=root)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
         f"error: {config}: unknown key 'compare.max_general_perplexity_incrase' (did you mean "
         "'max_general_perplexity_increase'?); allowed keys: " + ", ".join(CompareConfig.model_fields)]
-    unknown = run_cli("compare", "tiny-lm", "no-such-model", "--data", "tiny", workspace=root)
+    unknown = cli_here("compare", "tiny-lm", "no-such-model", "--data", "tiny", workspace=root)
     assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
     assert unknown.stderr.startswith("error: no model 'no-such-model'")
-    shown = run_cli("config", "show", "compare", workspace=root)
+    shown = cli_here("config", "show", "compare", workspace=root)
     assert "max_general_perplexity_increase: 0.05" in shown.stdout and "min_task_improvement: 0.0" in shown.stdout
 
 

@@ -201,15 +201,15 @@ def test_harness_runs_a_local_task_offline_and_reports_its_accuracy(lm_workspace
     assert Registry.for_workspace(lm_workspace).get(report["id"]).metrics["tiny_choice/acc"] == pytest.approx(right / 5)
 
 
-def test_eval_cli_prints_a_table_and_json(lm_workspace: Path, tiny_model, tmp_path: Path):
-    out = run_cli("eval", "tiny-lm", "--data", "tiny", "--split", "val", "--context", "32", "--out", str(tmp_path / "r.html"),
+def test_eval_cli_prints_a_table_and_json(lm_workspace: Path, tiny_model, tmp_path: Path, cli_here):
+    out = cli_here("eval", "tiny-lm", "--data", "tiny", "--split", "val", "--context", "32", "--out", str(tmp_path / "r.html"),
                   workspace=lm_workspace)
     assert out.returncode == 0, out.stderr
     assert "perplexity" in out.stdout and (tmp_path / "r.html").exists()
-    js = run_cli("bench-model", "tiny-lm", "--prompt-tokens", "8", "--new-tokens", "4", "--runs", "2", "--json", workspace=lm_workspace)
+    js = cli_here("bench-model", "tiny-lm", "--prompt-tokens", "8", "--new-tokens", "4", "--runs", "2", "--json", workspace=lm_workspace)
     assert js.returncode == 0, js.stderr
     assert json.loads(js.stdout)["metrics"]["decode_tokens_per_s"] > 0
-    table = run_cli("compare", "tiny-lm", workspace=lm_workspace)
+    table = cli_here("compare", "tiny-lm", workspace=lm_workspace)
     assert table.returncode == 0 and "decode_tokens_per_s" in table.stdout
-    bad = run_cli("eval", "tiny-lm", "--data", "tiny", "--metrics", "rougeL", workspace=lm_workspace)
+    bad = cli_here("eval", "tiny-lm", "--data", "tiny", "--metrics", "rougeL", workspace=lm_workspace)
     assert bad.returncode == 2 and "metrics that do: perplexity, bits_per_byte" in bad.stderr

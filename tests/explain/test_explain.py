@@ -14,7 +14,6 @@ from llmkit.errors import UserError
 from llmkit.explain import explain_loaded, load_for_explain
 from llmkit.explain.report import html_report, terminal_text, write_html
 from llmkit.registry import Registry
-from tests.conftest import run_cli
 
 SPAM = [
     "WINNER!! Claim your free prize now, call 09061701461 to collect",
@@ -86,10 +85,10 @@ def test_ig_occlusion_and_shap_are_more_faithful_than_random_deletion(clf):
         assert aopc > random, (method, aopc, random)
 
 
-def test_bad_inputs(clf, lm, lm_workspace: Path):
+def test_bad_inputs(clf, lm, lm_workspace: Path, cli_here):
     with pytest.raises(UserError, match="unknown target label 'eggs'.*ham, spam"):
         _run(clf, SPAM[0], target="eggs")
-    proc = run_cli("explain", "sms-clf", SPAM[0], "--target", "eggs", workspace=lm_workspace)
+    proc = cli_here("explain", "sms-clf", SPAM[0], "--target", "eggs", workspace=lm_workspace)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "ham, spam" in lines[0], proc.stderr
@@ -99,7 +98,7 @@ def test_bad_inputs(clf, lm, lm_workspace: Path):
     assert "".join(exp.tokens[1:]) == long_text[-31:]  # BOS kept, then the last tokens (they predict the next)
     for args, says in ((["--target", "x", "--completion", " love"], "--target and --completion exclude each other"),
                        (["--out", str(lm_workspace)], f"--out {lm_workspace} is a folder; give a file path")):
-        proc = run_cli("explain", "tiny-lm", "ROMEO:", *args, workspace=lm_workspace)  # the target was dropped; exit 1 after the work
+        proc = cli_here("explain", "tiny-lm", "ROMEO:", *args, workspace=lm_workspace)  # the target was dropped; exit 1 after the work
         assert proc.returncode == 2 and proc.stderr.startswith(f"error: {says}"), proc.stderr
     clipped = _run(clf, " ".join(SPAM), method="occlusion")
     assert len(clipped.tokens) == 48 and "longer than the model's 48" in clipped.warnings[0]
@@ -107,7 +106,7 @@ def test_bad_inputs(clf, lm, lm_workspace: Path):
     # so that case is not constructed here.
 
 
-def test_html_report_and_cli(clf, lm_workspace: Path, tmp_path: Path):
+def test_html_report_and_cli(clf, lm_workspace: Path, tmp_path: Path, cli_here):
     exp = _run(clf, SPAM[0], method="attention")
     path = write_html(exp, tmp_path / "explain.html")
     page = path.read_text(encoding="utf-8")
@@ -134,7 +133,7 @@ def test_html_report_and_cli(clf, lm_workspace: Path, tmp_path: Path):
     assert "<img" not in signed and "green: the token raises the target" in signed
     assert len(terminal_text(exp).spans) == len(exp.tokens)
     out = tmp_path / "cli.html"
-    proc = run_cli("explain", "sms-clf", SPAM[1], "--method", "ig", "--steps", "16", "--out", str(out), "--json",
+    proc = cli_here("explain", "sms-clf", SPAM[1], "--method", "ig", "--steps", "16", "--out", str(out), "--json",
                    workspace=lm_workspace)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -156,7 +155,7 @@ def _occluded_drops(loaded, text: str, label: str, windows: list[list[int]]) -> 
     return [float(p[0] - q) for q in p[1:]]
 
 
-def test_occlusion_span_scores_a_token_by_the_mean_drop_of_the_windows_covering_it(clf, lm_workspace: Path):
+def test_occlusion_span_scores_a_token_by_the_mean_drop_of_the_windows_covering_it(clf, lm_workspace: Path, cli_here):
     text = SPAM[2]
     exp = _run(clf, text, method="occlusion", span=3, target="spam")
     free = [i for i, special in enumerate(exp.special) if not special]
@@ -172,14 +171,14 @@ def test_occlusion_span_scores_a_token_by_the_mean_drop_of_the_windows_covering_
     assert whole.span == len(free)
     assert {round(whole.scores[i], 6) for i in free} == {round(_occluded_drops(clf, text, "spam", [free])[0], 6)}
     # The CLI passes --span through: the same scores.
-    proc = run_cli("explain", "sms-clf", text, "--method", "occlusion", "--span", "3", "--target", "spam", "--json",
+    proc = cli_here("explain", "sms-clf", text, "--method", "occlusion", "--span", "3", "--target", "spam", "--json",
                    workspace=lm_workspace)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["span"] == 3 and data["scores"] == pytest.approx(exp.scores, abs=1e-5)
 
 
-def test_next_token_explains_the_models_most_likely_next_token(lm, lm_workspace: Path, tmp_path: Path):
+def test_next_token_explains_the_models_most_likely_next_token(lm, lm_workspace: Path, tmp_path: Path, cli_here):
     import torch
 
     from llmkit.generate import encode_prompt
@@ -201,12 +200,12 @@ def test_next_token_explains_the_models_most_likely_next_token(lm, lm_workspace:
     # --next-token wins over a completion set in the config file.
     cfg = tmp_path / "explain.yaml"
     cfg.write_text("explain:\n  completion: ' not'\n  method: occlusion\n")
-    proc = run_cli("explain", "tiny-lm", text, "--config", str(cfg), "--next-token", "--json", workspace=lm_workspace)
+    proc = cli_here("explain", "tiny-lm", text, "--config", str(cfg), "--next-token", "--json", workspace=lm_workspace)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert (data["target"], data["quantity"], data["method"]) == (tokenizer.decode([top]), "probability", "occlusion")
     assert data["probability"] == pytest.approx(float(probs[top]), abs=1e-5)
-    both = run_cli("explain", "tiny-lm", text, "--next-token", "--completion", " not", workspace=lm_workspace)
+    both = cli_here("explain", "tiny-lm", text, "--next-token", "--completion", " not", workspace=lm_workspace)
     assert both.returncode == 2 and "exclude each other" in both.stderr and "Traceback" not in both.stderr
 
 
