@@ -116,10 +116,10 @@ def test_init_with_an_unknown_config_key_names_it_and_exits_2(tmp_path: Path):
     ("pretrian:\n  lr: 1\n", "did you mean 'pretrain'"),
     ("- 1\n- 2\n", "mapping"),
 ])
-def test_bad_config_files_are_one_line_errors(tmp_path: Path, body: str, expected: str):
+def test_bad_config_files_are_one_line_errors(tmp_path: Path, body: str, expected: str, cli_here):
     bad = tmp_path / "bad.yaml"
     bad.write_text(body)
-    out = llmkit("init", "--workspace", str(tmp_path / "ws"), "--config", str(bad))
+    out = cli_here("init", "--workspace", str(tmp_path / "ws"), "--config", str(bad), workspace=tmp_path / "home")
     assert out.returncode == 2 and expected in out.stderr
 
 

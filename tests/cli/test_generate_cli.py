@@ -35,7 +35,10 @@ def test_generate_streams_the_prompt_and_completion_from_a_model_folder(lm_works
     assert out.stdout.startswith("KING") and len(out.stdout.splitlines()[0]) >= 4
 
 
-def test_generate_with_a_bad_temperature_or_unknown_model_is_a_user_error(lm_workspace: Path, tiny_model):
+def test_generate_with_a_bad_temperature_or_unknown_model_is_a_user_error(lm_workspace: Path, tiny_model, cli_here):
+    def llmkit(workspace: Path, *args: str):  # in this process: each is said before any model loads
+        return cli_here(*args, workspace=workspace)
+
     bad = llmkit(lm_workspace, "generate", "tiny-lm", "--prompt", "x", "--temperature", "-1")
     assert bad.returncode == 2 and "generate.temperature" in bad.stderr
     missing = llmkit(lm_workspace, "generate", "no-such-model", "--prompt", "x")
