@@ -99,6 +99,28 @@ def test_streamed_call_equals_the_whole_one(client):
     assert empty == 0  # one empty {"delta": {}} per token while the call was held back
 
 
+def test_a_required_call_cut_short_is_a_call_with_finish_length(client):
+    # As OpenAI: the call so far (its function, arguments not valid JSON) and "length", never the JSON as text.
+    kwargs = dict(model="smol", messages=ASK, tools=[WEATHER], tool_choice="required", temperature=0, max_tokens=14)
+    whole = client.chat.completions.create(**{**kwargs, "max_tokens": 80}).choices[0].message.tool_calls[0]
+    cut = client.chat.completions.create(**kwargs).choices[0]
+    assert cut.finish_reason == "length" and cut.message.content is None
+    (call,) = cut.message.tool_calls
+    assert call.function.name == "get_weather" and call.function.arguments.startswith("{")
+    with pytest.raises(ValueError):
+        json.loads(call.function.arguments)
+    assert json.loads(whole.function.arguments)  # the same request with room for the whole call parses
+    streamed, finish = {"name": "", "arguments": ""}, None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            assert not choice.delta.content
+            for part in choice.delta.tool_calls or []:
+                streamed["name"] += part.function.name or ""
+                streamed["arguments"] += part.function.arguments or ""
+    assert finish == "length" and streamed == {"name": "get_weather", "arguments": call.function.arguments}
+
+
 def test_template_without_tools_gets_them_as_text(client):
     # smollm2's template reads no tools: they go into the system turn, listed as JSON with the call format.
     ask = [{"role": "user", "content": "add 2 and 3"}]
@@ -216,3 +238,18 @@ def test_streamed_auto_text_goes_out_at_once_and_a_call_is_held():
     sent = [plain.push(p) for p in ["a < b", " and <tool", "bar> done"]]
     rest, calls = plain.finish()
     assert "".join(sent) + (rest or "") == "a < b and <toolbar> done" and calls == []
+
+
+@pytest.mark.parametrize(("choice", "text", "name", "arguments"), [
+    ("required", '{"name": "add", "arguments": {"a": 1', "add", '{"a": 1'),
+    ("required", '{"name": "get_wea', "get_weather", ""),  # the only function whose name starts so
+    ("required", '{"name": "', None, None),  # which function is not known yet: the text as it is
+    ("add", '{"na', "add", ""),  # a named function is known from the start
+    ("add", '{"name": "add", "arguments": ', "add", ""),
+])
+def test_a_required_call_cut_short_stays_a_call(choice, text, name, arguments):
+    content, calls = ToolUse(FUNCS, choice, native=True).parse(text)
+    if name is None:
+        assert (content, calls) == (text, [])
+    else:
+        assert content is None and [(c.function.name, c.function.arguments) for c in calls] == [(name, arguments)]

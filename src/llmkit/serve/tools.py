@@ -25,6 +25,8 @@ from llmkit.serve.structured import requested
 from llmkit.serve.tool_schemas import FunctionCall, ToolCall
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+# The grammar of a required call writes its name first, then its arguments (ToolUse.call_schema)
+_NAME = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)')
 _BLOCK = re.compile(re.escape(OPEN) + r"\s*(.*?)\s*(?:" + re.escape(CLOSE) + r"|$)", re.S)
 
 
@@ -65,10 +67,27 @@ class ToolUse:
             if parsed:
                 calls += parsed
                 rest = rest.replace(whole, "", 1)
+        if not calls and self.required:
+            cut = self._cut_short(text)
+            return (None, cut) if cut else (text, [])
         if not calls:
             return text, []
         rest = rest.strip()
         return (rest or None), calls
+
+    def _cut_short(self, text: str) -> list[ToolCall]:
+        """A required call the token limit cut short, as OpenAI returns one (finish_reason "length"): its
+        function and the arguments written so far, not valid JSON; none while which function is unknown."""
+        named = _NAME.match(text)
+        written = named.group(1) if named else ""
+        whole = bool(named) and text[named.end():named.end() + 1] == '"'
+        fits = [self.choice] if self.choice in self.functions else [
+            f for f in self.functions if (f == written if whole else f.startswith(written))]
+        if len(fits) != 1:
+            return []
+        args = re.compile(rf'"{re.escape(self.key)}"\s*:\s*').search(text, named.end() if named else 0)
+        return [ToolCall(id=f"call_{uuid.uuid4().hex[:24]}",
+                         function=FunctionCall(name=fits[0], arguments=text[args.end():] if args else ""))]
 
     def _calls(self, inner: str) -> list[ToolCall]:
         try:

@@ -124,7 +124,7 @@ async def chat_completions(body: s.ChatRequest, request: Request):
         content, tool_calls = use.parse(a.whole) if calling else (a.whole, [])
         choices.append(s.ChatChoice(
             index=i, message=s.ChatMessageOut(content=content, tool_calls=tool_calls or None),
-            finish_reason="tool_calls" if tool_calls else a.done.finish_reason,
+            finish_reason=_finish(use if calling else None, tool_calls, a.done.finish_reason),
             logprobs=_chat_logprobs(served.tokenizer, a.logprobs) if body.logprobs else None))
     return s.ChatCompletion(id=rid, created=created, model=served.id, usage=usage(answers), choices=choices)
 
@@ -136,7 +136,15 @@ def _call_delta(calls: CallStream, text: str, finish: str | None) -> tuple[s.Cha
     rest, found = calls.finish()
     deltas = [ToolCallDelta(index=k, id=c.id, type="function", function=c.function.model_dump())
               for k, c in enumerate(found)]
-    return s.ChatDelta(content=rest, tool_calls=deltas or None), "tool_calls" if found else finish
+    return s.ChatDelta(content=rest, tool_calls=deltas or None), _finish(calls.use, found, finish)
+
+
+def _finish(use: ToolUse | None, calls: list, finish: str) -> str:
+    """"tool_calls" when the answer made calls, but "length" for a required call the token limit cut short
+    (as OpenAI: the client knows its arguments may not be whole)."""
+    if use is not None and use.required and finish == "length":
+        return finish
+    return "tool_calls" if calls else finish
 
 
 def _chat_logprobs(tokenizer, entries: list[tuple[int, Logprob]]) -> s.ChatLogprobs:
