@@ -33,7 +33,7 @@ def _train_cmd(config: Path, name: str, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_resume_after_kill_matches_uninterrupted_run(lm_workspace: Path, tmp_path: Path):
+def test_resume_after_kill_matches_uninterrupted_run(lm_workspace: Path, tmp_path: Path, cli_here):
     env = {**os.environ, "LLMKIT_HOME": str(lm_workspace), "OMP_NUM_THREADS": "1"}
     config = write_tiny_config(tmp_path / "tiny.yaml")
     full = subprocess.run(_train_cmd(config, "uninterrupted", "--json"), env=env, capture_output=True, text=True, timeout=600)
@@ -56,6 +56,12 @@ def test_resume_after_kill_matches_uninterrupted_run(lm_workspace: Path, tmp_pat
     assert run_dir is not None, "the run never reached step 60"
     killed_at = max(_losses(run_dir))
     assert killed_at < 100, "the run finished before it was killed"
+    # The killed process wrote nothing more: its run reads as died, and show says how to go on.
+    run_id = json.loads((run_dir / "run.json").read_text())["id"]
+    listed = json.loads(cli_here("ls", "runs", "--json", workspace=lm_workspace, check=True).stdout)
+    assert {r["id"]: r["state"] for r in listed}[run_id] == "died"
+    shown = cli_here("show", run_id, workspace=lm_workspace, check=True).stdout
+    assert f"continue with: llmkit train pretrain --resume {run_id}" in " ".join(shown.split())
 
     resumed = subprocess.run([sys.executable, "-m", "llmkit", "train", "pretrain", "--resume", str(run_dir)],
                              env=env, capture_output=True, text=True, timeout=600)
@@ -69,6 +75,8 @@ def test_resume_after_kill_matches_uninterrupted_run(lm_workspace: Path, tmp_pat
     assert hint.startswith("next: llmkit generate ") and " ".join(first.split()[:3]) in hint, hint
     resumed_losses = _losses(run_dir)
     assert sorted(resumed_losses) == list(range(1, 101))
+    states = {r["id"]: r["state"] for r in json.loads(cli_here("ls", "runs", "--json", workspace=lm_workspace).stdout)}
+    assert states[run_id] == "finished"
     for step in range(1, 101):
         assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-6, abs=1e-7), f"step {step}"
 
@@ -136,6 +144,11 @@ def test_sigterm_writes_a_checkpoint_at_the_current_step_and_says_how_to_resume(
     assert "--resume" in stdout + stderr
     step = int(list_checkpoints(run_dir)[-1].name.split("-")[1])
     assert step == max(_losses(run_dir)) >= 5
+    from llmkit.registry import Registry
+    from llmkit.registry.run_state import run_state
+
+    metrics = Registry.for_workspace(lm_workspace).get(json.loads((run_dir / "run.json").read_text())["id"]).metrics
+    assert run_state(metrics) == "stopped" and metrics["note"].startswith(f"stopped at step {step}")
 
 
 def test_a_run_saved_under_the_old_section_name_resumes_and_a_run_of_another_stage_is_refused(tmp_path: Path):

@@ -54,6 +54,7 @@ def test_a_study_registers_every_trial_and_keeps_only_the_best_model(ws_root: Pa
     assert len(trials) == 3 and {r.type for r in trials} == {"run"}
     for run in trials:
         assert run.metrics["tune_state"] in ("complete", "pruned") and run.metrics["tune_study"] == "pt"
+        assert run.metrics["state"] == {"complete": "finished"}.get(run.metrics["tune_state"], "pruned")
         assert set(run.metrics["tune_params"]) == {"lr", "warmup_steps"}
         assert not (Path(run.path) / "checkpoints").exists() and not (Path(run.path) / "best").exists()
     best_models = [r for rel, r in registry.children(result.record_id) if rel == "best_of"]
@@ -113,6 +114,7 @@ def test_a_pruned_trial_stops_at_its_evaluation_and_is_recorded_pruned(ws_root: 
     assert trial.state == optuna.trial.TrialState.PRUNED and list(trial.intermediate_values) == [1]
     run = registry.get(trial.user_attrs["run_id"], "run")
     assert run.metrics["tune_state"] == "pruned" and "evaluation 1 (step 3)" in run.metrics["tune_note"]
+    assert run.metrics["state"] == "pruned"
     steps = [row["step"] for row in map(__import__("json").loads, (Path(run.path) / "metrics.jsonl").read_text().splitlines())]
     assert max(steps) == 3  # the run ended at the evaluation that pruned it
     assert registry.find("pruning-t0", "model") is None

@@ -21,6 +21,7 @@ from llmkit.errors import UserError
 from llmkit.registry import RECORD_TYPES
 
 OPTIONAL_BACKENDS = ("transformers", "peft", "llama_cpp", "onnxruntime", "captum", "playwright", "psycopg")
+RESUMABLE_STAGES = ("pretrain", "sft", "classify", "distill", "dpo", "orpo", "kto", "grpo")  # train STAGE --resume
 LS_KINDS = {"datasets": "dataset", "runs": "run", "models": "model", "evals": "eval"}
 
 
@@ -142,16 +143,44 @@ def ls(
             console.print("nothing registered yet; try [bold]llmkit demo[/bold]")
             return
         table = Table()
-        for col in ("id", "type", "name", "version", "kind", "created", "path"):
+        runs = any(r.type == "run" for r in recs)
+        for col in ("id", "type", "name", "version", "kind", *(("state",) if runs else ()), "created", "path"):
             # a narrow terminal folds names and paths rather than cutting them to 'shakespe…' (three models looked alike)
             # and an id, which commands take, is never cut
             table.add_column(col, overflow="fold" if col in ("name", "path") else "ellipsis", no_wrap=col == "id",
                              min_width=12 if col == "id" else None)
         for r in recs:
-            table.add_row(r.id, r.type, Text(r.name), str(r.version), r.kind, r.created, Text(r.path or ""))
+            state = (state_text(r),) if runs else ()
+            table.add_row(r.id, r.type, Text(r.name), str(r.version), r.kind, *state, r.created, Text(r.path or ""))
         console.print(table)
 
-    ctx.emit([r.to_json() for r in recs], human)
+    ctx.emit([_with_state(r) for r in recs], human)
+
+
+def _with_state(rec) -> dict:
+    from llmkit.registry.run_state import run_state
+
+    out = rec.to_json()
+    if rec.type == "run":
+        out["state"] = run_state(rec.metrics)
+    return out
+
+
+def state_text(rec) -> str:
+    """A run's state for a table: "died" when its process is gone, where a run on another machine runs."""
+    from llmkit.registry.run_state import RUNNING, run_state
+
+    if rec.type != "run":
+        return ""
+    state = run_state(rec.metrics) or ""
+    host = rec.metrics.get("host")
+    return f"running on {host}" if state == RUNNING and host and host != _hostname() else state
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 @configured(None)
@@ -172,11 +201,13 @@ def show(
         return
     parents = [{"relation": rel, "id": p.id, "type": p.type, "ref": p.ref} for rel, p in ctx.registry.parents(rec.id)]
     children = [{"relation": rel, "id": c.id, "type": c.type, "ref": c.ref} for rel, c in ctx.registry.children(rec.id)]
-    result = {**rec.to_json(), "parents": parents, "children": children}
+    result = {**_with_state(rec), "parents": parents, "children": children}
 
     def human() -> None:
         console.print(f"[bold]{rec.type} {rec.ref}[/bold]  id {rec.id}  kind {rec.kind}  created {rec.created}")
         console.print(f"path: {rec.path}")
+        if result.get("state"):
+            console.print(_state_line(rec, result["state"]), markup=False, highlight=False)
         if rec.params:
             console.print_json(data={"params": rec.params}, default=str)
         if rec.metrics:
@@ -187,6 +218,26 @@ def show(
             console.print(f"  → {c['relation']}: {c['type']} {c['ref']} ({c['id']})")
 
     ctx.emit(result, human)
+
+
+def _state_line(rec, state: str) -> str:
+    """show RUN's state line: since when, the error that ended it, and how to go on from a run that stopped."""
+    from datetime import UTC, datetime
+
+    from llmkit.registry.run_state import DIED, STOPPED
+
+    m = rec.metrics
+    since = m.get("state_since")
+    line = f"state: {state_text(rec)}" + (f" since {datetime.fromtimestamp(since, UTC).isoformat(timespec='seconds')}"
+                                          if since else "")
+    if state == DIED:
+        line += f" (process {m.get('pid')} is gone: killed, or the machine went down)"
+    elif m.get("error"):
+        line += f": {m['error']}"
+    if state in (DIED, STOPPED) and rec.path and any((Path(rec.path) / "checkpoints").glob("step-*")) \
+            and rec.kind in RESUMABLE_STAGES:
+        line += f"; continue with: llmkit train {rec.kind} --resume {rec.id}"
+    return line
 
 
 @configured(None)

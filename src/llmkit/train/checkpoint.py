@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from llmkit.config import RENAMED_SECTIONS
 from llmkit.errors import UserError
+from llmkit.registry.run_state import FAILED, FINISHED, STOPPED, ended_mark, running_mark
 from llmkit.workspace import TMP_PREFIX, atomic_dir, remove_stale_tmp
 
 STEP_PREFIX = "step-"
@@ -44,28 +46,64 @@ def write_run_config(run_dir: Path, section: str, cfg) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump({section: cfg.model_dump()}, sort_keys=False, allow_unicode=True))
 
 
-# The runs a trainer call has registered (see `discards_unstarted_runs`); None outside such a call.
+# The runs a trainer call has started or resumed (see `tracks_runs`): (registry, folder, id, resumed); None
+# outside such a call.
 _STARTED: contextvars.ContextVar[list | None] = contextvars.ContextVar("llmkit_started_runs", default=None)
 
 
-def discards_unstarted_runs(trainer):
-    """A trainer whose run fails with a user's mistake before its first checkpoint leaves no run behind: a GRPO
-    reward that raised on the first sampled answers left a registered run with no metrics, no state and no model,
-    listed like a finished one. A run with a checkpoint stays (it resumes); so does any run on other errors."""
+def tracks_runs(trainer):
+    """A trainer's runs say how they ended (registry.run_state): finished when it returns, stopped on
+    SIGINT/SIGTERM (it resumes), failed on anything else with the error's line. A run that fails with a user's
+    mistake before its first checkpoint is not kept: a GRPO reward that raised on the first sampled answers left a
+    registered run with no metrics and no model, listed like a finished one. Nested trainers (a stage calling
+    `finetune.fit`) are tracked by the outermost, so "finished" comes after the model is registered."""
     @functools.wraps(trainer)
     def wrapper(*args, **kwargs):
+        if _STARTED.get() is not None:
+            return trainer(*args, **kwargs)
         token = _STARTED.set([])
         try:
-            return trainer(*args, **kwargs)
-        except UserError:
-            for registry, run_dir, run_id in _STARTED.get():
-                if latest_step(run_dir) == 0:
+            result = trainer(*args, **kwargs)
+            _mark_all(ended_mark(FINISHED))
+            return result
+        except TrainingInterrupted as stop:
+            _mark_all(ended_mark(STOPPED, str(stop)))
+            raise
+        except UserError as err:
+            kept = []
+            for entry in _STARTED.get():
+                registry, run_dir, run_id, resumed = entry
+                if not resumed and latest_step(run_dir) == 0:
                     registry.remove(run_id)
                     shutil.rmtree(run_dir, ignore_errors=True)
+                else:
+                    kept.append(entry)
+            _STARTED.set(kept)
+            _mark_all(ended_mark(FAILED, str(err)))
+            raise
+        except BaseException as err:
+            line = (str(err).strip().splitlines() or [""])[0]
+            _mark_all(ended_mark(FAILED, f"{type(err).__name__}: {line}" if line else type(err).__name__))
             raise
         finally:
             _STARTED.reset(token)
     return wrapper
+
+
+def _mark_all(mark: dict[str, Any]) -> None:
+    """Best effort: a registry that cannot be written now (a full disk, a database gone) must not hide the error
+    that ended the run."""
+    for registry, _, run_id, _ in _STARTED.get() or []:
+        try:
+            registry.update_metrics(run_id, mark)
+        except Exception:  # noqa: BLE001 - the run's own outcome is what the user must see
+            pass
+
+
+def _track(registry, run_dir: Path, run_id: str, resumed: bool) -> None:
+    started = _STARTED.get()
+    if started is not None:
+        started.append((registry, run_dir, run_id, resumed))
 
 
 def start_run(ws, registry, name: str, section: str, cfg, parents: list[tuple[str, str]],
@@ -82,11 +120,10 @@ def start_run(ws, registry, name: str, section: str, cfg, parents: list[tuple[st
         return run_dir, None
     run_dir.mkdir(parents=True)
     write_run_config(run_dir, section, cfg)
-    rec = registry.add("run", name, kind=section, path=run_dir, params=cfg.model_dump(), parents=parents)
+    rec = registry.add("run", name, kind=section, path=run_dir, params=cfg.model_dump(), parents=parents,
+                       metrics=running_mark())
     (run_dir / "run.json").write_text(json.dumps({"id": rec.id, **(info or {})}))
-    started = _STARTED.get()
-    if started is not None:
-        started.append((registry, run_dir, rec.id))
+    _track(registry, run_dir, rec.id, resumed=False)
     return run_dir, rec.id
 
 
@@ -120,6 +157,9 @@ def resume_run(cfg, section: str, registry) -> tuple[Any, Path | None, str | Non
     if given and given != type(cfg).model_fields["max_steps"].default and given > (saved.max_steps or 0):
         saved.max_steps = given
     run_id = rec.id if rec else json.loads((path / "run.json").read_text())["id"]
+    if _STARTED.get() is not None and os.environ.get("RANK", "0") == "0":  # rank 0 speaks for a torchrun run
+        registry.update_metrics(run_id, running_mark())
+        _track(registry, path, run_id, resumed=True)
     return saved, path, run_id
 
 

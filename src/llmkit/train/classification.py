@@ -19,7 +19,7 @@ from llmkit.errors import UserError
 from llmkit.eval.classification import plot_confusion
 from llmkit.models.io import Model, load_classifier, resolve_model, save_model
 from llmkit.registry import Registry, given_or_default
-from llmkit.train.checkpoint import resume_run, run_model_folder
+from llmkit.train.checkpoint import resume_run, run_model_folder, tracks_runs
 from llmkit.train.finetune import FinetuneJob, enable_checkpointing, fit
 from llmkit.train.lora import apply_lora, save_adapter
 from llmkit.workspace import Workspace
@@ -136,6 +136,7 @@ def scores(golds: list[int], preds: list[int], labels: list[str]) -> dict[str, f
     return out
 
 
+@tracks_runs
 def classify(cfg: ClassifyConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
              stop_at_step: int | None = None) -> Model:
     ws = ws or Workspace.open()

@@ -31,7 +31,7 @@ from llmkit.models.io import (
 from llmkit.models.kind import model_kind
 from llmkit.models.presets import PRESETS
 from llmkit.registry import Registry, given_or_default
-from llmkit.train.checkpoint import resume_run, run_model_folder
+from llmkit.train.checkpoint import resume_run, run_model_folder, tracks_runs
 from llmkit.train.classification import Encoded, check_labels, classify_dataset, predict_batches, scores
 from llmkit.train.finetune import FinetuneJob, count_params, enable_checkpointing, fit
 from llmkit.workspace import Workspace
@@ -70,6 +70,7 @@ def _student_from_preset(teacher, cfg: DistillConfig, classifier: bool):
     return cls.from_config(config)
 
 
+@tracks_runs
 def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
             stop_at_step: int | None = None) -> Model:
     ws = ws or Workspace.open()

@@ -25,7 +25,7 @@ import torch
 from llmkit.config import FinetuneConfig
 from llmkit.errors import UserError
 from llmkit.registry import Registry
-from llmkit.train.checkpoint import discards_unstarted_runs, latest_step, start_run
+from llmkit.train.checkpoint import latest_step, start_run, tracks_runs
 from llmkit.train.loop import Job
 from llmkit.train.loop import fit as loop_fit
 from llmkit.train.metrics import MetricsLog, plot_losses, read_metrics
@@ -92,7 +92,7 @@ def enable_checkpointing(model: torch.nn.Module, key: str) -> None:
     model.enable_input_require_grads()
 
 
-@discards_unstarted_runs
+@tracks_runs
 def fit(job: FinetuneJob, cfg: FinetuneConfig, section: str, ws: Workspace, registry: Registry, run_dir: Path | None,
         run_id: str | None, console=None, stop_at_step: int | None = None, time_limit_s: float | None = None) -> Fitted:
     device = next(job.model.parameters()).device.type

@@ -37,7 +37,7 @@ from llmkit.generate import END_OF_TURN
 from llmkit.models.io import Model
 from llmkit.registry import Registry, given_or_default
 from llmkit.runtime.decoder import eos_set
-from llmkit.train.checkpoint import discards_unstarted_runs, resume_run, start_run
+from llmkit.train.checkpoint import resume_run, start_run, tracks_runs
 from llmkit.train.chunked_loss import linear_token_logps
 from llmkit.train.finetune import FinetuneJob, eval_source, fit
 from llmkit.train.preference_loss import pack_sequences, token_logps
@@ -55,7 +55,7 @@ class Prompt:
     record: dict[str, Any]
 
 
-@discards_unstarted_runs
+@tracks_runs
 def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
          stop_at_step: int | None = None) -> Model:
     ws = ws or Workspace.open()

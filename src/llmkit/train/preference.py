@@ -29,7 +29,7 @@ from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.models.io import Model
 from llmkit.registry import Registry, given_or_default
-from llmkit.train.checkpoint import resume_run
+from llmkit.train.checkpoint import resume_run, tracks_runs
 from llmkit.train.finetune import FinetuneJob, eval_source, fit
 from llmkit.train.optim import autocast, resolve_precision
 from llmkit.train.preference_loss import (
@@ -68,6 +68,7 @@ class RatedExample:
     mismatched: Scored | None = None  # the prompt with another record's answer: KTO's KL estimate
 
 
+@tracks_runs
 def preference_tune(cfg: PreferenceConfig, loss: str, ws: Workspace | None = None, registry: Registry | None = None,
                     console=None, stop_at_step: int | None = None) -> Model:
     """Train `cfg.base` with the `loss` (dpo | orpo | kto) on `cfg.data`; register and return the tuned model."""

@@ -23,11 +23,11 @@ from llmkit.models.presets import count_parameters, model_fields, plain_config
 from llmkit.registry import Registry, given_or_default
 from llmkit.train.batches import TokenWindows
 from llmkit.train.checkpoint import (
-    discards_unstarted_runs,
     latest_step,
     resume_run,
     run_model_folder,
     start_run,
+    tracks_runs,
 )
 from llmkit.train.loop import Job, evaluate_lm, fit, lm_loss
 from llmkit.train.metrics import MetricsLog, plot_losses, read_metrics
@@ -35,7 +35,7 @@ from llmkit.train.optim import adamw, autocast, resolve_precision
 from llmkit.workspace import Workspace, atomic_dir
 
 
-@discards_unstarted_runs
+@tracks_runs
 def pretrain(cfg: PretrainConfig, ws: Workspace | None = None, registry: Registry | None = None,
              console=None, time_limit_s: float | None = None) -> Model:
     ws = ws or Workspace.open()

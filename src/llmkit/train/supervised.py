@@ -22,7 +22,7 @@ from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.models.io import Model
 from llmkit.registry import Registry, given_or_default
-from llmkit.train.checkpoint import resume_run
+from llmkit.train.checkpoint import resume_run, tracks_runs
 from llmkit.train.finetune import FinetuneJob, eval_source, fit
 from llmkit.train.memory import lean_allocator
 from llmkit.train.tuned_model import TuningBase, open_base, register_tuned
@@ -223,6 +223,7 @@ def prepare_sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry 
     return SftSetup(cfg, ws, registry, run_dir, run_id, opened, ds_rec, job)
 
 
+@tracks_runs
 def sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
         stop_at_step: int | None = None) -> Model:
     setup = prepare_sft(cfg, ws, registry, console)

@@ -24,6 +24,7 @@ import optuna
 from llmkit.config import validate_section
 from llmkit.errors import UserError
 from llmkit.registry import Registry
+from llmkit.registry.run_state import FINISHED
 from llmkit.train.checkpoint import TrainingInterrupted
 from llmkit.train.loop import watching
 from llmkit.tune.space import Param, with_values
@@ -140,7 +141,8 @@ class TrialSetup:
 
 def mark_run(registry: Registry, run_id: str, study: str, number: int, state: str, values: dict,
              value: float | None = None, note: str = "") -> None:
-    registry.update_metrics(run_id, {"tune_study": study, "tune_trial": number, "tune_state": state,
+    registry.update_metrics(run_id, {"state": {"complete": FINISHED}.get(state, state), "tune_study": study,
+                                     "tune_trial": number, "tune_state": state,
                                      "tune_params": values, "tune_value": value, "tune_note": note})
 
 
