@@ -151,7 +151,8 @@ def test_compressed_model_detail_has_its_before_after_table(client, tiny_model, 
         row = got[measured["stage"]]
         assert row["model"] == measured["model"]
         assert row["perplexity"] == pytest.approx(measured["perplexity"], rel=1e-3)  # the table rounds
-        assert row["decode_tokens_per_s"] == pytest.approx(measured["decode_tokens_per_s"], rel=1e-3)
+        # the table rounds speed to 0.1 token/s: on a busy machine (9.54 -> 9.5) that is more than a relative 1e-3
+        assert row["decode_tokens_per_s"] == pytest.approx(measured["decode_tokens_per_s"], abs=0.05 + 1e-9)
         assert row["size_mb"] == pytest.approx(measured["size_mb"], rel=1e-3)
     assert got["after"]["size_mb"] < got["before"]["size_mb"]
     source = client.get(f"/api/models/{tiny_model.id}").json()

@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from llmkit.registry import Record, Registry
+from llmkit.registry.run_state import run_state
 from llmkit.serve.errors import ApiError
 
 router = APIRouter(prefix="/api", tags=["dashboard"])
@@ -55,6 +56,7 @@ class RecordOut(BaseModel):
     params: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     size_bytes: int | None = None  # models only: weight files on disk
+    state: str | None = None  # runs only: registry.run_state (None for a run recorded before runs kept one)
 
 
 class Overview(BaseModel):
@@ -222,7 +224,8 @@ def _inside_workspace(request: Request, path: Path) -> Path | None:
 def _out(request: Request, record: Record) -> RecordOut:
     size = _weights_size(Path(record.path)) if record.type == "model" and record.path else None
     roots = {_root(request).absolute(), _root(request).resolve()}
-    return RecordOut(**_shown(record.to_json(), roots), size_bytes=size)
+    state = run_state(record.metrics) if record.type == "run" else None
+    return RecordOut(**_shown(record.to_json(), roots), size_bytes=size, state=state)
 
 
 def _shown(value: Any, roots: set[Path]) -> Any:

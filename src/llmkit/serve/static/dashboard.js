@@ -46,6 +46,13 @@ function select(table, tr) {
   if (tr) tr.classList.add("selected");
 }
 
+// A run's state as the registry reads it (running, finished, stopped, failed, pruned, died); a run recorded before
+// runs kept one is finished when it has a summary, otherwise it cannot be told from one that stopped.
+function runStatus(run) {
+  if (run.state) return t(`state.${run.state}`);
+  return t(num(run.metrics.steps) !== undefined || run.metrics.states ? "status.finished" : "status.running");
+}
+
 function parameterCount(model) {
   return num(model.params.parameters) ?? num(model.metrics.parameters) ?? num(model.metrics.total_parameters);
 }
@@ -129,7 +136,7 @@ export function initDashboard() {
     fillTable($("runs-table"), [
       { title: t("col.run"), value: (r) => r.ref },
       { title: t("col.kind"), value: (r) => (r.kind ? term(r.kind) : "—") },
-      { title: t("col.status"), value: (r) => t(num(r.metrics.steps) !== undefined || r.metrics.states ? "status.finished" : "status.running") },
+      { title: t("col.status"), value: runStatus },
       { title: t("col.steps"), value: (r) => fmtNumber(num(r.metrics.steps)), numeric: true },
       { title: t("col.val"), value: (r) => headline(r.metrics, RUN_HEADLINE), numeric: true },
       { title: t("col.created"), value: (r) => fmtDate(r.created) },
