@@ -36,6 +36,7 @@ def _register() -> None:
         eval,
         explain,
         feedback,
+        gc,
         generate,
         importing,
         optimize,
@@ -61,6 +62,7 @@ def _register() -> None:
     explain.register(app)
     demo.register(app)
     feedback.register(app)
+    gc.register(app)
 
 
 _register()

@@ -1,0 +1,66 @@
+"""`llmkit gc`: what a workspace holds that nothing uses (registry.cleanup), listed with its size, removed on yes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from llmkit.cli.common import Ctx, confirm, console
+from llmkit.cli.options import configured
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog="Example: llmkit gc --dry-run;  llmkit gc --failed-runs --yes   (from cron)")(gc)
+
+
+@configured(None)
+def gc(
+    ctx: Ctx,
+    failed_runs: Annotated[bool, typer.Option("--failed-runs", help="Also runs that failed or died (their process "
+                                              "gone) that no model was made from, with their folders.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; remove nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Remove what the workspace holds that nothing uses: folders no record points at (a command killed before
+    it registered, rm --keep-files, a record removed from another machine), records whose folder is gone, and with
+    --failed-runs the runs that failed. Folders changed in the last hour, and models an alias points at, stay."""
+    from llmkit.models.aliases import current
+    from llmkit.registry.cleanup import find_garbage, remove_garbage
+    from llmkit.registry.run_state import run_state
+    from llmkit.workspace import KINDS
+
+    ctx.require_workspace()
+    protected = {move.model_id for move in current(ctx.registry).values() if move.model_id}
+    garbage = find_garbage(ctx.registry, ctx.ws.root, KINDS, failed_runs=failed_runs, protected=protected)
+    mib = garbage.bytes / 2**20
+    if garbage and not dry_run:
+        counts = {"folder": len(garbage.folders), "record": len(garbage.records), "run": len(garbage.runs)}
+        listed = ", ".join(f"{n} {what}{'s' if n != 1 else ''}" for what, n in counts.items() if n)
+        confirm(yes, f"remove {listed} ({mib:.1f} MiB)?", "gc")
+        remove_garbage(ctx.registry, garbage)
+    removed = bool(garbage) and not dry_run
+    result = {"folders": [str(p) for p in garbage.folders], "records": [r.id for r in garbage.records],
+              "runs": [r.id for r in garbage.runs], "bytes": garbage.bytes, "removed": removed, "kept": garbage.kept}
+
+    def human() -> None:
+        if not garbage:
+            console.print("nothing to remove: every folder has its record and every record its folder")
+        else:
+            table = Table(title=Text(("removed" if removed else "would remove") + f": {mib:.1f} MiB"))
+            for col in ("what", "where", "MiB"):
+                table.add_column(col, justify="right" if col == "MiB" else "left", overflow="fold")
+            for path in garbage.folders:
+                table.add_row("folder, no record", Text(str(path)), f"{garbage.sizes[str(path)] / 2**20:.1f}")
+            for rec in garbage.records:
+                table.add_row(Text(f"{rec.type} {rec.ref}, folder gone"), Text(str(rec.path)), "0.0")
+            for rec in garbage.runs:
+                table.add_row(Text(f"run {rec.ref}, {run_state(rec.metrics)}"), Text(str(rec.path)),
+                              f"{garbage.sizes.get(str(rec.path), 0) / 2**20:.1f}")
+            console.print(table)
+        for line in garbage.kept:
+            console.print(f"kept: {line}", markup=False, highlight=False)
+
+    ctx.emit(result, human)

@@ -1,0 +1,93 @@
+"""`llmkit gc` on a real workspace and SQLite registry: folders without records go (unless changed within the
+hour), records without folders go (unless a shared registry, or things were made from them), failed runs go when
+asked, and nothing goes without a yes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from llmkit.registry import Registry
+from llmkit.registry.cleanup import GRACE_S, find_garbage
+from llmkit.registry.run_state import ended_mark, running_mark
+from llmkit.workspace import KINDS, Workspace
+
+
+def _aged(path: Path) -> Path:
+    old = time.time() - GRACE_S - 60
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in (*dirnames, *filenames):
+            os.utime(os.path.join(dirpath, name), (old, old))
+    os.utime(path, (old, old))
+    return path
+
+
+def _folder(ws: Workspace, kind: str, name: str, size: int = 1000) -> Path:
+    path = ws.folder(kind, name)
+    path.mkdir()
+    (path / "weights.bin").write_bytes(b"x" * size)
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path):
+    ws = Workspace.open(tmp_path / "ws")
+    registry = Registry.for_workspace(ws.root)
+    kept_model = registry.add("model", "kept", path=_aged(_folder(ws, "models", "kept-1")))
+    orphan = _aged(_folder(ws, "models", "orphan-2", size=3 * 2**20))
+    fresh = _folder(ws, "runs", "being-written-3")
+    gone = registry.add("model", "gone", path=_folder(ws, "models", "gone-4"))
+    made_from_gone = registry.add("dataset", "ds", path=_folder(ws, "datasets", "ds-5"))
+    registry.add("model", "child", path=_aged(_folder(ws, "models", "child-6")), parents=[(made_from_gone.id, "trained_on")])
+    failed = registry.add("run", "bad", path=_aged(_folder(ws, "runs", "bad-7")), metrics=ended_mark("failed", "boom"))
+    finished = registry.add("run", "good", path=_aged(_folder(ws, "runs", "good-8")), metrics=ended_mark("finished"))
+    running = registry.add("run", "busy", path=_aged(_folder(ws, "runs", "busy-9")), metrics=running_mark())
+    for rec in (gone, made_from_gone):
+        __import__("shutil").rmtree(rec.path)
+    return ws, registry, dict(kept=kept_model, orphan=orphan, fresh=fresh, gone=gone, made_from_gone=made_from_gone,
+                              failed=failed, finished=finished, running=running)
+
+
+def test_gc_finds_what_nothing_uses_and_leaves_the_rest(workspace):
+    ws, registry, made = workspace
+    garbage = find_garbage(registry, ws.root, KINDS)
+    assert garbage.folders == [made["orphan"]] and garbage.bytes == 3 * 2**20
+    assert [r.id for r in garbage.records] == [made["gone"].id] and garbage.runs == []
+    kept = "\n".join(garbage.kept)
+    assert "being-written-3" in kept and "changed in the last hour" in kept
+    assert f"dataset {made['made_from_gone'].ref}" in kept and "things were made from it" in kept
+    with_runs = find_garbage(registry, ws.root, KINDS, failed_runs=True)
+    assert [r.id for r in with_runs.runs] == [made["failed"].id]  # not the finished one, nor the running one
+    assert find_garbage(registry, ws.root, KINDS, protected={made["gone"].id}).records == []
+
+
+def test_a_shared_registry_keeps_records_whose_folder_is_missing_here(workspace, tmp_path: Path):
+    ws, registry, made = workspace
+    shared = Registry(registry.url, ws.root)
+    shared.url = "sqlite:///" + str(tmp_path / "elsewhere" / "team.db")  # read as a registry not the workspace's own
+    garbage = find_garbage(shared, ws.root, KINDS)
+    assert garbage.records == [] and any("the registry is shared" in line for line in garbage.kept)
+    assert garbage.folders == [made["orphan"]]  # folders are matched by name, whoever registered them
+
+
+def test_gc_cli_lists_asks_and_removes(workspace, cli_here, monkeypatch):
+    ws, registry, made = workspace
+    dry = cli_here("gc", "--dry-run", "--failed-runs", "--json", workspace=ws.root, check=True)
+    listed = json.loads(dry.stdout)
+    assert listed["removed"] is False and listed["folders"] == [str(made["orphan"])]
+    assert listed["runs"] == [made["failed"].id] and made["orphan"].exists()
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(""))
+    unanswered = cli_here("gc", workspace=ws.root)  # no terminal to ask on: one line, nothing removed
+    assert unanswered.returncode == 2 and "pass --yes" in unanswered.stderr and made["orphan"].exists()
+    done = cli_here("gc", "--failed-runs", "--yes", workspace=ws.root, check=True)
+    assert "removed: 3.0 MiB" in done.stdout
+    assert not made["orphan"].exists() and not Path(made["failed"].path).exists()
+    assert {r.id for r in registry.list()} == {made[k].id for k in ("kept", "made_from_gone", "finished", "running")} | {
+        r.id for r in registry.list("model", name="child")}
+    assert made["fresh"].exists() and Path(made["kept"].path).exists()
+    again = cli_here("gc", "--yes", workspace=ws.root, check=True)
+    assert "nothing to remove" in again.stdout
