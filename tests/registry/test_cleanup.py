@@ -46,6 +46,8 @@ def workspace(tmp_path: Path):
     failed = registry.add("run", "bad", path=_aged(_folder(ws, "runs", "bad-7")), metrics=ended_mark("failed", "boom"))
     finished = registry.add("run", "good", path=_aged(_folder(ws, "runs", "good-8")), metrics=ended_mark("finished"))
     running = registry.add("run", "busy", path=_aged(_folder(ws, "runs", "busy-9")), metrics=running_mark())
+    exports = _aged(_folder(ws, "datasets", "feedback-exports"))  # what a dataset was prepared from, by its params
+    registry.add("dataset", "fb", path=_aged(_folder(ws, "datasets", "fb-10")), params={"inputs": [str(exports / "x.jsonl")]})
     for rec in (gone, made_from_gone):
         __import__("shutil").rmtree(rec.path)
     return ws, registry, dict(kept=kept_model, orphan=orphan, fresh=fresh, gone=gone, made_from_gone=made_from_gone,
@@ -87,7 +89,8 @@ def test_gc_cli_lists_asks_and_removes(workspace, cli_here, monkeypatch):
     assert "removed: 3.0 MiB" in done.stdout
     assert not made["orphan"].exists() and not Path(made["failed"].path).exists()
     assert {r.id for r in registry.list()} == {made[k].id for k in ("kept", "made_from_gone", "finished", "running")} | {
-        r.id for r in registry.list("model", name="child")}
+        r.id for r in registry.list("model", name="child") + registry.list("dataset", name="fb")}
+    assert (ws.root / "datasets" / "feedback-exports").exists()
     assert made["fresh"].exists() and Path(made["kept"].path).exists()
     again = cli_here("gc", "--yes", workspace=ws.root, check=True)
     assert "nothing to remove" in again.stdout

@@ -51,7 +51,9 @@ def find_garbage(registry: Registry, root: Path, kinds: Iterable[str], *, failed
     now = time.time() if now is None else now
     kinds = tuple(kinds)
     records = registry.list()
-    named = {_kind_and_name(Path(r.path), kinds) for r in records if r.path}
+    # a record's own folder, and any workspace folder its params name (feedback datasets are prepared from files in
+    # datasets/feedback-exports, which their records cite by file and line)
+    named = {_kind_and_name(Path(text), kinds) for r in records for text in (r.path, *_strings(r.params)) if text}
     out = Garbage()
     for kind in kinds:
         folder = root / kind
@@ -90,6 +92,14 @@ def remove_garbage(registry: Registry, garbage: Garbage) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value] if "/" in value or "\\" in value else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [s for item in value for s in _strings(item)] if isinstance(value, list | tuple) else []
 
 
 def _kind_and_name(path: Path, kinds: tuple[str, ...]) -> tuple[str, str] | None:
