@@ -212,6 +212,9 @@ def test_continuing_a_finished_run_keeps_the_version_it_made_and_a_finished_one_
     with pytest.raises(UserError, match=rf"run {run} already reached step 6 of 6: nothing to train; pass a --max-steps above 6"):
         pretrain(tiny_config(resume=run, max_steps=6, **same), ws, registry)
     assert len(registry.list("model")) == versions
+    # a smaller --max-steps went unheeded (the run trained on to its own): refused, saying why
+    with pytest.raises(UserError, match=r"max_steps 3 is below the run's 6, and a resumed run keeps its schedule"):
+        pretrain(tiny_config(resume=run, max_steps=3, **same), ws, registry)
     # every stage's resume takes a larger --max-steps (sft ignored it and registered the same adapter again)
     import yaml
 

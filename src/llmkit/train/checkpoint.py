@@ -156,6 +156,12 @@ def resume_run(cfg, section: str, registry) -> tuple[Any, Path | None, str | Non
     given = getattr(cfg, "max_steps", None)
     if given and given != type(cfg).model_fields["max_steps"].default and given > (saved.max_steps or 0):
         saved.max_steps = given
+    elif given and "max_steps" in cfg.model_fields_set and saved.max_steps and \
+            given < (planned := max(saved.max_steps, latest_step(path))):
+        # it was dropped without a word: the run went on to its own max_steps
+        raise UserError(f"{section}.resume = '{cfg.resume}': max_steps {given} is below the run's {planned}, "
+                        "and a resumed run keeps its schedule (only max_steps may grow); drop --max-steps, or stop it "
+                        "where you want with Ctrl-C (it writes a checkpoint)")
     run_id = rec.id if rec else json.loads((path / "run.json").read_text())["id"]
     if _STARTED.get() is not None and os.environ.get("RANK", "0") == "0":  # rank 0 speaks for a torchrun run
         registry.update_metrics(run_id, running_mark())
