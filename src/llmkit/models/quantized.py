@@ -121,9 +121,18 @@ class QuantLinear(torch.nn.Module):
         return F.linear(x, self.weight_float().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
-def linears(lm) -> dict[str, torch.nn.Linear]:
-    head = lm.get_output_embeddings()
-    return {n: m for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+def linears(lm) -> dict[str, torch.nn.Module]:
+    """The linear layers but the output head: nn.Linear, and GPT-2's Conv1D, a linear layer whose weight is stored
+    (in, out) (quantize and prune did nothing to a GPT-2 and said they had)."""
+    from transformers.pytorch_utils import Conv1D
+
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    return {n: m for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear | Conv1D) and m is not head}
+
+
+def out_in(layer: torch.nn.Module) -> torch.Tensor:
+    """A linear layer's weight as (out, in), a view of the parameter's own storage."""
+    return layer.weight if isinstance(layer, torch.nn.Linear) else layer.weight.t()
 
 
 def set_module(root: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
@@ -141,8 +150,9 @@ def load_quantized(path: Path, info: dict[str, Any]):
     zero_point = bool(info.get("zero_point"))  # absent in files written before zero points: symmetric
     for name in info["modules"]:
         lin = lm.get_submodule(name)
-        group = lin.in_features if info["method"] == "int8-dynamic" else info["group_size"]
-        set_module(lm, name, QuantLinear(lin.in_features, lin.out_features, info["bits"], group, lin.bias is not None,
+        out_features, in_features = out_in(lin).shape
+        group = in_features if info["method"] == "int8-dynamic" else info["group_size"]
+        set_module(lm, name, QuantLinear(in_features, out_features, info["bits"], group, lin.bias is not None,
                                          zero_point, dynamic=info["method"] == "int8-dynamic"))
     state = load_file(str(path / "model.safetensors"))
     lm.load_state_dict(state, strict=False)

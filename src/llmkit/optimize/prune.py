@@ -20,14 +20,15 @@ from llmkit.config import PruneConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
 from llmkit.models.kind import require_causal
+from llmkit.models.quantized import linears, out_in
 from llmkit.optimize.table import check_eval_data
 from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace
 
 
-def prunable_layers(lm: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    return {name: m for name, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+def prunable_layers(lm: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The linear layers but the output head (nn.Linear and GPT-2's Conv1D: models.quantized.linears)."""
+    return linears(lm)
 
 
 def prune_mask(score: torch.Tensor, sparsity: float, pattern: str, per_row: bool) -> torch.Tensor:
@@ -73,7 +74,7 @@ def calibration_windows(tokenizer, registry: Registry, ref: str, context: int, s
 @torch.no_grad()
 def input_norms(lm, layers: dict[str, torch.nn.Linear], windows: torch.Tensor) -> dict[str, torch.Tensor]:
     """L2 norm of each input feature of each layer over every calibration token."""
-    sums = {name: torch.zeros(m.in_features, dtype=torch.float64) for name, m in layers.items()}
+    sums = {name: torch.zeros(out_in(m).shape[1], dtype=torch.float64) for name, m in layers.items()}
     def hook(name: str):
         def accumulate(_module, args) -> None:  # returns None: the layer's input stays as it was
             x = args[0].detach().double()
@@ -112,16 +113,20 @@ def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registr
         raise UserError(f"prune.sparsity = {cfg.sparsity}: the 2:4 pattern is always 0.5; drop --sparsity or use --pattern unstructured")
     lm, tokenizer = load_causal_lm(source)
     layers = prunable_layers(lm)
+    if not layers:
+        raise UserError(f"{source.ref} ({type(lm).__name__}) has no linear layers llmkit can prune (nn.Linear or Conv1D, "
+                        "the output head aside); nothing was written")
     context = cfg.calib_context or getattr(lm.config, "max_position_embeddings", 256)
     windows = calibration_windows(tokenizer, registry, cfg.calib_data, context, cfg.calib_samples) if cfg.calib_data else None
     norms = input_norms(lm, layers, windows) if cfg.method == "wanda" else {}
     masks = {}
     with torch.no_grad():
         for name, layer in layers.items():
-            w = layer.weight
+            w = out_in(layer)  # (out, in): rows are outputs, whatever the layer stores
             score = w.abs().float() * norms[name][None, :] if cfg.method == "wanda" else w.abs().float()
-            masks[name] = prune_mask(score, cfg.sparsity, cfg.pattern, per_row=cfg.method == "wanda")
-            w.mul_(masks[name].to(w.dtype))
+            mask = prune_mask(score, cfg.sparsity, cfg.pattern, per_row=cfg.method == "wanda")
+            masks[name] = mask if w is layer.weight else mask.t()  # in the parameter's own layout
+            layer.weight.mul_(masks[name].to(w.dtype))
     if cfg.recover_steps:
         _recover(lm, layers, masks, windows, cfg)
     per_layer = {name: round(float((layer.weight == 0).float().mean()), 4) for name, layer in layers.items()}

@@ -14,6 +14,7 @@ from llmkit.models.quantized import (
     METHODS,
     QuantLinear,
     linears,
+    out_in,
     pack_int4,
     quantize_tensor,
     quantize_tensor_zero_point,
@@ -29,17 +30,19 @@ def quantize_model(lm, method: str, group: int) -> list[str]:
     bits = METHODS[method]
     done = []
     for name, lin in linears(lm).items():
-        g = lin.in_features if method == "int8-dynamic" else group
-        if lin.in_features % g:
-            raise UserError(f"quantize.group_size = {group} does not divide {name}'s {lin.in_features} inputs; "
+        weight = out_in(lin).data.contiguous()
+        out_features, in_features = weight.shape
+        g = in_features if method == "int8-dynamic" else group
+        if in_features % g:
+            raise UserError(f"quantize.group_size = {group} does not divide {name}'s {in_features} inputs; "
                             "choose 32, 64 or 128 to match the model's widths")
-        q = QuantLinear(lin.in_features, lin.out_features, bits, g, lin.bias is not None, zero_point=bits == 4,
+        q = QuantLinear(in_features, out_features, bits, g, lin.bias is not None, zero_point=bits == 4,
                         dynamic=method == "int8-dynamic")
         if bits == 4:  # int4's 16 levels spread over each group's min..max (see llmkit.models.quantized)
-            codes, scales, zeros = quantize_tensor_zero_point(lin.weight.data, bits, g)
+            codes, scales, zeros = quantize_tensor_zero_point(weight, bits, g)
             q.zeros.copy_(zeros)
         else:
-            codes, scales = quantize_tensor(lin.weight.data, bits, g)
+            codes, scales = quantize_tensor(weight, bits, g)
         q.qweight.copy_(pack_int4(codes) if bits == 4 else codes)
         q.scales.copy_(scales)
         if lin.bias is not None:
@@ -63,6 +66,9 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
     check_eval_data(source, cfg.eval_data if cfg.table else None, registry)
     lm, tokenizer = load_causal_lm(source)
     modules = quantize_model(lm, cfg.method, cfg.group_size)
+    if not modules:  # a model registered as int8 that holds float weights is worse than none
+        raise UserError(f"{source.ref} ({type(lm).__name__}) has no linear layers llmkit can quantize (nn.Linear or "
+                        "Conv1D, the output head aside); nothing was written")
     info = {"method": cfg.method, "bits": METHODS[cfg.method], "group_size": cfg.group_size,
             "zero_point": METHODS[cfg.method] == 4, "modules": modules}
     target = ws.new_folder("models", name, cfg.method)
