@@ -151,3 +151,29 @@ def test_a_gguf_beside_other_files_is_read_alone(ws, hf_folder):
     assert (gguf.path / "tokenizer.json").exists() or any(gguf.path.glob("tokenizer*"))  # the case: not alone
     back, _ = import_model(str(file), "back", ws, reg)
     assert "<{{ m['role'] }}>" in reg.get(back.id).params["chat_template"]
+
+
+def test_a_gpt_neox_saved_by_transformers_imports(ws, tmp_path):
+    # GPT-NeoX saves its head as embed_out.weight, which transformers' loader renames to lm_head.weight: the check
+    # compared raw names and refused the folder as not the model its config describes
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    ws, reg = ws
+    tok = tiny_lm.char_tokenizer()
+    folder = tmp_path / "neox"
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64,
+                                     tie_word_embeddings=False)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert "embed_out.weight" in f.keys()  # as transformers writes it
+    model, _ = import_model(str(folder), "neox", ws, reg)
+    assert model.lineage["architecture"].startswith("GPTNeoX")
+    (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()),
+                                                    "num_hidden_layers": 1}))
+    other = Workspace.open(tmp_path / "other")
+    assert "tensors in the weights have no place in that model" in _refused((other, Registry.for_workspace(other.root)),
+                                                                              folder)  # still checked

@@ -97,6 +97,28 @@ def check_folder(folder: Path) -> dict[str, Any]:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
 
+def _renames(model):
+    """The key renames transformers' loader applies to this model's checkpoints (GPT-NeoX saves its head as
+    `embed_out`, old checkpoints say `LayerNorm.gamma`), as one function; None when it does more than rename."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+
+        transforms = get_model_conversion_mapping(model)
+    except (ImportError, AttributeError, TypeError):  # another transformers: compare names as they are
+        return lambda key: key
+    if any(not isinstance(t, WeightRenaming) for t in transforms):
+        return None
+    rules = [(re.compile(source), t.target_patterns[min(i, len(t.target_patterns) - 1)])
+             for t in transforms for i, source in enumerate(t.source_patterns)]
+
+    def rename(key: str) -> str:
+        for pattern, target in rules:
+            key = pattern.sub(target, key)
+        return key
+    return rename
+
+
 def check_weights_fit_config(folder: Path, config: dict[str, Any]) -> None:
     """One line when the weights are not the ones config.json describes: transformers fills a missing tensor with
     random values and drops an unexpected one with a log line nobody sees (a config saying 6 layers over 4
@@ -122,12 +144,15 @@ def check_weights_fit_config(folder: Path, config: dict[str, Any]) -> None:
         raise UserError(f"{folder / 'config.json'}: transformers cannot build the model it describes "
                         f"({type(err).__name__}: {' '.join(str(err).split())[:160]})") from None
     state = model.state_dict()
+    renames = _renames(model)
+    if renames is None:  # a fusion or split on load: the file's names are not the module's
+        return
     # tied weights appear once among the parameters (the embedding): the file need not hold the head
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     expected |= {name: tuple(b.shape) for name, b in model.named_buffers() if name in state}
     found = {}
     for file in sorted(folder.glob("*.safetensors")):
-        found |= {k: tuple(v["shape"]) for k, v in check_safetensors_file(file).items() if k != "__metadata__"}
+        found |= {renames(k): tuple(v["shape"]) for k, v in check_safetensors_file(file).items() if k != "__metadata__"}
     prefix = f"{model.base_model_prefix}."
     named = {k: k for k in found}  # the module's name -> the file's, for the message
     if not any(k.startswith(prefix) for k in found) and any(k.startswith(prefix) for k in expected):
