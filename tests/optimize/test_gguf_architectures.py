@@ -236,6 +236,19 @@ def test_mistral_sliding_window_bounds_the_context(qwen_tokenizer, tmp_path):
     gguf = _export(tmp_path / "model", "f16", tmp_path / "out")
     assert int(_gguf_field(gguf, "llama.context_length")) == 32
     assert "num_ctx 32" in (tmp_path / "out" / "Modelfile").read_text()
+    # and the export says so (the context became the window without a word)
+    from rich.console import Console
+
+    from llmkit.config import ExportConfig
+    from llmkit.optimize.export import export
+    from llmkit.registry import Registry
+    from llmkit.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    console = Console(record=True, width=400)
+    export(str(tmp_path / "model"), ExportConfig(format="gguf", quant="f16", table=False), ws,
+           Registry.for_workspace(ws.root), console)
+    assert "context: 32 tokens, model's sliding window (of 128)" in console.export_text()
 
 
 @pytest.mark.parametrize("kind, overrides, says", [

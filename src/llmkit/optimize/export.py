@@ -49,6 +49,11 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
         kinds = ", ".join(f"{n} {kind}" for kind, n in info["tensor_types"].items())  # e.g. 29 q8_0, 9 f32 (the norms)
         console.print(f"GGUF {cfg.quant}: {info['gguf']} ({kinds} tensors); Ollama: cd {target} && ollama create {name} -f Modelfile",
                       markup=False, highlight=False)
+        if info["context_length"] < info["trained_context"]:  # the sliding window: said, not left to a llama.cpp log
+            console.print(f"context: {info['context_length']} tokens, {source.ref}'s sliding window (of "
+                          f"{info['trained_context']}): llama.cpp attends to the whole context, so within the window it "
+                          "computes what transformers does, and the GGUF and Modelfile say this context", markup=False,
+                          highlight=False)
     rows = None
     if cfg.table:
         from llmkit.optimize.table import before_after

@@ -216,4 +216,5 @@ def export_gguf_folder(model: Model, target: Path, quant: str, lineage: dict[str
                 shutil.copy2(file, tmp / file.name)
         (tmp / "llmkit.json").write_text(json.dumps({**lineage, "format": "gguf", "gguf": gguf_name, "quant": quant, **info},
                                                     indent=2, default=str))
-    return {"gguf": str(target / gguf_name), "chat_format": chat.family, **info}
+    return {"gguf": str(target / gguf_name), "chat_format": chat.family, "context_length": context_length(config),
+            "trained_context": config["max_position_embeddings"], **info}
