@@ -109,3 +109,9 @@ def test_bad_input_fails_with_file_and_line_and_leaves_nothing(tmp_path):
     skipped = llmkit("data", "prepare", str(bad), "--tokenizer", "char", "--skip-bad", "--json", workspace=ws)
     assert skipped.returncode == 0, skipped.stderr
     assert json.loads(skipped.stdout)["counts"]["bad"] == 1
+
+
+def test_from_feedback_without_a_workspace_says_so_and_makes_none(tmp_path, cli_here):
+    missing = tmp_path / "typo-ws"
+    out = cli_here("data", "from-feedback", "--name", "fb", workspace=missing)
+    assert out.returncode == 2 and f"no workspace at {missing}" in out.stderr and not missing.exists()

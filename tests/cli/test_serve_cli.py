@@ -30,11 +30,14 @@ def test_serve_runs_until_interrupted(lm_workspace, tiny_model, stop, inherited)
         assert requests.get(url + "/health", timeout=10).json()["models"] == ["tiny-lm"]
         assert requests.get(url + "/?api_key=leaked-key-123", timeout=10).status_code == 404  # --no-ui
         assert requests.get(url + "/api/overview", timeout=10).status_code == 404  # nor the dashboard's registry data
+        # refused before the app runs (a DNS-rebinding probe): logged too
+        assert requests.get(url + "/v1/models", headers={"Host": "evil.example"}, timeout=10).status_code == 400
         proc.send_signal(stop)
         assert proc.wait(timeout=120) == 0  # generous: a loaded machine shuts down slowly; a hang still fails
         said = proc.stdout.read()
         line = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z 127\.0\.0\.1 GET %s %d \d+ ms"
-        assert bool(re.search(line % ("/health", 200), said) and re.search(line % ("/", 404), said)) is logged, said
+        assert bool(re.search(line % ("/health", 200), said) and re.search(line % ("/", 404), said)
+                    and re.search(line % ("/v1/models", 400), said)) is logged, said
         assert "leaked-key" not in said  # a key a client put in the query string
     finally:
         if proc.poll() is None:

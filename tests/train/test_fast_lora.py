@@ -46,6 +46,38 @@ def tied_folder(tokenizer, tmp_path_factory) -> Path:
     return _save(tiny_lm.train_tiny(tokenizer), tokenizer, tmp_path_factory.mktemp("tied"))
 
 
+# The rest of the family the fast path takes: each with what sets it apart from the Llama above.
+FAMILY = {
+    "qwen2": ("Qwen2Config", {}),                                          # q/k/v biases, none on o
+    "qwen3": ("Qwen3Config", {"head_dim": 24, "attention_bias": True}),    # q/k RMSNorm per head, an explicit head_dim
+    "mistral": ("MistralConfig", {"sliding_window": 128}),                 # a window no shorter than the context
+    "llama3-rope": ("LlamaConfig", {"rope_parameters": {                   # Llama 3.1's RoPE scaling
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32}}),
+}
+
+
+def _family_folder(kind: str, tokenizer, folder: Path) -> Path:
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    name, extra = FAMILY[kind]
+    torch.manual_seed(2)
+    config = getattr(transformers, name)(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=128, tie_word_embeddings=kind != "qwen2", **extra)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(torch.rand_like(p) + 0.5 if "norm" in n else torch.randn_like(p) * 0.1)
+    return _save(model, tokenizer, folder)
+
+
+@pytest.fixture(scope="module", params=list(FAMILY))
+def family_folder(request, tokenizer, tmp_path_factory) -> Path:
+    return _family_folder(request.param, tokenizer, tmp_path_factory.mktemp(request.param))
+
+
 def _hf(folder: Path):
     from transformers import AutoModelForCausalLM
 
@@ -63,7 +95,19 @@ def _batch(vocab: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("folder", ["llama_folder", "tied_folder"])
 def test_hf_weights_load_into_our_llama_with_hf_logits_and_save_back_unchanged(folder, request):
-    path = request.getfixturevalue(folder)
+    _loads_with_hf_logits_and_saves_back(request.getfixturevalue(folder))
+
+
+def test_the_family_loads_with_hf_logits_saves_back_and_trains_a_step_as_peft_does(family_folder):
+    _loads_with_hf_logits_and_saves_back(family_folder)
+    _a_training_step_matches_peft(family_folder)
+    from transformers import AutoModelForCausalLM
+
+    assert type(from_hf_folder(family_folder).to_hf()) is type(AutoModelForCausalLM.from_pretrained(str(family_folder)))
+    assert fast_path_reason(resolve_model(str(family_folder)), SftConfig(max_length=128)) is None
+
+
+def _loads_with_hf_logits_and_saves_back(path: Path) -> None:
     hf, ours = _hf(path), from_hf_folder(path).eval()
     x = _batch(hf.config.vocab_size)["input_ids"]
     with torch.no_grad():
@@ -106,8 +150,12 @@ def _our_grads(ours: LoraLlama) -> dict[str, torch.Tensor]:
 
 
 def test_a_seed_gives_peft_initial_adapters_and_a_training_step_matches_peft(llama_folder):
+    _a_training_step_matches_peft(llama_folder)
+
+
+def _a_training_step_matches_peft(folder: Path) -> None:
     lora = LoraConfig(r=4, alpha=8, dropout=0.0)
-    paired, ours = _peft_and_ours(llama_folder, lora, list(fast_lora.PROJECTIONS))
+    paired, ours = _peft_and_ours(folder, lora, list(fast_lora.PROJECTIONS))
     start = _peft_state(paired)
     assert ours.adapter_state().keys() == start.keys() and len(start) == 2 * 7 * 2
     for name, value in start.items():
@@ -170,7 +218,7 @@ def test_the_fast_path_takes_exactly_the_llamas_the_fast_decoder_takes(tokenizer
     folder = _save(model, tokenizer, tmp_path / "m")
     reloaded = AutoModelForCausalLM.from_pretrained(str(folder))
     assert fast_path_reason(resolve_model(str(folder)), SftConfig()) == unsupported_reason(reloaded)
-    assert (unsupported_reason(reloaded) is None) == (config == {})
+    assert (unsupported_reason(reloaded) is None) == ("hidden_act" not in config)  # RoPE scalings are taken
 
 
 def test_other_bases_are_named_with_the_reason_and_train_through_peft(lm_workspace, chat_data, tokenizer, tmp_path):
@@ -181,13 +229,13 @@ def test_other_bases_are_named_with_the_reason_and_train_through_peft(lm_workspa
     folder = _save(gpt2, tokenizer, tmp_path / "gpt2")
     cfg = SftConfig(base=str(folder), data=chat_data, max_steps=2, batch_size=2, max_length=96, skip_bad=True,
                     eval_max_examples=2, name="gpt2-sft")
-    assert fast_path_reason(resolve_model(str(folder)), cfg) == "GPT2LMHeadModel is not a LlamaForCausalLM"
+    assert fast_path_reason(resolve_model(str(folder)), cfg) == "GPT2LMHeadModel is not a Llama, Mistral, Qwen2 or Qwen3 model"
     assert "beyond the attention" in fast_path_reason(resolve_model(str(folder)), cfg.model_copy(
         update={"lora": LoraConfig(target_modules=["lm_head"])}))
     console = Console(record=True, width=200)
     ws = Workspace.open(lm_workspace)
     model = sft(cfg, ws, Registry.for_workspace(ws.root), console=console)
-    assert "training path: transformers + peft (GPT2LMHeadModel is not a LlamaForCausalLM)" in console.export_text()
+    assert "training path: transformers + peft (GPT2LMHeadModel is not a Llama, Mistral, Qwen2 or Qwen3 model)" in console.export_text()
     assert model.lineage["metrics"]["path"] == "peft" and (model.path / "adapter_config.json").exists()
 
 
@@ -199,3 +247,11 @@ def test_sft_on_a_llama_base_takes_the_fast_path_and_says_so(lm_workspace, tiny_
     model = sft(cfg, ws, Registry.for_workspace(ws.root), console=console)
     assert "training path: fast Llama" in console.export_text()
     assert model.lineage["metrics"]["path"] == "fast"
+
+
+def test_a_sliding_window_shorter_than_the_rows_takes_the_hf_path(tokenizer, tmp_path):
+    # within its window a Mistral attends as a Llama does; past it the fast path would attend too far back
+    folder = _family_folder("mistral", tokenizer, tmp_path / "mistral")
+    assert fast_path_reason(resolve_model(str(folder)), SftConfig(max_length=128)) is None
+    assert fast_path_reason(resolve_model(str(folder)), SftConfig(max_length=256)) == \
+        "sliding_window 128 is shorter than the rows (256 tokens)"

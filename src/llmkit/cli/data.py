@@ -85,6 +85,7 @@ def from_feedback(ctx: Ctx, cfg) -> None:
     from llmkit.data.feedback import dataset_from_feedback
     from llmkit.data.feedback_rows import describe_skipped
 
+    ctx.require_workspace()  # no workspace holds no feedback: said, without making one
     ds = dataset_from_feedback(cfg, ctx.ws, ctx.registry)
     m, fb = ds.manifest, ds.manifest["feedback"]
     preference = m["task"] == "preference"

@@ -22,18 +22,39 @@ if TYPE_CHECKING:  # the HF modeling module takes seconds to import; only to_hf(
     from transformers import LlamaConfig, LlamaForCausalLM
 
 
+# The family's blocks differ in biases and one norm (transformers' modeling_{llama,mistral,qwen2,qwen3}):
+# model_type -> (q/k/v bias, o bias, mlp bias, RMSNorm of each q and k head), from the config.
+FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def block_options(cfg) -> tuple[bool, bool, bool, bool]:
+    kind = getattr(cfg, "model_type", "llama")
+    attention_bias, mlp_bias = bool(getattr(cfg, "attention_bias", False)), bool(getattr(cfg, "mlp_bias", False))
+    if kind == "qwen2":
+        return True, False, False, False
+    if kind == "qwen3":
+        return attention_bias, attention_bias, False, True
+    if kind == "mistral":
+        return False, False, False, False
+    return attention_bias, attention_bias, mlp_bias, False
+
+
 class Block(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         c, self.n_head, self.n_kv = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or c // self.n_head
-        self.eps, self.dropout = cfg.rms_norm_eps, cfg.attention_dropout
+        self.eps, self.dropout = cfg.rms_norm_eps, getattr(cfg, "attention_dropout", 0.0)
+        qkv_bias, o_bias, mlp_bias, qk_norm = block_options(cfg)
         self.attn_norm = nn.Parameter(torch.ones(c))
-        self.qkv = nn.Linear(c, (self.n_head + 2 * self.n_kv) * self.head_dim, bias=cfg.attention_bias)
-        self.o = nn.Linear(self.n_head * self.head_dim, c, bias=cfg.attention_bias)
+        self.qkv = nn.Linear(c, (self.n_head + 2 * self.n_kv) * self.head_dim, bias=qkv_bias)
+        self.o = nn.Linear(self.n_head * self.head_dim, c, bias=o_bias)
+        # Qwen3: an RMSNorm over each head's features of q and k, before RoPE
+        self.q_norm = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
+        self.k_norm = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
         self.mlp_norm = nn.Parameter(torch.ones(c))
-        self.gate_up = nn.Linear(c, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.down = nn.Linear(cfg.intermediate_size, c, bias=cfg.mlp_bias)
+        self.gate_up = nn.Linear(c, 2 * cfg.intermediate_size, bias=mlp_bias)
+        self.down = nn.Linear(cfg.intermediate_size, c, bias=mlp_bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """mask: None for plain causal attention, else (B, 1, T, T) booleans (True: may attend)."""
@@ -43,6 +64,9 @@ class Block(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q = F.rms_norm(q.float(), (self.head_dim,), self.q_norm, self.eps).to(q.dtype)
+            k = F.rms_norm(k.float(), (self.head_dim,), self.k_norm, self.eps).to(k.dtype)
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv != self.n_head,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
@@ -84,12 +108,15 @@ class Llama(nn.Module):
         self.apply(self._init)
 
     def _rope_tables(self, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of every position as transformers' rotary embedding computes them, scalings (llama3, yarn,
+        linear) and their attention factor included (models.rope)."""
+        from llmkit.models.rope import inv_freq_and_scaling
+
         cfg, head_dim = self.config, self.layers[0].head_dim
-        theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        inv_freq, scaling = inv_freq_and_scaling(cfg, head_dim)
         freqs = torch.outer(torch.arange(length or cfg.max_position_embeddings).float(), inv_freq)  # (T_max, hs/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (T_max, hs)
-        return emb.cos(), emb.sin()
+        return emb.cos() * scaling, emb.sin() * scaling
 
     def _init(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -143,8 +170,11 @@ class Llama(nn.Module):
                    p + "post_attention_layernorm.weight": b.mlp_norm}
             if b.qkv.bias is not None:
                 qb, kb, vb = b.qkv.bias.split([b.n_head * b.head_dim, b.n_kv * b.head_dim, b.n_kv * b.head_dim])
-                sd |= {p + "self_attn.q_proj.bias": qb, p + "self_attn.k_proj.bias": kb, p + "self_attn.v_proj.bias": vb,
-                       p + "self_attn.o_proj.bias": b.o.bias}
+                sd |= {p + "self_attn.q_proj.bias": qb, p + "self_attn.k_proj.bias": kb, p + "self_attn.v_proj.bias": vb}
+            if b.o.bias is not None:
+                sd[p + "self_attn.o_proj.bias"] = b.o.bias
+            if b.q_norm is not None:
+                sd |= {p + "self_attn.q_norm.weight": b.q_norm, p + "self_attn.k_norm.weight": b.k_norm}
             gate, up = b.gate_up.weight.chunk(2)
             sd |= {p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up, p + "mlp.down_proj.weight": b.down.weight}
             if b.gate_up.bias is not None:
@@ -183,6 +213,9 @@ class Llama(nn.Module):
                 weights[ours + "qkv.bias"] = torch.cat([get(attn + p + "_proj.bias") for p in "qkv"])
             if b.o.bias is not None:
                 weights[ours + "o.bias"] = get(attn + "o_proj.bias")
+            if b.q_norm is not None:
+                weights[ours + "q_norm"] = get(attn + "q_norm.weight", torch.float32)
+                weights[ours + "k_norm"] = get(attn + "k_norm.weight", torch.float32)
             if b.gate_up.bias is not None:
                 weights[ours + "gate_up.bias"] = torch.cat([get(mlp + "gate_proj.bias"), get(mlp + "up_proj.bias")])
                 weights[ours + "down.bias"] = get(mlp + "down_proj.bias")
@@ -193,14 +226,15 @@ class Llama(nn.Module):
         return model
 
     def to_hf(self) -> LlamaForCausalLM:
-        from transformers import LlamaConfig, LlamaForCausalLM
+        """The HF module of the architecture the config names (Llama, Mistral, Qwen2, Qwen3) with these weights."""
+        from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig
 
-        config = self.config if isinstance(self.config, LlamaConfig) else LlamaConfig(**vars(self.config))
-        hf = LlamaForCausalLM(config)
+        config = self.config if isinstance(self.config, PretrainedConfig) else LlamaConfig(**vars(self.config))
+        hf = AutoModelForCausalLM.from_config(config)
         missing, unexpected = hf.load_state_dict(self.hf_state_dict(), strict=False)
         missing = [m for m in missing if not (self.config.tie_word_embeddings and m == "lm_head.weight")]
         if missing or unexpected:
-            raise RuntimeError(f"weights do not map onto LlamaForCausalLM: missing {missing}, unexpected {unexpected}")
+            raise RuntimeError(f"weights do not map onto {type(hf).__name__}: missing {missing}, unexpected {unexpected}")
         if self.config.tie_word_embeddings:
             hf.tie_weights()
         return hf.eval()

@@ -6,7 +6,7 @@ and nn.Linear's (out, in) weight layout takes a slow MKL gemv path on CPU for on
 the weights of a Llama, Mistral, Qwen2 or Qwen3 model are read once into a decode layout
 (`runtime.llama_layout`: q/k/v and gate/up fused, transposed, split per thread, RMSNorm weights and
 the attention scale folded in; quantized layers on PyTorch's int8/int4 CPU kernels), RoPE
-with its scaling comes from transformers' own functions (`runtime.rope`), and a token costs a flat
+with its scaling comes from transformers' own functions (`models.rope`), and a token costs a flat
 run of about twenty cheap torch ops per layer.
 
 The core is shaped for continuous batching: `prefill()` turns a prompt into a `LlamaState` (one
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.models import native_kernel
+from llmkit.models.rope import rope_parameters, rope_rotations
 from llmkit.runtime.llama_layout import (
     LayoutBuilder,
     QuantMatmul,
@@ -37,7 +38,6 @@ from llmkit.runtime.llama_layout import (
     unsupported_reason,
 )
 from llmkit.runtime.lora_rows import AdapterSet, add_delta
-from llmkit.runtime.rope import rope_parameters, rope_rotations
 
 __all__ = ["FastLlama", "LlamaState", "decode_unsupported_reason", "rope_parameters", "unsupported_reason"]
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from llmkit.models.quantized import QuantLinear
 from llmkit.models.quantized_matmul import Int8BlockPacked, kernel_reason, pack_fp16_exact, pack_weight
-from llmkit.runtime.rope import rope_reason
+from llmkit.models.rope import rope_reason
 
 FAMILY = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -77,18 +77,11 @@ def decode_unsupported_reason(model) -> str | None:
 
 
 def unsupported_reason(model) -> str | None:
-    """The strict subset the fast *training* forward (models/llama.py, train/fast_lora.py) shares with
-    decoding: an unquantized LlamaForCausalLM with default RoPE and SiLU. Decoding takes more
+    """The subset the fast *training* forward (models/llama.py, train/fast_lora.py) shares with decoding: an
+    unquantized model of the family that FastLlama decodes exactly. Decoding takes quantized layers too
     (`decode_unsupported_reason`)."""
-    from transformers import LlamaForCausalLM
-
-    if not isinstance(model, LlamaForCausalLM):
-        return f"{type(model).__name__} is not a LlamaForCausalLM"
-    from llmkit.runtime.rope import rope_parameters
-
-    if rope_parameters(model.config)["rope_type"] != "default":
-        return f"rope_type '{rope_parameters(model.config)['rope_type']}' is not implemented"
-    if any(isinstance(lin, QuantLinear) for layer in model.model.layers for lin in _projections(layer)):
+    if type(model).__name__ in FAMILY and any(isinstance(lin, QuantLinear) for layer in model.model.layers
+                                                 for lin in _projections(layer)):
         return "the linear layers are quantized"
     return decode_unsupported_reason(model)
 

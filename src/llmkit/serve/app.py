@@ -32,6 +32,37 @@ def access_line(request: Request, status: int, seconds: float) -> None:
     print(f"{stamp} {client} {request.method} {request.url.path} {status} {seconds * 1000:.0f} ms", flush=True)
 
 
+class Observed:
+    """ASGI middleware, outermost: every response counted in the metrics and, with --access-log, written to the access
+    log, those refused before the app runs included (a Host not served, a body over the limit: the probes an
+    operator most wants to see were the ones missing)."""
+
+    def __init__(self, app, state: ServerState, log: bool):
+        self.app, self.state, self.log = app, state, log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status, started = 500, None  # an unhandled exception becomes the 500 of Starlette's outermost handler
+
+        async def sending(message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], time.perf_counter()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            elapsed = (started or time.perf_counter()) - start  # to the response's start: a stream's first byte
+            path = getattr(scope.get("route"), "path", "other")
+            self.state.metrics.requests.labels(path, str(status)).inc()
+            self.state.metrics.latency.labels(path).observe(elapsed)
+            if self.log:
+                access_line(Request(scope), status, elapsed)
+
+
 def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace, access: Access) -> FastAPI:
     """`access`: the config's keys and hosts, read before the models loaded (serve.build_app)."""
     state = ServerState(cfg, models, registry, workspace, Auth(access.api_keys, cfg.rate_limit))
@@ -48,26 +79,16 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
             served.engine.on_prefill = state.metrics.prefill.labels(served.id).inc
 
     @app.middleware("http")
-    async def count(request: Request, call_next):
+    async def draining_and_in_flight(request: Request, call_next):
         if state.draining and request.url.path != "/health":  # stopping: a load balancer retries elsewhere
             state.metrics.rejected.labels("shutting_down").inc()
             return error_response(ApiError(503, "the server is shutting down; send the request to another replica",
                                            code="server_shutting_down", headers={"Retry-After": "1"}))
-        start = time.perf_counter()
-        status = 500  # an unhandled exception becomes the 500 of the outermost handler: counted here too
         state.in_flight += 1
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            return await call_next(request)
         finally:
             state.in_flight -= 1
-            path = getattr(request.scope.get("route"), "path", "other")
-            elapsed = time.perf_counter() - start
-            state.metrics.requests.labels(path, str(status)).inc()
-            state.metrics.latency.labels(path).observe(elapsed)
-            if cfg.access_log:
-                access_line(request, status, elapsed)
 
     for router in (ops.router, openai_api.router, llmkit_api.router, adapters_api.router):
         app.include_router(router)
@@ -96,6 +117,7 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
         async def root():
             return RedirectResponse("/ui/")
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_kb * 1024)
-    # Outermost: a request for a name the server does not answer is refused before anything else runs.
+    # Outermost but for Observed: a request for a name the server does not answer is refused before anything else runs.
     app.add_middleware(HostCheck, allowed=access.hosts)
+    app.add_middleware(Observed, state=state, log=cfg.access_log)
     return app

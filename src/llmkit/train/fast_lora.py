@@ -15,8 +15,9 @@ starting weights. On a fused projection the A's of its parts run as one matmul a
 block-diagonal matmul. `adapter_state` names the weights as a PeftModel saves them, so the adapter
 folder is an ordinary PEFT adapter (merge, serve, export and peft's loader take it unchanged).
 
-Which bases: what `runtime.fast_llama.unsupported_reason` accepts (a LlamaForCausalLM with default
-RoPE and SiLU); for anything else `fast_path_reason` says why, and SFT takes the peft + HF path.
+Which bases: what `runtime.fast_llama.unsupported_reason` accepts (Llama, Mistral, Qwen2 and Qwen3 with SiLU and the
+RoPE scalings transformers tabulates, a sliding window no shorter than the rows); for anything else
+`fast_path_reason` says why, and SFT takes the peft + HF path.
 """
 
 from __future__ import annotations
@@ -71,25 +72,34 @@ def fast_path_reason(base: Model, cfg: SftConfig) -> str | None:
         config = AutoConfig.from_pretrained(str(base.path), trust_remote_code=False)
     except Exception:  # the HF path loads it again and reports the problem in its own words
         return "its config.json does not load as a transformers config"
-    return architecture_reason(config)
+    return architecture_reason(config, cfg.max_length)
 
 
-def architecture_reason(config) -> str | None:
+def architecture_reason(config, max_length: int | None = None) -> str | None:
     """What `runtime.fast_llama.unsupported_reason` says of the HF module `config` describes, read from the config
-    alone: building that module, even on the meta device, costs ~125 MB of transformers imports."""
+    alone: building that module, even on the meta device, costs ~125 MB of transformers imports. A sliding window
+    matters only if training rows are longer than it (`max_length`)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from llmkit.runtime.fast_llama import rope_parameters
+    from llmkit.models.llama import FAMILY
+    from llmkit.models.rope import rope_reason
 
     cls = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, f"model_type '{config.model_type}'")
-    if cls != "LlamaForCausalLM":
-        return f"{cls} is not a LlamaForCausalLM"
-    if rope_parameters(config)["rope_type"] != "default":
-        return f"rope_type '{rope_parameters(config)['rope_type']}' is not implemented"
+    if config.model_type not in FAMILY:
+        return f"{cls} is not a Llama, Mistral, Qwen2 or Qwen3 model"
+    reason = rope_reason(config)
+    if reason:
+        return reason
     if config.hidden_act != "silu":
         return f"hidden_act '{config.hidden_act}' is not implemented"
     if config.num_attention_heads % config.num_key_value_heads:
         return "num_attention_heads is not a multiple of num_key_value_heads"
+    window, layer_types = getattr(config, "sliding_window", None), getattr(config, "layer_types", None)
+    # Mistral applies its window to every layer; Qwen2/3 only to layers typed "sliding_attention"
+    uses_window = layer_types is None or config.model_type == "mistral" or "sliding_attention" in layer_types
+    longest = max_length or config.max_position_embeddings
+    if window is not None and uses_window and window < longest:
+        return f"sliding_window {window} is shorter than the {'rows' if max_length else 'context'} ({longest} tokens)"
     return None
 
 

@@ -1,4 +1,5 @@
-"""RoPE for the fast decoder: the rotation of every position, from transformers' own frequency functions.
+"""RoPE as transformers computes it, from its own frequency functions: the rotation of every position for the fast
+decoder (runtime.fast_llama), cos and sin tables for the training Llama (models.llama).
 
 Which scalings: HF computes inv_freq and an attention scaling (applied to cos and sin) once per model
 for `linear`, `llama3` and `yarn`, so a precomputed table is exactly what its forward uses. `dynamic`
