@@ -116,3 +116,34 @@ def test_what_cannot_be_done_is_a_one_line_4xx(url, adapters, method, path, body
 def test_a_server_without_admin_keys_keeps_its_adapters(server):
     r = requests.post(server.base_url + "/v1/adapters", json={"adapter": "x"}, timeout=30)
     assert r.status_code == 403 and "--admin-key" in r.json()["error"]["message"]
+
+
+def test_an_adapter_of_a_base_off_the_fast_path_is_served_merged_under_its_name(tmp_path, tiny_model):
+    # GPT-2 decodes on the HF module: `--adapter g=LORA` was refused where `serve BASE LORA` served it merged
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    ws = Workspace.open(tmp_path / "ws")
+    registry = Registry.for_workspace(ws.root)
+    base_dir = tmp_path / "gpt2"
+    tok = AutoTokenizer.from_pretrained(tiny_model.path)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(base_dir)
+    for file in tiny_model.path.iterdir():
+        if "token" in file.name:
+            shutil.copy(file, base_dir / file.name)
+    base = resolve_model(str(base_dir), registry)
+    lm, tok = load_causal_lm(base)
+    peft = get_peft_model(lm, LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"]))
+    adapter = ws.new_folder("models", "gpt2-lora")
+    save_adapter(peft, tok, adapter, base, {"base": {"path": str(base.path), "ref": base.ref}, "task": "causal-lm"})
+    running, _ = start_server(ws.root, [str(base_dir)], adapters=[f"g={adapter}"], workers=1)
+    try:
+        served = running.app.state.llmkit.models["g"]
+        assert served.parent is None and served.model.path == adapter  # a merged copy, under the name asked for
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        assert client.completions.create(model="g", prompt="ROMEO:", max_tokens=3, temperature=0).choices[0].text
+    finally:
+        running.stop()

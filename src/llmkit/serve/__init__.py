@@ -86,10 +86,15 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
         name, ref = split_spec(spec)
         try:
             served = attach(name, ref, models, registry)
-        except NoFastBase:
-            if spec in cfg.adapters:
-                raise
-            served = load_served(spec, cfg, registry)  # a base off the fast path: the adapter merged, on its own
+        except NoFastBase as off:
+            # a base off the fast path: the adapter merged into a copy of it, under the name asked for (a speed and
+            # memory difference, not an error: `--adapter` was refused where the same adapter listed as a model ran)
+            served = load_served(spec, cfg, registry)
+            if console:
+                console.print(f"{served.id}: {off.base_id} decodes without llmkit's fast decoder, so the adapter does "
+                              "not share its batches", markup=False, highlight=False)
+        if served.id in models:
+            raise UserError(f"two models named '{served.id}'; serve each name once")
         models[served.id] = served
         if console:
             console.print(f"loaded adapter [bold]{served.id}[/bold] on {served.parent or 'a merged copy of its base'}")

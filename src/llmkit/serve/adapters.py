@@ -4,8 +4,8 @@ adapter's (`runtime.lora_rows`). `llmkit serve BASE --adapter NAME=ADAPTER` atta
 `POST /v1/adapters` (admin key) at run time, and `DELETE /v1/adapters/NAME` takes one away once no request uses it.
 
 A base off the fast path (another architecture, llama.cpp, ONNX) cannot add deltas per row: an adapter of it is
-served merged instead, as a model of its own (a speed and memory difference, not an error) at start, and refused
-at run time with one line saying so.
+served merged instead, as a model of its own under the name asked for (a speed and memory difference, not an error)
+at start, and refused at run time with one line saying so (loading a merged copy is not a quick change).
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ _lock = threading.Lock()  # attach/detach rebuild a base's adapter set one at a 
 
 class NoFastBase(UserError):
     """The base decodes without FastLlama: adapters cannot share its batches."""
+
+    def __init__(self, message: str, base_id: str):
+        super().__init__(message)
+        self.base_id = base_id
 
 
 def split_spec(spec: str) -> tuple[str | None, str]:
@@ -73,7 +77,7 @@ def attach(name: str | None, ref: str, models: dict[str, ServedModel], registry)
     fast = fast_base(base)
     if fast is None:
         raise NoFastBase(f"'{base.id}' runs on {base.backend} without llmkit's fast decoder, so adapters cannot share its "
-                        f"batches; serve {adapter.ref} merged as a model of its own (llmkit serve {ref})")
+                        f"batches; serve {adapter.ref} merged as a model of its own (llmkit serve {ref})", base.id)
     layout = read_adapter(Path(adapter.path), name, base.net, fast.dtype)
     with _lock:
         adapter_id = next(_ids)
