@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
     app.command(epilog="Example: llmkit init --workspace ./ws")(init)
     app.command(name="ls", epilog="Example: llmkit ls models")(ls)
     app.command(epilog="Example: llmkit show shakespeare")(show)
-    app.command(epilog="Example: llmkit rm shakespeare:v1 --yes")(rm)
+    app.command(epilog="Example: llmkit rm shakespeare-nano:v1 --yes   (a dataset or run things were made from needs --force)")(rm)
     config_app = typer.Typer(help="Stage configurations.", no_args_is_help=True,
                              epilog="Example: llmkit config show train > train.yaml")
     config_app.command(name="show", epilog="Example: llmkit config show train > train.yaml")(config_show)

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     app.command(name="eval", epilog="Example: llmkit eval shakespeare-nano --data shakespeare --split test --stride 64 "
                                      "--out report.html")(eval_)
     app.command(epilog="Example: llmkit compare base-model tuned-model --data my-chats")(compare)
-    app.command(name="bench-model", epilog="Example: llmkit bench-model shakespeare-nano --prompt-tokens 128 --new-tokens 64")(bench_model)
+    app.command(name="bench-model", epilog="Example: llmkit bench-model shakespeare-nano --prompt-tokens 32 --new-tokens 32")(bench_model)
 
 
 def _progress(ctx: Ctx):

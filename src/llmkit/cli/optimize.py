@@ -33,7 +33,7 @@ def _emit(ctx: Ctx, model, rows, **extra) -> None:
 
 @configured("export")
 def export(ctx: Ctx, cfg, model: MODEL_ARG) -> None:
-    """Export a model for other runtimes: GGUF for llama.cpp and Ollama (with a Modelfile)."""
+    """Export a model for other runtimes: GGUF for llama.cpp and Ollama (with a Modelfile), or ONNX for onnxruntime."""
     from llmkit.optimize.export import export as run_export
 
     with _progress(ctx) as progress:

@@ -53,8 +53,8 @@ def before_after(before: Model, after: Model, ws: Workspace, registry: Registry,
         on = f" ({key} on the val split, at most {max_examples} records)" if dataset else ""
         table = Table(title=Text(f"{before.ref} → {after.ref}{on}"))
         keys = [k for k in rows[0] if k not in ("stage",)]
-        for k in keys:
-            table.add_column(k, justify="left" if k == "model" else "right")
+        for k in keys:  # the JSON keeps the key size_mb; its values are MiB (2**20 bytes), as the header says
+            table.add_column("size (MiB)" if k == "size_mb" else k, justify="left" if k == "model" else "right")
         for row in rows:
             table.add_row(*(format_number(row.get(k), k) for k in keys))
         console.print(table)
