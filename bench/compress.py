@@ -216,7 +216,7 @@ def smollm2_part(args, ws: Path) -> dict:
     ref = rows[0]
     print(f"\nsmollm2-135m, torch backend (llmkit decode loop), batch 1, {args.threads} threads, median of {args.runs} rounds; "
           f"load average {loadavg[0]:.2f} before")
-    print(f"{'variant':18}{'size MB':>9}{'perplexity':>12}{'Δ %':>8}{'decode tok/s':>14}{'× fp32':>8}{'end-to-end':>12}")
+    print(f"{'variant':18}{'size MiB':>9}{'perplexity':>12}{'Δ %':>8}{'decode tok/s':>14}{'× fp32':>8}{'end-to-end':>12}")
     for r in rows:
         r["delta_ppl_pct"] = round(100 * (r["perplexity"] - ref["perplexity"]) / ref["perplexity"], 3)
         r["decode_vs_fp32"] = round(r["decode_tokens_per_s"] / ref["decode_tokens_per_s"], 2)
@@ -245,7 +245,7 @@ def micro_part(args, ws: Path, load: dict) -> dict:
     agreement = q4_agreement(ws, variants)
     rows = [{**v, **s} for v, s in zip(variants, speed, strict=False)]  # the variants, then HF generate alone
     ref, hf = rows[0], speed[-1]
-    print(f"{'variant':18}{'size MB':>9}{'x smaller':>10}{'perplexity':>12}{'Δ %':>8}{'decode tok/s':>14}{'end-to-end':>12}  runs on")
+    print(f"{'variant':18}{'size MiB':>9}{'x smaller':>10}{'perplexity':>12}{'Δ %':>8}{'decode tok/s':>14}{'end-to-end':>12}  runs on")
     for r in rows:
         r["smaller_x"] = round(ref["size_mb"] / r["size_mb"], 2)
         r["delta_ppl_pct"] = round(100 * (r["perplexity"] - ref["perplexity"]) / ref["perplexity"], 3)

@@ -10,7 +10,7 @@ from llmkit.cli.options import configured
 
 def register(app: typer.Typer) -> None:
     app.command(epilog="Example: llmkit serve shakespeare-nano sms-clf --port 8000 --api-key $KEY   "
-                       "(then: curl localhost:8000/v1/models -H "Authorization: Bearer $KEY", or open http://127.0.0.1:8000/)")(serve)
+                       '(then: curl localhost:8000/v1/models -H "Authorization: Bearer $KEY", or open http://127.0.0.1:8000/)')(serve)
 
 
 @configured("serve", arguments=("models",), required=("models",),
