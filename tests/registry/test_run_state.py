@@ -101,5 +101,8 @@ def test_a_pid_given_to_a_later_process_does_not_keep_a_run_alive():
 
 
 def test_a_run_on_another_machine_stays_running_and_old_runs_have_no_state():
-    assert run_state({**running_mark(), "host": socket.gethostname() + "-elsewhere", "pid": 1}) == "running"
+    assert run_state({**running_mark(), "host": socket.gethostname() + "-elsewhere", "pid": 999999}) == "running"
+    # another container with this host name sees other pids
+    assert run_state({**running_mark(), "pid_namespace": "pid:[1]", "pid": 999999}) == "running"
+    assert run_state({**running_mark(), "pid": 999999}) == "died"
     assert run_state({"val_loss": 1.0}) is None

@@ -27,10 +27,19 @@ def _started_ticks(pid: int) -> int | None:
     return int(stat[stat.rindex(")") + 2:].split()[19])  # the name in parentheses may hold spaces
 
 
+def _pid_namespace() -> str | None:
+    """Which pid namespace this process sees (containers sharing a host name, `--network host`, each have their own:
+    a pid from another one says nothing here)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def running_mark() -> dict[str, Any]:
     """What a run records when it starts (or resumes): its state and the process running it."""
     return {"state": RUNNING, "pid": os.getpid(), "host": socket.gethostname(), "process_started": _started_ticks(os.getpid()),
-            "state_since": time.time()}
+            "pid_namespace": _pid_namespace(), "state_since": time.time()}
 
 
 def ended_mark(state: str, why: str | None = None) -> dict[str, Any]:
@@ -44,7 +53,8 @@ def ended_mark(state: str, why: str | None = None) -> dict[str, Any]:
 def run_state(metrics: dict[str, Any]) -> str | None:
     """The state of a run with these metrics; None for a run recorded before runs kept one."""
     state = metrics.get("state")
-    if state != RUNNING or metrics.get("host") != socket.gethostname() or not metrics.get("pid"):
+    if state != RUNNING or metrics.get("host") != socket.gethostname() or not metrics.get("pid") \
+            or metrics.get("pid_namespace") != _pid_namespace():
         return state
     pid = int(metrics["pid"])
     try:
