@@ -144,7 +144,7 @@ def test_on_chat_data_replies_are_scored_and_flips_follow_the_pass_score(ws, wre
         assert example["tuned_score"] >= 0.05 > example["base_score"]
 
 
-def test_the_gate_refuses_what_it_cannot_compare(ws, sms_data):
+def test_the_gate_refuses_what_it_cannot_compare(ws, sms_data, early):
     registry = Registry.for_workspace(ws.root)
     with pytest.raises(UserError, match=r"^compare.data is not set"):
         gate("tiny-lm", "gate-early", CompareConfig(), ws, registry)
@@ -154,6 +154,18 @@ def test_the_gate_refuses_what_it_cannot_compare(ws, sms_data):
         gate("tiny-lm", "gate-early", CompareConfig(data="sms"), ws, registry)
     with pytest.raises(UserError, match=r"compare.split = 'train2': dataset tiny:v1 has no records there"):
         gate("tiny-lm", "gate-early", CompareConfig(data="tiny", split="train2"), ws, registry)
+    # an export as TUNED: refused before BASE is scored (minutes of silence first, on a real model)
+    export = ws.root.parent / "an-export"
+    export.mkdir(exist_ok=True)
+    for file in ("config.json", "tokenizer.json", "tokenizer_config.json"):  # an export folder keeps them
+        (export / file).write_bytes((Path(registry.get("tiny-lm").path) / file).read_bytes())
+    (export / "llmkit.json").write_text('{"format": "gguf", "task": "causal-lm"}')
+    from rich.progress import Progress
+
+    with Progress(disable=True) as progress, \
+            pytest.raises(UserError, match=r"an-export.* is a gguf export; the gate compares the models exports are made"):
+        gate("tiny-lm", str(export), CompareConfig(data="tiny"), ws, registry, progress=progress)
+    assert progress.tasks == []  # nothing was scored
 
 
 def test_compare_cli_exits_0_on_pass_1_on_fail_and_2_on_a_bad_threshold_key(ws, early, wrecked, tmp_path: Path, cli_here):

@@ -29,6 +29,7 @@ from llmkit.eval.items import (
     load_lm,
     preference_items,
     rated_items,
+    refuse_export,
 )
 from llmkit.eval.report import Report
 from llmkit.models.io import Model, resolve_model
@@ -196,6 +197,7 @@ def gate(base_ref: str, tuned_ref: str, cfg: CompareConfig, ws: Workspace | None
     ds = open_dataset(registry, cfg.data)
     expected = "classification" if ds.kind == "classify" else "causal-lm"
     for model in (base, tuned):
+        refuse_export(model)  # before minutes of scoring the other one
         if model_task(model) != expected:
             raise UserError(f"{model.ref} is a {model_task(model)} model and {ds.ref} is a {ds.kind} dataset; "
                             f"the gate needs two {expected} models for it")

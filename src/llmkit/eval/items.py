@@ -30,12 +30,16 @@ def item_id(record: dict[str, Any], index: int, split: str) -> str:
     return str(record.get("source") or f"{split}#{index}")
 
 
-def load_lm(model: Model):
-    from llmkit.models.io import load_causal_lm
-
+def refuse_export(model: Model) -> None:
     if (model.lineage or {}).get("format") in ("gguf", "onnx"):
         raise UserError(f"{model.ref} is a {(model.lineage or {})['format']} export; the gate compares the models "
                         "exports are made from (compare before exporting)")
+
+
+def load_lm(model: Model):
+    from llmkit.models.io import load_causal_lm
+
+    refuse_export(model)
     return load_causal_lm(model)
 
 
