@@ -39,9 +39,14 @@ def test_lm_distillation_lowers_the_students_loss(lm_workspace: Path, tiny_model
     reg = Registry.for_workspace(ws.root)
     cfg = DistillConfig(teacher="tiny-lm", student="tiny-student", data="tiny", max_steps=40, batch_size=8, max_length=32,
                         lr=5e-3, eval_max_examples=32, seed=4, name="distilled-lm")
-    model = distill(cfg, ws, reg)
+    from rich.console import Console
+
+    console = Console(record=True, width=300)
+    model = distill(cfg, ws, reg, console=console)
     m = model.lineage["metrics"]
     assert m["val_loss"] < m["student_val_loss_before"] - 0.1
+    # the run says what it improves on (the README's "the student's before and after")
+    assert f"student before distillation: val_loss {m['student_val_loss_before']:.4f}" in console.export_text()
     assert m["student_parameters"] < m["teacher_parameters"]
     assert (model.path / "model.safetensors").exists()
     assert dict(reg.parents(model.id))["teacher"].id == tiny_model.id

@@ -134,7 +134,8 @@ def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry 
     if console is not None:
         console.print(f"teacher {teacher_ref.ref}: {t_params:,} parameters; student: {s_params:,} ({s_params / t_params:.1%}); "
                       f"temperature {cfg.temperature}, alpha {cfg.alpha}; teacher on val: "
-                      + ", ".join(f"{k} {v:.4f}" for k, v in teacher_scores.items()))
+                      + ", ".join(f"{k} {v:.4f}" for k, v in teacher_scores.items())
+                      + f"; student before distillation: {job.score} {before[job.score]:.4f}")
     score_test = job.info.pop("score_test", None)  # a function, not a figure: kept out of the summary
     fitted = fit(job, cfg, "distill", ws, registry, run_dir, run_id, console, stop_at_step)
     if classifier:
