@@ -13,7 +13,7 @@ from llmkit.cli.options import configured
 
 
 def register(app: typer.Typer) -> None:
-    app.command(epilog="Example: llmkit gc --dry-run;  llmkit gc --failed-runs --yes   (from cron)")(gc)
+    app.command(epilog="Example: llmkit gc --dry-run, then llmkit gc --failed-runs --yes   (from cron)")(gc)
 
 
 @configured(None)
