@@ -94,3 +94,37 @@ def test_gc_cli_lists_asks_and_removes(workspace, cli_here, monkeypatch):
     assert made["fresh"].exists() and Path(made["kept"].path).exists()
     again = cli_here("gc", "--yes", workspace=ws.root, check=True)
     assert "nothing to remove" in again.stdout
+
+
+def test_gc_refuses_a_registry_that_is_not_this_workspaces(workspace, cli_here, monkeypatch, tmp_path):
+    # a stale $LLMKIT_DB_URL or a typo: an empty registry names none of the folders, and gc removed them all
+    ws, _, made = workspace
+    missing = tmp_path / "typo.db"
+    monkeypatch.setenv("LLMKIT_DB_URL", f"sqlite:///{missing}")
+    out = cli_here("gc", "--yes", workspace=ws.root)
+    assert out.returncode == 2 and f"no registry at {missing}" in out.stderr and not missing.exists()
+    other = tmp_path / "other.db"
+    Registry(f"sqlite:///{other}").close()  # a registry, but another workspace's (empty here)
+    monkeypatch.setenv("LLMKIT_DB_URL", f"sqlite:///{other}")
+    out = cli_here("gc", "--yes", workspace=ws.root)
+    assert out.returncode == 2 and "names none of the" in out.stderr and "nothing was removed" in out.stderr
+    assert made["orphan"].exists() and Path(made["kept"].path).exists()
+
+
+def test_gc_keeps_a_failed_run_that_can_resume(workspace):
+    ws, registry, made = workspace
+    (Path(made["failed"].path) / "checkpoints" / "step-000010").mkdir(parents=True)
+    garbage = find_garbage(registry, ws.root, KINDS, failed_runs=True)
+    assert garbage.runs == [] and any(f"--resume {made['failed'].id}" in line for line in garbage.kept)
+
+
+def test_rm_refuses_a_running_run_and_keeps_an_adapters_base_folder(workspace, cli_here):
+    # rm took a training run's folder from under it; rm --force of an adapter's base took the weights it loads
+    ws, registry, made = workspace
+    out = cli_here("rm", made["running"].id, "--yes", workspace=ws.root)
+    assert out.returncode == 2 and "is running (process" in out.stderr and Path(made["running"].path).exists()
+    assert cli_here("rm", made["running"].id, "--yes", "--force", workspace=ws.root).returncode == 0
+    base = registry.add("model", "base", path=_folder(ws, "models", "base-11"))
+    registry.add("model", "lora", path=_folder(ws, "models", "lora-12"), parents=[(base.id, "base_model")])
+    out = cli_here("rm", base.id, "--yes", "--force", workspace=ws.root, check=True)
+    assert Path(base.path).exists() and "kept its folder, which lora:v1 also use" in " ".join(out.stdout.split())

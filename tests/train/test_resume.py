@@ -209,9 +209,14 @@ def test_continuing_a_finished_run_keeps_the_version_it_made_and_a_finished_one_
     assert more.path != first.path and more.version == first.version + 1 and more.lineage["metrics"]["steps"] == 6
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == before  # v1 is what v1's record says
     versions = len(registry.list("model"))
-    with pytest.raises(UserError, match=rf"run {run} already reached step 6 of 6: nothing to train; pass a --max-steps above 6"):
+    with pytest.raises(UserError, match=rf"run {run} already trained 6 steps and its model holds them: nothing to "
+                                        r"train; pass a --max-steps above 6"):
         pretrain(tiny_config(resume=run, max_steps=6, **same), ws, registry)
     assert len(registry.list("model")) == versions
+    # a refused resume leaves the run as it was (it read "failed" after this mistake)
+    from llmkit.registry.run_state import run_state
+
+    assert run_state(registry.get(run).metrics) == "finished"
     # a smaller --max-steps went unheeded (the run trained on to its own): refused, saying why
     with pytest.raises(UserError, match=r"max_steps 3 is below the run's 6, and a resumed run keeps its schedule"):
         pretrain(tiny_config(resume=run, max_steps=3, **same), ws, registry)
@@ -244,3 +249,27 @@ def test_a_model_that_cannot_be_built_is_refused_before_a_run_is_registered(lm_w
     with pytest.raises(UserError, match=re.escape(says)):
         pretrain(tiny_config(name="unbuildable", model={**TINY, **override}, max_steps=2), ws, registry)
     assert len(registry.list("run")) == runs  # no half-made run left registered
+
+
+def test_a_run_killed_after_its_last_checkpoint_but_before_its_model_is_finished_by_resume(lm_workspace: Path):
+    """The last checkpoint is written inside the loop, the model after it: a kill between the two left a run whose
+    --resume said "nothing to train" (and marked it failed), and no model of its trained weights."""
+    import shutil
+
+    from llmkit.registry import Registry
+    from llmkit.registry.run_state import run_state, running_mark
+    from llmkit.train import pretrain
+    from llmkit.workspace import Workspace
+    from tests.conftest import tiny_config
+
+    ws = Workspace.open(lm_workspace)
+    registry = Registry.for_workspace(ws.root)
+    made = pretrain(tiny_config(name="cut-short", max_steps=4, eval_every=2, checkpoint_every=2), ws, registry)
+    run = made.lineage["run"]["id"]
+    registry.remove(made.id)  # as if killed before the model was written: the checkpoint at step 4 is all there is
+    shutil.rmtree(made.path)
+    registry.update_metrics(run, {**running_mark(), "pid": 999999})
+    assert run_state(registry.get(run).metrics) == "died"
+    finished = pretrain(tiny_config(resume=run, max_steps=4, eval_every=2, checkpoint_every=2), ws, registry)
+    assert finished.lineage["metrics"]["steps"] == 4 and (finished.path / "model.safetensors").exists()
+    assert run_state(registry.get(run).metrics) == "finished"

@@ -220,6 +220,17 @@ def show(
     ctx.emit(result, human)
 
 
+def _refuse_a_running_run(rec, force: bool) -> None:
+    """rm of a run still training took its folder from under it (the trainer then failed on its metrics file)."""
+    from llmkit.registry.run_state import RUNNING, run_state
+
+    if rec.type != "run" or force or run_state(rec.metrics) != RUNNING:
+        return
+    m = rec.metrics
+    raise UserError(f"run {rec.ref} is running (process {m.get('pid')} on {m.get('host')}); stop it first (Ctrl-C where it "
+                    f"runs, or kill -TERM {m.get('pid')}: it writes a checkpoint), or pass --force")
+
+
 def _state_line(rec, state: str) -> str:
     """show RUN's state line: since when, the error that ended it, and how to go on from a run that stopped."""
     from datetime import UTC, datetime
@@ -264,6 +275,7 @@ def rm(
         raise UserError(f"alias '{ref}' was removed already (it pointed at {move.previous_ref}); llmkit show {ref} has "
                         "its history")
     rec = ctx.registry.get(ref)
+    _refuse_a_running_run(rec, force)
     # What was made from it would lose its lineage (and a run its --resume): refused unless --force.
     trials: list = []  # a study's trial runs go with it
     if rec.type == "run" and rec.kind == "study":
@@ -287,6 +299,8 @@ def rm(
     # Asked before the record goes: a folder another record still points at is kept (workspaces made
     # before every version had its own folder hold versions that share one).
     sharing = ctx.registry.sharing_files(rec) if rec.path and not keep_files else []
+    # an adapter made on it (--force) loads its weights from this folder: the folder stays, or the adapter stops working
+    sharing += [r for relation, r in users if relation == "base_model" and r not in sharing] if not keep_files else []
     study_note = ""
     if rec.type == "run" and rec.kind == "study":
         from llmkit.tune.study import forget_study

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,6 +12,18 @@ from rich.text import Text
 
 from llmkit.cli.common import Ctx, confirm, console
 from llmkit.cli.options import configured
+from llmkit.errors import UserError
+from llmkit.registry import safe_url
+
+
+def _refuse_a_registry_not_there(ctx: Ctx) -> None:
+    """A SQLite registry named by a URL whose file does not exist would be made, empty, and name none of the
+    workspace's folders: gc would have removed every one of them (a stale $LLMKIT_DB_URL, a typo in a path)."""
+    url = ctx._db_url() or os.environ.get("LLMKIT_DB_URL") or ""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise UserError(f"no registry at {url.removeprefix('sqlite:///')}: gc reads the registry to know what is in use, "
+                        "and an empty one would make every folder look unused; check --db-url and $LLMKIT_DB_URL "
+                        "(or run gc where the registry is)")
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +34,7 @@ def register(app: typer.Typer) -> None:
 def gc(
     ctx: Ctx,
     failed_runs: Annotated[bool, typer.Option("--failed-runs", help="Also runs that failed or died (their process "
-                                              "gone) that no model was made from, with their folders.")] = False,
+                                              "gone) that no model was made from and that have no checkpoint to resume from, with their folders.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; remove nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
 ) -> None:
@@ -33,8 +47,13 @@ def gc(
     from llmkit.workspace import KINDS
 
     ctx.require_workspace()
+    _refuse_a_registry_not_there(ctx)
     protected = {move.model_id for move in current(ctx.registry).values() if move.model_id}
     garbage = find_garbage(ctx.registry, ctx.ws.root, KINDS, failed_runs=failed_runs, protected=protected)
+    if garbage.folders and garbage.not_this_workspace:
+        raise UserError(f"the registry {safe_url(ctx.registry.url)} names none of the {len(garbage.folders)} folders in "
+                        f"{ctx.ws.root}: it is not this workspace's registry (check --db-url and $LLMKIT_DB_URL); "
+                        "nothing was removed")
     mib = garbage.bytes / 2**20
     if garbage and not dry_run:
         counts = {"folder": len(garbage.folders), "record": len(garbage.records), "run": len(garbage.runs)}

@@ -1,5 +1,5 @@
 """What `llmkit gc` removes from a workspace: folders no record points at, records whose folder here is gone, and
-(when asked) runs that failed or died with nothing made from them.
+(when asked) runs that failed or died with nothing made from them and no checkpoint to resume from.
 
 Folders lose their record when a command is killed between writing and registering, after `rm --keep-files`,
 or when a machine sharing the registry removed the record (`rm` deletes only folders in its own workspace). A
@@ -35,6 +35,7 @@ class Garbage:
     runs: list[Record] = field(default_factory=list)      # failed or died, nothing made from them (with their folders)
     kept: list[str] = field(default_factory=list)         # what looked like garbage and stays, and why
     sizes: dict[str, int] = field(default_factory=dict)   # path -> bytes on disk
+    not_this_workspace: bool = False  # no record names any folder of the workspace: another workspace's registry
 
     @property
     def bytes(self) -> int:
@@ -55,6 +56,9 @@ def find_garbage(registry: Registry, root: Path, kinds: Iterable[str], *, failed
     # datasets/feedback-exports, which their records cite by file and line)
     named = {_kind_and_name(Path(text), kinds) for r in records for text in (r.path, *_strings(r.params)) if text}
     out = Garbage()
+    present = {(kind, entry.name) for kind in kinds if (root / kind).is_dir() for entry in (root / kind).iterdir()
+               if not entry.name.startswith(".")}
+    out.not_this_workspace = bool(present) and not (present & named)
     for kind in kinds:
         folder = root / kind
         for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -79,6 +83,10 @@ def find_garbage(registry: Registry, root: Path, kinds: Iterable[str], *, failed
                 out.records.append(rec)
         elif failed_runs and here and rec.type == "run" and run_state(rec.metrics) in (FAILED, DIED) \
                 and rec.id not in with_children and rec.kind != "study":
+            if any((Path(rec.path) / "checkpoints").glob("step-*")):  # it resumes: its trained steps are not garbage
+                out.kept.append(f"run {rec.ref} ({rec.id}, {run_state(rec.metrics)}) has checkpoints: --resume {rec.id} "
+                                f"continues it; llmkit rm {rec.id} removes it")
+                continue
             out.runs.append(rec)
             out.sizes[rec.path] = _size(Path(rec.path))
     return out

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 RUNNING, FINISHED, STOPPED, FAILED, PRUNED, DIED = "running", "finished", "stopped", "failed", "pruned", "died"
+# every key a state mark writes (running_mark, ended_mark)
+STATE_KEYS = ("state", "pid", "host", "process_started", "pid_namespace", "state_since", "error", "note")
 
 
 def _started_ticks(pid: int) -> int | None:

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from llmkit.config import RENAMED_SECTIONS
 from llmkit.errors import UserError
-from llmkit.registry.run_state import FAILED, FINISHED, STOPPED, ended_mark, running_mark
+from llmkit.registry.run_state import FAILED, FINISHED, STATE_KEYS, STOPPED, ended_mark, running_mark
 from llmkit.workspace import TMP_PREFIX, atomic_dir, remove_stale_tmp
 
 STEP_PREFIX = "step-"
@@ -73,7 +73,9 @@ def tracks_runs(trainer):
             kept = []
             for entry in _STARTED.get():
                 registry, run_dir, run_id, resumed = entry
-                if not resumed and latest_step(run_dir) == 0:
+                if resumed:  # a refused resume is not the run failing: it is as it was (finished, stopped, died)
+                    _restore_state(registry, run_id)
+                elif latest_step(run_dir) == 0:
                     registry.remove(run_id)
                     shutil.rmtree(run_dir, ignore_errors=True)
                 else:
@@ -86,8 +88,20 @@ def tracks_runs(trainer):
             _mark_all(ended_mark(FAILED, f"{type(err).__name__}: {line}" if line else type(err).__name__))
             raise
         finally:
+            for _, _, run_id, _ in _STARTED.get() or []:
+                _BEFORE_RESUME.pop(run_id, None)
             _STARTED.reset(token)
     return wrapper
+
+
+_BEFORE_RESUME: dict[str, dict[str, Any]] = {}  # a resumed run's state keys as they were, until its trainer returns
+
+
+def _restore_state(registry, run_id: str) -> None:
+    try:
+        registry.update_metrics(run_id, _BEFORE_RESUME.pop(run_id, {}))
+    except Exception:  # noqa: BLE001 - best effort, as _mark_all
+        pass
 
 
 def _mark_all(mark: dict[str, Any]) -> None:
@@ -104,6 +118,14 @@ def _track(registry, run_dir: Path, run_id: str, resumed: bool) -> None:
     started = _STARTED.get()
     if started is not None:
         started.append((registry, run_dir, run_id, resumed))
+
+
+def model_made_at(registry, run_id: str | None, step: int) -> bool:
+    """Whether a model registered from run `run_id` holds its weights of step `step`."""
+    if run_id is None or registry is None:
+        return True
+    return any(relation == "produced_by" and child.type == "model" and child.metrics.get("steps") == step
+               for relation, child in registry.children(run_id))
 
 
 def start_run(ws, registry, name: str, section: str, cfg, parents: list[tuple[str, str]],
@@ -164,6 +186,8 @@ def resume_run(cfg, section: str, registry) -> tuple[Any, Path | None, str | Non
                         "where you want with Ctrl-C (it writes a checkpoint)")
     run_id = rec.id if rec else json.loads((path / "run.json").read_text())["id"]
     if _STARTED.get() is not None and os.environ.get("RANK", "0") == "0":  # rank 0 speaks for a torchrun run
+        before = (rec or registry.find(run_id, "run"))
+        _BEFORE_RESUME[run_id] = {k: (before.metrics if before else {}).get(k) for k in STATE_KEYS}
         registry.update_metrics(run_id, running_mark())
         _track(registry, path, run_id, resumed=True)
     return saved, path, run_id

@@ -25,7 +25,7 @@ import torch
 from llmkit.config import FinetuneConfig
 from llmkit.errors import UserError
 from llmkit.registry import Registry
-from llmkit.train.checkpoint import latest_step, start_run, tracks_runs
+from llmkit.train.checkpoint import latest_step, model_made_at, start_run, tracks_runs
 from llmkit.train.loop import Job
 from llmkit.train.loop import fit as loop_fit
 from llmkit.train.metrics import MetricsLog, plot_losses, read_metrics
@@ -134,7 +134,8 @@ def fit(job: FinetuneJob, cfg: FinetuneConfig, section: str, ws: Workspace, regi
                    total_steps=total_steps, lr=cfg.lr, warmup_steps=round(cfg.warmup_ratio * total_steps),
                    grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every,
                    steps_per_epoch=steps_per_epoch, checkpoint_every=cfg.checkpoint_every,
-                   keep_checkpoints=cfg.keep_checkpoints, precision=precision, device=device, trainable_only=True)
+                   keep_checkpoints=cfg.keep_checkpoints, precision=precision, device=device, trainable_only=True,
+                   made_model_at=lambda at: model_made_at(registry, run_id, at))
     result = loop_fit(loop_job, run_dir, run_id, MetricsLog(run_dir / "metrics.jsonl", cfg.log), console,
                       stop_at_step=stop_at_step, time_limit_s=time_limit_s)
     best = result.best or {"step": result.step, **result.last_eval}

@@ -201,6 +201,9 @@ class Job:
     load_state: Callable[[dict[str, Any]], None] = lambda state: None
     dist: Dist = field(default_factory=Dist)
     tokens_per_step: int | None = None               # the same every step (pretraining); else counted
+    # whether a model holding the weights of this step is registered (checkpoint.model_made_at): a run killed
+    # between its last checkpoint and writing its model has none, and a resume finishes it instead of refusing
+    made_model_at: Callable[[int], bool] = lambda step: True
 
 
 @dataclass
@@ -265,9 +268,9 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
     d, model = job.dist, job.model
     amp = lambda: autocast(job.precision, job.device)  # noqa: E731
     step, best, evals, without_gain = _restore(job, run_dir)
-    if step and step >= job.total_steps:  # it registered another version of the same weights
-        raise UserError(f"run {run_id} already reached step {step} of {job.total_steps}: nothing to train; pass a "
-                        f"--max-steps above {step} to continue it")
+    if step and step >= job.total_steps and job.made_model_at(step):  # it would register the same weights again
+        raise UserError(f"run {run_id} already trained {step} steps and its model holds them: nothing to train; pass "
+                        f"a --max-steps above {step} to continue it")
     forward = job.wrap(model)
 
     def better(value: float) -> bool:
@@ -368,6 +371,9 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
         if (best_dir / "metrics.json").exists():
             best_metrics = json.loads((best_dir / "metrics.json").read_text())
     model.eval()
+    if not last_eval and best_metrics is None:  # a run finished from its last checkpoint: nothing evaluated here
+        with amp():
+            last_eval = job.evaluate(model)
     return LoopResult(step, seconds, tokens_seen, best_metrics, last_eval, stopped_early)
 
 

@@ -24,6 +24,7 @@ from llmkit.registry import Registry, given_or_default
 from llmkit.train.batches import TokenWindows
 from llmkit.train.checkpoint import (
     latest_step,
+    model_made_at,
     resume_run,
     run_model_folder,
     start_run,
@@ -133,7 +134,8 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
               early_stopping=cfg.early_stopping, precision=precision, device=device_type, trainable_only=False,
               wrap=wrap, state=lambda: {"sampler": sampler.get_state()},
               load_state=lambda state: sampler.set_state(state["sampler"]), dist=d,
-              tokens_per_step=cfg.batch_size * cfg.grad_accum * cfg.context * d.world)
+              tokens_per_step=cfg.batch_size * cfg.grad_accum * cfg.context * d.world,
+              made_model_at=lambda at: model_made_at(registry, run_id, at))
     result = fit(job, run_dir, run_id, metrics, log if d.is_main else None, time_limit_s=time_limit_s)
     # The best evaluation's figures; a best kept by an older llmkit has none beside it: measure again.
     final = result.best if result.best is not None else run_eval(model)
