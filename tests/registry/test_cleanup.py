@@ -106,9 +106,14 @@ def test_gc_refuses_a_registry_that_is_not_this_workspaces(workspace, cli_here, 
     other = tmp_path / "other.db"
     Registry(f"sqlite:///{other}").close()  # a registry, but another workspace's (empty here)
     monkeypatch.setenv("LLMKIT_DB_URL", f"sqlite:///{other}")
+    moved = tmp_path / "registry.db.moved"  # a workspace without its own registry.db to fall back on
+    (ws.root / "registry.db").rename(moved)
     out = cli_here("gc", "--yes", workspace=ws.root)
     assert out.returncode == 2 and "names none of the" in out.stderr and "nothing was removed" in out.stderr
     assert made["orphan"].exists() and Path(made["kept"].path).exists()
+    moved.rename(ws.root / "registry.db")  # with it, what it names stays whatever registry gc was given
+    assert cli_here("gc", "--yes", workspace=ws.root).returncode == 0
+    assert not made["orphan"].exists() and Path(made["kept"].path).exists()
 
 
 def test_gc_keeps_a_failed_run_that_can_resume(workspace):
@@ -128,3 +133,25 @@ def test_rm_refuses_a_running_run_and_keeps_an_adapters_base_folder(workspace, c
     registry.add("model", "lora", path=_folder(ws, "models", "lora-12"), parents=[(base.id, "base_model")])
     out = cli_here("rm", base.id, "--yes", "--force", workspace=ws.root, check=True)
     assert Path(base.path).exists() and "kept its folder, which lora:v1 also use" in " ".join(out.stdout.split())
+
+
+def test_gc_pointed_at_another_workspaces_registry_keeps_what_this_ones_names(workspace, cli_here, monkeypatch,
+                                                                              tmp_path):
+    # another workspace's registry that named one folder of this one (a dataset of the same file: same folder name)
+    ws, registry, made = workspace
+    other = Registry(f"sqlite:///{tmp_path / 'other.db'}")
+    other.add("dataset", "ds", params={"inputs": [str(ws.root / "datasets" / "ds-5")]})
+    other.close()
+    monkeypatch.setenv("LLMKIT_DB_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    listed = json.loads(cli_here("gc", "--dry-run", "--json", workspace=ws.root, check=True).stdout)
+    assert listed["folders"] == [str(made["orphan"])]  # this workspace's registry.db still names the rest
+    for i in range(5):  # most folders unnamed: refused, even with a yes
+        _aged(_folder(ws, "models", f"stray-{i}"))
+    monkeypatch.delenv("LLMKIT_DB_URL")
+    out = cli_here("gc", "--yes", workspace=ws.root)
+    assert out.returncode == 0  # 6 unused of 17: a crash's leftovers, removed
+    for i in range(12):
+        _aged(_folder(ws, "runs", f"stray-run-{i}"))
+    out = cli_here("gc", "--yes", workspace=ws.root)
+    assert out.returncode == 2 and "look unused by the registry" in out.stderr
+    assert cli_here("gc", "--yes", "--force", workspace=ws.root).returncode == 0

@@ -273,3 +273,23 @@ def test_a_run_killed_after_its_last_checkpoint_but_before_its_model_is_finished
     finished = pretrain(tiny_config(resume=run, max_steps=4, eval_every=2, checkpoint_every=2), ws, registry)
     assert finished.lineage["metrics"]["steps"] == 4 and (finished.path / "model.safetensors").exists()
     assert run_state(registry.get(run).metrics) == "finished"
+
+
+def test_a_finished_run_without_a_checkpoint_is_not_retrained_under_its_name(lm_workspace: Path, tmp_path: Path):
+    # it trained from step 0 again, and a second time wrote into the first retrain's model folder
+    from llmkit.errors import UserError
+    from llmkit.registry import Registry
+    from llmkit.train import pretrain
+    from llmkit.train.checkpoint import run_model_folder
+    from llmkit.workspace import Workspace
+    from tests.conftest import tiny_config
+
+    ws = Workspace.open(lm_workspace)
+    registry = Registry.for_workspace(ws.root)
+    made = pretrain(tiny_config(name="no-ckpt", max_steps=2, eval_every=2, checkpoint_every=100), ws, registry)
+    run = made.lineage["run"]["id"]
+    with pytest.raises(UserError, match=rf"run {run} finished without a checkpoint to resume from"):
+        pretrain(tiny_config(resume=run, max_steps=2, eval_every=2, checkpoint_every=100), ws, registry)
+    first = run_model_folder(ws, "no-ckpt", run, 2)  # the run's own folder exists: the step folder
+    first.mkdir()
+    assert run_model_folder(ws, "no-ckpt", run, 2) not in (first, made.path)

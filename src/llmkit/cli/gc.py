@@ -37,6 +37,8 @@ def gc(
                                               "gone) that no model was made from and that have no checkpoint to resume from, with their folders.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; remove nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Remove them even when most of the workspace's folders look "
+                                                        "unused (a registry that is not this workspace's).")] = False,
 ) -> None:
     """Remove what the workspace holds that nothing uses: folders no record points at (a command killed before
     it registered, rm --keep-files, a record removed from another machine), records whose folder is gone, and with
@@ -54,6 +56,11 @@ def gc(
         raise UserError(f"the registry {safe_url(ctx.registry.url)} names none of the {len(garbage.folders)} folders in "
                         f"{ctx.ws.root}: it is not this workspace's registry (check --db-url and $LLMKIT_DB_URL); "
                         "nothing was removed")
+    unused, seen = len(garbage.folders), garbage.folders_seen
+    if not dry_run and not force and unused >= 4 and 2 * unused > seen:  # a crash leaves a few, not most
+        raise UserError(f"{unused} of the {seen} folders in {ctx.ws.root} look unused by the registry "
+                        f"{safe_url(ctx.registry.url)}: is it this workspace's? (check --db-url and $LLMKIT_DB_URL); "
+                        "nothing was removed; llmkit gc --dry-run lists them, --force removes them")
     mib = garbage.bytes / 2**20
     if garbage and not dry_run:
         counts = {"folder": len(garbage.folders), "record": len(garbage.records), "run": len(garbage.runs)}

@@ -36,6 +36,7 @@ class Garbage:
     kept: list[str] = field(default_factory=list)         # what looked like garbage and stays, and why
     sizes: dict[str, int] = field(default_factory=dict)   # path -> bytes on disk
     not_this_workspace: bool = False  # no record names any folder of the workspace: another workspace's registry
+    folders_seen: int = 0             # the workspace's folders, named or not
 
     @property
     def bytes(self) -> int:
@@ -48,17 +49,28 @@ class Garbage:
 def find_garbage(registry: Registry, root: Path, kinds: Iterable[str], *, failed_runs: bool = False,
                  protected: set[str] = frozenset(), now: float | None = None) -> Garbage:
     """What gc would remove in the workspace at `root` (its artifact folders `kinds`); `protected` record ids
-    (a model an alias points at) are never removed."""
+    (a model an alias points at) are never removed. A folder the workspace's own registry.db names is in use too,
+    whatever registry gc was pointed at (a stale $LLMKIT_DB_URL naming another workspace's)."""
     now = time.time() if now is None else now
     kinds = tuple(kinds)
     records = registry.list()
+    own_file = root / "registry.db"
+    others = []
+    if own_file.exists() and not (registry.is_sqlite and registry.url.endswith(str(own_file))):
+        own = Registry(f"sqlite:///{own_file}", root)
+        try:
+            others = own.list()
+        finally:
+            own.close()
     # a record's own folder, and any workspace folder its params name (feedback datasets are prepared from files in
     # datasets/feedback-exports, which their records cite by file and line)
-    named = {_kind_and_name(Path(text), kinds) for r in records for text in (r.path, *_strings(r.params)) if text}
+    named = {_kind_and_name(Path(text), kinds) for r in [*records, *others] for text in (r.path, *_strings(r.params))
+             if text}
     out = Garbage()
     present = {(kind, entry.name) for kind in kinds if (root / kind).is_dir() for entry in (root / kind).iterdir()
                if not entry.name.startswith(".")}
     out.not_this_workspace = bool(present) and not (present & named)
+    out.folders_seen = len(present)
     for kind in kinds:
         folder = root / kind
         for entry in sorted(folder.iterdir()) if folder.is_dir() else []:

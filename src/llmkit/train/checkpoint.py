@@ -185,6 +185,12 @@ def resume_run(cfg, section: str, registry) -> tuple[Any, Path | None, str | Non
                         "and a resumed run keeps its schedule (only max_steps may grow); drop --max-steps, or stop it "
                         "where you want with Ctrl-C (it writes a checkpoint)")
     run_id = rec.id if rec else json.loads((path / "run.json").read_text())["id"]
+    if latest_step(path) == 0 and registry is not None and any(
+            relation == "produced_by" for relation, _ in registry.children(run_id)):
+        # it trained from step 0 again, as a new version of the same run
+        raise UserError(f"{section}.resume = '{cfg.resume}': run {run_id} finished without a checkpoint to resume from "
+                        f"(checkpoint_every {getattr(saved, 'checkpoint_every', '?')} is past its last step); train "
+                        "a new run instead")
     if _STARTED.get() is not None and os.environ.get("RANK", "0") == "0":  # rank 0 speaks for a torchrun run
         before = (rec or registry.find(run_id, "run"))
         _BEFORE_RESUME[run_id] = {k: (before.metrics if before else {}).get(k) for k in STATE_KEYS}
@@ -197,7 +203,13 @@ def run_model_folder(ws, name: str, run_id: str, step: int) -> Path:
     """The folder of the model a run makes: `<name>-<run id>`, or when a resumed run made one already, a folder of its
     own for this step (a continued run wrote over the weights of the version registered before it)."""
     first = ws.folder("models", f"{name}-{run_id}")
-    return first if not first.exists() else ws.folder("models", f"{name}-{run_id}-step{step}")
+    if not first.exists():
+        return first
+    folder, n = ws.folder("models", f"{name}-{run_id}-step{step}"), 1
+    while folder.exists():  # never another version's folder (a run continued twice to the same step)
+        n += 1
+        folder = ws.folder("models", f"{name}-{run_id}-step{step}-{n}")
+    return folder
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
