@@ -256,6 +256,7 @@ def test_a_run_killed_after_its_last_checkpoint_but_before_its_model_is_finished
     --resume said "nothing to train" (and marked it failed), and no model of its trained weights."""
     import shutil
 
+    from llmkit.errors import UserError
     from llmkit.registry import Registry
     from llmkit.registry.run_state import run_state, running_mark
     from llmkit.train import pretrain
@@ -268,6 +269,9 @@ def test_a_run_killed_after_its_last_checkpoint_but_before_its_model_is_finished
     run = made.lineage["run"]["id"]
     registry.remove(made.id)  # as if killed before the model was written: the checkpoint at step 4 is all there is
     shutil.rmtree(made.path)
+    registry.update_metrics(run, running_mark())  # as if still training in a live process: two would interleave
+    with pytest.raises(UserError, match=rf"run {run} is still running \(process {os.getpid()} on"):
+        pretrain(tiny_config(resume=run, max_steps=4, eval_every=2, checkpoint_every=2), ws, registry)
     registry.update_metrics(run, {**running_mark(), "pid": 999999})
     assert run_state(registry.get(run).metrics) == "died"
     finished = pretrain(tiny_config(resume=run, max_steps=4, eval_every=2, checkpoint_every=2), ws, registry)

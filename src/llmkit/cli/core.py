@@ -226,9 +226,14 @@ def _refuse_a_running_run(rec, force: bool) -> None:
 
     if rec.type != "run" or force or run_state(rec.metrics) != RUNNING:
         return
+    from llmkit.registry.run_state import here
+
     m = rec.metrics
-    raise UserError(f"run {rec.ref} is running (process {m.get('pid')} on {m.get('host')}); stop it first (Ctrl-C where it "
-                    f"runs, or kill -TERM {m.get('pid')}: it writes a checkpoint), or pass --force")
+    how = (f"Ctrl-C where it runs, or kill -TERM {m.get('pid')}: it writes a checkpoint" if here(m) else
+           "Ctrl-C where it runs: it is on another machine or in another container, where its process id means "
+           "something else; it writes a checkpoint")
+    raise UserError(f"run {rec.ref} is running (process {m.get('pid')} on {m.get('host')}); stop it first ({how}), or "
+                    "pass --force if it is gone")
 
 
 def _state_line(rec, state: str) -> str:
@@ -239,10 +244,11 @@ def _state_line(rec, state: str) -> str:
 
     m = rec.metrics
     since = m.get("state_since")
-    line = f"state: {state_text(rec)}" + (f" since {datetime.fromtimestamp(since, UTC).isoformat(timespec='seconds')}"
-                                          if since else "")
+    stamp = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds") if since else None
+    # a died run wrote nothing at its death: its time is when it last started or resumed
+    line = f"state: {state_text(rec)}" + (f" since {stamp}" if stamp and state != DIED else "")
     if state == DIED:
-        line += f" (process {m.get('pid')} is gone: killed, or the machine went down)"
+        line += f" (process {m.get('pid')}, running since {stamp}, is gone: killed, or the machine went down)"
     elif m.get("error"):
         line += f": {m['error']}"
     if state in (DIED, STOPPED) and rec.path and any((Path(rec.path) / "checkpoints").glob("step-*")) \

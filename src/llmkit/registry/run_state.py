@@ -52,11 +52,15 @@ def ended_mark(state: str, why: str | None = None) -> dict[str, Any]:
     return mark
 
 
+def here(metrics: dict[str, Any]) -> bool:
+    """The run's process is one this machine can see (same host name, same pid namespace)."""
+    return metrics.get("host") == socket.gethostname() and metrics.get("pid_namespace") == _pid_namespace()
+
+
 def run_state(metrics: dict[str, Any]) -> str | None:
     """The state of a run with these metrics; None for a run recorded before runs kept one."""
     state = metrics.get("state")
-    if state != RUNNING or metrics.get("host") != socket.gethostname() or not metrics.get("pid") \
-            or metrics.get("pid_namespace") != _pid_namespace():
+    if state != RUNNING or not metrics.get("pid") or not here(metrics):
         return state
     pid = int(metrics["pid"])
     try:

@@ -28,7 +28,16 @@ from safetensors.torch import load_file, save_file
 
 from llmkit.config import RENAMED_SECTIONS
 from llmkit.errors import UserError
-from llmkit.registry.run_state import FAILED, FINISHED, STATE_KEYS, STOPPED, ended_mark, running_mark
+from llmkit.registry.run_state import (
+    FAILED,
+    FINISHED,
+    RUNNING,
+    STATE_KEYS,
+    STOPPED,
+    ended_mark,
+    run_state,
+    running_mark,
+)
 from llmkit.workspace import TMP_PREFIX, atomic_dir, remove_stale_tmp
 
 STEP_PREFIX = "step-"
@@ -185,6 +194,11 @@ def resume_run(cfg, section: str, registry) -> tuple[Any, Path | None, str | Non
                         "and a resumed run keeps its schedule (only max_steps may grow); drop --max-steps, or stop it "
                         "where you want with Ctrl-C (it writes a checkpoint)")
     run_id = rec.id if rec else json.loads((path / "run.json").read_text())["id"]
+    current = rec or (registry.find(run_id, "run") if registry is not None else None)
+    if current is not None and run_state(current.metrics) == RUNNING:  # two trainers in one folder interleave checkpoints
+        m = current.metrics
+        raise UserError(f"{section}.resume = '{cfg.resume}': run {run_id} is still running (process {m.get('pid')} on "
+                        f"{m.get('host')}); stop it first (Ctrl-C where it runs: it writes a checkpoint), then resume")
     if latest_step(path) == 0 and registry is not None and any(
             relation == "produced_by" for relation, _ in registry.children(run_id)):
         # it trained from step 0 again, as a new version of the same run
