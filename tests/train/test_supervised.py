@@ -70,6 +70,9 @@ def test_truncation_that_removes_every_reply_drops_the_example(tiny_model):
     tok = load_tokenizer_for(tiny_model)
     example, truncated = encode_chat(tok, CONVERSATION, 12)
     assert example is None and truncated
+    # counted once, as skipped: not also among the truncated conversations kept (it said "89 truncated" of 66 kept)
+    examples, counts = encode_split(tok, [{"messages": CONVERSATION}], 12, skip_bad=True, where="train.jsonl")
+    assert examples == [] and (counts["empty_after_truncation"], counts["truncated"]) == (1, 0)
 
 
 def test_records_without_an_assistant_turn_are_an_error_or_skipped_and_counted(tiny_model):

@@ -100,10 +100,10 @@ def encode_split(tokenizer, records: list[dict], max_length: int, skip_bad: bool
             counts["no_assistant"] += 1
             continue
         example, truncated = encode_chat(tokenizer, messages, max_length)
-        counts["truncated"] += truncated
         if example is None:
             counts["empty_after_truncation"] += 1
             continue
+        counts["truncated"] += truncated  # of the conversations kept (a skipped one is said once, as skipped)
         examples.append(example)
     return examples, counts
 
