@@ -168,19 +168,12 @@ def _with_state(rec) -> dict:
 
 def state_text(rec) -> str:
     """A run's state for a table: "died" when its process is gone, where a run on another machine runs."""
-    from llmkit.registry.run_state import RUNNING, run_state
+    from llmkit.registry.run_state import RUNNING, here, run_state
 
     if rec.type != "run":
         return ""
     state = run_state(rec.metrics) or ""
-    host = rec.metrics.get("host")
-    return f"running on {host}" if state == RUNNING and host and host != _hostname() else state
-
-
-def _hostname() -> str:
-    import socket
-
-    return socket.gethostname()
+    return f"running on {rec.metrics.get('host')}" if state == RUNNING and not here(rec.metrics) else state
 
 
 @configured(None)

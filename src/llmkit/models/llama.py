@@ -39,6 +39,16 @@ def block_options(cfg) -> tuple[bool, bool, bool, bool]:
     return attention_bias, attention_bias, mlp_bias, False
 
 
+def sliding_window_reason(cfg, longest: int, what: str = "context") -> str | None:
+    """Why attention over `longest` tokens would not be the model's own: a sliding window shorter than that. Mistral
+    applies its window to every layer; Qwen2/3 only to layers typed "sliding_attention"."""
+    window, layer_types = getattr(cfg, "sliding_window", None), getattr(cfg, "layer_types", None)
+    uses_window = layer_types is None or getattr(cfg, "model_type", None) == "mistral" or "sliding_attention" in layer_types
+    if window is not None and uses_window and window < longest:
+        return f"sliding_window {window} is shorter than the {what} ({longest} tokens)"
+    return None
+
+
 class Block(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()

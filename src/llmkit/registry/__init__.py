@@ -18,9 +18,10 @@ from llmkit.registry.schema import (
     lineage,
     metadata,
     records,
+    registry_state,
     schema_table,
 )
-from llmkit.registry.store import Record, Registry, RegistryUnavailable, located, registry_state, safe_url
+from llmkit.registry.store import Record, Registry, RegistryUnavailable, located, safe_url
 
 __all__ = ["MIGRATIONS", "NAMED_BY_USER", "NAME_RULE", "NAME_RULE_TEXT", "RECORD_TYPES", "SCHEMA_VERSION", "Record",
            "Registry", "RegistryUnavailable", "alias_moves", "check_name", "default_name", "feedback", "given_or_default",

@@ -6,6 +6,7 @@ The schema carries its version in `llmkit_schema`; `MIGRATIONS[v - 1]` takes a d
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -82,3 +83,24 @@ def _migrate_3(conn: sa.Connection) -> None:
 
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def registry_state(url: str) -> str:
+    """What `llmkit doctor` says of a registry, read without writing or migrating: its schema, or why it cannot be read."""
+    if url.startswith("sqlite") and not Path(sa.engine.make_url(url).database or "").exists():
+        return "none yet (llmkit init, or the first command that registers something, makes it)"
+    try:
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 10} if url.startswith("postgresql") else {})
+        with engine.connect() as conn:
+            version = (conn.execute(sa.select(schema_table.c.version)).scalar()
+                       if sa.inspect(conn).has_table(schema_table.name) else None)
+        engine.dispose()
+    except Exception as err:  # a driver missing, a server down, a role refused: said, never raised
+        return f"cannot be read: {' '.join(str(getattr(err, 'orig', err)).split())[:200]}"
+    if version is None:
+        return "empty (llmkit makes its tables when it first opens it)"
+    if version < SCHEMA_VERSION:
+        return f"schema v{version}: this llmkit migrates it to v{SCHEMA_VERSION} when it opens it"
+    if version > SCHEMA_VERSION:
+        return f"schema v{version}, newer than this llmkit (v{SCHEMA_VERSION}): upgrade llmkit"
+    return f"schema v{version} (current)"

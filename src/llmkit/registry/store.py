@@ -103,7 +103,7 @@ class Registry:
                 self.engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10}
                                                if url.startswith("postgresql") else {})
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as err:
-            raise UserError(f"registry URL '{_safe_url(url)}' is not usable ({err}); use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB") from None
+            raise UserError(f"registry URL '{safe_url(url)}' is not usable ({err}); use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB") from None
         self._migrate()
 
     @classmethod
@@ -132,7 +132,7 @@ class Registry:
                 conn.execute(schema_table.insert().values(version=0))
                 current = 0
             if current > SCHEMA_VERSION:
-                raise UserError(f"the registry at {_safe_url(self.url)} has schema v{current}, newer than this llmkit (v{SCHEMA_VERSION}); upgrade llmkit")
+                raise UserError(f"the registry at {safe_url(self.url)} has schema v{current}, newer than this llmkit (v{SCHEMA_VERSION}); upgrade llmkit")
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[version - 1](conn)
                 conn.execute(schema_table.update().values(version=version))
@@ -146,9 +146,9 @@ class Registry:
             raise
         except OperationalError as err:
             # psycopg's message spans lines ("Is the server running...?"): the user gets one line.
-            raise UserError(f"cannot open the registry at {_safe_url(self.url)}: {' '.join(str(err.orig).split())}") from None
+            raise UserError(f"cannot open the registry at {safe_url(self.url)}: {' '.join(str(err.orig).split())}") from None
         if before and not self.is_sqlite:  # a team's database: everyone's older llmkit stops working on it now
-            print(f"migrated the registry at {_safe_url(self.url)} from schema v{before} to v{SCHEMA_VERSION}: llmkit "
+            print(f"migrated the registry at {safe_url(self.url)} from schema v{before} to v{SCHEMA_VERSION}: llmkit "
                   "older than this one cannot open it any more", file=sys.stderr)
 
     def _current_schema(self) -> int | None:
@@ -167,7 +167,7 @@ class Registry:
     def _refused(self, err: DBAPIError) -> RegistryUnavailable | None:
         """One line for a database that refuses this process (permissions, a read-only disk); None for other errors."""
         text = " ".join(str(getattr(err, "orig", err)).split())
-        where = _safe_url(self.url)
+        where = safe_url(self.url)
         if self.is_sqlite and ("unable to open database file" in text or "readonly database" in text):
             folder = Path(sa.engine.make_url(self.url).database or ".").resolve().parent
             if not folder.is_dir():
@@ -408,33 +408,8 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("llmkit_write") else "BEGIN")
 
 
-def registry_state(url: str) -> str:
-    """What `llmkit doctor` says of a registry, read without writing or migrating: its schema, or why it cannot be read."""
-    if url.startswith("sqlite") and not Path(sa.engine.make_url(url).database or "").exists():
-        return "none yet (llmkit init, or the first command that registers something, makes it)"
-    try:
-        engine = sa.create_engine(url, connect_args={"connect_timeout": 10} if url.startswith("postgresql") else {})
-        with engine.connect() as conn:
-            version = (conn.execute(sa.select(schema_table.c.version)).scalar()
-                       if sa.inspect(conn).has_table(schema_table.name) else None)
-        engine.dispose()
-    except Exception as err:  # a driver missing, a server down, a role refused: said, never raised
-        return f"cannot be read: {' '.join(str(getattr(err, 'orig', err)).split())[:200]}"
-    if version is None:
-        return "empty (llmkit makes its tables when it first opens it)"
-    if version < SCHEMA_VERSION:
-        return f"schema v{version}: this llmkit migrates it to v{SCHEMA_VERSION} when it opens it"
-    if version > SCHEMA_VERSION:
-        return f"schema v{version}, newer than this llmkit (v{SCHEMA_VERSION}): upgrade llmkit"
-    return f"schema v{version} (current)"
-
-
 def safe_url(url: str) -> str:
     """The URL with its password hidden."""
-    return _safe_url(url)
-
-
-def _safe_url(url: str) -> str:
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llmkit.models.llama import sliding_window_reason
 from llmkit.models.quantized import QuantLinear
 from llmkit.models.quantized_matmul import Int8BlockPacked, kernel_reason, pack_fp16_exact, pack_weight
 from llmkit.models.rope import rope_reason
@@ -67,12 +68,9 @@ def decode_unsupported_reason(model) -> str | None:
         return f"hidden_act '{cfg.hidden_act}' is not implemented"
     if cfg.num_attention_heads % cfg.num_key_value_heads:
         return "num_attention_heads is not a multiple of num_key_value_heads"
-    window = getattr(cfg, "sliding_window", None)
-    layer_types = getattr(cfg, "layer_types", None)
-    # Mistral applies its window to every layer; Qwen2/3 only to layers typed "sliding_attention".
-    uses_window = layer_types is None or name == "MistralForCausalLM" or "sliding_attention" in layer_types
-    if window is not None and uses_window and window < cfg.max_position_embeddings:
-        return f"sliding_window {window} is shorter than the context {cfg.max_position_embeddings}"
+    reason = sliding_window_reason(cfg, cfg.max_position_embeddings)
+    if reason:
+        return reason
     return _linear_reason(model)
 
 

@@ -81,7 +81,7 @@ def architecture_reason(config, max_length: int | None = None) -> str | None:
     matters only if training rows are longer than it (`max_length`)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from llmkit.models.llama import FAMILY
+    from llmkit.models.llama import FAMILY, sliding_window_reason
     from llmkit.models.rope import rope_reason
 
     cls = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, f"model_type '{config.model_type}'")
@@ -94,13 +94,8 @@ def architecture_reason(config, max_length: int | None = None) -> str | None:
         return f"hidden_act '{config.hidden_act}' is not implemented"
     if config.num_attention_heads % config.num_key_value_heads:
         return "num_attention_heads is not a multiple of num_key_value_heads"
-    window, layer_types = getattr(config, "sliding_window", None), getattr(config, "layer_types", None)
-    # Mistral applies its window to every layer; Qwen2/3 only to layers typed "sliding_attention"
-    uses_window = layer_types is None or config.model_type == "mistral" or "sliding_attention" in layer_types
-    longest = max_length or config.max_position_embeddings
-    if window is not None and uses_window and window < longest:
-        return f"sliding_window {window} is shorter than the {'rows' if max_length else 'context'} ({longest} tokens)"
-    return None
+    return sliding_window_reason(config, max_length or config.max_position_embeddings,
+                                 "rows" if max_length else "context")
 
 
 class LoraLinear(nn.Module):
