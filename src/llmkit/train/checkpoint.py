@@ -55,7 +55,8 @@ def write_run_config(run_dir: Path, section: str, cfg) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump({section: cfg.model_dump()}, sort_keys=False, allow_unicode=True))
 
 
-# The runs a trainer call has started or resumed (see `tracks_runs`): (registry, folder, id, resumed); None
+# The runs a trainer call has started or resumed (see `tracks_runs`): (registry, folder, id, the state keys a resumed
+# run had before, None for a new run); None
 # outside such a call.
 _STARTED: contextvars.ContextVar[list | None] = contextvars.ContextVar("llmkit_started_runs", default=None)
 
@@ -81,9 +82,9 @@ def tracks_runs(trainer):
         except UserError as err:
             kept = []
             for entry in _STARTED.get():
-                registry, run_dir, run_id, resumed = entry
-                if resumed:  # a refused resume is not the run failing: it is as it was (finished, stopped, died)
-                    _restore_state(registry, run_id)
+                registry, run_dir, run_id, before = entry
+                if before is not None:  # a refused resume is not the run failing: as it was (finished, stopped, died)
+                    _restore_state(registry, run_id, before)
                 elif latest_step(run_dir) == 0:
                     registry.remove(run_id)
                     shutil.rmtree(run_dir, ignore_errors=True)
@@ -97,18 +98,13 @@ def tracks_runs(trainer):
             _mark_all(ended_mark(FAILED, f"{type(err).__name__}: {line}" if line else type(err).__name__))
             raise
         finally:
-            for _, _, run_id, _ in _STARTED.get() or []:
-                _BEFORE_RESUME.pop(run_id, None)
             _STARTED.reset(token)
     return wrapper
 
 
-_BEFORE_RESUME: dict[str, dict[str, Any]] = {}  # a resumed run's state keys as they were, until its trainer returns
-
-
-def _restore_state(registry, run_id: str) -> None:
+def _restore_state(registry, run_id: str, before: dict[str, Any]) -> None:
     try:
-        registry.update_metrics(run_id, _BEFORE_RESUME.pop(run_id, {}))
+        registry.update_metrics(run_id, before)
     except Exception:  # noqa: BLE001 - best effort, as _mark_all
         pass
 
@@ -123,10 +119,10 @@ def _mark_all(mark: dict[str, Any]) -> None:
             pass
 
 
-def _track(registry, run_dir: Path, run_id: str, resumed: bool) -> None:
+def _track(registry, run_dir: Path, run_id: str, before: dict[str, Any] | None) -> None:
     started = _STARTED.get()
     if started is not None:
-        started.append((registry, run_dir, run_id, resumed))
+        started.append((registry, run_dir, run_id, before))
 
 
 def model_made_at(registry, run_id: str | None, step: int) -> bool:
@@ -154,7 +150,7 @@ def start_run(ws, registry, name: str, section: str, cfg, parents: list[tuple[st
     rec = registry.add("run", name, kind=section, path=run_dir, params=cfg.model_dump(), parents=parents,
                        metrics=running_mark())
     (run_dir / "run.json").write_text(json.dumps({"id": rec.id, **(info or {})}))
-    _track(registry, run_dir, rec.id, resumed=False)
+    _track(registry, run_dir, rec.id, before=None)
     return run_dir, rec.id
 
 
@@ -206,10 +202,9 @@ def resume_run(cfg, section: str, registry) -> tuple[Any, Path | None, str | Non
                         f"(checkpoint_every {getattr(saved, 'checkpoint_every', '?')} is past its last step); train "
                         "a new run instead")
     if _STARTED.get() is not None and os.environ.get("RANK", "0") == "0":  # rank 0 speaks for a torchrun run
-        before = (rec or registry.find(run_id, "run"))
-        _BEFORE_RESUME[run_id] = {k: (before.metrics if before else {}).get(k) for k in STATE_KEYS}
+        before = {k: (current.metrics if current else {}).get(k) for k in STATE_KEYS}
         registry.update_metrics(run_id, running_mark())
-        _track(registry, path, run_id, resumed=True)
+        _track(registry, path, run_id, before=before)
     return saved, path, run_id
 
 
