@@ -52,6 +52,19 @@ def test_allowed_host_adds_names(lm_workspace, tiny_model):
         running.stop()
 
 
+def test_bound_to_double_colon_it_answers_ipv4_and_ipv6_clients(lm_workspace, tiny_model):
+    # `::` is "every interface" as 0.0.0.0 is; asyncio (so uvicorn) bound it IPv6-only and IPv4 clients were refused.
+    running, _ = start_server(lm_workspace, ["tiny-lm"], host="::", allowed_hosts=["llm.example"], ui=False)
+    try:
+        port = _port(running.url)
+        for url in (f"http://127.0.0.1:{port}", f"http://[::1]:{port}"):
+            assert requests.get(url + "/v1/models", timeout=10).status_code == 200, url
+        _refused(requests.get(f"http://127.0.0.1:{port}/v1/models", headers={"Host": "other.example"}, timeout=10),
+                 "other.example")
+    finally:
+        running.stop()
+
+
 def test_the_allow_list_by_bind_address():
     assert allowed_hosts("127.0.0.1", []) == set(LOOPBACK_NAMES)
     assert allowed_hosts("192.168.1.5", []) == {*LOOPBACK_NAMES, "192.168.1.5"}

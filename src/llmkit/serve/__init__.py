@@ -213,13 +213,30 @@ def _uvicorn(cfg: ServeConfig, app):
     return uvicorn.Server(config)
 
 
+def _dual_stack_socket(port: int):
+    """A socket on every IPv6 and IPv4 address: `::` means every interface to users, as 0.0.0.0 does, but
+    asyncio's create_server (so uvicorn given host "::") sets IPV6_V6ONLY and IPv4 clients were refused."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    try:
+        sock.bind(("::", port))
+    except OSError as err:
+        sock.close()
+        raise UserError(f"cannot listen on [::]:{port}: {err.strerror} (is the port in use? try --port 0)") from None
+    return sock
+
+
 def start(cfg: ServeConfig, ws=None, registry=None, console=None, app=None) -> RunningServer:
     """Start a server in a background thread; returns once it accepts connections."""
     app = app or build_app(cfg, ws, registry, console)
     _check_exposure(cfg, app, console)
     server = _uvicorn(cfg, app)
     server.install_signal_handlers = lambda: None  # only the main thread may; the caller owns signals
-    thread = threading.Thread(target=server.run, daemon=True, name="llmkit-uvicorn")
+    sockets = [_dual_stack_socket(cfg.port)] if cfg.host.strip("[]") == "::" else None
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True, name="llmkit-uvicorn")
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started:
