@@ -98,6 +98,7 @@ def tokenizer_curve(vocabs: list[int], source: Path) -> list[dict]:
             before = _gpt2_bpe(split["train"], vocab)
             rows.append({"vocab": vocab, "val_records": len(split["val"]), "val_poems": len(poems),
                          "cpt_val": _chars_per_token(tok, split["val"]), "cpt_val_poems": _chars_per_token(tok, poems),
+                         "cpt_train": _chars_per_token(tok, split["train"]),
                          "cpt_val_gpt2": _chars_per_token(before, split["val"]),
                          "cpt_val_poems_gpt2": _chars_per_token(before, poems),
                          "seconds": time.perf_counter() - t0})
@@ -260,9 +261,9 @@ def main() -> None:
     rows = tokenizer_curve(vocabs, POETRY)
     plot_curve(rows, args.plot)
     print("characters per token on the val split (no separators); before = GPT-2 pre-tokens, same train split")
-    print(f"{'vocab':>6} {'val':>6} {'before':>7}")
+    print(f"{'vocab':>6} {'val':>6} {'before':>7} {'train':>6}   (train: the tokenizer on the text it was trained on)")
     for r in rows:
-        print(f"{r['vocab']:>6} {r['cpt_val']:>6.3f} {r['cpt_val_gpt2']:>7.3f}")
+        print(f"{r['vocab']:>6} {r['cpt_val']:>6.3f} {r['cpt_val_gpt2']:>7.3f} {r['cpt_train']:>6.3f}")
     print(f"  val: {rows[0]['val_records']} records, {rows[0]['val_poems']} of them hold Chinese; curve: {args.plot}")
 
     threshold = DataConfig().near_threshold
@@ -293,6 +294,7 @@ def main() -> None:
     print(json.dumps({
         "chars_per_token_val": {str(r["vocab"]): round(r["cpt_val"], 4) for r in rows},
         "chars_per_token_val_gpt2_pretokens": {str(r["vocab"]): round(r["cpt_val_gpt2"], 4) for r in rows},
+        "chars_per_token_train": {str(r["vocab"]): round(r["cpt_train"], 4) for r in rows},
         "near_dup_recall": round(near["recall"], 4), "near_dup_false_matches": near["false_matches"],
         "near_dup_recall_seeds_1_4": [round(s["recall"], 4) for s in spread],
         "near_dup_recall_before": round(before["recall"], 4),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import random
 import sys
 import time
 import uuid
@@ -24,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from llmkit.errors import UserError
+from llmkit.registry.connection import back_off, make_engine, safe_url, transient
 from llmkit.registry.names import NAMED_BY_USER, RECORD_TYPES, check_name
 from llmkit.registry.schema import (
     MIGRATIONS,
@@ -91,19 +91,7 @@ class Registry:
         self.url = url
         self.root = root  # the workspace whose folders the records' paths are read against (`located`)
         self.is_sqlite = url.startswith("sqlite")
-        try:
-            if self.is_sqlite:
-                # isolation_level=None hands transaction control to us, so writes can take the
-                # write lock up front (BEGIN IMMEDIATE) instead of failing on a read->write upgrade.
-                self.engine = sa.create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
-                sa.event.listen(self.engine, "connect", _sqlite_on_connect)
-                sa.event.listen(self.engine, "begin", _sqlite_begin)
-            else:
-                # a server that is down or unreachable is said within seconds, not after the OS's TCP timeout
-                self.engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10}
-                                               if url.startswith("postgresql") else {})
-        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as err:
-            raise UserError(f"registry URL '{safe_url(url)}' is not usable ({err}); use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB") from None
+        self.engine = make_engine(url)
         self._migrate()
 
     @classmethod
@@ -151,18 +139,28 @@ class Registry:
             print(f"migrated the registry at {safe_url(self.url)} from schema v{before} to v{SCHEMA_VERSION}: llmkit "
                   "older than this one cannot open it any more", file=sys.stderr)
 
-    def _current_schema(self) -> int | None:
-        """The schema version, read without writing; None when the registry has no schema table yet."""
-        try:
-            with self.engine.connect() as conn:
-                if not sa.inspect(conn).has_table(schema_table.name):
-                    return None
-                return conn.execute(sa.select(schema_table.c.version)).scalar()
-        except DBAPIError as err:
-            refused = self._refused(err)
-            if refused is not None:
-                raise refused from None
-            raise
+    def _current_schema(self, attempts: int = 20) -> int | None:
+        """The schema version, read without writing; None when the registry has no schema table yet.
+
+        Retried like a write: on a SQLite file another process is creating, the first connection's switch to WAL
+        can meet "database is locked" without waiting out busy_timeout (1 in ~60 two-process first opens here)."""
+        for attempt in range(attempts):
+            try:
+                with self.engine.connect() as conn:
+                    if not sa.inspect(conn).has_table(schema_table.name):
+                        return None
+                    return conn.execute(sa.select(schema_table.c.version)).scalar()
+            except OperationalError as err:
+                if not transient(err) or attempt == attempts - 1:
+                    if (refused := self._refused(err)) is not None:
+                        raise refused from None
+                    raise
+                back_off(attempt)
+            except DBAPIError as err:
+                if (refused := self._refused(err)) is not None:
+                    raise refused from None
+                raise
+        raise AssertionError("unreachable")
 
     def _refused(self, err: DBAPIError) -> RegistryUnavailable | None:
         """One line for a database that refuses this process (permissions, a read-only disk); None for other errors."""
@@ -194,12 +192,11 @@ class Registry:
                 with self.engine.execution_options(llmkit_write=True).begin() as conn:
                     return fn(conn)
             except (OperationalError, IntegrityError) as err:
-                transient = isinstance(err, IntegrityError) or "locked" in str(err) or "busy" in str(err) or "could not serialize" in str(err)
-                if not transient or attempt == attempts - 1:
+                if not (isinstance(err, IntegrityError) or transient(err)) or attempt == attempts - 1:
                     if (refused := self._refused(err)) is not None:
                         raise refused from None
                     raise
-                time.sleep(min(0.05 * (2**attempt), 1.0) * random.uniform(0.5, 1.5))
+                back_off(attempt)
             except DBAPIError as err:  # psycopg's InsufficientPrivilege is a ProgrammingError
                 if (refused := self._refused(err)) is not None:
                     raise refused from None
@@ -391,26 +388,3 @@ class Registry:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def _sqlite_on_connect(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    # WAL lets a server read while a training run writes; busy_timeout makes writers wait, not fail.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.close()
-
-
-def _sqlite_begin(conn: sa.Connection) -> None:
-    # Only writes (see _write) take the write lock up front; a read gets a plain deferred BEGIN, so
-    # under WAL it reads a snapshot instead of waiting behind (and timing out on) a writer.
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("llmkit_write") else "BEGIN")
-
-
-def safe_url(url: str) -> str:
-    """The URL with its password hidden."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable URL>"
