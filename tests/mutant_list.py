@@ -34,6 +34,8 @@ QUANT = "src/llmkit/optimize/quantize.py"
 QFORMAT = "src/llmkit/models/quantized.py"
 PRUNE = "src/llmkit/optimize/prune.py"
 ONNX = "src/llmkit/optimize/export_onnx.py"
+CLEANUP = "tests/registry/test_cleanup.py"
+GC_RUNS = f"{CLEANUP}::test_failed_runs_go_when_died_too_but_not_a_study_one_a_model_came_from_or_one_elsewhere"
 
 MUTANTS: list[Mutant] = [
     # -- data -------------------------------------------------------------------------------------
@@ -203,4 +205,42 @@ MUTANTS: list[Mutant] = [
            "usable = (len(ids) - 1) // self.block", "usable = len(ids) // self.block",
            ("tests/runtime/test_prefix_cache.py::test_a_whole_cached_prompt_still_computes_its_last_token",),
            "the last token must be computed: its logits start the answer"),
+    # -- mutation tour A (registry, shipping, fast SFT, gate) --
+    Mutant("gc-grace-reads-only-the-folders-own-time", "registry", "src/llmkit/registry/cleanup.py",
+           "if now - _last_change(entry) < GRACE_S:", "if now - entry.lstat().st_mtime < GRACE_S:",
+           (f"{CLEANUP}::test_a_folder_whose_files_changed_within_the_hour_is_kept_whatever_its_own_time",),
+           "writing a file into an old folder leaves the folder's own time alone"),
+    Mutant("gc-names-the-first-kind-in-a-path", "registry", "src/llmkit/registry/cleanup.py",
+           "for i in range(len(parts) - 2, -1, -1):", "for i in range(len(parts) - 1):",
+           (f"{CLEANUP}::test_a_workspace_inside_a_folder_named_like_a_kind_keeps_its_folders",),
+           "a workspace under /data/models/ would have every folder removed as unnamed"),
+    Mutant("gc-failed-runs-takes-a-study", "registry", "src/llmkit/registry/cleanup.py",
+           ' and rec.kind != "study":', ":", (GC_RUNS,)),
+    Mutant("gc-failed-runs-takes-a-run-a-model-came-from", "registry", "src/llmkit/registry/cleanup.py",
+           "and rec.id not in with_children and", "and", (GC_RUNS,)),
+    Mutant("gc-failed-runs-leaves-died-runs", "registry", "src/llmkit/registry/cleanup.py",
+           "in (FAILED, DIED)", "in (FAILED,)", (GC_RUNS,)),
+    Mutant("gc-removes-records-of-another-workspace", "registry", "src/llmkit/registry/cleanup.py",
+           "here = rec.path is not None and root in Path(rec.path).parents", "here = rec.path is not None", (GC_RUNS,),
+           "a record whose folder is outside this workspace is not 'gone' here"),
+    Mutant("gc-ignores-aliases", "registry", "src/llmkit/cli/gc.py",
+           "protected=protected)", "protected=set())", (f"{CLEANUP}::test_gc_keeps_the_record_an_alias_points_at",)),
+    Mutant("gc-rmtree-on-a-symlink", "registry", "src/llmkit/registry/cleanup.py",
+           "        if path.is_dir() and not path.is_symlink():", "        if path.is_dir():",
+           (f"{CLEANUP}::test_gc_removes_a_symlink_in_the_workspace_and_not_what_it_points_at",)),
+    Mutant("gc-dry-run-refused-like-a-removal", "registry", "src/llmkit/cli/gc.py",
+           "if not dry_run and not force and unused", "if not force and unused",
+           (f"{CLEANUP}::test_gc_dry_run_lists_what_a_real_run_would_refuse",),
+           "the refusal says 'llmkit gc --dry-run lists them'"),
+    Mutant("run-process-named-by-another-stat-field", "registry", "src/llmkit/registry/run_state.py",
+           "split()[19]", "split()[20]",
+           ("tests/registry/test_run_state.py::test_a_process_is_named_by_its_start_time_since_boot",),
+           "field 23 (vsize) changes as the process runs: a live run would read as died"),
+    Mutant("ambiguous-id-prefix-picks-one", "registry", "src/llmkit/registry/store.py",
+           "                if len(rows) == 1:", "                if rows:",
+           ("tests/registry/test_store.py::test_an_id_prefix_two_records_share_finds_neither",),
+           "llmkit rm PREFIX would remove one of two records"),
+    Mutant("continued-run-reuses-a-version-folder", "train", "src/llmkit/train/checkpoint.py",
+           "    while folder.exists():", "    if folder.exists():",
+           ("tests/train/test_checkpoint.py::test_a_run_continued_again_to_the_same_step_gets_a_model_folder_no_version_has",)),
 ]
