@@ -14,6 +14,8 @@ from llmkit.models.presets import PRESETS, count_parameters, llama_config
     {"num_key_value_heads": 2},
     {"tie_word_embeddings": False},
     {"attention_bias": True, "mlp_bias": True, "rope_theta": 500.0},
+    # YaRN scales cos and sin by its attention factor (1 + 0.1 ln 4 here), not only the frequencies
+    {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 12}},
 ])
 def test_logits_equal_hf_llama_with_the_same_weights(overrides):
     torch.manual_seed(0)
