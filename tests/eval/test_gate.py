@@ -64,6 +64,14 @@ def test_the_improvement_has_a_paired_bootstrap_interval_and_few_items_are_warne
     assert low == pytest.approx(1 - math.exp(-1.0)) == pytest.approx(high)
 
 
+def test_the_interval_is_95_percent_wide():
+    # 400 items, half of them gained: the mean gain 0.5 has a standard error of 0.025, so a 95 % interval reaches
+    # 1.96 of them (0.049) either side, a 90 % one only 1.645 (0.041)
+    base = [{"score": 0.0} for _ in range(400)]
+    low, high = improvement_interval("classify", base, [{"score": float(i % 2)} for i in range(400)])
+    assert 0.045 < 0.5 - low < 0.054 and 0.045 < high - 0.5 < 0.054
+
+
 def test_perplexity_weighs_documents_by_their_tokens_and_the_general_check_reads_rises_and_drops():
     # a long document counts for its tokens (a mean of per-document perplexities lets short ones decide); the
     # general check's rise and drop are the tuned model's losses, and "none may regress" passes when none did
