@@ -39,6 +39,9 @@ GGUF_W = "src/llmkit/optimize/export_gguf.py"
 GGUF_META = "tests/optimize/test_gguf.py::test_the_gguf_carries_the_chat_template_the_turn_end_and_the_special_ids"
 GGUF_IDS = ("tests/optimize/test_gguf_architectures.py::"
             "test_an_untied_head_stays_at_8_bits_under_q4_0_and_the_norm_epsilon_and_ids_are_the_models")
+GGUF_CONTEXT = "tests/optimize/test_gguf_architectures.py::test_the_context_is_the_sliding_window_only_when_a_layer_slides"
+MODELFILE_T = ("tests/optimize/test_chat_format.py::"
+               "test_end_of_turn_is_found_after_a_space_and_a_greedy_model_keeps_ollamas_sampling")
 FAST_REFUSALS = "tests/train/test_fast_lora.py::test_a_window_only_layers_typed_sliding_use_decides_and_partial_rotary_is_refused"
 GATE = "src/llmkit/eval/gate.py"
 GATE_T = "tests/eval/test_gate.py"
@@ -298,4 +301,20 @@ MUTANTS: list[Mutant] = [
     Mutant("promote-counts-a-gate-the-model-was-base-of", "eval", GATE,
            'if relation == "gated" and rec.kind == "compare"', 'if relation in ("gated", "gate_base") and rec.kind == "compare"',
            (GATE_PROMOTE,), "a model that lost a gate as BASE would pass --require-pass"),
+    Mutant("gguf-context-is-a-window-no-layer-uses", "optimize", "src/llmkit/optimize/gguf_arch.py",
+           'slides = "sliding_attention" in layer_types if layer_types else', "slides = True if layer_types else",
+           (GGUF_CONTEXT,), "Qwen2/2.5 configs name a window that every layer of theirs ignores"),
+    Mutant("gguf-use-sliding-window-false-ignored", "optimize", "src/llmkit/optimize/gguf_arch.py",
+           '(config.get("use_sliding_window", True) is not False)', "(True)", (GGUF_CONTEXT,)),
+    Mutant("gguf-char-vocab-without-merges", "optimize", GGUF_W, "                for k in range(1, len(pieces)):",
+           "                for k in range(1, 1):",
+           ("tests/optimize/test_gguf.py::test_llama_cpp_tokenizes_a_character_vocabulary_beyond_ascii_one_token_per_character",),
+           "the Shakespeare char model is all ASCII: a CJK char model would tokenize into bytes"),
+    Mutant("gguf-folder-drops-chat-template-jinja", "optimize", GGUF_W, 'file.suffix in (".json", ".jinja", ".txt")',
+           'file.suffix in (".json", ".txt")', (GGUF_IDS,)),
+    Mutant("modelfile-samples-a-greedy-model", "optimize", "src/llmkit/optimize/chat_format.py",
+           '    if (sampling or {}).get("do_sample", True):', "    if True:", (MODELFILE_T,)),
+    Mutant("end-of-turn-missed-after-a-space", "optimize", "src/llmkit/optimize/chat_format.py",
+           '    after = after.lstrip(" ")', "    pass", (MODELFILE_T,), "Llama 2 style templates write ' </s>'"),
 ]
+

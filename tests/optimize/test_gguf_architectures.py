@@ -315,6 +315,8 @@ def test_an_untied_head_stays_at_8_bits_under_q4_0_and_the_norm_epsilon_and_ids_
     assert float(_gguf_field(path, "qwen2.attention.layer_norm_rms_epsilon")) == pytest.approx(1e-6)
     ids = [int(_gguf_field(path, f"tokenizer.ggml.{k}_token_id")) for k in ("bos", "eos", "padding", "eot")]
     assert ids == [0, 2, 0, 2]  # <|endoftext|>, <|im_end|> (the config's), <|endoftext|>, <|im_end|> (ends a turn)
+    # the folder keeps the files loaders read beside the GGUF: transformers 5 keeps the chat template in its own file
+    assert (tmp_path / "q4" / "chat_template.jinja").read_text() == (folder / "chat_template.jinja").read_text()
 
 
 def test_the_context_is_the_sliding_window_only_when_a_layer_slides():
