@@ -34,6 +34,20 @@ QUANT = "src/llmkit/optimize/quantize.py"
 QFORMAT = "src/llmkit/models/quantized.py"
 PRUNE = "src/llmkit/optimize/prune.py"
 ONNX = "src/llmkit/optimize/export_onnx.py"
+CLEANUP = "tests/registry/test_cleanup.py"
+GGUF_W = "src/llmkit/optimize/export_gguf.py"
+GGUF_META = "tests/optimize/test_gguf.py::test_the_gguf_carries_the_chat_template_the_turn_end_and_the_special_ids"
+GGUF_IDS = ("tests/optimize/test_gguf_architectures.py::"
+            "test_an_untied_head_stays_at_8_bits_under_q4_0_and_the_norm_epsilon_and_ids_are_the_models")
+GGUF_CONTEXT = "tests/optimize/test_gguf_architectures.py::test_the_context_is_the_sliding_window_only_when_a_layer_slides"
+MODELFILE_T = ("tests/optimize/test_chat_format.py::"
+               "test_end_of_turn_is_found_after_a_space_and_a_greedy_model_keeps_ollamas_sampling")
+FAST_REFUSALS = "tests/train/test_fast_lora.py::test_a_window_only_layers_typed_sliding_use_decides_and_partial_rotary_is_refused"
+GATE = "src/llmkit/eval/gate.py"
+GATE_T = "tests/eval/test_gate.py"
+GATE_UNIT = f"{GATE_T}::test_perplexity_weighs_documents_by_their_tokens_and_the_general_check_reads_rises_and_drops"
+GATE_PROMOTE = f"{GATE_T}::test_promote_require_pass_reads_the_latest_gate_where_the_model_was_tuned"
+GC_RUNS = f"{CLEANUP}::test_failed_runs_go_when_died_too_but_not_a_study_one_a_model_came_from_or_one_elsewhere"
 
 MUTANTS: list[Mutant] = [
     # -- data -------------------------------------------------------------------------------------
@@ -203,4 +217,104 @@ MUTANTS: list[Mutant] = [
            "usable = (len(ids) - 1) // self.block", "usable = len(ids) // self.block",
            ("tests/runtime/test_prefix_cache.py::test_a_whole_cached_prompt_still_computes_its_last_token",),
            "the last token must be computed: its logits start the answer"),
+    # -- mutation tour A (registry, shipping, fast SFT, gate) --
+    Mutant("gc-grace-reads-only-the-folders-own-time", "registry", "src/llmkit/registry/cleanup.py",
+           "if now - _last_change(entry) < GRACE_S:", "if now - entry.lstat().st_mtime < GRACE_S:",
+           (f"{CLEANUP}::test_a_folder_whose_files_changed_within_the_hour_is_kept_whatever_its_own_time",),
+           "writing a file into an old folder leaves the folder's own time alone"),
+    Mutant("gc-names-the-first-kind-in-a-path", "registry", "src/llmkit/registry/cleanup.py",
+           "for i in range(len(parts) - 2, -1, -1):", "for i in range(len(parts) - 1):",
+           (f"{CLEANUP}::test_a_workspace_inside_a_folder_named_like_a_kind_keeps_its_folders",),
+           "a workspace under /data/models/ would have every folder removed as unnamed"),
+    Mutant("gc-failed-runs-takes-a-study", "registry", "src/llmkit/registry/cleanup.py",
+           ' and rec.kind != "study":', ":", (GC_RUNS,)),
+    Mutant("gc-failed-runs-takes-a-run-a-model-came-from", "registry", "src/llmkit/registry/cleanup.py",
+           "and rec.id not in with_children and", "and", (GC_RUNS,)),
+    Mutant("gc-failed-runs-leaves-died-runs", "registry", "src/llmkit/registry/cleanup.py",
+           "in (FAILED, DIED)", "in (FAILED,)", (GC_RUNS,)),
+    Mutant("gc-removes-records-of-another-workspace", "registry", "src/llmkit/registry/cleanup.py",
+           "here = rec.path is not None and root in Path(rec.path).parents", "here = rec.path is not None", (GC_RUNS,),
+           "a record whose folder is outside this workspace is not 'gone' here"),
+    Mutant("gc-ignores-aliases", "registry", "src/llmkit/cli/gc.py",
+           "protected=protected)", "protected=set())", (f"{CLEANUP}::test_gc_keeps_the_record_an_alias_points_at",)),
+    Mutant("gc-rmtree-on-a-symlink", "registry", "src/llmkit/registry/cleanup.py",
+           "        if path.is_dir() and not path.is_symlink():", "        if path.is_dir():",
+           (f"{CLEANUP}::test_gc_removes_a_symlink_in_the_workspace_and_not_what_it_points_at",)),
+    Mutant("gc-dry-run-refused-like-a-removal", "registry", "src/llmkit/cli/gc.py",
+           "if not dry_run and not force and unused", "if not force and unused",
+           (f"{CLEANUP}::test_gc_dry_run_lists_what_a_real_run_would_refuse",),
+           "the refusal says 'llmkit gc --dry-run lists them'"),
+    Mutant("run-process-named-by-another-stat-field", "registry", "src/llmkit/registry/run_state.py",
+           "split()[19]", "split()[20]",
+           ("tests/registry/test_run_state.py::test_a_process_is_named_by_its_start_time_since_boot",),
+           "field 23 (vsize) changes as the process runs: a live run would read as died"),
+    Mutant("ambiguous-id-prefix-picks-one", "registry", "src/llmkit/registry/store.py",
+           "                if len(rows) == 1:", "                if rows:",
+           ("tests/registry/test_store.py::test_an_id_prefix_two_records_share_finds_neither",),
+           "llmkit rm PREFIX would remove one of two records"),
+    Mutant("continued-run-reuses-a-version-folder", "train", "src/llmkit/train/checkpoint.py",
+           "    while folder.exists():", "    if folder.exists():",
+           ("tests/train/test_checkpoint.py::test_a_run_continued_again_to_the_same_step_gets_a_model_folder_no_version_has",)),
+    Mutant("gguf-eot-token-not-written", "optimize", GGUF_W, "        if eot in vocab:", "        if False:",
+           (GGUF_META, GGUF_IDS), "llmkit's turns end with <|end|>, not EOS: llama.cpp would generate past the answer"),
+    Mutant("gguf-eos-written-as-bos", "optimize", GGUF_W, '("eos_token_id", writer.add_eos_token_id)',
+           '("bos_token_id", writer.add_eos_token_id)', (GGUF_IDS,)),
+    Mutant("gguf-chat-template-not-written", "optimize", GGUF_W, "        writer.add_chat_template(template)", "        pass",
+           (GGUF_META,)),
+    Mutant("gguf-adds-bos-to-prompts", "optimize", GGUF_W, "writer.add_add_bos_token(False)", "writer.add_add_bos_token(True)",
+           (GGUF_META,), "llmkit's prompts carry their own bos: llama.cpp would put a second one"),
+    Mutant("gguf-untied-head-at-4-bits", "optimize", GGUF_W,
+           'head = "token_embd.weight" if config.get("tie_word_embeddings", False) else "output.weight"',
+           'head = "token_embd.weight"', (GGUF_IDS,)),
+    Mutant("lora-dropout-ignored-on-the-fast-path", "train", "src/llmkit/train/fast_lora.py",
+           "self.dropout = nn.Dropout(lora.dropout) if lora.dropout > 0 else None", "self.dropout = None",
+           ("tests/train/test_fast_lora.py::test_lora_dropout_drops_the_adapters_input_in_training_only",),
+           "the peft parity tests run with dropout 0"),
+    Mutant("fast-path-window-of-a-layer-that-does-not-slide", "train", "src/llmkit/models/llama.py",
+           'or "sliding_attention" in layer_types', "or bool(layer_types)", (FAST_REFUSALS,),
+           "Qwen2/2.5 name a window that layers below max_window_layers do not use"),
+    Mutant("partial-rotary-in-rope-parameters-missed", "train", "src/llmkit/models/rope.py",
+           'float(params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0))',
+           'float(getattr(config, "partial_rotary_factor", None) or 1.0)', (FAST_REFUSALS,),
+           "transformers 5 keeps partial_rotary_factor in rope_parameters"),
+    Mutant("training-llama-drops-the-yarn-attention-factor", "train", "src/llmkit/models/llama.py",
+           "return emb.cos() * scaling, emb.sin() * scaling", "return emb.cos(), emb.sin()",
+           ("tests/models/test_llama.py::test_yarn_scales_cos_and_sin_by_its_attention_factor_as_hf_does",),
+           "with the default small init attention is near uniform and the factor does not show"),
+    Mutant("gate-interval-is-90-percent", "eval", GATE, "np.percentile(draws, [2.5, 97.5])", "np.percentile(draws, [5, 95])",
+           (f"{GATE_T}::test_the_interval_is_95_percent_wide",)),
+    Mutant("gate-no-regressed-items-fails-at-zero", "eval", GATE, "regressed <= cfg.max_regressed_items",
+           "regressed < cfg.max_regressed_items", (GATE_UNIT,), "--max-regressed-items 0 must pass when none regressed"),
+    Mutant("gate-general-perplexity-rise-inverted", "eval", GATE,
+           '"perplexity_increase": tuned["perplexity"] / base["perplexity"] - 1.0',
+           '"perplexity_increase": base["perplexity"] / tuned["perplexity"] - 1.0', (GATE_UNIT,)),
+    Mutant("gate-general-answer-drop-inverted", "eval", GATE, '"answer_drop": base["answered"] - tuned["answered"]',
+           '"answer_drop": tuned["answered"] - base["answered"]', (GATE_UNIT,)),
+    Mutant("gate-perplexity-a-mean-over-documents", "eval", GATE,
+           'return math.exp(min(sum(i["nll"] for i in items) / max(tokens, 1), 50.0))',
+           'return math.exp(min(sum(i["nll"] / max(i["tokens"], 1) for i in items) / len(items), 50.0))', (GATE_UNIT,)),
+    Mutant("gate-lm-improvement-relative-to-tuned", "eval", GATE,
+           'improvement = (figures[0] - figures[1]) / figures[0] if kind == "lm"',
+           'improvement = (figures[0] - figures[1]) / figures[1] if kind == "lm"', (GATE_PROMOTE,)),
+    Mutant("promote-reads-the-first-gate", "eval", GATE, "return max(gates, key=lambda r: r.created_at) if gates else None",
+           "return gates[0] if gates else None", (GATE_PROMOTE,)),
+    Mutant("promote-counts-a-gate-the-model-was-base-of", "eval", GATE,
+           'if relation == "gated" and rec.kind == "compare"', 'if relation in ("gated", "gate_base") and rec.kind == "compare"',
+           (GATE_PROMOTE,), "a model that lost a gate as BASE would pass --require-pass"),
+    Mutant("gguf-context-is-a-window-no-layer-uses", "optimize", "src/llmkit/optimize/gguf_arch.py",
+           'slides = "sliding_attention" in layer_types if layer_types else', "slides = True if layer_types else",
+           (GGUF_CONTEXT,), "Qwen2/2.5 configs name a window that every layer of theirs ignores"),
+    Mutant("gguf-use-sliding-window-false-ignored", "optimize", "src/llmkit/optimize/gguf_arch.py",
+           '(config.get("use_sliding_window", True) is not False)', "(True)", (GGUF_CONTEXT,)),
+    Mutant("gguf-char-vocab-without-merges", "optimize", GGUF_W, "                for k in range(1, len(pieces)):",
+           "                for k in range(1, 1):",
+           ("tests/optimize/test_gguf.py::test_llama_cpp_tokenizes_a_character_vocabulary_beyond_ascii_one_token_per_character",),
+           "the Shakespeare char model is all ASCII: a CJK char model would tokenize into bytes"),
+    Mutant("gguf-folder-drops-chat-template-jinja", "optimize", GGUF_W, 'file.suffix in (".json", ".jinja", ".txt")',
+           'file.suffix in (".json", ".txt")', (GGUF_IDS,)),
+    Mutant("modelfile-samples-a-greedy-model", "optimize", "src/llmkit/optimize/chat_format.py",
+           '    if (sampling or {}).get("do_sample", True):', "    if True:", (MODELFILE_T,)),
+    Mutant("end-of-turn-missed-after-a-space", "optimize", "src/llmkit/optimize/chat_format.py",
+           '    after = after.lstrip(" ")', "    pass", (MODELFILE_T,), "Llama 2 style templates write ' </s>'"),
 ]
+

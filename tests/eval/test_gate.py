@@ -64,6 +64,36 @@ def test_the_improvement_has_a_paired_bootstrap_interval_and_few_items_are_warne
     assert low == pytest.approx(1 - math.exp(-1.0)) == pytest.approx(high)
 
 
+def test_the_interval_is_95_percent_wide():
+    # 400 items, half of them gained: the mean gain 0.5 has a standard error of 0.025, so a 95 % interval reaches
+    # 1.96 of them (0.049) either side, a 90 % one only 1.645 (0.041)
+    base = [{"score": 0.0} for _ in range(400)]
+    low, high = improvement_interval("classify", base, [{"score": float(i % 2)} for i in range(400)])
+    assert 0.045 < 0.5 - low < 0.054 and 0.045 < high - 0.5 < 0.054
+
+
+def test_perplexity_weighs_documents_by_their_tokens_and_the_general_check_reads_rises_and_drops():
+    # a long document counts for its tokens (a mean of per-document perplexities lets short ones decide); the
+    # general check's rise and drop are the tuned model's losses, and "none may regress" passes when none did
+    from llmkit.eval.gate import _general, task_figure
+
+    docs = [{"nll": 10.0, "tokens": 10}, {"nll": 1.0, "tokens": 100}]
+    assert task_figure("lm", docs) == pytest.approx(math.exp(11.0 / 110))
+    items = [{"instruction": q, "prediction": p, "correct": c} for q, p, c in (("a", "x", True), ("b", "y", False))]
+    flipped = [{**items[0], "correct": False, "prediction": "z"}, {**items[1], "correct": True, "prediction": "w"}]
+    general = _general({"perplexity": 10.0, "bits_per_byte": 1.0, "answered": 0.5, "items": items},
+                       {"perplexity": 12.0, "bits_per_byte": 1.1, "answered": 0.25, "items": flipped})
+    assert general["perplexity_increase"] == pytest.approx(0.2) and general["answer_drop"] == pytest.approx(0.25)
+    assert [(g["instruction"], g["base"]) for g in general["regressed"]] == [("a", "x")]
+    assert [(g["instruction"], g["base"]) for g in general["improved"]] == [("b", "y")]
+    found = checks("lm", {"base": 20.0, "tuned": 18.0, "improvement": 0.1, "interval": [0.05, 0.15]}, 0, 5, general,
+                   CompareConfig(max_regressed_items=0, max_general_perplexity_increase=0.25, max_general_answer_drop=0.3))
+    assert all(c["passed"] for c in found) and [c["check"] for c in found][2] == "regressed items"
+    strict = checks("lm", {"base": 20.0, "tuned": 18.0, "improvement": 0.1, "interval": [0.05, 0.15]}, 0, 5, general,
+                    CompareConfig(max_general_perplexity_increase=0.15, max_general_answer_drop=0.2))
+    assert [c["check"] for c in strict if not c["passed"]] == ["general perplexity", "general answers"]
+
+
 @pytest.fixture(scope="module")
 def ws(lm_workspace: Path, tiny_model, chat_data) -> Workspace:
     return Workspace.open(lm_workspace)
@@ -227,3 +257,23 @@ def test_an_export_is_refused_in_one_line(tmp_path: Path):
 
     with pytest.raises(UserError, match=r"^m-q8_0:v1 is a gguf export; the gate compares the models exports are made from"):
         load_lm(Model(tmp_path, "m-q8_0", "abc", 1, {"format": "gguf"}))
+
+
+def test_promote_require_pass_reads_the_latest_gate_where_the_model_was_tuned(ws, early, tiny_model, cli_here):
+    # the verdict of the LAST gate with MODEL as TUNED decides: not the first, nor one where MODEL was the BASE
+    registry = Registry.for_workspace(ws.root)
+    strict = CompareConfig(data="tiny", max_items=4, general=False)
+    lenient = strict.model_copy(update={"min_task_improvement": -100.0, "max_regressed_share": 1.0})
+
+    def promote() -> int:
+        return cli_here("promote", "gate-early", "--alias", "gate-latest", "--require-pass", workspace=ws.root).returncode
+
+    failed = gate("tiny-lm", "gate-early", strict, ws, registry)  # 10 steps lose to 60
+    task = failed["task"]
+    assert failed["verdict"] == "fail" and task["improvement"] == pytest.approx((task["base"] - task["tuned"]) / task["base"])
+    assert gate("tiny-lm", "gate-early", lenient, ws, registry)["verdict"] == "pass"
+    assert promote() == 0
+    assert gate("tiny-lm", "gate-early", strict, ws, registry)["verdict"] == "fail"
+    assert promote() == 2
+    assert gate("gate-early", "tiny-lm", strict, ws, registry)["verdict"] == "pass"  # gate-early as the BASE
+    assert promote() == 2 and last_gate(registry, early.id).params["tuned"] == early.ref

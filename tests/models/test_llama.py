@@ -27,6 +27,27 @@ def test_logits_equal_hf_llama_with_the_same_weights(overrides):
         assert torch.allclose(ours(x), hf(input_ids=x).logits, atol=1e-5, rtol=1e-5)
 
 
+def test_yarn_scales_cos_and_sin_by_its_attention_factor_as_hf_does():
+    # YaRN multiplies cos and sin by 1 + 0.1 ln(factor) (1.14 here): q.k grows by its square. Weights large enough
+    # for sharp attention, so that the factor shows (the same model without it is far off)
+    yarn = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 12}
+    torch.manual_seed(0)
+    cfg = llama_config("nano", 97, 48, overrides={"hidden_size": 64, "intermediate_size": 96, "rope_parameters": yarn})
+    ours = Llama(cfg).eval()
+    for p in ours.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    hf = ours.to_hf()
+    x = torch.randint(0, 97, (2, 48))
+    without = llama_config("nano", 97, 48, overrides={"hidden_size": 64, "intermediate_size": 96,
+                                                     "rope_parameters": {**yarn, "attention_factor": 1.0}})
+    plain = Llama(without).eval()
+    plain.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        want = hf(input_ids=x).logits
+        torch.testing.assert_close(ours(x), want, atol=1e-4, rtol=1e-4)
+        assert (plain(x) - want).abs().max() > 100 * 1e-4
+
+
 def test_tied_embeddings_stay_one_tensor_in_the_hf_model():
     hf = Llama(llama_config("nano", 50, 16)).to_hf()
     assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()

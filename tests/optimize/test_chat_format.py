@@ -31,6 +31,18 @@ def test_end_of_turn_is_the_special_token_after_a_reply():
     assert end_of_turn(tok) == "<|end|>"
 
 
+def test_end_of_turn_is_found_after_a_space_and_a_greedy_model_keeps_ollamas_sampling():
+    # Llama 2 style templates write " </s>" after a reply; a generation_config without sampling asks for none
+    tok = tiny_lm.char_tokenizer()
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                         "{% else %} {{ m['content'] }} </s>{% endif %}{% endfor %}")
+    assert end_of_turn(tok) == "</s>"
+    chat = ollama_chat(tok.chat_template)
+    greedy = modelfile("m.gguf", 64, chat, {"do_sample": False, "temperature": 0.6, "top_p": 0.9})
+    assert "temperature" not in greedy and "top_p" not in greedy
+    assert "PARAMETER temperature 0.6" in modelfile("m.gguf", 64, chat, {"do_sample": True, "temperature": 0.6})
+
+
 def test_families_translate_and_the_rest_say_so():
     chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     assert ollama_chat(chatml).family == "chatml" and ollama_chat(chatml).stops[0] == "<|im_end|>"

@@ -179,3 +179,54 @@ def test_generate_and_chat_run_a_gguf_on_llama_cpp(ws, tiny_model):
                               "--temperature", "0"], input="hello\n", capture_output=True, text=True, timeout=300,
                              env={**os.environ, "LLMKIT_HOME": str(ws.root)})
     assert chatted.returncode == 0 and "model> " in chatted.stdout, chatted.stderr
+
+
+def test_the_gguf_carries_the_chat_template_the_turn_end_and_the_special_ids(ws, tiny_model):
+    # llama.cpp and Ollama read these from the GGUF alone: a missing template sends raw prompts, a missing end-of-turn
+    # token (llmkit's <|end|> is not its EOS <|endoftext|>) generates past the answer, a wrong EOS never stops
+    from llmkit.models.io import load_tokenizer_for
+    from llmkit.models.pretrained import chat_template_of
+
+    model, _ = export("tiny-lm", ExportConfig(quant="f16", table=False, name="tiny-meta"), ws, Registry.for_workspace(ws.root))
+    fields = gguf.GGUFReader(str(model.path / "model-f16.gguf")).fields
+
+    def value(key):
+        field = fields[key]
+        part = field.parts[field.data[0]]
+        return bytes(part).decode() if field.types[0] == gguf.GGUFValueType.STRING else part[0]
+
+    config = json.loads((tiny_model.path / "config.json").read_text())
+    tok = load_tokenizer_for(tiny_model)
+    assert value("tokenizer.chat_template") == chat_template_of(tiny_model.path) is not None
+    assert int(value("tokenizer.ggml.eot_token_id")) == tok.convert_tokens_to_ids("<|end|>") != config["eos_token_id"]
+    assert int(value("tokenizer.ggml.eos_token_id")) == config["eos_token_id"]
+    assert int(value("tokenizer.ggml.bos_token_id")) == config["bos_token_id"]
+    assert not value("tokenizer.ggml.add_bos_token")  # llmkit's prompts carry their own bos
+    assert (model.path / "chat_template.jinja").exists() == (tiny_model.path / "chat_template.jinja").exists()
+
+
+def test_llama_cpp_tokenizes_a_character_vocabulary_beyond_ascii_one_token_per_character(tmp_path):
+    # each character of a char-level vocabulary is its UTF-8 bytes joined by merges: without them "日" is 3 byte tokens
+    pytest.importorskip("llama_cpp")
+    import llama_cpp
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from llmkit.models.io import Model
+    from llmkit.optimize.export_gguf import export_gguf_folder
+    from tests import tiny_lm
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for ch in "abc é日本語ü€":
+        vocab.setdefault(ch, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    folder = tmp_path / "char-model"
+    tiny_lm.make_model(tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    info = export_gguf_folder(Model(folder, "char-model"), tmp_path / "out", "f32", {})
+    llm = llama_cpp.Llama(model_path=info["gguf"], vocab_only=True, verbose=False)
+    text = "日本語 é ü€ abc"
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok(text, add_special_tokens=False)["input_ids"]

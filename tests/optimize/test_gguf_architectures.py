@@ -302,3 +302,27 @@ def test_rope_settings_read_alike_from_old_and_new_configs():
     assert factors.shape == (32,) and factors[0] == 1.0 and factors[-1] == 8.0  # high frequencies kept, low ones / 8
     assert gguf_arch.rope_parameters({"rope_scaling": {"type": "linear", "factor": 2.0}})["rope_type"] == "linear"
     assert gguf_arch.rope_parameters({})["rope_type"] == "default"
+
+
+def test_an_untied_head_stays_at_8_bits_under_q4_0_and_the_norm_epsilon_and_ids_are_the_models(built, tmp_path):
+    # the head decides every token (llama.cpp keeps it above 4 bits); an untied model's embedding is not its head
+    import gguf
+
+    _, folder = built("qwen2-untied")
+    path = _export(folder, "q4_0", tmp_path / "q4")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert (types["output.weight"], types["token_embd.weight"], types["blk.0.ffn_up.weight"]) == ("Q8_0", "Q4_0", "Q4_0")
+    assert float(_gguf_field(path, "qwen2.attention.layer_norm_rms_epsilon")) == pytest.approx(1e-6)
+    ids = [int(_gguf_field(path, f"tokenizer.ggml.{k}_token_id")) for k in ("bos", "eos", "padding", "eot")]
+    assert ids == [0, 2, 0, 2]  # <|endoftext|>, <|im_end|> (the config's), <|endoftext|>, <|im_end|> (ends a turn)
+    # the folder keeps the files loaders read beside the GGUF: transformers 5 keeps the chat template in its own file
+    assert (tmp_path / "q4" / "chat_template.jinja").read_text() == (folder / "chat_template.jinja").read_text()
+
+
+def test_the_context_is_the_sliding_window_only_when_a_layer_slides():
+    # Qwen2/2.5 configs name a window that no layer uses (use_sliding_window false, or every layer typed full)
+    full = {"max_position_embeddings": 128, "sliding_window": 32}
+    assert gguf_arch.context_length({**full, "layer_types": ["full_attention"] * 2}) == 128
+    assert gguf_arch.context_length({**full, "layer_types": ["full_attention", "sliding_attention"]}) == 32
+    assert gguf_arch.context_length({**full, "use_sliding_window": False}) == 128  # a config.json from before layer_types
+    assert gguf_arch.context_length(full) == 32  # Mistral's: every layer slides

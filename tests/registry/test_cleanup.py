@@ -155,3 +155,70 @@ def test_gc_pointed_at_another_workspaces_registry_keeps_what_this_ones_names(wo
     out = cli_here("gc", "--yes", workspace=ws.root)
     assert out.returncode == 2 and "look unused by the registry" in out.stderr
     assert cli_here("gc", "--yes", "--force", workspace=ws.root).returncode == 0
+
+
+def test_a_folder_whose_files_changed_within_the_hour_is_kept_whatever_its_own_time(workspace):
+    # an export writing into a folder it made long ago touches its files, not the folder's own time
+    ws, registry, made = workspace
+    os.utime(made["orphan"] / "weights.bin")  # now
+    garbage = find_garbage(registry, ws.root, KINDS)
+    assert garbage.folders == [] and any("orphan-2" in line and "changed in the last hour" in line for line in garbage.kept)
+
+
+def test_a_workspace_inside_a_folder_named_like_a_kind_keeps_its_folders(tmp_path: Path):
+    # a record's folder is the LAST <kind>/<name> of its path: /data/models/ws/models/m-1 names models/m-1, not models/ws
+    ws = Workspace.open(tmp_path / "models" / "ws")
+    registry = Registry.for_workspace(ws.root)
+    kept = registry.add("model", "kept", path=_aged(_folder(ws, "models", "kept-1")))
+    orphan = _aged(_folder(ws, "models", "orphan-2"))
+    garbage = find_garbage(registry, ws.root, KINDS)
+    assert garbage.folders == [orphan] and Path(kept.path).exists()
+
+
+def test_failed_runs_go_when_died_too_but_not_a_study_one_a_model_came_from_or_one_elsewhere(workspace, tmp_path):
+    ws, registry, made = workspace
+    died = registry.add("run", "died", path=_aged(_folder(ws, "runs", "died-11")), metrics={**running_mark(), "pid": 999999})
+    study = registry.add("run", "study", kind="study", path=_aged(_folder(ws, "runs", "study-12")),
+                         metrics=ended_mark("failed", "boom"))
+    parent = registry.add("run", "parent", path=_aged(_folder(ws, "runs", "parent-13")), metrics=ended_mark("failed", "x"))
+    registry.add("model", "from-parent", path=_aged(_folder(ws, "models", "from-parent-14")),
+                 parents=[(parent.id, "produced_by")])
+    elsewhere = tmp_path / "other-ws" / "models" / "theirs-15"  # another workspace's (its folder not reachable here)
+    elsewhere.mkdir(parents=True)
+    theirs = registry.add("model", "theirs", path=elsewhere)
+    __import__("shutil").rmtree(elsewhere)
+    garbage = find_garbage(registry, ws.root, KINDS, failed_runs=True)
+    assert {r.id for r in garbage.runs} == {made["failed"].id, died.id}  # not study, not parent
+    assert theirs.id not in {r.id for r in garbage.records} and study.id not in {r.id for r in garbage.runs}
+
+
+def test_gc_keeps_the_record_an_alias_points_at(workspace, cli_here):
+    from llmkit.models.aliases import move_alias
+
+    ws, registry, made = workspace
+    move_alias(registry, "prod", made["gone"].id)
+    listed = json.loads(cli_here("gc", "--dry-run", "--json", workspace=ws.root, check=True).stdout)
+    assert listed["records"] == [] and any("an alias points at it" in line for line in listed["kept"])
+
+
+def test_gc_removes_a_symlink_in_the_workspace_and_not_what_it_points_at(workspace, cli_here, tmp_path):
+    ws, _, made = workspace
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "precious.bin").write_bytes(b"x")
+    link = ws.root / "models" / "linked-20"
+    link.symlink_to(target, target_is_directory=True)
+    old = time.time() - GRACE_S - 60
+    os.utime(link, (old, old), follow_symlinks=False)
+    done = cli_here("gc", "--yes", "--json", workspace=ws.root, check=True)
+    assert str(link) in json.loads(done.stdout)["folders"]
+    assert not link.is_symlink() and (target / "precious.bin").exists()
+
+
+def test_gc_dry_run_lists_what_a_real_run_would_refuse(workspace, cli_here):
+    # the refusal's own advice is "llmkit gc --dry-run lists them"
+    ws, _, made = workspace
+    strays = [_aged(_folder(ws, "runs", f"stray-run-{i}")) for i in range(12)]
+    assert cli_here("gc", "--yes", workspace=ws.root).returncode == 2
+    listed = json.loads(cli_here("gc", "--dry-run", "--json", workspace=ws.root, check=True).stdout)
+    assert set(listed["folders"]) == {str(p) for p in [made["orphan"], *strays]} and listed["removed"] is False

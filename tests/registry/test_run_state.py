@@ -106,3 +106,22 @@ def test_a_run_on_another_machine_stays_running_and_old_runs_have_no_state():
     assert run_state({**running_mark(), "pid_namespace": "pid:[1]", "pid": 999999}) == "running"
     assert run_state({**running_mark(), "pid": 999999}) == "died"
     assert run_state({"val_loss": 1.0}) is None
+
+
+def test_a_process_is_named_by_its_start_time_since_boot():
+    # field 22 of /proc/PID/stat: a neighbouring field (the thread count, the memory size) would name another process
+    # as this one, or this one as another
+    if _started_ticks(__import__("os").getpid()) is None:
+        pytest.skip("no /proc here")
+    import os
+    import time
+
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    before = time.time()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = boot + _started_ticks(proc.pid) / os.sysconf("SC_CLK_TCK")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert before - 2 < started < time.time() + 2

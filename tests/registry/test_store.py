@@ -376,3 +376,14 @@ def test_a_sqlite_registry_in_a_folder_that_is_not_there_says_so(tmp_path: Path)
     with pytest.raises(RegistryUnavailable, match=rf"^cannot open the registry sqlite:///{tmp_path}/gone/registry.db: its "
                                                   rf"folder {tmp_path}/gone does not exist"):
         Registry(f"sqlite:///{tmp_path / 'gone' / 'registry.db'}")
+
+
+def test_an_id_prefix_two_records_share_finds_neither(registry: Registry) -> None:
+    # `llmkit rm PREFIX` must not pick one of two records whose ids start alike
+    from llmkit.registry.schema import records
+
+    first, second = registry.add("dataset", "a"), registry.add("dataset", "b")
+    registry.write(lambda conn: [conn.execute(records.update().where(records.c.id == rec.id).values(id=new))
+                                 for rec, new in ((first, "abcdef000001"), (second, "abcdef000002"))])
+    assert registry.find("abcdef") is None and registry.find("abcd") is None
+    assert registry.find("abcdef0000") is None and registry.find("abcdef000001").name == "a"

@@ -79,3 +79,16 @@ def test_a_pickled_state_pt_is_refused_unread(tmp_path: Path):
     with pytest.raises(UserError, match=r"state.pt: a pickle, which llmkit never unpickles"):
         load_state(step)
     assert not Path("/tmp/llmkit-test-state-was-unpickled").exists()
+
+
+def test_a_run_continued_again_to_the_same_step_gets_a_model_folder_no_version_has(tmp_path: Path):
+    from llmkit.train.checkpoint import run_model_folder
+
+    ws = Workspace.open(tmp_path / "ws")
+    made = []
+    for _ in range(4):  # the run's model, then one per continuation to step 8 (a checkpoint deleted, say)
+        folder = run_model_folder(ws, "m", "abc123", 8)
+        assert folder not in made and not folder.exists()
+        folder.mkdir()
+        made.append(folder)
+    assert [p.name for p in made] == ["m-abc123", "m-abc123-step8", "m-abc123-step8-2", "m-abc123-step8-3"]

@@ -255,3 +255,40 @@ def test_a_sliding_window_shorter_than_the_rows_takes_the_hf_path(tokenizer, tmp
     assert fast_path_reason(resolve_model(str(folder)), SftConfig(max_length=128)) is None
     assert fast_path_reason(resolve_model(str(folder)), SftConfig(max_length=256)) == \
         "sliding_window 128 is shorter than the rows (256 tokens)"
+
+
+def test_a_window_only_layers_typed_sliding_use_decides_and_partial_rotary_is_refused():
+    # Qwen2/2.5 name a sliding_window that layers below max_window_layers do not use; a partial rotary factor in
+    # rope_parameters (transformers 5 keeps it there) rotates part of each head, which the fast path's RoPE does not
+    from transformers import LlamaConfig, Qwen2Config
+
+    from llmkit.train.fast_lora import architecture_reason
+
+    small = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 max_position_embeddings=256, use_sliding_window=True, sliding_window=64)
+    assert architecture_reason(Qwen2Config(**small, max_window_layers=2), 128) is None  # no layer slides
+    assert architecture_reason(Qwen2Config(**small, max_window_layers=1), 128) == \
+        "sliding_window 64 is shorter than the rows (128 tokens)"
+    partial = LlamaConfig(hidden_size=64, num_attention_heads=4, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})
+    assert architecture_reason(partial, 64) == "partial rotary embeddings are not implemented"
+
+
+def test_lora_dropout_drops_the_adapters_input_in_training_only(llama_folder):
+    # lora.dropout was configured and trained without: each adapted projection draws its own mask in train mode
+    from llmkit.models.llama import from_hf_folder
+
+    torch.manual_seed(0)
+    ours = LoraLlama(from_hf_folder(llama_folder), ["q_proj", "v_proj"], LoraConfig(r=4, alpha=8, dropout=0.5))
+    with torch.no_grad():
+        for _, _, name, module in ours.adapters():
+            module.lora_B[name].normal_(0, 0.5)
+    x = _batch(ours.model.config.vocab_size)["input_ids"]
+    with torch.no_grad():
+        ours.train()
+        first, second = ours(x), ours(x)
+        ours.eval()
+        assert not torch.allclose(first, second) and torch.equal(ours(x), ours(x))
+        with ours.adapters_off():
+            base = ours(x)
+        assert not torch.allclose(ours(x), base)
