@@ -12,7 +12,7 @@ import pytest
 from llmkit.runtime.batch import torch_decoder
 from llmkit.runtime.detokenize import TextStream
 from llmkit.runtime.sampling import Sampler
-from llmkit.serve.engine import Engine, Event, Job
+from llmkit.serve.engine import Engine, Event, Job, QueueFull
 from llmkit.serve.handling import Answer, stop_check
 from tests import tiny_lm
 
@@ -81,3 +81,15 @@ def test_a_stop_string_ends_the_row_on_the_token_that_completes_it(engine, token
     assert events[-1].finish_reason == "stop" and events[-1].completion_tokens == 13
     assert len(job.out) == 13 and sum(len(e.ids) for e in events) == 13  # not one token past the stop
     assert engine.cancels == cancels and engine.running == 0
+
+
+def test_the_queue_holds_max_queue_requests_and_refuses_the_next(engine, tokenizer):
+    """--max-queue N: N requests wait and the next is refused (QueueFull: the route's 429). The engine's workers are
+    stopped first, so nothing drains the queue while it fills."""
+    idle = Engine("queue", engine.decoders, max_queue=3)
+    idle.close()
+    for _ in range(3):
+        idle.submit(_job(tokenizer, "the cat", 4, None))
+    with pytest.raises(QueueFull):
+        idle.submit(_job(tokenizer, "the cat", 4, None))
+    assert idle.depth() == 3

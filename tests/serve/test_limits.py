@@ -81,6 +81,30 @@ def test_malformed_json_unknown_route_wrong_method_big_body(server):
     _error(requests.post(server.base_url + "/v1/completions", json=big, timeout=30), 413, code="request_too_large")
 
 
+def test_the_context_is_usable_to_its_last_token_and_no_further(server):
+    """tiny-lm's context is 1024 tokens: a prompt of p tokens may ask for 1024 - p more (not one more), a prompt of
+    1023 for one, of 1024 for none (a 400 on the prompt); without max_tokens a chat answer runs to the context's end."""
+    url = server.base_url + "/v1/completions"
+    base = {"model": "tiny-lm", "temperature": 0, "ignore_eos": True}
+    p = requests.post(url, json={**base, "prompt": "x" * 1000, "max_tokens": 1}, timeout=60).json()["usage"]["prompt_tokens"]
+    assert 1000 <= p < 1010
+    full = requests.post(url, json={**base, "prompt": "x" * 1000, "max_tokens": 1024 - p}, timeout=60)
+    assert full.status_code == 200, full.text
+    assert full.json()["usage"]["completion_tokens"] == 1024 - p and full.json()["choices"][0]["finish_reason"] == "length"
+    over = requests.post(url, json={**base, "prompt": "x" * 1000, "max_tokens": 1025 - p}, timeout=60)
+    err = _error(over, 400, "max_tokens", "context_length_exceeded")
+    assert f"ask for at most {1024 - p} tokens" in err["message"]
+    extra = p - 1000  # tokens the prompt gets besides its characters (a BOS)
+    last = requests.post(url, json={**base, "prompt": "x" * (1023 - extra), "max_tokens": 1}, timeout=60)
+    assert last.status_code == 200 and last.json()["usage"]["prompt_tokens"] == 1023, last.text
+    _error(requests.post(url, json={**base, "prompt": "x" * (1024 - extra), "max_tokens": 1}, timeout=60), 400, "prompt",
+           "context_length_exceeded")
+    chat = requests.post(server.base_url + "/v1/chat/completions", json={**base, "messages": [
+        {"role": "user", "content": "x" * 990}]}, timeout=60).json()
+    assert chat["usage"]["prompt_tokens"] + chat["usage"]["completion_tokens"] == 1024, chat["usage"]
+    assert chat["choices"][0]["finish_reason"] == "length"
+
+
 def test_openai_client_raises_typed_errors(server):
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
     with pytest.raises(openai.NotFoundError, match="not served here"):

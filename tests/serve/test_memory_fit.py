@@ -5,6 +5,7 @@ stated; a configuration that cannot fit is refused before anything loads, with o
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,10 @@ def test_smollm2_needs_add_up(smollm2):
     assert n.kv == 30 * 2 * 3 * 64 * n.kv_per_sequence // (30 * 2 * 3 * 64) * 8
     assert n.kv_per_sequence in (30 * 2 * 3 * 64 * 4 * 8192, 30 * 2 * 3 * 64 * 2 * 8192)
     assert n.prefix == 64 * 2**20 and n.weights > 100 * 2**20
+    # torch serves a causal LM twice over: its weights as loaded and the fast decoder's copy in its own layout
+    files = sum(p.stat().st_size for p in Path(resolve_model("smollm2-135m").path).rglob("*.safetensors"))
+    assert n.weights == 2 * files
+    assert need(resolve_model("smollm2-135m"), "onnx", "causal", cfg, workers=1).weights == files
     capped = need(resolve_model("smollm2-135m"), "torch", "causal", cfg.model_copy(update={"max_context": 1024}), 2)
     assert capped.kv * 8 == n.kv, "--max-context caps the KV cache"
     ref = resolve_model("smollm2-135m").ref  # each line named as served (`a=M b=M` were both M)

@@ -217,6 +217,8 @@ FUNCS = {"get_weather": WEATHER["function"], "add": ADD["function"]}
      '"arguments": "{\\"city\\": \\"Rome\\"}"}</tool_call>', None, [("add", {"a": 1}), ("get_weather", {"city": "Rome"})]),
     ('<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>', None, []),  # an unknown function stays text
     ('<tool_call>{"name": "add", "arguments": {"a": 1</tool_call>', None, []),  # broken JSON stays text
+    ('<tool_call>{"name": "add", "arguments": [1, 2]}</tool_call>', None, []),  # arguments must be a JSON object
+    ('<tool_call>{"name": "add", "arguments": "[1, 2]"}</tool_call>', None, []),  # in a string too
     ("The answer is 3.", None, []),
 ])
 def test_auto_answers_become_calls_only_when_well_formed(text, content, calls):

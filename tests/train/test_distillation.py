@@ -26,6 +26,18 @@ def test_soft_loss_is_zero_for_equal_logits_and_positive_otherwise():
     assert float(soft_loss(torch.zeros_like(logits), logits, 2.0)) > 0.01
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_soft_loss_equals_hintons_kl_of_the_teacher_from_the_student_times_t_squared(temperature):
+    """T^2 x sum_v p_t (log p_t - log p_s) with both softened by T, averaged over positions (not over the vocabulary),
+    computed here in float64 by hand: a reversed KL, a missing T^2 or an unsoftened teacher all differ."""
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 11, generator=gen), 3 * torch.randn(2, 5, 11, generator=gen)
+    p_t = (teacher.double() / temperature).softmax(-1)
+    log_s = (student.double() / temperature).log_softmax(-1)
+    expected = temperature**2 * (p_t * (p_t.log() - log_s)).sum(-1).mean()
+    assert float(soft_loss(student, teacher, temperature)) == pytest.approx(float(expected), rel=1e-5)
+
+
 @pytest.fixture(scope="module")
 def small_student(lm_workspace: Path, tiny_model):
     """A one-layer model on the teacher's tokenizer, barely trained."""

@@ -129,6 +129,16 @@ def test_one_step_moves_the_policy_toward_the_better_answers_of_each_group(ws):
     advantages = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)).view(-1)
     assert advantages.abs().sum() > 0  # some group had better and worse answers
     assert float((advantages * delta).sum()) > 0
+    # The logged loss, by hand: with beta 0 and the ratio 1 in value, minus the mean advantage over every answer token
+    # of the step (each answer's own, normalised within its group by the group's std; DAPO's token-level mean).
+    (step,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
+    assert step["reward"] == pytest.approx(float(rewards.mean()), abs=1e-5)
+    assert step["reward_std"] == pytest.approx(float(rewards.std(1).mean()), abs=1e-5)
+    # an answer shorter than max_new_tokens ended on an end token: its text leaves it out, its loss does not
+    lengths = torch.tensor([len(tok(s["answer"], add_special_tokens=False)["input_ids"]) for s in samples])
+    lengths = torch.where(lengths < cfg.max_new_tokens, lengths + 1, lengths)
+    assert float(lengths.float().mean()) == pytest.approx(step["answer_tokens"], abs=1e-5)
+    assert step["loss"] == pytest.approx(float(-(advantages * lengths).sum() / lengths.sum()), abs=1e-5)
 
 
 def test_bad_rewards_stop_before_anything_is_registered(ws, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from llmkit.data import prepare
 from llmkit.errors import UserError
 from llmkit.models.io import load_causal_lm, load_tokenizer_for, resolve_model
 from llmkit.registry import Registry
-from llmkit.train.preference import encode_records, preference_tune
+from llmkit.train.preference import _loss_fn, encode_records, preference_tune, score_reference
 from llmkit.train.preference_loss import completion_logps, pack_sequences
 from llmkit.workspace import Workspace
 from tests.conftest import run_cli
@@ -184,3 +184,50 @@ def test_dpo_sft_weight_adds_the_chosen_answers_mean_token_loss(ws):
     first = [r for r in _metrics(model) if "rewards/margin" in r][0]
     assert first["nll"] > 0
     assert first["loss"] == pytest.approx(math.log(2) + 0.5 * first["nll"], abs=1e-4)
+
+
+def test_kto_examples_pair_each_prompt_with_the_previous_answer_and_count_what_was_cut(ws):
+    """KTO's KL estimate scores each prompt with its predecessor's answer (rolled once over the split, TRL's choice);
+    an answer cut to --max-length counts as truncated, one that fits exactly does not."""
+    from llmkit.data.dataset import open_dataset
+
+    registry = Registry.for_workspace(ws.root)
+    tok = load_tokenizer_for(resolve_model("tiny-lm", registry))
+    records = open_dataset(registry, "prefs").records("val")[:3]
+    examples, counts = encode_records(tok, records, "kto", 384, False, "val")
+    assert [e.desirable for e in examples] == [True, False] * 3 and counts["truncated"] == 0
+    assert [tok.decode(e.answer.answer).startswith("aye, ") for e in examples] == [True, False] * 3  # chosen: desirable
+    answers = [e.answer.answer for e in examples]
+    assert len(set(map(tuple, answers))) == 6
+    assert [e.mismatched.answer for e in examples] == answers[-1:] + answers[:-1]
+    assert [e.mismatched.prompt for e in examples] == [e.answer.prompt for e in examples]
+
+    (pair,), _ = encode_records(tok, records[:1], "dpo", 384, False, "val")
+    assert len(pair.chosen.answer) > len(pair.rejected.answer)  # "aye, the a and the b." against "the b and the a."
+    fits_rejected = len(pair.rejected.prompt) + len(pair.rejected.answer)
+    (cut,), counts = encode_records(tok, records[:1], "dpo", fits_rejected, False, "val")
+    assert counts["truncated"] == 1 and cut.rejected.answer == pair.rejected.answer
+    assert cut.chosen.answer == pair.chosen.answer[: len(pair.rejected.answer)]
+
+
+def test_dpo_sft_term_is_the_mean_token_loss_of_the_chosen_answers_alone(ws):
+    """The --sft-weight term averages the next-token loss over the chosen answers' tokens only (TRL's "sft" loss type),
+    computed here by hand from the model's logits; the rejected answers' tokens are in neither sum."""
+    from llmkit.data.dataset import open_dataset
+
+    registry = Registry.for_workspace(ws.root)
+    base = resolve_model("tiny-lm", registry)
+    tok = load_tokenizer_for(base)
+    examples, _ = encode_records(tok, open_dataset(registry, "prefs").records("val")[:3], "dpo", 384, False, "val")
+    lm = load_causal_lm(base)[0].eval()
+    score_reference(lm, examples, 2, 0, "cpu", "fp32")
+    loss, tokens, figures = _loss_fn("dpo", _cfg(sft_weight=0.5), 0, "cpu")(lm, examples)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for e in examples:
+            logp = lm(input_ids=torch.tensor([e.chosen.prompt + e.chosen.answer])).logits[0].float().log_softmax(-1)
+            total += sum(float(logp[len(e.chosen.prompt) + k - 1, t]) for k, t in enumerate(e.chosen.answer))
+            count += len(e.chosen.answer)
+    assert figures["nll"] == pytest.approx(-total / count, rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(math.log(2) + 0.5 * figures["nll"], abs=1e-4)  # the model is its own reference
+    assert tokens == sum(len(e.chosen.answer) + len(e.rejected.answer) for e in examples)

@@ -246,3 +246,17 @@ def test_completion_logps_of_our_own_llama_equal_the_hugging_face_ones(models, t
         theirs_logps, ours_logps = completion_logps(hf, batch), completion_logps(ours, batch)
     torch.testing.assert_close(ours_logps.summed, theirs_logps.summed, **TOL)
     torch.testing.assert_close(ours_logps.sequence_summed, theirs_logps.sequence_summed, **TOL)
+
+
+def test_a_negative_kto_kl_estimate_is_clamped_to_zero():
+    """z = max(0, mean(policy_kl - ref_kl)): with mismatched pairs the policy finds less likely than the reference
+    does, the baseline is 0 and each row's loss is 1 - sigmoid(beta r) (desirable) or 1 - sigmoid(-beta r)."""
+    policy, ref = torch.tensor([-3.0, -5.0, -4.0, -2.0]), torch.tensor([-4.0, -4.0, -6.0, -1.0])
+    labels = torch.tensor([True, False, True, False])
+    policy_kl, ref_kl = torch.tensor([-9.0, -8.0, -7.0, -9.0]), torch.tensor([-5.0, -6.0, -5.0, -6.0])
+    out = kto_loss(policy, ref, labels, policy_kl, ref_kl, beta=0.5, desirable_weight=1.5, undesirable_weight=0.5)
+    assert float(out.extra["kl"]) == 0.0
+    r = (policy - ref).tolist()
+    expected = [1.5 * (1 - torch.sigmoid(torch.tensor(0.5 * r[0]))), 0.5 * (1 - torch.sigmoid(torch.tensor(-0.5 * r[1]))),
+                1.5 * (1 - torch.sigmoid(torch.tensor(0.5 * r[2]))), 0.5 * (1 - torch.sigmoid(torch.tensor(-0.5 * r[3])))]
+    assert float(out.loss) == pytest.approx(float(sum(expected)) / 4, abs=1e-6)

@@ -87,5 +87,8 @@ def test_start_values_are_the_given_config_values_the_space_can_draw():
     body = ClassifyConfig().model_dump()  # lr 5e-5, epochs 3.0 (a float field), batch_size 16, warmup_ratio 0.06
     assert start_values(params, body) == {"lr": 5e-5, "epochs": 3}  # 16 is no choice, 0.06 is off the 0.05 grid
     assert type(start_values(params, body)["epochs"]) is int
+    stepped = read_space({"epochs": {"int": [2, 6], "step": 2}, "lora.r": {"int": [2, 18], "step": 2}}, "classify")
+    assert start_values(stepped, body) == {"lora.r": body["lora"]["r"]}  # epochs 3 is off the grid 2, 4, 6
+    assert body["lora"]["r"] % 2 == 0
     nested = read_space({"lora": {"r": {"int": [4, 16]}}}, "classify")
     assert start_values(nested, body) == {"lora.r": body["lora"]["r"]}

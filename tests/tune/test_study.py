@@ -120,6 +120,20 @@ def test_a_pruned_trial_stops_at_its_evaluation_and_is_recorded_pruned(ws_root: 
     assert registry.find("pruning-t0", "model") is None
 
 
+def test_loss_and_perplexity_are_minimised_by_default_and_a_given_direction_wins(ws_root: Path):
+    """val_ppl falls as the model improves, like val_loss: a study that maximised it kept the worst trial."""
+    from llmkit.tune.study import check
+
+    ws = Workspace.open(ws_root)
+    registry = Registry.for_workspace(ws.root)
+    runs = len(registry.list("run"))
+    cfg = TuneConfig(stage="pretrain", data="tiny", space=str(ws_root / "space.yaml"), study="direction")
+    for metric, direction, given in (("val_loss", "min", None), ("val_ppl", "min", None), ("val_ppl", "max", "max")):
+        plan, _ = check(cfg.model_copy(update={"metric": metric, "direction": given}), tiny_config(), ws, registry)
+        assert (plan.metric, plan.direction) == (metric, direction)
+    assert len(registry.list("run")) == runs  # checking registers nothing
+
+
 @pytest.mark.parametrize(("args", "says"), [
     (["--space", "bad-key.yaml"], "unknown pretrain key 'lrr' (did you mean 'lr'?)"),
     (["--space", "empty-range.yaml"], "the range [0.01, 0.001] is empty"),
