@@ -5,7 +5,7 @@ pyproject.toml, beside a `shared` link so the tests find ../shared/data). The te
 against the copy; a mutant whose tests all pass "survived" — the suite would not notice that bug.
 The unmutated copy runs every named test first, so a test that fails anyway cannot count as a kill.
 
-    .venv/bin/python tests/mutants.py              # every mutant (about 20 minutes on 2 cores)
+    .venv/bin/python tests/mutants.py              # every mutant (about 32 minutes on 2 cores)
     .venv/bin/python tests/mutants.py --list       # what is in the list
     .venv/bin/python tests/mutants.py --only wanda-ignores-activations --only skip-int8-conversion
     make mutants
