@@ -139,28 +139,18 @@ class Registry:
             print(f"migrated the registry at {safe_url(self.url)} from schema v{before} to v{SCHEMA_VERSION}: llmkit "
                   "older than this one cannot open it any more", file=sys.stderr)
 
-    def _current_schema(self, attempts: int = 20) -> int | None:
+    def _current_schema(self) -> int | None:
         """The schema version, read without writing; None when the registry has no schema table yet.
 
         Retried like a write: on a SQLite file another process is creating, the first connection's switch to WAL
         can meet "database is locked" without waiting out busy_timeout (1 in ~60 two-process first opens here)."""
-        for attempt in range(attempts):
-            try:
-                with self.engine.connect() as conn:
-                    if not sa.inspect(conn).has_table(schema_table.name):
-                        return None
-                    return conn.execute(sa.select(schema_table.c.version)).scalar()
-            except OperationalError as err:
-                if not transient(err) or attempt == attempts - 1:
-                    if (refused := self._refused(err)) is not None:
-                        raise refused from None
-                    raise
-                back_off(attempt)
-            except DBAPIError as err:
-                if (refused := self._refused(err)) is not None:
-                    raise refused from None
-                raise
-        raise AssertionError("unreachable")
+        def read() -> int | None:
+            with self.engine.connect() as conn:
+                if not sa.inspect(conn).has_table(schema_table.name):
+                    return None
+                return conn.execute(sa.select(schema_table.c.version)).scalar()
+
+        return self._retrying(read)
 
     def _refused(self, err: DBAPIError) -> RegistryUnavailable | None:
         """One line for a database that refuses this process (permissions, a read-only disk); None for other errors."""
@@ -185,22 +175,27 @@ class Registry:
             return conn.execute(sa.select(schema_table.c.version)).scalar_one()
 
     # -- writes -----------------------------------------------------------------------------
-    def _write(self, fn: Callable[[sa.Connection], Any], attempts: int = 20) -> Any:
+    def _write(self, fn: Callable[[sa.Connection], Any]) -> Any:
         """Run fn in one transaction, retrying when another process holds the lock or won a race."""
+        def run() -> Any:
+            with self.engine.execution_options(llmkit_write=True).begin() as conn:
+                return fn(conn)
+
+        return self._retrying(run, races=True)
+
+    def _retrying(self, run: Callable[[], Any], races: bool = False, attempts: int = 20) -> Any:
+        """run(), again after a back-off while another process holds the lock (or, with `races`, won an insert race);
+        a database that refuses this process is one line (`_refused`)."""
         for attempt in range(attempts):
             try:
-                with self.engine.execution_options(llmkit_write=True).begin() as conn:
-                    return fn(conn)
-            except (OperationalError, IntegrityError) as err:
-                if not (isinstance(err, IntegrityError) or transient(err)) or attempt == attempts - 1:
+                return run()
+            except DBAPIError as err:  # psycopg's InsufficientPrivilege is a ProgrammingError
+                retry = (races and isinstance(err, IntegrityError)) or (isinstance(err, OperationalError) and transient(err))
+                if not retry or attempt == attempts - 1:
                     if (refused := self._refused(err)) is not None:
                         raise refused from None
                     raise
                 back_off(attempt)
-            except DBAPIError as err:  # psycopg's InsufficientPrivilege is a ProgrammingError
-                if (refused := self._refused(err)) is not None:
-                    raise refused from None
-                raise
         raise AssertionError("unreachable")
 
     def write(self, fn: Callable[[sa.Connection], Any]) -> Any:
