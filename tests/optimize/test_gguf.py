@@ -124,7 +124,20 @@ def test_llama_cpp_greedy_output_equals_pytorch_over_128_tokens(ws, bpe_model, q
     prompt = encode_prompt(tok, "KING RICHARD:\n")
     ours = list(generate_ids(lm, prompt, max_new_tokens=128, temperature=0))
     theirs = greedy(_llama(bpe_model, quant, ws), prompt, 128)
-    assert len(ours) == 128 and theirs == ours
+    assert len(ours) == len(theirs) == 128
+    if quant != "q8_0" or theirs == ours:
+        assert theirs == ours
+        return
+    # q8_0 rounds weights and activations to 8 bits, so the two greedy paths may part where the model's top two
+    # tokens nearly tie (0.02 nats apart at token 96 of 128 for a model trained on another CPU; the logits' spread is
+    # ~1.8): they must agree for a long stretch and part only at such a tie, never where the model is sure.
+    import torch
+
+    i = next(k for k, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
+    with torch.no_grad():
+        logits = lm(torch.tensor([prompt + ours[:i]])).logits[0, -1]
+    gap = float(logits[ours[i]] - logits[theirs[i]])
+    assert i >= 64 and gap < 0.1, (i, gap)
 
 
 def test_llama_cpp_batch_decodes_many_sequences_like_one_at_a_time(ws, bpe_model):

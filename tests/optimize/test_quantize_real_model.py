@@ -22,9 +22,11 @@ from llmkit.optimize.quantize import quantize_model
 @pytest.fixture(scope="module")
 def real(smollm2, shared_data: Path):
     lm, tok = load_causal_lm(smollm2)
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()[200_000:203_000]
-    ids = torch.tensor([tok(text)["input_ids"][:256]])
-    return lm, ids
+    # 1,024 tokens: on windows of 256 the int8 Δ swung from -1.6 % to +1.0 % with the window (+0.13 % on these)
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()[200_000:206_000]
+    ids = torch.tensor([tok(text)["input_ids"][:1024]])
+    assert ids.shape == (1, 1024)
+    return lm, ids, perplexity(lm, ids)
 
 
 def perplexity(lm, ids) -> float:
@@ -39,14 +41,14 @@ def quantized(lm, method: str):
 
 
 def test_the_default_method_keeps_a_pretrained_lm_within_one_percent(real):
-    lm, ids = real
+    lm, ids, base = real
     method = QuantizeConfig().method
-    base, quant = perplexity(lm, ids), perplexity(quantized(lm, method), ids)
+    quant = perplexity(quantized(lm, method), ids)
     assert abs(quant - base) / base < 0.01, (method, base, quant)
 
 
 def test_int8_dynamic_scales_activations_per_row_on_a_pretrained_lm(real):
-    lm, ids = real
-    base, quant = perplexity(lm, ids), perplexity(quantized(lm, "int8-dynamic"), ids)
-    # per row: about +10 % here; one scale for all 256 rows (PyTorch's dynamic Linear) was about +400 %
+    lm, ids, base = real
+    quant = perplexity(quantized(lm, "int8-dynamic"), ids)
+    # per row: about +7 % here; one scale for all the rows (PyTorch's dynamic Linear) was about +400 % on 256 of them
     assert base < quant < 1.25 * base, (base, quant)

@@ -103,6 +103,17 @@ def test_grpo_logs_rewards_and_kl_saves_curves_and_samples(grpo_model):
     assert "val_reward_before" in summary and summary["reward"] == "regex"
 
 
+def test_grpo_samples_on_the_fast_decoder_inside_bf16_autocast(ws):
+    """precision bf16 (what "auto" is on a CPU with bf16 instructions): the groups are sampled inside the training
+    step's autocast, where the fast decoder's products came out bf16 and its fp32 LoRA adds failed on the first step."""
+    registry = Registry.for_workspace(ws.root)
+    model = grpo(_cfg(name="tiny-grpo-bf16", precision="bf16", max_steps=2, eval_every=2, eval_max_examples=2), ws, registry)
+    assert model.lineage["metrics"]["precision"] == "bf16"
+    rows = [json.loads(line) for line in (Path(model.lineage["run"]["path"]) / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "reward" in r]
+    assert len(steps) == 2 and all(0 < r["answer_tokens"] <= 6 for r in steps)
+
+
 def test_one_step_moves_the_policy_toward_the_better_answers_of_each_group(ws):
     """After one step, sum_i A_i * (log p_tuned(answer_i) - log p_base(answer_i)) > 0 over the step's sampled answers
     (A: their group-normalised advantages): the update raised the better answers of each group against the worse.

@@ -90,11 +90,13 @@ def test_precision_fp16_on_a_cpu_is_a_one_line_error(lm_workspace: Path):
 def test_compile_gives_eager_losses_and_weights_and_really_compiles(lm_workspace: Path):
     from torch._dynamo.utils import counters
 
-    eager = _run(lm_workspace, "eager", compile=False)
+    # fp32 on every CPU ("auto" is bf16 where the CPU has bf16 instructions): compiled and eager bf16 round in
+    # different places, so the comparison below would measure bf16, not the compile
+    eager = _run(lm_workspace, "eager", compile=False, precision="fp32")
     torch._dynamo.reset()
     counters.clear()
     try:
-        compiled = _run(lm_workspace, "compiled", compile=True)
+        compiled = _run(lm_workspace, "compiled", compile=True, precision="fp32")
         graphs = counters["stats"]["unique_graphs"]
     finally:
         torch._dynamo.reset()
@@ -110,8 +112,10 @@ def test_compile_gives_eager_losses_and_weights_and_really_compiles(lm_workspace
 
 def test_gradient_accumulation_of_two_half_batches_equals_one_full_batch(lm_workspace: Path):
     # Dropout 0 (the TINY default): both runs draw the same 8 windows per step from the same sampler.
-    full = _run(lm_workspace, "accum-1x8", batch_size=8, grad_accum=1)
-    accumulated = _run(lm_workspace, "accum-2x4", batch_size=4, grad_accum=2)
+    # fp32 on every CPU: under bf16 (what "auto" is on a CPU with bf16 instructions) two half batches round
+    # differently from one whole batch, and the equality below would fail for bf16's sake
+    full = _run(lm_workspace, "accum-1x8", batch_size=8, grad_accum=1, precision="fp32")
+    accumulated = _run(lm_workspace, "accum-2x4", batch_size=4, grad_accum=2, precision="fp32")
     a, b = _losses(full), _losses(accumulated)
     assert len(a) == len(b) == STEPS
     for x, y in zip(a, b, strict=True):

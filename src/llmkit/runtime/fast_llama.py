@@ -22,6 +22,7 @@ only (no dropout). Costs one extra copy of the weights, in the decode layout, wh
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 from dataclasses import dataclass
@@ -56,6 +57,19 @@ class LlamaState:
     @property
     def capacity(self) -> int:
         return self.kv.shape[3]
+
+
+def _own_arithmetic(method):
+    """inference_mode, with autocast off: FastLlama computes in its own dtype (its weights', its KV cache's) whatever
+    context calls it. GRPO samples inside the training step's bf16 autocast, where its products came out bf16 and
+    the in-place LoRA adds of fp32 adapter weights failed (and the KV cache would have held autocast's rounding)."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+            return method(self, *args, **kwargs)
+
+    return call
 
 
 class FastLlama:
@@ -216,7 +230,7 @@ class FastLlama:
             return self.lm_head_t.normed(x, self.eps, self._norm)[:, :self.vocab_size]
         return self._mm(self._norm(x), self.lm_head_t)[:, :self.vocab_size]  # (N, vocab)
 
-    @torch.inference_mode()
+    @_own_arithmetic
     def prefill(self, ids: list[int], state: LlamaState | None = None, capacity: int | None = None):
         """Run `ids` through the model, appending to `state` (a new one if None).
 
@@ -252,7 +266,7 @@ class FastLlama:
         state.length = end
         return state, self._logits(x[-1:])[0]
 
-    @torch.inference_mode()
+    @_own_arithmetic
     def prefill_many(self, prompts: list[list[int]], states: list[LlamaState]) -> torch.Tensor:
         """prefill() for several sequences at once: their tokens go through each layer's matmuls together
         (larger, more efficient products), attention stays per sequence. A state may already hold a prefix
@@ -291,7 +305,7 @@ class FastLlama:
             state.length = s + n
         return self._logits(x[torch.tensor(bounds[1:], device=self.device) - 1])  # (B, vocab)
 
-    @torch.inference_mode()
+    @_own_arithmetic
     def step(self, states: list[LlamaState], token_ids: list[int]) -> torch.Tensor:
         """Append token_ids[b] to states[b] for every b; return next-token logits (B, vocab)."""
         for s in states:
