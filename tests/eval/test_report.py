@@ -11,3 +11,4 @@ def test_numbers_keep_places_for_their_size_and_rates_keep_one_decimal() -> None
     # a slow decode printed "7.4000" tokens/s beside a fast one's "429.3"
     assert format_number(7.4, "decode_tokens_per_s") == "7.4" and format_number(429.31, "prefill_tokens_per_s") == "429.3"
     assert format_number(0.0123, "ttft_s") == "0.0123"  # a time keeps its places
+    assert format_number(4.258, "size_mb") == "4.26" and format_number(439.31, "size_mb") == "439.3"

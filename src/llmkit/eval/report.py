@@ -39,9 +39,12 @@ class Report:
 def format_number(value: Any, key: str | None = None) -> str:
     """A number for a table: four significant-ish places below 10 (losses, F1, bits per byte), fewer above (1,242.0
     tokens/s, 439.3 MiB, 74.34 perplexity), thousands separated; anything else as text. A rate (`key` ending in
-    per_s) has one decimal whatever its size: a slow decode printed "7.4000" tokens/s beside "429.3"."""
+    per_s) has one decimal whatever its size: a slow decode printed "7.4000" tokens/s beside "429.3"; a size in MiB
+    (`_mb`) two below 100 (the table rounds sizes to 3 places, and "4.2580" MiB claimed a place it did not have)."""
     if isinstance(value, float):
-        digits = 1 if (key or "").endswith("per_s") else 4 if abs(value) < 10 else 2 if abs(value) < 100 else 1
+        key = key or ""
+        digits = (1 if key.endswith("per_s") else (2 if abs(value) < 100 else 1) if key.endswith("_mb")
+                  else 4 if abs(value) < 10 else 2 if abs(value) < 100 else 1)
         return f"{value:,.{digits}f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
