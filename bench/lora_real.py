@@ -8,9 +8,9 @@ lr, gradient clipping at 1.0, the same torch threads. The adapters start equal (
 creates them as peft does). Each side runs in its own process, so each peak RSS (getrusage maxrss of
 that process: loading included) is its own; both run with glibc's default allocator settings, or both with
 `train sft --lean-memory`'s (mmap threshold fixed at 256 KiB: train/memory.py) under --lean-memory. Our side ends
-each step as llmkit's training loop does: a step longer than RELEASE_AFTER_STEP_S hands the heap's free pages back
-(train.memory.release_freed, glibc's malloc_trim); a plain loop does not, so the peer does not, unless
---release-both (the peer's loop given the same call: what the trim alone is worth). The first --warmup steps are
+each step as llmkit's training loop does: train.memory.Releaser hands the heap's free pages back (glibc's malloc_trim)
+after a long step while that costs at most a tenth of a step; a plain loop does not, so the peer does not, unless
+--release-both (the peer's loop given the same policy: what the trim alone is worth). The first --warmup steps are
 excluded from the timing on both sides; tokens/s = tokens / seconds over the timed steps.
 
     ours: train.fast_lora.load_fast (our Llama, fused projections, frozen base in the precision, LoRA on top)
@@ -75,7 +75,7 @@ def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, comp
     from safetensors.torch import load_file
 
     from llmkit.models.io import resolve_model
-    from llmkit.train.memory import RELEASE_AFTER_STEP_S, release_freed
+    from llmkit.train.memory import Releaser
     from llmkit.train.optim import adamw
 
     torch.set_num_threads(threads)
@@ -92,6 +92,7 @@ def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, comp
     optimizer = adamw(model, LR, 0.01, (0.9, 0.999), "cpu")
     trained = [p for p in model.parameters() if p.requires_grad]
     losses, seconds = [], []
+    releaser = Releaser()
     for step in range(steps):
         ids, labels = data["ids"][step * BATCH:(step + 1) * BATCH], data["labels"][step * BATCH:(step + 1) * BATCH]
         t0 = time.perf_counter()
@@ -101,14 +102,14 @@ def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, comp
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if release and time.perf_counter() - t0 >= RELEASE_AFTER_STEP_S:  # as train/loop.py's fit does (timed too)
-            release_freed()
+        if release:  # as train/loop.py's fit does (timed too)
+            releaser.after_step(time.perf_counter() - t0)
         seconds.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
     timed = seconds[warmup:]
     print(json.dumps({"side": name, "losses": losses, "step_s": seconds, "load_s": round(load_s, 2),
                       "tokens_per_s": BATCH * LENGTH * len(timed) / sum(timed),
-                      "trainable": sum(p.numel() for p in trained),
+                      "trainable": sum(p.numel() for p in trained), "releases": releaser.released,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -166,7 +167,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="bf16 autocast (the issue's setting) or fp32")
     ap.add_argument("--lean-memory", action="store_true", help="both sides with train sft --lean-memory's allocator setting")
     ap.add_argument("--compile", action="store_true", help="torch.compile our side's blocks (train sft --compile)")
-    ap.add_argument("--release-both", action="store_true", help="the peer's loop also hands freed heap pages back after each step, as ours does")
+    ap.add_argument("--release-both", action="store_true", help="the peer's loop also hands freed heap pages back after long steps, as ours does")
     ap.add_argument("--side", choices=["ours", "peer"], help=argparse.SUPPRESS)
     ap.add_argument("--release", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=Path, help=argparse.SUPPRESS)
@@ -192,6 +193,7 @@ def main() -> None:
                       "labelled_fraction": data["labelled_fraction"], "trainable": a["trainable"],
                       "ours_tokens_per_s": round(a["tokens_per_s"], 1), "peer_tokens_per_s": round(b["tokens_per_s"], 1),
                       "speedup": round(speed, 3), "speedup_goal_met": speed >= 2.0,
+                      "ours_releases": a["releases"], "peer_releases": b["releases"],
                       "ours_peak_rss_mb": round(a["peak_rss_mb"], 1), "peer_peak_rss_mb": round(b["peak_rss_mb"], 1),
                       "rss_ratio": round(rss, 3), "rss_goal_met": rss <= 0.7,
                       "max_loss_gap": round(loss_gap, 4), "loss_goal_met": loss_gap <= 0.02,

@@ -46,3 +46,18 @@ def test_lean_memory_returns_freed_blocks_that_the_default_allocator_keeps():
 def test_release_freed_hands_back_the_holes_the_default_allocator_keeps():
     out = subprocess.run([sys.executable, "-c", PROBE, "trim"], capture_output=True, text=True, check=True)
     assert int(out.stdout.strip()) >= 0.9 * 32 * (2 << 20)  # every freed block's pages, though none was at the top
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_releaser_keeps_releasing_only_while_a_release_costs_at_most_a_tenth_of_a_step():
+    from llmkit.train.memory import RELEASE_AFTER_STEP_S, RELEASE_MAX_SHARE, Releaser, fault_seconds_per_byte
+
+    assert fault_seconds_per_byte() > 0  # a fresh page costs something here beyond writing it
+    releaser = Releaser()
+    assert not releaser.after_step(RELEASE_AFTER_STEP_S / 2) and releaser.cost_s is None  # a short step: never
+    assert releaser.after_step(RELEASE_AFTER_STEP_S)  # the first long step releases, which measures the cost
+    assert releaser.cost_s is not None and releaser.cost_s > 0 and releaser.released == 1
+    releaser.cost_s = 0.3  # e.g. 0.1 s of trim and ~0.3 GB refaulted at 0.65 s/GiB
+    assert not releaser.after_step(0.3 / RELEASE_MAX_SHARE * 0.9)  # it would cost more than a tenth of this step
+    assert releaser.released == 1
+    assert releaser.after_step(0.3 / RELEASE_MAX_SHARE * 1.1) and releaser.released == 2

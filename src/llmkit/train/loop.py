@@ -41,7 +41,7 @@ from llmkit.train.checkpoint import (
     save_checkpoint,
 )
 from llmkit.train.distributed import Dist
-from llmkit.train.memory import RELEASE_AFTER_STEP_S, release_freed
+from llmkit.train.memory import Releaser
 from llmkit.train.metrics import MetricsLog
 from llmkit.train.optim import autocast, lr_at
 from llmkit.workspace import atomic_dir
@@ -291,6 +291,7 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
     with StopFlag() as stop, progress_bar(console if console is not None else _quiet()) as bar:
         task = bar.add_task(job.stage, total=job.total_steps, completed=step, loss=float("nan"), tok_s=0.0, val="")
         t_last = time.time()
+        releaser = Releaser()
         while step < job.total_steps:
             lr = lr_at(step, job.lr, job.min_lr, job.warmup_steps, job.total_steps)
             for group in job.optimizer.param_groups:
@@ -318,8 +319,7 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
             tokens_seen += tokens
             now = time.time()
             tok_s = tokens / max(now - t_last, 1e-9)
-            if now - t_last >= RELEASE_AFTER_STEP_S:  # the step's freed transients back to the OS (train/memory.py)
-                release_freed()
+            releaser.after_step(now - t_last)  # the step's freed transients back to the OS when cheap (train/memory.py)
             t_last = now
             metrics.write(step=step, loss=loss_value, lr=lr, grad_norm=grad_norm, tokens_per_s=round(tok_s, 1),
                           **{k: round(v, 6) for k, v in extra.items()})
