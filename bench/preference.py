@@ -347,6 +347,9 @@ def dpo_part(ws_root: Path, args) -> dict:
             held, trained, held_pairs = split_pairs(rows, args)
             if [p["prompt"] for p in held] != prompts:
                 sys.exit("bench/preference.py: the SFT model left a held-out prompt unanswered; the held-out set moved")
+    if not held_pairs:  # answers of one sentence make no pair: every held-out ratio below would divide by zero
+        sys.exit("bench/preference.py: no held-out prompt makes a pair (single-sentence answers make none); "
+                 "raise --held-out or --answer-tokens")
     source = ws_root / "summary_first_pairs.jsonl"
     source.write_text("".join(json.dumps(p) + "\n" for p in trained), encoding="utf-8")
     ds = prepare(DataConfig(inputs=[str(source)], name="summary-first", task="preference", tokenizer="char",
