@@ -166,12 +166,18 @@ class Engine:
         self.adapter_rows: collections.Counter[int] = collections.Counter()  # adapter id -> rows queued or running
         self.prefix_cache = decoders[0].prefix_cache  # the model's PrefixCache (torch, Llama family), for /metrics
         self._stop = False
-        # The workers run on their share of the compute threads each while more than one has work, and one
-        # worker on all of them while it alone has: one client decodes on every core rather than one. torch's
-        # thread count is one setting for the process; every worker (of every engine) decides it from the same
-        # count of busy workers before each step, so they agree but for the step in which work arrives or leaves.
+        # The workers run on their share of the compute threads each while more than one has work, and the lead
+        # worker (the first) on all of them while it alone has: one client decodes on every core rather than one.
+        # torch's thread count is one setting for the process; every worker (of every engine) decides it from the
+        # same count of busy workers before each step, so they agree but for the step in which work arrives or
+        # leaves. Only the lead ever runs on more than its share, and the others take work only while the lead has
+        # some (so lone work goes to it): each worker that once ran on several threads keeps an OpenMP team for
+        # as long as it lives, and once the teams' threads outnumber the cores libgomp stops spin-waiting between
+        # parallel regions -- a lone client's steps took 11-14 ms where they take 6-7 (docs/benchmarks.md).
         self.shared_threads = torch.get_num_threads()
         self.solo_threads = self.shared_threads * len(decoders)
+        self.lead = decoders[0]
+        self.lead_rows = 0  # rows the lead runs: the other workers take work only while it has some
         self.threads = [threading.Thread(target=self._worker, args=(d,), daemon=True, name=f"llmkit-engine-{name}-{i}")
                         for i, d in enumerate(decoders)]
         for t in self.threads:
@@ -207,7 +213,7 @@ class Engine:
             for row in rows:
                 if row.adapter:
                     self.adapter_rows[row.adapter] += 1
-            self.cv.notify()
+            self.cv.notify_all()  # the lead among them: another worker does not take work while the lead has none
 
     def close(self) -> None:
         with self.cv:
@@ -244,29 +250,44 @@ class Engine:
         self.running += sum(job.size for job in admit)
         return admit
 
+    def _may_take(self, dec: Decoder) -> bool:
+        """Whether `dec` may admit waiting work now: the lead always, another worker while the lead has rows."""
+        return bool(self.waiting) and (dec is self.lead or self.lead_rows > 0)
+
     def _schedule(self, dec: Decoder) -> None:
         active: list[Job] = []
+        lead = dec is self.lead
         while True:
             _flush()
             if not active:
                 _mark_busy(False)
             with self.cv:
-                while not self.waiting and not active and not self._stop:
+                if lead:
+                    self.lead_rows = len(active)
+                while not self._may_take(dec) and not active and not self._stop:
                     self.cv.wait()
                 if self._stop:
                     for job in active + list(self.waiting):
                         job.emit(Event("error", message="the server is shutting down"))
                     return
-                admit = self._admit(dec, active)
+                admit = self._admit(dec, active) if self._may_take(dec) else []
+                if lead:
+                    self.lead_rows = len(active) + sum(job.size for job in admit)
+                    if admit and self.waiting:
+                        self.cv.notify_all()  # the others may take what the lead left now that it has work
             busy = _mark_busy(bool(admit or active))
             try:
+                # Threads before the prefill too: a worker other than the lead never runs on more than its share.
+                alone = lead and busy == 1 and self.running <= len(active) + sum(j.size for j in admit) \
+                    and not self.waiting
+                self._use_threads(self.solo_threads if alone else self.shared_threads)
                 alive = [job for job in admit if self._alive(job) or self._drop(job)]
                 # Prefill the newcomers together (bounded, so running sequences are not stalled long).
                 for start in range(0, len(alive), PREFILL_GROUP):
                     active += self._prefill(dec, alive[start:start + PREFILL_GROUP])
                 active = [j for j in active if self._alive(j) or self._release(j)]
                 if active:
-                    alone = busy == 1 and self.running <= len(active) and not self.waiting
+                    alone = lead and busy == 1 and self.running <= len(active) and not self.waiting
                     self._use_threads(self.solo_threads if alone else self.shared_threads)
                     self._step(dec, active)
                     active = [j for j in active if j.last >= 0 or self._release(j)]
