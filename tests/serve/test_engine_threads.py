@@ -1,5 +1,5 @@
-"""The engine's compute threads (serve.engine): two workers decode on one thread each while both have work, and a
-worker that alone has work decodes on both, so one client is not held to one core."""
+"""The engine's compute threads (serve.engine): two workers decode on one thread each while both have work, and the
+first worker, which takes lone work, decodes on both while it alone has work, so one client is not held to one core."""
 
 from __future__ import annotations
 
@@ -123,3 +123,32 @@ def test_a_lone_worker_of_one_model_shares_the_threads_while_another_models_deco
     finally:
         other.close()
     assert len(steps) >= 10 and all(threads == 1 for threads in steps)
+
+
+def test_lone_requests_go_to_the_first_worker_and_only_it_runs_on_every_thread(two_workers, tokenizer):
+    """Each worker that once ran on several threads keeps an OpenMP team for its life, and with two such teams on two
+    cores libgomp stops spin-waiting: a lone client's steps took about twice as long. So lone work goes to the first
+    worker (they alternated: the worker that had waited longest was woken), and the second never runs above its share."""
+    eng = two_workers
+
+    async def one(prompt: str):
+        job = _job(tokenizer, prompt, 12, asyncio.get_running_loop())
+        eng.submit(job)
+        await _finish(job)
+        return job.decoder
+
+    for prompt in ["the cat", "a dog", "the king", "a queen", "the night", "a sword"]:
+        assert _run(one(prompt)) is eng.decoders[0]
+    assert {name for name, _, _ in eng.seen} == {"llmkit-engine-tiny-0"}
+
+    async def together():
+        loop = asyncio.get_running_loop()
+        jobs = [_job(tokenizer, prompt, 30, loop) for prompt in ("the cat", "a dog", "the king", "a queen")]
+        for job in jobs:
+            eng.submit(job)
+        await asyncio.gather(*map(_finish, jobs))
+
+    eng.seen.clear()
+    _run(together())
+    second = [threads for name, threads, _ in eng.seen if name == "llmkit-engine-tiny-1"]
+    assert second and all(threads == 1 for threads in second)  # it took a share, on one thread
