@@ -166,14 +166,12 @@ class Engine:
         self.adapter_rows: collections.Counter[int] = collections.Counter()  # adapter id -> rows queued or running
         self.prefix_cache = decoders[0].prefix_cache  # the model's PrefixCache (torch, Llama family), for /metrics
         self._stop = False
-        # The workers run on their share of the compute threads each while more than one has work, and the lead
-        # worker (the first) on all of them while it alone has: one client decodes on every core rather than one.
-        # torch's thread count is one setting for the process; every worker (of every engine) decides it from the
-        # same count of busy workers before each step, so they agree but for the step in which work arrives or
-        # leaves. Only the lead ever runs on more than its share, and the others take work only while the lead has
-        # some (so lone work goes to it): each worker that once ran on several threads keeps an OpenMP team for
-        # as long as it lives, and once the teams' threads outnumber the cores libgomp stops spin-waiting between
-        # parallel regions -- a lone client's steps took 11-14 ms where they take 6-7 (docs/benchmarks.md).
+        # Each worker runs on its share of the compute threads while more than one has work, and the lead (the
+        # first) on all of them while it alone has: one client decodes on every core. torch's thread count is one
+        # setting for the process; every worker decides it from the same count of busy workers before each step.
+        # Only the lead ever exceeds its share, and the others take work only while it has some: a worker that once
+        # ran on several threads keeps an OpenMP team for life, and once the teams outnumber the cores libgomp stops
+        # spin-waiting -- a lone client's steps took 11-14 ms instead of 6-7 (docs/benchmarks.md).
         self.shared_threads = torch.get_num_threads()
         self.solo_threads = self.shared_threads * len(decoders)
         self.lead = decoders[0]
@@ -278,17 +276,14 @@ class Engine:
             busy = _mark_busy(bool(admit or active))
             try:
                 # Threads before the prefill too: a worker other than the lead never runs on more than its share.
-                alone = lead and busy == 1 and self.running <= len(active) + sum(j.size for j in admit) \
-                    and not self.waiting
-                self._use_threads(self.solo_threads if alone else self.shared_threads)
+                self._use_threads_for(lead, busy, len(active) + sum(job.size for job in admit))
                 alive = [job for job in admit if self._alive(job) or self._drop(job)]
                 # Prefill the newcomers together (bounded, so running sequences are not stalled long).
                 for start in range(0, len(alive), PREFILL_GROUP):
                     active += self._prefill(dec, alive[start:start + PREFILL_GROUP])
                 active = [j for j in active if self._alive(j) or self._release(j)]
                 if active:
-                    alone = lead and busy == 1 and self.running <= len(active) and not self.waiting
-                    self._use_threads(self.solo_threads if alone else self.shared_threads)
+                    self._use_threads_for(lead, busy, len(active))
                     self._step(dec, active)
                     active = [j for j in active if j.last >= 0 or self._release(j)]
             except Exception as err:  # a bug or OOM: fail the requests in flight, keep serving others
@@ -350,8 +345,11 @@ class Engine:
             self._release(row)
         return False
 
-    @staticmethod
-    def _use_threads(n: int) -> None:
+    def _use_threads_for(self, lead: bool, busy: int, rows: int) -> None:
+        """Every thread for the lead while it alone (of all workers, of every engine) has work: `rows`, all the
+        engine runs, and nothing waiting; else this worker's share."""
+        alone = lead and busy == 1 and self.running <= rows and not self.waiting
+        n = self.solo_threads if alone else self.shared_threads
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
 
