@@ -52,7 +52,7 @@ def doctor(json_out: JsonOpt = False) -> None:
     import torch
 
     from llmkit.data.figures import cjk_font
-    from llmkit.train.optim import cpu_has_fast_bf16
+    from llmkit.models.cpu_features import cpu_has_fast_bf16
 
     device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     backends = {}

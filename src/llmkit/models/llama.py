@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from llmkit.models.attention import attention
+
 if TYPE_CHECKING:  # the HF modeling module takes seconds to import; only to_hf() needs it
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -78,8 +80,7 @@ class Block(nn.Module):
             q = F.rms_norm(q.float(), (self.head_dim,), self.q_norm, self.eps).to(q.dtype)
             k = F.rms_norm(k.float(), (self.head_dim,), self.k_norm, self.eps).to(k.dtype)
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv != self.n_head,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = attention(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         x = x + self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         h = F.rms_norm(x, (C,), self.mlp_norm, self.eps)
         gate, up = self.gate_up(h).chunk(2, dim=-1)

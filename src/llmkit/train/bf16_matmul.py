@@ -12,24 +12,17 @@ time and never stored in fp32.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
+
+from llmkit.models.cpu_features import cpu_has_fast_bf16
 
 BF16 = torch.bfloat16
 
 
-@functools.cache
-def _cpu_lacks_bf16() -> bool:
-    from llmkit.train.optim import cpu_has_fast_bf16
-
-    return not cpu_has_fast_bf16()
-
-
 def emulated(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a bf16 matmul of these operands runs faster as an fp32 GEMM of their bf16 values."""
-    if x.device.type != "cpu" or not _cpu_lacks_bf16():
+    if x.device.type != "cpu" or cpu_has_fast_bf16():
         return False
     autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == BF16
     return autocast_bf16 or weight.dtype == BF16

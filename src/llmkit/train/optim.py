@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from pathlib import Path
 
 import torch
 
 from llmkit.errors import UserError
+from llmkit.models.cpu_features import cpu_has_fast_bf16
 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], device: str) -> torch.optim.AdamW:
@@ -32,14 +32,6 @@ def lr_at(step: int, lr: float, min_lr: float, warmup: int, max_steps: int) -> f
     span = max(1, max_steps - warmup)
     progress = min(1.0, (step - warmup) / span)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_precision(precision: str, device: str) -> str:

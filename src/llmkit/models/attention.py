@@ -1,0 +1,112 @@
+"""Attention for bf16 training on a CPU at short sequence lengths: whole score matrices through batched GEMMs.
+
+Why not always `F.scaled_dot_product_attention`: PyTorch's CPU flash kernel works in tiles with a per-tile
+softmax, which pays at long sequences, but at the lengths llmkit trains on (a few hundred tokens) it does a
+fraction of what the same CPU's bf16 GEMMs do. For smollm2-135m's attention (batch 4 x 256 tokens, 9 query
+and 3 key/value heads of 64, 2 cores of an AVX512-BF16 EPYC): flash 12.8 ms forward + backward per layer,
+this 5.1 ms, and a whole LoRA step 1.31 s against 1.11 s (`bench/attention.py` measures both). Used only where it
+pays: bf16 compute on a CPU with native bf16 GEMMs (elsewhere PyTorch's bf16 GEMMs are emulated and slow,
+and in fp32 its fp32-out softmax is 4x its bf16-out one here), without dropout, and up to MAX_SCORES score
+elements; everything else is PyTorch's kernel. With or without gradients alike: a policy and its frozen
+reference (GRPO, DPO) must give the same log-probabilities for the same weights.
+
+The arithmetic is flash attention's, un-tiled: scores from a GEMM that accumulates in fp32, a softmax that
+accumulates in fp32 and writes bf16 probabilities, and a backward that recomputes them instead of keeping
+a (B, heads, T, T) matrix per layer alive until backward (the memory flash saves). Grouped-query attention
+stacks each key/value head's query heads along the rows, so one GEMM per key/value head serves its group,
+and the key/value gradients come out summed over the group.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from llmkit.models.cpu_features import cpu_has_fast_bf16
+
+# Above this many score elements (batch x query heads x T x T) a layer's transient score matrices would
+# cost more memory than tiles do: flash attention instead. 2^24 is 4 x 9 heads x 682 tokens; 64 MiB of bf16.
+MAX_SCORES = 1 << 24
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              dropout: float = 0.0) -> torch.Tensor:
+    """Causal attention. q (B, H, T, D), k and v (B, KV, T, D) with H a multiple of KV (grouped-query attention:
+    query head h reads key/value head h // (H // KV)); mask None for causal attention, else (B, 1, T, T) booleans
+    (True: may attend). Returns (B, H, T, D) in the compute dtype (autocast's when it is on)."""
+    B, H, T, D = q.shape
+    KV = k.shape[1]
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else v.dtype
+    if (q.device.type != "cpu" or dtype != torch.bfloat16 or not cpu_has_fast_bf16() or dropout > 0
+            or B * H * T * T > MAX_SCORES):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=KV != H,
+                                              dropout_p=dropout)
+    G = H // KV
+    if mask is None:
+        bias = _causal_bias(T, G, dtype, q.device)                              # (G*T, T)
+    else:
+        bias = _document_bias(mask, KV, G, dtype)                                # (B*KV, G*T, T)
+    q3 = q.to(dtype).reshape(B * KV, G * T, D)  # query heads of one key/value head stacked along the rows
+    k3, v3 = k.to(dtype).reshape(B * KV, T, D), v.to(dtype).reshape(B * KV, T, D)
+    return _Attention.apply(q3, k3, v3, bias, D ** -0.5).view(B, H, T, D)
+
+
+_BIASES: dict[tuple, torch.Tensor] = {}
+
+
+def _causal_bias(T: int, G: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (T, G, dtype, device)
+    if key not in _BIASES:
+        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        _BIASES[key] = torch.zeros(T, T, dtype=dtype, device=device).masked_fill_(~causal, float("-inf")).repeat(G, 1)
+    return _BIASES[key]
+
+
+# (mask, KV, G, dtype, bias) of the last call: every layer of one forward passes the same mask tensor. One tuple,
+# read and replaced whole, so a thread never pairs another thread's mask with its bias.
+_last_bias: tuple | None = None
+
+
+def _document_bias(mask: torch.Tensor, KV: int, G: int, dtype: torch.dtype) -> torch.Tensor:
+    global _last_bias
+    last = _last_bias
+    if last is not None and last[0] is mask and last[1:4] == (KV, G, dtype):
+        return last[4]
+    B, _, T, _ = mask.shape
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    bias = bias.expand(B, KV, T, T).repeat(1, 1, G, 1).reshape(B * KV, G * T, T)
+    _last_bias = (mask, KV, G, dtype, bias)
+    return bias
+
+
+class _Attention(torch.autograd.Function):
+    """q (N, R, D) with R = group x T query rows, k and v (N, T, D), all bf16; bias broadcastable to (N, R, T)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale):
+        with torch.autocast("cpu", enabled=False):
+            o = torch.bmm(_probabilities(q, k, bias, scale), v)                 # (N, R, D)
+        ctx.save_for_backward(q, k, v, bias)
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, bias = ctx.saved_tensors
+        with torch.autocast("cpu", enabled=False):
+            do = do.to(v.dtype)
+            p = _probabilities(q, k, bias, ctx.scale)                           # recomputed: (N, R, T)
+            dv = torch.bmm(p.transpose(1, 2), do)                               # (N, T, D)
+            dp = torch.bmm(do, v.transpose(1, 2))                                # (N, R, T)
+            # p * (dp - rowsum(dp * p)), accumulated in fp32 inside the kernel
+            ds = torch._softmax_backward_data(dp, p, -1, p.dtype).mul_(ctx.scale)
+            dq = torch.bmm(ds, k)                                                # (N, R, D)
+            dk = torch.bmm(ds.transpose(1, 2), q)                               # (N, T, D): summed over the group
+        return dq, dk, dv, None, None
+
+
+def _probabilities(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    # The softmax accumulates in fp32 and writes bf16, which the next GEMM reads: PyTorch's bf16-out softmax
+    # runs 4x faster here than its fp32-out one, and the backward recomputes this rather than keep it.
+    s = torch.bmm(q, k.transpose(1, 2)).mul_(scale).add_(bias)                   # (N, R, T), in place: one allocation
+    return torch.softmax(s, dim=-1)
