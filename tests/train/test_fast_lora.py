@@ -292,3 +292,28 @@ def test_lora_dropout_drops_the_adapters_input_in_training_only(llama_folder):
         with ours.adapters_off():
             base = ours(x)
         assert not torch.allclose(ours(x), base)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_block_compiles_as_one_graph(llama_folder, precision, packed, monkeypatch):
+    """`--compile` pays only when dynamo traces a block whole: a graph break (reading /proc/cpuinfo inside a
+    dtype check did it to every linear layer) leaves pieces that fuse nothing, and compiled ran no faster."""
+    from contextlib import nullcontext
+
+    from llmkit.models import attention as attention_module
+    from llmkit.models.io import Model
+    from llmkit.models.llama import document_mask
+
+    monkeypatch.setattr(attention_module, "cpu_has_fast_bf16", lambda: True)  # our bf16 attention traced too
+    cfg = SftConfig(base="x", method="lora", lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    model = fast_lora.load_fast(Model(llama_folder, "tiny"), cfg, precision, "cpu").train()
+    llama, T = model.model, 16
+    x = torch.randn(2, T, llama.config.hidden_size, requires_grad=True)
+    cos, sin, mask = llama.cos[:T], llama.sin[:T], None
+    if packed:
+        mask = document_mask(torch.stack([torch.cat([torch.arange(6), torch.arange(T - 6)]), torch.arange(T)]))
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
+        explanation = torch._dynamo.explain(llama.layers[0])(x, cos, sin, mask)
+    assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
