@@ -109,3 +109,17 @@ def test_the_output_does_not_depend_on_whether_gradients_are_recorded():
         frozen = attention(q, k, v)
     assert torch.equal(attention(q, k, v), frozen)
     assert not torch.equal(frozen, F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))  # ours ran
+
+
+def test_compiled_it_neither_recompiles_for_each_new_mask_nor_changes_the_result(monkeypatch):
+    """`train sft --compile --packing`: every batch brings a new mask; the eager mask cache must stay out of the graph."""
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.reset()
+    compiled = torch.compile(attention, backend="eager", dynamic=False)
+    q, k, v, do = _inputs(2, 4, 2, 16, 8)
+    for cut in (6, 7, 9):
+        mask = document_mask(torch.stack([torch.cat([torch.arange(cut), torch.arange(16 - cut)]), torch.arange(16)]))
+        got = compiled(q, k, v, mask)
+        got.backward(do)
+        assert torch.equal(got, attention(q, k, v, mask))
+    torch._dynamo.reset()

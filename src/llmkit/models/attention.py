@@ -62,21 +62,27 @@ def _causal_bias(T: int, G: int, dtype: torch.dtype, device: torch.device) -> to
     return _BIASES[key]
 
 
-# (mask, KV, G, dtype, bias) of the last call: every layer of one forward passes the same mask tensor. One tuple,
-# read and replaced whole, so a thread never pairs another thread's mask with its bias.
+# (mask, KV, G, dtype, bias) of the last eager call: every layer of one forward passes the same mask tensor. One
+# tuple, read and replaced whole, so a thread never pairs another thread's mask with its bias.
 _last_bias: tuple | None = None
 
 
 def _document_bias(mask: torch.Tensor, KV: int, G: int, dtype: torch.dtype) -> torch.Tensor:
     global _last_bias
+    if torch.compiler.is_compiling():  # no cache in a graph: a guard on it would recompile for every new mask
+        return _bias_of(mask, KV, G, dtype)
     last = _last_bias
     if last is not None and last[0] is mask and last[1:4] == (KV, G, dtype):
         return last[4]
-    B, _, T, _ = mask.shape
-    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
-    bias = bias.expand(B, KV, T, T).repeat(1, 1, G, 1).reshape(B * KV, G * T, T)
+    bias = _bias_of(mask, KV, G, dtype)
     _last_bias = (mask, KV, G, dtype, bias)
     return bias
+
+
+def _bias_of(mask: torch.Tensor, KV: int, G: int, dtype: torch.dtype) -> torch.Tensor:
+    B, _, T, _ = mask.shape
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return bias.expand(B, KV, T, T).repeat(1, 1, G, 1).reshape(B * KV, G * T, T)
 
 
 class _Attention(torch.autograd.Function):
