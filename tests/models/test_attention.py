@@ -111,15 +111,19 @@ def test_the_output_does_not_depend_on_whether_gradients_are_recorded():
     assert not torch.equal(frozen, F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))  # ours ran
 
 
-def test_compiled_it_neither_recompiles_for_each_new_mask_nor_changes_the_result(monkeypatch):
-    """`train sft --compile --packing`: every batch brings a new mask; the eager mask cache must stay out of the graph."""
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+@pytest.mark.parametrize("cuts", [(None, None, None), (6, 7, 9)], ids=["causal", "packed"])
+def test_compiled_it_neither_recompiles_for_each_new_mask_nor_changes_the_result(cuts):
+    """`train sft --compile [--packing]`: every batch brings a new mask, and the causal bias cache fills on first use;
+    the eager caches must stay out of the graph, or each change recompiles."""
     torch._dynamo.reset()
+    attention_module._BIASES.clear()  # as in a fresh process: the first call fills it
     compiled = torch.compile(attention, backend="eager", dynamic=False)
     q, k, v, do = _inputs(2, 4, 2, 16, 8)
-    for cut in (6, 7, 9):
-        mask = document_mask(torch.stack([torch.cat([torch.arange(cut), torch.arange(16 - cut)]), torch.arange(16)]))
-        got = compiled(q, k, v, mask)
-        got.backward(do)
-        assert torch.equal(got, attention(q, k, v, mask))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for cut in cuts:
+            mask = None if cut is None else document_mask(
+                torch.stack([torch.cat([torch.arange(cut), torch.arange(16 - cut)]), torch.arange(16)]))
+            got = compiled(q, k, v, mask)
+            got.backward(do)
+            assert torch.equal(got, attention(q, k, v, mask))
     torch._dynamo.reset()

@@ -55,11 +55,17 @@ _BIASES: dict[tuple, torch.Tensor] = {}
 
 
 def _causal_bias(T: int, G: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if torch.compiler.is_compiling():  # built in the graph: a guard on the cache would recompile once it fills
+        return _causal_bias_of(T, G, dtype, device)
     key = (T, G, dtype, device)
     if key not in _BIASES:
-        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-        _BIASES[key] = torch.zeros(T, T, dtype=dtype, device=device).masked_fill_(~causal, float("-inf")).repeat(G, 1)
+        _BIASES[key] = _causal_bias_of(T, G, dtype, device)
     return _BIASES[key]
+
+
+def _causal_bias_of(T: int, G: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    return torch.zeros(T, T, dtype=dtype, device=device).masked_fill_(~causal, float("-inf")).repeat(G, 1)
 
 
 # (mask, KV, G, dtype, bias) of the last eager call: every layer of one forward passes the same mask tensor. One
