@@ -10,9 +10,11 @@ and in fp32 its fp32-out softmax is 4x its bf16-out one here), without dropout, 
 elements; everything else is PyTorch's kernel. With or without gradients alike: a policy and its frozen
 reference (GRPO, DPO) must give the same log-probabilities for the same weights.
 
-The arithmetic is flash attention's, un-tiled: scores from a GEMM that accumulates in fp32, a softmax that
-accumulates in fp32 and writes bf16 probabilities, and a backward that recomputes them instead of keeping
-a (B, heads, T, T) matrix per layer alive until backward (the memory flash saves). Grouped-query attention
+The arithmetic is flash attention's, tiled only by query blocks: scores from a GEMM that accumulates in fp32,
+a softmax that accumulates in fp32 and writes bf16 probabilities, and a backward that recomputes them instead
+of keeping a (B, heads, T, T) matrix per layer alive until backward (the memory flash saves). Causal
+attention runs in blocks of query times, each over the keys up to its end, so most of the masked half of the
+score matrix is never computed. Grouped-query attention
 stacks each key/value head's query heads along the rows, so one GEMM per key/value head serves its group,
 and the key/value gradients come out summed over the group.
 """
@@ -27,6 +29,11 @@ from llmkit.models.cpu_features import cpu_has_fast_bf16
 # Above this many score elements (batch x query heads x T x T) a layer's transient score matrices would
 # cost more memory than tiles do: flash attention instead. 2^24 is 4 x 9 heads x 682 tokens; 64 MiB of bf16.
 MAX_SCORES = 1 << 24
+# Causal attention in blocks of this many query times, block [a, b) over keys [0, b): of the scores above the
+# diagonal that a whole matrix would compute and mask, all but a 1 / (2 x blocks) share are skipped. Smaller
+# blocks skip more but make smaller GEMMs; in LoRA steps of smollm2-135m, 1,024 tokens a row: 8 blocks 14 % faster
+# than one whole matrix, at 256 tokens 2 blocks within the noise of one.
+CAUSAL_BLOCK = 128
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -42,30 +49,28 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=KV != H,
                                               dropout_p=dropout)
     G = H // KV
-    if mask is None:
-        bias = _causal_bias(T, G, dtype, q.device)                              # (G*T, T)
-    else:
-        bias = _document_bias(mask, KV, G, dtype)                                # (B*KV, G*T, T)
+    bias = None if mask is None else _document_bias(mask, KV, G, dtype)          # (B*KV, G*T, T)
     q3 = q.to(dtype).reshape(B * KV, G * T, D)  # query heads of one key/value head stacked along the rows
     k3, v3 = k.to(dtype).reshape(B * KV, T, D), v.to(dtype).reshape(B * KV, T, D)
-    return _Attention.apply(q3, k3, v3, bias, D ** -0.5).view(B, H, T, D)
+    return _Attention.apply(q3, k3, v3, bias, D ** -0.5, G).view(B, H, T, D)
 
 
 _BIASES: dict[tuple, torch.Tensor] = {}
 
 
-def _causal_bias(T: int, G: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _causal_rows_bias(start: int, stop: int, G: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(G * (stop - start), stop): causal attention of query times [start, stop) over keys [0, stop), per head."""
     if torch.compiler.is_compiling():  # built in the graph: a guard on the cache would recompile once it fills
-        return _causal_bias_of(T, G, dtype, device)
-    key = (T, G, dtype, device)
+        return _causal_rows_bias_of(start, stop, G, dtype, device)
+    key = (start, stop, G, dtype, device)
     if key not in _BIASES:
-        _BIASES[key] = _causal_bias_of(T, G, dtype, device)
+        _BIASES[key] = _causal_rows_bias_of(start, stop, G, dtype, device)
     return _BIASES[key]
 
 
-def _causal_bias_of(T: int, G: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-    return torch.zeros(T, T, dtype=dtype, device=device).masked_fill_(~causal, float("-inf")).repeat(G, 1)
+def _causal_rows_bias_of(start: int, stop: int, G: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    causal = torch.ones(stop, stop, dtype=torch.bool, device=device).tril()[start:]
+    return torch.zeros(stop - start, stop, dtype=dtype, device=device).masked_fill_(~causal, float("-inf")).repeat(G, 1)
 
 
 # (mask, KV, G, dtype, bias) of the last eager call: every layer of one forward passes the same mask tensor. One
@@ -92,29 +97,69 @@ def _bias_of(mask: torch.Tensor, KV: int, G: int, dtype: torch.dtype) -> torch.T
 
 
 class _Attention(torch.autograd.Function):
-    """q (N, R, D) with R = group x T query rows, k and v (N, T, D), all bf16; bias broadcastable to (N, R, T)."""
+    """q (N, R, D) with R = G x T query rows (G query heads per key/value head), k and v (N, T, D), all bf16;
+    bias (N, R, T) for packed rows, or None for causal attention, which runs in blocks of CAUSAL_BLOCK query
+    times, each over the keys up to its last time only (the scores above the diagonal are mostly never computed)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, scale):
+    def forward(ctx, q, k, v, bias, scale, G):
         with torch.autocast("cpu", enabled=False):
-            o = torch.bmm(_probabilities(q, k, bias, scale), v)                 # (N, R, D)
+            parts = [torch.bmm(_probabilities(qb, kb, bb, scale), vb) for qb, kb, vb, bb in _blocks(q, k, v, bias, G)]
         ctx.save_for_backward(q, k, v, bias)
-        ctx.scale = scale
-        return o
+        ctx.scale, ctx.G = scale, G
+        return _join_rows(parts, G)
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, bias = ctx.saved_tensors
+        T = k.shape[1]
+        # the blocks' key and value gradients summed in fp32: a bf16 sum would round once more
+        dq, dk, dv = [], torch.zeros_like(k, dtype=torch.float32), torch.zeros_like(v, dtype=torch.float32)
         with torch.autocast("cpu", enabled=False):
             do = do.to(v.dtype)
-            p = _probabilities(q, k, bias, ctx.scale)                           # recomputed: (N, R, T)
-            dv = torch.bmm(p.transpose(1, 2), do)                               # (N, T, D)
-            dp = torch.bmm(do, v.transpose(1, 2))                                # (N, R, T)
-            # p * (dp - rowsum(dp * p)), accumulated in fp32 inside the kernel
-            ds = torch._softmax_backward_data(dp, p, -1, p.dtype).mul_(ctx.scale)
-            dq = torch.bmm(ds, k)                                                # (N, R, D)
-            dk = torch.bmm(ds.transpose(1, 2), q)                               # (N, T, D): summed over the group
-        return dq, dk, dv, None, None
+            dos = [do] if bias is not None else _split_rows(do, ctx.G, T)
+            for (qb, kb, vb, bb), dob in zip(_blocks(q, k, v, bias, ctx.G), dos, strict=True):
+                p = _probabilities(qb, kb, bb, ctx.scale)                      # recomputed: (N, rows, keys)
+                keys = kb.shape[1]
+                dv[:, :keys] += torch.bmm(p.transpose(1, 2), dob).float()       # (N, keys, D)
+                dp = torch.bmm(dob, vb.transpose(1, 2))                          # (N, rows, keys)
+                # p * (dp - rowsum(dp * p)), accumulated in fp32 inside the kernel
+                ds = torch._softmax_backward_data(dp, p, -1, p.dtype).mul_(ctx.scale)
+                dq.append(torch.bmm(ds, kb))                                     # (N, rows, D)
+                dk[:, :keys] += torch.bmm(ds.transpose(1, 2), qb).float()       # summed over the group
+        return _join_rows(dq, ctx.G), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+def _blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, G: int) -> list[tuple]:
+    """(query rows, keys, values, bias) per block of query times: block [a, b) attends to keys [0, b)."""
+    if bias is not None:
+        return [(q, k, v, bias)]
+    T = k.shape[1]
+    bounds = _bounds(T)
+    return [(rows, k[:, :b], v[:, :b], _causal_rows_bias(a, b, G, q.dtype, q.device))
+            for rows, a, b in zip(_split_rows(q, G, T), bounds[:-1], bounds[1:], strict=True)]
+
+
+def _bounds(T: int) -> list[int]:
+    n = max(1, T // CAUSAL_BLOCK)
+    return [T * i // n for i in range(n + 1)]
+
+
+def _split_rows(x: torch.Tensor, G: int, T: int) -> list[torch.Tensor]:
+    """(N, G*T, D) -> one (N, G*(b-a), D) per block [a, b) of query times."""
+    N, _, D = x.shape
+    bounds, x4 = _bounds(T), x.view(N, G, T, D)
+    if len(bounds) == 2:
+        return [x]
+    return [x4[:, :, a:b].reshape(N, G * (b - a), D) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _join_rows(parts: list[torch.Tensor], G: int) -> torch.Tensor:
+    """The inverse of _split_rows."""
+    if len(parts) == 1:
+        return parts[0]
+    N, _, D = parts[0].shape
+    return torch.cat([p.view(N, G, -1, D) for p in parts], dim=2).view(N, -1, D)
 
 
 def _probabilities(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
