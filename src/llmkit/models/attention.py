@@ -3,8 +3,8 @@
 Why not always `F.scaled_dot_product_attention`: PyTorch's CPU flash kernel works in tiles with a per-tile
 softmax, which pays at long sequences, but at the lengths llmkit trains on (a few hundred tokens) it does a
 fraction of what the same CPU's bf16 GEMMs do. For smollm2-135m's attention (batch 4 x 256 tokens, 9 query
-and 3 key/value heads of 64, 2 cores of an AVX512-BF16 EPYC): flash 12.8 ms forward + backward per layer,
-this 5.1 ms, and a whole LoRA step 1.31 s against 1.11 s (`bench/attention.py` measures both). Used only where it
+and 3 key/value heads of 64, 2 cores of an AVX512-BF16 EPYC): flash 11.9 ms forward + backward per layer,
+this 4.5 ms, and a whole LoRA step 1.44 s against 1.20 s (`bench/attention.py` measures both). Used only where it
 pays: bf16 compute on a CPU with native bf16 GEMMs (elsewhere PyTorch's bf16 GEMMs are emulated and slow,
 and in fp32 its fp32-out softmax is 4x its bf16-out one here), without dropout, and up to MAX_SCORES score
 elements; everything else is PyTorch's kernel. With or without gradients alike: a policy and its frozen
@@ -32,7 +32,7 @@ MAX_SCORES = 1 << 24
 # Causal attention in blocks of this many query times, block [a, b) over keys [0, b): of the scores above the
 # diagonal that a whole matrix would compute and mask, all but a 1 / (2 x blocks) share are skipped. Smaller
 # blocks skip more but make smaller GEMMs; in LoRA steps of smollm2-135m, 1,024 tokens a row: 8 blocks 14 % faster
-# than one whole matrix, at 256 tokens 2 blocks within the noise of one.
+# than one whole matrix; 256 tokens a row: 2 blocks 1-2 % (alternating steps of one process).
 CAUSAL_BLOCK = 128
 
 
