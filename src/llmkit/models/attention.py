@@ -49,76 +49,79 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=KV != H,
                                               dropout_p=dropout)
     G = H // KV
-    bias = None if mask is None else _document_bias(mask, KV, G, dtype)          # (B*KV, G*T, T)
+    # one bias per block of query times [a, b), over keys [0, b): (G*(b-a), b) for causal rows, one per batch
+    # row and key/value head, (B*KV, G*(b-a), b), for packed rows (causal within each document)
+    biases = _causal_biases(T, G, dtype, q.device) if mask is None else _document_biases(mask, KV, G, dtype)
     q3 = q.to(dtype).reshape(B * KV, G * T, D)  # query heads of one key/value head stacked along the rows
     k3, v3 = k.to(dtype).reshape(B * KV, T, D), v.to(dtype).reshape(B * KV, T, D)
-    return _Attention.apply(q3, k3, v3, bias, D ** -0.5, G).view(B, H, T, D)
+    return _Attention.apply(q3, k3, v3, D ** -0.5, G, biases).view(B, H, T, D)
 
 
-_BIASES: dict[tuple, torch.Tensor] = {}
+_BIASES: dict[tuple, list[torch.Tensor]] = {}
 
 
-def _causal_rows_bias(start: int, stop: int, G: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(G * (stop - start), stop): causal attention of query times [start, stop) over keys [0, stop), per head."""
+def _causal_biases(T: int, G: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
     if torch.compiler.is_compiling():  # built in the graph: a guard on the cache would recompile once it fills
-        return _causal_rows_bias_of(start, stop, G, dtype, device)
-    key = (start, stop, G, dtype, device)
+        return _causal_biases_of(T, G, dtype, device)
+    key = (T, G, dtype, device, CAUSAL_BLOCK)
     if key not in _BIASES:
-        _BIASES[key] = _causal_rows_bias_of(start, stop, G, dtype, device)
+        _BIASES[key] = _causal_biases_of(T, G, dtype, device)
     return _BIASES[key]
 
 
-def _causal_rows_bias_of(start: int, stop: int, G: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    causal = torch.ones(stop, stop, dtype=torch.bool, device=device).tril()[start:]
-    return torch.zeros(stop - start, stop, dtype=dtype, device=device).masked_fill_(~causal, float("-inf")).repeat(G, 1)
+def _causal_biases_of(T: int, G: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    bias = torch.zeros(T, T, dtype=dtype, device=device).masked_fill_(~causal, float("-inf"))
+    bounds = _bounds(T)
+    return [bias[a:b, :b].repeat(G, 1) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-# (mask, KV, G, dtype, bias) of the last eager call: every layer of one forward passes the same mask tensor. One
-# tuple, read and replaced whole, so a thread never pairs another thread's mask with its bias.
-_last_bias: tuple | None = None
+# (mask, KV, G, dtype, CAUSAL_BLOCK, biases) of the last eager call: every layer of one forward passes the same mask tensor.
+# One tuple, read and replaced whole, so a thread never pairs another thread's mask with its biases.
+_last_biases: tuple | None = None
 
 
-def _document_bias(mask: torch.Tensor, KV: int, G: int, dtype: torch.dtype) -> torch.Tensor:
-    global _last_bias
+def _document_biases(mask: torch.Tensor, KV: int, G: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    global _last_biases
     if torch.compiler.is_compiling():  # no cache in a graph: a guard on it would recompile for every new mask
-        return _bias_of(mask, KV, G, dtype)
-    last = _last_bias
-    if last is not None and last[0] is mask and last[1:4] == (KV, G, dtype):
-        return last[4]
-    bias = _bias_of(mask, KV, G, dtype)
-    _last_bias = (mask, KV, G, dtype, bias)
-    return bias
+        return _document_biases_of(mask, KV, G, dtype)
+    last = _last_biases
+    if last is not None and last[0] is mask and last[1:5] == (KV, G, dtype, CAUSAL_BLOCK):
+        return last[5]
+    biases = _document_biases_of(mask, KV, G, dtype)
+    _last_biases = (mask, KV, G, dtype, CAUSAL_BLOCK, biases)
+    return biases
 
 
-def _bias_of(mask: torch.Tensor, KV: int, G: int, dtype: torch.dtype) -> torch.Tensor:
+def _document_biases_of(mask: torch.Tensor, KV: int, G: int, dtype: torch.dtype) -> list[torch.Tensor]:
     B, _, T, _ = mask.shape
-    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
-    return bias.expand(B, KV, T, T).repeat(1, 1, G, 1).reshape(B * KV, G * T, T)
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))  # (B, 1, T, T)
+    bounds = _bounds(T)
+    return [bias[:, :, None, a:b, :b].expand(B, KV, G, b - a, b).reshape(B * KV, G * (b - a), b)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 class _Attention(torch.autograd.Function):
     """q (N, R, D) with R = G x T query rows (G query heads per key/value head), k and v (N, T, D), all bf16;
-    bias (N, R, T) for packed rows, or None for causal attention, which runs in blocks of CAUSAL_BLOCK query
-    times, each over the keys up to its last time only (the scores above the diagonal are mostly never computed)."""
+    `biases`, one per block of query times of CAUSAL_BLOCK, each block over the keys up to its last time only:
+    the scores above the diagonal are mostly never computed."""
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, scale, G):
+    def forward(ctx, q, k, v, scale, G, biases):
         with torch.autocast("cpu", enabled=False):
-            parts = [torch.bmm(_probabilities(qb, kb, bb, scale), vb) for qb, kb, vb, bb in _blocks(q, k, v, bias, G)]
-        ctx.save_for_backward(q, k, v, bias)
-        ctx.scale, ctx.G = scale, G
+            parts = [torch.bmm(_probabilities(qb, kb, bb, scale), vb) for qb, kb, vb, bb in _blocks(q, k, v, G, biases)]
+        ctx.save_for_backward(q, k, v)
+        ctx.scale, ctx.G, ctx.biases = scale, G, biases
         return _join_rows(parts, G)
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, bias = ctx.saved_tensors
-        T = k.shape[1]
+        q, k, v = ctx.saved_tensors
         # the blocks' key and value gradients summed in fp32: a bf16 sum would round once more
         dq, dk, dv = [], torch.zeros_like(k, dtype=torch.float32), torch.zeros_like(v, dtype=torch.float32)
         with torch.autocast("cpu", enabled=False):
-            do = do.to(v.dtype)
-            dos = [do] if bias is not None else _split_rows(do, ctx.G, T)
-            for (qb, kb, vb, bb), dob in zip(_blocks(q, k, v, bias, ctx.G), dos, strict=True):
+            dos = _split_rows(do.to(v.dtype), ctx.G, k.shape[1])
+            for (qb, kb, vb, bb), dob in zip(_blocks(q, k, v, ctx.G, ctx.biases), dos, strict=True):
                 p = _probabilities(qb, kb, bb, ctx.scale)                      # recomputed: (N, rows, keys)
                 keys = kb.shape[1]
                 dv[:, :keys] += torch.bmm(p.transpose(1, 2), dob).float()       # (N, keys, D)
@@ -130,14 +133,11 @@ class _Attention(torch.autograd.Function):
         return _join_rows(dq, ctx.G), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 
-def _blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, G: int) -> list[tuple]:
+def _blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, G: int, biases: list[torch.Tensor]) -> list[tuple]:
     """(query rows, keys, values, bias) per block of query times: block [a, b) attends to keys [0, b)."""
-    if bias is not None:
-        return [(q, k, v, bias)]
     T = k.shape[1]
-    bounds = _bounds(T)
-    return [(rows, k[:, :b], v[:, :b], _causal_rows_bias(a, b, G, q.dtype, q.device))
-            for rows, a, b in zip(_split_rows(q, G, T), bounds[:-1], bounds[1:], strict=True)]
+    return [(rows, k[:, :b], v[:, :b], bias)
+            for rows, b, bias in zip(_split_rows(q, G, T), _bounds(T)[1:], biases, strict=True)]
 
 
 def _bounds(T: int) -> list[int]:
