@@ -14,7 +14,8 @@ Two measurements, each giving both sides the same inputs, threads and timing win
       pays more of them).
   step: whole LoRA SFT steps of smollm2-135m (r 8 all-linear, bf16 autocast, the fast path, eager) with
       glibc's defaults, our attention on or off (MAX_SCORES 0) in alternate steps of one process: median
-      step seconds per side over --steps steps each.
+      step seconds per side over --steps steps each; rows of one conversation, and at 256 tokens also rows
+      packed with three (`train sft --packing`: attention within each conversation).
 
     .venv/bin/python bench/attention.py [--threads 2] [--repeats 20] [--steps 6]
 
@@ -100,17 +101,21 @@ def step_rows(steps: int) -> list[dict]:
     model = fast_lora.load_fast(base, cfg, "bf16", "cpu").train()
     optimizer = adamw(model, 2e-4, 0.01, (0.9, 0.999), "cpu")
     ours_bound, rows = attention_module.MAX_SCORES, []
-    for T in (256, 512, 1024):
+    for T, packed in ((256, False), (256, True), (512, False), (1024, False)):
         B = TOKENS // T
         ids = torch.randint(0, model.lm_head.weight.shape[0], (B, T), generator=torch.Generator().manual_seed(T))
         labels = ids.clone()
         labels[:, : T // 3] = -100  # a prompt, unlabelled
+        batch = {"input_ids": ids, "labels": labels}
+        if packed:  # three conversations per row (train sft --packing): attention within each only
+            third = T // 3
+            batch["position_ids"] = torch.cat([torch.arange(third), torch.arange(third), torch.arange(T - 2 * third)]).expand(B, T)
 
-        def step(side: str, ids=ids, labels=labels) -> float:
+        def step(side: str, batch=batch) -> float:
             attention_module.MAX_SCORES = ours_bound if side == "ours" else 0
             start = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                total, n = fast_lora.token_loss_sum(model, {"input_ids": ids, "labels": labels})
+                total, n = fast_lora.token_loss_sum(model, batch)
             (total / n).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -122,7 +127,7 @@ def step_rows(steps: int) -> list[dict]:
         for i in range(steps):
             for side in (("ours", "pytorch") if i % 2 == 0 else ("pytorch", "ours")):
                 times[side].append(step(side))
-        row = {"length": T, "batch": B, "pytorch_step_s": statistics.median(times["pytorch"]),
+        row = {"length": T, "batch": B, "packed": packed, "pytorch_step_s": statistics.median(times["pytorch"]),
                "ours_step_s": statistics.median(times["ours"])}
         row["speedup"] = row["pytorch_step_s"] / row["ours_step_s"]
         rows.append(row)
@@ -156,9 +161,10 @@ def main() -> None:
         print(f"{'':28}{r['length']:>6} {r['batch']:>5} {r['pytorch_ms']:>11.2f} {r['ours_ms']:>8.2f} {r['speedup']:>8.2f}x "
               f"{r['pytorch_max_rel_error']:>12.4f} {r['ours_max_rel_error']:>9.4f}")
     steps = step_rows(args.steps)
-    print(f"LoRA step of smollm2-135m:  {'length':>6} {'batch':>5} {'pytorch s':>10} {'ours s':>7} {'speed-up':>9}")
+    print(f"LoRA step of smollm2-135m:  {'length':>6} {'batch':>5} {'packed':>7} {'pytorch s':>10} {'ours s':>7} {'speed-up':>9}")
     for r in steps:
-        print(f"{'':28}{r['length']:>6} {r['batch']:>5} {r['pytorch_step_s']:>10.3f} {r['ours_step_s']:>7.3f} {r['speedup']:>8.2f}x")
+        print(f"{'':28}{r['length']:>6} {r['batch']:>5} {str(r['packed']):>7} {r['pytorch_step_s']:>10.3f} {r['ours_step_s']:>7.3f} "
+              f"{r['speedup']:>8.2f}x")
     print(json.dumps({"heads": H, "kv_heads": KV, "head_dim": D, "tokens": TOKENS, "threads": args.threads,
                       "cpu_has_fast_bf16": cpu_has_fast_bf16(), "max_scores": attention_module.MAX_SCORES,
                       "kernel": rounded(kernel), "lora_step": rounded(steps)}))
