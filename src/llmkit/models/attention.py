@@ -3,8 +3,8 @@
 Why not always `F.scaled_dot_product_attention`: PyTorch's CPU flash kernel works in tiles with a per-tile
 softmax, which pays at long sequences, but at the lengths llmkit trains on (a few hundred tokens) it does a
 fraction of what the same CPU's bf16 GEMMs do. For smollm2-135m's attention (batch 4 x 256 tokens, 9 query
-and 3 key/value heads of 64, 2 cores of an AVX512-BF16 EPYC): flash 11.9 ms forward + backward per layer,
-this 4.5 ms, and a whole LoRA step 1.44 s against 1.20 s (`bench/attention.py` measures both). Used only where it
+and 3 key/value heads of 64, 2 cores of an AVX512-BF16 EPYC): flash 12.8 ms forward + backward per layer,
+this 5.2 ms, a whole LoRA step 1.46 s against 1.23 s (`bench/attention.py`; docs/benchmarks.md). Used only where it
 pays: bf16 compute on a CPU with native bf16 GEMMs (elsewhere PyTorch's bf16 GEMMs are emulated and slow,
 and in fp32 its fp32-out softmax is 4x its bf16-out one here), without dropout, and up to MAX_SCORES score
 elements; everything else is PyTorch's kernel. With or without gradients alike: a policy and its frozen
