@@ -1,4 +1,4 @@
-"""Attention for bf16 training on a CPU at short sequence lengths: whole score matrices through batched GEMMs.
+"""Attention for bf16 training on a CPU at short sequence lengths: blocks of score matrices through batched GEMMs.
 
 Why not always `F.scaled_dot_product_attention`: PyTorch's CPU flash kernel works in tiles with a per-tile
 softmax, which pays at long sequences, but at the lengths llmkit trains on (a few hundred tokens) it does a
@@ -14,9 +14,8 @@ The arithmetic is flash attention's, tiled only by query blocks: scores from a G
 a softmax that accumulates in fp32 and writes bf16 probabilities, and a backward that recomputes them instead
 of keeping a (B, heads, T, T) matrix per layer alive until backward (the memory flash saves). Causal
 attention runs in blocks of query times, each over the keys up to its end, so most of the masked half of the
-score matrix is never computed. Grouped-query attention
-stacks each key/value head's query heads along the rows, so one GEMM per key/value head serves its group,
-and the key/value gradients come out summed over the group.
+score matrix is never computed. Grouped-query attention stacks each key/value head's query heads along the
+rows, so one GEMM per key/value head serves its group, and the key/value gradients come out summed over it.
 """
 
 from __future__ import annotations
