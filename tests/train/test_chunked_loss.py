@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from llmkit.train import chunked_loss
 from llmkit.train.chunked_loss import IGNORE, linear_cross_entropy, shifted_loss_sum
 
 N, C, V = 37, 24, 301
@@ -25,8 +26,9 @@ def _reference(hidden, weight, targets):
     return F.cross_entropy(hidden @ weight.T, targets, ignore_index=IGNORE, reduction="sum")
 
 
-@pytest.mark.parametrize("chunk", [1, 7, N + 5])
-def test_value_and_gradients_equal_cross_entropy_on_full_logits(chunk):
+@pytest.mark.parametrize(("chunk", "rows"), [(1, 32), (7, 32), (N + 5, 32), (N + 5, 4), (7, 3)])
+def test_value_and_gradients_equal_cross_entropy_on_full_logits(chunk, rows, monkeypatch):
+    monkeypatch.setattr(chunked_loss, "SOFTMAX_ROWS", rows)  # softmax blocks that do not divide the chunk
     hidden, weight, targets = _inputs()
     want = _reference(hidden, weight, targets)
     want_h, want_w = torch.autograd.grad(want * 0.5, (hidden, weight))  # a scaled loss, as gradient accumulation uses
@@ -48,7 +50,9 @@ def test_frozen_head_gets_no_gradient_and_no_grad_mode_gives_the_same_value():
         torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets, chunk=5), want.detach(), atol=1e-5, rtol=1e-5)
 
 
-def test_bf16_autocast_scores_bf16_logits_in_fp32_as_an_hf_model_does():
+@pytest.mark.parametrize("rows", [32, 3])
+def test_bf16_autocast_scores_bf16_logits_in_fp32_as_an_hf_model_does(rows, monkeypatch):
+    monkeypatch.setattr(chunked_loss, "SOFTMAX_ROWS", rows)
     hidden, weight, targets = _inputs(2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = F.linear(hidden, weight)  # what an HF head gives under autocast: bf16 logits, then .float()
@@ -85,3 +89,10 @@ def test_shifted_loss_predicts_the_next_labelled_token():
     want = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
     assert n == 10 - 2
     torch.testing.assert_close(total, want, atol=1e-5, rtol=1e-5)
+
+
+def test_no_labelled_position_scores_zero_with_a_zero_gradient():
+    hidden, weight, targets = _inputs(5)
+    got = linear_cross_entropy(hidden, weight, torch.full_like(targets, IGNORE))
+    (got_h,) = torch.autograd.grad(got, (hidden,))
+    assert float(got.detach()) == 0.0 and not got_h.any()
