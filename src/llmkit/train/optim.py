@@ -21,7 +21,9 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[f
         seen.add(id(p))
         (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device == "cuda"
+    # Fused on CPU too: foreach on a CPU is a per-tensor loop, and a LoRA has hundreds of small tensors (420 in
+    # smollm2-135m with all-linear r 8: 3.4 ms a step fused against 11.5 ms foreach, 2 cores).
+    fused = device in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None, foreach=None if fused else True)
 
 
