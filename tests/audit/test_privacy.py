@@ -29,7 +29,9 @@ SMALL = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2, "n
          "intermediate_size": 192}
 # Samples as long as the 48-token context allows (46 after the prompt): a card reaches its phone number
 # about 40 characters in, so shorter samples rarely show one.
-AUDIT = dict(data="leak", prefix_tokens=24, suffix_tokens=16, samples=64, sample_tokens=46, candidates=500)
+# 128 samples: with 64, a change of optimizer kernel alone (foreach to fused AdamW, same maths up to rounding)
+# moved the count of training cards repeated from 3 to 1; with 128 the same two models give 10 and 6.
+AUDIT = dict(data="leak", prefix_tokens=24, suffix_tokens=16, samples=128, sample_tokens=46, candidates=500)
 
 
 def leaky_corpus(seed: int = 0) -> str:
@@ -96,7 +98,7 @@ def test_a_leaky_model_is_flagged_on_every_probe(leaky: Path, tmp_path: Path):
     assert mem["train"]["windows"] >= 30 and mem["examples"]
     # Sampled text repeats e-mail addresses and phone numbers of the training cards.
     pii = report.pii
-    assert pii["generations"] == 64 and pii["in_training"] >= 2 and set(pii["by_type"]) <= {"EMAIL", "PHONE"}
+    assert pii["generations"] == 128 and pii["in_training"] >= 2 and set(pii["by_type"]) <= {"EMAIL", "PHONE"}
     assert any(e["in_training"] and e["text"] in leaky_corpus() for e in pii["examples"])
 
     # Kept in the registry like an evaluation, linked to the model by "audits" and to its dataset.
