@@ -3,7 +3,7 @@ against two hand-written loops over transformers' LlamaForCausalLM, in the same 
 initial weights, on the same batches, with the same schedule and threads:
 
   (a) "engineering": the reference with llmkit's settings — the same precision (bf16 autocast when
-      llmkit picks it), the same compile setting, the same optimizer (llmkit's foreach AdamW, same
+      llmkit picks it), the same compile setting, the same optimizer (llmkit's AdamW, fused, same
       groups and hyper-parameters). The ratio is what llmkit's own model and loop are worth.
   (b) "plain": fp32, eager, for-loop AdamW — what a user starting from scratch writes. The ratio
       also carries precision and compilation.
@@ -60,7 +60,7 @@ def flops_per_token(cfg, params: int) -> float:
 
 def reference_loop(cfg, init_state, shard, vocab, steps, lr, seed, precision: str, compile: bool,
                    llmkit_optimizer: bool) -> dict:
-    """A hand-written loop over HF's model: warm-up+cosine, clipping, AdamW (llmkit's foreach one, or
+    """A hand-written loop over HF's model: warm-up+cosine, clipping, AdamW (llmkit's fused one, or
     the for-loop one a user gets by writing it out), fp32 or bf16 autocast, eager or compiled."""
     from transformers import LlamaForCausalLM
 
