@@ -245,8 +245,41 @@ def test_sft_on_a_llama_base_takes_the_fast_path_and_says_so(lm_workspace, tiny_
     cfg = SftConfig(base="tiny-lm", data=chat_data, max_steps=2, batch_size=2, max_length=96, skip_bad=True,
                     eval_max_examples=2, name="fast-sft", lora=LoraConfig(r=4, alpha=8))
     model = sft(cfg, ws, Registry.for_workspace(ws.root), console=console)
-    assert "training path: fast Llama" in console.export_text()
+    said = console.export_text()
+    assert "training path: fast Llama" in said
     assert model.lineage["metrics"]["path"] == "fast"
+    # compile: auto (the default) decided, said why, and the run records it: 2 steps never repay a compile
+    assert cfg.compile == "auto" and model.lineage["metrics"]["compiled"] is False
+    assert "compile: auto: eager (" in said  # why depends on the CPU: 2 steps in bf16, fp32 without bf16 instructions
+
+
+def test_compile_auto_compiles_only_long_bf16_cpu_runs_of_real_sized_models(llama_folder, monkeypatch):
+    from llmkit.models.io import Model
+
+    cfg = SftConfig(base="x", method="lora", lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    model = fast_lora.load_fast(Model(llama_folder, "tiny"), cfg, "bf16", "cpu")
+    assert all(block._compiled_call_impl is None for block in model.model.layers)  # auto: nothing compiled at load
+    reason = fast_lora.auto_compile_reason
+    assert "parameters" in reason(model, 10_000, "bf16", "cpu")                 # a tiny model
+    monkeypatch.setattr(fast_lora, "AUTO_COMPILE_PARAMS", 0)
+    assert reason(model, fast_lora.AUTO_COMPILE_STEPS, "bf16", "cpu") is None
+    assert "steps" in reason(model, fast_lora.AUTO_COMPILE_STEPS - 1, "bf16", "cpu")
+    assert "fp32" in reason(model, 10_000, "fp32", "cpu") and "cuda" in reason(model, 10_000, "bf16", "cuda")
+    with monkeypatch.context() as m:
+        m.setenv("PATH", "/nonexistent")
+        m.delenv("CXX", raising=False)
+        assert "C++ compiler" in reason(model, 10_000, "bf16", "cpu")
+    said: list[str] = []
+    console = type("Console", (), {"print": lambda self, line: said.append(line)})()
+    assert fast_lora.compile_if_it_pays(model, cfg, 10, "bf16", console) is False
+    assert all(block._compiled_call_impl is None for block in model.model.layers)
+    assert fast_lora.compile_if_it_pays(model, cfg, 10_000, "bf16", console) is True
+    assert all(block._compiled_call_impl is not None for block in model.model.layers)  # compiled in place, lazily
+    assert said[0].startswith("compile: auto: eager (10 steps") and said[1].startswith("compile: auto: compiling")
+    # set either way, compile is what the user said, whatever the run
+    fresh = fast_lora.load_fast(Model(llama_folder, "tiny"), cfg.model_copy(update={"compile": False}), "bf16", "cpu")
+    assert fast_lora.compile_if_it_pays(fresh, cfg.model_copy(update={"compile": False}), 10_000, "bf16") is False
+    assert all(block._compiled_call_impl is None for block in fresh.model.layers)
 
 
 def test_a_sliding_window_shorter_than_the_rows_takes_the_hf_path(tokenizer, tmp_path):

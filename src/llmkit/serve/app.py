@@ -44,23 +44,30 @@ class Observed:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        status, started = 500, None  # an unhandled exception becomes the 500 of Starlette's outermost handler
+        started = False
 
-        async def sending(message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = message["status"], time.perf_counter()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            elapsed = (started or time.perf_counter()) - start  # to the response's start: a stream's first byte
+        def record(status: int) -> None:
+            elapsed = time.perf_counter() - start  # to the response's start: a stream's first byte
             path = getattr(scope.get("route"), "path", "other")
             self.state.metrics.requests.labels(path, str(status)).inc()
             self.state.metrics.latency.labels(path).observe(elapsed)
             if self.log:
                 access_line(Request(scope), status, elapsed)
+
+        async def sending(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                # counted and logged before the response goes out: a client that has its answer finds it logged
+                # (after the body, a server stopped at once could lose the line: seen with a signal sent at once)
+                started = True
+                record(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            if not started:  # an unhandled exception becomes the 500 of Starlette's outermost handler
+                record(500)
 
 
 def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace, access: Access) -> FastAPI:

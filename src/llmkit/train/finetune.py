@@ -45,6 +45,8 @@ class FinetuneJob:
     higher_is_better: bool = False
     parents: list[tuple[str, str]] = field(default_factory=list)  # (record id, relation) of the run
     info: dict[str, Any] = field(default_factory=dict)            # extra facts for the summary
+    # called with (total steps, precision) once they are known, before the first step (SFT: `compile: auto`)
+    prepare: Callable[[int, str], None] | None = None
 
 
 @dataclass
@@ -119,6 +121,9 @@ def fit(job: FinetuneJob, cfg: FinetuneConfig, section: str, ws: Workspace, regi
                       f"({100 * trainable / total:.2f}%); {micro_per_epoch} batches per epoch, {total_steps} steps; "
                       f"precision {precision}; device {device}")
         console.print(f"run {run_id} at {run_dir}" + (f" (resuming at step {resume_at})" if resume_at else ""))
+
+    if job.prepare is not None:
+        job.prepare(total_steps, precision)
 
     cached: dict[int, list] = {}
 

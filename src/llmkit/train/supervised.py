@@ -220,6 +220,10 @@ def prepare_sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry 
               loss_fn, evaluate, score="val_loss", parents=parents,
               info={"method": cfg.method, "train_examples": len(train), "skipped": train_counts["no_assistant"] + train_counts["empty_after_truncation"],
                     "truncated": train_counts["truncated"], "path": opened.path})
+    if opened.path == "fast":
+        def prepare(steps: int, precision: str) -> None:
+            job.info["compiled"] = fast_lora.compile_if_it_pays(lm, cfg, steps, precision, console)
+        job.prepare = prepare
     return SftSetup(cfg, ws, registry, run_dir, run_id, opened, ds_rec, job)
 
 

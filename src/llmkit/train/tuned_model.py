@@ -108,7 +108,7 @@ def load_for_training(base: Model, cfg: FinetuneConfig, device: str, console, st
         lm = apply_lora(lm, cfg.lora, "CAUSAL_LM", f"{stage}.lora")
     if console is not None:
         console.print(f"training path: transformers + peft ({reason})" + ("; --compile applies to the fast path only, "
-                      "not used" if cfg.compile else ""))
+                      "not used" if cfg.compile is True else ""))
     return lm, tokenizer, "peft"
 
 
