@@ -256,7 +256,7 @@ def test_sft_on_a_llama_base_takes_the_fast_path_and_says_so(lm_workspace, tiny_
 def test_compile_auto_compiles_only_long_bf16_cpu_runs_of_real_sized_models(llama_folder, monkeypatch):
     from llmkit.models.io import Model
 
-    cfg = SftConfig(base="x", method="lora", lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    cfg = SftConfig(base="x", method="lora", lora=LoraConfig(r=4, alpha=8, dropout=0.0), packing=True)
     model = fast_lora.load_fast(Model(llama_folder, "tiny"), cfg, "bf16", "cpu")
     assert all(block._compiled_call_impl is None for block in model.model.layers)  # auto: nothing compiled at load
     reason = fast_lora.auto_compile_reason
@@ -269,6 +269,7 @@ def test_compile_auto_compiles_only_long_bf16_cpu_runs_of_real_sized_models(llam
         m.setenv("PATH", "/nonexistent")
         m.delenv("CXX", raising=False)
         assert "C++ compiler" in reason(model, 10_000, "bf16", "cpu")
+    assert "--packing" in reason(model, 10_000, "bf16", "cpu", packing=False)  # rows of many lengths: many graphs
     said: list[str] = []
     console = type("Console", (), {"print": lambda self, line: said.append(line)})()
     assert fast_lora.compile_if_it_pays(model, cfg, 10, "bf16", console) is False

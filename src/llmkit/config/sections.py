@@ -128,7 +128,7 @@ class SftConfig(FinetuneConfig):
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (method lora/qlora)")
     lr: float = Field(2e-4, gt=0.0, le=1.0, description="peak learning rate")
     packing: bool = Field(False, description="pack several conversations into each max_length row (no padding; attention stays inside each conversation)")
-    compile: bool | Literal["auto"] = Field("auto", description="torch.compile each transformer block (fast Llama path only; costs a compile at start). auto: when the run is long enough to repay it (CPU, bf16, 200 steps or more, 50M parameters or more, a C++ compiler)")
+    compile: bool | Literal["auto"] = Field("auto", description="torch.compile each transformer block (fast Llama path only; costs a compile at start). auto: when the run is long enough to repay it (CPU, bf16, --packing, 200 steps or more, 50M parameters or more, a C++ compiler)")
     lean_memory: bool = Field(False, description="return freed large tensors to the OS at once: lower peak RSS, slower steps on CPU (glibc)")
 
 

@@ -239,11 +239,14 @@ AUTO_COMPILE_STEPS = 200
 AUTO_COMPILE_PARAMS = 50_000_000
 
 
-def auto_compile_reason(model: nn.Module, steps: int, precision: str, device: str) -> str | None:
-    """Why `compile: auto` leaves this run eager; None: compile it."""
+def auto_compile_reason(model: nn.Module, steps: int, precision: str, device: str, packing: bool = True) -> str | None:
+    """Why `compile: auto` leaves this run eager; None: compile it. `packing`: every row is max_length long (blocks are
+    compiled for fixed shapes: rows of varying length would recompile for each new one)."""
     import os
     import shutil
 
+    if not packing:
+        return "rows of varying length would compile again for each new length; --packing makes them one"
     if device != "cpu":
         return f"measured on CPUs only; --compile compiles on {device}"
     if precision != "bf16":
@@ -262,7 +265,7 @@ def compile_if_it_pays(model: nn.Module, cfg: SftConfig, steps: int, precision: 
     if cfg.compile != "auto":
         return cfg.compile is True
     device = next(model.parameters()).device.type
-    reason = auto_compile_reason(model, steps, precision, device)
+    reason = auto_compile_reason(model, steps, precision, device, cfg.packing)
     if console is not None:
         console.print("compile: auto: " + (f"eager ({reason})" if reason else
                                            f"compiling each block ({steps} steps; the first one pays the compile)"))

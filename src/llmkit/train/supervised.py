@@ -207,9 +207,12 @@ def prepare_sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry 
     def evaluate(model) -> dict[str, float]:
         model.eval()
         total, count = 0.0, 0
-        for batch in val_batches:
-            loss, n = loss_sum(model, {k: v.to(device) for k, v in batch.items()})
-            total, count = total + float(loss), count + n
+        # eager even when the blocks are compiled: without gradients and at the val batches' own lengths each would
+        # be a new graph to compile, for a few batches (a 200-step run spent more compiling its evaluations than them)
+        with torch.compiler.set_stance("force_eager"):
+            for batch in val_batches:
+                loss, n = loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+                total, count = total + float(loss), count + n
         mean = total / max(count, 1)
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
 
