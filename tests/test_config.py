@@ -160,3 +160,12 @@ def test_an_old_section_name_still_works_with_one_warning_naming_the_new_one(wri
                         f"warning: {path}: section 'bench' is now 'bench-model' (sections are named after their commands); rename it"]
     both = write_config("train:\n  lr: 0.02\npretrain:\n  lr: 0.03\n")
     assert f"{both}: sections 'train' and 'pretrain' are the same section" in _error("pretrain", both)
+
+
+def test_compile_is_true_false_or_auto_and_anything_else_is_named(write_config: WriteConfig) -> None:
+    assert load_section("sft", None, {}).compile == "auto"
+    for text, want in (("true", True), ("false", False), ("auto", "auto")):
+        assert load_section("sft", write_config(f"sft:\n  compile: {text}\n"), {}).compile == want
+    path = write_config("sft:\n  compile: sometimes\n")
+    assert _error("sft", path) == (f"{path}: sft.compile = 'sometimes': Input should be a valid boolean, unable to "
+                                   "interpret input or Input should be 'auto'")

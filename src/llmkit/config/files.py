@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,8 +115,16 @@ def _given(flags: dict[str, Any], loc: list[str]) -> bool:
 
 def _describe(err: ValidationError, section: str, model: type[BaseModel], source: str | None,
               flags: dict[str, Any]) -> str:
-    first = err.errors()[0]
+    errors = err.errors()
+    first = errors[0]
     loc = [str(p) for p in first["loc"]]
+    named, annotation = _field_path(model, loc)
+    message = first["msg"]
+    if len(named) < len(loc) and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        # a value no branch of a union takes (compile: true | false | auto): pydantic names each branch as a key
+        # ("sft.compile.bool"); say it of the key, with what every branch expected
+        message = " or ".join(dict.fromkeys(e["msg"] for e in errors if [str(p) for p in e["loc"]][:len(named)] == named))
+        loc = named
     key_path = ".".join([section, *loc])
     prefix = f"{source}: " if source and not _given(flags, loc) else ""
     if first["type"] == "extra_forbidden":
@@ -125,7 +135,20 @@ def _describe(err: ValidationError, section: str, model: type[BaseModel], source
     shown = repr(first.get("input"))
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    return f"{prefix}{key_path} = {shown}: {first['msg']}"
+    return f"{prefix}{key_path} = {shown}: {message}"
+
+
+def _field_path(model: type[BaseModel], loc: list[str]) -> tuple[list[str], Any]:
+    """The part of an error's location that names config keys (what follows is a list index, a mapping's key or a
+    union branch), and the annotation of the last key named."""
+    current: type[BaseModel] | None = model
+    annotation: Any = None
+    for i, part in enumerate(loc):
+        if current is None or part not in current.model_fields:
+            return loc[:i], annotation
+        annotation = current.model_fields[part].annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return loc, annotation
 
 
 def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
@@ -159,6 +182,10 @@ def _render_model(obj: BaseModel, lines: list[str], indent: int) -> None:
         choices = getattr(field.annotation, "__args__", ())
         if getattr(field.annotation, "__origin__", None) is Literal:
             kind = "one of: " + " | ".join(map(str, choices))
+        elif any(getattr(c, "__origin__", None) is Literal for c in choices):  # e.g. bool | Literal["auto"]
+            kind = "one of: " + " | ".join(" | ".join(map(str, c.__args__)) if getattr(c, "__origin__", None) is Literal
+                                           else "true | false" if c is bool else getattr(c, "__name__", str(c))
+                                           for c in choices)
         else:
             kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
         lines.append(f"{pad}# {field.description} ({kind})")
