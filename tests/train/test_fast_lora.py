@@ -265,10 +265,16 @@ def test_compile_auto_compiles_only_long_bf16_cpu_runs_of_real_sized_models(llam
     assert reason(model, fast_lora.AUTO_COMPILE_STEPS, "bf16", "cpu") is None
     assert "steps" in reason(model, fast_lora.AUTO_COMPILE_STEPS - 1, "bf16", "cpu")
     assert "fp32" in reason(model, 10_000, "fp32", "cpu") and "cuda" in reason(model, 10_000, "bf16", "cuda")
+    from torch._inductor.cpp_builder import cpp_compiler_search  # inductor's search, cached per process
+
     with monkeypatch.context() as m:
         m.setenv("PATH", "/nonexistent")
         m.delenv("CXX", raising=False)
-        assert "C++ compiler" in reason(model, 10_000, "bf16", "cpu")
+        cpp_compiler_search.cache_clear()
+        try:
+            assert "C++ compiler" in reason(model, 10_000, "bf16", "cpu")
+        finally:
+            cpp_compiler_search.cache_clear()
     assert "--packing" in reason(model, 10_000, "bf16", "cpu", packing=False)  # rows of many lengths: many graphs
     said: list[str] = []
     console = type("Console", (), {"print": lambda self, line: said.append(line)})()

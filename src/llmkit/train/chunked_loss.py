@@ -17,6 +17,8 @@ per 170-position chunk of a 49k vocabulary against 37 ms in row blocks, of which
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from llmkit.train.bf16_matmul import emulated, linear
@@ -105,7 +107,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     dtype = _compute_dtype(hidden)
     hidden, weight_c = hidden.to(dtype), weight.to(dtype)  # no-ops for a bf16 head under bf16 autocast
     chunk = chunk or max(1, CHUNK_LOGITS // weight.shape[0])
-    chunk = max(1, -(-len(targets) // max(1, -(-len(targets) // chunk))))  # equal chunks: no small GEMM for a remainder
+    parts = max(1, math.ceil(len(targets) / chunk))
+    chunk = max(1, math.ceil(len(targets) / parts))  # equal chunks: no small GEMM for a remainder
     grad, emulate = torch.is_grad_enabled(), dtype == torch.bfloat16 and emulated(hidden, weight_c)
     with torch.autocast(hidden.device.type, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight_c, targets, chunk, grad and hidden.requires_grad,

@@ -242,9 +242,6 @@ AUTO_COMPILE_PARAMS = 50_000_000
 def auto_compile_reason(model: nn.Module, steps: int, precision: str, device: str, packing: bool = True) -> str | None:
     """Why `compile: auto` leaves this run eager; None: compile it. `packing`: every row is max_length long (blocks are
     compiled for fixed shapes: rows of varying length would recompile for each new one)."""
-    import os
-    import shutil
-
     if not packing:
         return "rows of varying length would compile again for each new length; --packing makes them one"
     if device != "cpu":
@@ -255,9 +252,20 @@ def auto_compile_reason(model: nn.Module, steps: int, precision: str, device: st
         return f"{steps} steps do not repay a compile (from {AUTO_COMPILE_STEPS})"
     if sum(p.numel() for p in model.parameters()) < AUTO_COMPILE_PARAMS:
         return f"a model under {AUTO_COMPILE_PARAMS // 1_000_000}M parameters gains too little"
-    if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if c):
+    if not _inductor_finds_a_compiler():
         return "no C++ compiler found (torch.compile needs one on a CPU)"
     return None
+
+
+def _inductor_finds_a_compiler() -> bool:
+    """Whether inductor's own search (CXX, then its configured names) finds a working C++ compiler."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception:  # InvalidCxxCompiler, or whatever a half-installed toolchain raises
+        return False
+    return True
 
 
 def compile_if_it_pays(model: nn.Module, cfg: SftConfig, steps: int, precision: str, console=None) -> bool:
