@@ -138,11 +138,15 @@ class Llama(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, hidden: bool = False) -> torch.Tensor:
+        """Logits (B, T, V); with `hidden`, the final normed states (B, T, C) instead, for a loss that applies the
+        head chunk by chunk (train/chunked_loss) and never holds all the logits. Through forward rather than
+        `hidden_states` so that DDP and torch.compile wrappers see the call."""
         T = input_ids.shape[1]
         if T > self.cos.shape[0]:
             raise ValueError(f"sequence of {T} tokens is longer than the context {self.cos.shape[0]}")
-        return self.lm_head(self.hidden_states(input_ids))  # (B, T, V)
+        states = self.hidden_states(input_ids)
+        return states if hidden else self.lm_head(states)  # (B, T, C) or (B, T, V)
 
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The final normed states (B, T, C) that the head turns into logits.
