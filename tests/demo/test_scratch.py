@@ -24,3 +24,12 @@ def test_the_probe_times_the_training_step_in_its_precision_and_optimizer(monkey
     assert seen["autocast"] and set(seen["autocast"]) == {(expected, "cpu")}
     (args,) = seen["adamw"]
     assert args[1:] == (cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), "cpu")
+
+
+def test_a_run_fills_its_budget_unless_that_passes_over_a_small_corpus_too_often():
+    # 180 s at 40 ms a step fits 3,825 steps; a 1.1M-token corpus at 2,048 tokens a step allows 5,371 (10 passes)
+    assert scratch.planned_steps(180, 0.04, 1_100_000, 2048) == (3825, "3825 steps")
+    # the poems: 245k tokens at 1,024 a step, 10 passes = 2,395 steps, fewer than the budget's 3,825
+    steps, plan = scratch.planned_steps(180, 0.04, 245_250, 1024)
+    assert steps == 2395 and "10 passes over the train split" in plan
+    assert scratch.planned_steps(1, 10.0, 100, 1024)[0] == 20  # never fewer than 20 steps
