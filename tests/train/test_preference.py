@@ -164,9 +164,11 @@ def test_compare_gates_a_kto_tuned_model_on_held_out_rated_answers(ws):
     from llmkit.eval.gate import gate
 
     registry = Registry.for_workspace(ws.root)
-    # unpaired, KTO learns the rule more slowly than from pairs: its own val reward margin is still negative at 48 steps
-    kto = preference_tune(_cfg(KtoConfig, data="kto-rated", name="tiny-kto-rated", max_steps=96, eval_every=96,
-                               checkpoint_every=96), "kto", ws, registry)
+    # unpaired, KTO learns the rule more slowly than from pairs: its own val reward margin is still negative at 48
+    # steps, and at 96 the held-out AUC sat on the 0.8 line (0.79 or above, with the tiny base's exact weights); at
+    # 128 it is 1.0 with a val reward margin of 4
+    kto = preference_tune(_cfg(KtoConfig, data="kto-rated", name="tiny-kto-rated", max_steps=128, eval_every=128,
+                               checkpoint_every=128), "kto", ws, registry)
     result = gate("tiny-lm", kto.ref, CompareConfig(data="kto-rated", general=False), ws, registry)
     task = result["task"]
     assert result["kind"] == "rated" and task["metric"] == "rated_answer_auc", task
