@@ -134,10 +134,15 @@ def test_concurrent_greedy_requests_batch_and_agree(client, server):
     import concurrent.futures as cf
 
     prompts = [f"{name}:\n" for name in ("ROMEO", "JULIET", "KING", "QUEEN", "First Citizen", "MENENIUS", "BRUTUS", "ALL")]
-    alone = [client.completions.create(model="tiny-lm", prompt=p, max_tokens=40, temperature=0).choices[0].text for p in prompts]
+    # Answers long enough to overlap: the tiny model decodes a token in about a millisecond, so with 40 tokens the
+    # first requests could finish while a loaded machine was still parsing the last ones (a clean-clone run under
+    # `make test`'s two workers measured 1.39 sequences a step)
+    tokens = 120
+    alone = [client.completions.create(model="tiny-lm", prompt=p, max_tokens=tokens, temperature=0).choices[0].text
+             for p in prompts]
     before = _metric(server, 'llmkit_batch_size_sum{model="tiny-lm"}'), _metric(server, 'llmkit_batch_size_count{model="tiny-lm"}')
     with cf.ThreadPoolExecutor(len(prompts)) as pool:
-        together = list(pool.map(lambda p: client.completions.create(model="tiny-lm", prompt=p, max_tokens=40,
+        together = list(pool.map(lambda p: client.completions.create(model="tiny-lm", prompt=p, max_tokens=tokens,
                                                                      temperature=0).choices[0].text, prompts))
     assert together == alone
     steps = _metric(server, 'llmkit_batch_size_count{model="tiny-lm"}') - before[1]
