@@ -33,8 +33,11 @@ def test_a_worker_killed_mid_trial_leaves_its_trial_failed_and_the_study_whole(t
     cfg = TuneConfig(stage="pretrain", data="tiny", space=str(tmp_path / "space.yaml"), trials=TRIALS, study="killed",
                      workers=2, heartbeat=1, pruner="none")
     outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=tune(cfg, tiny_config(max_steps=40, eval_every=10,
-                                                                                          checkpoint_every=40), ws, registry)))
+    # Trials long enough (a second or two of steps) for the poll below to find one running on a loaded machine: at
+    # 40 steps (a fraction of a second since pretraining's loss runs the head in chunks) a clean-clone `make test`
+    # once saw none mid-trial
+    runner = threading.Thread(target=lambda: outcome.update(result=tune(cfg, tiny_config(max_steps=1000, eval_every=250,
+                                                                                          checkpoint_every=1000), ws, registry)))
     runner.start()
 
     killed = None
