@@ -106,7 +106,7 @@ def _seconds_per_step(cfg: PretrainConfig, vocab: int) -> float:
     an fp32 probe timed 2-3x slower steps than training then ran, and the demo used a third of its minutes."""
     from llmkit.models.llama import Llama
     from llmkit.models.presets import model_fields, plain_config
-    from llmkit.train.loop import lm_loss
+    from llmkit.train.lm_loss import lm_loss
     from llmkit.train.optim import adamw, autocast, resolve_precision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as train.distributed.setup picks for one process

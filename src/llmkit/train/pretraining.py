@@ -30,7 +30,8 @@ from llmkit.train.checkpoint import (
     start_run,
     tracks_runs,
 )
-from llmkit.train.loop import Job, evaluate_lm, fit, lm_loss
+from llmkit.train.lm_loss import evaluate_lm, lm_loss
+from llmkit.train.loop import Job, fit
 from llmkit.train.metrics import MetricsLog, plot_losses, read_metrics
 from llmkit.train.optim import adamw, autocast, resolve_precision
 from llmkit.workspace import Workspace, atomic_dir

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from llmkit.models.llama import Llama
 from llmkit.models.presets import model_fields, plain_config
 from llmkit.train import chunked_loss
-from llmkit.train.loop import _own_llama, evaluate_lm, lm_loss, lm_loss_sum
+from llmkit.train.lm_loss import _own_llama, evaluate_lm, lm_loss, lm_loss_sum
 
 
 def _model(vocab: int = 97, context: int = 16) -> Llama:
@@ -60,7 +60,7 @@ def test_forward_hidden_gives_the_states_the_head_turns_into_logits():
 def test_the_chunked_path_is_taken_through_wrappers_and_an_hf_style_model_keeps_the_logits(monkeypatch):
     calls = []
     real = chunked_loss.linear_cross_entropy
-    monkeypatch.setattr("llmkit.train.loop.linear_cross_entropy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("llmkit.train.lm_loss.linear_cross_entropy", lambda *a, **k: calls.append(1) or real(*a, **k))
     x, y = _batch()
     model = _model()
 
