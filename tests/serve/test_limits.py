@@ -299,7 +299,7 @@ def test_64_concurrent_streams_each_equal_their_solo_answer_and_are_batched(serv
             continue
         # One finish_reason, on the last choice chunk; then the usage chunk.
         assert [c["finish_reason"] for c in choices] == [None] * (len(choices) - 1) + [finish], f"stream {i}"
-        assert "".join(c["delta"].get("content") or "" for c in choices) == text, f"stream {i}: {req}"
+        assert got == text, f"stream {i}: {req}"
         assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == tokens, f"stream {i}"
         completion_tokens.append(chunks[-1]["usage"]["completion_tokens"])
     assert len(at_an_edge) <= 2, f"streams {at_an_edge} each left their solo answer at a draw on a token's edge"
