@@ -5,6 +5,8 @@ Tokenizer: `prepare` runs on ../shared/data/chinese_poetry as a user would run i
 characters over the tokens its texts encode to (no document separators). Beside it, the byte-level BPE with
 GPT-2's pre-tokens (what `prepare` trained before CJK pre-tokens) trained on the same train split. The curve
 is a PNG. (Until e0732e9 prepare read two Tang files' `id` fields as the text; the folder is read right now.)
+A yardstick beside it: a vocabulary of the same size built without merges (the characters seen twice in the
+train split and its most frequent 2-4-grams, of ideographs only or of anything), with val cut optimally into it.
 
 Near duplicates: 200 distinct Tang poems (poet.tang.0.json; a poem within edit ratio 0.8 of one already drawn
 is not drawn) and 50 copies with one Chinese character replaced, through `NearDuplicateIndex` at the default
@@ -76,6 +78,43 @@ def _chars_per_token(tok, texts: list[str]) -> float:
     return sum(map(len, texts)) / tokens
 
 
+CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]+")
+PUNCTUATION_BREAK = re.compile(r"[。，！？；、：]\n")
+
+
+def ngram_vocabulary_cpt(train: list[str], val: list[str], vocab: int, punctuation_apart: bool) -> float:
+    """Characters per token on `val` of a vocabulary made without merges, as a yardstick for BPE: the 256 bytes,
+    the characters seen twice in `train` (the most frequent ones when they outnumber `vocab`), and the 2- to
+    4-grams of `train` that save it the most tokens (count x (n - 1)) up to `vocab` entries; each val text cut
+    into the fewest of those tokens (dynamic programming; an unknown character costs its UTF-8 bytes).
+    `punctuation_apart`: n-grams of ideographs only, and punctuation with the line break after it (what the CJK
+    pre-tokens allow); else any n-gram, punctuation and line breaks included."""
+    from llmkit.data.tokenizer import SPECIAL_TOKENS
+
+    room = vocab - 256 - len(SPECIAL_TOKENS)
+    chars = {c for c, n in Counter("".join(train)).most_common(room) if n >= 2}
+    grams: Counter = Counter()
+    for text in train:
+        for part in CJK_RUN.findall(text) if punctuation_apart else [text]:
+            for n in (2, 3, 4):
+                grams.update(part[i: i + n] for i in range(len(part) - n + 1))
+        if punctuation_apart:
+            grams.update(PUNCTUATION_BREAK.findall(text))
+    room -= len(chars)
+    pieces = chars | {g for g, _ in sorted(grams.items(), key=lambda kv: -kv[1] * (len(kv[0]) - 1))[:room]}
+    tokens = 0
+    for text in val:
+        fewest = [0] + [0] * len(text)  # fewest[i]: tokens for text[:i]
+        for i in range(1, len(text) + 1):
+            c = text[i - 1]
+            fewest[i] = fewest[i - 1] + (1 if c in pieces else len(c.encode("utf-8")))
+            for n in (2, 3, 4):
+                if i >= n and text[i - n: i] in pieces:
+                    fewest[i] = min(fewest[i], fewest[i - n] + 1)
+        tokens += fewest[-1]
+    return sum(map(len, val)) / tokens
+
+
 def tokenizer_curve(vocabs: list[int], source: Path) -> list[dict]:
     from tokenizers import Tokenizer
 
@@ -101,6 +140,8 @@ def tokenizer_curve(vocabs: list[int], source: Path) -> list[dict]:
                          "cpt_train": _chars_per_token(tok, split["train"]),
                          "cpt_val_gpt2": _chars_per_token(before, split["val"]),
                          "cpt_val_poems_gpt2": _chars_per_token(before, poems),
+                         "cpt_val_ngrams_apart": ngram_vocabulary_cpt(split["train"], split["val"], vocab, True),
+                         "cpt_val_ngrams": ngram_vocabulary_cpt(split["train"], split["val"], vocab, False),
                          "seconds": time.perf_counter() - t0})
     return rows
 
@@ -261,9 +302,12 @@ def main() -> None:
     rows = tokenizer_curve(vocabs, POETRY)
     plot_curve(rows, args.plot)
     print("characters per token on the val split (no separators); before = GPT-2 pre-tokens, same train split")
-    print(f"{'vocab':>6} {'val':>6} {'before':>7} {'train':>6}   (train: the tokenizer on the text it was trained on)")
+    print(f"{'vocab':>6} {'val':>6} {'before':>7} {'train':>6} {'n-grams':>8} {'any n-gram':>10}   (train: the tokenizer on "
+          "the text it was trained on; n-grams: the train split's frequent 2-4-grams, val cut optimally; punctuation "
+          "apart, or any)")
     for r in rows:
-        print(f"{r['vocab']:>6} {r['cpt_val']:>6.3f} {r['cpt_val_gpt2']:>7.3f} {r['cpt_train']:>6.3f}")
+        print(f"{r['vocab']:>6} {r['cpt_val']:>6.3f} {r['cpt_val_gpt2']:>7.3f} {r['cpt_train']:>6.3f} "
+              f"{r['cpt_val_ngrams_apart']:>8.3f} {r['cpt_val_ngrams']:>10.3f}")
     print(f"  val: {rows[0]['val_records']} records, {rows[0]['val_poems']} of them hold Chinese; curve: {args.plot}")
 
     threshold = DataConfig().near_threshold
@@ -295,6 +339,8 @@ def main() -> None:
         "chars_per_token_val": {str(r["vocab"]): round(r["cpt_val"], 4) for r in rows},
         "chars_per_token_val_gpt2_pretokens": {str(r["vocab"]): round(r["cpt_val_gpt2"], 4) for r in rows},
         "chars_per_token_train": {str(r["vocab"]): round(r["cpt_train"], 4) for r in rows},
+        "chars_per_token_val_ngram_vocabulary": {str(r["vocab"]): round(r["cpt_val_ngrams_apart"], 4) for r in rows},
+        "chars_per_token_val_ngram_vocabulary_any": {str(r["vocab"]): round(r["cpt_val_ngrams"], 4) for r in rows},
         "near_dup_recall": round(near["recall"], 4), "near_dup_false_matches": near["false_matches"],
         "near_dup_recall_seeds_1_4": [round(s["recall"], 4) for s in spread],
         "near_dup_recall_before": round(before["recall"], 4),
