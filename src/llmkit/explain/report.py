@@ -59,14 +59,23 @@ def summary_lines(exp: Explanation) -> list[str]:
         lines.append(f"IG convergence delta {exp.convergence_delta:.4g} (f(x) - f(baseline) = {exp.value - exp.baseline_value:.4g}, "
                      f"{exp.steps} steps)")
     k = exp.faithfulness["k"]
-    # what the two numbers mean, in the target's own unit: higher than random = the ranking found what matters
-    lines.append(f"faithfulness: deleting the top 1-{k} tokens lowers the {what} by {exp.aopc:.4f} on average (deletion "
-                 f"AOPC), random tokens by {exp.aopc_random:.4f}: " + ("more, so the ranking is faithful"
-                 if exp.aopc > exp.aopc_random else "no more than random, so do not trust this ranking")
-                 if k > 1 else f"faithfulness: deleting the top token lowers the {what} by {exp.aopc:.4f}, a random "
-                 f"one by {exp.aopc_random:.4f}")
+    # What the two numbers mean, in the target's own unit: a deletion that costs more than random ones = the ranking
+    # found what matters. Either can be negative (deleting tokens raised the target), so say "raises" then.
+    top, rand = _moves(exp.aopc, f"the {what}"), _moves(exp.aopc_random, "it")
+    if k > 1:
+        verdict = (f"{exp.aopc - exp.aopc_random:.4f} more than random, so the ranking is faithful"
+                   if exp.aopc > exp.aopc_random else "no more than random, so do not trust this ranking")
+        lines.append(f"faithfulness: deleting the top 1-{k} tokens {top} on average (deletion AOPC), "
+                     f"deleting random ones {rand}: {verdict}")
+    else:
+        lines.append(f"faithfulness: deleting the top token {top}, a random one {rand}")
     lines.append(f"{exp.seconds:.2f} s attribution, {exp.seconds_total:.2f} s with faithfulness")
     return lines
+
+
+def _moves(drop: float, subject: str) -> str:
+    """A deletion's mean drop of the target, in words: 'lowers the log p by 0.4100' or 'raises it by 2.4179'."""
+    return f"lowers {subject} by {drop:.4f}" if drop >= 0 else f"raises {subject} by {-drop:.4f}"
 
 
 def _attention_png(exp: Explanation) -> str:
