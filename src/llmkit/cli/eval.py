@@ -113,7 +113,14 @@ def bench_model(ctx: Ctx, cfg, model: MODEL_ARG) -> None:
     """Measure speed and memory: prefill/decode tokens/s, time to first token, latency p50/p95, peak RSS, size."""
     from llmkit.eval import bench_model as run_bench
     from llmkit.eval.report import metrics_table
+    from llmkit.eval.speed import busy_warning
 
     with _progress(ctx) as progress:
         report = run_bench(model, cfg, ctx.ws, ctx.registry, progress)
-    ctx.emit(report.to_json(), lambda: console.print(metrics_table(report)))
+
+    def show() -> None:
+        console.print(metrics_table(report))
+        if warning := busy_warning(report.metrics.get("others_cpu_share"), "the timing"):
+            console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
+
+    ctx.emit(report.to_json(), show)

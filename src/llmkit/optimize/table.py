@@ -44,6 +44,7 @@ def before_after(before: Model, after: Model, ws: Workspace, registry: Registry,
             speed = bench_model(model.id or str(model.path), BenchModelConfig(prompt_tokens=half, new_tokens=half, runs=5,
                                                                               warmup=2), ws, registry, progress)
             row["decode_tokens_per_s"] = round(speed.metrics["decode_tokens_per_s"], 1)
+            row["others_cpu_share"] = speed.metrics.get("others_cpu_share")
         rows.append(row)
     if console is not None:
         from rich.table import Table
@@ -52,12 +53,17 @@ def before_after(before: Model, after: Model, ws: Workspace, registry: Registry,
         # which records the quality figure comes from: `llmkit eval` defaults to another split, so its figure differs
         on = f" ({key} on the val split, at most {max_examples} records)" if dataset else ""
         table = Table(title=Text(f"{before.ref} → {after.ref}{on}"))
-        keys = [k for k in rows[0] if k not in ("stage",)]
+        keys = [k for k in rows[0] if k not in ("stage", "others_cpu_share")]
         for k in keys:  # the JSON keeps the key size_mb; its values are MiB (2**20 bytes), as the header says
             table.add_column("size (MiB)" if k == "size_mb" else k, justify="left" if k == "model" else "right")
         for row in rows:
             table.add_row(*(format_number(row.get(k), k) for k in keys))
         console.print(table)
+        from llmkit.eval.speed import busy_warning
+
+        busiest = max((r["others_cpu_share"] for r in rows if r.get("others_cpu_share") is not None), default=None)
+        if warning := busy_warning(busiest, "the decode timings"):  # one timing each: a busy machine skews the ratio
+            console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
         if not dataset:  # the quality column went missing without a word for built-in and imported models
             console.print(f"no {key} column: {before.ref} was not trained on a dataset registered here; pass "
                           "--eval-data NAME to measure it on one", markup=False, highlight=False)
