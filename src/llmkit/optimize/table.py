@@ -3,8 +3,8 @@ on the source model's val split, decode tokens/s. Each figure is a registered ev
 
 Each model runs where it will be used: a GGUF export on llama.cpp (its perplexity from llama.cpp's
 logits, its speed from llama.cpp's decoding), anything else on torch. Perplexity windows are at most
-`TABLE_CONTEXT` tokens, a few at a time: a 49k-token vocabulary's logits over a full 8k context are
-1.6 GB per window, and the comparison only needs the same windows on both sides.
+`TABLE_CONTEXT` tokens, a few at a time: the comparison only needs the same windows on both sides, and a GGUF's
+logits come whole from llama.cpp (a 49k-token vocabulary over a full 8k context is 1.6 GB per window).
 """
 
 from __future__ import annotations
