@@ -224,3 +224,43 @@ def test_mixed_batch_leaves_unconstrained_rows_alone(tok, vocab):
     text = tok.decode(constrained)
     assert any(f'{{"color": "{c}"}}'.startswith(text) for c in ("red", "green", "blue")), text
     assert constrained[0] != int(logits[1].argmax())
+
+
+RECURSIVE = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
+
+
+@pytest.mark.parametrize("kind, spec, names", [
+    ("json_schema", RECURSIVE, ["too large or complex", "Too many items", "($ref) must leave the reference optional"]),
+    ("regex", "a{1000000}", ["too large or complex", "too many expressions", "smaller pattern"]),
+])
+def test_a_grammar_over_the_engines_limits_fails_to_compile_in_one_line(vocab, kind, spec, names):
+    """Both compiled: the schema failed every sequence on its first token with a multi-line parser dump, and the regex
+    gave an empty mask read as "complete", so the answer was empty and did not match."""
+    with pytest.raises(GrammarError) as err:
+        compile_constraint(kind, spec, vocab)
+    message = str(err.value)
+    assert "\n" not in message and "<state>" not in message and all(n in message for n in names), message
+
+
+def test_a_row_whose_grammar_fails_midway_ends_alone(tok, vocab):
+    """A grammar that hits an engine limit a few tokens in fails only its own row of a batch; the grammar is then
+    refused at compile time (its matchers share the engine's lexer: every later sequence would fail at once)."""
+    deep = {"type": "object", "properties": {"b": {"type": "string", "maxLength": 6},
+                                             "a": {"type": "string", "pattern": "^a{1000000}$"}}, "required": ["b", "a"]}
+    bad = Sampler(vocab.size, [], temperature=1.0, seed=0, constraint=constraint("json_schema", deep, vocab),
+                  eos_ids=[STOP])
+    torch.manual_seed(4)
+    logits = torch.randn(2, vocab.size)
+    alone, beside = Sampler(vocab.size, [1], temperature=0.7, seed=1), Sampler(vocab.size, [1], temperature=0.7, seed=1)
+    failed: dict[int, Exception] = {}
+    for _ in range(40):
+        got = Sampler.sample_batch([beside, bad], logits, failed=failed)
+        assert got[0] == alone(logits[0])  # the other row draws what it would alone, before, during and after
+        if failed:
+            break
+    assert list(failed) == [1] and got[1] == -1 and isinstance(failed[1], GrammarError)
+    assert "too many expressions" in str(failed[1]) and "\n" not in str(failed[1])
+    with pytest.raises(GrammarError, match="too large or complex to enforce.*smaller pattern"):
+        compile_constraint("json_schema", deep, vocab)
+    with pytest.raises(GrammarError):  # without `failed`, as before: the caller's to handle
+        Sampler.sample_batch([Sampler(vocab.size, [], temperature=0.0, constraint=bad.constraint)], logits[:1])

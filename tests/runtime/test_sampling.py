@@ -52,3 +52,22 @@ def test_temperatures_below_the_floor_are_greedy():
         batched = Sampler.sample_batch([Sampler(300, [1], temperature=temperature, seed=i) for i in range(8)], logits)
         penalised = [Sampler(300, [1], temperature=temperature, repetition_penalty=1.0001, top_p=0.9)(row) for row in logits]
         assert one == batched == penalised == logits.argmax(-1).tolist(), temperature
+
+
+def test_logit_bias_and_penalties_as_openai_defines_them():
+    """They were accepted by the server and ignored: logit_bias adds to a token's logit; over the generated tokens
+    only (not the prompt's), presence subtracts once per token seen and frequency once per time it was generated."""
+    torch.manual_seed(2)
+    logits = torch.randn(30) * 2
+    before, top = logits.clone(), int(logits.argmax())
+    assert Sampler(30, [top], temperature=0.0, logit_bias={7: 100.0})(logits) == 7
+    assert Sampler(30, [top], temperature=0.0, logit_bias={top: -100.0})(logits) != top
+    penalised = Sampler(30, [top], temperature=0.9, presence_penalty=0.5, frequency_penalty=0.25, seed=3)
+    generated = [penalised._picked(t) for t in (top, top, 4)]
+    counts = torch.bincount(torch.tensor(generated), minlength=30).float()
+    want = logits - 0.25 * counts - 0.5 * (counts > 0).float()
+    reference = Sampler(30, [], temperature=0.9, seed=3)
+    assert penalised(logits) == reference(want)
+    batch = [Sampler(30, [1], temperature=0.0, logit_bias={7: 100.0}), Sampler(30, [1], temperature=0.0)]
+    assert Sampler.sample_batch(batch, torch.stack([logits, logits])) == [7, top]
+    assert torch.equal(logits, before)  # the adjustments work on a copy

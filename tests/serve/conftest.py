@@ -41,6 +41,20 @@ def serve_lm(lm_workspace: Path, shared_dir: Path | None) -> str:
     return "serve-lm"
 
 
+@pytest.fixture(scope="session")
+def smol_q8(lm_workspace: Path, smollm2, shared_dir: Path | None) -> str:
+    """smollm2-135m exported once to a q8_0 GGUF for the tests that serve it on llama.cpp, registered as 'smol-q8'."""
+    from llmkit.config import ExportConfig
+    from llmkit.optimize.export import export
+
+    def build() -> None:
+        ws = Workspace.open(lm_workspace)
+        export("smollm2-135m", ExportConfig(quant="q8_0", table=False, name="smol-q8"), ws, Registry.for_workspace(ws.root))
+
+    made_once(shared_dir, lm_workspace, "smol-q8", build, lambda: None)
+    return "smol-q8"
+
+
 def start_server(workspace: Path, models: list[str], **options):
     from llmkit.serve import start
 

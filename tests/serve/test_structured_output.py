@@ -5,6 +5,7 @@ decoded together in one batch; choices and regexes; streaming; one-line 400s for
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
@@ -12,10 +13,6 @@ import openai
 import pytest
 import requests
 
-from llmkit.config import ExportConfig
-from llmkit.optimize.export import export
-from llmkit.registry import Registry
-from llmkit.workspace import Workspace
 from tests.runtime.json_schemas import SCHEMAS
 from tests.serve.conftest import start_server
 
@@ -24,11 +21,8 @@ PROMPT = "Reply with one JSON value that fits the schema named '{name}'. Keep st
 
 
 @pytest.fixture(scope="module")
-def urls(lm_workspace, smollm2):
-    ws = Workspace.open(lm_workspace)
-    export("smollm2-135m", ExportConfig(quant="q8_0", table=False, name="structured-smol-gguf"), ws,
-           Registry.for_workspace(ws.root))
-    running, _ = start_server(lm_workspace, ["smol=smollm2-135m", "smol-gguf=structured-smol-gguf"], max_batch=8,
+def urls(lm_workspace, smol_q8):
+    running, _ = start_server(lm_workspace, ["smol=smollm2-135m", f"smol-gguf={smol_q8}"], max_batch=8,
                               max_queue=128, max_tokens=256)
     yield running.url
     running.stop()
@@ -123,3 +117,76 @@ def test_what_cannot_be_enforced_is_a_400_naming_the_part(urls):
         assert says in error["message"] and "\n" not in error["message"], error
         if param:
             assert error["param"] == param, error
+
+
+RECURSIVE = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}  # no finite value: no end
+
+
+def _deep_pattern(length: int) -> dict:
+    """Passes admission (a short free string first) but trips the engine's lexer limit once the answer reaches the
+    pattern, a few tokens into the answer."""
+    return {"type": "object", "properties": {"b": {"type": "string", "maxLength": length},
+                                             "a": {"type": "string", "pattern": "^a{1000000}$"}}, "required": ["b", "a"]}
+
+
+def _schema_format(schema: dict) -> dict:
+    return {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+
+
+@pytest.mark.parametrize("model", ["smol", "smol-gguf"])
+def test_a_grammar_failing_midway_ends_only_its_own_request(urls, model, caplog):
+    """One request's grammar hitting an engine limit mid-answer failed every request of that engine step with a 503
+    (and a traceback in the log): now it gets a one-line 400 of its own and the others finish untouched."""
+    def post(extra: dict, tokens: int) -> requests.Response:
+        return requests.post(urls + "/v1/chat/completions", timeout=300, json={
+            "model": model, "max_tokens": tokens, "temperature": 0,
+            "messages": [{"role": "user", "content": "Write a long story about a cat."}], **extra})
+
+    with ThreadPoolExecutor(4) as pool:
+        normal = [pool.submit(post, {"ignore_eos": True}, 60) for _ in range(3)]
+        time.sleep(1)  # the three are decoding when the fourth joins their steps
+        # A length of its own per model: a grammar that failed once is refused at admission after (tested below).
+        bad = pool.submit(post, _schema_format(_deep_pattern(3 if model == "smol" else 4)), 30)
+        replies = [f.result() for f in normal]
+        failed = bad.result()
+    for r in replies:
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["finish_reason"] == "length" and r.json()["usage"]["completion_tokens"] == 60
+    assert failed.status_code == 400, failed.text
+    error = failed.json()["error"]
+    assert error["param"] == "response_format.json_schema.schema" and error["code"] == "invalid_grammar", error
+    assert "too many expressions" in error["message"] and "\n" not in error["message"] and "<state>" not in error["message"]
+    assert not [rec for rec in caplog.records if rec.exc_info], "a client's schema logged a traceback"
+
+
+def test_a_stream_whose_grammar_fails_midway_gets_an_error_event(client):
+    stream = client.chat.completions.create(
+        model="smol", temperature=0, max_tokens=30, stream=True, messages=[{"role": "user", "content": "hi"}],
+        extra_body=_schema_format(_deep_pattern(2)))
+    text = ""
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            text += "".join(c.delta.content or "" for c in chunk.choices)
+    assert text.startswith('{"b": "'), text  # the answer had started: the failure came as an event, not a status
+    assert "too many expressions" in caught.value.message and "\n" not in caught.value.message
+
+
+@pytest.mark.parametrize("extra, param, says", [
+    (_schema_format(RECURSIVE), "response_format.json_schema.schema", "($ref) must leave the reference optional"),
+    ({"guided_regex": "a{1000000}"}, "guided_regex", "too large"),
+    ({"guided_json": _deep_pattern(5)}, "guided_json", None),  # the limit is hit on its first use, then refused
+])
+def test_a_grammar_over_the_engines_limits_is_a_400_at_admission(urls, extra, param, says):
+    """These were a 503 with a multi-line parser dump (and every request in the step failing with it), and a 200 with
+    an empty answer that did not match the regex."""
+    for attempt in range(2):
+        r = requests.post(urls + "/v1/chat/completions", timeout=120, json={
+            "model": "smol", "max_tokens": 12, "temperature": 0, "messages": [{"role": "user", "content": "hi"}],
+            **extra})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == param and error["code"] == "invalid_grammar", error
+        assert "\n" not in error["message"] and len(error["message"]) < 400, error
+        if says is not None or attempt == 1:
+            assert (says or "too large or complex to enforce") in error["message"], error
+            break

@@ -178,7 +178,8 @@ BAD = [
     ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice",
      "both constrain"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
-        "x": {"type": "string", "pattern": "(?<=a)b"}}}}}], "tool_choice": "required"}, "tools", "x"),
+        "x": {"type": "string", "pattern": "(?<=a)b"}}}}}], "tool_choice": "required"}, "tools[0].function.parameters",
+     "/properties/x"),
     ({"tools": [WEATHER], "messages": ASK + [
         {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
                                               "function": {"name": "get_time", "arguments": "{}"}}]}]},

@@ -29,7 +29,11 @@ JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separa
 
 
 class GrammarError(ValueError):
-    """A constraint the engine cannot compile; the message names the part that failed."""
+    """A constraint the engine cannot compile or follow; the message (one line) names the part that failed."""
+
+    def __init__(self, message: str, engine_error: str = ""):
+        super().__init__(message)
+        self.engine_error = engine_error or message  # the engine's own words, one line
 
 
 @dataclass(eq=False)
@@ -65,6 +69,9 @@ class Grammar:
     kind: str
     vocab: Vocabulary
     start: llguidance.LLMatcher
+    # The engine's error once a sequence under it hit a limit: the matchers of one grammar share the engine's lexer,
+    # so later sequences fail at once too (seen with a pattern of a{1000000} deep in a schema); refused from then on.
+    failed: str = ""
 
 
 def compile_constraint(kind: str, spec, vocab: Vocabulary) -> Grammar:
@@ -77,22 +84,63 @@ def compile_constraint(kind: str, spec, vocab: Vocabulary) -> Grammar:
         cached = vocab.compiled.get(key)
         if cached is not None:
             vocab.compiled.move_to_end(key)
-            return cached
+    if cached is not None:
+        if cached.failed:
+            raise GrammarError(_too_large(kind, spec, cached.failed))
+        return cached
     matcher = llguidance.LLMatcher(vocab.tokenizer, _engine_grammar(kind, spec), log_level=0)
     if matcher.is_error():
         raise GrammarError(_explain(kind, spec, matcher.get_error()))
     grammar = Grammar(kind, vocab, matcher)
-    first = TokenConstraint(grammar)
-    allowed = first.mask(vocab.size)
-    allowed[vocab.stop_id] = False
-    if not allowed.any() and not first.accepting:
-        # Valid to the engine but nothing can be written: fail now, not with a sequence that can only stop.
-        raise GrammarError(f"{_what(kind)} admits no output at all")
+    _probe(grammar, kind, spec)
     with vocab.lock:
         vocab.compiled[key] = grammar
         if len(vocab.compiled) > COMPILED_PER_VOCABULARY:
             vocab.compiled.popitem(last=False)
     return grammar
+
+
+# First tokens the probe walks past: the engine's limits (items, lexer size) trip on the first token or two of a
+# grammar that is too large, e.g. a required self-reference or a{1000000}; eight keeps compiling ~ms.
+PROBE_TOKENS = 8
+
+
+def _probe(grammar: Grammar, kind: str, spec) -> None:
+    """Fail at compile time what would fail every sequence on its first tokens: nothing can be written, or the
+    engine hits one of its limits computing the first mask or advancing past the first allowed tokens."""
+    first = TokenConstraint(grammar)
+    try:
+        allowed = first.mask(grammar.vocab.size)
+        allowed[grammar.vocab.stop_id] = False
+        for token in allowed.nonzero()[:PROBE_TOKENS, 0].tolist():
+            walk = TokenConstraint(grammar)
+            walk.mask(grammar.vocab.size)  # as a sequence does: the engine's limits trip on the mask's work
+            walk.accept(token)
+    except GrammarError as err:
+        raise GrammarError(_too_large(kind, spec, err.engine_error)) from None
+    if not allowed.any() and not first.accepting:
+        # Valid to the engine but nothing can be written: fail now, not with a sequence that can only stop.
+        raise GrammarError(f"{_what(kind)} admits no output at all")
+
+
+def _too_large(kind: str, spec, error: str) -> str:
+    """One line for a grammar the engine gave up on: which limit, and what to change."""
+    if kind == "regex":
+        fix = "use a smaller pattern (fewer or shorter repetitions)"
+    elif kind == "json_schema" and "lexer" in error and (at := _find(spec, lambda k, v: k == "pattern")) is not None:
+        fix = f"use a smaller pattern (first at {at})"
+    elif kind == "json_schema" and _find(spec, lambda k, v: k == "$ref") is not None:
+        fix = "a schema that refers to itself ($ref) must leave the reference optional, so a value can end"
+    else:
+        fix = "simplify it"
+    return f"{_what(kind)} is too large or complex to enforce ({error}); {fix}"
+
+
+def one_line(error: str) -> str:
+    """The engine's error without the parser state and grammar it appends (dozens of lines), on one line."""
+    head = error.split("<state>")[0].split("\n")[0]
+    head = head.split("; try avoiding")[0]  # the engine's hint to grammar authors, not to a client
+    return " ".join(head.split())[:300]
 
 
 def _engine_grammar(kind: str, spec) -> str:
@@ -161,6 +209,8 @@ def _explain(kind: str, spec, error: str) -> str:
         error = f"keyword {', '.join(names)} is not supported for constrained output"
     elif bad_type := re.search(r"Invalid type: (\S+)", error):
         where = _find(spec, lambda k, v: k == "type" and bad_type.group(1) in (v if isinstance(v, list) else [v]))
+    elif "regex parse error" in error:  # the engine quotes the pattern, not where it is
+        where = _find(spec, lambda k, v: k == "pattern" and isinstance(v, str) and v in error)
     return f"the JSON schema cannot be enforced{f' at {where}' if where is not None else ''}: {error}"
 
 
@@ -181,7 +231,7 @@ class TokenConstraint:
     """The grammar state of one sequence: which tokens may come next, advanced token by token."""
 
     def __init__(self, grammar: Grammar):
-        self.vocab = grammar.vocab
+        self.grammar, self.vocab = grammar, grammar.vocab
         self.matcher = grammar.start.deep_copy()
         # One bit per token, filled in place by the engine each step (no allocation on the decode path).
         self._bits = np.zeros((self.vocab.size + 31) // 32, dtype=np.uint32)
@@ -191,10 +241,14 @@ class TokenConstraint:
         tokenizer's (padding rows of the embedding) are never allowed. The engine's own end token is
         replaced by `stop_ids` (the caller's end-of-sequence ids) when those are given."""
         allowed = np.zeros(width, dtype=np.bool_)
+        if self._gave_up():  # an engine in error reads as stopped: it must not pass for a complete answer
+            raise self._error("the grammar engine gave up")
         if self.finished:
             may_stop = True
         else:
             self.matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
+            if self._gave_up():  # an empty mask here would end the answer as if it were complete
+                raise self._error("the grammar engine gave up")
             # Bit i of the little-endian words is token i, which unpackbits reads as bytes in order.
             bits = np.unpackbits(self._bits.view(np.uint8), bitorder="little", count=self.vocab.size)
             n = min(width, self.vocab.size)
@@ -210,7 +264,17 @@ class TokenConstraint:
     def accept(self, token_id: int) -> None:
         """Advance past a token the mask allowed (an end-of-sequence id is the caller's to not pass)."""
         if not self.matcher.consume_token(token_id):
-            raise GrammarError(f"token {token_id} is not allowed here: {self.matcher.get_error()}")
+            raise self._error(f"token {token_id} could not be followed")
+
+    def _gave_up(self) -> bool:
+        """The engine hit one of its limits (too many items, a lexer too large). Its "NoExtensionBias" is not one:
+        nothing can follow, and the sequence may only stop (as the mask then says)."""
+        return self.matcher.is_error() and not self.matcher.get_error().startswith("NoExtensionBias")
+
+    def _error(self, what: str) -> GrammarError:
+        engine = one_line(self.matcher.get_error())
+        self.grammar.failed = engine
+        return GrammarError(f"{what}: {engine}", engine)
 
     @property
     def finished(self) -> bool:

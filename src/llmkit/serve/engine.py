@@ -16,6 +16,9 @@ The engine knows token ids, not text: it sends each request the ids it samples, 
 condition on the ids so far (`Job.stop_check`), checked right after each token, so a row ends on the
 step its stop string completes rather than when the client side notices.
 
+A row whose own constraint fails (`serve.sampled`: a grammar engine limit hit deep in a schema) ends alone: its
+request gets an `invalid_grammar` error and the other rows of the step go on.
+
 Log-probabilities (`Job.logprobs`, for OpenAI's `logprobs`/`top_logprobs`) are the log_softmax of the
 model's raw logits of the step, before any sampling transform (as vLLM's default), computed only for the
 rows that asked. Several choices of one prompt (`n` > 1) are one job and its `forks`: the prompt is
@@ -35,25 +38,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from llmkit.runtime.batch import Decoder
 from llmkit.runtime.sampling import Sampler
+from llmkit.serve.sampled import Logprob, sample_rows
 
 log = logging.getLogger("llmkit.serve")
 
 
 class QueueFull(Exception):
     pass
-
-
-class Logprob(NamedTuple):
-    """A sampled token's log-probability and the most likely tokens of its step, [(id, log-probability)], best first."""
-
-    logprob: float
-    top: list[tuple[int, float]]
 
 
 @dataclass
@@ -63,6 +60,7 @@ class Event:
     logprobs: list[Logprob] | None = None  # "tokens", when the job asked: one per id
     index: int = 0  # the choice (of `n`) this event is about
     message: str = ""  # "error": what went wrong
+    code: str | None = None  # "error": "invalid_grammar" when the request's own constraint failed (its fault)
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -310,10 +308,11 @@ class Engine:
         if len(rows) > len(group):
             logits = logits[of]
         going = []
-        for job, tok, lp in self._sample(rows, logits):
-            if self._accept(job, tok, lp):
+        for job, tok, lp, err in sample_rows(rows, logits):
+            if err is None and self._accept(job, tok, lp):
                 going.append(job)
             else:
+                self._fail(job, err)
                 self._release(job)
         return going
 
@@ -357,14 +356,17 @@ class Engine:
         logits = dec.step([j.state for j in active], [j.last for j in active])  # (B, vocab)
         if self.on_step:
             self.on_step(len(active))
-        for job, tok, lp in self._sample(active, logits):
-            if not self._accept(job, tok, lp):
+        for job, tok, lp, err in sample_rows(active, logits):
+            if err is not None or not self._accept(job, tok, lp):
+                self._fail(job, err)
                 job.last = -1
 
-    @staticmethod
-    def _sample(jobs: list[Job], logits: torch.Tensor) -> list[tuple[Job, int, Logprob | None]]:
-        tokens = Sampler.sample_batch([j.sampler for j in jobs], logits)
-        return list(zip(jobs, tokens, token_logprobs(jobs, logits, tokens), strict=True))
+    def _fail(self, job: Job, err: Exception | None) -> None:
+        """End one row whose own constraint failed (a grammar engine limit deep in its schema): its request gets
+        the error, the rest of the batch goes on. The client's schema, not a bug: one line in the log."""
+        if err is not None:
+            log.warning("engine %s: a request's constraint failed, ending that request: %s", self.name, err)
+            job.emit(Event("error", message=str(err), code="invalid_grammar"))
 
     def _accept(self, job: Job, tok: int, logprob: Logprob | None = None) -> bool:
         """Take the sampled token and send it on; False when the job is finished."""
@@ -381,20 +383,3 @@ class Engine:
                        first_token_seconds=job.first_token - job.submitted))
         return False
 
-
-def token_logprobs(jobs: list[Job], logits: torch.Tensor, tokens: list[int]) -> list[Logprob | None]:
-    """Each asking row's log_softmax of its raw logits (B, vocab): the sampled token's value and the top k.
-    Rows that did not ask cost nothing."""
-    out: list[Logprob | None] = [None] * len(jobs)
-    asked = [i for i, job in enumerate(jobs) if job.logprobs is not None]
-    if not asked:
-        return out
-    logprobs = torch.log_softmax(logits[asked].float(), dim=-1)  # (A, vocab)
-    picked = torch.tensor([tokens[i] for i in asked], device=logprobs.device)
-    chosen = logprobs.gather(1, picked[:, None])[:, 0].tolist()
-    k = max(jobs[i].logprobs for i in asked)
-    values, ids = logprobs.topk(k, dim=-1) if k else (logprobs[:, :0], logprobs[:, :0].long())
-    for row, (i, values_i, ids_i) in enumerate(zip(asked, values.tolist(), ids.tolist(), strict=True)):
-        n = jobs[i].logprobs
-        out[i] = Logprob(chosen[row], list(zip(ids_i[:n], values_i[:n], strict=True)))
-    return out

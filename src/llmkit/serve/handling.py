@@ -30,9 +30,11 @@ from llmkit.registry import RegistryUnavailable
 from llmkit.runtime.detokenize import TextStream
 from llmkit.runtime.grammar import Grammar, TokenConstraint
 from llmkit.runtime.sampling import Sampler
-from llmkit.serve.engine import Event, Job, Logprob, QueueFull
+from llmkit.serve.engine import Event, Job, QueueFull
 from llmkit.serve.errors import ApiError
+from llmkit.serve.sampled import Logprob
 from llmkit.serve.served import ServedModel
+from llmkit.serve.structured import requested
 
 if TYPE_CHECKING:
     from llmkit.serve.state import ServerState
@@ -54,6 +56,7 @@ class Answer:
     ids: list[int] = field(default_factory=list)
     logprobs: list[tuple[int, Logprob]] = field(default_factory=list)  # (id, log-probability) per token of the text
     done: Event | None = None
+    constrained_by: str | None = None  # the request field whose grammar the answer follows, named if it fails
 
     def take(self, event: Event) -> tuple[str, list[tuple[int, Logprob]], Event | None]:
         """The text and token log-probabilities an engine event adds, and the final event once the answer is complete."""
@@ -116,6 +119,7 @@ def make_answers(state: ServerState, served: ServedModel, ids: list[int], body: 
         raise ApiError(400, f"max_tokens is {max_tokens}, over this server's limit of {limit}", param="max_tokens",
                        code="invalid_value")
     _check_n(state, served, body.n)
+    bias = _logit_bias(served, body)
     if len(ids) >= context:
         raise ApiError(400, f"the prompt is {len(ids)} tokens and the model's context is {context}; shorten it",
                        param="messages" if isinstance(body, s.ChatRequest) else "prompt", code="context_length_exceeded")
@@ -128,18 +132,32 @@ def make_answers(state: ServerState, served: ServedModel, ids: list[int], body: 
     events: asyncio.Queue = asyncio.Queue()
     deadline, loop = time.perf_counter() + state.cfg.timeout, asyncio.get_running_loop()
     answers = []
+    # A required tool call's grammar is the only one a request with no constraint field can have.
+    constrained_by = None if grammar is None else (requested(body) or (None, None, "tools"))[2]
     for i in range(body.n):
         eos = (set() if body.ignore_eos else served.eos) | set(stop_ids)
         # Structured output: each choice walks the grammar on its own; it may end only where the grammar is complete.
         sampler = Sampler(len(served.tokenizer), ids, temperature=body.temperature, top_p=body.top_p,
-                          seed=None if body.seed is None else body.seed + i,
+                          seed=None if body.seed is None else body.seed + i, logit_bias=bias,
+                          presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                           constraint=None if grammar is None else TokenConstraint(grammar), eos_ids=sorted(eos))
         job = Job(ids=ids, max_new=max_tokens, sampler=sampler, eos=eos,
                   stop_check=stop_check(served.tokenizer, body.stops), deadline=deadline, loop=loop, events=events,
                   index=i, logprobs=logprobs, adapter=served.adapter_id)
-        answers.append(Answer(job, TextStream(served.tokenizer, body.stops)))
+        answers.append(Answer(job, TextStream(served.tokenizer, body.stops), constrained_by=constrained_by))
     answers[0].job.forks = [a.job for a in answers[1:]]
     return answers
+
+
+def _logit_bias(served: ServedModel, body: s.Sampling) -> dict[int, float]:
+    """The request's logit_bias as {token id: bias}, every id one of the model's (the engine samples every backend's
+    logits itself, so the bias and both penalties apply on torch, llama.cpp and ONNX alike)."""
+    bias, size = body.bias, len(served.tokenizer)
+    unknown = next((tok for tok in bias if tok >= size), None)
+    if unknown is not None:
+        raise ApiError(400, f"logit_bias: token id {unknown} is not in the vocabulary of '{served.id}' (ids 0 to "
+                       f"{size - 1}); send ids of this model's tokenizer", param="logit_bias", code="invalid_value")
+    return bias
 
 
 def _check_n(state: ServerState, served: ServedModel, n: int) -> None:
@@ -211,9 +229,12 @@ def timeout_error(timeout: float, fewer: str = "tokens") -> ApiError:
                     f"{fewer} or retry when the server is less busy", type="timeout_error", code="timeout")
 
 
-def _failed(event: Event, timeout: float) -> ApiError:
+def _failed(event: Event, timeout: float, constrained_by: str | None) -> ApiError:
     if event.finish_reason == "timeout":
         return timeout_error(timeout)
+    if event.code == "invalid_grammar":  # the request's own schema or regex, not the server
+        return ApiError(400, f"{constrained_by}: the grammar engine could not follow it partway through the answer "
+                        f"({event.message}); simplify it", param=constrained_by, code="invalid_grammar")
     return ApiError(503, event.message, type="server_error", code="engine_error")
 
 
@@ -229,7 +250,7 @@ async def collect(state: ServerState, served: ServedModel, answers: list[Answer]
             if event.kind == "disconnected":
                 raise ApiError(400, "client disconnected")
             if event.kind == "error":
-                raise _failed(event, state.cfg.timeout)
+                raise _failed(event, state.cfg.timeout, answers[0].constrained_by)
             answers[event.index].take(event)
         await run_in_threadpool(_finished, state, served, rid, entry, answers)
         return answers
@@ -269,7 +290,7 @@ def stream(state: ServerState, served: ServedModel, answers: list[Answer], reque
             while failed is None and any(a.done is None for a in answers):
                 for event in await _pending(queue):
                     if event.kind == "error":
-                        failed = _failed(event, state.cfg.timeout)
+                        failed = _failed(event, state.cfg.timeout, answers[0].constrained_by)
                         break
                     piece, logprobs, done = answers[event.index].take(event)
                     if (piece or logprobs) and (out := chunk(piece, None, index=event.index, logprobs=logprobs)) is not None:
@@ -277,8 +298,8 @@ def stream(state: ServerState, served: ServedModel, answers: list[Answer], reque
                     if done is not None:
                         yield {"data": _dump(chunk("", done.finish_reason, index=event.index))}
             if failed is not None:
-                yield {"data": json.dumps({"error": {"message": failed.message, "type": failed.type, "param": None,
-                                                     "code": failed.code}})}
+                yield {"data": json.dumps({"error": {"message": failed.message, "type": failed.type,
+                                                     "param": failed.param, "code": failed.code}})}
             else:
                 if include_usage:
                     yield {"data": _dump(chunk("", None, usage=usage(answers)))}

@@ -1,9 +1,10 @@
 """Typed requests of the API: OpenAI's shapes for /v1/*, ours for classify, explain and feedback (the responses are in
 `serve.responses`, re-exported here).
 
-Unknown fields are ignored, as OpenAI's server does, so clients that send `frequency_penalty`,
-`user` or `logit_bias` still work; fields we do read are range-checked here, so a bad value is a 400
-naming the field before any work is queued.
+Unknown fields are ignored, as OpenAI's server does, so clients that send `user` or `metadata` still
+work; fields we do read are range-checked here (OpenAI's ranges where it bounds them), so a bad value is a 400
+naming the field before any work is queued. A field whose value the server could not honour (`best_of` above `n`,
+a `suffix`) is refused rather than dropped.
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ class Sampling(Request):
     n: int = Field(1, ge=1, description="choices per prompt, decoded from one prefill (up to the server's --max-n)")
     stop: Text | Stops | None = Field(None, description="up to 4 strings that end the generation")
     seed: int | None = Field(None, ge=0, lt=2**63, description="makes sampling reproducible")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted from the logit of every token "
+                                    "already generated: above 0, new topics")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted from a token's logit once per time "
+                                     "it was generated: above 0, less repetition")
+    logit_bias: dict[Text, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
+        None, description="token id (as a string) -> a bias from -100 to 100 added to its logit; -100 bans a token, "
+                          "100 all but forces it", json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
     ignore_eos: bool = Field(False, description="vLLM's and llama.cpp's extension: go on past the end-of-sequence token "
                              "to max_tokens or a stop string (benchmarks, fixed-length answers)")
     stream: bool = False
@@ -138,6 +146,19 @@ class Sampling(Request):
             raise ValueError(f"ignore_eos with {given[0]}: a constrained answer ends where its grammar does; "
                              "send one of them")
         return self
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, v):
+        for key in v or {}:
+            if not (key.isascii() and key.isdigit()):
+                raise ValueError(f"the key {key!r} is not a token id; keys are token ids as strings, like "
+                                 '{"1234": -100}')
+        return v
+
+    @property
+    def bias(self) -> dict[int, float]:
+        return {int(k): b for k, b in (self.logit_bias or {}).items()}
 
     @field_validator("stop")
     @classmethod
@@ -198,6 +219,27 @@ class CompletionRequest(Sampling):
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5, description="return the log-probability of each generated "
                                  "token and of this many most likely tokens at its position")
+    best_of: int | None = Field(None, ge=1, description="accepted when it equals n: the server does not rank extra "
+                                "candidates")
+    suffix: Text | None = Field(None, max_length=0, description="not supported (insertion needs a fill-in-the-middle "
+                                "model): only empty or null")
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_n(cls, v, info: ValidationInfo):
+        n = info.data.get("n", 1)
+        if v is not None and v != n:
+            raise ValueError(f"best_of is {v} and n is {n}: this server returns every choice it generates and does not "
+                             "rank extra candidates; leave out best_of, or send best_of equal to n")
+        return v
+
+    @field_validator("suffix", mode="before")
+    @classmethod
+    def _no_suffix(cls, v):  # the max_length above says it in the schema; this says why
+        if isinstance(v, str) and v:
+            raise ValueError("a suffix (text after the completion) needs a fill-in-the-middle model, which this "
+                             "server does not run; leave out suffix")
+        return v
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -220,11 +262,30 @@ class TextPart(Request):
 
 
 class Message(Request):
+    # Content may be left out or null only by an assistant message that made tool calls (as OpenAI); said in the
+    # schema too. Declared after tool_calls so its check sees them.
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"anyOf": [
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        {"required": ["tool_calls"], "properties": {"role": {"const": "assistant"},
+                                                    "tool_calls": {"type": "array", "minItems": 1}}}]})
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text | list[TextPart] | None = ""
     tool_calls: Annotated[list[ToolCall], Field(max_length=64)] | None = Field(
         None, description="assistant: the calls it made (sent back with their results as tool messages)")
     tool_call_id: Text | None = Field(None, max_length=128, description="tool: the call this message answers")
+    content: Text | list[TextPart] | None = Field(None, validate_default=True, description="the message's text (or "
+                                                  "text parts); null only on an assistant message with tool_calls")
+
+    @field_validator("content")
+    @classmethod
+    def _content_given(cls, v, info: ValidationInfo):
+        # A missing or null content read as "" made an empty turn the model answered: say what is missing instead.
+        role = info.data.get("role")
+        if v is None and role is not None and not (role == "assistant" and info.data.get("tool_calls")):
+            why = "an assistant message may leave it out only when it carries tool_calls" if role == "assistant" else \
+                "only an assistant message with tool_calls may leave it out"
+            raise ValueError(f"{'an' if role == 'assistant' else 'a'} {role} message needs content; send its text ({why})")
+        return v
 
     @property
     def text(self) -> str:

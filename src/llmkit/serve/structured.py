@@ -5,7 +5,8 @@ and vLLM's extensions `guided_json`, `guided_regex` and `guided_choice` become o
 (`runtime.grammar`, llguidance); each choice of the request then decodes under its own `TokenConstraint`,
 row by row inside the batched engine, on torch and llama.cpp alike (the engine samples every backend's
 logits itself). A schema or regex the engine cannot enforce is a 400 naming the request field and the part
-of the spec that failed, before anything is queued.
+of the spec that failed, before anything is queued; so is a schema that is not a JSON Schema at all (checked against
+its draft's metaschema, also for tools no grammar is compiled for), with the place inside the client's own schema.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def grammar_for(served: ServedModel, body: s.Sampling, call_schema: dict | None 
     if want is None:
         return None
     kind, spec, field = want
+    if kind == "json_schema" and call_schema is None:
+        check_schema(spec, field)
     try:
         vocab = vocabulary(served.tokenizer)
     except Exception as err:  # a tokenizer the engine cannot read (not a Hugging Face fast tokenizer)
@@ -52,4 +55,38 @@ def grammar_for(served: ServedModel, body: s.Sampling, call_schema: dict | None 
     try:
         return compile_constraint(kind, spec, vocab)
     except GrammarError as err:
+        if call_schema is not None:  # the call's schema wraps every function's: name the function that failed
+            field, err = _failing_tool(body, vocab) or (field, err)
         raise ApiError(400, f"{field}: {err}", param=field, code="invalid_grammar") from None
+
+
+def _failing_tool(body: s.ChatRequest, vocab) -> tuple[str, GrammarError] | None:
+    """(its field, its error) of the first tool whose parameters the grammar engine refuses on their own: the error then
+    points inside the client's schema, not into the wrapper a required call is decoded under."""
+    for i, tool in enumerate(body.tools or []):
+        if tool.function.parameters:
+            try:
+                compile_constraint("json_schema", tool.function.parameters, vocab)
+            except GrammarError as err:
+                return f"tools[{i}].function.parameters", err
+    return None
+
+
+def check_schema(schema, field: str) -> None:
+    """A 400 naming `field` and the place inside `schema` where it is not a valid JSON Schema: the metaschema of the
+    draft its $schema names, else 2020-12 (what OpenAI's structured outputs take)."""
+    import jsonschema
+
+    if not isinstance(schema, dict):
+        return  # the grammar engine says what a schema must be (an object)
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        validator.check_schema(schema)
+    except jsonschema.SchemaError as err:
+        where = "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in err.absolute_path) or "/"
+        detail = " ".join(err.message.split())
+        detail = detail if len(detail) <= 200 else detail[:200] + "..."
+        if "type" in list(err.absolute_path)[-2:]:
+            detail += " (a type is one of string, number, integer, boolean, object, array, null, or a list of them)"
+        raise ApiError(400, f"{field}: not a valid JSON Schema at {where}: {detail}; fix the schema there",
+                       param=field, code="invalid_value") from None

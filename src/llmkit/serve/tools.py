@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import llmkit.serve.schemas as s
 from llmkit.serve.errors import ApiError
-from llmkit.serve.structured import requested
+from llmkit.serve.structured import check_schema, requested
 from llmkit.serve.tool_schemas import FunctionCall, ToolCall
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -130,6 +130,7 @@ def tool_use(tokenizer, body: s.ChatRequest) -> ToolUse | None:
         if not isinstance(tool.function.parameters, dict):
             raise ApiError(400, f"tools[{i}].function.parameters must be a JSON schema object",
                            param=f"tools[{i}].function.parameters", code="invalid_value")
+        check_schema(tool.function.parameters, f"tools[{i}].function.parameters")  # under "auto" too: nothing compiles it
         functions[name] = tool.function.model_dump(exclude_none=True)
     choice = body.tool_choice or ("auto" if functions else "none")
     if not isinstance(choice, str):

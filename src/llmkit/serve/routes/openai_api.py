@@ -17,9 +17,9 @@ from fastapi.concurrency import run_in_threadpool
 import llmkit.serve.schemas as s
 from llmkit.generate import chat_prompt, encode_prompt
 from llmkit.serve.auth import authorize
-from llmkit.serve.engine import Logprob
 from llmkit.serve.errors import ApiError
 from llmkit.serve.handling import bos_prompt, collect, make_answers, stream, token_text, usage, usage_wanted
+from llmkit.serve.sampled import Logprob
 from llmkit.serve.served import embed, explainable
 from llmkit.serve.state import server_state
 from llmkit.serve.structured import grammar_for
