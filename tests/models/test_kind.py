@@ -6,6 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
+from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
 from llmkit.models.kind import TASK_OF_KIND, model_kind
 from llmkit.registry import Registry
@@ -32,4 +35,7 @@ def test_trained_models_builtins_and_bare_folders_get_their_kind(lm_workspace: P
     gguf.mkdir()
     (gguf / "llmkit.json").write_text(json.dumps({"gguf": "model.gguf"}))
     assert model_kind(Model(gguf, "gguf")) == "causal"
-    assert model_kind(Model(tmp_path / "empty", "empty")) == "encoder"
+    # No config.json: nothing says what it is ("encoder" was a guess: a Hub id offline was "an encoder without a
+    # language-model head")
+    with pytest.raises(UserError, match="no config.json in .* to tell what kind of model it is"):
+        model_kind(Model(tmp_path / "empty", "empty"))

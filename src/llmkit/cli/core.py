@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llmkit import __version__
-from llmkit.cli.common import Ctx, JsonOpt, confirm, console
+from llmkit.cli.common import Ctx, DbUrlOpt, JsonOpt, WorkspaceOpt, confirm, console
 from llmkit.cli.options import configured
 from llmkit.config import render_defaults
 from llmkit.errors import UserError
@@ -27,7 +27,7 @@ LS_KINDS = {"datasets": "dataset", "runs": "run", "models": "model", "evals": "e
 
 def register(app: typer.Typer) -> None:
     app.command(epilog="Example: llmkit version --json")(version)
-    app.command(epilog="Example: llmkit doctor")(doctor)
+    app.command(epilog="Example: llmkit doctor --workspace ./ws")(doctor)
     app.command(epilog="Example: llmkit init --workspace ./ws")(init)
     app.command(name="ls", epilog="Example: llmkit ls models")(ls)
     app.command(epilog="Example: llmkit show shakespeare")(show)
@@ -47,7 +47,7 @@ def version(json_out: JsonOpt = False) -> None:
                             lambda: console.print(f"llmkit {__version__} (registry schema v{SCHEMA_VERSION})"))
 
 
-def doctor(json_out: JsonOpt = False) -> None:
+def doctor(json_out: JsonOpt = False, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None) -> None:
     """Check the machine: Python, torch, threads, device, and which optional backends import."""
     import torch
 
@@ -73,7 +73,7 @@ def doctor(json_out: JsonOpt = False) -> None:
         "cuda_devices": torch.cuda.device_count(),
         "bf16_cpu_fast": cpu_has_fast_bf16(),
         "cjk_plot_font": cjk_font(),
-        **_workspace_state(),
+        **_workspace_state(workspace, db_url),
         "backends": backends,
     }
 
@@ -92,13 +92,14 @@ def doctor(json_out: JsonOpt = False) -> None:
     Ctx(json=json_out).emit(result, human)
 
 
-def _workspace_state() -> dict[str, str]:
-    """The workspace $LLMKIT_HOME names and its registry, looked at without creating or migrating either."""
+def _workspace_state(workspace: Path | None = None, db_url: str | None = None) -> dict[str, str]:
+    """The workspace --workspace (else $LLMKIT_HOME) names and its registry, looked at without creating or migrating
+    either."""
     from llmkit.registry import registry_state, safe_url
     from llmkit.workspace import resolve_workspace
 
-    root = resolve_workspace(None)
-    url = os.environ.get("LLMKIT_DB_URL") or f"sqlite:///{root / 'registry.db'}"
+    root = resolve_workspace(workspace)
+    url = db_url or os.environ.get("LLMKIT_DB_URL") or f"sqlite:///{root / 'registry.db'}"
     return {"workspace": f"{root}" + ("" if root.exists() else " (not made yet)"), "registry": safe_url(url),
             "registry_state": registry_state(url)}
 

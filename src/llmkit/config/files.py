@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from llmkit.config.llama_fields import LLAMA_FIELDS, SIZES
 from llmkit.config.sections import SECTIONS
 from llmkit.errors import UserError
 
@@ -49,6 +50,9 @@ def read_config_file(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--config {path} is a folder; give a YAML file (e.g. llmkit config show pretrain > "
+                        "pretrain.yaml writes one to start from)")
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
@@ -132,6 +136,10 @@ def _describe(err: ValidationError, section: str, model: type[BaseModel], source
         fields = list(owner.model_fields) if owner else []
         hint = _did_you_mean(loc[-1], fields)
         return f"{prefix}unknown key '{key_path}'{hint}; allowed keys: {', '.join(fields)}"
+    if first["type"] == "unknown_llama_field":  # pretrain.model: {num_hidden_layrs: 2}
+        key = first["ctx"]["key"]
+        return (f"{prefix}unknown key '{key_path}.{key}'{_did_you_mean(key, LLAMA_FIELDS)}; it takes LlamaConfig fields "
+                f"such as {', '.join(SIZES)}")
     shown = repr(first.get("input"))
     if len(shown) > 60:
         shown = shown[:57] + "..."

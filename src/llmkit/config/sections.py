@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt
+
+from llmkit.config.llama_fields import check_llama_fields
 
 
 class Section(BaseModel):
@@ -60,7 +62,7 @@ class FeedbackDataConfig(Section):
 class PretrainConfig(Section):
     data: str | None = Field(None, description="registry name of an lm dataset (llmkit data prepare --task lm)")
     preset: Literal["nano", "micro", "small", "base"] = Field("nano", description="model size: nano ~1M, micro ~11M, small ~50M, base ~125M parameters")
-    model: dict[str, Any] = Field(default_factory=dict, description="overrides of any LlamaConfig field, e.g. {num_hidden_layers: 2}")
+    model: Annotated[dict[str, Any], AfterValidator(check_llama_fields)] = Field(default_factory=dict, description="overrides of any LlamaConfig field, e.g. {num_hidden_layers: 2}")
     name: str | None = Field(None, description="name of the model in the registry (default: <data>-<preset>)")
     resume: str | None = Field(None, description="run id or run folder to continue from its last checkpoint")
     max_steps: int = Field(1000, ge=1, description="optimizer steps")

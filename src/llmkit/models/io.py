@@ -18,6 +18,7 @@ from typing import Any
 
 from llmkit.errors import UserError
 from llmkit.models.files import check_adapter, check_json_file, check_weights
+from llmkit.models.hub import hub_folder, hub_id_of, is_hub_id
 from llmkit.registry import located
 from llmkit.workspace import atomic_dir
 
@@ -87,22 +88,31 @@ def resolve_model(ref: str | Model, registry=None) -> Model:
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise UserError(f"{path} is not a Hugging Face model folder (no config.json) nor a LoRA adapter (no adapter_config.json)")
         return Model(path.resolve(), path.name, lineage=_read_lineage(path))
-    if ref.count("/") == 1 and not path.exists() and not ref.startswith((".", "/")):
-        return Model(Path(ref), ref)  # a Hub id: transformers resolves it (and caches it)
+    names = sorted({r.name for r in registry.list("model")}) if registry is not None else []
+    close = _close_names(ref, names)
+    if is_hub_id(ref):  # every Hub id resolves here, to a folder in the Hub's cache (or one line saying why not)
+        path = hub_folder(ref, hint=f"; did you mean '{close[0]}'?" if close else "")
+        return Model(path, ref)
     known = ""
     name, sep, version = ref.rpartition(":v")
     if registry is not None and sep and version.isdigit() and (versions := registry.list("model", name)):
         raise UserError(f"no model '{ref}': {name} has versions {', '.join(f'v{r.version}' for r in versions)}")
     if registry is not None:
-        names = sorted({r.name for r in registry.list("model")})
         # The names nearest to what was typed first: in a busy workspace the first ten alphabetically say little.
-        close = difflib.get_close_matches(ref, names, n=3, cutoff=0.5)
-        shown = close + [n for n in names if n not in close][: 10 - len(close)]
+        near = [n for n in close if n in names]
+        shown = near + [n for n in names if n not in near][: 10 - len(near)]
         more = f" (and {len(names) - len(shown)} more: llmkit ls models)" if len(names) > len(shown) else ""
         known = f"; registered models: {', '.join(shown)}{more}" if names else "; no models are registered yet"
-        known = (f"; did you mean '{close[0]}'?" if close else "") + known
+    known = (f"; did you mean '{close[0]}'?" if close else "") + known
     raise UserError(f"no model '{ref}': not a registered name or id, a built-in ({', '.join(BUILTIN_MODELS)}), "
                     f"nor a model folder{known}")
+
+
+def _close_names(ref: str, names: list[str]) -> list[str]:
+    """Registered and built-in names nearest to `ref`, nearest first; case does not count ('minilm-L6')."""
+    candidates = {n.lower(): n for n in [*BUILTIN_MODELS, *names]}
+    close = difflib.get_close_matches(ref.lower(), list(candidates), n=3, cutoff=0.5)
+    return [candidates[c] for c in close]
 
 
 def _read_lineage(path: Path) -> dict[str, Any] | None:
@@ -125,23 +135,30 @@ def is_adapter(path: Path) -> bool:
 
 
 def adapter_base(model: Model) -> Model:
-    """The base model an adapter folder was trained on: recorded in llmkit.json, else in adapter_config.json."""
+    """The base model an adapter folder was trained on: recorded in llmkit.json, else in adapter_config.json; named
+    as the registry names it (smol:v1, recorded with the adapter), not by its folder (smol-34f2a3f2), so that advice
+    naming it works when typed."""
     lineage = model.lineage or _read_lineage(model.path) or {}
-    base = (lineage.get("base") or {}).get("path")
+    recorded = lineage.get("base") or {}
+    base, ref = recorded.get("path"), recorded.get("ref")
     if base is None:
         base = json.loads((model.path / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if base and base.startswith("/"):
             base = located(base, Path(model.path).resolve().parent.parent)
     if not base:
         raise UserError(f"{model.path}: adapter without a base model path in llmkit.json or adapter_config.json")
-    if base in BUILTIN_MODELS:
-        return resolve_model(base)
+    if base in BUILTIN_MODELS or ref in BUILTIN_MODELS:
+        return resolve_model(ref if ref in BUILTIN_MODELS else base)
     path = Path(base)
+    hub = next((h for h in (ref, base, hub_id_of(base)) if h and is_hub_id(h)), None)
     if not path.is_dir():
-        if base.count("/") == 1 and not base.startswith((".", "/")):
-            return Model(path, base)
+        if hub:
+            return Model(hub_folder(hub), hub)
         raise UserError(f"{model.path}: its base model {base} is missing; restore it, or merge the adapter on a machine that has it")
-    return Model(path, path.name, lineage=_read_lineage(path))
+    name, sep, version = (ref or "").rpartition(":v")
+    if ref and sep and version.isdigit():
+        return Model(path, name, recorded.get("id"), int(version), lineage=_read_lineage(path))
+    return Model(path, hub or ref or path.name, lineage=_read_lineage(path))
 
 
 def check_safetensors(model: Model, needs: str = "this command") -> None:

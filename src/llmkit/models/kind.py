@@ -11,6 +11,7 @@ Read from the model's lineage first (what llmkit trained it as), then from its c
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Literal
 
 from llmkit.models.io import Model, adapter_base, is_adapter
@@ -22,11 +23,12 @@ TASK_OF_KIND = {"causal": "causal-lm", "classifier": "classification"}
 KIND_OF_TASK = {task: kind for kind, task in TASK_OF_KIND.items()}
 
 
-def _architectures(model: Model) -> list[str]:
+def _architectures(model: Model) -> list[str] | None:
+    """The config's architectures ([] when it names none); None when there is no config.json to read."""
     base = adapter_base(model) if is_adapter(model.path) else model
-    config_file = base.path / "config.json"
-    if not config_file.exists():
-        return []
+    config_file = Path(base.path) / "config.json"
+    if not config_file.is_file():
+        return None
     return json.loads(config_file.read_text()).get("architectures") or []
 
 
@@ -34,7 +36,8 @@ def model_kind(model: Model) -> ModelKind:
     task = (model.lineage or {}).get("task")
     if task in KIND_OF_TASK:
         return KIND_OF_TASK[task]
-    archs = _architectures(model)
+    found = _architectures(model)
+    archs = found or []
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return "classifier"
     info_file = model.path / "llmkit.json"
@@ -42,6 +45,11 @@ def model_kind(model: Model) -> ModelKind:
     # Most causal LM classes end in ForCausalLM; the older ones (GPT-2, OpenAI GPT, CTRL) in LMHeadModel.
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or gguf:
         return "causal"
+    if found is None:  # nothing says what it is: "encoder" was a guess, and sent users after a head it had
+        from llmkit.errors import UserError
+
+        raise UserError(f"{model.ref}: no config.json in {model.path} to tell what kind of model it is; name a "
+                        "Hugging Face model folder, a registered model or a Hub id")
     return "encoder"
 
 

@@ -164,6 +164,11 @@ class Registry:
             return RegistryUnavailable(f"cannot write the registry {where}: its folder {folder} is read-only or not "
                                        f"writable by this user (uid {os.getuid()}); make it writable, or pass --db-url "
                                        "a registry you can write")
+        if self.is_sqlite and ("file is not a database" in text or "database disk image is malformed" in text):
+            file = Path(sa.engine.make_url(self.url).database or ".").resolve()
+            return RegistryUnavailable(f"the registry {file} is not a SQLite database llmkit can read ({text[:80]}): "
+                                       f"move it aside (mv {file} {file}.bad) and llmkit starts an empty one, restore "
+                                       "it from a backup, or point --workspace at another workspace")
         if "permission denied" in text or "read-only" in text:
             return RegistryUnavailable(f"the registry at {where} refused this role ({text[:160]}): llmkit records what "
                                        "it does and needs SELECT, INSERT, UPDATE and DELETE on its tables (and CREATE "

@@ -59,6 +59,9 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     _check_names(cfg, registry)
+    from llmkit.serve.adapters import check_bases
+
+    check_bases(cfg.adapters, cfg.models, registry)  # each adapter's base is served: said before any model loads
     fits = check(needs_of(cfg, registry), cfg)  # before anything loads: a configuration that cannot fit is refused
     from llmkit.serve.adapters import NoFastBase, attach, split_spec
     from llmkit.serve.app import create_app

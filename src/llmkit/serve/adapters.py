@@ -59,21 +59,50 @@ def fast_base(served: ServedModel) -> FastLlama | None:
     return dec if isinstance(dec, FastLlama) else None
 
 
-def attach(name: str | None, ref: str, models: dict[str, ServedModel], registry) -> ServedModel:
-    """Serve adapter `ref` as model `name` on its base among `models`; the new ServedModel (not yet in `models`)."""
-    from llmkit.models.io import load_tokenizer_for
-
+def _adapter(ref: str, registry) -> Model:
     adapter = resolve_model(ref, registry)
     if not is_adapter(adapter.path):
         raise UserError(f"{adapter.ref} is not a LoRA adapter (its folder has no adapter_config.json); name an "
                         "adapter trained with --method lora, or serve the model itself")
+    return adapter
+
+
+def _not_served(adapter: Model, name: str, ref: str, served: list[str]) -> UserError:
+    """The adapter's base is not among the models served: named as the registry names it (smol:v1, not the folder
+    smol-34f2a3f2, which no command resolves), in a command that serves it beside the `served` ones."""
+    base = adapter_base(adapter).ref
+    models = " ".join([*served, base])
+    return UserError(f"{adapter.ref} was trained on {base}, which this server does not serve; serve that base too "
+                     f"(llmkit serve {models} --adapter {name}={ref})")
+
+
+def check_bases(adapter_specs: list[str], model_specs: list[str], registry) -> None:
+    """Each `--adapter`'s base is among the models `model_specs` serves: said before any model loads (it was said
+    once the other models had loaded, a minute in for a large one)."""
+    bases = set()
+    for spec in model_specs:
+        model = resolve_model(split_spec(spec)[1], registry)
+        if not is_adapter(model.path) and Path(model.path).exists():
+            bases.add(Path(model.path).resolve())
+    for spec in adapter_specs:
+        name, ref = split_spec(spec)
+        adapter = _adapter(ref, registry)
+        base = Path(adapter_base(adapter).path)
+        if not base.exists() or base.resolve() not in bases:
+            raise _not_served(adapter, name or adapter.alias or adapter.name, ref, model_specs)
+
+
+def attach(name: str | None, ref: str, models: dict[str, ServedModel], registry) -> ServedModel:
+    """Serve adapter `ref` as model `name` on its base among `models`; the new ServedModel (not yet in `models`)."""
+    from llmkit.models.io import load_tokenizer_for
+
+    adapter = _adapter(ref, registry)
     name = name or adapter.alias or adapter.name
     if name in models:
         raise UserError(f"a model named '{name}' is already served; give the adapter another name (NAME=ADAPTER)")
     base = base_for(adapter, models)
     if base is None:
-        raise UserError(f"{adapter.ref} was trained on {adapter_base(adapter).ref}, which this server does not serve; "
-                        f"serve that base too (llmkit serve {adapter_base(adapter).ref} --adapter {name}={ref})")
+        raise _not_served(adapter, name, ref, [])
     fast = fast_base(base)
     if fast is None:
         raise NoFastBase(f"'{base.id}' runs on {base.backend} without llmkit's fast decoder, so adapters cannot share its "
