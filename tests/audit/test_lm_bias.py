@@ -135,3 +135,22 @@ def test_cli_and_bad_inputs(lm_workspace: Path, tiny_model, tmp_path: Path, cli_
     assert proc.returncode == 2 and "no group height" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(UserError, match="encoder without a task head"):
         bias_audit("minilm-l6", BiasAuditConfig(), Workspace.open(tmp_path / "ws"))
+
+
+def test_a_data_name_that_is_no_dataset_is_refused_before_the_audit_runs(lm_workspace: Path, tiny_model, cli_here):
+    """`--data nodata` on a language model printed a warning that data is for classifiers and ran the whole audit
+    (37 s, exit 0); a dataset that exists but does not apply keeps the warning."""
+    registry = Registry.for_workspace(lm_workspace)
+    evals = len(registry.list("eval"))
+    for given, says in (("nodata", "known: "), ("tinny", "did you mean 'tiny'?")):
+        proc = cli_here("audit", "bias", "tiny-lm", "--data", given, "--groups", "gender", "--samples", "2",
+                        workspace=lm_workspace)
+        err = " ".join(proc.stderr.split())
+        assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+        assert err.startswith(f"error: bias.data = '{given}' (--data): no dataset named '{given}' in the registry")
+        assert says in err and len(proc.stderr.strip().splitlines()) == 1 and "warning" not in err
+    assert len(registry.list("eval")) == evals  # nothing audited, nothing registered
+    proc = cli_here("audit", "bias", "tiny-lm", "--data", "tiny", "--groups", "gender", "--samples", "2", "--json",
+                    workspace=lm_workspace, check=True)
+    assert json.loads(proc.stdout)["warnings"] == [
+        "bias.data is for classifiers; a language model is audited on paired sentences and completions"]

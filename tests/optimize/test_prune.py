@@ -114,3 +114,21 @@ def test_bad_inputs(ws):
         _run(ws, pattern="2:4", sparsity=0.7)
     out = run_cli("prune", "tiny-lm", "--sparsity", "1.5", workspace=ws.root)
     assert out.returncode == 2 and "prune.sparsity = 1.5" in out.stderr
+
+
+def test_calib_data_that_is_no_lm_or_chat_dataset_is_refused_before_anything_is_written(ws, sms_data, cli_here):
+    """`--calib-data smsspam` (a classify dataset, another tokenizer) pruned a Shakespeare model on SMS texts and
+    registered it, although calibration needs a prepared lm or chat dataset (the tool's own help says so)."""
+    registry = Registry.for_workspace(ws.root)
+    models, folders = len(registry.list("model")), sorted(p.name for p in (ws.root / "models").iterdir())
+    for given, says in ((sms_data, f"dataset {sms_data}:v1 is a 'classify' dataset; calibration needs a prepared lm or "
+                                   "chat dataset (llmkit data prepare --task lm|chat), such as the data the model was "
+                                   "trained on: --calib-data tiny"),
+                        ("tinny", "no dataset named 'tinny' in the registry; did you mean 'tiny'?")):
+        for extra in (["--method", "wanda"], ["--recover-steps", "2"]):
+            out = cli_here("prune", "tiny-lm", "--calib-data", given, *extra, workspace=ws.root)
+            err = " ".join(out.stderr.split())
+            assert out.returncode == 2, out.stdout + out.stderr
+            assert err == f"error: prune.calib_data = '{given}' (--calib-data): {says}"
+    assert len(registry.list("model")) == models  # nothing registered, no folder half-written
+    assert sorted(p.name for p in (ws.root / "models").iterdir()) == folders

@@ -292,6 +292,10 @@ def test_a_finished_run_without_a_checkpoint_is_not_retrained_under_its_name(lm_
     registry = Registry.for_workspace(ws.root)
     made = pretrain(tiny_config(name="no-ckpt", max_steps=2, eval_every=2, checkpoint_every=100), ws, registry)
     run = made.lineage["run"]["id"]
+    import shutil
+
+    # the end of a run is a checkpoint now (tests/train/test_resume_finished.py); an older llmkit left none
+    shutil.rmtree(Path(made.lineage["run"]["path"]) / "checkpoints")
     with pytest.raises(UserError, match=rf"run {run} finished without a checkpoint to resume from"):
         pretrain(tiny_config(resume=run, max_steps=2, eval_every=2, checkpoint_every=100), ws, registry)
     first = run_model_folder(ws, "no-ckpt", run, 2)  # the run's own folder exists: the step folder

@@ -83,6 +83,8 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
     if registry is None and (cfg.data or not Path(model_ref).is_dir()):
         ws = ws or Workspace.open()
         registry = Registry.for_workspace(ws.root)
+    if cfg.data:  # a name that is no dataset fails here: a language model's audit ran its 37 s with a warning
+        _dataset(registry, cfg.data)
     model = resolve_model(model_ref, registry)
     kind = model_kind(model)
     if kind == "causal":
@@ -141,10 +143,17 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
     return report
 
 
-def _records(registry: Registry, cfg: BiasAuditConfig) -> tuple[list[dict], str]:
+def _dataset(registry: Registry, name: str):
     from llmkit.data.dataset import open_dataset
 
-    ds = open_dataset(registry, cfg.data)
+    try:
+        return open_dataset(registry, name)
+    except UserError as err:
+        raise UserError(f"bias.data = '{name}' (--data): {err}", param="bias.data") from None
+
+
+def _records(registry: Registry, cfg: BiasAuditConfig) -> tuple[list[dict], str]:
+    ds = _dataset(registry, cfg.data)
     if ds.kind != "classify":
         raise UserError(f"bias.data: dataset {ds.ref} is a '{ds.kind}' dataset; a classifier is audited on a classify dataset")
     for split in ("test", "val"):

@@ -54,11 +54,30 @@ def prune_mask(score: torch.Tensor, sparsity: float, pattern: str, per_row: bool
     return mask
 
 
-def calibration_windows(tokenizer, registry: Registry, ref: str, context: int, samples: int, seed: int = 0) -> torch.Tensor:
+CALIBRATION_KINDS = ("lm", "chat")
+
+
+def calibration_dataset(registry: Registry, ref: str, trained_on: str | None = None):
+    """The dataset --calib-data names, when it is one calibration reads: a classify dataset's texts were taken as
+    calibration text (smsspam for a Shakespeare model) without a word."""
     from llmkit.data.dataset import open_dataset
+
+    where = f"prune.calib_data = '{ref}' (--calib-data)"
+    try:
+        ds = open_dataset(registry, ref)
+    except UserError as err:
+        raise UserError(f"{where}: {err}", param="prune.calib_data") from None
+    if ds.kind not in CALIBRATION_KINDS:
+        hint = f", such as the data the model was trained on: --calib-data {trained_on.split(':')[0]}" if trained_on else ""
+        raise UserError(f"{where}: dataset {ds.ref} is a '{ds.kind}' dataset; calibration needs a prepared lm or chat "
+                        f"dataset (llmkit data prepare --task lm|chat){hint}", param="prune.calib_data")
+    return ds
+
+
+def calibration_windows(tokenizer, registry: Registry, ref: str, context: int, samples: int, seed: int = 0) -> torch.Tensor:
     from llmkit.eval.lm import token_stream
 
-    ds = open_dataset(registry, ref)
+    ds = calibration_dataset(registry, ref)
     records = ds.records("train")
     if not records:
         raise UserError(f"calibration dataset {ds.ref} has no train records")
@@ -111,6 +130,8 @@ def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registr
         raise UserError(f"prune.calib_data is not set: {what}; pass --calib-data NAME, a prepared lm or chat dataset{hint}")
     if cfg.pattern == "2:4" and cfg.sparsity != 0.5:
         raise UserError(f"prune.sparsity = {cfg.sparsity}: the 2:4 pattern is always 0.5; drop --sparsity or use --pattern unstructured")
+    if cfg.calib_data:
+        calibration_dataset(registry, cfg.calib_data, trained_on)
     lm, tokenizer = load_causal_lm(source)
     layers = prunable_layers(lm)
     if not layers:

@@ -195,17 +195,30 @@ def resume_run(cfg, section: str, registry) -> tuple[Any, Path | None, str | Non
         m = current.metrics
         raise UserError(f"{section}.resume = '{cfg.resume}': run {run_id} is still running (process {m.get('pid')} on "
                         f"{m.get('host')}); stop it first (Ctrl-C where it runs: it writes a checkpoint), then resume")
-    if latest_step(path) == 0 and registry is not None and any(
-            relation == "produced_by" for relation, _ in registry.children(run_id)):
-        # it trained from step 0 again, as a new version of the same run
-        raise UserError(f"{section}.resume = '{cfg.resume}': run {run_id} finished without a checkpoint to resume from "
-                        f"(checkpoint_every {getattr(saved, 'checkpoint_every', '?')} is past its last step); train "
-                        "a new run instead")
+    _refuse_a_run_past_its_checkpoints(cfg.resume, section, saved, path, run_id, registry)
     if _STARTED.get() is not None and os.environ.get("RANK", "0") == "0":  # rank 0 speaks for a torchrun run
         before = {k: (current.metrics if current else {}).get(k) for k in STATE_KEYS}
         registry.update_metrics(run_id, running_mark())
         _track(registry, path, run_id, before=before)
     return saved, path, run_id
+
+
+def _refuse_a_run_past_its_checkpoints(given: str, section: str, saved, path: Path, run_id: str, registry) -> None:
+    """A run whose model holds more steps than its last checkpoint (written before the end of a run was one, with
+    checkpoint_every past its last step) would train those steps again and register them as a new version each time."""
+    if registry is None:
+        return
+    at = latest_step(path)
+    made = [child.metrics.get("steps") for relation, child in registry.children(run_id) if relation == "produced_by"]
+    steps = max((s for s in made if isinstance(s, int)), default=None)
+    if at == 0 and made:  # it trained from step 0 again, as a new version of the same run
+        raise UserError(f"{section}.resume = '{given}': run {run_id} finished without a checkpoint to resume from "
+                        f"(checkpoint_every {getattr(saved, 'checkpoint_every', '?')} is past its last step); train "
+                        "a new run instead")
+    if steps is not None and steps > at:
+        raise UserError(f"{section}.resume = '{given}': run {run_id} finished at step {steps} but its last checkpoint is "
+                        f"step {at} (an older llmkit did not checkpoint a run's end), so resuming would train again from "
+                        f"step {at} and register that as a new version; train a new run instead")
 
 
 def run_model_folder(ws, name: str, run_id: str, step: int) -> Path:

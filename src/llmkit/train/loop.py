@@ -239,7 +239,11 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
     d, model = job.dist, job.model
     amp = lambda: autocast(job.precision, job.device)  # noqa: E731
     step, best, evals, without_gain = _restore(job, run_dir)
-    if step and step >= job.total_steps and job.made_model_at(step):  # it would register the same weights again
+    early = bool(job.early_stopping and without_gain >= job.early_stopping) and step < job.total_steps
+    if step and (step >= job.total_steps or early) and job.made_model_at(step):  # it would register the same again
+        if early:  # it would stop again at its next evaluation, as a new version
+            raise UserError(f"run {run_id} stopped early at step {step} ({without_gain} evaluation{'s' * (without_gain > 1)} without a better "
+                            f"{job.score}) and its model holds them: nothing to train; start a new run instead")
         raise UserError(f"run {run_id} already trained {step} steps and its model holds them: nothing to train; pass "
                         f"a --max-steps above {step} to continue it")
     forward = job.wrap(model)
@@ -317,7 +321,10 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
                     without_gain += 1
                 stopped_early = bool(job.early_stopping and without_gain >= job.early_stopping)
             interrupted = stop.signal is not None or (stop_at_step is not None and step >= stop_at_step)
-            if d.is_main and (step % job.checkpoint_every == 0 or interrupted):
+            # The run's end is a checkpoint too, whatever checkpoint_every says: resuming a finished run found only an
+            # older one (a Ctrl-C at step 788 of 3000) and trained from there again, registering a version each time.
+            ends = step == job.total_steps or stopped_early or out_of_time
+            if d.is_main and (step % job.checkpoint_every == 0 or interrupted or ends):
                 save_checkpoint(run_dir, step, model, checkpoint_state(), job.keep_checkpoints,
                                 weights=trained_weights(model, job.trainable_only))
             d.barrier()
