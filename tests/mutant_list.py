@@ -125,7 +125,7 @@ MUTANTS: list[Mutant] = [
     Mutant("engine-ignores-eos", "serve", "src/llmkit/serve/engine.py",
            "stopped = tok in job.eos or", "stopped = False or", (STREAMS64,)),
     Mutant("request-stop-ignored", "serve", "src/llmkit/serve/handling.py",
-           "Answer(job, TextStream(served.tokenizer, body.stops))", "Answer(job, TextStream(served.tokenizer, []))", (STREAMS64,)),
+           "Answer(job, TextStream(served.tokenizer, body.stops),", "Answer(job, TextStream(served.tokenizer, []),", (STREAMS64,)),
     Mutant("engine-ignores-stop-strings", "serve", "src/llmkit/serve/handling.py",
            "stop_check=stop_check(served.tokenizer, body.stops)", "stop_check=None", (STREAMS64,)),
     Mutant("request-seed-ignored", "serve", "src/llmkit/serve/handling.py",
