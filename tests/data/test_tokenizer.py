@@ -164,3 +164,25 @@ def test_a_tokenizer_json_is_reused_and_gains_the_special_tokens_it_lacks(tmp_pa
 def test_bad_tokenizer_options_are_refused_before_any_work(spec):
     with pytest.raises(UserError, match=r"data\.tokenizer = "):
         check_spec(spec)
+
+
+def test_prepare_from_python_answers_a_hub_tokenizer_it_cannot_reach_at_once(tmp_path, monkeypatch):
+    """The Python API, like the CLI: one UserError before any work, not transformers' retries (~50 s offline)."""
+    import time
+
+    from huggingface_hub import constants
+
+    from llmkit.config import DataConfig
+    from llmkit.data import prepare
+    from llmkit.errors import UserError
+    from llmkit.workspace import Workspace
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets when the library loads
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    text = tmp_path / "t.txt"
+    text.write_text("some text to prepare\n\nand more of it\n")
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"data.tokenizer = 'nosuch/path'.*bpe:VOCAB"):
+        prepare(DataConfig(inputs=[str(text)], task="lm", tokenizer="nosuch/path"), Workspace.open(tmp_path / "ws"))
+    assert time.perf_counter() - start < 20
+    assert not list((tmp_path / "ws").glob("datasets/*"))

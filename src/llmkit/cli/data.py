@@ -24,12 +24,6 @@ def prepare(ctx: Ctx, cfg) -> None:
     """Ingest, clean, dedupe, redact PII, split, tokenize, and register a dataset version."""
     from llmkit.data.discover import describe_skipped
     from llmkit.data.pipeline import prepare as run_prepare
-    from llmkit.models.hub import hub_folder, is_hub_id
-
-    if is_hub_id(cfg.tokenizer):  # one quick answer, not transformers' five retries of each file (~50 s offline)
-        hub_folder(cfg.tokenizer, weights=False, where=f"data.tokenizer = '{cfg.tokenizer}': not a tokenizer.json or "
-                                                       "a folder here",
-                   fix="use char, bpe:VOCAB, a tokenizer.json or a model folder")
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} records"),
                   TimeElapsedColumn(), console=err_console, transient=True, disable=not err_console.is_terminal) as progress:

@@ -104,10 +104,15 @@ def check_spec(spec: str) -> None:
     path = Path(spec).expanduser()
     if (path.is_file() and path.name.endswith(".json")) or path.is_dir():
         return
+    from llmkit.models.hub import hub_folder, is_hub_id
+
+    if is_hub_id(spec):  # one quick answer, not transformers' five retries of each file (~50 s offline)
+        hub_folder(spec, weights=False, where=f"data.tokenizer = '{spec}': not a tokenizer.json or a folder here",
+                   fix="use char, bpe:VOCAB, a tokenizer.json or a model folder")
+        return
     # Anything but a Hub id ("org/model") must be a local path, and that one does not exist.
-    if spec.startswith((".", "/", "~")) or spec.count("/") != 1 or path.exists():
-        raise UserError(f"data.tokenizer = '{spec}': no tokenizer.json or model folder there; "
-                        "use char, bpe:VOCAB, a tokenizer.json, or a model folder")
+    raise UserError(f"data.tokenizer = '{spec}': no tokenizer.json or model folder there; "
+                    "use char, bpe:VOCAB, a tokenizer.json, or a model folder")
 
 
 def _bpe_size(spec: str) -> int:
