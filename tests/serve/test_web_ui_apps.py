@@ -135,6 +135,7 @@ def test_the_servers_400_is_shown_like_other_errors(ui):
     error = ui.page.get_by_test_id("chat-error").last
     error.wait_for()
     assert "structured output is not available for 'tiny-lm'" in error.inner_text()
+    assert "the engine: can't determine decoder type" in error.inner_text()  # its words, not "(ValueError)"
     assert ui.sent[-1]["model"] == "tiny-lm" and ui.sent[-1]["response_format"]["json_schema"]["schema"] == SCHEMA
     assert ui.page.get_by_test_id("assistant-message").count() == 0
     ui.page.get_by_test_id("schema-input").fill("")

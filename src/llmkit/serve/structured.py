@@ -49,8 +49,11 @@ def grammar_for(served: ServedModel, body: s.Sampling, call_schema: dict | None 
     try:
         vocab = vocabulary(served.tokenizer)
     except Exception as err:  # a tokenizer the engine cannot read (not a Hugging Face fast tokenizer)
-        raise ApiError(400, f"{field}: structured output is not available for '{served.id}': its tokenizer cannot be "
-                       f"read by the grammar engine ({type(err).__name__}); drop {field}", param=field,
+        # The engine's own words, to their first colon ("can't determine decoder type"), not its exception's class name.
+        detail = (str(err).splitlines() or [""])[0].split(":")[0].strip() or type(err).__name__
+        raise ApiError(400, f"{field}: structured output is not available for '{served.id}': the grammar engine reads "
+                       f"byte-level BPE and SentencePiece tokenizers, and cannot read this one (a character-level "
+                       f"tokenizer, say; the engine: {detail}); drop {field}", param=field,
                        code="unsupported_model") from None
     try:
         return compile_constraint(kind, spec, vocab)
