@@ -64,7 +64,7 @@ def test_fine_tuning_mistakes_are_one_line_user_errors(lm_workspace: Path, tiny_
     assert "classify.method" in method
 
 
-def test_predict_texts_and_files(lm_workspace: Path, sms_classifier, tmp_path: Path, cli_here):
+def test_predict_texts_and_files(lm_workspace: Path, sms_classifier, tiny_model, tmp_path: Path, cli_here):
     texts = tmp_path / "texts.txt"
     texts.write_text("URGENT! You have won a 1 week FREE membership in our £100,000 Prize Jackpot! Txt CLAIM to 81010\n\nare we still on for lunch?\n", encoding="utf-8")
     out = cli_here("predict", "sms-clf", "--file", str(texts), "hello there", "--json", workspace=lm_workspace)
@@ -79,6 +79,21 @@ def test_predict_texts_and_files(lm_workspace: Path, sms_classifier, tmp_path: P
     assert f"{bad}:2" in _one_line_error(cli_here("predict", "sms-clf", "--file", str(bad), workspace=lm_workspace))
     lm = _one_line_error(cli_here("predict", "tiny-lm", "hello", workspace=lm_workspace))
     assert "not a classifier" in lm
+
+
+def test_predict_files_a_windows_editor_wrote_and_an_empty_one(lm_workspace: Path, sms_classifier, tmp_path: Path, cli_here):
+    txt, jsonl, empty = tmp_path / "bom.txt", tmp_path / "bom.jsonl", tmp_path / "empty.txt"
+    txt.write_bytes(b"\xef\xbb\xbfwin cash now\r\nhello\r\n")
+    jsonl.write_bytes(b'\xef\xbb\xbf{"text": "win cash"}\r\n')
+    empty.write_bytes(b"\n\n")
+    out = cli_here("predict", "sms-clf", "--file", str(txt), "--json", workspace=lm_workspace)
+    assert out.returncode == 0, out.stderr
+    assert [r["text"] for r in json.loads(out.stdout)] == ["win cash now", "hello"]  # no BOM glued to the first
+    out = cli_here("predict", "sms-clf", "--file", str(jsonl), "--json", workspace=lm_workspace)
+    assert out.returncode == 0, out.stderr
+    assert [r["text"] for r in json.loads(out.stdout)] == ["win cash"]
+    line = _one_line_error(cli_here("predict", "sms-clf", "--file", str(empty), workspace=lm_workspace))
+    assert f"{empty}: no text in it" in line
 
 
 def test_config_show_lists_the_fine_tuning_sections(lm_workspace: Path, cli_here):

@@ -345,6 +345,12 @@ def test_tinyshakespeare(split):
 # -- bad input ---------------------------------------------------------------------------------------
 
 
+def test_a_jsonl_line_cut_short_is_placed_at_its_own_end(tmp_path):
+    path = write(tmp_path / "cut.jsonl", '{"text":"hello world one"}\n{"text":"second line ok"\r\n{"text":"third"}\n')
+    # its line break read as part of the JSON put the error at "column 1" (of the next line)
+    assert error(path) == f"{path}:2: invalid JSON (Expecting ',' delimiter at column 25)"
+
+
 def test_invalid_json_line_and_missing_field(tmp_path):
     path = write(tmp_path / "data.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", oops}\n{"txt": "c", "label": "y"}\n')
     assert error(path) == f"{path}:2: invalid JSON (Expecting property name enclosed in double quotes at column 15)"

@@ -27,15 +27,19 @@ def _read_texts(file: Path) -> list[str]:
 
     if not file.is_file():
         raise UserError(f"{file}: no such file")
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise UserError(f"{file}: not UTF-8 text at byte {err.start}") from None
-    if file.suffix != ".jsonl":
-        return [line for line in lines if line.strip()]
-    from llmkit.data.formats import jsonl_objects
+    if file.suffix == ".jsonl":
+        from llmkit.data.formats import jsonl_objects
 
-    return [row["text"] for row in jsonl_objects(file, ("text",))]
+        texts = [row["text"] for row in jsonl_objects(file, ("text",))]
+    else:
+        try:  # utf-8-sig: a Windows editor's BOM is not part of the first text
+            texts = [line for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        except UnicodeDecodeError as err:
+            raise UserError(f"{file}: not UTF-8 text at byte {err.start}; save it as UTF-8 (predict reads UTF-8 only)") \
+                from None
+    if not texts:
+        raise UserError(f"{file}: no text in it (one text per line, or a 'text' field per .jsonl line)")
+    return texts
 
 
 @configured("predict")

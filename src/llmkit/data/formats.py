@@ -351,13 +351,17 @@ def jsonl_objects(file: Path, fields: tuple[str, ...]) -> list[dict]:
     """The objects of a small JSONL file (blank lines skipped), each with a string in every one of `fields`;
     a bad line is a UserError naming file:line."""
     rows = []
-    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    try:  # utf-8-sig: the BOM a Windows editor writes is no JSON
+        lines = file.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{file}: not UTF-8 text at byte {err.start}; save it as UTF-8") from None
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UserError(f"{file}:{n}: invalid JSON ({err.msg})") from None
+            raise UserError(f"{file}:{n}: invalid JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(row, dict) or not all(isinstance(row.get(f), str) for f in fields):
             names = " and ".join(f"'{f}'" for f in fields)
             what = f"{names} strings" if len(fields) > 1 else f"a {names} string"

@@ -217,8 +217,8 @@ def _jsonl_rows(path: Path, encoding: str):
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                yield n, json.loads(line)
+            try:  # without its line break, an error at the line's end is at its own column, not "column 1" of the next
+                yield n, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
                 yield n, BadRecord(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno})")
 
