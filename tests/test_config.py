@@ -75,6 +75,19 @@ def test_an_out_of_range_nested_value_names_the_full_key_path(write_config: Writ
     assert "data.splits.val = 2" in _error("data", path)
 
 
+def test_splits_that_leave_no_room_for_train_are_one_line_in_our_words(write_config: WriteConfig) -> None:
+    path = write_config("data:\n  splits: {val: 0.6, test: 0.5}\n")
+    message = _error("data", path)
+    assert message.startswith(f"{path}: data.splits = ") and "val + test = 1.1: together they must stay below 1" in message
+    assert "Value error" not in message
+
+
+def test_one_input_may_be_written_without_a_list(write_config: WriteConfig) -> None:
+    path = write_config("data:\n  inputs: corpus.txt\n  exclude: '*.md'\n")
+    cfg = load_section("data", path)
+    assert (cfg.inputs, cfg.exclude) == (["corpus.txt"], ["*.md"])
+
+
 def test_an_unknown_key_names_the_key_path_and_suggests_the_right_one(write_config: WriteConfig) -> None:
     message = _error("pretrain", write_config("pretrain:\n  lrr: 0.1\n"))
     assert "unknown key 'pretrain.lrr'" in message and "did you mean 'lr'?" in message

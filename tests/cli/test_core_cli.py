@@ -152,6 +152,8 @@ def test_ls_show_rm_round_trip(tmp_path: Path):
     model = reg.add("model", "toy-model", kind="causal-lm", path=model_dir, parents=[(ds.id, "trained_on")])
     reg.close()
 
+    # a workspace with models and no study: "nothing registered yet" said the opposite of what is there
+    assert llmkit("ls", "studies", "--workspace", str(ws)).stdout.strip() == "no studies here yet"
     reg = Registry.for_workspace(ws)
     (ws / "runs" / "study").mkdir()
     study = reg.add("run", "tune-classify-toy", kind="study", path=ws / "runs" / "study")

@@ -383,6 +383,10 @@ def test_undecodable_bytes_report_offset(tmp_path):
     big = tmp_path / "late.jsonl"
     big.write_bytes(b'{"text":  "' + "é".encode() * 600_000 + b'"}\n{"text": "\xff"}\n')
     assert f"0xff at offset {11 + 1_200_000 + 3 + 10} as utf-8" in error(big)
+    # a codec's own complaint, not a byte it cannot decode: one line too, with the hint
+    assert error(path, doc_split="line", encoding="utf-16") == (
+        f"{path}: cannot decode as utf-16 (UTF-16 stream does not start with BOM); it reads as Western European: "
+        "pass --encoding cp1252")
 
 
 def test_binary_file_and_unknown_encoding(tmp_path):

@@ -65,6 +65,10 @@ def test_a_space_file_that_is_not_yaml_or_absent_is_named(tmp_path: Path):
     bad.write_text("lr: {float: [0.1, 0.2\n")
     with pytest.raises(UserError, match=r"bad.yaml:\d+: invalid YAML"):
         read_space(bad, "pretrain")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"# caf\xe9\nlr: {float: [0.1, 0.2]}\n")
+    with pytest.raises(UserError, match=r"latin.yaml: not UTF-8 text at byte 5; save it as UTF-8"):
+        read_space(latin, "pretrain")
 
 
 def test_default_spaces_are_valid_and_shown_by_config_show():

@@ -140,8 +140,9 @@ def ls(
         recs = ctx.registry.list(LS_KINDS[kind] if kind else None)
 
     def human() -> None:
-        if not recs:
-            console.print("nothing registered yet; try [bold]llmkit demo[/bold]")
+        if not recs:  # "nothing registered yet" misled in a workspace full of models that has no study
+            console.print(f"no {kind} here yet" if kind and ctx.registry.list(None) else
+                          "nothing registered yet; try [bold]llmkit demo[/bold]")
             return
         table = Table()
         runs = any(r.type == "run" for r in recs)

@@ -123,7 +123,7 @@ def _describe(err: ValidationError, section: str, model: type[BaseModel], source
     first = errors[0]
     loc = [str(p) for p in first["loc"]]
     named, annotation = _field_path(model, loc)
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")  # our validators' own words
     if len(named) < len(loc) and typing.get_origin(annotation) in (typing.Union, types.UnionType):
         # a value no branch of a union takes (compile: true | false | auto): pydantic names each branch as a key
         # ("sft.compile.bool"); say it of the key, with what every branch expected

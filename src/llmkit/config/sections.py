@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from llmkit.config.llama_fields import check_llama_fields
 
@@ -27,9 +36,22 @@ class SplitConfig(Section):
     test: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of records in the test split")
     seed: int = Field(0, description="seed mixed into the content hash that assigns each record a split")
 
+    @model_validator(mode="after")
+    def _room_for_train(self):
+        if self.val + self.test >= 1.0:  # every record would land in val or test
+            raise ValueError(f"val + test = {self.val + self.test:g}: together they must stay below 1, since train takes "
+                             "the rest; lower one of them")
+        return self
+
 
 class DataConfig(Section):
     inputs: list[str] = Field(default_factory=list, description="files, folders or globs to ingest (.txt .jsonl .json .csv .tsv .parquet, optionally .gz)")
+
+    @field_validator("inputs", "include", "exclude", mode="before")
+    @classmethod
+    def _one_is_a_list_of_one(cls, v):  # `inputs: data.txt` in a config file means [data.txt]
+        return [v] if isinstance(v, str) else v
+
     include: list[str] = Field(default_factory=list, description="read only the files of folders and globs whose name or path matches one of these globs; also reads licence and readme files, which are skipped by default")
     exclude: list[str] = Field(default_factory=list, description="skip the files whose name or path matches one of these globs (wins over include)")
     name: str | None = Field(None, description="dataset name in the registry; the same name with new content becomes its next version")

@@ -142,7 +142,7 @@ def _open_text(path: Path, encoding: str, newline: str | None = None):
                                 f"not text; supported: {SUPPORTED}")
         # utf-8-sig drops the BOM Windows tools write, which would otherwise glue onto the first field.
         yield io.TextIOWrapper(raw, encoding="utf-8-sig" if name == "utf-8" else encoding, newline=newline)
-    except UnicodeDecodeError:
+    except UnicodeError:  # UnicodeDecodeError, or a codec's own complaint ("UTF-16 stream does not start with BOM")
         raise _decode_error(path, encoding) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise UserError(f"{path}: broken gzip data ({err}); re-create the file") from None
@@ -166,6 +166,9 @@ def _decode_error(path: Path, encoding: str) -> UserError:
                 gz = " of the uncompressed data" if path.name.lower().endswith(".gz") else ""
                 return UserError(f"{path}: cannot decode byte 0x{byte:02x} at offset {where}{gz} as {encoding}; "
                                  + _encoding_hint(path), param="data.encoding")
+            except UnicodeError as err:
+                return UserError(f"{path}: cannot decode as {encoding} ({err}); " + _encoding_hint(path),
+                                 param="data.encoding")
             if not chunk:
                 break
             offset += len(chunk)

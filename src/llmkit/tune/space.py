@@ -82,6 +82,8 @@ def read_space(source: str | Path | dict | None, stage: str, defaults: dict[str,
             mark = getattr(err, "problem_mark", None)
             at = f":{mark.line + 1}" if mark else ""
             raise UserError(f"{path}{at}: invalid YAML ({getattr(err, 'problem', None) or err}); {EXAMPLE}") from None
+        except UnicodeDecodeError as err:
+            raise UserError(f"--space {path}: not UTF-8 text at byte {err.start}; save it as UTF-8") from None
     if not isinstance(body, dict) or not body:
         raise UserError(f"{where}: a search space is a mapping of config keys to ranges ({EXAMPLE})")
     params = [_param(key, spec, stage, where) for key, spec in _flat(body).items()]
