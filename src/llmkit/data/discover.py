@@ -119,8 +119,11 @@ def _expand_one(item: str, rule: FileFilter, log: list[tuple[str, str]]) -> list
         before = len(log)
         files = _walk(path, rule, log)
         if not files:
-            raise UserError(f"{item}: the folder holds no {SUPPORTED} files{_skipped_note(log[before:])}",
-                            param="data.inputs")
+            chosen = any(why.startswith(("excluded", "not matched")) for _, why in log[before:])
+            # "holds no .jsonl files" was false of a folder full of them that the globs left out
+            what = f"no {SUPPORTED} file of the folder is left by the globs" if chosen else \
+                f"the folder holds no {SUPPORTED} files"
+            raise UserError(f"{item}: {what}{_skipped_note(log[before:])}", param="data.inputs")
         return files
     if path.is_file():
         if file_format(path) is None:
