@@ -169,6 +169,11 @@ def test_the_time_budget_stops_the_running_trial_and_starts_no_other(ws_root: Pa
     assert __import__("time").time() - started < 120  # the 100,000-step trial did not run on
     run = [r for rel, r in Registry.for_workspace(ws_root).children(result["id"]) if rel == "trial_of"][0]
     assert run.metrics["tune_state"] == "pruned" and "time budget" in run.metrics["tune_note"]
+    code, out, err = _cli(monkeypatch, capsys, ws_root, "tune", "pretrain", "--data", "tiny", "--space",
+                          str(ws_root / "space.yaml"), "--trials", "50", "--timeout", "2s", "--study", "budget-human",
+                          "--config", str(config))
+    assert code == 0 and "no trial completed" in out + err
+    assert "best trials by" not in out  # a table of headers alone, under the line that said there was nothing
 
 
 def test_a_study_continues_only_on_its_own_space_and_config_and_rm_takes_its_optuna_study_too(ws_root: Path, monkeypatch,

@@ -33,7 +33,8 @@ def tune(ctx: Ctx, cfg, *, stage: Annotated[str, typer.Argument(help="pretrain |
            "reports": result.reports, "seconds": result.seconds}
     if result.stopped_by:
         out["stopped_by"] = result.stopped_by
-    ctx.emit(out, lambda: console.print(trials_table(result.name, result.metric, result.trials)))
+    # no completed trial: the summary said so, and a table of headers alone said nothing more
+    ctx.emit(out, lambda: result.trials and console.print(trials_table(result.name, result.metric, result.trials)))
     if result.exit_code:  # 130 / 143, as a process a signal ended, after the summary
         raise typer.Exit(result.exit_code)
 
