@@ -58,6 +58,16 @@ def test_exponents_without_a_dot_are_numbers(tmp_path: Path):
         read_space({"lr": {"float": ["a", 5]}}, "classify")
 
 
+def test_the_models_llama_fields_are_keys_a_space_can_search():
+    for space in ({"model.num_hidden_layers": {"int": [1, 3]}}, {"model": {"num_hidden_layers": {"int": [1, 3]}}}):
+        (param,) = read_space(space, "pretrain")
+        assert (param.key, param.low, param.high) == ("model.num_hidden_layers", 1, 3)
+    with pytest.raises(UserError, match=r"unknown key 'pretrain.model.num_hidden_layrs' \(did you mean "
+                                        r"'num_hidden_layers'\?\)") as info:
+        read_space({"model.num_hidden_layrs": {"int": [1, 3]}}, "pretrain")
+    assert "narrow the range" not in str(info.value)
+
+
 def test_a_space_file_that_is_not_yaml_or_absent_is_named(tmp_path: Path):
     with pytest.raises(UserError, match="file not found"):
         read_space(tmp_path / "nope.yaml", "pretrain")

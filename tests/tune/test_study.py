@@ -209,3 +209,21 @@ def test_a_study_continues_only_on_its_own_space_and_config_and_rm_takes_its_opt
     assert f"with its {len(runs) - 1} trial runs" in " ".join(out.split())
     with pytest.raises(KeyError):
         optuna.load_study(study_name="kept-alike", storage=registry.url)
+
+
+def test_the_models_llama_fields_can_be_searched(ws_root: Path):
+    """pretrain.model takes LlamaConfig fields; a space may search them ('model.num_hidden_layers', or nested)."""
+    import json
+
+    ws = Workspace.open(ws_root)
+    registry = Registry.for_workspace(ws.root)
+    space = ws_root / "layers.yaml"
+    space.write_text("model:\n  num_hidden_layers: {int: [1, 3]}\n")
+    cfg = TuneConfig(stage="pretrain", data="tiny", space=str(space), trials=2, study="layers", startup_trials=1)
+    result = tune(cfg, tiny_config(max_steps=4, eval_every=4, checkpoint_every=4), ws, registry)
+    trials = [r for rel, r in registry.children(result.record_id) if rel == "trial_of"]
+    assert {tuple(r.metrics["tune_params"]) for r in trials} == {("model.num_hidden_layers",)}
+    best_run = registry.get(result.best["run_id"], "run")
+    layers = best_run.metrics["tune_params"]["model.num_hidden_layers"]
+    model = registry.get(result.best["model_id"], "model")
+    assert json.loads((Path(model.path) / "config.json").read_text())["num_hidden_layers"] == layers

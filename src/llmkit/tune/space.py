@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,8 @@ def _check_key(key: str, stage: str, where: str) -> None:
             raise UserError(f"{where}: unknown {stage} key '{key}'{hint}; `llmkit config show {stage}` lists the keys")
         annotation = fields[part].annotation
         nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if i == len(parts) - 2 and _is_mapping(annotation):
+            return  # a field of free keys (pretrain.model: LlamaConfig overrides); _check_values validates the key
         if i < len(parts) - 1:
             if not nested:
                 raise UserError(f"{where}: {stage} key '{'.'.join(parts[: i + 1])}' has no keys inside; use it as '{'.'.join(parts[: i + 1])}'")
@@ -166,12 +169,21 @@ def _check_key(key: str, stage: str, where: str) -> None:
             raise UserError(f"{where}: '{key}' is a group of keys; search its keys, e.g. '{key}.{next(iter(annotation.model_fields))}'")
 
 
+def _is_mapping(annotation: Any) -> bool:
+    """dict[...] or Annotated[dict[...], ...]: a field whose keys are the user's (pretrain.model), not a section's."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation is dict or typing.get_origin(annotation) is dict
+
+
 def _check_values(p: Param, stage: str, where: str) -> None:
     """Both ends of a range (every choice) must be values the stage's section accepts."""
     for value in (p.choices or (p.low, p.high)):
         try:
             validate_section(stage, with_values({}, {p.key: value}))
         except UserError as err:
+            if "unknown key" in str(err):  # a misspelt key inside a free mapping (pretrain.model): no range to narrow
+                raise UserError(f"{where}: {err}") from None
             raise UserError(f"{where}: {p.key} = {value!r} is not a valid {stage} value ({err}); narrow the range") from None
 
 
