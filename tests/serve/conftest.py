@@ -6,6 +6,7 @@ seconds; served under that name with NAME=MODEL) and `sms-clf` (the root conftes
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,22 @@ def smol_q8(lm_workspace: Path, smollm2, shared_dir: Path | None) -> str:
 
     made_once(shared_dir, lm_workspace, "smol-q8", build, lambda: None)
     return "smol-q8"
+
+
+@contextmanager
+def smol_on_both_backends(workspace: Path, gguf: str, **options):
+    """A server with smollm2-135m as 'smol' (torch) and its GGUF `gguf` as 'smol-gguf' (llama.cpp): its URL."""
+    running, _ = start_server(workspace, ["smol=smollm2-135m", f"smol-gguf={gguf}"], **options)
+    try:
+        yield running.url
+    finally:
+        running.stop()
+
+
+def openai_client(url: str):
+    import openai
+
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
 
 
 def start_server(workspace: Path, models: list[str], **options):

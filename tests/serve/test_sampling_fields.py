@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from llmkit.models.io import load_tokenizer_for
-from tests.serve.conftest import start_server
+from tests.serve.conftest import openai_client, smol_on_both_backends
 
 USER = [{"role": "user", "content": "hi"}]
 NONSENSE = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
@@ -19,15 +19,13 @@ NONSENSE = {"type": "function", "function": {"name": "f", "parameters": {"type":
 
 @pytest.fixture(scope="module")
 def url(lm_workspace, smol_q8):
-    running, _ = start_server(lm_workspace, ["smol=smollm2-135m", f"smol-gguf={smol_q8}"], max_batch=4,
-                              max_queue=32, max_tokens=64)
-    yield running.url
-    running.stop()
+    with smol_on_both_backends(lm_workspace, smol_q8, max_batch=4, max_queue=32, max_tokens=64) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def client(url) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    return openai_client(url)
 
 
 @pytest.fixture(scope="module")

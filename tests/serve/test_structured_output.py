@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.runtime.json_schemas import SCHEMAS
-from tests.serve.conftest import start_server
+from tests.serve.conftest import openai_client, smol_on_both_backends
 
 ENFORCEABLE = [(name, schema) for name, schema in SCHEMAS if name != "unique_list"]  # uniqueItems: refused, tested below
 PROMPT = "Reply with one JSON value that fits the schema named '{name}'. Keep strings short."
@@ -22,15 +22,13 @@ PROMPT = "Reply with one JSON value that fits the schema named '{name}'. Keep st
 
 @pytest.fixture(scope="module")
 def urls(lm_workspace, smol_q8):
-    running, _ = start_server(lm_workspace, ["smol=smollm2-135m", f"smol-gguf={smol_q8}"], max_batch=8,
-                              max_queue=128, max_tokens=256)
-    yield running.url
-    running.stop()
+    with smol_on_both_backends(lm_workspace, smol_q8, max_batch=8, max_queue=128, max_tokens=256) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def client(urls) -> openai.OpenAI:
-    return openai.OpenAI(base_url=urls + "/v1", api_key="unused", max_retries=0, timeout=300)
+    return openai_client(urls)
 
 
 def _ask(client, model: str, name: str, schema: dict):
