@@ -136,8 +136,9 @@ def test_concurrent_greedy_requests_batch_and_agree(client, server):
     prompts = [f"{name}:\n" for name in ("ROMEO", "JULIET", "KING", "QUEEN", "First Citizen", "MENENIUS", "BRUTUS", "ALL")]
     # Answers long enough to overlap: the tiny model decodes a token in about a millisecond, so with 40 tokens the
     # first requests could finish while a loaded machine was still parsing the last ones (a clean-clone run under
-    # `make test`'s two workers measured 1.39 sequences a step)
-    tokens = 120
+    # `make test`'s two workers measured 1.39 sequences a step; at 120, 1.2 once, beside the other worker's smollm2
+    # serving tests; alone, 120 tokens give ~4 a step, old code and new alike)
+    tokens = 400
     alone = [client.completions.create(model="tiny-lm", prompt=p, max_tokens=tokens, temperature=0).choices[0].text
              for p in prompts]
     before = _metric(server, 'llmkit_batch_size_sum{model="tiny-lm"}'), _metric(server, 'llmkit_batch_size_count{model="tiny-lm"}')
