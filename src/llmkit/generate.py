@@ -36,6 +36,18 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
+def unknown_characters(tokenizer, text: str) -> list[str]:
+    """The distinct pieces of `text` the tokenizer reads as its unknown token, in order of first appearance: a
+    character-level model knows only the characters of its training text, and would otherwise see them silently
+    as <|unk|>. Empty for tokenizers without an unknown token (byte-level BPE reads anything)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not text:
+        return []
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    pieces = [text[a:b] for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=True) if i == unk]
+    return list(dict.fromkeys(p for p in pieces if p))
+
+
 # Tokens that end an assistant turn in the chat templates llmkit and common models use; the model
 # starting the user's next turn ends the reply too.
 END_OF_TURN = ("<|end|>", "<|user|>", "<|im_end|>", "<|eot_id|>")

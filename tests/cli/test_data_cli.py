@@ -61,6 +61,12 @@ def test_the_human_summary_says_where_the_name_came_from_and_the_tokenizer_as_as
     rows.write_text("text,label\nhello there,ham\nwin now,spam\ncall me,ham\nbad, row,spam\n")
     skipped = llmkit("data", "prepare", str(rows), "--task", "classify", "--skip-bad", workspace=tmp_path / "ws")
     assert "records: 4 read, 3 kept;" in skipped.stdout and ", 1 bad" in skipped.stdout, skipped.stdout
+    assert "needs at least 2" not in skipped.stdout
+    one_label = tmp_path / "one.csv"  # registered in silence; `train classify` refused it later
+    one_label.write_text("text,label\n" + "".join(f"message number {i},ham\n" for i in range(12)))
+    alone = llmkit("data", "prepare", str(one_label), "--task", "classify", workspace=tmp_path / "ws")
+    assert alone.returncode == 0 and "note: every train record has the label 'ham': a classifier needs at least 2" in \
+        " ".join(alone.stdout.split()), alone.stdout
 
 
 def test_report_json_has_the_statistics_and_the_plots_exist(prepared):

@@ -33,6 +33,17 @@ def test_generate_streams_the_prompt_and_completion_from_a_model_folder(lm_works
                  "--temperature", "0")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("KING") and len(out.stdout.splitlines()[0]) >= 4
+    assert "warning" not in out.stderr
+
+
+def test_generate_says_which_prompt_characters_a_char_model_does_not_know(lm_workspace: Path, tiny_model):
+    """A character-level model read them as <|unk|> without a word (Shakespeare has no 'é' and no '→')."""
+    out = llmkit(lm_workspace, "generate", "tiny-lm", "--prompt", "café → KING", "--max-new-tokens", "4",
+                 "--temperature", "0", "--json")
+    assert out.returncode == 0, out.stderr
+    warning = [line for line in out.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "2 character(s)" in warning[0] and "'é'" in warning[0] and "'→'" in warning[0], out.stderr
+    assert "<|unk|>" in warning[0] and json.loads(out.stdout)["prompt"] == "café → KING"
 
 
 def test_generate_with_a_bad_temperature_or_unknown_model_is_a_user_error(lm_workspace: Path, tiny_model, cli_here):

@@ -63,6 +63,11 @@ def prepare(ctx: Ctx, cfg) -> None:
                           f"({c['kept']} records kept): training evaluates on val; give more records, or "
                           + ("for one large file --doc-split blank-line or line" if m["task"] == "lm"
                              else "a larger share with --splits-val 0.2"), highlight=False)
+        train_labels = (m.get("labels") or {}).get("train") or {}
+        if m["task"] == "classify" and len(train_labels) == 1:  # found only at `train classify`, after the user moved on
+            console.print(f"  [yellow]note:[/yellow] every train record has the label '{next(iter(train_labels))}': a "
+                          "classifier needs at least 2 (--label-field NAME chooses the field the labels come from)",
+                          highlight=False)
         tokenizer = m["tokenizer"]  # its spec as asked (char, bpe:8000, a path); a char one is a wordlevel model inside
         console.print(f"  tokenizer: {tokenizer.get('spec') or tokenizer['kind']}, vocabulary {tokenizer['vocab_size']:,}",
                       markup=False, highlight=False)

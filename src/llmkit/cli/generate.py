@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.cli.common import Ctx, console, read_stdin_text, valid_text
+from llmkit.cli.common import Ctx, console, err_console, read_stdin_text, valid_text
 from llmkit.cli.options import configured
 from llmkit.errors import UserError
 
@@ -45,6 +45,7 @@ def generate(
     valid_text(prompt, "--prompt")
     params = _sampling(cfg)
     lm, tok = _load(model, ctx, "generate")
+    _warn_unknown(tok, prompt, "the prompt")
     stream = not (no_stream or ctx.json)
     if stream:
         console.print(prompt, end="", style="bold", markup=False, highlight=False)
@@ -66,6 +67,20 @@ def generate(
         rate = f", then {result['decode_tokens_per_s']:,.1f} tok/s" if result["decode_tokens_per_s"] else ""
         console.print(f"[dim]{len(out.token_ids)} tokens in {out.seconds:.2f} s (first after {out.first_token_seconds:.2f} s"
                       f"{rate}), {_ENDED.get(out.finish_reason, out.finish_reason)}[/dim]")
+
+
+def _warn_unknown(tok, text: str, where: str) -> None:
+    """One line when the model's vocabulary lacks some of `text` (a character-level model reads those as <|unk|>)."""
+    from rich.markup import escape
+
+    from llmkit.generate import unknown_characters
+
+    unknown = unknown_characters(tok, text)
+    if unknown:
+        shown = ", ".join(repr(c) for c in unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+        err_console.print(f"[yellow]warning:[/yellow] {escape(where)} has {len(unknown)} character(s) this model's "
+                          f"vocabulary lacks ({escape(shown)}); it reads each as {escape(str(tok.unk_token))}. "
+                          "Write them as characters of its training text", highlight=False)
 
 
 def _load(ref: str, ctx: Ctx, verb: str):
@@ -111,6 +126,7 @@ def chat(
         if not line.strip():
             break
         valid_text(line, f"line {sum(m['role'] == 'user' for m in messages) + 1} of the input")
+        _warn_unknown(tok, line, "your line")
         messages.append({"role": "user", "content": line})
         prompt, end_ids = chat_prompt(tok, messages)
         print("model> ", end="", flush=True)

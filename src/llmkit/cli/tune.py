@@ -37,6 +37,8 @@ def tune(ctx: Ctx, cfg, *, stage: Annotated[str, typer.Argument(help="pretrain |
     ctx.emit(out, lambda: result.trials and console.print(trials_table(result.name, result.metric, result.trials)))
     if result.exit_code:  # 130 / 143, as a process a signal ended, after the summary
         raise typer.Exit(result.exit_code)
+    if result.best is None:  # nothing to keep: a script's `tune && serve` must not go on (the summary said why)
+        raise typer.Exit(1)
 
 
 def trials_table(study: str, metric: str, rows: list[dict[str, Any]]) -> Table:
