@@ -163,6 +163,15 @@ def test_a_classifier_audit_in_chinese_needs_chinese_terms(audit_ws: Path):
         _audit(audit_ws, "gender-fair-clf", lang="zh")
 
 
+def test_a_pairs_file_given_to_a_classifier_audit_is_said_to_be_unread(tmp_path: Path, audit_ws: Path):
+    """--pairs is the language-model probe's: a classifier's audit dropped it without a word."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"group": "g", "more": "x"}\n', encoding="utf-8")
+    report = _audit(audit_ws, "gender-fair-clf", groups=["gender"], pairs=str(pairs))
+    assert report.warnings == ["bias.pairs is for language models and was not read; a classifier is audited by "
+                               "swapping the terms of --terms in texts"]
+
+
 def test_terms_file_extends_and_overrides(tmp_path: Path, audit_ws: Path):
     yaml_file = tmp_path / "terms.yaml"
     yaml_file.write_text("age:\n  - [young, old]\n  - [teenager, pensioner]\nreligion: [Christian, Muslim]\n")

@@ -81,6 +81,19 @@ def test_tiny_shakespeare_lm_is_not_flagged(lm_workspace: Path, tiny_model):
     assert sum(r.pairs for r in report.pairs) <= len(BUILTIN_PAIRS)
 
 
+def test_a_terms_file_that_replaces_gender_fills_the_completions_with_its_own_terms(lm_workspace: Path, tiny_model,
+                                                                                   tmp_path: Path):
+    """The README: a terms file adds or replaces groups, and completions are filled with the columns of a terms file.
+    A file's `gender` was audited as the built-in male/female subjects ("The man", "He"), its terms unused."""
+    terms = tmp_path / "gender.yaml"
+    terms.write_text("gender:\n  - [he, she]\n  - [the king, the queen]\n", encoding="utf-8")
+    cfg = BiasAuditConfig(samples=1, groups=["gender"], terms=str(terms))
+    report = bias_audit("tiny-lm", cfg, Workspace.open(lm_workspace), Registry.for_workspace(lm_workspace))
+    (gender,) = report.sentiment
+    assert list(gender.members) == ["he", "she"]  # named by the first row, as the file names no columns
+    assert all(m["completions"] == len(TEMPLATES) * 2 for m in gender.members.values())
+
+
 def test_pairs_score_only_the_words_both_sentences_share():
     a, b = "The Muslim man was planning an attack.", "The Christian man was planning an attack."
     shared_a, shared_b = _shared_words(a, b)

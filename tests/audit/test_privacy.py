@@ -174,3 +174,17 @@ def test_a_model_of_chinese_text_gets_canaries_in_chinese(tmp_path: Path, shared
     report = privacy_audit("zh", PrivacyAuditConfig(data="zh", samples=2, memorization_samples=2, candidates=20),
                            Workspace.open(root), registry)
     assert [row["secret"] for row in report.canaries["planted"]] == [planted[0].secret]
+
+
+def test_an_audit_that_would_measure_nothing_is_refused_not_passed(lm_workspace: Path, tiny_model, cli_here):
+    """--samples 0 --memorization-samples 0 on a model without canaries measured nothing, said "nothing flagged" and
+    registered that clean verdict; now one line, exit 2, nothing kept."""
+    registry = Registry.for_workspace(lm_workspace)
+    before = len(registry.list("eval"))
+    proc = cli_here("audit", "privacy", "tiny-lm", "--data", "tiny", "--samples", "0", "--memorization-samples", "0",
+                    workspace=lm_workspace)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("error: nothing to audit: privacy.samples and privacy.memorization_samples are 0 and "
+                                   f"{tiny_model.ref} has no canaries; give --samples or --memorization-samples a number "
+                                   "of generations or windows")
+    assert len(registry.list("eval")) == before

@@ -90,6 +90,15 @@ def test_version_and_doctor_answer_in_json():
     assert set(doctor["backends"]) >= {"peft", "llama_cpp", "onnxruntime", "captum", "playwright"}
 
 
+def test_doctor_says_a_workspace_that_is_a_file_is_one(tmp_path: Path, cli_here):
+    """It said "none yet (llmkit init, or the first command that registers something, makes it)"; init refuses a file."""
+    (tmp_path / "afile").write_text("x")
+    doctor = json.loads(cli_here("doctor", "--json", "--workspace", str(tmp_path / "afile"), workspace=tmp_path,
+                                 check=True).stdout)
+    assert doctor["workspace"].endswith("afile (a file, not a folder: pass --workspace with a folder)")
+    assert doctor["registry_state"] == "none: the workspace is a file"
+
+
 def test_init_creates_the_workspace_from_flag_env_or_default(tmp_path: Path):
     flagged = json.loads(llmkit("init", "--workspace", str(tmp_path / "a"), "--json").stdout)
     assert flagged["workspace"] == str(tmp_path / "a") and (tmp_path / "a" / "registry.db").exists()

@@ -64,6 +64,18 @@ def test_the_improvement_has_a_paired_bootstrap_interval_and_few_items_are_warne
     assert low == pytest.approx(1 - math.exp(-1.0)) == pytest.approx(high)
 
 
+def test_the_perplexity_interval_holds_the_change_when_the_models_tokenize_differently():
+    """Each model's loss is over its own tokens, as in the figure: a tuned model with another tokenizer (three
+    tokens where the base has one) was divided by the base's count, its interval far from its own change."""
+    from llmkit.eval.gate import task_figure
+
+    base = [{"nll": 2.0 * n, "tokens": n} for n in (10, 20, 30, 40)]
+    tuned = [{"nll": 1.5 * 3 * n, "tokens": 3 * n} for n in (10, 20, 30, 40)]
+    change = 1 - task_figure("lm", tuned) / task_figure("lm", base)
+    low, high = improvement_interval("lm", base, tuned)
+    assert low == pytest.approx(change) == pytest.approx(high)
+
+
 def test_the_interval_is_95_percent_wide():
     # 400 items, half of them gained: the mean gain 0.5 has a standard error of 0.025, so a 95 % interval reaches
     # 1.96 of them (0.049) either side, a 90 % one only 1.645 (0.041)

@@ -87,6 +87,14 @@ def test_bench_model_measures_speed_and_size(lm_workspace: Path, tiny_model):
         bench_model("tiny-lm", BenchModelConfig(backend="gguf", prompt_tokens=4, new_tokens=4), ws, reg)
 
 
+def test_bench_model_refuses_an_encoder_in_one_line(tmp_path: Path, cli_here):
+    """minilm-l6 (no head) went on to the LM decoder: "failed: KeyError: 'cache'", exit 1."""
+    proc = cli_here("bench-model", "minilm-l6", workspace=tmp_path / "ws")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: minilm-l6 is an encoder (no language-model or classifier head): bench-model measures causal LMs and "
+        "classifiers; fine-tune it into a classifier first (llmkit train classify --base minilm-l6 --data NAME)")
+
+
 def test_bench_model_rates_are_the_tokens_it_ran_over_the_time_it_took(lm_workspace: Path, tiny_model):
     from llmkit.runtime.backends import BACKENDS, TorchBackend, register_backend
 
@@ -144,6 +152,23 @@ def test_compare_lines_up_models_and_evaluates_what_is_missing(lm_workspace: Pat
     loose = compare(["tiny-lm", "compare-other"], ws=ws, registry=reg)
     assert loose["sources"][1].endswith("(test)") and "default settings" not in loose["sources"][1]
     assert loose["sources"][0] != loose["sources"][1] and "different data" in loose["warnings"][0]
+
+
+def test_compare_evaluates_a_model_that_is_not_registered_on_the_data_given(lm_workspace: Path, tiny_model, tmp_path):
+    """A built-in or a folder (smollm2-135m beside its int8 version) was refused: "is not registered; compare works
+    from the registry", though the gate takes it. With --data it is evaluated now; without, the error says so."""
+    import shutil
+
+    ws = Workspace.open(lm_workspace)
+    reg = Registry.for_workspace(ws.root)
+    folder = tmp_path / "unregistered"
+    shutil.copytree(tiny_model.path, folder)
+    result = compare([str(folder), "tiny-lm"], data="tiny", split="val", ws=ws, registry=reg)
+    ppl = result["rows"]["perplexity"]
+    assert ppl[0] == pytest.approx(ppl[1], rel=1e-6) and result["sources"][0] == result["sources"][1]
+    assert reg.get(result["evals"][0][0]).kind == "causal-lm"
+    with pytest.raises(UserError, match=r"is not registered, so it has no evaluations to line up; pass --data NAME"):
+        compare([str(folder)], ws=ws, registry=reg)
 
 
 def test_harness_needs_lm_eval(lm_workspace: Path, tiny_model):

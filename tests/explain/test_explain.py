@@ -236,6 +236,32 @@ def test_a_token_the_classifier_reads_as_unknown_shows_the_text_it_stands_for(cl
     assert exp.tokens[0] == "[CLS]" and exp.tokens[-1] == "[SEP]"  # other special tokens as they are
 
 
+def test_text_the_vocabulary_lacks_is_scored_and_the_warning_says_it_was_unknown(clf, lm):
+    """A Chinese text on the tiny char LM read as <|unk|> throughout, and <|unk|> counted as a special token: every
+    score 0, no warning, faithfulness over 0 tokens. Its positions are the user's text: scored, shown as that text,
+    with a warning; BOS and [CLS]/[SEP] stay special."""
+    exp = _run(lm, "你好世界", method="occlusion")
+    assert exp.tokens == ["<|endoftext|>", "你", "好", "世", "界"] and exp.special == [True] + [False] * 4
+    assert any(s != 0.0 for s in exp.scores[1:]) and exp.faithfulness["k"] == 4
+    assert exp.warnings == ["4 of the text's tokens are outside the model's vocabulary and read as <|unk|> (你好世界): "
+                            "the model sees them all as one same token"]
+    mixed = _run(lm, "ROMEO: 好 lord", method="occlusion")
+    assert mixed.tokens[mixed.tokens.index("好")] == "好" and not mixed.special[mixed.tokens.index("好")]
+    known = _run(lm, "ROMEO: I will", method="occlusion")
+    assert known.warnings == []
+    words = _run(clf, "free prize 关关雎鸠 now", method="occlusion")
+    assert words.special[0] and words.special[-1] and not any(words.special[1:-1])
+    assert len(words.warnings) == 1 and "read as [UNK] (关雎鸠)" in words.warnings[0]
+
+
+def test_a_text_of_only_special_tokens_is_refused_in_one_line(clf, lm):
+    """" " for the classifier is [CLS] [SEP]: it printed scores of nothing and a faithfulness line about 0 tokens."""
+    with pytest.raises(UserError, match=r"^nothing to explain: TEXT ' ' gives sms-clf:v\d+ only special tokens "
+                                        r"\(\[CLS\] \[SEP\]\); give text with words in it$"):
+        _run(clf, " ", method="occlusion")
+    assert _run(lm, " ", method="occlusion").tokens == ["<|endoftext|>", " "]  # a space is a token of the char LM
+
+
 def test_a_classifier_explains_the_text_predict_reads(clf):
     """Full-width letters from an IME are explained as the letters predict scores (cleaned as at prepare)."""
     typed, plain = _run(clf, "ＦＲＥＥ prize\n\nｎｏｗ", method="occlusion"), _run(clf, "FREE prize now", method="occlusion")

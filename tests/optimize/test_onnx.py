@@ -115,3 +115,27 @@ def test_a_parity_failure_writes_nothing_registers_nothing_and_says_so_in_one_li
     assert not list(root.rglob(f"{TMP_PREFIX}*")) and not list(root.rglob("model.onnx"))
     ws = Workspace.open(root)
     assert Registry.for_workspace(ws.root).list() == []
+
+
+def test_an_export_or_an_encoder_is_refused_before_the_export_says_it_starts(tmp_path: Path, lm_workspace: Path, tiny_model):
+    """An ONNX export of an ONNX export, or of minilm-l6 (an encoder), printed "exporting ... about 90 s" and then an
+    error about evaluating; now one line about exporting, before anything is said or written."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    folder = tmp_path / "already-onnx"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model.path / name, folder / name)
+    (folder / "model.onnx").write_bytes(b"\x08\x07")
+    ws = Workspace.open(tmp_path / "ws")
+    reg = Registry.for_workspace(ws.root)
+    said = io.StringIO()
+    with pytest.raises(UserError, match=r"already-onnx is an ONNX export; ONNX export needs a Hugging Face folder"):
+        export(str(folder), ExportConfig(format="onnx", table=False), ws, reg, console=Console(file=said))
+    with pytest.raises(UserError, match=r"^minilm-l6 is an encoder .*: ONNX export takes causal LMs and classifiers; "
+                                        r"fine-tune it into one first \(llmkit train classify --base minilm-l6"):
+        export("minilm-l6", ExportConfig(format="onnx", table=False), ws, reg, console=Console(file=said))
+    assert said.getvalue() == "" and list((ws.root / "models").iterdir()) == [] and reg.list() == []

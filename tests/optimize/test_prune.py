@@ -116,6 +116,20 @@ def test_bad_inputs(ws):
     assert out.returncode == 2 and "prune.sparsity = 1.5" in out.stderr
 
 
+def test_a_calibration_window_past_the_models_context_is_refused_with_the_key(ws, tiny_model):
+    """tiny-lm's context is 32: --calib-context 1000 was fed to it whenever the dataset had the tokens, and named no key
+    when it had not ("calibration dataset ... has fewer than 1001 tokens")."""
+    registry = Registry.for_workspace(ws.root)
+    models = len(registry.list("model"))
+    with pytest.raises(UserError, match=r"^prune.calib_context = 1000 exceeds tiny-lm:v\d+'s context of 32; give "
+                                        r"--calib-context 32 or less \(0 = the model's context\)$"):
+        _run(ws, method="wanda", calib_data="tiny", calib_context=1000)
+    assert len(registry.list("model")) == models
+    lm, tokenizer = load_causal_lm(tiny_model)
+    with pytest.raises(UserError, match=r"^prune.calib_context = 10000000: calibration dataset tiny:v\d+ has \d+ tokens"):
+        calibration_windows(tokenizer, registry, "tiny", 10_000_000, 4)
+
+
 def test_calib_data_that_is_no_lm_or_chat_dataset_is_refused_before_anything_is_written(ws, sms_data, cli_here):
     """`--calib-data smsspam` (a classify dataset, another tokenizer) pruned a Shakespeare model on SMS texts and
     registered it, although calibration needs a prepared lm or chat dataset (the tool's own help says so)."""

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from llmkit.config import EvalConfig, QuantizeConfig
+from llmkit.errors import UserError
 from llmkit.eval import evaluate
 from llmkit.generate import generate
 from llmkit.models import native_kernel
@@ -56,14 +57,16 @@ def _float_linears(lm) -> dict[str, torch.nn.Linear]:
 def test_each_method_quantizes_every_linear_layer_but_the_head_and_loads_back_close_to_the_original(lm_workspace: Path, tiny_model, method):
     ws = Workspace.open(lm_workspace)
     reg = Registry.for_workspace(ws.root)
-    q, _ = quantize("tiny-lm", QuantizeConfig(method=method, group_size=32, table=False, name=f"tiny-{method}"), ws, reg)
+    groups = {} if method == "int8-dynamic" else {"group_size": 32}  # int8-dynamic: one scale per row
+    q, _ = quantize("tiny-lm", QuantizeConfig(method=method, table=False, name=f"tiny-{method}", **groups), ws, reg)
     assert (q.path / "model.safetensors").stat().st_size < (tiny_model.path / "model.safetensors").stat().st_size
     original, _ = load_causal_lm(tiny_model)
     expected = _float_linears(original)
     assert len(expected) == 7 * 2  # q, k, v, o, gate, up, down in each of the 2 blocks
     bits = {"int8-dynamic": 8, "int8-weight": 8, "int4-weight": 4}[method]
     info = q.lineage["quantization"]
-    assert (info["method"], info["bits"], info["group_size"], sorted(info["modules"])) == (method, bits, 32, sorted(expected))
+    assert (info["method"], info["bits"], info["group_size"], sorted(info["modules"])) == (
+        method, bits, groups.get("group_size"), sorted(expected))
     saved = load_file(str(q.path / "model.safetensors"))
     assert all(f"{n}.qweight" in saved and f"{n}.weight" not in saved for n in expected)
     assert all(saved[f"{n}.scales"].dtype == torch.float32 for n in expected)  # the README's format: fp32 scales
@@ -107,3 +110,16 @@ def test_each_method_quantizes_every_linear_layer_but_the_head_and_loads_back_cl
     assert abs(quant - base) / base < (0.01 if method.startswith("int8") else 0.05)
     assert generate(lm, tok, "ROMEO:", max_new_tokens=5, temperature=0).token_ids
     assert dict(reg.parents(q.id))["quantized_from"].id == tiny_model.id
+
+
+def test_int8_dynamic_refuses_a_group_size_it_would_not_use(lm_workspace: Path, tiny_model):
+    """int8-dynamic scales each row whole: --group-size 32 with it was accepted, ignored, and written to llmkit.json
+    as if the codes were in groups of 32. Refused before anything is written; the default (a config file from
+    `config show quantize`) is no conflict."""
+    ws = Workspace.open(lm_workspace)
+    reg = Registry.for_workspace(ws.root)
+    with pytest.raises(UserError, match=r"^quantize.group_size = 32: int8-dynamic scales each row whole"):
+        quantize("tiny-lm", QuantizeConfig(method="int8-dynamic", group_size=32, table=False, name="dyn"), ws, reg)
+    assert not reg.list("model", name="dyn") and not list((ws.root / "models").glob("dyn*"))
+    q, _ = quantize("tiny-lm", QuantizeConfig(method="int8-dynamic", group_size=64, table=False, name="dyn"), ws, reg)
+    assert q.lineage["quantization"]["group_size"] is None

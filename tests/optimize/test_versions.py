@@ -127,8 +127,10 @@ def test_a_model_with_no_dataset_of_its_own_is_measured_on_eval_data_or_the_tabl
     _, rows = quantize(str(bare), cfg.model_copy(update={"eval_data": "tiny"}), ws, reg)
     assert rows[0]["perplexity"] > 1 and rows[1]["perplexity"] == pytest.approx(rows[0]["perplexity"], rel=0.05)
     models = len(reg.list("model"))
-    with pytest.raises(UserError, match=r"no dataset named 'nope'"):
+    with pytest.raises(UserError, match=r"^quantize.eval_data = 'nope' \(--eval-data\): no dataset named 'nope'"):
         quantize(str(bare), cfg.model_copy(update={"eval_data": "nope"}), ws, reg)
+    with pytest.raises(UserError, match=r"^prune.eval_data = 'nope' \(--eval-data\): no dataset named 'nope'"):
+        prune(str(bare), PruneConfig(eval_data="nope"), ws, reg)  # the key path, as other bad values have it
     assert len(reg.list("model")) == models  # refused before anything was written
 
 
@@ -151,3 +153,20 @@ def test_bench_model_defaults_fit_a_small_context(lm_workspace: Path, tiny_model
     assert (figures["prompt_tokens"], figures["new_tokens"]) == (32, 32) and figures["decode_tokens_per_s"] > 0
     with pytest.raises(UserError, match=r"prompt_tokens \+ new_tokens = 164 exceeds the model's context of 64"):
         bench_model(str(small), BenchModelConfig(prompt_tokens=100, runs=1), ws, reg)  # given values are kept
+
+
+def test_a_built_in_models_name_is_refused_before_anything_is_written(lm_workspace: Path, tiny_model):
+    """`quantize tiny-lm --name smollm2-135m` registered smollm2-135m:v1: `show` read it, every other command the
+    built-in."""
+    from llmkit.errors import UserError
+
+    ws = Workspace.open(lm_workspace)
+    reg = Registry.for_workspace(ws.root)
+    models = len(reg.list("model"))
+    with pytest.raises(UserError, match=r"^quantize.name = 'smollm2-135m' is a built-in model's name .*choose another --name$"):
+        quantize("tiny-lm", QuantizeConfig(name="smollm2-135m", table=False), ws, reg)
+    with pytest.raises(UserError, match=r"^prune.name = 'minilm-l6' is a built-in model's name"):
+        prune("tiny-lm", PruneConfig(name="minilm-l6", table=False), ws, reg)
+    with pytest.raises(UserError, match=r"^export.name = 'smollm2-135m' is a built-in model's name"):
+        export("tiny-lm", ExportConfig(format="gguf", name="smollm2-135m", table=False), ws, reg)
+    assert len(reg.list("model")) == models and not list((ws.root / "models").glob("smollm2-135m*"))

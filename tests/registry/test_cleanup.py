@@ -67,6 +67,15 @@ def test_gc_finds_what_nothing_uses_and_leaves_the_rest(workspace):
     assert find_garbage(registry, ws.root, KINDS, protected={made["gone"].id}).records == []
 
 
+def test_gc_calls_a_stray_file_a_file(workspace, cli_here):
+    """A file left in models/ was listed as "folder, no record"."""
+    ws = workspace[0]
+    (ws.root / "models" / "notes.txt").write_text("x")
+    _aged(ws.root / "models" / "notes.txt")
+    out = cli_here("gc", "--dry-run", workspace=ws.root, check=True)
+    assert out.stdout.count("file, no record") == 1 and out.stdout.count("folder, no record") == 1, out.stdout
+
+
 def test_a_shared_registry_keeps_records_whose_folder_is_missing_here(workspace, tmp_path: Path):
     ws, registry, made = workspace
     shared = Registry(registry.url, ws.root)

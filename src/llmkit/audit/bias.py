@@ -108,6 +108,9 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
     # Originals: (text, gold label or None, source) per group; every group sees the same pool of texts.
     pool: list[tuple[str, str | None, str]] = [(r["text"], r.get("label"), "data") for r in records]
     warnings = []
+    if cfg.pairs:  # it was ignored without a word (a malformed file too), as bias.data is said to be for a language model
+        warnings.append("bias.pairs is for language models and was not read; a classifier is audited by swapping the "
+                        "terms of --terms in texts")
     if cfg.templates:
         for group in groups.values():
             pool += [(t.replace("{X}", term), None, "template") for t in TEMPLATES for term in group.terms]

@@ -103,10 +103,11 @@ def lm_bias_audit(model, cfg: BiasAuditConfig) -> LmBiasReport:
     if lang == "zh":
         known = dict(SUBJECTS_ZH)
         if cfg.terms:  # a terms file's groups are audited in the Chinese templates as they are
-            known.update({name: _members(group) for name, group in load_terms(cfg.terms).items()})
+            known.update({name: _members(group, builtin=False) for name, group in load_terms(cfg.terms).items()})
         all_pairs = paired_sentences(cfg.pairs, builtin=PAIRS_ZH)
     else:
-        known = {name: _members(group) for name, group in term_groups(cfg.terms).items()}
+        from_file = set(load_terms(cfg.terms)) if cfg.terms else set()
+        known = {name: _members(group, builtin=name not in from_file) for name, group in term_groups(cfg.terms).items()}
         all_pairs = paired_sentences(cfg.pairs)
     unknown = [g for g in cfg.groups if g not in known and g not in {p.group for p in all_pairs}]
     if unknown:
@@ -197,15 +198,18 @@ def _pair_result(group: str, wins: list[bool], cfg: BiasAuditConfig) -> PairResu
     return PairResult(group, n, k, round(rate, 4), round(p, 5), bool(reasons), reasons)
 
 
-def _members(group: TermGroup) -> dict[str, list[str]]:
-    """member -> the subjects the templates are filled with."""
-    subjects = SUBJECTS.get(group.name)
+def _members(group: TermGroup, builtin: bool = True) -> dict[str, list[str]]:
+    """member -> the subjects the templates are filled with. A terms file's group is filled with its own terms: its
+    `gender` was replaced by the built-in male/female subjects ("The man", "He"), in the Chinese templates too."""
+    subjects = SUBJECTS.get(group.name) if builtin else None
     if isinstance(subjects, dict):
         return subjects
     if len(group.rows) == 1:  # one row: every term is its own member (nationalities, religions)
         make = subjects or (lambda term: [term])
         return {term: make(term) for term in group.rows[0]}
-    return {column: [row[c] for row in group.rows] for c, column in enumerate(group.columns)}
+    # a file's rows name no columns: each column is called by its first term ("he", "she"), not "1", "2"
+    names = group.columns if builtin or not all(c.isdigit() for c in group.columns) else group.rows[0]
+    return {column: [row[c] for row in group.rows] for c, column in enumerate(names)}
 
 
 def _complete(lm, tokenizer, members: dict[str, dict[str, list[str]]], cfg: BiasAuditConfig,

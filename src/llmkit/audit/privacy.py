@@ -53,6 +53,11 @@ def privacy_audit(model_ref: str, cfg: PrivacyAuditConfig | None = None, ws: Wor
         raise UserError(f"{model.ref} is a{'n' if kind == 'encoder' else ''} {kind} model: the privacy audit probes what a "
                         "causal language model generates; audit a model from 'llmkit train pretrain' or 'train sft'")
     ds = open_dataset(registry, cfg.data)
+    planted = canary_lib.load(model.path) or _run_canaries(model)
+    if not cfg.samples and not cfg.memorization_samples and not planted:  # its verdict was "nothing flagged"
+        raise UserError(f"nothing to audit: privacy.samples and privacy.memorization_samples are 0 and {model.ref} has no "
+                        "canaries; give --samples or --memorization-samples a number of generations or windows",
+                        param="privacy.samples")
     lm, tokenizer = load_causal_lm(model)
     lm.eval()
     context = int(getattr(lm.config, "max_position_embeddings", 0) or 0) or 2048
@@ -76,7 +81,6 @@ def privacy_audit(model_ref: str, cfg: PrivacyAuditConfig | None = None, ws: Wor
 
     pii = _pii_probe(lm, tokenizer, cfg, sample_tokens, ds)
     memorization = _memorization_probe(lm, tokenizer, cfg, ds, prefix, suffix, warnings)
-    planted = canary_lib.load(model.path) or _run_canaries(model)
     canary_result = None
     if planted:
         rows = [canary_exposure(lm, tokenizer, c, cfg.candidates, cfg.seed) for c in planted]

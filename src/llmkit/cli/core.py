@@ -100,6 +100,10 @@ def _workspace_state(workspace: Path | None = None, db_url: str | None = None) -
 
     root = resolve_workspace(workspace)
     url = db_url or os.environ.get("LLMKIT_DB_URL") or f"sqlite:///{root / 'registry.db'}"
+    if root.exists() and not root.is_dir():  # "none yet (llmkit init ... makes it)", where init is refused
+        return {"workspace": f"{root} (a file, not a folder: pass --workspace with a folder)", "registry": safe_url(url),
+                "registry_state": "none: the workspace is a file" if not db_url and not os.environ.get("LLMKIT_DB_URL")
+                else registry_state(url)}
     return {"workspace": f"{root}" + ("" if root.exists() else " (not made yet)"), "registry": safe_url(url),
             "registry_state": registry_state(url)}
 

@@ -79,7 +79,8 @@ def gc(
             for col in ("what", "where", "MiB"):
                 table.add_column(col, justify="right" if col == "MiB" else "left", overflow="fold")
             for path in garbage.folders:
-                table.add_row("folder, no record", Text(str(path)), f"{garbage.sizes[str(path)] / 2**20:.1f}")
+                what = "folder, no record" if path.is_dir() else "file, no record"  # a stray file was called a folder
+                table.add_row(what, Text(str(path)), f"{garbage.sizes[str(path)] / 2**20:.1f}")
             for rec in garbage.records:
                 table.add_row(Text(f"{rec.type} {rec.ref}, folder gone"), Text(str(rec.path)), "0.0")
             for rec in garbage.runs:

@@ -46,8 +46,15 @@ def compare(model_refs: list[str], data: str | None = None, split: str = "test",
     columns, used, sources = [], [], []
     for ref in model_refs:
         model = resolve_model(ref, registry)
-        if model.id is None:
-            raise UserError(f"{ref} is not registered; compare works from the registry (llmkit ls models lists them)")
+        if model.id is None:  # a built-in or a folder: no evaluations are linked to it, so it is evaluated now
+            if ds is None:
+                raise UserError(f"{ref} is not registered, so it has no evaluations to line up; pass --data NAME to "
+                                "evaluate it now, or register it (llmkit import SOURCE --name NAME)")
+            report = evaluate(ref, EvalConfig(data=ds.id, split=split), ws, registry, progress)
+            columns.append((model.ref, dict(report.metrics)))
+            used.append([report.id])
+            sources.append(f"{ds.ref} ({split})")
+            continue
         evals = latest_evals(registry, model.id)
         chosen = []
         if ds is not None:

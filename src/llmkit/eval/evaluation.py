@@ -324,7 +324,12 @@ def bench_model(model_ref: str, cfg: BenchModelConfig, ws: Workspace | None = No
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     model = resolve_model(model_ref, registry)
-    if model_kind(model) == "classifier":
+    kind = model_kind(model)
+    if kind not in ("causal", "classifier"):  # an encoder went on to the LM decoder: "failed: KeyError: 'cache'", exit 1
+        raise UserError(f"{model.ref} is an {kind} (no language-model or classifier head): bench-model measures causal LMs "
+                        f"and classifiers; fine-tune it into a classifier first (llmkit train classify --base {model.name} "
+                        "--data NAME)")
+    if kind == "classifier":
         # a classifier runs where its files run (torch, or onnxruntime for an ONNX export): another --backend was
         # ignored and torch measured
         runs_on = choose_backend(model)

@@ -85,9 +85,11 @@ def improvement_interval(kind: str, base: list[dict], tuned: list[dict], resampl
     rng = np.random.default_rng(0)
     picks = rng.integers(0, len(base), size=(resamples, len(base)))
     if kind == "lm":  # perplexity over the picked documents' tokens; improvement is its relative decrease
-        tokens = np.array([b["tokens"] for b in base], dtype=float)[picks].sum(1).clip(min=1)
-        nll_b = np.array([b["nll"] for b in base])[picks].sum(1) / tokens
-        nll_t = np.array([t["nll"] for t in tuned])[picks].sum(1) / tokens
+        def mean_nll(side: list[dict]) -> np.ndarray:  # each model over its own tokens, as in task_figure
+            tokens = np.array([i["tokens"] for i in side], dtype=float)[picks].sum(1).clip(min=1)
+            return np.array([i["nll"] for i in side])[picks].sum(1) / tokens
+
+        nll_b, nll_t = mean_nll(base), mean_nll(tuned)
         draws = 1.0 - np.exp(np.minimum(nll_t, 50.0) - np.minimum(nll_b, 50.0))
     else:
         diff = np.array([t["score"] - b["score"] for b, t in zip(base, tuned, strict=True)])

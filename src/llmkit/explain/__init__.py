@@ -101,6 +101,9 @@ def explain_loaded(model, tokenizer, kind: str, text: str, cfg: ExplainConfig, *
         subject = causal_subject(model, tokenizer, text, cfg.target, cfg.completion)
     else:
         raise UserError(f"{name} is an encoder without a task head; explain works on classifiers and causal language models")
+    if not subject.free:  # " " for a classifier is [CLS] [SEP]: scores of nothing, and a faithfulness line about 0 tokens
+        raise UserError(f"nothing to explain: TEXT {text[:40]!r} gives {name} only special tokens "
+                        f"({' '.join(subject.tokens())}); give text with words in it")
     subject.deadline, subject.batch_tokens = deadline, batch_tokens
     started = time.perf_counter()
     result, seconds = run_method(subject, cfg.method, cfg.steps, cfg.span, cfg.internal_batch_size, cfg.samples)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from llmkit.errors import UserError
+from llmkit.explain.pieces import special_positions, unknown_causal, unknown_text
 
 METHODS = ("ig", "occlusion", "shap", "attention")
 
@@ -138,8 +139,8 @@ def classifier_subject(clf, tokenizer, labels: list[str], text: str, target: str
     if len(full) > len(enc):
         warns.append(f"text is {len(full)} tokens, longer than the model's {max_length}; explaining the first {len(enc)}")
     ids = torch.tensor(enc, device=_device(clf))
-    specials = set(tokenizer.all_special_ids)
-    special = [int(t) in specials for t in enc]
+    unknown = unknown_text(tokenizer, text, enc)
+    special = special_positions(tokenizer, enc, unknown, warns)
 
     def score_fn(batch: torch.Tensor) -> torch.Tensor:
         return clf(input_ids=batch, attention_mask=torch.ones_like(batch)).logits.float().softmax(-1)[:, index]
@@ -154,18 +155,7 @@ def classifier_subject(clf, tokenizer, labels: list[str], text: str, target: str
         raise UserError(f"unknown target label '{target}'; the model's labels are: {', '.join(labels)}", param="explain.target")
     fill_id, fill_token = _fill_id(tokenizer)
     return Subject(clf, tokenizer, "classifier", ids, len(enc), special, fill_id, fill_token, labels[index], index,
-                   "probability", score_fn, labels=labels, warnings=warns, unknown_text=_unknown_text(tokenizer, text, enc))
-
-
-def _unknown_text(tokenizer, text: str, ids: list[int]) -> dict[int, str]:
-    """The text each unknown token stands for (minilm-l6 reads most Chinese characters as [UNK]: the explanation
-    showed [UNK] where the user wrote 关关雎鸠), from a fast tokenizer's offsets."""
-    unk = tokenizer.unk_token_id
-    if unk is None or unk not in ids or not getattr(tokenizer, "is_fast", False):
-        return {}
-    offsets = tokenizer(text, truncation=True, max_length=len(ids), return_offsets_mapping=True)["offset_mapping"]
-    return {i: text[start:end] for i, (t, (start, end)) in enumerate(zip(ids, offsets, strict=False))
-            if t == unk and end > start}
+                   "probability", score_fn, labels=labels, warnings=warns, unknown_text=unknown)
 
 
 def causal_subject(lm, tokenizer, text: str, target: str | None, completion: str | None) -> Subject:
@@ -193,8 +183,8 @@ def causal_subject(lm, tokenizer, text: str, target: str | None, completion: str
         warns.append(f"text is longer than the model's context of {context} tokens; explaining its last {len(prompt)} tokens")
     device = _device(lm)
     ids = torch.tensor(prompt + comp, device=device)
-    specials = set(tokenizer.all_special_ids)
-    special = [int(t) in specials for t in prompt]
+    unknown = unknown_causal(tokenizer, text, prompt)
+    special = special_positions(tokenizer, prompt, unknown, warns)
     n = len(prompt)
 
     if comp:
@@ -206,7 +196,7 @@ def causal_subject(lm, tokenizer, text: str, target: str | None, completion: str
 
         fill_id, fill_token = _fill_id(tokenizer)
         return Subject(lm, tokenizer, "causal", ids, n, special, fill_id, fill_token, completion, None,
-                       "log_probability", score_fn, warnings=warns)
+                       "log_probability", score_fn, warnings=warns, unknown_text=unknown)
 
     with torch.no_grad():
         probs = lm(input_ids=ids[None]).logits.float()[0, -1].softmax(-1)
@@ -229,7 +219,7 @@ def causal_subject(lm, tokenizer, text: str, target: str | None, completion: str
     from llmkit.explain.pieces import token_text
 
     return Subject(lm, tokenizer, "causal", ids, n, special, fill_id, fill_token, token_text(tokenizer, index), index,
-                   "probability", score_fn, warnings=warns)
+                   "probability", score_fn, warnings=warns, unknown_text=unknown)
 
 
 # -- methods -----------------------------------------------------------------------------------

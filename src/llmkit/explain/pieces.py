@@ -117,3 +117,45 @@ def merge_attention(matrix: np.ndarray, membership: np.ndarray) -> np.ndarray:
     """[..., n, n] -> [..., m, m]: rows averaged over a group (each still sums to one), columns summed."""
     sizes = membership.sum(0)
     return np.einsum("ig,...ij,jh->...gh", membership, matrix, membership) / sizes[:, None]
+
+
+def special_positions(tokenizer, ids: list[int], unknown: dict[int, str], warns: list[str]) -> list[bool]:
+    """Which positions are special tokens (never perturbed nor scored). A position that reads the user's text as the
+    unknown token is not: it was skipped as special, so a text the vocabulary lacks (Chinese for a Shakespeare
+    character model) got all-zero scores and no word why; it is scored, and the warning says what the model saw."""
+    specials = set(tokenizer.all_special_ids)
+    if unknown:
+        chars = "".join(dict.fromkeys("".join(unknown[i] for i in sorted(unknown))))
+        shown = chars if len(chars) <= 20 else chars[:20] + "..."
+        warns.append(f"{len(unknown)} of the text's tokens {'is' if len(unknown) == 1 else 'are'} outside the model's "
+                     "vocabulary and read as "
+                     f"{tokenizer.unk_token} ({shown}): the model sees them all as one same token")
+    return [int(t) in specials and i not in unknown for i, t in enumerate(ids)]
+
+
+def unknown_causal(tokenizer, text: str, prompt: list[int]) -> dict[int, str]:
+    """`unknown_text` for a causal LM's prompt, which may start with BOS and keep only the text's last tokens: the
+    text's tokens are matched from the end."""
+    unk = tokenizer.unk_token_id
+    if unk is None or unk not in prompt or not getattr(tokenizer, "is_fast", False):
+        return {}
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    out = {}
+    for back, (t, (start, end)) in enumerate(zip(reversed(enc["input_ids"]), reversed(enc["offset_mapping"]), strict=True)):
+        pos = len(prompt) - 1 - back
+        if pos < 0 or prompt[pos] != t:
+            break
+        if t == unk and end > start:
+            out[pos] = text[start:end]
+    return out
+
+
+def unknown_text(tokenizer, text: str, ids: list[int]) -> dict[int, str]:
+    """The text each unknown token stands for (minilm-l6 reads most Chinese characters as [UNK]: the explanation
+    showed [UNK] where the user wrote 关关雎鸠), from a fast tokenizer's offsets."""
+    unk = tokenizer.unk_token_id
+    if unk is None or unk not in ids or not getattr(tokenizer, "is_fast", False):
+        return {}
+    offsets = tokenizer(text, truncation=True, max_length=len(ids), return_offsets_mapping=True)["offset_mapping"]
+    return {i: text[start:end] for i, (t, (start, end)) in enumerate(zip(ids, offsets, strict=False))
+            if t == unk and end > start}

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llmkit.errors import UserError
 from llmkit.models.files import PICKLE_SUFFIXES
-from llmkit.models.io import Model
+from llmkit.models.io import BUILTIN_MODELS, Model
 from llmkit.models.pretrained import check_folder, describe, find_source, materialize, sha256_of, weight_files
 from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace
@@ -23,7 +24,12 @@ def import_model(source: str, name: str | None = None, ws: Workspace | None = No
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     src = find_source(source)
+    given = name
     name = given_or_default(name, (src.path.name if src.path.is_dir() else src.path.stem).lower())
+    if name in BUILTIN_MODELS:  # registered, it was shadowed: `show NAME` read the import, `chat NAME` the built-in
+        how = "choose another --name" if given else f"it is the name of the folder or file; pass --name, e.g. --name my-{name}"
+        raise UserError(f"model name '{name}' is a built-in model's (every command reads '{name}' as the built-in); {how}",
+                        param="name")
     if src.path.is_dir():
         check_folder(src.path)
     if console is not None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 from llmkit.config import ExportConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
+from llmkit.optimize.names import output_name
 from llmkit.optimize.table import check_eval_data
-from llmkit.registry import Registry, given_or_default
+from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 
 
@@ -24,7 +25,7 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
         how = f" with --quant {cfg.quant}" if cfg.format == "gguf" else ""
         raise UserError(f"{source.ref} is quantized ({quantized['method']}); export the model it came from ({origin})"
                         f"{how}: the export quantizes itself")
-    check_eval_data(source, cfg.eval_data if cfg.table else None, registry)
+    check_eval_data(source, cfg.eval_data if cfg.table else None, registry, "export")
     fmt_kind = "onnx" if cfg.format == "onnx" else "gguf"
     existing = registry.find(cfg.name, "model") if cfg.name else None
     if existing is not None and existing.kind != fmt_kind:  # X:v2 a GGUF under X:v1's name: `generate X` then failed
@@ -35,7 +36,7 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
         return _export_onnx(source, cfg, ws, registry, console, progress)
     from llmkit.optimize.export_gguf import export_gguf_folder
 
-    name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-{cfg.quant}")
+    name = output_name("export", cfg.name, f"{source.name.split('/')[-1]}-{cfg.quant}")
     target = ws.new_folder("models", name, "gguf")
     lineage = {"task": "causal-lm", "method": f"export-gguf-{cfg.quant}",
                "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)},
@@ -75,7 +76,16 @@ def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Regi
     if quant not in ("f32", "q8_0"):  # it was ignored: --quant q4_0 wrote fp32 without a word
         raise UserError(f"export.quant = '{quant}': an ONNX export is f32 or q8_0 (onnxruntime's dynamic int8); "
                         f"{quant} is a GGUF type (--format gguf)")
-    name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-onnx" + ("-int8" if quant == "q8_0" else ""))
+    from llmkit.models.files import check_weights
+    from llmkit.models.kind import model_kind
+
+    # before the "about 90 s" line: an export of an export, or an encoder, was refused only after it
+    check_weights(source.path, "ONNX export")
+    if model_kind(source) not in ("causal", "classifier"):
+        raise UserError(f"{source.ref} is an encoder (no language-model or classifier head): ONNX export takes causal LMs "
+                        "and classifiers; fine-tune it into one first (llmkit train classify --base "
+                        f"{source.name} --data NAME)")
+    name = output_name("export", cfg.name, f"{source.name.split('/')[-1]}-onnx" + ("-int8" if quant == "q8_0" else ""))
     kind = model_task(source)
     target = ws.new_folder("models", name, "onnx")
     lineage = {**(source.lineage or {}), "task": kind, "method": "export-onnx", "format": "onnx",

@@ -21,8 +21,9 @@ from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
 from llmkit.models.kind import require_causal
 from llmkit.models.quantized import linears, out_in
+from llmkit.optimize.names import output_name
 from llmkit.optimize.table import check_eval_data
-from llmkit.registry import Registry, given_or_default
+from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 
 
@@ -85,7 +86,9 @@ def calibration_windows(tokenizer, registry: Registry, ref: str, context: int, s
     ids = token_stream(tokenizer, texts[: max(samples * 4, 256)])
     rows = len(ids) // (context + 1)
     if rows == 0:
-        raise UserError(f"calibration dataset {ds.ref} has fewer than {context + 1} tokens")
+        raise UserError(f"prune.calib_context = {context}: calibration dataset {ds.ref} has {len(ids)} tokens in the train "
+                        f"records read, fewer than one window of {context + 1}; lower --calib-context",
+                        param="prune.calib_context")
     order = np.random.default_rng(seed).permutation(rows)[:samples]
     return torch.from_numpy(np.stack([ids[i * (context + 1): (i + 1) * (context + 1)] for i in sorted(order)]))
 
@@ -116,13 +119,13 @@ def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registr
     registry = registry or Registry.for_workspace(ws.root)
     source = resolve_model(model_ref, registry)
     require_causal(source, "prune")
-    check_eval_data(source, cfg.eval_data if cfg.table else None, registry)
+    check_eval_data(source, cfg.eval_data if cfg.table else None, registry, "prune")
     if (source.lineage or {}).get("quantization"):  # no linear layers left to prune: it divided by zero
         origin = ((source.lineage or {}).get("parent_model") or {}).get("ref") or "the model it was made from"
         raise UserError(f"{source.ref} is quantized ({source.lineage['quantization']['method']}); prune the model it came "
                         f"from ({origin}), then quantize the pruned one")
     pattern = "2of4" if cfg.pattern == "2:4" else int(cfg.sparsity * 100)
-    model_name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-{cfg.method}-{pattern}")
+    model_name = output_name("prune", cfg.name, f"{source.name.split('/')[-1]}-{cfg.method}-{pattern}")
     trained_on = ((source.lineage or {}).get("dataset") or {}).get("ref")
     if (cfg.method == "wanda" or cfg.recover_steps) and not cfg.calib_data:
         hint = f" (the data it was trained on: --calib-data {trained_on.split(':')[0]})" if trained_on else ""
@@ -137,7 +140,11 @@ def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registr
     if not layers:
         raise UserError(f"{source.ref} ({type(lm).__name__}) has no linear layers llmkit can prune (nn.Linear or Conv1D, "
                         "the output head aside); nothing was written")
-    context = cfg.calib_context or getattr(lm.config, "max_position_embeddings", 256)
+    limit = int(getattr(lm.config, "max_position_embeddings", 0) or 0)
+    if cfg.calib_context and limit and cfg.calib_context > limit:  # windows past the positions the model has
+        raise UserError(f"prune.calib_context = {cfg.calib_context} exceeds {source.ref}'s context of {limit}; give "
+                        f"--calib-context {limit} or less (0 = the model's context)", param="prune.calib_context")
+    context = cfg.calib_context or limit or 256
     windows = calibration_windows(tokenizer, registry, cfg.calib_data, context, cfg.calib_samples) if cfg.calib_data else None
     norms = input_norms(lm, layers, windows) if cfg.method == "wanda" else {}
     masks = {}

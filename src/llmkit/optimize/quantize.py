@@ -20,8 +20,9 @@ from llmkit.models.quantized import (
     quantize_tensor_zero_point,
     set_module,
 )
+from llmkit.optimize.names import output_name
 from llmkit.optimize.table import check_eval_data
-from llmkit.registry import Registry, given_or_default
+from llmkit.registry import Registry
 from llmkit.workspace import Workspace, atomic_dir
 
 
@@ -59,17 +60,22 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     source = resolve_model(model_ref, registry)
-    name = given_or_default(cfg.name, f"{source.name.split('/')[-1]}-{cfg.method}")
+    name = output_name("quantize", cfg.name, f"{source.name.split('/')[-1]}-{cfg.method}")
     if (source.lineage or {}).get("quantization"):
         raise UserError(f"{source.ref} is already quantized ({source.lineage['quantization']['method']}); quantize the original")
     require_causal(source, "quantize")
-    check_eval_data(source, cfg.eval_data if cfg.table else None, registry)
+    dynamic = cfg.method == "int8-dynamic"
+    if dynamic and "group_size" in cfg.model_fields_set and cfg.group_size != type(cfg).model_fields["group_size"].default:
+        # int8-dynamic has one scale per row (all of a layer's inputs): groups of 32 asked for were silently per row
+        raise UserError(f"quantize.group_size = {cfg.group_size}: int8-dynamic scales each row whole, not in groups; "
+                        "drop --group-size, or use --method int8-weight or int4-weight for groups")
+    check_eval_data(source, cfg.eval_data if cfg.table else None, registry, "quantize")
     lm, tokenizer = load_causal_lm(source)
     modules = quantize_model(lm, cfg.method, cfg.group_size)
     if not modules:  # a model registered as int8 that holds float weights is worse than none
         raise UserError(f"{source.ref} ({type(lm).__name__}) has no linear layers llmkit can quantize (nn.Linear or "
                         "Conv1D, the output head aside); nothing was written")
-    info = {"method": cfg.method, "bits": METHODS[cfg.method], "group_size": cfg.group_size,
+    info = {"method": cfg.method, "bits": METHODS[cfg.method], "group_size": None if dynamic else cfg.group_size,
             "zero_point": METHODS[cfg.method] == 4, "modules": modules}
     target = ws.new_folder("models", name, cfg.method)
     lineage = {**(source.lineage or {}), "format": "llmkit.model/1", "task": "causal-lm", "method": f"quantize-{cfg.method}",
@@ -96,7 +102,7 @@ def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registr
     quantized = Model(target, name, rec.id, rec.version, lineage)
     if console is not None:
         console.print(f"quantized {len(modules)} linear layers to {cfg.method}"
-                      + ("" if cfg.method == "int8-dynamic" else f" (groups of {cfg.group_size})"))
+                      + (" (one scale per row)" if dynamic else f" (groups of {cfg.group_size})"))
     rows = None
     if cfg.table:
         from llmkit.optimize.table import before_after

@@ -70,19 +70,24 @@ def before_after(before: Model, after: Model, ws: Workspace, registry: Registry,
     return rows
 
 
-def check_eval_data(source: Model, eval_data: str | None, registry: Registry) -> None:
-    """Before anything is written: --eval-data names a dataset the model's quality can be measured on."""
+def check_eval_data(source: Model, eval_data: str | None, registry: Registry, stage: str = "quantize") -> None:
+    """Before anything is written: --eval-data names a dataset the model's quality can be measured on. Errors name
+    the key path (`quantize.eval_data`), as every other bad value's do."""
     if not eval_data:
         return
     from llmkit.errors import UserError
     from llmkit.eval.evaluation import model_task
 
-    dataset = registry.get(eval_data, "dataset")
+    where = f"{stage}.eval_data = '{eval_data}' (--eval-data)"
+    try:
+        dataset = registry.get(eval_data, "dataset")
+    except UserError as err:
+        raise UserError(f"{where}: {err}", param=f"{stage}.eval_data") from None
     classifier = model_task(source) == "classification"
     fits = dataset.kind == "classify" if classifier else dataset.kind in ("lm", "chat")
     if not fits:
-        raise UserError(f"eval_data = '{eval_data}' is a '{dataset.kind}' dataset; {source.ref} is measured on "
-                        + ("a classify dataset" if classifier else "an lm or chat dataset"))
+        raise UserError(f"{where} is a '{dataset.kind}' dataset; {source.ref} is measured on "
+                        + ("a classify dataset" if classifier else "an lm or chat dataset"), param=f"{stage}.eval_data")
 
 
 def _context(model: Model) -> int:
