@@ -26,6 +26,13 @@ def resolve_workspace(workspace: str | Path | None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+def is_workspace(root: Path) -> bool:
+    """Whether `root` is a folder a workspace was made in (its registry or its kinds of folder). Reading commands
+    (ls, show, gc) ask first: opening a folder as a workspace makes those folders, so `ls -w ~/Documents` turned
+    a folder of someone's files into a workspace."""
+    return root.is_dir() and ((root / "registry.db").exists() or any((root / kind).is_dir() for kind in KINDS))
+
+
 @dataclass
 class Workspace:
     root: Path

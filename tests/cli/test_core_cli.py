@@ -216,3 +216,13 @@ def test_reading_commands_never_make_a_workspace_at_a_mistyped_path(tmp_path: Pa
         assert out.returncode == 2 and out.stderr.strip() == \
             f"error: no workspace at {missing}: check --workspace (or $LLMKIT_HOME), or make one with llmkit init", out
     assert not missing.exists()
+    # a folder that exists but holds no workspace (someone's documents) was made one: datasets/, runs/, ... and a
+    # registry.db appeared in it
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / "notes.txt").write_text("mine\n")
+    assert f"no workspace at {documents}" in llmkit("ls", "--workspace", str(documents)).stdout
+    for command in (["show", "toy"], ["gc"]):
+        out = llmkit(*command, "--workspace", str(documents))
+        assert out.returncode == 2 and f"error: no workspace at {documents}" in out.stderr, out
+    assert sorted(p.name for p in documents.iterdir()) == ["notes.txt"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,9 @@ def test_bad_inputs(ws, chat_data):
         evaluate("tiny-lm", EvalConfig(), ws, reg)
     with pytest.raises(UserError, match=r"eval.data = 'nope.jsonl': no such file; give a \{prompt, reference\} .jsonl file"):
         evaluate("tiny-lm", EvalConfig(data="nope.jsonl"), ws, reg)  # it said "no dataset named 'nope.jsonl'"
-    import tempfile
-
+    with tempfile.TemporaryDirectory(suffix=".jsonl") as folder:  # it said "no such file" of a folder that is there
+        with pytest.raises(UserError, match=r"eval.data = '.*\.jsonl': a folder, not a file; give a \{prompt, reference\}"):
+            evaluate("tiny-lm", EvalConfig(data=folder), ws, reg)
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as text:  # a text file: what eval reads instead, how to register it
         with pytest.raises(UserError, match=r"eval reads a registered dataset or a .jsonl file .*llmkit data prepare"):
             evaluate("tiny-lm", EvalConfig(data=text.name), ws, reg)

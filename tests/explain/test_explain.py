@@ -178,7 +178,7 @@ def test_occlusion_span_scores_a_token_by_the_mean_drop_of_the_windows_covering_
     assert data["span"] == 3 and data["scores"] == pytest.approx(exp.scores, abs=1e-5)
 
 
-def test_next_token_explains_the_models_most_likely_next_token(lm, lm_workspace: Path, tmp_path: Path, cli_here):
+def test_next_token_explains_the_models_most_likely_next_token(lm, clf, lm_workspace: Path, tmp_path: Path, cli_here):
     import torch
 
     from llmkit.generate import encode_prompt
@@ -207,6 +207,12 @@ def test_next_token_explains_the_models_most_likely_next_token(lm, lm_workspace:
     assert data["probability"] == pytest.approx(float(probs[top]), abs=1e-5)
     both = cli_here("explain", "tiny-lm", text, "--next-token", "--completion", " not", workspace=lm_workspace)
     assert both.returncode == 2 and "exclude each other" in both.stderr and "Traceback" not in both.stderr
+
+    # on a classifier it explained the predicted label without a word
+    clf = cli_here("explain", "sms-clf", "win a prize now", "--next-token", workspace=lm_workspace)
+    assert clf.returncode == 2 and clf.stderr.strip() == (
+        "error: --next-token is for causal language models; sms-clf is a classifier: its explanation is of a label "
+        "(the predicted one, or --target LABEL)"), clf.stderr
 
 
 def test_a_removed_token_is_never_a_token_that_ends_a_turn_or_a_text(smollm2, clf):

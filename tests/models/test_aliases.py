@@ -86,3 +86,11 @@ def test_a_version_that_does_not_exist_lists_the_ones_that_do(registry: Registry
     assert resolve_model("nano:v2", registry).version == 2
     with pytest.raises(UserError, match=r"^no model 'nano:v7': nano has versions v1, v2$"):  # it said "did you mean 'nano'"
         resolve_model("nano:v7", registry)
+    # promote said "no model 'nano:v7' in the registry" where every other command lists the versions; a dataset's
+    # name was "no model" without a word of what it is
+    with pytest.raises(UserError, match=r"^no model 'nano:v7' in the registry: nano has versions v1, v2; an alias points"):
+        move_alias(registry, "prod", "nano:v7")
+    registry.add("dataset", "chats", kind="chat", path=tmp_path)
+    with pytest.raises(UserError, match=r"^no model 'chats' in the registry \(chats:v1 is a dataset\); an alias points"):
+        move_alias(registry, "prod", "chats")
+    assert history(registry) == []

@@ -93,6 +93,10 @@ def test_what_cannot_be_compressed_or_exported_is_one_line_before_anything_is_wr
         quantize("sms-clf", QuantizeConfig(table=False), ws, reg)
     with pytest.raises(UserError, match=r"is a classifier; prune takes causal language models"):
         prune("sms-clf", PruneConfig(method="magnitude", table=False), ws, reg)
+    # an encoder was sent to `export --format onnx`, which refuses it too
+    with pytest.raises(UserError, match=r"minilm-l6 is an encoder without a language-model head; quantize takes causal "
+                                        r"language models \(fine-tune it into a classifier first, llmkit train classify"):
+        quantize("minilm-l6", QuantizeConfig(table=False), ws, reg)
     small = quantize("tiny-lm", QuantizeConfig(method="int8-weight", group_size=32, table=False), ws, reg)[0]
     with pytest.raises(UserError, match=rf"{small.ref} is quantized \(int8-weight\); prune the model it came from \(tiny-lm"):
         prune(small.id, PruneConfig(method="magnitude", table=False), ws, reg)

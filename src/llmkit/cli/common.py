@@ -15,7 +15,7 @@ from rich.console import Console
 from llmkit.config import load_section, read_config_file
 from llmkit.errors import UserError
 from llmkit.registry import Registry
-from llmkit.workspace import Workspace, resolve_workspace
+from llmkit.workspace import Workspace, is_workspace, resolve_workspace
 
 
 def _console(stderr: bool = False) -> Console:
@@ -71,7 +71,7 @@ class Ctx:
         # $LLMKIT_DB_URL names a registry elsewhere too: with it, ls read "nothing registered" (exit 0) from a team
         # database that was down, where --db-url said so
         elsewhere = self._db_url() is not None or bool(os.environ.get("LLMKIT_DB_URL"))
-        return root if not root.exists() and not elsewhere else None
+        return root if not elsewhere and not is_workspace(root) else None
 
     def require_workspace(self) -> None:
         """A UserError naming the folder when `missing_workspace` says there is none (show, rm)."""

@@ -33,6 +33,13 @@ def explain(
     if next_token and "completion" in ctx.given:
         raise UserError("--next-token and --completion exclude each other: explain the next token or a completion")
     if next_token:
+        from llmkit.models.io import resolve_model
+        from llmkit.models.kind import model_kind
+
+        kind = model_kind(resolve_model(model, ctx.registry))
+        if kind != "causal":  # it explained the predicted label without a word
+            raise UserError(f"--next-token is for causal language models; {model} is {'a classifier' if kind == 'classifier' else 'an encoder'}: "
+                            "its explanation is of a label (the predicted one, or --target LABEL)")
         cfg.completion = None  # wins over a completion from the config file
     if cfg.target is not None and cfg.completion is not None:  # the target was silently dropped
         raise UserError("--target and --completion exclude each other: explain one next token (--target) or the "

@@ -83,7 +83,8 @@ def evaluate(model_ref: str, cfg: EvalConfig, ws: Workspace | None = None, regis
                         f"lines; register this file first (llmkit data prepare {cfg.data} --name NAME) and pass --data NAME",
                         param="eval.data")
     if data_file.suffix == ".jsonl" and not data_file.is_file() and registry.find(cfg.data, "dataset") is None:
-        raise UserError(f"eval.data = '{cfg.data}': no such file; give a {{prompt, reference}} .jsonl file that exists, "
+        what = "a folder, not a file" if data_file.is_dir() else "no such file"
+        raise UserError(f"eval.data = '{cfg.data}': {what}; give a {{prompt, reference}} .jsonl file that exists, "
                         "or a dataset's name (llmkit ls datasets)", param="eval.data")
     if data_file.suffix == ".jsonl":
         if kind != "causal-lm":

@@ -134,6 +134,12 @@ def move_alias(registry: Registry, alias: str, model_ref: str, note: str = "", w
     target = alias_target(registry, model_ref) or registry.find(model_ref, "model")
     if target is None:
         builtin = " (a built-in is not registered: llmkit import SOURCE --name NAME registers one)" if model_ref in builtins else ""
+        name, sep, version = model_ref.rpartition(":v")
+        other = registry.find(model_ref)
+        if sep and version.isdigit() and (versions := registry.list("model", name=name)):  # as every other command says it
+            builtin = f": {name} has versions {', '.join(f'v{r.version}' for r in versions)}"
+        elif other is not None:  # `promote chats`: a dataset of that name
+            builtin = f" ({other.ref} is a {other.type})"
         raise UserError(f"no model '{model_ref}' in the registry{builtin}; an alias points at a registered model "
                         "(llmkit ls models lists them)")
 

@@ -71,6 +71,12 @@ def require_causal(model: Model, verb: str) -> None:
     from llmkit.errors import UserError
 
     what = "a classifier" if kind == "classifier" else "an encoder without a language-model head"
-    onnx = (f" (a {kind} gets smaller and faster as an ONNX export, which onnxruntime runs: llmkit export {model.ref} "
-            "--format onnx)") if verb in ("quantize", "prune") else " (smollm2-135m is one built in)"
+    if verb not in ("quantize", "prune"):
+        onnx = " (smollm2-135m is one built in)"
+    elif kind == "classifier":
+        onnx = (f" (a classifier gets smaller and faster as an ONNX export, which onnxruntime runs: llmkit export "
+                f"{model.ref} --format onnx)")
+    else:  # an encoder alone exports to nothing (export refuses it): it becomes a classifier first
+        onnx = (f" (fine-tune it into a classifier first, llmkit train classify --base {model.ref} --data NAME, and "
+                "export that with --format onnx)")
     raise UserError(f"{model.ref} is {what}; {verb} takes causal language models{onnx}")

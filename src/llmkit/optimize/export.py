@@ -8,7 +8,7 @@ from __future__ import annotations
 from llmkit.config import ExportConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
-from llmkit.optimize.names import output_name
+from llmkit.models.naming import output_name
 from llmkit.optimize.table import check_eval_data
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace

@@ -20,8 +20,8 @@ from llmkit.config import PruneConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
 from llmkit.models.kind import require_causal
+from llmkit.models.naming import output_name
 from llmkit.models.quantized import linears, out_in
-from llmkit.optimize.names import output_name
 from llmkit.optimize.table import check_eval_data
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace

@@ -10,6 +10,7 @@ import torch
 from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
 from llmkit.models.kind import require_causal
+from llmkit.models.naming import output_name
 from llmkit.models.quantized import (
     METHODS,
     QuantLinear,
@@ -20,7 +21,6 @@ from llmkit.models.quantized import (
     quantize_tensor_zero_point,
     set_module,
 )
-from llmkit.optimize.names import output_name
 from llmkit.optimize.table import check_eval_data
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace, atomic_dir

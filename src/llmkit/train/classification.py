@@ -18,7 +18,8 @@ from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.eval.classification import plot_confusion
 from llmkit.models.io import Model, load_classifier, resolve_model, save_model
-from llmkit.registry import Registry, given_or_default
+from llmkit.models.naming import output_name
+from llmkit.registry import Registry
 from llmkit.train.checkpoint import resume_run, run_model_folder, tracks_runs
 from llmkit.train.finetune import FinetuneJob, enable_checkpointing, fit
 from llmkit.train.lora import apply_lora, save_adapter
@@ -186,7 +187,7 @@ def classify(cfg: ClassifyConfig, ws: Workspace | None = None, registry: Registr
         golds, preds, _ = predict_batches(m, val_batches, device)
         return {f"val_{k}": v for k, v in scores(golds, preds, labels).items()}
 
-    name = given_or_default(cfg.name, f"{base.name.split('/')[-1]}-{ds_rec.name}-classifier")
+    name = output_name("classify", cfg.name, f"{base.name.split('/')[-1]}-{ds_rec.name}-classifier")
     parents = [(ds_rec.id, "trained_on")] + ([(base.id, "base_model")] if base.id else [])
     job = FinetuneJob("classify", name, model, lambda epoch: train.epoch_batches(cfg.batch_size, cfg.seed, epoch, pad_id),
               loss_fn, evaluate, score="val_macro_f1", higher_is_better=True, parents=parents,

@@ -29,8 +29,9 @@ from llmkit.models.io import (
     save_model,
 )
 from llmkit.models.kind import model_kind
+from llmkit.models.naming import output_name
 from llmkit.models.presets import PRESETS
-from llmkit.registry import Registry, given_or_default
+from llmkit.registry import Registry
 from llmkit.train.checkpoint import resume_run, run_model_folder, tracks_runs
 from llmkit.train.classification import Encoded, check_labels, classify_dataset, predict_batches, scores
 from llmkit.train.finetune import FinetuneJob, count_params, enable_checkpointing, fit
@@ -119,7 +120,7 @@ def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry 
         job, teacher_scores = _classifier_job(cfg, registry, teacher, student, tokenizer, labels, device)
     else:
         job, teacher_scores = _lm_job(cfg, registry, teacher, student, tokenizer, device)
-    job.name = given_or_default(cfg.name, f"{teacher_ref.name.split('/')[-1]}-student")
+    job.name = output_name("distill", cfg.name, f"{teacher_ref.name.split('/')[-1]}-student")
     job.parents += [(teacher_ref.id, "teacher")] if teacher_ref.id else []
     # an existing student is what the new model's weights start from: in its lineage (and protected from rm) as the
     # teacher is

@@ -35,7 +35,8 @@ from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.generate import END_OF_TURN
 from llmkit.models.io import Model
-from llmkit.registry import Registry, given_or_default
+from llmkit.models.naming import output_name
+from llmkit.registry import Registry
 from llmkit.runtime.decoder import eos_set
 from llmkit.train.checkpoint import resume_run, start_run, tracks_runs
 from llmkit.train.chunked_loss import linear_token_logps
@@ -100,7 +101,7 @@ def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None
         rewards = [score(reward, p.text, t, p.record, cfg.reward) for p, t in zip([p for p in prompts for _ in range(n)], texts, strict=True)]
         return ids, texts, torch.tensor(rewards, dtype=torch.float32)
 
-    name = given_or_default(cfg.name, f"{base.name.split('/')[-1]}-{ds.name}-grpo")
+    name = output_name("grpo", cfg.name, f"{base.name.split('/')[-1]}-{ds.name}-grpo")
     parents = [(ds.id, "trained_on")] + ([(base.id, "base_model")] if base.id else [])
     if run_dir is None:
         run_dir, run_id = start_run(ws, registry, name, "grpo", cfg, parents)

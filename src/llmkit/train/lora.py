@@ -96,12 +96,13 @@ def _finish_adapter(folder: Path, tokenizer, base: Model, lineage: dict[str, Any
 
 def merge(ref: str, ws: Workspace | None = None, registry=None, name: str | None = None, console=None) -> Model:
     """`llmkit merge`: fold a LoRA adapter into its base and register the standalone model."""
-    from llmkit.registry import Registry, given_or_default
+    from llmkit.models.naming import output_name
+    from llmkit.registry import Registry
 
     ws = ws or Workspace.open()
     registry = registry or Registry.for_workspace(ws.root)
     adapter = resolve_model(ref, registry)
-    name = given_or_default(name, f"{adapter.name}-merged")
+    name = output_name("merge", name, f"{adapter.name}-merged")
     if not is_adapter(adapter.path):
         raise UserError(f"{adapter.ref} is not a LoRA adapter (no adapter_config.json in {adapter.path}); "
                         "only adapters trained with --method lora need merging")

@@ -28,7 +28,8 @@ from llmkit.config import PreferenceConfig
 from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.models.io import Model
-from llmkit.registry import Registry, given_or_default
+from llmkit.models.naming import output_name
+from llmkit.registry import Registry
 from llmkit.train.checkpoint import resume_run, tracks_runs
 from llmkit.train.finetune import FinetuneJob, eval_source, fit
 from llmkit.train.optim import autocast, resolve_precision
@@ -123,7 +124,7 @@ def preference_tune(cfg: PreferenceConfig, loss: str, ws: Workspace | None = Non
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
         return [[train[i] for i in order[k: k + cfg.batch_size]] for k in range(0, len(order), cfg.batch_size)]
 
-    name = given_or_default(cfg.name, f"{base.name.split('/')[-1]}-{ds.name}-{loss}")
+    name = output_name(loss, cfg.name, f"{base.name.split('/')[-1]}-{ds.name}-{loss}")
     parents = [(ds.id, "trained_on")] + ([(base.id, "base_model")] if base.id else [])
     job = FinetuneJob(loss, name, model, epoch_batches, step_loss, evaluate, score="val_loss", parents=parents,
                       info={"method": cfg.method, "loss": loss, "beta": cfg.beta, "train_examples": len(train),

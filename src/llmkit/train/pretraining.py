@@ -19,8 +19,9 @@ from llmkit.data.shards import shard_dtype
 from llmkit.errors import UserError
 from llmkit.models.io import Model, save_llama_folder
 from llmkit.models.llama import Llama
+from llmkit.models.naming import output_name
 from llmkit.models.presets import count_parameters, model_fields, plain_config
-from llmkit.registry import Registry, given_or_default
+from llmkit.registry import Registry
 from llmkit.train.batches import TokenWindows
 from llmkit.train.checkpoint import (
     latest_step,
@@ -85,7 +86,7 @@ def _pretrain(cfg, ws, registry, d, console, time_limit_s) -> Model:
     vocab = ds_rec.vocab_size
     train_w, val_w = _windows(cfg, ds_rec)
     tok_info = ds_rec.manifest["tokenizer"]  # special ids from the manifest: loading a tokenizer costs seconds
-    name = given_or_default(cfg.name, f"{ds_rec.name}-{cfg.preset}")
+    name = output_name("pretrain", cfg.name, f"{ds_rec.name}-{cfg.preset}")
 
     torch.manual_seed(cfg.seed)
     fields = model_fields(cfg.preset, vocab, cfg.context, bos_token_id=tok_info.get("bos_token_id", tok_info["eos_token_id"]),

@@ -21,7 +21,8 @@ from llmkit.config import SftConfig
 from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.models.io import Model
-from llmkit.registry import Registry, given_or_default
+from llmkit.models.naming import output_name
+from llmkit.registry import Registry
 from llmkit.train.checkpoint import resume_run, tracks_runs
 from llmkit.train.finetune import FinetuneJob, eval_source, fit
 from llmkit.train.memory import lean_allocator
@@ -217,7 +218,7 @@ def prepare_sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry 
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
 
     base = opened.base
-    name = given_or_default(cfg.name, f"{base.name.split('/')[-1]}-{ds_rec.name}-sft")
+    name = output_name("sft", cfg.name, f"{base.name.split('/')[-1]}-{ds_rec.name}-sft")
     parents = [(ds_rec.id, "trained_on")] + ([(base.id, "base_model")] if base.id else [])
     job = FinetuneJob("sft", name, lm, lambda epoch: shuffled_batches(rows, cfg.batch_size, cfg.seed, epoch, lambda xs: collate(xs, pad_id)),
               loss_fn, evaluate, score="val_loss", parents=parents,
