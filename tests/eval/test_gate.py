@@ -74,6 +74,13 @@ def test_the_perplexity_interval_holds_the_change_when_the_models_tokenize_diffe
     change = 1 - task_figure("lm", tuned) / task_figure("lm", base)
     low, high = improvement_interval("lm", base, tuned)
     assert low == pytest.approx(change) == pytest.approx(high)
+    # and the verdict says that per-token perplexities of two tokenizers are in different units
+    from llmkit.eval.gate import tokenizer_warnings
+
+    (warning,) = tokenizer_warnings("lm", [{"items": base}, {"items": tuned}])
+    assert "different tokens (100 and 300)" in warning and "mix units" in warning
+    assert tokenizer_warnings("lm", [{"items": base}, {"items": base}]) == []
+    assert tokenizer_warnings("chat", [{"items": base}, {"items": tuned}]) == []
 
 
 def test_the_interval_is_95_percent_wide():

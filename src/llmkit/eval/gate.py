@@ -111,6 +111,19 @@ def sample_warnings(task: dict[str, Any], items: int) -> list[str]:
     return out
 
 
+def tokenizer_warnings(kind: str, sides: list[dict]) -> list[str]:
+    """Perplexity is per token: two models that cut the same text into different tokens (a character model and a
+    BPE one) have perplexities in different units, and the gate's lm figures, interval and flips mix them."""
+    if kind != "lm":
+        return []
+    counts = [sum(i["tokens"] for i in side["items"]) for side in sides]
+    if counts[0] == counts[1]:
+        return []
+    return [f"the two models cut the held-out text into different tokens ({counts[0]:,} and {counts[1]:,}): perplexity "
+            "per token does not compare across tokenizers, so the lm figures and flips mix units; gate a model against "
+            "its own fine-tune, or compare bits per byte with llmkit eval"]
+
+
 def flips(kind: str, base: list[dict], tuned: list[dict], cfg: CompareConfig) -> tuple[list[int], list[int]]:
     """(indices that went better -> worse, indices that went worse -> better)."""
     if kind == "lm":  # no pass/fail for a document: a flip is a loss that moved by more than the margin
@@ -233,7 +246,7 @@ def gate(base_ref: str, tuned_ref: str, cfg: CompareConfig, ws: Workspace | None
               "checks": found, "passed": all(c["passed"] for c in found),
               "reasons": [c["message"] for c in found if not c["passed"]], "config": cfg.model_dump()}
     result["verdict"] = "pass" if result["passed"] else "fail"
-    result["warnings"] = sample_warnings(task, len(records))
+    result["warnings"] = sample_warnings(task, len(records)) + tokenizer_warnings(kind, sides)
     result["id"] = _register(result, base, tuned, ds, ws, registry)
     return result
 
