@@ -70,3 +70,13 @@ def test_a_small_total_is_said_in_mib():
     assert describe([tiny], 20 * 2**30).endswith("in all up to 4 MiB of 20.0 GiB available")
     big = Need("big", weights=3 * 2**30, rows=2, context=64)
     assert describe([big], 20 * 2**30).endswith("in all up to 3.0 GiB of 20.0 GiB available")
+
+
+def test_a_model_without_a_kv_cache_is_said_without_one():
+    """An encoder's line read "KV cache up to 0 MiB (0 rows x 0 tokens)"."""
+    from llmkit.serve.memory_fit import Need, describe
+
+    line = describe([Need("minilm-l6", weights=87 * 2**20, rows=0, context=0)], 20 * 2**30)
+    assert line.startswith("memory: minilm-l6: weights 87 MiB; in all up to") and "KV cache" not in line, line
+    line = describe([Need("lm", weights=2**20, kv=3 * 2**20, rows=2, context=64)], 20 * 2**30)
+    assert "lm: weights 1 MiB, KV cache up to 3 MiB (2 rows x 64 tokens);" in line, line

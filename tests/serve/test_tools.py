@@ -190,6 +190,9 @@ BAD = [
      "messages[2].tool_calls[0].function.arguments", "JSON object"),
     ({"messages": ASK + [{"role": "tool", "tool_call_id": "nope", "content": "18"}]}, "messages[2].tool_call_id",
      "no earlier"),
+    # an array schema was decoded as the call's "arguments": a JSON array, which no client parses as keyword arguments
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}],
+      "tool_choice": "required"}, "tools[0].function.parameters", 'type must be "object" (it is "array")'),
 ]
 
 

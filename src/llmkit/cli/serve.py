@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
                        '(then: curl localhost:8000/v1/models -H "Authorization: Bearer $KEY", or open http://127.0.0.1:8000/)')(serve)
 
 
-@configured("serve", arguments=("models",), required=("models",),
+@configured("serve", arguments=("models",),  # not required: serve.models in --config names them too
             repeat=("api_keys", "admin_keys", "adapters", "cors_origins", "allowed_hosts", "trusted_proxies"),
             flags={"api_keys": ("--api-key",), "admin_keys": ("--admin-key",), "adapters": ("--adapter",),
                    "cors_origins": ("--cors-origin",), "allowed_hosts": ("--allowed-host",),

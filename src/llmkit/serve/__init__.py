@@ -43,7 +43,12 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
     from llmkit.workspace import Workspace
 
     if not cfg.models:
-        raise UserError("name at least one model to serve, e.g. llmkit serve tiny-lm")
+        raise UserError("name at least one model to serve: llmkit serve MODEL [MODEL...], or serve.models in --config",
+                        param="serve.models")
+    for spec in cfg.models:
+        _check_spec(spec, "MODEL")
+    for spec in cfg.adapters:
+        _check_spec(spec, "--adapter")
     # What can be checked without torch, the serving stack or a model loaded is checked first: a mistyped key
     # file, host or model name is answered in a second, not after the models have loaded.
     access = read_access(cfg)
@@ -132,6 +137,23 @@ def check_listen(cfg: ServeConfig) -> None:
                 raise UserError(f"serve.port = {cfg.port}: ports below 1024 need root; use a port from 1024 up (8000 "
                                 "is the default)", param="serve.port") from None
             raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {err.strerror}") from None
+
+
+def _check_spec(spec: str, where: str) -> None:
+    """NAME=MODEL with both sides given, NAME one word: `x=` served the current folder (and said it was no model
+    folder), `=x` served x under its own name, and a name with a space was served as such."""
+    name, eq, ref = spec.rpartition("=")
+    model = where == "MODEL"
+    param, example = ("serve.models", "NAME=MODEL, e.g. chat=smollm2-135m") if model else \
+        ("serve.adapters", "NAME=ADAPTER, e.g. support=my-lora")
+    if not ref.strip():
+        what = "nothing after '='" if eq else "it is empty"
+        raise UserError(f"{where} {spec!r}: {what}; give {'a model' if model else 'an adapter'}, or {example}",
+                        param=param)
+    if eq and (not name or any(c.isspace() or not c.isprintable() for c in name)):
+        why = "no name before '='" if not name else f"the name {name!r} holds a space or a control character"
+        raise UserError(f"{where} {spec!r}: {why}; give a one-word NAME, as in {example}, or leave out 'NAME=' to "
+                        "serve it under its own name", param=param)
 
 
 def _check_names(cfg: ServeConfig, registry) -> None:

@@ -55,7 +55,25 @@ def _field(loc: tuple) -> str:
     return out
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+# What a body that is valid JSON but not an object is, in the words of the error.
+_JSON_KINDS = {list: "a JSON array", str: "a JSON string", bool: "a JSON boolean", int: "a JSON number",
+               float: "a JSON number", type(None): "JSON null"}
+
+
+def _not_an_object(value, content_type: str | None) -> str:
+    """The body as a whole is not a JSON object: sent as form data, text or with no Content-Type (FastAPI reads JSON
+    only when the Content-Type says so, which keeps a web page's plain form posts out; `curl -d` without -H sends a
+    form), or JSON of another kind."""
+    if isinstance(value, bytes | bytearray):
+        sent = f"as Content-Type '{content_type.split(';')[0].strip()}', which is not JSON" if content_type else \
+            "without a Content-Type"
+        return (f"the request body was sent {sent}; send a JSON object with the header 'Content-Type: "
+                "application/json' (curl: -H 'Content-Type: application/json')")
+    kind = _JSON_KINDS.get(type(value), "not a JSON object")
+    return f"the request body is {kind}, not a JSON object; send a JSON object such as {{\"model\": ...}}"
+
+
+def _validation_message(exc: RequestValidationError, content_type: str | None = None) -> tuple[str, str | None]:
     # For a union, pydantic reports every branch; a "wrong type" error of the branch the value is not
     # meant for says less than the other branch's (e.g. "at most 4 items" over "not a string").
     errors = sorted(exc.errors(), key=lambda e: str(e.get("type", "")).endswith("_type"))
@@ -64,6 +82,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if first.get("type") == "json_invalid":
         ctx = first.get("ctx", {}).get("error", "")
         return f"the request body is not valid JSON ({ctx}); send a JSON object", None
+    if loc == ("body",) and first.get("type") == "model_attributes_type":
+        return _not_an_object(first.get("input"), content_type), None
     field = _field(loc)
     msg = first.get("msg", "invalid request").removeprefix("Value error, ")  # our validators' own words
     if first.get("type") == "missing":
@@ -79,17 +99,21 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(err)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError):
-        message, param = _validation_message(exc)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc, request.headers.get("content-type"))
         return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
         status = exc.status_code
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         code = None
         if status == 404:
             message = "no such route; the API is under /v1 (see /docs)"
+        elif status == 405:  # Starlette's words were "Method Not Allowed", with the methods only in a header
+            allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}; use {allowed or 'another method'} (see /docs)"
+            code = "method_not_allowed"
         elif status == 400 and message == "There was an error parsing the body":  # FastAPI's words for any such failure
             message, code = ("the request body could not be read as JSON: it must be UTF-8 and nested at most a few "
                              "hundred levels deep; send a JSON object"), "invalid_value"

@@ -97,9 +97,10 @@ def available() -> int:
 
 def describe(needs: list[Need], free: int) -> str:
     total = sum(n.total for n in needs)
-    parts = [f"{n.model}: weights {n.weights / MiB:,.0f} MiB, KV cache up to {n.kv / MiB:,.0f} MiB "
-             f"({n.rows} rows x {n.context} tokens)" + (f", prefix cache {n.prefix / MiB:,.0f} MiB" if n.prefix else "")
-             for n in needs]
+    # no KV cache said for an encoder or a classifier ("KV cache up to 0 MiB (0 rows x 0 tokens)"), nor for ONNX
+    parts = [f"{n.model}: weights {n.weights / MiB:,.0f} MiB"
+             + (f", KV cache up to {n.kv / MiB:,.0f} MiB ({n.rows} rows x {n.context} tokens)" if n.kv else "")
+             + (f", prefix cache {n.prefix / MiB:,.0f} MiB" if n.prefix else "") for n in needs]
     # a small model's total in MiB: "up to 0.0 GiB" for 4 MiB
     whole = f"{total / GiB:.1f} GiB" if total >= GiB / 10 else f"{total / MiB:,.0f} MiB"
     return f"memory: {'; '.join(parts)}; in all up to {whole} of {free / GiB:.1f} GiB available"

@@ -273,8 +273,9 @@ class Message(Request):
     tool_calls: Annotated[list[ToolCall], Field(max_length=64)] | None = Field(
         None, description="assistant: the calls it made (sent back with their results as tool messages)")
     tool_call_id: Text | None = Field(None, max_length=128, description="tool: the call this message answers")
-    content: Text | list[TextPart] | None = Field(None, validate_default=True, description="the message's text (or "
-                                                  "text parts); null only on an assistant message with tool_calls")
+    content: Text | Annotated[list[TextPart], Field(min_length=1)] | None = Field(  # [] was answered as an empty turn
+        None, validate_default=True, description="the message's text (or text parts); null only on an assistant "
+                                                 "message with tool_calls")
 
     @field_validator("content")
     @classmethod
@@ -333,6 +334,13 @@ class EmbeddingRequest(Request):
     dimensions: int | None = Field(None, ge=1, description="accepted when it is the model's own size: MiniLM-style encoders "
                                                            "were not trained to be cut shorter (Matryoshka)")
 
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_ids(cls, v):  # said plainly, not as "Input should be a valid string"
+        if isinstance(v, list) and v and all(type(t) in (int, list) for t in v):
+            raise ValueError("token-id inputs are not supported here; send the input as text")
+        return v
+
     @field_validator("input")
     @classmethod
     def _texts(cls, v):
@@ -348,13 +356,15 @@ class ClassifyRequest(Request):
     input: NonBlank | Annotated[list[NonBlank], Field(min_length=1, max_length=256)] = Field(
         ..., description="a text or a list of up to 256 texts, none blank")
 
+    _no_token_ids = field_validator("input", mode="before")(EmbeddingRequest._no_token_ids.__func__)
     _texts = field_validator("input")(EmbeddingRequest._texts.__func__)
 
 
 class FeedbackRequest(Request):
     # At least one of rating, correction, comment: said in the schema too (anyOf), not only checked.
     model_config = ConfigDict(extra="ignore", json_schema_extra={
-        "anyOf": [{"required": ["rating"]}, {"required": ["correction"]}, {"required": ["comment"]}]})
+        "anyOf": [{"required": ["rating"]}, {"required": ["correction"]},
+                  {"required": ["comment"], "properties": {"comment": {"pattern": r"\S"}}}]})  # alone, not blank
 
     response_id: Text = Field(..., min_length=1, max_length=64, description="the `id` of a completion or chat response")
     # Not nullable: an explicit null would satisfy "required" in the schema and still say nothing.

@@ -131,6 +131,11 @@ def tool_use(tokenizer, body: s.ChatRequest) -> ToolUse | None:
             raise ApiError(400, f"tools[{i}].function.parameters must be a JSON schema object",
                            param=f"tools[{i}].function.parameters", code="invalid_value")
         check_schema(tool.function.parameters, f"tools[{i}].function.parameters")  # under "auto" too: nothing compiles it
+        kind = tool.function.parameters.get("type", "object")
+        if kind != "object":  # a call's arguments are a JSON object (OpenAI refuses the same): an array schema was decoded
+            raise ApiError(400, f"tools[{i}].function.parameters: the arguments of a call are a JSON object, so the "
+                           f"schema's type must be \"object\" (it is {json.dumps(kind)}); put the values in the "
+                           "object's properties", param=f"tools[{i}].function.parameters", code="invalid_value")
         functions[name] = tool.function.model_dump(exclude_none=True)
     choice = body.tool_choice or ("auto" if functions else "none")
     if not isinstance(choice, str):

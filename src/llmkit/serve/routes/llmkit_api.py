@@ -122,8 +122,10 @@ def _explain(cfg: ServeConfig, served: ServedModel, body: s.ExplainRequest, dead
 @router.post("/feedback", response_model=s.FeedbackAck)
 async def feedback(body: s.FeedbackRequest, request: Request):
     state = server_state(request)
-    if body.rating is None and body.correction is None and body.comment is None:
-        raise ApiError(400, "send a rating (1 or -1), a correction or a comment", param="rating")
+    if body.rating is None and body.correction is None and not (body.comment or "").strip():
+        # a blank comment alone was stored as a row that says nothing
+        raise ApiError(400, "send a rating (1, 0 or -1), a correction or a comment that is not blank", param="rating",
+                       code="invalid_value")
     entry = state.recent.get(body.response_id)
     if entry is None:
         entry = await run_in_threadpool(_logged, state.registry, body.response_id)

@@ -50,7 +50,7 @@ async def list_models(request: Request):
     return s.ModelList(data=[_card(m) for m in server_state(request).models.values()])
 
 
-@router.get("/models/{model_id}", response_model=s.ModelCard)
+@router.get("/models/{model_id:path}", response_model=s.ModelCard)  # a served name may hold a slash (org/model)
 async def get_model(model_id: str, request: Request):
     return _card(server_state(request).model(model_id))
 
