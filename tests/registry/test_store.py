@@ -113,6 +113,8 @@ def test_feedback_is_stored_and_listed_per_model(registry: Registry) -> None:
     [row] = registry.list_feedback("tiny")
     assert (row["id"], row["rating"], row["prompt"], row["response"], row["extra"]) == (fid, 1, "hi", "hello", {"ua": "x"})
     assert [f["model"] for f in registry.list_feedback()] == ["tiny", "other"]
+    assert [f["id"] for f in registry.list_feedback(response_id="r1")] == [fid]  # the server's lookup of one response
+    assert registry.list_feedback(response_id="nope") == [] and registry.list_feedback("other", response_id="r1") == []
 
 
 def test_getting_an_unknown_name_raises_a_user_error_listing_known_names(registry: Registry) -> None:

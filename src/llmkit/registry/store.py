@@ -366,10 +366,14 @@ class Registry:
         with self.engine.connect() as conn:
             return [(row._mapping["relation"], _row_to_record(row, self.root)) for row in conn.execute(query)]
 
-    def list_feedback(self, model: str | None = None) -> list[dict[str, Any]]:
+    def list_feedback(self, model: str | None = None, response_id: str | None = None) -> list[dict[str, Any]]:
+        """Feedback and request-log rows, oldest first; of one model and/or one response when given (the server looks
+        a response up by its id: reading the whole table for it cost every unknown id a full read and decode)."""
         query = sa.select(feedback).order_by(feedback.c.created_at)
         if model:
             query = query.where(feedback.c.model == model)
+        if response_id is not None:
+            query = query.where(feedback.c.response_id == response_id)
         with self.engine.connect() as conn:
             return [{**row._mapping, "extra": json.loads(row._mapping["extra"])} for row in conn.execute(query)]
 

@@ -142,8 +142,8 @@ async def feedback(body: s.FeedbackRequest, request: Request):
 
 def _logged(registry, response_id: str) -> dict | None:
     """A response the server logged (--log-requests) before it was restarted."""
-    for row in reversed(registry.list_feedback()):
-        if row["response_id"] == response_id and row["extra"].get("kind") == "request":
+    for row in reversed(registry.list_feedback(response_id=response_id)):
+        if row["extra"].get("kind") == "request":
             return {"model": row["model"], "endpoint": row["extra"].get("endpoint"), "prompt": row["prompt"],
                     "response": row["response"], "model_ref": row["extra"].get("model_ref")}
     return None
