@@ -134,3 +134,23 @@ def test_models_named_in_the_config_file_are_served_without_arguments(cli_here, 
     assert out.returncode == 2, out
     assert out.stderr.strip() == ("error: name at least one model to serve: llmkit serve MODEL [MODEL...], or "
                                   "serve.models in --config"), out
+
+
+@pytest.mark.parametrize(("route", "body", "field", "close"), [
+    ("/v1/chat/completions", {**CHAT, "max_token": 3}, "max_token", "max_tokens"),
+    ("/v1/chat/completions", {**CHAT, "temprature": 0.2}, "temprature", "temperature"),
+    ("/v1/completions", {"model": "tiny-lm", "prompt": "Hi", "max_tokens": 2, "presense_penalty": 0.5}, "presense_penalty",
+     "presence_penalty"),
+])
+def test_a_field_one_typo_from_a_known_one_is_named_with_the_field_it_meant(server, route, body, field, close):
+    """`max_token: 3` was ignored and the answer ran to the default length without a word."""
+    err = _error(requests.post(server.base_url + route, json=body, timeout=30), 400, code="invalid_value")
+    assert err["message"] == f"unknown field '{field}': did you mean '{close}'?" and err["param"] == field, err
+
+
+def test_other_unknown_fields_stay_ignored_as_other_servers_extensions(server):
+    """Clients send fields of OpenAI's or vLLM's that this server does not read (`user`, `metadata`, `store`, vLLM's
+    `min_tokens`, 0.8 alike with `max_tokens`): those are still answered."""
+    body = {**CHAT, "user": "u1", "metadata": {"k": "v"}, "store": False, "min_tokens": 1, "service_tier": "auto"}
+    r = requests.post(server.base_url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text

@@ -1,4 +1,4 @@
-"""Every string a request carries is checked at the edge (schemas.Text): a lone UTF-16 surrogate is a 400
+"""Every string a request carries is checked at the edge (request_base.Text): a lone UTF-16 surrogate is a 400
 naming the field, on the real server, where it used to reach the tokenizer and come back a 500."""
 
 from __future__ import annotations

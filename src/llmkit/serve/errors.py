@@ -82,6 +82,8 @@ def _validation_message(exc: RequestValidationError, content_type: str | None = 
     if first.get("type") == "json_invalid":
         ctx = first.get("ctx", {}).get("error", "")
         return f"the request body is not valid JSON ({ctx}); send a JSON object", None
+    if first.get("type") == "unknown_field":  # a near miss of a known field (request_base._refuse_near_misses)
+        return first["msg"], first["ctx"]["field"]
     if loc == ("body",) and first.get("type") == "model_attributes_type":
         return _not_an_object(first.get("input"), content_type), None
     field = _field(loc)

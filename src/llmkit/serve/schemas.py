@@ -1,8 +1,8 @@
 """Typed requests of the API: OpenAI's shapes for /v1/*, ours for classify, explain and feedback (the responses are in
 `serve.responses`, re-exported here).
 
-Unknown fields are ignored, as OpenAI's server does, so clients that send `user` or `metadata` still
-work; fields we do read are range-checked here (OpenAI's ranges where it bounds them), so a bad value is a 400
+Unknown fields are ignored, so clients that send `user`, `metadata` or another server's extensions still
+work (one a typo away from a field we read is a 400 asking if that was meant); fields we do read are range-checked here (OpenAI's ranges where it bounds them), so a bad value is a 400
 naming the field before any work is queued. A field whose value the server could not honour (`best_of` above `n`,
 a `suffix`) is refused rather than dropped.
 """
@@ -12,16 +12,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
+from llmkit.serve.request_base import Request, Stops, Text
 from llmkit.serve.responses import (  # noqa: F401  (re-exported: the routes read requests and responses as s.X)
     ERRORS,
     STREAMING,
@@ -51,62 +49,6 @@ from llmkit.serve.responses import (  # noqa: F401  (re-exported: the routes rea
     Usage,
 )
 from llmkit.serve.tool_schemas import Tool, ToolCall, ToolChoice
-
-
-def _valid_unicode(value):
-    # JSON may carry a lone UTF-16 surrogate ("\\ud800"), which no tokenizer or UTF-8 encoder accepts:
-    # refuse it here, naming the field, rather than fail deep inside the model code. Before the str
-    # validator, whose own refusal of it (with a length limit) says only "unable to parse".
-    if not isinstance(value, str):
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise PydanticCustomError(
-            "unpaired_surrogate", "contains an unpaired surrogate ({code}) at character {at}; send valid Unicode text "
-            "(a surrogate is only valid as half of an escaped pair such as \\ud83d\\ude00)",
-            {"code": f"\\u{ord(value[err.start]):04x}", "at": err.start}) from None
-    return value
-
-
-# Every string a client sends is Text: valid Unicode, checked before anything reads it.
-Text = Annotated[str, BeforeValidator(_valid_unicode)]
-
-# Limits as schema constraints (not only validators), so the OpenAPI schema says what is accepted.
-Stops = Annotated[list[Text], Field(max_length=4)]
-
-
-def _integer_fields(model: type[BaseModel]) -> frozenset[str]:
-    """The fields (and aliases) of `model` typed int or int | None."""
-    import typing
-
-    cached = _INTEGER_FIELDS.get(model)
-    if cached is None:
-        names = set()
-        for name, info in model.model_fields.items():
-            kinds = typing.get_args(info.annotation) or (info.annotation,)
-            if int in kinds:
-                names.update({name, info.alias} - {None})
-        cached = _INTEGER_FIELDS[model] = frozenset(names)
-    return cached
-
-
-_INTEGER_FIELDS: dict[type, frozenset[str]] = {}
-
-
-class Request(BaseModel):
-    # strict: "stream": "yes", "max_tokens": "5" and "n": true are 400s naming the field, as OpenAI answers them,
-    # rather than guesses (an int is still a float)
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _whole_numbers(cls, data):
-        """2.0 where an integer goes is the integer: JSON Schema's `integer` (what the OpenAPI schema says) takes it."""
-        if not isinstance(data, dict):
-            return data
-        ints = _integer_fields(cls)
-        return {k: int(v) if k in ints and isinstance(v, float) and v.is_integer() else v for k, v in data.items()}
 
 
 class Sampling(Request):

@@ -16,7 +16,7 @@ FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Z
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)  # as schemas.Request: wrong JSON types are 400s
+    model_config = ConfigDict(extra="ignore", strict=True)  # as request_base.Request: wrong JSON types are 400s
 
 
 class FunctionDefinition(_Request):
