@@ -420,4 +420,8 @@ MUTANTS: list[Mutant] = [
            "    if result.best is None:", "    if False:",
            ("tests/tune/test_study.py::test_the_time_budget_stops_the_running_trial_and_starts_no_other",),
            "a script's `tune && serve best` went on after a study that kept nothing"),
+    Mutant("serve-ignores-a-typo-of-a-known-field", "serve", "src/llmkit/serve/request_base.py",
+           "        _refuse_near_misses(cls, data)", "        pass",
+           ("tests/serve/test_errors.py::test_a_field_one_typo_from_a_known_one_is_named_with_the_field_it_meant",),
+           "`max_token: 3` ran a full-length answer without a word"),
 ]

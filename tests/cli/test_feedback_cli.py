@@ -38,6 +38,8 @@ def test_forget_removes_what_every_filter_given_matches_and_asks_first(tmp_path:
     assert "removed 1 feedback and request-log rows" in retention.stdout and registry.list_feedback() == []
 
     for args, says in ((["forget", "--yes"], "say what to forget: --before DATE, --model NAME or --response-id ID"),
-                       (["forget", "--before", "last week", "--yes"], "--before = 'last week': not an ISO date or time")):
+                       (["forget", "--before", "last week", "--yes"], "--before = 'last week': not an ISO date or time"),
+                       (["forget", "--response-id", "", "--yes"], "--response-id is empty: give the id of a response"),
+                       (["forget", "--model", " ", "--yes"], "--model is empty: give the served model name")):
         proc = cli_here(*args, workspace=root)
         assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

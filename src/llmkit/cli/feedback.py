@@ -10,6 +10,7 @@ from rich.text import Text
 
 from llmkit.cli.common import Ctx, confirm, console
 from llmkit.cli.options import configured
+from llmkit.errors import UserError
 
 
 def register(app: typer.Typer) -> None:
@@ -32,6 +33,10 @@ def forget(
     from llmkit.data.feedback import forget_feedback
 
     ctx.require_workspace()
+    for option, values in (("--model", [model] if model is not None else []), ("--response-id", response_id or [])):
+        if any(not v.strip() for v in values):  # it answered "nothing matched", as if the filter had been read
+            raise UserError(f"{option} is empty: give the {'served model name' if option == '--model' else 'id of a response (chatcmpl-...)'} "
+                            "whose rows to remove")
     filters = {"before": before, "model": model, "response_ids": response_id or None}
     count = forget_feedback(ctx.registry, **filters, count_only=True)
     if count:
