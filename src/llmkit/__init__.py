@@ -9,7 +9,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_STAGES = ("audit", "config", "data", "demo", "eval", "explain", "generate", "models", "optimize", "predict",
+_STAGES = ("audit", "config", "data", "demo", "errors", "eval", "explain", "generate", "models", "optimize", "predict",
            "registry", "runtime", "serve", "train", "tune", "workspace")
 
 
@@ -20,4 +20,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_STAGES])
+    return sorted({*globals(), *_STAGES})

@@ -7,10 +7,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llmkit.errors import UserError
+from llmkit.models.io import Model
 from llmkit.runtime.decoder import eos_set, generate_ids, get_decoder, prompt_in_context
 from llmkit.runtime.detokenize import TextStream
 
@@ -93,10 +96,15 @@ def generate(model, tokenizer, prompt: str, *, max_new_tokens: int = 100, temper
 
     `stop_token_ids` end the text like EOS does (a chat template's end-of-turn token, say).
     """
+    if isinstance(model, str | os.PathLike | Model):
+        raise UserError("generate takes the loaded model and its tokenizer: model, tokenizer = "
+                        f"llmkit.models.io.load_causal_lm({str(getattr(model, 'ref', model))!r})")
+    if not isinstance(prompt, str):
+        raise UserError(f"generate's prompt is text (a str), not {type(prompt).__name__}")
     start = time.perf_counter()
     ids = encode_prompt(tokenizer, prompt)
     if not ids:
-        raise ValueError("empty prompt and the tokenizer has no BOS token")
+        raise UserError("empty prompt and the tokenizer has no BOS token to start from: give a prompt")
     on_backend = hasattr(model, "prefill") and hasattr(model, "step")  # an export's runtime (a GGUF on llama.cpp)
     max_len = model.max_len if on_backend else get_decoder(model).max_len
     ids = prompt_in_context(ids, max_new_tokens, max_len, tokenizer.bos_token_id)

@@ -17,7 +17,11 @@ from llmkit.workspace import Workspace
 
 def predict(model_ref: str, texts: list[str], cfg: PredictConfig | None = None, registry=None) -> list[dict[str, Any]]:
     """One {text, label, score, probabilities} per text, in order."""
-    cfg = cfg or PredictConfig()
+    cfg = PredictConfig.given(cfg, "llmkit.predict.predict", default=True)
+    texts = [texts] if isinstance(texts, str) else list(texts)  # one text was classified character by character
+    wrong = [t for t in texts if not isinstance(t, str)]
+    if wrong:
+        raise UserError(f"predict takes texts (a list of str), not {type(wrong[0]).__name__}")
     # the workspace's registry by default, as every stage opens it: a registered name resolves from Python too
     model = resolve_model(model_ref, registry or Registry.for_workspace(Workspace.open().root))
     lineage = model.lineage or {}

@@ -38,7 +38,13 @@ class Workspace:
     root: Path
 
     @classmethod
-    def open(cls, workspace: str | Path | None = None, create: bool = True) -> Workspace:
+    def open(cls, workspace: Workspace | str | Path | None = None, create: bool = True) -> Workspace:
+        """The workspace `workspace` names (a folder; None: $LLMKIT_HOME, else ./llmkit-workspace): what every stage
+        function's `ws` argument goes through, so a notebook may pass a Workspace, a str or a Path."""
+        if isinstance(workspace, Workspace):
+            return workspace
+        if workspace is not None and not isinstance(workspace, str | os.PathLike):
+            raise UserError(f"a workspace is a folder (str or Path) or a Workspace, not {type(workspace).__name__}")
         root = resolve_workspace(workspace)
         if root.exists() and not root.is_dir():
             raise UserError(f"workspace {root} is a file; pass --workspace with a folder")

@@ -11,6 +11,7 @@ records, each term's accuracy and F1. A group is flagged past either threshold.
 from __future__ import annotations
 
 import html
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,11 +78,12 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
     from llmkit.models.kind import model_kind as model_kind
     from llmkit.predict import classify_texts
 
-    cfg = cfg or BiasAuditConfig()
+    cfg = BiasAuditConfig.given(cfg, "llmkit.audit.bias_audit", default=True)
     start = time.perf_counter()
     term_groups(cfg.terms)  # a bad terms file fails before any model loads
-    if registry is None and (cfg.data or not Path(model_ref).is_dir()):
-        ws = ws or Workspace.open()
+    folder = isinstance(model_ref, str | os.PathLike) and Path(model_ref).is_dir()  # else a name, or a stage's Model
+    if registry is None and (cfg.data or not folder):
+        ws = Workspace.open(ws)
         registry = Registry.for_workspace(ws.root)
     if cfg.data:  # a name that is no dataset fails here: a language model's audit ran its 37 s with a warning
         _dataset(registry, cfg.data)

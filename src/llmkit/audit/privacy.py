@@ -39,13 +39,13 @@ def privacy_audit(model_ref: str, cfg: PrivacyAuditConfig | None = None, ws: Wor
     from llmkit.models.io import load_causal_lm, resolve_model
     from llmkit.models.kind import model_kind
 
-    cfg = cfg or PrivacyAuditConfig()
+    cfg = PrivacyAuditConfig.given(cfg, "llmkit.audit.privacy_audit", default=True)
     start = time.perf_counter()
     if not cfg.data:
         raise UserError("the privacy audit needs the training data: pass --data NAME (the dataset the model was trained on)",
                         param="privacy.data")
     if registry is None:
-        ws = ws or Workspace.open()
+        ws = Workspace.open(ws)
         registry = Registry.for_workspace(ws.root)
     model = resolve_model(model_ref, registry)
     kind = model_kind(model)

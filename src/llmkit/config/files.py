@@ -8,17 +8,14 @@ with each key's description as a comment (`llmkit config show STAGE`).
 
 from __future__ import annotations
 
-import difflib
 import sys
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from llmkit.config.llama_fields import LLAMA_FIELDS, SIZES
+from llmkit.config.base import describe, did_you_mean
 from llmkit.config.sections import SECTIONS
 from llmkit.errors import UserError
 
@@ -71,7 +68,7 @@ def read_config_file(path: str | Path | None) -> dict[str, Any]:
     raw = _rename_old_sections(raw, path)
     for key in raw:
         if key not in SECTIONS:
-            raise UserError(f"{path}: unknown section '{key}'{_did_you_mean(str(key), SECTIONS)}; sections are {', '.join(SECTIONS)}")
+            raise UserError(f"{path}: unknown section '{key}'{did_you_mean(str(key), SECTIONS)}; sections are {', '.join(SECTIONS)}")
         if raw[key] is not None and not isinstance(raw[key], dict):
             raise UserError(f"{path}: section '{key}' must be a mapping of keys, not {type(raw[key]).__name__}")
     # Validate every section, not just the caller's: a typo anywhere in the file is reported.
@@ -105,79 +102,14 @@ def validate_section(section: str, body: dict[str, Any], source: str | None = No
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        raise UserError(_describe(err, section, model, source, flags or {})) from None
-
-
-def _given(flags: dict[str, Any], loc: list[str]) -> bool:
-    value: Any = flags
-    for part in loc:
-        if not isinstance(value, dict) or value.get(part) is None:
-            return False
-        value = value[part]
-    return True
-
-
-def _describe(err: ValidationError, section: str, model: type[BaseModel], source: str | None,
-              flags: dict[str, Any]) -> str:
-    errors = err.errors()
-    first = errors[0]
-    loc = [str(p) for p in first["loc"]]
-    named, annotation = _field_path(model, loc)
-    message = first["msg"].removeprefix("Value error, ")  # our validators' own words
-    if len(named) < len(loc) and typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        # a value no branch of a union takes (compile: true | false | auto): pydantic names each branch as a key
-        # ("sft.compile.bool"); say it of the key, with what every branch expected
-        message = " or ".join(dict.fromkeys(e["msg"] for e in errors if [str(p) for p in e["loc"]][:len(named)] == named))
-        loc = named
-    key_path = ".".join([section, *loc])
-    prefix = f"{source}: " if source and not _given(flags, loc) else ""
-    if first["type"] == "extra_forbidden":
-        owner = _model_at(model, loc[:-1])
-        fields = list(owner.model_fields) if owner else []
-        hint = _did_you_mean(loc[-1], fields)
-        return f"{prefix}unknown key '{key_path}'{hint}; allowed keys: {', '.join(fields)}"
-    if first["type"] == "unknown_llama_field":  # pretrain.model: {num_hidden_layrs: 2}
-        key = first["ctx"]["key"]
-        return (f"{prefix}unknown key '{key_path}.{key}'{_did_you_mean(key, LLAMA_FIELDS)}; it takes LlamaConfig fields "
-                f"such as {', '.join(SIZES)}")
-    shown = repr(first.get("input"))
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return f"{prefix}{key_path} = {shown}: {message}"
-
-
-def _field_path(model: type[BaseModel], loc: list[str]) -> tuple[list[str], Any]:
-    """The part of an error's location that names config keys (what follows is a list index, a mapping's key or a
-    union branch), and the annotation of the last key named."""
-    current: type[BaseModel] | None = model
-    annotation: Any = None
-    for i, part in enumerate(loc):
-        if current is None or part not in current.model_fields:
-            return loc[:i], annotation
-        annotation = current.model_fields[part].annotation
-        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    return loc, annotation
-
-
-def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
-    for part in loc:
-        field = model.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        model = field.annotation
-    return model
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(describe(err, section, model, source, flags)) from None
 
 
 def render_defaults(section: str) -> str:
     """The section's defaults as YAML with each key's description as a comment above it."""
     section = RENAMED_SECTIONS.get(section, section)
     if section not in SECTIONS:
-        raise UserError(f"unknown stage '{section}'{_did_you_mean(section, SECTIONS)}; stages: {', '.join(SECTIONS)}")
+        raise UserError(f"unknown stage '{section}'{did_you_mean(section, SECTIONS)}; stages: {', '.join(SECTIONS)}")
     lines = [f"{section}:"]
     _render_model(SECTIONS[section](), lines, indent=1)
     return "\n".join(lines) + "\n"

@@ -7,20 +7,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PositiveInt,
     field_validator,
     model_validator,
 )
 
+from llmkit.config.base import Section
 from llmkit.config.llama_fields import check_llama_fields
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class WorkspaceConfig(Section):

@@ -11,4 +11,11 @@ def __getattr__(name):
         from llmkit.data.dataset import DatasetVersion
 
         return DatasetVersion
-    raise AttributeError(name)
+    import importlib  # a submodule (`llmkit.data.feedback.dataset_from_feedback`) when first named
+
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

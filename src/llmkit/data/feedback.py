@@ -50,7 +50,8 @@ def dataset_from_feedback(cfg: FeedbackDataConfig, ws: Workspace | None = None,
                           registry: Registry | None = None, progress=None) -> DatasetVersion:
     """Register a chat (or preference) dataset version built from feedback; the manifest's "feedback" key
     has the counts."""
-    ws = ws or Workspace.open()
+    cfg = FeedbackDataConfig.given(cfg, "llmkit.data.feedback.dataset_from_feedback")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     if not cfg.name:
         raise UserError("from-feedback.name is not set: pass --name NAME for the dataset, e.g. --name feedback")

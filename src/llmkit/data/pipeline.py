@@ -49,7 +49,8 @@ TOKENIZER_TRAIN_CHARS = (4_000_000, 20_000_000)  # bounds of the sample
 
 
 def prepare(cfg: DataConfig, ws: Workspace | None = None, registry: Registry | None = None, progress=None) -> DatasetVersion:
-    ws = ws or Workspace.open()
+    cfg = DataConfig.given(cfg, "llmkit.data.prepare")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     if not cfg.inputs:
         raise UserError("data.inputs is empty: give at least one file, folder or glob")

@@ -30,7 +30,7 @@ class DemoResult:
 
 def demo(cfg: DemoConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
          progress=None) -> DemoResult:
-    ws = ws or Workspace.open()
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     say = console.print if console is not None else (lambda *a, **k: None)
     chat_data = find_chat_data(cfg) if cfg.act in ("real", "both") else None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from llmkit.config import EvalConfig
 from llmkit.errors import UserError
 from llmkit.eval.report import format_number
-from llmkit.models.io import resolve_model
+from llmkit.models.io import Model, resolve_model
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 
@@ -38,8 +39,10 @@ def compare(model_refs: list[str], data: str | None = None, split: str = "test",
     """
     from llmkit.eval.evaluation import evaluate
 
-    ws = ws or Workspace.open()
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
+    if isinstance(model_refs, str | Path | Model):  # one model: "nb-lm" was compared as the models 'n', 'b', ...
+        model_refs = [model_refs]
     if len(model_refs) < 1:
         raise UserError("compare needs at least one MODEL")
     ds = registry.get(data, "dataset") if data else None

@@ -64,7 +64,8 @@ def _split_records(registry: Registry, ref: str, split: str, max_examples: int):
 
 def evaluate(model_ref: str, cfg: EvalConfig, ws: Workspace | None = None, registry: Registry | None = None,
              progress=None) -> Report:
-    ws = ws or Workspace.open()
+    cfg = EvalConfig.given(cfg, "llmkit.eval.evaluate")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     model = resolve_model(model_ref, registry)
     if cfg.harness:
@@ -322,7 +323,8 @@ def bench_model(model_ref: str, cfg: BenchModelConfig, ws: Workspace | None = No
     from llmkit.eval.speed import disk_size_bytes, measure_classifier, measure_lm, peak_rss_mb
     from llmkit.runtime.backends import backend_name, choose_backend, load_backend
 
-    ws = ws or Workspace.open()
+    cfg = BenchModelConfig.given(cfg, "llmkit.eval.bench_model")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     model = resolve_model(model_ref, registry)
     kind = model_kind(model)

@@ -202,7 +202,8 @@ def _general(base: dict | None, tuned: dict | None) -> dict[str, Any] | None:
 def gate(base_ref: str, tuned_ref: str, cfg: CompareConfig, ws: Workspace | None = None,
          registry: Registry | None = None, progress=None) -> dict[str, Any]:
     """Score BASE and TUNED on cfg.data's held-out split (and the general check) and give the verdict."""
-    ws = ws or Workspace.open()
+    cfg = CompareConfig.given(cfg, "llmkit.eval.gate.gate")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     if not cfg.data:
         raise UserError("compare.data is not set: the gate needs --data NAME (the dataset TUNED was tuned for)")

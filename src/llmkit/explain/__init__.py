@@ -166,7 +166,9 @@ def load_for_explain(model_ref: str, registry=None):
 
 def explain(model_ref: str, text: str, cfg: ExplainConfig | None = None, registry=None) -> Explanation:
     """Explain one text: token attributions by cfg.method, plus deletion AOPC against random deletion."""
-    cfg = cfg or ExplainConfig()
+    cfg = ExplainConfig.given(cfg, "llmkit.explain.explain", default=True)
+    if text is not None and not isinstance(text, str):
+        raise UserError(f"explain takes one text (a str), not {type(text).__name__}: explain each text in turn")
     registry = registry or Registry.for_workspace(Workspace.open().root)  # as every stage opens it
     model, tokenizer, kind, labels, max_length, ref = load_for_explain(model_ref, registry)
     return explain_loaded(model, tokenizer, kind, text, cfg, labels=labels,

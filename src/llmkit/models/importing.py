@@ -21,7 +21,7 @@ from llmkit.workspace import Workspace
 def import_model(source: str, name: str | None = None, ws: Workspace | None = None, registry: Registry | None = None,
                  console=None) -> tuple[Model, bool]:
     """(the registered model, True when the same weights were already registered under this name)."""
-    ws = ws or Workspace.open()
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     src = find_source(source)
     given = name

@@ -38,6 +38,14 @@ class Model:
     def ref(self) -> str:
         return f"{self.name}:v{self.version}" if self.version else self.name
 
+    @property
+    def llmkit_ref(self) -> str:
+        """What names this model again where a config takes one (`SftConfig(base=model)`): its registry name:vN, a
+        built-in's or Hub id's name, else its folder."""
+        if self.id or (self.name in BUILTIN_MODELS and self.version is None) or is_hub_id(self.name):
+            return self.ref
+        return str(self.path)
+
 
 def _minilm_l6() -> Path:
     try:
@@ -63,6 +71,11 @@ def resolve_model(ref: str | Model, registry=None) -> Model:
     every stage returns) is itself, so that Python callers can pass one stage's result to the next."""
     if isinstance(ref, Model):
         return ref
+    if isinstance(ref, os.PathLike):
+        ref = os.fspath(ref)
+    if not isinstance(ref, str):
+        raise UserError(f"a model is named by a registered name (name, name:vN, alias, id), a built-in, a folder or the "
+                        f"Model a stage returned, not {type(ref).__name__} ({str(ref)[:60]!r})")
     if ref in BUILTIN_MODELS:
         return Model(BUILTIN_MODELS[ref](), ref)
     if registry is None:  # from Python without one: the workspace every command uses ($LLMKIT_HOME), when there is one
@@ -198,14 +211,16 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
 
 
-def load_causal_lm(model: Model, dtype=None, merge: bool = True):
-    """(model, tokenizer) from a folder, refusing pickle weights and remote code.
+def load_causal_lm(model: Model | str, dtype=None, merge: bool = True):
+    """(model, tokenizer) from a folder (or a name, resolved as every command resolves it), refusing pickle weights
+    and remote code.
 
     An adapter folder loads its base and applies the adapter (merged into the weights unless
     merge=False, which keeps a PeftModel for further training).
     """
     from transformers import AutoModelForCausalLM
 
+    model = resolve_model(model)
     quiet_transformers()
     if is_adapter(model.path):
         check_adapter(model.path)  # before the base loads: PEFT would hand a pickled adapter to torch.load

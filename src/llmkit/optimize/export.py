@@ -16,7 +16,8 @@ from llmkit.workspace import Workspace
 
 def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, registry: Registry | None = None,
            console=None, progress=None) -> tuple[Model, list[dict] | None]:
-    ws = ws or Workspace.open()
+    cfg = ExportConfig.given(cfg, "llmkit.optimize.export.export")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     source = resolve_model(model_ref, registry)
     quantized = (source.lineage or {}).get("quantization")

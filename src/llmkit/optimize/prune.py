@@ -115,7 +115,8 @@ def input_norms(lm, layers: dict[str, torch.nn.Linear], windows: torch.Tensor) -
 
 def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registry: Registry | None = None,
           console=None, progress=None) -> tuple[Model, list[dict] | None]:
-    ws = ws or Workspace.open()
+    cfg = PruneConfig.given(cfg, "llmkit.optimize.prune.prune")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     source = resolve_model(model_ref, registry)
     require_causal(source, "prune")

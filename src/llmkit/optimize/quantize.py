@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from llmkit.config import QuantizeConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
 from llmkit.models.kind import require_causal
@@ -53,11 +54,12 @@ def quantize_model(lm, method: str, group: int) -> list[str]:
     return done
 
 
-def quantize(model_ref: str, cfg, ws: Workspace | None = None, registry: Registry | None = None, console=None,
+def quantize(model_ref: str, cfg: QuantizeConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
              progress=None) -> tuple[Model, list[dict] | None]:
     from llmkit.models.io import load_causal_lm, quiet_transformers
 
-    ws = ws or Workspace.open()
+    cfg = QuantizeConfig.given(cfg, "llmkit.optimize.quantize.quantize")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     source = resolve_model(model_ref, registry)
     name = output_name("quantize", cfg.name, f"{source.name.split('/')[-1]}-{cfg.method}")

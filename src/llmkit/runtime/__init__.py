@@ -9,3 +9,15 @@
 
 Exporters (`llmkit.optimize`) only write files; what eval and serve run is loaded from here.
 """
+
+
+def __getattr__(name: str):
+    # `llmkit.runtime.backends.register_backend` after a plain `import llmkit`: a submodule is imported when first named
+    import importlib
+
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

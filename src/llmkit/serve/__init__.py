@@ -42,6 +42,7 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
     from llmkit.serve.memory_fit import check, needs_of
     from llmkit.workspace import Workspace
 
+    cfg = ServeConfig.given(cfg, "llmkit.serve.start")
     if not cfg.models:
         raise UserError("name at least one model to serve: llmkit serve MODEL [MODEL...], or serve.models in --config",
                         param="serve.models")
@@ -61,7 +62,7 @@ def build_app(cfg: ServeConfig, ws=None, registry=None, console=None):
         except ValueError:
             raise UserError(f"--trusted-proxy {proxy!r}: give the proxy's IP address or network (e.g. 10.0.0.5 or "
                             "10.0.0.0/8), or * for any", param="serve.trusted_proxies") from None
-    ws = ws or Workspace.open()
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     _check_names(cfg, registry)
     from llmkit.serve.adapters import check_bases
@@ -256,6 +257,7 @@ def _dual_stack_socket(port: int):
 
 def start(cfg: ServeConfig, ws=None, registry=None, console=None, app=None) -> RunningServer:
     """Start a server in a background thread; returns once it accepts connections."""
+    cfg = ServeConfig.given(cfg, "llmkit.serve.start")
     app = app or build_app(cfg, ws, registry, console)
     _check_exposure(cfg, app, console)
     server = _uvicorn(cfg, app)
@@ -318,3 +320,15 @@ def _stop_on_signals() -> None:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def __getattr__(name: str):
+    # `llmkit.serve.app.create_app` after a plain `import llmkit`: a submodule is imported when first named
+    import importlib
+
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

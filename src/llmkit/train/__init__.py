@@ -13,3 +13,15 @@ from llmkit.train.pretraining import pretrain
 from llmkit.train.supervised import sft
 
 __all__ = ["pretrain", "sft", "classify", "distill"]
+
+
+def __getattr__(name: str):
+    # `llmkit.train.grpo.grpo(GrpoConfig(...))` after a plain `import llmkit`: a submodule is imported when first named
+    import importlib
+
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

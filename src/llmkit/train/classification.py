@@ -140,7 +140,8 @@ def scores(golds: list[int], preds: list[int], labels: list[str]) -> dict[str, f
 @tracks_runs
 def classify(cfg: ClassifyConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
              stop_at_step: int | None = None) -> Model:
-    ws = ws or Workspace.open()
+    cfg = ClassifyConfig.given(cfg, "llmkit.train.classify")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     cfg, run_dir, run_id = resume_run(cfg, "classify", registry)
     if not cfg.base:

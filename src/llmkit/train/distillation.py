@@ -74,7 +74,8 @@ def _student_from_preset(teacher, cfg: DistillConfig, classifier: bool):
 @tracks_runs
 def distill(cfg: DistillConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
             stop_at_step: int | None = None) -> Model:
-    ws = ws or Workspace.open()
+    cfg = DistillConfig.given(cfg, "llmkit.train.distill")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     cfg, run_dir, run_id = resume_run(cfg, "distill", registry)
     if not cfg.teacher:

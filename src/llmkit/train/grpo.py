@@ -59,7 +59,8 @@ class Prompt:
 @tracks_runs
 def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None,
          stop_at_step: int | None = None) -> Model:
-    ws = ws or Workspace.open()
+    cfg = GrpoConfig.given(cfg, "llmkit.train.grpo.grpo")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     cfg, run_dir, run_id = resume_run(cfg, "grpo", registry)
     reward = resolve_reward(cfg)

@@ -99,7 +99,7 @@ def merge(ref: str, ws: Workspace | None = None, registry=None, name: str | None
     from llmkit.models.naming import output_name
     from llmkit.registry import Registry
 
-    ws = ws or Workspace.open()
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     adapter = resolve_model(ref, registry)
     name = output_name("merge", name, f"{adapter.name}-merged")

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from llmkit.config import PreferenceConfig
+from llmkit.config import DpoConfig, KtoConfig, OrpoConfig, PreferenceConfig
 from llmkit.data.dataset import open_dataset
 from llmkit.errors import UserError
 from llmkit.models.io import Model
@@ -45,6 +45,7 @@ from llmkit.train.tuned_model import open_base, register_tuned
 from llmkit.workspace import Workspace
 
 LOSSES = ("dpo", "orpo", "kto")
+CONFIG_OF_LOSS = {"dpo": DpoConfig, "orpo": OrpoConfig, "kto": KtoConfig}
 
 
 @dataclass
@@ -74,8 +75,9 @@ def preference_tune(cfg: PreferenceConfig, loss: str, ws: Workspace | None = Non
                     console=None, stop_at_step: int | None = None) -> Model:
     """Train `cfg.base` with the `loss` (dpo | orpo | kto) on `cfg.data`; register and return the tuned model."""
     if loss not in LOSSES:
-        raise ValueError(f"loss {loss!r} is not one of {LOSSES}")
-    ws = ws or Workspace.open()
+        raise UserError(f"loss {loss!r} is not one of {', '.join(LOSSES)}: preference_tune(DpoConfig(...), \"dpo\")")
+    cfg = CONFIG_OF_LOSS[loss].given(cfg, f'llmkit.train.preference.preference_tune(..., "{loss}")')
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     cfg, run_dir, run_id = resume_run(cfg, loss, registry)
     ds = _preference_dataset(registry, cfg.data, loss)

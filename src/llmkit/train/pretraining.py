@@ -41,7 +41,8 @@ from llmkit.workspace import Workspace, atomic_dir
 @tracks_runs
 def pretrain(cfg: PretrainConfig, ws: Workspace | None = None, registry: Registry | None = None,
              console=None, time_limit_s: float | None = None) -> Model:
-    ws = ws or Workspace.open()
+    cfg = PretrainConfig.given(cfg, "llmkit.train.pretrain")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     d = distributed.setup()
     try:

@@ -184,7 +184,8 @@ class SftSetup:
 
 
 def prepare_sft(cfg: SftConfig, ws: Workspace | None = None, registry: Registry | None = None, console=None) -> SftSetup:
-    ws = ws or Workspace.open()
+    cfg = SftConfig.given(cfg, "llmkit.train.sft")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     cfg, run_dir, run_id = resume_run(cfg, "sft", registry)
     ds_rec = chat_dataset(registry, cfg.data, "sft.data")

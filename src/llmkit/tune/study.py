@@ -93,7 +93,8 @@ class Plan:
 def tune(cfg: TuneConfig, stage_cfg=None, ws: Workspace | None = None, registry: Registry | None = None,
          console=None) -> StudyResult:
     """Run (or join) the study `cfg` describes; `stage_cfg` is the stage's section every trial starts from."""
-    ws = ws or Workspace.open()
+    cfg = TuneConfig.given(cfg, "llmkit.tune.tune")
+    ws = Workspace.open(ws)
     registry = registry or Registry.for_workspace(ws.root)
     started = time.time()
     plan, params = check(cfg, stage_cfg, ws, registry)
