@@ -2,6 +2,8 @@
 
 `watched_page(browser, ...)` is a context manager: the page it yields records errors; leaving the block closes
 the context and asserts there were none (so a module-scoped fixture checks the whole module's walk).
+`network_errors=True` lets through the browser's own "Failed to load resource" lines (a 4xx or 5xx answer, a server
+that is down), for a test that brings them about on purpose; errors of the page's scripts still fail it.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ TIMEOUT_MS = 30_000
 
 @contextmanager
 def watched_page(browser, locale: str = "en-US", width: int = 1280, height: int = 900,
-                 timeout_ms: int = TIMEOUT_MS) -> Iterator:
+                 timeout_ms: int = TIMEOUT_MS, network_errors: bool = False) -> Iterator:
     context = browser.new_context(viewport={"width": width, "height": height}, locale=locale)
     page = context.new_page()
     page.set_default_timeout(timeout_ms)
     errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    expected = ("Failed to load resource:",) if network_errors else ()
+    page.on("console", lambda msg: errors.append(msg.text)
+            if msg.type == "error" and not msg.text.startswith(expected) else None)
     page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
     try:
         yield page

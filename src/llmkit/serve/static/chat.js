@@ -1,7 +1,7 @@
 // The chat playground: model picker (adapters under their base), parameters, an optional JSON schema the
 // answer must follow, a streamed conversation with stop, token probabilities on hover, feedback under
 // every answer, and a classify box for classifier models.
-import { api, ApiFailure, authHeaders, errorMessage, h, thumbIcon } from "./lib.js";
+import { api, ApiFailure, authHeaders, errorMessage, h, reach, thumbIcon } from "./lib.js";
 import { explainButton } from "./explain.js";
 import { fmtNumber, t } from "./i18n.js";
 import { groupByParent } from "./models.js";
@@ -210,6 +210,8 @@ export function initChat() {
     bubble.classList.add("streaming");
 
     controller = new AbortController();
+    // Sent with the mouse: the button is about to be disabled, which would drop the focus on the page's body.
+    if (document.activeElement === sendButton) prompt.focus();
     setBusy(true);
     let answer = "";
     const tokens = []; // logprobs.content entries, one per generated token
@@ -217,7 +219,7 @@ export function initChat() {
     let failed = null;
     let stopped = false;
     try {
-      const response = await fetch("/v1/chat/completions", {
+      const response = await reach("/v1/chat/completions", {
         method: "POST",
         headers: authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
         body: JSON.stringify({ model, messages, stream: true, logprobs: true, top_logprobs: 5, ...params(), ...format }),
@@ -229,7 +231,12 @@ export function initChat() {
       let done = false;
       const parser = sseParser((data) => {
         if (data === "[DONE]") { done = true; return; }
-        const chunk = JSON.parse(data);
+        let chunk;
+        try {
+          chunk = JSON.parse(data);
+        } catch (_) {
+          throw new ApiFailure(t("error.unreadable"), response.status); // not an answer's stream: a proxy's page
+        }
         if (chunk.error) throw new ApiFailure(chunk.error.message || t("chat.streamFailed"), 500);
         responseId = chunk.id || responseId;
         const choice = chunk.choices && chunk.choices[0];
@@ -243,17 +250,27 @@ export function initChat() {
         }
       });
       while (!done) {
-        const { value, done: ended } = await reader.read();
-        if (ended) { parser.end(); break; }
-        parser.feed(decoder.decode(value, { stream: true }));
+        let read;
+        try {
+          read = await reader.read();
+        } catch (err) {
+          if (err.name === "AbortError") throw err;
+          throw new ApiFailure(t("chat.brokeOff"), 0); // the server stopped or the connection dropped mid-answer
+        }
+        if (read.done) { parser.end(); break; }
+        parser.feed(decoder.decode(read.value, { stream: true }));
       }
+      // A stream ends with [DONE]: one that closed before it is an answer cut short, not a whole one.
+      if (!done) throw new ApiFailure(t("chat.brokeOff"), 0);
       if (done) await reader.cancel().catch(() => {});
     } catch (err) {
       if (err.name === "AbortError") stopped = true;
       else failed = err.message || String(err);
     } finally {
       controller = null;
+      const stopFocused = document.activeElement === stopButton;
       setBusy(false);
+      if (stopFocused) prompt.focus(); // Stop is disabled now: keep the keyboard in the composer
       bubble.classList.remove("streaming");
     }
 

@@ -4,7 +4,7 @@
 // report link, compression table), and the hyper-parameter studies with the chosen one's panel (studies.js).
 import { drawLossChart } from "./chart.js";
 import { fmtBytes, fmtCount, fmtDate, fmtNumber, t, term } from "./i18n.js";
-import { api, authHeaders, errorMessage, h } from "./lib.js";
+import { api, authHeaders, errorMessage, h, reach } from "./lib.js";
 import { adapterBase, groupByParent } from "./models.js";
 import { initRewards } from "./rewards.js";
 import { initStudies, trialsDone } from "./studies.js";
@@ -89,7 +89,7 @@ function reportLink(evalRecord) {
     if (!headers.Authorization) return;
     event.preventDefault();
     const tab = window.open("", "_blank");
-    fetch(href, { headers })
+    reach(href, { headers })
       .then(async (response) => {
         if (!response.ok) throw new Error(await errorMessage(response));
         const page = new Blob([sandboxedPage(await response.text())], { type: "text/html" });

@@ -1,6 +1,6 @@
 // Shared helpers: element building, the API client (with the stored API key); number formatting lives in
 // i18n.js (it follows the UI's locale) and is re-exported here.
-import { t } from "./i18n.js";
+import { fmtNumber, t } from "./i18n.js";
 
 const KEY_STORAGE = "llmkit.apiKey";
 
@@ -51,16 +51,27 @@ export function thumbIcon(down = false) {
   return svg;
 }
 
-/** The message of an OpenAI-shaped error body, or the HTTP status when the body is something else. */
+/** One line for an error answer: the message of an OpenAI-shaped body ({"error": {"message"}}), a bare
+ * {"error": "..."} or FastAPI's {"detail": "..."}; else (a proxy's HTML page, an empty body) what the status means,
+ * in the UI's language, never the body itself. */
 export async function errorMessage(response) {
+  let text = "";
   try {
-    const body = await response.json();
-    if (body && body.error && body.error.message) return body.error.message;
-    if (body && typeof body.detail === "string") return body.detail;
+    text = await response.text();
+    const body = JSON.parse(text);
+    const said = body && (body.error && typeof body.error === "object" ? body.error.message : body.error ?? body.detail);
+    if (typeof said === "string" && said.trim()) return said.trim();
   } catch (_) {
-    // not JSON: fall through
+    // not JSON: fall through to what the status says
   }
-  return `${response.status} ${response.statusText || t("error.requestFailed")}`;
+  const status = response.status;
+  if (status === 429) {
+    const seconds = Number(response.headers.get("Retry-After"));
+    return Number.isFinite(seconds) && seconds > 0 ? t("error.busyFor", { status, seconds: fmtNumber(Math.ceil(seconds)) })
+      : t("error.busy", { status });
+  }
+  if ([502, 503, 504].includes(status)) return t("error.unavailable", { status });
+  return t("error.status", { status });
 }
 
 export class ApiFailure extends Error {
@@ -70,14 +81,29 @@ export class ApiFailure extends Error {
   }
 }
 
+/** fetch(), with a network failure (the server stopped, the connection refused) turned into an ApiFailure saying
+ * so in the UI's language instead of the browser's "Failed to fetch"; an abort stays an AbortError. */
+export async function reach(path, options = {}) {
+  try {
+    return await fetch(path, options);
+  } catch (err) {
+    if (err && err.name === "AbortError") throw err;
+    throw new ApiFailure(t("error.unreachable"), 0);
+  }
+}
+
 /** fetch a JSON API; throws ApiFailure with the server's error message on a non-2xx answer. */
 export async function api(path, { method = "GET", body, signal } = {}) {
   const headers = authHeaders(body === undefined ? {} : { "Content-Type": "application/json" });
-  const response = await fetch(path, {
+  const response = await reach(path, {
     method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (!response.ok) throw new ApiFailure(await errorMessage(response), response.status);
-  return response.json();
+  try {
+    return await response.json();
+  } catch (_) {
+    throw new ApiFailure(t("error.unreadable"), response.status); // a 200 that is not JSON: a proxy's page
+  }
 }
 
 export { fmtBytes, fmtCount, fmtDate, fmtNumber } from "./i18n.js";

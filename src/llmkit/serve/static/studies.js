@@ -2,7 +2,7 @@
 // each way, the best trials as a table and the study's report plots. Built from GET /api/studies/{ref}; the
 // plots are fetched with the API key (an <img src> cannot send it) and shown from blob URLs.
 import { fmtDate, fmtNumber, getLocale, t } from "./i18n.js";
-import { authHeaders, errorMessage, h } from "./lib.js";
+import { authHeaders, errorMessage, h, reach } from "./lib.js";
 
 const enc = encodeURIComponent;
 export const STATES = ["complete", "pruned", "fail", "running", "stopped_by_budget"];
@@ -36,7 +36,7 @@ export function initStudies(panel, { onRun } = {}) {
     panel.hidden = false;
     panel.replaceChildren(h("p", { class: "hint" }, t("dash.loading")));
     try {
-      const response = await fetch(`/api/studies/${enc(studyRef)}`, { headers: authHeaders() });
+      const response = await reach(`/api/studies/${enc(studyRef)}`, { headers: authHeaders() });
       if (!response.ok) throw new Error(await errorMessage(response));
       shown = await response.json();
     } catch (err) {
@@ -64,12 +64,14 @@ export function initStudies(panel, { onRun } = {}) {
           h("div", { "data-state": state }, h("dt", {}, t(`st.state.${state}`)), h("dd", {}, fmtNumber(s.states[state])))))),
       h("p", { "data-testid": "study-best" }, s.best
         ? t("st.best", { trial: fmtNumber(s.best.trial), metric: s.metric, value: fmtNumber(s.best.value ?? undefined) })
-        : t("st.noBest"),
+        : t(s.finished ? "st.noneCompleted" : "st.noBest"),
       s.best && s.best.model ? [" · ", h("span", {}, t("st.bestModel", { model: s.best.model }))] : null),
-      h("section", {}, h("h3", {}, t("st.bestTrials")), s.rows.length ? trialsTable(s) : h("p", { class: "hint" }, t("st.noBest"))),
+      // a finished study with no completed trial: no "yet" (it is over) and no table or plots to wait for
+      s.rows.length || !s.finished ? h("section", {}, h("h3", {}, t("st.bestTrials")), s.rows.length ? trialsTable(s)
+        : h("p", { class: "hint" }, t("st.noBest"))) : null,
       h("section", {}, h("h3", {}, t("st.plots")), s.plots.length
         ? h("div", { class: "study-plots" }, s.plots.map(plot))
-        : h("p", { class: "hint" }, t("st.noPlots"))),
+        : h("p", { class: "hint", "data-testid": "study-no-plots" }, t(s.finished ? "st.noPlotsFinished" : "st.noPlots"))),
     ].filter(Boolean));
   }
 
@@ -95,7 +97,7 @@ export function initStudies(panel, { onRun } = {}) {
       img.src = ready;
       return figure;
     }
-    fetch(url, { headers: authHeaders() })
+    reach(url, { headers: authHeaders() })
       .then(async (response) => {
         if (!response.ok) throw new Error(await errorMessage(response));
         const blob = URL.createObjectURL(await response.blob());
