@@ -19,5 +19,20 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'llmkit' has no attribute {name!r}")
 
 
+def submodules(package: str):
+    """A package's module `__getattr__` that imports a submodule when it is first named, so README paths such as
+    `llmkit.train.grpo.grpo` or `llmkit.serve.app.create_app` work after a plain `import llmkit`."""
+
+    def __getattr__(name: str):
+        try:
+            return importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{package}.{name}":  # the submodule exists and failed to import something of its own
+                raise
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+
+    return __getattr__
+
+
 def __dir__() -> list[str]:
     return sorted({*globals(), *_STAGES})

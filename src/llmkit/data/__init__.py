@@ -1,5 +1,7 @@
 """Data stage: ingest, clean, dedupe, redact PII, tokenize, version. Python: llmkit.data.prepare(cfg)."""
 
+from llmkit import submodules
+
 
 def __getattr__(name):
     # Lazy so that importing one data module (e.g. pii) does not pull in the whole pipeline.
@@ -11,11 +13,7 @@ def __getattr__(name):
         from llmkit.data.dataset import DatasetVersion
 
         return DatasetVersion
-    import importlib  # a submodule (`llmkit.data.feedback.dataset_from_feedback`) when first named
+    return _submodule(name)  # a submodule (`llmkit.data.feedback.dataset_from_feedback`) when first named
 
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+_submodule = submodules(__name__)

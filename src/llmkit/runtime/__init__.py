@@ -10,14 +10,7 @@
 Exporters (`llmkit.optimize`) only write files; what eval and serve run is loaded from here.
 """
 
+from llmkit import submodules
 
-def __getattr__(name: str):
-    # `llmkit.runtime.backends.register_backend` after a plain `import llmkit`: a submodule is imported when first named
-    import importlib
-
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# `llmkit.runtime.backends.register_backend` after a plain `import llmkit`: a submodule is imported when first named
+__getattr__ = submodules(__name__)

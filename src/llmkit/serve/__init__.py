@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmkit import submodules
 from llmkit.config import ServeConfig
 from llmkit.errors import UserError
 from llmkit.runtime.threads import cpu_cores
@@ -322,13 +323,5 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def __getattr__(name: str):
-    # `llmkit.serve.app.create_app` after a plain `import llmkit`: a submodule is imported when first named
-    import importlib
-
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# `llmkit.serve.app.create_app` after a plain `import llmkit`: a submodule is imported when first named
+__getattr__ = submodules(__name__)
