@@ -47,7 +47,7 @@ def test_flags_win_over_the_file_and_the_file_over_defaults(write_config: WriteC
 
 def test_a_bad_value_is_blamed_on_the_file_only_when_it_came_from_the_file(write_config: WriteConfig) -> None:
     bad = write_config("pretrain:\n  lr: -1\n")
-    assert _error("pretrain", bad).startswith(f"{bad}: pretrain.lr = -1")
+    assert _error("pretrain", bad).startswith(f"{bad}:2: pretrain.lr = -1")
     path = write_config("pretrain:\n  lr: 0.1\n  batch_size: 4\nsft:\n  lora: {r: 8}\n")
     flag = _error("pretrain", path, {"lr": 0.01, "max_steps": -5})
     assert flag.startswith("pretrain.max_steps = -5") and str(path) not in flag  # it said "llmkit.yaml: pretrain.max_steps"
@@ -63,7 +63,7 @@ def test_nested_keys_come_from_the_file(write_config: WriteConfig) -> None:
 def test_a_wrong_type_in_the_file_names_the_key_path_and_the_value(write_config: WriteConfig) -> None:
     path = write_config("pretrain:\n  lr: fast\n")
     message = _error("pretrain", path)
-    assert message.startswith(f"{path}: pretrain.lr = 'fast'")
+    assert message.startswith(f"{path}:2: pretrain.lr = 'fast'")
 
 
 def test_a_wrong_type_in_a_flag_names_the_key_path_and_the_value() -> None:
@@ -78,7 +78,7 @@ def test_an_out_of_range_nested_value_names_the_full_key_path(write_config: Writ
 def test_splits_that_leave_no_room_for_train_are_one_line_in_our_words(write_config: WriteConfig) -> None:
     path = write_config("data:\n  splits: {val: 0.6, test: 0.5}\n")
     message = _error("data", path)
-    assert message.startswith(f"{path}: data.splits = ") and "val + test = 1.1: together they must stay below 1" in message
+    assert message.startswith(f"{path}:2: data.splits = ") and "val + test = 1.1: together they must stay below 1" in message
     assert "Value error" not in message
 
 
@@ -111,7 +111,17 @@ def test_a_mistake_in_another_section_of_the_file_is_still_reported(write_config
 
 def test_an_unknown_section_is_reported_with_a_suggestion(write_config: WriteConfig) -> None:
     path = write_config("pretrian:\n  lr: 0.1\n")
-    assert f"{path}: unknown section 'pretrian' (did you mean 'pretrain'?)" in _error("pretrain", path)
+    assert f"{path}:1: unknown section 'pretrian' (did you mean 'pretrain'?)" in _error("pretrain", path)
+
+
+def test_a_mistake_names_the_file_and_the_line_of_its_key(write_config: WriteConfig) -> None:
+    path = write_config("pretrain:\n  lr: 0.1\n\nsft:\n  max_steps: 3\n  lora:\n    alpha: 16\n    rr: 3\n")
+    assert _error("sft", path).startswith(f"{path}:8: unknown key 'sft.lora.rr'")
+    # a value in a list: the line of the item; a key under an old section name: its line in the file
+    assert _error("data", write_config("data:\n  inputs:\n    - a.txt\n    - 3\n")).startswith(f"{path}:4: data.inputs.1 = 3")
+    assert _error("pretrain", write_config("train:\n\n  max_steps: many\n")).startswith(f"{path}:3: pretrain.max_steps")
+    # a flag's mistake is not the file's, whatever line the file gives the same key
+    assert _error("pretrain", write_config("pretrain:\n  lr: 0.1\n"), {"lr": -1}).startswith("pretrain.lr = -1")
 
 
 def test_invalid_yaml_is_reported_as_file_line_column(write_config: WriteConfig) -> None:
@@ -127,7 +137,7 @@ def test_a_file_that_is_not_a_mapping_is_reported(write_config: WriteConfig) -> 
 
 def test_a_section_that_is_not_a_mapping_is_reported(write_config: WriteConfig) -> None:
     path = write_config("pretrain: 5\n")
-    assert f"{path}: section 'pretrain' must be a mapping of keys, not int" in _error("pretrain", path)
+    assert f"{path}:1: section 'pretrain' must be a mapping of keys, not int" in _error("pretrain", path)
 
 
 def test_a_missing_config_file_is_reported(tmp_path: Path) -> None:
@@ -180,5 +190,5 @@ def test_compile_is_true_false_or_auto_and_anything_else_is_named(write_config: 
     for text, want in (("true", True), ("false", False), ("auto", "auto")):
         assert load_section("sft", write_config(f"sft:\n  compile: {text}\n"), {}).compile == want
     path = write_config("sft:\n  compile: sometimes\n")
-    assert _error("sft", path) == (f"{path}: sft.compile = 'sometimes': Input should be a valid boolean, unable to "
+    assert _error("sft", path) == (f"{path}:2: sft.compile = 'sometimes': Input should be a valid boolean, unable to "
                                    "interpret input or Input should be 'auto'")

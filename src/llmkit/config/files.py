@@ -44,8 +44,45 @@ def _rename_old_sections(raw: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def read_config_file(path: str | Path | None) -> dict[str, Any]:
     """Parse a YAML config file and check its top-level sections; {} when no file is given."""
+    return _read_with_lines(path)[0]
+
+
+KeyLines = dict[tuple[str, ...], int]
+
+
+def _key_lines(text: str) -> KeyLines:
+    """The line (1-based) of every key in a YAML text, by key path: ("sft", "lora", "r") -> 5. An error names
+    file:line as compilers do, so an editor jumps to it; the YAML's own node marks give the lines."""
+    lines: KeyLines = {}
+
+    def walk(node: yaml.Node, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                path = (*prefix, str(key.value))
+                lines.setdefault(path, key.start_mark.line + 1)
+                walk(value, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines.setdefault((*prefix, str(i)), item.start_mark.line + 1)
+                walk(item, (*prefix, str(i)))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _at(path: Path, lines: KeyLines, *key: str) -> str:
+    """`path:line` of the longest prefix of `key` the file has (its section's line at least), else `path`."""
+    for n in range(len(key), 0, -1):
+        if key[:n] in lines:
+            return f"{path}:{lines[key[:n]]}"
+    return str(path)
+
+
+def _read_with_lines(path: str | Path | None) -> tuple[dict[str, Any], KeyLines]:
     if path is None:
-        return {}
+        return {}, {}
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--config {path} is a folder; give a YAML file (e.g. llmkit config show pretrain > "
@@ -53,7 +90,9 @@ def read_config_file(path: str | Path | None) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
+        lines = _key_lines(text) if isinstance(raw, dict) else {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -62,26 +101,32 @@ def read_config_file(path: str | Path | None) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text at byte {err.start}") from None
     if raw is None:
-        return {}
+        return {}, {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a config file is a mapping of sections ({', '.join(SECTIONS)}), not {type(raw).__name__}")
-    raw = _rename_old_sections(raw, path)
+    renamed = _rename_old_sections(raw, path)
+    # A section under its old name: its keys' lines under the new one too.
+    lines.update({(RENAMED_SECTIONS[k[0]], *k[1:]): n for k, n in list(lines.items()) if k[0] in RENAMED_SECTIONS})
+    raw = renamed
     for key in raw:
         if key not in SECTIONS:
-            raise UserError(f"{path}: unknown section '{key}'{did_you_mean(str(key), SECTIONS)}; sections are {', '.join(SECTIONS)}")
+            raise UserError(f"{_at(path, lines, str(key))}: unknown section '{key}'{did_you_mean(str(key), SECTIONS)}; "
+                            f"sections are {', '.join(SECTIONS)}")
         if raw[key] is not None and not isinstance(raw[key], dict):
-            raise UserError(f"{path}: section '{key}' must be a mapping of keys, not {type(raw[key]).__name__}")
+            raise UserError(f"{_at(path, lines, key)}: section '{key}' must be a mapping of keys, not "
+                            f"{type(raw[key]).__name__}")
     # Validate every section, not just the caller's: a typo anywhere in the file is reported.
     for key, body in raw.items():
-        validate_section(key, body or {}, source=str(path))
-    return {k: (v or {}) for k, v in raw.items()}
+        validate_section(key, body or {}, source=str(path), lines=lines)
+    return {k: (v or {}) for k, v in raw.items()}, lines
 
 
 def load_section(section: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
     """The validated config of one stage: defaults < file section < flag overrides (None = not given)."""
     section = RENAMED_SECTIONS.get(section, section)
-    body = _merged(read_config_file(path).get(section, {}), overrides or {})
-    return validate_section(section, body, source=str(path) if path else None, flags=overrides)
+    raw, lines = _read_with_lines(path)
+    body = _merged(raw.get(section, {}), overrides or {})
+    return validate_section(section, body, source=str(path) if path else None, flags=overrides, lines=lines)
 
 
 def _merged(body: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -96,12 +141,15 @@ def _merged(body: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_section(section: str, body: dict[str, Any], source: str | None = None,
-                     flags: dict[str, Any] | None = None) -> Any:
-    """`body` as the section's model; an error names `source` (the config file) unless the value was one of `flags`."""
+                     flags: dict[str, Any] | None = None, lines: KeyLines | None = None) -> Any:
+    """`body` as the section's model; an error names `source` (the config file, with the line of the key at fault
+    when `lines` has it) unless the value was one of `flags`."""
     model = SECTIONS[section]
     try:
         return model.model_validate(body)
     except ValidationError as err:
+        if source and lines:
+            source = _at(Path(source), lines, section, *(str(p) for p in err.errors()[0]["loc"]))
         raise UserError(describe(err, section, model, source, flags)) from None
 
 
