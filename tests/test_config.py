@@ -192,3 +192,17 @@ def test_compile_is_true_false_or_auto_and_anything_else_is_named(write_config: 
     path = write_config("sft:\n  compile: sometimes\n")
     assert _error("sft", path) == (f"{path}:2: sft.compile = 'sometimes': Input should be a valid boolean, unable to "
                                    "interpret input or Input should be 'auto'")
+
+
+def test_a_mistake_assigned_in_python_is_the_same_one_line() -> None:
+    from llmkit.config import SftConfig
+
+    cfg = SftConfig(base="smollm2-135m", data="chats")
+    with pytest.raises(UserError, match=r"^SftConfig.lr = 'abc': Input should be a valid number"):
+        cfg.lr = "abc"
+    with pytest.raises(UserError, match=r"^unknown key 'SftConfig.lrr' \(did you mean 'lr'\?\)"):
+        cfg.lrr = 0.1
+    with pytest.raises(UserError, match=r"^LoraConfig.r = -1"):
+        cfg.lora.r = -1
+    cfg.lr, cfg.base = 0.1, Path("/models/base")  # a good value, and a Path as the text a file would hold
+    assert (cfg.lr, cfg.base, cfg.lora.r) == (0.1, "/models/base", SftConfig().lora.r)

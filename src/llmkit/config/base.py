@@ -36,6 +36,17 @@ class Section(BaseModel, metaclass=_Checked):
         # registered name or the Model another stage returned"), as the text a config file would hold
         return {key: _as_text(value) for key, value in data.items()} if isinstance(data, dict) else data
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # `cfg.lr = "abc"` in a notebook: the same one line as SftConfig(lr="abc"), not pydantic's ValidationError
+        cls = type(self)
+        if name not in cls.model_fields and not name.startswith("_"):
+            raise UserError(f"unknown key '{cls.__name__}.{name}'{did_you_mean(name, list(cls.model_fields))}; "
+                            f"allowed keys: {', '.join(cls.model_fields)}")
+        try:
+            super().__setattr__(name, _as_text(value))
+        except ValidationError as err:
+            raise UserError(describe(err, cls.__name__, cls)) from None
+
     @classmethod
     def given(cls, cfg: Any, where: str, default: bool = False) -> Any:
         """`cfg` when it is this section, as a stage function takes it (None: the defaults, when `default`); anything
