@@ -46,7 +46,7 @@ def test_a_misspelt_model_field_names_the_file_and_the_field(tmp_path: Path, cli
     config.write_text("pretrain:\n  model:\n    num_hidden_layrs: 2\n")
     # said before the dataset is looked for (it was said after, without the file or a suggestion)
     line = _one_line(cli_here("train", "pretrain", "--config", str(config), "--data", "nosuch", workspace=tmp_path / "ws"))
-    assert line == (f"error: {config}: unknown key 'pretrain.model.num_hidden_layrs' (did you mean 'num_hidden_layers'?);"
+    assert line == (f"error: {config}:3: unknown key 'pretrain.model.num_hidden_layrs' (did you mean 'num_hidden_layers'?);"
                     " it takes LlamaConfig fields such as hidden_size, num_hidden_layers, num_attention_heads, "
                     "num_key_value_heads, intermediate_size"), line
 

@@ -231,7 +231,7 @@ def test_compare_cli_exits_0_on_pass_1_on_fail_and_2_on_a_bad_threshold_key(ws, 
     bad = cli_here("compare", "tiny-lm", "gate-wrecked", "--data", "tiny", "--config", str(config), workspace=root)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
-        f"error: {config}: unknown key 'compare.max_general_perplexity_incrase' (did you mean "
+        f"error: {config}:2: unknown key 'compare.max_general_perplexity_incrase' (did you mean "
         "'max_general_perplexity_increase'?); allowed keys: " + ", ".join(CompareConfig.model_fields)]
     unknown = cli_here("compare", "tiny-lm", "no-such-model", "--data", "tiny", workspace=root)
     assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1

@@ -149,7 +149,9 @@ def validate_section(section: str, body: dict[str, Any], source: str | None = No
         return model.model_validate(body)
     except ValidationError as err:
         if source and lines:
-            source = _at(Path(source), lines, section, *(str(p) for p in err.errors()[0]["loc"]))
+            first = err.errors()[0]
+            key = [str(p) for p in first["loc"]] + ([first["ctx"]["key"]] if first["type"] == "unknown_llama_field" else [])
+            source = _at(Path(source), lines, section, *key)
         raise UserError(describe(err, section, model, source, flags)) from None
 
 
