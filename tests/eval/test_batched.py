@@ -40,3 +40,13 @@ def test_a_model_the_fast_decoder_does_not_run_replies_through_hf_generate(token
                                       bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()
     replies = greedy_replies(gpt2, tokenizer, PROMPTS[:2], 8, batch_size=1)
     assert replies == [_alone(gpt2, tokenizer, p, 8, {2}) for p in PROMPTS[:2]]
+
+
+def test_eval_generation_in_batches_gives_what_generate_gives_one_prompt_at_a_time(trained, tokenizer) -> None:
+    from llmkit.eval.generation import generate_all
+    from llmkit.generate import generate
+
+    outputs = generate_all(trained, tokenizer, PROMPTS, 10, chat=False)
+    alone = [generate(trained, tokenizer, p, max_new_tokens=10, temperature=0.0) for p in PROMPTS]
+    assert [o["prediction"] for o in outputs] == [r.text for r in alone]
+    assert [o["tokens"] for o in outputs] == [len(r.token_ids) for r in alone]

@@ -25,16 +25,23 @@ from llmkit.runtime.fast_llama import decode_unsupported_reason
 def greedy_replies(lm, tokenizer, prompts: list[str], max_new_tokens: int, end_ids: list[int] | None = None,
                    stop: list[str] | None = None, batch_size: int = 16, progress=None, label: str = "replies") -> list[str]:
     """The greedy continuation of each prompt (special tokens and anything from a stop string on left out)."""
+    replies = greedy_reply_ids(lm, tokenizer, prompts, max_new_tokens, end_ids, batch_size, progress, label)
+    return [_cut(tokenizer.decode(ids, skip_special_tokens=True), stop) for ids in replies]
+
+
+@torch.no_grad()
+def greedy_reply_ids(lm, tokenizer, prompts: list[str], max_new_tokens: int, end_ids: list[int] | None = None,
+                     batch_size: int = 16, progress=None, label: str = "replies") -> list[list[int]]:
+    """The greedy new token ids of each prompt, up to (without) the token that ended it."""
     eos = eos_set(tokenizer.eos_token_id) | eos_set(lm.config.eos_token_id) | set(end_ids or [])
     max_len = getattr(lm.config, "max_position_embeddings", None)
     task = progress.add_task(label, total=len(prompts)) if progress is not None else None
     fast = decode_unsupported_reason(lm) is None
-    out: list[str] = []
+    out: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         rows = [fit_context(encode_prompt(tokenizer, p), max_new_tokens, max_len, tokenizer.bos_token_id)
                 for p in prompts[start: start + batch_size]]
-        replies = _on_fast_decoder(lm, rows, eos) if fast else _on_hf_generate(lm, tokenizer, rows, eos)
-        out.extend(_cut(tokenizer.decode(ids, skip_special_tokens=True), stop) for ids in replies)
+        out.extend(_on_fast_decoder(lm, rows, eos) if fast else _on_hf_generate(lm, tokenizer, rows, eos))
         if task is not None:
             progress.advance(task, len(rows))
     return out

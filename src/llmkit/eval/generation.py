@@ -27,26 +27,25 @@ def generate_all(model, tokenizer, prompts: list[str], max_new_tokens: int, chat
     """Greedy completions; with chat=True each prompt is a user turn rendered with the chat template.
 
     `model` is a torch causal LM, or a runtime backend (`prefill`/`step` on token ids: a GGUF on llama.cpp),
-    which has no torch forward to call; both decode the same prompt ids and stop at the same tokens.
+    which has no torch forward to call; both decode the same prompt ids and stop at the same tokens. A torch
+    model decodes the prompts in batches (`eval.batched`): one step reads the weights once for every row.
     """
-    from llmkit.generate import generate
+    from llmkit.eval.batched import greedy_reply_ids
 
     stop_ids = []
     if chat:
         end = tokenizer.convert_tokens_to_ids("<|end|>")
         stop_ids = [end] if isinstance(end, int) and end != tokenizer.unk_token_id else []
-    on_backend = hasattr(model, "prefill") and hasattr(model, "step")
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             if chat else p for p in prompts]
+    if not (hasattr(model, "prefill") and hasattr(model, "step")):
+        replies = greedy_reply_ids(model, tokenizer, texts, max_new_tokens, stop_ids, progress=progress, label="generate")
+        return [{"prompt": p, "prediction": tokenizer.decode(ids, skip_special_tokens=True), "tokens": len(ids)}
+                for p, ids in zip(prompts, replies, strict=True)]
     task = progress.add_task("generate", total=len(prompts)) if progress is not None else None
     out = []
-    for prompt in prompts:
-        text = prompt
-        if chat:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        if on_backend:
-            prediction, token_ids = greedy_on_backend(model, tokenizer, text, max_new_tokens, stop_ids)
-        else:
-            result = generate(model, tokenizer, text, max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=stop_ids)
-            prediction, token_ids = result.text, result.token_ids
+    for prompt, text in zip(prompts, texts, strict=True):
+        prediction, token_ids = greedy_on_backend(model, tokenizer, text, max_new_tokens, stop_ids)
         out.append({"prompt": prompt, "prediction": prediction, "tokens": len(token_ids)})
         if task is not None:
             progress.advance(task)
