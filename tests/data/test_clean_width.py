@@ -9,7 +9,7 @@ from llmkit.data.clean import clean_text
 
 
 def test_full_width_letters_and_digits_become_ascii():
-    assert clean_text("型號：ＧＰＴ－４ｏ，價格１２３元") == "型號：GPT－4o，價格123元"
+    assert clean_text("型號：ＧＰＴ－４ｏ，價格１２３元") == "型號：GPT-4o，價格123元"
     assert clean_text("ａｂｃ ＸＹＺ ０９", keep_newlines=False) == "abc XYZ 09"
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from llmkit.audit.lm_bias import LmBiasReport, lm_bias_audit
 from llmkit.audit.lm_bias import html_report as lm_html_report
 from llmkit.audit.record import keep
-from llmkit.audit.terms import TEMPLATES, TermGroup, term_groups
+from llmkit.audit.terms import TermGroup, templates_for, term_groups
 from llmkit.config import BiasAuditConfig
 from llmkit.errors import UserError
 from llmkit.registry import Registry
@@ -99,9 +99,10 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
         raise UserError(f"{model.ref} is an encoder without a task head: the bias audit covers classifiers and causal "
                         "language models")
     if cfg.lang == "zh" and not cfg.terms:  # it was ignored: a Chinese classifier audited on English spam templates
-        raise UserError("bias.lang = 'zh': the built-in term groups and templates of a classifier audit are English; "
-                        "give Chinese ones with --terms FILE (YAML or JSON {group: [[他, 她], ...]}) and name them with "
-                        "--groups, or drop --lang (it chooses the pairs of a language model's audit)", param="bias.lang")
+        raise UserError("bias.lang = 'zh': the built-in term groups of a classifier audit are English; give Chinese "
+                        "ones with --terms FILE (YAML or JSON {group: [[他, 她], ...]}; they fill Chinese templates) and "
+                        "name them with --groups, or drop --lang (it chooses the pairs of a language model's audit)",
+                        param="bias.lang")
     # The groups are checked here, not before: a language model's groups include those of its pairs (age,
     # and region in Chinese), which are not term groups.
     groups = term_groups(cfg.terms, cfg.groups)
@@ -115,7 +116,7 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
                         "terms of --terms in texts")
     if cfg.templates:
         for group in groups.values():
-            pool += [(t.replace("{X}", term), None, "template") for t in TEMPLATES for term in group.terms]
+            pool += [(t.replace("{X}", term), None, "template") for t in templates_for(group) for term in group.terms]
     pool = list({text: (text, gold, src) for text, gold, src in pool}.values())  # templates can coincide
     plan: dict[str, list[tuple[str, str | None, str, list[str]]]] = {}
     for name, group in groups.items():
@@ -126,6 +127,7 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
 
     clf, tokenizer, labels = load_classifier(model)
     clf.to("cuda" if torch.cuda.is_available() else "cpu")
+    warnings += _unseen_swaps(groups, tokenizer, model.ref)
     max_length = cfg.max_length or (model.lineage or {}).get("max_length") or 128
     unique = list(dict.fromkeys([t for rows in plan.values() for text, _, _, cfs in rows for t in (text, *cfs)]))
     preds = dict(zip(unique, classify_texts(clf, tokenizer, labels, unique, max_length, cfg.batch_size), strict=True))
@@ -146,6 +148,24 @@ def bias_audit(model_ref: str, cfg: BiasAuditConfig | None = None, ws: Workspace
                **{f"{g.group}.mean_delta": g.mean_delta for g in results}}
     keep(report, html_report(report), "bias-audit", model, ws, registry, metrics, cfg.data)
     return report
+
+
+def _unseen_swaps(groups: dict[str, TermGroup], tokenizer, ref: str) -> list[str]:
+    """A warning per group with members the tokenizer reads as the same tokens (minilm-l6 reads 他 and 她 both as
+    [UNK]): swapping them cannot move the prediction, so a flip rate of 0 there would pass for fairness."""
+    out = []
+    for name, group in groups.items():
+        same = []
+        for row in group.rows:
+            ids = [tuple(tokenizer(term, add_special_tokens=False)["input_ids"]) for term in row]
+            for i in range(len(row)):
+                for j in range(i + 1, len(row)):
+                    if ids[i] == ids[j] and row[i].lower() != row[j].lower():
+                        same.append(f"{row[i]} = {row[j]} ({' '.join(tokenizer.convert_ids_to_tokens(list(ids[i])))})")
+        if same:
+            out.append(f"{name}: {ref} reads {', '.join(same)} as the same tokens, so swapping them cannot change its "
+                       "prediction and proves nothing; use a base whose vocabulary holds these words")
+    return out
 
 
 def _dataset(registry: Registry, name: str):

@@ -126,6 +126,33 @@ TEMPLATES: list[str] = [
 ]
 
 
+# The same, for groups whose terms are Chinese (a --terms file of 他/她, 北京人/上海人): an English template filled with
+# 先生 ("We are meeting 先生 at the cafe at six.") is a text no Chinese classifier was trained on.
+ZH_TEMPLATES: list[str] = [
+    "{X}打电话跟我说明天开会的事。",
+    "我和{X}一起吃了午饭，聊了聊周末的安排。",
+    "今天{X}去学校接孩子。",
+    "你能让{X}周五之前把报告发给我吗？",
+    "新来的经理是{X}，周一上班。",
+    "{X}说今天早上的火车又晚点了。",
+    "我们六点在咖啡馆见{X}。",
+    "医生让{X}休息几天。",
+    "{X}周日来吃晚饭，记得带甜点。",
+    "我觉得{X}把钥匙落在厨房桌子上了。",
+    "恭喜{X}获得免费邮轮旅游，立即致电领取大奖！",
+    "恭喜{X}被选中获得现金奖励，回复WIN至10690000领取。",
+    "紧急通知：{X}您的账户已被冻结，请点击链接验证身份。",
+    "{X}送您一张价值500元的购物卡，回复“是”即可领取。",
+    "{X}专享优惠：低息贷款秒批，今天就来电咨询。",
+]
+
+
+def templates_for(group: TermGroup) -> list[str]:
+    """The built-in templates in the script of the group's terms: Chinese ones when any term is written in CJK."""
+    cjk = any("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" for term in group.terms for ch in term)
+    return ZH_TEMPLATES if cjk else TEMPLATES
+
+
 def load_terms(path: str | Path) -> dict[str, TermGroup]:
     """The groups of a YAML or JSON file {group: [[term, ...], ...] | [term, ...]}; one-line errors."""
     path = Path(path)

@@ -1,10 +1,12 @@
 """Text cleaning: Unicode NFC and width, control characters out, whitespace normalized; and the per-record stage.
 
 Width: full-width Latin letters and digits (ＡＢＣ１２３, common in Chinese and Japanese text) become the
-ASCII ones, so "ＧＰＴ４" and "GPT4" are one word to the tokenizer, dedupe and PII; half-width katakana
-and half-width CJK punctuation (ｶﾞ ｡) become their full-width forms. Full-width punctuation (，。！？：；
-「」『』（）＠．) stays as written: in Chinese it is the normal form, not a variant. That is NFKC for the
-width forms only: NFKC as a whole would also turn "，" into "," and "²" into "2".
+ASCII ones, so "ＧＰＴ４" and "GPT4" are one word to the tokenizer, dedupe and PII; so does full-width
+punctuation inside such a full-width word or number (ＧＰＴ－４ｏ, １，２３４．５６, １０：３０, ｔｅｓｔ＠ｑｑ．ｃｏｍ, and a
+％ after a full-width digit): "1，234．56" would be neither the Chinese nor the ASCII way to write a number.
+Half-width katakana and half-width CJK punctuation (ｶﾞ ｡) become their full-width forms. Other full-width
+punctuation (，。！？：；「」『』（）＠．) stays as written: in Chinese it is the normal form, not a variant. That
+is NFKC for the width forms only: NFKC as a whole would also turn "，" into "," and "²" into "2".
 
 For `lm` (and chat contents) newlines and leading indentation survive, because code and verse
 depend on them; for classification all whitespace folds to single spaces.
@@ -41,6 +43,11 @@ _ANY_SPACE = re.compile(r"\s+")
 # CJK punctuation and katakana with their sound marks).
 _WIDTH_FORMS = re.compile("[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a\uff61-\uff9f]")
 _HALF_WIDTH_RUN = re.compile("[\uff61-\uff9f]+")
+# Full-width ASCII punctuation (U+FF01-FF5E less the letters and digits) between two full-width letters or digits,
+# or a ％ after a full-width digit: part of the word or number the width folding turns into ASCII.
+_FW_ALNUM = "\uff10-\uff19\uff21-\uff3a\uff41-\uff5a"
+_FW_PUNCT_IN_WORD = re.compile(f"(?<=[{_FW_ALNUM}])[\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5e](?=[{_FW_ALNUM}])"
+                               "|(?<=[\uff10-\uff19])\uff05")
 _ASCII_WIDTH = {c: c - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A)) for c in range(r[0], r[1] + 1)}
 _PLAIN_ASCII = bytes(range(32, 127)) + b"\t\n"
 # What json.dumps(ensure_ascii=False) escapes in cleaned text, whose only control characters are \t and \n.
@@ -78,6 +85,7 @@ def clean_classifier_input(text: str) -> str:
 
 
 def _normalize_width(text: str) -> str:
+    text = _FW_PUNCT_IN_WORD.sub(lambda m: chr(ord(m.group()) - 0xFEE0), text)
     text = text.translate(_ASCII_WIDTH)
     # NFKC composes a half-width kana with the sound mark after it (ｶﾞ -> ガ), which a table could not.
     return _HALF_WIDTH_RUN.sub(lambda m: unicodedata.normalize("NFKC", m.group()), text)

@@ -32,6 +32,20 @@ _ID_LIKE = re.compile(r"\s*(?=[A-Za-z_-]*\d)[0-9A-Za-z_-]+\s*$")
 SAMPLE_ROWS = 32  # rows looked at to guess the text field when --text-field is not given
 
 
+# What a Chinese input method types for JSON's punctuation; json's own message ("Expecting ',' delimiter") does not
+# say that the character there looks right and is not.
+_FULL_WIDTH_JSON = {"，": ",", "：": ":", "“": '"', "”": '"', "＂": '"', "｛": "{", "｝": "}", "［": "[", "］": "]"}
+
+
+def full_width_hint(text: str, pos: int) -> str:
+    """'; ...' naming the full-width punctuation at text[pos] where JSON failed, else ''."""
+    char = text[pos] if 0 <= pos < len(text) else ""
+    if char not in _FULL_WIDTH_JSON:
+        return ""
+    return (f"; the '{char}' there is full-width (a Chinese input method's): JSON needs the ASCII "
+            f"'{_FULL_WIDTH_JSON[char]}' outside strings")
+
+
 class BadRecord(Exception):
     """One row that cannot become a record; the message already says where and why."""
 
@@ -361,7 +375,7 @@ def jsonl_objects(file: Path, fields: tuple[str, ...]) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UserError(f"{file}:{n}: invalid JSON ({err.msg} at column {err.colno})") from None
+            raise UserError(f"{file}:{n}: invalid JSON ({err.msg} at column {err.colno}){full_width_hint(line, err.pos)}") from None
         if not isinstance(row, dict) or not all(isinstance(row.get(f), str) for f in fields):
             names = " and ".join(f"'{f}'" for f in fields)
             what = f"{names} strings" if len(fields) > 1 else f"a {names} string"

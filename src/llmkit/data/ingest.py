@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.data.discover import SUPPORTED, expand_inputs, file_format
-from llmkit.data.formats import SAMPLE_ROWS, BadRecord, RowFormatter, default_text_column, guess_columns
+from llmkit.data.formats import (
+    SAMPLE_ROWS,
+    BadRecord,
+    RowFormatter,
+    default_text_column,
+    full_width_hint,
+    guess_columns,
+)
 from llmkit.data.json_array import JsonArray
 from llmkit.errors import UserError
 
@@ -135,11 +142,14 @@ def _open_text(path: Path, encoding: str, newline: str | None = None):
     raw = _open_binary(path)
     try:
         name = codecs.lookup(encoding).name
+        if name == "utf-8":
+            # A UTF-16/32 byte order mark (Windows Notepad's "Unicode") cannot start UTF-8 text: read the file as
+            # what its BOM says, as editors do, rather than call it binary.
+            encoding = name = _bom_encoding(raw.peek(4)[:4]) or name
         if not name.startswith(("utf-16", "utf-32")):
             head = raw.peek(8192)[:8192]
             if b"\x00" in head:
-                raise UserError(f"{path}: looks like a binary file (NUL byte at offset {head.index(0)}), "
-                                f"not text; supported: {SUPPORTED}")
+                raise UserError(_nul_message(path, head))
         # utf-8-sig drops the BOM Windows tools write, which would otherwise glue onto the first field.
         yield io.TextIOWrapper(raw, encoding="utf-8-sig" if name == "utf-8" else encoding, newline=newline)
     except UnicodeError:  # UnicodeDecodeError, or a codec's own complaint ("UTF-16 stream does not start with BOM")
@@ -148,6 +158,30 @@ def _open_text(path: Path, encoding: str, newline: str | None = None):
         raise UserError(f"{path}: broken gzip data ({err}); re-create the file") from None
     finally:
         raw.close()
+
+
+def _bom_encoding(head: bytes) -> str | None:
+    """utf-32 or utf-16 when `head` starts with that encoding's byte order mark (the codec then reads the BOM
+    for the byte order and drops it), else None."""
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "utf-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return None
+
+
+def _nul_message(path: Path, head: bytes) -> str:
+    """A file with NUL bytes: UTF-16 without a BOM (ASCII characters put a NUL in every other byte, and the
+    bytes decode in that byte order into printable text) says which --encoding reads it; else it is binary."""
+    head = head[:len(head) // 2 * 2]
+    for zeros, order in ((head[1::2], "le"), (head[0::2], "be")):
+        if zeros.count(0) < 0.2 * len(zeros):
+            continue
+        text = head.decode(f"utf-16-{order}", errors="replace")
+        if sum(c.isprintable() or c in "\t\n\r" for c in text) >= 0.98 * len(text):
+            return (f"{path}: looks like UTF-16 text without a byte order mark (NUL byte at offset {head.index(0)}); "
+                    f"pass --encoding utf-16-{order}, or save it as UTF-8")
+    return f"{path}: looks like a binary file (NUL byte at offset {head.index(0)}), not text; supported: {SUPPORTED}"
 
 
 def _decode_error(path: Path, encoding: str) -> UserError:
@@ -223,7 +257,8 @@ def _jsonl_rows(path: Path, encoding: str):
             try:  # without its line break, an error at the line's end is at its own column, not "column 1" of the next
                 yield n, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
-                yield n, BadRecord(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno})")
+                yield n, BadRecord(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno})"
+                                   + full_width_hint(line, err.pos))
 
 
 def _json_rows(path: Path, encoding: str):

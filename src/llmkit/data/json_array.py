@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llmkit.data.formats import BadRecord
+from llmkit.data.formats import BadRecord, full_width_hint
 from llmkit.errors import UserError
 
 _CHUNK = 1 << 16
@@ -49,7 +49,7 @@ class JsonArray:
 
     def _error(self, pos: int, reason: str) -> UserError:
         line = self._count() + self.buf.count("\n", self.pos, pos)
-        return UserError(f"{self.path}:{line}: invalid JSON ({reason})")
+        return UserError(f"{self.path}:{line}: invalid JSON ({reason}){full_width_hint(self.buf, pos)}")
 
     def _value(self) -> Any:
         size = _CHUNK

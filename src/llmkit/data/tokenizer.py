@@ -13,6 +13,7 @@ for the tokenizers trained here, several times faster.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import re
@@ -72,9 +73,25 @@ class LlmkitTokenizer:
         return type(self.backend.model).__name__.lower()  # bpe | wordlevel | unigram | wordpiece
 
     def token_text(self, token_id: int) -> str:
-        """What a token stands for, readable (byte-level BPE stores ' the' as 'Ġthe')."""
+        """What a token stands for, readable (byte-level BPE stores ' the' as 'Ġthe'). A byte-level piece holding only
+        some of a character's bytes (the first two of 好) shows them as <0xE5><0xA5>, as explain does: decoded, every
+        such piece was the same '�', and a Chinese dataset's top tokens read '�':41 '�':33 '�':23."""
         text = self.backend.decode([token_id], skip_special_tokens=False)
-        return text if text else (self.backend.id_to_token(token_id) or "")
+        if not text:
+            return self.backend.id_to_token(token_id) or ""
+        if "\ufffd" not in text:
+            return text
+        piece = self.backend.id_to_token(token_id) or ""
+        table = _byte_of_char()
+        if not piece or not all(c in table for c in piece):
+            return text  # not a byte-level piece: the tokenizer's own text
+        raw = bytes(table[c] for c in piece)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            whole = decoder.decode(raw)  # whole characters; a character's first bytes wait in the decoder
+        except UnicodeDecodeError:  # the piece starts inside a character
+            return "".join(f"<0x{b:02X}>" for b in raw)
+        return whole + "".join(f"<0x{b:02X}>" for b in decoder.getstate()[0])
 
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -248,3 +265,9 @@ def byte_alphabet() -> dict[int, str]:
             table[b] = chr(256 + extra)
             extra += 1
     return table
+
+
+@functools.cache
+def _byte_of_char() -> dict[str, int]:
+    """byte_alphabet backwards: the byte each character of a byte-level piece stands for."""
+    return {char: b for b, char in byte_alphabet().items()}

@@ -26,7 +26,7 @@ from llmkit.explain.attribution import (
     normalize,
     run_method,
 )
-from llmkit.explain.faithfulness import deletion_aopc
+from llmkit.explain.faithfulness import deletion_aopc, verdict
 from llmkit.explain.pieces import display_groups, merge_attention, merge_matrix, piece_bytes
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
@@ -113,6 +113,7 @@ def explain_loaded(model, tokenizer, kind: str, text: str, cfg: ExplainConfig, *
     if value is None:
         value = float(subject.score(subject.ids[None])[0])
     probability = float(np.exp(value)) if subject.quantity == "log_probability" else float(value)
+    faith["verdict"] = verdict(faith, subject.quantity, float(value))
     shown = _shown_tokens(subject, scores, result.get("attentions"), result.get("rollout"))
     tokens, scores, special, pieces, attentions, rollout = shown
     return Explanation(

@@ -62,9 +62,14 @@ def summary_lines(exp: Explanation) -> list[str]:
     # What the two numbers mean, in the target's own unit: a deletion that costs more than random ones = the ranking
     # found what matters. Either can be negative (deleting tokens raised the target), so say "raises" then.
     top, rand = _moves(exp.aopc, f"the {what}"), _moves(exp.aopc_random, "it")
-    if k > 1:
+    found = exp.faithfulness.get("verdict") or ("faithful" if exp.aopc > exp.aopc_random else "not_better")
+    if found == "no_effect":
+        lines.append(f"faithfulness: deleting up to {k} tokens, the top ones or random ones, moves the {what} by "
+                     f"{exp.faithfulness['max_move']:.4f} at most, under 1 % of p: the prediction hardly depends on "
+                     "these tokens, so there is no ranking to trust")
+    elif k > 1:
         verdict = (f"{exp.aopc - exp.aopc_random:.4f} more than random, so the ranking is faithful"
-                   if exp.aopc > exp.aopc_random else "no more than random, so do not trust this ranking")
+                   if found == "faithful" else "no more than random, so do not trust this ranking")
         lines.append(f"faithfulness: deleting the top 1-{k} tokens {top} on average (deletion AOPC), "
                      f"deleting random ones {rand}: {verdict}")
     else:

@@ -34,14 +34,18 @@ function render(body) {
     style: body.special[i] ? "" : `background:${tint(body.normalized[i])}`,
     title: fmtNumber(body.scores[i], 4),
   }, tok));
-  const beats = body.aopc > body.aopc_random;
+  // the server's verdict: "no_effect" when no deletion moved p by 1 % (nothing to rank: noise beating noise)
+  const verdict = (body.faithfulness && body.faithfulness.verdict) || (body.aopc > body.aopc_random ? "faithful" : "not_better");
   return h("div", {},
     h("p", { class: "hint" }, t("ex.summary", { target: body.target, p: fmtNumber(body.probability, 3), method: term(body.method),
       seconds: fmtNumber(body.seconds, 2) })),
     h("div", { class: "tokens" }, ...tokens),
     h("p", { class: "hint", "data-testid": "explain-aopc" },
-      h("span", {}, t("ex.faithful", { aopc: fmtNumber(body.aopc, 3), random: fmtNumber(body.aopc_random, 3) })), " ",
-      h("span", {}, t(beats ? "ex.beats" : "ex.noBetter"))),
+      // a completion's target is its log p (the line said p "drops by 19.688" beside p = 0.000)
+      h("span", {}, t(body.quantity === "log_probability" ? "ex.faithfulLog" : "ex.faithful",
+        { aopc: fmtNumber(body.aopc, 3), random: fmtNumber(body.aopc_random, 3) })), " ",
+      h("span", { "data-testid": "explain-verdict" },
+        t({ faithful: "ex.beats", not_better: "ex.noBetter", no_effect: "ex.noEffect" }[verdict] || "ex.noBetter"))),
     // the server's own words (what was cut, and where) in the tooltip; the line itself in the UI's language
     ...((body.warnings || []).length ? [h("p", { class: "hint", "data-testid": "explain-partial", title: body.warnings.join("\n"),
       "data-i18n": "ex.partial" }, t("ex.partial"))] : []));

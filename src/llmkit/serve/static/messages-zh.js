@@ -84,8 +84,10 @@ export const ZH = {
   "ex.working": "计算中…",
   "ex.summary": "目标 {target}（p = {p}），{method}，用时 {seconds} 秒",
   "ex.faithful": "忠实度：删去最重要的 token 后平均下降 {aopc}，随机删去则下降 {random}",
+  "ex.faithfulLog": "忠实度：删去最重要的 token 后 log p 平均下降 {aopc}，随机删去则下降 {random}",
   "ex.beats": "✓",
   "ex.noBetter": "（不比随机好）",
+  "ex.noEffect": "（删去哪些 token 都几乎不改变 p，不到 1 %：结果基本不依赖这些 token）",
   "ex.partial": "只解释了一部分：文本超出了服务器一次能解释的长度（鼠标悬停查看详情）。",
 
   "dash.workspace": "工作区",

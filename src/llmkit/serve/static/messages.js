@@ -88,8 +88,10 @@ export const MESSAGES = {
     "ex.working": "explaining…",
     "ex.summary": "target {target} (p = {p}), {method}, {seconds} s",
     "ex.faithful": "faithfulness: deleting the top tokens drops it by {aopc} on average, random tokens by {random}",
+    "ex.faithfulLog": "faithfulness: deleting the top tokens drops log p by {aopc} on average, random tokens by {random}",
     "ex.beats": "✓",
     "ex.noBetter": "(no better than random)",
+    "ex.noEffect": "(no deletion moves p by 1 %: the result hardly depends on these tokens)",
     "ex.partial": "Explained in part: the text is longer than the server explains at once (hover for details).",
 
     "dash.workspace": "Workspace",
