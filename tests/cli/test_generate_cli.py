@@ -68,3 +68,13 @@ def test_chat_answers_each_line_until_an_empty_one(lm_workspace: Path, tiny_mode
     assert out.returncode == 0, out.stderr
     messages = json.loads(out.stdout[out.stdout.index("{"):])["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+
+
+def test_chat_ends_on_bye_and_forgets_the_conversation_on_clear(lm_workspace: Path, tiny_model):
+    # "/exit" was sent to the model as a message; /clear keeps the system message only
+    out = llmkit(lm_workspace, "chat", "tiny-lm", "--max-new-tokens", "4", "--seed", "1", "--json", "--system", "Be brief",
+                 stdin="Hello there\n/clear\nHow are you\n/exit\nnever sent\n")
+    assert out.returncode == 0, out.stderr
+    messages = json.loads(out.stdout[out.stdout.index("{"):])["messages"]
+    assert [(m["role"], m["content"]) for m in messages][:2] == [("system", "Be brief"), ("user", "How are you")]
+    assert len(messages) == 3 and "conversation cleared" in out.stdout + out.stderr

@@ -257,6 +257,9 @@ def test_chat_layouts(tmp_path):
     ([{"role": "assistant", "content": "a"}], "message 1 is assistant where user was expected"),
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}], "message 2 (assistant) has no text"),
     ([{"role": "robot", "content": "q"}], "has role 'robot'"),
+    # the spellings read as the three roles, and the way past such a record, are named
+    ([{"role": "用户", "content": "q"}], "has role '用户'; roles: system, user, assistant (also read as them: human, "
+                                         "prompter, gpt, bot, model, chatgpt); --skip-bad skips such records"),
 ])
 def test_chat_validation(tmp_path, messages, why):
     path = write(tmp_path / "c.jsonl", json.dumps({"messages": messages}))

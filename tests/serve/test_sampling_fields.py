@@ -80,6 +80,8 @@ BAD = [
     ("/v1/chat/completions", {"response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "object", "properties": {"n": {"type": "integer", "minimum": "5"}}}}}},
      "response_format.json_schema.schema"),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "查询天气"}}]},
+     "tools[0].function.name"),
 ]
 
 
@@ -91,8 +93,10 @@ def test_what_cannot_be_honoured_is_a_400_naming_the_field(url, path, extra, par
     error = r.json()["error"]
     assert error["param"] == param, error
     assert "\n" not in error["message"] and error["type"] == "invalid_request_error", error
-    if "tools" in extra:
+    if "tools" in extra and param.endswith("parameters"):
         assert "at /properties/city/type" in error["message"] and "arguments" not in error["message"], error
+    if param.endswith("function.name"):  # it was pydantic's "String should match pattern '^[A-Za-z0-9_.\\-]+$'"
+        assert "names use ASCII letters, digits, _ . and - (OpenAI's rule)" in error["message"], error
 
 
 def test_what_openai_allows_still_works(client):

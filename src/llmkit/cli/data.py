@@ -60,7 +60,7 @@ def prepare(ctx: Ctx, cfg) -> None:
         empty = [split for split in ("val", "test") if not m["splits"].get(split, {}).get("records")]
         if empty and cfg.splits.val > 0:  # found only when training stopped on it, blaming --context
             console.print(f"  [yellow]note:[/yellow] {' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty "
-                          f"({c['kept']} records kept): training evaluates on val; give more records, or "
+                          f"({c['kept']} record{'' if c['kept'] == 1 else 's'} kept): training evaluates on val; give more records, or "
                           + ("for one large file --doc-split blank-line or line" if m["task"] == "lm"
                              else "a larger share with --splits-val 0.2"), highlight=False)
         train_labels = (m.get("labels") or {}).get("train") or {}

@@ -98,13 +98,18 @@ def _load(ref: str, ctx: Ctx, verb: str):
     return load_causal_lm(model)
 
 
+# Commands a chat client's user types to leave (Ollama's /bye, a shell's exit): sent to the model they were answered.
+ENDS_CHAT = ("/bye", "/exit", "/quit")
+
+
 @configured("generate", repeat=("stop",))
 def chat(
     ctx: Ctx, cfg,
     model: MODEL_ARG,
     system: Annotated[str | None, typer.Option(help="System message.")] = None,
 ) -> None:
-    """Talk with a model in the terminal; uses its chat template when it has one. Empty line or Ctrl-D ends."""
+    """Talk with a model in the terminal; uses its chat template when it has one. An empty line, /bye (/exit, /quit) or
+    Ctrl-D ends; /clear starts the conversation again."""
     from llmkit.generate import chat_prompt
     from llmkit.generate import generate as run_generate
 
@@ -117,14 +122,18 @@ def chat(
     templated = bool(getattr(tok, "chat_template", None))
     messages = [{"role": "system", "content": system}] if system else []
     console.print(f"[dim]chatting with {model} ({'chat template' if templated else 'plain continuation'}); "
-                  "an empty line ends[/dim]")
+                  "an empty line, /bye or Ctrl-D ends; /clear forgets the conversation[/dim]")
     while True:
         try:
             line = input("you> ")
         except EOFError:
             break
-        if not line.strip():
+        if not line.strip() or line.strip().lower() in ENDS_CHAT:
             break
+        if line.strip().lower() == "/clear":  # as Ollama's: the system message stays
+            messages = messages[:1] if system else []
+            console.print("[dim]conversation cleared[/dim]")
+            continue
         valid_text(line, f"line {sum(m['role'] == 'user' for m in messages) + 1} of the input")
         _warn_unknown(tok, line, "your line")
         messages.append({"role": "user", "content": line})

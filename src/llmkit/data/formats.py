@@ -17,6 +17,7 @@ from typing import Any
 
 from llmkit.data.preference import PreferenceError, preference_record
 from llmkit.data.roles import ROLES as _ROLES
+from llmkit.data.roles import roles_hint
 from llmkit.errors import UserError
 
 TASKS = ("lm", "chat", "classify", "preference")
@@ -343,7 +344,7 @@ def _validate(messages: list[dict], where: str) -> list[dict]:
     for i, msg in enumerate(messages):
         role = _ROLES.get(str(msg["role"]).lower()) if msg["role"] is not None else None
         if role is None:
-            raise BadRecord(f"{where}: message {i + 1} has role {msg['role']!r}; roles: system, user, assistant")
+            raise BadRecord(f"{where}: message {i + 1} has role {msg['role']!r}; {roles_hint()}")
         content = msg["content"]
         if not isinstance(content, str) or not content.strip():
             raise BadRecord(f"{where}: message {i + 1} ({role}) has no text")

@@ -24,6 +24,7 @@ from typing import Any
 
 from llmkit.data.clean import clean_text
 from llmkit.data.roles import ROLES as _ROLES
+from llmkit.data.roles import roles_hint
 
 # Reasons a row is rejected, as counted in the manifest under --skip-bad.
 SAME = "chosen_equals_rejected"
@@ -200,8 +201,7 @@ def _messages(value: Any, field: str) -> list[dict[str, str]]:
         role = _ROLES.get(str(msg.get("role", msg.get("from"))).lower())
         content = msg.get("content", msg.get("value", msg.get("text")))
         if role is None:
-            raise PreferenceError(f"{field}[{i}] has role {msg.get('role', msg.get('from'))!r}; "
-                                  "roles: system, user, assistant", LAYOUT)
+            raise PreferenceError(f"{field}[{i}] has role {msg.get('role', msg.get('from'))!r}; {roles_hint()}", LAYOUT)
         if not isinstance(content, str):
             raise PreferenceError(f"{field}[{i}] ({role}) has no text", EMPTY if role == "assistant" else LAYOUT)
         out.append({"role": role, "content": content})

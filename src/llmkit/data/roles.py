@@ -13,3 +13,9 @@ ROLES = {
     "model": "assistant",
     "chatgpt": "assistant",
 }
+
+
+def roles_hint() -> str:
+    """What a message with an unknown role is told: the roles, and the other spellings read as them."""
+    others = ", ".join(k for k, v in ROLES.items() if k != v)
+    return f"roles: system, user, assistant (also read as them: {others}); --skip-bad skips such records"

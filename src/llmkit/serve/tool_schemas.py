@@ -7,12 +7,24 @@ a JSON string, as OpenAI's do; `serve.tools` parses them where a chat template n
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def _name_as_openai_takes_it(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        # a name in Chinese (查询天气) was refused with pydantic's "String should match pattern '^[A-Za-z0-9_.\-]+$'"
+        raise ValueError(f"function name {name!r}: names use ASCII letters, digits, _ . and - (OpenAI's rule); put words "
+                         "in other scripts in the function's description")
+    return name
+
 
 # Names as OpenAI's API accepts them: what a template, a grammar and a client all handle alike.
-FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+FunctionName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_name_as_openai_takes_it)]
 
 
 class _Request(BaseModel):
