@@ -297,3 +297,43 @@ def test_a_moved_or_copied_workspace_reads_its_own_folders(tmp_path: Path, share
         resolve_model("mv-base", shared)
     with pytest.raises(UserError, match=r"^dataset tiny:v1's files are at .*, outside this workspace"):
         open_dataset(shared, "tiny")
+
+
+# -- a workspace that cannot be written ---------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only_workspace(tmp_path: Path):
+    """A workspace on a read-only mount (as root, which writes through any folder mode), else in a folder mode 0555."""
+    ws = Workspace.open(tmp_path / "ws")
+    if os.geteuid() != 0:
+        for kind in KINDS:
+            (ws.root / kind).chmod(0o555)
+        yield ws
+        for kind in KINDS:
+            (ws.root / kind).chmod(0o755)
+        return
+    view = tmp_path / "ro"
+    view.mkdir()
+    if subprocess.run(["mount", "--bind", str(ws.root), str(view)], capture_output=True).returncode != 0:
+        pytest.skip("no read-only mount here (mount --bind refused) and root writes through folder modes")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], check=True, capture_output=True)
+        yield Workspace(view)
+    finally:
+        subprocess.run(["umount", str(view)], capture_output=True)
+
+
+def test_writing_into_a_read_only_workspace_is_one_line_naming_the_folder(read_only_workspace: Workspace) -> None:
+    from llmkit.train.checkpoint import start_run
+
+    target = read_only_workspace.root / "models" / "m-1"
+    with pytest.raises(UserError) as err, atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("x")
+    message = str(err.value)
+    assert message.startswith(f"cannot write {target}: ") and TMP_PREFIX not in message
+    assert "--workspace" in message and "\n" not in message
+    assert not target.exists()
+
+    with pytest.raises(UserError, match=r"cannot write .*/runs/r-\w+: .*--workspace"):
+        start_run(read_only_workspace, None, "r", "pretrain", None, [])

@@ -8,6 +8,7 @@ place, and only then registered: a crash leaves either the old state or the new 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -132,9 +133,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     On any exception the temporary folder is removed and `target` is left as it was.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f"{TMP_PREFIX}{os.getpid()}-{os.urandom(3).hex()}-{target.name}"
-    tmp.mkdir()
+    make_folder(tmp, shown=target)
     try:
         yield tmp
         share_like_umask(tmp)
@@ -151,6 +151,22 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def make_folder(path: Path, shown: Path | None = None) -> None:
+    """mkdir -p, with a folder that may not be written (a read-only disk or mount, another user's folder) said in one
+    line naming it (`shown`: the folder the user knows of, not its temporary twin) and how to go on."""
+    try:
+        path.mkdir(parents=True)
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        where = Path(err.filename or path)
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        why = "is on a read-only file system" if err.errno == errno.EROFS else f"is not writable by this user (uid {os.getuid()})"
+        raise UserError(f"cannot write {shown or path}: {where} {why}; make it writable (or remount it read-write), or pass "
+                        "--workspace a folder you can write") from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -4,6 +4,7 @@ that wait for the lock, and which errors are another process's lock (retried) ra
 from __future__ import annotations
 
 import random
+import re
 import time
 
 import sqlalchemy as sa
@@ -24,9 +25,26 @@ def make_engine(url: str) -> sa.Engine:
         # a server that is down or unreachable is said within seconds, not after the OS's TCP timeout
         return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10}
                                 if url.startswith("postgresql") else {})
+    except ValueError as err:  # a port that is not a number ('...:5543x/db'): SQLAlchemy leaves it to int()
+        raise UserError(f"registry URL '{safe_url(url)}' is not usable ({err}): its port must be a number; use "
+                        "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB") from None
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as err:
         raise UserError(f"registry URL '{safe_url(url)}' is not usable ({err}); use sqlite:///PATH or "
                         "postgresql+psycopg://USER@HOST/DB") from None
+
+
+def unreachable_hint(text: str) -> str:
+    """How to fix a database server that refused to open a connection, from the driver's message."""
+    lower = text.lower()
+    if "password authentication failed" in lower or "no password supplied" in lower:
+        return "check the user and password in --db-url (or $LLMKIT_DB_URL, or workspace.db_url in the config file)"
+    if 'fatal: role "' in lower and "does not exist" in lower:
+        return "create that role on the server or fix the user in --db-url"
+    if 'fatal: database "' in lower and "does not exist" in lower:
+        return "create that database (createdb NAME, or CREATE DATABASE) or fix its name in --db-url"
+    if "resolve host" in lower or "name or service not known" in lower or "nodename nor servname" in lower:
+        return "fix the host name in --db-url (or $LLMKIT_DB_URL)"
+    return "start the database server, or fix the host and port in --db-url (or $LLMKIT_DB_URL)"
 
 
 def transient(err: OperationalError) -> bool:
@@ -57,5 +75,5 @@ def safe_url(url: str) -> str:
     """The URL with its password hidden."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable URL>"
+    except Exception:  # not a URL SQLAlchemy parses (a port that is not a number): shown as typed, password hidden
+        return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)

@@ -94,9 +94,14 @@ def registry_state(url: str) -> str:
         with engine.connect() as conn:
             version = (conn.execute(sa.select(schema_table.c.version)).scalar()
                        if sa.inspect(conn).has_table(schema_table.name) else None)
+            # a page overwritten in the middle of the file reads fine until a command reaches it: look at every page
+            damage = (conn.exec_driver_sql("PRAGMA quick_check").scalar() if url.startswith("sqlite") else "ok")
         engine.dispose()
     except Exception as err:  # a driver missing, a server down, a role refused: said, never raised
         return f"cannot be read: {' '.join(str(getattr(err, 'orig', err)).split())[:200]}"
+    if damage != "ok":
+        return (f"damaged ({' '.join(str(damage).split())[:120]}): restore registry.db from a backup, or recover its "
+                "rows with sqlite3's .recover (any command that meets the damage prints how)")
     if version is None:
         return "empty (llmkit makes its tables when it first opens it)"
     if version < SCHEMA_VERSION:

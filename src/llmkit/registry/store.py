@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from llmkit.errors import UserError
-from llmkit.registry.connection import back_off, make_engine, safe_url, transient
+from llmkit.registry.connection import back_off, make_engine, safe_url, transient, unreachable_hint
 from llmkit.registry.names import NAMED_BY_USER, RECORD_TYPES, check_name
 from llmkit.registry.schema import (
     MIGRATIONS,
@@ -134,7 +134,9 @@ class Registry:
             raise
         except OperationalError as err:
             # psycopg's message spans lines ("Is the server running...?"): the user gets one line.
-            raise UserError(f"cannot open the registry at {safe_url(self.url)}: {' '.join(str(err.orig).split())}") from None
+            text = " ".join(str(err.orig).split())
+            hint = "" if self.is_sqlite else f"; {unreachable_hint(text)}"
+            raise UserError(f"cannot open the registry at {safe_url(self.url)}: {text}{hint}") from None
         if before and not self.is_sqlite:  # a team's database: everyone's older llmkit stops working on it now
             print(f"migrated the registry at {safe_url(self.url)} from schema v{before} to v{SCHEMA_VERSION}: llmkit "
                   "older than this one cannot open it any more", file=sys.stderr)
@@ -164,11 +166,19 @@ class Registry:
             return RegistryUnavailable(f"cannot write the registry {where}: its folder {folder} is read-only or not "
                                        f"writable by this user (uid {os.getuid()}); make it writable, or pass --db-url "
                                        "a registry you can write")
-        if self.is_sqlite and ("file is not a database" in text or "database disk image is malformed" in text):
+        if self.is_sqlite and "database disk image is malformed" in text:  # damaged, not foreign: most rows survive
+            file = Path(sa.engine.make_url(self.url).database or ".").resolve()
+            return RegistryUnavailable(f"the registry {file} is damaged ({text[:80]}): restore it from a backup, or "
+                                       f"recover its rows with: sqlite3 {file} .recover | sqlite3 {file}.recovered "
+                                       f"&& mv {file} {file}.bad && mv {file}.recovered {file}")
+        if self.is_sqlite and "file is not a database" in text:
             file = Path(sa.engine.make_url(self.url).database or ".").resolve()
             return RegistryUnavailable(f"the registry {file} is not a SQLite database llmkit can read ({text[:80]}): "
                                        f"move it aside (mv {file} {file}.bad) and llmkit starts an empty one, restore "
                                        "it from a backup, or point --workspace at another workspace")
+        if not self.is_sqlite and isinstance(err, OperationalError):  # down, unreachable, or closed mid-command
+            return RegistryUnavailable(f"cannot open the registry at {where} ({text[:200]}): {unreachable_hint(text)}, "
+                                       "then run the command again")
         if "permission denied" in text or "read-only" in text:
             return RegistryUnavailable(f"the registry at {where} refused this role ({text[:160]}): llmkit records what "
                                        "it does and needs SELECT, INSERT, UPDATE and DELETE on its tables (and CREATE "
@@ -176,10 +186,18 @@ class Registry:
         return None
 
     def schema_version(self) -> int:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(schema_table.c.version)).scalar_one()
+        return self._read(lambda conn: conn.execute(sa.select(schema_table.c.version)).scalar_one())
 
-    # -- writes -----------------------------------------------------------------------------
+    # -- reads and writes ---------------------------------------------------------------------
+    def _read(self, fn: Callable[[sa.Connection], Any]) -> Any:
+        """fn(conn) on a read connection, retried while another process holds a lock; a database that is down,
+        corrupt or refusing is one line (`_refused`), not a driver's traceback, whichever read meets it first."""
+        def run() -> Any:
+            with self.engine.connect() as conn:
+                return fn(conn)
+
+        return self._retrying(run)
+
     def _write(self, fn: Callable[[sa.Connection], Any]) -> Any:
         """Run fn in one transaction, retrying when another process holds the lock or won a race."""
         def run() -> Any:
@@ -284,8 +302,7 @@ class Registry:
             query = query.where(records.c.type == type)
         if name:
             query = query.where(records.c.name == name)
-        with self.engine.connect() as conn:
-            return [_row_to_record(r, self.root) for r in conn.execute(query)]
+        return self._read(lambda conn: [_row_to_record(r, self.root) for r in conn.execute(query)])
 
     def find(self, ref: str, type: str | None = None) -> Record | None:
         """A record by id, unique id prefix, `name` (latest version), `name:vN` or `name@N`."""
@@ -295,29 +312,31 @@ class Registry:
             if head and tail.isdigit():
                 name, version = head, int(tail)
                 break
-        with self.engine.connect() as conn:
-            query = sa.select(records).where(records.c.name == name)
+        return self._read(lambda conn: self._find(conn, ref, name, version, type))
+
+    def _find(self, conn: sa.Connection, ref: str, name: str, version: int | None, type: str | None) -> Record | None:
+        query = sa.select(records).where(records.c.name == name)
+        if type:
+            query = query.where(records.c.type == type)
+        if version is not None:
+            query = query.where(records.c.version == version)
+        rows = conn.execute(query.order_by(records.c.version.desc())).fetchall()
+        if rows:
+            types = {r._mapping["type"] for r in rows}
+            if len(types) > 1 and type is None:
+                # The same name as a dataset and a model: prefer the model, which people address most.
+                for preferred in ("model", "dataset", "run", "eval"):
+                    if preferred in types:
+                        rows = [r for r in rows if r._mapping["type"] == preferred]
+                        break
+            return _row_to_record(rows[0], self.root)
+        if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref):
+            query = sa.select(records).where(records.c.id.like(ref + "%"))
             if type:
                 query = query.where(records.c.type == type)
-            if version is not None:
-                query = query.where(records.c.version == version)
-            rows = conn.execute(query.order_by(records.c.version.desc())).fetchall()
-            if rows:
-                types = {r._mapping["type"] for r in rows}
-                if len(types) > 1 and type is None:
-                    # The same name as a dataset and a model: prefer the model, which people address most.
-                    for preferred in ("model", "dataset", "run", "eval"):
-                        if preferred in types:
-                            rows = [r for r in rows if r._mapping["type"] == preferred]
-                            break
+            rows = conn.execute(query).fetchall()
+            if len(rows) == 1:
                 return _row_to_record(rows[0], self.root)
-            if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref):
-                query = sa.select(records).where(records.c.id.like(ref + "%"))
-                if type:
-                    query = query.where(records.c.type == type)
-                rows = conn.execute(query).fetchall()
-                if len(rows) == 1:
-                    return _row_to_record(rows[0], self.root)
         return None
 
     def get(self, ref: str, type: str | None = None) -> Record:
@@ -351,8 +370,7 @@ class Registry:
         query = sa.select(records).where(records.c.type == type, records.c.content_hash == content_hash)
         if name:
             query = query.where(records.c.name == name)
-        with self.engine.connect() as conn:
-            row = conn.execute(query.order_by(records.c.version.desc())).first()
+        row = self._read(lambda conn: conn.execute(query.order_by(records.c.version.desc())).first())
         return _row_to_record(row, self.root) if row else None
 
     def parents(self, record_id: str) -> list[tuple[str, Record]]:
@@ -363,8 +381,8 @@ class Registry:
 
     def _linked(self, record_id: str, this_col, other_col) -> list[tuple[str, Record]]:
         query = sa.select(lineage.c.relation, records).join(records, records.c.id == other_col).where(this_col == record_id)
-        with self.engine.connect() as conn:
-            return [(row._mapping["relation"], _row_to_record(row, self.root)) for row in conn.execute(query)]
+        return self._read(lambda conn: [(row._mapping["relation"], _row_to_record(row, self.root))
+                                        for row in conn.execute(query)])
 
     def list_feedback(self, model: str | None = None, response_id: str | None = None) -> list[dict[str, Any]]:
         """Feedback and request-log rows, oldest first; of one model and/or one response when given (the server looks
@@ -374,8 +392,8 @@ class Registry:
             query = query.where(feedback.c.model == model)
         if response_id is not None:
             query = query.where(feedback.c.response_id == response_id)
-        with self.engine.connect() as conn:
-            return [{**row._mapping, "extra": json.loads(row._mapping["extra"])} for row in conn.execute(query)]
+        return self._read(lambda conn: [{**row._mapping, "extra": json.loads(row._mapping["extra"])}
+                                        for row in conn.execute(query)])
 
     def remove_feedback(self, *, model: str | None = None, before: float | None = None,
                         response_ids: list[str] | None = None, count_only: bool = False) -> int:
@@ -386,8 +404,7 @@ class Registry:
         if not where:
             raise ValueError("remove_feedback needs a filter")
         if count_only:
-            with self.engine.connect() as conn:
-                return conn.execute(sa.select(sa.func.count()).select_from(feedback).where(*where)).scalar_one()
+            return self._read(lambda conn: conn.execute(sa.select(sa.func.count()).select_from(feedback).where(*where)).scalar_one())
         return self._write(lambda conn: conn.execute(feedback.delete().where(*where)).rowcount)
 
     def close(self) -> None:

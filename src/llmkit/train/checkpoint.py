@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from llmkit.config import RENAMED_SECTIONS
 from llmkit.errors import UserError
+from llmkit.registry import RegistryUnavailable
 from llmkit.registry.run_state import (
     FAILED,
     FINISHED,
@@ -38,7 +40,7 @@ from llmkit.registry.run_state import (
     run_state,
     running_mark,
 )
-from llmkit.workspace import TMP_PREFIX, atomic_dir, remove_stale_tmp
+from llmkit.workspace import TMP_PREFIX, atomic_dir, make_folder, remove_stale_tmp
 
 STEP_PREFIX = "step-"
 
@@ -79,6 +81,28 @@ def tracks_runs(trainer):
         except TrainingInterrupted as stop:
             _mark_all(ended_mark(STOPPED, str(stop)))
             raise
+        except KeyboardInterrupt:
+            # A second Ctrl-C stops at once, between checkpoints: the run is as resumable as after the first one
+            # (from its last checkpoint), so it is stopped, not failed, and says how to go on like the first.
+            resumable = [(run_dir, run_id) for _, run_dir, run_id, _ in _STARTED.get() if latest_step(run_dir)]
+            if not resumable:
+                _mark_all(ended_mark(FAILED, "KeyboardInterrupt: stopped before its first checkpoint"))
+                raise
+            run_dir, run_id = resumable[-1]
+            stop = TrainingInterrupted(latest_step(run_dir), run_id, _stage_of(run_dir), signal.SIGINT)
+            _mark_all(ended_mark(STOPPED, str(stop)))
+            raise stop from None
+        except RegistryUnavailable as err:
+            # The database went down (or refused) mid-run: nothing can be marked or removed now; the run's checkpoint
+            # is what the user needs to hear about, since the registry being back is all a resume waits for.
+            resumable = [(run_dir, run_id) for _, run_dir, run_id, _ in _STARTED.get() if latest_step(run_dir)]
+            if not resumable:
+                raise
+            run_dir, run_id = resumable[-1]
+            said = str(err).removesuffix(", then run the command again")
+            raise RegistryUnavailable(f"{said}; run {run_id} keeps its checkpoint of step {latest_step(run_dir)}: once "
+                                      f"the registry is back, continue with: llmkit train {_stage_of(run_dir)} "
+                                      f"--resume {run_id}") from None
         except UserError as err:
             kept = []
             for entry in _STARTED.get():
@@ -100,6 +124,15 @@ def tracks_runs(trainer):
         finally:
             _STARTED.reset(token)
     return wrapper
+
+
+def _stage_of(run_dir: Path) -> str:
+    """The trainer a run folder belongs to: its config.yaml's one section (`pretrain`, `sft`, ...)."""
+    try:
+        section = next(iter(yaml.safe_load((run_dir / "config.yaml").read_text()) or {"STAGE": None}))
+        return RENAMED_SECTIONS.get(section, section)  # a run an older llmkit made names pretrain `train`
+    except (OSError, yaml.YAMLError, StopIteration):
+        return "STAGE"
 
 
 def _restore_state(registry, run_id: str, before: dict[str, Any]) -> None:
@@ -145,7 +178,7 @@ def start_run(ws, registry, name: str, section: str, cfg, parents: list[tuple[st
     run_dir = ws.folder("runs", f"{name}-{uuid.uuid4().hex[:6]}")
     if not create:
         return run_dir, None
-    run_dir.mkdir(parents=True)
+    make_folder(run_dir)
     write_run_config(run_dir, section, cfg)
     rec = registry.add("run", name, kind=section, path=run_dir, params=cfg.model_dump(), parents=parents,
                        metrics=running_mark())
