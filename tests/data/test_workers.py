@@ -107,3 +107,46 @@ def _clean_up(proc: subprocess.Popen, workers: set[int]) -> None:
     for w in workers:
         if _alive(w):
             os.kill(w, signal.SIGKILL)
+
+
+def test_ctrl_c_of_prepare_stops_it_and_its_workers_in_one_line(tmp_path: Path):
+    """A terminal's Ctrl-C goes to the whole process group. The workers printed their own KeyboardInterrupt
+    tracebacks, and the parent could hang for ever in the pool's shutdown (1 try in 5 on a loaded machine)."""
+    data = tmp_path / "big.txt"
+    _big_text(data, 40)  # ~4 s of work on two workers: the signal lands while they are busy
+    env = {**os.environ, "LLMKIT_HOME": str(tmp_path / "ws"), "LLMKIT_DATA_WORKERS": "2"}
+    for attempt in range(3):  # the moment the signal lands varies: in pass 1, in pass 2, between chunks
+        proc = subprocess.Popen([sys.executable, "-m", "llmkit", "data", "prepare", str(data), "--name", f"big{attempt}",
+                                 "--task", "lm", "--tokenizer", "char"], env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        workers: set[int] = set()
+        try:
+            end = time.monotonic() + 120
+            while len(workers) < 2 and proc.poll() is None and time.monotonic() < end:
+                workers = _children(proc.pid)
+                time.sleep(0.05)
+            assert len(workers) >= 2, f"prepare ended before its workers were seen: {proc.returncode}"
+            time.sleep(0.1 + 0.4 * attempt)
+            os.killpg(proc.pid, signal.SIGINT)  # as the terminal does: to the parent and its workers at once
+            _, stderr = proc.communicate(timeout=60)
+            assert proc.returncode == 130, stderr
+            assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "interrupted", stderr
+            end = time.monotonic() + DEADLINE
+            while any(_alive(w) for w in workers) and time.monotonic() < end:
+                time.sleep(0.1)
+            assert not [w for w in workers if _alive(w)], "workers outlived the interrupted prepare"
+        finally:
+            _clean_up(proc, workers)
+
+
+def _sigint_ignored(_job) -> bool:
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_workers_leave_ctrl_c_to_their_parent():
+    # a worker that took the terminal's SIGINT died mid-chunk: a broken pool, its own traceback, and a parent that
+    # could wait for its result for ever
+    from llmkit.data.workers import Workers
+
+    with Workers(2) as workers:
+        assert list(workers.map(_sigint_ignored, range(4))) == [True] * 4

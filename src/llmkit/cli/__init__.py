@@ -69,9 +69,12 @@ _register()
 
 
 def main() -> None:
+    ctrl_c = _note_ctrl_c()
     try:
         # click returns (rather than raises) the exit code of typer.Exit in non-standalone mode.
         code = app(standalone_mode=False)
+        if code == 130 and ctrl_c:  # typer turns a Ctrl-C into exit code 130 without a word
+            err_console.print("interrupted")
         sys.exit(code if isinstance(code, int) else 0)
     except UserError as err:
         # escaped: the message quotes what the user typed (a path, a name, a YAML value), which may hold '[...]'
@@ -97,6 +100,22 @@ def main() -> None:
         err_console.print(f"[red]failed:[/red] {type(err).__name__}: {escape(str(err))} (set LLMKIT_DEBUG=1 for the traceback)",
                           highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+def _note_ctrl_c() -> list[bool]:
+    """A list that holds True once Ctrl-C reached Python's default handler, which still raises KeyboardInterrupt.
+    Commands with their own handling (training's checkpoint and its line) replace the handler and say their own."""
+    import signal
+
+    seen: list[bool] = []
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with Ctrl-C ignored
+
+        def on_ctrl_c(signum, frame):
+            seen.append(True)
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_ctrl_c)
+    return seen
 
 
 def _machine_failure(err: Exception) -> str | None:

@@ -70,9 +70,12 @@ class Workers:
     def __enter__(self) -> Workers:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            # Leaving on an error or a Ctrl-C the results are not wanted: queued chunks are dropped and the workers
+            # (which ignore SIGINT, see _worker_init) end after the chunk in hand. Killing them instead could cut a
+            # result off mid-message, and the pool's manager thread then waits for its end for ever at exit.
+            self.pool.shutdown(wait=exc_type is None, cancel_futures=True)
 
 
 def _worker_init(parent_pid: int, parent_death_signal: bool) -> None:
@@ -81,6 +84,9 @@ def _worker_init(parent_pid: int, parent_death_signal: bool) -> None:
     A worker whose parent is SIGKILLed would otherwise wait on the task pipe forever, re-parented and
     holding its memory (its siblings keep the pipe's write end open, so it never sees end-of-file).
     """
+    # A terminal's Ctrl-C reaches the whole process group: the parent stops the work (and ends the workers); a
+    # worker stopped mid-task broke the pool and printed its own KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if parent_death_signal and sys.platform.startswith("linux"):
         _set_parent_death_signal()
     if os.getppid() != parent_pid:  # the parent died before the signal was armed
