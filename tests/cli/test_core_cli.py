@@ -226,3 +226,24 @@ def test_reading_commands_never_make_a_workspace_at_a_mistyped_path(tmp_path: Pa
         out = llmkit(*command, "--workspace", str(documents))
         assert out.returncode == 2 and f"error: no workspace at {documents}" in out.stderr, out
     assert sorted(p.name for p in documents.iterdir()) == ["notes.txt"]
+
+
+def test_show_of_a_run_that_failed_after_a_checkpoint_says_how_to_continue(lm_workspace: Path, cli_here):
+    # a full disk or a registry gone mid-run fails it; its checkpoint continues it, and show said nothing of that
+    from llmkit.train import pretrain
+    from llmkit.train.loop import watching
+    from llmkit.workspace import Workspace
+    from tests.conftest import tiny_config
+
+    def disk_fills(_run: str, step: int, _evaluation) -> None:
+        if step == 15:  # after the checkpoint of step 10
+            raise OSError(28, "No space left on device")
+
+    ws = Workspace.open(lm_workspace)
+    registry = Registry.for_workspace(ws.root)
+    with watching(disk_fills), pytest.raises(OSError):
+        pretrain(tiny_config(name="disk-filled"), ws, registry)
+    run = next(r for r in registry.list("run") if r.name.startswith("disk-filled"))
+    registry.close()
+    shown = " ".join(cli_here("show", run.id, workspace=lm_workspace, check=True).stdout.split())
+    assert "state: failed" in shown and f"continue with: llmkit train pretrain --resume {run.id}" in shown, shown

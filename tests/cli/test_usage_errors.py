@@ -74,5 +74,7 @@ def test_a_full_disk_is_one_line_naming_where_and_what_is_free(tmp_path):
     assert said.startswith(f"the disk is full writing under {tmp_path} (") and " MiB free): free space" in said
     library = _machine_failure(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
     assert library is not None and "the disk is full writing under" in library
+    numpy = _machine_failure(OSError("85087 requested and 59443 written"))  # ndarray.tofile on a full disk
+    assert numpy is not None and numpy.startswith("the disk is full writing under ")
     assert _machine_failure(OSError(errno.EACCES, "Permission denied")) is None
     assert _machine_failure(ValueError("something else")) is None

@@ -43,5 +43,7 @@ def test_a_second_ctrl_c_leaves_a_stopped_run_that_resumes_to_the_uninterrupted_
     whole_run = json.loads((Path(whole.path) / "llmkit.json").read_text())["run"]["path"]
     whole_losses = {r["step"]: r["loss"] for r in read_metrics(Path(whole_run) / "metrics.jsonl") if "loss" in r}
     assert losses == whole_losses and len(losses) == 20
+    # steps 11-15, logged before the stop and trained again after the checkpoint of step 10, are in the file once
+    assert [r["step"] for r in read_metrics(Path(run.path) / "metrics.jsonl") if "loss" in r] == list(range(1, 21))
     assert resumed.lineage["metrics"]["val_loss"] == whole.lineage["metrics"]["val_loss"]
     registry.close()

@@ -75,6 +75,9 @@ def test_resume_after_kill_matches_uninterrupted_run(lm_workspace: Path, tmp_pat
     assert hint.startswith("next: llmkit generate ") and " ".join(first.split()[:3]) in hint, hint
     resumed_losses = _losses(run_dir)
     assert sorted(resumed_losses) == list(range(1, 101))
+    # the steps redone after the checkpoint are in the file once: their first try went when the run resumed
+    trained = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    assert trained == list(range(1, 101))
     states = {r["id"]: r["state"] for r in json.loads(cli_here("ls", "runs", "--json", workspace=lm_workspace).stdout)}
     assert states[run_id] == "finished"
     for step in range(1, 101):
@@ -177,6 +180,15 @@ def test_a_row_cut_by_a_kill_is_dropped_and_the_resumed_run_appends_clean_rows(t
     log.write(step=2, loss=2.25)
     assert [(r["step"], r["loss"]) for r in read_metrics(file)] == [(1, 2.5), (2, 2.25)]
     assert file.read_text().count("\n") == 2
+
+
+def test_a_resumed_run_forgets_the_rows_after_its_checkpoint(tmp_path: Path):
+    file = tmp_path / "metrics.jsonl"
+    file.write_text("".join(json.dumps({"step": s, "loss": 3.0 - s / 10}) + "\n" for s in range(1, 8))
+                    + json.dumps({"step": 5, "val_loss": 2.6}) + "\n")
+    MetricsLog(file).forget_after(5)
+    assert [(r["step"], "val_loss" in r) for r in read_metrics(file)] == [(1, False), (2, False), (3, False), (4, False),
+                                                                         (5, False), (5, True)]
 
 
 def test_continuing_a_finished_run_keeps_the_version_it_made_and_a_finished_one_says_there_is_nothing_to_do(

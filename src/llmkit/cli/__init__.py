@@ -122,11 +122,14 @@ def _machine_failure(err: Exception) -> str | None:
     """One line for a full disk (an OSError, or a library's error text saying so, as safetensors' does), naming
     where and how much is free; None for anything else."""
     import errno
+    import re
     import shutil
 
     from llmkit.workspace import resolve_workspace
 
-    full = (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
+    # numpy's tofile says only "85087 requested and 59443 written" when the disk fills under it
+    full = (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err) \
+        or (isinstance(err, OSError) and re.fullmatch(r"\d+ requested and \d+ written", str(err)) is not None)
     if not full:
         return None
     where = Path(getattr(err, "filename", None) or resolve_workspace(None))

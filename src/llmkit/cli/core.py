@@ -239,7 +239,7 @@ def _state_line(rec, state: str) -> str:
     """show RUN's state line: since when, the error that ended it, and how to go on from a run that stopped."""
     from datetime import UTC, datetime
 
-    from llmkit.registry.run_state import DIED, STOPPED
+    from llmkit.registry.run_state import DIED, FAILED, STOPPED
 
     m = rec.metrics
     since = m.get("state_since")
@@ -250,7 +250,8 @@ def _state_line(rec, state: str) -> str:
         line += f" (process {m.get('pid')}, running since {stamp}, is gone: killed, or the machine went down)"
     elif m.get("error"):
         line += f": {m['error']}"
-    if state in (DIED, STOPPED) and rec.path and any((Path(rec.path) / "checkpoints").glob("step-*")) \
+    # failed too: a full disk or a registry that went away ends a run that its checkpoint continues
+    if state in (DIED, STOPPED, FAILED) and rec.path and any((Path(rec.path) / "checkpoints").glob("step-*")) \
             and rec.kind in RESUMABLE_STAGES:
         line += f"; continue with: llmkit train {rec.kind} --resume {rec.id}"
     return line

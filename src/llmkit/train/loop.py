@@ -239,6 +239,7 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
     d, model = job.dist, job.model
     amp = lambda: autocast(job.precision, job.device)  # noqa: E731
     step, best, evals, without_gain = _restore(job, run_dir)
+    metrics.forget_after(step)
     early = bool(job.early_stopping and without_gain >= job.early_stopping) and step < job.total_steps
     if step and (step >= job.total_steps or early) and job.made_model_at(step):  # it would register the same again
         if early:  # it would stop again at its next evaluation, as a new version

@@ -38,6 +38,18 @@ class MetricsLog:
             self._mlflow = mlflow
             mlflow.start_run(run_name=path.parent.name)
 
+    def forget_after(self, step: int) -> None:
+        """Drop the rows of steps after `step`, the checkpoint a run resumes from: it does them again, and their
+        first try would stay in the file beside the second (as HF Trainer's log, the file reads as one run)."""
+        if self.path is None or not self.path.exists():
+            return
+        rows = self.path.read_text(encoding="utf-8").split("\n")[:-1]
+        kept = [line for line in rows if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) < len(rows):
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            tmp.replace(self.path)
+
     def write(self, **row: Any) -> None:
         if self.path is None:
             return
