@@ -230,10 +230,11 @@ def test_reading_commands_never_make_a_workspace_at_a_mistyped_path(tmp_path: Pa
 
 def test_show_of_a_run_that_failed_after_a_checkpoint_says_how_to_continue(lm_workspace: Path, cli_here):
     # a full disk or a registry gone mid-run fails it; its checkpoint continues it, and show said nothing of that
+    from tests.conftest import tiny_config
+
     from llmkit.train import pretrain
     from llmkit.train.loop import watching
     from llmkit.workspace import Workspace
-    from tests.conftest import tiny_config
 
     def disk_fills(_run: str, step: int, _evaluation) -> None:
         if step == 15:  # after the checkpoint of step 10
