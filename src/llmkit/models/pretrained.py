@@ -81,6 +81,7 @@ def check_folder(folder: Path) -> dict[str, Any]:
         raise UserError(f"{config_file}: 'auto_map' asks to run the model's own Python code, which llmkit never does; "
                         "import a model whose architecture transformers ships")
     causal_lm_architecture(config, config_file)
+    check_config_keys(config, config_file)
     if not list(folder.glob("*.safetensors")):
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
@@ -177,17 +178,59 @@ def check_weights_fit_config(folder: Path, config: dict[str, Any]) -> None:
                         "saved, with its own config.json")
 
 
+# Encoders that transformers also lists as causal LMs: their *ForCausalLM class is the encoder run as a decoder,
+# which only a checkpoint trained that way (config `is_decoder: true`) is. A BERT read left to right answers garbage.
+ENCODERS_AS_DECODERS = frozenset({
+    "bert", "bert-generation", "big_bird", "camembert", "data2vec-text", "electra", "ernie", "megatron-bert", "rembert",
+    "roberta", "roberta-prelayernorm", "roc_bert", "roformer", "xlm-roberta", "xlm-roberta-xl", "xmod"})
+
+
 def causal_lm_architecture(config: dict[str, Any], where: Path | str) -> str:
     """The transformers causal-LM class for a config, or one line naming what is accepted."""
+    import difflib
+
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as NAMES
 
     model_type = config.get("model_type")
     declared = (config.get("architectures") or [None])[0]
+    if model_type in ENCODERS_AS_DECODERS and not config.get("is_decoder"):
+        raise UserError(f"{where}: {declared or model_type} is an encoder (model_type {model_type!r}: every token sees the "
+                        "whole text), not a causal language model, so it cannot generate or be tuned with sft; "
+                        "llmkit train classify --base FOLDER takes it, or import a causal LM (llama, qwen2, gpt2, ...)")
     if model_type in NAMES:
         return declared if declared and declared.endswith("ForCausalLM") else NAMES[model_type]
     known = ", ".join(sorted(t for t in NAMES if t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2")))
+    close = difflib.get_close_matches(str(model_type), list(NAMES), n=1, cutoff=0.8)
+    hint = f"did you mean {close[0]!r}? " if close else ""
     raise UserError(f"{where}: model_type {model_type!r} ({declared or 'no architecture'}) is not a causal language model "
-                    f"transformers can run; llmkit imports causal LMs transformers ships ({known}, and more)")
+                    f"transformers can run; {hint}llmkit imports causal LMs transformers ships ({known}, and more)")
+
+
+# Keys older transformers wrote that its config classes now read on load without keeping them as fields.
+LEGACY_CONFIG_KEYS = frozenset({"rope_scaling", "rope_theta", "torch_dtype", "_name_or_path", "_model_name_or_path"})
+
+
+def check_config_keys(config: dict[str, Any], where: Path | str) -> None:
+    """One line for a misspelt key of config.json (`num_hiden_layers`): transformers keeps an unknown key as an
+    attribute nobody reads and builds the model with the default of the key meant (32 layers, not 2)."""
+    import difflib
+
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its remarks on the defaults' token ids are not about this config
+    try:
+        defaults = AutoConfig.for_model(config["model_type"])
+    except Exception:  # noqa: BLE001 - a config transformers cannot build says so when it is built
+        return
+    known = set(defaults.to_dict()) | set(getattr(type(defaults), "attribute_map", None) or {})
+    for key in config:
+        if key in known or key in LEGACY_CONFIG_KEYS:
+            continue
+        close = difflib.get_close_matches(key, [k for k in known if k not in config], n=1, cutoff=0.88)
+        if close:
+            raise UserError(f"{where}: unknown key {key!r} (did you mean {close[0]!r}?); transformers would ignore it "
+                            f"and use the default {close[0]} = {getattr(defaults, close[0], None)!r}: correct the key")
 
 
 def sha256_of(paths: list[Path]) -> str:

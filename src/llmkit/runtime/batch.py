@@ -140,7 +140,7 @@ def _clone_state(state, capacity: int):
     if isinstance(state, LlamaState):
         return LlamaState(state.kv.clone(), state.length, adapter=state.adapter)
     if isinstance(state, HFState):
-        return HFState(copy.deepcopy(state.cache), state.length)
+        return HFState(copy.deepcopy(state.cache), state.length, list(state.ids) if state.ids is not None else None)
     raise TypeError(f"cannot fork a {type(state).__name__}")
 
 

@@ -30,8 +30,9 @@ from llmkit.runtime.sampling import Sampler
 
 @dataclass
 class HFState:
-    cache: object  # the model's own KV cache object
+    cache: object  # the model's own KV cache object; None for a model that keeps none (then `ids` holds the sequence)
     length: int
+    ids: list[int] | None = None  # every token so far, for a model without a KV cache (OpenAI GPT)
 
 
 def cache_key(model) -> str:
@@ -50,23 +51,30 @@ class HFDecoder:
         self.max_len = getattr(model.config, "max_position_embeddings", None)
         self.key = cache_key(model)
 
-    @torch.inference_mode()
-    def prefill(self, ids: list[int], state: HFState | None = None, capacity: int | None = None):
+    def _forward(self, ids: list[int], state: HFState | None) -> tuple[HFState, torch.Tensor]:
+        """The logits after `ids`, appended to `state`'s sequence. A model that returns no cache (OpenAI GPT keeps
+        none) reads its whole sequence again at every token: slower, the same logits."""
         device = next(self.model.parameters()).device
+        if state is not None and state.cache is None and state.ids is not None:
+            ids = state.ids + ids
+            state = None
         past = state.cache if state else None
         out = self.model(input_ids=torch.tensor([ids], device=device), use_cache=True, **{self.key: past})
         length = (state.length if state else 0) + len(ids)
-        return HFState(out[self.key], length), out.logits[0, -1]
+        cache = out.get(self.key)
+        return HFState(cache, length, None if cache is not None else list(ids)), out.logits[0, -1]
+
+    @torch.inference_mode()
+    def prefill(self, ids: list[int], state: HFState | None = None, capacity: int | None = None):
+        return self._forward(ids, state)
 
     @torch.inference_mode()
     def step(self, states: list[HFState], token_ids: list[int]) -> torch.Tensor:
-        device = next(self.model.parameters()).device
         logits = []
         for s, tok in zip(states, token_ids, strict=True):
-            ids = torch.tensor([[tok]], device=device)
-            out = self.model(input_ids=ids, use_cache=True, **{self.key: s.cache})
-            s.cache, s.length = out[self.key], s.length + 1
-            logits.append(out.logits[0, -1])
+            new, last = self._forward([tok], s)
+            s.cache, s.length, s.ids = new.cache, new.length, new.ids
+            logits.append(last)
         return torch.stack(logits)  # (B, vocab)
 
 
