@@ -84,3 +84,22 @@ def test_keys_older_transformers_wrote_are_not_taken_for_typos(ws, tmp_path, lla
     ws_, reg = ws
     model, _ = import_model(str(_with_config(tmp_path, llama_folder, "legacy", legacy)), None, ws_, reg)
     assert model.lineage["architecture"] == "LlamaForCausalLM"
+
+
+def test_a_folder_given_straight_to_a_command_without_a_tokenizer_or_with_broken_json_is_one_line(tmp_path, llama_folder):
+    # without a tokenizer transformers 5 built an empty one: generate echoed the prompt, then blamed an "empty prompt";
+    # a config.json that is not JSON was `failed: JSONDecodeError`, exit 1
+    from llmkit.models.io import load_causal_lm, resolve_model
+    from llmkit.models.kind import model_kind
+
+    bare = tmp_path / "no-tokenizer"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        if (llama_folder / name).exists():
+            (bare / name).write_bytes((llama_folder / name).read_bytes())
+    with pytest.raises(UserError, match=r"no-tokenizer: no tokenizer \(none of tokenizer.json, "):
+        load_causal_lm(str(bare))
+    broken = _with_config(tmp_path, llama_folder, "broken-json", lambda config: None)
+    (broken / "config.json").write_text('{"model_type": "llama",, }')
+    with pytest.raises(UserError, match=r"broken-json/config.json:1: the model config is not valid JSON"):
+        model_kind(resolve_model(str(broken)))

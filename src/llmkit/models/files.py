@@ -131,6 +131,10 @@ def gguf_data_end(path: Path) -> int:
     return start + max(tensors, default=0)
 
 
+# A Hugging Face tokenizer is one of these beside the model (with tokenizer_config.json or not).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
 def check_json_file(path: Path, what: str) -> dict[str, Any]:
     """A JSON object file (config.json, tokenizer.json, adapter_config.json ...), named when it is not one."""
     path = Path(path)

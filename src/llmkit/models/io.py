@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UserError
-from llmkit.models.files import check_adapter, check_json_file, check_weights
+from llmkit.models.files import TOKENIZER_FILES, check_adapter, check_json_file, check_weights
 from llmkit.models.hub import hub_folder, hub_id_of, is_hub_id
 from llmkit.registry import located
 from llmkit.workspace import atomic_dir
@@ -200,6 +200,12 @@ def load_tokenizer_for(model: Model):
         for name in ("tokenizer_config.json", "tokenizer.json"):
             if (model.path / name).exists():
                 check_json_file(model.path / name, name)
+        if not any((model.path / name).exists() for name in TOKENIZER_FILES) and is_adapter(model.path):
+            return load_tokenizer_for(adapter_base(model))  # an adapter saved without one reads as its base
+        if not any((model.path / name).exists() for name in TOKENIZER_FILES):
+            # transformers 5 builds an empty tokenizer from such a folder: the prompt came back as "" (no BOS to start)
+            raise UserError(f"{model.path}: no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the model's tokenizer "
+                            "files beside its weights (tokenizer.save_pretrained(FOLDER))")
     try:
         return AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=False)
     except Exception as err:  # valid JSON of the wrong shape fails deep inside tokenizers/transformers (KeyError, ...)

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from llmkit.models.files import check_json_file
 from llmkit.models.io import Model, adapter_base, is_adapter
 
 ModelKind = Literal["causal", "classifier", "encoder"]
@@ -29,7 +30,7 @@ def _architectures(model: Model) -> list[str] | None:
     config_file = Path(base.path) / "config.json"
     if not config_file.is_file():
         return None
-    return json.loads(config_file.read_text()).get("architectures") or []
+    return check_json_file(config_file, "model config").get("architectures") or []
 
 
 def model_kind(model: Model) -> ModelKind:

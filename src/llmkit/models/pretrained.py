@@ -26,6 +26,7 @@ from typing import Any
 from llmkit.errors import UserError
 from llmkit.models.files import (
     PICKLE_SUFFIXES,
+    TOKENIZER_FILES,
     check_gguf_file,
     check_json_file,
     check_safetensors_file,
@@ -93,9 +94,6 @@ def check_folder(folder: Path) -> dict[str, Any]:
                         "the model beside its weights (tokenizer.save_pretrained(FOLDER)) and import again")
     check_weights_fit_config(folder, config)
     return config
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
 
 def _renames(model):
