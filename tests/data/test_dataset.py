@@ -63,3 +63,17 @@ def test_a_trainer_evaluates_on_val_or_says_it_took_test(tmp_path):
     assert eval_source("test") == " (the test split: val is empty)"  # grpo called test figures "val reward" unsaid
     (folder / "records" / "val.jsonl").write_text('{"text": "v"}\n')
     assert ds.eval_records() == ("val", [{"text": "v"}]) and eval_source("val") == ""
+
+
+def test_a_dataset_whose_files_were_deleted_by_hand_is_one_line_naming_them(lm_workspace: Path, tmp_path: Path):
+    # a trainer met `FileNotFoundError: .../shards/train.bin`, exit 1
+    registry = Registry.for_workspace(lm_workspace)
+    copy = tmp_path / "datasets" / "cut"
+    shutil.copytree(open_dataset(registry, "tiny").path, copy)
+    rec = registry.add("dataset", "tiny-cut", kind="lm", path=copy)
+    shutil.rmtree(copy / "shards")
+    with pytest.raises(UserError) as err:
+        open_dataset(registry, "tiny-cut")
+    assert str(err.value) == (f"dataset tiny-cut:v1's folder {copy} is incomplete (shards/train.bin, shards/val.bin "
+                              f"missing): prepare it again (a new version), or remove it with 'llmkit rm {rec.id}'")
+    registry.remove(rec.id)

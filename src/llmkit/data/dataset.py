@@ -90,7 +90,15 @@ def open_dataset(registry, ref: str) -> DatasetVersion:
     rec = registry.get(ref, "dataset")
     if not rec.path or not (Path(rec.path) / "manifest.json").exists():
         raise UserError(registry.missing(rec))
-    return from_record(rec)
+    ds = from_record(rec)
+    # Files deleted by hand behind the registry's back: said here, not as a FileNotFoundError deep in a trainer.
+    needed = [ds.records_file("train")] + ([ds.tokenizer_dir, ds.shard_file("train"), ds.shard_file("val")]
+                                           if ds.kind == "lm" else [])
+    gone = [f for f in needed if not f.exists()]
+    if gone:
+        raise UserError(f"dataset {ds.ref}'s folder {ds.path} is incomplete ({', '.join(str(f.relative_to(ds.path)) for f in gone)} "
+                        f"missing): prepare it again (a new version), or remove it with 'llmkit rm {ds.id}'")
+    return ds
 
 
 def from_record(rec) -> DatasetVersion:
