@@ -123,3 +123,21 @@ def test_int8_dynamic_refuses_a_group_size_it_would_not_use(lm_workspace: Path, 
     assert not reg.list("model", name="dyn") and not list((ws.root / "models").glob("dyn*"))
     q, _ = quantize("tiny-lm", QuantizeConfig(method="int8-dynamic", group_size=64, table=False, name="dyn"), ws, reg)
     assert q.lineage["quantization"]["group_size"] is None
+
+
+def test_the_same_quantization_again_returns_the_version_made_before(lm_workspace: Path, tiny_model):
+    # the model is registered before its table is measured: a re-run after a Ctrl-C there (or to see the table
+    # again) registered one identical version more each time
+    import shutil
+
+    ws = Workspace.open(lm_workspace)
+    reg = Registry.for_workspace(ws.root)
+    cfg = QuantizeConfig(method="int8-weight", group_size=32, table=False, name="again")
+    first, _ = quantize("tiny-lm", cfg, ws, reg)
+    second, _ = quantize("tiny-lm", cfg, ws, reg)
+    assert (second.id, second.version) == (first.id, 1) and len(reg.list("model", name="again")) == 1
+    other, _ = quantize("tiny-lm", QuantizeConfig(method="int4-weight", group_size=32, table=False, name="again"), ws, reg)
+    assert other.version == 2  # other settings: another model
+    shutil.rmtree(first.path)  # its folder gone: made again, not pointed at
+    third, _ = quantize("tiny-lm", cfg, ws, reg)
+    assert third.version == 3 and (third.path / "model.safetensors").exists()

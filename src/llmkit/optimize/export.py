@@ -9,7 +9,8 @@ from llmkit.config import ExportConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
 from llmkit.models.naming import output_name
-from llmkit.optimize.table import check_eval_data
+from llmkit.optimize.made_before import made_before, recipe_key
+from llmkit.optimize.table import check_eval_data, table_if_asked
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 
@@ -38,12 +39,20 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
     from llmkit.optimize.export_gguf import export_gguf_folder
 
     name = output_name("export", cfg.name, f"{source.name.split('/')[-1]}-{cfg.quant}")
+    recipe = recipe_key("export-gguf", source, cfg)
+    before = made_before(registry, name, recipe)
+    if before is not None:
+        exported = resolve_model(before.id, registry)
+        if console is not None:
+            console.print(f"{before.ref} is this export of {source.ref} already (the same settings): kept, not made again",
+                          markup=False, highlight=False)
+        return exported, table_if_asked(source, exported, cfg, ws, registry, console, progress)
     target = ws.new_folder("models", name, "gguf")
     lineage = {"task": "causal-lm", "method": f"export-gguf-{cfg.quant}",
                "parent_model": {"id": source.id, "ref": source.ref, "path": str(source.path)},
                "dataset": (source.lineage or {}).get("dataset"), "config": cfg.model_dump()}
     info = export_gguf_folder(source, target, cfg.quant, lineage)
-    rec = registry.add("model", name, kind="gguf", path=target, params={"format": "gguf", "quant": cfg.quant},
+    rec = registry.add("model", name, kind="gguf", path=target, params={"format": "gguf", "quant": cfg.quant}, content_hash=recipe,
                        metrics={"tensor_types": info["tensor_types"]}, parents=[(source.id, "exported_from")] if source.id else [])
     exported = Model(target, name, rec.id, rec.version, {**lineage, "format": "gguf", "gguf": target.name})
     exported.lineage = resolve_model(rec.id, registry).lineage
@@ -56,13 +65,7 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
                           f"{info['trained_context']}): llama.cpp attends to the whole context, so within the window it "
                           "computes what transformers does, and the GGUF and Modelfile say this context", markup=False,
                           highlight=False)
-    rows = None
-    if cfg.table:
-        from llmkit.optimize.table import before_after
-
-        rows = before_after(source, exported, ws, registry, cfg.eval_max_examples, console, progress,
-                            eval_data=cfg.eval_data)
-    return exported, rows
+    return exported, table_if_asked(source, exported, cfg, ws, registry, console, progress)
 
 
 def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Registry, console, progress):
@@ -109,10 +112,5 @@ def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Regi
                       + (f" before int8, {info['int8_max_abs_logit_diff']:.2e} after (weights int8, activations rounded "
                          "per batch: onnxruntime's dynamic quantization)" if quant == "q8_0" else ""),
                       markup=False, highlight=False)
-    rows = None
-    if cfg.table:  # perplexity or accuracy from onnxruntime's logits (`runtime.onnx.OnnxLM`, `OnnxClassifier`)
-        from llmkit.optimize.table import before_after
-
-        rows = before_after(source, exported, ws, registry, cfg.eval_max_examples, console, progress,
-                            eval_data=cfg.eval_data)
-    return exported, rows
+    # perplexity or accuracy from onnxruntime's logits (`runtime.onnx.OnnxLM`, `OnnxClassifier`)
+    return exported, table_if_asked(source, exported, cfg, ws, registry, console, progress)

@@ -172,13 +172,9 @@ def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registr
     if console is not None:
         console.print(f"pruned {len(layers)} linear layers with {cfg.method} ({cfg.pattern}): {total:.1%} zeros "
                       f"(per layer {min(per_layer.values()):.1%}-{max(per_layer.values()):.1%})")
-    rows = None
-    if cfg.table:
-        from llmkit.optimize.table import before_after
+    from llmkit.optimize.table import table_if_asked
 
-        rows = before_after(source, pruned, ws, registry, cfg.eval_max_examples, console, progress,
-                            eval_data=cfg.eval_data)
-    return pruned, rows
+    return pruned, table_if_asked(source, pruned, cfg, ws, registry, console, progress)
 
 
 def _recover(lm, layers, masks, windows: torch.Tensor, cfg: PruneConfig) -> None:

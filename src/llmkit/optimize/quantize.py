@@ -22,7 +22,8 @@ from llmkit.models.quantized import (
     quantize_tensor_zero_point,
     set_module,
 )
-from llmkit.optimize.table import check_eval_data
+from llmkit.optimize.made_before import made_before, recipe_key
+from llmkit.optimize.table import check_eval_data, table_if_asked
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace, atomic_dir
 
@@ -72,6 +73,14 @@ def quantize(model_ref: str, cfg: QuantizeConfig, ws: Workspace | None = None, r
         raise UserError(f"quantize.group_size = {cfg.group_size}: int8-dynamic scales each row whole, not in groups; "
                         "drop --group-size, or use --method int8-weight or int4-weight for groups")
     check_eval_data(source, cfg.eval_data if cfg.table else None, registry, "quantize")
+    recipe = recipe_key("quantize", source, cfg)
+    before = made_before(registry, name, recipe)
+    if before is not None:
+        quantized = resolve_model(before.id, registry)
+        if console is not None:
+            console.print(f"{before.ref} is this quantization of {source.ref} already (the same settings): kept, not made "
+                          "again", markup=False, highlight=False)
+        return quantized, table_if_asked(source, quantized, cfg, ws, registry, console, progress)
     lm, tokenizer = load_causal_lm(source)
     modules = quantize_model(lm, cfg.method, cfg.group_size)
     if not modules:  # a model registered as int8 that holds float weights is worse than none
@@ -99,19 +108,13 @@ def quantize(model_ref: str, cfg: QuantizeConfig, ws: Workspace | None = None, r
             lm.generation_config.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / "llmkit.json").write_text(json.dumps(lineage, indent=2, default=str))
-    rec = registry.add("model", name, kind="causal-lm", path=target, params={"method": f"quantize-{cfg.method}"},
+    rec = registry.add("model", name, kind="causal-lm", path=target, params={"method": f"quantize-{cfg.method}"}, content_hash=recipe,
                        parents=[(source.id, "quantized_from")] if source.id else [])
     quantized = Model(target, name, rec.id, rec.version, lineage)
     if console is not None:
         console.print(f"quantized {len(modules)} linear layers to {cfg.method}"
                       + (" (one scale per row)" if dynamic else f" (groups of {cfg.group_size})"))
-    rows = None
-    if cfg.table:
-        from llmkit.optimize.table import before_after
-
-        rows = before_after(source, quantized, ws, registry, cfg.eval_max_examples, console, progress,
-                            eval_data=cfg.eval_data)
-    return quantized, rows
+    return quantized, table_if_asked(source, quantized, cfg, ws, registry, console, progress)
 
 
 __all__ = ["quantize", "quantize_model"]

@@ -70,6 +70,14 @@ def before_after(before: Model, after: Model, ws: Workspace, registry: Registry,
     return rows
 
 
+def table_if_asked(source: Model, made: Model, cfg, ws: Workspace, registry: Registry, console=None,
+                   progress=None) -> list[dict] | None:
+    """The before/after rows of a compression command whose config asks for them (`cfg.table`), else None."""
+    if not cfg.table:
+        return None
+    return before_after(source, made, ws, registry, cfg.eval_max_examples, console, progress, eval_data=cfg.eval_data)
+
+
 def check_eval_data(source: Model, eval_data: str | None, registry: Registry, stage: str = "quantize") -> None:
     """Before anything is written: --eval-data names a dataset the model's quality can be measured on. Errors name
     the key path (`quantize.eval_data`), as every other bad value's do."""
