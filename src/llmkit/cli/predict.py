@@ -35,8 +35,12 @@ def _read_texts(file: Path) -> list[str]:
         try:  # utf-8-sig: a Windows editor's BOM is not part of the first text
             texts = [line for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         except UnicodeDecodeError as err:
-            raise UserError(f"{file}: not UTF-8 text at byte {err.start}; save it as UTF-8 (predict reads UTF-8 only)") \
-                from None
+            from llmkit.data.encodings import likely_encodings
+
+            found = likely_encodings(file.read_bytes()[: 1 << 20])  # a GBK file from a Chinese Windows, most often
+            how = (f"it reads as {found[0][1]}: convert it (iconv -f {found[0][0]} -t utf-8 {file} > utf8.txt)"
+                   if found else "save it as UTF-8")
+            raise UserError(f"{file}: not UTF-8 text at byte {err.start}; {how} (predict reads UTF-8 only)") from None
     if not texts:
         raise UserError(f"{file}: no text in it (one text per line, or a 'text' field per .jsonl line)")
     return texts
