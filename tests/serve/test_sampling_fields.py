@@ -5,6 +5,8 @@ without content and tools whose parameters are not a JSON Schema are 400s naming
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 import requests
@@ -111,3 +113,29 @@ def test_what_openai_allows_still_works(client):
     done = client.completions.create(model="smol", prompt="hi", max_tokens=3, n=2, best_of=2, suffix="",
                                      frequency_penalty=-2, presence_penalty=2)
     assert len(done.choices) == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_legacy_logprobs_of_chinese_name_partial_tokens_by_their_bytes_and_count_offsets_in_characters(url, stream):
+    # a character over two byte-level tokens: both showed '\ufffd', so as top_logprobs keys one replaced the other, and
+    # text_offset counted each '\ufffd' as a character of a text that holds none
+    body = {"model": "smol", "prompt": "中国的首都是", "max_tokens": 8, "temperature": 0, "logprobs": 2, "stream": stream}
+    r = requests.post(url + "/v1/completions", json=body, timeout=60, stream=stream)
+    assert r.status_code == 200, r.text
+    if stream:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines(decode_unicode=True)
+                  if line.startswith("data: {")]
+        text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+        parts = [c["choices"][0]["logprobs"] for c in chunks if c["choices"] and c["choices"][0]["logprobs"]]
+        lp = {k: [v for p in parts for v in p[k]] for k in ("tokens", "text_offset", "top_logprobs")}
+    else:
+        choice = r.json()["choices"][0]
+        text, lp = choice["text"], choice["logprobs"]
+    assert not any("\ufffd" in t for t in lp["tokens"]) and any(t.startswith("bytes:\\x") for t in lp["tokens"]), lp
+    assert all(len(top) >= 2 for top in lp["top_logprobs"])  # no two partial tokens under one key
+    raw = b"".join(bytes(int(h, 16) for h in t[6:].split("\\x")[1:]) if t.startswith("bytes:") else t.encode()
+                   for t in lp["tokens"])
+    assert raw.decode("utf-8", errors="ignore") == text
+    expected = [len(b"".join(bytes(int(h, 16) for h in t[6:].split("\\x")[1:]) if t.startswith("bytes:") else t.encode()
+                             for t in lp["tokens"][:i]).decode("utf-8", errors="ignore")) for i in range(len(lp["tokens"]))]
+    assert lp["text_offset"] == expected and max(expected) <= len(text)

@@ -7,6 +7,7 @@ while it is read.
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
 import uuid
@@ -71,13 +72,12 @@ async def completions(body: s.CompletionRequest, request: Request):
     head = body.prompt if body.echo else ""
     wants = body.logprobs is not None
     if body.stream:
-        offsets = [0] * body.n  # each choice's text so far, where its next token's text_offset starts
+        so_far = [TextSoFar() for _ in range(body.n)]  # each choice's text so far: its next token's text_offset
 
         def chunk(text, finish, *, index=0, logprobs=(), usage=None):
             lp = None
             if wants and logprobs:
-                lp = _completion_logprobs(served.tokenizer, logprobs, offsets[index])
-                offsets[index] += sum(len(t) for t in lp.tokens)
+                lp = _completion_logprobs(served.tokenizer, logprobs, so_far[index])
             choices = [s.CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=lp)]
             return s.Completion(id=rid, created=created, model=served.id, usage=usage,
                                 choices=choices if usage is None or text else [])
@@ -85,7 +85,7 @@ async def completions(body: s.CompletionRequest, request: Request):
     answers = await collect(state, served, answers, request, rid, entry)
     return s.Completion(id=rid, created=created, model=served.id, usage=usage(answers), choices=[
         s.CompletionChoice(index=i, text=head + a.whole, finish_reason=a.done.finish_reason,
-                           logprobs=_completion_logprobs(served.tokenizer, a.logprobs, 0) if wants else None)
+                           logprobs=_completion_logprobs(served.tokenizer, a.logprobs, TextSoFar()) if wants else None)
         for i, a in enumerate(answers)])
 
 
@@ -156,16 +156,37 @@ def _chat_logprobs(tokenizer, entries: list[tuple[int, Logprob]]) -> s.ChatLogpr
                                    for tok, lp in entries])
 
 
-def _completion_logprobs(tokenizer, entries: list[tuple[int, Logprob]], offset: int) -> s.CompletionLogprobs:
-    """The legacy shape; each position's top_logprobs also holds the sampled token (up to logprobs + 1, as OpenAI)."""
+class TextSoFar:
+    """Characters of a choice's text so far, from its tokens' bytes: a byte-level BPE token may hold part of a
+    character (Chinese: three bytes over two tokens), which the text shows only once whole."""
+
+    def __init__(self) -> None:
+        self.chars, self._decoder = 0, codecs.getincrementaldecoder("utf-8")("replace")
+
+    def add(self, raw: bytes) -> None:
+        self.chars += len(self._decoder.decode(raw))
+
+
+def _legacy_token(tokenizer, tok: int) -> tuple[str, bytes]:
+    """A token as the legacy logprobs name it: its text, or for part of a character OpenAI's `bytes:\\xe5\\x9b`
+    (two different partial tokens both read U+FFFD, and as top_logprobs keys one replaced the other)."""
+    text, raw = token_text(tokenizer, tok)
+    if "\ufffd" in text and raw != text.encode():
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), raw
+    return text, raw
+
+
+def _completion_logprobs(tokenizer, entries: list[tuple[int, Logprob]], so_far: TextSoFar) -> s.CompletionLogprobs:
+    """The legacy shape; each position's top_logprobs also holds the sampled token (up to logprobs + 1, as OpenAI).
+    text_offset counts characters of the returned text (`so_far` carries a choice's count from chunk to chunk)."""
     tokens, offsets, tops = [], [], []
     for tok, lp in entries:
-        text = token_text(tokenizer, tok)[0]
-        tokens.append(text)
-        offsets.append(offset)
-        offset += len(text)
-        top = {token_text(tokenizer, t)[0]: v for t, v in lp.top}
-        top.setdefault(text, lp.logprob)
+        shown, raw = _legacy_token(tokenizer, tok)
+        tokens.append(shown)
+        offsets.append(so_far.chars)
+        so_far.add(raw)
+        top = {_legacy_token(tokenizer, t)[0]: v for t, v in lp.top}
+        top.setdefault(shown, lp.logprob)
         tops.append(top)
     return s.CompletionLogprobs(tokens=tokens, token_logprobs=[lp.logprob for _, lp in entries], top_logprobs=tops,
                                 text_offset=offsets)
