@@ -253,7 +253,7 @@ MUTANTS: list[Mutant] = [
            ("tests/registry/test_run_state.py::test_a_process_is_named_by_its_start_time_since_boot",),
            "field 23 (vsize) changes as the process runs: a live run would read as died"),
     Mutant("ambiguous-id-prefix-picks-one", "registry", "src/llmkit/registry/store.py",
-           "                if len(rows) == 1:", "                if rows:",
+           "            if len(rows) == 1:", "            if rows:",
            ("tests/registry/test_store.py::test_an_id_prefix_two_records_share_finds_neither",),
            "llmkit rm PREFIX would remove one of two records"),
     Mutant("continued-run-reuses-a-version-folder", "train", "src/llmkit/train/checkpoint.py",

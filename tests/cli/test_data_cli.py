@@ -53,7 +53,7 @@ def test_the_human_summary_says_where_the_name_came_from_and_the_tokenizer_as_as
     assert "tokenizer: char, vocabulary " in out.stdout  # it said "wordlevel vocab 31"
     assert not out.stderr.strip()  # no progress residue off a terminal
     # the whole file as one document: no val split, said now (it came out when training stopped, blaming --context)
-    assert "note: val and test are empty (1 records kept): training evaluates on val" in " ".join(out.stdout.split())
+    assert "note: val and test are empty (1 record kept): training evaluates on val" in " ".join(out.stdout.split())
     lines = llmkit("data", "prepare", str(source), "--task", "lm", "--tokenizer", "char", "--doc-split", "blank-line",
                    "--name", "lines", workspace=tmp_path / "ws")
     assert lines.returncode == 0 and "empty" not in lines.stdout, lines.stdout

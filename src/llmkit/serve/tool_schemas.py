@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
 
-_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 def _name_as_openai_takes_it(name: str) -> str:
@@ -23,8 +23,10 @@ def _name_as_openai_takes_it(name: str) -> str:
     return name
 
 
-# Names as OpenAI's API accepts them: what a template, a grammar and a client all handle alike.
-FunctionName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_name_as_openai_takes_it)]
+# Names as OpenAI's API accepts them: what a template, a grammar and a client all handle alike. The pattern stays in
+# the OpenAPI schema for clients; the check is ours, to say the rule in words.
+FunctionName = Annotated[str, Field(min_length=1, max_length=64, json_schema_extra={"pattern": _NAME.pattern}),
+                         AfterValidator(_name_as_openai_takes_it)]
 
 
 class _Request(BaseModel):
