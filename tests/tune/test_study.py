@@ -81,6 +81,7 @@ def test_a_new_study_first_runs_the_config_as_given_and_a_joined_study_does_not_
     assert trials[0].params == {"lr": 2e-3, "warmup_steps": 3} and trials[0].user_attrs["defaults"] is True
     assert len(trials) == 3 and not any(t.user_attrs.get("defaults") for t in trials[1:])
     assert all(t.params != trials[0].params for t in trials[1:])
+    assert trials[2].params != trials[1].params  # the run that joined drew afresh (the same seed drew trial 1 again)
     # --trials counts the study's trials: at or below what it holds, nothing runs, and it says so (it was silent)
     import io
 
@@ -98,6 +99,33 @@ def test_a_new_study_first_runs_the_config_as_given_and_a_joined_study_does_not_
     tune(cfg.model_copy(update={"trials": 1, "study": "drawn", "defaults_first": False}), stage, ws, registry)
     drawn = optuna.load_study(study_name="drawn", storage=registry.url).get_trials()[0]
     assert "defaults" not in drawn.user_attrs and drawn.params["lr"] != 2e-3
+
+
+def test_a_defaults_trial_that_did_not_end_is_run_again_when_the_study_is(ws_root: Path):
+    # a Ctrl-C or a crash in the first trial left the study without the config as given, for good: its best was no
+    # longer sure to be at least as good as not tuning
+    from llmkit.train.loop import watching
+
+    ws = Workspace.open(ws_root)
+    registry = Registry.for_workspace(ws.root)
+    stage = tiny_config(max_steps=4, eval_every=2, checkpoint_every=2, lr=3e-3, warmup_steps=2)
+    cfg = TuneConfig(stage="pretrain", data="tiny", space=str(ws_root / "space.yaml"), trials=1, study="cut-defaults",
+                     startup_trials=1)
+    crashed = []
+
+    def crash_once(_run: str, step: int, _evaluation) -> None:
+        if not crashed:
+            crashed.append(step)
+            raise RuntimeError("the machine went down")
+
+    with watching(crash_once):
+        tune(cfg, stage, ws, registry)
+    first = optuna.load_study(study_name="cut-defaults", storage=registry.url).get_trials()
+    assert [(t.state.name, t.user_attrs.get("defaults")) for t in first] == [("FAIL", True)]
+    tune(cfg.model_copy(update={"trials": 2}), stage, ws, registry)
+    trials = optuna.load_study(study_name="cut-defaults", storage=registry.url).get_trials()
+    assert trials[1].params == {"lr": 3e-3, "warmup_steps": 2} and trials[1].user_attrs["defaults"] is True
+    assert trials[1].state.name == "COMPLETE"
 
 
 def test_a_pruned_trial_stops_at_its_evaluation_and_is_recorded_pruned(ws_root: Path):

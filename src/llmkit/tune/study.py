@@ -101,11 +101,12 @@ def tune(cfg: TuneConfig, stage_cfg=None, ws: Workspace | None = None, registry:
     study = open_study(plan)
     plan.record_id = study_record(plan, study, ws, registry)
     say = console.print if console is not None else (lambda *_: None)
-    if plan.defaults_first and not study.get_trials(deepcopy=False):  # a new study; joining one adds nothing
+    if plan.defaults_first and not _defaults_judged(study):  # a new study, or one whose defaults trial never ended
         start = start_values(params, plan.body)
         if start:
-            # skip_if_exists: two processes starting one study at once enqueue it once
-            study.enqueue_trial(start, user_attrs={"defaults": True}, skip_if_exists=True)
+            # skip_if_exists: two processes starting one study at once enqueue it once (a joined study's failed or
+            # interrupted defaults trial holds the same values: it is run again, so none is skipped there)
+            study.enqueue_trial(start, user_attrs={"defaults": True}, skip_if_exists=not study.get_trials(deepcopy=False))
             say("first trial: the config as given, " + ", ".join(f"{k} = {v}" for k, v in start.items()))
     say(f"study [bold]{plan.study}[/bold]: {plan.stage} on {plan.body.get('data')}, {plan.trials} trials, "
         f"{plan.metric} ({plan.direction}), {len(params)} parameters: " + "; ".join(p.describe() for p in params))
@@ -195,6 +196,15 @@ def storage_for(plan: Plan) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
+def _defaults_judged(study: optuna.Study) -> bool:
+    """Whether the study's defaults trial (the config as given) completed, was pruned, or is running or waiting: a
+    Ctrl-C or a crash in it left the study without the trial that makes its best never worse than no tuning."""
+    from optuna.trial import TrialState
+
+    alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    return any(t.user_attrs.get("defaults") and t.state in alive for t in study.get_trials(deepcopy=False))
+
+
 def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = storage_for(plan)
@@ -208,6 +218,10 @@ def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
         "none": optuna.pruners.NopPruner}[plan.pruner]()
     study = optuna.create_study(study_name=plan.study, storage=storage, sampler=sampler, pruner=pruner,
                                 direction="maximize" if plan.direction == "max" else "minimize", load_if_exists=True)
+    held = len(study.get_trials(deepcopy=False))
+    if held:  # a study run again: the same seed would draw its first trials' values again (TPE's random start)
+        study.sampler = optuna.samplers.TPESampler(seed=plan.seed + worker + 7919 * held, constant_liar=True,
+                                                   n_startup_trials=max(2, min(10, plan.trials // 3)))
     attrs = study.user_attrs
     mine = {"stage": plan.stage, "metric": plan.metric, "data": plan.body.get("data")}
     # What makes trials comparable: the space searched and the config they start from (a 3-step trial was pruned
