@@ -118,8 +118,15 @@ def test_a_defaults_trial_that_did_not_end_is_run_again_when_the_study_is(ws_roo
             crashed.append(step)
             raise RuntimeError("the machine went down")
 
+    import io
+
+    from rich.console import Console
+
+    said = io.StringIO()
     with watching(crash_once):
-        tune(cfg, stage, ws, registry)
+        tune(cfg, stage, ws, registry, console=Console(file=said, width=300))
+    # every trial failed: the summary says with what (it advised a larger --timeout or --trials, which fail alike)
+    assert "no trial completed: every trial failed, the first with: RuntimeError: the machine went down" in said.getvalue()
     first = optuna.load_study(study_name="cut-defaults", storage=registry.url).get_trials()
     assert [(t.state.name, t.user_attrs.get("defaults")) for t in first] == [("FAIL", True)]
     tune(cfg.model_copy(update={"trials": 2}), stage, ws, registry)

@@ -375,7 +375,13 @@ def finish(plan: Plan, study: optuna.Study, ws: Workspace, registry: Registry, s
         best = {"number": b.number, "value": b.value, "params": b.params, "run_id": b.user_attrs.get("run_id"),
                 "model": model.ref if model else None, "model_id": model_id}
     except ValueError:
-        say("[yellow]no trial completed[/yellow]: nothing to keep; raise --timeout or --trials, or narrow the space")
+        errors = [t.user_attrs["error"] for t in trials if t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs]
+        if errors and len(errors) == len(trials):  # every trial failed: more time or trials would fail the same way
+            from rich.markup import escape  # the error may quote what the user typed, [brackets] and all
+
+            say(f"[yellow]no trial completed[/yellow]: every trial failed, the first with: {escape(errors[0])}")
+        else:
+            say("[yellow]no trial completed[/yellow]: nothing to keep; raise --timeout or --trials, or narrow the space")
     from llmkit.tune.reports import best_rows, write_reports
 
     folder = ws.folder("runs", f"{plan.study}-study")

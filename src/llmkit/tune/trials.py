@@ -119,6 +119,8 @@ class TrialSetup:
             optuna.logging.set_verbosity(optuna.logging.ERROR)  # Optuna's traceback of the failed trial says nothing more
             raise
         except BaseException as err:  # any other failure: the run is failed, Optuna records it, the study goes on
+            why = f"{type(err).__name__}: {err}" if not isinstance(err, UserError) else str(err)
+            trial.set_user_attr("error", " ".join(why.split())[:300])  # the study's summary says it if nothing completed
             self._ended(seen["run_id"], trial.number, "failed", values, seen["value"], f"{type(err).__name__}: {err}")
             raise
         metrics = (model.lineage or {}).get("metrics", {})
