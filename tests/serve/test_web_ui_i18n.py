@@ -119,6 +119,10 @@ def test_a_chinese_browser_gets_every_view_in_chinese(page, server):
     assert page.evaluate("document.documentElement.lang") == "zh-CN"
     assert page.get_by_test_id("tab-chat").inner_text() == "对话"
     assert page.get_by_test_id("lang-select").input_value() == "zh-CN"
+    # a classifier's metrics in a dashboard table: per label (precision_spam was "precision spam") and averaged
+    terms = page.evaluate("async () => { const { term } = await import('/ui/i18n.js'); "
+                          "return ['precision_spam', 'support_ham', 'f1_垃圾', 'micro_f1', 'ece'].map(term); }")
+    assert terms == ["精确率（spam）", "样本数（ham）", "F1（垃圾）", "微 F1", "期望校准误差"]
     page.wait_for_function("() => document.querySelector('[data-testid=model-select]').value === 'tiny-lm'")
     # The chat with an answer, its feedback bar, the correction form, a token's tooltip and a schema error.
     page.locator("#max-tokens").fill("20")

@@ -39,9 +39,15 @@ export function t(key, vars = {}) {
 }
 
 /** A registry word (relation, record type, metric) in the UI's language; unknown words as stored, "_" as spaces. */
+// A classifier's per-label metrics are named `<metric>_<label>` (precision_spam): the metric in words, the label as is.
+const PER_LABEL = /^(precision|recall|f1|support)_(.+)$/;
+
 export function term(word) {
-  const known = (TERMS[locale] || {})[word];
-  return known ?? String(word).replaceAll("_", " ");
+  const terms = TERMS[locale] || {};
+  if (terms[word] !== undefined) return terms[word];
+  const perLabel = PER_LABEL.exec(String(word));
+  if (perLabel && terms[perLabel[1]] !== undefined) return t("term.perLabel", { metric: terms[perLabel[1]], label: perLabel[2] });
+  return String(word).replaceAll("_", " ");
 }
 
 // Static markup names its strings: data-i18n (text), data-i18n-placeholder / -title / -aria-label (attributes).

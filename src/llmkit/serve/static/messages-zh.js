@@ -158,6 +158,7 @@ export const ZH = {
   "dash.beforeAfter": "前后对比（{relation}）",
   "dash.stage": "阶段",
   "dash.headline": "{metric}：{value}",
+  "term.perLabel": "{metric}（{label}）",
   "audit.groups": "{n} 个群体被标记",
   "audit.group": "1 个群体被标记",
   "audit.probes": "{n} 个探针被标记",
@@ -235,6 +236,10 @@ export const ZH_TERMS = {
   evaluates: "评估对象", audits: "审计对象", teacher: "教师模型", gate_base: "对比基线", gated: "晋级评审",
   model: "模型", run: "训练", dataset: "数据集", eval: "评估", before: "之前", after: "之后",
   size_mb: "大小（MiB）", perplexity: "困惑度", accuracy: "准确率", macro_f1: "宏 F1",
+  // a classifier's metrics: per label (precision_spam: see term() in i18n.js) and averaged
+  precision: "精确率", recall: "召回率", f1: "F1", support: "样本数", macro_precision: "宏精确率",
+  macro_recall: "宏召回率", micro_precision: "微精确率", micro_recall: "微召回率", micro_f1: "微 F1",
+  roc_auc: "ROC-AUC", ece: "期望校准误差",
   bits_per_byte: "每字节比特数", decode_tokens_per_s: "解码速度（token/秒）", exact_match: "完全匹配",
   rougeL: "ROUGE-L",
   val_loss: "验证损失", val_reward: "验证奖励", val_reward_accuracy: "验证奖励准确率", val_reward_margin: "验证奖励差值",

@@ -162,6 +162,7 @@ export const MESSAGES = {
     "dash.beforeAfter": "Before / after ({relation})",
     "dash.stage": "stage",
     "dash.headline": "{metric} {value}",
+    "term.perLabel": "{metric} {label}",
     "audit.groups": "{n} groups flagged",
     "audit.group": "1 group flagged",
     "audit.probes": "{n} probes flagged",
