@@ -191,6 +191,25 @@ def test_a_resumed_run_forgets_the_rows_after_its_checkpoint(tmp_path: Path):
                                                                          (5, False), (5, True)]
 
 
+def test_a_run_resumes_by_the_name_of_its_folder(lm_workspace: Path):
+    # runs/<name>-<id6> is what a user sees in the workspace: it was refused ("no run with that id, name or folder")
+    from llmkit.errors import UserError
+    from llmkit.registry import Registry
+    from llmkit.train import pretrain
+    from llmkit.workspace import Workspace
+    from tests.conftest import tiny_config
+
+    ws = Workspace.open(lm_workspace)
+    registry = Registry.for_workspace(ws.root)
+    same = {"eval_every": 2, "checkpoint_every": 2}
+    first = pretrain(tiny_config(name="by-folder", max_steps=4, **same), ws, registry)
+    run = registry.get(first.lineage["run"]["id"], "run")
+    more = pretrain(tiny_config(resume=Path(run.path).name, max_steps=6, **same), ws, registry)
+    assert more.lineage["run"]["id"] == run.id and more.lineage["metrics"]["steps"] == 6
+    with pytest.raises(UserError, match=r"no run with that id, name, folder or folder name"):
+        pretrain(tiny_config(resume="../runs", max_steps=8, **same), ws, registry)  # a path is a path, not a name
+
+
 def test_continuing_a_finished_run_keeps_the_version_it_made_and_a_finished_one_says_there_is_nothing_to_do(
         lm_workspace: Path, tmp_path: Path):
     """A resumed run wrote its model into the folder of the version it had registered (v1's record then described

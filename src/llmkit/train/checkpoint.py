@@ -196,8 +196,11 @@ def resume_run(cfg, section: str, registry) -> tuple[Any, Path | None, str | Non
     rec = None if path.is_dir() else registry.find(cfg.resume, "run")
     if rec is not None:
         path = Path(rec.path)
+    elif not path.is_dir() and path.name == cfg.resume and getattr(registry, "root", None) is not None \
+            and (Path(registry.root) / "runs" / cfg.resume).is_dir():
+        path = Path(registry.root) / "runs" / cfg.resume  # the run folder's name, as the runs/ folder shows it
     if not (path / "config.yaml").exists():
-        raise UserError(f"{section}.resume = '{cfg.resume}': no run with that id, name or folder (llmkit ls runs lists them)")
+        raise UserError(f"{section}.resume = '{cfg.resume}': no run with that id, name, folder or folder name (llmkit ls runs lists them)")
     saved_body = yaml.safe_load((path / "config.yaml").read_text())
     # Runs written before sections were named after their commands keep the old name.
     body = {RENAMED_SECTIONS.get(k, k): v for k, v in saved_body.items()}
