@@ -30,6 +30,16 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _wait_for_workers(proc: subprocess.Popen, seconds: float = 120) -> set[int]:
+    """The child processes of `proc` once there are two of them (fewer if it ended or the time ran out)."""
+    workers: set[int] = set()
+    end = time.monotonic() + seconds
+    while len(workers) < 2 and proc.poll() is None and time.monotonic() < end:
+        workers = _children(proc.pid)
+        time.sleep(0.05)
+    return workers
+
+
 def _big_text(path: Path, mb: int) -> None:
     rng = random.Random(0)
     words = [f"w{i}" for i in range(5000)]
@@ -51,10 +61,7 @@ def test_kill_9_of_prepare_takes_its_workers_with_it(tmp_path: Path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     workers: set[int] = set()
     try:
-        end = time.monotonic() + 120
-        while len(workers) < 2 and proc.poll() is None and time.monotonic() < end:
-            workers = _children(proc.pid)
-            time.sleep(0.05)
+        workers = _wait_for_workers(proc)
         assert len(workers) >= 2, f"prepare ended before its workers were seen: {proc.returncode} {proc.stderr.read()[-500:]}"
         time.sleep(0.5)  # the workers are busy on chunks (or waiting for the next one)
         _kill_parent_and_check(proc, workers)
@@ -82,10 +89,7 @@ def test_workers_of_a_pool_made_off_the_main_thread_also_die_with_the_parent():
     proc = subprocess.Popen([sys.executable, "-c", POOL_OFF_THE_MAIN_THREAD])
     workers: set[int] = set()
     try:
-        end = time.monotonic() + 60
-        while len(workers) < 2 and proc.poll() is None and time.monotonic() < end:
-            workers = _children(proc.pid)
-            time.sleep(0.05)
+        workers = _wait_for_workers(proc, 60)
         assert len(workers) >= 2
         _kill_parent_and_check(proc, workers)
     finally:
@@ -121,10 +125,7 @@ def test_ctrl_c_of_prepare_stops_it_and_its_workers_in_one_line(tmp_path: Path):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         workers: set[int] = set()
         try:
-            end = time.monotonic() + 120
-            while len(workers) < 2 and proc.poll() is None and time.monotonic() < end:
-                workers = _children(proc.pid)
-                time.sleep(0.05)
+            workers = _wait_for_workers(proc)
             assert len(workers) >= 2, f"prepare ended before its workers were seen: {proc.returncode}"
             time.sleep(0.1 + 0.4 * attempt)
             os.killpg(proc.pid, signal.SIGINT)  # as the terminal does: to the parent and its workers at once
