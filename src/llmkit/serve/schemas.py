@@ -332,15 +332,43 @@ class FeedbackRequest(Request):
         return value
 
 
+class TextMessage(Request):
+    """A turn of a conversation to explain: text only (no tool calls or results)."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | Annotated[list[TextPart], Field(min_length=1)] = Field(
+        ..., description="the message's text (or text parts)")
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.content) if isinstance(self.content, list) else self.content
+
+
 class ExplainRequest(Request):
+    # One of input and messages, said in the schema too.
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"oneOf": [
+        {"required": ["input"], "properties": {"input": {"type": "string"}, "messages": {"type": "null"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}, "input": {"type": "null"}}}]})
+
     model: Text = Field(..., min_length=1, description="a classifier or causal LM served with the torch backend")
-    input: Text = Field(..., min_length=1, max_length=20_000, description="the text to explain")
+    input: Text | None = Field(None, min_length=1, max_length=20_000, description="the text to explain")
+    messages: Annotated[list[TextMessage], Field(min_length=1, max_length=256)] | None = Field(
+        None, description="causal LMs, instead of input: a conversation, rendered with the model's chat template as "
+                          "/v1/chat/completions renders it (the turn to explain, if any, goes in completion)")
     method: Literal["ig", "occlusion", "shap", "attention"] = Field("ig", description="attribution method")
     target: Text | None = Field(None, max_length=200, description="a label (classifier) or one next token (LM); default: the predicted one")
     completion: Text | None = Field(None, max_length=20_000, description="LMs: explain the log-probability of this continuation")
     steps: int = Field(50, ge=2, le=200, description="Integrated Gradients interpolation steps")
     truncate_completion: bool = Field(False, description="explain the first tokens of a completion past the server's "
                                                          "limit (with a warning) instead of refusing it")
+
+    @model_validator(mode="after")
+    def _one_text(self):
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("send the text to explain as 'input', or a conversation as 'messages' (not both)" if
+                             self.input is not None else "send the text to explain as 'input' (or a conversation as "
+                             "'messages')")
+        return self
 
 
 Sampling.model_rebuild()

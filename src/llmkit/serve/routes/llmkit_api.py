@@ -52,6 +52,9 @@ async def explain(body: s.ExplainRequest, request: Request):
     if not explainable(served):
         raise ApiError(400, f"model '{served.id}' cannot be explained here: {why_not_explainable(served)}", param="model",
                        code="wrong_model_kind")
+    if body.messages is not None and served.kind != "causal":
+        raise ApiError(400, f"model '{served.id}' is a classifier: it explains one text; send it as 'input', not "
+                            "'messages'", param="messages", code="invalid_value")
     deadline = time.perf_counter() + state.cfg.timeout
     with state.explain_slot():
         try:
@@ -75,8 +78,10 @@ def _explain(cfg: ServeConfig, served: ServedModel, body: s.ExplainRequest, dead
     if not served.lock.acquire(timeout=max(0.0, deadline - time.perf_counter())):
         raise OutOfTime
     completion, cut = body.completion, None
+    text_field = "input" if body.messages is None else "messages"
     try:
-        n_input, n_completion = explained_tokens(served.tokenizer, served.kind, body.input, completion, served.max_length)
+        text = body.input if body.messages is None else _conversation(served, body.messages)
+        n_input, n_completion = explained_tokens(served.tokenizer, served.kind, text, completion, served.max_length)
         # The web UI explains a long answer's beginning: cut to what the server explains, and to the model's context
         # (past it the question was cut instead, from the left)
         context = served.max_len or cfg.explain_max_tokens
@@ -92,13 +97,13 @@ def _explain(cfg: ServeConfig, served: ServedModel, body: s.ExplainRequest, dead
     finally:
         served.lock.release()
     if n_input + n_completion > cfg.explain_max_tokens:
-        param = "input" if n_input > cfg.explain_max_tokens else "completion"
+        param = text_field if n_input > cfg.explain_max_tokens else "completion"
         raise ApiError(400, f"'{param}' makes this explanation {n_input + n_completion} tokens; the server explains at most "
                        f"{cfg.explain_max_tokens} (explain_max_tokens, --explain-max-tokens); shorten it", param=param,
                        code="limit_exceeded")
     work = explain_work(body.method, n_input, n_completion, steps=body.steps)
     if work > cfg.explain_max_work:
-        param = "steps" if body.method == "ig" else "input"
+        param = "steps" if body.method == "ig" else text_field
         how = f"{body.steps} steps x {n_input + n_completion} tokens" if body.method == "ig" else f"{n_input + n_completion} tokens"
         raise ApiError(400, f"method '{body.method}' over {how} runs {work} token positions through the model; the server "
                        f"allows {cfg.explain_max_work} (explain_max_work, --explain-max-work); use fewer steps, a shorter "
@@ -108,7 +113,7 @@ def _explain(cfg: ServeConfig, served: ServedModel, body: s.ExplainRequest, dead
     if not served.lock.acquire(timeout=max(0.0, deadline - time.perf_counter())):
         raise OutOfTime
     try:
-        result = explain_loaded(served.net, served.tokenizer, served.kind, body.input, explain_cfg, labels=served.labels,
+        result = explain_loaded(served.net, served.tokenizer, served.kind, text, explain_cfg, labels=served.labels,
                                 max_length=served.max_length, name=served.id, deadline=deadline,
                                 batch_tokens=cfg.explain_batch_tokens)
     finally:
@@ -116,6 +121,18 @@ def _explain(cfg: ServeConfig, served: ServedModel, body: s.ExplainRequest, dead
     if cut:
         result.warnings.append(cut)
     return result
+
+
+def _conversation(served: ServedModel, messages: list[s.TextMessage]) -> str:
+    """The prompt /v1/chat/completions makes of these messages: the model's chat template with the assistant's turn
+    opened, so that a completion is explained as the answer the chat gave (not as text following a bare question)."""
+    from llmkit.generate import chat_prompt
+
+    plain = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in messages]
+    try:
+        return chat_prompt(served.tokenizer, plain)[0]
+    except Exception as err:  # a template that rejects the roles or their order (jinja raises)
+        raise ApiError(400, f"the model's chat template rejected the messages: {err}", param="messages") from None
 
 
 

@@ -288,12 +288,14 @@ export function initChat() {
     if (responseId) {
       bubble.dataset.responseId = responseId;
       bubble.append(feedbackBar(responseId, answer));
-      const asked = history.length >= 2 ? history[history.length - 2].content : "";
       const card = models.find((m) => m.id === select.value);
-      if (asked && answer && card && card.explainable) { // not an adapter (no module of its own), not llama.cpp
+      if (answer && card && card.explainable) { // not an adapter (no module of its own), not llama.cpp
         const model = card.id;
+        // The answer as the chat gave it: after the system prompt and the earlier turns, in the model's chat template
+        // (the question alone, untemplated, made a chat model's own answer look improbable: p = 0.000).
+        const conversation = messages.slice();
         // A long answer: its first tokens are explained (with a warning) rather than the request refused.
-        bubble.append(explainButton(() => ({ model, input: asked, completion: answer, truncate_completion: true })));
+        bubble.append(explainButton(() => ({ model, messages: conversation, completion: answer, truncate_completion: true })));
       }
     }
     scrollDown();
