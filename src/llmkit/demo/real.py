@@ -48,8 +48,9 @@ def find_chat_data(cfg: DemoConfig) -> Path | None:
         return path
     if os.environ.get(CHAT_DATA_ENV):
         return Path(os.environ[CHAT_DATA_ENV]).expanduser()
-    repo_side = Path(__file__).resolve().parents[4] / "shared" / "data" / "instruct_small"
-    return next((p for p in [*CHAT_DATA_PLACES, repo_side] if p.is_dir()), None)
+    here = Path(__file__).resolve()  # src/llmkit/demo/real.py in a source checkout: shared/ is beside the repository
+    repo_side = [here.parents[3].parent / "shared" / "data" / "instruct_small"] if here.parents[2].name == "src" else []
+    return next((p for p in [*CHAT_DATA_PLACES, *repo_side] if p.is_dir()), None)  # an installed copy has no repo_side
 
 
 def real_act(cfg: DemoConfig, chat_data: Path, ws: Workspace, registry: Registry, console=None, progress=None) -> RealResult:
