@@ -19,7 +19,8 @@ app = typer.Typer(help="Audit trained models for bias and privacy.", no_args_is_
 @configured("bias")
 def bias(
     ctx: Ctx, cfg,
-    model: Annotated[str, typer.Argument(help="Classifier or causal LM: registry name (name, name:vN, id) or a model folder.")],
+    model: Annotated[str, typer.Argument(help="Classifier or causal LM: registered name (name, name:vN, id or alias), a built-in "
+                                              "(smollm2-135m, minilm-l6), a model folder or a Hugging Face Hub id.")],
 ) -> None:
     """Classifiers: swap gender, name, nationality and religion terms and measure how predictions move.
     Language models: stereotyped vs other sentence pairs by likelihood, and sentiment of completions per group,
@@ -59,7 +60,8 @@ def bias(
 @configured("privacy")
 def privacy(
     ctx: Ctx, cfg,
-    model: Annotated[str, typer.Argument(help="Causal LM: registry name (name, name:vN, id) or a model folder.")],
+    model: Annotated[str, typer.Argument(help="Causal LM: registered name (name, name:vN, id or alias), a built-in (smollm2-135m), a "
+                                              "model folder or a Hugging Face Hub id.")],
 ) -> None:
     """PII in sampled generations, verbatim continuation of training text, and the exposure of canaries
     planted with 'llmkit train pretrain --canaries N'."""

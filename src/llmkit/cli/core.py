@@ -32,9 +32,9 @@ def register(app: typer.Typer) -> None:
     app.command(name="ls", epilog="Example: llmkit ls models")(ls)
     app.command(epilog="Example: llmkit show shakespeare")(show)
     app.command(epilog="Example: llmkit rm shakespeare-nano:v1 --yes   (a dataset or run things were made from needs --force)")(rm)
-    config_app = typer.Typer(help="Stage configurations.", no_args_is_help=True,
-                             epilog="Example: llmkit config show train > train.yaml")
-    config_app.command(name="show", epilog="Example: llmkit config show train > train.yaml")(config_show)
+    config_app = typer.Typer(help="Config sections: each command's keys with their defaults.", no_args_is_help=True,
+                             epilog="Example: llmkit config show pretrain > pretrain.yaml")
+    config_app.command(name="show", epilog="Example: llmkit config show pretrain > pretrain.yaml")(config_show)
     app.add_typer(config_app, name="config")
 
 
@@ -48,7 +48,8 @@ def version(json_out: JsonOpt = False) -> None:
 
 
 def doctor(json_out: JsonOpt = False, workspace: WorkspaceOpt = None, db_url: DbUrlOpt = None) -> None:
-    """Check the machine: Python, torch, threads, device, and which optional backends import."""
+    """Check the machine and the workspace: Python, torch, threads, device, bf16, the font for Chinese plot labels, which
+    optional backends import, and the workspace's registry and its state (read only: nothing is made or migrated)."""
     import torch
 
     from llmkit.data.figures import cjk_font
@@ -185,7 +186,7 @@ def state_text(rec) -> str:
 @configured(None)
 def show(
     ctx: Ctx,
-    ref: Annotated[str, typer.Argument(help="name, name:vN, id, or a model alias")],
+    ref: Annotated[str, typer.Argument(help="name, name:vN, id, a model alias (with its history) or a study (its best trials)")],
 ) -> None:
     """Show one record with its lineage, or an alias with its history."""
     from llmkit.cli.promote import show_alias
@@ -260,12 +261,12 @@ def _state_line(rec, state: str) -> str:
 @configured(None)
 def rm(
     ctx: Ctx,
-    ref: Annotated[str, typer.Argument(help="name, name:vN, or id")],
+    ref: Annotated[str, typer.Argument(help="name, name:vN, id, a model alias (removes the alias) or a study (with its trial runs)")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     keep_files: Annotated[bool, typer.Option("--keep-files", help="Remove the record but keep its folder.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Remove it even if models, datasets or runs were made from it.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Remove it even if models, datasets or runs were made from it, an alias points at it (the alias goes too) or its run looks still running.")] = False,
 ) -> None:
-    """Remove a record (and its folder inside the workspace)."""
+    """Remove a record (and its folder inside the workspace), or an alias."""
     from llmkit.models.aliases import aliases_on, latest_move, remove_alias
 
     ctx.require_workspace()
@@ -343,10 +344,13 @@ def rm(
 
 
 def config_show(
-    stage: Annotated[str, typer.Argument(help="workspace | data | train | generate | demo")],
+    stage: Annotated[str, typer.Argument(help="a config section, named after its command: workspace, data, from-feedback, "
+                                               "pretrain, sft, classify, distill, dpo, orpo, kto, grpo, tune, predict, eval, "
+                                               "compare, bench-model, quantize, prune, export, generate, serve, explain, bias, "
+                                               "privacy, demo (the old names train, bench, feedback and audit still work)")],
     json_out: JsonOpt = False,
 ) -> None:
-    """Print a stage's defaults as YAML, with a comment on every key."""
+    """Print a config section's defaults as YAML, with a comment on every key: a start for your own --config file."""
     text = render_defaults(stage)
     if json_out:
         import yaml

@@ -178,7 +178,7 @@ def report(
 def show(
     ctx: Ctx,
     dataset: Annotated[str, typer.Argument(help="Dataset name, name:vN or id.")],
-    split: Annotated[str, typer.Option(help="train | val | test")] = "train",
+    split: Annotated[str, typer.Option(help="Split to show: train | val | test.")] = "train",
     n: Annotated[int, typer.Option(help="How many records (with --json: all unless given).", min=1)] = 5,
 ) -> None:
     """Records of a split after cleaning."""

@@ -10,7 +10,8 @@ from rich.markup import escape
 from llmkit.cli.common import Ctx, check_writable_file, console
 from llmkit.cli.options import configured
 
-MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder.")]
+MODEL_ARG = Annotated[str, typer.Argument(help="Registered name (name, name:vN, id or alias), a built-in (smollm2-135m, "
+                                               "minilm-l6), a model folder or a Hugging Face Hub id.")]
 
 
 def register(app: typer.Typer) -> None:

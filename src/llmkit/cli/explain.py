@@ -11,7 +11,8 @@ from llmkit.cli.common import Ctx, check_writable_file, console, valid_text
 from llmkit.cli.options import configured
 from llmkit.errors import UserError
 
-MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder: a classifier or a causal LM.")]
+MODEL_ARG = Annotated[str, typer.Argument(help="Classifier or causal LM: registered name (name, name:vN, id or alias), a built-in "
+                                               "(smollm2-135m, minilm-l6), a model folder or a Hugging Face Hub id.")]
 
 
 def register(app: typer.Typer) -> None:

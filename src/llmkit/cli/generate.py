@@ -13,7 +13,8 @@ from llmkit.errors import UserError
 
 # how a streamed answer ended, in words (the stats line said a bare "length" or "stop")
 _ENDED = {"length": "stopped at --max-new-tokens", "stop": "ended by the model or a stop string"}
-MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a Hugging Face model folder.")]
+MODEL_ARG = Annotated[str, typer.Argument(help="Causal LM: registered name (name, name:vN, id or alias), a built-in (smollm2-135m), "
+                                               "a model folder or a Hugging Face Hub id.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +33,7 @@ def _sampling(cfg) -> dict:
 def generate(
     ctx: Ctx, cfg,
     model: MODEL_ARG,
-    prompt: Annotated[str | None, typer.Option(help="Text to continue.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Text to continue (default: read from stdin when it is piped).")] = None,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Print only when done.")] = False,
 ) -> None:
     """Continue a prompt with a causal language model."""

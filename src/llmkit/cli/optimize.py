@@ -9,7 +9,8 @@ import typer
 from llmkit.cli.common import Ctx, console
 from llmkit.cli.options import configured
 
-MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder.")]
+MODEL_ARG = Annotated[str, typer.Argument(help="Registered name (name, name:vN, id or alias), a built-in (smollm2-135m), "
+                                               "a model folder or a Hugging Face Hub id.")]
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,9 @@ from llmkit.cli.common import Ctx, console, valid_text
 from llmkit.cli.options import configured
 from llmkit.errors import UserError
 
-MODEL_ARG = Annotated[str, typer.Argument(help="Registry name (name, name:vN, id) or a model folder.")]
+MODEL_ARG = Annotated[str, typer.Argument(help="Classifier: registered name (name, name:vN, id or alias), a model folder or a "
+                                               "Hugging Face Hub id.")]
+ADAPTER_ARG = Annotated[str, typer.Argument(help="LoRA adapter: registered name (name, name:vN, id or alias) or an adapter folder.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -76,7 +78,7 @@ def predict(
 @configured(None)
 def merge(
     ctx: Ctx,
-    model: MODEL_ARG,
+    model: ADAPTER_ARG,
     name: Annotated[str | None, typer.Option(help="Name of the merged model (default: <adapter>-merged).")] = None,
 ) -> None:
     """Fold a LoRA adapter into its base: a standalone Hugging Face model with the same outputs."""

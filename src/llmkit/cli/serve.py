@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
                    "trusted_proxies": ("--trusted-proxy",)},
             json=False)
 def serve(ctx: Ctx, cfg) -> None:
-    """Serve models with an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/embeddings), /v1/classify, feedback, metrics and a web UI."""
+    """Serve models with an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/embeddings), llmkit's
+    /v1/classify, /v1/explain, /v1/feedback and /v1/adapters, /health, /metrics and a web UI; SIGTERM drains, then stops."""
     from llmkit.serve import serve as run
 
     def ready(url: str) -> None:
