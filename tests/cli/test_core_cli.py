@@ -211,7 +211,7 @@ def test_reading_commands_never_make_a_workspace_at_a_mistyped_path(tmp_path: Pa
     listed = llmkit("ls", "--workspace", str(missing))
     assert listed.returncode == 0 and f"no workspace at {missing}" in listed.stdout, listed
     assert json.loads(llmkit("ls", "models", "--workspace", str(missing), "--json").stdout) == []
-    for command in (["show", "toy"], ["rm", "toy", "--yes"]):
+    for command in (["show", "toy"], ["rm", "toy", "--yes"], ["data", "report", "toy"], ["data", "show", "toy"]):
         out = llmkit(*command, "--workspace", str(missing))
         assert out.returncode == 2 and out.stderr.strip() == \
             f"error: no workspace at {missing}: check --workspace (or $LLMKIT_HOME), or make one with llmkit init", out

@@ -81,6 +81,8 @@ def _kept_per_row(score: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 def test_wanda_zeros_the_smallest_weight_times_input_norm_of_each_row_and_recovery_keeps_the_zeros(ws, tiny_model):
     wanda = _run(ws, method="wanda", sparsity=0.5, calib_data="tiny", calib_samples=8, name="w50")
+    again = _run(ws, method="wanda", sparsity=0.5, calib_data="tiny", calib_samples=8, name="w50")
+    assert (again.id, again.version) == (wanda.id, 1)  # the same recipe (and calibration data version): made before
     a, _ = load_causal_lm(wanda)
     original, tokenizer = load_causal_lm(tiny_model)
     layers = prunable_layers(original)

@@ -93,6 +93,10 @@ def main() -> None:
     except Exception as err:  # our own failures, or the machine's
         if os.environ.get("LLMKIT_DEBUG"):
             raise
+        missing = _missing_package(err)
+        if missing is not None:
+            err_console.print(f"[red]error:[/red] {escape(missing)}", highlight=False, soft_wrap=True)
+            sys.exit(2)
         machine = _machine_failure(err)
         if machine is not None:
             err_console.print(f"[red]failed:[/red] {escape(machine)}", highlight=False, soft_wrap=True)
@@ -165,3 +169,36 @@ def _usage_error(err: Exception) -> int:
 
 
 __all__ = ["app", "main", "console"]
+
+
+# Import names that are not their distribution's name (the others are, with '_' for '-').
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "llama_cpp": "llama-cpp-python", "yaml": "pyyaml"}
+
+
+def _missing_package(err: Exception) -> str | None:
+    """One line for a package the command needs that is not installed: which, and the extra that brings it (read from
+    the installed llmkit's own requirements); None when `err` is something else."""
+    import re
+    from importlib import metadata
+
+    if not isinstance(err, ModuleNotFoundError) or not err.name:
+        return None
+    module = err.name.split(".")[0]
+    dist = _DISTRIBUTIONS.get(module, module.replace("_", "-")).lower()
+    try:
+        requirements = metadata.requires("llmkit") or []
+    except metadata.PackageNotFoundError:  # run from a source tree without an install
+        requirements = []
+    extras = []
+    for line in requirements:
+        name = re.split(r"[\s\[<>=!~;]", line, maxsplit=1)[0].lower().replace("_", "-")
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", line)
+        if name == dist and extra and extra.group(1) not in ("all", "dev"):
+            extras.append(extra.group(1))
+    if extras:
+        how = f"pip install 'llmkit[{extras[0]}]'" + (f" (or [{'], ['.join(extras[1:])}])" if extras[1:] else "")
+    elif dist == "llama-cpp-python":
+        how = "make install builds it (portable: see the README's llama.cpp notes), or pip install llama-cpp-python"
+    else:
+        how = f"pip install {dist}"
+    return f"this command needs the Python package '{dist}', which is not installed: {how}"

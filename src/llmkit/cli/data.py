@@ -228,5 +228,6 @@ def _given(flag: str) -> bool:
 def _load(ctx: Ctx, ref: str) -> tuple[Path, dict]:
     from llmkit.data.dataset import open_dataset
 
+    ctx.require_workspace()  # reading a dataset from a mistyped --workspace made an empty workspace there
     ds = open_dataset(ctx.registry, ref)
     return ds.path, ds.manifest

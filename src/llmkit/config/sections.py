@@ -78,10 +78,10 @@ class FeedbackDataConfig(Section):
 
 class PretrainConfig(Section):
     data: str | None = Field(None, description="registry name of an lm dataset (llmkit data prepare --task lm)")
-    preset: Literal["nano", "micro", "small", "base"] = Field("nano", description="model size: nano ~1M, micro ~11M, small ~50M, base ~125M parameters")
+    preset: Literal["nano", "micro", "small", "base"] = Field("nano", description="model size at a 4,096-token vocabulary: nano ~1.4M, micro ~11M, small ~48M, base ~126M parameters")
     model: Annotated[dict[str, Any], AfterValidator(check_llama_fields)] = Field(default_factory=dict, description="overrides of any LlamaConfig field, e.g. {num_hidden_layers: 2}")
     name: str | None = Field(None, description="name of the model in the registry (default: <data>-<preset>)")
-    resume: str | None = Field(None, description="run id or run folder to continue from its last checkpoint")
+    resume: str | None = Field(None, description="run id, run name, run folder or its name under runs/ to continue from its last checkpoint")
     max_steps: int = Field(1000, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1, description="sequences per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
@@ -119,8 +119,8 @@ class FinetuneConfig(Section):
     """What SFT, classification and distillation share: the base, the data, the loop."""
 
     data: str | None = Field(None, description="registry name of the dataset to train on")
-    name: str | None = Field(None, description="name of the trained model in the registry (default: <base>-<data>-<stage>)")
-    resume: str | None = Field(None, description="run id or run folder to continue from its last checkpoint")
+    name: str | None = Field(None, description="name of the trained model in the registry (default: <base>-<data>-<stage>; classify: <base>-<data>-classifier, distill: <teacher>-student)")
+    resume: str | None = Field(None, description="run id, run name, run folder or its name under runs/ to continue from its last checkpoint")
     epochs: float = Field(1.0, gt=0.0, description="passes over the train split (ignored when max_steps is set)")
     max_steps: int = Field(0, ge=0, description="optimizer steps (0 = as many as the epochs take)")
     batch_size: int = Field(16, ge=1, description="examples per micro-batch")
@@ -229,7 +229,7 @@ class BenchModelConfig(Section):
 class ExportConfig(Section):
     format: Literal["gguf", "onnx"] = Field("gguf", description="gguf: llama.cpp / Ollama; onnx: onnxruntime")
     quant: Literal["f32", "f16", "q8_0", "q4_0"] = Field("q8_0", description="GGUF weight type (norms stay f32); ONNX: f32 unless given, or q8_0 (onnxruntime's dynamic int8: int8 weights, activations rounded per batch)")
-    name: str | None = Field(None, description="registry name of the export (default: <model>-<quant>)")
+    name: str | None = Field(None, description="registry name of the export (default: <model>-<quant> for GGUF; <model>-onnx or <model>-onnx-int8 for ONNX)")
     table: bool = Field(True, description="measure size, perplexity on the model's val split and decode speed before and after")
     eval_max_examples: int = Field(200, ge=0, description="val records the before/after perplexity uses (0 = all)")
     eval_data: str | None = Field(None, description="dataset the before/after table measures quality on, its val split (default: the one the model was trained on; a built-in or imported model has none)")
@@ -253,7 +253,7 @@ class PruneConfig(Section):
     calib_context: int = Field(0, ge=0, description="tokens per calibration window (0 = the model's context)")
     recover_steps: int = Field(0, ge=0, description="fine-tuning steps after pruning, zeros kept (needs calib_data)")
     recover_lr: float = Field(1e-4, gt=0.0, description="learning rate of the recovery steps")
-    name: str | None = Field(None, description="registry name of the pruned model (default: <model>-<method>-<sparsity>)")
+    name: str | None = Field(None, description="registry name of the pruned model (default: <model>-<method>-<sparsity %>, or <model>-<method>-2of4)")
     table: bool = Field(True, description="measure size, perplexity and decode speed before and after")
     eval_max_examples: int = Field(200, ge=0, description="val records the before/after perplexity uses (0 = all)")
     eval_data: str | None = Field(None, description="dataset the before/after table measures quality on, its val split (default: the one the model was trained on; a built-in or imported model has none)")
@@ -261,12 +261,12 @@ class PruneConfig(Section):
 
 class GenerateConfig(Section):
     max_new_tokens: int = Field(100, ge=1, description="tokens to generate")
-    temperature: float = Field(0.8, ge=0.0, le=10.0, description="0 = greedy")
+    temperature: float = Field(0.8, ge=0.0, le=10.0, description="sampling temperature (0 = greedy)")
     top_k: int = Field(0, ge=0, description="sample from the k most likely tokens (0 = off)")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (1 = off)")
     repetition_penalty: float = Field(1.0, gt=0.0, description="> 1 discourages repeating tokens (1 = off)")
     stop: list[str] = Field(default_factory=list, description="strings that end the generation")
-    seed: int | None = Field(None, description="seed for sampling (empty = random)")
+    seed: int | None = Field(None, description="seed for sampling (default: random)")
 
 
 class ServeConfig(Section):

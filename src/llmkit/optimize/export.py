@@ -90,6 +90,15 @@ def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Regi
                         "and classifiers; fine-tune it into one first (llmkit train classify --base "
                         f"{source.name} --data NAME)")
     name = output_name("export", cfg.name, f"{source.name.split('/')[-1]}-onnx" + ("-int8" if quant == "q8_0" else ""))
+    # the quant written, not the one given: cfg.quant is GGUF's q8_0 by default where ONNX writes f32
+    recipe = recipe_key("export-onnx", source, cfg, quant=quant)
+    before = made_before(registry, name, recipe)
+    if before is not None:
+        exported = resolve_model(before.id, registry)
+        if console is not None:
+            console.print(f"{before.ref} is this export of {source.ref} already (the same settings): kept, not made again",
+                          markup=False, highlight=False)
+        return exported, table_if_asked(source, exported, cfg, ws, registry, console, progress)
     kind = model_task(source)
     target = ws.new_folder("models", name, "onnx")
     lineage = {**(source.lineage or {}), "task": kind, "method": "export-onnx", "format": "onnx",
@@ -102,7 +111,7 @@ def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Regi
         info = write_onnx(source, tmp, classifier=kind == "classification", int8=quant == "q8_0")
         lineage.update(info)
         (tmp / "llmkit.json").write_text(json.dumps(lineage, indent=2, default=str))
-    rec = registry.add("model", name, kind="onnx", path=target, params={"format": "onnx", "task": kind},
+    rec = registry.add("model", name, kind="onnx", path=target, params={"format": "onnx", "task": kind}, content_hash=recipe,
                        metrics={"max_abs_logit_diff": info["max_abs_logit_diff"]},
                        parents=[(source.id, "exported_from")] if source.id else [])
     exported = Model(target, name, rec.id, rec.version, lineage)

@@ -1,4 +1,4 @@
-"""An export or a quantization made again from the same model with the same settings returns the version made
+"""An export, a quantization or a pruning made again from the same model with the same settings returns the version made
 before, as `import` and `data prepare` do for the same files. The model is registered before the before/after
 table is measured, so a re-run after a Ctrl-C in the table (or a second run to see the table again) registered
 one identical version more each time.
@@ -20,13 +20,14 @@ from llmkit.registry import Record, Registry
 NOT_THE_WEIGHTS = {"name", "table", "eval_max_examples", "eval_data"}
 
 
-def recipe_key(stage: str, source: Model, cfg) -> str | None:
+def recipe_key(stage: str, source: Model, cfg, **inputs) -> str | None:
     """The content hash a made model is registered with; None for a source outside the registry (a folder, a Hub
-    id): nothing identifies its weights, and its files may change."""
+    id): nothing identifies its weights, and its files may change. `inputs`: what else shapes the weights and is not
+    a setting as given (the registry id of the dataset a name resolved to, a default the stage chose)."""
     if not source.id:
         return None
     settings = {k: v for k, v in cfg.model_dump().items() if k not in NOT_THE_WEIGHTS}
-    text = json.dumps([stage, source.id, settings], sort_keys=True, default=str)
+    text = json.dumps([stage, source.id, settings] + ([inputs] if inputs else []), sort_keys=True, default=str)
     return "recipe:" + hashlib.sha256(text.encode()).hexdigest()
 
 
