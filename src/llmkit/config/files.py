@@ -72,6 +72,31 @@ def _key_lines(text: str) -> KeyLines:
     return lines
 
 
+MAX_VALUES = 100_000  # values a config file may expand to: a real one has hundreds
+
+
+def _check_expansion(root: yaml.Node | None, path: Path) -> None:
+    """A file whose aliases of aliases expand to more than MAX_VALUES values (a "billion laughs": nine anchors of
+    nine aliases each are 9**9 strings) is refused before anything walks it; each node's size is counted once."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 0  # (a node reached again inside itself counts once)
+            if isinstance(node, yaml.MappingNode):
+                n = 1 + sum(size(k) + size(v) for k, v in node.value)
+            elif isinstance(node, yaml.SequenceNode):
+                n = 1 + sum(size(item) for item in node.value)
+            else:
+                n = 1
+            sizes[id(node)] = n
+        return sizes[id(node)]
+
+    if root is not None and size(root) > MAX_VALUES:
+        raise UserError(f"{path}: the YAML expands to {size(root):,} values through its aliases (*name), over the "
+                        f"{MAX_VALUES:,} a config file may hold; write the values out instead of aliases of aliases")
+
+
 def _at(path: Path, lines: KeyLines, *key: str) -> str:
     """`path:line` of the longest prefix of `key` the file has (its section's line at least), else `path`."""
     for n in range(len(key), 0, -1):
@@ -91,8 +116,12 @@ def _read_with_lines(path: str | Path | None) -> tuple[dict[str, Any], KeyLines]
         raise UserError(f"{path}: config file not found")
     try:
         text = path.read_text(encoding="utf-8")
+        _check_expansion(yaml.compose(text, Loader=yaml.SafeLoader), path)
         raw = yaml.safe_load(text)
         lines = _key_lines(text) if isinstance(raw, dict) else {}
+    except RecursionError:
+        raise UserError(f"{path}: the YAML nests thousands of levels deep (or an alias sits inside itself); a config "
+                        "file is a few levels of sections and keys") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

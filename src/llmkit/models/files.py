@@ -35,15 +35,55 @@ def check_safetensors_file(path: Path) -> dict[str, Any]:
                             "copy or save it again")
         try:
             header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # (nested thousands deep: a hostile header)
             raise UserError(f"{path}: its safetensors header is not JSON; the file is damaged, save it again") from None
     if not isinstance(header, dict):
         raise UserError(f"{path}: its safetensors header is not a JSON object; the file is damaged, save it again")
-    end = max((t.get("data_offsets", [0, 0])[1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)),
-              default=0)
+    end = 0
+    for name, tensor in header.items():
+        if name != "__metadata__":
+            end = max(end, _tensor_end(path, name, tensor))
     if 8 + n + end > size:
         raise UserError(f"{path}: truncated ({size:,} bytes, its tensors need {8 + n + end:,}); copy or save it again")
     return header
+
+
+# Bytes per element of safetensors' dtypes; a dtype not listed (a newer sub-byte float) is left to the library.
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+                "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2": 1, "F8_E5M2FNUZ": 1}
+
+
+def _tensor_end(path: Path, name: str, tensor: Any) -> int:
+    """Where tensor `name`'s bytes end in the data, once its entry is proved well formed: a dtype, a shape of
+    non-negative ints and two offsets whose span holds exactly that shape (a header claiming a giant tensor over
+    four bytes, or offsets that are not numbers, is a damaged or hostile file, said in one line)."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: tensor {str(name)[:100]!r} has {what} in its safetensors header; the file is damaged "
+                         "or not safetensors, save it again")
+
+    if not isinstance(tensor, dict):
+        raise bad("an entry that is not a JSON object")
+    offsets, shape, dtype = tensor.get("data_offsets"), tensor.get("shape"), tensor.get("dtype")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise bad(f"data_offsets {str(offsets)[:60]} (two byte offsets, begin <= end, are expected)")
+    if not (isinstance(shape, list) and all(_count(d) for d in shape)):
+        raise bad(f"shape {str(shape)[:60]} (a list of sizes is expected)")
+    if not isinstance(dtype, str):
+        raise bad(f"dtype {str(dtype)[:30]}")
+    if dtype in _DTYPE_BYTES:
+        elements = 1
+        for d in shape:
+            elements *= d
+        if elements * _DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
+            raise bad(f"shape {shape} of {dtype} ({elements * _DTYPE_BYTES[dtype]:,} bytes) over {offsets[1] - offsets[0]:,} "
+                      "bytes of data")
+    return offsets[1]
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
 
 
 def check_gguf_file(path: Path) -> None:
@@ -57,7 +97,7 @@ def check_gguf_file(path: Path) -> None:
         needed = gguf_data_end(path)
     except ImportError:
         return  # the quant sizes ship with llmkit's export extra; llama.cpp checks the file itself
-    except (struct.error, ValueError, KeyError, IndexError, OverflowError) as err:
+    except (struct.error, ValueError, KeyError, IndexError, OverflowError, TypeError) as err:
         raise UserError(f"{path}: truncated or damaged GGUF (its header does not parse: {err}); download, copy or export it again") from None
     size = path.stat().st_size
     if needed > size:
@@ -65,6 +105,7 @@ def check_gguf_file(path: Path) -> None:
 
 
 # GGUF metadata value types -> struct format (8 string and 9 array are read by hand).
+_GGUF_MAX_NESTING = 16  # arrays of arrays: real files nest one deep (a vocabulary is an array of strings)
 _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
@@ -94,7 +135,7 @@ def gguf_data_end(path: Path) -> int:
         pos += n
         return head[pos - n: pos]
 
-    def skip(kind: int) -> Any:
+    def skip(kind: int, depth: int = 0) -> Any:
         nonlocal pos
         if kind == 8:
             return string()
@@ -102,9 +143,11 @@ def gguf_data_end(path: Path) -> int:
             item, count = take("I"), take("Q")
             if item in _GGUF_SCALARS:
                 pos += count * struct.calcsize(_GGUF_SCALARS[item])
+            elif item == 9 and depth >= _GGUF_MAX_NESTING:  # arrays of arrays thousands deep: a hostile header
+                raise ValueError(f"arrays nested more than {_GGUF_MAX_NESTING} deep")
             else:
                 for _ in range(count):
-                    skip(item)
+                    skip(item, depth + 1)
             return None
         return take(_GGUF_SCALARS[kind])
 
@@ -116,7 +159,9 @@ def gguf_data_end(path: Path) -> int:
         key = string()
         value = skip(take("I"))
         if key == b"general.alignment":
-            alignment = int(value)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"general.alignment is {value!r}, not a positive number")
+            alignment = value
     tensors = []
     for _ in range(n_tensors):
         string()

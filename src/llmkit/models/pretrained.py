@@ -77,10 +77,14 @@ def check_folder(folder: Path) -> dict[str, Any]:
     config_file = folder / "config.json"
     if not config_file.exists():
         raise UserError(f"{folder}: no config.json, so not a Hugging Face model folder; import takes {ACCEPTED}")
+    check_links(folder)
     config = check_json_file(config_file, "model config")
-    if "auto_map" in config:
-        raise UserError(f"{config_file}: 'auto_map' asks to run the model's own Python code, which llmkit never does; "
-                        "import a model whose architecture transformers ships")
+    for file, data in ((config_file, config), (folder / "tokenizer_config.json", None)):
+        if data is None and file.exists():
+            data = check_json_file(file, file.name)
+        if data is not None and "auto_map" in data:  # a tokenizer class of the repo's own, as a model class
+            raise UserError(f"{file}: 'auto_map' asks to run the model's own Python code, which llmkit never does; "
+                            "import a model whose architecture and tokenizer transformers ships")
     causal_lm_architecture(config, config_file)
     check_config_keys(config, config_file)
     if not list(folder.glob("*.safetensors")):
@@ -94,6 +98,22 @@ def check_folder(folder: Path) -> dict[str, Any]:
                         "the model beside its weights (tokenizer.save_pretrained(FOLDER)) and import again")
     check_weights_fit_config(folder, config)
     return config
+
+
+def check_links(folder: Path) -> None:
+    """No file of the folder is a link to something outside it: import copies what a link points at into the
+    workspace, so a folder from someone else holding `notes.txt -> ~/.ssh/id_rsa` or a tokenizer linked to
+    /etc/shadow would put that file among the model's, to be pushed or shared with it. Links inside the folder
+    are fine, and so are those of a Hugging Face cache snapshot to its repository's `blobs`."""
+    root = folder.resolve()
+    blobs = root.parent.parent / "blobs" if root.parent.name == "snapshots" else None
+    for item in sorted(folder.iterdir()):
+        if not item.is_symlink():
+            continue
+        target = item.resolve()
+        if not (target.is_relative_to(root) or (blobs is not None and target.is_relative_to(blobs))):
+            raise UserError(f"{item}: a link to a file outside the folder, which import would copy into the workspace; "
+                            "copy that file into the folder if it belongs to the model, or remove the link")
 
 
 def _renames(model):

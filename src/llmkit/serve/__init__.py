@@ -215,6 +215,11 @@ def _check_exposure(cfg: ServeConfig, app, console) -> None:
     if not loopback and app.state.llmkit.auth.open and console:
         console.print(f"[yellow]warning:[/yellow] serving on {cfg.host} without an API key: anyone who can reach this "
                       "address can use the models; pass --api-key or --api-keys-file")
+    if "*" in cfg.cors_origins and app.state.llmkit.auth.open and console:
+        # the Host check does not help here: the browser sends the server's own name, only the Origin is foreign
+        console.print("[yellow]warning:[/yellow] --cors-origin * without an API key: any web page open in a browser "
+                      "on this machine can use the models and read the dashboard's registry; pass --api-key, or name "
+                      "the origins that may call (--cors-origin https://app.example.com)")
     from llmkit.serve.hosts import is_wildcard
 
     if is_wildcard(cfg.host) and not cfg.allowed_hosts and console:

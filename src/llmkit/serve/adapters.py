@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from llmkit.errors import UserError
+from llmkit.models.files import check_adapter
 from llmkit.models.io import Model, adapter_base, is_adapter, resolve_model
 from llmkit.runtime.decoder import get_decoder
 from llmkit.runtime.fast_llama import FastLlama
@@ -64,7 +65,21 @@ def _adapter(ref: str, registry) -> Model:
     if not is_adapter(adapter.path):
         raise UserError(f"{adapter.ref} is not a LoRA adapter (its folder has no adapter_config.json); name an "
                         "adapter trained with --method lora, or serve the model itself")
+    check_adapter(Path(adapter.path))  # a damaged or hostile file: one line, before any library reads it
     return adapter
+
+
+def _read(folder: Path, name: str, base: ServedModel, dtype):
+    """The adapter's layout for the base; one line when its config or weights do not make one (`r: 0`, a rank that
+    is not a number, tensors of another model's sizes): a file of someone else's, not a fault of the server."""
+    try:
+        return read_adapter(folder, name, base.net, dtype)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the file made the reader raise
+        raise UserError(f"adapter '{name}' ({folder}) does not fit '{base.id}': {type(err).__name__}: "
+                        f"{' '.join(str(err).split())[:200]}; check its adapter_config.json and weights, or serve it "
+                        "merged (llmkit merge)") from None
 
 
 def _not_served(adapter: Model, name: str, ref: str, served: list[str]) -> UserError:
@@ -107,7 +122,7 @@ def attach(name: str | None, ref: str, models: dict[str, ServedModel], registry)
     if fast is None:
         raise NoFastBase(f"'{base.id}' runs on {base.backend} without llmkit's fast decoder, so adapters cannot share its "
                         f"batches; serve {adapter.ref} merged as a model of its own (llmkit serve {ref})", base.id)
-    layout = read_adapter(Path(adapter.path), name, base.net, fast.dtype)
+    layout = _read(Path(adapter.path), name, base, fast.dtype)
     with _lock:
         adapter_id = next(_ids)
         base.adapters[adapter_id] = layout

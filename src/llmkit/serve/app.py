@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.staticfiles import StaticFiles
 
 import llmkit.serve.schemas as s
 from llmkit.config import ServeConfig
@@ -22,6 +23,27 @@ from llmkit.serve.served import ServedModel
 from llmkit.serve.state import ServerState
 
 STATIC = Path(__file__).parent / "static"
+# The web UI's pages: scripts only from its own files (an event handler or <script> that ever slipped into the DOM
+# from a model's answer, a registry name or a report does not run), requests only to this server, and no framing by
+# another site (which could dress the page up and have the user click in it: clickjacking). Styles inline are
+# allowed: the UI colours tokens with style attributes. A report the UI opens in a blob page inherits this policy.
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class UiFiles(StaticFiles):
+    """The web UI's files, each with UI_HEADERS."""
+
+    async def get_response(self, path: str, scope):
+        response = await super().get_response(path, scope)
+        response.headers.update(UI_HEADERS)
+        return response
 
 
 def access_line(request: Request, status: int, seconds: float) -> None:
@@ -114,11 +136,10 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
                            allow_headers=["*"])
     if cfg.ui and STATIC.is_dir():
         from fastapi.responses import RedirectResponse
-        from fastapi.staticfiles import StaticFiles
 
         # Under /ui rather than /: a mount at / would answer every unmatched path (GET on a POST
         # route included) with its own 404 instead of the API's 405.
-        app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
+        app.mount("/ui", UiFiles(directory=STATIC, html=True), name="ui")
 
         @app.get("/", include_in_schema=False)
         async def root():
