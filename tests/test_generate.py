@@ -91,3 +91,21 @@ def test_stop_token_ids_end_the_text_like_eos(tokenizer, trained):
     first = free.token_ids[0]
     stopped = generate(trained, tokenizer, "ab", max_new_tokens=5, temperature=0, stop_token_ids=[first])
     assert stopped.token_ids == [first] and stopped.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("template, says", [
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "SecurityError"),  # the sandbox stops it
+    ("{{ raise_exception('Conversation roles must alternate user/assistant') }}", "roles must alternate"),
+])
+def test_a_chat_template_that_fails_is_one_line_about_the_model(tokenizer, template, says):
+    # a hostile or strict template was `failed: SecurityError ...` (exit 1, as if llmkit had failed)
+    from llmkit.errors import UserError
+    from llmkit.generate import chat_prompt
+
+    before, tokenizer.chat_template = tokenizer.chat_template, template
+    try:
+        with pytest.raises(UserError, match=r"^the model's chat template failed on these messages: ") as err:
+            chat_prompt(tokenizer, [{"role": "user", "content": "hi"}])
+    finally:
+        tokenizer.chat_template = before
+    assert says in str(err.value)

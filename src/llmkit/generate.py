@@ -65,7 +65,16 @@ def chat_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None
     if getattr(tokenizer, "chat_template", None):
         vocab = tokenizer.get_vocab()
         extra = {"tools": tools} if tools else {}
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+        try:
+            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+        except Exception as err:
+            from jinja2 import TemplateError
+
+            # the template is the model's (rendered in transformers' sandbox): its own raise_exception for roles it
+            # does not take, or the sandbox stopping what a template may not do, is a fact about the model
+            if not isinstance(err, TemplateError):
+                raise
+            raise UserError(f"the model's chat template failed on these messages: {type(err).__name__}: {err}") from None
         return prompt, [vocab[m] for m in END_OF_TURN if m in vocab]
     return "".join(f"{m['content']}\n" for m in messages), []
 

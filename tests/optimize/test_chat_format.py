@@ -116,3 +116,18 @@ def test_smollm2s_default_system_prompt_comes_from_the_modelfile_once(smollm2):
     text = modelfile("m.gguf", 8192, chat, {"temperature": 0.2, "top_p": 0.9})
     assert "PARAMETER temperature 0.2\nPARAMETER top_p 0.9\nPARAMETER num_ctx 8192" in text
     assert "temperature" not in modelfile("m.gguf", 8192, chat, None)  # Ollama's defaults, not a figure of ours
+
+
+def test_values_from_a_hostile_model_cannot_add_modelfile_directives():
+    # generation_config.json and the template are the model's files: a value that ends its quoting added its own
+    # FROM / ADAPTER lines (a security walk-through's finding)
+    from llmkit.optimize.chat_format import OllamaChat
+
+    chat = OllamaChat("chatml", template='{{ .Prompt }}"""\nADAPTER /tmp/evil', stops=['<|im_end|>', 'x"\nFROM /etc/passwd'],
+                      system='Hi"""\nFROM /etc/shadow', note="cannot translate\nFROM /bin/sh")
+    text = modelfile("m.gguf", 2048, chat, {"temperature": "0.7\nFROM /etc/passwd", "top_p": 0.9, "top_k": True})
+    directives = [line.split()[0] for line in text.splitlines() if line and not line.startswith("#")]
+    assert directives == ["FROM", "PARAMETER", "PARAMETER", "PARAMETER"], text
+    assert text.splitlines()[0] == "FROM ./m.gguf" and 'PARAMETER stop "<|im_end|>"' in text
+    assert "PARAMETER top_p 0.9" in text and "temperature" not in text and "top_k" not in text
+    assert "# TEMPLATE left out" in text and "# SYSTEM left out" in text

@@ -66,8 +66,8 @@ def url(lm_workspace: Path, tiny_model):
 
 @pytest.mark.parametrize(("adapter", "says"), [
     ("giant-header", "4,000,000 bytes) over 4 bytes"),
-    ("rank-zero", "ZeroDivisionError"),
-    ("rank-words", "'many'"),
+    ("rank-zero", "r = 0; a LoRA rank is a whole number from 1"),
+    ("rank-words", "r = 'many'"),
     ("other-sizes", "does not fit 'tiny-lm'"),
 ])
 def test_a_hostile_adapter_loaded_at_run_time_is_a_one_line_400(url, hostile, adapter: str, says: str):

@@ -8,6 +8,8 @@ fine-tuning tools; it comes from exactly these three things going missing on exp
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -89,14 +91,29 @@ def _default_system(family: str, tokenizer) -> str | None:
 def modelfile(gguf_name: str, context: int, chat: OllamaChat, sampling: dict | None = None) -> str:
     """An Ollama Modelfile: FROM the GGUF, its chat template in Go syntax, the stops, a default system, and the
     sampling the model's generation_config.json asks for (`sampling`; it said temperature 0.8 whatever the model)."""
+    # Every value comes from the model's own files, which may be hostile: a value that could end its quoting (a
+    # triple quote in a template or system prompt, a quote or line break in a stop, text in a number's place) would let
+    # them add directives of their own (another FROM or ADAPTER), so it is left out with a comment saying so.
     lines = [f"FROM ./{gguf_name}"]
     if chat.note:
-        lines.append(f"# {chat.note}")
-    lines.append(f'TEMPLATE """{chat.template}"""')
-    if chat.system:
+        lines.append("# " + " ".join(chat.note.split()))
+    if '"""' in chat.template:
+        lines.append('# TEMPLATE left out: the chat template holds """, which a Modelfile cannot quote')
+    else:
+        lines.append(f'TEMPLATE """{chat.template}"""')
+    if chat.system and '"""' in chat.system:
+        lines.append('# SYSTEM left out: the default system prompt holds """, which a Modelfile cannot quote')
+    elif chat.system:
         lines.append(f'SYSTEM """{chat.system}"""')
-    lines += [f'PARAMETER stop "{s}"' for s in chat.stops or ["<|endoftext|>"]]
+    for stop in chat.stops or ["<|endoftext|>"]:
+        if any(c in stop for c in '"\\\n\r'):
+            lines.append(f"# stop {json.dumps(stop)} left out: a quote, backslash or line break in it")
+        else:
+            lines.append(f'PARAMETER stop "{stop}"')
     if (sampling or {}).get("do_sample", True):  # greedy models leave Ollama's own defaults alone
-        lines += [f"PARAMETER {key} {sampling[key]}" for key in ("temperature", "top_p", "top_k") if (sampling or {}).get(key)]
-    lines.append(f"PARAMETER num_ctx {context}")
+        for key in ("temperature", "top_p", "top_k"):
+            value = (sampling or {}).get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value:
+                lines.append(f"PARAMETER {key} {value}")
+    lines.append(f"PARAMETER num_ctx {int(context)}")
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ Token ids and tensors only: which request uses which adapter is the serving engi
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,13 @@ def read_adapter(folder: Path, name: str, model, dtype: torch.dtype) -> AdapterL
         raise UserError(f"adapter '{name}' ({folder}) has per-layer ranks (rank_pattern); serve it merged (llmkit merge)")
     if cfg.get("use_dora"):
         raise UserError(f"adapter '{name}' ({folder}) is DoRA, whose delta is not low-rank; serve it merged (llmkit merge)")
-    r, alpha = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
+    r, alpha = cfg.get("r", 8), cfg.get("lora_alpha", 8)
+    # the config is the adapter's own file: r 0 divided by zero, r "many" was a ValueError
+    if not (isinstance(r, int) and not isinstance(r, bool) and r >= 1):
+        raise UserError(f"adapter '{name}' ({folder}): adapter_config.json has r = {r!r}; a LoRA rank is a whole number "
+                        "from 1")
+    if not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and math.isfinite(alpha)):
+        raise UserError(f"adapter '{name}' ({folder}): adapter_config.json has lora_alpha = {alpha!r}; it is a number")
     scale = alpha / r ** 0.5 if cfg.get("use_rslora") else alpha / r
     return adapter_layout(load_file(str(folder / "adapter_model.safetensors")), scale, model, dtype, name,
                           f"adapter '{name}' ({folder})")
