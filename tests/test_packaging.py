@@ -168,6 +168,8 @@ def test_the_wheel_metadata_carries_the_package_version_readme_and_license(built
     headers = dict(line.split(": ", 1) for line in metadata.split("\n\n", 1)[0].splitlines() if ": " in line)
     assert headers["Version"] == llmkit.__version__
     assert headers["License-Expression"] == "Apache-2.0"
+    # the licence's text travels with the package (PEP 639: dist-info/licenses/), as Apache-2.0 asks of copies
+    assert headers.get("License-File") == "LICENSE" and "Apache License" in built["info"]["licenses/LICENSE"]
     assert headers["Description-Content-Type"] == "text/markdown" and "## Quick tour" in metadata
 
 
