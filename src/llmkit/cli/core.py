@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -76,6 +77,7 @@ def doctor(json_out: JsonOpt = False, workspace: WorkspaceOpt = None, db_url: Db
         "cjk_plot_font": cjk_font(),
         **_workspace_state(workspace, db_url),
         "backends": backends,
+        "extras": _extras(),
     }
 
     def human() -> None:
@@ -84,13 +86,40 @@ def doctor(json_out: JsonOpt = False, workspace: WorkspaceOpt = None, db_url: Db
             if key == "cjk_plot_font" and value is None:  # Chinese labels in plots would be boxes
                 table.add_row(key, "[yellow]none: Chinese labels in plots show as boxes; install a CJK font "
                                    "(Debian: apt install fonts-noto-cjk)[/yellow]")
-            elif key != "backends":
+            elif key not in ("backends", "extras"):
                 table.add_row(key, str(value))
         for name, ver in backends.items():
             table.add_row(f"  {name}", f"[green]{ver}[/green]" if ver else "[yellow]not installed[/yellow]")
+        for extra, missing in result["extras"].items():
+            table.add_row(escape(f"  llmkit[{extra}]"), "[green]installed[/green]" if not missing else
+                          f"[yellow]missing {', '.join(missing)}: pip install {escape(repr(f'llmkit[{extra}]'))}[/yellow]")
         console.print(table)
 
     Ctx(json=json_out).emit(result, human)
+
+
+def _extras() -> dict[str, list[str]]:
+    """Each optional extra of the installed llmkit and the distributions of it that are not installed (read from
+    llmkit's own metadata, so it follows pyproject.toml); empty when llmkit itself is not installed."""
+    import re
+    from importlib import metadata
+
+    try:
+        requirements = metadata.requires("llmkit") or []
+    except metadata.PackageNotFoundError:
+        return {}
+    extras: dict[str, list[str]] = {}
+    for line in requirements:
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", line)
+        if not extra or extra.group(1) in ("all", "dev"):
+            continue
+        dist = re.split(r"[\s\[<>=!~;]", line, maxsplit=1)[0]
+        missing = extras.setdefault(extra.group(1), [])
+        try:
+            metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            missing.append(dist)
+    return extras
 
 
 def _workspace_state(workspace: Path | None = None, db_url: str | None = None) -> dict[str, str]:
