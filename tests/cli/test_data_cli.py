@@ -121,3 +121,14 @@ def test_from_feedback_without_a_workspace_says_so_and_makes_none(tmp_path, cli_
     missing = tmp_path / "typo-ws"
     out = cli_here("data", "from-feedback", "--name", "fb", workspace=missing)
     assert out.returncode == 2 and f"no workspace at {missing}" in out.stderr and not missing.exists()
+
+
+def test_prepare_says_which_label_spellings_became_one_class_and_which_repeats_disagreed(tmp_path):
+    rows = ["text,label"] + [f"free prize number {i},{('spam', 'Spam ', 'SPAM')[i % 3]}" for i in range(12)] \
+        + [f"see you at {i} tonight,ham" for i in range(12)] + ["free prize number 0,ham"]
+    (tmp_path / "msgs.csv").write_text("\n".join(rows) + "\n")
+    out = llmkit("data", "prepare", str(tmp_path / "msgs.csv"), "--task", "classify", "--tokenizer", "char",
+                 workspace=tmp_path / "ws")
+    assert out.returncode == 0, out.stderr
+    assert "label 'spam' also written 'Spam' (4), 'SPAM' (4)" in out.stdout, out.stdout
+    assert "1 repeated text(s) with another label dropped; the first: " in out.stdout and "msgs.csv:26" in out.stdout

@@ -72,11 +72,13 @@ def test_discovery_errors_name_the_input(tmp_path):
     pattern = str(tmp_path / "nothing*.jsonl")
     with pytest.raises(UserError, match=re.escape(pattern)):
         expand_inputs([pattern])
-    (tmp_path / "notes.md").write_text("x")
-    with pytest.raises(UserError, match=r"notes\.md: unsupported file type; supported: \.txt .*\.parquet"):
-        expand_inputs([str(tmp_path / "notes.md")])
+    (tmp_path / "notes.docx").write_text("x")
+    with pytest.raises(UserError, match=r"notes\.docx: unsupported file type; supported: \.txt \.md .*\.parquet"):
+        expand_inputs([str(tmp_path / "notes.docx")])
     with pytest.raises(UserError, match="matches no .txt"):
-        expand_inputs([str(tmp_path / "*.md")])
+        expand_inputs([str(tmp_path / "*.docx")])
+    (tmp_path / "notes.md").write_text("# Notes\n\nplain text, read as .txt is\n")  # a folder of Markdown is text
+    assert expand_inputs([str(tmp_path / "*.md")]) == [tmp_path / "notes.md"]
     with pytest.raises(UserError, match="no such file or folder"):
         expand_inputs([str(tmp_path / "missing.txt")])
     (tmp_path / "empty").mkdir()

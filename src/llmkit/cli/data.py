@@ -51,6 +51,13 @@ def prepare(ctx: Ctx, cfg) -> None:
                       f"{c['pii_dropped']} for PII, {c['bad']} bad")
         if m.get("bad_examples"):  # what --skip-bad skipped: the count alone sent people to read every row
             console.print(f"  first bad record: {m['bad_examples'][0]}", markup=False, highlight=False)
+        for label, used in (m.get("label_spellings") or {}).items():  # `Spam `, `SPAM` and `spam` are one class
+            console.print(f"  label '{label}' also written " + ", ".join(f"'{k}' ({n})" for k, n in used.items() if k != label),
+                          markup=False, highlight=False)
+        conflicts = m.get("label_conflicts") or {}
+        if conflicts.get("count"):  # dropped as duplicates: said, since the labels disagreed
+            console.print(f"  {conflicts['count']} repeated text(s) with another label dropped; the first: "
+                          f"{conflicts['examples'][0]}", markup=False, highlight=False)
         if m.get("preference"):
             console.print(f"  {_preference_line(m['preference'])}", highlight=False)
         if m["pii"]:

@@ -172,6 +172,12 @@ def clean_chunk(job: tuple[RecordOptions, list[dict]]) -> list[tuple]:
     return results
 
 
+def label_line(line: str, old: str, new: str) -> str:
+    """A classify record's JSON line, whose label `old` comes first (`sort_keys`), with the label `new` instead."""
+    start = len('{"label": ') + len(json.dumps(old, ensure_ascii=False))
+    return f'{{"label": {json.dumps(new, ensure_ascii=False)}{line[start:]}'
+
+
 def json_text(text: str) -> str:
     """json.dumps(text, ensure_ascii=False) for text out of `clean_text`, whose only control characters are
     tab and newline: four substring replacements instead of json's per-character escaping pass."""
@@ -191,7 +197,10 @@ def _clean_one(rec: dict[str, Any], o: RecordOptions) -> tuple:
     else:
         out = {"text": clean_text(rec["text"], keep_newlines=o.task == "lm")}
         if o.task == "classify":
-            out["label"] = str(rec["label"]).strip()
+            # Spellings of one label ('spam', 'Spam ', 'SPAM') are one class: the record is keyed and split by the
+            # folded label, and the caller writes the spelling it chose for the class (see `label_spelling`).
+            spelling = " ".join(str(rec["label"]).split())
+            out["label"] = spelling.casefold()
     length = len(record_text(out, o.task))
     if length < o.min_chars:
         return ("too_short", None)
@@ -223,8 +232,8 @@ def _clean_one(rec: dict[str, Any], o: RecordOptions) -> tuple:
     # The record line is the split key's JSON with the source appended: one serialization, not two.
     line = f'{split_key[:-1]}, "source": {json.dumps(rec.get("source"), ensure_ascii=False)}}}\n'
     chars = "".join(set(text)) if o.want_chars and split == "train" else None
-    # Preference records are counted per split as pair / desirable / undesirable.
-    label = preference_kind(out) if o.task == "preference" else out.get("label")
+    # Preference records are counted per split as pair / desirable / undesirable; a class by its spelling.
+    label = preference_kind(out) if o.task == "preference" else spelling if o.task == "classify" else None
     # The text rides in the exact key's place, and a pair's two sides in the signature's, until clean_chunk
     # replaces them.
     sides = None

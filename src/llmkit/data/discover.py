@@ -19,9 +19,10 @@ from pathlib import Path
 
 from llmkit.errors import UserError
 
-FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+# .md is text as it is written (a folder of notes or docs is text to train on; its headings and links stay)
+FORMATS = {".txt": "txt", ".md": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
            ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
-SUPPORTED = ".txt .jsonl .json .csv .tsv .parquet (each optionally .gz)"
+SUPPORTED = ".txt .md .jsonl .json .csv .tsv .parquet (each optionally .gz)"
 # Name prefixes (case-insensitive, any extension) of files that describe a data set rather than hold it.
 DEFAULT_SKIP = (
     ("licence file", ("license", "licence", "copying")),
@@ -30,6 +31,7 @@ DEFAULT_SKIP = (
     ("changelog file", ("changelog",)),
 )
 UNSUPPORTED = "unsupported file type"
+OUTSIDE = "link outside the folder"
 _GLOB = re.compile(r"[*?[]")
 
 
@@ -109,7 +111,7 @@ def _expand_one(item: str, rule: FileFilter, log: list[tuple[str, str]]) -> list
             if match.is_dir():
                 files.extend(_walk(match, rule, log))
             elif match.is_file():
-                files.extend(_chosen([match], match.parent, rule, log))
+                files.extend(_chosen([match], match.parent, rule, log, _glob_root(path)))
         if not files:
             why = f"matches no {SUPPORTED} files" if matches else "matches nothing"
             raise UserError(f"{item}: the pattern {why}; check the path{_skipped_note(log[before:])}",
@@ -136,13 +138,30 @@ def _walk(folder: Path, rule: FileFilter, log: list[tuple[str, str]]) -> list[Pa
     # Hidden entries (.git, .cache) are tool state, not data: left out without a word.
     visible = sorted(p for p in folder.rglob("*")
                      if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    return _chosen(visible, folder, rule, log)
+    return _chosen(visible, folder, rule, log, folder)
 
 
-def _chosen(paths: list[Path], root: Path, rule: FileFilter, log: list[tuple[str, str]]) -> list[Path]:
+def _glob_root(pattern: Path) -> Path:
+    """The folder a glob searches: its path up to the first part holding a wildcard."""
+    parts = []
+    for part in pattern.parts:
+        if _GLOB.search(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def _outside(path: Path, root: Path) -> bool:
+    """A symbolic link (the file or a folder on its way) that leads out of `root`: a link to /etc/passwd
+    dropped into a data folder must not turn the system's files into training records."""
+    return not path.resolve().is_relative_to(root.resolve())
+
+
+def _chosen(paths: list[Path], root: Path, rule: FileFilter, log: list[tuple[str, str]],
+            within: Path) -> list[Path]:
     out = []
     for path in paths:
-        why = rule.reason(path, path.relative_to(root).as_posix())
+        why = OUTSIDE if _outside(path, within) else rule.reason(path, path.relative_to(root).as_posix())
         if why is None:
             out.append(path)
         else:
@@ -155,6 +174,8 @@ def _skipped_note(log: list[tuple[str, str]]) -> str:
     named = [(p, why) for p, why in log if why != UNSUPPORTED]
     chosen = any(why.startswith(("excluded", "not matched")) for _, why in named)
     hint = "check the --include/--exclude globs" if chosen else "choose files with --include GLOB"
+    if all(why == OUTSIDE for _, why in named):
+        hint = "name a linked file itself as an input to read it"
     return f" (skipped {describe_skipped(named, 3)}; {hint})" if named else ""
 
 

@@ -143,7 +143,7 @@ def select(rows: list[dict[str, Any]], min_rating: int = 1, include_corrections:
                 bad_examples.append(str(err))
             continue
         used[how] += 1
-        conversations.append({"messages": messages, "model": row["model"], "response_id": row.get("response_id"),
+        conversations.append({"messages": messages, "model": seen.model(key), "response_id": row.get("response_id"),
                               "how": how})
     summary = {**seen.counts(), "used": {"corrected": used["corrected"], "approved": used["approved"]},
                "skipped": counted(skipped), "bad_examples": bad_examples}

@@ -70,9 +70,9 @@ def select_preference(rows: list[dict[str, Any]], min_rating: int = 1, include_c
             bad(err)
             continue
         if correction is not None:
-            picks.append({"record": record, "models": [row["model"]], "how": "correction"})
+            picks.append({"record": record, "models": [seen.model(key)], "how": "correction"})
         else:
-            rated.setdefault(_prompt_key(record["prompt"]), []).append({"record": record, "model": row["model"]})
+            rated.setdefault(_prompt_key(record["prompt"]), []).append({"record": record, "model": seen.model(key)})
 
     for answers in rated.values():
         picks += _pair_up(answers, skipped)

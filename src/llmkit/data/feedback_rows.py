@@ -50,6 +50,16 @@ class SeenFeedback:
     def endpoint(self, key: str) -> str | None:
         return _endpoint(self.latest[key], self.logs.get(key))
 
+    def model(self, key: str) -> str:
+        """The model that wrote the response: the registry ref the server recorded (`model_ref`, e.g.
+        'chat-dpo:v2'), else the name it served it under. A served name can be an alias (`serve prod`) or
+        `NAME=MODEL`'s NAME, which no registry record has, and an alias moves on after the answer was written."""
+        for candidate in (self.latest[key], self.logs.get(key) or {}):
+            ref = (candidate.get("extra") or {}).get("model_ref")
+            if isinstance(ref, str) and ref:
+                return ref
+        return self.latest[key]["model"]
+
     def counts(self) -> dict[str, int]:
         return {"feedback_rows": self.feedback_rows, "request_logs": self.request_logs}
 

@@ -241,6 +241,8 @@ class RowFormatter:
         if key is None:
             raise BadRecord(f"{where}: no field '{self.label_field}' (fields: {_fields(row)}); pass --label-field")
         value = row[key]
+        if value is None:  # a null in JSON, an empty cell in Parquet: no label, not a label of type NoneType
+            raise BadRecord(f"{where}: empty label in field '{key}'")
         if isinstance(value, str):
             label = value.strip()
         elif isinstance(value, bool):
@@ -279,10 +281,27 @@ def chat_messages(row: dict, where: str, field: str | None = None) -> list[list[
         return convs
     if "instruction" in row:
         return [_alpaca(row, row, where)]
+    pair = next(((q, a) for q, a in _PAIRS if find_field(row, q) is not None and find_field(row, a) is not None), None)
+    if pair is not None:
+        return [_validate(_pair(row, *pair), where)]
     raise BadRecord(
         f"{where}: not a conversation (fields: {_fields(row)}); expected messages, conversations, "
-        "instruction/input/output or an OpenAssistant prompt tree"
+        f"instruction/input/output, {', '.join('/'.join(p) for p in _PAIRS)} or an OpenAssistant prompt tree"
     )
+
+
+# One question and its answer, as single-turn exports name them (a field name's case does not matter).
+_PAIRS = (("prompt", "response"), ("prompt", "completion"), ("question", "answer"), ("query", "response"),
+          ("input", "output"))
+
+
+def _pair(row: dict, question: str, answer: str) -> list[dict]:
+    messages = [{"role": "user", "content": row[find_field(row, question)]},
+                {"role": "assistant", "content": row[find_field(row, answer)]}]
+    system = find_field(row, "system")
+    if system is not None and isinstance(row[system], str) and row[system].strip():
+        messages.insert(0, {"role": "system", "content": row[system]})
+    return messages
 
 
 def _message_list(value: Any, where: str, key: str) -> list[dict]:

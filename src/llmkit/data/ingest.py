@@ -23,6 +23,7 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
+from llmkit.data.csv_dialect import DELIMITER_NAMES, SNIFF_CHARS, csv_delimiter, line_end
 from llmkit.data.discover import SUPPORTED, expand_inputs, file_format
 from llmkit.data.formats import (
     SAMPLE_ROWS,
@@ -83,6 +84,7 @@ def iter_records(
     except LookupError:
         raise UserError(f"unknown encoding '{encoding}'; e.g. utf-8, latin-1, gbk", param="data.encoding") from None
     stats = stats if stats is not None else IngestStats()
+    named = {Path(item).expanduser() for item in inputs}
     for path in expand_inputs(inputs, include, exclude, stats.skipped):
         kind = file_format(path)
         fmt = RowFormatter(str(path), task, text_field, label_field)
@@ -99,9 +101,11 @@ def iter_records(
         elif kind == "json":
             rows = _json_rows(path, encoding)
         elif kind in ("csv", "tsv"):
-            rows = _csv_rows(path, encoding, fmt, delimiter="\t" if kind == "tsv" else ",")
+            rows = _csv_rows(path, encoding, fmt, delimiter="\t" if kind == "tsv" else None)
         else:
             rows = _parquet_rows(path, fmt)
+        if path not in named:  # a file a folder or glob brought in; one named is read or stops the run as before
+            rows = _file_errors(rows, path, skip_bad, stats)
         if kind in ("jsonl", "json"):
             rows = _with_text_field_guess(rows, fmt)
         for line, row in rows:
@@ -120,6 +124,22 @@ def iter_records(
             for record in records:
                 stats.rows += 1
                 yield record
+
+
+def _file_errors(rows: Iterator[tuple[Any, Any]], path: Path, skip_bad: bool, stats: IngestStats):
+    """`rows` of a file found in a folder or by a glob; when it cannot be read (binary, another encoding, broken gzip
+    or Parquet) it is skipped and listed under --skip-bad, else the run stops saying how to leave it out."""
+    n = 0
+    try:
+        for item in rows:
+            n += 1
+            yield item
+    except UserError as err:
+        if not skip_bad:
+            raise UserError(f"{err.message} (to leave the file out: --exclude '{path.name}', or --skip-bad to skip "
+                            "every unreadable file)", param=err.param) from None
+        after = f" after {n} row{'s' if n != 1 else ''}" if n else ""
+        stats.skipped.append((str(path), f"unreadable{after}: {err.message.removeprefix(f'{path}: ')}"))
 
 
 def _with_text_field_guess(rows: Iterator[tuple[Any, Any]], fmt: RowFormatter) -> Iterator[tuple[Any, Any]]:
@@ -257,6 +277,11 @@ def _jsonl_rows(path: Path, encoding: str):
             try:  # without its line break, an error at the line's end is at its own column, not "column 1" of the next
                 yield n, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
+                # A JSON array's elements pasted as lines keep their commas: `{...},` is that object.
+                body = line.rstrip()
+                if err.msg == "Extra data" and body.endswith(",") and err.pos == len(body) - 1:
+                    yield n, json.loads(body[:-1])
+                    continue
                 yield n, BadRecord(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno})"
                                    + full_width_hint(line, err.pos))
 
@@ -266,12 +291,20 @@ def _json_rows(path: Path, encoding: str):
         yield from JsonArray(path, f).rows()
 
 
-def _csv_rows(path: Path, encoding: str, fmt: RowFormatter, delimiter: str):
+def _csv_rows(path: Path, encoding: str, fmt: RowFormatter, delimiter: str | None):
+    """Rows of a .tsv (`delimiter` tab), or of a .csv whose separator (None) is found from its first rows."""
     # TSV has no quoting by definition: SMS Spam's texts start with '"' and must stay one row per line.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # whole documents in one cell are fine
     with _open_text(path, encoding, newline="") as f:
-        rows = _numbered(path, csv.reader(f, delimiter=delimiter, quoting=quoting))
+        lines: Iterable[str] = f
+        skipped = 0
+        if delimiter is None:
+            sample = f.read(SNIFF_CHARS)
+            sample += f.readline()  # to the end of a line
+            delimiter, skipped = csv_delimiter(sample)
+            lines = chain(io.StringIO(sample[line_end(sample) if skipped else 0:], newline=""), f)
+        rows = _numbered(path, csv.reader(lines, delimiter=delimiter, quoting=quoting), skipped)
         first = next(rows, None)
         if first is None:
             yield 1, BadRecord(f"{path}: empty file")
@@ -306,12 +339,15 @@ def _csv_rows(path: Path, encoding: str, fmt: RowFormatter, delimiter: str):
 def _width_hint(delimiter: str, wide: bool) -> str:
     if delimiter == "\t":
         return "a tab inside a cell splits it (TSV has no quoting)" if wide else "each row needs every column"
-    return ('put a cell holding commas in double quotes ("hello, world")' if wide
-            else "each row needs every column (an empty one as nothing between two commas)")
+    name = DELIMITER_NAMES.get(delimiter, f"'{delimiter}'")
+    return (f'put a cell holding {name} in double quotes ("hello{delimiter} world")' if wide
+            else f"each row needs every column (an empty one as nothing between two {name})")
 
 
-def _numbered(path: Path, reader) -> Iterator[tuple[int, list[str]]]:
-    """CSV rows with the line each starts on (a quoted cell may span lines); blank rows dropped."""
+def _numbered(path: Path, reader, skipped: int = 0) -> Iterator[tuple[int, list[str]]]:
+    """CSV rows with the line each starts on (a quoted cell may span lines); blank rows dropped.
+
+    `skipped`: lines read before the reader's first one (Excel's `sep=;`)."""
     prev = 0
     while True:
         try:
@@ -319,10 +355,10 @@ def _numbered(path: Path, reader) -> Iterator[tuple[int, list[str]]]:
         except StopIteration:
             return
         except csv.Error as err:
-            raise UserError(f"{path}:{reader.line_num}: invalid CSV ({err})") from None
+            raise UserError(f"{path}:{reader.line_num + skipped}: invalid CSV ({err})") from None
         start, prev = prev + 1, reader.line_num
         if any(cell.strip() for cell in row):
-            yield start, row
+            yield start + skipped, row
 
 
 def _parquet_rows(path: Path, fmt: RowFormatter):

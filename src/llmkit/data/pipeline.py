@@ -20,6 +20,7 @@ import json
 import math
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from llmkit.config import DataConfig
-from llmkit.data.clean import RecordOptions, chunk_document, clean_chunk, preference_texts
+from llmkit.data.clean import RecordOptions, chunk_document, clean_chunk, label_line, preference_texts
 from llmkit.data.dataset import DatasetVersion
 from llmkit.data.dedupe import NearDuplicateIndex
 from llmkit.data.encoder import FastEncoder
@@ -130,12 +131,19 @@ def _default_name(first: Path) -> str:
     return default_name(stem, fallback="dataset")
 
 
+READERS_VERSION = 2
+
+
 def _source_hash(files: list[Path], cfg: DataConfig) -> str:
     h = hashlib.sha256()
     # The globs count through the files they choose (their names and bytes below), so the same files
     # chosen another way are the same dataset.
     options = cfg.model_dump(exclude={"inputs", "name", "include", "exclude"})
     h.update(json.dumps(options, sort_keys=True).encode())
+    # What the readers make of the same bytes: after a change in how files are read (Excel's `;` CSVs, labels
+    # differing in case as one class) the same files are prepared again, not answered with the dataset the old
+    # readers made. Raise it whenever the records of unchanged files change.
+    h.update(f"readers:{READERS_VERSION}\x00".encode())
     for path in files:
         h.update(path.name.encode() + b"\x00")
         with open(path, "rb") as fh:
@@ -164,12 +172,14 @@ def _raw_size(rec: dict[str, Any]) -> int:
 
 def _first_pass(cfg: DataConfig, tmp: Path, workers: Workers, progress) -> tuple[Counts, IngestStats, str]:
     counts, stats = Counts(), IngestStats()
-    exact_seen: set[bytes] = set()  # 16 bytes per unique record: grows with the records kept, see dedupe.py
+    # 16 bytes per unique record (and the folded label of a classify one): grows with the records kept, see dedupe.py
+    exact_seen: dict[bytes, str | None] = {}
     near = NearDuplicateIndex(cfg.near_threshold) if cfg.dedupe == "near" else None
     near_pairs = NearDuplicateIndex(cfg.near_threshold, parts=2) if cfg.dedupe == "near" and cfg.task == "preference" else None
     opts = RecordOptions(cfg.task, cfg.min_chars, cfg.max_chars, cfg.pii, near is not None, cfg.splits.val,
                          cfg.splits.test, cfg.splits.seed, cfg.tokenizer == "char")
     chars: set[str] = set()
+    spellings = _Spellings()
     (tmp / "records").mkdir()
     writers = {s: open(tmp / "records" / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}
     task = progress.add_task("clean, dedupe, split", total=None) if progress else None
@@ -190,12 +200,16 @@ def _first_pass(cfg: DataConfig, tmp: Path, workers: Workers, progress) -> tuple
                 if cfg.dedupe != "none":
                     if key in exact_seen:
                         counts.duplicates_exact += 1
+                        if cfg.task == "classify" and label.casefold() != exact_seen[key]:
+                            counts.label_conflict(exact_seen[key], label, line)
                         continue
-                    exact_seen.add(key)
+                    exact_seen[key] = label.casefold() if cfg.task == "classify" else None
                     index = near_pairs if sig is not None and near_pairs is not None and len(sig) > near.num_perm else near
                     if index is not None and index.seen_or_add(sig):
                         counts.duplicates_near += 1
                         continue
+                if cfg.task == "classify":
+                    line, label = spellings.write(line, label)
                 if label is not None:
                     counts.labels[split][label] += 1
                 if split_chars:
@@ -211,9 +225,45 @@ def _first_pass(cfg: DataConfig, tmp: Path, workers: Workers, progress) -> tuple
         for fh in writers.values():
             fh.close()
     counts.bad = stats.bad
+    spellings.settle(tmp / "records", counts)
     if counts.records["train"] == 0:
         raise UserError(_nothing_left(cfg, counts, stats.bad_examples))
     return counts, stats, "".join(sorted(chars))
+
+
+class _Spellings:
+    """One class per label whatever its case and spacing ('spam', 'Spam ', 'SPAM'), written as its most used spelling.
+
+    Records are written with the first spelling seen; when the pass is over and another spelling of a class was
+    used more, the records files are rewritten with that one (a few label prefixes: classify data is small).
+    `counts.label_spellings` keeps, per class, how often each spelling was used, for the report.
+    """
+
+    def __init__(self):
+        self.first: dict[str, str] = {}  # folded label -> the spelling records are written with
+        self.used: dict[str, Counter] = {}  # folded label -> spelling -> records
+
+    def write(self, line: str, spelling: str) -> tuple[str, str]:
+        folded = spelling.casefold()
+        chosen = self.first.setdefault(folded, spelling)
+        self.used.setdefault(folded, Counter())[spelling] += 1
+        return (line if chosen == folded else label_line(line, folded, chosen)), chosen
+
+    def settle(self, folder: Path, counts: Counts) -> None:
+        best = {f: used.most_common(1)[0][0] for f, used in self.used.items()}  # ties: the first seen
+        counts.label_spellings = {best[f]: dict(used) for f, used in self.used.items() if len(used) > 1}
+        moved = {self.first[f]: b for f, b in best.items() if b != self.first[f]}
+        if not moved:
+            return
+        for split in SPLITS:
+            counts.labels[split] = Counter({moved.get(k, k): n for k, n in counts.labels[split].items()})
+            path = folder / f"{split}.jsonl"
+            tmp = path.with_suffix(".relabel")
+            with open(path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+                for line in src:
+                    label = json.loads(line)["label"]
+                    dst.write(label_line(line, label, moved[label]) if label in moved else line)
+            tmp.replace(path)
 
 
 def _nothing_left(cfg: DataConfig, c: Counts, bad_examples: list[str]) -> str:

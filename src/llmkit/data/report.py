@@ -7,6 +7,7 @@ counts into the manifest every later stage reads and into the figures a person l
 from __future__ import annotations
 
 import bisect
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +32,21 @@ class Counts:
     duplicates_near: int = 0
     kept: int = 0
     pii: Counter = field(default_factory=Counter)
+    label_spellings: dict[str, dict[str, int]] = field(default_factory=dict)  # class -> its spellings, when several
+    label_conflicts: int = 0  # exact duplicates (dropped) whose label differs from the kept record's
+    label_conflict_examples: list[str] = field(default_factory=list)
     labels: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in SPLITS})
     records: Counter = field(default_factory=Counter)
     chars: Counter = field(default_factory=Counter)
     length_hist: list[int] = field(default_factory=lambda: [0] * (len(LENGTH_BINS) - 1))
+
+    def label_conflict(self, kept: str, dropped: str, line: str) -> None:
+        """A classify record dropped as the duplicate of a text kept under another label: counted, the first few named."""
+        self.label_conflicts += 1
+        if len(self.label_conflict_examples) < 5:
+            source = json.loads(line).get("source")
+            self.label_conflict_examples.append(f"{source}: the same text was kept with the label '{kept}', "
+                                                f"this one says '{dropped}'")
 
     def add_length(self, n: int) -> None:
         self.length_hist[min(bisect.bisect_right(LENGTH_BINS, n) - 1, len(self.length_hist) - 1)] += 1
@@ -64,6 +76,9 @@ def build_manifest(*, cfg, name: str, files: list[Path], content_hash: str, coun
         "splits": {s: {"records": c.records[s], "chars": c.chars[s], **tokens[s]} for s in SPLITS},
         "labels": {s: dict(sorted(c.labels[s].items())) for s in SPLITS} if classify else None,
         "label_set": sorted(set().union(*[set(c.labels[s]) for s in SPLITS])) if classify else None,
+        # 'spam', 'Spam ' and 'SPAM' read as one class, written as its most used spelling: which were merged
+        "label_spellings": c.label_spellings if classify else None,
+        "label_conflicts": {"count": c.label_conflicts, "examples": c.label_conflict_examples} if classify else None,
         "length_histogram": {"bins": LENGTH_BINS, "counts": list(c.length_hist)},
         "tokenizer": {"spec": cfg.tokenizer, "kind": tokenizer.kind, "vocab_size": vocab_size,
                       "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
@@ -144,6 +159,8 @@ def summary(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
         "tokens": sum(s["tokens"] for s in manifest["splits"].values()),
         "pii": manifest["pii"],
         "labels": manifest.get("labels"),
+        "label_spellings": manifest.get("label_spellings"),
+        "label_conflicts": manifest.get("label_conflicts"),
         "length_histogram": manifest.get("length_histogram"),
         "tokenizer": manifest["tokenizer"],
         "top_tokens": manifest["top_tokens"],

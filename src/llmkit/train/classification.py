@@ -45,8 +45,13 @@ def check_labels(splits: dict[str, list[dict]], ds_ref: str) -> list[str]:
     for split in ("val", "test"):
         unseen = sorted({r["label"] for r in splits[split]} - set(labels))
         if unseen:
+            # A label seen once lands in val or test by its hash: say how few records it has, not just "more data".
+            held = Counter(r["label"] for s in ("val", "test") for r in splits[s] if r["label"] in unseen)
+            few = ", ".join(f"'{label}' {n} record{'s' if n != 1 else ''}" for label, n in sorted(held.items()))
             raise UserError(f"dataset {ds_ref}: {split} labels {unseen} never occur in train; train labels: {labels}, "
-                            f"{split} labels: {sorted({r['label'] for r in splits[split]})}. Re-prepare with more data or merge those labels")
+                            f"{split} labels: {sorted({r['label'] for r in splits[split]})}. Outside train: {few}; a class "
+                            "needs training records: give more records of it, or merge it into another label or drop its "
+                            "rows, and prepare again")
     return labels
 
 
