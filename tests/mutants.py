@@ -43,7 +43,8 @@ def make_copy(root: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
     for part in ("src", "tests"):
         shutil.copytree(REPO / part, tree / part, ignore=ignore)
-    shutil.copy2(REPO / "pyproject.toml", tree / "pyproject.toml")
+    for name in ("pyproject.toml", "README.md", "README.zh-CN.md", "MANIFEST.in", "LICENSE"):  # what a build reads
+        shutil.copy2(REPO / name, tree / name)
     return tree
 
 
