@@ -97,3 +97,17 @@ def test_classifier_metric_selection_and_mismatches(lm_workspace: Path, sms_clas
         evaluate("sms-clf", EvalConfig(data=sms_data, metrics=["perplexity"]), ws, reg)
     with pytest.raises(UserError, match="'chat' dataset; a classifier is evaluated on a classify dataset"):
         evaluate("sms-clf", EvalConfig(data=chat_data, split="val"), ws, reg)
+
+
+def test_labels_spelled_otherwise_than_the_model_are_read_as_its_own():
+    # prepare writes a class in its most used spelling: a dataset prepared again may say 'HAM' where the model says
+    # 'ham' ('labels the model does not know' stopped the eval)
+    from llmkit.eval.classification import in_model_spelling
+
+    records = [{"text": "a", "label": "HAM"}, {"text": "b", "label": " Spam"}, {"text": "c", "label": "ham"},
+               {"text": "d", "label": "eggs"}]
+    out = in_model_spelling(records, ["ham", "spam"])
+    assert [r["label"] for r in out] == ["ham", "spam", "ham", "eggs"] and out[0]["text"] == "a"
+    assert records[0]["label"] == "HAM"  # the caller's records are not changed
+    # two model labels one spelling apart: nothing is guessed
+    assert [r["label"] for r in in_model_spelling(records[:1], ["ham", "Ham"])] == ["HAM"]

@@ -7,6 +7,25 @@ from pathlib import Path
 import numpy as np
 
 
+def in_model_spelling(records: list[dict], labels: list[str]) -> list[dict]:
+    """`records` with each label written as the model writes it when they differ only in case or spacing ('HAM' for
+    'ham'): data prepare reads such spellings as one class, written as the most used one, so a dataset prepared
+    again (or another's) may spell a class otherwise than the model trained on it. Labels with no such match stay as
+    they are, for the caller's "labels the model does not know"."""
+    def key(label: str) -> str:
+        return " ".join(str(label).split()).casefold()
+
+    folded: dict[str, list[str]] = {}
+    for label in labels:
+        folded.setdefault(key(label), []).append(label)
+    known = set(labels)
+    out = []
+    for r in records:
+        match = folded.get(key(r["label"]), [])
+        out.append({**r, "label": match[0]} if r["label"] not in known and len(match) == 1 else r)
+    return out
+
+
 def classification_metrics(golds: list[int], probs: np.ndarray, labels: list[str], bins: int = 15) -> dict[str, float]:
     """Accuracy; per-class precision/recall/F1; macro and micro averages; ROC-AUC; expected calibration error."""
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score

@@ -283,10 +283,16 @@ def _generation_file(model: Model, file: Path, cfg: EvalConfig, progress) -> Rep
 
 
 def _classifier(model: Model, ds, records: list[dict], cfg: EvalConfig, metrics: list[str], ws: Workspace) -> Report:
-    from llmkit.eval.classification import classification_metrics, plot_confusion, plot_reliability
+    from llmkit.eval.classification import (
+        classification_metrics,
+        in_model_spelling,
+        plot_confusion,
+        plot_reliability,
+    )
     from llmkit.runtime.backends import load_classifier_on_runtime
 
     clf, tokenizer, labels = load_classifier_on_runtime(model)  # an ONNX export on onnxruntime
+    records = in_model_spelling(records, labels)
     unknown = sorted({r["label"] for r in records} - set(labels))
     if unknown:
         raise UserError(f"dataset {ds.ref} ({cfg.split}) has labels {unknown} that {model.ref} does not know; its labels: {labels}")

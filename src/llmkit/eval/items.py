@@ -45,10 +45,12 @@ def load_lm(model: Model):
 
 def classifier_items(model: Model, records: list[dict], batch_size: int = 32) -> list[dict[str, Any]]:
     """[{"score": 1.0 | 0.0, "predicted": label}] per record."""
+    from llmkit.eval.classification import in_model_spelling
     from llmkit.predict import classify_texts
     from llmkit.runtime.backends import load_classifier_on_runtime
 
     clf, tokenizer, labels = load_classifier_on_runtime(model)
+    records = in_model_spelling(records, labels)
     unknown = sorted({r["label"] for r in records} - set(labels))
     if unknown:
         raise UserError(f"the split has labels {unknown} that {model.ref} does not know; its labels: {labels}")
