@@ -141,3 +141,44 @@ def test_local_workers_pop_an_enqueued_trial_once(tmp_path: Path):
             t.join()
         assert [x for _, x in got].count(float(round_)) == 1, got
         assert len({n for n, _ in got}) == len(studies)
+
+
+def test_local_workers_stop_at_the_studys_total_together(tmp_path: Path):
+    """Each worker counted the study's trials, then asked: two that both counted 3 of 4 ran 5. Counted under the
+    ask lock, the last trial goes to one of them and the others stop (StudyFull)."""
+    from llmkit.tune.stopping import StudyFull
+    from llmkit.tune.study import trial_count
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(study_name="s", storage=url)
+    total, workers = 5, 4
+    studies = []
+    for _ in range(workers):
+        study = optuna.load_study(study_name="s", storage=url)
+        studies.append(asks_in_turn(study, tmp_path / "ask.lock", full=lambda study=study: trial_count(study) >= total))
+    barrier = threading.Barrier(workers)
+
+    def work(study):
+        while trial_count(study) < total:  # run_trials' own check, before each trial
+            barrier.wait(timeout=30)  # all at once: each sees the same count
+            try:
+                trial = study.ask()
+            except StudyFull:
+                barrier.abort()  # the others may still wait for this one
+                return
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a trial that failed at once
+
+    threads = [threading.Thread(target=lambda s=s: _quiet(work, s)) for s in studies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(studies[0].get_trials()) == total
+
+
+def _quiet(fn, *args):
+    try:
+        fn(*args)
+    except threading.BrokenBarrierError:  # a worker that found the study full left the others' barrier
+        pass

@@ -262,3 +262,23 @@ def test_the_models_llama_fields_can_be_searched(ws_root: Path):
     layers = best_run.metrics["tune_params"]["model.num_hidden_layers"]
     model = registry.get(result.best["model_id"], "model")
     assert json.loads((Path(model.path) / "config.json").read_text())["num_hidden_layers"] == layers
+
+
+def test_a_study_whose_every_trial_fails_runs_the_trials_asked_for(ws_root: Path):
+    # a helper saw 5 trials run for --trials 4 when each failed (the defaults trial run again on top of the count?)
+    from llmkit.train.loop import watching
+
+    ws = Workspace.open(ws_root)
+    registry = Registry.for_workspace(ws.root)
+    stage = tiny_config(max_steps=4, eval_every=2, checkpoint_every=2, lr=3e-3, warmup_steps=2)
+    cfg = TuneConfig(stage="pretrain", data="tiny", space=str(ws_root / "space.yaml"), trials=4, study="all-fail",
+                     startup_trials=1)
+
+    def crash(_run: str, step: int, _evaluation) -> None:
+        raise RuntimeError("out of memory")
+
+    with watching(crash):
+        tune(cfg, stage, ws, registry)
+    trials = optuna.load_study(study_name="all-fail", storage=registry.url).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL"] * 4, [(t.number, t.state.name, t.user_attrs) for t in trials]
+    assert sum(bool(t.user_attrs.get("defaults")) for t in trials) == 1  # the config as given once, not again each time

@@ -21,7 +21,7 @@ import fcntl
 import os
 import signal
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +83,15 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def asks_in_turn(study: optuna.Study, lock_file: Path) -> optuna.Study:
+class StudyFull(Exception):
+    """Raised by a study's ask() (see asks_in_turn) when the study already holds the trials asked for."""
+
+
+def asks_in_turn(study: optuna.Study, lock_file: Path, full: Callable[[], bool] | None = None) -> optuna.Study:
     """Make this process's `study.ask()` (which Optuna's optimize calls) take a file lock shared by the study's
-    local workers: an enqueued trial is then popped by one of them."""
+    local workers: an enqueued trial is then popped by one of them. `full`, read under the lock, says the study
+    holds its trials already: ask() raises StudyFull instead of starting one more (two workers that each counted
+    3 of 4 before asking ran 5)."""
     ask = study.ask
     lock_file.parent.mkdir(parents=True, exist_ok=True)  # a process joining another machine's study has no folder yet
 
@@ -93,6 +99,8 @@ def asks_in_turn(study: optuna.Study, lock_file: Path) -> optuna.Study:
         with open(lock_file, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
+                if full is not None and full():
+                    raise StudyFull
                 return ask(*args, **kwargs)
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)

@@ -34,7 +34,7 @@ from llmkit.errors import UserError
 from llmkit.registry import Registry, check_name, default_name
 from llmkit.runtime.threads import cpu_cores
 from llmkit.tune.space import Param, read_space, start_values
-from llmkit.tune.stopping import StopSignals, asks_in_turn
+from llmkit.tune.stopping import StopSignals, StudyFull, asks_in_turn
 from llmkit.tune.trials import (
     DATASET_KIND,
     DEFAULT_METRIC,
@@ -295,7 +295,9 @@ def trial_count(study: optuna.Study) -> int:
 def run_trials(plan: Plan, params: list[Param], ws: Workspace, registry: Registry, worker: int, say) -> StopSignals:
     """This process's trials, until the study holds `trials` (counted over all processes), time is up or a signal
     ends the study (returned: which one, if any)."""
-    study = asks_in_turn(open_study(plan, worker), ws.folder("runs", f"{plan.study}-study") / "ask.lock")
+    study = open_study(plan, worker)
+    study = asks_in_turn(study, ws.folder("runs", f"{plan.study}-study") / "ask.lock",
+                         full=lambda: trial_count(study) >= plan.trials)
     with StopSignals() as stop:
         setup = TrialSetup(plan.stage, plan.body, params, plan.metric, plan.study, plan.record_id, ws, registry,
                            plan.keep_trials, plan.deadline, on_end=say, stop=stop)
@@ -305,8 +307,11 @@ def run_trials(plan: Plan, params: list[Param], ws: Workspace, registry: Registr
                    and (plan.deadline is None or time.time() < plan.deadline)):
                 # One trial per call: the count above is read again before each, so processes sharing the study
                 # stop together at its total; Optuna fails stale trials at the start of each.
-                study.optimize(setup.objective, n_trials=1, catch=(Exception,),
-                               callbacks=[] if plan.keep_trials else [lambda s, _t: drop_beaten_models(s, registry)])
+                try:
+                    study.optimize(setup.objective, n_trials=1, catch=(Exception,),
+                                   callbacks=[] if plan.keep_trials else [lambda s, _t: drop_beaten_models(s, registry)])
+                except StudyFull:  # another worker on this machine started the last trial since the count above
+                    break
         finally:
             optuna.logging.set_verbosity(verbosity)  # a stopped trial quietened it
     return stop
