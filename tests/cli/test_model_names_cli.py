@@ -6,6 +6,7 @@ registry names it (name:vN), not by its folder."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -115,6 +116,9 @@ def test_a_close_built_in_name_is_suggested(tmp_path: Path):
         resolve_model("minilm-L6", registry)
     with pytest.raises(UserError, match="no model 'nosuch/'"):  # not a Hub id: no Hub asked
         resolve_model("nosuch/", registry)
+    # an empty registry names the workspace it read: a mistyped --workspace made one and "none yet" hid the typo
+    with pytest.raises(UserError, match=re.escape(f"no models are registered yet in {tmp_path / 'ws'} (check --workspace")):
+        resolve_model("my-model", registry)
 
 
 @pytest.fixture

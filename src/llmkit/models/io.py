@@ -115,7 +115,9 @@ def resolve_model(ref: str | Model, registry=None) -> Model:
         near = [n for n in close if n in names]
         shown = near + [n for n in names if n not in near][: 10 - len(near)]
         more = f" (and {len(names) - len(shown)} more: llmkit ls models)" if len(names) > len(shown) else ""
-        known = f"; registered models: {', '.join(shown)}{more}" if names else "; no models are registered yet"
+        where = f" in {registry.root} (check --workspace or $LLMKIT_HOME)" if registry.root is not None else ""
+        # which workspace was read: a mistyped --workspace read an empty one, and "none yet" hid the typo
+        known = f"; registered models: {', '.join(shown)}{more}" if names else f"; no models are registered yet{where}"
     known = (f"; did you mean '{close[0]}'?" if close else "") + known
     raise UserError(f"no model '{ref}': not a registered name or id, a built-in ({', '.join(BUILTIN_MODELS)}), "
                     f"nor a model folder{known}")
