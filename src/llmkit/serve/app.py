@@ -66,15 +66,21 @@ class Observed:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        started = False
+        started = timed = False
 
         def record(status: int) -> None:
             elapsed = time.perf_counter() - start  # to the response's start: a stream's first byte
-            path = getattr(scope.get("route"), "path", "other")
-            self.state.metrics.requests.labels(path, str(status)).inc()
-            self.state.metrics.latency.labels(path).observe(elapsed)
+            self.state.metrics.requests.labels(_path(scope), str(status)).inc()
             if self.log:
                 access_line(Request(scope), status, elapsed)
+
+        def time_it() -> None:
+            # The latency histogram is to the last byte: a stream's whole length, as its client waited for it (timed at
+            # the response's start, 32 streams of 26 s each were 0.9 s on average).
+            nonlocal timed
+            if not timed:
+                timed = True
+                self.state.metrics.latency.labels(_path(scope)).observe(time.perf_counter() - start)
 
         async def sending(message) -> None:
             nonlocal started
@@ -84,12 +90,19 @@ class Observed:
                 started = True
                 record(message["status"])
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                time_it()
 
         try:
             await self.app(scope, receive, sending)
         finally:
             if not started:  # an unhandled exception becomes the 500 of Starlette's outermost handler
                 record(500)
+            time_it()  # a stream its client left: to when the server stopped sending
+
+
+def _path(scope) -> str:
+    return getattr(scope.get("route"), "path", "other")
 
 
 def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace, access: Access) -> FastAPI:

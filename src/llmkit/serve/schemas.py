@@ -118,7 +118,9 @@ class JsonSchemaFormat(Request):
     name: Text = Field(..., min_length=1, max_length=64, description="the schema's name")
     description: Text | None = None
     schema_: dict = Field(default_factory=dict, alias="schema", description="the JSON schema the answer follows")
-    strict: bool | None = Field(None, description="accepted; the answer always follows the schema here")
+    strict: bool | None = Field(None, description="true: as OpenAI's strict mode, an object that lists its properties "
+                                  "takes no others unless the schema says so (additionalProperties); the answer always "
+                                  "follows the schema")
 
 
 class ResponseFormat(Request):
@@ -254,7 +256,8 @@ class ChatRequest(Sampling):
     tool_choice: ToolChoice | None = Field(None, description="none, auto (default with tools), required, or "
                                            "{type: function, function: {name}}; a required call's arguments follow "
                                            "the function's schema")
-    parallel_tool_calls: bool = Field(True, description="accepted; a required call is one call here")
+    parallel_tool_calls: bool = Field(True, description="false: at most one call per answer (the first); a required "
+                                      "call is one call here")
 
     @field_validator("top_logprobs")
     @classmethod

@@ -77,7 +77,7 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None) -> ServedMod
                            max_length=(model.lineage or {}).get("max_length") or _context(clf.config))
     if kind == "encoder":
         enc, tok = _load_encoder(model)
-        return ServedModel(served_id, kind, backend, model, tok, net=enc, max_length=_context(enc.config))
+        return ServedModel(served_id, kind, backend, model, tok, net=enc, max_length=_encoder_context(model, enc.config))
     if backend == "torch":
         lm, tok = load_causal_lm(model)
         # Workers share the weights (read-only) and each decodes its own batch from its own KV pool, in
@@ -109,6 +109,17 @@ def load_served(ref: str, cfg: ServeConfig, registry, on_step=None) -> ServedMod
 def _context(config) -> int:
     n = getattr(config, "max_position_embeddings", None) or 512
     return min(int(n), 8192)
+
+
+def _encoder_context(model: Model, config) -> int:
+    """A sentence-transformers model's own input limit (`max_seq_length`, 256 for all-MiniLM-L6-v2, as vLLM takes it),
+    else its position table's: sentence-transformers cuts a text there, so a longer one served whole gave a vector
+    that model never gives (a 300-token chunk's did not match the index it built)."""
+    try:
+        limit = json.loads((Path(model.path) / "sentence_bert_config.json").read_text()).get("max_seq_length")
+    except (OSError, ValueError, AttributeError):
+        limit = None
+    return min(limit, _context(config)) if isinstance(limit, int) and limit > 0 else _context(config)
 
 
 def _load_encoder(model: Model):

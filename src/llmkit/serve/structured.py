@@ -46,6 +46,8 @@ def grammar_for(served: ServedModel, body: s.Sampling, call_schema: dict | None 
     kind, spec, field = want
     if kind == "json_schema" and call_schema is None:
         check_schema(spec, field)
+        if field == "response_format.json_schema.schema" and body.response_format.json_schema.strict:
+            spec = closed(spec)
     try:
         vocab = vocabulary(served.tokenizer)
     except Exception as err:  # a tokenizer the engine cannot read (not a Hugging Face fast tokenizer)
@@ -73,6 +75,53 @@ def _failing_tool(body: s.ChatRequest, vocab) -> tuple[str, GrammarError] | None
             except GrammarError as err:
                 return f"tools[{i}].function.parameters", err
     return None
+
+
+# Where an object's properties may come from elsewhere (allOf, a $ref or alternatives beside its own properties):
+# closing such a schema could forbid them, so it stays as sent. Under "not", closing would turn the meaning around.
+_COMBINING = ("allOf", "not", "unevaluatedProperties", "if", "dependentSchemas", "dependencies")
+_BESIDE = ("anyOf", "oneOf", "$ref", "$dynamicRef")
+
+
+def closed(schema):
+    """`schema` with every object that lists its properties and says nothing of others closed to them
+    (`additionalProperties: false`), as OpenAI's strict mode and vLLM's default grammar take them: a strict answer
+    or a tool call's arguments carry the listed keys only (open, a small model filled its budget with keys of its
+    own, and `fn(**arguments)` fails on them). A schema that combines objects (allOf and the like) stays as sent."""
+    if not isinstance(schema, dict) or _combines(schema):
+        return schema
+    return _close(schema)
+
+
+def _combines(node) -> bool:
+    if isinstance(node, list):
+        return any(_combines(v) for v in node)
+    if not isinstance(node, dict):
+        return False
+    if any(k in node for k in _COMBINING) or ("properties" in node and any(k in node for k in _BESIDE)):
+        return True
+    return any(_combines(list(v.values()) if k in _MAPS and isinstance(v, dict) else v)
+               for k, v in node.items() if k not in _VALUES)
+
+
+_VALUES = ("enum", "const", "default", "examples", "required")  # values, not schemas
+_MAPS = ("properties", "$defs", "definitions", "patternProperties")  # name -> schema
+
+
+def _close(node):
+    if isinstance(node, list):
+        return [_close(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key in _MAPS and isinstance(value, dict):
+            out[key] = {name: _close(sub) for name, sub in value.items()}
+        else:
+            out[key] = value if key in _VALUES else _close(value)
+    if "properties" in node and not any(k in node for k in ("additionalProperties", "patternProperties")):
+        out["additionalProperties"] = False
+    return out
 
 
 def check_schema(schema, field: str) -> None:

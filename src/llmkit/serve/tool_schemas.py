@@ -38,7 +38,8 @@ class FunctionDefinition(_Request):
     description: str | None = Field(None, max_length=10_000)
     parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}},
                              description="a JSON schema of the arguments")
-    strict: bool | None = Field(None, description="accepted; a required call always follows the schema here")
+    strict: bool | None = Field(None, description="accepted; a required call always follows the schema here, "
+                                  "with the listed arguments only unless it says otherwise (additionalProperties)")
 
 
 class Tool(_Request):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import llmkit.serve.schemas as s
 from llmkit.serve.errors import ApiError
-from llmkit.serve.structured import check_schema, requested
+from llmkit.serve.structured import check_schema, closed, requested
 from llmkit.serve.tool_schemas import FunctionCall, ToolCall
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -38,6 +38,7 @@ class ToolUse:
     choice: str  # "none", "auto", "required", or the name of the one function to call
     native: bool  # the model's chat template renders tools itself
     key: str = "arguments"  # what the model's call format names the arguments ("parameters" in Llama 3's)
+    parallel: bool = True  # parallel_tool_calls: false keeps an answer's first call only, as OpenAI and vLLM do
 
     @property
     def required(self) -> bool:
@@ -73,7 +74,7 @@ class ToolUse:
         if not calls:
             return text, []
         rest = rest.strip()
-        return (rest or None), calls
+        return (rest or None), calls if self.parallel else calls[:1]
 
     def _cut_short(self, text: str) -> list[ToolCall]:
         """A required call the token limit cut short, as OpenAI returns one (finish_reason "length"): its
@@ -112,7 +113,8 @@ class ToolUse:
 
 
 def _parameters(definition: dict) -> dict:
-    return definition.get("parameters") or {"type": "object", "properties": {}}
+    """The arguments a required call is decoded under: the listed ones only (structured.closed), as vLLM decodes them."""
+    return closed(definition.get("parameters") or {"type": "object", "properties": {}})
 
 
 def tool_use(tokenizer, body: s.ChatRequest) -> ToolUse | None:
@@ -156,7 +158,7 @@ def tool_use(tokenizer, body: s.ChatRequest) -> ToolUse | None:
     template = getattr(tokenizer, "chat_template", None) or ""
     native = "tools" in template
     key = "parameters" if native and "<|eot_id|>" in template and OPEN not in template else "arguments"
-    return ToolUse(functions, choice, native, key)
+    return ToolUse(functions, choice, native, key, parallel=body.parallel_tool_calls)
 
 
 def _check_messages(body: s.ChatRequest, functions: dict[str, dict]) -> None:

@@ -1,0 +1,33 @@
+"""What /metrics says about the requests an application made agrees with what its clients saw."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+SERIES = 'llmkit_request_latency_seconds_sum{route="/v1/completions"}'
+
+
+def _latency_sum(server) -> float:
+    text = requests.get(server.base_url + "/metrics", timeout=10).text
+    return next((float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(SERIES + " ")), 0.0)
+
+
+def test_request_latency_of_a_stream_runs_to_its_last_byte(server):
+    # The histogram's help says "Time to the last byte of a response", but it was observed at the response's start:
+    # 32 streams of 26 s each averaged 0.9 s in /metrics.
+    before = _latency_sum(server)
+    body = {"model": "tiny-lm", "prompt": "ROMEO:", "max_tokens": 1000, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    with requests.post(server.base_url + "/v1/completions", json=body, stream=True, timeout=120) as r:
+        headers_at = time.perf_counter()
+        assert r.status_code == 200
+        lines = [ln for ln in r.iter_lines() if ln]
+    streamed = time.perf_counter() - headers_at  # from the response's start to its end, as the client saw it
+    assert lines[-1] == b"data: [DONE]"
+    assert streamed > 0.05, "the stream was too short to tell its start from its end"
+    deadline = time.monotonic() + 10
+    while (observed := _latency_sum(server) - before) < streamed and time.monotonic() < deadline:
+        time.sleep(0.05)  # the observation follows the last byte
+    assert observed >= streamed
