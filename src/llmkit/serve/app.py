@@ -105,12 +105,35 @@ def _path(scope) -> str:
     return getattr(scope.get("route"), "path", "other")
 
 
+def _api_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI on this server's own copy of its files (those the fastapi-offline package ships: Swagger UI
+    5, which reads the OpenAPI 3.1 FastAPI writes; swagger-ui-bundle's 4.x cannot). FastAPI's page loads them from a
+    CDN, so offline (an air-gapped machine, this one) /docs was a blank page."""
+    from importlib.resources import files as package_files
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    try:
+        static = package_files("fastapi_offline") / "static"
+    except ModuleNotFoundError:  # an install that predates it in [serve]: FastAPI's page, its files from the CDN
+        static = None
+    assets = "/docs/assets"
+    if static is not None:
+        app.mount(assets, StaticFiles(directory=str(static)), name="docs-assets")
+    files = {"swagger_js_url": f"{assets}/swagger-ui-bundle.js", "swagger_css_url": f"{assets}/swagger-ui.css",
+             "swagger_favicon_url": f"{assets}/favicon.png"} if static is not None else {}
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="llmkit API", **files)
+
+
 def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, workspace, access: Access) -> FastAPI:
     """`access`: the config's keys and hosts, read before the models loaded (serve.build_app)."""
     state = ServerState(cfg, models, registry, workspace, Auth(access.api_keys, cfg.rate_limit))
     state.admin = Auth(access.admin_keys)  # a second key set, for the routes that change the server
     app = FastAPI(title="llmkit", version="1", summary="OpenAI-compatible API of llmkit models",
-                  openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
+                  openapi_url="/openapi.json", docs_url=None, redoc_url=None)
     app.state.llmkit = state
     app.state.registry, app.state.workspace = registry, workspace
     install_handlers(app)
@@ -134,6 +157,7 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel], registry, works
 
     for router in (ops.router, openai_api.router, llmkit_api.router, adapters_api.router):
         app.include_router(router)
+    _api_docs(app)
     if cfg.ui:  # the dashboard's data (the whole registry) is the UI's: an API-only server does not show it
         from llmkit.serve.dashboard import router as dashboard
         from llmkit.serve.dashboard_studies import router as studies
