@@ -17,8 +17,9 @@ class ServerMetrics:
         self.requests = Counter("llmkit_requests", "HTTP requests by route and status code", ["route", "status"], registry=r)
         self.latency = Histogram("llmkit_request_latency_seconds", "Time to the last byte of a response", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("llmkit_time_to_first_token_seconds", "Queueing plus prefill, per generation", ["model"],
-                              buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("llmkit_time_to_first_token_seconds",
+                              "From the request entering the engine's queue (its prompt templated and tokenized) to its "
+                              "first token", ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("llmkit_tokens", "Tokens processed, by model and type (prompt | completion)",
                               ["model", "type"], registry=r)
         self.queue = Gauge("llmkit_queue_depth", "Requests waiting for a place in the batch", ["model"], registry=r)
