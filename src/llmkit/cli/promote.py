@@ -33,6 +33,7 @@ def promote(
 ) -> None:
     """Point an alias at a model: every command taking MODEL (serve, generate, eval...) resolves it, and each move
     is recorded (who, when, from -> to); llmkit show ALIAS lists the history."""
+    from llmkit.eval.gate import last_gate
     from llmkit.models.aliases import move_alias
     from llmkit.models.io import BUILTIN_MODELS, resolve_model
 
@@ -43,13 +44,23 @@ def promote(
         if target.id is not None:
             _require_pass(ctx, target)
     move, moved = move_alias(ctx.registry, alias, model, note or "", builtins=BUILTIN_MODELS)
-    result = {**move.to_json(), "changed": moved}
+    # Said either way: promoting without --require-pass put an ungated (or failed) model behind the alias silently
+    gated = last_gate(ctx.registry, move.model_id) if move.model_id else None
+    gate_said = None if gated is None else {"id": gated.id, "verdict": gated.params.get("verdict"),
+                                            "base": gated.params.get("base"), "dataset": gated.params.get("dataset")}
+    result = {**move.to_json(), "changed": moved, "gate": gate_said}
 
     def human() -> None:
         if not moved:
             console.print(f"{alias} already points at {move.model_ref} (since {move.moved}, by {move.moved_by})")
         else:
             console.print(f"[bold]{alias}[/bold] -> {move.model_ref}" + (f" (was {move.previous_ref})" if move.previous_ref else ""))
+        if gate_said is not None:
+            console.print(f"  last gate: {gate_said['verdict']} against {gate_said['base']} on {gate_said['dataset']} "
+                          f"(llmkit show {gate_said['id']})", markup=False, highlight=False)
+        elif move.model_id:
+            console.print(f"  not gated: llmkit compare BASE {move.model_ref} --data NAME scores it against its base; "
+                          "--require-pass refuses a model whose last gate did not pass", markup=False, highlight=False)
 
     ctx.emit(result, human)
 

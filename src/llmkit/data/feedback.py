@@ -3,9 +3,11 @@
 The server stores one registry `feedback` row per rating or correction (extra.kind "feedback") and,
 with --log-requests, one per answered request (extra.kind "request"). Per response id the latest
 feedback wins; a correction becomes the assistant reply (whatever the rating: correcting a bad
-answer is the point), an approved response (rating >= min_rating) is kept as it was, and everything
-else is skipped and counted by reason. The conversations then go through the ordinary `prepare`
-(cleaning, PII, dedupe, splits, tokenizer), so a feedback dataset is like any other chat dataset.
+answer is the point), an approved response (rating >= min_rating) is kept as it was unless another
+response with the same answer to the same prompt was rated below min_rating (contested: skipped, as
+in the preference path), and everything else is skipped and counted by reason. The conversations
+then go through the ordinary `prepare` (cleaning, PII, dedupe, splits, tokenizer), so a feedback
+dataset is like any other chat dataset.
 With task "preference" the same rows become preference pairs and KTO records instead
 (`feedback_preference.py`), through the same `prepare`. Reading the rows: `feedback_rows.py`.
 """
@@ -21,8 +23,8 @@ from typing import Any
 
 from llmkit.config import DataConfig, FeedbackDataConfig, SplitConfig
 from llmkit.data.dataset import DatasetVersion
-from llmkit.data.feedback_preference import select_preference
-from llmkit.data.feedback_rows import counted, describe_skipped, prompt_messages, read_feedback
+from llmkit.data.feedback_preference import comparable, prompt_key, select_preference
+from llmkit.data.feedback_rows import SeenFeedback, counted, describe_skipped, prompt_messages, read_feedback
 from llmkit.data.formats import BadRecord, chat_messages
 from llmkit.data.pipeline import prepare
 from llmkit.errors import UserError
@@ -115,6 +117,7 @@ def select(rows: list[dict[str, Any]], min_rating: int = 1, include_corrections:
     used: Counter[str] = Counter()
     conversations: list[dict[str, Any]] = []
     bad_examples: list[str] = []
+    rated_down = _rated_down(seen, min_rating)
     for key, row in seen.latest.items():
         correction = row.get("correction") if include_corrections else None
         correction = correction if correction and correction.strip() else None
@@ -122,6 +125,9 @@ def select(rows: list[dict[str, Any]], min_rating: int = 1, include_corrections:
         if correction is not None:
             how, answer = "corrected", correction
         elif rating is not None and rating >= min_rating:
+            if _answer_key(seen, key) in rated_down:  # one answer to one prompt, approved once and rated down once
+                skipped["rated_both_ways"] += 1
+                continue
             how, answer = "approved", None
         else:
             reason = ("corrections_excluded" if row.get("correction") and not include_corrections
@@ -148,6 +154,28 @@ def select(rows: list[dict[str, Any]], min_rating: int = 1, include_corrections:
     summary = {**seen.counts(), "used": {"corrected": used["corrected"], "approved": used["approved"]},
                "skipped": counted(skipped), "bad_examples": bad_examples}
     return conversations, summary
+
+
+def _answer_key(seen: SeenFeedback, key: str) -> tuple[str, str] | None:
+    """(prompt, answer) of a response as `--task preference` compares them (whitespace aside); None when unknown."""
+    prompt, answer = seen.stored(key, "prompt"), seen.stored(key, "response")
+    if prompt is None or answer is None:
+        return None
+    try:
+        messages = prompt_messages(prompt, seen.endpoint(key), "")
+    except BadRecord:
+        return None
+    if not all(isinstance(m.get("content"), str) for m in messages):
+        return None
+    return prompt_key(messages), comparable(answer)
+
+
+def _rated_down(seen: SeenFeedback, min_rating: int) -> set[tuple[str, str]]:
+    """The answers some response rated below min_rating (corrected or not): the same answer to the same prompt,
+    approved in another response (greedy decoding gives every user the same one), is contested, not approved."""
+    down = (_answer_key(seen, key) for key, row in seen.latest.items()
+            if row.get("rating") is not None and row["rating"] < min_rating)
+    return {k for k in down if k is not None}
 
 
 def _since(value: str | None, key: str = "from-feedback.since") -> float | None:

@@ -72,7 +72,7 @@ def select_preference(rows: list[dict[str, Any]], min_rating: int = 1, include_c
         if correction is not None:
             picks.append({"record": record, "models": [seen.model(key)], "how": "correction"})
         else:
-            rated.setdefault(_prompt_key(record["prompt"]), []).append({"record": record, "model": seen.model(key)})
+            rated.setdefault(prompt_key(record["prompt"]), []).append({"record": record, "model": seen.model(key)})
 
     for answers in rated.values():
         picks += _pair_up(answers, skipped)
@@ -88,10 +88,10 @@ def _pair_up(answers: list[dict[str, Any]], skipped: Counter[str]) -> list[dict[
     """Pairs (up over down) and KTO records from the rated answers to one prompt."""
     labels: dict[str, set[bool]] = {}
     for a in answers:
-        labels.setdefault(_text(a["record"]["completion"]), set()).add(a["record"]["label"])
+        labels.setdefault(comparable(a["record"]["completion"]), set()).add(a["record"]["label"])
     ups, downs = [], []
     for a in answers:
-        if len(labels[_text(a["record"]["completion"])]) == 2:
+        if len(labels[comparable(a["record"]["completion"])]) == 2:
             skipped["rated_both_ways"] += 1
         else:
             (ups if a["record"]["label"] else downs).append(a)
@@ -106,16 +106,16 @@ def _pair_up(answers: list[dict[str, Any]], skipped: Counter[str]) -> list[dict[
     return picks
 
 
-def _prompt_key(prompt: list[dict[str, str]]) -> str:
+def prompt_key(prompt: list[dict[str, str]]) -> str:
     """Prompts that differ in whitespace only are the same prompt."""
-    return json.dumps([[m["role"], _text(m["content"])] for m in prompt], ensure_ascii=False)
+    return json.dumps([[m["role"], comparable(m["content"])] for m in prompt], ensure_ascii=False)
 
 
 def _same(a: str, b: str) -> bool:
-    return _text(a) == _text(b)
+    return comparable(a) == comparable(b)
 
 
-def _text(text: str) -> str:
+def comparable(text: str) -> str:
     """A text as compared here: cleaned as `prepare` cleans it, runs of whitespace as one space (a
     correction that only respaces the answer says nothing about which is better)."""
     return " ".join(clean_text(text).split())

@@ -27,6 +27,8 @@ SKIP_REASONS = {
     "malformed": "prompt is not a valid conversation, or the answer is empty",
     # Preference only: neither can make a pair (chosen and rejected must differ).
     "correction_unchanged": "corrections identical to the answer they correct",
+    # Both: one answer to one prompt rated up in one response and down in another is neither approved (chat) nor a
+    # side of a pair (preference).
     "rated_both_ways": "ratings of one answer to one prompt both up and down",
 }
 

@@ -219,8 +219,11 @@ def gate(base_ref: str, tuned_ref: str, cfg: CompareConfig, ws: Workspace | None
                             f"the gate needs two {expected} models for it")
     split, records = held_out_split(ds, cfg.split)
     kind = ds.kind
+    unscored = 0
     if kind == "preference":
+        held_out = len(records)
         records, kind = _preference_records(records, ds.ref, split)
+        unscored = held_out - len(records)
     records = records[: cfg.max_items or None]
     if kind == "rated" and len({bool(r["label"]) for r in records}) < 2:
         raise UserError(f"{ds.ref} {split}: the rated answers to score are all "
@@ -248,6 +251,10 @@ def gate(base_ref: str, tuned_ref: str, cfg: CompareConfig, ws: Workspace | None
               "reasons": [c["message"] for c in found if not c["passed"]], "config": cfg.model_dump()}
     result["verdict"] = "pass" if result["passed"] else "fail"
     result["warnings"] = sample_warnings(task, len(records)) + tokenizer_warnings(kind, sides)
+    if unscored:  # a dataset from feedback mixes pairs and lone ratings: the verdict rests on the pairs alone
+        result["warnings"].append(f"{unscored} rated answers of {ds.ref} {split} are not scored: the gate ranks the "
+                                  "split's pairs when it has any, and rated answers (rated_answer_auc) only in a split "
+                                  "without pairs")
     result["id"] = _register(result, base, tuned, ds, ws, registry)
     return result
 

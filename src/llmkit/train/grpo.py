@@ -114,10 +114,14 @@ def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None
                 fh.write(json.dumps({"kind": kind, "prompt": prompts[k // n].text, "answer": texts[k],
                                      "reward": float(rewards[k])}, ensure_ascii=False) + "\n")
 
+    groups_seen = {"groups": 0, "flat": 0}  # groups whose answers all scored the same: advantage 0, nothing learnt
+
     def loss_fn(m, batch: list[Prompt]):
         ids, texts, rewards = answer(batch, cfg.group_size, cfg.temperature)
         log_samples("train", batch, cfg.group_size, texts, rewards, cfg.samples_logged)
         groups = rewards.view(len(batch), cfg.group_size)
+        groups_seen["groups"] += len(batch)
+        groups_seen["flat"] += int((groups.amax(1) == groups.amin(1)).sum())
         advantages = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)).view(-1)
         seq = pack_sequences([p.ids for p in batch for _ in range(cfg.group_size)], ids, pad_id, device)
         logp, rows = _answer_logps(m, seq)                                     # (N,), (N,) row of each token
@@ -161,7 +165,19 @@ def grpo(cfg: GrpoConfig, ws: Workspace | None = None, registry: Registry | None
         s = fitted.summary
         console.print(f"val reward {s['val_reward_before']:.3f} -> {s['val_reward']:.3f} (greedy answers to {len(val)} val "
                       f"prompts); {s['seconds']:.1f}s; curves in {fitted.run_dir / 'plots' / 'rewards.png'}")
+        if groups_seen["flat"]:
+            console.print(_no_signal(groups_seen["flat"], groups_seen["groups"], cfg))
     return register_tuned(fitted, cfg, opened, ds, name, parents, ws, registry, console, tuning="grpo")
+
+
+def _no_signal(flat: int, groups: int, cfg: GrpoConfig) -> str:
+    """Groups whose answers all scored the same have advantage 0 in every answer: they moved nothing (a run of
+    only those ends at a loss of 0.0000 and the base's weights, and said nothing of it)."""
+    share, who = ("every group", "the run") if flat == groups else (f"{flat} of {groups} groups", "those groups")
+    return (f"warning: in {share} of {cfg.group_size} answers to a prompt, all answers got the same reward, so {who} "
+            "taught the model nothing "
+            "(GRPO learns from the differences within a group); a larger --group-size, a higher --temperature, or a "
+            "reward that tells these answers apart gives it something to learn")
 
 
 def encode_prompts(tokenizer, records: list[dict[str, Any]], room: int) -> tuple[list[Prompt], int]:

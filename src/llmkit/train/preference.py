@@ -18,6 +18,7 @@ whose chosen reward is higher; evaluations report the same on the val split.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -87,22 +88,26 @@ def preference_tune(cfg: PreferenceConfig, loss: str, ws: Workspace | None = Non
 
     where = str(ds.records_file("train"))
     train, counts = encode_records(tokenizer, ds.records("train"), loss, cfg.max_length, cfg.skip_bad, where)
-    eval_split, eval_records = ds.eval_records()
-    val, _ = encode_records(tokenizer, eval_records, loss, cfg.max_length, True, where)
     if not train:
         raise UserError(f"no usable training example in {ds.ref} ({counts}); raise --max-length")
+    eval_split, eval_records = ds.eval_records()
+    val, val_counts = encode_records(tokenizer, eval_records, loss, cfg.max_length, True,
+                                     str(ds.records_file(eval_split)), pairs_required=False)
     if cfg.eval_max_examples:
         val = val[: cfg.eval_max_examples]
     if not val:
-        raise UserError(f"dataset {ds.ref} has no val or test examples to evaluate on; prepare it again with a val split (llmkit data prepare ... --splits-val 0.2)")
+        raise UserError(_nothing_to_evaluate(ds, loss, eval_split, val_counts))
     precision = resolve_precision(cfg.precision, device)
     if loss != "orpo":  # ORPO has no reference
         if console is not None:
             console.print(f"reference log-probabilities of {len(train) + len(val)} examples (the model before training)")
         score_reference(model, train + val, cfg.batch_size, pad_id, device, precision)
     if console is not None:
+        left_out = counts["skipped"] - counts["unpaired"]
+        unpaired = (f"{counts['unpaired']} rated answers left out ({loss.upper()} learns from pairs; "
+                    "'llmkit train kto' takes them), " if counts["unpaired"] else "")
         console.print(f"data {ds.ref}: {len(train)} {'pairs' if loss != 'kto' else 'rated answers'} "
-                      f"({counts['skipped']} skipped, {counts['truncated']} truncated to {cfg.max_length} tokens); "
+                      f"({unpaired}{left_out} skipped, {counts['truncated']} truncated to {cfg.max_length} tokens); "
                       f"{len(val)} for eval{eval_source(eval_split)}")
 
     step_loss = _loss_fn(loss, cfg, pad_id, device)
@@ -139,7 +144,9 @@ def preference_tune(cfg: PreferenceConfig, loss: str, ws: Workspace | None = Non
         # KTO's margin needs desirable and undesirable answers in val: with one kind only there is none (it printed nan)
         margin = (f"reward margin {s['val_reward_margin']:.3f}" if "val_reward_margin" in s
                   else "no reward margin (val holds answers of one rating only)")
-        console.print(f"val loss {s['val_loss']:.4f}, {margin}{accuracy}; {s['seconds']:.1f}s")
+        # The registered weights are the best evaluation's, which need not be the last one's
+        best = f" (the registered weights: step {s['best_step']} of {s['steps']})" if s.get("best_step") else ""
+        console.print(f"val loss {s['val_loss']:.4f}, {margin}{accuracy}{best}; {s['seconds']:.1f}s")
     return register_tuned(fitted, cfg, opened, ds, name, parents, ws, registry, console, tuning=loss)
 
 
@@ -154,7 +161,7 @@ def _preference_dataset(registry: Registry, ref: str | None, loss: str):
 
 
 def encode_records(tokenizer, records: list[dict[str, Any]], loss: str, max_length: int, skip_bad: bool,
-                   where: str) -> tuple[list, dict[str, int]]:
+                   where: str, pairs_required: bool = True) -> tuple[list, dict[str, int]]:
     """Pairs (dpo, orpo) or rated answers (kto) of the records, and counts of what was skipped and truncated.
 
     DPO and ORPO need pairs: a rated answer alone is skipped (counted). KTO takes both, a pair as one
@@ -186,10 +193,30 @@ def encode_records(tokenizer, records: list[dict[str, Any]], loss: str, max_leng
     if loss == "kto":
         for example, other in zip(examples, examples[-1:] + examples[:-1], strict=True):
             example.mismatched = Scored(example.answer.prompt, other.answer.answer)
-    elif counts["unpaired"] and not examples:
+    elif counts["unpaired"] and not examples and pairs_required:
         raise UserError(f"{where}: {counts['unpaired']} rated answers and no pair; {loss.upper()} learns from pairs "
                         "(chosen over rejected): use 'llmkit train kto' for rated answers")
     return examples, counts
+
+
+def _nothing_to_evaluate(ds, loss: str, split: str, counts: dict[str, int]) -> str:
+    """Why there is nothing to evaluate on, and what to do. A preference dataset from feedback mixes pairs and rated
+    answers, and its held-out prompts can all be rated answers: DPO and ORPO then have no held-out pair."""
+    if not counts["records"]:
+        # Every record of one prompt goes to one split: a held-out split needs records on more prompts than one
+        prompts = len({json.dumps(r["prompt"], sort_keys=True) for r in ds.records("train")})
+        return (f"dataset {ds.ref} has no val or test records to evaluate on: its train records cover {prompts} "
+                f"prompt{'s' if prompts != 1 else ''}, and the records of one prompt stay in one split; make it again "
+                "with a val split (llmkit data from-feedback ... --val 0.2, or llmkit data prepare ... --splits-val 0.2), "
+                "which holds out about one prompt in five" + (", once there is feedback on more prompts" if prompts < 5 else ""))
+    if counts["unpaired"] == counts["records"]:
+        return (f"{ds.records_file(split)}: the {split} split holds {counts['unpaired']} rated answers and no pair, and "
+                f"{loss.upper()} is evaluated on held-out pairs; make the dataset again holding out more prompts "
+                "(llmkit data from-feedback ... --val 0.3, or llmkit data prepare ... --splits-val 0.3: records of one "
+                "prompt stay together), or train kto, which learns from rated answers")
+    unpaired = f"{counts['unpaired']} rated answers without a pair, " if counts["unpaired"] else ""
+    return (f"{ds.records_file(split)}: none of the {counts['records']} {split} records can be evaluated ({unpaired}"
+            f"{counts['skipped'] - counts['unpaired']} whose prompt takes all of --max-length); raise --max-length")
 
 
 def _encode(tokenizer, prompt: list[dict[str, str]], answer: str, max_length: int, counts: dict[str, int]) -> Scored | None:
