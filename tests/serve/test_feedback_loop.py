@@ -111,3 +111,35 @@ def test_a_boolean_rating_or_a_blank_correction_is_refused_not_guessed():
         with pytest.raises(pydantic.ValidationError, match=field):
             FeedbackRequest.model_validate(body)
     assert FeedbackRequest.model_validate({"response_id": "r", "rating": 1.0}).rating == 1  # 1.0 is the integer 1
+
+
+def test_each_choice_of_an_n_response_is_rated_on_its_own(lm_workspace, serve_lm):
+    # {"index": 1} was ignored: the rating went to choice 0 and replaced its thumbs-up; choice 1 could not be rated
+    from llmkit.data.feedback_rows import read_feedback
+
+    running, registry = start_server(lm_workspace, [f"tiny-lm={serve_lm}"], log_requests=True, ui=False)
+    try:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
+        out = client.completions.create(model="tiny-lm", prompt="ROMEO:", max_tokens=12, n=2, temperature=1.0, seed=5)
+        texts = [c.text for c in sorted(out.choices, key=lambda c: c.index)]
+        assert texts[0] != texts[1]
+        post = lambda body: requests.post(running.url + "/v1/feedback", json={"response_id": out.id, **body}, timeout=30)  # noqa: E731
+        assert post({"rating": 1}).status_code == 200 and post({"rating": -1, "choice": 1}).status_code == 200
+        refused = post({"rating": 1, "choice": 2})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "choice", refused.text
+        assert "has 2 choices (0 to 1)" in refused.json()["error"]["message"]
+    finally:
+        running.stop()
+    rows = [r for r in registry.list_feedback(response_id=out.id) if r["extra"].get("kind") == "feedback"]
+    assert [(r["rating"], r["response"], r["extra"].get("choice")) for r in rows] == [(1, texts[0], 0), (-1, texts[1], 1)]
+    latest = read_feedback(registry.list_feedback(response_id=out.id)).latest  # two responses, not one superseded
+    assert {key: row["rating"] for key, row in latest.items()} == {out.id: 1, f"{out.id}#1": -1}
+    # after a restart, the request log holds every choice's text
+    running, _ = start_server(lm_workspace, [f"tiny-lm={serve_lm}"], ui=False)
+    try:
+        again = requests.post(running.url + "/v1/feedback", json={"response_id": out.id, "rating": 1, "choice": 1},
+                              timeout=30)
+        assert again.status_code == 200, again.text
+    finally:
+        running.stop()
+    assert registry.list_feedback(response_id=out.id)[-1]["response"] == texts[1]

@@ -81,6 +81,9 @@ def read_feedback(rows: list[dict[str, Any]], since: float | None = None) -> See
     history: dict[str, list[dict]] = {}
     for n, row in enumerate(feedback):
         key = row.get("response_id") or f"#{n}"  # without an id a row cannot be matched to another
+        choice = (row.get("extra") or {}).get("choice")
+        if row.get("response_id") and isinstance(choice, int) and choice > 0:  # each choice of an n > 1 response
+            key = f"{key}#{choice}"
         history.setdefault(key, []).append(row)
         if since is not None and row["created_at"] < since:
             skipped["before_since"] += 1

@@ -202,13 +202,15 @@ def _finished(state: ServerState, served: ServedModel, rid: str, entry: dict, an
     if first.first_token_seconds is not None:
         state.metrics.ttft.labels(served.id).observe(first.first_token_seconds)
     text = answers[0].whole
-    entry = {**entry, "response": text}
+    # every choice's text: feedback names the one it rates (`choice`), the first by default
+    entry = {**entry, "response": text, "responses": [a.whole for a in answers]}
     state.remember(rid, entry)
     if state.cfg.log_requests:
         tokens = {"prompt_tokens": counts.prompt_tokens, "completion_tokens": counts.completion_tokens}
         extra = {"kind": "request", "endpoint": entry["endpoint"], "usage": tokens, "model_ref": entry["model_ref"]}
-        if len(answers) > 1:
-            extra["choices"] = len(answers)  # the response recorded is choice 0's
+        if len(answers) > 1:  # the response recorded is choice 0's; the others' text for feedback on them
+            extra["choices"] = len(answers)
+            extra["choices_text"] = [a.whole for a in answers]
         try:
             state.registry.add_feedback(served.id, response_id=rid, prompt=entry["prompt"], response=text, extra=extra)
         except (SQLAlchemyError, RegistryUnavailable) as err:

@@ -318,6 +318,8 @@ class FeedbackRequest(Request):
     correction: Text = Field(None, max_length=100_000, description="the answer it should have given",
                              json_schema_extra={"pattern": r"\S"})
     comment: Text = Field(None, max_length=10_000)
+    choice: int = Field(0, ge=0, le=127, description="which choice of a response asked with n > 1 (its index); the "
+                                                     "first by default")
 
     @field_validator("rating", mode="before")
     @classmethod

@@ -147,13 +147,21 @@ async def feedback(body: s.FeedbackRequest, request: Request):
     if entry is None:
         entry = await run_in_threadpool(_logged, state.registry, body.response_id)
     if entry is None:
-        raise ApiError(404, f"unknown response_id '{body.response_id}': not one of this server's recent responses",
-                       param="response_id", code="response_not_found")
+        raise ApiError(404, f"unknown response_id '{body.response_id}': not one of this server's recent responses "
+                            "(after a restart, or from another server, only responses logged with --log-requests can "
+                            "be rated)", param="response_id", code="response_not_found")
+    responses = entry.get("responses") or [entry.get("response")]
+    if body.choice >= len(responses):  # it rated choice 0 (overwriting that one's rating) without a word
+        raise ApiError(400, f"'choice' = {body.choice}: response '{body.response_id}' has {len(responses)} choice"
+                            f"{'s' if len(responses) != 1 else ''} (0 to {len(responses) - 1})", param="choice",
+                       code="invalid_value")
+    extra = {"kind": "feedback", "endpoint": entry.get("endpoint"), "comment": body.comment,
+             "model_ref": entry.get("model_ref")}
+    if len(responses) > 1:
+        extra["choice"] = body.choice
     fid = await run_in_threadpool(
         state.registry.add_feedback, entry["model"], response_id=body.response_id, rating=body.rating,
-        prompt=entry.get("prompt"), response=entry.get("response"), correction=body.correction,
-        extra={"kind": "feedback", "endpoint": entry.get("endpoint"), "comment": body.comment,
-               "model_ref": entry.get("model_ref")})
+        prompt=entry.get("prompt"), response=responses[body.choice], correction=body.correction, extra=extra)
     return s.FeedbackAck(id=fid, response_id=body.response_id)
 
 
@@ -162,5 +170,6 @@ def _logged(registry, response_id: str) -> dict | None:
     for row in reversed(registry.list_feedback(response_id=response_id)):
         if row["extra"].get("kind") == "request":
             return {"model": row["model"], "endpoint": row["extra"].get("endpoint"), "prompt": row["prompt"],
-                    "response": row["response"], "model_ref": row["extra"].get("model_ref")}
+                    "response": row["response"], "model_ref": row["extra"].get("model_ref"),
+                    "responses": row["extra"].get("choices_text")}
     return None
