@@ -213,6 +213,11 @@ def test_cli_human_output_and_nothing_usable_is_exit_2_with_one_line(mixed: Env,
     assert "preference: 3 pairs, 2 unpaired true, 1 unpaired false" in text
     assert "lineage" not in text  # no model of that name is registered here
     assert "next: llmkit train dpo --base MODEL --data pref" in text
+    # --model names the one that answered when the registry has no lineage for it (a built-in, a served name)
+    one = run_cli("data", "from-feedback", "--task", "preference", "--name", "pref-one", "--model", "tiny-lm",
+                  workspace=mixed.ws.root)
+    assert one.returncode == 0, one.stderr
+    assert "--base tiny-lm --data pref-one" in " ".join(one.stdout.split()), one.stdout
     empty = Env(tmp_path / "empty")
     empty.chat("chatcmpl-1", [user("Hello?")], "Unrated answer.")
     out = run_cli("data", "from-feedback", "--task", "preference", "--name", "pref", workspace=empty.ws.root)

@@ -134,9 +134,9 @@ def from_feedback(ctx: Ctx, cfg) -> None:
         trainer = ("kto" if not m["preference"]["pairs"] else "dpo") if preference else "sft"
         if not m["splits"]["val"]["records"] and not m["splits"]["test"]["records"]:
             held_out = "to measure held-out reward accuracy on" if preference else "which 'llmkit train sft' evaluates on"
-            console.print(f"  note: no val {what} {held_out}; collect more feedback or raise --val")
-        base = fb["models"][0] if len(fb["models"]) == 1 else "MODEL"
-        console.print(f"next: llmkit train {trainer} --base {base} --data {ds.name}")
+            more = "" if m["splits"]["train"]["records"] <= 1 else " or raise --val"  # one record cannot be split
+            console.print(f"  note: no val {what} {held_out}; collect more feedback{more}")
+        console.print(f"next: llmkit train {trainer} --base {_trainable(ctx, fb['models'], cfg.model)} --data {ds.name}")
 
     ctx.emit(result, human)
 
@@ -230,6 +230,24 @@ def _given(flag: str) -> bool:
     import sys
 
     return any(a == flag or a.startswith(flag + "=") for a in sys.argv)
+
+
+def _trainable(ctx: Ctx, models: list[str], asked: str | None) -> str:
+    """The model to name in from-feedback's next step: the one that answered (a built-in is not in the registry's
+    lineage: the --model asked for), and for a GGUF or ONNX export the model it was exported from (training refuses
+    an export)."""
+    from llmkit.models.io import resolve_model
+
+    base = models[0] if len(models) == 1 else asked
+    if not base:
+        return "MODEL"
+    try:
+        model = resolve_model(base, ctx.registry)
+    except UserError:
+        return base
+    if (model.lineage or {}).get("format") in ("gguf", "onnx"):
+        return ((model.lineage or {}).get("parent_model") or {}).get("ref") or base
+    return base
 
 
 def _load(ctx: Ctx, ref: str) -> tuple[Path, dict]:
