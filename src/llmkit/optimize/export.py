@@ -9,7 +9,7 @@ from llmkit.config import ExportConfig
 from llmkit.errors import UserError
 from llmkit.models.io import Model, resolve_model
 from llmkit.models.naming import output_name
-from llmkit.optimize.made_before import made_before, recipe_key
+from llmkit.optimize.made_before import made_before_model, recipe_key
 from llmkit.optimize.table import check_eval_data, table_if_asked
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
@@ -40,12 +40,7 @@ def export(model_ref: str, cfg: ExportConfig, ws: Workspace | None = None, regis
 
     name = output_name("export", cfg.name, f"{source.name.split('/')[-1]}-{cfg.quant}")
     recipe = recipe_key("export-gguf", source, cfg)
-    before = made_before(registry, name, recipe)
-    if before is not None:
-        exported = resolve_model(before.id, registry)
-        if console is not None:
-            console.print(f"{before.ref} is this export of {source.ref} already (the same settings): kept, not made again",
-                          markup=False, highlight=False)
+    if (exported := made_before_model(registry, name, recipe, source, "export", console)) is not None:
         return exported, table_if_asked(source, exported, cfg, ws, registry, console, progress)
     target = ws.new_folder("models", name, "gguf")
     lineage = {"task": "causal-lm", "method": f"export-gguf-{cfg.quant}",
@@ -92,12 +87,7 @@ def _export_onnx(source: Model, cfg: ExportConfig, ws: Workspace, registry: Regi
     name = output_name("export", cfg.name, f"{source.name.split('/')[-1]}-onnx" + ("-int8" if quant == "q8_0" else ""))
     # the quant written, not the one given: cfg.quant is GGUF's q8_0 by default where ONNX writes f32
     recipe = recipe_key("export-onnx", source, cfg, quant=quant)
-    before = made_before(registry, name, recipe)
-    if before is not None:
-        exported = resolve_model(before.id, registry)
-        if console is not None:
-            console.print(f"{before.ref} is this export of {source.ref} already (the same settings): kept, not made again",
-                          markup=False, highlight=False)
+    if (exported := made_before_model(registry, name, recipe, source, "export", console)) is not None:
         return exported, table_if_asked(source, exported, cfg, ws, registry, console, progress)
     kind = model_task(source)
     target = ws.new_folder("models", name, "onnx")

@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from llmkit.models.io import Model
+from llmkit.models.io import Model, resolve_model
 from llmkit.registry import Record, Registry
 
 # Settings that change what is measured or what it is called, not what is written.
@@ -37,3 +37,14 @@ def made_before(registry: Registry, name: str, key: str | None) -> Record | None
         return None
     rec = registry.find_by_hash("model", key, name)
     return rec if rec is not None and rec.path and Path(rec.path).is_dir() else None
+
+
+def made_before_model(registry: Registry, name: str, key: str | None, source: Model, what: str, console=None) -> Model | None:
+    """The model `made_before` finds, resolved, saying so on `console` (`what`: "export", "quantization", ...)."""
+    before = made_before(registry, name, key)
+    if before is None:
+        return None
+    if console is not None:
+        console.print(f"{before.ref} is this {what} of {source.ref} already (the same settings): kept, not made again",
+                      markup=False, highlight=False)
+    return resolve_model(before.id, registry)

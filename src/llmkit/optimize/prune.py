@@ -22,7 +22,7 @@ from llmkit.models.io import Model, load_causal_lm, resolve_model, save_model
 from llmkit.models.kind import require_causal
 from llmkit.models.naming import output_name
 from llmkit.models.quantized import linears, out_in
-from llmkit.optimize.made_before import made_before, recipe_key
+from llmkit.optimize.made_before import made_before_model, recipe_key
 from llmkit.optimize.table import check_eval_data
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
@@ -138,14 +138,9 @@ def prune(model_ref: str, cfg: PruneConfig, ws: Workspace | None = None, registr
     calibration = calibration_dataset(registry, cfg.calib_data, trained_on) if cfg.calib_data else None
     # the dataset's version as resolved now: `--calib-data chats` after a new version of chats is another recipe
     recipe = recipe_key("prune", source, cfg, calib_data=calibration.id if calibration is not None else None)
-    before = made_before(registry, model_name, recipe)
-    if before is not None:
+    if (pruned := made_before_model(registry, model_name, recipe, source, "pruning", console)) is not None:
         from llmkit.optimize.table import table_if_asked
 
-        pruned = resolve_model(before.id, registry)
-        if console is not None:
-            console.print(f"{before.ref} is this pruning of {source.ref} already (the same settings): kept, not made again",
-                          markup=False, highlight=False)
         return pruned, table_if_asked(source, pruned, cfg, ws, registry, console, progress)
     lm, tokenizer = load_causal_lm(source)
     layers = prunable_layers(lm)

@@ -22,7 +22,7 @@ from llmkit.models.quantized import (
     quantize_tensor_zero_point,
     set_module,
 )
-from llmkit.optimize.made_before import made_before, recipe_key
+from llmkit.optimize.made_before import made_before_model, recipe_key
 from llmkit.optimize.table import check_eval_data, table_if_asked
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace, atomic_dir
@@ -74,12 +74,7 @@ def quantize(model_ref: str, cfg: QuantizeConfig, ws: Workspace | None = None, r
                         "drop --group-size, or use --method int8-weight or int4-weight for groups")
     check_eval_data(source, cfg.eval_data if cfg.table else None, registry, "quantize")
     recipe = recipe_key("quantize", source, cfg)
-    before = made_before(registry, name, recipe)
-    if before is not None:
-        quantized = resolve_model(before.id, registry)
-        if console is not None:
-            console.print(f"{before.ref} is this quantization of {source.ref} already (the same settings): kept, not made "
-                          "again", markup=False, highlight=False)
+    if (quantized := made_before_model(registry, name, recipe, source, "quantization", console)) is not None:
         return quantized, table_if_asked(source, quantized, cfg, ws, registry, console, progress)
     lm, tokenizer = load_causal_lm(source)
     modules = quantize_model(lm, cfg.method, cfg.group_size)
