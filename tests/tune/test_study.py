@@ -69,12 +69,17 @@ def test_a_study_registers_every_trial_and_keeps_only_the_best_model(ws_root: Pa
     assert code == 0 and "best trials by val_loss" in out and f"best model {best_models[0].ref}" in out
 
 
-def test_a_new_study_first_runs_the_config_as_given_and_a_joined_study_does_not_again(ws_root: Path):
+def _small_study(ws_root: Path, study: str, trials: int, lr: float, warmup_steps: int):
+    """(workspace, registry, the pretrain config as given, the tune config) of a study of 4-step tiny trials."""
     ws = Workspace.open(ws_root)
-    registry = Registry.for_workspace(ws.root)
-    stage = tiny_config(max_steps=4, eval_every=2, checkpoint_every=2, lr=2e-3, warmup_steps=3)
-    cfg = TuneConfig(stage="pretrain", data="tiny", space=str(ws_root / "space.yaml"), trials=2, study="from-defaults",
+    stage = tiny_config(max_steps=4, eval_every=2, checkpoint_every=2, lr=lr, warmup_steps=warmup_steps)
+    cfg = TuneConfig(stage="pretrain", data="tiny", space=str(ws_root / "space.yaml"), trials=trials, study=study,
                      startup_trials=1)
+    return ws, Registry.for_workspace(ws.root), stage, cfg
+
+
+def test_a_new_study_first_runs_the_config_as_given_and_a_joined_study_does_not_again(ws_root: Path):
+    ws, registry, stage, cfg = _small_study(ws_root, "from-defaults", 2, lr=2e-3, warmup_steps=3)
     tune(cfg, stage, ws, registry)
     tune(cfg.model_copy(update={"trials": 3}), stage, ws, registry)  # joins the study: one more trial, drawn
     trials = optuna.load_study(study_name="from-defaults", storage=registry.url).get_trials()
@@ -106,11 +111,7 @@ def test_a_defaults_trial_that_did_not_end_is_run_again_when_the_study_is(ws_roo
     # longer sure to be at least as good as not tuning
     from llmkit.train.loop import watching
 
-    ws = Workspace.open(ws_root)
-    registry = Registry.for_workspace(ws.root)
-    stage = tiny_config(max_steps=4, eval_every=2, checkpoint_every=2, lr=3e-3, warmup_steps=2)
-    cfg = TuneConfig(stage="pretrain", data="tiny", space=str(ws_root / "space.yaml"), trials=1, study="cut-defaults",
-                     startup_trials=1)
+    ws, registry, stage, cfg = _small_study(ws_root, "cut-defaults", 1, lr=3e-3, warmup_steps=2)
     crashed = []
 
     def crash_once(_run: str, step: int, _evaluation) -> None:
@@ -265,14 +266,10 @@ def test_the_models_llama_fields_can_be_searched(ws_root: Path):
 
 
 def test_a_study_whose_every_trial_fails_runs_the_trials_asked_for(ws_root: Path):
-    # a helper saw 5 trials run for --trials 4 when each failed (the defaults trial run again on top of the count?)
+    # in one process the count holds; two local workers could each start the last trial (test_stopping's race test)
     from llmkit.train.loop import watching
 
-    ws = Workspace.open(ws_root)
-    registry = Registry.for_workspace(ws.root)
-    stage = tiny_config(max_steps=4, eval_every=2, checkpoint_every=2, lr=3e-3, warmup_steps=2)
-    cfg = TuneConfig(stage="pretrain", data="tiny", space=str(ws_root / "space.yaml"), trials=4, study="all-fail",
-                     startup_trials=1)
+    ws, registry, stage, cfg = _small_study(ws_root, "all-fail", 4, lr=3e-3, warmup_steps=2)
 
     def crash(_run: str, step: int, _evaluation) -> None:
         raise RuntimeError("out of memory")
