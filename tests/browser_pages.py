@@ -39,3 +39,19 @@ def open_dashboard(page, base_url: str, lang: str, table: str, row_id: str) -> N
     page.evaluate(f"localStorage.setItem('llmkit.lang', {json.dumps(lang)})")
     page.goto(base_url + "/#dashboard")
     page.get_by_test_id(table).locator(f"tr[data-id='{row_id}']").click()
+
+
+def open_report_with_key(context, base_url: str, record_id: str, key: str):
+    """An eval's HTML report opened from the dashboard with an API key stored in the UI: the UI fetches it with the
+    key and shows it in a sandboxed frame of a new tab. Returns that tab and the frame."""
+    page = context.new_page()
+    page.goto(base_url + "/")
+    page.evaluate(f"localStorage.setItem('llmkit.apiKey', {json.dumps(key)})")
+    page.goto(base_url + "/#dashboard")
+    link = page.get_by_test_id("evals-table").locator(f"tr[data-id='{record_id}']").get_by_test_id("eval-report-link")
+    with context.expect_page() as opened:
+        link.click()
+    tab = opened.value
+    holder = tab.get_by_test_id("report-frame")
+    holder.wait_for(state="attached")
+    return tab, holder.element_handle().content_frame()

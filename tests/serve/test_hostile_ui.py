@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser_pages import open_report_with_key
 from tests.serve.conftest import start_server
 
 TIMEOUT_MS = 30_000
@@ -134,17 +135,7 @@ def test_a_report_opened_with_a_key_is_still_shown_under_the_ui_policy(ui, conte
         "<script>window.parent.__ran = 1; document.getElementById('shown').dataset.ran = '1';</script></body></html>")
     record = registry.add("eval", "hostile-report", kind="causal-lm", path=folder)
     try:
-        page = context.new_page()
-        page.goto(running.url + "/")
-        page.evaluate("localStorage.setItem('llmkit.apiKey', 'any-key-the-open-server-ignores')")
-        page.goto(running.url + "/#dashboard")
-        link = page.get_by_test_id("evals-table").locator(f"tr[data-id='{record.id}']").get_by_test_id("eval-report-link")
-        with context.expect_page() as opened:
-            link.click()
-        tab = opened.value
-        holder = tab.get_by_test_id("report-frame")
-        holder.wait_for(state="attached")
-        frame = holder.element_handle().content_frame()
+        tab, frame = open_report_with_key(context, running.url, record.id, "any-key-the-open-server-ignores")
         frame.locator("#shown").wait_for(state="attached")
         assert frame.locator("#shown").inner_text() == "report text"
         assert frame.locator("#shown").get_attribute("data-ran") is None  # its script never ran

@@ -15,6 +15,7 @@ import pytest
 from llmkit.config import EvalConfig
 from llmkit.eval import evaluate
 from llmkit.workspace import Workspace
+from tests.browser_pages import open_report_with_key
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TIMEOUT_MS = 30_000
@@ -306,19 +307,9 @@ def test_a_report_opened_from_the_dashboard_cannot_read_the_stored_key(browser, 
     record = server.registry.add("eval", "key-probe", kind="causal-lm", path=folder)
     context = browser.new_context()
     try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(server.base_url + "/")
-        page.evaluate("localStorage.setItem('llmkit.apiKey', 'ui-stored-key-42')")
-        page.goto(server.base_url + "/#dashboard")
-        link = page.get_by_test_id("evals-table").locator(f"tr[data-id='{record.id}']").get_by_test_id("eval-report-link")
+        context.set_default_timeout(TIMEOUT_MS)
         # With a key set, the UI fetches the report with it and opens it in a sandboxed frame.
-        with context.expect_page() as opened:
-            link.click()
-        tab = opened.value
-        holder = tab.get_by_test_id("report-frame")
-        holder.wait_for(state="attached")
-        frame = holder.element_handle().content_frame()
+        tab, frame = open_report_with_key(context, server.base_url, record.id, "ui-stored-key-42")
         frame.locator("#probe").wait_for(state="attached")
         assert frame.locator("#probe").get_attribute("data-key") is None  # its script never ran
         assert frame.evaluate(READ_KEY).startswith("blocked:")  # and its origin is not the UI's
@@ -327,7 +318,8 @@ def test_a_report_opened_from_the_dashboard_cannot_read_the_stored_key(browser, 
         direct.goto(server.base_url + f"/api/evals/{record.id}/report")
         assert direct.locator("#probe").get_attribute("data-key") is None
         assert direct.evaluate(READ_KEY).startswith("blocked:")
-        assert page.evaluate(READ_KEY) == "read:ui-stored-key-42"  # the UI itself still has its key
+        ui_page = context.pages[0]  # the UI's own tab, where the link was
+        assert ui_page.evaluate(READ_KEY) == "read:ui-stored-key-42"  # the UI itself still has its key
     finally:
         context.close()
         server.registry.remove(record.id)
