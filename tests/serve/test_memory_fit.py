@@ -80,3 +80,29 @@ def test_a_model_without_a_kv_cache_is_said_without_one():
     assert line.startswith("memory: minilm-l6: weights 87 MiB; in all up to") and "KV cache" not in line, line
     line = describe([Need("lm", weights=2**20, kv=3 * 2**20, rows=2, context=64)], 20 * 2**30)
     assert "lm: weights 1 MiB, KV cache up to 3 MiB (2 rows x 64 tokens);" in line, line
+
+
+def test_an_adapter_served_alone_needs_its_base_too(lm_workspace, serve_lm):
+    # `serve ADAPTER` loads its base with it: the fit counted the adapter's 9 MiB and left out the base
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from llmkit.models.io import load_causal_lm
+    from llmkit.registry import Registry
+    from llmkit.train.lora import save_adapter
+    from llmkit.workspace import Workspace
+
+    ws = Workspace.open(lm_workspace)
+    registry = Registry.for_workspace(ws.root)
+    base = resolve_model(serve_lm, registry)
+    lm, tok = load_causal_lm(base)
+    torch.manual_seed(3)
+    folder = ws.new_folder("models", "fit-adapter")
+    save_adapter(get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])), tok, folder,
+                 base, {"base": {"path": str(base.path), "ref": base.ref}, "task": "causal-lm"})
+    adapter = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    alone, = needs_of(ServeConfig(models=[str(folder)], max_batch=2), registry)
+    with_base = needs_of(ServeConfig(models=[serve_lm, str(folder)], max_batch=2), registry)
+    base_need = with_base[0]
+    assert alone.weights == base_need.weights + adapter and alone.kv == base_need.kv > 0
+    assert with_base[1].weights == adapter and with_base[1].kv == 0  # on the base served beside it: its own only

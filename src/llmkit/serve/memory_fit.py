@@ -138,7 +138,7 @@ def check(needs: list[Need], cfg: ServeConfig, free: int | None = None) -> str:
 
 def needs_of(cfg: ServeConfig, registry) -> list[Need]:
     """The needs of every model and adapter `cfg` serves, from their files and configs (nothing loaded)."""
-    from llmkit.models.io import is_adapter, resolve_model
+    from llmkit.models.io import adapter_base, is_adapter, resolve_model
 
     # Every name resolved before torch is imported (by the backends below): a mistyped one is answered at once.
     specs = [*cfg.models, *cfg.adapters]
@@ -147,14 +147,25 @@ def needs_of(cfg: ServeConfig, registry) -> list[Need]:
     from llmkit.runtime.backends import choose_backend
     from llmkit.serve.served import decode_workers
 
+    def of(model) -> Need:
+        kind = model_kind(model)
+        backend = choose_backend(model, cfg.backend) if kind == "causal" else "torch"
+        return need(model, backend, kind, cfg, decode_workers(cfg, backend) if kind == "causal" else 1)
+
+    served = {Path(m.path).resolve() for m in models}
     out = []
     for spec, model in zip(specs, models, strict=True):
         if is_adapter(model.path):
-            out.append(Need(model.ref, weights=_files(Path(model.path), (".safetensors",))))
+            adapter = _files(Path(model.path), (".safetensors",))
+            base = adapter_base(model)
+            if Path(base.path).resolve() in served:  # on a base served beside it: its own weights only
+                out.append(Need(model.ref, weights=adapter))
+            else:  # served alone, its base is loaded with it ("weights 9 MiB" left out the base's 1 GiB)
+                alone = of(base)
+                alone.model, alone.weights = model.ref, alone.weights + adapter
+                out.append(alone)
         else:
-            kind = model_kind(model)
-            backend = choose_backend(model, cfg.backend) if kind == "causal" else "torch"
-            out.append(need(model, backend, kind, cfg, decode_workers(cfg, backend) if kind == "causal" else 1))
+            out.append(of(model))
         served_as = spec.rpartition("=")[0]
         if served_as:  # `serve a=shk-nano b=shk-nano`: each line named as it is served (both said shk-nano:v1)
             out[-1].model = f"{served_as} ({model.ref})"
