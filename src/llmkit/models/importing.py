@@ -1,7 +1,7 @@
 """`llmkit import SOURCE`: a pretrained model registered in the workspace, with where it came from.
 
-The files are read and checked by `models.pretrained` (refusals come before anything is written), then
-copied or dequantized into the workspace's own folder, so the registered model does not change when the
+The files are read by `models.pretrained` and checked by `models.folder_checks` (refusals come before anything
+is written), then copied or dequantized into the workspace's own folder, so the registered model does not change when the
 source does. Importing the same weights under the same name again returns the version already there.
 """
 
@@ -12,8 +12,9 @@ from pathlib import Path
 
 from llmkit.errors import UserError
 from llmkit.models.files import PICKLE_SUFFIXES
+from llmkit.models.folder_checks import check_folder
 from llmkit.models.io import BUILTIN_MODELS, Model
-from llmkit.models.pretrained import check_folder, describe, find_source, materialize, sha256_of, weight_files
+from llmkit.models.pretrained import describe, find_source, materialize, sha256_of, weight_files
 from llmkit.registry import Registry, given_or_default
 from llmkit.workspace import Workspace
 
