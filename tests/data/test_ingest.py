@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from llmkit.data import json_array
-from llmkit.data.formats import oasst_messages
+from llmkit.data.chat_layouts import oasst_messages
 from llmkit.data.ingest import IngestStats, expand_inputs, iter_records
 from llmkit.errors import UserError
 

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config import DataConfig, FeedbackDataConfig, SplitConfig
+from llmkit.data.chat_layouts import chat_messages
 from llmkit.data.dataset import DatasetVersion
 from llmkit.data.feedback_preference import comparable, prompt_key, select_preference
 from llmkit.data.feedback_rows import SeenFeedback, counted, describe_skipped, prompt_messages, read_feedback
-from llmkit.data.formats import BadRecord, chat_messages
+from llmkit.data.formats import BadRecord
 from llmkit.data.pipeline import prepare
 from llmkit.errors import UserError
 from llmkit.registry import Registry
