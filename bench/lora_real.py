@@ -92,7 +92,7 @@ def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, comp
     optimizer = adamw(model, LR, 0.01, (0.9, 0.999), "cpu")
     trained = [p for p in model.parameters() if p.requires_grad]
     losses, seconds = [], []
-    releaser = Releaser()
+    releaser = Releaser(threads)
     for step in range(steps):
         ids, labels = data["ids"][step * BATCH:(step + 1) * BATCH], data["labels"][step * BATCH:(step + 1) * BATCH]
         t0 = time.perf_counter()

@@ -65,3 +65,24 @@ def test_a_sequence_longer_than_the_context_is_refused():
     model = Llama(llama_config("nano", 50, 16))
     with pytest.raises(ValueError, match="longer than the context"):
         model(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_keeps_two_tensors_for_backward_and_gives_autograds_values_to_the_bit(dtype):
+    from llmkit.models.llama import swiglu
+
+    torch.manual_seed(0)
+    gate_up = torch.randn(2, 8, 64, dtype=dtype, requires_grad=True)
+    grad = torch.randn(2, 8, 32, dtype=dtype)
+    gate, up = gate_up.chunk(2, dim=-1)
+    expected = torch.nn.functional.silu(gate) * up
+    expected.backward(grad)
+    expected_grad, gate_up.grad = gate_up.grad.clone(), None
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        gate, up = gate_up.chunk(2, dim=-1)
+        out = swiglu(gate, up)
+    out.backward(grad)
+    assert torch.equal(out, expected) and torch.equal(gate_up.grad, expected_grad)
+    # gate and up only, both views of the projection's output: no silu(gate) kept beside them
+    assert len(kept) == 2 and all(t.untyped_storage().data_ptr() == gate_up.untyped_storage().data_ptr() for t in kept)

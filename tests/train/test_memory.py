@@ -61,3 +61,7 @@ def test_the_releaser_keeps_releasing_only_while_a_release_costs_at_most_a_tenth
     assert not releaser.after_step(0.3 / RELEASE_MAX_SHARE * 0.9)  # it would cost more than a tenth of this step
     assert releaser.released == 1
     assert releaser.after_step(0.3 / RELEASE_MAX_SHARE * 1.1) and releaser.released == 2
+    # refaults come from every thread of the next step at once: two threads pay half the probe's per-page time
+    gib, one, two = 1 << 30, Releaser(threads=1), Releaser(threads=2)
+    assert one.release_cost(0.1, gib) == pytest.approx(0.1 + gib * fault_seconds_per_byte())
+    assert two.release_cost(0.1, gib) == pytest.approx(0.1 + gib * fault_seconds_per_byte() / 2)

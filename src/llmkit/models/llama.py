@@ -84,7 +84,31 @@ class Block(nn.Module):
         x = x + self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         h = F.rms_norm(x, (C,), self.mlp_norm, self.eps)
         gate, up = self.gate_up(h).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+        return x + self.down(swiglu(gate, up))
+
+
+class _SwiGLU(torch.autograd.Function):
+    """silu(gate) * up, keeping for backward only gate and up (views of the gate/up projection's output, which the
+    projection keeps anyway) and recomputing silu(gate) there. Autograd's silu and mul would also keep silu(gate), a
+    third (B, T, intermediate) tensor per layer: 90 MB of a smollm2-135m LoRA step at 4 x 256 tokens in bf16.
+    Same arithmetic as `F.silu(gate) * up` and its autograd, to the bit."""
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        gate, up = ctx.saved_tensors
+        grad_up = grad * F.silu(gate) if ctx.needs_input_grad[1] else None
+        grad_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
+        return grad_gate, grad_up
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return _SwiGLU.apply(gate, up) if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad) \
+        else F.silu(gate) * up
 
 
 def document_mask(position_ids: torch.Tensor) -> torch.Tensor:

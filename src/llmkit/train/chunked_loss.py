@@ -42,22 +42,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
-        # bf16 operands on a CPU without bf16 instructions: fp32 GEMMs of their values (see bf16_matmul),
-        # the head upcast once for every chunk.
+        # bf16 operands on a CPU without bf16 instructions: fp32 GEMMs of their values (see bf16_matmul), the head
+        # upcast once for every chunk. The logits stay in fp32 holding bf16 values (rounded row block by row block, as
+        # is their gradient): no bf16 copy of them beside the fp32 one, and no fp32 copy again for the gradient's GEMM.
         head = weight.float() if emulate_bf16 else weight
-
-        def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # a @ b in the compute dtype's arithmetic
-            return (a.float() @ b).to(hidden.dtype) if emulate_bf16 else a @ b
+        rounding = hidden.dtype if emulate_bf16 else None
 
         want_any = grad_hidden is not None or grad_weight is not None
         for start in range(0, hidden.shape[0], chunk):
             h, t = hidden[start: start + chunk], targets[start: start + chunk]
-            logits = mm(h, head.T)                              # (n, V): the only vocabulary-sized tensor
-            total += _softmax_rows(logits, t, want_any)         # logits now hold d loss / d logits
+            logits = (h.float() if emulate_bf16 else h) @ head.T  # (n, V): the only vocabulary-sized tensor
+            total += _softmax_rows(logits, t, want_any, rounding)  # logits now hold d loss / d logits
             if grad_hidden is not None:
-                grad_hidden[start: start + chunk] = mm(logits, head)
+                grad_hidden[start: start + chunk] = logits @ head
             if grad_weight is not None:
-                grad_weight += (logits.T.float() @ h.float()) if emulate_bf16 else (logits.T @ h).float()
+                grad_weight += (logits.T @ h.float()) if emulate_bf16 else (logits.T @ h).float()
             del logits
         ctx.save_for_backward(*(x for x in (grad_hidden, grad_weight) if x is not None))
         ctx.wants = (want_hidden, want_weight)
@@ -77,9 +76,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None, None, None
 
 
-def _softmax_rows(logits: torch.Tensor, targets: torch.Tensor, gradient: bool) -> torch.Tensor:
+def _softmax_rows(logits: torch.Tensor, targets: torch.Tensor, gradient: bool,
+                  rounding: torch.dtype | None = None) -> torch.Tensor:
     """Summed cross-entropy of `logits` (n, V) against `targets` (n,), in fp32, SOFTMAX_ROWS rows at a time;
-    with `gradient`, each row is overwritten by its gradient, softmax - one-hot, in the logits' dtype."""
+    with `gradient`, each row is overwritten by its gradient, softmax - one-hot, in the logits' dtype. `rounding`:
+    fp32 logits that stand for values of that dtype, rounded to it first, as is their gradient after."""
     total = torch.zeros((), dtype=torch.float32, device=logits.device)
     fp32 = logits.dtype == torch.float32
     scratch = None if fp32 else torch.empty(min(SOFTMAX_ROWS, len(logits)), logits.shape[1],
@@ -87,6 +88,8 @@ def _softmax_rows(logits: torch.Tensor, targets: torch.Tensor, gradient: bool) -
     for start in range(0, len(logits), SOFTMAX_ROWS):
         rows, t = logits[start: start + SOFTMAX_ROWS], targets[start: start + SOFTMAX_ROWS, None]
         x = rows if fp32 else scratch[: len(rows)].copy_(rows)
+        if rounding is not None:
+            x.copy_(x.to(rounding))
         target_logit = x.gather(1, t)
         peak = x.amax(dim=-1, keepdim=True)
         mass = x.sub_(peak).exp_().sum(dim=-1, keepdim=True)   # x: exp(logit - max)
@@ -95,6 +98,8 @@ def _softmax_rows(logits: torch.Tensor, targets: torch.Tensor, gradient: bool) -
             x.div_(mass).scatter_add_(1, t, torch.full_like(target_logit, -1.0))
             if not fp32:
                 rows.copy_(x)
+            elif rounding is not None:
+                x.copy_(x.to(rounding))
     return total
 
 

@@ -267,7 +267,7 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
     with StopFlag() as stop, progress_bar(console if console is not None else _quiet()) as bar:
         task = bar.add_task(job.stage, total=job.total_steps, completed=step, loss=float("nan"), tok_s=0.0, val="")
         t_last = time.time()
-        releaser = Releaser()
+        releaser = Releaser(torch.get_num_threads())
         while step < job.total_steps:
             lr = lr_at(step, job.lr, job.min_lr, job.warmup_steps, job.total_steps)
             for group in job.optimizer.param_groups:
