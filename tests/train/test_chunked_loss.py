@@ -67,6 +67,24 @@ def test_bf16_autocast_scores_bf16_logits_in_fp32_as_an_hf_model_does(rows, monk
     torch.testing.assert_close(got_w, want_w, atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("block", [64, 1000])
+def test_the_emulated_bf16_head_upcast_in_blocks_scores_as_autocast_does(block, monkeypatch):
+    """The path of CPUs without bf16 instructions, taken here on any CPU: fp32 GEMMs of bf16 values, the head upcast
+    `block` rows at a time (64 does not divide the 301 rows), logits rounded to bf16 before the fp32 softmax."""
+    monkeypatch.setattr(chunked_loss, "HEAD_BLOCK", block)
+    hidden, weight, targets = _inputs(3)
+    keep = targets != IGNORE
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = F.cross_entropy(F.linear(hidden, weight).float(), targets, ignore_index=IGNORE, reduction="sum")
+    h, w = hidden[keep].to(torch.bfloat16), weight.to(torch.bfloat16)
+    got = chunked_loss._LinearCrossEntropy.apply(h, w, targets[keep], 8, True, True, True)
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-4)
+    want_h, want_w = torch.autograd.grad(want, (hidden, weight))
+    got_h, got_w = torch.autograd.grad(got, (hidden, weight))
+    torch.testing.assert_close(got_h, want_h, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(got_w, want_w, atol=2e-2, rtol=2e-2)
+
+
 def test_nothing_vocabulary_sized_is_kept_for_backward():
     hidden, weight, targets = _inputs(3)
     saved: list[int] = []

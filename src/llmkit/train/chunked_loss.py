@@ -28,6 +28,7 @@ IGNORE = -100
 # peak from ~256 rows (fewer: 660 against 780 GFLOP/s at 128) and slow down again when the output outgrows the cache.
 CHUNK_LOGITS = 12 << 20
 SOFTMAX_ROWS = 32  # rows of a chunk taken through the fp32 softmax at once (32 x 49k x 4 bytes = 6 MB)
+HEAD_BLOCK = 8192  # head rows upcast at once where bf16 is emulated (8k x 576 x 4 bytes = 19 MB)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -43,18 +44,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
         # bf16 operands on a CPU without bf16 instructions: fp32 GEMMs of their values (see bf16_matmul), the head
-        # upcast once for every chunk. The logits stay in fp32 holding bf16 values (rounded row block by row block, as
-        # is their gradient): no bf16 copy of them beside the fp32 one, and no fp32 copy again for the gradient's GEMM.
-        head = weight.float() if emulate_bf16 else weight
+        # upcast a block of its rows at a time (a whole fp32 copy of a 49k x 576 head is 113 MB, the largest transient
+        # of a LoRA step). The logits stay in fp32 holding bf16 values (rounded row block by row block, as is their
+        # gradient): no bf16 copy of them beside the fp32 one, and no fp32 copy again for the gradient's GEMM.
         rounding = hidden.dtype if emulate_bf16 else None
 
         want_any = grad_hidden is not None or grad_weight is not None
         for start in range(0, hidden.shape[0], chunk):
             h, t = hidden[start: start + chunk], targets[start: start + chunk]
-            logits = (h.float() if emulate_bf16 else h) @ head.T  # (n, V): the only vocabulary-sized tensor
+            logits = _emulated_logits(h, weight) if emulate_bf16 else h @ weight.T  # (n, V): the only vocabulary-sized tensor
             total += _softmax_rows(logits, t, want_any, rounding)  # logits now hold d loss / d logits
             if grad_hidden is not None:
-                grad_hidden[start: start + chunk] = logits @ head
+                grad_hidden[start: start + chunk] = _emulated_grad(logits, weight) if emulate_bf16 else logits @ weight
             if grad_weight is not None:
                 grad_weight += (logits.T @ h.float()) if emulate_bf16 else (logits.T @ h).float()
             del logits
@@ -74,6 +75,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if want_weight:
             grad_weight = (saved.pop(0) * grad_total).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def _emulated_logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """h @ weight.T in fp32 from bf16 operands, HEAD_BLOCK rows of the head upcast at a time."""
+    h32, out = h.float(), torch.empty(h.shape[0], weight.shape[0], dtype=torch.float32, device=h.device)
+    for j in range(0, weight.shape[0], HEAD_BLOCK):
+        torch.mm(h32, weight[j: j + HEAD_BLOCK].float().T, out=out[:, j: j + HEAD_BLOCK])
+    return out
+
+
+def _emulated_grad(grad_logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """grad_logits @ weight (fp32, holding bf16 values, and bf16) in fp32, block by block of the head's rows."""
+    out = None
+    for j in range(0, weight.shape[0], HEAD_BLOCK):
+        part = grad_logits[:, j: j + HEAD_BLOCK]
+        w = weight[j: j + HEAD_BLOCK].float()
+        out = part @ w if out is None else out.addmm_(part, w)
+    return out
 
 
 def _softmax_rows(logits: torch.Tensor, targets: torch.Tensor, gradient: bool,
