@@ -85,13 +85,14 @@ def test_version_and_doctor_answer_in_json():
     from llmkit.data.figures import cjk_font
 
     assert doctor["cjk_plot_font"] == cjk_font()  # the font Chinese labels in plots are drawn in, or None
+    human = llmkit("doctor", env={"COLUMNS": "300"}).stdout  # one run for both checks below: doctor imports every backend
     if doctor["cjk_plot_font"] is None:
-        assert "Chinese labels in plots show as boxes" in llmkit("doctor", env={"COLUMNS": "300"}).stdout
+        assert "Chinese labels in plots show as boxes" in human
     assert set(doctor["backends"]) >= {"peft", "llama_cpp", "onnxruntime", "captum", "playwright"}
     # each extra of the installed llmkit with what of it is missing (the test environment installs .[all])
     assert {"serve", "finetune", "explain", "edge", "eval", "postgres"} <= set(doctor["extras"])
     assert not any(doctor["extras"].values()), doctor["extras"]
-    assert "llmkit[serve]" in llmkit("doctor", env={"COLUMNS": "300"}).stdout
+    assert "llmkit[serve]" in human
 
 
 def test_doctor_says_a_workspace_that_is_a_file_is_one(tmp_path: Path, cli_here):
