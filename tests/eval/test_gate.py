@@ -11,7 +11,8 @@ import pytest
 
 from llmkit.config import CompareConfig, SftConfig
 from llmkit.errors import UserError
-from llmkit.eval.gate import checks, flips, gate, improvement_interval, last_gate, sample_warnings
+from llmkit.eval.gate import checks, flips, gate, improvement_interval, sample_warnings
+from llmkit.models.aliases import last_gate
 from llmkit.registry import Registry
 from llmkit.workspace import Workspace
 from tests.conftest import tiny_config

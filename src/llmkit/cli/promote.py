@@ -33,8 +33,7 @@ def promote(
 ) -> None:
     """Point an alias at a model: every command taking MODEL (serve, generate, eval...) resolves it, and each move
     is recorded (who, when, from -> to); llmkit show ALIAS lists the history."""
-    from llmkit.eval.gate import last_gate
-    from llmkit.models.aliases import move_alias
+    from llmkit.models.aliases import last_gate, move_alias
     from llmkit.models.io import BUILTIN_MODELS, resolve_model
 
     if note is not None:
@@ -66,7 +65,7 @@ def promote(
 
 
 def _require_pass(ctx: Ctx, target) -> None:
-    from llmkit.eval.gate import last_gate
+    from llmkit.models.aliases import last_gate
 
     rec = last_gate(ctx.registry, target.id)
     if rec is None:

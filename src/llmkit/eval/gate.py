@@ -33,7 +33,7 @@ from llmkit.eval.items import (
 )
 from llmkit.eval.report import Report
 from llmkit.models.io import Model, resolve_model
-from llmkit.registry import Record, Registry
+from llmkit.registry import Registry
 from llmkit.workspace import Workspace, atomic_dir
 
 TASK_METRIC = {"classify": "accuracy", "chat": "rougeL", "lm": "perplexity", "preference": "preference_accuracy",
@@ -310,8 +310,3 @@ def _register(result: dict[str, Any], base: Model, tuned: Model, ds, ws: Workspa
     rewrite_report(report, folder)  # with its eval id (the page said "eval -")
     return report.id
 
-
-def last_gate(registry: Registry, model_id: str) -> Record | None:
-    """The latest gate `llmkit compare` ran with this model as TUNED."""
-    gates = [rec for relation, rec in registry.children(model_id) if relation == "gated" and rec.kind == "compare"]
-    return max(gates, key=lambda r: r.created_at) if gates else None

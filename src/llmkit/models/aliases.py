@@ -155,3 +155,11 @@ def move_alias(registry: Registry, alias: str, model_ref: str, note: str = "", w
         return move, True
 
     return registry.write(write)
+
+
+# Here rather than in eval/gate.py, which writes these records: `promote` reads the last one on every move, and eval's
+# modules import torch (1.2 s of a command that answers in 0.6 s without it).
+def last_gate(registry: Registry, model_id: str) -> Record | None:
+    """The latest gate `llmkit compare` ran with this model as TUNED."""
+    gates = [rec for relation, rec in registry.children(model_id) if relation == "gated" and rec.kind == "compare"]
+    return max(gates, key=lambda r: r.created_at) if gates else None
