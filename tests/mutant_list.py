@@ -44,6 +44,7 @@ MODELFILE_T = ("tests/optimize/test_chat_format.py::"
                "test_end_of_turn_is_found_after_a_space_and_a_greedy_model_keeps_ollamas_sampling")
 FAST_REFUSALS = "tests/train/test_fast_lora.py::test_a_window_only_layers_typed_sliding_use_decides_and_partial_rotary_is_refused"
 GATE = "src/llmkit/eval/gate.py"
+ALIASES = "src/llmkit/models/aliases.py"  # where promote reads the last gate
 GATE_T = "tests/eval/test_gate.py"
 GATE_UNIT = f"{GATE_T}::test_perplexity_weighs_documents_by_their_tokens_and_the_general_check_reads_rises_and_drops"
 GATE_PROMOTE = f"{GATE_T}::test_promote_require_pass_reads_the_latest_gate_where_the_model_was_tuned"
@@ -300,9 +301,9 @@ MUTANTS: list[Mutant] = [
     Mutant("gate-lm-improvement-relative-to-tuned", "eval", GATE,
            'improvement = (figures[0] - figures[1]) / figures[0] if kind == "lm"',
            'improvement = (figures[0] - figures[1]) / figures[1] if kind == "lm"', (GATE_PROMOTE,)),
-    Mutant("promote-reads-the-first-gate", "eval", GATE, "return max(gates, key=lambda r: r.created_at) if gates else None",
+    Mutant("promote-reads-the-first-gate", "models", ALIASES, "return max(gates, key=lambda r: r.created_at) if gates else None",
            "return gates[0] if gates else None", (GATE_PROMOTE,)),
-    Mutant("promote-counts-a-gate-the-model-was-base-of", "eval", GATE,
+    Mutant("promote-counts-a-gate-the-model-was-base-of", "models", ALIASES,
            'if relation == "gated" and rec.kind == "compare"', 'if relation in ("gated", "gate_base") and rec.kind == "compare"',
            (GATE_PROMOTE,), "a model that lost a gate as BASE would pass --require-pass"),
     Mutant("gguf-context-is-a-window-no-layer-uses", "optimize", "src/llmkit/optimize/gguf_arch.py",

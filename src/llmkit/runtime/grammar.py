@@ -16,7 +16,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import llguidance
-import llguidance.hf
 import numpy as np
 import torch
 
@@ -55,6 +54,8 @@ def vocabulary(tokenizer) -> Vocabulary:
     """The engine's tokenizer info for a Hugging Face fast tokenizer, built once per tokenizer object."""
     found = _VOCABULARIES.get(tokenizer)
     if found is None:
+        import llguidance.hf  # here: it imports transformers (0.75 s), which a command given no grammar may never need
+
         size = len(tokenizer)
         engine_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=size)
         found = Vocabulary(engine_tokenizer, size, engine_tokenizer.eos_token)
