@@ -86,7 +86,7 @@ def _emulated_logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _emulated_grad(grad_logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """grad_logits @ weight (fp32, holding bf16 values, and bf16) in fp32, block by block of the head's rows."""
+    """grad_logits (fp32 holding bf16 values) @ weight (bf16) as fp32 GEMMs, HEAD_BLOCK rows of the head upcast at a time."""
     out = None
     for j in range(0, weight.shape[0], HEAD_BLOCK):
         part = grad_logits[:, j: j + HEAD_BLOCK]
