@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from llmkit.train.bf16_matmul import _Bf16Linear, linear
+from llmkit.train import bf16_matmul
+from llmkit.train.bf16_matmul import _Bf16Linear, linear, linear_plus
 
 
 def _operands(weight_dtype=torch.float32):
@@ -47,3 +49,33 @@ def test_a_frozen_bf16_weight_gets_no_gradient_and_keeps_nothing_extra_for_backw
 def test_linear_outside_autocast_is_f_linear():
     x, w, b = _operands()
     torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b))
+
+
+@pytest.mark.parametrize("path", ["emulated", "native"])
+def test_linear_plus_is_the_base_product_plus_the_lora_update_with_their_gradients(path, monkeypatch):
+    """One rounding of the sum (ours) against autocast's two roundings and an add (peft's): the same up to bf16."""
+    monkeypatch.setattr(bf16_matmul, "cpu_has_fast_bf16", lambda: path == "native")
+    x, w, bias = _operands(torch.bfloat16)
+    w.requires_grad_(False)
+    g = torch.Generator().manual_seed(2)
+    a = (torch.randn(8, 48, generator=g) * 0.2).requires_grad_()
+    b = (torch.randn(40, 8, generator=g) * 0.2).requires_grad_()
+    seed = torch.randn(2, 7, 40, generator=g)
+    results = []
+    for fused in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = linear(x, a)
+            y = linear_plus(x, w, bias, h, b) if fused else F.linear(x, w, bias) + F.linear(h, b)
+        assert y.dtype == torch.bfloat16
+        results.append((y, torch.autograd.grad((y.float() * seed).sum(), (x, bias, a, b))))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=2e-2)
+    for g_got, g_want in zip(got_grads, want_grads, strict=True):
+        assert g_got.dtype == g_want.dtype
+        torch.testing.assert_close(g_got, g_want, atol=5e-2, rtol=3e-2)
+
+
+def test_linear_plus_in_fp32_is_exactly_the_two_products_summed():
+    x, w, bias = _operands()
+    h, b = torch.randn(2, 7, 8, requires_grad=True), torch.randn(40, 8, requires_grad=True)
+    torch.testing.assert_close(linear_plus(x, w, bias, h, b), F.linear(x, w, bias) + F.linear(h, b))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from llmkit.config import LoraConfig, SftConfig
 from llmkit.models.io import Model, is_adapter
 from llmkit.models.llama import Llama, from_hf_folder
-from llmkit.train.bf16_matmul import linear
+from llmkit.train.bf16_matmul import linear, linear_plus
 from llmkit.train.chunked_loss import shifted_loss_sum
 from llmkit.train.lora import ALL_LINEAR
 
@@ -119,22 +119,15 @@ class LoraLinear(nn.Module):
             self.lora_A[name], self.lora_B[name] = a.weight, b.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = linear(x, self.base.weight, self.base.bias)
         names = list(self.lora_A)
         if not names or not self.enabled:
-            return y
+            return linear(x, self.base.weight, self.base.bias)
         if self.dropout is None:  # one input for every part: their A's as one matmul
             a = self.lora_A[names[0]] if len(names) == 1 else torch.cat([self.lora_A[n] for n in names])
             h = linear(x, a)                                                 # (..., parts * r)
         else:  # each projection draws its own dropout mask, as peft's separate modules do
             h = torch.cat([linear(self.dropout(x), self.lora_A[n]) for n in names], dim=-1)
-        b = self._stacked_b()
-        if y.dtype == h.dtype == b.dtype and not torch.is_autocast_enabled(y.device.type):
-            # y += h B^T inside the GEMM (beta 1): no separate add pass over y, no second tensor of its size.
-            # In place is safe for autograd: the base matmul's backward needs its input and weight, not y.
-            y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), b.T)
-            return y
-        return y + linear(h, b)
+        return linear_plus(x, self.base.weight, self.base.bias, h, self._stacked_b())  # y += h B^T in the GEMM
 
     def _stacked_b(self) -> torch.Tensor:
         """The B's as one (out, parts * r) block-diagonal matrix, scaled; zero rows for unadapted parts."""
