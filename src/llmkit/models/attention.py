@@ -7,7 +7,8 @@ and 3 key/value heads of 64, 2 cores of an AVX512-BF16 EPYC): flash 12.8 ms forw
 this 5.2 ms, a whole LoRA step 1.46 s against 1.23 s (`bench/attention.py`; docs/benchmarks.md). Used only where it
 pays: bf16 compute on a CPU with native bf16 GEMMs (elsewhere PyTorch's bf16 GEMMs are emulated and slow,
 and in fp32 its fp32-out softmax is 4x its bf16-out one here), without dropout, and up to MAX_SCORES score
-elements; everything else is PyTorch's kernel. With or without gradients alike: a policy and its frozen
+elements. bf16 compute on a CPU without bf16 instructions runs PyTorch's flash kernel in fp32 on the bf16 values
+(`_Fp32Flash`: its bf16 kernel is 3-4x slower there in backward); everything else is PyTorch's kernel. With or without gradients alike: a policy and its frozen
 reference (GRPO, DPO) must give the same log-probabilities for the same weights.
 
 The arithmetic is flash attention's, tiled only by query blocks: scores from a GEMM that accumulates in fp32,
@@ -43,6 +44,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     B, H, T, D = q.shape
     KV = k.shape[1]
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else v.dtype
+    if q.device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_fast_bf16() and dropout == 0:
+        return _Fp32Flash.apply(q.to(dtype), k.to(dtype), v.to(dtype), mask)
     if (q.device.type != "cpu" or dtype != torch.bfloat16 or not cpu_has_fast_bf16() or dropout > 0
             or B * H * T * T > MAX_SCORES):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=KV != H,
@@ -98,6 +101,37 @@ def _document_biases_of(mask: torch.Tensor, KV: int, G: int, dtype: torch.dtype)
     bounds = _bounds(T)
     return [bias[:, :, None, a:b, :b].expand(B, KV, G, b - a, b).reshape(B * KV, G * (b - a), b)
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+class _Fp32Flash(torch.autograd.Function):
+    """bf16 attention on a CPU without bf16 instructions: PyTorch's CPU flash kernel in fp32 on the bf16 values, the
+    output rounded to bf16 as autocast's would be. Its bf16 kernel is slow there: smollm2-135m's attention (batch 4 x
+    256 tokens, 9 query and 3 key/value heads of 64) on a 2-core Xeon with AVX512 but no bf16 took 4.0 ms forward and
+    30 ms backward per layer in bf16, 3.9 and 8.9 ms in fp32 (a fifth of a LoRA step). Keeps q, k, v and the output in
+    bf16 for backward (what the bf16 kernel keeps), upcast again there; `mask` (B, 1, T, T) booleans, or None for
+    causal attention, becomes the additive fp32 mask the kernel takes, in backward again rather than kept."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask):
+        with torch.autocast("cpu", enabled=False):
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q.float(), k.float(), v.float(), 0.0, mask is None, attn_mask=_additive(mask))
+            out = out.to(torch.bfloat16)
+        ctx.save_for_backward(q, k, v, out, lse, mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse, mask = ctx.saved_tensors
+        with torch.autocast("cpu", enabled=False):
+            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                do.to(torch.bfloat16).float(), q.float(), k.float(), v.float(), out.float(), lse, 0.0, mask is None,
+                attn_mask=_additive(mask))
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
+
+
+def _additive(mask: torch.Tensor | None) -> torch.Tensor | None:
+    return None if mask is None else torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
 
 
 class _Attention(torch.autograd.Function):
