@@ -17,7 +17,10 @@ Two measurements, each giving both sides the same inputs, threads and timing win
       step seconds per side over --steps steps each; rows of one conversation, and at 256 tokens also rows
       packed with three (`train sft --packing`: attention within each conversation).
 
-    .venv/bin/python bench/attention.py [--threads 2] [--repeats 20] [--steps 6]
+`--ours fp32-flash` measures instead what bf16 attention is on a CPU without bf16 instructions (`_Fp32Flash`:
+PyTorch's flash kernel in fp32 on the bf16 values) against the same bf16 kernel.
+
+    .venv/bin/python bench/attention.py [--threads 2] [--repeats 20] [--steps 6] [--ours bf16-gemm|fp32-flash]
 
 The last line is one JSON object with the figures.
 """
@@ -39,6 +42,16 @@ from llmkit.models import attention as attention_module
 from llmkit.models.cpu_features import cpu_has_fast_bf16
 
 H, KV, D, TOKENS = 9, 3, 64, 1024
+OURS_FAST_BF16 = True  # ours: the batched-GEMM kernel (True) or the fp32 flash kernel (False, --ours fp32-flash)
+
+
+def _ours_kernel(on: bool) -> None:
+    """attention() takes ours (on) or PyTorch's bf16 kernel (off: MAX_SCORES 0 sends it there)."""
+    attention_module.cpu_has_fast_bf16 = (lambda: OURS_FAST_BF16) if on else (lambda: True)
+    attention_module.MAX_SCORES = MAX_SCORES if on else 0
+
+
+MAX_SCORES = attention_module.MAX_SCORES
 
 
 def timed(fn, q, k, v, do) -> float:
@@ -63,6 +76,7 @@ def kernel_rows(repeats: int, warmup: int) -> list[dict]:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
     def ours(q, k, v):
+        _ours_kernel(True)
         return attention_module.attention(q, k, v)
 
     rows = []
@@ -100,7 +114,7 @@ def step_rows(steps: int) -> list[dict]:
     cfg = SftConfig(base="smollm2-135m", method="lora", lora=LoraConfig(r=8, alpha=16, dropout=0.0), seed=1)
     model = fast_lora.load_fast(base, cfg, "bf16", "cpu").train()
     optimizer = adamw(model, 2e-4, 0.01, (0.9, 0.999), "cpu")
-    ours_bound, rows = attention_module.MAX_SCORES, []
+    rows = []
     for T, packed in ((256, False), (256, True), (512, False), (1024, False)):
         B = TOKENS // T
         ids = torch.randint(0, model.lm_head.weight.shape[0], (B, T), generator=torch.Generator().manual_seed(T))
@@ -112,7 +126,7 @@ def step_rows(steps: int) -> list[dict]:
             batch["position_ids"] = torch.cat([torch.arange(third), torch.arange(third), torch.arange(T - 2 * third)]).expand(B, T)
 
         def step(side: str, batch=batch) -> float:
-            attention_module.MAX_SCORES = ours_bound if side == "ours" else 0
+            _ours_kernel(side == "ours")
             start = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 total, n = fast_lora.token_loss_sum(model, batch)
@@ -131,7 +145,7 @@ def step_rows(steps: int) -> list[dict]:
                "ours_step_s": statistics.median(times["ours"])}
         row["speedup"] = row["pytorch_step_s"] / row["ours_step_s"]
         rows.append(row)
-    attention_module.MAX_SCORES = ours_bound
+    _ours_kernel(True)
     return rows
 
 
@@ -145,16 +159,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--ours", choices=["bf16-gemm", "fp32-flash"], default="bf16-gemm",
+                    help="our kernel for CPUs with bf16 instructions, or the fp32 flash kernel for CPUs without")
     ap.add_argument("--kernel-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global OURS_FAST_BF16
+    OURS_FAST_BF16 = args.ours == "bf16-gemm"
     torch.set_num_threads(args.threads)
-    attention_module.cpu_has_fast_bf16 = lambda: True  # measured whatever the CPU
+    _ours_kernel(True)  # measured whatever the CPU
     if args.kernel_only:
         print(json.dumps(kernel_rows(args.repeats, args.warmup)))
         return
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(1 << 32))
     child = subprocess.run([sys.executable, __file__, "--kernel-only", "--threads", str(args.threads), "--repeats",
-                            str(args.repeats), "--warmup", str(args.warmup)], env=env, check=True, capture_output=True, text=True)
+                            str(args.repeats), "--warmup", str(args.warmup), "--ours", args.ours], env=env, check=True, capture_output=True, text=True)
     kernel = json.loads(child.stdout.strip().splitlines()[-1])
     print(f"kernel, forward + backward: {'length':>6} {'batch':>5} {'pytorch ms':>11} {'ours ms':>8} {'speed-up':>9} {'err pytorch':>12} {'err ours':>9}")
     for r in kernel:
@@ -166,7 +184,7 @@ def main() -> None:
         print(f"{'':28}{r['length']:>6} {r['batch']:>5} {str(r['packed']):>7} {r['pytorch_step_s']:>10.3f} {r['ours_step_s']:>7.3f} "
               f"{r['speedup']:>8.2f}x")
     print(json.dumps({"heads": H, "kv_heads": KV, "head_dim": D, "tokens": TOKENS, "threads": args.threads,
-                      "cpu_has_fast_bf16": cpu_has_fast_bf16(), "max_scores": attention_module.MAX_SCORES,
+                      "cpu_has_fast_bf16": cpu_has_fast_bf16(), "ours": args.ours, "max_scores": attention_module.MAX_SCORES,
                       "kernel": rounded(kernel), "lora_step": rounded(steps)}))
 
 

@@ -7,8 +7,8 @@ and 3 key/value heads of 64, 2 cores of an AVX512-BF16 EPYC): flash 12.8 ms forw
 this 5.2 ms, a whole LoRA step 1.46 s against 1.23 s (`bench/attention.py`; docs/benchmarks.md). Used only where it
 pays: bf16 compute on a CPU with native bf16 GEMMs (elsewhere PyTorch's bf16 GEMMs are emulated and slow,
 and in fp32 its fp32-out softmax is 4x its bf16-out one here), without dropout, and up to MAX_SCORES score
-elements. bf16 compute on a CPU without bf16 instructions runs PyTorch's flash kernel in fp32 on the bf16 values
-(`_Fp32Flash`: its bf16 kernel is 3-4x slower there in backward); everything else is PyTorch's kernel. With or without gradients alike: a policy and its frozen
+elements. bf16 compute on a CPU without bf16 instructions runs PyTorch's flash kernel with its backward in fp32 on the bf16
+values (`_Fp32Flash`: its bf16 backward is 3-4x slower there); everything else is PyTorch's kernel. With or without gradients alike: a policy and its frozen
 reference (GRPO, DPO) must give the same log-probabilities for the same weights.
 
 The arithmetic is flash attention's, tiled only by query blocks: scores from a GEMM that accumulates in fp32,
@@ -104,19 +104,19 @@ def _document_biases_of(mask: torch.Tensor, KV: int, G: int, dtype: torch.dtype)
 
 
 class _Fp32Flash(torch.autograd.Function):
-    """bf16 attention on a CPU without bf16 instructions: PyTorch's CPU flash kernel in fp32 on the bf16 values, the
-    output rounded to bf16 as autocast's would be. Its bf16 kernel is slow there: smollm2-135m's attention (batch 4 x
-    256 tokens, 9 query and 3 key/value heads of 64) on a 2-core Xeon with AVX512 but no bf16 took 4.0 ms forward and
-    30 ms backward per layer in bf16, 3.9 and 8.9 ms in fp32 (a fifth of a LoRA step). Keeps q, k, v and the output in
-    bf16 for backward (what the bf16 kernel keeps), upcast again there; `mask` (B, 1, T, T) booleans, or None for
-    causal attention, becomes the additive fp32 mask the kernel takes, in backward again rather than kept."""
+    """bf16 attention on a CPU without bf16 instructions: PyTorch's CPU flash kernel, forward in bf16 (what
+    `F.scaled_dot_product_attention` runs, bit for bit) and backward in fp32 on the bf16 values, gradients rounded to
+    bf16. Its bf16 backward is slow there: smollm2-135m's attention (batch 4 x 256 tokens, 9 query and 3 key/value
+    heads of 64) on a 2-core Xeon with AVX512 but no bf16 took 30 ms backward per layer in bf16, 8.9 ms in fp32 (the
+    forward: 4.0 and 3.9 ms, so it stays bf16 and makes no fp32 copies while a forward's activations pile up). Keeps
+    what the bf16 kernel keeps (q, k, v, output, log-sum-exp); `mask` (B, 1, T, T) booleans, or None for causal
+    attention, becomes the additive mask the kernel takes, in the dtype of its inputs."""
 
     @staticmethod
     def forward(ctx, q, k, v, mask):
         with torch.autocast("cpu", enabled=False):
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q.float(), k.float(), v.float(), 0.0, mask is None, attn_mask=_additive(mask))
-            out = out.to(torch.bfloat16)
+                q, k, v, 0.0, mask is None, attn_mask=_additive(mask, q.dtype))
         ctx.save_for_backward(q, k, v, out, lse, mask)
         return out
 
@@ -125,13 +125,13 @@ class _Fp32Flash(torch.autograd.Function):
         q, k, v, out, lse, mask = ctx.saved_tensors
         with torch.autocast("cpu", enabled=False):
             dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                do.to(torch.bfloat16).float(), q.float(), k.float(), v.float(), out.float(), lse, 0.0, mask is None,
-                attn_mask=_additive(mask))
+                do.to(q.dtype).float(), q.float(), k.float(), v.float(), out.float(), lse, 0.0, mask is None,
+                attn_mask=_additive(mask, torch.float32))
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
 
 
-def _additive(mask: torch.Tensor | None) -> torch.Tensor | None:
-    return None if mask is None else torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if mask is None else torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))
 
 
 class _Attention(torch.autograd.Function):
