@@ -53,10 +53,15 @@ def _ours_and_flash(q, k, v, do, mask):
 ])
 def test_bf16_attention_is_as_close_to_exact_as_pytorchs_own(B, H, KV, T, D, packed, block, monkeypatch):
     monkeypatch.setattr(attention_module, "CAUSAL_BLOCK", block)
+    _as_close_to_exact_as_pytorchs_own(B, H, KV, T, D, packed)
+
+
+def _as_close_to_exact_as_pytorchs_own(B, H, KV, T, D, packed):
+    """attention() and PyTorch's bf16 kernel against fp64, values and gradients; both results returned."""
     q, k, v, do = _inputs(B, H, KV, T, D)
     mask = None
-    if packed:  # documents of 20, 30 and 14 tokens in row 0; 64 and none in row 1
-        mask = document_mask(torch.stack([torch.cat([torch.arange(20), torch.arange(30), torch.arange(14)]),
+    if packed:  # documents of 20, 30 and 14 tokens in row 0; T and none in row 1
+        mask = document_mask(torch.stack([torch.cat([torch.arange(20), torch.arange(30), torch.arange(T - 50)]),
                                           torch.arange(T)]))
     exact = _reference(q, k, v, do, mask)
     ours, flash = _ours_and_flash(q, k, v, do, mask)
@@ -66,6 +71,7 @@ def test_bf16_attention_is_as_close_to_exact_as_pytorchs_own(B, H, KV, T, D, pac
         scale = want.abs().max()
         # bf16 keeps 8 bits: within 2 % of the largest value, and never far worse than PyTorch's kernel
         assert err <= 0.02 * scale and err <= 2 * err_pytorch + 1e-3 * scale, (name, float(err), float(err_pytorch))
+    return (q, k, v, mask), ours, flash
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -140,18 +146,7 @@ def test_without_bf16_instructions_bf16_attention_runs_the_fp32_kernel_on_the_bf
     gradients rounded to bf16, as close to exact as the bf16 kernel's, and the output alike with and without
     gradients."""
     monkeypatch.setattr(attention_module, "cpu_has_fast_bf16", lambda: False)
-    B, H, KV, T, D = 2, 6, 2, 64, 32
-    q, k, v, do = _inputs(B, H, KV, T, D)
-    mask = None
-    if packed:
-        mask = document_mask(torch.stack([torch.cat([torch.arange(20), torch.arange(30), torch.arange(14)]),
-                                          torch.arange(T)]))
-    exact = _reference(q, k, v, do, mask)
-    ours, flash = _ours_and_flash(q, k, v, do, mask)
-    for name, got, pytorch, want in zip(("output", "dq", "dk", "dv"), ours, flash, exact, strict=True):
-        assert got.dtype == torch.bfloat16 and got.shape == want.shape, name
-        err, err_pytorch = (got.double() - want).abs().max(), (pytorch.double() - want).abs().max()
-        assert err <= 0.02 * want.abs().max() and err <= 2 * err_pytorch + 1e-3 * want.abs().max(), name
+    (q, k, v, mask), ours, flash = _as_close_to_exact_as_pytorchs_own(2, 6, 2, 64, 32, packed)
     assert torch.equal(ours[0], flash[0])  # the forward is PyTorch's bf16 kernel, bit for bit
     assert not torch.equal(ours[1], flash[1])  # the backward is not: fp32
     with torch.no_grad():
