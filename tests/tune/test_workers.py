@@ -35,9 +35,10 @@ def test_a_worker_killed_mid_trial_leaves_its_trial_failed_and_the_study_whole(t
     outcome: dict = {}
     # Trials long enough (a second or two of steps) for the poll below to find one running on a loaded machine: at
     # 40 steps (a fraction of a second since pretraining's loss runs the head in chunks) a clean-clone `make test`
-    # once saw none mid-trial
-    runner = threading.Thread(target=lambda: outcome.update(result=tune(cfg, tiny_config(max_steps=1000, eval_every=250,
-                                                                                          checkpoint_every=1000), ws, registry)))
+    # once saw none mid-trial; 400 find one (1,000 did too, and cost the suite ~15 s more: every trial after the
+    # kill runs to its end)
+    runner = threading.Thread(target=lambda: outcome.update(result=tune(cfg, tiny_config(max_steps=400, eval_every=100,
+                                                                                          checkpoint_every=400), ws, registry)))
     runner.start()
 
     killed = None
