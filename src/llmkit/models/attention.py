@@ -7,9 +7,10 @@ and 3 key/value heads of 64, 2 cores of an AVX512-BF16 EPYC): flash 12.8 ms forw
 this 5.2 ms, a whole LoRA step 1.46 s against 1.23 s (`bench/attention.py`; docs/benchmarks.md). Used only where it
 pays: bf16 compute on a CPU with native bf16 GEMMs (elsewhere PyTorch's bf16 GEMMs are emulated and slow,
 and in fp32 its fp32-out softmax is 4x its bf16-out one here), without dropout, and up to MAX_SCORES score
-elements. bf16 compute on a CPU without bf16 instructions runs PyTorch's flash kernel with its backward in fp32 on the bf16
-values (`_Fp32Flash`: its bf16 backward is 3-4x slower there); everything else is PyTorch's kernel. With or without gradients alike: a policy and its frozen
-reference (GRPO, DPO) must give the same log-probabilities for the same weights.
+elements. bf16 compute on a CPU without bf16 instructions runs PyTorch's flash kernel with its backward in
+fp32 on the bf16 values (`_Fp32Flash`: its bf16 backward is 3-4x slower there); everything else is PyTorch's
+kernel. With or without gradients alike: a policy and its frozen reference (GRPO, DPO) must give the same
+log-probabilities for the same weights.
 
 The arithmetic is flash attention's, tiled only by query blocks: scores from a GEMM that accumulates in fp32,
 a softmax that accumulates in fp32 and writes bf16 probabilities, and a backward that recomputes them instead
@@ -44,10 +45,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     B, H, T, D = q.shape
     KV = k.shape[1]
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else v.dtype
-    if q.device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_fast_bf16() and dropout == 0:
+    ours = q.device.type == "cpu" and dtype == torch.bfloat16 and dropout == 0
+    if ours and not cpu_has_fast_bf16():
         return _Fp32Flash.apply(q.to(dtype), k.to(dtype), v.to(dtype), mask)
-    if (q.device.type != "cpu" or dtype != torch.bfloat16 or not cpu_has_fast_bf16() or dropout > 0
-            or B * H * T * T > MAX_SCORES):
+    if not ours or B * H * T * T > MAX_SCORES:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=KV != H,
                                               dropout_p=dropout)
     G = H // KV
