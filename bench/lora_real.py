@@ -7,10 +7,11 @@ the same rows in the same order, AdamW (llmkit's `adamw`: same groups, decay and
 lr, gradient clipping at 1.0, the same torch threads. The adapters start equal (same seed; llmkit
 creates them as peft does). Each side runs in its own process, so each peak RSS (getrusage maxrss of
 that process: loading included) is its own; both run with glibc's default allocator settings, or both with
-`train sft --lean-memory`'s (mmap threshold fixed at 256 KiB: train/memory.py) under --lean-memory. Our side ends
-each step as llmkit's training loop does: train.memory.Releaser hands the heap's free pages back (glibc's malloc_trim)
-after a long step while that costs at most a tenth of a step; a plain loop does not, so the peer does not, unless
---release-both (the peer's loop given the same policy: what the trim alone is worth). The first --warmup steps are
+`train sft --lean-memory`'s (mmap threshold fixed at 256 KiB: train/memory.py) under --lean-memory. Our side handles
+memory as llmkit's training loop does: blocks of 4 MiB and more in their own mappings (train.memory.map_large_blocks),
+and train.memory.Releaser handing the heap's free pages back (glibc's malloc_trim) after a long step while that costs
+at most a tenth of a step; a plain loop does neither, so the peer does not, unless --release-both (the peer's loop
+given the same handling: what it is worth to a plain loop). The first --warmup steps are
 excluded from the timing on both sides; tokens/s = tokens / seconds over the timed steps.
 
     ours: train.fast_lora.load_fast (our Llama, fused projections, frozen base in the precision, LoRA on top)
@@ -75,7 +76,7 @@ def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, comp
     from safetensors.torch import load_file
 
     from llmkit.models.io import resolve_model
-    from llmkit.train.memory import Releaser
+    from llmkit.train.memory import Releaser, map_large_blocks
     from llmkit.train.optim import adamw
 
     torch.set_num_threads(threads)
@@ -93,6 +94,8 @@ def side(name: str, rows_file: Path, steps: int, warmup: int, threads: int, comp
     trained = [p for p in model.parameters() if p.requires_grad]
     losses, seconds = [], []
     releaser = Releaser(threads)
+    if release:  # as train/loop.py's fit does
+        map_large_blocks()
     for step in range(steps):
         ids, labels = data["ids"][step * BATCH:(step + 1) * BATCH], data["labels"][step * BATCH:(step + 1) * BATCH]
         t0 = time.perf_counter()
@@ -149,7 +152,7 @@ def peer(base):
 def run_side(name: str, rows_file: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--side", name, "--rows", str(rows_file), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--threads", str(args.threads), "--precision", args.precision] + (["--compile"] if args.compile and name == "ours" else []) \
-        + (["--release"] if name == "ours" or args.release_both else [])
+        + (["--release"] if name == "ours" or args.release_both else [])  # llmkit's loop's memory handling
     env = dict(os.environ)
     if args.lean_memory:  # both sides: ours through glibc's environment variable too, set before Python starts
         from llmkit.train.memory import LEAN_THRESHOLD
@@ -176,7 +179,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="bf16 autocast (the issue's setting) or fp32")
     ap.add_argument("--lean-memory", action="store_true", help="both sides with train sft --lean-memory's allocator setting")
     ap.add_argument("--compile", action="store_true", help="torch.compile our side's blocks (train sft --compile)")
-    ap.add_argument("--release-both", action="store_true", help="the peer's loop also hands freed heap pages back after long steps, as ours does")
+    ap.add_argument("--release-both", action="store_true", help="the peer's loop handles memory as ours does (large blocks mapped, freed heap pages handed back after long steps)")
     ap.add_argument("--rounds", type=int, default=1, help="run the two sides in turn this many times; medians reported")
     ap.add_argument("--side", choices=["ours", "peer"], help=argparse.SUPPRESS)
     ap.add_argument("--release", action="store_true", help=argparse.SUPPRESS)

@@ -79,3 +79,55 @@ def test_linear_plus_in_fp32_is_exactly_the_two_products_summed():
     x, w, bias = _operands()
     h, b = torch.randn(2, 7, 8, requires_grad=True), torch.randn(40, 8, requires_grad=True)
     torch.testing.assert_close(linear_plus(x, w, bias, h, b), F.linear(x, w, bias) + F.linear(h, b))
+
+
+def _lora_step(x, w, bias, a, b):
+    """A LoRA projection's output and its gradients for the input, bias and adapters, under bf16 autocast."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = linear_plus(x, w, bias, linear(x, a), b)
+    seed = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    return y, torch.autograd.grad((y.float() * seed).sum(), (x, bias, a, b))
+
+
+def test_emulated_products_reuse_their_fp32_work_buffers_and_return_tensors_of_their_own(monkeypatch):
+    """The upcasts and fp32 products of every call land in the same buffers; what a call returns is never one of
+    them, so a later call cannot change an earlier result."""
+    monkeypatch.setattr(bf16_matmul, "cpu_has_fast_bf16", lambda: False)
+    bf16_matmul.release_scratch()
+    x, w, bias = _operands(torch.bfloat16)
+    w.requires_grad_(False)
+    g = torch.Generator().manual_seed(2)
+    a, b = (torch.randn(8, 48, generator=g) * 0.2).requires_grad_(), (torch.randn(40, 8, generator=g) * 0.2).requires_grad_()
+    first, first_grads = _lora_step(x, w, bias, a, b)
+    kept = first.clone(), [t.clone() for t in first_grads]
+    buffers = {role: t.data_ptr() for role, t in bf16_matmul._scratch.buffers.items()}
+    assert {"x", "weight", "out", "grad", "grad_in"} <= set(buffers)  # forward and backward both used them
+    second, second_grads = _lora_step(x * 2, w, bias, a, b)  # the same shapes, other values
+    assert {role: t.data_ptr() for role, t in bf16_matmul._scratch.buffers.items()} == buffers  # reused, not reallocated
+    assert torch.equal(first, kept[0]) and all(torch.equal(t, k) for t, k in zip(first_grads, kept[1], strict=True))
+    assert not torch.equal(second, first)
+    bf16_matmul.release_scratch()
+    assert not bf16_matmul._scratch.buffers
+
+
+def test_emulated_products_trace_under_torch_compile_without_the_work_buffers(monkeypatch):
+    """torch.compile plans its own buffers: while it traces, the products allocate as plain tensor code would, in one
+    graph, with the eager path's values."""
+    monkeypatch.setattr(bf16_matmul, "cpu_has_fast_bf16", lambda: False)
+    x, w, bias = _operands(torch.bfloat16)
+    w.requires_grad_(False)
+    g = torch.Generator().manual_seed(2)
+    a, b = (torch.randn(8, 48, generator=g) * 0.2).requires_grad_(), (torch.randn(40, 8, generator=g) * 0.2).requires_grad_()
+    eager, eager_grads = _lora_step(x, w, bias, a, b)
+    torch._dynamo.reset()
+    bf16_matmul.release_scratch()
+    compiled = torch.compile(lambda *t: linear_plus(t[0], t[1], t[2], linear(t[0], t[3]), t[4]), backend="aot_eager",
+                             fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = compiled(x, w, bias, a, b)
+    seed = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad((y.float() * seed).sum(), (x, bias, a, b))
+    assert not bf16_matmul._scratch.buffers  # nothing of the eager path's buffers in the graph
+    torch.testing.assert_close(y.float(), eager.float(), atol=1e-2, rtol=1e-2)
+    for got, want in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)

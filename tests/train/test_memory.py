@@ -1,8 +1,10 @@
-"""`--lean-memory`: with glibc's mmap threshold fixed, freed large blocks leave the process at once; and
-`release_freed`, what every long training step ends with: the heap's holes handed back without it."""
+"""`--lean-memory`: with glibc's mmap threshold fixed, freed large blocks leave the process at once; every training
+run's `map_large_blocks`, the same for blocks of 4 MiB and more; and `release_freed`, what every long training step
+ends with: the heap's holes handed back without it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,18 +12,21 @@ import pytest
 
 PROBE = r"""
 import ctypes, ctypes.util, os, sys
-from llmkit.train.memory import lean_allocator, release_freed
-if sys.argv[1] == "lean":
+from llmkit.train.memory import lean_allocator, map_large_blocks, release_freed
+if sys.argv[1].startswith("lean"):
     assert lean_allocator()
+if sys.argv[1].endswith("large"):
+    assert map_large_blocks()
+size = int(sys.argv[2]) << 20 if len(sys.argv) > 2 else 2 << 20
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 page = os.sysconf("SC_PAGE_SIZE")
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
 big = libc.malloc(8 << 20); ctypes.memset(big, 1, 8 << 20); libc.free(big)  # raises glibc's adaptive threshold
-blocks = [libc.malloc(2 << 20) for _ in range(64)]
+blocks = [libc.malloc(size) for _ in range(64)]
 for b in blocks:
-    ctypes.memset(b, 1, 2 << 20)
+    ctypes.memset(b, 1, size)
 before = rss()
 for b in blocks[::2]:  # every other block: holes in the heap, nothing to trim at its top
     libc.free(b)
@@ -40,6 +45,19 @@ def test_lean_memory_returns_freed_blocks_that_the_default_allocator_keeps():
     freed = 32 * (2 << 20)
     assert released("lean") >= 0.9 * freed     # each block was its own mapping, unmapped when freed
     assert released("default") < 0.1 * freed  # the heap keeps them resident
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_training_run_maps_blocks_of_4_mib_and_more_and_keeps_a_lower_threshold_it_was_given():
+    def released(mode: str, mib: int) -> int:
+        out = subprocess.run([sys.executable, "-c", PROBE, mode, str(mib)], capture_output=True, text=True, check=True,
+                             env={k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"})
+        return int(out.stdout.strip()) / (32 * (mib << 20))
+
+    assert released("default", 5) < 0.1  # glibc's adaptive threshold (8 MiB after the first free) keeps them
+    assert released("large", 5) >= 0.9  # 5 MiB blocks: their own mappings
+    assert released("large", 2) < 0.1  # 2 MiB blocks stay on the heap
+    assert released("lean+large", 2) >= 0.9  # --lean-memory's 256 KiB stands
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")

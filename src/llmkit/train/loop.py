@@ -40,7 +40,8 @@ from llmkit.train.checkpoint import (
     save_checkpoint,
 )
 from llmkit.train.distributed import Dist
-from llmkit.train.memory import Releaser
+from llmkit.train.bf16_matmul import release_scratch
+from llmkit.train.memory import Releaser, map_large_blocks
 from llmkit.train.metrics import MetricsLog
 from llmkit.train.optim import autocast, lr_at
 from llmkit.workspace import atomic_dir
@@ -268,6 +269,7 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
         task = bar.add_task(job.stage, total=job.total_steps, completed=step, loss=float("nan"), tok_s=0.0, val="")
         t_last = time.time()
         releaser = Releaser(torch.get_num_threads())
+        map_large_blocks()  # large tensors in their own mappings: a heap without their holes (train/memory.py)
         while step < job.total_steps:
             lr = lr_at(step, job.lr, job.min_lr, job.warmup_steps, job.total_steps)
             for group in job.optimizer.param_groups:
@@ -342,6 +344,7 @@ def fit(job: Job, run_dir: Path, run_id: str, metrics: MetricsLog, console=None,
                 break
 
     metrics.close()
+    release_scratch()  # the emulated bf16 matmuls' work buffers: as large as the run's largest fp32 product
     seconds = time.time() - started
     best_dir = run_dir / "best"
     best_metrics = None

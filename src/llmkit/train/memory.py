@@ -9,6 +9,12 @@ when freed. On smollm2-135m LoRA this lowers peak RSS by a quarter to a third an
 time on a 2-core VM, where each fresh page is a fault (docs/benchmarks.md, "LoRA SFT of a real model").
 So it is an option (`--lean-memory`), off by default.
 
+What every training run does instead (`map_large_blocks`) is fix the threshold at 4 MiB: blocks of 4 MiB and more
+(a 135M model's widest activations and their gradients, logits chunks) get their own mappings, everything smaller
+stays on the heap. The adaptive threshold's climb to 32 MB is what lets a step's multi-megabyte tensors carve the heap
+into holes that smaller ones then split: smollm2-135m LoRA in bf16 on a 2-core Xeon without bf16 instructions,
+2.1-2.3 GB peak against 1.95 GB with it, at no step time visible there (a quarter of the blocks 256 KiB maps).
+
 What a training run gets instead is `release_freed` after a long step, when it is cheap (`Releaser`): glibc's
 malloc_trim hands the free pages inside the heap's holes back to the system (madvise), keeping the heap's
 layout, so the next step refills them with one page fault per page reused instead of a fault on every
@@ -29,6 +35,7 @@ import time
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
 LEAN_THRESHOLD = 256 * 1024
+LARGE_BLOCK = 4 << 20  # every training run's threshold (map_large_blocks)
 # Steps shorter than this keep their freed pages: the trim and the refaults would be a visible share of a
 # step of a few milliseconds (tiny models), and their transients are small anyway.
 RELEASE_AFTER_STEP_S = 0.5
@@ -43,12 +50,34 @@ def _libc():
         return None
 
 
-def lean_allocator() -> bool:
-    """Fix glibc's mmap threshold at 256 KiB for this process; False where that is not glibc."""
+_fixed_threshold: int | None = None  # what this process fixed glibc's mmap threshold at, if anything
+
+
+def _fix_threshold(size: int) -> bool:
+    global _fixed_threshold
     try:
-        return bool(_libc().mallopt(M_MMAP_THRESHOLD, LEAN_THRESHOLD))
+        done = bool(_libc().mallopt(M_MMAP_THRESHOLD, size))
     except AttributeError:  # no libc, or one without mallopt
         return False
+    if done:
+        _fixed_threshold = size
+    return done
+
+
+def lean_allocator() -> bool:
+    """Fix glibc's mmap threshold at 256 KiB for this process; False where that is not glibc."""
+    return _fix_threshold(LEAN_THRESHOLD)
+
+
+def map_large_blocks() -> bool:
+    """Blocks of LARGE_BLOCK and more get their own mappings from now on in this process (glibc's threshold fixed
+    there, no longer adaptive), unless a lower threshold was fixed already (--lean-memory keeps its 256 KiB) or the
+    environment fixed one (MALLOC_MMAP_THRESHOLD_, glibc's tunables): the user's choice stands. False where that is
+    not glibc."""
+    environment = "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "")
+    if environment or (_fixed_threshold is not None and _fixed_threshold <= LARGE_BLOCK):
+        return True
+    return _fix_threshold(LARGE_BLOCK)
 
 
 def release_freed() -> bool:
