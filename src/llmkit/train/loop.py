@@ -32,6 +32,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from llmkit.errors import UserError
+from llmkit.train.bf16_matmul import release_scratch
 from llmkit.train.checkpoint import (
     TrainingInterrupted,
     list_checkpoints,
@@ -40,7 +41,6 @@ from llmkit.train.checkpoint import (
     save_checkpoint,
 )
 from llmkit.train.distributed import Dist
-from llmkit.train.bf16_matmul import release_scratch
 from llmkit.train.memory import Releaser, map_large_blocks
 from llmkit.train.metrics import MetricsLog
 from llmkit.train.optim import autocast, lr_at
