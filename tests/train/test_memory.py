@@ -7,12 +7,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import llmkit
+
+ENV = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"} | {
+    "LLMKIT_MEMORY_PY": str(Path(llmkit.__file__).parent / "train" / "memory.py")}
+
 PROBE = r"""
-import ctypes, ctypes.util, os, sys
-from llmkit.train.memory import lean_allocator, map_large_blocks, release_freed
+import ctypes, ctypes.util, importlib.util, os, sys
+# train/memory.py alone, not through llmkit.train (whose trainers import torch: 2 s a process)
+spec = importlib.util.spec_from_file_location("memory", os.environ["LLMKIT_MEMORY_PY"])
+memory = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(memory)
+lean_allocator, map_large_blocks, release_freed = memory.lean_allocator, memory.map_large_blocks, memory.release_freed
 if sys.argv[1].startswith("lean"):
     assert lean_allocator()
 if sys.argv[1].endswith("large"):
@@ -39,7 +49,7 @@ print(before - rss())
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_lean_memory_returns_freed_blocks_that_the_default_allocator_keeps():
     def released(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=ENV)
         return int(out.stdout.strip())
 
     freed = 32 * (2 << 20)
@@ -51,7 +61,7 @@ def test_lean_memory_returns_freed_blocks_that_the_default_allocator_keeps():
 def test_a_training_run_maps_blocks_of_4_mib_and_more_and_keeps_a_lower_threshold_it_was_given():
     def released(mode: str, mib: int) -> int:
         out = subprocess.run([sys.executable, "-c", PROBE, mode, str(mib)], capture_output=True, text=True, check=True,
-                             env={k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"})
+                             env=ENV)
         return int(out.stdout.strip()) / (32 * (mib << 20))
 
     assert released("default", 5) < 0.1  # glibc's adaptive threshold (8 MiB after the first free) keeps them
@@ -62,7 +72,7 @@ def test_a_training_run_maps_blocks_of_4_mib_and_more_and_keeps_a_lower_threshol
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_release_freed_hands_back_the_holes_the_default_allocator_keeps():
-    out = subprocess.run([sys.executable, "-c", PROBE, "trim"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", PROBE, "trim"], capture_output=True, text=True, check=True, env=ENV)
     assert int(out.stdout.strip()) >= 0.9 * 32 * (2 << 20)  # every freed block's pages, though none was at the top
 
 
