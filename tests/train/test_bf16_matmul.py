@@ -108,6 +108,13 @@ def test_emulated_products_reuse_their_fp32_work_buffers_and_return_tensors_of_t
     assert not torch.equal(second, first)
     bf16_matmul.release_scratch()
     assert not bf16_matmul._scratch.buffers
+    monkeypatch.setattr(bf16_matmul, "SCRATCH_MAX_BYTES", 4 * 48 * 8)  # a head's upcast, say: one-off, not kept
+    big, big_grads = _lora_step(x, w, bias, a, b)
+    kept = bf16_matmul._scratch.buffers  # what fits under the cap (the A, (8, 48)), and nothing that does not
+    assert "weight" in kept and not {"x", "grad_in"} & set(kept)
+    torch.testing.assert_close(big, first)
+    torch.testing.assert_close(big_grads, first_grads)
+    bf16_matmul.release_scratch()
 
 
 def test_emulated_products_trace_under_torch_compile_without_the_work_buffers(monkeypatch):

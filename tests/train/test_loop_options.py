@@ -7,6 +7,7 @@ run wrote to metrics.jsonl and on the weights of its last checkpoint.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,16 @@ def test_gradient_accumulation_of_two_half_batches_equals_one_full_batch(lm_work
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], atol=1e-5, rtol=1e-4)
 
+
+
+def test_a_training_run_maps_large_blocks_and_frees_the_matmuls_work_buffers(lm_workspace: Path, monkeypatch):
+    """What every run does about memory (train/memory.py, train/bf16_matmul.py), whatever the stage."""
+    from llmkit.train import bf16_matmul, memory
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setattr(memory, "_fixed_threshold", None)  # as in a fresh process
+    bf16_matmul._scratch.take("x", (4, 4), torch.device("cpu"))  # a buffer left by earlier work on this thread
+    _run(lm_workspace, "memory", max_steps=1, eval_every=1, checkpoint_every=1, precision="fp32")
+    if sys.platform.startswith("linux"):
+        assert memory._fixed_threshold == memory.LARGE_BLOCK
+    assert not bf16_matmul._scratch.buffers

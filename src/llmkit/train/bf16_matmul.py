@@ -25,6 +25,10 @@ import torch.nn.functional as F
 from llmkit.models.cpu_features import cpu_has_fast_bf16
 
 BF16 = torch.bfloat16
+# Work buffers are kept up to this size. Larger fp32 operands (a 49k-vocabulary head's upcast is 113 MB) stay one-off
+# allocations: kept, they would stay resident for the whole run, and as their own mappings (train.memory) they leave no
+# holes in the heap; their page faults are small beside the GEMM they feed.
+SCRATCH_MAX_BYTES = 32 << 20
 
 
 def emulated(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -36,15 +40,17 @@ def emulated(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 class _Scratch(threading.local):
-    """fp32 work buffers of this thread, one per role, grown to the largest size asked and reused: every call's
-    upcasts and fp32 products land in the same memory, so a step allocates only the bf16 tensors it keeps. Safe
-    because nothing written here outlives the call that wrote it (results leave as new bf16 tensors)."""
+    """fp32 work buffers of this thread, one per role, grown to the largest size asked (up to SCRATCH_MAX_BYTES) and
+    reused: every call's upcasts and fp32 products land in the same memory, so a step allocates only the bf16 tensors
+    it keeps. Safe because nothing written here outlives the call that wrote it (results leave as new bf16 tensors)."""
 
     def __init__(self):
         self.buffers: dict[str, torch.Tensor] = {}
 
     def take(self, role: str, shape: tuple[int, ...] | torch.Size, device: torch.device) -> torch.Tensor:
         n = math.prod(shape)
+        if 4 * n > SCRATCH_MAX_BYTES:
+            return torch.empty(shape, dtype=torch.float32, device=device)
         buffer = self.buffers.get(role)
         if buffer is None or buffer.numel() < n or buffer.device != device:
             # a quarter more than asked: rows of varying length grow the buffer a few times, not at every new size
