@@ -9,13 +9,15 @@ when freed. On smollm2-135m LoRA this lowers peak RSS by a quarter to a third an
 time on a 2-core VM, where each fresh page is a fault (docs/benchmarks.md, "LoRA SFT of a real model").
 So it is an option (`--lean-memory`), off by default.
 
-What every training run does instead (`map_large_blocks`) is fix the threshold at 4 MiB: blocks of 4 MiB and more
-(a 135M model's widest activations and their gradients, logits chunks) get their own mappings, everything smaller
-stays on the heap. The adaptive threshold's climb to 32 MB is what lets a step's multi-megabyte tensors carve the heap
-into holes that smaller ones then split: smollm2-135m LoRA in bf16 on a 2-core Xeon without bf16 instructions,
-2.1-2.3 GB peak against 1.95 GB with it, at no step time visible there (a quarter of the blocks 256 KiB maps).
+Every training run does two cheaper things instead. It fixes the threshold at 4 MiB (`map_large_blocks`): blocks of
+4 MiB and more (a 135M model's widest activations and their gradients, logits chunks) get their own mappings and
+everything smaller stays on the heap, since the adaptive threshold's climb to 32 MB is what lets a step's
+multi-megabyte tensors carve the heap into holes that smaller ones then split. smollm2-135m LoRA in bf16 on a 2-core
+Xeon without bf16 instructions, with `bf16_matmul`'s work buffers keeping its fp32 transients off the allocator: peak
+RSS 2.1-2.3 GB with the adaptive threshold, 1.95 GB at 4 MiB with steps no slower (2 MiB: 1.67 GB, 7 % slower;
+1 MiB: 1.48 GB, 20 % slower; docs/benchmarks.md, "A heap without the holes").
 
-What a training run gets instead is `release_freed` after a long step, when it is cheap (`Releaser`): glibc's
+And it calls `release_freed` after a long step, when that is cheap (`Releaser`): glibc's
 malloc_trim hands the free pages inside the heap's holes back to the system (madvise), keeping the heap's
 layout, so the next step refills them with one page fault per page reused instead of a fault on every
 allocation. On smollm2-135m LoRA (bf16) it lowers peak RSS from about 2.7 to 2.3 GB on an AVX2 CPU (steps of
