@@ -66,6 +66,8 @@ class Observed:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
+        # the request's arrival, for what is timed from it further in (request.state.arrived: time to first token)
+        scope.setdefault("state", {})["arrived"] = start
         started = timed = False
 
         def record(status: int) -> None:

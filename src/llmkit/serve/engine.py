@@ -83,7 +83,7 @@ class Job:
     out: list[int] = field(default_factory=list)
     state: Any = None
     last: int = -1
-    submitted: float = field(default_factory=time.perf_counter)
+    submitted: float = field(default_factory=time.perf_counter)  # or the request's arrival: handling._submit
     first_token: float | None = None
     released: bool = False
     decoder: Decoder | None = None

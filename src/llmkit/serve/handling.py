@@ -179,7 +179,12 @@ def usage_wanted(body: s.Sampling) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
 
-def _submit(state: ServerState, served: ServedModel, answers: list[Answer]) -> None:
+def _submit(state: ServerState, served: ServedModel, answers: list[Answer], request: Request) -> None:
+    # Time to first token is the client's wait: from the request's arrival (app.Observed), so the chat template, the
+    # tokenizer and a grammar's compile before the engine count too, not from the job's making
+    arrived = getattr(request.state, "arrived", None)
+    for answer in answers if arrived is not None else ():
+        answer.job.submitted = arrived
     try:
         served.engine.submit(answers[0].job)
     except QueueFull:
@@ -243,7 +248,7 @@ def _failed(event: Event, timeout: float, constrained_by: str | None) -> ApiErro
 async def collect(state: ServerState, served: ServedModel, answers: list[Answer], request: Request, rid: str,
                   entry: dict) -> list[Answer]:
     """Every choice's whole answer (each `done`), once the last one is complete."""
-    _submit(state, served, answers)
+    _submit(state, served, answers, request)
     events = answers[0].job.events
     watcher = asyncio.create_task(_watch_disconnect(request, answers))
     try:
@@ -278,7 +283,7 @@ def stream(state: ServerState, served: ServedModel, answers: list[Answer], reque
            chunk, first: str, include_usage: bool, role: bool = False) -> EventSourceResponse:
     """SSE chunks from `chunk(text, finish, index=, logprobs=, usage=, role=)`: each choice's own, tagged with its index;
     a chunk of None is not sent."""
-    _submit(state, served, answers)
+    _submit(state, served, answers, request)
     queue = answers[0].job.events
 
     async def events() -> AsyncIterator[dict]:

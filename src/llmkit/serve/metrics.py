@@ -18,8 +18,8 @@ class ServerMetrics:
         self.latency = Histogram("llmkit_request_latency_seconds", "Time to the last byte of a response", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("llmkit_time_to_first_token_seconds",
-                              "From the request entering the engine's queue (its prompt templated and tokenized) to its "
-                              "first token", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+                              "From the request's arrival to its first token: the client's wait (its body, the chat "
+                              "template, the tokenizer, a grammar's compile and the engine's queue included)", ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("llmkit_tokens", "Tokens processed, by model and type (prompt | completion)",
                               ["model", "type"], registry=r)
         self.queue = Gauge("llmkit_queue_depth", "Requests waiting for a place in the batch", ["model"], registry=r)
