@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 
 from llmkit.config import LoraConfig, SftConfig
@@ -180,6 +181,33 @@ def _a_training_step_matches_peft(folder: Path) -> None:
         for opt in optimizers:
             opt.step()
             opt.zero_grad()
+
+
+def test_a_bf16_training_step_matches_peft_under_autocast(llama_folder):
+    """bf16 as training runs it: our frozen base stored in bf16 (the work buffers, the LoRA update inside the base GEMM,
+    the input rounded once, where bf16 is emulated) against peft's fp32 weights cast by autocast. Both round to bf16,
+    at different places: the losses agree to bf16's precision and each adapter's gradient points the same way."""
+    lora = LoraConfig(r=4, alpha=8, dropout=0.0)
+    paired, ours = _peft_and_ours(llama_folder, lora, list(fast_lora.PROJECTIONS))
+    with torch.no_grad():
+        for n, p in paired.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(3))
+    ours = LoraLlama(from_hf_folder(llama_folder, torch.bfloat16), list(fast_lora.PROJECTIONS), lora)
+    ours.load_adapter_state(_peft_state(paired))
+    batch = _batch(paired.config.vocab_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, n_want = token_loss_sum(paired, batch)
+        got, n_got = fast_lora.token_loss_sum(ours, batch)
+    assert n_got == n_want
+    assert float(got) == pytest.approx(float(want), rel=1e-2)
+    (want / n_want).backward()
+    (got / n_got).backward()
+    peft_grads, our_grads = _peft_state(paired, grads=True), _our_grads(ours)
+    for name, grad in peft_grads.items():
+        cosine = F.cosine_similarity(our_grads[name].flatten().float(), grad.flatten().float(), dim=0)
+        assert cosine > 0.99, (name, float(cosine))
+        assert float(our_grads[name].norm()) == pytest.approx(float(grad.norm()), rel=0.05), name
 
 
 @pytest.mark.parametrize("targets", [["all-linear"], ["q_proj", "v_proj", "down_proj"]])
