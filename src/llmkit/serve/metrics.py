@@ -19,7 +19,8 @@ class ServerMetrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("llmkit_time_to_first_token_seconds",
                               "From the request's arrival to its first token: the client's wait (its body, the chat "
-                              "template, the tokenizer, a grammar's compile and the engine's queue included)", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+                              "template, the tokenizer, a grammar's compile and the engine's queue included)",
+                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("llmkit_tokens", "Tokens processed, by model and type (prompt | completion)",
                               ["model", "type"], registry=r)
         self.queue = Gauge("llmkit_queue_depth", "Requests waiting for a place in the batch", ["model"], registry=r)

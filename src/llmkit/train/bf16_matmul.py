@@ -181,13 +181,6 @@ def linear_plus(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y + linear(h, b)
 
 
-def rounded_input(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x in bf16 where a bf16 linear of it would round it to bf16 anyway (autocast, or the emulated path), else x: an
-    input shared by several products (a LoRA projection's base and A) is then rounded once, not by each."""
-    autocast_bf16 = torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) == BF16
-    return x.to(BF16) if x.is_floating_point() and (autocast_bf16 or emulated(x, weight)) else x
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear with autocast's bf16 arithmetic, as an fp32 GEMM where that is faster."""
     if emulated(x, weight):

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from llmkit.config import LoraConfig, SftConfig
 from llmkit.models.io import Model, is_adapter
 from llmkit.models.llama import Llama, from_hf_folder
-from llmkit.train.bf16_matmul import linear, linear_plus, rounded_input
+from llmkit.train.bf16_matmul import linear, linear_plus
 from llmkit.train.chunked_loss import shifted_loss_sum
 from llmkit.train.lora import ALL_LINEAR
 
@@ -123,7 +123,6 @@ class LoraLinear(nn.Module):
         if not names or not self.enabled:
             return linear(x, self.base.weight, self.base.bias)
         if self.dropout is None:  # one input for every part: their A's as one matmul
-            x = rounded_input(x, self.base.weight)  # rounded to bf16 once for both products, if they would round it
             a = self.lora_A[names[0]] if len(names) == 1 else torch.cat([self.lora_A[n] for n in names])
             h = linear(x, a)                                                 # (..., parts * r)
         else:  # each projection draws its own dropout mask, as peft's separate modules do
