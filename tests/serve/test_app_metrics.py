@@ -10,9 +10,13 @@ import requests
 SERIES = 'llmkit_request_latency_seconds_sum{route="/v1/completions"}'
 
 
-def _latency_sum(server) -> float:
+def _series(server, name: str) -> float:
     text = requests.get(server.base_url + "/metrics", timeout=10).text
-    return next((float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(SERIES + " ")), 0.0)
+    return next((float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(name + " ")), 0.0)
+
+
+def _latency_sum(server) -> float:
+    return _series(server, SERIES)
 
 
 def test_request_latency_of_a_stream_runs_to_its_last_byte(server):
@@ -35,11 +39,6 @@ def test_request_latency_of_a_stream_runs_to_its_last_byte(server):
 
 
 TTFT = 'llmkit_time_to_first_token_seconds_sum{model="tiny-lm"}'
-
-
-def _series(server, name: str) -> float:
-    text = requests.get(server.base_url + "/metrics", timeout=10).text
-    return next((float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(name + " ")), 0.0)
 
 
 def test_time_to_first_token_runs_from_the_requests_arrival(server):
